@@ -1,0 +1,460 @@
+"""Every write the hub makes on an agent's or the system's behalf.
+
+Zulip's shape: ``check_*`` validates and loads (raising a :class:`HubError` that
+names what is wrong, before anything is written), ``do_*`` mutates inside the
+caller's unit of work and records the timeline event, the audit entry and the
+outbox event in the same transaction, so an event leaves only after its commit
+and a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.core import (
+    IDENTITY_OF_CHANNEL,
+    Author,
+    Channel,
+    DeliveryStatus,
+    Direction,
+    Role,
+    TicketEventKind,
+    TicketStatus,
+    utcnow,
+)
+from hub.errors import BadRequest, Conflict, NotFound, Unauthorized, ValidationFailed
+from hub.security import MIN_PASSWORD_LENGTH, hash_password, new_api_token, token_digest, verify_password
+from storage.ingest import add_outbox, outbox_row
+from storage.models import (
+    Agent,
+    ApiToken,
+    AuditLog,
+    Contact,
+    Identity,
+    Inbox,
+    Message,
+    Team,
+    TeamMember,
+    Ticket,
+    TicketEventRow,
+    TicketLabel,
+)
+from storage.views import message_view, ticket_view
+
+
+def actor_of(agent: Agent | None) -> str:
+    return f"agent:{agent.id}" if agent is not None else "system"
+
+
+async def audit(
+    session: AsyncSession,
+    actor: str,
+    action: str,
+    entity: str,
+    entity_id: int | None,
+    data: dict[str, Any] | None = None,
+) -> None:
+    session.add(AuditLog(actor=actor, action=action, entity=entity, entity_id=entity_id, data=data or {}))
+
+
+async def record_ticket_event(
+    session: AsyncSession,
+    ticket: Ticket,
+    kind: TicketEventKind,
+    actor: str,
+    data: dict[str, Any],
+    *,
+    live: dict[str, Any] | None = None,
+) -> None:
+    """A timeline entry for the customer, and the same fact on the stream."""
+    now = utcnow()
+    session.add(
+        TicketEventRow(
+            ticket_id=ticket.id,
+            contact_id=ticket.contact_id,
+            kind=kind.value,
+            actor=actor,
+            data=data,
+            created_at=now,
+        )
+    )
+    labels = await ticket_labels(session, ticket.id)
+    await add_outbox(
+        session,
+        [
+            outbox_row(
+                kind.value,
+                ticket.id,
+                {"ticket": ticket_view(ticket, labels), "actor": actor, "data": data, **(live or {})},
+            )
+        ],
+    )
+
+
+async def ticket_labels(session: AsyncSession, ticket_id: int) -> list[str]:
+    rows = await session.execute(select(TicketLabel.label).where(TicketLabel.ticket_id == ticket_id))
+    return list(rows.scalars().all())
+
+
+# --- agents and auth -------------------------------------------------------
+
+
+async def do_create_agent(
+    session: AsyncSession,
+    *,
+    email: str,
+    name: str,
+    password: str,
+    role: Role = Role.AGENT,
+    teams: list[str] | None = None,
+    skills: list[str] | None = None,
+    languages: list[str] | None = None,
+    capacity: dict[str, int] | None = None,
+    actor: str = "system",
+) -> Agent:
+    email = email.strip().lower()
+    if "@" not in email or len(email) > 320:
+        raise ValidationFailed(f"email {email!r} is not an email address")
+    if not name.strip():
+        raise ValidationFailed("name must not be empty")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValidationFailed(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+    exists = await session.scalar(select(Agent.id).where(Agent.email == email))
+    if exists is not None:
+        raise Conflict(f"an agent with email {email} already exists")
+    agent = Agent(
+        email=email,
+        name=name.strip(),
+        password_hash=hash_password(password),
+        role=role.value,
+        skills=sorted(set(skills or [])),
+        languages=sorted(set(languages or [])),
+        capacity=dict(capacity or {}),
+        presence="offline",
+        active=True,
+    )
+    session.add(agent)
+    await session.flush()
+    for team_name in teams or []:
+        team = await do_get_or_create_team(session, team_name, actor=actor)
+        session.add(TeamMember(team_id=team.id, agent_id=agent.id))
+    await audit(session, actor, "agent.created", "agent", agent.id, {"email": email, "role": role.value})
+    return agent
+
+
+async def do_get_or_create_team(session: AsyncSession, name: str, *, actor: str = "system") -> Team:
+    name = name.strip()
+    if not name:
+        raise ValidationFailed("team name must not be empty")
+    team = await session.scalar(select(Team).where(Team.name == name))
+    if team is None:
+        team = Team(name=name)
+        session.add(team)
+        await session.flush()
+        await audit(session, actor, "team.created", "team", team.id, {"name": name})
+    return team
+
+
+async def do_login(session: AsyncSession, email: str, password: str, ttl_hours: float) -> tuple[str, Agent]:
+    agent = await session.scalar(select(Agent).where(Agent.email == email.strip().lower()))
+    # Verify against a dummy hash for unknown emails too, so timing does not
+    # reveal which addresses have accounts.
+    ok = verify_password(agent.password_hash if agent else _DUMMY_HASH, password)
+    if agent is None or not ok or not agent.active:
+        raise Unauthorized("email or password is wrong")
+    token, digest = new_api_token()
+    session.add(ApiToken(agent_id=agent.id, token_hash=digest, expires_at=utcnow() + timedelta(hours=ttl_hours)))
+    await audit(session, actor_of(agent), "agent.login", "agent", agent.id)
+    return token, agent
+
+
+_DUMMY_HASH = hash_password("not a real password, only for constant-time failures")
+
+
+async def check_token(session: AsyncSession, token: str) -> Agent:
+    row = await session.execute(
+        select(Agent, ApiToken.expires_at)
+        .join(ApiToken, ApiToken.agent_id == Agent.id)
+        .where(ApiToken.token_hash == token_digest(token))
+    )
+    found = row.first()
+    if found is None:
+        raise Unauthorized("the token is not valid")
+    agent, expires_at = found
+    if expires_at <= utcnow():
+        raise Unauthorized("the token has expired; log in again")
+    if not agent.active:
+        raise Unauthorized("this agent is deactivated")
+    return agent
+
+
+async def do_logout(session: AsyncSession, token: str) -> None:
+    await session.execute(delete(ApiToken).where(ApiToken.token_hash == token_digest(token)))
+
+
+# --- inboxes ---------------------------------------------------------------
+
+
+async def do_ensure_inbox(
+    session: AsyncSession, *, key: str, channel: Channel, name: str, bot_enabled: bool = False
+) -> Inbox:
+    """Inboxes come from the configuration; keep the table in step with it."""
+    inbox = await session.scalar(select(Inbox).where(Inbox.key == key))
+    if inbox is None:
+        inbox = Inbox(key=key, channel=channel.value, name=name, bot_enabled=bot_enabled, settings={})
+        session.add(inbox)
+        await session.flush()
+        await audit(session, "system", "inbox.created", "inbox", inbox.id, {"key": key})
+    elif inbox.channel != channel.value:
+        raise Conflict(f"inbox {key!r} exists as a {inbox.channel} inbox, not {channel.value}")
+    else:
+        inbox.name = name
+        inbox.bot_enabled = bot_enabled
+    return inbox
+
+
+# --- tickets ---------------------------------------------------------------
+
+
+async def check_ticket(session: AsyncSession, ticket_id: int, *, lock: bool = False) -> Ticket:
+    stmt = select(Ticket).where(Ticket.id == ticket_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    ticket = await session.scalar(stmt)
+    if ticket is None:
+        raise NotFound(f"ticket {ticket_id} does not exist")
+    return ticket
+
+
+async def do_post_message(
+    session: AsyncSession,
+    ticket: Ticket,
+    *,
+    body: str,
+    author: Author,
+    agent: Agent | None = None,
+    private: bool = False,
+    attachments: list[dict[str, Any]] | None = None,
+) -> Message:
+    """A reply (queued for the sender) or a private note on ``ticket``."""
+    body = body.strip()
+    if not body and not attachments:
+        raise ValidationFailed("body must not be empty")
+    now = utcnow()
+    inbox = await session.get(Inbox, ticket.inbox_id)
+    assert inbox is not None
+    recipient: str | None = None
+    if not private:
+        kind = IDENTITY_OF_CHANNEL[Channel(ticket.channel)]
+        recipient = await session.scalar(
+            select(Identity.address)
+            .where(Identity.contact_id == ticket.contact_id, Identity.channel == kind.value)
+            .order_by(Identity.id.desc())
+            .limit(1)
+        )
+        if recipient is None:
+            raise ValidationFailed(
+                f"contact {ticket.contact_id} has no {kind.value} address to reply to on {ticket.channel}"
+            )
+    msg = Message(
+        ticket_id=ticket.id,
+        contact_id=ticket.contact_id,
+        inbox_id=ticket.inbox_id,
+        channel=ticket.channel,
+        direction=Direction.OUT.value,
+        author=author.value,
+        author_id=agent.id if agent else None,
+        body=body,
+        attachments=list(attachments or []),
+        private=private,
+        # A note goes nowhere: it is complete the moment it is stored.
+        status=DeliveryStatus.SENT.value if private else DeliveryStatus.QUEUED.value,
+        extras={"recipient": recipient} if recipient else {},
+        created_at=now,
+        next_attempt_at=None if private else now,
+        attempts=0,
+    )
+    session.add(msg)
+    if not private:
+        ticket.last_message_at = now
+        ticket.waiting_since = None
+        if author is Author.AGENT:
+            if ticket.first_response_at is None:
+                ticket.first_response_at = now
+            if ticket.status == TicketStatus.PENDING.value:
+                # A human answered: the bot steps back on this ticket.
+                ticket.status = TicketStatus.OPEN.value
+                ticket.bot_silenced = True
+    await session.flush()
+    labels = await ticket_labels(session, ticket.id)
+    await add_outbox(
+        session,
+        [
+            outbox_row(
+                TicketEventKind.MESSAGE_CREATED.value,
+                ticket.id,
+                {"message": message_view(msg, inbox.key), "ticket": ticket_view(ticket, labels)},
+            )
+        ],
+    )
+    await audit(
+        session,
+        actor_of(agent) if agent else author.value,
+        "message.note" if private else "message.reply",
+        "ticket",
+        ticket.id,
+        {"message_id": msg.id},
+    )
+    return msg
+
+
+async def do_assign(
+    session: AsyncSession,
+    ticket: Ticket,
+    *,
+    agent_id: int | None,
+    team_id: int | None,
+    actor: str,
+) -> Ticket:
+    if agent_id is not None and await session.get(Agent, agent_id) is None:
+        raise NotFound(f"agent {agent_id} does not exist")
+    if team_id is not None and await session.get(Team, team_id) is None:
+        raise NotFound(f"team {team_id} does not exist")
+    before = {"assignee_id": ticket.assignee_id, "team_id": ticket.team_id}
+    ticket.assignee_id = agent_id
+    ticket.team_id = team_id
+    if agent_id is not None:
+        await session.execute(update(Agent).where(Agent.id == agent_id).values(last_assigned_at=utcnow()))
+    after = {"assignee_id": agent_id, "team_id": team_id}
+    await session.flush()
+    await record_ticket_event(session, ticket, TicketEventKind.ASSIGNED, actor, {"from": before, "to": after})
+    await audit(session, actor, "ticket.assigned", "ticket", ticket.id, {"from": before, "to": after})
+    return ticket
+
+
+async def do_set_status(
+    session: AsyncSession,
+    ticket: Ticket,
+    *,
+    status: TicketStatus,
+    actor: str,
+    snoozed_until: datetime | None = None,
+) -> Ticket:
+    now = utcnow()
+    if status is TicketStatus.SNOOZED:
+        if snoozed_until is None:
+            raise ValidationFailed("snoozed_until is required to snooze a ticket")
+        if snoozed_until <= now:
+            raise ValidationFailed("snoozed_until must be in the future")
+    elif snoozed_until is not None:
+        raise ValidationFailed("snoozed_until is only allowed with status snoozed")
+    before = ticket.status
+    if before == TicketStatus.RESOLVED.value and status is not TicketStatus.RESOLVED:
+        other = await session.scalar(
+            select(Ticket.id).where(
+                Ticket.contact_id == ticket.contact_id,
+                Ticket.inbox_id == ticket.inbox_id,
+                Ticket.status != TicketStatus.RESOLVED.value,
+                Ticket.id != ticket.id,
+            )
+        )
+        if other is not None:
+            raise Conflict(f"ticket {other} is already open for this contact in this inbox; reply there instead")
+    ticket.status = status.value
+    ticket.snoozed_until = snoozed_until
+    ticket.resolved_at = now if status is TicketStatus.RESOLVED else None
+    await session.flush()
+    data = {"from": before, "to": status.value}
+    if snoozed_until is not None:
+        data["snoozed_until"] = snoozed_until.isoformat()
+    await record_ticket_event(session, ticket, TicketEventKind.STATUS_CHANGED, actor, data)
+    await audit(session, actor, "ticket.status", "ticket", ticket.id, data)
+    return ticket
+
+
+async def do_set_labels(session: AsyncSession, ticket: Ticket, labels: list[str], *, actor: str) -> None:
+    clean = sorted({label.strip() for label in labels if label.strip()})
+    for label in clean:
+        if len(label) > 100:
+            raise ValidationFailed(f"label {label[:20]!r}... is longer than 100 characters")
+    await session.execute(delete(TicketLabel).where(TicketLabel.ticket_id == ticket.id))
+    for label in clean:
+        session.add(TicketLabel(ticket_id=ticket.id, label=label))
+    await session.flush()
+    await audit(session, actor, "ticket.labels", "ticket", ticket.id, {"labels": clean})
+
+
+# --- contacts --------------------------------------------------------------
+
+
+async def check_contact(session: AsyncSession, contact_id: int) -> Contact:
+    contact = await session.get(Contact, contact_id)
+    if contact is None:
+        raise NotFound(f"contact {contact_id} does not exist")
+    return contact
+
+
+async def do_merge_contacts(session: AsyncSession, target: Contact, source: Contact, *, actor: str) -> Contact:
+    """Fold ``source`` into ``target``: identities, tickets, messages and timeline
+    move; the source row stays as a pointer so old links still resolve."""
+    if target.id == source.id:
+        raise BadRequest("a contact cannot be merged into itself")
+    if source.merged_into_id is not None:
+        raise Conflict(f"contact {source.id} was already merged into {source.merged_into_id}")
+    if target.merged_into_id is not None:
+        raise Conflict(f"contact {target.id} was merged into {target.merged_into_id}; merge into that one")
+    now = utcnow()
+    # Both may have an unresolved ticket in the same inbox; only one may stay
+    # unresolved, so the source's is resolved with a pointer to the other.
+    target_current = {
+        t.inbox_id: t
+        for t in (
+            await session.scalars(
+                select(Ticket).where(Ticket.contact_id == target.id, Ticket.status != TicketStatus.RESOLVED.value)
+            )
+        ).all()
+    }
+    for t in (
+        await session.scalars(
+            select(Ticket).where(Ticket.contact_id == source.id, Ticket.status != TicketStatus.RESOLVED.value)
+        )
+    ).all():
+        if t.inbox_id in target_current:
+            t.status = TicketStatus.RESOLVED.value
+            t.resolved_at = now
+            session.add(
+                TicketEventRow(
+                    ticket_id=t.id,
+                    contact_id=source.id,
+                    kind=TicketEventKind.STATUS_CHANGED.value,
+                    actor=actor,
+                    data={
+                        "to": "resolved",
+                        "reason": "merged",
+                        "continued_in": target_current[t.inbox_id].id,
+                    },
+                    created_at=now,
+                )
+            )
+    await session.flush()
+    for model in (Identity, Ticket, Message, TicketEventRow):
+        await session.execute(update(model).where(model.contact_id == source.id).values(contact_id=target.id))
+    target.attributes = {**(source.attributes or {}), **(target.attributes or {})}
+    target.tags = sorted(set(target.tags or []) | set(source.tags or []))
+    target.name = target.name or source.name
+    target.lead_score = max(target.lead_score, source.lead_score)
+    target.lifecycle_stage = target.lifecycle_stage or source.lifecycle_stage
+    source.merged_into_id = target.id
+    await session.flush()
+    latest = await session.scalar(
+        select(Ticket).where(Ticket.contact_id == target.id).order_by(Ticket.last_message_at.desc()).limit(1)
+    )
+    data = {"source_id": source.id, "target_id": target.id}
+    if latest is not None:
+        await record_ticket_event(session, latest, TicketEventKind.CONTACT_MERGED, actor, data)
+    await audit(session, actor, "contact.merged", "contact", target.id, data)
+    return target

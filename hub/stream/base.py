@@ -1,0 +1,95 @@
+"""What the hub needs from a stream, whatever carries it.
+
+Delivery is at least once: an event is acknowledged only after its handler has
+committed, so a crash redelivers it, and every handler is idempotent. Events
+that keep failing go to a dead letter after ``max_deliveries`` tries, where they
+are kept (never dropped) and counted in the metrics.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event on the stream. ``key`` (the ticket id) groups events whose
+    order matters; ``outbox_id`` is the row it came from."""
+
+    key: str
+    payload: dict[str, Any]
+    outbox_id: int = 0
+    # Transport-specific id (a Redis entry id); empty in-process.
+    entry_id: str = ""
+    deliveries: int = 1
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return str(self.payload.get("kind", ""))
+
+
+# Handles a batch; raising means "not handled": the events are retried.
+EventHandler = Callable[[Sequence[Event]], Awaitable[None]]
+# Told which outbox rows are safe to delete.
+OutboxDone = Callable[[Sequence[int]], Awaitable[None]]
+
+
+class Stream(abc.ABC):
+    """Carries committed outbox events to the workers."""
+
+    #: True when ``publish`` returning means the event is stored durably by the
+    #: stream itself (Redis): the relay may then delete the outbox row at once.
+    #: False (in-process): the row is deleted through ``on_done`` once handled.
+    durable: bool = False
+
+    def __init__(self) -> None:
+        self.on_done: OutboxDone | None = None
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def publish(self, events: Sequence[Event]) -> None:
+        """Hand events to the stream; returns once the stream has them."""
+
+    @abc.abstractmethod
+    async def consume(self, group: str, consumer: str, handler: EventHandler) -> None:
+        """Deliver events to ``handler`` until cancelled or closed. Several
+        consumers of one group share the events; each event goes to one."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise if the stream cannot be reached."""
+
+    async def backlog(self) -> int:
+        """Events published and not yet acknowledged (for metrics and /readyz)."""
+        return 0
+
+
+class LiveBus(abc.ABC):
+    """Fan-out of live events (agent inbox updates, web chat deliveries) to every
+    web process. Fire and forget: a process that is not listening misses them,
+    which is fine because clients reload state from the database on reconnect."""
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def publish(self, channel: str, message: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def subscribe(self, channel: str) -> AsyncIterator[dict[str, Any]]:
+        """Messages published on ``channel`` from now on, until the iterator is closed."""
+
+
+Publisher = Callable[[str, dict[str, Any]], Awaitable[None]]

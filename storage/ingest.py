@@ -1,0 +1,496 @@
+"""The ingest action: inbound messages into contacts, tickets, messages and
+outbox events, in one transaction per batch.
+
+Set-based on purpose: a batch of concurrent messages costs about a dozen
+statements whatever its size, so commits are shared (the :class:`IngestBatcher`
+groups whatever arrives while the previous commit runs) and every message is
+still acknowledged only after its own commit.
+
+Safe under concurrency without process-local locks: identities are unique on
+(channel, address), unresolved tickets on (contact, inbox), messages on (channel,
+external_id); inserts use ``ON CONFLICT DO NOTHING`` and re-read the winner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import delete, insert, select, text, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.core import (
+    IDENTITY_OF_CHANNEL,
+    Author,
+    DeliveryStatus,
+    Direction,
+    InboundMessage,
+    TicketEventKind,
+    TicketStatus,
+    utcnow,
+)
+from storage.models import (
+    Contact,
+    Identity,
+    Inbox,
+    Message,
+    OutboxRow,
+    Ticket,
+    TicketEventRow,
+)
+from storage.views import message_view, ticket_view
+
+log = logging.getLogger(__name__)
+
+TOPIC_EVENTS = "events"
+
+
+class UnknownInbox(LookupError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"unknown inbox {key!r}: configure it before sending messages to it")
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    message_id: int
+    ticket_id: int
+    contact_id: int
+    duplicate: bool
+    ticket_created: bool
+    message: dict[str, Any]
+
+
+def dialect_insert(session: AsyncSession, model: Any) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(model)
+    return sqlite.insert(model)
+
+
+def outbox_row(kind: str, ticket_id: int, payload: dict[str, Any]) -> dict[str, Any]:
+    """One event for the stream; keyed by ticket so consumers can keep per-ticket order."""
+    return {"topic": TOPIC_EVENTS, "key": str(ticket_id), "payload": {"kind": kind, **payload}}
+
+
+async def add_outbox(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        now = utcnow()
+        await session.execute(insert(OutboxRow), [{**r, "created_at": now} for r in rows])
+
+
+async def ingest_batch(session: AsyncSession, messages: Sequence[InboundMessage]) -> list[IngestResult | Exception]:
+    """Store ``messages`` in the session's transaction. Returns, per message, its
+    result or the error that makes it unacceptable (the others still go in)."""
+    now = utcnow()
+    out: list[IngestResult | Exception | None] = [None] * len(messages)
+
+    # Inboxes: configured ahead of time; an unknown one is a per-message error.
+    inbox_keys = {m.inbox for m in messages}
+    rows = (await session.execute(select(Inbox.id, Inbox.key, Inbox.channel).where(Inbox.key.in_(inbox_keys)))).all()
+    inboxes = {r.key: (r.id, r.channel) for r in rows}
+    todo: list[int] = []
+    for i, m in enumerate(messages):
+        if m.inbox not in inboxes:
+            out[i] = UnknownInbox(m.inbox)
+        elif inboxes[m.inbox][1] != m.channel.value:
+            out[i] = ValueError(f"inbox {m.inbox!r} is a {inboxes[m.inbox][1]} inbox, not {m.channel.value}")
+        else:
+            todo.append(i)
+
+    # Duplicates: of an earlier message in this batch, or of one already stored.
+    first_of: dict[tuple[str, str], int] = {}
+    fresh: list[int] = []
+    for i in todo:
+        key = (messages[i].channel.value, messages[i].external_id)
+        if key in first_of:
+            continue  # answered below, from the first one's result
+        first_of[key] = i
+        fresh.append(i)
+    if first_of:
+        existing = await _existing_messages(session, list(first_of))
+        fresh = [i for i in fresh if (messages[i].channel.value, messages[i].external_id) not in existing]
+        for key, view in existing.items():
+            out[first_of[key]] = _duplicate(view)
+
+    # Contacts by identity.
+    ident_keys = {(IDENTITY_OF_CHANNEL[messages[i].channel].value, messages[i].sender): messages[i] for i in fresh}
+    contacts = await _contacts_for(session, ident_keys, now)
+
+    # The current (unresolved) ticket of each contact in each inbox.
+    ticket_keys: dict[tuple[int, int], InboundMessage] = {}
+    for i in fresh:
+        m = messages[i]
+        cid = contacts[(IDENTITY_OF_CHANNEL[m.channel].value, m.sender)]
+        ticket_keys.setdefault((cid, inboxes[m.inbox][0]), m)
+    tickets, created_tickets = await _tickets_for(session, ticket_keys, now)
+
+    # Messages: insert; a concurrent writer may have won a race for some.
+    msg_rows = []
+    for i in fresh:
+        m = messages[i]
+        cid = contacts[(IDENTITY_OF_CHANNEL[m.channel].value, m.sender)]
+        inbox_id = inboxes[m.inbox][0]
+        msg_rows.append(
+            {
+                "ticket_id": tickets[(cid, inbox_id)].id,
+                "contact_id": cid,
+                "inbox_id": inbox_id,
+                "channel": m.channel.value,
+                "direction": Direction.IN.value,
+                "author": Author.CONTACT.value,
+                "body": m.body,
+                "subject": m.subject,
+                "attachments": [a.model_dump(exclude_none=True) for a in m.attachments],
+                "private": False,
+                "external_id": m.external_id,
+                "status": DeliveryStatus.RECEIVED.value,
+                "extras": m.extras,
+                "created_at": now,
+                "sent_at": m.received_at,
+                "attempts": 0,
+            }
+        )
+    inserted: dict[tuple[str, str], int] = {}
+    if msg_rows:
+        stmt = (
+            dialect_insert(session, Message)
+            .on_conflict_do_nothing(index_elements=["channel", "external_id"])
+            .returning(Message.id, Message.channel, Message.external_id)
+        )
+        for r in (await session.execute(stmt, msg_rows)).all():
+            inserted[(r.channel, r.external_id)] = r.id
+        lost = [k for k in ((r["channel"], r["external_id"]) for r in msg_rows) if k not in inserted]
+        if lost:
+            for key, view in (await _existing_messages(session, lost)).items():
+                out[first_of[key]] = _duplicate(view)
+
+    # Ticket activity, timeline events and the outbox, for what was really inserted.
+    events: list[dict[str, Any]] = []
+    timeline: list[dict[str, Any]] = []
+    woke: set[int] = set()
+    inbox_key_of = {v[0]: k for k, v in inboxes.items()}
+    for row in msg_rows:
+        key = (row["channel"], row["external_id"])
+        if key not in inserted:
+            continue
+        ticket = tickets[(row["contact_id"], row["inbox_id"])]
+        is_new = ticket.id in created_tickets
+        if ticket.status == TicketStatus.SNOOZED.value:
+            ticket.status = TicketStatus.OPEN.value
+            ticket.snoozed_until = None
+            woke.add(ticket.id)
+        if ticket.waiting_since is None:
+            ticket.waiting_since = now
+        ticket.last_message_at = now
+        msg = Message(id=inserted[key], **row)
+        view = message_view(msg, inbox_key_of[row["inbox_id"]])
+        tview = ticket_view(ticket)
+        if is_new and ticket.id not in {e["ticket_id"] for e in timeline}:
+            timeline.append(
+                {
+                    "ticket_id": ticket.id,
+                    "contact_id": ticket.contact_id,
+                    "kind": TicketEventKind.CREATED.value,
+                    "actor": "contact",
+                    "data": {"channel": ticket.channel, "inbox": inbox_key_of[ticket.inbox_id]},
+                    "created_at": now,
+                }
+            )
+        events.append(
+            outbox_row(
+                TicketEventKind.MESSAGE_RECEIVED.value,
+                ticket.id,
+                {"message": view, "ticket": tview, "ticket_created": is_new},
+            )
+        )
+        out[first_of[key]] = IngestResult(
+            message_id=msg.id,
+            ticket_id=ticket.id,
+            contact_id=ticket.contact_id,
+            duplicate=False,
+            ticket_created=is_new,
+            message=view,
+        )
+    for tid in woke:
+        t = next(t for t in tickets.values() if t.id == tid)
+        timeline.append(
+            {
+                "ticket_id": tid,
+                "contact_id": t.contact_id,
+                "kind": TicketEventKind.STATUS_CHANGED.value,
+                "actor": "contact",
+                "data": {"from": TicketStatus.SNOOZED.value, "to": TicketStatus.OPEN.value},
+                "created_at": now,
+            }
+        )
+    # The touched tickets are ORM objects of this session: the flush before the
+    # next statement writes their new activity, status and wait time.
+    if timeline:
+        await session.execute(insert(TicketEventRow), timeline)
+    await add_outbox(session, events)
+
+    # Messages repeated inside the batch answer with their first copy's result.
+    for i in todo:
+        if out[i] is None:
+            key = (messages[i].channel.value, messages[i].external_id)
+            first = out[first_of[key]]
+            if isinstance(first, IngestResult):
+                out[i] = _duplicate(first.message)
+            else:
+                out[i] = first
+    return [r if r is not None else RuntimeError("message was not processed") for r in out]
+
+
+def _duplicate(view: dict[str, Any]) -> IngestResult:
+    return IngestResult(
+        message_id=view["id"],
+        ticket_id=view["ticket_id"],
+        contact_id=view["contact_id"],
+        duplicate=True,
+        ticket_created=False,
+        message=view,
+    )
+
+
+async def _existing_messages(
+    session: AsyncSession, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for chunk in _chunks(keys, 400):
+        result = await session.execute(
+            select(Message, Inbox.key)
+            .join(Inbox, Inbox.id == Message.inbox_id)
+            .where(tuple_(Message.channel, Message.external_id).in_(chunk))
+        )
+        for msg, inbox_key in result.all():
+            found[(msg.channel, msg.external_id or "")] = message_view(msg, inbox_key)
+    return found
+
+
+async def _contacts_for(
+    session: AsyncSession, keys: dict[tuple[str, str], InboundMessage], now: datetime
+) -> dict[tuple[str, str], int]:
+    if not keys:
+        return {}
+    found = await _identity_contacts(session, list(keys))
+    missing = [k for k in keys if k not in found]
+    if missing:
+        new_ids = (
+            (
+                await session.execute(
+                    insert(Contact).returning(Contact.id, sort_by_parameter_order=True),
+                    [
+                        {
+                            "name": keys[k].sender_name,
+                            "attributes": {},
+                            "tags": [],
+                            "lead_score": 0,
+                            "created_at": now,
+                            "last_seen_at": now,
+                        }
+                        for k in missing
+                    ],
+                )
+            )
+            .scalars()
+            .all()
+        )
+        stmt = (
+            dialect_insert(session, Identity)
+            .on_conflict_do_nothing(index_elements=["channel", "address"])
+            .returning(Identity.channel, Identity.address, Identity.contact_id)
+        )
+        won = (
+            await session.execute(
+                stmt,
+                [
+                    {
+                        "contact_id": cid,
+                        "channel": k[0],
+                        "address": k[1],
+                        "display_name": keys[k].sender_name,
+                        "created_at": now,
+                    }
+                    for k, cid in zip(missing, new_ids, strict=True)
+                ],
+            )
+        ).all()
+        for r in won:
+            found[(r.channel, r.address)] = r.contact_id
+        lost = [k for k in missing if k not in found]
+        if lost:
+            # Another transaction created these identities first: use its contacts
+            # and drop the ones we made for nothing.
+            orphans = [cid for k, cid in zip(missing, new_ids, strict=True) if k in set(lost)]
+            await session.execute(delete(Contact).where(Contact.id.in_(orphans)))
+            found.update(await _identity_contacts(session, lost))
+    seen = [cid for k, cid in found.items() if k in keys]
+    for chunk in _chunks(sorted(set(seen)), 500):
+        await session.execute(update(Contact).where(Contact.id.in_(chunk)).values(last_seen_at=now))
+    return found
+
+
+async def _identity_contacts(session: AsyncSession, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    found: dict[tuple[str, str], int] = {}
+    for chunk in _chunks(keys, 400):
+        rows = await session.execute(
+            select(Identity.channel, Identity.address, Identity.contact_id).where(
+                tuple_(Identity.channel, Identity.address).in_(chunk)
+            )
+        )
+        for r in rows.all():
+            found[(r.channel, r.address)] = r.contact_id
+    return found
+
+
+async def _tickets_for(
+    session: AsyncSession, keys: dict[tuple[int, int], InboundMessage], now: datetime
+) -> tuple[dict[tuple[int, int], Ticket], set[int]]:
+    if not keys:
+        return {}, set()
+    found = await _current_tickets(session, list(keys))
+    missing = [k for k in keys if k not in found]
+    created: set[int] = set()
+    if missing:
+        channel_of = {k: keys[k].channel.value for k in missing}
+        stmt = (
+            dialect_insert(session, Ticket)
+            .on_conflict_do_nothing(
+                index_elements=["contact_id", "inbox_id"],
+                index_where=text("status != 'resolved'"),
+            )
+            .returning(Ticket.id, Ticket.contact_id, Ticket.inbox_id)
+        )
+        rows = (
+            await session.execute(
+                stmt,
+                [
+                    {
+                        "contact_id": k[0],
+                        "inbox_id": k[1],
+                        "channel": channel_of[k],
+                        "status": TicketStatus.OPEN.value,
+                        "priority": "normal",
+                        "subject": keys[k].subject,
+                        "created_at": now,
+                        "last_message_at": now,
+                        "bot_silenced": False,
+                    }
+                    for k in missing
+                ],
+            )
+        ).all()
+        created = {r.id for r in rows}
+        found.update(await _current_tickets(session, missing))
+    return found, created
+
+
+async def _current_tickets(session: AsyncSession, keys: list[tuple[int, int]]) -> dict[tuple[int, int], Ticket]:
+    found: dict[tuple[int, int], Ticket] = {}
+    for chunk in _chunks(keys, 400):
+        rows = await session.execute(
+            select(Ticket).where(
+                Ticket.status != TicketStatus.RESOLVED.value,
+                tuple_(Ticket.contact_id, Ticket.inbox_id).in_(chunk),
+            )
+        )
+        for t in rows.scalars().all():
+            found[(t.contact_id, t.inbox_id)] = t
+    return found
+
+
+T = TypeVar("T")
+
+
+def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+CommitHook = Callable[[], Awaitable[None] | None]
+
+
+class IngestBatcher:
+    """Groups concurrent ingest calls into shared transactions.
+
+    Whatever arrives while one commit runs goes into the next; nobody waits for
+    a timer. Each caller's future resolves only after the commit that holds its
+    message, so "acknowledged" always means "durable". If a batch fails as a
+    whole, its messages are retried one by one so a single bad message cannot
+    take the others down with it.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[], contextlib.AbstractAsyncContextManager[AsyncSession]],
+        *,
+        max_batch: int = 500,
+        after_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self._write = write
+        self._max_batch = max_batch
+        self._after_commit = after_commit
+        self._queue: list[tuple[InboundMessage, asyncio.Future[IngestResult]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ingest-batcher")
+
+    async def stop(self) -> None:
+        self._closed = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def submit(self, message: InboundMessage) -> IngestResult:
+        if self._closed or self._task is None:
+            raise RuntimeError("ingest is not running")
+        fut: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        self._queue.append((message, fut))
+        self._wake.set()
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[tuple[InboundMessage, asyncio.Future[IngestResult]]]) -> None:
+        try:
+            async with self._write() as session:
+                results = await ingest_batch(session, [m for m, _ in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                log.exception("ingest failed")
+                _settle(batch[0][1], exc)
+                return
+            for item in batch:
+                await self._commit([item])
+            return
+        if self._after_commit is not None:
+            self._after_commit()
+        for (_, fut), res in zip(batch, results, strict=True):
+            _settle(fut, res)
+
+
+def _settle(fut: asyncio.Future[IngestResult], result: IngestResult | BaseException) -> None:
+    if fut.done():
+        return
+    if isinstance(result, BaseException):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)

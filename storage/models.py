@@ -1,0 +1,288 @@
+"""SQLAlchemy 2 models. The schema is created and upgraded by Alembic
+(``storage/migrations``); a test checks the migrations produce these models."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from hub.core import utcnow
+
+# SQLite integer primary keys must be INTEGER to autoincrement; PostgreSQL gets BIGINT.
+PK = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out, on SQLite (which stores naive text) too."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Team(Base):
+    __tablename__ = "teams"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TeamMember(Base):
+    __tablename__ = "team_members"
+
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Agent(Base):
+    __tablename__ = "agents"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(20), default="agent")
+    skills: Mapped[list[Any]] = mapped_column(default=list)
+    languages: Mapped[list[Any]] = mapped_column(default=list)
+    # Open tickets an agent may hold, per channel kind: {"webchat": 3, "email": 10}.
+    capacity: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    presence: Mapped[str] = mapped_column(String(20), default="offline")
+    phone: Mapped[str | None] = mapped_column(String(40), default=None)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_assigned_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    teams: Mapped[list[Team]] = relationship(secondary="team_members", lazy="raise")
+
+
+class ApiToken(Base):
+    """Bearer tokens: only a SHA-256 of the token is kept, so a leaked database
+    does not leak sessions."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+
+
+class Inbox(Base):
+    """Where messages arrive: the web chat, an SMS number, a mailbox, a bot."""
+
+    __tablename__ = "inboxes"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    channel: Mapped[str] = mapped_column(String(20))
+    name: Mapped[str] = mapped_column(String(200))
+    bot_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    default_team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"), default=None)
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(512), default=None)
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    tags: Mapped[list[Any]] = mapped_column(default=list)
+    lifecycle_stage: Mapped[str | None] = mapped_column(String(40), default=None)
+    lead_score: Mapped[int] = mapped_column(Integer, default=0)
+    segment: Mapped[str | None] = mapped_column(String(40), default=None)
+    # A contact merged into another keeps its row so old links resolve.
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    identities: Mapped[list[Identity]] = relationship(back_populates="contact", lazy="raise")
+
+
+class Identity(Base):
+    """One address of a contact on one kind of channel."""
+
+    __tablename__ = "identities"
+    __table_args__ = (UniqueConstraint("channel", "address", name="uq_identities_channel_address"),)
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(20))
+    address: Mapped[str] = mapped_column(String(512))
+    display_name: Mapped[str | None] = mapped_column(String(512), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    contact: Mapped[Contact] = relationship(back_populates="identities", lazy="raise")
+
+
+class Ticket(Base):
+    __tablename__ = "tickets"
+    __table_args__ = (
+        # At most one unresolved ticket per contact and inbox: the database, not a
+        # lock in one process, makes two simultaneous first messages share a ticket.
+        Index(
+            "uq_tickets_current",
+            "contact_id",
+            "inbox_id",
+            unique=True,
+            sqlite_where=text("status != 'resolved'"),
+            postgresql_where=text("status != 'resolved'"),
+        ),
+        Index("ix_tickets_activity", "last_message_at", "id"),
+        Index("ix_tickets_status_activity", "status", "last_message_at"),
+    )
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
+    inbox_id: Mapped[int] = mapped_column(ForeignKey("inboxes.id"))
+    channel: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default="open")
+    priority: Mapped[str] = mapped_column(String(20), default="normal")
+    subject: Mapped[str | None] = mapped_column(String(1000), default=None)
+    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"), default=None, index=True)
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"), default=None, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the customer started waiting for us (None: we spoke last).
+    waiting_since: Mapped[datetime | None] = mapped_column(default=None)
+    first_response_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_message_at: Mapped[datetime] = mapped_column(default=utcnow)
+    snoozed_until: Mapped[datetime | None] = mapped_column(default=None)
+    resolved_at: Mapped[datetime | None] = mapped_column(default=None)
+    bot_silenced: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    labels: Mapped[list[TicketLabel]] = relationship(lazy="raise", cascade="all, delete-orphan")
+
+
+class TicketLabel(Base):
+    __tablename__ = "ticket_labels"
+
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), primary_key=True)
+    label: Mapped[str] = mapped_column(String(100), primary_key=True, index=True)
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        # Idempotency: a provider's retried webhook carries the same id.
+        UniqueConstraint("channel", "external_id", name="uq_messages_channel_external_id"),
+        Index("ix_messages_ticket", "ticket_id", "id"),
+        Index("ix_messages_contact_time", "contact_id", "created_at"),
+        Index("ix_messages_outbound_work", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    inbox_id: Mapped[int] = mapped_column(ForeignKey("inboxes.id"))
+    channel: Mapped[str] = mapped_column(String(20))
+    direction: Mapped[str] = mapped_column(String(3))
+    author: Mapped[str] = mapped_column(String(10))
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"), default=None)
+    body: Mapped[str] = mapped_column(Text, default="")
+    subject: Mapped[str | None] = mapped_column(String(1000), default=None)
+    attachments: Mapped[list[Any]] = mapped_column(default=list)
+    private: Mapped[bool] = mapped_column(Boolean, default=False)
+    external_id: Mapped[str | None] = mapped_column(String(512), default=None)
+    status: Mapped[str] = mapped_column(String(20))
+    status_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    extras: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Outbound work: tries so far, when to try again, when a "sending" claim lapses.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class TicketEventRow(Base):
+    """The customer timeline's non-message facts (created, assigned, status,
+    merges, calls), and the history of each ticket."""
+
+    __tablename__ = "ticket_events"
+    __table_args__ = (Index("ix_ticket_events_contact_time", "contact_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    kind: Mapped[str] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(64), default="system")
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OutboxRow(Base):
+    """Events written in the same transaction as the change they describe; the
+    relay publishes them on the stream after the commit. A row leaves the table
+    only once the stream holds the event durably (or, in-process, once it is
+    handled), so a crash at any point redelivers rather than loses."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    topic: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(64), default="")
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column(default=None, index=True)
+
+
+class AuditLog(Base):
+    """Who changed what: every action by an agent, an admin, the bot or the system."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_entity", "entity", "entity_id"),)
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    entity: Mapped[str] = mapped_column(String(40))
+    entity_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

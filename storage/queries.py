@@ -1,0 +1,300 @@
+"""Read-side queries for the API: filtered, cursor-paginated, no lazy loads."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, literal, or_, select, union_all
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import Contact, Identity, Inbox, Message, Ticket, TicketEventRow, TicketLabel
+from storage.views import contact_view, iso, message_view, ticket_view
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def encode_cursor(*parts: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(parts, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, size: int) -> list[Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        parts = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, TypeError) as exc:
+        raise BadCursor("cursor is not one this API issued") from exc
+    if not isinstance(parts, list) or len(parts) != size:
+        raise BadCursor("cursor is not one this API issued")
+    return parts
+
+
+def _cursor_time(value: Any) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError as exc:
+        raise BadCursor("cursor is not one this API issued") from exc
+    if parsed.tzinfo is None:
+        raise BadCursor("cursor is not one this API issued")
+    return parsed
+
+
+@dataclass
+class TicketFilter:
+    status: list[str] = field(default_factory=list)
+    assignee_id: int | None = None
+    unassigned: bool = False
+    team_id: int | None = None
+    channel: list[str] = field(default_factory=list)
+    label: str | None = None
+    contact_id: int | None = None
+    text: str | None = None
+
+
+async def labels_for(session: AsyncSession, ticket_ids: list[int]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = defaultdict(list)
+    if ticket_ids:
+        rows = await session.execute(
+            select(TicketLabel.ticket_id, TicketLabel.label).where(TicketLabel.ticket_id.in_(ticket_ids))
+        )
+        for tid, label in rows.all():
+            out[tid].append(label)
+    return out
+
+
+async def list_tickets(
+    session: AsyncSession, f: TicketFilter, *, cursor: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Most recent activity first."""
+    stmt = select(Ticket)
+    if f.status:
+        stmt = stmt.where(Ticket.status.in_(f.status))
+    if f.unassigned:
+        stmt = stmt.where(Ticket.assignee_id.is_(None))
+    elif f.assignee_id is not None:
+        stmt = stmt.where(Ticket.assignee_id == f.assignee_id)
+    if f.team_id is not None:
+        stmt = stmt.where(Ticket.team_id == f.team_id)
+    if f.channel:
+        stmt = stmt.where(Ticket.channel.in_(f.channel))
+    if f.contact_id is not None:
+        stmt = stmt.where(Ticket.contact_id == f.contact_id)
+    if f.label:
+        stmt = stmt.where(
+            select(TicketLabel.ticket_id)
+            .where(TicketLabel.ticket_id == Ticket.id, TicketLabel.label == f.label)
+            .exists()
+        )
+    if f.text:
+        pattern = f"%{_escape_like(f.text)}%"
+        stmt = stmt.where(
+            or_(
+                Ticket.subject.ilike(pattern, escape="\\"),
+                select(Contact.id)
+                .where(Contact.id == Ticket.contact_id, Contact.name.ilike(pattern, escape="\\"))
+                .exists(),
+                select(Message.id)
+                .where(Message.ticket_id == Ticket.id, Message.body.ilike(pattern, escape="\\"))
+                .exists(),
+            )
+        )
+    if cursor:
+        at_raw, tid = decode_cursor(cursor, 2)
+        at = _cursor_time(at_raw)
+        stmt = stmt.where(or_(Ticket.last_message_at < at, and_(Ticket.last_message_at == at, Ticket.id < int(tid))))
+    stmt = stmt.order_by(Ticket.last_message_at.desc(), Ticket.id.desc()).limit(limit + 1)
+    tickets = list((await session.scalars(stmt)).all())
+    more = len(tickets) > limit
+    tickets = tickets[:limit]
+    ids = [t.id for t in tickets]
+    labels = await labels_for(session, ids)
+    names = {
+        cid: name
+        for cid, name in (
+            await session.execute(
+                select(Contact.id, Contact.name).where(Contact.id.in_({t.contact_id for t in tickets}))
+            )
+        ).all()
+    }
+    last = await _last_messages(session, ids)
+    items = []
+    for t in tickets:
+        view = ticket_view(t, labels.get(t.id))
+        view["contact_name"] = names.get(t.contact_id)
+        view["last_message"] = last.get(t.id)
+        items.append(view)
+    next_cursor = encode_cursor(iso(tickets[-1].last_message_at), tickets[-1].id) if more else None
+    return items, next_cursor
+
+
+async def _last_messages(session: AsyncSession, ticket_ids: list[int]) -> dict[int, dict[str, Any]]:
+    if not ticket_ids:
+        return {}
+    newest = (
+        select(Message.ticket_id, Message.id)
+        .where(Message.ticket_id.in_(ticket_ids), Message.private.is_(False))
+        .order_by(Message.ticket_id, Message.id.desc())
+    )
+    latest: dict[int, int] = {}
+    for tid, mid in (await session.execute(newest)).all():
+        latest.setdefault(tid, mid)
+    if not latest:
+        return {}
+    rows = await session.scalars(select(Message).where(Message.id.in_(latest.values())))
+    return {
+        m.ticket_id: {
+            "id": m.id,
+            "body": m.body[:200],
+            "direction": m.direction,
+            "author": m.author,
+            "created_at": iso(m.created_at),
+        }
+        for m in rows.all()
+    }
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def get_ticket(session: AsyncSession, ticket_id: int, *, message_limit: int = 500) -> dict[str, Any] | None:
+    ticket = await session.get(Ticket, ticket_id)
+    if ticket is None:
+        return None
+    labels = await labels_for(session, [ticket.id])
+    inbox_key = await session.scalar(select(Inbox.key).where(Inbox.id == ticket.inbox_id))
+    rows = await session.scalars(
+        select(Message).where(Message.ticket_id == ticket.id).order_by(Message.id.desc()).limit(message_limit)
+    )
+    messages = [message_view(m, inbox_key) for m in reversed(rows.all())]
+    view = ticket_view(ticket, labels.get(ticket.id))
+    view["inbox"] = inbox_key
+    view["messages"] = messages
+    contact = await session.get(Contact, ticket.contact_id)
+    view["contact_name"] = contact.name if contact else None
+    return view
+
+
+async def list_contacts(
+    session: AsyncSession, *, text: str | None, cursor: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    stmt = select(Contact).where(Contact.merged_into_id.is_(None))
+    if text:
+        pattern = f"%{_escape_like(text)}%"
+        stmt = stmt.where(
+            or_(
+                Contact.name.ilike(pattern, escape="\\"),
+                select(Identity.id)
+                .where(Identity.contact_id == Contact.id, Identity.address.ilike(pattern, escape="\\"))
+                .exists(),
+            )
+        )
+    if cursor:
+        (cid,) = decode_cursor(cursor, 1)
+        stmt = stmt.where(Contact.id < int(cid))
+    contacts = list((await session.scalars(stmt.order_by(Contact.id.desc()).limit(limit + 1))).all())
+    more = len(contacts) > limit
+    contacts = contacts[:limit]
+    idents = await identities_for(session, [c.id for c in contacts])
+    items = [contact_view(c, idents.get(c.id, [])) for c in contacts]
+    return items, encode_cursor(contacts[-1].id) if more else None
+
+
+async def identities_for(session: AsyncSession, contact_ids: list[int]) -> dict[int, list[Identity]]:
+    out: dict[int, list[Identity]] = defaultdict(list)
+    if contact_ids:
+        for ident in (
+            await session.scalars(select(Identity).where(Identity.contact_id.in_(contact_ids)).order_by(Identity.id))
+        ).all():
+            out[ident.contact_id].append(ident)
+    return out
+
+
+async def get_contact(session: AsyncSession, contact_id: int) -> dict[str, Any] | None:
+    contact = await session.get(Contact, contact_id)
+    if contact is None:
+        return None
+    idents = await identities_for(session, [contact.id])
+    view = contact_view(contact, idents.get(contact.id, []))
+    tickets = (
+        await session.scalars(
+            select(Ticket).where(Ticket.contact_id == contact.id).order_by(Ticket.last_message_at.desc()).limit(50)
+        )
+    ).all()
+    labels = await labels_for(session, [t.id for t in tickets])
+    view["tickets"] = [ticket_view(t, labels.get(t.id)) for t in tickets]
+    return view
+
+
+async def timeline(
+    session: AsyncSession, contact_id: int, *, cursor: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Messages and ticket events of one contact across all tickets and channels,
+    newest first. Sorted by (time, kind, id) so the cursor is stable when a
+    message and an event share a timestamp."""
+    msgs = select(literal("message").label("kind"), Message.id.label("id"), Message.created_at.label("at")).where(
+        Message.contact_id == contact_id
+    )
+    events = select(
+        literal("event").label("kind"), TicketEventRow.id.label("id"), TicketEventRow.created_at.label("at")
+    ).where(TicketEventRow.contact_id == contact_id)
+    merged = union_all(msgs, events).subquery()
+    stmt = select(merged.c.kind, merged.c.id, merged.c.at)
+    if cursor:
+        at_raw, kind, item_id = decode_cursor(cursor, 3)
+        at = _cursor_time(at_raw)
+        stmt = stmt.where(
+            or_(
+                merged.c.at < at,
+                and_(merged.c.at == at, merged.c.kind < str(kind)),
+                and_(merged.c.at == at, merged.c.kind == str(kind), merged.c.id < int(item_id)),
+            )
+        )
+    stmt = stmt.order_by(merged.c.at.desc(), merged.c.kind.desc(), merged.c.id.desc()).limit(limit + 1)
+    keys = (await session.execute(stmt)).all()
+    more = len(keys) > limit
+    keys = keys[:limit]
+    msg_ids = [k.id for k in keys if k.kind == "message"]
+    ev_ids = [k.id for k in keys if k.kind == "event"]
+    inbox_keys = dict((await session.execute(select(Inbox.id, Inbox.key))).tuples().all())
+    messages = {m.id: m for m in (await session.scalars(select(Message).where(Message.id.in_(msg_ids)))).all()}
+    evs = {e.id: e for e in (await session.scalars(select(TicketEventRow).where(TicketEventRow.id.in_(ev_ids)))).all()}
+    items: list[dict[str, Any]] = []
+    for k in keys:
+        if k.kind == "message":
+            m = messages[k.id]
+            items.append(
+                {
+                    "type": "message",
+                    "at": iso(m.created_at),
+                    "message": message_view(m, inbox_keys.get(m.inbox_id)),
+                }
+            )
+        else:
+            e = evs[k.id]
+            items.append(
+                {
+                    "type": "event",
+                    "at": iso(e.created_at),
+                    "event": {
+                        "id": e.id,
+                        "ticket_id": e.ticket_id,
+                        "kind": e.kind,
+                        "actor": e.actor,
+                        "data": e.data,
+                        "created_at": iso(e.created_at),
+                    },
+                }
+            )
+    next_cursor = None
+    if more and keys:
+        last = keys[-1]
+        last_at = messages[last.id].created_at if last.kind == "message" else evs[last.id].created_at
+        next_cursor = encode_cursor(iso(last_at), last.kind, last.id)
+    return items, next_cursor

@@ -1,0 +1,103 @@
+"""The JSON shapes of stored things, shared by the REST API, the live events and
+the stream payloads, so an agent sees the same message whichever way it came."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from storage.models import Agent, Contact, Identity, Message, Team, Ticket
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def message_view(m: Message, inbox_key: str | None = None) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "ticket_id": m.ticket_id,
+        "contact_id": m.contact_id,
+        "inbox": inbox_key,
+        "channel": m.channel,
+        "direction": m.direction,
+        "author": m.author,
+        "author_id": m.author_id,
+        "body": m.body,
+        "subject": m.subject,
+        "attachments": list(m.attachments or []),
+        "private": m.private,
+        "external_id": m.external_id,
+        "status": m.status,
+        "status_reason": m.status_reason,
+        "created_at": iso(m.created_at),
+        "sent_at": iso(m.sent_at),
+        "delivered_at": iso(m.delivered_at),
+    }
+
+
+def ticket_view(t: Ticket, labels: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "status": t.status,
+        "priority": t.priority,
+        "channel": t.channel,
+        "inbox_id": t.inbox_id,
+        "contact_id": t.contact_id,
+        "assignee_id": t.assignee_id,
+        "team_id": t.team_id,
+        "subject": t.subject,
+        "labels": sorted(labels or []),
+        "created_at": iso(t.created_at),
+        "waiting_since": iso(t.waiting_since),
+        "first_response_at": iso(t.first_response_at),
+        "last_message_at": iso(t.last_message_at),
+        "snoozed_until": iso(t.snoozed_until),
+        "resolved_at": iso(t.resolved_at),
+    }
+
+
+def identity_view(i: Identity) -> dict[str, Any]:
+    return {
+        "channel": i.channel,
+        "address": i.address,
+        "display_name": i.display_name,
+        "created_at": iso(i.created_at),
+    }
+
+
+def contact_view(c: Contact, identities: list[Identity] | None = None) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": c.id,
+        "name": c.name,
+        "attributes": dict(c.attributes or {}),
+        "tags": list(c.tags or []),
+        "lifecycle_stage": c.lifecycle_stage,
+        "lead_score": c.lead_score,
+        "segment": c.segment,
+        "merged_into_id": c.merged_into_id,
+        "created_at": iso(c.created_at),
+        "last_seen_at": iso(c.last_seen_at),
+    }
+    if identities is not None:
+        view["identities"] = [identity_view(i) for i in identities]
+    return view
+
+
+def agent_view(a: Agent, team_ids: list[int] | None = None) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "email": a.email,
+        "name": a.name,
+        "role": a.role,
+        "skills": list(a.skills or []),
+        "languages": list(a.languages or []),
+        "capacity": dict(a.capacity or {}),
+        "presence": a.presence,
+        "active": a.active,
+        "team_ids": sorted(team_ids or []),
+    }
+
+
+def team_view(t: Team) -> dict[str, Any]:
+    return {"id": t.id, "name": t.name}

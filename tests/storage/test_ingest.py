@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import func, select
+
+from hub.core import Attachment, Channel, InboundMessage
+from storage.db import Database
+from storage.ingest import IngestBatcher, IngestResult, UnknownInbox, ingest_batch
+from storage.models import Contact, Identity, Message, OutboxRow, Ticket, TicketEventRow
+
+
+def web(sender: str, ext: str, body: str = "hi") -> InboundMessage:
+    return InboundMessage(channel=Channel.WEBCHAT, inbox="webchat", external_id=ext, sender=sender, body=body)
+
+
+async def count(db: Database, model: type) -> int:
+    async with db.read() as s:
+        return int(await s.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def test_first_message_creates_contact_ticket_message_and_event(db: Database) -> None:
+    msg = InboundMessage(
+        channel=Channel.SMS,
+        inbox="sms:+15550001111",
+        external_id="SM1",
+        sender="+15551234567",
+        sender_name="Sara",
+        body="سلام",
+        attachments=(Attachment(url="https://example.com/a.jpg", content_type="image/jpeg"),),
+    )
+    async with db.write() as s:
+        (res,) = await ingest_batch(s, [msg])
+    assert isinstance(res, IngestResult)
+    assert res.ticket_created and not res.duplicate
+    async with db.read() as s:
+        ident = (await s.scalars(select(Identity))).one()
+        assert (ident.channel, ident.address) == ("phone", "+15551234567")
+        contact = await s.get(Contact, ident.contact_id)
+        assert contact is not None and contact.name == "Sara"
+        ticket = await s.get(Ticket, res.ticket_id)
+        assert ticket is not None and ticket.status == "open" and ticket.channel == "sms"
+        assert ticket.waiting_since is not None and ticket.waiting_since.tzinfo is not None
+        stored = await s.get(Message, res.message_id)
+        assert stored is not None
+        assert stored.body == "سلام" and stored.direction == "in" and stored.author == "contact"
+        assert stored.attachments == [{"url": "https://example.com/a.jpg", "content_type": "image/jpeg"}]
+        outbox = (await s.scalars(select(OutboxRow))).one()
+        assert outbox.payload["kind"] == "message.received"
+        assert outbox.payload["message"]["id"] == res.message_id
+        kinds = (await s.scalars(select(TicketEventRow.kind))).all()
+        assert kinds == ["ticket.created"]
+
+
+async def test_retried_message_is_stored_once(db: Database) -> None:
+    async with db.write() as s:
+        (first,) = await ingest_batch(s, [web("v1", "v1:c1")])
+    async with db.write() as s:
+        again, twin, other = await ingest_batch(s, [web("v1", "v1:c1"), web("v1", "v1:c1"), web("v1", "v1:c2")])
+    assert isinstance(first, IngestResult) and isinstance(again, IngestResult) and isinstance(twin, IngestResult)
+    assert again.duplicate and again.message_id == first.message_id
+    assert twin.duplicate and twin.message_id == first.message_id
+    assert isinstance(other, IngestResult) and not other.duplicate and other.ticket_id == first.ticket_id
+    assert await count(db, Message) == 2
+    assert await count(db, OutboxRow) == 2
+    assert await count(db, Ticket) == 1
+
+
+async def test_unknown_inbox_is_refused_and_others_still_stored(db: Database) -> None:
+    bad = InboundMessage(channel=Channel.WEBCHAT, inbox="nope", external_id="x", sender="v", body="b")
+    async with db.write() as s:
+        res_bad, res_ok = await ingest_batch(s, [bad, web("v2", "v2:1")])
+    assert isinstance(res_bad, UnknownInbox) and "nope" in str(res_bad)
+    assert isinstance(res_ok, IngestResult)
+    assert await count(db, Message) == 1
+
+
+async def test_resolved_ticket_is_not_reused_and_snoozed_one_wakes(db: Database) -> None:
+    async with db.write() as s:
+        (a,) = await ingest_batch(s, [web("v3", "v3:1")])
+        assert isinstance(a, IngestResult)
+        t = await s.get(Ticket, a.ticket_id)
+        assert t is not None
+        t.status = "resolved"
+    async with db.write() as s:
+        (b,) = await ingest_batch(s, [web("v3", "v3:2")])
+        assert isinstance(b, IngestResult) and b.ticket_created and b.ticket_id != a.ticket_id
+        t2 = await s.get(Ticket, b.ticket_id)
+        assert t2 is not None
+        t2.status = "snoozed"
+        t2.snoozed_until = datetime(2099, 1, 1, tzinfo=UTC)
+    async with db.write() as s:
+        (c,) = await ingest_batch(s, [web("v3", "v3:3")])
+        assert isinstance(c, IngestResult) and c.ticket_id == b.ticket_id
+    async with db.read() as s:
+        t3 = await s.get(Ticket, b.ticket_id)
+        assert t3 is not None and t3.status == "open" and t3.snoozed_until is None
+
+
+async def test_batcher_shares_commits_and_acks_each_after_commit(db: Database) -> None:
+    commits = 0
+
+    def after() -> None:
+        nonlocal commits
+        commits += 1
+
+    batcher = IngestBatcher(db.write, after_commit=after)
+    await batcher.start()
+    try:
+        results = await asyncio.gather(*(batcher.submit(web(f"b{i % 50}", f"b:{i}")) for i in range(300)))
+    finally:
+        await batcher.stop()
+    assert all(not r.duplicate for r in results)
+    assert len({r.message_id for r in results}) == 300
+    assert len({r.ticket_id for r in results}) == 50
+    assert commits < 300  # commits were shared
+    assert await count(db, Message) == 300
+
+
+async def test_batcher_isolates_a_failing_message(db: Database) -> None:
+    batcher = IngestBatcher(db.write)
+    await batcher.start()
+    try:
+        bad = InboundMessage(channel=Channel.SMS, inbox="webchat", external_id="x", sender="+1", body="b")
+        results = await asyncio.gather(
+            batcher.submit(web("c1", "c:1")), batcher.submit(bad), return_exceptions=True
+        )
+    finally:
+        await batcher.stop()
+    assert isinstance(results[0], IngestResult)
+    assert isinstance(results[1], ValueError) and "not sms" in str(results[1])
+
+
+@pytest.mark.postgres
+async def test_simultaneous_first_messages_make_one_contact_and_ticket(postgres_url: str) -> None:
+    """Two separate connections racing on a brand-new customer (real concurrency on PostgreSQL)."""
+    from hub.actions import do_ensure_inbox
+    from storage.migrate import upgrade_async
+
+    await upgrade_async(postgres_url)
+    dbs = [Database(postgres_url) for _ in range(4)]
+    async with dbs[0].write() as s:
+        await do_ensure_inbox(s, key="webchat", channel=Channel.WEBCHAT, name="Website")
+    try:
+        for round_ in range(10):
+            sender = f"race-{round_}"
+
+            async def one(d: Database, i: int, sender: str = sender) -> IngestResult:
+                async with d.write() as s:
+                    (r,) = await ingest_batch(s, [web(sender, f"{sender}:{i}")])
+                    assert isinstance(r, IngestResult)
+                    return r
+
+            results = await asyncio.gather(*(one(d, i) for i, d in enumerate(dbs)))
+            assert len({r.contact_id for r in results}) == 1
+            assert len({r.ticket_id for r in results}) == 1
+        async with dbs[0].read() as s:
+            assert await s.scalar(select(func.count()).select_from(Contact)) == 10
+            assert await s.scalar(select(func.count()).select_from(Ticket)) == 10
+            assert await s.scalar(select(func.count()).select_from(Message)) == 40
+    finally:
+        for d in dbs:
+            await d.dispose()
