@@ -24,6 +24,7 @@ from hub.core import (
     Role,
     TicketEventKind,
     TicketStatus,
+    status_advances,
     utcnow,
 )
 from hub.errors import BadRequest, Conflict, NotFound, Unauthorized, ValidationFailed
@@ -458,3 +459,28 @@ async def do_merge_contacts(session: AsyncSession, target: Contact, source: Cont
         await record_ticket_event(session, latest, TicketEventKind.CONTACT_MERGED, actor, data)
     await audit(session, actor, "contact.merged", "contact", target.id, data)
     return target
+
+
+async def do_record_delivery(
+    session: AsyncSession, message_id: int, status: DeliveryStatus, *, contact_id: int | None = None
+) -> Message | None:
+    """A receipt for an outbound message (the visitor's widget, a provider's
+    callback). Never moves a message backwards; ``contact_id`` limits the
+    receipt to that customer's messages. Returns the message if it changed."""
+    msg = await session.get(Message, message_id, with_for_update=True)
+    if msg is None or msg.direction != Direction.OUT.value or msg.private:
+        return None
+    if contact_id is not None and msg.contact_id != contact_id:
+        return None
+    if not status_advances(DeliveryStatus(msg.status), status):
+        return None
+    msg.status = status.value
+    if status in (DeliveryStatus.DELIVERED, DeliveryStatus.READ) and msg.delivered_at is None:
+        msg.delivered_at = utcnow()
+    await session.flush()
+    inbox_key = await session.scalar(select(Inbox.key).where(Inbox.id == msg.inbox_id))
+    await add_outbox(
+        session,
+        [outbox_row(TicketEventKind.MESSAGE_STATUS.value, msg.ticket_id, {"message": message_view(msg, inbox_key)})],
+    )
+    return msg

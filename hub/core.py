@@ -222,6 +222,7 @@ class TicketEventKind(enum.StrEnum):
     STATUS_CHANGED = "ticket.status_changed"
     CONTACT_MERGED = "contact.merged"
     HANDOFF = "ticket.handoff"
+    ROUTED = "ticket.routed"
     CALL = "call"
 
 

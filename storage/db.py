@@ -85,9 +85,10 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
+        # Closing (not rolling back) ends the read transaction without expiring
+        # what was loaded, so callers can use the objects afterwards.
         async with self._reader() as session:
             yield session
-            await session.rollback()
 
     async def ping(self) -> None:
         async with self.read_engine.connect() as conn:

@@ -271,6 +271,9 @@ class OutboxRow(Base):
     payload: Mapped[dict[str, Any]] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     lease_until: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    # Set when handlers kept failing on this event: it is parked here, never
+    # dropped, until an operator re-drives it (clears the column).
+    dead_letter: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class AuditLog(Base):

@@ -262,7 +262,7 @@ async def timeline(
     keys = keys[:limit]
     msg_ids = [k.id for k in keys if k.kind == "message"]
     ev_ids = [k.id for k in keys if k.kind == "event"]
-    inbox_keys = dict((await session.execute(select(Inbox.id, Inbox.key))).tuples().all())
+    inbox_keys = {i: k for i, k in (await session.execute(select(Inbox.id, Inbox.key))).all()}
     messages = {m.id: m for m in (await session.scalars(select(Message).where(Message.id.in_(msg_ids)))).all()}
     evs = {e.id: e for e in (await session.scalars(select(TicketEventRow).where(TicketEventRow.id.in_(ev_ids)))).all()}
     items: list[dict[str, Any]] = []
@@ -298,3 +298,33 @@ async def timeline(
         last_at = messages[last.id].created_at if last.kind == "message" else evs[last.id].created_at
         next_cursor = encode_cursor(iso(last_at), last.kind, last.id)
     return items, next_cursor
+
+
+async def visitor_conversation(
+    session: AsyncSession, identity_kind: str, address: str, *, limit: int
+) -> tuple[int | None, int | None, list[dict[str, Any]]]:
+    """What a returning web chat visitor sees: their contact, their current
+    ticket, and the latest messages of their conversations (no private notes)."""
+    contact_id = await session.scalar(
+        select(Identity.contact_id).where(Identity.channel == identity_kind, Identity.address == address)
+    )
+    if contact_id is None:
+        return None, None, []
+    # A merged contact's identities moved, so contact_id is the surviving one.
+    ticket_id = await session.scalar(
+        select(Ticket.id)
+        .where(Ticket.contact_id == contact_id, Ticket.channel == identity_kind)
+        .order_by(Ticket.last_message_at.desc())
+        .limit(1)
+    )
+    rows = await session.scalars(
+        select(Message)
+        .where(
+            Message.contact_id == contact_id,
+            Message.channel == identity_kind,
+            Message.private.is_(False),
+        )
+        .order_by(Message.id.desc())
+        .limit(limit)
+    )
+    return contact_id, ticket_id, [message_view(m) | {"extras": m.extras} for m in reversed(rows.all())]

@@ -124,9 +124,7 @@ async def test_batcher_isolates_a_failing_message(db: Database) -> None:
     await batcher.start()
     try:
         bad = InboundMessage(channel=Channel.SMS, inbox="webchat", external_id="x", sender="+1", body="b")
-        results = await asyncio.gather(
-            batcher.submit(web("c1", "c:1")), batcher.submit(bad), return_exceptions=True
-        )
+        results = await asyncio.gather(batcher.submit(web("c1", "c:1")), batcher.submit(bad), return_exceptions=True)
     finally:
         await batcher.stop()
     assert isinstance(results[0], IngestResult)

@@ -1,0 +1,35 @@
+"""The shape every channel module has (errbot's backends, apprise's plugins):
+class-level metadata that drives behaviour, ``send`` of an
+:class:`~hub.core.OutboundMessage` returning a :class:`~hub.core.SendResult`,
+and pure parsing functions of plain data (headers, body, frames) into core
+types. Adapters import the core types only: no storage, no routing, no aiohttp
+application objects."""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+from hub.core import Channel, OutboundMessage, SendResult
+
+
+class InvalidPayload(ValueError):
+    """The provider's (or client's) input is not what this channel accepts. The
+    message names what is wrong; the hub answers it as a 4xx and stores nothing."""
+
+
+class ChannelAdapter(abc.ABC):
+    channel: ClassVar[Channel]
+    #: Longest body the channel takes in one message (None: no limit).
+    max_body_chars: ClassVar[int | None] = None
+    #: Sends per second the provider allows (None: no limit).
+    rate_per_second: ClassVar[float | None] = None
+    supports_attachments: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    async def send(self, message: OutboundMessage) -> SendResult:
+        """Deliver ``message``. Never raises for a delivery problem: failures come
+        back as a status with a reason, ``retryable`` when trying again may help."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook: most adapters hold nothing to release
+        """Release connections; called when the hub stops."""

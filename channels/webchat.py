@@ -1,0 +1,115 @@
+"""Web chat: the embeddable widget's websocket frames.
+
+Frames are JSON objects with a ``type``. The visitor sends
+``{"type": "message", "text": "...", "client_id": "..."}``; ``client_id`` makes a
+resend idempotent (it becomes part of the message's external id). Outbound
+messages are published to the visitor's live channel, which every web process
+listens to for the visitors connected to it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+
+from channels.base import ChannelAdapter, InvalidPayload
+from hub.core import Channel, DeliveryStatus, InboundMessage, OutboundMessage, SendResult
+
+MAX_FRAME_BYTES = 64 * 1024
+MAX_CLIENT_ID = 100
+
+Publish = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+def visitor_channel(visitor_id: str) -> str:
+    return f"visitor:{visitor_id}"
+
+
+def external_id(visitor_id: str, client_id: str) -> str:
+    return f"{visitor_id}:{client_id}"
+
+
+def decode_frame(raw: str) -> dict[str, Any]:
+    if len(raw.encode()) > MAX_FRAME_BYTES:
+        raise InvalidPayload(f"frame is larger than {MAX_FRAME_BYTES} bytes")
+    try:
+        frame = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidPayload(f"frame is not valid JSON: {exc}") from exc
+    if not isinstance(frame, dict):
+        raise InvalidPayload("frame must be a JSON object")
+    kind = frame.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise InvalidPayload("frame needs a string 'type'")
+    return frame
+
+
+def parse_message(
+    frame: dict[str, Any], *, visitor_id: str, inbox: str, max_chars: int, sender_name: str | None = None
+) -> InboundMessage:
+    """A visitor's ``message`` frame as an :class:`InboundMessage`."""
+    unknown = set(frame) - {"type", "text", "client_id"}
+    if unknown:
+        raise InvalidPayload(f"unknown field(s) in message frame: {', '.join(sorted(unknown))}")
+    text = frame.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidPayload("message frame needs a non-empty string 'text'")
+    if len(text) > max_chars:
+        raise InvalidPayload(f"text is longer than {max_chars} characters")
+    client_id = frame.get("client_id")
+    if not isinstance(client_id, str) or not client_id or len(client_id) > MAX_CLIENT_ID:
+        raise InvalidPayload(f"message frame needs a string 'client_id' of 1 to {MAX_CLIENT_ID} characters")
+    return InboundMessage(
+        channel=Channel.WEBCHAT,
+        inbox=inbox,
+        external_id=external_id(visitor_id, client_id),
+        sender=visitor_id,
+        sender_name=sender_name,
+        body=text,
+        extras={"client_id": client_id},
+    )
+
+
+def message_frame(message: dict[str, Any], client_id: str | None = None) -> dict[str, Any]:
+    """What the visitor sees of a stored message: never private notes, never
+    internal fields such as the agent's id. ``client_id`` lets the widget match
+    its own message to the stored one."""
+    if client_id is None:
+        client_id = (message.get("extras") or {}).get("client_id")
+    return {
+        "type": "message",
+        "id": message["id"],
+        "text": message["body"],
+        "author": message["author"],
+        "created_at": message["created_at"],
+        "attachments": message.get("attachments", []),
+        "status": message.get("status"),
+        "client_id": client_id,
+    }
+
+
+class WebchatChannel(ChannelAdapter):
+    channel: ClassVar[Channel] = Channel.WEBCHAT
+    max_body_chars: ClassVar[int | None] = 20_000
+    supports_attachments: ClassVar[bool] = True
+
+    def __init__(self, publish: Publish) -> None:
+        self._publish = publish
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        frame = {
+            "type": "message",
+            "id": message.message_id,
+            "text": message.body,
+            "author": message.author.value,
+            "attachments": [a.model_dump(exclude_none=True) for a in message.attachments],
+            "created_at": message.extras.get("created_at"),
+        }
+        try:
+            await self._publish(visitor_channel(message.recipient), frame)
+        except (OSError, ConnectionError) as exc:
+            return SendResult(status=DeliveryStatus.FAILED, reason=f"live bus unreachable: {exc}", retryable=True)
+        # Delivered is reported later by the visitor's widget ("ack" frame); a
+        # visitor who is away sees the message in the history when they return.
+        return SendResult(status=DeliveryStatus.SENT)

@@ -1,0 +1,186 @@
+"""The composition root: ``create_app(config, role)`` builds every service once,
+stores them under typed app keys, and starts and stops the background work
+with ``cleanup_ctx``. Nothing is created at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+
+from channels.base import ChannelAdapter
+from channels.webchat import WebchatChannel
+from hub.actions import do_ensure_inbox
+from hub.config import ConfigError, HubConfig, ensure_secret_key
+from hub.core import Channel
+from hub.relay import OutboxRelay
+from hub.security import VisitorTokens
+from hub.sender import Sender
+from hub.stream.base import LiveBus, Stream
+from hub.stream.memory import InProcessLiveBus, InProcessStream
+from hub.workers import EventProcessor
+from storage.db import Database
+from storage.ingest import IngestBatcher
+
+log = logging.getLogger(__name__)
+
+Role = Literal["all", "web", "worker"]
+
+
+@dataclass
+class Hub:
+    """Everything a request handler or a worker needs, built once per process."""
+
+    config: HubConfig
+    role: Role
+    db: Database
+    stream: Stream
+    live: LiveBus
+    relay: OutboxRelay
+    sender: Sender
+    processor: EventProcessor
+    batcher: IngestBatcher
+    visitor_tokens: VisitorTokens
+    channels: dict[Channel, ChannelAdapter]
+    consumer_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+HUB = web.AppKey("hub", Hub)
+# Open websockets, closed politely at shutdown.
+WEBSOCKETS = web.AppKey("websockets", set[web.WebSocketResponse])
+
+
+def build_hub(config: HubConfig, role: Role = "all") -> Hub:
+    config = ensure_secret_key(config)
+    if role != "all" and config.redis.url is None:
+        raise ConfigError(
+            f"redis.url: --role {role} needs Redis (HUB_REDIS_URL) so that separate web and worker "
+            "processes share one stream; without it run --role all"
+        )
+    if role != "all" and config.is_sqlite:
+        raise ConfigError(
+            f"database.url: --role {role} runs several processes, which needs PostgreSQL (HUB_DATABASE_URL); "
+            "SQLite serves one process (--role all)"
+        )
+    db = Database(config.database_url, pool_size=config.database.pool_size, echo=config.database.echo)
+    stream: Stream
+    live: LiveBus
+    if config.redis.url:
+        from hub.stream.redis import RedisLiveBus, RedisStream
+
+        stream = RedisStream(
+            config.redis.url,
+            config.redis.stream,
+            max_deliveries=config.workers.max_deliveries,
+            claim_idle_seconds=config.workers.claim_idle_seconds,
+        )
+        live = RedisLiveBus(config.redis.url, config.redis.live_channel)
+    else:
+        stream = InProcessStream(max_deliveries=config.workers.max_deliveries)
+        live = InProcessLiveBus()
+    relay = OutboxRelay(db, stream)
+    if isinstance(stream, InProcessStream):
+        stream.on_dead = relay.dead_letter
+    channels: dict[Channel, ChannelAdapter] = {Channel.WEBCHAT: WebchatChannel(live.publish)}
+    sender = Sender(db, channels, config.workers)
+    return Hub(
+        config=config,
+        role=role,
+        db=db,
+        stream=stream,
+        live=live,
+        relay=relay,
+        sender=sender,
+        processor=EventProcessor(db, live, sender),
+        batcher=IngestBatcher(db.write, after_commit=relay.wake),
+        visitor_tokens=VisitorTokens(config.secret_key),
+        channels=channels,
+    )
+
+
+async def sync_inboxes(hub: Hub) -> None:
+    """The configured inboxes exist in the database (created or updated)."""
+    async with hub.db.write() as session:
+        await do_ensure_inbox(
+            session,
+            key=hub.config.webchat.inbox,
+            channel=Channel.WEBCHAT,
+            name=hub.config.webchat.inbox_name,
+            bot_enabled=hub.config.bot.enabled,
+        )
+
+
+def _spawn(hub: Hub, coro: Coroutine[Any, Any, Any], name: str) -> None:
+    task = asyncio.create_task(coro, name=name)
+
+    def _report(t: asyncio.Task[Any]) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            log.error("background task %s died", name, exc_info=t.exception())
+
+    task.add_done_callback(_report)
+    hub.tasks.append(task)
+
+
+async def start_hub(hub: Hub) -> None:
+    await hub.stream.start()
+    await hub.live.start()
+    await sync_inboxes(hub)
+    if hub.role in ("all", "web"):
+        await hub.batcher.start()
+    # Every process writes outbox rows (web: messages; worker: statuses), so
+    # every process relays; SKIP LOCKED keeps them from publishing a row twice.
+    _spawn(hub, hub.relay.run(), "outbox-relay")
+    if hub.role in ("all", "worker"):
+        _spawn(hub, hub.stream.consume("workers", hub.consumer_name, hub.processor.handle), "stream-consumer")
+        _spawn(hub, hub.sender.run_sweeper(), "sender-sweeper")
+
+
+async def stop_hub(hub: Hub) -> None:
+    if hub.role in ("all", "web"):
+        await hub.batcher.stop()
+    for task in hub.tasks:
+        task.cancel()
+    for task in hub.tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    hub.tasks.clear()
+    for adapter in hub.channels.values():
+        await adapter.close()
+    await hub.live.close()
+    await hub.stream.close()
+    await hub.db.dispose()
+
+
+def create_app(config: HubConfig, role: Role = "all", *, hub: Hub | None = None) -> web.Application:
+    from hub.web.middleware import error_middleware
+    from hub.web.routes import registry
+
+    hub = hub or build_hub(config, role)
+    app = web.Application(client_max_size=hub.config.server.max_body_bytes, middlewares=[error_middleware])
+    app[HUB] = hub
+    app[WEBSOCKETS] = set()
+
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        await start_hub(hub)
+        yield
+        await stop_hub(hub)
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(_close_websockets)
+    registry.install(app, web_routes=role in ("all", "web"))
+    return app
+
+
+async def _close_websockets(app: web.Application) -> None:
+    sockets: set[web.WebSocketResponse] = app[WEBSOCKETS]
+    for ws in list(sockets):
+        with contextlib.suppress(Exception):
+            await ws.close(code=1001, message=b"server shutting down")

@@ -1,0 +1,173 @@
+"""``crm-hub``: the hub's command line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from aiohttp import web
+
+from hub.config import ConfigError, HubConfig, load_config
+
+
+def _config(ctx: click.Context) -> HubConfig:
+    obj: dict[str, Any] = ctx.ensure_object(dict)
+    if "config" not in obj:
+        try:
+            obj["config"] = load_config(obj.get("config_path"))
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
+    cfg: HubConfig = obj["config"]
+    return cfg
+
+
+@click.group()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="config file (default: $HUB_CONFIG or ./config.yaml)",
+)
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """The omnichannel CRM messaging hub."""
+    ctx.ensure_object(dict)["config_path"] = config_path
+
+
+@main.command()
+@click.option(
+    "--role",
+    type=click.Choice(["all", "web", "worker"]),
+    default="all",
+    show_default=True,
+    help="all: web and workers in one process; web / worker: one side, for scaling out (needs Redis and PostgreSQL)",
+)
+@click.option("--host", default=None, help="overrides server.host / HUB_HOST")
+@click.option("--port", type=int, default=None, help="overrides server.port / HUB_PORT")
+@click.pass_context
+def serve(ctx: click.Context, role: str, host: str | None, port: int | None) -> None:
+    """Run the hub."""
+    from hub import logs
+    from hub.app import build_hub, create_app
+
+    cfg = _config(ctx)
+    logs.configure(cfg.logging)
+    try:
+        hub = build_hub(cfg, role)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    app = create_app(hub.config, role, hub=hub)  # type: ignore[arg-type]
+    host = host or cfg.server.host
+    port = cfg.server.port if port is None else port
+    click.echo(f"crm-hub {role} listening on http://{host}:{port}/", err=True)
+    web.run_app(app, host=host, port=port, print=None, access_log=None, shutdown_timeout=10)
+
+
+@main.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Create the database or upgrade it to the newest schema."""
+    from storage.migrate import upgrade
+
+    cfg = _config(ctx)
+    upgrade(cfg.database_url)
+    click.echo(f"database is up to date ({_safe_url(cfg.database_url)})")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@main.group()
+def agent() -> None:
+    """Manage agents."""
+
+
+@agent.command("add")
+@click.option("--email", required=True)
+@click.option("--name", required=True)
+@click.option("--role", type=click.Choice(["admin", "agent"]), default="agent", show_default=True)
+@click.option(
+    "--password-stdin", is_flag=True, help="read the password from standard input (else it is generated and printed)"
+)
+@click.option("--team", "teams", multiple=True, help="team name (repeatable; created if missing)")
+@click.option("--skills", default="", help="comma-separated skills")
+@click.option("--languages", default="", help="comma-separated language codes, e.g. en,fa")
+@click.pass_context
+def agent_add(
+    ctx: click.Context,
+    email: str,
+    name: str,
+    role: str,
+    password_stdin: bool,
+    teams: tuple[str, ...],
+    skills: str,
+    languages: str,
+) -> None:
+    """Create an agent who can log in to the API and the inbox."""
+    from hub.core import Role
+    from hub.errors import HubError
+
+    cfg = _config(ctx)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+        generated = False
+    else:
+        password = secrets.token_urlsafe(12)
+        generated = True
+
+    async def run() -> None:
+        from hub.actions import do_create_agent
+        from storage.db import Database
+
+        db = Database(cfg.database_url)
+        try:
+            async with db.write() as session:
+                await do_create_agent(
+                    session,
+                    email=email,
+                    name=name,
+                    password=password,
+                    role=Role(role),
+                    teams=list(teams),
+                    skills=[s.strip() for s in skills.split(",") if s.strip()],
+                    languages=[s.strip() for s in languages.split(",") if s.strip()],
+                )
+        finally:
+            await db.dispose()
+
+    try:
+        asyncio.run(run())
+    except HubError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"created {role} {email}" + (f" with password {password}" if generated else ""))
+
+
+@main.command()
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Create an admin agent and a little demo data (once); print the login."""
+    from hub.demo import seed
+
+    cfg = _config(ctx)
+    email, password, created = asyncio.run(seed(cfg))
+    base = cfg.public_url
+    click.echo("")
+    click.echo(f"  Admin login:  {email}  /  {password}" + ("" if created else "   (created earlier)"))
+    click.echo(f"  Chat widget:  {base}/            (a demo page; write as a visitor)")
+    click.echo(f"  Agent API:    {base}/api/v1/      (POST /api/v1/auth/token with the login above)")
+    click.echo(f"  API docs:     {base}/api/openapi.json")
+    click.echo(f"  Data:         {Path(cfg.data_dir).resolve()}")
+    click.echo("")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,230 @@
+"""Delivers stored outbound messages through their channel's ``send``.
+
+The database row is the work item: a reply is stored ``queued`` before anyone
+tries to send it, so nothing an agent was told is saved can be lost. A sender
+claims a row (``queued`` -> ``sending`` with a lease) in a conditional update,
+so two workers never send the same message; calls the channel outside any
+transaction; records the outcome. Retryable failures go back to ``queued``
+with exponential backoff and jitter; the rest end ``failed`` with the reason.
+A sweeper picks up due retries and rows whose sender died mid-send (lease
+expired). Within a ticket, messages go out in the order they were written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, select, update
+from sqlalchemy.orm import aliased
+
+from channels.base import ChannelAdapter
+from hub import metrics
+from hub.config import WorkersConfig
+from hub.core import (
+    Attachment,
+    Author,
+    Channel,
+    DeliveryStatus,
+    OutboundMessage,
+    SendResult,
+    TicketEventKind,
+    utcnow,
+)
+from storage.db import Database
+from storage.ingest import add_outbox, outbox_row
+from storage.models import Inbox, Message
+from storage.views import message_view
+
+log = logging.getLogger(__name__)
+
+UNSENT = (DeliveryStatus.QUEUED.value, DeliveryStatus.SENDING.value)
+
+LivePublish = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Sender:
+    def __init__(self, db: Database, channels: Mapping[Channel, ChannelAdapter], config: WorkersConfig) -> None:
+        self.db = db
+        self.channels = channels
+        self.config = config
+        self._inbox_keys: dict[int, str] = {}
+
+    async def deliver(self, message_id: int) -> None:
+        """Try to send one message now, if it is due and first in its ticket's line."""
+        row = await self._claim(message_id)
+        if row is None:
+            return
+        result = await self._send(row)
+        next_id = await self._record(row, result)
+        if next_id is not None:
+            await self.deliver(next_id)
+
+    async def _claim(self, message_id: int) -> Message | None:
+        now = utcnow()
+        earlier = aliased(Message)
+        blocked = exists().where(
+            and_(
+                earlier.ticket_id == Message.ticket_id,
+                earlier.id < Message.id,
+                earlier.direction == "out",
+                earlier.private.is_(False),
+                earlier.status.in_(UNSENT),
+            )
+        )
+        async with self.db.write() as session:
+            claimed = (
+                await session.execute(
+                    update(Message)
+                    .where(
+                        Message.id == message_id,
+                        Message.status == DeliveryStatus.QUEUED.value,
+                        (Message.next_attempt_at.is_(None)) | (Message.next_attempt_at <= now),
+                        ~blocked,
+                    )
+                    .values(
+                        status=DeliveryStatus.SENDING.value,
+                        attempts=Message.attempts + 1,
+                        lease_until=now + timedelta(seconds=self.config.send_lease_seconds),
+                    )
+                    .returning(Message.id)
+                    .execution_options(synchronize_session=False)
+                )
+            ).scalar_one_or_none()
+            if claimed is None:
+                return None
+            msg = await session.get(Message, claimed, populate_existing=True)
+            assert msg is not None
+            if msg.inbox_id not in self._inbox_keys:
+                key = await session.scalar(select(Inbox.key).where(Inbox.id == msg.inbox_id))
+                self._inbox_keys[msg.inbox_id] = key or ""
+            return msg
+
+    async def _send(self, msg: Message) -> SendResult:
+        adapter = self.channels.get(Channel(msg.channel))
+        if adapter is None:
+            return SendResult(
+                status=DeliveryStatus.FAILED, reason=f"the {msg.channel} channel is not configured on this hub"
+            )
+        recipient = (msg.extras or {}).get("recipient")
+        if not recipient:
+            return SendResult(status=DeliveryStatus.FAILED, reason="the message has no recipient address")
+        out = OutboundMessage(
+            message_id=msg.id,
+            ticket_id=msg.ticket_id,
+            channel=Channel(msg.channel),
+            inbox=self._inbox_keys.get(msg.inbox_id, ""),
+            recipient=str(recipient),
+            body=msg.body,
+            author=Author(msg.author),
+            attachments=tuple(Attachment.model_validate(a) for a in msg.attachments or []),
+            subject=msg.subject,
+            extras={"created_at": msg.created_at.isoformat()},
+        )
+        try:
+            return await adapter.send(out)
+        except Exception as exc:
+            log.exception("channel send raised", extra={"channel": msg.channel, "message_id": msg.id})
+            return SendResult(status=DeliveryStatus.FAILED, reason=f"{type(exc).__name__}: {exc}", retryable=True)
+
+    def backoff(self, attempts: int) -> float:
+        base = self.config.send_backoff_seconds * 2 ** max(attempts - 1, 0)
+        return float(min(base, self.config.send_backoff_max_seconds) * random.uniform(0.8, 1.2))
+
+    async def _record(self, msg: Message, result: SendResult) -> int | None:
+        now = utcnow()
+        values: dict[str, Any] = {"lease_until": None, "status_reason": result.reason}
+        retry = (
+            result.status in (DeliveryStatus.FAILED, DeliveryStatus.UNDELIVERED)
+            and result.retryable
+            and msg.attempts < self.config.send_max_attempts
+        )
+        if retry:
+            delay = max(result.retry_after or 0.0, self.backoff(msg.attempts))
+            values.update(status=DeliveryStatus.QUEUED.value, next_attempt_at=now + timedelta(seconds=delay))
+        else:
+            values.update(status=result.status.value, next_attempt_at=None)
+            if result.status not in (DeliveryStatus.FAILED, DeliveryStatus.UNDELIVERED):
+                values["sent_at"] = now
+            elif result.retryable:
+                values["status_reason"] = f"{result.reason} (gave up after {msg.attempts} attempts)"
+        if result.external_id:
+            values["external_id"] = result.external_id
+        metrics.OUTBOUND.labels(msg.channel, values["status"]).inc()
+        async with self.db.write() as session:
+            await session.execute(
+                update(Message)
+                .where(Message.id == msg.id, Message.status == DeliveryStatus.SENDING.value)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            fresh = await session.get(Message, msg.id, populate_existing=True)
+            assert fresh is not None
+            await add_outbox(
+                session,
+                [
+                    outbox_row(
+                        TicketEventKind.MESSAGE_STATUS.value,
+                        msg.ticket_id,
+                        {"message": message_view(fresh, self._inbox_keys.get(msg.inbox_id))},
+                    )
+                ],
+            )
+            if retry:
+                return None
+            return await session.scalar(
+                select(Message.id)
+                .where(
+                    Message.ticket_id == msg.ticket_id,
+                    Message.id > msg.id,
+                    Message.direction == "out",
+                    Message.private.is_(False),
+                    Message.status == DeliveryStatus.QUEUED.value,
+                )
+                .order_by(Message.id)
+                .limit(1)
+            )
+
+    async def sweep_once(self) -> int:
+        """Requeue sends whose worker died, then try everything that is due."""
+        now = utcnow()
+        async with self.db.write() as session:
+            await session.execute(
+                update(Message)
+                .where(Message.status == DeliveryStatus.SENDING.value, Message.lease_until < now)
+                .values(status=DeliveryStatus.QUEUED.value, lease_until=None, next_attempt_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        async with self.db.read() as session:
+            due = (
+                await session.scalars(
+                    select(Message.id)
+                    .where(
+                        Message.status == DeliveryStatus.QUEUED.value,
+                        Message.direction == "out",
+                        Message.next_attempt_at <= now,
+                    )
+                    .order_by(Message.id)
+                    .limit(500)
+                )
+            ).all()
+        sem = asyncio.Semaphore(self.config.concurrency)
+
+        async def one(mid: int) -> None:
+            async with sem:
+                await self.deliver(mid)
+
+        await asyncio.gather(*(one(mid) for mid in due))
+        return len(due)
+
+    async def run_sweeper(self) -> None:
+        while True:
+            try:
+                await self.sweep_once()
+            except Exception:
+                log.exception("sender sweep failed")
+            await asyncio.sleep(self.config.sweep_interval_seconds)

@@ -1,0 +1,1 @@
+"""The aiohttp side of the hub: routes, middleware, websockets, static files."""

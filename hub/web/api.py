@@ -1,0 +1,474 @@
+"""The agents' REST API (``/api/v1``). Thin handlers: authenticate, validate,
+call an action or a query, answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select
+
+from hub.actions import (
+    actor_of,
+    check_contact,
+    check_ticket,
+    check_token,
+    do_assign,
+    do_create_agent,
+    do_login,
+    do_logout,
+    do_merge_contacts,
+    do_post_message,
+    do_set_labels,
+    do_set_status,
+)
+from hub.app import HUB
+from hub.core import Author, Role, TicketStatus
+from hub.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from hub.web.registry import ROUTES, parse_body
+from hub.web.schemas import (
+    AgentIn,
+    AgentList,
+    AgentOut,
+    AssignIn,
+    ContactDetail,
+    ContactList,
+    LabelsIn,
+    LoginIn,
+    MergeIn,
+    MessageIn,
+    MessageOut,
+    StatusIn,
+    TeamList,
+    TicketDetail,
+    TicketList,
+    TicketOut,
+    Timeline,
+    TokenOut,
+)
+from storage import queries
+from storage.models import Agent, Team, TeamMember
+from storage.views import agent_view, message_view, team_view
+
+API = "/api/v1"
+MAX_PAGE = 200
+
+
+def bearer_token(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    # Browsers cannot set headers on a websocket: the token may come in the query.
+    if request.headers.get("Upgrade", "").lower() == "websocket" and request.query.get("token"):
+        return request.query["token"]
+    raise Unauthorized("send an 'Authorization: Bearer <token>' header; get a token from POST /api/v1/auth/token")
+
+
+async def current_agent(request: web.Request) -> Agent:
+    hub = request.app[HUB]
+    token = bearer_token(request)
+    async with hub.db.read() as session:
+        return await check_token(session, token)
+
+
+async def require_admin(request: web.Request) -> Agent:
+    agent = await current_agent(request)
+    if agent.role != Role.ADMIN.value:
+        raise Forbidden("this needs an admin")
+    return agent
+
+
+def int_param(request: web.Request, name: str) -> int:
+    raw = request.match_info.get(name) or request.query.get(name, "")
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be an integer, not {raw!r}") from exc
+    if value < 1:
+        raise NotFound(f"{name} {value} does not exist")
+    return value
+
+
+def page_limit(request: web.Request, default: int = 50) -> int:
+    raw = request.query.get("limit", str(default))
+    try:
+        limit = int(raw)
+    except ValueError as exc:
+        raise BadRequest(f"limit must be an integer, not {raw!r}") from exc
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
+    return limit
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+async def _paged(coro: Any) -> web.Response:
+    try:
+        items, next_cursor = await coro
+    except queries.BadCursor as exc:
+        raise BadRequest(str(exc)) from exc
+    return web.json_response({"items": items, "next_cursor": next_cursor})
+
+
+# --- auth -------------------------------------------------------------------
+
+
+@ROUTES.route(
+    "POST",
+    f"{API}/auth/token",
+    summary="Log in: trade email and password for a bearer token",
+    tag="auth",
+    auth=False,
+    body=LoginIn,
+    response=TokenOut,
+    status=201,
+)
+async def create_token(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    body = await parse_body(request, LoginIn)
+    async with hub.db.write() as session:
+        token, agent = await do_login(session, body.email, body.password, hub.config.auth.token_ttl_hours)
+        view = agent_view(agent, await _team_ids(session, agent.id))
+    return web.json_response({"token": token, "agent": view}, status=201)
+
+
+@ROUTES.route("POST", f"{API}/auth/logout", summary="Revoke the token used for this request", tag="auth", status=204)
+async def logout(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await current_agent(request)
+    async with hub.db.write() as session:
+        await do_logout(session, bearer_token(request))
+    return web.Response(status=204)
+
+
+@ROUTES.route("GET", f"{API}/me", summary="The logged-in agent", tag="agents", response=AgentOut)
+async def me(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    agent = await current_agent(request)
+    async with hub.db.read() as session:
+        return web.json_response(agent_view(agent, await _team_ids(session, agent.id)))
+
+
+async def _team_ids(session: Any, agent_id: int) -> list[int]:
+    rows = await session.scalars(select(TeamMember.team_id).where(TeamMember.agent_id == agent_id))
+    return list(rows.all())
+
+
+# --- agents and teams -------------------------------------------------------------
+
+
+@ROUTES.route("GET", f"{API}/agents", summary="All agents", tag="agents", response=AgentList)
+async def list_agents(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await current_agent(request)
+    async with hub.db.read() as session:
+        agents = (await session.scalars(select(Agent).order_by(Agent.id))).all()
+        members = (await session.execute(select(TeamMember.agent_id, TeamMember.team_id))).all()
+    teams: dict[int, list[int]] = {}
+    for agent_id, team_id in members:
+        teams.setdefault(agent_id, []).append(team_id)
+    return web.json_response({"items": [agent_view(a, teams.get(a.id)) for a in agents], "next_cursor": None})
+
+
+@ROUTES.route(
+    "POST",
+    f"{API}/agents",
+    summary="Create an agent (admin)",
+    tag="agents",
+    admin=True,
+    body=AgentIn,
+    response=AgentOut,
+    status=201,
+    errors=(409,),
+)
+async def create_agent(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    admin = await require_admin(request)
+    body = await parse_body(request, AgentIn)
+    async with hub.db.write() as session:
+        agent = await do_create_agent(
+            session,
+            email=body.email,
+            name=body.name,
+            password=body.password,
+            role=body.role,
+            teams=body.teams,
+            skills=body.skills,
+            languages=body.languages,
+            capacity=body.capacity,
+            actor=actor_of(admin),
+        )
+        view = agent_view(agent, await _team_ids(session, agent.id))
+    return web.json_response(view, status=201)
+
+
+@ROUTES.route("GET", f"{API}/teams", summary="All teams", tag="agents", response=TeamList)
+async def list_teams(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await current_agent(request)
+    async with hub.db.read() as session:
+        teams = (await session.scalars(select(Team).order_by(Team.name))).all()
+    return web.json_response({"items": [team_view(t) for t in teams], "next_cursor": None})
+
+
+# --- tickets -------------------------------------------------------------------
+
+
+@ROUTES.route(
+    "GET",
+    f"{API}/tickets",
+    summary="Tickets, most recent activity first",
+    tag="tickets",
+    response=TicketList,
+    query={
+        "status": "comma-separated: open, pending, snoozed, resolved",
+        "assignee": "an agent id, 'me' or 'none'",
+        "team": "a team id",
+        "channel": "comma-separated channels (webchat, sms, voice, email, telegram)",
+        "label": "a label",
+        "contact": "a contact id",
+        "q": "text in the subject, the contact's name or any message",
+        "cursor": "next_cursor of the previous page",
+        "limit": f"page size, 1 to {MAX_PAGE} (default 50)",
+    },
+    errors=(400,),
+)
+async def list_tickets(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    agent = await current_agent(request)
+    q = request.query
+    statuses = _csv(q.get("status"))
+    for s in statuses:
+        if s not in {t.value for t in TicketStatus}:
+            raise BadRequest(f"status {s!r} is not one of open, pending, snoozed, resolved")
+    f = queries.TicketFilter(status=statuses, channel=_csv(q.get("channel")), label=q.get("label") or None)
+    assignee = q.get("assignee")
+    if assignee == "me":
+        f.assignee_id = agent.id
+    elif assignee == "none":
+        f.unassigned = True
+    elif assignee:
+        f.assignee_id = int_param(request, "assignee")
+    if q.get("team"):
+        f.team_id = int_param(request, "team")
+    if q.get("contact"):
+        f.contact_id = int_param(request, "contact")
+    f.text = (q.get("q") or "").strip() or None
+    limit = page_limit(request)
+    async with hub.db.read() as session:
+        return await _paged(queries.list_tickets(session, f, cursor=q.get("cursor"), limit=limit))
+
+
+@ROUTES.route(
+    "GET",
+    f"{API}/tickets/{{id}}",
+    summary="A ticket with its messages (oldest first)",
+    tag="tickets",
+    response=TicketDetail,
+    errors=(404,),
+)
+async def get_ticket(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await current_agent(request)
+    ticket_id = int_param(request, "id")
+    async with hub.db.read() as session:
+        view = await queries.get_ticket(session, ticket_id)
+    if view is None:
+        raise NotFound(f"ticket {ticket_id} does not exist")
+    return web.json_response(view)
+
+
+@ROUTES.route(
+    "POST",
+    f"{API}/tickets/{{id}}/messages",
+    summary="Reply on the ticket's channel, or add a private note (private: true)",
+    tag="tickets",
+    body=MessageIn,
+    response=MessageOut,
+    status=201,
+    errors=(404,),
+)
+async def post_message(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    agent = await current_agent(request)
+    ticket_id = int_param(request, "id")
+    body = await parse_body(request, MessageIn)
+    async with hub.db.write() as session:
+        ticket = await check_ticket(session, ticket_id, lock=True)
+        msg = await do_post_message(
+            session,
+            ticket,
+            body=body.body,
+            author=Author.AGENT,
+            agent=agent,
+            private=body.private,
+            attachments=[a.model_dump(exclude_none=True) for a in body.attachments],
+        )
+        view = message_view(msg)
+    hub.relay.wake()
+    return web.json_response(view, status=201)
+
+
+@ROUTES.route(
+    "POST",
+    f"{API}/tickets/{{id}}/assign",
+    summary="Assign to an agent and/or a team (null unassigns)",
+    tag="tickets",
+    body=AssignIn,
+    response=TicketOut,
+    errors=(404,),
+)
+async def assign_ticket(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    agent = await current_agent(request)
+    ticket_id = int_param(request, "id")
+    body = await parse_body(request, AssignIn)
+    async with hub.db.write() as session:
+        ticket = await check_ticket(session, ticket_id, lock=True)
+        await do_assign(session, ticket, agent_id=body.agent_id, team_id=body.team_id, actor=actor_of(agent))
+    hub.relay.wake()
+    return web.json_response(await _ticket_out(request, ticket_id))
+
+
+async def _ticket_out(request: web.Request, ticket_id: int) -> dict[str, Any]:
+    hub = request.app[HUB]
+    async with hub.db.read() as session:
+        view = await queries.get_ticket(session, ticket_id, message_limit=0)
+    assert view is not None
+    view.pop("messages", None)
+    return view
+
+
+@ROUTES.route(
+    "POST",
+    f"{API}/tickets/{{id}}/status",
+    summary="Set status: open, pending, snoozed (with snoozed_until), resolved",
+    tag="tickets",
+    body=StatusIn,
+    response=TicketOut,
+    errors=(404, 409),
+)
+async def set_status(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    agent = await current_agent(request)
+    ticket_id = int_param(request, "id")
+    body = await parse_body(request, StatusIn)
+    async with hub.db.write() as session:
+        ticket = await check_ticket(session, ticket_id, lock=True)
+        await do_set_status(
+            session, ticket, status=TicketStatus(body.status), actor=actor_of(agent), snoozed_until=body.snoozed_until
+        )
+    hub.relay.wake()
+    return web.json_response(await _ticket_out(request, ticket_id))
+
+
+@ROUTES.route(
+    "PUT",
+    f"{API}/tickets/{{id}}/labels",
+    summary="Replace the ticket's labels",
+    tag="tickets",
+    body=LabelsIn,
+    response=TicketOut,
+    errors=(404,),
+)
+async def set_labels(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    agent = await current_agent(request)
+    ticket_id = int_param(request, "id")
+    body = await parse_body(request, LabelsIn)
+    async with hub.db.write() as session:
+        ticket = await check_ticket(session, ticket_id, lock=True)
+        await do_set_labels(session, ticket, body.labels, actor=actor_of(agent))
+    return web.json_response(await _ticket_out(request, ticket_id))
+
+
+# --- contacts -------------------------------------------------------------------
+
+
+@ROUTES.route(
+    "GET",
+    f"{API}/contacts",
+    summary="Contacts, newest first, with their identities on every channel",
+    tag="contacts",
+    response=ContactList,
+    query={"q": "text in the name or any address", "cursor": "next_cursor of the previous page", "limit": "page size"},
+    errors=(400,),
+)
+async def list_contacts(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await current_agent(request)
+    limit = page_limit(request)
+    async with hub.db.read() as session:
+        return await _paged(
+            queries.list_contacts(
+                session,
+                text=(request.query.get("q") or "").strip() or None,
+                cursor=request.query.get("cursor"),
+                limit=limit,
+            )
+        )
+
+
+@ROUTES.route(
+    "GET",
+    f"{API}/contacts/{{id}}",
+    summary="A contact: identities, attributes, lead stage and score, tickets",
+    tag="contacts",
+    response=ContactDetail,
+    errors=(404,),
+)
+async def get_contact(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await current_agent(request)
+    contact_id = int_param(request, "id")
+    async with hub.db.read() as session:
+        view = await queries.get_contact(session, contact_id)
+    if view is None:
+        raise NotFound(f"contact {contact_id} does not exist")
+    return web.json_response(view)
+
+
+@ROUTES.route(
+    "GET",
+    f"{API}/contacts/{{id}}/timeline",
+    summary="Every message and event of the customer across all tickets and channels, newest first",
+    tag="contacts",
+    response=Timeline,
+    query={"cursor": "next_cursor of the previous page", "limit": f"page size, 1 to {MAX_PAGE} (default 50)"},
+    errors=(400, 404),
+)
+async def contact_timeline(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await current_agent(request)
+    contact_id = int_param(request, "id")
+    limit = page_limit(request)
+    async with hub.db.read() as session:
+        await check_contact(session, contact_id)
+        return await _paged(queries.timeline(session, contact_id, cursor=request.query.get("cursor"), limit=limit))
+
+
+@ROUTES.route(
+    "POST",
+    f"{API}/contacts/{{id}}/merge",
+    summary="Merge contact source_id into this contact (identities, tickets, history move here)",
+    tag="contacts",
+    body=MergeIn,
+    response=ContactDetail,
+    errors=(404, 409),
+)
+async def merge_contacts(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    agent = await current_agent(request)
+    target_id = int_param(request, "id")
+    body = await parse_body(request, MergeIn)
+    async with hub.db.write() as session:
+        target = await check_contact(session, target_id)
+        source = await check_contact(session, body.source_id)
+        await do_merge_contacts(session, target, source, actor=actor_of(agent))
+    hub.relay.wake()
+    async with hub.db.read() as session:
+        view = await queries.get_contact(session, target_id)
+    return web.json_response(view)

@@ -1,0 +1,181 @@
+"""The visitor's side of web chat: ``/chat/ws`` and ``/widget.js``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from channels.base import InvalidPayload
+from channels.webchat import MAX_FRAME_BYTES, decode_frame, message_frame, parse_message, visitor_channel
+from hub import metrics
+from hub.actions import do_record_delivery
+from hub.app import HUB, WEBSOCKETS, Hub
+from hub.core import DeliveryStatus, IdentityKind
+from hub.errors import Forbidden, Unauthorized
+from hub.web.registry import ROUTES
+from hub.workers import AGENTS_CHANNEL
+from storage import queries
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
+def _origin_allowed(hub: Hub, origin: str | None) -> bool:
+    allowed = hub.config.webchat.allowed_origins
+    return "*" in allowed or (origin is not None and origin.rstrip("/") in {o.rstrip("/") for o in allowed})
+
+
+@ROUTES.route(
+    "GET",
+    "/chat/ws",
+    summary="The web chat visitor's websocket",
+    tag="webchat",
+    auth=False,
+    websocket=True,
+    query={"token": "the visitor token from an earlier session frame, to resume that conversation"},
+    errors=(401, 403),
+)
+async def visitor_socket(request: web.Request) -> web.StreamResponse:
+    """JSON text frames, each with a `type`. The server sends `session` first
+    (with the `visitor_token` to keep), then the recent history as `message`
+    frames. The visitor sends `message` (`text`, `client_id`), `typing`, and
+    `ack` / `read` (`id`) for messages it has shown."""
+    hub = request.app[HUB]
+    if not _origin_allowed(hub, request.headers.get("Origin")):
+        raise Forbidden(f"origin {request.headers.get('Origin')!r} may not open the chat (webchat.allowed_origins)")
+    token = request.query.get("token")
+    if token:
+        visitor_id = hub.visitor_tokens.verify(token)
+        if visitor_id is None:
+            raise Unauthorized("the visitor token is not valid; connect without one to start a new conversation")
+    else:
+        visitor_id, token = hub.visitor_tokens.issue()
+
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_FRAME_BYTES)
+    await ws.prepare(request)
+    request.app[WEBSOCKETS].add(ws)
+    metrics.LIVE_CONNECTIONS.labels("visitor").inc()
+    conn_id = secrets.token_hex(8)
+    forward = asyncio.create_task(_forward(hub, ws, visitor_id, conn_id))
+    try:
+        await asyncio.sleep(0)  # let the forwarder subscribe before history is read
+        async with hub.db.read() as session:
+            contact_id, ticket_id, history = await queries.visitor_conversation(
+                session, IdentityKind.WEBCHAT.value, visitor_id, limit=hub.config.webchat.history_limit
+            )
+        await ws.send_json(
+            {
+                "type": "session",
+                "visitor_token": token,
+                "visitor_id": visitor_id,
+                "contact_id": contact_id,
+                "ticket_id": ticket_id,
+            }
+        )
+        for m in history:
+            await ws.send_json(message_frame(m))
+        state = {"contact_id": contact_id, "ticket_id": ticket_id}
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                if msg.type == WSMsgType.BINARY:
+                    await _error(ws, "invalid_frame", "frames must be JSON text, not binary")
+                continue
+            try:
+                await _on_frame(hub, ws, visitor_id, conn_id, decode_frame(msg.data), state)
+            except InvalidPayload as exc:
+                await _error(ws, "invalid_frame", str(exc))
+    finally:
+        forward.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await forward
+        request.app[WEBSOCKETS].discard(ws)
+        metrics.LIVE_CONNECTIONS.labels("visitor").dec()
+    return ws
+
+
+async def _error(ws: web.WebSocketResponse, code: str, message: str) -> None:
+    await ws.send_json({"type": "error", "code": code, "message": message})
+
+
+async def _on_frame(
+    hub: Hub, ws: web.WebSocketResponse, visitor_id: str, conn_id: str, frame: dict[str, Any], state: dict[str, Any]
+) -> None:
+    kind = frame["type"]
+    if kind == "message":
+        inbound = parse_message(
+            frame, visitor_id=visitor_id, inbox=hub.config.webchat.inbox, max_chars=hub.config.webchat.max_message_chars
+        )
+        try:
+            result = await hub.batcher.submit(inbound)
+        except (LookupError, ValueError) as exc:
+            await _error(ws, "rejected", str(exc))
+            return
+        state.update(contact_id=result.contact_id, ticket_id=result.ticket_id)
+        out = message_frame(result.message, client_id=inbound.extras["client_id"])
+        # The acknowledgement: sent only after the commit that stored it.
+        await ws.send_json(out)
+        # The visitor's other tabs see it too.
+        await hub.live.publish(visitor_channel(visitor_id), {**out, "origin": conn_id})
+    elif kind == "typing":
+        if state.get("ticket_id") is not None:
+            await hub.live.publish(
+                AGENTS_CHANNEL,
+                {
+                    "type": "typing",
+                    "ticket_id": state["ticket_id"],
+                    "contact_id": state["contact_id"],
+                    "author": "contact",
+                },
+            )
+    elif kind in ("ack", "read"):
+        message_id = frame.get("id")
+        if not isinstance(message_id, int) or state.get("contact_id") is None:
+            raise InvalidPayload(f"{kind} frame needs the integer 'id' of a message of this conversation")
+        status = DeliveryStatus.DELIVERED if kind == "ack" else DeliveryStatus.READ
+        async with hub.db.write() as session:
+            await do_record_delivery(session, message_id, status, contact_id=state["contact_id"])
+        hub.relay.wake()
+    elif kind == "ping":
+        await ws.send_json({"type": "pong"})
+    else:
+        raise InvalidPayload(f"unknown frame type {kind!r}; expected message, typing, ack, read or ping")
+
+
+async def _forward(hub: Hub, ws: web.WebSocketResponse, visitor_id: str, conn_id: str) -> None:
+    async for frame in hub.live.subscribe(visitor_channel(visitor_id)):
+        if frame.get("origin") == conn_id or ws.closed:
+            continue
+        frame = {k: v for k, v in frame.items() if k != "origin"}
+        try:
+            await ws.send_json(frame)
+        except ConnectionError:
+            return
+
+
+@ROUTES.route(
+    "GET",
+    "/widget.js",
+    summary="The embeddable web chat widget (one <script> tag)",
+    tag="webchat",
+    auth=False,
+    content_type="application/javascript",
+)
+async def widget_js(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(
+        STATIC / "widget.js",
+        headers={"Content-Type": "application/javascript; charset=utf-8", "Cache-Control": "public, max-age=300"},
+    )
+
+
+@ROUTES.route(
+    "GET", "/", summary="A demo page with the widget on it", tag="webchat", auth=False, content_type="text/html"
+)
+async def demo_page(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC / "demo.html", headers={"Content-Type": "text/html; charset=utf-8"})

@@ -1,0 +1,57 @@
+"""``/api/v1/events``: the agents' live feed (new tickets, messages, statuses,
+assignments, typing), from whichever process produced them (the live bus)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from aiohttp import WSMsgType, web
+
+from hub import metrics
+from hub.app import HUB, WEBSOCKETS
+from hub.web.api import API, current_agent
+from hub.web.registry import ROUTES
+from hub.workers import AGENTS_CHANNEL
+
+
+@ROUTES.route(
+    "GET",
+    f"{API}/events",
+    summary="Live ticket and message events for the inbox (websocket)",
+    tag="events",
+    websocket=True,
+    query={"token": "the bearer token, for browsers that cannot set headers on a websocket"},
+)
+async def agent_events(request: web.Request) -> web.StreamResponse:
+    """Each frame is JSON with a `type` (`message.received`, `message.created`,
+    `message.status`, `ticket.assigned`, `ticket.status_changed`, `ticket.routed`,
+    `contact.merged`, `typing`) and the ticket and/or message it concerns, in
+    the same shapes as the REST API. Send `{"type": "ping"}` to get a `pong`."""
+    hub = request.app[HUB]
+    agent = await current_agent(request)
+    ws = web.WebSocketResponse(heartbeat=30.0)
+    await ws.prepare(request)
+    request.app[WEBSOCKETS].add(ws)
+    metrics.LIVE_CONNECTIONS.labels("agent").inc()
+
+    async def forward() -> None:
+        async for event in hub.live.subscribe(AGENTS_CHANNEL):
+            if ws.closed:
+                return
+            await ws.send_json(event)
+
+    task = asyncio.create_task(forward())
+    try:
+        await asyncio.sleep(0)  # subscribed before the hello frame promises events
+        await ws.send_json({"type": "hello", "agent_id": agent.id})
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT and '"ping"' in msg.data:
+                await ws.send_json({"type": "pong"})
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await task
+        request.app[WEBSOCKETS].discard(ws)
+        metrics.LIVE_CONNECTIONS.labels("agent").dec()
+    return ws

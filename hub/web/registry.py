@@ -1,0 +1,178 @@
+"""Routes declared once: the aiohttp route, the request validation and the
+OpenAPI document all come from the same declaration, so the published
+contract cannot drift from what the server does (a test checks that every
+registered route is documented)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from hub.errors import BadRequest, ValidationFailed
+
+Handler = Callable[..., Awaitable[web.StreamResponse]]
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass
+class Operation:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    auth: bool = True
+    admin: bool = False
+    body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    query: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+    websocket: bool = False
+    errors: tuple[int, ...] = ()
+    # Served by worker processes too (health, metrics), not only by web ones.
+    everywhere: bool = False
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.operations: list[Operation] = []
+
+    def route(self, method: str, path: str, *, summary: str, tag: str, **kw: Any) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.operations.append(Operation(method, path, handler, summary, tag, **kw))
+            return handler
+
+        return register
+
+    def install(self, app: web.Application, *, web_routes: bool = True) -> None:
+        for op in self.operations:
+            if web_routes or op.everywhere:
+                app.router.add_route(op.method, op.path, op.handler)
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    """Read and validate a JSON body; errors name the offending field."""
+    if not request.can_read_body:
+        raise BadRequest("a JSON body is required")
+    try:
+        raw = await request.json(loads=json.loads)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from exc
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        details = [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]} for e in exc.errors()]
+        summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+        raise ValidationFailed(f"invalid request body: {summary}", details=details) from exc
+
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "details": {},
+            },
+        }
+    },
+}
+
+_STATUS_TEXT = {
+    400: "Malformed request",
+    401: "Missing, invalid or expired token",
+    403: "Not allowed",
+    404: "Unknown id",
+    409: "Conflicts with the current state",
+    413: "Body too large",
+    422: "Validation failed",
+}
+
+
+def openapi(registry: Registry, *, title: str, version: str, server_url: str) -> dict[str, Any]:
+    schemas: dict[str, Any] = {"Error": ERROR_SCHEMA}
+    paths: dict[str, Any] = {}
+
+    def ref(model: type[BaseModel]) -> dict[str, str]:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in schema.pop("$defs", {}).items():
+            schemas[name] = sub
+        schemas[model.__name__] = schema
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    for op in registry.operations:
+        item: dict[str, Any] = {
+            "summary": op.summary,
+            "tags": [op.tag],
+            "operationId": op.handler.__name__,
+            "responses": {},
+        }
+        params = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _path_params(op.path)
+        ]
+        params += [
+            {"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": desc}
+            for name, desc in op.query.items()
+        ]
+        if params:
+            item["parameters"] = params
+        if op.body is not None:
+            item["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(op.body)}}}
+        if op.websocket:
+            item["description"] = "WebSocket endpoint: upgrade with a GET request. " + (op.handler.__doc__ or "")
+            item["responses"]["101"] = {"description": "Switching protocols to a websocket"}
+        elif op.response is not None:
+            item["responses"][str(op.status)] = {
+                "description": "OK",
+                "content": {op.content_type: {"schema": ref(op.response)}},
+            }
+        else:
+            item["responses"][str(op.status)] = {"description": "OK", "content": {op.content_type: {}}}
+        codes = set(op.errors)
+        if op.auth:
+            codes.add(401)
+        if op.admin:
+            codes.add(403)
+        if op.body is not None:
+            codes |= {400, 413, 422}
+        for code in sorted(codes):
+            item["responses"][str(code)] = {
+                "description": _STATUS_TEXT.get(code, "Error"),
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            }
+        if op.auth:
+            item["security"] = [{"bearer": []}]
+        paths.setdefault(op.path, {})[op.method.lower()] = item
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "servers": [{"url": server_url}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _path_params(path: str) -> list[str]:
+    out = []
+    for part in path.split("/"):
+        if part.startswith("{") and part.endswith("}"):
+            out.append(part[1:-1].split(":", 1)[0])
+    return out
+
+
+# The hub's routes; the modules under hub.web register into it on import.
+ROUTES = Registry()

@@ -1,0 +1,197 @@
+"""Request and response bodies of the public API (documented in OpenAPI; the
+tests validate real responses against the response models)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hub.core import Attachment, Role, UTCDateTime
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class LoginIn(_In):
+    email: str = Field(min_length=3, max_length=320)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class TokenOut(_Out):
+    token: str
+    agent: AgentOut
+
+
+class AgentIn(_In):
+    email: str = Field(min_length=3, max_length=320)
+    name: str = Field(min_length=1, max_length=200)
+    password: str = Field(min_length=8, max_length=1024)
+    role: Role = Role.AGENT
+    teams: list[str] = Field(default_factory=list)
+    skills: list[str] = Field(default_factory=list)
+    languages: list[str] = Field(default_factory=list)
+    capacity: dict[str, int] = Field(default_factory=dict)
+
+
+class AgentOut(_Out):
+    id: int
+    email: str
+    name: str
+    role: Role
+    skills: list[str]
+    languages: list[str]
+    capacity: dict[str, int]
+    presence: str
+    active: bool
+    team_ids: list[int]
+
+
+class AgentList(_Out):
+    items: list[AgentOut]
+    next_cursor: str | None = None
+
+
+class TeamOut(_Out):
+    id: int
+    name: str
+
+
+class TeamList(_Out):
+    items: list[TeamOut]
+    next_cursor: str | None = None
+
+
+class MessageIn(_In):
+    body: str = Field(default="", max_length=100_000)
+    private: bool = False
+    attachments: list[Attachment] = Field(default_factory=list, max_length=20)
+
+
+class AssignIn(_In):
+    agent_id: int | None = None
+    team_id: int | None = None
+
+
+class StatusIn(_In):
+    status: Literal["open", "pending", "snoozed", "resolved"]
+    snoozed_until: UTCDateTime | None = None
+
+
+class LabelsIn(_In):
+    labels: list[str] = Field(max_length=50)
+
+
+class MergeIn(_In):
+    source_id: int = Field(description="the contact folded into this one; it keeps a pointer to this contact")
+
+
+class MessageOut(_Out):
+    id: int
+    ticket_id: int
+    contact_id: int
+    inbox: str | None
+    channel: str
+    direction: Literal["in", "out"]
+    author: Literal["contact", "agent", "bot", "system"]
+    author_id: int | None
+    body: str
+    subject: str | None
+    attachments: list[dict[str, Any]]
+    private: bool
+    external_id: str | None
+    status: str
+    status_reason: str | None
+    created_at: str
+    sent_at: str | None
+    delivered_at: str | None
+
+
+class TicketOut(_Out):
+    id: int
+    status: Literal["open", "pending", "snoozed", "resolved"]
+    priority: str
+    channel: str
+    inbox_id: int
+    contact_id: int
+    assignee_id: int | None
+    team_id: int | None
+    subject: str | None
+    labels: list[str]
+    created_at: str
+    waiting_since: str | None
+    first_response_at: str | None
+    last_message_at: str
+    snoozed_until: str | None
+    resolved_at: str | None
+
+
+class TicketListItem(TicketOut):
+    contact_name: str | None = None
+    last_message: dict[str, Any] | None = None
+
+
+class TicketList(_Out):
+    items: list[TicketListItem]
+    next_cursor: str | None
+
+
+class TicketDetail(TicketOut):
+    inbox: str | None
+    contact_name: str | None
+    messages: list[MessageOut]
+
+
+class IdentityOut(_Out):
+    channel: str
+    address: str
+    display_name: str | None
+    created_at: str
+
+
+class ContactOut(_Out):
+    id: int
+    name: str | None
+    attributes: dict[str, Any]
+    tags: list[str]
+    lifecycle_stage: str | None
+    lead_score: int
+    segment: str | None
+    merged_into_id: int | None
+    created_at: str
+    last_seen_at: str | None
+    identities: list[IdentityOut]
+
+
+class ContactDetail(ContactOut):
+    tickets: list[TicketOut]
+
+
+class ContactList(_Out):
+    items: list[ContactOut]
+    next_cursor: str | None
+
+
+class TimelineItem(_Out):
+    type: Literal["message", "event"]
+    at: str
+    message: MessageOut | None = None
+    event: dict[str, Any] | None = None
+
+
+class Timeline(_Out):
+    items: list[TimelineItem]
+    next_cursor: str | None
+
+
+class Health(_Out):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+TokenOut.model_rebuild()

@@ -1,0 +1,139 @@
+"""What the workers do with each event from the stream.
+
+A dispatch table from event kind to a small handler (zulip's webhook views).
+Every handler is idempotent, because the stream delivers at least once:
+routing applies a decision only if the ticket is still in the state the
+decision was made for; sending claims the message row; live events are
+re-sendable by nature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from sqlalchemy import select, update
+
+from hub.core import TicketEventKind, TicketStatus
+from hub.sender import Sender
+from hub.stream.base import Event, LiveBus
+from routing import Decision, TicketSnapshot, decide
+from storage.db import Database
+from storage.ingest import add_outbox, outbox_row
+from storage.models import Inbox, Ticket, TicketEventRow
+from storage.views import ticket_view
+
+log = logging.getLogger(__name__)
+
+AGENTS_CHANNEL = "agents"
+
+
+class EventProcessor:
+    def __init__(self, db: Database, live: LiveBus, sender: Sender) -> None:
+        self.db = db
+        self.live = live
+        self.sender = sender
+        self._bot_inboxes: dict[str, bool] = {}
+        self._handlers: dict[str, Callable[[Event], Awaitable[None]]] = {
+            TicketEventKind.MESSAGE_RECEIVED.value: self._on_received,
+            TicketEventKind.MESSAGE_CREATED.value: self._on_created,
+        }
+
+    async def handle(self, events: Sequence[Event]) -> None:
+        # Per-event work for the kinds that need it, then one live fan-out.
+        for event in events:
+            handler = self._handlers.get(event.kind)
+            if handler is not None:
+                await handler(event)
+        await asyncio.gather(*(self._publish_live(e) for e in events))
+
+    async def _publish_live(self, event: Event) -> None:
+        payload = {k: v for k, v in event.payload.items() if k != "kind"}
+        await self.live.publish(AGENTS_CHANNEL, {"type": event.kind, **payload})
+
+    async def _bot_enabled(self, inbox: str) -> bool:
+        if inbox not in self._bot_inboxes:
+            async with self.db.read() as session:
+                enabled = await session.scalar(select(Inbox.bot_enabled).where(Inbox.key == inbox))
+            self._bot_inboxes[inbox] = bool(enabled)
+        return self._bot_inboxes[inbox]
+
+    async def _on_received(self, event: Event) -> None:
+        ticket: dict[str, Any] = event.payload["ticket"]
+        inbox = event.payload["message"].get("inbox") or ""
+        snapshot = TicketSnapshot(
+            id=ticket["id"],
+            status=TicketStatus(ticket["status"]),
+            channel=ticket["channel"],
+            inbox=inbox,
+            assignee_id=ticket["assignee_id"],
+            team_id=ticket["team_id"],
+            ticket_created=bool(event.payload.get("ticket_created")),
+            bot_enabled=await self._bot_enabled(inbox),
+            bot_silenced=False,
+        )
+        decision = decide(snapshot)
+        if decision.changes_anything:
+            changed = await self.apply(snapshot, decision)
+            if changed is not None:
+                event.payload["ticket"] = changed
+
+    async def apply(self, snapshot: TicketSnapshot, decision: Decision) -> dict[str, Any] | None:
+        """Apply a routing decision atomically, only if the ticket is still as it
+        was decided on (a redelivered event, or an agent faster than the router,
+        finds it changed and leaves it alone)."""
+        values: dict[str, Any] = {}
+        if decision.status is not None:
+            values["status"] = decision.status.value
+        if decision.assignee_id is not None:
+            values["assignee_id"] = decision.assignee_id
+        if decision.team_id is not None:
+            values["team_id"] = decision.team_id
+        async with self.db.write() as session:
+            result = await session.execute(
+                update(Ticket)
+                .where(
+                    Ticket.id == snapshot.id,
+                    Ticket.status == snapshot.status.value,
+                    Ticket.assignee_id.is_(None)
+                    if snapshot.assignee_id is None
+                    else Ticket.assignee_id == snapshot.assignee_id,
+                    Ticket.bot_silenced.is_(False),
+                )
+                .values(**values)
+                .returning(Ticket.id)
+                .execution_options(synchronize_session=False)
+            )
+            if result.scalar_one_or_none() is None:
+                return None
+            ticket = await session.get(Ticket, snapshot.id, populate_existing=True)
+            assert ticket is not None
+            data = {"reason": decision.reason, **{k: v for k, v in values.items()}}
+            session.add(
+                TicketEventRow(
+                    ticket_id=ticket.id,
+                    contact_id=ticket.contact_id,
+                    kind=TicketEventKind.STATUS_CHANGED.value if "status" in values else TicketEventKind.ASSIGNED.value,
+                    actor="router",
+                    data=data,
+                )
+            )
+            view = ticket_view(ticket)
+            # Other consumers (the bot, analytics) hear about it on the stream too;
+            # marked so this processor does not route its own event again.
+            await add_outbox(
+                session,
+                [
+                    outbox_row(
+                        TicketEventKind.ROUTED.value, ticket.id, {"ticket": view, "actor": "router", "data": data}
+                    )
+                ],
+            )
+            return view
+
+    async def _on_created(self, event: Event) -> None:
+        message = event.payload["message"]
+        if message["direction"] == "out" and not message["private"] and message["status"] == "queued":
+            await self.sender.deliver(int(message["id"]))

@@ -1,0 +1,133 @@
+"""The spine end to end: a visitor's web chat message reaches an agent, the
+agent's reply comes back, and the conversation survives a reconnect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from hub.web.schemas import ContactDetail, MessageOut, TicketDetail, TicketList, Timeline
+from tests.hub.helpers import Agent, add_agent, make_config, next_frame, running_hub
+
+
+async def test_visitor_to_agent_and_back(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with running_hub(config) as server:
+        await add_agent(config, "ana@example.com")
+        base = str(server.make_url("")).rstrip("/")
+        async with aiohttp.ClientSession() as http:
+            agent = await Agent.login(http, base, "ana@example.com")
+            async with agent.events() as events, http.ws_connect(f"{base}/chat/ws") as visitor:
+                session = await next_frame(visitor, "session")
+                token = session["visitor_token"]
+                assert session["ticket_id"] is None
+
+                await visitor.send_json({"type": "message", "text": "سلام، کمک می‌خواهم", "client_id": "c1"})
+                ack = await next_frame(visitor, "message", client_id="c1")
+                assert ack["author"] == "contact"
+                assert ack["text"] == "سلام، کمک می‌خواهم"
+
+                live = await next_frame(events, "message.received", message__id=ack["id"])
+                ticket_id = live["ticket"]["id"]
+                assert live["message"]["body"] == "سلام، کمک می‌خواهم"
+                assert live["ticket_created"] is True
+
+                listing = TicketList.model_validate(await agent.get("/api/v1/tickets?status=open"))
+                assert [t.id for t in listing.items] == [ticket_id]
+                assert listing.items[0].channel == "webchat"
+
+                reply = MessageOut.model_validate(
+                    await agent.post(f"/api/v1/tickets/{ticket_id}/messages", {"body": "Hello! چطور کمک کنم؟"}, 201)
+                )
+                assert reply.direction == "out"
+                assert reply.status == "queued"
+                got = await next_frame(visitor, "message", id=reply.id)
+                assert got["author"] == "agent"
+                assert got["text"] == "Hello! چطور کمک کنم؟"
+
+                # The widget acknowledges what it showed: the agent sees "delivered".
+                await visitor.send_json({"type": "ack", "id": reply.id})
+                status = await next_frame(events, "message.status", message__id=reply.id, message__status="delivered")
+                assert status["message"]["delivered_at"]
+
+                # A private note never reaches the visitor.
+                await agent.post(f"/api/v1/tickets/{ticket_id}/messages", {"body": "VIP?", "private": True}, 201)
+
+            # Later: the visitor comes back with their token.
+            async with http.ws_connect(f"{base}/chat/ws?token={token}") as again:
+                session2 = await next_frame(again, "session")
+                assert session2["ticket_id"] == ticket_id
+                history = [await next_frame(again, "message") for _ in range(2)]
+                assert [m["text"] for m in history] == ["سلام، کمک می‌خواهم", "Hello! چطور کمک کنم؟"]
+                await again.send_json({"type": "message", "text": "thanks", "client_id": "c2"})
+                await next_frame(again, "message", client_id="c2")
+
+            detail = TicketDetail.model_validate(await agent.get(f"/api/v1/tickets/{ticket_id}"))
+            assert [m.body for m in detail.messages] == [
+                "سلام، کمک می‌خواهم",
+                "Hello! چطور کمک کنم؟",
+                "VIP?",
+                "thanks",
+            ]
+            assert [m.private for m in detail.messages] == [False, False, True, False]
+            assert detail.first_response_at is not None
+            contact = ContactDetail.model_validate(await agent.get(f"/api/v1/contacts/{detail.contact_id}"))
+            assert contact.identities[0].channel == "webchat"
+            timeline = Timeline.model_validate(await agent.get(f"/api/v1/contacts/{detail.contact_id}/timeline"))
+            assert timeline.items[0].message is not None
+            assert timeline.items[0].message.body == "thanks"
+
+
+async def test_resent_frame_is_stored_once(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with running_hub(config) as server:
+        await add_agent(config, "ana@example.com")
+        base = str(server.make_url("")).rstrip("/")
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"{base}/chat/ws") as visitor:
+            await next_frame(visitor, "session")
+            for _ in range(3):
+                await visitor.send_json({"type": "message", "text": "once", "client_id": "same"})
+            acks = [await next_frame(visitor, "message", client_id="same") for _ in range(3)]
+            assert len({a["id"] for a in acks}) == 1
+            agent = await Agent.login(http, base, "ana@example.com")
+            (ticket,) = (await agent.get("/api/v1/tickets"))["items"]
+            detail = await agent.get(f"/api/v1/tickets/{ticket['id']}")
+            assert [m["body"] for m in detail["messages"]] == ["once"]
+
+
+@pytest.mark.parametrize(
+    ("frame", "needle"),
+    [
+        ("not json", "not valid JSON"),
+        ('{"type": "message", "client_id": "x"}', "text"),
+        ('{"type": "message", "text": "hi"}', "client_id"),
+        ('{"type": "message", "text": "hi", "client_id": "x", "admin": true}', "unknown field"),
+        ('{"type": "explode"}', "unknown frame type"),
+        ('["a"]', "JSON object"),
+    ],
+)
+async def test_bad_frames_get_a_clear_error_and_store_nothing(tmp_path: Path, frame: str, needle: str) -> None:
+    config = make_config(tmp_path)
+    async with running_hub(config) as server:
+        await add_agent(config, "ana@example.com")
+        base = str(server.make_url("")).rstrip("/")
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"{base}/chat/ws") as visitor:
+                await next_frame(visitor, "session")
+                await visitor.send_str(frame)
+                error = await next_frame(visitor, "error")
+                assert needle in error["message"]
+            agent = await Agent.login(http, base, "ana@example.com")
+            assert (await agent.get("/api/v1/tickets"))["items"] == []
+
+
+async def test_forged_visitor_token_is_refused(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with running_hub(config) as server:
+        base = str(server.make_url("")).rstrip("/")
+        async with aiohttp.ClientSession() as http, http.get(f"{base}/chat/ws?token=abc.def") as r:
+            assert r.status == 401
+            body = await r.json()
+            assert body["error"]["code"] == "unauthorized"
