@@ -1,0 +1,215 @@
+"""The agents' REST API against a real server, on the embedded database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from hub.core import Channel, InboundMessage, Role
+from hub.web.schemas import ContactDetail, TicketList, TicketOut, Timeline
+from storage.db import Database
+from storage.ingest import IngestResult, ingest_batch
+from tests.hub.helpers import Agent, add_agent, make_config, next_frame, running_hub
+
+
+@dataclass
+class Env:
+    base: str
+    http: aiohttp.ClientSession
+    admin: Agent
+    db: Database
+
+    async def inbound(self, sender: str, ext: str, body: str = "hello") -> IngestResult:
+        async with self.db.write() as s:
+            (r,) = await ingest_batch(
+                s, [InboundMessage(channel=Channel.WEBCHAT, inbox="webchat", external_id=ext, sender=sender, body=body)]
+            )
+        assert isinstance(r, IngestResult)
+        return r
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    config = make_config(tmp_path)
+    async with running_hub(config) as server:
+        await add_agent(config, "admin@example.com")
+        await add_agent(config, "agent@example.com", Role.AGENT)
+        base = str(server.make_url("")).rstrip("/")
+        db = Database(config.database_url)
+        async with aiohttp.ClientSession() as http:
+            yield Env(base, http, await Agent.login(http, base, "admin@example.com"), db)
+        await db.dispose()
+
+
+async def test_login_errors_do_not_say_which_part_was_wrong(env: Env) -> None:
+    for body in ({"email": "admin@example.com", "password": "wrong"}, {"email": "nobody@x.org", "password": "x"}):
+        async with env.http.post(f"{env.base}/api/v1/auth/token", json=body) as r:
+            assert r.status == 401
+            assert (await r.json())["error"]["message"] == "email or password is wrong"
+
+
+async def test_bad_and_revoked_tokens(env: Env) -> None:
+    async with env.http.get(f"{env.base}/api/v1/tickets", headers={"Authorization": "Bearer nope"}) as r:
+        assert r.status == 401
+    async with env.http.post(f"{env.base}/api/v1/auth/logout", headers=env.admin.headers) as r:
+        assert r.status == 204
+    async with env.http.get(f"{env.base}/api/v1/tickets", headers=env.admin.headers) as r:
+        assert r.status == 401
+
+
+async def test_filters_and_cursor_pagination(env: Env) -> None:
+    for i in range(7):
+        await env.inbound(f"visitor-{i}", f"visitor-{i}:1", body=f"question number {i}")
+    seen: list[int] = []
+    cursor = ""
+    while True:
+        page = TicketList.model_validate(await env.admin.get(f"/api/v1/tickets?limit=3{cursor}"))
+        seen += [t.id for t in page.items]
+        if page.next_cursor is None:
+            break
+        cursor = f"&cursor={page.next_cursor}"
+    assert len(seen) == 7
+    assert len(set(seen)) == 7
+    assert seen == sorted(seen, reverse=True)  # newest activity first
+    found = TicketList.model_validate(await env.admin.get("/api/v1/tickets?q=number%205"))
+    assert len(found.items) == 1
+    assert found.items[0].last_message is not None
+    assert found.items[0].last_message["body"] == "question number 5"
+    assert (await env.admin.get("/api/v1/tickets?assignee=none&status=open,pending"))["items"]
+    assert (await env.admin.get("/api/v1/tickets?assignee=me"))["items"] == []
+    assert (await env.admin.get("/api/v1/tickets?channel=sms"))["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "needle"),
+    [
+        ("/api/v1/tickets?status=closed", 400, "status 'closed'"),
+        ("/api/v1/tickets?limit=0", 400, "limit"),
+        ("/api/v1/tickets?cursor=garbage", 400, "cursor"),
+        ("/api/v1/tickets/999", 404, "ticket 999 does not exist"),
+        ("/api/v1/tickets/abc", 400, "id must be an integer"),
+        ("/api/v1/contacts/999/timeline", 404, "contact 999"),
+        ("/api/v1/nothing-here", 404, "no such endpoint"),
+    ],
+)
+async def test_errors_are_json_and_name_the_problem(env: Env, path: str, status: int, needle: str) -> None:
+    body = await env.admin.get(path, status)
+    assert set(body) == {"error"}
+    assert needle in body["error"]["message"]
+
+
+async def test_assign_status_and_live_events(env: Env) -> None:
+    r = await env.inbound("v-assign", "v-assign:1")
+    agents = (await env.admin.get("/api/v1/agents"))["items"]
+    agent_id = next(a["id"] for a in agents if a["email"] == "agent@example.com")
+    async with env.admin.events() as events:
+        out = TicketOut.model_validate(
+            await env.admin.post(f"/api/v1/tickets/{r.ticket_id}/assign", {"agent_id": agent_id})
+        )
+        assert out.assignee_id == agent_id
+        await next_frame(events, "ticket.assigned", ticket__id=r.ticket_id)
+        await env.admin.post(f"/api/v1/tickets/{r.ticket_id}/status", {"status": "resolved"})
+        frame = await next_frame(events, "ticket.status_changed", ticket__id=r.ticket_id)
+        assert frame["data"] == {"from": "open", "to": "resolved"}
+    bad = await env.admin.post(f"/api/v1/tickets/{r.ticket_id}/status", {"status": "snoozed"}, 422)
+    assert "snoozed_until" in bad["error"]["message"]
+    bad = await env.admin.post(f"/api/v1/tickets/{r.ticket_id}/assign", {"agent_id": 12345}, 404)
+    assert "agent 12345" in bad["error"]["message"]
+    # The next message from the same visitor opens a new ticket; reopening the
+    # old one while the new one is open would make two current tickets.
+    r2 = await env.inbound("v-assign", "v-assign:2")
+    assert r2.ticket_id != r.ticket_id
+    conflict = await env.admin.post(f"/api/v1/tickets/{r.ticket_id}/status", {"status": "open"}, 409)
+    assert f"ticket {r2.ticket_id}" in conflict["error"]["message"]
+    mine = await env.admin.get(f"/api/v1/tickets?assignee={agent_id}&status=resolved")
+    assert [t["id"] for t in mine["items"]] == [r.ticket_id]
+
+
+async def test_snooze_then_customer_message_wakes_ticket(env: Env) -> None:
+    r = await env.inbound("v-snooze", "v-snooze:1")
+    out = await env.admin.post(
+        f"/api/v1/tickets/{r.ticket_id}/status", {"status": "snoozed", "snoozed_until": "2099-01-01T00:00:00+03:30"}
+    )
+    assert out["snoozed_until"].startswith("2098-12-31T20:30:00")
+    await env.inbound("v-snooze", "v-snooze:2")
+    assert (await env.admin.get(f"/api/v1/tickets/{r.ticket_id}"))["status"] == "open"
+
+
+async def test_merge_and_cross_channel_timeline(env: Env) -> None:
+    a = await env.inbound("v-merge-a", "v-merge-a:1", body="first from a")
+    b = await env.inbound("v-merge-b", "v-merge-b:1", body="first from b")
+    await env.admin.post(f"/api/v1/tickets/{a.ticket_id}/messages", {"body": "reply to a"}, 201)
+    merged = ContactDetail.model_validate(
+        await env.admin.post(f"/api/v1/contacts/{a.contact_id}/merge", {"source_id": b.contact_id})
+    )
+    assert {i.address for i in merged.identities} == {"v-merge-a", "v-merge-b"}
+    # Only one ticket per inbox stays open after the merge.
+    assert sorted(t.status for t in merged.tickets) == ["open", "resolved"]
+    again = await env.admin.post(f"/api/v1/contacts/{a.contact_id}/merge", {"source_id": b.contact_id}, 409)
+    assert "already merged" in again["error"]["message"]
+    assert (await env.admin.get(f"/api/v1/contacts/{b.contact_id}"))["merged_into_id"] == a.contact_id
+
+    bodies: list[str] = []
+    kinds: list[str] = []
+    cursor = ""
+    while True:
+        page = Timeline.model_validate(await env.admin.get(f"/api/v1/contacts/{a.contact_id}/timeline?limit=2{cursor}"))
+        for item in page.items:
+            if item.message is not None:
+                bodies.append(item.message.body)
+            else:
+                assert item.event is not None
+                kinds.append(item.event["kind"])
+        if page.next_cursor is None:
+            break
+        cursor = f"&cursor={page.next_cursor}"
+    assert bodies == ["reply to a", "first from b", "first from a"]
+    assert kinds.count("ticket.created") == 2
+    assert "contact.merged" in kinds
+
+
+async def test_admin_only_agent_creation(env: Env) -> None:
+    created = await env.admin.post(
+        "/api/v1/agents",
+        {"email": "New@Example.com", "name": "New", "password": "longenough", "teams": ["Sales"]},
+        201,
+    )
+    assert created["email"] == "new@example.com"
+    assert len(created["team_ids"]) == 1
+    await env.admin.post("/api/v1/agents", {"email": "new@example.com", "name": "x", "password": "longenough"}, 409)
+    plain = await Agent.login(env.http, env.base, "agent@example.com")
+    denied = await plain.post("/api/v1/agents", {"email": "z@example.com", "name": "z", "password": "longenough"}, 403)
+    assert denied["error"]["code"] == "forbidden"
+
+
+async def test_oversize_and_malformed_bodies_change_nothing(env: Env) -> None:
+    r = await env.inbound("v-big", "v-big:1")
+    url = f"{env.base}/api/v1/tickets/{r.ticket_id}/messages"
+    async with env.http.post(url, data="x" * 2_000_000, headers=env.admin.headers) as resp:
+        assert resp.status == 413
+        assert (await resp.json())["error"]["code"] == "payload_too_large"
+    async with env.http.post(url, data="{not json", headers=env.admin.headers) as resp:
+        assert resp.status == 400
+        assert "not valid JSON" in (await resp.json())["error"]["message"]
+    await env.admin.post(f"/api/v1/tickets/{r.ticket_id}/messages", {"body": "   "}, 422)
+    detail = await env.admin.get(f"/api/v1/tickets/{r.ticket_id}")
+    assert [m["direction"] for m in detail["messages"]] == ["in"]
+
+
+async def test_concurrent_replies_are_all_delivered_in_order(env: Env) -> None:
+    async with env.http.ws_connect(f"{env.base}/chat/ws") as visitor:
+        await next_frame(visitor, "session")
+        await visitor.send_json({"type": "message", "text": "hi", "client_id": "1"})
+        ack = await next_frame(visitor, "message", client_id="1")
+        tickets = (await env.admin.get("/api/v1/tickets"))["items"]
+        tid = next(t["id"] for t in tickets if t["last_message"]["id"] == ack["id"])
+        posts = [env.admin.post(f"/api/v1/tickets/{tid}/messages", {"body": f"reply {i}"}, 201) for i in range(10)]
+        created: list[dict[str, Any]] = list(await asyncio.gather(*posts))
+        got = [(await next_frame(visitor, "message", author="agent"))["id"] for _ in range(10)]
+        assert got == sorted(m["id"] for m in created)
