@@ -90,7 +90,8 @@ class Agent:
 async def next_frame(
     ws: aiohttp.ClientWebSocketResponse, kind: str, timeout: float = 10.0, **match: Any
 ) -> dict[str, Any]:
-    """The next frame of type ``kind`` whose fields include ``match``."""
+    """The next frame of type ``kind`` (``*``: any) whose fields include ``match``
+    (``a__b`` matches ``frame["a"]["b"]``)."""
 
     async def find() -> dict[str, Any]:
         while True:
@@ -98,7 +99,7 @@ async def next_frame(
             if msg.type != aiohttp.WSMsgType.TEXT:
                 raise AssertionError(f"websocket ended: {msg.type} {msg.data!r}")
             frame: dict[str, Any] = json.loads(msg.data)
-            if frame.get("type") == kind and all(_get(frame, k) == v for k, v in match.items()):
+            if kind in ("*", frame.get("type")) and all(_get(frame, k) == v for k, v in match.items()):
                 return frame
 
     return await asyncio.wait_for(find(), timeout)

@@ -15,6 +15,8 @@ from hub.core import Channel, InboundMessage, Role
 from hub.web.schemas import ContactDetail, TicketList, TicketOut, Timeline
 from storage.db import Database
 from storage.ingest import IngestResult, ingest_batch
+from hub.config import HubConfig
+from tests import services
 from tests.hub.helpers import Agent, add_agent, make_config, next_frame, running_hub
 
 
@@ -34,9 +36,19 @@ class Env:
         return r
 
 
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    config = make_config(tmp_path)
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Env]:
+    """The API on the embedded database and on PostgreSQL."""
+    if request.param == "postgres":
+        async for url in services.fresh_postgres_database():
+            async for e in _env(make_config(tmp_path, **{"database.url": url})):
+                yield e
+    else:
+        async for e in _env(make_config(tmp_path)):
+            yield e
+
+
+async def _env(config: HubConfig) -> AsyncIterator[Env]:
     async with running_hub(config) as server:
         await add_agent(config, "admin@example.com")
         await add_agent(config, "agent@example.com", Role.AGENT)

@@ -131,3 +131,45 @@ async def test_forged_visitor_token_is_refused(tmp_path: Path) -> None:
             assert r.status == 401
             body = await r.json()
             assert body["error"]["code"] == "unauthorized"
+
+
+async def test_bot_enabled_inbox_starts_tickets_pending_and_agent_reply_takes_over(tmp_path: Path) -> None:
+    config = make_config(tmp_path, **{"bot.enabled": True})
+    async with running_hub(config) as server:
+        await add_agent(config, "ana@example.com")
+        base = str(server.make_url("")).rstrip("/")
+        async with aiohttp.ClientSession() as http:
+            agent = await Agent.login(http, base, "ana@example.com")
+            async with agent.events() as events, http.ws_connect(f"{base}/chat/ws") as visitor:
+                await next_frame(visitor, "session")
+                await visitor.send_json({"type": "message", "text": "price?", "client_id": "p"})
+                ack = await next_frame(visitor, "message", client_id="p")
+                # Two live events, in either order: the message (whose ticket the
+                # router already moved to pending) and the routing itself.
+                seen: dict[str, dict[str, object]] = {}
+                while len(seen) < 2:
+                    frame = await next_frame(events, "*")
+                    if frame["type"] in ("ticket.routed", "message.received"):
+                        seen[str(frame["type"])] = frame
+                routed, received = seen["ticket.routed"], seen["message.received"]
+                assert routed["ticket"]["status"] == "pending"  # type: ignore[index]
+                assert routed["data"]["reason"] == "the bot answers first on this inbox"  # type: ignore[index]
+                assert received["message"]["id"] == ack["id"]  # type: ignore[index]
+                assert received["ticket"]["status"] == "pending"  # type: ignore[index]
+                tid = routed["ticket"]["id"]  # type: ignore[index]
+                await agent.post(f"/api/v1/tickets/{tid}/messages", {"body": "I can help"}, 201)
+                assert (await agent.get(f"/api/v1/tickets/{tid}"))["status"] == "open"
+        # Every change has its audit entry, naming who did it.
+        from sqlalchemy import select
+
+        from storage.db import Database
+        from storage.models import AuditLog
+
+        db = Database(config.database_url)
+        try:
+            async with db.read() as s:
+                actions = [(a.action, a.actor) for a in (await s.scalars(select(AuditLog))).all()]
+        finally:
+            await db.dispose()
+        assert ("agent.login", "agent:1") in actions
+        assert ("message.reply", "agent:1") in actions
