@@ -11,11 +11,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from hub.config import HubConfig
 from hub.core import Channel, InboundMessage, Role
 from hub.web.schemas import ContactDetail, TicketList, TicketOut, Timeline
 from storage.db import Database
 from storage.ingest import IngestResult, ingest_batch
-from hub.config import HubConfig
 from tests import services
 from tests.hub.helpers import Agent, add_agent, make_config, next_frame, running_hub
 
