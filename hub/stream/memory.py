@@ -95,18 +95,23 @@ class InProcessStream(Stream):
     async def _handle(self, batch: list[Event], handler: EventHandler) -> None:
         try:
             await handler(batch)
-        except Exception:  # noqa: BLE001 - retried one by one below
+        except Exception as exc:  # noqa: BLE001 - retried one by one below
             if len(batch) > 1:
                 for event in batch:
                     await self._handle_one(event, handler)
                 return
-            await self._handle_one(batch[0], handler, first_failed=True)
+            error = self._failed(batch[0], 1, exc)
+            await self._handle_one(batch[0], handler, deliveries=1, error=error)
             return
         await self._done(batch)
 
-    async def _handle_one(self, event: Event, handler: EventHandler, first_failed: bool = False) -> None:
-        deliveries = 1 if first_failed else 0
-        error = ""
+    def _failed(self, event: Event, attempt: int, exc: Exception) -> str:
+        error = f"{type(exc).__name__}: {exc}"
+        metrics.STREAM_FAILURES.inc()
+        log.warning("event handler failed", extra={"kind": event.kind, "try": attempt, "error": error})
+        return error
+
+    async def _handle_one(self, event: Event, handler: EventHandler, deliveries: int = 0, error: str = "") -> None:
         while deliveries < self.max_deliveries:
             if deliveries:
                 await asyncio.sleep(self.retry_delay * 2 ** (deliveries - 1))
@@ -114,9 +119,7 @@ class InProcessStream(Stream):
             try:
                 await handler([event])
             except Exception as exc:  # noqa: BLE001 - counted, then dead-lettered
-                error = f"{type(exc).__name__}: {exc}"
-                metrics.STREAM_FAILURES.inc()
-                log.warning("event handler failed", extra={"kind": event.kind, "try": deliveries, "error": error})
+                error = self._failed(event, deliveries, exc)
                 continue
             await self._done([event])
             return
