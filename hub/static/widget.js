@@ -9,9 +9,9 @@
   var wsUrl = (base.protocol === "https:" ? "wss://" : "ws://") + base.host + "/chat/ws";
   var KEY = "crmHubVisitor:" + base.host;
   var seen = {};
-  var socket = null, backoff = 500, queue = [];
+  var socket = null, backoff = 500, pending = [];
 
-  var css = "#crmhub-btn{position:fixed;bottom:20px;inset-inline-end:20px;width:56px;height:56px;border-radius:50%;border:0;background:#2563eb;color:#fff;font-size:24px;cursor:pointer;z-index:2147483000}" +
+  var css = "#crmhub-btn{position:fixed;bottom:20px;inset-inline-end:20px;width:56px;height:56px;border-radius:50%;border:0;background:#2563eb;color:#fff;cursor:pointer;display:flex;align-items:center;justify-content:center;z-index:2147483000}" +
     "#crmhub-panel{position:fixed;bottom:88px;inset-inline-end:20px;width:340px;max-width:calc(100vw - 40px);height:460px;max-height:calc(100vh - 120px);background:#fff;border:1px solid #ddd;border-radius:12px;display:none;flex-direction:column;font:14px system-ui,sans-serif;z-index:2147483000;box-shadow:0 8px 24px rgba(0,0,0,.15)}" +
     "#crmhub-panel.open{display:flex}#crmhub-log{flex:1;overflow-y:auto;padding:12px;display:flex;flex-direction:column;gap:6px}" +
     ".crmhub-m{max-width:80%;padding:8px 10px;border-radius:10px;white-space:pre-wrap;word-wrap:break-word;unicode-bidi:plaintext}" +
@@ -23,7 +23,14 @@
   document.head.appendChild(style);
 
   var btn = el("button", { id: "crmhub-btn", type: "button", "aria-label": "Open chat", "aria-expanded": "false" });
-  btn.textContent = "\uD83D\uDCAC";
+  // An SVG, not an emoji: it renders the same without an emoji font.
+  var svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", "0 0 24 24"); svg.setAttribute("width", "26"); svg.setAttribute("height", "26");
+  svg.setAttribute("aria-hidden", "true");
+  var path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+  path.setAttribute("fill", "currentColor");
+  path.setAttribute("d", "M4 3h16a2 2 0 0 1 2 2v11a2 2 0 0 1-2 2H8l-5 4V5a2 2 0 0 1 1-2z");
+  svg.appendChild(path); btn.appendChild(svg);
   var panel = el("div", { id: "crmhub-panel", role: "dialog", "aria-label": "Chat" });
   var log = el("div", { id: "crmhub-log", role: "log", "aria-live": "polite" });
   var status = el("div", { id: "crmhub-status" });
@@ -46,8 +53,8 @@
     if (!text) return;
     input.value = "";
     var frame = { type: "message", text: text, client_id: Date.now().toString(36) + Math.random().toString(36).slice(2) };
-    queue.push(frame);
-    flush();
+    pending.push(frame);
+    if (socket && socket.readyState === 1) socket.send(JSON.stringify(frame));
   });
 
   function el(tag, attrs) {
@@ -55,8 +62,14 @@
     for (var k in attrs) node.setAttribute(k, attrs[k]);
     return node;
   }
-  function flush() {
-    while (socket && socket.readyState === 1 && queue.length) socket.send(JSON.stringify(queue[0])), queue.shift();
+  // Messages stay pending until the server acknowledges them (after storing);
+  // after a reconnect they are sent again with the same client_id, which the
+  // server stores only once.
+  function resend() {
+    for (var i = 0; i < pending.length; i++) socket.send(JSON.stringify(pending[i]));
+  }
+  function acknowledged(clientId) {
+    pending = pending.filter(function (f) { return f.client_id !== clientId; });
   }
   function show(frame) {
     if (seen[frame.id]) return;
@@ -75,12 +88,11 @@
     socket.onopen = function () { backoff = 500; status.textContent = ""; };
     socket.onmessage = function (e) {
       var frame = JSON.parse(e.data);
-      if (frame.type === "session") { localStorage.setItem(KEY, frame.visitor_token); flush(); }
-      else if (frame.type === "message") show(frame);
+      if (frame.type === "session") { localStorage.setItem(KEY, frame.visitor_token); resend(); }
+      else if (frame.type === "message") { if (frame.client_id) acknowledged(frame.client_id); show(frame); }
       else if (frame.type === "error") status.textContent = frame.message;
     };
-    socket.onclose = function (e) {
-      if (e.code === 1006 && !localStorage.getItem(KEY)) status.textContent = "Offline, retrying\u2026";
+    socket.onclose = function () {
       status.textContent = "Reconnecting\u2026";
       setTimeout(connect, backoff);
       backoff = Math.min(backoff * 2, 30000);

@@ -91,6 +91,9 @@ async def visitor_socket(request: web.Request) -> web.StreamResponse:
                 await _on_frame(hub, ws, visitor_id, conn_id, decode_frame(msg.data), state)
             except InvalidPayload as exc:
                 await _error(ws, "invalid_frame", str(exc))
+            except Exception:  # the visitor must hear that nothing was stored
+                log.exception("web chat frame failed", extra={"visitor": visitor_id})
+                await _error(ws, "internal_error", "not stored; send it again with the same client_id")
     finally:
         forward.cancel()
         with contextlib.suppress(asyncio.CancelledError):
