@@ -451,9 +451,11 @@ class RedisLiveBus(LiveBus):
         keepalive_seconds: float = 15.0,
         subscribe_timeout: float = 5.0,
         max_backoff_seconds: float = _BACKOFF_MAX,
+        max_publish_connections: int = 32,
     ) -> None:
         self.url = url
         self.prefix = prefix
+        self.max_publish_connections = max_publish_connections
         self._max_queue = max_queue
         self._client_name = client_name
         self._keepalive = keepalive_seconds
@@ -481,8 +483,18 @@ class RedisLiveBus(LiveBus):
         if self._reader is not None:
             return
         self._closed = False
-        self._pub = aioredis.Redis.from_url(
-            self.url, protocol=_PROTOCOL, socket_timeout=5.0, socket_connect_timeout=5.0
+        # Thousands of websockets publish at once: a blocking pool makes them
+        # wait for one of a bounded set of connections, where redis-py's
+        # default pool would fail with "Too many connections".
+        self._pub = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                self.url,
+                max_connections=self.max_publish_connections,
+                timeout=10,
+                protocol=_PROTOCOL,
+                socket_timeout=5.0,
+                socket_connect_timeout=5.0,
+            )
         )
         self._sub = aioredis.Redis.from_url(
             self.url,

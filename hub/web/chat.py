@@ -93,7 +93,7 @@ async def visitor_socket(request: web.Request) -> web.StreamResponse:
                 await _error(ws, "invalid_frame", str(exc))
             except Exception:  # the visitor must hear that nothing was stored
                 log.exception("web chat frame failed", extra={"visitor": visitor_id})
-                await _error(ws, "internal_error", "not stored; send it again with the same client_id")
+                await _error(ws, "internal_error", "the frame could not be handled; send it again (same client_id)")
     finally:
         forward.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -124,8 +124,12 @@ async def _on_frame(
         out = message_frame(result.message, client_id=inbound.extras["client_id"])
         # The acknowledgement: sent only after the commit that stored it.
         await ws.send_json(out)
-        # The visitor's other tabs see it too.
-        await hub.live.publish(visitor_channel(visitor_id), {**out, "origin": conn_id})
+        # The visitor's other tabs see it too; best effort, since it is stored
+        # and they get it from the history when they reconnect.
+        try:
+            await hub.live.publish(visitor_channel(visitor_id), {**out, "origin": conn_id})
+        except Exception:  # the message is safe; only the echo to other tabs is lost
+            log.warning("could not echo a visitor message to their other tabs", exc_info=True)
     elif kind == "typing":
         if state.get("ticket_id") is not None:
             await hub.live.publish(
