@@ -87,6 +87,8 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         stream = InProcessStream(max_deliveries=config.workers.max_deliveries)
         live = InProcessLiveBus()
     relay = OutboxRelay(db, stream)
+    db.outbox_lease_seconds = relay.lease_seconds
+    db.on_commit = relay.committed
     if isinstance(stream, InProcessStream):
         stream.on_dead = relay.dead_letter
     channels: dict[Channel, ChannelAdapter] = {Channel.WEBCHAT: WebchatChannel(live.publish)}
@@ -100,7 +102,7 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         relay=relay,
         sender=sender,
         processor=EventProcessor(db, live, sender),
-        batcher=IngestBatcher(db.write, after_commit=relay.wake),
+        batcher=IngestBatcher(db.write),
         visitor_tokens=VisitorTokens(config.secret_key),
         channels=channels,
     )

@@ -1,11 +1,14 @@
 """The outbox relay: committed outbox rows onto the stream.
 
-Rows are claimed with a short lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
-so relays in several processes share the work), published, then deleted:
-at once when the stream is durable (Redis), or when the in-process stream
-reports them handled. A crash between publish and delete publishes again; the
-consumers are idempotent. Woken right after each commit that wrote events, and
-polling as a fallback for rows written by other processes.
+The hot path does not poll: a process writes its outbox rows already leased to
+itself, and the unit of work hands them to :meth:`OutboxRelay.committed` right
+after the commit. Rows whose writer died before publishing them (its lease
+lapsed), rows written by processes without a relay (the CLI), and everything
+left at start-up after a crash are found by polling: claimed with a lease
+(``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so relays in several processes share
+them) and published. A row is deleted once the stream holds the event (Redis)
+or once it was handled (in-process). A crash between publish and delete
+publishes again; consumers are idempotent.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
 
@@ -37,6 +41,7 @@ class OutboxRelay:
         lease_seconds: float = 30.0,
         poll_seconds: float = 0.5,
         max_in_flight: int = 10_000,
+        delete_delay: float = 0.05,
     ) -> None:
         self.db = db
         self.stream = stream
@@ -44,13 +49,24 @@ class OutboxRelay:
         self.lease = timedelta(seconds=lease_seconds)
         self.poll_seconds = poll_seconds
         self.max_in_flight = max_in_flight
+        self.delete_delay = delete_delay
         self._wake = asyncio.Event()
+        self._direct: list[Event] = []
         self._done: list[int] = []
         self._done_wake = asyncio.Event()
         if not stream.durable:
             stream.on_done = self._handled
 
-    def wake(self) -> None:
+    @property
+    def lease_seconds(self) -> float:
+        """How long the writing process owns its new outbox rows. In-process, the
+        rows wait in memory until handled (they are all re-published at start-up
+        after a crash), so the lease only has to outlast a long backlog."""
+        return self.lease.total_seconds() if self.stream.durable else 600.0
+
+    def committed(self, rows: list[tuple[int, str, dict[str, Any]]]) -> None:
+        """Rows a transaction of this process just committed: publish them now."""
+        self._direct.extend(Event(key=key, payload=payload, outbox_id=oid) for oid, key, payload in rows)
         self._wake.set()
 
     async def run(self) -> None:
@@ -69,6 +85,10 @@ class OutboxRelay:
         while True:
             published = 0
             try:
+                if self._direct:
+                    events, self._direct = self._direct, []
+                    await self._publish(events)
+                    continue
                 if await self.stream.backlog() < self.max_in_flight:
                     published = await self.publish_once()
             except Exception:
@@ -104,11 +124,15 @@ class OutboxRelay:
             ).all()
         if not rows:
             return 0
-        events = [Event(key=r.key, payload=r.payload, outbox_id=r.id) for r in sorted(rows, key=lambda r: r.id)]
+        await self._publish(
+            [Event(key=r.key, payload=r.payload, outbox_id=r.id) for r in sorted(rows, key=lambda r: r.id)]
+        )
+        return len(rows)
+
+    async def _publish(self, events: list[Event]) -> None:
         await self.stream.publish(events)
         if self.stream.durable:
-            await self._delete([e.outbox_id for e in events])
-        return len(events)
+            await self._handled([e.outbox_id for e in events])
 
     async def _handled(self, ids: Sequence[int]) -> None:
         self._done.extend(ids)
@@ -117,6 +141,10 @@ class OutboxRelay:
     async def _delete_loop(self) -> None:
         while True:
             await self._done_wake.wait()
+            # Collect for a moment: one delete for many rows keeps the (single,
+            # on SQLite) writer free for messages. A row that outlives a crash
+            # here is only published again.
+            await asyncio.sleep(self.delete_delay)
             self._done_wake.clear()
             ids, self._done = self._done, []
             if not ids:

@@ -9,7 +9,7 @@ both are the same pooled engine: its row locks do the job.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,6 +21,11 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+# session.info keys: how long this process leases the outbox rows it writes,
+# and the rows a transaction wrote (handed to ``Database.on_commit``).
+OUTBOX_LEASE_KEY = "outbox_lease_seconds"
+OUTBOX_WRITTEN_KEY = "outbox_written"
 
 
 def _sqlite_engine(url: str, *, writer: bool, echo: bool) -> AsyncEngine:
@@ -70,6 +75,10 @@ class Database:
             )
             self.read_engine = self.write_engine
         self._writer = async_sessionmaker(self.write_engine, expire_on_commit=False)
+        # Set by a process that runs an outbox relay: outbox rows written through
+        # this Database are leased to it and passed to ``on_commit`` after commit.
+        self.outbox_lease_seconds: float | None = None
+        self.on_commit: Callable[[list[tuple[int, str, dict[str, Any]]]], None] | None = None
         self._reader = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
     @property
@@ -80,8 +89,14 @@ class Database:
     async def write(self) -> AsyncIterator[AsyncSession]:
         """A unit of work: commits when the block ends normally, rolls back on any
         exception, so nothing is ever half-written."""
-        async with self._writer() as session, session.begin():
-            yield session
+        async with self._writer() as session:
+            if self.outbox_lease_seconds:
+                session.info[OUTBOX_LEASE_KEY] = self.outbox_lease_seconds
+            async with session.begin():
+                yield session
+            written = session.info.pop(OUTBOX_WRITTEN_KEY, None)
+            if written and self.on_commit is not None:
+                self.on_commit(written)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

@@ -18,7 +18,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import delete, insert, select, text, tuple_, update
@@ -35,6 +35,7 @@ from hub.core import (
     TicketStatus,
     utcnow,
 )
+from storage.db import OUTBOX_LEASE_KEY, OUTBOX_WRITTEN_KEY
 from storage.models import (
     Contact,
     Identity,
@@ -79,9 +80,24 @@ def outbox_row(kind: str, ticket_id: int, payload: dict[str, Any]) -> dict[str, 
 
 
 async def add_outbox(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        now = utcnow()
-        await session.execute(insert(OutboxRow), [{**r, "created_at": now} for r in rows])
+    """Write events in the caller's transaction. When the session belongs to a
+    process with a relay (see :meth:`storage.db.Database.write`), the rows are
+    leased to it and handed over right after the commit, so the hot path never
+    polls; if the process dies first, the lease lapses and any relay takes them."""
+    if not rows:
+        return
+    now = utcnow()
+    lease = session.info.get(OUTBOX_LEASE_KEY)
+    lease_until = now + timedelta(seconds=lease) if lease else None
+    ids = (
+        await session.execute(
+            insert(OutboxRow).returning(OutboxRow.id, sort_by_parameter_order=True),
+            [{**r, "created_at": now, "lease_until": lease_until} for r in rows],
+        )
+    ).scalars()
+    if lease_until is not None:
+        written = session.info.setdefault(OUTBOX_WRITTEN_KEY, [])
+        written.extend((oid, r["key"], r["payload"]) for oid, r in zip(ids, rows, strict=True))
 
 
 async def ingest_batch(session: AsyncSession, messages: Sequence[InboundMessage]) -> list[IngestResult | Exception]:

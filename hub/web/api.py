@@ -308,7 +308,6 @@ async def post_message(request: web.Request) -> web.Response:
             attachments=[a.model_dump(exclude_none=True) for a in body.attachments],
         )
         view = message_view(msg)
-    hub.relay.wake()
     return web.json_response(view, status=201)
 
 
@@ -329,7 +328,6 @@ async def assign_ticket(request: web.Request) -> web.Response:
     async with hub.db.write() as session:
         ticket = await check_ticket(session, ticket_id, lock=True)
         await do_assign(session, ticket, agent_id=body.agent_id, team_id=body.team_id, actor=actor_of(agent))
-    hub.relay.wake()
     return web.json_response(await _ticket_out(request, ticket_id))
 
 
@@ -361,7 +359,6 @@ async def set_status(request: web.Request) -> web.Response:
         await do_set_status(
             session, ticket, status=TicketStatus(body.status), actor=actor_of(agent), snoozed_until=body.snoozed_until
         )
-    hub.relay.wake()
     return web.json_response(await _ticket_out(request, ticket_id))
 
 
@@ -468,7 +465,6 @@ async def merge_contacts(request: web.Request) -> web.Response:
         target = await check_contact(session, target_id)
         source = await check_contact(session, body.source_id)
         await do_merge_contacts(session, target, source, actor=actor_of(agent))
-    hub.relay.wake()
     async with hub.db.read() as session:
         view = await queries.get_contact(session, target_id)
     return web.json_response(view)

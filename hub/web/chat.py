@@ -148,7 +148,6 @@ async def _on_frame(
         status = DeliveryStatus.DELIVERED if kind == "ack" else DeliveryStatus.READ
         async with hub.db.write() as session:
             await do_record_delivery(session, message_id, status, contact_id=state["contact_id"])
-        hub.relay.wake()
     elif kind == "ping":
         await ws.send_json({"type": "pong"})
     else:
