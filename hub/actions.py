@@ -168,7 +168,11 @@ async def do_login(session: AsyncSession, email: str, password: str, ttl_hours: 
     if agent is None or not ok or not agent.active:
         raise Unauthorized("email or password is wrong")
     token, digest = new_api_token()
-    session.add(ApiToken(agent_id=agent.id, token_hash=digest, expires_at=utcnow() + timedelta(hours=ttl_hours)))
+    now = utcnow()
+    # Expired tokens are useless; dropping them here keeps the table small
+    # without a separate clean-up job.
+    await session.execute(delete(ApiToken).where(ApiToken.agent_id == agent.id, ApiToken.expires_at < now))
+    session.add(ApiToken(agent_id=agent.id, token_hash=digest, expires_at=now + timedelta(hours=ttl_hours)))
     await audit(session, actor_of(agent), "agent.login", "agent", agent.id)
     return token, agent
 
