@@ -18,6 +18,7 @@ from aiohttp import web
 from channels.base import ChannelAdapter
 from channels.webchat import WebchatChannel
 from hub.actions import do_ensure_inbox
+from hub.batcher import IngestBatcher
 from hub.config import ConfigError, HubConfig, ensure_secret_key
 from hub.core import Channel
 from hub.relay import OutboxRelay
@@ -27,7 +28,6 @@ from hub.stream.base import LiveBus, Stream
 from hub.stream.memory import InProcessLiveBus, InProcessStream
 from hub.workers import EventProcessor
 from storage.db import Database
-from storage.ingest import IngestBatcher
 
 log = logging.getLogger(__name__)
 

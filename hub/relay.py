@@ -82,23 +82,36 @@ class OutboxRelay:
             tg.create_task(self._delete_loop(), name="outbox-delete")
 
     async def _publish_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_poll = 0.0
         while True:
-            published = 0
             try:
                 if self._direct:
                     events, self._direct = self._direct, []
-                    await self._publish(events)
+                    try:
+                        await self._publish(events)
+                    except Exception:
+                        self._direct[:0] = events  # keep their order for the retry
+                        raise
                     continue
-                if await self.stream.backlog() < self.max_in_flight:
-                    published = await self.publish_once()
+                # Polling is only the safety net, on its own clock: the hot path
+                # above never waits for it nor pays for an empty claim.
+                if loop.time() >= next_poll:
+                    published = 0
+                    if await self.stream.backlog() < self.max_in_flight:
+                        published = await self.publish_once()
+                    if published >= self.batch:
+                        continue  # more may be waiting
+                    next_poll = loop.time() + self.poll_seconds
             except Exception:
                 log.exception("outbox relay failed; retrying")
                 await asyncio.sleep(1.0)
-            if published >= self.batch:
-                continue  # more may be waiting
+                continue
             self._wake.clear()
+            if self._direct:
+                continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_poll - loop.time()))
 
     async def publish_once(self) -> int:
         now = utcnow()

@@ -9,7 +9,6 @@ re-sendable by nature.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -47,11 +46,9 @@ class EventProcessor:
             handler = self._handlers.get(event.kind)
             if handler is not None:
                 await handler(event)
-        await asyncio.gather(*(self._publish_live(e) for e in events))
-
-    async def _publish_live(self, event: Event) -> None:
-        payload = {k: v for k, v in event.payload.items() if k != "kind"}
-        await self.live.publish(AGENTS_CHANNEL, {"type": event.kind, **payload})
+        await self.live.publish_many(
+            [(AGENTS_CHANNEL, {"type": e.kind, **{k: v for k, v in e.payload.items() if k != "kind"}}) for e in events]
+        )
 
     async def _bot_enabled(self, inbox: str) -> bool:
         if inbox not in self._bot_inboxes:

@@ -13,15 +13,13 @@ external_id); inserts use ``ON CONFLICT DO NOTHING`` and re-read the winner.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, insert, select, text, tuple_, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -89,15 +87,17 @@ async def add_outbox(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> N
     now = utcnow()
     lease = session.info.get(OUTBOX_LEASE_KEY)
     lease_until = now + timedelta(seconds=lease) if lease else None
-    ids = (
+    # Unordered RETURNING of the whole row: an ordered one makes SQLite insert
+    # row by row, and the rows themselves say which id is which.
+    inserted = (
         await session.execute(
-            insert(OutboxRow).returning(OutboxRow.id, sort_by_parameter_order=True),
+            insert(OutboxRow).returning(OutboxRow.id, OutboxRow.key, OutboxRow.payload),
             [{**r, "created_at": now, "lease_until": lease_until} for r in rows],
         )
-    ).scalars()
+    ).all()
     if lease_until is not None:
         written = session.info.setdefault(OUTBOX_WRITTEN_KEY, [])
-        written.extend((oid, r["key"], r["payload"]) for oid, r in zip(ids, rows, strict=True))
+        written.extend(sorted((r.id, r.key, r.payload) for r in inserted))
 
 
 async def ingest_batch(session: AsyncSession, messages: Sequence[InboundMessage]) -> list[IngestResult | Exception]:
@@ -278,11 +278,11 @@ async def _existing_messages(
     session: AsyncSession, keys: list[tuple[str, str]]
 ) -> dict[tuple[str, str], dict[str, Any]]:
     found: dict[tuple[str, str], dict[str, Any]] = {}
-    for chunk in _chunks(keys, 400):
+    for channel, chunk in _grouped(keys):
         result = await session.execute(
             select(Message, Inbox.key)
             .join(Inbox, Inbox.id == Message.inbox_id)
-            .where(tuple_(Message.channel, Message.external_id).in_(chunk))
+            .where(Message.channel == channel, Message.external_id.in_(chunk))
         )
         for msg, inbox_key in result.all():
             found[(msg.channel, msg.external_id or "")] = message_view(msg, inbox_key)
@@ -297,23 +297,12 @@ async def _contacts_for(
     found = await _identity_contacts(session, list(keys))
     missing = [k for k in keys if k not in found]
     if missing:
+        # The new contacts are identical blanks, so which id goes with which
+        # identity does not matter: an unordered RETURNING lets SQLite insert
+        # them in one statement. Names are filled in once the pairing is known.
+        blank = {"attributes": {}, "tags": [], "lead_score": 0, "created_at": now, "last_seen_at": now}
         new_ids = (
-            (
-                await session.execute(
-                    insert(Contact).returning(Contact.id, sort_by_parameter_order=True),
-                    [
-                        {
-                            "name": keys[k].sender_name,
-                            "attributes": {},
-                            "tags": [],
-                            "lead_score": 0,
-                            "created_at": now,
-                            "last_seen_at": now,
-                        }
-                        for k in missing
-                    ],
-                )
-            )
+            (await session.execute(insert(Contact).returning(Contact.id), [dict(blank) for _ in missing]))
             .scalars()
             .all()
         )
@@ -339,6 +328,14 @@ async def _contacts_for(
         ).all()
         for r in won:
             found[(r.channel, r.address)] = r.contact_id
+        ours = set(new_ids)
+        named = [
+            {"id": found[k], "name": keys[k].sender_name}
+            for k in missing
+            if k in found and keys[k].sender_name and found[k] in ours
+        ]
+        if named:
+            await session.execute(update(Contact), named)  # bulk UPDATE by primary key
         lost = [k for k in missing if k not in found]
         if lost:
             # Another transaction created these identities first: use its contacts
@@ -354,10 +351,10 @@ async def _contacts_for(
 
 async def _identity_contacts(session: AsyncSession, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
     found: dict[tuple[str, str], int] = {}
-    for chunk in _chunks(keys, 400):
+    for channel, chunk in _grouped(keys):
         rows = await session.execute(
             select(Identity.channel, Identity.address, Identity.contact_id).where(
-                tuple_(Identity.channel, Identity.address).in_(chunk)
+                Identity.channel == channel, Identity.address.in_(chunk)
             )
         )
         for r in rows.all():
@@ -409,104 +406,30 @@ async def _tickets_for(
 
 async def _current_tickets(session: AsyncSession, keys: list[tuple[int, int]]) -> dict[tuple[int, int], Ticket]:
     found: dict[tuple[int, int], Ticket] = {}
-    for chunk in _chunks(keys, 400):
+    wanted = set(keys)
+    # By contact (indexed), not by the (contact, inbox) pair: SQLite plans a
+    # row-value IN as a full table scan.
+    for chunk in _chunks(sorted({contact for contact, _ in keys}), 400):
         rows = await session.execute(
-            select(Ticket).where(
-                Ticket.status != TicketStatus.RESOLVED.value,
-                tuple_(Ticket.contact_id, Ticket.inbox_id).in_(chunk),
-            )
+            select(Ticket).where(Ticket.contact_id.in_(chunk), Ticket.status != TicketStatus.RESOLVED.value)
         )
         for t in rows.scalars().all():
-            found[(t.contact_id, t.inbox_id)] = t
+            if (t.contact_id, t.inbox_id) in wanted:
+                found[(t.contact_id, t.inbox_id)] = t
     return found
 
 
 T = TypeVar("T")
 
 
+def _grouped(keys: Sequence[tuple[str, str]], size: int = 400) -> list[tuple[str, Sequence[str]]]:
+    """(first, [seconds]) chunks: lookups by ``first = ? AND second IN (...)``
+    use the unique index, where SQLite scans the table for ``(a, b) IN (...)``."""
+    by_first: dict[str, list[str]] = {}
+    for first, second in keys:
+        by_first.setdefault(first, []).append(second)
+    return [(first, chunk) for first, seconds in by_first.items() for chunk in _chunks(seconds, size)]
+
+
 def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-CommitHook = Callable[[], Awaitable[None] | None]
-
-
-class IngestBatcher:
-    """Groups concurrent ingest calls into shared transactions.
-
-    Whatever arrives while one commit runs goes into the next; nobody waits for
-    a timer. Each caller's future resolves only after the commit that holds its
-    message, so "acknowledged" always means "durable". If a batch fails as a
-    whole, its messages are retried one by one so a single bad message cannot
-    take the others down with it.
-    """
-
-    def __init__(
-        self,
-        write: Callable[[], contextlib.AbstractAsyncContextManager[AsyncSession]],
-        *,
-        max_batch: int = 500,
-        after_commit: Callable[[], None] | None = None,
-    ) -> None:
-        self._write = write
-        self._max_batch = max_batch
-        self._after_commit = after_commit
-        self._queue: list[tuple[InboundMessage, asyncio.Future[IngestResult]]] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="ingest-batcher")
-
-    async def stop(self) -> None:
-        self._closed = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-
-    async def submit(self, message: InboundMessage) -> IngestResult:
-        if self._closed or self._task is None:
-            raise RuntimeError("ingest is not running")
-        fut: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        self._queue.append((message, fut))
-        self._wake.set()
-        return await fut
-
-    async def _run(self) -> None:
-        while True:
-            if not self._queue:
-                if self._closed:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            batch = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
-            await self._commit(batch)
-
-    async def _commit(self, batch: list[tuple[InboundMessage, asyncio.Future[IngestResult]]]) -> None:
-        try:
-            async with self._write() as session:
-                results = await ingest_batch(session, [m for m, _ in batch])
-        except Exception as exc:
-            if len(batch) == 1:
-                log.exception("ingest failed")
-                _settle(batch[0][1], exc)
-                return
-            for item in batch:
-                await self._commit([item])
-            return
-        if self._after_commit is not None:
-            self._after_commit()
-        for (_, fut), res in zip(batch, results, strict=True):
-            _settle(fut, res)
-
-
-def _settle(fut: asyncio.Future[IngestResult], result: IngestResult | BaseException) -> None:
-    if fut.done():
-        return
-    if isinstance(result, BaseException):
-        fut.set_exception(result)
-    else:
-        fut.set_result(result)

@@ -87,6 +87,11 @@ class LiveBus(abc.ABC):
     @abc.abstractmethod
     async def publish(self, channel: str, message: dict[str, Any]) -> None: ...
 
+    async def publish_many(self, items: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Several messages at once (a transport may send them in one round trip)."""
+        for channel, message in items:
+            await self.publish(channel, message)
+
     @abc.abstractmethod
     def subscribe(self, channel: str) -> AsyncIterator[dict[str, Any]]:
         """Messages published on ``channel`` from now on, until the iterator is closed."""

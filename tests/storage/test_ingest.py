@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from hub.core import Attachment, Channel, InboundMessage
 from storage.db import Database
-from storage.ingest import IngestBatcher, IngestResult, UnknownInbox, ingest_batch
+from storage.ingest import IngestResult, UnknownInbox, ingest_batch
 from storage.models import Contact, Identity, Message, OutboxRow, Ticket, TicketEventRow
 
 
@@ -97,38 +97,6 @@ async def test_resolved_ticket_is_not_reused_and_snoozed_one_wakes(db: Database)
     async with db.read() as s:
         t3 = await s.get(Ticket, b.ticket_id)
         assert t3 is not None and t3.status == "open" and t3.snoozed_until is None
-
-
-async def test_batcher_shares_commits_and_acks_each_after_commit(db: Database) -> None:
-    commits = 0
-
-    def after() -> None:
-        nonlocal commits
-        commits += 1
-
-    batcher = IngestBatcher(db.write, after_commit=after)
-    await batcher.start()
-    try:
-        results = await asyncio.gather(*(batcher.submit(web(f"b{i % 50}", f"b:{i}")) for i in range(300)))
-    finally:
-        await batcher.stop()
-    assert all(not r.duplicate for r in results)
-    assert len({r.message_id for r in results}) == 300
-    assert len({r.ticket_id for r in results}) == 50
-    assert commits < 300  # commits were shared
-    assert await count(db, Message) == 300
-
-
-async def test_batcher_isolates_a_failing_message(db: Database) -> None:
-    batcher = IngestBatcher(db.write)
-    await batcher.start()
-    try:
-        bad = InboundMessage(channel=Channel.SMS, inbox="webchat", external_id="x", sender="+1", body="b")
-        results = await asyncio.gather(batcher.submit(web("c1", "c:1")), batcher.submit(bad), return_exceptions=True)
-    finally:
-        await batcher.stop()
-    assert isinstance(results[0], IngestResult)
-    assert isinstance(results[1], ValueError) and "not sms" in str(results[1])
 
 
 @pytest.mark.postgres
