@@ -102,8 +102,7 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         relay=relay,
         sender=sender,
         processor=EventProcessor(db, live, sender),
-        # SQLite has one writer: more lanes would only queue for it.
-        batcher=IngestBatcher(db.write, lanes=1 if db.is_sqlite else config.database.ingest_lanes),
+        batcher=IngestBatcher(db.write),
         visitor_tokens=VisitorTokens(config.secret_key),
         channels=channels,
     )

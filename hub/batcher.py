@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,14 +15,6 @@ from hub.core import InboundMessage
 from storage.ingest import IngestResult, ingest_batch
 
 log = logging.getLogger(__name__)
-
-Pending = tuple[InboundMessage, "asyncio.Future[IngestResult]"]
-
-
-@dataclass
-class _Lane:
-    queue: list[Pending] = field(default_factory=list)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class IngestBatcher:
@@ -35,12 +25,6 @@ class IngestBatcher:
     message, so "acknowledged" always means "durable". If a batch fails as a
     whole, its messages are retried one by one so a single bad message cannot
     take the others down with it.
-
-    With ``lanes`` > 1 (PostgreSQL, whose writers run in parallel), several
-    batches are in flight at once, so the process does not sit idle waiting
-    for the database's round trips. A sender always maps to the same lane:
-    one customer's messages are still stored one batch after another, in the
-    order they came, and parallel batches touch different customers' rows.
     """
 
     def __init__(
@@ -48,48 +32,43 @@ class IngestBatcher:
         write: Callable[[], contextlib.AbstractAsyncContextManager[AsyncSession]],
         *,
         max_batch: int = 500,
-        lanes: int = 1,
         after_commit: Callable[[], None] | None = None,
     ) -> None:
         self._write = write
         self._max_batch = max_batch
         self._after_commit = after_commit
-        self._lanes = [_Lane() for _ in range(max(1, lanes))]
-        self._tasks: list[asyncio.Task[None]] = []
+        self._queue: list[tuple[InboundMessage, asyncio.Future[IngestResult]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
         self._closed = False
 
     async def start(self) -> None:
-        self._closed = False
-        self._tasks = [
-            asyncio.create_task(self._run(lane), name=f"ingest-batcher-{i}") for i, lane in enumerate(self._lanes)
-        ]
+        self._task = asyncio.create_task(self._run(), name="ingest-batcher")
 
     async def stop(self) -> None:
         self._closed = True
-        for lane in self._lanes:
-            lane.wake.set()
-        await asyncio.gather(*self._tasks)
-        self._tasks = []
+        self._wake.set()
+        if self._task is not None:
+            await self._task
 
     async def submit(self, message: InboundMessage) -> IngestResult:
-        if self._closed or not self._tasks:
+        if self._closed or self._task is None:
             raise RuntimeError("ingest is not running")
         fut: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        lane = self._lanes[zlib.crc32(f"{message.channel.value}:{message.sender}".encode()) % len(self._lanes)]
-        lane.queue.append((message, fut))
-        lane.wake.set()
+        self._queue.append((message, fut))
+        self._wake.set()
         return await fut
 
-    async def _run(self, lane: _Lane) -> None:
+    async def _run(self) -> None:
         while True:
-            if not lane.queue:
+            if not self._queue:
                 if self._closed:
                     return
-                lane.wake.clear()
-                await lane.wake.wait()
+                self._wake.clear()
+                await self._wake.wait()
                 continue
-            batch = lane.queue[: self._max_batch]
-            del lane.queue[: self._max_batch]
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
             await self._commit(batch)
 
     async def _commit(self, batch: list[tuple[InboundMessage, asyncio.Future[IngestResult]]]) -> None:

@@ -54,8 +54,6 @@ class DatabaseConfig(_Section):
     # None: a SQLite file in data_dir.
     url: str | None = None
     pool_size: int = Field(default=10, ge=1)
-    # Ingest transactions in flight at once per web process (PostgreSQL only).
-    ingest_lanes: int = Field(default=4, ge=1, le=64)
     echo: bool = False
 
     @field_validator("url")

@@ -50,22 +50,3 @@ async def test_batcher_isolates_a_failing_message(db: Database) -> None:
         await batcher.stop()
     assert isinstance(results[0], IngestResult)
     assert isinstance(results[1], ValueError) and "not sms" in str(results[1])
-
-
-async def test_lanes_keep_each_senders_order(db: Database) -> None:
-    batcher = IngestBatcher(db.write, lanes=4)
-    await batcher.start()
-    try:
-
-        async def sender(n: int) -> list[IngestResult]:
-            # Each sender fires its messages without waiting, as a provider may.
-            return list(await asyncio.gather(*(batcher.submit(web(f"s{n}", f"s{n}:{i}")) for i in range(20))))
-
-        per_sender = await asyncio.gather(*(sender(n) for n in range(30)))
-    finally:
-        await batcher.stop()
-    for results in per_sender:
-        ids = [r.message_id for r in results]
-        assert ids == sorted(ids)
-        assert len({r.ticket_id for r in results}) == 1
-    assert await count(db, Message) == 600
