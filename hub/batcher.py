@@ -37,6 +37,7 @@ class IngestBatcher:
         self._write = write
         self._max_batch = max_batch
         self._after_commit = after_commit
+        self._inboxes: dict[str, tuple[int, str]] = {}
         self._queue: list[tuple[InboundMessage, asyncio.Future[IngestResult]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -74,7 +75,7 @@ class IngestBatcher:
     async def _commit(self, batch: list[tuple[InboundMessage, asyncio.Future[IngestResult]]]) -> None:
         try:
             async with self._write() as session:
-                results = await ingest_batch(session, [m for m, _ in batch])
+                results = await ingest_batch(session, [m for m, _ in batch], self._inboxes)
         except Exception as exc:
             if len(batch) == 1:
                 log.exception("ingest failed")

@@ -100,16 +100,24 @@ async def add_outbox(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> N
         written.extend(sorted((r.id, r.key, r.payload) for r in inserted))
 
 
-async def ingest_batch(session: AsyncSession, messages: Sequence[InboundMessage]) -> list[IngestResult | Exception]:
+async def ingest_batch(
+    session: AsyncSession,
+    messages: Sequence[InboundMessage],
+    inbox_cache: dict[str, tuple[int, str]] | None = None,
+) -> list[IngestResult | Exception]:
     """Store ``messages`` in the session's transaction. Returns, per message, its
-    result or the error that makes it unacceptable (the others still go in)."""
+    result or the error that makes it unacceptable (the others still go in).
+    ``inbox_cache`` (key -> (id, channel)) saves a query per batch: an inbox's
+    id and channel never change once it exists."""
     now = utcnow()
     out: list[IngestResult | Exception | None] = [None] * len(messages)
 
     # Inboxes: configured ahead of time; an unknown one is a per-message error.
-    inbox_keys = {m.inbox for m in messages}
-    rows = (await session.execute(select(Inbox.id, Inbox.key, Inbox.channel).where(Inbox.key.in_(inbox_keys)))).all()
-    inboxes = {r.key: (r.id, r.channel) for r in rows}
+    inboxes: dict[str, tuple[int, str]] = {} if inbox_cache is None else inbox_cache
+    unknown = {m.inbox for m in messages} - inboxes.keys()
+    if unknown:
+        rows = await session.execute(select(Inbox.id, Inbox.key, Inbox.channel).where(Inbox.key.in_(unknown)))
+        inboxes.update({r.key: (r.id, r.channel) for r in rows.all()})
     todo: list[int] = []
     for i, m in enumerate(messages):
         if m.inbox not in inboxes:
@@ -147,7 +155,7 @@ async def ingest_batch(session: AsyncSession, messages: Sequence[InboundMessage]
     tickets, created_tickets = await _tickets_for(session, ticket_keys, now)
 
     # Messages: insert; a concurrent writer may have won a race for some.
-    msg_rows = []
+    msg_rows: list[dict[str, Any]] = []
     for i in fresh:
         m = messages[i]
         cid = contacts[(IDENTITY_OF_CHANNEL[m.channel].value, m.sender)]
@@ -300,7 +308,7 @@ async def _contacts_for(
         # The new contacts are identical blanks, so which id goes with which
         # identity does not matter: an unordered RETURNING lets SQLite insert
         # them in one statement. Names are filled in once the pairing is known.
-        blank = {"attributes": {}, "tags": [], "lead_score": 0, "created_at": now, "last_seen_at": now}
+        blank = {"attributes": {}, "tags": [], "lead_score": 0, "created_at": now}
         new_ids = (
             (await session.execute(insert(Contact).returning(Contact.id), [dict(blank) for _ in missing]))
             .scalars()
@@ -343,9 +351,6 @@ async def _contacts_for(
             orphans = [cid for k, cid in zip(missing, new_ids, strict=True) if k in set(lost)]
             await session.execute(delete(Contact).where(Contact.id.in_(orphans)))
             found.update(await _identity_contacts(session, lost))
-    seen = [cid for k, cid in found.items() if k in keys]
-    for chunk in _chunks(sorted(set(seen)), 500):
-        await session.execute(update(Contact).where(Contact.id.in_(chunk)).values(last_seen_at=now))
     return found
 
 

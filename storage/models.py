@@ -140,7 +140,6 @@ class Contact(Base):
     # A contact merged into another keeps its row so old links resolve.
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    last_seen_at: Mapped[datetime | None] = mapped_column(default=None)
 
     identities: Mapped[list[Identity]] = relationship(back_populates="contact", lazy="raise")
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, literal, or_, select, union_all
+from sqlalchemy import and_, func, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Contact, Identity, Inbox, Message, Ticket, TicketEventRow, TicketLabel
@@ -202,8 +202,20 @@ async def list_contacts(
     more = len(contacts) > limit
     contacts = contacts[:limit]
     idents = await identities_for(session, [c.id for c in contacts])
-    items = [contact_view(c, idents.get(c.id, [])) for c in contacts]
+    seen = await last_seen(session, [c.id for c in contacts])
+    items = [contact_view(c, idents.get(c.id, []), seen.get(c.id)) for c in contacts]
     return items, encode_cursor(contacts[-1].id) if more else None
+
+
+async def last_seen(session: AsyncSession, contact_ids: list[int]) -> dict[int, datetime]:
+    if not contact_ids:
+        return {}
+    rows = await session.execute(
+        select(Message.contact_id, func.max(Message.created_at))
+        .where(Message.contact_id.in_(contact_ids), Message.direction == "in")
+        .group_by(Message.contact_id)
+    )
+    return {cid: at for cid, at in rows.all() if at is not None}
 
 
 async def identities_for(session: AsyncSession, contact_ids: list[int]) -> dict[int, list[Identity]]:
@@ -221,7 +233,8 @@ async def get_contact(session: AsyncSession, contact_id: int) -> dict[str, Any] 
     if contact is None:
         return None
     idents = await identities_for(session, [contact.id])
-    view = contact_view(contact, idents.get(contact.id, []))
+    seen = await last_seen(session, [contact.id])
+    view = contact_view(contact, idents.get(contact.id, []), seen.get(contact.id))
     tickets = (
         await session.scalars(
             select(Ticket).where(Ticket.contact_id == contact.id).order_by(Ticket.last_message_at.desc()).limit(50)

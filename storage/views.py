@@ -66,7 +66,11 @@ def identity_view(i: Identity) -> dict[str, Any]:
     }
 
 
-def contact_view(c: Contact, identities: list[Identity] | None = None) -> dict[str, Any]:
+def contact_view(
+    c: Contact, identities: list[Identity] | None = None, last_seen_at: datetime | None = None
+) -> dict[str, Any]:
+    """``last_seen_at``: when the customer last wrote (from their messages, not
+    kept on the contact, so ingest does not rewrite the contact every time)."""
     view: dict[str, Any] = {
         "id": c.id,
         "name": c.name,
@@ -77,7 +81,7 @@ def contact_view(c: Contact, identities: list[Identity] | None = None) -> dict[s
         "segment": c.segment,
         "merged_into_id": c.merged_into_id,
         "created_at": iso(c.created_at),
-        "last_seen_at": iso(c.last_seen_at),
+        "last_seen_at": iso(last_seen_at),
     }
     if identities is not None:
         view["identities"] = [identity_view(i) for i in identities]

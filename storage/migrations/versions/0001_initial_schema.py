@@ -61,7 +61,6 @@ def upgrade() -> None:
     sa.Column('segment', sa.String(length=40), nullable=True),
     sa.Column('merged_into_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('created_at', storage.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('last_seen_at', storage.models.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['merged_into_id'], ['contacts.id'], name=op.f('fk_contacts_merged_into_id_contacts')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_contacts'))
     )
