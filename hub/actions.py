@@ -29,7 +29,7 @@ from hub.core import (
 )
 from hub.errors import BadRequest, Conflict, NotFound, Unauthorized, ValidationFailed
 from hub.security import MIN_PASSWORD_LENGTH, hash_password, new_api_token, token_digest, verify_password
-from storage.ingest import add_outbox, outbox_row
+from storage.ingest import add_outbox, dialect_insert, outbox_row
 from storage.models import (
     Agent,
     ApiToken,
@@ -210,11 +210,19 @@ async def do_ensure_inbox(
     """Inboxes come from the configuration; keep the table in step with it."""
     inbox = await session.scalar(select(Inbox).where(Inbox.key == key))
     if inbox is None:
-        inbox = Inbox(key=key, channel=channel.value, name=name, bot_enabled=bot_enabled, settings={})
-        session.add(inbox)
-        await session.flush()
-        await audit(session, "system", "inbox.created", "inbox", inbox.id, {"key": key})
-    elif inbox.channel != channel.value:
+        # Processes starting together (web and workers) all sync the inboxes:
+        # the unique key decides, and the losers read the winner's row.
+        created = await session.scalar(
+            dialect_insert(session, Inbox)
+            .values(key=key, channel=channel.value, name=name, bot_enabled=bot_enabled, settings={})
+            .on_conflict_do_nothing(index_elements=["key"])
+            .returning(Inbox.id)
+        )
+        inbox = await session.scalar(select(Inbox).where(Inbox.key == key).execution_options(populate_existing=True))
+        assert inbox is not None
+        if created is not None:
+            await audit(session, "system", "inbox.created", "inbox", inbox.id, {"key": key})
+    if inbox.channel != channel.value:
         raise Conflict(f"inbox {key!r} exists as a {inbox.channel} inbox, not {channel.value}")
     else:
         inbox.name = name

@@ -129,3 +129,20 @@ async def test_simultaneous_first_messages_make_one_contact_and_ticket(postgres_
     finally:
         for d in dbs:
             await d.dispose()
+
+
+async def test_processes_starting_together_create_an_inbox_once(db_url: str) -> None:
+    from hub.actions import do_ensure_inbox
+
+    dbs = [Database(db_url) for _ in range(4)]
+
+    async def ensure(d: Database) -> int:
+        async with d.write() as s:
+            return (await do_ensure_inbox(s, key="sms:+1999", channel=Channel.SMS, name="SMS")).id
+
+    try:
+        ids = await asyncio.gather(*(ensure(d) for d in dbs))
+    finally:
+        for d in dbs:
+            await d.dispose()
+    assert len(set(ids)) == 1
