@@ -162,6 +162,7 @@ async def stop_hub(hub: Hub) -> None:
 
 
 def create_app(config: HubConfig, role: Role = "all", *, hub: Hub | None = None) -> web.Application:
+    # Imported here: the route modules import this module for the app keys.
     from hub.web.middleware import error_middleware
     from hub.web.routes import registry
 

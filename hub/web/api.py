@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.actions import (
     actor_of,
@@ -152,7 +153,7 @@ async def me(request: web.Request) -> web.Response:
         return web.json_response(agent_view(agent, await _team_ids(session, agent.id)))
 
 
-async def _team_ids(session: Any, agent_id: int) -> list[int]:
+async def _team_ids(session: AsyncSession, agent_id: int) -> list[int]:
     rows = await session.scalars(select(TeamMember.team_id).where(TeamMember.agent_id == agent_id))
     return list(rows.all())
 

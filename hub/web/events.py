@@ -8,6 +8,8 @@ import contextlib
 
 from aiohttp import WSMsgType, web
 
+from channels.base import InvalidPayload
+from channels.webchat import decode_frame
 from hub import metrics
 from hub.app import HUB, WEBSOCKETS
 from hub.web.api import API, current_agent
@@ -46,8 +48,19 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(0)  # subscribed before the hello frame promises events
         await ws.send_json({"type": "hello", "agent_id": agent.id})
         async for msg in ws:
-            if msg.type == WSMsgType.TEXT and '"ping"' in msg.data:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            try:
+                frame = decode_frame(msg.data)
+            except InvalidPayload as exc:
+                await ws.send_json({"type": "error", "code": "invalid_frame", "message": str(exc)})
+                continue
+            if frame["type"] == "ping":
                 await ws.send_json({"type": "pong"})
+            else:
+                await ws.send_json(
+                    {"type": "error", "code": "invalid_frame", "message": f"unknown frame type {frame['type']!r}"}
+                )
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):

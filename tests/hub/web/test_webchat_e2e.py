@@ -173,3 +173,19 @@ async def test_bot_enabled_inbox_starts_tickets_pending_and_agent_reply_takes_ov
             await db.dispose()
         assert ("agent.login", "agent:1") in actions
         assert ("message.reply", "agent:1") in actions
+
+
+async def test_agent_socket_answers_ping_and_names_bad_frames(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with running_hub(config) as server:
+        await add_agent(config, "ana@example.com")
+        base = str(server.make_url("")).rstrip("/")
+        async with aiohttp.ClientSession() as http:
+            agent = await Agent.login(http, base, "ana@example.com")
+            async with agent.events() as events:
+                await events.send_json({"type": "ping"})
+                await next_frame(events, "pong")
+                await events.send_str("{oops")
+                assert "not valid JSON" in (await next_frame(events, "error"))["message"]
+            async with http.get(f"{base}/api/v1/events") as r:
+                assert r.status == 401
