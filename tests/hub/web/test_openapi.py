@@ -6,7 +6,7 @@ from pathlib import Path
 
 import aiohttp
 
-from hub.app import create_app
+from hub.app import build_hub, create_app
 from hub.web.registry import ROUTES
 from tests.hub.helpers import make_config, running_hub
 
@@ -57,10 +57,9 @@ async def test_every_route_is_documented_and_every_promise_served(tmp_path: Path
 
 async def test_worker_role_serves_only_operations(tmp_path: Path) -> None:
     config = make_config(tmp_path, **{"redis.url": "redis://127.0.0.1:6379/0"})
-    # Only the route table is inspected; build_hub's checks are covered elsewhere.
-    from hub.app import build_hub
-
-    hub = build_hub(config.model_copy(update={"redis": config.redis}), "all")
+    # Only the route table is inspected, so the hub is built as "all" (a real
+    # worker also needs PostgreSQL, which build_hub's own tests cover).
+    hub = build_hub(config, "all")
     app = create_app(config, "worker", hub=hub)
     paths = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
     assert paths == {"/healthz", "/readyz", "/metrics", "/api/openapi.json"}
