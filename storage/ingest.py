@@ -17,11 +17,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import Table, bindparam, delete, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from hub.core import (
     IDENTITY_OF_CHANNEL,
@@ -35,6 +36,7 @@ from hub.core import (
 )
 from storage.db import OUTBOX_LEASE_KEY, OUTBOX_WRITTEN_KEY
 from storage.models import (
+    Base,
     Contact,
     Identity,
     Inbox,
@@ -43,7 +45,7 @@ from storage.models import (
     Ticket,
     TicketEventRow,
 )
-from storage.views import message_view, ticket_view
+from storage.views import message_values_view, message_view, ticket_view
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,12 @@ def dialect_insert(session: AsyncSession, model: Any) -> Any:
     return sqlite.insert(model)
 
 
+def table(model: type[Base]) -> Table:
+    """A model's table. Bulk statements on the table skip the ORM's per-row
+    bookkeeping, which costs more than the database does on the hot path."""
+    return cast(Table, model.__table__)
+
+
 def outbox_row(kind: str, ticket_id: int, payload: dict[str, Any]) -> dict[str, Any]:
     """One event for the stream; keyed by ticket so consumers can keep per-ticket order."""
     return {"topic": TOPIC_EVENTS, "key": str(ticket_id), "payload": {"kind": kind, **payload}}
@@ -91,7 +99,7 @@ async def add_outbox(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> N
     # row by row, and the rows themselves say which id is which.
     inserted = (
         await session.execute(
-            insert(OutboxRow).returning(OutboxRow.id, OutboxRow.key, OutboxRow.payload),
+            insert(table(OutboxRow)).returning(OutboxRow.id, OutboxRow.key, OutboxRow.payload),
             [{**r, "created_at": now, "lease_until": lease_until} for r in rows],
         )
     ).all()
@@ -183,7 +191,7 @@ async def ingest_batch(
     inserted: dict[tuple[str, str], int] = {}
     if msg_rows:
         stmt = (
-            dialect_insert(session, Message)
+            dialect_insert(session, table(Message))
             .on_conflict_do_nothing(index_elements=["channel", "external_id"])
             .returning(Message.id, Message.channel, Message.external_id)
         )
@@ -197,6 +205,8 @@ async def ingest_batch(
     # Ticket activity, timeline events and the outbox, for what was really inserted.
     events: list[dict[str, Any]] = []
     timeline: list[dict[str, Any]] = []
+    touched: dict[int, Ticket] = {}
+    announced: set[int] = set()
     woke: set[int] = set()
     inbox_key_of = {v[0]: k for k, v in inboxes.items()}
     for row in msg_rows:
@@ -205,17 +215,21 @@ async def ingest_batch(
             continue
         ticket = tickets[(row["contact_id"], row["inbox_id"])]
         is_new = ticket.id in created_tickets
+        # Without history: one executemany below writes them, cheaper than
+        # letting the unit of work diff every ticket object.
         if ticket.status == TicketStatus.SNOOZED.value:
-            ticket.status = TicketStatus.OPEN.value
-            ticket.snoozed_until = None
+            set_committed_value(ticket, "status", TicketStatus.OPEN.value)
+            set_committed_value(ticket, "snoozed_until", None)
             woke.add(ticket.id)
         if ticket.waiting_since is None:
-            ticket.waiting_since = now
-        ticket.last_message_at = now
-        msg = Message(id=inserted[key], **row)
-        view = message_view(msg, inbox_key_of[row["inbox_id"]])
+            set_committed_value(ticket, "waiting_since", now)
+        set_committed_value(ticket, "last_message_at", now)
+        touched[ticket.id] = ticket
+        mid = inserted[key]
+        view = message_values_view({**row, "id": mid}, inbox_key_of[row["inbox_id"]])
         tview = ticket_view(ticket)
-        if is_new and ticket.id not in {e["ticket_id"] for e in timeline}:
+        if is_new and ticket.id not in announced:
+            announced.add(ticket.id)
             timeline.append(
                 {
                     "ticket_id": ticket.id,
@@ -234,7 +248,7 @@ async def ingest_batch(
             )
         )
         out[first_of[key]] = IngestResult(
-            message_id=msg.id,
+            message_id=mid,
             ticket_id=ticket.id,
             contact_id=ticket.contact_id,
             duplicate=False,
@@ -253,10 +267,30 @@ async def ingest_batch(
                 "created_at": now,
             }
         )
-    # The touched tickets are ORM objects of this session: the flush before the
-    # next statement writes their new activity, status and wait time.
+    if touched:
+        tt = table(Ticket)
+        await session.execute(
+            update(tt)
+            .where(tt.c.id == bindparam("tid"))
+            .values(
+                status=bindparam("new_status", type_=tt.c.status.type),
+                snoozed_until=bindparam("new_snoozed", type_=tt.c.snoozed_until.type),
+                waiting_since=bindparam("new_waiting", type_=tt.c.waiting_since.type),
+                last_message_at=bindparam("new_last", type_=tt.c.last_message_at.type),
+            ),
+            [
+                {
+                    "tid": tk.id,
+                    "new_status": tk.status,
+                    "new_snoozed": tk.snoozed_until,
+                    "new_waiting": tk.waiting_since,
+                    "new_last": tk.last_message_at,
+                }
+                for tk in sorted(touched.values(), key=lambda tk: tk.id)
+            ],
+        )
     if timeline:
-        await session.execute(insert(TicketEventRow), timeline)
+        await session.execute(insert(table(TicketEventRow)), timeline)
     await add_outbox(session, events)
 
     # Messages repeated inside the batch answer with their first copy's result.
@@ -287,10 +321,14 @@ async def _existing_messages(
 ) -> dict[tuple[str, str], dict[str, Any]]:
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for channel, chunk in _grouped(keys):
+        # Duplicates are rare: ask only for ids (index-only), load rows for hits.
+        ids = (
+            await session.scalars(select(Message.id).where(Message.channel == channel, Message.external_id.in_(chunk)))
+        ).all()
+        if not ids:
+            continue
         result = await session.execute(
-            select(Message, Inbox.key)
-            .join(Inbox, Inbox.id == Message.inbox_id)
-            .where(Message.channel == channel, Message.external_id.in_(chunk))
+            select(Message, Inbox.key).join(Inbox, Inbox.id == Message.inbox_id).where(Message.id.in_(ids))
         )
         for msg, inbox_key in result.all():
             found[(msg.channel, msg.external_id or "")] = message_view(msg, inbox_key)
@@ -310,12 +348,12 @@ async def _contacts_for(
         # them in one statement. Names are filled in once the pairing is known.
         blank = {"attributes": {}, "tags": [], "lead_score": 0, "created_at": now}
         new_ids = (
-            (await session.execute(insert(Contact).returning(Contact.id), [dict(blank) for _ in missing]))
+            (await session.execute(insert(table(Contact)).returning(Contact.id), [dict(blank) for _ in missing]))
             .scalars()
             .all()
         )
         stmt = (
-            dialect_insert(session, Identity)
+            dialect_insert(session, table(Identity))
             .on_conflict_do_nothing(index_elements=["channel", "address"])
             .returning(Identity.channel, Identity.address, Identity.contact_id)
         )
@@ -378,7 +416,7 @@ async def _tickets_for(
     if missing:
         channel_of = {k: keys[k].channel.value for k in missing}
         stmt = (
-            dialect_insert(session, Ticket)
+            dialect_insert(session, table(Ticket))
             .on_conflict_do_nothing(
                 index_elements=["contact_id", "inbox_id"],
                 index_where=text("status != 'resolved'"),

@@ -3,6 +3,7 @@ the stream payloads, so an agent sees the same message whichever way it came."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -14,25 +15,38 @@ def iso(value: datetime | None) -> str | None:
 
 
 def message_view(m: Message, inbox_key: str | None = None) -> dict[str, Any]:
+    return message_values_view({f: getattr(m, f) for f in _MESSAGE_FIELDS}, inbox_key)
+
+
+_MESSAGE_FIELDS = (
+    "id", "ticket_id", "contact_id", "channel", "direction", "author", "author_id", "body", "subject",
+    "attachments", "private", "external_id", "status", "status_reason", "created_at", "sent_at", "delivered_at",
+)  # fmt: skip
+
+
+def message_values_view(v: Mapping[str, Any], inbox_key: str | None = None) -> dict[str, Any]:
+    """The same view from a row's values, for ingest, which writes rows with
+    Core statements and would otherwise build an ORM object per message only
+    to read it back."""
     return {
-        "id": m.id,
-        "ticket_id": m.ticket_id,
-        "contact_id": m.contact_id,
+        "id": v["id"],
+        "ticket_id": v["ticket_id"],
+        "contact_id": v["contact_id"],
         "inbox": inbox_key,
-        "channel": m.channel,
-        "direction": m.direction,
-        "author": m.author,
-        "author_id": m.author_id,
-        "body": m.body,
-        "subject": m.subject,
-        "attachments": list(m.attachments or []),
-        "private": m.private,
-        "external_id": m.external_id,
-        "status": m.status,
-        "status_reason": m.status_reason,
-        "created_at": iso(m.created_at),
-        "sent_at": iso(m.sent_at),
-        "delivered_at": iso(m.delivered_at),
+        "channel": v["channel"],
+        "direction": v["direction"],
+        "author": v["author"],
+        "author_id": v.get("author_id"),
+        "body": v["body"],
+        "subject": v.get("subject"),
+        "attachments": list(v.get("attachments") or []),
+        "private": bool(v.get("private")),
+        "external_id": v.get("external_id"),
+        "status": v["status"],
+        "status_reason": v.get("status_reason"),
+        "created_at": iso(v["created_at"]),
+        "sent_at": iso(v.get("sent_at")),
+        "delivered_at": iso(v.get("delivered_at")),
     }
 
 
