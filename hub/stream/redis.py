@@ -471,6 +471,8 @@ class RedisLiveBus(LiveBus):
         # so Redis ends up subscribed to exactly the channels with listeners.
         self._lock = asyncio.Lock()
         self._pub: aioredis.Redis | None = None
+        self._outgoing: list[tuple[str, str, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._sub: aioredis.Redis | None = None
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -526,15 +528,47 @@ class RedisLiveBus(LiveBus):
                 queue.put_nowait(None)
         self._channels.clear()
         self._unconfirmed.clear()
+        if self._flusher is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self._flusher, 5.0)
+        for *_, fut in self._outgoing:
+            if not fut.done():
+                fut.set_exception(RuntimeError("RedisLiveBus closed before the message was sent"))
+        self._outgoing = []
         for client in (self._pub, self._sub):
             if client is not None:
                 await client.aclose()
         self._pub = self._sub = None
 
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
+        """Publishes made while one pipeline is on the wire go together in the
+        next: one round trip per event-loop turn instead of one per message
+        (a web process echoes every visitor message). Each caller still waits
+        for, and hears about a failure of, its own message."""
         if self._pub is None:
             raise RuntimeError("RedisLiveBus is not started (or already closed)")
-        await self._pub.publish(self._name(channel), json.dumps(message, separators=(",", ":")))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outgoing.append((self._name(channel), json.dumps(message, separators=(",", ":")), fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="redis-live-bus-publish")
+        await fut
+
+    async def _flush(self) -> None:
+        while self._outgoing and self._pub is not None:
+            batch, self._outgoing = self._outgoing, []
+            try:
+                async with self._pub.pipeline(transaction=False) as pipe:
+                    for name, data, _ in batch:
+                        pipe.publish(name, data)
+                    await pipe.execute()
+            except Exception as exc:  # noqa: BLE001 - handed to each waiting publisher
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            else:
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
 
     async def publish_many(self, items: Sequence[tuple[str, dict[str, Any]]]) -> None:
         if self._pub is None:
