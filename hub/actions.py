@@ -22,6 +22,7 @@ from hub.core import (
     DeliveryStatus,
     Direction,
     Role,
+    TicketEvent,
     TicketEventKind,
     TicketStatus,
     status_advances,
@@ -68,19 +69,17 @@ async def record_ticket_event(
     kind: TicketEventKind,
     actor: str,
     data: dict[str, Any],
-    *,
-    live: dict[str, Any] | None = None,
 ) -> None:
     """A timeline entry for the customer, and the same fact on the stream."""
-    now = utcnow()
+    fact = TicketEvent(kind=kind, ticket_id=ticket.id, contact_id=ticket.contact_id, actor=actor, data=data)
     session.add(
         TicketEventRow(
-            ticket_id=ticket.id,
-            contact_id=ticket.contact_id,
-            kind=kind.value,
-            actor=actor,
-            data=data,
-            created_at=now,
+            ticket_id=fact.ticket_id,
+            contact_id=fact.contact_id,
+            kind=fact.kind.value,
+            actor=fact.actor,
+            data=fact.data,
+            created_at=fact.at,
         )
     )
     labels = await ticket_labels(session, ticket.id)
@@ -88,9 +87,9 @@ async def record_ticket_event(
         session,
         [
             outbox_row(
-                kind.value,
-                ticket.id,
-                {"ticket": ticket_view(ticket, labels), "actor": actor, "data": data, **(live or {})},
+                fact.kind.value,
+                fact.ticket_id,
+                {"ticket": ticket_view(ticket, labels), "actor": fact.actor, "data": fact.data},
             )
         ],
     )

@@ -32,11 +32,9 @@ class IngestBatcher:
         write: Callable[[], contextlib.AbstractAsyncContextManager[AsyncSession]],
         *,
         max_batch: int = 500,
-        after_commit: Callable[[], None] | None = None,
     ) -> None:
         self._write = write
         self._max_batch = max_batch
-        self._after_commit = after_commit
         self._inboxes: dict[str, tuple[int, str]] = {}
         self._queue: list[tuple[InboundMessage, asyncio.Future[IngestResult]]] = []
         self._wake = asyncio.Event()
@@ -85,8 +83,6 @@ class IngestBatcher:
                 await self._commit([item])
             return
         metrics.INGEST_BATCH.observe(len(batch))
-        if self._after_commit is not None:
-            self._after_commit()
         for (msg, fut), res in zip(batch, results, strict=True):
             if isinstance(res, IngestResult):
                 (metrics.INGEST_DUPLICATES if res.duplicate else metrics.INGESTED).labels(msg.channel.value).inc()

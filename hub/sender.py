@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -43,8 +43,6 @@ from storage.views import message_view
 log = logging.getLogger(__name__)
 
 UNSENT = (DeliveryStatus.QUEUED.value, DeliveryStatus.SENDING.value)
-
-LivePublish = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class Sender:

@@ -95,6 +95,3 @@ class LiveBus(abc.ABC):
     @abc.abstractmethod
     def subscribe(self, channel: str) -> AsyncIterator[dict[str, Any]]:
         """Messages published on ``channel`` from now on, until the iterator is closed."""
-
-
-Publisher = Callable[[str, dict[str, Any]], Awaitable[None]]

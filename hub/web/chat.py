@@ -65,7 +65,10 @@ async def visitor_socket(request: web.Request) -> web.StreamResponse:
     conn_id = secrets.token_hex(8)
     forward = asyncio.create_task(_forward(hub, ws, visitor_id, conn_id))
     try:
-        await asyncio.sleep(0)  # let the forwarder subscribe before history is read
+        # Lets the forwarder register before history is read. That is exact for
+        # the in-process bus; on Redis the subscription takes a round trip, and a
+        # reply published in that window shows up from history on reconnect.
+        await asyncio.sleep(0)
         async with hub.db.read() as session:
             contact_id, ticket_id, history = await queries.visitor_conversation(
                 session, IdentityKind.WEBCHAT.value, visitor_id, limit=hub.config.webchat.history_limit

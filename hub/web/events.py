@@ -45,7 +45,9 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
 
     task = asyncio.create_task(forward())
     try:
-        await asyncio.sleep(0)  # subscribed before the hello frame promises events
+        # Lets the forwarder register before hello (exact in-process; on Redis
+        # the subscription lags by a round trip, and the inbox reloads on connect).
+        await asyncio.sleep(0)
         await ws.send_json({"type": "hello", "agent_id": agent.id})
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:

@@ -77,6 +77,17 @@ async def test_web_and_worker_processes_share_postgres_and_redis(
                     frame = await next_frame(visitors[0], "message", id=reply["id"])
                     assert frame["text"] == "from A"
                     await next_frame(events, "message.status", message__id=reply["id"], message__status="sent")
+                    # Redis hands a burst to whichever worker is blocked first; more
+                    # traffic (bounded) gives the other its turn if it had none yet.
+                    for extra in range(20):
+                        counts = [await handled_events(http, w.base) for w in (worker_a, worker_b)]
+                        if all(c > 0 for c in counts):
+                            break
+                        for v in visitors:
+                            await v.send_json({"type": "message", "text": "more", "client_id": f"x{extra}"})
+                        for v in visitors:
+                            await next_frame(v, "message", client_id=f"x{extra}")
+                        await asyncio.sleep(0.2)
                 finally:
                     for v in visitors:
                         await v.close()
