@@ -400,6 +400,43 @@ async def do_set_labels(session: AsyncSession, ticket: Ticket, labels: list[str]
     await audit(session, actor, "ticket.labels", "ticket", ticket.id, {"labels": clean})
 
 
+async def do_handoff(
+    session: AsyncSession,
+    ticket: Ticket,
+    *,
+    reason: str,
+    summary: str | None = None,
+    team_id: int | None = None,
+    actor: str = "bot",
+) -> bool:
+    """The bot (or an automation) gives the ticket to humans: a pending ticket
+    opens, the bot is silenced on it for good, the summary becomes a private
+    note for the agent who picks it up, and a ``ticket.handoff`` event (with the
+    reason and the wanted team) tells routing and the agents' inbox. Returns
+    False, changing nothing, when the ticket was already handed off or resolved,
+    so a redelivered event does not post the note twice."""
+    if ticket.status == TicketStatus.RESOLVED.value or (
+        ticket.bot_silenced and ticket.status != TicketStatus.PENDING.value
+    ):
+        return False
+    if team_id is not None and await session.get(Team, team_id) is None:
+        raise NotFound(f"team {team_id} does not exist")
+    before = ticket.status
+    ticket.bot_silenced = True
+    if ticket.status == TicketStatus.PENDING.value:
+        ticket.status = TicketStatus.OPEN.value
+        # The customer has been waiting for a human since now, not since they
+        # first wrote to the bot.
+        ticket.waiting_since = utcnow()
+    await session.flush()
+    if summary:
+        await do_post_message(session, ticket, body=summary, author=Author.BOT, private=True)
+    data: dict[str, Any] = {"reason": reason, "team_id": team_id, "from": before, "to": ticket.status}
+    await record_ticket_event(session, ticket, TicketEventKind.HANDOFF, actor, data)
+    await audit(session, actor, "ticket.handoff", "ticket", ticket.id, data)
+    return True
+
+
 # --- contacts --------------------------------------------------------------
 
 

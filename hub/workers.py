@@ -1,9 +1,13 @@
 """What the workers do with each event from the stream.
 
-A dispatch table from event kind to a small handler (zulip's webhook views).
-Every handler is idempotent, because the stream delivers at least once:
-routing applies a decision only if the ticket is still in the state the
-decision was made for; sending claims the message row; live events are
+A dispatch table from event kind to an ordered list of steps (zulip's webhook
+views). The spine registers routing and sending; channels, the bot and
+routing's later parts add their own steps with :meth:`EventProcessor.subscribe`
+in the composition root, without touching this module. Steps for one event run
+in registration order (routing before the bot, so the bot sees whether the
+ticket is its own). Every step is idempotent, because the stream delivers at
+least once: routing applies a decision only if the ticket is still in the state
+the decision was made for; sending claims the message row; live events are
 re-sendable by nature.
 """
 
@@ -28,6 +32,8 @@ log = logging.getLogger(__name__)
 
 AGENTS_CHANNEL = "agents"
 
+Step = Callable[[Event], Awaitable[None]]
+
 
 class EventProcessor:
     def __init__(self, db: Database, live: LiveBus, sender: Sender) -> None:
@@ -35,17 +41,21 @@ class EventProcessor:
         self.live = live
         self.sender = sender
         self._bot_inboxes: dict[str, bool] = {}
-        self._handlers: dict[str, Callable[[Event], Awaitable[None]]] = {
-            TicketEventKind.MESSAGE_RECEIVED.value: self._on_received,
-            TicketEventKind.MESSAGE_CREATED.value: self._on_created,
-        }
+        self._steps: dict[str, list[Step]] = {}
+        self.subscribe(TicketEventKind.MESSAGE_RECEIVED, self._on_received)
+        self.subscribe(TicketEventKind.MESSAGE_CREATED, self._on_created)
+
+    def subscribe(self, kind: TicketEventKind | str, step: Step) -> None:
+        """Run ``step`` for every event of ``kind``, after the steps registered
+        before it. A step that raises fails the event, which the stream
+        redelivers (and dead-letters after ``workers.max_deliveries``)."""
+        self._steps.setdefault(str(kind), []).append(step)
 
     async def handle(self, events: Sequence[Event]) -> None:
         # Per-event work for the kinds that need it, then one live fan-out.
         for event in events:
-            handler = self._handlers.get(event.kind)
-            if handler is not None:
-                await handler(event)
+            for step in self._steps.get(event.kind, ()):
+                await step(event)
         await self.live.publish_many(
             [(AGENTS_CHANNEL, {"type": e.kind, **{k: v for k, v in e.payload.items() if k != "kind"}}) for e in events]
         )
