@@ -10,6 +10,7 @@ import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -18,6 +19,7 @@ import redis.asyncio as aioredis
 POSTGRES_ADMIN_URL = os.environ.get("HUB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("HUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRED = os.environ.get("HUB_REQUIRE_SERVICES", "") not in ("", "0", "false")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def unavailable(what: str, error: BaseException) -> None:
@@ -62,3 +64,14 @@ async def redis_client() -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under the team's shared test data (``../shared/data`` next to the
+    repository, or ``$HUB_SHARED_DATA``). Its licenses keep it out of the
+    repository, so tests read it in place; missing, it fails in CI."""
+    root = Path(os.environ.get("HUB_SHARED_DATA") or REPO.parent / "shared" / "data")
+    path = root.joinpath(*parts)
+    if not path.exists():
+        unavailable(f"shared test data {path}", FileNotFoundError(str(path)))
+    return path
