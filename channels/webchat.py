@@ -49,7 +49,7 @@ def parse_message(
     frame: dict[str, Any], *, visitor_id: str, inbox: str, max_chars: int, sender_name: str | None = None
 ) -> InboundMessage:
     """A visitor's ``message`` frame as an :class:`InboundMessage`."""
-    unknown = set(frame) - {"type", "text", "client_id"}
+    unknown = set(frame) - {"type", "text", "client_id", "quick_reply"}
     if unknown:
         raise InvalidPayload(f"unknown field(s) in message frame: {', '.join(sorted(unknown))}")
     text = frame.get("text")
@@ -60,6 +60,9 @@ def parse_message(
     client_id = frame.get("client_id")
     if not isinstance(client_id, str) or not client_id or len(client_id) > MAX_CLIENT_ID:
         raise InvalidPayload(f"message frame needs a string 'client_id' of 1 to {MAX_CLIENT_ID} characters")
+    quick_reply = frame.get("quick_reply")
+    if quick_reply is not None and (not isinstance(quick_reply, str) or not 1 <= len(quick_reply) <= 64):
+        raise InvalidPayload("quick_reply must be the string id (1 to 64 characters) of a button offered earlier")
     return InboundMessage(
         channel=Channel.WEBCHAT,
         inbox=inbox,
@@ -67,6 +70,7 @@ def parse_message(
         sender=visitor_id,
         sender_name=sender_name,
         body=text,
+        quick_reply=quick_reply,
         extras={"client_id": client_id},
     )
 
@@ -84,6 +88,7 @@ def message_frame(message: dict[str, Any], client_id: str | None = None) -> dict
         "author": message["author"],
         "created_at": message["created_at"],
         "attachments": message.get("attachments", []),
+        "quick_replies": message.get("quick_replies", []),
         "status": message.get("status"),
         "client_id": client_id,
     }
@@ -104,6 +109,7 @@ class WebchatChannel(ChannelAdapter):
             "text": message.body,
             "author": message.author.value,
             "attachments": [a.model_dump(exclude_none=True) for a in message.attachments],
+            "quick_replies": [q.model_dump() for q in message.quick_replies],
             "created_at": message.extras.get("created_at"),
         }
         try:

@@ -9,6 +9,7 @@ and a failure leaves nothing half-written.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ from hub.core import (
     Channel,
     DeliveryStatus,
     Direction,
+    QuickReply,
     Role,
     TicketEvent,
     TicketEventKind,
@@ -251,8 +253,10 @@ async def do_post_message(
     agent: Agent | None = None,
     private: bool = False,
     attachments: list[dict[str, Any]] | None = None,
+    quick_replies: Sequence[QuickReply] = (),
 ) -> Message:
-    """A reply (queued for the sender) or a private note on ``ticket``."""
+    """A reply (queued for the sender) or a private note on ``ticket``;
+    ``quick_replies`` are buttons offered with it, rendered by each channel."""
     body = body.strip()
     if not body and not attachments:
         raise ValidationFailed("body must not be empty")
@@ -285,7 +289,7 @@ async def do_post_message(
         private=private,
         # A note goes nowhere: it is complete the moment it is stored.
         status=DeliveryStatus.SENT.value if private else DeliveryStatus.QUEUED.value,
-        extras={"recipient": recipient} if recipient else {},
+        extras=_outbound_extras(recipient, quick_replies),
         created_at=now,
         next_attempt_at=None if private else now,
         attempts=0,
@@ -322,6 +326,15 @@ async def do_post_message(
         {"message_id": msg.id},
     )
     return msg
+
+
+def _outbound_extras(recipient: str | None, quick_replies: Sequence[QuickReply]) -> dict[str, Any]:
+    extras: dict[str, Any] = {}
+    if recipient:
+        extras["recipient"] = recipient
+    if quick_replies:
+        extras["quick_replies"] = [q.model_dump() for q in quick_replies]
+    return extras
 
 
 async def do_assign(

@@ -153,6 +153,16 @@ class Attachment(_Model):
     size: int | None = Field(default=None, ge=0)
 
 
+class QuickReply(_Model):
+    """A button the customer can press instead of typing: the bot's clarifying
+    choices, a menu. Every channel renders the same list its own way (Telegram
+    inline keyboard, web chat buttons, numbered options on SMS) and reports the
+    choice back as :attr:`InboundMessage.quick_reply`."""
+
+    id: str = Field(min_length=1, max_length=64)
+    title: str = Field(min_length=1, max_length=200)
+
+
 class InboundMessage(_Model):
     """One message a customer sent, normalized from any channel.
 
@@ -171,6 +181,8 @@ class InboundMessage(_Model):
     attachments: tuple[Attachment, ...] = ()
     subject: str | None = Field(default=None, max_length=1000)
     received_at: UTCDateTime = Field(default_factory=utcnow)
+    #: The id of the :class:`QuickReply` the customer pressed, when they did.
+    quick_reply: str | None = Field(default=None, max_length=64)
     extras: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -187,6 +199,7 @@ class OutboundMessage(_Model):
     author: Author
     attachments: tuple[Attachment, ...] = ()
     subject: str | None = None
+    quick_replies: tuple[QuickReply, ...] = ()
     extras: dict[str, Any] = Field(default_factory=dict)
 
 

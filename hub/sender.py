@@ -31,6 +31,7 @@ from hub.core import (
     Channel,
     DeliveryStatus,
     OutboundMessage,
+    QuickReply,
     SendResult,
     TicketEventKind,
     utcnow,
@@ -121,6 +122,7 @@ class Sender:
             author=Author(msg.author),
             attachments=tuple(Attachment.model_validate(a) for a in msg.attachments or []),
             subject=msg.subject,
+            quick_replies=tuple(QuickReply.model_validate(q) for q in (msg.extras or {}).get("quick_replies", [])),
             extras={"created_at": msg.created_at.isoformat()},
         )
         try:

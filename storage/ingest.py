@@ -182,7 +182,7 @@ async def ingest_batch(
                 "private": False,
                 "external_id": m.external_id,
                 "status": DeliveryStatus.RECEIVED.value,
-                "extras": m.extras,
+                "extras": m.extras if m.quick_reply is None else {**m.extras, "quick_reply": m.quick_reply},
                 "created_at": now,
                 "sent_at": m.received_at,
                 "attempts": 0,

@@ -21,6 +21,7 @@ def message_view(m: Message, inbox_key: str | None = None) -> dict[str, Any]:
 _MESSAGE_FIELDS = (
     "id", "ticket_id", "contact_id", "channel", "direction", "author", "author_id", "body", "subject",
     "attachments", "private", "external_id", "status", "status_reason", "created_at", "sent_at", "delivered_at",
+    "extras",
 )  # fmt: skip
 
 
@@ -28,6 +29,7 @@ def message_values_view(v: Mapping[str, Any], inbox_key: str | None = None) -> d
     """The same view from a row's values, for ingest, which writes rows with
     Core statements and would otherwise build an ORM object per message only
     to read it back."""
+    extras = v.get("extras") or {}
     return {
         "id": v["id"],
         "ticket_id": v["ticket_id"],
@@ -40,6 +42,9 @@ def message_values_view(v: Mapping[str, Any], inbox_key: str | None = None) -> d
         "body": v["body"],
         "subject": v.get("subject"),
         "attachments": list(v.get("attachments") or []),
+        # Buttons offered with an outbound message, and the one a customer pressed.
+        "quick_replies": list(extras.get("quick_replies") or []),
+        "quick_reply": extras.get("quick_reply"),
         "private": bool(v.get("private")),
         "external_id": v.get("external_id"),
         "status": v["status"],

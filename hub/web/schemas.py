@@ -103,6 +103,8 @@ class MessageOut(_Out):
     body: str
     subject: str | None
     attachments: list[dict[str, Any]]
+    quick_replies: list[dict[str, Any]] = Field(description="buttons offered with this message: {id, title}")
+    quick_reply: str | None = Field(description="the id of the button the customer pressed")
     private: bool
     external_id: str | None
     status: str

@@ -189,3 +189,43 @@ async def test_agent_socket_answers_ping_and_names_bad_frames(tmp_path: Path) ->
                 assert "not valid JSON" in (await next_frame(events, "error"))["message"]
             async with http.get(f"{base}/api/v1/events") as r:
                 assert r.status == 401
+
+
+async def test_quick_replies_reach_the_visitor_and_the_choice_comes_back(tmp_path: Path) -> None:
+    from sqlalchemy import select
+
+    from hub.actions import do_post_message
+    from hub.app import HUB
+    from hub.core import Author, QuickReply
+    from storage.models import Ticket
+
+    config = make_config(tmp_path)
+    async with running_hub(config) as server:
+        hub = server.app[HUB]
+        base = str(server.make_url("")).rstrip("/")
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"{base}/chat/ws") as visitor:
+            await next_frame(visitor, "session")
+            await visitor.send_json({"type": "message", "text": "how much?", "client_id": "c1"})
+            ack = await next_frame(visitor, "message", client_id="c1")
+            choices = (QuickReply(id="faq:pricing", title="Pricing"), QuickReply(id="faq:trial", title="Free trial"))
+            assert ack["author"] == "contact"
+            async with hub.db.write() as s:
+                ticket = (await s.scalars(select(Ticket))).one()
+                await do_post_message(s, ticket, body="Which one?", author=Author.BOT, quick_replies=choices)
+            offered = await next_frame(visitor, "message", author="bot")
+            assert offered["quick_replies"] == [q.model_dump() for q in choices]
+
+            await visitor.send_json(
+                {"type": "message", "text": "Pricing", "client_id": "c2", "quick_reply": "faq:pricing"}
+            )
+            await next_frame(visitor, "message", client_id="c2")
+            await visitor.send_json({"type": "message", "text": "x", "client_id": "c3", "quick_reply": 5})
+            error = await next_frame(visitor, "error")
+            assert "quick_reply" in error["message"]
+        async with hub.db.read() as s:
+            from storage.queries import get_ticket
+
+            view = await get_ticket(s, ticket.id)
+        assert view is not None
+        assert [m["quick_reply"] for m in view["messages"]] == [None, None, "faq:pricing"]
+        assert view["messages"][1]["quick_replies"] == [q.model_dump() for q in choices]
