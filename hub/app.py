@@ -18,6 +18,7 @@ from aiohttp import web
 from channels.base import ChannelAdapter
 from channels.webchat import WebchatChannel
 from hub.actions import do_ensure_inbox
+from hub.attachments import AttachmentStore
 from hub.batcher import IngestBatcher
 from hub.config import ConfigError, HubConfig, ensure_secret_key
 from hub.core import Channel
@@ -49,6 +50,7 @@ class Hub:
     batcher: IngestBatcher
     visitor_tokens: VisitorTokens
     channels: dict[Channel, ChannelAdapter]
+    attachments: AttachmentStore
     consumer_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -105,6 +107,7 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         batcher=IngestBatcher(db.write),
         visitor_tokens=VisitorTokens(config.secret_key),
         channels=channels,
+        attachments=AttachmentStore(config.attachments_dir, max_bytes=config.attachments.max_bytes),
     )
 
 

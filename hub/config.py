@@ -105,6 +105,13 @@ class WebchatConfig(_Section):
     allowed_origins: list[str] = Field(default_factory=lambda: ["*"])
 
 
+class AttachmentsConfig(_Section):
+    # Larger files are refused (a webhook answers 413, a poller records why).
+    max_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    # None: data_dir/attachments.
+    dir: Path | None = None
+
+
 class BotConfig(_Section):
     enabled: bool = False
 
@@ -125,6 +132,7 @@ class HubConfig(_Section):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
     webchat: WebchatConfig = Field(default_factory=WebchatConfig)
+    attachments: AttachmentsConfig = Field(default_factory=AttachmentsConfig)
     bot: BotConfig = Field(default_factory=BotConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -136,6 +144,10 @@ class HubConfig(_Section):
         if self.database.url:
             return self.database.url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'hub.db').resolve()}"
+
+    @property
+    def attachments_dir(self) -> Path:
+        return self.attachments.dir or self.data_dir / "attachments"
 
     @property
     def public_url(self) -> str:

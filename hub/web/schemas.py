@@ -197,3 +197,10 @@ class Health(_Out):
 
 
 TokenOut.model_rebuild()
+
+
+class AttachmentOut(_Out):
+    url: str = Field(description="where the file is served; pass this object in a reply's attachments")
+    content_type: str
+    filename: str | None = None
+    size: int | None = None

@@ -1,0 +1,96 @@
+"""Serving stored attachments, and agents' uploads for their replies."""
+
+from __future__ import annotations
+
+import contextlib
+from urllib.parse import quote, unquote
+
+from aiohttp import BodyPartReader, web
+
+from hub.app import HUB
+from hub.attachments import AttachmentTooLarge
+from hub.errors import BadRequest, NotFound, PayloadTooLarge
+from hub.web.api import API, current_agent
+from hub.web.registry import ROUTES
+from hub.web.schemas import AttachmentOut
+
+# Shown in the browser; anything else (HTML, SVG, scripts) is downloaded, so a
+# customer's file can never run in the hub's origin.
+INLINE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "audio/", "video/", "application/pdf")
+
+
+@ROUTES.route(
+    "GET",
+    "/attachments/{key}/{name}",
+    summary="A stored attachment; its unguessable URL is the permission to read it",
+    tag="attachments",
+    auth=False,
+    content_type="application/octet-stream",
+    errors=(404,),
+)
+async def get_attachment(request: web.Request) -> web.StreamResponse:
+    hub = request.app[HUB]
+    stored = hub.attachments.open(request.match_info["key"], request.match_info["name"])
+    if stored is None:
+        raise NotFound("no such attachment")
+    inline = stored.content_type.startswith(INLINE_TYPES)
+    disposition = "inline" if inline else "attachment"
+    return web.FileResponse(
+        stored.path,
+        headers={
+            "Content-Type": stored.content_type if inline else "application/octet-stream",
+            "Content-Disposition": f"{disposition}; filename*=UTF-8''{_quote(stored.filename)}",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+            "Cache-Control": "private, max-age=31536000, immutable",
+        },
+    )
+
+
+def _quote(name: str) -> str:
+    return quote(name, safe="")
+
+
+@ROUTES.route(
+    "POST",
+    f"{API}/attachments",
+    summary="Upload a file (multipart field 'file') to attach to a reply",
+    tag="attachments",
+    response=AttachmentOut,
+    status=201,
+    content_type="application/json",
+    errors=(400, 413),
+)
+async def upload_attachment(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await current_agent(request)
+    if not request.content_type.startswith("multipart/"):
+        raise BadRequest("send the file as multipart/form-data in a field named 'file'")
+    reader = await request.multipart()
+    part = await reader.next()
+    while part is not None and not (isinstance(part, BodyPartReader) and part.name == "file"):
+        part = await reader.next()
+    if not isinstance(part, BodyPartReader):
+        raise BadRequest("the multipart body has no field named 'file'")
+    limit = hub.attachments.max_bytes
+    chunks: list[bytes] = []
+    size = 0
+    # Streamed with the attachment limit, not the JSON body limit.
+    while chunk := await part.read_chunk(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the file is larger than {limit} bytes (attachments.max_bytes)")
+        chunks.append(chunk)
+    # Browsers send UTF-8 names as they are; some clients (aiohttp's own)
+    # percent-encode them inside the quotes.
+    filename = part.filename
+    if filename and "%" in filename:
+        with contextlib.suppress(UnicodeDecodeError):
+            filename = unquote(filename, errors="strict")
+    try:
+        attachment = await hub.attachments.save(
+            b"".join(chunks), filename=filename, content_type=part.headers.get("Content-Type")
+        )
+    except AttachmentTooLarge as exc:
+        raise PayloadTooLarge(str(exc)) from exc
+    return web.json_response(attachment.model_dump(exclude_none=True), status=201)
