@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -83,10 +84,14 @@ class IngestBatcher:
                 await self._commit([item])
             return
         metrics.INGEST_BATCH.observe(len(batch))
+        counts: Counter[tuple[bool, str]] = Counter()
         for (msg, fut), res in zip(batch, results, strict=True):
             if isinstance(res, IngestResult):
-                (metrics.INGEST_DUPLICATES if res.duplicate else metrics.INGESTED).labels(msg.channel.value).inc()
+                counts[(res.duplicate, msg.channel.value)] += 1
             _settle(fut, res)
+        # Once per batch and channel: a labelled counter lookup per message showed in profiles.
+        for (duplicate, channel), n in counts.items():
+            (metrics.INGEST_DUPLICATES if duplicate else metrics.INGESTED).labels(channel).inc(n)
 
 
 def _settle(fut: asyncio.Future[IngestResult], result: IngestResult | BaseException) -> None:

@@ -22,6 +22,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
+from hub import codec
+
 # session.info keys: how long this process leases the outbox rows it writes,
 # and the rows a transaction wrote (handed to ``Database.on_commit``).
 OUTBOX_LEASE_KEY = "outbox_lease_seconds"
@@ -32,6 +34,8 @@ def _sqlite_engine(url: str, *, writer: bool, echo: bool) -> AsyncEngine:
     engine = create_async_engine(
         url,
         echo=echo,
+        json_serializer=codec.dumps,
+        json_deserializer=codec.loads,
         poolclass=AsyncAdaptedQueuePool,
         pool_size=1 if writer else 4,
         max_overflow=0,
@@ -71,7 +75,13 @@ class Database:
             self.read_engine = _sqlite_engine(url, writer=False, echo=echo)
         else:
             self.write_engine = create_async_engine(
-                url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+                url,
+                echo=echo,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                json_serializer=codec.dumps,
+                json_deserializer=codec.loads,
             )
             self.read_engine = self.write_engine
         self._writer = async_sessionmaker(self.write_engine, expire_on_commit=False)

@@ -22,7 +22,6 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Table, bindparam, delete, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import set_committed_value
 
 from hub.core import (
     IDENTITY_OF_CHANNEL,
@@ -45,7 +44,7 @@ from storage.models import (
     Ticket,
     TicketEventRow,
 )
-from storage.views import message_values_view, message_view, ticket_view
+from storage.views import message_values_view, message_view, ticket_values_view
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +94,37 @@ async def add_outbox(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> N
     now = utcnow()
     lease = session.info.get(OUTBOX_LEASE_KEY)
     lease_until = now + timedelta(seconds=lease) if lease else None
-    # Unordered RETURNING of the whole row: an ordered one makes SQLite insert
-    # row by row, and the rows themselves say which id is which.
-    inserted = (
-        await session.execute(
-            insert(table(OutboxRow)).returning(OutboxRow.id, OutboxRow.key, OutboxRow.payload),
-            [{**r, "created_at": now, "lease_until": lease_until} for r in rows],
-        )
-    ).all()
-    if lease_until is not None:
-        written = session.info.setdefault(OUTBOX_WRITTEN_KEY, [])
-        written.extend(sorted((r.id, r.key, r.payload) for r in inserted))
+    values = [{**r, "created_at": now, "lease_until": lease_until} for r in rows]
+    stmt = insert(table(OutboxRow))
+    if lease_until is None:
+        await session.execute(stmt, values)
+        return
+    # The relay needs each row's id with the payload it already has here;
+    # reading the payloads back through RETURNING would decode every one again.
+    written = session.info.setdefault(OUTBOX_WRITTEN_KEY, [])
+    written.extend(await _insert_for_relay(session, stmt, values))
+
+
+async def _insert_for_relay(
+    session: AsyncSession, stmt: Any, values: list[dict[str, Any]]
+) -> list[tuple[int, str, dict[str, Any]]]:
+    """Insert outbox rows; (id, key, payload) of each, in id order."""
+    if session.get_bind().dialect.name == "postgresql":
+        # SQLAlchemy correlates RETURNING rows with parameter sets itself.
+        result = await session.execute(stmt.returning(OutboxRow.id, sort_by_parameter_order=True), values)
+        return [(oid, v["key"], v["payload"]) for oid, v in zip(result.scalars().all(), values, strict=True)]
+    # SQLite gives each new row the largest rowid so far plus one, inserting a
+    # statement's rows in order under this transaction's write lock: sorted, the
+    # ids follow the parameters. (An ordered RETURNING would make SQLAlchemy
+    # insert row by row.) Should the ids not be consecutive, which only an
+    # exhausted rowid space causes, the rows are read back instead.
+    ids = sorted((await session.execute(stmt.returning(OutboxRow.id), values)).scalars().all())
+    if len(ids) == len(values) and ids[-1] - ids[0] == len(ids) - 1:
+        return [(oid, v["key"], v["payload"]) for oid, v in zip(ids, values, strict=True)]
+    rows = await session.execute(
+        select(OutboxRow.id, OutboxRow.key, OutboxRow.payload).where(OutboxRow.id.in_(ids)).order_by(OutboxRow.id)
+    )
+    return [(r.id, r.key, r.payload) for r in rows.all()]
 
 
 async def ingest_batch(
@@ -170,7 +189,7 @@ async def ingest_batch(
         inbox_id = inboxes[m.inbox][0]
         msg_rows.append(
             {
-                "ticket_id": tickets[(cid, inbox_id)].id,
+                "ticket_id": tickets[(cid, inbox_id)]["id"],
                 "contact_id": cid,
                 "inbox_id": inbox_id,
                 "channel": m.channel.value,
@@ -205,7 +224,7 @@ async def ingest_batch(
     # Ticket activity, timeline events and the outbox, for what was really inserted.
     events: list[dict[str, Any]] = []
     timeline: list[dict[str, Any]] = []
-    touched: dict[int, Ticket] = {}
+    touched: dict[int, dict[str, Any]] = {}
     announced: set[int] = set()
     woke: set[int] = set()
     inbox_key_of = {v[0]: k for k, v in inboxes.items()}
@@ -213,54 +232,54 @@ async def ingest_batch(
         key = (row["channel"], row["external_id"])
         if key not in inserted:
             continue
+        # Tickets are plain rows here: changed in place, written below by one
+        # executemany, cheaper than ORM objects and their unit of work.
         ticket = tickets[(row["contact_id"], row["inbox_id"])]
-        is_new = ticket.id in created_tickets
-        # Without history: one executemany below writes them, cheaper than
-        # letting the unit of work diff every ticket object.
-        if ticket.status == TicketStatus.SNOOZED.value:
-            set_committed_value(ticket, "status", TicketStatus.OPEN.value)
-            set_committed_value(ticket, "snoozed_until", None)
-            woke.add(ticket.id)
-        if ticket.waiting_since is None:
-            set_committed_value(ticket, "waiting_since", now)
-        set_committed_value(ticket, "last_message_at", now)
-        touched[ticket.id] = ticket
+        tid = ticket["id"]
+        is_new = tid in created_tickets
+        if ticket["status"] == TicketStatus.SNOOZED.value:
+            ticket["status"] = TicketStatus.OPEN.value
+            ticket["snoozed_until"] = None
+            woke.add(tid)
+        if ticket["waiting_since"] is None:
+            ticket["waiting_since"] = now
+        ticket["last_message_at"] = now
+        touched[tid] = ticket
         mid = inserted[key]
         view = message_values_view({**row, "id": mid}, inbox_key_of[row["inbox_id"]])
-        tview = ticket_view(ticket)
-        if is_new and ticket.id not in announced:
-            announced.add(ticket.id)
+        tview = ticket_values_view(ticket)
+        if is_new and tid not in announced:
+            announced.add(tid)
             timeline.append(
                 {
-                    "ticket_id": ticket.id,
-                    "contact_id": ticket.contact_id,
+                    "ticket_id": tid,
+                    "contact_id": ticket["contact_id"],
                     "kind": TicketEventKind.CREATED.value,
                     "actor": "contact",
-                    "data": {"channel": ticket.channel, "inbox": inbox_key_of[ticket.inbox_id]},
+                    "data": {"channel": ticket["channel"], "inbox": inbox_key_of[ticket["inbox_id"]]},
                     "created_at": now,
                 }
             )
         events.append(
             outbox_row(
                 TicketEventKind.MESSAGE_RECEIVED.value,
-                ticket.id,
+                tid,
                 {"message": view, "ticket": tview, "ticket_created": is_new},
             )
         )
         out[first_of[key]] = IngestResult(
             message_id=mid,
-            ticket_id=ticket.id,
-            contact_id=ticket.contact_id,
+            ticket_id=tid,
+            contact_id=ticket["contact_id"],
             duplicate=False,
             ticket_created=is_new,
             message=view,
         )
     for tid in woke:
-        t = next(t for t in tickets.values() if t.id == tid)
         timeline.append(
             {
                 "ticket_id": tid,
-                "contact_id": t.contact_id,
+                "contact_id": touched[tid]["contact_id"],
                 "kind": TicketEventKind.STATUS_CHANGED.value,
                 "actor": "contact",
                 "data": {"from": TicketStatus.SNOOZED.value, "to": TicketStatus.OPEN.value},
@@ -280,13 +299,13 @@ async def ingest_batch(
             ),
             [
                 {
-                    "tid": tk.id,
-                    "new_status": tk.status,
-                    "new_snoozed": tk.snoozed_until,
-                    "new_waiting": tk.waiting_since,
-                    "new_last": tk.last_message_at,
+                    "tid": tid,
+                    "new_status": tk["status"],
+                    "new_snoozed": tk["snoozed_until"],
+                    "new_waiting": tk["waiting_since"],
+                    "new_last": tk["last_message_at"],
                 }
-                for tk in sorted(touched.values(), key=lambda tk: tk.id)
+                for tid, tk in sorted(touched.items())
             ],
         )
     if timeline:
@@ -407,7 +426,7 @@ async def _identity_contacts(session: AsyncSession, keys: list[tuple[str, str]])
 
 async def _tickets_for(
     session: AsyncSession, keys: dict[tuple[int, int], InboundMessage], now: datetime
-) -> tuple[dict[tuple[int, int], Ticket], set[int]]:
+) -> tuple[dict[tuple[int, int], dict[str, Any]], set[int]]:
     if not keys:
         return {}, set()
     found = await _current_tickets(session, list(keys))
@@ -447,18 +466,21 @@ async def _tickets_for(
     return found, created
 
 
-async def _current_tickets(session: AsyncSession, keys: list[tuple[int, int]]) -> dict[tuple[int, int], Ticket]:
-    found: dict[tuple[int, int], Ticket] = {}
+async def _current_tickets(session: AsyncSession, keys: list[tuple[int, int]]) -> dict[tuple[int, int], dict[str, Any]]:
+    """The unresolved ticket of each (contact, inbox), as plain rows of every
+    column: ingest only reads them and writes them back in bulk."""
+    found: dict[tuple[int, int], dict[str, Any]] = {}
     wanted = set(keys)
+    tt = table(Ticket)
     # By contact (indexed), not by the (contact, inbox) pair: SQLite plans a
     # row-value IN as a full table scan.
     for chunk in _chunks(sorted({contact for contact, _ in keys}), 400):
         rows = await session.execute(
-            select(Ticket).where(Ticket.contact_id.in_(chunk), Ticket.status != TicketStatus.RESOLVED.value)
+            select(tt).where(tt.c.contact_id.in_(chunk), tt.c.status != TicketStatus.RESOLVED.value)
         )
-        for t in rows.scalars().all():
-            if (t.contact_id, t.inbox_id) in wanted:
-                found[(t.contact_id, t.inbox_id)] = t
+        for r in rows.mappings().all():
+            if (r["contact_id"], r["inbox_id"]) in wanted:
+                found[(r["contact_id"], r["inbox_id"])] = dict(r)
     return found
 
 

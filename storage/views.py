@@ -56,23 +56,35 @@ def message_values_view(v: Mapping[str, Any], inbox_key: str | None = None) -> d
 
 
 def ticket_view(t: Ticket, labels: list[str] | None = None) -> dict[str, Any]:
+    return ticket_values_view({f: getattr(t, f) for f in _TICKET_FIELDS}, labels)
+
+
+_TICKET_FIELDS = (
+    "id", "status", "priority", "channel", "inbox_id", "contact_id", "assignee_id", "team_id", "subject",
+    "created_at", "waiting_since", "first_response_at", "last_message_at", "snoozed_until", "resolved_at",
+)  # fmt: skip
+
+
+def ticket_values_view(v: Mapping[str, Any], labels: list[str] | None = None) -> dict[str, Any]:
+    """The ticket view from a row's values (ingest reads tickets as plain rows;
+    an ORM object's loaded attributes work too)."""
     return {
-        "id": t.id,
-        "status": t.status,
-        "priority": t.priority,
-        "channel": t.channel,
-        "inbox_id": t.inbox_id,
-        "contact_id": t.contact_id,
-        "assignee_id": t.assignee_id,
-        "team_id": t.team_id,
-        "subject": t.subject,
+        "id": v["id"],
+        "status": v["status"],
+        "priority": v["priority"],
+        "channel": v["channel"],
+        "inbox_id": v["inbox_id"],
+        "contact_id": v["contact_id"],
+        "assignee_id": v["assignee_id"],
+        "team_id": v["team_id"],
+        "subject": v["subject"],
         "labels": sorted(labels or []),
-        "created_at": iso(t.created_at),
-        "waiting_since": iso(t.waiting_since),
-        "first_response_at": iso(t.first_response_at),
-        "last_message_at": iso(t.last_message_at),
-        "snoozed_until": iso(t.snoozed_until),
-        "resolved_at": iso(t.resolved_at),
+        "created_at": iso(v["created_at"]),
+        "waiting_since": iso(v["waiting_since"]),
+        "first_response_at": iso(v["first_response_at"]),
+        "last_message_at": iso(v["last_message_at"]),
+        "snoozed_until": iso(v["snoozed_until"]),
+        "resolved_at": iso(v["resolved_at"]),
     }
 
 

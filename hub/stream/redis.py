@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
-from hub import metrics
+from hub import codec, metrics
 from hub.stream.base import Event, EventHandler, LiveBus, Stream
 
 log = logging.getLogger(__name__)
@@ -151,7 +150,7 @@ class RedisStream(Stream):
                     self.stream,
                     {
                         "key": event.key,
-                        "payload": json.dumps(event.payload, separators=(",", ":"), ensure_ascii=False),
+                        "payload": codec.dumps(event.payload),
                         "outbox_id": str(event.outbox_id),
                     },
                 )
@@ -233,7 +232,7 @@ class RedisStream(Stream):
         broken: list[tuple[str, dict[str, str], str]],
     ) -> None:
         try:
-            payload = json.loads(fields["payload"])
+            payload = codec.loads(fields["payload"])
             if not isinstance(payload, dict):
                 raise TypeError("payload is not a JSON object")
             events.append(
@@ -548,7 +547,7 @@ class RedisLiveBus(LiveBus):
         if self._pub is None:
             raise RuntimeError("RedisLiveBus is not started (or already closed)")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._outgoing.append((self._name(channel), json.dumps(message, separators=(",", ":")), fut))
+        self._outgoing.append((self._name(channel), codec.dumps(message), fut))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="redis-live-bus-publish")
         await fut
@@ -578,7 +577,7 @@ class RedisLiveBus(LiveBus):
         # One round trip for a worker's whole batch instead of one per event.
         async with self._pub.pipeline(transaction=False) as pipe:
             for channel, message in items:
-                pipe.publish(self._name(channel), json.dumps(message, separators=(",", ":")))
+                pipe.publish(self._name(channel), codec.dumps(message))
             await pipe.execute()
 
     async def subscribe(self, channel: str) -> AsyncIterator[dict[str, Any]]:
@@ -706,7 +705,7 @@ class RedisLiveBus(LiveBus):
             if state is None:
                 return  # in flight when its last listener left
             try:
-                message = json.loads(data)
+                message = codec.loads(data)
             except ValueError:
                 log.warning("undecodable live message dropped", extra={"channel": name})
                 return

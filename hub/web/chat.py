@@ -13,7 +13,7 @@ from aiohttp import WSMsgType, web
 
 from channels.base import InvalidPayload
 from channels.webchat import MAX_FRAME_BYTES, decode_frame, message_frame, parse_message, visitor_channel
-from hub import metrics
+from hub import codec, metrics
 from hub.actions import do_record_delivery
 from hub.app import HUB, WEBSOCKETS, Hub
 from hub.core import DeliveryStatus, IdentityKind
@@ -73,17 +73,19 @@ async def visitor_socket(request: web.Request) -> web.StreamResponse:
             contact_id, ticket_id, history = await queries.visitor_conversation(
                 session, IdentityKind.WEBCHAT.value, visitor_id, limit=hub.config.webchat.history_limit
             )
-        await ws.send_json(
-            {
-                "type": "session",
-                "visitor_token": token,
-                "visitor_id": visitor_id,
-                "contact_id": contact_id,
-                "ticket_id": ticket_id,
-            }
+        await ws.send_str(
+            codec.dumps(
+                {
+                    "type": "session",
+                    "visitor_token": token,
+                    "visitor_id": visitor_id,
+                    "contact_id": contact_id,
+                    "ticket_id": ticket_id,
+                }
+            )
         )
         for m in history:
-            await ws.send_json(message_frame(m))
+            await ws.send_str(codec.dumps(message_frame(m)))
         state = {"contact_id": contact_id, "ticket_id": ticket_id}
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
@@ -107,7 +109,7 @@ async def visitor_socket(request: web.Request) -> web.StreamResponse:
 
 
 async def _error(ws: web.WebSocketResponse, code: str, message: str) -> None:
-    await ws.send_json({"type": "error", "code": code, "message": message})
+    await ws.send_str(codec.dumps({"type": "error", "code": code, "message": message}))
 
 
 async def _on_frame(
@@ -126,7 +128,7 @@ async def _on_frame(
         state.update(contact_id=result.contact_id, ticket_id=result.ticket_id)
         out = message_frame(result.message, client_id=inbound.extras["client_id"])
         # The acknowledgement: sent only after the commit that stored it.
-        await ws.send_json(out)
+        await ws.send_str(codec.dumps(out))
         # The visitor's other tabs see it too; best effort, since it is stored
         # and they get it from the history when they reconnect.
         try:
@@ -152,7 +154,7 @@ async def _on_frame(
         async with hub.db.write() as session:
             await do_record_delivery(session, message_id, status, contact_id=state["contact_id"])
     elif kind == "ping":
-        await ws.send_json({"type": "pong"})
+        await ws.send_str(codec.dumps({"type": "pong"}))
     else:
         raise InvalidPayload(f"unknown frame type {kind!r}; expected message, typing, ack, read or ping")
 
@@ -163,7 +165,7 @@ async def _forward(hub: Hub, ws: web.WebSocketResponse, visitor_id: str, conn_id
             continue
         frame = {k: v for k, v in frame.items() if k != "origin"}
         try:
-            await ws.send_json(frame)
+            await ws.send_str(codec.dumps(frame))
         except ConnectionError:
             return
 

@@ -10,7 +10,7 @@ from aiohttp import WSMsgType, web
 
 from channels.base import InvalidPayload
 from channels.webchat import decode_frame
-from hub import metrics
+from hub import codec, metrics
 from hub.app import HUB, WEBSOCKETS
 from hub.web.api import API, current_agent
 from hub.web.registry import ROUTES
@@ -41,27 +41,29 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
         async for event in hub.live.subscribe(AGENTS_CHANNEL):
             if ws.closed:
                 return
-            await ws.send_json(event)
+            await ws.send_str(codec.dumps(event))
 
     task = asyncio.create_task(forward())
     try:
         # Lets the forwarder register before hello (exact in-process; on Redis
         # the subscription lags by a round trip, and the inbox reloads on connect).
         await asyncio.sleep(0)
-        await ws.send_json({"type": "hello", "agent_id": agent.id})
+        await ws.send_str(codec.dumps({"type": "hello", "agent_id": agent.id}))
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
             try:
                 frame = decode_frame(msg.data)
             except InvalidPayload as exc:
-                await ws.send_json({"type": "error", "code": "invalid_frame", "message": str(exc)})
+                await ws.send_str(codec.dumps({"type": "error", "code": "invalid_frame", "message": str(exc)}))
                 continue
             if frame["type"] == "ping":
-                await ws.send_json({"type": "pong"})
+                await ws.send_str(codec.dumps({"type": "pong"}))
             else:
-                await ws.send_json(
-                    {"type": "error", "code": "invalid_frame", "message": f"unknown frame type {frame['type']!r}"}
+                await ws.send_str(
+                    codec.dumps(
+                        {"type": "error", "code": "invalid_frame", "message": f"unknown frame type {frame['type']!r}"}
+                    )
                 )
     finally:
         task.cancel()

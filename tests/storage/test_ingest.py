@@ -146,3 +146,22 @@ async def test_processes_starting_together_create_an_inbox_once(db_url: str) -> 
         for d in dbs:
             await d.dispose()
     assert len(set(ids)) == 1
+
+
+async def test_outbox_rows_handed_to_the_relay_carry_their_own_ids(db: Database) -> None:
+    from storage.db import OUTBOX_LEASE_KEY, OUTBOX_WRITTEN_KEY
+    from storage.ingest import add_outbox, outbox_row
+
+    # Several events per ticket, interleaved: only the ids can tell them apart.
+    rows = [outbox_row("message.received", i % 3, {"n": i}) for i in range(250)]
+    async with db.write() as s:
+        s.info[OUTBOX_LEASE_KEY] = 30
+        await add_outbox(s, rows[:1])
+        await add_outbox(s, rows[1:])
+        written = s.info.pop(OUTBOX_WRITTEN_KEY)
+    async with db.read() as s:
+        stored = {r.id: (r.key, r.payload) for r in (await s.scalars(select(OutboxRow))).all()}
+    assert len(written) == 250
+    assert [p["n"] for _, _, p in written] == list(range(250))
+    for oid, key, payload in written:
+        assert stored[oid] == (key, payload)
