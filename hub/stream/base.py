@@ -9,6 +9,7 @@ are kept (never dropped) and counted in the metrics.
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,5 +94,14 @@ class LiveBus(abc.ABC):
             await self.publish(channel, message)
 
     @abc.abstractmethod
-    def subscribe(self, channel: str) -> AsyncIterator[dict[str, Any]]:
-        """Messages published on ``channel`` from now on, until the iterator is closed."""
+    def listen(self, channel: str) -> contextlib.AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]:
+        """Listen to ``channel``: entering returns once the subscription is in
+        place (for Redis: confirmed, or given up on after a timeout), so that
+        everything published afterwards is received; the messages come from the
+        iterator it yields, until the block ends."""
+
+    async def subscribe(self, channel: str) -> AsyncIterator[dict[str, Any]]:
+        """Messages published on ``channel`` once iteration has started."""
+        async with self.listen(channel) as messages:
+            async for message in messages:
+                yield message

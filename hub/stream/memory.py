@@ -12,6 +12,7 @@ are handled concurrently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -168,11 +169,16 @@ class InProcessLiveBus(LiveBus):
                 # catches up from the database when it reconnects.
                 metrics.LIVE_DROPPED.inc()
 
-    async def subscribe(self, channel: str) -> AsyncIterator[dict[str, Any]]:
+    @contextlib.asynccontextmanager
+    async def listen(self, channel: str) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._subscribers.setdefault(channel, set()).add(queue)
         try:
-            while True:
-                yield await queue.get()
+            yield _messages(queue)
         finally:
             self._subscribers.get(channel, set()).discard(queue)
+
+
+async def _messages(queue: asyncio.Queue[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    while True:
+        yield await queue.get()

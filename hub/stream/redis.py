@@ -428,12 +428,9 @@ class RedisLiveBus(LiveBus):
     listeners' queues, and the Redis channel is subscribed when its first
     local listener arrives and unsubscribed when its last one leaves.
 
-    ``subscribe(channel)`` is an async generator, so nothing happens until
-    iteration starts: the first ``__anext__`` registers the listener and waits
-    (up to ``subscribe_timeout``) for Redis to confirm the subscription before
-    it waits for messages; everything published after that is received. A
-    caller that must not miss a message starts iterating (in a task) before
-    it causes the publish; tests wait for ``PUBSUB NUMSUB`` to show it.
+    ``listen(channel)`` registers the listener and waits (up to
+    ``subscribe_timeout``) for Redis to confirm the subscription before its
+    block begins: everything published after that is received.
 
     If the connection drops, the reader reconnects with capped exponential
     backoff and subscribes again to every channel that has listeners; messages
@@ -580,7 +577,8 @@ class RedisLiveBus(LiveBus):
                 pipe.publish(self._name(channel), codec.dumps(message))
             await pipe.execute()
 
-    async def subscribe(self, channel: str) -> AsyncIterator[dict[str, Any]]:
+    @contextlib.asynccontextmanager
+    async def listen(self, channel: str) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         if self._closed:
             raise RuntimeError("RedisLiveBus is closed")
         name = self._name(channel)
@@ -595,11 +593,7 @@ class RedisLiveBus(LiveBus):
                 # Redis is unreachable: listen anyway, the reader subscribes
                 # once it reconnects.
                 log.warning("live subscription not confirmed yet", extra={"channel": name})
-            while True:
-                message = await queue.get()
-                if message is None:
-                    return
-                yield message
+            yield _until_closed(queue)
         finally:
             await self._remove_listener(name, queue)
 
@@ -725,3 +719,12 @@ class RedisLiveBus(LiveBus):
             state = self._channels.get(name)
             if state is not None:
                 state.ready.set()
+
+
+async def _until_closed(queue: LiveQueue) -> AsyncIterator[dict[str, Any]]:
+    """A listener's messages; ``None`` in the queue means the bus closed."""
+    while True:
+        message = await queue.get()
+        if message is None:
+            return
+        yield message

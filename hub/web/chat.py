@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -63,46 +64,49 @@ async def visitor_socket(request: web.Request) -> web.StreamResponse:
     request.app[WEBSOCKETS].add(ws)
     metrics.LIVE_CONNECTIONS.labels("visitor").inc()
     conn_id = secrets.token_hex(8)
-    forward = asyncio.create_task(_forward(hub, ws, visitor_id, conn_id))
     try:
-        # Lets the forwarder register before history is read. That is exact for
-        # the in-process bus; on Redis the subscription takes a round trip, and a
-        # reply published in that window shows up from history on reconnect.
-        await asyncio.sleep(0)
-        async with hub.db.read() as session:
-            contact_id, ticket_id, history = await queries.visitor_conversation(
-                session, IdentityKind.WEBCHAT.value, visitor_id, limit=hub.config.webchat.history_limit
+        # Subscribed before the history is read, so a reply published meanwhile
+        # is not missed; it waits in the feed until the history has gone out.
+        async with hub.live.listen(visitor_channel(visitor_id)) as feed:
+            async with hub.db.read() as session:
+                contact_id, ticket_id, history = await queries.visitor_conversation(
+                    session, IdentityKind.WEBCHAT.value, visitor_id, limit=hub.config.webchat.history_limit
+                )
+            await ws.send_str(
+                codec.dumps(
+                    {
+                        "type": "session",
+                        "visitor_token": token,
+                        "visitor_id": visitor_id,
+                        "contact_id": contact_id,
+                        "ticket_id": ticket_id,
+                    }
+                )
             )
-        await ws.send_str(
-            codec.dumps(
-                {
-                    "type": "session",
-                    "visitor_token": token,
-                    "visitor_id": visitor_id,
-                    "contact_id": contact_id,
-                    "ticket_id": ticket_id,
-                }
-            )
-        )
-        for m in history:
-            await ws.send_str(codec.dumps(message_frame(m)))
-        state = {"contact_id": contact_id, "ticket_id": ticket_id}
-        async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
-                if msg.type == WSMsgType.BINARY:
-                    await _error(ws, "invalid_frame", "frames must be JSON text, not binary")
-                continue
+            for m in history:
+                await ws.send_str(codec.dumps(message_frame(m)))
+            forward = asyncio.create_task(_forward(ws, feed, conn_id, shown={m["id"] for m in history}))
             try:
-                await _on_frame(hub, ws, visitor_id, conn_id, decode_frame(msg.data), state)
-            except InvalidPayload as exc:
-                await _error(ws, "invalid_frame", str(exc))
-            except Exception:  # the visitor must hear that nothing was stored
-                log.exception("web chat frame failed", extra={"visitor": visitor_id})
-                await _error(ws, "internal_error", "the frame could not be handled; send it again (same client_id)")
+                state = {"contact_id": contact_id, "ticket_id": ticket_id}
+                async for msg in ws:
+                    if msg.type != WSMsgType.TEXT:
+                        if msg.type == WSMsgType.BINARY:
+                            await _error(ws, "invalid_frame", "frames must be JSON text, not binary")
+                        continue
+                    try:
+                        await _on_frame(hub, ws, visitor_id, conn_id, decode_frame(msg.data), state)
+                    except InvalidPayload as exc:
+                        await _error(ws, "invalid_frame", str(exc))
+                    except Exception:  # the visitor must hear that nothing was stored
+                        log.exception("web chat frame failed", extra={"visitor": visitor_id})
+                        await _error(
+                            ws, "internal_error", "the frame could not be handled; send it again (same client_id)"
+                        )
+            finally:
+                forward.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await forward
     finally:
-        forward.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await forward
         request.app[WEBSOCKETS].discard(ws)
         metrics.LIVE_CONNECTIONS.labels("visitor").dec()
     return ws
@@ -159,9 +163,14 @@ async def _on_frame(
         raise InvalidPayload(f"unknown frame type {kind!r}; expected message, typing, ack, read or ping")
 
 
-async def _forward(hub: Hub, ws: web.WebSocketResponse, visitor_id: str, conn_id: str) -> None:
-    async for frame in hub.live.subscribe(visitor_channel(visitor_id)):
+async def _forward(
+    ws: web.WebSocketResponse, feed: AsyncIterator[dict[str, Any]], conn_id: str, *, shown: set[int]
+) -> None:
+    async for frame in feed:
         if frame.get("origin") == conn_id or ws.closed:
+            continue
+        # Published between the subscription and the history read: sent already.
+        if frame.get("type") == "message" and frame.get("id") in shown:
             continue
         frame = {k: v for k, v in frame.items() if k != "origin"}
         try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -37,38 +39,44 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
     request.app[WEBSOCKETS].add(ws)
     metrics.LIVE_CONNECTIONS.labels("agent").inc()
 
-    async def forward() -> None:
-        async for event in hub.live.subscribe(AGENTS_CHANNEL):
+    async def forward(feed: AsyncIterator[dict[str, Any]]) -> None:
+        async for event in feed:
             if ws.closed:
                 return
             await ws.send_str(codec.dumps(event))
 
-    task = asyncio.create_task(forward())
     try:
-        # Lets the forwarder register before hello (exact in-process; on Redis
-        # the subscription lags by a round trip, and the inbox reloads on connect).
-        await asyncio.sleep(0)
-        await ws.send_str(codec.dumps({"type": "hello", "agent_id": agent.id}))
-        async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
-                continue
+        # Subscribed (confirmed, on Redis) before hello: from hello on, the
+        # inbox misses nothing and reloads only what came before it.
+        async with hub.live.listen(AGENTS_CHANNEL) as feed:
+            await ws.send_str(codec.dumps({"type": "hello", "agent_id": agent.id}))
+            task = asyncio.create_task(forward(feed))
             try:
-                frame = decode_frame(msg.data)
-            except InvalidPayload as exc:
-                await ws.send_str(codec.dumps({"type": "error", "code": "invalid_frame", "message": str(exc)}))
-                continue
-            if frame["type"] == "ping":
-                await ws.send_str(codec.dumps({"type": "pong"}))
-            else:
-                await ws.send_str(
-                    codec.dumps(
-                        {"type": "error", "code": "invalid_frame", "message": f"unknown frame type {frame['type']!r}"}
-                    )
-                )
+                async for msg in ws:
+                    if msg.type != WSMsgType.TEXT:
+                        continue
+                    try:
+                        frame = decode_frame(msg.data)
+                    except InvalidPayload as exc:
+                        await ws.send_str(codec.dumps({"type": "error", "code": "invalid_frame", "message": str(exc)}))
+                        continue
+                    if frame["type"] == "ping":
+                        await ws.send_str(codec.dumps({"type": "pong"}))
+                    else:
+                        await ws.send_str(
+                            codec.dumps(
+                                {
+                                    "type": "error",
+                                    "code": "invalid_frame",
+                                    "message": f"unknown frame type {frame['type']!r}",
+                                }
+                            )
+                        )
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await task
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-            await task
         request.app[WEBSOCKETS].discard(ws)
         metrics.LIVE_CONNECTIONS.labels("agent").dec()
     return ws

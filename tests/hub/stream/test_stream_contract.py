@@ -410,3 +410,15 @@ async def test_a_stuck_live_listener_drops_messages_instead_of_growing(buses: Bu
         assert got[1] > got[0]
     finally:
         await listener.aclose()
+
+
+async def test_listen_is_subscribed_when_its_block_begins(buses: BusHarness) -> None:
+    """No waiting, no polling PUBSUB: what another process publishes right after
+    `listen` returns is received (the web chat reads history at that point)."""
+    listening = await buses.bus()
+    # In-process there is no other process: the same bus publishes.
+    publishing = listening if buses.kind == "memory" else await buses.bus()
+    for n in range(5):  # a fresh subscription each time, each raced at once
+        async with listening.listen(f"visitor:{n}") as feed:
+            await publishing.publish(f"visitor:{n}", {"type": "message", "id": n})
+            assert await asyncio.wait_for(anext(feed), WAIT) == {"type": "message", "id": n}
