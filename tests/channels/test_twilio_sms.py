@@ -212,10 +212,17 @@ async def fake() -> AsyncIterator[FakeTwilio]:
         yield server
 
 
-def outbound(body: str = "Hi!", inbox: str = "sms", **kw: object) -> OutboundMessage:
+def outbound(body: str = "Hi!", inbox: str = "sms", quick_replies: tuple[QuickReply, ...] = ()) -> OutboundMessage:
     return OutboundMessage(
-        message_id=7, ticket_id=1, channel=Channel.SMS, inbox=inbox, recipient=CUSTOMER, body=body, author=Author.AGENT, **kw
-    )  # type: ignore[arg-type]
+        message_id=7,
+        ticket_id=1,
+        channel=Channel.SMS,
+        inbox=inbox,
+        recipient=CUSTOMER,
+        body=body,
+        author=Author.AGENT,
+        quick_replies=quick_replies,
+    )
 
 
 async def test_send_reaches_twilio_with_a_status_callback(fake: FakeTwilio) -> None:
@@ -284,7 +291,7 @@ async def test_twilio_errors_become_statuses(fake: FakeTwilio) -> None:
         assert "Twilio error 20429" in (limited.reason or "")
         fake.fail_next(500, 20500)
         assert (await chan.send(outbound())).retryable
-        bad = await chan.send(outbound(body="x", **{}).model_copy(update={"recipient": "12"}))
+        bad = await chan.send(outbound(body="x").model_copy(update={"recipient": "12"}))
         assert (bad.status, bad.retryable) == (DeliveryStatus.FAILED, False)
         assert "not a valid phone number" in (bad.reason or "")
         denied = await chan.send_sms(wrong, CUSTOMER, "hi")

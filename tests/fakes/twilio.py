@@ -136,7 +136,12 @@ class FakeTwilio:
 
     def _error(self, status: int, code: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
         return web.json_response(
-            {"code": code, "message": message, "more_info": f"https://www.twilio.com/docs/errors/{code}", "status": status},
+            {
+                "code": code,
+                "message": message,
+                "more_info": f"https://www.twilio.com/docs/errors/{code}",
+                "status": status,
+            },
             status=status,
             headers=headers,
         )
@@ -205,9 +210,9 @@ class FakeTwilio:
         self.messages.append(message)
         callback = rec.one("StatusCallback")
         if callback and self.callback_statuses:
-            params = {
-                "MessageSid": message["sid"],
-                "SmsSid": message["sid"],
+            params: dict[str, str] = {
+                "MessageSid": str(message["sid"]),
+                "SmsSid": str(message["sid"]),
                 "AccountSid": rec.account,
                 "From": from_ or "+15550000000",
                 "To": to,
