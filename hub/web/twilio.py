@@ -24,7 +24,7 @@ from hub.web.registry import ROUTES
 
 log = logging.getLogger(__name__)
 
-TWIML = "application/xml"
+TWIML = "text/xml"
 
 
 def _twiml(xml: str) -> web.Response:
