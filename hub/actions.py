@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from channels.twilio_sms import prepare_parts
 from hub.core import (
     IDENTITY_OF_CHANNEL,
     Author,
@@ -32,6 +33,7 @@ from hub.core import (
 )
 from hub.errors import BadRequest, Conflict, NotFound, Unauthorized, ValidationFailed
 from hub.security import MIN_PASSWORD_LENGTH, hash_password, new_api_token, token_digest, verify_password
+from hub.text import InvalidPhoneNumber, parse_phone
 from storage.ingest import add_outbox, dialect_insert, outbox_row
 from storage.models import (
     Agent,
@@ -48,6 +50,9 @@ from storage.models import (
     TicketLabel,
 )
 from storage.views import message_view, ticket_view
+
+# Channels whose replies go out as SMS (a reply on a phone ticket is a text).
+SMS_CHANNELS = (Channel.SMS.value, Channel.VOICE.value)
 
 
 def actor_of(agent: Agent | None) -> str:
@@ -116,8 +121,12 @@ async def do_create_agent(
     skills: list[str] | None = None,
     languages: list[str] | None = None,
     capacity: dict[str, int] | None = None,
+    phone: str | None = None,
+    phone_region: str | None = None,
     actor: str = "system",
 ) -> Agent:
+    """``phone``: where calls for this agent ring (the IVR and click-to-call),
+    read in ``phone_region`` when written without a country code."""
     email = email.strip().lower()
     if "@" not in email or len(email) > 320:
         raise ValidationFailed(f"email {email!r} is not an email address")
@@ -125,6 +134,12 @@ async def do_create_agent(
         raise ValidationFailed("name must not be empty")
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValidationFailed(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+    e164: str | None = None
+    if phone:
+        try:
+            e164 = parse_phone(phone, phone_region)
+        except InvalidPhoneNumber as exc:
+            raise ValidationFailed(f"phone: {exc}") from exc
     exists = await session.scalar(select(Agent.id).where(Agent.email == email))
     if exists is not None:
         raise Conflict(f"an agent with email {email} already exists")
@@ -137,6 +152,7 @@ async def do_create_agent(
         languages=sorted(set(languages or [])),
         capacity=dict(capacity or {}),
         presence="offline",
+        phone=e164,
         active=True,
     )
     session.add(agent)
@@ -256,7 +272,8 @@ async def do_post_message(
     quick_replies: Sequence[QuickReply] = (),
 ) -> Message:
     """A reply (queued for the sender) or a private note on ``ticket``;
-    ``quick_replies`` are buttons offered with it, rendered by each channel."""
+    ``quick_replies`` are buttons offered with it, rendered by each channel.
+    Returns the (first) stored message."""
     body = body.strip()
     if not body and not attachments:
         raise ValidationFailed("body must not be empty")
@@ -276,25 +293,36 @@ async def do_post_message(
             raise ValidationFailed(
                 f"contact {ticket.contact_id} has no {kind.value} address to reply to on {ticket.channel}"
             )
-    msg = Message(
-        ticket_id=ticket.id,
-        contact_id=ticket.contact_id,
-        inbox_id=ticket.inbox_id,
-        channel=ticket.channel,
-        direction=Direction.OUT.value,
-        author=author.value,
-        author_id=agent.id if agent else None,
-        body=body,
-        attachments=list(attachments or []),
-        private=private,
-        # A note goes nowhere: it is complete the moment it is stored.
-        status=DeliveryStatus.SENT.value if private else DeliveryStatus.QUEUED.value,
-        extras=_outbound_extras(recipient, quick_replies),
-        created_at=now,
-        next_attempt_at=None if private else now,
-        attempts=0,
-    )
-    session.add(msg)
+    # A body longer than the channel's provider takes is stored as several
+    # messages, each sent, tracked and retried on its own (SMS: 1,600 characters);
+    # quick replies go with the last part.
+    parts: list[tuple[str, dict[str, Any]]] = [(body, {})]
+    if not private and ticket.channel in SMS_CHANNELS:
+        parts = prepare_parts(body, quick_replies)
+    messages: list[Message] = []
+    for i, (text, part_extras) in enumerate(parts):
+        last = i == len(parts) - 1
+        messages.append(
+            Message(
+                ticket_id=ticket.id,
+                contact_id=ticket.contact_id,
+                inbox_id=ticket.inbox_id,
+                channel=ticket.channel,
+                direction=Direction.OUT.value,
+                author=author.value,
+                author_id=agent.id if agent else None,
+                body=text,
+                attachments=list(attachments or []) if i == 0 else [],
+                private=private,
+                # A note goes nowhere: it is complete the moment it is stored.
+                status=DeliveryStatus.SENT.value if private else DeliveryStatus.QUEUED.value,
+                extras={**_outbound_extras(recipient, quick_replies if last else ()), **part_extras},
+                created_at=now,
+                next_attempt_at=None if private else now,
+                attempts=0,
+            )
+        )
+    session.add_all(messages)
     if not private:
         ticket.last_message_at = now
         ticket.waiting_since = None
@@ -307,25 +335,28 @@ async def do_post_message(
                 ticket.bot_silenced = True
     await session.flush()
     labels = await ticket_labels(session, ticket.id)
+    tview = ticket_view(ticket, labels)
     await add_outbox(
         session,
         [
             outbox_row(
                 TicketEventKind.MESSAGE_CREATED.value,
                 ticket.id,
-                {"message": message_view(msg, inbox.key), "ticket": ticket_view(ticket, labels)},
+                {"message": message_view(msg, inbox.key), "ticket": tview},
             )
+            for msg in messages
         ],
     )
-    await audit(
-        session,
-        actor_of(agent) if agent else author.value,
-        "message.note" if private else "message.reply",
-        "ticket",
-        ticket.id,
-        {"message_id": msg.id},
-    )
-    return msg
+    for msg in messages:
+        await audit(
+            session,
+            actor_of(agent) if agent else author.value,
+            "message.note" if private else "message.reply",
+            "ticket",
+            ticket.id,
+            {"message_id": msg.id},
+        )
+    return messages[0]
 
 
 def _outbound_extras(recipient: str | None, quick_replies: Sequence[QuickReply]) -> dict[str, Any]:
@@ -523,11 +554,17 @@ async def do_merge_contacts(session: AsyncSession, target: Contact, source: Cont
 
 
 async def do_record_delivery(
-    session: AsyncSession, message_id: int, status: DeliveryStatus, *, contact_id: int | None = None
+    session: AsyncSession,
+    message_id: int,
+    status: DeliveryStatus,
+    *,
+    contact_id: int | None = None,
+    reason: str | None = None,
 ) -> Message | None:
     """A receipt for an outbound message (the visitor's widget, a provider's
     callback). Never moves a message backwards; ``contact_id`` limits the
-    receipt to that customer's messages. Returns the message if it changed."""
+    receipt to that customer's messages; ``reason`` says why it failed.
+    Returns the message if it changed."""
     msg = await session.get(Message, message_id, with_for_update=True)
     if msg is None or msg.direction != Direction.OUT.value or msg.private:
         return None
@@ -536,8 +573,13 @@ async def do_record_delivery(
     if not status_advances(DeliveryStatus(msg.status), status):
         return None
     msg.status = status.value
+    if reason is not None:
+        msg.status_reason = reason
     if status in (DeliveryStatus.DELIVERED, DeliveryStatus.READ) and msg.delivered_at is None:
         msg.delivered_at = utcnow()
+    if msg.sent_at is None and status not in (DeliveryStatus.QUEUED, DeliveryStatus.SENDING):
+        # The receipt overtook the sender's own record of its send.
+        msg.sent_at = utcnow()
     await session.flush()
     inbox_key = await session.scalar(select(Inbox.key).where(Inbox.id == msg.inbox_id))
     await add_outbox(

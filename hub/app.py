@@ -27,6 +27,7 @@ from hub.security import VisitorTokens
 from hub.sender import Sender
 from hub.stream.base import LiveBus, Stream
 from hub.stream.memory import InProcessLiveBus, InProcessStream
+from hub.telephony import TwilioService
 from hub.workers import EventProcessor
 from storage.db import Database
 
@@ -51,6 +52,8 @@ class Hub:
     visitor_tokens: VisitorTokens
     channels: dict[Channel, ChannelAdapter]
     attachments: AttachmentStore
+    # SMS and phone over Twilio; None when Twilio is not configured.
+    twilio: TwilioService | None = None
     consumer_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -94,8 +97,12 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
     if isinstance(stream, InProcessStream):
         stream.on_dead = relay.dead_letter
     channels: dict[Channel, ChannelAdapter] = {Channel.WEBCHAT: WebchatChannel(live.publish)}
+    attachments = AttachmentStore(config.attachments_dir, max_bytes=config.attachments.max_bytes)
+    twilio = TwilioService(config, db, attachments) if config.twilio.configured else None
+    if twilio is not None:
+        channels.update(twilio.channels)
     sender = Sender(db, channels, config.workers)
-    return Hub(
+    hub = Hub(
         config=config,
         role=role,
         db=db,
@@ -107,8 +114,12 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         batcher=IngestBatcher(db.write),
         visitor_tokens=VisitorTokens(config.secret_key),
         channels=channels,
-        attachments=AttachmentStore(config.attachments_dir, max_bytes=config.attachments.max_bytes),
+        attachments=attachments,
+        twilio=twilio,
     )
+    if twilio is not None:
+        twilio.install(hub.processor, hub.batcher.submit)
+    return hub
 
 
 async def sync_inboxes(hub: Hub) -> None:
@@ -121,6 +132,8 @@ async def sync_inboxes(hub: Hub) -> None:
             name=hub.config.webchat.inbox_name,
             bot_enabled=hub.config.bot.enabled,
         )
+        if hub.twilio is not None:
+            await hub.twilio.sync_inboxes(session)
 
 
 def _spawn(hub: Hub, coro: Coroutine[Any, Any, Any], name: str) -> None:
@@ -159,6 +172,8 @@ async def stop_hub(hub: Hub) -> None:
     hub.tasks.clear()
     for adapter in hub.channels.values():
         await adapter.close()
+    if hub.twilio is not None:
+        await hub.twilio.sms.close()  # click-to-call uses its client without SMS senders
     await hub.live.close()
     await hub.stream.close()
     await hub.db.dispose()

@@ -100,6 +100,7 @@ def agent() -> None:
 @click.option("--team", "teams", multiple=True, help="team name (repeatable; created if missing)")
 @click.option("--skills", default="", help="comma-separated skills")
 @click.option("--languages", default="", help="comma-separated language codes, e.g. en,fa")
+@click.option("--phone", default=None, help="where calls for this agent ring (IVR, click-to-call)")
 @click.pass_context
 def agent_add(
     ctx: click.Context,
@@ -110,6 +111,7 @@ def agent_add(
     teams: tuple[str, ...],
     skills: str,
     languages: str,
+    phone: str | None,
 ) -> None:
     """Create an agent who can log in to the API and the inbox."""
     from hub.core import Role
@@ -139,6 +141,8 @@ def agent_add(
                     teams=list(teams),
                     skills=[s.strip() for s in skills.split(",") if s.strip()],
                     languages=[s.strip() for s in languages.split(",") if s.strip()],
+                    phone=phone,
+                    phone_region=cfg.phone.default_region,
                 )
         finally:
             await db.dispose()

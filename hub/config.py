@@ -7,14 +7,16 @@ only from the environment (a secret written into YAML is refused), so the shippe
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # Environment variable -> dotted config key. Documented in the README; a test
 # checks that every one of them is.
@@ -28,6 +30,8 @@ ENV_OVERRIDES: dict[str, str] = {
     "HUB_BOT_ENABLED": "bot.enabled",
     "HUB_LOG_LEVEL": "logging.level",
     "HUB_LOG_FORMAT": "logging.format",
+    "HUB_TWILIO_API_BASE_URL": "twilio.api_base_url",
+    "HUB_PHONE_DEFAULT_REGION": "phone.default_region",
 }
 
 SECRET_KEYS = ("secret_key",)
@@ -125,6 +129,274 @@ class LoggingConfig(_Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class PhoneConfig(_Section):
+    # ISO 3166 region ("IR", "US") in which a number typed without a country code is
+    # read (customers' and agents' numbers, imports). None: numbers need a "+" or "00".
+    default_region: str | None = None
+
+    @field_validator("default_region")
+    @classmethod
+    def _known_region(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        import phonenumbers
+
+        region = value.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{value!r} is not an ISO 3166 region code that phonenumbers knows (e.g. IR, US, DE)")
+        return region
+
+
+_ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
+_SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _international_number(value: str | None) -> str | None:
+    """A configured number as E.164; Persian digits and spaces are fine, the
+    country code is required (config is not read in any one region)."""
+    if value is None or value == "":
+        return None
+    from hub.text import InvalidPhoneNumber, parse_phone
+
+    try:
+        return parse_phone(str(value))
+    except InvalidPhoneNumber as exc:
+        raise ValueError(f"{exc}; write it with its country code, e.g. +15551234567") from exc
+
+
+class TwilioSenderConfig(_Section):
+    """One SMS number or Messaging Service and the inbox its messages land in."""
+
+    inbox: str = Field(min_length=1, max_length=200)
+    # Shown to agents; default: the number or service.
+    name: str | None = Field(default=None, max_length=200)
+    number: str | None = None
+    messaging_service_sid: str | None = None
+    # New tickets of this inbox go to this team (created if missing).
+    team: str | None = Field(default=None, max_length=200)
+    bot: bool = False
+    # What Twilio allows this sender (1 for a long code; more for 10DLC, toll-free,
+    # short codes); bulk senders throttle to it.
+    messages_per_second: float = Field(default=1.0, gt=0)
+    # Names of environment variables with this sender's own account credentials
+    # (a subaccount); unset: TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN.
+    account_sid_env: str | None = None
+    auth_token_env: str | None = None
+    # Filled from the environment only (see load_config).
+    account_sid: str = Field(default="", repr=False)
+    auth_token: str = Field(default="", repr=False)
+
+    @field_validator("number")
+    @classmethod
+    def _number(cls, value: str | None) -> str | None:
+        return _international_number(value)
+
+    @field_validator("messaging_service_sid")
+    @classmethod
+    def _service_sid(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not _SERVICE_SID.match(value):
+            raise ValueError("must be a Messaging Service SID: MG followed by 32 hexadecimal characters")
+        return value
+
+    @model_validator(mode="after")
+    def _has_an_address(self) -> TwilioSenderConfig:
+        if self.number is None and self.messaging_service_sid is None:
+            raise ValueError("needs a number or a messaging_service_sid")
+        return self
+
+    @property
+    def key(self) -> str:
+        """Who the customer sees as the sender: opt-outs are kept per key."""
+        return self.messaging_service_sid or self.number or ""
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.number or self.messaging_service_sid or self.inbox
+
+
+class VoicePrompt(_Section):
+    """Something the IVR says, per language. A language with an ``audio`` URL is
+    played (<Play>), otherwise its ``text`` is spoken (<Say>): Twilio has no
+    Persian voice, so Persian prompts want a recording."""
+
+    text: dict[str, str] = Field(default_factory=dict)
+    audio: dict[str, str] = Field(default_factory=dict)
+
+
+class VoiceMenuItem(_Section):
+    digit: str = Field(pattern=r"^[0-9*#]$")
+    team: str = Field(min_length=1, max_length=200)
+    prompt: VoicePrompt = Field(default_factory=VoicePrompt)
+
+
+class VoiceHoursConfig(_Section):
+    """A simple weekly calendar for the phone line (routing's per-team calendars
+    replace it when they are configured)."""
+
+    timezone: str = "UTC"
+    days: list[str] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"])
+    open: str = Field(default="09:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    close: str = Field(default="17:00", pattern=r"^([01][0-9]|2[0-4]):[0-5][0-9]$")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Asia/Tehran, Europe/Berlin)") from exc
+        return value
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, value: list[str]) -> list[str]:
+        days = [d.strip().lower()[:3] for d in value]
+        for d in days:
+            if d not in _WEEKDAYS:
+                raise ValueError(f"{d!r} is not a weekday; use mon, tue, wed, thu, fri, sat, sun")
+        return days
+
+    @model_validator(mode="after")
+    def _order(self) -> VoiceHoursConfig:
+        if self.close <= self.open:
+            raise ValueError("close must be later than open")
+        return self
+
+
+def _prompt(en: str, fa: str) -> VoicePrompt:
+    return VoicePrompt(text={"en": en, "fa": fa})
+
+
+class TwilioVoiceConfig(_Section):
+    enabled: bool = True
+    inbox: str = Field(default="phone", min_length=1, max_length=200)
+    inbox_name: str = "Phone"
+    # The number click-to-call rings from; default: the first SMS sender's number.
+    caller_id: str | None = None
+    # Prompts are spoken in this order, each in every language.
+    languages: list[str] = Field(default_factory=lambda: ["en", "fa"])
+    # <Say language=...> per language; a language without one is spoken in Twilio's default.
+    say_language: dict[str, str] = Field(default_factory=lambda: {"en": "en-US"})
+    greeting: VoicePrompt = Field(default_factory=lambda: _prompt("Thank you for calling.", "از تماس شما سپاسگزاریم."))
+    menu: list[VoiceMenuItem] = Field(
+        default_factory=lambda: [
+            VoiceMenuItem(digit="1", team="Sales", prompt=_prompt("For sales, press 1.", "برای فروش، ۱ را بزنید.")),
+            VoiceMenuItem(
+                digit="2", team="Support", prompt=_prompt("For support, press 2.", "برای پشتیبانی، ۲ را بزنید.")
+            ),
+        ]
+    )
+    # Where a caller who presses nothing (or a key not on the menu) goes.
+    default_team: str | None = "Support"
+    connecting: VoicePrompt = Field(
+        default_factory=lambda: _prompt("Connecting you to an agent.", "در حال اتصال به کارشناس.")
+    )
+    closed: VoicePrompt = Field(
+        default_factory=lambda: _prompt(
+            "We are closed now. Please leave a message after the tone.",
+            "اکنون خارج از ساعت کاری هستیم. لطفاً پس از بوق پیام بگذارید.",
+        )
+    )
+    no_agent: VoicePrompt = Field(
+        default_factory=lambda: _prompt(
+            "All our agents are busy. Please leave a message after the tone.",
+            "همه کارشناسان مشغول هستند. لطفاً پس از بوق پیام بگذارید.",
+        )
+    )
+    goodbye: VoicePrompt = Field(default_factory=lambda: _prompt("Thank you. Goodbye.", "سپاسگزاریم. خدانگهدار."))
+    dial_timeout_seconds: int = Field(default=20, ge=5, le=600)
+    max_voicemail_seconds: int = Field(default=120, ge=5, le=3600)
+    # null: always open (or as routing's calendars say, once configured).
+    hours: VoiceHoursConfig | None = None
+
+    @field_validator("caller_id")
+    @classmethod
+    def _caller_id(cls, value: str | None) -> str | None:
+        return _international_number(value)
+
+    @model_validator(mode="after")
+    def _unique_digits(self) -> TwilioVoiceConfig:
+        digits = [m.digit for m in self.menu]
+        if len(digits) != len(set(digits)):
+            raise ValueError("menu: each digit may appear once")
+        return self
+
+
+class TwilioOptOutConfig(_Section):
+    # Answer to HELP / INFO, per language (the customer's language is detected
+    # from their message; English when unsure).
+    help_reply: dict[str, str] = Field(
+        default_factory=lambda: {
+            "en": "Reply STOP to unsubscribe, START to subscribe again. Msg&data rates may apply.",
+            "fa": "برای لغو اشتراک «لغو» و برای عضویت دوباره START را بفرستید.",
+        }
+    )
+    # Sent after START / YES / UNSTOP; empty: nothing (Twilio confirms on its own).
+    start_reply: dict[str, str] = Field(default_factory=dict)
+
+
+class TwilioConfig(_Section):
+    # Twilio's REST API; point it at a Twilio-compatible provider or a test fake.
+    api_base_url: str = "https://api.twilio.com"
+    request_timeout_seconds: float = Field(default=15.0, gt=0)
+    # Copy MMS media and voicemail recordings into the attachment store (Twilio's
+    # URLs need the account's credentials and expire when deleted there).
+    fetch_media: bool = True
+    senders: list[TwilioSenderConfig] = Field(default_factory=list)
+    opt_out: TwilioOptOutConfig = Field(default_factory=TwilioOptOutConfig)
+    voice: TwilioVoiceConfig = Field(default_factory=TwilioVoiceConfig)
+    # Filled from TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN only.
+    account_sid: str = Field(default="", repr=False)
+    auth_token: str = Field(default="", repr=False)
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL such as https://api.twilio.com")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TwilioConfig:
+        if self.account_sid and not _ACCOUNT_SID.match(self.account_sid):
+            raise ValueError("TWILIO_ACCOUNT_SID must be AC followed by 32 hexadecimal characters")
+        for what, values in (
+            ("inbox", [s.inbox for s in self.senders]),
+            ("number", [s.number for s in self.senders if s.number]),
+            ("messaging_service_sid", [s.messaging_service_sid for s in self.senders if s.messaging_service_sid]),
+        ):
+            dupes = sorted({v for v in values if values.count(v) > 1})
+            if dupes:
+                raise ValueError(f"senders: {what} {', '.join(str(d) for d in dupes)} is configured twice")
+        if self.voice.inbox in {s.inbox for s in self.senders}:
+            raise ValueError(f"voice.inbox {self.voice.inbox!r} is also an SMS sender's inbox; give it its own key")
+        for i, s in enumerate(self.senders):
+            sid, token = self.credentials(s)
+            if not (sid and token):
+                raise ValueError(
+                    f"senders.{i}: no Twilio credentials; set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN "
+                    "(or this sender's account_sid_env / auth_token_env)"
+                )
+            if not _ACCOUNT_SID.match(sid):
+                raise ValueError(f"senders.{i}: the account SID must be AC followed by 32 hexadecimal characters")
+        return self
+
+    def credentials(self, sender: TwilioSenderConfig | None = None) -> tuple[str, str]:
+        """(account SID, auth token) of ``sender``, or of the main account."""
+        if sender is not None and sender.account_sid and sender.auth_token:
+            return sender.account_sid, sender.auth_token
+        return self.account_sid, self.auth_token
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.account_sid and self.auth_token) or bool(self.senders)
+
+
 class HubConfig(_Section):
     data_dir: Path = Path("data")
     server: ServerConfig = Field(default_factory=ServerConfig)
@@ -136,6 +408,8 @@ class HubConfig(_Section):
     bot: BotConfig = Field(default_factory=BotConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    phone: PhoneConfig = Field(default_factory=PhoneConfig)
+    twilio: TwilioConfig = Field(default_factory=TwilioConfig)
     # Filled from HUB_SECRET_KEY, or generated once and kept in data_dir.
     secret_key: str = Field(default="", repr=False)
 
@@ -219,6 +493,7 @@ def load_config(
         _set_dotted(raw, dotted, value)
     if env.get("HUB_SECRET_KEY"):
         raw["secret_key"] = env["HUB_SECRET_KEY"]
+    _twilio_from_env(raw, env)
     try:
         return HubConfig.model_validate(raw)
     except ValidationError as exc:
@@ -240,3 +515,61 @@ def ensure_secret_key(config: HubConfig) -> HubConfig:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(key)
     return config.model_copy(update={"secret_key": key})
+
+
+def _twilio_from_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Twilio's credentials come from the variables the ``twilio`` library itself
+    reads (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN), a sender's own from the
+    variables it names; TWILIO_PHONE_NUMBER adds a default SMS sender, so those
+    three variables alone make a working SMS inbox."""
+    section = raw.get("twilio")
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        return  # validation names the key
+    for key in ("account_sid", "auth_token"):
+        if section.get(key):
+            raise ConfigError(
+                f"twilio.{key}: credentials must not be written in the config file; "
+                f"set TWILIO_{key.upper()} in the environment"
+            )
+    senders = section.get("senders")
+    if senders is None:
+        senders = []
+    if not isinstance(senders, list):
+        return
+    for i, sender in enumerate(senders):
+        if not isinstance(sender, dict):
+            continue
+        for key in ("account_sid", "auth_token"):
+            if sender.get(key):
+                raise ConfigError(
+                    f"twilio.senders.{i}.{key}: credentials must not be written in the config file; "
+                    f"name an environment variable in {key}_env"
+                )
+            var = sender.get(f"{key}_env")
+            if var:
+                if not env.get(str(var)):
+                    raise ConfigError(f"twilio.senders.{i}.{key}_env: the environment variable {var} is not set")
+                sender[key] = env[str(var)]
+    for key in ("account_sid", "auth_token"):
+        if env.get(f"TWILIO_{key.upper()}"):
+            section[key] = env[f"TWILIO_{key.upper()}"].strip()
+    number = (env.get("TWILIO_PHONE_NUMBER") or "").strip()
+    if number:
+        try:
+            e164 = _international_number(number)
+        except ValueError as exc:
+            raise ConfigError(f"invalid configuration: TWILIO_PHONE_NUMBER: {exc}") from exc
+        known = set()
+        for sender in senders:
+            if isinstance(sender, dict) and sender.get("number"):
+                # A bad number is reported with its key by validation.
+                with contextlib.suppress(ValueError):
+                    known.add(_international_number(str(sender["number"])))
+        if e164 not in known:
+            senders.append({"inbox": "sms", "name": f"SMS {e164}", "number": e164})
+    if senders:
+        section["senders"] = senders
+    if section:
+        raw["twilio"] = section

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.core import (
     IDENTITY_OF_CHANNEL,
     Author,
+    Channel,
     DeliveryStatus,
     Direction,
     InboundMessage,
@@ -322,6 +323,45 @@ async def ingest_batch(
             else:
                 out[i] = first
     return [r if r is not None else RuntimeError("message was not processed") for r in out]
+
+
+async def current_ticket(
+    session: AsyncSession, *, channel: Channel, inbox: str, address: str, name: str | None = None
+) -> tuple[Ticket, bool]:
+    """The contact behind ``address`` (created if new) and their unresolved
+    ticket in ``inbox`` (opened if there is none), without storing a message: a
+    phone call opens a ticket before the caller says a word. Returns the ticket
+    and whether it was opened now. Safe under concurrency like ingest."""
+    inbox_row = await session.execute(select(Inbox.id, Inbox.channel).where(Inbox.key == inbox))
+    found = inbox_row.first()
+    if found is None:
+        raise UnknownInbox(inbox)
+    if found.channel != channel.value:
+        raise ValueError(f"inbox {inbox!r} is a {found.channel} inbox, not {channel.value}")
+    now = utcnow()
+    # The helpers read the sender's name, the channel and the subject from a message.
+    probe = InboundMessage(channel=channel, inbox=inbox, external_id="-", sender=address, sender_name=name)
+    ident = (IDENTITY_OF_CHANNEL[channel].value, address)
+    contact_id = (await _contacts_for(session, {ident: probe}, now))[ident]
+    tickets, created = await _tickets_for(session, {(contact_id, found.id): probe}, now)
+    # Callers change the ticket through actions, which want the ORM object.
+    ticket = await session.get(Ticket, tickets[(contact_id, found.id)]["id"])
+    assert ticket is not None
+    if ticket.id in created:
+        await session.execute(
+            insert(table(TicketEventRow)),
+            [
+                {
+                    "ticket_id": ticket.id,
+                    "contact_id": contact_id,
+                    "kind": TicketEventKind.CREATED.value,
+                    "actor": "contact",
+                    "data": {"channel": channel.value, "inbox": inbox},
+                    "created_at": now,
+                }
+            ],
+        )
+    return ticket, ticket.id in created
 
 
 def _duplicate(view: dict[str, Any]) -> IngestResult:

@@ -288,3 +288,47 @@ class AuditLog(Base):
     entity_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SmsOptOut(Base):
+    """The SMS opt-out ledger: a customer who texted STOP to a sender (a number
+    or a Messaging Service, as the customer sees it) is sent nothing more from
+    it until they text START. Opting back in keeps the row (``opted_out`` false),
+    so the ledger says when and why each number changed its mind."""
+
+    __tablename__ = "sms_opt_outs"
+    __table_args__ = (UniqueConstraint("phone", "sender", name="uq_sms_opt_outs_phone_sender"),)
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    phone: Mapped[str] = mapped_column(String(40))
+    sender: Mapped[str] = mapped_column(String(64))
+    opted_out: Mapped[bool] = mapped_column(Boolean)
+    # What changed it: the keyword and message, or "Twilio error 21610".
+    source: Mapped[str] = mapped_column(String(200))
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Call(Base):
+    """One phone call (Twilio Voice), inbound or click-to-call, on the caller's
+    ticket; its changes are also ``call`` events in the ticket's timeline."""
+
+    __tablename__ = "calls"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    call_sid: Mapped[str] = mapped_column(String(64), unique=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    direction: Mapped[str] = mapped_column(String(10))  # inbound | outbound
+    customer: Mapped[str] = mapped_column(String(40))  # E.164
+    line: Mapped[str] = mapped_column(String(40))  # our number
+    status: Mapped[str] = mapped_column(String(20))  # Twilio's CallStatus
+    menu_choice: Mapped[str | None] = mapped_column(String(8), default=None)
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"), default=None)
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"), default=None)
+    # A voicemail left on this call (an inbound message on the ticket).
+    voicemail_message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), default=None)
+    duration_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    answered_at: Mapped[datetime | None] = mapped_column(default=None)
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+    extras: Mapped[dict[str, Any]] = mapped_column(default=dict)

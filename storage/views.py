@@ -131,6 +131,7 @@ def agent_view(a: Agent, team_ids: list[int] | None = None) -> dict[str, Any]:
         "presence": a.presence,
         "active": a.active,
         "team_ids": sorted(team_ids or []),
+        "phone": a.phone,
     }
 
 

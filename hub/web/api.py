@@ -200,6 +200,8 @@ async def create_agent(request: web.Request) -> web.Response:
             skills=body.skills,
             languages=body.languages,
             capacity=body.capacity,
+            phone=body.phone,
+            phone_region=hub.config.phone.default_region,
             actor=actor_of(admin),
         )
         view = agent_view(agent, await _team_ids(session, agent.id))

@@ -37,6 +37,7 @@ class AgentIn(_In):
     skills: list[str] = Field(default_factory=list)
     languages: list[str] = Field(default_factory=list)
     capacity: dict[str, int] = Field(default_factory=dict)
+    phone: str | None = Field(default=None, max_length=40, description="where calls for this agent ring")
 
 
 class AgentOut(_Out):
@@ -50,6 +51,7 @@ class AgentOut(_Out):
     presence: str
     active: bool
     team_ids: list[int]
+    phone: str | None = None
 
 
 class AgentList(_Out):

@@ -1,0 +1,367 @@
+"""SMS and MMS over Twilio: inbound webhooks and status callbacks parsed into
+core types, outbound through the Messages API with the real ``twilio`` client.
+
+Pure parsing (``parse_inbound``, ``parse_status``, ``classify_keyword``,
+``quick_reply_choice``, ``prepare_parts``) takes plain data and returns core
+types. :class:`TwilioSmsChannel` sends; every send, an agent's reply or a
+campaign's (:meth:`TwilioSmsChannel.send_sms`), first asks the opt-out ledger,
+so a customer who texted STOP is never sent to, whoever sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Protocol
+
+import aiohttp
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.rest import Client
+
+from channels.base import ChannelAdapter, InvalidPayload
+from channels.twilio_common import (
+    OPT_OUT_CODE,
+    FormParams,
+    TwilioAccount,
+    error_code,
+    error_reason,
+    field,
+    rest_client,
+    send_failure,
+)
+from hub.core import (
+    Attachment,
+    Channel,
+    DeliveryReceipt,
+    DeliveryStatus,
+    InboundMessage,
+    OutboundMessage,
+    QuickReply,
+    SendResult,
+)
+from hub.text import InvalidPhoneNumber, keyword, parse_phone, sms_segments, split_text
+
+#: Twilio refuses longer bodies (error 21617); longer replies become several messages.
+MAX_BODY_CHARS = 1600
+#: At most this many quick replies are offered as numbered options (one digit each).
+MAX_OPTIONS = 9
+MAX_OPTION_TITLE = 100
+MAX_MEDIA = 10
+
+_SID = re.compile(r"^[A-Z]{2}[0-9a-fA-F]{32}$")
+
+Keyword = Literal["stop", "start", "help"]
+_KEYWORDS: dict[str, Keyword] = {
+    **{keyword(w): "stop" for w in ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "لغو", "توقف")},
+    **{keyword(w): "start" for w in ("START", "YES", "UNSTOP")},
+    **{keyword(w): "help" for w in ("HELP", "INFO")},
+}
+
+# MessageStatus (Twilio's message_enum_status) as ours. "accepted" and
+# "scheduled" are a Messaging Service's queued; "partially_delivered" did not
+# reach the customer whole; "canceled" was never sent.
+STATUSES: dict[str, DeliveryStatus] = {
+    "accepted": DeliveryStatus.QUEUED,
+    "scheduled": DeliveryStatus.QUEUED,
+    "queued": DeliveryStatus.QUEUED,
+    "sending": DeliveryStatus.SENDING,
+    "sent": DeliveryStatus.SENT,
+    "delivered": DeliveryStatus.DELIVERED,
+    "read": DeliveryStatus.READ,
+    "undelivered": DeliveryStatus.UNDELIVERED,
+    "partially_delivered": DeliveryStatus.UNDELIVERED,
+    "failed": DeliveryStatus.FAILED,
+    "canceled": DeliveryStatus.FAILED,
+}
+# Statuses of inbound messages: a status callback never means them.
+INBOUND_STATUSES = frozenset({"receiving", "received"})
+
+
+def _sid(params: FormParams, *names: str) -> str:
+    for name in names:
+        value = params.get(name)
+        if value:
+            if not _SID.match(value):
+                raise InvalidPayload(f"parameter {name} {value[:40]!r} is not a Twilio SID")
+            return value
+    raise InvalidPayload(f"parameter {names[0]} is missing; this is not a Twilio messaging webhook")
+
+
+def classify_keyword(body: str) -> Keyword | None:
+    """STOP-family (also «لغو», «توقف»), START-family or HELP-family when the
+    whole message is that one word, in any case, with spaces or punctuation
+    around it; None for anything else ("stop calling me" is a conversation)."""
+    return _KEYWORDS.get(keyword(body))
+
+
+def parse_inbound(params: FormParams, *, inbox: str, default_region: str | None = None) -> InboundMessage:
+    """An incoming SMS/MMS webhook as an :class:`InboundMessage`. ``From`` is
+    stored as E.164; media items become attachments (Twilio's URLs; the hub
+    copies them into its attachment store later)."""
+    sid = _sid(params, "MessageSid", "SmsMessageSid", "SmsSid")
+    raw_from = field(params, "From", required=True, max_chars=200)
+    if ":" in raw_from:
+        kind = raw_from.split(":", 1)[0]
+        raise InvalidPayload(f"From {raw_from!r} is a {kind} address; this webhook takes SMS/MMS from phone numbers")
+    try:
+        sender = parse_phone(raw_from, default_region)
+    except InvalidPhoneNumber as exc:
+        raise InvalidPayload(f"From: {exc}") from exc
+    body = field(params, "Body", max_chars=MAX_BODY_CHARS * 4)
+    raw_count = params.get("NumMedia") or "0"
+    if not raw_count.isdigit() or int(raw_count) > MAX_MEDIA:
+        raise InvalidPayload(f"NumMedia must be a number from 0 to {MAX_MEDIA}, not {raw_count[:20]!r}")
+    attachments: list[Attachment] = []
+    for i in range(int(raw_count)):
+        url = field(params, f"MediaUrl{i}", max_chars=2000)
+        if not url.startswith(("https://", "http://")):
+            raise InvalidPayload(f"MediaUrl{i} is missing or not an http(s) URL although NumMedia is {raw_count}")
+        ctype = (field(params, f"MediaContentType{i}", max_chars=255) or "application/octet-stream").lower()
+        ext = mimetypes.guess_extension(ctype.split(";")[0].strip()) or ""
+        attachments.append(Attachment(url=url, content_type=ctype, filename=f"media-{i + 1}{ext}"))
+    segments = sms_segments(body)
+    extras: dict[str, Any] = {
+        "segments": segments.segments,
+        "encoding": segments.encoding,
+        "from": sender,
+        "to": field(params, "To", max_chars=200),
+    }
+    service = params.get("MessagingServiceSid")
+    if service:
+        extras["messaging_service_sid"] = service
+    return InboundMessage(
+        channel=Channel.SMS,
+        inbox=inbox,
+        external_id=sid,
+        sender=sender,
+        body=body,
+        attachments=tuple(attachments),
+        extras=extras,
+    )
+
+
+def parse_status(params: FormParams) -> DeliveryReceipt | None:
+    """A message status callback as a :class:`DeliveryReceipt`, with a readable
+    reason for a failure; None for an inbound message's status (nothing to do)."""
+    sid = _sid(params, "MessageSid", "SmsSid")
+    raw = (params.get("MessageStatus") or params.get("SmsStatus")).strip().lower()
+    if raw in INBOUND_STATUSES:
+        return None
+    if raw not in STATUSES:
+        raise InvalidPayload(f"MessageStatus {raw[:40]!r} is not one of Twilio's: {', '.join(STATUSES)}")
+    code = error_code(params.get("ErrorCode"))
+    reason: str | None = None
+    if code is not None:
+        reason = error_reason(code)
+    elif raw == "canceled":
+        reason = "Twilio: the message was canceled before it was sent"
+    elif raw == "partially_delivered":
+        reason = "Twilio: only some parts of the message were delivered"
+    return DeliveryReceipt(
+        channel=Channel.SMS,
+        external_id=sid,
+        status=STATUSES[raw],
+        reason=reason,
+        error_code=str(code) if code is not None else None,
+    )
+
+
+# --- quick replies and long bodies ---------------------------------------------
+
+
+def render_options(quick_replies: Sequence[QuickReply]) -> str:
+    """Quick replies as numbered options ("1) Prices"); a reply with the digit
+    (ASCII, Persian or Arabic-Indic) chooses it."""
+    lines = []
+    for i, q in enumerate(quick_replies[:MAX_OPTIONS], 1):
+        title = q.title if len(q.title) <= MAX_OPTION_TITLE else q.title[: MAX_OPTION_TITLE - 1] + "…"
+        lines.append(f"{i}) {title}")
+    return "\n".join(lines)
+
+
+def render_body(body: str, quick_replies: Sequence[QuickReply] = ()) -> str:
+    options = render_options(quick_replies)
+    if not options:
+        return body
+    return f"{body}\n\n{options}" if body else options
+
+
+def prepare_parts(body: str, quick_replies: Sequence[QuickReply] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """``body`` cut into parts Twilio accepts (1,600 characters, at paragraph,
+    sentence or word breaks), each with the segment count of what will really be
+    sent: the quick replies go with the last part, which keeps room for them."""
+    parts = split_text(body, MAX_BODY_CHARS)
+    if quick_replies and len(render_body(parts[-1], quick_replies)) > MAX_BODY_CHARS:
+        room = MAX_BODY_CHARS - len(render_options(quick_replies)) - 2
+        parts[-1:] = split_text(parts[-1], room)
+    out: list[tuple[str, dict[str, Any]]] = []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        seg = sms_segments(render_body(part, quick_replies if last else ()))
+        extras: dict[str, Any] = {"segments": seg.segments, "encoding": seg.encoding}
+        if len(parts) > 1:
+            extras.update(part=i + 1, parts=len(parts))
+        out.append((part, extras))
+    return out
+
+
+def quick_reply_choice(body: str, offered: Sequence[QuickReply]) -> QuickReply | None:
+    """The offered option a reply chooses: its number ("2", "۲", "2)") or its
+    exact title; None when the reply is anything else."""
+    choice = keyword(body)
+    numbered = offered[:MAX_OPTIONS]
+    if choice.isdigit() and 1 <= int(choice) <= len(numbered):
+        return numbered[int(choice) - 1]
+    return next((q for q in offered if keyword(q.title) == choice and choice), None)
+
+
+# --- sending --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SmsSender:
+    """A configured SMS number or Messaging Service and its inbox."""
+
+    inbox: str
+    account: TwilioAccount
+    number: str | None = None
+    messaging_service_sid: str | None = None
+    messages_per_second: float = 1.0
+
+    @property
+    def key(self) -> str:
+        """The sender as the customer sees it; opt-outs are kept per key."""
+        return self.messaging_service_sid or self.number or ""
+
+
+class OptOutLedger(Protocol):
+    """Who must not be sent SMS from which sender (the hub keeps it in the database)."""
+
+    async def opted_out(self, phone: str, sender: str) -> str | None:
+        """Why ``phone`` may not be sent to from ``sender``, or None if it may."""
+
+    async def record_opt_out(self, phone: str, sender: str, source: str) -> None:
+        """``phone`` opted out of ``sender`` (Twilio said so with error 21610)."""
+
+
+class TwilioSmsChannel(ChannelAdapter):
+    channel: ClassVar[Channel] = Channel.SMS
+    max_body_chars: ClassVar[int | None] = MAX_BODY_CHARS
+    # A long code sends one message per second; Twilio queues the rest itself.
+    rate_per_second: ClassVar[float | None] = 1.0
+    supports_attachments: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        senders: Sequence[SmsSender],
+        ledger: OptOutLedger,
+        *,
+        api_base_url: str,
+        public_url: str | None,
+        timeout: float = 15.0,
+    ) -> None:
+        self.senders = {s.inbox: s for s in senders}
+        self.ledger = ledger
+        self.api_base_url = api_base_url
+        # None: the hub has no public address Twilio could reach (no callbacks, no media).
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self.timeout = timeout
+        self._http: AsyncTwilioHttpClient | None = None
+        self._clients: dict[TwilioAccount, Client] = {}
+
+    def sender_by_key(self, key: str) -> SmsSender | None:
+        return next((s for s in self.senders.values() if s.key == key), None)
+
+    def client(self, account: TwilioAccount) -> Client:
+        if self._http is None:
+            # Created on first use, inside the running loop its session belongs to.
+            self._http = AsyncTwilioHttpClient(timeout=self.timeout)
+        if account not in self._clients:
+            self._clients[account] = rest_client(account, self.api_base_url, self._http)
+        return self._clients[account]
+
+    def status_callback(self, message_id: int | None = None) -> str | None:
+        """Where Twilio reports this message's status. Our message id travels in
+        the (signed) URL, so a receipt finds its message even when it overtakes
+        the sender's own record of the Twilio SID."""
+        if self.public_url is None:
+            return None
+        url = f"{self.public_url}/webhooks/twilio/sms/status"
+        return f"{url}?message={message_id}" if message_id is not None else url
+
+    def _absolute(self, url: str) -> str:
+        if url.startswith("/") and self.public_url:
+            return self.public_url + url
+        return url
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        sender = self.senders.get(message.inbox)
+        if sender is None:
+            return SendResult(
+                status=DeliveryStatus.FAILED,
+                reason=f"no Twilio number or Messaging Service is configured for inbox {message.inbox!r}",
+            )
+        return await self.send_sms(
+            sender,
+            message.recipient,
+            render_body(message.body, message.quick_replies),
+            media_urls=[self._absolute(a.url) for a in message.attachments],
+            status_callback=self.status_callback(message.message_id),
+        )
+
+    async def send_sms(
+        self,
+        sender: SmsSender,
+        to: str,
+        body: str,
+        *,
+        media_urls: Sequence[str] = (),
+        status_callback: str | None = None,
+    ) -> SendResult:
+        """One message through the Messages API: refused before Twilio when the
+        number opted out of this sender; Twilio's errors as statuses with their
+        reason (21610 also writes the opt-out to the ledger)."""
+        refusal = await self.ledger.opted_out(to, sender.key)
+        if refusal is not None:
+            return SendResult(status=DeliveryStatus.FAILED, reason=refusal)
+        if len(body) > MAX_BODY_CHARS:
+            return SendResult(
+                status=DeliveryStatus.FAILED,
+                reason=f"the body has {len(body)} characters; Twilio takes at most {MAX_BODY_CHARS} per message",
+            )
+        kwargs: dict[str, Any] = {"to": to, "body": body}
+        if sender.messaging_service_sid:
+            kwargs["messaging_service_sid"] = sender.messaging_service_sid
+        else:
+            kwargs["from_"] = sender.number
+        if media_urls:
+            kwargs["media_url"] = list(media_urls)
+        if status_callback:
+            kwargs["status_callback"] = status_callback
+        try:
+            async with asyncio.timeout(self.timeout):
+                created = await self.client(sender.account).messages.create_async(**kwargs)
+        except (TwilioRestException, TwilioServiceException) as exc:
+            result = send_failure(exc, self.timeout)
+            if result.extras.get("error_code") == OPT_OUT_CODE:
+                await self.ledger.record_opt_out(to, sender.key, f"Twilio error {OPT_OUT_CODE}")
+            return result
+        except (TimeoutError, OSError, aiohttp.ClientError, ValueError) as exc:
+            # Network trouble, a timeout, an answer that is not Twilio's JSON.
+            return send_failure(exc, self.timeout)
+        seg = sms_segments(body)
+        return SendResult(
+            status=DeliveryStatus.SENT,
+            external_id=created.sid,
+            extras={"segments": seg.segments, "encoding": seg.encoding, "twilio_status": created.status},
+        )
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        self._clients.clear()

@@ -1,0 +1,88 @@
+"""The SMS opt-out ledger, kept in the database (``sms_opt_outs``), keyed by
+the customer's number and the sender (a number or a Messaging Service).
+
+It is consulted inside :meth:`channels.twilio_sms.TwilioSmsChannel.send_sms`,
+the one path every SMS takes (agents' and the bot's replies, replies on phone
+tickets, campaigns), so nothing can send around it."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.actions import audit
+from hub.core import utcnow
+from storage.db import Database
+from storage.ingest import dialect_insert
+from storage.models import SmsOptOut
+
+
+async def do_set_opt_out(
+    session: AsyncSession, *, phone: str, sender: str, opted_out: bool, source: str, actor: str = "contact"
+) -> bool:
+    """Record that ``phone`` opted out of (or back in to) SMS from ``sender``.
+    Returns False, changing nothing, when the ledger already says so."""
+    current = await session.scalar(
+        select(SmsOptOut).where(SmsOptOut.phone == phone, SmsOptOut.sender == sender).with_for_update()
+    )
+    if current is not None and current.opted_out == opted_out:
+        return False
+    if current is None and not opted_out:
+        return False  # never opted out: nothing to undo
+    now = utcnow()
+    values = {"opted_out": opted_out, "source": source[:200], "changed_at": now}
+    await session.execute(
+        dialect_insert(session, SmsOptOut)
+        .values(phone=phone, sender=sender, **values)
+        .on_conflict_do_update(index_elements=["phone", "sender"], set_=values)
+    )
+    await audit(
+        session,
+        actor,
+        "sms.opt_out" if opted_out else "sms.opt_in",
+        "sms_opt_out",
+        None,
+        {"phone": phone, "sender": sender, "source": source},
+    )
+    return True
+
+
+class SqlOptOutLedger:
+    """:class:`channels.twilio_sms.OptOutLedger` over the database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def opted_out(self, phone: str, sender: str) -> str | None:
+        async with self.db.read() as session:
+            row = await session.scalar(
+                select(SmsOptOut).where(
+                    SmsOptOut.phone == phone, SmsOptOut.sender == sender, SmsOptOut.opted_out.is_(True)
+                )
+            )
+        if row is None:
+            return None
+        return (
+            f"{phone} opted out of SMS from {sender} on {row.changed_at:%Y-%m-%d %H:%M} UTC ({row.source}); "
+            "nothing is sent until they text START"
+        )
+
+    async def record_opt_out(self, phone: str, sender: str, source: str) -> None:
+        async with self.db.write() as session:
+            await do_set_opt_out(session, phone=phone, sender=sender, opted_out=True, source=source, actor="twilio")
+
+    async def opted_out_numbers(self, sender: str, phones: list[str]) -> set[str]:
+        """Which of ``phones`` opted out of ``sender`` (for excluding a campaign's
+        audience up front, in one query per 500 numbers)."""
+        out: set[str] = set()
+        async with self.db.read() as session:
+            for start in range(0, len(phones), 500):
+                rows = await session.scalars(
+                    select(SmsOptOut.phone).where(
+                        SmsOptOut.sender == sender,
+                        SmsOptOut.opted_out.is_(True),
+                        SmsOptOut.phone.in_(phones[start : start + 500]),
+                    )
+                )
+                out.update(rows.all())
+        return out

@@ -1,0 +1,177 @@
+"""Everything Twilio, built once from the ``twilio`` config section by the
+composition root: the SMS and voice channel adapters, the opt-out ledger, the
+voice desk, the worker steps, and which account signs which webhook.
+
+Other parts plug in here: campaigns send through ``service.sms.send_sms`` (the
+same ledger, the same client) and add a ``receipt_handlers`` entry for status
+callbacks of messages that are not ticket messages; routing replaces
+``desk.is_open`` / ``desk.available_agents`` with its calendars and presence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from twilio.rest import Client
+
+from channels.base import ChannelAdapter
+from channels.twilio_common import FormParams, TwilioAccount
+from channels.twilio_sms import SmsSender, TwilioSmsChannel
+from channels.twilio_voice import TwilioVoiceChannel
+from hub.actions import do_ensure_inbox, do_get_or_create_team
+from hub.attachments import AttachmentStore
+from hub.config import HubConfig, TwilioSenderConfig
+from hub.core import Channel, DeliveryReceipt, TicketEventKind
+from hub.telephony.ledger import SqlOptOutLedger
+from hub.telephony.sms import MediaCopier, SmsSteps
+from hub.telephony.voice import VoiceDesk, online_agents_with_phone, weekly_hours
+from hub.workers import EventProcessor
+from storage.db import Database
+from storage.models import Inbox
+
+log = logging.getLogger(__name__)
+
+#: Handles a status callback for a message that is not a ticket message (a
+#: campaign's): returns True when it knew the message. Gets the receipt and the
+#: callback URL's query parameters.
+ReceiptHandler = Callable[[DeliveryReceipt, Mapping[str, str]], Awaitable[bool]]
+
+
+class TwilioService:
+    def __init__(self, config: HubConfig, db: Database, attachments: AttachmentStore) -> None:
+        tw = config.twilio
+        self.config = config
+        self.tw = tw
+        self.db = db
+        self.attachments = attachments
+        self.region = config.phone.default_region
+        self.ledger = SqlOptOutLedger(db)
+        self.sender_configs: dict[str, TwilioSenderConfig] = {s.inbox: s for s in tw.senders}
+        self.senders = [
+            SmsSender(
+                inbox=s.inbox,
+                account=TwilioAccount(*tw.credentials(s)),
+                number=s.number,
+                messaging_service_sid=s.messaging_service_sid,
+                messages_per_second=s.messages_per_second,
+            )
+            for s in tw.senders
+        ]
+        # Only an explicitly configured public URL is one Twilio can reach: the
+        # default (http://host:port) is where the hub listens, usually localhost.
+        self.public_base = config.server.public_url.rstrip("/") if config.server.public_url else None
+        self.sms = TwilioSmsChannel(
+            self.senders,
+            self.ledger,
+            api_base_url=tw.api_base_url,
+            public_url=self.public_base,
+            timeout=tw.request_timeout_seconds,
+        )
+        main = TwilioAccount(*tw.credentials()) if tw.account_sid and tw.auth_token else None
+        self.main_account = main
+        self.voice_account = main or (self.senders[0].account if self.senders else None)
+        self.voice_enabled = tw.voice.enabled and self.voice_account is not None
+        self.caller_id = tw.voice.caller_id or next((s.number for s in self.senders if s.number), None)
+        reply_sender = next((s for s in self.senders if s.number and s.number == self.caller_id), None) or (
+            self.senders[0] if self.senders else None
+        )
+        self.voice_channel = TwilioVoiceChannel(self.sms if self.senders else None, reply_sender)
+        self.desk = VoiceDesk(self, weekly_hours(tw.voice.hours), online_agents_with_phone(db))
+        self.receipt_handlers: list[ReceiptHandler] = []
+        self._inbox_senders: dict[int, str | None] = {}
+        if self.senders and self.public_base is None:
+            log.warning(
+                "server.public_url is not set: Twilio gets no status callback URL, so SMS stay 'sent' "
+                "(never 'delivered'), and MMS attachments of replies cannot be fetched by Twilio"
+            )
+
+    @property
+    def channels(self) -> dict[Channel, ChannelAdapter]:
+        out: dict[Channel, ChannelAdapter] = {}
+        if self.senders:
+            out[Channel.SMS] = self.sms
+        if self.voice_enabled:
+            out[Channel.VOICE] = self.voice_channel
+        return out
+
+    def client(self, account: TwilioAccount) -> Client:
+        return self.sms.client(account)
+
+    def install(self, processor: EventProcessor, submit: Any) -> None:
+        """Worker steps for stored messages, after routing's."""
+        processor.subscribe(TicketEventKind.MESSAGE_RECEIVED, SmsSteps(self).on_received)
+        if self.tw.fetch_media:
+            processor.subscribe(TicketEventKind.MESSAGE_RECEIVED, MediaCopier(self).on_received)
+        self.desk.submit = submit
+
+    async def sync_inboxes(self, session: AsyncSession) -> None:
+        for s in self.tw.senders:
+            inbox = await do_ensure_inbox(
+                session, key=s.inbox, channel=Channel.SMS, name=s.display_name, bot_enabled=s.bot
+            )
+            if s.team:
+                inbox.default_team_id = (await do_get_or_create_team(session, s.team)).id
+        if self.voice_enabled:
+            voice = self.tw.voice
+            inbox = await do_ensure_inbox(session, key=voice.inbox, channel=Channel.VOICE, name=voice.inbox_name)
+            if voice.default_team:
+                inbox.default_team_id = (await do_get_or_create_team(session, voice.default_team)).id
+
+    # --- who signed a webhook ---------------------------------------------------------
+
+    def accounts(self) -> dict[str, TwilioAccount]:
+        out = {s.account.account_sid: s.account for s in self.senders}
+        if self.main_account is not None:
+            out[self.main_account.account_sid] = self.main_account
+        return out
+
+    def _sender(self, service_sid: str, number: str) -> SmsSender | None:
+        """By Messaging Service first: in a pool the number varies."""
+        if service_sid:
+            found = next((s for s in self.senders if s.messaging_service_sid == service_sid), None)
+            if found is not None:
+                return found
+        if number:
+            return next((s for s in self.senders if s.number == number), None)
+        return None
+
+    def inbound_sender(self, params: FormParams) -> SmsSender | None:
+        """The sender (and inbox) an incoming SMS was written to."""
+        return self._sender(params.get("MessagingServiceSid"), params.get("To"))
+
+    def status_account(self, params: FormParams) -> TwilioAccount | None:
+        """The account whose token signs a status callback of a message we sent."""
+        sender = self._sender(params.get("MessagingServiceSid"), params.get("From"))
+        if sender is not None:
+            return sender.account
+        return self.accounts().get(params.get("AccountSid"))
+
+    def voice_account_of(self, params: FormParams) -> TwilioAccount | None:
+        sender = self._sender("", params.get("To")) or self._sender("", params.get("From"))
+        if sender is not None:
+            return sender.account
+        return self.accounts().get(params.get("AccountSid"))
+
+    def account_of_inbox(self, inbox: str) -> TwilioAccount | None:
+        sender = next((s for s in self.senders if s.inbox == inbox), None)
+        if sender is not None:
+            return sender.account
+        return self.voice_account if inbox == self.tw.voice.inbox else None
+
+    async def sender_key_of_inbox_id(self, session: AsyncSession, inbox_id: int) -> str | None:
+        """The opt-out key of the sender behind an inbox (a phone inbox's replies
+        go out from the voice channel's SMS sender)."""
+        if inbox_id not in self._inbox_senders:
+            key = await session.scalar(select(Inbox.key).where(Inbox.id == inbox_id))
+            sender = self.sender_configs.get(key or "")
+            if sender is not None:
+                self._inbox_senders[inbox_id] = sender.key
+            elif key == self.tw.voice.inbox and self.voice_channel.reply_sender is not None:
+                self._inbox_senders[inbox_id] = self.voice_channel.reply_sender.key
+            else:
+                self._inbox_senders[inbox_id] = None
+        return self._inbox_senders[inbox_id]

@@ -1,0 +1,242 @@
+"""SMS on the hub's side: quick-reply numbers mapped back before a message is
+stored, delivery receipts applied without moving a message backwards, and the
+worker steps that run after an SMS is stored (opt-out keywords, HELP, the
+inbox's default team, copying MMS media and voicemails into the attachment store)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from channels.twilio_common import OPT_OUT_CODE, TwilioAccount, text_by_language
+from channels.twilio_sms import classify_keyword, quick_reply_choice
+from hub.actions import SMS_CHANNELS, do_assign, do_get_or_create_team, do_post_message, do_record_delivery
+from hub.attachments import AttachmentTooLarge
+from hub.core import Author, Channel, DeliveryReceipt, Direction, IdentityKind, InboundMessage, QuickReply
+from hub.stream.base import Event
+from hub.telephony.ledger import do_set_opt_out
+from hub.text import detect_language
+from storage.models import Identity, Inbox, Message, Ticket
+
+if TYPE_CHECKING:
+    from hub.telephony.service import TwilioService
+
+log = logging.getLogger(__name__)
+
+
+async def offered_quick_replies(session: AsyncSession, inbox: str, phone: str) -> list[QuickReply]:
+    """The options the last message to ``phone`` on its open ticket in ``inbox``
+    offered (empty when it offered none: then "1" is just "1")."""
+    row = await session.execute(
+        select(Message.extras)
+        .join(Ticket, Ticket.id == Message.ticket_id)
+        .join(Inbox, Inbox.id == Ticket.inbox_id)
+        .join(Identity, Identity.contact_id == Ticket.contact_id)
+        .where(
+            Inbox.key == inbox,
+            Identity.channel == IdentityKind.PHONE.value,
+            Identity.address == phone,
+            Ticket.status != "resolved",
+            Message.direction == Direction.OUT.value,
+            Message.private.is_(False),
+        )
+        .order_by(Message.id.desc())
+        .limit(1)
+    )
+    extras = row.scalar_one_or_none() or {}
+    return [QuickReply.model_validate(q) for q in extras.get("quick_replies") or []]
+
+
+def with_quick_reply(inbound: InboundMessage, offered: list[QuickReply]) -> InboundMessage:
+    """A numbered reply to offered options as the choice: ``quick_reply`` is its
+    id and the body its title (what the customer meant); what they typed stays
+    in the extras."""
+    choice = quick_reply_choice(inbound.body, offered) if offered else None
+    if choice is None:
+        return inbound
+    return inbound.model_copy(
+        update={"quick_reply": choice.id, "body": choice.title, "extras": {**inbound.extras, "typed": inbound.body}}
+    )
+
+
+async def do_record_receipt(
+    session: AsyncSession, service: TwilioService, receipt: DeliveryReceipt, *, message_id: int | None
+) -> Message | None:
+    """Apply a status callback to the message it reports on: found by our id
+    (carried in the callback URL) or by Twilio's SID. Returns None when no
+    message of ours has that SID (a campaign's, say)."""
+    msg: Message | None = None
+    if message_id is not None:
+        msg = await session.get(Message, message_id, with_for_update=True)
+        if msg is not None and (
+            msg.channel not in SMS_CHANNELS
+            or msg.direction != Direction.OUT.value
+            or msg.external_id not in (None, receipt.external_id)
+        ):
+            msg = None
+    if msg is None:
+        msg = await session.scalar(
+            select(Message)
+            .where(Message.channel.in_(SMS_CHANNELS), Message.external_id == receipt.external_id)
+            .with_for_update()
+        )
+    if msg is None or msg.direction != Direction.OUT.value:
+        return None
+    if msg.external_id is None:
+        # The callback overtook the sender's own record of the send.
+        msg.external_id = receipt.external_id
+    if receipt.error_code:
+        msg.extras = {**(msg.extras or {}), "error_code": receipt.error_code}
+        recipient = (msg.extras or {}).get("recipient")
+        sender = await service.sender_key_of_inbox_id(session, msg.inbox_id)
+        if receipt.error_code == str(OPT_OUT_CODE) and recipient and sender:
+            await do_set_opt_out(
+                session,
+                phone=str(recipient),
+                sender=sender,
+                opted_out=True,
+                source=f"Twilio error {OPT_OUT_CODE}",
+                actor="twilio",
+            )
+    await session.flush()
+    await do_record_delivery(session, msg.id, receipt.status, reason=receipt.reason)
+    return msg
+
+
+class SmsSteps:
+    """Worker steps for stored inbound SMS (registered on ``message.received``)."""
+
+    def __init__(self, service: TwilioService) -> None:
+        self.service = service
+
+    async def on_received(self, event: Event) -> None:
+        message: dict[str, Any] = event.payload["message"]
+        if message.get("channel") != Channel.SMS.value or message.get("direction") != Direction.IN.value:
+            return
+        sender = self.service.sender_configs.get(message.get("inbox") or "")
+        if sender is None:
+            return
+        async with self.service.db.write() as session:
+            msg = await session.get(Message, int(message["id"]), with_for_update=True)
+            if msg is None:
+                return
+            ticket = await session.get(Ticket, msg.ticket_id)
+            assert ticket is not None
+            if event.payload.get("ticket_created") and sender.team and ticket.team_id is None:
+                team = await do_get_or_create_team(session, sender.team)
+                await do_assign(session, ticket, agent_id=ticket.assignee_id, team_id=team.id, actor="system")
+            extras = dict(msg.extras or {})
+            if "keyword" in extras:
+                return  # a redelivered event: handled already
+            typed = str(extras.get("typed") or msg.body)
+            kind = classify_keyword(typed)
+            if kind is None:
+                return
+            msg.extras = {**extras, "keyword": kind}
+            phone = str(extras.get("from") or "")
+            language = detect_language(typed) or "en"
+            if kind == "stop":
+                changed = await do_set_opt_out(
+                    session, phone=phone, sender=sender.key, opted_out=True, source=f"texted {typed.strip()[:40]!r}"
+                )
+                if changed:
+                    await do_post_message(
+                        session,
+                        ticket,
+                        body=f"{phone} opted out of SMS from {sender.display_name} ({typed.strip()}). "
+                        "Nothing more is sent to them from it until they text START.",
+                        author=Author.SYSTEM,
+                        private=True,
+                    )
+            elif kind == "start":
+                changed = await do_set_opt_out(
+                    session, phone=phone, sender=sender.key, opted_out=False, source=f"texted {typed.strip()[:40]!r}"
+                )
+                reply = text_by_language(self.service.tw.opt_out.start_reply, language)
+                if changed:
+                    await do_post_message(
+                        session,
+                        ticket,
+                        body=f"{phone} opted back in to SMS from {sender.display_name}.",
+                        author=Author.SYSTEM,
+                        private=True,
+                    )
+                    if reply:
+                        await do_post_message(session, ticket, body=reply, author=Author.SYSTEM)
+            else:
+                reply = text_by_language(self.service.tw.opt_out.help_reply, language)
+                if reply:
+                    await do_post_message(session, ticket, body=reply, author=Author.SYSTEM)
+
+
+class MediaCopier:
+    """Copies media Twilio holds (MMS pictures, voicemail recordings) into the
+    attachment store, so agents and the widget can show them without Twilio's
+    credentials and they outlive Twilio's copy. The message is stored first with
+    Twilio's URLs; a copy that fails keeps them and says why in the extras."""
+
+    def __init__(self, service: TwilioService) -> None:
+        self.service = service
+
+    def _twilio_hosted(self, url: str) -> bool:
+        return url.startswith(self.service.tw.api_base_url + "/")
+
+    async def on_received(self, event: Event) -> None:
+        message: dict[str, Any] = event.payload["message"]
+        if message.get("direction") != Direction.IN.value or message.get("channel") not in SMS_CHANNELS:
+            return
+        original = list(message.get("attachments") or [])
+        if not any(self._twilio_hosted(str(a.get("url", ""))) for a in original):
+            return
+        account = self.service.account_of_inbox(message.get("inbox") or "")
+        if account is None:
+            return
+        copied: list[dict[str, Any]] = []
+        errors: list[str] = []
+        timeout = aiohttp.ClientTimeout(total=max(self.service.tw.request_timeout_seconds * 4, 30))
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            for item in original:
+                url = str(item.get("url", ""))
+                if not self._twilio_hosted(url):
+                    copied.append(item)
+                    continue
+                try:
+                    saved = await self._copy(http, account, item)
+                except (aiohttp.ClientError, TimeoutError, AttachmentTooLarge, OSError) as exc:
+                    errors.append(f"{url}: {exc}")
+                    copied.append(item)
+                    continue
+                copied.append(saved)
+        async with self.service.db.write() as session:
+            msg = await session.get(Message, int(message["id"]), with_for_update=True)
+            if msg is None or list(msg.attachments or []) != original:
+                return  # copied already (a redelivered event)
+            msg.attachments = copied
+            extras = {**(msg.extras or {}), "twilio_media": [a.get("url") for a in original]}
+            if errors:
+                extras["media_errors"] = errors
+            msg.extras = extras
+
+    async def _copy(self, http: aiohttp.ClientSession, account: TwilioAccount, item: dict[str, Any]) -> dict[str, Any]:
+        store = self.service.attachments
+        auth = aiohttp.BasicAuth(account.account_sid, account.auth_token)
+        async with http.get(str(item["url"]), auth=auth) as resp:
+            if resp.status != 200:
+                raise aiohttp.ClientResponseError(
+                    resp.request_info, resp.history, status=resp.status, message=f"HTTP {resp.status}"
+                )
+            if resp.content_length is not None:
+                store.check_size(resp.content_length, item.get("filename"))
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                store.check_size(size, item.get("filename"))
+                chunks.append(chunk)
+            ctype = resp.headers.get("Content-Type") or item.get("content_type")
+        saved = await store.save(b"".join(chunks), filename=item.get("filename"), content_type=ctype)
+        return saved.model_dump(exclude_none=True)

@@ -1,0 +1,491 @@
+"""The phone line: what each Twilio Voice webhook does and answers.
+
+A call is a ``calls`` row on the caller's ticket (opened when the phone rings)
+and ``call`` events in the ticket's timeline, which also reach the agents'
+inbox live. The IVR greets, offers the menu (digits -> teams), and then rings
+every available agent of the chosen team at once (<Dial>) during business
+hours, or takes a voicemail (<Record> with transcription). A call that reached
+nobody and left no message puts a call-back task on the ticket for the team.
+
+Business hours and agent availability belong to routing; they are injected as
+``is_open(team_id, at)`` and ``available_agents(team_id)`` (see
+:mod:`hub.telephony.service` for today's defaults).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+
+from channels.twilio_common import error_reason
+from channels.twilio_voice import (
+    CALL_STATUS_RANK,
+    FINAL_STATUSES,
+    CallParams,
+    Speech,
+    call_view,
+    connect_twiml,
+    dial_twiml,
+    empty_twiml,
+    goodbye_twiml,
+    hangup_twiml,
+    menu_twiml,
+    voicemail_twiml,
+)
+from hub.actions import audit, check_ticket, do_assign, do_get_or_create_team, do_post_message, record_ticket_event
+from hub.config import VoiceHoursConfig
+from hub.core import Attachment, Author, Channel, IdentityKind, InboundMessage, TicketEventKind, utcnow
+from hub.errors import HubError, ValidationFailed
+from storage.db import Database
+from storage.ingest import IngestResult, current_ticket, dialect_insert
+from storage.models import Agent, Call, Identity, Message, TeamMember, Ticket, TicketLabel
+from storage.views import iso
+
+if TYPE_CHECKING:
+    from hub.telephony.service import TwilioService
+
+IsOpen = Callable[[int | None, datetime], Awaitable[bool]]
+AvailableAgents = Callable[[int | None], Awaitable[list[tuple[int, str]]]]
+Submit = Callable[[InboundMessage], Awaitable[IngestResult]]
+
+CALL_BACK_LABEL = "call-back"
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+VOICE_PATH = "/webhooks/twilio/voice"
+
+
+class ProviderError(HubError):
+    status = 502
+    code = "provider_error"
+
+
+def weekly_hours(hours: VoiceHoursConfig | None) -> IsOpen:
+    """``twilio.voice.hours`` as an ``is_open``: the same calendar for every
+    team; always open when it is not configured."""
+
+    async def is_open(team_id: int | None, at: datetime) -> bool:
+        if hours is None:
+            return True
+        local = at.astimezone(ZoneInfo(hours.timezone))
+        return _WEEKDAYS[local.weekday()] in hours.days and hours.open <= f"{local:%H:%M}" < hours.close
+
+    return is_open
+
+
+def online_agents_with_phone(db: Database) -> AvailableAgents:
+    """Agents of the team who are online, active and have a phone, the one who
+    waited longest since an assignment first (the team's other agents if the
+    call has no team)."""
+
+    async def available(team_id: int | None) -> list[tuple[int, str]]:
+        stmt = select(Agent.id, Agent.phone).where(
+            Agent.active.is_(True), Agent.presence == "online", Agent.phone.is_not(None)
+        )
+        if team_id is not None:
+            stmt = stmt.join(TeamMember, TeamMember.agent_id == Agent.id).where(TeamMember.team_id == team_id)
+        stmt = stmt.order_by(Agent.last_assigned_at.is_not(None), Agent.last_assigned_at, Agent.id)
+        async with db.read() as session:
+            return [(aid, str(phone)) for aid, phone in (await session.execute(stmt)).all()]
+
+    return available
+
+
+def call_row_view(row: Call) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "call_sid": row.call_sid,
+        "ticket_id": row.ticket_id,
+        "contact_id": row.contact_id,
+        "direction": row.direction,
+        "customer": row.customer,
+        "line": row.line,
+        "status": row.status,
+        "live": row.status not in FINAL_STATUSES,
+        "menu_choice": row.menu_choice,
+        "team_id": row.team_id,
+        "agent_id": row.agent_id,
+        "voicemail_message_id": row.voicemail_message_id,
+        "duration_seconds": row.duration_seconds,
+        "outcome": (row.extras or {}).get("outcome"),
+        "started_at": iso(row.started_at),
+        "answered_at": iso(row.answered_at),
+        "ended_at": iso(row.ended_at),
+    }
+
+
+class VoiceDesk:
+    def __init__(self, service: TwilioService, is_open: IsOpen, available_agents: AvailableAgents) -> None:
+        self.service = service
+        self.db = service.db
+        self.voice = service.tw.voice
+        self.speech = Speech(self.voice.languages, self.voice.say_language)
+        self.is_open = is_open
+        self.available_agents = available_agents
+        # The ingest batcher's submit; set by the composition root.
+        self.submit: Submit | None = None
+
+    # --- rows and events ---------------------------------------------------------
+
+    async def _call(
+        self, session: AsyncSession, params: CallParams, *, direction: str = "inbound", ticket: Ticket | None = None
+    ) -> tuple[Call, Ticket, bool]:
+        """The call's row and ticket (the caller's phone ticket unless given),
+        created on the first webhook that names the call."""
+        row = await session.scalar(select(Call).where(Call.call_sid == params.call_sid).with_for_update())
+        if row is not None:
+            return row, await check_ticket(session, row.ticket_id), False
+        if ticket is None:
+            ticket, _ = await current_ticket(
+                session, channel=Channel.VOICE, inbox=self.voice.inbox, address=params.caller, name=params.caller_name
+            )
+        now = utcnow()
+        await session.execute(
+            dialect_insert(session, Call)
+            .values(
+                call_sid=params.call_sid,
+                ticket_id=ticket.id,
+                contact_id=ticket.contact_id,
+                direction=direction,
+                customer=params.caller,
+                line=params.called,
+                status=params.status or "ringing",
+                started_at=now,
+                extras={},
+            )
+            .on_conflict_do_nothing(index_elements=["call_sid"])
+        )
+        row = await session.scalar(select(Call).where(Call.call_sid == params.call_sid).with_for_update())
+        assert row is not None
+        return row, await check_ticket(session, row.ticket_id), True
+
+    async def _event(self, session: AsyncSession, ticket: Ticket, row: Call, actor: str, **data: Any) -> None:
+        await record_ticket_event(
+            session, ticket, TicketEventKind.CALL, actor, {"call_id": row.id, "call_sid": row.call_sid, **data}
+        )
+
+    # --- the inbound call ------------------------------------------------------------
+
+    async def incoming(self, params: CallParams, base: str) -> str:
+        async with self.db.write() as session:
+            row, ticket, created = await self._call(session, params)
+            if created:
+                await self._event(session, ticket, row, "contact", event="incoming", **call_view(params))
+        return menu_twiml(
+            self.voice.greeting, [m.prompt for m in self.voice.menu], self.speech, action=f"{base}{VOICE_PATH}/menu"
+        )
+
+    async def menu(self, params: CallParams, base: str) -> str:
+        item = next((m for m in self.voice.menu if m.digit == params.digits), None)
+        team_name = item.team if item is not None else self.voice.default_team
+        async with self.db.write() as session:
+            row, ticket, _ = await self._call(session, params)
+            team = await do_get_or_create_team(session, team_name) if team_name else None
+            team_id = team.id if team is not None else None
+            now = utcnow()
+            open_now = await self.is_open(team_id, now)
+            agents = await self.available_agents(team_id) if open_now else []
+            first_time = row.menu_choice is None
+            row.menu_choice = params.digits or "none"
+            row.team_id = team_id
+            row.extras = {**(row.extras or {}), "dialed": [a for a, _ in agents]}
+            if ticket.team_id is None and ticket.assignee_id is None and team_id is not None:
+                await do_assign(session, ticket, agent_id=None, team_id=team_id, actor="ivr")
+            if first_time:
+                await self._event(
+                    session,
+                    ticket,
+                    row,
+                    "contact",
+                    event="menu",
+                    digit=params.digits,
+                    team=team_name,
+                    team_id=team_id,
+                    next="dial" if agents else "voicemail",
+                    reason=None if agents else ("closed" if not open_now else "no agent available"),
+                )
+        if agents:
+            return dial_twiml(
+                self.voice.connecting,
+                self.speech,
+                agents,
+                caller_id=None,  # the agents see who is calling
+                action=f"{base}{VOICE_PATH}/dial",
+                answered_url=f"{base}{VOICE_PATH}/answered",
+                timeout=self.voice.dial_timeout_seconds,
+            )
+        return self._voicemail(base, closed=not open_now)
+
+    def _voicemail(self, base: str, *, closed: bool) -> str:
+        return voicemail_twiml(
+            self.voice.closed if closed else self.voice.no_agent,
+            self.voice.goodbye,
+            self.speech,
+            action=f"{base}{VOICE_PATH}/recording",
+            transcribe_callback=f"{base}{VOICE_PATH}/transcription",
+            max_length=self.voice.max_voicemail_seconds,
+        )
+
+    async def answered(self, params: CallParams, agent_id: int) -> str:
+        """An agent picked up (the <Number url> of the dial): the ticket is theirs."""
+        parent = params.parent_call_sid or params.call_sid
+        async with self.db.write() as session:
+            row = await session.scalar(select(Call).where(Call.call_sid == parent).with_for_update())
+            agent = await session.get(Agent, agent_id)
+            if row is not None and agent is not None and row.answered_at is None:
+                ticket = await check_ticket(session, row.ticket_id)
+                row.answered_at = utcnow()
+                row.agent_id = agent.id
+                row.status = "in-progress"
+                if ticket.assignee_id is None:
+                    await do_assign(session, ticket, agent_id=agent.id, team_id=ticket.team_id, actor="ivr")
+                await self._event(session, ticket, row, f"agent:{agent.id}", event="answered", agent_id=agent.id)
+        return empty_twiml()
+
+    async def dial(self, params: CallParams, base: str, *, outbound: bool) -> str:
+        """The end of a <Dial>: inbound, nobody answered -> voicemail; click-to-call:
+        whether the customer answered."""
+        async with self.db.write() as session:
+            row = await session.scalar(select(Call).where(Call.call_sid == params.call_sid).with_for_update())
+            if row is not None:
+                ticket = await check_ticket(session, row.ticket_id)
+                status = params.dial_status or "unknown"
+                if outbound:
+                    await self._event(session, ticket, row, "system", event="customer_leg", dial_status=status)
+                elif status != "completed":
+                    await self._event(session, ticket, row, "system", event="no_answer", dial_status=status)
+        if outbound or params.dial_status == "completed":
+            return hangup_twiml()
+        return self._voicemail(base, closed=False)
+
+    async def recording(self, params: CallParams, base: str) -> str:
+        if params.recording_url and (params.recording_duration or 0) > 0:
+            await self._voicemail_message(params)
+        return goodbye_twiml(self.voice.goodbye, self.speech)
+
+    async def _voicemail_message(self, params: CallParams) -> int:
+        """Store the voicemail as the caller's message (once per recording) and
+        link it to the call."""
+        assert self.submit is not None, "the voice desk needs the ingest batcher"
+        assert params.recording_url is not None
+        inbound = InboundMessage(
+            channel=Channel.VOICE,
+            inbox=self.voice.inbox,
+            external_id=params.recording_sid or f"{params.call_sid}:voicemail",
+            sender=params.caller,
+            sender_name=params.caller_name,
+            body="",
+            attachments=(
+                Attachment(url=params.recording_url + ".mp3", content_type="audio/mpeg", filename="voicemail.mp3"),
+            ),
+            extras={
+                "call_sid": params.call_sid,
+                "recording_sid": params.recording_sid,
+                "duration_seconds": params.recording_duration,
+                "transcription": "pending",
+            },
+        )
+        result = await self.submit(inbound)
+        async with self.db.write() as session:
+            row = await session.scalar(select(Call).where(Call.call_sid == params.call_sid).with_for_update())
+            if row is not None and row.voicemail_message_id is None:
+                row.voicemail_message_id = result.message_id
+                ticket = await check_ticket(session, row.ticket_id)
+                await self._event(
+                    session,
+                    ticket,
+                    row,
+                    "contact",
+                    event="voicemail",
+                    message_id=result.message_id,
+                    duration_seconds=params.recording_duration,
+                )
+        return result.message_id
+
+    async def transcription(self, params: CallParams) -> None:
+        """The voicemail's text: it becomes the message's body. The callback
+        carries the recording too, so it stores the voicemail if the recording
+        step never did."""
+        if not params.recording_url:
+            return
+        message_id = await self._voicemail_message(params)
+        async with self.db.write() as session:
+            msg = await session.get(Message, message_id, with_for_update=True)
+            if msg is None or (msg.extras or {}).get("transcription") in ("completed", "failed"):
+                return
+            done = params.transcription_status == "completed" and bool(params.transcription_text)
+            if done:
+                msg.body = params.transcription_text or ""
+            msg.extras = {**(msg.extras or {}), "transcription": "completed" if done else "failed"}
+            row = await session.scalar(select(Call).where(Call.call_sid == params.call_sid))
+            ticket = await check_ticket(session, msg.ticket_id)
+            if row is not None:
+                await self._event(
+                    session,
+                    ticket,
+                    row,
+                    "system",
+                    event="transcription",
+                    message_id=msg.id,
+                    status="completed" if done else "failed",
+                )
+
+    async def status(self, params: CallParams) -> None:
+        """A call status callback: the call moves forward only (callbacks can
+        arrive out of order); at its end, a call that reached nobody and left no
+        voicemail gets a call-back task."""
+        if not params.status:
+            return
+        async with self.db.write() as session:
+            existing = await session.scalar(select(Call).where(Call.call_sid == params.call_sid))
+            if existing is None and params.direction != "inbound":
+                return  # a leg we did not start (e.g. the dialled agent's)
+            row, ticket, _ = await self._call(session, params)
+            if row.status in FINAL_STATUSES or CALL_STATUS_RANK[params.status] <= CALL_STATUS_RANK.get(row.status, 0):
+                return
+            row.status = params.status
+            now = utcnow()
+            if params.status == "in-progress" and row.direction == "outbound" and row.answered_at is None:
+                row.answered_at = now
+            if params.status not in FINAL_STATUSES:
+                await self._event(session, ticket, row, "system", event="status", status=params.status)
+                return
+            row.ended_at = now
+            row.duration_seconds = params.duration
+            if row.direction == "outbound":
+                outcome = "completed" if row.answered_at else params.status
+            elif row.answered_at is not None:
+                outcome = "answered"
+            elif row.voicemail_message_id is not None:
+                outcome = "voicemail"
+            else:
+                outcome = "missed" if (row.extras or {}).get("dialed") else "abandoned"
+            row.extras = {**(row.extras or {}), "outcome": outcome}
+            await self._event(
+                session,
+                ticket,
+                row,
+                "system",
+                event="ended",
+                status=params.status,
+                outcome=outcome,
+                duration_seconds=params.duration,
+                agent_id=row.agent_id,
+            )
+            if outcome in ("missed", "abandoned"):
+                await self._call_back_task(session, ticket, row, outcome)
+
+    async def _call_back_task(self, session: AsyncSession, ticket: Ticket, row: Call, outcome: str) -> None:
+        team_name = None
+        if row.team_id is None and self.voice.default_team:
+            team = await do_get_or_create_team(session, self.voice.default_team)
+            row.team_id = team.id
+            team_name = team.name
+        if ticket.team_id is None and ticket.assignee_id is None and row.team_id is not None:
+            await do_assign(session, ticket, agent_id=None, team_id=row.team_id, actor="ivr")
+        what = "hung up before reaching anyone" if outcome == "abandoned" else "was not answered"
+        choice = f", chose {row.menu_choice}" if row.menu_choice and row.menu_choice != "none" else ""
+        await do_post_message(
+            session,
+            ticket,
+            body=f"Call back {row.customer}: their call at {row.started_at:%Y-%m-%d %H:%M} UTC {what}{choice}"
+            f"{f' (team {team_name})' if team_name else ''}. Call them with POST /api/v1/tickets/{ticket.id}/call.",
+            author=Author.SYSTEM,
+            private=True,
+        )
+        if await session.get(TicketLabel, (ticket.id, CALL_BACK_LABEL)) is None:
+            session.add(TicketLabel(ticket_id=ticket.id, label=CALL_BACK_LABEL))
+        if ticket.waiting_since is None:
+            ticket.waiting_since = utcnow()
+        ticket.last_message_at = utcnow()
+
+    # --- click-to-call ------------------------------------------------------------------
+
+    async def click_to_call(self, ticket_id: int, agent: Agent) -> dict[str, Any]:
+        """Twilio rings the agent's phone; when they answer, the connect step
+        dials the customer (agents never dial customers from their own phone)."""
+        service = self.service
+        base = service.public_base
+        account = service.voice_account
+        line = service.caller_id
+        if account is None or not self.voice.enabled:
+            raise ValidationFailed("phone calls are not configured: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+        if base is None:
+            raise ValidationFailed("server.public_url (HUB_PUBLIC_URL) must be set so that Twilio can reach the hub")
+        if line is None:
+            raise ValidationFailed("no number to call from: set twilio.voice.caller_id or TWILIO_PHONE_NUMBER")
+        if not agent.phone:
+            raise ValidationFailed("you have no phone number to be rung on; an admin sets it (agent phone)")
+        async with self.db.read() as session:
+            ticket = await check_ticket(session, ticket_id)
+            customer = await session.scalar(
+                select(Identity.address)
+                .where(Identity.contact_id == ticket.contact_id, Identity.channel == IdentityKind.PHONE.value)
+                .order_by(Identity.id.desc())
+                .limit(1)
+            )
+        if customer is None or not customer.startswith("+"):
+            raise ValidationFailed(f"contact {ticket.contact_id} has no phone number to call")
+        try:
+            created = await service.client(account).calls.create_async(
+                to=agent.phone,
+                from_=line,
+                url=f"{base}{VOICE_PATH}/connect?ticket={ticket_id}&agent={agent.id}",
+                method="POST",
+                status_callback=f"{base}{VOICE_PATH}/status",
+                status_callback_method="POST",
+                status_callback_event=["initiated", "ringing", "answered", "completed"],
+                timeout=self.voice.dial_timeout_seconds,
+            )
+        except (TwilioRestException, TwilioServiceException) as exc:
+            detail = exc.msg if isinstance(exc, TwilioRestException) else exc.detail
+            raise ProviderError(f"Twilio refused the call: {error_reason(exc.code, str(detail or ''))}") from exc
+        async with self.db.write() as session:
+            ticket = await check_ticket(session, ticket_id, lock=True)
+            params = CallParams(
+                call_sid=str(created.sid),
+                account_sid=account.account_sid,
+                caller=customer,
+                called=line,
+                status=str(created.status or "queued"),
+                direction="outbound-api",
+            )
+            row, ticket, _ = await self._call(session, params, direction="outbound", ticket=ticket)
+            row.agent_id = agent.id
+            row.team_id = ticket.team_id
+            await self._event(
+                session, ticket, row, f"agent:{agent.id}", event="click_to_call", agent_id=agent.id, to=customer
+            )
+            await audit(session, f"agent:{agent.id}", "call.started", "ticket", ticket.id, {"call_sid": row.call_sid})
+            return call_row_view(row)
+
+    async def connect(self, params: CallParams, base: str, ticket_id: int, agent_id: int) -> str:
+        """The agent answered a click-to-call: dial the customer."""
+        async with self.db.write() as session:
+            row = await session.scalar(select(Call).where(Call.call_sid == params.call_sid).with_for_update())
+            if row is None:
+                return goodbye_twiml(self.voice.goodbye, self.speech)
+            if row.ticket_id != ticket_id or row.agent_id != agent_id:
+                return goodbye_twiml(self.voice.goodbye, self.speech)
+            ticket = await check_ticket(session, row.ticket_id)
+            if row.answered_at is None:
+                row.answered_at = utcnow()
+                row.status = "in-progress"
+                await self._event(session, ticket, row, f"agent:{agent_id}", event="agent_answered", agent_id=agent_id)
+            customer, line = row.customer, row.line
+        return connect_twiml(
+            customer,
+            caller_id=line,
+            action=f"{base}{VOICE_PATH}/dial?direction=outbound",
+            timeout=self.voice.dial_timeout_seconds,
+        )
+
+    async def calls_of_ticket(self, ticket_id: int) -> list[dict[str, Any]]:
+        async with self.db.read() as session:
+            await check_ticket(session, ticket_id)
+            rows = await session.scalars(select(Call).where(Call.ticket_id == ticket_id).order_by(Call.id.desc()))
+            return [call_row_view(r) for r in rows.all()]

@@ -1,0 +1,326 @@
+"""Twilio's webhooks (SMS, status callbacks, voice) and the agents' phone
+endpoints. Thin handlers: find the account, verify the signature over the URL
+Twilio called, parse (``channels.twilio_*``), persist, answer TwiML fast."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from aiohttp import web
+from pydantic import BaseModel
+from twilio.twiml.messaging_response import MessagingResponse
+
+from channels.base import InvalidPayload
+from channels.twilio_common import FormParams, TwilioAccount, verify_signature
+from channels.twilio_sms import parse_inbound, parse_status
+from channels.twilio_voice import empty_twiml, parse_call
+from hub.app import HUB, Hub
+from hub.errors import BadRequest, Forbidden, NotFound, Unavailable
+from hub.telephony import TwilioService
+from hub.telephony.sms import do_record_receipt, offered_quick_replies, with_quick_reply
+from hub.web.api import API, current_agent, int_param
+from hub.web.registry import ROUTES
+
+log = logging.getLogger(__name__)
+
+TWIML = "text/xml"
+
+
+def _twiml(xml: str) -> web.Response:
+    return web.Response(text=xml, content_type="text/xml", charset="utf-8")
+
+
+def _service(hub: Hub) -> TwilioService:
+    if hub.twilio is None:
+        raise NotFound("Twilio is not configured on this hub: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+    return hub.twilio
+
+
+def _trusted(hub: Hub, remote: str | None) -> bool:
+    if not remote or not hub.config.server.trusted_proxies:
+        return False
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return False
+    for entry in hub.config.server.trusted_proxies:
+        try:
+            if address in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            log.warning("server.trusted_proxies entry %r is not an IP address or network", entry)
+    return False
+
+
+def called_urls(request: web.Request) -> list[str]:
+    """The URLs Twilio may have called to reach this request, as Twilio signed
+    them: the configured public URL; the one a trusted reverse proxy forwarded
+    (X-Forwarded-Proto / X-Forwarded-Host, believed only from
+    ``server.trusted_proxies``); without a public URL, the request's own."""
+    hub = request.app[HUB]
+    path = request.rel_url.raw_path_qs
+    urls: list[str] = []
+    if hub.config.server.public_url:
+        urls.append(hub.config.server.public_url.rstrip("/") + path)
+    if _trusted(hub, request.remote):
+        proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip()
+        host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+        if proto or host:
+            urls.append(f"{proto or request.scheme}://{host or request.host}{path}")
+    if not hub.config.server.public_url:
+        urls.append(f"{request.scheme}://{request.host}{path}")
+    return urls
+
+
+async def verified_params(request: web.Request, account: TwilioAccount | None) -> tuple[FormParams, str]:
+    """The webhook's form parameters once its signature checks out, and the
+    base URL (scheme, host, prefix) it was signed for, for the next TwiML URLs.
+    A missing or wrong signature is 403 and nothing is stored."""
+    params = await form(request)
+    signature = request.headers.get("X-Twilio-Signature")
+    if not signature:
+        raise Forbidden("X-Twilio-Signature is missing")
+    if account is None:
+        raise Forbidden("no configured Twilio account or number matches this request")
+    settings = request.headers.get("X-Twilio-Webhooks-Signature-Settings")
+    path = request.rel_url.raw_path_qs
+    for url in called_urls(request):
+        if verify_signature(account.auth_token, [url], params, signature, settings):
+            return params, url[: len(url) - len(path)]
+    raise Forbidden(
+        "X-Twilio-Signature does not match: check server.public_url (HUB_PUBLIC_URL) is the URL set in Twilio, "
+        "and server.trusted_proxies when a reverse proxy is in front"
+    )
+
+
+async def form(request: web.Request) -> FormParams:
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise BadRequest("Twilio webhooks are application/x-www-form-urlencoded")
+    pairs: list[tuple[str, str]] = []
+    for name, value in (await request.post()).items():
+        if not isinstance(value, str):
+            raise BadRequest(f"parameter {name!r} must be text, not a file upload")
+        pairs.append((name, value))
+    return FormParams(pairs)
+
+
+# --- SMS ----------------------------------------------------------------------------
+
+
+@ROUTES.route(
+    "POST",
+    "/webhooks/twilio/sms",
+    summary="Twilio: an incoming SMS/MMS (form-encoded, X-Twilio-Signature); answers empty TwiML once stored",
+    tag="webhooks",
+    auth=False,
+    content_type=TWIML,
+    errors=(400, 403, 404, 413),
+)
+async def twilio_sms(request: web.Request) -> web.StreamResponse:
+    hub = request.app[HUB]
+    service = _service(hub)
+    raw = await form(request)
+    sender = service.inbound_sender(raw)
+    if sender is None:
+        await verified_params(request, service.accounts().get(raw.get("AccountSid")))
+        raise NotFound(
+            f"no SMS inbox is configured for {raw.get('To') or 'this number'}"
+            + (f" or Messaging Service {raw.get('MessagingServiceSid')}" if raw.get("MessagingServiceSid") else "")
+            + " (twilio.senders, TWILIO_PHONE_NUMBER)"
+        )
+    params, _ = await verified_params(request, sender.account)
+    try:
+        inbound = parse_inbound(params, inbox=sender.inbox, default_region=service.region)
+    except InvalidPayload as exc:
+        raise BadRequest(str(exc)) from exc
+    async with hub.db.read() as session:
+        offered = await offered_quick_replies(session, sender.inbox, inbound.sender)
+    inbound = with_quick_reply(inbound, offered)
+    try:
+        await hub.batcher.submit(inbound)
+    except (LookupError, ValueError) as exc:
+        raise Unavailable(f"the message could not be stored: {exc}") from exc
+    # Replies go out through the REST API, after the bot or an agent answers.
+    return _twiml(str(MessagingResponse()))
+
+
+@ROUTES.route(
+    "POST",
+    "/webhooks/twilio/sms/status",
+    summary="Twilio: a message status callback (queued ... delivered / undelivered / failed, ErrorCode)",
+    tag="webhooks",
+    auth=False,
+    content_type="text/plain",
+    status=204,
+    query={"message": "the hub's message id, put there by the hub when it sent the message"},
+    errors=(400, 403, 404),
+)
+async def twilio_sms_status(request: web.Request) -> web.StreamResponse:
+    hub = request.app[HUB]
+    service = _service(hub)
+    raw = await form(request)
+    params, _ = await verified_params(request, service.status_account(raw))
+    try:
+        receipt = parse_status(params)
+    except InvalidPayload as exc:
+        raise BadRequest(str(exc)) from exc
+    if receipt is None:
+        return web.Response(status=204)
+    raw_id = request.query.get("message", "")
+    message_id = int(raw_id) if raw_id.isdigit() else None
+    async with hub.db.write() as session:
+        found = await do_record_receipt(session, service, receipt, message_id=message_id)
+    if found is None:
+        for handler in service.receipt_handlers:
+            if await handler(receipt, dict(request.query)):
+                break
+        else:
+            # Acknowledged all the same: Twilio would only retry something we cannot place.
+            log.info("status callback for an unknown message", extra={"sid": receipt.external_id})
+    return web.Response(status=204)
+
+
+# --- voice ------------------------------------------------------------------------------
+
+
+async def _voice(request: web.Request) -> tuple[Hub, TwilioService, FormParams, str]:
+    hub = request.app[HUB]
+    service = _service(hub)
+    if not service.voice_enabled:
+        raise NotFound("phone calls are not enabled (twilio.voice.enabled)")
+    raw = await form(request)
+    params, base = await verified_params(request, service.voice_account_of(raw))
+    return hub, service, params, base
+
+
+@ROUTES.route(
+    "POST",
+    "/webhooks/twilio/voice",
+    summary="Twilio: an incoming call; answers the IVR greeting and menu (TwiML)",
+    tag="webhooks",
+    auth=False,
+    content_type=TWIML,
+    errors=(400, 403, 404),
+)
+async def twilio_voice(request: web.Request) -> web.StreamResponse:
+    _hub, service, params, base = await _voice(request)
+    try:
+        call = parse_call(params, default_region=service.region)
+    except InvalidPayload as exc:
+        raise BadRequest(str(exc)) from exc
+    return _twiml(await service.desk.incoming(call, base))
+
+
+VOICE_STEPS = ("menu", "dial", "answered", "recording", "transcription", "status", "connect")
+
+
+@ROUTES.route(
+    "POST",
+    "/webhooks/twilio/voice/{step}",
+    summary="Twilio: a step of a call — menu (Digits), dial, answered, recording, transcription, status, connect",
+    tag="webhooks",
+    auth=False,
+    content_type=TWIML,
+    query={"agent": "answered, connect: the agent", "ticket": "connect: the ticket", "direction": "dial: outbound"},
+    errors=(400, 403, 404),
+)
+async def twilio_voice_step(request: web.Request) -> web.StreamResponse:
+    step = request.match_info["step"]
+    if step not in VOICE_STEPS:
+        raise NotFound(f"unknown voice step {step!r}; expected one of {', '.join(VOICE_STEPS)}")
+    _hub, service, params, base = await _voice(request)
+    try:
+        call = parse_call(params, default_region=service.region)
+    except InvalidPayload as exc:
+        raise BadRequest(str(exc)) from exc
+    desk = service.desk
+    query = request.query
+    if step == "menu":
+        return _twiml(await desk.menu(call, base))
+    if step == "dial":
+        return _twiml(await desk.dial(call, base, outbound=query.get("direction") == "outbound"))
+    if step == "answered":
+        return _twiml(await desk.answered(call, _query_int(query.get("agent"), "agent")))
+    if step == "recording":
+        return _twiml(await desk.recording(call, base))
+    if step == "connect":
+        return _twiml(
+            await desk.connect(
+                call, base, _query_int(query.get("ticket"), "ticket"), _query_int(query.get("agent"), "agent")
+            )
+        )
+    if step == "transcription":
+        await desk.transcription(call)
+    else:
+        await desk.status(call)
+    return _twiml(empty_twiml())
+
+
+def _query_int(raw: str | None, name: str) -> int:
+    if not raw or not raw.isdigit():
+        raise BadRequest(f"query parameter {name} must be an id")
+    return int(raw)
+
+
+# --- agents: calls ------------------------------------------------------------------------
+
+
+class CallOut(BaseModel):
+    id: int
+    call_sid: str
+    ticket_id: int
+    contact_id: int
+    direction: str
+    customer: str
+    line: str
+    status: str
+    live: bool
+    menu_choice: str | None
+    team_id: int | None
+    agent_id: int | None
+    voicemail_message_id: int | None
+    duration_seconds: int | None
+    outcome: str | None
+    started_at: str
+    answered_at: str | None
+    ended_at: str | None
+
+
+class CallList(BaseModel):
+    items: list[CallOut]
+    next_cursor: str | None = None
+
+
+@ROUTES.route(
+    "POST",
+    f"{API}/tickets/{{id}}/call",
+    summary="Click-to-call: Twilio rings your phone, then connects the ticket's customer",
+    tag="tickets",
+    response=CallOut,
+    status=201,
+    errors=(404, 422, 502),
+)
+async def click_to_call(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    agent = await current_agent(request)
+    ticket_id = int_param(request, "id")
+    service = _service(hub)
+    view = await service.desk.click_to_call(ticket_id, agent)
+    return web.json_response(view, status=201)
+
+
+@ROUTES.route(
+    "GET",
+    f"{API}/tickets/{{id}}/calls",
+    summary="The ticket's phone calls, newest first (live ones have live: true)",
+    tag="tickets",
+    response=CallList,
+    errors=(404,),
+)
+async def ticket_calls(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await current_agent(request)
+    ticket_id = int_param(request, "id")
+    service = _service(hub)
+    return web.json_response({"items": await service.desk.calls_of_ticket(ticket_id), "next_cursor": None})

@@ -1,0 +1,253 @@
+"""Phone calls through a running hub: the IVR's TwiML, voicemail with
+transcription, missed calls as call-back tasks, dialling an available agent,
+click-to-call through the fake Twilio; every step signed."""
+
+from __future__ import annotations
+
+import secrets
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+
+from hub.actions import do_create_agent
+from storage.models import Agent as AgentRow
+from storage.models import Call, Message
+from tests.hub.helpers import PASSWORD, Agent
+from tests.hub.twilio_helpers import ACCOUNT, CUSTOMER, NUMBER, TOKEN, TwilioHub, eventually, twilio_hub
+
+AGENT_PHONE = "+15550009999"
+
+
+def call_params(sid: str, **extra: str) -> dict[str, str]:
+    return {
+        "CallSid": sid,
+        "AccountSid": ACCOUNT,
+        "From": CUSTOMER,
+        "To": NUMBER,
+        "Caller": CUSTOMER,
+        "Called": NUMBER,
+        "CallStatus": "ringing",
+        "Direction": "inbound",
+        "ApiVersion": "2010-04-01",
+        **extra,
+    }
+
+
+async def step(t: TwilioHub, path: str, params: dict[str, str], status: int = 200) -> ET.Element | None:
+    url = t.url(path)
+    got = await t.fake.post_webhook(url, params, TOKEN)
+    assert got == status, path
+    if status != 200:
+        return None
+    # The fake keeps only the status; ask again for the body (steps are idempotent).
+    async with t.http.post(url, data=params, headers={"X-Twilio-Signature": _sign(url, params)}) as r:
+        assert r.status == 200
+        assert r.content_type == "text/xml"
+        return ET.fromstring(await r.text())  # noqa: S314 - the hub's own TwiML
+
+
+def _sign(url: str, params: dict[str, str]) -> str:
+    from tests.fakes.twilio import sign
+
+    return sign(TOKEN, url, params)
+
+
+async def agent_with_phone(t: TwilioHub, email: str, team: str, *, online: bool = True) -> tuple[Agent, int]:
+    async with t.hub.db.write() as s:
+        row = await do_create_agent(s, email=email, name=email, password=PASSWORD, teams=[team], phone=AGENT_PHONE)
+        agent_id = row.id
+        if online:
+            await s.execute(update(AgentRow).where(AgentRow.id == agent_id).values(presence="online"))
+    return await Agent.login(t.http, str(t.server.make_url("")).rstrip("/"), email), agent_id
+
+
+async def timeline_calls(agent: Agent, contact_id: int) -> list[dict[str, Any]]:
+    items = (await agent.get(f"/api/v1/contacts/{contact_id}/timeline?limit=200"))["items"]
+    return [i["event"]["data"] for i in reversed(items) if i["type"] == "event" and i["event"]["kind"] == "call"]
+
+
+async def the_call(t: TwilioHub, sid: str) -> Call:
+    async with t.hub.db.read() as s:
+        row = await s.scalar(select(Call).where(Call.call_sid == sid))
+        assert row is not None
+        return row
+
+
+async def test_voicemail_with_transcription_becomes_a_message(tmp_path: Path) -> None:
+    async with twilio_hub(tmp_path) as t:
+        sid = "CA" + secrets.token_hex(16)
+        menu = await step(t, "/webhooks/twilio/voice", call_params(sid))
+        assert menu is not None
+        gather = menu.find("Gather")
+        assert gather is not None and gather.attrib["action"] == t.url("/webhooks/twilio/voice/menu")
+        # Nobody is online: the caller is offered voicemail.
+        vm = await step(t, "/webhooks/twilio/voice/menu", call_params(sid, Digits="1", CallStatus="in-progress"))
+        assert vm is not None
+        record = vm.find("Record")
+        assert record is not None and record.attrib["transcribe"] == "true"
+        assert vm[0].text == "All our agents are busy. Please leave a message after the tone."
+        recording_url = t.fake.add_media(ACCOUNT, "Recordings", b"ID3fake-mp3", "audio/mpeg")
+        rec = call_params(
+            sid,
+            CallStatus="in-progress",
+            RecordingUrl=recording_url,
+            RecordingSid="RE" + "5" * 32,
+            RecordingDuration="17",
+            Digits="hangup",
+        )
+        bye = await step(t, "/webhooks/twilio/voice/recording", rec)
+        assert bye is not None and bye[-1].tag == "Hangup"
+        transcription = {
+            **rec,
+            "TranscriptionSid": "TR" + "6" * 32,
+            "TranscriptionText": "Hi, please call me back about my invoice.",
+            "TranscriptionStatus": "completed",
+        }
+        await step(t, "/webhooks/twilio/voice/transcription", transcription)
+        await step(t, "/webhooks/twilio/voice/status", call_params(sid, CallStatus="completed", CallDuration="31"))
+        agent = await t.agent()
+        page = await agent.get("/api/v1/tickets?channel=voice")
+        (ticket,) = page["items"]
+        detail = await agent.get(f"/api/v1/tickets/{ticket['id']}")
+        (voicemail,) = [m for m in detail["messages"] if m["direction"] == "in"]
+        assert voicemail["body"] == "Hi, please call me back about my invoice."
+        assert voicemail["channel"] == "voice"
+
+        async def copied() -> dict[str, Any] | None:
+            d = await agent.get(f"/api/v1/tickets/{ticket['id']}")
+            m = next(m for m in d["messages"] if m["id"] == voicemail["id"])
+            att = m["attachments"][0]
+            return att if att["url"].startswith("/attachments/") else None
+
+        att = await eventually(copied)
+        assert att["content_type"] == "audio/mpeg"
+        teams = {x["name"]: x["id"] for x in (await agent.get("/api/v1/teams"))["items"]}
+        assert detail["team_id"] == teams["Sales"]
+        events = await timeline_calls(agent, detail["contact_id"])
+        assert [e["event"] for e in events] == ["incoming", "menu", "voicemail", "transcription", "ended"]
+        assert events[1]["digit"] == "1" and events[1]["next"] == "voicemail"
+        assert events[-1]["outcome"] == "voicemail" and events[-1]["duration_seconds"] == 31
+        call = await the_call(t, sid)
+        assert call.voicemail_message_id == voicemail["id"]
+        calls = await agent.get(f"/api/v1/tickets/{ticket['id']}/calls")
+        assert calls["items"][0]["live"] is False
+        # The same transcription again changes nothing.
+        await step(t, "/webhooks/twilio/voice/transcription", {**transcription, "TranscriptionText": "other"})
+        async with t.hub.db.read() as s:
+            stored = await s.get(Message, voicemail["id"])
+        assert stored is not None and stored.body == "Hi, please call me back about my invoice."
+
+
+async def test_a_hang_up_in_the_menu_leaves_a_call_back_task(tmp_path: Path) -> None:
+    async with twilio_hub(tmp_path) as t:
+        sid = "CA" + secrets.token_hex(16)
+        await step(t, "/webhooks/twilio/voice", call_params(sid))
+        await step(t, "/webhooks/twilio/voice/status", call_params(sid, CallStatus="in-progress"))
+        await step(t, "/webhooks/twilio/voice/status", call_params(sid, CallStatus="completed", CallDuration="4"))
+        # A late, out-of-order "ringing" does not reopen it.
+        await step(t, "/webhooks/twilio/voice/status", call_params(sid, CallStatus="ringing"))
+        agent = await t.agent()
+        (ticket,) = (await agent.get("/api/v1/tickets?channel=voice"))["items"]
+        assert "call-back" in ticket["labels"]
+        detail = await agent.get(f"/api/v1/tickets/{ticket['id']}")
+        (note,) = detail["messages"]
+        assert note["private"] and note["author"] == "system"
+        assert f"Call back {CUSTOMER}" in note["body"] and "hung up before reaching anyone" in note["body"]
+        teams = {x["name"]: x["id"] for x in (await agent.get("/api/v1/teams"))["items"]}
+        assert detail["team_id"] == teams["Support"]
+        assert detail["waiting_since"] is not None
+        call = await the_call(t, sid)
+        assert (call.status, call.duration_seconds, call.extras["outcome"]) == ("completed", 4, "abandoned")
+
+
+async def test_an_available_agent_is_dialled_and_gets_the_ticket(tmp_path: Path) -> None:
+    async with twilio_hub(tmp_path) as t:
+        agent, agent_id = await agent_with_phone(t, "sam@example.com", "Support")
+        sid = "CA" + secrets.token_hex(16)
+        await step(t, "/webhooks/twilio/voice", call_params(sid))
+        dial_doc = await step(t, "/webhooks/twilio/voice/menu", call_params(sid, Digits="2"))
+        assert dial_doc is not None
+        number = dial_doc.find("Dial/Number")
+        assert number is not None and number.text == AGENT_PHONE
+        assert number.attrib["url"] == t.url(f"/webhooks/twilio/voice/answered?agent={agent_id}")
+        leg = {**call_params("CA" + secrets.token_hex(16)), "ParentCallSid": sid, "To": AGENT_PHONE}
+        await step(t, f"/webhooks/twilio/voice/answered?agent={agent_id}", leg)
+        (ticket,) = (await agent.get("/api/v1/tickets?channel=voice"))["items"]
+        assert ticket["assignee_id"] == agent_id
+        live = (await agent.get(f"/api/v1/tickets/{ticket['id']}/calls"))["items"][0]
+        assert (live["live"], live["agent_id"], live["status"]) == (True, agent_id, "in-progress")
+        done = call_params(sid, DialCallStatus="completed", DialCallDuration="60", CallStatus="in-progress")
+        hangup = await step(t, "/webhooks/twilio/voice/dial", done)
+        assert hangup is not None and [el.tag for el in hangup] == ["Hangup"]
+        await step(t, "/webhooks/twilio/voice/status", call_params(sid, CallStatus="completed", CallDuration="75"))
+        call = await the_call(t, sid)
+        assert call.extras["outcome"] == "answered"
+        assert (await agent.get(f"/api/v1/tickets/{ticket['id']}"))["messages"] == []  # no call-back task
+
+
+async def test_nobody_answers_then_voicemail_is_offered(tmp_path: Path) -> None:
+    async with twilio_hub(tmp_path) as t:
+        await agent_with_phone(t, "sam@example.com", "Support")
+        sid = "CA" + secrets.token_hex(16)
+        await step(t, "/webhooks/twilio/voice", call_params(sid))
+        await step(t, "/webhooks/twilio/voice/menu", call_params(sid, Digits="2"))
+        vm = await step(t, "/webhooks/twilio/voice/dial", call_params(sid, DialCallStatus="no-answer"))
+        assert vm is not None and vm.find("Record") is not None
+        await step(t, "/webhooks/twilio/voice/status", call_params(sid, CallStatus="completed", CallDuration="40"))
+        call = await the_call(t, sid)
+        assert call.extras["outcome"] == "missed"
+
+
+async def test_closed_hours_go_to_voicemail(tmp_path: Path) -> None:
+    hours = {"timezone": "Asia/Tehran", "days": [], "open": "09:00", "close": "17:00"}
+    async with twilio_hub(tmp_path, overrides={"twilio.voice.hours": hours}) as t:
+        await agent_with_phone(t, "sam@example.com", "Support")
+        sid = "CA" + secrets.token_hex(16)
+        await step(t, "/webhooks/twilio/voice", call_params(sid))
+        vm = await step(t, "/webhooks/twilio/voice/menu", call_params(sid, Digits="2"))
+        assert vm is not None and vm.find("Dial") is None and vm.find("Record") is not None
+        assert vm[0].text == "We are closed now. Please leave a message after the tone."
+
+
+async def test_click_to_call_rings_the_agent_then_the_customer(tmp_path: Path) -> None:
+    async with twilio_hub(tmp_path) as t:
+        agent, agent_id = await agent_with_phone(t, "sam@example.com", "Support", online=False)
+        assert await t.sms("Call me please", sid="SM" + secrets.token_hex(16)) == 200
+        (ticket,) = (await agent.get("/api/v1/tickets?channel=sms"))["items"]
+        view = await agent.post(f"/api/v1/tickets/{ticket['id']}/call", {}, status=201)
+        (created,) = t.fake.calls
+        assert (created["to"], created["from"]) == (AGENT_PHONE, NUMBER)
+        assert created["url"] == t.url(f"/webhooks/twilio/voice/connect?ticket={ticket['id']}&agent={agent_id}")
+        assert created["status_callback"] == t.url("/webhooks/twilio/voice/status")
+        assert (view["call_sid"], view["direction"], view["customer"]) == (created["sid"], "outbound", CUSTOMER)
+        leg = call_params(
+            created["sid"], From=NUMBER, To=AGENT_PHONE, CallStatus="in-progress", Direction="outbound-api"
+        )
+        connect = await step(t, f"/webhooks/twilio/voice/connect?ticket={ticket['id']}&agent={agent_id}", leg)
+        assert connect is not None
+        number = connect.find("Dial/Number")
+        assert number is not None and number.text == CUSTOMER
+        events = await timeline_calls(agent, ticket["contact_id"])
+        assert [e["event"] for e in events] == ["click_to_call", "agent_answered"]
+        # An agent without a phone is told why.
+        other = await t.agent("nophone@example.com")
+        async with t.http.post(t.url(f"/api/v1/tickets/{ticket['id']}/call"), json={}, headers=other.headers) as r:
+            assert r.status == 422
+            assert "phone" in (await r.json())["error"]["message"]
+        t.fake.fail_next(400, 21211)
+        async with t.http.post(t.url(f"/api/v1/tickets/{ticket['id']}/call"), json={}, headers=agent.headers) as r:
+            assert r.status == 502
+            assert "Twilio error 21211" in (await r.json())["error"]["message"]
+
+
+async def test_voice_webhooks_are_signature_checked(tmp_path: Path) -> None:
+    async with twilio_hub(tmp_path) as t:
+        sid = "CA" + secrets.token_hex(16)
+        for path in ("/webhooks/twilio/voice", "/webhooks/twilio/voice/menu", "/webhooks/twilio/voice/status"):
+            async with t.http.post(t.url(path), data=call_params(sid), headers={"X-Twilio-Signature": "bad"}) as r:
+                assert r.status == 403
+        assert await t.fake.post_webhook(t.url("/webhooks/twilio/voice/nonsense"), call_params(sid), TOKEN) == 404
+        async with t.hub.db.read() as s:
+            assert await s.scalar(select(Call)) is None
