@@ -27,6 +27,7 @@ from hub.security import VisitorTokens
 from hub.sender import Sender
 from hub.stream.base import LiveBus, Stream
 from hub.stream.memory import InProcessLiveBus, InProcessStream
+from hub.telegram import TelegramService, build_telegram, direct_ingest
 from hub.workers import EventProcessor
 from storage.db import Database
 
@@ -51,6 +52,7 @@ class Hub:
     visitor_tokens: VisitorTokens
     channels: dict[Channel, ChannelAdapter]
     attachments: AttachmentStore
+    telegram: TelegramService | None = None
     consumer_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -94,6 +96,12 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
     if isinstance(stream, InProcessStream):
         stream.on_dead = relay.dead_letter
     channels: dict[Channel, ChannelAdapter] = {Channel.WEBCHAT: WebchatChannel(live.publish)}
+    batcher = IngestBatcher(db.write)
+    attachments = AttachmentStore(config.attachments_dir, max_bytes=config.attachments.max_bytes)
+    # Worker processes have no batcher; their pollers ingest one by one.
+    telegram = build_telegram(config, db, attachments, batcher.submit if role in ("all", "web") else direct_ingest(db))
+    if telegram is not None:
+        channels[Channel.TELEGRAM] = telegram.channel
     sender = Sender(db, channels, config.workers)
     return Hub(
         config=config,
@@ -104,10 +112,11 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         relay=relay,
         sender=sender,
         processor=EventProcessor(db, live, sender),
-        batcher=IngestBatcher(db.write),
+        batcher=batcher,
         visitor_tokens=VisitorTokens(config.secret_key),
         channels=channels,
-        attachments=AttachmentStore(config.attachments_dir, max_bytes=config.attachments.max_bytes),
+        attachments=attachments,
+        telegram=telegram,
     )
 
 
@@ -121,6 +130,14 @@ async def sync_inboxes(hub: Hub) -> None:
             name=hub.config.webchat.inbox_name,
             bot_enabled=hub.config.bot.enabled,
         )
+        for bot in hub.config.telegram.bots:
+            await do_ensure_inbox(
+                session,
+                key=bot.inbox_key,
+                channel=Channel.TELEGRAM,
+                name=bot.inbox_name,
+                bot_enabled=hub.config.bot.enabled,
+            )
 
 
 def _spawn(hub: Hub, coro: Coroutine[Any, Any, Any], name: str) -> None:
@@ -146,6 +163,9 @@ async def start_hub(hub: Hub) -> None:
     if hub.role in ("all", "worker"):
         _spawn(hub, hub.stream.consume("workers", hub.consumer_name, hub.processor.handle), "stream-consumer")
         _spawn(hub, hub.sender.run_sweeper(), "sender-sweeper")
+    if hub.telegram is not None:
+        web, worker = hub.role in ("all", "web"), hub.role in ("all", "worker")
+        _spawn(hub, hub.telegram.run(web=web, worker=worker, owner=hub.consumer_name), "telegram")
 
 
 async def stop_hub(hub: Hub) -> None:
