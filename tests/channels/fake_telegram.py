@@ -50,7 +50,7 @@ class FakeBotAPI:
         self.max_polling = 0
         self._new_updates = asyncio.Event()
         self._message_ids = itertools.count(5000)
-        self._update_ids = itertools.count(900_000)
+        self._last_update_id = 900_000
         self.server: TestServer | None = None
 
     # --- test controls ----------------------------------------------------------------
@@ -72,7 +72,8 @@ class FakeBotAPI:
 
     def push(self, payload: dict[str, Any]) -> int:
         """Queue an update for getUpdates; returns its update_id."""
-        update_id = int(payload.pop("update_id", None) or next(self._update_ids))
+        update_id = int(payload.pop("update_id", None) or self._last_update_id + 1)
+        self._last_update_id = max(self._last_update_id, update_id)
         self.updates.append({"update_id": update_id, **payload})
         self._new_updates.set()
         return update_id
