@@ -26,6 +26,7 @@ from storage.models import Contact, Identity, Message, TelegramBotState, Ticket
 from tests import services
 from tests.channels.fake_telegram import TOKEN, FakeBotAPI, fake_bot_api
 from tests.hub.helpers import Agent, add_agent, next_frame, running_hub
+from tests.hub.procs import HubProcess, hub_env, run_cli
 from tests.services import shared_data
 
 SECRET = "webhook-Secret_123"
@@ -544,8 +545,8 @@ async def test_polling_survives_a_restart_without_losing_or_repeating_updates(
     async with running_hub(config) as server:
         hub = server.app[HUB]
         async with hub.db.read() as s:
-            state = await s.get(TelegramBotState, "default")
-            assert state is not None and state.update_offset == ids[-1] + 2
+            saved = await s.get(TelegramBotState, "default")
+            assert saved is not None and saved.update_offset == ids[-1] + 2
         more = [fake.push(message_update(0, n, text=f"polled {n}")) for n in range(4, 6)]
         await eventually(lambda: _count(hub, 5))
         await eventually(lambda: _state(hub, more[-1] + 1))
@@ -555,8 +556,8 @@ async def test_polling_survives_a_restart_without_losing_or_repeating_updates(
         assert offsets == sorted(offsets)
         assert fake.max_polling == 1
     async with hub.db.read() as s:
-        state = await s.get(TelegramBotState, "default")
-        assert state is not None and state.poller is None  # released on stop
+        released = await s.get(TelegramBotState, "default")
+        assert released is not None and released.poller is None  # released on stop
 
 
 async def _count(hub: Hub, n: int) -> bool:
@@ -625,3 +626,33 @@ def test_several_bots_and_polling_without_a_secret(tmp_path: Path) -> None:
     support, sales = cfg.telegram.bots
     assert (support.token, cfg.telegram.mode_of(support)) == ("1:a", "webhook")
     assert (sales.token, cfg.telegram.mode_of(sales), sales.inbox_key) == ("2:b", "polling", "telegram:sales")
+
+
+@pytest.mark.slow
+async def test_crm_hub_serve_with_only_the_two_variables_serves_the_default_bot(
+    tmp_path: Path, fake: FakeBotAPI, http: aiohttp.ClientSession
+) -> None:
+    """What a new user does: `make run` with TELEGRAM_BOT_TOKEN and
+    TELEGRAM_WEBHOOK_SECRET set (here with the Bot API pointed at the fake)."""
+    env = hub_env(
+        tmp_path / "data",
+        TELEGRAM_BOT_TOKEN=TOKEN,
+        TELEGRAM_WEBHOOK_SECRET=SECRET,
+        HUB_TELEGRAM_API_BASE_URL=fake.base_url,
+    )
+    run_cli(["migrate"], env)
+    proc = HubProcess(env, log=tmp_path / "hub.log")
+    await proc.start()
+    try:
+        url = f"{proc.base}/webhooks/telegram/default"
+        headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+        async with http.post(url, json=message_update(1, 1, text="سلام"), headers=headers) as r:
+            assert r.status == 200, await r.text()
+            assert (await r.json())["outcome"] == "stored"
+        async with http.post(url, json=message_update(1, 1, text="سلام"), headers={}) as r:
+            assert r.status == 403
+        # Without HUB_PUBLIC_URL the hub cannot tell Telegram where to post, and says so.
+        assert fake.webhook is None
+        await eventually(lambda: asyncio.sleep(0, "HUB_PUBLIC_URL" in (tmp_path / "hub.log").read_text()))
+    finally:
+        proc.stop()
