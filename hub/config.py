@@ -166,6 +166,11 @@ class TelegramConfig(_Section):
 
     @model_validator(mode="after")
     def _bots_complete(self) -> TelegramConfig:
+        if self.poll_lease_seconds <= self.poll_timeout_seconds + self.request_timeout_seconds:
+            raise ValueError(
+                "poll_lease_seconds must be longer than poll_timeout_seconds + request_timeout_seconds, "
+                "or another process takes over a bot in the middle of a long poll"
+            )
         names: set[str] = set()
         for i, bot in enumerate(self.bots):
             if bot.name in names:

@@ -293,10 +293,22 @@ class TelegramService:
         registration where webhooks are served, pollers where workers run."""
         async with asyncio.TaskGroup() as tg:
             for bot in self.bots.values():
+                tg.create_task(self._introduce(bot), name=f"telegram-getme-{bot.name}")
                 if bot.mode == "webhook" and web:
                     tg.create_task(self._register_webhook(bot), name=f"telegram-webhook-{bot.name}")
                 elif bot.mode == "polling" and worker:
                     tg.create_task(self.poll(bot, owner), name=f"telegram-poll-{bot.name}")
+
+    async def _introduce(self, bot: TelegramBot) -> None:
+        """getMe: a wrong token is reported at start-up, not at the first reply."""
+        try:
+            me = await bot.bot.get_me()
+        except InvalidToken:
+            log.error("telegram bot %s: Telegram rejected the token in $%s", bot.name, bot.config.token_env)
+        except TelegramError as exc:
+            log.warning("telegram bot %s: getMe failed: %s", bot.name, exc.message)
+        else:
+            log.info("telegram bot %s is @%s (inbox %s, %s mode)", bot.name, me.username, bot.inbox, bot.mode)
 
     async def _register_webhook(self, bot: TelegramBot) -> None:
         if not self.config.server.public_url:
