@@ -83,6 +83,10 @@ async def started(tmp_path: Path, fake: FakeBotAPI) -> AsyncIterator[tuple[TestS
         yield server, server.app[HUB]
 
 
+async def admin(http: aiohttp.ClientSession, server: TestServer) -> Agent:
+    return await Agent.login(http, str(server.make_url("")).rstrip("/"), ADMIN)
+
+
 async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 15.0) -> T:
     """``probe()`` once it returns something truthy."""
     deadline = time.monotonic() + timeout
@@ -242,7 +246,7 @@ async def test_repeated_update_is_stored_once_and_edits_update_the_message(
     started: tuple[TestServer, Hub], http: aiohttp.ClientSession
 ) -> None:
     server, hub = started
-    agent = await Agent.login(http, str(server.make_url("")).rstrip("/"), ADMIN)
+    agent = await admin(http, server)
     first = message_update(100, 50, text="my order is late")
     assert (await post(http, server, first))[1]["outcome"] == "stored"
     assert (await post(http, server, first))[1]["outcome"] == "duplicate"
@@ -274,7 +278,7 @@ async def test_start_payload_is_recorded_as_the_contacts_source(
     started: tuple[TestServer, Hub], http: aiohttp.ClientSession
 ) -> None:
     server, hub = started
-    agent = await Agent.login(http, str(server.make_url("")).rstrip("/"), ADMIN)
+    agent = await admin(http, server)
     start = message_update(1, 1, text="/start spring_sale")
     assert (await post(http, server, start))[1]["outcome"] == "stored"
     assert (await post(http, server, start))[1]["outcome"] == "duplicate"
@@ -349,7 +353,7 @@ async def test_shared_phone_links_the_telegram_identity_to_the_sms_customer(
     started: tuple[TestServer, Hub], http: aiohttp.ClientSession
 ) -> None:
     server, hub = started
-    agent = await Agent.login(http, str(server.make_url("")).rstrip("/"), ADMIN)
+    agent = await admin(http, server)
     async with hub.db.write() as s:
         await do_ensure_inbox(s, key="sms:+15550001111", channel=Channel.SMS, name="SMS")
     sms = await hub.batcher.submit(
@@ -441,7 +445,7 @@ async def test_files_are_fetched_and_oversize_ones_recorded_with_the_reason(
             "Telegram did not give the file: Wrong file_id"
         )
         await add_agent(config, ADMIN)
-        agent = await Agent.login(http, str(server.make_url("")).rstrip("/"), ADMIN)
+        agent = await admin(http, server)
         view = await agent.get(f"/api/v1/tickets/{second.ticket_id}")
         assert view["messages"][1]["attachment_errors"][0]["filename"] == "scan.pdf"
 
@@ -453,7 +457,7 @@ async def test_flood_control_delays_one_chat_without_blocking_another(
     started: tuple[TestServer, Hub], fake: FakeBotAPI, http: aiohttp.ClientSession
 ) -> None:
     server, hub = started
-    agent = await Agent.login(http, str(server.make_url("")).rstrip("/"), ADMIN)
+    agent = await admin(http, server)
     await post(http, server, message_update(1, 1, chat=777, text="hello from A"))
     await post(http, server, message_update(2, 1, chat=888, text="hello from B"))
     a, b = await telegram_messages(hub)
@@ -478,7 +482,7 @@ async def test_blocked_user_is_marked_unreachable_and_the_agent_sees_why(
     started: tuple[TestServer, Hub], fake: FakeBotAPI, http: aiohttp.ClientSession
 ) -> None:
     server, hub = started
-    agent = await Agent.login(http, str(server.make_url("")).rstrip("/"), ADMIN)
+    agent = await admin(http, server)
     await post(http, server, message_update(1, 1, text="hello"))
     (inbound,) = await telegram_messages(hub)
     fake.blocked_chats.add(777)
