@@ -12,6 +12,14 @@ from typing import ClassVar
 
 from hub.core import Channel, OutboundMessage, SendResult
 
+# SendResult.extras keys the sender understands. SEND_PARTS: provider ids of the
+# parts of a split message delivered so far; kept on the message and handed back
+# on a retry, so an adapter resumes where it stopped instead of repeating parts.
+SEND_PARTS = "sent_parts"
+# RECIPIENT_UNREACHABLE: why the channel refuses this address for good (a user
+# blocked the bot); the sender marks the identity unreachable with that reason.
+RECIPIENT_UNREACHABLE = "recipient_unreachable"
+
 
 class InvalidPayload(ValueError):
     """The provider's (or client's) input is not what this channel accepts. The

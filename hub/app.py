@@ -27,6 +27,7 @@ from hub.security import VisitorTokens
 from hub.sender import Sender
 from hub.stream.base import LiveBus, Stream
 from hub.stream.memory import InProcessLiveBus, InProcessStream
+from hub.telegram import TelegramService, build_telegram, direct_ingest
 from hub.telephony import TwilioService
 from hub.workers import EventProcessor
 from storage.db import Database
@@ -54,6 +55,7 @@ class Hub:
     attachments: AttachmentStore
     # SMS and phone over Twilio; None when Twilio is not configured.
     twilio: TwilioService | None = None
+    telegram: TelegramService | None = None
     consumer_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -101,6 +103,11 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
     twilio = TwilioService(config, db, attachments) if config.twilio.configured else None
     if twilio is not None:
         channels.update(twilio.channels)
+    batcher = IngestBatcher(db.write)
+    # Worker processes have no batcher; their pollers ingest one by one.
+    telegram = build_telegram(config, db, attachments, batcher.submit if role in ("all", "web") else direct_ingest(db))
+    if telegram is not None:
+        channels[Channel.TELEGRAM] = telegram.channel
     sender = Sender(db, channels, config.workers)
     hub = Hub(
         config=config,
@@ -111,11 +118,12 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         relay=relay,
         sender=sender,
         processor=EventProcessor(db, live, sender),
-        batcher=IngestBatcher(db.write),
+        batcher=batcher,
         visitor_tokens=VisitorTokens(config.secret_key),
         channels=channels,
         attachments=attachments,
         twilio=twilio,
+        telegram=telegram,
     )
     if twilio is not None:
         twilio.install(hub.processor, hub.batcher.submit)
@@ -134,6 +142,14 @@ async def sync_inboxes(hub: Hub) -> None:
         )
         if hub.twilio is not None:
             await hub.twilio.sync_inboxes(session)
+        for bot in hub.config.telegram.bots:
+            await do_ensure_inbox(
+                session,
+                key=bot.inbox_key,
+                channel=Channel.TELEGRAM,
+                name=bot.inbox_name,
+                bot_enabled=hub.config.bot.enabled,
+            )
 
 
 def _spawn(hub: Hub, coro: Coroutine[Any, Any, Any], name: str) -> None:
@@ -159,6 +175,9 @@ async def start_hub(hub: Hub) -> None:
     if hub.role in ("all", "worker"):
         _spawn(hub, hub.stream.consume("workers", hub.consumer_name, hub.processor.handle), "stream-consumer")
         _spawn(hub, hub.sender.run_sweeper(), "sender-sweeper")
+    if hub.telegram is not None:
+        web, worker = hub.role in ("all", "web"), hub.role in ("all", "worker")
+        _spawn(hub, hub.telegram.run(web=web, worker=worker, owner=hub.consumer_name), "telegram")
 
 
 async def stop_hub(hub: Hub) -> None:

@@ -32,6 +32,8 @@ ENV_OVERRIDES: dict[str, str] = {
     "HUB_LOG_FORMAT": "logging.format",
     "HUB_TWILIO_API_BASE_URL": "twilio.api_base_url",
     "HUB_PHONE_DEFAULT_REGION": "phone.default_region",
+    "HUB_TELEGRAM_API_BASE_URL": "telegram.api_base_url",
+    "HUB_TELEGRAM_MODE": "telegram.mode",
 }
 
 SECRET_KEYS = ("secret_key",)
@@ -114,6 +116,80 @@ class AttachmentsConfig(_Section):
     max_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     # None: data_dir/attachments.
     dir: Path | None = None
+
+
+TELEGRAM_TOKEN_ENV = "TELEGRAM_BOT_TOKEN"  # noqa: S105 - the variable's name
+TELEGRAM_SECRET_ENV = "TELEGRAM_WEBHOOK_SECRET"  # noqa: S105 - the variable's name
+# Bot API rule for setWebhook's secret_token.
+_TELEGRAM_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+_ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
+
+
+class TelegramBotConfig(_Section):
+    """One Telegram bot. Its token and webhook secret are read from the named
+    environment variables, never from the file."""
+
+    # In the webhook URL (/webhooks/telegram/<name>) and the inbox key.
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    token_env: str = Field(default=TELEGRAM_TOKEN_ENV, pattern=_ENV_NAME)
+    webhook_secret_env: str = Field(default=TELEGRAM_SECRET_ENV, pattern=_ENV_NAME)
+    # None: telegram.mode.
+    mode: Literal["webhook", "polling"] | None = None
+    # None: "telegram:<name>".
+    inbox: str | None = Field(default=None, min_length=1, max_length=200)
+    inbox_name: str = "Telegram"
+    # Filled from token_env / webhook_secret_env by load_config.
+    token: str = Field(default="", repr=False)
+    webhook_secret: str = Field(default="", repr=False)
+
+    @property
+    def inbox_key(self) -> str:
+        return self.inbox or f"telegram:{self.name}"
+
+
+class TelegramConfig(_Section):
+    # The Bot API server; a self-hosted telegram-bot-api server works too.
+    api_base_url: str = "https://api.telegram.org"
+    # webhook: Telegram posts to server.public_url + /webhooks/telegram/<bot>;
+    # polling: worker processes ask getUpdates (no public URL needed).
+    mode: Literal["webhook", "polling"] = "webhook"
+    bots: list[TelegramBotConfig] = Field(default_factory=list)
+    # Long-poll wait of one getUpdates call.
+    poll_timeout_seconds: int = Field(default=25, ge=0, le=50)
+    # A poller that stops renewing its claim on a bot for this long is presumed dead.
+    poll_lease_seconds: float = Field(default=60.0, ge=5)
+    request_timeout_seconds: float = Field(default=20.0, gt=0)
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL such as https://api.telegram.org")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _bots_complete(self) -> TelegramConfig:
+        if self.poll_lease_seconds <= self.poll_timeout_seconds + self.request_timeout_seconds:
+            raise ValueError(
+                "poll_lease_seconds must be longer than poll_timeout_seconds + request_timeout_seconds, "
+                "or another process takes over a bot in the middle of a long poll"
+            )
+        names: set[str] = set()
+        for i, bot in enumerate(self.bots):
+            if bot.name in names:
+                raise ValueError(f"bots[{i}]: two bots are named {bot.name!r}")
+            names.add(bot.name)
+            if not bot.token:
+                raise ValueError(f"bots[{i}] ({bot.name}): set the bot's BotFather token in ${bot.token_env}")
+            if self.mode_of(bot) == "webhook" and not _TELEGRAM_SECRET.match(bot.webhook_secret):
+                raise ValueError(
+                    f"bots[{i}] ({bot.name}): webhook mode needs ${bot.webhook_secret_env}, 1-256 characters "
+                    "of A-Z, a-z, 0-9, _ and - (or use polling mode)"
+                )
+        return self
+
+    def mode_of(self, bot: TelegramBotConfig) -> Literal["webhook", "polling"]:
+        return bot.mode or self.mode
 
 
 class BotConfig(_Section):
@@ -406,6 +482,7 @@ class HubConfig(_Section):
     webchat: WebchatConfig = Field(default_factory=WebchatConfig)
     attachments: AttachmentsConfig = Field(default_factory=AttachmentsConfig)
     bot: BotConfig = Field(default_factory=BotConfig)
+    telegram: TelegramConfig = Field(default_factory=TelegramConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     phone: PhoneConfig = Field(default_factory=PhoneConfig)
@@ -491,6 +568,7 @@ def load_config(
             _set_dotted(raw, dotted, env[var])
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
+    _telegram_secrets(raw, env)
     if env.get("HUB_SECRET_KEY"):
         raw["secret_key"] = env["HUB_SECRET_KEY"]
     _twilio_from_env(raw, env)
@@ -498,6 +576,32 @@ def load_config(
         return HubConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration: {_describe(exc)}") from exc
+
+
+def _telegram_secrets(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Bots' tokens and webhook secrets from the environment. With no bot listed,
+    ``TELEGRAM_BOT_TOKEN`` alone configures one named "default"."""
+    section = raw.get("telegram")
+    if section is None:
+        section = raw["telegram"] = {}
+    if not isinstance(section, dict):
+        return  # validation names the key
+    bots = section.get("bots")
+    if not bots and env.get(TELEGRAM_TOKEN_ENV):
+        bots = section["bots"] = [{"name": "default"}]
+    if not isinstance(bots, list):
+        return
+    for i, bot in enumerate(bots):
+        if not isinstance(bot, dict):
+            continue
+        for secret, holder in (("token", "token_env"), ("webhook_secret", "webhook_secret_env")):
+            if secret in bot:
+                raise ConfigError(
+                    f"telegram.bots[{i}].{secret}: secrets must not be written in the config file; "
+                    f"name the environment variable that holds it in {holder}"
+                )
+        bot["token"] = env.get(str(bot.get("token_env") or TELEGRAM_TOKEN_ENV), "")
+        bot["webhook_secret"] = env.get(str(bot.get("webhook_secret_env") or TELEGRAM_SECRET_ENV), "")
 
 
 def ensure_secret_key(config: HubConfig) -> HubConfig:

@@ -237,6 +237,14 @@ class TicketEventKind(enum.StrEnum):
     HANDOFF = "ticket.handoff"
     ROUTED = "ticket.routed"
     CALL = "call"
+    # An inbound message the customer edited (Telegram): the agents' inbox updates it.
+    MESSAGE_UPDATED = "message.updated"
+    # A contact's identity joined another contact or gained an address (a shared phone).
+    IDENTITY_LINKED = "contact.identity_linked"
+    # Where the customer came from (a Telegram /start deep link, a campaign).
+    CONTACT_SOURCE = "contact.source"
+    # The customer cannot be reached on a channel (blocked the bot), or can again.
+    IDENTITY_REACHABILITY = "contact.reachability"
 
 
 class TicketEvent(_Model):

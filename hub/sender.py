@@ -22,10 +22,12 @@ from typing import Any
 from sqlalchemy import and_, exists, select, update
 from sqlalchemy.orm import aliased
 
-from channels.base import ChannelAdapter
+from channels.base import RECIPIENT_UNREACHABLE, SEND_PARTS, ChannelAdapter
 from hub import metrics
+from hub.channel_actions import do_set_reachability
 from hub.config import WorkersConfig
 from hub.core import (
+    IDENTITY_OF_CHANNEL,
     Attachment,
     Author,
     Channel,
@@ -123,7 +125,7 @@ class Sender:
             attachments=tuple(Attachment.model_validate(a) for a in msg.attachments or []),
             subject=msg.subject,
             quick_replies=tuple(QuickReply.model_validate(q) for q in (msg.extras or {}).get("quick_replies", [])),
-            extras={"created_at": msg.created_at.isoformat()},
+            extras={"created_at": msg.created_at.isoformat(), SEND_PARTS: list((msg.extras or {}).get(SEND_PARTS, []))},
         )
         try:
             return await adapter.send(out)
@@ -154,6 +156,9 @@ class Sender:
                 values["status_reason"] = f"{result.reason} (gave up after {msg.attempts} attempts)"
         if result.external_id:
             values["external_id"] = result.external_id
+        if result.extras.get(SEND_PARTS):
+            # What a split message delivered so far: a retry resumes after it.
+            values["extras"] = {**(msg.extras or {}), SEND_PARTS: list(result.extras[SEND_PARTS])}
         metrics.OUTBOUND.labels(msg.channel, values["status"]).inc()
         async with self.db.write() as session:
             await session.execute(
@@ -164,6 +169,15 @@ class Sender:
             )
             fresh = await session.get(Message, msg.id, populate_existing=True)
             assert fresh is not None
+            unreachable = result.extras.get(RECIPIENT_UNREACHABLE)
+            if unreachable and (msg.extras or {}).get("recipient"):
+                await do_set_reachability(
+                    session,
+                    kind=IDENTITY_OF_CHANNEL[Channel(msg.channel)],
+                    address=str(msg.extras["recipient"]),
+                    reason=str(unreachable),
+                    ticket_id=msg.ticket_id,
+                )
             await add_outbox(
                 session,
                 [

@@ -156,6 +156,10 @@ class Identity(Base):
     address: Mapped[str] = mapped_column(String(512))
     display_name: Mapped[str | None] = mapped_column(String(512), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when the channel refuses to deliver to this address for good (a
+    # Telegram user blocked the bot); cleared when the customer writes again.
+    unreachable_at: Mapped[datetime | None] = mapped_column(default=None)
+    unreachable_reason: Mapped[str | None] = mapped_column(Text, default=None)
 
     contact: Mapped[Contact] = relationship(back_populates="identities", lazy="raise")
 
@@ -332,3 +336,18 @@ class Call(Base):
     answered_at: Mapped[datetime | None] = mapped_column(default=None)
     ended_at: Mapped[datetime | None] = mapped_column(default=None)
     extras: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class TelegramBotState(Base):
+    """Per configured Telegram bot: the getUpdates offset (the next update_id to
+    fetch, advanced only after an update is committed) and which process polls
+    the bot now. The claim is a lease renewed on every poll, so exactly one
+    process polls a bot and another takes over when that one dies."""
+
+    __tablename__ = "telegram_bot_state"
+
+    bot: Mapped[str] = mapped_column(String(64), primary_key=True)
+    update_offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    poller: Mapped[str | None] = mapped_column(String(200), default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -45,6 +45,10 @@ def message_values_view(v: Mapping[str, Any], inbox_key: str | None = None) -> d
         # Buttons offered with an outbound message, and the one a customer pressed.
         "quick_replies": list(extras.get("quick_replies") or []),
         "quick_reply": extras.get("quick_reply"),
+        # Earlier versions of a message the customer edited, oldest first.
+        "edits": list(extras.get("edits") or []),
+        # Files that came with the message but were not kept, each with the reason.
+        "attachment_errors": list(extras.get("attachment_errors") or []),
         "private": bool(v.get("private")),
         "external_id": v.get("external_id"),
         "status": v["status"],
@@ -94,6 +98,8 @@ def identity_view(i: Identity) -> dict[str, Any]:
         "address": i.address,
         "display_name": i.display_name,
         "created_at": iso(i.created_at),
+        "unreachable_at": iso(i.unreachable_at),
+        "unreachable_reason": i.unreachable_reason,
     }
 
 

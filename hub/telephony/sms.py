@@ -223,8 +223,10 @@ class MediaCopier:
 
     async def _copy(self, http: aiohttp.ClientSession, account: TwilioAccount, item: dict[str, Any]) -> dict[str, Any]:
         store = self.service.attachments
-        auth = aiohttp.BasicAuth(account.account_sid, account.auth_token)
-        async with http.get(str(item["url"]), auth=auth) as resp:
+        # Media URLs need the account's credentials (and redirect to storage,
+        # where aiohttp drops the Authorization header, as it must).
+        auth = aiohttp.encode_basic_auth(account.account_sid, account.auth_token)
+        async with http.get(str(item["url"]), headers={"Authorization": auth}) as resp:
             if resp.status != 200:
                 raise aiohttp.ClientResponseError(
                     resp.request_info, resp.history, status=resp.status, message=f"HTTP {resp.status}"

@@ -107,6 +107,12 @@ class MessageOut(_Out):
     attachments: list[dict[str, Any]]
     quick_replies: list[dict[str, Any]] = Field(description="buttons offered with this message: {id, title}")
     quick_reply: str | None = Field(description="the id of the button the customer pressed")
+    edits: list[dict[str, Any]] = Field(
+        default_factory=list, description="earlier versions of an edited inbound message: {body, edited_at}"
+    )
+    attachment_errors: list[dict[str, Any]] = Field(
+        default_factory=list, description="files that came with the message but were not kept: {filename, reason}"
+    )
     private: bool
     external_id: str | None
     status: str
@@ -156,6 +162,10 @@ class IdentityOut(_Out):
     address: str
     display_name: str | None
     created_at: str
+    unreachable_at: str | None = Field(
+        default=None, description="set while the channel refuses delivery to this address (blocked the bot)"
+    )
+    unreachable_reason: str | None = None
 
 
 class ContactOut(_Out):

@@ -1,0 +1,590 @@
+"""Telegram: Bot API updates in, ``sendMessage`` and friends out, through
+python-telegram-bot.
+
+Parsing is pure: :func:`parse_update` turns one update's JSON (from a webhook
+or from ``getUpdates``) into a :class:`TelegramUpdate`: a customer's message,
+an edit, a pressed inline button, the user blocking or unblocking the bot, or
+a kind the hub does not handle (acknowledged and dropped by the caller). It
+reads the update with ``telegram.Update.de_json`` after filling in the few
+fields that Telegram's own older samples lack. Files are only referenced here
+(:class:`MediaRef`); the hub fetches them with ``getFile``.
+
+:class:`TelegramChannel` sends: text split at 4,096 UTF-16 units and sent
+without ``parse_mode`` (a customer's or agent's ``*`` or ``<b>`` is never
+markup), quick replies as an inline keyboard, attachments as photos or
+documents. Flood control (429) and network trouble are retryable with
+Telegram's ``retry_after``; a user who blocked the bot (403) is a permanent
+failure that marks the address unreachable.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+from telegram import (
+    Bot,
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputFile,
+    Message,
+    Update,
+)
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+)
+
+from channels.base import RECIPIENT_UNREACHABLE, SEND_PARTS, ChannelAdapter, InvalidPayload
+from hub.core import Attachment, Channel, DeliveryStatus, InboundMessage, OutboundMessage, QuickReply, SendResult
+from hub.text import split_text, utf16_len
+
+# python-telegram-bot's documented opt-in to time periods as timedelta, which
+# its next major version makes the default; without it every 429 warns.
+os.environ.setdefault("PTB_TIMEDELTA", "1")
+
+BOT_API_URL = "https://api.telegram.org"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
+# sendMessage's limit, in UTF-16 code units (we send no entities, so no parsing shrinks it).
+MAX_TEXT_UNITS = 4096
+MAX_CALLBACK_DATA_BYTES = 64
+# What the hub asks Telegram for; everything else it would only drop.
+ALLOWED_UPDATES = ("message", "edited_message", "callback_query", "my_chat_member")
+# Bot API limit for photos sent by upload; larger images go as documents.
+MAX_PHOTO_BYTES = 10 * 1024 * 1024
+PHOTO_TYPES = ("image/jpeg", "image/png", "image/webp")
+
+
+class UpdateKind(enum.StrEnum):
+    MESSAGE = "message"
+    EDIT = "edit"
+    CALLBACK = "callback"
+    BLOCKED = "blocked"
+    UNBLOCKED = "unblocked"
+    IGNORED = "ignored"
+
+
+@dataclass(frozen=True, slots=True)
+class MediaRef:
+    """A file that came with a message, still on Telegram's servers."""
+
+    file_id: str
+    kind: str  # photo, document, audio, voice, video, video_note, animation
+    filename: str
+    content_type: str
+    size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TelegramUpdate:
+    """One update, understood. ``message`` is set for messages, edits and
+    callbacks (without attachments: see ``media``); ``chat_id`` always names the
+    customer's private chat when there is one."""
+
+    update_id: int
+    kind: UpdateKind
+    message: InboundMessage | None = None
+    media: tuple[MediaRef, ...] = ()
+    chat_id: str | None = None
+    #: The text after ``/start`` in a deep link (t.me/<bot>?start=<payload>).
+    start_payload: str | None = None
+    #: The sender's own phone number, shared with the "share contact" button.
+    shared_phone: str | None = None
+    callback_query_id: str | None = None
+    edited_at: datetime | None = None
+    #: Why an update is ignored, or what changed for blocked / unblocked.
+    reason: str | None = None
+
+
+def bot_urls(api_base_url: str) -> tuple[str, str]:
+    """``base_url`` and ``base_file_url`` for :class:`telegram.Bot`."""
+    base = api_base_url.rstrip("/")
+    return f"{base}/bot", f"{base}/file/bot"
+
+
+def message_external_id(bot: str, chat_id: int | str, message_id: int | str) -> str:
+    """Telegram message ids are unique within one chat of one bot, in both directions."""
+    return f"{bot}:{chat_id}:{message_id}"
+
+
+def callback_external_id(bot: str, query_id: str) -> str:
+    return f"{bot}:cb:{query_id}"
+
+
+# --- parsing ------------------------------------------------------------------------
+
+
+def parse_update(data: Any, *, bot: str, inbox: str) -> TelegramUpdate:
+    """One update's JSON as a :class:`TelegramUpdate`. Raises
+    :class:`InvalidPayload` for JSON that is not a Telegram update; a real update
+    of a kind the hub does not handle comes back as ``IGNORED`` with the reason."""
+    if not isinstance(data, dict):
+        raise InvalidPayload("a Telegram update must be a JSON object")
+    update_id = data.get("update_id")
+    if not isinstance(update_id, int) or isinstance(update_id, bool) or update_id < 0:
+        raise InvalidPayload("a Telegram update needs a non-negative integer update_id")
+    kinds = [k for k in data if k != "update_id"]
+    if not kinds:
+        raise InvalidPayload("the update carries no payload (message, edited_message, callback_query, ...)")
+    if len(kinds) > 1:
+        raise InvalidPayload(f"an update carries one payload; this one has {', '.join(sorted(kinds))}")
+    kind = kinds[0]
+    handler = _HANDLERS.get(kind)
+    if handler is None:
+        return TelegramUpdate(update_id, UpdateKind.IGNORED, reason=f"{kind} updates are not handled")
+    payload = data[kind]
+    if not isinstance(payload, dict):
+        raise InvalidPayload(f"{kind} must be a JSON object")
+    try:
+        update = Update.de_json(_tolerate({"update_id": update_id, kind: payload}), None)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise InvalidPayload(f"{kind} is not a valid Telegram {kind}: {exc}") from exc
+    return handler(update, bot, inbox)
+
+
+# Keys whose value is a User; Telegram's published sample updates omit is_bot.
+_USER_KEYS = frozenset({"from", "user", "via_bot"})
+
+
+def _tolerate(node: Any) -> Any:
+    """Fill in what python-telegram-bot requires and older updates (the Bot API
+    page's own samples) lack: ``is_bot`` on users, ``type`` on chats,
+    ``chat_instance`` on callback queries, ``file_unique_id`` on files.
+    Everything present stays as it is."""
+    node = copy.deepcopy(node)
+
+    def walk(value: Any) -> None:
+        if isinstance(value, list):
+            for item in value:
+                walk(item)
+            return
+        if not isinstance(value, dict):
+            return
+        for key, child in value.items():
+            if isinstance(child, dict):
+                if key in _USER_KEYS and "first_name" in child:
+                    child.setdefault("is_bot", False)
+                elif key in ("chat", "sender_chat") and "type" not in child and isinstance(child.get("id"), int):
+                    child["type"] = _chat_type(child["id"], child)
+                elif key == "callback_query":
+                    child.setdefault("chat_instance", "")
+                if "file_id" in child:
+                    child.setdefault("file_unique_id", child["file_id"])
+            walk(child)
+
+    walk(node)
+    return node
+
+
+def _chat_type(chat_id: int, chat: Mapping[str, Any]) -> str:
+    if chat_id > 0:
+        return "private"
+    return "channel" if str(chat_id).startswith("-100") and "title" in chat and "username" in chat else "group"
+
+
+def _on_message(update: Update, bot: str, inbox: str) -> TelegramUpdate:
+    msg = update.message
+    assert msg is not None
+    return _from_message(update.update_id, msg, bot, inbox, UpdateKind.MESSAGE)
+
+
+def _on_edit(update: Update, bot: str, inbox: str) -> TelegramUpdate:
+    msg = update.edited_message
+    assert msg is not None
+    return _from_message(update.update_id, msg, bot, inbox, UpdateKind.EDIT)
+
+
+def _from_message(update_id: int, msg: Message, bot: str, inbox: str, kind: UpdateKind) -> TelegramUpdate:
+    chat = msg.chat
+    if chat.type != "private":
+        return TelegramUpdate(
+            update_id, UpdateKind.IGNORED, reason=f"messages in {chat.type} chats are not handled (only private chats)"
+        )
+    user = msg.from_user
+    if user is None:
+        raise InvalidPayload("a private chat's message needs 'from'")
+    if user.is_bot:
+        return TelegramUpdate(update_id, UpdateKind.IGNORED, reason="messages from bots are not handled")
+    body = msg.text or msg.caption or ""
+    extras: dict[str, Any] = {
+        "update_id": update_id,
+        "chat_id": chat.id,
+        "message_id": msg.message_id,
+        "user_id": user.id,
+    }
+    if user.username:
+        extras["username"] = user.username
+    if user.language_code:
+        extras["language_code"] = user.language_code
+    if msg.reply_to_message is not None:
+        extras["reply_to_message_id"] = msg.reply_to_message.message_id
+    if msg.forward_origin is not None or "forward_date" in (msg.api_kwargs or {}):
+        extras["forwarded"] = True
+    media = _media_of(msg)
+    shared_phone: str | None = None
+    if msg.contact is not None:
+        c = msg.contact
+        name = " ".join(p for p in (c.first_name, c.last_name) if p)
+        body = body or f"{name}: {c.phone_number}".strip(": ")
+        extras["contact"] = {"phone_number": c.phone_number, "name": name, "user_id": c.user_id}
+        # Only the sender's own number, shared with Telegram's "share my contact"
+        # button, says who they are; anyone can forward someone else's card.
+        if c.user_id is not None and c.user_id == user.id:
+            shared_phone = c.phone_number
+    if msg.location is not None and msg.venue is None:
+        loc = msg.location
+        body = body or f"📍 {loc.latitude:.6f}, {loc.longitude:.6f}"
+        extras["location"] = {"latitude": loc.latitude, "longitude": loc.longitude}
+    if msg.venue is not None:
+        v = msg.venue
+        body = body or f"📍 {v.title}, {v.address}"
+        extras["location"] = {"latitude": v.location.latitude, "longitude": v.location.longitude, "title": v.title}
+    if msg.sticker is not None:
+        body = body or msg.sticker.emoji or "[sticker]"
+        extras["sticker"] = True
+    if not body and not media:
+        what = _content_kind(msg)
+        return TelegramUpdate(update_id, UpdateKind.IGNORED, reason=f"{what} messages are not handled")
+    start_payload: str | None = None
+    if kind is UpdateKind.MESSAGE and msg.text:
+        start_payload = _start_payload(msg.text)
+        if start_payload is not None:
+            extras["start_payload"] = start_payload
+    edited_at = (msg.edit_date or msg.date) if kind is UpdateKind.EDIT else None
+    if edited_at is not None:
+        extras["edited_at"] = edited_at.isoformat()
+    inbound = InboundMessage(
+        channel=Channel.TELEGRAM,
+        inbox=inbox,
+        external_id=message_external_id(bot, chat.id, msg.message_id),
+        sender=str(chat.id),
+        sender_name=user.full_name or user.username,
+        body=body,
+        received_at=msg.date,
+        extras=extras,
+    )
+    return TelegramUpdate(
+        update_id,
+        kind,
+        message=inbound,
+        media=media,
+        chat_id=str(chat.id),
+        start_payload=start_payload,
+        shared_phone=shared_phone,
+        edited_at=edited_at,
+    )
+
+
+def _start_payload(text: str) -> str | None:
+    """``/start <payload>``: the payload, or "" for a bare ``/start``; None for other text."""
+    head, _, rest = text.strip().partition(" ")
+    if head.split("@", 1)[0] != "/start":
+        return None
+    return rest.strip()[:256]
+
+
+def _content_kind(msg: Message) -> str:
+    for attr in (
+        "poll",
+        "dice",
+        "game",
+        "invoice",
+        "story",
+        "successful_payment",
+        "new_chat_members",
+        "pinned_message",
+    ):
+        if getattr(msg, attr, None):
+            return attr
+    return "empty or service"
+
+
+def _media_of(msg: Message) -> tuple[MediaRef, ...]:
+    out: list[MediaRef] = []
+    if msg.photo:
+        # The sizes of one photo; keep the largest.
+        best = max(msg.photo, key=lambda p: (p.file_size or 0, p.width * p.height))
+        out.append(MediaRef(best.file_id, "photo", f"photo-{msg.message_id}.jpg", "image/jpeg", best.file_size))
+    if msg.animation is not None:
+        a = msg.animation
+        out.append(
+            MediaRef(a.file_id, "animation", a.file_name or "animation.mp4", a.mime_type or "video/mp4", a.file_size)
+        )
+    elif msg.document is not None:
+        d = msg.document
+        out.append(
+            MediaRef(
+                d.file_id, "document", d.file_name or "document", d.mime_type or "application/octet-stream", d.file_size
+            )
+        )
+    if msg.audio is not None:
+        au = msg.audio
+        name = au.file_name or (f"{au.title}.mp3" if au.title else "audio.mp3")
+        out.append(MediaRef(au.file_id, "audio", name, au.mime_type or "audio/mpeg", au.file_size))
+    if msg.voice is not None:
+        vo = msg.voice
+        out.append(
+            MediaRef(vo.file_id, "voice", f"voice-{msg.message_id}.ogg", vo.mime_type or "audio/ogg", vo.file_size)
+        )
+    if msg.video is not None:
+        vi = msg.video
+        out.append(
+            MediaRef(vi.file_id, "video", vi.file_name or "video.mp4", vi.mime_type or "video/mp4", vi.file_size)
+        )
+    if msg.video_note is not None:
+        vn = msg.video_note
+        out.append(MediaRef(vn.file_id, "video_note", f"video-note-{msg.message_id}.mp4", "video/mp4", vn.file_size))
+    return tuple(out)
+
+
+def _on_callback(update: Update, bot: str, inbox: str) -> TelegramUpdate:
+    query = update.callback_query
+    assert query is not None
+    user = query.from_user
+    if user is None or not query.id:
+        raise InvalidPayload("a callback_query needs 'id' and 'from'")
+    if query.data is None:
+        return TelegramUpdate(
+            update.update_id,
+            UpdateKind.IGNORED,
+            callback_query_id=query.id,
+            reason="callback queries without data (games) are not handled",
+        )
+    chat_id: int = user.id
+    message = query.message
+    if isinstance(message, Message):
+        if message.chat.type != "private":
+            return TelegramUpdate(
+                update.update_id,
+                UpdateKind.IGNORED,
+                callback_query_id=query.id,
+                reason=f"buttons in {message.chat.type} chats are not handled",
+            )
+        chat_id = message.chat.id
+    title = _button_title(query)
+    extras: dict[str, Any] = {"update_id": update.update_id, "chat_id": chat_id, "user_id": user.id}
+    if message is not None:
+        extras["message_id"] = message.message_id
+    if query.inline_message_id:
+        extras["inline_message_id"] = query.inline_message_id
+    if user.username:
+        extras["username"] = user.username
+    inbound = InboundMessage(
+        channel=Channel.TELEGRAM,
+        inbox=inbox,
+        external_id=callback_external_id(bot, query.id),
+        sender=str(chat_id),
+        sender_name=user.full_name or user.username,
+        body=title or query.data,
+        quick_reply=query.data[:64] or None,
+        extras=extras,
+    )
+    return TelegramUpdate(
+        update.update_id,
+        UpdateKind.CALLBACK,
+        message=inbound,
+        chat_id=str(chat_id),
+        callback_query_id=query.id,
+    )
+
+
+def _button_title(query: CallbackQuery) -> str | None:
+    """The pressed button's text, from the keyboard of the message it sits on."""
+    message = query.message
+    markup = message.reply_markup if isinstance(message, Message) else None
+    if markup is None:
+        return None
+    for row in markup.inline_keyboard:
+        for button in row:
+            if button.callback_data == query.data:
+                return button.text
+    return None
+
+
+def _on_member(update: Update, bot: str, inbox: str) -> TelegramUpdate:
+    change = update.my_chat_member
+    assert change is not None
+    if change.chat.type != "private":
+        return TelegramUpdate(
+            update.update_id, UpdateKind.IGNORED, reason="membership changes in groups are not handled"
+        )
+    status = change.new_chat_member.status
+    chat_id = str(change.chat.id)
+    if status == "kicked":
+        return TelegramUpdate(
+            update.update_id, UpdateKind.BLOCKED, chat_id=chat_id, reason="the customer blocked the bot on Telegram"
+        )
+    if status == "member":
+        return TelegramUpdate(
+            update.update_id, UpdateKind.UNBLOCKED, chat_id=chat_id, reason="the customer unblocked the bot"
+        )
+    return TelegramUpdate(update.update_id, UpdateKind.IGNORED, reason=f"chat member status {status} is not handled")
+
+
+_HANDLERS: dict[str, Callable[[Update, str, str], TelegramUpdate]] = {
+    "message": _on_message,
+    "edited_message": _on_edit,
+    "callback_query": _on_callback,
+    "my_chat_member": _on_member,
+}
+
+
+# --- sending ------------------------------------------------------------------------
+
+ReadAttachment = Callable[[str], Awaitable[bytes | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class BotHandle:
+    """A configured bot as the adapter knows it: its name (in external ids) and client."""
+
+    name: str
+    bot: Bot
+
+
+def keyboard(quick_replies: tuple[QuickReply, ...]) -> InlineKeyboardMarkup | None:
+    """One button per row, so long titles (and Persian ones) stay readable."""
+    if not quick_replies:
+        return None
+    for q in quick_replies:
+        if len(q.id.encode()) > MAX_CALLBACK_DATA_BYTES:
+            raise ValueError(
+                f"quick reply id {q.id!r} is longer than Telegram's {MAX_CALLBACK_DATA_BYTES} bytes of callback data"
+            )
+    return InlineKeyboardMarkup([[InlineKeyboardButton(q.title, callback_data=q.id)] for q in quick_replies])
+
+
+def plan(message: OutboundMessage) -> list[str | Attachment]:
+    """What one stored message becomes on Telegram, in order: the text in parts
+    of at most 4,096 UTF-16 units, then each attachment."""
+    steps: list[str | Attachment] = []
+    if message.body.strip():
+        steps.extend(split_text(message.body, MAX_TEXT_UNITS, measure=utf16_len))
+    steps.extend(message.attachments)
+    return steps
+
+
+def retry_seconds(exc: RetryAfter) -> float:
+    value = exc.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+class TelegramChannel(ChannelAdapter):
+    channel: ClassVar[Channel] = Channel.TELEGRAM
+    # Long bodies are split, not refused.
+    max_body_chars: ClassVar[int | None] = None
+    # Telegram's broadcast limit per bot; per chat it is about one per second.
+    rate_per_second: ClassVar[float | None] = 30.0
+    supports_attachments: ClassVar[bool] = True
+
+    def __init__(self, bots: Mapping[str, BotHandle], read_attachment: ReadAttachment) -> None:
+        """``bots``: by inbox key. ``read_attachment``: the bytes behind one of
+        the hub's attachment URLs (None when it is not one)."""
+        self.bots = dict(bots)
+        self._read = read_attachment
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        handle = self.bots.get(message.inbox)
+        if handle is None:
+            return _failed(f"no Telegram bot is configured for inbox {message.inbox!r}")
+        try:
+            chat_id = int(message.recipient)
+        except ValueError:
+            return _failed(f"{message.recipient!r} is not a Telegram chat id")
+        try:
+            markup = keyboard(message.quick_replies)
+        except ValueError as exc:
+            return _failed(str(exc))
+        steps = plan(message)
+        if not steps:
+            return _failed("the message has neither text nor attachments")
+        # Parts already delivered by an earlier attempt (flood control stopped it
+        # half way): resume after them, so the customer never gets a part twice.
+        done = [str(p) for p in message.extras.get(SEND_PARTS) or []][: len(steps)]
+        for i, step in enumerate(steps):
+            if i < len(done):
+                continue
+            last = i == len(steps) - 1
+            try:
+                sent = await self._send_step(handle.bot, chat_id, step, markup if last else None)
+            except _StepFailed as exc:
+                return _failed(str(exc), parts=done)
+            except RetryAfter as exc:
+                wait = retry_seconds(exc)
+                return _failed(
+                    f"Telegram flood control: retry in {wait:g} s", retryable=True, retry_after=wait, parts=done
+                )
+            except Forbidden as exc:
+                reason = f"the customer blocked the bot or deleted the chat on Telegram ({exc.message})"
+                return SendResult(
+                    status=DeliveryStatus.FAILED,
+                    reason=f"Telegram refused delivery: {reason}; they can be reached again once they write to the bot",
+                    extras={SEND_PARTS: done, RECIPIENT_UNREACHABLE: reason},
+                )
+            except InvalidToken:
+                return _failed("Telegram rejected the bot's token (check the bot's token_env)", parts=done)
+            except ChatMigrated as exc:
+                return _failed(f"the chat moved to {exc.new_chat_id}", parts=done)
+            except BadRequest as exc:
+                return _failed(f"Telegram refused the message: {exc.message}", parts=done)
+            except NetworkError as exc:  # includes TimedOut
+                return _failed(f"Telegram unreachable: {exc.message}", retryable=True, parts=done)
+            except TelegramError as exc:
+                return _failed(f"Telegram error: {exc.message}", retryable=True, parts=done)
+            done.append(str(sent.message_id))
+        return SendResult(
+            status=DeliveryStatus.SENT,
+            external_id=message_external_id(handle.name, chat_id, done[0]),
+            extras={SEND_PARTS: done},
+        )
+
+    async def _send_step(
+        self, bot: Bot, chat_id: int, step: str | Attachment, markup: InlineKeyboardMarkup | None
+    ) -> Message:
+        if isinstance(step, str):
+            # No parse_mode: text is sent as typed, never read as Markdown or HTML.
+            return await bot.send_message(chat_id, step, parse_mode=None, reply_markup=markup)
+        data = await self._read(step.url)
+        name = step.filename or "file"
+        if data is None:
+            if not step.url.startswith(("https://", "http://")):
+                raise _StepFailed(f"attachment {name!r} is no longer stored")
+            # Someone else's URL: Telegram fetches it.
+            return await bot.send_document(chat_id, step.url, reply_markup=markup)
+        if step.content_type in PHOTO_TYPES and len(data) <= MAX_PHOTO_BYTES:
+            return await bot.send_photo(chat_id, InputFile(data, filename=name), reply_markup=markup)
+        return await bot.send_document(chat_id, InputFile(data, filename=name), reply_markup=markup)
+
+    async def close(self) -> None:
+        for handle in self.bots.values():
+            try:
+                await handle.bot.shutdown()
+            except TelegramError:  # closing anyway
+                continue
+
+
+class _StepFailed(Exception):
+    """A part of a message that cannot be sent for a reason of ours."""
+
+
+def _failed(
+    reason: str, *, retryable: bool = False, retry_after: float | None = None, parts: list[str] | None = None
+) -> SendResult:
+    return SendResult(
+        status=DeliveryStatus.FAILED,
+        reason=reason,
+        retryable=retryable,
+        retry_after=retry_after,
+        extras={SEND_PARTS: parts} if parts else {},
+    )

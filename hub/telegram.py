@@ -1,0 +1,470 @@
+"""The hub's side of Telegram: configured bots, what to do with each update,
+files fetched from Telegram, webhook registration and the getUpdates poller.
+
+An update is acknowledged (the webhook answers 2xx, the poller advances its
+offset) only after what it carries is committed. Updates are handled
+idempotently: a message is stored once per (bot, chat, message id), a
+pressed button once per callback query id, an edit once per edit time, and a
+message's contact signals (``/start`` source, shared phone) once per message.
+
+Polling: each bot has a row in ``telegram_bot_state`` holding the next
+``update_id`` to fetch and a lease naming the process that polls it. A process
+polls only while it holds the lease, renews it with every offset it saves, and
+gives it up when it stops; a process that dies loses it after
+``telegram.poll_lease_seconds``. So exactly one process polls a bot at a time,
+on SQLite and PostgreSQL alike, and a restart continues at the saved offset:
+updates confirmed to Telegram were committed first (none lost), and an update
+committed just before a crash is fetched again but stored once (none repeated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import warnings
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from telegram import Bot
+from telegram.error import BadRequest, Forbidden, InvalidToken, TelegramError
+from telegram.request import HTTPXRequest
+from telegram.warnings import PTBUserWarning
+
+from channels.base import InvalidPayload
+from channels.telegram import (
+    ALLOWED_UPDATES,
+    BotHandle,
+    MediaRef,
+    TelegramChannel,
+    TelegramUpdate,
+    UpdateKind,
+    bot_urls,
+    parse_update,
+)
+from hub.attachments import AttachmentStore, AttachmentTooLarge
+from hub.channel_actions import do_contact_signals, do_edit_inbound_message, do_set_reachability
+from hub.config import HubConfig, TelegramBotConfig
+from hub.core import Attachment, Channel, IdentityKind, InboundMessage, utcnow
+from hub.text import InvalidPhoneNumber, parse_phone
+from storage.db import Database
+from storage.ingest import IngestResult, dialect_insert, ingest_batch
+from storage.models import Identity, Message, TelegramBotState
+
+log = logging.getLogger(__name__)
+
+Ingest = Callable[[InboundMessage], Awaitable[IngestResult]]
+
+# getUpdates is called through do_api_request to get the raw JSON, so that one
+# malformed update is skipped on its own instead of failing the whole batch in
+# Update.de_list; python-telegram-bot suggests its typed method for that.
+warnings.filterwarnings("ignore", message=r"Please use 'Bot\.getUpdates'", category=PTBUserWarning)
+
+
+class TelegramUnavailable(Exception):
+    """Telegram (or the network) failed in a way that may pass: the update is
+    not acknowledged, so it comes again."""
+
+
+@dataclass(frozen=True, slots=True)
+class TelegramBot:
+    config: TelegramBotConfig
+    mode: str
+    bot: Bot
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def inbox(self) -> str:
+        return self.config.inbox_key
+
+
+class Backoff:
+    """Exponential, with jitter, reset after a success."""
+
+    def __init__(self, base: float = 1.0, cap: float = 60.0) -> None:
+        self.base = base
+        self.cap = cap
+        self.failures = 0
+
+    def next(self) -> float:
+        self.failures += 1
+        delay = min(self.cap, self.base * 2 ** (self.failures - 1))
+        return float(delay * random.uniform(0.5, 1.0))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def make_bot(token: str, api_base_url: str, timeout: float) -> Bot:
+    base_url, base_file_url = bot_urls(api_base_url)
+    return Bot(
+        token,
+        base_url=base_url,
+        base_file_url=base_file_url,
+        # Replies to many chats go out concurrently; the default pool is small.
+        request=HTTPXRequest(
+            connection_pool_size=32,
+            read_timeout=timeout,
+            write_timeout=timeout,
+            connect_timeout=min(timeout, 10.0),
+            pool_timeout=timeout,
+            media_write_timeout=max(timeout, 60.0),
+        ),
+        get_updates_request=HTTPXRequest(connection_pool_size=2, read_timeout=timeout, connect_timeout=10.0),
+    )
+
+
+class TelegramService:
+    def __init__(
+        self,
+        config: HubConfig,
+        db: Database,
+        attachments: AttachmentStore,
+        ingest: Ingest,
+    ) -> None:
+        self.config = config
+        self.tg = config.telegram
+        self.db = db
+        self.attachments = attachments
+        self.ingest = ingest
+        self.bots: dict[str, TelegramBot] = {}
+        for bc in self.tg.bots:
+            bot = make_bot(bc.token, self.tg.api_base_url, self.tg.request_timeout_seconds)
+            self.bots[bc.name] = TelegramBot(config=bc, mode=self.tg.mode_of(bc), bot=bot)
+        self.channel = TelegramChannel(
+            {b.inbox: BotHandle(b.name, b.bot) for b in self.bots.values()},
+            read_attachment=lambda url: asyncio.to_thread(attachments.read, url),
+        )
+
+    def webhook_bot(self, name: str) -> TelegramBot | None:
+        bot = self.bots.get(name)
+        return bot if bot is not None and bot.mode == "webhook" else None
+
+    def webhook_url(self, bot: TelegramBot) -> str:
+        return f"{self.config.public_url}/webhooks/telegram/{bot.name}"
+
+    # --- one update -----------------------------------------------------------------
+
+    async def handle_json(self, bot: TelegramBot, data: Any) -> str:
+        """Raises :class:`InvalidPayload` for what is not an update."""
+        return await self.handle(bot, parse_update(data, bot=bot.name, inbox=bot.inbox))
+
+    async def handle(self, bot: TelegramBot, upd: TelegramUpdate) -> str:
+        """Store what ``upd`` carries; returns what happened ("stored",
+        "duplicate", "edited", "blocked", "unblocked", "ignored: <why>"). Raises
+        when it could not be stored, so the update is delivered again."""
+        if upd.kind is UpdateKind.IGNORED:
+            if upd.callback_query_id:
+                await self._answer(bot, upd.callback_query_id)
+            return f"ignored: {upd.reason}"
+        if upd.kind in (UpdateKind.BLOCKED, UpdateKind.UNBLOCKED):
+            assert upd.chat_id is not None
+            async with self.db.write() as session:
+                await do_set_reachability(
+                    session,
+                    kind=IdentityKind.TELEGRAM,
+                    address=upd.chat_id,
+                    reason=upd.reason if upd.kind is UpdateKind.BLOCKED else None,
+                    actor="contact",
+                )
+            return upd.kind.value
+        message = upd.message
+        assert message is not None
+        if upd.kind is UpdateKind.EDIT:
+            assert upd.edited_at is not None
+            async with self.db.write() as session:
+                edited = await do_edit_inbound_message(
+                    session,
+                    channel=Channel.TELEGRAM,
+                    external_id=message.external_id,
+                    body=message.body,
+                    edited_at=upd.edited_at,
+                )
+            if edited is not None:
+                return "edited"
+            # An edit of a message the hub never stored (sent before the bot was
+            # connected): the customer's words are kept as a message of their own.
+        if upd.media:
+            message = await self._with_files(bot, message, upd.media)
+        result = await self.ingest(message)
+        await self._after_ingest(upd, result)
+        if upd.callback_query_id:
+            await self._answer(bot, upd.callback_query_id)
+        return "duplicate" if result.duplicate else "stored"
+
+    async def _after_ingest(self, upd: TelegramUpdate, result: IngestResult) -> None:
+        phone: str | None = None
+        if upd.shared_phone:
+            raw = upd.shared_phone.strip()
+            try:
+                # Telegram gives the number in international form, usually without "+".
+                phone = parse_phone(raw if raw.startswith("+") else f"+{raw}")
+            except InvalidPhoneNumber as exc:
+                log.warning("telegram: a shared phone number could not be read: %s", exc)
+        source = upd.start_payload or None
+        if source or phone:
+            async with self.db.write() as session:
+                await do_contact_signals(session, result.message_id, source=source, phone=phone)
+        if upd.chat_id is not None and upd.kind is not UpdateKind.CALLBACK:
+            # Writing again proves the customer can be reached (they unblocked the bot).
+            async with self.db.read() as session:
+                blocked = await session.scalar(
+                    select(Identity.id).where(
+                        Identity.channel == IdentityKind.TELEGRAM.value,
+                        Identity.address == upd.chat_id,
+                        Identity.unreachable_at.is_not(None),
+                    )
+                )
+            if blocked is not None:
+                async with self.db.write() as session:
+                    await do_set_reachability(
+                        session,
+                        kind=IdentityKind.TELEGRAM,
+                        address=upd.chat_id,
+                        reason=None,
+                        ticket_id=result.ticket_id,
+                        actor="contact",
+                    )
+
+    async def _answer(self, bot: TelegramBot, query_id: str) -> None:
+        """Stops the spinner on the customer's button. Best effort: the choice is
+        stored already, and Telegram refuses answers to queries older than a few
+        minutes (a redelivered update)."""
+        try:
+            await bot.bot.answer_callback_query(query_id)
+        except TelegramError as exc:
+            log.info("telegram: callback query %s not answered: %s", query_id, exc)
+
+    async def _with_files(
+        self, bot: TelegramBot, message: InboundMessage, media: tuple[MediaRef, ...]
+    ) -> InboundMessage:
+        """The message with its files fetched into the attachment store; a file
+        that cannot be kept is listed in ``extras["attachment_errors"]`` with the
+        reason, and the text is stored all the same."""
+        async with self.db.read() as session:
+            stored = await session.scalar(
+                select(Message.id).where(
+                    Message.channel == Channel.TELEGRAM.value, Message.external_id == message.external_id
+                )
+            )
+        if stored is not None:
+            return message  # a redelivery: ingest answers with the stored message
+        saved: list[Attachment] = []
+        errors: list[dict[str, Any]] = []
+        for ref in media:
+            try:
+                saved.append(await self._fetch(bot, ref))
+            except (AttachmentTooLarge, _FileRefused) as exc:
+                errors.append({"filename": ref.filename, "kind": ref.kind, "size": ref.size, "reason": str(exc)})
+        extras = dict(message.extras)
+        if errors:
+            extras["attachment_errors"] = errors
+        return message.model_copy(update={"attachments": tuple(saved), "extras": extras})
+
+    async def _fetch(self, bot: TelegramBot, ref: MediaRef) -> Attachment:
+        # Checked before anything is downloaded: Telegram says how big it is.
+        if ref.size is not None:
+            self.attachments.check_size(ref.size, ref.filename)
+        try:
+            file = await bot.bot.get_file(ref.file_id)
+            if file.file_size is not None:
+                self.attachments.check_size(file.file_size, ref.filename)
+            data = bytes(await file.download_as_bytearray())
+        except BadRequest as exc:
+            # "file is too big" (over the Bot API's 20 MB), an expired file id.
+            raise _FileRefused(f"Telegram did not give the file: {exc.message}") from exc
+        except InvalidToken as exc:
+            raise TelegramUnavailable("Telegram rejected the bot's token while fetching a file") from exc
+        except TelegramError as exc:
+            raise TelegramUnavailable(f"fetching a file from Telegram failed: {exc.message}") from exc
+        return await self.attachments.save(data, filename=ref.filename, content_type=ref.content_type)
+
+    # --- start-up, webhooks and polling -----------------------------------------------
+
+    async def run(self, *, web: bool, worker: bool, owner: str) -> None:
+        """Everything Telegram needs in the background of one process: webhook
+        registration where webhooks are served, pollers where workers run."""
+        async with asyncio.TaskGroup() as tg:
+            for bot in self.bots.values():
+                tg.create_task(self._introduce(bot), name=f"telegram-getme-{bot.name}")
+                if bot.mode == "webhook" and web:
+                    tg.create_task(self._register_webhook(bot), name=f"telegram-webhook-{bot.name}")
+                elif bot.mode == "polling" and worker:
+                    tg.create_task(self.poll(bot, owner), name=f"telegram-poll-{bot.name}")
+
+    async def _introduce(self, bot: TelegramBot) -> None:
+        """getMe: a wrong token is reported at start-up, not at the first reply."""
+        try:
+            me = await bot.bot.get_me()
+        except InvalidToken:
+            log.error("telegram bot %s: Telegram rejected the token in $%s", bot.name, bot.config.token_env)
+        except TelegramError as exc:
+            log.warning("telegram bot %s: getMe failed: %s", bot.name, exc.message)
+        else:
+            log.info("telegram bot %s is @%s (inbox %s, %s mode)", bot.name, me.username, bot.inbox, bot.mode)
+
+    async def _register_webhook(self, bot: TelegramBot) -> None:
+        if not self.config.server.public_url:
+            log.warning(
+                "telegram bot %s: webhook mode, but server.public_url (HUB_PUBLIC_URL) is not set, so Telegram cannot "
+                "be told where to post; updates are accepted at /webhooks/telegram/%s once a webhook points there. "
+                "Set HUB_PUBLIC_URL to the hub's public https URL, or use polling (HUB_TELEGRAM_MODE=polling).",
+                bot.name,
+                bot.name,
+            )
+            return
+        url = self.webhook_url(bot)
+        backoff = Backoff()
+        while True:
+            try:
+                await bot.bot.set_webhook(
+                    url=url,
+                    secret_token=bot.config.webhook_secret,
+                    allowed_updates=list(ALLOWED_UPDATES),
+                )
+            except (BadRequest, InvalidToken, Forbidden) as exc:
+                log.error("telegram bot %s: setWebhook to %s was refused: %s", bot.name, url, exc.message)
+                return
+            except TelegramError as exc:
+                log.warning("telegram bot %s: setWebhook failed (%s); trying again", bot.name, exc.message)
+                await asyncio.sleep(backoff.next())
+                continue
+            log.info("telegram bot %s: webhook set to %s", bot.name, url)
+            return
+
+    async def poll(self, bot: TelegramBot, owner: str) -> None:
+        """getUpdates until cancelled, while this process holds the bot's lease."""
+        backoff = Backoff()
+        webhook_removed = False
+        try:
+            while True:
+                try:
+                    offset = await self._claim(bot.name, owner)
+                    if offset is None:
+                        # Another process polls this bot; be ready to take over.
+                        await asyncio.sleep(self.tg.poll_lease_seconds / 4 * random.uniform(0.8, 1.2))
+                        continue
+                    if not webhook_removed:
+                        # getUpdates is refused (409) while a webhook is set.
+                        await bot.bot.delete_webhook(drop_pending_updates=False)
+                        webhook_removed = True
+                    await self._poll_once(bot, owner, offset)
+                    backoff.reset()
+                except asyncio.CancelledError:
+                    raise
+                except _LostLease:
+                    log.info("telegram bot %s: another process took over polling", bot.name)
+                except Exception as exc:  # noqa: BLE001 - any failure: log, back off, poll again
+                    delay = backoff.next()
+                    log.warning("telegram bot %s: polling failed (%s); again in %.1f s", bot.name, exc, delay)
+                    await asyncio.sleep(delay)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._release(bot.name, owner))
+
+    async def _poll_once(self, bot: TelegramBot, owner: str, offset: int) -> None:
+        timeout = self.tg.poll_timeout_seconds
+        raw = await bot.bot.do_api_request(
+            "getUpdates",
+            api_kwargs={"offset": offset, "timeout": timeout, "allowed_updates": list(ALLOWED_UPDATES)},
+            read_timeout=timeout + self.tg.request_timeout_seconds,
+        )
+        for item in raw if isinstance(raw, list) else []:
+            update_id = item.get("update_id") if isinstance(item, dict) else None
+            try:
+                outcome = await self.handle_json(bot, item)
+            except InvalidPayload as exc:
+                # Not an update we can read: skipped, as a webhook would answer 400.
+                log.warning("telegram bot %s: skipping update %s: %s", bot.name, update_id, exc)
+                outcome = "invalid"
+            log.debug("telegram bot %s: update %s %s", bot.name, update_id, outcome)
+            if isinstance(update_id, int) and not await self._advance(bot.name, owner, update_id + 1):
+                raise _LostLease()
+
+    async def _claim(self, name: str, owner: str) -> int | None:
+        """Take or renew the lease on polling ``name``; the offset to poll from, or
+        None when another live process holds it."""
+        now = utcnow()
+        async with self.db.write() as session:
+            row = await session.scalar(select(TelegramBotState).where(TelegramBotState.bot == name).with_for_update())
+            if row is None:
+                await session.execute(
+                    dialect_insert(session, TelegramBotState)
+                    .values(bot=name, update_offset=0, updated_at=now)
+                    .on_conflict_do_nothing(index_elements=["bot"])
+                )
+                row = await session.scalar(
+                    select(TelegramBotState)
+                    .where(TelegramBotState.bot == name)
+                    .with_for_update()
+                    .execution_options(populate_existing=True)
+                )
+                assert row is not None
+            if row.poller not in (None, owner) and row.lease_until is not None and row.lease_until > now:
+                return None
+            row.poller = owner
+            row.lease_until = now + timedelta(seconds=self.tg.poll_lease_seconds)
+            row.updated_at = now
+            return int(row.update_offset)
+
+    async def _advance(self, name: str, owner: str, offset: int) -> bool:
+        now = utcnow()
+        async with self.db.write() as session:
+            done = await session.execute(
+                update(TelegramBotState)
+                .where(TelegramBotState.bot == name, TelegramBotState.poller == owner)
+                .values(
+                    update_offset=offset,
+                    lease_until=now + timedelta(seconds=self.tg.poll_lease_seconds),
+                    updated_at=now,
+                )
+                .returning(TelegramBotState.bot)
+                .execution_options(synchronize_session=False)
+            )
+            return done.scalar_one_or_none() is not None
+
+    async def _release(self, name: str, owner: str) -> None:
+        async with self.db.write() as session:
+            await session.execute(
+                update(TelegramBotState)
+                .where(TelegramBotState.bot == name, TelegramBotState.poller == owner)
+                .values(poller=None, lease_until=None, updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+
+
+class _FileRefused(Exception):
+    """A file that will never be fetched (too big for the Bot API, gone)."""
+
+
+class _LostLease(Exception):
+    pass
+
+
+def direct_ingest(db: Database) -> Ingest:
+    """Ingest in a transaction of its own, for processes without the web
+    role's group-commit batcher (a worker that polls)."""
+
+    async def ingest(message: InboundMessage) -> IngestResult:
+        async with db.write() as session:
+            (result,) = await ingest_batch(session, [message])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    return ingest
+
+
+def build_telegram(
+    config: HubConfig, db: Database, attachments: AttachmentStore, ingest: Ingest
+) -> TelegramService | None:
+    if not config.telegram.bots:
+        return None
+    return TelegramService(config, db, attachments, ingest)
