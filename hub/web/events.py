@@ -5,16 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from channels.base import InvalidPayload
 from channels.webchat import decode_frame
 from hub import metrics
-from hub.app import HUB, WEBSOCKETS
+from hub.app import HUB, WEBSOCKETS, Hub
 from hub.web.api import API, current_agent
 from hub.web.registry import ROUTES
 from hub.workers import AGENTS_CHANNEL
+from storage.models import Agent
+
+# Frame types agents may send besides ping, added by other route modules on
+# import (the inbox's typing indicator). A handler answers with a frame or None,
+# and raises InvalidPayload for a frame it cannot take.
+AgentFrameHandler = Callable[[Hub, Agent, dict[str, Any]], Awaitable["dict[str, Any] | None"]]
+AGENT_FRAMES: dict[str, AgentFrameHandler] = {}
 
 
 @ROUTES.route(
@@ -29,7 +38,9 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
     """Each frame is JSON with a `type` (`message.received`, `message.created`,
     `message.status`, `ticket.assigned`, `ticket.status_changed`, `ticket.routed`,
     `contact.merged`, `typing`) and the ticket and/or message it concerns, in
-    the same shapes as the REST API. Send `{"type": "ping"}` to get a `pong`."""
+    the same shapes as the REST API. Send `{"type": "ping"}` to get a `pong`,
+    and `{"type": "typing", "ticket_id": N}` while writing a reply: a web chat
+    visitor sees "typing", and so do the other agents."""
     hub = request.app[HUB]
     agent = await current_agent(request)
     ws = web.WebSocketResponse(heartbeat=30.0)
@@ -59,6 +70,14 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
                 continue
             if frame["type"] == "ping":
                 await ws.send_json({"type": "pong"})
+            elif frame["type"] in AGENT_FRAMES:
+                try:
+                    answer = await AGENT_FRAMES[frame["type"]](hub, agent, frame)
+                except InvalidPayload as exc:
+                    await ws.send_json({"type": "error", "code": "invalid_frame", "message": str(exc)})
+                    continue
+                if answer is not None:
+                    await ws.send_json(answer)
             else:
                 await ws.send_json(
                     {"type": "error", "code": "invalid_frame", "message": f"unknown frame type {frame['type']!r}"}
