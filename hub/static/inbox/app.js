@@ -76,6 +76,7 @@ function changeLanguage(lang) {
     renderTickets();
     if (state.current) renderConversation();
     renderCustomer();
+    setMode(state.mode, false);
   }
 }
 

@@ -60,7 +60,7 @@ export function messageView(message, agents) {
     message.subject ? h("div", { class: "msg-subject", dir: "auto" }, `${t("subject")}: ${message.subject}`) : null,
     (message.attachments || []).length ? h("div", { class: "attachments" }, message.attachments.map(attachmentView)) : null,
     message.body
-      ? h("div", { class: "msg-body", dir: "auto" }, voicemail ? h("span", { class: "muted" }, `${t("transcription")}: `) : null, message.body)
+      ? h("div", { class: "msg-body", dir: "auto" }, voicemail ? h("span", { class: "muted", dir: document.documentElement.dir }, `${t("transcription")}: `) : null, message.body)
       : null,
     (message.quick_replies || []).length
       ? h("div", { class: "quick-replies", "aria-label": t("buttons_offered") },
