@@ -17,12 +17,12 @@
       typing: "{n} is typing\u2026", someone: "Someone", name: "Name", email: "Email", phone: "Phone", start: "Start chat",
       prechat: "Tell us who you are, so we can follow up.", offline: "Nobody is available right now. Leave a message and an email or phone number, and we will reply there.",
       contact: "Email or phone number", leave: "Send message", thanks: "Thanks! We will reply to {c}.", required: "Please fill this in.",
-      agent: "Agent", bot: "Bot", you: "You", unread: "{n} new" },
+      agent: "Agent", bot: "Bot", you: "You", unread: "{n} new", yours: "Your message" },
     fa: { open: "باز کردن گفتگو", close: "بستن گفتگو", send: "ارسال", msg: "پیام خود را بنویسید\u2026", reconnect: "در حال اتصال دوباره\u2026",
       typing: "{n} در حال نوشتن است\u2026", someone: "کارشناس", name: "نام", email: "ایمیل", phone: "تلفن", start: "شروع گفتگو",
       prechat: "خودتان را معرفی کنید تا بتوانیم پیگیری کنیم.", offline: "الان کسی در دسترس نیست. پیام خود را با ایمیل یا شماره تلفن بگذارید تا همان‌جا پاسخ دهیم.",
       contact: "ایمیل یا شماره تلفن", leave: "ارسال پیام", thanks: "ممنون! به {c} پاسخ می‌دهیم.", required: "لطفاً این را پر کنید.",
-      agent: "کارشناس", bot: "ربات", you: "شما", unread: "{n} پیام تازه" }
+      agent: "کارشناس", bot: "ربات", you: "شما", unread: "{n} پیام تازه", yours: "پیام شما" }
   }[lang];
   function t(k, n) { return T[k].replace(/\{(\w)\}/, n == null ? "" : n); }
 
@@ -191,8 +191,8 @@
     if (type !== "textarea") f.setAttribute("type", type);
     if (required) f.setAttribute("required", "");
     wrap.appendChild(f);
-    wrap.appendChild(el("span", { "class": "err", id: "crmhub-err-" + name, "aria-live": "polite" }));
     formBox.appendChild(wrap);
+    formBox.appendChild(el("span", { "class": "err", id: "crmhub-err-" + name, "aria-live": "polite" }));
     return f;
   }
   function fieldError(name, message) {
@@ -210,7 +210,7 @@
     var inputs = {};
     if (pre.fields.indexOf("name") >= 0 && session.known.indexOf("name") < 0) inputs.name = field("name", T.name, "text", !offline && pre.required.indexOf("name") >= 0);
     if (offline) {
-      inputs.message = field("message", T.msg, "textarea", true);
+      inputs.message = field("message", T.yours, "textarea", true);
       inputs.contact = field("contact", T.contact, "text", true);
     } else {
       ["email", "phone"].forEach(function (k) {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiohttp import web
 from sqlalchemy import select
 
 from channels.base import InvalidPayload
@@ -14,6 +15,7 @@ from hub.app import Hub
 from hub.core import Channel, IdentityKind
 from hub.inbox import agents_available, do_identify_visitor
 from hub.web import chat, events
+from hub.web.registry import ROUTES
 from hub.workers import AGENTS_CHANNEL
 from storage.models import Agent, Contact, Identity, Ticket
 
@@ -120,3 +122,15 @@ async def agent_typing(hub: Hub, agent: Agent, frame: dict[str, Any]) -> dict[st
 chat.VISITOR_FRAMES["identify"] = identify
 chat.SESSION_EXTRAS.append(session_extra)
 events.AGENT_FRAMES["typing"] = agent_typing
+
+
+@ROUTES.route(
+    "GET",
+    "/demo/fa",
+    summary="The demo page in Persian (right-to-left), with the widget on it",
+    tag="webchat",
+    auth=False,
+    content_type="text/html",
+)
+async def demo_page_fa(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(chat.STATIC / "demo-fa.html", headers={"Content-Type": "text/html; charset=utf-8"})
