@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels.webchat import VisitorDetails
 from hub.actions import audit, record_ticket_event
-from hub.core import Channel, IdentityKind, Presence, Priority, TicketEventKind, TicketStatus, utcnow
+from hub.core import Channel, IdentityKind, Presence, Priority, TicketEventKind, utcnow
 from hub.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from storage.ingest import dialect_insert
 from storage.models import (
@@ -227,16 +227,3 @@ async def do_identify_visitor(session: AsyncSession, visitor_id: str, details: V
     data = {k: v for k, v in (("name", details.name), ("email", details.email), ("phone", details.phone)) if v}
     await audit(session, "contact", "contact.identified", "contact", contact_id, {**data, "offline": details.offline})
     return contact_id
-
-
-async def current_webchat_ticket(session: AsyncSession, contact_id: int) -> int | None:
-    return await session.scalar(
-        select(Ticket.id)
-        .where(
-            Ticket.contact_id == contact_id,
-            Ticket.channel == Channel.WEBCHAT.value,
-            Ticket.status != TicketStatus.RESOLVED.value,
-        )
-        .order_by(Ticket.id.desc())
-        .limit(1)
-    )

@@ -12,6 +12,8 @@ const STATUSES = ["open", "pending", "snoozed", "resolved"];
 const PRIORITIES = ["low", "normal", "high", "urgent"];
 const CHANNELS = ["webchat", "sms", "voice", "email", "telegram"];
 const VIEWS = ["mine", "unassigned", "teams", "all"];
+// As hub.core.STATUS_RANK: receipts arrive out of order.
+const STATUS_RANK = { received: 0, queued: 1, sending: 2, sent: 3, undelivered: 4, failed: 4, delivered: 5, read: 6 };
 // Which channel answers on which kind of identity.
 const REPLY_CHANNEL_OF_IDENTITY = { webchat: "webchat", phone: "sms", email: "email", telegram: "telegram" };
 
@@ -553,8 +555,16 @@ function addMessage(message) {
   const existing = box.querySelector(`[data-id="${message.id}"]`);
   const list = state.current.messages;
   const i = list.findIndex((m) => m.id === message.id);
-  if (i >= 0) list[i] = Object.assign({}, list[i], message);
-  else list.push(message);
+  if (i >= 0) {
+    // Events and answers cross on the wire: a status never moves backwards
+    // (a reply's "queued" answer may arrive after its "failed" event).
+    const merged = Object.assign({}, list[i], message);
+    if ((STATUS_RANK[list[i].status] ?? 0) > (STATUS_RANK[message.status] ?? 0)) {
+      merged.status = list[i].status;
+      merged.status_reason = list[i].status_reason;
+    }
+    list[i] = merged;
+  } else list.push(message);
   if (existing) existing.replaceWith(messageView(list[i >= 0 ? i : list.length - 1], state.agents));
   else {
     box.appendChild(node);

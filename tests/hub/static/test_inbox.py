@@ -4,14 +4,23 @@ markup that must stay text."""
 
 from __future__ import annotations
 
+import io
+import re
+import struct
+import wave
+import zlib
 from pathlib import Path
 
+import aiohttp
 import pytest
 from playwright.async_api import expect
 
-from hub.core import Role
+from hub.actions import do_ensure_inbox
+from hub.app import HUB
+from hub.core import Channel, InboundMessage, Role
+from storage.ingest import IngestResult, ingest_batch
 from tests.browser import chromium, screenshot, watch_for_trouble
-from tests.hub.helpers import add_agent, make_config, running_hub
+from tests.hub.helpers import Agent, add_agent, make_config, next_frame, running_hub
 from tests.hub.static.pages import log_in, open_widget, visitor_says
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.browser]
@@ -160,3 +169,154 @@ async def test_markup_in_messages_and_names_is_shown_and_never_run(tmp_path: Pat
         assert await visitor.locator("#crm-hub-widget .m img, #crm-hub-widget .m b").count() == 0
         assert problems == []
         await screenshot(agent, "inbox-markup-as-text")
+
+
+async def test_inbox_catches_up_on_what_it_missed_while_disconnected(tmp_path: Path) -> None:
+    """The events socket drops; a customer writes meanwhile (no live event can
+    reach the page); once the socket is back the inbox reads it all again."""
+    from playwright.async_api import WebSocketRoute
+
+    config = make_config(tmp_path)
+    async with running_hub(config) as server, chromium() as browser, aiohttp.ClientSession() as http:
+        await add_agent(config, "ana@example.com", Role.ADMIN)
+        base = str(server.make_url("")).rstrip("/")
+        agent = await (await browser.new_context()).new_page()
+        link: dict[str, object] = {"down": False, "route": None}
+
+        async def events_socket(route: WebSocketRoute) -> None:
+            if link["down"]:
+                await route.close()
+            else:
+                link["route"] = route
+                route.connect_to_server()
+
+        await agent.route_web_socket(re.compile(r"/api/v1/events"), events_socket)
+        await log_in(agent, base, "ana@example.com")
+        await agent.get_by_role("button", name="Unassigned").click()
+        await expect(agent.locator("#tickets")).to_contain_text("No conversations here.")
+
+        link["down"] = True
+        route = link["route"]
+        assert isinstance(route, WebSocketRoute)
+        await route.close()
+        await expect(agent.locator("#connection")).to_have_text("Reconnecting…")
+        async with http.ws_connect(f"{base}/chat/ws") as visitor:
+            await next_frame(visitor, "session")
+            await visitor.send_json({"type": "message", "text": "written while you were away", "client_id": "c1"})
+            await next_frame(visitor, "message", client_id="c1")
+        link["down"] = False
+        await expect(agent.locator("#connection")).to_have_text("Live", timeout=60_000)
+        ticket = agent.locator(".ticket", has_text="written while you were away")
+        await expect(ticket).to_be_visible()
+        await expect(ticket.locator(".badge.unread")).to_have_text("1")
+        await expect(agent.locator("#views [data-view=unassigned] .badge.unread")).to_have_text("1")
+
+
+def _png() -> bytes:
+    """A 2x2 red PNG, made here."""
+    raw = b"".join(b"\x00" + b"\xff\x00\x00" * 2 for _ in range(2))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def _wav() -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\x00\x00" * 800)
+    return out.getvalue()
+
+
+async def test_other_channels_attachments_failures_canned_and_shortcuts(tmp_path: Path) -> None:
+    """What the channel issues will bring, shown as agents need it: a voicemail
+    (playable, with its transcription), an email with a photo, a failed send
+    with its reason; then canned responses and keyboard shortcuts."""
+    config = make_config(tmp_path)
+    async with running_hub(config) as server, chromium() as browser, aiohttp.ClientSession() as http:
+        await add_agent(config, "ana@example.com", Role.ADMIN)
+        hub = server.app[HUB]
+        base = str(server.make_url("")).rstrip("/")
+        voicemail = await hub.attachments.save(_wav(), filename="voicemail.wav", content_type="audio/wav")
+        photo = await hub.attachments.save(_png(), filename="receipt.png", content_type="image/png")
+        async with hub.db.write() as s:
+            await do_ensure_inbox(s, key="voice:+15550001111", channel=Channel.VOICE, name="Phone")
+            await do_ensure_inbox(s, key="mail:support", channel=Channel.EMAIL, name="Support mail")
+            results = await ingest_batch(
+                s,
+                [
+                    InboundMessage(
+                        channel=Channel.VOICE,
+                        inbox="voice:+15550001111",
+                        external_id="CA1",
+                        sender="+15557654321",
+                        body="Hi, this is Reza, please call me back about my delivery.",
+                        attachments=(voicemail,),
+                    ),
+                    InboundMessage(
+                        channel=Channel.EMAIL,
+                        inbox="mail:support",
+                        external_id="<m1@example.com>",
+                        sender="reza@example.com",
+                        sender_name="Reza",
+                        subject="Broken item",
+                        body="See the photo.",
+                        attachments=(photo,),
+                    ),
+                ],
+            )
+        email_ticket = next(r for r in results if isinstance(r, IngestResult) and r.message["channel"] == "email")
+        agent = await Agent.login(http, base, "ana@example.com")
+        await agent.post("/api/v1/canned_responses", {"short_code": "thanks", "body": "Thanks {{contact.name}}!"}, 201)
+
+        page = await (await browser.new_context()).new_page()
+        problems: list[str] = []
+        watch_for_trouble(page, problems)
+        await log_in(page, base, "ana@example.com")
+        await page.get_by_role("button", name="All").click()
+
+        await page.locator(".ticket", has_text="call me back").click()
+        voice = page.locator("#messages .msg.in")
+        await expect(voice.locator(".badge", has_text="Voicemail")).to_be_visible()
+        await expect(voice.locator(".msg-body")).to_contain_text("Transcription: Hi, this is Reza")
+        assert await voice.locator("audio").get_attribute("src") == f"{base}{voicemail.url}"
+        await expect(page.locator("#customer")).to_contain_text("+15557654321")
+
+        await page.locator(".ticket", has_text="See the photo.").click()
+        img = page.locator("#messages .msg.in img")
+        await expect(img).to_have_attribute("alt", "receipt.png")
+        # It really loads (the page's CSP allows the hub's own attachments).
+        await page.wait_for_function(
+            "() => { const i = document.querySelector('#messages .msg.in img');"
+            " return i && i.complete && i.naturalWidth === 2; }"
+        )
+        await expect(page.locator("#messages .msg-subject")).to_have_text("Subject: Broken item")
+
+        # "/" opens the canned responses; Enter inserts one, filled in.
+        reply = page.get_by_role("textbox", name="Reply")
+        await reply.press_sequentially("/tha")
+        await expect(page.get_by_role("option", name="/thanks")).to_be_visible()
+        await reply.press("Enter")
+        await expect(reply).to_have_value("Thanks Reza!")
+        await reply.press("Control+Enter")
+        # No email channel runs in this hub: the agent sees the failure and why.
+        status = page.locator("#messages .msg.out .msg-status.failed")
+        await expect(status).to_contain_text("Failed — the email channel is not configured on this hub")
+
+        # Shortcuts, away from the text fields.
+        await page.locator("#messages").focus()
+        await page.keyboard.press("p")
+        await expect(page.locator("#act-priority")).to_have_value("high")
+        await page.keyboard.press("e")
+        await expect(page.locator("#conv-badges .badge.status-resolved")).to_be_visible()
+        await page.keyboard.press("?")
+        await expect(page.get_by_role("dialog", name="Keyboard shortcuts")).to_be_visible()
+        await screenshot(page, "inbox-channels-and-shortcuts")
+        assert problems == []
+        detail = await agent.get(f"/api/v1/tickets/{email_ticket.ticket_id}")
+        assert (detail["priority"], detail["status"]) == ("high", "resolved")
