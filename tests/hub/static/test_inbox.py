@@ -297,6 +297,13 @@ async def test_other_channels_attachments_failures_canned_and_shortcuts(tmp_path
         )
         await expect(page.locator("#messages .msg-subject")).to_have_text("Subject: Broken item")
 
+        # The whole cross-channel history is one click away.
+        await page.get_by_role("button", name="Whole timeline").click()
+        timeline = page.get_by_role("dialog", name="Timeline of Reza")
+        await expect(timeline.locator(".msg")).to_have_count(1)
+        await expect(timeline).to_contain_text("Conversation started on Email")
+        await timeline.get_by_role("button", name="Close").click()
+
         # "/" opens the canned responses; Enter inserts one, filled in.
         reply = page.get_by_role("textbox", name="Reply")
         await reply.press_sequentially("/tha")

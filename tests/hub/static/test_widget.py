@@ -18,7 +18,7 @@ from hub.core import Author, QuickReply, Role
 from storage.models import Contact, Identity, Message, Ticket
 from tests.browser import chromium, screenshot, watch_for_trouble
 from tests.hub.helpers import Agent, add_agent, make_config, running_hub
-from tests.hub.static.pages import open_widget
+from tests.hub.static.pages import open_widget, visitor_says
 from tests.services import REPO
 
 WIDGET = REPO / "hub" / "static" / "widget.js"
@@ -135,3 +135,47 @@ def test_widget_stays_small_and_the_readme_says_how_small() -> None:
     assert stated, "the README states the widget's size"
     assert abs(float(stated.group(1)) - len(raw) / 1024) < 1.0
     assert abs(float(stated.group(2)) - zipped / 1024) < 0.5
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(300)
+async def test_widget_reconnects_resends_once_and_continues_in_a_new_tab(tmp_path: Path) -> None:
+    from playwright.async_api import WebSocketRoute
+
+    config = make_config(tmp_path, **{"bot.enabled": True})  # the bot "answers": no offline form
+    async with running_hub(config) as server, chromium() as browser:
+        base = str(server.make_url("")).rstrip("/")
+        context = await browser.new_context()
+        page = await context.new_page()
+        link: dict[str, object] = {"down": False, "route": None}
+
+        async def chat_socket(route: WebSocketRoute) -> None:
+            if link["down"]:
+                await route.close()
+            else:
+                link["route"] = route
+                route.connect_to_server()
+
+        await page.route_web_socket(re.compile(r"/chat/ws"), chat_socket)
+        panel = await open_widget(page, base)
+        await visitor_says(page, "first")
+        await expect(panel.locator(".m.contact")).to_have_count(1)
+
+        link["down"] = True
+        route = link["route"]
+        assert isinstance(route, WebSocketRoute)
+        await route.close()
+        await expect(panel.get_by_role("status")).to_have_text("Reconnecting…")
+        await visitor_says(page, "written while offline")  # kept until the server has it
+        link["down"] = False
+        await expect(panel.locator(".m.contact")).to_have_count(2, timeout=60_000)
+        await expect(panel.locator(".m.contact").last).to_contain_text("written while offline")
+
+        # A new tab of the same site continues the same conversation.
+        tab = await context.new_page()
+        other = await open_widget(tab, base)
+        await expect(other.locator(".m.contact")).to_have_count(2)
+        hub = server.app[HUB]
+        async with hub.db.read() as s:
+            bodies = (await s.scalars(select(Message.body).order_by(Message.id))).all()
+        assert bodies == ["first", "written while offline"]
