@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
+from sqlalchemy import select
 
 from hub.actions import do_create_agent, do_ensure_inbox
 from hub.config import HubConfig
@@ -19,6 +19,7 @@ from hub.web.inbox import CannedList, CannedOut, InboxCounts, InboxTicketList, R
 from hub.web.schemas import TicketOut
 from storage.db import Database
 from storage.ingest import IngestResult, ingest_batch
+from storage.models import TeamMember
 from tests import services
 from tests.hub.helpers import PASSWORD, Agent, add_agent, make_config, next_frame, running_hub
 
@@ -39,15 +40,6 @@ class Env:
             )
         assert isinstance(r, IngestResult)
         return r
-
-    async def put(self, who: Agent, path: str, body: Any, status: int = 200) -> Any:
-        async with self.http.put(f"{self.base}{path}", json=body, headers=who.headers) as r:
-            assert r.status == status, await r.text()
-            return await r.json() if r.status != 204 else None
-
-    async def delete(self, who: Agent, path: str, status: int = 204) -> None:
-        async with self.http.delete(f"{self.base}{path}", headers=who.headers) as r:
-            assert r.status == status, await r.text()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -70,10 +62,6 @@ async def _env(config: HubConfig) -> AsyncIterator[Env]:
                 s, email="bob@example.com", name="Bob Jones", password=PASSWORD, role=Role.AGENT, teams=["Support"]
             )
             await s.flush()
-            from sqlalchemy import select
-
-            from storage.models import TeamMember
-
             support_id = await s.scalar(select(TeamMember.team_id).where(TeamMember.agent_id == bob.id))
         assert support_id is not None
         base = str(server.make_url("")).rstrip("/")
@@ -182,23 +170,23 @@ async def test_canned_responses(env: Env) -> None:
     ] == ["ساعت"]
 
     admins = next(c for c in listed.items if c.short_code == "ساعت")
-    denied = await env.put(env.bob, f"/api/v1/canned_responses/{admins.id}", {"short_code": "x", "body": "y"}, 403)
+    denied = await env.bob.put(f"/api/v1/canned_responses/{admins.id}", {"short_code": "x", "body": "y"}, 403)
     assert "belongs to another agent" in denied["error"]["message"]
-    changed = await env.put(env.admin, f"/api/v1/canned_responses/{made.id}", {"short_code": "hours", "body": "9-6"})
+    changed = await env.admin.put(f"/api/v1/canned_responses/{made.id}", {"short_code": "hours", "body": "9-6"})
     assert changed["body"] == "9-6"
-    await env.delete(env.bob, f"/api/v1/canned_responses/{admins.id}", 403)
-    await env.delete(env.bob, f"/api/v1/canned_responses/{made.id}")
-    await env.delete(env.bob, f"/api/v1/canned_responses/{made.id}", 404)
+    await env.bob.delete(f"/api/v1/canned_responses/{admins.id}", 403)
+    await env.bob.delete(f"/api/v1/canned_responses/{made.id}")
+    await env.bob.delete(f"/api/v1/canned_responses/{made.id}", 404)
     assert [c["short_code"] for c in (await env.bob.get("/api/v1/canned_responses"))["items"]] == ["ساعت"]
 
 
 async def test_presence_is_announced_live(env: Env) -> None:
     async with env.admin.events() as events:
-        me = await env.put(env.bob, "/api/v1/me/presence", {"presence": "online"})
+        me = await env.bob.put("/api/v1/me/presence", {"presence": "online"})
         assert me["presence"] == "online"
         live = await next_frame(events, "agent.presence")
         assert live["presence"] == "online" and live["agent_id"] == me["id"]
-    bad = await env.put(env.bob, "/api/v1/me/presence", {"presence": "busy"}, 422)
+    bad = await env.bob.put("/api/v1/me/presence", {"presence": "busy"}, 422)
     assert "presence" in bad["error"]["message"]
     agents = (await env.admin.get("/api/v1/agents"))["items"]
     assert {a["email"]: a["presence"] for a in agents}["bob@example.com"] == "online"

@@ -31,8 +31,7 @@ async def test_session_frame_carries_settings_and_availability(tmp_path: Path) -
         assert session["known"] == []
 
         agent = await Agent.login(http, base, "ana@example.com")
-        async with http.put(f"{base}/api/v1/me/presence", json={"presence": "online"}, headers=agent.headers) as r:
-            assert r.status == 200
+        await agent.put("/api/v1/me/presence", {"presence": "online"})
         async with http.ws_connect(f"{base}/chat/ws") as visitor:
             assert (await next_frame(visitor, "session"))["available"] is True
 
