@@ -38,10 +38,13 @@ async def chromium() -> AsyncIterator[Browser]:
     if path is None:
         unavailable("Chromium", FileNotFoundError(f"{CHROMIUM} (apt-get install chromium, or set HUB_CHROMIUM)"))
     try:
-        from playwright.async_api import async_playwright
+        from playwright.async_api import async_playwright, expect
     except ImportError as exc:
         unavailable("Playwright for Python", exc)
         raise
+    # The machine is shared and busy: waiting longer costs nothing when things
+    # go well, and these are waits for a state, never timing assertions.
+    expect.set_options(timeout=20_000)
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=path, args=ARGS)
         try:

@@ -253,11 +253,12 @@
     title.textContent = (settings.title && settings.title[lang]) || T.open;
     var fresh = !frame.ticket_id;
     var reachable = (frame.known || []).some(function (k) { return k === "email" || k === "phone"; });
-    if (fresh && frame.available === false && settings.offline_form && !reachable) showForm(true);
+    var away = fresh && frame.available === false && settings.offline_form && !reachable;
+    if (away) showForm(true);
     else if (fresh && settings.prechat && settings.prechat.enabled && !(frame.known || []).length) showForm(false);
     else { formBox.hidden = true; log.hidden = false; compose.hidden = false; }
     var greeting = settings.greeting && settings.greeting[lang];
-    if (fresh && greeting && !log.querySelector(".greeting")) bubble("greeting", greeting);
+    if (fresh && !away && greeting && !log.querySelector(".greeting")) bubble("greeting", greeting);
   }
 
   function connect() {

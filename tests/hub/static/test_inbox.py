@@ -139,16 +139,21 @@ async def test_markup_in_messages_and_names_is_shown_and_never_run(tmp_path: Pat
         await agent.get_by_role("button", name="All").click()
 
         panel = await open_widget(visitor, base)
-        # The visitor's name comes through the widget's identify frame.
+        # The visitor's name comes through the widget's identify frame, once the
+        # widget holds its visitor token.
+        key = "crmHubVisitor:" + base.split("//", 1)[1]
+        await visitor.wait_for_function(f"() => localStorage.getItem({key!r})")
         await visitor.evaluate(
-            """n => new Promise((done) => {
-            const ws = new WebSocket(`ws://${location.host}/chat/ws?token=` +
-                encodeURIComponent(localStorage.getItem(`crmHubVisitor:${location.host}`)));
+            """([key, name]) => new Promise((done, fail) => {
+            const token = encodeURIComponent(localStorage.getItem(key));
+            const ws = new WebSocket(`ws://${location.host}/chat/ws?token=${token}`);
+            setTimeout(() => fail(new Error("no answer to identify")), 10000);
+            ws.onclose = () => fail(new Error("socket closed"));
             ws.onmessage = (e) => { const f = JSON.parse(e.data);
-                if (f.type === "session") ws.send(JSON.stringify({type: "identify", name: n}));
-                if (f.type === "identified") { ws.close(); done(); } };
+                if (f.type === "session") ws.send(JSON.stringify({type: "identify", name}));
+                if (f.type === "identified") { done(); ws.close(); } };
         })""",
-            name,
+            [key, name],
         )
         await visitor_says(visitor, markup)
         await expect(panel.locator(".m.contact")).to_have_text(f"You: {markup}")
