@@ -10,11 +10,14 @@ listens to for the visitors connected to it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from channels.base import ChannelAdapter, InvalidPayload
 from hub.core import Channel, DeliveryStatus, InboundMessage, OutboundMessage, SendResult
+from hub.text import InvalidPhoneNumber, parse_phone
 
 MAX_FRAME_BYTES = 64 * 1024
 MAX_CLIENT_ID = 100
@@ -119,3 +122,61 @@ class WebchatChannel(ChannelAdapter):
         # Delivered is reported later by the visitor's widget ("ack" frame); a
         # visitor who is away sees the message in the history when they return.
         return SendResult(status=DeliveryStatus.SENT)
+
+
+# Deliberately loose: one @, something on each side, a dot in the domain. The
+# real check is whether a reply sent there arrives.
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+
+
+class InvalidField(InvalidPayload):
+    """A visitor's answer that cannot be used; ``field`` names the form field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class VisitorDetails:
+    """What a visitor told the widget's pre-chat or offline form about themselves.
+    ``offline``: they wrote while nobody was available and want the reply there."""
+
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    offline: bool = False
+
+
+def parse_identify(frame: dict[str, Any], *, phone_region: str | None = None) -> VisitorDetails:
+    """A visitor's ``identify`` frame: ``name``, ``email``, ``phone`` (any may be
+    absent), ``offline``. The email is lower-cased, the phone made E.164."""
+    unknown = set(frame) - {"type", "name", "email", "phone", "offline"}
+    if unknown:
+        raise InvalidPayload(f"unknown field(s) in identify frame: {', '.join(sorted(unknown))}")
+    values: dict[str, str | None] = {}
+    for key in ("name", "email", "phone"):
+        raw = frame.get(key)
+        if raw is not None and not isinstance(raw, str):
+            raise InvalidField(key, f"{key} must be a string")
+        values[key] = (raw or "").strip() or None
+    name, email, phone = values["name"], values["email"], values["phone"]
+    if name is not None and len(name) > 200:
+        raise InvalidField("name", "name is longer than 200 characters")
+    if email is not None:
+        if len(email) > 320 or not _EMAIL.match(email):
+            raise InvalidField("email", f"{email[:80]!r} is not an email address")
+        email = email.lower()
+    if phone is not None:
+        try:
+            phone = parse_phone(phone, phone_region)
+        except InvalidPhoneNumber as exc:
+            raise InvalidField("phone", str(exc)) from exc
+    offline = frame.get("offline", False)
+    if not isinstance(offline, bool):
+        raise InvalidField("offline", "offline must be true or false")
+    if offline and email is None and phone is None:
+        raise InvalidField("email", "leave an email address or a phone number so we can reply when we are back")
+    if name is None and email is None and phone is None:
+        raise InvalidPayload("identify frame needs at least one of name, email, phone")
+    return VisitorDetails(name=name, email=email, phone=phone, offline=offline)

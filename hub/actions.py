@@ -270,19 +270,23 @@ async def do_post_message(
     private: bool = False,
     attachments: list[dict[str, Any]] | None = None,
     quick_replies: Sequence[QuickReply] = (),
+    channel: Channel | None = None,
 ) -> Message:
     """A reply (queued for the sender) or a private note on ``ticket``;
     ``quick_replies`` are buttons offered with it, rendered by each channel.
+    ``channel`` sends the reply on another channel the contact has (an email
+    left in the web chat's offline form) instead of the ticket's own.
     Returns the (first) stored message."""
     body = body.strip()
     if not body and not attachments:
         raise ValidationFailed("body must not be empty")
     now = utcnow()
+    channel = channel or Channel(ticket.channel)
     inbox = await session.get(Inbox, ticket.inbox_id)
     assert inbox is not None
     recipient: str | None = None
     if not private:
-        kind = IDENTITY_OF_CHANNEL[Channel(ticket.channel)]
+        kind = IDENTITY_OF_CHANNEL[channel]
         recipient = await session.scalar(
             select(Identity.address)
             .where(Identity.contact_id == ticket.contact_id, Identity.channel == kind.value)
@@ -290,14 +294,14 @@ async def do_post_message(
             .limit(1)
         )
         if recipient is None:
-            raise ValidationFailed(
-                f"contact {ticket.contact_id} has no {kind.value} address to reply to on {ticket.channel}"
-            )
+            raise ValidationFailed(f"contact {ticket.contact_id} has no {kind.value} address to reply to on {channel}")
+        if channel.value != ticket.channel:
+            inbox = await _inbox_for(session, ticket.contact_id, channel)
     # A body longer than the channel's provider takes is stored as several
     # messages, each sent, tracked and retried on its own (SMS: 1,600 characters);
     # quick replies go with the last part.
     parts: list[tuple[str, dict[str, Any]]] = [(body, {})]
-    if not private and ticket.channel in SMS_CHANNELS:
+    if not private and channel.value in SMS_CHANNELS:
         parts = prepare_parts(body, quick_replies)
     messages: list[Message] = []
     for i, (text, part_extras) in enumerate(parts):
@@ -306,8 +310,8 @@ async def do_post_message(
             Message(
                 ticket_id=ticket.id,
                 contact_id=ticket.contact_id,
-                inbox_id=ticket.inbox_id,
-                channel=ticket.channel,
+                inbox_id=inbox.id,
+                channel=channel.value if not private else ticket.channel,
                 direction=Direction.OUT.value,
                 author=author.value,
                 author_id=agent.id if agent else None,
@@ -357,6 +361,23 @@ async def do_post_message(
             {"message_id": msg.id},
         )
     return messages[0]
+
+
+async def _inbox_for(session: AsyncSession, contact_id: int, channel: Channel) -> Inbox:
+    """Where a reply on ``channel`` goes out from: the inbox the contact last
+    wrote to on it (their SMS number, their mailbox), else the first one."""
+    last = await session.scalar(
+        select(Message.inbox_id)
+        .where(Message.contact_id == contact_id, Message.channel == channel.value)
+        .order_by(Message.id.desc())
+        .limit(1)
+    )
+    inbox = await session.get(Inbox, last) if last is not None else None
+    if inbox is None:
+        inbox = await session.scalar(select(Inbox).where(Inbox.channel == channel.value).order_by(Inbox.id).limit(1))
+    if inbox is None:
+        raise ValidationFailed(f"no {channel} inbox is configured on this hub, so nothing can be sent on {channel}")
+    return inbox
 
 
 def _outbound_extras(recipient: str | None, quick_replies: Sequence[QuickReply]) -> dict[str, Any]:

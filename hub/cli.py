@@ -166,6 +166,7 @@ def demo(ctx: click.Context) -> None:
     click.echo("")
     click.echo(f"  Admin login:  {email}  /  {password}" + ("" if created else "   (created earlier)"))
     click.echo(f"  Chat widget:  {base}/            (a demo page; write as a visitor)")
+    click.echo(f"  Inbox:        {base}/inbox/      (log in as the admin above)")
     click.echo(f"  Agent API:    {base}/api/v1/      (POST /api/v1/auth/token with the login above)")
     click.echo(f"  API docs:     {base}/api/openapi.json")
     click.echo(f"  Data:         {Path(cfg.data_dir).resolve()}")

@@ -111,6 +111,46 @@ class WebchatConfig(_Section):
     allowed_origins: list[str] = Field(default_factory=lambda: ["*"])
 
 
+PrechatField = Literal["name", "email", "phone"]
+
+
+def _default_prechat_fields() -> list[PrechatField]:
+    return ["name", "email"]
+
+
+def _default_prechat_required() -> list[PrechatField]:
+    return ["name"]
+
+
+class PrechatConfig(_Section):
+    # Asked before the first message when enabled; answers go on the contact.
+    enabled: bool = False
+    fields: list[PrechatField] = Field(default_factory=_default_prechat_fields, min_length=1)
+    required: list[PrechatField] = Field(default_factory=_default_prechat_required)
+
+    @model_validator(mode="after")
+    def _required_are_asked(self) -> PrechatConfig:
+        missing = [f for f in self.required if f not in self.fields]
+        if missing:
+            raise ValueError(f"required field(s) {', '.join(missing)} must also be listed in fields")
+        return self
+
+
+class WidgetConfig(_Section):
+    """What the web chat widget shows; sent to it in the session frame."""
+
+    title: str = Field(default="Chat with us", min_length=1, max_length=80)
+    title_fa: str = Field(default="گفتگو با ما", min_length=1, max_length=80)
+    greeting: str | None = Field(default="Hi! Ask us anything.", max_length=500)
+    greeting_fa: str | None = Field(default="سلام! هر سؤالی دارید بپرسید.", max_length=500)
+    color: str = Field(default="#2563eb", pattern=r"^#[0-9a-fA-F]{6}$")
+    prechat: PrechatConfig = Field(default_factory=PrechatConfig)
+    # Nobody online (and no bot): take a message with an email or phone number.
+    offline_form: bool = True
+    # Phone numbers typed without a country code are read in this region (ISO 3166).
+    phone_region: str | None = Field(default=None, pattern=r"^[A-Za-z]{2}$")
+
+
 class AttachmentsConfig(_Section):
     # Larger files are refused (a webhook answers 413, a poller records why).
     max_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
@@ -481,6 +521,7 @@ class HubConfig(_Section):
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
     webchat: WebchatConfig = Field(default_factory=WebchatConfig)
     attachments: AttachmentsConfig = Field(default_factory=AttachmentsConfig)
+    widget: WidgetConfig = Field(default_factory=WidgetConfig)
     bot: BotConfig = Field(default_factory=BotConfig)
     telegram: TelegramConfig = Field(default_factory=TelegramConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)

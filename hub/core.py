@@ -236,6 +236,7 @@ class TicketEventKind(enum.StrEnum):
     CONTACT_MERGED = "contact.merged"
     HANDOFF = "ticket.handoff"
     ROUTED = "ticket.routed"
+    PRIORITY_CHANGED = "ticket.priority_changed"
     CALL = "call"
     # An inbound message the customer edited (Telegram): the agents' inbox updates it.
     MESSAGE_UPDATED = "message.updated"

@@ -351,3 +351,29 @@ class TelegramBotState(Base):
     poller: Mapped[str | None] = mapped_column(String(200), default=None)
     lease_until: Mapped[datetime | None] = mapped_column(default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CannedResponse(Base):
+    """A saved reply an agent inserts by typing ``/`` and its short code."""
+
+    __tablename__ = "canned_responses"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    # Stored case-folded, so "/Hours" and "/hours" are one response.
+    short_code: Mapped[str] = mapped_column(String(64), unique=True)
+    body: Mapped[str] = mapped_column(Text)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TicketRead(Base):
+    """How far each agent has read each ticket: the customer's messages after
+    ``last_read_message_id`` are unread for that agent."""
+
+    __tablename__ = "ticket_reads"
+
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), primary_key=True, index=True)
+    last_read_message_id: Mapped[int] = mapped_column(BigInteger)
+    read_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -55,6 +55,9 @@ class TicketFilter:
     label: str | None = None
     contact_id: int | None = None
     text: str | None = None
+    # Any of these teams (the inbox's "my teams" view), and any of these priorities.
+    team_ids: list[int] | None = None
+    priority: list[str] = field(default_factory=list)
 
 
 async def labels_for(session: AsyncSession, ticket_ids: list[int]) -> dict[int, list[str]]:
@@ -81,6 +84,10 @@ async def list_tickets(
         stmt = stmt.where(Ticket.assignee_id == f.assignee_id)
     if f.team_id is not None:
         stmt = stmt.where(Ticket.team_id == f.team_id)
+    if f.team_ids is not None:
+        stmt = stmt.where(Ticket.team_id.in_(f.team_ids))
+    if f.priority:
+        stmt = stmt.where(Ticket.priority.in_(f.priority))
     if f.channel:
         stmt = stmt.where(Ticket.channel.in_(f.channel))
     if f.contact_id is not None:

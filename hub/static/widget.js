@@ -1,102 +1,291 @@
-/* crm-hub web chat widget: add <script src="https://HUB/widget.js" async></script> to any page.
-   Customer text is only ever inserted with textContent, never as HTML. */
+/* crm-hub web chat widget. Add to any page:
+     <script src="https://HUB/widget.js" async></script>
+   Optional attributes: data-lang="en|fa" (default: the page's language).
+   Lives in a shadow root (the page's CSS cannot break it, ours cannot leak);
+   every text from the conversation is inserted with textContent, never as HTML. */
 (function () {
   "use strict";
   if (window.__crmHubWidget) return;
   window.__crmHubWidget = true;
   var script = document.currentScript;
-  var base = script ? new URL(script.src, location.href) : new URL(location.href);
+  var base = new URL(script ? script.src : location.href, location.href);
   var wsUrl = (base.protocol === "https:" ? "wss://" : "ws://") + base.host + "/chat/ws";
   var KEY = "crmHubVisitor:" + base.host;
-  var seen = {};
-  var socket = null, backoff = 500, pending = [];
+  var lang = ((script && script.getAttribute("data-lang")) || document.documentElement.lang || navigator.language || "en").slice(0, 2) === "fa" ? "fa" : "en";
+  var T = {
+    en: { open: "Open chat", close: "Close chat", send: "Send", msg: "Write a message\u2026", reconnect: "Reconnecting\u2026",
+      typing: "{n} is typing\u2026", someone: "Someone", name: "Name", email: "Email", phone: "Phone", start: "Start chat",
+      prechat: "Tell us who you are, so we can follow up.", offline: "Nobody is available right now. Leave a message and an email or phone number, and we will reply there.",
+      contact: "Email or phone number", leave: "Send message", thanks: "Thanks! We will reply to {c}.", required: "Please fill this in.",
+      agent: "Agent", bot: "Bot", you: "You", unread: "{n} new", yours: "Your message" },
+    fa: { open: "باز کردن گفتگو", close: "بستن گفتگو", send: "ارسال", msg: "پیام خود را بنویسید\u2026", reconnect: "در حال اتصال دوباره\u2026",
+      typing: "{n} در حال نوشتن است\u2026", someone: "کارشناس", name: "نام", email: "ایمیل", phone: "تلفن", start: "شروع گفتگو",
+      prechat: "خودتان را معرفی کنید تا بتوانیم پیگیری کنیم.", offline: "الان کسی در دسترس نیست. پیام خود را با ایمیل یا شماره تلفن بگذارید تا همان‌جا پاسخ دهیم.",
+      contact: "ایمیل یا شماره تلفن", leave: "ارسال پیام", thanks: "ممنون! به {c} پاسخ می‌دهیم.", required: "لطفاً این را پر کنید.",
+      agent: "کارشناس", bot: "ربات", you: "شما", unread: "{n} پیام تازه", yours: "پیام شما" }
+  }[lang];
+  function t(k, n) { return T[k].replace(/\{(\w)\}/, n == null ? "" : n); }
 
-  var css = "#crmhub-btn{position:fixed;bottom:20px;inset-inline-end:20px;width:56px;height:56px;border-radius:50%;border:0;background:#2563eb;color:#fff;cursor:pointer;display:flex;align-items:center;justify-content:center;z-index:2147483000}" +
-    "#crmhub-panel{position:fixed;bottom:88px;inset-inline-end:20px;width:340px;max-width:calc(100vw - 40px);height:460px;max-height:calc(100vh - 120px);background:#fff;border:1px solid #ddd;border-radius:12px;display:none;flex-direction:column;font:14px system-ui,sans-serif;z-index:2147483000;box-shadow:0 8px 24px rgba(0,0,0,.15)}" +
-    "#crmhub-panel.open{display:flex}#crmhub-log{flex:1;overflow-y:auto;padding:12px;display:flex;flex-direction:column;gap:6px}" +
-    ".crmhub-m{max-width:80%;padding:8px 10px;border-radius:10px;white-space:pre-wrap;word-wrap:break-word;unicode-bidi:plaintext}" +
-    ".crmhub-contact{align-self:flex-end;background:#2563eb;color:#fff}.crmhub-agent,.crmhub-bot,.crmhub-system{align-self:flex-start;background:#f1f5f9;color:#111}" +
-    "#crmhub-form{display:flex;border-top:1px solid #eee}#crmhub-input{flex:1;border:0;padding:12px;font:inherit}#crmhub-send{border:0;background:none;color:#2563eb;padding:0 14px;cursor:pointer;font:inherit}" +
-    "#crmhub-status{font-size:12px;color:#666;padding:4px 12px}";
-  var style = document.createElement("style");
-  style.textContent = css;
-  document.head.appendChild(style);
+  var seen = {}, pending = [], socket = null, backoff = 500, settings = null, session = null;
+  var afterIdentify = null, typingTimer = 0, lastTyping = 0, unread = 0, offerBox = null, opened = false;
 
-  var btn = el("button", { id: "crmhub-btn", type: "button", "aria-label": "Open chat", "aria-expanded": "false" });
-  // An SVG, not an emoji: it renders the same without an emoji font.
+  var css = ":host{all:initial}*{box-sizing:border-box;font:14px/1.4 system-ui,-apple-system,'Segoe UI',Tahoma,sans-serif}" +
+    ".btn{position:fixed;bottom:20px;inset-inline-end:20px;width:56px;height:56px;border-radius:50%;border:0;background:var(--c);color:#fff;cursor:pointer;display:flex;align-items:center;justify-content:center;z-index:2147483000;box-shadow:0 4px 14px rgba(0,0,0,.25)}" +
+    ".badge{position:absolute;top:-2px;inset-inline-end:-2px;background:#dc2626;color:#fff;border-radius:10px;font-size:11px;padding:0 6px;line-height:18px}" +
+    ".panel{position:fixed;bottom:88px;inset-inline-end:20px;width:350px;max-width:calc(100vw - 40px);height:500px;max-height:calc(100vh - 110px);background:#fff;color:#111;border:1px solid #ddd;border-radius:12px;display:none;flex-direction:column;z-index:2147483000;box-shadow:0 8px 28px rgba(0,0,0,.18);overflow:hidden}" +
+    ".panel.open{display:flex}.head{background:var(--c);color:#fff;padding:10px 12px;display:flex;align-items:center;gap:8px}.head h2{flex:1;margin:0;font-size:15px;font-weight:600;color:#fff}" +
+    ".x{background:none;border:0;color:#fff;font-size:20px;cursor:pointer;line-height:1}.log{flex:1;overflow-y:auto;padding:12px;display:flex;flex-direction:column;gap:6px}" +
+    ".m{max-width:82%;padding:7px 10px;border-radius:10px;white-space:pre-wrap;overflow-wrap:anywhere;unicode-bidi:plaintext;text-align:start}" +
+    ".contact{align-self:flex-end;background:var(--c);color:#fff}.agent,.bot,.system,.greeting{align-self:flex-start;background:#f1f5f9}" +
+    ".m img{max-width:100%;border-radius:6px;display:block}.m audio{max-width:100%}.m a{color:inherit}" +
+    ".qr{display:flex;flex-wrap:wrap;gap:6px;align-self:flex-start}.qr button{border:1px solid var(--c);color:var(--c);background:#fff;border-radius:14px;padding:4px 10px;cursor:pointer}" +
+    ".status{font-size:12px;color:#555;padding:0 12px;min-height:16px}form{margin:0}.compose{display:flex;border-top:1px solid #eee}" +
+    ".compose textarea{flex:1;border:0;padding:12px;resize:none;height:46px;unicode-bidi:plaintext}.compose button{border:0;background:none;color:var(--c);padding:0 14px;cursor:pointer;font-weight:600}" +
+    ".form{padding:14px;display:flex;flex-direction:column;gap:10px;overflow-y:auto}.form label{display:flex;flex-direction:column;gap:3px;font-size:13px}" +
+    ".form input,.form textarea{border:1px solid #ccc;border-radius:6px;padding:7px;unicode-bidi:plaintext}.form textarea{min-height:80px;resize:vertical}" +
+    ".form button{background:var(--c);color:#fff;border:0;border-radius:6px;padding:9px;cursor:pointer;font-weight:600}.err{color:#b91c1c;font-size:12px;min-height:0}" +
+    ".note{font-size:13px;color:#333;margin:0}[hidden]{display:none!important}.sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}" +
+    ":focus-visible{outline:2px solid #f59e0b;outline-offset:1px}";
+
+  function el(tag, attrs, text) {
+    var n = document.createElement(tag);
+    for (var k in attrs || {}) n.setAttribute(k, attrs[k]);
+    if (text != null) n.textContent = text;
+    return n;
+  }
+  function safe(url) {
+    try { var u = new URL(url, base); return u.protocol === "https:" || u.protocol === "http:" ? u.href : null; } catch (e) { return null; }
+  }
+
+  var host = el("div", { id: "crm-hub-widget" });
+  var root = host.attachShadow({ mode: "open" });
+  if (root.adoptedStyleSheets && window.CSSStyleSheet && CSSStyleSheet.prototype.replaceSync) {
+    // A constructed sheet works on pages whose CSP forbids inline <style>.
+    var sheet = new CSSStyleSheet(); sheet.replaceSync(css); root.adoptedStyleSheets = [sheet];
+  } else root.appendChild(el("style", {}, css));
+
+  var btn = el("button", { "class": "btn", type: "button", "aria-label": T.open, "aria-expanded": "false", "aria-controls": "crmhub-panel" });
   var svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("viewBox", "0 0 24 24"); svg.setAttribute("width", "26"); svg.setAttribute("height", "26");
-  svg.setAttribute("aria-hidden", "true");
+  svg.setAttribute("viewBox", "0 0 24 24"); svg.setAttribute("width", "26"); svg.setAttribute("height", "26"); svg.setAttribute("aria-hidden", "true");
   var path = document.createElementNS("http://www.w3.org/2000/svg", "path");
-  path.setAttribute("fill", "currentColor");
-  path.setAttribute("d", "M4 3h16a2 2 0 0 1 2 2v11a2 2 0 0 1-2 2H8l-5 4V5a2 2 0 0 1 1-2z");
+  path.setAttribute("fill", "currentColor"); path.setAttribute("d", "M4 3h16a2 2 0 0 1 2 2v11a2 2 0 0 1-2 2H8l-5 4V5a2 2 0 0 1 1-2z");
   svg.appendChild(path); btn.appendChild(svg);
-  var panel = el("div", { id: "crmhub-panel", role: "dialog", "aria-label": "Chat" });
-  var log = el("div", { id: "crmhub-log", role: "log", "aria-live": "polite" });
-  var status = el("div", { id: "crmhub-status" });
-  var form = el("form", { id: "crmhub-form" });
-  var input = el("input", { id: "crmhub-input", dir: "auto", autocomplete: "off", "aria-label": "Message", placeholder: "Write a message\u2026", maxlength: "5000" });
-  var send = el("button", { id: "crmhub-send", type: "submit" });
-  send.textContent = "Send";
-  form.appendChild(input); form.appendChild(send);
-  panel.appendChild(log); panel.appendChild(status); panel.appendChild(form);
-  document.body.appendChild(btn); document.body.appendChild(panel);
+  var badge = el("span", { "class": "badge", hidden: "" }); btn.appendChild(badge);
 
-  btn.addEventListener("click", function () {
-    var open = panel.classList.toggle("open");
+  var panel = el("div", { id: "crmhub-panel", "class": "panel", role: "dialog", "aria-labelledby": "crmhub-title", dir: lang === "fa" ? "rtl" : "ltr", lang: lang });
+  var head = el("div", { "class": "head" });
+  var title = el("h2", { id: "crmhub-title", dir: "auto" }, "\u00a0");
+  var closeBtn = el("button", { "class": "x", type: "button", "aria-label": T.close }, "\u00d7");
+  head.appendChild(title); head.appendChild(closeBtn);
+  var log = el("div", { "class": "log", role: "log", "aria-live": "polite", tabindex: "0" });
+  var status = el("div", { "class": "status", role: "status", "aria-live": "polite" });
+  var compose = el("form", { "class": "compose" });
+  var input = el("textarea", { dir: "auto", "aria-label": T.msg, placeholder: T.msg, maxlength: "5000", rows: "1" });
+  compose.appendChild(input); compose.appendChild(el("button", { type: "submit" }, T.send));
+  var formBox = el("form", { "class": "form", hidden: "", novalidate: "" });
+  panel.appendChild(head); panel.appendChild(formBox); panel.appendChild(log); panel.appendChild(status); panel.appendChild(compose);
+  root.appendChild(btn); root.appendChild(panel);
+  (document.body || document.documentElement).appendChild(host);
+
+  function setColor(c) { host.style.setProperty("--c", /^#[0-9a-f]{6}$/i.test(c || "") ? c : "#2563eb"); }
+  setColor(null);
+
+  function toggle(open) {
+    opened = open;
+    panel.classList.toggle("open", open);
     btn.setAttribute("aria-expanded", String(open));
-    if (open) { connect(); input.focus(); }
-  });
-  form.addEventListener("submit", function (e) {
+    btn.setAttribute("aria-label", open ? T.close : T.open);
+    if (open) {
+      unread = 0; badge.hidden = true; connect(); markRead();
+      setTimeout(function () { var f = formBox.hidden ? input : formBox.querySelector("input,textarea"); if (f) f.focus(); }, 0);
+    } else btn.focus();
+  }
+  btn.addEventListener("click", function () { toggle(!opened); });
+  closeBtn.addEventListener("click", function () { toggle(false); });
+  panel.addEventListener("keydown", function (e) { if (e.key === "Escape") toggle(false); });
+
+  function send(frame) { if (socket && socket.readyState === 1) socket.send(JSON.stringify(frame)); }
+  function say(text, quickReply) {
+    var frame = { type: "message", text: text, client_id: Date.now().toString(36) + Math.random().toString(36).slice(2) };
+    if (quickReply) frame.quick_reply = quickReply;
+    pending.push(frame);
+    send(frame);
+    clearOffer();
+  }
+  compose.addEventListener("submit", function (e) {
     e.preventDefault();
     var text = input.value.trim();
     if (!text) return;
     input.value = "";
-    var frame = { type: "message", text: text, client_id: Date.now().toString(36) + Math.random().toString(36).slice(2) };
-    pending.push(frame);
-    if (socket && socket.readyState === 1) socket.send(JSON.stringify(frame));
+    say(text);
+  });
+  input.addEventListener("keydown", function (e) {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); compose.requestSubmit ? compose.requestSubmit() : compose.dispatchEvent(new Event("submit")); }
+  });
+  input.addEventListener("input", function () {
+    var now = Date.now();
+    if (now - lastTyping > 3000) { lastTyping = now; send({ type: "typing" }); }
   });
 
-  function el(tag, attrs) {
-    var node = document.createElement(tag);
-    for (var k in attrs) node.setAttribute(k, attrs[k]);
-    return node;
-  }
-  // Messages stay pending until the server acknowledges them (after storing);
-  // after a reconnect they are sent again with the same client_id, which the
-  // server stores only once.
-  function resend() {
-    for (var i = 0; i < pending.length; i++) socket.send(JSON.stringify(pending[i]));
-  }
-  function acknowledged(clientId) {
-    pending = pending.filter(function (f) { return f.client_id !== clientId; });
+  function clearOffer() { if (offerBox) { offerBox.remove(); offerBox = null; } }
+  function bubble(cls, text, label) {
+    var m = el("div", { "class": "m " + cls, dir: "auto" });
+    // Its own dir keeps the label out of the bubble's dir="auto" guess.
+    if (label) m.appendChild(el("span", { "class": "sr", dir: panel.dir }, label + ": "));
+    if (text) m.appendChild(document.createTextNode(text));
+    log.appendChild(m);
+    return m;
   }
   function show(frame) {
     if (seen[frame.id]) return;
     seen[frame.id] = true;
-    var m = el("div", { "class": "crmhub-m crmhub-" + frame.author, dir: "auto" });
-    m.textContent = frame.text;
+    hideTyping();
+    var who = frame.author === "contact" ? T.you : frame.author === "bot" ? T.bot : T.agent;
+    var m = bubble(frame.author, frame.text, who);
     m.setAttribute("data-id", String(frame.id));
-    log.appendChild(m);
+    (frame.attachments || []).forEach(function (a) {
+      var href = safe(a.url), type = a.content_type || "";
+      if (!href) return;
+      var node = type.indexOf("image/") === 0 ? el("img", { src: href, alt: a.filename || "" })
+        : type.indexOf("audio/") === 0 ? el("audio", { controls: "", src: href })
+        : el("a", { href: href, target: "_blank", rel: "noopener noreferrer" }, a.filename || href);
+      m.appendChild(node);
+    });
+    if (frame.author === "contact") clearOffer();
+    else if ((frame.quick_replies || []).length) {
+      clearOffer();
+      offerBox = el("div", { "class": "qr", role: "group", "aria-label": frame.text || "" });
+      frame.quick_replies.forEach(function (q) {
+        var b = el("button", { type: "button", dir: "auto" }, q.title);
+        b.addEventListener("click", function () { say(q.title, q.id); input.focus(); });
+        offerBox.appendChild(b);
+      });
+      log.appendChild(offerBox);
+    }
     log.scrollTop = log.scrollHeight;
-    if (frame.author !== "contact" && socket && socket.readyState === 1) socket.send(JSON.stringify({ type: "ack", id: frame.id }));
+    if (frame.author !== "contact") {
+      send({ type: "ack", id: frame.id });
+      if (opened && !document.hidden) send({ type: "read", id: frame.id });
+      else if (frame.status !== "read") { unread++; badge.textContent = String(unread); badge.hidden = false; btn.setAttribute("aria-label", T.open + " (" + t("unread", unread) + ")"); }
+    }
   }
+  function markRead() {
+    var nodes = log.querySelectorAll(".agent,.bot");
+    if (nodes.length) send({ type: "read", id: Number(nodes[nodes.length - 1].getAttribute("data-id")) });
+  }
+  document.addEventListener("visibilitychange", function () { if (!document.hidden && opened) markRead(); });
+
+  function hideTyping() { clearTimeout(typingTimer); status.textContent = ""; }
+  function typing(frame) {
+    if (frame.typing === false) return hideTyping();
+    status.textContent = t("typing", frame.name || T.someone);
+    clearTimeout(typingTimer);
+    typingTimer = setTimeout(hideTyping, 6000);
+  }
+
+  // The pre-chat form and the offline form: both end in an "identify" frame.
+  function field(name, label, type, required) {
+    var wrap = el("label", {}, null);
+    wrap.appendChild(el("span", {}, label));
+    var f = el(type === "textarea" ? "textarea" : "input", { name: name, dir: "auto", "aria-describedby": "crmhub-err-" + name });
+    if (type !== "textarea") f.setAttribute("type", type);
+    if (required) f.setAttribute("required", "");
+    wrap.appendChild(f);
+    formBox.appendChild(wrap);
+    formBox.appendChild(el("span", { "class": "err", id: "crmhub-err-" + name, "aria-live": "polite" }));
+    return f;
+  }
+  function fieldError(name, message) {
+    var f = formBox.querySelector("[name=" + name + "]") || formBox.querySelector("[name=contact]");
+    if (!f) { status.textContent = message; return; }
+    f.setAttribute("aria-invalid", "true");
+    formBox.querySelector("#" + f.getAttribute("aria-describedby")).textContent = message;
+    f.focus();
+  }
+  function showForm(offline) {
+    formBox.textContent = "";
+    formBox.hidden = false; log.hidden = true; compose.hidden = true;
+    var pre = settings.prechat;
+    formBox.appendChild(el("p", { "class": "note" }, offline ? T.offline : T.prechat));
+    var inputs = {};
+    if (pre.fields.indexOf("name") >= 0 && session.known.indexOf("name") < 0) inputs.name = field("name", T.name, "text", !offline && pre.required.indexOf("name") >= 0);
+    if (offline) {
+      inputs.message = field("message", T.yours, "textarea", true);
+      inputs.contact = field("contact", T.contact, "text", true);
+    } else {
+      ["email", "phone"].forEach(function (k) {
+        if (pre.fields.indexOf(k) >= 0) inputs[k] = field(k, T[k], k === "email" ? "email" : "tel", pre.required.indexOf(k) >= 0);
+      });
+    }
+    formBox.appendChild(el("button", { type: "submit" }, offline ? T.leave : T.start));
+    formBox.onsubmit = function (e) {
+      e.preventDefault();
+      var frame = { type: "identify" }, bad = null;
+      formBox.querySelectorAll(".err").forEach(function (n) { n.textContent = ""; });
+      Object.keys(inputs).forEach(function (k) {
+        var f = inputs[k], v = f.value.trim();
+        f.removeAttribute("aria-invalid");
+        if (!v && f.hasAttribute("required") && !bad) bad = k;
+        if (v && k !== "message" && k !== "contact") frame[k] = v;
+      });
+      if (bad) return fieldError(bad, T.required);
+      if (offline) {
+        var c = inputs.contact.value.trim();
+        frame[c.indexOf("@") >= 0 ? "email" : "phone"] = c;
+        frame.offline = true;
+      }
+      var message = offline ? inputs.message.value.trim() : null;
+      afterIdentify = function () {
+        formBox.hidden = true; log.hidden = false; compose.hidden = false;
+        if (offline) { bubble("system", t("thanks", frame.email || frame.phone)); say(message); }
+        input.focus();
+      };
+      if (Object.keys(frame).length > 1) send(frame); else afterIdentify();
+    };
+  }
+
+  function ready(frame) {
+    // After a reconnect: same conversation, nothing to set up again.
+    if (session) { frame.known = frame.known || session.known; session = frame; return; }
+    session = frame;
+    settings = frame.widget || { prechat: { enabled: false, fields: [], required: [] }, title: {}, greeting: {} };
+    setColor(settings.color);
+    title.textContent = (settings.title && settings.title[lang]) || T.open;
+    var fresh = !frame.ticket_id;
+    var reachable = (frame.known || []).some(function (k) { return k === "email" || k === "phone"; });
+    var away = fresh && frame.available === false && settings.offline_form && !reachable;
+    if (away) showForm(true);
+    else if (fresh && settings.prechat && settings.prechat.enabled && !(frame.known || []).length) showForm(false);
+    else { formBox.hidden = true; log.hidden = false; compose.hidden = false; }
+    var greeting = settings.greeting && settings.greeting[lang];
+    if (fresh && !away && greeting && !log.querySelector(".greeting")) bubble("greeting", greeting);
+  }
+
   function connect() {
     if (socket && socket.readyState <= 1) return;
     var token = localStorage.getItem(KEY);
     socket = new WebSocket(wsUrl + (token ? "?token=" + encodeURIComponent(token) : ""));
     socket.onopen = function () { backoff = 500; status.textContent = ""; };
     socket.onmessage = function (e) {
-      var frame = JSON.parse(e.data);
-      if (frame.type === "session") { localStorage.setItem(KEY, frame.visitor_token); resend(); }
-      else if (frame.type === "message") { if (frame.client_id) acknowledged(frame.client_id); show(frame); }
-      else if (frame.type === "error") status.textContent = frame.message;
+      var frame;
+      try { frame = JSON.parse(e.data); } catch (err) { return; }
+      if (frame.type === "session") {
+        localStorage.setItem(KEY, frame.visitor_token);
+        ready(frame);
+        for (var i = 0; i < pending.length; i++) send(pending[i]);
+      } else if (frame.type === "message") {
+        if (frame.client_id) pending = pending.filter(function (f) { return f.client_id !== frame.client_id; });
+        show(frame);
+      } else if (frame.type === "typing") typing(frame);
+      else if (frame.type === "identified") { session.known = frame.known || []; if (afterIdentify) { afterIdentify(); afterIdentify = null; } }
+      else if (frame.type === "error") { if (frame.field && !formBox.hidden) fieldError(frame.field, frame.message); else status.textContent = frame.message; }
     };
     socket.onclose = function () {
-      status.textContent = "Reconnecting\u2026";
-      setTimeout(connect, backoff);
+      status.textContent = T.reconnect;
+      setTimeout(connect, backoff * (0.8 + Math.random() * 0.4));
       backoff = Math.min(backoff * 2, 30000);
     };
   }
+  // A returning visitor reconnects at once, so agent replies show as unread on the bubble.
   if (localStorage.getItem(KEY)) connect();
 })();

@@ -309,6 +309,7 @@ async def post_message(request: web.Request) -> web.Response:
             agent=agent,
             private=body.private,
             attachments=[a.model_dump(exclude_none=True) for a in body.attachments],
+            channel=body.channel,
         )
         view = message_view(msg)
     return web.json_response(view, status=201)

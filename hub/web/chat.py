@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,14 @@ from storage import queries
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
+# Extensions, registered by other route modules on import: more visitor frame
+# types (the widget's forms), and more keys in the session frame (its settings).
+VisitorFrameHandler = Callable[[Hub, web.WebSocketResponse, str, dict[str, Any], dict[str, Any]], Awaitable[None]]
+SessionExtra = Callable[[Hub, str, "int | None"], Awaitable[dict[str, Any]]]
+VISITOR_FRAMES: dict[str, VisitorFrameHandler] = {}
+SESSION_EXTRAS: list[SessionExtra] = []
 
 
 def _origin_allowed(hub: Hub, origin: str | None) -> bool:
@@ -72,17 +80,16 @@ async def visitor_socket(request: web.Request) -> web.StreamResponse:
                 contact_id, ticket_id, history = await queries.visitor_conversation(
                     session, IdentityKind.WEBCHAT.value, visitor_id, limit=hub.config.webchat.history_limit
                 )
-            await ws.send_str(
-                codec.dumps(
-                    {
-                        "type": "session",
-                        "visitor_token": token,
-                        "visitor_id": visitor_id,
-                        "contact_id": contact_id,
-                        "ticket_id": ticket_id,
-                    }
-                )
-            )
+            session_frame: dict[str, Any] = {
+                "type": "session",
+                "visitor_token": token,
+                "visitor_id": visitor_id,
+                "contact_id": contact_id,
+                "ticket_id": ticket_id,
+            }
+            for extra in SESSION_EXTRAS:
+                session_frame.update(await extra(hub, visitor_id, contact_id))
+            await ws.send_str(codec.dumps(session_frame))
             for m in history:
                 await ws.send_str(codec.dumps(message_frame(m)))
             forward = asyncio.create_task(_forward(ws, feed, conn_id, shown={m["id"] for m in history}))
@@ -159,8 +166,11 @@ async def _on_frame(
             await do_record_delivery(session, message_id, status, contact_id=state["contact_id"])
     elif kind == "ping":
         await ws.send_str(codec.dumps({"type": "pong"}))
+    elif kind in VISITOR_FRAMES:
+        await VISITOR_FRAMES[kind](hub, ws, visitor_id, frame, state)
     else:
-        raise InvalidPayload(f"unknown frame type {kind!r}; expected message, typing, ack, read or ping")
+        known = ", ".join(["message", "typing", "ack", "read", "ping", *VISITOR_FRAMES])
+        raise InvalidPayload(f"unknown frame type {kind!r}; expected one of {known}")
 
 
 async def _forward(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -13,10 +13,17 @@ from aiohttp import WSMsgType, web
 from channels.base import InvalidPayload
 from channels.webchat import decode_frame
 from hub import codec, metrics
-from hub.app import HUB, WEBSOCKETS
+from hub.app import HUB, WEBSOCKETS, Hub
 from hub.web.api import API, current_agent
 from hub.web.registry import ROUTES
 from hub.workers import AGENTS_CHANNEL
+from storage.models import Agent
+
+# Frame types agents may send besides ping, added by other route modules on
+# import (the inbox's typing indicator). A handler answers with a frame or None,
+# and raises InvalidPayload for a frame it cannot take.
+AgentFrameHandler = Callable[[Hub, Agent, dict[str, Any]], Awaitable["dict[str, Any] | None"]]
+AGENT_FRAMES: dict[str, AgentFrameHandler] = {}
 
 
 @ROUTES.route(
@@ -31,7 +38,9 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
     """Each frame is JSON with a `type` (`message.received`, `message.created`,
     `message.status`, `ticket.assigned`, `ticket.status_changed`, `ticket.routed`,
     `contact.merged`, `typing`) and the ticket and/or message it concerns, in
-    the same shapes as the REST API. Send `{"type": "ping"}` to get a `pong`."""
+    the same shapes as the REST API. Send `{"type": "ping"}` to get a `pong`,
+    and `{"type": "typing", "ticket_id": N}` while writing a reply: a web chat
+    visitor sees "typing", and so do the other agents."""
     hub = request.app[HUB]
     agent = await current_agent(request)
     ws = web.WebSocketResponse(heartbeat=30.0)
@@ -44,6 +53,9 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
             if ws.closed:
                 return
             await ws.send_str(codec.dumps(event))
+
+    async def error(message: str) -> None:
+        await ws.send_str(codec.dumps({"type": "error", "code": "invalid_frame", "message": message}))
 
     try:
         # Subscribed (confirmed, on Redis) before hello: from hello on, the
@@ -58,20 +70,20 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
                     try:
                         frame = decode_frame(msg.data)
                     except InvalidPayload as exc:
-                        await ws.send_str(codec.dumps({"type": "error", "code": "invalid_frame", "message": str(exc)}))
+                        await error(str(exc))
                         continue
                     if frame["type"] == "ping":
                         await ws.send_str(codec.dumps({"type": "pong"}))
+                    elif frame["type"] in AGENT_FRAMES:
+                        try:
+                            answer = await AGENT_FRAMES[frame["type"]](hub, agent, frame)
+                        except InvalidPayload as exc:
+                            await error(str(exc))
+                            continue
+                        if answer is not None:
+                            await ws.send_str(codec.dumps(answer))
                     else:
-                        await ws.send_str(
-                            codec.dumps(
-                                {
-                                    "type": "error",
-                                    "code": "invalid_frame",
-                                    "message": f"unknown frame type {frame['type']!r}",
-                                }
-                            )
-                        )
+                        await error(f"unknown frame type {frame['type']!r}")
             finally:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, ConnectionError):

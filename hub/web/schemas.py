@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hub.core import Attachment, Role, UTCDateTime
+from hub.core import Attachment, Channel, Role, UTCDateTime
 
 
 class _In(BaseModel):
@@ -73,6 +73,9 @@ class MessageIn(_In):
     body: str = Field(default="", max_length=100_000)
     private: bool = False
     attachments: list[Attachment] = Field(default_factory=list, max_length=20)
+    channel: Channel | None = Field(
+        default=None, description="reply on another channel the contact has (default: the ticket's channel)"
+    )
 
 
 class AssignIn(_In):

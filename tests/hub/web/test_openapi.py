@@ -28,6 +28,7 @@ PROMISED = [
     ("GET", "/api/v1/contacts/{id}/timeline"),
     ("POST", "/api/v1/contacts/{id}/merge"),
     ("GET", "/api/v1/events"),
+    ("GET", "/inbox/"),
 ]
 
 

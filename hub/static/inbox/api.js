@@ -1,0 +1,114 @@
+// The hub's REST API and its live events websocket, as the inbox uses them.
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+export class Api {
+  constructor(token, onUnauthorized) {
+    this.token = token;
+    this.onUnauthorized = onUnauthorized;
+  }
+
+  async request(method, path, body) {
+    const headers = { Accept: "application/json" };
+    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    let payload;
+    if (body instanceof FormData) payload = body;
+    else if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      payload = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(`/api/v1${path}`, { method, headers, body: payload });
+    } catch (err) {
+      throw new ApiError(0, "network", String(err.message || err));
+    }
+    if (response.status === 204) return null;
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      const error = data.error || {};
+      if (response.status === 401 && this.token && this.onUnauthorized) this.onUnauthorized();
+      throw new ApiError(response.status, error.code || "http_error", error.message || response.statusText);
+    }
+    return data;
+  }
+
+  get(path) { return this.request("GET", path); }
+  post(path, body = {}) { return this.request("POST", path, body); }
+  put(path, body) { return this.request("PUT", path, body); }
+  del(path) { return this.request("DELETE", path); }
+
+  upload(file) {
+    const form = new FormData();
+    form.append("file", file, file.name);
+    return this.request("POST", "/attachments", form);
+  }
+}
+
+/**
+ * The live feed. Reconnects by itself with backoff and jitter; ``onOpen(again)``
+ * runs after every connect (``again`` after a reconnect: the caller reloads what
+ * it may have missed), ``onEvent(frame)`` for every frame, ``onState(state)``
+ * with "live" or "reconnecting".
+ */
+export class EventsSocket {
+  constructor(token, { onOpen, onEvent, onState }) {
+    this.token = token;
+    this.onOpen = onOpen;
+    this.onEvent = onEvent;
+    this.onState = onState;
+    this.backoff = 1000;
+    this.connected = false;
+    this.everConnected = false;
+    this.stopped = false;
+    this.connect();
+  }
+
+  connect() {
+    if (this.stopped) return;
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const ws = new WebSocket(`${scheme}://${location.host}/api/v1/events?token=${encodeURIComponent(this.token)}`);
+    this.ws = ws;
+    ws.onopen = () => {
+      this.backoff = 1000;
+      this.connected = true;
+      const again = this.everConnected;
+      this.everConnected = true;
+      this.onState("live");
+      this.onOpen(again);
+      clearInterval(this.pinger);
+      // Proxies drop idle sockets; a ping also notices a dead one sooner.
+      this.pinger = setInterval(() => this.send({ type: "ping" }), 25000);
+    };
+    ws.onmessage = (e) => {
+      let frame;
+      try { frame = JSON.parse(e.data); } catch { return; }
+      this.onEvent(frame);
+    };
+    ws.onclose = () => {
+      clearInterval(this.pinger);
+      this.connected = false;
+      if (this.stopped) return;
+      this.onState("reconnecting");
+      const delay = this.backoff * (0.8 + Math.random() * 0.4);
+      this.backoff = Math.min(this.backoff * 2, 30000);
+      setTimeout(() => this.connect(), delay);
+    };
+  }
+
+  send(frame) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(frame));
+  }
+
+  stop() {
+    this.stopped = true;
+    clearInterval(this.pinger);
+    if (this.ws) this.ws.close();
+  }
+}

@@ -1,0 +1,1034 @@
+// The agents' shared inbox: views, the live feed, the conversation, actions,
+// the customer panel. Plain ES modules, no build step; every piece of data is
+// put on the page as text (see dom.js).
+import { Api, EventsSocket } from "./api.js";
+import { $, fill, h, options } from "./dom.js";
+import { LANGUAGES, formatAgo, formatNumber, formatTime, language, setLanguage, t } from "./i18n.js";
+import { channelBadge, eventView, messageView } from "./messages.js";
+
+const TOKEN_KEY = "crmhub.inbox.token";
+const PREFS_KEY = "crmhub.inbox.prefs";
+const STATUSES = ["open", "pending", "snoozed", "resolved"];
+const PRIORITIES = ["low", "normal", "high", "urgent"];
+const CHANNELS = ["webchat", "sms", "voice", "email", "telegram"];
+const VIEWS = ["mine", "unassigned", "teams", "all"];
+// As hub.core.STATUS_RANK: receipts arrive out of order.
+const STATUS_RANK = { received: 0, queued: 1, sending: 2, sent: 3, undelivered: 4, failed: 4, delivered: 5, read: 6 };
+// Which channel answers on which kind of identity.
+const REPLY_CHANNEL_OF_IDENTITY = { webchat: "webchat", phone: "sms", email: "email", telegram: "telegram" };
+
+const prefs = Object.assign({ language: null, sound: false, desktop: false, view: "mine" }, readJson(PREFS_KEY));
+
+const state = {
+  api: null,
+  socket: null,
+  me: null,
+  agents: new Map(),
+  teams: new Map(),
+  inboxChannels: new Set(),
+  canned: [],
+  view: prefs.view,
+  filters: { status: "open", channel: "", priority: "", label: "", q: "" },
+  tickets: [],
+  nextCursor: null,
+  current: null,
+  contact: null,
+  mode: "reply",
+  pendingFiles: [],
+  timelineCursor: null,
+};
+
+function readJson(key) {
+  try { return JSON.parse(localStorage.getItem(key) || "{}") || {}; } catch { return {}; }
+}
+
+function savePrefs() {
+  localStorage.setItem(PREFS_KEY, JSON.stringify(prefs));
+}
+
+function announce(text) {
+  fill($("#announcer"), text);
+}
+
+function showError(err) {
+  announce(t("error", { message: err.message || String(err) }));
+  console.error(err);
+}
+
+// --- language -------------------------------------------------------------------------
+
+function applyLanguage(lang) {
+  setLanguage(lang);
+  for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
+  for (const node of document.querySelectorAll("[data-i18n-placeholder]")) node.placeholder = t(node.dataset.i18nPlaceholder);
+  for (const node of document.querySelectorAll("[data-i18n-aria]")) node.setAttribute("aria-label", t(node.dataset.i18nAria));
+  for (const select of document.querySelectorAll(".language-select")) {
+    fill(select, options(Object.entries(LANGUAGES), language()));
+  }
+  document.title = `${t("app.title")} · crm-hub`;
+}
+
+function changeLanguage(lang) {
+  prefs.language = lang;
+  savePrefs();
+  applyLanguage(lang);
+  if (state.me) {
+    renderStaticSelects();
+    renderViews();
+    renderTickets();
+    if (state.current) renderConversation();
+    renderCustomer();
+    setMode(state.mode, false);
+  }
+}
+
+// --- log in and out ----------------------------------------------------------------------
+
+async function start() {
+  applyLanguage(prefs.language || (navigator.language || "en").slice(0, 2));
+  for (const select of document.querySelectorAll(".language-select")) {
+    select.addEventListener("change", () => changeLanguage(select.value));
+  }
+  $("#login-form").addEventListener("submit", login);
+  const token = localStorage.getItem(TOKEN_KEY);
+  if (token) await enter(token);
+  else showLogin();
+}
+
+function showLogin(message = "") {
+  $("#app").hidden = true;
+  $("#login").hidden = false;
+  fill($("#login-error"), message);
+  $("#login-email").focus();
+}
+
+async function login(event) {
+  event.preventDefault();
+  const email = $("#login-email").value.trim();
+  const password = $("#login-password").value;
+  try {
+    const answer = await new Api(null).post("/auth/token", { email, password });
+    localStorage.setItem(TOKEN_KEY, answer.token);
+    $("#login-password").value = "";
+    await enter(answer.token);
+    // Opening the inbox is how an agent says they are here to answer.
+    await setPresence("online");
+  } catch (err) {
+    fill($("#login-error"), t("login.failed", { message: err.message }));
+  }
+}
+
+async function logout() {
+  try {
+    await setPresence("offline");
+    await state.api.post("/auth/logout");
+  } catch { /* the token is dropped either way */ }
+  leave();
+}
+
+function leave(message = "") {
+  localStorage.removeItem(TOKEN_KEY);
+  if (state.socket) state.socket.stop();
+  state.socket = null;
+  state.me = null;
+  state.current = null;
+  showLogin(message);
+}
+
+async function enter(token) {
+  state.api = new Api(token, () => leave());
+  try {
+    state.me = await state.api.get("/me");
+  } catch (err) {
+    if (err.status === 401) return leave();
+    return showLogin(t("error", { message: err.message }));
+  }
+  $("#login").hidden = true;
+  $("#app").hidden = false;
+  fill($("#me"), state.me.name);
+  if (state.view === "all" && state.me.role !== "admin") state.view = "mine";
+  bindOnce();
+  await loadReference();
+  renderStaticSelects();
+  await Promise.all([loadTickets(), loadCounts()]);
+  state.socket = new EventsSocket(token, {
+    onOpen: (again) => { if (again) catchUp(); },
+    onEvent: onEvent,
+    onState: (s) => {
+      const node = $("#connection");
+      node.className = `connection ${s}`;
+      fill(node, t(`connection.${s}`));
+    },
+  });
+  const wanted = Number((location.hash.match(/^#\/ticket\/(\d+)$/) || [])[1]);
+  if (wanted) openTicket(wanted);
+}
+
+async function loadReference() {
+  const [agents, teams, inboxes, canned] = await Promise.all([
+    state.api.get("/agents"),
+    state.api.get("/teams"),
+    state.api.get("/inboxes").catch(() => ({ items: [] })),
+    state.api.get("/canned_responses").catch(() => ({ items: [] })),
+  ]);
+  state.agents = new Map(agents.items.map((a) => [a.id, a]));
+  state.teams = new Map(teams.items.map((tm) => [tm.id, tm]));
+  state.inboxChannels = new Set(inboxes.items.map((i) => i.channel));
+  state.canned = canned.items;
+  const me = state.agents.get(state.me.id);
+  if (me) state.me = me;
+}
+
+async function setPresence(presence) {
+  const me = await state.api.put("/me/presence", { presence });
+  state.me = me;
+  state.agents.set(me.id, me);
+  $("#presence").value = presence;
+}
+
+// --- binding the page once ---------------------------------------------------------------
+
+let bound = false;
+
+function bindOnce() {
+  if (bound) return;
+  bound = true;
+  $("#logout").addEventListener("click", logout);
+  $("#presence").addEventListener("change", (e) => setPresence(e.target.value).catch(showError));
+  $("#notify-sound").checked = prefs.sound;
+  $("#notify-desktop").checked = prefs.desktop;
+  $("#notify-sound").addEventListener("change", (e) => { prefs.sound = e.target.checked; savePrefs(); });
+  $("#notify-desktop").addEventListener("change", async (e) => {
+    prefs.desktop = e.target.checked;
+    if (prefs.desktop && "Notification" in window && Notification.permission === "default") {
+      prefs.desktop = (await Notification.requestPermission()) === "granted";
+      e.target.checked = prefs.desktop;
+    }
+    savePrefs();
+  });
+  let searchTimer;
+  $("#search").addEventListener("input", (e) => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(() => { state.filters.q = e.target.value.trim(); loadTickets(); }, 250);
+  });
+  for (const [id, key] of [["#filter-status", "status"], ["#filter-channel", "channel"], ["#filter-priority", "priority"]]) {
+    $(id).addEventListener("change", (e) => { state.filters[key] = e.target.value; loadTickets(); loadCounts(); });
+  }
+  $("#filter-label").addEventListener("change", (e) => { state.filters.label = e.target.value.trim(); loadTickets(); });
+  $("#more").addEventListener("click", () => loadTickets(true));
+  $("#act-assignee").addEventListener("change", () => assign(numberOrNull($("#act-assignee").value), numberOrNull($("#act-team").value)));
+  $("#act-team").addEventListener("change", () => assign(numberOrNull($("#act-assignee").value), numberOrNull($("#act-team").value)));
+  $("#act-status").addEventListener("change", (e) => {
+    if (e.target.value === "snoozed") { e.target.value = state.current.status; openSnooze(); }
+    else setStatus(e.target.value);
+  });
+  $("#act-snooze").addEventListener("click", openSnooze);
+  $("#act-priority").addEventListener("change", (e) => setPriority(e.target.value));
+  $("#act-labels").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); saveLabels(); } });
+  $("#act-labels").addEventListener("change", saveLabels);
+  $("#toggle-customer").addEventListener("click", toggleCustomer);
+  $("#mode-reply").addEventListener("click", () => setMode("reply"));
+  $("#mode-note").addEventListener("click", () => setMode("note"));
+  $("#reply").addEventListener("submit", (e) => { e.preventDefault(); sendReply(); });
+  $("#reply-text").addEventListener("keydown", onReplyKey);
+  $("#reply-text").addEventListener("input", onReplyInput);
+  $("#reply-text").addEventListener("blur", () => { setTimeout(closeCanned, 150); stopTyping(); });
+  $("#reply-file").addEventListener("change", uploadFiles);
+  $("#snooze-form").addEventListener("submit", onSnoozeSubmit);
+  for (const button of document.querySelectorAll("[data-snooze]")) button.addEventListener("click", () => presetSnooze(button.dataset.snooze));
+  for (const button of document.querySelectorAll("dialog [data-close]")) button.addEventListener("click", () => button.closest("dialog").close());
+  $("#timeline-more").addEventListener("click", () => loadTimeline(true));
+  $("#open-canned").addEventListener("click", openCannedDialog);
+  $("#canned-form").addEventListener("submit", addCanned);
+  document.addEventListener("keydown", onShortcut);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden && state.current) markRead(); });
+  window.addEventListener("hashchange", () => {
+    const id = Number((location.hash.match(/^#\/ticket\/(\d+)$/) || [])[1]);
+    if (id && (!state.current || state.current.id !== id)) openTicket(id);
+  });
+}
+
+function numberOrNull(value) {
+  return value === "" ? null : Number(value);
+}
+
+function renderStaticSelects() {
+  fill($("#presence"), options(["online", "away", "offline"].map((p) => [p, t(`presence.${p}`)]), state.me.presence));
+  fill($("#filter-status"), options([["", t("filter.any")], ...STATUSES.map((s) => [s, t(`status.${s}`)])], state.filters.status));
+  fill($("#filter-channel"), options([["", `${t("filter.channel")}: ${t("filter.any")}`], ...CHANNELS.map((c) => [c, t(`channel.${c}`)])], state.filters.channel));
+  fill($("#filter-priority"), options([["", `${t("filter.priority")}: ${t("filter.any")}`], ...PRIORITIES.map((p) => [p, t(`priority.${p}`)])], state.filters.priority));
+  renderHelp();
+}
+
+// --- views, counts and the list ------------------------------------------------------------------
+
+function ticketQuery() {
+  const params = new URLSearchParams({ view: state.view, status: state.filters.status });
+  for (const key of ["channel", "priority", "label", "q"]) if (state.filters[key]) params.set(key, state.filters[key]);
+  return params;
+}
+
+let listRequest = 0;
+
+async function loadTickets(more = false) {
+  const params = ticketQuery();
+  if (more && state.nextCursor) params.set("cursor", state.nextCursor);
+  const mine = ++listRequest;
+  try {
+    const page = await state.api.get(`/inbox/tickets?${params}`);
+    if (mine !== listRequest) return; // a newer request superseded this one
+    state.tickets = more ? [...state.tickets, ...page.items] : page.items;
+    state.nextCursor = page.next_cursor;
+    renderTickets();
+  } catch (err) { showError(err); }
+}
+
+let countsTimer = null;
+
+function scheduleCounts() {
+  clearTimeout(countsTimer);
+  countsTimer = setTimeout(loadCounts, 600);
+}
+
+async function loadCounts() {
+  try {
+    state.counts = await state.api.get(`/inbox/counts?status=${state.filters.status || ""}`);
+    renderViews();
+  } catch (err) { showError(err); }
+}
+
+function renderViews() {
+  const views = (state.counts && state.counts.views) || {};
+  const items = VIEWS.filter((v) => v !== "all" || (state.me && state.me.role === "admin")).map((view, i) => {
+    const count = views[view];
+    return h("li", {},
+      h("button", { type: "button", class: "view", "aria-current": state.view === view ? "page" : null, "data-view": view, title: `${i + 1}`,
+        onclick: () => switchView(view) },
+        h("span", {}, t(`view.${view}`)),
+        count ? h("span", { class: "count" }, formatNumber(count.total)) : null,
+        count && count.unread ? h("span", { class: "badge unread", "aria-label": t("unread", { n: count.unread }) }, formatNumber(count.unread)) : null));
+  });
+  fill($("#views"), items);
+  const queues = (state.counts && state.counts.queues) || [];
+  fill($("#queues"), queues.map((q) => h("li", { class: "queue" },
+    h("span", { dir: "auto" }, q.name),
+    h("span", { class: "muted small" },
+      q.length ? `${t("queue.waiting", { n: formatNumber(q.length) })} · ${t("queue.oldest", { time: formatAgo(q.oldest_waiting_since) })}` : t("queue.empty")))));
+}
+
+function switchView(view) {
+  state.view = view;
+  prefs.view = view;
+  savePrefs();
+  renderViews();
+  loadTickets();
+}
+
+function contactLabel(ticket) {
+  return ticket.contact_name || t("anonymous", { id: ticket.contact_id });
+}
+
+function renderTickets() {
+  const list = $("#tickets");
+  if (!state.tickets.length) {
+    fill(list, h("li", { class: "empty muted" }, t("no_tickets")));
+  } else {
+    fill(list, state.tickets.map((ticket) => {
+      const last = ticket.last_message;
+      const active = state.current && state.current.id === ticket.id;
+      return h("li", {},
+        h("button", { type: "button", class: `ticket${active ? " active" : ""}${ticket.unread ? " has-unread" : ""}`,
+          "data-ticket": ticket.id, "aria-current": active ? "true" : null, onclick: () => openTicket(ticket.id) },
+          h("span", { class: "ticket-top" },
+            h("strong", { class: "name", dir: "auto" }, contactLabel(ticket)),
+            h("time", { datetime: ticket.last_message_at }, formatTime(ticket.last_message_at))),
+          h("span", { class: "preview", dir: "auto" }, last ? last.body : ""),
+          h("span", { class: "ticket-tags" },
+            channelBadge(ticket.channel),
+            ticket.priority !== "normal" ? h("span", { class: `badge priority-${ticket.priority}` }, t(`priority.${ticket.priority}`)) : null,
+            ticket.status !== "open" ? h("span", { class: "badge" }, t(`status.${ticket.status}`)) : null,
+            (ticket.labels || []).map((l) => h("span", { class: "badge label", dir: "auto" }, l)),
+            ticket.unread ? h("span", { class: "badge unread", "aria-label": t("unread", { n: ticket.unread }) }, formatNumber(ticket.unread)) : null)));
+    }));
+  }
+  $("#more").hidden = !state.nextCursor;
+}
+
+/** Whether a ticket belongs in the list as filtered now (text search aside). */
+function matchesList(ticket) {
+  const f = state.filters;
+  if (f.status && ticket.status !== f.status) return false;
+  if (f.channel && ticket.channel !== f.channel) return false;
+  if (f.priority && ticket.priority !== f.priority) return false;
+  if (f.label && !(ticket.labels || []).includes(f.label)) return false;
+  switch (state.view) {
+    case "mine": return ticket.assignee_id === state.me.id;
+    case "unassigned": return ticket.assignee_id == null;
+    case "teams": return ticket.team_id != null && state.me.team_ids.includes(ticket.team_id);
+    default: return true;
+  }
+}
+
+let reloadTimer = null;
+
+function scheduleReload() {
+  clearTimeout(reloadTimer);
+  reloadTimer = setTimeout(() => loadTickets(), 300);
+}
+
+function upsertTicket(ticket, message) {
+  const i = state.tickets.findIndex((x) => x.id === ticket.id);
+  if (i < 0) {
+    // New to this list: fetch it with its contact's name, unread count and all.
+    if (matchesList(ticket)) scheduleReload();
+    return;
+  }
+  if (!matchesList(ticket) || state.filters.q) {
+    if (!matchesList(ticket)) state.tickets.splice(i, 1);
+    else scheduleReload();
+    renderTickets();
+    return;
+  }
+  const item = Object.assign({}, state.tickets[i], ticket);
+  if (message && !message.private) {
+    item.last_message = { id: message.id, body: message.body, direction: message.direction, author: message.author, created_at: message.created_at };
+    const reading = state.current && state.current.id === ticket.id && !document.hidden;
+    if (message.direction === "in" && !reading) item.unread = (item.unread || 0) + 1;
+  }
+  state.tickets[i] = item;
+  state.tickets.sort((a, b) => (b.last_message_at || "").localeCompare(a.last_message_at || "") || b.id - a.id);
+  renderTickets();
+}
+
+// --- the live feed ------------------------------------------------------------------------------
+
+function catchUp() {
+  // Whatever happened while the socket was down: the list, the counts and the
+  // open conversation are read again.
+  loadTickets();
+  loadCounts();
+  if (state.current) openTicket(state.current.id, { keepFocus: true });
+}
+
+function onEvent(frame) {
+  switch (frame.type) {
+    case "message.received":
+    case "message.created": {
+      upsertTicket(frame.ticket, frame.message);
+      if (state.current && state.current.id === frame.ticket.id) {
+        Object.assign(state.current, frame.ticket);
+        addMessage(frame.message);
+        renderHeader();
+        if (frame.message.direction === "in") {
+          hideTyping();
+          if (!document.hidden) markRead();
+        }
+      }
+      if (frame.message.direction === "in") notifyMessage(frame);
+      scheduleCounts();
+      break;
+    }
+    case "message.status":
+      if (state.current && state.current.id === frame.message.ticket_id) addMessage(frame.message);
+      break;
+    case "ticket.assigned":
+    case "ticket.status_changed":
+    case "ticket.routed":
+    case "ticket.handoff":
+    case "ticket.priority_changed":
+      upsertTicket(frame.ticket);
+      if (state.current && state.current.id === frame.ticket.id) {
+        Object.assign(state.current, frame.ticket);
+        renderHeader();
+      }
+      if (frame.type === "ticket.assigned" && frame.ticket.assignee_id === state.me.id && frame.actor !== `agent:${state.me.id}`) {
+        notify(t("notify.assigned", { id: frame.ticket.id }), frame.ticket.id);
+      }
+      scheduleCounts();
+      break;
+    case "contact.merged":
+      if (state.contact && [frame.data.source_id, frame.data.target_id].includes(state.contact.id)) loadCustomer();
+      scheduleReload();
+      break;
+    case "typing":
+      if (state.current && frame.ticket_id === state.current.id && frame.agent_id !== state.me.id) showTyping(frame);
+      break;
+    case "agent.presence": {
+      const agent = state.agents.get(frame.agent_id);
+      if (agent) agent.presence = frame.presence;
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+function notifyMessage(frame) {
+  const ticket = frame.ticket;
+  const relevant = ticket.assignee_id === state.me.id || ticket.assignee_id == null
+    || (ticket.team_id != null && state.me.team_ids.includes(ticket.team_id));
+  const watching = state.current && state.current.id === ticket.id && !document.hidden;
+  if (!relevant || watching) return;
+  const item = state.tickets.find((x) => x.id === ticket.id);
+  notify(t("notify.new", { name: item ? contactLabel(item) : t("anonymous", { id: ticket.contact_id }) }), ticket.id, frame.message.body);
+}
+
+let audio = null;
+
+function notify(title, ticketId, body = "") {
+  if (prefs.sound) {
+    try {
+      audio = audio || new AudioContext();
+      const osc = audio.createOscillator();
+      const gain = audio.createGain();
+      osc.frequency.value = 880;
+      gain.gain.setValueAtTime(0.08, audio.currentTime);
+      gain.gain.exponentialRampToValueAtTime(0.0001, audio.currentTime + 0.25);
+      osc.connect(gain).connect(audio.destination);
+      osc.start();
+      osc.stop(audio.currentTime + 0.25);
+    } catch { /* no audio device */ }
+  }
+  if (prefs.desktop && "Notification" in window && Notification.permission === "granted" && document.hidden) {
+    const n = new Notification(title, { body: body.slice(0, 140), tag: `ticket-${ticketId}` });
+    n.onclick = () => { window.focus(); openTicket(ticketId); n.close(); };
+  }
+}
+
+// --- the conversation ----------------------------------------------------------------------------
+
+async function openTicket(id, { keepFocus = false } = {}) {
+  try {
+    const ticket = await state.api.get(`/tickets/${id}`);
+    const switching = !state.current || state.current.id !== id;
+    state.current = ticket;
+    state.messageIds = new Set();
+    if (switching) {
+      state.pendingFiles = [];
+      $("#reply-text").value = "";
+      setMode("reply", false);
+      hideTyping();
+    }
+    if (location.hash !== `#/ticket/${id}`) history.replaceState(null, "", `#/ticket/${id}`);
+    $("#conv-empty").hidden = true;
+    $("#conv").hidden = false;
+    renderConversation();
+    renderTickets();
+    await loadCustomer();
+    markRead();
+    if (!keepFocus && switching) $("#messages").focus({ preventScroll: true });
+  } catch (err) { showError(err); }
+}
+
+function renderConversation() {
+  renderHeader();
+  const box = $("#messages");
+  fill(box, state.current.messages.map((m) => messageView(m, state.agents)));
+  state.messageIds = new Set(state.current.messages.map((m) => m.id));
+  box.setAttribute("tabindex", "-1");
+  box.scrollTop = box.scrollHeight;
+  renderPendingFiles();
+}
+
+function renderHeader() {
+  const ticket = state.current;
+  fill($("#conv-title"), ticket.contact_name || t("anonymous", { id: ticket.contact_id }));
+  fill($("#conv-badges"),
+    h("span", { class: "muted" }, t("ticket", { id: ticket.id })), " ",
+    channelBadge(ticket.channel), " ",
+    h("span", { class: `badge status-${ticket.status}` }, t(`status.${ticket.status}`)),
+    ticket.snoozed_until ? h("span", { class: "muted small" }, ` → ${formatTime(ticket.snoozed_until)}`) : null);
+  const agents = [...state.agents.values()].filter((a) => a.active);
+  fill($("#act-assignee"), options([["", t("nobody")], ...agents.map((a) => [a.id, a.name])], ticket.assignee_id));
+  fill($("#act-team"), options([["", t("no_team")], ...[...state.teams.values()].map((tm) => [tm.id, tm.name])], ticket.team_id));
+  fill($("#act-status"), options(STATUSES.map((s) => [s, t(`status.${s}`)]), ticket.status));
+  fill($("#act-priority"), options(PRIORITIES.map((p) => [p, t(`priority.${p}`)]), ticket.priority));
+  const labels = $("#act-labels");
+  if (document.activeElement !== labels) labels.value = (ticket.labels || []).join(", ");
+  renderReplyChannels();
+}
+
+function addMessage(message) {
+  const box = $("#messages");
+  const nearBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+  const node = messageView(message, state.agents);
+  const existing = box.querySelector(`[data-id="${message.id}"]`);
+  const list = state.current.messages;
+  const i = list.findIndex((m) => m.id === message.id);
+  if (i >= 0) {
+    // Events and answers cross on the wire: a status never moves backwards
+    // (a reply's "queued" answer may arrive after its "failed" event).
+    const merged = Object.assign({}, list[i], message);
+    if ((STATUS_RANK[list[i].status] ?? 0) > (STATUS_RANK[message.status] ?? 0)) {
+      merged.status = list[i].status;
+      merged.status_reason = list[i].status_reason;
+    }
+    list[i] = merged;
+  } else list.push(message);
+  if (existing) existing.replaceWith(messageView(list[i >= 0 ? i : list.length - 1], state.agents));
+  else {
+    box.appendChild(node);
+    if (nearBottom || message.direction === "out") box.scrollTop = box.scrollHeight;
+  }
+}
+
+async function markRead() {
+  if (!state.current) return;
+  const id = state.current.id;
+  try {
+    await state.api.post(`/tickets/${id}/read`, {});
+    const item = state.tickets.find((x) => x.id === id);
+    if (item && item.unread) { item.unread = 0; renderTickets(); }
+    scheduleCounts();
+  } catch (err) { showError(err); }
+}
+
+let typingHide = null;
+
+function showTyping(frame) {
+  if (frame.typing === false) return hideTyping();
+  const name = frame.author === "agent" ? (state.agents.get(frame.agent_id) || {}).name || t("author.agent") : null;
+  fill($("#typing"), frame.author === "agent" ? t("typing.agent", { name }) : t("typing.contact"));
+  clearTimeout(typingHide);
+  typingHide = setTimeout(hideTyping, 6000);
+}
+
+function hideTyping() {
+  clearTimeout(typingHide);
+  fill($("#typing"));
+}
+
+// --- actions ---------------------------------------------------------------------------------------
+
+async function act(promise) {
+  try {
+    const ticket = await promise;
+    if (ticket && state.current && ticket.id === state.current.id) {
+      Object.assign(state.current, ticket);
+      renderHeader();
+      upsertTicket(ticket);
+    }
+    announce(t("saved"));
+    scheduleCounts();
+    return ticket;
+  } catch (err) {
+    showError(err);
+    if (state.current) renderHeader();
+    return null;
+  }
+}
+
+function assign(agentId, teamId) {
+  if (!state.current) return null;
+  return act(state.api.post(`/tickets/${state.current.id}/assign`, { agent_id: agentId, team_id: teamId }));
+}
+
+function setStatus(status, snoozedUntil = null) {
+  if (!state.current) return null;
+  const body = { status };
+  if (snoozedUntil) body.snoozed_until = snoozedUntil;
+  return act(state.api.post(`/tickets/${state.current.id}/status`, body));
+}
+
+function setPriority(priority) {
+  if (!state.current) return null;
+  return act(state.api.post(`/tickets/${state.current.id}/priority`, { priority }));
+}
+
+function saveLabels() {
+  if (!state.current) return null;
+  const labels = $("#act-labels").value.split(/[,،]/).map((l) => l.trim()).filter(Boolean);
+  const same = JSON.stringify([...labels].sort()) === JSON.stringify([...(state.current.labels || [])].sort());
+  if (same) return null;
+  return act(state.api.put(`/tickets/${state.current.id}/labels`, { labels }));
+}
+
+function toLocalInput(date) {
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${pad(date.getHours())}:${pad(date.getMinutes())}`;
+}
+
+function openSnooze() {
+  if (!state.current) return;
+  const dialog = $("#snooze-dialog");
+  presetSnooze("tomorrow");
+  dialog.showModal();
+}
+
+function presetSnooze(which) {
+  const d = new Date();
+  if (which === "hour") d.setHours(d.getHours() + 1);
+  else {
+    d.setDate(d.getDate() + (which === "week" ? 7 : 1));
+    d.setHours(9, 0, 0, 0);
+  }
+  $("#snooze-at").value = toLocalInput(d);
+}
+
+function onSnoozeSubmit(event) {
+  if (event.submitter && event.submitter.value === "cancel") return;
+  const when = new Date($("#snooze-at").value);
+  if (Number.isNaN(when.getTime())) { event.preventDefault(); return; }
+  setStatus("snoozed", when.toISOString());
+}
+
+function cyclePriority() {
+  if (!state.current) return;
+  const next = PRIORITIES[(PRIORITIES.indexOf(state.current.priority) + 1) % PRIORITIES.length];
+  setPriority(next);
+}
+
+// --- the reply box ---------------------------------------------------------------------------------
+
+function setMode(mode, focus = true) {
+  state.mode = mode;
+  $("#mode-reply").setAttribute("aria-pressed", String(mode === "reply"));
+  $("#mode-note").setAttribute("aria-pressed", String(mode === "note"));
+  $("#reply").classList.toggle("note-mode", mode === "note");
+  $("#reply-text").placeholder = t(mode === "note" ? "note.placeholder" : "reply.placeholder");
+  $("#channel-label").hidden = mode === "note";
+  if (mode === "note") stopTyping();
+  if (focus) $("#reply-text").focus();
+}
+
+function replyChannels() {
+  const ticket = state.current;
+  const channels = [ticket.channel];
+  for (const identity of (state.contact && state.contact.identities) || []) {
+    const channel = REPLY_CHANNEL_OF_IDENTITY[identity.channel];
+    if (channel && !channels.includes(channel) && state.inboxChannels.has(channel)) channels.push(channel);
+  }
+  return channels;
+}
+
+function renderReplyChannels() {
+  if (!state.current) return;
+  const select = $("#reply-channel");
+  const channels = replyChannels();
+  const preferred = state.contact && state.contact.attributes && state.contact.attributes.reply_channel;
+  const current = channels.includes(select.value) && select.dataset.ticket === String(state.current.id)
+    ? select.value
+    : channels.includes(preferred) ? preferred : state.current.channel;
+  fill(select, options(channels.map((c) => [c, t(`channel.${c}`)]), current));
+  select.dataset.ticket = String(state.current.id);
+}
+
+async function sendReply() {
+  if (!state.current) return;
+  const text = $("#reply-text").value;
+  if (!text.trim() && !state.pendingFiles.length) return;
+  const body = { body: text, private: state.mode === "note", attachments: state.pendingFiles };
+  const channel = $("#reply-channel").value;
+  if (state.mode === "reply" && channel && channel !== state.current.channel) body.channel = channel;
+  $("#send").disabled = true;
+  fill($("#reply-error"));
+  try {
+    const message = await state.api.post(`/tickets/${state.current.id}/messages`, body);
+    $("#reply-text").value = "";
+    state.pendingFiles = [];
+    renderPendingFiles();
+    stopTyping();
+    addMessage(message);
+  } catch (err) {
+    fill($("#reply-error"), err.message);
+  } finally {
+    $("#send").disabled = false;
+  }
+}
+
+let lastTypingSent = 0;
+
+function onReplyInput() {
+  updateCanned();
+  if (state.mode !== "reply" || !state.current || !state.socket) return;
+  const now = Date.now();
+  if (now - lastTypingSent > 2500) {
+    lastTypingSent = now;
+    state.socket.send({ type: "typing", ticket_id: state.current.id, typing: true });
+  }
+}
+
+function stopTyping() {
+  if (lastTypingSent && state.socket && state.current) {
+    state.socket.send({ type: "typing", ticket_id: state.current.id, typing: false });
+  }
+  lastTypingSent = 0;
+}
+
+async function uploadFiles(event) {
+  const files = [...event.target.files];
+  event.target.value = "";
+  for (const file of files) {
+    try {
+      state.pendingFiles.push(await state.api.upload(file));
+      renderPendingFiles();
+    } catch (err) {
+      fill($("#reply-error"), err.message);
+    }
+  }
+}
+
+function renderPendingFiles() {
+  fill($("#pending-files"), state.pendingFiles.map((file, i) => h("li", { class: "chip" },
+    h("span", { dir: "auto" }, file.filename || file.url),
+    h("button", { type: "button", class: "link", "aria-label": `${t("remove")} ${file.filename || ""}`,
+      onclick: () => { state.pendingFiles.splice(i, 1); renderPendingFiles(); } }, "×"))));
+}
+
+// Canned responses: "/" then the short code, at the start or after a space.
+let cannedMatches = [];
+let cannedIndex = 0;
+
+function cannedQuery() {
+  const box = $("#reply-text");
+  const before = box.value.slice(0, box.selectionStart);
+  const match = before.match(/(?:^|\s)\/([^\s/]*)$/);
+  return match ? { word: match[1], start: before.length - match[1].length - 1 } : null;
+}
+
+function updateCanned() {
+  const query = cannedQuery();
+  const menu = $("#canned-menu");
+  if (!query) return closeCanned();
+  const word = query.word.toLocaleLowerCase();
+  cannedMatches = state.canned.filter((c) => c.short_code.startsWith(word) || (word && c.body.toLocaleLowerCase().includes(word))).slice(0, 8);
+  cannedIndex = 0;
+  menu.hidden = false;
+  $("#reply-text").setAttribute("aria-expanded", "true");
+  renderCanned();
+}
+
+function renderCanned() {
+  const menu = $("#canned-menu");
+  if (!cannedMatches.length) return fill(menu, h("li", { class: "muted", role: "option", "aria-disabled": "true" }, t("canned.none")));
+  fill(menu, cannedMatches.map((c, i) => h("li", {
+    role: "option", id: `canned-${c.id}`, "aria-selected": String(i === cannedIndex), class: i === cannedIndex ? "selected" : null,
+    onmousedown: (e) => { e.preventDefault(); insertCanned(c); },
+  }, h("strong", { dir: "auto" }, `/${c.short_code}`), " ", h("span", { class: "muted", dir: "auto" }, c.body.slice(0, 80)))));
+  if (cannedMatches[cannedIndex]) $("#reply-text").setAttribute("aria-activedescendant", `canned-${cannedMatches[cannedIndex].id}`);
+}
+
+function closeCanned() {
+  $("#canned-menu").hidden = true;
+  $("#reply-text").setAttribute("aria-expanded", "false");
+  $("#reply-text").removeAttribute("aria-activedescendant");
+  cannedMatches = [];
+}
+
+function fillVariables(text) {
+  const contact = state.contact || {};
+  const values = { "contact.name": contact.name || "", "agent.name": state.me.name, "ticket.id": state.current ? state.current.id : "" };
+  return text.replace(/\{\{\s*([\w.]+)\s*\}\}/g, (all, key) => (key in values ? String(values[key]) : all));
+}
+
+function insertCanned(canned) {
+  const box = $("#reply-text");
+  const query = cannedQuery();
+  if (!query) return;
+  const text = fillVariables(canned.body);
+  box.value = box.value.slice(0, query.start) + text + box.value.slice(box.selectionStart);
+  const caret = query.start + text.length;
+  box.setSelectionRange(caret, caret);
+  closeCanned();
+  box.focus();
+}
+
+function onReplyKey(event) {
+  const menuOpen = !$("#canned-menu").hidden && cannedMatches.length;
+  if (menuOpen && (event.key === "ArrowDown" || event.key === "ArrowUp")) {
+    event.preventDefault();
+    cannedIndex = (cannedIndex + (event.key === "ArrowDown" ? 1 : -1) + cannedMatches.length) % cannedMatches.length;
+    renderCanned();
+  } else if (menuOpen && (event.key === "Enter" || event.key === "Tab") && !event.ctrlKey && !event.metaKey) {
+    event.preventDefault();
+    insertCanned(cannedMatches[cannedIndex]);
+  } else if (event.key === "Escape") {
+    if (!$("#canned-menu").hidden) closeCanned();
+    else $("#reply-text").blur();
+  } else if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+    event.preventDefault();
+    sendReply();
+  }
+}
+
+async function openCannedDialog() {
+  await refreshCanned();
+  $("#canned-dialog").showModal();
+}
+
+async function refreshCanned() {
+  try { state.canned = (await state.api.get("/canned_responses")).items; } catch (err) { showError(err); }
+  fill($("#canned-list"), state.canned.map((c) => h("li", {},
+    h("strong", { dir: "auto" }, `/${c.short_code}`), " ", h("span", { dir: "auto" }, c.body), " ",
+    h("button", { type: "button", class: "link", onclick: () => deleteCanned(c) }, t("canned.delete")))));
+}
+
+async function addCanned(event) {
+  event.preventDefault();
+  fill($("#canned-error"));
+  try {
+    await state.api.post("/canned_responses", { short_code: $("#canned-code").value, body: $("#canned-body").value });
+    $("#canned-code").value = "";
+    $("#canned-body").value = "";
+    await refreshCanned();
+  } catch (err) { fill($("#canned-error"), err.message); }
+}
+
+async function deleteCanned(canned) {
+  try {
+    await state.api.del(`/canned_responses/${canned.id}`);
+    await refreshCanned();
+  } catch (err) { fill($("#canned-error"), err.message); }
+}
+
+// --- the customer panel ---------------------------------------------------------------------------------
+
+async function loadCustomer() {
+  if (!state.current) return;
+  try {
+    state.contact = await state.api.get(`/contacts/${state.current.contact_id}`);
+  } catch (err) { state.contact = null; showError(err); }
+  renderCustomer();
+  renderReplyChannels();
+}
+
+function toggleCustomer() {
+  const panel = $("#customer");
+  panel.hidden = !panel.hidden;
+  $("#toggle-customer").setAttribute("aria-expanded", String(!panel.hidden));
+  $("#app").classList.toggle("no-customer", panel.hidden);
+}
+
+function renderCustomer() {
+  const panel = $("#customer");
+  const c = state.contact;
+  if (!c || !state.current) return fill(panel);
+  const attributes = Object.entries(c.attributes || {}).filter(([key]) => key !== "possible_duplicate_of");
+  const duplicates = (c.attributes && c.attributes.possible_duplicate_of) || [];
+  fill(panel,
+    h("h2", { dir: "auto" }, c.name || t("anonymous", { id: c.id })),
+    h("p", { class: "muted small" }, `#${c.id}`),
+    duplicates.map((id) => h("p", { class: "hint" }, t("possible_duplicate", { id }), " ",
+      h("button", { type: "button", class: "link", onclick: () => confirmMerge(id) }, t("merge.do")))),
+    h("h3", {}, t("identities")),
+    h("ul", { class: "identities" }, (c.identities || []).map((i) => h("li", {},
+      h("span", { class: "badge" }, t(`identity.${i.channel}`)), " ",
+      h("span", { dir: "ltr", class: "address" }, i.address),
+      i.display_name ? h("span", { class: "muted", dir: "auto" }, ` (${i.display_name})`) : null))),
+    h("dl", { class: "facts" },
+      h("dt", {}, t("lead_stage")), h("dd", { dir: "auto" }, c.lifecycle_stage || "—"),
+      h("dt", {}, t("lead_score")), h("dd", {}, formatNumber(c.lead_score || 0)),
+      c.segment ? [h("dt", {}, t("segment")), h("dd", { dir: "auto" }, c.segment)] : null,
+      (c.tags || []).length ? [h("dt", {}, t("tags")), h("dd", { dir: "auto" }, c.tags.join(", "))] : null),
+    attributes.length ? [h("h3", {}, t("attributes")), h("dl", { class: "facts" }, attributes.map(([key, value]) => [
+      h("dt", { dir: "auto" }, key), h("dd", { dir: "auto" }, typeof value === "string" ? value : JSON.stringify(value))]))] : null,
+    h("h3", {}, t("previous_tickets")),
+    h("ul", { class: "previous" }, (c.tickets || []).map((tk) => h("li", {},
+      h("button", { type: "button", class: "link", "aria-current": tk.id === state.current.id ? "true" : null, onclick: () => openTicket(tk.id) },
+        t("ticket", { id: tk.id })), " ", channelBadge(tk.channel), " ",
+      h("span", { class: "muted small" }, `${t(`status.${tk.status}`)} · ${formatTime(tk.last_message_at)}`)))),
+    h("button", { type: "button", id: "open-timeline", onclick: openTimeline }, t("timeline")),
+    h("h3", {}, t("merge")),
+    h("form", { class: "merge", onsubmit: searchMerge },
+      h("input", { id: "merge-q", type: "search", dir: "auto", "aria-label": t("merge.search"), placeholder: t("merge.search") }),
+      h("ul", { id: "merge-results", class: "merge-results" })));
+}
+
+async function searchMerge(event) {
+  event.preventDefault();
+  const q = $("#merge-q").value.trim();
+  if (!q) return;
+  try {
+    const found = await state.api.get(`/contacts?q=${encodeURIComponent(q)}&limit=10`);
+    fill($("#merge-results"), found.items.filter((c) => c.id !== state.contact.id).map((c) => h("li", {},
+      h("span", { dir: "auto" }, c.name || t("anonymous", { id: c.id })), " ",
+      h("span", { class: "muted small", dir: "ltr" }, (c.identities || []).map((i) => i.address).join(", ")), " ",
+      h("button", { type: "button", class: "link", onclick: () => confirmMerge(c.id) }, t("merge.do")))));
+  } catch (err) { showError(err); }
+}
+
+async function confirmMerge(sourceId) {
+  const target = state.contact.id;
+  if (!window.confirm(t("merge.confirm", { source: sourceId, target }))) return;
+  try {
+    state.contact = await state.api.post(`/contacts/${target}/merge`, { source_id: sourceId });
+    announce(t("merged"));
+    renderCustomer();
+    renderReplyChannels();
+  } catch (err) { showError(err); }
+}
+
+async function openTimeline() {
+  fill($("#timeline"));
+  fill($("#timeline-title"), t("timeline.title", { name: state.contact.name || t("anonymous", { id: state.contact.id }) }));
+  state.timelineCursor = null;
+  await loadTimeline(false);
+  $("#timeline-dialog").showModal();
+}
+
+async function loadTimeline(more) {
+  const params = new URLSearchParams({ limit: "50" });
+  if (more && state.timelineCursor) params.set("cursor", state.timelineCursor);
+  try {
+    const page = await state.api.get(`/contacts/${state.contact.id}/timeline?${params}`);
+    state.timelineCursor = page.next_cursor;
+    const box = $("#timeline");
+    for (const item of page.items) box.appendChild(item.type === "message" ? messageView(item.message, state.agents) : eventView(item.event));
+    $("#timeline-more").hidden = !page.next_cursor;
+  } catch (err) { showError(err); }
+}
+
+// --- keyboard shortcuts ------------------------------------------------------------------------------------
+
+const SHORTCUTS = [
+  ["j", "key.next"], ["k", "key.prev"], ["r", "key.reply"], ["n", "key.note"], ["a", "key.assign"],
+  ["e", "key.resolve"], ["o", "key.reopen"], ["z", "key.snooze"], ["p", "key.priority"], ["c", "key.customer"],
+  ["/", "key.search"], ["1–4", "key.views"], ["Ctrl+Enter", "key.send"], ["Esc", "key.escape"], ["?", "key.help"],
+];
+
+function renderHelp() {
+  fill($("#help"), SHORTCUTS.map(([key, label]) => [h("dt", {}, h("kbd", {}, key)), h("dd", {}, t(label))]));
+}
+
+function moveSelection(step) {
+  if (!state.tickets.length) return;
+  const i = state.current ? state.tickets.findIndex((x) => x.id === state.current.id) : -1;
+  const next = state.tickets[Math.min(Math.max(i + step, 0), state.tickets.length - 1)];
+  if (next) {
+    openTicket(next.id);
+    const button = document.querySelector(`[data-ticket="${next.id}"]`);
+    if (button) button.scrollIntoView({ block: "nearest" });
+  }
+}
+
+function onShortcut(event) {
+  if (event.defaultPrevented || event.ctrlKey || event.metaKey || event.altKey) return;
+  const target = event.target;
+  const typing = target instanceof HTMLElement && (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName));
+  if (typing || document.querySelector("dialog[open]") || !state.me) return;
+  const key = event.key;
+  const handlers = {
+    j: () => moveSelection(1),
+    k: () => moveSelection(-1),
+    r: () => state.current && setMode("reply"),
+    n: () => state.current && setMode("note"),
+    a: () => state.current && assign(state.me.id, state.current.team_id),
+    e: () => state.current && setStatus("resolved"),
+    o: () => state.current && setStatus("open"),
+    z: () => openSnooze(),
+    p: () => cyclePriority(),
+    c: () => toggleCustomer(),
+    "/": () => $("#search").focus(),
+    "?": () => $("#help-dialog").showModal(),
+  };
+  if (key in handlers) {
+    event.preventDefault();
+    handlers[key]();
+  } else if (/^[1-4]$/.test(key)) {
+    const views = VIEWS.filter((v) => v !== "all" || state.me.role === "admin");
+    const view = views[Number(key) - 1];
+    if (view) { event.preventDefault(); switchView(view); }
+  }
+}
+
+start();

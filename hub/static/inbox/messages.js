@@ -1,0 +1,84 @@
+// How one message (or timeline event) looks, whatever channel it came on.
+import { h, humanSize, safeUrl } from "./dom.js";
+import { formatTime, t } from "./i18n.js";
+
+const FAILED = new Set(["failed", "undelivered"]);
+
+export function channelBadge(channel) {
+  return h("span", { class: `badge channel channel-${channel}` }, t(`channel.${channel}`));
+}
+
+export function authorName(message, agents) {
+  if (message.author === "agent" && message.author_id != null && agents.has(message.author_id)) {
+    return agents.get(message.author_id).name;
+  }
+  return t(`author.${message.author}`);
+}
+
+function attachmentView(att) {
+  const url = safeUrl(att.url);
+  const name = att.filename || att.url.split("/").pop() || t("attachment");
+  const type = att.content_type || "";
+  const label = [name, humanSize(att.size)].filter(Boolean).join(" · ");
+  if (!url) return h("div", { class: "attachment", dir: "auto" }, label);
+  // Only files from our own store are embedded; a link elsewhere is just a link
+  // (no tracking pixels, nothing loaded without the agent's click).
+  if (url.local && type.startsWith("image/")) {
+    return h("a", { class: "attachment image", href: url.href, target: "_blank", rel: "noopener noreferrer" },
+      h("img", { src: url.href, alt: name, loading: "lazy" }));
+  }
+  if (url.local && type.startsWith("audio/")) {
+    return h("figure", { class: "attachment audio" }, h("audio", { controls: true, preload: "metadata", src: url.href }),
+      h("figcaption", { dir: "auto" }, label));
+  }
+  if (url.local && type.startsWith("video/")) {
+    return h("figure", { class: "attachment video" }, h("video", { controls: true, preload: "metadata", src: url.href }),
+      h("figcaption", { dir: "auto" }, label));
+  }
+  return h("a", { class: "attachment file", href: url.href, target: "_blank", rel: "noopener noreferrer", download: name, dir: "auto" }, label);
+}
+
+function statusView(message) {
+  if (message.direction !== "out" || message.private) return null;
+  const failed = FAILED.has(message.status);
+  return h("span", { class: `msg-status${failed ? " failed" : ""}`, title: message.status_reason || "" },
+    t(`msg.status.${message.status}`),
+    failed && message.status_reason ? h("span", { class: "reason", dir: "auto" }, ` — ${message.status_reason}`) : null);
+}
+
+export function messageView(message, agents) {
+  const kind = message.private ? "note" : message.direction === "in" ? "in" : "out";
+  const audio = (message.attachments || []).some((a) => (a.content_type || "").startsWith("audio/"));
+  const voicemail = audio && message.channel === "voice";
+  return h("article", { class: `msg ${kind} author-${message.author}`, "data-id": message.id, "aria-label": authorName(message, agents) },
+    h("header", { class: "msg-meta" },
+      h("strong", { dir: "auto" }, authorName(message, agents)),
+      message.private ? h("span", { class: "badge note-badge" }, t("note")) : channelBadge(message.channel),
+      voicemail ? h("span", { class: "badge" }, t("voicemail")) : null,
+      h("time", { datetime: message.created_at }, formatTime(message.created_at)),
+      statusView(message)),
+    message.subject ? h("div", { class: "msg-subject", dir: "auto" }, `${t("subject")}: ${message.subject}`) : null,
+    (message.attachments || []).length ? h("div", { class: "attachments" }, message.attachments.map(attachmentView)) : null,
+    message.body
+      ? h("div", { class: "msg-body", dir: "auto" }, voicemail ? h("span", { class: "muted", dir: document.documentElement.dir }, `${t("transcription")}: `) : null, message.body)
+      : null,
+    (message.quick_replies || []).length
+      ? h("div", { class: "quick-replies", "aria-label": t("buttons_offered") },
+        message.quick_replies.map((q) => h("span", { class: "chip", dir: "auto" }, q.title)))
+      : null,
+    message.quick_reply ? h("div", { class: "muted small", dir: "auto" }, t("pressed", { id: message.quick_reply })) : null);
+}
+
+export function eventView(event) {
+  const data = event.data || {};
+  let text;
+  switch (event.kind) {
+    case "ticket.created": text = t("event.ticket.created", { channel: t(`channel.${data.channel}`) }); break;
+    case "ticket.status_changed": text = t("event.ticket.status_changed", { to: t(`status.${data.to}`) }); break;
+    case "ticket.priority_changed": text = t("event.ticket.priority_changed", { to: t(`priority.${data.to}`) }); break;
+    case "ticket.handoff": text = t("event.ticket.handoff", { reason: data.reason || "" }); break;
+    default: text = t(`event.${event.kind}`);
+  }
+  return h("div", { class: "event", role: "note" }, h("span", { dir: "auto" }, text), " · ",
+    h("time", { datetime: event.created_at }, formatTime(event.created_at)), ` · ${t("ticket", { id: event.ticket_id })}`);
+}

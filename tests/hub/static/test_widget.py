@@ -1,0 +1,180 @@
+"""The widget in a real browser: the offline form, the pre-chat form with a
+field the server refuses, bot quick-reply buttons, keyboard use; and its size."""
+
+from __future__ import annotations
+
+import gzip
+import re
+from pathlib import Path
+
+import aiohttp
+import pytest
+from playwright.async_api import expect
+from sqlalchemy import select
+
+from hub.actions import do_post_message
+from hub.app import HUB
+from hub.core import Author, QuickReply, Role
+from storage.models import Contact, Identity, Message, Ticket
+from tests.browser import chromium, screenshot, watch_for_trouble
+from tests.hub.helpers import Agent, add_agent, make_config, running_hub
+from tests.hub.static.pages import open_widget, visitor_says
+from tests.services import REPO
+
+WIDGET = REPO / "hub" / "static" / "widget.js"
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(300)
+async def test_nobody_online_takes_a_message_with_an_email(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with running_hub(config) as server, chromium() as browser:
+        base = str(server.make_url("")).rstrip("/")
+        page = await (await browser.new_context()).new_page()
+        problems: list[str] = []
+        watch_for_trouble(page, problems)
+        panel = await open_widget(page, base)
+        await expect(panel).to_contain_text("Nobody is available right now")
+        await panel.get_by_role("button", name="Send message").click()
+        await expect(panel.locator("#crmhub-err-message")).to_have_text("Please fill this in.")
+        await panel.get_by_label("Your message").fill("Please call me about the invoice")
+        await panel.get_by_label("Email or phone number").fill("not an address@")
+        await panel.get_by_role("button", name="Send message").click()
+        await expect(panel.locator("#crmhub-err-contact")).to_contain_text("is not an email address")
+        await panel.get_by_label("Email or phone number").fill("sara@example.com")
+        await panel.get_by_role("button", name="Send message").click()
+        await expect(panel.locator(".m.system")).to_have_text("Thanks! We will reply to sara@example.com.")
+        await expect(panel.locator(".m.contact")).to_contain_text("Please call me about the invoice")
+        await screenshot(page, "widget-offline")
+
+        # Keyboard: Escape closes the panel and gives focus back to the launcher.
+        await page.keyboard.press("Escape")
+        await expect(panel).to_be_hidden()
+        launcher = page.get_by_role("button", name="Open chat")
+        await expect(launcher).to_be_focused()
+        await expect(launcher).to_have_attribute("aria-expanded", "false")
+        assert problems == []
+
+        hub = server.app[HUB]
+        async with hub.db.read() as s:
+            (contact,) = (await s.scalars(select(Contact))).all()
+            emails = (await s.scalars(select(Identity.address).where(Identity.channel == "email"))).all()
+            bodies = (await s.scalars(select(Message.body))).all()
+        assert emails == ["sara@example.com"]
+        assert contact.attributes["reply_channel"] == "email"
+        assert bodies == ["Please call me about the invoice"]
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(300)
+async def test_prechat_form_then_bot_buttons(tmp_path: Path) -> None:
+    config = make_config(
+        tmp_path,
+        **{"widget.prechat.enabled": True, "widget.prechat.fields": ["name", "email"], "widget.title_fa": "پشتیبانی"},
+    )
+    async with running_hub(config) as server, chromium() as browser, aiohttp.ClientSession() as http:
+        await add_agent(config, "ana@example.com", Role.ADMIN)
+        base = str(server.make_url("")).rstrip("/")
+        agent = await Agent.login(http, base, "ana@example.com")
+        await agent.put("/api/v1/me/presence", {"presence": "online"})
+        page = await (await browser.new_context(locale="fa-IR")).new_page()
+        await page.goto(f"{base}/demo/fa")
+        await page.get_by_role("button", name="باز کردن گفتگو").click()
+        panel = page.get_by_role("dialog", name="پشتیبانی")
+        await expect(panel).to_have_attribute("dir", "rtl")
+        await expect(panel).to_contain_text("خودتان را معرفی کنید")
+        await panel.get_by_role("button", name="شروع گفتگو").click()
+        await expect(panel.locator("#crmhub-err-name")).to_have_text("لطفاً این را پر کنید.")
+        await panel.get_by_label("نام").fill("سارا")
+        await panel.get_by_label("ایمیل").fill("sara@")
+        await panel.get_by_role("button", name="شروع گفتگو").click()
+        await expect(panel.locator("#crmhub-err-email")).to_contain_text("is not an email address")
+        await panel.get_by_label("ایمیل").fill("sara@example.com")
+        await panel.get_by_role("button", name="شروع گفتگو").click()
+        box = panel.get_by_role("textbox", name="پیام خود را بنویسید")
+        await expect(box).to_be_focused()
+        await box.fill("قیمت اشتراک چند است؟")
+        await box.press("Enter")
+        await expect(panel.locator(".m.contact")).to_contain_text("قیمت اشتراک چند است؟")
+
+        hub = server.app[HUB]
+        async with hub.db.write() as s:
+            ticket = (await s.scalars(select(Ticket))).one()
+            contact = await s.get(Contact, ticket.contact_id)
+            assert contact is not None and contact.name == "سارا"
+            await do_post_message(
+                s,
+                ticket,
+                body="کدام را می‌خواهید؟",
+                author=Author.BOT,
+                quick_replies=[
+                    QuickReply(id="plan:monthly", title="ماهانه"),
+                    QuickReply(id="plan:yearly", title="سالانه"),
+                ],
+            )
+        buttons = panel.get_by_role("group").get_by_role("button")
+        await expect(buttons).to_have_count(2)
+        await screenshot(page, "widget-persian-quick-replies")
+        await buttons.nth(1).focus()
+        await page.keyboard.press("Enter")  # keyboard works as well as a click
+        await expect(panel.locator(".m.contact").last).to_contain_text("سالانه")
+        await expect(panel.get_by_role("group")).to_have_count(0)
+        async with hub.db.read() as s:
+            last = (await s.scalars(select(Message).order_by(Message.id.desc()).limit(1))).one()
+        assert last.body == "سالانه" and last.extras["quick_reply"] == "plan:yearly"
+
+
+def test_widget_stays_small_and_the_readme_says_how_small() -> None:
+    raw = WIDGET.read_bytes()
+    zipped = len(gzip.compress(raw, 9))
+    assert len(raw) < 24 * 1024, "widget.js grew past its 24 KB budget"
+    assert zipped < 8 * 1024, "widget.js grew past 8 KB gzipped"
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    stated = re.search(r"widget\.js` is ([\d.]+) KB \(([\d.]+) KB gzipped\)", readme)
+    assert stated, "the README states the widget's size"
+    assert abs(float(stated.group(1)) - len(raw) / 1024) < 1.0
+    assert abs(float(stated.group(2)) - zipped / 1024) < 0.5
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(300)
+async def test_widget_reconnects_resends_once_and_continues_in_a_new_tab(tmp_path: Path) -> None:
+    from playwright.async_api import WebSocketRoute
+
+    config = make_config(tmp_path, **{"bot.enabled": True})  # the bot "answers": no offline form
+    async with running_hub(config) as server, chromium() as browser:
+        base = str(server.make_url("")).rstrip("/")
+        context = await browser.new_context()
+        page = await context.new_page()
+        link: dict[str, object] = {"down": False, "route": None}
+
+        async def chat_socket(route: WebSocketRoute) -> None:
+            if link["down"]:
+                await route.close()
+            else:
+                link["route"] = route
+                route.connect_to_server()
+
+        await page.route_web_socket(re.compile(r"/chat/ws"), chat_socket)
+        panel = await open_widget(page, base)
+        await visitor_says(page, "first")
+        await expect(panel.locator(".m.contact")).to_have_count(1)
+
+        link["down"] = True
+        route = link["route"]
+        assert isinstance(route, WebSocketRoute)
+        await route.close()
+        await expect(panel.get_by_role("status")).to_have_text("Reconnecting…")
+        await visitor_says(page, "written while offline")  # kept until the server has it
+        link["down"] = False
+        await expect(panel.locator(".m.contact")).to_have_count(2, timeout=60_000)
+        await expect(panel.locator(".m.contact").last).to_contain_text("written while offline")
+
+        # A new tab of the same site continues the same conversation.
+        tab = await context.new_page()
+        other = await open_widget(tab, base)
+        await expect(other.locator(".m.contact")).to_have_count(2)
+        hub = server.app[HUB]
+        async with hub.db.read() as s:
+            bodies = (await s.scalars(select(Message.body).order_by(Message.id))).all()
+        assert bodies == ["first", "written while offline"]
