@@ -20,8 +20,9 @@ from channels.webchat import WebchatChannel
 from hub.actions import do_ensure_inbox
 from hub.attachments import AttachmentStore
 from hub.batcher import IngestBatcher
+from hub.bot_step import BotService
 from hub.config import ConfigError, HubConfig, ensure_secret_key
-from hub.core import Channel
+from hub.core import Channel, TicketEventKind
 from hub.relay import OutboxRelay
 from hub.security import VisitorTokens
 from hub.sender import Sender
@@ -51,6 +52,7 @@ class Hub:
     visitor_tokens: VisitorTokens
     channels: dict[Channel, ChannelAdapter]
     attachments: AttachmentStore
+    bot: BotService
     consumer_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -95,6 +97,10 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         stream.on_dead = relay.dead_letter
     channels: dict[Channel, ChannelAdapter] = {Channel.WEBCHAT: WebchatChannel(live.publish)}
     sender = Sender(db, channels, config.workers)
+    processor = EventProcessor(db, live, sender)
+    bot = BotService(db, config.bot)
+    # After routing's own step, which gives new tickets to the bot.
+    processor.subscribe(TicketEventKind.MESSAGE_RECEIVED, bot.on_message)
     return Hub(
         config=config,
         role=role,
@@ -103,11 +109,12 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         live=live,
         relay=relay,
         sender=sender,
-        processor=EventProcessor(db, live, sender),
+        processor=processor,
         batcher=IngestBatcher(db.write),
         visitor_tokens=VisitorTokens(config.secret_key),
         channels=channels,
         attachments=AttachmentStore(config.attachments_dir, max_bytes=config.attachments.max_bytes),
+        bot=bot,
     )
 
 
@@ -159,6 +166,7 @@ async def stop_hub(hub: Hub) -> None:
     hub.tasks.clear()
     for adapter in hub.channels.values():
         await adapter.close()
+    await hub.bot.close()
     await hub.live.close()
     await hub.stream.close()
     await hub.db.dispose()
