@@ -63,7 +63,7 @@ class _EmbeddingModel(FittedModel):
             self.classifier = LogisticRegression(C=20.0, max_iter=2000).fit(self.examples, labels)
 
     def _encode(self, texts: Sequence[str]) -> Matrix:
-        return self.encode(texts)
+        return np.asarray(self.encode(texts), dtype=np.float64)
 
     def scores(self, texts: Sequence[str]) -> tuple[Matrix, Matrix]:
         lex_scores, lex_nearest = self.lexical.scores(texts)
