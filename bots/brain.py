@@ -19,7 +19,7 @@ from bots.kb import KbEntry
 from bots.matcher import Match, Matcher, Thresholds
 from hub.config import BotConfig
 from hub.core import QuickReply
-from hub.text import detect_language, keyword, normalize, to_ascii_digits
+from hub.text import detect_language, keyword, to_ascii_digits
 
 FEEDBACK_YES = "fb:yes"
 FEEDBACK_NO = "fb:no"
@@ -460,7 +460,7 @@ def summary(out: Outcome, config: BotConfig) -> str:
     if st["transcript"]:
         lines.append("Conversation with the bot:")
         for t in st["transcript"]:
-            lines.append(f"- Customer: {normalize(t['q'], casefold=False)}")
+            lines.append(f"- Customer: {' '.join(t['q'].split())}")
             lines.append(f"  Bot: {t['a']}")
     collected = {**(st.get("collected") or {}), **out.attributes}
     if collected:

@@ -272,7 +272,9 @@ def self_calibrate(
     y = np.concatenate(target)
     if len(np.unique(y)) < 2:
         return Calibrator()
-    model = LogisticRegression(C=1.0, max_iter=1000).fit(x, y)
+    # Balanced: the share of left-out questions depends on the KB's size, and
+    # must not move the scale (0.5 means as likely right as not, on any KB).
+    model = LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced").fit(x, y)
     return Calibrator(np.asarray(model.coef_[0], dtype=np.float64), float(model.intercept_[0]), learnt=True)
 
 

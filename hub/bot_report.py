@@ -14,8 +14,9 @@ from storage.queries import decode_cursor, encode_cursor
 from storage.views import iso
 
 # Handoffs that say nothing about the knowledge base (the customer asked for a
-# person, a VIP, a qualified lead) are left out.
-GAP_REASONS = ("no_match", "repeated_misses", "unhelpful_answer")
+# person, a VIP, a qualified lead) are left out; an unhelpful answer shows as
+# the answered question, not as the "No" that followed it.
+GAP_REASONS = ("no_match", "repeated_misses")
 
 
 async def gaps(session: AsyncSession, *, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
