@@ -188,7 +188,7 @@ class Conversation:
 
 @asynccontextmanager
 async def bot_hub(
-    tmp_path: Path, kb: list[dict[str, Any]] | None = None, **overrides: Any
+    tmp_path: Path, *, kb: list[dict[str, Any]] | None = None, **overrides: Any
 ) -> AsyncIterator[Conversation]:
     config = make_config(tmp_path, **{"bot.enabled": True, **overrides})
     await upgrade_async(config.database_url)
