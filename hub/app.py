@@ -20,8 +20,9 @@ from channels.webchat import WebchatChannel
 from hub.actions import do_ensure_inbox
 from hub.attachments import AttachmentStore
 from hub.batcher import IngestBatcher
+from hub.bot_step import BotService
 from hub.config import ConfigError, HubConfig, ensure_secret_key
-from hub.core import Channel
+from hub.core import Channel, TicketEventKind
 from hub.relay import OutboxRelay
 from hub.security import VisitorTokens
 from hub.sender import Sender
@@ -53,6 +54,7 @@ class Hub:
     visitor_tokens: VisitorTokens
     channels: dict[Channel, ChannelAdapter]
     attachments: AttachmentStore
+    bot: BotService
     # SMS and phone over Twilio; None when Twilio is not configured.
     twilio: TwilioService | None = None
     telegram: TelegramService | None = None
@@ -109,6 +111,7 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
     if telegram is not None:
         channels[Channel.TELEGRAM] = telegram.channel
     sender = Sender(db, channels, config.workers)
+    processor = EventProcessor(db, live, sender)
     hub = Hub(
         config=config,
         role=role,
@@ -117,16 +120,20 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         live=live,
         relay=relay,
         sender=sender,
-        processor=EventProcessor(db, live, sender),
+        processor=processor,
         batcher=batcher,
         visitor_tokens=VisitorTokens(config.secret_key),
         channels=channels,
         attachments=attachments,
+        bot=BotService(db, config.bot),
         twilio=twilio,
         telegram=telegram,
     )
     if twilio is not None:
         twilio.install(hub.processor, hub.batcher.submit)
+    # After routing's own step, which gives new tickets to the bot, and after the
+    # channels' steps (an SMS opt-out is applied before the bot could answer).
+    processor.subscribe(TicketEventKind.MESSAGE_RECEIVED, hub.bot.on_message)
     return hub
 
 
@@ -193,6 +200,7 @@ async def stop_hub(hub: Hub) -> None:
         await adapter.close()
     if hub.twilio is not None:
         await hub.twilio.sms.close()  # click-to-call uses its client without SMS senders
+    await hub.bot.close()
     await hub.live.close()
     await hub.stream.close()
     await hub.db.dispose()

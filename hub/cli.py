@@ -173,6 +173,12 @@ def demo(ctx: click.Context) -> None:
     click.echo("")
 
 
+# The bot's commands: faq import/export, bot ask/eval/report, rasa-actions.
+from hub.bot_cli import register as _register_bot  # noqa: E402
+
+_register_bot(main)
+
+
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()

@@ -28,6 +28,8 @@ ENV_OVERRIDES: dict[str, str] = {
     "HUB_REDIS_URL": "redis.url",
     "HUB_DATA_DIR": "data_dir",
     "HUB_BOT_ENABLED": "bot.enabled",
+    "HUB_BOT_BACKEND": "bot.backend",
+    "HUB_RASA_URL": "bot.rasa.url",
     "HUB_LOG_LEVEL": "logging.level",
     "HUB_LOG_FORMAT": "logging.format",
     "HUB_TWILIO_API_BASE_URL": "twilio.api_base_url",
@@ -232,8 +234,175 @@ class TelegramConfig(_Section):
         return bot.mode or self.mode
 
 
+class QualificationSlot(_Section):
+    """One thing the qualification dialog asks for; the answer is stored as the
+    contact attribute of the same name."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")
+    # text: anything; email / phone: validated; number: digits in any script, "5k", "2 million".
+    kind: Literal["text", "email", "phone", "number", "choice"] = "text"
+    prompt: dict[str, str] = Field(min_length=1)
+    # choice: the accepted answers; "this month|این ماه" accepts either and stores the first.
+    choices: list[str] = Field(default_factory=list)
+    # Words a customer uses for this slot in a correction ("actually my email is ...").
+    aliases: list[str] = Field(default_factory=list)
+    # A customer may always say "skip"; a required slot is asked once more first.
+    required: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _has_english(cls, value: dict[str, str]) -> dict[str, str]:
+        if "en" not in value:
+            raise ValueError("needs at least an English prompt (en)")
+        return value
+
+
+class ScoreRule(_Section):
+    """Points added to the lead score when a collected answer matches."""
+
+    slot: str
+    op: Literal["present", "eq", "in", "gte", "lte", "contains"] = "present"
+    value: Any = None
+    points: int
+
+
+def _default_slots() -> list[QualificationSlot]:
+    return [
+        QualificationSlot(
+            name="name",
+            prompt={"en": "May I have your name?", "fa": "لطفاً نام خود را بفرمایید."},
+            aliases=["نام", "اسم"],
+            required=True,
+        ),
+        QualificationSlot(
+            name="email",
+            kind="email",
+            prompt={"en": "What is your email address?", "fa": "نشانی ایمیل شما چیست؟"},
+            aliases=["e-mail", "mail", "ایمیل"],
+            required=True,
+        ),
+        QualificationSlot(
+            name="phone",
+            kind="phone",
+            prompt={
+                "en": "And a phone number we can reach you on?",
+                "fa": "شماره تلفنی که بتوانیم با شما تماس بگیریم؟",
+            },
+            aliases=["phone number", "mobile", "cell", "تلفن", "شماره", "موبایل"],
+        ),
+        QualificationSlot(
+            name="company",
+            prompt={"en": "Which company are you with?", "fa": "از طرف کدام شرکت هستید؟"},
+            aliases=["شرکت"],
+        ),
+        QualificationSlot(
+            name="team_size",
+            kind="number",
+            prompt={"en": "How many people would use it?", "fa": "چند نفر از آن استفاده خواهند کرد؟"},
+            aliases=["team size", "team", "تعداد"],
+        ),
+        QualificationSlot(
+            name="budget",
+            kind="number",
+            prompt={"en": "What monthly budget do you have in mind (USD)?", "fa": "بودجه ماهانه شما چقدر است (دلار)؟"},
+            aliases=["بودجه"],
+        ),
+        QualificationSlot(
+            name="timeline",
+            kind="choice",
+            choices=["this month|این ماه", "this quarter|سه ماه آینده|این فصل", "later|بعدا|بعداً"],
+            prompt={"en": "When would you like to start?", "fa": "چه زمانی می‌خواهید شروع کنید؟"},
+        ),
+    ]
+
+
+def _default_rules() -> list[ScoreRule]:
+    return [
+        ScoreRule(slot="email", points=10),
+        ScoreRule(slot="phone", points=10),
+        ScoreRule(slot="company", points=10),
+        ScoreRule(slot="team_size", op="gte", value=10, points=15),
+        ScoreRule(slot="budget", op="gte", value=500, points=25),
+        ScoreRule(slot="timeline", op="in", value=["this month", "this quarter"], points=20),
+    ]
+
+
+class QualificationConfig(_Section):
+    enabled: bool = True
+    # Knowledge-base tags and phrases that mean "I might buy".
+    trigger_tags: list[str] = Field(default_factory=lambda: ["pricing", "sales", "demo"])
+    trigger_phrases: list[str] = Field(
+        default_factory=lambda: ["pricing", "price", "quote", "buy", "purchase", "demo", "قیمت", "خرید", "دمو"]
+    )
+    # A reply to a campaign (its message carries extras.campaign_id) starts the dialog too.
+    on_campaign_reply: bool = True
+    # Region for phone numbers written without a country code (ISO code such as IR; null: require +code).
+    phone_region: str | None = None
+    slots: list[QualificationSlot] = Field(default_factory=_default_slots)
+    rules: list[ScoreRule] = Field(default_factory=_default_rules)
+    # Lead score at which the lifecycle stage moves to marketing- / sales-qualified.
+    mql_score: int = 30
+    sql_score: int = 60
+    # Sales-qualified leads are handed to this team at once.
+    sales_team: str = "Sales"
+
+    @field_validator("slots")
+    @classmethod
+    def _unique_slots(cls, value: list[QualificationSlot]) -> list[QualificationSlot]:
+        names = [s.name for s in value]
+        if len(set(names)) != len(names):
+            raise ValueError("slot names must be unique")
+        return value
+
+
+class RasaConfig(_Section):
+    # backend "rasa": the Rasa server whose REST channel answers customers.
+    url: str | None = None
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    # `crm-hub rasa-actions`: where the rasa-sdk action server listens.
+    actions_host: str = "127.0.0.1"
+    actions_port: int = Field(default=5055, ge=0, le=65535)
+
+
 class BotConfig(_Section):
     enabled: bool = False
+    # lexical: built in, no model; embedding: sentence-transformers (pip install 'crm-hub[embeddings]');
+    # rasa: forward to a Rasa assistant (bot.rasa.url).
+    backend: Literal["lexical", "embedding", "rasa"] = "lexical"
+    # Calibrated confidence: answer at or above `answer_threshold`, offer the top
+    # `choices` entries as buttons at or above `clarify_threshold`, hand off below.
+    answer_threshold: float = Field(default=0.6, ge=0, le=1)
+    clarify_threshold: float = Field(default=0.45, ge=0, le=1)
+    choices: int = Field(default=3, ge=1, le=10)
+    # Turns in a row the bot may fail to understand before it hands off.
+    max_misses: int = Field(default=2, ge=1)
+    ask_feedback: bool = True
+    # Contacts with this tag (or attribute vip: true) go to a person at once.
+    vip_tag: str = "vip"
+    # Team for handoffs that name none (null: routing decides).
+    handoff_team: str | None = None
+    handoff_phrases: list[str] = Field(
+        default_factory=lambda: [
+            "agent", "human", "person", "operator", "real person", "talk to someone", "speak to someone",
+            "representative", "support team", "اپراتور", "کارشناس", "پشتیبان", "پشتیبانی", "انسان", "آدم واقعی",
+        ]
+    )  # fmt: skip
+    frustration_phrases: list[str] = Field(
+        default_factory=lambda: [
+            "useless", "ridiculous", "terrible", "not helpful", "stupid bot", "waste of time", "wtf", "angry",
+            "مسخره", "افتضاح", "بی فایده", "به درد نمی خوره", "خسته شدم", "عصبانی",
+        ]
+    )  # fmt: skip
+    qualification: QualificationConfig = Field(default_factory=QualificationConfig)
+    rasa: RasaConfig = Field(default_factory=RasaConfig)
+
+    @field_validator("clarify_threshold")
+    @classmethod
+    def _below_answer(cls, value: float, info: Any) -> float:
+        answer = info.data.get("answer_threshold")
+        if answer is not None and value > answer:
+            raise ValueError("must not be above answer_threshold")
+        return value
 
 
 class AuthConfig(_Section):

@@ -377,3 +377,80 @@ class TicketRead(Base):
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), primary_key=True, index=True)
     last_read_message_id: Mapped[int] = mapped_column(BigInteger)
     read_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- the bot (issue 5) ------------------------------------------------------------
+
+
+class FaqEntry(Base):
+    """A knowledge-base entry the bot answers from. ``key`` is the admin's id
+    for it; every change bumps ``version`` and leaves a :class:`FaqVersion`."""
+
+    __tablename__ = "faq_entries"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    questions: Mapped[list[Any]] = mapped_column(default=list)
+    # {"en": ..., "fa": ...}, or {"default": ...} for one answer in every language.
+    answer: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    tags: Mapped[list[Any]] = mapped_column(default=list)
+    team: Mapped[str | None] = mapped_column(String(200), default=None)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    # Deleted entries stay, so their history and old reports still resolve.
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(64), default="system")
+
+
+class FaqVersion(Base):
+    """Who changed which knowledge-base entry, when, and to what."""
+
+    __tablename__ = "faq_versions"
+    __table_args__ = (UniqueConstraint("entry_key", "version", name="uq_faq_versions_entry_key_version"),)
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    entry_key: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    change: Mapped[str] = mapped_column(String(20))  # created, updated, deleted
+    # The entry as it was after the change (empty for a deletion).
+    document: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    actor: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BotSession(Base):
+    """What the bot remembers about a contact between messages, on any channel:
+    the qualification dialog in progress, the buttons it offered, how many turns
+    in a row it did not understand, what it said (for the handoff summary)."""
+
+    __tablename__ = "bot_sessions"
+
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True)
+    state: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BotTurn(Base):
+    """One inbound message the bot handled. Unique per message, so a
+    redelivered event never makes a second reply; also the record the
+    feedback and the knowledge-gap report are built from."""
+
+    __tablename__ = "bot_turns"
+    __table_args__ = (Index("ix_bot_turns_created", "created_at"),)
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), unique=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    question: Mapped[str] = mapped_column(Text, default="")
+    language: Mapped[str | None] = mapped_column(String(8), default=None)
+    # answer, clarify, handoff, qualify, smalltalk, feedback, silent, rasa
+    action: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(String(64), default=None)
+    entry_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    confidence: Mapped[float | None] = mapped_column(default=None)
+    candidates: Mapped[list[Any]] = mapped_column(default=list)
+    reply_message_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # The customer's answer to "did this answer your question?": yes / no.
+    feedback: Mapped[str | None] = mapped_column(String(8), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

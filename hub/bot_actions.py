@@ -1,0 +1,172 @@
+"""The bot's writes, as actions (``check_*`` validates, ``do_*`` mutates in the
+caller's unit of work with its audit entry): knowledge-base entries with their
+version history, what the qualification dialog learnt about a contact, and
+the customers' feedback on answers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bots.kb import KbEntry
+from hub.actions import audit
+from hub.core import IdentityKind, utcnow
+from hub.errors import Conflict, NotFound
+from storage.models import BotTurn, Contact, FaqEntry, FaqVersion, Identity
+
+
+def entry_of(row: FaqEntry) -> KbEntry:
+    return KbEntry(id=row.key, questions=tuple(row.questions), answer=row.answer, tags=tuple(row.tags), team=row.team)
+
+
+def faq_view(row: FaqEntry) -> dict[str, Any]:
+    return {
+        **entry_of(row).document(),
+        "tags": list(row.tags),
+        "team": row.team,
+        "version": row.version,
+        "updated_at": row.updated_at.isoformat(),
+        "updated_by": row.updated_by,
+    }
+
+
+async def kb_revision(session: AsyncSession) -> int:
+    """Grows with every change to the knowledge base (a cache key)."""
+    return int(await session.scalar(select(func.coalesce(func.max(FaqVersion.id), 0))) or 0)
+
+
+async def load_kb(session: AsyncSession) -> list[KbEntry]:
+    rows = await session.scalars(select(FaqEntry).where(FaqEntry.deleted.is_(False)).order_by(FaqEntry.key))
+    return [entry_of(r) for r in rows.all()]
+
+
+async def check_faq(session: AsyncSession, key: str) -> FaqEntry:
+    row = await session.scalar(select(FaqEntry).where(FaqEntry.key == key, FaqEntry.deleted.is_(False)))
+    if row is None:
+        raise NotFound(f"knowledge-base entry {key!r} does not exist")
+    return row
+
+
+async def _version(session: AsyncSession, row: FaqEntry, change: str, actor: str) -> None:
+    document = entry_of(row).document() if change != "deleted" else {}
+    session.add(FaqVersion(entry_key=row.key, version=row.version, change=change, document=document, actor=actor))
+    await audit(session, actor, f"faq.{change}", "faq_entry", row.id, {"key": row.key, "version": row.version})
+
+
+async def do_save_faq(
+    session: AsyncSession, entry: KbEntry, *, actor: str, create_only: bool = False
+) -> tuple[FaqEntry, str]:
+    """Create or update an entry; returns it and what happened (created,
+    updated, unchanged). An unchanged entry makes no new version."""
+    row = await session.scalar(select(FaqEntry).where(FaqEntry.key == entry.id).with_for_update())
+    values = {
+        "questions": list(entry.questions),
+        "answer": dict(entry.answer),
+        "tags": list(entry.tags),
+        "team": entry.team,
+    }
+    now = utcnow()
+    if row is None:
+        row = FaqEntry(key=entry.id, version=1, deleted=False, updated_at=now, updated_by=actor, **values)
+        session.add(row)
+        await session.flush()
+        await _version(session, row, "created", actor)
+        return row, "created"
+    if create_only and not row.deleted:
+        raise Conflict(f"knowledge-base entry {entry.id!r} already exists; PUT /api/v1/faq/{entry.id} changes it")
+    current = {"questions": row.questions, "answer": row.answer, "tags": row.tags, "team": row.team}
+    if current == values and not row.deleted:
+        return row, "unchanged"
+    change = "created" if row.deleted else "updated"
+    for k, v in values.items():
+        setattr(row, k, v)
+    row.deleted = False
+    row.version += 1
+    row.updated_at = now
+    row.updated_by = actor
+    await session.flush()
+    await _version(session, row, change, actor)
+    return row, change
+
+
+async def do_delete_faq(session: AsyncSession, key: str, *, actor: str) -> FaqEntry:
+    row = await check_faq(session, key)
+    row.deleted = True
+    row.version += 1
+    row.updated_at = utcnow()
+    row.updated_by = actor
+    await session.flush()
+    await _version(session, row, "deleted", actor)
+    return row
+
+
+async def do_import_faq(
+    session: AsyncSession, entries: Sequence[KbEntry], *, actor: str, replace: bool = False
+) -> dict[str, list[str]]:
+    """Save every entry; with ``replace``, delete the entries the file no longer has."""
+    result: dict[str, list[str]] = {"created": [], "updated": [], "unchanged": [], "deleted": []}
+    for entry in entries:
+        _, change = await do_save_faq(session, entry, actor=actor)
+        result[change].append(entry.id)
+    if replace:
+        keep = {e.id for e in entries}
+        stale = await session.scalars(select(FaqEntry.key).where(FaqEntry.deleted.is_(False)))
+        for key in stale.all():
+            if key not in keep:
+                await do_delete_faq(session, key, actor=actor)
+                result["deleted"].append(key)
+    return result
+
+
+# --- leads ---------------------------------------------------------------------------
+
+
+async def do_update_lead(
+    session: AsyncSession,
+    contact: Contact,
+    *,
+    attributes: dict[str, Any],
+    score: int | None,
+    stage: str | None,
+    actor: str = "bot",
+) -> None:
+    """Answers become contact attributes; the email and phone become identities
+    of the contact (so a message from that number or address finds them),
+    unless another contact already owns them."""
+    before = {"lead_score": contact.lead_score, "lifecycle_stage": contact.lifecycle_stage}
+    if attributes:
+        contact.attributes = {**(contact.attributes or {}), **attributes}
+        if attributes.get("name") and not contact.name:
+            contact.name = str(attributes["name"])[:512]
+    if score is not None:
+        contact.lead_score = score
+    if stage is not None:
+        contact.lifecycle_stage = stage
+    for kind, key in ((IdentityKind.EMAIL, "email"), (IdentityKind.PHONE, "phone")):
+        address = attributes.get(key)
+        if not address:
+            continue
+        owner = await session.scalar(
+            select(Identity.contact_id).where(Identity.channel == kind.value, Identity.address == str(address))
+        )
+        if owner is None:
+            session.add(Identity(contact_id=contact.id, channel=kind.value, address=str(address)))
+    await session.flush()
+    after = {"lead_score": contact.lead_score, "lifecycle_stage": contact.lifecycle_stage}
+    await audit(
+        session, actor, "contact.lead", "contact", contact.id, {"attributes": attributes, "from": before, "to": after}
+    )
+
+
+async def do_record_feedback(session: AsyncSession, turn_id: int, value: str, *, contact_id: int) -> bool:
+    """The customer's "did this answer your question?"; only for their own turn."""
+    result = await session.execute(
+        update(BotTurn)
+        .where(BotTurn.id == turn_id, BotTurn.contact_id == contact_id)
+        .values(feedback=value)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))

@@ -1,0 +1,47 @@
+"""The knowledge-gap report: questions the bot handed off or whose answer the
+customer said did not help, so admins can grow the knowledge base from real
+traffic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import BotTurn
+from storage.queries import decode_cursor, encode_cursor
+from storage.views import iso
+
+# Handoffs that say nothing about the knowledge base (the customer asked for a
+# person, a VIP, a qualified lead) are left out; an unhelpful answer shows as
+# the answered question, not as the "No" that followed it.
+GAP_REASONS = ("no_match", "repeated_misses")
+
+
+async def gaps(session: AsyncSession, *, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    stmt = select(BotTurn).where(
+        or_(BotTurn.feedback == "no", (BotTurn.action == "handoff") & BotTurn.reason.in_(GAP_REASONS))
+    )
+    if cursor:
+        (last,) = decode_cursor(cursor, 1)
+        stmt = stmt.where(BotTurn.id < int(last))
+    rows = list((await session.scalars(stmt.order_by(BotTurn.id.desc()).limit(limit + 1))).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [
+        {
+            "turn_id": t.id,
+            "question": t.question,
+            "language": t.language,
+            "why": "unhelpful" if t.feedback == "no" else t.reason,
+            "entry_id": t.entry_key,
+            "confidence": t.confidence,
+            "candidates": t.candidates,
+            "ticket_id": t.ticket_id,
+            "contact_id": t.contact_id,
+            "at": iso(t.created_at),
+        }
+        for t in rows
+    ]
+    return items, encode_cursor(rows[-1].id) if more else None

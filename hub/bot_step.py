@@ -1,0 +1,227 @@
+"""The bot in the running hub: a worker step for ``message.received`` that
+lets :mod:`bots` answer on tickets it owns, and the knowledge base it answers
+from, rebuilt when an admin changes it.
+
+The bot speaks only on tickets that are ``pending`` (routing gave them to the
+bot), not silenced and not assigned: once a human replies or the bot hands
+off, it stays quiet on that ticket for good. Auto-replies (an email's
+``Auto-Submitted``) are never answered. Everything one message causes (the
+replies, the contact's new attributes and lead score, the handoff, the turn
+record, the bot's memory) is written in one transaction, and the turn is
+unique per inbound message, so a redelivered event changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from sqlalchemy import select
+
+from bots import rasa_backend
+from bots.brain import Brain, Contact, Inbound, Outcome, Reply, lang_of, say
+from bots.matcher import Backend, LexicalBackend, Match, Matcher, Thresholds
+from hub.actions import check_ticket, do_get_or_create_team, do_handoff, do_post_message
+from hub.bot_actions import do_record_feedback, do_update_lead, kb_revision, load_kb
+from hub.config import BotConfig
+from hub.core import Author, TicketStatus, utcnow
+from hub.stream.base import Event
+from storage.db import Database
+from storage.models import BotSession, BotTurn, Message
+from storage.models import Contact as ContactRow
+
+log = logging.getLogger(__name__)
+
+# Message extras that mark an automatic reply (set by the email channel).
+AUTO_REPLY_KEYS = ("auto_reply", "auto_submitted", "autoreply")
+
+
+def make_backend(config: BotConfig) -> Backend:
+    if config.backend == "embedding":
+        from bots.embedding import EmbeddingBackend
+
+        return EmbeddingBackend()
+    return LexicalBackend()
+
+
+class KnowledgeBase:
+    """The matcher over the current knowledge base, rebuilt (in a thread, it
+    takes a while for thousands of questions) when the KB revision changes."""
+
+    def __init__(self, db: Database, config: BotConfig) -> None:
+        self.db = db
+        self.config = config
+        self._backend: Backend | None = None
+        self._matcher: Matcher | None = None
+        self._revision = -1
+        self._lock = asyncio.Lock()
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(self.config.answer_threshold, self.config.clarify_threshold, self.config.choices)
+
+    async def matcher(self) -> Matcher:
+        async with self.db.read() as session:
+            revision = await kb_revision(session)
+        if self._matcher is not None and revision == self._revision:
+            return self._matcher
+        async with self._lock:
+            if self._matcher is None or revision != self._revision:
+                async with self.db.read() as session:
+                    revision = await kb_revision(session)
+                    entries = await load_kb(session)
+                if self._backend is None:
+                    self._backend = make_backend(self.config)
+                backend = self._backend
+                self._matcher = await asyncio.to_thread(Matcher, entries, backend)
+                self._revision = revision
+                log.info("knowledge base loaded", extra={"entries": len(entries), "revision": revision})
+        return self._matcher
+
+    async def ask(self, text: str) -> Match:
+        return (await self.matcher()).match(text, self.thresholds)
+
+
+class BotService:
+    def __init__(self, db: Database, config: BotConfig) -> None:
+        self.db = db
+        self.config = config
+        self.kb = KnowledgeBase(db, config)
+        self.rasa = (
+            rasa_backend.RasaClient(config.rasa.url, config.rasa.timeout_seconds)
+            if config.backend == "rasa" and config.rasa.url
+            else None
+        )
+
+    async def close(self) -> None:
+        if self.rasa is not None:
+            await self.rasa.close()
+
+    async def on_message(self, event: Event) -> None:
+        message: dict[str, Any] = event.payload.get("message") or {}
+        ticket_view: dict[str, Any] = event.payload.get("ticket") or {}
+        if message.get("direction") != "in" or message.get("author") != "contact":
+            return
+        if ticket_view.get("status") != TicketStatus.PENDING.value:
+            return
+        message_id = int(message["id"])
+        async with self.db.read() as session:
+            if await session.scalar(select(BotTurn.id).where(BotTurn.message_id == message_id)) is not None:
+                return
+            row = await session.get(Message, message_id)
+            state_row = await session.get(BotSession, int(message["contact_id"]))
+            contact_row = await session.get(ContactRow, int(message["contact_id"]))
+        if row is None or contact_row is None:
+            return
+        extras = row.extras or {}
+        if any(extras.get(k) for k in AUTO_REPLY_KEYS):
+            return
+        inbound = Inbound(
+            text=row.body or "",
+            quick_reply=extras.get("quick_reply"),
+            campaign=bool(extras.get("campaign_id")),
+        )
+        state = dict(state_row.state) if state_row is not None else {}
+        contact = Contact(
+            name=contact_row.name,
+            attributes=dict(contact_row.attributes or {}),
+            tags=tuple(contact_row.tags or ()),
+            lifecycle_stage=contact_row.lifecycle_stage,
+            lead_score=contact_row.lead_score,
+        )
+        if self.rasa is not None:
+            outcome = await self._ask_rasa(event, inbound, contact, state)
+        else:
+            brain = Brain(self.config, await self.kb.matcher())
+            outcome = brain.respond(inbound, contact, state)
+        await self._apply(row, outcome, inbound)
+
+    async def _ask_rasa(self, event: Event, inbound: Inbound, contact: Contact, state: dict[str, Any]) -> Outcome:
+        assert self.rasa is not None
+        brain = Brain(self.config, None)
+        lang = lang_of(inbound.text, state.get("language"))
+        # The hub's own rules first: a request for a person, frustration, VIP.
+        pre = brain.respond(Inbound(inbound.text), contact, {**state, "dialog": None, "qualified": "n/a"})
+        if pre.action == "handoff" and pre.reason in ("requested", "frustration", "vip"):
+            return pre
+        try:
+            responses = await self.rasa.send(
+                rasa_backend.sender_id(int(event.payload["message"]["contact_id"])),
+                rasa_backend.payload_for(inbound.quick_reply, inbound.text, state),
+                {"channel": event.payload["message"].get("channel"), "ticket_id": event.payload["ticket"]["id"]},
+            )
+        except rasa_backend.RasaUnavailable:
+            if event.deliveries < 3:
+                raise  # the stream tries again
+            log.exception("Rasa unavailable; handing the conversation to a person")
+            out = Outcome(action="handoff", language=lang, state={**state, "transcript": state.get("transcript", [])})
+            out.reason = "rasa_unavailable"
+            out.replies.append(Reply(say("handoff", lang)))
+            from bots.brain import Handoff, summary
+
+            out.handoff = Handoff("rasa_unavailable", self.config.handoff_team, "")
+            out.handoff.summary = summary(out, self.config)
+            return out
+        transcript = list(state.get("transcript") or [])
+        texts = " / ".join(r.get("text", "") for r in responses if r.get("text"))
+        transcript.append({"q": inbound.text[:300], "a": f"Rasa: {texts[:300]}"})
+        return rasa_backend.outcome(
+            responses, {**state, "transcript": transcript[-10:], "language": lang}, lang, self.config
+        )
+
+    async def _apply(self, message: Message, out: Outcome, inbound: Inbound) -> None:
+        async with self.db.write() as session:
+            ticket = await check_ticket(session, message.ticket_id, lock=True)
+            if ticket.status != TicketStatus.PENDING.value or ticket.bot_silenced or ticket.assignee_id is not None:
+                return  # a human took it while the bot was thinking
+            if await session.scalar(select(BotTurn.id).where(BotTurn.message_id == message.id)) is not None:
+                return
+            contact = await session.get(ContactRow, ticket.contact_id, with_for_update=True)
+            assert contact is not None
+            candidates = (
+                [{"entry_id": c.entry_id, "confidence": round(c.confidence, 4)} for c in out.match.candidates]
+                if out.match is not None
+                else []
+            )
+            turn = BotTurn(
+                message_id=message.id,
+                ticket_id=ticket.id,
+                contact_id=contact.id,
+                question=inbound.text[:5000],
+                language=out.language,
+                action=out.action,
+                reason=out.reason,
+                entry_key=out.entry_id,
+                confidence=out.match.confidence if out.match is not None else None,
+                candidates=candidates,
+            )
+            session.add(turn)
+            await session.flush()
+            state = dict(out.state)
+            for reply in out.replies:
+                posted = await do_post_message(
+                    session, ticket, body=reply.text, author=Author.BOT, quick_replies=reply.quick_replies
+                )
+                if turn.reply_message_id is None:
+                    turn.reply_message_id = posted.id
+                if reply.asks_feedback:
+                    state["feedback_for"] = turn.id
+            if out.feedback is not None:
+                await do_record_feedback(session, out.feedback[0], out.feedback[1], contact_id=contact.id)
+            if out.attributes or out.lead is not None:
+                score, stage = out.lead if out.lead is not None else (None, None)
+                await do_update_lead(session, contact, attributes=out.attributes, score=score, stage=stage)
+            if out.handoff is not None:
+                team_id = None
+                if out.handoff.team:
+                    team_id = (await do_get_or_create_team(session, out.handoff.team, actor="bot")).id
+                await do_handoff(
+                    session, ticket, reason=out.handoff.reason, summary=out.handoff.summary, team_id=team_id
+                )
+            existing = await session.get(BotSession, contact.id, with_for_update=True)
+            if existing is None:
+                session.add(BotSession(contact_id=contact.id, state=state, updated_at=utcnow()))
+            else:
+                existing.state = state
+                existing.updated_at = utcnow()

@@ -1,0 +1,291 @@
+"""The bot's admin API: the knowledge base (CRUD, import, version history),
+asking the bot what it would do, and the knowledge-gap report."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from bots.kb import KbEntry, KbError, entry_from, parse_csv, parse_yaml
+from hub.actions import actor_of
+from hub.app import HUB
+from hub.bot_actions import check_faq, do_delete_faq, do_import_faq, do_save_faq, faq_view
+from hub.bot_report import gaps
+from hub.errors import BadRequest, NotFound, ValidationFailed
+from hub.web.api import API, current_agent, page_limit, require_admin
+from hub.web.registry import ROUTES, parse_body
+from storage import queries
+from storage.models import FaqEntry, FaqVersion
+from storage.views import iso
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class FaqEntryIn(_In):
+    id: str = Field(min_length=1, max_length=200, description="stable slug: letters, digits, . _ : -")
+    questions: list[str] = Field(min_length=1, max_length=500)
+    answer: str | dict[str, str] = Field(description="one text, or one per language: {en: ..., fa: ...}")
+    tags: list[str] = Field(default_factory=list)
+    team: str | None = None
+
+
+class FaqEntryOut(_Out):
+    id: str
+    questions: list[str]
+    answer: str | dict[str, str]
+    tags: list[str]
+    team: str | None
+    version: int
+    updated_at: str
+    updated_by: str
+
+
+class FaqList(_Out):
+    items: list[FaqEntryOut]
+    next_cursor: str | None = None
+
+
+class FaqVersionOut(_Out):
+    version: int
+    change: Literal["created", "updated", "deleted"]
+    document: dict[str, Any]
+    actor: str
+    created_at: str
+
+
+class FaqVersionList(_Out):
+    items: list[FaqVersionOut]
+    next_cursor: str | None = None
+
+
+class FaqImportIn(_In):
+    format: Literal["yaml", "csv"] = "yaml"
+    content: str = Field(min_length=1, max_length=5_000_000)
+    replace: bool = Field(default=False, description="delete the entries the content does not have")
+
+
+class FaqImportOut(_Out):
+    created: list[str]
+    updated: list[str]
+    unchanged: list[str]
+    deleted: list[str]
+
+
+class BotAskIn(_In):
+    text: str = Field(min_length=1, max_length=5000)
+
+
+class BotCandidate(_Out):
+    entry_id: str
+    confidence: float
+
+
+class BotAskOut(_Out):
+    action: Literal["answer", "clarify", "handoff"]
+    entry_id: str | None
+    confidence: float
+    candidates: list[BotCandidate]
+
+
+class GapItem(_Out):
+    turn_id: int
+    question: str
+    why: str | None
+    entry_id: str | None
+    confidence: float | None
+    ticket_id: int
+    contact_id: int
+    at: str
+
+
+class GapList(_Out):
+    items: list[GapItem]
+    next_cursor: str | None = None
+
+
+def _entry(body: FaqEntryIn, key: str | None = None) -> KbEntry:
+    raw = body.model_dump()
+    if key is not None and raw["id"] != key:
+        raise BadRequest(f"the body's id {raw['id']!r} differs from the URL's {key!r}")
+    try:
+        return entry_from(raw, "entry")
+    except KbError as exc:
+        raise ValidationFailed(str(exc)) from exc
+
+
+@ROUTES.route("GET", f"{API}/faq", summary="The bot's knowledge base", tag="bot", response=FaqList)
+async def list_faq(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await current_agent(request)
+    async with hub.db.read() as session:
+        rows = (await session.scalars(select(FaqEntry).where(FaqEntry.deleted.is_(False)).order_by(FaqEntry.key))).all()
+    return web.json_response({"items": [faq_view(r) for r in rows], "next_cursor": None})
+
+
+@ROUTES.route(
+    "POST",
+    f"{API}/faq",
+    summary="Add a knowledge-base entry (admin)",
+    tag="bot",
+    admin=True,
+    body=FaqEntryIn,
+    response=FaqEntryOut,
+    status=201,
+    errors=(409,),
+)
+async def create_faq(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    admin = await require_admin(request)
+    entry = _entry(await parse_body(request, FaqEntryIn))
+    async with hub.db.write() as session:
+        row, _ = await do_save_faq(session, entry, actor=actor_of(admin), create_only=True)
+        view = faq_view(row)
+    return web.json_response(view, status=201)
+
+
+@ROUTES.route(
+    "GET", f"{API}/faq/{{key}}", summary="One knowledge-base entry", tag="bot", response=FaqEntryOut, errors=(404,)
+)
+async def get_faq(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await current_agent(request)
+    async with hub.db.read() as session:
+        row = await check_faq(session, request.match_info["key"])
+    return web.json_response(faq_view(row))
+
+
+@ROUTES.route(
+    "PUT",
+    f"{API}/faq/{{key}}",
+    summary="Create or replace a knowledge-base entry (admin); a new version when it changes",
+    tag="bot",
+    admin=True,
+    body=FaqEntryIn,
+    response=FaqEntryOut,
+)
+async def put_faq(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    admin = await require_admin(request)
+    entry = _entry(await parse_body(request, FaqEntryIn), request.match_info["key"])
+    async with hub.db.write() as session:
+        row, _ = await do_save_faq(session, entry, actor=actor_of(admin))
+        view = faq_view(row)
+    return web.json_response(view)
+
+
+@ROUTES.route(
+    "DELETE",
+    f"{API}/faq/{{key}}",
+    summary="Delete a knowledge-base entry (admin)",
+    tag="bot",
+    admin=True,
+    status=204,
+    errors=(404,),
+)
+async def delete_faq(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    admin = await require_admin(request)
+    async with hub.db.write() as session:
+        await do_delete_faq(session, request.match_info["key"], actor=actor_of(admin))
+    return web.Response(status=204)
+
+
+@ROUTES.route(
+    "GET",
+    f"{API}/faq/{{key}}/versions",
+    summary="Who changed a knowledge-base entry, when, and to what (newest first)",
+    tag="bot",
+    response=FaqVersionList,
+    errors=(404,),
+)
+async def faq_versions(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await current_agent(request)
+    key = request.match_info["key"]
+    async with hub.db.read() as session:
+        rows = (
+            await session.scalars(
+                select(FaqVersion).where(FaqVersion.entry_key == key).order_by(FaqVersion.version.desc())
+            )
+        ).all()
+    if not rows:
+        raise NotFound(f"knowledge-base entry {key!r} has no history")
+    items = [
+        {
+            "version": v.version,
+            "change": v.change,
+            "document": v.document,
+            "actor": v.actor,
+            "created_at": iso(v.created_at),
+        }
+        for v in rows
+    ]
+    return web.json_response({"items": items, "next_cursor": None})
+
+
+@ROUTES.route(
+    "POST",
+    f"{API}/faq/import",
+    summary="Import a YAML or CSV knowledge base (admin); all or nothing",
+    tag="bot",
+    admin=True,
+    body=FaqImportIn,
+    response=FaqImportOut,
+)
+async def import_faq(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    admin = await require_admin(request)
+    body = await parse_body(request, FaqImportIn)
+    try:
+        entries = parse_csv(body.content, "content") if body.format == "csv" else parse_yaml(body.content, "content")
+    except KbError as exc:
+        raise ValidationFailed(str(exc)) from exc
+    async with hub.db.write() as session:
+        result = await do_import_faq(session, entries, actor=actor_of(admin), replace=body.replace)
+    return web.json_response(result)
+
+
+@ROUTES.route(
+    "POST",
+    f"{API}/bot/ask",
+    summary="What the bot would do with a question: answer, clarify or handoff, with its confidence",
+    tag="bot",
+    body=BotAskIn,
+    response=BotAskOut,
+)
+async def bot_ask(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await current_agent(request)
+    body = await parse_body(request, BotAskIn)
+    match = await hub.bot.kb.ask(body.text)
+    return web.json_response(match.to_json())
+
+
+@ROUTES.route(
+    "GET",
+    f"{API}/bot/report",
+    summary="Questions the bot handed off or whose answer did not help, newest first",
+    tag="bot",
+    response=GapList,
+    query={"cursor": "next_cursor of the previous page", "limit": "page size, 1 to 200 (default 50)"},
+    errors=(400,),
+)
+async def bot_report(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await current_agent(request)
+    limit = page_limit(request)
+    async with hub.db.read() as session:
+        try:
+            items, cursor = await gaps(session, cursor=request.query.get("cursor"), limit=limit)
+        except queries.BadCursor as exc:
+            raise BadRequest(str(exc)) from exc
+    return web.json_response({"items": items, "next_cursor": cursor})

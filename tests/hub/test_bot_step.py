@@ -1,0 +1,215 @@
+"""Whole conversations with the bot through fake channels: the hub is real
+(ingest, outbox, stream, routing, the bot step, the sender, SQLite)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from hub.actions import check_ticket, do_post_message
+from hub.core import Author, Channel
+from storage.models import BotTurn, Contact, Message, TicketEventRow
+from tests.bots.conversation import bot_hub
+
+# Thresholds that make every question land in the clarification band.
+CLARIFY_ALWAYS: dict[str, Any] = {"bot.answer_threshold": 0.99, "bot.clarify_threshold": 0.0}
+
+
+async def test_faq_answered_in_persian_and_in_english_with_feedback(tmp_path: Path) -> None:
+    async with bot_hub(tmp_path) as c:
+        # Arabic yeh/kaf and no ZWNJ: normalization still finds the entry.
+        (fa,) = await c.push("سفارش من كي ميرسد؟")
+        assert fa.body.startswith("سفارش‌ها ظرف ۳ تا ۵ روز کاری می‌رسند.")
+        assert [q.id for q in fa.quick_replies] == ["fb:yes", "fb:no"]
+        (glad,) = await c.push("بله", quick_reply="fb:yes")
+        assert glad.body == "خوشحالم که کمک کردم!"
+        (en,) = await c.push("How do I return an item I bought?")
+        assert en.body.startswith("You can return anything within 30 days")
+        ticket = await c.ticket()
+        assert ticket.status == "pending"
+        async with c.hub.db.read() as s:
+            turns = (await s.scalars(select(BotTurn).order_by(BotTurn.id))).all()
+        assert [(t.action, t.entry_key, t.language) for t in turns] == [
+            ("answer", "shipping-time", "fa"),
+            ("feedback", None, "fa"),
+            ("answer", "return-policy", "en"),
+        ]
+        assert turns[0].feedback == "yes"
+
+
+async def test_redelivered_message_gets_one_reply(tmp_path: Path) -> None:
+    async with bot_hub(tmp_path) as c:
+        first = await c.push("what are your opening hours", external_id="same")
+        again = await c.push("what are your opening hours", external_id="same")
+        assert len(first) == 1
+        assert again == []
+        # The step itself is idempotent too (a stream redelivery).
+        async with c.hub.db.read() as s:
+            msg = await s.scalar(select(Message).where(Message.direction == "in"))
+            assert msg is not None
+        from hub.stream.base import Event
+        from storage.views import message_view, ticket_view
+
+        ticket = await c.ticket()
+        await c.hub.bot.on_message(
+            Event(
+                key=str(ticket.id),
+                payload={
+                    "kind": "message.received",
+                    "message": message_view(msg),
+                    "ticket": ticket_view(ticket) | {"status": "pending"},
+                },
+            )
+        )
+        await c.settle()
+        assert c.pop() == []
+
+
+async def test_clarification_offers_buttons_and_a_choice_is_answered(tmp_path: Path) -> None:
+    async with bot_hub(tmp_path, **CLARIFY_ALWAYS) as c:
+        (offer,) = await c.push("delivery of my refund")
+        ids = [q.id for q in offer.quick_replies]
+        assert offer.body == "Did you mean one of these?"
+        assert ids[-1] == "bot:none"
+        assert set(ids[:-1]) & {"faq:shipping-time", "faq:return-policy"}
+        (answer,) = await c.push("Return policy", quick_reply="faq:return-policy")
+        assert answer.body.startswith("You can return anything")
+
+
+async def test_sms_numbered_reply_picks_the_offered_button(tmp_path: Path) -> None:
+    async with bot_hub(tmp_path, **CLARIFY_ALWAYS) as c:
+        (offer,) = await c.push("refund delivery", channel=Channel.SMS, sender="+15551230000")
+        second = offer.quick_replies[1]
+        (answer,) = await c.push("۲", channel=Channel.SMS, sender="+15551230000")
+        expected = {"faq:shipping-time": "Orders arrive", "faq:return-policy": "You can return"}
+        if second.id in expected:
+            assert answer.body.startswith(expected[second.id])
+        else:
+            assert answer.body  # another entry: still answered, not treated as a question
+
+
+async def test_handoff_on_request_in_persian_with_a_summary(tmp_path: Path) -> None:
+    async with bot_hub(tmp_path) as c:
+        await c.push("سفارش من کی می‌رسد؟")
+        (bye,) = await c.push("می‌خواهم با اپراتور صحبت کنم")
+        assert bye.body.startswith("شما را به یکی از همکارانمان وصل می‌کنم")
+        ticket = await c.ticket()
+        assert (ticket.status, ticket.bot_silenced, ticket.assignee_id) == ("open", True, None)
+        async with c.hub.db.read() as s:
+            note = await s.scalar(select(Message).where(Message.private.is_(True)))
+            event = await s.scalar(select(TicketEventRow).where(TicketEventRow.kind == "ticket.handoff"))
+        assert note is not None and event is not None
+        assert "asked for a person" in note.body
+        assert "سفارش من کی می‌رسد؟" in note.body
+        assert "answered shipping-time" in note.body
+        assert event.data["reason"] == "requested"
+        # Silenced for good on this ticket.
+        assert await c.push("hello?") == []
+
+
+async def test_handoff_after_two_misses_in_a_row(tmp_path: Path) -> None:
+    async with bot_hub(tmp_path, **CLARIFY_ALWAYS) as c:
+        (first,) = await c.push("my thing is broken somehow")
+        assert first.body == "Did you mean one of these?"
+        (second,) = await c.push("the gizmo does not work")
+        assert second.body.startswith("I'm connecting you")
+        async with c.hub.db.read() as s:
+            event = await s.scalar(select(TicketEventRow).where(TicketEventRow.kind == "ticket.handoff"))
+        assert event is not None and event.data["reason"] == "repeated_misses"
+
+
+async def test_unknown_question_hands_off_and_shows_in_the_report(tmp_path: Path) -> None:
+    async with bot_hub(tmp_path) as c:
+        (bye,) = await c.push("What is the weather today?")
+        assert bye.body.startswith("I'm connecting you")
+        from hub.bot_report import gaps
+
+        async with c.hub.db.read() as s:
+            items, _ = await gaps(s, cursor=None, limit=10)
+        assert [(i["question"], i["why"]) for i in items] == [("What is the weather today?", "no_match")]
+
+
+async def test_unhelpful_answer_is_reported_and_handed_off(tmp_path: Path) -> None:
+    async with bot_hub(tmp_path) as c:
+        await c.push("I forgot my password")
+        (bye,) = await c.push("No", quick_reply="fb:no")
+        assert bye.body.startswith("I'm connecting you")
+        from hub.bot_report import gaps
+
+        async with c.hub.db.read() as s:
+            items, _ = await gaps(s, cursor=None, limit=10)
+        assert [(i["question"], i["why"], i["entry_id"]) for i in items] == [
+            ("I forgot my password", "unhelpful", "password-reset")
+        ]
+
+
+async def test_bot_is_silent_once_a_human_took_over(tmp_path: Path) -> None:
+    async with bot_hub(tmp_path) as c:
+        await c.push("hi")
+        ticket = await c.ticket()
+        async with c.hub.db.write() as s:
+            t = await check_ticket(s, ticket.id, lock=True)
+            await do_post_message(s, t, body="Hi, Ana here", author=Author.AGENT)
+        await c.settle()
+        assert [m.body for m in c.pop()] == ["Hi, Ana here"]
+        assert await c.push("when will my order arrive?") == []
+
+
+async def test_auto_replies_are_never_answered(tmp_path: Path) -> None:
+    async with bot_hub(tmp_path) as c:
+        assert await c.push("Out of office until Monday", extras={"auto_submitted": "auto-replied"}) == []
+
+
+async def test_vip_goes_to_a_person_at_once(tmp_path: Path) -> None:
+    async with bot_hub(tmp_path) as c:
+        await c.push("hi")
+        async with c.hub.db.write() as s:
+            contact = (await s.scalars(select(Contact))).one()
+            contact.tags = ["vip"]
+        (bye,) = await c.push("when will my order arrive?")
+        assert bye.body.startswith("I'm connecting you")
+
+
+async def test_qualification_with_a_correction_and_a_resume_on_sms(tmp_path: Path) -> None:
+    async with bot_hub(tmp_path) as c:
+        replies = await c.push("How much does it cost?")
+        assert [r.body for r in replies] == ["Plans start at $29 a month.", "May I have your name?"]
+        assert [r.body for r in await c.push("Sara Ahmadi")] == ["What is your email address?"]
+        assert (await c.push("sara.example.com"))[0].body.startswith("That does not look like an email")
+        assert [r.body for r in await c.push("sara@old.example")] == ["And a phone number we can reach you on?"]
+        assert [r.body for r in await c.push("+98 912 123 4567")] == ["Which company are you with?"]
+        fix = await c.push("actually my email is sara@acme.example")
+        assert [r.body for r in fix] == [
+            "Thanks, I've updated your email to sara@acme.example.",
+            "Which company are you with?",
+        ]
+        # She leaves the web chat and texts from the phone she gave: same contact, same dialog.
+        sms = await c.push("Acme Ltd", channel=Channel.SMS, sender="+989121234567")
+        assert [r.body for r in sms] == ["How many people would use it?"]
+        assert [r.body for r in await c.push("۲۵ نفر", channel=Channel.SMS, sender="+989121234567")] == [
+            "بودجه ماهانه شما چقدر است (دلار)؟"
+        ]
+        assert (await c.push("2k", channel=Channel.SMS, sender="+989121234567"))[0].body == (
+            "When would you like to start?"
+        )
+        done = await c.push("this month", channel=Channel.SMS, sender="+989121234567")
+        assert [r.body for r in done] == ["Thank you! I'm passing you to our sales team now."]
+        async with c.hub.db.read() as s:
+            contact = (await s.scalars(select(Contact))).one()
+            note = await s.scalar(select(Message).where(Message.private.is_(True)))
+            event = await s.scalar(select(TicketEventRow).where(TicketEventRow.kind == "ticket.handoff"))
+        assert contact.attributes == {
+            "name": "Sara Ahmadi",
+            "email": "sara@acme.example",
+            "phone": "+989121234567",
+            "company": "Acme Ltd",
+            "team_size": 25,
+            "budget": 2000,
+            "timeline": "this month",
+        }
+        assert contact.name == "Sara Ahmadi"
+        assert (contact.lead_score, contact.lifecycle_stage) == (90, "sales_qualified")
+        assert event is not None and event.data["reason"] == "sales_qualified" and event.data["team_id"] is not None
+        assert note is not None and "email=sara@acme.example" in note.body and "Lead score 90" in note.body
