@@ -621,5 +621,14 @@ class HubLoad:
         return result
 
 
+def server_cpu_us(cpu: Mapping[str, float], seconds: float, items: int) -> float:
+    """CPU time the servers spent per item, in microseconds: their share of a
+    core (every process but the load generator and the rest of the machine)
+    times the run's length, over what they handled. Unlike a rate, it hardly
+    changes when other work competes for the cores."""
+    busy = sum(share for name, share in cpu.items() if name not in ("load generator", "others"))
+    return busy * seconds / items * 1e6 if items else math.nan
+
+
 def cpu_text(cpu: Mapping[str, float]) -> str:
     return ", ".join(f"{name} {share * 100:.0f}%" for name, share in cpu.items())

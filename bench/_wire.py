@@ -17,6 +17,7 @@ import base64
 import os
 import struct
 from collections.abc import Callable
+from typing import cast
 
 _HEAD_END = b"\r\n\r\n"
 _ZERO_MASK = b"\x00\x00\x00\x00"
@@ -70,7 +71,8 @@ class HttpConnection(asyncio.Protocol):
         return proto
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports have the interface without subclassing asyncio's.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -183,7 +185,8 @@ class WsConnection(asyncio.Protocol):
         return proto
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports have the interface without subclassing asyncio's.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:

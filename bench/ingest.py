@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import _load, _procs, _profile  # noqa: E402
-from bench._load import CpuMeter, HubLoad, PhaseResult, RateResult, cpu_text  # noqa: E402
+from bench._load import CpuMeter, HubLoad, PhaseResult, RateResult, cpu_text, server_cpu_us  # noqa: E402
 from bench._procs import Proc, Procs  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -316,15 +316,23 @@ async def measure_ceiling(procs: Procs, work: Path, args: argparse.Namespace) ->
 def print_ceiling(c: dict[str, RateResult]) -> None:
     ws, post = c["websocket_echo"], c["form_post"]
     say(f"  websocket echo (frame in, frame out)   {num(ws.rate):>9} round trips/s   <- the ceiling used for ratios")
-    say(f"      p50 {num(ws.latency['p50_ms'], 1)} ms, p99 {num(ws.latency['p99_ms'], 1)} ms; CPU: {cpu_text(ws.cpu)}")
+    say(
+        f"      p50 {num(ws.latency['p50_ms'], 1)} ms, p99 {num(ws.latency['p99_ms'], 1)} ms; CPU: {cpu_text(ws.cpu)}; "
+        f"server CPU {num(_cpu_per(ws), 1)} us per round trip"
+    )
     say(f"  form POST -> empty 200 (reference)     {num(post.rate):>9} requests/s   (the issue quotes ~13,000)")
     errors = f", {post.errors} non-200" if post.errors else ""
     say(
         f"      p50 {num(post.latency['p50_ms'], 1)} ms, p99 {num(post.latency['p99_ms'], 1)} ms; "
-        f"CPU: {cpu_text(post.cpu)}{errors}"
+        f"CPU: {cpu_text(post.cpu)}{errors}; server CPU {num(_cpu_per(post), 1)} us per request"
     )
     for r in (ws, post):
         _warn_cpu(r.cpu)
+
+
+def _cpu_per(r: RateResult | PhaseResult) -> float:
+    count = r.completed if isinstance(r, RateResult) else r.delivered
+    return server_cpu_us(r.cpu, r.seconds, count)
 
 
 def _warn_cpu(cpu: dict[str, float]) -> None:
@@ -443,7 +451,7 @@ def print_throughput(r: PhaseResult, args: argparse.Namespace) -> None:
         f"max {num(r.latency['max_ms'], 1)} ms; inbound -> ack: p50 {num(r.ack_latency['p50_ms'], 1)} ms, "
         f"p99 {num(r.ack_latency['p99_ms'], 1)} ms"
     )
-    say(f"      CPU (share of one core): {cpu_text(r.cpu)}")
+    say(f"      CPU (share of one core): {cpu_text(r.cpu)}; hub CPU {num(_cpu_per(r), 1)} us per message")
     _warn_cpu(r.cpu)
     _print_errors(r)
 
@@ -637,6 +645,13 @@ def print_ratios(m: ModeResult, ceiling: dict[str, RateResult]) -> None:
             f"  ratio of end-to-end messages/s to the bare ceiling: {r['ratio_to_bare_websocket_echo']:.3f} of the "
             f"websocket echo (the fair one); {r['ratio_to_bare_form_post']:.3f} of the form POST"
         )
+        # The same comparison by CPU cost, which other work on the machine
+        # disturbs far less than rates: bare CPU per request / hub CPU per message.
+        hub_cost = _cpu_per(m.throughput)
+        costs = ", ".join(
+            f"{_cpu_per(c) / hub_cost:.3f} of the {name.replace('_', ' ')}" for name, c in ceiling.items()
+        )
+        say(f"  by CPU cost (bare server CPU per request / hub CPU per message): {costs}")
 
 
 def _mode_json(m: ModeResult, ceiling: dict[str, RateResult]) -> dict[str, Any]:
