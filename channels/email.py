@@ -860,6 +860,7 @@ def to_inbound(
     original_url: str | None = None,
     html_url: str | None = None,
     notes: Sequence[str] = (),
+    threaded_by: str | None = None,
 ) -> InboundMessage:
     """The hub's message for ``parsed``. The stored files (attachments, the
     sanitized HTML, the raw original) are saved by the hub first; their URLs
@@ -886,6 +887,8 @@ def to_inbound(
         email_extras["date"] = parsed.date.isoformat()
     if all_notes:
         email_extras["notes"] = all_notes
+    if threaded_by:
+        email_extras["threaded_by"] = threaded_by
     extras: dict[str, Any] = {"email": email_extras}
     if parsed.auto_reply:
         extras["auto_reply"] = parsed.auto_reply

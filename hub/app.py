@@ -22,6 +22,7 @@ from hub.attachments import AttachmentStore
 from hub.batcher import IngestBatcher
 from hub.config import ConfigError, HubConfig, ensure_secret_key
 from hub.core import Channel
+from hub.mail import EmailService, sync_email_inboxes
 from hub.relay import OutboxRelay
 from hub.security import VisitorTokens
 from hub.sender import Sender
@@ -51,6 +52,7 @@ class Hub:
     visitor_tokens: VisitorTokens
     channels: dict[Channel, ChannelAdapter]
     attachments: AttachmentStore
+    email: EmailService | None = None
     consumer_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -95,6 +97,11 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         stream.on_dead = relay.dead_letter
     channels: dict[Channel, ChannelAdapter] = {Channel.WEBCHAT: WebchatChannel(live.publish)}
     sender = Sender(db, channels, config.workers)
+    attachments = AttachmentStore(config.attachments_dir, max_bytes=config.attachments.max_bytes)
+    email = EmailService(config, db, attachments) if config.email.mailboxes else None
+    if email is not None:
+        channels[Channel.EMAIL] = email.channel
+        sender.context[Channel.EMAIL] = email.reply_context
     return Hub(
         config=config,
         role=role,
@@ -107,7 +114,8 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         batcher=IngestBatcher(db.write),
         visitor_tokens=VisitorTokens(config.secret_key),
         channels=channels,
-        attachments=AttachmentStore(config.attachments_dir, max_bytes=config.attachments.max_bytes),
+        attachments=attachments,
+        email=email,
     )
 
 
@@ -121,6 +129,7 @@ async def sync_inboxes(hub: Hub) -> None:
             name=hub.config.webchat.inbox_name,
             bot_enabled=hub.config.bot.enabled,
         )
+        await sync_email_inboxes(session, hub.config.email)
 
 
 def _spawn(hub: Hub, coro: Coroutine[Any, Any, Any], name: str) -> None:
@@ -146,6 +155,8 @@ async def start_hub(hub: Hub) -> None:
     if hub.role in ("all", "worker"):
         _spawn(hub, hub.stream.consume("workers", hub.consumer_name, hub.processor.handle), "stream-consumer")
         _spawn(hub, hub.sender.run_sweeper(), "sender-sweeper")
+        if hub.email is not None:
+            hub.email.start(lambda coro, name: _spawn(hub, coro, name))
 
 
 async def stop_hub(hub: Hub) -> None:
@@ -157,6 +168,8 @@ async def stop_hub(hub: Hub) -> None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
     hub.tasks.clear()
+    if hub.email is not None:
+        hub.email.stop()
     for adapter in hub.channels.values():
         await adapter.close()
     await hub.live.close()
