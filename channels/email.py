@@ -301,7 +301,8 @@ def parse_email(raw: bytes) -> ParsedEmail:
     sender = sender[:MAX_EXTERNAL_ID]
 
     message_id = next(iter(msgids(_header(msg, "Message-ID"))), None)
-    key = message_id or "sha256:" + hashlib.sha256(raw).hexdigest()
+    # Line endings normalized: IMAP servers hand back LF-stored mail as CRLF.
+    key = message_id or "sha256:" + hashlib.sha256(raw.replace(b"\r\n", b"\n").rstrip()).hexdigest()
 
     full_text = "\n\n".join(t for t in collector.texts if t.strip()).strip("\n")
     if not full_text and collector.html_texts:

@@ -445,6 +445,9 @@ class MailboxPoller:
                 if checkpoint.uidvalidity is None and self.box.first_sync == "new":
                     last = await self._call(conn.highest_uid, state)
                     log.info("mailbox %s: first connection, reading mail after UID %d", self.key, last)
+                elif checkpoint.uidvalidity is None:
+                    log.info("mailbox %s: first connection, reading the whole folder", self.key)
+                    last = 0
                 else:
                     log.warning(
                         "mailbox %s: UIDVALIDITY changed (%s -> %s); reading the folder again, "

@@ -191,6 +191,7 @@ async def claim_mailbox(
             MailboxCheckpoint.inbox_key == inbox_key,
             or_(
                 MailboxCheckpoint.lease_owner.is_(None),
+                MailboxCheckpoint.lease_until.is_(None),
                 MailboxCheckpoint.lease_owner == owner,
                 MailboxCheckpoint.lease_until < now,
             ),
