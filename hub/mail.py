@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import random
@@ -35,6 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels.email import (
+    UNKNOWN_SENDER,
     EmailChannel,
     Mailbox,
     ParsedEmail,
@@ -58,6 +60,7 @@ from hub.core import (
     DeliveryReceipt,
     DeliveryStatus,
     Direction,
+    InboundMessage,
     TicketEventKind,
     TicketStatus,
     status_advances,
@@ -73,11 +76,15 @@ from storage.mail import (
     release_mailbox,
     renew_lease,
     reply_context,
+    thread_key_for,
 )
 from storage.models import Inbox, Message, Ticket
 from storage.views import message_view
 
 log = logging.getLogger(__name__)
+
+#: Failures of one message before it is stored as unreadable.
+POISON_AFTER = 3
 
 T = TypeVar("T")
 
@@ -361,6 +368,7 @@ class MailboxPoller:
         self._conn: ImapConnection | None = None
         #: Messages stored by this poller (for logs and tests).
         self.imported = 0
+        self._failures: dict[int, int] = {}
 
     @property
     def slice_seconds(self) -> float:
@@ -471,7 +479,21 @@ class MailboxPoller:
             if fetched is None:
                 await self._advance_alone(state, uid)  # expunged since the search
                 continue
-            await self.process(fetched.raw, uid=uid, state=state, truncated=fetched.truncated)
+            try:
+                await self.process(fetched.raw, uid=uid, state=state, truncated=fetched.truncated)
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                # Retried with the connection (the database may be down); a
+                # message that keeps failing must not block the mailbox.
+                failures = self._failures[uid] = self._failures.get(uid, 0) + 1
+                if failures < POISON_AFTER:
+                    raise
+                log.exception(
+                    "mailbox %s: UID %d failed %d times; storing it as an unreadable message", self.key, uid, failures
+                )
+                await self.process_unreadable(fetched.raw, uid=uid, state=state, error=exc)
+            self._failures.pop(uid, None)
 
     async def _advance_alone(self, state: FolderState, uid: int) -> None:
         async with self.db.write() as session:
@@ -521,6 +543,32 @@ class MailboxPoller:
         metrics.INGESTED.labels(Channel.EMAIL.value).inc()
         self.imported += 1
         return "duplicate" if result.duplicate else "stored"
+
+    async def process_unreadable(self, raw: bytes, *, uid: int, state: FolderState, error: Exception) -> None:
+        """Keep a message the hub could not process: a new ticket with a note
+        and the raw message attached, from the sender if that much is known."""
+        key = "sha256:" + hashlib.sha256(raw.replace(b"\r\n", b"\n").rstrip()).hexdigest()
+        sender, name, subject = UNKNOWN_SENDER, None, None
+        with contextlib.suppress(Exception):
+            parsed = parse_email(raw)
+            key, sender, name, subject = parsed.key, parsed.sender, parsed.sender_name, parsed.subject or None
+        files: list[Attachment] = []
+        with contextlib.suppress(AttachmentTooLarge):
+            files.append(await self.store.save(raw, filename="original.eml", content_type="message/rfc822"))
+        inbound = InboundMessage(
+            channel=Channel.EMAIL,
+            inbox=self.key,
+            external_id=key[:512],
+            sender=sender,
+            sender_name=name,
+            subject=subject[:1000] if subject else None,
+            body=f"(This email could not be processed: {type(error).__name__}: {error}. The original is attached.)",
+            attachments=tuple(files),
+            extras={"email": {"notes": [f"processing failed: {type(error).__name__}: {error}"]}},
+        )
+        async with self.db.write() as session:
+            await ingest_batch(session, [inbound], threads=[thread_key_for(key)])
+            await self._advance(state, uid, session)
 
 
 def _cancelling() -> bool:

@@ -105,6 +105,17 @@ class MessageOut(_Out):
     attachments: list[dict[str, Any]]
     quick_replies: list[dict[str, Any]] = Field(description="buttons offered with this message: {id, title}")
     quick_reply: str | None = Field(description="the id of the button the customer pressed")
+    auto_reply: str | None = Field(
+        default=None,
+        description="why an inbound message was sent by a machine (out-of-office, mailing list, bulk): "
+        "stored, never answered by the bot",
+    )
+    email: dict[str, Any] | None = Field(
+        default=None,
+        description="email messages: from, to, cc, reply_to, message_id, in_reply_to, references, date, "
+        "quoted (the history below the new text), signature, original_url (the raw message), "
+        "html_url (the sanitized HTML part), threaded_by, notes",
+    )
     private: bool
     external_id: str | None
     status: str

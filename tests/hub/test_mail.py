@@ -3,6 +3,7 @@ pollers' leases and the reply headers, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,14 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
+import hub.mail
 from channels.email import parse_email
+from channels.email_imap import Fetched, FolderState
 from hub.actions import do_post_message, do_set_status
 from hub.attachments import AttachmentStore
 from hub.config import load_config
 from hub.core import Author, DeliveryReceipt, DeliveryStatus, TicketStatus, utcnow
-from hub.mail import do_ingest_email, do_record_receipt, save_files, sync_email_inboxes
+from hub.mail import MailboxPoller, do_ingest_email, do_record_receipt, save_files, sync_email_inboxes
 from storage.db import Database
 from storage.ingest import IngestResult, ingest_batch
 from storage.mail import LeaseLost, advance_checkpoint, claim_mailbox, reply_context
@@ -140,17 +143,18 @@ async def test_reply_to_our_message_threads_by_its_message_id(mail_db: Database,
     )
     assert answer.ticket_id == first.ticket_id
     async with mail_db.read() as session:
-        later = await do_post_message_context(session, first.ticket_id)
+        later = await thread_headers(session, first.ticket_id)
     assert later["subject"] == "Order late"
     assert later["in_reply_to"] == ["c2@x"]
     assert later["references"] == ["c1@example.com", "hub.1.2.abc@hub.test", "c2@x"]
     assert later["recipient_name"] == "Sara"
 
 
-async def do_post_message_context(session: Any, ticket_id: int) -> dict[str, Any]:
-    probe = Message(id=10**9, ticket_id=ticket_id, contact_id=0)
-    probe.contact_id = (await session.get(Ticket, ticket_id)).contact_id
-    return (await reply_context(session, probe))["email"]  # type: ignore[no-any-return]
+async def thread_headers(session: Any, ticket_id: int) -> dict[str, Any]:
+    """What the sender would pass to the channel for the ticket's next reply."""
+    ticket = await session.get(Ticket, ticket_id)
+    upcoming = Message(id=10**9, ticket_id=ticket_id, contact_id=ticket.contact_id)
+    return (await reply_context(session, upcoming))["email"]  # type: ignore[no-any-return]
 
 
 async def test_chat_channels_keep_one_ticket_per_contact(mail_db: Database) -> None:
@@ -264,3 +268,53 @@ def test_mailbox_config_errors(tmp_path: Path) -> None:
     assert box.inbox_key == "email:support@hub.test"
     assert (box.imap.effective_port, box.smtp.effective_port) == (993, 25)
     assert cfg.email.passwords == {"SUPPORT_PW": "pw"} and "pw" not in repr(cfg)
+
+
+class FakeImap:
+    """Stands in for the IMAP connection: the poller's own logic under test."""
+
+    def __init__(self, messages: dict[int, bytes]) -> None:
+        self.messages = messages
+
+    def uids_after(self, last: int) -> list[int]:
+        return [uid for uid in sorted(self.messages) if uid > last]
+
+    def fetch(self, uid: int, max_bytes: int) -> Fetched:
+        return Fetched(raw=self.messages[uid], size=len(self.messages[uid]))
+
+    def highest_uid(self, state: FolderState) -> int:
+        return max(self.messages, default=0)
+
+
+async def test_a_message_that_keeps_failing_is_kept_and_does_not_block_the_mailbox(
+    mail_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = config(tmp_path, first_sync="all")
+    store = AttachmentStore(tmp_path / "files", max_bytes=1024 * 1024)
+    real = hub.mail.do_ingest_email
+
+    async def flaky(session: Any, parsed: Any, files: Any, box: Any) -> IngestResult:
+        if parsed.subject == "poison":
+            raise ValueError("a bug meets a strange message")
+        return await real(session, parsed, files, box)
+
+    monkeypatch.setattr(hub.mail, "do_ingest_email", flaky)
+    poison = mail(subject="poison", mid="p@x")
+    conn = FakeImap({1: poison, 2: mail(subject="fine", mid="f@x")})
+    state = FolderState(uidvalidity=9, uidnext=3, exists=2)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        poller = MailboxPoller(cfg.email.mailboxes[0], cfg.email, mail_db, store, pool, owner="me")
+        async with mail_db.write() as session:
+            await claim_mailbox(session, poller.key, "INBOX", "me", 60)
+        for _ in range(hub.mail.POISON_AFTER - 1):
+            with pytest.raises(ValueError, match="strange message"):
+                await poller._sync(conn, state)  # type: ignore[arg-type]
+        await poller._sync(conn, state)  # type: ignore[arg-type]
+    async with mail_db.read() as session:
+        rows = {m.subject: m for m in (await session.scalars(select(Message))).all()}
+        checkpoint = await session.scalar(select(MailboxCheckpoint))
+    assert set(rows) == {"poison", "fine"}
+    kept = rows["poison"]
+    assert "could not be processed" in kept.body and "ValueError" in kept.body
+    assert store.read(kept.attachments[0]["url"]) == poison
+    assert checkpoint is not None and (checkpoint.uidvalidity, checkpoint.last_uid) == (9, 2)

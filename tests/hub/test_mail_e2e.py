@@ -471,3 +471,25 @@ async def test_one_poller_per_mailbox_and_takeover(tmp_path: Path, dovecot: Dove
 async def _holder(db: Database, owner: str) -> bool:
     async with db.read() as s:
         return await s.scalar(select(MailboxCheckpoint.lease_owner)) == owner
+
+
+async def test_a_bot_inbox_leaves_automatic_mail_to_people(tmp_path: Path, dovecot: Dovecot, smtp: SmtpServer) -> None:
+    config = hub_config(tmp_path, dovecot, smtp, bot_enabled=True)
+    await dovecot.append_async(customer_mail("Pricing?", "How much is it?", sender="lead@customer.test")[0])
+    await dovecot.append_async(
+        customer_mail("Out of office", "I am away", sender="away@customer.test", Auto_Submitted="auto-replied")[0]
+    )
+    db = Database(config.database_url)
+    try:
+        async with running_hub(config):
+
+            async def routed() -> dict[str, str] | None:
+                async with db.read() as s:
+                    rows = (await s.execute(select(Ticket.subject, Ticket.status))).all()
+                statuses = {subject or "": status for subject, status in rows}
+                return statuses if len(statuses) == 2 and "open" in statuses.values() else None
+
+            statuses = await eventually(routed, what="both tickets routed")
+        assert statuses == {"Pricing?": "pending", "Out of office": "open"}
+    finally:
+        await db.dispose()
