@@ -85,7 +85,12 @@ class ImapConnection:
         if s.security == "starttls":
             client.starttls(ctx)
         client.login(s.username, s.password)
-        info: dict[bytes, Any] = client.select_folder(s.folder, readonly=True)
+        return self.select()
+
+    def select(self) -> FolderState:
+        """(Re)select the folder: a fresh UIDVALIDITY, even when the folder
+        was deleted and recreated under the same name while we were idle."""
+        info: dict[bytes, Any] = self.client.select_folder(self.server.folder, readonly=True)
         uidnext = info.get(b"UIDNEXT")
         return FolderState(
             uidvalidity=int(info[b"UIDVALIDITY"]),
@@ -128,15 +133,15 @@ class ImapConnection:
             return None
         return Fetched(raw=to_bytes(raw), size=size, truncated=size > max_bytes)
 
-    def wait(self, seconds: float) -> bool:
-        """IDLE for up to ``seconds``; True when the server reported a change."""
+    def wait(self, seconds: float) -> None:
+        """IDLE for up to ``seconds``, returning early when the server reports
+        a change (the caller then looks for new messages either way)."""
         client = self.client
         client.idle()
         try:
-            responses = client.idle_check(timeout=seconds)
+            client.idle_check(timeout=seconds)
         finally:
             client.idle_done()
-        return bool(responses)
 
     def noop(self) -> None:
         self.client.noop()

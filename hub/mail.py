@@ -369,6 +369,7 @@ class MailboxPoller:
         #: Messages stored by this poller (for logs and tests).
         self.imported = 0
         self._failures: dict[int, int] = {}
+        self._state: FolderState | None = None
 
     @property
     def slice_seconds(self) -> float:
@@ -410,24 +411,33 @@ class MailboxPoller:
     async def _poll(self) -> None:
         conn = ImapConnection(self.server)
         self._conn = conn
+        self._state = None
         try:
-            state = await self._call(conn.connect)
+            await self._call(conn.connect)
             idle = self.box.imap.idle and await self._call(lambda: conn.supports_idle)
             log.info("mailbox %s connected (%s)", self.key, "IDLE" if idle else "polling")
-            await self._sync(conn, state)
+            await self._sync(conn, reselect=True)
             self.backoff.reset()
-            last_sync = asyncio.get_running_loop().time()
+            loop = asyncio.get_running_loop()
+            last_select = last_look = loop.time()
+            interval = self.box.imap.poll_interval_seconds
             while True:
                 if idle:
-                    changed = await self._call(conn.wait, self.slice_seconds)
+                    await self._call(conn.wait, self.slice_seconds)
                 else:
-                    await asyncio.sleep(min(self.box.imap.poll_interval_seconds, self.slice_seconds))
+                    await asyncio.sleep(min(interval, self.slice_seconds))
                     await self._call(conn.noop)
-                    changed = False
-                now = asyncio.get_running_loop().time()
-                if changed or now - last_sync >= self.box.imap.poll_interval_seconds:
-                    await self._sync(conn, state)
-                    last_sync = now
+                now = loop.time()
+                # With IDLE, look after every wait (one UID SEARCH): a message
+                # that lands between a search and the next IDLE raises no event.
+                # The folder is selected again every poll interval, which also
+                # notices a folder recreated under the same name.
+                reselect = now - last_select >= interval
+                if idle or reselect or now - last_look >= interval:
+                    await self._sync(conn, reselect=reselect)
+                    last_look = now
+                    if reselect:
+                        last_select = now
                 else:
                     async with self.db.write() as session:
                         await renew_lease(session, self.key, self.owner, self.config.lease_seconds)
@@ -440,8 +450,11 @@ class MailboxPoller:
                 with contextlib.suppress(*ImapErrors, RuntimeError):
                     await self._call(conn.close)
 
-    async def _sync(self, conn: ImapConnection, state: FolderState) -> None:
+    async def _sync(self, conn: ImapConnection, *, reselect: bool = True) -> None:
         """Store every message after the checkpoint, one transaction each."""
+        if reselect or self._state is None:
+            self._state = await self._call(conn.select)
+        state = self._state
         async with self.db.write() as session:
             checkpoint = await claim_mailbox(
                 session, self.key, self.box.imap.folder, self.owner, self.config.lease_seconds

@@ -276,6 +276,9 @@ class FakeImap:
     def __init__(self, messages: dict[int, bytes]) -> None:
         self.messages = messages
 
+    def select(self) -> FolderState:
+        return FolderState(uidvalidity=9, uidnext=max(self.messages) + 1, exists=len(self.messages))
+
     def uids_after(self, last: int) -> list[int]:
         return [uid for uid in sorted(self.messages) if uid > last]
 
@@ -301,15 +304,14 @@ async def test_a_message_that_keeps_failing_is_kept_and_does_not_block_the_mailb
     monkeypatch.setattr(hub.mail, "do_ingest_email", flaky)
     poison = mail(subject="poison", mid="p@x")
     conn = FakeImap({1: poison, 2: mail(subject="fine", mid="f@x")})
-    state = FolderState(uidvalidity=9, uidnext=3, exists=2)
     with ThreadPoolExecutor(max_workers=1) as pool:
         poller = MailboxPoller(cfg.email.mailboxes[0], cfg.email, mail_db, store, pool, owner="me")
         async with mail_db.write() as session:
             await claim_mailbox(session, poller.key, "INBOX", "me", 60)
         for _ in range(hub.mail.POISON_AFTER - 1):
             with pytest.raises(ValueError, match="strange message"):
-                await poller._sync(conn, state)  # type: ignore[arg-type]
-        await poller._sync(conn, state)  # type: ignore[arg-type]
+                await poller._sync(conn)  # type: ignore[arg-type]
+        await poller._sync(conn)  # type: ignore[arg-type]
     async with mail_db.read() as session:
         rows = {m.subject: m for m in (await session.scalars(select(Message))).all()}
         checkpoint = await session.scalar(select(MailboxCheckpoint))

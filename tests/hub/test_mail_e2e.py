@@ -305,7 +305,8 @@ async def _equals(stored: Any, expected: set[str]) -> bool:
 async def test_uidvalidity_change_rereads_without_duplicates(
     tmp_path: Path, dovecot: Dovecot, smtp: SmtpServer
 ) -> None:
-    config = hub_config(tmp_path, dovecot, smtp, imap={"folder": "Support"})
+    # The poller re-checks the folder every poll interval, IDLE or not.
+    config = hub_config(tmp_path, dovecot, smtp, imap={"folder": "Support", "poll_interval_seconds": 2})
     mails = [customer_mail(f"Topic {i}", f"text {i}") for i in range(3)]
     for raw, _ in mails:
         await dovecot.append_async(raw, "Support")
