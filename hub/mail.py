@@ -51,7 +51,7 @@ from channels.email import (
 )
 from channels.email_imap import FolderState, ImapConnection, ImapErrors, ImapServer
 from hub import metrics
-from hub.actions import audit, do_ensure_inbox, do_get_or_create_team, record_ticket_event
+from hub.actions import audit, do_ensure_inbox, do_get_or_create_team, do_set_status
 from hub.attachments import AttachmentStore, AttachmentTooLarge
 from hub.config import EmailConfig, HubConfig, MailboxConfig
 from hub.core import (
@@ -65,6 +65,7 @@ from hub.core import (
     TicketStatus,
     status_advances,
 )
+from hub.errors import Conflict
 from storage.db import Database
 from storage.ingest import IngestResult, add_outbox, ingest_batch, outbox_row
 from storage.mail import (
@@ -132,23 +133,10 @@ async def do_ingest_email(
 
 
 async def _reopen(session: AsyncSession, ticket: Ticket) -> None:
-    other = await session.scalar(
-        select(Ticket.id).where(
-            Ticket.contact_id == ticket.contact_id,
-            Ticket.inbox_id == ticket.inbox_id,
-            Ticket.thread_key == ticket.thread_key,
-            Ticket.status != TicketStatus.RESOLVED.value,
-        )
-    )
-    if other is not None:
-        return  # the thread already continues in an open ticket; ingest finds it
-    ticket.status = TicketStatus.OPEN.value
-    ticket.resolved_at = None
-    ticket.snoozed_until = None
-    await session.flush()
-    data = {"from": TicketStatus.RESOLVED.value, "to": TicketStatus.OPEN.value, "reason": "the customer replied"}
-    await record_ticket_event(session, ticket, TicketEventKind.STATUS_CHANGED, "contact", data)
-    await audit(session, "contact", "ticket.reopened", "ticket", ticket.id, data)
+    # Conflict: the thread already continues in another open ticket (which
+    # ingest then finds); nothing to reopen.
+    with contextlib.suppress(Conflict):
+        await do_set_status(session, ticket, status=TicketStatus.OPEN, actor="contact")
 
 
 async def do_record_receipt(session: AsyncSession, receipt: DeliveryReceipt) -> Message | None:
@@ -478,15 +466,7 @@ class MailboxPoller:
                         state.uidvalidity,
                     )
                     last = 0
-                await advance_checkpoint(
-                    session,
-                    self.key,
-                    self.owner,
-                    folder=self.box.imap.folder,
-                    uidvalidity=state.uidvalidity,
-                    last_uid=last,
-                    lease_seconds=self.config.lease_seconds,
-                )
+                await self._advance(state, last, session)
         for uid in await self._call(conn.uids_after, last):
             fetched = await self._call(conn.fetch, uid, self.config.max_message_bytes)
             if fetched is None:
