@@ -277,6 +277,12 @@ class ParsedEmail:
 _PARSER = BytesParser(policy=policy.default)
 
 
+def raw_key(raw: bytes) -> str:
+    """The key of a message without a Message-ID: a hash of its bytes, line
+    endings normalized (IMAP servers hand back LF-stored mail as CRLF)."""
+    return "sha256:" + hashlib.sha256(raw.replace(b"\r\n", b"\n").rstrip()).hexdigest()
+
+
 def parse_email(raw: bytes) -> ParsedEmail:
     """Parse one message. Never raises: whatever cannot be read is replaced
     or left out and named in ``defects``."""
@@ -301,8 +307,7 @@ def parse_email(raw: bytes) -> ParsedEmail:
     sender = sender[:MAX_EXTERNAL_ID]
 
     message_id = next(iter(msgids(_header(msg, "Message-ID"))), None)
-    # Line endings normalized: IMAP servers hand back LF-stored mail as CRLF.
-    key = message_id or "sha256:" + hashlib.sha256(raw.replace(b"\r\n", b"\n").rstrip()).hexdigest()
+    key = message_id or raw_key(raw)
 
     full_text = "\n\n".join(t for t in collector.texts if t.strip()).strip("\n")
     if not full_text and collector.html_texts:

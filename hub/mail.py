@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import random
@@ -46,6 +45,7 @@ from channels.email import (
     normalize_subject,
     parse_email,
     plus_tokens,
+    raw_key,
     subject_tokens,
     to_inbound,
 )
@@ -94,7 +94,7 @@ T = TypeVar("T")
 
 
 async def do_ingest_email(
-    session: AsyncSession, parsed: ParsedEmail, inbound_files: _Files, box: MailboxConfig
+    session: AsyncSession, parsed: ParsedEmail, inbound_files: SavedFiles, box: MailboxConfig
 ) -> IngestResult:
     """Store one customer email on the ticket its thread belongs to (reopening
     a resolved one), or on a new ticket."""
@@ -195,7 +195,7 @@ async def sync_email_inboxes(session: AsyncSession, config: EmailConfig) -> None
 # --- files ----------------------------------------------------------------------
 
 
-class _Files:
+class SavedFiles:
     """What was saved in the attachment store for one message."""
 
     def __init__(self) -> None:
@@ -205,8 +205,8 @@ class _Files:
         self.notes: list[str] = []
 
 
-async def save_files(store: AttachmentStore, parsed: ParsedEmail, raw: bytes, *, truncated: bool) -> _Files:
-    files = _Files()
+async def save_files(store: AttachmentStore, parsed: ParsedEmail, raw: bytes, *, truncated: bool) -> SavedFiles:
+    files = SavedFiles()
     cids: dict[str, str] = {}
     for part in parsed.attachments:
         try:
@@ -540,7 +540,7 @@ class MailboxPoller:
     async def process_unreadable(self, raw: bytes, *, uid: int, state: FolderState, error: Exception) -> None:
         """Keep a message the hub could not process: a new ticket with a note
         and the raw message attached, from the sender if that much is known."""
-        key = "sha256:" + hashlib.sha256(raw.replace(b"\r\n", b"\n").rstrip()).hexdigest()
+        key = raw_key(raw)
         sender, name, subject = UNKNOWN_SENDER, None, None
         with contextlib.suppress(Exception):
             parsed = parse_email(raw)
