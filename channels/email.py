@@ -972,7 +972,8 @@ def build_message(
 ) -> EmailMessage:
     """The MIME message for ``out``. Threading comes from the sender in
     ``out.extras["email"]``: ``subject`` (the ticket's), ``in_reply_to``,
-    ``references``, ``recipient_name``."""
+    ``references``, ``recipient_name`` (and ``to``, the address the thread
+    continues with, which :meth:`EmailChannel.send` puts in ``recipient``)."""
     thread: Mapping[str, Any] = out.extras.get("email") or {}
     msg = EmailMessage(policy=policy.SMTP)
     msg["From"] = Address(display_name=box.display_name or "", addr_spec=box.address)
@@ -1033,7 +1034,8 @@ class EmailChannel(ChannelAdapter):
             return SendResult(
                 status=DeliveryStatus.FAILED, reason=f"no mailbox is configured for inbox {message.inbox!r}"
             )
-        recipient = message.recipient.strip()
+        thread: Mapping[str, Any] = message.extras.get("email") or {}
+        recipient = str(thread.get("to") or message.recipient).strip()
         if "@" not in recipient or address_domain(recipient) == "invalid":
             return SendResult(
                 status=DeliveryStatus.FAILED, reason=f"{recipient!r} is not an email address we can write to"
@@ -1046,7 +1048,7 @@ class EmailChannel(ChannelAdapter):
                 return SendResult(status=DeliveryStatus.FAILED, reason=f"attachment {name!r} is not stored any more")
             files.append((attachment, data))
         mid = self.message_id(message, box)
-        mime = build_message(message, box, message_id=mid, files=files)
+        mime = build_message(message.model_copy(update={"recipient": recipient}), box, message_id=mid, files=files)
         smtp = box.smtp
         try:
             await aiosmtplib.send(

@@ -126,8 +126,8 @@ async def email_message_exists(session: AsyncSession, key: str) -> bool:
 async def reply_context(session: AsyncSession, message: Message) -> dict[str, Any]:
     """What an outbound email needs from its thread: the ticket's subject,
     In-Reply-To (the customer's latest message), References (the thread's
-    Message-IDs, oldest first, trimmed to the first and the latest), and the
-    customer's name for the To header."""
+    Message-IDs, oldest first, trimmed to the first and the latest), the
+    address the customer last wrote from, and their name for the To header."""
     ticket = await session.get(Ticket, message.ticket_id)
     rows = (
         await session.execute(
@@ -144,6 +144,7 @@ async def reply_context(session: AsyncSession, message: Message) -> dict[str, An
     ).all()
     references: list[str] = []
     in_reply_to: str | None = None
+    sender: str | None = None
     for i, row in enumerate(rows):
         if row.direction == Direction.OUT.value and row.status not in SENT_STATES:
             continue  # never reached anyone: not part of the customer's thread
@@ -153,6 +154,9 @@ async def reply_context(session: AsyncSession, message: Message) -> dict[str, An
         references.append(row.external_id)
         if row.direction == Direction.IN.value:
             in_reply_to = row.external_id
+            # A contact may have several addresses (merged contacts): the
+            # thread goes on with the one the customer last wrote from.
+            sender = ((row.extras or {}).get("email") or {}).get("from") or sender
     references = list(dict.fromkeys(references))
     if len(references) > MAX_REFERENCES:
         references = references[:1] + references[-(MAX_REFERENCES - 1) :]
@@ -163,6 +167,7 @@ async def reply_context(session: AsyncSession, message: Message) -> dict[str, An
             "in_reply_to": [in_reply_to] if in_reply_to else references[-1:],
             "references": references,
             "recipient_name": name,
+            "to": sender,
         }
     }
 

@@ -148,6 +148,7 @@ async def test_reply_to_our_message_threads_by_its_message_id(mail_db: Database,
     assert later["in_reply_to"] == ["c2@x"]
     assert later["references"] == ["c1@example.com", "hub.1.2.abc@hub.test", "c2@x"]
     assert later["recipient_name"] == "Sara"
+    assert later["to"] == "sara@example.com"
 
 
 async def thread_headers(session: Any, ticket_id: int) -> dict[str, Any]:
