@@ -74,6 +74,7 @@ UNKNOWN_SENDER = "unknown-sender@invalid"
 MAX_BODY_CHARS = 100_000
 MAX_EXTRA_CHARS = 50_000
 MAX_REFERENCES = 20
+MAX_MIME_DEPTH = 40
 MAX_EXTERNAL_ID = 512
 
 # --- small helpers -----------------------------------------------------------
@@ -393,8 +394,21 @@ class _Collector:
         self.notes: list[str] = []
         self.report_parts: list[Message] = []
         self.original_headers: list[Message] = []
+        self.depth = 0
 
     def walk(self, part: Message, *, top: bool = False, want_text: bool = True) -> None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_MIME_DEPTH:
+                # Mail nested this deep is built to exhaust parsers; the raw
+                # original keeps everything.
+                self.notes.append(f"parts nested deeper than {MAX_MIME_DEPTH} levels were not read")
+                return
+            self._walk(part, top=top, want_text=want_text)
+        finally:
+            self.depth -= 1
+
+    def _walk(self, part: Message, *, top: bool, want_text: bool) -> None:
         ctype = part.get_content_type()
         # message/* parts count as multipart to the parser (their payload is
         # a list of messages), so they are told apart first.

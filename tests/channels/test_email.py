@@ -486,3 +486,17 @@ def test_message_ids_are_stable_per_message_and_secret() -> None:
     assert a.message_id(out, BOX) == a.message_id(out, BOX)
     assert a.message_id(out, BOX) != b.message_id(out, BOX)
     assert a.message_id(out, BOX).endswith("@hub.test")
+
+
+def test_absurdly_nested_mail_is_cut_short_not_fatal() -> None:
+    body = b"Content-Type: text/plain\r\n\r\nbottom\r\n"
+    for level in range(60):
+        body = (
+            f'Content-Type: multipart/mixed; boundary="b{level}"\r\n\r\n--b{level}\r\n'.encode()
+            + body
+            + f"\r\n--b{level}--\r\n".encode()
+        )
+    raw = b"From: sara@example.com\r\nSubject: nest\r\nMIME-Version: 1.0\r\n" + body
+    parsed = parse_email(raw)
+    assert parsed.sender == "sara@example.com" and parsed.body == ""
+    assert any("nested deeper" in note for note in parsed.notes)
