@@ -435,6 +435,7 @@ async def do_set_status(
             select(Ticket.id).where(
                 Ticket.contact_id == ticket.contact_id,
                 Ticket.inbox_id == ticket.inbox_id,
+                Ticket.thread_key == ticket.thread_key,
                 Ticket.status != TicketStatus.RESOLVED.value,
                 Ticket.id != ticket.id,
             )
@@ -522,10 +523,11 @@ async def do_merge_contacts(session: AsyncSession, target: Contact, source: Cont
     if target.merged_into_id is not None:
         raise Conflict(f"contact {target.id} was merged into {target.merged_into_id}; merge into that one")
     now = utcnow()
-    # Both may have an unresolved ticket in the same inbox; only one may stay
-    # unresolved, so the source's is resolved with a pointer to the other.
+    # Both may have an unresolved ticket in the same inbox (and thread); only
+    # one may stay unresolved, so the source's is resolved with a pointer to
+    # the other.
     target_current = {
-        t.inbox_id: t
+        (t.inbox_id, t.thread_key): t
         for t in (
             await session.scalars(
                 select(Ticket).where(Ticket.contact_id == target.id, Ticket.status != TicketStatus.RESOLVED.value)
@@ -537,7 +539,7 @@ async def do_merge_contacts(session: AsyncSession, target: Contact, source: Cont
             select(Ticket).where(Ticket.contact_id == source.id, Ticket.status != TicketStatus.RESOLVED.value)
         )
     ).all():
-        if t.inbox_id in target_current:
+        if (t.inbox_id, t.thread_key) in target_current:
             t.status = TicketStatus.RESOLVED.value
             t.resolved_at = now
             session.add(
@@ -549,7 +551,7 @@ async def do_merge_contacts(session: AsyncSession, target: Contact, source: Cont
                     data={
                         "to": "resolved",
                         "reason": "merged",
-                        "continued_in": target_current[t.inbox_id].id,
+                        "continued_in": target_current[(t.inbox_id, t.thread_key)].id,
                     },
                     created_at=now,
                 )

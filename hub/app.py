@@ -23,6 +23,7 @@ from hub.batcher import IngestBatcher
 from hub.bot_step import BotService
 from hub.config import ConfigError, HubConfig, ensure_secret_key
 from hub.core import Channel, TicketEventKind
+from hub.mail import EmailService, sync_email_inboxes
 from hub.relay import OutboxRelay
 from hub.security import VisitorTokens
 from hub.sender import Sender
@@ -58,6 +59,7 @@ class Hub:
     # SMS and phone over Twilio; None when Twilio is not configured.
     twilio: TwilioService | None = None
     telegram: TelegramService | None = None
+    email: EmailService | None = None
     consumer_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -111,6 +113,10 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
     if telegram is not None:
         channels[Channel.TELEGRAM] = telegram.channel
     sender = Sender(db, channels, config.workers)
+    email = EmailService(config, db, attachments) if config.email.mailboxes else None
+    if email is not None:
+        channels[Channel.EMAIL] = email.channel
+        sender.context[Channel.EMAIL] = email.reply_context
     processor = EventProcessor(db, live, sender)
     hub = Hub(
         config=config,
@@ -128,6 +134,7 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         bot=BotService(db, config.bot),
         twilio=twilio,
         telegram=telegram,
+        email=email,
     )
     if twilio is not None:
         twilio.install(hub.processor, hub.batcher.submit)
@@ -157,6 +164,7 @@ async def sync_inboxes(hub: Hub) -> None:
                 name=bot.inbox_name,
                 bot_enabled=hub.config.bot.enabled,
             )
+        await sync_email_inboxes(session, hub.config.email)
 
 
 def _spawn(hub: Hub, coro: Coroutine[Any, Any, Any], name: str) -> None:
@@ -182,6 +190,8 @@ async def start_hub(hub: Hub) -> None:
     if hub.role in ("all", "worker"):
         _spawn(hub, hub.stream.consume("workers", hub.consumer_name, hub.processor.handle), "stream-consumer")
         _spawn(hub, hub.sender.run_sweeper(), "sender-sweeper")
+        if hub.email is not None:
+            hub.email.start(lambda coro, name: _spawn(hub, coro, name))
     if hub.telegram is not None:
         web, worker = hub.role in ("all", "web"), hub.role in ("all", "worker")
         _spawn(hub, hub.telegram.run(web=web, worker=worker, owner=hub.consumer_name), "telegram")
@@ -196,6 +206,8 @@ async def stop_hub(hub: Hub) -> None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
     hub.tasks.clear()
+    if hub.email is not None:
+        hub.email.stop()
     for adapter in hub.channels.values():
         await adapter.close()
     if hub.twilio is not None:

@@ -682,6 +682,131 @@ class TwilioConfig(_Section):
         return bool(self.account_sid and self.auth_token) or bool(self.senders)
 
 
+class ImapConfig(_Section):
+    host: str = Field(min_length=1)
+    # None: 993 with tls, 143 otherwise.
+    port: int | None = Field(default=None, ge=1, le=65535)
+    security: Literal["tls", "starttls", "none"] = "tls"
+    user: str = Field(min_length=1)
+    # The name of the environment variable that holds the password.
+    password_env: str = Field(min_length=1)
+    folder: str = "INBOX"
+    validate_certs: bool = True
+    ca_file: Path | None = None
+    # IDLE when the server offers it; otherwise (or with idle: false) polling.
+    idle: bool = True
+    poll_interval_seconds: float = Field(default=60.0, gt=0)
+    timeout_seconds: float = Field(default=60.0, gt=0)
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (993 if self.security == "tls" else 143)
+
+
+class SmtpConfig(_Section):
+    host: str = Field(min_length=1)
+    # None: 465 with tls, 587 with starttls, 25 otherwise.
+    port: int | None = Field(default=None, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    user: str | None = None
+    password_env: str | None = None
+    validate_certs: bool = True
+    ca_file: Path | None = None
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or {"tls": 465, "starttls": 587}.get(self.security, 25)
+
+
+class MailboxConfig(_Section):
+    """One support mailbox: read over IMAP, answered over SMTP."""
+
+    address: str = Field(min_length=3, max_length=320)
+    # The inbox key; None: "email:<address>".
+    inbox: str | None = Field(default=None, min_length=1, max_length=200)
+    # The inbox's name in the agents' UI; None: the display name or the address.
+    name: str | None = None
+    # The sender name customers see: "Acme Support <support@acme.com>".
+    display_name: str | None = None
+    default_team: str | None = None
+    bot_enabled: bool = False
+    imap: ImapConfig
+    smtp: SmtpConfig
+    # On the very first connection: "new" reads only mail arriving from then
+    # on; "all" imports everything already in the folder.
+    first_sync: Literal["new", "all"] = "new"
+    # Reply token in the subject ("Re: Order [#123]").
+    subject_token: bool = True
+    # Reply-To: support+123@...; only if the mail server delivers plus addresses.
+    plus_addressing: bool = False
+
+    @field_validator("address")
+    @classmethod
+    def _an_address(cls, value: str) -> str:
+        value = value.strip().lower()
+        local, _, domain = value.partition("@")
+        if not local or "." not in domain or " " in value:
+            raise ValueError(f"{value!r} is not an email address")
+        return value
+
+    @property
+    def inbox_key(self) -> str:
+        return self.inbox or f"email:{self.address}"
+
+
+class EmailConfig(_Section):
+    mailboxes: list[MailboxConfig] = Field(default_factory=list)
+    # A poller holds its mailbox this long without renewing (only one worker
+    # process polls a mailbox); a dead one's mailbox is taken over after it.
+    lease_seconds: float = Field(default=60.0, ge=5)
+    # Threads for the blocking IMAP client, shared by all mailboxes.
+    max_imap_threads: int = Field(default=8, ge=1)
+    reconnect_backoff_seconds: float = Field(default=1.0, gt=0)
+    reconnect_backoff_max_seconds: float = Field(default=300.0, gt=0)
+    # Larger messages are stored with their headers only, and a note.
+    max_message_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    # Filled from the environment variables the mailboxes name (password_env).
+    passwords: dict[str, str] = Field(default_factory=dict, repr=False, exclude=True)
+
+    @field_validator("mailboxes")
+    @classmethod
+    def _unique(cls, boxes: list[MailboxConfig]) -> list[MailboxConfig]:
+        keys = [b.inbox_key for b in boxes]
+        for key in keys:
+            if keys.count(key) > 1:
+                raise ValueError(f"two mailboxes use the inbox {key!r}")
+        return boxes
+
+
+def _refuse_email_passwords(raw: Mapping[str, Any]) -> None:
+    """Mailbox passwords come from environment variables; one written into the
+    file is refused with a message saying where it belongs."""
+    email = raw.get("email")
+    boxes = email.get("mailboxes") if isinstance(email, dict) else None
+    for i, box in enumerate(boxes if isinstance(boxes, list) else []):
+        for side in ("imap", "smtp"):
+            section = box.get(side) if isinstance(box, dict) else None
+            if isinstance(section, dict) and "password" in section:
+                raise ConfigError(
+                    f"email.mailboxes.{i}.{side}.password: secrets must not be written in the config file; "
+                    "put the password in an environment variable and name it in password_env"
+                )
+
+
+def _email_secrets(config: HubConfig, env: Mapping[str, str]) -> None:
+    """Read the passwords from the environment variables the mailboxes name."""
+    for i, mailbox in enumerate(config.email.mailboxes):
+        for side, name in (("imap", mailbox.imap.password_env), ("smtp", mailbox.smtp.password_env)):
+            if not name:
+                continue
+            if not env.get(name):
+                raise ConfigError(
+                    f"email.mailboxes.{i}.{side}.password_env: the environment variable {name} is not set"
+                )
+            config.email.passwords[name] = env[name]
+
+
 class HubConfig(_Section):
     data_dir: Path = Path("data")
     server: ServerConfig = Field(default_factory=ServerConfig)
@@ -697,6 +822,7 @@ class HubConfig(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     phone: PhoneConfig = Field(default_factory=PhoneConfig)
     twilio: TwilioConfig = Field(default_factory=TwilioConfig)
+    email: EmailConfig = Field(default_factory=EmailConfig)
     # Filled from HUB_SECRET_KEY, or generated once and kept in data_dir.
     secret_key: str = Field(default="", repr=False)
 
@@ -782,10 +908,13 @@ def load_config(
     if env.get("HUB_SECRET_KEY"):
         raw["secret_key"] = env["HUB_SECRET_KEY"]
     _twilio_from_env(raw, env)
+    _refuse_email_passwords(raw)
     try:
-        return HubConfig.model_validate(raw)
+        config = HubConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration: {_describe(exc)}") from exc
+    _email_secrets(config, env)
+    return config
 
 
 def _telegram_secrets(raw: dict[str, Any], env: Mapping[str, str]) -> None:

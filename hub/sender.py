@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import and_, exists, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from channels.base import RECIPIENT_UNREACHABLE, SEND_PARTS, ChannelAdapter
@@ -54,6 +55,10 @@ class Sender:
         self.channels = channels
         self.config = config
         self._inbox_keys: dict[int, str] = {}
+        #: Per channel, what a send needs from storage beyond the message row
+        #: (email: the thread's subject and Message-IDs), merged into
+        #: ``OutboundMessage.extras``; registered by the composition root.
+        self.context: dict[Channel, Callable[[AsyncSession, Message], Awaitable[dict[str, Any]]]] = {}
 
     async def deliver(self, message_id: int) -> None:
         """Try to send one message now, if it is due and first in its ticket's line."""
@@ -125,13 +130,24 @@ class Sender:
             attachments=tuple(Attachment.model_validate(a) for a in msg.attachments or []),
             subject=msg.subject,
             quick_replies=tuple(QuickReply.model_validate(q) for q in (msg.extras or {}).get("quick_replies", [])),
-            extras={"created_at": msg.created_at.isoformat(), SEND_PARTS: list((msg.extras or {}).get(SEND_PARTS, []))},
+            extras={
+                "created_at": msg.created_at.isoformat(),
+                SEND_PARTS: list((msg.extras or {}).get(SEND_PARTS, [])),
+                **await self._context(msg),
+            },
         )
         try:
             return await adapter.send(out)
         except Exception as exc:
             log.exception("channel send raised", extra={"channel": msg.channel, "message_id": msg.id})
             return SendResult(status=DeliveryStatus.FAILED, reason=f"{type(exc).__name__}: {exc}", retryable=True)
+
+    async def _context(self, msg: Message) -> dict[str, Any]:
+        hook = self.context.get(Channel(msg.channel))
+        if hook is None:
+            return {}
+        async with self.db.read() as session:
+            return await hook(session, msg)
 
     def backoff(self, attempts: int) -> float:
         base = self.config.send_backoff_seconds * 2 ** max(attempts - 1, 0)

@@ -78,7 +78,9 @@ class EventProcessor:
             assignee_id=ticket["assignee_id"],
             team_id=ticket["team_id"],
             ticket_created=bool(event.payload.get("ticket_created")),
-            bot_enabled=await self._bot_enabled(inbox),
+            # Out-of-office and bulk mail go to people, never to the bot: two
+            # automatic responders would answer each other forever.
+            bot_enabled=await self._bot_enabled(inbox) and not event.payload["message"].get("auto_reply"),
             bot_silenced=False,
         )
         decision = decide(snapshot)

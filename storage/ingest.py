@@ -7,7 +7,7 @@ groups whatever arrives while the previous commit runs) and every message is
 still acknowledged only after its own commit.
 
 Safe under concurrency without process-local locks: identities are unique on
-(channel, address), unresolved tickets on (contact, inbox), messages on (channel,
+(channel, address), unresolved tickets on (contact, inbox, thread), messages on (channel,
 external_id); inserts use ``ON CONFLICT DO NOTHING`` and re-read the winner.
 """
 
@@ -132,11 +132,16 @@ async def ingest_batch(
     session: AsyncSession,
     messages: Sequence[InboundMessage],
     inbox_cache: dict[str, tuple[int, str]] | None = None,
+    *,
+    threads: Sequence[str] | None = None,
 ) -> list[IngestResult | Exception]:
     """Store ``messages`` in the session's transaction. Returns, per message, its
     result or the error that makes it unacceptable (the others still go in).
     ``inbox_cache`` (key -> (id, channel)) saves a query per batch: an inbox's
-    id and channel never change once it exists."""
+    id and channel never change once it exists. ``threads`` (one per message)
+    names the conversation each belongs to, for channels with several at once
+    (email, resolved by :mod:`storage.mail`); without it every message goes to
+    its contact's one current ticket in the inbox."""
     now = utcnow()
     out: list[IngestResult | Exception | None] = [None] * len(messages)
 
@@ -174,13 +179,14 @@ async def ingest_batch(
     ident_keys = {(IDENTITY_OF_CHANNEL[messages[i].channel].value, messages[i].sender): messages[i] for i in fresh}
     contacts = await _contacts_for(session, ident_keys, now)
 
-    # The current (unresolved) ticket of each contact in each inbox.
-    ticket_keys: dict[tuple[int, int], InboundMessage] = {}
+    # The current (unresolved) ticket of each contact in each inbox and thread.
+    ticket_keys: dict[tuple[int, int, str], InboundMessage] = {}
     for i in fresh:
         m = messages[i]
         cid = contacts[(IDENTITY_OF_CHANNEL[m.channel].value, m.sender)]
-        ticket_keys.setdefault((cid, inboxes[m.inbox][0]), m)
+        ticket_keys.setdefault((cid, inboxes[m.inbox][0], threads[i] if threads else ""), m)
     tickets, created_tickets = await _tickets_for(session, ticket_keys, now)
+    tickets_by_id = {t["id"]: t for t in tickets.values()}
 
     # Messages: insert; a concurrent writer may have won a race for some.
     msg_rows: list[dict[str, Any]] = []
@@ -190,7 +196,7 @@ async def ingest_batch(
         inbox_id = inboxes[m.inbox][0]
         msg_rows.append(
             {
-                "ticket_id": tickets[(cid, inbox_id)]["id"],
+                "ticket_id": tickets[(cid, inbox_id, threads[i] if threads else "")]["id"],
                 "contact_id": cid,
                 "inbox_id": inbox_id,
                 "channel": m.channel.value,
@@ -235,7 +241,7 @@ async def ingest_batch(
             continue
         # Tickets are plain rows here: changed in place, written below by one
         # executemany, cheaper than ORM objects and their unit of work.
-        ticket = tickets[(row["contact_id"], row["inbox_id"])]
+        ticket = tickets_by_id[row["ticket_id"]]
         tid = ticket["id"]
         is_new = tid in created_tickets
         if ticket["status"] == TicketStatus.SNOOZED.value:
@@ -343,9 +349,9 @@ async def current_ticket(
     probe = InboundMessage(channel=channel, inbox=inbox, external_id="-", sender=address, sender_name=name)
     ident = (IDENTITY_OF_CHANNEL[channel].value, address)
     contact_id = (await _contacts_for(session, {ident: probe}, now))[ident]
-    tickets, created = await _tickets_for(session, {(contact_id, found.id): probe}, now)
+    tickets, created = await _tickets_for(session, {(contact_id, found.id, ""): probe}, now)
     # Callers change the ticket through actions, which want the ORM object.
-    ticket = await session.get(Ticket, tickets[(contact_id, found.id)]["id"])
+    ticket = await session.get(Ticket, tickets[(contact_id, found.id, "")]["id"])
     assert ticket is not None
     if ticket.id in created:
         await session.execute(
@@ -465,8 +471,8 @@ async def _identity_contacts(session: AsyncSession, keys: list[tuple[str, str]])
 
 
 async def _tickets_for(
-    session: AsyncSession, keys: dict[tuple[int, int], InboundMessage], now: datetime
-) -> tuple[dict[tuple[int, int], dict[str, Any]], set[int]]:
+    session: AsyncSession, keys: dict[tuple[int, int, str], InboundMessage], now: datetime
+) -> tuple[dict[tuple[int, int, str], dict[str, Any]], set[int]]:
     if not keys:
         return {}, set()
     found = await _current_tickets(session, list(keys))
@@ -477,7 +483,7 @@ async def _tickets_for(
         stmt = (
             dialect_insert(session, table(Ticket))
             .on_conflict_do_nothing(
-                index_elements=["contact_id", "inbox_id"],
+                index_elements=["contact_id", "inbox_id", "thread_key"],
                 index_where=text("status != 'resolved'"),
             )
             .returning(Ticket.id, Ticket.contact_id, Ticket.inbox_id)
@@ -489,6 +495,7 @@ async def _tickets_for(
                     {
                         "contact_id": k[0],
                         "inbox_id": k[1],
+                        "thread_key": k[2],
                         "channel": channel_of[k],
                         "status": TicketStatus.OPEN.value,
                         "priority": "normal",
@@ -506,21 +513,24 @@ async def _tickets_for(
     return found, created
 
 
-async def _current_tickets(session: AsyncSession, keys: list[tuple[int, int]]) -> dict[tuple[int, int], dict[str, Any]]:
-    """The unresolved ticket of each (contact, inbox), as plain rows of every
-    column: ingest only reads them and writes them back in bulk."""
-    found: dict[tuple[int, int], dict[str, Any]] = {}
+async def _current_tickets(
+    session: AsyncSession, keys: list[tuple[int, int, str]]
+) -> dict[tuple[int, int, str], dict[str, Any]]:
+    """The unresolved ticket of each (contact, inbox, thread), as plain rows of
+    every column: ingest only reads them and writes them back in bulk."""
+    found: dict[tuple[int, int, str], dict[str, Any]] = {}
     wanted = set(keys)
     tt = table(Ticket)
     # By contact (indexed), not by the (contact, inbox) pair: SQLite plans a
     # row-value IN as a full table scan.
-    for chunk in _chunks(sorted({contact for contact, _ in keys}), 400):
+    for chunk in _chunks(sorted({key[0] for key in keys}), 400):
         rows = await session.execute(
             select(tt).where(tt.c.contact_id.in_(chunk), tt.c.status != TicketStatus.RESOLVED.value)
         )
         for r in rows.mappings().all():
-            if (r["contact_id"], r["inbox_id"]) in wanted:
-                found[(r["contact_id"], r["inbox_id"])] = dict(r)
+            key = (r["contact_id"], r["inbox_id"], r["thread_key"])
+            if key in wanted:
+                found[key] = dict(r)
     return found
 
 

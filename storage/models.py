@@ -167,12 +167,16 @@ class Identity(Base):
 class Ticket(Base):
     __tablename__ = "tickets"
     __table_args__ = (
-        # At most one unresolved ticket per contact and inbox: the database, not a
-        # lock in one process, makes two simultaneous first messages share a ticket.
+        # At most one unresolved ticket per contact, inbox and thread: the
+        # database, not a lock in one process, makes two simultaneous first
+        # messages share a ticket. Chat channels have one thread ("") per
+        # contact and inbox; email has one per conversation (several open
+        # tickets per customer, chosen by threading headers).
         Index(
             "uq_tickets_current",
             "contact_id",
             "inbox_id",
+            "thread_key",
             unique=True,
             sqlite_where=text("status != 'resolved'"),
             postgresql_where=text("status != 'resolved'"),
@@ -185,6 +189,9 @@ class Ticket(Base):
     contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
     inbox_id: Mapped[int] = mapped_column(ForeignKey("inboxes.id"))
     channel: Mapped[str] = mapped_column(String(20))
+    # The conversation within the contact's inbox: "" on chat channels; on
+    # email a key of the thread's first message (see storage.mail).
+    thread_key: Mapped[str] = mapped_column(String(64), default="", server_default="")
     status: Mapped[str] = mapped_column(String(20), default="open")
     priority: Mapped[str] = mapped_column(String(20), default="normal")
     subject: Mapped[str | None] = mapped_column(String(1000), default=None)
@@ -454,3 +461,21 @@ class BotTurn(Base):
     # The customer's answer to "did this answer your question?": yes / no.
     feedback: Mapped[str | None] = mapped_column(String(8), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MailboxCheckpoint(Base):
+    """How far the IMAP poller of one mailbox got: the folder's UIDVALIDITY and
+    the last UID whose message is committed (advanced in the same transaction
+    as the message), and which process polls the mailbox now. The lease keeps
+    several worker processes from polling one mailbox at once; it lapses when
+    its holder dies, and another worker takes over where it stopped."""
+
+    __tablename__ = "mailbox_checkpoints"
+
+    inbox_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    folder: Mapped[str] = mapped_column(String(500))
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

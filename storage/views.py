@@ -49,6 +49,12 @@ def message_values_view(v: Mapping[str, Any], inbox_key: str | None = None) -> d
         "edits": list(extras.get("edits") or []),
         # Files that came with the message but were not kept, each with the reason.
         "attachment_errors": list(extras.get("attachment_errors") or []),
+        # Why an inbound message was sent by a machine (out-of-office, list,
+        # bulk): the bot and routing do not answer those.
+        "auto_reply": extras.get("auto_reply"),
+        # Email only: headers, the quoted history and signature kept apart from
+        # the body, links to the sanitized HTML and the raw original.
+        "email": extras.get("email"),
         "private": bool(v.get("private")),
         "external_id": v.get("external_id"),
         "status": v["status"],

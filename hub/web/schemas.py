@@ -116,6 +116,17 @@ class MessageOut(_Out):
     attachment_errors: list[dict[str, Any]] = Field(
         default_factory=list, description="files that came with the message but were not kept: {filename, reason}"
     )
+    auto_reply: str | None = Field(
+        default=None,
+        description="why an inbound message was sent by a machine (out-of-office, mailing list, bulk): "
+        "stored, never answered by the bot",
+    )
+    email: dict[str, Any] | None = Field(
+        default=None,
+        description="email messages: from, to, cc, reply_to, message_id, in_reply_to, references, date, "
+        "quoted (the history below the new text), signature, original_url (the raw message), "
+        "html_url (the sanitized HTML part), threaded_by, notes",
+    )
     private: bool
     external_id: str | None
     status: str

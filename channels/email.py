@@ -1,0 +1,1111 @@
+"""Email: parsing what arrives over IMAP, and sending over SMTP.
+
+Parsing is pure (raw bytes in, :class:`ParsedEmail` out, no I/O) and never
+raises for a message however broken: the standard library's ``email`` package
+with the modern policy decodes RFC 2047 headers and RFC 2231 parameters; text
+in any declared charset is decoded with undecodable bytes replaced (labels
+mapped the way browsers map them, so "iso-8859-1" mail written in Windows-1252
+reads right); text/plain is preferred, HTML-only mail is turned into readable
+text by inscriptis, and the HTML itself is kept, sanitized by nh3, for display.
+The customer's new words are separated from the quoted history and signature
+(:mod:`channels.email_quotes`); the hub keeps the raw message, so the full
+original is one click away.
+
+Bounces and delivery reports (multipart/report, RFC 3464 and 8098) come out as
+:class:`~hub.core.DeliveryReceipt` for the Message-ID we sent; auto-replies and
+bulk mail are flagged (with the reason) so the bot never answers them.
+
+Threading keys are extracted here (Message-ID, In-Reply-To, References, our
+reply token in the subject "[#123]" or a plus address "support+123@"); the
+storage layer decides which ticket they point at.
+
+Sending: :class:`EmailChannel` builds multipart/alternative (plain + HTML,
+right-to-left aware) with attachments, From with the inbox's display name,
+Reply-To with the token, In-Reply-To / References from the thread, and a
+Message-ID derived from our message id, so a resend after a crash carries the
+same id and the customer's client shows it once. Temporary (4xx) SMTP errors
+and unreachable servers are retryable; permanent (5xx) ones fail with the
+server's words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import html
+import mimetypes
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email import policy
+from email.header import decode_header, make_header
+from email.headerregistry import Address
+from email.message import EmailMessage, Message
+from email.parser import BytesParser, HeaderParser
+from email.utils import format_datetime, getaddresses, parsedate_to_datetime
+from typing import Any, ClassVar, Literal
+
+import aiosmtplib
+import nh3
+from inscriptis import get_text
+from inscriptis.css_profiles import CSS_PROFILES
+from inscriptis.model.config import ParserConfig
+
+from channels.base import ChannelAdapter
+from channels.email_quotes import split_reply
+from hub.core import (
+    Attachment,
+    Author,
+    Channel,
+    DeliveryReceipt,
+    DeliveryStatus,
+    InboundMessage,
+    OutboundMessage,
+    SendResult,
+    utcnow,
+)
+
+#: Identity address for mail whose sender cannot be read at all. The reserved
+#: ".invalid" domain (RFC 2606) makes any reply to it fail with a reason.
+UNKNOWN_SENDER = "unknown-sender@invalid"
+MAX_BODY_CHARS = 100_000
+MAX_EXTRA_CHARS = 50_000
+MAX_REFERENCES = 20
+MAX_MIME_DEPTH = 40
+MAX_EXTERNAL_ID = 512
+
+# --- small helpers -----------------------------------------------------------
+
+
+def clean_text(value: str) -> str:
+    """Text safe to store anywhere: lone surrogates (from undecodable header
+    bytes) become U+FFFD, NUL characters (refused by PostgreSQL) are dropped."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\x00", "")
+
+
+def normalize_msgid(value: str) -> str:
+    """A Message-ID as stored: without angle brackets or surrounding space."""
+    return value.strip().strip("<>").strip()
+
+
+_MSGID = re.compile(r"<([^<>\s]+)>")
+
+
+def msgids(value: str | None) -> list[str]:
+    """Every Message-ID in a header such as References, in order, without
+    duplicates; bare ids (without brackets) are accepted when they are alone."""
+    if not value:
+        return []
+    found = _MSGID.findall(value)
+    if not found and "@" in value and " " not in value.strip():
+        found = [value.strip()]
+    seen: dict[str, None] = {}
+    for mid in found:
+        mid = normalize_msgid(mid)
+        if mid and len(mid) <= MAX_EXTERNAL_ID:
+            seen.setdefault(mid, None)
+    return list(seen)
+
+
+def address_domain(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+# Labels mapped the way the WHATWG encoding standard (and so every browser and
+# mail client) maps them: senders routinely declare a charset and write in its
+# Windows superset.
+_CHARSET_ALIASES = {
+    "us-ascii": "cp1252",
+    "ascii": "cp1252",
+    "iso-8859-1": "cp1252",
+    "iso8859-1": "cp1252",
+    "latin1": "cp1252",
+    "latin-1": "cp1252",
+    "iso-8859-9": "cp1254",
+    "iso-8859-11": "cp874",
+    "tis-620": "cp874",
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "x-gbk": "gb18030",
+    "ks_c_5601-1987": "cp949",
+    "euc-kr": "cp949",
+    "shift_jis": "cp932",
+    "x-sjis": "cp932",
+    "windows-874": "cp874",
+    "unicode-1-1-utf-7": "utf-7",
+}
+
+
+def decode_bytes(data: bytes, charset: str | None) -> str:
+    """Bytes in a declared charset to text, never raising: an unknown label
+    falls back to UTF-8, undecodable bytes become U+FFFD. Undeclared or ASCII
+    text that is in fact UTF-8 (common) is read as UTF-8."""
+    label = (charset or "").strip().strip('"').lower()
+    if label in ("", "us-ascii", "ascii", "unknown-8bit", "x-unknown", "default"):
+        try:
+            return clean_text(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            label = "cp1252"
+    codec = _CHARSET_ALIASES.get(label, label)
+    try:
+        text = data.decode(codec, errors="replace")
+    except LookupError:
+        text = data.decode("utf-8", errors="replace")
+    return clean_text(text)
+
+
+def _header(msg: Message, name: str) -> str:
+    """A header decoded to text (RFC 2047), never raising; "" when absent."""
+    try:
+        value = msg.get(name)
+    except Exception:  # noqa: BLE001 - the modern policy raises on some malformed headers
+        value = None
+        for key, raw in msg.raw_items():
+            if key.lower() == name.lower():
+                value = raw
+                break
+    if value is None:
+        return ""
+    text = str(value)
+    if "=?" in text:
+        # Undecodable encoded-words stay as written rather than being lost.
+        with contextlib.suppress(Exception):
+            text = str(make_header(decode_header(text)))
+    return clean_text(" ".join(text.split()))
+
+
+def _addresses(msg: Message, name: str) -> list[tuple[str, str]]:
+    """(display name, lower-case address) pairs of an address header; entries
+    without an "@" are dropped."""
+    pairs: list[tuple[str, str]] = []
+    try:
+        header = msg.get(name)
+        structured = getattr(header, "addresses", None)
+    except Exception:  # noqa: BLE001 - fall back to the tolerant parser below
+        structured = None
+    if structured:
+        for addr in structured:
+            spec = clean_text(addr.addr_spec or "")
+            if "@" in spec and not spec.startswith("@"):
+                pairs.append((clean_text(addr.display_name or ""), spec.lower()))
+    if not pairs:
+        for display, spec in getaddresses([_header(msg, name)]):
+            if "@" in spec and not spec.startswith("@"):
+                pairs.append((display, spec.strip().lower()))
+    return pairs
+
+
+# --- the parsed message ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedAttachment:
+    data: bytes
+    filename: str
+    content_type: str
+    #: Content-ID of an inline image that the HTML refers to as ``cid:...``.
+    content_id: str | None = None
+    inline: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """What a bounce or a delivery/read report says about mail we sent."""
+
+    kind: Literal["bounce", "delayed", "delivered", "read", "other"]
+    status: DeliveryStatus | None
+    reason: str
+    #: Message-IDs of the messages the report is about.
+    original_ids: tuple[str, ...]
+    recipients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedEmail:
+    #: The stable id of this message: its Message-ID, or a hash of the raw
+    #: bytes when it has none (so a re-import still finds the same message).
+    key: str
+    message_id: str | None
+    sender: str
+    sender_name: str | None
+    subject: str
+    date: datetime | None
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    reply_to: tuple[str, ...]
+    #: Every address the message was delivered to (To, Cc, Delivered-To,
+    #: X-Original-To): where a plus-address reply token is looked for.
+    recipients: tuple[str, ...]
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]
+    #: What the customer just wrote; the quoted history and the signature apart.
+    body: str
+    quoted: str
+    signature: str
+    #: The whole text (new words, history, signature) as the client sent it.
+    full_text: str
+    #: The HTML part, sanitized for display; None for plain-text mail.
+    html: str | None
+    attachments: tuple[ParsedAttachment, ...]
+    #: Why this is an automatic message (out-of-office, list, bulk), or None.
+    auto_reply: str | None
+    report: DeliveryReport | None
+    defects: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def is_report(self) -> bool:
+        """Bounces and delivery or read reports are not conversations."""
+        return self.report is not None
+
+    def receipts(self) -> list[DeliveryReceipt]:
+        if self.report is None or self.report.status is None:
+            return []
+        return [
+            DeliveryReceipt(
+                channel=Channel.EMAIL,
+                external_id=mid,
+                status=self.report.status,
+                reason=self.report.reason or None,
+            )
+            for mid in self.report.original_ids
+        ]
+
+
+_PARSER = BytesParser(policy=policy.default)
+
+
+def raw_key(raw: bytes) -> str:
+    """The key of a message without a Message-ID: a hash of its bytes, line
+    endings normalized (IMAP servers hand back LF-stored mail as CRLF)."""
+    return "sha256:" + hashlib.sha256(raw.replace(b"\r\n", b"\n").rstrip()).hexdigest()
+
+
+def parse_email(raw: bytes) -> ParsedEmail:
+    """Parse one message. Never raises: whatever cannot be read is replaced
+    or left out and named in ``defects``."""
+    msg = _PARSER.parsebytes(raw)
+    collector = _Collector()
+    collector.walk(msg, top=True)
+
+    sender_name: str | None = None
+    sender = ""
+    for name in ("From", "Sender", "Reply-To", "Return-Path"):
+        pairs = _addresses(msg, name)
+        if pairs:
+            sender_name, sender = pairs[0][0] or None, pairs[0][1]
+            break
+    if not sender:
+        unix_from = (msg.get_unixfrom() or "").split()
+        if len(unix_from) > 1 and "@" in unix_from[1]:
+            sender = unix_from[1].lower()
+    if not sender:
+        sender = UNKNOWN_SENDER
+        sender_name = _header(msg, "From") or None
+    sender = sender[:MAX_EXTERNAL_ID]
+
+    message_id = next(iter(msgids(_header(msg, "Message-ID"))), None)
+    key = message_id or raw_key(raw)
+
+    full_text = "\n\n".join(t for t in collector.texts if t.strip()).strip("\n")
+    if not full_text and collector.html_texts:
+        full_text = "\n\n".join(collector.html_texts).strip("\n")
+    parts = split_reply(full_text)
+
+    recipients: dict[str, None] = {}
+    to = [a for _, a in _addresses(msg, "To")]
+    cc = [a for _, a in _addresses(msg, "Cc")]
+    for name in ("Delivered-To", "X-Original-To", "Envelope-To"):
+        for _, a in _addresses(msg, name):
+            recipients.setdefault(a, None)
+    for a in (*to, *cc):
+        recipients.setdefault(a, None)
+
+    report = _delivery_report(msg, sender, collector)
+    defects = [type(d).__name__ for part in msg.walk() for d in getattr(part, "defects", [])]
+
+    return ParsedEmail(
+        key=key,
+        message_id=message_id,
+        sender=sender,
+        sender_name=clean_text(sender_name)[:512] if sender_name else None,
+        subject=_header(msg, "Subject")[:1000],
+        date=_date(msg),
+        to=tuple(to),
+        cc=tuple(cc),
+        reply_to=tuple(a for _, a in _addresses(msg, "Reply-To")),
+        recipients=tuple(recipients),
+        in_reply_to=tuple(msgids(_header(msg, "In-Reply-To"))),
+        references=tuple(msgids(_header(msg, "References"))),
+        body=parts.new,
+        quoted=parts.quoted,
+        signature=parts.signature,
+        full_text=full_text,
+        html=collector.html,
+        attachments=tuple(collector.attachments),
+        auto_reply=auto_reply_reason(msg, sender),
+        report=report,
+        defects=tuple(dict.fromkeys(defects)),
+        notes=tuple(collector.notes),
+    )
+
+
+def _date(msg: Message) -> datetime | None:
+    value = _header(msg, "Date")
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed.tzinfo is None:
+        # RFC 5322 "-0000": the time is UTC, its zone unknown.
+        parsed = parsed.replace(tzinfo=UTC)
+    parsed = parsed.astimezone(UTC)
+    # A clock far ahead (or a made-up date) must not reorder the conversation.
+    if parsed > utcnow() + timedelta(days=1) or parsed.year < 1980:
+        return None
+    return parsed
+
+
+# --- the MIME tree -----------------------------------------------------------
+
+_SKIPPED_TYPES = {
+    "application/pgp-signature",
+    "application/pkcs7-signature",
+    "application/x-pkcs7-signature",
+    "message/external-body",
+}
+_REPORT_PARTS = {"message/delivery-status", "message/global-delivery-status", "message/disposition-notification"}
+
+
+class _Collector:
+    """Walks the MIME tree the way a mail client displays it: the text a
+    reader sees, the HTML for display, and the files."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.html_texts: list[str] = []
+        self.html: str | None = None
+        self.attachments: list[ParsedAttachment] = []
+        self.notes: list[str] = []
+        self.report_parts: list[Message] = []
+        self.original_headers: list[Message] = []
+        self.depth = 0
+
+    def walk(self, part: Message, *, top: bool = False, want_text: bool = True) -> None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_MIME_DEPTH:
+                # Mail nested this deep is built to exhaust parsers; the raw
+                # original keeps everything.
+                self.notes.append(f"parts nested deeper than {MAX_MIME_DEPTH} levels were not read")
+                return
+            self._walk(part, top=top, want_text=want_text)
+        finally:
+            self.depth -= 1
+
+    def _walk(self, part: Message, *, top: bool, want_text: bool) -> None:
+        ctype = part.get_content_type()
+        # message/* parts count as multipart to the parser (their payload is
+        # a list of messages), so they are told apart first.
+        if ctype in ("message/rfc822", "message/global"):
+            inner = self._inner_message(part)
+            if inner is None:
+                return
+            if top:
+                # The whole message is a forwarded one: show it as the body.
+                self.walk(inner, want_text=want_text)
+            else:
+                self.original_headers.append(inner)
+                self._attach(part, inner.as_bytes(policy=policy.SMTP), _eml_name(inner))
+            return
+        if ctype in _REPORT_PARTS:
+            self.report_parts.append(part)
+            return
+        if part.is_multipart():
+            payload = part.get_payload()
+            subparts = [p for p in payload if isinstance(p, Message)] if isinstance(payload, list) else []
+            self._multipart(ctype, subparts, want_text=want_text)
+            return
+        if ctype == "text/rfc822-headers":
+            self.original_headers.append(HeaderParser(policy=policy.default).parsestr(_text_of(part)))
+            return
+        if ctype in _SKIPPED_TYPES:
+            return
+        disposition = (part.get_content_disposition() or "").lower()
+        if ctype.startswith("multipart/"):
+            # A multipart whose boundary never appears: its body is plain text.
+            self._text(_text_of(part), want_text)
+            return
+        if disposition != "attachment" and ctype == "text/plain":
+            self._text(_text_of(part), want_text)
+            return
+        if disposition != "attachment" and ctype == "text/html":
+            self._html(_text_of(part), want_text)
+            return
+        data = _bytes_of(part)
+        if data is None:
+            return
+        self._attach(part, data, None)
+
+    def _multipart(self, ctype: str, subparts: list[Message], *, want_text: bool) -> None:
+        if ctype == "multipart/alternative":
+            plain = next((p for p in subparts if p.get_content_type() == "text/plain" and _text_of(p).strip()), None)
+            rich = [
+                p for p in subparts if p.get_content_type() in ("text/html", "multipart/related", "multipart/mixed")
+            ]
+            if plain is not None:
+                self.walk(plain, want_text=want_text)
+                if rich:
+                    self.walk(rich[-1], want_text=False)
+            elif rich:
+                self.walk(rich[-1], want_text=want_text)
+            elif subparts:
+                self.walk(subparts[-1], want_text=want_text)
+            return
+        if ctype == "multipart/signed" and subparts:
+            self.walk(subparts[0], want_text=want_text)
+            return
+        if ctype == "multipart/report" and subparts:
+            # The human-readable explanation first, then the machine-readable
+            # report and the returned message.
+            self.walk(subparts[0], want_text=want_text)
+            for sub in subparts[1:]:
+                self.walk(sub, want_text=False)
+            return
+        for sub in subparts:
+            self.walk(sub, want_text=want_text)
+
+    def _text(self, text: str, want_text: bool) -> None:
+        if want_text:
+            self.texts.append(text)
+
+    def _html(self, source: str, want_text: bool) -> None:
+        if self.html is None:
+            self.html = sanitize_html(source)
+        else:
+            self.html += sanitize_html(source)
+        if want_text:
+            converted = html_to_text(source)
+            self.texts.append(converted)
+        else:
+            self.html_texts.append(html_to_text(source))
+
+    @staticmethod
+    def _inner_message(part: Message) -> Message | None:
+        payload = part.get_payload()
+        if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+            return payload[0]
+        return None
+
+    def _attach(self, part: Message, data: bytes, fallback_name: str | None) -> None:
+        ctype = part.get_content_type()
+        name = _filename(part) or fallback_name or _default_name(part, len(self.attachments) + 1)
+        cid = normalize_msgid(_header(part, "Content-ID")) or None
+        disposition = (part.get_content_disposition() or "").lower()
+        self.attachments.append(
+            ParsedAttachment(
+                data=data,
+                filename=name,
+                content_type=ctype,
+                content_id=cid,
+                inline=disposition != "attachment" and cid is not None and ctype.startswith("image/"),
+            )
+        )
+
+
+def _bytes_of(part: Message) -> bytes | None:
+    try:
+        data = part.get_payload(decode=True)
+    except Exception:  # noqa: BLE001 - a broken transfer encoding: keep what is there
+        raw = part.get_payload()
+        data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else None
+    return data if isinstance(data, bytes) else None
+
+
+def _text_of(part: Message) -> str:
+    data = _bytes_of(part)
+    if data is None:
+        raw = part.get_payload()
+        return clean_text(raw) if isinstance(raw, str) else ""
+    try:
+        charset = part.get_content_charset()
+    except Exception:  # noqa: BLE001 - a malformed Content-Type parameter
+        charset = None
+    text = decode_bytes(data, charset).replace("\r\n", "\n")
+    if part.get_content_type() == "text/plain" and str(part.get_param("format") or "").lower() == "flowed":
+        delsp = str(part.get_param("delsp") or "").lower() == "yes"
+        text = unflow(text, delsp=delsp)
+    return text
+
+
+def _filename(part: Message) -> str | None:
+    try:
+        name = part.get_filename()
+    except Exception:  # noqa: BLE001 - malformed RFC 2231 parameters
+        name = None
+    if not name:
+        try:
+            param = part.get_param("name")
+        except Exception:  # noqa: BLE001 - malformed parameters: no name then
+            param = None
+        name = str(param[2]) if isinstance(param, tuple) else param
+    if not name:
+        return None
+    if "=?" in name:
+        with contextlib.suppress(Exception):
+            name = str(make_header(decode_header(name)))
+    name = clean_text(name).replace("/", "_").replace("\\", "_").strip()
+    return name[:255] or None
+
+
+def _default_name(part: Message, index: int) -> str:
+    """A name for a nameless part: its description if it has one ("patch1"),
+    with the extension its type implies."""
+    ctype = part.get_content_type()
+    ext = mimetypes.guess_extension(ctype) or (".txt" if ctype.startswith("text/") else ".bin")
+    hint = re.sub(r"[^\w\- ]+", "", _header(part, "Content-Description"), flags=re.UNICODE).strip()[:80]
+    return f"{hint or f'attachment-{index}'}{ext}"
+
+
+def _eml_name(inner: Message) -> str:
+    subject = _header(inner, "Subject")
+    base = re.sub(r"[^\w\- ]+", "", subject, flags=re.UNICODE).strip()[:80]
+    return f"{base or 'message'}.eml"
+
+
+def unflow(text: str, *, delsp: bool = False) -> str:
+    """Undo RFC 3676 format=flowed: a line ending in a space continues on the
+    next line (of the same quote depth); "-- " is the signature line."""
+    out: list[str] = []
+    current: str | None = None
+    depth_of_current = -1
+    for line in text.split("\n"):
+        depth = len(line) - len(line.lstrip(">"))
+        content = line[depth:]
+        if content.startswith(" "):
+            content = content[1:]  # space-stuffing
+        if current is not None and depth == depth_of_current:
+            current += content
+        else:
+            if current is not None:
+                out.append(">" * depth_of_current + (" " if depth_of_current else "") + current)
+            current = content
+            depth_of_current = depth
+        if content.endswith(" ") and content != "-- ":
+            if delsp:
+                current = current[:-1]
+            continue
+        out.append(">" * depth + (" " if depth else "") + current)
+        current = None
+        depth_of_current = -1
+    if current is not None:
+        out.append(">" * depth_of_current + (" " if depth_of_current else "") + current)
+    return "\n".join(out)
+
+
+# --- HTML --------------------------------------------------------------------
+
+_TEXT_CONFIG = ParserConfig(css=CSS_PROFILES["strict"], display_links=True)
+_TAGS = set(nh3.ALLOWED_TAGS) | {"font", "center"}
+_ATTRIBUTES: dict[str, set[str]] = {
+    **{tag: {"dir", "lang", "title", "align"} for tag in _TAGS},
+    "a": {"href", "dir", "lang", "title"},
+    "img": {"src", "alt", "width", "height", "title"},
+    "td": {"colspan", "rowspan", "dir", "align", "valign", "width"},
+    "th": {"colspan", "rowspan", "dir", "align", "valign", "width"},
+    "table": {"dir", "width", "border", "cellpadding", "cellspacing", "align"},
+    "font": {"color", "face", "size", "dir"},
+    "blockquote": {"dir", "type", "cite"},
+    "ol": {"start", "type", "dir"},
+}
+
+
+def sanitize_html(source: str) -> str:
+    """HTML safe to show an agent: no scripts, styles, event handlers, forms
+    or frames; links open without a referrer; images only from http(s) or the
+    message's own inline parts (``cid:``, linked to stored files by the hub)."""
+    return nh3.clean(
+        source,
+        tags=_TAGS,
+        attributes=_ATTRIBUTES,
+        url_schemes={"http", "https", "mailto", "tel", "cid"},
+        link_rel="noopener noreferrer nofollow",
+        strip_comments=True,
+    )
+
+
+_CID_SRC = re.compile(r'src="cid:([^"]+)"')
+
+
+def link_inline_images(sanitized: str, urls: Mapping[str, str]) -> str:
+    """Point ``cid:`` image sources at the stored files they name."""
+
+    def swap(match: re.Match[str]) -> str:
+        url = urls.get(normalize_msgid(html.unescape(match.group(1))))
+        return f'src="{html.escape(url)}"' if url else match.group(0)
+
+    return _CID_SRC.sub(swap, sanitized)
+
+
+def html_to_text(source: str) -> str:
+    """Readable text of an HTML part: paragraphs, lists and tables laid out,
+    links shown with their targets, scripts and styles dropped."""
+    if not source.strip():
+        return ""
+    try:
+        text = get_text(source, _TEXT_CONFIG)
+    except Exception:  # noqa: BLE001 - lxml gives up on some broken documents
+        text = html.unescape(re.sub(r"<[^>]*>", " ", source))
+    lines = [line.rstrip() for line in text.split("\n")]
+    return clean_text(re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n"))
+
+
+# --- automatic mail ----------------------------------------------------------
+
+_AUTO_SUBJECT = re.compile(
+    r"^\s*(auto(matic)?[\s-]*(reply|response|antwort)|auto:|out of (the )?office|abwesenheitsnotiz|"
+    r"réponse automatique|respuesta automática|autosvar|پاسخ خودکار|خارج از دفتر|رد تلقائي)",
+    re.IGNORECASE,
+)
+_NO_REPLY_LOCAL = re.compile(r"^(mailer-daemon|postmaster|no-?reply|do-?not-?reply|noreply-.*|bounces?(\+.*)?)$", re.I)
+
+
+def auto_reply_reason(msg: Message, sender: str) -> str | None:
+    """Why ``msg`` was sent by a machine (RFC 3834 and the headers real
+    autoresponders, list servers and bulk senders use), or None. Such mail is
+    stored like any other but never answered automatically, which is what
+    breaks mail loops between two autoresponders."""
+    auto_submitted = _header(msg, "Auto-Submitted").lower()
+    if auto_submitted and not auto_submitted.startswith("no"):
+        return f"Auto-Submitted: {auto_submitted}"
+    for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponder", "X-AutoReply-From", "X-Mail-Autoreply"):
+        if _header(msg, name):
+            return f"{name} header"
+    suppress = _header(msg, "X-Auto-Response-Suppress").lower()
+    if any(v in suppress for v in ("all", "oof", "autoreply")):
+        return f"X-Auto-Response-Suppress: {suppress}"
+    if _header(msg, "X-Autogenerated").lower() == "reply" or _header(msg, "X-FC-MachineGenerated").lower() == "true":
+        return "autogenerated reply"
+    for name in ("Precedence", "X-Precedence"):
+        value = _header(msg, name).lower()
+        if value in ("bulk", "junk", "list", "auto_reply"):
+            return f"{name}: {value}"
+    if _header(msg, "List-Id") or _header(msg, "List-Unsubscribe"):
+        return "mailing list (List-Id / List-Unsubscribe)"
+    if _header(msg, "Return-Path").replace(" ", "") == "<>":
+        return "null sender (Return-Path: <>)"
+    if _NO_REPLY_LOCAL.match(sender.partition("@")[0]):
+        return f"automated sender {sender}"
+    if _AUTO_SUBJECT.match(_header(msg, "Subject")):
+        return "automatic reply subject"
+    return None
+
+
+# --- bounces and delivery reports ---------------------------------------------
+
+_BOUNCE_SUBJECT = re.compile(
+    r"(undeliver|returned mail|delivery (status notification|has failed|failure|notification)|"
+    r"failure notice|mail delivery failed|non.?delivery|could not be delivered|undelivered mail|"
+    r"returned to sender|rejected|banned file)",
+    re.IGNORECASE,
+)
+_TEXT_MSGID = re.compile(r"^\s*(?:original-)?message-id:\s*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
+
+
+def _delivery_report(msg: Message, sender: str, collector: _Collector) -> DeliveryReport | None:
+    ctype = msg.get_content_type()
+    report_type = str(msg.get_param("report-type") or "").lower() if ctype == "multipart/report" else ""
+    local = sender.partition("@")[0]
+    from_daemon = bool(re.match(r"^(mailer-daemon|postmaster)$", local, re.I)) or sender == UNKNOWN_SENDER
+    null_sender = _header(msg, "Return-Path").replace(" ", "") == "<>"
+    subject = _header(msg, "Subject")
+    looks_bounced = (from_daemon or null_sender) and (
+        bool(_BOUNCE_SUBJECT.search(subject)) or bool(collector.original_headers)
+    )
+    if ctype != "multipart/report" and not looks_bounced:
+        return None
+
+    originals = _original_ids(msg, collector)
+    if report_type == "disposition-notification" or any(
+        p.get_content_type() == "message/disposition-notification" for p in collector.report_parts
+    ):
+        return _read_report(collector, originals)
+
+    recipients: list[str] = []
+    reasons: list[str] = []
+    actions: list[str] = []
+    for part in collector.report_parts:
+        for block in _status_blocks(part):
+            action = _header(block, "Action").lower()
+            code = _header(block, "Status")
+            diagnostic = re.sub(r"^\s*smtp;\s*", "", _header(block, "Diagnostic-Code"), flags=re.I)
+            final = _header(block, "Final-Recipient") or _header(block, "Original-Recipient")
+            rcpt = final.partition(";")[2].strip() if ";" in final else final.strip()
+            if not (action or code or diagnostic or rcpt):
+                continue
+            if action:
+                actions.append(action)
+            if rcpt:
+                recipients.append(rcpt.lower())
+            detail = diagnostic or code
+            if detail:
+                reasons.append(f"{detail} ({rcpt})" if rcpt and rcpt.lower() not in detail.lower() else detail)
+    if not actions:
+        actions = ["failed"]
+        reasons = reasons or [subject or "the message could not be delivered"]
+    if any(a.startswith("failed") for a in actions):
+        kind: Literal["bounce", "delayed", "delivered", "read", "other"] = "bounce"
+        status: DeliveryStatus | None = DeliveryStatus.FAILED
+    elif any(a.startswith(("delivered", "relayed", "expanded")) for a in actions):
+        kind, status = "delivered", DeliveryStatus.DELIVERED
+    elif any(a.startswith("delayed") for a in actions):
+        kind, status = "delayed", None
+    else:
+        kind, status = "other", None
+    reason = "; ".join(dict.fromkeys(reasons)) or subject
+    return DeliveryReport(
+        kind=kind,
+        status=status,
+        reason=clean_text(reason)[:2000],
+        original_ids=tuple(originals),
+        recipients=tuple(dict.fromkeys(recipients)),
+    )
+
+
+def _read_report(collector: _Collector, originals: list[str]) -> DeliveryReport:
+    dispositions: list[str] = []
+    for part in collector.report_parts:
+        for block in _status_blocks(part):
+            value = _header(block, "Disposition").lower()
+            if value:
+                dispositions.append(value)
+            originals.extend(m for m in msgids(_header(block, "Original-Message-ID")) if m not in originals)
+    displayed = any("displayed" in d for d in dispositions)
+    return DeliveryReport(
+        kind="read" if displayed else "other",
+        status=DeliveryStatus.READ if displayed else None,
+        reason="; ".join(dispositions),
+        original_ids=tuple(originals),
+    )
+
+
+def _status_blocks(part: Message) -> list[Message]:
+    """The header blocks of a delivery-status part (per message, then one per
+    recipient), whether the parser split them or left them as text."""
+    payload = part.get_payload()
+    if isinstance(payload, list) and payload and all(isinstance(p, Message) for p in payload):
+        return list(payload)
+    text = payload if isinstance(payload, str) else decode_bytes(_bytes_of(part) or b"", None)
+    parser = HeaderParser(policy=policy.default)
+    return [parser.parsestr(block.strip() + "\n") for block in re.split(r"\n\s*\n", text.strip()) if block.strip()]
+
+
+def _original_ids(msg: Message, collector: _Collector) -> list[str]:
+    found: dict[str, None] = {}
+    for headers in collector.original_headers:
+        for mid in msgids(_header(headers, "Message-ID")):
+            found.setdefault(mid, None)
+    if not found:
+        for text in collector.texts:
+            for raw in _TEXT_MSGID.findall(text):
+                for mid in msgids(raw):
+                    found.setdefault(mid, None)
+    if not found:
+        for mid in msgids(_header(msg, "In-Reply-To")) + msgids(_header(msg, "References"))[-1:]:
+            found.setdefault(mid, None)
+    return list(found)
+
+
+# --- threading keys ------------------------------------------------------------
+
+_SUBJECT_TOKEN = re.compile(r"\[#(\d{1,18})\]")
+_REPLY_PREFIX = re.compile(
+    r"^\s*((re|aw|sv|antw|odp|rif|r|رد|پاسخ|جواب|ответ|yan[ıi]t)\s*(\[\d+\]|\(\d+\))?\s*[:：]\s*)+", re.I
+)
+_ANY_PREFIX = re.compile(
+    r"^\s*((re|fwd?|aw|wg|sv|vs|antw|odp|rif|r|tr|enc|رد|پاسخ|جواب|بازارسال|هدایت|ответ|fw|ynt)\s*"
+    r"(\[\d+\]|\(\d+\))?\s*[:：]\s*)+",
+    re.I,
+)
+
+
+def subject_token(ticket_id: int) -> str:
+    return f"[#{ticket_id}]"
+
+
+def subject_tokens(subject: str) -> list[int]:
+    return [int(t) for t in _SUBJECT_TOKEN.findall(subject)]
+
+
+def plus_address(address: str, ticket_id: int) -> str:
+    local, _, domain = address.partition("@")
+    return f"{local}+{ticket_id}@{domain}"
+
+
+def plus_tokens(recipients: Iterable[str], address: str) -> list[int]:
+    """Ticket ids in plus addresses of our mailbox (``support+123@...``)."""
+    local, _, domain = address.lower().partition("@")
+    pattern = re.compile(rf"^{re.escape(local)}\+(\d{{1,18}})@{re.escape(domain)}$")
+    return [int(m.group(1)) for r in recipients if (m := pattern.match(r.lower()))]
+
+
+def is_reply_subject(subject: str) -> bool:
+    return bool(_REPLY_PREFIX.match(subject))
+
+
+def normalize_subject(subject: str) -> str:
+    """A subject without reply/forward prefixes (in many languages), our
+    token, and case or spacing differences: what a thread's messages share."""
+    text = _SUBJECT_TOKEN.sub(" ", subject)
+    previous = None
+    while previous != text:
+        previous = text
+        text = _ANY_PREFIX.sub("", text)
+    return " ".join(text.split()).casefold()
+
+
+# --- into the hub --------------------------------------------------------------
+
+
+def to_inbound(
+    parsed: ParsedEmail,
+    *,
+    inbox: str,
+    attachments: Sequence[Attachment] = (),
+    original_url: str | None = None,
+    html_url: str | None = None,
+    notes: Sequence[str] = (),
+    threaded_by: str | None = None,
+) -> InboundMessage:
+    """The hub's message for ``parsed``. The stored files (attachments, the
+    sanitized HTML, the raw original) are saved by the hub first; their URLs
+    come in here. Everything email-specific travels in ``extras["email"]``."""
+    body = parsed.body
+    all_notes = [*parsed.notes, *notes]
+    if len(body) > MAX_BODY_CHARS:
+        body = body[:MAX_BODY_CHARS] + "\n\n[…]"
+        all_notes.append("the text was shortened; the full original is attached")
+    email_extras: dict[str, Any] = {
+        "message_id": parsed.message_id,
+        "from": parsed.sender,
+        "to": list(parsed.to),
+        "cc": list(parsed.cc),
+        "reply_to": list(parsed.reply_to),
+        "in_reply_to": list(parsed.in_reply_to),
+        "references": list(parsed.references[-MAX_REFERENCES:]),
+        "quoted": parsed.quoted[:MAX_EXTRA_CHARS],
+        "signature": parsed.signature[:MAX_EXTRA_CHARS],
+        "original_url": original_url,
+        "html_url": html_url,
+    }
+    if parsed.date is not None:
+        email_extras["date"] = parsed.date.isoformat()
+    if all_notes:
+        email_extras["notes"] = all_notes
+    if threaded_by:
+        email_extras["threaded_by"] = threaded_by
+    extras: dict[str, Any] = {"email": email_extras}
+    if parsed.auto_reply:
+        extras["auto_reply"] = parsed.auto_reply
+    return InboundMessage(
+        channel=Channel.EMAIL,
+        inbox=inbox,
+        external_id=parsed.key[:MAX_EXTERNAL_ID],
+        sender=parsed.sender,
+        sender_name=parsed.sender_name,
+        body=body,
+        attachments=tuple(attachments),
+        subject=parsed.subject or None,
+        received_at=parsed.date or utcnow(),
+        extras=extras,
+    )
+
+
+# --- sending -----------------------------------------------------------------
+
+Security = Literal["starttls", "tls", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpServer:
+    host: str
+    port: int
+    security: Security = "starttls"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    timeout: float = 30.0
+    validate_certs: bool = True
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """One configured mailbox, as the channel needs it (built from the config
+    by the composition root: channels do not read the hub's configuration)."""
+
+    inbox: str
+    address: str
+    display_name: str | None
+    smtp: SmtpServer
+    plus_token: bool = False
+    subject_token: bool = True
+
+
+def reply_subject(ticket_subject: str | None, ticket_id: int, *, with_token: bool) -> str:
+    subject = (ticket_subject or "").strip() or "Your message"
+    if not is_reply_subject(subject):
+        subject = f"Re: {subject}"
+    if with_token and subject_token(ticket_id) not in subject:
+        subject = f"{subject} {subject_token(ticket_id)}"
+    return subject
+
+
+def body_html(text: str) -> str:
+    """The HTML alternative of a plain reply: paragraphs and line breaks kept,
+    each paragraph's direction taken from its own text (Persian and English
+    in one reply both read right)."""
+    paragraphs = [p for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
+    rendered = "\n".join(
+        f'<p dir="auto">{"<br>".join(html.escape(line) for line in p.split(chr(10)))}</p>' for p in paragraphs
+    )
+    return f'<!DOCTYPE html>\n<html><body><div dir="auto">\n{rendered}\n</div></body></html>\n'
+
+
+def build_message(
+    out: OutboundMessage,
+    box: Mailbox,
+    *,
+    message_id: str,
+    files: Sequence[tuple[Attachment, bytes]] = (),
+    now: datetime | None = None,
+) -> EmailMessage:
+    """The MIME message for ``out``. Threading comes from the sender in
+    ``out.extras["email"]``: ``subject`` (the ticket's), ``in_reply_to``,
+    ``references``, ``recipient_name`` (and ``to``, the address the thread
+    continues with, which :meth:`EmailChannel.send` puts in ``recipient``)."""
+    thread: Mapping[str, Any] = out.extras.get("email") or {}
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["From"] = Address(display_name=box.display_name or "", addr_spec=box.address)
+    msg["To"] = Address(display_name=str(thread.get("recipient_name") or ""), addr_spec=out.recipient)
+    if box.plus_token:
+        msg["Reply-To"] = Address(
+            display_name=box.display_name or "", addr_spec=plus_address(box.address, out.ticket_id)
+        )
+    msg["Subject"] = out.subject or reply_subject(thread.get("subject"), out.ticket_id, with_token=box.subject_token)
+    msg["Date"] = format_datetime(now or utcnow())
+    msg["Message-ID"] = f"<{message_id}>"
+    in_reply_to = [m for m in thread.get("in_reply_to") or [] if m]
+    references = [m for m in thread.get("references") or [] if m][-MAX_REFERENCES:]
+    if in_reply_to:
+        msg["In-Reply-To"] = " ".join(f"<{m}>" for m in in_reply_to[:1])
+    if references:
+        msg["References"] = " ".join(f"<{m}>" for m in references)
+    if out.author is Author.BOT:
+        # RFC 3834: an automatic answer. Autoresponders must not answer it,
+        # and Exchange is asked not to, which breaks loops at both ends.
+        msg["Auto-Submitted"] = "auto-replied"
+        msg["X-Auto-Response-Suppress"] = "All"
+    msg.set_content(out.body, subtype="plain", charset="utf-8")
+    msg.add_alternative(body_html(out.body), subtype="html", charset="utf-8")
+    for attachment, data in files:
+        maintype, _, subtype = (attachment.content_type or "application/octet-stream").partition("/")
+        msg.add_attachment(
+            data,
+            maintype=maintype or "application",
+            subtype=subtype or "octet-stream",
+            filename=attachment.filename or attachment.url.rsplit("/", 1)[-1],
+        )
+    return msg
+
+
+ReadAttachment = Callable[[str], bytes | None]
+
+
+class EmailChannel(ChannelAdapter):
+    channel: ClassVar[Channel] = Channel.EMAIL
+    max_body_chars: ClassVar[int | None] = MAX_BODY_CHARS
+    supports_attachments: ClassVar[bool] = True
+
+    def __init__(self, mailboxes: Sequence[Mailbox], read_attachment: ReadAttachment, id_secret: str) -> None:
+        self.mailboxes = {box.inbox: box for box in mailboxes}
+        self._read = read_attachment
+        self._secret = id_secret.encode()
+
+    def message_id(self, out: OutboundMessage, box: Mailbox) -> str:
+        """The same id for every attempt at one message (a resend after a crash
+        is one message to the customer's client), unguessable across installs."""
+        tag = hmac.new(self._secret, f"{out.message_id}".encode(), hashlib.sha256).hexdigest()[:16]
+        return f"hub.{out.ticket_id}.{out.message_id}.{tag}@{address_domain(box.address)}"
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        box = self.mailboxes.get(message.inbox)
+        if box is None:
+            return SendResult(
+                status=DeliveryStatus.FAILED, reason=f"no mailbox is configured for inbox {message.inbox!r}"
+            )
+        thread: Mapping[str, Any] = message.extras.get("email") or {}
+        recipient = str(thread.get("to") or message.recipient).strip()
+        if "@" not in recipient or address_domain(recipient) == "invalid":
+            return SendResult(
+                status=DeliveryStatus.FAILED, reason=f"{recipient!r} is not an email address we can write to"
+            )
+        files: list[tuple[Attachment, bytes]] = []
+        for attachment in message.attachments:
+            data = await asyncio.to_thread(self._read, attachment.url)
+            if data is None:
+                name = attachment.filename or attachment.url
+                return SendResult(status=DeliveryStatus.FAILED, reason=f"attachment {name!r} is not stored any more")
+            files.append((attachment, data))
+        mid = self.message_id(message, box)
+        mime = build_message(message.model_copy(update={"recipient": recipient}), box, message_id=mid, files=files)
+        smtp = box.smtp
+        try:
+            await aiosmtplib.send(
+                mime,
+                sender=box.address,
+                recipients=[recipient],
+                hostname=smtp.host,
+                port=smtp.port,
+                username=smtp.username,
+                password=smtp.password,
+                use_tls=smtp.security == "tls",
+                start_tls=smtp.security == "starttls",
+                validate_certs=smtp.validate_certs,
+                cert_bundle=smtp.ca_file,
+                timeout=smtp.timeout,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            first = exc.recipients[0] if exc.recipients else None
+            code = first.code if first is not None else 550
+            text = first.message if first is not None else str(exc)
+            return _smtp_failure(code, text, smtp)
+        except aiosmtplib.SMTPResponseException as exc:
+            return _smtp_failure(exc.code, exc.message, smtp)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            # Unreachable, disconnected, TLS not offered: the server (or its
+            # configuration) may be back soon, so try again with backoff.
+            return SendResult(
+                status=DeliveryStatus.FAILED,
+                reason=f"SMTP server {smtp.host}:{smtp.port}: {type(exc).__name__}: {exc}",
+                retryable=True,
+            )
+        return SendResult(status=DeliveryStatus.SENT, external_id=mid)
+
+
+def _smtp_failure(code: int, text: str, smtp: SmtpServer) -> SendResult:
+    reason = f"{code} {' '.join(str(text).split())}".strip()
+    if 400 <= code < 500:
+        return SendResult(status=DeliveryStatus.FAILED, reason=f"temporary SMTP error: {reason}", retryable=True)
+    if code in (530, 534, 535, 538):
+        # Authentication is the operator's to fix; the message itself is fine.
+        return SendResult(
+            status=DeliveryStatus.FAILED,
+            reason=f"SMTP login to {smtp.host} failed: {reason} (check the mailbox's smtp.user and password)",
+            retryable=True,
+        )
+    return SendResult(status=DeliveryStatus.FAILED, reason=reason)

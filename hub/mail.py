@@ -1,0 +1,569 @@
+"""The email channel in the running hub: one IMAP poller per configured
+mailbox (in worker processes), the SMTP adapter, the inbox set-up, and the
+actions that store what arrives.
+
+A poller holds a lease on its mailbox's checkpoint row, so of several worker
+processes exactly one polls a mailbox; a lease row rather than a PostgreSQL
+advisory lock because it works the same on SQLite, needs no connection held
+open per mailbox, shows who polls what, and fences a process that stalled
+past its lease: its checkpoint update finds the lease gone and its
+transaction (the message with it) rolls back.
+
+Each message is committed together with the checkpoint that moves past it,
+so a restart re-imports nothing and loses nothing. Its files (attachments,
+the sanitized HTML, the raw original) are written first: a crash in between
+leaves an unreferenced file, never a message pointing at nothing. When the
+folder's UIDVALIDITY changes, the poller reads the folder again from the start
+and the Message-ID (a hash of the message when it has none) tells which
+messages are already stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import secrets
+import socket
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from channels.email import (
+    UNKNOWN_SENDER,
+    EmailChannel,
+    Mailbox,
+    ParsedEmail,
+    SmtpServer,
+    is_reply_subject,
+    link_inline_images,
+    normalize_subject,
+    parse_email,
+    plus_tokens,
+    raw_key,
+    subject_tokens,
+    to_inbound,
+)
+from channels.email_imap import FolderState, ImapConnection, ImapErrors, ImapServer
+from hub import metrics
+from hub.actions import audit, do_ensure_inbox, do_get_or_create_team, do_set_status
+from hub.attachments import AttachmentStore, AttachmentTooLarge
+from hub.config import EmailConfig, HubConfig, MailboxConfig
+from hub.core import (
+    Attachment,
+    Channel,
+    DeliveryReceipt,
+    DeliveryStatus,
+    Direction,
+    InboundMessage,
+    TicketEventKind,
+    TicketStatus,
+    status_advances,
+)
+from hub.errors import Conflict
+from storage.db import Database
+from storage.ingest import IngestResult, add_outbox, ingest_batch, outbox_row
+from storage.mail import (
+    LeaseLost,
+    advance_checkpoint,
+    claim_mailbox,
+    email_message_exists,
+    find_thread,
+    release_mailbox,
+    renew_lease,
+    reply_context,
+    thread_key_for,
+)
+from storage.models import Inbox, Message, Ticket
+from storage.views import message_view
+
+log = logging.getLogger(__name__)
+
+#: Failures of one message before it is stored as unreadable.
+POISON_AFTER = 3
+
+T = TypeVar("T")
+
+
+# --- actions --------------------------------------------------------------------
+
+
+async def do_ingest_email(
+    session: AsyncSession, parsed: ParsedEmail, inbound_files: SavedFiles, box: MailboxConfig
+) -> IngestResult:
+    """Store one customer email on the ticket its thread belongs to (reopening
+    a resolved one), or on a new ticket."""
+    inbox_id = await session.scalar(select(Inbox.id).where(Inbox.key == box.inbox_key))
+    if inbox_id is None:
+        raise LookupError(f"inbox {box.inbox_key!r} does not exist; the hub creates it at start-up")
+    tokens = plus_tokens(parsed.recipients, box.address) if box.plus_addressing else []
+    tokens += subject_tokens(parsed.subject)
+    choice = await find_thread(
+        session,
+        inbox_id=inbox_id,
+        sender=parsed.sender,
+        message_key=parsed.key,
+        in_reply_to=parsed.in_reply_to,
+        references=parsed.references,
+        tokens=tokens,
+        reply_subject=normalize_subject(parsed.subject) if is_reply_subject(parsed.subject) else None,
+        normalize=normalize_subject,
+    )
+    ticket = choice.ticket
+    if ticket is not None and ticket.status == TicketStatus.RESOLVED.value:
+        await _reopen(session, ticket)
+    inbound = to_inbound(
+        parsed,
+        inbox=box.inbox_key,
+        attachments=inbound_files.attachments,
+        original_url=inbound_files.original_url,
+        html_url=inbound_files.html_url,
+        notes=inbound_files.notes,
+        threaded_by=choice.how,
+    )
+    (result,) = await ingest_batch(session, [inbound], threads=[choice.thread_key])
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+async def _reopen(session: AsyncSession, ticket: Ticket) -> None:
+    # Conflict: the thread already continues in another open ticket (which
+    # ingest then finds); nothing to reopen.
+    with contextlib.suppress(Conflict):
+        await do_set_status(session, ticket, status=TicketStatus.OPEN, actor="contact")
+
+
+async def do_record_receipt(session: AsyncSession, receipt: DeliveryReceipt) -> Message | None:
+    """A provider's report about a message we sent (a bounce, a delivery or
+    read report), found by the id the provider knows it by. Never moves a
+    message backwards; a failure keeps the provider's reason. Returns the
+    message when it changed."""
+    msg = await session.scalar(
+        select(Message)
+        .where(
+            Message.channel == receipt.channel.value,
+            Message.external_id == receipt.external_id,
+            Message.direction == Direction.OUT.value,
+        )
+        .with_for_update()
+    )
+    if msg is None or msg.private or not status_advances(DeliveryStatus(msg.status), receipt.status):
+        return None
+    msg.status = receipt.status.value
+    if receipt.status in (DeliveryStatus.FAILED, DeliveryStatus.UNDELIVERED):
+        msg.status_reason = receipt.reason or "the provider reported a delivery failure"
+    elif msg.delivered_at is None:
+        msg.delivered_at = receipt.at
+    await session.flush()
+    inbox_key = await session.scalar(select(Inbox.key).where(Inbox.id == msg.inbox_id))
+    await add_outbox(
+        session,
+        [outbox_row(TicketEventKind.MESSAGE_STATUS.value, msg.ticket_id, {"message": message_view(msg, inbox_key)})],
+    )
+    await audit(
+        session,
+        "system",
+        "message.receipt",
+        "message",
+        msg.id,
+        {"status": receipt.status.value, "reason": receipt.reason},
+    )
+    return msg
+
+
+async def sync_email_inboxes(session: AsyncSession, config: EmailConfig) -> None:
+    for box in config.mailboxes:
+        inbox = await do_ensure_inbox(
+            session,
+            key=box.inbox_key,
+            channel=Channel.EMAIL,
+            name=box.name or box.display_name or box.address,
+            bot_enabled=box.bot_enabled,
+        )
+        inbox.settings = {"address": box.address, "display_name": box.display_name}
+        if box.default_team:
+            team = await do_get_or_create_team(session, box.default_team)
+            inbox.default_team_id = team.id
+
+
+# --- files ----------------------------------------------------------------------
+
+
+class SavedFiles:
+    """What was saved in the attachment store for one message."""
+
+    def __init__(self) -> None:
+        self.attachments: list[Attachment] = []
+        self.original_url: str | None = None
+        self.html_url: str | None = None
+        self.notes: list[str] = []
+
+
+async def save_files(store: AttachmentStore, parsed: ParsedEmail, raw: bytes, *, truncated: bool) -> SavedFiles:
+    files = SavedFiles()
+    cids: dict[str, str] = {}
+    for part in parsed.attachments:
+        try:
+            saved = await store.save(part.data, filename=part.filename, content_type=part.content_type)
+        except AttachmentTooLarge as exc:
+            files.notes.append(f"{exc}; it was not stored (the original message has it)")
+            continue
+        files.attachments.append(saved)
+        if part.content_id:
+            cids[part.content_id] = saved.url
+    if parsed.html is not None:
+        page = link_inline_images(parsed.html, cids)
+        document = f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head><body>{page}</body></html>\n'
+        with contextlib.suppress(AttachmentTooLarge):
+            files.html_url = (
+                await store.save(document.encode(), filename="message.html", content_type="text/html")
+            ).url
+    try:
+        files.original_url = (await store.save(raw, filename="original.eml", content_type="message/rfc822")).url
+    except AttachmentTooLarge as exc:
+        files.notes.append(f"the original message was not stored: {exc}")
+    if truncated:
+        files.notes.append("the message is larger than email.max_message_bytes: only its headers were read")
+    return files
+
+
+# --- the service ------------------------------------------------------------------
+
+
+def _smtp(box: MailboxConfig, config: EmailConfig) -> SmtpServer:
+    smtp = box.smtp
+    return SmtpServer(
+        host=smtp.host,
+        port=smtp.effective_port,
+        security=smtp.security,
+        username=smtp.user,
+        password=config.passwords.get(smtp.password_env) if smtp.password_env else None,
+        timeout=smtp.timeout_seconds,
+        validate_certs=smtp.validate_certs,
+        ca_file=str(smtp.ca_file) if smtp.ca_file else None,
+    )
+
+
+def _imap(box: MailboxConfig, config: EmailConfig) -> ImapServer:
+    imap = box.imap
+    return ImapServer(
+        host=imap.host,
+        port=imap.effective_port,
+        username=imap.user,
+        password=config.passwords.get(imap.password_env, ""),
+        security=imap.security,
+        folder=imap.folder,
+        timeout=imap.timeout_seconds,
+        validate_certs=imap.validate_certs,
+        ca_file=str(imap.ca_file) if imap.ca_file else None,
+    )
+
+
+class EmailService:
+    """Built once per process by the composition root when mailboxes are
+    configured: the channel adapter for the sender, and (in worker processes)
+    the pollers."""
+
+    def __init__(self, config: HubConfig, db: Database, store: AttachmentStore) -> None:
+        self.config = config.email
+        self.db = db
+        self.store = store
+        self.channel = EmailChannel(
+            [
+                Mailbox(
+                    inbox=box.inbox_key,
+                    address=box.address,
+                    display_name=box.display_name,
+                    smtp=_smtp(box, self.config),
+                    plus_token=box.plus_addressing,
+                    subject_token=box.subject_token,
+                )
+                for box in self.config.mailboxes
+            ],
+            read_attachment=store.read,
+            id_secret=config.secret_key,
+        )
+        self._pool: ThreadPoolExecutor | None = None
+        self.pollers: list[MailboxPoller] = []
+
+    async def reply_context(self, session: AsyncSession, message: Message) -> dict[str, Any]:
+        return await reply_context(session, message)
+
+    def start(self, spawn: Callable[[Coroutine[Any, Any, Any], str], None]) -> None:
+        threads = min(len(self.config.mailboxes), self.config.max_imap_threads)
+        self._pool = ThreadPoolExecutor(max_workers=max(threads, 1), thread_name_prefix="imap")
+        for box in self.config.mailboxes:
+            poller = MailboxPoller(box, self.config, self.db, self.store, self._pool, owner=owner_id())
+            self.pollers.append(poller)
+            spawn(poller.run(), f"imap:{box.inbox_key}")
+
+    def stop(self) -> None:
+        for poller in self.pollers:
+            poller.interrupt()
+        self.pollers.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Backoff:
+    """Exponential reconnect delays with jitter, reset after a success."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.failures = 0
+
+    def next(self) -> float:
+        delay = min(self.initial * 2**self.failures, self.maximum)
+        self.failures += 1
+        return float(delay * random.uniform(0.5, 1.0))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class MailboxPoller:
+    def __init__(
+        self,
+        box: MailboxConfig,
+        config: EmailConfig,
+        db: Database,
+        store: AttachmentStore,
+        pool: ThreadPoolExecutor,
+        *,
+        owner: str,
+    ) -> None:
+        self.box = box
+        self.config = config
+        self.db = db
+        self.store = store
+        self.pool = pool
+        self.owner = owner
+        self.server = _imap(box, config)
+        self.key = box.inbox_key
+        self.backoff = Backoff(config.reconnect_backoff_seconds, config.reconnect_backoff_max_seconds)
+        self._conn: ImapConnection | None = None
+        #: Messages stored by this poller (for logs and tests).
+        self.imported = 0
+        self._failures: dict[int, int] = {}
+        self._state: FolderState | None = None
+
+    @property
+    def slice_seconds(self) -> float:
+        """How long one wait lasts before the lease is renewed."""
+        return max(self.config.lease_seconds / 3, 1.0)
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def interrupt(self) -> None:
+        if self._conn is not None:
+            self._conn.interrupt()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    async with self.db.write() as session:
+                        claimed = await claim_mailbox(
+                            session, self.key, self.box.imap.folder, self.owner, self.config.lease_seconds
+                        )
+                    if claimed is None:
+                        # Another worker polls it; stand by to take over if it dies.
+                        await asyncio.sleep(self.slice_seconds * random.uniform(1.0, 1.5))
+                        continue
+                    await self._poll()
+                except LeaseLost as exc:
+                    log.info("%s", exc)
+                except Exception as exc:  # noqa: BLE001 - any failure: reconnect with backoff, never give up
+                    delay = self.backoff.next()
+                    log.warning("mailbox %s: %s: %s; reconnecting in %.1f s", self.key, type(exc).__name__, exc, delay)
+                    await asyncio.sleep(delay)
+        finally:
+            self.interrupt()
+            with contextlib.suppress(Exception):
+                async with self.db.write() as session:
+                    await release_mailbox(session, self.key, self.owner)
+
+    async def _poll(self) -> None:
+        conn = ImapConnection(self.server)
+        self._conn = conn
+        self._state = None
+        try:
+            await self._call(conn.connect)
+            idle = self.box.imap.idle and await self._call(lambda: conn.supports_idle)
+            log.info("mailbox %s connected (%s)", self.key, "IDLE" if idle else "polling")
+            await self._sync(conn, reselect=True)
+            self.backoff.reset()
+            loop = asyncio.get_running_loop()
+            last_select = last_look = loop.time()
+            interval = self.box.imap.poll_interval_seconds
+            while True:
+                if idle:
+                    await self._call(conn.wait, self.slice_seconds)
+                else:
+                    await asyncio.sleep(min(interval, self.slice_seconds))
+                    await self._call(conn.noop)
+                now = loop.time()
+                # With IDLE, look after every wait (one UID SEARCH): a message
+                # that lands between a search and the next IDLE raises no event.
+                # The folder is selected again every poll interval, which also
+                # notices a folder recreated under the same name.
+                reselect = now - last_select >= interval
+                if idle or reselect or now - last_look >= interval:
+                    await self._sync(conn, reselect=reselect)
+                    last_look = now
+                    if reselect:
+                        last_select = now
+                else:
+                    async with self.db.write() as session:
+                        await renew_lease(session, self.key, self.owner, self.config.lease_seconds)
+        finally:
+            self._conn = None
+            if _cancelling():
+                conn.interrupt()  # the hub is stopping: do not wait for a polite logout
+            else:
+                # RuntimeError: the thread pool was shut down meanwhile.
+                with contextlib.suppress(*ImapErrors, RuntimeError):
+                    await self._call(conn.close)
+
+    async def _sync(self, conn: ImapConnection, *, reselect: bool = True) -> None:
+        """Store every message after the checkpoint, one transaction each."""
+        if reselect or self._state is None:
+            self._state = await self._call(conn.select)
+        state = self._state
+        async with self.db.write() as session:
+            checkpoint = await claim_mailbox(
+                session, self.key, self.box.imap.folder, self.owner, self.config.lease_seconds
+            )
+            if checkpoint is None:
+                raise LeaseLost(f"mailbox {self.key} is polled by another process now")
+            last = checkpoint.last_uid
+            if checkpoint.uidvalidity != state.uidvalidity or checkpoint.folder != self.box.imap.folder:
+                if checkpoint.uidvalidity is None and self.box.first_sync == "new":
+                    last = await self._call(conn.highest_uid, state)
+                    log.info("mailbox %s: first connection, reading mail after UID %d", self.key, last)
+                elif checkpoint.uidvalidity is None:
+                    log.info("mailbox %s: first connection, reading the whole folder", self.key)
+                    last = 0
+                else:
+                    log.warning(
+                        "mailbox %s: UIDVALIDITY changed (%s -> %s); reading the folder again, "
+                        "messages already stored are recognised by their Message-ID",
+                        self.key,
+                        checkpoint.uidvalidity,
+                        state.uidvalidity,
+                    )
+                    last = 0
+                await self._advance(state, last, session)
+        for uid in await self._call(conn.uids_after, last):
+            fetched = await self._call(conn.fetch, uid, self.config.max_message_bytes)
+            if fetched is None:
+                await self._advance_alone(state, uid)  # expunged since the search
+                continue
+            try:
+                await self.process(fetched.raw, uid=uid, state=state, truncated=fetched.truncated)
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                # Retried with the connection (the database may be down); a
+                # message that keeps failing must not block the mailbox.
+                failures = self._failures[uid] = self._failures.get(uid, 0) + 1
+                if failures < POISON_AFTER:
+                    raise
+                log.exception(
+                    "mailbox %s: UID %d failed %d times; storing it as an unreadable message", self.key, uid, failures
+                )
+                await self.process_unreadable(fetched.raw, uid=uid, state=state, error=exc)
+            self._failures.pop(uid, None)
+
+    async def _advance_alone(self, state: FolderState, uid: int) -> None:
+        async with self.db.write() as session:
+            await self._advance(state, uid, session)
+
+    async def _advance(self, state: FolderState, uid: int, session: AsyncSession) -> None:
+        await advance_checkpoint(
+            session,
+            self.key,
+            self.owner,
+            folder=self.box.imap.folder,
+            uidvalidity=state.uidvalidity,
+            last_uid=uid,
+            lease_seconds=self.config.lease_seconds,
+        )
+
+    async def process(self, raw: bytes, *, uid: int, state: FolderState, truncated: bool = False) -> str:
+        """Store one message and move the checkpoint past it. Returns what
+        happened: stored, duplicate, report, own."""
+        parsed = await asyncio.to_thread(parse_email, raw)
+        own = {b.address for b in self.config.mailboxes}
+        if parsed.sender in own:
+            # Our own mail (a copy in the inbox, a loop): never a conversation.
+            await self._advance_alone(state, uid)
+            return "own"
+        if parsed.is_report:
+            async with self.db.write() as session:
+                changed = [await do_record_receipt(session, r) for r in parsed.receipts()]
+                await self._advance(state, uid, session)
+            if not any(changed):
+                log.info(
+                    "mailbox %s: %s report about %s matches no message we sent",
+                    self.key,
+                    parsed.report.kind if parsed.report else "delivery",
+                    ", ".join(parsed.report.original_ids) if parsed.report else "?",
+                )
+            return "report"
+        async with self.db.read() as session:
+            duplicate = await email_message_exists(session, parsed.key)
+        if duplicate:
+            await self._advance_alone(state, uid)
+            return "duplicate"
+        files = await save_files(self.store, parsed, raw, truncated=truncated)
+        async with self.db.write() as session:
+            result = await do_ingest_email(session, parsed, files, self.box)
+            await self._advance(state, uid, session)
+        metrics.INGESTED.labels(Channel.EMAIL.value).inc()
+        self.imported += 1
+        return "duplicate" if result.duplicate else "stored"
+
+    async def process_unreadable(self, raw: bytes, *, uid: int, state: FolderState, error: Exception) -> None:
+        """Keep a message the hub could not process: a new ticket with a note
+        and the raw message attached, from the sender if that much is known."""
+        key = raw_key(raw)
+        sender, name, subject = UNKNOWN_SENDER, None, None
+        with contextlib.suppress(Exception):
+            parsed = parse_email(raw)
+            key, sender, name, subject = parsed.key, parsed.sender, parsed.sender_name, parsed.subject or None
+        files: list[Attachment] = []
+        with contextlib.suppress(AttachmentTooLarge):
+            files.append(await self.store.save(raw, filename="original.eml", content_type="message/rfc822"))
+        inbound = InboundMessage(
+            channel=Channel.EMAIL,
+            inbox=self.key,
+            external_id=key[:512],
+            sender=sender,
+            sender_name=name,
+            subject=subject[:1000] if subject else None,
+            body=f"(This email could not be processed: {type(error).__name__}: {error}. The original is attached.)",
+            attachments=tuple(files),
+            extras={"email": {"notes": [f"processing failed: {type(error).__name__}: {error}"]}},
+        )
+        async with self.db.write() as session:
+            await ingest_batch(session, [inbound], threads=[thread_key_for(key)])
+            await self._advance(state, uid, session)
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -1,0 +1,267 @@
+"""Storage for the email channel: which ticket an incoming message continues
+(threading), the IMAP pollers' checkpoints and leases, and the threading
+headers a reply needs.
+
+Threading, always within one contact's tickets in one inbox (a stranger who
+copies a Message-ID or a ticket number into their mail only ever reaches their
+own tickets):
+
+1. In-Reply-To: the message it answers, ours or the customer's;
+2. References, newest first (Outlook and some phones drop In-Reply-To);
+3. our reply token: "[#123]" in the subject or a "support+123@" address;
+4. a reply ("Re: ...") whose subject, without prefixes, is a ticket's subject
+   (clients that rewrite every header);
+5. otherwise a new thread: a new ticket, keyed by the message itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.core import Channel, DeliveryStatus, Direction, IdentityKind, utcnow
+from storage.ingest import dialect_insert
+from storage.models import Contact, Identity, MailboxCheckpoint, Message, Ticket
+
+EMAIL = Channel.EMAIL.value
+MAX_REFERENCES = 20
+SENT_STATES = (DeliveryStatus.SENT.value, DeliveryStatus.DELIVERED.value, DeliveryStatus.READ.value)
+
+
+def thread_key_for(message_key: str) -> str:
+    """The thread key of a conversation that starts with this message."""
+    return hashlib.sha256(message_key.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadChoice:
+    #: The ticket the message continues, or None for a new conversation.
+    ticket: Ticket | None
+    thread_key: str
+    #: How it was found: in-reply-to, references, token, subject or new.
+    how: str
+
+
+async def find_thread(
+    session: AsyncSession,
+    *,
+    inbox_id: int,
+    sender: str,
+    message_key: str,
+    in_reply_to: Sequence[str],
+    references: Sequence[str],
+    tokens: Sequence[int],
+    reply_subject: str | None,
+    normalize: Callable[[str], str],
+) -> ThreadChoice:
+    """The ticket an incoming message belongs to. ``reply_subject`` is the
+    normalized subject when the message's subject marks it a reply, else None;
+    ``normalize`` turns a ticket's subject into the same form."""
+    new = ThreadChoice(ticket=None, thread_key=thread_key_for(message_key), how="new")
+    contact_id = await session.scalar(
+        select(Identity.contact_id).where(Identity.channel == IdentityKind.EMAIL.value, Identity.address == sender)
+    )
+    if contact_id is None:
+        return new
+    ids = [*in_reply_to, *[m for m in reversed(references) if m not in in_reply_to]][:100]
+    if ids:
+        rows = await session.execute(
+            select(Message.external_id, Ticket)
+            .join(Ticket, Ticket.id == Message.ticket_id)
+            .where(
+                Message.channel == EMAIL,
+                Message.external_id.in_(ids),
+                Message.contact_id == contact_id,
+                Ticket.inbox_id == inbox_id,
+            )
+        )
+        by_id = {external_id: ticket for external_id, ticket in rows.all()}
+        for mid in ids:
+            if mid in by_id:
+                how = "in-reply-to" if mid in in_reply_to else "references"
+                return ThreadChoice(ticket=by_id[mid], thread_key=by_id[mid].thread_key, how=how)
+    if tokens:
+        found = {
+            t.id: t
+            for t in (
+                await session.scalars(
+                    select(Ticket).where(
+                        Ticket.id.in_(list(tokens)),
+                        Ticket.contact_id == contact_id,
+                        Ticket.inbox_id == inbox_id,
+                        Ticket.channel == EMAIL,
+                    )
+                )
+            ).all()
+        }
+        for tid in tokens:
+            if tid in found:
+                return ThreadChoice(ticket=found[tid], thread_key=found[tid].thread_key, how="token")
+    if reply_subject:
+        recent = await session.scalars(
+            select(Ticket)
+            .where(Ticket.contact_id == contact_id, Ticket.inbox_id == inbox_id, Ticket.channel == EMAIL)
+            .order_by(Ticket.last_message_at.desc())
+            .limit(50)
+        )
+        for t in recent.all():
+            if t.subject and normalize(t.subject) == reply_subject:
+                return ThreadChoice(ticket=t, thread_key=t.thread_key, how="subject")
+    return new
+
+
+async def email_message_exists(session: AsyncSession, key: str) -> bool:
+    found = await session.scalar(
+        select(Message.id).where(Message.channel == EMAIL, Message.external_id == key).limit(1)
+    )
+    return found is not None
+
+
+async def reply_context(session: AsyncSession, message: Message) -> dict[str, Any]:
+    """What an outbound email needs from its thread: the ticket's subject,
+    In-Reply-To (the customer's latest message), References (the thread's
+    Message-IDs, oldest first, trimmed to the first and the latest), the
+    address the customer last wrote from, and their name for the To header."""
+    ticket = await session.get(Ticket, message.ticket_id)
+    rows = (
+        await session.execute(
+            select(Message.external_id, Message.direction, Message.status, Message.extras)
+            .where(
+                Message.ticket_id == message.ticket_id,
+                Message.channel == EMAIL,
+                Message.private.is_(False),
+                Message.external_id.is_not(None),
+                Message.id < message.id,
+            )
+            .order_by(Message.id)
+        )
+    ).all()
+    references: list[str] = []
+    in_reply_to: str | None = None
+    sender: str | None = None
+    for i, row in enumerate(rows):
+        if row.direction == Direction.OUT.value and row.status not in SENT_STATES:
+            continue  # never reached anyone: not part of the customer's thread
+        if i == 0:
+            # A thread that began as a reply to older mail keeps that ancestry.
+            references.extend(((row.extras or {}).get("email") or {}).get("references") or [])
+        references.append(row.external_id)
+        if row.direction == Direction.IN.value:
+            in_reply_to = row.external_id
+            # A contact may have several addresses (merged contacts): the
+            # thread goes on with the one the customer last wrote from.
+            sender = ((row.extras or {}).get("email") or {}).get("from") or sender
+    references = list(dict.fromkeys(references))
+    if len(references) > MAX_REFERENCES:
+        references = references[:1] + references[-(MAX_REFERENCES - 1) :]
+    name = await session.scalar(select(Contact.name).where(Contact.id == message.contact_id))
+    return {
+        "email": {
+            "subject": ticket.subject if ticket is not None else None,
+            "in_reply_to": [in_reply_to] if in_reply_to else references[-1:],
+            "references": references,
+            "recipient_name": name,
+            "to": sender,
+        }
+    }
+
+
+# --- checkpoints and leases ---------------------------------------------------
+
+
+class LeaseLost(RuntimeError):
+    """Another process polls this mailbox now; this one must stop."""
+
+
+async def claim_mailbox(
+    session: AsyncSession, inbox_key: str, folder: str, owner: str, lease_seconds: float
+) -> MailboxCheckpoint | None:
+    """Take (or keep) the lease on a mailbox's poller. None when another live
+    process holds it."""
+    now = utcnow()
+    await session.execute(
+        dialect_insert(session, MailboxCheckpoint)
+        .values(inbox_key=inbox_key, folder=folder, last_uid=0, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["inbox_key"])
+    )
+    claimed = await session.scalar(
+        update(MailboxCheckpoint)
+        .where(
+            MailboxCheckpoint.inbox_key == inbox_key,
+            or_(
+                MailboxCheckpoint.lease_owner.is_(None),
+                MailboxCheckpoint.lease_until.is_(None),
+                MailboxCheckpoint.lease_owner == owner,
+                MailboxCheckpoint.lease_until < now,
+            ),
+        )
+        .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds))
+        .returning(MailboxCheckpoint.inbox_key)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed is None:
+        return None
+    return await session.scalar(
+        select(MailboxCheckpoint)
+        .where(MailboxCheckpoint.inbox_key == inbox_key)
+        .execution_options(populate_existing=True)
+    )
+
+
+async def renew_lease(session: AsyncSession, inbox_key: str, owner: str, lease_seconds: float) -> None:
+    """Extend our lease; raises :class:`LeaseLost` if it is someone else's."""
+    renewed = await session.scalar(
+        update(MailboxCheckpoint)
+        .where(MailboxCheckpoint.inbox_key == inbox_key, MailboxCheckpoint.lease_owner == owner)
+        .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
+        .returning(MailboxCheckpoint.inbox_key)
+        .execution_options(synchronize_session=False)
+    )
+    if renewed is None:
+        raise LeaseLost(f"mailbox {inbox_key} is polled by another process now")
+
+
+async def advance_checkpoint(
+    session: AsyncSession,
+    inbox_key: str,
+    owner: str,
+    *,
+    folder: str,
+    uidvalidity: int,
+    last_uid: int,
+    lease_seconds: float,
+) -> None:
+    """Move the checkpoint, in the caller's transaction (the one that stored
+    the message), only while we hold the lease: a process that lost it
+    (paused, then outlived its lease) rolls back instead of moving it."""
+    now = utcnow()
+    moved = await session.scalar(
+        update(MailboxCheckpoint)
+        .where(MailboxCheckpoint.inbox_key == inbox_key, MailboxCheckpoint.lease_owner == owner)
+        .values(
+            folder=folder,
+            uidvalidity=uidvalidity,
+            last_uid=last_uid,
+            updated_at=now,
+            lease_until=now + timedelta(seconds=lease_seconds),
+        )
+        .returning(MailboxCheckpoint.inbox_key)
+        .execution_options(synchronize_session=False)
+    )
+    if moved is None:
+        raise LeaseLost(f"mailbox {inbox_key} is polled by another process now")
+
+
+async def release_mailbox(session: AsyncSession, inbox_key: str, owner: str) -> None:
+    await session.execute(
+        update(MailboxCheckpoint)
+        .where(MailboxCheckpoint.inbox_key == inbox_key, MailboxCheckpoint.lease_owner == owner)
+        .values(lease_owner=None, lease_until=None)
+        .execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,182 @@
+"""The reply splitter: each case is what a real mail client sends. ``new`` must
+be exactly what the customer wrote; nothing they wrote may end up hidden."""
+
+from __future__ import annotations
+
+import pytest
+
+from channels.email_quotes import split_reply
+
+CASES: list[tuple[str, str, str, str, str]] = [
+    # (name, text, new, quoted starts with, signature)
+    (
+        "gmail plain text",
+        "Thanks, that fixed it.\nOne more question: can I pay by card?\n\n"
+        "On Mon, 3 Mar 2025 at 10:12, Support <support@example.com> wrote:\n> Hi Sara,\n> please try again.\n",
+        "Thanks, that fixed it.\nOne more question: can I pay by card?",
+        "On Mon, 3 Mar 2025 at 10:12",
+        "",
+    ),
+    (
+        "gmail attribution wrapped over two lines",
+        "Yes please.\n\nOn Mon, 3 Mar 2025 at 10:12, Acme Customer Support Team <support@example.com>\n"
+        "wrote:\n\n> Hi\n",
+        "Yes please.",
+        "On Mon, 3 Mar 2025",
+        "",
+    ),
+    (
+        "gmail html converted to text (history not '>' quoted)",
+        "Sounds good.\n\nOn Tue, Mar 4, 2025 at 9:00 AM Support <support@example.com> wrote:\n"
+        "Hi Sara,\nplease try again.\n",
+        "Sounds good.",
+        "On Tue, Mar 4, 2025",
+        "",
+    ),
+    (
+        "outlook with underscores and header block",
+        "Please cancel my order.\n\n________________________________\nFrom: Support <support@example.com>\n"
+        "Sent: Monday, March 3, 2025 10:12 AM\nTo: John Smith <john@acme.com>\nSubject: RE: Order [#12]\n\nHi John,\n",
+        "Please cancel my order.",
+        "________",
+        "",
+    ),
+    (
+        "outlook header block without separator (bold fields)",
+        "Got it, thanks\n\n*From:* Support <support@example.com>\n*Sent:* Monday, March 3, 2025\n*To:* me\n\nHello\n",
+        "Got it, thanks",
+        "*From:*",
+        "",
+    ),
+    (
+        "old outlook original message",
+        "ok\n\n-----Original Message-----\nFrom: Support [mailto:support@example.com]\nSent: Monday\nTo: x\n\nhello\n",
+        "ok",
+        "-----Original Message-----",
+        "",
+    ),
+    (
+        "apple mail with mobile footer",
+        "Sounds good.\n\nSent from my iPhone\n\n> On 3 Mar 2025, at 10:12, Support <support@example.com> wrote:\n"
+        "> \n> Hi\n",
+        "Sounds good.",
+        "> On 3 Mar 2025",
+        "Sent from my iPhone",
+    ),
+    (
+        "persian gmail attribution with bidi marks",
+        "سلام، ممنون از پاسخ شما.\nسفارش من هنوز نرسیده.\n\n"
+        "در تاریخ دوشنبه ۳ مارس ۲۰۲۵، ساعت ۱۰:۱۲ \u202aSupport\u202c\u200f "
+        "<\u202asupport@example.com\u202c\u200f> نوشت:\n"
+        "> سلام\n",
+        "سلام، ممنون از پاسخ شما.\nسفارش من هنوز نرسیده.",
+        "در تاریخ",
+        "",
+    ),
+    (
+        "persian outlook header block",
+        "لطفا سفارش را لغو کنید\n\nاز: پشتیبانی <support@example.com>\n"
+        "ارسال شده: دوشنبه ۳ مارس ۲۰۲۵\nبه: من\nموضوع: سفارش\n\nسلام\n",
+        "لطفا سفارش را لغو کنید",
+        "از: پشتیبانی",
+        "",
+    ),
+    (
+        "persian mobile footer",
+        "باشه ممنون\n\nارسال شده از iPhone من\n",
+        "باشه ممنون",
+        "",
+        "ارسال شده از iPhone من",
+    ),
+    (
+        "german thunderbird",
+        "Danke!\n\nAm 03.03.2025 um 10:12 schrieb Support:\n> Hallo\n",
+        "Danke!",
+        "Am 03.03.2025",
+        "",
+    ),
+    (
+        "french",
+        "Merci\n\nLe lun. 3 mars 2025 à 10:12, Support <support@example.com> a écrit :\n> Bonjour\n",
+        "Merci",
+        "Le lun. 3 mars",
+        "",
+    ),
+    (
+        "standard signature delimiter",
+        "The app crashes on start.\nThanks, but the last update did not help either.\n"
+        "And this line matters.\n\n-- \nSara\nACME\n",
+        "The app crashes on start.\nThanks, but the last update did not help either.\nAnd this line matters.",
+        "",
+        "-- \nSara\nACME",
+    ),
+    (
+        "bottom posting keeps everything",
+        "On Mon, 3 Mar 2025 at 10:12, Support <support@example.com> wrote:\n> Which plan?\n\nThe yearly one.\n",
+        "On Mon, 3 Mar 2025 at 10:12, Support <support@example.com> wrote:\n> Which plan?\n\nThe yearly one.",
+        "",
+        "",
+    ),
+    (
+        "interleaved answers keep everything",
+        "Hi,\n\n> Which plan?\nYearly.\n> Which card?\nVisa.\n",
+        "Hi,\n\n> Which plan?\nYearly.\n> Which card?\nVisa.",
+        "",
+        "",
+    ),
+    (
+        "a customer's own 'wrote:' is not an attribution",
+        "On Monday I wrote:\nthe order is late\n",
+        "On Monday I wrote:\nthe order is late",
+        "",
+        "",
+    ),
+    (
+        "forwarded messages are content, not history",
+        "Please see below.\n\n---------- Forwarded message ---------\n"
+        "From: Shop <shop@example.com>\nDate: Mon, 3 Mar 2025\n"
+        "Subject: Your order\n\nOrder 123 shipped.\n",
+        "Please see below.\n\n---------- Forwarded message ---------\n"
+        "From: Shop <shop@example.com>\nDate: Mon, 3 Mar 2025\n"
+        "Subject: Your order\n\nOrder 123 shipped.",
+        "",
+        "",
+    ),
+    (
+        "indentation is kept",
+        "Here is my config:\n    indent: 4\n    x: y\n",
+        "Here is my config:\n    indent: 4\n    x: y",
+        "",
+        "",
+    ),
+    (
+        "trailing quote without attribution",
+        "yes\n\n> do you want it?\n>\n> thanks\n",
+        "yes",
+        "> do you want it?",
+        "",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "new", "quoted", "signature"), CASES, ids=[c[0] for c in CASES])
+def test_split_reply(name: str, text: str, new: str, quoted: str, signature: str) -> None:
+    parts = split_reply(text)
+    assert parts.new == new
+    if quoted:
+        assert parts.quoted.startswith(quoted), parts.quoted
+    else:
+        assert parts.quoted == ""
+    assert parts.signature == signature
+
+
+def test_all_quote_is_shown_whole() -> None:
+    text = "> only a quote\n> nothing new\n"
+    parts = split_reply(text)
+    assert parts.new == "> only a quote\n> nothing new"
+    assert parts.quoted == "" and parts.signature == ""
+
+
+def test_crlf_and_empty_text() -> None:
+    assert split_reply("hi\r\n\r\n> old\r\n").new == "hi"
+    assert split_reply("").new == ""

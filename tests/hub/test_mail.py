@@ -1,0 +1,323 @@
+"""Email in the hub without servers: threading, reopening, receipts, the
+pollers' leases and the reply headers, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+
+import hub.mail
+from channels.email import parse_email
+from channels.email_imap import Fetched, FolderState
+from hub.actions import do_post_message, do_set_status
+from hub.attachments import AttachmentStore
+from hub.config import load_config
+from hub.core import Author, DeliveryReceipt, DeliveryStatus, TicketStatus, utcnow
+from hub.mail import MailboxPoller, do_ingest_email, do_record_receipt, save_files, sync_email_inboxes
+from storage.db import Database
+from storage.ingest import IngestResult, ingest_batch
+from storage.mail import LeaseLost, advance_checkpoint, claim_mailbox, reply_context
+from storage.models import Inbox, MailboxCheckpoint, Message, Ticket, TicketEventRow
+from tests.storage.test_ingest import web
+
+ENV = {"HUB_SECRET_KEY": "x", "SUPPORT_PW": "pw"}
+MAILBOX: dict[str, Any] = {
+    "address": "support@hub.test",
+    "display_name": "Acme Support",
+    "default_team": "Support",
+    "imap": {"host": "127.0.0.1", "user": "support@hub.test", "password_env": "SUPPORT_PW"},
+    "smtp": {"host": "127.0.0.1", "security": "none"},
+}
+
+
+def config(tmp_path: Path, **box: Any) -> Any:
+    return load_config(
+        path=None, env=ENV, overrides={"data_dir": str(tmp_path), "email.mailboxes": [{**MAILBOX, **box}]}
+    )
+
+
+@pytest.fixture
+async def mail_db(db: Database, tmp_path: Path) -> Database:
+    async with db.write() as session:
+        await sync_email_inboxes(session, config(tmp_path).email)
+    return db
+
+
+def mail(
+    sender: str = "Sara <sara@example.com>",
+    subject: str = "Order late",
+    mid: str = "c1@example.com",
+    body: str = "Where is my order?",
+    **headers: str,
+) -> bytes:
+    head = {"From": sender, "To": "support@hub.test", "Subject": subject, "Message-ID": f"<{mid}>", **headers}
+    text = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in head.items())
+    return f"{text}Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n".encode()
+
+
+async def ingest(db: Database, tmp_path: Path, raw: bytes, **box: Any) -> IngestResult:
+    parsed = parse_email(raw)
+    store = AttachmentStore(tmp_path / "files", max_bytes=1024 * 1024)
+    files = await save_files(store, parsed, raw, truncated=False)
+    async with db.write() as session:
+        return await do_ingest_email(session, parsed, files, config(tmp_path, **box).email.mailboxes[0])
+
+
+async def test_threads_become_tickets(mail_db: Database, tmp_path: Path) -> None:
+    first = await ingest(mail_db, tmp_path, mail())
+    other = await ingest(mail_db, tmp_path, mail(subject="Invoice address", mid="c2@example.com"))
+    assert first.ticket_created and other.ticket_created
+    assert first.ticket_id != other.ticket_id
+    assert first.contact_id == other.contact_id
+
+    by_reply = await ingest(
+        mail_db, tmp_path, mail(subject="Re: Order late", mid="c3@x", In_Reply_To="<c1@example.com>")
+    )
+    by_refs = await ingest(
+        mail_db, tmp_path, mail(subject="Re: Order late", mid="c4@x", References="<c1@example.com> <c3@x>")
+    )
+    # Outlook: headers rewritten, our subject token kept.
+    by_token = await ingest(mail_db, tmp_path, mail(subject=f"RE: anything [#{other.ticket_id}]", mid="c5@x"))
+    # A client that drops every threading header and the token.
+    by_subject = await ingest(mail_db, tmp_path, mail(subject="AW: Invoice address", mid="c6@x"))
+    assert [r.ticket_id for r in (by_reply, by_refs)] == [first.ticket_id] * 2
+    assert [r.ticket_id for r in (by_token, by_subject)] == [other.ticket_id] * 2
+    assert not any(r.ticket_created for r in (by_reply, by_refs, by_token, by_subject))
+    assert by_reply.message["email"]["threaded_by"] == "in-reply-to"
+    assert by_refs.message["email"]["threaded_by"] == "references"
+    assert by_token.message["email"]["threaded_by"] == "token"
+    assert by_subject.message["email"]["threaded_by"] == "subject"
+
+    # The same subject without "Re:" is a new conversation.
+    fresh = await ingest(mail_db, tmp_path, mail(subject="Order late", mid="c7@x"))
+    assert fresh.ticket_created
+
+
+async def test_threading_is_scoped_to_the_contact(mail_db: Database, tmp_path: Path) -> None:
+    sara = await ingest(mail_db, tmp_path, mail())
+    mallory = await ingest(
+        mail_db,
+        tmp_path,
+        mail(
+            sender="mallory@evil.test",
+            subject=f"Re: Order late [#{sara.ticket_id}]",
+            mid="m1@evil.test",
+            In_Reply_To="<c1@example.com>",
+        ),
+    )
+    assert mallory.ticket_created and mallory.ticket_id != sara.ticket_id
+
+
+async def test_reply_to_a_resolved_ticket_reopens_it(mail_db: Database, tmp_path: Path) -> None:
+    first = await ingest(mail_db, tmp_path, mail())
+    async with mail_db.write() as session:
+        ticket = await session.get(Ticket, first.ticket_id)
+        assert ticket is not None
+        await do_set_status(session, ticket, status=TicketStatus.RESOLVED, actor="agent:1")
+    again = await ingest(mail_db, tmp_path, mail(subject="Re: Order late", mid="c2@x", In_Reply_To="<c1@example.com>"))
+    assert again.ticket_id == first.ticket_id and not again.ticket_created
+    async with mail_db.read() as session:
+        ticket = await session.get(Ticket, first.ticket_id)
+        assert ticket is not None and ticket.status == "open" and ticket.resolved_at is None
+        events = (
+            await session.scalars(select(TicketEventRow.data).where(TicketEventRow.ticket_id == first.ticket_id))
+        ).all()
+        assert {"from": "resolved", "to": "open"} in events
+
+
+async def test_reply_to_our_message_threads_by_its_message_id(mail_db: Database, tmp_path: Path) -> None:
+    first = await ingest(mail_db, tmp_path, mail())
+    async with mail_db.write() as session:
+        ticket = await session.get(Ticket, first.ticket_id)
+        assert ticket is not None
+        reply = await do_post_message(session, ticket, body="On its way", author=Author.AGENT)
+        reply.status = DeliveryStatus.SENT.value
+        reply.external_id = "hub.1.2.abc@hub.test"
+    answer = await ingest(
+        mail_db, tmp_path, mail(subject="Re: Order late [#1]", mid="c2@x", In_Reply_To="<hub.1.2.abc@hub.test>")
+    )
+    assert answer.ticket_id == first.ticket_id
+    async with mail_db.read() as session:
+        later = await thread_headers(session, first.ticket_id)
+    assert later["subject"] == "Order late"
+    assert later["in_reply_to"] == ["c2@x"]
+    assert later["references"] == ["c1@example.com", "hub.1.2.abc@hub.test", "c2@x"]
+    assert later["recipient_name"] == "Sara"
+    assert later["to"] == "sara@example.com"
+
+
+async def thread_headers(session: Any, ticket_id: int) -> dict[str, Any]:
+    """What the sender would pass to the channel for the ticket's next reply."""
+    ticket = await session.get(Ticket, ticket_id)
+    upcoming = Message(id=10**9, ticket_id=ticket_id, contact_id=ticket.contact_id)
+    return (await reply_context(session, upcoming))["email"]  # type: ignore[no-any-return]
+
+
+async def test_chat_channels_keep_one_ticket_per_contact(mail_db: Database) -> None:
+    async with mail_db.write() as session:
+        a, b = await ingest_batch(session, [web("v9", "v9:1"), web("v9", "v9:2")])
+    assert isinstance(a, IngestResult) and isinstance(b, IngestResult) and a.ticket_id == b.ticket_id
+
+
+async def test_inboxes_are_configured(mail_db: Database) -> None:
+    async with mail_db.read() as session:
+        inbox = await session.scalar(select(Inbox).where(Inbox.key == "email:support@hub.test"))
+    assert inbox is not None and inbox.channel == "email" and inbox.name == "Acme Support"
+    assert inbox.default_team_id is not None and inbox.settings["address"] == "support@hub.test"
+
+
+async def test_files_and_original_are_stored(mail_db: Database, tmp_path: Path) -> None:
+    raw = (
+        b"From: sara@example.com\r\nSubject: pics\r\nMessage-ID: <p1@x>\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\nContent-Type: text/html\r\n\r\n'
+        b"<p>look<script>x()</script></p>\r\n--B\r\nContent-Type: image/png; name=a.png\r\n"
+        b"Content-Disposition: attachment; filename=a.png\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n"
+        b"--B--\r\n"
+    )
+    result = await ingest(mail_db, tmp_path, raw)
+    store = AttachmentStore(tmp_path / "files", max_bytes=1024 * 1024)
+    (attachment,) = result.message["attachments"]
+    assert attachment["filename"] == "a.png" and store.read(attachment["url"]) == b"\x89PNG\r\n\x1a\n"
+    assert store.read(result.message["email"]["original_url"]) == raw
+    page = store.read(result.message["email"]["html_url"])
+    assert page is not None and b"look" in page and b"<script" not in page
+    assert result.message["body"] == "look"
+
+
+async def test_oversize_attachment_is_named_not_stored(mail_db: Database, tmp_path: Path) -> None:
+    big = b"A" * 2000
+    raw = (
+        b"From: sara@example.com\r\nSubject: big\r\nMessage-ID: <big@x>\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nhere\r\n'
+        b"--B\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=big.bin\r\n\r\n"
+        + big
+        + b"\r\n--B--\r\n"
+    )
+    parsed = parse_email(raw)
+    files = await save_files(AttachmentStore(tmp_path / "f", max_bytes=1500), parsed, raw, truncated=False)
+    assert files.attachments == [] and files.original_url is None
+    assert any("big.bin" in n for n in files.notes)
+
+
+async def test_bounce_marks_our_message_failed_with_the_reason(mail_db: Database, tmp_path: Path) -> None:
+    first = await ingest(mail_db, tmp_path, mail())
+    async with mail_db.write() as session:
+        ticket = await session.get(Ticket, first.ticket_id)
+        assert ticket is not None
+        reply = await do_post_message(session, ticket, body="Hi", author=Author.AGENT)
+        reply.status = DeliveryStatus.SENT.value
+        reply.external_id = "hub.out.1@hub.test"
+    receipt = DeliveryReceipt(
+        channel="email", external_id="hub.out.1@hub.test", status=DeliveryStatus.FAILED, reason="550 5.1.1 unknown"
+    )
+    async with mail_db.write() as session:
+        changed = await do_record_receipt(session, receipt)
+        assert changed is not None and changed.status == "failed" and changed.status_reason == "550 5.1.1 unknown"
+    async with mail_db.write() as session:
+        # Receipts are idempotent, and a late "delivered" cannot undo a failure... nor the reverse.
+        assert await do_record_receipt(session, receipt) is None
+        unknown = receipt.model_copy(update={"external_id": "nobody@x"})
+        assert await do_record_receipt(session, unknown) is None
+
+
+async def test_one_poller_holds_a_mailbox(mail_db: Database) -> None:
+    key = "email:support@hub.test"
+    async with mail_db.write() as session:
+        assert await claim_mailbox(session, key, "INBOX", "a", 60) is not None
+    async with mail_db.write() as session:
+        assert await claim_mailbox(session, key, "INBOX", "b", 60) is None
+    async with mail_db.write() as session:
+        await advance_checkpoint(session, key, "a", folder="INBOX", uidvalidity=7, last_uid=3, lease_seconds=60)
+    # a stalls past its lease; b takes over, and a can no longer move the checkpoint.
+    async with mail_db.write() as session:
+        await session.execute(update(MailboxCheckpoint).values(lease_until=utcnow() - timedelta(seconds=1)))
+    async with mail_db.write() as session:
+        taken = await claim_mailbox(session, key, "INBOX", "b", 60)
+        assert taken is not None and (taken.uidvalidity, taken.last_uid) == (7, 3)
+    with pytest.raises(LeaseLost):
+        async with mail_db.write() as session:
+            await advance_checkpoint(session, key, "a", folder="INBOX", uidvalidity=7, last_uid=9, lease_seconds=60)
+    async with mail_db.read() as session:
+        assert await session.scalar(select(MailboxCheckpoint.last_uid)) == 3
+        assert await session.scalar(select(func.count()).select_from(MailboxCheckpoint)) == 1
+
+
+def test_mailbox_config_errors(tmp_path: Path) -> None:
+    from hub.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"email\.mailboxes\.0\.imap\.password_env: the environment variable NOPE"):
+        load_config(
+            path=None,
+            env={},
+            overrides={"email.mailboxes": [{**MAILBOX, "imap": {**MAILBOX["imap"], "password_env": "NOPE"}}]},
+        )
+    with pytest.raises(ConfigError, match=r"email\.mailboxes\.0\.smtp\.password: secrets must not be written"):
+        load_config(
+            path=None, env=ENV, overrides={"email.mailboxes": [{**MAILBOX, "smtp": {"host": "h", "password": "x"}}]}
+        )
+    with pytest.raises(ConfigError, match=r"email\.mailboxes\.0\.address"):
+        load_config(path=None, env=ENV, overrides={"email.mailboxes": [{**MAILBOX, "address": "not-an-address"}]})
+    with pytest.raises(ConfigError, match="two mailboxes use the inbox"):
+        load_config(path=None, env=ENV, overrides={"email.mailboxes": [MAILBOX, MAILBOX]})
+    cfg = config(tmp_path)
+    box = cfg.email.mailboxes[0]
+    assert box.inbox_key == "email:support@hub.test"
+    assert (box.imap.effective_port, box.smtp.effective_port) == (993, 25)
+    assert cfg.email.passwords == {"SUPPORT_PW": "pw"} and "pw" not in repr(cfg)
+
+
+class FakeImap:
+    """Stands in for the IMAP connection: the poller's own logic under test."""
+
+    def __init__(self, messages: dict[int, bytes]) -> None:
+        self.messages = messages
+
+    def select(self) -> FolderState:
+        return FolderState(uidvalidity=9, uidnext=max(self.messages) + 1, exists=len(self.messages))
+
+    def uids_after(self, last: int) -> list[int]:
+        return [uid for uid in sorted(self.messages) if uid > last]
+
+    def fetch(self, uid: int, max_bytes: int) -> Fetched:
+        return Fetched(raw=self.messages[uid], size=len(self.messages[uid]))
+
+    def highest_uid(self, state: FolderState) -> int:
+        return max(self.messages, default=0)
+
+
+async def test_a_message_that_keeps_failing_is_kept_and_does_not_block_the_mailbox(
+    mail_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = config(tmp_path, first_sync="all")
+    store = AttachmentStore(tmp_path / "files", max_bytes=1024 * 1024)
+    real = hub.mail.do_ingest_email
+
+    async def flaky(session: Any, parsed: Any, files: Any, box: Any) -> IngestResult:
+        if parsed.subject == "poison":
+            raise ValueError("a bug meets a strange message")
+        return await real(session, parsed, files, box)
+
+    monkeypatch.setattr(hub.mail, "do_ingest_email", flaky)
+    poison = mail(subject="poison", mid="p@x")
+    conn = FakeImap({1: poison, 2: mail(subject="fine", mid="f@x")})
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        poller = MailboxPoller(cfg.email.mailboxes[0], cfg.email, mail_db, store, pool, owner="me")
+        async with mail_db.write() as session:
+            await claim_mailbox(session, poller.key, "INBOX", "me", 60)
+        for _ in range(hub.mail.POISON_AFTER - 1):
+            with pytest.raises(ValueError, match="strange message"):
+                await poller._sync(conn)  # type: ignore[arg-type]
+        await poller._sync(conn)  # type: ignore[arg-type]
+    async with mail_db.read() as session:
+        rows = {m.subject: m for m in (await session.scalars(select(Message))).all()}
+        checkpoint = await session.scalar(select(MailboxCheckpoint))
+    assert set(rows) == {"poison", "fine"}
+    kept = rows["poison"]
+    assert "could not be processed" in kept.body and "ValueError" in kept.body
+    assert store.read(kept.attachments[0]["url"]) == poison
+    assert checkpoint is not None and (checkpoint.uidvalidity, checkpoint.last_uid) == (9, 2)
