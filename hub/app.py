@@ -23,6 +23,7 @@ from hub.batcher import IngestBatcher
 from hub.config import ConfigError, HubConfig, ensure_secret_key
 from hub.core import Channel
 from hub.relay import OutboxRelay
+from hub.router import Router
 from hub.security import VisitorTokens
 from hub.sender import Sender
 from hub.stream.base import LiveBus, Stream
@@ -51,6 +52,7 @@ class Hub:
     visitor_tokens: VisitorTokens
     channels: dict[Channel, ChannelAdapter]
     attachments: AttachmentStore
+    router: Router
     consumer_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -95,6 +97,9 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         stream.on_dead = relay.dead_letter
     channels: dict[Channel, ChannelAdapter] = {Channel.WEBCHAT: WebchatChannel(live.publish)}
     sender = Sender(db, channels, config.workers)
+    router = Router(db, config.routing)
+    processor = EventProcessor(db, live, sender, router)
+    router.subscribe(processor)
     return Hub(
         config=config,
         role=role,
@@ -103,11 +108,12 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         live=live,
         relay=relay,
         sender=sender,
-        processor=EventProcessor(db, live, sender),
+        processor=processor,
         batcher=IngestBatcher(db.write),
         visitor_tokens=VisitorTokens(config.secret_key),
         channels=channels,
         attachments=AttachmentStore(config.attachments_dir, max_bytes=config.attachments.max_bytes),
+        router=router,
     )
 
 
@@ -138,6 +144,7 @@ async def start_hub(hub: Hub) -> None:
     await hub.stream.start()
     await hub.live.start()
     await sync_inboxes(hub)
+    await hub.router.setup()
     if hub.role in ("all", "web"):
         await hub.batcher.start()
     # Every process writes outbox rows (web: messages; worker: statuses), so
@@ -146,6 +153,7 @@ async def start_hub(hub: Hub) -> None:
     if hub.role in ("all", "worker"):
         _spawn(hub, hub.stream.consume("workers", hub.consumer_name, hub.processor.handle), "stream-consumer")
         _spawn(hub, hub.sender.run_sweeper(), "sender-sweeper")
+        _spawn(hub, hub.router.run_sweeper(), "routing-sweeper")
 
 
 async def stop_hub(hub: Hub) -> None:

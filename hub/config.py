@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from routing.settings import RoutingConfig
+
 # Environment variable -> dotted config key. Documented in the README; a test
 # checks that every one of them is.
 ENV_OVERRIDES: dict[str, str] = {
@@ -136,6 +138,7 @@ class HubConfig(_Section):
     bot: BotConfig = Field(default_factory=BotConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
     # Filled from HUB_SECRET_KEY, or generated once and kept in data_dir.
     secret_key: str = Field(default="", repr=False)
 

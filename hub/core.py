@@ -236,6 +236,8 @@ class TicketEventKind(enum.StrEnum):
     CONTACT_MERGED = "contact.merged"
     HANDOFF = "ticket.handoff"
     ROUTED = "ticket.routed"
+    SLA_WARNING = "sla.warning"
+    SLA_BREACH = "sla.breach"
     CALL = "call"
 
 

@@ -62,6 +62,9 @@ class TicketSnapshot:
     # Skills an earlier decision said the agent needs (kept on the ticket).
     skills: frozenset[str] = frozenset()
     inbox_default_team_id: int | None = None
+    # Not routed to humans before: rules apply. Later (a requeue, the queue
+    # draining) the team stays and a rule's priority does not undo an escalation.
+    first_routing: bool = True
 
     def facts(self) -> TicketFacts:
         return TicketFacts(
@@ -179,6 +182,7 @@ class Decision:
             or self.team_id is not None
             or self.priority is not None
             or bool(self.labels)
+            or self.queued
         )
 
 
@@ -229,6 +233,8 @@ def decide(ticket: TicketSnapshot, snapshot: RoutingSnapshot = EMPTY) -> Decisio
 
 
 def choose_team(ticket: TicketSnapshot, snapshot: RoutingSnapshot) -> TeamChoice:
+    if not ticket.first_routing and ticket.team_id is not None:
+        return TeamChoice(ticket.team_id, "team already chosen")
     ctx = MatchContext(
         ticket.facts(),
         now=snapshot.now,
