@@ -45,6 +45,7 @@ from hub.actions import (
     ticket_labels,
 )
 from hub.core import PRIORITY_RANK, Author, Presence, Priority, Role, TicketEventKind, TicketStatus, utcnow
+from hub.errors import ValidationFailed
 from hub.stream.base import Event
 from hub.text import detect_language
 from routing import sla
@@ -1276,3 +1277,81 @@ async def add_agent_events(session: AsyncSession, kind: str, agents: Sequence[Ag
             for a in agents
         ],
     )
+
+
+# --- agent actions (presence, routing settings) ------------------------------
+
+
+async def do_set_presence(session: AsyncSession, agent: Agent, presence: Presence, *, actor: str) -> Agent:
+    """The agent says online / away / offline. It is what they get until they
+    say otherwise (a lost heartbeat only turns ``online`` into ``away`` for a
+    while; their inbox reconnecting turns it back)."""
+    now = utcnow()
+    before = agent.presence
+    agent.presence_choice = presence.value
+    agent.last_seen_at = now
+    if before != presence.value:
+        agent.presence, agent.presence_changed_at = presence.value, now
+    await session.flush()
+    await audit(session, actor, "agent.presence", "agent", agent.id, {"from": before, "to": presence.value})
+    if before != presence.value:
+        await add_agent_events(session, AGENT_PRESENCE, [agent], actor)
+    return agent
+
+
+async def do_heartbeat(session: AsyncSession, agent_id: int) -> Agent | None:
+    """The agent's inbox is connected: they are seen now, and back online if
+    a lost heartbeat had made them away."""
+    now = utcnow()
+    agent = await session.get(Agent, agent_id, with_for_update=True)
+    if agent is None:
+        return None
+    agent.last_seen_at = now
+    if agent.presence_choice == Presence.ONLINE.value and agent.presence != Presence.ONLINE.value:
+        agent.presence, agent.presence_changed_at = Presence.ONLINE.value, now
+        await session.flush()
+        await audit(
+            session, f"agent:{agent.id}", "agent.presence", "agent", agent.id, {"to": "online", "reason": "connected"}
+        )
+        await add_agent_events(session, AGENT_PRESENCE, [agent], f"agent:{agent.id}")
+    return agent
+
+
+async def do_update_agent_routing(
+    session: AsyncSession,
+    agent: Agent,
+    *,
+    actor: str,
+    skills: list[str] | None = None,
+    languages: list[str] | None = None,
+    capacity: dict[str, int] | None = None,
+    teams: list[str] | None = None,
+    phone: str | None = None,
+) -> Agent:
+    """An admin changes what an agent can take; more room drains the queues."""
+    changes: dict[str, Any] = {}
+    if skills is not None:
+        agent.skills = changes["skills"] = sorted({s.strip() for s in skills if s.strip()})
+    if languages is not None:
+        agent.languages = changes["languages"] = sorted({s.strip().lower() for s in languages if s.strip()})
+    if capacity is not None:
+        for channel, n in capacity.items():
+            if n < 0:
+                raise ValidationFailed(f"capacity.{channel} must not be negative")
+        agent.capacity = changes["capacity"] = dict(capacity)
+    if phone is not None:
+        agent.phone = changes["phone"] = phone or None
+    if teams is not None:
+        wanted = {(await do_get_or_create_team(session, name, actor=actor)).id for name in teams}
+        current = set((await session.scalars(select(TeamMember.team_id).where(TeamMember.agent_id == agent.id))).all())
+        for team_id in current - wanted:
+            member = await session.get(TeamMember, (team_id, agent.id))
+            if member is not None:
+                await session.delete(member)
+        for team_id in wanted - current:
+            session.add(TeamMember(team_id=team_id, agent_id=agent.id))
+        changes["teams"] = sorted(teams)
+    await session.flush()
+    await audit(session, actor, "agent.updated", "agent", agent.id, changes)
+    await add_agent_events(session, AGENT_UPDATED, [agent], actor)
+    return agent

@@ -73,6 +73,12 @@ def ticket_view(t: Ticket, labels: list[str] | None = None) -> dict[str, Any]:
         "last_message_at": iso(t.last_message_at),
         "snoozed_until": iso(t.snoozed_until),
         "resolved_at": iso(t.resolved_at),
+        # Routing: waiting in the team's queue since; the SLA policy and due times.
+        "queued_at": iso(t.queued_at),
+        "sla_policy": t.sla_policy,
+        "first_response_due_at": iso(t.first_response_due_at),
+        "next_response_due_at": iso(t.next_response_due_at),
+        "resolution_due_at": iso(t.resolution_due_at),
     }
 
 

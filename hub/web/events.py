@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from aiohttp import WSMsgType, web
 
@@ -12,9 +13,12 @@ from channels.base import InvalidPayload
 from channels.webchat import decode_frame
 from hub import metrics
 from hub.app import HUB, WEBSOCKETS
+from hub.router import do_heartbeat
 from hub.web.api import API, current_agent
 from hub.web.registry import ROUTES
 from hub.workers import AGENTS_CHANNEL
+
+log = logging.getLogger(__name__)
 
 
 @ROUTES.route(
@@ -28,8 +32,10 @@ from hub.workers import AGENTS_CHANNEL
 async def agent_events(request: web.Request) -> web.StreamResponse:
     """Each frame is JSON with a `type` (`message.received`, `message.created`,
     `message.status`, `ticket.assigned`, `ticket.status_changed`, `ticket.routed`,
-    `contact.merged`, `typing`) and the ticket and/or message it concerns, in
-    the same shapes as the REST API. Send `{"type": "ping"}` to get a `pong`."""
+    `ticket.handoff`, `sla.warning`, `sla.breach` (with the agent ids to `notify`),
+    `agent.presence`, `contact.merged`, `typing`) and the ticket, message or agent
+    it concerns, in the same shapes as the REST API. Send `{"type": "ping"}` to get
+    a `pong`. While connected, the agent is seen (their presence stays online)."""
     hub = request.app[HUB]
     agent = await current_agent(request)
     ws = web.WebSocketResponse(heartbeat=30.0)
@@ -43,7 +49,19 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
                 return
             await ws.send_json(event)
 
+    async def heartbeat() -> None:
+        # The open inbox keeps the agent seen (and brings them back online after
+        # a lost connection); when it stops, the router's sweeper makes them away.
+        while not ws.closed:
+            try:
+                async with hub.db.write() as session:
+                    await do_heartbeat(session, agent.id)
+            except Exception:
+                log.warning("could not record agent %s heartbeat", agent.id, exc_info=True)
+            await asyncio.sleep(hub.config.routing.presence.heartbeat_seconds)
+
     task = asyncio.create_task(forward())
+    beat = asyncio.create_task(heartbeat())
     try:
         # Lets the forwarder register before hello (exact in-process; on Redis
         # the subscription lags by a round trip, and the inbox reloads on connect).
@@ -65,8 +83,11 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
                 )
     finally:
         task.cancel()
+        beat.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):
             await task
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
         request.app[WEBSOCKETS].discard(ws)
         metrics.LIVE_CONNECTIONS.labels("agent").dec()
     return ws
