@@ -108,9 +108,8 @@ AGENT_PRESENCE = "agent.presence"
 AGENT_UPDATED = "agent.updated"
 # How often a worker checks whether an admin changed the rules in another process.
 _STATE_TTL = 2.0
-# Queue tickets one drain pass looks at (the rest wait for the next trigger).
+# Queue tickets one drain pass tries (the rest wait for the next trigger or sweep).
 _DRAIN_SCAN = 500
-_DRAIN_BATCH = 25
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,7 +434,12 @@ class Router:
                 and not decision.labels
             ):
                 return None  # still waiting in the same queue: nothing new to tell
-            return await self._apply(session, ticket, snap, decision, state)
+            view = await self._apply(session, ticket, snap, decision, state)
+            lost = decision.assignee_id is not None and ticket.assignee_id is None
+        if lost and ticket.team_id is not None:
+            # The chosen agent filled up meanwhile: someone else may have room.
+            await self.drain(ticket.team_id)
+        return view
 
     async def _snapshot_of(
         self, session: AsyncSession, ticket: Ticket, *, text: str, topic: str | None, created: bool
@@ -530,9 +534,7 @@ class Router:
             await do_set_labels(session, ticket, sorted(set(snap.labels) | set(decision.labels)), actor=ROUTER)
         if decision.sla and ticket.sla_policy is None:
             ticket.sla_policy = decision.sla
-        agent_id = decision.assignee_id
-        if agent_id is not None:
-            agent_id = await self._reserve(session, ticket, snap, decision, state)
+        agent_id = await self._reserve(session, ticket, decision, state)
         if agent_id is not None:
             ticket.assignee_id = agent_id
             ticket.queued_at = None
@@ -565,38 +567,24 @@ class Router:
         return ticket_view(ticket, await ticket_labels(session, ticket.id))
 
     async def _reserve(
-        self,
-        session: AsyncSession,
-        ticket: Ticket,
-        snap: TicketSnapshot,
-        decision: Decision,
-        state: RoutingState,
+        self, session: AsyncSession, ticket: Ticket, decision: Decision, state: RoutingState
     ) -> int | None:
         """Lock the chosen agent and check, under the lock, that they still have
-        room; when not, choose again without them. Returns the agent or None."""
+        room. One agent per transaction: holding one agent's lock while waiting
+        for another's could deadlock with a worker doing the opposite, so a
+        full agent sends the ticket to the queue, and the caller drains it."""
+        if decision.assignee_id is None:
+            return None
         team = state.teams.get(ticket.team_id) if ticket.team_id is not None else None
-        tried: set[int] = set()
-        choice = decision.assignee_id
         if team is not None and team.strategy == "round_robin":
             await lock_cursor(session, team.id)
-        while choice is not None and choice not in tried:
-            tried.add(choice)
-            agent = await lock_agent(session, choice)
-            if agent is not None and agent.active and agent.presence == Presence.ONLINE.value:
-                limit = (agent.capacity or {}).get(ticket.channel, self.default_capacity.get(ticket.channel, 0))
-                if await open_count(session, agent.id, ticket.channel) < int(limit):
-                    return agent.id
-            if team is None:
-                return None
-            # Someone else filled this agent first: the others, fresh.
-            agents = [a for a in await agent_states(session, team_ids=[team.id]) if a.id not in tried]
-            base = self._base(state, utcnow())
-            again = decide(
-                replace(snap, team_id=team.id),
-                replace(base, agents=agents, cursors=await cursors(session, [team.id])),
-            )
-            choice = again.assignee_id
-        return None
+        agent = await lock_agent(session, decision.assignee_id)
+        if agent is None or not agent.active or agent.presence != Presence.ONLINE.value:
+            return None
+        limit = (agent.capacity or {}).get(ticket.channel, self.default_capacity.get(ticket.channel, 0))
+        if await open_count(session, agent.id, ticket.channel) >= int(limit):
+            return None
+        return agent.id
 
     # --- the queue ----------------------------------------------------------
 
@@ -613,7 +601,8 @@ class Router:
     async def drain(self, team_id: int) -> int:
         """Assign queued tickets of a team while its agents have room: highest
         priority first, then longest waiting; a ticket nobody can take now
-        (skills, language) does not hold up the ones behind it."""
+        (skills, language) does not hold up the ones behind it. Queue heads are
+        claimed with SKIP LOCKED, so drains in several workers share the queue."""
         state = await self.state()
         team = state.teams.get(team_id)
         if team is None or not team.auto_assign:
@@ -622,51 +611,41 @@ class Router:
         skipped: set[int] = set()
         scanned = 0
         while scanned < _DRAIN_SCAN:
+            scanned += 1
+            # One ticket and at most one agent locked per transaction (see _reserve).
             async with self.db.write() as session:
                 agents = await agent_states(session, team_ids=[team_id])
                 base = replace(self._base(state, utcnow()), agents=agents, cursors=await cursors(session, [team_id]))
-                if not any(team_id in a.teams and a.active and a.presence is Presence.ONLINE for a in agents):
+                room = self._room(team, base)
+                if not room:
                     return assigned
-                stmt = queue_query(team_id, limit=_DRAIN_BATCH + len(skipped), skip_locked=not self.db.is_sqlite)
-                batch = [t for t in (await session.scalars(stmt)).all() if t.id not in skipped]
-                if not batch:
+                stmt = queue_query(team_id, limit=1, skip_locked=not self.db.is_sqlite).where(
+                    Ticket.channel.in_(sorted(room))
+                )
+                if skipped:
+                    stmt = stmt.where(Ticket.id.not_in(sorted(skipped)))
+                ticket = await session.scalar(stmt)
+                if ticket is None:
                     return assigned
-                progressed = False
-                for ticket in batch:
-                    scanned += 1
-                    snap = await self._snapshot_of(session, ticket, text="", topic=None, created=False)
-                    channel_agents = eligible_agents(
-                        team,
-                        ticket.channel,
-                        snap.skills,
-                        snap.language,
-                        base.agents,
-                        base.default_capacity,
-                    )
-                    if not channel_agents:
-                        skipped.add(ticket.id)
-                        continue
-                    decision = decide(snap, base)
-                    if decision.assignee_id is None:
-                        skipped.add(ticket.id)
-                        continue
-                    await self._apply(session, ticket, snap, decision, state)
-                    if ticket.assignee_id is None:
-                        skipped.add(ticket.id)
-                        continue
+                snap = _queued_snapshot(ticket)
+                decision = decide(snap, base)
+                if decision.assignee_id is None:
+                    skipped.add(ticket.id)  # needs skills or a language nobody free has
+                    continue
+                await self._apply(session, ticket, snap, decision, state)
+                if ticket.assignee_id is not None:
                     assigned += 1
-                    progressed = True
-                    chosen = ticket.assignee_id
-                    base = replace(
-                        base,
-                        agents=[
-                            a.with_one_more(ticket.channel, base.now) if a.id == chosen else a for a in base.agents
-                        ],
-                        cursors={**base.cursors, team_id: chosen},
-                    )
-                if not progressed and len(batch) < _DRAIN_BATCH:
-                    return assigned
         return assigned
+
+    def _room(self, team: TeamState, snapshot: RoutingSnapshot) -> set[str]:
+        """Channels some agent of the team could take one more ticket of now."""
+        room: set[str] = set()
+        for a in snapshot.agents:
+            if team.id in a.teams and a.active and a.presence is Presence.ONLINE:
+                for channel in {*a.capacity, *snapshot.default_capacity}:
+                    if a.load.get(channel, 0) < a.limit(channel, snapshot.default_capacity):
+                        room.add(channel)
+        return room
 
     async def drain_all(self) -> int:
         async with self.db.read() as session:
@@ -1095,6 +1074,9 @@ class Router:
                         Agent.last_seen_at.is_not(None),
                         Agent.last_seen_at < now - timedelta(seconds=cfg.away_after_seconds),
                     )
+                    # In id order, so sweepers in two workers never lock agents crosswise.
+                    .order_by(Agent.id)
+                    .with_for_update(skip_locked=True)
                 )
             ).all()
             for agent in stale:
@@ -1253,6 +1235,26 @@ class Router:
                 }
             )
         return out
+
+
+def _queued_snapshot(ticket: Ticket) -> TicketSnapshot:
+    """A queued ticket as the drain sees it: its team is chosen, rules applied."""
+    return TicketSnapshot(
+        id=ticket.id,
+        status=TicketStatus(ticket.status),
+        channel=ticket.channel,
+        inbox="",
+        assignee_id=ticket.assignee_id,
+        team_id=ticket.team_id,
+        ticket_created=False,
+        bot_enabled=False,
+        bot_silenced=ticket.bot_silenced,
+        priority=Priority(ticket.priority),
+        language=ticket.language,
+        contact_id=ticket.contact_id,
+        skills=frozenset(str(x) for x in ticket.skills or []),
+        first_routing=False,
+    )
 
 
 def _teams_named(rules: Iterable[RoutingRule], automation: Iterable[AutomationRule]) -> set[str]:
