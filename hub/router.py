@@ -1069,7 +1069,8 @@ class Router:
         async with self.db.write() as session:
             stale = (
                 await session.scalars(
-                    select(Agent).where(
+                    select(Agent)
+                    .where(
                         Agent.presence == Presence.ONLINE.value,
                         Agent.last_seen_at.is_not(None),
                         Agent.last_seen_at < now - timedelta(seconds=cfg.away_after_seconds),

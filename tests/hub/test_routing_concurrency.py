@@ -125,9 +125,7 @@ async def test_four_workers_never_overfill_an_agent_or_assign_twice(postgres_url
                     select(TicketEventRow.ticket_id, TicketEventRow.data).where(TicketEventRow.kind == "ticket.routed")
                 )
             ).all()
-            per_agent = Counter(
-                (await s.scalars(select(Ticket.assignee_id).where(Ticket.status == "resolved"))).all()
-            )
+            per_agent = Counter((await s.scalars(select(Ticket.assignee_id).where(Ticket.status == "resolved"))).all())
             agents = (await s.scalars(select(Agent.id))).all()
         assert statuses == {"resolved": TICKETS}
         assert left == 0  # the queue emptied
