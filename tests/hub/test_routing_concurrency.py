@@ -36,7 +36,7 @@ async def over_capacity(db: Database, capacity: dict[int, int]) -> list[tuple[in
                 .group_by(Ticket.assignee_id)
             )
         ).all()
-    return [(a, n) for a, n in rows if n > capacity[a]]
+    return [(a, n) for a, n in rows if a is not None and n > capacity[a]]
 
 
 async def test_four_workers_never_overfill_an_agent_or_assign_twice(postgres_url: str) -> None:
