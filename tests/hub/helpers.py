@@ -79,6 +79,16 @@ class Agent:
             assert r.status == status, await r.text()
             return await r.json()
 
+    async def put_json(self, path: str, body: Any, status: int = 200) -> Any:
+        async with self.http.put(f"{self.base}{path}", json=body, headers=self.headers) as r:
+            assert r.status == status, await r.text()
+            return await r.json()
+
+    async def patch_json(self, path: str, body: Any, status: int = 200) -> Any:
+        async with self.http.patch(f"{self.base}{path}", json=body, headers=self.headers) as r:
+            assert r.status == status, await r.text()
+            return await r.json()
+
     @asynccontextmanager
     async def events(self) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
         async with self.http.ws_connect(f"{self.base}/api/v1/events", headers=self.headers) as ws:
