@@ -22,9 +22,10 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -173,12 +174,6 @@ async def bench_end_to_end(url: str, n: int, workers_n: int, *, route: bool) -> 
     return n / elapsed
 
 
-async def fresh_postgres() -> Any:
-    from tests import services
-
-    return services.fresh_postgres_database()
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--decisions", type=int, default=20_000)
@@ -203,7 +198,7 @@ async def main() -> None:
 
         results: dict[bool, float] = {}
         for route in (False, True):
-            gen = services.fresh_postgres_database()
+            gen = cast(AsyncGenerator[str, None], services.fresh_postgres_database())
             try:
                 url = await gen.__anext__()
             except BaseException as exc:
