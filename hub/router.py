@@ -564,27 +564,50 @@ class Router:
         }
         await record_ticket_event(session, ticket, TicketEventKind.ROUTED, ROUTER, data)
         await audit(session, ROUTER, "ticket.routed", "ticket", ticket.id, data)
-        return ticket_view(ticket, await ticket_labels(session, ticket.id))
+        return ticket_view(ticket, sorted(set(snap.labels) | set(decision.labels)))
 
     async def _reserve(
         self, session: AsyncSession, ticket: Ticket, decision: Decision, state: RoutingState
     ) -> int | None:
-        """Lock the chosen agent and check, under the lock, that they still have
-        room. One agent per transaction: holding one agent's lock while waiting
-        for another's could deadlock with a worker doing the opposite, so a
-        full agent sends the ticket to the queue, and the caller drains it."""
+        """Lock an agent and check, under the lock, that they still have room.
+        The chosen agent first, then the next best, each with SKIP LOCKED: an
+        agent another worker is assigning to right now is passed over instead
+        of waited for (never waiting while holding a lock cannot deadlock).
+        When every candidate was busy, wait for the first, holding nothing.
+        None: the ticket goes to the queue, and the caller drains it."""
         if decision.assignee_id is None:
             return None
         team = state.teams.get(ticket.team_id) if ticket.team_id is not None else None
         if team is not None and team.strategy == "round_robin":
             await lock_cursor(session, team.id)
-        agent = await lock_agent(session, decision.assignee_id)
-        if agent is None or not agent.active or agent.presence != Presence.ONLINE.value:
-            return None
-        limit = (agent.capacity or {}).get(ticket.channel, self.default_capacity.get(ticket.channel, 0))
-        if await open_count(session, agent.id, ticket.channel) >= int(limit):
-            return None
-        return agent.id
+        candidates = (decision.assignee_id, *decision.alternatives)
+        skip = not self.db.is_sqlite
+        held = False
+        for agent_id in candidates:
+            agent = await lock_agent(session, agent_id, skip_locked=skip)
+            if agent is None:
+                continue
+            held = True
+            if self._available(agent, ticket.channel) and await open_count(
+                session, agent.id, ticket.channel
+            ) < self._limit(agent, ticket.channel):
+                return agent.id
+        if not held:
+            agent = await lock_agent(session, candidates[0])
+            if (
+                agent is not None
+                and self._available(agent, ticket.channel)
+                and await open_count(session, agent.id, ticket.channel) < self._limit(agent, ticket.channel)
+            ):
+                return agent.id
+        return None
+
+    def _limit(self, agent: Agent, channel: str) -> int:
+        return int((agent.capacity or {}).get(channel, self.default_capacity.get(channel, 0)))
+
+    @staticmethod
+    def _available(agent: Agent, channel: str) -> bool:
+        return agent.active and agent.presence == Presence.ONLINE.value
 
     # --- the queue ----------------------------------------------------------
 

@@ -27,6 +27,7 @@ fewer open tickets of the ticket's channel than their capacity for it.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -173,6 +174,9 @@ class Decision:
     # No eligible agent (or the team does not auto-assign): wait in the team's queue.
     queued: bool = False
     sticky: bool = False
+    # The next best agents, in order, should the chosen one be busy or full
+    # by the time the hub locks their row.
+    alternatives: tuple[int, ...] = ()
 
     @property
     def changes_anything(self) -> bool:
@@ -224,12 +228,19 @@ def decide(ticket: TicketSnapshot, snapshot: RoutingSnapshot = EMPTY) -> Decisio
     team = snapshot.teams.get(choice.team_id)
     if team is None or not team.auto_assign:
         return replace(base, queued=True, reason=f"{choice.reason}; the team's agents pick from its queue")
-    agent_id, why, sticky = choose_agent(
+    ranked, why, sticky = choose_agent(
         team, ticket.channel, frozenset(skills), ticket.language, snapshot, contact_sticky=snapshot.sticky
     )
-    if agent_id is None:
+    if not ranked:
         return replace(base, team_id=choice.team_id, queued=True, reason=f"{choice.reason}; {why}")
-    return replace(base, team_id=choice.team_id, assignee_id=agent_id, sticky=sticky, reason=f"{choice.reason}; {why}")
+    return replace(
+        base,
+        team_id=choice.team_id,
+        assignee_id=ranked[0],
+        alternatives=ranked[1:],
+        sticky=sticky,
+        reason=f"{choice.reason}; {why}",
+    )
 
 
 def choose_team(ticket: TicketSnapshot, snapshot: RoutingSnapshot) -> TeamChoice:
@@ -295,6 +306,7 @@ def eligible_agents(
 
 
 _NEVER = datetime(1, 1, 1, tzinfo=UTC)
+ALTERNATIVES = 5
 
 
 def choose_agent(
@@ -305,8 +317,12 @@ def choose_agent(
     snapshot: RoutingSnapshot,
     *,
     contact_sticky: StickyOwner | None = None,
-) -> tuple[int | None, str, bool]:
-    """(agent id or None, why, whether it was the sticky owner)."""
+) -> tuple[tuple[int, ...], str, bool]:
+    """(the chosen agent and the next best ones, in order, or nothing; why;
+    whether the first is the sticky owner). The applier takes the first it can
+    lock with room, so concurrent workers need not queue up on one agent."""
+    alternatives: list[int] = []
+    sticky_id: int | None = None
     if (
         contact_sticky is not None
         and snapshot.sticky_window > timedelta(0)
@@ -314,14 +330,23 @@ def choose_agent(
     ):
         owner = next((a for a in snapshot.agents if a.id == contact_sticky.agent_id), None)
         if owner is not None and is_eligible(owner, channel, skills, language, snapshot.default_capacity):
-            return owner.id, f"back to agent {owner.id}, who last handled this customer", True
+            sticky_id = owner.id
     candidates = eligible_agents(team, channel, skills, language, snapshot.agents, snapshot.default_capacity)
-    if not candidates:
-        return None, f"no eligible agent in team {team.name!r}: waits in its queue", False
     if team.strategy == "round_robin":
         ordered = sorted(candidates, key=lambda a: a.id)
         after = snapshot.cursors.get(team.id)
-        chosen = next((a for a in ordered if after is not None and a.id > after), ordered[0])
-        return chosen.id, f"round robin in team {team.name!r}", False
-    chosen = min(candidates, key=lambda a: (a.open_total, a.last_assigned_at or _NEVER, a.id))
-    return chosen.id, f"balanced in team {team.name!r}: fewest open tickets", False
+        start = next((i for i, a in enumerate(ordered) if after is not None and a.id > after), 0)
+        alternatives = [a.id for a in (ordered[start:] + ordered[:start])[:ALTERNATIVES]]
+        why = f"round robin in team {team.name!r}"
+    else:
+        best = heapq.nsmallest(
+            ALTERNATIVES, candidates, key=lambda a: (a.open_total, a.last_assigned_at or _NEVER, a.id)
+        )
+        alternatives = [a.id for a in best]
+        why = f"balanced in team {team.name!r}: fewest open tickets"
+    if sticky_id is not None:
+        rest = tuple(a for a in alternatives if a != sticky_id)
+        return (sticky_id, *rest), f"back to agent {sticky_id}, who last handled this customer", True
+    if not alternatives:
+        return (), f"no eligible agent in team {team.name!r}: waits in its queue", False
+    return tuple(alternatives), why, False

@@ -11,8 +11,9 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from hub.core import PRIORITY_RANK, Presence, Priority, TicketStatus
 from routing.decide import AgentState, StickyOwner
@@ -48,26 +49,30 @@ async def loads(session: AsyncSession, agent_ids: Iterable[int]) -> dict[int, di
 async def agent_states(
     session: AsyncSession, *, team_ids: Iterable[int] = (), agent_ids: Iterable[int] = ()
 ) -> list[AgentState]:
-    """Members of ``team_ids`` and the agents ``agent_ids``, with their teams and load."""
+    """Members of ``team_ids`` and the agents ``agent_ids``, with all their teams
+    and their load (two queries: this runs for every routing decision)."""
     teams = sorted(set(team_ids))
     extra = sorted(set(agent_ids))
-    member_ids: set[int] = set(extra)
-    if teams:
-        member_ids |= set(
-            (await session.scalars(select(TeamMember.agent_id).where(TeamMember.team_id.in_(teams)))).all()
-        )
-    if not member_ids:
+    if not teams and not extra:
         return []
-    agents = (await session.scalars(select(Agent).where(Agent.id.in_(sorted(member_ids))))).all()
-    memberships: dict[int, set[int]] = defaultdict(set)
-    for agent_id, team_id in (
+    wanted: list[ColumnElement[bool]] = []
+    if extra:
+        wanted.append(Agent.id.in_(extra))
+    if teams:
+        wanted.append(Agent.id.in_(select(TeamMember.agent_id).where(TeamMember.team_id.in_(teams))))
+    rows = (
         await session.execute(
-            select(TeamMember.agent_id, TeamMember.team_id).where(TeamMember.agent_id.in_(sorted(member_ids)))
+            select(Agent, TeamMember.team_id).outerjoin(TeamMember, TeamMember.agent_id == Agent.id).where(or_(*wanted))
         )
-    ).all():
-        memberships[agent_id].add(team_id)
-    load = await loads(session, member_ids)
-    return [state_of(a, memberships[a.id], load.get(a.id, {})) for a in agents]
+    ).all()
+    agents: dict[int, Agent] = {}
+    memberships: dict[int, set[int]] = defaultdict(set)
+    for agent, team_id in rows:
+        agents[agent.id] = agent
+        if team_id is not None:
+            memberships[agent.id].add(team_id)
+    load = await loads(session, agents)
+    return [state_of(a, memberships[a.id], load.get(a.id, {})) for a in agents.values()]
 
 
 def state_of(agent: Agent, teams: Iterable[int], load: dict[str, int]) -> AgentState:
@@ -84,11 +89,15 @@ def state_of(agent: Agent, teams: Iterable[int], load: dict[str, int]) -> AgentS
     )
 
 
-async def lock_agent(session: AsyncSession, agent_id: int) -> Agent | None:
+async def lock_agent(session: AsyncSession, agent_id: int, *, skip_locked: bool = False) -> Agent | None:
     """The agent's row, locked until the transaction ends: every assignment to
-    one agent is serialized, so a count read after this is exact."""
+    one agent is serialized, so a count read after this is exact. With
+    ``skip_locked``, None when another transaction holds it."""
     return await session.scalar(
-        select(Agent).where(Agent.id == agent_id).with_for_update().execution_options(populate_existing=True)
+        select(Agent)
+        .where(Agent.id == agent_id)
+        .with_for_update(skip_locked=skip_locked)
+        .execution_options(populate_existing=True)
     )
 
 
