@@ -418,6 +418,8 @@ class Router:
             )
             if ticket is None:
                 return None
+            # Changes are written once, at the end: not before every read.
+            session.autoflush = False
             if team_id is not None and ticket.team_id is None and ticket.assignee_id is None:
                 ticket.team_id = int(team_id)
             snap = await self._snapshot_of(session, ticket, text=text, topic=topic, created=ticket_created)
@@ -637,6 +639,7 @@ class Router:
             scanned += 1
             # One ticket and at most one agent locked per transaction (see _reserve).
             async with self.db.write() as session:
+                session.autoflush = False
                 agents = await agent_states(session, team_ids=[team_id])
                 base = replace(self._base(state, utcnow()), agents=agents, cursors=await cursors(session, [team_id]))
                 room = self._room(team, base)
