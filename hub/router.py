@@ -314,7 +314,7 @@ class Router:
         ticket: dict[str, Any] = event.payload["ticket"]
         message: dict[str, Any] = event.payload["message"]
         created = bool(event.payload.get("ticket_created"))
-        if ticket.get("assignee_id") is None and ticket.get("status") == TicketStatus.OPEN.value:
+        if await self._worth_routing(ticket, message.get("inbox") or "", created):
             view = await self.route(ticket["id"], text=message.get("body") or "", ticket_created=created)
             if view is not None:
                 event.payload["ticket"] = view
@@ -324,6 +324,28 @@ class Router:
         if created:
             await self.automate("ticket.created", ticket["id"], marker, text=message.get("body") or "")
         await self.automate("message.received", ticket["id"], marker, text=message.get("body") or "")
+
+    async def _worth_routing(self, ticket: dict[str, Any], inbox_key: str, created: bool) -> bool:
+        """Whether a customer's message can change who owns the ticket, decided
+        from the event and cached settings, so the hot path of a conversation
+        already owned (or with nothing configured to route it) costs no query."""
+        if ticket.get("assignee_id") is not None or ticket.get("status") != TicketStatus.OPEN.value:
+            return False
+        if ticket.get("team_id") is not None:
+            # In a queue already: the queue drains it; only a brand-new ticket
+            # on a team's inbox still needs its first routing.
+            return created or ticket.get("queued_at") is None
+        inbox = self._inboxes.get(inbox_key)
+        if inbox is None:
+            async with self.db.read() as session:
+                row = await session.scalar(select(Inbox).where(Inbox.key == inbox_key))
+            if row is None:
+                return True
+            inbox = self._inboxes[inbox_key] = InboxInfo(row.id, row.bot_enabled, row.default_team_id)
+        if created and inbox.bot_enabled:
+            return True
+        state = await self.state()
+        return bool(state.rules) or state.default_team_id is not None or inbox.default_team_id is not None
 
     async def on_handoff(self, event: Event) -> None:
         """The bot gave the ticket to humans: route it now, to the team it named
