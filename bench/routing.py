@@ -4,28 +4,29 @@ the workers assign end to end.
 1. ``decide`` with 200 agents in 10 teams and 50 rules (most tickets match a
    late rule or none), against the spine's first step measured in the same run
    (``decide`` without a snapshot) as the baseline.
-2. End to end: tickets ingested, then their ``message.received`` events handled
-   by workers that route them (rules, agent locked, capacity counted, events and
-   audit written). SQLite with one worker, PostgreSQL with four workers on their
-   own connections when it is reachable. The baseline is the same pipeline with
-   no team to route to (the step still runs; nothing is assigned).
+2. End to end in one process on SQLite: tickets ingested, their
+   ``message.received`` events handled by the worker steps that route them
+   (rules, agent locked, capacity counted, events and audit written). Baseline:
+   the same with no team to route to (the step runs, nothing is assigned).
+3. End to end at scale: real ``crm-hub serve --role worker`` processes on
+   PostgreSQL and Redis route the tickets as the stream delivers them. Baseline:
+   the same tickets routed to a team whose agents pick from its queue (rules and
+   writes, but no agent chosen or locked).
 
-    .venv/bin/python bench/routing.py [--tickets 2000] [--decisions 20000] [--no-postgres]
+    .venv/bin/python bench/routing.py [--tickets 2000] [--workers 4] [--decisions 20000] [--no-postgres]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import sys
 import tempfile
 import time
-from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -152,7 +153,7 @@ async def bench_end_to_end(url: str, n: int, workers_n: int, *, route: bool) -> 
     )
     for i in range(50):
         await add_agent(setup, f"a{i}@example.com", capacity={"webchat": n})
-    dbs = [setup] + [Database(url, pool_size=4) for _ in range(workers_n - 1)] if not setup.is_sqlite else [setup]
+    dbs = [setup, *(Database(url, pool_size=4) for _ in range(workers_n - 1))] if not setup.is_sqlite else [setup]
     workers = [worker(db, config) for db in dbs]
     await workers[0].router.setup()
     for start in range(0, n, 200):
@@ -174,11 +175,109 @@ async def bench_end_to_end(url: str, n: int, workers_n: int, *, route: bool) -> 
     return n / elapsed
 
 
+async def bench_scale(n: int, workers_n: int, *, assign: bool, work: Path) -> float:
+    """Tickets per second routed by ``workers_n`` real ``crm-hub serve --role
+    worker`` processes on PostgreSQL and Redis: tickets are ingested into the
+    database, the relays publish their events, the workers route them; the clock
+    stops when every ticket is assigned (``assign``) or queued (the baseline: a
+    team whose agents pick from its queue, so no agent is chosen or locked)."""
+    import secrets
+
+    import yaml
+
+    from bench import _procs
+    from bench.ingest import REDIS_URL, clean_env, drop_redis_keys, postgres_database
+    from tests.hub.routing_world import add_agent
+
+    prefix = f"bench-routing-{secrets.token_hex(4)}"
+    config = {
+        "logging": {"level": "WARNING", "format": "json"},
+        "redis": {"stream": f"{prefix}:events", "live_channel": f"{prefix}:live"},
+        "routing": {
+            "default_team": "Support",
+            "teams": [{"name": "Support", "auto_assign": assign}],
+            "rules": [{"name": f"r{i}", "when": {"keywords": [f"word{i}"]}, "team": "Support"} for i in range(50)],
+            "sticky_window_hours": 0,
+            "presence": {"away_after_seconds": 3600},
+        },
+    }
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    procs = _procs.Procs()
+    try:
+        async with postgres_database() as url:
+            await upgrade_async(url)
+            setup = Database(url)
+            async with setup.write() as s:
+                await do_ensure_inbox(s, key="webchat", channel=Channel.WEBCHAT, name="Website")
+            for i in range(50):
+                await add_agent(setup, f"a{i}@example.com", capacity={"webchat": n})
+            env = clean_env()
+            env.update(
+                {
+                    "HUB_CONFIG": str(work / "config.yaml"),
+                    "HUB_DATA_DIR": str(work / "data"),
+                    "HUB_SECRET_KEY": secrets.token_urlsafe(32),
+                    "HUB_DATABASE_URL": url,
+                    "HUB_REDIS_URL": REDIS_URL,
+                }
+            )
+            crm_hub = str(Path(sys.executable).parent / "crm-hub")
+            for k in range(workers_n):
+                port = _procs.free_port()
+                proc = procs.start(
+                    f"worker{k}",
+                    [crm_hub, "serve", "--role", "worker", "--port", str(port)],
+                    env=env,
+                    cwd=work,
+                    log_path=work / f"worker{k}.log",
+                )
+                await _procs.wait_ready(proc, f"http://127.0.0.1:{port}/healthz")
+            began = time.perf_counter()
+            for start in range(0, n, 200):
+                async with setup.write() as s:
+                    await ingest_batch(
+                        s,
+                        [
+                            InboundMessage(
+                                channel=Channel.WEBCHAT,
+                                inbox="webchat",
+                                external_id=f"b{i}",
+                                sender=f"v{i}",
+                                body=f"hello {i}",
+                            )
+                            for i in range(start, min(n, start + 200))
+                        ],
+                    )
+            from sqlalchemy import func, select
+
+            from storage.models import Ticket
+
+            done_col = Ticket.assignee_id if assign else Ticket.queued_at
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                async with setup.read() as s:
+                    done = await s.scalar(select(func.count()).select_from(Ticket).where(done_col.is_not(None)))
+                if done == n:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError(f"only {done} of {n} tickets routed in 600 s; see {work}")
+            elapsed = time.perf_counter() - began
+            procs.stop_all()
+            await setup.dispose()
+            return n / elapsed
+    finally:
+        procs.stop_all()
+        await drop_redis_keys(prefix)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--decisions", type=int, default=20_000)
     parser.add_argument("--tickets", type=int, default=2_000)
-    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL + Redis phase")
     args = parser.parse_args()
 
     d = bench_decide(args.decisions)
@@ -187,30 +286,23 @@ async def main() -> None:
     print(f"  {d['assigned_of_1000']:.0f} of 1,000 sample tickets got an agent")
 
     with tempfile.TemporaryDirectory() as tmp:
-        for route in (False, True):
-            url = f"sqlite+aiosqlite:///{Path(tmp) / f'bench-{route}.db'}"
-            per_s = await bench_end_to_end(url, args.tickets, 1, route=route)
-            label = "assignments/s" if route else "events/s without routing (baseline)"
-            print(f"end to end, SQLite, 1 worker: {per_s:,.0f} {label}")
-    if not args.no_postgres:
-        os.environ.setdefault("HUB_REQUIRE_SERVICES", "")
-        from tests import services
-
         results: dict[bool, float] = {}
         for route in (False, True):
-            gen = cast(AsyncGenerator[str, None], services.fresh_postgres_database())
-            try:
-                url = await gen.__anext__()
-            except BaseException as exc:
-                print(f"PostgreSQL skipped: {exc}")
-                return
-            try:
-                results[route] = await bench_end_to_end(url, args.tickets, 4, route=route)
-            finally:
-                await gen.aclose()
-            label = "assignments/s" if route else "events/s without routing (baseline)"
-            print(f"end to end, PostgreSQL, 4 workers: {results[route]:,.0f} {label}")
+            url = f"sqlite+aiosqlite:///{Path(tmp) / f'bench-{route}.db'}"
+            results[route] = await bench_end_to_end(url, args.tickets, 1, route=route)
+            label = "assignments/s" if route else "events/s with no team to route to (baseline)"
+            print(f"end to end in one process, SQLite: {results[route]:,.0f} {label}")
         print(f"  ratio to the baseline: {results[True] / results[False]:.3f}")
+        if args.no_postgres:
+            return
+        scale: dict[bool, float] = {}
+        for assign in (False, True):
+            scale[assign] = await bench_scale(
+                args.tickets, args.workers, assign=assign, work=Path(tmp) / f"scale-{assign}"
+            )
+            label = "assignments/s" if assign else "tickets/s routed to a queue only (baseline)"
+            print(f"end to end, PostgreSQL + Redis, {args.workers} worker processes: {scale[assign]:,.0f} {label}")
+        print(f"  ratio to the baseline: {scale[True] / scale[False]:.3f}")
 
 
 if __name__ == "__main__":

@@ -178,7 +178,15 @@ class Router:
         names |= {e.team for p in self.config.sla_policies.values() for e in (p.on_warning, p.on_breach) if e.team}
         async with self.db.write() as session:
             for name in sorted(names):
-                await do_get_or_create_team(session, name)
+                # Processes starting together all do this: the unique name decides.
+                created = await session.scalar(
+                    dialect_insert(session, Team)
+                    .values(name=name, created_at=utcnow())
+                    .on_conflict_do_nothing(index_elements=["name"])
+                    .returning(Team.id)
+                )
+                if created is not None:
+                    await audit(session, "system", "team.created", "team", created, {"name": name})
             for key, body in (
                 (RULES_DOC, [r.model_dump(mode="json", exclude_defaults=True) for r in self.config.rules]),
                 (AUTOMATION_DOC, [a.model_dump(mode="json", exclude_defaults=True) for a in self.config.automation]),
@@ -534,8 +542,15 @@ class Router:
         agents = await agent_states(session, team_ids=[team_id], agent_ids=[sticky.agent_id] if sticky else [])
         return decide(
             snap,
-            replace(base, agents=agents, cursors=await cursors(session, [team_id]), sticky=sticky),
+            replace(base, agents=agents, cursors=await self._cursors(session, state, team_id), sticky=sticky),
         )
+
+    @staticmethod
+    async def _cursors(session: AsyncSession, state: RoutingState, team_id: int) -> dict[int, int]:
+        team = state.teams.get(team_id)
+        if team is None or team.strategy != "round_robin":
+            return {}  # only round robin has a cursor
+        return await cursors(session, [team_id])
 
     async def _apply(
         self,
@@ -663,7 +678,9 @@ class Router:
             async with self.db.write() as session:
                 session.autoflush = False
                 agents = await agent_states(session, team_ids=[team_id])
-                base = replace(self._base(state, utcnow()), agents=agents, cursors=await cursors(session, [team_id]))
+                base = replace(
+                    self._base(state, utcnow()), agents=agents, cursors=await self._cursors(session, state, team_id)
+                )
                 room = self._room(team, base)
                 if not room:
                     return assigned

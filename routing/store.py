@@ -60,22 +60,37 @@ async def agent_states(
         wanted.append(Agent.id.in_(extra))
     if teams:
         wanted.append(Agent.id.in_(select(TeamMember.agent_id).where(TeamMember.team_id.in_(teams))))
+    # Plain columns, not ORM objects: this runs for every routing decision.
     rows = (
         await session.execute(
-            select(Agent, TeamMember.team_id).outerjoin(TeamMember, TeamMember.agent_id == Agent.id).where(or_(*wanted))
+            select(*_AGENT_COLUMNS, TeamMember.team_id)
+            .outerjoin(TeamMember, TeamMember.agent_id == Agent.id)
+            .where(or_(*wanted))
         )
     ).all()
-    agents: dict[int, Agent] = {}
+    agents: dict[int, Any] = {}
     memberships: dict[int, set[int]] = defaultdict(set)
-    for agent, team_id in rows:
-        agents[agent.id] = agent
-        if team_id is not None:
-            memberships[agent.id].add(team_id)
+    for row in rows:
+        agents[row.id] = row
+        if row.team_id is not None:
+            memberships[row.id].add(row.team_id)
     load = await loads(session, agents)
     return [state_of(a, memberships[a.id], load.get(a.id, {})) for a in agents.values()]
 
 
-def state_of(agent: Agent, teams: Iterable[int], load: dict[str, int]) -> AgentState:
+_AGENT_COLUMNS = (
+    Agent.id,
+    Agent.presence,
+    Agent.active,
+    Agent.skills,
+    Agent.languages,
+    Agent.capacity,
+    Agent.last_assigned_at,
+)
+
+
+def state_of(agent: Any, teams: Iterable[int], load: dict[str, int]) -> AgentState:
+    """An agent (row or object with the agent columns) as routing sees it."""
     return AgentState(
         id=agent.id,
         teams=frozenset(teams),
