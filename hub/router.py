@@ -350,7 +350,7 @@ class Router:
             if row is None:
                 return True
             inbox = self._inboxes[inbox_key] = InboxInfo(row.id, row.bot_enabled, row.default_team_id)
-        if created and inbox.bot_enabled:
+        if created and (inbox.bot_enabled or self.config.default_sla is not None):
             return True
         state = await self.state()
         return bool(state.rules) or state.default_team_id is not None or inbox.default_team_id is not None
@@ -443,9 +443,7 @@ class Router:
         changed. ``team_id``: a team asked for (handoff)."""
         state = await self.state()
         async with self.db.write() as session:
-            ticket = await session.scalar(
-                select(Ticket).where(Ticket.id == ticket_id).with_for_update().execution_options(populate_existing=True)
-            )
+            ticket = await _locked_ticket(session, ticket_id)
             if ticket is None:
                 return None
             # Changes are written once, at the end: not before every read.
@@ -457,6 +455,9 @@ class Router:
             if enqueue and decision.assignee_id is None and ticket.team_id is not None:
                 decision = replace(decision, queued=True)
             if not decision.changes_anything:
+                if self._clock_due(ticket):
+                    # Nobody to route to, but the default SLA still runs for the shared inbox.
+                    await self._start_cycle(session, ticket, state, start=ticket.waiting_since or ticket.created_at)
                 return None
             if (
                 decision.queued
@@ -545,6 +546,14 @@ class Router:
             replace(base, agents=agents, cursors=await self._cursors(session, state, team_id), sticky=sticky),
         )
 
+    def _clock_due(self, ticket: Ticket) -> bool:
+        """An open ticket with humans to answer it and no SLA cycle yet, under a default policy."""
+        return (
+            self.config.default_sla is not None
+            and ticket.status == TicketStatus.OPEN.value
+            and ticket.cycle_started_at is None
+        )
+
     @staticmethod
     async def _cursors(session: AsyncSession, state: RoutingState, team_id: int) -> dict[int, int]:
         team = state.teams.get(team_id)
@@ -587,11 +596,15 @@ class Router:
                 )
         elif ticket.team_id is not None and ticket.status == TicketStatus.OPEN.value and ticket.queued_at is None:
             ticket.queued_at = ticket.waiting_since or now
-        if ticket.status == TicketStatus.OPEN.value and ticket.team_id is not None and ticket.cycle_started_at is None:
+        if self._clock_due(ticket) or (
+            ticket.status == TicketStatus.OPEN.value and ticket.team_id is not None and ticket.cycle_started_at is None
+        ):
             await self._start_cycle(session, ticket, state, start=ticket.waiting_since or ticket.created_at)
         await session.flush()
         data: dict[str, Any] = {
-            "reason": decision.reason if agent_id is not None or decision.assignee_id is None else "queued: agent full",
+            "reason": decision.reason
+            if agent_id is not None or decision.assignee_id is None
+            else f"{decision.reason}, but the chosen agents were busy or full: queued",
             "rule": decision.rule,
             "status": ticket.status,
             "team_id": ticket.team_id,
@@ -774,7 +787,7 @@ class Router:
     async def _new_cycle(self, ticket_id: int) -> None:
         state = await self.state()
         async with self.db.write() as session:
-            ticket = await session.scalar(select(Ticket).where(Ticket.id == ticket_id).with_for_update())
+            ticket = await _locked_ticket(session, ticket_id)
             if ticket is None or ticket.status == TicketStatus.RESOLVED.value:
                 return
             cycle = await session.scalar(
@@ -794,7 +807,7 @@ class Router:
 
     async def _close_cycle(self, ticket_id: int) -> None:
         async with self.db.write() as session:
-            ticket = await session.scalar(select(Ticket).where(Ticket.id == ticket_id).with_for_update())
+            ticket = await _locked_ticket(session, ticket_id)
             if ticket is None or ticket.status != TicketStatus.RESOLVED.value:
                 return
             self._set_deadlines(ticket, {}, [])
@@ -811,7 +824,7 @@ class Router:
 
     async def _agent_replied(self, ticket_id: int, at: datetime) -> None:
         async with self.db.write() as session:
-            ticket = await session.scalar(select(Ticket).where(Ticket.id == ticket_id).with_for_update())
+            ticket = await _locked_ticket(session, ticket_id)
             if ticket is None:
                 return
             deadlines = self._deadlines(ticket)
@@ -835,7 +848,7 @@ class Router:
         response clock (kept from their first unanswered message)."""
         state = await self.state()
         async with self.db.write() as session:
-            ticket = await session.scalar(select(Ticket).where(Ticket.id == ticket_id).with_for_update())
+            ticket = await _locked_ticket(session, ticket_id)
             if (
                 ticket is None
                 or ticket.status != TicketStatus.OPEN.value
@@ -967,7 +980,7 @@ class Router:
         ran = 0
         requeue: set[int] = set()
         async with self.db.write() as session:
-            ticket = await session.scalar(select(Ticket).where(Ticket.id == ticket_id).with_for_update())
+            ticket = await _locked_ticket(session, ticket_id)
             if ticket is None:
                 return 0
             snap = await self._snapshot_of(session, ticket, text=text, topic=None, created=False)
@@ -1104,7 +1117,7 @@ class Router:
     ) -> int:
         compiled = next(c for c in state.automation if c.rule.name == rule.name)
         async with self.db.write() as session:
-            ticket = await session.scalar(select(Ticket).where(Ticket.id == ticket_id).with_for_update())
+            ticket = await _locked_ticket(session, ticket_id)
             if ticket is None:
                 return 0
             snap = await self._snapshot_of(session, ticket, text="", topic=None, created=False)
@@ -1301,6 +1314,14 @@ class Router:
                 }
             )
         return out
+
+
+async def _locked_ticket(session: AsyncSession, ticket_id: int) -> Ticket | None:
+    """The ticket, locked until the transaction ends and read fresh (the state a
+    decision is made on is the state it is applied to)."""
+    return await session.scalar(
+        select(Ticket).where(Ticket.id == ticket_id).with_for_update().execution_options(populate_existing=True)
+    )
 
 
 def _queued_snapshot(ticket: Ticket) -> TicketSnapshot:

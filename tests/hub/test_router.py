@@ -318,3 +318,14 @@ async def test_snoozed_tickets_wake_up(db: Database) -> None:
     assert await w.router.sweep_snoozed() == 0
     assert await w.router.sweep_snoozed(utcnow() + timedelta(minutes=6)) == 1
     assert (await ticket(db, r.ticket_id)).status == "open"
+
+
+async def test_default_sla_runs_in_the_shared_inbox_without_teams(db: Database) -> None:
+    cfg = routing_config(sla_policies={"basic": {"first_response_minutes": 30}}, default_sla="basic")
+    w = worker(db, cfg)
+    await w.router.setup()
+    r = await write(db, "anyone there?")
+    await pump([w])
+    t = await ticket(db, r.ticket_id)
+    assert (t.team_id, t.assignee_id, t.sla_policy) == (None, None, "basic")
+    assert t.first_response_due_at is not None and t.cycle_started_at is not None
