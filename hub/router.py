@@ -640,15 +640,15 @@ class Router:
             if agent is None:
                 continue
             held = True
-            if self._available(agent, ticket.channel) and await open_count(
-                session, agent.id, ticket.channel
-            ) < self._limit(agent, ticket.channel):
+            if self._available(agent) and await open_count(session, agent.id, ticket.channel) < self._limit(
+                agent, ticket.channel
+            ):
                 return agent.id
         if not held:
             agent = await lock_agent(session, candidates[0])
             if (
                 agent is not None
-                and self._available(agent, ticket.channel)
+                and self._available(agent)
                 and await open_count(session, agent.id, ticket.channel) < self._limit(agent, ticket.channel)
             ):
                 return agent.id
@@ -658,7 +658,7 @@ class Router:
         return int((agent.capacity or {}).get(channel, self.default_capacity.get(channel, 0)))
 
     @staticmethod
-    def _available(agent: Agent, channel: str) -> bool:
+    def _available(agent: Agent) -> bool:
         return agent.active and agent.presence == Presence.ONLINE.value
 
     # --- the queue ----------------------------------------------------------
@@ -687,7 +687,7 @@ class Router:
         scanned = 0
         while scanned < _DRAIN_SCAN:
             scanned += 1
-            # One ticket and at most one agent locked per transaction (see _reserve).
+            # One ticket per transaction; agents locked as _reserve explains.
             async with self.db.write() as session:
                 session.autoflush = False
                 agents = await agent_states(session, team_ids=[team_id])

@@ -111,7 +111,9 @@ async def lock_agent(session: AsyncSession, agent_id: int, *, skip_locked: bool 
     return await session.scalar(
         select(Agent)
         .where(Agent.id == agent_id)
-        .with_for_update(skip_locked=skip_locked)
+        # FOR NO KEY UPDATE: routings serialize on the agent, while rows that
+        # merely reference the agent (an agent's reply) are not held up.
+        .with_for_update(skip_locked=skip_locked, key_share=True)
         .execution_options(populate_existing=True)
     )
 
