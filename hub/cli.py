@@ -100,6 +100,7 @@ def agent() -> None:
 @click.option("--team", "teams", multiple=True, help="team name (repeatable; created if missing)")
 @click.option("--skills", default="", help="comma-separated skills")
 @click.option("--languages", default="", help="comma-separated language codes, e.g. en,fa")
+@click.option("--capacity", default="", help="open tickets per channel, e.g. webchat=3,email=10 (routing)")
 @click.pass_context
 def agent_add(
     ctx: click.Context,
@@ -110,12 +111,19 @@ def agent_add(
     teams: tuple[str, ...],
     skills: str,
     languages: str,
+    capacity: str,
 ) -> None:
     """Create an agent who can log in to the API and the inbox."""
     from hub.core import Role
     from hub.errors import HubError
 
     cfg = _config(ctx)
+    from routing.settings import parse_capacity
+
+    try:
+        limits = parse_capacity(capacity)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--capacity") from exc
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
         generated = False
@@ -139,6 +147,7 @@ def agent_add(
                     teams=list(teams),
                     skills=[s.strip() for s in skills.split(",") if s.strip()],
                     languages=[s.strip() for s in languages.split(",") if s.strip()],
+                    capacity=limits,
                 )
         finally:
             await db.dispose()

@@ -173,6 +173,14 @@ class AutomationRule(_Strict):
     actions: list[AutomationAction] = Field(min_length=1)
     enabled: bool = True
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        # YAML 1.1 reads an unquoted ``on:`` key as the boolean true.
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
     @model_validator(mode="after")
     def _idle(self) -> AutomationRule:
         if (self.on == "idle") != (self.idle_minutes is not None):
@@ -253,3 +261,20 @@ def check_rule_references(
     for r in rules:
         if r.sla is not None and r.sla not in policies:
             raise ValueError(f"rule {r.name!r}: sla {r.sla!r} is not in sla_policies")
+
+
+def parse_capacity(text: str) -> dict[str, int]:
+    """``webchat=3,email=10`` (the command line's form) as a capacity map."""
+    out: dict[str, int] = {}
+    known = {c.value for c in Channel}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        channel, sep, number = part.partition("=")
+        channel = channel.strip().lower()
+        if not sep or channel not in known:
+            raise ValueError(f"{part!r} is not CHANNEL=N with a channel among {', '.join(sorted(known))}")
+        if not number.strip().isdigit():
+            raise ValueError(f"{part!r}: the capacity must be a whole number, 0 or more")
+        out[channel] = int(number)
+    return out
