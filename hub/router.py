@@ -880,6 +880,7 @@ class Router:
         now = now or utcnow()
         fired_total = 0
         drain: set[int] = set()
+        freed: set[int] = set()  # agents an escalation took a ticket from
         async with self.db.write() as session:
             stmt = (
                 select(Ticket)
@@ -895,14 +896,19 @@ class Router:
                 _, policy = self._policy(ticket, state)
                 for deadline, level in due:
                     if policy is not None:
+                        before = ticket.assignee_id
                         team = await self._escalate(session, ticket, deadline, level, policy, state)
                         if team is not None:
                             drain.add(team)
+                        if before is not None and ticket.assignee_id != before:
+                            freed.add(before)
                     fired_total += 1
                 fired = set(ticket.sla_fired or []) | sla.fired_keys(due)
                 self._set_deadlines(ticket, deadlines, fired)
         for team_id in drain:
             await self.drain(team_id)
+        for agent_id in freed:
+            await self.drain_for_agent(agent_id)
         return fired_total
 
     async def _escalate(
@@ -1021,8 +1027,10 @@ class Router:
         for action in rule.actions:
             if ticket.status == TicketStatus.RESOLVED.value and not action.note:
                 break  # a resolve ends the rule's work; later replies would reopen nothing
-            done = action.model_dump(mode="json", exclude_defaults=True)
-            await self._do(session, ticket, action, actor, state)
+            done: dict[str, Any] = action.model_dump(mode="json", exclude_defaults=True)
+            skipped = await self._do(session, ticket, action, actor, state)
+            if skipped:
+                done["skipped"] = skipped
             if action.assign_team is not None and ticket.assignee_id is None:
                 requeue = ticket.team_id
             await audit(
@@ -1037,7 +1045,8 @@ class Router:
 
     async def _do(
         self, session: AsyncSession, ticket: Ticket, action: AutomationAction, actor: str, state: RoutingState
-    ) -> None:
+    ) -> str | None:
+        """Perform one action; returns why it was skipped, if it was."""
         now = utcnow()
         if action.assign_team is not None:
             team_id = state.team_ids.get(action.assign_team)
@@ -1049,7 +1058,7 @@ class Router:
             agent_id = await session.scalar(select(Agent.id).where(Agent.email == action.assign_agent.lower()))
             if agent_id is None:
                 log.warning("automation %s: no agent %s", actor, action.assign_agent)
-                return
+                return f"no agent has the email {action.assign_agent}"
             await do_assign(session, ticket, agent_id=agent_id, team_id=ticket.team_id, actor=actor)
             ticket.queued_at = None
         elif action.add_labels:
@@ -1076,6 +1085,7 @@ class Router:
             )
         elif action.resolve:
             await do_set_status(session, ticket, status=TicketStatus.RESOLVED, actor=actor)
+        return None
 
     async def sweep_idle(self, now: datetime | None = None, limit: int = 100) -> int:
         """Idle rules: tickets without a message for ``idle_minutes``, once per

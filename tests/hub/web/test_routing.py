@@ -58,6 +58,15 @@ async def test_rules_presence_queues_and_availability(tmp_path: Path) -> None:
             {"teams": ["Persian"], "capacity": {"webchat": 1}, "languages": ["fa"]},
         )
         assert updated["capacity"] == {"webchat": 1}
+        # Opening the inbox's websocket is the heartbeat: the admin comes online.
+        assert (await admin.get("/api/v1/me"))["presence"] == "offline"
+        async with admin.events():
+            for _ in range(100):
+                if (await admin.get("/api/v1/me"))["presence"] == "online":
+                    break
+                await asyncio.sleep(0.05)
+            assert (await admin.get("/api/v1/me"))["presence"] == "online"
+        await admin.put_json("/api/v1/me/presence", {"presence": "offline"})
         me = await ana.put_json("/api/v1/me/presence", {"presence": "online"})
         assert me["presence"] == "online"
         async with ana.events() as ws:
