@@ -1258,14 +1258,17 @@ class Router:
             found = state.team_ids.get(team)
         return found
 
-    async def is_team_open(self, team: int | str, at: datetime | None = None) -> bool:
-        """Whether ``team`` (id or name) is within its business hours at ``at``
-        (default now). A team without a calendar (and no default calendar) is
-        always open. Raises ``LookupError`` for an unknown team."""
-        team_id = await self.team_id(team)
-        if team_id is None:
-            raise LookupError(f"team {team!r} does not exist")
+    async def is_team_open(self, team: int | str | None, at: datetime | None = None) -> bool:
+        """Whether ``team`` (id or name; None: no team, the default calendar) is
+        within its business hours at ``at`` (default now). A team without a
+        calendar, with no default calendar, is always open. Raises
+        ``LookupError`` for an unknown team. Fits the phone IVR's ``is_open``."""
         state = await self.state()
+        team_id = None
+        if team is not None:
+            team_id = await self.team_id(team)
+            if team_id is None:
+                raise LookupError(f"team {team!r} does not exist")
         cal = state.calendar_of(team_id, self.config.default_calendar)
         return True if cal is None else cal.is_open(at or utcnow())
 
@@ -1297,6 +1300,20 @@ class Router:
             )
             for a in ok
         ]
+
+    async def phone_agents(self, team: int | str | None) -> list[tuple[int, str]]:
+        """(agent id, phone) of the agents a call for ``team`` can ring now:
+        available for a voice ticket and with a phone number, least busy first;
+        None: every team's. Fits the phone IVR's ``available_agents``."""
+        if team is not None:
+            return [(a.id, a.phone) for a in await self.available_agents(team, "voice") if a.phone]
+        state = await self.state()
+        seen: dict[int, AvailableAgent] = {}
+        for team_id in state.teams:
+            for a in await self.available_agents(team_id, "voice"):
+                seen.setdefault(a.id, a)
+        ranked = sorted(seen.values(), key=lambda a: (a.open_tickets, a.id))
+        return [(a.id, a.phone) for a in ranked if a.phone]
 
     async def queues(self) -> list[dict[str, Any]]:
         """Per team: tickets waiting, the oldest wait, agents online, open now."""

@@ -4,9 +4,10 @@ automation, handoff."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from hub.actions import do_ensure_inbox, do_handoff, do_post_message, do_set_status
@@ -329,3 +330,33 @@ async def test_default_sla_runs_in_the_shared_inbox_without_teams(db: Database) 
     t = await ticket(db, r.ticket_id)
     assert (t.team_id, t.assignee_id, t.sla_policy) == (None, None, "basic")
     assert t.first_response_due_at is not None and t.cycle_started_at is not None
+
+
+async def test_what_the_phone_ivr_asks(db: Database) -> None:
+    cfg = routing_config(
+        teams=[{"name": "Support", "calendar": "tehran"}, {"name": "Sales"}],
+        calendars={"tehran": {"timezone": "Asia/Tehran", "week": {"sat": ["08:00-16:00"], "sun": ["08:00-16:00"]}}},
+        default_capacity={"voice": 1, "webchat": 3},
+    )
+    w = worker(db, cfg)
+    await w.router.setup()
+    ana = await add_agent(db, "ana@example.com")
+    bob = await add_agent(db, "bob@example.com")
+    await add_agent(db, "sue@example.com", online=False)
+    async with db.write() as s:
+        for agent_id, phone in ((ana, "+15550000001"), (bob, None)):
+            agent = await s.get(Agent, agent_id)
+            assert agent is not None
+            agent.phone = phone
+    saturday_noon_tehran = datetime(2025, 6, 7, 8, 30, tzinfo=UTC)
+    assert await w.router.is_team_open("Support", saturday_noon_tehran)
+    assert not await w.router.is_team_open("Support", saturday_noon_tehran + timedelta(days=5))  # Thursday
+    assert await w.router.is_team_open("Sales", saturday_noon_tehran + timedelta(days=5))  # no calendar
+    assert await w.router.is_team_open(None, saturday_noon_tehran)
+    support = await w.router.team_id("Support")
+    assert support is not None
+    assert [a.id for a in await w.router.available_agents(support, "voice")] == [ana, bob]
+    assert await w.router.phone_agents(support) == [(ana, "+15550000001")]
+    assert await w.router.phone_agents(None) == [(ana, "+15550000001")]
+    with pytest.raises(LookupError, match="Nowhere"):
+        await w.router.is_team_open("Nowhere")
