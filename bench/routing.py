@@ -138,7 +138,7 @@ def bench_decide(n: int) -> dict[str, float]:
     return {"decide_per_s": full, "baseline_per_s": baseline, "ratio": full / baseline, "assigned_of_1000": assigned}
 
 
-async def bench_end_to_end(url: str, n: int, workers_n: int, *, route: bool) -> float:
+async def bench_end_to_end(url: str, n: int, *, route: bool) -> float:
     from tests.hub.routing_world import add_agent, pump, routing_config, worker
 
     await upgrade_async(url)
@@ -153,11 +153,20 @@ async def bench_end_to_end(url: str, n: int, workers_n: int, *, route: bool) -> 
     )
     for i in range(50):
         await add_agent(setup, f"a{i}@example.com", capacity={"webchat": n})
-    dbs = [setup, *(Database(url, pool_size=4) for _ in range(workers_n - 1))] if not setup.is_sqlite else [setup]
-    workers = [worker(db, config) for db in dbs]
-    await workers[0].router.setup()
+    one = worker(setup, config)
+    await one.router.setup()
+    await ingest_tickets(setup, n)
+    began = time.perf_counter()
+    await pump([one])
+    elapsed = time.perf_counter() - began
+    await setup.dispose()
+    return n / elapsed
+
+
+async def ingest_tickets(db: Database, n: int) -> None:
+    """``n`` new web chat tickets, one message each, in batches as ingest does."""
     for start in range(0, n, 200):
-        async with setup.write() as s:
+        async with db.write() as s:
             await ingest_batch(
                 s,
                 [
@@ -167,12 +176,6 @@ async def bench_end_to_end(url: str, n: int, workers_n: int, *, route: bool) -> 
                     for i in range(start, min(n, start + 200))
                 ],
             )
-    began = time.perf_counter()
-    await pump(workers)
-    elapsed = time.perf_counter() - began
-    for db in dbs:
-        await db.dispose()
-    return n / elapsed
 
 
 async def bench_scale(n: int, workers_n: int, *, assign: bool, work: Path) -> float:
@@ -234,21 +237,7 @@ async def bench_scale(n: int, workers_n: int, *, assign: bool, work: Path) -> fl
                 )
                 await _procs.wait_ready(proc, f"http://127.0.0.1:{port}/healthz")
             began = time.perf_counter()
-            for start in range(0, n, 200):
-                async with setup.write() as s:
-                    await ingest_batch(
-                        s,
-                        [
-                            InboundMessage(
-                                channel=Channel.WEBCHAT,
-                                inbox="webchat",
-                                external_id=f"b{i}",
-                                sender=f"v{i}",
-                                body=f"hello {i}",
-                            )
-                            for i in range(start, min(n, start + 200))
-                        ],
-                    )
+            await ingest_tickets(setup, n)
             from sqlalchemy import func, select
 
             from storage.models import Ticket
@@ -289,7 +278,7 @@ async def main() -> None:
         results: dict[bool, float] = {}
         for route in (False, True):
             url = f"sqlite+aiosqlite:///{Path(tmp) / f'bench-{route}.db'}"
-            results[route] = await bench_end_to_end(url, args.tickets, 1, route=route)
+            results[route] = await bench_end_to_end(url, args.tickets, route=route)
             label = "assignments/s" if route else "events/s with no team to route to (baseline)"
             print(f"end to end in one process, SQLite: {results[route]:,.0f} {label}")
         print(f"  ratio to the baseline: {results[True] / results[False]:.3f}")
