@@ -11,6 +11,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from aiohttp import web
@@ -25,6 +26,7 @@ from hub.config import ConfigError, HubConfig, ensure_secret_key
 from hub.core import Channel, TicketEventKind
 from hub.mail import EmailService, sync_email_inboxes
 from hub.relay import OutboxRelay
+from hub.router import Router
 from hub.security import VisitorTokens
 from hub.sender import Sender
 from hub.stream.base import LiveBus, Stream
@@ -56,6 +58,7 @@ class Hub:
     channels: dict[Channel, ChannelAdapter]
     attachments: AttachmentStore
     bot: BotService
+    router: Router
     # SMS and phone over Twilio; None when Twilio is not configured.
     twilio: TwilioService | None = None
     telegram: TelegramService | None = None
@@ -117,7 +120,9 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
     if email is not None:
         channels[Channel.EMAIL] = email.channel
         sender.context[Channel.EMAIL] = email.reply_context
-    processor = EventProcessor(db, live, sender)
+    router = Router(db, config.routing)
+    processor = EventProcessor(db, live, sender, router)
+    router.subscribe(processor)
     hub = Hub(
         config=config,
         role=role,
@@ -132,11 +137,21 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         channels=channels,
         attachments=attachments,
         bot=BotService(db, config.bot),
+        router=router,
         twilio=twilio,
         telegram=telegram,
         email=email,
     )
     if twilio is not None:
+        # The IVR asks routing who can take a call, and whether the team is open:
+        # by its routing calendar and, when set, the phone line's own hours.
+        line_open = twilio.desk.is_open
+
+        async def is_open(team_id: int | None, at: datetime) -> bool:
+            return await line_open(team_id, at) and await router.is_team_open(team_id, at)
+
+        twilio.desk.is_open = is_open
+        twilio.desk.available_agents = router.phone_agents
         twilio.install(hub.processor, hub.batcher.submit)
     # After routing's own step, which gives new tickets to the bot, and after the
     # channels' steps (an SMS opt-out is applied before the bot could answer).
@@ -182,6 +197,7 @@ async def start_hub(hub: Hub) -> None:
     await hub.stream.start()
     await hub.live.start()
     await sync_inboxes(hub)
+    await hub.router.setup()
     if hub.role in ("all", "web"):
         await hub.batcher.start()
     # Every process writes outbox rows (web: messages; worker: statuses), so
@@ -190,6 +206,7 @@ async def start_hub(hub: Hub) -> None:
     if hub.role in ("all", "worker"):
         _spawn(hub, hub.stream.consume("workers", hub.consumer_name, hub.processor.handle), "stream-consumer")
         _spawn(hub, hub.sender.run_sweeper(), "sender-sweeper")
+        _spawn(hub, hub.router.run_sweeper(), "routing-sweeper")
         if hub.email is not None:
             hub.email.start(lambda coro, name: _spawn(hub, coro, name))
     if hub.telegram is not None:

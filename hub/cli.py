@@ -101,6 +101,7 @@ def agent() -> None:
 @click.option("--skills", default="", help="comma-separated skills")
 @click.option("--languages", default="", help="comma-separated language codes, e.g. en,fa")
 @click.option("--phone", default=None, help="where calls for this agent ring (IVR, click-to-call)")
+@click.option("--capacity", default="", help="open tickets per channel, e.g. webchat=3,email=10 (routing)")
 @click.pass_context
 def agent_add(
     ctx: click.Context,
@@ -112,12 +113,19 @@ def agent_add(
     skills: str,
     languages: str,
     phone: str | None,
+    capacity: str,
 ) -> None:
     """Create an agent who can log in to the API and the inbox."""
     from hub.core import Role
     from hub.errors import HubError
 
     cfg = _config(ctx)
+    from routing.settings import parse_capacity
+
+    try:
+        limits = parse_capacity(capacity)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--capacity") from exc
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
         generated = False
@@ -143,6 +151,7 @@ def agent_add(
                     languages=[s.strip() for s in languages.split(",") if s.strip()],
                     phone=phone,
                     phone_region=cfg.phone.default_region,
+                    capacity=limits,
                 )
         finally:
             await db.dispose()

@@ -18,6 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from routing.settings import RoutingConfig
+
 # Environment variable -> dotted config key. Documented in the README; a test
 # checks that every one of them is.
 ENV_OVERRIDES: dict[str, str] = {
@@ -823,6 +825,7 @@ class HubConfig(_Section):
     phone: PhoneConfig = Field(default_factory=PhoneConfig)
     twilio: TwilioConfig = Field(default_factory=TwilioConfig)
     email: EmailConfig = Field(default_factory=EmailConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
     # Filled from HUB_SECRET_KEY, or generated once and kept in data_dir.
     secret_key: str = Field(default="", repr=False)
 

@@ -237,6 +237,8 @@ class TicketEventKind(enum.StrEnum):
     HANDOFF = "ticket.handoff"
     ROUTED = "ticket.routed"
     PRIORITY_CHANGED = "ticket.priority_changed"
+    SLA_WARNING = "sla.warning"
+    SLA_BREACH = "sla.breach"
     CALL = "call"
     # An inbound message the customer edited (Telegram): the agents' inbox updates it.
     MESSAGE_UPDATED = "message.updated"

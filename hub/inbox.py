@@ -127,23 +127,7 @@ async def do_delete_canned(session: AsyncSession, canned: CannedResponse, *, age
     )
 
 
-# --- presence ------------------------------------------------------------------------
-
-
-async def do_set_presence(session: AsyncSession, agent: Agent, presence: Presence) -> bool:
-    """Returns whether it changed. Routing (#6) keeps it fresh from the inbox's
-    heartbeat; this is the agent's own switch."""
-    fresh = await session.get(Agent, agent.id, with_for_update=True)
-    assert fresh is not None
-    if fresh.presence == presence.value:
-        return False
-    before = fresh.presence
-    fresh.presence = presence.value
-    agent.presence = presence.value
-    await audit(
-        session, f"agent:{agent.id}", "agent.presence", "agent", agent.id, {"from": before, "to": presence.value}
-    )
-    return True
+# --- availability ------------------------------------------------------------------------
 
 
 async def agents_available(session: AsyncSession, inbox_key: str) -> bool:

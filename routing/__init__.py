@@ -1,5 +1,25 @@
-"""Who owns a ticket now. The decision is pure; the hub applies it."""
+"""Who owns a ticket now: bot, team or agent. The decisions are pure (rules,
+agent choice, business hours, SLA arithmetic, automation matching); the hub
+loads what they need and applies them (``hub/router.py``)."""
 
-from routing.decide import Decision, TicketSnapshot, decide
+from routing.decide import (
+    AgentState,
+    Decision,
+    RoutingSnapshot,
+    StickyOwner,
+    TeamState,
+    TicketSnapshot,
+    choose_agent,
+    decide,
+)
 
-__all__ = ["Decision", "TicketSnapshot", "decide"]
+__all__ = [
+    "AgentState",
+    "Decision",
+    "RoutingSnapshot",
+    "StickyOwner",
+    "TeamState",
+    "TicketSnapshot",
+    "choose_agent",
+    "decide",
+]

@@ -96,6 +96,12 @@ class Agent(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_assigned_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Routing: when presence last changed, and the last heartbeat of the agent's inbox.
+    # What the agent chose; ``presence`` is what routing sees (online turns
+    # away when the heartbeat stops, and back when the inbox reconnects).
+    presence_choice: Mapped[str] = mapped_column(String(20), default="online")
+    presence_changed_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_seen_at: Mapped[datetime | None] = mapped_column(default=None)
 
     teams: Mapped[list[Team]] = relationship(secondary="team_members", lazy="raise")
 
@@ -183,6 +189,7 @@ class Ticket(Base):
         ),
         Index("ix_tickets_activity", "last_message_at", "id"),
         Index("ix_tickets_status_activity", "status", "last_message_at"),
+        Index("ix_tickets_queue", "team_id", "queued_at"),
     )
 
     id: Mapped[int] = mapped_column(PK, primary_key=True)
@@ -205,6 +212,22 @@ class Ticket(Base):
     snoozed_until: Mapped[datetime | None] = mapped_column(default=None)
     resolved_at: Mapped[datetime | None] = mapped_column(default=None)
     bot_silenced: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Routing: in its team's queue since (None: not waiting for an agent); the
+    # detected language and skills an agent needs; the SLA policy, the current
+    # cycle (a reopened ticket starts a new one) and its deadlines; the next
+    # instant the SLA sweeper must look at it, and what it has already fired.
+    queued_at: Mapped[datetime | None] = mapped_column(default=None)
+    language: Mapped[str | None] = mapped_column(String(8), default=None)
+    skills: Mapped[list[Any]] = mapped_column(default=list)
+    sla_policy: Mapped[str | None] = mapped_column(String(100), default=None)
+    sla_cycle: Mapped[int] = mapped_column(Integer, default=1)
+    cycle_started_at: Mapped[datetime | None] = mapped_column(default=None)
+    first_response_due_at: Mapped[datetime | None] = mapped_column(default=None)
+    next_response_due_at: Mapped[datetime | None] = mapped_column(default=None)
+    resolution_due_at: Mapped[datetime | None] = mapped_column(default=None)
+    sla_deadlines: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    sla_fired: Mapped[list[Any]] = mapped_column(default=list)
+    sla_next_check_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
 
     labels: Mapped[list[TicketLabel]] = relationship(lazy="raise", cascade="all, delete-orphan")
 
@@ -409,6 +432,32 @@ class FaqEntry(Base):
     updated_by: Mapped[str] = mapped_column(String(64), default="system")
 
 
+class RoutingCursor(Base):
+    """Round robin's durable cursor: the agent a team assigned to last."""
+
+    __tablename__ = "routing_cursors"
+
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True)
+    agent_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RoutingDocument(Base):
+    """Routing rules and automation rules as the admin API last saved them (or
+    as config.yaml seeded them); ``version`` tells every worker to reload."""
+
+    __tablename__ = "routing_documents"
+
+    key: Mapped[str] = mapped_column(String(40), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    # "config": seeded from config.yaml (a changed file re-seeds it); "api": edited by an admin.
+    source: Mapped[str] = mapped_column(String(20), default="config")
+    digest: Mapped[str] = mapped_column(String(64), default="")
+    body: Mapped[list[Any]] = mapped_column(default=list)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(64), default="system")
+
+
 class FaqVersion(Base):
     """Who changed which knowledge-base entry, when, and to what."""
 
@@ -479,3 +528,38 @@ class MailboxCheckpoint(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
     lease_until: Mapped[datetime | None] = mapped_column(default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TicketCycle(Base):
+    """One stretch of a ticket from (re)opening to resolution: first response is
+    measured per cycle, so a reopened ticket is judged on its new question."""
+
+    __tablename__ = "ticket_cycles"
+    __table_args__ = (UniqueConstraint("ticket_id", "number", name="uq_ticket_cycles_ticket_number"),)
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    sla_policy: Mapped[str | None] = mapped_column(String(100), default=None)
+    started_at: Mapped[datetime]
+    first_response_due_at: Mapped[datetime | None] = mapped_column(default=None)
+    first_response_at: Mapped[datetime | None] = mapped_column(default=None)
+    resolved_at: Mapped[datetime | None] = mapped_column(default=None)
+    breaches: Mapped[list[Any]] = mapped_column(default=list)
+
+
+class AutomationRun(Base):
+    """An automation rule that fired on a ticket for one occasion (``marker``:
+    the event, or the idle period), so redelivery or a second sweeper does not
+    fire it again."""
+
+    __tablename__ = "automation_runs"
+    __table_args__ = (UniqueConstraint("rule", "ticket_id", "marker", name="uq_automation_runs_rule_ticket_marker"),)
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    rule: Mapped[str] = mapped_column(String(100))
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
+    marker: Mapped[str] = mapped_column(String(100))
+    # For idle rules: the last message of the quiet spell the rule fired for.
+    occasion_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

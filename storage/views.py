@@ -72,6 +72,7 @@ def ticket_view(t: Ticket, labels: list[str] | None = None) -> dict[str, Any]:
 _TICKET_FIELDS = (
     "id", "status", "priority", "channel", "inbox_id", "contact_id", "assignee_id", "team_id", "subject",
     "created_at", "waiting_since", "first_response_at", "last_message_at", "snoozed_until", "resolved_at",
+    "queued_at", "sla_policy", "first_response_due_at", "next_response_due_at", "resolution_due_at",
 )  # fmt: skip
 
 
@@ -95,6 +96,12 @@ def ticket_values_view(v: Mapping[str, Any], labels: list[str] | None = None) ->
         "last_message_at": iso(v["last_message_at"]),
         "snoozed_until": iso(v["snoozed_until"]),
         "resolved_at": iso(v["resolved_at"]),
+        # Routing: waiting in the team's queue since; the SLA policy and due times.
+        "queued_at": iso(v["queued_at"]),
+        "sla_policy": v["sla_policy"],
+        "first_response_due_at": iso(v["first_response_due_at"]),
+        "next_response_due_at": iso(v["next_response_due_at"]),
+        "resolution_due_at": iso(v["resolution_due_at"]),
     }
 
 

@@ -40,7 +40,7 @@ from channels.twilio_voice import (
 )
 from hub.actions import audit, check_ticket, do_assign, do_get_or_create_team, do_post_message, record_ticket_event
 from hub.config import VoiceHoursConfig
-from hub.core import Attachment, Author, Channel, IdentityKind, InboundMessage, TicketEventKind, utcnow
+from hub.core import Attachment, Author, Channel, IdentityKind, InboundMessage, Presence, TicketEventKind, utcnow
 from hub.errors import HubError, ValidationFailed
 from storage.db import Database
 from storage.ingest import IngestResult, current_ticket, dialect_insert
@@ -182,13 +182,23 @@ class VoiceDesk:
     async def menu(self, params: CallParams, base: str) -> str:
         item = next((m for m in self.voice.menu if m.digit == params.digits), None)
         team_name = item.team if item is not None else self.voice.default_team
+        team_id: int | None = None
+        if team_name:
+            # Committed before routing is asked about it: routing reads teams
+            # on its own connection.
+            async with self.db.write() as session:
+                team_id = (await do_get_or_create_team(session, team_name)).id
+        now = utcnow()
+        open_now = await self.is_open(team_id, now)
+        agents = await self.available_agents(team_id) if open_now else []
         async with self.db.write() as session:
             row, ticket, _ = await self._call(session, params)
-            team = await do_get_or_create_team(session, team_name) if team_name else None
-            team_id = team.id if team is not None else None
-            now = utcnow()
-            open_now = await self.is_open(team_id, now)
-            agents = await self.available_agents(team_id) if open_now else []
+            if open_now and ticket.assignee_id is not None and ticket.assignee_id not in {a for a, _ in agents}:
+                # Routing may already have given this caller's ticket to an agent
+                # (whose capacity it now fills): ring them first.
+                owner = await session.get(Agent, ticket.assignee_id)
+                if owner is not None and owner.active and owner.phone and owner.presence == Presence.ONLINE.value:
+                    agents = [(owner.id, owner.phone), *agents]
             first_time = row.menu_choice is None
             row.menu_choice = params.digits or "none"
             row.team_id = team_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ from channels.base import InvalidPayload
 from channels.webchat import decode_frame
 from hub import codec, metrics
 from hub.app import HUB, WEBSOCKETS, Hub
+from hub.router import do_heartbeat
 from hub.web.api import API, current_agent
 from hub.web.registry import ROUTES
 from hub.workers import AGENTS_CHANNEL
@@ -24,6 +26,8 @@ from storage.models import Agent
 # and raises InvalidPayload for a frame it cannot take.
 AgentFrameHandler = Callable[[Hub, Agent, dict[str, Any]], Awaitable["dict[str, Any] | None"]]
 AGENT_FRAMES: dict[str, AgentFrameHandler] = {}
+
+log = logging.getLogger(__name__)
 
 
 @ROUTES.route(
@@ -37,10 +41,12 @@ AGENT_FRAMES: dict[str, AgentFrameHandler] = {}
 async def agent_events(request: web.Request) -> web.StreamResponse:
     """Each frame is JSON with a `type` (`message.received`, `message.created`,
     `message.status`, `ticket.assigned`, `ticket.status_changed`, `ticket.routed`,
-    `contact.merged`, `typing`) and the ticket and/or message it concerns, in
-    the same shapes as the REST API. Send `{"type": "ping"}` to get a `pong`,
-    and `{"type": "typing", "ticket_id": N}` while writing a reply: a web chat
-    visitor sees "typing", and so do the other agents."""
+    `ticket.handoff`, `sla.warning`, `sla.breach` (with the agent ids to `notify`),
+    `agent.presence`, `contact.merged`, `typing`) and the ticket, message or agent
+    it concerns, in the same shapes as the REST API. Send `{"type": "ping"}` to get
+    a `pong`, and `{"type": "typing", "ticket_id": N}` while writing a reply: a web
+    chat visitor sees "typing", and so do the other agents. While connected, the
+    agent is seen (their presence stays online)."""
     hub = request.app[HUB]
     agent = await current_agent(request)
     ws = web.WebSocketResponse(heartbeat=30.0)
@@ -57,12 +63,24 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
     async def error(message: str) -> None:
         await ws.send_str(codec.dumps({"type": "error", "code": "invalid_frame", "message": message}))
 
+    async def heartbeat() -> None:
+        # The open inbox keeps the agent seen (and brings them back online after
+        # a lost connection); when it stops, the router's sweeper makes them away.
+        while not ws.closed:
+            try:
+                async with hub.db.write() as session:
+                    await do_heartbeat(session, agent.id)
+            except Exception:
+                log.warning("could not record agent %s heartbeat", agent.id, exc_info=True)
+            await asyncio.sleep(hub.config.routing.presence.heartbeat_seconds)
+
     try:
         # Subscribed (confirmed, on Redis) before hello: from hello on, the
         # inbox misses nothing and reloads only what came before it.
         async with hub.live.listen(AGENTS_CHANNEL) as feed:
             await ws.send_str(codec.dumps({"type": "hello", "agent_id": agent.id}))
             task = asyncio.create_task(forward(feed))
+            beat = asyncio.create_task(heartbeat())
             try:
                 async for msg in ws:
                     if msg.type != WSMsgType.TEXT:
@@ -86,8 +104,11 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
                         await error(f"unknown frame type {frame['type']!r}")
             finally:
                 task.cancel()
+                beat.cancel()
                 with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                     await task
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beat
     finally:
         request.app[WEBSOCKETS].discard(ws)
         metrics.LIVE_CONNECTIONS.labels("agent").dec()

@@ -22,17 +22,14 @@ from hub.inbox import (
     do_delete_canned,
     do_mark_read,
     do_save_canned,
-    do_set_presence,
     do_set_priority,
 )
-from hub.web.api import API, _csv, _team_ids, _ticket_out, current_agent, int_param, page_limit
+from hub.web.api import API, _csv, _ticket_out, current_agent, int_param, page_limit
 from hub.web.registry import ROUTES, parse_body
-from hub.web.schemas import AgentOut, TicketListItem, TicketOut, _In, _Out
-from hub.workers import AGENTS_CHANNEL
+from hub.web.schemas import TicketListItem, TicketOut, _In, _Out
 from storage import inbox as inbox_queries
 from storage import queries
 from storage.models import Inbox
-from storage.views import agent_view
 
 STATIC = Path(__file__).resolve().parent.parent / "static" / "inbox"
 ASSET = re.compile(r"^[a-z0-9][a-z0-9_-]*\.(js|css|svg|html)$")
@@ -398,29 +395,6 @@ async def delete_canned(request: web.Request) -> web.Response:
 
 
 # --- the agent and the hub ---------------------------------------------------------------------
-
-
-@ROUTES.route(
-    "PUT",
-    f"{API}/me/presence",
-    summary="Set the logged-in agent's presence: online, away, offline",
-    tag="agents",
-    body=PresenceIn,
-    response=AgentOut,
-)
-async def set_presence(request: web.Request) -> web.Response:
-    hub = request.app[HUB]
-    agent = await current_agent(request)
-    body = await parse_body(request, PresenceIn)
-    async with hub.db.write() as session:
-        changed = await do_set_presence(session, agent, body.presence)
-        view = agent_view(agent, await _team_ids(session, agent.id))
-    if changed:
-        # Only after the commit; the inboxes show who is around.
-        await hub.live.publish(
-            AGENTS_CHANNEL, {"type": "agent.presence", "agent_id": agent.id, "presence": body.presence.value}
-        )
-    return web.json_response(view)
 
 
 @ROUTES.route(

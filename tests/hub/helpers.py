@@ -88,6 +88,11 @@ class Agent:
         async with self.http.delete(f"{self.base}{path}", headers=self.headers) as r:
             assert r.status == status, await r.text()
 
+    async def patch(self, path: str, body: Any, status: int = 200) -> Any:
+        async with self.http.patch(f"{self.base}{path}", json=body, headers=self.headers) as r:
+            assert r.status == status, await r.text()
+            return await r.json()
+
     @asynccontextmanager
     async def events(self) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
         async with self.http.ws_connect(f"{self.base}/api/v1/events", headers=self.headers) as ws:

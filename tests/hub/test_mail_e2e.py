@@ -511,7 +511,7 @@ async def test_a_bot_inbox_leaves_automatic_mail_to_people(tmp_path: Path, dovec
                         .group_by(Ticket.subject)
                     )
                 ).all()
-        assert "router:ticket.status_changed" in seen["Pricing?"]
+        assert "router:ticket.routed" in seen["Pricing?"]
         assert seen["Out of office"] == ["contact:ticket.created"]
         assert {subject for subject, _ in bot_replies} == {"Pricing?"}
     finally:

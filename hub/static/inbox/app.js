@@ -454,8 +454,10 @@ function onEvent(frame) {
       if (state.current && frame.ticket_id === state.current.id && frame.agent_id !== state.me.id) showTyping(frame);
       break;
     case "agent.presence": {
-      const agent = state.agents.get(frame.agent_id);
-      if (agent) agent.presence = frame.presence;
+      // Routing puts presence changes on the stream with the agent's view.
+      const changed = frame.agent || { id: frame.agent_id, presence: frame.presence };
+      const agent = state.agents.get(changed.id);
+      if (agent) agent.presence = changed.presence;
       break;
     }
     default:

@@ -184,8 +184,9 @@ async def test_presence_is_announced_live(env: Env) -> None:
     async with env.admin.events() as events:
         me = await env.bob.put("/api/v1/me/presence", {"presence": "online"})
         assert me["presence"] == "online"
-        live = await next_frame(events, "agent.presence")
-        assert live["presence"] == "online" and live["agent_id"] == me["id"]
+        # The admin's own socket may announce them first (its heartbeat): wait for bob.
+        live = await next_frame(events, "agent.presence", agent_id=me["id"])
+        assert live["presence"] == "online" and live["agent"]["email"] == "bob@example.com"
     bad = await env.bob.put("/api/v1/me/presence", {"presence": "busy"}, 422)
     assert "presence" in bad["error"]["message"]
     agents = (await env.admin.get("/api/v1/agents"))["items"]

@@ -1,0 +1,1494 @@
+"""Routing, applied: the worker steps that route tickets, drain team queues,
+keep SLA clocks and run automation rules, and the sweeper that fires what is
+due by time (SLA warnings and breaches, presence timeouts, idle rules,
+snoozes that end).
+
+Decisions come from the pure functions in ``routing/``; this module loads
+their snapshot and applies them in one transaction. Capacity is exact across
+worker processes on PostgreSQL: the ticket row is locked (a ticket is never
+assigned twice), then the chosen agent's row (every assignment to one agent
+is serialized, and their open tickets are counted after the lock, so nobody
+ends up over capacity); queue heads are claimed with ``FOR UPDATE SKIP
+LOCKED`` so several workers drain one queue without waiting on each other.
+Locks are always taken in the order ticket -> team cursor -> agent. On SQLite
+the single writer serializes the same transactions.
+
+Everything here is idempotent, because the stream delivers at least once and
+several sweepers run at once: decisions re-read the ticket under its lock,
+SLA firings are keyed by their deadline, automation runs by (rule, ticket,
+occasion).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.actions import (
+    audit,
+    do_assign,
+    do_get_or_create_team,
+    do_post_message,
+    do_set_labels,
+    do_set_status,
+    record_ticket_event,
+    ticket_labels,
+)
+from hub.core import PRIORITY_RANK, Author, Presence, Priority, Role, TicketEventKind, TicketStatus, utcnow
+from hub.errors import ValidationFailed
+from hub.stream.base import Event
+from hub.text import detect_language
+from routing import sla
+from routing.automation import CompiledAutomation, compile_automation, matching
+from routing.decide import (
+    CompiledRule,
+    Decision,
+    RoutingSnapshot,
+    TeamState,
+    TicketSnapshot,
+    choose_team,
+    decide,
+    eligible_agents,
+)
+from routing.hours import BusinessCalendar
+from routing.match import ContactFacts, MatchContext
+from routing.settings import (
+    AutomationAction,
+    AutomationRule,
+    Escalation,
+    RoutingConfig,
+    RoutingRule,
+    SlaPolicy,
+    check_rule_references,
+)
+from routing.store import (
+    agent_states,
+    cursors,
+    last_inbound_text,
+    last_owner,
+    lock_agent,
+    lock_cursor,
+    open_count,
+    queue_query,
+    queue_stats,
+)
+from storage.db import Database
+from storage.ingest import TOPIC_EVENTS, add_outbox, dialect_insert
+from storage.models import (
+    Agent,
+    AutomationRun,
+    Contact,
+    Inbox,
+    RoutingCursor,
+    RoutingDocument,
+    Team,
+    TeamMember,
+    Ticket,
+    TicketCycle,
+)
+from storage.views import agent_view, iso, ticket_view
+
+log = logging.getLogger(__name__)
+
+ROUTER = "router"
+RULES_DOC = "rules"
+AUTOMATION_DOC = "automation"
+# Agent events on the stream (not ticket events): presence and routing settings.
+AGENT_PRESENCE = "agent.presence"
+AGENT_UPDATED = "agent.updated"
+# How often a worker checks whether an admin changed the rules in another process.
+_STATE_TTL = 2.0
+# Queue tickets one drain pass tries (the rest wait for the next trigger or sweep).
+_DRAIN_SCAN = 500
+
+
+@dataclass(frozen=True, slots=True)
+class InboxInfo:
+    id: int
+    bot_enabled: bool
+    default_team_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AvailableAgent:
+    """An agent who could take a ticket of a channel now (for the phone IVR)."""
+
+    id: int
+    name: str
+    email: str
+    phone: str | None
+    open_tickets: int
+    free: int
+
+
+@dataclass
+class RoutingState:
+    """Everything that is the same for every decision until settings change."""
+
+    rules: tuple[CompiledRule, ...]
+    automation: tuple[CompiledAutomation, ...]
+    teams: dict[int, TeamState]
+    team_ids: dict[str, int]
+    calendars: dict[str, BusinessCalendar]
+    policies: dict[str, SlaPolicy]
+    default_team_id: int | None
+    versions: tuple[int, ...]
+    loaded_at: float = field(default_factory=time.monotonic)
+
+    def calendar_of(self, team_id: int | None, default: str | None) -> BusinessCalendar | None:
+        team = self.teams.get(team_id) if team_id is not None else None
+        name = team.calendar if team is not None and team.calendar else default
+        return self.calendars.get(name) if name else None
+
+
+def _digest(body: Any) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Router:
+    def __init__(self, db: Database, config: RoutingConfig | None = None) -> None:
+        self.db = db
+        self.config = config or RoutingConfig()
+        self.calendars = {name: c.build() for name, c in self.config.calendars.items()}
+        self.default_capacity = {str(k): v for k, v in self.config.default_capacity.items()}
+        self._inboxes: dict[str, InboxInfo] = {}
+        self._state: RoutingState | None = None
+        self._state_lock = asyncio.Lock()
+
+    # --- settings -----------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Teams named in the config exist; the rule documents exist, seeded
+        from config.yaml (re-seeded when the file changed, unless an admin
+        edited them through the API since)."""
+        names = {t.name for t in self.config.teams}
+        if self.config.default_team:
+            names.add(self.config.default_team)
+        names |= _teams_named(self.config.rules, self.config.automation)
+        names |= {e.team for p in self.config.sla_policies.values() for e in (p.on_warning, p.on_breach) if e.team}
+        async with self.db.write() as session:
+            for name in sorted(names):
+                # Processes starting together all do this: the unique name decides.
+                created = await session.scalar(
+                    dialect_insert(session, Team)
+                    .values(name=name, created_at=utcnow())
+                    .on_conflict_do_nothing(index_elements=["name"])
+                    .returning(Team.id)
+                )
+                if created is not None:
+                    await audit(session, "system", "team.created", "team", created, {"name": name})
+            for key, body in (
+                (RULES_DOC, [r.model_dump(mode="json", exclude_defaults=True) for r in self.config.rules]),
+                (AUTOMATION_DOC, [a.model_dump(mode="json", exclude_defaults=True) for a in self.config.automation]),
+            ):
+                digest = _digest(body)
+                doc = await session.get(RoutingDocument, key, with_for_update=True)
+                if doc is None:
+                    await session.execute(
+                        dialect_insert(session, RoutingDocument)
+                        .values(key=key, version=1, source="config", digest=digest, body=body, updated_at=utcnow())
+                        .on_conflict_do_nothing(index_elements=["key"])
+                    )
+                elif doc.source == "config" and doc.digest != digest:
+                    doc.body, doc.digest, doc.version, doc.updated_at = body, digest, doc.version + 1, utcnow()
+                    await audit(session, "system", "routing.reseeded", "routing", None, {"document": key})
+                elif doc.source == "api" and doc.digest != digest:
+                    log.warning(
+                        "routing %s in config.yaml differ from the ones an admin saved through the API; "
+                        "the API's are used (PUT them again, or delete them with the API, to change that)",
+                        key,
+                    )
+        self._state = None
+
+    async def state(self, *, fresh: bool = False) -> RoutingState:
+        current = self._state
+        if current is not None and not fresh and time.monotonic() - current.loaded_at < _STATE_TTL:
+            return current
+        async with self._state_lock:
+            async with self.db.read() as session:
+                docs = {d.key: d for d in (await session.scalars(select(RoutingDocument))).all()}
+                versions = tuple(docs[k].version if k in docs else 0 for k in (RULES_DOC, AUTOMATION_DOC))
+                teams = (await session.scalars(select(Team))).all()
+                # Team leads: email -> agent id.
+                leads: dict[str, int | None] = {t.lead.lower(): None for t in self.config.teams if t.lead}
+                if leads:
+                    for email, agent_id in (
+                        await session.execute(select(Agent.email, Agent.id).where(Agent.email.in_(list(leads))))
+                    ).all():
+                        leads[email] = agent_id
+            if current is not None and current.versions == versions and len(current.teams) == len(teams):
+                current.loaded_at = time.monotonic()
+                return current
+            settings = {t.name: t for t in self.config.teams}
+            team_states: dict[int, TeamState] = {}
+            for t in teams:
+                s = settings.get(t.name)
+                team_states[t.id] = TeamState(
+                    id=t.id,
+                    name=t.name,
+                    strategy=s.strategy if s else "balanced",
+                    auto_assign=s.auto_assign if s else True,
+                    calendar=s.calendar if s else None,
+                    sla=s.sla if s else None,
+                    lead_id=leads.get(s.lead.lower()) if s and s.lead else None,
+                )
+            rules = [RoutingRule.model_validate(r) for r in (docs[RULES_DOC].body if RULES_DOC in docs else [])]
+            autos = [
+                AutomationRule.model_validate(r) for r in (docs[AUTOMATION_DOC].body if AUTOMATION_DOC in docs else [])
+            ]
+            team_ids = {t.name: t.id for t in teams}
+            self._state = RoutingState(
+                rules=tuple(CompiledRule.of(r) for r in rules),
+                automation=compile_automation(autos, self.config.auto_resolve),
+                teams=team_states,
+                team_ids=team_ids,
+                calendars=self.calendars,
+                policies=dict(self.config.sla_policies),
+                default_team_id=team_ids.get(self.config.default_team) if self.config.default_team else None,
+                versions=versions,
+            )
+            return self._state
+
+    async def documents(self) -> dict[str, dict[str, Any]]:
+        async with self.db.read() as session:
+            docs = {d.key: d for d in (await session.scalars(select(RoutingDocument))).all()}
+        return {
+            key: {
+                "version": docs[key].version if key in docs else 0,
+                "source": docs[key].source if key in docs else "config",
+                "updated_at": iso(docs[key].updated_at) if key in docs else None,
+                "updated_by": docs[key].updated_by if key in docs else None,
+                "items": list(docs[key].body) if key in docs else [],
+            }
+            for key in (RULES_DOC, AUTOMATION_DOC)
+        }
+
+    async def save_rules(
+        self,
+        *,
+        rules: list[RoutingRule] | None = None,
+        automation: list[AutomationRule] | None = None,
+        actor: str,
+    ) -> None:
+        """Replace the routing rules or the automation rules (validated by the
+        caller's models); teams they name are created; every worker picks them
+        up within seconds (the document's version changes)."""
+        check_rule_references(
+            rules or [], automation or [], calendars=set(self.config.calendars), policies=set(self.config.sla_policies)
+        )
+        async with self.db.write() as session:
+            for name in sorted(_teams_named(rules or [], automation or [])):
+                await do_get_or_create_team(session, name, actor=actor)
+            for key, items in ((RULES_DOC, rules), (AUTOMATION_DOC, automation)):
+                if items is None:
+                    continue
+                body = [i.model_dump(mode="json", exclude_defaults=True) for i in items]
+                doc = await session.get(RoutingDocument, key, with_for_update=True)
+                if doc is None:
+                    doc = RoutingDocument(key=key, version=0, source="api", digest="", body=[])
+                    session.add(doc)
+                doc.body, doc.version, doc.source = body, doc.version + 1, "api"
+                doc.digest, doc.updated_at, doc.updated_by = _digest(body), utcnow(), actor
+                await audit(
+                    session, actor, f"routing.{key}.saved", "routing", None, {"version": doc.version, "items": body}
+                )
+        await self.state(fresh=True)
+
+    async def _inbox(self, session: AsyncSession, inbox_id: int) -> InboxInfo:
+        for info in self._inboxes.values():
+            if info.id == inbox_id:
+                return info
+        row = await session.get(Inbox, inbox_id)
+        assert row is not None
+        info = InboxInfo(row.id, row.bot_enabled, row.default_team_id)
+        self._inboxes[row.key] = info
+        return info
+
+    # --- worker steps ------------------------------------------------------
+
+    async def on_received(self, event: Event) -> None:
+        """A customer wrote: route the ticket (the bot first where enabled),
+        restart the next-response clock, run automation."""
+        ticket: dict[str, Any] = event.payload["ticket"]
+        message: dict[str, Any] = event.payload["message"]
+        created = bool(event.payload.get("ticket_created"))
+        if await self._worth_routing(ticket, message.get("inbox") or "", created):
+            view = await self.route(
+                ticket["id"],
+                text=message.get("body") or "",
+                ticket_created=created,
+                # Out-of-office and bulk mail go to people, never to the bot: two
+                # automatic responders would answer each other forever.
+                automatic=bool(message.get("auto_reply")),
+            )
+            if view is not None:
+                event.payload["ticket"] = view
+        if ticket.get("first_response_at") and ticket.get("status") == TicketStatus.OPEN.value:
+            await self._customer_waiting(ticket["id"])
+        marker = f"message:{message.get('id')}"
+        if created:
+            await self.automate("ticket.created", ticket["id"], marker, text=message.get("body") or "")
+        await self.automate("message.received", ticket["id"], marker, text=message.get("body") or "")
+
+    async def _worth_routing(self, ticket: dict[str, Any], inbox_key: str, created: bool) -> bool:
+        """Whether a customer's message can change who owns the ticket, decided
+        from the event and cached settings, so the hot path of a conversation
+        already owned (or with nothing configured to route it) costs no query."""
+        if ticket.get("assignee_id") is not None or ticket.get("status") != TicketStatus.OPEN.value:
+            return False
+        if ticket.get("team_id") is not None:
+            # In a queue already: the queue drains it; only a brand-new ticket
+            # on a team's inbox still needs its first routing.
+            return created or ticket.get("queued_at") is None
+        inbox = self._inboxes.get(inbox_key)
+        if inbox is None:
+            async with self.db.read() as session:
+                row = await session.scalar(select(Inbox).where(Inbox.key == inbox_key))
+            if row is None:
+                return True
+            inbox = self._inboxes[inbox_key] = InboxInfo(row.id, row.bot_enabled, row.default_team_id)
+        if created and (inbox.bot_enabled or self.config.default_sla is not None):
+            return True
+        state = await self.state()
+        return bool(state.rules) or state.default_team_id is not None or inbox.default_team_id is not None
+
+    async def on_handoff(self, event: Event) -> None:
+        """The bot gave the ticket to humans: route it now, to the team it named
+        if any (rules still set priority and labels), and start the SLA clock."""
+        data = event.payload.get("data") or {}
+        tid = int(event.payload["ticket"]["id"])
+        topic = data.get("topic")
+        view = await self.route(
+            tid,
+            text=str(data.get("text") or ""),
+            topic=str(topic) if topic else None,
+            team_id=data.get("team_id"),
+        )
+        if view is not None:
+            event.payload["ticket"] = view
+
+    async def on_status_changed(self, event: Event) -> None:
+        ticket = event.payload["ticket"]
+        data = event.payload.get("data") or {}
+        before, after = data.get("from"), data.get("to")
+        tid = int(ticket["id"])
+        if after == TicketStatus.RESOLVED.value:
+            await self._close_cycle(tid)
+        elif before == TicketStatus.RESOLVED.value and after == TicketStatus.OPEN.value:
+            await self._new_cycle(tid)
+        if after == TicketStatus.OPEN.value and ticket.get("assignee_id") is None:
+            await self.route(tid)
+        if before == TicketStatus.OPEN.value and after != TicketStatus.OPEN.value and ticket.get("assignee_id"):
+            # The agent holds one open ticket fewer: their teams' queues may move.
+            await self.drain_for_agent(int(ticket["assignee_id"]))
+        if not str(event.payload.get("actor", "")).startswith("automation:") and event.outbox_id:
+            await self.automate("ticket.status_changed", tid, f"event:{event.outbox_id}")
+
+    async def on_assigned(self, event: Event) -> None:
+        data = event.payload.get("data") or {}
+        before, after = data.get("from") or {}, data.get("to") or {}
+        if before.get("assignee_id") and before.get("assignee_id") != after.get("assignee_id"):
+            await self.drain_for_agent(int(before["assignee_id"]))
+        if after.get("assignee_id") is None and after.get("team_id") is not None:
+            # Given to a team without an agent: it joins that team's queue.
+            await self.route(int(event.payload["ticket"]["id"]), enqueue=True)
+
+    async def on_message_created(self, event: Event) -> None:
+        message = event.payload["message"]
+        if (
+            message.get("direction") == "out"
+            and message.get("author") == Author.AGENT.value
+            and not message.get("private")
+        ):
+            await self._agent_replied(int(message["ticket_id"]), datetime.fromisoformat(message["created_at"]))
+
+    async def on_sla(self, event: Event) -> None:
+        level = "sla.breach" if event.kind == TicketEventKind.SLA_BREACH.value else "sla.warning"
+        data = event.payload.get("data") or {}
+        await self.automate(level, int(event.payload["ticket"]["id"]), f"{data.get('target')}:{data.get('due_at')}")
+
+    async def on_agent_event(self, event: Event) -> None:
+        agent = event.payload.get("agent") or {}
+        if agent.get("id") and agent.get("presence") == Presence.ONLINE.value:
+            await self.drain_for_agent(int(agent["id"]))
+
+    def subscribe(self, processor: Any) -> None:
+        """Register the steps on an :class:`hub.workers.EventProcessor` (routing
+        of new messages is its first step already)."""
+        processor.subscribe(TicketEventKind.HANDOFF, self.on_handoff)
+        processor.subscribe(TicketEventKind.STATUS_CHANGED, self.on_status_changed)
+        processor.subscribe(TicketEventKind.ASSIGNED, self.on_assigned)
+        processor.subscribe(TicketEventKind.MESSAGE_CREATED, self.on_message_created)
+        processor.subscribe(TicketEventKind.SLA_WARNING, self.on_sla)
+        processor.subscribe(TicketEventKind.SLA_BREACH, self.on_sla)
+        processor.subscribe(AGENT_PRESENCE, self.on_agent_event)
+        processor.subscribe(AGENT_UPDATED, self.on_agent_event)
+
+    # --- routing one ticket -------------------------------------------------
+
+    async def route(
+        self,
+        ticket_id: int,
+        *,
+        text: str = "",
+        topic: str | None = None,
+        ticket_created: bool = False,
+        team_id: int | None = None,
+        enqueue: bool = False,
+        automatic: bool = False,
+    ) -> dict[str, Any] | None:
+        """Decide and apply for one ticket; returns its new view when anything
+        changed. ``team_id``: a team asked for (handoff)."""
+        state = await self.state()
+        async with self.db.write() as session:
+            ticket = await _locked_ticket(session, ticket_id)
+            if ticket is None:
+                return None
+            # Changes are written once, at the end: not before every read.
+            session.autoflush = False
+            if team_id is not None and ticket.team_id is None and ticket.assignee_id is None:
+                ticket.team_id = int(team_id)
+            snap = await self._snapshot_of(session, ticket, text=text, topic=topic, created=ticket_created)
+            if automatic:
+                snap = replace(snap, bot_enabled=False)
+            decision = await self._decide(session, snap, ticket, state)
+            if enqueue and decision.assignee_id is None and ticket.team_id is not None:
+                decision = replace(decision, queued=True)
+            if not decision.changes_anything:
+                if self._clock_due(ticket):
+                    # Nobody to route to, but the default SLA still runs for the shared inbox.
+                    await self._start_cycle(session, ticket, state, start=ticket.waiting_since or ticket.created_at)
+                return None
+            if (
+                decision.queued
+                and ticket.queued_at is not None
+                and decision.team_id in (None, ticket.team_id)
+                and decision.priority is None
+                and not decision.labels
+            ):
+                return None  # still waiting in the same queue: nothing new to tell
+            view = await self._apply(session, ticket, snap, decision, state)
+            lost = decision.assignee_id is not None and ticket.assignee_id is None
+        if lost and ticket.team_id is not None:
+            # The chosen agent filled up meanwhile: someone else may have room.
+            await self.drain(ticket.team_id)
+        return view
+
+    async def _snapshot_of(
+        self, session: AsyncSession, ticket: Ticket, *, text: str, topic: str | None, created: bool
+    ) -> TicketSnapshot:
+        inbox = await self._inbox(session, ticket.inbox_id)
+        contact = await session.get(Contact, ticket.contact_id)
+        labels = await ticket_labels(session, ticket.id)
+        first = ticket.cycle_started_at is None
+        if not text and first:
+            # Routed later than its message (a handoff): rules read the customer's words.
+            text = await last_inbound_text(session, ticket.id)
+        language = detect_language(text) if text else None
+        if language is not None and ticket.language != language and ticket.assignee_id is None:
+            ticket.language = language
+        inbox_key = next((k for k, v in self._inboxes.items() if v.id == ticket.inbox_id), "")
+        return TicketSnapshot(
+            id=ticket.id,
+            status=TicketStatus(ticket.status),
+            channel=ticket.channel,
+            inbox=inbox_key,
+            assignee_id=ticket.assignee_id,
+            team_id=ticket.team_id,
+            ticket_created=created,
+            bot_enabled=inbox.bot_enabled,
+            bot_silenced=ticket.bot_silenced,
+            priority=Priority(ticket.priority),
+            labels=frozenset(labels),
+            text=text,
+            language=language or ticket.language,
+            topic=topic,
+            contact_id=ticket.contact_id,
+            contact=ContactFacts(
+                attributes=dict(contact.attributes or {}) if contact else {},
+                tags=frozenset(str(t) for t in (contact.tags or [])) if contact else frozenset(),
+                lifecycle_stage=contact.lifecycle_stage if contact else None,
+                segment=contact.segment if contact else None,
+            ),
+            skills=frozenset(str(s) for s in ticket.skills or []),
+            inbox_default_team_id=inbox.default_team_id,
+            first_routing=first,
+        )
+
+    def _base(self, state: RoutingState, now: datetime) -> RoutingSnapshot:
+        return RoutingSnapshot(
+            now=now,
+            rules=state.rules,
+            teams=state.teams,
+            team_ids=state.team_ids,
+            sticky_window=timedelta(hours=self.config.sticky_window_hours),
+            default_team_id=state.default_team_id,
+            default_capacity=self.default_capacity,
+            calendars=state.calendars,
+            default_calendar=self.config.default_calendar,
+            default_sla=self.config.default_sla,
+        )
+
+    async def _decide(
+        self, session: AsyncSession, snap: TicketSnapshot, ticket: Ticket, state: RoutingState
+    ) -> Decision:
+        now = utcnow()
+        base = self._base(state, now)
+        if snap.assignee_id is not None or snap.status is not TicketStatus.OPEN:
+            return decide(snap, base)
+        team_id = choose_team(snap, base).team_id
+        if team_id is None:
+            return decide(snap, base)
+        sticky = await last_owner(session, ticket.contact_id, ticket.id, base.sticky_window, now)
+        agents = await agent_states(session, team_ids=[team_id], agent_ids=[sticky.agent_id] if sticky else [])
+        return decide(
+            snap,
+            replace(base, agents=agents, cursors=await self._cursors(session, state, team_id), sticky=sticky),
+        )
+
+    def _clock_due(self, ticket: Ticket) -> bool:
+        """An open ticket with humans to answer it and no SLA cycle yet, under a default policy."""
+        return (
+            self.config.default_sla is not None
+            and ticket.status == TicketStatus.OPEN.value
+            and ticket.cycle_started_at is None
+        )
+
+    @staticmethod
+    async def _cursors(session: AsyncSession, state: RoutingState, team_id: int) -> dict[int, int]:
+        team = state.teams.get(team_id)
+        if team is None or team.strategy != "round_robin":
+            return {}  # only round robin has a cursor
+        return await cursors(session, [team_id])
+
+    async def _apply(
+        self,
+        session: AsyncSession,
+        ticket: Ticket,
+        snap: TicketSnapshot,
+        decision: Decision,
+        state: RoutingState,
+    ) -> dict[str, Any] | None:
+        now = utcnow()
+        if decision.status is not None:
+            ticket.status = decision.status.value
+        if decision.team_id is not None:
+            ticket.team_id = decision.team_id
+        if decision.priority is not None:
+            ticket.priority = decision.priority.value
+        if decision.skills and list(decision.skills) != list(ticket.skills or []):
+            ticket.skills = list(decision.skills)
+        if decision.labels:
+            await do_set_labels(session, ticket, sorted(set(snap.labels) | set(decision.labels)), actor=ROUTER)
+        if decision.sla and ticket.sla_policy is None:
+            ticket.sla_policy = decision.sla
+        agent_id = await self._reserve(session, ticket, decision, state)
+        if agent_id is not None:
+            ticket.assignee_id = agent_id
+            ticket.queued_at = None
+            await session.execute(update(Agent).where(Agent.id == agent_id).values(last_assigned_at=now))
+            team = state.teams.get(ticket.team_id) if ticket.team_id is not None else None
+            if team is not None and team.strategy == "round_robin":
+                await session.execute(
+                    update(RoutingCursor)
+                    .where(RoutingCursor.team_id == team.id)
+                    .values(agent_id=agent_id, updated_at=now)
+                )
+        elif ticket.team_id is not None and ticket.status == TicketStatus.OPEN.value and ticket.queued_at is None:
+            ticket.queued_at = ticket.waiting_since or now
+        if self._clock_due(ticket) or (
+            ticket.status == TicketStatus.OPEN.value and ticket.team_id is not None and ticket.cycle_started_at is None
+        ):
+            await self._start_cycle(session, ticket, state, start=ticket.waiting_since or ticket.created_at)
+        await session.flush()
+        data: dict[str, Any] = {
+            "reason": decision.reason
+            if agent_id is not None or decision.assignee_id is None
+            else f"{decision.reason}, but the chosen agents were busy or full: queued",
+            "rule": decision.rule,
+            "status": ticket.status,
+            "team_id": ticket.team_id,
+            "assignee_id": ticket.assignee_id,
+            "priority": ticket.priority,
+            "labels": list(decision.labels),
+            "queued": ticket.queued_at is not None,
+            "sticky": decision.sticky and agent_id is not None,
+        }
+        await record_ticket_event(session, ticket, TicketEventKind.ROUTED, ROUTER, data)
+        await audit(session, ROUTER, "ticket.routed", "ticket", ticket.id, data)
+        return ticket_view(ticket, sorted(set(snap.labels) | set(decision.labels)))
+
+    async def _reserve(
+        self, session: AsyncSession, ticket: Ticket, decision: Decision, state: RoutingState
+    ) -> int | None:
+        """Lock an agent and check, under the lock, that they still have room.
+        The chosen agent first, then the next best, each with SKIP LOCKED: an
+        agent another worker is assigning to right now is passed over instead
+        of waited for (never waiting while holding a lock cannot deadlock).
+        When every candidate was busy, wait for the first, holding nothing.
+        None: the ticket goes to the queue, and the caller drains it."""
+        if decision.assignee_id is None:
+            return None
+        team = state.teams.get(ticket.team_id) if ticket.team_id is not None else None
+        if team is not None and team.strategy == "round_robin":
+            await lock_cursor(session, team.id)
+        candidates = (decision.assignee_id, *decision.alternatives)
+        skip = not self.db.is_sqlite
+        held = False
+        for agent_id in candidates:
+            agent = await lock_agent(session, agent_id, skip_locked=skip)
+            if agent is None:
+                continue
+            held = True
+            if self._available(agent) and await open_count(session, agent.id, ticket.channel) < self._limit(
+                agent, ticket.channel
+            ):
+                return agent.id
+        if not held:
+            agent = await lock_agent(session, candidates[0])
+            if (
+                agent is not None
+                and self._available(agent)
+                and await open_count(session, agent.id, ticket.channel) < self._limit(agent, ticket.channel)
+            ):
+                return agent.id
+        return None
+
+    def _limit(self, agent: Agent, channel: str) -> int:
+        return int((agent.capacity or {}).get(channel, self.default_capacity.get(channel, 0)))
+
+    @staticmethod
+    def _available(agent: Agent) -> bool:
+        return agent.active and agent.presence == Presence.ONLINE.value
+
+    # --- the queue ----------------------------------------------------------
+
+    async def drain_for_agent(self, agent_id: int) -> int:
+        async with self.db.read() as session:
+            teams = list(
+                (await session.scalars(select(TeamMember.team_id).where(TeamMember.agent_id == agent_id))).all()
+            )
+        total = 0
+        for team_id in teams:
+            total += await self.drain(team_id)
+        return total
+
+    async def drain(self, team_id: int) -> int:
+        """Assign queued tickets of a team while its agents have room: highest
+        priority first, then longest waiting; a ticket nobody can take now
+        (skills, language) does not hold up the ones behind it. Queue heads are
+        claimed with SKIP LOCKED, so drains in several workers share the queue."""
+        state = await self.state()
+        team = state.teams.get(team_id)
+        if team is None or not team.auto_assign:
+            return 0
+        assigned = 0
+        skipped: set[int] = set()
+        scanned = 0
+        while scanned < _DRAIN_SCAN:
+            scanned += 1
+            # One ticket per transaction; agents locked as _reserve explains.
+            async with self.db.write() as session:
+                session.autoflush = False
+                agents = await agent_states(session, team_ids=[team_id])
+                base = replace(
+                    self._base(state, utcnow()), agents=agents, cursors=await self._cursors(session, state, team_id)
+                )
+                room = self._room(team, base)
+                if not room:
+                    return assigned
+                stmt = queue_query(team_id, limit=1, skip_locked=not self.db.is_sqlite).where(
+                    Ticket.channel.in_(sorted(room))
+                )
+                if skipped:
+                    stmt = stmt.where(Ticket.id.not_in(sorted(skipped)))
+                ticket = await session.scalar(stmt)
+                if ticket is None:
+                    return assigned
+                snap = _queued_snapshot(ticket)
+                decision = decide(snap, base)
+                if decision.assignee_id is None:
+                    skipped.add(ticket.id)  # needs skills or a language nobody free has
+                    continue
+                await self._apply(session, ticket, snap, decision, state)
+                if ticket.assignee_id is not None:
+                    assigned += 1
+        return assigned
+
+    def _room(self, team: TeamState, snapshot: RoutingSnapshot) -> set[str]:
+        """Channels some agent of the team could take one more ticket of now."""
+        room: set[str] = set()
+        for a in snapshot.agents:
+            if team.id in a.teams and a.active and a.presence is Presence.ONLINE:
+                for channel in {*a.capacity, *snapshot.default_capacity}:
+                    if a.load.get(channel, 0) < a.limit(channel, snapshot.default_capacity):
+                        room.add(channel)
+        return room
+
+    async def drain_all(self) -> int:
+        async with self.db.read() as session:
+            waiting = await queue_stats(session)
+        total = 0
+        for team_id in waiting:
+            total += await self.drain(team_id)
+        return total
+
+    # --- SLA ---------------------------------------------------------------
+
+    def _policy(self, ticket: Ticket, state: RoutingState) -> tuple[str | None, SlaPolicy | None]:
+        team = state.teams.get(ticket.team_id) if ticket.team_id is not None else None
+        name = ticket.sla_policy or (team.sla if team is not None else None) or self.config.default_sla
+        return name, state.policies.get(name) if name else None
+
+    def _set_deadlines(self, ticket: Ticket, deadlines: dict[sla.Target, sla.Deadline], fired: Iterable[str]) -> None:
+        kept = sla.prune(fired, deadlines)
+        ticket.sla_deadlines = {t: d.to_json() for t, d in deadlines.items()}
+        ticket.sla_fired = kept
+        ticket.first_response_due_at = deadlines["first_response"].due_at if "first_response" in deadlines else None
+        ticket.next_response_due_at = deadlines["next_response"].due_at if "next_response" in deadlines else None
+        ticket.resolution_due_at = deadlines["resolution"].due_at if "resolution" in deadlines else None
+        ticket.sla_next_check_at = sla.next_check(deadlines, kept)
+
+    @staticmethod
+    def _deadlines(ticket: Ticket) -> dict[sla.Target, sla.Deadline]:
+        raw = ticket.sla_deadlines or {}
+        return {t: sla.Deadline.from_json(t, raw[t]) for t in sla.TARGETS if t in raw}
+
+    async def _start_cycle(
+        self, session: AsyncSession, ticket: Ticket, state: RoutingState, *, start: datetime
+    ) -> None:
+        """A ticket reached humans (routed, handed off, reopened): its first
+        response and resolution clocks start now, in a new cycle."""
+        name, policy = self._policy(ticket, state)
+        ticket.sla_policy = name
+        ticket.cycle_started_at = start
+        deadlines: dict[sla.Target, sla.Deadline] = {}
+        if policy is not None:
+            cal = state.calendar_of(ticket.team_id, self.config.default_calendar)
+            targets: list[sla.Target] = ["resolution"]
+            if ticket.first_response_at is None:
+                targets.insert(0, "first_response")
+            deadlines = sla.plan(policy, targets, start, cal)
+        self._set_deadlines(ticket, deadlines, [])
+        await session.execute(
+            dialect_insert(session, TicketCycle)
+            .values(
+                ticket_id=ticket.id,
+                number=ticket.sla_cycle,
+                sla_policy=name,
+                started_at=start,
+                first_response_due_at=deadlines["first_response"].due_at if "first_response" in deadlines else None,
+                first_response_at=ticket.first_response_at,
+                breaches=[],
+            )
+            .on_conflict_do_nothing(index_elements=["ticket_id", "number"])
+        )
+
+    async def _new_cycle(self, ticket_id: int) -> None:
+        state = await self.state()
+        async with self.db.write() as session:
+            ticket = await _locked_ticket(session, ticket_id)
+            if ticket is None or ticket.status == TicketStatus.RESOLVED.value:
+                return
+            cycle = await session.scalar(
+                select(TicketCycle).where(TicketCycle.ticket_id == ticket_id, TicketCycle.number == ticket.sla_cycle)
+            )
+            if cycle is not None and cycle.resolved_at is None:
+                return  # this reopening was handled already
+            reopened = utcnow()
+            ticket.sla_cycle += 1
+            # An agent reply after the resolution (the reopening agent's own,
+            # written before this step ran) is this cycle's first response; an
+            # older one belongs to the last cycle.
+            ended = cycle.resolved_at if cycle is not None else None
+            if ticket.first_response_at is not None and (ended is None or ticket.first_response_at <= ended):
+                ticket.first_response_at = None
+            await self._start_cycle(session, ticket, state, start=reopened)
+
+    async def _close_cycle(self, ticket_id: int) -> None:
+        async with self.db.write() as session:
+            ticket = await _locked_ticket(session, ticket_id)
+            if ticket is None or ticket.status != TicketStatus.RESOLVED.value:
+                return
+            self._set_deadlines(ticket, {}, [])
+            ticket.queued_at = None
+            await session.execute(
+                update(TicketCycle)
+                .where(
+                    TicketCycle.ticket_id == ticket_id,
+                    TicketCycle.number == ticket.sla_cycle,
+                    TicketCycle.resolved_at.is_(None),
+                )
+                .values(resolved_at=ticket.resolved_at or utcnow())
+            )
+
+    async def _agent_replied(self, ticket_id: int, at: datetime) -> None:
+        async with self.db.write() as session:
+            ticket = await _locked_ticket(session, ticket_id)
+            if ticket is None:
+                return
+            deadlines = self._deadlines(ticket)
+            changed = deadlines.pop("first_response", None) is not None
+            changed |= deadlines.pop("next_response", None) is not None
+            if changed:
+                self._set_deadlines(ticket, deadlines, ticket.sla_fired or [])
+            await session.execute(
+                update(TicketCycle)
+                .where(
+                    TicketCycle.ticket_id == ticket_id,
+                    TicketCycle.number == ticket.sla_cycle,
+                    TicketCycle.first_response_at.is_(None),
+                    TicketCycle.started_at <= at,
+                )
+                .values(first_response_at=at)
+            )
+
+    async def _customer_waiting(self, ticket_id: int) -> None:
+        """After our first response, a customer's new message starts the next
+        response clock (kept from their first unanswered message)."""
+        state = await self.state()
+        async with self.db.write() as session:
+            ticket = await _locked_ticket(session, ticket_id)
+            if (
+                ticket is None
+                or ticket.status != TicketStatus.OPEN.value
+                or ticket.first_response_at is None
+                or ticket.waiting_since is None
+                or ticket.cycle_started_at is None
+            ):
+                return
+            deadlines = self._deadlines(ticket)
+            if "next_response" in deadlines:
+                return
+            _, policy = self._policy(ticket, state)
+            if policy is None:
+                return
+            d = sla.deadline(
+                policy,
+                "next_response",
+                ticket.waiting_since,
+                state.calendar_of(ticket.team_id, self.config.default_calendar),
+            )
+            if d is not None:
+                deadlines["next_response"] = d
+                self._set_deadlines(ticket, deadlines, ticket.sla_fired or [])
+
+    async def sweep_sla(self, now: datetime | None = None, limit: int = 100) -> int:
+        """Fire the SLA warnings and breaches that are due. Tickets are claimed
+        with SKIP LOCKED, so sweepers in several workers share them."""
+        state = await self.state()
+        now = now or utcnow()
+        fired_total = 0
+        drain: set[int] = set()
+        freed: set[int] = set()  # agents an escalation took a ticket from
+        async with self.db.write() as session:
+            stmt = (
+                select(Ticket)
+                .where(Ticket.sla_next_check_at <= now, Ticket.status == TicketStatus.OPEN.value)
+                .order_by(Ticket.sla_next_check_at)
+                .limit(limit)
+            )
+            if not self.db.is_sqlite:
+                stmt = stmt.with_for_update(skip_locked=True)
+            for ticket in (await session.scalars(stmt)).all():
+                deadlines = self._deadlines(ticket)
+                due = sla.due_now(deadlines, ticket.sla_fired or [], now)
+                _, policy = self._policy(ticket, state)
+                for deadline, level in due:
+                    if policy is not None:
+                        before = ticket.assignee_id
+                        team = await self._escalate(session, ticket, deadline, level, policy, state)
+                        if team is not None:
+                            drain.add(team)
+                        if before is not None and ticket.assignee_id != before:
+                            freed.add(before)
+                    fired_total += 1
+                fired = set(ticket.sla_fired or []) | sla.fired_keys(due)
+                self._set_deadlines(ticket, deadlines, fired)
+        for team_id in drain:
+            await self.drain(team_id)
+        for agent_id in freed:
+            await self.drain_for_agent(agent_id)
+        return fired_total
+
+    async def _escalate(
+        self,
+        session: AsyncSession,
+        ticket: Ticket,
+        deadline: sla.Deadline,
+        level: sla.Level,
+        policy: SlaPolicy,
+        state: RoutingState,
+    ) -> int | None:
+        """Apply the policy's escalation; returns a team whose queue got the ticket."""
+        step: Escalation = policy.on_breach if level == "breach" else policy.on_warning
+        actor = f"sla:{ticket.sla_policy or 'default'}"
+        changes: dict[str, Any] = {}
+        requeue_team: int | None = None
+        if step.priority is not None and PRIORITY_RANK[step.priority] > PRIORITY_RANK[Priority(ticket.priority)]:
+            changes["priority"] = {"from": ticket.priority, "to": step.priority.value}
+            ticket.priority = step.priority.value
+        team = state.teams.get(ticket.team_id) if ticket.team_id is not None else None
+        if step.team is not None and state.team_ids.get(step.team) not in (None, ticket.team_id):
+            new_team = state.team_ids[step.team]
+            changes["team"] = {"from": ticket.team_id, "to": new_team}
+            ticket.team_id, ticket.assignee_id, ticket.queued_at = new_team, None, utcnow()
+            requeue_team = new_team
+            team = state.teams.get(new_team)
+        if step.to_lead and team is not None and team.lead_id is not None and ticket.assignee_id != team.lead_id:
+            # Like an admin's assignment, this may exceed the lead's capacity.
+            changes["assignee"] = {"from": ticket.assignee_id, "to": team.lead_id}
+            ticket.assignee_id, ticket.queued_at = team.lead_id, None
+        notify = sorted(await self._recipients(session, ticket, team, step.notify))
+        if level == "breach":
+            cycle = await session.scalar(
+                select(TicketCycle).where(TicketCycle.ticket_id == ticket.id, TicketCycle.number == ticket.sla_cycle)
+            )
+            if cycle is not None:
+                cycle.breaches = [*(cycle.breaches or []), {"target": deadline.target, "due_at": iso(deadline.due_at)}]
+        await session.flush()
+        data = {
+            "target": deadline.target,
+            "level": level,
+            "due_at": iso(deadline.due_at),
+            "policy": ticket.sla_policy,
+            "cycle": ticket.sla_cycle,
+            "notify": notify,
+            "changes": changes,
+        }
+        kind = TicketEventKind.SLA_BREACH if level == "breach" else TicketEventKind.SLA_WARNING
+        await record_ticket_event(session, ticket, kind, actor, data)
+        await audit(session, actor, kind.value, "ticket", ticket.id, data)
+        return requeue_team
+
+    async def _recipients(
+        self, session: AsyncSession, ticket: Ticket, team: TeamState | None, who: Sequence[str]
+    ) -> set[int]:
+        out: set[int] = set()
+        if "assignee" in who and ticket.assignee_id is not None:
+            out.add(ticket.assignee_id)
+        if "team" in who and team is not None:
+            out |= set((await session.scalars(select(TeamMember.agent_id).where(TeamMember.team_id == team.id))).all())
+        if "lead" in who and team is not None and team.lead_id is not None:
+            out.add(team.lead_id)
+        if "admins" in who:
+            out |= set((await session.scalars(select(Agent.id).where(Agent.role == Role.ADMIN.value))).all())
+        return out
+
+    # --- automation ---------------------------------------------------------
+
+    async def automate(self, event: str, ticket_id: int, marker: str, *, text: str = "") -> int:
+        """Run every automation rule for ``event`` whose conditions hold on the
+        ticket, once per (rule, ticket, marker)."""
+        state = await self.state()
+        if not any(c.rule.on == event for c in state.automation):
+            return 0
+        ran = 0
+        requeue: set[int] = set()
+        async with self.db.write() as session:
+            ticket = await _locked_ticket(session, ticket_id)
+            if ticket is None:
+                return 0
+            snap = await self._snapshot_of(session, ticket, text=text, topic=None, created=False)
+            ctx = MatchContext(
+                snap.facts(),
+                now=utcnow(),
+                calendars=state.calendars,
+                default_calendar=self.config.default_calendar,
+                team_names={t.id: t.name for t in state.teams.values()},
+            )
+            for rule in matching(state.automation, event, ctx):
+                if not await self._claim_run(session, rule.name, ticket.id, marker):
+                    continue
+                ran += 1
+                team = await self._perform(session, ticket, rule, event, state)
+                if team is not None:
+                    requeue.add(team)
+        for team_id in requeue:
+            await self.drain(team_id)
+        return ran
+
+    async def _claim_run(
+        self, session: AsyncSession, rule: str, ticket_id: int, marker: str, occasion_at: datetime | None = None
+    ) -> bool:
+        inserted = await session.scalar(
+            dialect_insert(session, AutomationRun)
+            .values(rule=rule, ticket_id=ticket_id, marker=marker[:100], occasion_at=occasion_at, created_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["rule", "ticket_id", "marker"])
+            .returning(AutomationRun.id)
+        )
+        return inserted is not None
+
+    async def _perform(
+        self, session: AsyncSession, ticket: Ticket, rule: AutomationRule, event: str, state: RoutingState
+    ) -> int | None:
+        actor = f"automation:{rule.name}"[:64]
+        requeue: int | None = None
+        for action in rule.actions:
+            if ticket.status == TicketStatus.RESOLVED.value and not action.note:
+                break  # a resolve ends the rule's work; later replies would reopen nothing
+            done: dict[str, Any] = action.model_dump(mode="json", exclude_defaults=True)
+            skipped = await self._do(session, ticket, action, actor, state)
+            if skipped:
+                done["skipped"] = skipped
+            if action.assign_team is not None and ticket.assignee_id is None:
+                requeue = ticket.team_id
+            await audit(
+                session,
+                actor,
+                "automation.action",
+                "ticket",
+                ticket.id,
+                {"rule": rule.name, "event": event, "action": done},
+            )
+        return requeue
+
+    async def _do(
+        self, session: AsyncSession, ticket: Ticket, action: AutomationAction, actor: str, state: RoutingState
+    ) -> str | None:
+        """Perform one action; returns why it was skipped, if it was."""
+        now = utcnow()
+        if action.assign_team is not None:
+            team_id = state.team_ids.get(action.assign_team)
+            if team_id is None:
+                team_id = (await do_get_or_create_team(session, action.assign_team, actor=actor)).id
+            await do_assign(session, ticket, agent_id=None, team_id=team_id, actor=actor)
+            ticket.queued_at = ticket.queued_at or now
+        elif action.assign_agent is not None:
+            agent_id = await session.scalar(select(Agent.id).where(Agent.email == action.assign_agent.lower()))
+            if agent_id is None:
+                log.warning("automation %s: no agent %s", actor, action.assign_agent)
+                return f"no agent has the email {action.assign_agent}"
+            await do_assign(session, ticket, agent_id=agent_id, team_id=ticket.team_id, actor=actor)
+            ticket.queued_at = None
+        elif action.add_labels:
+            labels = set(await ticket_labels(session, ticket.id)) | set(action.add_labels)
+            await do_set_labels(session, ticket, sorted(labels), actor=actor)
+        elif action.priority is not None:
+            before = ticket.priority
+            ticket.priority = action.priority.value
+            await session.flush()
+            await record_ticket_event(
+                session, ticket, TicketEventKind.ROUTED, actor, {"priority": ticket.priority, "from_priority": before}
+            )
+        elif action.reply is not None:
+            await do_post_message(session, ticket, body=action.reply, author=Author.SYSTEM)
+        elif action.note is not None:
+            await do_post_message(session, ticket, body=action.note, author=Author.SYSTEM, private=True)
+        elif action.snooze_minutes is not None:
+            await do_set_status(
+                session,
+                ticket,
+                status=TicketStatus.SNOOZED,
+                actor=actor,
+                snoozed_until=now + timedelta(minutes=action.snooze_minutes),
+            )
+        elif action.resolve:
+            await do_set_status(session, ticket, status=TicketStatus.RESOLVED, actor=actor)
+        return None
+
+    async def sweep_idle(self, now: datetime | None = None, limit: int = 100) -> int:
+        """Idle rules: tickets without a message for ``idle_minutes``, once per
+        quiet spell (a new message starts a new one)."""
+        state = await self.state()
+        now = now or utcnow()
+        ran = 0
+        for compiled in state.automation:
+            rule = compiled.rule
+            if rule.on != "idle" or rule.idle_minutes is None:
+                continue
+            statuses = [s.value for s in rule.when.status] or [
+                s.value for s in TicketStatus if s is not TicketStatus.RESOLVED
+            ]
+            async with self.db.read() as session:
+                done = select(AutomationRun.id).where(
+                    AutomationRun.rule == rule.name,
+                    AutomationRun.ticket_id == Ticket.id,
+                    AutomationRun.occasion_at == Ticket.last_message_at,
+                )
+                candidates = (
+                    await session.execute(
+                        select(Ticket.id, Ticket.last_message_at)
+                        .where(
+                            Ticket.status.in_(statuses),
+                            Ticket.last_message_at <= now - timedelta(minutes=rule.idle_minutes),
+                            ~done.exists(),
+                        )
+                        .order_by(Ticket.last_message_at)
+                        .limit(limit)
+                    )
+                ).all()
+            for tid, last in candidates:
+                ran += await self._automate_one(rule, tid, last, state, now)
+        return ran
+
+    async def _automate_one(
+        self, rule: AutomationRule, ticket_id: int, quiet_since: datetime, state: RoutingState, now: datetime
+    ) -> int:
+        compiled = next(c for c in state.automation if c.rule.name == rule.name)
+        async with self.db.write() as session:
+            ticket = await _locked_ticket(session, ticket_id)
+            if ticket is None:
+                return 0
+            snap = await self._snapshot_of(session, ticket, text="", topic=None, created=False)
+            ctx = MatchContext(
+                snap.facts(),
+                now=now,
+                calendars=state.calendars,
+                default_calendar=self.config.default_calendar,
+                team_names={t.id: t.name for t in state.teams.values()},
+            )
+            if ticket.last_message_at != quiet_since or not compiled.when.matches(ctx):
+                return 0  # someone wrote meanwhile, or it no longer qualifies
+            if not await self._claim_run(session, rule.name, ticket.id, f"idle:{iso(quiet_since)}", quiet_since):
+                return 0
+            await self._perform(session, ticket, rule, "idle", state)
+            return 1
+
+    # --- presence ----------------------------------------------------------
+
+    async def sweep_presence(self, now: datetime | None = None) -> tuple[int, int]:
+        """Online agents without a heartbeat for ``away_after_seconds`` go away;
+        the live chats of agents away or offline for ``requeue_after_seconds``
+        return to their team's queue (email and other slow channels stay)."""
+        cfg = self.config.presence
+        now = now or utcnow()
+        gone: list[Agent] = []
+        async with self.db.write() as session:
+            stale = (
+                await session.scalars(
+                    select(Agent)
+                    .where(
+                        Agent.presence == Presence.ONLINE.value,
+                        Agent.last_seen_at.is_not(None),
+                        Agent.last_seen_at < now - timedelta(seconds=cfg.away_after_seconds),
+                    )
+                    # In id order, so sweepers in two workers never lock agents crosswise.
+                    .order_by(Agent.id)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for agent in stale:
+                agent.presence, agent.presence_changed_at = Presence.AWAY.value, now
+                await audit(
+                    session, ROUTER, "agent.presence", "agent", agent.id, {"to": "away", "reason": "no heartbeat"}
+                )
+                gone.append(agent)
+            await session.flush()
+            await add_agent_events(session, AGENT_PRESENCE, gone, ROUTER)
+        requeued = 0
+        teams: set[int] = set()
+        channels = [c.value for c in cfg.requeue_channels]
+        if channels:
+            async with self.db.write() as session:
+                absent = select(Agent.id).where(
+                    Agent.presence != Presence.ONLINE.value,
+                    Agent.presence_changed_at <= now - timedelta(seconds=cfg.requeue_after_seconds),
+                )
+                stmt = select(Ticket).where(
+                    Ticket.assignee_id.in_(absent),
+                    Ticket.status == TicketStatus.OPEN.value,
+                    Ticket.channel.in_(channels),
+                )
+                if not self.db.is_sqlite:
+                    stmt = stmt.with_for_update(skip_locked=True)
+                for ticket in (await session.scalars(stmt.limit(200))).all():
+                    before = {"assignee_id": ticket.assignee_id, "team_id": ticket.team_id}
+                    ticket.assignee_id = None
+                    ticket.queued_at = ticket.waiting_since or now
+                    await session.flush()
+                    data = {
+                        "from": before,
+                        "to": {"assignee_id": None, "team_id": ticket.team_id},
+                        "reason": "agent away",
+                    }
+                    await record_ticket_event(session, ticket, TicketEventKind.ASSIGNED, ROUTER, data)
+                    await audit(session, ROUTER, "ticket.requeued", "ticket", ticket.id, data)
+                    if ticket.team_id is not None:
+                        teams.add(ticket.team_id)
+                    requeued += 1
+        for team_id in teams:
+            await self.drain(team_id)
+        return len(gone), requeued
+
+    async def sweep_snoozed(self, now: datetime | None = None) -> int:
+        """Snoozed tickets whose time is up open again (and are routed)."""
+        now = now or utcnow()
+        woke = 0
+        async with self.db.write() as session:
+            stmt = (
+                select(Ticket)
+                .where(Ticket.status == TicketStatus.SNOOZED.value, Ticket.snoozed_until <= now)
+                .limit(200)
+            )
+            if not self.db.is_sqlite:
+                stmt = stmt.with_for_update(skip_locked=True)
+            for ticket in (await session.scalars(stmt)).all():
+                await do_set_status(session, ticket, status=TicketStatus.OPEN, actor="system")
+                woke += 1
+        return woke
+
+    async def sweep(self) -> None:
+        await self.sweep_presence()
+        await self.sweep_snoozed()
+        await self.sweep_sla()
+        await self.sweep_idle()
+        # A safety net for triggers lost with a crashed worker.
+        await self.drain_all()
+
+    async def run_sweeper(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("routing sweep failed; trying again next interval")
+            await asyncio.sleep(self.config.sweep_interval_seconds)
+
+    # --- for the phone IVR and the API -------------------------------------
+
+    async def team_id(self, team: int | str) -> int | None:
+        """The id of a team given by id or name; a team created since the state
+        was cached (by an admin, or by a channel's config) is looked up afresh."""
+
+        def find(state: RoutingState) -> int | None:
+            if isinstance(team, int):
+                return team if team in state.teams else None
+            return state.team_ids.get(team)
+
+        found = find(await self.state())
+        if found is None:
+            found = find(await self.state(fresh=True))
+        return found
+
+    async def is_team_open(self, team: int | str | None, at: datetime | None = None) -> bool:
+        """Whether ``team`` (id or name; None: no team, the default calendar) is
+        within its business hours at ``at`` (default now). A team without a
+        calendar, with no default calendar, is always open. Raises
+        ``LookupError`` for an unknown team. Fits the phone IVR's ``is_open``."""
+        state = await self.state()
+        team_id = None
+        if team is not None:
+            team_id = await self.team_id(team)
+            if team_id is None:
+                raise LookupError(f"team {team!r} does not exist")
+        cal = state.calendar_of(team_id, self.config.default_calendar)
+        return True if cal is None else cal.is_open(at or utcnow())
+
+    async def available_agents(self, team: int | str, channel: str = "voice") -> list[AvailableAgent]:
+        """Agents of ``team`` who could take a ``channel`` ticket right now
+        (online, active, under capacity for that channel), least busy first.
+        Raises ``LookupError`` for an unknown team."""
+        team_id = await self.team_id(team)
+        if team_id is None:
+            raise LookupError(f"team {team!r} does not exist")
+        state = await self.state()
+        defaults = self.default_capacity
+        async with self.db.read() as session:
+            states = await agent_states(session, team_ids=[team_id])
+            rows = {
+                a.id: a
+                for a in (await session.scalars(select(Agent).where(Agent.id.in_([s.id for s in states])))).all()
+            }
+        ok = eligible_agents(state.teams[team_id], channel, frozenset(), None, states, defaults)
+        ok.sort(key=lambda a: (a.open_total, a.id))
+        return [
+            AvailableAgent(
+                id=a.id,
+                name=rows[a.id].name,
+                email=rows[a.id].email,
+                phone=rows[a.id].phone,
+                open_tickets=a.open_total,
+                free=a.limit(channel, defaults) - a.load.get(channel, 0),
+            )
+            for a in ok
+        ]
+
+    async def phone_agents(self, team: int | str | None) -> list[tuple[int, str]]:
+        """(agent id, phone) of the agents a call for ``team`` can ring now:
+        available for a voice ticket and with a phone number, least busy first;
+        None: every team's. Fits the phone IVR's ``available_agents``."""
+        if team is not None:
+            return [(a.id, a.phone) for a in await self.available_agents(team, "voice") if a.phone]
+        state = await self.state()
+        seen: dict[int, AvailableAgent] = {}
+        for team_id in state.teams:
+            for a in await self.available_agents(team_id, "voice"):
+                seen.setdefault(a.id, a)
+        ranked = sorted(seen.values(), key=lambda a: (a.open_tickets, a.id))
+        return [(a.id, a.phone) for a in ranked if a.phone]
+
+    async def queues(self) -> list[dict[str, Any]]:
+        """Per team: tickets waiting, the oldest wait, agents online, open now."""
+        state = await self.state(fresh=True)
+        now = utcnow()
+        async with self.db.read() as session:
+            waiting = await queue_stats(session)
+            agents = await agent_states(session, team_ids=list(state.teams))
+        out = []
+        for team in sorted(state.teams.values(), key=lambda t: t.name):
+            n, oldest = waiting.get(team.id, (0, None))
+            members = [a for a in agents if team.id in a.teams]
+            cal = state.calendar_of(team.id, self.config.default_calendar)
+            out.append(
+                {
+                    "team_id": team.id,
+                    "team": team.name,
+                    "strategy": team.strategy,
+                    "queued": n,
+                    "oldest_queued_at": iso(oldest),
+                    "oldest_wait_seconds": round((now - oldest).total_seconds(), 1) if oldest else 0.0,
+                    "agents_online": sum(1 for a in members if a.active and a.presence is Presence.ONLINE),
+                    "agents": len(members),
+                    "open": True if cal is None else cal.is_open(now),
+                }
+            )
+        return out
+
+
+async def _locked_ticket(session: AsyncSession, ticket_id: int) -> Ticket | None:
+    """The ticket, locked until the transaction ends and read fresh (the state a
+    decision is made on is the state it is applied to)."""
+    return await session.scalar(
+        select(Ticket).where(Ticket.id == ticket_id).with_for_update().execution_options(populate_existing=True)
+    )
+
+
+def _queued_snapshot(ticket: Ticket) -> TicketSnapshot:
+    """A queued ticket as the drain sees it: its team is chosen, rules applied."""
+    return TicketSnapshot(
+        id=ticket.id,
+        status=TicketStatus(ticket.status),
+        channel=ticket.channel,
+        inbox="",
+        assignee_id=ticket.assignee_id,
+        team_id=ticket.team_id,
+        ticket_created=False,
+        bot_enabled=False,
+        bot_silenced=ticket.bot_silenced,
+        priority=Priority(ticket.priority),
+        language=ticket.language,
+        contact_id=ticket.contact_id,
+        skills=frozenset(str(x) for x in ticket.skills or []),
+        first_routing=False,
+    )
+
+
+def _teams_named(rules: Iterable[RoutingRule], automation: Iterable[AutomationRule]) -> set[str]:
+    names = {r.team for r in rules if r.team}
+    names |= {a.assign_team for rule in automation for a in rule.actions if a.assign_team}
+    return names
+
+
+async def add_agent_events(session: AsyncSession, kind: str, agents: Sequence[Agent], actor: str) -> None:
+    """Presence and settings changes on the stream (workers drain queues) and
+    to the agents' inbox (who is online)."""
+    if not agents:
+        return
+    await add_outbox(
+        session,
+        [
+            {
+                "topic": TOPIC_EVENTS,
+                "key": f"agent:{a.id}",
+                # agent_id and presence on top, as the inbox reads them.
+                "payload": {
+                    "kind": kind,
+                    "actor": actor,
+                    "agent_id": a.id,
+                    "presence": a.presence,
+                    "agent": agent_view(a),
+                },
+            }
+            for a in agents
+        ],
+    )
+
+
+# --- agent actions (presence, routing settings) ------------------------------
+
+
+async def do_set_presence(session: AsyncSession, agent: Agent, presence: Presence, *, actor: str) -> Agent:
+    """The agent says online / away / offline. It is what they get until they
+    say otherwise (a lost heartbeat only turns ``online`` into ``away`` for a
+    while; their inbox reconnecting turns it back)."""
+    now = utcnow()
+    before = agent.presence
+    agent.presence_choice = presence.value
+    agent.last_seen_at = now
+    if before != presence.value:
+        agent.presence, agent.presence_changed_at = presence.value, now
+    await session.flush()
+    await audit(session, actor, "agent.presence", "agent", agent.id, {"from": before, "to": presence.value})
+    if before != presence.value:
+        await add_agent_events(session, AGENT_PRESENCE, [agent], actor)
+    return agent
+
+
+async def do_heartbeat(session: AsyncSession, agent_id: int) -> Agent | None:
+    """The agent's inbox is connected: they are seen now, and back online if
+    a lost heartbeat had made them away."""
+    now = utcnow()
+    agent = await session.get(Agent, agent_id, with_for_update=True)
+    if agent is None:
+        return None
+    agent.last_seen_at = now
+    if agent.presence_choice == Presence.ONLINE.value and agent.presence != Presence.ONLINE.value:
+        agent.presence, agent.presence_changed_at = Presence.ONLINE.value, now
+        await session.flush()
+        await audit(
+            session, f"agent:{agent.id}", "agent.presence", "agent", agent.id, {"to": "online", "reason": "connected"}
+        )
+        await add_agent_events(session, AGENT_PRESENCE, [agent], f"agent:{agent.id}")
+    return agent
+
+
+async def do_update_agent_routing(
+    session: AsyncSession,
+    agent: Agent,
+    *,
+    actor: str,
+    skills: list[str] | None = None,
+    languages: list[str] | None = None,
+    capacity: dict[str, int] | None = None,
+    teams: list[str] | None = None,
+    phone: str | None = None,
+) -> Agent:
+    """An admin changes what an agent can take; more room drains the queues."""
+    changes: dict[str, Any] = {}
+    if skills is not None:
+        agent.skills = changes["skills"] = sorted({s.strip() for s in skills if s.strip()})
+    if languages is not None:
+        agent.languages = changes["languages"] = sorted({s.strip().lower() for s in languages if s.strip()})
+    if capacity is not None:
+        for channel, n in capacity.items():
+            if n < 0:
+                raise ValidationFailed(f"capacity.{channel} must not be negative")
+        agent.capacity = changes["capacity"] = dict(capacity)
+    if phone is not None:
+        agent.phone = changes["phone"] = phone or None
+    if teams is not None:
+        wanted = {(await do_get_or_create_team(session, name, actor=actor)).id for name in teams}
+        current = set((await session.scalars(select(TeamMember.team_id).where(TeamMember.agent_id == agent.id))).all())
+        for team_id in current - wanted:
+            member = await session.get(TeamMember, (team_id, agent.id))
+            if member is not None:
+                await session.delete(member)
+        for team_id in wanted - current:
+            session.add(TeamMember(team_id=team_id, agent_id=agent.id))
+        changes["teams"] = sorted(teams)
+    await session.flush()
+    await audit(session, actor, "agent.updated", "agent", agent.id, changes)
+    await add_agent_events(session, AGENT_UPDATED, [agent], actor)
+    return agent

@@ -1,0 +1,302 @@
+"""Routing over HTTP: team queues for agents, presence, and for admins the
+routing rules, the automation rules and what each agent can take."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from hub.actions import actor_of, check_ticket
+from hub.app import HUB
+from hub.core import Channel, Presence
+from hub.errors import BadRequest, NotFound, ValidationFailed
+from hub.router import do_set_presence, do_update_agent_routing
+from hub.web.api import API, _team_ids, current_agent, int_param, require_admin
+from hub.web.registry import ROUTES, parse_body
+from hub.web.schemas import AgentOut
+from routing.settings import AutomationRule, RoutingRule
+from storage.models import Agent, Team, TicketCycle
+from storage.views import agent_view, iso
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class PresenceIn(_In):
+    presence: Presence
+
+
+class AgentRoutingIn(_In):
+    skills: list[str] | None = Field(default=None, max_length=100)
+    languages: list[str] | None = Field(default=None, max_length=50)
+    capacity: dict[Channel, int] | None = Field(
+        default=None, description="open tickets per channel, e.g. {webchat: 3, email: 10}"
+    )
+    teams: list[str] | None = Field(default=None, max_length=100, description="team names (created when missing)")
+    phone: str | None = Field(default=None, max_length=40, description="where voice calls for this agent ring")
+
+
+class QueueOut(_Out):
+    team_id: int
+    team: str
+    strategy: str
+    queued: int = Field(description="tickets waiting for an agent")
+    oldest_queued_at: str | None
+    oldest_wait_seconds: float
+    agents_online: int
+    agents: int
+    open: bool = Field(description="within the team's business hours now")
+
+
+class QueueList(_Out):
+    items: list[QueueOut]
+    next_cursor: str | None = None
+
+
+class RulesIn(_In):
+    items: list[RoutingRule] = Field(max_length=500)
+
+
+class AutomationIn(_In):
+    items: list[AutomationRule] = Field(max_length=500)
+
+
+class RulesOut(_Out):
+    items: list[dict[str, Any]]
+    version: int
+    source: str = Field(description="config: seeded from config.yaml; api: saved by an admin")
+    updated_at: str | None
+    updated_by: str | None
+
+
+class AvailabilityOut(_Out):
+    team_id: int
+    open: bool
+    agents: list[dict[str, Any]]
+
+
+class CycleOut(_Out):
+    number: int
+    sla_policy: str | None
+    started_at: str
+    first_response_due_at: str | None
+    first_response_at: str | None
+    first_response_seconds: float | None
+    resolved_at: str | None
+    breaches: list[dict[str, Any]]
+
+
+class SlaOut(_Out):
+    ticket_id: int
+    items: list[CycleOut]
+    next_cursor: str | None = None
+
+
+@ROUTES.route(
+    "GET",
+    f"{API}/queues",
+    summary="Per team: tickets waiting for an agent, the oldest wait, agents online, open hours",
+    tag="routing",
+    response=QueueList,
+)
+async def list_queues(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await current_agent(request)
+    return web.json_response({"items": await hub.router.queues(), "next_cursor": None})
+
+
+@ROUTES.route(
+    "PUT",
+    f"{API}/me/presence",
+    summary="Set your presence: online (tickets are assigned to you), away or offline",
+    tag="routing",
+    body=PresenceIn,
+    response=AgentOut,
+)
+async def set_presence(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    agent = await current_agent(request)
+    body = await parse_body(request, PresenceIn)
+    async with hub.db.write() as session:
+        row = await session.get(Agent, agent.id, with_for_update=True)
+        assert row is not None
+        await do_set_presence(session, row, body.presence, actor=actor_of(agent))
+        view = agent_view(row, await _team_ids(session, row.id))
+    return web.json_response(view)
+
+
+@ROUTES.route(
+    "PATCH",
+    f"{API}/agents/{{id}}",
+    summary="Change what an agent can take: skills, languages, capacity per channel, teams, phone (admin)",
+    tag="routing",
+    admin=True,
+    body=AgentRoutingIn,
+    response=AgentOut,
+    errors=(404,),
+)
+async def update_agent(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    admin = await require_admin(request)
+    agent_id = int_param(request, "id")
+    body = await parse_body(request, AgentRoutingIn)
+    async with hub.db.write() as session:
+        agent = await session.get(Agent, agent_id, with_for_update=True)
+        if agent is None:
+            raise NotFound(f"agent {agent_id} does not exist")
+        await do_update_agent_routing(
+            session,
+            agent,
+            actor=actor_of(admin),
+            skills=body.skills,
+            languages=body.languages,
+            capacity={c.value: n for c, n in body.capacity.items()} if body.capacity is not None else None,
+            teams=body.teams,
+            phone=body.phone,
+        )
+        view = agent_view(agent, await _team_ids(session, agent.id))
+    return web.json_response(view)
+
+
+async def _document(request: web.Request, key: str) -> dict[str, Any]:
+    docs = await request.app[HUB].router.documents()
+    return docs[key]
+
+
+@ROUTES.route(
+    "GET",
+    f"{API}/routing/rules",
+    summary="The routing rules, in order (first match wins)",
+    tag="routing",
+    response=RulesOut,
+)
+async def get_rules(request: web.Request) -> web.Response:
+    await current_agent(request)
+    return web.json_response(await _document(request, "rules"))
+
+
+@ROUTES.route(
+    "PUT",
+    f"{API}/routing/rules",
+    summary="Replace the routing rules (admin); workers use them within seconds",
+    tag="routing",
+    admin=True,
+    body=RulesIn,
+    response=RulesOut,
+)
+async def put_rules(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    admin = await require_admin(request)
+    body = await parse_body(request, RulesIn)
+    await _save(request, rules=body.items, actor=actor_of(admin))
+    return web.json_response((await hub.router.documents())["rules"])
+
+
+@ROUTES.route(
+    "GET",
+    f"{API}/routing/automation",
+    summary="The automation rules: event, conditions, actions",
+    tag="routing",
+    response=RulesOut,
+)
+async def get_automation(request: web.Request) -> web.Response:
+    await current_agent(request)
+    return web.json_response(await _document(request, "automation"))
+
+
+@ROUTES.route(
+    "PUT",
+    f"{API}/routing/automation",
+    summary="Replace the automation rules (admin)",
+    tag="routing",
+    admin=True,
+    body=AutomationIn,
+    response=RulesOut,
+)
+async def put_automation(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    admin = await require_admin(request)
+    body = await parse_body(request, AutomationIn)
+    await _save(request, automation=body.items, actor=actor_of(admin))
+    return web.json_response((await hub.router.documents())["automation"])
+
+
+async def _save(request: web.Request, **kw: Any) -> None:
+    try:
+        await request.app[HUB].router.save_rules(**kw)
+    except ValueError as exc:
+        raise ValidationFailed(str(exc)) from exc
+
+
+@ROUTES.route(
+    "GET",
+    f"{API}/teams/{{id}}/availability",
+    summary="Whether a team is within business hours, and its agents who could take a ticket now",
+    tag="routing",
+    response=AvailabilityOut,
+    query={"channel": "the channel of the ticket (default voice)"},
+    errors=(400, 404),
+)
+async def team_availability(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await current_agent(request)
+    team_id = int_param(request, "id")
+    channel = request.query.get("channel", Channel.VOICE.value)
+    if channel not in {c.value for c in Channel}:
+        raise BadRequest(f"channel {channel!r} is not one of {', '.join(c.value for c in Channel)}")
+    async with hub.db.read() as session:
+        if await session.get(Team, team_id) is None:
+            raise NotFound(f"team {team_id} does not exist")
+    agents = await hub.router.available_agents(team_id, channel)
+    return web.json_response(
+        {
+            "team_id": team_id,
+            "open": await hub.router.is_team_open(team_id),
+            "agents": [{"id": a.id, "name": a.name, "open_tickets": a.open_tickets, "free": a.free} for a in agents],
+        }
+    )
+
+
+@ROUTES.route(
+    "GET",
+    f"{API}/tickets/{{id}}/sla",
+    summary="A ticket's SLA cycles: first response per cycle (a reopened ticket starts a new one), breaches",
+    tag="routing",
+    response=SlaOut,
+    errors=(404,),
+)
+async def ticket_sla(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await current_agent(request)
+    ticket_id = int_param(request, "id")
+    async with hub.db.read() as session:
+        await check_ticket(session, ticket_id)
+        cycles = (
+            await session.scalars(
+                select(TicketCycle).where(TicketCycle.ticket_id == ticket_id).order_by(TicketCycle.number)
+            )
+        ).all()
+    items = [
+        {
+            "number": c.number,
+            "sla_policy": c.sla_policy,
+            "started_at": iso(c.started_at),
+            "first_response_due_at": iso(c.first_response_due_at),
+            "first_response_at": iso(c.first_response_at),
+            "first_response_seconds": (c.first_response_at - c.started_at).total_seconds()
+            if c.first_response_at
+            else None,
+            "resolved_at": iso(c.resolved_at),
+            "breaches": list(c.breaches or []),
+        }
+        for c in cycles
+    ]
+    return web.json_response({"ticket_id": ticket_id, "items": items, "next_cursor": None})

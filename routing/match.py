@@ -1,0 +1,131 @@
+"""Conditions of routing rules and automation rules, compiled once and matched
+against what is known about a ticket. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from hub.core import Priority, TicketStatus
+from hub.text import keyword
+from routing.hours import BusinessCalendar
+from routing.settings import Conditions
+
+
+@dataclass(frozen=True, slots=True)
+class ContactFacts:
+    """The contact attributes rules may look at."""
+
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    tags: frozenset[str] = frozenset()
+    lifecycle_stage: str | None = None
+    segment: str | None = None
+
+    @property
+    def vip(self) -> bool:
+        flag = self.attributes.get("vip")
+        if isinstance(flag, str):
+            flag = flag.strip().lower() in ("1", "true", "yes", "y")
+        return bool(flag) or "vip" in {t.lower() for t in self.tags}
+
+
+@dataclass(frozen=True, slots=True)
+class TicketFacts:
+    """What rules match on: the ticket, its latest message and its contact."""
+
+    channel: str
+    inbox: str
+    status: TicketStatus = TicketStatus.OPEN
+    priority: Priority = Priority.NORMAL
+    labels: frozenset[str] = frozenset()
+    team_id: int | None = None
+    assignee_id: int | None = None
+    text: str = ""
+    language: str | None = None
+    topic: str | None = None
+    contact: ContactFacts = field(default_factory=ContactFacts)
+
+
+class MatchContext:
+    """One ticket at one instant, with its text normalized once for all rules."""
+
+    __slots__ = ("calendars", "default_calendar", "facts", "now", "team_names", "text")
+
+    def __init__(
+        self,
+        facts: TicketFacts,
+        *,
+        now: datetime,
+        calendars: Mapping[str, BusinessCalendar],
+        default_calendar: str | None,
+        team_names: Mapping[int, str],
+    ) -> None:
+        self.facts = facts
+        self.now = now
+        self.calendars = calendars
+        self.default_calendar = default_calendar
+        self.team_names = team_names
+        self.text = f" {keyword(facts.text)} " if facts.text else " "
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """Conditions with their words normalized the way messages are."""
+
+    source: Conditions
+    keywords: tuple[str, ...]
+    topics: frozenset[str]
+    tags: frozenset[str]
+
+    @classmethod
+    def of(cls, conditions: Conditions) -> Compiled:
+        words = tuple(f" {k} " for k in (keyword(w) for w in conditions.keywords) if k)
+        return cls(
+            source=conditions,
+            keywords=words,
+            topics=frozenset(t.strip().lower() for t in conditions.topic),
+            tags=frozenset(t.strip().lower() for t in conditions.tags),
+        )
+
+    def matches(self, ctx: MatchContext) -> bool:
+        c, f = self.source, ctx.facts
+        if c.channel and f.channel not in c.channel:
+            return False
+        if c.inbox and f.inbox not in c.inbox:
+            return False
+        if c.language and (f.language or "") not in c.language:
+            return False
+        if self.keywords and not any(k in ctx.text for k in self.keywords):
+            return False
+        if self.topics and (f.topic or "").strip().lower() not in self.topics:
+            return False
+        if c.vip is not None and f.contact.vip != c.vip:
+            return False
+        if c.lifecycle_stage and f.contact.lifecycle_stage not in c.lifecycle_stage:
+            return False
+        if c.segment and f.contact.segment not in c.segment:
+            return False
+        if self.tags and not self.tags & {t.lower() for t in f.contact.tags}:
+            return False
+        for key, value in c.attributes.items():
+            if f.contact.attributes.get(key) != value:
+                return False
+        if c.status and f.status not in c.status:
+            return False
+        if c.priority and f.priority not in c.priority:
+            return False
+        if c.labels and not set(c.labels) & f.labels:
+            return False
+        if c.team and (f.team_id is None or ctx.team_names.get(f.team_id) not in c.team):
+            return False
+        if c.assigned is not None and (f.assignee_id is not None) != c.assigned:
+            return False
+        if c.business_hours is not None:
+            name = c.calendar or ctx.default_calendar
+            calendar = ctx.calendars.get(name) if name else None
+            is_open = True if calendar is None else calendar.is_open(ctx.now)
+            if is_open != c.business_hours:
+                return False
+        return True

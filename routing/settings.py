@@ -1,0 +1,280 @@
+"""The ``routing`` section of ``config.yaml``: teams, rules, calendars, SLA
+policies, presence and automation. Validated at start-up (an invalid value
+stops the hub naming the key), and by the admin API for the parts that can be
+edited at run time (rules and automation), with the same models."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hub.core import Channel, Priority, TicketStatus
+from routing.hours import WEEKDAYS, BusinessCalendar, CalendarError, parse_holidays
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Conditions(_Strict):
+    """What a ticket must be like for a rule to apply. Every field given must
+    hold (AND); a list holds when any of its values does (OR). Empty: always."""
+
+    channel: list[Channel] = Field(default_factory=list)
+    inbox: list[str] = Field(default_factory=list)
+    language: list[str] = Field(default_factory=list, description="detected language of the message: fa, ar, en")
+    keywords: list[str] = Field(
+        default_factory=list, description="any of these words or phrases in the message (normalized, Persian too)"
+    )
+    topic: list[str] = Field(default_factory=list, description="the bot's detected topic at handoff")
+    vip: bool | None = Field(default=None, description="contact attribute vip, or the tag vip")
+    lifecycle_stage: list[str] = Field(default_factory=list)
+    segment: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list, description="the contact has any of these tags")
+    attributes: dict[str, Any] = Field(default_factory=dict, description="contact attributes equal to these values")
+    business_hours: bool | None = Field(
+        default=None, description="true: only while the calendar is open; false: only while it is closed"
+    )
+    calendar: str | None = Field(default=None, description="for business_hours; default: routing.default_calendar")
+    # Ticket state, mostly for automation.
+    status: list[TicketStatus] = Field(default_factory=list)
+    priority: list[Priority] = Field(default_factory=list)
+    labels: list[str] = Field(default_factory=list, description="the ticket has any of these labels")
+    team: list[str] = Field(default_factory=list, description="the ticket's team, by name")
+    assigned: bool | None = None
+
+    @field_validator("language")
+    @classmethod
+    def _lang(cls, value: list[str]) -> list[str]:
+        return [v.strip().lower() for v in value]
+
+
+class RoutingRule(_Strict):
+    """An ordered rule: the first whose conditions hold decides team, priority
+    and labels (and what the agent must know)."""
+
+    name: str = Field(min_length=1, max_length=100)
+    when: Conditions = Field(default_factory=Conditions)
+    team: str | None = Field(default=None, description="team name; none: the inbox's or the default team")
+    priority: Priority | None = None
+    labels: list[str] = Field(default_factory=list)
+    skills: list[str] = Field(default_factory=list, description="skills the assigned agent must have")
+    sla: str | None = Field(default=None, description="SLA policy name; default: the team's")
+
+    @model_validator(mode="after")
+    def _does_something(self) -> RoutingRule:
+        if self.team is None and self.priority is None and not self.labels and not self.skills and self.sla is None:
+            raise ValueError(f"rule {self.name!r} sets nothing: give a team, priority, labels, skills or sla")
+        return self
+
+
+class TeamSettings(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    strategy: Literal["balanced", "round_robin"] = "balanced"
+    auto_assign: bool = Field(default=True, description="false: tickets wait in the team's queue for agents to pick")
+    calendar: str | None = None
+    sla: str | None = None
+    lead: str | None = Field(default=None, description="email of the agent SLA escalations go to")
+
+
+class CalendarSettings(_Strict):
+    timezone: str = "UTC"
+    always_open: bool = False
+    week: dict[str, list[str]] = Field(default_factory=dict, description="mon..sun -> ['HH:MM-HH:MM', ...]")
+    holidays: list[str | date] = Field(default_factory=list, description="YYYY-MM-DD or YYYY-MM-DD..YYYY-MM-DD")
+    country: str | None = Field(default=None, description="add this country's public holidays, e.g. IR")
+    subdivision: str | None = None
+
+    def build(self) -> BusinessCalendar:
+        return BusinessCalendar(
+            timezone=self.timezone,
+            week=self.week,
+            holidays=parse_holidays(self.holidays),
+            country=self.country,
+            subdivision=self.subdivision,
+            always_open=self.always_open,
+        )
+
+    @model_validator(mode="after")
+    def _valid(self) -> CalendarSettings:
+        for day in self.week:
+            if day.strip().lower()[:3] not in WEEKDAYS:
+                raise ValueError(f"week day {day!r} is not one of {', '.join(WEEKDAYS)}")
+        try:
+            self.build()
+        except CalendarError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
+
+class Escalation(_Strict):
+    """What happens at an SLA warning or breach; every field given applies."""
+
+    priority: Priority | None = Field(default=None, description="raise the priority to at least this")
+    team: str | None = Field(default=None, description="move the ticket to this team (back to its queue)")
+    to_lead: bool = Field(default=False, description="assign to the team lead")
+    notify: list[Literal["assignee", "team", "lead", "admins"]] = Field(default_factory=list)
+
+
+class SlaPolicy(_Strict):
+    first_response_minutes: float | None = Field(default=None, gt=0)
+    next_response_minutes: float | None = Field(default=None, gt=0)
+    resolution_minutes: float | None = Field(default=None, gt=0)
+    business_hours: bool = Field(default=False, description="count only while the team's calendar is open")
+    warn_before_minutes: float = Field(default=0, ge=0, description="0: no warning")
+    on_warning: Escalation = Field(default_factory=lambda: Escalation(notify=["assignee", "team"]))
+    on_breach: Escalation = Field(default_factory=lambda: Escalation(notify=["assignee", "team", "lead"]))
+
+
+class PresenceSettings(_Strict):
+    heartbeat_seconds: float = Field(default=20.0, gt=0, description="how often an open inbox websocket says alive")
+    away_after_seconds: float = Field(default=90.0, gt=0, description="online with no heartbeat this long -> away")
+    requeue_after_seconds: float = Field(
+        default=300.0, ge=0, description="away/offline this long -> live chats go back to the queue"
+    )
+    requeue_channels: list[Channel] = Field(default_factory=lambda: [Channel.WEBCHAT, Channel.TELEGRAM])
+
+
+AutomationEvent = Literal[
+    "ticket.created", "message.received", "ticket.status_changed", "sla.warning", "sla.breach", "idle"
+]
+
+
+class AutomationAction(_Strict):
+    """One thing an automation does; exactly one field."""
+
+    assign_team: str | None = None
+    assign_agent: str | None = Field(default=None, description="agent email")
+    add_labels: list[str] = Field(default_factory=list)
+    priority: Priority | None = None
+    reply: str | None = Field(default=None, max_length=5000, description="a canned reply on the ticket's channel")
+    note: str | None = Field(default=None, max_length=5000, description="a private note")
+    snooze_minutes: float | None = Field(default=None, gt=0)
+    resolve: bool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> AutomationAction:
+        given = [k for k, v in self.model_dump().items() if v not in (None, False, [])]
+        if len(given) != 1:
+            raise ValueError(
+                "an action does exactly one thing: assign_team, assign_agent, add_labels, priority, reply, "
+                f"note, snooze_minutes or resolve (got {', '.join(given) or 'nothing'})"
+            )
+        return self
+
+
+class AutomationRule(_Strict):
+    name: str = Field(min_length=1, max_length=100)
+    on: AutomationEvent
+    idle_minutes: float | None = Field(default=None, gt=0, description="for on: idle")
+    when: Conditions = Field(default_factory=Conditions)
+    actions: list[AutomationAction] = Field(min_length=1)
+    enabled: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        # YAML 1.1 reads an unquoted ``on:`` key as the boolean true.
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
+    @model_validator(mode="after")
+    def _idle(self) -> AutomationRule:
+        if (self.on == "idle") != (self.idle_minutes is not None):
+            raise ValueError(f"automation {self.name!r}: idle_minutes goes with on: idle, and only with it")
+        return self
+
+
+class AutoResolve(_Strict):
+    """Resolve tickets the bot holds (pending) after this long without a word."""
+
+    pending_after_minutes: float | None = Field(default=None, gt=0, description="null: never")
+    message: str = Field(
+        default="We are closing this conversation for now. Write again any time and we will pick it up.",
+        max_length=5000,
+    )
+
+
+def _unique(names: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise ValueError(f"two {what} are named {n!r}")
+        seen.add(n)
+
+
+class RoutingConfig(_Strict):
+    default_team: str | None = Field(default=None, description="catches what no rule and no inbox routes")
+    teams: list[TeamSettings] = Field(default_factory=list)
+    rules: list[RoutingRule] = Field(default_factory=list)
+    calendars: dict[str, CalendarSettings] = Field(default_factory=dict)
+    default_calendar: str | None = None
+    sla_policies: dict[str, SlaPolicy] = Field(default_factory=dict)
+    default_sla: str | None = None
+    default_capacity: dict[Channel, int] = Field(
+        default_factory=lambda: {
+            Channel.WEBCHAT: 3,
+            Channel.TELEGRAM: 3,
+            Channel.SMS: 5,
+            Channel.VOICE: 1,
+            Channel.EMAIL: 10,
+        },
+        description="open tickets per channel for agents whose own capacity does not say",
+    )
+    sticky_window_hours: float = Field(default=72.0, ge=0, description="0: no sticky owner")
+    presence: PresenceSettings = Field(default_factory=PresenceSettings)
+    sweep_interval_seconds: float = Field(default=5.0, gt=0)
+    automation: list[AutomationRule] = Field(default_factory=list)
+    auto_resolve: AutoResolve = Field(default_factory=AutoResolve)
+
+    @model_validator(mode="after")
+    def _references(self) -> RoutingConfig:
+        _unique([t.name for t in self.teams], "teams")
+        _unique([r.name for r in self.rules], "rules")
+        _unique([a.name for a in self.automation], "automation rules")
+        cal, sla = set(self.calendars), set(self.sla_policies)
+        if self.default_calendar is not None and self.default_calendar not in cal:
+            raise ValueError(f"default_calendar {self.default_calendar!r} is not in calendars")
+        if self.default_sla is not None and self.default_sla not in sla:
+            raise ValueError(f"default_sla {self.default_sla!r} is not in sla_policies")
+        for t in self.teams:
+            if t.calendar is not None and t.calendar not in cal:
+                raise ValueError(f"team {t.name!r}: calendar {t.calendar!r} is not in calendars")
+            if t.sla is not None and t.sla not in sla:
+                raise ValueError(f"team {t.name!r}: sla {t.sla!r} is not in sla_policies")
+        check_rule_references(self.rules, self.automation, calendars=cal, policies=sla)
+        return self
+
+
+def check_rule_references(
+    rules: list[RoutingRule], automation: list[AutomationRule], *, calendars: set[str], policies: set[str]
+) -> None:
+    """Names that rules use must exist (teams are created on demand, so any
+    team name is fine)."""
+    conds = [(f"rule {r.name!r}", r.when) for r in rules] + [(f"automation {a.name!r}", a.when) for a in automation]
+    for where, c in conds:
+        if c.calendar is not None and c.calendar not in calendars:
+            raise ValueError(f"{where}: calendar {c.calendar!r} is not in calendars")
+    for r in rules:
+        if r.sla is not None and r.sla not in policies:
+            raise ValueError(f"rule {r.name!r}: sla {r.sla!r} is not in sla_policies")
+
+
+def parse_capacity(text: str) -> dict[str, int]:
+    """``webchat=3,email=10`` (the command line's form) as a capacity map."""
+    out: dict[str, int] = {}
+    known = {c.value for c in Channel}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        channel, sep, number = part.partition("=")
+        channel = channel.strip().lower()
+        if not sep or channel not in known:
+            raise ValueError(f"{part!r} is not CHANNEL=N with a channel among {', '.join(sorted(known))}")
+        if not number.strip().isdigit():
+            raise ValueError(f"{part!r}: the capacity must be a whole number, 0 or more")
+        out[channel] = int(number)
+    return out
