@@ -21,6 +21,7 @@ from hub.actions import do_ensure_inbox
 from hub.attachments import AttachmentStore
 from hub.batcher import IngestBatcher
 from hub.bot_step import BotService
+from hub.campaigns.service import CampaignService
 from hub.config import ConfigError, HubConfig, ensure_secret_key
 from hub.core import Channel, TicketEventKind
 from hub.relay import OutboxRelay
@@ -58,6 +59,8 @@ class Hub:
     # SMS and phone over Twilio; None when Twilio is not configured.
     twilio: TwilioService | None = None
     telegram: TelegramService | None = None
+    # Bulk SMS campaigns; None without Twilio.
+    campaigns: CampaignService | None = None
     consumer_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -131,6 +134,8 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
     )
     if twilio is not None:
         twilio.install(hub.processor, hub.batcher.submit)
+        hub.campaigns = CampaignService(config, db, twilio, live, hub.consumer_name)
+        hub.campaigns.install(processor)
     # After routing's own step, which gives new tickets to the bot, and after the
     # channels' steps (an SMS opt-out is applied before the bot could answer).
     processor.subscribe(TicketEventKind.MESSAGE_RECEIVED, hub.bot.on_message)
@@ -182,6 +187,8 @@ async def start_hub(hub: Hub) -> None:
     if hub.role in ("all", "worker"):
         _spawn(hub, hub.stream.consume("workers", hub.consumer_name, hub.processor.handle), "stream-consumer")
         _spawn(hub, hub.sender.run_sweeper(), "sender-sweeper")
+        if hub.campaigns is not None:
+            _spawn(hub, hub.campaigns.runner.run(), "campaigns")
     if hub.telegram is not None:
         web, worker = hub.role in ("all", "web"), hub.role in ("all", "worker")
         _spawn(hub, hub.telegram.run(web=web, worker=worker, owner=hub.consumer_name), "telegram")

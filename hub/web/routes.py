@@ -1,6 +1,19 @@
 """Importing this module registers every route of the hub in ``registry``."""
 
-from hub.web import api, attachments, chat, events, faq, inbox, ops, telegram, twilio, widget
+from hub.web import api, attachments, campaigns, chat, events, faq, inbox, ops, telegram, twilio, widget
 from hub.web.registry import ROUTES as registry
 
-__all__ = ["api", "attachments", "chat", "events", "faq", "inbox", "ops", "registry", "telegram", "twilio", "widget"]
+__all__ = [
+    "api",
+    "attachments",
+    "campaigns",
+    "chat",
+    "events",
+    "faq",
+    "inbox",
+    "ops",
+    "registry",
+    "telegram",
+    "twilio",
+    "widget",
+]
