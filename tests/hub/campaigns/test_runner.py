@@ -100,7 +100,11 @@ async def test_two_thousand_recipients(tmp_path: Path) -> None:
         rows = await _recipients(t, cid)
         sent = Counter(r.one("To") for r in _messages(t))
         assert max(sent.values()) == 1, "someone got the campaign twice"
-        assert sent[stopper] == 0 and rows[stopper].status == SKIPPED and (rows[stopper].reason or "").startswith("opted_out")
+        assert (
+            sent[stopper] == 0
+            and rows[stopper].status == SKIPPED
+            and (rows[stopper].reason or "").startswith("opted_out")
+        )
         assert not any(sent[p] for p in no_consent + opted + tehran)
         assert len(sent) == 1959
         # Quiet hours: Tehran's recipients wait for the end of the window, in Tehran.
