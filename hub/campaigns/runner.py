@@ -457,7 +457,7 @@ class CampaignRunner:
                 external_id=func.coalesce(c.c.external_id, bindparam("sid")),
                 sent_at=func.coalesce(c.c.sent_at, bindparam("at")),
                 not_before=bindparam("nb"),
-                claimed_by=None,
+                # claimed_by stays: which worker sent it.
                 lease_until=None,
             )
             .execution_options(synchronize_session=False)
