@@ -5,6 +5,7 @@ checked, not how fast anything ran)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -71,7 +72,7 @@ async def test_pacer_books_slots_at_the_rate_across_two_workers(tmp_path: Path) 
             pacer = a if (i // 7) % 2 else b
             slots.append(loop.time() + await pacer.book(2))
         slots.sort()
-        gaps = [later - earlier for earlier, later in zip(slots, slots[1:], strict=False)]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(slots)]
         assert min(gaps) >= 0.02 - 1e-6
     finally:
         await db.dispose()

@@ -20,7 +20,10 @@ def _render(source: str, values: dict[str, Any] | None = None) -> str:
 
 
 def test_variables_render() -> None:
-    text = "Hi {{ first_name }} from {{ contact.city }}: {{ contact.points + 10 }} points{{ ' (VIP)' if 'vip' in contact.tags }}"
+    text = (
+        "Hi {{ first_name }} from {{ contact.city }}: {{ contact.points + 10 }} points"
+        "{{ ' (VIP)' if 'vip' in contact.tags }}"
+    )
     assert _render(text) == "Hi Sara from Tehran: 130 points (VIP)"
     assert _render("{{ contact.language or 'en' }} {{ contact.email | default('-', true) }}") == "en -"
 
