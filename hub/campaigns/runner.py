@@ -350,6 +350,14 @@ class CampaignRunner:
                     break
             if delay > 0:
                 await asyncio.sleep(delay)
+            if slots.locked() and wave:
+                # Everything else is in flight: hand these over now rather than
+                # wait for a whole window to come back (no lockstep waves).
+                ok = await launch(wave)
+                wave = []
+                if not ok:
+                    stopped = True
+                    break
             await slots.acquire()
             wave.append(w)
             if len(wave) >= window:
