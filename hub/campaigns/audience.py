@@ -88,18 +88,27 @@ class Candidate:
     stage: str | None
 
 
-def _latest_phone() -> Any:
-    return (
+def _with_phone() -> Any:
+    """Contacts' fields and their newest phone number (contacts without one are left out)."""
+    latest = (
         select(Identity.contact_id, func.max(Identity.id).label("identity_id"))
         .where(Identity.channel == IdentityKind.PHONE.value)
         .group_by(Identity.contact_id)
         .subquery()
     )
+    return (
+        select(Contact.id, Contact.name, Contact.attributes, Contact.tags, Contact.lifecycle_stage, Identity.address)
+        .join(latest, latest.c.contact_id == Contact.id)
+        .join(Identity, Identity.id == latest.c.identity_id)
+    )
+
+
+def _candidate(r: Any) -> Candidate:
+    return Candidate(r.id, r.address, r.name, dict(r.attributes or {}), list(r.tags or []), r.lifecycle_stage)
 
 
 async def segment_candidates(session: AsyncSession, flt: SegmentFilter) -> AsyncIterator[list[Candidate]]:
     """Pages of live (not merged) contacts with a phone number matching ``flt``."""
-    latest = _latest_phone()
     conditions: list[ColumnElement[bool]] = [Contact.merged_into_id.is_(None)]
     if flt.lifecycle_stages:
         conditions.append(Contact.lifecycle_stage.in_(flt.lifecycle_stages))
@@ -119,60 +128,21 @@ async def segment_candidates(session: AsyncSession, flt: SegmentFilter) -> Async
         conditions.append(EXTRA_FILTERS[name](value))
     after = 0
     while True:
-        rows = (
-            await session.execute(
-                select(
-                    Contact.id,
-                    Contact.name,
-                    Contact.attributes,
-                    Contact.tags,
-                    Contact.lifecycle_stage,
-                    Identity.address,
-                )
-                .join(latest, latest.c.contact_id == Contact.id)
-                .join(Identity, Identity.id == latest.c.identity_id)
-                .where(Contact.id > after, *conditions)
-                .order_by(Contact.id)
-                .limit(PAGE)
-            )
-        ).all()
+        query = _with_phone().where(Contact.id > after, *conditions).order_by(Contact.id).limit(PAGE)
+        rows = (await session.execute(query)).all()
         if not rows:
             return
         after = rows[-1].id
-        yield [
-            Candidate(r.id, r.address, r.name, dict(r.attributes or {}), list(r.tags or []), r.lifecycle_stage)
-            for r in rows
-            if flt.matches(list(r.tags or []), dict(r.attributes or {}))
-        ]
+        yield [_candidate(r) for r in rows if flt.matches(list(r.tags or []), dict(r.attributes or {}))]
 
 
 async def contacts_candidates(session: AsyncSession, contact_ids: list[int]) -> AsyncIterator[list[Candidate]]:
     """Pages of the given contacts (a CSV's), each with their phone number."""
-    latest = _latest_phone()
     for start in range(0, len(contact_ids), PAGE):
         ids = contact_ids[start : start + PAGE]
-        rows = (
-            await session.execute(
-                select(
-                    Contact.id,
-                    Contact.name,
-                    Contact.attributes,
-                    Contact.tags,
-                    Contact.lifecycle_stage,
-                    Identity.address,
-                )
-                .join(latest, latest.c.contact_id == Contact.id)
-                .join(Identity, Identity.id == latest.c.identity_id)
-                .where(Contact.id.in_(ids))
-                .order_by(Contact.id)
-            )
-        ).all()
+        rows = (await session.execute(_with_phone().where(Contact.id.in_(ids)))).all()
         by_id = {r.id: r for r in rows}
-        yield [
-            Candidate(r.id, r.address, r.name, dict(r.attributes or {}), list(r.tags or []), r.lifecycle_stage)
-            for cid in ids
-            if (r := by_id.get(cid)) is not None
-        ]
+        yield [_candidate(by_id[cid]) for cid in ids if cid in by_id]
 
 
 # --- CSV -----------------------------------------------------------------------------
