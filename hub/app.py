@@ -22,6 +22,7 @@ from hub.actions import do_ensure_inbox
 from hub.attachments import AttachmentStore
 from hub.batcher import IngestBatcher
 from hub.bot_step import BotService
+from hub.campaigns.service import CampaignService
 from hub.config import ConfigError, HubConfig, ensure_secret_key
 from hub.core import Channel, TicketEventKind
 from hub.mail import EmailService, sync_email_inboxes
@@ -63,6 +64,8 @@ class Hub:
     twilio: TwilioService | None = None
     telegram: TelegramService | None = None
     email: EmailService | None = None
+    # Bulk SMS campaigns; None without Twilio.
+    campaigns: CampaignService | None = None
     consumer_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -153,6 +156,8 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         twilio.desk.is_open = is_open
         twilio.desk.available_agents = router.phone_agents
         twilio.install(hub.processor, hub.batcher.submit)
+        hub.campaigns = CampaignService(config, db, twilio, live, hub.consumer_name)
+        hub.campaigns.install(processor)
     # After routing's own step, which gives new tickets to the bot, and after the
     # channels' steps (an SMS opt-out is applied before the bot could answer).
     processor.subscribe(TicketEventKind.MESSAGE_RECEIVED, hub.bot.on_message)
@@ -209,6 +214,8 @@ async def start_hub(hub: Hub) -> None:
         _spawn(hub, hub.router.run_sweeper(), "routing-sweeper")
         if hub.email is not None:
             hub.email.start(lambda coro, name: _spawn(hub, coro, name))
+        if hub.campaigns is not None:
+            _spawn(hub, hub.campaigns.runner.run(), "campaigns")
     if hub.telegram is not None:
         web, worker = hub.role in ("all", "web"), hub.role in ("all", "worker")
         _spawn(hub, hub.telegram.run(web=web, worker=worker, owner=hub.consumer_name), "telegram")

@@ -187,6 +187,11 @@ from hub.bot_cli import register as _register_bot  # noqa: E402
 
 _register_bot(main)
 
+# Campaigns: crm-hub campaign create / preview / send / pause / resume / cancel / status / report.
+from hub.campaigns.cli import register as _register_campaigns  # noqa: E402
+
+_register_campaigns(main)
+
 
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -809,6 +809,86 @@ def _email_secrets(config: HubConfig, env: Mapping[str, str]) -> None:
             config.email.passwords[name] = env[name]
 
 
+class QuietHoursConfig(_Section):
+    """No marketing SMS between ``start`` and ``end`` in the recipient's local
+    time (a window that crosses midnight, such as 21:00-09:00, is fine)."""
+
+    start: str = Field(default="21:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    end: str = Field(default="09:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHoursConfig:
+        if self.start == self.end:
+            raise ValueError("start and end must differ (null disables quiet hours)")
+        return self
+
+
+def _default_opt_out_texts() -> dict[str, str]:
+    return {"en": "Reply STOP to opt out.", "fa": "برای لغو اشتراک «لغو» را بفرستید."}
+
+
+class CampaignsConfig(_Section):
+    """Bulk SMS campaigns (``crm-hub campaign ...``, ``/api/v1/campaigns``)."""
+
+    # What Twilio charges per segment, for the estimate shown before a send
+    # (per destination region where it differs: {"IR": 0.12}).
+    price_per_segment: float = Field(default=0.0083, ge=0)
+    price_by_region: dict[str, float] = Field(default_factory=dict)
+    currency: str = Field(default="USD", min_length=3, max_length=3)
+    # Contacts need the attribute sms_consent: true (CSV column, API) to be sent to.
+    require_consent: bool = True
+    # Append the opt-out line to every message (unless the text already names STOP / لغو).
+    opt_out_line: bool = True
+    opt_out_texts: dict[str, str] = Field(default_factory=_default_opt_out_texts)
+    # null: no quiet hours (not recommended for marketing).
+    quiet_hours: QuietHoursConfig | None = Field(default_factory=QuietHoursConfig)
+    # For numbers whose region spans several zones or none, and contacts without a
+    # timezone attribute: the zones of the number are all respected; unknown -> this.
+    default_timezone: str = "UTC"
+    # A customer's SMS within this long of a campaign message is a reply to it.
+    reply_window_hours: float = Field(default=72.0, gt=0)
+    # A recipient left "sending" this long (its worker died mid-send) is marked uncertain.
+    send_lease_seconds: float = Field(default=60.0, gt=0)
+    # A claimed batch not sent within this long goes back to others (its worker died).
+    claim_lease_seconds: float = Field(default=60.0, gt=0)
+    claim_batch: int = Field(default=200, ge=1, le=5000)
+    # Messages in flight to Twilio at once, per worker process.
+    concurrency: int = Field(default=32, ge=1, le=1000)
+    # How often workers look for campaigns to run (and check for pause / cancel).
+    poll_seconds: float = Field(default=1.0, gt=0)
+    # Retries of a send Twilio refused for its rate (429), with backoff.
+    max_attempts: int = Field(default=5, ge=1)
+    max_csv_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Asia/Tehran, Europe/Berlin)") from exc
+        return value
+
+    @field_validator("price_by_region")
+    @classmethod
+    def _regions(cls, value: dict[str, float]) -> dict[str, float]:
+        out = {}
+        for region, price in value.items():
+            if not re.match(r"^[A-Za-z]{2}$", region) or price < 0:
+                raise ValueError(f"{region}: keys are ISO regions (IR, US) and prices are not negative")
+            out[region.upper()] = price
+        return out
+
+    @field_validator("opt_out_texts")
+    @classmethod
+    def _english(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value.get("en"):
+            raise ValueError("needs at least an English line (en)")
+        return value
+
+
 class HubConfig(_Section):
     data_dir: Path = Path("data")
     server: ServerConfig = Field(default_factory=ServerConfig)
@@ -826,6 +906,7 @@ class HubConfig(_Section):
     twilio: TwilioConfig = Field(default_factory=TwilioConfig)
     email: EmailConfig = Field(default_factory=EmailConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    campaigns: CampaignsConfig = Field(default_factory=CampaignsConfig)
     # Filled from HUB_SECRET_KEY, or generated once and kept in data_dir.
     secret_key: str = Field(default="", repr=False)
 

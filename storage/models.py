@@ -563,3 +563,91 @@ class AutomationRun(Base):
     # For idle rules: the last message of the quiet spell the rule fired for.
     occasion_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- campaigns (issue 8) -----------------------------------------------------------
+
+
+class Campaign(Base):
+    """A bulk SMS send to an audience chosen once (by segment filter or CSV), from
+    one sender, with a template rendered per recipient when the audience is set."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # draft, scheduled, running, paused, completed, cancelled
+    status: Mapped[str] = mapped_column(String(20), default="draft", index=True)
+    # The twilio sender's key (its number or Messaging Service SID).
+    sender: Mapped[str] = mapped_column(String(64))
+    template: Mapped[str] = mapped_column(Text)
+    # The language of the template ("en", "fa"), for the opt-out line; None: detected.
+    language: Mapped[str | None] = mapped_column(String(8), default=None)
+    # How the audience was chosen ({"kind": "segment", "filter": {...}} or CSV figures).
+    audience: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # {"start": "21:00", "end": "09:00"} in each recipient's local time; None: none.
+    quiet_hours: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # Segments per second; None: the sender's messages_per_second.
+    rate_per_second: Mapped[float | None] = mapped_column(default=None)
+    price_per_segment: Mapped[float] = mapped_column(default=0.0)
+    currency: Mapped[str] = mapped_column(String(3), default="USD")
+    created_by: Mapped[str] = mapped_column(String(64), default="system")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    scheduled_at: Mapped[datetime | None] = mapped_column(default=None)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    completed_at: Mapped[datetime | None] = mapped_column(default=None)
+    cancelled_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class CampaignRecipient(Base):
+    """One contact of a campaign and what happened to their message. The row is
+    the unit of exactly-once: ``pending`` (claimed by a worker with a lease) ->
+    ``sending`` (committed before Twilio is called) -> ``sent`` -> ``delivered`` /
+    ``undelivered`` / ``failed``; ``skipped`` with the reason; ``uncertain`` when
+    its worker died mid-send (never resent blindly)."""
+
+    __tablename__ = "campaign_recipients"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "phone", name="uq_campaign_recipients_campaign_id_phone"),
+        Index("ix_campaign_recipients_work", "campaign_id", "status", "not_before"),
+        # A customer's reply is matched to their latest campaign message.
+        Index("ix_campaign_recipients_phone_sent", "phone", "sent_at"),
+    )
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
+    phone: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    error_code: Mapped[str | None] = mapped_column(String(16), default=None)
+    body: Mapped[str] = mapped_column(Text, default="")
+    segments: Mapped[int] = mapped_column(Integer, default=1)
+    encoding: Mapped[str] = mapped_column(String(8), default="GSM-7")
+    # What the message costs (its segments at its destination's price per segment).
+    price: Mapped[float] = mapped_column(default=0.0)
+    language: Mapped[str | None] = mapped_column(String(8), default=None)
+    # IANA zones whose quiet hours apply (a number's region may span several).
+    timezones: Mapped[list[Any]] = mapped_column(default=list)
+    # Not before this time (quiet hours, a retry's backoff).
+    not_before: Mapped[datetime | None] = mapped_column(default=None)
+    claimed_by: Mapped[str | None] = mapped_column(String(200), default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    external_id: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+    replied_at: Mapped[datetime | None] = mapped_column(default=None)
+    reply_message_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    opted_out_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class SmsPacing(Base):
+    """A sender's token bucket, shared by every worker process: the moment from
+    which its next segment may go (a GCRA's theoretical arrival time). Workers
+    reserve slices of time from it, so together they keep the sender's rate."""
+
+    __tablename__ = "sms_pacing"
+
+    sender: Mapped[str] = mapped_column(String(64), primary_key=True)
+    next_at: Mapped[datetime] = mapped_column(default=utcnow)

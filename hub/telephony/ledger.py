@@ -54,12 +54,16 @@ class SqlOptOutLedger:
         self.db = db
 
     async def opted_out(self, phone: str, sender: str) -> str | None:
-        async with self.db.read() as session:
-            row = await session.scalar(
-                select(SmsOptOut).where(
-                    SmsOptOut.phone == phone, SmsOptOut.sender == sender, SmsOptOut.opted_out.is_(True)
+        # Asked before every SMS (a campaign asks 100,000 times): one Core query
+        # on a pooled connection, without an ORM session around it.
+        async with self.db.read_engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(SmsOptOut.changed_at, SmsOptOut.source).where(
+                        SmsOptOut.phone == phone, SmsOptOut.sender == sender, SmsOptOut.opted_out.is_(True)
+                    )
                 )
-            )
+            ).first()
         if row is None:
             return None
         return (

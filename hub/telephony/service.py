@@ -25,7 +25,7 @@ from channels.twilio_voice import TwilioVoiceChannel
 from hub.actions import do_ensure_inbox, do_get_or_create_team
 from hub.attachments import AttachmentStore
 from hub.config import HubConfig, TwilioSenderConfig
-from hub.core import Channel, DeliveryReceipt, TicketEventKind
+from hub.core import Channel, DeliveryReceipt, InboundMessage, TicketEventKind
 from hub.telephony.ledger import SqlOptOutLedger
 from hub.telephony.sms import MediaCopier, SmsSteps
 from hub.telephony.voice import VoiceDesk, online_agents_with_phone, weekly_hours
@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 #: campaign's): returns True when it knew the message. Gets the receipt and the
 #: callback URL's query parameters.
 ReceiptHandler = Callable[[DeliveryReceipt, Mapping[str, str]], Awaitable[bool]]
+#: Sees an incoming SMS before it is stored and may add to its extras (a
+#: campaign's reply attribution); gets the sender it was written to.
+InboundHook = Callable[[InboundMessage, SmsSender], Awaitable[InboundMessage]]
 
 
 class TwilioService:
@@ -82,6 +85,7 @@ class TwilioService:
         self.voice_channel = TwilioVoiceChannel(self.sms if self.senders else None, reply_sender)
         self.desk = VoiceDesk(self, weekly_hours(tw.voice.hours), online_agents_with_phone(db))
         self.receipt_handlers: list[ReceiptHandler] = []
+        self.inbound_hooks: list[InboundHook] = []
         self._inbox_senders: dict[int, str | None] = {}
         if self.senders and self.public_base is None:
             log.warning(

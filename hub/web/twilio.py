@@ -137,6 +137,8 @@ async def twilio_sms(request: web.Request) -> web.StreamResponse:
     async with hub.db.read() as session:
         offered = await offered_quick_replies(session, sender.inbox, inbound.sender)
     inbound = with_quick_reply(inbound, offered)
+    for hook in service.inbound_hooks:
+        inbound = await hook(inbound, sender)
     try:
         await hub.batcher.submit(inbound)
     except (LookupError, ValueError) as exc:

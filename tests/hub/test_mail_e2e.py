@@ -499,7 +499,8 @@ async def test_a_bot_inbox_leaves_automatic_mail_to_people(tmp_path: Path, dovec
                 seen: dict[str, list[str]] = {}
                 for subject, actor, kind in rows:
                     seen.setdefault(subject or "", []).append(f"{actor}:{kind}")
-                return seen if "bot:ticket.handoff" in seen.get("Pricing?", []) else None
+                done = "bot:ticket.handoff" in seen.get("Pricing?", []) and "Out of office" in seen
+                return seen if done else None
 
             seen = await eventually(routed, what="the bot took the customer's mail")
             async with db.read() as s:

@@ -1,0 +1,645 @@
+"""Every write a campaign makes, in the hub's ``check_*`` / ``do_*`` shape:
+creating one (with its audience rendered and priced up front), a CSV audience,
+start / pause / resume / cancel, SMS consent; and the read side: counts, the
+estimate, the preview, the report and the recipients' CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import phonenumbers
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from channels.twilio_sms import SmsSender
+from hub.actions import audit, check_contact
+from hub.campaigns.audience import (
+    Candidate,
+    CsvAudience,
+    SegmentFilter,
+    consent_attributes,
+    contacts_candidates,
+    segment_candidates,
+)
+from hub.campaigns.schedule import zones_for
+from hub.campaigns.templates import TemplateInvalid, compile_template, message_for, variables
+from hub.config import CampaignsConfig
+from hub.core import IdentityKind, utcnow
+from hub.errors import Conflict, NotFound, ValidationFailed
+from hub.telephony import TwilioService
+from hub.text import phone_region
+from storage.ingest import table
+from storage.models import Campaign, CampaignRecipient, Contact, Identity
+from storage.views import iso
+
+DRAFT, SCHEDULED, RUNNING, PAUSED, COMPLETED, CANCELLED = (
+    "draft",
+    "scheduled",
+    "running",
+    "paused",
+    "completed",
+    "cancelled",
+)
+# Recipient statuses.
+PENDING, SENDING, SENT, DELIVERED, UNDELIVERED, FAILED, SKIPPED, UNCERTAIN = (
+    "pending",
+    "sending",
+    "sent",
+    "delivered",
+    "undelivered",
+    "failed",
+    "skipped",
+    "uncertain",
+)
+RECIPIENT_STATUSES = (PENDING, SENDING, SENT, DELIVERED, UNDELIVERED, FAILED, SKIPPED, UNCERTAIN)
+INSERT_CHUNK = 1000
+
+
+class TemplateForbidden(ValidationFailed):
+    pass
+
+
+# --- senders --------------------------------------------------------------------------
+
+
+def check_sender(service: TwilioService | None, name: str) -> SmsSender:
+    """A configured SMS sender by inbox key, number or Messaging Service SID."""
+    if service is None or not service.senders:
+        raise ValidationFailed("no SMS sender is configured (twilio.senders, TWILIO_PHONE_NUMBER)")
+    for s in service.senders:
+        if name in (s.inbox, s.key, s.number, s.messaging_service_sid):
+            return s
+    known = ", ".join(f"{s.inbox} ({s.key})" for s in service.senders)
+    raise ValidationFailed(f"sender {name!r} is not configured; configured senders: {known}")
+
+
+# --- creating ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignSpec:
+    name: str
+    sender: str
+    template: str
+    language: str | None = None
+    segment: SegmentFilter | None = None
+    quiet_hours: dict[str, str] | None = None
+    rate_per_second: float | None = None
+    scheduled_at: datetime | None = None
+
+
+def _quiet(config: CampaignsConfig, value: dict[str, str] | None, given: bool) -> dict[str, str] | None:
+    if given:
+        return value
+    return config.quiet_hours.model_dump() if config.quiet_hours else None
+
+
+async def do_create_campaign(
+    session: AsyncSession,
+    service: TwilioService | None,
+    config: CampaignsConfig,
+    spec: CampaignSpec,
+    *,
+    quiet_hours_given: bool = False,
+    actor: str = "system",
+) -> Campaign:
+    """A draft campaign; with a segment, its audience is chosen, rendered and
+    priced at once (what the preview shows is what is sent)."""
+    sender = check_sender(service, spec.sender)
+    if not spec.name.strip():
+        raise ValidationFailed("name must not be empty")
+    try:
+        template = compile_template(spec.template)
+    except TemplateInvalid as exc:
+        raise ValidationFailed(f"template: {exc}") from exc
+    probe = variables(name="Ada Lovelace", phone="+15550000000", attributes={}, tags=[], stage=None)
+    _probe_render(template, probe)
+    if spec.rate_per_second is not None and spec.rate_per_second > sender.messages_per_second:
+        raise ValidationFailed(
+            f"rate_per_second {spec.rate_per_second:g} is above what sender {sender.key} may send "
+            f"({sender.messages_per_second:g} segments per second, twilio.senders[].messages_per_second)"
+        )
+    if spec.scheduled_at is not None and spec.scheduled_at.tzinfo is None:
+        raise ValidationFailed("scheduled_at must carry a time zone")
+    campaign = Campaign(
+        name=spec.name.strip(),
+        status=DRAFT,
+        sender=sender.key,
+        template=spec.template,
+        language=spec.language,
+        audience={"kind": "segment", "filter": spec.segment.model_dump(mode="json")} if spec.segment else {},
+        quiet_hours=_quiet(config, spec.quiet_hours, quiet_hours_given),
+        rate_per_second=spec.rate_per_second,
+        price_per_segment=config.price_per_segment,
+        currency=config.currency,
+        created_by=actor,
+        scheduled_at=spec.scheduled_at,
+    )
+    session.add(campaign)
+    await session.flush()
+    if spec.segment is not None:
+        totals = await build_recipients(session, service, config, campaign, segment_candidates(session, spec.segment))
+        campaign.audience = {**campaign.audience, **totals}
+    await audit(session, actor, "campaign.created", "campaign", campaign.id, {"name": campaign.name})
+    return campaign
+
+
+def _probe_render(template: Any, values: dict[str, Any]) -> None:
+    """A template that tries to reach past its variables is refused outright;
+    one that only lacks a variable for this made-up contact is not."""
+    try:
+        message_for(template, values, language="en", template_language=None, opt_out_texts=None)
+    except TemplateInvalid as exc:
+        if str(exc).startswith("not allowed"):
+            raise TemplateForbidden(f"template: {exc}") from exc
+
+
+async def build_recipients(
+    session: AsyncSession,
+    service: TwilioService | None,
+    config: CampaignsConfig,
+    campaign: Campaign,
+    pages: AsyncIterator[list[Candidate]],
+) -> dict[str, Any]:
+    """One row per distinct phone number: ``pending`` with the rendered body,
+    its encoding, segments and price, or ``skipped`` with the reason (no
+    consent, opted out, a number not in use, the template failed for them)."""
+    template = compile_template(campaign.template)
+    opt_out = config.opt_out_texts if config.opt_out_line else None
+    assert service is not None
+    ledger = service.ledger
+    seen: set[str] = set()
+    seen_contacts: set[int] = set()
+    totals: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
+    segments = 0
+    cost = 0.0
+    async for page in pages:
+        fresh = []
+        for c in page:
+            if c.phone in seen or c.contact_id in seen_contacts:
+                totals["duplicates"] += 1
+                continue
+            seen.add(c.phone)
+            seen_contacts.add(c.contact_id)
+            fresh.append(c)
+        if not fresh:
+            continue
+        opted = await ledger.opted_out_numbers(campaign.sender, [c.phone for c in fresh])
+        rows: list[dict[str, Any]] = []
+        for c in fresh:
+            row: dict[str, Any] = {
+                "campaign_id": campaign.id,
+                "contact_id": c.contact_id,
+                "phone": c.phone,
+                "status": PENDING,
+                "reason": None,
+                "body": "",
+                "segments": 0,
+                "encoding": "GSM-7",
+                "price": 0.0,
+                "language": None,
+                "timezones": [],
+                "attempts": 0,
+            }
+            reason = _exclusion(config, c, opted)
+            if reason is None:
+                lang = c.attributes.get("language")
+                try:
+                    msg = message_for(
+                        template,
+                        variables(name=c.name, phone=c.phone, attributes=c.attributes, tags=c.tags, stage=c.stage),
+                        language=str(lang) if isinstance(lang, str) and lang else None,
+                        template_language=campaign.language,
+                        opt_out_texts=opt_out,
+                    )
+                except TemplateInvalid as exc:
+                    if str(exc).startswith("not allowed"):
+                        raise TemplateForbidden(f"template: {exc}") from exc
+                    reason = f"template: {exc}"
+                else:
+                    price = msg.segments * config.price_by_region.get(
+                        phone_region(c.phone) or "", campaign.price_per_segment
+                    )
+                    row.update(
+                        body=msg.body,
+                        segments=msg.segments,
+                        encoding=msg.encoding,
+                        price=price,
+                        language=msg.language,
+                        timezones=zones_for(c.phone, c.attributes.get("timezone"), config.default_timezone),
+                    )
+                    segments += msg.segments
+                    cost += price
+                    totals["recipients"] += 1
+            if reason is not None:
+                row.update(status=SKIPPED, reason=reason)
+                skipped[reason.split(":")[0]] += 1
+            rows.append(row)
+        for start in range(0, len(rows), INSERT_CHUNK):
+            await session.execute(insert(table(CampaignRecipient)), rows[start : start + INSERT_CHUNK])
+    return {
+        "recipients": totals["recipients"],
+        "duplicates": totals["duplicates"],
+        "skipped": dict(skipped),
+        "segments": segments,
+        "estimated_cost": round(cost, 4),
+    }
+
+
+def _exclusion(config: CampaignsConfig, c: Candidate, opted: set[str]) -> str | None:
+    if c.phone in opted:
+        return "opted_out"
+    if config.require_consent and c.attributes.get("sms_consent") is not True:
+        return "no_consent"
+    try:
+        valid = phonenumbers.is_valid_number(phonenumbers.parse(c.phone, None))
+    except phonenumbers.NumberParseException:
+        valid = False
+    if not valid:
+        return "invalid_number"
+    return None
+
+
+async def do_csv_audience(
+    session: AsyncSession,
+    service: TwilioService | None,
+    config: CampaignsConfig,
+    campaign: Campaign,
+    parsed: CsvAudience,
+    *,
+    source: str,
+    actor: str = "system",
+) -> dict[str, Any]:
+    """A draft campaign's audience from a parsed CSV: contacts created or
+    updated (name if they had none, attributes, tags, consent), then rendered
+    and priced. Replaces an earlier audience of the draft."""
+    check_draft(campaign)
+    now = utcnow()
+    owners: dict[str, int] = {}
+    phones = [r.phone for r in parsed.rows]
+    for start in range(0, len(phones), 1000):
+        found = await session.execute(
+            select(Identity.address, Identity.contact_id).where(
+                Identity.channel == IdentityKind.PHONE.value, Identity.address.in_(phones[start : start + 1000])
+            )
+        )
+        owners.update({a: cid for a, cid in found.all()})
+    created = updated = 0
+    contact_ids: list[int] = []
+    for r in parsed.rows:
+        attrs: dict[str, Any] = dict(r.attributes)
+        if r.language:
+            attrs["language"] = r.language
+        if r.timezone:
+            attrs["timezone"] = r.timezone
+        if r.consent is not None:
+            attrs.update(consent_attributes(r.consent, f"csv {source}"[:200], now))
+        cid = owners.get(r.phone)
+        if cid is None:
+            contact = Contact(name=r.name, attributes=attrs, tags=sorted(set(r.tags)))
+            session.add(contact)
+            await session.flush()
+            session.add(
+                Identity(contact_id=contact.id, channel=IdentityKind.PHONE.value, address=r.phone, display_name=r.name)
+            )
+            created += 1
+        else:
+            contact = await check_contact(session, cid)
+            while contact.merged_into_id is not None:
+                contact = await check_contact(session, contact.merged_into_id)
+            if attrs:
+                contact.attributes = {**(contact.attributes or {}), **attrs}
+            if r.tags:
+                contact.tags = sorted(set(contact.tags or []) | set(r.tags))
+            contact.name = contact.name or r.name
+            updated += 1
+        contact_ids.append(contact.id)
+    await session.flush()
+    await session.execute(delete(CampaignRecipient).where(CampaignRecipient.campaign_id == campaign.id))
+    totals = await build_recipients(session, service, config, campaign, contacts_candidates(session, contact_ids))
+    summary = {
+        "kind": "csv",
+        "source": source,
+        "rows": len(parsed.rows) + len(parsed.invalid) + len(parsed.duplicates),
+        "contacts_created": created,
+        "contacts_updated": updated,
+        "invalid_rows": [{"line": line, "error": error} for line, error in parsed.invalid],
+        "duplicate_lines": parsed.duplicates,
+        **totals,
+        "duplicates": totals["duplicates"] + len(parsed.duplicates),
+    }
+    # Keep the stored summary small however bad the file was.
+    campaign.audience = {**summary, "invalid_rows": summary["invalid_rows"][:100]}
+    await audit(
+        session, actor, "campaign.audience", "campaign", campaign.id, {"source": source, "rows": summary["rows"]}
+    )
+    return summary
+
+
+# --- lifecycle ------------------------------------------------------------------------
+
+
+async def check_campaign(session: AsyncSession, campaign_id: int, *, lock: bool = False) -> Campaign:
+    stmt = select(Campaign).where(Campaign.id == campaign_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    campaign = await session.scalar(stmt)
+    if campaign is None:
+        raise NotFound(f"campaign {campaign_id} does not exist")
+    return campaign
+
+
+def check_draft(campaign: Campaign) -> None:
+    if campaign.status != DRAFT:
+        raise Conflict(f"campaign {campaign.id} is {campaign.status}; its audience can only change while a draft")
+
+
+async def do_start(
+    session: AsyncSession, campaign: Campaign, *, scheduled_at: datetime | None = None, actor: str = "system"
+) -> Campaign:
+    """Draft or paused -> running (or scheduled, until ``scheduled_at``)."""
+    if campaign.status not in (DRAFT, PAUSED, SCHEDULED):
+        raise Conflict(f"campaign {campaign.id} is {campaign.status}; only a draft, scheduled or paused one can start")
+    pending = await session.scalar(
+        select(func.count())
+        .select_from(CampaignRecipient)
+        .where(CampaignRecipient.campaign_id == campaign.id, CampaignRecipient.status == PENDING)
+    )
+    if not pending:
+        raise ValidationFailed(f"campaign {campaign.id} has nobody left to send to")
+    now = utcnow()
+    when = scheduled_at if scheduled_at is not None else campaign.scheduled_at
+    if campaign.status == PAUSED or when is None or when <= now:
+        campaign.status = RUNNING
+        campaign.started_at = campaign.started_at or now
+    else:
+        campaign.status = SCHEDULED
+    campaign.scheduled_at = when
+    await audit(session, actor, "campaign.started", "campaign", campaign.id, {"status": campaign.status})
+    return campaign
+
+
+async def do_pause(session: AsyncSession, campaign: Campaign, *, actor: str = "system") -> Campaign:
+    """Nothing more is handed to Twilio once this commits; messages already in
+    flight finish and are recorded."""
+    if campaign.status not in (RUNNING, SCHEDULED):
+        raise Conflict(f"campaign {campaign.id} is {campaign.status}; only a running or scheduled one can pause")
+    campaign.status = PAUSED
+    await audit(session, actor, "campaign.paused", "campaign", campaign.id)
+    return campaign
+
+
+async def do_cancel(session: AsyncSession, campaign: Campaign, *, actor: str = "system") -> Campaign:
+    """Everyone not yet sent to is skipped ("cancelled"); terminal."""
+    if campaign.status in (COMPLETED, CANCELLED):
+        raise Conflict(f"campaign {campaign.id} is already {campaign.status}")
+    campaign.status = CANCELLED
+    campaign.cancelled_at = utcnow()
+    await session.execute(
+        update(CampaignRecipient)
+        .where(CampaignRecipient.campaign_id == campaign.id, CampaignRecipient.status == PENDING)
+        .values(status=SKIPPED, reason="cancelled", claimed_by=None, lease_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    await audit(session, actor, "campaign.cancelled", "campaign", campaign.id)
+    return campaign
+
+
+async def do_set_sms_consent(
+    session: AsyncSession, contact_id: int, *, consent: bool, source: str, actor: str
+) -> Contact:
+    contact = await check_contact(session, contact_id)
+    contact.attributes = {**(contact.attributes or {}), **consent_attributes(consent, source, utcnow())}
+    await audit(session, actor, "contact.sms_consent", "contact", contact.id, {"consent": consent, "source": source})
+    return contact
+
+
+# --- reading --------------------------------------------------------------------------
+
+
+async def counts(session: AsyncSession, campaign_id: int) -> dict[str, dict[str, float]]:
+    rows = await session.execute(
+        select(
+            CampaignRecipient.status,
+            func.count(),
+            func.coalesce(func.sum(CampaignRecipient.segments), 0),
+            func.coalesce(func.sum(CampaignRecipient.price), 0.0),
+        )
+        .where(CampaignRecipient.campaign_id == campaign_id)
+        .group_by(CampaignRecipient.status)
+    )
+    return {status: {"count": n, "segments": int(seg), "price": float(price)} for status, n, seg, price in rows.all()}
+
+
+async def campaign_view(session: AsyncSession, campaign: Campaign) -> dict[str, Any]:
+    by_status = await counts(session, campaign.id)
+    count = {s: int(by_status.get(s, {}).get("count", 0)) for s in RECIPIENT_STATUSES}
+    to_send = [s for s in RECIPIENT_STATUSES if s != SKIPPED]
+    total = sum(count.values())
+    done = sum(count[s] for s in (SENT, DELIVERED, UNDELIVERED, FAILED, SKIPPED, UNCERTAIN))
+    return {
+        "id": campaign.id,
+        "name": campaign.name,
+        "status": campaign.status,
+        "sender": campaign.sender,
+        "template": campaign.template,
+        "language": campaign.language,
+        "audience": campaign.audience,
+        "quiet_hours": campaign.quiet_hours,
+        "rate_per_second": campaign.rate_per_second,
+        "created_by": campaign.created_by,
+        "created_at": iso(campaign.created_at),
+        "scheduled_at": iso(campaign.scheduled_at),
+        "started_at": iso(campaign.started_at),
+        "completed_at": iso(campaign.completed_at),
+        "cancelled_at": iso(campaign.cancelled_at),
+        "counts": count,
+        "total": total,
+        "progress": round(done / total, 4) if total else 0.0,
+        "estimate": {
+            "messages": sum(count[s] for s in to_send),
+            "segments": int(sum(by_status.get(s, {}).get("segments", 0) for s in to_send)),
+            "cost": round(sum(by_status.get(s, {}).get("price", 0.0) for s in to_send), 4),
+            "currency": campaign.currency,
+        },
+    }
+
+
+async def preview(session: AsyncSession, campaign: Campaign, limit: int = 5) -> list[dict[str, Any]]:
+    """The messages of the first few real recipients, as they will be sent."""
+    rows = (
+        await session.execute(
+            select(CampaignRecipient, Contact.name)
+            .join(Contact, Contact.id == CampaignRecipient.contact_id)
+            .where(CampaignRecipient.campaign_id == campaign.id, CampaignRecipient.status != SKIPPED)
+            .order_by(CampaignRecipient.id)
+            .limit(limit)
+        )
+    ).all()
+    return [
+        {
+            "recipient_id": r.id,
+            "contact_id": r.contact_id,
+            "name": name,
+            "phone": r.phone,
+            "body": r.body,
+            "encoding": r.encoding,
+            "segments": r.segments,
+            "characters": len(r.body),
+            "language": r.language,
+            "timezones": r.timezones,
+            "price": round(r.price, 4),
+        }
+        for r, name in rows
+    ]
+
+
+async def report(session: AsyncSession, campaign: Campaign) -> dict[str, Any]:
+    """Sent, delivered, failed by error code, opted out, replied, segments used, cost."""
+    c = CampaignRecipient
+    accepted = c.external_id.is_not(None)
+    base = select(func.count()).select_from(c).where(c.campaign_id == campaign.id)
+    by_status = await counts(session, campaign.id)
+    n = {s: int(by_status.get(s, {}).get("count", 0)) for s in RECIPIENT_STATUSES}
+    sent_total = int(await session.scalar(base.where(accepted)) or 0)
+    used = (
+        await session.execute(
+            select(func.coalesce(func.sum(c.segments), 0), func.coalesce(func.sum(c.price), 0.0)).where(
+                c.campaign_id == campaign.id, accepted
+            )
+        )
+    ).one()
+    failed_codes = Counter[str]()
+    for code, count in (
+        await session.execute(
+            select(c.error_code, func.count())
+            .where(c.campaign_id == campaign.id, c.status.in_((FAILED, UNDELIVERED)))
+            .group_by(c.error_code)
+        )
+    ).all():
+        failed_codes[code or "none"] += count
+    skipped = Counter[str]()
+    for reason, count in (
+        await session.execute(
+            select(c.reason, func.count()).where(c.campaign_id == campaign.id, c.status == SKIPPED).group_by(c.reason)
+        )
+    ).all():
+        skipped[(reason or "unknown").split(":")[0]] += count
+    opted_out = int(await session.scalar(base.where(c.opted_out_at.is_not(None))) or 0)
+    replied = int(await session.scalar(base.where(c.replied_at.is_not(None))) or 0)
+    return {
+        "campaign_id": campaign.id,
+        "status": campaign.status,
+        "recipients": sum(n.values()),
+        "sent": sent_total,
+        "delivered": n[DELIVERED],
+        "undelivered": n[UNDELIVERED],
+        "failed": n[FAILED],
+        "failed_by_error_code": dict(failed_codes),
+        "pending": n[PENDING] + n[SENDING],
+        "uncertain": n[UNCERTAIN],
+        "skipped": dict(skipped),
+        "opted_out": opted_out,
+        "replied": replied,
+        "segments_used": int(used[0]),
+        "cost": round(float(used[1]), 4),
+        "currency": campaign.currency,
+        "delivery_rate": round(n[DELIVERED] / sent_total, 4) if sent_total else None,
+        "reply_rate": round(replied / sent_total, 4) if sent_total else None,
+    }
+
+
+EXPORT_COLUMNS = (
+    "recipient_id",
+    "contact_id",
+    "phone",
+    "status",
+    "reason",
+    "error_code",
+    "segments",
+    "encoding",
+    "price",
+    "twilio_sid",
+    "sent_at",
+    "delivered_at",
+    "replied_at",
+    "opted_out_at",
+)
+
+
+async def recipients_csv(session: AsyncSession, campaign_id: int) -> AsyncIterator[str]:
+    """The recipients with their status, as CSV text in pages (for streaming)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(EXPORT_COLUMNS)
+    after = 0
+    c = CampaignRecipient
+    while True:
+        rows = (
+            await session.execute(
+                select(
+                    c.id,
+                    c.contact_id,
+                    c.phone,
+                    c.status,
+                    c.reason,
+                    c.error_code,
+                    c.segments,
+                    c.encoding,
+                    c.price,
+                    c.external_id,
+                    c.sent_at,
+                    c.delivered_at,
+                    c.replied_at,
+                    c.opted_out_at,
+                )
+                .where(c.campaign_id == campaign_id, c.id > after)
+                .order_by(c.id)
+                .limit(2000)
+            )
+        ).all()
+        for r in rows:
+            writer.writerow(
+                [
+                    r.id,
+                    r.contact_id,
+                    r.phone,
+                    r.status,
+                    r.reason or "",
+                    r.error_code or "",
+                    r.segments,
+                    r.encoding,
+                    round(r.price, 4),
+                    r.external_id or "",
+                    iso(r.sent_at) or "",
+                    iso(r.delivered_at) or "",
+                    iso(r.replied_at) or "",
+                    iso(r.opted_out_at) or "",
+                ]
+            )
+        yield buf.getvalue()
+        buf.seek(0)
+        buf.truncate()
+        if len(rows) < 2000:
+            return
+        after = rows[-1].id
+
+
+async def release_claims(session: AsyncSession, campaign_id: int, owner: str) -> None:
+    await session.execute(
+        update(CampaignRecipient)
+        .where(
+            CampaignRecipient.campaign_id == campaign_id,
+            CampaignRecipient.status == PENDING,
+            CampaignRecipient.claimed_by == owner,
+        )
+        .values(claimed_by=None, lease_until=None)
+        .execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,266 @@
+"""Who a campaign goes to: a segment of the contacts (filters on tags,
+lifecycle stage, attributes, last contact, channel identities, RFM segment, and
+whatever analytics registers in :data:`EXTRA_FILTERS`), or a CSV of phone
+numbers that creates or updates contacts. Parsing is pure; the queries read
+contacts in id-ordered pages, so a large audience never sits in memory whole.
+
+**SMS consent** is the contact attribute ``sms_consent`` (``true`` / ``false``,
+with ``sms_consent_at`` and ``sms_consent_source``), set by a CSV's ``consent``
+column or ``PUT /api/v1/contacts/{id}/sms_consent``; with
+``campaigns.require_consent`` only contacts with ``true`` are sent to.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import ColumnElement, and_, exists, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.core import IdentityKind, UTCDateTime
+from hub.text import InvalidPhoneNumber, parse_phone
+from storage.models import Contact, Identity, Ticket
+
+#: Filters other parts add (analytics: churn risk, ...): name -> a function of
+#: the filter's value returning a condition on :class:`storage.models.Contact`
+#: (correlated subqueries welcome). ``SegmentFilter.extra`` names them.
+ExtraFilter = Callable[[Any], ColumnElement[bool]]
+EXTRA_FILTERS: dict[str, ExtraFilter] = {}
+
+PAGE = 2000
+
+
+class SegmentFilter(BaseModel):
+    """All given conditions must hold (an empty filter is every contact with a
+    phone number)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tags_any: list[str] = Field(default_factory=list, description="has at least one of these tags")
+    tags_all: list[str] = Field(default_factory=list, description="has every one of these tags")
+    tags_none: list[str] = Field(default_factory=list, description="has none of these tags")
+    lifecycle_stages: list[str] = Field(default_factory=list, description="lead, marketing_qualified, customer, ...")
+    attributes: dict[str, Any] = Field(default_factory=dict, description="attribute equals value (null: unset)")
+    attributes_present: list[str] = Field(default_factory=list, description="these attributes are set")
+    last_contact_after: UTCDateTime | None = Field(default=None, description="last message, in or out, after this")
+    last_contact_before: UTCDateTime | None = Field(default=None, description="... before this (or never)")
+    channels: list[IdentityKind] = Field(default_factory=list, description="has an identity on each of these")
+    segments: list[str] = Field(default_factory=list, description="RFM segment (the contact's segment)")
+    extra: dict[str, Any] = Field(default_factory=dict, description="filters added by other modules (analytics)")
+
+    @field_validator("extra")
+    @classmethod
+    def _known(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - set(EXTRA_FILTERS))
+        if unknown:
+            known = ", ".join(sorted(EXTRA_FILTERS)) or "none yet"
+            raise ValueError(f"unknown filter(s) {', '.join(unknown)} (known: {known})")
+        return value
+
+    def matches(self, tags: list[Any], attributes: dict[str, Any]) -> bool:
+        """The conditions evaluated in Python (JSON columns differ by engine)."""
+        have = {str(t).casefold() for t in tags or []}
+        if self.tags_any and not have & {t.casefold() for t in self.tags_any}:
+            return False
+        if self.tags_all and not {t.casefold() for t in self.tags_all} <= have:
+            return False
+        if self.tags_none and have & {t.casefold() for t in self.tags_none}:
+            return False
+        for key, value in self.attributes.items():
+            if attributes.get(key) != value:
+                return False
+        return all(attributes.get(key) not in (None, "") for key in self.attributes_present)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    contact_id: int
+    phone: str
+    name: str | None
+    attributes: dict[str, Any]
+    tags: list[Any]
+    stage: str | None
+
+
+def _with_phone() -> Any:
+    """Contacts' fields and their newest phone number (contacts without one are left out)."""
+    latest = (
+        select(Identity.contact_id, func.max(Identity.id).label("identity_id"))
+        .where(Identity.channel == IdentityKind.PHONE.value)
+        .group_by(Identity.contact_id)
+        .subquery()
+    )
+    return (
+        select(Contact.id, Contact.name, Contact.attributes, Contact.tags, Contact.lifecycle_stage, Identity.address)
+        .join(latest, latest.c.contact_id == Contact.id)
+        .join(Identity, Identity.id == latest.c.identity_id)
+    )
+
+
+def _candidate(r: Any) -> Candidate:
+    return Candidate(r.id, r.address, r.name, dict(r.attributes or {}), list(r.tags or []), r.lifecycle_stage)
+
+
+async def segment_candidates(session: AsyncSession, flt: SegmentFilter) -> AsyncIterator[list[Candidate]]:
+    """Pages of live (not merged) contacts with a phone number matching ``flt``."""
+    conditions: list[ColumnElement[bool]] = [Contact.merged_into_id.is_(None)]
+    if flt.lifecycle_stages:
+        conditions.append(Contact.lifecycle_stage.in_(flt.lifecycle_stages))
+    if flt.segments:
+        conditions.append(Contact.segment.in_(flt.segments))
+    for kind in flt.channels:
+        conditions.append(
+            exists().where(and_(Identity.contact_id == Contact.id, Identity.channel == IdentityKind(kind).value))
+        )
+    if flt.last_contact_after is not None or flt.last_contact_before is not None:
+        last = select(func.max(Ticket.last_message_at)).where(Ticket.contact_id == Contact.id).scalar_subquery()
+        if flt.last_contact_after is not None:
+            conditions.append(last > flt.last_contact_after)
+        if flt.last_contact_before is not None:
+            conditions.append((last < flt.last_contact_before) | last.is_(None))
+    for name, value in flt.extra.items():
+        conditions.append(EXTRA_FILTERS[name](value))
+    after = 0
+    while True:
+        query = _with_phone().where(Contact.id > after, *conditions).order_by(Contact.id).limit(PAGE)
+        rows = (await session.execute(query)).all()
+        if not rows:
+            return
+        after = rows[-1].id
+        yield [_candidate(r) for r in rows if flt.matches(list(r.tags or []), dict(r.attributes or {}))]
+
+
+async def contacts_candidates(session: AsyncSession, contact_ids: list[int]) -> AsyncIterator[list[Candidate]]:
+    """Pages of the given contacts (a CSV's), each with their phone number."""
+    for start in range(0, len(contact_ids), PAGE):
+        ids = contact_ids[start : start + PAGE]
+        rows = (await session.execute(_with_phone().where(Contact.id.in_(ids)))).all()
+        by_id = {r.id: r for r in rows}
+        yield [_candidate(by_id[cid]) for cid in ids if cid in by_id]
+
+
+# --- CSV -----------------------------------------------------------------------------
+
+PHONE_COLUMNS = ("phone", "phone_number", "number", "mobile", "msisdn", "to", "شماره", "موبایل", "تلفن")
+_TRUE = {"1", "true", "yes", "y", "on", "بله", "آری", "opt-in", "opted_in"}
+_FALSE = {"0", "false", "no", "n", "off", "خیر", "نه", "opt-out", "opted_out"}
+RESERVED = {"name", "language", "consent", "tags", "timezone"}
+
+
+@dataclass(slots=True)
+class CsvRow:
+    line: int
+    phone: str
+    name: str | None = None
+    language: str | None = None
+    consent: bool | None = None
+    tags: list[str] = field(default_factory=list)
+    timezone: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class CsvAudience:
+    rows: list[CsvRow]
+    #: (line number, what is wrong), in file order.
+    invalid: list[tuple[int, str]]
+    #: lines whose number an earlier line already had.
+    duplicates: list[int]
+
+
+class CsvInvalid(ValueError):
+    """The file as a whole cannot be read (no phone column, not CSV)."""
+
+
+def parse_consent(raw: str) -> bool | None:
+    value = raw.strip().casefold()
+    if not value:
+        return None
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"consent {raw!r} is not yes/no (true/false, 1/0)")
+
+
+def parse_csv(text: str, default_region: str | None) -> CsvAudience:
+    """A CSV of phone numbers (header row required; column ``phone``, or
+    ``number`` / ``mobile`` ...; optional ``name``, ``language``, ``consent``,
+    ``tags`` separated by ``;`` or ``|``, ``timezone``; any other column becomes
+    a contact attribute). Numbers must be in use in their country's plan
+    (``parse_phone(strict=True)``), read in ``default_region`` without a country
+    code. Bad rows are reported with their line number; duplicates are counted."""
+    text = text.lstrip("\ufeff")
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.reader(io.StringIO(text), dialect)
+    try:
+        header = [h.strip().casefold() for h in next(reader)]
+    except StopIteration:
+        raise CsvInvalid("the file is empty") from None
+    except csv.Error as exc:
+        raise CsvInvalid(f"line 1: {exc}") from exc
+    phone_col = next((header.index(c) for c in PHONE_COLUMNS if c in header), None)
+    if phone_col is None:
+        raise CsvInvalid(f"no phone column: name one of {', '.join(PHONE_COLUMNS[:5])} in the header row")
+    out = CsvAudience([], [], [])
+    seen: set[str] = set()
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            out.invalid.append((reader.line_num, f"not readable as CSV: {exc}"))
+            continue
+        line = reader.line_num
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) > len(header):
+            out.invalid.append((line, f"{len(cells)} cells but the header has {len(header)} columns"))
+            continue
+        values = {header[i]: cells[i].strip() for i in range(len(cells))}
+        raw = values.get(header[phone_col], "")
+        try:
+            phone = parse_phone(raw, default_region, strict=True)
+        except InvalidPhoneNumber as exc:
+            out.invalid.append((line, str(exc)))
+            continue
+        try:
+            consent = parse_consent(values.get("consent", ""))
+        except ValueError as exc:
+            out.invalid.append((line, str(exc)))
+            continue
+        if phone in seen:
+            out.duplicates.append(line)
+            continue
+        seen.add(phone)
+        tags = [t.strip() for t in values.get("tags", "").replace("|", ";").split(";") if t.strip()]
+        attrs = {
+            k: v for k, v in values.items() if k and k != header[phone_col] and k not in RESERVED and v and len(k) <= 64
+        }
+        out.rows.append(
+            CsvRow(
+                line=line,
+                phone=phone,
+                name=values.get("name") or None,
+                language=(values.get("language") or "").lower() or None,
+                consent=consent,
+                tags=tags,
+                timezone=values.get("timezone") or None,
+                attributes=attrs,
+            )
+        )
+    return out
+
+
+def consent_attributes(consent: bool, source: str, at: datetime) -> dict[str, Any]:
+    return {"sms_consent": consent, "sms_consent_at": at.isoformat(), "sms_consent_source": source[:200]}

@@ -1,0 +1,628 @@
+"""The sending loop, run by worker processes (role ``all`` / ``worker``) and by
+``crm-hub campaign send``.
+
+Exactly once per recipient, whatever dies when:
+
+1. **claim** a batch of ``pending`` rows that are due (quiet hours, backoff):
+   ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, then a lease (``claimed_by``,
+   ``lease_until``) so other workers pass them by after the commit. A worker
+   that dies now only delays them: the lease lapses and another takes them.
+2. wait for the sender's **pacer** (segments / rate, shared by all workers).
+3. mark the next few rows ``sending`` **in their own commit**, conditional on
+   the campaign still running and the claim still being ours (a pause or a
+   cancel takes effect here, at once).
+4. hand each to Twilio (``send_sms``: the opt-out ledger is asked first, so a
+   STOP that arrived a moment ago is honoured).
+5. record the outcomes in batched commits: ``sent`` with the SID, ``failed``
+   with Twilio's error code, ``skipped`` (opted out), back to ``pending`` with a
+   backoff when Twilio refused for its rate (429), ``uncertain`` when nobody
+   can tell whether Twilio took it (a timeout, a 5xx).
+
+A row still ``sending`` after ``send_lease_seconds`` belonged to a worker that
+died between steps 3 and 5: it is marked ``uncertain`` and shown, never
+resent blindly; its status callback, if Twilio sends one, settles it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, bindparam, case, exists, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from channels.twilio_common import OPT_OUT_CODE, RETRYABLE_CODES
+from channels.twilio_sms import SmsSender, classify_keyword
+from hub.campaigns.actions import (
+    COMPLETED,
+    DELIVERED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SCHEDULED,
+    SENDING,
+    SENT,
+    SKIPPED,
+    UNCERTAIN,
+    UNDELIVERED,
+    counts,
+    release_claims,
+)
+from hub.campaigns.schedule import Pacer, quiet_until
+from hub.config import CampaignsConfig
+from hub.core import DeliveryReceipt, DeliveryStatus, InboundMessage, utcnow
+from hub.stream.base import Event, LiveBus
+from hub.telephony import TwilioService
+from hub.telephony.ledger import do_set_opt_out
+from hub.workers import AGENTS_CHANNEL
+from storage.db import Database
+from storage.ingest import table
+from storage.models import Campaign, CampaignRecipient, Message
+
+log = logging.getLogger(__name__)
+
+CALLBACK_PARAM = "campaign_recipient"
+# How recipients' statuses rank, so late or out-of-order receipts never move one back.
+_RANK = {PENDING: 0, SENDING: 1, UNCERTAIN: 2, SENT: 3, UNDELIVERED: 4, FAILED: 4, DELIVERED: 5}
+_RECEIPT_STATUS = {
+    DeliveryStatus.SENT: SENT,
+    DeliveryStatus.DELIVERED: DELIVERED,
+    DeliveryStatus.READ: DELIVERED,
+    DeliveryStatus.UNDELIVERED: UNDELIVERED,
+    DeliveryStatus.FAILED: FAILED,
+}
+
+
+@dataclass(slots=True)
+class Work:
+    id: int
+    phone: str
+    body: str
+    segments: int
+    timezones: list[str]
+    attempts: int
+
+
+class CampaignRunner:
+    def __init__(
+        self,
+        db: Database,
+        twilio: TwilioService | None,
+        config: CampaignsConfig,
+        *,
+        owner: str,
+        live: LiveBus | None = None,
+    ) -> None:
+        self.db = db
+        self.twilio = twilio
+        self.config = config
+        self.owner = owner
+        self.live = live
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._pacers: dict[tuple[str, float], Pacer] = {}
+        self._wake = asyncio.Event()
+        self._results: list[dict[str, Any]] = []
+        self._published: dict[int, float] = {}
+        self._active: set[int] = set()
+
+    # --- the worker loop -------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Forever: start scheduled campaigns that are due, settle abandoned
+        sends, and run every running campaign (each in its own task)."""
+        try:
+            while True:
+                try:
+                    await self.tick()
+                except Exception:
+                    log.exception("campaign runner tick failed")
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.config.poll_seconds)
+        finally:
+            for task in self._tasks.values():
+                task.cancel()
+            for task in list(self._tasks.values()):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def tick(self) -> list[int]:
+        now = utcnow()
+        async with self.db.write() as session:
+            await session.execute(
+                update(Campaign)
+                .where(Campaign.status == SCHEDULED, Campaign.scheduled_at <= now)
+                .values(status=RUNNING, started_at=func.coalesce(Campaign.started_at, now))
+                .execution_options(synchronize_session=False)
+            )
+            await mark_abandoned(session)
+        async with self.db.read() as session:
+            running = list((await session.scalars(select(Campaign.id).where(Campaign.status == RUNNING))).all())
+        for cid in running:
+            task = self._tasks.get(cid)
+            if task is None or task.done():
+                self._tasks[cid] = asyncio.create_task(self._run_logged(cid), name=f"campaign-{cid}")
+        return running
+
+    async def _run_logged(self, campaign_id: int) -> None:
+        try:
+            await self.run_campaign(campaign_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("campaign %s: sending loop failed; the next tick restarts it", campaign_id)
+
+    async def run_campaign(self, campaign_id: int, *, until_idle: bool = False) -> str:
+        """Send campaign ``campaign_id`` until it is done, paused or cancelled
+        (``until_idle``: also return when nothing is due now). Returns its status."""
+        flusher = asyncio.create_task(self._flush_loop())
+        self._active.add(campaign_id)
+        try:
+            while True:
+                async with self.db.read() as session:
+                    campaign = await session.get(Campaign, campaign_id)
+                if campaign is None:
+                    return "missing"
+                if campaign.status != RUNNING:
+                    return campaign.status
+                sender = self._sender(campaign)
+                if sender is None:
+                    log.error("campaign %s: sender %s is not configured; pausing it", campaign_id, campaign.sender)
+                    async with self.db.write() as session:
+                        await session.execute(
+                            update(Campaign)
+                            .where(Campaign.id == campaign_id, Campaign.status == RUNNING)
+                            .values(status="paused")
+                        )
+                    return "paused"
+                rate = min(campaign.rate_per_second or sender.messages_per_second, sender.messages_per_second)
+                batch = await self._claim(campaign, rate)
+                if not batch:
+                    status, wait = await self._idle(campaign_id)
+                    if status is not None:
+                        return status
+                    if until_idle:
+                        return RUNNING
+                    await asyncio.sleep(wait)
+                    continue
+                await self._send_batch(campaign, sender, rate, batch)
+        finally:
+            self._active.discard(campaign_id)
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await self._flush()
+            async with self.db.write() as session:
+                await release_claims(session, campaign_id, self.owner)
+
+    def _sender(self, campaign: Campaign) -> SmsSender | None:
+        if self.twilio is None:
+            return None
+        return self.twilio.sms.sender_by_key(campaign.sender)
+
+    def _pacer(self, sender: SmsSender, rate: float) -> Pacer:
+        key = (sender.key, rate)
+        if key not in self._pacers:
+            self._pacers[key] = Pacer(self.db, sender.key, rate)
+        return self._pacers[key]
+
+    # --- 1. claim ----------------------------------------------------------------------
+
+    async def _claim(self, campaign: Campaign, rate: float) -> list[Work]:
+        now = utcnow()
+        c = CampaignRecipient
+        # Never hold more than a third of a lease's worth of sending at this rate.
+        size = max(1, min(self.config.claim_batch, int(rate * self.config.claim_lease_seconds / 3)))
+        async with self.db.write() as session:
+            stmt = (
+                select(c.id)
+                .where(
+                    c.campaign_id == campaign.id,
+                    c.status == PENDING,
+                    or_(c.not_before.is_(None), c.not_before <= now),
+                    or_(c.lease_until.is_(None), c.lease_until < now),
+                )
+                .order_by(c.id)
+                .limit(size)
+            )
+            if not self.db.is_sqlite:
+                stmt = stmt.with_for_update(skip_locked=True)
+            ids = list((await session.scalars(stmt)).all())
+            if not ids:
+                return []
+            await session.execute(
+                update(c)
+                .where(c.id.in_(ids))
+                .values(claimed_by=self.owner, lease_until=now + timedelta(seconds=self.config.claim_lease_seconds))
+                .execution_options(synchronize_session=False)
+            )
+            rows = (
+                await session.execute(
+                    select(c.id, c.phone, c.body, c.segments, c.timezones, c.attempts)
+                    .where(c.id.in_(ids))
+                    .order_by(c.id)
+                )
+            ).all()
+        work = [Work(r.id, r.phone, r.body, r.segments, list(r.timezones or []), r.attempts) for r in rows]
+        return await self._screen(campaign, work)
+
+    async def _screen(self, campaign: Campaign, work: list[Work]) -> list[Work]:
+        """Leave out recipients in their quiet hours (due again when those end)
+        and numbers that opted out since the audience was chosen."""
+        now = utcnow()
+        later: list[dict[str, Any]] = []
+        keep: list[Work] = []
+        quiet = campaign.quiet_hours
+        for w in work:
+            until = quiet_until(now, w.timezones, quiet["start"], quiet["end"]) if quiet else None
+            if until is not None:
+                later.append({"rid": w.id, "nb": until})
+            else:
+                keep.append(w)
+        assert self.twilio is not None
+        opted = await self.twilio.ledger.opted_out_numbers(campaign.sender, [w.phone for w in keep]) if keep else set()
+        c = table(CampaignRecipient)
+        async with self.db.write() as session:
+            if later:
+                await session.execute(
+                    update(c)
+                    .where(c.c.id == bindparam("rid"), c.c.status == PENDING)
+                    .values(not_before=bindparam("nb"), claimed_by=None, lease_until=None)
+                    .execution_options(synchronize_session=False),
+                    later,
+                )
+            if opted:
+                await session.execute(
+                    update(c)
+                    .where(c.c.id.in_([w.id for w in keep if w.phone in opted]), c.c.status == PENDING)
+                    .values(status=SKIPPED, reason="opted_out", claimed_by=None, lease_until=None)
+                    .execution_options(synchronize_session=False)
+                )
+        return [w for w in keep if w.phone not in opted]
+
+    async def _idle(self, campaign_id: int) -> tuple[str | None, float]:
+        """Nothing to claim: is the campaign done (-> completed), or when is the
+        next recipient due?"""
+        c = CampaignRecipient
+        async with self.db.write() as session:
+            left = await session.scalar(
+                select(func.count())
+                .select_from(c)
+                .where(c.campaign_id == campaign_id, c.status.in_((PENDING, SENDING)))
+            )
+            if not left:
+                done = await session.execute(
+                    update(Campaign)
+                    .where(Campaign.id == campaign_id, Campaign.status == RUNNING)
+                    .values(status=COMPLETED, completed_at=utcnow())
+                    .returning(Campaign.id)
+                )
+                if done.scalar_one_or_none() is not None:
+                    log.info("campaign %s completed", campaign_id)
+                await self._publish(campaign_id, force=True)
+                return COMPLETED, 0.0
+            nxt = await session.scalar(
+                select(func.min(c.not_before)).where(c.campaign_id == campaign_id, c.status == PENDING)
+            )
+        wait = self.config.poll_seconds
+        if nxt is not None:
+            wait = min(max((nxt - utcnow()).total_seconds(), 0.05), self.config.poll_seconds)
+        return None, wait
+
+    # --- 2-4. pace, mark sending, send --------------------------------------------------
+
+    async def _send_batch(self, campaign: Campaign, sender: SmsSender, rate: float, batch: list[Work]) -> None:
+        pacer = self._pacer(sender, rate)
+        window = self.config.concurrency
+        slots = asyncio.Semaphore(window)
+        inflight: set[asyncio.Task[None]] = set()
+        wave: list[Work] = []
+        stopped = False
+
+        async def launch(rows: list[Work]) -> bool:
+            marked = await self._mark_sending(campaign.id, rows)
+            for w in rows:
+                if w.id not in marked:
+                    slots.release()
+                    continue
+                task = asyncio.create_task(self._send_one(campaign, sender, w, slots))
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+            return len(marked) == len(rows)
+
+        for w in batch:
+            delay = await pacer.book(w.segments)
+            if delay > 0.002 and wave:
+                ok = await launch(wave)
+                wave = []
+                if not ok:
+                    stopped = True
+                    break
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if slots.locked() and wave:
+                # Everything else is in flight: hand these over now rather than
+                # wait for a whole window to come back (no lockstep waves).
+                ok = await launch(wave)
+                wave = []
+                if not ok:
+                    stopped = True
+                    break
+            await slots.acquire()
+            wave.append(w)
+            if len(wave) >= window:
+                ok = await launch(wave)
+                wave = []
+                if not ok:
+                    stopped = True
+                    break
+        if wave and not stopped:
+            await launch(wave)
+        if inflight:
+            await asyncio.gather(*inflight, return_exceptions=True)
+        await self._flush()
+
+    async def _mark_sending(self, campaign_id: int, rows: list[Work]) -> set[int]:
+        c = CampaignRecipient
+        now = utcnow()
+        running = exists().where(and_(Campaign.id == campaign_id, Campaign.status == RUNNING))
+        async with self.db.write() as session:
+            result = await session.execute(
+                update(c)
+                .where(c.id.in_([w.id for w in rows]), c.status == PENDING, c.claimed_by == self.owner, running)
+                .values(
+                    status=SENDING,
+                    attempts=c.attempts + 1,
+                    lease_until=now + timedelta(seconds=self.config.send_lease_seconds),
+                )
+                .returning(c.id)
+                .execution_options(synchronize_session=False)
+            )
+            return set(result.scalars().all())
+
+    async def _send_one(self, campaign: Campaign, sender: SmsSender, w: Work, slots: asyncio.Semaphore) -> None:
+        assert self.twilio is not None
+        try:
+            callback = self.twilio.sms.status_callback()
+            if callback:
+                callback = f"{callback}?{CALLBACK_PARAM}={w.id}"
+            try:
+                result = await self.twilio.sms.send_sms(sender, w.phone, w.body, status_callback=callback)
+            except Exception as exc:  # the outcome is unknown: never resend blindly
+                log.exception("campaign send raised", extra={"recipient": w.id})
+                self._results.append(self._outcome(w.id, UNCERTAIN, f"{type(exc).__name__}: {exc}"))
+                return
+            now = utcnow()
+            if result.status in (DeliveryStatus.SENT, DeliveryStatus.QUEUED, DeliveryStatus.SENDING):
+                out = self._outcome(w.id, SENT, None, sid=result.external_id, sent_at=now)
+            else:
+                code = result.extras.get("error_code")
+                if code is None and await self.twilio.ledger.opted_out(w.phone, sender.key):
+                    out = self._outcome(w.id, SKIPPED, f"opted_out: {result.reason}")
+                elif code == OPT_OUT_CODE:
+                    out = self._outcome(w.id, SKIPPED, f"opted_out: {result.reason}", code=str(code))
+                elif result.retryable and code in RETRYABLE_CODES and w.attempts + 1 < self.config.max_attempts:
+                    backoff = min(2 ** (w.attempts + 1), 300) * random.uniform(0.8, 1.2)
+                    wait = max(result.retry_after or 0.0, backoff)
+                    out = self._outcome(w.id, PENDING, result.reason, code=str(code))
+                    out["nb"] = now + timedelta(seconds=wait)
+                elif result.retryable and code not in RETRYABLE_CODES:
+                    # A timeout or a 5xx: Twilio may have the message. Shown, not resent.
+                    out = self._outcome(w.id, UNCERTAIN, result.reason, code=str(code) if code else None)
+                else:
+                    out = self._outcome(w.id, FAILED, result.reason, code=str(code) if code is not None else None)
+            self._results.append(out)
+        finally:
+            slots.release()
+
+    @staticmethod
+    def _outcome(
+        rid: int,
+        status: str,
+        reason: str | None,
+        *,
+        code: str | None = None,
+        sid: str | None = None,
+        sent_at: Any = None,
+    ) -> dict[str, Any]:
+        return {"rid": rid, "st": status, "reason": reason, "code": code, "sid": sid, "at": sent_at, "nb": None}
+
+    # --- 5. record ------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            try:
+                await self._flush()
+            except Exception:
+                log.exception("recording campaign results failed; retrying")
+
+    async def _flush(self) -> None:
+        if not self._results:
+            return
+        results, self._results = self._results, []
+        c = table(CampaignRecipient)
+        # A receipt may have overtaken this record: only a row still in flight
+        # (or given up as uncertain) takes the outcome's status.
+        settled = or_(c.c.status == SENDING, c.c.status == UNCERTAIN)
+        stmt = (
+            update(c)
+            .where(c.c.id == bindparam("rid"))
+            .values(
+                status=case((settled, bindparam("st")), else_=c.c.status),
+                reason=case((settled, bindparam("reason")), else_=c.c.reason),
+                error_code=func.coalesce(c.c.error_code, bindparam("code")),
+                external_id=func.coalesce(c.c.external_id, bindparam("sid")),
+                sent_at=func.coalesce(c.c.sent_at, bindparam("at")),
+                not_before=bindparam("nb"),
+                # claimed_by stays: which worker sent it.
+                lease_until=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        try:
+            async with self.db.write() as session:
+                await session.execute(stmt, results)
+        except Exception:
+            self._results[:0] = results
+            raise
+        for cid in list(self._active):
+            await self._publish(cid)
+
+    async def _publish(self, campaign_id: int, *, force: bool = False) -> None:
+        """Live counts for the inbox (``campaign.progress``), at most once a second."""
+        if self.live is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._published.get(campaign_id, 0.0) < 1.0:
+            return
+        self._published[campaign_id] = now
+        async with self.db.read() as session:
+            by_status = await counts(session, campaign_id)
+            status = await session.scalar(select(Campaign.status).where(Campaign.id == campaign_id))
+        await self.live.publish(
+            AGENTS_CHANNEL,
+            {
+                "type": "campaign.progress",
+                "campaign_id": campaign_id,
+                "status": status,
+                "counts": {s: int(v["count"]) for s, v in by_status.items()},
+            },
+        )
+
+
+async def mark_abandoned(session: AsyncSession) -> int:
+    """Rows left ``sending`` past their lease: their worker died mid-send."""
+    now = utcnow()
+    result = await session.execute(
+        update(CampaignRecipient)
+        .where(CampaignRecipient.status == SENDING, CampaignRecipient.lease_until < now)
+        .values(
+            status=UNCERTAIN,
+            reason="the worker sending it stopped mid-send; Twilio may or may not have it, so it is not resent "
+            "(its status callback settles it if Twilio sends one)",
+            claimed_by=None,
+            lease_until=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- receipts and replies ------------------------------------------------------------------
+
+
+class CampaignReceipts:
+    """Status callbacks of campaign messages (``?campaign_recipient=<id>`` in the
+    callback URL; registered in ``twilio.receipt_handlers``), and replies:
+    an SMS from a recent recipient is attributed to the campaign."""
+
+    def __init__(self, db: Database, twilio: TwilioService, config: CampaignsConfig) -> None:
+        self.db = db
+        self.twilio = twilio
+        self.config = config
+
+    async def on_receipt(self, receipt: DeliveryReceipt, query: Mapping[str, str]) -> bool:
+        raw = query.get(CALLBACK_PARAM, "")
+        c = CampaignRecipient
+        async with self.db.write() as session:
+            row: CampaignRecipient | None = None
+            if raw.isdigit():
+                row = await session.get(c, int(raw), with_for_update=True)
+                if row is not None and row.external_id not in (None, receipt.external_id):
+                    row = None
+            if row is None:
+                row = await session.scalar(select(c).where(c.external_id == receipt.external_id).with_for_update())
+            if row is None:
+                return False
+            new = _RECEIPT_STATUS.get(receipt.status)
+            if row.external_id is None:
+                row.external_id = receipt.external_id
+            if receipt.error_code:
+                row.error_code = receipt.error_code
+            if new is not None and _RANK.get(new, 0) > _RANK.get(row.status, 0):
+                row.status = new
+                if receipt.reason:
+                    row.reason = receipt.reason
+                row.sent_at = row.sent_at or receipt.at
+                if new == DELIVERED:
+                    row.delivered_at = receipt.at
+                row.lease_until = None
+                row.claimed_by = None
+            if receipt.error_code == str(OPT_OUT_CODE):
+                campaign = await session.get(Campaign, row.campaign_id)
+                if campaign is not None:
+                    await do_set_opt_out(
+                        session,
+                        phone=row.phone,
+                        sender=campaign.sender,
+                        opted_out=True,
+                        source=f"Twilio error {OPT_OUT_CODE}",
+                        actor="twilio",
+                    )
+        return True
+
+    async def attribute(self, inbound: InboundMessage, sender: SmsSender) -> InboundMessage:
+        """A customer's SMS soon after a campaign message from the same sender is
+        a reply to it: ``extras.campaign_id`` (the bot may start qualifying the
+        lead) and ``extras.campaign_recipient_id``. An opt-out keyword is not a
+        conversation, so it only gets the latter (counted in the report)."""
+        c = CampaignRecipient
+        since = utcnow() - timedelta(hours=self.config.reply_window_hours)
+        async with self.db.read() as session:
+            row = (
+                await session.execute(
+                    select(c.id, c.campaign_id)
+                    .join(Campaign, Campaign.id == c.campaign_id)
+                    .where(
+                        c.phone == inbound.sender,
+                        c.sent_at >= since,
+                        c.external_id.is_not(None),
+                        Campaign.sender == sender.key,
+                    )
+                    .order_by(c.sent_at.desc())
+                    .limit(1)
+                )
+            ).first()
+        if row is None:
+            return inbound
+        extras = {**inbound.extras, "campaign_recipient_id": row.id}
+        if classify_keyword(str(inbound.extras.get("typed") or inbound.body)) is None:
+            extras["campaign_id"] = row.campaign_id
+        return inbound.model_copy(update={"extras": extras})
+
+    async def on_received(self, event: Event) -> None:
+        """After a reply is stored: the recipient's reply (or opt-out) is noted,
+        and the contact's timeline says the conversation came from the campaign."""
+        message: dict[str, Any] = event.payload.get("message") or {}
+        if message.get("direction") != "in" or message.get("channel") != "sms":
+            return
+        from hub.channel_actions import do_contact_signals
+
+        now = utcnow()
+        async with self.db.write() as session:
+            msg = await session.get(Message, int(message["id"]))
+            rid = (msg.extras or {}).get("campaign_recipient_id") if msg is not None else None
+            if msg is None or not isinstance(rid, int):
+                return
+            stop = classify_keyword(str((msg.extras or {}).get("typed") or msg.body or "")) == "stop"
+            row = await session.get(CampaignRecipient, rid, with_for_update=True)
+            if row is None:
+                return
+            if stop:
+                row.opted_out_at = row.opted_out_at or now
+            elif row.replied_at is None:
+                row.replied_at = now
+                row.reply_message_id = msg.id
+            if not stop:
+                await do_contact_signals(session, int(message["id"]), source=f"campaign:{row.campaign_id}")

@@ -1,0 +1,432 @@
+"""Campaigns' admin API: create (audience by segment filter, or a CSV upload
+afterwards), preview, start / pause / resume / cancel, live counts, the report
+and the recipients' CSV; and contacts' SMS consent. Thin handlers: the work is
+in :mod:`hub.campaigns`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from hub.actions import actor_of
+from hub.app import HUB, Hub
+from hub.campaigns import actions as ca
+from hub.campaigns.audience import CsvInvalid, SegmentFilter, parse_csv
+from hub.core import UTCDateTime
+from hub.errors import BadRequest, PayloadTooLarge, ValidationFailed
+from hub.web.api import API, int_param, require_admin
+from hub.web.registry import ROUTES, parse_body
+from storage.models import Campaign
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class QuietHoursIn(_In):
+    start: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM, recipient's local time")
+    end: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+
+
+class AudienceIn(_In):
+    kind: Literal["segment", "csv"] = Field(
+        description="segment: contacts matching `filter`; csv: upload the numbers to .../audience next"
+    )
+    filter: SegmentFilter = Field(default_factory=SegmentFilter)
+
+
+class CampaignIn(_In):
+    name: str = Field(min_length=1, max_length=200)
+    sender: str = Field(min_length=1, description="an SMS sender: its inbox key, number or Messaging Service SID")
+    template: str = Field(
+        min_length=1, max_length=5000, description="Jinja2 (sandboxed): {{ first_name }}, {{ contact.<attribute> }}"
+    )
+    language: str | None = Field(default=None, max_length=8, description="the template's language (opt-out line)")
+    audience: AudienceIn
+    quiet_hours: QuietHoursIn | None = Field(default=None, description="default: campaigns.quiet_hours; null: none")
+    rate_per_second: float | None = Field(default=None, gt=0, description="segments/s; at most the sender's")
+    scheduled_at: UTCDateTime | None = None
+
+
+class StartIn(_In):
+    scheduled_at: UTCDateTime | None = Field(default=None, description="start later (default: now)")
+
+
+class ConsentIn(_In):
+    consent: bool
+    source: str = Field(default="api", min_length=1, max_length=200, description="how it was given (form, call...)")
+
+
+class Estimate(_Out):
+    messages: int
+    segments: int
+    cost: float
+    currency: str
+
+
+class CampaignOut(_Out):
+    id: int
+    name: str
+    status: Literal["draft", "scheduled", "running", "paused", "completed", "cancelled"]
+    sender: str
+    template: str
+    audience: dict[str, Any]
+    counts: dict[str, int]
+    total: int
+    progress: float
+    estimate: Estimate
+
+
+class CampaignList(_Out):
+    items: list[CampaignOut]
+    next_cursor: str | None = None
+
+
+class PreviewItem(_Out):
+    recipient_id: int
+    contact_id: int
+    phone: str
+    body: str
+    encoding: Literal["GSM-7", "UCS-2"]
+    segments: int
+    characters: int
+
+
+class PreviewOut(_Out):
+    items: list[PreviewItem]
+    estimate: Estimate
+    skipped: dict[str, Any]
+
+
+class ReportOut(_Out):
+    campaign_id: int
+    sent: int
+    delivered: int
+    failed: int
+    failed_by_error_code: dict[str, int]
+    opted_out: int
+    replied: int
+    segments_used: int
+    cost: float
+
+
+class AudienceOut(_Out):
+    rows: int
+    recipients: int
+    contacts_created: int
+    contacts_updated: int
+    invalid_rows: list[dict[str, Any]]
+    duplicates: int
+    skipped: dict[str, int]
+    segments: int
+    estimated_cost: float
+
+
+class ConsentOut(_Out):
+    contact_id: int
+    sms_consent: bool
+    sms_consent_at: str
+    sms_consent_source: str
+
+
+def _hub(request: web.Request) -> Hub:
+    return request.app[HUB]
+
+
+def _wake(hub: Hub) -> None:
+    if hub.campaigns is not None:
+        hub.campaigns.runner.wake()
+
+
+async def _view(hub: Hub, campaign_id: int) -> dict[str, Any]:
+    async with hub.db.read() as session:
+        return await ca.campaign_view(session, await ca.check_campaign(session, campaign_id))
+
+
+@ROUTES.route(
+    "GET",
+    f"{API}/campaigns",
+    summary="Campaigns, newest first (admin)",
+    tag="campaigns",
+    admin=True,
+    response=CampaignList,
+)
+async def list_campaigns(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    await require_admin(request)
+    async with hub.db.read() as session:
+        rows = (await session.scalars(select(Campaign).order_by(Campaign.id.desc()).limit(200))).all()
+        items = [await ca.campaign_view(session, c) for c in rows]
+    return web.json_response({"items": items, "next_cursor": None})
+
+
+@ROUTES.route(
+    "POST",
+    f"{API}/campaigns",
+    summary="Create a draft campaign: audience (segment filter, or csv then POST .../audience), template, sender, "
+    "schedule, rate; answers the estimate",
+    tag="campaigns",
+    admin=True,
+    body=CampaignIn,
+    response=CampaignOut,
+    status=201,
+)
+async def create_campaign(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    admin = await require_admin(request)
+    body = await parse_body(request, CampaignIn)
+    spec = ca.CampaignSpec(
+        name=body.name,
+        sender=body.sender,
+        template=body.template,
+        language=body.language,
+        segment=body.audience.filter if body.audience.kind == "segment" else None,
+        quiet_hours=body.quiet_hours.model_dump() if body.quiet_hours else None,
+        rate_per_second=body.rate_per_second,
+        scheduled_at=body.scheduled_at,
+    )
+    async with hub.db.write() as session:
+        campaign = await ca.do_create_campaign(
+            session,
+            hub.twilio,
+            hub.config.campaigns,
+            spec,
+            quiet_hours_given="quiet_hours" in body.model_fields_set,
+            actor=actor_of(admin),
+        )
+        view = await ca.campaign_view(session, campaign)
+    return web.json_response(view, status=201)
+
+
+@ROUTES.route(
+    "GET",
+    f"{API}/campaigns/{{id}}",
+    summary="A campaign: live counts by recipient status, progress, the estimate in segments and cost",
+    tag="campaigns",
+    admin=True,
+    response=CampaignOut,
+    errors=(404,),
+)
+async def get_campaign(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    await require_admin(request)
+    return web.json_response(await _view(hub, int_param(request, "id")))
+
+
+async def _read_csv(request: web.Request, limit: int) -> str:
+    if request.content_type not in ("text/csv", "text/plain", "application/octet-stream"):
+        raise BadRequest("send the CSV as the request body with Content-Type: text/csv")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the CSV is larger than campaigns.max_csv_bytes ({limit} bytes)")
+        chunks.append(chunk)
+    try:
+        return b"".join(chunks).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"the CSV is not UTF-8 text: {exc}") from exc
+
+
+@ROUTES.route(
+    "POST",
+    f"{API}/campaigns/{{id}}/audience",
+    summary="Upload the audience of a draft as CSV (text/csv: phone, name, language, consent, tags, timezone, "
+    "other columns as attributes); creates or updates contacts; invalid rows come back with their line numbers",
+    tag="campaigns",
+    admin=True,
+    response=AudienceOut,
+    query={"filename": "the file's name, kept with the campaign"},
+    errors=(400, 404, 409, 413, 422),
+)
+async def upload_audience(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    admin = await require_admin(request)
+    campaign_id = int_param(request, "id")
+    text = await _read_csv(request, hub.config.campaigns.max_csv_bytes)
+    try:
+        parsed = parse_csv(text, hub.config.phone.default_region)
+    except CsvInvalid as exc:
+        raise ValidationFailed(f"CSV: {exc}") from exc
+    async with hub.db.write() as session:
+        campaign = await ca.check_campaign(session, campaign_id, lock=True)
+        summary = await ca.do_csv_audience(
+            session,
+            hub.twilio,
+            hub.config.campaigns,
+            campaign,
+            parsed,
+            source=request.query.get("filename", "upload")[:100],
+            actor=actor_of(admin),
+        )
+    return web.json_response(summary)
+
+
+@ROUTES.route(
+    "GET",
+    f"{API}/campaigns/{{id}}/preview",
+    summary="The messages of the first recipients as they will be sent (encoding, segments), and the totals",
+    tag="campaigns",
+    admin=True,
+    response=PreviewOut,
+    query={"limit": "how many recipients (default 5, at most 50)"},
+    errors=(400, 404),
+)
+async def preview_campaign(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    await require_admin(request)
+    raw = request.query.get("limit", "5")
+    if not raw.isdigit() or not 1 <= int(raw) <= 50:
+        raise BadRequest("limit must be a number from 1 to 50")
+    async with hub.db.read() as session:
+        campaign = await ca.check_campaign(session, int_param(request, "id"))
+        items = await ca.preview(session, campaign, int(raw))
+        view = await ca.campaign_view(session, campaign)
+    return web.json_response(
+        {"items": items, "estimate": view["estimate"], "skipped": (campaign.audience or {}).get("skipped", {})}
+    )
+
+
+async def _transition(request: web.Request, action: str) -> web.Response:
+    hub = _hub(request)
+    admin = await require_admin(request)
+    campaign_id = int_param(request, "id")
+    scheduled_at: datetime | None = None
+    if action == "start" and request.can_read_body:
+        scheduled_at = (await parse_body(request, StartIn)).scheduled_at
+    async with hub.db.write() as session:
+        campaign = await ca.check_campaign(session, campaign_id, lock=True)
+        actor = actor_of(admin)
+        if action == "start":
+            await ca.do_start(session, campaign, scheduled_at=scheduled_at, actor=actor)
+        elif action == "pause":
+            await ca.do_pause(session, campaign, actor=actor)
+        else:
+            await ca.do_cancel(session, campaign, actor=actor)
+        view = await ca.campaign_view(session, campaign)
+    _wake(hub)
+    return web.json_response(view)
+
+
+@ROUTES.route(
+    "POST",
+    f"{API}/campaigns/{{id}}/start",
+    summary="Start (or resume) a campaign now, or at scheduled_at (optional JSON body)",
+    tag="campaigns",
+    admin=True,
+    response=CampaignOut,
+    errors=(400, 404, 409, 413, 422),
+)
+async def start_campaign(request: web.Request) -> web.Response:
+    return await _transition(request, "start")
+
+
+@ROUTES.route(
+    "POST",
+    f"{API}/campaigns/{{id}}/pause",
+    summary="Pause: nothing more goes to Twilio from now on; start resumes",
+    tag="campaigns",
+    admin=True,
+    response=CampaignOut,
+    errors=(404, 409),
+)
+async def pause_campaign(request: web.Request) -> web.Response:
+    return await _transition(request, "pause")
+
+
+@ROUTES.route(
+    "POST",
+    f"{API}/campaigns/{{id}}/cancel",
+    summary="Cancel: everyone not yet sent to is skipped (cancelled)",
+    tag="campaigns",
+    admin=True,
+    response=CampaignOut,
+    errors=(404, 409),
+)
+async def cancel_campaign(request: web.Request) -> web.Response:
+    return await _transition(request, "cancel")
+
+
+@ROUTES.route(
+    "GET",
+    f"{API}/campaigns/{{id}}/report",
+    summary="Sent, delivered, failed by Twilio error code, skipped by reason, opted out, replied, segments, cost",
+    tag="campaigns",
+    admin=True,
+    response=ReportOut,
+    errors=(404,),
+)
+async def campaign_report(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    await require_admin(request)
+    async with hub.db.read() as session:
+        campaign = await ca.check_campaign(session, int_param(request, "id"))
+        return web.json_response(await ca.report(session, campaign))
+
+
+@ROUTES.route(
+    "GET",
+    f"{API}/campaigns/{{id}}/recipients.csv",
+    summary="Every recipient with their status, reason, Twilio SID and times (CSV)",
+    tag="campaigns",
+    admin=True,
+    content_type="text/csv",
+    errors=(404,),
+)
+async def campaign_recipients_csv(request: web.Request) -> web.StreamResponse:
+    hub = _hub(request)
+    await require_admin(request)
+    campaign_id = int_param(request, "id")
+    async with hub.db.read() as session:
+        await ca.check_campaign(session, campaign_id)
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="campaign-{campaign_id}-recipients.csv"',
+        }
+    )
+    await resp.prepare(request)
+    async with hub.db.read() as session:
+        async for text in ca.recipients_csv(session, campaign_id):
+            await resp.write(text.encode("utf-8"))
+    await resp.write_eof()
+    return resp
+
+
+@ROUTES.route(
+    "PUT",
+    f"{API}/contacts/{{id}}/sms_consent",
+    summary="Record whether a contact agreed to marketing SMS (campaigns.require_consent)",
+    tag="contacts",
+    admin=True,
+    body=ConsentIn,
+    response=ConsentOut,
+    errors=(404,),
+)
+async def set_sms_consent(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    admin = await require_admin(request)
+    contact_id = int_param(request, "id")
+    body = await parse_body(request, ConsentIn)
+    async with hub.db.write() as session:
+        contact = await ca.do_set_sms_consent(
+            session, contact_id, consent=body.consent, source=body.source, actor=actor_of(admin)
+        )
+        attrs = dict(contact.attributes or {})
+    return web.json_response(
+        {
+            "contact_id": contact_id,
+            "sms_consent": attrs["sms_consent"],
+            "sms_consent_at": attrs["sms_consent_at"],
+            "sms_consent_source": attrs["sms_consent_source"],
+        }
+    )

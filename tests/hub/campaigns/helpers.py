@@ -1,0 +1,73 @@
+"""Contacts in bulk for campaign tests and the benchmark, and small helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import insert, select
+
+from hub.core import IdentityKind
+from storage.db import Database
+from storage.ingest import table
+from storage.models import Contact, Identity
+
+
+def us_numbers(n: int, start: int = 0, area: str = "415") -> list[str]:
+    """Valid (libphonenumber-assigned) US numbers, America/Los_Angeles for 415."""
+    return [
+        f"+1{area}555{(start + i) % 10000:04d}"
+        if start + i < 10000
+        else f"+1{area}{200 + (start + i) // 10000}{(start + i) % 10000:04d}"
+        for i in range(n)
+    ]
+
+
+def iran_numbers(n: int, start: int = 0) -> list[str]:
+    return [f"+98912{1000000 + start + i:07d}" for i in range(n)]
+
+
+async def seed_contacts(
+    db: Database,
+    phones: Sequence[str],
+    *,
+    consent: bool | None = True,
+    tags: Sequence[str] = (),
+    stage: str | None = None,
+    attributes: dict[str, Any] | None = None,
+    names: Sequence[str | None] | None = None,
+) -> list[int]:
+    """One contact with a phone identity per number (bulk inserts); returns ids."""
+    attrs = dict(attributes or {})
+    if consent is not None:
+        attrs["sms_consent"] = consent
+    ids: list[int] = []
+    async with db.write() as session:
+        for start in range(0, len(phones), 1000):
+            chunk = phones[start : start + 1000]
+            rows = [
+                {
+                    "name": (names[start + i] if names else f"Customer {start + i}"),
+                    "attributes": attrs,
+                    "tags": list(tags),
+                    "lifecycle_stage": stage,
+                    "lead_score": 0,
+                }
+                for i in range(len(chunk))
+            ]
+            new = list((await session.execute(insert(table(Contact)).returning(Contact.id), rows)).scalars().all())
+            new.sort()
+            await session.execute(
+                insert(table(Identity)),
+                [
+                    {"contact_id": cid, "channel": IdentityKind.PHONE.value, "address": phone}
+                    for cid, phone in zip(new, chunk, strict=True)
+                ],
+            )
+            ids.extend(new)
+    return ids
+
+
+async def contact_of(db: Database, phone: str) -> int | None:
+    async with db.read() as session:
+        return await session.scalar(select(Identity.contact_id).where(Identity.address == phone))
