@@ -215,6 +215,10 @@ class Router:
         if current is not None and not fresh and time.monotonic() - current.loaded_at < _STATE_TTL:
             return current
         async with self._state_lock:
+            # Whoever waited for the lock while another caller reloaded uses that.
+            latest = self._state
+            if latest is not None and not fresh and time.monotonic() - latest.loaded_at < _STATE_TTL:
+                return latest
             async with self.db.read() as session:
                 docs = {d.key: d for d in (await session.scalars(select(RoutingDocument))).all()}
                 versions = tuple(docs[k].version if k in docs else 0 for k in (RULES_DOC, AUTOMATION_DOC))

@@ -20,6 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -37,11 +38,38 @@ NAMING = {
 }
 
 
+class _SQLiteDateTime(sqlite.DATETIME):
+    """SQLite's text datetimes in SQLAlchemy's storage format
+    ("2026-11-23 18:00:37.418695"), read and written with the C-level
+    ``fromisoformat`` / ``isoformat`` instead of the dialect's regular
+    expression: tickets carry many timestamps, and parsing them showed up in
+    the ingest profile."""
+
+    def bind_processor(self, dialect: Any) -> Any:
+        def process(value: datetime | None) -> str | None:
+            return None if value is None else value.isoformat(" ", "microseconds")
+
+        return process
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        def process(value: str | datetime | None) -> datetime | None:
+            if value is None or isinstance(value, datetime):
+                return value
+            return datetime.fromisoformat(value)
+
+        return process
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC in and out, on SQLite (which stores naive text) too."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(_SQLiteDateTime())  # type: ignore[no-untyped-call]  # the dialect type is untyped
+        return dialect.type_descriptor(DateTime(timezone=True))
 
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
