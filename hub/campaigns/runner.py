@@ -167,6 +167,10 @@ class CampaignRunner:
         (``until_idle``: also return when nothing is due now). Returns its status."""
         flusher = asyncio.create_task(self._flush_loop())
         self._active.add(campaign_id)
+        # Shared by the batches: the next batch is claimed while the last one's
+        # sends are still in flight, so sending never drains to zero between them.
+        slots = asyncio.Semaphore(self.config.concurrency)
+        inflight: set[asyncio.Task[None]] = set()
         try:
             while True:
                 async with self.db.read() as session:
@@ -187,6 +191,10 @@ class CampaignRunner:
                     return "paused"
                 rate = min(campaign.rate_per_second or sender.messages_per_second, sender.messages_per_second)
                 batch = await self._claim(campaign, rate)
+                if not batch and inflight:
+                    await asyncio.gather(*inflight, return_exceptions=True)
+                    await self._flush()
+                    continue
                 if not batch:
                     status, wait = await self._idle(campaign_id)
                     if status is not None:
@@ -195,8 +203,10 @@ class CampaignRunner:
                         return RUNNING
                     await asyncio.sleep(wait)
                     continue
-                await self._send_batch(campaign, sender, rate, batch)
+                await self._send_batch(campaign, sender, rate, batch, slots, inflight)
         finally:
+            if inflight:
+                await asyncio.gather(*inflight, return_exceptions=True)
             self._active.discard(campaign_id)
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -321,56 +331,39 @@ class CampaignRunner:
 
     # --- 2-4. pace, mark sending, send --------------------------------------------------
 
-    async def _send_batch(self, campaign: Campaign, sender: SmsSender, rate: float, batch: list[Work]) -> None:
+    async def _send_batch(
+        self,
+        campaign: Campaign,
+        sender: SmsSender,
+        rate: float,
+        batch: list[Work],
+        slots: asyncio.Semaphore,
+        inflight: set[asyncio.Task[None]],
+    ) -> None:
+        """Launch every send of ``batch`` (each marked ``sending`` first), at
+        most ``concurrency`` in flight; returns without waiting for the last
+        ones, which the caller awaits before it finishes."""
         pacer = self._pacer(sender, rate)
-        window = self.config.concurrency
-        slots = asyncio.Semaphore(window)
-        inflight: set[asyncio.Task[None]] = set()
-        wave: list[Work] = []
-        stopped = False
-
-        async def launch(rows: list[Work]) -> bool:
-            marked = await self._mark_sending(campaign.id, rows)
-            for w in rows:
+        # Rows are marked ``sending`` a chunk at a time (one commit each), at
+        # most half a second of this sender's rate and one window ahead of what
+        # is in flight: few commits at high rates, and few rows that a crash
+        # could leave uncertain at any rate (1 MPS: one at a time).
+        chunk_size = max(1, min(self.config.concurrency, int(rate * 0.5)))
+        for start in range(0, len(batch), chunk_size):
+            chunk = batch[start : start + chunk_size]
+            marked = await self._mark_sending(campaign.id, chunk)
+            for w in chunk:
                 if w.id not in marked:
-                    slots.release()
                     continue
+                delay = await pacer.book(w.segments)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await slots.acquire()
                 task = asyncio.create_task(self._send_one(campaign, sender, w, slots))
                 inflight.add(task)
                 task.add_done_callback(inflight.discard)
-            return len(marked) == len(rows)
-
-        for w in batch:
-            delay = await pacer.book(w.segments)
-            if delay > 0.002 and wave:
-                ok = await launch(wave)
-                wave = []
-                if not ok:
-                    stopped = True
-                    break
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if slots.locked() and wave:
-                # Everything else is in flight: hand these over now rather than
-                # wait for a whole window to come back (no lockstep waves).
-                ok = await launch(wave)
-                wave = []
-                if not ok:
-                    stopped = True
-                    break
-            await slots.acquire()
-            wave.append(w)
-            if len(wave) >= window:
-                ok = await launch(wave)
-                wave = []
-                if not ok:
-                    stopped = True
-                    break
-        if wave and not stopped:
-            await launch(wave)
-        if inflight:
-            await asyncio.gather(*inflight, return_exceptions=True)
-        await self._flush()
+            if len(marked) != len(chunk):
+                return  # paused, cancelled, or the claim lapsed: the caller sees which
 
     async def _mark_sending(self, campaign_id: int, rows: list[Work]) -> set[int]:
         c = CampaignRecipient
