@@ -182,6 +182,7 @@ async def start_hub(hub: Hub) -> None:
     if hub.role in ("all", "worker"):
         _spawn(hub, hub.stream.consume("workers", hub.consumer_name, hub.processor.handle), "stream-consumer")
         _spawn(hub, hub.sender.run_sweeper(), "sender-sweeper")
+        hub.bot.start()
     if hub.telegram is not None:
         web, worker = hub.role in ("all", "web"), hub.role in ("all", "worker")
         _spawn(hub, hub.telegram.run(web=web, worker=worker, owner=hub.consumer_name), "telegram")
