@@ -41,7 +41,6 @@ from numpy.typing import NDArray
 from scipy import sparse
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import normalize as normalize_rows
 from sklearn.svm import LinearSVC
 
 from bots.kb import KbEntry
@@ -185,7 +184,7 @@ class _LexicalModel(FittedModel):
         self._coef_t: NDArray[np.float64] | None = None
         self._intercept = np.zeros(n_classes)
         if n_classes > 1 and examples.nnz:
-            svm = LinearSVC(C=c).fit(examples, labels)
+            svm = LinearSVC(C=c, random_state=0).fit(examples, labels)
             coef = np.asarray(svm.coef_, dtype=np.float64)
             intercept = np.asarray(svm.intercept_, dtype=np.float64)
             if n_classes == 2:  # sklearn keeps one row for two classes
@@ -201,7 +200,9 @@ class _LexicalModel(FittedModel):
             block = sparse.csr_matrix(counts[rows][:, keep], dtype=np.float64)
             block.data = 1.0 + np.log(block.data)
             block = sparse.csr_matrix(block.multiply(idf[np.newaxis, :]))
-            blocks.append(normalize_rows(block))
+            norms = np.sqrt(np.asarray(block.multiply(block).sum(axis=1), dtype=np.float64).ravel())
+            norms[norms == 0] = 1.0
+            blocks.append(sparse.csr_matrix(sparse.diags(1.0 / norms) @ block))
         return sparse.csr_matrix(sparse.hstack(blocks, format="csr"))
 
     def _vocabulary(self) -> list[dict[str, int]]:

@@ -422,8 +422,9 @@ class BotConfig(_Section):
     backend: Literal["lexical", "embedding", "rasa"] = "lexical"
     # Calibrated confidence: answer at or above `answer_threshold`, offer the top
     # `choices` entries as buttons at or above `clarify_threshold`, hand off below.
-    answer_threshold: float = Field(default=0.6, ge=0, le=1)
-    clarify_threshold: float = Field(default=0.45, ge=0, le=1)
+    # 0.5: as likely right as wrong (see the README for how these hold on any KB size).
+    answer_threshold: float = Field(default=0.5, ge=0, le=1)
+    clarify_threshold: float = Field(default=0.2, ge=0, le=1)
     choices: int = Field(default=3, ge=1, le=10)
     # Turns in a row the bot may fail to understand before it hands off.
     max_misses: int = Field(default=2, ge=1)

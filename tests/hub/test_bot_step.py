@@ -15,6 +15,7 @@ from tests.bots.conversation import bot_hub
 
 # Thresholds that make every question land in the clarification band.
 CLARIFY_ALWAYS: dict[str, Any] = {"bot.answer_threshold": 0.99, "bot.clarify_threshold": 0.0}
+HANDOFF_BELOW_045: dict[str, Any] = {"bot.clarify_threshold": 0.45}
 
 
 async def test_faq_answered_in_persian_and_in_english_with_feedback(tmp_path: Path) -> None:
@@ -121,7 +122,7 @@ async def test_handoff_after_two_misses_in_a_row(tmp_path: Path) -> None:
 
 
 async def test_unknown_question_hands_off_and_shows_in_the_report(tmp_path: Path) -> None:
-    async with bot_hub(tmp_path) as c:
+    async with bot_hub(tmp_path, **HANDOFF_BELOW_045) as c:
         (bye,) = await c.push("What is the weather today?")
         assert bye.body.startswith("I'm connecting you")
         from hub.bot_report import gaps
@@ -129,6 +130,21 @@ async def test_unknown_question_hands_off_and_shows_in_the_report(tmp_path: Path
         async with c.hub.db.read() as s:
             items, _ = await gaps(s, cursor=None, limit=10)
         assert [(i["question"], i["why"]) for i in items] == [("What is the weather today?", "no_match")]
+
+
+async def test_none_of_these_hands_off_and_reports_the_question(tmp_path: Path) -> None:
+    async with bot_hub(tmp_path, **CLARIFY_ALWAYS) as c:
+        (offer,) = await c.push("What is the weather today?")
+        assert offer.quick_replies[-1].id == "bot:none"
+        (bye,) = await c.push("None of these", quick_reply="bot:none")
+        assert bye.body.startswith("I'm connecting you")
+        from hub.bot_report import gaps
+
+        async with c.hub.db.read() as s:
+            items, _ = await gaps(s, cursor=None, limit=10)
+            event = await s.scalar(select(TicketEventRow).where(TicketEventRow.kind == "ticket.handoff"))
+        assert [(i["question"], i["why"]) for i in items] == [("What is the weather today?", "none_of_these")]
+        assert event is not None and event.data["reason"] == "none_of_these"
 
 
 async def test_unhelpful_answer_is_reported_and_handed_off(tmp_path: Path) -> None:
