@@ -117,7 +117,7 @@ def test_shipped_config_has_no_key_twice() -> None:
         pass
 
     def mapping(loader: Strict, node: yaml.MappingNode) -> dict[object, object]:
-        keys = [loader.construct_object(k) for k, _ in node.value]  # type: ignore[no-untyped-call]
+        keys = [loader.construct_object(k) for k, _ in node.value]
         twice = sorted({str(k) for k in keys if keys.count(k) > 1})
         assert not twice, f"config.yaml line {node.start_mark.line + 1}: {', '.join(twice)} given twice"
         return loader.construct_mapping(node)
