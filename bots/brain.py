@@ -79,6 +79,7 @@ REASONS = {
     "unhelpful_answer": "the customer said the answer did not help",
     "sales_qualified": "sales-qualified lead",
     "rasa": "the Rasa assistant handed off",
+    "rasa_unavailable": "the Rasa assistant did not answer",
 }
 
 

@@ -125,7 +125,7 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         visitor_tokens=VisitorTokens(config.secret_key),
         channels=channels,
         attachments=attachments,
-        bot=BotService(db, config.bot),
+        bot=BotService(db, config.bot, rasa_tries=min(3, config.workers.max_deliveries)),
         twilio=twilio,
         telegram=telegram,
     )

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import select
 
 from bots import rasa_backend
-from bots.brain import Brain, Contact, Inbound, Outcome, Reply, lang_of, say
+from bots.brain import Brain, Contact, Handoff, Inbound, Outcome, Reply, lang_of, say, summary
 from bots.kb import KbEntry
 from bots.matcher import Backend, LexicalBackend, Match, Matcher, Thresholds
 from hub.actions import check_ticket, do_get_or_create_team, do_handoff, do_post_message
@@ -123,13 +123,17 @@ class KnowledgeBase:
             revision = await kb_revision(session)
         if revision != self._revision:
             self.changed()
-        while self._matcher is None:
-            # Nothing to answer with yet: the first build is the one wait.
+        while self._matcher is None or (not self._matcher.entries and self._building()):
+            # Nothing to answer with yet (no build finished, or an empty KB
+            # being filled): the one case where a customer waits for a build.
             assert self._build is not None
             await asyncio.shield(self._build)
             if self._matcher is None:
                 self.changed()
         return self._matcher
+
+    def _building(self) -> bool:
+        return self._build is not None and not self._build.done()
 
     async def ask(self, text: str) -> Match:
         return (await self.matcher()).match(text, self.thresholds)
@@ -175,10 +179,13 @@ def _report_build(task: asyncio.Task[None]) -> None:
 
 
 class BotService:
-    def __init__(self, db: Database, config: BotConfig) -> None:
+    def __init__(self, db: Database, config: BotConfig, *, rasa_tries: int = 3) -> None:
         check_backend(config)
         self.db = db
         self.config = config
+        # Tries of one message (the stream redelivers it) before a Rasa server
+        # that does not answer makes the bot hand the customer to a person.
+        self.rasa_tries = rasa_tries
         self.kb = KnowledgeBase(db, config)
         self.rasa = (
             rasa_backend.RasaClient(config.rasa.url, config.rasa.timeout_seconds)
@@ -246,10 +253,12 @@ class BotService:
         assert self.rasa is not None
         brain = Brain(self.config, None)
         lang = lang_of(inbound.text, state.get("language"))
-        # The hub's own rules first: a request for a person, frustration, VIP.
-        pre = brain.respond(Inbound(inbound.text), contact, {**state, "dialog": None, "qualified": "n/a"})
-        if pre.action == "handoff" and pre.reason in ("requested", "frustration", "vip"):
-            return pre
+        # The hub's own rules first: a request for a person, frustration, VIP;
+        # not on a button Rasa offered (its title is Rasa's words, not the customer's).
+        if inbound.quick_reply is None:
+            pre = brain.respond(Inbound(inbound.text), contact, {**state, "dialog": None, "qualified": "n/a"})
+            if pre.action == "handoff" and pre.reason in ("requested", "frustration", "vip"):
+                return pre
         try:
             responses = await self.rasa.send(
                 rasa_backend.sender_id(int(event.payload["message"]["contact_id"])),
@@ -257,14 +266,12 @@ class BotService:
                 {"channel": event.payload["message"].get("channel"), "ticket_id": event.payload["ticket"]["id"]},
             )
         except rasa_backend.RasaUnavailable:
-            if event.deliveries < 3:
+            if event.deliveries < self.rasa_tries:
                 raise  # the stream tries again
             log.exception("Rasa unavailable; handing the conversation to a person")
             out = Outcome(action="handoff", language=lang, state={**state, "transcript": state.get("transcript", [])})
             out.reason = "rasa_unavailable"
             out.replies.append(Reply(say("handoff", lang)))
-            from bots.brain import Handoff, summary
-
             out.handoff = Handoff("rasa_unavailable", self.config.handoff_team, "")
             out.handoff.summary = summary(out, self.config)
             return out
