@@ -67,7 +67,8 @@ async def rasa_conversation(tmp_path: Path) -> AsyncIterator[tuple[Conversation,
     await server.start_server()
     try:
         url = str(server.make_url("")).rstrip("/")
-        async with bot_hub(tmp_path, **{"bot.backend": "rasa", "bot.rasa.url": url}) as c:
+        overrides: dict[str, Any] = {"bot.backend": "rasa", "bot.rasa.url": url}
+        async with bot_hub(tmp_path, **overrides) as c:
             yield c, rasa
     finally:
         await server.close()

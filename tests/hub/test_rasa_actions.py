@@ -225,7 +225,12 @@ async def test_update_lead_creates_a_contact_with_score_and_stage(server: Server
         contact = await s.get(Contact, got["hub_contact_id"])
         identity = await s.scalar(select(Identity).where(Identity.address == "omid@shop.example"))
     assert contact is not None and identity is not None and identity.contact_id == contact.id
-    assert contact.attributes == {"email": "omid@shop.example", "budget": 5000, "team_size": 40, "timeline": "this month"}
+    assert contact.attributes == {
+        "email": "omid@shop.example",
+        "budget": 5000,
+        "team_size": 40,
+        "timeline": "this month",
+    }
     assert (contact.lead_score, contact.lifecycle_stage) == (70, "sales_qualified")
 
 
