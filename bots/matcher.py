@@ -435,7 +435,9 @@ class Matcher:
 
     def __init__(self, entries: Sequence[KbEntry], backend: Backend | None = None, *, calibrate: bool = True) -> None:
         self.backend = backend or LexicalBackend()
-        self.entries = list(entries)
+        # In a fixed order, so a KB file checked with `crm-hub bot eval` scores
+        # exactly as the same entries stored (and loaded in another order) do.
+        self.entries = sorted(entries, key=lambda e: e.id)
         self.by_id = {e.id: e for e in self.entries}
         texts: list[str] = []
         labels: list[int] = []
