@@ -82,7 +82,7 @@ def test_bot_ask_prints_one_json_object(admin: CliRunner, tmp_path: Path) -> Non
     assert set(from_file) == {"action", "entry_id", "confidence", "candidates"}
     assert (from_file["action"], from_file["entry_id"]) == ("answer", "shipping-time")
     assert 0.5 <= from_file["confidence"] <= 1
-    assert [c["entry_id"] for c in from_file["candidates"]][0] == "shipping-time"
+    assert from_file["candidates"][0]["entry_id"] == "shipping-time"
     assert len(from_file["candidates"]) == 3
     # Without --kb: the stored knowledge base.
     run(admin, "faq", "import", kb)
