@@ -12,7 +12,8 @@ import yaml
 from click.testing import CliRunner, Result
 
 from hub.cli import main
-from tests.bots.conversation import KB
+from storage.db import Database
+from tests.bots.conversation import KB, add_turns
 
 
 @pytest.fixture
@@ -139,41 +140,16 @@ def test_bot_report_lists_gaps_as_json_lines(admin: CliRunner, tmp_path: Path) -
     assert run(admin, "bot", "report").output == ""
 
     async def turns() -> None:
-        from hub.actions import do_ensure_inbox
-        from hub.core import Channel, InboundMessage
-        from storage.db import Database
-        from storage.ingest import IngestResult, ingest_batch
-        from storage.models import BotTurn
-
         db = Database(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'hub.db'}")
         try:
-            async with db.write() as s:
-                await do_ensure_inbox(s, key="webchat", channel=Channel.WEBCHAT, name="Website")
-                questions = ["is the shop open on Nowruz?", "hi", "I want a person"]
-                results = await ingest_batch(
-                    s,
-                    [
-                        InboundMessage(channel=Channel.WEBCHAT, inbox="webchat", external_id=q, sender="v", body=q)
-                        for q in questions
-                    ],
-                )
-                for q, r, (action, reason) in zip(
-                    questions,
-                    results,
-                    [("handoff", "no_match"), ("smalltalk", None), ("handoff", "requested")],
-                    strict=True,
-                ):
-                    assert isinstance(r, IngestResult)
-                    s.add(
-                        BotTurn(
-                            message_id=r.message_id,
-                            ticket_id=r.ticket_id,
-                            contact_id=r.contact_id,
-                            question=q,
-                            action=action,
-                            reason=reason,
-                        )
-                    )
+            await add_turns(
+                db,
+                [
+                    ("is the shop open on Nowruz?", "handoff", "no_match"),
+                    ("hi", "smalltalk", None),
+                    ("I want a person", "handoff", "requested"),
+                ],
+            )
         finally:
             await db.dispose()
 

@@ -5,7 +5,6 @@ the hub's database checked afterwards."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +20,7 @@ from storage.db import Database
 from storage.ingest import ingest_batch
 from storage.migrate import upgrade_async
 from storage.models import Contact, Identity, Message, Ticket, TicketEventRow
-from tests.hub.procs import CLI, free_port, hub_env
+from tests.hub.procs import CLI, free_port, hub_env, wait_ready
 
 RASA_VERSION = "3.21.0"
 DOMAIN: dict[str, Any] = {
@@ -154,18 +153,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        async with aiohttp.ClientSession() as http:
-            while True:
-                assert proc.poll() is None, f"crm-hub rasa-actions exited: {log.read_text()}"
-                assert time.monotonic() < deadline, f"crm-hub rasa-actions did not start: {log.read_text()}"
-                try:
-                    async with http.get(f"{base}/health", timeout=aiohttp.ClientTimeout(total=2)) as r:
-                        if r.status == 200:
-                            break
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-                await asyncio.sleep(0.2)
+        await wait_ready(proc, f"{base}/health", 60, f"crm-hub rasa-actions (log: {log})")
         yield Server(base, db, contact_id, ticket_id)
     finally:
         proc.terminate()

@@ -14,7 +14,7 @@ import yaml
 
 from hub.app import HUB, Hub
 from hub.core import Role
-from tests.bots.conversation import KB
+from tests.bots.conversation import KB, add_turns
 from tests.hub.helpers import Agent, add_agent, make_config, running_hub
 
 ENTRY: dict[str, Any] = {
@@ -178,34 +178,11 @@ async def test_ask_follows_the_knowledge_base_as_it_changes(tmp_path: Path) -> N
 
 async def test_report_pages(tmp_path: Path) -> None:
     async with api(tmp_path) as (_, agent, http, base, hub):
-        from sqlalchemy import select
+        from sqlalchemy import func, select
 
-        from hub.actions import do_ensure_inbox
-        from hub.core import Channel, InboundMessage
-        from storage.ingest import IngestResult, ingest_batch
         from storage.models import BotTurn
 
-        async with hub.db.write() as s:
-            await do_ensure_inbox(s, key="webchat", channel=Channel.WEBCHAT, name="Website")
-            results = await ingest_batch(
-                s,
-                [
-                    InboundMessage(channel=Channel.WEBCHAT, inbox="webchat", external_id=f"q{n}", sender="v", body="?")
-                    for n in range(3)
-                ],
-            )
-            for n, r in enumerate(results):
-                assert isinstance(r, IngestResult)
-                s.add(
-                    BotTurn(
-                        message_id=r.message_id,
-                        ticket_id=r.ticket_id,
-                        contact_id=r.contact_id,
-                        question=f"question {n}",
-                        action="handoff",
-                        reason="no_match",
-                    )
-                )
+        await add_turns(hub.db, [(f"question {n}", "handoff", "no_match") for n in range(3)])
         first = await agent.get("/api/v1/bot/report?limit=2")
         assert [i["question"] for i in first["items"]] == ["question 2", "question 1"]
         rest = await agent.get(f"/api/v1/bot/report?limit=2&cursor={first['next_cursor']}")
@@ -215,4 +192,4 @@ async def test_report_pages(tmp_path: Path) -> None:
         )
         assert "limit" in await error(http, "GET", f"{base}/api/v1/bot/report?limit=0", 400, headers=agent.headers)
         async with hub.db.read() as s:
-            assert len((await s.scalars(select(BotTurn))).all()) == 3
+            assert await s.scalar(select(func.count()).select_from(BotTurn)) == 3
