@@ -70,7 +70,9 @@ class KnowledgeBase:
     (seen by polling the KB revision, or told by the admin API) starts a
     rebuild in a worker thread, and the previous matcher keeps answering until
     the new one is ready and warmed up. Only a message arriving before the very
-    first build finished waits for it."""
+    first build finished, or while an empty knowledge base is being filled,
+    waits for it. A failed build is logged and tried again on the next poll;
+    the previous matcher keeps answering."""
 
     def __init__(self, db: Database, config: BotConfig, backend: Callable[[], Backend] | None = None) -> None:
         self.db = db
@@ -114,7 +116,7 @@ class KnowledgeBase:
             self._build.add_done_callback(_report_build)
 
     async def idle(self) -> None:
-        """Wait for a running build (tests, the CLI)."""
+        """Wait for a running build to finish (tests)."""
         while self._build is not None and not self._build.done():
             await asyncio.shield(self._build)
 
