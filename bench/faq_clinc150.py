@@ -4,7 +4,7 @@ thresholds chosen on ``val`` + ``oos_val`` only, figures reported on ``test`` +
 ``oos_test``.
 
     .venv/bin/python bench/faq_clinc150.py                      # lexical, 10 per intent
-    .venv/bin/python bench/faq_clinc150.py --per-intent 50 --data data_small.json
+    .venv/bin/python bench/faq_clinc150.py --per-intent 10 50   # and 50 per intent
     .venv/bin/python bench/faq_clinc150.py --backend embedding  # needs crm-hub[embeddings]
 
 How the two thresholds are chosen (on validation only):
@@ -14,6 +14,10 @@ How the two thresholds are chosen (on validation only):
 * answer at or above ``answer``: the lowest threshold (not below ``clarify``)
   whose wrong answers on ``val`` stay within ``--max-wrong`` minus its own
   standard error. Between the two the bot offers buttons (clarify).
+
+It also shows what the product's default thresholds (``bot.answer_threshold``,
+``bot.clarify_threshold``, not tuned on this data) do on ``test``. Latency is
+reported as CPU time and wall-clock time per question (see :func:`latency`).
 
 Not a test: it prints figures and PASS/FAIL against the issue's targets and
 exits 0 whenever it could run.
@@ -25,7 +29,7 @@ import argparse
 import gc
 import json
 import math
-import statistics
+import os
 import sys
 import time
 from collections import defaultdict
@@ -38,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from bots.kb import KbEntry  # noqa: E402
 from bots.matcher import Backend, LexicalBackend, Matcher, Thresholds  # noqa: E402
+from hub.config import BotConfig  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "clinc150"
 
@@ -50,9 +55,20 @@ def knowledge_base(train: list[list[str]], per_intent: int) -> list[KbEntry]:
     return [KbEntry(id=intent, questions=tuple(qs), answer=intent) for intent, qs in questions.items()]
 
 
-def outcome(confidence: np.ndarray, top: list[str], gold: list[str], answer: float, clarify: float) -> dict[str, float]:
+def outcome(
+    confidence: np.ndarray,
+    top: list[str],
+    gold: list[str],
+    answer: float,
+    clarify: float,
+    offered: list[list[str]] | None = None,
+) -> dict[str, float]:
+    """What the bot does with each question at these thresholds, as shares of
+    the in-scope (or out-of-scope) questions. ``offered``: the entries the
+    buttons would show, per question."""
     inscope = np.array([g != "oos" for g in gold])
     right = np.array([t == g for t, g in zip(top, gold, strict=True)])
+    among = np.array([g in o for o, g in zip(offered, gold, strict=True)]) if offered is not None else right
     answered = confidence >= answer
     handed = confidence < clarify
     n_in, n_oos = max(inscope.sum(), 1), max((~inscope).sum(), 1)
@@ -60,7 +76,7 @@ def outcome(confidence: np.ndarray, top: list[str], gold: list[str], answer: flo
         "correct": float((answered & right & inscope).sum() / n_in),
         "wrong": float((answered & ~right & inscope).sum() / n_in),
         "clarify": float((~answered & ~handed & inscope).sum() / n_in),
-        "clarify_has_right": float((~answered & ~handed & inscope & right).sum() / n_in),
+        "clarify_has_right": float((~answered & ~handed & inscope & among).sum() / n_in),
         "false_handoff": float((handed & inscope).sum() / n_in),
         "oos_recall": float((handed & ~inscope).sum() / n_oos),
         "oos_answered": float((answered & ~inscope).sum() / n_oos),
@@ -85,33 +101,56 @@ def choose(confidence: np.ndarray, top: list[str], gold: list[str], oos_recall: 
     return Thresholds(answer=min(1.0, answer), clarify=min(clarify, answer))
 
 
-def run(data_file: Path, per_intent: int, backend: Backend, oos_recall: float, max_wrong: float) -> dict[str, object]:
+def latency(matcher: Matcher, questions: list[str], th: Thresholds, passes: int = 3) -> dict[str, float]:
+    """Per question, one at a time as the bot asks, the whole knowledge base
+    loaded. Wall-clock time includes being pre-empted by other processes on a
+    shared machine; the thread's CPU time is the matcher's own cost. Measured
+    after a warm-up pass, with the collector's long-lived objects frozen, in
+    ``passes`` passes (the median pass is reported)."""
+    for q in questions[:500]:
+        matcher.match(q, th)
+    gc.collect()
+    gc.freeze()
+    runs: list[tuple[np.ndarray, np.ndarray]] = []
+    try:
+        for _ in range(passes):
+            wall, cpu = np.empty(len(questions)), np.empty(len(questions))
+            for i, q in enumerate(questions):
+                t0, c0 = time.perf_counter(), time.thread_time()
+                matcher.match(q, th)
+                cpu[i], wall[i] = time.thread_time() - c0, time.perf_counter() - t0
+            runs.append((wall * 1000, cpu * 1000))
+    finally:
+        gc.unfreeze()
+    out: dict[str, float] = {}
+    for name, k in (("wall", 0), ("cpu", 1)):
+        for stat, f in (("p50", 50.0), ("p99", 99.0)):
+            out[f"{name}_{stat}"] = round(float(np.median([np.percentile(r[k], f) for r in runs])), 3)
+        out[f"{name}_max"] = round(float(max(r[k].max() for r in runs)), 3)
+    return out
+
+
+def run(
+    data_file: Path, per_intent: int, backend: Backend, oos_recall: float, max_wrong: float, defaults: Thresholds
+) -> dict[str, object]:
     data = json.loads(data_file.read_text(encoding="utf-8"))
     entries = knowledge_base(data["train"], per_intent)
     started = time.perf_counter()
     matcher = Matcher(entries, backend)
     build_seconds = time.perf_counter() - started
 
-    def score(split: list[list[str]]) -> tuple[np.ndarray, list[str], list[str]]:
-        ranked = matcher.rank([t for t, _ in split], 1)
-        return np.array([r[0].confidence for r in ranked]), [r[0].entry_id for r in ranked], [g for _, g in split]
+    def score(split: list[list[str]]) -> tuple[np.ndarray, list[str], list[str], list[list[str]]]:
+        ranked = matcher.rank([t for t, _ in split], defaults.choices)
+        return (
+            np.array([r[0].confidence for r in ranked]),
+            [r[0].entry_id for r in ranked],
+            [g for _, g in split],
+            [[c.entry_id for c in r] for r in ranked],
+        )
 
-    val = score(data["val"] + data["oos_val"])
-    test = score(data["test"] + data["oos_test"])
-    th = choose(*val, oos_recall, max_wrong)
-    # Latency: one question at a time, the whole knowledge base loaded, as the bot does it.
-    questions = [t for t, _ in data["test"] + data["oos_test"]]
-    for q in questions[:50]:
-        matcher.match(q, th)
-    gc.collect()
-    gc.freeze()
-    times = []
-    for q in questions:
-        t0 = time.perf_counter()
-        matcher.match(q, th)
-        times.append(time.perf_counter() - t0)
-    gc.unfreeze()
-    times.sort()
+    val_conf, val_top, val_gold, val_offered = score(data["val"] + data["oos_val"])
+    test_conf, test_top, test_gold, test_offered = score(data["test"] + data["oos_test"])
+    th = choose(val_conf, val_top, val_gold, oos_recall, max_wrong)
     return {
         "backend": backend.name,
         "data": data_file.name,
@@ -121,13 +160,11 @@ def run(data_file: Path, per_intent: int, backend: Backend, oos_recall: float, m
         "build_seconds": round(build_seconds, 1),
         "calibrated_on_kb": matcher.calibrator.learnt,
         "thresholds": {"answer": round(th.answer, 4), "clarify": round(th.clarify, 4)},
-        "val": outcome(*val, th.answer, th.clarify),
-        "test": outcome(*test, th.answer, th.clarify),
-        "latency_ms": {
-            "p50": round(statistics.median(times) * 1000, 3),
-            "p99": round(times[int(0.99 * (len(times) - 1))] * 1000, 3),
-            "max": round(times[-1] * 1000, 3),
-        },
+        "val": outcome(val_conf, val_top, val_gold, th.answer, th.clarify, val_offered),
+        "test": outcome(test_conf, test_top, test_gold, th.answer, th.clarify, test_offered),
+        "defaults": {"answer": defaults.answer, "clarify": defaults.clarify},
+        "test_at_defaults": outcome(test_conf, test_top, test_gold, defaults.answer, defaults.clarify, test_offered),
+        "latency_ms": latency(matcher, [t for t, _ in data["test"] + data["oos_test"]], th),
     }
 
 
@@ -140,22 +177,27 @@ def report(r: dict[str, object], targets: dict[str, float]) -> None:
         f"\n{r['backend']} backend, {r['per_intent']} examples per intent ({r['data']}): {r['entries']} entries, "
         f"{r['questions']} questions, built and self-calibrated in {r['build_seconds']} s"
     )
-    print(f"  thresholds chosen on val + oos_val: answer >= {r['thresholds']}")
-    for split in ("val", "test"):
+    print(f"  thresholds chosen on val + oos_val: {r['thresholds']}; the product's defaults: {r['defaults']}")
+    for split, label in (("val", "val"), ("test", "test"), ("test_at_defaults", "test, default thresholds")):
         f = r[split]
         assert isinstance(f, dict)
         print(
-            f"  {split:4s}: answered correctly {f['correct']:.1%}, answered wrongly {f['wrong']:.1%}, "
-            f"clarify {f['clarify']:.1%} (right entry among buttons' first {f['clarify_has_right']:.1%}), "
+            f"  {label}: answered correctly {f['correct']:.1%}, answered wrongly {f['wrong']:.1%}, "
+            f"buttons {f['clarify']:.1%} (with the right entry among them {f['clarify_has_right']:.1%}), "
             f"false handoff {f['false_handoff']:.1%} | OOS handed off {f['oos_recall']:.1%}, "
             f"OOS answered {f['oos_answered']:.1%} | top-1 {f['top1']:.1%}"
         )
-    print(f"  latency per question: p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms")
+    print(
+        f"  latency per question, CPU time: p50 {lat['cpu_p50']} ms, p99 {lat['cpu_p99']} ms, max {lat['cpu_max']} ms;"
+        f" wall clock: p50 {lat['wall_p50']} ms, p99 {lat['wall_p99']} ms, max {lat['wall_max']} ms"
+        f" (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+    )
     checks = [
         ("answered correctly", t["correct"] >= targets["correct"], f">= {targets['correct']:.0%}"),
         ("answered wrongly", t["wrong"] <= targets["wrong"], f"<= {targets['wrong']:.0%}"),
         ("out-of-scope recall", t["oos_recall"] >= targets["oos"], f">= {targets['oos']:.0%}"),
-        ("p99 latency", lat["p99"] <= targets["p99_ms"], f"<= {targets['p99_ms']} ms"),
+        ("p99 latency (CPU time)", lat["cpu_p99"] <= targets["p99_ms"], f"<= {targets['p99_ms']} ms"),
+        ("p99 latency (wall clock)", lat["wall_p99"] <= targets["p99_ms"], f"<= {targets['p99_ms']} ms"),
     ]
     for name, ok, target in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {name} {target}")
@@ -182,9 +224,11 @@ def main() -> None:
     else:
         backend = LexicalBackend()
         targets = {"correct": 0.70, "wrong": args.max_wrong, "oos": 0.85, "p99_ms": 5.0}
+    bot = BotConfig()
+    defaults = Thresholds(bot.answer_threshold, bot.clarify_threshold, bot.choices)
     results = []
     for k in args.per_intent:
-        r = run(path, k, backend, args.oos_recall, args.max_wrong)
+        r = run(path, k, backend, args.oos_recall, args.max_wrong, defaults)
         report(r, targets)
         results.append(r)
     if args.output:

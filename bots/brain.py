@@ -74,10 +74,12 @@ REASONS = {
     "frustration": "the customer sounds frustrated",
     "vip": "VIP contact",
     "no_match": "the bot found no answer",
+    "none_of_these": "none of the answers the bot offered fitted",
     "repeated_misses": "the bot did not understand twice in a row",
     "unhelpful_answer": "the customer said the answer did not help",
     "sales_qualified": "sales-qualified lead",
     "rasa": "the Rasa assistant handed off",
+    "rasa_unavailable": "the Rasa assistant did not answer",
 }
 
 
@@ -118,7 +120,8 @@ class Inbound:
 class Reply:
     text: str
     quick_replies: list[QuickReply] = field(default_factory=list)
-    # Offers "did this answer your question?" for the turn that posts it.
+    # The buttons ask for feedback on the turn that posts them: "did this
+    # answer your question?" (Yes / No), or "None of these" after a clarification.
     asks_feedback: bool = False
 
 
@@ -233,7 +236,11 @@ class Brain:
                 self._handoff(out, "unhelpful_answer", contact)
             return True
         if chosen == NONE_OF_THESE:
-            self._handoff(out, "no_match", contact)
+            # The gap report shows the question that got the wrong buttons,
+            # not the "None of these" itself.
+            if feedback_for is not None:
+                out.feedback = (int(feedback_for), "no")
+            self._handoff(out, "none_of_these", contact)
             return True
         if chosen.startswith(CHOICE_PREFIX) and out.state["dialog"] is not None:
             value = chosen.removeprefix(CHOICE_PREFIX)
@@ -293,7 +300,7 @@ class Brain:
             buttons.append(QuickReply(id=NONE_OF_THESE, title=say("none", out.language)))
             offered.append({"id": NONE_OF_THESE, "title": buttons[-1].title})
             st["offered"] = offered
-            out.replies.append(Reply(say("clarify", out.language), buttons))
+            out.replies.append(Reply(say("clarify", out.language), buttons, asks_feedback=True))
             return
         st["misses"] += 1
         self._handoff(out, "no_match", contact)

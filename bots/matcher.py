@@ -28,8 +28,10 @@ well under a millisecond per question on one CPU core.
 from __future__ import annotations
 
 import abc
+import functools
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -37,7 +39,7 @@ import numpy as np
 import snowballstemmer
 from numpy.typing import NDArray
 from scipy import sparse
-from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 
@@ -50,16 +52,27 @@ Matrix = NDArray[np.float64]
 
 # --- text preparation ------------------------------------------------------------
 
-_STEMMER = snowballstemmer.stemmer("english")
+# Snowball stemmers keep their state on the object: one per thread (the
+# knowledge base is built in a worker thread while questions are answered).
+_STEMMERS = threading.local()
 # Single-character words count too ("5", "ب").
 _WORD = r"(?u)\b\w+\b"
+
+
+@functools.lru_cache(maxsize=65536)
+def _stem(token: str) -> str:
+    if not (token.isascii() and token.isalpha()):
+        return token
+    stemmer = getattr(_STEMMERS, "english", None)
+    if stemmer is None:
+        stemmer = _STEMMERS.english = snowballstemmer.stemmer("english")
+    return str(stemmer.stemWord(token))
 
 
 def words(text: str) -> str:
     """Normalized words (Persian/Arabic letters and digits unified, ZWNJ as a
     space, punctuation dropped), English words stemmed ("refunds" -> "refund")."""
-    tokens = strip_punctuation(normalize(text)).split()
-    return " ".join(_STEMMER.stemWord(t) if t.isascii() and t.isalpha() else t for t in tokens)
+    return " ".join(_stem(t) for t in strip_punctuation(normalize(text)).split())
 
 
 def letters(text: str) -> str:
@@ -71,12 +84,24 @@ def letters(text: str) -> str:
 # --- backends -------------------------------------------------------------------
 
 
+@dataclass
+class Prepared:
+    """A knowledge base's example questions, analysed once: every calibration
+    fold and the final model are fitted from it without analysing again."""
+
+    texts: list[str]
+
+
 class FittedModel(abc.ABC):
     @abc.abstractmethod
     def scores(self, texts: Sequence[str]) -> tuple[Matrix, Matrix]:
         """``(classifier, nearest)``, each of shape (len(texts), entries):
         a classifier score per entry (higher is better, any scale) and the
         cosine similarity to the entry's closest example question."""
+
+    def scores_prepared(self, prepared: Prepared, rows: NDArray[np.int64]) -> tuple[Matrix, Matrix]:
+        """:meth:`scores` of some of the prepared questions (held out of this model)."""
+        return self.scores([prepared.texts[i] for i in rows])
 
 
 class Backend(abc.ABC):
@@ -86,9 +111,18 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
 
+    def prepare(self, texts: Sequence[str]) -> Prepared:
+        """Whatever ``fit`` needs of the questions, computed once."""
+        return Prepared(list(texts))
+
     @abc.abstractmethod
-    def fit(self, texts: Sequence[str], labels: NDArray[np.int64], n_classes: int) -> FittedModel:
-        """Fit on example questions ``texts`` of entries ``labels`` (0..n_classes-1)."""
+    def fit(
+        self, prepared: Prepared, rows: NDArray[np.int64], labels: NDArray[np.int64], n_classes: int
+    ) -> FittedModel:
+        """Fit on the prepared questions ``rows`` of entries ``labels`` (0..n_classes-1)."""
+
+    def fit_texts(self, texts: Sequence[str], labels: NDArray[np.int64], n_classes: int) -> FittedModel:
+        return self.fit(self.prepare(texts), np.arange(len(texts), dtype=np.int64), labels, n_classes)
 
 
 def max_per_class(sims: Matrix, labels: NDArray[np.int64], n_classes: int) -> Matrix:
@@ -98,40 +132,59 @@ def max_per_class(sims: Matrix, labels: NDArray[np.int64], n_classes: int) -> Ma
     return np.asarray(np.maximum.reduceat(sims[:, order], starts, axis=1), dtype=np.float64)
 
 
+@dataclass
+class _Counts(Prepared):
+    # Per block (words, characters): term counts (questions x terms) and the terms.
+    counts: list[sparse.csr_matrix] = field(default_factory=list)
+    vocab: list[dict[str, int]] = field(default_factory=list)
+
+
 class _LexicalModel(FittedModel):
-    def __init__(self, texts: Sequence[str], labels: NDArray[np.int64], n_classes: int, c: float) -> None:
-        blocks = [
-            TfidfVectorizer(preprocessor=words, ngram_range=(1, 2), sublinear_tf=True, token_pattern=_WORD),
-            TfidfVectorizer(preprocessor=letters, analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True),
-        ]
-        fitted = [sparse.csr_matrix(v.fit_transform(list(texts))) for v in blocks]
-        examples = sparse.hstack(fitted, format="csr")
+    def __init__(
+        self,
+        analyzers: list[Callable[[str], list[str]]],
+        prepared: _Counts,
+        rows: NDArray[np.int64],
+        labels: NDArray[np.int64],
+        n_classes: int,
+        c: float,
+    ) -> None:
         self.labels = labels
         self.n_classes = n_classes
+        self._analyzers = analyzers
+        self._prepared = prepared
+        # Per block, as a TfidfVectorizer fitted on ``rows`` would have it:
+        # the terms those questions use, smooth idf, sublinear tf, L2 norm.
+        self._keep: list[NDArray[np.int64]] = []
+        self._idf: list[NDArray[np.float64]] = []
+        self._offsets: list[int] = []
+        offset = 0
+        for counts in prepared.counts:
+            df = np.bincount(counts[rows].indices, minlength=counts.shape[1])
+            keep = np.flatnonzero(df)
+            self._keep.append(keep)
+            self._idf.append(np.log((1.0 + len(rows)) / (1.0 + df[keep])) + 1.0)
+            self._offsets.append(offset)
+            offset += len(keep)
+        self.n_features = offset
+        examples = self._weigh(rows)
         self.n_examples = examples.shape[0]
+        self._examples_t = sparse.csr_matrix(examples.T)
+        self._vocab: list[dict[str, int]] | None = None
         # Scoring one question at a time is the hot path: scikit-learn's
         # transform and sparse products cost milliseconds of overhead per call,
-        # so queries are vectorized here with the fitted vocabularies and
-        # scored against an inverted index and the SVM's weights directly.
-        self._analyzers = [v.build_analyzer() for v in blocks]
-        self._vocab: list[dict[str, int]] = []
-        self._idf: list[NDArray[np.float64]] = []
-        offset = 0
-        for v in blocks:
-            self._vocab.append({term: i + offset for term, i in v.vocabulary_.items()})
-            self._idf.append(np.asarray(v.idf_, dtype=np.float64))
-            offset += len(v.vocabulary_)
-        self._offsets = [0, len(blocks[0].vocabulary_)]
+        # so a question is scored against an inverted index (the examples'
+        # columns) and the SVM's weights directly.
         postings = examples.tocsc()
-        self._indptr = postings.indptr
+        self._indptr = postings.indptr.astype(np.int64)
         self._rows = postings.indices
         self._weights = postings.data
         self._class_order = np.argsort(labels, kind="stable")
         self._class_starts = np.searchsorted(labels[self._class_order], np.arange(n_classes))
         self._coef_t: NDArray[np.float64] | None = None
         self._intercept = np.zeros(n_classes)
-        if n_classes > 1:
-            svm = LinearSVC(C=c).fit(examples, labels)
+        if n_classes > 1 and examples.nnz:
+            svm = LinearSVC(C=c, random_state=0).fit(examples, labels)
             coef = np.asarray(svm.coef_, dtype=np.float64)
             intercept = np.asarray(svm.intercept_, dtype=np.float64)
             if n_classes == 2:  # sklearn keeps one row for two classes
@@ -140,12 +193,38 @@ class _LexicalModel(FittedModel):
             self._coef_t = np.ascontiguousarray(coef.T)
             self._intercept = intercept
 
+    def _weigh(self, rows: NDArray[np.int64]) -> sparse.csr_matrix:
+        """TF-IDF vectors of prepared questions, in this model's terms."""
+        blocks = []
+        for counts, keep, idf in zip(self._prepared.counts, self._keep, self._idf, strict=True):
+            block = sparse.csr_matrix(counts[rows][:, keep], dtype=np.float64)
+            block.data = 1.0 + np.log(block.data)
+            block = sparse.csr_matrix(block.multiply(idf[np.newaxis, :]))
+            norms = np.sqrt(np.asarray(block.multiply(block).sum(axis=1), dtype=np.float64).ravel())
+            norms[norms == 0] = 1.0
+            blocks.append(sparse.csr_matrix(sparse.diags(1.0 / norms) @ block))
+        return sparse.csr_matrix(sparse.hstack(blocks, format="csr"))
+
+    def _vocabulary(self) -> list[dict[str, int]]:
+        if self._vocab is None:
+            vocab = []
+            for terms, counts, keep, offset in zip(
+                self._prepared.vocab, self._prepared.counts, self._keep, self._offsets, strict=True
+            ):
+                local = np.full(counts.shape[1], -1, dtype=np.int64)
+                local[keep] = np.arange(len(keep)) + offset
+                vocab.append({t: int(local[g]) for t, g in terms.items() if local[g] >= 0})
+            self._vocab = vocab
+        return self._vocab
+
     def _vector(self, text: str) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
         """The question's TF-IDF vector as (feature ids, weights), exactly as
-        the fitted vectorizers would make it (sublinear tf, idf, L2 per block)."""
+        :meth:`_weigh` makes it for the examples."""
         ids: list[int] = []
         vals: list[float] = []
-        for analyzer, vocab, idf, offset in zip(self._analyzers, self._vocab, self._idf, self._offsets, strict=True):
+        for analyzer, vocab, idf, offset in zip(
+            self._analyzers, self._vocabulary(), self._idf, self._offsets, strict=True
+        ):
             counts: dict[int, int] = {}
             for term in analyzer(text):
                 j = vocab.get(term)
@@ -164,11 +243,13 @@ class _LexicalModel(FittedModel):
     def _score_one(self, text: str) -> tuple[Matrix, Matrix]:
         ids, vals = self._vector(text)
         if len(ids):
+            # The postings of every term of the question, gathered in one go.
             starts, ends = self._indptr[ids], self._indptr[ids + 1]
-            rows = np.concatenate([self._rows[a:b] for a, b in zip(starts, ends, strict=True)])
-            contrib = np.concatenate([self._weights[a:b] * v for a, b, v in zip(starts, ends, vals, strict=True)])
+            lengths = ends - starts
+            at = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+            contrib = self._weights[at] * np.repeat(vals, lengths)
             # Two L2-normalized blocks: the dot product is twice the mean cosine.
-            sims = np.bincount(rows, weights=contrib, minlength=self.n_examples) / 2.0
+            sims = np.bincount(self._rows[at], weights=contrib, minlength=self.n_examples) / 2.0
         else:
             sims = np.zeros(self.n_examples)
         nearest = np.maximum.reduceat(sims[self._class_order], self._class_starts)
@@ -183,6 +264,17 @@ class _LexicalModel(FittedModel):
         pairs = [self._score_one(t) for t in texts]
         return np.vstack([p[0] for p in pairs]), np.vstack([p[1] for p in pairs])
 
+    def scores_prepared(self, prepared: Prepared, rows: NDArray[np.int64]) -> tuple[Matrix, Matrix]:
+        if prepared is not self._prepared:
+            return super().scores_prepared(prepared, rows)
+        # Many questions at once (calibration): sparse products are fastest.
+        queries = self._weigh(rows)
+        sims = np.asarray((queries @ self._examples_t).toarray(), dtype=np.float64) / 2.0
+        nearest = max_per_class(sims, self.labels, self.n_classes)
+        if self._coef_t is None:
+            return nearest, nearest
+        return np.asarray(queries @ self._coef_t, dtype=np.float64) + self._intercept, nearest
+
 
 class LexicalBackend(Backend):
     """Word and character n-gram TF-IDF, a linear SVM and nearest neighbours."""
@@ -191,9 +283,30 @@ class LexicalBackend(Backend):
 
     def __init__(self, c: float = 0.5) -> None:
         self.c = c
+        self.analyzers: list[Callable[[str], list[str]]] = [
+            TfidfVectorizer(preprocessor=words, ngram_range=(1, 2), token_pattern=_WORD).build_analyzer(),
+            TfidfVectorizer(preprocessor=letters, analyzer="char_wb", ngram_range=(2, 5)).build_analyzer(),
+        ]
 
-    def fit(self, texts: Sequence[str], labels: NDArray[np.int64], n_classes: int) -> FittedModel:
-        return _LexicalModel(texts, labels, n_classes, self.c)
+    def prepare(self, texts: Sequence[str]) -> _Counts:
+        prepared = _Counts(list(texts))
+        for analyzer in self.analyzers:
+            counter = CountVectorizer(analyzer=analyzer, dtype=np.float64)
+            try:
+                counts = counter.fit_transform(prepared.texts)
+                vocab = {str(t): int(i) for t, i in counter.vocabulary_.items()}
+            except ValueError:  # no terms at all (questions of punctuation only)
+                counts, vocab = sparse.csr_matrix((len(prepared.texts), 0)), {}
+            prepared.counts.append(sparse.csr_matrix(counts, dtype=np.float64))
+            prepared.vocab.append(vocab)
+        return prepared
+
+    def fit(
+        self, prepared: Prepared, rows: NDArray[np.int64], labels: NDArray[np.int64], n_classes: int
+    ) -> FittedModel:
+        if not isinstance(prepared, _Counts):
+            prepared = self.prepare(prepared.texts)
+        return _LexicalModel(self.analyzers, prepared, rows, labels, n_classes, self.c)
 
 
 # --- calibration ------------------------------------------------------------------
@@ -228,9 +341,10 @@ class Calibrator:
 
 
 def self_calibrate(
-    backend: Backend, texts: Sequence[str], labels: NDArray[np.int64], n_classes: int, *, seed: int = 7
+    backend: Backend, prepared: Prepared, labels: NDArray[np.int64], n_classes: int, *, seed: int = 7
 ) -> Calibrator:
     """Learn the confidence from the knowledge base alone (see the module doc)."""
+    everything = np.arange(len(labels), dtype=np.int64)
     if n_classes < 3:
         return Calibrator()
     feats: list[Matrix] = []
@@ -246,8 +360,8 @@ def self_calibrate(
             continue
         remap = -np.ones(n_classes, dtype=np.int64)
         remap[kept] = np.arange(len(kept))
-        model = backend.fit([t for t, o in zip(texts, out, strict=True) if not o], remap[labels[~out]], len(kept))
-        s, n = model.scores([t for t, o in zip(texts, out, strict=True) if o])
+        model = backend.fit(prepared, everything[~out], remap[labels[~out]], len(kept))
+        s, n = model.scores_prepared(prepared, everything[out])
         feats.append(_features(s, n, s.argmax(axis=1)))
         target.append(np.zeros(len(s)))
     # In scope: the k-th question of each entry (that has more) held out.
@@ -261,8 +375,8 @@ def self_calibrate(
         held = (position == k) & (counts[labels] > k + 1)
         if not held.any():
             break
-        model = backend.fit([t for t, h in zip(texts, held, strict=True) if not h], labels[~held], n_classes)
-        s, n = model.scores([t for t, h in zip(texts, held, strict=True) if h])
+        model = backend.fit(prepared, everything[~held], labels[~held], n_classes)
+        s, n = model.scores_prepared(prepared, everything[held])
         top = s.argmax(axis=1)
         feats.append(_features(s, n, top))
         target.append((top == labels[held]).astype(np.float64))
@@ -321,7 +435,9 @@ class Matcher:
 
     def __init__(self, entries: Sequence[KbEntry], backend: Backend | None = None, *, calibrate: bool = True) -> None:
         self.backend = backend or LexicalBackend()
-        self.entries = list(entries)
+        # In a fixed order, so a KB file checked with `crm-hub bot eval` scores
+        # exactly as the same entries stored (and loaded in another order) do.
+        self.entries = sorted(entries, key=lambda e: e.id)
         self.by_id = {e.id: e for e in self.entries}
         texts: list[str] = []
         labels: list[int] = []
@@ -334,9 +450,10 @@ class Matcher:
         self.calibrator = Calibrator()
         if self.entries:
             y = np.asarray(labels, dtype=np.int64)
-            self.model = self.backend.fit(texts, y, len(self.entries))
+            prepared = self.backend.prepare(texts)
+            self.model = self.backend.fit(prepared, np.arange(len(texts), dtype=np.int64), y, len(self.entries))
             if calibrate:
-                self.calibrator = self_calibrate(self.backend, texts, y, len(self.entries))
+                self.calibrator = self_calibrate(self.backend, prepared, y, len(self.entries))
 
     def confidences(self, texts: Sequence[str]) -> Matrix:
         """The calibrated confidence of every entry for every question."""

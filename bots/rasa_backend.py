@@ -49,6 +49,8 @@ class RasaClient:
                 data = await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RasaUnavailable(f"Rasa at {self.url} is unreachable: {exc or type(exc).__name__}") from exc
+        except ValueError as exc:
+            raise RasaUnavailable(f"Rasa's answer is not JSON: {exc}") from exc
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise RasaUnavailable("Rasa's answer is not a list of responses")
         return data

@@ -39,6 +39,8 @@ from storage.models import (
     Agent,
     ApiToken,
     AuditLog,
+    BotSession,
+    BotTurn,
     Contact,
     Identity,
     Inbox,
@@ -557,8 +559,9 @@ async def do_merge_contacts(session: AsyncSession, target: Contact, source: Cont
                 )
             )
     await session.flush()
-    for model in (Identity, Ticket, Message, TicketEventRow):
+    for model in (Identity, Ticket, Message, TicketEventRow, BotTurn):
         await session.execute(update(model).where(model.contact_id == source.id).values(contact_id=target.id))
+    await _merge_bot_sessions(session, target.id, source.id)
     target.attributes = {**(source.attributes or {}), **(target.attributes or {})}
     target.tags = sorted(set(target.tags or []) | set(source.tags or []))
     target.name = target.name or source.name
@@ -574,6 +577,31 @@ async def do_merge_contacts(session: AsyncSession, target: Contact, source: Cont
         await record_ticket_event(session, latest, TicketEventKind.CONTACT_MERGED, actor, data)
     await audit(session, actor, "contact.merged", "contact", target.id, data)
     return target
+
+
+async def _merge_bot_sessions(session: AsyncSession, target_id: int, source_id: int) -> None:
+    """The bot's memory follows the customer: a dialog in progress on either
+    contact continues after the merge. When both have one, the one the customer
+    used last wins (what they said is on the merged contact either way)."""
+    rows = {
+        row.contact_id: row
+        for row in (
+            await session.scalars(
+                select(BotSession).where(BotSession.contact_id.in_([target_id, source_id])).with_for_update()
+            )
+        ).all()
+    }
+    source, target = rows.get(source_id), rows.get(target_id)
+    if source is None:
+        return
+    if target is None or source.updated_at > target.updated_at:
+        if target is not None:
+            await session.delete(target)
+            await session.flush()
+        await session.execute(update(BotSession).where(BotSession.contact_id == source_id).values(contact_id=target_id))
+    else:
+        await session.delete(source)
+    await session.flush()
 
 
 async def do_record_delivery(

@@ -139,7 +139,7 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         visitor_tokens=VisitorTokens(config.secret_key),
         channels=channels,
         attachments=attachments,
-        bot=BotService(db, config.bot),
+        bot=BotService(db, config.bot, rasa_tries=min(3, config.workers.max_deliveries)),
         router=router,
         twilio=twilio,
         telegram=telegram,
@@ -212,6 +212,7 @@ async def start_hub(hub: Hub) -> None:
         _spawn(hub, hub.stream.consume("workers", hub.consumer_name, hub.processor.handle), "stream-consumer")
         _spawn(hub, hub.sender.run_sweeper(), "sender-sweeper")
         _spawn(hub, hub.router.run_sweeper(), "routing-sweeper")
+        hub.bot.start()
         if hub.email is not None:
             hub.email.start(lambda coro, name: _spawn(hub, coro, name))
         if hub.campaigns is not None:

@@ -15,7 +15,8 @@ from storage.views import iso
 
 # Handoffs that say nothing about the knowledge base (the customer asked for a
 # person, a VIP, a qualified lead) are left out; an unhelpful answer shows as
-# the answered question, not as the "No" that followed it.
+# the answered question, not as the "No" that followed it, and a rejected
+# clarification as the question, not as the "None of these".
 GAP_REASONS = ("no_match", "repeated_misses")
 
 
@@ -34,7 +35,7 @@ async def gaps(session: AsyncSession, *, cursor: str | None, limit: int) -> tupl
             "turn_id": t.id,
             "question": t.question,
             "language": t.language,
-            "why": "unhelpful" if t.feedback == "no" else t.reason,
+            "why": ("none_of_these" if t.action == "clarify" else "unhelpful") if t.feedback == "no" else t.reason,
             "entry_id": t.entry_key,
             "confidence": t.confidence,
             "candidates": t.candidates,

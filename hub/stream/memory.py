@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -118,7 +119,8 @@ class InProcessStream(Stream):
                 await asyncio.sleep(self.retry_delay * 2 ** (deliveries - 1))
             deliveries += 1
             try:
-                await handler([event])
+                # Handlers see which try this is, as with Redis (``times_delivered``).
+                await handler([dataclasses.replace(event, deliveries=deliveries)])
             except Exception as exc:  # noqa: BLE001 - counted, then dead-lettered
                 error = self._failed(event, deliveries, exc)
                 continue

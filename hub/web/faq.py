@@ -149,6 +149,7 @@ async def create_faq(request: web.Request) -> web.Response:
     async with hub.db.write() as session:
         row, _ = await do_save_faq(session, entry, actor=actor_of(admin), create_only=True)
         view = faq_view(row)
+    hub.bot.kb_changed()
     return web.json_response(view, status=201)
 
 
@@ -179,6 +180,7 @@ async def put_faq(request: web.Request) -> web.Response:
     async with hub.db.write() as session:
         row, _ = await do_save_faq(session, entry, actor=actor_of(admin))
         view = faq_view(row)
+    hub.bot.kb_changed()
     return web.json_response(view)
 
 
@@ -196,6 +198,7 @@ async def delete_faq(request: web.Request) -> web.Response:
     admin = await require_admin(request)
     async with hub.db.write() as session:
         await do_delete_faq(session, request.match_info["key"], actor=actor_of(admin))
+    hub.bot.kb_changed()
     return web.Response(status=204)
 
 
@@ -251,6 +254,7 @@ async def import_faq(request: web.Request) -> web.Response:
         raise ValidationFailed(str(exc)) from exc
     async with hub.db.write() as session:
         result = await do_import_faq(session, entries, actor=actor_of(admin), replace=body.replace)
+    hub.bot.kb_changed()
     return web.json_response(result)
 
 

@@ -20,8 +20,10 @@ from hub.actions import do_ensure_inbox
 from hub.app import Hub, build_hub, start_hub, stop_hub
 from hub.bot_actions import do_import_faq
 from hub.core import Channel, DeliveryStatus, InboundMessage, OutboundMessage, SendResult
+from storage.db import Database
+from storage.ingest import IngestResult, ingest_batch
 from storage.migrate import upgrade_async
-from storage.models import Message, OutboxRow, Ticket
+from storage.models import BotTurn, Message, OutboxRow, Ticket
 from tests.hub.helpers import make_config
 
 SMS_INBOX = "sms:+15550001111"
@@ -203,3 +205,29 @@ async def bot_hub(
         yield Conversation(hub, fakes)
     finally:
         await stop_hub(hub)
+
+
+async def add_turns(db: Database, turns: list[tuple[str, str, str | None]]) -> None:
+    """Web chat questions (question, action, reason) as if the bot had handled
+    them, for the gap report."""
+    async with db.write() as s:
+        await do_ensure_inbox(s, key="webchat", channel=Channel.WEBCHAT, name="Website")
+        results = await ingest_batch(
+            s,
+            [
+                InboundMessage(channel=Channel.WEBCHAT, inbox="webchat", external_id=f"turn-{n}", sender="v", body=q)
+                for n, (q, _, _) in enumerate(turns)
+            ],
+        )
+        for (question, action, reason), r in zip(turns, results, strict=True):
+            assert isinstance(r, IngestResult)
+            s.add(
+                BotTurn(
+                    message_id=r.message_id,
+                    ticket_id=r.ticket_id,
+                    contact_id=r.contact_id,
+                    question=question,
+                    action=action,
+                    reason=reason,
+                )
+            )

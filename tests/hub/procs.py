@@ -42,6 +42,23 @@ def run_cli(args: list[str], env: Mapping[str, str], stdin: str | None = None) -
     return done.stdout
 
 
+async def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float, what: str) -> None:
+    """Until ``url`` answers 200; fails if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"{what} exited with {proc.returncode}")
+            try:
+                async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    if r.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{what} did not become ready in {timeout}s")
+
+
 class HubProcess:
     def __init__(self, env: Mapping[str, str], role: str = "all", port: int | None = None, log: Path | None = None):
         self.env = dict(env)
@@ -62,19 +79,7 @@ class HubProcess:
             stdout=out,
             stderr=subprocess.STDOUT if self.log_path else subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"crm-hub serve exited with {self.proc.returncode}; log: {self.log_path}")
-                try:
-                    async with http.get(f"{self.base}/readyz", timeout=aiohttp.ClientTimeout(total=2)) as r:
-                        if r.status == 200:
-                            return
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"crm-hub serve did not become ready in {timeout}s")
+        await wait_ready(self.proc, f"{self.base}/readyz", timeout, f"crm-hub serve (log: {self.log_path})")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

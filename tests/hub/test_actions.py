@@ -103,3 +103,46 @@ async def test_subscribed_steps_run_in_order_before_the_live_fanout(db: Database
     await processor.handle([Event(key="1", payload={"kind": "ticket.handoff", "ticket": {"id": 1}})])
     assert seen == ["first:ticket.handoff", "second:ticket.handoff"]
     assert live.published == [("agents", {"type": "ticket.handoff", "ticket": {"id": 1}})]
+
+
+async def test_merging_contacts_moves_the_bots_memory_and_turns(db: Database) -> None:
+    from datetime import timedelta
+
+    from hub.actions import do_merge_contacts
+    from hub.core import utcnow
+    from storage.models import BotSession, BotTurn, Contact
+
+    async with db.write() as s:
+        web, sms, other = await ingest_batch(
+            s,
+            [
+                InboundMessage(channel=Channel.WEBCHAT, inbox="webchat", external_id="w1", sender="v1", body="price?"),
+                InboundMessage(channel=Channel.SMS, inbox="sms:+15550001111", external_id="s1", sender="+15551230000"),
+                InboundMessage(channel=Channel.SMS, inbox="sms:+15550001111", external_id="s2", sender="+15559990000"),
+            ],
+        )
+        assert isinstance(web, IngestResult) and isinstance(sms, IngestResult) and isinstance(other, IngestResult)
+        now = utcnow()
+        dialog = {"dialog": {"slot": "company", "values": {"name": "Sara"}}, "misses": 0}
+        s.add(BotSession(contact_id=web.contact_id, state=dialog, updated_at=now))
+        s.add(BotSession(contact_id=sms.contact_id, state={"misses": 1}, updated_at=now - timedelta(days=3)))
+        s.add(BotSession(contact_id=other.contact_id, state={"misses": 1}, updated_at=now + timedelta(seconds=1)))
+        s.add(BotTurn(message_id=web.message_id, ticket_id=web.ticket_id, contact_id=web.contact_id, action="qualify"))
+    async with db.write() as s:
+        # The web chat visitor turns out to be the SMS customer: the dialog in progress goes along.
+        target, source = await s.get(Contact, sms.contact_id), await s.get(Contact, web.contact_id)
+        assert target is not None and source is not None
+        await do_merge_contacts(s, target, source, actor="agent:1")
+    async with db.read() as s:
+        sessions = {r.contact_id: r.state for r in (await s.scalars(select(BotSession))).all()}
+        turn = (await s.scalars(select(BotTurn))).one()
+    assert sessions == {sms.contact_id: dialog, other.contact_id: {"misses": 1}}
+    assert turn.contact_id == sms.contact_id
+    async with db.write() as s:
+        # Both remember something: the conversation the customer had last wins.
+        target, source = await s.get(Contact, sms.contact_id), await s.get(Contact, other.contact_id)
+        assert target is not None and source is not None
+        await do_merge_contacts(s, target, source, actor="agent:1")
+    async with db.read() as s:
+        sessions = {r.contact_id: r.state for r in (await s.scalars(select(BotSession))).all()}
+    assert sessions == {sms.contact_id: {"misses": 1}}

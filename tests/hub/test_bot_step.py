@@ -3,18 +3,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
+from bots.kb import KbEntry
+from bots.matcher import FittedModel, LexicalBackend, Prepared
 from hub.actions import check_ticket, do_post_message
+from hub.bot_actions import do_save_faq
+from hub.bot_step import KnowledgeBase
 from hub.core import Author, Channel
 from storage.models import BotTurn, Contact, Message, TicketEventRow
 from tests.bots.conversation import bot_hub
 
 # Thresholds that make every question land in the clarification band.
 CLARIFY_ALWAYS: dict[str, Any] = {"bot.answer_threshold": 0.99, "bot.clarify_threshold": 0.0}
+HANDOFF_BELOW_045: dict[str, Any] = {"bot.clarify_threshold": 0.45}
+FAST_POLL: dict[str, Any] = {"bot.kb_poll_seconds": 0.1}
 
 
 async def test_faq_answered_in_persian_and_in_english_with_feedback(tmp_path: Path) -> None:
@@ -121,7 +129,7 @@ async def test_handoff_after_two_misses_in_a_row(tmp_path: Path) -> None:
 
 
 async def test_unknown_question_hands_off_and_shows_in_the_report(tmp_path: Path) -> None:
-    async with bot_hub(tmp_path) as c:
+    async with bot_hub(tmp_path, **HANDOFF_BELOW_045) as c:
         (bye,) = await c.push("What is the weather today?")
         assert bye.body.startswith("I'm connecting you")
         from hub.bot_report import gaps
@@ -129,6 +137,21 @@ async def test_unknown_question_hands_off_and_shows_in_the_report(tmp_path: Path
         async with c.hub.db.read() as s:
             items, _ = await gaps(s, cursor=None, limit=10)
         assert [(i["question"], i["why"]) for i in items] == [("What is the weather today?", "no_match")]
+
+
+async def test_none_of_these_hands_off_and_reports_the_question(tmp_path: Path) -> None:
+    async with bot_hub(tmp_path, **CLARIFY_ALWAYS) as c:
+        (offer,) = await c.push("What is the weather today?")
+        assert offer.quick_replies[-1].id == "bot:none"
+        (bye,) = await c.push("None of these", quick_reply="bot:none")
+        assert bye.body.startswith("I'm connecting you")
+        from hub.bot_report import gaps
+
+        async with c.hub.db.read() as s:
+            items, _ = await gaps(s, cursor=None, limit=10)
+            event = await s.scalar(select(TicketEventRow).where(TicketEventRow.kind == "ticket.handoff"))
+        assert [(i["question"], i["why"]) for i in items] == [("What is the weather today?", "none_of_these")]
+        assert event is not None and event.data["reason"] == "none_of_these"
 
 
 async def test_unhelpful_answer_is_reported_and_handed_off(tmp_path: Path) -> None:
@@ -213,3 +236,61 @@ async def test_qualification_with_a_correction_and_a_resume_on_sms(tmp_path: Pat
         assert (contact.lead_score, contact.lifecycle_stage) == (90, "sales_qualified")
         assert event is not None and event.data["reason"] == "sales_qualified" and event.data["team_id"] is not None
         assert note is not None and "email=sara@acme.example" in note.body and "Lead score 90" in note.body
+
+
+class GatedBackend(LexicalBackend):
+    """Builds only while the gate is open, as a large knowledge base that takes
+    long to build would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def fit(self, prepared: Prepared, rows: Any, labels: Any, n_classes: int) -> FittedModel:
+        assert self.gate.wait(timeout=60), "the test never opened the gate"
+        return super().fit(prepared, rows, labels, n_classes)
+
+
+GIFT_CARDS = KbEntry(
+    id="gift-cards",
+    questions=("do you sell gift cards", "can I buy a gift card", "gift voucher"),
+    answer="Yes, from $10 to $500.",
+)
+
+
+async def test_a_changed_knowledge_base_is_built_in_the_background_while_the_old_one_answers(
+    tmp_path: Path,
+) -> None:
+    async with bot_hub(tmp_path, **FAST_POLL) as c:
+        backend = GatedBackend()
+        await c.hub.bot.kb.close()
+        kb = c.hub.bot.kb = KnowledgeBase(c.hub.db, c.hub.config.bot, backend=lambda: backend)
+        kb.start()
+        await kb.idle()
+        first = kb.revision
+        assert first > 0 and kb.builds == 1
+        backend.gate.clear()
+        # Another process (say the CLI) adds an entry: the poller notices and
+        # starts a build that cannot finish yet.
+        async with c.hub.db.write() as s:
+            await do_save_faq(s, GIFT_CARDS, actor="cli")
+        # Meanwhile customers are answered at once, by the knowledge base as it was.
+        (reply,) = await asyncio.wait_for(c.push("how long does shipping take"), 60)
+        assert reply.body.startswith("Orders arrive in 3 to 5 working days.")
+        assert (await asyncio.wait_for(kb.ask("do you sell gift cards"), 60)).entry_id != "gift-cards"
+        assert kb.revision == first
+        backend.gate.set()
+        await kb.idle()
+        assert kb.revision > first and kb.builds == 2
+        assert (await kb.ask("do you sell gift cards")).entry_id == "gift-cards"
+        (reply,) = await c.push("do you sell gift vouchers?")
+        assert reply.body.startswith("Yes, from $10 to $500.")
+
+
+async def test_the_knowledge_base_is_built_when_the_hub_starts(tmp_path: Path) -> None:
+    async with bot_hub(tmp_path) as c:
+        await c.hub.bot.kb.idle()
+        # Built from what was imported before start, without any customer asking.
+        assert c.hub.bot.kb.builds == 1
+        assert c.hub.bot.kb.revision > 0

@@ -107,3 +107,93 @@ def test_readme_documents_every_environment_variable_and_config_section() -> Non
     for section in HubConfig.model_fields:
         if section != "secret_key":
             assert section in shipped, f"config.yaml does not show {section}"
+
+
+def test_shipped_config_has_no_key_twice() -> None:
+    """YAML keeps the last of two equal keys without a word: a merge that
+    leaves both lines would silently change a setting."""
+
+    class Strict(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: Strict, node: yaml.MappingNode) -> dict[object, object]:
+        keys = [loader.construct_object(k) for k, _ in node.value]
+        twice = sorted({str(k) for k in keys if keys.count(k) > 1})
+        assert not twice, f"config.yaml line {node.start_mark.line + 1}: {', '.join(twice)} given twice"
+        return loader.construct_mapping(node)
+
+    Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    yaml.load((ROOT / "config.yaml").read_text(encoding="utf-8"), Strict)  # noqa: S506
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("bot:\n  backend: rasa\n", "backend is 'rasa' but bot.rasa.url is not set"),
+        ("bot:\n  backend: rasa\n  rasa:\n    url: localhost:5005\n", "bot.rasa.url: Value error, must be the Rasa"),
+        ("bot:\n  backend: gpt\n", "bot.backend"),
+        ("bot:\n  answer_threshold: 0.3\n  clarify_threshold: 0.4\n", "bot.clarify_threshold"),
+        ("bot:\n  answer_threshold: 1.5\n", "bot.answer_threshold"),
+        ("bot:\n  kb_poll_seconds: 0\n", "bot.kb_poll_seconds"),
+        ("bot:\n  choices: 0\n", "bot.choices"),
+        ("bot:\n  handoff_phrases: [agent, '  ']\n", "bot.handoff_phrases: Value error, phrase 1 is empty"),
+        ("bot:\n  rasa:\n    actions_port: 99999\n", "bot.rasa.actions_port"),
+        ("bot:\n  qualification:\n    rules: [{slot: budjet, points: 5}]\n", "rules[0]: slot 'budjet' is not one"),
+        (
+            "bot:\n  qualification:\n    rules: [{slot: budget, op: gte, value: lots, points: 5}]\n",
+            "rule for slot 'budget' (op gte): value must be a number",
+        ),
+        (
+            "bot:\n  qualification:\n    rules: [{slot: timeline, op: in, value: soon, points: 5}]\n",
+            "value must be a non-empty list",
+        ),
+        ("bot:\n  qualification:\n    rules: [{slot: email, op: sometimes, points: 5}]\n", "op"),
+        ("bot:\n  qualification:\n    mql_score: 70\n", "mql_score (70) must not be above sql_score (60)"),
+        ("bot:\n  qualification:\n    phone_region: Iran\n", "bot.qualification.phone_region"),
+        ("bot:\n  qualification:\n    sales_team: ''\n", "bot.qualification.sales_team"),
+        (
+            "bot:\n  qualification:\n    rules: []\n    slots: [{name: when, kind: choice, prompt: {en: 'When?'}}]\n",
+            "slot 'when' is a choice: list its choices",
+        ),
+        (
+            "bot:\n  qualification:\n    rules: []\n    slots: [{name: when, choices: [soon], prompt: {en: When}}]\n",
+            "set kind: choice",
+        ),
+        ("bot:\n  qualification:\n    rules: []\n    slots: [{name: who, prompt: {fa: نام؟}}]\n", "English prompt"),
+        ("bot:\n  qualification:\n    rules: []\n    slots: [{name: Who, prompt: {en: 'Who?'}}]\n", "slots.0.name"),
+        (
+            "bot:\n  qualification:\n    rules: []\n    slots: [{name: a, prompt: {en: A}},{name: a, prompt: {en: B}}]",
+            "slot names must be unique",
+        ),
+    ],
+)
+def test_invalid_bot_config_names_the_key(tmp_path: Path, text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), env={})
+    assert needle in str(caught.value)
+
+
+def test_the_rasa_backend_from_the_environment() -> None:
+    with pytest.raises(ConfigError, match="HUB_RASA_URL"):
+        load_config(path=None, env={"HUB_BOT_BACKEND": "rasa"})
+    cfg = load_config(path=None, env={"HUB_BOT_BACKEND": "rasa", "HUB_RASA_URL": "http://rasa:5005/"})
+    assert (cfg.bot.backend, cfg.bot.rasa.url) == ("rasa", "http://rasa:5005")
+
+
+def test_the_embedding_backend_without_its_packages_stops_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def without_sentence_transformers(name: str, package: str | None = None) -> object:
+        return None if name == "sentence_transformers" else real(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_sentence_transformers)
+    cfg = load_config(path=None, env={"HUB_SECRET_KEY": "x", "HUB_BOT_BACKEND": "embedding"})
+    # Whatever else is missing (the model package too, where the extra is not installed).
+    with pytest.raises(
+        ConfigError, match=r"bot\.backend is 'embedding' but sentence_transformers( and \w+)? (is|are) not"
+    ):
+        build_hub(cfg.model_copy(update={"data_dir": tmp_path}))

@@ -201,6 +201,7 @@ async def _backlog_empty(stream: Stream) -> bool:
 async def test_an_always_failing_event_is_dead_lettered_and_others_flow(harness: StreamHarness) -> None:
     stream = await harness.stream(max_deliveries=3)
     alone_attempts = 0
+    tries: list[int] = []
     completed: Counter[int] = Counter()
 
     async def handler(batch: Sequence[Event]) -> None:
@@ -208,6 +209,7 @@ async def test_an_always_failing_event_is_dead_lettered_and_others_flow(harness:
         if any(e.outbox_id == 7 for e in batch):
             if len(batch) == 1:
                 alone_attempts += 1
+                tries.append(batch[0].deliveries)
             raise ValueError("poison 7")
         completed.update(e.outbox_id for e in batch)
 
@@ -221,6 +223,9 @@ async def test_an_always_failing_event_is_dead_lettered_and_others_flow(harness:
     assert "poison 7" in dead[0][1]
     # Tried alone exactly max_deliveries times, then given up on.
     assert alone_attempts == 3
+    # Each try says which it is (the bot hands off when a remote service it
+    # needs stays down), in-process as with Redis.
+    assert tries == [1, 2, 3]
     await eventually(lambda: _backlog_empty(stream))
 
     # The stream still works after a dead letter.

@@ -1,0 +1,279 @@
+"""``crm-hub rasa-actions`` as a team's Rasa assistant uses it: the real
+command (rasa-sdk's Sanic server) on a free port, sent the action requests
+Rasa sends (``POST /webhook``: next_action, sender_id, tracker, domain), and
+the hub's database checked afterwards."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from sqlalchemy import select
+
+from hub.core import Channel, InboundMessage
+from storage.db import Database
+from storage.ingest import ingest_batch
+from storage.migrate import upgrade_async
+from storage.models import Contact, Identity, Message, Ticket, TicketEventRow
+from tests.hub.procs import CLI, free_port, hub_env, wait_ready
+
+RASA_VERSION = "3.21.0"
+DOMAIN: dict[str, Any] = {
+    "version": "3.1",
+    "intents": ["greet", "ask_price", "human_handoff"],
+    "entities": [],
+    "slots": {
+        "email": {"type": "text", "mappings": [{"type": "from_text"}]},
+        "budget": {"type": "text", "mappings": [{"type": "from_text"}]},
+        "handoff_reason": {"type": "text", "mappings": [{"type": "custom"}]},
+    },
+    "responses": {},
+    "actions": ["action_hub_lookup_customer", "action_hub_update_lead", "action_hub_handoff"],
+    "forms": {},
+}
+
+
+def action_call(action: str, sender: str, slots: dict[str, Any] | None = None, intent: str = "greet") -> dict[str, Any]:
+    """A request as Rasa's ``RemoteAction`` makes it."""
+    now = time.time()
+    events = [
+        {"event": "action", "timestamp": now - 5, "name": "action_session_start"},
+        {"event": "session_started", "timestamp": now - 5},
+        {
+            "event": "user",
+            "timestamp": now - 4,
+            "text": "hi, how much is the pro plan?",
+            "parse_data": {"intent": {"name": "ask_price", "confidence": 0.97}, "entities": []},
+            "input_channel": "rest",
+        },
+        {"event": "bot", "timestamp": now - 3, "text": "Pro is $29 a month.", "data": {}},
+        {
+            "event": "user",
+            "timestamp": now - 2,
+            "text": "I want to talk to a person",
+            "parse_data": {"intent": {"name": intent, "confidence": 0.93}, "entities": []},
+            "input_channel": "rest",
+        },
+    ]
+    return {
+        "next_action": action,
+        "sender_id": sender,
+        "tracker": {
+            "sender_id": sender,
+            "conversation_id": sender,
+            "slots": {"email": None, "budget": None, "handoff_reason": None, **(slots or {})},
+            "latest_message": {
+                "text": "I want to talk to a person",
+                "intent": {"name": intent, "confidence": 0.93},
+                "intent_ranking": [{"name": intent, "confidence": 0.93}, {"name": "greet", "confidence": 0.04}],
+                "entities": [],
+                "message_id": "b2831e73",
+                "metadata": {},
+            },
+            "latest_event_time": now - 2,
+            "followup_action": None,
+            "paused": False,
+            "events": events,
+            "latest_input_channel": "rest",
+            "active_loop": {},
+            "latest_action": {"action_name": "action_listen"},
+            "latest_action_name": "action_listen",
+        },
+        "domain": DOMAIN,
+        "version": RASA_VERSION,
+    }
+
+
+class Server:
+    def __init__(self, base: str, db: Database, contact_id: int, ticket_id: int) -> None:
+        self.base = base
+        self.db = db
+        self.contact_id = contact_id  # Sara: web chat visitor, email and phone known, a pending ticket
+        self.ticket_id = ticket_id
+
+    async def call(self, body: dict[str, Any], status: int = 200) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http, http.post(f"{self.base}/webhook", json=body) as r:
+            answer: dict[str, Any] = await r.json()
+            assert r.status == status, answer
+            return answer
+
+
+def slots(answer: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e["value"] for e in answer["events"] if e["event"] == "slot"}
+
+
+async def seed(db: Database) -> tuple[int, int]:
+    async with db.write() as s:
+        from hub.actions import do_ensure_inbox
+
+        await do_ensure_inbox(s, key="webchat", channel=Channel.WEBCHAT, name="Website")
+        results = await ingest_batch(
+            s,
+            [
+                InboundMessage(
+                    channel=Channel.WEBCHAT,
+                    inbox="webchat",
+                    external_id=f"w{n}",
+                    sender="visitor-sara",
+                    body=body,
+                    sender_name="Sara Ahmadi",
+                )
+                for n, body in enumerate(["Hello", "Do you have a student plan?"])
+            ],
+        )
+        ticket_id = results[0].ticket_id  # type: ignore[union-attr]
+        ticket = await s.get(Ticket, ticket_id)
+        assert ticket is not None
+        ticket.status = "pending"  # the bot owns it
+        contact = await s.get(Contact, ticket.contact_id)
+        assert contact is not None
+        contact.tags = ["vip"]
+        s.add(Identity(contact_id=contact.id, channel="email", address="sara@acme.example"))
+        s.add(Identity(contact_id=contact.id, channel="phone", address="+989121234567"))
+        return contact.id, ticket_id
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    env = hub_env(tmp_path / "data")
+    db_url = f"sqlite+aiosqlite:///{(tmp_path / 'data' / 'hub.db').resolve()}"
+    (tmp_path / "data").mkdir()
+    await upgrade_async(db_url)
+    db = Database(db_url)
+    contact_id, ticket_id = await seed(db)
+    port = free_port()
+    log = tmp_path / "rasa-actions.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [CLI, "rasa-actions", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await wait_ready(proc, f"{base}/health", 60, f"crm-hub rasa-actions (log: {log})")
+        yield Server(base, db, contact_id, ticket_id)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        await db.dispose()
+
+
+async def test_the_server_lists_the_hubs_actions(server: Server) -> None:
+    async with aiohttp.ClientSession() as http, http.get(f"{server.base}/actions") as r:
+        assert r.status == 200
+        assert {a["name"] for a in await r.json()} == {
+            "action_hub_lookup_customer",
+            "action_hub_update_lead",
+            "action_hub_handoff",
+        }
+
+
+async def test_lookup_fills_slots_with_the_customer_and_their_history(server: Server) -> None:
+    answer = await server.call(action_call("action_hub_lookup_customer", f"hub-contact-{server.contact_id}"))
+    assert answer["responses"] == []
+    found = slots(answer)
+    assert found == {
+        "hub_contact_id": server.contact_id,
+        "hub_customer_name": "Sara Ahmadi",
+        "hub_customer_email": "sara@acme.example",
+        "hub_customer_phone": "+989121234567",
+        "hub_lifecycle_stage": None,
+        "hub_lead_score": 0,
+        "hub_vip": True,
+        "hub_open_tickets": 1,
+        "hub_recent_history": ["[webchat] contact: Hello", "[webchat] contact: Do you have a student plan?"],
+    }
+    # A Rasa conversation of its own: found by the email or phone slot.
+    by_email = await server.call(action_call("action_hub_lookup_customer", "f3a9c1", {"email": "sara@acme.example"}))
+    assert slots(by_email)["hub_contact_id"] == server.contact_id
+    unknown = await server.call(action_call("action_hub_lookup_customer", "f3a9c1", {"email": "who@else.example"}))
+    assert slots(unknown) == {"hub_contact_id": None}
+
+
+async def test_update_lead_creates_a_contact_with_score_and_stage(server: Server) -> None:
+    call = action_call(
+        "action_hub_update_lead",
+        "rasa-7d1e",
+        {"email": "Omid@Shop.example", "budget": "۵ هزار", "team_size": "40", "timeline": "this month"},
+    )
+    # Slots the hub does not know (team_size, timeline here are not in Rasa's
+    # domain but are in the tracker) count as long as the hub's dialog has them.
+    answer = await server.call(call)
+    got = slots(answer)
+    assert got["hub_lead_score"] == 10 + 25 + 15 + 20
+    assert got["hub_lifecycle_stage"] == "sales_qualified"
+    async with server.db.read() as s:
+        contact = await s.get(Contact, got["hub_contact_id"])
+        identity = await s.scalar(select(Identity).where(Identity.address == "omid@shop.example"))
+    assert contact is not None and identity is not None and identity.contact_id == contact.id
+    assert contact.attributes == {
+        "email": "omid@shop.example",
+        "budget": 5000,
+        "team_size": 40,
+        "timeline": "this month",
+    }
+    assert (contact.lead_score, contact.lifecycle_stage) == (70, "sales_qualified")
+
+
+async def test_update_lead_on_a_known_contact_skips_invalid_values(server: Server) -> None:
+    call = action_call(
+        "action_hub_update_lead", f"hub-contact-{server.contact_id}", {"email": "not an email", "budget": "800"}
+    )
+    got = slots(await server.call(call))
+    assert got == {"hub_contact_id": server.contact_id, "hub_lead_score": 25, "hub_lifecycle_stage": "lead"}
+    async with server.db.read() as s:
+        contact = await s.get(Contact, server.contact_id)
+    assert contact is not None
+    assert contact.attributes == {"budget": 800}
+    assert contact.lead_score == 25
+
+
+async def test_handoff_opens_the_ticket_with_the_reason_and_the_conversation(server: Server) -> None:
+    # Rasa's own conversation id is the customer's phone number (e.g. its Twilio channel).
+    call = action_call("action_hub_handoff", "+989121234567", {"handoff_reason": "asked_for_human"})
+    answer = await server.call(call)
+    assert slots(answer) == {"hub_handed_off": True}
+    assert answer["responses"][0]["custom"] == {"handoff": {"reason": "asked_for_human"}}
+    async with server.db.read() as s:
+        ticket = await s.get(Ticket, server.ticket_id)
+        note = await s.scalar(select(Message).where(Message.ticket_id == server.ticket_id, Message.private.is_(True)))
+        event = await s.scalar(select(TicketEventRow).where(TicketEventRow.kind == "ticket.handoff"))
+    assert ticket is not None and (ticket.status, ticket.bot_silenced) == ("open", True)
+    assert note is not None and note.body.splitlines() == [
+        "Handoff from the Rasa assistant: asked_for_human.",
+        "Customer: hi, how much is the pro plan?",
+        "Bot: Pro is $29 a month.",
+        "Customer: I want to talk to a person",
+    ]
+    assert event is not None and event.actor == "rasa" and event.data["reason"] == "asked_for_human"
+    # Done once: a second request changes nothing.
+    again = await server.call(call)
+    assert slots(again) == {"hub_handed_off": False}
+
+
+async def test_handoff_reason_defaults_to_the_intent_and_hub_conversations_hand_off_through_the_backend(
+    server: Server,
+) -> None:
+    answer = await server.call(action_call("action_hub_handoff", f"hub-contact-{server.contact_id}", intent="human"))
+    # The hub's rasa backend hands off when it sees this response, with Rasa's texts.
+    assert answer["responses"][0]["custom"] == {"handoff": {"reason": "human"}}
+    async with server.db.read() as s:
+        ticket = await s.get(Ticket, server.ticket_id)
+    assert ticket is not None and ticket.status == "pending"
+    nobody = await server.call(action_call("action_hub_handoff", "unknown-sender"))
+    assert slots(nobody) == {"hub_handed_off": False}
+
+
+async def test_bad_requests_are_refused(server: Server) -> None:
+    unknown = await server.call(action_call("action_does_not_exist", "x"), status=404)
+    assert "action_does_not_exist" in str(unknown)
+    async with aiohttp.ClientSession() as http, http.post(f"{server.base}/webhook", data=b"{not json") as r:
+        assert r.status == 400

@@ -1,0 +1,195 @@
+"""The bot's admin API: the knowledge base (who may read and write it, bad
+input, versions, all-or-nothing imports), ``bot/ask`` and the gap report."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from hub.app import HUB, Hub
+from hub.core import Role
+from tests.bots.conversation import KB, add_turns
+from tests.hub.helpers import Agent, add_agent, make_config, running_hub
+
+ENTRY: dict[str, Any] = {
+    "id": "gift-cards",
+    "questions": ["do you sell gift cards", "کارت هدیه دارید"],
+    "answer": {"en": "Yes, from $10.", "fa": "بله، از ۱۰ دلار."},
+    "tags": ["Shop"],
+}
+
+
+@asynccontextmanager
+async def api(tmp_path: Path) -> AsyncIterator[tuple[Agent, Agent, aiohttp.ClientSession, str, Hub]]:
+    config = make_config(tmp_path, **{"bot.enabled": True})
+    async with running_hub(config) as server:
+        await add_agent(config, "admin@example.com", Role.ADMIN)
+        await add_agent(config, "ana@example.com", Role.AGENT)
+        base = str(server.make_url("")).rstrip("/")
+        async with aiohttp.ClientSession() as http:
+            admin = await Agent.login(http, base, "admin@example.com")
+            agent = await Agent.login(http, base, "ana@example.com")
+            yield admin, agent, http, base, server.app[HUB]
+
+
+async def error(http: aiohttp.ClientSession, method: str, url: str, status: int, **kwargs: Any) -> str:
+    async with http.request(method, url, **kwargs) as r:
+        body = await r.json()
+        assert r.status == status, body
+        return str(body["error"]["message"])
+
+
+async def test_only_agents_read_and_only_admins_write(tmp_path: Path) -> None:
+    async with api(tmp_path) as (admin, agent, http, base, _):
+        assert "token" in await error(http, "GET", f"{base}/api/v1/faq", 401)
+        assert "token" in await error(http, "POST", f"{base}/api/v1/faq", 401, json=ENTRY)
+        assert "token" in await error(http, "POST", f"{base}/api/v1/bot/ask", 401, json={"text": "hi"})
+        headers = agent.headers
+        for method, path, body in [
+            ("POST", "/api/v1/faq", ENTRY),
+            ("PUT", "/api/v1/faq/gift-cards", ENTRY),
+            ("DELETE", "/api/v1/faq/gift-cards", None),
+            ("POST", "/api/v1/faq/import", {"content": yaml.safe_dump([ENTRY])}),
+        ]:
+            message = await error(http, method, f"{base}{path}", 403, json=body, headers=headers)
+            assert message == "this needs an admin"
+        assert (await agent.get("/api/v1/faq"))["items"] == []
+        await admin.post("/api/v1/faq", ENTRY, 201)
+        assert [e["id"] for e in (await agent.get("/api/v1/faq"))["items"]] == ["gift-cards"]
+        assert (await agent.get("/api/v1/faq/gift-cards"))["answer"] == ENTRY["answer"]
+
+
+async def test_an_entry_through_its_versions(tmp_path: Path) -> None:
+    async with api(tmp_path) as (admin, _, http, base, _hub):
+        created = await admin.post("/api/v1/faq", ENTRY, 201)
+        assert created["version"] == 1
+        assert created["tags"] == ["shop"]
+        assert created["updated_by"] == "agent:1"
+        assert "already exists" in await error(
+            http, "POST", f"{base}/api/v1/faq", 409, json=ENTRY, headers=admin.headers
+        )
+        # The same content again is no new version.
+        assert (await admin.put("/api/v1/faq/gift-cards", ENTRY))["version"] == 1
+        changed = {**ENTRY, "answer": "Yes.", "team": "Sales"}
+        updated = await admin.put("/api/v1/faq/gift-cards", changed)
+        assert (updated["version"], updated["answer"], updated["team"]) == (2, "Yes.", "Sales")
+        await admin.delete("/api/v1/faq/gift-cards")
+        assert "does not exist" in await error(http, "GET", f"{base}/api/v1/faq/gift-cards", 404, headers=admin.headers)
+        assert (await admin.get("/api/v1/faq"))["items"] == []
+        again = await admin.post("/api/v1/faq", ENTRY, 201)
+        assert again["version"] == 4
+        history = (await admin.get("/api/v1/faq/gift-cards/versions"))["items"]
+        assert [(v["version"], v["change"], v["actor"]) for v in history] == [
+            (4, "created", "agent:1"),
+            (3, "deleted", "agent:1"),
+            (2, "updated", "agent:1"),
+            (1, "created", "agent:1"),
+        ]
+        assert history[2]["document"] == {**changed, "tags": ["shop"]}
+        assert history[1]["document"] == {}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({**ENTRY, "id": "has space"}, 422, "id: Value error, must be letters"),
+        ({**ENTRY, "questions": []}, 422, "questions"),
+        ({**ENTRY, "questions": ["ok", "  "]}, 422, "every question must be a non-empty string"),
+        ({**ENTRY, "answer": {"english": "x"}}, 422, "answer language 'english'"),
+        ({**ENTRY, "answer": {}}, 422, "answer: Value error, is empty"),
+        ({**ENTRY, "colour": "red"}, 422, "colour"),
+        ({"id": "x", "answer": "y"}, 422, "questions"),
+    ],
+)
+async def test_bad_entries_are_refused_with_the_field_named(
+    tmp_path: Path, body: dict[str, Any], status: int, needle: str
+) -> None:
+    async with api(tmp_path) as (admin, _, http, base, _hub):
+        for method, path in [("POST", "/api/v1/faq"), ("PUT", f"/api/v1/faq/{body['id']}")]:
+            message = await error(http, method, f"{base}{path}", status, json=body, headers=admin.headers)
+            assert needle in message
+        assert (await admin.get("/api/v1/faq"))["items"] == []
+
+
+async def test_unknown_entries_and_mismatched_ids(tmp_path: Path) -> None:
+    async with api(tmp_path) as (admin, _, http, base, _hub):
+        for method, path in [
+            ("GET", "/api/v1/faq/nope"),
+            ("DELETE", "/api/v1/faq/nope"),
+            ("GET", "/api/v1/faq/nope/versions"),
+        ]:
+            assert "'nope'" in await error(http, method, f"{base}{path}", 404, headers=admin.headers)
+        message = await error(http, "PUT", f"{base}/api/v1/faq/other", 400, json=ENTRY, headers=admin.headers)
+        assert message == "the body's id 'gift-cards' differs from the URL's 'other'"
+        assert "not valid JSON" in await error(
+            http, "POST", f"{base}/api/v1/faq", 400, data=b"{", headers=admin.headers
+        )
+
+
+async def test_import_is_all_or_nothing(tmp_path: Path) -> None:
+    async with api(tmp_path) as (admin, _, http, base, _hub):
+        result = await admin.post("/api/v1/faq/import", {"content": yaml.safe_dump(KB, allow_unicode=True)})
+        assert sorted(result["created"]) == sorted(e["id"] for e in KB)
+        csv = "id,question,answer\ngift-cards,do you sell gift cards,Yes\nbad id,q,x\n"
+        message = await error(
+            http,
+            "POST",
+            f"{base}/api/v1/faq/import",
+            422,
+            json={"format": "csv", "content": csv, "replace": True},
+            headers=admin.headers,
+        )
+        assert message == "content: line 3 (id 'bad id'): id: Value error, must be letters, digits and . _ : - " + (
+            "(no spaces), starting with a letter or digit"
+        )
+        assert len((await admin.get("/api/v1/faq"))["items"]) == len(KB)
+        good = "id,question,answer\ngift-cards,do you sell gift cards,Yes\n"
+        replaced = await admin.post("/api/v1/faq/import", {"format": "csv", "content": good, "replace": True})
+        assert (replaced["created"], len(replaced["deleted"])) == (["gift-cards"], len(KB))
+        assert "format" in await error(
+            http,
+            "POST",
+            f"{base}/api/v1/faq/import",
+            422,
+            json={"format": "xlsx", "content": good},
+            headers=admin.headers,
+        )
+
+
+async def test_ask_follows_the_knowledge_base_as_it_changes(tmp_path: Path) -> None:
+    async with api(tmp_path) as (admin, agent, http, base, hub):
+        empty = await agent.post("/api/v1/bot/ask", {"text": "do you sell gift cards"})
+        assert empty == {"action": "handoff", "entry_id": None, "confidence": 0.0, "candidates": []}
+        await admin.post("/api/v1/faq/import", {"content": yaml.safe_dump([*KB, ENTRY], allow_unicode=True)})
+        answer = await agent.post("/api/v1/bot/ask", {"text": "کارت هدیه دارید؟"})
+        assert (answer["action"], answer["entry_id"]) == ("answer", "gift-cards")
+        await admin.delete("/api/v1/faq/gift-cards")
+        await hub.bot.kb.idle()
+        gone = await agent.post("/api/v1/bot/ask", {"text": "کارت هدیه دارید؟"})
+        assert gone["entry_id"] != "gift-cards"
+        assert "text" in await error(http, "POST", f"{base}/api/v1/bot/ask", 422, json={}, headers=agent.headers)
+
+
+async def test_report_pages(tmp_path: Path) -> None:
+    async with api(tmp_path) as (_, agent, http, base, hub):
+        from sqlalchemy import func, select
+
+        from storage.models import BotTurn
+
+        await add_turns(hub.db, [(f"question {n}", "handoff", "no_match") for n in range(3)])
+        first = await agent.get("/api/v1/bot/report?limit=2")
+        assert [i["question"] for i in first["items"]] == ["question 2", "question 1"]
+        rest = await agent.get(f"/api/v1/bot/report?limit=2&cursor={first['next_cursor']}")
+        assert ([i["question"] for i in rest["items"]], rest["next_cursor"]) == (["question 0"], None)
+        assert "cursor" in await error(
+            http, "GET", f"{base}/api/v1/bot/report?cursor=garbage", 400, headers=agent.headers
+        )
+        assert "limit" in await error(http, "GET", f"{base}/api/v1/bot/report?limit=0", 400, headers=agent.headers)
+        async with hub.db.read() as s:
+            assert await s.scalar(select(func.count()).select_from(BotTurn)) == 3
