@@ -7,13 +7,17 @@ import asyncio
 import csv
 import json
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from bots.kb import KbError, dump_yaml, load_file
-from bots.matcher import Matcher, Thresholds
 from hub.config import HubConfig
+
+if TYPE_CHECKING:
+    # scikit-learn takes most of a second to import: only the commands that
+    # match questions load it, not every `crm-hub` command.
+    from bots.matcher import Matcher, Thresholds
 
 OUT_OF_SCOPE = {"", "oos", "none", "out_of_scope", "out-of-scope", "-"}
 
@@ -25,10 +29,13 @@ def _config(ctx: click.Context) -> HubConfig:
 
 
 def _thresholds(cfg: HubConfig) -> Thresholds:
+    from bots.matcher import Thresholds
+
     return Thresholds(cfg.bot.answer_threshold, cfg.bot.clarify_threshold, cfg.bot.choices)
 
 
 def _matcher(cfg: HubConfig, kb: str | None) -> Matcher:
+    from bots.matcher import Matcher
     from hub.bot_step import make_backend
 
     if kb:
@@ -220,9 +227,19 @@ def bot_report(ctx: click.Context, limit: int) -> None:
         click.echo(json.dumps(item, ensure_ascii=False))
 
 
+@click.command("rasa-actions")
+@click.option("--host", default=None, help="overrides bot.rasa.actions_host")
+@click.option("--port", type=int, default=None, help="overrides bot.rasa.actions_port")
+@click.pass_context
+def rasa_actions(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Run the rasa-sdk action server with the hub's actions."""
+    # rasa-sdk (and sanic) are imported only by the command that needs them.
+    from hub.rasa_actions import serve_rasa_actions
+
+    serve_rasa_actions(_config(ctx), host, port)
+
+
 def register(main: click.Group) -> None:
     main.add_command(faq)
     main.add_command(bot)
-    from hub.rasa_actions import rasa_actions
-
     main.add_command(rasa_actions)

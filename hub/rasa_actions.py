@@ -163,15 +163,8 @@ def build_app(config: HubConfig, port: DatabasePort | None = None) -> Any:
     return app
 
 
-@click.command("rasa-actions")
-@click.option("--host", default=None, help="overrides bot.rasa.actions_host")
-@click.option("--port", type=int, default=None, help="overrides bot.rasa.actions_port")
-@click.pass_context
-def rasa_actions(ctx: click.Context, host: str | None, port: int | None) -> None:
-    """Run the rasa-sdk action server with the hub's actions."""
-    from hub.cli import _config
-
-    cfg = _config(ctx)
+def serve_rasa_actions(cfg: HubConfig, host: str | None, port: int | None) -> None:
+    """Run the rasa-sdk action server with the hub's actions (``crm-hub rasa-actions``)."""
     app = build_app(cfg)
     host = host or cfg.bot.rasa.actions_host
     port = cfg.bot.rasa.actions_port if port is None else port
