@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import secrets
 import sys
@@ -62,10 +63,20 @@ def serve(ctx: click.Context, role: str, host: str | None, port: int | None) -> 
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     app = create_app(hub.config, role, hub=hub)  # type: ignore[arg-type]
+    app.on_startup.append(_freeze_startup_objects)
     host = host or cfg.server.host
     port = cfg.server.port if port is None else port
     click.echo(f"crm-hub {role} listening on http://{host}:{port}/", err=True)
     web.run_app(app, host=host, port=port, print=None, access_log=None, shutdown_timeout=10)
+
+
+async def _freeze_startup_objects(_app: web.Application) -> None:
+    """After start-up, keep what the process loaded (scikit-learn, SciPy,
+    SQLAlchemy, pydantic: ~220,000 objects) out of the garbage collector's
+    scans: a full collection over them paused the event loop for ~130 ms, which
+    was most of the hub's p99 latency under load."""
+    gc.collect()
+    gc.freeze()
 
 
 @main.command()
