@@ -45,7 +45,7 @@ from storage.models import (
     Ticket,
     TicketEventRow,
 )
-from storage.views import message_values_view, message_view, ticket_values_view
+from storage.views import TICKET_FIELDS, message_values_view, message_view, ticket_values_view
 
 log = logging.getLogger(__name__)
 
@@ -513,6 +513,12 @@ async def _tickets_for(
     return found, created
 
 
+def _ticket_columns(tt: Table) -> list[Any]:
+    # What ingest changes or looks up by, and what the ticket view shows; not
+    # routing's bookkeeping (JSON columns and deadlines it keeps for itself).
+    return [tt.c[name] for name in dict.fromkeys(("thread_key", *TICKET_FIELDS))]
+
+
 async def _current_tickets(
     session: AsyncSession, keys: list[tuple[int, int, str]]
 ) -> dict[tuple[int, int, str], dict[str, Any]]:
@@ -525,7 +531,7 @@ async def _current_tickets(
     # row-value IN as a full table scan.
     for chunk in _chunks(sorted({key[0] for key in keys}), 400):
         rows = await session.execute(
-            select(tt).where(tt.c.contact_id.in_(chunk), tt.c.status != TicketStatus.RESOLVED.value)
+            select(*_ticket_columns(tt)).where(tt.c.contact_id.in_(chunk), tt.c.status != TicketStatus.RESOLVED.value)
         )
         for r in rows.mappings().all():
             key = (r["contact_id"], r["inbox_id"], r["thread_key"])

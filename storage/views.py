@@ -66,10 +66,11 @@ def message_values_view(v: Mapping[str, Any], inbox_key: str | None = None) -> d
 
 
 def ticket_view(t: Ticket, labels: list[str] | None = None) -> dict[str, Any]:
-    return ticket_values_view({f: getattr(t, f) for f in _TICKET_FIELDS}, labels)
+    return ticket_values_view({f: getattr(t, f) for f in TICKET_FIELDS}, labels)
 
 
-_TICKET_FIELDS = (
+# The columns the ticket view shows (ingest reads only these, and its own keys).
+TICKET_FIELDS = (
     "id", "status", "priority", "channel", "inbox_id", "contact_id", "assignee_id", "team_id", "subject",
     "created_at", "waiting_since", "first_response_at", "last_message_at", "snoozed_until", "resolved_at",
     "queued_at", "sla_policy", "first_response_due_at", "next_response_due_at", "resolution_due_at",

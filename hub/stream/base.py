@@ -93,6 +93,11 @@ class LiveBus(abc.ABC):
         for channel, message in items:
             await self.publish(channel, message)
 
+    def listeners(self, channel: str) -> int | None:
+        """How many listen to ``channel`` anywhere, when this bus can tell
+        (in-process it can; across processes it cannot: None)."""
+        return None
+
     @abc.abstractmethod
     def listen(self, channel: str) -> contextlib.AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]:
         """Listen to ``channel``: entering returns once the subscription is in

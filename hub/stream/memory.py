@@ -171,6 +171,9 @@ class InProcessLiveBus(LiveBus):
                 # catches up from the database when it reconnects.
                 metrics.LIVE_DROPPED.inc()
 
+    def listeners(self, channel: str) -> int | None:
+        return len(self._subscribers.get(channel, ()))
+
     @contextlib.asynccontextmanager
     async def listen(self, channel: str) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()

@@ -141,9 +141,12 @@ async def _on_frame(
         # The acknowledgement: sent only after the commit that stored it.
         await ws.send_str(codec.dumps(out))
         # The visitor's other tabs see it too; best effort, since it is stored
-        # and they get it from the history when they reconnect.
+        # and they get it from the history when they reconnect. Skipped when
+        # the bus knows this socket is the only one listening.
+        channel = visitor_channel(visitor_id)
         try:
-            await hub.live.publish(visitor_channel(visitor_id), {**out, "origin": conn_id})
+            if hub.live.listeners(channel) != 1:
+                await hub.live.publish(channel, {**out, "origin": conn_id})
         except Exception:  # the message is safe; only the echo to other tabs is lost
             log.warning("could not echo a visitor message to their other tabs", exc_info=True)
     elif kind == "typing":

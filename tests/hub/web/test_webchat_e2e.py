@@ -229,3 +229,22 @@ async def test_quick_replies_reach_the_visitor_and_the_choice_comes_back(tmp_pat
         assert view is not None
         assert [m["quick_reply"] for m in view["messages"]] == [None, None, "faq:pricing"]
         assert view["messages"][1]["quick_replies"] == [q.model_dump() for q in choices]
+
+
+async def test_a_visitors_other_tab_sees_what_they_wrote(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with running_hub(config) as server:
+        base = str(server.make_url("")).rstrip("/")
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"{base}/chat/ws") as first:
+            token = (await next_frame(first, "session"))["visitor_token"]
+            # Alone, the tab gets its acknowledgement (and no echo of its own).
+            await first.send_json({"type": "message", "text": "one tab", "client_id": "c1"})
+            await next_frame(first, "message", client_id="c1")
+            async with http.ws_connect(f"{base}/chat/ws?token={token}") as second:
+                await next_frame(second, "session")
+                await next_frame(second, "message", client_id="c1")  # from the history
+                await first.send_json({"type": "message", "text": "two tabs", "client_id": "c2"})
+                ack = await next_frame(first, "message", client_id="c2")
+                echo = await next_frame(second, "message", client_id="c2")
+                assert echo["id"] == ack["id"] and echo["text"] == "two tabs"
+                assert "origin" not in echo
