@@ -70,8 +70,12 @@ def shared_data(*parts: str) -> Path:
     """A path under the team's shared test data (``../shared/data`` next to the
     repository, or ``$HUB_SHARED_DATA``). Its licenses keep it out of the
     repository, so tests read it in place; missing, it fails in CI."""
-    root = Path(os.environ.get("HUB_SHARED_DATA") or REPO.parent / "shared" / "data")
-    path = root.joinpath(*parts)
-    if not path.exists():
-        unavailable(f"shared test data {path}", FileNotFoundError(str(path)))
+    roots = [REPO.parent / "shared" / "data", Path("/work/shared/data")]  # next to the clone; this workplace's
+    if os.environ.get("HUB_SHARED_DATA"):
+        roots.insert(0, Path(os.environ["HUB_SHARED_DATA"]))
+    for root in roots:
+        if root.joinpath(*parts).exists():
+            return root.joinpath(*parts)
+    path = roots[0].joinpath(*parts)
+    unavailable(f"shared test data {path} (set HUB_SHARED_DATA)", FileNotFoundError(str(path)))
     return path
