@@ -47,6 +47,17 @@ class ConfigError(Exception):
     """Raised when the configuration cannot be used; the message names the key."""
 
 
+def iana_zone(value: str) -> str:
+    """``value`` if it names an IANA time zone, else a ValueError saying so."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"{value!r} is not an IANA time zone (e.g. Asia/Tehran, Europe/Berlin)") from exc
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -607,13 +618,7 @@ class VoiceHoursConfig(_Section):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Asia/Tehran, Europe/Berlin)") from exc
-        return value
+        return iana_zone(value)
 
     @field_validator("days")
     @classmethod
@@ -939,13 +944,7 @@ class CampaignsConfig(_Section):
     @field_validator("default_timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Asia/Tehran, Europe/Berlin)") from exc
-        return value
+        return iana_zone(value)
 
     @field_validator("price_by_region")
     @classmethod
