@@ -23,9 +23,12 @@ Sending: :class:`EmailChannel` builds multipart/alternative (plain + HTML,
 right-to-left aware) with attachments, From with the inbox's display name,
 Reply-To with the token, In-Reply-To / References from the thread, and a
 Message-ID derived from our message id, so a resend after a crash carries the
-same id and the customer's client shows it once. Temporary (4xx) SMTP errors
-and unreachable servers are retryable; permanent (5xx) ones fail with the
-server's words.
+same id and the customer's client shows it once. Like a mail client's "reply
+all", it goes to the Reply-To of the customer's latest mail (else its From)
+and copies the others on it, never our own mailboxes. Temporary (4xx) SMTP
+errors and unreachable servers are retryable; permanent (5xx) ones fail with
+the server's words. Only the customer's address decides: a malformed copy is
+left out and a refused one named in the result, and the reply still goes out.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email import policy
+from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
@@ -50,6 +54,7 @@ from typing import Any, ClassVar, Literal
 
 import aiosmtplib
 import nh3
+from aiosmtplib.email import parse_address
 from inscriptis import get_text
 from inscriptis.css_profiles import CSS_PROFILES
 from inscriptis.model.config import ParserConfig
@@ -76,6 +81,9 @@ MAX_EXTRA_CHARS = 50_000
 MAX_REFERENCES = 20
 MAX_MIME_DEPTH = 40
 MAX_EXTERNAL_ID = 512
+#: Copies on one reply: a thread that once went to a whole mailing list or
+#: address book must not turn every reply into a mass mailing.
+MAX_CC = 20
 
 # --- small helpers -----------------------------------------------------------
 
@@ -854,6 +862,17 @@ def plus_tokens(recipients: Iterable[str], address: str) -> list[int]:
     return [int(m.group(1)) for r in recipients if (m := pattern.match(r.lower()))]
 
 
+def is_own_address(address: str, own: Iterable[str]) -> bool:
+    """Whether ``address`` is one of ``own`` or a plus address of one
+    (``support+123@``, ``support+anything@``): mail to it comes back to us."""
+    local, _, domain = address.strip().lower().rpartition("@")
+    for mine in own:
+        my_local, _, my_domain = mine.lower().rpartition("@")
+        if domain == my_domain and (local == my_local or local.startswith(f"{my_local}+")):
+            return True
+    return False
+
+
 def is_reply_subject(subject: str) -> bool:
     return bool(_REPLY_PREFIX.match(subject))
 
@@ -976,6 +995,60 @@ def body_html(text: str) -> str:
     return f'<!DOCTYPE html>\n<html><body><div dir="auto">\n{rendered}\n</div></body></html>\n'
 
 
+def _undeliverable(address: str) -> bool:
+    return "@" not in address or address_domain(address) == "invalid"
+
+
+def _sendable(address: str, *, utf8: bool) -> str | None:
+    """``address`` as both a header the email package writes and an envelope
+    address aiosmtplib sends, or None. Without ``utf8`` it must be ASCII: one
+    internationalized copy would make the whole message need SMTPUTF8, which
+    the server may not offer, and so cost the customer their reply."""
+    if _undeliverable(address) or not (utf8 or address.isascii()):
+        return None
+    try:
+        spec = Address(addr_spec=address).addr_spec
+        if parse_address(spec) != spec or spec.startswith("@") or _undeliverable(spec):
+            return None
+    except (ValueError, IndexError, HeaderParseError):  # the email package's several ways to say "malformed"
+        return None
+    return spec
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyAddresses:
+    to: str
+    cc: tuple[str, ...] = ()
+
+
+def reply_addresses(thread: Mapping[str, Any], recipient: str, own: Iterable[str]) -> ReplyAddresses:
+    """Where a reply goes, as a mail client's "reply all" would send it, from
+    what :func:`storage.mail.reply_context` found in the customer's latest
+    mail: to its first Reply-To address, else to the address the customer
+    wrote from (``to``, else ``recipient``); copied to its other Reply-To, To
+    and Cc addresses. Our own addresses (and their plus addresses) are never
+    chosen, as the mail would come back in as a new message from ourselves;
+    a malformed Reply-To is passed over, and malformed copies are dropped, as
+    are those past :data:`MAX_CC`."""
+    own = [a for a in own if a]
+    reply_to = [str(a).strip() for a in thread.get("reply_to") or [] if a]
+    to = str(thread.get("to") or recipient).strip()
+    asked = _sendable(reply_to[0], utf8=True) if reply_to else None
+    if asked is not None and not is_own_address(asked, own):
+        to = asked
+    seen = {to.lower()}
+    cc: list[str] = []
+    for candidate in (*reply_to[1:], *(str(a).strip() for a in thread.get("cc") or [] if a)):
+        address = _sendable(candidate, utf8=not to.isascii())
+        if address is None or address.lower() in seen or is_own_address(address, own):
+            continue
+        seen.add(address.lower())
+        cc.append(address)
+        if len(cc) == MAX_CC:
+            break
+    return ReplyAddresses(to=to, cc=tuple(cc))
+
+
 def build_message(
     out: OutboundMessage,
     box: Mailbox,
@@ -983,15 +1056,22 @@ def build_message(
     message_id: str,
     files: Sequence[tuple[Attachment, bytes]] = (),
     now: datetime | None = None,
+    cc: Sequence[str] = (),
 ) -> EmailMessage:
-    """The MIME message for ``out``. Threading comes from the sender in
-    ``out.extras["email"]``: ``subject`` (the ticket's), ``in_reply_to``,
-    ``references``, ``recipient_name`` (and ``to``, the address the thread
-    continues with, which :meth:`EmailChannel.send` puts in ``recipient``)."""
+    """The MIME message for ``out``, to ``out.recipient`` and copied (``Cc``)
+    to ``cc``, both as :func:`reply_addresses` chose them. Threading comes
+    from the sender in ``out.extras["email"]``: ``subject`` (the ticket's),
+    ``in_reply_to``, ``references`` and ``recipient_name``, the contact's name
+    for the To header, used only when the reply goes to the address the
+    customer wrote from (``to``): a Reply-To may be a colleague or a list."""
     thread: Mapping[str, Any] = out.extras.get("email") or {}
     msg = EmailMessage(policy=policy.SMTP)
     msg["From"] = Address(display_name=box.display_name or "", addr_spec=box.address)
-    msg["To"] = Address(display_name=str(thread.get("recipient_name") or ""), addr_spec=out.recipient)
+    to_sender = str(thread.get("to") or out.recipient).strip().lower() == out.recipient.lower()
+    name = str(thread.get("recipient_name") or "") if to_sender else ""
+    msg["To"] = Address(display_name=name, addr_spec=out.recipient)
+    if cc:
+        msg["Cc"] = [Address(addr_spec=address) for address in cc]
     if box.plus_token:
         msg["Reply-To"] = Address(
             display_name=box.display_name or "", addr_spec=plus_address(box.address, out.ticket_id)
@@ -1049,8 +1129,9 @@ class EmailChannel(ChannelAdapter):
                 status=DeliveryStatus.FAILED, reason=f"no mailbox is configured for inbox {message.inbox!r}"
             )
         thread: Mapping[str, Any] = message.extras.get("email") or {}
-        recipient = str(thread.get("to") or message.recipient).strip()
-        if "@" not in recipient or address_domain(recipient) == "invalid":
+        addresses = reply_addresses(thread, message.recipient, (b.address for b in self.mailboxes.values()))
+        recipient = addresses.to
+        if _undeliverable(recipient):
             return SendResult(
                 status=DeliveryStatus.FAILED, reason=f"{recipient!r} is not an email address we can write to"
             )
@@ -1062,13 +1143,15 @@ class EmailChannel(ChannelAdapter):
                 return SendResult(status=DeliveryStatus.FAILED, reason=f"attachment {name!r} is not stored any more")
             files.append((attachment, data))
         mid = self.message_id(message, box)
-        mime = build_message(message.model_copy(update={"recipient": recipient}), box, message_id=mid, files=files)
+        mime = build_message(
+            message.model_copy(update={"recipient": recipient}), box, message_id=mid, files=files, cc=addresses.cc
+        )
         smtp = box.smtp
         try:
-            await aiosmtplib.send(
+            refused, _ = await aiosmtplib.send(
                 mime,
                 sender=box.address,
-                recipients=[recipient],
+                recipients=[recipient, *addresses.cc],
                 hostname=smtp.host,
                 port=smtp.port,
                 username=smtp.username,
@@ -1080,7 +1163,8 @@ class EmailChannel(ChannelAdapter):
                 timeout=smtp.timeout,
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
-            first = exc.recipients[0] if exc.recipients else None
+            first = next((r for r in exc.recipients if r.recipient == recipient), None)
+            first = first or (exc.recipients[0] if exc.recipients else None)
             code = first.code if first is not None else 550
             text = first.message if first is not None else str(exc)
             return _smtp_failure(code, text, smtp)
@@ -1093,6 +1177,17 @@ class EmailChannel(ChannelAdapter):
                 status=DeliveryStatus.FAILED,
                 reason=f"SMTP server {smtp.host}:{smtp.port}: {type(exc).__name__}: {exc}",
                 retryable=True,
+            )
+        # aiosmtplib raises only when every recipient is refused; otherwise
+        # the server took the message for the others, and which one it
+        # refused decides whether the customer has the reply.
+        if recipient in refused:
+            failed = _smtp_failure(refused[recipient].code, refused[recipient].message, smtp)
+            return failed.model_copy(update={"reason": f"{failed.reason} (only the copies were sent)"})
+        if refused:
+            lost = "; ".join(f"{a}: {r.code} {' '.join(r.message.split())}" for a, r in refused.items())
+            return SendResult(
+                status=DeliveryStatus.SENT, external_id=mid, reason=f"the server refused copies to {lost}"
             )
         return SendResult(status=DeliveryStatus.SENT, external_id=mid)
 

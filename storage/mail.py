@@ -127,7 +127,11 @@ async def reply_context(session: AsyncSession, message: Message) -> dict[str, An
     """What an outbound email needs from its thread: the ticket's subject,
     In-Reply-To (the customer's latest message), References (the thread's
     Message-IDs, oldest first, trimmed to the first and the latest), the
-    address the customer last wrote from, and their name for the To header."""
+    address the customer last wrote from (``to``) and their name for the To
+    header, and from the customer's latest message as it came: its Reply-To
+    addresses (``reply_to``) and its To and Cc addresses (``cc``), ours
+    included. Which of those the reply goes to or copies is the channel's
+    choice: it knows our mailboxes' addresses."""
     ticket = await session.get(Ticket, message.ticket_id)
     rows = (
         await session.execute(
@@ -145,6 +149,8 @@ async def reply_context(session: AsyncSession, message: Message) -> dict[str, An
     references: list[str] = []
     in_reply_to: str | None = None
     sender: str | None = None
+    reply_to: list[str] = []
+    copied: list[str] = []
     for i, row in enumerate(rows):
         if row.direction == Direction.OUT.value and row.status not in SENT_STATES:
             continue  # never reached anyone: not part of the customer's thread
@@ -156,7 +162,13 @@ async def reply_context(session: AsyncSession, message: Message) -> dict[str, An
             in_reply_to = row.external_id
             # A contact may have several addresses (merged contacts): the
             # thread goes on with the one the customer last wrote from.
-            sender = ((row.extras or {}).get("email") or {}).get("from") or sender
+            headers = (row.extras or {}).get("email") or {}
+            sender = headers.get("from") or sender
+            # Unlike the sender, these are never inherited from older mail: a
+            # customer who stops asking for replies elsewhere, or drops someone
+            # from the conversation, is taken at their latest word.
+            reply_to = [a for a in headers.get("reply_to") or [] if isinstance(a, str)]
+            copied = [a for a in (*(headers.get("to") or []), *(headers.get("cc") or [])) if isinstance(a, str)]
     references = list(dict.fromkeys(references))
     if len(references) > MAX_REFERENCES:
         references = references[:1] + references[-(MAX_REFERENCES - 1) :]
@@ -168,6 +180,8 @@ async def reply_context(session: AsyncSession, message: Message) -> dict[str, An
             "references": references,
             "recipient_name": name,
             "to": sender,
+            "reply_to": reply_to,
+            "cc": copied,
         }
     }
 

@@ -1,34 +1,42 @@
 """The email channel's pure parts: parsing real and hand-made messages,
-automatic mail, bounces, threading keys and the outbound MIME message."""
+automatic mail, bounces, threading keys and the outbound MIME message; and
+sending it, with its recipients, to a real SMTP server (aiosmtpd)."""
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
+from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from channels.email import (
+    MAX_CC,
     UNKNOWN_SENDER,
     EmailChannel,
     Mailbox,
     SmtpServer,
     build_message,
     decode_bytes,
+    is_own_address,
     is_reply_subject,
     link_inline_images,
     msgids,
     normalize_subject,
     parse_email,
     plus_tokens,
+    reply_addresses,
     reply_subject,
     subject_tokens,
     to_inbound,
     unflow,
 )
 from hub.core import Attachment, Author, Channel, DeliveryStatus, OutboundMessage
+from tests import mailservers
 from tests.services import shared_data
 
 # (file, sender, subject, first line of the body, attachment names, report kind)
@@ -500,3 +508,151 @@ def test_absurdly_nested_mail_is_cut_short_not_fatal() -> None:
     parsed = parse_email(raw)
     assert parsed.sender == "sara@example.com" and parsed.body == ""
     assert any("nested deeper" in note for note in parsed.notes)
+
+
+# --- who a reply goes to ---------------------------------------------------------
+
+
+@pytest.fixture
+def smtp() -> Iterator[mailservers.SmtpServer]:
+    server = mailservers.SmtpServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def channel_for(server: mailservers.SmtpServer) -> EmailChannel:
+    """Two mailboxes of ours (support, the one replying, and sales) sending
+    to the local server."""
+    smtp = SmtpServer(host="127.0.0.1", port=server.port, security="none", timeout=10)
+    sales = Mailbox(inbox="email:sales", address="sales@hub.test", display_name=None, smtp=smtp)
+    return EmailChannel([dataclasses.replace(BOX, smtp=smtp), sales], read_attachment=lambda url: None, id_secret="s")
+
+
+def reply(**thread: Any) -> OutboundMessage:
+    """An agent's reply with the thread as :func:`storage.mail.reply_context`
+    describes it: Sara wrote from sara@example.com."""
+    return OutboundMessage(
+        message_id=12, ticket_id=7, channel=Channel.EMAIL, inbox="email:support", recipient="sara@example.com",
+        body="On its way", author=Author.AGENT,
+        extras={"email": {"subject": "Order late", "recipient_name": "Sara", "to": "sara@example.com", **thread}},
+    )  # fmt: skip
+
+
+def addresses(msg: EmailMessage, header: str) -> list[str]:
+    return [a.addr_spec for a in msg[header].addresses] if msg[header] is not None else []
+
+
+async def test_reply_goes_to_reply_to_and_copies_the_others(smtp: mailservers.SmtpServer) -> None:
+    result = await channel_for(smtp).send(
+        reply(
+            reply_to=["sara.work@example.com"],
+            cc=[
+                "support@hub.test", "Support+7@hub.test", "boss@example.com", "BOSS@example.com",
+                "sara.work@example.com", "sales@hub.test", "ali@example.org",
+            ],
+        )
+    )  # fmt: skip
+    assert result.status is DeliveryStatus.SENT and result.reason is None
+    ((envelope, received),) = smtp.sink.messages
+    assert envelope.mail_from == "support@hub.test"
+    assert envelope.rcpt_tos == ["sara.work@example.com", "boss@example.com", "ali@example.org"]
+    assert addresses(received, "To") == ["sara.work@example.com"]
+    # The contact's name belongs to the address they write from, not to
+    # wherever they asked replies to go (a colleague, a list).
+    assert received["To"].addresses[0].display_name == ""
+    assert addresses(received, "Cc") == ["boss@example.com", "ali@example.org"]
+    assert received["Message-ID"] == f"<{result.external_id}>"
+
+
+@pytest.mark.parametrize("ours", ["support@hub.test", "SUPPORT+7@hub.test", "support+x@hub.test", "sales@hub.test"])
+async def test_reply_to_our_own_mailbox_is_ignored(smtp: mailservers.SmtpServer, ours: str) -> None:
+    result = await channel_for(smtp).send(reply(reply_to=[ours], cc=["support@hub.test", ours]))
+    assert result.status is DeliveryStatus.SENT
+    ((envelope, received),) = smtp.sink.messages
+    assert envelope.rcpt_tos == ["sara@example.com"]
+    assert str(received["To"]) == "Sara <sara@example.com>"
+    assert received["Cc"] is None
+
+
+async def test_reply_without_reply_to_or_copies_is_unchanged(smtp: mailservers.SmtpServer) -> None:
+    channel = channel_for(smtp)
+    # The thread as reply_context described it before it knew Reply-To and
+    # Cc, then as it describes plain mail to our mailbox now.
+    before = await channel.send(reply())
+    after = await channel.send(reply(reply_to=[], cc=["support@hub.test"]))
+    assert before.status is after.status is DeliveryStatus.SENT
+    assert before.external_id == after.external_id
+    (old_envelope, old), (new_envelope, new) = smtp.sink.messages
+    assert old_envelope.rcpt_tos == new_envelope.rcpt_tos == ["sara@example.com"]
+
+    def headers(msg: EmailMessage) -> list[tuple[str, str]]:
+        # Date is the sending time and Content-Type carries a random boundary.
+        return [(k, str(v)) for k, v in msg.items() if k not in ("Date", "Content-Type")]
+
+    assert headers(new) == headers(old)
+    assert str(new["To"]) == "Sara <sara@example.com>" and new["Cc"] is None
+    old_text, new_text = old.get_body(("plain",)), new.get_body(("plain",))
+    assert old_text is not None and new_text is not None
+    assert new_text.get_content() == old_text.get_content() == "On its way\r\n"
+
+
+async def test_malformed_addresses_are_passed_over_not_fatal(smtp: mailservers.SmtpServer) -> None:
+    result = await channel_for(smtp).send(
+        reply(
+            reply_to=["not an address"],
+            # The customer's address is ASCII: an internationalized copy would
+            # need SMTPUTF8 for the whole message.
+            cc=["bad address@example.com", "x@invalid", "a@b@c", "کاوه@example.com", "ok@example.org"],
+        )
+    )
+    assert result.status is DeliveryStatus.SENT
+    ((envelope, received),) = smtp.sink.messages
+    assert envelope.rcpt_tos == ["sara@example.com", "ok@example.org"]
+    assert addresses(received, "To") == ["sara@example.com"]
+    assert addresses(received, "Cc") == ["ok@example.org"]
+
+
+async def test_only_the_customers_address_decides_whether_it_was_sent(smtp: mailservers.SmtpServer) -> None:
+    channel = channel_for(smtp)
+    smtp.sink.rcpt_replies["boss@example.com"] = "550 5.1.1 <boss@example.com>: no such user"
+    copy_refused = await channel.send(reply(cc=["boss@example.com", "ali@example.org"]))
+    assert copy_refused.status is DeliveryStatus.SENT and copy_refused.external_id
+    assert "boss@example.com: 550 5.1.1" in (copy_refused.reason or "")
+    assert smtp.sink.messages[-1][0].rcpt_tos == ["sara@example.com", "ali@example.org"]
+
+    # The server took the message for the copy only: not sent, as the
+    # customer does not have it (aiosmtplib raises only if all are refused).
+    smtp.sink.rcpt_replies["sara@example.com"] = "550 5.1.1 <sara@example.com>: no such user"
+    customer_refused = await channel.send(reply(cc=["ali@example.org"]))
+    assert customer_refused.status is DeliveryStatus.FAILED and not customer_refused.retryable
+    assert (customer_refused.reason or "").startswith("550 5.1.1 <sara@example.com>")
+
+    smtp.sink.rcpt_replies["sara@example.com"] = "450 4.2.1 <sara@example.com>: try again later"
+    everyone_refused = await channel.send(reply(cc=["boss@example.com"]))
+    assert everyone_refused.status is DeliveryStatus.FAILED and everyone_refused.retryable
+    assert "450 4.2.1 <sara@example.com>" in (everyone_refused.reason or "")
+    assert len(smtp.sink.messages) == 2
+
+
+def test_reply_addresses_copy_the_rest_of_reply_to_and_no_more_than_the_cap() -> None:
+    many = [f"p{i}@example.com" for i in range(MAX_CC + 10)]
+    chosen = reply_addresses(
+        {"to": "sara@example.com", "reply_to": ["team@example.com", "lead@example.com"], "cc": many},
+        "fallback@example.com",
+        ["support@hub.test"],
+    )
+    assert chosen.to == "team@example.com"
+    assert chosen.cc == ("lead@example.com", *many[: MAX_CC - 1])
+    # Without a thread (a first message on the ticket), the message's recipient.
+    assert reply_addresses({}, "sara@example.com", ["support@hub.test"]).to == "sara@example.com"
+
+
+def test_own_addresses_are_ours_and_their_plus_addresses_only() -> None:
+    own = ["support@hub.test", "sales@hub.test"]
+    for ours in ("support@hub.test", "Support+12@HUB.test", "sales+x@hub.test"):
+        assert is_own_address(ours, own)
+    for other in ("xsupport@hub.test", "support@hub.test.example", "support-12@hub.test", "support@sub.hub.test"):
+        assert not is_own_address(other, own)

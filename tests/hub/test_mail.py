@@ -138,8 +138,20 @@ async def test_reply_to_our_message_threads_by_its_message_id(mail_db: Database,
         reply = await do_post_message(session, ticket, body="On its way", author=Author.AGENT)
         reply.status = DeliveryStatus.SENT.value
         reply.external_id = "hub.1.2.abc@hub.test"
+    async with mail_db.read() as session:
+        plain = await thread_headers(session, first.ticket_id)
+    assert plain["reply_to"] == [] and plain["cc"] == ["support@hub.test"]
     answer = await ingest(
-        mail_db, tmp_path, mail(subject="Re: Order late [#1]", mid="c2@x", In_Reply_To="<hub.1.2.abc@hub.test>")
+        mail_db,
+        tmp_path,
+        mail(
+            subject="Re: Order late [#1]",
+            mid="c2@x",
+            In_Reply_To="<hub.1.2.abc@hub.test>",
+            Reply_To="Sara at work <Sara.Work@example.com>",
+            To="Acme <support@hub.test>, Ali <ali@example.org>",
+            Cc="boss@example.com",
+        ),
     )
     assert answer.ticket_id == first.ticket_id
     async with mail_db.read() as session:
@@ -149,6 +161,17 @@ async def test_reply_to_our_message_threads_by_its_message_id(mail_db: Database,
     assert later["references"] == ["c1@example.com", "hub.1.2.abc@hub.test", "c2@x"]
     assert later["recipient_name"] == "Sara"
     assert later["to"] == "sara@example.com"
+    # As the customer's latest mail has them; the channel picks from these.
+    assert later["reply_to"] == ["sara.work@example.com"]
+    assert later["cc"] == ["support@hub.test", "ali@example.org", "boss@example.com"]
+
+    # Only the latest mail counts: writing again without them drops them.
+    again = await ingest(mail_db, tmp_path, mail(subject="Re: Order late", mid="c3@x", In_Reply_To="<c2@x>"))
+    assert again.ticket_id == first.ticket_id
+    async with mail_db.read() as session:
+        latest = await thread_headers(session, first.ticket_id)
+    assert latest["reply_to"] == [] and latest["cc"] == ["support@hub.test"]
+    assert latest["to"] == "sara@example.com"
 
 
 async def thread_headers(session: Any, ticket_id: int) -> dict[str, Any]:
