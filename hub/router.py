@@ -17,6 +17,12 @@ Everything here is idempotent, because the stream delivers at least once and
 several sweepers run at once: decisions re-read the ticket under its lock,
 SLA firings are keyed by their deadline, automation runs by (rule, ticket,
 occasion).
+
+SLA clocks stop while a ticket is snoozed: however it goes to sleep or wakes
+(an agent, an automation, the snooze sweep, a customer's message in ingest),
+the step that sees it next under the ticket's lock pauses or resumes them
+(:meth:`Router._settle_pause_of`), from the ticket's current status, so a late or
+repeated event cannot pause an awake ticket.
 """
 
 from __future__ import annotations
@@ -326,6 +332,10 @@ class Router:
         ticket: dict[str, Any] = event.payload["ticket"]
         message: dict[str, Any] = event.payload["message"]
         created = bool(event.payload.get("ticket_created"))
+        if ticket.get("sla_policy") and not created:
+            # Ingest wakes a snoozed ticket without a status event of its own;
+            # its clocks must run again before anything below adds a deadline.
+            await self._resume_if_paused(int(ticket["id"]))
         if await self._worth_routing(ticket, message.get("inbox") or "", created):
             view = await self.route(
                 ticket["id"],
@@ -386,6 +396,8 @@ class Router:
         data = event.payload.get("data") or {}
         before, after = data.get("from"), data.get("to")
         tid = int(ticket["id"])
+        if TicketStatus.SNOOZED.value in (before, after):
+            await self._settle_pause(tid)
         if after == TicketStatus.RESOLVED.value:
             await self._close_cycle(tid)
         elif before == TicketStatus.RESOLVED.value and after == TicketStatus.OPEN.value:
@@ -754,14 +766,29 @@ class Router:
         name = ticket.sla_policy or (team.sla if team is not None else None) or self.config.default_sla
         return name, state.policies.get(name) if name else None
 
-    def _set_deadlines(self, ticket: Ticket, deadlines: dict[sla.Target, sla.Deadline], fired: Iterable[str]) -> None:
+    def _set_deadlines(
+        self,
+        ticket: Ticket,
+        deadlines: dict[sla.Target, sla.Deadline],
+        fired: Iterable[str],
+        *,
+        keep_pause: bool = True,
+    ) -> None:
+        """Store the deadlines; ``keep_pause``: a paused ticket stays paused (an
+        agent's reply to a snoozed ticket still ends its response clocks)."""
         kept = sla.prune(fired, deadlines)
-        ticket.sla_deadlines = {t: d.to_json() for t, d in deadlines.items()}
+        paused = sla.paused_at(ticket.sla_deadlines) if keep_pause else None
+        raw: dict[str, Any] = {t: d.to_json() for t, d in deadlines.items()}
+        if paused is not None:
+            raw[sla.PAUSED_AT] = paused.isoformat()
+        ticket.sla_deadlines = raw
         ticket.sla_fired = kept
         ticket.first_response_due_at = deadlines["first_response"].due_at if "first_response" in deadlines else None
         ticket.next_response_due_at = deadlines["next_response"].due_at if "next_response" in deadlines else None
         ticket.resolution_due_at = deadlines["resolution"].due_at if "resolution" in deadlines else None
-        ticket.sla_next_check_at = sla.next_check(deadlines, kept)
+        # No check time while paused: the sweeper's query then never sees the
+        # ticket, even once it is open again and not yet resumed.
+        ticket.sla_next_check_at = None if paused is not None else sla.next_check(deadlines, kept)
 
     @staticmethod
     def _deadlines(ticket: Ticket) -> dict[sla.Target, sla.Deadline]:
@@ -783,7 +810,7 @@ class Router:
             if ticket.first_response_at is None:
                 targets.insert(0, "first_response")
             deadlines = sla.plan(policy, targets, start, cal)
-        self._set_deadlines(ticket, deadlines, [])
+        self._set_deadlines(ticket, deadlines, [], keep_pause=False)
         await session.execute(
             dialect_insert(session, TicketCycle)
             .values(
@@ -824,7 +851,7 @@ class Router:
             ticket = await _locked_ticket(session, ticket_id)
             if ticket is None or ticket.status != TicketStatus.RESOLVED.value:
                 return
-            self._set_deadlines(ticket, {}, [])
+            self._set_deadlines(ticket, {}, [], keep_pause=False)
             ticket.queued_at = None
             await session.execute(
                 update(TicketCycle)
@@ -887,6 +914,45 @@ class Router:
                 deadlines["next_response"] = d
                 self._set_deadlines(ticket, deadlines, ticket.sla_fired or [])
 
+    async def _settle_pause(self, ticket_id: int) -> None:
+        state = await self.state()
+        async with self.db.write() as session:
+            ticket = await _locked_ticket(session, ticket_id)
+            if ticket is not None:
+                await self._settle_pause_of(session, ticket, state, utcnow())
+
+    async def _resume_if_paused(self, ticket_id: int) -> None:
+        # Most messages reach tickets that were never paused: a read, not a lock.
+        async with self.db.read() as session:
+            raw = await session.scalar(select(Ticket.sla_deadlines).where(Ticket.id == ticket_id))
+        if sla.paused_at(raw) is not None:
+            await self._settle_pause(ticket_id)
+
+    async def _settle_pause_of(self, session: AsyncSession, ticket: Ticket, state: RoutingState, now: datetime) -> None:
+        """Pause the SLA clocks of a snoozed ticket, or resume those of a ticket
+        no longer snoozed, each at ``now``. Decided on the ticket's status, so it
+        is idempotent and safe for events handled late or twice."""
+        paused = sla.paused_at(ticket.sla_deadlines)
+        if ticket.status == TicketStatus.SNOOZED.value:
+            if paused is None and self._deadlines(ticket):
+                ticket.sla_deadlines = {**(ticket.sla_deadlines or {}), sla.PAUSED_AT: now.isoformat()}
+                ticket.sla_next_check_at = None
+            return
+        if paused is None:
+            return
+        _, policy = self._policy(ticket, state)
+        calendar = sla.counting_calendar(policy, state.calendar_of(ticket.team_id, self.config.default_calendar))
+        before = self._deadlines(ticket)
+        after, fired = sla.resume(before, ticket.sla_fired or [], paused, now, calendar)
+        self._set_deadlines(ticket, after, fired, keep_pause=False)
+        if "first_response" in after and after["first_response"] != before["first_response"]:
+            # The cycle report shows the due time the agent is now judged on.
+            await session.execute(
+                update(TicketCycle)
+                .where(TicketCycle.ticket_id == ticket.id, TicketCycle.number == ticket.sla_cycle)
+                .values(first_response_due_at=after["first_response"].due_at)
+            )
+
     async def sweep_sla(self, now: datetime | None = None, limit: int = 100) -> int:
         """Fire the SLA warnings and breaches that are due. Tickets are claimed
         with SKIP LOCKED, so sweepers in several workers share them."""
@@ -905,6 +971,10 @@ class Router:
             if not self.db.is_sqlite:
                 stmt = stmt.with_for_update(skip_locked=True)
             for ticket in (await session.scalars(stmt)).all():
+                if sla.paused_at(ticket.sla_deadlines) is not None:
+                    # Woken but not resumed yet: its resume sets the next check.
+                    ticket.sla_next_check_at = None
+                    continue
                 deadlines = self._deadlines(ticket)
                 due = sla.due_now(deadlines, ticket.sla_fired or [], now)
                 _, policy = self._policy(ticket, state)
@@ -1097,6 +1167,7 @@ class Router:
                 actor=actor,
                 snoozed_until=now + timedelta(minutes=action.snooze_minutes),
             )
+            await self._settle_pause_of(session, ticket, state, now)
         elif action.resolve:
             await do_set_status(session, ticket, status=TicketStatus.RESOLVED, actor=actor)
         return None
@@ -1226,7 +1297,10 @@ class Router:
         return len(gone), requeued
 
     async def sweep_snoozed(self, now: datetime | None = None) -> int:
-        """Snoozed tickets whose time is up open again (and are routed)."""
+        """Snoozed tickets whose time is up open again (and are routed), their
+        SLA clocks resumed in the same transaction (the SLA sweep that follows
+        must see the moved deadlines)."""
+        state = await self.state()
         now = now or utcnow()
         woke = 0
         async with self.db.write() as session:
@@ -1239,6 +1313,7 @@ class Router:
                 stmt = stmt.with_for_update(skip_locked=True)
             for ticket in (await session.scalars(stmt)).all():
                 await do_set_status(session, ticket, status=TicketStatus.OPEN, actor="system")
+                await self._settle_pause_of(session, ticket, state, now)
                 woke += 1
         return woke
 

@@ -8,6 +8,10 @@ Targets: ``first_response`` (from the start of a cycle to the first public
 reply of an agent; a reopened ticket starts a new cycle), ``next_response``
 (from a customer's unanswered message to the next reply), ``resolution``
 (from the start of a cycle to resolved).
+
+A snoozed ticket's clocks are paused: the instant the pause began is kept with
+the deadlines (``paused_at``), and when the ticket wakes every deadline still
+pending at that instant moves later by the time it slept (:func:`resume`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ from routing.settings import SlaPolicy
 Target = Literal["first_response", "next_response", "resolution"]
 Level = Literal["warning", "breach"]
 TARGETS: tuple[Target, ...] = ("first_response", "next_response", "resolution")
+LEVELS: tuple[Level, ...] = ("warning", "breach")
+# Kept next to the targets in the ticket's deadline document, so a pause needs
+# no column of its own and survives restarts like the deadlines do.
+PAUSED_AT = "paused_at"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +64,18 @@ def minutes_of(policy: SlaPolicy, target: Target) -> float | None:
     }[target]
 
 
+def counting_calendar(policy: SlaPolicy | None, calendar: BusinessCalendar | None) -> BusinessCalendar | None:
+    """The calendar ``policy`` counts its time in; None: calendar time."""
+    return calendar if policy is not None and policy.business_hours and calendar is not None else None
+
+
 def deadline(policy: SlaPolicy, target: Target, start: datetime, calendar: BusinessCalendar | None) -> Deadline | None:
     """The deadline of ``target`` for a clock started at ``start``; None when the
     policy has no such target."""
     minutes = minutes_of(policy, target)
     if minutes is None:
         return None
-    use = calendar if policy.business_hours and calendar is not None else None
+    use = counting_calendar(policy, calendar)
 
     def after(m: float) -> datetime:
         span = timedelta(minutes=m)
@@ -126,5 +139,50 @@ def next_check(deadlines: Mapping[Target, Deadline], fired: Iterable[str]) -> da
 def prune(fired: Iterable[str], deadlines: Mapping[Target, Deadline]) -> list[str]:
     """Fired keys that still belong to a current deadline (the rest is history,
     kept in the timeline, not on the ticket)."""
-    live = {d.key(level) for d in deadlines.values() for level in ("warning", "breach")}
+    live = {d.key(level) for d in deadlines.values() for level in LEVELS}
     return sorted(k for k in fired if k in live)
+
+
+def paused_at(raw: Mapping[str, Any] | None) -> datetime | None:
+    """When the clocks of a stored deadline document were paused; None: running."""
+    value = (raw or {}).get(PAUSED_AT)
+    return datetime.fromisoformat(value) if value else None
+
+
+def resume(
+    deadlines: Mapping[Target, Deadline],
+    fired: Iterable[str],
+    paused: datetime,
+    resumed: datetime,
+    calendar: BusinessCalendar | None,
+) -> tuple[dict[Target, Deadline], set[str]]:
+    """The deadlines and fired keys after a pause from ``paused`` to ``resumed``.
+
+    A deadline already due when the pause began stays as it was (breached is
+    breached). The others keep the time they had left: in calendar time they
+    move later by the length of the pause; in business time (``calendar``, see
+    :func:`counting_calendar`) the business time left at ``paused`` is counted
+    again from ``resumed``, so a pause over a weekend does not eat the Monday.
+    A level that had fired for a moved deadline stays fired under its new key
+    (a warning sent before the pause is not sent twice)."""
+    keys = set(fired)
+    if resumed <= paused:
+        # Clocks of two processes may disagree a little: nothing slept.
+        return dict(deadlines), keys
+
+    def shift(at: datetime) -> datetime:
+        if calendar is None:
+            return at + (resumed - paused)
+        return calendar.add(resumed, calendar.between(paused, at))
+
+    out: dict[Target, Deadline] = {}
+    for target, d in deadlines.items():
+        if d.due_at <= paused:
+            out[target] = d
+            continue
+        moved = Deadline(
+            target=target, due_at=shift(d.due_at), warn_at=shift(d.warn_at) if d.warn_at is not None else None
+        )
+        keys |= {moved.key(level) for level in LEVELS if d.key(level) in keys}
+        out[target] = moved
+    return out, keys

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from hub.actions import do_ensure_inbox, do_handoff, do_post_message, do_set_status
 from hub.core import Author, Channel, TicketStatus, utcnow
 from hub.router import do_heartbeat, do_update_agent_routing
+from routing import sla
 from storage.db import Database
 from storage.models import Agent, AuditLog, Message, Team, Ticket, TicketCycle, TicketEventRow, TicketLabel
 from tests.hub.routing_world import Live, add_agent, pump, routing_config, worker, write
@@ -360,3 +361,141 @@ async def test_what_the_phone_ivr_asks(db: Database) -> None:
     assert await w.router.phone_agents(None) == [(ana, "+15550000001")]
     with pytest.raises(LookupError, match="Nowhere"):
         await w.router.is_team_open("Nowhere")
+
+
+# --- SLA clocks stop while a ticket is snoozed -------------------------------
+
+SLEEPY: dict[str, Any] = {
+    "default_team": "Support",
+    "teams": [{"name": "Support", "sla": "calm"}],
+    "sla_policies": {"calm": {"first_response_minutes": 120, "resolution_minutes": 600}},
+}
+
+
+class Clock:
+    """The router's clock, moved by hand (it pauses and resumes at its now)."""
+
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr("hub.router.utcnow", c)
+    return c
+
+
+async def set_status(db: Database, tid: int, to: TicketStatus, until: datetime | None = None) -> None:
+    async with db.write() as s:
+        t = await s.get(Ticket, tid)
+        assert t is not None
+        await do_set_status(s, t, status=to, actor="agent:1", snoozed_until=until)
+
+
+async def cycle_due(db: Database, tid: int) -> datetime | None:
+    async with db.read() as s:
+        return await s.scalar(select(TicketCycle.first_response_due_at).where(TicketCycle.ticket_id == tid))
+
+
+@pytest.mark.parametrize("wake", ["sweep", "message", "agent"])
+async def test_sla_clocks_stop_while_snoozed_and_resume_later_by_the_time_slept(
+    db: Database, clock: Clock, wake: str
+) -> None:
+    w = worker(db, routing_config(**SLEEPY))
+    await w.router.setup()
+    r = await write(db, "call me on monday", sender="visitor-sleepy")
+    await pump([w])
+    t = await ticket(db, r.ticket_id)
+    start = t.cycle_started_at
+    assert start is not None and t.first_response_due_at == start + timedelta(hours=2)
+    first_due, resolution_due = t.first_response_due_at, t.resolution_due_at
+    assert resolution_due is not None
+
+    clock.now = start + timedelta(hours=1)  # an hour left on the first response
+    await set_status(db, r.ticket_id, TicketStatus.SNOOZED, start + timedelta(hours=3))
+    await pump([w])
+    t = await ticket(db, r.ticket_id)
+    assert t.sla_deadlines[sla.PAUSED_AT] == clock.now.isoformat() and t.sla_next_check_at is None
+    # Past the old due time, still asleep: nothing fires.
+    assert await w.router.sweep_sla(start + timedelta(hours=2, minutes=30)) == 0
+
+    # Woken two hours later, by a worker that started since (the pause is in the database).
+    w = worker(db, routing_config(**SLEEPY))
+    clock.now = start + timedelta(hours=3)
+    if wake == "sweep":
+        assert await w.router.sweep_snoozed(clock.now) == 1
+    elif wake == "message":
+        await write(db, "it is monday", sender="visitor-sleepy")
+    else:
+        await set_status(db, r.ticket_id, TicketStatus.OPEN)
+    # Open again before the router has seen it: the old, passed deadline must not fire.
+    assert await w.router.sweep_sla(clock.now) == 0
+    await pump([w])
+    t = await ticket(db, r.ticket_id)
+    assert t.status == "open"
+    assert t.first_response_due_at == first_due + timedelta(hours=2)
+    assert t.resolution_due_at == resolution_due + timedelta(hours=2)
+    assert sla.PAUSED_AT not in t.sla_deadlines and t.sla_next_check_at == t.first_response_due_at
+    assert await cycle_due(db, r.ticket_id) == t.first_response_due_at
+    assert await w.router.sweep_sla(t.first_response_due_at - timedelta(seconds=1)) == 0
+    assert await w.router.sweep_sla(t.first_response_due_at) == 1  # the breach, an hour after waking
+
+
+async def test_a_breach_before_the_snooze_stays_and_fires_once(db: Database, clock: Clock) -> None:
+    live = Live()
+    cfg = routing_config(
+        **{**SLEEPY, "sla_policies": {"calm": {"first_response_minutes": 10, "resolution_minutes": 600}}}
+    )
+    w = worker(db, cfg, live)
+    await w.router.setup()
+    r = await write(db, "hello?")
+    await pump([w])
+    t = await ticket(db, r.ticket_id)
+    start = t.cycle_started_at
+    assert start is not None and t.resolution_due_at is not None
+    first_due, resolution_due = t.first_response_due_at, t.resolution_due_at
+    assert await w.router.sweep_sla(start + timedelta(minutes=11)) == 1  # first response breached
+
+    clock.now = start + timedelta(minutes=20)
+    await set_status(db, r.ticket_id, TicketStatus.SNOOZED, start + timedelta(hours=2, minutes=20))
+    await pump([w])
+    clock.now = start + timedelta(hours=2, minutes=20)
+    assert await w.router.sweep_snoozed(clock.now) == 1
+    await pump([w])
+    t = await ticket(db, r.ticket_id)
+    assert t.first_response_due_at == first_due  # breached is breached
+    assert t.resolution_due_at == resolution_due + timedelta(hours=2)
+    assert await w.router.sweep_sla(clock.now + timedelta(minutes=1)) == 0  # not breached twice
+    assert await w.router.sweep_sla(t.resolution_due_at) == 1
+    await pump([w])
+    assert [e["data"]["target"] for e in live.of("sla.breach")] == ["first_response", "resolution"]
+    assert await cycle_due(db, r.ticket_id) == first_due
+
+
+async def test_an_automation_snooze_pauses_at_once(db: Database, clock: Clock) -> None:
+    cfg = routing_config(
+        **SLEEPY,
+        automation=[
+            {
+                "name": "weekend",
+                "on": "message.received",
+                "when": {"keywords": ["monday"]},
+                "actions": [{"snooze_minutes": 90}],
+            }
+        ],
+    )
+    w = worker(db, cfg)
+    await w.router.setup()
+    r = await write(db, "write back on monday")
+    await pump([w])
+    t = await ticket(db, r.ticket_id)
+    assert t.status == "snoozed" and t.first_response_due_at is not None
+    assert t.sla_deadlines[sla.PAUSED_AT] == clock.now.isoformat()
+    first_due = t.first_response_due_at
+    clock.now += timedelta(minutes=90)
+    assert await w.router.sweep_snoozed(clock.now) == 1
+    assert (await ticket(db, r.ticket_id)).first_response_due_at == first_due + timedelta(minutes=90)

@@ -61,3 +61,52 @@ def test_deadlines_round_trip_and_prune() -> None:
     d = sla.plan(policy, ["first_response"], start, None)["first_response"]
     assert sla.Deadline.from_json("first_response", d.to_json()) == d
     assert sla.prune([d.key("warning"), "resolution:breach:old"], {"first_response": d}) == [d.key("warning")]
+
+
+def test_a_pause_moves_pending_deadlines_by_its_length() -> None:
+    start = datetime(2025, 1, 1, 9, 0, tzinfo=UTC)
+    policy = SlaPolicy(first_response_minutes=120, resolution_minutes=600, warn_before_minutes=30)
+    plan = sla.plan(policy, sla.TARGETS, start, None)
+    paused, resumed = start + timedelta(hours=1), start + timedelta(hours=3)
+    moved, fired = sla.resume(plan, [], paused, resumed, None)
+    for target in ("first_response", "resolution"):
+        assert moved[target].due_at == plan[target].due_at + timedelta(hours=2)
+        assert moved[target].warn_at == plan[target].warn_at + timedelta(hours=2)  # type: ignore[operator]
+    assert fired == set()
+    # Nothing slept when the resuming clock is behind the pausing one.
+    assert sla.resume(plan, [], paused, paused - timedelta(seconds=1), None)[0] == plan
+
+
+def test_a_deadline_breached_before_the_pause_stays_and_a_sent_warning_is_not_sent_again() -> None:
+    start = datetime(2025, 1, 1, 9, 0, tzinfo=UTC)
+    policy = SlaPolicy(first_response_minutes=10, resolution_minutes=120, warn_before_minutes=100)
+    plan = sla.plan(policy, sla.TARGETS, start, None)
+    # At 09:30 the first response is breached and the resolution warned of.
+    fired = sla.fired_keys(sla.due_now(plan, [], start + timedelta(minutes=30)))
+    paused, resumed = start + timedelta(minutes=40), start + timedelta(hours=5, minutes=40)
+    moved, fired_after = sla.resume(plan, fired, paused, resumed, None)
+    assert moved["first_response"] == plan["first_response"]
+    assert moved["resolution"].due_at == plan["resolution"].due_at + timedelta(hours=5)
+    assert moved["resolution"].key("warning") in fired_after
+    kept = sla.prune(fired_after, moved)
+    assert sla.due_now(moved, kept, resumed) == []
+    assert sla.next_check(moved, kept) == moved["resolution"].due_at
+
+
+def test_a_pause_in_business_time_keeps_the_business_time_left() -> None:
+    policy = SlaPolicy(first_response_minutes=120, business_hours=True)
+    start = datetime(2025, 6, 4, 13, 0, tzinfo=TEHRAN)  # Wednesday
+    plan = sla.plan(policy, ["first_response"], start, OFFICE)
+    assert plan["first_response"].due_at == datetime(2025, 6, 4, 15, 0, tzinfo=TEHRAN)
+    paused = datetime(2025, 6, 4, 14, 0, tzinfo=TEHRAN)  # an hour left
+    resumed = datetime(2025, 6, 7, 7, 0, tzinfo=TEHRAN)  # Saturday, before opening
+    calendar = sla.counting_calendar(policy, OFFICE)
+    moved, _ = sla.resume(plan, [], paused, resumed, calendar)
+    assert moved["first_response"].due_at == datetime(2025, 6, 7, 9, 0, tzinfo=TEHRAN)
+    assert sla.counting_calendar(SlaPolicy(first_response_minutes=1), OFFICE) is None
+
+
+def test_the_pause_mark_round_trips_in_the_deadline_document() -> None:
+    at = datetime(2025, 1, 1, 9, 0, tzinfo=UTC)
+    assert sla.paused_at({}) is None and sla.paused_at(None) is None
+    assert sla.paused_at({"resolution": {"due": at.isoformat()}, sla.PAUSED_AT: at.isoformat()}) == at
