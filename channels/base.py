@@ -30,7 +30,8 @@ class ChannelAdapter(abc.ABC):
     channel: ClassVar[Channel]
     #: Longest body the channel takes in one message (None: no limit).
     max_body_chars: ClassVar[int | None] = None
-    #: Sends per second the provider allows (None: no limit).
+    #: Sends per second the provider allows from one inbox (one bot, one sending
+    #: number); None: no limit. ``hub/sender.py`` paces each inbox to it, per process.
     rate_per_second: ClassVar[float | None] = None
     supports_attachments: ClassVar[bool] = False
 

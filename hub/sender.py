@@ -8,6 +8,13 @@ transaction; records the outcome. Retryable failures go back to ``queued``
 with exponential backoff and jitter; the rest end ``failed`` with the reason.
 A sweeper picks up due retries and rows whose sender died mid-send (lease
 expired). Within a ticket, messages go out in the order they were written.
+
+Sends are paced per (channel, inbox) at the adapter's ``rate_per_second`` by a
+token bucket in this process (:class:`TokenBucket`): a reply whose token is not
+there yet goes back to ``queued``, due when its token is, instead of running
+into the provider's flood control. It never waits in place: sends run inside
+the workers' event handling, where a sleep would hold up every other ticket's
+events behind it.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -49,12 +57,65 @@ log = logging.getLogger(__name__)
 UNSENT = (DeliveryStatus.QUEUED.value, DeliveryStatus.SENDING.value)
 
 
+class TokenBucket:
+    """Sends per second for one (channel, inbox), with a burst of ``burst``.
+
+    Kept in this process's memory, unlike the campaigns' ``Pacer``
+    (``hub/campaigns/schedule.py``), which shares one budget among all worker
+    processes through the database: replies come in small bursts, a provider
+    that is pushed anyway answers with a retryable failure, and a transaction
+    per slice of time is more than that needs. The price: each worker process
+    paces on its own, so together they may send up to (processes x rate).
+
+    ``reserve`` takes a token now and says how long until it is due; tokens may
+    go negative, so every caller gets its own future slot and concurrent callers
+    need no lock (nothing here awaits). ``refund`` gives back a token that was
+    not used for a send."""
+
+    def __init__(self, rate: float, burst: float | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+        self.burst = max(1.0, rate) if burst is None else burst
+        self._clock = clock
+        self._tokens = self.burst
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + max(0.0, now - self._at) * self.rate)
+        self._at = max(now, self._at)
+
+    def reserve(self) -> float:
+        """Take one token; the seconds until it is due (0: now)."""
+        self._refill()
+        self._tokens -= 1
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+    def refund(self) -> None:
+        """Give back a reserved token that no send used."""
+        self._refill()
+        self._tokens = min(self.burst, self._tokens + 1)
+
+
 class Sender:
-    def __init__(self, db: Database, channels: Mapping[Channel, ChannelAdapter], config: WorkersConfig) -> None:
+    def __init__(
+        self,
+        db: Database,
+        channels: Mapping[Channel, ChannelAdapter],
+        config: WorkersConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``clock`` (monotonic seconds) paces the sends; tests pass a fake one."""
         self.db = db
         self.channels = channels
         self.config = config
         self._inbox_keys: dict[int, str] = {}
+        self._clock = clock
+        #: One bucket per (channel, inbox): the provider's limit is per bot or
+        #: per sending number, and an inbox is one of those.
+        self._buckets: dict[tuple[str, int], TokenBucket] = {}
         #: Per channel, what a send needs from storage beyond the message row
         #: (email: the thread's subject and Message-IDs), merged into
         #: ``OutboundMessage.extras``; registered by the composition root.
@@ -66,6 +127,8 @@ class Sender:
         if row is None:
             return
         result = await self._send(row)
+        if result is None:  # requeued to wait for its send rate
+            return
         next_id = await self._record(row, result)
         if next_id is not None:
             await self.deliver(next_id)
@@ -110,7 +173,9 @@ class Sender:
                 self._inbox_keys[msg.inbox_id] = key or ""
             return msg
 
-    async def _send(self, msg: Message) -> SendResult:
+    async def _send(self, msg: Message) -> SendResult | None:
+        """The channel's answer, or None when the message went back to the
+        queue to wait for a token of its inbox's send rate."""
         adapter = self.channels.get(Channel(msg.channel))
         if adapter is None:
             return SendResult(
@@ -136,11 +201,54 @@ class Sender:
                 **await self._context(msg),
             },
         )
+        if not await self._pace(msg, adapter):
+            return None
         try:
             return await adapter.send(out)
         except Exception as exc:
             log.exception("channel send raised", extra={"channel": msg.channel, "message_id": msg.id})
             return SendResult(status=DeliveryStatus.FAILED, reason=f"{type(exc).__name__}: {exc}", retryable=True)
+
+    def bucket(self, channel: str, inbox_id: int, adapter: ChannelAdapter) -> TokenBucket | None:
+        """The send-rate bucket of one inbox (None: the channel sets no rate)."""
+        rate = adapter.rate_per_second
+        if rate is None:
+            return None
+        key = (channel, inbox_id)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(rate, clock=self._clock)
+        return bucket
+
+    async def _pace(self, msg: Message, adapter: ChannelAdapter) -> bool:
+        """Take a token of the message's inbox. False: none is there yet, and the
+        message is back in the queue, due when its token is (it stays first in
+        its ticket's line, so order is kept)."""
+        bucket = self.bucket(msg.channel, msg.inbox_id, adapter)
+        if bucket is None:
+            return True
+        wait = bucket.reserve()
+        if wait > 0:
+            # Not ours to keep: the sweep that sends it takes a fresh one.
+            bucket.refund()
+            await self._requeue(msg, wait)
+            return False
+        return True
+
+    async def _requeue(self, msg: Message, delay: float) -> None:
+        """Undo the claim without an attempt: ``queued`` again, due in ``delay`` seconds."""
+        async with self.db.write() as session:
+            await session.execute(
+                update(Message)
+                .where(Message.id == msg.id, Message.status == DeliveryStatus.SENDING.value)
+                .values(
+                    status=DeliveryStatus.QUEUED.value,
+                    attempts=Message.attempts - 1,
+                    lease_until=None,
+                    next_attempt_at=utcnow() + timedelta(seconds=delay),
+                )
+                .execution_options(synchronize_session=False)
+            )
 
     async def _context(self, msg: Message) -> dict[str, Any]:
         hook = self.context.get(Channel(msg.channel))

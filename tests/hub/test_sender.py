@@ -1,5 +1,6 @@
 """The sender against a scripted channel: retry with backoff then success,
-permanent failure with the reason, a crashed sender's lease, per-ticket order."""
+permanent failure with the reason, a crashed sender's lease, per-ticket order;
+pacing each inbox to its channel's send rate (on a fake clock: no real sleeps)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import ClassVar
 
+import pytest
 from sqlalchemy import select, update
 
 from channels.base import ChannelAdapter
 from hub.actions import do_post_message
 from hub.config import WorkersConfig
 from hub.core import Author, Channel, DeliveryStatus, InboundMessage, OutboundMessage, SendResult, utcnow
-from hub.sender import Sender
+from hub.sender import Sender, TokenBucket
 from storage.db import Database
 from storage.ingest import IngestResult, ingest_batch
 from storage.models import Message, OutboxRow, Ticket
@@ -157,3 +159,174 @@ async def test_unconfigured_channel_fails_with_a_reason(db: Database) -> None:
     m = await message(db, mid)
     assert m.status == "failed"
     assert "not configured" in (m.status_reason or "")
+
+
+# --- pacing ----------------------------------------------------------------------------
+
+
+class FakeClock:
+    """Monotonic seconds that move only when a test moves them."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class PacedChannel(ScriptedChannel):
+    """A channel allowing two sends per second; notes the (fake) time of each send."""
+
+    rate_per_second: ClassVar[float | None] = 2.0
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.times: list[float] = []
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        self.times.append(self.clock())
+        return await super().send(message)
+
+
+class OnePerSecondChannel(PacedChannel):
+    rate_per_second: ClassVar[float | None] = 1.0
+
+
+def paced_sends(bucket: TokenBucket, clock: FakeClock, n: int) -> list[float]:
+    """``n`` sends one after another, each waiting for its token: when each went."""
+    times = []
+    for _ in range(n):
+        clock.now += bucket.reserve()
+        times.append(clock.now)
+    return times
+
+
+def test_n_sends_at_rate_take_the_expected_time() -> None:
+    clock = FakeClock()
+    times = paced_sends(TokenBucket(5.0, clock=clock), clock, 20)
+    # A burst of five, then one every 1/5 s: the 20th goes (20 - 5) / 5 s later.
+    assert times[:5] == [100.0] * 5
+    assert times == pytest.approx([100.0] * 5 + [100.0 + k / 5 for k in range(1, 16)])
+    assert clock.now == pytest.approx(103.0)
+
+    slow = FakeClock()
+    assert paced_sends(TokenBucket(1.0, clock=slow), slow, 4) == pytest.approx([100.0, 101.0, 102.0, 103.0])
+
+
+def test_callers_at_the_same_moment_get_successive_slots() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(2.0, clock=clock)
+    assert [bucket.reserve() for _ in range(5)] == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.5])
+
+
+def test_idle_time_refills_only_up_to_the_burst() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(2.0, clock=clock)
+    assert [bucket.reserve() for _ in range(2)] == [0.0, 0.0]
+    clock.now += 60
+    assert [bucket.reserve() for _ in range(3)] == pytest.approx([0.0, 0.0, 0.5])
+
+
+def test_a_refunded_token_is_there_for_the_next_send() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(1.0, clock=clock)
+    assert bucket.reserve() == 0.0
+    assert bucket.reserve() == pytest.approx(1.0)
+    bucket.refund()
+    assert bucket.reserve() == pytest.approx(1.0)
+
+
+def test_inboxes_do_not_share_a_bucket_and_no_rate_means_no_bucket(db: Database) -> None:
+    clock = FakeClock()
+    paced = PacedChannel(clock)
+    sender = Sender(db, {Channel.TELEGRAM: paced}, FAST, clock=clock)
+    one = sender.bucket("telegram", 1, paced)
+    assert one is not None
+    assert sender.bucket("telegram", 1, paced) is one
+    other = sender.bucket("telegram", 2, paced)
+    assert other is not None
+    assert other is not one
+    assert [one.reserve() for _ in range(3)] == pytest.approx([0.0, 0.0, 0.5])
+    assert other.reserve() == 0.0  # inbox 1's burst left inbox 2's tokens alone
+    assert sender.bucket("webchat", 1, ScriptedChannel()) is None
+
+
+async def post(db: Database, after: int, body: str) -> int:
+    """Another agent reply on the ticket of message ``after``."""
+    async with db.write() as s:
+        ticket = await s.get(Ticket, (await message(db, after)).ticket_id)
+        assert ticket is not None
+        return (await do_post_message(s, ticket, body=body, author=Author.AGENT)).id
+
+
+async def test_a_burst_for_one_inbox_is_spread_at_its_rate_in_ticket_order(db: Database) -> None:
+    clock = FakeClock()
+    chan = PacedChannel(clock)
+    sender = Sender(db, {Channel.WEBCHAT: chan}, FAST, clock=clock)
+    a1 = await reply(db, "a1", sender="visitor-a")
+    a2 = await post(db, a1, "a2")
+    a3 = await post(db, a1, "a3")
+    b1 = await reply(db, "b1", sender="visitor-b")
+    c1 = await reply(db, "c1", sender="visitor-c")
+    for mid in (a3, a2, a1, b1, c1):  # the later ones of a ticket wait for the first
+        await sender.deliver(mid)
+    # The burst (two) goes at once; nobody waits in place for the rest.
+    assert [o.body for o in chan.sent] == ["a1", "a2"]
+    assert clock.now == 100.0
+    for _ in range(6):  # the sweeper, every half second of the fake clock
+        clock.now += 0.5
+        await due_now(db)
+        await sender.sweep_once()
+    sent = [o.body for o in chan.sent]
+    # In order within a ticket; the sweep may take other tickets in any order.
+    assert sorted(sent) == ["a1", "a2", "a3", "b1", "c1"]
+    assert [b for b in sent if b.startswith("a")] == ["a1", "a2", "a3"]
+    # Never more than the rate: one more every half second after the burst.
+    assert chan.times == pytest.approx([100.0, 100.0, 100.5, 101.0, 101.5])
+    for mid in (a1, a2, a3, b1, c1):
+        m = await message(db, mid)
+        assert (m.status, m.attempts) == ("sent", 1)
+
+
+async def test_a_message_without_a_token_is_requeued_for_when_it_is_due(db: Database) -> None:
+    clock = FakeClock()
+    chan = OnePerSecondChannel(clock)
+    sender = Sender(db, {Channel.WEBCHAT: chan}, FAST, clock=clock)
+    x = await reply(db, "x", sender="visitor-x")
+    y = await reply(db, "y", sender="visitor-y")
+    y2 = await post(db, y, "y2")
+    before = utcnow()
+    await sender.deliver(x)  # the inbox's one token
+    await sender.deliver(y)  # its token is 1 s away
+    await sender.deliver(y2)  # behind y in its ticket: stays queued
+    assert [o.body for o in chan.sent] == ["x"]
+    m = await message(db, y)
+    assert (m.status, m.attempts, m.lease_until) == ("queued", 0, None)
+    assert m.next_attempt_at is not None
+    assert m.next_attempt_at >= before + timedelta(seconds=1)
+    assert (await message(db, y2)).status == "queued"
+
+    clock.now += 1.0
+    await due_now(db)
+    await sender.sweep_once()  # y goes; y2, next in line, waits for its own token
+    assert [o.body for o in chan.sent] == ["x", "y"]
+    assert (await message(db, y2)).status == "queued"
+    clock.now += 1.0
+    await due_now(db)
+    await sender.sweep_once()
+    assert [o.body for o in chan.sent] == ["x", "y", "y2"]
+    assert chan.times == pytest.approx([100.0, 101.0, 102.0])
+    for mid in (x, y, y2):
+        m = await message(db, mid)
+        assert (m.status, m.attempts) == ("sent", 1)
+
+
+async def test_a_channel_without_a_rate_is_not_paced(db: Database) -> None:
+    clock = FakeClock()
+    chan = ScriptedChannel()
+    sender = Sender(db, {Channel.WEBCHAT: chan}, FAST, clock=clock)
+    mids = [await reply(db, f"m{i}", sender=f"visitor-{i}") for i in range(6)]
+    for mid in mids:
+        await sender.deliver(mid)
+    assert [o.body for o in chan.sent] == [f"m{i}" for i in range(6)]
