@@ -9,6 +9,7 @@ and a failure leaves nothing half-written.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -142,13 +143,16 @@ async def do_create_agent(
             e164 = parse_phone(phone, phone_region)
         except InvalidPhoneNumber as exc:
             raise ValidationFailed(f"phone: {exc}") from exc
+    # Slow on purpose (Argon2): in a thread, and before the first statement so
+    # no write transaction is held open meanwhile.
+    password_hash = await asyncio.to_thread(hash_password, password)
     exists = await session.scalar(select(Agent.id).where(Agent.email == email))
     if exists is not None:
         raise Conflict(f"an agent with email {email} already exists")
     agent = Agent(
         email=email,
         name=name.strip(),
-        password_hash=hash_password(password),
+        password_hash=password_hash,
         role=role.value,
         skills=sorted(set(skills or [])),
         languages=sorted(set(languages or [])),
@@ -179,12 +183,26 @@ async def do_get_or_create_team(session: AsyncSession, name: str, *, actor: str 
     return team
 
 
-async def do_login(session: AsyncSession, email: str, password: str, ttl_hours: float) -> tuple[str, Agent]:
+async def check_login(session: AsyncSession, email: str, password: str) -> Agent:
+    """The agent these credentials belong to. Only reads, so a caller can check
+    them before opening a write transaction: the hash takes a few hundred
+    milliseconds, and SQLite's one writer must not wait on it."""
     agent = await session.scalar(select(Agent).where(Agent.email == email.strip().lower()))
     # Verify against a dummy hash for unknown emails too, so timing does not
-    # reveal which addresses have accounts.
-    ok = verify_password(agent.password_hash if agent else _DUMMY_HASH, password)
+    # reveal which addresses have accounts. Argon2 is slow on purpose: in a
+    # thread, so failed logins cannot stall every other request on the loop.
+    ok = await asyncio.to_thread(verify_password, agent.password_hash if agent else _DUMMY_HASH, password)
     if agent is None or not ok or not agent.active:
+        raise Unauthorized("email or password is wrong")
+    return agent
+
+
+async def do_issue_token(session: AsyncSession, agent_id: int, ttl_hours: float) -> str:
+    """A new bearer token for an agent whose credentials were checked (by
+    :func:`check_login`, possibly in an earlier transaction)."""
+    agent = await session.get(Agent, agent_id)
+    if agent is None or not agent.active:
+        # Deactivated (or deleted) since the check.
         raise Unauthorized("email or password is wrong")
     token, digest = new_api_token()
     now = utcnow()
@@ -193,7 +211,7 @@ async def do_login(session: AsyncSession, email: str, password: str, ttl_hours: 
     await session.execute(delete(ApiToken).where(ApiToken.agent_id == agent.id, ApiToken.expires_at < now))
     session.add(ApiToken(agent_id=agent.id, token_hash=digest, expires_at=now + timedelta(hours=ttl_hours)))
     await audit(session, actor_of(agent), "agent.login", "agent", agent.id)
-    return token, agent
+    return token
 
 
 _DUMMY_HASH = hash_password("not a real password, only for constant-time failures")
@@ -289,12 +307,14 @@ async def do_post_message(
     recipient: str | None = None
     if not private:
         kind = IDENTITY_OF_CHANNEL[channel]
-        recipient = await session.scalar(
-            select(Identity.address)
-            .where(Identity.contact_id == ticket.contact_id, Identity.channel == kind.value)
-            .order_by(Identity.id.desc())
-            .limit(1)
-        )
+        recipient = await _reply_address(session, ticket, channel) if channel.value == ticket.channel else None
+        if recipient is None:
+            recipient = await session.scalar(
+                select(Identity.address)
+                .where(Identity.contact_id == ticket.contact_id, Identity.channel == kind.value)
+                .order_by(Identity.id.desc())
+                .limit(1)
+            )
         if recipient is None:
             raise ValidationFailed(f"contact {ticket.contact_id} has no {kind.value} address to reply to on {channel}")
         if channel.value != ticket.channel:
@@ -363,6 +383,33 @@ async def do_post_message(
             {"message_id": msg.id},
         )
     return messages[0]
+
+
+async def _reply_address(session: AsyncSession, ticket: Ticket, channel: Channel) -> str | None:
+    """Where the customer last wrote from on this ticket. A merged contact has
+    several addresses of a kind (two phone numbers); the newest of them is not
+    necessarily the one this conversation is with. None when unknown (rows
+    stored before ingest recorded the sender) or no longer the contact's."""
+    extras = await session.scalar(
+        select(Message.extras)
+        .where(
+            Message.ticket_id == ticket.id,
+            Message.direction == Direction.IN.value,
+            Message.channel == channel.value,
+        )
+        .order_by(Message.id.desc())
+        .limit(1)
+    )
+    sender = (extras or {}).get("from")
+    if not isinstance(sender, str) or not sender:
+        return None
+    return await session.scalar(
+        select(Identity.address).where(
+            Identity.contact_id == ticket.contact_id,
+            Identity.channel == IDENTITY_OF_CHANNEL[channel].value,
+            Identity.address == sender,
+        )
+    )
 
 
 async def _inbox_for(session: AsyncSession, contact_id: int, channel: Channel) -> Inbox:
@@ -520,6 +567,16 @@ async def do_merge_contacts(session: AsyncSession, target: Contact, source: Cont
     move; the source row stays as a pointer so old links still resolve."""
     if target.id == source.id:
         raise BadRequest("a contact cannot be merged into itself")
+    # Both rows are locked (in id order, so opposite merges cannot deadlock) and
+    # re-read before the checks: two opposite merges at once (A <- B, B <- A)
+    # would otherwise each pass them and leave both merged into the other.
+    await session.execute(
+        select(Contact)
+        .where(Contact.id.in_([target.id, source.id]))
+        .order_by(Contact.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     if source.merged_into_id is not None:
         raise Conflict(f"contact {source.id} was already merged into {source.merged_into_id}")
     if target.merged_into_id is not None:
@@ -536,31 +593,31 @@ async def do_merge_contacts(session: AsyncSession, target: Contact, source: Cont
             )
         ).all()
     }
+    resolved: list[tuple[Ticket, dict[str, Any]]] = []
     for t in (
         await session.scalars(
             select(Ticket).where(Ticket.contact_id == source.id, Ticket.status != TicketStatus.RESOLVED.value)
         )
     ).all():
         if (t.inbox_id, t.thread_key) in target_current:
+            data = {
+                "from": t.status,
+                "to": TicketStatus.RESOLVED.value,
+                "reason": "merged",
+                "continued_in": target_current[(t.inbox_id, t.thread_key)].id,
+            }
             t.status = TicketStatus.RESOLVED.value
+            t.snoozed_until = None
             t.resolved_at = now
-            session.add(
-                TicketEventRow(
-                    ticket_id=t.id,
-                    contact_id=source.id,
-                    kind=TicketEventKind.STATUS_CHANGED.value,
-                    actor=actor,
-                    data={
-                        "to": "resolved",
-                        "reason": "merged",
-                        "continued_in": target_current[(t.inbox_id, t.thread_key)].id,
-                    },
-                    created_at=now,
-                )
-            )
+            resolved.append((t, data))
     await session.flush()
     for model in (Identity, Ticket, Message, TicketEventRow, BotTurn):
         await session.execute(update(model).where(model.contact_id == source.id).values(contact_id=target.id))
+    # Announced like any status change (timeline, stream, audit), once the
+    # tickets are the target's, so the agents' inbox files them right.
+    for t, data in resolved:
+        await record_ticket_event(session, t, TicketEventKind.STATUS_CHANGED, actor, data)
+        await audit(session, actor, "ticket.status", "ticket", t.id, data)
     await _merge_bot_sessions(session, target.id, source.id)
     target.attributes = {**(source.attributes or {}), **(target.attributes or {})}
     target.tags = sorted(set(target.tags or []) | set(source.tags or []))

@@ -208,7 +208,13 @@ async def ingest_batch(
                 "private": False,
                 "external_id": m.external_id,
                 "status": DeliveryStatus.RECEIVED.value,
-                "extras": m.extras if m.quick_reply is None else {**m.extras, "quick_reply": m.quick_reply},
+                # The address it came from: a merged contact has several of a
+                # kind, and replies go back to the one the customer used.
+                "extras": {
+                    **m.extras,
+                    "from": m.sender,
+                    **({} if m.quick_reply is None else {"quick_reply": m.quick_reply}),
+                },
                 "created_at": now,
                 "sent_at": m.received_at,
                 "attempts": 0,
@@ -523,16 +529,27 @@ async def _current_tickets(
     session: AsyncSession, keys: list[tuple[int, int, str]]
 ) -> dict[tuple[int, int, str], dict[str, Any]]:
     """The unresolved ticket of each (contact, inbox, thread), as plain rows of
-    every column: ingest only reads them and writes them back in bulk."""
+    every column: ingest only reads them and writes them back in bulk.
+
+    Ingest writes status, snooze and waiting time back from these copies, so on
+    PostgreSQL they are locked until the commit: an agent resolving the ticket
+    or a bot handing it off in between would otherwise be undone. (SQLite's one
+    writer, with ``BEGIN IMMEDIATE``, already runs the two one after the other.)"""
     found: dict[tuple[int, int, str], dict[str, Any]] = {}
     wanted = set(keys)
     tt = table(Ticket)
+    lock = session.get_bind().dialect.name == "postgresql"
     # By contact (indexed), not by the (contact, inbox) pair: SQLite plans a
-    # row-value IN as a full table scan.
-    for chunk in _chunks(sorted({key[0] for key in keys}), 400):
-        rows = await session.execute(
-            select(*_ticket_columns(tt)).where(tt.c.contact_id.in_(chunk), tt.c.status != TicketStatus.RESOLVED.value)
+    # row-value IN as a full table scan. PostgreSQL takes a batch in one
+    # statement, so rows are locked in id order and two ingests sharing
+    # tickets cannot deadlock on them.
+    for chunk in _chunks(sorted({key[0] for key in keys}), 10_000 if lock else 400):
+        stmt = select(*_ticket_columns(tt)).where(
+            tt.c.contact_id.in_(chunk), tt.c.status != TicketStatus.RESOLVED.value
         )
+        if lock:
+            stmt = stmt.order_by(tt.c.id).with_for_update(of=tt)
+        rows = await session.execute(stmt)
         for r in rows.mappings().all():
             key = (r["contact_id"], r["inbox_id"], r["thread_key"])
             if key in wanted:

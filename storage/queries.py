@@ -12,6 +12,9 @@ from typing import Any
 from sqlalchemy import and_, func, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
+# The normalizer's own table of Arabic letter forms, so the query and the
+# stored text are folded alike.
+from hub.text import _LETTERS as LETTER_FORMS
 from storage.models import Contact, Identity, Inbox, Message, Ticket, TicketEventRow, TicketLabel
 from storage.views import contact_view, iso, message_view, ticket_view
 
@@ -33,6 +36,18 @@ def decode_cursor(cursor: str, size: int) -> list[Any]:
     if not isinstance(parts, list) or len(parts) != size:
         raise BadCursor("cursor is not one this API issued")
     return parts
+
+
+# Ids are 64-bit signed in the database.
+MAX_ID = 2**63 - 1
+
+
+def _cursor_id(value: Any) -> int:
+    """An id from a cursor: a cursor is client input, so a non-number or one
+    out of the database's range is a bad cursor, not a server error."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+        raise BadCursor("cursor is not one this API issued")
+    return value
 
 
 def _cursor_time(value: Any) -> datetime:
@@ -99,22 +114,24 @@ async def list_tickets(
             .exists()
         )
     if f.text:
-        pattern = f"%{_escape_like(f.text)}%"
+        pattern = _search_pattern(f.text)
         stmt = stmt.where(
             or_(
-                Ticket.subject.ilike(pattern, escape="\\"),
+                _folded(Ticket.subject).ilike(pattern, escape="\\"),
                 select(Contact.id)
-                .where(Contact.id == Ticket.contact_id, Contact.name.ilike(pattern, escape="\\"))
+                .where(Contact.id == Ticket.contact_id, _folded(Contact.name).ilike(pattern, escape="\\"))
                 .exists(),
                 select(Message.id)
-                .where(Message.ticket_id == Ticket.id, Message.body.ilike(pattern, escape="\\"))
+                .where(Message.ticket_id == Ticket.id, _folded(Message.body).ilike(pattern, escape="\\"))
                 .exists(),
             )
         )
     if cursor:
         at_raw, tid = decode_cursor(cursor, 2)
         at = _cursor_time(at_raw)
-        stmt = stmt.where(or_(Ticket.last_message_at < at, and_(Ticket.last_message_at == at, Ticket.id < int(tid))))
+        stmt = stmt.where(
+            or_(Ticket.last_message_at < at, and_(Ticket.last_message_at == at, Ticket.id < _cursor_id(tid)))
+        )
     stmt = stmt.order_by(Ticket.last_message_at.desc(), Ticket.id.desc()).limit(limit + 1)
     tickets = list((await session.scalars(stmt)).all())
     more = len(tickets) > limit
@@ -170,6 +187,22 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def _search_pattern(text: str) -> str:
+    """A LIKE pattern for ``text`` anywhere, its letters folded like
+    :func:`_folded` folds a column's."""
+    return f"%{_escape_like(text.translate(LETTER_FORMS))}%"
+
+
+def _folded(column: Any) -> Any:
+    """``column`` with Arabic letter forms as the Persian ones (ي as ی, ك as
+    ک, ...), in SQL on both engines: customers type either, so a search for
+    «علی» must find «علي». Computed per row (no migration); search scans
+    anyway."""
+    for code, replacement in sorted(LETTER_FORMS.items()):
+        column = func.replace(column, chr(code), replacement or "")
+    return column
+
+
 async def get_ticket(session: AsyncSession, ticket_id: int, *, message_limit: int = 500) -> dict[str, Any] | None:
     ticket = await session.get(Ticket, ticket_id)
     if ticket is None:
@@ -193,18 +226,18 @@ async def list_contacts(
 ) -> tuple[list[dict[str, Any]], str | None]:
     stmt = select(Contact).where(Contact.merged_into_id.is_(None))
     if text:
-        pattern = f"%{_escape_like(text)}%"
+        pattern = _search_pattern(text)
         stmt = stmt.where(
             or_(
-                Contact.name.ilike(pattern, escape="\\"),
+                _folded(Contact.name).ilike(pattern, escape="\\"),
                 select(Identity.id)
-                .where(Identity.contact_id == Contact.id, Identity.address.ilike(pattern, escape="\\"))
+                .where(Identity.contact_id == Contact.id, _folded(Identity.address).ilike(pattern, escape="\\"))
                 .exists(),
             )
         )
     if cursor:
         (cid,) = decode_cursor(cursor, 1)
-        stmt = stmt.where(Contact.id < int(cid))
+        stmt = stmt.where(Contact.id < _cursor_id(cid))
     contacts = list((await session.scalars(stmt.order_by(Contact.id.desc()).limit(limit + 1))).all())
     more = len(contacts) > limit
     contacts = contacts[:limit]
@@ -267,13 +300,16 @@ async def timeline(
     merged = union_all(msgs, events).subquery()
     stmt = select(merged.c.kind, merged.c.id, merged.c.at)
     if cursor:
-        at_raw, kind, item_id = decode_cursor(cursor, 3)
+        at_raw, kind, raw_id = decode_cursor(cursor, 3)
         at = _cursor_time(at_raw)
+        item_id = _cursor_id(raw_id)
+        if kind not in ("message", "event"):
+            raise BadCursor("cursor is not one this API issued")
         stmt = stmt.where(
             or_(
                 merged.c.at < at,
-                and_(merged.c.at == at, merged.c.kind < str(kind)),
-                and_(merged.c.at == at, merged.c.kind == str(kind), merged.c.id < int(item_id)),
+                and_(merged.c.at == at, merged.c.kind < kind),
+                and_(merged.c.at == at, merged.c.kind == kind, merged.c.id < item_id),
             )
         )
     stmt = stmt.order_by(merged.c.at.desc(), merged.c.kind.desc(), merged.c.id.desc()).limit(limit + 1)

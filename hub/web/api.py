@@ -12,11 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.actions import (
     actor_of,
     check_contact,
+    check_login,
     check_ticket,
     check_token,
     do_assign,
     do_create_agent,
-    do_login,
+    do_issue_token,
     do_logout,
     do_merge_contacts,
     do_post_message,
@@ -28,6 +29,7 @@ from hub.core import Author, Role, TicketStatus
 from hub.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from hub.web.registry import ROUTES, parse_body
 from hub.web.schemas import (
+    MAX_ID,
     AgentIn,
     AgentList,
     AgentOut,
@@ -85,9 +87,12 @@ def int_param(request: web.Request, name: str) -> int:
     try:
         value = int(raw)
     except ValueError as exc:
-        raise BadRequest(f"{name} must be an integer, not {raw!r}") from exc
+        raise BadRequest(f"{name} must be an integer, not {raw[:40]!r}") from exc
     if value < 1:
         raise NotFound(f"{name} {value} does not exist")
+    if value > MAX_ID:
+        # The database's ids are 64-bit: a larger one would fail there, as a 500.
+        raise BadRequest(f"{name} must be at most {MAX_ID}, not {raw[:40]}")
     return value
 
 
@@ -130,8 +135,12 @@ async def _paged(coro: Any) -> web.Response:
 async def create_token(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     body = await parse_body(request, LoginIn)
+    # Credentials are checked outside the write transaction: the password hash
+    # is slow, and on SQLite every other write would wait for it.
+    async with hub.db.read() as session:
+        agent = await check_login(session, body.email, body.password)
     async with hub.db.write() as session:
-        token, agent = await do_login(session, body.email, body.password, hub.config.auth.token_ttl_hours)
+        token = await do_issue_token(session, agent.id, hub.config.auth.token_ttl_hours)
         view = agent_view(agent, await _team_ids(session, agent.id))
     return web.json_response({"token": token, "agent": view}, status=201)
 
@@ -332,6 +341,12 @@ async def assign_ticket(request: web.Request) -> web.Response:
     async with hub.db.write() as session:
         ticket = await check_ticket(session, ticket_id, lock=True)
         await do_assign(session, ticket, agent_id=body.agent_id, team_id=body.team_id, actor=actor_of(agent))
+        if ticket.status == TicketStatus.PENDING.value and (body.agent_id is not None or body.team_id is not None):
+            # A person took the ticket from the bot, as a reply or a handoff
+            # would: the bot steps back for good, and the ticket is open for
+            # the agent or in the team's queue, not left waiting on the bot.
+            ticket.bot_silenced = True
+            await do_set_status(session, ticket, status=TicketStatus.OPEN, actor=actor_of(agent))
     return web.json_response(await _ticket_out(request, ticket_id))
 
 

@@ -3,11 +3,16 @@ tests validate real responses against the response models)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from hub.core import Attachment, Channel, Role, UTCDateTime
+
+# Ids are 64-bit signed in the database: a larger number must be refused here,
+# naming the field, rather than fail there as a server error.
+MAX_ID = 2**63 - 1
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
 class _In(BaseModel):
@@ -36,7 +41,8 @@ class AgentIn(_In):
     teams: list[str] = Field(default_factory=list)
     skills: list[str] = Field(default_factory=list)
     languages: list[str] = Field(default_factory=list)
-    capacity: dict[str, int] = Field(default_factory=dict)
+    # Stored as JSON, which holds 64-bit integers at most.
+    capacity: dict[str, Annotated[int, Field(ge=0, le=MAX_ID)]] = Field(default_factory=dict)
     phone: str | None = Field(default=None, max_length=40, description="where calls for this agent ring")
 
 
@@ -69,18 +75,23 @@ class TeamList(_Out):
     next_cursor: str | None = None
 
 
+class AttachmentIn(Attachment):
+    # Stored as JSON, which holds 64-bit integers at most.
+    size: int | None = Field(default=None, ge=0, le=MAX_ID)
+
+
 class MessageIn(_In):
     body: str = Field(default="", max_length=100_000)
     private: bool = False
-    attachments: list[Attachment] = Field(default_factory=list, max_length=20)
+    attachments: list[AttachmentIn] = Field(default_factory=list, max_length=20)
     channel: Channel | None = Field(
         default=None, description="reply on another channel the contact has (default: the ticket's channel)"
     )
 
 
 class AssignIn(_In):
-    agent_id: int | None = None
-    team_id: int | None = None
+    agent_id: Id | None = None
+    team_id: Id | None = None
 
 
 class StatusIn(_In):
@@ -93,7 +104,7 @@ class LabelsIn(_In):
 
 
 class MergeIn(_In):
-    source_id: int = Field(description="the contact folded into this one; it keeps a pointer to this contact")
+    source_id: Id = Field(description="the contact folded into this one; it keeps a pointer to this contact")
 
 
 class MessageOut(_Out):

@@ -146,3 +146,136 @@ async def test_merging_contacts_moves_the_bots_memory_and_turns(db: Database) ->
     async with db.read() as s:
         sessions = {r.contact_id: r.state for r in (await s.scalars(select(BotSession))).all()}
     assert sessions == {sms.contact_id: {"misses": 1}}
+
+
+def sms(sender: str, ext: str, body: str = "hi") -> InboundMessage:
+    return InboundMessage(channel=Channel.SMS, inbox="sms:+15550001111", external_id=ext, sender=sender, body=body)
+
+
+@pytest.mark.postgres
+async def test_opposite_merges_at_once_leave_one_contact(postgres_url: str) -> None:
+    """A <- B and B <- A on two connections: the second must see the first
+    under its lock and refuse, not leave both merged into each other."""
+    import asyncio
+
+    from hub.actions import check_contact, do_ensure_inbox, do_merge_contacts
+    from hub.errors import Conflict
+    from storage.migrate import upgrade_async
+    from storage.models import Contact
+
+    await upgrade_async(postgres_url)
+    first_db, second_db = Database(postgres_url), Database(postgres_url)
+    try:
+        async with first_db.write() as s:
+            await do_ensure_inbox(s, key="sms:+15550001111", channel=Channel.SMS, name="SMS")
+            a, b = await ingest_batch(s, [sms("+15550000001", "a1"), sms("+15550000002", "b1")])
+            assert isinstance(a, IngestResult) and isinstance(b, IngestResult)
+        second_loaded = asyncio.Event()
+        first_merged = asyncio.Event()
+        first_done = asyncio.Event()
+        outcome: list[str] = []
+
+        async def merge_a_into_b() -> None:
+            # Loads both contacts like the API does, before the other merge commits.
+            try:
+                async with second_db.write() as s:
+                    target = await check_contact(s, b.contact_id)
+                    source = await check_contact(s, a.contact_id)
+                    second_loaded.set()
+                    await first_merged.wait()
+                    merging = asyncio.ensure_future(do_merge_contacts(s, target, source, actor="agent:2"))
+                    first_done.set()
+                    await merging
+                outcome.append("merged")
+            except Conflict as exc:
+                outcome.append(str(exc))
+
+        async def merge_b_into_a() -> None:
+            async with first_db.write() as s:
+                await second_loaded.wait()
+                target = await check_contact(s, a.contact_id)
+                source = await check_contact(s, b.contact_id)
+                await do_merge_contacts(s, target, source, actor="agent:1")
+                first_merged.set()
+                # Still uncommitted: the other merge is now running against our locks.
+                await first_done.wait()
+
+        await asyncio.gather(merge_b_into_a(), merge_a_into_b())
+        assert outcome == [f"contact {b.contact_id} was merged into {a.contact_id}; merge into that one"]
+        async with first_db.read() as s:
+            merged = {c.id: c.merged_into_id for c in (await s.scalars(select(Contact))).all()}
+        assert merged == {a.contact_id: None, b.contact_id: a.contact_id}
+    finally:
+        await first_db.dispose()
+        await second_db.dispose()
+
+
+async def test_merge_announces_the_tickets_it_resolves(db: Database) -> None:
+    from hub.actions import do_merge_contacts
+    from storage.models import Contact
+
+    async with db.write() as s:
+        a, b = await ingest_batch(s, [sms("+15550000001", "a1"), sms("+15550000002", "b1")])
+        assert isinstance(a, IngestResult) and isinstance(b, IngestResult)
+        await s.execute(delete(OutboxRow))
+    async with db.write() as s:
+        target, source = await s.get(Contact, a.contact_id), await s.get(Contact, b.contact_id)
+        assert target is not None and source is not None
+        await do_merge_contacts(s, target, source, actor="agent:1")
+    async with db.read() as s:
+        ticket = await s.get(Ticket, b.ticket_id)
+        assert ticket is not None and ticket.status == "resolved" and ticket.contact_id == a.contact_id
+        data = {"from": "open", "to": "resolved", "reason": "merged", "continued_in": a.ticket_id}
+        row = (
+            await s.scalars(
+                select(TicketEventRow).where(
+                    TicketEventRow.ticket_id == b.ticket_id, TicketEventRow.kind == "ticket.status_changed"
+                )
+            )
+        ).one()
+        assert (row.contact_id, row.actor, row.data) == (a.contact_id, "agent:1", data)
+        events = [r.payload for r in (await s.scalars(select(OutboxRow).order_by(OutboxRow.id))).all()]
+        changed = [e for e in events if e["kind"] == "ticket.status_changed"]
+        assert len(changed) == 1
+        assert changed[0]["data"] == data and changed[0]["actor"] == "agent:1"
+        assert changed[0]["ticket"]["id"] == b.ticket_id
+        assert changed[0]["ticket"]["status"] == "resolved"
+        assert changed[0]["ticket"]["contact_id"] == a.contact_id
+        audit = (await s.scalars(select(AuditLog).where(AuditLog.action == "ticket.status"))).one()
+        assert (audit.entity_id, audit.data) == (b.ticket_id, data)
+
+
+async def test_reply_goes_to_the_number_the_customer_last_wrote_from(db: Database) -> None:
+    """Two SMS contacts merged: one customer with two numbers. The reply goes
+    to whichever number wrote last on the ticket, not the newest identity."""
+    from hub.actions import do_merge_contacts, do_post_message
+    from hub.core import Author
+    from storage.models import Contact
+
+    async with db.write() as s:
+        a, b = await ingest_batch(s, [sms("+15550000001", "a1"), sms("+15550000002", "b1")])
+        assert isinstance(a, IngestResult) and isinstance(b, IngestResult)
+    async with db.write() as s:
+        target, source = await s.get(Contact, a.contact_id), await s.get(Contact, b.contact_id)
+        assert target is not None and source is not None
+        await do_merge_contacts(s, target, source, actor="agent:1")
+
+    async def text_then_reply(sender: str, ext: str) -> str:
+        async with db.write() as s:
+            (r,) = await ingest_batch(s, [sms(sender, ext)])
+            assert isinstance(r, IngestResult) and r.ticket_id == a.ticket_id
+            ticket = await s.get(Ticket, r.ticket_id)
+            assert ticket is not None
+            reply = await do_post_message(s, ticket, body="got it", author=Author.AGENT)
+            return str(reply.extras["recipient"])
+
+    assert await text_then_reply("+15550000001", "a2") == "+15550000001"
+    assert await text_then_reply("+15550000002", "b2") == "+15550000002"
+    assert await text_then_reply("+15550000001", "a3") == "+15550000001"
+    async with db.write() as s:
+        # Messages stored before ingest recorded the sender: the newest number, as before.
+        await s.execute(update(Message).where(Message.direction == "in").values(extras={}))
+        ticket = await s.get(Ticket, a.ticket_id)
+        assert ticket is not None
+        reply = await do_post_message(s, ticket, body="still there?", author=Author.AGENT)
+        assert reply.extras["recipient"] == "+15550000002"

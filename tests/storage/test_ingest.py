@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -165,3 +166,98 @@ async def test_outbox_rows_handed_to_the_relay_carry_their_own_ids(db: Database)
     assert [p["n"] for _, _, p in written] == list(range(250))
     for oid, key, payload in written:
         assert stored[oid] == (key, payload)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("change", ["resolve", "handoff"])
+async def test_ingest_does_not_undo_a_ticket_change_made_while_it_runs(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """Ingest reads the ticket, then an agent resolves it (or the bot hands it
+    off) on another connection, then ingest commits: the change must survive.
+    The agent tries with NOWAIT at the exact moment between ingest's read and
+    its write, so the interleaving is fixed by events rather than timing."""
+    from sqlalchemy.exc import DBAPIError
+
+    import storage.ingest as ingest_module
+    from hub.actions import check_ticket, do_ensure_inbox, do_handoff, do_set_status
+    from hub.core import TicketStatus
+    from storage.migrate import upgrade_async
+
+    await upgrade_async(postgres_url)
+    ingest_db, agent_db = Database(postgres_url), Database(postgres_url)
+    try:
+        async with ingest_db.write() as s:
+            await do_ensure_inbox(s, key="webchat", channel=Channel.WEBCHAT, name="Website")
+            (first,) = await ingest_batch(s, [web("v-race", "v-race:1")])
+            assert isinstance(first, IngestResult)
+            if change == "handoff":
+                ticket = await s.get(Ticket, first.ticket_id)
+                assert ticket is not None
+                ticket.status = TicketStatus.PENDING.value
+        tid = first.ticket_id
+
+        async def agent_changes_ticket() -> None:
+            async with agent_db.write() as s:
+                # NOWAIT: fails at once if ingest holds the ticket, instead of
+                # waiting for an ingest that is itself waiting for us.
+                await s.execute(select(Ticket.id).where(Ticket.id == tid).with_for_update(nowait=True))
+                ticket = await check_ticket(s, tid)
+                if change == "resolve":
+                    await do_set_status(s, ticket, status=TicketStatus.RESOLVED, actor="agent:1")
+                else:
+                    assert await do_handoff(s, ticket, reason="asked for a human")
+
+        ingest_read = asyncio.Event()
+        agent_tried = asyncio.Event()
+        agent_blocked: list[str] = []
+        original = ingest_module._current_tickets
+
+        async def read_then_let_the_agent_in(
+            session: Any, keys: list[tuple[int, int, str]]
+        ) -> dict[tuple[int, int, str], dict[str, Any]]:
+            found = await original(session, keys)
+            if not ingest_read.is_set():
+                ingest_read.set()
+                await agent_tried.wait()
+            return found
+
+        async def agent() -> None:
+            await ingest_read.wait()
+            try:
+                await agent_changes_ticket()
+                agent_blocked.append("")
+            except DBAPIError as exc:
+                agent_blocked.append(str(exc.orig))
+            finally:
+                agent_tried.set()
+
+        async def ingest() -> IngestResult:
+            async with ingest_db.write() as s:
+                (r,) = await ingest_batch(s, [web("v-race", "v-race:2")])
+                assert isinstance(r, IngestResult)
+                return r
+
+        monkeypatch.setattr(ingest_module, "_current_tickets", read_then_let_the_agent_in)
+        second, _ = await asyncio.gather(ingest(), agent())
+        monkeypatch.undo()
+        assert second.ticket_id == tid
+        # Ingest holds the ticket until its commit; the agent tries again then.
+        assert len(agent_blocked) == 1 and "could not obtain lock" in agent_blocked[0], agent_blocked
+        await agent_changes_ticket()
+
+        async with ingest_db.read() as s:
+            ticket = await s.get(Ticket, tid)
+            assert ticket is not None
+            kinds = (await s.scalars(select(TicketEventRow.kind).where(TicketEventRow.ticket_id == tid))).all()
+            if change == "resolve":
+                assert ticket.status == "resolved" and ticket.resolved_at is not None
+                assert "ticket.status_changed" in kinds
+            else:
+                assert ticket.status == "open" and ticket.bot_silenced
+                assert "ticket.handoff" in kinds
+            bodies = (await s.scalars(select(Message.body).where(Message.ticket_id == tid))).all()
+            assert len(bodies) == 2
+    finally:
+        await ingest_db.dispose()
+        await agent_db.dispose()

@@ -11,11 +11,14 @@ from typing import Any
 import aiohttp
 import pytest
 
+from hub.actions import do_get_or_create_team
 from hub.config import HubConfig
 from hub.core import Channel, InboundMessage, Role
 from hub.web.schemas import ContactDetail, TicketList, TicketOut, Timeline
 from storage.db import Database
 from storage.ingest import IngestResult, ingest_batch
+from storage.models import Ticket
+from storage.queries import encode_cursor
 from tests import services
 from tests.hub.helpers import Agent, add_agent, make_config, next_frame, running_hub
 
@@ -108,6 +111,19 @@ async def test_filters_and_cursor_pagination(env: Env) -> None:
         ("/api/v1/tickets/abc", 400, "id must be an integer"),
         ("/api/v1/contacts/999/timeline", 404, "contact 999"),
         ("/api/v1/nothing-here", 404, "no such endpoint"),
+        ("/api/v1/tickets/99999999999999999999", 400, "id must be at most 9223372036854775807"),
+        ("/api/v1/tickets/9223372036854775807", 404, "ticket 9223372036854775807 does not exist"),
+        ("/api/v1/tickets?contact=99999999999999999999", 400, "contact must be at most"),
+        ("/api/v1/tickets?team=99999999999999999999", 400, "team must be at most"),
+        ("/api/v1/tickets?assignee=99999999999999999999", 400, "assignee must be at most"),
+        ("/api/v1/contacts/99999999999999999999", 400, "id must be at most"),
+        ("/api/v1/contacts/99999999999999999999/timeline", 400, "id must be at most"),
+        (f"/api/v1/tickets?cursor={encode_cursor('2024-01-01T00:00:00+00:00', 'abc')}", 400, "cursor"),
+        (f"/api/v1/tickets?cursor={encode_cursor('2024-01-01T00:00:00+00:00', 10**20)}", 400, "cursor"),
+        (f"/api/v1/tickets?cursor={encode_cursor('2024-01-01T00:00:00+00:00', None)}", 400, "cursor"),
+        (f"/api/v1/contacts?cursor={encode_cursor('abc')}", 400, "cursor"),
+        (f"/api/v1/contacts?cursor={encode_cursor(10**20)}", 400, "cursor"),
+        (f"/api/v1/contacts?cursor={encode_cursor(1.5)}", 400, "cursor"),
     ],
 )
 async def test_errors_are_json_and_name_the_problem(env: Env, path: str, status: int, needle: str) -> None:
@@ -141,6 +157,31 @@ async def test_assign_status_and_live_events(env: Env) -> None:
     assert f"ticket {r2.ticket_id}" in conflict["error"]["message"]
     mine = await env.admin.get(f"/api/v1/tickets?assignee={agent_id}&status=resolved")
     assert [t["id"] for t in mine["items"]] == [r.ticket_id]
+
+
+async def test_assigning_a_bot_ticket_takes_it_from_the_bot(env: Env) -> None:
+    agents = (await env.admin.get("/api/v1/agents"))["items"]
+    agent_id = next(a["id"] for a in agents if a["email"] == "agent@example.com")
+    async with env.db.write() as s:
+        team_id = (await do_get_or_create_team(s, "Sales")).id
+
+    async def bot_ticket(sender: str) -> int:
+        r = await env.inbound(sender, f"{sender}:1")
+        await env.admin.post(f"/api/v1/tickets/{r.ticket_id}/status", {"status": "pending"})
+        return r.ticket_id
+
+    for target in ({"agent_id": agent_id}, {"team_id": team_id}):
+        tid = await bot_ticket(f"v-bot-{next(iter(target))}")
+        out = await env.admin.post(f"/api/v1/tickets/{tid}/assign", target)
+        assert out["status"] == "open"
+        async with env.db.read() as s:
+            ticket = await s.get(Ticket, tid)
+            assert ticket is not None
+            assert ticket.bot_silenced
+    # Clearing both is nobody taking it: the bot keeps the ticket.
+    tid = await bot_ticket("v-bot-none")
+    out = await env.admin.post(f"/api/v1/tickets/{tid}/assign", {"agent_id": None, "team_id": None})
+    assert out["status"] == "pending"
 
 
 async def test_snooze_then_customer_message_wakes_ticket(env: Env) -> None:
@@ -225,3 +266,129 @@ async def test_concurrent_replies_are_all_delivered_in_order(env: Env) -> None:
         created: list[dict[str, Any]] = list(await asyncio.gather(*posts))
         got = [(await next_frame(visitor, "message", author="agent"))["id"] for _ in range(10)]
         assert got == sorted(m["id"] for m in created)
+
+
+async def test_password_hashing_blocks_neither_the_hub_nor_its_writers(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Argon2 takes a few hundred milliseconds per login: while it runs, the hub
+    must still answer other requests and other transactions must still write
+    (SQLite has one writer: a login holding it would stall every ingest)."""
+    import hub.actions
+    from hub.security import hash_password, verify_password
+
+    loop = asyncio.get_running_loop()
+    seen: list[str] = []
+
+    def meanwhile(what: str) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            seen.append(f"{what} on the event loop")
+            return
+        n = len(seen)
+        asyncio.run_coroutine_threadsafe(env.admin.get("/api/v1/me"), loop).result()
+        asyncio.run_coroutine_threadsafe(env.inbound(f"v-hash-{n}", f"v-hash-{n}:1"), loop).result()
+        seen.append(f"{what} in a thread, hub and writers free")
+
+    def watched_verify(password_hash: str, password: str) -> bool:
+        meanwhile("verify")
+        return verify_password(password_hash, password)
+
+    def watched_hash(password: str) -> str:
+        meanwhile("hash")
+        return hash_password(password)
+
+    monkeypatch.setattr(hub.actions, "verify_password", watched_verify)
+    monkeypatch.setattr(hub.actions, "hash_password", watched_hash)
+    wrong = {"email": "admin@example.com", "password": "wrong"}
+    async with env.http.post(f"{env.base}/api/v1/auth/token", json=wrong) as r:
+        assert r.status == 401
+    await Agent.login(env.http, env.base, "agent@example.com")
+    await env.admin.post("/api/v1/agents", {"email": "h@example.com", "name": "H", "password": "longenough"}, 201)
+    assert seen == [
+        "verify in a thread, hub and writers free",
+        "verify in a thread, hub and writers free",
+        "hash in a thread, hub and writers free",
+    ]
+
+
+async def test_bad_timeline_cursors_are_refused(env: Env) -> None:
+    r = await env.inbound("v-cursor", "v-cursor:1")
+    at = "2024-01-01T00:00:00+00:00"
+    for bad in (encode_cursor(at, "message", "abc"), encode_cursor(at, "message", 10**20), encode_cursor(at, 1, 1)):
+        body = await env.admin.get(f"/api/v1/contacts/{r.contact_id}/timeline?cursor={bad}", 400)
+        assert "cursor is not one this API issued" in body["error"]["message"]
+
+
+async def test_out_of_range_ids_in_bodies_are_refused_and_change_nothing(env: Env) -> None:
+    a = await env.inbound("v-range-a", "v-range-a:1")
+    huge = 99999999999999999999
+    for path, body, field in (
+        (f"/api/v1/contacts/{a.contact_id}/merge", {"source_id": huge}, "source_id"),
+        (f"/api/v1/contacts/{a.contact_id}/merge", {"source_id": 0}, "source_id"),
+        (f"/api/v1/tickets/{a.ticket_id}/assign", {"agent_id": huge}, "agent_id"),
+        (f"/api/v1/tickets/{a.ticket_id}/assign", {"team_id": -1}, "team_id"),
+        (
+            f"/api/v1/tickets/{a.ticket_id}/messages",
+            {"body": "x", "attachments": [{"url": "https://example.com/a.png", "size": huge}]},
+            "attachments.0.size",
+        ),
+        (
+            "/api/v1/agents",
+            {"email": "cap@example.com", "name": "C", "password": "longenough", "capacity": {"webchat": huge}},
+            "capacity.webchat",
+        ),
+    ):
+        error = (await env.admin.post(path, body, 422))["error"]
+        assert error["message"].startswith(f"invalid request body: {field}:"), error
+    ticket = await env.admin.get(f"/api/v1/tickets/{a.ticket_id}")
+    assert (ticket["assignee_id"], ticket["team_id"]) == (None, None)
+    assert [m["direction"] for m in ticket["messages"]] == ["in"]
+    contact = await env.admin.get(f"/api/v1/contacts/{a.contact_id}")
+    assert contact["merged_into_id"] is None
+    assert [x["email"] for x in (await env.admin.get("/api/v1/agents"))["items"]] == [
+        "admin@example.com",
+        "agent@example.com",
+    ]
+
+
+async def test_search_folds_arabic_and_persian_letter_forms(env: Env) -> None:
+    """«علي كريمي» typed on an Arabic keyboard is found by «علی» and «کریمی»
+    typed on a Persian one, and the other way round."""
+    from urllib.parse import quote
+
+    async with env.db.write() as s:
+        arabic, persian = await ingest_batch(
+            s,
+            [
+                InboundMessage(
+                    channel=Channel.WEBCHAT,
+                    inbox="webchat",
+                    external_id="v-ar:1",
+                    sender="v-ar",
+                    sender_name="علي كريمي",
+                    body="سلام، سفارشم كجاست؟",
+                ),
+                InboundMessage(
+                    channel=Channel.WEBCHAT, inbox="webchat", external_id="v-fa:1", sender="v-fa", body="یک سؤال دارم"
+                ),
+            ],
+        )
+    assert isinstance(arabic, IngestResult) and isinstance(persian, IngestResult)
+
+    async def tickets(q: str) -> list[int]:
+        return [t["id"] for t in (await env.admin.get(f"/api/v1/tickets?q={quote(q)}"))["items"]]
+
+    async def contacts(q: str) -> list[int]:
+        return [c["id"] for c in (await env.admin.get(f"/api/v1/contacts?q={quote(q)}"))["items"]]
+
+    assert await tickets("علی") == [arabic.ticket_id]  # the contact's name
+    assert await tickets("کجاست") == [arabic.ticket_id]  # a message
+    assert await tickets("علي كريمي") == [arabic.ticket_id]  # as stored
+    assert await tickets("يك سؤال") == [persian.ticket_id]  # Arabic letters, Persian text
+    assert await contacts("کریمی") == [arabic.contact_id]
+    assert await contacts("علي") == [arabic.contact_id]
+    assert await tickets("علی_") == []  # LIKE wildcards still match only themselves
