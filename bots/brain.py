@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bots import dialog
-from bots.kb import KbEntry
+from bots.kb import KbEntry, languages_for
 from bots.matcher import Match, Matcher, Thresholds
 from hub.config import BotConfig
 from hub.core import QuickReply
@@ -84,20 +84,24 @@ REASONS = {
 
 
 def lang_of(text: str, fallback: str | None) -> str:
+    """The customer's language ("fa", "ar" or "en"); for text without letters,
+    the one they wrote in before. Texts missing in it fall back (Arabic to
+    Persian, then English: see :func:`bots.kb.languages_for`)."""
     detected = detect_language(text)
-    if detected in ("fa", "ar"):
-        return "fa"
-    if detected == "en":
-        return "en"
+    if detected in ("fa", "ar", "en"):
+        return detected
     return fallback or "en"
 
 
 def say(key: str, lang: str) -> str:
-    return TEXTS[key].get(lang) or TEXTS[key]["en"]
+    return pick(TEXTS[key], lang)
 
 
 def pick(texts: dict[str, str], lang: str) -> str:
-    return texts.get(lang) or texts.get("en") or next(iter(texts.values()))
+    for key in (*languages_for(lang), "en"):
+        if texts.get(key):
+            return texts[key]
+    return next(iter(texts.values()))
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,20 @@ from hub.text import detect_language
 
 #: Answer key used when an entry has one answer for every language.
 ANY_LANGUAGE = "default"
+
+# A text missing in a customer's language is looked for in these next (before
+# the one for every language, then English): an Arabic speaker reads Persian's
+# script, and the first knowledge bases have Persian answers far more often.
+FALLBACK_LANGUAGES: dict[str, tuple[str, ...]] = {"ar": ("fa",)}
+
+
+def languages_for(language: str | None) -> tuple[str, ...]:
+    """``language`` and the ones to try after it, best first."""
+    if not language:
+        return ()
+    return (language, *FALLBACK_LANGUAGES.get(language, ()))
+
+
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 MAX_QUESTIONS = 500
 
@@ -101,19 +115,20 @@ class KbEntry(BaseModel):
         return value
 
     def answer_in(self, language: str | None) -> str:
-        """The answer in ``language``, else the one for every language, else
-        English, else whichever there is."""
-        for key in (language, ANY_LANGUAGE, "en"):
-            if key and key in self.answer:
+        """The answer in ``language`` (or its fallback: Persian for Arabic),
+        else the one for every language, else English, else whichever there is."""
+        for key in (*languages_for(language), ANY_LANGUAGE, "en"):
+            if key in self.answer:
                 return self.answer[key]
         return next(iter(self.answer.values()))
 
     def title_in(self, language: str | None) -> str:
         """A short label for a button offering this entry: its first example
         question written in the customer's script, if there is one."""
-        for q in self.questions:
-            if detect_language(q) == language:
-                return _shorten(q)
+        for lang in languages_for(language):
+            for q in self.questions:
+                if detect_language(q) == lang:
+                    return _shorten(q)
         return _shorten(self.questions[0])
 
     def document(self) -> dict[str, Any]:
@@ -176,6 +191,9 @@ CSV_HELP = (
     "answer or answer_<lang> (answer_en, answer_fa, ...), tags (comma-separated), team"
 )
 
+# A row longer than the header: most often an unquoted comma in a text.
+TOO_MANY_FIELDS = "more fields than columns; quote text containing commas"
+
 
 def parse_csv(text: str, source: str = "CSV") -> list[KbEntry]:
     """One row per example question; rows sharing an ``id`` are one entry
@@ -187,6 +205,8 @@ def parse_csv(text: str, source: str = "CSV") -> list[KbEntry]:
     grouped: dict[str, dict[str, Any]] = {}
     lines: dict[str, int] = {}
     for line, row in enumerate(reader, 2):
+        if None in row:  # csv puts a row's fields beyond the header under the key None
+            raise KbError(f"{source}: line {line}: {TOO_MANY_FIELDS}")
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
         ident = row.get("id", "")
         if not ident:

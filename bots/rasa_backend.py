@@ -10,6 +10,7 @@ rasa-sdk action ``action_hub_handoff`` does that from inside Rasa too).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,8 @@ from hub.core import QuickReply
 from hub.text import to_ascii_digits
 
 REST_PATH = "/webhooks/rest/webhook"
+
+log = logging.getLogger(__name__)
 
 
 class RasaUnavailable(RuntimeError):
@@ -71,7 +74,7 @@ def outcome(responses: list[dict[str, Any]], state: dict[str, Any], language: st
             spec = handoff if isinstance(handoff, dict) else {}
             out.action = "handoff"
             out.reason = str(spec.get("reason") or "rasa")[:64]
-            out.handoff = Handoff(reason=out.reason, team=spec.get("team") or config.handoff_team, summary="")
+            out.handoff = Handoff(reason=out.reason, team=_team(spec.get("team"), config), summary="")
         text = r.get("text")
         buttons: list[QuickReply] = []
         for n, b in enumerate(r.get("buttons") or []):
@@ -89,6 +92,23 @@ def outcome(responses: list[dict[str, Any]], state: dict[str, Any], language: st
     if out.handoff is not None:
         out.handoff.summary = summary(out, config)
     return out
+
+
+# Longest team name the hub stores (teams.name).
+MAX_TEAM_NAME = 200
+
+
+def _team(value: Any, config: BotConfig) -> str | None:
+    """The team a Rasa handoff names, if it is a usable name. Rasa's custom
+    payload is any JSON: a number, a list or a blank string would fail the
+    handoff itself, the message would be retried against Rasa until it is
+    dead-lettered, and the customer would be left with nobody."""
+    name = value.strip() if isinstance(value, str) else ""
+    if not name or len(name) > MAX_TEAM_NAME:
+        if value is not None:
+            log.warning("ignoring the team %r of a Rasa handoff; using bot.handoff_team", str(value)[:80])
+        return config.handoff_team
+    return name
 
 
 def payload_for(quick_reply: str | None, text: str, state: dict[str, Any]) -> str:

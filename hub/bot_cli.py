@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from bots.kb import KbError, dump_yaml, load_file
+from bots.kb import TOO_MANY_FIELDS, KbError, dump_yaml, load_file
 from hub.config import HubConfig
 
 if TYPE_CHECKING:
@@ -136,6 +136,8 @@ def read_labelled(path: str) -> list[tuple[str, str | None]]:
             raise click.ClickException(f"{path}: needs the columns question and expected (entry id, or oos)")
         rows = []
         for line, row in enumerate(reader, 2):
+            if None in row:  # csv puts a row's fields beyond the header under the key None
+                raise click.ClickException(f"{path}: line {line}: {TOO_MANY_FIELDS}")
             row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
             if not row["question"]:
                 raise click.ClickException(f"{path}: line {line}: question is empty")

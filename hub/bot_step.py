@@ -3,9 +3,10 @@ lets :mod:`bots` answer on tickets it owns, and the knowledge base it answers
 from, rebuilt when an admin changes it.
 
 The bot speaks only on tickets that are ``pending`` (routing gave them to the
-bot), not silenced and not assigned: once a human replies or the bot hands
-off, it stays quiet on that ticket for good. Auto-replies (an email's
-``Auto-Submitted``) are never answered. Everything one message causes (the
+bot), not silenced, not assigned and on an inbox whose bot is enabled, as the
+database says (the event's ticket view is the one ingest wrote): once a human
+replies, takes the ticket or the bot hands off, it stays quiet on that ticket
+for good. Auto-replies (an email's ``Auto-Submitted``) are never answered. Everything one message causes (the
 replies, the contact's new attributes and lead score, the handoff, the turn
 record, the bot's memory) is written in one transaction, and the turn is
 unique per inbound message, so a redelivered event changes nothing.
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bots import rasa_backend
 from bots.brain import Brain, Contact, Handoff, Inbound, Outcome, Reply, lang_of, say, summary
@@ -29,10 +31,10 @@ from bots.matcher import Backend, LexicalBackend, Match, Matcher, Thresholds
 from hub.actions import check_ticket, do_get_or_create_team, do_handoff, do_post_message
 from hub.bot_actions import do_record_feedback, do_update_lead, kb_revision, load_kb
 from hub.config import BotConfig, ConfigError
-from hub.core import Author, TicketStatus, utcnow
+from hub.core import Author, TicketEventKind, TicketStatus, utcnow
 from hub.stream.base import Event
 from storage.db import Database
-from storage.models import BotSession, BotTurn, Message
+from storage.models import BotSession, BotTurn, Inbox, Message, Ticket, TicketEventRow
 from storage.models import Contact as ContactRow
 
 log = logging.getLogger(__name__)
@@ -181,6 +183,24 @@ def _report_build(task: asyncio.Task[None]) -> None:
         log.error("building the knowledge base failed; the previous one keeps answering", exc_info=task.exception())
 
 
+async def bot_owns(session: AsyncSession, ticket: Ticket) -> bool:
+    """Whether the bot may speak on ``ticket`` now: routing gave it to the bot
+    (pending), the bot was not silenced on it, its inbox still has the bot
+    switched on (an agent may set any ticket pending), and no human holds it
+    or ever held it (an agent who passes the ticket on to a team leaves it
+    pending and unassigned, but a person took it all the same)."""
+    if ticket.status != TicketStatus.PENDING.value or ticket.bot_silenced or ticket.assignee_id is not None:
+        return False
+    if not await session.scalar(select(Inbox.bot_enabled).where(Inbox.id == ticket.inbox_id)):
+        return False
+    assignments = await session.scalars(
+        select(TicketEventRow.data).where(
+            TicketEventRow.ticket_id == ticket.id, TicketEventRow.kind == TicketEventKind.ASSIGNED.value
+        )
+    )
+    return not any((data.get("to") or {}).get("assignee_id") is not None for data in assignments)
+
+
 class BotService:
     def __init__(self, db: Database, config: BotConfig, *, rasa_tries: int = 3) -> None:
         check_backend(config)
@@ -215,16 +235,19 @@ class BotService:
 
     async def on_message(self, event: Event) -> None:
         message: dict[str, Any] = event.payload.get("message") or {}
-        ticket_view: dict[str, Any] = event.payload.get("ticket") or {}
         if message.get("direction") != "in" or message.get("author") != "contact":
-            return
-        if ticket_view.get("status") != TicketStatus.PENDING.value:
             return
         message_id = int(message["id"])
         async with self.db.read() as session:
             if await session.scalar(select(BotTurn.id).where(BotTurn.message_id == message_id)) is not None:
                 return
             row = await session.get(Message, message_id)
+            # The event carries the ticket as ingest saw it (open for a new
+            # ticket): routing hands it to the bot after that, and a redelivery
+            # (Redis) carries that first view again, so ask the database.
+            ticket = await session.get(Ticket, row.ticket_id) if row is not None else None
+            if ticket is None or not await bot_owns(session, ticket):
+                return
             state_row = await session.get(BotSession, int(message["contact_id"]))
             contact_row = await session.get(ContactRow, int(message["contact_id"]))
         if row is None or contact_row is None:
@@ -288,8 +311,8 @@ class BotService:
     async def _apply(self, message: Message, out: Outcome, inbound: Inbound) -> None:
         async with self.db.write() as session:
             ticket = await check_ticket(session, message.ticket_id, lock=True)
-            if ticket.status != TicketStatus.PENDING.value or ticket.bot_silenced or ticket.assignee_id is not None:
-                return  # a human took it while the bot was thinking
+            if not await bot_owns(session, ticket):
+                return  # a human took it (or the bot was switched off) while the bot was thinking
             if await session.scalar(select(BotTurn.id).where(BotTurn.message_id == message.id)) is not None:
                 return
             contact = await session.get(ContactRow, ticket.contact_id, with_for_update=True)

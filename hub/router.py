@@ -75,6 +75,7 @@ from routing.settings import (
     RoutingConfig,
     RoutingRule,
     SlaPolicy,
+    check_rule_names,
     check_rule_references,
 )
 from routing.store import (
@@ -93,6 +94,7 @@ from storage.ingest import TOPIC_EVENTS, add_outbox, dialect_insert
 from storage.models import (
     Agent,
     AutomationRun,
+    BotTurn,
     Contact,
     Inbox,
     RoutingCursor,
@@ -293,6 +295,8 @@ class Router:
         """Replace the routing rules or the automation rules (validated by the
         caller's models); teams they name are created; every worker picks them
         up within seconds (the document's version changes)."""
+        # As config.yaml's rules are checked; the API's models see one rule at a time.
+        check_rule_names(rules or [], automation or [])
         check_rule_references(
             rules or [], automation or [], calendars=set(self.config.calendars), policies=set(self.config.sla_policies)
         )
@@ -381,7 +385,7 @@ class Router:
         if any (rules still set priority and labels), and start the SLA clock."""
         data = event.payload.get("data") or {}
         tid = int(event.payload["ticket"]["id"])
-        topic = data.get("topic")
+        topic = data.get("topic") or await self._bot_topic(tid)
         view = await self.route(
             tid,
             text=str(data.get("text") or ""),
@@ -390,6 +394,18 @@ class Router:
         )
         if view is not None:
             event.payload["ticket"] = view
+
+    async def _bot_topic(self, ticket_id: int) -> str | None:
+        """What the customer was talking to the bot about: the id of the
+        knowledge-base entry the bot matched last on this ticket (rules'
+        ``when: {topic: [...]}``)."""
+        async with self.db.read() as session:
+            return await session.scalar(
+                select(BotTurn.entry_key)
+                .where(BotTurn.ticket_id == ticket_id, BotTurn.entry_key.is_not(None))
+                .order_by(BotTurn.id.desc())
+                .limit(1)
+            )
 
     async def on_status_changed(self, event: Event) -> None:
         ticket = event.payload["ticket"]

@@ -9,9 +9,7 @@ from dataclasses import dataclass
 
 from hub.core import TicketStatus
 from routing.match import Compiled, MatchContext
-from routing.settings import AutomationAction, AutomationRule, AutoResolve, Conditions
-
-AUTO_RESOLVE_RULE = "auto-resolve-idle-pending"
+from routing.settings import AUTO_RESOLVE_RULE, AutomationAction, AutomationRule, AutoResolve, Conditions
 
 
 @dataclass(frozen=True, slots=True)

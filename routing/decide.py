@@ -14,8 +14,8 @@ The steps, first match wins at each:
    the ticket already has (a handoff may name one), else the inbox's default
    team, else ``routing.default_team``; with none, the ticket stays in the
    shared inbox, open and unassigned;
-4. an agent of that team: the customer's previous agent when eligible within
-   the sticky window, else by the team's strategy — *balanced* (fewest open
+4. an agent of that team: the customer's previous agent when a member of
+   that team and eligible within the sticky window, else by the team's strategy — *balanced* (fewest open
    tickets, then whoever waited longest since their last assignment) or
    *round robin* (the next eligible agent after the team's cursor);
 5. nobody eligible: the ticket waits in the team's queue.
@@ -329,7 +329,13 @@ def choose_agent(
         and snapshot.now - contact_sticky.last_at <= snapshot.sticky_window
     ):
         owner = next((a for a in snapshot.agents if a.id == contact_sticky.agent_id), None)
-        if owner is not None and is_eligible(owner, channel, skills, language, snapshot.default_capacity):
+        # Only within the chosen team: the customer's last agent may work in
+        # another team, which this ticket was not routed to.
+        if (
+            owner is not None
+            and team.id in owner.teams
+            and is_eligible(owner, channel, skills, language, snapshot.default_capacity)
+        ):
             sticky_id = owner.id
     candidates = eligible_agents(team, channel, skills, language, snapshot.agents, snapshot.default_capacity)
     if team.strategy == "round_robin":

@@ -206,6 +206,22 @@ def _unique(names: list[str], what: str) -> None:
         seen.add(n)
 
 
+# The built-in automation rule (routing.auto_resolve; see routing/automation.py):
+# its name is its actor in the audit log, so no configured rule may take it.
+AUTO_RESOLVE_RULE = "auto-resolve-idle-pending"
+
+
+def check_rule_names(rules: list[RoutingRule], automation: list[AutomationRule]) -> None:
+    """Rule names identify rules in decisions and the audit log: unique per
+    kind, and the built-in automation rule's name is taken."""
+    _unique([r.name for r in rules], "rules")
+    _unique([a.name for a in automation], "automation rules")
+    if any(a.name == AUTO_RESOLVE_RULE for a in automation):
+        raise ValueError(
+            f"automation rule name {AUTO_RESOLVE_RULE!r} is reserved for routing.auto_resolve; choose another name"
+        )
+
+
 class RoutingConfig(_Strict):
     default_team: str | None = Field(default=None, description="catches what no rule and no inbox routes")
     teams: list[TeamSettings] = Field(default_factory=list)
@@ -233,8 +249,7 @@ class RoutingConfig(_Strict):
     @model_validator(mode="after")
     def _references(self) -> RoutingConfig:
         _unique([t.name for t in self.teams], "teams")
-        _unique([r.name for r in self.rules], "rules")
-        _unique([a.name for a in self.automation], "automation rules")
+        check_rule_names(self.rules, self.automation)
         cal, sla = set(self.calendars), set(self.sla_policies)
         if self.default_calendar is not None and self.default_calendar not in cal:
             raise ValueError(f"default_calendar {self.default_calendar!r} is not in calendars")

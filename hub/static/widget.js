@@ -278,12 +278,19 @@
         show(frame);
       } else if (frame.type === "typing") typing(frame);
       else if (frame.type === "identified") { session.known = frame.known || []; if (afterIdentify) { afterIdentify(); afterIdentify = null; } }
+      else if (frame.type === "error" && frame.code === "invalid_token") {
+        // The hub no longer knows this token (its secret key changed): retrying
+        // it would fail forever, so start over as a new visitor.
+        localStorage.removeItem(KEY);
+        session = null;
+        backoff = 0;
+      }
       else if (frame.type === "error") { if (frame.field && !formBox.hidden) fieldError(frame.field, frame.message); else status.textContent = frame.message; }
     };
     socket.onclose = function () {
       status.textContent = T.reconnect;
       setTimeout(connect, backoff * (0.8 + Math.random() * 0.4));
-      backoff = Math.min(backoff * 2, 30000);
+      backoff = Math.min(Math.max(backoff * 2, 500), 30000);
     };
   }
   // A returning visitor reconnects at once, so agent replies show as unread on the bubble.

@@ -18,7 +18,7 @@ from hub import codec, metrics
 from hub.actions import do_record_delivery
 from hub.app import HUB, WEBSOCKETS, Hub
 from hub.core import DeliveryStatus, IdentityKind
-from hub.errors import Forbidden, Unauthorized
+from hub.errors import Forbidden
 from hub.web.registry import ROUTES
 from hub.workers import AGENTS_CHANNEL
 from storage import queries
@@ -49,26 +49,35 @@ def _origin_allowed(hub: Hub, origin: str | None) -> bool:
     auth=False,
     websocket=True,
     query={"token": "the visitor token from an earlier session frame, to resume that conversation"},
-    errors=(401, 403),
+    errors=(403,),
 )
 async def visitor_socket(request: web.Request) -> web.StreamResponse:
     """JSON text frames, each with a `type`. The server sends `session` first
     (with the `visitor_token` to keep), then the recent history as `message`
     frames. The visitor sends `message` (`text`, `client_id`), `typing`, and
-    `ack` / `read` (`id`) for messages it has shown."""
+    `ack` / `read` (`id`) for messages it has shown. A token that is not valid
+    (forged, or signed with an old secret key) gets an `error` frame with code
+    `invalid_token` and the socket closes (code 4401): connect without a token
+    to start a new conversation."""
     hub = request.app[HUB]
     if not _origin_allowed(hub, request.headers.get("Origin")):
         raise Forbidden(f"origin {request.headers.get('Origin')!r} may not open the chat (webchat.allowed_origins)")
     token = request.query.get("token")
-    if token:
-        visitor_id = hub.visitor_tokens.verify(token)
-        if visitor_id is None:
-            raise Unauthorized("the visitor token is not valid; connect without one to start a new conversation")
-    else:
+    visitor_id = hub.visitor_tokens.verify(token) if token else None
+    if not token:
         visitor_id, token = hub.visitor_tokens.issue()
 
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_FRAME_BYTES)
     await ws.prepare(request)
+    if visitor_id is None:
+        # Refused after the upgrade: a browser's WebSocket cannot read the
+        # status of a refused handshake, so the widget could only retry the
+        # same token forever; a frame tells it to drop the token.
+        await _error(
+            ws, "invalid_token", "the visitor token is not valid; connect without one to start a new conversation"
+        )
+        await ws.close(code=4401, message=b"invalid visitor token")
+        return ws
     request.app[WEBSOCKETS].add(ws)
     metrics.LIVE_CONNECTIONS.labels("visitor").inc()
     conn_id = secrets.token_hex(8)

@@ -14,9 +14,11 @@ from aiohttp import WSMsgType, web
 from channels.base import InvalidPayload
 from channels.webchat import decode_frame
 from hub import codec, metrics
+from hub.actions import check_token
 from hub.app import HUB, WEBSOCKETS, Hub
+from hub.errors import Unauthorized
 from hub.router import do_heartbeat
-from hub.web.api import API, current_agent
+from hub.web.api import API, bearer_token, current_agent
 from hub.web.registry import ROUTES
 from hub.workers import AGENTS_CHANNEL
 from storage.models import Agent
@@ -46,9 +48,13 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
     it concerns, in the same shapes as the REST API. Send `{"type": "ping"}` to get
     a `pong`, and `{"type": "typing", "ticket_id": N}` while writing a reply: a web
     chat visitor sees "typing", and so do the other agents. While connected, the
-    agent is seen (their presence stays online)."""
+    agent is seen (their presence stays online). The token is checked again
+    every `routing.presence.heartbeat_seconds`: once it is logged out, expired
+    or its agent deactivated, an `error` frame (code `unauthorized`) is sent
+    and the socket closes with code 4401."""
     hub = request.app[HUB]
     agent = await current_agent(request)
+    token = bearer_token(request)
     ws = web.WebSocketResponse(heartbeat=30.0)
     await ws.prepare(request)
     request.app[WEBSOCKETS].add(ws)
@@ -69,7 +75,16 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
         while not ws.closed:
             try:
                 async with hub.db.write() as session:
+                    # Checked again on every beat, not only at connect: a token
+                    # logged out, expired or of a deactivated agent must stop
+                    # the feed, and must not keep the agent online for routing.
+                    await check_token(session, token)
                     await do_heartbeat(session, agent.id)
+            except Unauthorized as exc:
+                with contextlib.suppress(ConnectionError):
+                    await ws.send_str(codec.dumps({"type": "error", "code": "unauthorized", "message": str(exc)}))
+                await ws.close(code=4401, message=b"the token is no longer valid")
+                return
             except Exception:
                 log.warning("could not record agent %s heartbeat", agent.id, exc_info=True)
             await asyncio.sleep(hub.config.routing.presence.heartbeat_seconds)

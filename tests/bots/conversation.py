@@ -6,8 +6,9 @@ bot's worker step, the sender, SQLite."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,10 +17,12 @@ from sqlalchemy import func, select
 
 from bots.kb import KbEntry
 from channels.base import ChannelAdapter
+from hub import codec
 from hub.actions import do_ensure_inbox
 from hub.app import Hub, build_hub, start_hub, stop_hub
 from hub.bot_actions import do_import_faq
 from hub.core import Channel, DeliveryStatus, InboundMessage, OutboundMessage, SendResult
+from hub.stream.base import Event
 from storage.db import Database
 from storage.ingest import IngestResult, ingest_batch
 from storage.migrate import upgrade_async
@@ -131,6 +134,24 @@ class Conversation:
         self.fakes = fakes
         self._ids = itertools.count(1)
         self._read: dict[Channel, int] = dict.fromkeys(fakes, 0)
+        # Every event as the stream carried it (encoded, before any step ran).
+        self.published: dict[int, tuple[Event, str]] = {}
+        handle = hub.processor.handle
+
+        async def as_redis_does(events: Sequence[Event]) -> None:
+            # Each delivery decodes its own copy of the payload, as Redis
+            # does; the in-process stream would hand a retry the dict the
+            # failed try's steps already changed, hiding what a redelivery sees.
+            for event in events:
+                self.published.setdefault(event.outbox_id, (event, codec.dumps(event.payload)))
+            await handle([fresh(e) for e in events])
+
+        hub.processor.handle = as_redis_does  # type: ignore[method-assign]
+
+    async def redeliver(self, kind: str, index: int = -1) -> None:
+        """The stream delivers an event of ``kind`` again, as published."""
+        event, payload = [p for p in self.published.values() if p[0].kind == kind][index]
+        await self.hub.processor.handle([dataclasses.replace(event, payload=codec.loads(payload), deliveries=2)])
 
     async def push(
         self,
@@ -188,6 +209,10 @@ class Conversation:
         return ticket
 
 
+def fresh(event: Event) -> Event:
+    return dataclasses.replace(event, payload=codec.loads(codec.dumps(event.payload)))
+
+
 @asynccontextmanager
 async def bot_hub(
     tmp_path: Path, *, kb: list[dict[str, Any]] | None = None, **overrides: Any
@@ -200,9 +225,10 @@ async def bot_hub(
     async with hub.db.write() as s:
         await do_ensure_inbox(s, key=SMS_INBOX, channel=Channel.SMS, name="SMS", bot_enabled=True)
         await do_import_faq(s, [KbEntry.model_validate(e) for e in (KB if kb is None else kb)], actor="test")
+    conversation = Conversation(hub, fakes)
     await start_hub(hub)
     try:
-        yield Conversation(hub, fakes)
+        yield conversation
     finally:
         await stop_hub(hub)
 

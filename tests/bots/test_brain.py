@@ -81,3 +81,35 @@ def test_a_feedback_button_without_a_question_is_just_text() -> None:
     out = respond("Yes", state={})
     assert out.action != "feedback"
     assert out.feedback is None
+
+
+ARABIC_KB = Matcher(
+    [
+        KbEntry(
+            id="shipping-time",
+            questions=("متى يصل طلبي", "كم يستغرق الشحن", "how long does shipping take"),
+            answer={
+                "ar": "يصل الطلب خلال ٣ إلى ٥ أيام عمل.",
+                "fa": "سفارش‌ها ظرف ۳ تا ۵ روز کاری می‌رسند.",
+                "en": "3 to 5 days.",
+            },
+        ),
+        KbEntry(
+            id="return-policy",
+            questions=("كيف أعيد المنتج", "سياسة الإرجاع", "how do I return an item"),
+            answer={"fa": "تا ۳۰ روز می‌توانید کالا را مرجوع کنید.", "en": "Within 30 days."},
+        ),
+    ]
+)
+
+
+def test_an_arabic_speaker_gets_the_arabic_answer_else_the_persian_one() -> None:
+    brain = Brain(BotConfig(ask_feedback=False), ARABIC_KB)
+    shipping = brain.respond(Inbound("متى يصل طلبي؟"), Contact(), {})
+    assert (shipping.language, shipping.entry_id) == ("ar", "shipping-time")
+    assert [r.text for r in shipping.replies] == ["يصل الطلب خلال ٣ إلى ٥ أيام عمل."]
+    returns = brain.respond(Inbound("كيف أعيد المنتج"), Contact(), shipping.state)
+    assert (returns.language, returns.entry_id) == ("ar", "return-policy")
+    assert [r.text for r in returns.replies] == ["تا ۳۰ روز می‌توانید کالا را مرجوع کنید."]
+    # The bot's own words have no Arabic version: Persian.
+    assert brain.respond(Inbound("أريد التحدث مع operator"), Contact(), {}).replies[0].text.startswith("شما را")

@@ -34,7 +34,8 @@ def test_yaml_list_with_answers_per_language_and_one_for_all() -> None:
     assert shipping.tags == ("shipping", "delivery")
     assert shipping.team == "Support"
     assert shipping.answer_in("fa") == "سفارش‌ها ظرف ۳ تا ۵ روز کاری می‌رسند."
-    assert shipping.answer_in("ar") == "Orders arrive in 3 to 5 working days."  # no Arabic: English
+    # No Arabic answer: Persian (same script), before the one for all and English.
+    assert shipping.answer_in("ar") == "سفارش‌ها ظرف ۳ تا ۵ روز کاری می‌رسند."
     assert hours.questions == ("what are your opening hours",)
     assert hours.answer == {ANY_LANGUAGE: "Saturday to Wednesday, 9 to 17."}
     assert hours.answer_in("fa") == hours.answer_in("en") == "Saturday to Wednesday, 9 to 17."
@@ -104,6 +105,10 @@ def test_csv_with_one_answer_column() -> None:
         ("question,answer\nq,a\n", "kb.csv: missing columns; columns: id, question"),
         ("id,question\na,q\n", "missing columns"),
         ("id,question,answer\na,q,x\n,r,y\n", "kb.csv: line 3: id is empty"),
+        (
+            "id,question,answer\na,q,x\nb,hours,9 to 5, Monday to Friday\n",
+            "kb.csv: line 3: more fields than columns; quote text containing commas",
+        ),
         ("id,question,answer\na,q,x\nb,r,\n", "kb.csv: line 3 (id 'b'): answer: Value error, is empty: give one text"),
         ("id,question,answer\na,q,x\nb,,y\n", "kb.csv: line 3 (id 'b'): questions:"),
         ("id,question,answer\na,q,x\nbad id,r,y\n", "kb.csv: line 3 (id 'bad id'): id:"),

@@ -10,10 +10,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from sqlalchemy import select
 
+from bots import rasa_backend
+from hub.config import BotConfig
 from hub.core import Channel
 from storage.models import Message, Team, TicketEventRow
 from tests.bots.conversation import Conversation, bot_hub
@@ -25,6 +28,8 @@ class FakeRasa:
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
         self.down = False
+        # Whatever JSON the assistant's handoff names as the team.
+        self.team: Any = "Sales"
 
     def responses(self, sender: str, message: str) -> list[dict[str, Any]]:
         if message in ("hi", "سلام"):
@@ -46,7 +51,7 @@ class FakeRasa:
         if message.startswith("/human_handoff"):
             return [
                 {"recipient_id": sender, "text": "Let me get a colleague."},
-                {"recipient_id": sender, "custom": {"handoff": {"reason": "asked_for_human", "team": "Sales"}}},
+                {"recipient_id": sender, "custom": {"handoff": {"reason": "asked_for_human", "team": self.team}}},
             ]
         return [{"recipient_id": sender, "text": f"You said: {message}"}]
 
@@ -59,7 +64,7 @@ class FakeRasa:
 
 
 @asynccontextmanager
-async def rasa_conversation(tmp_path: Path) -> AsyncIterator[tuple[Conversation, FakeRasa]]:
+async def rasa_conversation(tmp_path: Path, **config: Any) -> AsyncIterator[tuple[Conversation, FakeRasa]]:
     rasa = FakeRasa()
     app = web.Application()
     app.router.add_post("/webhooks/rest/webhook", rasa.webhook)
@@ -67,7 +72,7 @@ async def rasa_conversation(tmp_path: Path) -> AsyncIterator[tuple[Conversation,
     await server.start_server()
     try:
         url = str(server.make_url("")).rstrip("/")
-        overrides: dict[str, Any] = {"bot.backend": "rasa", "bot.rasa.url": url}
+        overrides: dict[str, Any] = {"bot.backend": "rasa", "bot.rasa.url": url, **config}
         async with bot_hub(tmp_path, **overrides) as c:
             yield c, rasa
     finally:
@@ -151,3 +156,28 @@ async def test_rasa_down_is_tried_three_times_then_a_person_takes_over(tmp_path:
             note = await s.scalar(select(Message).where(Message.private.is_(True)))
         assert event is not None and event.data["reason"] == "rasa_unavailable"
         assert note is not None and "did not answer" in note.body
+
+
+@pytest.mark.parametrize("team", [42, ["Sales"], {"name": "Sales"}, "   ", "x" * 201, True])
+async def test_a_handoff_naming_no_usable_team_goes_to_the_configured_team(tmp_path: Path, team: Any) -> None:
+    async with rasa_conversation(tmp_path, **{"bot.handoff_team": "Support"}) as (c, rasa):
+        rasa.team = team
+        await c.push("hi")
+        (bye,) = await c.push("Talk to a person", quick_reply='/human_handoff{"reason": "button"}')
+        assert bye.body == "Let me get a colleague."
+        ticket = await c.ticket()
+        assert (ticket.status, ticket.bot_silenced) == ("open", True)
+        async with c.hub.db.read() as s:
+            event = await s.scalar(select(TicketEventRow).where(TicketEventRow.kind == "ticket.handoff"))
+            support = await s.scalar(select(Team).where(Team.name == "Support"))
+        assert event is not None and support is not None
+        assert (event.data["reason"], event.data["team_id"]) == ("asked_for_human", support.id)
+
+
+def test_a_handoff_team_name_is_trimmed() -> None:
+    config = BotConfig(handoff_team="Support")
+    state: dict[str, Any] = {"transcript": []}
+    out = rasa_backend.outcome([{"custom": {"handoff": {"team": "  Sales  "}}}], state, "en", config)
+    assert out.handoff is not None and out.handoff.team == "Sales"
+    out = rasa_backend.outcome([{"custom": {"handoff": {"team": 7}}}], state, "en", BotConfig())
+    assert out.handoff is not None and out.handoff.team is None

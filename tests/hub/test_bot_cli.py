@@ -73,6 +73,11 @@ def test_faq_import_errors_name_the_line_and_change_nothing(admin: CliRunner, tm
     assert f"Error: {bad}: line 3 (id 'bad id'): id:" in result.output
     assert "Traceback" not in result.output
     assert run(admin, "faq", "export").output.strip() == "[]"
+    commas = write(tmp_path, "commas.csv", "id,question,answer\nhours,when are you open,9 to 5, Monday to Friday\n")
+    result = run(admin, "faq", "import", commas, code=1)
+    assert f"Error: {commas}: line 2: more fields than columns; quote text containing commas" in result.output
+    assert "Traceback" not in result.output
+    assert run(admin, "faq", "export").output.strip() == "[]"
     missing = run(admin, "faq", "import", str(tmp_path / "nope.yaml"), code=2)
     assert "does not exist" in missing.output
 
@@ -131,6 +136,9 @@ def test_bot_eval_explains_bad_input(admin: CliRunner, tmp_path: Path) -> None:
     assert "needs the columns question and expected" in result.output
     empty = write(tmp_path, "empty.csv", "question,expected\nhello,pricing\n,pricing\n")
     assert "line 3: question is empty" in run(admin, "bot", "eval", "--kb", kb, "--questions", empty, code=1).output
+    commas = write(tmp_path, "commas.csv", "question,expected\nhello,pricing\nprices, plans,pricing\n")
+    result = run(admin, "bot", "eval", "--kb", kb, "--questions", commas, code=1)
+    assert f"Error: {commas}: line 3: more fields than columns; quote text containing commas" in result.output
     unknown = write(tmp_path, "unknown.csv", "question,expected\nhello,no-such-entry\n")
     text = run(admin, "bot", "eval", "--kb", kb, "--questions", unknown).output
     assert "expected ids not in the knowledge base: no-such-entry" in text

@@ -169,6 +169,18 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = [
         {"assignee_id": 11, "sticky": False},
     ),
     (
+        "sticky owner of another team",
+        {"text": "refund"},
+        {
+            "sticky": StickyOwner(10, NOW - timedelta(hours=1)),
+            "agents": [
+                AgentState(10, frozenset({SUPPORT}), skills=frozenset({"billing"})),
+                AgentState(20, frozenset({SALES}), skills=frozenset({"billing"}), load={"webchat": 2}),
+            ],
+        },
+        {"team_id": SALES, "assignee_id": 20, "sticky": False},
+    ),
+    (
         "sticky owner not online",
         {"text": "hi"},
         {"sticky": StickyOwner(30, NOW - timedelta(hours=1))},

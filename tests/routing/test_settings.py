@@ -29,6 +29,11 @@ from routing.settings import parse_capacity
             "routing:\n  automation: [{name: a, on: sla.breach, actions: [{resolve: true, priority: high}]}]\n",
             "an action does exactly one thing",
         ),
+        (
+            "routing:\n  automation: [{name: auto-resolve-idle-pending, on: idle, idle_minutes: 5,"
+            " actions: [{resolve: true}]}]\n",
+            "automation rule name 'auto-resolve-idle-pending' is reserved",
+        ),
         ("routing:\n  default_capacity: {fax: 3}\n", "routing.default_capacity.fax"),
         ("routing:\n  presence: {away_after_seconds: 0}\n", "routing.presence.away_after_seconds"),
     ],

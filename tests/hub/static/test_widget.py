@@ -179,3 +179,33 @@ async def test_widget_reconnects_resends_once_and_continues_in_a_new_tab(tmp_pat
             # The customer's own messages, each stored once (the bot answers too).
             bodies = (await s.scalars(select(Message.body).where(Message.direction == "in").order_by(Message.id))).all()
         assert bodies == ["first", "written while offline"]
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(300)
+async def test_a_visitor_whose_token_the_hub_no_longer_accepts_starts_a_new_conversation(tmp_path: Path) -> None:
+    config = make_config(tmp_path, **{"bot.enabled": True})  # the bot "answers": no offline form
+    async with running_hub(config) as server, chromium() as browser:
+        base = str(server.make_url("")).rstrip("/")
+        page = await (await browser.new_context()).new_page()
+        problems: list[str] = []
+        watch_for_trouble(page, problems)
+        await page.goto(f"{base}/")
+        # A token from before the hub's secret key changed: the widget resumes it at once.
+        key = await page.evaluate("() => 'crmHubVisitor:' + location.host")
+        await page.evaluate("k => localStorage.setItem(k, 'stale.token')", key)
+        await page.reload()
+        fresh = await page.wait_for_function(
+            "k => { const v = localStorage.getItem(k); return v && v !== 'stale.token' ? v : null; }", arg=key
+        )
+        token = await fresh.json_value()
+        assert server.app[HUB].visitor_tokens.verify(token) is not None
+        await page.get_by_role("button", name="Open chat").click()
+        panel = page.get_by_role("dialog")
+        await visitor_says(page, "hello again")
+        await expect(panel.locator(".m.contact")).to_have_count(1)
+        await expect(panel.get_by_role("status")).to_have_text("")
+        async with server.app[HUB].db.read() as s:
+            bodies = (await s.scalars(select(Message.body).where(Message.direction == "in"))).all()
+        assert bodies == ["hello again"]
+        assert problems == []

@@ -101,6 +101,41 @@ async def test_rules_presence_queues_and_availability(tmp_path: Path) -> None:
             assert r.status == 422
 
 
+async def test_rule_names_are_unique_and_the_built_in_name_is_reserved(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    await add_agent_to_db(config)
+    async with running_hub(config) as server, aiohttp.ClientSession() as http:
+        base = str(server.make_url("")).rstrip("/")
+        admin = await Agent.login(http, base, "admin@example.com")
+        before = {kind: await admin.get(f"/api/v1/routing/{kind}") for kind in ("rules", "automation")}
+        resolve = {"on": "message.received", "actions": [{"resolve": True}]}
+        refused = [
+            (
+                "rules",
+                [{"name": "billing", "team": "Sales"}, {"name": "billing", "team": "Support"}],
+                "two rules are named 'billing'",
+            ),
+            (
+                "automation",
+                [{"name": "close", **resolve}, {"name": "close", **resolve}],
+                "two automation rules are named 'close'",
+            ),
+            (
+                "automation",
+                [{"name": "auto-resolve-idle-pending", **resolve}],
+                "automation rule name 'auto-resolve-idle-pending' is reserved",
+            ),
+        ]
+        for kind, items, needle in refused:
+            async with http.put(f"{base}/api/v1/routing/{kind}", json={"items": items}, headers=admin.headers) as r:
+                assert r.status == 422, await r.text()
+                assert needle in (await r.json())["error"]["message"]
+        for kind in ("rules", "automation"):
+            assert await admin.get(f"/api/v1/routing/{kind}") == before[kind]
+        # A routing rule may share a name with an automation rule: they are different lists.
+        await admin.put("/api/v1/routing/rules", {"items": [{"name": "close", "team": "Sales"}]})
+
+
 def ana_id(me: dict[str, object]) -> int:
     value = me["id"]
     assert isinstance(value, int)

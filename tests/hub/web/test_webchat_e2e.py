@@ -127,10 +127,18 @@ async def test_forged_visitor_token_is_refused(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     async with running_hub(config) as server:
         base = str(server.make_url("")).rstrip("/")
-        async with aiohttp.ClientSession() as http, http.get(f"{base}/chat/ws?token=abc.def") as r:
-            assert r.status == 401
-            body = await r.json()
-            assert body["error"]["code"] == "unauthorized"
+        async with aiohttp.ClientSession() as http:
+            # Refused after the upgrade, where a browser can read why.
+            async with http.ws_connect(f"{base}/chat/ws?token=abc.def") as visitor:
+                error = await visitor.receive_json()
+                assert error["type"] == "error" and error["code"] == "invalid_token"
+                assert "connect without one" in error["message"]
+                closing = await visitor.receive()
+                assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 4401
+            # As told: without the token, a new visitor.
+            async with http.ws_connect(f"{base}/chat/ws") as visitor:
+                session = await next_frame(visitor, "session")
+                assert session["visitor_token"] != "abc.def" and session["ticket_id"] is None
 
 
 async def test_bot_enabled_inbox_starts_tickets_pending_and_agent_reply_takes_over(tmp_path: Path) -> None:
