@@ -55,14 +55,17 @@ export class Api {
  * The live feed. Reconnects by itself with backoff and jitter; ``onOpen(again)``
  * runs after every connect (``again`` after a reconnect: the caller reloads what
  * it may have missed), ``onEvent(frame)`` for every frame, ``onState(state)``
- * with "live" or "reconnecting".
+ * with "live" or "reconnecting", ``onUnauthorized()`` once the hub closes it
+ * because the token is no longer valid (logged out elsewhere, expired): then it
+ * stops, as reconnecting with that token would only be refused forever.
  */
 export class EventsSocket {
-  constructor(token, { onOpen, onEvent, onState }) {
+  constructor(token, { onOpen, onEvent, onState, onUnauthorized }) {
     this.token = token;
     this.onOpen = onOpen;
     this.onEvent = onEvent;
     this.onState = onState;
+    this.onUnauthorized = onUnauthorized;
     this.backoff = 1000;
     this.connected = false;
     this.everConnected = false;
@@ -91,10 +94,15 @@ export class EventsSocket {
       try { frame = JSON.parse(e.data); } catch { return; }
       this.onEvent(frame);
     };
-    ws.onclose = () => {
+    ws.onclose = (e) => {
       clearInterval(this.pinger);
       this.connected = false;
       if (this.stopped) return;
+      if (e.code === 4401) {
+        this.stopped = true;
+        if (this.onUnauthorized) this.onUnauthorized();
+        return;
+      }
       this.onState("reconnecting");
       const delay = this.backoff * (0.8 + Math.random() * 0.4);
       this.backoff = Math.min(this.backoff * 2, 30000);

@@ -158,7 +158,11 @@ async function enter(token) {
       const node = $("#connection");
       node.className = `connection ${s}`;
       fill(node, t(`connection.${s}`));
+      // A token refused at connect fails before the upgrade, which a browser
+      // cannot tell from a network error: ask the API, whose 401 logs out.
+      if (s === "reconnecting") state.api.get("/me").catch(() => {});
     },
+    onUnauthorized: () => leave(),
   });
   const wanted = Number((location.hash.match(/^#\/ticket\/(\d+)$/) || [])[1]);
   if (wanted) openTicket(wanted);

@@ -217,6 +217,23 @@ async def test_inbox_catches_up_on_what_it_missed_while_disconnected(tmp_path: P
         await expect(agent.locator("#views [data-view=unassigned] .badge.unread")).to_have_text("1")
 
 
+async def test_inbox_signs_out_when_its_token_is_revoked(tmp_path: Path) -> None:
+    """Logged out elsewhere (the same token revoked through the API): the open
+    inbox goes back to the sign-in form instead of reconnecting forever."""
+    config = make_config(tmp_path, **{"routing.presence.heartbeat_seconds": 0.5})
+    async with running_hub(config) as server, chromium() as browser, aiohttp.ClientSession() as http:
+        await add_agent(config, "ana@example.com", Role.ADMIN)
+        base = str(server.make_url("")).rstrip("/")
+        page = await (await browser.new_context()).new_page()
+        await log_in(page, base, "ana@example.com")
+        await expect(page.locator("#connection")).to_have_text("Live")
+        token = await page.evaluate("() => localStorage.getItem('crmhub.inbox.token')")
+        async with http.post(f"{base}/api/v1/auth/logout", headers={"Authorization": f"Bearer {token}"}) as r:
+            assert r.status in (200, 204)
+        await expect(page.locator("#login")).to_be_visible(timeout=30_000)
+        await expect(page.locator("#app")).to_be_hidden()
+
+
 def _png() -> bytes:
     """A 2x2 red PNG, made here."""
     raw = b"".join(b"\x00" + b"\xff\x00\x00" * 2 for _ in range(2))
