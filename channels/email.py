@@ -229,6 +229,10 @@ class DeliveryReport:
     #: Message-IDs of the messages the report is about.
     original_ids: tuple[str, ...]
     recipients: tuple[str, ...] = ()
+    #: The recipients ``status`` is about (those that failed, for a bounce);
+    #: empty when the report names none. A reply goes to the customer and
+    #: copies others: only the customer's address may decide its status.
+    status_recipients: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -747,6 +751,7 @@ def _delivery_report(msg: Message, sender: str, collector: _Collector) -> Delive
     recipients: list[str] = []
     reasons: list[str] = []
     actions: list[str] = []
+    acted: list[tuple[str, str]] = []
     for part in collector.report_parts:
         for block in _status_blocks(part):
             action = _header(block, "Action").lower()
@@ -760,21 +765,26 @@ def _delivery_report(msg: Message, sender: str, collector: _Collector) -> Delive
                 actions.append(action)
             if rcpt:
                 recipients.append(rcpt.lower())
+                acted.append((action, rcpt.lower()))
             detail = diagnostic or code
             if detail:
                 reasons.append(f"{detail} ({rcpt})" if rcpt and rcpt.lower() not in detail.lower() else detail)
     if not actions:
         actions = ["failed"]
         reasons = reasons or [subject or "the message could not be delivered"]
-    if any(a.startswith("failed") for a in actions):
+        acted = [("failed", r) for _, r in acted]
+    failed: tuple[str, ...] = ("failed",)
+    delivered: tuple[str, ...] = ("delivered", "relayed", "expanded")
+    if any(a.startswith(failed) for a in actions):
         kind: Literal["bounce", "delayed", "delivered", "read", "other"] = "bounce"
         status: DeliveryStatus | None = DeliveryStatus.FAILED
-    elif any(a.startswith(("delivered", "relayed", "expanded")) for a in actions):
-        kind, status = "delivered", DeliveryStatus.DELIVERED
+        decisive = failed
+    elif any(a.startswith(delivered) for a in actions):
+        kind, status, decisive = "delivered", DeliveryStatus.DELIVERED, delivered
     elif any(a.startswith("delayed") for a in actions):
-        kind, status = "delayed", None
+        kind, status, decisive = "delayed", None, ()
     else:
-        kind, status = "other", None
+        kind, status, decisive = "other", None, ()
     reason = "; ".join(dict.fromkeys(reasons)) or subject
     return DeliveryReport(
         kind=kind,
@@ -782,6 +792,7 @@ def _delivery_report(msg: Message, sender: str, collector: _Collector) -> Delive
         reason=clean_text(reason)[:2000],
         original_ids=tuple(originals),
         recipients=tuple(dict.fromkeys(recipients)),
+        status_recipients=tuple(dict.fromkeys(r for a, r in acted if decisive and a.startswith(decisive))),
     )
 
 

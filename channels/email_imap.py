@@ -15,6 +15,7 @@ import contextlib
 import socket
 import ssl
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 from imapclient import IMAPClient
@@ -54,6 +55,8 @@ class Fetched:
     size: int
     #: True when only the headers were fetched (the message is over the limit).
     truncated: bool = False
+    #: When the server received it (IMAP INTERNALDATE), if it said.
+    internal_date: datetime | None = None
 
 
 def tls_context(server: ImapServer) -> ssl.SSLContext:
@@ -107,6 +110,14 @@ class ImapConnection:
         found = self.client.search(["UID", f"{last_uid + 1}:*"])
         return sorted(int(u) for u in found if int(u) > last_uid)
 
+    def uids_since(self, last_uid: int, day: date) -> list[int]:
+        """UIDs after ``last_uid`` of the messages the server received on
+        ``day`` or later (IMAP SEARCH SINCE compares dates only, in the
+        server's time zone: the caller gives a day's margin and checks each
+        message's :attr:`Fetched.internal_date`)."""
+        found = self.client.search(["UID", f"{last_uid + 1}:*", "SINCE", day])
+        return sorted(int(u) for u in found if int(u) > last_uid)
+
     def highest_uid(self, state: FolderState) -> int:
         if state.uidnext is not None:
             return max(state.uidnext - 1, 0)
@@ -116,10 +127,13 @@ class ImapConnection:
     def fetch(self, uid: int, max_bytes: int) -> Fetched | None:
         """The raw message, or only its headers when it is larger than
         ``max_bytes``; None when it was expunged meanwhile."""
-        sizes = self.client.fetch([uid], ["RFC822.SIZE"])
+        sizes = self.client.fetch([uid], ["RFC822.SIZE", "INTERNALDATE"])
         if uid not in sizes:
             return None
         size = int(sizes[uid].get(b"RFC822.SIZE", 0))
+        received = sizes[uid].get(b"INTERNALDATE")
+        # imapclient gives it as naive local time; astimezone() reads it so.
+        internal_date = received.astimezone(UTC) if isinstance(received, datetime) else None
         if size > max_bytes:
             part = "BODY.PEEK[HEADER]"
             key = b"BODY[HEADER]"
@@ -131,7 +145,7 @@ class ImapConnection:
         raw = data[uid].get(key)
         if raw is None:
             return None
-        return Fetched(raw=to_bytes(raw), size=size, truncated=size > max_bytes)
+        return Fetched(raw=to_bytes(raw), size=size, truncated=size > max_bytes, internal_date=internal_date)
 
     def wait(self, seconds: float) -> None:
         """IDLE for up to ``seconds``, returning early when the server reports

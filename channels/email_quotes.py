@@ -117,6 +117,10 @@ def _is_quoted(line: str) -> bool:
 def _history_start(lines: list[str]) -> int:
     """Index of the first line of quoted history, or ``len(lines)``."""
     n = len(lines)
+    # Answered once for every start here rather than by re-reading the rest of
+    # the text at each candidate line: that re-read made a body full of
+    # header-like lines cost quadratic time, enough to stall a mailbox.
+    history_after = _history_only_from(lines)
     for i in range(n):
         plain = _plain(lines[i])
         if not plain or _is_quoted(lines[i]):
@@ -125,11 +129,11 @@ def _history_start(lines: list[str]) -> int:
             # What follows was forwarded to us to read.
             return n
         end = _attribution_end(lines, i)
-        if end is not None and _only_history_after(lines, end):
+        if end is not None and history_after[end]:
             return i
-        if _SEPARATOR.match(plain) and _only_history_after(lines, i + 1):
+        if _SEPARATOR.match(plain) and history_after[i + 1]:
             return i
-        if _FROM_FIELD.match(plain) and _outlook_block(lines, i) and _only_history_after(lines, i + 1):
+        if _FROM_FIELD.match(plain) and _outlook_block(lines, i) and history_after[i + 1]:
             return i
     return _trailing_quote_start(lines)
 
@@ -168,18 +172,21 @@ def _outlook_block(lines: list[str], i: int) -> bool:
     return fields >= 1
 
 
-def _only_history_after(lines: list[str], start: int) -> bool:
-    """True unless the customer's own words resume after a quoted block
+def _history_only_from(lines: list[str]) -> list[bool]:
+    """For each start index (``0`` to ``len(lines)``): true unless the
+    customer's own words resume after a quoted block from there on
     (bottom-posting or interleaved answers), in which case nothing is cut."""
-    seen_quote = False
-    for line in lines[start:]:
-        if not _plain(line):
-            continue
-        if _is_quoted(line):
-            seen_quote = True
-        elif seen_quote:
-            return False
-    return True
+    only = [True] * (len(lines) + 1)
+    unquoted_later = False
+    for k in range(len(lines) - 1, -1, -1):
+        ok = only[k + 1]
+        if _plain(lines[k]):
+            if _is_quoted(lines[k]):
+                ok = ok and not unquoted_later
+            else:
+                unquoted_later = True
+        only[k] = ok
+    return only
 
 
 def _trailing_quote_start(lines: list[str]) -> int:

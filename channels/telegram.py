@@ -19,10 +19,12 @@ failure that marks the address unreachable.
 
 from __future__ import annotations
 
+import base64
 import copy
 import enum
+import hashlib
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -453,16 +455,41 @@ class BotHandle:
     bot: Bot
 
 
+#: Starts the callback data that stands for a quick reply id over Telegram's
+#: 64 bytes (see :func:`callback_data`).
+HASHED_ID_PREFIX = "qr~"
+
+
+def callback_data(reply_id: str) -> str:
+    """What a button carries for a quick reply: its id, or, when that is over
+    Telegram's 64 bytes of callback data (a Persian id of 33 letters is), a
+    token derived from the id alone. Derived, not stored: any process, before
+    or after a restart, maps it back with :func:`resolve_callback` against
+    the quick replies the hub offered."""
+    if len(reply_id.encode()) <= MAX_CALLBACK_DATA_BYTES:
+        return reply_id
+    digest = base64.urlsafe_b64encode(hashlib.sha256(reply_id.encode()).digest()).decode().rstrip("=")
+    return f"{HASHED_ID_PREFIX}{digest}"
+
+
+def is_hashed_id(data: str) -> bool:
+    return data.startswith(HASHED_ID_PREFIX)
+
+
+def resolve_callback(data: str, offered: Iterable[QuickReply]) -> QuickReply | None:
+    """The offered quick reply a button's callback data stands for."""
+    replies = list(offered)
+    exact = next((q for q in replies if q.id == data), None)
+    return exact or next((q for q in replies if callback_data(q.id) == data), None)
+
+
 def keyboard(quick_replies: tuple[QuickReply, ...]) -> InlineKeyboardMarkup | None:
     """One button per row, so long titles (and Persian ones) stay readable."""
     if not quick_replies:
         return None
-    for q in quick_replies:
-        if len(q.id.encode()) > MAX_CALLBACK_DATA_BYTES:
-            raise ValueError(
-                f"quick reply id {q.id!r} is longer than Telegram's {MAX_CALLBACK_DATA_BYTES} bytes of callback data"
-            )
-    return InlineKeyboardMarkup([[InlineKeyboardButton(q.title, callback_data=q.id)] for q in quick_replies])
+    return InlineKeyboardMarkup(
+        [[InlineKeyboardButton(q.title, callback_data=callback_data(q.id))] for q in quick_replies]
+    )
 
 
 def plan(message: OutboundMessage) -> list[str | Attachment]:
@@ -502,10 +529,7 @@ class TelegramChannel(ChannelAdapter):
             chat_id = int(message.recipient)
         except ValueError:
             return _failed(f"{message.recipient!r} is not a Telegram chat id")
-        try:
-            markup = keyboard(message.quick_replies)
-        except ValueError as exc:
-            return _failed(str(exc))
+        markup = keyboard(message.quick_replies)
         steps = plan(message)
         if not steps:
             return _failed("the message has neither text nor attachments")

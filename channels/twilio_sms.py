@@ -298,6 +298,10 @@ class TwilioSmsChannel(ChannelAdapter):
             return self.public_url + url
         return url
 
+    def media_urls(self, message: OutboundMessage) -> list[str]:
+        """Where Twilio fetches the message's attachments to send them as MMS."""
+        return [self._absolute(a.url) for a in message.attachments]
+
     async def send(self, message: OutboundMessage) -> SendResult:
         sender = self.senders.get(message.inbox)
         if sender is None:
@@ -309,7 +313,7 @@ class TwilioSmsChannel(ChannelAdapter):
             sender,
             message.recipient,
             render_body(message.body, message.quick_replies),
-            media_urls=[self._absolute(a.url) for a in message.attachments],
+            media_urls=self.media_urls(message),
             status_callback=self.status_callback(message.message_id),
         )
 

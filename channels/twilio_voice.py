@@ -234,11 +234,12 @@ def empty_twiml() -> str:
 
 class TwilioVoiceChannel(ChannelAdapter):
     """Replies written on a phone ticket reach the caller as a text message from
-    the hub's SMS line (the caller's number is the same identity); the opt-out
-    ledger applies as to any SMS."""
+    the hub's SMS line (the caller's number is the same identity), attachments
+    as MMS media as on any SMS; the opt-out ledger applies as to any SMS."""
 
     channel: ClassVar[Channel] = Channel.VOICE
     max_body_chars: ClassVar[int | None] = 1600
+    supports_attachments: ClassVar[bool] = True
 
     def __init__(self, sms: TwilioSmsChannel | None, reply_sender: SmsSender | None) -> None:
         self.sms = sms
@@ -255,6 +256,7 @@ class TwilioVoiceChannel(ChannelAdapter):
             self.reply_sender,
             message.recipient,
             message.body,
+            media_urls=self.sms.media_urls(message),
             status_callback=self.sms.status_callback(message.message_id),
         )
 

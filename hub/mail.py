@@ -15,7 +15,9 @@ the sanitized HTML, the raw original) are written first: a crash in between
 leaves an unreferenced file, never a message pointing at nothing. When the
 folder's UIDVALIDITY changes, the poller reads the folder again from the start
 and the Message-ID (a hash of the message when it has none) tells which
-messages are already stored.
+messages are already stored; with ``first_sync: new``, messages that arrived
+(IMAP INTERNALDATE) before the hub first connected are passed over, as the
+hub never stored them. When that was is kept in the inbox's settings.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import os
 import random
 import secrets
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import select
@@ -46,6 +49,7 @@ from channels.email import (
     parse_email,
     plus_tokens,
     raw_key,
+    reply_addresses,
     subject_tokens,
     to_inbound,
 )
@@ -64,19 +68,25 @@ from hub.core import (
     TicketEventKind,
     TicketStatus,
     status_advances,
+    utcnow,
 )
 from hub.errors import Conflict
 from storage.db import Database
 from storage.ingest import IngestResult, add_outbox, ingest_batch, outbox_row
 from storage.mail import (
+    HistoryCutoff,
     LeaseLost,
     advance_checkpoint,
     claim_mailbox,
     email_message_exists,
     find_thread,
+    first_connection,
+    history_cutoff,
     release_mailbox,
+    remember_first_connection,
     renew_lease,
     reply_context,
+    start_history_cutoff,
     thread_key_for,
 )
 from storage.models import Inbox, Message, Ticket
@@ -86,6 +96,12 @@ log = logging.getLogger(__name__)
 
 #: Failures of one message before it is stored as unreadable.
 POISON_AFTER = 3
+
+#: How much earlier than the first connection a message must have arrived to
+#: be passed over as history in a re-read: INTERNALDATE has whole seconds and
+#: the mail server's clock is not ours, and letting a minute of old mail in
+#: is better than losing a new one.
+HISTORY_MARGIN = timedelta(minutes=1)
 
 T = TypeVar("T")
 
@@ -139,11 +155,24 @@ async def _reopen(session: AsyncSession, ticket: Ticket) -> None:
         await do_set_status(session, ticket, status=TicketStatus.OPEN, actor="contact")
 
 
-async def do_record_receipt(session: AsyncSession, receipt: DeliveryReceipt) -> Message | None:
+async def do_record_receipt(
+    session: AsyncSession,
+    receipt: DeliveryReceipt,
+    *,
+    recipients: Sequence[str] = (),
+    own: Iterable[str] = (),
+) -> Message | None:
     """A provider's report about a message we sent (a bounce, a delivery or
     read report), found by the id the provider knows it by. Never moves a
     message backwards; a failure keeps the provider's reason. Returns the
-    message when it changed."""
+    message when it changed.
+
+    ``recipients``: the addresses the report is about, when it names them.
+    A reply goes to the customer and copies the others on their mail; only
+    the customer's address decides its status, so a report about copies
+    alone leaves the status and, for a failure, adds a note to the message's
+    ``status_reason``. ``own``: our mailboxes' addresses, which a reply never
+    goes to (as the channel chose the customer's address when it sent)."""
     msg = await session.scalar(
         select(Message)
         .where(
@@ -153,13 +182,40 @@ async def do_record_receipt(session: AsyncSession, receipt: DeliveryReceipt) -> 
         )
         .with_for_update()
     )
-    if msg is None or msg.private or not status_advances(DeliveryStatus(msg.status), receipt.status):
+    if msg is None or msg.private:
+        return None
+    about = {r.strip().lower() for r in recipients if r.strip()}
+    if about:
+        customer = await _reply_recipient(session, msg, own)
+        if customer and customer.lower() not in about:
+            if receipt.status not in (DeliveryStatus.FAILED, DeliveryStatus.UNDELIVERED):
+                return None
+            note = f"the copy to {', '.join(sorted(about))} could not be delivered: {receipt.reason or 'bounced'}"
+            if note in (msg.status_reason or ""):
+                return None  # the same report read again
+            msg.status_reason = f"{msg.status_reason}; {note}" if msg.status_reason else note
+            return await _announce_receipt(session, msg, receipt, note=note)
+    if not status_advances(DeliveryStatus(msg.status), receipt.status):
         return None
     msg.status = receipt.status.value
     if receipt.status in (DeliveryStatus.FAILED, DeliveryStatus.UNDELIVERED):
         msg.status_reason = receipt.reason or "the provider reported a delivery failure"
     elif msg.delivered_at is None:
         msg.delivered_at = receipt.at
+    return await _announce_receipt(session, msg, receipt)
+
+
+async def _reply_recipient(session: AsyncSession, msg: Message, own: Iterable[str]) -> str:
+    """The address a reply was sent to (not copied to): chosen again as the
+    channel chose it, from the customer's mail before it."""
+    context = await reply_context(session, msg)
+    recipient = str((msg.extras or {}).get("recipient") or "")
+    return reply_addresses(context.get("email") or {}, recipient, own).to.strip()
+
+
+async def _announce_receipt(
+    session: AsyncSession, msg: Message, receipt: DeliveryReceipt, *, note: str | None = None
+) -> Message:
     await session.flush()
     inbox_key = await session.scalar(select(Inbox.key).where(Inbox.id == msg.inbox_id))
     await add_outbox(
@@ -172,7 +228,8 @@ async def do_record_receipt(session: AsyncSession, receipt: DeliveryReceipt) -> 
         "message.receipt",
         "message",
         msg.id,
-        {"status": receipt.status.value, "reason": receipt.reason},
+        {"status": receipt.status.value, "reason": receipt.reason}
+        | ({"status_kept": msg.status, "note": note} if note else {}),
     )
     return msg
 
@@ -186,7 +243,9 @@ async def sync_email_inboxes(session: AsyncSession, config: EmailConfig) -> None
             name=box.name or box.display_name or box.address,
             bot_enabled=box.bot_enabled,
         )
-        inbox.settings = {"address": box.address, "display_name": box.display_name}
+        # Locked and merged: the pollers keep their own state here too.
+        await session.refresh(inbox, ["settings"], with_for_update=True)
+        inbox.settings = {**(inbox.settings or {}), "address": box.address, "display_name": box.display_name}
         if box.default_team:
             team = await do_get_or_create_team(session, box.default_team)
             inbox.default_team_id = team.id
@@ -450,7 +509,10 @@ class MailboxPoller:
             if checkpoint is None:
                 raise LeaseLost(f"mailbox {self.key} is polled by another process now")
             last = checkpoint.last_uid
-            if checkpoint.uidvalidity != state.uidvalidity or checkpoint.folder != self.box.imap.folder:
+            folder = self.box.imap.folder
+            if checkpoint.uidvalidity != state.uidvalidity or checkpoint.folder != folder:
+                if checkpoint.uidvalidity is None:
+                    await remember_first_connection(session, self.key, utcnow())
                 if checkpoint.uidvalidity is None and self.box.first_sync == "new":
                     last = await self._call(conn.highest_uid, state)
                     log.info("mailbox %s: first connection, reading mail after UID %d", self.key, last)
@@ -466,11 +528,46 @@ class MailboxPoller:
                         state.uidvalidity,
                     )
                     last = 0
+                    if self.box.first_sync == "new":
+                        # Mail from before the hub first connected was never
+                        # stored, so no Message-ID recognises it: without
+                        # this, a rebuilt folder's whole history would come
+                        # in as new tickets.
+                        await start_history_cutoff(
+                            session,
+                            self.key,
+                            HistoryCutoff(
+                                uidvalidity=state.uidvalidity,
+                                folder=folder,
+                                until_uid=await self._call(conn.highest_uid, state),
+                                before=await first_connection(session, self.key, checkpoint),
+                            ),
+                        )
                 await self._advance(state, last, session)
-        for uid in await self._call(conn.uids_after, last):
+            cutoff = await history_cutoff(session, self.key, uidvalidity=state.uidvalidity, folder=folder)
+        uids = await self._call(conn.uids_after, last)
+        recent: set[int] | None = None
+        if cutoff is not None and uids and uids[0] <= cutoff.until_uid:
+            # A day's margin: SEARCH SINCE compares dates in the server's zone.
+            day = (cutoff.before - timedelta(days=1)).date()
+            recent = set(await self._call(conn.uids_since, last, day))
+        passed_over = 0
+        for uid in uids:
+            history = cutoff is not None and uid <= cutoff.until_uid
+            if history and recent is not None and uid not in recent:
+                passed_over = uid  # checkpointed with the next message read, or below
+                continue
             fetched = await self._call(conn.fetch, uid, self.config.max_message_bytes)
             if fetched is None:
                 await self._advance_alone(state, uid)  # expunged since the search
+                continue
+            if (
+                history
+                and cutoff
+                and fetched.internal_date is not None
+                and fetched.internal_date < cutoff.before - HISTORY_MARGIN
+            ):
+                await self._advance_alone(state, uid)
                 continue
             try:
                 await self.process(fetched.raw, uid=uid, state=state, truncated=fetched.truncated)
@@ -487,6 +584,8 @@ class MailboxPoller:
                 )
                 await self.process_unreadable(fetched.raw, uid=uid, state=state, error=exc)
             self._failures.pop(uid, None)
+        if passed_over and passed_over == uids[-1]:
+            await self._advance_alone(state, passed_over)
 
     async def _advance_alone(self, state: FolderState, uid: int) -> None:
         async with self.db.write() as session:
@@ -514,7 +613,8 @@ class MailboxPoller:
             return "own"
         if parsed.is_report:
             async with self.db.write() as session:
-                changed = [await do_record_receipt(session, r) for r in parsed.receipts()]
+                about = parsed.report.status_recipients if parsed.report else ()
+                changed = [await do_record_receipt(session, r, recipients=about, own=own) for r in parsed.receipts()]
                 await self._advance(state, uid, session)
             if not any(changed):
                 log.info(

@@ -44,20 +44,26 @@ from channels.telegram import (
     TelegramUpdate,
     UpdateKind,
     bot_urls,
+    is_hashed_id,
     parse_update,
+    resolve_callback,
 )
 from hub.attachments import AttachmentStore, AttachmentTooLarge
 from hub.channel_actions import do_contact_signals, do_edit_inbound_message, do_set_reachability
 from hub.config import HubConfig, TelegramBotConfig
-from hub.core import Attachment, Channel, IdentityKind, InboundMessage, utcnow
+from hub.core import Attachment, Channel, Direction, IdentityKind, InboundMessage, QuickReply, utcnow
 from hub.text import InvalidPhoneNumber, parse_phone
 from storage.db import Database
 from storage.ingest import IngestResult, dialect_insert, ingest_batch
-from storage.models import Identity, Message, TelegramBotState
+from storage.models import Identity, Inbox, Message, TelegramBotState, Ticket
 
 log = logging.getLogger(__name__)
 
 Ingest = Callable[[InboundMessage], Awaitable[IngestResult]]
+
+#: How many of the latest messages to a chat are searched for the quick reply
+#: a long id's button stands for (older buttons stay pressable on Telegram).
+OFFERED_LOOKBACK = 50
 
 # getUpdates is called through do_api_request to get the raw JSON, so that one
 # malformed update is skipped on its own instead of failing the whole batch in
@@ -193,11 +199,41 @@ class TelegramService:
             # connected): the customer's words are kept as a message of their own.
         if upd.media:
             message = await self._with_files(bot, message, upd.media)
+        if upd.kind is UpdateKind.CALLBACK and message.quick_reply and is_hashed_id(message.quick_reply):
+            message = await self._with_choice(bot, message, message.quick_reply)
         result = await self.ingest(message)
         await self._after_ingest(upd, result)
         if upd.callback_query_id:
             await self._answer(bot, upd.callback_query_id)
         return "duplicate" if result.duplicate else "stored"
+
+    async def _with_choice(self, bot: TelegramBot, message: InboundMessage, token: str) -> InboundMessage:
+        """A button whose quick reply id was too long for Telegram carried a
+        token: the id it stands for, from what the hub offered this chat."""
+        async with self.db.read() as session:
+            rows = await session.scalars(
+                select(Message.extras)
+                .join(Ticket, Ticket.id == Message.ticket_id)
+                .join(Inbox, Inbox.id == Ticket.inbox_id)
+                .join(Identity, Identity.contact_id == Ticket.contact_id)
+                .where(
+                    Inbox.key == bot.inbox,
+                    Identity.channel == IdentityKind.TELEGRAM.value,
+                    Identity.address == message.sender,
+                    Message.channel == Channel.TELEGRAM.value,
+                    Message.direction == Direction.OUT.value,
+                    Message.private.is_(False),
+                )
+                .order_by(Message.id.desc())
+                .limit(OFFERED_LOOKBACK)
+            )
+            offered = [q for extras in rows.all() for q in (extras or {}).get("quick_replies") or []]
+        choice = resolve_callback(token, (QuickReply.model_validate(q) for q in offered))
+        if choice is None:
+            log.info("telegram: button data %s matches no quick reply offered to chat %s", token, message.sender)
+            return message
+        body = choice.title if message.body == token else message.body
+        return message.model_copy(update={"quick_reply": choice.id, "body": body})
 
     async def _after_ingest(self, upd: TelegramUpdate, result: IngestResult) -> None:
         phone: str | None = None

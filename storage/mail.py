@@ -16,18 +16,19 @@ own tickets):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.core import Channel, DeliveryStatus, Direction, IdentityKind, utcnow
 from storage.ingest import dialect_insert
-from storage.models import Contact, Identity, MailboxCheckpoint, Message, Ticket
+from storage.models import Contact, Identity, Inbox, MailboxCheckpoint, Message, Ticket
 
 EMAIL = Channel.EMAIL.value
 MAX_REFERENCES = 20
@@ -279,3 +280,103 @@ async def release_mailbox(session: AsyncSession, inbox_key: str, owner: str) -> 
         .values(lease_owner=None, lease_until=None)
         .execution_options(synchronize_session=False)
     )
+
+
+# --- what a poller remembers beyond its checkpoint ----------------------------
+
+#: The key in the mailbox's ``Inbox.settings`` of what the checkpoint row has
+#: no column for: when the hub first connected to the mailbox, and the bounds
+#: of a re-read after the folder's UIDVALIDITY changed.
+SYNC_STATE = "mail_sync"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryCutoff:
+    """While a folder is read again after its UIDVALIDITY changed (or the
+    configured folder did), with ``first_sync: new``: its messages up to
+    ``until_uid`` that arrived before ``before`` (the first connection) are
+    history the hub never imported, not new mail."""
+
+    uidvalidity: int
+    folder: str
+    until_uid: int
+    before: datetime
+
+
+async def _sync_state(session: AsyncSession, inbox_key: str, *, lock: bool) -> tuple[Inbox | None, dict[str, Any]]:
+    query = select(Inbox).where(Inbox.key == inbox_key).execution_options(populate_existing=True)
+    inbox = await session.scalar(query.with_for_update() if lock else query)
+    state = (inbox.settings or {}).get(SYNC_STATE) if inbox is not None else None
+    return inbox, dict(state) if isinstance(state, dict) else {}
+
+
+async def _save_sync_state(session: AsyncSession, inbox: Inbox, state: dict[str, Any]) -> None:
+    # A new dict: the JSON column only notices assignment.
+    inbox.settings = {**(inbox.settings or {}), SYNC_STATE: state}
+    await session.flush()
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+async def remember_first_connection(session: AsyncSession, inbox_key: str, at: datetime) -> None:
+    """Record when the hub first read the mailbox (kept from then on)."""
+    inbox, state = await _sync_state(session, inbox_key, lock=True)
+    if inbox is None or state.get("connected_at"):
+        return
+    await _save_sync_state(session, inbox, {**state, "connected_at": _aware(at).isoformat()})
+
+
+async def first_connection(session: AsyncSession, inbox_key: str, checkpoint: MailboxCheckpoint) -> datetime:
+    """When the hub first read the mailbox. Mailboxes connected before that
+    was recorded: their first stored incoming mail, else the checkpoint's
+    last move; with ``first_sync: new`` the hub stored every mail that
+    arrived from its first connection on, so nothing it missed is later."""
+    inbox, state = await _sync_state(session, inbox_key, lock=False)
+    recorded = state.get("connected_at")
+    if isinstance(recorded, str):
+        with contextlib.suppress(ValueError):
+            return _aware(datetime.fromisoformat(recorded))
+    first: datetime | None = None
+    if inbox is not None:
+        first = await session.scalar(
+            select(func.min(Message.created_at)).where(
+                Message.inbox_id == inbox.id, Message.channel == EMAIL, Message.direction == Direction.IN.value
+            )
+        )
+    return _aware(first if first is not None else checkpoint.updated_at)
+
+
+async def start_history_cutoff(session: AsyncSession, inbox_key: str, cutoff: HistoryCutoff) -> None:
+    """Keep the bounds of a re-read with the checkpoint it starts (same
+    transaction), so a poller that takes over halfway still applies them."""
+    inbox, state = await _sync_state(session, inbox_key, lock=True)
+    if inbox is None:
+        return
+    bounds = {
+        "uidvalidity": cutoff.uidvalidity,
+        "folder": cutoff.folder,
+        "until_uid": cutoff.until_uid,
+        "before": _aware(cutoff.before).isoformat(),
+    }
+    await _save_sync_state(session, inbox, {**state, "reread": bounds})
+
+
+async def history_cutoff(
+    session: AsyncSession, inbox_key: str, *, uidvalidity: int, folder: str
+) -> HistoryCutoff | None:
+    """The bounds of the re-read of this folder, if one was started."""
+    _, state = await _sync_state(session, inbox_key, lock=False)
+    bounds = state.get("reread")
+    if not isinstance(bounds, dict) or bounds.get("uidvalidity") != uidvalidity or bounds.get("folder") != folder:
+        return None
+    try:
+        return HistoryCutoff(
+            uidvalidity=uidvalidity,
+            folder=folder,
+            until_uid=int(bounds["until_uid"]),
+            before=_aware(datetime.fromisoformat(str(bounds["before"]))),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -20,7 +20,7 @@ from hub.core import Author, Channel, DeliveryReceipt, Direction, IdentityKind, 
 from hub.stream.base import Event
 from hub.telephony.ledger import do_set_opt_out
 from hub.text import detect_language
-from storage.models import Identity, Inbox, Message, Ticket
+from storage.models import Contact, Identity, Inbox, Message, Ticket
 
 if TYPE_CHECKING:
     from hub.telephony.service import TwilioService
@@ -107,6 +107,37 @@ async def do_record_receipt(
     return msg
 
 
+#: How many of a contact's latest messages tell which language they write in.
+LANGUAGE_LOOKBACK = 10
+
+
+async def customer_language(session: AsyncSession, msg: Message, typed: str) -> str:
+    """The language to answer a keyword in. The keyword itself says little
+    when it is Latin ("HELP" is what the hub tells everyone to text), so then
+    the customer's own recent words decide, else the language stored on the
+    contact, else English."""
+    said = detect_language(typed)
+    if said not in (None, "en"):
+        return said
+    recent = await session.scalars(
+        select(Message.body)
+        .where(
+            Message.contact_id == msg.contact_id,
+            Message.direction == Direction.IN.value,
+            Message.id != msg.id,
+        )
+        .order_by(Message.id.desc())
+        .limit(LANGUAGE_LOOKBACK)
+    )
+    words = " ".join(b for b in recent.all() if b and classify_keyword(b) is None)
+    written = detect_language(words)
+    if written is not None:
+        return written
+    contact = await session.get(Contact, msg.contact_id)
+    stored = (contact.attributes or {}).get("language") if contact is not None else None
+    return stored.strip().lower() if isinstance(stored, str) and stored.strip() else "en"
+
+
 class SmsSteps:
     """Worker steps for stored inbound SMS (registered on ``message.received``)."""
 
@@ -138,7 +169,7 @@ class SmsSteps:
                 return
             msg.extras = {**extras, "keyword": kind}
             phone = str(extras.get("from") or "")
-            language = detect_language(typed) or "en"
+            language = await customer_language(session, msg, typed)
             if kind == "stop":
                 changed = await do_set_opt_out(
                     session, phone=phone, sender=sender.key, opted_out=True, source=f"texted {typed.strip()[:40]!r}"

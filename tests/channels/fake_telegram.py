@@ -163,6 +163,10 @@ class FakeBotAPI:
             return _error(400, "Bad Request: the hub must not send parse_mode")
         if (refused := self._blocked(params)) is not None:
             return refused
+        buttons = [b for row in (params.get("reply_markup") or {}).get("inline_keyboard") or [] for b in row]
+        if any(not 1 <= len(str(b.get("callback_data", "x")).encode()) <= 64 for b in buttons):
+            # Telegram's limit is 1-64 bytes of UTF-8, not characters.
+            return _error(400, "Bad Request: BUTTON_DATA_INVALID")
         extra = {"reply_markup": params["reply_markup"]} if params.get("reply_markup") else {}
         return _ok(self._message(int(params["chat_id"]), text=text, **extra))
 

@@ -180,3 +180,57 @@ def test_all_quote_is_shown_whole() -> None:
 def test_crlf_and_empty_text() -> None:
     assert split_reply("hi\r\n\r\n> old\r\n").new == "hi"
     assert split_reply("").new == ""
+
+
+def _count_line_reads(monkeypatch: pytest.MonkeyPatch, budget: int) -> list[int]:
+    """Counts how often the splitter looks at a line, failing as soon as it
+    looks more than ``budget`` times, so that a quadratic scan fails fast
+    instead of hanging the test."""
+    from channels import email_quotes
+
+    real = email_quotes._plain
+    reads = [0]
+
+    def counting(line: str) -> str:
+        reads[0] += 1
+        assert reads[0] <= budget, f"more than {budget} line reads"
+        return real(line)
+
+    monkeypatch.setattr(email_quotes, "_plain", counting)
+    return reads
+
+
+# Every line looks like the start of an Outlook header block or an
+# attribution, and the customer's words resume after the final quote, so
+# nothing may be cut.
+_ADVERSARIAL = [
+    ("outlook headers", "From: a\nTo: b\n", 2),
+    ("attributions", "On 3 Mar 2025, a@b.com wrote:\n", 1),
+    ("separators", "________________________\n", 1),
+]
+
+
+@pytest.mark.parametrize(("name", "unit", "lines"), _ADVERSARIAL, ids=[a[0] for a in _ADVERSARIAL])
+def test_adversarial_megabyte_body_is_split_in_linear_work(
+    monkeypatch: pytest.MonkeyPatch, name: str, unit: str, lines: int
+) -> None:
+    repeat = 1_000_000 // len(unit) + 1
+    text = unit * repeat + "> q\nx"
+    total_lines = repeat * lines + 2
+    reads = _count_line_reads(monkeypatch, budget=20 * total_lines)
+    parts = split_reply(text)
+    assert parts.new == text.rstrip()
+    assert parts.quoted == "" and parts.signature == ""
+    assert reads[0] <= 20 * total_lines
+
+
+def test_work_doubles_when_the_adversarial_body_doubles(monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = _count_line_reads(monkeypatch, budget=10**9)
+    counts = []
+    for n in (2000, 4000):
+        reads[0] = 0
+        split_reply("From: a\nTo: b\n" * n + "> q\nx")
+        counts.append(reads[0])
+    # Linear work: twice the lines, about twice the reads (a quadratic scan
+    # gives four times).
+    assert counts[1] <= 2.2 * counts[0], counts

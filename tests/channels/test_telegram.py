@@ -16,7 +16,9 @@ from channels.telegram import (
     BotHandle,
     TelegramChannel,
     UpdateKind,
+    callback_data,
     parse_update,
+    resolve_callback,
 )
 from hub.core import Attachment, Author, Channel, DeliveryStatus, OutboundMessage, QuickReply
 from hub.telegram import make_bot
@@ -362,8 +364,8 @@ async def test_other_errors_have_readable_reasons(fake: FakeBotAPI, channel: tup
     assert (await chan.send(outbound("hello", inbox="telegram:other"))).reason == (
         "no Telegram bot is configured for inbox 'telegram:other'"
     )
-    too_long_id = QuickReply(id="ب" * 40, title="x")  # 80 bytes of UTF-8
-    assert "64 bytes" in ((await chan.send(outbound("pick", quick_replies=(too_long_id,)))).reason or "")
+    long_id = QuickReply(id="ب" * 40, title="x")  # 80 bytes of UTF-8: sent as a token, not refused
+    assert (await chan.send(outbound("pick", quick_replies=(long_id,)))).status is DeliveryStatus.SENT
 
 
 async def test_attachments_go_as_photo_or_document(fake: FakeBotAPI, channel: tuple[TelegramChannel, Files]) -> None:
@@ -381,3 +383,22 @@ async def test_attachments_go_as_photo_or_document(fake: FakeBotAPI, channel: tu
     assert fake.sent("sendDocument")[0].files["document"] == ("invoice.pdf", b"%PDF-1.4 fake")
     gone = await chan.send(outbound("", attachments=(Attachment(url="/attachments/zz/gone.txt"),)))
     assert gone.reason == "attachment 'file' is no longer stored"
+
+
+async def test_quick_reply_ids_over_64_bytes_go_as_a_derived_token(
+    fake: FakeBotAPI, channel: tuple[TelegramChannel, Files]
+) -> None:
+    chan, _ = channel
+    fake.calls.clear()
+    long_id = "بین پانصد میلیون تا یک میلیارد تومان"
+    replies = (QuickReply(id=long_id, title="بله"), QuickReply(id="no", title="نه"))
+    result = await chan.send(outbound("بودجه؟", quick_replies=replies))
+    assert result.status is DeliveryStatus.SENT, result.reason
+    rows = fake.sent()[-1].params["reply_markup"]["inline_keyboard"]
+    data = [b["callback_data"] for row in rows for b in row]
+    assert data[1] == "no" and data[0] != long_id and len(data[0].encode()) <= 64
+    # Derived from the id alone: the same in every process, mapped back against what was offered.
+    assert callback_data(long_id) == data[0]
+    assert resolve_callback(data[0], replies) == replies[0]
+    assert resolve_callback("no", replies) == replies[1]
+    assert resolve_callback(callback_data("x" * 65), replies) is None

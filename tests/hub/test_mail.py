@@ -344,3 +344,62 @@ async def test_a_message_that_keeps_failing_is_kept_and_does_not_block_the_mailb
     assert "could not be processed" in kept.body and "ValueError" in kept.body
     assert store.read(kept.attachments[0]["url"]) == poison
     assert checkpoint is not None and (checkpoint.uidvalidity, checkpoint.last_uid) == (9, 2)
+
+
+def _dsn_about(original_id: str, *failed: str, delivered: tuple[str, ...] = ()) -> bytes:
+    blocks = "".join(
+        f"Final-Recipient: rfc822; {r}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        f"Diagnostic-Code: smtp; 550 5.1.1 <{r}>: User unknown\r\n\r\n"
+        for r in failed
+    ) + "".join(f"Final-Recipient: rfc822; {r}\r\nAction: delivered\r\nStatus: 2.0.0\r\n\r\n" for r in delivered)
+    return (
+        "From: Mail Delivery System <MAILER-DAEMON@mx.hub.test>\r\nTo: support@hub.test\r\n"
+        f"Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <dsn.{'.'.join(failed)}@mx.hub.test>\r\n"
+        'MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        "--B\r\nContent-Type: text/plain\r\n\r\nSorry.\r\n"
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.hub.test\r\n\r\n"
+        f"{blocks}--B\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"From: support@hub.test\r\nMessage-ID: <{original_id}>\r\nSubject: Re: Order\r\n\r\n--B--\r\n"
+    ).encode()
+
+
+async def test_a_bounce_for_a_copy_leaves_the_reply_sent_with_a_note(mail_db: Database, tmp_path: Path) -> None:
+    # Sara copied her colleague; the reply goes to Sara and copies him.
+    first = await ingest(mail_db, tmp_path, mail(Cc="Boss <boss@example.com>"))
+    async with mail_db.write() as session:
+        ticket = await session.get(Ticket, first.ticket_id)
+        assert ticket is not None
+        reply = await do_post_message(session, ticket, body="Hi", author=Author.AGENT)
+        reply.status = DeliveryStatus.SENT.value
+        reply.external_id = "hub.out.7@hub.test"
+        reply_id = reply.id
+    cfg = config(tmp_path)
+    store = AttachmentStore(tmp_path / "files", max_bytes=1024 * 1024)
+    state = FolderState(uidvalidity=9, uidnext=10, exists=3)
+
+    async def current() -> Message:
+        async with mail_db.read() as session:
+            found = await session.get(Message, reply_id)
+            assert found is not None
+            return found
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        poller = MailboxPoller(cfg.email.mailboxes[0], cfg.email, mail_db, store, pool, owner="me")
+        async with mail_db.write() as session:
+            await claim_mailbox(session, poller.key, "INBOX", "me", 60)
+        # The copy bounced and Sara's delivery was reported with it: neither
+        # changes the reply's status, the copy's failure is noted.
+        copy_bounce = _dsn_about("hub.out.7@hub.test", "boss@example.com", delivered=("sara@example.com",))
+        assert await poller.process(copy_bounce, uid=1, state=state) == "report"
+        kept = await current()
+        assert kept.status == "sent"
+        assert kept.status_reason is not None and "boss@example.com" in kept.status_reason
+        assert "550 5.1.1" in kept.status_reason
+        # The same report read again (a re-read folder) adds nothing.
+        assert await poller.process(copy_bounce, uid=2, state=state) == "report"
+        assert (await current()).status_reason == kept.status_reason
+        # Sara's own address bouncing fails the reply, as before.
+        assert await poller.process(_dsn_about("hub.out.7@hub.test", "sara@example.com"), uid=3, state=state)
+    failed = await current()
+    assert failed.status == "failed" and failed.status_reason is not None
+    assert "sara@example.com" in failed.status_reason

@@ -517,3 +517,58 @@ async def test_a_bot_inbox_leaves_automatic_mail_to_people(tmp_path: Path, dovec
         assert {subject for subject, _ in bot_replies} == {"Pricing?"}
     finally:
         await db.dispose()
+
+
+async def test_uidvalidity_change_with_first_sync_new_skips_the_history(
+    tmp_path: Path, dovecot: Dovecot, smtp: SmtpServer
+) -> None:
+    config = hub_config(
+        tmp_path, dovecot, smtp, first_sync="new", imap={"folder": "Support", "poll_interval_seconds": 2}
+    )
+    # Last year's mail, there before the hub ever connected.
+    last_year = utcnow() - timedelta(days=365)
+    history = [customer_mail(f"Old {i}", f"history {i}") for i in range(2)]
+
+    def append(raw: bytes, at: Any = None) -> None:
+        with dovecot.client() as c:
+            if not c.folder_exists("Support"):
+                c.create_folder("Support")
+            c.append("Support", raw, msg_time=at)
+
+    for raw, _ in history:
+        await asyncio.to_thread(append, raw, last_year)
+    db = Database(config.database_url)
+    try:
+        async with running_hub(config):
+
+            async def checkpointed() -> bool:
+                async with db.read() as s:
+                    return await s.scalar(select(MailboxCheckpoint.last_uid)) == 2
+
+            await eventually(checkpointed, what="the first checkpoint")
+            since_hub, since_hub_id = customer_mail("Since the hub", "after the first connection")
+            await asyncio.to_thread(append, since_hub)
+            await eventually(lambda: _count_is(db, 1), what="the mail after the first connection")
+            # The folder is rebuilt by a migration that keeps each message's
+            # arrival time (INTERNALDATE): the history, the mail the hub
+            # already has, and one new message.
+            await asyncio.to_thread(dovecot.recreate, "Support")
+            for raw, _ in history:
+                await asyncio.to_thread(append, raw, last_year)
+            await asyncio.to_thread(append, since_hub)
+            extra, extra_id = customer_mail("Brand new", "after the migration")
+            await asyncio.to_thread(append, extra)
+            after = await asyncio.to_thread(dovecot.uidvalidity, "Support")
+
+            async def caught_up() -> bool:
+                async with db.read() as s:
+                    cp = await s.scalar(select(MailboxCheckpoint))
+                return cp is not None and cp.uidvalidity == after and cp.last_uid == 4
+
+            await eventually(caught_up, what="the checkpoint on the new UIDVALIDITY")
+        async with db.read() as s:
+            stored = set((await s.scalars(select(Message.external_id).where(Message.channel == "email"))).all())
+        assert stored == {since_hub_id, extra_id}
+        assert await count(db, Ticket, Ticket.channel == "email") == 2
+    finally:
+        await db.dispose()

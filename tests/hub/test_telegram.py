@@ -350,6 +350,63 @@ async def test_buttons_go_out_as_an_inline_keyboard_and_come_back_as_quick_repli
     assert [c.params["callback_query_id"] for c in fake.sent("answerCallbackQuery")] == ["cbq-77", "cbq-77"]
 
 
+async def test_a_persian_choice_over_64_bytes_goes_out_and_comes_back_as_its_id(
+    started: tuple[TestServer, Hub], fake: FakeBotAPI, http: aiohttp.ClientSession
+) -> None:
+    server, hub = started
+    assert (await post(http, server, message_update(1, 1, text="بودجه؟")))[1]["outcome"] == "stored"
+    (inbound,) = await telegram_messages(hub)
+    # 41 characters, 71 bytes: within the hub's 64 characters, over Telegram's 64 bytes.
+    choice_id = "بین پانصد میلیون تا یک میلیارد تومان"
+    assert len(choice_id) <= 64 < len(choice_id.encode())
+    async with hub.db.write() as s:
+        ticket = await s.get(Ticket, inbound.ticket_id)
+        assert ticket is not None
+        offered = await do_post_message(
+            s,
+            ticket,
+            body="بودجه شما؟",
+            author=Author.BOT,
+            quick_replies=[QuickReply(id=choice_id, title="۵۰۰ میلیون تا ۱ میلیارد"), QuickReply(id="کم", title="کم")],
+        )
+
+    async def settled() -> Message | None:
+        async with hub.db.read() as s:
+            found = await s.get(Message, offered.id)
+        return found if found is not None and found.status not in ("queued", "sending") else None
+
+    stored = await eventually(settled)
+    assert stored.status == "sent", stored.status_reason
+    keyboard = fake.sent()[0].params["reply_markup"]
+    (long_data,), (short_data,) = [[b["callback_data"] for b in row] for row in keyboard["inline_keyboard"]]
+    assert len(long_data.encode()) <= 64 and short_data == "کم"
+    # A later process (no memory of the send) maps the button back.
+    press = {
+        "update_id": 2,
+        "callback_query": {
+            "id": "cbq-fa",
+            "from": USER,
+            "chat_instance": "-55",
+            "data": long_data,
+            "message": {
+                "message_id": 5000,
+                "date": 1_700_000_000,
+                "chat": {"id": 777, "type": "private", "first_name": "Sara"},
+                "text": "بودجه شما؟",
+                "reply_markup": keyboard,
+            },
+        },
+    }
+    assert (await post(http, server, press))[1]["outcome"] == "stored"
+    choice = await message_by_external(hub, "default:cb:cbq-fa")
+    assert choice is not None
+    assert (choice.body, choice.extras["quick_reply"], choice.ticket_id) == (
+        "۵۰۰ میلیون تا ۱ میلیارد",
+        choice_id,
+        offered.ticket_id,
+    )
+
+
 async def test_shared_phone_links_the_telegram_identity_to_the_sms_customer(
     started: tuple[TestServer, Hub], http: aiohttp.ClientSession
 ) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from hub.actions import do_post_message
 from hub.core import Author, QuickReply
-from storage.models import Message, SmsOptOut, Ticket
+from storage.models import Contact, Identity, Message, SmsOptOut, Ticket
 from tests.fakes.twilio import FakeTwilio, sign
 from tests.hub.twilio_helpers import (
     ACCOUNT,
@@ -221,6 +221,29 @@ async def test_opt_out_flow(tmp_path: Path) -> None:
         # A redelivered keyword does not answer twice.
         await t.hub.sender.sweep_once()
         assert len(t.fake.messages) == 2
+
+
+async def test_help_is_answered_in_the_language_the_customer_writes_or_is_stored(tmp_path: Path) -> None:
+    other = "+15557770000"
+    async with twilio_hub(tmp_path) as t:
+        # A Persian customer texts the Latin keyword the hub advertises.
+        assert await t.sms("سلام، سفارش من کجاست؟", sid=new_sid()) == 200
+        assert await t.sms("HELP", sid=new_sid()) == 200
+        await eventually(lambda: _sent(t.fake, 1))
+        assert t.fake.messages[0]["body"].startswith("برای لغو اشتراک")
+        # A contact who never wrote before: the language stored on them.
+        assert await t.sms("INFO", sid=new_sid(), frm=other) == 200
+        await eventually(lambda: _sent(t.fake, 2))
+        assert t.fake.messages[1]["body"].startswith("Reply STOP")
+        async with t.hub.db.write() as s:
+            contact = await s.scalar(
+                select(Contact).join(Identity, Identity.contact_id == Contact.id).where(Identity.address == other)
+            )
+            assert contact is not None
+            contact.attributes = {**contact.attributes, "language": "fa"}
+        assert await t.sms("HELP", sid=new_sid(), frm=other) == 200
+        await eventually(lambda: _sent(t.fake, 3))
+        assert t.fake.messages[2]["body"].startswith("برای لغو اشتراک")
 
 
 async def test_twilio_21610_in_a_callback_marks_the_contact_opted_out(tmp_path: Path) -> None:

@@ -11,9 +11,10 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from hub.actions import do_create_agent
+from hub.actions import do_create_agent, do_post_message
+from hub.core import Author
 from storage.models import Agent as AgentRow
-from storage.models import Call, Message
+from storage.models import Call, Message, Ticket
 from tests.hub.helpers import PASSWORD, Agent
 from tests.hub.twilio_helpers import ACCOUNT, CUSTOMER, NUMBER, TOKEN, TwilioHub, eventually, twilio_hub
 
@@ -251,3 +252,33 @@ async def test_voice_webhooks_are_signature_checked(tmp_path: Path) -> None:
         assert await t.fake.post_webhook(t.url("/webhooks/twilio/voice/nonsense"), call_params(sid), TOKEN) == 404
         async with t.hub.db.read() as s:
             assert await s.scalar(select(Call)) is None
+
+
+async def test_a_reply_on_a_phone_ticket_sends_its_attachments_as_mms(tmp_path: Path) -> None:
+    async with twilio_hub(tmp_path) as t:
+        sid = "CA" + secrets.token_hex(16)
+        await step(t, "/webhooks/twilio/voice", call_params(sid))
+        await step(t, "/webhooks/twilio/voice/status", call_params(sid, CallStatus="completed", CallDuration="4"))
+        agent = await t.agent()
+        (ticket,) = (await agent.get("/api/v1/tickets?channel=voice"))["items"]
+        pdf = {"url": "/attachments/k1/invoice.pdf", "content_type": "application/pdf", "filename": "invoice.pdf"}
+        async with t.hub.db.write() as s:
+            row = await s.get(Ticket, ticket["id"])
+            assert row is not None
+            # With words, and a file alone (no body at all).
+            with_text = await do_post_message(s, row, body="Your invoice", author=Author.SYSTEM, attachments=[pdf])
+            file_only = await do_post_message(s, row, body="", author=Author.SYSTEM, attachments=[pdf])
+
+        async def settled() -> list[Message] | None:
+            async with t.hub.db.read() as s:
+                rows = [await s.get(Message, m.id) for m in (with_text, file_only)]
+            done = [m for m in rows if m is not None and m.status not in ("queued", "sending")]
+            return done if len(done) == 2 else None
+
+        for sent in await eventually(settled):
+            assert sent.status in ("sent", "delivered"), sent.status_reason
+        created = [r for r in t.fake.requests if r.path.endswith("/Messages.json")]
+        assert [(r.one("Body") or "", r.form.get("MediaUrl")) for r in created] == [
+            ("Your invoice", [t.url(pdf["url"])]),
+            ("", [t.url(pdf["url"])]),
+        ]
