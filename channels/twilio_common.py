@@ -9,10 +9,12 @@ parameters, the header values and the candidate URLs as plain data.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.request_validator import RequestValidator, get_signature_algorithm
@@ -127,6 +129,10 @@ ERROR_REASONS: dict[int, str] = {
 
 RETRYABLE_CODES = frozenset({20429, 14107, 30001})
 OPT_OUT_CODE = 21610
+#: ``SendResult.extras[NOT_REACHED]`` is true when the request never got to
+#: Twilio (refused connection, unknown host, failed TLS handshake, connect
+#: timeout): nothing was sent, so sending it again cannot duplicate it.
+NOT_REACHED = "not_reached"
 
 
 def error_reason(code: int | str | None, message: str | None = None) -> str:
@@ -149,7 +155,8 @@ def error_code(value: str | None) -> int | None:
 
 def send_failure(exc: BaseException, timeout: float) -> SendResult:
     """A failed REST call as a status: Twilio's errors with their reason
-    (429 and 5xx retryable), network trouble and timeouts retryable."""
+    (429 and 5xx retryable), network trouble and timeouts retryable; a request
+    that never got to Twilio says so (``extras[NOT_REACHED]``)."""
     if isinstance(exc, TwilioRestException | TwilioServiceException):
         code = exc.code if isinstance(exc.code, int) else error_code(str(exc.code))
         status = int(exc.status or 0)
@@ -163,6 +170,13 @@ def send_failure(exc: BaseException, timeout: float) -> SendResult:
             retryable=retryable,
             extras={"error_code": code} if code is not None else {},
         )
+    if never_reached(exc):
+        return SendResult(
+            status=DeliveryStatus.FAILED,
+            reason=f"Twilio could not be reached, nothing was sent: {type(exc).__name__}: {exc}",
+            retryable=True,
+            extras={NOT_REACHED: True},
+        )
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return SendResult(
             status=DeliveryStatus.FAILED,
@@ -173,6 +187,15 @@ def send_failure(exc: BaseException, timeout: float) -> SendResult:
         status=DeliveryStatus.FAILED,
         reason=f"Twilio could not be reached: {type(exc).__name__}: {exc}",
         retryable=True,
+    )
+
+
+def never_reached(exc: BaseException) -> bool:
+    """True when ``exc`` came before the request was written: aiohttp raises
+    these only while connecting (DNS, TCP, TLS, proxy). A timeout or a dropped
+    connection later on leaves open whether Twilio took the message."""
+    return isinstance(
+        exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError | ConnectionRefusedError | socket.gaierror
     )
 
 

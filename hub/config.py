@@ -918,7 +918,7 @@ class CampaignsConfig(_Section):
     currency: str = Field(default="USD", min_length=3, max_length=3)
     # Contacts need the attribute sms_consent: true (CSV column, API) to be sent to.
     require_consent: bool = True
-    # Append the opt-out line to every message (unless the text already names STOP / لغو).
+    # Append the opt-out line to every message (unless the text already has one of opt_out_texts).
     opt_out_line: bool = True
     opt_out_texts: dict[str, str] = Field(default_factory=_default_opt_out_texts)
     # null: no quiet hours (not recommended for marketing).

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import phonenumbers
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels.twilio_sms import SmsSender
@@ -22,9 +22,10 @@ from hub.actions import audit, check_contact
 from hub.campaigns.audience import (
     Candidate,
     CsvAudience,
+    CsvRow,
     SegmentFilter,
     consent_attributes,
-    contacts_candidates,
+    listed_candidates,
     segment_candidates,
 )
 from hub.campaigns.schedule import zones_for
@@ -35,7 +36,7 @@ from hub.errors import Conflict, NotFound, ValidationFailed
 from hub.telephony import TwilioService
 from hub.text import phone_region
 from storage.ingest import table
-from storage.models import Campaign, CampaignRecipient, Contact, Identity
+from storage.models import AuditLog, Campaign, CampaignRecipient, Contact, Identity
 from storage.views import iso
 
 DRAFT, SCHEDULED, RUNNING, PAUSED, COMPLETED, CANCELLED = (
@@ -291,9 +292,8 @@ async def do_csv_audience(
             )
         )
         owners.update({a: cid for a, cid in found.all()})
-    created = updated = 0
-    contact_ids: list[int] = []
-    for r in parsed.rows:
+
+    def attributes_of(r: CsvRow) -> dict[str, Any]:
         attrs: dict[str, Any] = dict(r.attributes)
         if r.language:
             attrs["language"] = r.language
@@ -301,29 +301,89 @@ async def do_csv_audience(
             attrs["timezone"] = r.timezone
         if r.consent is not None:
             attrs.update(consent_attributes(r.consent, f"csv {source}"[:200], now))
-        cid = owners.get(r.phone)
-        if cid is None:
-            contact = Contact(name=r.name, attributes=attrs, tags=sorted(set(r.tags)))
-            session.add(contact)
-            await session.flush()
-            session.add(
-                Identity(contact_id=contact.id, channel=IdentityKind.PHONE.value, address=r.phone, display_name=r.name)
+        return attrs
+
+    # In bulk, a chunk per statement: a large file holds the writer for seconds, not minutes.
+    known = [r for r in parsed.rows if r.phone in owners]
+    fresh = [r for r in parsed.rows if r.phone not in owners]
+    state: dict[int, dict[str, Any]] = {}  # known contacts: what they will be
+
+    async def load(contact_ids: list[int]) -> None:
+        for start in range(0, len(contact_ids), INSERT_CHUNK):
+            found_rows = await session.execute(
+                select(Contact.id, Contact.name, Contact.attributes, Contact.tags, Contact.merged_into_id).where(
+                    Contact.id.in_(contact_ids[start : start + INSERT_CHUNK])
+                )
             )
-            created += 1
+            for c in found_rows.all():
+                state[c.id] = {
+                    "cid": c.id,
+                    "name": c.name,
+                    "attributes": dict(c.attributes or {}),
+                    "tags": list(c.tags or []),
+                    "merged_into": c.merged_into_id,
+                }
+
+    await load(sorted({owners[r.phone] for r in known}))
+    changed: dict[int, dict[str, Any]] = {}
+    contact_of: dict[str, int] = {}
+    for r in known:
+        cid = owners[r.phone]
+        while True:  # a contact merged into another: the one that lives on
+            if cid not in state:
+                await load([cid])
+                if cid not in state:
+                    raise NotFound(f"contact {cid} does not exist")
+            if state[cid]["merged_into"] is None:
+                break
+            cid = state[cid]["merged_into"]
+        c = state[cid]
+        attrs = attributes_of(r)
+        if attrs:
+            c["attributes"] = {**c["attributes"], **attrs}
+        if r.tags:
+            c["tags"] = sorted(set(c["tags"]) | set(r.tags))
+        c["name"] = c["name"] or r.name
+        changed[cid] = c
+        contact_of[r.phone] = cid
+    updates = list(changed.values())
+    contacts = table(Contact)
+    for start in range(0, len(updates), INSERT_CHUNK):
+        await session.execute(
+            update(contacts)
+            .where(contacts.c.id == bindparam("cid"))
+            .values(name=bindparam("name"), attributes=bindparam("attributes"), tags=bindparam("tags"))
+            .execution_options(synchronize_session=False),
+            [{k: u[k] for k in ("cid", "name", "attributes", "tags")} for u in updates[start : start + INSERT_CHUNK]],
+        )
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    for start in range(0, len(fresh), INSERT_CHUNK):
+        chunk = fresh[start : start + INSERT_CHUNK]
+        values = [{"name": r.name, "attributes": attributes_of(r), "tags": sorted(set(r.tags))} for r in chunk]
+        if sqlite:
+            # SQLAlchemy would insert row by row to keep RETURNING in order on
+            # SQLite; its one writer numbers a multi-row insert in row order.
+            returned = await session.execute(insert(table(Contact)).returning(table(Contact).c.id), values)
+            new_ids = sorted(returned.scalars().all())
         else:
-            contact = await check_contact(session, cid)
-            while contact.merged_into_id is not None:
-                contact = await check_contact(session, contact.merged_into_id)
-            if attrs:
-                contact.attributes = {**(contact.attributes or {}), **attrs}
-            if r.tags:
-                contact.tags = sorted(set(contact.tags or []) | set(r.tags))
-            contact.name = contact.name or r.name
-            updated += 1
-        contact_ids.append(contact.id)
+            returned = await session.execute(
+                insert(table(Contact)).returning(table(Contact).c.id, sort_by_parameter_order=True), values
+            )
+            new_ids = list(returned.scalars().all())
+        pairs = list(zip(chunk, new_ids, strict=True))
+        await session.execute(
+            insert(table(Identity)),
+            [
+                {"contact_id": cid, "channel": IdentityKind.PHONE.value, "address": r.phone, "display_name": r.name}
+                for r, cid in pairs
+            ],
+        )
+        contact_of.update({r.phone: cid for r, cid in pairs})
+    created, updated = len(fresh), len(known)
+    listed = [(contact_of[r.phone], r.phone) for r in parsed.rows]
     await session.flush()
     await session.execute(delete(CampaignRecipient).where(CampaignRecipient.campaign_id == campaign.id))
-    totals = await build_recipients(session, service, config, campaign, contacts_candidates(session, contact_ids))
+    totals = await build_recipients(session, service, config, campaign, listed_candidates(session, listed))
     summary = {
         "kind": "csv",
         "source": source,
@@ -438,6 +498,29 @@ async def counts(session: AsyncSession, campaign_id: int) -> dict[str, dict[str,
     return {status: {"count": n, "segments": int(seg), "price": float(price)} for status, n, seg, price in rows.all()}
 
 
+async def status_reason(session: AsyncSession, campaign: Campaign) -> str | None:
+    """Why a campaign is paused: the runner's reason (Twilio unreachable, the
+    sender gone), else who paused it. None when it is not paused."""
+    if campaign.status != PAUSED:
+        return None
+    row = (
+        await session.execute(
+            select(AuditLog.actor, AuditLog.data)
+            .where(
+                AuditLog.entity == "campaign",
+                AuditLog.entity_id == campaign.id,
+                AuditLog.action == "campaign.paused",
+            )
+            .order_by(AuditLog.id.desc())
+            .limit(1)
+        )
+    ).first()
+    if row is None:
+        return None
+    reason = (row.data or {}).get("reason")
+    return str(reason) if reason else f"paused by {row.actor}"
+
+
 async def campaign_view(session: AsyncSession, campaign: Campaign) -> dict[str, Any]:
     by_status = await counts(session, campaign.id)
     count = {s: int(by_status.get(s, {}).get("count", 0)) for s in RECIPIENT_STATUSES}
@@ -448,6 +531,7 @@ async def campaign_view(session: AsyncSession, campaign: Campaign) -> dict[str, 
         "id": campaign.id,
         "name": campaign.name,
         "status": campaign.status,
+        "status_reason": await status_reason(session, campaign),
         "sender": campaign.sender,
         "template": campaign.template,
         "language": campaign.language,
@@ -537,6 +621,7 @@ async def report(session: AsyncSession, campaign: Campaign) -> dict[str, Any]:
     return {
         "campaign_id": campaign.id,
         "status": campaign.status,
+        "status_reason": await status_reason(session, campaign),
         "recipients": sum(n.values()),
         "sent": sent_total,
         "delivered": n[DELIVERED],

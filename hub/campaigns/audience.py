@@ -136,13 +136,25 @@ async def segment_candidates(session: AsyncSession, flt: SegmentFilter) -> Async
         yield [_candidate(r) for r in rows if flt.matches(list(r.tags or []), dict(r.attributes or {}))]
 
 
-async def contacts_candidates(session: AsyncSession, contact_ids: list[int]) -> AsyncIterator[list[Candidate]]:
-    """Pages of the given contacts (a CSV's), each with their phone number."""
-    for start in range(0, len(contact_ids), PAGE):
-        ids = contact_ids[start : start + PAGE]
-        rows = (await session.execute(_with_phone().where(Contact.id.in_(ids)))).all()
+async def listed_candidates(session: AsyncSession, listed: list[tuple[int, str]]) -> AsyncIterator[list[Candidate]]:
+    """Pages of the given (contact id, phone number) pairs (a CSV's rows): each
+    contact with the number it was listed with, which is the number its
+    consent came for, never another number the contact also has."""
+    for start in range(0, len(listed), PAGE):
+        page = listed[start : start + PAGE]
+        rows = (
+            await session.execute(
+                select(Contact.id, Contact.name, Contact.attributes, Contact.tags, Contact.lifecycle_stage).where(
+                    Contact.id.in_({cid for cid, _ in page})
+                )
+            )
+        ).all()
         by_id = {r.id: r for r in rows}
-        yield [_candidate(by_id[cid]) for cid in ids if cid in by_id]
+        yield [
+            Candidate(cid, phone, r.name, dict(r.attributes or {}), list(r.tags or []), r.lifecycle_stage)
+            for cid, phone in page
+            if (r := by_id.get(cid)) is not None
+        ]
 
 
 # --- CSV -----------------------------------------------------------------------------

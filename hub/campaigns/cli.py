@@ -10,8 +10,10 @@ with far more than a bar's worth of code)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -232,8 +234,9 @@ def preview_cmd(ctx: click.Context, campaign_id: int, limit: int) -> None:
 @click.option("--detach", is_flag=True, help="start it and return; the hub's workers send it")
 @click.pass_context
 def send(ctx: click.Context, campaign_id: int, yes: bool, detach: bool) -> None:
-    """Start (or resume) a campaign and send it here with a progress bar. The
-    hub's running workers help; Ctrl-C leaves it running for them."""
+    """Start (or resume) a campaign and send it here with a progress bar (one
+    already running is joined). The hub's running workers help; Ctrl-C or
+    SIGTERM leaves it running for them."""
     from hub.campaigns import actions as ca
 
     cfg = _config(ctx)
@@ -243,7 +246,9 @@ def send(ctx: click.Context, campaign_id: int, yes: bool, detach: bool) -> None:
         click.confirm("Send it now?", abort=True)
 
     async def start(session: Any, c: Any, _t: Any) -> dict[str, Any]:
-        await ca.do_start(session, c, actor="cli")
+        # A running one (started with --detach, or by a send that was stopped) is joined.
+        if c.status != ca.RUNNING:
+            await ca.do_start(session, c, actor="cli")
         return await ca.campaign_view(session, c)
 
     view = _run(_with_campaign(cfg, campaign_id, start, write=True))
@@ -255,7 +260,7 @@ def send(ctx: click.Context, campaign_id: int, yes: bool, detach: bool) -> None:
         return
     try:
         status = asyncio.run(_send_with_progress(cfg, campaign_id, view["total"]))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         click.echo(f"\nStopped watching; campaign {campaign_id} keeps running in the hub's workers "
                    f"(crm-hub campaign pause {campaign_id} to stop it).")  # fmt: skip
         return
@@ -272,22 +277,38 @@ async def _send_with_progress(cfg: HubConfig, campaign_id: int, total: int) -> s
     async with _services(cfg) as (db, twilio):
         runner = CampaignRunner(db, twilio, cfg.campaigns, owner=f"cli-{socket.gethostname()}-{os.getpid()}")
         task = asyncio.create_task(runner.run_campaign(campaign_id))
-        with tqdm(total=total, unit="msg", file=sys.stderr, dynamic_ncols=True) as bar:
-            while True:
-                async with db.read() as session:
-                    n = {k: int(v["count"]) for k, v in (await ca.counts(session, campaign_id)).items()}
-                done = sum(
-                    n.get(s, 0) for s in (ca.SENT, ca.DELIVERED, ca.UNDELIVERED, ca.FAILED, ca.SKIPPED, ca.UNCERTAIN)
-                )
-                bar.update(done - bar.n)
-                bar.set_postfix(
-                    delivered=n.get(ca.DELIVERED, 0), failed=n.get(ca.FAILED, 0) + n.get(ca.UNDELIVERED, 0),
-                    skipped=n.get(ca.SKIPPED, 0), waiting=n.get(ca.PENDING, 0),
-                )  # fmt: skip
-                if task.done():
-                    break
-                await asyncio.sleep(0.5)
-        return task.result()
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        assert main is not None
+        # SIGTERM stops it as Ctrl-C does (asyncio cancels the main task on SIGINT).
+        loop.add_signal_handler(signal.SIGTERM, main.cancel)
+        try:
+            with tqdm(total=total, unit="msg", file=sys.stderr, dynamic_ncols=True) as bar:
+                while True:
+                    async with db.read() as session:
+                        n = {k: int(v["count"]) for k, v in (await ca.counts(session, campaign_id)).items()}
+                    done = sum(
+                        n.get(s, 0)
+                        for s in (ca.SENT, ca.DELIVERED, ca.UNDELIVERED, ca.FAILED, ca.SKIPPED, ca.UNCERTAIN)
+                    )
+                    bar.update(done - bar.n)
+                    bar.set_postfix(
+                        delivered=n.get(ca.DELIVERED, 0), failed=n.get(ca.FAILED, 0) + n.get(ca.UNDELIVERED, 0),
+                        skipped=n.get(ca.SKIPPED, 0), waiting=n.get(ca.PENDING, 0),
+                    )  # fmt: skip
+                    if task.done():
+                        break
+                    await asyncio.sleep(0.5)
+            return task.result()
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+            if not task.done():
+                # Stopped: the runner records what Twilio answered and returns
+                # the rows it never handed over to pending, before the database
+                # and the HTTP client close.
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 def _transition(ctx: click.Context, campaign_id: int, action: str) -> None:

@@ -15,8 +15,16 @@ Exactly once per recipient, whatever dies when:
    STOP that arrived a moment ago is honoured).
 5. record the outcomes in batched commits: ``sent`` with the SID, ``failed``
    with Twilio's error code, ``skipped`` (opted out), back to ``pending`` with a
-   backoff when Twilio refused for its rate (429), ``uncertain`` when nobody
-   can tell whether Twilio took it (a timeout, a 5xx).
+   backoff when Twilio refused for its rate (429) or could not be reached at
+   all (refused connection, DNS: nothing was sent), ``uncertain`` when nobody
+   can tell whether Twilio took it (a timeout, a connection dropped mid-answer,
+   a 5xx). While Twilio cannot be reached the worker holds off, longer each
+   time; after ``UNREACHABLE_PAUSE_AFTER`` such rounds in a row it pauses the
+   campaign and says why (``status_reason``).
+
+A row marked ``sending`` that was never handed to Twilio (the worker was
+stopped while it waited for the pacer, or held off) goes back to ``pending``
+(``skipped`` if the campaign was cancelled meanwhile).
 
 A row still ``sending`` after ``send_lease_seconds`` belonged to a worker that
 died between steps 3 and 5: it is marked ``uncertain`` and shown, never
@@ -38,12 +46,15 @@ from typing import Any
 from sqlalchemy import and_, bindparam, case, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from channels.twilio_common import OPT_OUT_CODE, RETRYABLE_CODES
+from channels.twilio_common import NOT_REACHED, OPT_OUT_CODE, RETRYABLE_CODES
 from channels.twilio_sms import SmsSender, classify_keyword
+from hub.actions import audit
 from hub.campaigns.actions import (
+    CANCELLED,
     COMPLETED,
     DELIVERED,
     FAILED,
+    PAUSED,
     PENDING,
     RUNNING,
     SCHEDULED,
@@ -69,6 +80,10 @@ from storage.models import Campaign, CampaignRecipient, Message
 log = logging.getLogger(__name__)
 
 CALLBACK_PARAM = "campaign_recipient"
+# Rounds of sends that could not reach Twilio at all, in a row, before a campaign pauses.
+UNREACHABLE_PAUSE_AFTER = 6
+# How long a worker holds off after the first such round (doubled each round, at most a minute).
+UNREACHABLE_BACKOFF_SECONDS = 1.0
 # How recipients' statuses rank, so late or out-of-order receipts never move one back.
 _RANK = {PENDING: 0, SENDING: 1, UNCERTAIN: 2, SENT: 3, UNDELIVERED: 4, FAILED: 4, DELIVERED: 5}
 _RECEIPT_STATUS = {
@@ -88,6 +103,8 @@ class Work:
     segments: int
     timezones: list[str]
     attempts: int
+    # The round of sends it went out in (see CampaignRunner._unreachable).
+    wave: int = 0
 
 
 class CampaignRunner:
@@ -111,6 +128,15 @@ class CampaignRunner:
         self._results: list[dict[str, Any]] = []
         self._published: dict[int, float] = {}
         self._active: set[int] = set()
+        self.unreachable_pause_after = UNREACHABLE_PAUSE_AFTER
+        self.unreachable_backoff = UNREACHABLE_BACKOFF_SECONDS
+        # Per campaign, while Twilio cannot be reached: rounds failed in a row,
+        # the current round (sends that were in flight together fail together
+        # and count once), no send before this (monotonic), and why to pause.
+        self._unreachable: dict[int, int] = {}
+        self._wave: dict[int, int] = {}
+        self._hold: dict[int, float] = {}
+        self._pause_reason: dict[int, str] = {}
 
     # --- the worker loop -------------------------------------------------------------
 
@@ -171,8 +197,13 @@ class CampaignRunner:
         # sends are still in flight, so sending never drains to zero between them.
         slots = asyncio.Semaphore(self.config.concurrency)
         inflight: set[asyncio.Task[None]] = set()
+        self._forget_outage(campaign_id)
         try:
             while True:
+                reason = self._pause_reason.pop(campaign_id, None)
+                if reason is not None:
+                    log.error("campaign %s: pausing it: %s", campaign_id, reason)
+                    await self._pause(campaign_id, reason)
                 async with self.db.read() as session:
                     campaign = await session.get(Campaign, campaign_id)
                 if campaign is None:
@@ -182,13 +213,18 @@ class CampaignRunner:
                 sender = self._sender(campaign)
                 if sender is None:
                     log.error("campaign %s: sender %s is not configured; pausing it", campaign_id, campaign.sender)
+                    await self._pause(
+                        campaign_id, f"sender {campaign.sender} is not configured (twilio.senders, TWILIO_PHONE_NUMBER)"
+                    )
+                    return PAUSED
+                held = self._hold.get(campaign_id, 0.0) - time.monotonic()
+                if held > 0:
+                    # Twilio could not be reached: the rest of the claimed batch is
+                    # left to others meanwhile; wait, but keep an eye on pause / cancel.
                     async with self.db.write() as session:
-                        await session.execute(
-                            update(Campaign)
-                            .where(Campaign.id == campaign_id, Campaign.status == RUNNING)
-                            .values(status="paused")
-                        )
-                    return "paused"
+                        await release_claims(session, campaign_id, self.owner)
+                    await asyncio.sleep(min(held, self.config.poll_seconds))
+                    continue
                 rate = min(campaign.rate_per_second or sender.messages_per_second, sender.messages_per_second)
                 batch = await self._claim(campaign, rate)
                 if not batch and inflight:
@@ -207,6 +243,7 @@ class CampaignRunner:
         finally:
             if inflight:
                 await asyncio.gather(*inflight, return_exceptions=True)
+            self._forget_outage(campaign_id)
             self._active.discard(campaign_id)
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -214,6 +251,24 @@ class CampaignRunner:
             await self._flush()
             async with self.db.write() as session:
                 await release_claims(session, campaign_id, self.owner)
+
+    def _forget_outage(self, campaign_id: int) -> None:
+        for state in (self._unreachable, self._wave, self._hold, self._pause_reason):
+            state.pop(campaign_id, None)
+
+    async def _pause(self, campaign_id: int, reason: str) -> None:
+        """Running -> paused by the runner itself, the reason in the audit log
+        (the campaign's ``status_reason``)."""
+        async with self.db.write() as session:
+            done = await session.execute(
+                update(Campaign)
+                .where(Campaign.id == campaign_id, Campaign.status == RUNNING)
+                .values(status=PAUSED)
+                .returning(Campaign.id)
+            )
+            if done.scalar_one_or_none() is not None:
+                await audit(session, "system", "campaign.paused", "campaign", campaign_id, {"reason": reason})
+        await self._publish(campaign_id, force=True)
 
     def _sender(self, campaign: Campaign) -> SmsSender | None:
         if self.twilio is None:
@@ -305,6 +360,9 @@ class CampaignRunner:
         next recipient due?"""
         c = CampaignRecipient
         async with self.db.write() as session:
+            # Rows an earlier run left ``sending`` (it died mid-send) would
+            # otherwise be waited for forever when no worker's tick runs (the CLI).
+            await mark_abandoned(session, campaign_id)
             left = await session.scalar(
                 select(func.count())
                 .select_from(c)
@@ -352,18 +410,52 @@ class CampaignRunner:
         for start in range(0, len(batch), chunk_size):
             chunk = batch[start : start + chunk_size]
             marked = await self._mark_sending(campaign.id, chunk)
-            for w in chunk:
-                if w.id not in marked:
-                    continue
-                delay = await pacer.book(w.segments)
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await slots.acquire()
-                task = asyncio.create_task(self._send_one(campaign, sender, w, slots))
-                inflight.add(task)
-                task.add_done_callback(inflight.discard)
-            if len(marked) != len(chunk):
-                return  # paused, cancelled, or the claim lapsed: the caller sees which
+            # Marked but not yet handed to a send task: Twilio has not seen these.
+            waiting = [w for w in chunk if w.id in marked]
+            try:
+                while waiting and not self._held(campaign.id):
+                    w = waiting[0]
+                    delay = await pacer.book(w.segments)
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    await slots.acquire()
+                    if self._held(campaign.id):  # a send failed to reach Twilio while this one waited
+                        slots.release()
+                        break
+                    w.wave = self._wave.get(campaign.id, 0)
+                    task = asyncio.create_task(self._send_one(campaign, sender, w, slots))
+                    inflight.add(task)
+                    task.add_done_callback(inflight.discard)
+                    waiting.pop(0)
+            finally:
+                # Stopped (cancelled: SIGTERM, Ctrl-C) or holding off: never sent, so not uncertain.
+                if waiting:
+                    await self._unmark(campaign.id, waiting)
+            if waiting or len(marked) != len(chunk):
+                return  # holding off, paused, cancelled, or the claim lapsed: the caller sees which
+
+    def _held(self, campaign_id: int) -> bool:
+        return self._hold.get(campaign_id, 0.0) > time.monotonic()
+
+    async def _unmark(self, campaign_id: int, rows: list[Work]) -> None:
+        """``sending`` rows that never went to Twilio: ``pending`` again
+        (``skipped`` if the campaign was cancelled meanwhile)."""
+        c = CampaignRecipient
+        ended = exists().where(and_(Campaign.id == campaign_id, Campaign.status.in_((CANCELLED, COMPLETED))))
+        async with self.db.write() as session:
+            await _lock_campaigns(session, [campaign_id])
+            await session.execute(
+                update(c)
+                .where(c.id.in_([w.id for w in rows]), c.status == SENDING, c.claimed_by == self.owner)
+                .values(
+                    status=case((ended, SKIPPED), else_=PENDING),
+                    reason=case((ended, "cancelled"), else_=c.reason),
+                    attempts=c.attempts - 1,
+                    claimed_by=None,
+                    lease_until=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
 
     async def _mark_sending(self, campaign_id: int, rows: list[Work]) -> set[int]:
         c = CampaignRecipient
@@ -396,10 +488,17 @@ class CampaignRunner:
                 self._results.append(self._outcome(w.id, UNCERTAIN, f"{type(exc).__name__}: {exc}"))
                 return
             now = utcnow()
+            code = result.extras.get("error_code")
+            if result.status in (DeliveryStatus.SENT, DeliveryStatus.QUEUED, DeliveryStatus.SENDING) or code:
+                self._unreachable[campaign.id] = 0  # Twilio answered
             if result.status in (DeliveryStatus.SENT, DeliveryStatus.QUEUED, DeliveryStatus.SENDING):
                 out = self._outcome(w.id, SENT, None, sid=result.external_id, sent_at=now)
+            elif result.extras.get(NOT_REACHED):
+                # Nothing was sent: it waits for Twilio to be back, its attempt not counted.
+                wait = self._note_unreachable(campaign.id, w.wave, result.reason or "Twilio could not be reached")
+                out = self._outcome(w.id, PENDING, result.reason)
+                out.update(nb=now + timedelta(seconds=wait), undo=1)
             else:
-                code = result.extras.get("error_code")
                 if code is None and await self.twilio.ledger.opted_out(w.phone, sender.key):
                     out = self._outcome(w.id, SKIPPED, f"opted_out: {result.reason}")
                 elif code == OPT_OUT_CODE:
@@ -418,6 +517,24 @@ class CampaignRunner:
         finally:
             slots.release()
 
+    def _note_unreachable(self, campaign_id: int, wave: int, reason: str) -> float:
+        """A send of round ``wave`` could not reach Twilio: the first such
+        failure of a round starts the next, longer hold-off, and the
+        ``unreachable_pause_after``-th round in a row pauses the campaign.
+        Returns the hold-off in seconds."""
+        n = self._unreachable.get(campaign_id, 0)
+        if wave == self._wave.get(campaign_id, 0):
+            n = self._unreachable[campaign_id] = n + 1
+            self._wave[campaign_id] = wave + 1
+            hold = min(self.unreachable_backoff * 2 ** (n - 1), 60.0)
+            self._hold[campaign_id] = time.monotonic() + hold
+            if n >= self.unreachable_pause_after:
+                self._pause_reason[campaign_id] = (
+                    f"Twilio could not be reached {n} times in a row; nothing was lost, the rest waits "
+                    f"(resume with start). Last error: {reason}"
+                )
+        return max(self._hold.get(campaign_id, 0.0) - time.monotonic(), 0.0)
+
     @staticmethod
     def _outcome(
         rid: int,
@@ -428,7 +545,16 @@ class CampaignRunner:
         sid: str | None = None,
         sent_at: Any = None,
     ) -> dict[str, Any]:
-        return {"rid": rid, "st": status, "reason": reason, "code": code, "sid": sid, "at": sent_at, "nb": None}
+        return {
+            "rid": rid,
+            "st": status,
+            "reason": reason,
+            "code": code,
+            "sid": sid,
+            "at": sent_at,
+            "nb": None,
+            "undo": 0,
+        }
 
     # --- 5. record ------------------------------------------------------------------------
 
@@ -458,6 +584,8 @@ class CampaignRunner:
                 external_id=func.coalesce(c.c.external_id, bindparam("sid")),
                 sent_at=func.coalesce(c.c.sent_at, bindparam("at")),
                 not_before=bindparam("nb"),
+                # A send that never reached Twilio was not an attempt.
+                attempts=c.c.attempts - case((settled, bindparam("undo")), else_=0),
                 # claimed_by stays: which worker sent it.
                 lease_until=None,
             )
@@ -465,12 +593,38 @@ class CampaignRunner:
         )
         try:
             async with self.db.write() as session:
+                await self._no_pending_when_cancelled(session, results)
                 await session.execute(stmt, results)
-        except Exception:
+        except BaseException:
+            # Also when the flush loop is cancelled mid-write (the run is
+            # ending): the final flush records them; recording twice is harmless.
             self._results[:0] = results
             raise
         for cid in list(self._active):
             await self._publish(cid)
+
+    @staticmethod
+    async def _no_pending_when_cancelled(session: AsyncSession, results: list[dict[str, Any]]) -> None:
+        """A row going back to ``pending`` (to be retried) in a campaign that
+        was cancelled meanwhile is ``skipped``, as the cancel did to the others."""
+        back = {r["rid"] for r in results if r["st"] == PENDING}
+        if not back:
+            return
+        c = CampaignRecipient
+        campaigns = list((await session.scalars(select(c.campaign_id).where(c.id.in_(back)).distinct())).all())
+        await _lock_campaigns(session, campaigns)
+        ended = set(
+            (
+                await session.scalars(
+                    select(c.id)
+                    .join(Campaign, Campaign.id == c.campaign_id)
+                    .where(c.id.in_(back), Campaign.status.in_((CANCELLED, COMPLETED)))
+                )
+            ).all()
+        )
+        for r in results:
+            if r["rid"] in ended:
+                r.update(st=SKIPPED, reason="cancelled", nb=None)
 
     async def _publish(self, campaign_id: int, *, force: bool = False) -> None:
         """Live counts for the inbox (``campaign.progress``), at most once a second."""
@@ -494,12 +648,24 @@ class CampaignRunner:
         )
 
 
-async def mark_abandoned(session: AsyncSession) -> int:
-    """Rows left ``sending`` past their lease: their worker died mid-send."""
+async def _lock_campaigns(session: AsyncSession, campaign_ids: list[int]) -> None:
+    """Share-lock the campaigns (PostgreSQL; SQLite has one writer anyway), so a
+    cancel (which locks its campaign for update) is wholly before or after us:
+    our rows are either seen as cancelled here or skipped by the cancel."""
+    if campaign_ids:
+        await session.execute(select(Campaign.id).where(Campaign.id.in_(campaign_ids)).with_for_update(read=True))
+
+
+async def mark_abandoned(session: AsyncSession, campaign_id: int | None = None) -> int:
+    """Rows left ``sending`` past their lease (of ``campaign_id``, or any
+    campaign): their worker died mid-send."""
     now = utcnow()
+    where = [CampaignRecipient.status == SENDING, CampaignRecipient.lease_until < now]
+    if campaign_id is not None:
+        where.append(CampaignRecipient.campaign_id == campaign_id)
     result = await session.execute(
         update(CampaignRecipient)
-        .where(CampaignRecipient.status == SENDING, CampaignRecipient.lease_until < now)
+        .where(*where)
         .values(
             status=UNCERTAIN,
             reason="the worker sending it stopped mid-send; Twilio may or may not have it, so it is not resent "

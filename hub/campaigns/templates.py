@@ -1,60 +1,409 @@
 """Campaign templates: Jinja2 in its immutable sandbox, given nothing but the
 recipient's variables, so a template can neither reach Python objects
 (``''.__class__.__mro__``, ``cycler.__init__.__globals__``) nor change the data
-it is given, nor make the renderer build gigantic strings. Rendered bodies get
-the opt-out line in the recipient's language and their SMS encoding and
-segment count."""
+it is given, nor make the renderer build gigantic strings or numbers or loop
+for ever. Rendered bodies get the opt-out line in the recipient's language and
+their SMS encoding and segment count.
+
+The limits, all per rendered message: every value a template builds (strings,
+lists, nested ones counted whole) and the output stay under
+:data:`MAX_VALUE_SIZE`; widths and counts given to padding and repeating
+operations (``center``, ``'{0:>9}'.format``, ``'%9s' %``, ``batch``...) too,
+checked before the operation runs; integers under :data:`MAX_INT_BITS`;
+the work of one render (each loop iteration, filter, call and operator, plus
+the size of what it builds) at most :data:`MAX_WORK`; no recursive loops.
+"""
 
 from __future__ import annotations
 
+import inspect
 import operator
-from collections.abc import Mapping
+import re
+import string
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import update_wrapper
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError
+from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError, nodes
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.filters import do_wordwrap
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter
+from jinja2.visitor import NodeTransformer
 
 from hub.text import detect_language, keyword, sms_segments
 
 MAX_TEMPLATE_CHARS = 5000
 # Twilio takes at most 1,600 characters per message; a campaign message is one message.
 MAX_BODY_CHARS = 1600
-# A template's intermediate strings and sequences stay under this size.
+# A template's intermediate strings and sequences, its widths and counts, and
+# its output stay under this size (an SMS is 1,600 characters at most).
 MAX_VALUE_SIZE = 10_000
-
-# Words that already tell the customer how to opt out: the line is not added twice.
-_OPT_OUT_WORDS = {keyword(w) for w in ("STOP", "لغو")}
+# Integers a template computes stay under this many bits (about 1,200 digits).
+MAX_INT_BITS = 4096
+# Loop iterations, filters, calls and operators of one render, and the
+# characters and items they build: a few thousand for a real SMS template.
+MAX_WORK = 200_000
+# A call (a macro's above all) is work of its own: many times a loop iteration.
+_CALL_WORK = 20
+# JSON indentation (``tojson(indent=...)``).
+MAX_JSON_INDENT = 16
 
 
 class TemplateInvalid(ValueError):
     """The template cannot be used; the message says where and why."""
 
 
+class _TooLong(SecurityError):
+    """The output outgrew :data:`MAX_VALUE_SIZE`: too long for this recipient."""
+
+
+# What the render in progress may still spend (None outside ``render``).
+_WORK: ContextVar[list[int] | None] = ContextVar("template_work", default=None)
+
+
+def _spend(work: int = 1) -> None:
+    left = _WORK.get()
+    if left is not None:
+        left[0] -= work
+        if left[0] < 0:
+            raise SecurityError(
+                f"the template does too much work for one message (more than {MAX_WORK:,} steps of "
+                "loop iterations, filters, calls and the text they build)"
+            )
+
+
+def _size(value: Any, limit: int = MAX_VALUE_SIZE) -> int:
+    """Characters and items of ``value``, nested values counted whole (a list
+    holding one list 10,000 times is as large as what printing it makes);
+    stops counting once past ``limit``."""
+    total = 0
+    todo = [value]
+    while todo and total <= limit:
+        v = todo.pop()
+        if isinstance(v, str | bytes):
+            total += len(v)
+        elif isinstance(v, list | tuple | set | frozenset):
+            total += len(v)
+            if total <= limit:
+                todo.extend(v)
+        elif isinstance(v, Mapping):
+            total += len(v)
+            if total <= limit:
+                todo.extend(v.keys())
+                todo.extend(v.values())
+        else:
+            total += 1
+    return total
+
+
+def _built(value: Any, what: str) -> Any:
+    """``value``, just built by ``what``: bounded, and its size is work done."""
+    size = _size(value)
+    if size > MAX_VALUE_SIZE:
+        raise SecurityError(f"{what} would build a value larger than {MAX_VALUE_SIZE} characters or items")
+    _spend(1 + size)
+    return value
+
+
+def _check_count(value: Any, what: str) -> None:
+    """A width or count: at most :data:`MAX_VALUE_SIZE`."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > MAX_VALUE_SIZE:
+        shown = f"{value:g}" if isinstance(value, float) or value.bit_length() <= 64 else "a huge number"
+        raise SecurityError(f"{what}: {shown} is more than {MAX_VALUE_SIZE}")
+
+
+def _check_estimate(size: int, what: str) -> None:
+    if size > MAX_VALUE_SIZE:
+        raise SecurityError(f"{what} would build a value larger than {MAX_VALUE_SIZE} characters")
+
+
+_SPEC_NUMBER = re.compile(r"\d+")
+
+
+def _check_spec(spec: str, what: str) -> None:
+    """Widths and precisions in a format spec (``>100``, ``.2f``, ``%-9s``)."""
+    for number in _SPEC_NUMBER.findall(spec):
+        if len(number) > 6 or int(number) > MAX_VALUE_SIZE:
+            raise SecurityError(f"{what}: a width or precision of {number} is more than {MAX_VALUE_SIZE}")
+
+
+_PRINTF = re.compile(r"%(?:\([^)]*\))?([-#0 +]*(?:\*|\d+)?(?:\.(?:\*|\d+))?)[hlL]?[a-zA-Z%]")
+
+
+def _check_printf(fmt: str | bytes, args: Any, what: str) -> None:
+    """``fmt % args``: widths bounded, and what the placeholders can repeat."""
+    text = fmt.decode("latin-1") if isinstance(fmt, bytes) else fmt
+    specs = _PRINTF.findall(text)
+    values = list(args.values()) if isinstance(args, Mapping) else list(args) if isinstance(args, tuple) else [args]
+    for spec in specs:
+        _check_spec(spec, what)
+        if "*" in spec:
+            for v in values:
+                _check_count(v, what)
+    biggest = max((_size(v) for v in values), default=0)
+    _check_estimate(len(text) + len(specs) * biggest, what)
+
+
+def _check_str_format(fmt: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    biggest = max((_size(v) for v in (*args, *kwargs.values())), default=0)
+    fields = sum(1 for _, name, _, _ in string.Formatter().parse(fmt) if name is not None)
+    _check_estimate(len(fmt) + fields * biggest, "str.format")
+
+
+class _Formatter(SandboxedFormatter):
+    """``str.format`` in the sandbox, with widths checked once nested fields
+    (``{0:>{1}}``) are filled in."""
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        _check_spec(format_spec, "str.format")
+        return super().format_field(value, format_spec)
+
+
+def _bounded_concat(pieces: Iterable[str]) -> str:
+    """The output (and ``{% set %}`` blocks, macros), stopped as soon as it is
+    longer than any message could be."""
+    out: list[str] = []
+    total = 0
+    for piece in pieces:
+        total += len(piece)
+        if total > MAX_VALUE_SIZE:
+            raise _TooLong(f"the message would be longer than {MAX_VALUE_SIZE} characters")
+        out.append(piece)
+    return "".join(out)
+
+
+def _bounded_loop(iterable: Iterable[Any]) -> Iterator[Any]:
+    for item in iterable:
+        _spend()
+        yield item
+
+
+class _Guard(NodeTransformer):
+    """Loops count their iterations; literals and ``~`` are size-checked;
+    recursive loops (``loop(...)``, unbounded) are refused."""
+
+    def visit_For(self, node: nodes.For) -> nodes.Node:
+        if node.recursive:
+            raise TemplateSyntaxError("recursive loops are not allowed in a campaign template", node.lineno)
+        loop = self.generic_visit(node)
+        assert isinstance(loop, nodes.For)
+        loop.iter = nodes.Filter(loop.iter, "_loop", [], [], None, None, lineno=node.lineno)
+        return loop
+
+    def _sized(self, node: nodes.Expr) -> nodes.Node:
+        value = self.generic_visit(node)
+        return nodes.Filter(value, "_sized", [], [], None, None, lineno=node.lineno)
+
+    def visit_Tuple(self, node: nodes.Tuple) -> nodes.Node:
+        return self._sized(node) if node.ctx == "load" else self.generic_visit(node)
+
+    visit_List = _sized
+    visit_Dict = _sized
+    visit_Concat = _sized
+
+
+def _filter_checks(name: str, a: dict[str, Any]) -> None:
+    """What a filter would build, judged from its arguments ``a`` before it
+    runs (a generator given to ``join`` is made a list in ``a``, to be counted)."""
+    what = f"the {name} filter"
+    s = a.get("s", a.get("value"))
+    if name == "center":
+        _check_count(a.get("width"), what)
+    if name == "indent" and isinstance(s, str):
+        width = a.get("width")
+        if isinstance(width, str):
+            _check_estimate(len(s) + (s.count("\n") + 1) * len(width), what)
+        elif isinstance(width, int):
+            _check_count(width, what)
+            _check_estimate(len(s) + (s.count("\n") + 1) * width, what)
+    if name in ("batch", "slice"):
+        _check_count(a.get("linecount", a.get("slices")), what)
+    if name == "tojson":
+        indent = a.get("indent")
+        if (isinstance(indent, int) and indent > MAX_JSON_INDENT) or (
+            isinstance(indent, str) and len(indent) > MAX_JSON_INDENT
+        ):
+            raise SecurityError(f"{what}: indent is at most {MAX_JSON_INDENT}")
+    if name == "replace" and isinstance(s, str):
+        _check_replace(s, a.get("old"), a.get("new"), a.get("count"), what)
+    if name == "join":
+        if not isinstance(a.get("value"), str | list | tuple):
+            a["value"] = list(a["value"])  # a generator (map, select): counted, then joined
+        _check_join(a.get("value"), a.get("d", ""), what)
+    if name == "format" and isinstance(a.get("value"), str):
+        _check_printf(a["value"], tuple(a.get("args", ())) or dict(a.get("kwargs", {})), what)
+    if name == "urlize":
+        raise SecurityError("the urlize filter (HTML links) is not for SMS")
+
+
+def _check_replace(s: str | bytes, old: Any, new: Any, count: Any, what: str) -> None:
+    if not isinstance(old, str | bytes) or not isinstance(new, str | bytes):
+        return
+    n = len(s) + 1 if not old else s.count(old)  # type: ignore[arg-type]
+    if isinstance(count, int) and count >= 0:
+        n = min(n, count)
+    _check_estimate(len(s) + n * max(len(new) - len(old), 0), what)
+
+
+def _check_join(items: Any, sep: Any, what: str) -> None:
+    if isinstance(items, str | list | tuple) and isinstance(sep, str | bytes):
+        _check_estimate(_size(items) + max(len(items) - 1, 0) * len(sep), what)
+
+
+def _wordwrap_checked(f: Callable[..., Any]) -> Callable[..., Any]:
+    """wordwrap joins its lines with ``wrapstring``: counted on a dry run with
+    one character."""
+
+    def wrapper(env: Any, s: str, width: int = 79, break_long_words: bool = True, wrapstring: str | None = None,
+                break_on_hyphens: bool = True) -> str:  # fmt: skip
+        _check_count(width, "the wordwrap filter")
+        if wrapstring is not None and len(wrapstring) > 1:
+            dry = f(env, s, width, break_long_words, "\n", break_on_hyphens)
+            joins = dry.count("\n") - s.count("\n")
+            _check_estimate(len(dry) + max(joins, 0) * len(wrapstring), "the wordwrap filter")
+        return str(f(env, s, width, break_long_words, wrapstring, break_on_hyphens))
+
+    return update_wrapper(wrapper, f)
+
+
+_CHECKED_FILTERS = {"center", "indent", "batch", "slice", "tojson", "replace", "join", "format", "urlize"}
+
+
+def _guarded_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
+    signature = inspect.signature(f) if name in _CHECKED_FILTERS else None
+    # Jinja hands some filters an argument their signature does not show
+    # (those made async-capable get the evaluation context first).
+    hidden = int(
+        getattr(f, "jinja_pass_arg", None) is not None
+        and signature is not None
+        and next(iter(signature.parameters), "") not in ("environment", "env", "eval_ctx", "context")
+    )
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if signature is not None:
+            try:
+                bound = signature.bind(*args[hidden:], **kwargs)
+            except TypeError:
+                pass  # the filter itself says what is wrong with its arguments
+            else:
+                _filter_checks(name, bound.arguments)
+                args, kwargs = (*args[:hidden], *bound.args), bound.kwargs
+        return _built(f(*args, **kwargs), f"the {name} filter")
+
+    return update_wrapper(wrapper, f)
+
+
+# str / bytes methods that pad, repeat or join, and their checks.
+_PADDING = {"center", "ljust", "rjust", "zfill"}
+
+
+def _check_method(obj: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The checks of a method call; returns its arguments (a generator given
+    to ``join`` as a list, counted)."""
+    owner = getattr(obj, "__self__", None)
+    name = getattr(obj, "__name__", "")
+    what = f".{name}()"
+    if isinstance(owner, str | bytes):
+        if name in _PADDING:
+            for v in (*args, *kwargs.values()):
+                _check_count(v, what)
+        elif name == "expandtabs":
+            for v in (*args, *kwargs.values()):
+                _check_count(v, what)
+                if isinstance(v, int):
+                    _check_estimate(len(owner) + owner.count("\t" if isinstance(owner, str) else b"\t") * v, what)  # type: ignore[arg-type]
+        elif name == "replace":
+            values = [*args, *kwargs.values()]
+            if len(values) >= 2:
+                _check_replace(owner, values[0], values[1], values[2] if len(values) > 2 else None, what)
+        elif name == "join" and args:
+            if not isinstance(args[0], str | bytes | list | tuple):
+                args = (list(args[0]), *args[1:])
+            _check_join(args[0], owner, what)
+        elif name in ("translate", "maketrans"):
+            raise SecurityError(f"{what} is not allowed in a template")
+    elif isinstance(owner, int) and name == "to_bytes":
+        for v in (*args, *kwargs.values()):
+            _check_count(v, what)
+    return args
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """No globals (no ``range``, ``cycler``, ``lipsum``, ``namespace``...), only
-    the variables a render is given; ``*`` and ``**`` bounded."""
+    the variables a render is given; what a template builds is bounded (see
+    the module's doc)."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    concat = staticmethod(_bounded_concat)
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        tree = _Guard().visit(super()._parse(source, name, filename))
+        tree.set_environment(self)
+        return tree  # type: ignore[no-any-return]
 
     def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
+        what = f"the {operator_name} operator"
         if operator_name == "**":
             if isinstance(right, int | float) and abs(right) > 64:
                 raise SecurityError("exponent too large in a template")
-            return operator.pow(left, right)
+            if isinstance(left, int) and isinstance(right, int) and left.bit_length() * right > MAX_INT_BITS:
+                raise SecurityError(f"a template may not compute numbers over {MAX_INT_BITS} bits")
+            return _built(operator.pow(left, right), what)
+        if operator_name == "+":
+            if isinstance(left, str | bytes | list | tuple) and isinstance(right, str | bytes | list | tuple):
+                _check_estimate(_size(left) + _size(right), what)
+            return _built(operator.add(left, right), what)
+        if operator_name == "%":
+            if isinstance(left, str | bytes):
+                _check_printf(left, right, what)
+            return _built(operator.mod(left, right), what)
+        if isinstance(left, int) and isinstance(right, int):
+            if left.bit_length() + right.bit_length() > MAX_INT_BITS:
+                raise SecurityError(f"a template may not compute numbers over {MAX_INT_BITS} bits")
+            return _built(operator.mul(left, right), what)
         size = 0
         for a, b in ((left, right), (right, left)):
-            if isinstance(a, str | list | tuple) and isinstance(b, int):
-                size = len(a) * b
+            if isinstance(a, str | bytes | list | tuple) and isinstance(b, int):
+                size = _size(a) * b
         if size > MAX_VALUE_SIZE:
             raise SecurityError(f"a template may not build values longer than {MAX_VALUE_SIZE}")
-        return operator.mul(left, right)
+        return _built(operator.mul(left, right), what)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _spend(_CALL_WORK)
+        args = _check_method(__obj, args, kwargs)
+        return _built(super().call(__context, __obj, *args, **kwargs), "a call")
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """As the sandbox's, with the widths checked and the size of what the
+        placeholders repeat bounded."""
+        if super().wrap_str_format(value) is None:
+            return None
+        fmt: str = value.__self__
+        is_format_map = value.__name__ == "format_map"
+        formatter = _Formatter(self)
+
+        def wrapper(*args: Any, **kwargs: Any) -> str:
+            if is_format_map:
+                if kwargs or len(args) != 1:
+                    raise TypeError("format_map() takes exactly one argument")
+                kwargs, args = args[0], ()
+            _check_str_format(fmt, args, kwargs)
+            return type(fmt)(formatter.vformat(fmt, args, kwargs))
+
+        return update_wrapper(wrapper, value)
 
 
 def _environment() -> _Sandbox:
     env = _Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
     env.globals.clear()
+    for name, f in list(env.filters.items()):
+        env.filters[name] = _guarded_filter(name, f)
+    env.filters["wordwrap"] = _guarded_filter("wordwrap", _wordwrap_checked(do_wordwrap))
+    env.filters["_loop"] = _bounded_loop
+    env.filters["_sized"] = lambda value: _built(value, "a literal or ~")
     return env
 
 
@@ -104,17 +453,27 @@ def _plain(value: Any) -> Any:
 
 def render(template: Any, values: Mapping[str, Any]) -> str:
     """The template for one recipient. A missing variable, a forbidden access or
-    a runaway expression is :class:`TemplateInvalid`."""
+    a runaway expression is :class:`TemplateInvalid`: "not allowed in a
+    template: ..." for what no recipient may do (escapes, resource limits)."""
+    token = _WORK.set([MAX_WORK])
     try:
         out = str(template.render(values))
     except UndefinedError as exc:
         raise TemplateInvalid(f"unknown variable: {exc.message}") from exc
+    except _TooLong as exc:
+        raise TemplateInvalid(str(exc)) from exc
     except SecurityError as exc:
         raise TemplateInvalid(f"not allowed in a template: {exc}") from exc
     except TemplateError as exc:
         raise TemplateInvalid(f"the template failed: {exc}") from exc
+    except MemoryError as exc:
+        raise TemplateInvalid("not allowed in a template: it needs too much memory") from exc
+    except RecursionError as exc:
+        raise TemplateInvalid("not allowed in a template: it calls itself too deeply") from exc
     except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
         raise TemplateInvalid(f"the template failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        _WORK.reset(token)
     return out.strip()
 
 
@@ -122,11 +481,18 @@ def opt_out_line(texts: Mapping[str, str], language: str | None) -> str:
     return texts.get(language or "") or texts["en"]
 
 
-def with_opt_out(body: str, line: str) -> str:
+def _words(text: str) -> str:
+    return " ".join(keyword(text).split())
+
+
+def with_opt_out(body: str, line: str, configured: Iterable[str] = ()) -> str:
     """``body`` and the opt-out line on its own line, unless the body already
-    says STOP / «لغو» (a marketer who wrote their own)."""
-    words = set(keyword(body).split())
-    if words & _OPT_OUT_WORDS:
+    has that line or another configured one (case, punctuation and spacing
+    aside). A body that merely uses the word ("Non-stop deals", «لغو رایگان»)
+    still gets it: only the configured wording is known to tell the customer
+    how to opt out."""
+    have = f" {_words(body)} "
+    if any(f" {w} " in have for w in map(_words, (line, *configured)) if w):
         return body
     return f"{body}\n{line}"
 
@@ -155,7 +521,7 @@ def message_for(
         raise TemplateInvalid("the message is empty for this recipient")
     lang = language or template_language or detect_language(body) or "en"
     if opt_out_texts:
-        body = with_opt_out(body, opt_out_line(opt_out_texts, lang))
+        body = with_opt_out(body, opt_out_line(opt_out_texts, lang), opt_out_texts.values())
     if len(body) > MAX_BODY_CHARS:
         raise TemplateInvalid(f"the message has {len(body)} characters; Twilio takes at most {MAX_BODY_CHARS}")
     seg = sms_segments(body)

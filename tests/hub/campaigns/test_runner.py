@@ -78,7 +78,7 @@ async def test_two_thousand_recipients(tmp_path: Path) -> None:
         assert campaign["total"] == 2000
         assert campaign["counts"]["pending"] == 1970  # 1,960 Americans and 10 in Tehran
         assert campaign["audience"]["skipped"] == {"no_consent": 20, "opted_out": 10}
-        en_seg, fa_seg = (sms_segments(b).segments for b in await _bodies(agent, cid))
+        en_seg, fa_seg = (sms_segments(b).segments for b in await _bodies(t, agent, cid, persian[0]))
         assert (en_seg, fa_seg) == (2, 2)  # GSM-7 over 160 with [ ]; UCS-2 over 70
         assert campaign["estimate"]["segments"] == 1970 * 2
         assert campaign["estimate"]["cost"] == round(1970 * 2 * 0.0083, 4)
@@ -154,15 +154,23 @@ async def test_two_thousand_recipients(tmp_path: Path) -> None:
         assert sum(",delivered," in line for line in lines) == 1959
 
 
-async def _bodies(agent: Any, cid: int) -> tuple[str, str]:
+async def _bodies(t: TwilioHub, agent: Any, cid: int, persian: str) -> tuple[str, str]:
+    """The English body as the preview shows it, and a Persian speaker's as
+    rendered for them (the preview's first 50 are all English speakers)."""
     preview = (await agent.get(f"/api/v1/campaigns/{cid}/preview?limit=50"))["items"]
     en = next(p for p in preview if p["encoding"] == "GSM-7")
     page = await agent.get(f"/api/v1/campaigns/{cid}/preview?limit=50")
     assert page["items"] == preview
     assert en["body"].endswith("\nReply STOP to opt out.")
-    return en[
-        "body"
-    ], "سلام سارا، حراج تابستانه امروز شروع می‌شود: ۲۰٪ تخفیف روی همه چیز.\nبرای لغو اشتراک «لغو» را بفرستید."
+    async with t.hub.db.read() as s:
+        row = await s.scalar(
+            select(CampaignRecipient).where(CampaignRecipient.campaign_id == cid, CampaignRecipient.phone == persian)
+        )
+    assert row is not None and row.encoding == "UCS-2"
+    assert row.body == (
+        "سلام سارا، حراج تابستانه امروز شروع می‌شود: ۲۰٪ تخفیف روی همه چیز.\nبرای لغو اشتراک «لغو» را بفرستید."
+    )
+    return str(en["body"]), row.body
 
 
 async def _sent_at_least(t: TwilioHub, n: int) -> bool:

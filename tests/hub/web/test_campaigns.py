@@ -5,14 +5,17 @@ against the Twilio fake; Twilio's refusals recorded by error code."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
+from hub.campaigns.audience import CsvAudience, parse_csv
 from hub.core import Role
-from storage.models import Campaign, CampaignRecipient, Contact
+from storage.models import Campaign, CampaignRecipient, Contact, Identity
 from tests.hub.campaigns.helpers import seed_contacts, us_numbers
 from tests.hub.helpers import Agent, add_agent
 from tests.hub.twilio_helpers import TwilioHub, eventually, twilio_hub
@@ -50,11 +53,16 @@ async def test_bad_input_is_refused_and_changes_nothing(tmp_path: Path) -> None:
             (_new(template="{{ ''.__class__.__mro__ }}"), "not allowed"),
             (_new(template="{{ cycler.__init__.__globals__ }}"), "not allowed"),
             (_new(template="Hi {{ first_name"), "template: template line 1"),
+            (_new(template="{{ 'a'|center(3000000000) }}"), "not allowed in a template: the center filter"),
+            (_new(template="{{ '{0:>100000000}'.format('x') }}"), "not allowed in a template: str.format"),
+            (_new(template="{% for a in 'x' * 9999 %}{% for b in 'x' * 99 %}{% endfor %}{% endfor %}"), "much work"),
             (_new(sender="+15559999999"), "sender '+15559999999' is not configured"),
             (_new(rate_per_second=50), "above what sender +15550002222 may send"),
             (_new(audience={"kind": "segment", "filter": {"tagz": ["x"]}}), "audience.filter.tagz"),
             (_new(audience={"kind": "segment", "filter": {"extra": {"churn_risk_min": 0.5}}}), "unknown filter"),
             (_new(scheduled_at="2026-05-01T10:00:00"), "scheduled_at"),
+            (_new(quiet_hours={"start": "21:00", "end": "21:00"}), "quiet_hours: Value error, start and end"),
+            (_new(quiet_hours={"start": "21:00", "end": "9:00"}), "quiet_hours.end"),
         ]
         for body, message in cases:
             error = await admin.post("/api/v1/campaigns", body, status=422)
@@ -182,3 +190,46 @@ async def test_scheduled_start(tmp_path: Path) -> None:
 
 async def _at_least(t: TwilioHub, n: int) -> bool:
     return len(_sent(t)) >= n
+
+
+async def test_csv_audience_sends_to_the_number_in_the_csv(tmp_path: Path) -> None:
+    """Consent comes with the number it was given for: a contact who also has
+    a newer number is sent to the one the CSV lists, never the other."""
+    async with twilio_hub(tmp_path, overrides=_overrides(10)) as t:
+        listed, other = us_numbers(2)
+        (cid,) = await seed_contacts(t.hub.db, [listed], consent=None)
+        async with t.hub.db.write() as s:
+            s.add(Identity(contact_id=cid, channel="phone", address=other))  # added later: the newest
+        admin = await t.agent()
+        draft = await admin.post("/api/v1/campaigns", _new(audience={"kind": "csv"}), status=201)
+        summary = await _upload(t, admin, draft["id"], f"phone,consent\n{listed},yes\n")
+        assert summary["recipients"] == 1 and summary["contacts_updated"] == 1
+        async with t.hub.db.read() as s:
+            rows = (
+                await s.execute(
+                    select(CampaignRecipient.contact_id, CampaignRecipient.phone, CampaignRecipient.status).where(
+                        CampaignRecipient.campaign_id == draft["id"]
+                    )
+                )
+            ).all()
+        assert [tuple(r) for r in rows] == [(cid, listed, "pending")]
+        preview = await admin.get(f"/api/v1/campaigns/{draft['id']}/preview")
+        assert [p["phone"] for p in preview["items"]] == [listed]
+
+
+async def test_csv_is_parsed_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 20 MB file takes seconds to parse: never on the loop that serves everyone."""
+    threads: list[int] = []
+
+    def parse_and_note(text: str, region: str | None) -> CsvAudience:
+        threads.append(threading.get_ident())
+        return parse_csv(text, region)
+
+    monkeypatch.setattr("hub.web.campaigns.parse_csv", parse_and_note)
+    async with twilio_hub(tmp_path, overrides=_overrides(10)) as t:
+        admin = await t.agent()
+        draft = await admin.post("/api/v1/campaigns", _new(audience={"kind": "csv"}), status=201)
+        rows = "".join(f"{p},yes\n" for p in us_numbers(50))
+        summary = await _upload(t, admin, draft["id"], "phone,consent\n" + rows)
+        assert summary["recipients"] == 50
+        assert threads and threads[0] != threading.get_ident()

@@ -1,0 +1,120 @@
+"""``crm-hub campaign send`` as a marketer runs it: it joins a campaign that is
+already running and finishes it even when an earlier crash left a row
+``sending``; SIGTERM stops it without losing the messages it had not yet
+handed to Twilio."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import subprocess
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from storage.db import Database
+from storage.models import Campaign, CampaignRecipient
+from tests.fakes.twilio import FakeTwilio
+from tests.hub.campaigns.helpers import seed_contacts, us_numbers
+from tests.hub.procs import CLI, hub_env, run_cli
+from tests.hub.twilio_helpers import ACCOUNT, TOKEN, eventually
+
+pytestmark = pytest.mark.slow
+
+PROMO = "+15550002222"
+
+
+def _env(tmp_path: Path, fake: FakeTwilio, rate: float) -> dict[str, str]:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "twilio": {
+                    "api_base_url": fake.base_url,
+                    "senders": [{"inbox": "promo", "number": PROMO, "messages_per_second": rate}],
+                },
+                "campaigns": {"quiet_hours": None, "poll_seconds": 0.2, "send_lease_seconds": 5},
+            }
+        ),
+        encoding="utf-8",
+    )
+    return hub_env(tmp_path / "data", HUB_CONFIG=str(config), TWILIO_ACCOUNT_SID=ACCOUNT, TWILIO_AUTH_TOKEN=TOKEN)
+
+
+async def _campaign(tmp_path: Path, env: dict[str, str], audience: int) -> tuple[Database, int]:
+    await asyncio.to_thread(run_cli, ["migrate"], env)
+    db = Database(f"sqlite+aiosqlite:///{(tmp_path / 'data' / 'hub.db').resolve()}")
+    await seed_contacts(db, us_numbers(audience))
+    create = ["campaign", "create", "--name", "Flash", "--sender", "promo", "--template", "Hi {{ first_name }}"]
+    out = await asyncio.to_thread(run_cli, create, env)
+    match = re.search(r"Campaign (\d+) \(Flash\): draft", out)
+    assert match, out
+    return db, int(match.group(1))
+
+
+async def _counts(db: Database, cid: int) -> Counter[str]:
+    async with db.read() as s:
+        q = select(CampaignRecipient.status).where(CampaignRecipient.campaign_id == cid)
+        return Counter((await s.scalars(q)).all())
+
+
+async def test_send_joins_a_running_campaign_left_mid_send_by_a_crash(tmp_path: Path) -> None:
+    async with FakeTwilio({ACCOUNT: TOKEN}, callback_statuses=()) as fake:
+        env = _env(tmp_path, fake, rate=50)
+        db, cid = await _campaign(tmp_path, env, audience=20)
+        try:
+            await asyncio.to_thread(run_cli, ["campaign", "send", str(cid), "--yes", "--detach"], env)
+            async with db.write() as s:  # what a SIGKILL of an earlier `send` leaves
+                first = await s.scalar(select(CampaignRecipient.id).order_by(CampaignRecipient.id).limit(1))
+                await s.execute(
+                    update(CampaignRecipient)
+                    .where(CampaignRecipient.id == first)
+                    .values(status="sending", claimed_by="cli-old", lease_until=datetime(2000, 1, 1, tzinfo=UTC))
+                )
+            out = await asyncio.to_thread(run_cli, ["campaign", "send", str(cid), "--yes"], env)
+            assert f"Campaign {cid} is completed." in out
+            assert await _counts(db, cid) == {"sent": 19, "uncertain": 1}
+            assert len(fake.messages) == 19
+        finally:
+            await db.dispose()
+
+
+async def test_sigterm_returns_unsent_rows_to_pending(tmp_path: Path) -> None:
+    async with FakeTwilio({ACCOUNT: TOKEN}, callback_statuses=()) as fake:
+        # 20 a second: ten rows at a time are marked sending, then paced out.
+        env = _env(tmp_path, fake, rate=20)
+        db, cid = await _campaign(tmp_path, env, audience=200)
+        try:
+            proc = subprocess.Popen(
+                [CLI, "campaign", "send", str(cid), "--yes"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                await eventually(lambda: _sent_at_least(fake, 15), timeout=60)
+                proc.send_signal(signal.SIGTERM)
+                out, err = await asyncio.to_thread(proc.communicate, timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            assert proc.returncode == 0, err
+            assert "Stopped watching" in out
+            counts = await _counts(db, cid)
+            assert counts["sending"] == 0 and counts["uncertain"] == 0, counts
+            assert counts["sent"] == len(fake.messages) and counts["pending"] == 200 - counts["sent"]
+            async with db.read() as s:
+                assert await s.scalar(select(Campaign.status).where(Campaign.id == cid)) == "running"
+        finally:
+            await db.dispose()
+
+
+async def _sent_at_least(fake: FakeTwilio, n: int) -> bool:
+    await asyncio.sleep(0)
+    return len(fake.messages) >= n

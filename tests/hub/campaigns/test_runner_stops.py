@@ -1,0 +1,217 @@
+"""How the sending loop stops and starts again, on both engines: Twilio that
+cannot be reached at all (nothing lost, the campaign pauses and says why)
+against Twilio that may have the message (uncertain); a worker stopped
+mid-batch (the rows it never handed to Twilio go back to pending); a cancel
+while a 429 is being answered (nothing pending is left in a cancelled
+campaign); a run started after a crash that left rows ``sending``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from sqlalchemy import select, update
+
+from hub.attachments import AttachmentStore
+from hub.campaigns import actions as ca
+from hub.campaigns.audience import SegmentFilter
+from hub.campaigns.runner import CampaignRunner
+from hub.config import HubConfig, load_config
+from hub.telephony import TwilioService
+from storage.db import Database
+from storage.models import CampaignRecipient
+from tests.fakes.twilio import FakeTwilio
+from tests.hub.campaigns.helpers import seed_contacts, us_numbers
+from tests.hub.twilio_helpers import ACCOUNT, TOKEN, eventually, free_port
+
+PROMO = "+15550002222"
+
+
+@dataclass
+class World:
+    db: Database
+    twilio: TwilioService
+    config: HubConfig
+    campaign_id: int
+
+    def runner(self, owner: str = "w1") -> CampaignRunner:
+        return CampaignRunner(self.db, self.twilio, self.config.campaigns, owner=owner)
+
+    async def counts(self) -> dict[str, int]:
+        async with self.db.read() as s:
+            return {k: int(v["count"]) for k, v in (await ca.counts(s, self.campaign_id)).items()}
+
+    async def rows(self) -> list[CampaignRecipient]:
+        async with self.db.read() as s:
+            q = select(CampaignRecipient).where(CampaignRecipient.campaign_id == self.campaign_id)
+            return list((await s.scalars(q.order_by(CampaignRecipient.id))).all())
+
+    async def view(self) -> dict[str, Any]:
+        async with self.db.read() as s:
+            return await ca.campaign_view(s, await ca.check_campaign(s, self.campaign_id))
+
+    async def report(self) -> dict[str, Any]:
+        async with self.db.read() as s:
+            return await ca.report(s, await ca.check_campaign(s, self.campaign_id))
+
+    async def cancel(self) -> None:
+        async with self.db.write() as s:
+            await ca.do_cancel(s, await ca.check_campaign(s, self.campaign_id, lock=True))
+
+
+@asynccontextmanager
+async def world(tmp_path: Path, db: Database, api_base: str, *, rate: float, audience: int) -> AsyncIterator[World]:
+    config = load_config(
+        path=None,
+        env={"HUB_SECRET_KEY": "x", "TWILIO_ACCOUNT_SID": ACCOUNT, "TWILIO_AUTH_TOKEN": TOKEN},
+        overrides={
+            "data_dir": str(tmp_path / "data"),
+            "logging.level": "WARNING",
+            "twilio.api_base_url": api_base,
+            "twilio.senders": [{"inbox": "promo", "number": PROMO, "messages_per_second": rate}],
+            "campaigns.quiet_hours": None,
+            "campaigns.poll_seconds": 0.05,
+        },
+    )
+    twilio = TwilioService(config, db, AttachmentStore(config.attachments_dir, max_bytes=config.attachments.max_bytes))
+    await seed_contacts(db, us_numbers(audience))
+    async with db.write() as s:
+        spec = ca.CampaignSpec(name="t", sender="promo", template="Hi {{ first_name }}", segment=SegmentFilter())
+        campaign = await ca.do_create_campaign(s, twilio, config.campaigns, spec)
+        await ca.do_start(s, campaign)
+        cid = campaign.id
+    try:
+        yield World(db, twilio, config, cid)
+    finally:
+        await twilio.sms.close()
+
+
+async def test_unreachable_twilio_pauses_the_campaign_and_loses_nothing(tmp_path: Path, db: Database) -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"  # connection refused: Twilio never sees a request
+    async with world(tmp_path, db, nobody, rate=50, audience=40) as w:
+        runner = w.runner()
+        runner.unreachable_pause_after = 3
+        runner.unreachable_backoff = 0.01
+        assert await runner.run_campaign(w.campaign_id) == "paused"
+        assert await w.counts() == {"pending": 40}
+        rows = await w.rows()
+        assert all(r.attempts == 0 and r.claimed_by is None for r in rows)
+        assert "could not be reached, nothing was sent" in (rows[0].reason or "")
+        view = await w.view()
+        assert view["status"] == "paused"
+        assert view["status_reason"].startswith("Twilio could not be reached 3 times in a row")
+        assert "ClientConnectorError" in view["status_reason"]
+        report = await w.report()
+        assert report["pending"] == 40 and report["uncertain"] == 0
+        assert report["status_reason"] == view["status_reason"]
+        # Resumed once Twilio is back, everyone gets their message.
+        async with FakeTwilio({ACCOUNT: TOKEN}, callback_statuses=()) as fake:
+            w.twilio.sms.api_base_url = fake.base_url
+            await w.twilio.sms.close()
+            async with db.write() as s:
+                await ca.do_start(s, await ca.check_campaign(s, w.campaign_id, lock=True))
+            assert (await w.view())["status_reason"] is None
+            async with db.write() as s:  # the backoff is over
+                await s.execute(update(CampaignRecipient).values(not_before=None))
+            assert await w.runner().run_campaign(w.campaign_id) == "completed"
+            assert await w.counts() == {"sent": 40}
+            assert len(fake.messages) == 40
+
+
+async def test_a_connection_dropped_mid_answer_is_uncertain(tmp_path: Path, db: Database) -> None:
+    """Twilio got the request and may have sent the message: never resent."""
+
+    async def drop(request: web.Request) -> web.Response:
+        await request.read()
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", drop)
+    async with (
+        TestServer(app, host="127.0.0.1") as server,
+        world(tmp_path, db, str(server.make_url("")).rstrip("/"), rate=50, audience=5) as w,
+    ):
+        assert await w.runner().run_campaign(w.campaign_id) == "completed"
+        assert await w.counts() == {"uncertain": 5}
+        assert (await w.view())["status_reason"] is None
+
+
+async def test_a_stopped_worker_returns_what_it_never_sent(tmp_path: Path, db: Database) -> None:
+    # 20 a second: rows are marked sending ten at a time, then paced out.
+    async with (
+        FakeTwilio({ACCOUNT: TOKEN}, callback_statuses=()) as fake,
+        world(tmp_path, db, fake.base_url, rate=20, audience=60) as w,
+    ):
+        task = asyncio.create_task(w.runner().run_campaign(w.campaign_id))
+        await eventually(lambda: _at_least(fake, 3))
+        task.cancel()  # as SIGTERM / Ctrl-C do
+        with suppress(asyncio.CancelledError):
+            await task
+        counts = await w.counts()
+        assert "sending" not in counts and "uncertain" not in counts, counts
+        assert counts["sent"] == len(fake.messages)
+        assert counts["sent"] + counts["pending"] == 60
+        assert all(r.attempts == 0 and r.claimed_by is None for r in await w.rows() if r.status == "pending")
+        # Another run sends the rest, and nobody twice.
+        assert await w.runner("w2").run_campaign(w.campaign_id) == "completed"
+        assert await w.counts() == {"sent": 60}
+        assert len({m["to"] for m in fake.messages}) == len(fake.messages) == 60
+
+
+async def test_cancel_while_twilio_answers_429_leaves_nothing_pending(tmp_path: Path, db: Database) -> None:
+    asked = asyncio.Event()
+    answer = asyncio.Event()
+
+    async def too_many(request: web.Request) -> web.Response:
+        await request.read()
+        asked.set()
+        await answer.wait()
+        body = {"code": 20429, "message": "Too Many Requests", "more_info": "", "status": 429}
+        return web.json_response(body, status=429)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", too_many)
+    async with (
+        TestServer(app, host="127.0.0.1") as server,
+        world(tmp_path, db, str(server.make_url("")).rstrip("/"), rate=1, audience=3) as w,
+    ):
+        task = asyncio.create_task(w.runner().run_campaign(w.campaign_id))
+        await asyncio.wait_for(asked.wait(), 30)
+        await w.cancel()  # while the send is with Twilio
+        answer.set()
+        assert await asyncio.wait_for(task, 30) == "cancelled"
+        rows = await w.rows()
+        assert [(r.status, r.reason) for r in rows] == [("skipped", "cancelled")] * 3
+
+
+async def test_a_run_after_a_crash_settles_rows_left_sending(tmp_path: Path, db: Database) -> None:
+    """The CLI's ``send`` has no worker tick to mark abandoned rows: it must
+    not wait for them forever."""
+    async with (
+        FakeTwilio({ACCOUNT: TOKEN}, callback_statuses=()) as fake,
+        world(tmp_path, db, fake.base_url, rate=50, audience=10) as w,
+    ):
+        first = (await w.rows())[0].id
+        async with db.write() as s:  # what a SIGKILL mid-send leaves
+            await s.execute(
+                update(CampaignRecipient)
+                .where(CampaignRecipient.id == first)
+                .values(status="sending", claimed_by="cli-old", lease_until=datetime(2000, 1, 1, tzinfo=UTC))
+            )
+        assert await asyncio.wait_for(w.runner("cli-new").run_campaign(w.campaign_id), 60) == "completed"
+        assert await w.counts() == {"sent": 9, "uncertain": 1}
+        assert len(fake.messages) == 9
+
+
+async def _at_least(fake: FakeTwilio, n: int) -> bool:
+    await asyncio.sleep(0)
+    return len(fake.messages) >= n
