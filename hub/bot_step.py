@@ -6,10 +6,11 @@ The bot speaks only on tickets that are ``pending`` (routing gave them to the
 bot), not silenced, not assigned and on an inbox whose bot is enabled, as the
 database says (the event's ticket view is the one ingest wrote): once a human
 replies, takes the ticket or the bot hands off, it stays quiet on that ticket
-for good. Auto-replies (an email's ``Auto-Submitted``) are never answered. Everything one message causes (the
-replies, the contact's new attributes and lead score, the handoff, the turn
-record, the bot's memory) is written in one transaction, and the turn is
-unique per inbound message, so a redelivered event changes nothing.
+for good. Auto-replies (an email's ``Auto-Submitted``) are never answered.
+Everything one message causes (the replies, the contact's new attributes and
+lead score, the handoff, the turn record, the bot's memory) is written in one
+transaction, and the turn is unique per inbound message, so a redelivered
+event changes nothing.
 """
 
 from __future__ import annotations
@@ -237,14 +238,19 @@ class BotService:
         message: dict[str, Any] = event.payload.get("message") or {}
         if message.get("direction") != "in" or message.get("author") != "contact":
             return
+        # The event carries the ticket as ingest saw it. Pending then: maybe
+        # the bot's. A new ticket: routing may have given it to the bot since
+        # (a redelivery still says open). Anything else is not the bot's, and
+        # most messages are that: they cost no query.
+        view: dict[str, Any] = event.payload.get("ticket") or {}
+        if view.get("status") != TicketStatus.PENDING.value and not event.payload.get("ticket_created"):
+            return
         message_id = int(message["id"])
         async with self.db.read() as session:
             if await session.scalar(select(BotTurn.id).where(BotTurn.message_id == message_id)) is not None:
                 return
             row = await session.get(Message, message_id)
-            # The event carries the ticket as ingest saw it (open for a new
-            # ticket): routing hands it to the bot after that, and a redelivery
-            # (Redis) carries that first view again, so ask the database.
+            # Whether it is the bot's now, the database says.
             ticket = await session.get(Ticket, row.ticket_id) if row is not None else None
             if ticket is None or not await bot_owns(session, ticket):
                 return

@@ -372,3 +372,29 @@ async def test_the_knowledge_base_is_built_when_the_hub_starts(tmp_path: Path) -
         # Built from what was imported before start, without any customer asking.
         assert c.hub.bot.kb.builds == 1
         assert c.hub.bot.kb.revision > 0
+
+
+class _NoDatabase:
+    """Any query fails the test: most messages are not the bot's, and the
+    worker runs this step for every one of them."""
+
+    def read(self) -> Any:
+        raise AssertionError("the bot step queried the database for a message that is not the bot's")
+
+    write = read
+
+
+async def test_messages_on_tickets_that_are_not_the_bots_cost_no_query() -> None:
+    from hub.bot_step import BotService
+    from hub.config import BotConfig
+    from hub.stream.base import Event
+
+    service = BotService(_NoDatabase(), BotConfig())  # type: ignore[arg-type]
+    for ticket in ({"id": 1, "status": "open"}, {"id": 1, "status": "snoozed"}):
+        payload = {
+            "kind": "message.received",
+            "message": {"id": 7, "direction": "in", "author": "contact", "contact_id": 3, "ticket_id": 1},
+            "ticket": ticket,
+            "ticket_created": False,
+        }
+        await service.on_message(Event(key="1", payload=payload, outbox_id=1))
