@@ -51,11 +51,12 @@ from channels.telegram import (
 from hub.attachments import AttachmentStore, AttachmentTooLarge
 from hub.channel_actions import do_contact_signals, do_edit_inbound_message, do_set_reachability
 from hub.config import HubConfig, TelegramBotConfig
-from hub.core import Attachment, Channel, Direction, IdentityKind, InboundMessage, QuickReply, utcnow
+from hub.core import Attachment, Channel, IdentityKind, InboundMessage, utcnow
 from hub.text import InvalidPhoneNumber, parse_phone
 from storage.db import Database
 from storage.ingest import IngestResult, dialect_insert, ingest_batch
-from storage.models import Identity, Inbox, Message, TelegramBotState, Ticket
+from storage.models import Identity, Message, TelegramBotState
+from storage.queries import offered_quick_replies
 
 log = logging.getLogger(__name__)
 
@@ -211,24 +212,15 @@ class TelegramService:
         """A button whose quick reply id was too long for Telegram carried a
         token: the id it stands for, from what the hub offered this chat."""
         async with self.db.read() as session:
-            rows = await session.scalars(
-                select(Message.extras)
-                .join(Ticket, Ticket.id == Message.ticket_id)
-                .join(Inbox, Inbox.id == Ticket.inbox_id)
-                .join(Identity, Identity.contact_id == Ticket.contact_id)
-                .where(
-                    Inbox.key == bot.inbox,
-                    Identity.channel == IdentityKind.TELEGRAM.value,
-                    Identity.address == message.sender,
-                    Message.channel == Channel.TELEGRAM.value,
-                    Message.direction == Direction.OUT.value,
-                    Message.private.is_(False),
-                )
-                .order_by(Message.id.desc())
-                .limit(OFFERED_LOOKBACK)
+            offered = await offered_quick_replies(
+                session,
+                inbox=bot.inbox,
+                kind=IdentityKind.TELEGRAM,
+                address=message.sender,
+                channel=Channel.TELEGRAM,
+                messages=OFFERED_LOOKBACK,
             )
-            offered = [q for extras in rows.all() for q in (extras or {}).get("quick_replies") or []]
-        choice = resolve_callback(token, (QuickReply.model_validate(q) for q in offered))
+        choice = resolve_callback(token, offered)
         if choice is None:
             log.info("telegram: button data %s matches no quick reply offered to chat %s", token, message.sender)
             return message

@@ -23,7 +23,7 @@ import phonenumbers
 _DIGITS = str.maketrans("۰۱۲۳۴۵۶۷۸۹٠١٢٣٤٥٦٧٨٩", "0123456789" * 2)
 
 # Arabic letter forms to the Persian ones a Persian speaker means by them.
-_LETTERS = str.maketrans(
+LETTER_FORMS = str.maketrans(
     {
         "ي": "ی",  # Arabic yeh
         "ى": "ی",  # alef maksura
@@ -62,7 +62,7 @@ def normalize(text: str, *, zwnj: Literal["space", "keep", "drop"] = "space", ca
     space by default, so "می‌روم" and "می روم" compare equal; writers who type
     nothing there ("میروم") match only with ``"drop"``, which callers may try too."""
     text = unicodedata.normalize("NFKC", text)
-    text = text.translate(_LETTERS)
+    text = text.translate(LETTER_FORMS)
     text = _DIACRITICS.sub("", text)
     text = _INVISIBLE.sub("", text)
     if zwnj == "space":

@@ -12,9 +12,11 @@ from typing import Any
 from sqlalchemy import and_, func, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub.core import Channel, Direction, IdentityKind, QuickReply, TicketStatus
+
 # The normalizer's own table of Arabic letter forms, so the query and the
 # stored text are folded alike.
-from hub.text import _LETTERS as LETTER_FORMS
+from hub.text import LETTER_FORMS
 from storage.models import Contact, Identity, Inbox, Message, Ticket, TicketEventRow, TicketLabel
 from storage.views import contact_view, iso, message_view, ticket_view
 
@@ -384,3 +386,39 @@ async def visitor_conversation(
         .limit(limit)
     )
     return contact_id, ticket_id, [message_view(m) | {"extras": m.extras} for m in reversed(rows.all())]
+
+
+async def offered_quick_replies(
+    session: AsyncSession,
+    *,
+    inbox: str,
+    kind: IdentityKind,
+    address: str,
+    channel: Channel | None = None,
+    messages: int = 1,
+    open_only: bool = False,
+) -> list[QuickReply]:
+    """The buttons the hub's last ``messages`` public messages to ``address``
+    (an identity of ``kind``) in ``inbox`` offered, newest first: what a
+    customer's "2" (SMS) or pressed button (Telegram) may be choosing from."""
+    stmt = (
+        select(Message.extras)
+        .join(Ticket, Ticket.id == Message.ticket_id)
+        .join(Inbox, Inbox.id == Ticket.inbox_id)
+        .join(Identity, Identity.contact_id == Ticket.contact_id)
+        .where(
+            Inbox.key == inbox,
+            Identity.channel == kind.value,
+            Identity.address == address,
+            Message.direction == Direction.OUT.value,
+            Message.private.is_(False),
+        )
+        .order_by(Message.id.desc())
+        .limit(messages)
+    )
+    if channel is not None:
+        stmt = stmt.where(Message.channel == channel.value)
+    if open_only:
+        stmt = stmt.where(Ticket.status != TicketStatus.RESOLVED.value)
+    rows = (await session.scalars(stmt)).all()
+    return [QuickReply.model_validate(q) for extras in rows for q in (extras or {}).get("quick_replies") or []]

@@ -16,39 +16,16 @@ from channels.twilio_common import OPT_OUT_CODE, TwilioAccount, text_by_language
 from channels.twilio_sms import classify_keyword, quick_reply_choice
 from hub.actions import SMS_CHANNELS, do_assign, do_get_or_create_team, do_post_message, do_record_delivery
 from hub.attachments import AttachmentTooLarge
-from hub.core import Author, Channel, DeliveryReceipt, Direction, IdentityKind, InboundMessage, QuickReply
+from hub.core import Author, Channel, DeliveryReceipt, Direction, InboundMessage, QuickReply
 from hub.stream.base import Event
 from hub.telephony.ledger import do_set_opt_out
 from hub.text import detect_language
-from storage.models import Contact, Identity, Inbox, Message, Ticket
+from storage.models import Contact, Message, Ticket
 
 if TYPE_CHECKING:
     from hub.telephony.service import TwilioService
 
 log = logging.getLogger(__name__)
-
-
-async def offered_quick_replies(session: AsyncSession, inbox: str, phone: str) -> list[QuickReply]:
-    """The options the last message to ``phone`` on its open ticket in ``inbox``
-    offered (empty when it offered none: then "1" is just "1")."""
-    row = await session.execute(
-        select(Message.extras)
-        .join(Ticket, Ticket.id == Message.ticket_id)
-        .join(Inbox, Inbox.id == Ticket.inbox_id)
-        .join(Identity, Identity.contact_id == Ticket.contact_id)
-        .where(
-            Inbox.key == inbox,
-            Identity.channel == IdentityKind.PHONE.value,
-            Identity.address == phone,
-            Ticket.status != "resolved",
-            Message.direction == Direction.OUT.value,
-            Message.private.is_(False),
-        )
-        .order_by(Message.id.desc())
-        .limit(1)
-    )
-    extras = row.scalar_one_or_none() or {}
-    return [QuickReply.model_validate(q) for q in extras.get("quick_replies") or []]
 
 
 def with_quick_reply(inbound: InboundMessage, offered: list[QuickReply]) -> InboundMessage:

@@ -16,11 +16,13 @@ from channels.twilio_common import FormParams, TwilioAccount, verify_signature
 from channels.twilio_sms import parse_inbound, parse_status
 from channels.twilio_voice import empty_twiml, parse_call
 from hub.app import HUB, Hub
+from hub.core import IdentityKind
 from hub.errors import BadRequest, Forbidden, NotFound, Unavailable
 from hub.telephony import TwilioService
-from hub.telephony.sms import do_record_receipt, offered_quick_replies, with_quick_reply
+from hub.telephony.sms import do_record_receipt, with_quick_reply
 from hub.web.api import API, current_agent, int_param
 from hub.web.registry import ROUTES
+from storage.queries import offered_quick_replies
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +137,9 @@ async def twilio_sms(request: web.Request) -> web.StreamResponse:
     except InvalidPayload as exc:
         raise BadRequest(str(exc)) from exc
     async with hub.db.read() as session:
-        offered = await offered_quick_replies(session, sender.inbox, inbound.sender)
+        offered = await offered_quick_replies(
+            session, inbox=sender.inbox, kind=IdentityKind.PHONE, address=inbound.sender, open_only=True
+        )
     inbound = with_quick_reply(inbound, offered)
     for hook in service.inbound_hooks:
         inbound = await hook(inbound, sender)
