@@ -24,7 +24,7 @@ from sqlalchemy import delete, func, select, update
 
 from hub import metrics
 from hub.core import utcnow
-from hub.stream.base import Event, Stream
+from hub.stream.base import Event, Stream, check_cancelled
 from storage.db import Database
 from storage.models import OutboxRow
 
@@ -85,6 +85,7 @@ class OutboxRelay:
         loop = asyncio.get_running_loop()
         next_poll = 0.0
         while True:
+            check_cancelled()  # the wait_for below may have swallowed it
             try:
                 if self._direct:
                     events, self._direct = self._direct, []

@@ -9,10 +9,25 @@ are kept (never dropped) and counted in the metrics.
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def check_cancelled() -> None:
+    """Raise if the current task was asked to stop.
+
+    On Python 3.11, ``asyncio.wait_for`` swallows a cancellation that arrives
+    just as what it waits for completes; redis-py uses it around socket writes
+    and aiosmtplib around every SMTP reply, so a handler may return normally
+    from a cancelled task. Consumer loops check at every turn, or a shutdown
+    would wait for ever on a loop that never sees its cancellation.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from hub import metrics
-from hub.stream.base import Event, EventHandler, LiveBus, Stream
+from hub.stream.base import Event, EventHandler, LiveBus, Stream, check_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class InProcessStream(Stream):
 
     async def _drain(self, queue: asyncio.Queue[Event], handler: EventHandler) -> None:
         while True:
+            check_cancelled()  # a handler may have swallowed it (see there)
             batch = [await queue.get()]
             while len(batch) < self.max_batch and not queue.empty():
                 batch.append(queue.get_nowait())

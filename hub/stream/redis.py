@@ -39,7 +39,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from hub import codec, metrics
-from hub.stream.base import Event, EventHandler, LiveBus, Stream
+from hub.stream.base import Event, EventHandler, LiveBus, Stream, check_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +54,6 @@ _BACKOFF_MAX = 5.0
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]
-
-
-def _check_cancelled() -> None:
-    """Raise if the current task was asked to stop.
-
-    On Python 3.11, ``asyncio.wait_for`` (which redis-py uses around socket
-    writes) swallows a cancellation that arrives just as the write completes.
-    The loops below would then never end; they check at every turn instead.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _backoff(attempt: int, cap: float = _BACKOFF_MAX) -> float:
@@ -165,7 +153,7 @@ class RedisStream(Stream):
         group_ready = False
         failures = 0
         while not self._closed.is_set():
-            _check_cancelled()
+            check_cancelled()
             try:
                 if not group_ready:
                     await self._ensure_group(client, group)
@@ -209,7 +197,7 @@ class RedisStream(Stream):
                 await self._sleep(_backoff(failures))
 
     async def _sleep(self, seconds: float) -> None:
-        # asyncio.timeout, not wait_for: see _check_cancelled.
+        # asyncio.timeout, not wait_for: see check_cancelled.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._closed.wait()
@@ -308,7 +296,7 @@ class RedisStream(Stream):
         min_idle_ms = max(1, int(self.claim_idle_seconds * 1000))
         cursor = "0-0"
         while True:
-            _check_cancelled()
+            check_cancelled()
             reply = await client.xautoclaim(
                 self.stream, group, consumer, min_idle_ms, start_id=cursor, count=self.max_batch
             )
@@ -512,7 +500,7 @@ class RedisLiveBus(LiveBus):
         reader, self._reader = self._reader, None
         if reader is not None:
             # Cancel until it ends: a single cancellation can be swallowed
-            # (see _check_cancelled) and the reader may be waiting for a frame.
+            # (see check_cancelled) and the reader may be waiting for a frame.
             while not reader.done():
                 reader.cancel()
                 await asyncio.wait({reader}, timeout=0.1)
@@ -585,7 +573,7 @@ class RedisLiveBus(LiveBus):
         queue: LiveQueue = asyncio.Queue(self._max_queue)
         try:
             ready = await self._add_listener(name, queue)
-            _check_cancelled()  # the SUBSCRIBE write may have swallowed it
+            check_cancelled()  # the SUBSCRIBE write may have swallowed it
             try:
                 async with asyncio.timeout(self._subscribe_timeout):
                     await ready.wait()
@@ -638,7 +626,7 @@ class RedisLiveBus(LiveBus):
     async def _run_reader(self) -> None:
         failures = 0
         while not self._closed:
-            _check_cancelled()
+            check_cancelled()
             assert self._sub is not None
             pubsub = self._sub.pubsub()
             try:
@@ -673,7 +661,7 @@ class RedisLiveBus(LiveBus):
         """Dispatch frames until the connection fails (raises)."""
         pinged = False
         while not self._closed:
-            _check_cancelled()
+            check_cancelled()
             if not _connected(pubsub):
                 # parse_response would reconnect silently, without our
                 # subscriptions; start over instead.

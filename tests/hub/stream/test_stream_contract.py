@@ -4,6 +4,7 @@ in-process implementation and the Redis one (which needs the Redis server)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -135,6 +136,27 @@ async def test_published_events_are_handled(harness: StreamHarness) -> None:
         assert by_id[event.outbox_id].key == event.key
         assert by_id[event.outbox_id].payload == event.payload
         assert by_id[event.outbox_id].kind == "message.created"
+
+
+async def test_a_consumer_stops_even_when_a_handler_swallows_its_cancellation(harness: StreamHarness) -> None:
+    """Python 3.11's wait_for (inside aiosmtplib, redis-py) may swallow a
+    cancellation that lands as its wait completes: the handler then returns
+    normally from a cancelled task. The consumer must still stop, or shutting
+    the hub down waits for ever."""
+    stream = await harness.stream()
+    started = asyncio.Event()
+
+    async def swallowing(batch: Sequence[Event]) -> None:
+        started.set()
+        with contextlib.suppress(asyncio.CancelledError):  # what wait_for does in that race
+            await asyncio.sleep(30)
+
+    task = asyncio.create_task(stream.consume("workers", "c1", swallowing))
+    await stream.publish(events([1]))
+    await asyncio.wait_for(started.wait(), 10)
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=10)
+    assert done, "the consumer kept running after it was cancelled"
 
 
 async def test_events_published_before_any_consumer_are_delivered(harness: StreamHarness) -> None:
