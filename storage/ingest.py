@@ -96,31 +96,38 @@ async def add_outbox(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> N
     lease = session.info.get(OUTBOX_LEASE_KEY)
     lease_until = now + timedelta(seconds=lease) if lease else None
     values = [{**r, "created_at": now, "lease_until": lease_until} for r in rows]
-    stmt = insert(table(OutboxRow))
     if lease_until is None:
-        await session.execute(stmt, values)
+        await session.execute(insert(table(OutboxRow)), values)
         return
     # The relay needs each row's id with the payload it already has here;
     # reading the payloads back through RETURNING would decode every one again.
     written = session.info.setdefault(OUTBOX_WRITTEN_KEY, [])
-    written.extend(await _insert_for_relay(session, stmt, values))
+    written.extend(await _insert_for_relay(session, values))
 
 
-async def _insert_for_relay(
-    session: AsyncSession, stmt: Any, values: list[dict[str, Any]]
-) -> list[tuple[int, str, dict[str, Any]]]:
-    """Insert outbox rows; (id, key, payload) of each, in id order."""
+async def insert_ids(session: AsyncSession, tbl: Table, values: list[dict[str, Any]]) -> tuple[list[int], bool]:
+    """Insert ``values`` into ``tbl`` in one statement. Returns the new ids and
+    whether they are in the order of ``values`` (always, but for an exhausted
+    SQLite rowid space; then they are only sorted)."""
     if session.get_bind().dialect.name == "postgresql":
         # SQLAlchemy correlates RETURNING rows with parameter sets itself.
-        result = await session.execute(stmt.returning(OutboxRow.id, sort_by_parameter_order=True), values)
-        return [(oid, v["key"], v["payload"]) for oid, v in zip(result.scalars().all(), values, strict=True)]
+        result = await session.execute(insert(tbl).returning(tbl.c.id, sort_by_parameter_order=True), values)
+        return list(result.scalars().all()), True
     # SQLite gives each new row the largest rowid so far plus one, inserting a
     # statement's rows in order under this transaction's write lock: sorted, the
     # ids follow the parameters. (An ordered RETURNING would make SQLAlchemy
-    # insert row by row.) Should the ids not be consecutive, which only an
-    # exhausted rowid space causes, the rows are read back instead.
-    ids = sorted((await session.execute(stmt.returning(OutboxRow.id), values)).scalars().all())
-    if len(ids) == len(values) and ids[-1] - ids[0] == len(ids) - 1:
+    # insert row by row.) Only an exhausted rowid space makes them not
+    # consecutive, and then not in order.
+    ids = sorted((await session.execute(insert(tbl).returning(tbl.c.id), values)).scalars().all())
+    return ids, len(ids) == len(values) and (not ids or ids[-1] - ids[0] == len(ids) - 1)
+
+
+async def _insert_for_relay(
+    session: AsyncSession, values: list[dict[str, Any]]
+) -> list[tuple[int, str, dict[str, Any]]]:
+    """Insert outbox rows; (id, key, payload) of each, in id order."""
+    ids, in_order = await insert_ids(session, table(OutboxRow), values)
+    if in_order:
         return [(oid, v["key"], v["payload"]) for oid, v in zip(ids, values, strict=True)]
     rows = await session.execute(
         select(OutboxRow.id, OutboxRow.key, OutboxRow.payload).where(OutboxRow.id.in_(ids)).order_by(OutboxRow.id)

@@ -35,7 +35,7 @@ from hub.core import IdentityKind, utcnow
 from hub.errors import Conflict, NotFound, ValidationFailed
 from hub.telephony import TwilioService
 from hub.text import phone_region
-from storage.ingest import table
+from storage.ingest import insert_ids, table
 from storage.models import AuditLog, Campaign, CampaignRecipient, Contact, Identity
 from storage.views import iso
 
@@ -356,20 +356,12 @@ async def do_csv_audience(
             .execution_options(synchronize_session=False),
             [{k: u[k] for k in ("cid", "name", "attributes", "tags")} for u in updates[start : start + INSERT_CHUNK]],
         )
-    sqlite = session.get_bind().dialect.name == "sqlite"
     for start in range(0, len(fresh), INSERT_CHUNK):
         chunk = fresh[start : start + INSERT_CHUNK]
         values = [{"name": r.name, "attributes": attributes_of(r), "tags": sorted(set(r.tags))} for r in chunk]
-        if sqlite:
-            # SQLAlchemy would insert row by row to keep RETURNING in order on
-            # SQLite; its one writer numbers a multi-row insert in row order.
-            returned = await session.execute(insert(table(Contact)).returning(table(Contact).c.id), values)
-            new_ids = sorted(returned.scalars().all())
-        else:
-            returned = await session.execute(
-                insert(table(Contact)).returning(table(Contact).c.id, sort_by_parameter_order=True), values
-            )
-            new_ids = list(returned.scalars().all())
+        new_ids, in_order = await insert_ids(session, table(Contact), values)
+        if not in_order:
+            raise RuntimeError("the database numbered new contacts out of order; nothing was imported")
         pairs = list(zip(chunk, new_ids, strict=True))
         await session.execute(
             insert(table(Identity)),
