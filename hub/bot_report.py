@@ -10,7 +10,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import BotTurn
-from storage.queries import MAX_ID, BadCursor, decode_cursor, encode_cursor
+from storage.queries import cursor_id, decode_cursor, encode_cursor
 from storage.views import iso
 
 # Handoffs that say nothing about the knowledge base (the customer asked for a
@@ -26,11 +26,7 @@ async def gaps(session: AsyncSession, *, cursor: str | None, limit: int) -> tupl
     )
     if cursor:
         (last,) = decode_cursor(cursor, 1)
-        # A cursor is client input: anything but an id we could have issued
-        # is a bad cursor (a 400), not a server error.
-        if isinstance(last, bool) or not isinstance(last, int) or not 0 <= last <= MAX_ID:
-            raise BadCursor("cursor is not one this API issued")
-        stmt = stmt.where(BotTurn.id < last)
+        stmt = stmt.where(BotTurn.id < cursor_id(last))
     rows = list((await session.scalars(stmt.order_by(BotTurn.id.desc()).limit(limit + 1))).all())
     more = len(rows) > limit
     rows = rows[:limit]

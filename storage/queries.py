@@ -44,7 +44,7 @@ def decode_cursor(cursor: str, size: int) -> list[Any]:
 MAX_ID = 2**63 - 1
 
 
-def _cursor_id(value: Any) -> int:
+def cursor_id(value: Any) -> int:
     """An id from a cursor: a cursor is client input, so a non-number or one
     out of the database's range is a bad cursor, not a server error."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
@@ -132,7 +132,7 @@ async def list_tickets(
         at_raw, tid = decode_cursor(cursor, 2)
         at = _cursor_time(at_raw)
         stmt = stmt.where(
-            or_(Ticket.last_message_at < at, and_(Ticket.last_message_at == at, Ticket.id < _cursor_id(tid)))
+            or_(Ticket.last_message_at < at, and_(Ticket.last_message_at == at, Ticket.id < cursor_id(tid)))
         )
     stmt = stmt.order_by(Ticket.last_message_at.desc(), Ticket.id.desc()).limit(limit + 1)
     tickets = list((await session.scalars(stmt)).all())
@@ -239,7 +239,7 @@ async def list_contacts(
         )
     if cursor:
         (cid,) = decode_cursor(cursor, 1)
-        stmt = stmt.where(Contact.id < _cursor_id(cid))
+        stmt = stmt.where(Contact.id < cursor_id(cid))
     contacts = list((await session.scalars(stmt.order_by(Contact.id.desc()).limit(limit + 1))).all())
     more = len(contacts) > limit
     contacts = contacts[:limit]
@@ -304,7 +304,7 @@ async def timeline(
     if cursor:
         at_raw, kind, raw_id = decode_cursor(cursor, 3)
         at = _cursor_time(at_raw)
-        item_id = _cursor_id(raw_id)
+        item_id = cursor_id(raw_id)
         if kind not in ("message", "event"):
             raise BadCursor("cursor is not one this API issued")
         stmt = stmt.where(

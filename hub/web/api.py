@@ -29,7 +29,6 @@ from hub.core import Author, Role, TicketStatus
 from hub.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from hub.web.registry import ROUTES, parse_body
 from hub.web.schemas import (
-    MAX_ID,
     AgentIn,
     AgentList,
     AgentOut,
@@ -90,9 +89,9 @@ def int_param(request: web.Request, name: str) -> int:
         raise BadRequest(f"{name} must be an integer, not {raw[:40]!r}") from exc
     if value < 1:
         raise NotFound(f"{name} {value} does not exist")
-    if value > MAX_ID:
+    if value > queries.MAX_ID:
         # The database's ids are 64-bit: a larger one would fail there, as a 500.
-        raise BadRequest(f"{name} must be at most {MAX_ID}, not {raw[:40]}")
+        raise BadRequest(f"{name} must be at most {queries.MAX_ID}, not {raw[:40]}")
     return value
 
 

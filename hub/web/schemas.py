@@ -8,10 +8,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from hub.core import Attachment, Channel, Role, UTCDateTime
+from storage.queries import MAX_ID
 
-# Ids are 64-bit signed in the database: a larger number must be refused here,
-# naming the field, rather than fail there as a server error.
-MAX_ID = 2**63 - 1
+# A larger id than the database holds must be refused here, naming the
+# field, rather than fail there as a server error.
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
