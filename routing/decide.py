@@ -15,8 +15,9 @@ The steps, first match wins at each:
    team, else ``routing.default_team``; with none, the ticket stays in the
    shared inbox, open and unassigned;
 4. an agent of that team: the customer's previous agent when a member of
-   that team and eligible within the sticky window, else by the team's strategy — *balanced* (fewest open
-   tickets, then whoever waited longest since their last assignment) or
+   that team and eligible within the sticky window, else by the team's
+   strategy — *balanced* (fewest open tickets, then whoever waited longest
+   since their last assignment) or
    *round robin* (the next eligible agent after the team's cursor);
 5. nobody eligible: the ticket waits in the team's queue.
 
