@@ -2,18 +2,23 @@
 engines: the statements do not grow with every row (one insert and a flush
 per contact held the SQLite writer for minutes), and the result is the same
 as row by row: contacts created and updated, merged contacts followed, each
-recipient with the CSV's number."""
+recipient with the CSV's number. The rendering runs off the event loop's
+thread, so a web process keeps serving while a large audience is priced."""
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import event, func, select
 
 from hub.attachments import AttachmentStore
 from hub.campaigns import actions as ca
 from hub.campaigns.audience import parse_csv
+from hub.campaigns.templates import message_for
 from hub.config import load_config
 from hub.telephony import TwilioService
 from storage.db import Database
@@ -22,7 +27,7 @@ from tests.hub.campaigns.helpers import seed_contacts, us_numbers
 from tests.hub.twilio_helpers import ACCOUNT, TOKEN
 
 
-async def test_large_csv_is_written_in_bulk(tmp_path: Path, db: Database) -> None:
+async def test_large_csv_is_written_in_bulk(tmp_path: Path, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     config = load_config(
         path=None,
         env={"HUB_SECRET_KEY": "x", "TWILIO_ACCOUNT_SID": ACCOUNT, "TWILIO_AUTH_TOKEN": TOKEN},
@@ -47,7 +52,14 @@ async def test_large_csv_is_written_in_bulk(tmp_path: Path, db: Database) -> Non
         nonlocal statements
         statements += 1
 
+    rendered_on: Counter[str] = Counter()
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        rendered_on[threading.current_thread().name] += 1
+        return message_for(*args, **kwargs)
+
     event.listen(db.write_engine.sync_engine, "before_cursor_execute", count)
+    monkeypatch.setattr(ca, "message_for", spy)
     try:
         async with db.write() as s:
             spec = ca.CampaignSpec(name="t", sender="promo", template="Hi {{ first_name }} in {{ contact.city }}")
@@ -57,6 +69,8 @@ async def test_large_csv_is_written_in_bulk(tmp_path: Path, db: Database) -> Non
     finally:
         event.remove(db.write_engine.sync_engine, "before_cursor_execute", count)
         await twilio.sms.close()
+    # On the loop's thread only the one probe of the template at creation.
+    assert rendered_on[threading.current_thread().name] == 1 and rendered_on.total() == 3000, rendered_on
     # Per 1,000 rows a handful of statements, not one or more per row.
     assert statements < 60, statements
     assert (summary["contacts_created"], summary["contacts_updated"]) == (2500, 500)
