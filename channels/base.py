@@ -19,6 +19,11 @@ SEND_PARTS = "sent_parts"
 # RECIPIENT_UNREACHABLE: why the channel refuses this address for good (a user
 # blocked the bot); the sender marks the identity unreachable with that reason.
 RECIPIENT_UNREACHABLE = "recipient_unreachable"
+# OutboundMessage.extras key the sender sets: which attempt this is (1, 2, ...). A
+# retry may follow an attempt whose outcome is unknown (no answer in time, the
+# connection dropped, the process died mid-send): an adapter whose provider can
+# be asked checks whether that attempt went through before sending again.
+SEND_ATTEMPT = "attempt"
 
 
 class InvalidPayload(ValueError):

@@ -13,16 +13,17 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Literal, Protocol
 
 import aiohttp
-from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
-from channels.base import ChannelAdapter, InvalidPayload
+from channels.base import SEND_ATTEMPT, ChannelAdapter, InvalidPayload
 from channels.twilio_common import (
     OPT_OUT_CODE,
     FormParams,
@@ -51,6 +52,12 @@ MAX_BODY_CHARS = 1600
 MAX_OPTIONS = 9
 MAX_OPTION_TITLE = 100
 MAX_MEDIA = 10
+
+#: A retry looks at this many of Twilio's latest messages to the number for an
+#: earlier attempt Twilio took without our hearing back.
+RECONCILE_LOOKBACK = 20
+#: How far Twilio's clock may be behind ours.
+CLOCK_SKEW = timedelta(minutes=2)
 
 _SID = re.compile(r"^[A-Z]{2}[0-9a-fA-F]{32}$")
 
@@ -183,6 +190,19 @@ def render_options(quick_replies: Sequence[QuickReply]) -> str:
     return "\n".join(lines)
 
 
+def retry_since(message: OutboundMessage) -> datetime | None:
+    """When a retry's earlier attempts may have reached Twilio: since the
+    message was written. None on a first attempt."""
+    if int(message.extras.get(SEND_ATTEMPT) or 1) <= 1:
+        return None
+    created = message.extras.get("created_at")
+    try:
+        at = datetime.fromisoformat(str(created)) if created else None
+    except ValueError:
+        return None
+    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
+
+
 def render_body(body: str, quick_replies: Sequence[QuickReply] = ()) -> str:
     options = render_options(quick_replies)
     if not options:
@@ -263,9 +283,13 @@ class TwilioSmsChannel(ChannelAdapter):
         api_base_url: str,
         public_url: str | None,
         timeout: float = 15.0,
+        known_sids: Callable[[Collection[str]], Awaitable[set[str]]] | None = None,
     ) -> None:
         self.senders = {s.inbox: s for s in senders}
         self.ledger = ledger
+        #: Which of these Twilio SIDs already belong to a message of ours (the
+        #: hub asks its database); a retry never takes one of them for its own.
+        self.known_sids = known_sids
         self.api_base_url = api_base_url
         # None: the hub has no public address Twilio could reach (no callbacks, no media).
         self.public_url = public_url.rstrip("/") if public_url else None
@@ -315,6 +339,7 @@ class TwilioSmsChannel(ChannelAdapter):
             render_body(message.body, message.quick_replies),
             media_urls=self.media_urls(message),
             status_callback=self.status_callback(message.message_id),
+            taken_since=retry_since(message),
         )
 
     async def send_sms(
@@ -325,10 +350,13 @@ class TwilioSmsChannel(ChannelAdapter):
         *,
         media_urls: Sequence[str] = (),
         status_callback: str | None = None,
+        taken_since: datetime | None = None,
     ) -> SendResult:
         """One message through the Messages API: refused before Twilio when the
         number opted out of this sender; Twilio's errors as statuses with their
-        reason (21610 also writes the opt-out to the ledger)."""
+        reason (21610 also writes the opt-out to the ledger). With
+        ``taken_since`` (a retry), Twilio is first asked whether it already took
+        this message since then: if so, that one is the send."""
         refusal = await self.ledger.opted_out(to, sender.key)
         if refusal is not None:
             return SendResult(status=DeliveryStatus.FAILED, reason=refusal)
@@ -337,6 +365,10 @@ class TwilioSmsChannel(ChannelAdapter):
                 status=DeliveryStatus.FAILED,
                 reason=f"the body has {len(body)} characters; Twilio takes at most {MAX_BODY_CHARS} per message",
             )
+        if taken_since is not None:
+            earlier = await self.taken_earlier(sender, to, body, taken_since)
+            if earlier is not None:
+                return earlier
         kwargs: dict[str, Any] = {"to": to, "body": body}
         if sender.messaging_service_sid:
             kwargs["messaging_service_sid"] = sender.messaging_service_sid
@@ -362,6 +394,51 @@ class TwilioSmsChannel(ChannelAdapter):
             status=DeliveryStatus.SENT,
             external_id=created.sid,
             extras={"segments": seg.segments, "encoding": seg.encoding, "twilio_status": created.status},
+        )
+
+    async def taken_earlier(self, sender: SmsSender, to: str, body: str, since: datetime) -> SendResult | None:
+        """What became of an earlier attempt to send ``body`` to ``to``: Twilio
+        lists the number's latest messages from this sender; one with the same
+        body, created since ``since`` and not already another message of ours,
+        is that attempt (``sent``, its SID). None: Twilio has none, send again.
+        A lookup that fails is a retryable failure: sending blind could send twice."""
+        filters: dict[str, Any] = {"to": to, "limit": RECONCILE_LOOKBACK}
+        if not sender.messaging_service_sid:
+            filters["from_"] = sender.number
+        try:
+            async with asyncio.timeout(self.timeout):
+                listed = await self.client(sender.account).messages.list_async(**filters)
+        except (TwilioException, TimeoutError, OSError, aiohttp.ClientError, ValueError) as exc:
+            # A page the client cannot read raises a bare TwilioException holding the response.
+            detail = str(exc) if type(exc) is TwilioException else send_failure(exc, self.timeout).reason
+            return SendResult(
+                status=DeliveryStatus.FAILED,
+                reason="an earlier attempt got no answer and Twilio could not be asked whether it went "
+                f"through, so it was not sent again yet: {detail}",
+                retryable=True,
+            )
+        candidates = [
+            m
+            for m in listed
+            if m.body == body
+            and m.date_created is not None
+            and m.date_created >= since - CLOCK_SKEW
+            and (not sender.messaging_service_sid or m.messaging_service_sid == sender.messaging_service_sid)
+            and m.status not in ("failed", "canceled")
+            and m.sid
+        ]
+        known = await self.known_sids([str(m.sid) for m in candidates]) if self.known_sids and candidates else set()
+        # Twilio lists the latest first: the oldest unclaimed one is the earliest attempt.
+        taken = [m for m in candidates if m.sid not in known]
+        if not taken:
+            return None
+        found = taken[-1]
+        seg = sms_segments(body)
+        return SendResult(
+            status=DeliveryStatus.SENT,
+            external_id=found.sid,
+            reason="an earlier attempt got no answer, but Twilio had taken it: not sent again",
+            extras={"segments": seg.segments, "encoding": seg.encoding, "twilio_status": found.status},
         )
 
     async def close(self) -> None:

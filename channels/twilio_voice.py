@@ -17,7 +17,7 @@ from twilio.twiml.voice_response import Dial, Gather, VoiceResponse
 
 from channels.base import ChannelAdapter, InvalidPayload
 from channels.twilio_common import FormParams, field
-from channels.twilio_sms import SmsSender, TwilioSmsChannel
+from channels.twilio_sms import SmsSender, TwilioSmsChannel, retry_since
 from hub.core import Channel, DeliveryStatus, OutboundMessage, SendResult
 from hub.text import InvalidPhoneNumber, parse_phone
 
@@ -258,6 +258,7 @@ class TwilioVoiceChannel(ChannelAdapter):
             message.body,
             media_urls=self.sms.media_urls(message),
             status_callback=self.sms.status_callback(message.message_id),
+            taken_since=retry_since(message),
         )
 
 

@@ -31,7 +31,7 @@ from sqlalchemy import and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from channels.base import RECIPIENT_UNREACHABLE, SEND_PARTS, ChannelAdapter
+from channels.base import RECIPIENT_UNREACHABLE, SEND_ATTEMPT, SEND_PARTS, ChannelAdapter
 from hub import metrics
 from hub.channel_actions import do_set_reachability
 from hub.config import WorkersConfig
@@ -197,6 +197,7 @@ class Sender:
             quick_replies=tuple(QuickReply.model_validate(q) for q in (msg.extras or {}).get("quick_replies", [])),
             extras={
                 "created_at": msg.created_at.isoformat(),
+                SEND_ATTEMPT: msg.attempts,
                 SEND_PARTS: list((msg.extras or {}).get(SEND_PARTS, [])),
                 **await self._context(msg),
             },

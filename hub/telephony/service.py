@@ -11,7 +11,7 @@ callbacks of messages that are not ticket messages; routing replaces
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from sqlalchemy import select
@@ -22,7 +22,7 @@ from channels.base import ChannelAdapter
 from channels.twilio_common import FormParams, TwilioAccount
 from channels.twilio_sms import SmsSender, TwilioSmsChannel
 from channels.twilio_voice import TwilioVoiceChannel
-from hub.actions import do_ensure_inbox, do_get_or_create_team
+from hub.actions import SMS_CHANNELS, do_ensure_inbox, do_get_or_create_team
 from hub.attachments import AttachmentStore
 from hub.config import HubConfig, TwilioSenderConfig
 from hub.core import Channel, DeliveryReceipt, InboundMessage, TicketEventKind
@@ -31,7 +31,7 @@ from hub.telephony.sms import MediaCopier, SmsSteps
 from hub.telephony.voice import VoiceDesk, online_agents_with_phone, weekly_hours
 from hub.workers import EventProcessor
 from storage.db import Database
-from storage.models import Inbox
+from storage.models import CampaignRecipient, Inbox, Message
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class TwilioService:
             api_base_url=tw.api_base_url,
             public_url=self.public_base,
             timeout=tw.request_timeout_seconds,
+            known_sids=self.known_sids,
         )
         main = TwilioAccount(*tw.credentials()) if tw.account_sid and tw.auth_token else None
         self.main_account = main
@@ -146,6 +147,21 @@ class TwilioService:
     def inbound_sender(self, params: FormParams) -> SmsSender | None:
         """The sender (and inbox) an incoming SMS was written to."""
         return self._sender(params.get("MessagingServiceSid"), params.get("To"))
+
+    async def known_sids(self, sids: Collection[str]) -> set[str]:
+        """Which of these Twilio message SIDs are already a message or a
+        campaign send of ours."""
+        wanted = list(sids)
+        if not wanted:
+            return set()
+        async with self.db.read() as session:
+            mine = await session.scalars(
+                select(Message.external_id).where(Message.channel.in_(SMS_CHANNELS), Message.external_id.in_(wanted))
+            )
+            sent = await session.scalars(
+                select(CampaignRecipient.external_id).where(CampaignRecipient.external_id.in_(wanted))
+            )
+            return {s for s in [*mine.all(), *sent.all()] if s}
 
     def status_account(self, params: FormParams) -> TwilioAccount | None:
         """The account whose token signs a status callback of a message we sent."""

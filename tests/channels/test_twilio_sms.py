@@ -4,11 +4,12 @@ local fake (opt-outs never reach it; Twilio's errors become statuses)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from channels.base import InvalidPayload
+from channels.base import SEND_ATTEMPT, InvalidPayload
 from channels.twilio_common import FormParams, TwilioAccount, error_reason, verify_signature
 from channels.twilio_sms import (
     MAX_BODY_CHARS,
@@ -298,6 +299,80 @@ async def test_twilio_errors_become_statuses(fake: FakeTwilio) -> None:
         assert "credentials" in (denied.reason or "")
         too_long = await chan.send_sms(sender, CUSTOMER, "x" * 1601)
         assert "1600" in (too_long.reason or "")
+    finally:
+        await chan.close()
+
+
+def retry_of(message: OutboundMessage, since: datetime) -> OutboundMessage:
+    return message.model_copy(update={"extras": {SEND_ATTEMPT: 2, "created_at": since.isoformat()}})
+
+
+async def test_a_retry_after_no_answer_does_not_send_twice(fake: FakeTwilio) -> None:
+    sender = SmsSender(inbox="sms", account=TwilioAccount(ACCOUNT, TOKEN), number=NUMBER)
+    claimed: set[str] = set()
+
+    async def known(sids: Collection[str]) -> set[str]:
+        return claimed & set(sids)
+
+    chan = TwilioSmsChannel(
+        [sender], MemoryLedger(), api_base_url=fake.base_url, public_url=None, timeout=0.3, known_sids=known
+    )
+    since = datetime.now(UTC)
+    try:
+        # Twilio takes the message but answers after the client stopped waiting.
+        fake.stall_next(1.0)
+        first = await chan.send(outbound("See you at 5"))
+        assert (first.status, first.retryable) == (DeliveryStatus.FAILED, True)
+        assert "did not answer" in (first.reason or "")
+        assert len(fake.messages) == 1
+        # The retry asks Twilio first and takes that message for its own.
+        again = await chan.send(retry_of(outbound("See you at 5"), since))
+        assert again.status is DeliveryStatus.SENT
+        assert again.external_id == fake.messages[0]["sid"]
+        assert "not sent again" in (again.reason or "")
+        assert len(fake.messages) == 1
+        lookup = fake.requests[-1]
+        assert lookup.method == "GET" and lookup.path.endswith("/Messages.json")
+        # A message of ours already owns that SID: another reply with the same
+        # words is a new message, not that one.
+        claimed.add(str(fake.messages[0]["sid"]))
+        other = await chan.send(retry_of(outbound("See you at 5"), since))
+        assert other.status is DeliveryStatus.SENT and other.external_id != fake.messages[0]["sid"]
+        assert len(fake.messages) == 2
+        # Different words, or an earlier send than this message: not it either.
+        claimed.clear()
+        fresh = await chan.send(retry_of(outbound("Anything else?"), since))
+        assert fresh.status is DeliveryStatus.SENT and len(fake.messages) == 3
+        later = await chan.send(retry_of(outbound("See you at 5"), datetime.now(UTC) + timedelta(minutes=5)))
+        assert later.status is DeliveryStatus.SENT and len(fake.messages) == 4
+        # When Twilio cannot be asked, nothing is sent blind.
+        fake.failing_lookups = 1
+        unsure = await chan.send(retry_of(outbound("One more"), since))
+        assert (unsure.status, unsure.retryable) == (DeliveryStatus.FAILED, True)
+        assert "could not be asked" in (unsure.reason or "")
+        assert len(fake.messages) == 4
+        # A first attempt never asks.
+        before = len(fake.requests)
+        await chan.send(outbound("First try"))
+        assert [r.method for r in fake.requests[before:]] == ["POST"]
+    finally:
+        await chan.close()
+
+
+async def test_a_retry_through_a_messaging_service_matches_its_service(fake: FakeTwilio) -> None:
+    service = "MG" + "c" * 32
+    pool = SmsSender(inbox="pool", account=TwilioAccount(ACCOUNT, TOKEN), messaging_service_sid=service)
+    direct = SmsSender(inbox="sms", account=TwilioAccount(ACCOUNT, TOKEN), number=NUMBER)
+    chan = TwilioSmsChannel([pool, direct], MemoryLedger(), api_base_url=fake.base_url, public_url=None, timeout=0.3)
+    since = datetime.now(UTC)
+    try:
+        assert (await chan.send(outbound("Same words"))).status is DeliveryStatus.SENT  # from the number
+        fake.stall_next(1.0)
+        assert (await chan.send(outbound("Same words", inbox="pool"))).retryable
+        retry = await chan.send(retry_of(outbound("Same words", inbox="pool"), since))
+        assert retry.status is DeliveryStatus.SENT
+        assert retry.external_id == fake.messages[1]["sid"]
+        assert len(fake.messages) == 2
     finally:
         await chan.close()
 

@@ -7,7 +7,11 @@ the hub uses, for the real ``twilio`` client to be pointed at.
   "status"}`` on errors).
 - Opt-outs as Twilio keeps them: after :meth:`FakeTwilio.opt_out` a send to
   that number from that sender fails with 21610.
-- Scripted failures (:meth:`FakeTwilio.fail_next`: 429, 500, any code).
+- Scripted failures (:meth:`FakeTwilio.fail_next`: 429, 500, any code), and
+  sends Twilio takes but answers too late (:meth:`FakeTwilio.stall_next`).
+- ``GET .../Messages.json``: the account's messages, latest first, filtered
+  by ``To`` and ``From``, one page of ``PageSize`` (how the hub checks whether
+  an attempt that got no answer went through).
 - Status callbacks: after a send with ``StatusCallback``, the fake posts the
   configured statuses there, signed with the account's token like Twilio.
 - Media and recordings (``GET``) behind basic auth, for the hub to copy.
@@ -80,11 +84,14 @@ class FakeTwilio:
         self.callbacks: list[tuple[str, dict[str, str], int]] = []
         self.media: dict[str, tuple[bytes, str]] = {}
         self._failures: list[Failure] = []
+        self._stalls: list[float] = []
+        self.failing_lookups = 0
         self._opted_out: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
         app = web.Application()
         app.router.add_post(API + "/Messages.json", self._create_message)
+        app.router.add_get(API + "/Messages.json", self._list_messages)
         app.router.add_post(API + "/Calls.json", self._create_call)
         app.router.add_get("/{tail:.+}", self._media)
         self.server = TestServer(app)
@@ -113,6 +120,11 @@ class FakeTwilio:
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
         for _ in range(times):
             self._failures.append(Failure(status, code, ERRORS.get(code, "Error"), headers))
+
+    def stall_next(self, seconds: float, *, times: int = 1) -> None:
+        """The next sends are taken (created, counted) but answered only after
+        ``seconds``: a client that stops waiting cannot know they went through."""
+        self._stalls.extend([seconds] * times)
 
     def opt_out(self, number: str, sender: str) -> None:
         """As if ``number`` texted STOP to ``sender`` (a number or MG SID) at Twilio."""
@@ -146,7 +158,7 @@ class FakeTwilio:
             headers=headers,
         )
 
-    async def _record(self, request: web.Request) -> tuple[Recorded, web.Response | None]:
+    async def _record(self, request: web.Request, *, scripted: bool = True) -> tuple[Recorded, web.Response | None]:
         form = await request.post()
         values: dict[str, list[str]] = {}
         for k, v in form.items():
@@ -161,7 +173,7 @@ class FakeTwilio:
             return rec, self._error(401, 20003, ERRORS[20003])
         if self.accounts.get(creds.login) != creds.password or creds.login != account:
             return rec, self._error(401, 20003, ERRORS[20003])
-        if self._failures:
+        if scripted and self._failures:
             f = self._failures.pop(0)
             return rec, self._error(f.status, f.code, f.message, f.headers)
         return rec, None
@@ -223,7 +235,40 @@ class FakeTwilio:
             task = asyncio.create_task(self._callbacks(callback, params, rec.account))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if self._stalls:
+            await asyncio.sleep(self._stalls.pop(0))
         return web.json_response(message, status=201)
+
+    async def _list_messages(self, request: web.Request) -> web.Response:
+        rec, failed = await self._record(request, scripted=False)
+        if failed is not None:
+            return failed
+        if self.failing_lookups:
+            self.failing_lookups -= 1
+            return self._error(500, 20500, ERRORS[20500])
+        to, from_ = request.query.get("To"), request.query.get("From")
+        size = int(request.query.get("PageSize", "50"))
+        found = [
+            m
+            for m in reversed(self.messages)
+            if m["account_sid"] == rec.account
+            and (to is None or m["to"] == to)
+            and (from_ is None or m["from"] == from_)
+        ][:size]
+        uri = request.path_qs
+        return web.json_response(
+            {
+                "messages": found,
+                "end": max(len(found) - 1, 0),
+                "first_page_uri": uri,
+                "next_page_uri": None,
+                "page": 0,
+                "page_size": size,
+                "previous_page_uri": None,
+                "start": 0,
+                "uri": uri,
+            }
+        )
 
     async def _callbacks(self, url: str, base: dict[str, str], account: str) -> None:
         for status in self.callback_statuses:
