@@ -150,7 +150,8 @@ class Attachment(_Model):
     url: str = Field(min_length=1, max_length=4096)
     content_type: str = Field(default="application/octet-stream", max_length=255)
     filename: str | None = Field(default=None, max_length=1024)
-    size: int | None = Field(default=None, ge=0)
+    # The largest integer a browser (the inbox, the widget) reads exactly.
+    size: int | None = Field(default=None, ge=0, le=2**53 - 1)
 
 
 class QuickReply(_Model):

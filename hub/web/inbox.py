@@ -73,7 +73,9 @@ class InboxCounts(_Out):
 
 
 class ReadIn(_In):
-    message_id: int | None = Field(default=None, ge=0, description="read up to this message (default: the newest)")
+    message_id: int | None = Field(
+        default=None, ge=0, le=queries.MAX_ID, description="read up to this message (default: the newest)"
+    )
 
 
 class ReadOut(_Out):

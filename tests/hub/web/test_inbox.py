@@ -115,6 +115,7 @@ async def test_views_unread_counts_and_team_queues(env: Env) -> None:
     assert again["last_read_message_id"] == read.last_read_message_id
     assert again["unread"] == 1
     await env.bob.post(f"/api/v1/tickets/{tid}/read", {"message_id": other.message_id}, 422)
+    await env.bob.post(f"/api/v1/tickets/{tid}/read", {"message_id": 2**64}, 422)
     await env.bob.post("/api/v1/tickets/999/read", {}, 404)
 
 

@@ -1,0 +1,66 @@
+"""The core types every channel produces and consumes: unknown fields and
+naive timestamps are refused, timestamps become UTC, sizes stay within what
+a browser reads exactly, and delivery statuses never move backwards."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from pydantic import ValidationError
+
+from hub.core import (
+    Attachment,
+    Channel,
+    DeliveryReceipt,
+    DeliveryStatus,
+    InboundMessage,
+    status_advances,
+)
+
+TEHRAN = timezone(timedelta(hours=3, minutes=30))
+
+
+def inbound(**extra: object) -> InboundMessage:
+    values: dict[str, object] = {
+        "channel": Channel.SMS,
+        "inbox": "sms",
+        "external_id": "SM1",
+        "sender": "+15550001111",
+        "body": "hi",
+    }
+    values.update(extra)
+    return InboundMessage.model_validate(values)
+
+
+def test_unknown_fields_are_refused_by_name() -> None:
+    with pytest.raises(ValidationError, match="bodyy"):
+        inbound(bodyy="typo")
+    with pytest.raises(ValidationError, match="bytes"):
+        Attachment.model_validate({"url": "https://x/1.png", "bytes": 3})
+
+
+def test_timestamps_must_carry_a_zone_and_become_utc() -> None:
+    with pytest.raises(ValidationError, match="timezone-aware"):
+        DeliveryReceipt(channel=Channel.SMS, external_id="SM1", status=DeliveryStatus.SENT, at=datetime(2026, 1, 1))
+    at = DeliveryReceipt(
+        channel=Channel.SMS,
+        external_id="SM1",
+        status=DeliveryStatus.SENT,
+        at=datetime(2026, 1, 1, 3, 30, tzinfo=TEHRAN),
+    ).at
+    assert at == datetime(2026, 1, 1, tzinfo=UTC) and at.utcoffset() == timedelta(0)
+
+
+def test_attachment_size_stays_a_number_a_browser_reads_exactly() -> None:
+    assert Attachment(url="https://x/1.png", size=2**53 - 1).size == 2**53 - 1
+    for bad in (-1, 2**53, 2**64):
+        with pytest.raises(ValidationError, match="size"):
+            Attachment(url="https://x/1.png", size=bad)
+
+
+def test_a_status_only_moves_forward() -> None:
+    assert status_advances(DeliveryStatus.SENT, DeliveryStatus.DELIVERED)
+    assert not status_advances(DeliveryStatus.DELIVERED, DeliveryStatus.SENT)
+    assert status_advances(DeliveryStatus.SENT, DeliveryStatus.FAILED)
+    assert not status_advances(DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)
