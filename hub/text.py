@@ -94,31 +94,73 @@ def keyword(text: str) -> str:
 
 # Letters only Persian (not Arabic) uses, and Arabic-only letters.
 _PERSIAN_ONLY = set("پچژگ")
-_ARABIC_ONLY = set("ةيكىأإ")
+_ARABIC_ONLY = set("ةىأإ")
+# Keyboards, not languages: Persian ones type ی and ک, Arabic ones ي and ك, and
+# many Persian speakers write on an Arabic layout. These only break a tie.
+_PERSIAN_KEYS = set("یک")
+_ARABIC_KEYS = set("يك")
+_FOLD_KEYS = str.maketrans({"ي": "ی", "ك": "ک"})
+# Words (keyboard letters folded) only one of the two languages uses often.
+_PERSIAN_WORDING = (
+    "است هست هستم هستید هستیم نیست را که این آن می نمی ها های برای از به با چه چرا کجا چطور چگونه "
+    "شما خیلی ممنون مرسی بله نه یک اگر یا هم رو دارم دارید دارد کنم کنید کند شود بود باید تو توی "
+    "اینجا الان البته لطفا لطفاً میخواهم میخوام خواهم بگویید بدهید چند کی"
+)
+_ARABIC_WORDING = (
+    "في فی علی على إلی إلى الى الی هذا هذه ذلک التی الذی هل لا أن إن کیف أرید ارید لماذا ماذا متی "
+    "أین یمکن یمکننی یمکنک مع عن نحن أنا انا لی لک شکرا شکراً مرحبا کان قد ثم أو عندی عندک لدی لدیک "
+    "أی ای حتی بعد"
+)
+# Persian words that begin like the Arabic article (ال...).
+_PERSIAN_AL_WORDING = "الان البته الکی الهام الگو الگوی الزامی الماس"
+_PERSIAN_WORDS = frozenset(_PERSIAN_WORDING.split())
+_ARABIC_WORDS = frozenset(_ARABIC_WORDING.split())
+_PERSIAN_AL = frozenset(_PERSIAN_AL_WORDING.split())
+_WORD = re.compile(r"[\u0620-\u064a\u0671-\u06d3]+")
 
 
 def detect_language(text: str) -> str | None:
     """The language of the script most letters are in: "fa", "ar" or "en"; ``None`` for text
     without letters. Good enough to route and to pick the reply language, not a
-    general language identifier: Latin script counts as English."""
-    arabic_script = latin = persian_marks = arabic_marks = 0
+    general language identifier: Latin script counts as English.
+
+    Between Persian and Arabic, the evidence is letters only one of them has
+    (پ چ ژ گ, the zero-width non-joiner; ة ى أ إ), words only one of them uses
+    often, and the Arabic article; the keyboard's ی/ک or ي/ك only break a tie
+    (Persian typed on an Arabic layout is still Persian), and a tie goes to
+    Persian, our users' language."""
+    arabic_script = latin = 0
+    fa = ar = fa_keys = ar_keys = 0
     for ch in text:
         if "\u0600" <= ch <= "\u06ff" or "\ufb50" <= ch <= "\ufeff":
             if ch.isalpha():
                 arabic_script += 1
-                if ch in _PERSIAN_ONLY or ch in "یک":
-                    persian_marks += 1
+                if ch in _PERSIAN_ONLY:
+                    fa += 1
                 elif ch in _ARABIC_ONLY:
-                    arabic_marks += 1
+                    ar += 1
+                elif ch in _PERSIAN_KEYS:
+                    fa_keys += 1
+                elif ch in _ARABIC_KEYS:
+                    ar_keys += 1
+        elif ch == "\u200c":
+            fa += 1
         elif ch.isalpha() and ch.isascii():
             latin += 1
     if not arabic_script and not latin:
         return None
-    if arabic_script >= latin:
-        # Persian keyboards type ی and ک; Arabic ones ي and ك. Ties go to Persian,
-        # our users' language.
-        return "ar" if arabic_marks > persian_marks else "fa"
-    return "en"
+    if arabic_script < latin:
+        return "en"
+    for word in _WORD.findall(text.translate(_FOLD_KEYS)):
+        if word in _PERSIAN_WORDS:
+            fa += 2
+        elif word in _ARABIC_WORDS:
+            ar += 2
+        elif word.startswith("ال") and len(word) > 3 and word not in _PERSIAN_AL:
+            ar += 1
+    if fa == ar:
+        return "ar" if ar_keys > fa_keys else "fa"
+    return "ar" if ar > fa else "fa"
 
 
 def is_rtl(text: str) -> bool:

@@ -68,6 +68,16 @@ def test_keyword(text: str, expected: str) -> None:
         ("مرحبا، كيف حالك؟ أريد المساعدة", "ar"),
         ("Hi, where is my order?", "en"),
         ("سلام hi", "fa"),
+        # Persian typed on an Arabic keyboard (ي, ك) is still Persian.
+        ("سلام، مي‌خواهم قيمت را بدانم", "fa"),
+        ("الان كجا هستيد", "fa"),
+        ("ميخوام با يك كارشناس صحبت كنم", "fa"),
+        ("رمز عبورم را فراموش كردم", "fa"),
+        # Arabic without any of ة ى أ إ is still Arabic.
+        ("متى يصل طلبي", "ar"),
+        ("من فضلك ساعدني", "ar"),
+        ("هل يمكنني الحصول على فاتورة", "ar"),
+        ("شكرا جزيلا", "ar"),
         ("12345 !!", None),
         ("", None),
     ],
