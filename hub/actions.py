@@ -446,8 +446,12 @@ async def do_assign(
     team_id: int | None,
     actor: str,
 ) -> Ticket:
-    if agent_id is not None and await session.get(Agent, agent_id) is None:
-        raise NotFound(f"agent {agent_id} does not exist")
+    if agent_id is not None:
+        assignee = await session.get(Agent, agent_id)
+        if assignee is None:
+            raise NotFound(f"agent {agent_id} does not exist")
+        if not assignee.active and agent_id != ticket.assignee_id:
+            raise Conflict(f"agent {agent_id} is deactivated")
     if team_id is not None and await session.get(Team, team_id) is None:
         raise NotFound(f"team {team_id} does not exist")
     before = {"assignee_id": ticket.assignee_id, "team_id": ticket.team_id}

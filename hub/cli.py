@@ -174,6 +174,54 @@ def agent_add(
     click.echo(f"created {role} {email}" + (f" with password {password}" if generated else ""))
 
 
+def _set_active(ctx: click.Context, email: str, active: bool) -> None:
+    from sqlalchemy import select
+
+    from hub.errors import HubError
+    from hub.router import do_set_agent_active
+    from storage.db import Database
+    from storage.models import Agent
+
+    cfg = _config(ctx)
+    email = email.strip().lower()
+
+    async def run() -> list[int]:
+        db = Database(cfg.database_url)
+        try:
+            async with db.write() as session:
+                found = await session.scalar(select(Agent).where(Agent.email == email).with_for_update())
+                if found is None:
+                    raise click.ClickException(f"no agent has the email {email}")
+                return await do_set_agent_active(session, found, active, actor="cli")
+        finally:
+            await db.dispose()
+
+    try:
+        released = asyncio.run(run())
+    except HubError as exc:
+        raise click.ClickException(exc.message) from exc
+    if active:
+        click.echo(f"{email} may log in again")
+    else:
+        click.echo(f"{email} deactivated: tokens revoked, {len(released)} unresolved ticket(s) back in the queue")
+
+
+@agent.command("deactivate")
+@click.option("--email", required=True)
+@click.pass_context
+def agent_deactivate(ctx: click.Context, email: str) -> None:
+    """Someone left: no more logins, tokens revoked, their tickets back in the queue."""
+    _set_active(ctx, email, False)
+
+
+@agent.command("activate")
+@click.option("--email", required=True)
+@click.pass_context
+def agent_activate(ctx: click.Context, email: str) -> None:
+    """Let a deactivated agent log in again."""
+    _set_active(ctx, email, True)
+
+
 @main.command()
 @click.pass_context
 def demo(ctx: click.Context) -> None:

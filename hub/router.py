@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.actions import (
@@ -51,7 +51,7 @@ from hub.actions import (
     ticket_labels,
 )
 from hub.core import PRIORITY_RANK, Author, Presence, Priority, Role, TicketEventKind, TicketStatus, utcnow
-from hub.errors import ValidationFailed
+from hub.errors import Conflict, ValidationFailed
 from hub.stream.base import Event
 from hub.text import detect_language
 from routing import sla
@@ -93,6 +93,7 @@ from storage.db import Database
 from storage.ingest import TOPIC_EVENTS, add_outbox, dialect_insert
 from storage.models import (
     Agent,
+    ApiToken,
     AutomationRun,
     BotTurn,
     Contact,
@@ -1587,3 +1588,53 @@ async def do_update_agent_routing(
     await audit(session, actor, "agent.updated", "agent", agent.id, changes)
     await add_agent_events(session, AGENT_UPDATED, [agent], actor)
     return agent
+
+
+async def do_set_agent_active(session: AsyncSession, agent: Agent, active: bool, *, actor: str) -> list[int]:
+    """An admin deactivates an agent who left, or lets them back. Deactivated:
+    they can no longer log in, every token of theirs is revoked (their open
+    inbox is closed at its next heartbeat), they are offline, and their
+    unresolved tickets go back to their team's queue (or to Unassigned).
+    Returns the ids of those tickets. The last active admin stays active."""
+    if agent.active == active:
+        return []
+    if not active and agent.role == Role.ADMIN.value:
+        others = await session.scalar(
+            select(func.count())
+            .select_from(Agent)
+            .where(Agent.role == Role.ADMIN.value, Agent.active.is_(True), Agent.id != agent.id)
+        )
+        if not others:
+            raise Conflict(f"agent {agent.id} is the last active admin; make another agent admin first")
+    now = utcnow()
+    agent.active = active
+    released: list[int] = []
+    if not active:
+        before = agent.presence
+        agent.presence = agent.presence_choice = Presence.OFFLINE.value
+        if before != Presence.OFFLINE.value:
+            agent.presence_changed_at = now
+        await session.execute(delete(ApiToken).where(ApiToken.agent_id == agent.id))
+        tickets = (
+            await session.scalars(
+                select(Ticket)
+                .where(Ticket.assignee_id == agent.id, Ticket.status != TicketStatus.RESOLVED.value)
+                .order_by(Ticket.id)
+                .with_for_update()
+            )
+        ).all()
+        for ticket in tickets:
+            # A team's ticket joins its queue (the router's step on ``ticket.assigned``).
+            await do_assign(session, ticket, agent_id=None, team_id=ticket.team_id, actor=actor)
+            released.append(ticket.id)
+    await session.flush()
+    await audit(
+        session,
+        actor,
+        "agent.activated" if active else "agent.deactivated",
+        "agent",
+        agent.id,
+        {"released_tickets": released} if released else {},
+    )
+    await add_agent_events(session, AGENT_UPDATED, [agent], actor)
+    return released

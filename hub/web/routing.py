@@ -12,8 +12,8 @@ from sqlalchemy import select
 from hub.actions import actor_of, check_ticket
 from hub.app import HUB
 from hub.core import Channel, Presence
-from hub.errors import BadRequest, NotFound, ValidationFailed
-from hub.router import do_set_presence, do_update_agent_routing
+from hub.errors import BadRequest, Conflict, NotFound, ValidationFailed
+from hub.router import do_set_agent_active, do_set_presence, do_update_agent_routing
 from hub.web.api import API, _team_ids, current_agent, int_param, require_admin
 from hub.web.registry import ROUTES, parse_body
 from hub.web.schemas import AgentOut
@@ -42,6 +42,11 @@ class AgentRoutingIn(_In):
     )
     teams: list[str] | None = Field(default=None, max_length=100, description="team names (created when missing)")
     phone: str | None = Field(default=None, max_length=40, description="where voice calls for this agent ring")
+    active: bool | None = Field(
+        default=None,
+        description="false: the agent can no longer log in, their tokens are revoked and their unresolved "
+        "tickets return to their team's queue; true: they may log in again",
+    )
 
 
 class QueueOut(_Out):
@@ -136,12 +141,13 @@ async def set_presence(request: web.Request) -> web.Response:
 @ROUTES.route(
     "PATCH",
     f"{API}/agents/{{id}}",
-    summary="Change what an agent can take: skills, languages, capacity per channel, teams, phone (admin)",
+    summary="Change what an agent can take: skills, languages, capacity per channel, teams, phone; "
+    "deactivate or reactivate them (admin)",
     tag="routing",
     admin=True,
     body=AgentRoutingIn,
     response=AgentOut,
-    errors=(404,),
+    errors=(404, 409),
 )
 async def update_agent(request: web.Request) -> web.Response:
     hub = request.app[HUB]
@@ -162,6 +168,10 @@ async def update_agent(request: web.Request) -> web.Response:
             teams=body.teams,
             phone=body.phone,
         )
+        if body.active is not None:
+            if not body.active and agent.id == admin.id:
+                raise Conflict("you cannot deactivate yourself; another admin can")
+            await do_set_agent_active(session, agent, body.active, actor=actor_of(admin))
         view = agent_view(agent, await _team_ids(session, agent.id))
     return web.json_response(view)
 

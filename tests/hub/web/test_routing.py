@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 
 from hub.core import Role
-from tests.hub.helpers import Agent, add_agent, make_config, next_frame, running_hub
+from tests.hub.helpers import PASSWORD, Agent, add_agent, make_config, next_frame, running_hub
 
 
 async def test_rules_presence_queues_and_availability(tmp_path: Path) -> None:
@@ -150,3 +150,52 @@ async def add_agent_to_db(config: object) -> None:
     await upgrade_async(config.database_url)
     await add_agent(config, "admin@example.com")
     await add_agent(config, "ana@example.com", Role.AGENT)
+
+
+async def test_a_deactivated_agent_loses_access_and_their_tickets_return_to_the_queue(tmp_path: Path) -> None:
+    config = make_config(
+        tmp_path,
+        **{
+            "routing.default_team": "Support",
+            "routing.teams": [{"name": "Support"}],
+            "routing.presence.heartbeat_seconds": 0.2,
+        },
+    )
+    await add_agent_to_db(config)
+    async with running_hub(config) as server, aiohttp.ClientSession() as http:
+        base = str(server.make_url("")).rstrip("/")
+        admin = await Agent.login(http, base, "admin@example.com")
+        ana = await Agent.login(http, base, "ana@example.com")
+        ana_me = await ana.get("/api/v1/me")
+        await admin.patch(f"/api/v1/agents/{ana_id(ana_me)}", {"teams": ["Support"], "capacity": {"webchat": 2}})
+        await ana.put("/api/v1/me/presence", {"presence": "online"})
+        async with ana.events() as ws:
+            async with http.ws_connect(f"{base}/chat/ws") as visitor:
+                await visitor.receive_json(timeout=5)
+                await visitor.send_json({"type": "message", "text": "Hello, I need help", "client_id": "c1"})
+                routed = await next_frame(ws, "ticket.routed")
+            tid = routed["ticket"]["id"]
+            assert routed["ticket"]["assignee_id"] == ana_me["id"]
+            # Nobody can lock the hub out of its last admin, or themselves out.
+            admin_id = ana_id(await admin.get("/api/v1/me"))
+            await admin.patch(f"/api/v1/agents/{admin_id}", {"active": False}, 409)
+            gone = await admin.patch(f"/api/v1/agents/{ana_id(ana_me)}", {"active": False})
+            assert (gone["active"], gone["presence"]) == (False, "offline")
+            # Her open inbox is closed at its next heartbeat, and every token is revoked.
+            closed = await ws.receive(timeout=5)
+            while closed.type == aiohttp.WSMsgType.TEXT:
+                closed = await ws.receive(timeout=5)
+            assert ws.close_code == 4401
+        await ana.get("/api/v1/me", 401)
+        async with http.post(f"{base}/api/v1/auth/token", json={"email": "ana@example.com", "password": PASSWORD}) as r:
+            assert r.status == 401
+        ticket = await admin.get(f"/api/v1/tickets/{tid}")
+        assert ticket["assignee_id"] is None and ticket["team_id"] == routed["ticket"]["team_id"]
+        queues = {q["team"]: q for q in (await admin.get("/api/v1/queues"))["items"]}
+        assert queues["Support"]["queued"] == 1
+        # She cannot be given tickets while deactivated; once back, she can log in.
+        await admin.post(f"/api/v1/tickets/{tid}/assign", {"agent_id": ana_me["id"]}, 409)
+        back = await admin.patch(f"/api/v1/agents/{ana_id(ana_me)}", {"active": True})
+        assert back["active"] is True
+        again = await Agent.login(http, base, "ana@example.com")
+        assert (await again.get("/api/v1/me"))["id"] == ana_me["id"]

@@ -1,0 +1,81 @@
+"""The agent commands of ``crm-hub``, run as a user runs them (the installed
+command, its own process): adding an agent, deactivating one who left (their
+tokens revoked, their tickets back in the queue) and letting them back, and a
+clear error for an address nobody has."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from hub.actions import do_assign, do_ensure_inbox, do_issue_token
+from hub.config import load_config
+from hub.core import Channel
+from storage.db import Database
+from storage.ingest import IngestResult, ingest_batch
+from storage.models import Agent, ApiToken, Ticket
+from tests.hub.procs import CLI, hub_env, run_cli
+from tests.storage.test_ingest import web
+
+PASSWORD = "correct horse battery staple"
+
+
+def test_deactivate_and_activate_an_agent(tmp_path: Path) -> None:
+    env = hub_env(tmp_path / "data")
+    run_cli(["migrate"], env)
+    for email, role in (("boss@example.com", "admin"), ("ana@example.com", "agent")):
+        run_cli(
+            ["agent", "add", "--email", email, "--name", email, "--role", role, "--password-stdin"],
+            env,
+            stdin=PASSWORD + "\n",
+        )
+    config = load_config(path=None, env=env)
+
+    async def seed() -> int:
+        db = Database(config.database_url)
+        try:
+            async with db.write() as s:
+                await do_ensure_inbox(s, key="webchat", channel=Channel.WEBCHAT, name="Web chat")
+            async with db.write() as s:
+                (result,) = await ingest_batch(s, [web("visitor-1", "m1")])
+                assert isinstance(result, IngestResult)
+                ana = await s.scalar(select(Agent).where(Agent.email == "ana@example.com"))
+                ticket = await s.get(Ticket, result.ticket_id)
+                assert ana is not None and ticket is not None
+                await do_assign(s, ticket, agent_id=ana.id, team_id=None, actor="test")
+                await do_issue_token(s, ana.id, 24)
+                return ticket.id
+        finally:
+            await db.dispose()
+
+    ticket_id = asyncio.run(seed())
+    out = run_cli(["agent", "deactivate", "--email", "ANA@example.com"], env)
+    assert "ana@example.com deactivated" in out and "1 unresolved ticket(s)" in out
+
+    async def state() -> tuple[bool, int, int | None]:
+        db = Database(config.database_url)
+        try:
+            async with db.read() as s:
+                ana = await s.scalar(select(Agent).where(Agent.email == "ana@example.com"))
+                assert ana is not None
+                tokens = await s.scalar(select(func.count()).select_from(ApiToken).where(ApiToken.agent_id == ana.id))
+                ticket = await s.get(Ticket, ticket_id)
+                assert ticket is not None
+                return ana.active, int(tokens or 0), ticket.assignee_id
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(state()) == (False, 0, None)
+    # The last active admin stays; an unknown address is named.
+    for args, needle in (
+        (["agent", "deactivate", "--email", "boss@example.com"], "last active admin"),
+        (["agent", "deactivate", "--email", "nobody@example.com"], "no agent has the email nobody@example.com"),
+    ):
+        done = subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0 and needle in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    assert "may log in again" in run_cli(["agent", "activate", "--email", "ana@example.com"], env)
+    assert asyncio.run(state())[0] is True
