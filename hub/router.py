@@ -355,9 +355,10 @@ class Router:
         if ticket.get("first_response_at") and ticket.get("status") == TicketStatus.OPEN.value:
             await self._customer_waiting(ticket["id"])
         marker = f"message:{message.get('id')}"
+        text, automatic = message.get("body") or "", bool(message.get("auto_reply"))
         if created:
-            await self.automate("ticket.created", ticket["id"], marker, text=message.get("body") or "")
-        await self.automate("message.received", ticket["id"], marker, text=message.get("body") or "")
+            await self.automate("ticket.created", ticket["id"], marker, text=text, automatic=automatic)
+        await self.automate("message.received", ticket["id"], marker, text=text, automatic=automatic)
 
     async def _worth_routing(self, ticket: dict[str, Any], inbox_key: str, created: bool) -> bool:
         """Whether a customer's message can change who owns the ticket, decided
@@ -1078,9 +1079,13 @@ class Router:
 
     # --- automation ---------------------------------------------------------
 
-    async def automate(self, event: str, ticket_id: int, marker: str, *, text: str = "") -> int:
+    async def automate(
+        self, event: str, ticket_id: int, marker: str, *, text: str = "", automatic: bool = False
+    ) -> int:
         """Run every automation rule for ``event`` whose conditions hold on the
-        ticket, once per (rule, ticket, marker)."""
+        ticket, once per (rule, ticket, marker). ``automatic``: the message that
+        set it off was sent by a machine (out-of-office, bulk); rules still
+        label, assign and so on, but send it no reply."""
         state = await self.state()
         if not any(c.rule.on == event for c in state.automation):
             return 0
@@ -1102,7 +1107,7 @@ class Router:
                 if not await self._claim_run(session, rule.name, ticket.id, marker):
                     continue
                 ran += 1
-                team = await self._perform(session, ticket, rule, event, state)
+                team = await self._perform(session, ticket, rule, event, state, automatic=automatic)
                 if team is not None:
                     requeue.add(team)
         for team_id in requeue:
@@ -1121,7 +1126,14 @@ class Router:
         return inserted is not None
 
     async def _perform(
-        self, session: AsyncSession, ticket: Ticket, rule: AutomationRule, event: str, state: RoutingState
+        self,
+        session: AsyncSession,
+        ticket: Ticket,
+        rule: AutomationRule,
+        event: str,
+        state: RoutingState,
+        *,
+        automatic: bool = False,
     ) -> int | None:
         actor = f"automation:{rule.name}"[:64]
         requeue: int | None = None
@@ -1129,7 +1141,11 @@ class Router:
             if ticket.status == TicketStatus.RESOLVED.value and not action.note:
                 break  # a resolve ends the rule's work; later replies would reopen nothing
             done: dict[str, Any] = action.model_dump(mode="json", exclude_defaults=True)
-            skipped = await self._do(session, ticket, action, actor, state)
+            if action.reply is not None and automatic:
+                # Two automatic responders would answer each other forever.
+                skipped: str | None = "the message was sent automatically (out-of-office, bulk): no reply to it"
+            else:
+                skipped = await self._do(session, ticket, action, actor, state)
             if skipped:
                 done["skipped"] = skipped
             if action.assign_team is not None and ticket.assignee_id is None:

@@ -11,10 +11,11 @@ import pytest
 from sqlalchemy import select
 
 from hub.actions import do_ensure_inbox, do_handoff, do_post_message, do_set_status
-from hub.core import Author, Channel, TicketStatus, utcnow
+from hub.core import Author, Channel, InboundMessage, TicketStatus, utcnow
 from hub.router import do_heartbeat, do_update_agent_routing
 from routing import sla
 from storage.db import Database
+from storage.ingest import IngestResult, ingest_batch
 from storage.models import Agent, AuditLog, Message, Team, Ticket, TicketCycle, TicketEventRow, TicketLabel
 from tests.hub.routing_world import Live, add_agent, pump, routing_config, worker, write
 
@@ -304,6 +305,62 @@ async def test_automation_rules_act_and_are_audited_with_their_name(db: Database
         assert all(a.actor.startswith("automation:") for a in actions)
         events = (await s.scalars(select(TicketEventRow).where(TicketEventRow.ticket_id == pending.ticket_id))).all()
         assert any(e.actor == "automation:auto-resolve-idle-pending" for e in events)
+
+
+async def test_automation_never_replies_to_an_automatic_message(db: Database) -> None:
+    cfg = routing_config(
+        **CONFIG,
+        automation=[
+            {
+                "name": "ack",
+                "on": "message.received",
+                "when": {},
+                "actions": [{"add_labels": ["acknowledged"]}, {"reply": "Thanks, we got your message."}],
+            },
+        ],
+    )
+    w = worker(db, cfg)
+    await w.router.setup()
+    person = await write(db, "Where is my order?")
+    async with db.write() as s:
+        (machine,) = await ingest_batch(
+            s,
+            [
+                InboundMessage(
+                    channel=Channel.WEBCHAT,
+                    inbox="webchat",
+                    external_id="ooo-1",
+                    sender="visitor-ooo",
+                    body="I am out of the office until Monday.",
+                    extras={"auto_reply": "Auto-Submitted: auto-replied"},
+                )
+            ],
+        )
+    assert isinstance(machine, IngestResult)
+    await pump([w])
+
+    async def replies(ticket_id: int) -> list[str]:
+        async with db.read() as s:
+            rows = await s.scalars(
+                select(Message.body).where(Message.ticket_id == ticket_id, Message.direction == "out")
+            )
+            return list(rows.all())
+
+    async def labels(ticket_id: int) -> list[str]:
+        async with db.read() as s:
+            return list((await s.scalars(select(TicketLabel.label).where(TicketLabel.ticket_id == ticket_id))).all())
+
+    assert await replies(person.ticket_id) == ["Thanks, we got your message."]
+    # The out-of-office is labelled like any message, but gets no reply to loop on.
+    assert await replies(machine.ticket_id) == []
+    assert await labels(machine.ticket_id) == ["acknowledged"]
+    async with db.read() as s:
+        skipped = [
+            a.data["action"]
+            for a in (await s.scalars(select(AuditLog).where(AuditLog.entity_id == machine.ticket_id))).all()
+            if a.action == "automation.action" and "skipped" in a.data["action"]
+        ]
+    assert len(skipped) == 1 and "sent automatically" in skipped[0]["skipped"]
 
 
 async def test_snoozed_tickets_wake_up(db: Database) -> None:
