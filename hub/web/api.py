@@ -26,7 +26,7 @@ from hub.actions import (
 )
 from hub.app import HUB
 from hub.core import Author, Role, TicketStatus
-from hub.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from hub.errors import BadRequest, Forbidden, NotFound, Unauthorized, ValidationFailed
 from hub.web.registry import ROUTES, parse_body
 from hub.web.schemas import (
     AgentIn,
@@ -326,7 +326,7 @@ async def post_message(request: web.Request) -> web.Response:
 @ROUTES.route(
     "POST",
     f"{API}/tickets/{{id}}/assign",
-    summary="Assign to an agent and/or a team (null unassigns)",
+    summary="Assign to an agent and/or a team (null unassigns; a field left out stays as it is)",
     tag="tickets",
     body=AssignIn,
     response=TicketOut,
@@ -337,10 +337,16 @@ async def assign_ticket(request: web.Request) -> web.Response:
     agent = await current_agent(request)
     ticket_id = int_param(request, "id")
     body = await parse_body(request, AssignIn)
+    given = body.model_fields_set
+    if not given:
+        raise ValidationFailed("give agent_id, team_id or both (null unassigns)")
     async with hub.db.write() as session:
         ticket = await check_ticket(session, ticket_id, lock=True)
-        await do_assign(session, ticket, agent_id=body.agent_id, team_id=body.team_id, actor=actor_of(agent))
-        if ticket.status == TicketStatus.PENDING.value and (body.agent_id is not None or body.team_id is not None):
+        # A field left out keeps its value: giving a ticket to an agent keeps its team.
+        agent_id = body.agent_id if "agent_id" in given else ticket.assignee_id
+        team_id = body.team_id if "team_id" in given else ticket.team_id
+        await do_assign(session, ticket, agent_id=agent_id, team_id=team_id, actor=actor_of(agent))
+        if ticket.status == TicketStatus.PENDING.value and (agent_id is not None or team_id is not None):
             # A person took the ticket from the bot, as a reply or a handoff
             # would: the bot steps back for good, and the ticket is open for
             # the agent or in the team's queue, not left waiting on the bot.

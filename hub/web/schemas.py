@@ -90,8 +90,8 @@ class MessageIn(_In):
 
 
 class AssignIn(_In):
-    agent_id: Id | None = None
-    team_id: Id | None = None
+    agent_id: Id | None = Field(default=None, description="the agent (null: nobody); left out: unchanged")
+    team_id: Id | None = Field(default=None, description="the team (null: none); left out: unchanged")
 
 
 class StatusIn(_In):

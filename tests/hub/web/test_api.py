@@ -184,6 +184,25 @@ async def test_assigning_a_bot_ticket_takes_it_from_the_bot(env: Env) -> None:
     assert out["status"] == "pending"
 
 
+async def test_assigning_changes_only_the_fields_given(env: Env) -> None:
+    agents = (await env.admin.get("/api/v1/agents"))["items"]
+    agent_id = next(a["id"] for a in agents if a["email"] == "agent@example.com")
+    async with env.db.write() as s:
+        team_id = (await do_get_or_create_team(s, "Billing")).id
+    r = await env.inbound("v-partial", "v-partial:1")
+    url = f"/api/v1/tickets/{r.ticket_id}/assign"
+    assert (await env.admin.post(url, {"team_id": team_id}))["team_id"] == team_id
+    # Giving it to an agent keeps its team, and moving it to a team keeps its agent.
+    out = await env.admin.post(url, {"agent_id": agent_id})
+    assert (out["assignee_id"], out["team_id"]) == (agent_id, team_id)
+    out = await env.admin.post(url, {"team_id": None})
+    assert (out["assignee_id"], out["team_id"]) == (agent_id, None)
+    out = await env.admin.post(url, {"agent_id": None})
+    assert (out["assignee_id"], out["team_id"]) == (None, None)
+    bad = await env.admin.post(url, {}, 422)
+    assert "agent_id, team_id" in bad["error"]["message"]
+
+
 async def test_snooze_then_customer_message_wakes_ticket(env: Env) -> None:
     r = await env.inbound("v-snooze", "v-snooze:1")
     out = await env.admin.post(
