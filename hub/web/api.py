@@ -82,13 +82,17 @@ async def require_admin(request: web.Request) -> Agent:
 
 
 def int_param(request: web.Request, name: str) -> int:
-    raw = request.match_info.get(name) or request.query.get(name, "")
+    in_path = name in request.match_info
+    raw = request.match_info[name] if in_path else request.query.get(name, "")
     try:
         value = int(raw)
     except ValueError as exc:
         raise BadRequest(f"{name} must be an integer, not {raw[:40]!r}") from exc
     if value < 1:
-        raise NotFound(f"{name} {value} does not exist")
+        # In the path it names a resource that cannot exist; in a query it is a bad filter.
+        if in_path:
+            raise NotFound(f"{name} {value} does not exist")
+        raise BadRequest(f"{name} must be a positive integer, not {raw[:40]}")
     if value > queries.MAX_ID:
         # The database's ids are 64-bit: a larger one would fail there, as a 500.
         raise BadRequest(f"{name} must be at most {queries.MAX_ID}, not {raw[:40]}")
