@@ -28,7 +28,10 @@ all", it goes to the Reply-To of the customer's latest mail (else its From)
 and copies the others on it, never our own mailboxes. Temporary (4xx) SMTP
 errors and unreachable servers are retryable; permanent (5xx) ones fail with
 the server's words. Only the customer's address decides: a malformed copy is
-left out and a refused one named in the result, and the reply still goes out.
+left out and a refused one named in the result, and the reply still goes out;
+when only the customer's address was refused for now, the retry goes to it
+alone. An address the email package cannot write, or an internationalized
+one on a server without SMTPUTF8, fails at once with a reason (no retry).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import html
 import mimetypes
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.errors import HeaderParseError
@@ -59,7 +62,7 @@ from inscriptis import get_text
 from inscriptis.css_profiles import CSS_PROFILES
 from inscriptis.model.config import ParserConfig
 
-from channels.base import ChannelAdapter
+from channels.base import SEND_PARTS, ChannelAdapter
 from channels.email_quotes import split_reply
 from hub.core import (
     Attachment,
@@ -77,6 +80,8 @@ from hub.core import (
 #: ".invalid" domain (RFC 2606) makes any reply to it fail with a reason.
 UNKNOWN_SENDER = "unknown-sender@invalid"
 MAX_BODY_CHARS = 100_000
+#: Ends a body cut to :data:`MAX_BODY_CHARS` (and counts in it).
+SHORTENED = "\n\n[…]"
 MAX_EXTRA_CHARS = 50_000
 MAX_REFERENCES = 20
 MAX_MIME_DEPTH = 40
@@ -122,29 +127,70 @@ def address_domain(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
 
-# Labels mapped the way the WHATWG encoding standard (and so every browser and
-# mail client) maps them: senders routinely declare a charset and write in its
-# Windows superset.
-_CHARSET_ALIASES = {
-    "us-ascii": "cp1252",
-    "ascii": "cp1252",
-    "iso-8859-1": "cp1252",
-    "iso8859-1": "cp1252",
-    "latin1": "cp1252",
-    "latin-1": "cp1252",
-    "iso-8859-9": "cp1254",
-    "iso-8859-11": "cp874",
-    "tis-620": "cp874",
-    "gb2312": "gb18030",
-    "gbk": "gb18030",
-    "x-gbk": "gb18030",
-    "ks_c_5601-1987": "cp949",
-    "euc-kr": "cp949",
-    "shift_jis": "cp932",
-    "x-sjis": "cp932",
-    "windows-874": "cp874",
-    "unicode-1-1-utf-7": "utf-7",
+# Labels mapped the way the WHATWG Encoding Standard (and so every browser and
+# mail client) maps them, where Python's codec registry does not already:
+# senders routinely declare a charset and write in its Windows superset, and
+# use labels Python does not know ("x-cp1256", "iso-8859-8-i"). The
+# ``webencodings`` package has the full table; it is not a dependency here,
+# and the labels Python resolves the same way need no entry. Python's own
+# decoder is kept where it reads more than the standard allows (UTF-16 with a
+# byte order mark, ISO-2022-KR in old Korean mail).
+_WHATWG_LABELS = {
+    "utf-8": "unicode-1-1-utf-8 unicode11utf8 unicode20utf8 x-unicode20utf8",
+    "iso8859-2": "iso88592",
+    "iso8859-3": "iso88593",
+    "iso8859-4": "iso88594",
+    "iso8859-5": "iso88595",
+    "iso8859-6": "csiso88596e csiso88596i iso-8859-6-e iso-8859-6-i iso88596",
+    "iso8859-7": "iso88597 sun_eu_greek",
+    "iso8859-8": "csiso88598e iso-8859-8-e iso88598 visual csiso88598i iso-8859-8-i logical",
+    "iso8859-10": "iso885910",
+    "iso8859-13": "iso885913",
+    "iso8859-14": "iso885914",
+    "iso8859-15": "csisolatin9 iso885915",
+    "koi8-r": "koi koi8",
+    "koi8-u": "koi8-ru",
+    "mac-roman": "csmacintosh mac x-mac-roman",
+    "mac-cyrillic": "x-mac-cyrillic x-mac-ukrainian",
+    "cp874": "dos-874 iso-8859-11 iso8859-11 iso885911 tis-620 windows-874",
+    "cp1250": "x-cp1250",
+    "cp1251": "x-cp1251",
+    "cp1252": "ansi_x3.4-1968 ascii cp819 csisolatin1 ibm819 iso-8859-1 iso-ir-100 iso8859-1 iso88591 iso_8859-1 "
+    "iso_8859-1:1987 l1 latin1 latin-1 us-ascii x-cp1252",
+    "cp1253": "x-cp1253",
+    "cp1254": "csisolatin5 iso-8859-9 iso-ir-148 iso8859-9 iso88599 iso_8859-9 iso_8859-9:1989 l5 latin5 x-cp1254",
+    "cp1255": "x-cp1255",
+    "cp1256": "x-cp1256",
+    "cp1257": "x-cp1257",
+    "cp1258": "x-cp1258",
+    "gb18030": "chinese csgb2312 csiso58gb231280 gb2312 gb_2312 gb_2312-80 gbk iso-ir-58 x-gbk",
+    "big5hkscs": "big5 cn-big5 csbig5 x-x-big5",
+    "euc_jp": "cseucpkdfmtjapanese x-euc-jp",
+    "cp932": "csshiftjis shift-jis shift_jis sjis windows-31j x-sjis ms932 ms_kanji",
+    "cp949": "cseuckr csksc56011987 euc-kr iso-ir-149 korean ks_c_5601-1987 ks_c_5601-1989 ksc5601 ksc_5601 "
+    "windows-949",
+    "utf-16-be": "unicodefffe",
+    "utf-16-le": "csunicode iso-10646-ucs-2 ucs-2 unicode unicodefeff",
+    "utf-7": "unicode-1-1-utf-7",
 }
+_CHARSET_ALIASES = {label: codec for codec, labels in _WHATWG_LABELS.items() for label in labels.split()}
+
+# An HTML document's own declaration (<meta charset="..."> or <meta
+# http-equiv="Content-Type" content="text/html; charset=...">), read from its
+# start as browsers do when nothing else declares one.
+_META_CHARSET = re.compile(rb"<meta\b[^>]{0,500}?charset\s*=\s*[\"']?\s*([A-Za-z0-9_.:+-]{1,40})", re.IGNORECASE)
+_META_PRESCAN_BYTES = 4096
+
+
+def html_charset(data: bytes) -> str | None:
+    """The charset an HTML document declares in a ``<meta>`` tag, or None. A
+    UTF-16 declaration in bytes read as ASCII is wrong by definition; the
+    Encoding Standard reads such a document as UTF-8."""
+    found = _META_CHARSET.search(data[:_META_PRESCAN_BYTES])
+    if found is None:
+        return None
+    label = found.group(1).decode("ascii").lower()
+    return "utf-8" if _CHARSET_ALIASES.get(label, label).startswith("utf-16") else label
 
 
 def decode_bytes(data: bytes, charset: str | None) -> str:
@@ -267,6 +313,8 @@ class ParsedEmail:
     report: DeliveryReport | None
     defects: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: The display name of the first Reply-To address.
+    reply_to_name: str | None = None
 
     @property
     def is_report(self) -> bool:
@@ -336,6 +384,7 @@ def parse_email(raw: bytes) -> ParsedEmail:
     for a in (*to, *cc):
         recipients.setdefault(a, None)
 
+    reply_to = _addresses(msg, "Reply-To")
     report = _delivery_report(msg, sender, collector)
     defects = [type(d).__name__ for part in msg.walk() for d in getattr(part, "defects", [])]
 
@@ -348,7 +397,7 @@ def parse_email(raw: bytes) -> ParsedEmail:
         date=_date(msg),
         to=tuple(to),
         cc=tuple(cc),
-        reply_to=tuple(a for _, a in _addresses(msg, "Reply-To")),
+        reply_to=tuple(a for _, a in reply_to),
         recipients=tuple(recipients),
         in_reply_to=tuple(msgids(_header(msg, "In-Reply-To"))),
         references=tuple(msgids(_header(msg, "References"))),
@@ -362,6 +411,7 @@ def parse_email(raw: bytes) -> ParsedEmail:
         report=report,
         defects=tuple(dict.fromkeys(defects)),
         notes=tuple(collector.notes),
+        reply_to_name=(clean_text(reply_to[0][0])[:512] or None) if reply_to else None,
     )
 
 
@@ -407,6 +457,8 @@ class _Collector:
         self.report_parts: list[Message] = []
         self.original_headers: list[Message] = []
         self.depth = 0
+        #: Whether a text part was taken as the body (or its HTML) already.
+        self.read_text = False
 
     def walk(self, part: Message, *, top: bool = False, want_text: bool = True) -> None:
         self.depth += 1
@@ -453,10 +505,16 @@ class _Collector:
             # A multipart whose boundary never appears: its body is plain text.
             self._text(_text_of(part), want_text)
             return
-        if disposition != "attachment" and ctype == "text/plain":
+        # Apple Mail sends attached text files inline, with a filename: after
+        # the body's first text part, a named one is a file, not more body.
+        # (The HTML alternative of a plain body, read with want_text off, is
+        # the same body however it is named.)
+        named = want_text and self.read_text and _filename(part) is not None
+        as_file = disposition == "attachment" or named
+        if not as_file and ctype == "text/plain":
             self._text(_text_of(part), want_text)
             return
-        if disposition != "attachment" and ctype == "text/html":
+        if not as_file and ctype == "text/html":
             self._html(_text_of(part), want_text)
             return
         data = _bytes_of(part)
@@ -493,10 +551,12 @@ class _Collector:
             self.walk(sub, want_text=want_text)
 
     def _text(self, text: str, want_text: bool) -> None:
+        self.read_text = True
         if want_text:
             self.texts.append(text)
 
     def _html(self, source: str, want_text: bool) -> None:
+        self.read_text = True
         if self.html is None:
             self.html = sanitize_html(source)
         else:
@@ -548,6 +608,8 @@ def _text_of(part: Message) -> str:
         charset = part.get_content_charset()
     except Exception:  # noqa: BLE001 - a malformed Content-Type parameter
         charset = None
+    if charset is None and part.get_content_type() == "text/html":
+        charset = html_charset(data)
     text = decode_bytes(data, charset).replace("\r\n", "\n")
     if part.get_content_type() == "text/plain" and str(part.get_param("format") or "").lower() == "flowed":
         delsp = str(part.get_param("delsp") or "").lower() == "yes"
@@ -698,9 +760,8 @@ def auto_reply_reason(msg: Message, sender: str) -> str | None:
     for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponder", "X-AutoReply-From", "X-Mail-Autoreply"):
         if _header(msg, name):
             return f"{name} header"
-    suppress = _header(msg, "X-Auto-Response-Suppress").lower()
-    if any(v in suppress for v in ("all", "oof", "autoreply")):
-        return f"X-Auto-Response-Suppress: {suppress}"
+    # X-Auto-Response-Suppress is not among them: it asks the other side not
+    # to answer automatically, and Exchange adds it to mail people write.
     if _header(msg, "X-Autogenerated").lower() == "reply" or _header(msg, "X-FC-MachineGenerated").lower() == "true":
         return "autogenerated reply"
     for name in ("Precedence", "X-Precedence"):
@@ -757,22 +818,39 @@ def _delivery_report(msg: Message, sender: str, collector: _Collector) -> Delive
             action = _header(block, "Action").lower()
             code = _header(block, "Status")
             diagnostic = re.sub(r"^\s*smtp;\s*", "", _header(block, "Diagnostic-Code"), flags=re.I)
-            final = _header(block, "Final-Recipient") or _header(block, "Original-Recipient")
-            rcpt = final.partition(";")[2].strip() if ";" in final else final.strip()
+            # Original-Recipient is the address we wrote to when the server
+            # expanded it (an alias, a forward) into the Final-Recipient.
+            named = list(
+                dict.fromkeys(
+                    a
+                    for a in (
+                        _report_address(_header(block, "Final-Recipient")),
+                        _report_address(_header(block, "Original-Recipient")),
+                    )
+                    if a
+                )
+            )
+            rcpt = named[0] if named else ""
             if not (action or code or diagnostic or rcpt):
                 continue
             if action:
                 actions.append(action)
-            if rcpt:
-                recipients.append(rcpt.lower())
-                acted.append((action, rcpt.lower()))
+            for address in named:
+                recipients.append(address)
+                acted.append((action, address))
             detail = diagnostic or code
             if detail:
-                reasons.append(f"{detail} ({rcpt})" if rcpt and rcpt.lower() not in detail.lower() else detail)
+                reasons.append(f"{detail} ({rcpt})" if rcpt and rcpt not in detail.lower() else detail)
     if not actions:
+        # A bounce in plain words (qmail's "failure notice", Exim's "Mail
+        # delivery failed"): the addresses it names, with the server's words.
         actions = ["failed"]
-        reasons = reasons or [subject or "the message could not be delivered"]
         acted = [("failed", r) for _, r in acted]
+        for address, words in _text_failures(msg, collector):
+            recipients.append(address)
+            acted.append(("failed", address))
+            reasons.append(f"{words} ({address})" if words and address not in words.lower() else words or address)
+        reasons = reasons or [_text_reason(collector) or subject or "the message could not be delivered"]
     failed: tuple[str, ...] = ("failed",)
     delivered: tuple[str, ...] = ("delivered", "relayed", "expanded")
     if any(a.startswith(failed) for a in actions):
@@ -794,6 +872,66 @@ def _delivery_report(msg: Message, sender: str, collector: _Collector) -> Delive
         recipients=tuple(dict.fromkeys(recipients)),
         status_recipients=tuple(dict.fromkeys(r for a, r in acted if decisive and a.startswith(decisive))),
     )
+
+
+def _report_address(value: str) -> str:
+    """The address of a DSN recipient field ("rfc822; <sara@example.com>")."""
+    address = value.partition(";")[2] if ";" in value else value
+    return address.strip().strip("<>").strip().lower()
+
+
+#: Where a plain-text bounce's explanation ends and the returned message
+#: begins (qmail "--- Below this line is a copy of the message.", Exim
+#: "------ This is a copy of the message, including all the headers. ------").
+_COPY_FOLLOWS = re.compile(r"^\s*-{3,}")
+#: qmail names each failed recipient on a line of its own: "<sara@example.com>:".
+_QMAIL_RECIPIENT = re.compile(r"^<([^<>\s@]+@[^<>\s@]+)>:\s*$")
+_SMTP_CODE = re.compile(r"\b[45]\d\d[ -][45]\.\d{1,3}\.\d{1,3}\b|\b[45]\d\d\s|#[45]\.\d{1,3}\.\d{1,3}")
+#: How much of a plain-text bounce is read: the explanation is at its top.
+_BOUNCE_LINES = 400
+_BOUNCE_ADDRESSES = 50
+
+
+def _explanation(collector: _Collector) -> list[str]:
+    """The lines of a plain-text bounce before the returned message."""
+    lines: list[str] = []
+    for line in "\n".join(collector.texts).split("\n")[:_BOUNCE_LINES]:
+        if _COPY_FOLLOWS.match(line):
+            break
+        lines.append(line)
+    return lines
+
+
+def _text_failures(msg: Message, collector: _Collector) -> list[tuple[str, str]]:
+    """The recipients a plain-text bounce names as failed (its
+    X-Failed-Recipients header, qmail's "<address>:" lines), each with the
+    server's words about it ("" when it says none)."""
+    lines = _explanation(collector)
+    named: dict[str, None] = {a: None for _, a in _addresses(msg, "X-Failed-Recipients")}
+    for line in lines:
+        if found := _QMAIL_RECIPIENT.match(line.strip()):
+            named.setdefault(found.group(1).lower(), None)
+    return [(address, _words_about(lines, address)) for address in list(named)[:_BOUNCE_ADDRESSES]]
+
+
+def _words_about(lines: Sequence[str], address: str) -> str:
+    """What follows the line that names ``address`` alone (qmail's
+    "<address>:", Exim's indented address), up to a blank line."""
+    for i, line in enumerate(lines):
+        if line.strip().rstrip(":").strip().strip("<>").lower() != address:
+            continue
+        words: list[str] = []
+        for follow in lines[i + 1 : i + 11]:
+            if not follow.strip():
+                break
+            words.append(follow.strip())
+        return clean_text(" ".join(words))[:500]
+    return ""
+
+
+def _text_reason(collector: _Collector) -> str:
+    """The first line of a plain-text bounce that carries an SMTP code."""
+    return next((line.strip()[:500] for line in _explanation(collector) if _SMTP_CODE.search(line)), "")
 
 
 def _read_report(collector: _Collector, originals: list[str]) -> DeliveryReport:
@@ -884,6 +1022,25 @@ def is_own_address(address: str, own: Iterable[str]) -> bool:
     return False
 
 
+def sent_on_behalf(parsed: ParsedEmail, own: Iterable[str]) -> ParsedEmail | None:
+    """Mail from one of our own addresses written for someone else, as from
+    them: a website's contact form sends from the support address with the
+    visitor in Reply-To. None when ``parsed`` is not from us, or is from us
+    for nobody else (our own mail coming back: a copy, a loop)."""
+    own = list(own)
+    if not is_own_address(parsed.sender, own):
+        return None
+    visitor = next((a for a in parsed.reply_to if not is_own_address(a, own)), None)
+    if visitor is None:
+        return None
+    return replace(
+        parsed,
+        sender=visitor[:MAX_EXTERNAL_ID],
+        sender_name=parsed.reply_to_name if parsed.reply_to and parsed.reply_to[0] == visitor else None,
+        notes=(*parsed.notes, f"sent from our address {parsed.sender} for {visitor} (its Reply-To)"),
+    )
+
+
 def is_reply_subject(subject: str) -> bool:
     return bool(_REPLY_PREFIX.match(subject))
 
@@ -918,8 +1075,14 @@ def to_inbound(
     body = parsed.body
     all_notes = [*parsed.notes, *notes]
     if len(body) > MAX_BODY_CHARS:
-        body = body[:MAX_BODY_CHARS] + "\n\n[…]"
-        all_notes.append("the text was shortened; the full original is attached")
+        # The marker counts against the limit: a body past it is refused by
+        # InboundMessage, and the whole mail would end up a placeholder.
+        body = body[: MAX_BODY_CHARS - len(SHORTENED)] + SHORTENED
+        all_notes.append(
+            "the text was shortened; the full text is in the original message"
+            if original_url
+            else "the text was shortened, and the original message could not be stored: the rest is lost"
+        )
     email_extras: dict[str, Any] = {
         "message_id": parsed.message_id,
         "from": parsed.sender,
@@ -1010,6 +1173,42 @@ def _undeliverable(address: str) -> bool:
     return "@" not in address or address_domain(address) == "invalid"
 
 
+class UnwritableAddress(ValueError):
+    """An address the email package cannot write into a message (or aiosmtplib
+    onto the SMTP envelope): sending to it can never work."""
+
+
+def header_address(address: str, display_name: str = "") -> Address:
+    """``address`` as a header's :class:`~email.headerregistry.Address`;
+    raises :class:`UnwritableAddress` naming it and saying why not. A
+    non-ASCII local part (RFC 6531) is accepted; the message then needs
+    SMTPUTF8."""
+    local, at, domain = address.rpartition("@")
+    try:
+        if local.isascii():
+            found = Address(display_name=display_name, addr_spec=address)
+        else:
+            # The email package refuses every non-ASCII local part, even where
+            # SMTPUTF8 allows one: its shape is checked with ASCII stand-ins,
+            # and it is written as it is.
+            probe = "".join(c if c.isascii() else "x" for c in local)
+            if not at or Address(addr_spec=f"{probe}@{domain}").username != probe:
+                raise UnwritableAddress(f"{address!r} is not an email address we can write to")
+            found = Address(display_name=display_name, username=local, domain=domain)
+        spec = found.addr_spec
+        if parse_address(spec) != spec or spec.startswith("@") or _undeliverable(spec):
+            raise UnwritableAddress(f"{address!r} is not an email address we can write to")
+    except UnwritableAddress:
+        raise
+    except (ValueError, IndexError, HeaderParseError) as exc:  # the email package's several ways to say "malformed"
+        raise UnwritableAddress(f"{address!r} is not an email address we can write to: {exc}") from exc
+    return found
+
+
+def _needs_utf8(addresses: Iterable[str]) -> bool:
+    return not all(a.isascii() for a in addresses)
+
+
 def _sendable(address: str, *, utf8: bool) -> str | None:
     """``address`` as both a header the email package writes and an envelope
     address aiosmtplib sends, or None. Without ``utf8`` it must be ASCII: one
@@ -1018,12 +1217,9 @@ def _sendable(address: str, *, utf8: bool) -> str | None:
     if _undeliverable(address) or not (utf8 or address.isascii()):
         return None
     try:
-        spec = Address(addr_spec=address).addr_spec
-        if parse_address(spec) != spec or spec.startswith("@") or _undeliverable(spec):
-            return None
-    except (ValueError, IndexError, HeaderParseError):  # the email package's several ways to say "malformed"
+        return header_address(address).addr_spec
+    except UnwritableAddress:
         return None
-    return spec
 
 
 @dataclass(frozen=True, slots=True)
@@ -1074,15 +1270,18 @@ def build_message(
     from the sender in ``out.extras["email"]``: ``subject`` (the ticket's),
     ``in_reply_to``, ``references`` and ``recipient_name``, the contact's name
     for the To header, used only when the reply goes to the address the
-    customer wrote from (``to``): a Reply-To may be a colleague or a list."""
+    customer wrote from (``to``): a Reply-To may be a colleague or a list.
+    Raises :class:`UnwritableAddress` for an address it cannot write."""
     thread: Mapping[str, Any] = out.extras.get("email") or {}
-    msg = EmailMessage(policy=policy.SMTP)
+    # An internationalized address is written as it is (RFC 6531); the
+    # sender offers such a message only to a server with SMTPUTF8.
+    msg = EmailMessage(policy=policy.SMTPUTF8 if _needs_utf8((out.recipient, *cc)) else policy.SMTP)
     msg["From"] = Address(display_name=box.display_name or "", addr_spec=box.address)
     to_sender = str(thread.get("to") or out.recipient).strip().lower() == out.recipient.lower()
     name = str(thread.get("recipient_name") or "") if to_sender else ""
-    msg["To"] = Address(display_name=name, addr_spec=out.recipient)
+    msg["To"] = header_address(out.recipient, name)
     if cc:
-        msg["Cc"] = [Address(addr_spec=address) for address in cc]
+        msg["Cc"] = [header_address(address) for address in cc]
     if box.plus_token:
         msg["Reply-To"] = Address(
             display_name=box.display_name or "", addr_spec=plus_address(box.address, out.ticket_id)
@@ -1096,9 +1295,10 @@ def build_message(
         msg["In-Reply-To"] = " ".join(f"<{m}>" for m in in_reply_to[:1])
     if references:
         msg["References"] = " ".join(f"<{m}>" for m in references)
-    if out.author is Author.BOT:
-        # RFC 3834: an automatic answer. Autoresponders must not answer it,
-        # and Exchange is asked not to, which breaks loops at both ends.
+    if out.author in (Author.BOT, Author.SYSTEM):
+        # RFC 3834: an automatic answer (the bot's, or an automation rule's
+        # canned reply). Autoresponders must not answer it, and Exchange is
+        # asked not to, which breaks loops with other helpdesks at both ends.
         msg["Auto-Submitted"] = "auto-replied"
         msg["X-Auto-Response-Suppress"] = "All"
     msg.set_content(out.body, subtype="plain", charset="utf-8")
@@ -1154,15 +1354,26 @@ class EmailChannel(ChannelAdapter):
                 return SendResult(status=DeliveryStatus.FAILED, reason=f"attachment {name!r} is not stored any more")
             files.append((attachment, data))
         mid = self.message_id(message, box)
-        mime = build_message(
-            message.model_copy(update={"recipient": recipient}), box, message_id=mid, files=files, cc=addresses.cc
-        )
+        try:
+            mime = build_message(
+                message.model_copy(update={"recipient": recipient}), box, message_id=mid, files=files, cc=addresses.cc
+            )
+        except (ValueError, HeaderParseError) as exc:
+            # The same message fails the same way on every attempt: no retry,
+            # so the ticket's later replies do not wait behind it.
+            return SendResult(status=DeliveryStatus.FAILED, reason=f"the reply could not be written as an email: {exc}")
         smtp = box.smtp
+        # Copies the server took on an earlier attempt (when the customer's
+        # address was refused for now) already have the reply: a retry is
+        # for the others, with the same headers, so it is one mail to all.
+        accepted_before = [str(a) for a in message.extras.get(SEND_PARTS) or [] if isinstance(a, str)]
+        done = {a.lower() for a in accepted_before}
+        envelope = [recipient, *(a for a in addresses.cc if a.lower() not in done)]
         try:
             refused, _ = await aiosmtplib.send(
                 mime,
                 sender=box.address,
-                recipients=[recipient, *addresses.cc],
+                recipients=envelope,
                 hostname=smtp.host,
                 port=smtp.port,
                 username=smtp.username,
@@ -1182,6 +1393,16 @@ class EmailChannel(ChannelAdapter):
         except aiosmtplib.SMTPResponseException as exc:
             return _smtp_failure(exc.code, exc.message, smtp)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            wide = [a for a in (recipient, *addresses.cc) if not a.isascii()]
+            if isinstance(exc, aiosmtplib.SMTPNotSupported) and wide and "SMTPUTF8" in str(exc):
+                # Asking this server again will not help.
+                return SendResult(
+                    status=DeliveryStatus.FAILED,
+                    reason=(
+                        f"{', '.join(wide)}: an address with non-ASCII characters needs SMTPUTF8, "
+                        f"which the SMTP server {smtp.host}:{smtp.port} does not offer"
+                    ),
+                )
             # Unreachable, disconnected, TLS not offered: the server (or its
             # configuration) may be back soon, so try again with backoff.
             return SendResult(
@@ -1194,7 +1415,10 @@ class EmailChannel(ChannelAdapter):
         # refused decides whether the customer has the reply.
         if recipient in refused:
             failed = _smtp_failure(refused[recipient].code, refused[recipient].message, smtp)
-            return failed.model_copy(update={"reason": f"{failed.reason} (only the copies were sent)"})
+            accepted = [*accepted_before, *(a for a in envelope if a not in refused)]
+            return failed.model_copy(
+                update={"reason": f"{failed.reason} (only the copies were sent)", "extras": {SEND_PARTS: accepted}}
+            )
         if refused:
             lost = "; ".join(f"{a}: {r.code} {' '.join(r.message.split())}" for a, r in refused.items())
             return SendResult(

@@ -147,6 +147,14 @@ class ImapConnection:
             return None
         return Fetched(raw=to_bytes(raw), size=size, truncated=size > max_bytes, internal_date=internal_date)
 
+    def fetch_header(self, uid: int) -> bytes | None:
+        """Only the message's header, for a message whose full fetch keeps
+        failing: enough to tell an agent who sent what. None when the server
+        has no header for it either."""
+        data = self.client.fetch([uid], ["BODY.PEEK[HEADER]"])
+        raw = data.get(uid, {}).get(b"BODY[HEADER]")
+        return to_bytes(raw) if raw is not None else None
+
     def wait(self, seconds: float) -> None:
         """IDLE for up to ``seconds``, returning early when the server reports
         a change (the caller then looks for new messages either way)."""

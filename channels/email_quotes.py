@@ -14,11 +14,13 @@ What is recognised:
   Dutch, Russian and Turkish, also wrapped over up to three lines (Gmail, Apple
   Mail, Thunderbird);
 - Outlook's header blocks ("From: / Sent: / To: / Subject:", and their
-  translations, "از: / ارسال شده: ..."), after a line of underscores or not, and
+  translations, "از: / ارسال شده: ..."; From and two of the others, with an
+  address or a time of day in them), after a line of underscores or not, and
   "-----Original Message-----";
 - a trailing block of ">"-quoted lines;
-- signatures after the standard "-- " line, and the mobile clients' one-line
-  "Sent from my iPhone" footers.
+- signatures after the standard "-- " line (exactly that: a bare "--" may be
+  the customer's own divider), and the mobile clients' one-line "Sent from my
+  iPhone" footers.
 
 Forwarded messages are not history: a customer who forwards something wants us
 to read it, so "---------- Forwarded message ---------" never cuts.
@@ -56,12 +58,22 @@ _DATE_OR_ADDRESS = re.compile(r"\d|@")
 _ATTRIBUTION_START = re.compile(r"^(on|در|في|فى|am|le|el|em|il|op)\b|^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}", re.IGNORECASE)
 
 _FROM_FIELD = re.compile(r"^\*?(from|de|von|van|da|från|od|от|از|من|kimden)\s*:\*?\s*\S", re.IGNORECASE)
-_OTHER_FIELDS = re.compile(
-    r"^\*?(sent|date|to|subject|cc|envoyé|gesendet|enviado|enviada|verzonden|inviato|datum|отправлено|"
-    r"ارسال شده|تاریخ|به|موضوع|أرسل|إلى|الموضوع|à|an|para|aan|a|objet|betreff|asunto|assunto|onderwerp|"
-    r"oggetto|tema|тема|gönderildi|kime|konu)\s*:",
-    re.IGNORECASE,
-)
+# The other fields of Outlook's header block, by kind: a block needs two kinds
+# (a date, the addressee, the subject) besides From.
+_HEADER_FIELDS = {
+    kind: re.compile(rf"^\*?({names})\s*:", re.IGNORECASE)
+    for kind, names in {
+        "date": "sent|date|envoyé|gesendet|enviado|enviada|verzonden|inviato|datum|data|fecha|отправлено|"
+        "ارسال شده|تاریخ|أرسل|التاريخ|gönderildi|tarih",
+        "to": "to|à|an|para|aan|a|إلى|به|кому|kime",
+        "subject": "subject|objet|betreff|asunto|assunto|onderwerp|oggetto|tema|тема|موضوع|الموضوع|konu",
+        "cc": "cc|bcc|رونوشت|نسخه",
+    }.items()
+}
+# What makes it a mail client's block and not a customer's own "From: Tehran /
+# To: Istanbul / Date: 12 May 2025": an address, or a date with its time of
+# day (Outlook's "Sent:" always has one; \d matches Persian digits too).
+_ADDRESS_OR_TIME = re.compile(r"@|\d{1,2}:\d{2}")
 _SEPARATOR = re.compile(
     r"^(_{20,}|-{2,}\s*(original message|ursprüngliche nachricht|message d'origine|mensaje original|"
     r"messaggio originale|oorspronkelijk bericht|исходное сообщение|پیام اصلی|الرسالة الأصلية)\s*-{2,})$",
@@ -72,7 +84,8 @@ _FORWARD = re.compile(
     r"پیام (بازارسال|هدایت) شده|رسالة مُعاد توجيهها)\s*-{2,}|begin forwarded message:)$",
     re.IGNORECASE,
 )
-_SIGNATURE_DELIMITER = re.compile(r"^--\s?$")
+# RFC 3676's "-- " only: a bare "--" is as often a customer's own divider.
+_SIGNATURE_DELIMITER = re.compile(r"^-- $")
 _MOBILE_FOOTER = re.compile(
     r"^(sent from my \w+|sent from (mail|outlook) for \w+|get outlook for \w+|sent from yahoo mail.*|"
     r"sent from samsung mobile|envoyé de mon \w+|von meinem \w+ gesendet|enviado desde mi \w+|"
@@ -160,16 +173,21 @@ def _attribution_end(lines: list[str], i: int) -> int | None:
 
 
 def _outlook_block(lines: list[str], i: int) -> bool:
-    """A "From:" line followed within four lines by at least one more header
-    field, as Outlook writes above the message it answers."""
-    fields = 0
+    """A "From:" line followed within five lines by fields of at least two
+    more kinds (a date, the addressee, the subject) with an address or a
+    time of day among them, as Outlook writes above the message it answers."""
+    kinds: set[str] = set()
+    evidence = bool(_ADDRESS_OR_TIME.search(_plain(lines[i])))
     for j in range(i + 1, min(i + 6, len(lines))):
         plain = _plain(lines[j])
-        if _OTHER_FIELDS.match(plain):
-            fields += 1
-        elif plain:
-            break
-    return fields >= 1
+        kind = next((k for k, pattern in _HEADER_FIELDS.items() if pattern.match(plain)), None)
+        if kind is None:
+            if plain:
+                break
+            continue
+        kinds.add(kind)
+        evidence = evidence or bool(_ADDRESS_OR_TIME.search(plain))
+    return len(kinds - {"cc"}) >= 2 and evidence
 
 
 def _history_only_from(lines: list[str]) -> list[bool]:

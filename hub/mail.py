@@ -38,11 +38,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels.email import (
+    MAX_BODY_CHARS,
     UNKNOWN_SENDER,
     EmailChannel,
     Mailbox,
     ParsedEmail,
     SmtpServer,
+    is_own_address,
     is_reply_subject,
     link_inline_images,
     normalize_subject,
@@ -50,6 +52,7 @@ from channels.email import (
     plus_tokens,
     raw_key,
     reply_addresses,
+    sent_on_behalf,
     subject_tokens,
     to_inbound,
 )
@@ -184,7 +187,7 @@ async def do_record_receipt(
     )
     if msg is None or msg.private:
         return None
-    about = {r.strip().lower() for r in recipients if r.strip()}
+    about = {a for r in recipients if (a := r.strip().strip("<>").strip().lower())}
     if about:
         customer = await _reply_recipient(session, msg, own)
         if customer and customer.lower() not in about:
@@ -264,14 +267,37 @@ class SavedFiles:
         self.notes: list[str] = []
 
 
-async def save_files(store: AttachmentStore, parsed: ParsedEmail, raw: bytes, *, truncated: bool) -> SavedFiles:
+def original_store(store: AttachmentStore, config: EmailConfig) -> AttachmentStore:
+    """Where the raw original of a mail is kept: ``store``, with the limit
+    of ``email.max_message_bytes`` when that is the larger one. The poller
+    fetched the message whole because it was within that limit, so the
+    original is kept at that size: it is the one copy of everything the
+    attachment limit left out."""
+    limit = max(store.max_bytes, config.max_message_bytes)
+    if limit == store.max_bytes:
+        return store
+    return AttachmentStore(store.root, max_bytes=limit, url_prefix=store.url_prefix)
+
+
+async def save_files(
+    store: AttachmentStore,
+    parsed: ParsedEmail,
+    raw: bytes,
+    *,
+    truncated: bool,
+    originals: AttachmentStore | None = None,
+) -> SavedFiles:
+    """Store a mail's attachments and sanitized HTML in ``store``, and its
+    raw original in ``originals`` (see :func:`original_store`; ``store``
+    when not given)."""
     files = SavedFiles()
     cids: dict[str, str] = {}
+    too_large: list[str] = []
     for part in parsed.attachments:
         try:
             saved = await store.save(part.data, filename=part.filename, content_type=part.content_type)
         except AttachmentTooLarge as exc:
-            files.notes.append(f"{exc}; it was not stored (the original message has it)")
+            too_large.append(str(exc))
             continue
         files.attachments.append(saved)
         if part.content_id:
@@ -284,9 +310,18 @@ async def save_files(store: AttachmentStore, parsed: ParsedEmail, raw: bytes, *,
                 await store.save(document.encode(), filename="message.html", content_type="text/html")
             ).url
     try:
-        files.original_url = (await store.save(raw, filename="original.eml", content_type="message/rfc822")).url
+        files.original_url = (
+            await (originals or store).save(raw, filename="original.eml", content_type="message/rfc822")
+        ).url
     except AttachmentTooLarge as exc:
         files.notes.append(f"the original message was not stored: {exc}")
+    # Only now is it known whether the original, which has the file, is kept.
+    where = (
+        "it is in the original message"
+        if files.original_url and not truncated
+        else "it is only in the mailbox, as the original message was not stored whole"
+    )
+    files.notes.extend(f"{note}; it was not stored as a file ({where})" for note in too_large)
     if truncated:
         files.notes.append("the message is larger than email.max_message_bytes: only its headers were read")
     return files
@@ -557,7 +592,24 @@ class MailboxPoller:
             if history and recent is not None and uid not in recent:
                 passed_over = uid  # checkpointed with the next message read, or below
                 continue
-            fetched = await self._call(conn.fetch, uid, self.config.max_message_bytes)
+            try:
+                fetched = await self._call(conn.fetch, uid, self.config.max_message_bytes)
+            except Exception as exc:
+                # A server that errors on one message (a corrupt file, a
+                # message too big to fetch in time) would otherwise fail
+                # every sync on it, and no later mail would ever be read.
+                failures = self._count_failure(uid)
+                if failures < POISON_AFTER:
+                    raise
+                log.exception(
+                    "mailbox %s: fetching UID %d failed %d times; storing a placeholder for it",
+                    self.key,
+                    uid,
+                    failures,
+                )
+                await self.process_unfetchable(conn, uid=uid, state=state, error=exc)
+                self._failures.pop(uid, None)
+                continue
             if fetched is None:
                 await self._advance_alone(state, uid)  # expunged since the search
                 continue
@@ -576,7 +628,7 @@ class MailboxPoller:
             except Exception as exc:
                 # Retried with the connection (the database may be down); a
                 # message that keeps failing must not block the mailbox.
-                failures = self._failures[uid] = self._failures.get(uid, 0) + 1
+                failures = self._count_failure(uid)
                 if failures < POISON_AFTER:
                     raise
                 log.exception(
@@ -586,6 +638,11 @@ class MailboxPoller:
             self._failures.pop(uid, None)
         if passed_over and passed_over == uids[-1]:
             await self._advance_alone(state, passed_over)
+
+    def _count_failure(self, uid: int) -> int:
+        """One more failure of this UID (fetching or processing it); how many so far."""
+        failures = self._failures[uid] = self._failures.get(uid, 0) + 1
+        return failures
 
     async def _advance_alone(self, state: FolderState, uid: int) -> None:
         async with self.db.write() as session:
@@ -607,10 +664,13 @@ class MailboxPoller:
         happened: stored, duplicate, report, own."""
         parsed = await asyncio.to_thread(parse_email, raw)
         own = {b.address for b in self.config.mailboxes}
-        if parsed.sender in own:
-            # Our own mail (a copy in the inbox, a loop): never a conversation.
-            await self._advance_alone(state, uid)
-            return "own"
+        if is_own_address(parsed.sender, own):
+            relayed = sent_on_behalf(parsed, own)
+            if relayed is None:
+                # Our own mail (a copy in the inbox, a loop): never a conversation.
+                await self._advance_alone(state, uid)
+                return "own"
+            parsed = relayed
         if parsed.is_report:
             async with self.db.write() as session:
                 about = parsed.report.status_recipients if parsed.report else ()
@@ -629,7 +689,9 @@ class MailboxPoller:
         if duplicate:
             await self._advance_alone(state, uid)
             return "duplicate"
-        files = await save_files(self.store, parsed, raw, truncated=truncated)
+        files = await save_files(
+            self.store, parsed, raw, truncated=truncated, originals=original_store(self.store, self.config)
+        )
         async with self.db.write() as session:
             result = await do_ingest_email(session, parsed, files, self.box)
             await self._advance(state, uid, session)
@@ -641,23 +703,99 @@ class MailboxPoller:
         """Keep a message the hub could not process: a new ticket with a note
         and the raw message attached, from the sender if that much is known."""
         key = raw_key(raw)
-        sender, name, subject = UNKNOWN_SENDER, None, None
+        sender, name, subject, message_id = UNKNOWN_SENDER, None, None, None
         with contextlib.suppress(Exception):
             parsed = parse_email(raw)
             key, sender, name, subject = parsed.key, parsed.sender, parsed.sender_name, parsed.subject or None
+            message_id = parsed.message_id
         files: list[Attachment] = []
         with contextlib.suppress(AttachmentTooLarge):
-            files.append(await self.store.save(raw, filename="original.eml", content_type="message/rfc822"))
+            files.append(
+                await original_store(self.store, self.config).save(
+                    raw, filename="original.eml", content_type="message/rfc822"
+                )
+            )
+        note = f"processing failed: {type(error).__name__}: {error}"
+        body = f"(This email could not be processed: {type(error).__name__}: {error}. The original is attached.)"
+        if not files:
+            body = f"(This email could not be processed: {type(error).__name__}: {error}. It is still in the mailbox.)"
+        await self._store_placeholder(
+            key=key,
+            message_id=message_id,
+            sender=sender,
+            name=name,
+            subject=subject,
+            body=body,
+            note=note,
+            files=files,
+            state=state,
+            uid=uid,
+        )
+
+    async def process_unfetchable(
+        self, conn: ImapConnection, *, uid: int, state: FolderState, error: Exception
+    ) -> None:
+        """Keep a trace of a message the mail server would not hand over: a
+        new ticket saying so, from its sender and with its subject when the
+        server gives its header at least. The message stays in the mailbox
+        (the hub never changes it), where an agent can read it."""
+        folder = self.box.imap.folder
+        header: bytes | None = None
+        with contextlib.suppress(Exception):
+            header = await self._call(conn.fetch_header, uid)
+        sender, name, subject, message_id = UNKNOWN_SENDER, None, f"unreadable message UID {uid}", None
+        files: list[Attachment] = []
+        if header:
+            with contextlib.suppress(Exception):
+                parsed = parse_email(header)
+                sender, name, subject = parsed.sender, parsed.sender_name, parsed.subject or subject
+                message_id = parsed.message_id
+            with contextlib.suppress(AttachmentTooLarge):
+                files.append(await self.store.save(header, filename="headers.txt", content_type="text/plain"))
+        reason = f"{type(error).__name__}: {error}"
+        await self._store_placeholder(
+            # Keyed by the UID, not a Message-ID: should the server hand the
+            # message over after a re-read, it is imported, not taken for this.
+            key=f"imap-unreadable:{state.uidvalidity}:{uid}:{folder}",
+            message_id=message_id,
+            sender=sender,
+            name=name,
+            subject=subject,
+            body=(
+                f"(This email could not be read from the mail server: {reason}. It is still in the mailbox, "
+                f"folder {folder}, UID {uid}: read it there.)"
+            ),
+            note=f"fetching UID {uid} failed {POISON_AFTER} times: {reason}",
+            files=files,
+            state=state,
+            uid=uid,
+        )
+
+    async def _store_placeholder(
+        self,
+        *,
+        key: str,
+        message_id: str | None,
+        sender: str,
+        name: str | None,
+        subject: str | None,
+        body: str,
+        note: str,
+        files: Sequence[Attachment],
+        state: FolderState,
+        uid: int,
+    ) -> None:
         inbound = InboundMessage(
             channel=Channel.EMAIL,
             inbox=self.key,
             external_id=key[:512],
             sender=sender,
-            sender_name=name,
+            sender_name=name[:512] if name else None,
             subject=subject[:1000] if subject else None,
-            body=f"(This email could not be processed: {type(error).__name__}: {error}. The original is attached.)",
+            body=body[:MAX_BODY_CHARS],
             attachments=tuple(files),
-            extras={"email": {"notes": [f"processing failed: {type(error).__name__}: {error}"]}},
+            # The Message-ID, when known, is what our reply's In-Reply-To names.
+            extras={"email": {"message_id": message_id, "notes": [note[:2000]]}},
         )
         async with self.db.write() as session:
             await ingest_batch(session, [inbound], threads=[thread_key_for(key)])

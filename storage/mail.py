@@ -155,15 +155,20 @@ async def reply_context(session: AsyncSession, message: Message) -> dict[str, An
     for i, row in enumerate(rows):
         if row.direction == Direction.OUT.value and row.status not in SENT_STATES:
             continue  # never reached anyone: not part of the customer's thread
+        headers = (row.extras or {}).get("email") or {}
         if i == 0:
             # A thread that began as a reply to older mail keeps that ancestry.
-            references.extend(((row.extras or {}).get("email") or {}).get("references") or [])
-        references.append(row.external_id)
+            references.extend(m for m in headers.get("references") or [] if isinstance(m, str))
+        # An incoming message's external id is our key for it: its Message-ID,
+        # or a hash when it has none, which no mail client knows it by.
+        mid = row.external_id if row.direction == Direction.OUT.value else headers.get("message_id")
+        if isinstance(mid, str) and mid:
+            references.append(mid)
         if row.direction == Direction.IN.value:
-            in_reply_to = row.external_id
+            if isinstance(mid, str) and mid:
+                in_reply_to = mid
             # A contact may have several addresses (merged contacts): the
             # thread goes on with the one the customer last wrote from.
-            headers = (row.extras or {}).get("email") or {}
             sender = headers.get("from") or sender
             # Unlike the sender, these are never inherited from older mail: a
             # customer who stops asking for replies elsewhere, or drops someone

@@ -45,7 +45,7 @@ CPYTHON: list[tuple[str, str, str, str, list[str], str | None]] = [
     ("msg_02.txt", "ppp-request@zzz.org", "Ppp digest, Vol 1 #2 - 5 msgs", "Send Ppp mailing list submissions to",
      ["Ppp testing 1.eml", "message.eml", "Ppp testing 3.eml", "Ppp testing 4.eml", "Ppp testing 5.eml"], None),
     ("msg_03.txt", "bbb@ddd.com", "This is a test message", "Hi,", [], None),
-    ("msg_04.txt", "barry@python.org", "a simple multipart", "a simple kind of mirror", [], None),
+    ("msg_04.txt", "barry@python.org", "a simple multipart", "a simple kind of mirror", ["msg.txt"], None),
     ("msg_05.txt", UNKNOWN_SENDER, "bar", "Yadda yadda yadda", ["message.eml"], "bounce"),
     ("msg_06.txt", "barry@python.org", "forwarded message from Barry A. Warsaw", "", [], None),
     ("msg_07.txt", "barry@digicool.com", "Here is your dingus fish", "Hi there,", ["dingusfish.gif"], None),
@@ -99,7 +99,7 @@ CPYTHON: list[tuple[str, str, str, str, list[str], str | None]] = [
     ("msg_42.txt", "xxx@example.com", "", "Stuff", ["message.eml"], None),
     ("msg_43.txt", "srs0=ao/p=on=bag.python.org=none@bounce2.pobox.com",
      "Banned file: auto__mail.python.bat in mail from you", "BANNED FILENAME ALERT", [], "bounce"),
-    ("msg_44.txt", "barry@python.org", "a simple multipart", "a simple kind of mirror", [], None),
+    ("msg_44.txt", "barry@python.org", "a simple multipart", "a simple kind of mirror", ["msg.txt"], None),
     ("msg_45.txt", "foo@bar.baz", "test", "This is the signed contents.", [], None),
     ("msg_46.txt", "sender@example.net", "GroupwiseForwardingTest", "Testing email forwarding with Groupwise 1.2.2010",
      [], None),
@@ -274,7 +274,10 @@ def test_quoted_history_and_signature_are_separated() -> None:
         ({"Auto-Submitted": "auto-replied"}, "Auto-Submitted: auto-replied"),
         ({"Auto-Submitted": "no"}, None),
         ({"X-Autoreply": "yes"}, "X-Autoreply header"),
-        ({"X-Auto-Response-Suppress": "All"}, "X-Auto-Response-Suppress: all"),
+        # A request not to be answered automatically, which Exchange adds to
+        # mail people write: not a sign that a machine wrote it.
+        ({"X-Auto-Response-Suppress": "All"}, None),
+        ({"X-Auto-Response-Suppress": "DR, OOF, AutoReply"}, None),
         ({"Precedence": "bulk"}, "Precedence: bulk"),
         ({"Precedence": "junk"}, "Precedence: junk"),
         ({"Precedence": "list"}, "Precedence: list"),
@@ -458,6 +461,14 @@ def test_bot_messages_are_marked_automatic_and_subjects_are_built_once() -> None
     )  # fmt: skip
     mime = build_message(out, BOX, message_id="m@hub.test")
     assert mime["Auto-Submitted"] == "auto-replied"
+    assert mime["X-Auto-Response-Suppress"] == "All"
+    # An automation rule's canned reply is as automatic as the bot's.
+    canned = build_message(out.model_copy(update={"author": Author.SYSTEM}), BOX, message_id="m@hub.test")
+    assert canned["Auto-Submitted"] == "auto-replied"
+    assert canned["X-Auto-Response-Suppress"] == "All"
+    # A person's reply is not.
+    person = build_message(out.model_copy(update={"author": Author.AGENT}), BOX, message_id="m@hub.test")
+    assert person["Auto-Submitted"] is None and person["X-Auto-Response-Suppress"] is None
     assert mime["Subject"] == "Re: Your message [#3]"
     assert reply_subject("Re: Order [#3]", 3, with_token=True) == "Re: Order [#3]"
     assert reply_subject("پاسخ: سفارش", 3, with_token=False) == "پاسخ: سفارش"

@@ -150,6 +150,49 @@ CASES: list[tuple[str, str, str, str, str]] = [
         "",
     ),
     (
+        "outlook header block with the sender's name only",
+        "Fine by me.\n\nFrom: John Smith\nSent: Monday, March 3, 2025 10:12 AM\nTo: Sara\n"
+        "Subject: RE: Order\n\nHi Sara,\n",
+        "Fine by me.",
+        "From: John Smith",
+        "",
+    ),
+    (
+        "persian outlook block with persian digits and no address",
+        "قبول است\n\nاز: پشتیبانی\nارسال شده: دوشنبه، ۳ مارس ۲۰۲۵ ۱۰:۱۲\nبه: سارا\nموضوع: سفارش\n\nسلام\n",
+        "قبول است",
+        "از: پشتیبانی",
+        "",
+    ),
+    (
+        "a customer's own from/to/date is not a header block",
+        "Hi, please change my booking:\nFrom: Tehran\nTo: Istanbul\nDate: 12 May 2025\nPassengers: 2\n\nThanks, Sara\n",
+        "Hi, please change my booking:\nFrom: Tehran\nTo: Istanbul\nDate: 12 May 2025\nPassengers: 2\n\nThanks, Sara",
+        "",
+        "",
+    ),
+    (
+        "a customer's own persian from/to/date is not a header block",
+        "سلام\nلطفا بلیط را تغییر دهید:\nاز: تهران\nبه: استانبول\nتاریخ: ۱۲ اردیبهشت ۱۴۰۴\n\nممنون\n",
+        "سلام\nلطفا بلیط را تغییر دهید:\nاز: تهران\nبه: استانبول\nتاریخ: ۱۲ اردیبهشت ۱۴۰۴\n\nممنون",
+        "",
+        "",
+    ),
+    (
+        "from and one more field is not a header block",
+        "Shipping details\nFrom: sara@example.com\nTo: the warehouse\n\nPlease hurry.\n",
+        "Shipping details\nFrom: sara@example.com\nTo: the warehouse\n\nPlease hurry.",
+        "",
+        "",
+    ),
+    (
+        "a bare '--' is a divider, not a signature",
+        "Hello\n--\nI forgot: order 5512 too\n",
+        "Hello\n--\nI forgot: order 5512 too",
+        "",
+        "",
+    ),
+    (
         "trailing quote without attribution",
         "yes\n\n> do you want it?\n>\n> thanks\n",
         "yes",
@@ -205,6 +248,7 @@ def _count_line_reads(monkeypatch: pytest.MonkeyPatch, budget: int) -> list[int]
 # nothing may be cut.
 _ADVERSARIAL = [
     ("outlook headers", "From: a\nTo: b\n", 2),
+    ("full outlook blocks", "From: a@b.com\nSent: 3 Mar 2025 10:12\nTo: b\nSubject: s\n", 4),
     ("attributions", "On 3 Mar 2025, a@b.com wrote:\n", 1),
     ("separators", "________________________\n", 1),
 ]

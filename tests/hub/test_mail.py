@@ -174,6 +174,36 @@ async def test_reply_to_our_message_threads_by_its_message_id(mail_db: Database,
     assert latest["to"] == "sara@example.com"
 
 
+async def test_reply_headers_name_only_real_message_ids(mail_db: Database, tmp_path: Path) -> None:
+    # The customer's client sent no Message-ID: the hub keys the message by a
+    # hash, which no mail client knows, so a reply must not name it.
+    raw = b"From: Sara <sara@example.com>\r\nTo: support@hub.test\r\nSubject: No id\r\n\r\nhello\r\n"
+    first = await ingest(mail_db, tmp_path, raw)
+    assert first.message["external_id"].startswith("sha256:")
+    async with mail_db.read() as session:
+        headers = await thread_headers(session, first.ticket_id)
+    assert headers["in_reply_to"] == [] and headers["references"] == []
+    assert headers["to"] == "sara@example.com"
+
+    # Our reply, then the customer's answer with a Message-ID: both are named.
+    async with mail_db.write() as session:
+        ticket = await session.get(Ticket, first.ticket_id)
+        assert ticket is not None
+        reply = await do_post_message(session, ticket, body="Hi", author=Author.AGENT)
+        reply.status = DeliveryStatus.SENT.value
+        reply.external_id = "hub.1.2.abc@hub.test"
+    answer = mail(subject="Re: No id", mid="c2@example.com", In_Reply_To="<hub.1.2.abc@hub.test>")
+    assert (await ingest(mail_db, tmp_path, answer)).ticket_id == first.ticket_id
+    # And a later one without a Message-ID again: the latest real one is answered.
+    again = await ingest(mail_db, tmp_path, raw.replace(b"hello", b"anyone?").replace(b"No id", b"Re: No id"))
+    assert again.ticket_id == first.ticket_id
+    async with mail_db.read() as session:
+        later = await thread_headers(session, first.ticket_id)
+    assert later["references"] == ["hub.1.2.abc@hub.test", "c2@example.com"]
+    assert later["in_reply_to"] == ["c2@example.com"]
+    assert not any(m.startswith("sha256:") for m in later["references"] + later["in_reply_to"])
+
+
 async def thread_headers(session: Any, ticket_id: int) -> dict[str, Any]:
     """What the sender would pass to the channel for the ticket's next reply."""
     ticket = await session.get(Ticket, ticket_id)
