@@ -17,16 +17,24 @@
       typing: "{n} is typing\u2026", someone: "Someone", name: "Name", email: "Email", phone: "Phone", start: "Start chat",
       prechat: "Tell us who you are, so we can follow up.", offline: "Nobody is available right now. Leave a message and an email or phone number, and we will reply there.",
       contact: "Email or phone number", leave: "Send message", thanks: "Thanks! We will reply to {c}.", required: "Please fill this in.",
-      agent: "Agent", bot: "Bot", you: "You", unread: "{n} new", yours: "Your message" },
+      agent: "Agent", bot: "Bot", you: "You", unread: "{n} new", yours: "Your message",
+      sending: "Sending\u2026", unsent: "Not sent.", notsent: "Not sent: {n}", retry: "Send again" },
     fa: { open: "باز کردن گفتگو", close: "بستن گفتگو", send: "ارسال", msg: "پیام خود را بنویسید\u2026", reconnect: "در حال اتصال دوباره\u2026",
       typing: "{n} در حال نوشتن است\u2026", someone: "کارشناس", name: "نام", email: "ایمیل", phone: "تلفن", start: "شروع گفتگو",
       prechat: "خودتان را معرفی کنید تا بتوانیم پیگیری کنیم.", offline: "الان کسی در دسترس نیست. پیام خود را با ایمیل یا شماره تلفن بگذارید تا همان‌جا پاسخ دهیم.",
       contact: "ایمیل یا شماره تلفن", leave: "ارسال پیام", thanks: "ممنون! به {c} پاسخ می‌دهیم.", required: "لطفاً این را پر کنید.",
-      agent: "کارشناس", bot: "ربات", you: "شما", unread: "{n} پیام تازه", yours: "پیام شما" }
+      agent: "کارشناس", bot: "ربات", you: "شما", unread: "{n} پیام تازه", yours: "پیام شما",
+      sending: "در حال ارسال\u2026", unsent: "ارسال نشد.", notsent: "ارسال نشد: {n}", retry: "ارسال دوباره" }
   }[lang];
   function t(k, n) { return T[k].replace(/\{(\w)\}/, n == null ? "" : n); }
 
-  var seen = {}, pending = [], socket = null, backoff = 500, settings = null, session = null;
+  // Messages the hub has not stored yet, kept across reloads (and shared with
+  // this visitor's other tabs) until it has: resent with the same client_id,
+  // the hub stores each once.
+  var PKEY = "crmHubPending:" + base.host;
+  function load() { try { return JSON.parse(localStorage.getItem(PKEY)) || []; } catch (e) { return []; } }
+  function keep() { if (pending.length) localStorage.setItem(PKEY, JSON.stringify(pending)); else localStorage.removeItem(PKEY); }
+  var seen = {}, pending = load(), bubbles = Object.create(null), socket = null, backoff = 500, settings = null, session = null;
   var afterIdentify = null, typingTimer = 0, lastTyping = 0, unread = 0, offerBox = null, opened = false;
 
   var css = ":host{all:initial}*{box-sizing:border-box;font:14px/1.4 system-ui,-apple-system,'Segoe UI',Tahoma,sans-serif}" +
@@ -36,7 +44,8 @@
     ".panel.open{display:flex}.head{background:var(--c);color:#fff;padding:10px 12px;display:flex;align-items:center;gap:8px}.head h2{flex:1;margin:0;font-size:15px;font-weight:600;color:#fff}" +
     ".x{background:none;border:0;color:#fff;font-size:20px;cursor:pointer;line-height:1}.log{flex:1;overflow-y:auto;padding:12px;display:flex;flex-direction:column;gap:6px}" +
     ".m{max-width:82%;padding:7px 10px;border-radius:10px;white-space:pre-wrap;overflow-wrap:anywhere;unicode-bidi:plaintext;text-align:start}" +
-    ".contact{align-self:flex-end;background:var(--c);color:#fff}.agent,.bot,.system,.greeting{align-self:flex-start;background:#f1f5f9}" +
+    ".contact{align-self:flex-end;background:var(--c);color:#fff}.pending{opacity:.7}.failed{outline:2px solid #dc2626}" +
+    ".st{display:block;font-size:12px}.st button{margin-inline-start:6px;border:1px solid;border-radius:10px;background:none;color:inherit;cursor:pointer;font-size:12px}.agent,.bot,.system,.greeting{align-self:flex-start;background:#f1f5f9}" +
     ".m img{max-width:100%;border-radius:6px;display:block}.m audio{max-width:100%}.m a{color:inherit}" +
     ".qr{display:flex;flex-wrap:wrap;gap:6px;align-self:flex-start}.qr button{border:1px solid var(--c);color:var(--c);background:#fff;border-radius:14px;padding:4px 10px;cursor:pointer}" +
     ".status{font-size:12px;color:#555;padding:0 12px;min-height:16px}form{margin:0}.compose{display:flex;border-top:1px solid #eee}" +
@@ -109,9 +118,47 @@
     var frame = { type: "message", text: text, client_id: Date.now().toString(36) + Math.random().toString(36).slice(2) };
     if (quickReply) frame.quick_reply = quickReply;
     pending.push(frame);
+    keep();
+    unsent(frame);
     send(frame);
     clearOffer();
   }
+  // Shown at once, so the visitor sees their words are not lost, until the
+  // hub's acknowledgement replaces it with the stored message.
+  function unsent(frame) {
+    bubbles[frame.client_id] = bubble("contact pending", frame.text, T.you);
+    mark(frame.client_id, T.sending);
+    log.scrollTop = log.scrollHeight;
+  }
+  function mark(id, text, retry) {
+    var m = bubbles[id];
+    if (!m) return;
+    var st = m.querySelector(".st") || m.appendChild(el("span", { "class": "st", dir: panel.dir }));
+    st.textContent = text;
+    if (retry) {
+      var b = el("button", { type: "button" }, T.retry);
+      b.addEventListener("click", function () {
+        mark(id, T.sending);
+        input.focus();
+        connect();
+        pending.forEach(function (f) { if (f.client_id === id) send(f); });
+      });
+      st.appendChild(b);
+    }
+  }
+  function failed(frame) {
+    var id = frame.client_id;
+    if (frame.code !== "invalid_frame" && frame.code !== "rejected") return mark(id, T.unsent, true);
+    // The hub will never store this one: resending it on every reconnect
+    // would fail forever, so it leaves the queue and goes back to the visitor.
+    var f = pending.filter(function (p) { return p.client_id === id; })[0];
+    pending = pending.filter(function (p) { return p.client_id !== id; });
+    keep();
+    mark(id, t("notsent", frame.message));
+    if (bubbles[id]) { bubbles[id].className = "m contact failed"; delete bubbles[id]; }
+    if (f && !input.value.trim()) input.value = f.text;
+  }
+  window.addEventListener("storage", function (e) { if (e.key === PKEY) pending = load(); });
   compose.addEventListener("submit", function (e) {
     e.preventDefault();
     var text = input.value.trim();
@@ -133,15 +180,19 @@
     // Its own dir keeps the label out of the bubble's dir="auto" guess.
     if (label) m.appendChild(el("span", { "class": "sr", dir: panel.dir }, label + ": "));
     if (text) m.appendChild(document.createTextNode(text));
-    log.appendChild(m);
+    // Unsent messages stay last: what the hub has stored happened before them.
+    log.insertBefore(m, /pending/.test(cls) ? null : log.querySelector(".pending"));
     return m;
   }
   function show(frame) {
-    if (seen[frame.id]) return;
+    var old = frame.client_id && bubbles[frame.client_id];
+    if (old) delete bubbles[frame.client_id];
+    if (seen[frame.id]) { if (old) old.remove(); return; }
     seen[frame.id] = true;
     hideTyping();
     var who = frame.author === "contact" ? T.you : frame.author === "bot" ? T.bot : T.agent;
     var m = bubble(frame.author, frame.text, who);
+    if (old) old.replaceWith(m);
     m.setAttribute("data-id", String(frame.id));
     (frame.attachments || []).forEach(function (a) {
       var href = safe(a.url), type = a.content_type || "";
@@ -160,7 +211,7 @@
         b.addEventListener("click", function () { say(q.title, q.id); input.focus(); });
         offerBox.appendChild(b);
       });
-      log.appendChild(offerBox);
+      log.insertBefore(offerBox, log.querySelector(".pending"));
     }
     log.scrollTop = log.scrollHeight;
     if (frame.author !== "contact") {
@@ -211,6 +262,7 @@
     if (pre.fields.indexOf("name") >= 0 && session.known.indexOf("name") < 0) inputs.name = field("name", T.name, "text", !offline && pre.required.indexOf("name") >= 0);
     if (offline) {
       inputs.message = field("message", T.yours, "textarea", true);
+      inputs.message.maxLength = input.maxLength;
       inputs.contact = field("contact", T.contact, "text", true);
     } else {
       ["email", "phone"].forEach(function (k) {
@@ -250,6 +302,8 @@
     session = frame;
     settings = frame.widget || { prechat: { enabled: false, fields: [], required: [] }, title: {}, greeting: {} };
     setColor(settings.color);
+    // The hub refuses longer text: better the box stops the visitor typing it.
+    if (settings.max_chars) input.maxLength = settings.max_chars;
     title.textContent = (settings.title && settings.title[lang]) || T.open;
     var fresh = !frame.ticket_id;
     var reachable = (frame.known || []).some(function (k) { return k === "email" || k === "phone"; });
@@ -272,9 +326,11 @@
       if (frame.type === "session") {
         localStorage.setItem(KEY, frame.visitor_token);
         ready(frame);
-        for (var i = 0; i < pending.length; i++) send(pending[i]);
+        pending.forEach(function (f) { mark(f.client_id, T.sending); send(f); });
       } else if (frame.type === "message") {
-        if (frame.client_id) pending = pending.filter(function (f) { return f.client_id !== frame.client_id; });
+        var n = pending.length;
+        pending = pending.filter(function (f) { return f.client_id !== frame.client_id; });
+        if (pending.length < n) keep();
         show(frame);
       } else if (frame.type === "typing") typing(frame);
       else if (frame.type === "identified") { session.known = frame.known || []; if (afterIdentify) { afterIdentify(); afterIdentify = null; } }
@@ -285,6 +341,7 @@
         session = null;
         backoff = 0;
       }
+      else if (frame.type === "error" && frame.client_id) failed(frame);
       else if (frame.type === "error") { if (frame.field && !formBox.hidden) fieldError(frame.field, frame.message); else status.textContent = frame.message; }
     };
     socket.onclose = function () {
@@ -293,6 +350,8 @@
       backoff = Math.min(Math.max(backoff * 2, 500), 30000);
     };
   }
-  // A returning visitor reconnects at once, so agent replies show as unread on the bubble.
-  if (localStorage.getItem(KEY)) connect();
+  pending.forEach(unsent);
+  // A returning visitor reconnects at once, so agent replies show as unread on
+  // the bubble, and what did not reach the hub before a reload is sent now.
+  if (localStorage.getItem(KEY) || pending.length) connect();
 })();

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from channels.base import InvalidPayload
-from channels.webchat import MAX_FRAME_BYTES, decode_frame, message_frame, parse_message, visitor_channel
+from channels.webchat import MAX_CLIENT_ID, MAX_FRAME_BYTES, decode_frame, message_frame, parse_message, visitor_channel
 from hub import codec, metrics
 from hub.actions import do_record_delivery
 from hub.app import HUB, WEBSOCKETS, Hub
@@ -55,10 +55,13 @@ async def visitor_socket(request: web.Request) -> web.StreamResponse:
     """JSON text frames, each with a `type`. The server sends `session` first
     (with the `visitor_token` to keep), then the recent history as `message`
     frames. The visitor sends `message` (`text`, `client_id`), `typing`, and
-    `ack` / `read` (`id`) for messages it has shown. A token that is not valid
-    (forged, or signed with an old secret key) gets an `error` frame with code
-    `invalid_token` and the socket closes (code 4401): connect without a token
-    to start a new conversation."""
+    `ack` / `read` (`id`) for messages it has shown. A `message` frame that
+    was not stored is answered with an `error` frame carrying its `client_id`:
+    codes `invalid_frame` and `rejected` mean it never will be (do not resend
+    it), any other code that it may be sent again with the same `client_id`.
+    A token that is not valid (forged, or signed with an old secret key) gets
+    an `error` frame with code `invalid_token` and the socket closes (code
+    4401): connect without a token to start a new conversation."""
     hub = request.app[HUB]
     if not _origin_allowed(hub, request.headers.get("Origin")):
         raise Forbidden(f"origin {request.headers.get('Origin')!r} may not open the chat (webchat.allowed_origins)")
@@ -109,14 +112,19 @@ async def visitor_socket(request: web.Request) -> web.StreamResponse:
                         if msg.type == WSMsgType.BINARY:
                             await _error(ws, "invalid_frame", "frames must be JSON text, not binary")
                         continue
+                    frame: dict[str, Any] | None = None
                     try:
-                        await _on_frame(hub, ws, visitor_id, conn_id, decode_frame(msg.data), state)
+                        frame = decode_frame(msg.data)
+                        await _on_frame(hub, ws, visitor_id, conn_id, frame, state)
                     except InvalidPayload as exc:
-                        await _error(ws, "invalid_frame", str(exc))
+                        await _error(ws, "invalid_frame", str(exc), client_id=_client_id(frame))
                     except Exception:  # the visitor must hear that nothing was stored
                         log.exception("web chat frame failed", extra={"visitor": visitor_id})
                         await _error(
-                            ws, "internal_error", "the frame could not be handled; send it again (same client_id)"
+                            ws,
+                            "internal_error",
+                            "the frame could not be handled; send it again (same client_id)",
+                            client_id=_client_id(frame),
                         )
             finally:
                 forward.cancel()
@@ -128,8 +136,20 @@ async def visitor_socket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _error(ws: web.WebSocketResponse, code: str, message: str) -> None:
-    await ws.send_str(codec.dumps({"type": "error", "code": code, "message": message}))
+async def _error(ws: web.WebSocketResponse, code: str, message: str, *, client_id: str | None = None) -> None:
+    error: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if client_id is not None:
+        error["client_id"] = client_id
+    await ws.send_str(codec.dumps(error))
+
+
+def _client_id(frame: dict[str, Any] | None) -> str | None:
+    """The ``client_id`` of a message frame that failed, so the widget knows
+    which of its unsent messages the error is about (and whether to keep it)."""
+    if frame is None or frame.get("type") != "message":
+        return None
+    client_id = frame.get("client_id")
+    return client_id if isinstance(client_id, str) and 0 < len(client_id) <= MAX_CLIENT_ID else None
 
 
 async def _on_frame(
@@ -143,7 +163,7 @@ async def _on_frame(
         try:
             result = await hub.batcher.submit(inbound)
         except (LookupError, ValueError) as exc:
-            await _error(ws, "rejected", str(exc))
+            await _error(ws, "rejected", str(exc), client_id=inbound.extras["client_id"])
             return
         state.update(contact_id=result.contact_id, ticket_id=result.ticket_id)
         out = message_frame(result.message, client_id=inbound.extras["client_id"])

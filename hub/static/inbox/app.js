@@ -8,6 +8,7 @@ import { channelBadge, eventView, messageView } from "./messages.js";
 
 const TOKEN_KEY = "crmhub.inbox.token";
 const PREFS_KEY = "crmhub.inbox.prefs";
+const DRAFT_KEY = "crmhub.inbox.draft";
 const STATUSES = ["open", "pending", "snoozed", "resolved"];
 const PRIORITIES = ["low", "normal", "high", "urgent"];
 const CHANNELS = ["webchat", "sms", "voice", "email", "telegram"];
@@ -34,7 +35,9 @@ const state = {
   current: null,
   contact: null,
   mode: "reply",
-  pendingFiles: [],
+  // Uploaded files not sent yet, by ticket id: a draft's files, like its text,
+  // wait while the agent looks at another conversation.
+  files: new Map(),
   timelineCursor: null,
 };
 
@@ -132,6 +135,7 @@ function leave(message = "") {
   state.socket = null;
   state.me = null;
   state.current = null;
+  state.files = new Map();
   showLogin(message);
 }
 
@@ -507,12 +511,13 @@ async function openTicket(id, { keepFocus = false } = {}) {
   try {
     const ticket = await state.api.get(`/tickets/${id}`);
     const switching = !state.current || state.current.id !== id;
+    if (switching && state.current) saveDraft();
     state.current = ticket;
     state.messageIds = new Set();
     if (switching) {
-      state.pendingFiles = [];
-      $("#reply-text").value = "";
-      setMode("reply", false);
+      const draft = readDraft(id);
+      $("#reply-text").value = draft.text || "";
+      setMode(draft.mode === "note" ? "note" : "reply", false);
       hideTyping();
     }
     if (location.hash !== `#/ticket/${id}`) history.replaceState(null, "", `#/ticket/${id}`);
@@ -686,8 +691,34 @@ function cyclePriority() {
 
 // --- the reply box ---------------------------------------------------------------------------------
 
+// --- drafts: a half-written reply waits for the agent to come back to its ticket ---
+// Kept in this tab's sessionStorage, so a reload keeps them too; per agent, so
+// whoever signs in next on this browser does not get them. With the text goes
+// whether it is a private note: a note restored as a reply would reach the customer.
+
+function draftKey(id) {
+  return `${DRAFT_KEY}.${state.me.id}.${id}`;
+}
+
+function readDraft(id) {
+  try { return JSON.parse(sessionStorage.getItem(draftKey(id)) || "{}") || {}; } catch { return {}; }
+}
+
+function saveDraft() {
+  if (!state.current) return;
+  const text = $("#reply-text").value;
+  if (text) sessionStorage.setItem(draftKey(state.current.id), JSON.stringify({ text, mode: state.mode }));
+  else sessionStorage.removeItem(draftKey(state.current.id));
+}
+
+function filesOf(id) {
+  if (!state.files.has(id)) state.files.set(id, []);
+  return state.files.get(id);
+}
+
 function setMode(mode, focus = true) {
   state.mode = mode;
+  saveDraft();
   $("#mode-reply").setAttribute("aria-pressed", String(mode === "reply"));
   $("#mode-note").setAttribute("aria-pressed", String(mode === "note"));
   $("#reply").classList.toggle("note-mode", mode === "note");
@@ -721,22 +752,32 @@ function renderReplyChannels() {
 
 async function sendReply() {
   if (!state.current) return;
+  const id = state.current.id;
   const text = $("#reply-text").value;
-  if (!text.trim() && !state.pendingFiles.length) return;
-  const body = { body: text, private: state.mode === "note", attachments: state.pendingFiles };
+  const files = [...filesOf(id)];
+  if (!text.trim() && !files.length) return;
+  const body = { body: text, private: state.mode === "note", attachments: files };
   const channel = $("#reply-channel").value;
   if (state.mode === "reply" && channel && channel !== state.current.channel) body.channel = channel;
   $("#send").disabled = true;
   fill($("#reply-error"));
   try {
-    const message = await state.api.post(`/tickets/${state.current.id}/messages`, body);
+    const message = await state.api.post(`/tickets/${id}/messages`, body);
+    state.files.set(id, filesOf(id).filter((f) => !files.includes(f)));
+    // The agent may have opened another conversation meanwhile: its box and
+    // its messages are not this reply's to touch.
+    if (!state.current || state.current.id !== id) {
+      if (state.me) sessionStorage.removeItem(draftKey(id));
+      return;
+    }
     $("#reply-text").value = "";
-    state.pendingFiles = [];
+    saveDraft();
     renderPendingFiles();
     stopTyping();
     addMessage(message);
   } catch (err) {
-    fill($("#reply-error"), err.message);
+    if (state.current && state.current.id === id) fill($("#reply-error"), err.message);
+    else showError(err);
   } finally {
     $("#send").disabled = false;
   }
@@ -745,6 +786,7 @@ async function sendReply() {
 let lastTypingSent = 0;
 
 function onReplyInput() {
+  saveDraft();
   updateCanned();
   if (state.mode !== "reply" || !state.current || !state.socket) return;
   const now = Date.now();
@@ -762,11 +804,15 @@ function stopTyping() {
 }
 
 async function uploadFiles(event) {
+  if (!state.current) return;
+  const id = state.current.id;
   const files = [...event.target.files];
   event.target.value = "";
   for (const file of files) {
     try {
-      state.pendingFiles.push(await state.api.upload(file));
+      // Uploads are slow: the file belongs to the ticket it was chosen for,
+      // whichever one is open when it is done.
+      filesOf(id).push(await state.api.upload(file));
       renderPendingFiles();
     } catch (err) {
       fill($("#reply-error"), err.message);
@@ -775,10 +821,12 @@ async function uploadFiles(event) {
 }
 
 function renderPendingFiles() {
-  fill($("#pending-files"), state.pendingFiles.map((file, i) => h("li", { class: "chip" },
+  if (!state.current) return;
+  const files = filesOf(state.current.id);
+  fill($("#pending-files"), files.map((file, i) => h("li", { class: "chip" },
     h("span", { dir: "auto" }, file.filename || file.url),
     h("button", { type: "button", class: "link", "aria-label": `${t("remove")} ${file.filename || ""}`,
-      onclick: () => { state.pendingFiles.splice(i, 1); renderPendingFiles(); } }, "×"))));
+      onclick: () => { files.splice(i, 1); renderPendingFiles(); } }, "×"))));
 }
 
 // Canned responses: "/" then the short code, at the start or after a space.
@@ -835,6 +883,7 @@ function insertCanned(canned) {
   box.value = box.value.slice(0, query.start) + text + box.value.slice(box.selectionStart);
   const caret = query.start + text.length;
   box.setSelectionRange(caret, caret);
+  saveDraft();
   closeCanned();
   box.focus();
 }

@@ -57,7 +57,9 @@ export function messageView(message, agents) {
       voicemail ? h("span", { class: "badge" }, t("voicemail")) : null,
       h("time", { datetime: message.created_at }, formatTime(message.created_at)),
       statusView(message)),
-    message.subject ? h("div", { class: "msg-subject", dir: "auto" }, `${t("subject")}: ${message.subject}`) : null,
+    // The label is in the interface's language, the subject in the customer's:
+    // each gets its own direction (a Persian subject under an English label is right to left).
+    message.subject ? h("div", { class: "msg-subject" }, `${t("subject")}: `, h("bdi", { dir: "auto" }, message.subject)) : null,
     (message.attachments || []).length ? h("div", { class: "attachments" }, message.attachments.map(attachmentView)) : null,
     message.body
       ? h("div", { class: "msg-body", dir: "auto" }, voicemail ? h("span", { class: "muted", dir: document.documentElement.dir }, `${t("transcription")}: `) : null, message.body)

@@ -32,3 +32,9 @@ async def visitor_says(page: Page, text: str) -> None:
     box = page.get_by_role("textbox", name="Write a message")
     await box.fill(text)
     await box.press("Enter")
+
+
+def stored(panel: Locator) -> Locator:
+    """The visitor's messages the hub has acknowledged (an unsent one is shown
+    at once, without a message id, until then)."""
+    return panel.locator(".m.contact[data-id]")

@@ -4,6 +4,7 @@ markup that must stay text."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import struct
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import FilePayload, Route, expect
 
 from hub.actions import do_ensure_inbox
 from hub.app import HUB
@@ -349,3 +350,129 @@ async def test_other_channels_attachments_failures_canned_and_shortcuts(tmp_path
         assert problems == []
         detail = await agent.get(f"/api/v1/tickets/{email_ticket.ticket_id}")
         assert (detail["priority"], detail["status"]) == ("high", "resolved")
+
+
+async def test_email_subject_keeps_its_own_direction(tmp_path: Path) -> None:
+    """A Persian subject under the English interface's "Subject:" label reads
+    right to left; the label stays left to right."""
+    config = make_config(tmp_path)
+    subject = "سفارش شماره ۱۲ نرسید"
+    async with running_hub(config) as server, chromium() as browser:
+        await add_agent(config, "ana@example.com", Role.ADMIN)
+        hub = server.app[HUB]
+        base = str(server.make_url("")).rstrip("/")
+        async with hub.db.write() as s:
+            await do_ensure_inbox(s, key="mail:support", channel=Channel.EMAIL, name="Support mail")
+            await ingest_batch(
+                s,
+                [
+                    InboundMessage(
+                        channel=Channel.EMAIL,
+                        inbox="mail:support",
+                        external_id="<fa@example.com>",
+                        sender="reza@example.com",
+                        subject=subject,
+                        body="سلام",
+                    )
+                ],
+            )
+        page = await (await browser.new_context(locale="en-US")).new_page()
+        await log_in(page, base, "ana@example.com")
+        await page.get_by_role("button", name="All").click()
+        await page.locator(".ticket").first.click()
+        line = page.locator("#messages .msg-subject")
+        await expect(line).to_have_text(f"Subject: {subject}")
+        await expect(line).to_have_css("direction", "ltr")
+        await expect(line.get_by_text(subject, exact=True)).to_have_css("direction", "rtl")
+
+
+async def test_reply_drafts_wait_for_their_ticket(tmp_path: Path) -> None:
+    """An agent starts a reply, looks at another conversation and comes back:
+    the text, the note mode and the chosen file are still there. A reply still
+    on its way when the agent moves on lands in its own conversation only."""
+    config = make_config(tmp_path)
+    async with running_hub(config) as server, chromium() as browser:
+        await add_agent(config, "ana@example.com", Role.ADMIN)
+        hub = server.app[HUB]
+        base = str(server.make_url("")).rstrip("/")
+        async with hub.db.write() as s:
+            results = await ingest_batch(
+                s,
+                [
+                    InboundMessage(
+                        channel=Channel.WEBCHAT,
+                        inbox=config.webchat.inbox,
+                        external_id=f"{visitor}:c1",
+                        sender=visitor,
+                        body=f"question from {visitor}",
+                    )
+                    for visitor in ("alice", "bob")
+                ],
+            )
+        page = await (await browser.new_context()).new_page()
+        problems: list[str] = []
+        watch_for_trouble(page, problems)
+        await log_in(page, base, "ana@example.com")
+        await page.get_by_role("button", name="All").click()
+        reply = page.get_by_role("textbox", name="Reply")
+        messages = page.locator("#messages")
+
+        tickets = {}
+        for who, result in zip(("alice", "bob"), results, strict=True):
+            assert isinstance(result, IngestResult)
+            tickets[who] = result.ticket_id
+
+        async def open_conversation(who: str) -> None:
+            await page.locator(f'.ticket[data-ticket="{tickets[who]}"]').click()
+            await expect(messages.locator(".msg.in")).to_contain_text(f"question from {who}")
+
+        await open_conversation("alice")
+        await reply.fill("Alice, your refund is on its way")
+        receipt: FilePayload = {"name": "receipt.png", "mimeType": "image/png", "buffer": _png()}
+        await page.locator("#reply-file").set_input_files(files=[receipt])
+        await expect(page.locator("#pending-files")).to_contain_text("receipt.png")
+
+        await open_conversation("bob")
+        await expect(reply).to_have_value("")
+        await expect(page.locator("#pending-files li")).to_have_count(0)
+        await page.get_by_role("button", name="Private note").click()
+        await reply.fill("Bob asked twice already")
+
+        await open_conversation("alice")
+        await expect(reply).to_have_value("Alice, your refund is on its way")
+        await expect(page.locator("#pending-files")).to_contain_text("receipt.png")
+        await expect(page.locator("#mode-reply")).to_have_attribute("aria-pressed", "true")
+
+        # The reply is slow to arrive; meanwhile the agent opens Bob's conversation.
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def hold(route: Route) -> None:
+            held.set()
+            await release.wait()
+            await route.continue_()
+
+        await page.route(re.compile(r"/api/v1/tickets/\d+/messages$"), hold)
+        await reply.press("Control+Enter")
+        await asyncio.wait_for(held.wait(), 20)
+        await open_conversation("bob")
+        await expect(reply).to_have_value("Bob asked twice already")
+        await expect(page.locator("#mode-note")).to_have_attribute("aria-pressed", "true")
+        release.set()
+        await expect(page.locator("#send")).to_be_enabled()
+        await page.unroute(re.compile(r"/api/v1/tickets/\d+/messages$"))
+        await expect(reply).to_have_value("Bob asked twice already")
+        await expect(messages).not_to_contain_text("your refund is on its way")
+
+        await open_conversation("alice")
+        await expect(messages.locator(".msg.out")).to_contain_text("Alice, your refund is on its way")
+        await expect(messages.locator(".msg.out img")).to_have_attribute("alt", "receipt.png")
+        await expect(reply).to_have_value("")
+        await expect(page.locator("#pending-files li")).to_have_count(0)
+
+        # A reload of the tab keeps the unsent note, as a note.
+        await page.reload()
+        await page.locator("#connection.live").wait_for()
+        await open_conversation("bob")
+        await expect(reply).to_have_value("Bob asked twice already")
+        await expect(page.locator("#mode-note")).to_have_attribute("aria-pressed", "true")
+        assert problems == []

@@ -1,9 +1,12 @@
 """The widget in a real browser: the offline form, the pre-chat form with a
-field the server refuses, bot quick-reply buttons, keyboard use; and its size."""
+field the server refuses, bot quick-reply buttons, keyboard use, messages the
+hub did not store (yet); and its size."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import json
 import re
 from pathlib import Path
 
@@ -13,12 +16,13 @@ from playwright.async_api import expect
 from sqlalchemy import select
 
 from hub.actions import do_post_message
-from hub.app import HUB
-from hub.core import Author, QuickReply, Role
+from hub.app import HUB, Hub
+from hub.core import Author, InboundMessage, QuickReply, Role
+from storage.ingest import IngestResult
 from storage.models import Contact, Identity, Message, Ticket
 from tests.browser import chromium, screenshot, watch_for_trouble
 from tests.hub.helpers import Agent, add_agent, make_config, running_hub
-from tests.hub.static.pages import open_widget, visitor_says
+from tests.hub.static.pages import open_widget, stored, visitor_says
 from tests.services import REPO
 
 WIDGET = REPO / "hub" / "static" / "widget.js"
@@ -44,7 +48,7 @@ async def test_nobody_online_takes_a_message_with_an_email(tmp_path: Path) -> No
         await panel.get_by_label("Email or phone number").fill("sara@example.com")
         await panel.get_by_role("button", name="Send message").click()
         await expect(panel.locator(".m.system")).to_have_text("Thanks! We will reply to sara@example.com.")
-        await expect(panel.locator(".m.contact")).to_contain_text("Please call me about the invoice")
+        await expect(stored(panel)).to_contain_text("Please call me about the invoice")
         await screenshot(page, "widget-offline")
 
         # Keyboard: Escape closes the panel and gives focus back to the launcher.
@@ -95,7 +99,7 @@ async def test_prechat_form_then_bot_buttons(tmp_path: Path) -> None:
         await expect(box).to_be_focused()
         await box.fill("قیمت اشتراک چند است؟")
         await box.press("Enter")
-        await expect(panel.locator(".m.contact")).to_contain_text("قیمت اشتراک چند است؟")
+        await expect(stored(panel)).to_contain_text("قیمت اشتراک چند است؟")
 
         hub = server.app[HUB]
         async with hub.db.write() as s:
@@ -117,7 +121,7 @@ async def test_prechat_form_then_bot_buttons(tmp_path: Path) -> None:
         await screenshot(page, "widget-persian-quick-replies")
         await buttons.nth(1).focus()
         await page.keyboard.press("Enter")  # keyboard works as well as a click
-        await expect(panel.locator(".m.contact").last).to_contain_text("سالانه")
+        await expect(stored(panel).last).to_contain_text("سالانه")
         await expect(panel.get_by_role("group")).to_have_count(0)
         async with hub.db.read() as s:
             last = (await s.scalars(select(Message).order_by(Message.id.desc()).limit(1))).one()
@@ -158,7 +162,7 @@ async def test_widget_reconnects_resends_once_and_continues_in_a_new_tab(tmp_pat
         await page.route_web_socket(re.compile(r"/chat/ws"), chat_socket)
         panel = await open_widget(page, base)
         await visitor_says(page, "first")
-        await expect(panel.locator(".m.contact")).to_have_count(1)
+        await expect(stored(panel)).to_have_count(1)
 
         link["down"] = True
         route = link["route"]
@@ -167,13 +171,13 @@ async def test_widget_reconnects_resends_once_and_continues_in_a_new_tab(tmp_pat
         await expect(panel.get_by_role("status")).to_have_text("Reconnecting…")
         await visitor_says(page, "written while offline")  # kept until the server has it
         link["down"] = False
-        await expect(panel.locator(".m.contact")).to_have_count(2, timeout=60_000)
-        await expect(panel.locator(".m.contact").last).to_contain_text("written while offline")
+        await expect(stored(panel)).to_have_count(2, timeout=60_000)
+        await expect(stored(panel).last).to_contain_text("written while offline")
 
         # A new tab of the same site continues the same conversation.
         tab = await context.new_page()
         other = await open_widget(tab, base)
-        await expect(other.locator(".m.contact")).to_have_count(2)
+        await expect(stored(other)).to_have_count(2)
         hub = server.app[HUB]
         async with hub.db.read() as s:
             # The customer's own messages, each stored once (the bot answers too).
@@ -203,9 +207,161 @@ async def test_a_visitor_whose_token_the_hub_no_longer_accepts_starts_a_new_conv
         await page.get_by_role("button", name="Open chat").click()
         panel = page.get_by_role("dialog")
         await visitor_says(page, "hello again")
-        await expect(panel.locator(".m.contact")).to_have_count(1)
+        await expect(stored(panel)).to_have_count(1)
         await expect(panel.get_by_role("status")).to_have_text("")
         async with server.app[HUB].db.read() as s:
             bodies = (await s.scalars(select(Message.body).where(Message.direction == "in"))).all()
         assert bodies == ["hello again"]
+        assert problems == []
+
+
+async def _inbound(hub: Hub) -> list[str]:
+    async with hub.db.read() as s:
+        return list((await s.scalars(select(Message.body).where(Message.direction == "in").order_by(Message.id))).all())
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(300)
+async def test_a_message_the_hub_failed_to_store_stays_on_screen_to_send_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = make_config(tmp_path, **{"bot.enabled": True})  # the bot "answers": no offline form
+    async with running_hub(config) as server, chromium() as browser:
+        hub = server.app[HUB]
+        real_submit = hub.batcher.submit
+        failures = [RuntimeError("the database is locked")]
+
+        async def flaky_submit(message: InboundMessage) -> IngestResult:
+            if failures:
+                raise failures.pop()
+            return await real_submit(message)
+
+        monkeypatch.setattr(hub.batcher, "submit", flaky_submit)
+        base = str(server.make_url("")).rstrip("/")
+        page = await (await browser.new_context()).new_page()
+        problems: list[str] = []
+        watch_for_trouble(page, problems)
+        panel = await open_widget(page, base)
+        await expect(panel).to_contain_text("Hi! Ask us anything.")  # connected: the frame goes out once
+        await visitor_says(page, "my order never came")
+        unsent = panel.locator(".m.contact.pending")
+        await expect(unsent).to_contain_text("my order never came")
+        await expect(unsent).to_contain_text("Not sent.")
+        assert await _inbound(hub) == []
+        await screenshot(page, "widget-not-sent")
+
+        await unsent.get_by_role("button", name="Send again").click()
+        await expect(stored(panel)).to_have_text(["You: my order never came"])
+        await expect(panel.locator(".m.contact")).to_have_count(1)
+        assert await _inbound(hub) == ["my order never came"]
+        assert problems == []
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(300)
+async def test_unsent_messages_survive_a_reload_and_are_stored_once(tmp_path: Path) -> None:
+    from playwright.async_api import WebSocketRoute
+
+    config = make_config(tmp_path, **{"bot.enabled": True})  # the bot "answers": no offline form
+    async with running_hub(config) as server, chromium() as browser:
+        hub = server.app[HUB]
+        base = str(server.make_url("")).rstrip("/")
+        page = await (await browser.new_context()).new_page()
+        link: dict[str, object] = {"down": False, "route": None, "drop_acks": False}
+
+        async def chat_socket(route: WebSocketRoute) -> None:
+            if link["down"]:
+                await route.close()
+                return
+            link["route"] = route
+            hub_side = route.connect_to_server()
+
+            def to_page(message: str | bytes) -> None:
+                frame = json.loads(message)
+                if not (link["drop_acks"] and frame.get("type") == "message" and frame.get("client_id")):
+                    route.send(message)
+
+            hub_side.on_message(to_page)
+
+        await page.route_web_socket(re.compile(r"/chat/ws"), chat_socket)
+        panel = await open_widget(page, base)
+        # Stored, but the acknowledgement is lost on the way.
+        link["drop_acks"] = True
+        await visitor_says(page, "one")
+        for _ in range(100):
+            if await _inbound(hub):
+                break
+            await asyncio.sleep(0.1)
+        assert await _inbound(hub) == ["one"]
+        await expect(panel.locator(".m.contact.pending")).to_have_text(["You: oneSending…"])
+        # Then the link goes down, and the visitor writes again.
+        link["down"] = True
+        route = link["route"]
+        assert isinstance(route, WebSocketRoute)
+        await route.close()
+        await expect(panel.get_by_role("status")).to_have_text("Reconnecting…")
+        await visitor_says(page, "two")
+
+        await page.reload()
+        await page.get_by_role("button", name="Open chat").click()
+        await expect(panel.locator(".m.contact.pending")).to_have_count(2)
+        link.update(down=False, drop_acks=False)
+        await expect(stored(panel)).to_have_text(["You: one", "You: two"], timeout=60_000)
+        await expect(panel.locator(".m.contact")).to_have_count(2)
+        assert await _inbound(hub) == ["one", "two"]
+        key = await page.evaluate("() => 'crmHubPending:' + location.host")
+        assert await page.evaluate("k => localStorage.getItem(k)", key) is None
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(300)
+async def test_a_message_the_hub_refuses_is_given_back_and_never_resent(tmp_path: Path) -> None:
+    from playwright.async_api import WebSocketRoute
+
+    config = make_config(tmp_path, **{"bot.enabled": True, "webchat.max_message_chars": 40})
+    async with running_hub(config) as server, chromium() as browser:
+        hub = server.app[HUB]
+        base = str(server.make_url("")).rstrip("/")
+        page = await (await browser.new_context()).new_page()
+        problems: list[str] = []
+        watch_for_trouble(page, problems)
+        link: dict[str, object] = {"down": True, "frames": []}
+
+        async def chat_socket(route: WebSocketRoute) -> None:
+            if link["down"]:
+                await route.close()
+                return
+            hub_side = route.connect_to_server()
+
+            def to_hub(message: str | bytes) -> None:
+                link["frames"].append(json.loads(message))  # type: ignore[attr-defined]
+                hub_side.send(message)
+
+            route.on_message(to_hub)
+
+        await page.route_web_socket(re.compile(r"/chat/ws"), chat_socket)
+        # Offline from the start: the widget cannot know the hub's limit yet.
+        panel = await open_widget(page, base)
+        await expect(panel.get_by_role("status")).to_have_text("Reconnecting…")
+        long = "Please tell me when my parcel will arrive at my door"
+        await visitor_says(page, long)
+        link["down"] = False
+        await expect(panel.locator(".m.contact.failed")).to_contain_text(
+            "Not sent: text is longer than 40 characters", timeout=60_000
+        )
+        box = page.get_by_role("textbox", name="Write a message")
+        await expect(box).to_have_value(long)
+        await expect(box).to_have_attribute("maxlength", "40")
+        await expect(panel.locator(".m.contact.pending")).to_have_count(0)
+        await screenshot(page, "widget-refused")
+
+        # Never sent again, not even after a reload.
+        await page.reload()
+        await page.get_by_role("button", name="Open chat").click()
+        await expect(panel.get_by_role("textbox", name="Write a message")).to_have_attribute("maxlength", "40")
+        await visitor_says(page, "When will it arrive?")
+        await expect(stored(panel)).to_have_text(["You: When will it arrive?"])
+        sent = [f["text"] for f in link["frames"] if f["type"] == "message"]  # type: ignore[attr-defined]
+        assert sent == [long, "When will it arrive?"]
+        assert await _inbound(hub) == ["When will it arrive?"]
         assert problems == []

@@ -256,3 +256,53 @@ async def test_a_visitors_other_tab_sees_what_they_wrote(tmp_path: Path) -> None
                 echo = await next_frame(second, "message", client_id="c2")
                 assert echo["id"] == ack["id"] and echo["text"] == "two tabs"
                 assert "origin" not in echo
+
+
+async def test_a_message_that_is_not_stored_is_named_by_its_client_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The widget keeps a message until the hub stores it: an error must say
+    which message it is about, or the widget can neither offer to send it
+    again nor stop resending one the hub will never take."""
+    from hub.app import HUB
+    from hub.core import InboundMessage
+    from storage.ingest import IngestResult
+
+    config = make_config(tmp_path, **{"webchat.max_message_chars": 10})
+    async with running_hub(config) as server:
+        hub = server.app[HUB]
+        base = str(server.make_url("")).rstrip("/")
+        real_submit = hub.batcher.submit
+        failures: list[BaseException] = []
+
+        async def flaky_submit(message: InboundMessage) -> IngestResult:
+            if failures:
+                raise failures.pop()
+            return await real_submit(message)
+
+        monkeypatch.setattr(hub.batcher, "submit", flaky_submit)
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"{base}/chat/ws") as visitor:
+            assert (await next_frame(visitor, "session"))["widget"]["max_chars"] == 10
+
+            await visitor.send_json({"type": "message", "text": "x" * 11, "client_id": "long"})
+            error = await next_frame(visitor, "error")
+            assert (error["code"], error["client_id"]) == ("invalid_frame", "long")
+            assert "longer than 10" in error["message"]
+
+            failures.append(ValueError("inbox 'web' is a sms inbox, not webchat"))
+            await visitor.send_json({"type": "message", "text": "refused", "client_id": "no"})
+            error = await next_frame(visitor, "error")
+            assert (error["code"], error["client_id"]) == ("rejected", "no")
+
+            failures.append(RuntimeError("the database went away"))
+            await visitor.send_json({"type": "message", "text": "try again", "client_id": "again"})
+            error = await next_frame(visitor, "error")
+            assert (error["code"], error["client_id"]) == ("internal_error", "again")
+            # As the error says: the same frame again is stored.
+            await visitor.send_json({"type": "message", "text": "try again", "client_id": "again"})
+            assert (await next_frame(visitor, "message", client_id="again"))["text"] == "try again"
+
+            # Nothing to name: not a message frame, or no usable client_id.
+            for frame in ({"type": "read", "id": "x"}, {"type": "message", "text": "hi", "client_id": 5}):
+                await visitor.send_json(frame)
+                assert "client_id" not in await next_frame(visitor, "error")
