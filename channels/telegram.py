@@ -35,6 +35,7 @@ from telegram import (
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     InputFile,
+    Location,
     Message,
     Update,
 )
@@ -105,6 +106,10 @@ class TelegramUpdate:
     shared_phone: str | None = None
     callback_query_id: str | None = None
     edited_at: datetime | None = None
+    #: Set on an edit that moves a shared (live) location: the new position,
+    #: as in ``message.extras["location"]``. Nothing else of such a message
+    #: can be edited.
+    moved_location: dict[str, Any] | None = None
     #: Why an update is ignored, or what changed for blocked / unblocked.
     reason: str | None = None
 
@@ -134,7 +139,7 @@ def parse_update(data: Any, *, bot: str, inbox: str) -> TelegramUpdate:
     if not isinstance(data, dict):
         raise InvalidPayload("a Telegram update must be a JSON object")
     update_id = data.get("update_id")
-    if not isinstance(update_id, int) or isinstance(update_id, bool) or update_id < 0:
+    if not isinstance(update_id, int) or isinstance(update_id, bool) or not 0 <= update_id < 2**_MAX_INT_BITS:
         raise InvalidPayload("a Telegram update needs a non-negative integer update_id")
     kinds = [k for k in data if k != "update_id"]
     if not kinds:
@@ -148,11 +153,53 @@ def parse_update(data: Any, *, bot: str, inbox: str) -> TelegramUpdate:
     payload = data[kind]
     if not isinstance(payload, dict):
         raise InvalidPayload(f"{kind} must be a JSON object")
+    _check_fields(kind, payload)
     try:
         update = Update.de_json(_tolerate({"update_id": update_id, kind: payload}), None)
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise InvalidPayload(f"{kind} is not a valid Telegram {kind}: {exc}") from exc
-    return handler(update, bot, inbox)
+        return handler(update, bot, inbox)
+    except InvalidPayload:
+        raise
+    except Exception as exc:
+        # Parsing is pure, so whatever fails here, the payload made it fail. A
+        # 500 would have Telegram resend the update for hours, and a poller
+        # would read it again forever; a 400 says what is wrong with it.
+        raise InvalidPayload(f"{kind} is not a valid Telegram {kind}: {type(exc).__name__}: {exc}") from exc
+
+
+# The largest Unix time a datetime holds (9999-12-31 23:59:59 UTC).
+_MAX_UNIX_TIME = 253_402_300_799
+_TIME_FIELDS = ("date", "edit_date")
+_TEXT_FIELDS = ("text", "caption")
+# The Bot API's integers (ids included) have at most 52 significant bits;
+# larger ones would not even fit the database's 64-bit columns.
+_MAX_INT_BITS = 53
+
+
+def _check_fields(kind: str, payload: Mapping[str, Any]) -> None:
+    """The fields the hub reads, named when they are of the wrong type, before
+    python-telegram-bot (or the database) fails on them somewhere deeper."""
+    for name in _TIME_FIELDS:
+        value = payload.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_UNIX_TIME:
+            raise InvalidPayload(f"{kind}.{name} must be a Unix time in seconds, not {str(value)[:40]!r}")
+    for name in _TEXT_FIELDS:
+        value = payload.get(name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidPayload(f"{kind}.{name} must be a string, not {type(value).__name__}")
+    _check_ints(kind, payload)
+
+
+def _check_ints(path: str, node: Any) -> None:
+    if isinstance(node, dict):
+        for key, child in node.items():
+            _check_ints(f"{path}.{key}", child)
+    elif isinstance(node, list):
+        for i, child in enumerate(node):
+            _check_ints(f"{path}[{i}]", child)
+    elif isinstance(node, int) and not isinstance(node, bool) and node.bit_length() > _MAX_INT_BITS:
+        raise InvalidPayload(f"{path} is too large for a Telegram integer: {str(node)[:40]}")
 
 
 # Keys whose value is a User; Telegram's published sample updates omit is_bot.
@@ -247,7 +294,7 @@ def _from_message(update_id: int, msg: Message, bot: str, inbox: str, kind: Upda
     if msg.location is not None and msg.venue is None:
         loc = msg.location
         body = body or f"📍 {loc.latitude:.6f}, {loc.longitude:.6f}"
-        extras["location"] = {"latitude": loc.latitude, "longitude": loc.longitude}
+        extras["location"] = _location(loc)
     if msg.venue is not None:
         v = msg.venue
         body = body or f"📍 {v.title}, {v.address}"
@@ -266,6 +313,8 @@ def _from_message(update_id: int, msg: Message, bot: str, inbox: str, kind: Upda
     edited_at = (msg.edit_date or msg.date) if kind is UpdateKind.EDIT else None
     if edited_at is not None:
         extras["edited_at"] = edited_at.isoformat()
+    moved = edited_at is not None and msg.location is not None and msg.venue is None
+    moved_location = extras["location"] if moved else None
     inbound = InboundMessage(
         channel=Channel.TELEGRAM,
         inbox=inbox,
@@ -285,7 +334,20 @@ def _from_message(update_id: int, msg: Message, bot: str, inbox: str, kind: Upda
         start_payload=start_payload,
         shared_phone=shared_phone,
         edited_at=edited_at,
+        moved_location=moved_location,
     )
+
+
+def _location(loc: Location) -> dict[str, Any]:
+    out: dict[str, Any] = {"latitude": loc.latitude, "longitude": loc.longitude}
+    if loc.live_period is not None:
+        period = loc.live_period
+        out["live_period"] = int(period.total_seconds()) if isinstance(period, timedelta) else int(period)
+    if loc.heading is not None:
+        out["heading"] = loc.heading
+    if loc.horizontal_accuracy is not None:
+        out["horizontal_accuracy"] = loc.horizontal_accuracy
+    return out
 
 
 def _start_payload(text: str) -> str | None:
@@ -587,7 +649,14 @@ class TelegramChannel(ChannelAdapter):
             # Someone else's URL: Telegram fetches it.
             return await bot.send_document(chat_id, step.url, reply_markup=markup)
         if step.content_type in PHOTO_TYPES and len(data) <= MAX_PHOTO_BYTES:
-            return await bot.send_photo(chat_id, InputFile(data, filename=name), reply_markup=markup)
+            try:
+                return await bot.send_photo(chat_id, InputFile(data, filename=name), reply_markup=markup)
+            except BadRequest:
+                # Telegram refuses photos it cannot show (width + height over
+                # 10,000, a side over 20 times the other: a long screenshot)
+                # and images it cannot decode; as a file, it goes through. A
+                # refusal that is not about the photo fails the document too.
+                return await bot.send_document(chat_id, InputFile(data, filename=name), reply_markup=markup)
         return await bot.send_document(chat_id, InputFile(data, filename=name), reply_markup=markup)
 
     async def close(self) -> None:

@@ -36,6 +36,30 @@ CALL_STATUS_RANK: dict[str, int] = {
 }
 FINAL_STATUSES = frozenset(s for s, rank in CALL_STATUS_RANK.items() if rank == 3)
 
+# What Twilio puts in From when the caller withheld their number. The numbers
+# spell ANONYMOUS, RESTRICTED, BLOCKED, UNKNOWN and UNAVAILABLE on a keypad and
+# parse as real numbers (+266696687 is a Lesotho number): taken at face value,
+# every hidden caller would be one contact sharing one ticket, and a call-back
+# or a text reply would go to a stranger abroad.
+WITHHELD_NUMBERS = frozenset({"266696687", "7378742833", "2562533", "8656696", "86282452253"})
+WITHHELD_WORDS = frozenset({"anonymous", "restricted", "blocked", "unknown", "unavailable", "private", "withheld"})
+#: The phone identity of a caller who withheld their number is this plus the
+#: CallSid: one contact and one ticket per hidden call, never shared.
+WITHHELD_PREFIX = "anonymous:"
+#: How such a caller is shown (calls, timeline), in place of a number.
+WITHHELD_CALLER = "anonymous"
+WITHHELD_NAME = "Anonymous caller"
+
+
+def is_withheld(address: str) -> bool:
+    """True for Twilio's placeholders of a withheld caller ID (as Twilio sends
+    them or as stored before they were recognised) and for the hub's own
+    per-call address of such a caller: nothing that can be called or texted."""
+    text = address.strip().lower()
+    if not text or text in WITHHELD_WORDS or text.startswith(WITHHELD_PREFIX):
+        return True
+    return text.removeprefix("+") in WITHHELD_NUMBERS
+
 
 @dataclass(frozen=True, slots=True)
 class CallParams:
@@ -43,7 +67,9 @@ class CallParams:
 
     call_sid: str
     account_sid: str
-    caller: str  # E.164, or Twilio's raw From for anonymous and client: callers
+    # E.164; WITHHELD_PREFIX + CallSid for a withheld number; Twilio's raw
+    # From for SIP and client: callers.
+    caller: str
     called: str
     status: str
     direction: str
@@ -58,6 +84,12 @@ class CallParams:
     transcription_status: str | None = None
     parent_call_sid: str | None = None
     sequence: int | None = None
+    caller_withheld: bool = False
+
+    @property
+    def customer(self) -> str:
+        """The caller as a call row and the timeline show them."""
+        return WITHHELD_CALLER if self.caller_withheld else self.caller
 
 
 def _int(params: FormParams, name: str) -> int | None:
@@ -73,9 +105,9 @@ def _phone(raw: str, default_region: str | None) -> str:
     try:
         return parse_phone(raw, default_region)
     except InvalidPhoneNumber:
-        # Withheld numbers ("anonymous", "+266696687"), SIP and client: callers
-        # are kept as Twilio wrote them: still one caller's stream.
-        return raw.strip().lower() or "anonymous"
+        # SIP and client: callers are kept as Twilio wrote them: still one
+        # caller's stream.
+        return raw.strip().lower()
 
 
 def parse_call(params: FormParams, *, default_region: str | None = None) -> CallParams:
@@ -90,14 +122,16 @@ def parse_call(params: FormParams, *, default_region: str | None = None) -> Call
     recording_url = field(params, "RecordingUrl", max_chars=2000) or None
     if recording_url and not recording_url.startswith(("https://", "http://")):
         raise InvalidPayload("RecordingUrl is not an http(s) URL")
+    withheld = is_withheld(caller)
+    caller_name = field(params, "CallerName", max_chars=200) or None
     return CallParams(
         call_sid=sid,
         account_sid=field(params, "AccountSid", max_chars=64),
-        caller=_phone(caller, default_region),
+        caller=f"{WITHHELD_PREFIX}{sid}" if withheld else _phone(caller, default_region),
         called=_phone(called, default_region),
         status=status,
         direction=field(params, "Direction", max_chars=40) or "inbound",
-        caller_name=field(params, "CallerName", max_chars=200) or None,
+        caller_name=caller_name or (WITHHELD_NAME if withheld else None),
         digits=field(params, "Digits", max_chars=40) or None,
         duration=_int(params, "CallDuration") if params.get("CallDuration") else _int(params, "DialCallDuration"),
         dial_status=field(params, "DialCallStatus", max_chars=40).lower() or None,
@@ -108,6 +142,7 @@ def parse_call(params: FormParams, *, default_region: str | None = None) -> Call
         transcription_status=field(params, "TranscriptionStatus", max_chars=40).lower() or None,
         parent_call_sid=field(params, "ParentCallSid", max_chars=64) or None,
         sequence=_int(params, "SequenceNumber"),
+        caller_withheld=withheld,
     )
 
 
@@ -246,6 +281,11 @@ class TwilioVoiceChannel(ChannelAdapter):
         self.reply_sender = reply_sender
 
     async def send(self, message: OutboundMessage) -> SendResult:
+        if is_withheld(message.recipient):
+            return SendResult(
+                status=DeliveryStatus.FAILED,
+                reason="the caller withheld their number, so there is no number to text a reply to",
+            )
         if self.sms is None or self.reply_sender is None:
             return SendResult(
                 status=DeliveryStatus.FAILED,
@@ -264,7 +304,9 @@ class TwilioVoiceChannel(ChannelAdapter):
 
 def call_view(params: CallParams) -> dict[str, Any]:
     """The call's facts for a timeline event (never the whole payload)."""
-    view: dict[str, Any] = {"call_sid": params.call_sid, "from": params.caller, "to": params.called}
+    view: dict[str, Any] = {"call_sid": params.call_sid, "from": params.customer, "to": params.called}
+    if params.caller_withheld:
+        view["caller_withheld"] = True
     if params.status:
         view["status"] = params.status
     if params.duration is not None:

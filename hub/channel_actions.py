@@ -10,7 +10,7 @@ idempotent, because providers redeliver and workers retry.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -28,24 +28,29 @@ SIGNALS_APPLIED = "signals_applied"
 
 
 async def do_edit_inbound_message(
-    session: AsyncSession, *, channel: Channel, external_id: str, body: str, edited_at: datetime
+    session: AsyncSession,
+    *,
+    channel: Channel,
+    external_id: str,
+    body: str,
+    edited_at: datetime,
+    sequence: int | None = None,
 ) -> Message | None:
     """The customer edited a message they sent: the stored body becomes the new
     text and the earlier one is kept in ``extras["edits"]``; agents get a
     ``message.updated`` event. An edit older than the one already applied (a
-    redelivery, or updates out of order) changes nothing. Returns None when the
-    message is not stored (the caller decides what to do with the text)."""
-    msg = await session.scalar(
-        select(Message).where(Message.channel == channel.value, Message.external_id == external_id).with_for_update()
-    )
-    if msg is None or msg.direction != Direction.IN.value:
+    redelivery, or updates out of order) changes nothing: edits are ordered by
+    ``edited_at``, then by ``sequence`` (the provider's order of its updates,
+    Telegram's update_id) for edits within the same second. Returns None when
+    the message is not stored (the caller decides what to do with the text)."""
+    msg = await _inbound_message(session, channel, external_id)
+    if msg is None:
         return None
     extras = dict(msg.extras or {})
-    applied = extras.get("edited_at")
-    if applied is not None and datetime.fromisoformat(applied) >= edited_at:
-        return msg
-    extras["edited_at"] = edited_at.isoformat()
     changed = body != msg.body
+    if not _comes_after(extras, edited_at, sequence, differs=changed):
+        return msg
+    _mark_applied(extras, edited_at, sequence)
     if changed:
         # Telegram also reports edits of fields the hub does not keep; only a
         # changed text is a new version.
@@ -54,22 +59,101 @@ async def do_edit_inbound_message(
     msg.extras = extras
     await session.flush()
     if changed:
-        ticket = await session.get(Ticket, msg.ticket_id)
-        assert ticket is not None
-        inbox_key = await session.scalar(select(Inbox.key).where(Inbox.id == msg.inbox_id))
-        labels = await ticket_labels(session, ticket.id)
-        await add_outbox(
-            session,
-            [
-                outbox_row(
-                    TicketEventKind.MESSAGE_UPDATED.value,
-                    ticket.id,
-                    {"message": message_view(msg, inbox_key), "ticket": ticket_view(ticket, labels)},
-                )
-            ],
-        )
+        await notify_message_updated(session, msg)
         await audit(session, "contact", "message.edited", "message", msg.id, {"edits": len(extras["edits"])})
     return msg
+
+
+#: A live location moves every few seconds for hours: agents' screens follow
+#: it at most this often.
+LOCATION_EVENT_INTERVAL = timedelta(minutes=5)
+
+
+async def do_move_location(
+    session: AsyncSession,
+    *,
+    channel: Channel,
+    external_id: str,
+    body: str,
+    location: dict[str, Any],
+    moved_at: datetime,
+    sequence: int | None = None,
+) -> Message | None:
+    """A shared live location moved: the message's ``extras["location"]`` (and
+    its body, which shows the position) follow it, without an edit history or
+    an audit entry per move, and with a ``message.updated`` event at most every
+    :data:`LOCATION_EVENT_INTERVAL` of the customer's time. Ordered like
+    :func:`do_edit_inbound_message`. Returns None when the message is not stored."""
+    msg = await _inbound_message(session, channel, external_id)
+    if msg is None:
+        return None
+    extras = dict(msg.extras or {})
+    before = {k: v for k, v in (extras.get("location") or {}).items() if k != "updated_at"}
+    if not _comes_after(extras, moved_at, sequence, differs=location != before):
+        return msg
+    _mark_applied(extras, moved_at, sequence)
+    extras["location"] = {**location, "updated_at": moved_at.isoformat()}
+    notified = extras.get("location_notified_at")
+    notify = notified is None or moved_at - datetime.fromisoformat(notified) >= LOCATION_EVENT_INTERVAL
+    if notify:
+        extras["location_notified_at"] = moved_at.isoformat()
+    msg.body = body
+    msg.extras = extras
+    await session.flush()
+    if notify:
+        await notify_message_updated(session, msg)
+    return msg
+
+
+async def _inbound_message(session: AsyncSession, channel: Channel, external_id: str) -> Message | None:
+    msg = await session.scalar(
+        select(Message).where(Message.channel == channel.value, Message.external_id == external_id).with_for_update()
+    )
+    return msg if msg is not None and msg.direction == Direction.IN.value else None
+
+
+def _comes_after(extras: dict[str, Any], at: datetime, sequence: int | None, *, differs: bool) -> bool:
+    """Whether a change made at ``at`` is newer than the one applied last.
+    Providers give whole seconds, so two edits in one second tie on time; the
+    provider's sequence orders them. Without one on both sides, a tie is
+    applied when it changes something (a redelivery of the same edit does not)."""
+    applied = extras.get("edited_at")
+    if applied is None:
+        return True
+    applied_at = datetime.fromisoformat(applied)
+    if at != applied_at:
+        return at > applied_at
+    applied_sequence = extras.get("edit_sequence")
+    if sequence is not None and isinstance(applied_sequence, int):
+        return sequence > applied_sequence
+    return differs
+
+
+def _mark_applied(extras: dict[str, Any], at: datetime, sequence: int | None) -> None:
+    extras["edited_at"] = at.isoformat()
+    if sequence is not None:
+        extras["edit_sequence"] = sequence
+    else:
+        extras.pop("edit_sequence", None)
+
+
+async def notify_message_updated(session: AsyncSession, msg: Message) -> None:
+    """A ``message.updated`` event with the message as it is now (a customer's
+    edit, a voicemail's transcription), so the agents' screens follow."""
+    ticket = await session.get(Ticket, msg.ticket_id)
+    assert ticket is not None
+    inbox_key = await session.scalar(select(Inbox.key).where(Inbox.id == msg.inbox_id))
+    labels = await ticket_labels(session, ticket.id)
+    await add_outbox(
+        session,
+        [
+            outbox_row(
+                TicketEventKind.MESSAGE_UPDATED.value,
+                ticket.id,
+                {"message": message_view(msg, inbox_key), "ticket": ticket_view(ticket, labels)},
+            )
+        ],
+    )
 
 
 async def do_set_reachability(

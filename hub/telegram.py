@@ -4,8 +4,9 @@ files fetched from Telegram, webhook registration and the getUpdates poller.
 An update is acknowledged (the webhook answers 2xx, the poller advances its
 offset) only after what it carries is committed. Updates are handled
 idempotently: a message is stored once per (bot, chat, message id), a
-pressed button once per callback query id, an edit once per edit time, and a
-message's contact signals (``/start`` source, shared phone) once per message.
+pressed button once per callback query id, an edit once (edits in edit time
+order, then update_id order for two in the same second), and a message's
+contact signals (``/start`` source, shared phone) once per message.
 
 Polling: each bot has a row in ``telegram_bot_state`` holding the next
 ``update_id`` to fetch and a lease naming the process that polls it. A process
@@ -15,12 +16,17 @@ gives it up when it stops; a process that dies loses it after
 on SQLite and PostgreSQL alike, and a restart continues at the saved offset:
 updates confirmed to Telegram were committed first (none lost), and an update
 committed just before a crash is fetched again but stored once (none repeated).
+An update that cannot be stored however often it is tried (not an update, or
+failing :data:`POISON_ATTEMPTS` times while Telegram and the database answer)
+would hold back every later one: it is logged as an error, kept whole in the
+audit log (``telegram.update_dead_lettered``) and passed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import warnings
@@ -29,6 +35,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, update
 from telegram import Bot
 from telegram.error import BadRequest, Forbidden, InvalidToken, TelegramError
@@ -48,19 +55,25 @@ from channels.telegram import (
     parse_update,
     resolve_callback,
 )
+from hub.actions import audit
 from hub.attachments import AttachmentStore, AttachmentTooLarge
-from hub.channel_actions import do_contact_signals, do_edit_inbound_message, do_set_reachability
+from hub.channel_actions import do_contact_signals, do_edit_inbound_message, do_move_location, do_set_reachability
 from hub.config import HubConfig, TelegramBotConfig
 from hub.core import Attachment, Channel, IdentityKind, InboundMessage, utcnow
 from hub.text import InvalidPhoneNumber, parse_phone
 from storage.db import Database
-from storage.ingest import IngestResult, dialect_insert, ingest_batch
+from storage.ingest import IngestResult, UnknownInbox, dialect_insert, ingest_batch
 from storage.models import Identity, Message, TelegramBotState
 from storage.queries import offered_quick_replies
 
 log = logging.getLogger(__name__)
 
 Ingest = Callable[[InboundMessage], Awaitable[IngestResult]]
+
+#: How often the poller tries an update that fails in a way that does not
+#: pass (not Telegram or the database being unreachable) before passing it.
+POISON_ATTEMPTS = 5
+DEAD_LETTER_ACTION = "telegram.update_dead_lettered"
 
 #: How many of the latest messages to a chat are searched for the quick reply
 #: a long id's button stands for (older buttons stay pressable on Telegram).
@@ -142,6 +155,8 @@ class TelegramService:
         self.attachments = attachments
         self.ingest = ingest
         self.bots: dict[str, TelegramBot] = {}
+        # (bot, update_id) -> failures so far of an update the poller is stuck on.
+        self._failures: dict[tuple[str, int], int] = {}
         for bc in self.tg.bots:
             bot = make_bot(bc.token, self.tg.api_base_url, self.tg.request_timeout_seconds)
             self.bots[bc.name] = TelegramBot(config=bc, mode=self.tg.mode_of(bc), bot=bot)
@@ -165,7 +180,8 @@ class TelegramService:
 
     async def handle(self, bot: TelegramBot, upd: TelegramUpdate) -> str:
         """Store what ``upd`` carries; returns what happened ("stored",
-        "duplicate", "edited", "blocked", "unblocked", "ignored: <why>"). Raises
+        "duplicate", "edited", "moved" (a live location), "blocked",
+        "unblocked", "ignored: <why>"). Raises
         when it could not be stored, so the update is delivered again."""
         if upd.kind is UpdateKind.IGNORED:
             if upd.callback_query_id:
@@ -187,15 +203,30 @@ class TelegramService:
         if upd.kind is UpdateKind.EDIT:
             assert upd.edited_at is not None
             async with self.db.write() as session:
-                edited = await do_edit_inbound_message(
-                    session,
-                    channel=Channel.TELEGRAM,
-                    external_id=message.external_id,
-                    body=message.body,
-                    edited_at=upd.edited_at,
-                )
+                if upd.moved_location is not None:
+                    # A live location sends an edit every few seconds for
+                    # hours: a position, not a new version of the message.
+                    edited = await do_move_location(
+                        session,
+                        channel=Channel.TELEGRAM,
+                        external_id=message.external_id,
+                        body=message.body,
+                        location=upd.moved_location,
+                        moved_at=upd.edited_at,
+                        sequence=upd.update_id,
+                    )
+                else:
+                    # update_id orders two edits within the same second (edit_date has whole seconds).
+                    edited = await do_edit_inbound_message(
+                        session,
+                        channel=Channel.TELEGRAM,
+                        external_id=message.external_id,
+                        body=message.body,
+                        edited_at=upd.edited_at,
+                        sequence=upd.update_id,
+                    )
             if edited is not None:
-                return "edited"
+                return "moved" if upd.moved_location is not None else "edited"
             # An edit of a message the hub never stored (sent before the bot was
             # connected): the customer's words are kept as a message of their own.
         if upd.media:
@@ -409,12 +440,47 @@ class TelegramService:
             try:
                 outcome = await self.handle_json(bot, item)
             except InvalidPayload as exc:
-                # Not an update we can read: skipped, as a webhook would answer 400.
-                log.warning("telegram bot %s: skipping update %s: %s", bot.name, update_id, exc)
+                # Not an update we can read (a webhook would answer 400); Telegram
+                # would send it the same way again, so it is kept and passed.
+                await self._dead_letter(bot, item, f"not a valid update: {exc}")
                 outcome = "invalid"
+            except Exception as exc:
+                if not isinstance(update_id, int) or _may_pass(exc):
+                    raise
+                key = (bot.name, update_id)
+                self._failures[key] = self._failures.get(key, 0) + 1
+                if self._failures[key] < POISON_ATTEMPTS:
+                    raise
+                # The same update failed every time while others would be
+                # waiting behind it: kept for an operator, so the bot moves on.
+                await self._dead_letter(
+                    bot, item, f"handling failed {self._failures[key]} times: {type(exc).__name__}: {exc}"
+                )
+                outcome = "dead-lettered"
+            if isinstance(update_id, int):
+                self._failures.pop((bot.name, update_id), None)
             log.debug("telegram bot %s: update %s %s", bot.name, update_id, outcome)
             if isinstance(update_id, int) and not await self._advance(bot.name, owner, update_id + 1):
                 raise _LostLease()
+
+    async def _dead_letter(self, bot: TelegramBot, item: Any, error: str) -> None:
+        """An update the poller passes without storing what it carries: the
+        whole update (its JSON text) and the reason go to the audit log (action
+        ``telegram.update_dead_lettered``), where an operator finds it and can
+        post it to the bot's webhook once the cause is fixed."""
+        update_id = item.get("update_id") if isinstance(item, dict) else None
+        log.error("telegram bot %s: update %s passed without being stored: %s", bot.name, update_id, error)
+        async with self.db.write() as session:
+            await audit(
+                session,
+                "system",
+                DEAD_LETTER_ACTION,
+                "telegram_update",
+                update_id if isinstance(update_id, int) else None,
+                # As text: a malformed update may hold what the JSON column
+                # cannot (integers over 64 bits).
+                {"bot": bot.name, "error": error[:2000], "update": json.dumps(item, ensure_ascii=False, default=str)},
+            )
 
     async def _claim(self, name: str, owner: str) -> int | None:
         """Take or renew the lease on polling ``name``; the offset to poll from, or
@@ -466,6 +532,22 @@ class TelegramService:
                 .values(poller=None, lease_until=None, updated_at=utcnow())
                 .execution_options(synchronize_session=False)
             )
+
+
+def _may_pass(exc: Exception) -> bool:
+    """Failures of Telegram, the network or the database, or a missing inbox:
+    every update fails the same way until they pass, so none is given up on."""
+    return isinstance(
+        exc,
+        TelegramUnavailable
+        | TelegramError
+        | OSError
+        | TimeoutError
+        | UnknownInbox
+        | sa_exc.OperationalError
+        | sa_exc.InterfaceError
+        | sa_exc.TimeoutError,
+    )
 
 
 class _FileRefused(Exception):

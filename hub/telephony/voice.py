@@ -6,6 +6,8 @@ inbox live. The IVR greets, offers the menu (digits -> teams), and then rings
 every available agent of the chosen team at once (<Dial>) during business
 hours, or takes a voicemail (<Record> with transcription). A call that reached
 nobody and left no message puts a call-back task on the ticket for the team.
+A caller who withheld their number is a contact of their own for that one call
+(never one shared by every hidden caller), who cannot be called or texted back.
 
 Business hours and agent availability belong to routing; they are injected as
 ``is_open(team_id, at)`` and ``available_agents(team_id)`` (see
@@ -14,16 +16,19 @@ Business hours and agent availability belong to routing; they are injected as
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+import aiohttp
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 
-from channels.twilio_common import error_reason
+from channels.twilio_common import NOT_REACHED, error_reason, send_failure
 from channels.twilio_voice import (
     CALL_STATUS_RANK,
     FINAL_STATUSES,
@@ -35,13 +40,15 @@ from channels.twilio_voice import (
     empty_twiml,
     goodbye_twiml,
     hangup_twiml,
+    is_withheld,
     menu_twiml,
     voicemail_twiml,
 )
 from hub.actions import audit, check_ticket, do_assign, do_get_or_create_team, do_post_message, record_ticket_event
+from hub.channel_actions import notify_message_updated
 from hub.config import VoiceHoursConfig
 from hub.core import Attachment, Author, Channel, IdentityKind, InboundMessage, Presence, TicketEventKind, utcnow
-from hub.errors import HubError, ValidationFailed
+from hub.errors import HubError, Unavailable, ValidationFailed
 from storage.db import Database
 from storage.ingest import IngestResult, current_ticket, dialect_insert
 from storage.models import Agent, Call, Identity, Message, TeamMember, Ticket, TicketLabel
@@ -50,11 +57,18 @@ from storage.views import iso
 if TYPE_CHECKING:
     from hub.telephony.service import TwilioService
 
+log = logging.getLogger(__name__)
+
 IsOpen = Callable[[int | None, datetime], Awaitable[bool]]
 AvailableAgents = Callable[[int | None], Awaitable[list[tuple[int, str]]]]
 Submit = Callable[[InboundMessage], Awaitable[IngestResult]]
 
 CALL_BACK_LABEL = "call-back"
+# Call extras: the id of the call-back note the call left, and that it was
+# settled (a voicemail arrived after the call was counted as missed).
+CALL_BACK_NOTE = "call_back_note_id"
+CALL_BACK_SETTLED = "call_back_settled"
+UNANSWERED = ("missed", "abandoned")
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 VOICE_PATH = "/webhooks/twilio/voice"
 
@@ -151,7 +165,7 @@ class VoiceDesk:
                 ticket_id=ticket.id,
                 contact_id=ticket.contact_id,
                 direction=direction,
-                customer=params.caller,
+                customer=params.customer,
                 line=params.called,
                 status=params.status or "ringing",
                 started_at=now,
@@ -247,12 +261,16 @@ class VoiceDesk:
             row = await session.scalar(select(Call).where(Call.call_sid == parent).with_for_update())
             agent = await session.get(Agent, agent_id)
             if row is not None and agent is not None and row.answered_at is None:
-                ticket = await check_ticket(session, row.ticket_id)
+                ticket = await check_ticket(session, row.ticket_id, lock=True)
                 row.answered_at = utcnow()
                 row.agent_id = agent.id
                 row.status = "in-progress"
-                if ticket.assignee_id is None:
+                # Every phone of the team rang, including that of the agent
+                # routing had already given the ticket to; whoever talks to the
+                # caller is the one who follows up.
+                if ticket.assignee_id != agent.id and agent.active:
                     await do_assign(session, ticket, agent_id=agent.id, team_id=ticket.team_id, actor="ivr")
+                    ticket.queued_at = None
                 await self._event(session, ticket, row, f"agent:{agent.id}", event="answered", agent_id=agent.id)
         return empty_twiml()
 
@@ -278,10 +296,16 @@ class VoiceDesk:
         return goodbye_twiml(self.voice.goodbye, self.speech)
 
     async def _voicemail_message(self, params: CallParams) -> int:
-        """Store the voicemail as the caller's message (once per recording) and
+        """Store the voicemail as the caller's message (once per call) and
         link it to the call."""
         assert self.submit is not None, "the voice desk needs the ingest batcher"
         assert params.recording_url is not None
+        async with self.db.read() as session:
+            linked = await session.scalar(select(Call.voicemail_message_id).where(Call.call_sid == params.call_sid))
+        if linked is not None:
+            # The recording step, the transcription and the final status all
+            # carry the recording; the first of them stored it.
+            return linked
         inbound = InboundMessage(
             channel=Channel.VOICE,
             inbox=self.voice.inbox,
@@ -303,18 +327,55 @@ class VoiceDesk:
         async with self.db.write() as session:
             row = await session.scalar(select(Call).where(Call.call_sid == params.call_sid).with_for_update())
             if row is not None and row.voicemail_message_id is None:
-                row.voicemail_message_id = result.message_id
                 ticket = await check_ticket(session, row.ticket_id)
-                await self._event(
-                    session,
-                    ticket,
-                    row,
-                    "contact",
-                    event="voicemail",
-                    message_id=result.message_id,
-                    duration_seconds=params.recording_duration,
-                )
+                await self._link_voicemail(session, ticket, row, result.message_id, params.recording_duration)
         return result.message_id
+
+    async def _link_voicemail(
+        self, session: AsyncSession, ticket: Ticket, row: Call, message_id: int, duration: int | None
+    ) -> None:
+        row.voicemail_message_id = message_id
+        counted_as = (row.extras or {}).get("outcome")
+        corrected: dict[str, Any] = {}
+        if counted_as in UNANSWERED:
+            # Twilio may post the final status before the <Record> action: the
+            # call was counted as unanswered and left a call-back task that the
+            # voicemail makes moot.
+            row.extras = {**(row.extras or {}), "outcome": "voicemail"}
+            corrected = {"outcome": "voicemail", "corrected_from": counted_as}
+        await self._event(
+            session,
+            ticket,
+            row,
+            "contact",
+            event="voicemail",
+            message_id=message_id,
+            duration_seconds=duration,
+            **corrected,
+        )
+        if corrected:
+            await self._settle_call_back(session, ticket, row)
+
+    async def _settle_call_back(self, session: AsyncSession, ticket: Ticket, row: Call) -> None:
+        """The call's call-back task is moot: its note says so and the label
+        goes, unless another call on the ticket still waits for a call back."""
+        extras = dict(row.extras or {})
+        if extras.get(CALL_BACK_SETTLED):
+            return
+        row.extras = {**extras, CALL_BACK_SETTLED: True}
+        others = (await session.scalars(select(Call).where(Call.ticket_id == ticket.id, Call.id != row.id))).all()
+        if not any(_awaits_call_back(other) for other in others):
+            await session.execute(
+                delete(TicketLabel).where(TicketLabel.ticket_id == ticket.id, TicketLabel.label == CALL_BACK_LABEL)
+            )
+        await session.flush()
+        note_id = extras.get(CALL_BACK_NOTE)
+        note = await session.get(Message, note_id, with_for_update=True) if isinstance(note_id, int) else None
+        if note is not None:
+            note.body = f"{note.body}\n\nNo call back needed: they left a voicemail."
+            note.extras = {**(note.extras or {}), "resolved": "voicemail"}
+            await session.flush()
+            await notify_message_updated(session, note)
 
     async def transcription(self, params: CallParams) -> None:
         """The voicemail's text: it becomes the message's body. The callback
@@ -331,6 +392,10 @@ class VoiceDesk:
             if done:
                 msg.body = params.transcription_text or ""
             msg.extras = {**(msg.extras or {}), "transcription": "completed" if done else "failed"}
+            await session.flush()
+            if done:
+                # The agents' screens show the voicemail as "" until told.
+                await notify_message_updated(session, msg)
             row = await session.scalar(select(Call).where(Call.call_sid == params.call_sid))
             ticket = await check_ticket(session, msg.ticket_id)
             if row is not None:
@@ -350,11 +415,25 @@ class VoiceDesk:
         voicemail gets a call-back task."""
         if not params.status:
             return
+        if (
+            params.status in FINAL_STATUSES
+            and params.direction == "inbound"
+            and params.recording_url
+            and (params.recording_duration or 0) > 0
+        ):
+            # The final status can come before the <Record> action; stored now,
+            # the voicemail decides the outcome below.
+            voicemail_id: int | None = await self._voicemail_message(params)
+        else:
+            voicemail_id = None
         async with self.db.write() as session:
             existing = await session.scalar(select(Call).where(Call.call_sid == params.call_sid))
             if existing is None and params.direction != "inbound":
                 return  # a leg we did not start (e.g. the dialled agent's)
             row, ticket, _ = await self._call(session, params)
+            if voicemail_id is not None and row.voicemail_message_id is None:
+                # The first webhook of this call: there was no row to link it to.
+                await self._link_voicemail(session, ticket, row, voicemail_id, params.recording_duration)
             if row.status in FINAL_STATUSES or CALL_STATUS_RANK[params.status] <= CALL_STATUS_RANK.get(row.status, 0):
                 return
             row.status = params.status
@@ -386,7 +465,7 @@ class VoiceDesk:
                 duration_seconds=params.duration,
                 agent_id=row.agent_id,
             )
-            if outcome in ("missed", "abandoned"):
+            if outcome in UNANSWERED:
                 await self._call_back_task(session, ticket, row, outcome)
 
     async def _call_back_task(self, session: AsyncSession, ticket: Ticket, row: Call, outcome: str) -> None:
@@ -399,14 +478,28 @@ class VoiceDesk:
             await do_assign(session, ticket, agent_id=None, team_id=row.team_id, actor="ivr")
         what = "hung up before reaching anyone" if outcome == "abandoned" else "was not answered"
         choice = f", chose {row.menu_choice}" if row.menu_choice and row.menu_choice != "none" else ""
-        await do_post_message(
+        of_team = f" (team {team_name})" if team_name else ""
+        if is_withheld(row.customer):
+            # Nobody can call a hidden number: the team learns of the call, but
+            # gets no task it cannot do.
+            await do_post_message(
+                session,
+                ticket,
+                body=f"Missed call from a caller who withheld their number: their call at "
+                f"{row.started_at:%Y-%m-%d %H:%M} UTC {what}{choice}{of_team}. They cannot be called back.",
+                author=Author.SYSTEM,
+                private=True,
+            )
+            return
+        note = await do_post_message(
             session,
             ticket,
             body=f"Call back {row.customer}: their call at {row.started_at:%Y-%m-%d %H:%M} UTC {what}{choice}"
-            f"{f' (team {team_name})' if team_name else ''}. Call them with POST /api/v1/tickets/{ticket.id}/call.",
+            f"{of_team}. Call them with POST /api/v1/tickets/{ticket.id}/call.",
             author=Author.SYSTEM,
             private=True,
         )
+        row.extras = {**(row.extras or {}), CALL_BACK_NOTE: note.id}
         if await session.get(TicketLabel, (ticket.id, CALL_BACK_LABEL)) is None:
             session.add(TicketLabel(ticket_id=ticket.id, label=CALL_BACK_LABEL))
         if ticket.waiting_since is None:
@@ -432,28 +525,34 @@ class VoiceDesk:
             raise ValidationFailed("you have no phone number to be rung on; an admin sets it (agent phone)")
         async with self.db.read() as session:
             ticket = await check_ticket(session, ticket_id)
-            customer = await session.scalar(
-                select(Identity.address)
-                .where(Identity.contact_id == ticket.contact_id, Identity.channel == IdentityKind.PHONE.value)
-                .order_by(Identity.id.desc())
-                .limit(1)
-            )
-        if customer is None or not customer.startswith("+"):
-            raise ValidationFailed(f"contact {ticket.contact_id} has no phone number to call")
+            customer = await _number_to_call(session, ticket.contact_id)
+        timeout = service.tw.request_timeout_seconds
         try:
-            created = await service.client(account).calls.create_async(
-                to=agent.phone,
-                from_=line,
-                url=f"{base}{VOICE_PATH}/connect?ticket={ticket_id}&agent={agent.id}",
-                method="POST",
-                status_callback=f"{base}{VOICE_PATH}/status",
-                status_callback_method="POST",
-                status_callback_event=["initiated", "ringing", "answered", "completed"],
-                timeout=self.voice.dial_timeout_seconds,
-            )
+            async with asyncio.timeout(timeout):
+                created = await service.client(account).calls.create_async(
+                    to=agent.phone,
+                    from_=line,
+                    url=f"{base}{VOICE_PATH}/connect?ticket={ticket_id}&agent={agent.id}",
+                    method="POST",
+                    status_callback=f"{base}{VOICE_PATH}/status",
+                    status_callback_method="POST",
+                    status_callback_event=["initiated", "ringing", "answered", "completed"],
+                    timeout=self.voice.dial_timeout_seconds,
+                )
         except (TwilioRestException, TwilioServiceException) as exc:
             detail = exc.msg if isinstance(exc, TwilioRestException) else exc.detail
             raise ProviderError(f"Twilio refused the call: {error_reason(exc.code, str(detail or ''))}") from exc
+        except (TimeoutError, OSError, aiohttp.ClientError, TwilioException, ValueError) as exc:
+            failure = send_failure(exc, timeout)
+            if failure.extras.get(NOT_REACHED):
+                raise Unavailable(f"{failure.reason}; no call was placed, try again") from exc
+            # Twilio may have placed the call all the same: connect() finds
+            # the ticket in its URL when the agent answers.
+            log.warning("click-to-call on ticket %s: no answer from Twilio: %s", ticket_id, failure.reason)
+            raise ProviderError(
+                f"{failure.reason}; the call may still have been placed: if your phone rings, answer it to be "
+                "connected to the customer, otherwise try again in a minute"
+            ) from exc
         async with self.db.write() as session:
             ticket = await check_ticket(session, ticket_id, lock=True)
             params = CallParams(
@@ -465,21 +564,26 @@ class VoiceDesk:
                 direction="outbound-api",
             )
             row, ticket, _ = await self._call(session, params, direction="outbound", ticket=ticket)
-            row.agent_id = agent.id
-            row.team_id = ticket.team_id
-            await self._event(
-                session, ticket, row, f"agent:{agent.id}", event="click_to_call", agent_id=agent.id, to=customer
-            )
-            await audit(session, f"agent:{agent.id}", "call.started", "ticket", ticket.id, {"call_sid": row.call_sid})
+            await self._click_to_call_started(session, ticket, row, agent.id, customer)
             return call_row_view(row)
+
+    async def _click_to_call_started(
+        self, session: AsyncSession, ticket: Ticket, row: Call, agent_id: int, customer: str, **data: Any
+    ) -> None:
+        row.agent_id = agent_id
+        row.team_id = ticket.team_id
+        await self._event(
+            session, ticket, row, f"agent:{agent_id}", event="click_to_call", agent_id=agent_id, to=customer, **data
+        )
+        await audit(session, f"agent:{agent_id}", "call.started", "ticket", ticket.id, {"call_sid": row.call_sid})
 
     async def connect(self, params: CallParams, base: str, ticket_id: int, agent_id: int) -> str:
         """The agent answered a click-to-call: dial the customer."""
         async with self.db.write() as session:
             row = await session.scalar(select(Call).where(Call.call_sid == params.call_sid).with_for_update())
             if row is None:
-                return goodbye_twiml(self.voice.goodbye, self.speech)
-            if row.ticket_id != ticket_id or row.agent_id != agent_id:
+                row = await self._unrecorded_click_to_call(session, params, ticket_id, agent_id)
+            if row is None or row.ticket_id != ticket_id or row.agent_id != agent_id or is_withheld(row.customer):
                 return goodbye_twiml(self.voice.goodbye, self.speech)
             ticket = await check_ticket(session, row.ticket_id)
             if row.answered_at is None:
@@ -494,8 +598,62 @@ class VoiceDesk:
             timeout=self.voice.dial_timeout_seconds,
         )
 
+    async def _unrecorded_click_to_call(
+        self, session: AsyncSession, params: CallParams, ticket_id: int, agent_id: int
+    ) -> Call | None:
+        """A click-to-call whose request to Twilio timed out: Twilio placed it
+        but the hub never learnt its SID. The signed URL names the ticket and
+        the agent, so the call is recorded now that the agent answered."""
+        if not params.direction.startswith("outbound"):
+            return None
+        ticket = await session.scalar(select(Ticket).where(Ticket.id == ticket_id).with_for_update())
+        agent = await session.get(Agent, agent_id)
+        if ticket is None or agent is None or not agent.active:
+            return None
+        try:
+            customer = await _number_to_call(session, ticket.contact_id)
+        except ValidationFailed:
+            return None
+        line = self.service.caller_id or params.caller
+        recorded = CallParams(
+            call_sid=params.call_sid,
+            account_sid=params.account_sid,
+            caller=customer,
+            called=line,
+            status="queued",
+            direction="outbound-api",
+        )
+        row, ticket, _ = await self._call(session, recorded, direction="outbound", ticket=ticket)
+        await self._click_to_call_started(session, ticket, row, agent_id, customer, recorded_late=True)
+        return row
+
     async def calls_of_ticket(self, ticket_id: int) -> list[dict[str, Any]]:
         async with self.db.read() as session:
             await check_ticket(session, ticket_id)
             rows = await session.scalars(select(Call).where(Call.ticket_id == ticket_id).order_by(Call.id.desc()))
             return [call_row_view(r) for r in rows.all()]
+
+
+async def _number_to_call(session: AsyncSession, contact_id: int) -> str:
+    """The contact's newest phone number that can be called."""
+    addresses = (
+        await session.scalars(
+            select(Identity.address)
+            .where(Identity.contact_id == contact_id, Identity.channel == IdentityKind.PHONE.value)
+            .order_by(Identity.id.desc())
+        )
+    ).all()
+    callable_ = next((a for a in addresses if a.startswith("+") and not is_withheld(a)), None)
+    if callable_ is not None:
+        return callable_
+    if any(is_withheld(a) for a in addresses):
+        raise ValidationFailed(
+            f"contact {contact_id} called with their number withheld (an anonymous call): there is no number "
+            "to call back"
+        )
+    raise ValidationFailed(f"contact {contact_id} has no phone number to call")
+
+
+def _awaits_call_back(row: Call) -> bool:
+    extras = row.extras or {}
+    return extras.get("outcome") in UNANSWERED and CALL_BACK_NOTE in extras and not extras.get(CALL_BACK_SETTLED)

@@ -305,7 +305,7 @@ class CallList(BaseModel):
     tag="tickets",
     response=CallOut,
     status=201,
-    errors=(404, 422, 502),
+    errors=(404, 422, 502, 503),
 )
 async def click_to_call(request: web.Request) -> web.Response:
     hub = request.app[HUB]

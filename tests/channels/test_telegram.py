@@ -100,6 +100,21 @@ def test_every_official_sample_is_understood() -> None:
         ({"update_id": 1, "message": "hi"}, "JSON object"),
         ({"update_id": 1, "message": {"message_id": 1, "text": "no chat, no date"}}, "not a valid Telegram message"),
         ({"update_id": 1, "callback_query": {"id": "x", "data": "y"}}, "needs 'id' and 'from'"),
+        # Past what a datetime holds (OverflowError inside python-telegram-bot).
+        (update(text="x", date=10**20), r"message\.date must be a Unix time"),
+        (update("edited_message", text="x", edit_date=10**20), r"edited_message\.edit_date must be a Unix time"),
+        (update(text="x", date="yesterday"), r"message\.date must be a Unix time"),
+        (update(text=5), r"message\.text must be a string, not int"),
+        (update(caption=["a"], photo=[]), r"message\.caption must be a string, not list"),
+        # Past the Bot API's 52 bits (and the database's 64).
+        (update(text="x", chat={**CHAT, "id": 10**20}), r"message\.chat\.id is too large"),
+        (update(text="x", message_id=2**60), r"message\.message_id is too large"),
+        ({"update_id": 10**20, "message": update()["message"]}, "update_id"),
+        # Deeper down, where the hub does not check field by field: still named.
+        (
+            update(text="x", reply_to_message={"message_id": 1, "date": 2**50, "chat": CHAT}),
+            "not a valid Telegram message: ValueError: year",
+        ),
     ],
 )
 def test_what_is_not_an_update_is_refused_with_a_reason(data: Any, needle: str) -> None:
@@ -225,6 +240,23 @@ def test_blocking_and_unblocking_the_bot() -> None:
 
 
 BOT_USER_FOR_MEMBER = {"id": 123456, "is_bot": True, "first_name": "Hub"}
+
+
+def test_a_moved_live_location_is_told_apart_from_an_edit() -> None:
+    live = {"latitude": 35.7, "longitude": 51.4, "live_period": 900, "heading": 90}
+    shared = parse(update(location=live))
+    assert shared.moved_location is None
+    assert shared.message is not None and shared.message.extras["location"] == {
+        "latitude": 35.7,
+        "longitude": 51.4,
+        "live_period": 900,
+        "heading": 90,
+    }
+    moved = parse(update("edited_message", location={**live, "latitude": 35.71}, edit_date=1_700_000_030))
+    assert moved.kind is UpdateKind.EDIT
+    assert moved.moved_location == {"latitude": 35.71, "longitude": 51.4, "live_period": 900, "heading": 90}
+    assert moved.message is not None and moved.message.body == "📍 35.710000, 51.400000"
+    assert parse(update("edited_message", text="fixed", edit_date=1_700_000_030)).moved_location is None
 
 
 def test_edit_carries_the_edit_time() -> None:

@@ -11,14 +11,18 @@ from channels.base import InvalidPayload
 from channels.twilio_common import FormParams
 from channels.twilio_voice import (
     Speech,
+    TwilioVoiceChannel,
+    call_view,
     connect_twiml,
     dial_twiml,
     goodbye_twiml,
+    is_withheld,
     menu_twiml,
     parse_call,
     voicemail_twiml,
 )
 from hub.config import TwilioVoiceConfig, VoicePrompt
+from hub.core import Author, Channel, DeliveryStatus, OutboundMessage
 
 VOICE = TwilioVoiceConfig(
     greeting=VoicePrompt(
@@ -124,11 +128,68 @@ def test_call_parameters() -> None:
         42,
         "1",
     )
-    anonymous = parse_call(FormParams({"CallSid": "CA" + "1" * 32, "From": "anonymous", "To": "+1555"}.items()))
-    assert anonymous.caller == "anonymous"
+    client = parse_call(FormParams({"CallSid": "CA" + "1" * 32, "From": "client:Anna", "To": "+1555"}.items()))
+    assert (client.caller, client.caller_withheld) == ("client:anna", False)
     with pytest.raises(InvalidPayload, match="CallSid"):
         parse_call(FormParams({"From": "+15557654321"}.items()))
     with pytest.raises(InvalidPayload, match="CallStatus"):
         parse_call(FormParams({"CallSid": "CA" + "1" * 32, "CallStatus": "exploded"}.items()))
     with pytest.raises(InvalidPayload, match="CallDuration"):
         parse_call(FormParams({"CallSid": "CA" + "1" * 32, "CallDuration": "long"}.items()))
+
+
+@pytest.mark.parametrize(
+    "sent_from",
+    [
+        "+266696687",  # ANONYMOUS
+        "+7378742833",  # RESTRICTED
+        "+2562533",  # BLOCKED
+        "+8656696",  # UNKNOWN
+        "+86282452253",  # UNAVAILABLE
+        "anonymous",
+        "Restricted",
+        "unknown",
+        "unavailable",
+        "",
+    ],
+)
+def test_a_withheld_number_is_an_identity_of_its_own_call(sent_from: str) -> None:
+    sid = "CA" + "7" * 32
+    call = parse_call(FormParams({"CallSid": sid, "From": sent_from, "To": "+15550001111"}.items()))
+    assert call.caller_withheld
+    # Keyed by the call: two hidden callers are never one contact.
+    assert call.caller == f"anonymous:{sid}"
+    assert (call.customer, call.caller_name) == ("anonymous", "Anonymous caller")
+    assert call_view(call)["from"] == "anonymous"
+    # Placeholders stored before they were recognised are not numbers either.
+    assert is_withheld(sent_from) and is_withheld(call.caller)
+
+
+def test_real_numbers_are_not_withheld() -> None:
+    for number in ("+15557654321", "+989121234567", "+2666966870", "+44266696687"):
+        assert not is_withheld(number), number
+    call = parse_call(FormParams({"CallSid": "CA" + "7" * 32, "From": "+15557654321", "To": "+1555"}.items()))
+    assert (call.caller, call.customer, call.caller_withheld, call.caller_name) == (
+        "+15557654321",
+        "+15557654321",
+        False,
+        None,
+    )
+
+
+async def test_a_text_reply_to_a_withheld_number_fails_with_the_reason() -> None:
+    channel = TwilioVoiceChannel(None, None)
+    reply = OutboundMessage(
+        message_id=1,
+        ticket_id=1,
+        channel=Channel.VOICE,
+        inbox="voice",
+        recipient="anonymous:CA" + "7" * 32,
+        body="We called you back",
+        author=Author.AGENT,
+    )
+    for recipient in (reply.recipient, "+266696687"):
+        result = await channel.send(reply.model_copy(update={"recipient": recipient}))
+        assert result.status is DeliveryStatus.FAILED
+        assert not result.retryable
+        assert result.reason == "the caller withheld their number, so there is no number to text a reply to"

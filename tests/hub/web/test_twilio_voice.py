@@ -4,19 +4,33 @@ click-to-call through the fake Twilio; every step signed."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from sqlalchemy import select, update
 
-from hub.actions import do_create_agent, do_post_message
+from hub.actions import do_assign, do_create_agent, do_post_message
 from hub.core import Author
 from storage.models import Agent as AgentRow
 from storage.models import Call, Message, Ticket
-from tests.hub.helpers import PASSWORD, Agent
-from tests.hub.twilio_helpers import ACCOUNT, CUSTOMER, NUMBER, TOKEN, TwilioHub, eventually, twilio_hub
+from tests.hub.helpers import PASSWORD, Agent, next_frame
+from tests.hub.twilio_helpers import (
+    ACCOUNT,
+    CUSTOMER,
+    NUMBER,
+    TOKEN,
+    TwilioHub,
+    eventually,
+    free_port,
+    twilio_hub,
+)
 
 AGENT_PHONE = "+15550009999"
 
@@ -282,3 +296,212 @@ async def test_a_reply_on_a_phone_ticket_sends_its_attachments_as_mms(tmp_path: 
             ("Your invoice", [t.url(pdf["url"])]),
             ("", [t.url(pdf["url"])]),
         ]
+
+
+async def test_callers_who_withhold_their_number_are_separate_contacts(tmp_path: Path) -> None:
+    async with twilio_hub(tmp_path) as t:
+        agent, _ = await agent_with_phone(t, "sam@example.com", "Support", online=False)
+        sids = ["CA" + secrets.token_hex(16) for _ in range(3)]
+        # Two strangers with Twilio's "anonymous" number, one with the word.
+        for sid, hidden in zip(sids, ("+266696687", "+266696687", "anonymous"), strict=True):
+            params = call_params(sid, From=hidden, Caller=hidden)
+            await step(t, "/webhooks/twilio/voice", params)
+            await step(t, "/webhooks/twilio/voice/status", {**params, "CallStatus": "completed", "CallDuration": "3"})
+        calls = [await the_call(t, sid) for sid in sids]
+        assert len({c.contact_id for c in calls}) == 3
+        assert len({c.ticket_id for c in calls}) == 3
+        assert {c.customer for c in calls} == {"anonymous"}
+        ticket = await agent.get(f"/api/v1/tickets/{calls[0].ticket_id}")
+        # The team hears of the missed call, but gets no call-back task it cannot do.
+        assert "call-back" not in ticket["labels"]
+        (note,) = ticket["messages"]
+        assert note["private"] and "withheld their number" in note["body"] and "cannot be called back" in note["body"]
+        async with t.http.post(
+            t.url(f"/api/v1/tickets/{calls[0].ticket_id}/call"), json={}, headers=agent.headers
+        ) as r:
+            assert r.status == 422
+            assert "withheld" in (await r.json())["error"]["message"]
+        assert t.fake.calls == []
+        async with t.hub.db.write() as s:
+            row = await s.get(Ticket, calls[0].ticket_id)
+            assert row is not None
+            reply = await do_post_message(s, row, body="Thanks for calling", author=Author.SYSTEM)
+
+        async def settled() -> Message | None:
+            async with t.hub.db.read() as s:
+                m = await s.get(Message, reply.id)
+            return m if m is not None and m.status not in ("queued", "sending") else None
+
+        sent = await eventually(settled)
+        assert sent.status == "failed"
+        assert sent.status_reason == "the caller withheld their number, so there is no number to text a reply to"
+        assert not [r for r in t.fake.requests if r.path.endswith("/Messages.json")]
+
+
+async def test_the_agent_who_answers_gets_the_ticket_from_the_one_routing_chose(tmp_path: Path) -> None:
+    async with twilio_hub(tmp_path) as t:
+        agent, first = await agent_with_phone(t, "sam@example.com", "Support")
+        async with t.hub.db.write() as s:
+            row = await do_create_agent(
+                s, email="kim@example.com", name="Kim", password=PASSWORD, teams=["Support"], phone="+15550008888"
+            )
+            second = row.id
+            await s.execute(update(AgentRow).where(AgentRow.id == second).values(presence="online"))
+        sid = "CA" + secrets.token_hex(16)
+        await step(t, "/webhooks/twilio/voice", call_params(sid))
+        call = await the_call(t, sid)
+        async with t.hub.db.write() as s:
+            ticket = await s.get(Ticket, call.ticket_id)
+            assert ticket is not None
+            await do_assign(s, ticket, agent_id=first, team_id=None, actor="routing")
+        dial_doc = await step(t, "/webhooks/twilio/voice/menu", call_params(sid, Digits="2"))
+        assert dial_doc is not None
+        assert {n.text for n in dial_doc.findall("Dial/Number")} == {AGENT_PHONE, "+15550008888"}
+        leg = {**call_params("CA" + secrets.token_hex(16)), "ParentCallSid": sid, "To": "+15550008888"}
+        await step(t, f"/webhooks/twilio/voice/answered?agent={second}", leg)
+        detail = await agent.get(f"/api/v1/tickets/{call.ticket_id}")
+        assert detail["assignee_id"] == second
+        assert (await the_call(t, sid)).agent_id == second
+
+
+async def test_a_voicemail_after_the_final_status_takes_back_the_call_back_task(tmp_path: Path) -> None:
+    async with twilio_hub(tmp_path) as t:
+        agent = await t.agent()
+        sid = "CA" + secrets.token_hex(16)
+        await step(t, "/webhooks/twilio/voice", call_params(sid))
+        await step(t, "/webhooks/twilio/voice/menu", call_params(sid, Digits="1", CallStatus="in-progress"))
+        # The caller hangs up at the end of their message: the final status
+        # comes first, the <Record> action after it.
+        await step(t, "/webhooks/twilio/voice/status", call_params(sid, CallStatus="completed", CallDuration="30"))
+        call = await the_call(t, sid)
+        assert call.extras["outcome"] == "abandoned"
+        assert "call-back" in (await agent.get(f"/api/v1/tickets/{call.ticket_id}"))["labels"]
+        url = t.fake.add_media(ACCOUNT, "Recordings", b"ID3fake", "audio/mpeg")
+        rec = call_params(
+            sid,
+            CallStatus="completed",
+            RecordingUrl=url,
+            RecordingSid="RE" + "5" * 32,
+            RecordingDuration="17",
+            Digits="hangup",
+        )
+        async with agent.events() as ws:
+            await step(t, "/webhooks/twilio/voice/recording", rec)
+            frame = await next_frame(ws, "message.updated")
+        assert "No call back needed: they left a voicemail." in frame["message"]["body"]
+        assert "call-back" not in frame["ticket"]["labels"]
+        # Twilio retries the action: nothing changes twice.
+        await step(t, "/webhooks/twilio/voice/recording", rec)
+        call = await the_call(t, sid)
+        assert call.extras["outcome"] == "voicemail"
+        assert call.voicemail_message_id is not None
+        detail = await agent.get(f"/api/v1/tickets/{call.ticket_id}")
+        assert "call-back" not in detail["labels"]
+        (note,) = [m for m in detail["messages"] if m["private"]]
+        assert note["body"].count("No call back needed") == 1
+        assert [m["id"] for m in detail["messages"] if m["direction"] == "in"] == [call.voicemail_message_id]
+        events = await timeline_calls(agent, detail["contact_id"])
+        assert [e["event"] for e in events][-2:] == ["ended", "voicemail"]
+        assert (events[-1]["outcome"], events[-1]["corrected_from"]) == ("voicemail", "abandoned")
+
+
+async def test_a_final_status_carrying_the_recording_stores_the_voicemail(tmp_path: Path) -> None:
+    async with twilio_hub(tmp_path) as t:
+        agent = await t.agent()
+        sid = "CA" + secrets.token_hex(16)
+        await step(t, "/webhooks/twilio/voice", call_params(sid))
+        await step(t, "/webhooks/twilio/voice/menu", call_params(sid, Digits="1", CallStatus="in-progress"))
+        url = t.fake.add_media(ACCOUNT, "Recordings", b"ID3fake", "audio/mpeg")
+        recording = {"RecordingUrl": url, "RecordingSid": "RE" + "6" * 32, "RecordingDuration": "9"}
+        await step(
+            t, "/webhooks/twilio/voice/status", call_params(sid, CallStatus="completed", CallDuration="20", **recording)
+        )
+        call = await the_call(t, sid)
+        assert call.extras["outcome"] == "voicemail"
+        detail = await agent.get(f"/api/v1/tickets/{call.ticket_id}")
+        assert "call-back" not in detail["labels"]
+        assert [m["id"] for m in detail["messages"]] == [call.voicemail_message_id]
+        # The <Record> action, late, is the same voicemail.
+        await step(t, "/webhooks/twilio/voice/recording", call_params(sid, CallStatus="completed", **recording))
+        assert len((await agent.get(f"/api/v1/tickets/{call.ticket_id}"))["messages"]) == 1
+
+
+async def test_a_transcription_reaches_the_agents_screens(tmp_path: Path) -> None:
+    async with twilio_hub(tmp_path) as t:
+        agent = await t.agent()
+        sid = "CA" + secrets.token_hex(16)
+        await step(t, "/webhooks/twilio/voice", call_params(sid))
+        url = t.fake.add_media(ACCOUNT, "Recordings", b"ID3fake", "audio/mpeg")
+        rec = call_params(sid, RecordingUrl=url, RecordingSid="RE" + "7" * 32, RecordingDuration="5")
+        await step(t, "/webhooks/twilio/voice/recording", rec)
+        text = {**rec, "TranscriptionText": "Please call me about order 42.", "TranscriptionStatus": "completed"}
+        async with agent.events() as ws:
+            await step(t, "/webhooks/twilio/voice/transcription", text)
+            frame = await next_frame(ws, "message.updated")
+        assert frame["message"]["body"] == "Please call me about order 42."
+        assert frame["message"]["id"] == (await the_call(t, sid)).voicemail_message_id
+
+
+async def test_click_to_call_when_twilio_cannot_be_reached(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with twilio_hub(tmp_path, overrides={"twilio.api_base_url": dead}) as t:
+        agent, _ = await agent_with_phone(t, "sam@example.com", "Support", online=False)
+        await step(t, "/webhooks/twilio/voice", call_params("CA" + secrets.token_hex(16)))
+        (ticket,) = (await agent.get("/api/v1/tickets?channel=voice"))["items"]
+        async with t.http.post(t.url(f"/api/v1/tickets/{ticket['id']}/call"), json={}, headers=agent.headers) as r:
+            assert r.status == 503
+            message = (await r.json())["error"]["message"]
+        assert "Twilio could not be reached, nothing was sent" in message and "no call was placed" in message
+        assert [c["event"] for c in await timeline_calls(agent, ticket["contact_id"])] == ["incoming"]
+
+
+@contextlib.asynccontextmanager
+async def silent_twilio() -> AsyncIterator[str]:
+    """An API that takes requests and answers none in time."""
+
+    async def stall(request: web.Request) -> web.Response:
+        await asyncio.sleep(30)
+        return web.Response(status=500)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", stall)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+
+
+async def test_click_to_call_that_twilio_does_not_answer_in_time_still_connects(tmp_path: Path) -> None:
+    async with (
+        silent_twilio() as slow,
+        twilio_hub(tmp_path, overrides={"twilio.api_base_url": slow, "twilio.request_timeout_seconds": 0.5}) as t,
+    ):
+        agent, agent_id = await agent_with_phone(t, "sam@example.com", "Support", online=False)
+        assert await t.sms("Call me please", sid="SM" + secrets.token_hex(16)) == 200
+        (ticket,) = (await agent.get("/api/v1/tickets?channel=sms"))["items"]
+        async with t.http.post(t.url(f"/api/v1/tickets/{ticket['id']}/call"), json={}, headers=agent.headers) as r:
+            assert r.status == 502
+            message = (await r.json())["error"]["message"]
+        assert "Twilio did not answer within 0.5 s" in message and "may still have been placed" in message
+        # Twilio did place it: the agent answers, and is put through to the customer.
+        placed = "CA" + secrets.token_hex(16)
+        leg = call_params(placed, From=NUMBER, To=AGENT_PHONE, CallStatus="in-progress", Direction="outbound-api")
+        connect = await step(t, f"/webhooks/twilio/voice/connect?ticket={ticket['id']}&agent={agent_id}", leg)
+        assert connect is not None
+        number = connect.find("Dial/Number")
+        assert number is not None and number.text == CUSTOMER
+        call = await the_call(t, placed)
+        assert (call.ticket_id, call.agent_id, call.direction, call.customer) == (
+            ticket["id"],
+            agent_id,
+            "outbound",
+            CUSTOMER,
+        )
+        events = await timeline_calls(agent, ticket["contact_id"])
+        assert [e["event"] for e in events] == ["click_to_call", "agent_answered"]
+        # A connect step for a call the hub cannot have placed dials nobody.
+        other = call_params("CA" + secrets.token_hex(16), Direction="inbound")
+        bye = await step(t, f"/webhooks/twilio/voice/connect?ticket={ticket['id']}&agent={agent_id}", other)
+        assert bye is not None and bye.find("Dial") is None
