@@ -26,6 +26,7 @@ USER hub
 WORKDIR /var/lib/hub
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)" || exit 1
-# Migrations first (idempotent), then the requested role.
+# Migrations first (idempotent; containers starting together take turns on a
+# PostgreSQL advisory lock), then the requested role.
 ENTRYPOINT ["sh", "-c", "crm-hub migrate && exec crm-hub serve \"$@\"", "crm-hub"]
 CMD ["--role", "all"]

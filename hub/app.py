@@ -76,7 +76,6 @@ WEBSOCKETS = web.AppKey("websockets", set[web.WebSocketResponse])
 
 
 def build_hub(config: HubConfig, role: Role = "all") -> Hub:
-    config = ensure_secret_key(config)
     if role != "all" and config.redis.url is None:
         raise ConfigError(
             f"redis.url: --role {role} needs Redis (HUB_REDIS_URL) so that separate web and worker "
@@ -87,6 +86,15 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
             f"database.url: --role {role} runs several processes, which needs PostgreSQL (HUB_DATABASE_URL); "
             "SQLite serves one process (--role all)"
         )
+    if role != "all" and not config.secret_key:
+        # A key generated here would be this process's own (in its own data
+        # folder, or racing others for a shared one): a visitor token signed by
+        # one web process would be refused by the next.
+        raise ConfigError(
+            f"secret_key: --role {role} runs several processes, which must share one secret key: "
+            "set HUB_SECRET_KEY (the same value for every process)"
+        )
+    config = ensure_secret_key(config)
     db = Database(config.database_url, pool_size=config.database.pool_size, echo=config.database.echo)
     stream: Stream
     live: LiveBus

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import io
 import json
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -36,8 +37,14 @@ def _thresholds(cfg: HubConfig) -> Thresholds:
 
 def _matcher(cfg: HubConfig, kb: str | None) -> Matcher:
     from bots.matcher import Matcher
-    from hub.bot_step import make_backend
+    from hub.bot_step import check_backend, make_backend
+    from hub.config import ConfigError
 
+    # The same check serve makes at start-up, before any work.
+    try:
+        check_backend(cfg.bot)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
     if kb:
         try:
             entries = load_file(kb)
@@ -129,19 +136,23 @@ def bot_ask(ctx: click.Context, text: str, kb: str | None) -> None:
 def read_labelled(path: str) -> list[tuple[str, str | None]]:
     """CSV with columns ``question`` and ``expected`` (an entry id; empty or
     ``oos`` for questions the knowledge base should not answer)."""
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh)
-        fields = {f.strip().lower() for f in reader.fieldnames or []}
-        if not {"question", "expected"} <= fields:
-            raise click.ClickException(f"{path}: needs the columns question and expected (entry id, or oos)")
-        rows = []
-        for line, row in enumerate(reader, 2):
-            if None in row:  # csv puts a row's fields beyond the header under the key None
-                raise click.ClickException(f"{path}: line {line}: {TOO_MANY_FIELDS}")
-            row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
-            if not row["question"]:
-                raise click.ClickException(f"{path}: line {line}: question is empty")
-            rows.append((row["question"], None if row["expected"].lower() in OUT_OF_SCOPE else row["expected"]))
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            text = fh.read()
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    fields = {f.strip().lower() for f in reader.fieldnames or []}
+    if not {"question", "expected"} <= fields:
+        raise click.ClickException(f"{path}: needs the columns question and expected (entry id, or oos)")
+    rows = []
+    for line, row in enumerate(reader, 2):
+        if None in row:  # csv puts a row's fields beyond the header under the key None
+            raise click.ClickException(f"{path}: line {line}: {TOO_MANY_FIELDS}")
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+        if not row["question"]:
+            raise click.ClickException(f"{path}: line {line}: question is empty")
+        rows.append((row["question"], None if row["expected"].lower() in OUT_OF_SCOPE else row["expected"]))
     if not rows:
         raise click.ClickException(f"{path}: no questions")
     return rows
@@ -231,7 +242,7 @@ def bot_report(ctx: click.Context, limit: int) -> None:
 
 @click.command("rasa-actions")
 @click.option("--host", default=None, help="overrides bot.rasa.actions_host")
-@click.option("--port", type=int, default=None, help="overrides bot.rasa.actions_port")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="overrides bot.rasa.actions_port")
 @click.pass_context
 def rasa_actions(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Run the rasa-sdk action server with the hub's actions."""

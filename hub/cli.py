@@ -7,6 +7,7 @@ import gc
 import os
 import secrets
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +17,164 @@ from aiohttp import web
 from hub.config import ConfigError, HubConfig, load_config
 
 
-def _config(ctx: click.Context) -> HubConfig:
+def _config(ctx: click.Context, overrides: dict[str, Any] | None = None) -> HubConfig:
     obj: dict[str, Any] = ctx.ensure_object(dict)
     if "config" not in obj:
         try:
-            obj["config"] = load_config(obj.get("config_path"))
+            obj["config"] = load_config(obj.get("config_path"), overrides=overrides)
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from exc
     cfg: HubConfig = obj["config"]
     return cfg
 
 
-@click.group()
+NOT_MIGRATED = "the database is not migrated: run `crm-hub migrate`"
+# asyncpg's errors for a server that answers but will not let us in.
+_CONNECT_ERRORS = {
+    "InvalidCatalogNameError",
+    "InvalidPasswordError",
+    "InvalidAuthorizationSpecificationError",
+    "CannotConnectNowError",
+    "TooManyConnectionsError",
+    "ConnectionDoesNotExistError",
+    "PostgresConnectionError",
+}
+
+
+def database_problem(exc: BaseException, url: str | None) -> str | None:
+    """One line saying what is wrong with the database behind ``exc``, or
+    None when ``exc`` is not about reaching it or its schema (a bug keeps its
+    traceback)."""
+    from sqlalchemy.exc import DBAPIError
+
+    seen: set[int] = set()
+    err: BaseException | None = exc
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, DBAPIError):
+            # The asyncpg dialect wraps asyncpg's own exception, which says more.
+            orig: BaseException = err.orig or err
+            cause = orig.__cause__ or orig
+            name, text = type(cause).__name__, str(cause).strip()
+            if name in ("UndefinedTableError", "UndefinedColumnError") or text.startswith(
+                ("no such table", "no such column")
+            ):
+                return NOT_MIGRATED
+            if "unable to open database file" in text and url and _sqlite_file_missing(url):
+                return NOT_MIGRATED
+            # Failures to connect carry no statement.
+            if err.statement is None or name in _CONNECT_ERRORS or "unable to open database file" in text:
+                return f"cannot reach the database at {_safe_url(url) if url else '?'}: {text}"
+            return None
+        if isinstance(err, OSError) and _raised_by_database_driver(err):
+            return f"cannot reach the database at {_safe_url(url) if url else '?'}: {_os_reason(err)}"
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _sqlite_file_missing(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and bool(parsed.database) and not Path(str(parsed.database)).exists()
+
+
+def _raised_by_database_driver(err: BaseException) -> bool:
+    # asyncpg lets socket errors through unwrapped: where they were raised is
+    # what tells a refused database connection from, say, a missing file.
+    import traceback
+
+    return any(
+        str(frame.f_globals.get("__name__", "")).startswith(("asyncpg", "sqlalchemy"))
+        for frame, _ in traceback.walk_tb(err.__traceback__)
+    )
+
+
+def _os_reason(err: OSError) -> str:
+    if err.errno and err.errno > 0:
+        return os.strerror(err.errno)
+    if isinstance(err, TimeoutError):
+        return "timed out"
+    return str(err.strerror or err)
+
+
+def _quiet_aiosqlite_leftovers() -> None:
+    """aiosqlite queues the close of a connection that failed to open (no
+    database folder yet) without waiting for it; when the command's event loop
+    has ended first, the connection's thread reports the closed loop on stderr,
+    a traceback under the one-line error. The connection never opened, so there
+    is nothing to report."""
+    if getattr(threading.excepthook, "_hub_quiet", False):
+        return
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if (
+            args.exc_type is RuntimeError
+            and str(args.exc_value) == "Event loop is closed"
+            and args.thread is not None
+            and "_connection_worker_thread" in args.thread.name
+        ):
+            return
+        previous(args)
+
+    hook._hub_quiet = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
+class _HubGroup(click.Group):
+    """The top-level group: every command runs through :meth:`invoke`, so a
+    database that cannot be reached or was never migrated ends any command in
+    one line instead of a page of driver traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        _quiet_aiosqlite_leftovers()
+        try:
+            return super().invoke(ctx)
+        except click.ClickException:
+            raise  # already said what is wrong
+        except Exception as exc:
+            cfg = (ctx.obj or {}).get("config")
+            problem = database_problem(exc, cfg.database_url if isinstance(cfg, HubConfig) else None)
+            if problem is None:
+                raise
+            raise click.ClickException(problem) from exc
+
+
+async def schema_problem(url: str) -> str | None:
+    """None when the database's schema is the newest this code knows, else
+    what to do about it: serve checks this before it listens, so a database
+    that was never migrated is not discovered by the first customer."""
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from storage.migrate import alembic_config
+
+    if _sqlite_file_missing(url):
+        return NOT_MIGRATED  # and connecting would create an empty file
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            current = set(await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_heads()))
+    finally:
+        await engine.dispose()
+    script = ScriptDirectory.from_config(alembic_config(url))
+    if current == set(script.get_heads()):
+        return None
+    try:
+        for revision in current:
+            script.get_revision(revision)
+    except CommandError:
+        return (
+            f"the database's schema (revision {', '.join(sorted(current))}) is newer than this crm-hub: "
+            "upgrade crm-hub to the version that migrated it"
+        )
+    return NOT_MIGRATED
+
+
+@click.group(cls=_HubGroup)
 @click.option(
     "--config",
     "config_path",
@@ -49,25 +196,50 @@ def main(ctx: click.Context, config_path: str | None) -> None:
     help="all: web and workers in one process; web / worker: one side, for scaling out (needs Redis and PostgreSQL)",
 )
 @click.option("--host", default=None, help="overrides server.host / HUB_HOST")
-@click.option("--port", type=int, default=None, help="overrides server.port / HUB_PORT")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="overrides server.port / HUB_PORT")
 @click.pass_context
 def serve(ctx: click.Context, role: str, host: str | None, port: int | None) -> None:
     """Run the hub."""
     from hub import logs
     from hub.app import build_hub, create_app
 
-    cfg = _config(ctx)
+    # Into the config, not only the socket: the public URL's default, the
+    # OpenAPI servers and Twilio's callbacks are derived from them.
+    overrides: dict[str, Any] = {}
+    if host:
+        overrides["server.host"] = host
+    if port is not None:
+        overrides["server.port"] = port
+    cfg = _config(ctx, overrides)
     logs.configure(cfg.logging)
     try:
         hub = build_hub(cfg, role)  # type: ignore[arg-type]
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    problem = asyncio.run(schema_problem(cfg.database_url))
+    if problem is not None:
+        raise click.ClickException(problem)
     app = create_app(hub.config, role, hub=hub)  # type: ignore[arg-type]
     app.on_startup.append(_freeze_startup_objects)
-    host = host or cfg.server.host
-    port = cfg.server.port if port is None else port
-    click.echo(f"crm-hub {role} listening on http://{host}:{port}/", err=True)
-    web.run_app(app, host=host, port=port, print=None, access_log=None, shutdown_timeout=10)
+    host, port = cfg.server.host, cfg.server.port
+    state = {"started": False, "listening": False}
+
+    async def started(_app: web.Application) -> None:
+        state["started"] = True
+
+    def listening(_banner: str) -> None:
+        state["listening"] = True
+        click.echo(f"crm-hub {role} listening on http://{host}:{port}/", err=True)
+
+    app.on_startup.append(started)
+    try:
+        web.run_app(app, host=host, port=port, print=listening, access_log=None, shutdown_timeout=10)
+    except OSError as exc:
+        # Start-up done but no socket yet: binding it failed (an OSError from
+        # start-up itself, such as a refused database, is the group's to name).
+        if not state["started"] or state["listening"]:
+            raise
+        raise click.ClickException(f"cannot listen on {host}:{port}: {_os_reason(exc)}") from exc
 
 
 async def _freeze_startup_objects(_app: web.Application) -> None:

@@ -8,15 +8,25 @@ only from the environment (a secret written into YAML is refused), so the shippe
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from routing.settings import RoutingConfig
 
@@ -62,13 +72,59 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _split_url(value: str) -> SplitResult | None:
+    """``value`` split, if it has a scheme and a host (and a valid port)."""
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        return None
+    if not parts.scheme or not parts.hostname:
+        return None
+    return parts
+
+
+def _ip_network(value: str) -> str:
+    # Checked per request against the peer; an entry that is no network
+    # would silently never match.
+    try:
+        ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or network, such as 10.0.0.5 or 10.0.0.0/8") from None
+    return value
+
+
+def _origin(value: str) -> str:
+    # Browsers send an Origin of scheme://host[:port] and nothing more: an
+    # entry of another shape would never match, and refuse every visitor.
+    if value == "*":
+        return value
+    parts = _split_url(value)
+    if parts is None or parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError(
+            f'{value!r} is not "*" or an origin such as https://shop.example.com (scheme://host[:port], no path)'
+        )
+    return value
+
+
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     public_url: str | None = None
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     # Clients whose X-Forwarded-* headers are believed (reverse proxies).
-    trusted_proxies: list[str] = Field(default_factory=list)
+    trusted_proxies: list[Annotated[str, AfterValidator(_ip_network)]] = Field(default_factory=list)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        # Webhook, callback and widget URLs are this plus a path.
+        parts = _split_url(value)
+        if parts is None or parts.scheme not in ("http", "https") or parts.query or parts.fragment:
+            raise ValueError(f"{value!r} is not an http(s) URL with a host, such as https://hub.example.com")
+        return value
 
 
 class DatabaseConfig(_Section):
@@ -123,7 +179,7 @@ class WebchatConfig(_Section):
     history_limit: int = Field(default=50, ge=1, le=500)
     max_message_chars: int = Field(default=5000, ge=1)
     # Origins allowed to open the visitor websocket; "*" allows any site.
-    allowed_origins: list[str] = Field(default_factory=lambda: ["*"])
+    allowed_origins: list[Annotated[str, AfterValidator(_origin)]] = Field(default_factory=lambda: ["*"])
 
 
 PrechatField = Literal["name", "email", "phone"]

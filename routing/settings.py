@@ -6,7 +6,7 @@ edited at run time (rules and automation), with the same models."""
 from __future__ import annotations
 
 from datetime import date
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -230,7 +230,7 @@ class RoutingConfig(_Strict):
     default_calendar: str | None = None
     sla_policies: dict[str, SlaPolicy] = Field(default_factory=dict)
     default_sla: str | None = None
-    default_capacity: dict[Channel, int] = Field(
+    default_capacity: dict[Channel, Annotated[int, Field(ge=0)]] = Field(
         default_factory=lambda: {
             Channel.WEBCHAT: 3,
             Channel.TELEGRAM: 3,

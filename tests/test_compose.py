@@ -54,3 +54,33 @@ def test_web_and_worker_share_the_attachments_on_a_named_volume() -> None:
     # point must exist in the image, owned by the user the hub runs as.
     home = re.search(r"useradd .*--home-dir (\S+)", (REPO / "Dockerfile").read_text())
     assert home is not None and mounts[0][1] == PurePosixPath(home.group(1))
+
+
+def _published(spec: Any) -> tuple[str | None, int]:
+    """(host port or range, container port) of a short-syntax ports entry."""
+    parts = str(spec).split(":")
+    container = int(parts[-1].split("/")[0])
+    host = parts[-2] if len(parts) > 1 else None
+    return host, container
+
+
+def test_every_web_replica_can_publish_its_port() -> None:
+    """`docker compose up --scale web=N` (as the README and compose.yaml say)
+    starts N web containers: one fixed host port would let only the first
+    bind, so the host side is a range at least N wide (or left to Docker)."""
+    text = (REPO / "compose.yaml").read_text()
+    compose = yaml.safe_load(text)
+    web = compose["services"]["web"]
+    env = _image_env() | {k: _interpolated(v) for k, v in web.get("environment", {}).items()}
+    port = load_config(REPO / "config.yaml", env=env).server.port
+    scales = [int(n) for n in re.findall(r"--scale web=(\d+)", text + (REPO / "README.md").read_text())]
+    assert scales, "neither compose.yaml nor the README says how to scale web"
+    assert web.get("ports"), "the web service publishes no port"
+    for spec in web["ports"]:
+        host, container = _published(spec)
+        assert container == port, f"{spec}: the hub listens on {port} in the container"
+        if host is None:
+            continue
+        low, _, high = host.partition("-")
+        width = int(high or low) - int(low) + 1
+        assert width >= max(scales), f"{spec}: {width} host port(s) for --scale web={max(scales)}"

@@ -122,6 +122,10 @@ async def do_create_campaign(
         raise ValidationFailed(f"template: {exc}") from exc
     probe = variables(name="Ada Lovelace", phone="+15550000000", attributes={}, tags=[], stage=None)
     _probe_render(template, probe)
+    # Refused here, not when sending: the runner's pacer cannot pace at 0 or
+    # less and would fail a campaign already running. `not >` refuses NaN too.
+    if spec.rate_per_second is not None and not spec.rate_per_second > 0:
+        raise ValidationFailed(f"rate_per_second must be more than 0 (got {spec.rate_per_second:g})")
     if spec.rate_per_second is not None and spec.rate_per_second > sender.messages_per_second:
         raise ValidationFailed(
             f"rate_per_second {spec.rate_per_second:g} is above what sender {sender.key} may send "

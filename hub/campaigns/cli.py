@@ -86,6 +86,17 @@ def _attr(values: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def _read_text(path: str, encoding: str) -> str:
+    try:
+        return Path(path).read_text(encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(
+            f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 and try again"
+        ) from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
 def _when(value: str | None, name: str) -> datetime | None:
     if not value:
         return None
@@ -114,7 +125,12 @@ def _when(value: str | None, name: str) -> datetime | None:
 @click.option("--channel", "channels", multiple=True, help="segment: has an identity on (email, telegram, ...)")
 @click.option("--contacted-after", default=None, help="segment: last message after (ISO date/time with zone)")
 @click.option("--contacted-before", default=None, help="segment: last message before")
-@click.option("--rate", type=float, default=None, help="segments per second (default: the sender's)")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="segments per second (default: the sender's)",
+)
 @click.option("--schedule", default=None, help="start at (ISO date/time with zone) once sent with 'send'")
 @click.option("--no-quiet-hours", is_flag=True, help="ignore campaigns.quiet_hours (not for marketing)")
 @click.pass_context
@@ -127,12 +143,12 @@ def create(ctx: click.Context, /, **opts: Any) -> None:
     cfg = _config(ctx)
     if bool(opts["template_text"]) == bool(opts["template_file"]):
         raise click.UsageError("give --template or --template-file (one of them)")
-    template = opts["template_text"] or Path(opts["template_file"]).read_text(encoding="utf-8")
+    template = opts["template_text"] or _read_text(opts["template_file"], "utf-8")
     segment: SegmentFilter | None = None
     parsed = None
     if opts["csv_file"]:
         try:
-            parsed = parse_csv(Path(opts["csv_file"]).read_text(encoding="utf-8-sig"), cfg.phone.default_region)
+            parsed = parse_csv(_read_text(opts["csv_file"], "utf-8-sig"), cfg.phone.default_region)
         except CsvInvalid as exc:
             raise click.ClickException(f"{opts['csv_file']}: {exc}") from exc
     else:
@@ -379,7 +395,19 @@ def status(ctx: click.Context, campaign_id: int | None) -> None:
 @click.pass_context
 def report_cmd(ctx: click.Context, campaign_id: int, csv_out: str | None) -> None:
     """Sent, delivered, failed by error code, opted out, replied, segments, cost."""
+    if csv_out:
+        _check_writable(csv_out)
     _report(_config(ctx), campaign_id, csv_out)
+
+
+def _check_writable(path: str) -> None:
+    """Before the report is printed: finding out after it that the CSV cannot
+    be written would leave half of what was asked for."""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise click.ClickException(f"--csv {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (Path(path).exists() and not os.access(path, os.W_OK)):
+        raise click.ClickException(f"--csv {path}: cannot be written (permission denied)")
 
 
 def _report(cfg: HubConfig, campaign_id: int, csv_out: str | None) -> None:
@@ -392,9 +420,14 @@ def _report(cfg: HubConfig, campaign_id: int, csv_out: str | None) -> None:
             chunks.extend([text async for text in ca.recipients_csv(session, c.id)])
         return await ca.report(session, c)
 
-    _echo_json(_run(_with_campaign(cfg, campaign_id, fn)))
+    view = _run(_with_campaign(cfg, campaign_id, fn))
     if csv_out:
-        Path(csv_out).write_text("".join(chunks), encoding="utf-8")
+        try:
+            Path(csv_out).write_text("".join(chunks), encoding="utf-8")
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {csv_out}: {exc.strerror or exc}") from exc
+    _echo_json(view)
+    if csv_out:
         click.echo(f"recipients written to {csv_out}", err=True)
 
 

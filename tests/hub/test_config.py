@@ -37,11 +37,35 @@ def test_shipped_config_is_valid_and_equals_the_defaults() -> None:
         ("secret_key: hunter2\n", "HUB_SECRET_KEY"),
         ("- a\n- b\n", "mapping"),
         ("server: [\n", "not valid YAML"),
+        # Values that parse but could never work.
+        ("server:\n  public_url: hub.example.com\n", "server.public_url: Value error, 'hub.example.com' is not"),
+        ("server:\n  public_url: ftp://hub.example.com\n", "server.public_url"),
+        ("server:\n  public_url: https://\n", "server.public_url"),
+        ("server:\n  trusted_proxies: [10.0.0.1, not-an-ip]\n", "server.trusted_proxies.1: Value error, 'not-an-ip'"),
+        ("webchat:\n  allowed_origins: [example.com]\n", "webchat.allowed_origins.0: Value error, 'example.com'"),
+        ("webchat:\n  allowed_origins: ['https://shop.example.com/chat']\n", "webchat.allowed_origins.0"),
+        ("routing:\n  default_capacity: {webchat: -3}\n", "routing.default_capacity.webchat"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, text: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(needle)):
         load_config(write(tmp_path, text), env={})
+
+
+def test_urls_origins_and_networks_that_work_are_accepted(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(
+            tmp_path,
+            "server:\n  public_url: https://hub.example.com/crm/\n  trusted_proxies: [10.0.0.1, 10.0.0.0/8, '::1']\n"
+            "webchat:\n  allowed_origins: ['*', 'https://shop.example.com', 'http://localhost:3000/']\n"
+            "routing:\n  default_capacity: {webchat: 0}\n",
+        ),
+        env={},
+    )
+    assert cfg.public_url == "https://hub.example.com/crm"
+    assert cfg.routing.default_capacity == {"webchat": 0}
+    with pytest.raises(ConfigError, match=r"server\.public_url"):
+        load_config(path=None, env={"HUB_PUBLIC_URL": "hub.example.com"})
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
@@ -91,6 +115,20 @@ def test_split_roles_need_redis_and_postgres(tmp_path: Path) -> None:
         build_hub(with_redis, "web")
 
 
+def test_split_roles_need_a_configured_secret_key(tmp_path: Path) -> None:
+    """A key generated per process would sign visitor tokens that the other
+    web processes refuse."""
+    scale = {"HUB_REDIS_URL": "redis://127.0.0.1:6379/9", "HUB_DATABASE_URL": "postgresql+asyncpg://u@h/db"}
+    cfg = load_config(path=None, env=scale, overrides={"data_dir": str(tmp_path)})
+    for role in ("web", "worker"):
+        with pytest.raises(ConfigError, match=r"^secret_key: .*HUB_SECRET_KEY"):
+            build_hub(cfg, role)
+    assert not (tmp_path / "secret_key").exists()
+    build_hub(
+        load_config(path=None, env={**scale, "HUB_SECRET_KEY": "x"}, overrides={"data_dir": str(tmp_path)}), "web"
+    )
+
+
 def test_cli_reports_bad_config_without_a_traceback(tmp_path: Path) -> None:
     path = write(tmp_path, "server:\n  port: lots\n")
     result = CliRunner().invoke(main, ["--config", str(path), "migrate"])
@@ -107,6 +145,16 @@ def test_readme_documents_every_environment_variable_and_config_section() -> Non
     for section in HubConfig.model_fields:
         if section != "secret_key":
             assert section in shipped, f"config.yaml does not show {section}"
+
+
+def test_shipped_config_header_lists_every_environment_variable_once() -> None:
+    header = []
+    for line in (ROOT / "config.yaml").read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    named = [v for v in re.findall(r"\bHUB_[A-Z_]+\b", "\n".join(header)) if v != "HUB_SECRET_KEY"]
+    assert sorted(named) == sorted(ENV_OVERRIDES)
 
 
 def test_shipped_config_has_no_key_twice() -> None:

@@ -115,6 +115,53 @@ async def test_sigterm_returns_unsent_rows_to_pending(tmp_path: Path) -> None:
             await db.dispose()
 
 
+@pytest.mark.parametrize("rate", ["-5", "0", "nan"])
+def test_create_refuses_a_rate_that_is_not_positive(tmp_path: Path, rate: str) -> None:
+    """Such a campaign used to be created, then failed the moment it was sent
+    and stayed "running" for ever."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        json.dumps(
+            {"twilio": {"api_base_url": "http://127.0.0.1:9", "senders": [{"inbox": "promo", "number": PROMO}]}}
+        ),
+        encoding="utf-8",
+    )
+    env = hub_env(tmp_path / "data", HUB_CONFIG=str(config), TWILIO_ACCOUNT_SID=ACCOUNT, TWILIO_AUTH_TOKEN=TOKEN)
+    run_cli(["migrate"], env)
+    create = ["campaign", "create", "--name", "Slow", "--sender", "promo", "--template", "Hi", "--rate", rate]
+    done = subprocess.run([CLI, *create], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert "--rate" in done.stderr or "rate_per_second must be more than 0" in done.stderr, done.stderr
+    assert run_cli(["campaign", "status"], env) == ""
+
+
+@pytest.mark.parametrize("rate", [-5.0, 0.0, float("nan")])
+async def test_no_path_creates_a_campaign_with_a_rate_that_is_not_positive(
+    tmp_path: Path, db: Database, rate: float
+) -> None:
+    from hub.attachments import AttachmentStore
+    from hub.campaigns import actions as ca
+    from hub.config import load_config
+    from hub.errors import ValidationFailed
+    from hub.telephony import TwilioService
+
+    config = load_config(
+        path=None,
+        env={"HUB_SECRET_KEY": "x", "TWILIO_ACCOUNT_SID": ACCOUNT, "TWILIO_AUTH_TOKEN": TOKEN},
+        overrides={"data_dir": str(tmp_path / "data"), "twilio.senders": [{"inbox": "promo", "number": PROMO}]},
+    )
+    twilio = TwilioService(config, db, AttachmentStore(config.attachments_dir, max_bytes=config.attachments.max_bytes))
+    spec = ca.CampaignSpec(name="t", sender="promo", template="Hi", rate_per_second=rate)
+    try:
+        with pytest.raises(ValidationFailed, match="rate_per_second must be more than 0"):
+            async with db.write() as s:
+                await ca.do_create_campaign(s, twilio, config.campaigns, spec)
+    finally:
+        await twilio.sms.close()
+    async with db.read() as s:
+        assert (await s.scalars(select(Campaign))).all() == []
+
+
 async def _sent_at_least(fake: FakeTwilio, n: int) -> bool:
     await asyncio.sleep(0)
     return len(fake.messages) >= n
