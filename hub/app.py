@@ -28,7 +28,7 @@ from hub.core import Channel, TicketEventKind
 from hub.mail import EmailService, sync_email_inboxes
 from hub.relay import OutboxRelay
 from hub.router import Router
-from hub.security import VisitorTokens
+from hub.security import LoginThrottle, VisitorTokens
 from hub.sender import Sender
 from hub.stream.base import LiveBus, Stream
 from hub.stream.memory import InProcessLiveBus, InProcessStream
@@ -66,6 +66,7 @@ class Hub:
     email: EmailService | None = None
     # Bulk SMS campaigns; None without Twilio.
     campaigns: CampaignService | None = None
+    login_throttle: LoginThrottle = field(default_factory=lambda: LoginThrottle(None))
     consumer_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -145,6 +146,7 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         processor=processor,
         batcher=batcher,
         visitor_tokens=VisitorTokens(config.secret_key),
+        login_throttle=LoginThrottle(config.redis.url),
         channels=channels,
         attachments=attachments,
         bot=BotService(db, config.bot, rasa_tries=min(3, config.workers.max_deliveries)),
@@ -246,6 +248,7 @@ async def stop_hub(hub: Hub) -> None:
     if hub.twilio is not None:
         await hub.twilio.sms.close()  # click-to-call uses its client without SMS senders
     await hub.bot.close()
+    await hub.login_throttle.close()
     await hub.live.close()
     await hub.stream.close()
     await hub.db.dispose()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -14,6 +15,8 @@ class HubError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+        #: Response headers that go with the error (Retry-After).
+        self.headers: dict[str, str] = {}
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -55,6 +58,15 @@ class Conflict(HubError):
 class PayloadTooLarge(HubError):
     status = 413
     code = "payload_too_large"
+
+
+class TooManyRequests(HubError):
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
 
 
 class Unavailable(HubError):

@@ -27,6 +27,7 @@ from hub.actions import (
 from hub.app import HUB
 from hub.core import Author, Role, TicketStatus
 from hub.errors import BadRequest, Forbidden, NotFound, Unauthorized, ValidationFailed
+from hub.security import client_address
 from hub.web.registry import ROUTES, parse_body
 from hub.web.schemas import (
     AgentIn,
@@ -128,7 +129,7 @@ async def _paged(coro: Any) -> web.Response:
 @ROUTES.route(
     "POST",
     f"{API}/auth/token",
-    summary="Log in: trade email and password for a bearer token",
+    summary="Log in: trade email and password for a bearer token (429 after too many failures)",
     tag="auth",
     auth=False,
     body=LoginIn,
@@ -140,8 +141,16 @@ async def create_token(request: web.Request) -> web.Response:
     body = await parse_body(request, LoginIn)
     # Credentials are checked outside the write transaction: the password hash
     # is slow, and on SQLite every other write would wait for it.
+    # Guessing passwords is slowed per account and address (Argon2 alone still
+    # lets a few threads try many a second); the counts are of failures only.
+    address = client_address(request.remote, request.headers.get("X-Forwarded-For"), hub.config.server.trusted_proxies)
+    await hub.login_throttle.check(body.email, address)
     async with hub.db.read() as session:
-        agent = await check_login(session, body.email, body.password)
+        try:
+            agent = await check_login(session, body.email, body.password)
+        except Unauthorized:
+            await hub.login_throttle.failed(body.email, address)
+            raise
     async with hub.db.write() as session:
         token = await do_issue_token(session, agent.id, hub.config.auth.token_ttl_hours)
         view = agent_view(agent, await _team_ids(session, agent.id))

@@ -44,7 +44,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
     except HubError as exc:
         status = exc.status
-        return web.json_response(exc.to_json(), status=exc.status)
+        return web.json_response(exc.to_json(), status=exc.status, headers=exc.headers or None)
     except web.HTTPRequestEntityTooLarge as exc:
         status = 413
         err = PayloadTooLarge(f"request body is too large: {exc.text}")

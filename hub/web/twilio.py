@@ -4,7 +4,6 @@ Twilio called, parse (``channels.twilio_*``), persist, answer TwiML fast."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 from aiohttp import web
@@ -18,6 +17,7 @@ from channels.twilio_voice import empty_twiml, parse_call
 from hub.app import HUB, Hub
 from hub.core import IdentityKind
 from hub.errors import BadRequest, Forbidden, NotFound, Unavailable
+from hub.security import trusted_peer
 from hub.telephony import TwilioService
 from hub.telephony.sms import do_record_receipt, with_quick_reply
 from hub.web.api import API, current_agent, int_param
@@ -39,22 +39,6 @@ def _service(hub: Hub) -> TwilioService:
     return hub.twilio
 
 
-def _trusted(hub: Hub, remote: str | None) -> bool:
-    if not remote or not hub.config.server.trusted_proxies:
-        return False
-    try:
-        address = ipaddress.ip_address(remote)
-    except ValueError:
-        return False
-    for entry in hub.config.server.trusted_proxies:
-        try:
-            if address in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            log.warning("server.trusted_proxies entry %r is not an IP address or network", entry)
-    return False
-
-
 def called_urls(request: web.Request) -> list[str]:
     """The URLs Twilio may have called to reach this request, as Twilio signed
     them: the configured public URL; the one a trusted reverse proxy forwarded
@@ -65,7 +49,7 @@ def called_urls(request: web.Request) -> list[str]:
     urls: list[str] = []
     if hub.config.server.public_url:
         urls.append(hub.config.server.public_url.rstrip("/") + path)
-    if _trusted(hub, request.remote):
+    if trusted_peer(request.remote, hub.config.server.trusted_proxies):
         proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip()
         host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
         if proto or host:

@@ -20,7 +20,7 @@ from storage.ingest import IngestResult, ingest_batch
 from storage.models import Ticket
 from storage.queries import encode_cursor
 from tests import services
-from tests.hub.helpers import Agent, add_agent, make_config, next_frame, running_hub
+from tests.hub.helpers import PASSWORD, Agent, add_agent, make_config, next_frame, running_hub
 
 
 @dataclass
@@ -67,6 +67,22 @@ async def test_login_errors_do_not_say_which_part_was_wrong(env: Env) -> None:
         async with env.http.post(f"{env.base}/api/v1/auth/token", json=body) as r:
             assert r.status == 401
             assert (await r.json())["error"]["message"] == "email or password is wrong"
+
+
+async def test_failed_logins_are_throttled(env: Env) -> None:
+    url = f"{env.base}/api/v1/auth/token"
+    wrong = {"email": "agent@example.com", "password": "wrong"}
+    for _ in range(10):
+        async with env.http.post(url, json=wrong) as r:
+            assert r.status == 401
+    # Now even the right password waits: a guesser cannot tell which try was right.
+    async with env.http.post(url, json={"email": "agent@example.com", "password": PASSWORD}) as r:
+        assert r.status == 429
+        assert 1 <= int(r.headers["Retry-After"]) <= 15 * 60
+        error = (await r.json())["error"]
+        assert error["code"] == "too_many_requests" and "too many failed logins" in error["message"]
+    # Another account from the same address is not locked out by them.
+    await Agent.login(env.http, env.base, "admin@example.com")
 
 
 async def test_bad_and_revoked_tokens(env: Env) -> None:
