@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -10,7 +10,7 @@ from hub.actions import do_ensure_inbox
 from hub.core import Channel
 from storage.db import Database
 from storage.migrate import upgrade_async
-from tests import services
+from tests import mailservers, services
 
 
 @pytest.fixture
@@ -28,6 +28,17 @@ async def redis() -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture
 def redis_url() -> str:
     return services.REDIS_URL
+
+
+@pytest.fixture
+def smtp() -> Iterator[mailservers.SmtpServer]:
+    """A real SMTP server (aiosmtpd) on a free local port, keeping what it receives."""
+    server = mailservers.SmtpServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import email
 import email.policy
-from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -522,16 +521,6 @@ def test_absurdly_nested_mail_is_cut_short_not_fatal() -> None:
 
 
 # --- who a reply goes to ---------------------------------------------------------
-
-
-@pytest.fixture
-def smtp() -> Iterator[mailservers.SmtpServer]:
-    server = mailservers.SmtpServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def channel_for(server: mailservers.SmtpServer) -> EmailChannel:

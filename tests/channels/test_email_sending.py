@@ -21,16 +21,6 @@ from tests.channels.test_email import BOX, addresses, channel_for, reply
 
 
 @pytest.fixture
-def smtp() -> Iterator[mailservers.SmtpServer]:
-    server = mailservers.SmtpServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def no_smtputf8() -> Iterator[mailservers.SmtpServer]:
     """The same server, without SMTPUTF8 (aiosmtpd offers it by default)."""
     server = mailservers.SmtpServer()

@@ -47,16 +47,6 @@ def dovecot() -> Iterator[Dovecot]:
         server.cleanup()
 
 
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def hub_config(tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, **box: Any) -> HubConfig:
     mailbox: dict[str, Any] = {
         "address": USER,
