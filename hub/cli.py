@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import secrets
 import sys
@@ -145,6 +146,18 @@ async def schema_problem(url: str) -> str | None:
     """None when the database's schema is the newest this code knows, else
     what to do about it: serve checks this before it listens, so a database
     that was never migrated is not discovered by the first customer."""
+    # Alembic logs at INFO what it loads and sets up; a check that finds
+    # nothing wrong should say nothing.
+    alembic_log = logging.getLogger("alembic")
+    level = alembic_log.level
+    alembic_log.setLevel(logging.WARNING)
+    try:
+        return await _schema_problem(url)
+    finally:
+        alembic_log.setLevel(level)
+
+
+async def _schema_problem(url: str) -> str | None:
     from alembic.migration import MigrationContext
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError
