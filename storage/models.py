@@ -381,8 +381,9 @@ class Call(Base):
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
     contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
     direction: Mapped[str] = mapped_column(String(10))  # inbound | outbound
-    customer: Mapped[str] = mapped_column(String(40))  # E.164
-    line: Mapped[str] = mapped_column(String(40))  # our number
+    # E.164, or a SIP / Twilio Client address as Twilio wrote it (up to 200 characters).
+    customer: Mapped[str] = mapped_column(String(200))
+    line: Mapped[str] = mapped_column(String(200))  # our number (or SIP address)
     status: Mapped[str] = mapped_column(String(20))  # Twilio's CallStatus
     menu_choice: Mapped[str | None] = mapped_column(String(8), default=None)
     team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"), default=None)
