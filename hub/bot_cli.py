@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from bots.kb import TOO_MANY_FIELDS, KbError, dump_yaml, load_file
+from hub.cli_io import read_text
 from hub.config import HubConfig
 
 if TYPE_CHECKING:
@@ -136,11 +137,7 @@ def bot_ask(ctx: click.Context, text: str, kb: str | None) -> None:
 def read_labelled(path: str) -> list[tuple[str, str | None]]:
     """CSV with columns ``question`` and ``expected`` (an entry id; empty or
     ``oos`` for questions the knowledge base should not answer)."""
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            text = fh.read()
-    except UnicodeDecodeError as exc:
-        raise click.ClickException(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+    text = read_text(path, encoding="utf-8-sig", newline="")
     reader = csv.DictReader(io.StringIO(text, newline=""))
     fields = {f.strip().lower() for f in reader.fieldnames or []}
     if not {"question", "expected"} <= fields:

@@ -60,6 +60,8 @@ PENDING, SENDING, SENT, DELIVERED, UNDELIVERED, FAILED, SKIPPED, UNCERTAIN = (
     "uncertain",
 )
 RECIPIENT_STATUSES = (PENDING, SENDING, SENT, DELIVERED, UNDELIVERED, FAILED, SKIPPED, UNCERTAIN)
+# Recipients the campaign is done with (the progress it shows).
+DONE_STATUSES = (SENT, DELIVERED, UNDELIVERED, FAILED, SKIPPED, UNCERTAIN)
 INSERT_CHUNK = 1000
 
 
@@ -549,7 +551,7 @@ async def campaign_view(session: AsyncSession, campaign: Campaign) -> dict[str, 
     count = {s: int(by_status.get(s, {}).get("count", 0)) for s in RECIPIENT_STATUSES}
     to_send = [s for s in RECIPIENT_STATUSES if s != SKIPPED]
     total = sum(count.values())
-    done = sum(count[s] for s in (SENT, DELIVERED, UNDELIVERED, FAILED, SKIPPED, UNCERTAIN))
+    done = sum(count[s] for s in DONE_STATUSES)
     return {
         "id": campaign.id,
         "name": campaign.name,

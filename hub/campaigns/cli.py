@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import click
 
+from hub.cli_io import read_text
 from hub.config import HubConfig
 
 T = TypeVar("T")
@@ -86,17 +87,6 @@ def _attr(values: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def _read_text(path: str, encoding: str) -> str:
-    try:
-        return Path(path).read_text(encoding=encoding)
-    except UnicodeDecodeError as exc:
-        raise click.ClickException(
-            f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 and try again"
-        ) from exc
-    except OSError as exc:
-        raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from exc
-
-
 def _when(value: str | None, name: str) -> datetime | None:
     if not value:
         return None
@@ -143,12 +133,12 @@ def create(ctx: click.Context, /, **opts: Any) -> None:
     cfg = _config(ctx)
     if bool(opts["template_text"]) == bool(opts["template_file"]):
         raise click.UsageError("give --template or --template-file (one of them)")
-    template = opts["template_text"] or _read_text(opts["template_file"], "utf-8")
+    template = opts["template_text"] or read_text(opts["template_file"])
     segment: SegmentFilter | None = None
     parsed = None
     if opts["csv_file"]:
         try:
-            parsed = parse_csv(_read_text(opts["csv_file"], "utf-8-sig"), cfg.phone.default_region)
+            parsed = parse_csv(read_text(opts["csv_file"], encoding="utf-8-sig"), cfg.phone.default_region)
         except CsvInvalid as exc:
             raise click.ClickException(f"{opts['csv_file']}: {exc}") from exc
     else:
@@ -303,10 +293,7 @@ async def _send_with_progress(cfg: HubConfig, campaign_id: int, total: int) -> s
                 while True:
                     async with db.read() as session:
                         n = {k: int(v["count"]) for k, v in (await ca.counts(session, campaign_id)).items()}
-                    done = sum(
-                        n.get(s, 0)
-                        for s in (ca.SENT, ca.DELIVERED, ca.UNDELIVERED, ca.FAILED, ca.SKIPPED, ca.UNCERTAIN)
-                    )
+                    done = sum(n.get(s, 0) for s in ca.DONE_STATUSES)
                     bar.update(done - bar.n)
                     bar.set_postfix(
                         delivered=n.get(ca.DELIVERED, 0), failed=n.get(ca.FAILED, 0) + n.get(ca.UNDELIVERED, 0),
