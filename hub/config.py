@@ -986,6 +986,10 @@ class CampaignsConfig(_Section):
     reply_window_hours: float = Field(default=72.0, gt=0)
     # A recipient left "sending" this long (its worker died mid-send) is marked uncertain.
     send_lease_seconds: float = Field(default=60.0, gt=0)
+    # A send that got no answer (uncertain) is looked up in Twilio's message list this
+    # long after, when Twilio has long finished with the request: found, it is sent;
+    # not found, it is sent again. A lookup Twilio cannot answer is tried again later.
+    reconcile_after_seconds: float = Field(default=60.0, gt=0)
     # A claimed batch not sent within this long goes back to others (its worker died).
     claim_lease_seconds: float = Field(default=60.0, gt=0)
     claim_batch: int = Field(default=200, ge=1, le=5000)

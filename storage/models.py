@@ -633,7 +633,8 @@ class CampaignRecipient(Base):
     the unit of exactly-once: ``pending`` (claimed by a worker with a lease) ->
     ``sending`` (committed before Twilio is called) -> ``sent`` -> ``delivered`` /
     ``undelivered`` / ``failed``; ``skipped`` with the reason; ``uncertain`` when
-    its worker died mid-send (never resent blindly)."""
+    nobody can tell whether Twilio took it (its worker died mid-send, a timeout):
+    never resent blindly, but looked up in Twilio's message list and settled."""
 
     __tablename__ = "campaign_recipients"
     __table_args__ = (
@@ -663,6 +664,8 @@ class CampaignRecipient(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(200), default=None)
     lease_until: Mapped[datetime | None] = mapped_column(default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Times Twilio's message list was asked about an uncertain send and could not answer.
+    lookups: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     external_id: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
     delivered_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -27,8 +27,17 @@ stopped while it waited for the pacer, or held off) goes back to ``pending``
 (``skipped`` if the campaign was cancelled meanwhile).
 
 A row still ``sending`` after ``send_lease_seconds`` belonged to a worker that
-died between steps 3 and 5: it is marked ``uncertain`` and shown, never
-resent blindly; its status callback, if Twilio sends one, settles it.
+died between steps 3 and 5: it is marked ``uncertain``.
+
+6. **settle** ``uncertain`` rows, never resending blindly: once Twilio has long
+   finished with the request (``reconcile_after_seconds``), the worker asks
+   Twilio's message list for this number from this sender. A message with the
+   same body, created since the campaign started and not already another row's
+   or message's, is the send (``sent``, its SID); none means Twilio never took
+   it, and the row goes back to ``pending`` to be sent. A lookup Twilio cannot
+   answer is tried again later (``RECONCILE_LOOKUPS`` times, backing off), then
+   the row stays ``uncertain``, shown with the reason. A status callback, if
+   Twilio sends one, settles it too.
 """
 
 from __future__ import annotations
@@ -84,6 +93,11 @@ CALLBACK_PARAM = "campaign_recipient"
 UNREACHABLE_PAUSE_AFTER = 6
 # How long a worker holds off after the first such round (doubled each round, at most a minute).
 UNREACHABLE_BACKOFF_SECONDS = 1.0
+# Lookups of an uncertain send Twilio could not answer before it is left uncertain for good.
+RECONCILE_LOOKUPS = 5
+# Uncertain rows one worker looks up per round, and at once.
+RECONCILE_BATCH = 50
+RECONCILE_CONCURRENCY = 8
 # How recipients' statuses rank, so late or out-of-order receipts never move one back.
 _RANK = {PENDING: 0, SENDING: 1, UNCERTAIN: 2, SENT: 3, UNDELIVERED: 4, FAILED: 4, DELIVERED: 5}
 _RECEIPT_STATUS = {
@@ -137,6 +151,8 @@ class CampaignRunner:
         self._wave: dict[int, int] = {}
         self._hold: dict[int, float] = {}
         self._pause_reason: dict[int, str] = {}
+        # Per campaign: no lookup of uncertain sends before this (monotonic).
+        self._next_reconcile: dict[int, float] = {}
 
     # --- the worker loop -------------------------------------------------------------
 
@@ -225,6 +241,9 @@ class CampaignRunner:
                         await release_claims(session, campaign_id, self.owner)
                     await asyncio.sleep(min(held, self.config.poll_seconds))
                     continue
+                if time.monotonic() >= self._next_reconcile.get(campaign_id, 0.0):
+                    self._next_reconcile[campaign_id] = time.monotonic() + self.config.poll_seconds
+                    await self._reconcile(campaign, sender)
                 rate = min(campaign.rate_per_second or sender.messages_per_second, sender.messages_per_second)
                 batch = await self._claim(campaign, rate)
                 if not batch and inflight:
@@ -253,7 +272,7 @@ class CampaignRunner:
                 await release_claims(session, campaign_id, self.owner)
 
     def _forget_outage(self, campaign_id: int) -> None:
-        for state in (self._unreachable, self._wave, self._hold, self._pause_reason):
+        for state in (self._unreachable, self._wave, self._hold, self._pause_reason, self._next_reconcile):
             state.pop(campaign_id, None)
 
     async def _pause(self, campaign_id: int, reason: str) -> None:
@@ -363,10 +382,12 @@ class CampaignRunner:
             # Rows an earlier run left ``sending`` (it died mid-send) would
             # otherwise be waited for forever when no worker's tick runs (the CLI).
             await mark_abandoned(session, campaign_id)
+            # Uncertain rows still to be looked up in Twilio may yet be sent.
+            unsettled = and_(c.status == UNCERTAIN, c.not_before.is_not(None))
             left = await session.scalar(
                 select(func.count())
                 .select_from(c)
-                .where(c.campaign_id == campaign_id, c.status.in_((PENDING, SENDING)))
+                .where(c.campaign_id == campaign_id, or_(c.status.in_((PENDING, SENDING)), unsettled))
             )
             if not left:
                 done = await session.execute(
@@ -380,7 +401,7 @@ class CampaignRunner:
                 await self._publish(campaign_id, force=True)
                 return COMPLETED, 0.0
             nxt = await session.scalar(
-                select(func.min(c.not_before)).where(c.campaign_id == campaign_id, c.status == PENDING)
+                select(func.min(c.not_before)).where(c.campaign_id == campaign_id, or_(c.status == PENDING, unsettled))
             )
         wait = self.config.poll_seconds
         if nxt is not None:
@@ -485,7 +506,7 @@ class CampaignRunner:
                 result = await self.twilio.sms.send_sms(sender, w.phone, w.body, status_callback=callback)
             except Exception as exc:  # the outcome is unknown: never resend blindly
                 log.exception("campaign send raised", extra={"recipient": w.id})
-                self._results.append(self._outcome(w.id, UNCERTAIN, f"{type(exc).__name__}: {exc}"))
+                self._results.append(self._uncertain(w.id, f"{type(exc).__name__}: {exc}"))
                 return
             now = utcnow()
             code = result.extras.get("error_code")
@@ -510,7 +531,7 @@ class CampaignRunner:
                     out["nb"] = now + timedelta(seconds=wait)
                 elif result.retryable and code not in RETRYABLE_CODES:
                     # A timeout or a 5xx: Twilio may have the message. Shown, not resent.
-                    out = self._outcome(w.id, UNCERTAIN, result.reason, code=str(code) if code else None)
+                    out = self._uncertain(w.id, result.reason, code=str(code) if code else None)
                 else:
                     out = self._outcome(w.id, FAILED, result.reason, code=str(code) if code is not None else None)
             self._results.append(out)
@@ -554,7 +575,76 @@ class CampaignRunner:
             "at": sent_at,
             "nb": None,
             "undo": 0,
+            "looked": 0,
         }
+
+    def _uncertain(self, rid: int, reason: str | None, *, code: str | None = None) -> dict[str, Any]:
+        """Nobody can tell whether Twilio took it: looked up once Twilio has long finished with it."""
+        out = self._outcome(rid, UNCERTAIN, reason, code=code)
+        out["nb"] = utcnow() + timedelta(seconds=self.config.reconcile_after_seconds)
+        return out
+
+    # --- 6. settle uncertain sends ------------------------------------------------------
+
+    async def _reconcile(self, campaign: Campaign, sender: SmsSender) -> None:
+        """Look up the campaign's uncertain rows that are due in Twilio's
+        message list (see the module's docstring, step 6). The rows are leased
+        first, so two workers never look up the same one; the outcomes are
+        recorded like sends'."""
+        assert self.twilio is not None
+        c = CampaignRecipient
+        now = utcnow()
+        async with self.db.write() as session:
+            stmt = (
+                select(c.id, c.phone, c.body, c.lookups, c.reason)
+                .where(
+                    c.campaign_id == campaign.id,
+                    c.status == UNCERTAIN,
+                    c.not_before.is_not(None),
+                    c.not_before <= now,
+                )
+                .order_by(c.not_before, c.id)
+                .limit(RECONCILE_BATCH)
+            )
+            if not self.db.is_sqlite:
+                stmt = stmt.with_for_update(skip_locked=True)
+            rows = (await session.execute(stmt)).all()
+            if not rows:
+                return
+            await session.execute(
+                update(c)
+                .where(c.id.in_([r.id for r in rows]))
+                .values(not_before=now + timedelta(seconds=self.config.claim_lease_seconds))
+                .execution_options(synchronize_session=False)
+            )
+        since = campaign.started_at or campaign.created_at
+        slots = asyncio.Semaphore(RECONCILE_CONCURRENCY)
+        twilio = self.twilio
+
+        async def settle(r: Any) -> dict[str, Any]:
+            async with slots:
+                found = await twilio.sms.taken_earlier(sender, r.phone, r.body, since)
+            if found is None:
+                # Twilio never took it: not an attempt; sent like any pending row.
+                out = self._outcome(
+                    r.id, PENDING, f"Twilio has no record of the send that got no answer ({r.reason}); sending it again"
+                )
+                out["undo"] = 1
+                return out
+            if found.status == DeliveryStatus.SENT:
+                return self._outcome(r.id, SENT, found.reason, sid=found.external_id, sent_at=utcnow())
+            tries = r.lookups + 1
+            out = self._outcome(r.id, UNCERTAIN, f"{found.reason} (asked {tries} times)")
+            out["looked"] = 1
+            if tries < RECONCILE_LOOKUPS:
+                wait = min(self.config.reconcile_after_seconds * 2**tries, 900.0)
+                out["nb"] = utcnow() + timedelta(seconds=wait)
+            else:
+                out["reason"] = f"{found.reason}; Twilio could not be asked {tries} times, so it is left uncertain"
+            return out
+
+        self._results.extend(await asyncio.gather(*(settle(r) for r in rows)))
+        await self._flush()
 
     # --- 5. record ------------------------------------------------------------------------
 
@@ -586,6 +676,7 @@ class CampaignRunner:
                 not_before=bindparam("nb"),
                 # A send that never reached Twilio was not an attempt.
                 attempts=c.c.attempts - case((settled, bindparam("undo")), else_=0),
+                lookups=c.c.lookups + case((settled, bindparam("looked")), else_=0),
                 # claimed_by stays: which worker sent it.
                 lease_until=None,
             )
@@ -668,10 +759,13 @@ async def mark_abandoned(session: AsyncSession, campaign_id: int | None = None) 
         .where(*where)
         .values(
             status=UNCERTAIN,
-            reason="the worker sending it stopped mid-send; Twilio may or may not have it, so it is not resent "
-            "(its status callback settles it if Twilio sends one)",
+            reason="the worker sending it stopped mid-send; Twilio may or may not have it, so it is looked up "
+            "before anything is resent",
             claimed_by=None,
             lease_until=None,
+            # Its lease is over: Twilio has long finished with the request.
+            not_before=now,
+            lookups=0,
         )
         .execution_options(synchronize_session=False)
     )

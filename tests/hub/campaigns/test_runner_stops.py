@@ -1,13 +1,15 @@
 """How the sending loop stops and starts again, on both engines: Twilio that
 cannot be reached at all (nothing lost, the campaign pauses and says why)
-against Twilio that may have the message (uncertain); a worker stopped
-mid-batch (the rows it never handed to Twilio go back to pending); a cancel
-while a 429 is being answered (nothing pending is left in a cancelled
-campaign); a run started after a crash that left rows ``sending``."""
+against Twilio that may have the message (uncertain, then looked up in
+Twilio's message list: sent once, never twice); a worker stopped mid-batch
+(the rows it never handed to Twilio go back to pending); a cancel while a 429
+is being answered (nothing pending is left in a cancelled campaign); a run
+started after a crash that left rows ``sending``."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -78,6 +80,7 @@ async def world(tmp_path: Path, db: Database, api_base: str, *, rate: float, aud
             "twilio.senders": [{"inbox": "promo", "number": PROMO, "messages_per_second": rate}],
             "campaigns.quiet_hours": None,
             "campaigns.poll_seconds": 0.05,
+            "campaigns.reconcile_after_seconds": 0.05,
         },
     )
     twilio = TwilioService(config, db, AttachmentStore(config.attachments_dir, max_bytes=config.attachments.max_bytes))
@@ -126,7 +129,8 @@ async def test_unreachable_twilio_pauses_the_campaign_and_loses_nothing(tmp_path
 
 
 async def test_a_connection_dropped_mid_answer_is_uncertain(tmp_path: Path, db: Database) -> None:
-    """Twilio got the request and may have sent the message: never resent."""
+    """Twilio got the request and may have sent the message, and its message
+    list cannot be read either: never resent, asked a few times, then shown."""
 
     async def drop(request: web.Request) -> web.Response:
         await request.read()
@@ -143,6 +147,47 @@ async def test_a_connection_dropped_mid_answer_is_uncertain(tmp_path: Path, db: 
         assert await w.runner().run_campaign(w.campaign_id) == "completed"
         assert await w.counts() == {"uncertain": 5}
         assert (await w.view())["status_reason"] is None
+        for r in await w.rows():
+            assert r.lookups == 5 and r.not_before is None and r.attempts == 1
+            assert "could not be asked 5 times, so it is left uncertain" in (r.reason or ""), r.reason
+
+
+async def test_a_send_that_timed_out_but_went_through_is_not_sent_again(tmp_path: Path, db: Database) -> None:
+    async with (
+        FakeTwilio({ACCOUNT: TOKEN}, callback_statuses=()) as fake,
+        world(tmp_path, db, fake.base_url, rate=50, audience=6) as w,
+    ):
+        w.twilio.sms.timeout = 0.3
+        fake.stall_next(1.0, times=2)  # Twilio takes them but answers too late
+        fake.failing_lookups = 1  # and the first lookup fails: asked again later
+        assert await asyncio.wait_for(w.runner().run_campaign(w.campaign_id), 60) == "completed"
+        assert await w.counts() == {"sent": 6}
+        assert _sends(fake) == [1] * 6
+        by_sid = {m["sid"]: m["to"] for m in fake.messages}
+        rows = await w.rows()
+        assert all(by_sid[r.external_id] == r.phone for r in rows if r.external_id)
+        found = [r for r in rows if "Twilio had taken it" in (r.reason or "")]
+        assert len(found) == 2 and all(r.external_id and r.attempts == 1 for r in found)
+
+
+async def test_a_send_twilio_never_took_is_sent_after_the_lookup(tmp_path: Path, db: Database) -> None:
+    """A 5xx: Twilio may have it; its list says it has not, so it is sent."""
+    async with (
+        FakeTwilio({ACCOUNT: TOKEN}, callback_statuses=()) as fake,
+        world(tmp_path, db, fake.base_url, rate=50, audience=4) as w,
+    ):
+        fake.fail_next(500, 20500)
+        assert await asyncio.wait_for(w.runner().run_campaign(w.campaign_id), 60) == "completed"
+        assert await w.counts() == {"sent": 4}
+        assert _sends(fake) == [1] * 4
+        posts = [r for r in fake.requests if r.method == "POST"]
+        lookups = [r for r in fake.requests if r.method == "GET"]
+        assert len(posts) == 5 and len(lookups) == 1
+        # The lookup came before the second send to that number.
+        refused = posts[0].one("To")
+        again = next(r for r in posts[1:] if r.one("To") == refused)
+        assert lookups[0].at < again.at
+        assert all(r.attempts == 1 and r.external_id for r in await w.rows())
 
 
 async def test_a_stopped_worker_returns_what_it_never_sent(tmp_path: Path, db: Database) -> None:
@@ -208,10 +253,39 @@ async def test_a_run_after_a_crash_settles_rows_left_sending(tmp_path: Path, db:
                 .values(status="sending", claimed_by="cli-old", lease_until=datetime(2000, 1, 1, tzinfo=UTC))
             )
         assert await asyncio.wait_for(w.runner("cli-new").run_campaign(w.campaign_id), 60) == "completed"
-        assert await w.counts() == {"sent": 9, "uncertain": 1}
-        assert len(fake.messages) == 9
+        # Twilio's list has no message to it: it was never taken, so it is sent now.
+        assert await w.counts() == {"sent": 10}
+        assert _sends(fake) == [1] * 10
+
+
+async def test_a_send_twilio_took_before_the_crash_is_found_not_resent(tmp_path: Path, db: Database) -> None:
+    async with (
+        FakeTwilio({ACCOUNT: TOKEN}, callback_statuses=()) as fake,
+        world(tmp_path, db, fake.base_url, rate=50, audience=3) as w,
+    ):
+        first = (await w.rows())[0]
+        # The crashed worker's request reached Twilio; its answer never came back.
+        taken = await w.twilio.sms.send_sms(w.twilio.sms.senders["promo"], first.phone, first.body)
+        async with db.write() as s:
+            await s.execute(
+                update(CampaignRecipient)
+                .where(CampaignRecipient.id == first.id)
+                .values(
+                    status="sending", claimed_by="cli-old", attempts=1, lease_until=datetime(2000, 1, 1, tzinfo=UTC)
+                )
+            )
+        assert await asyncio.wait_for(w.runner("cli-new").run_campaign(w.campaign_id), 60) == "completed"
+        assert await w.counts() == {"sent": 3}
+        assert _sends(fake) == [1] * 3
+        row = (await w.rows())[0]
+        assert row.external_id == taken.external_id and row.attempts == 1
 
 
 async def _at_least(fake: FakeTwilio, n: int) -> bool:
     await asyncio.sleep(0)
     return len(fake.messages) >= n
+
+
+def _sends(fake: FakeTwilio) -> list[int]:
+    """Messages Twilio took per number."""
+    return sorted(Counter(m["to"] for m in fake.messages).values())
