@@ -8,7 +8,6 @@ import logging
 import os
 import secrets
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -99,37 +98,12 @@ def _os_reason(err: OSError) -> str:
     return str(err.strerror or err)
 
 
-def _quiet_aiosqlite_leftovers() -> None:
-    """aiosqlite queues the close of a connection that failed to open (no
-    database folder yet) without waiting for it; when the command's event loop
-    has ended first, the connection's thread reports the closed loop on stderr,
-    a traceback under the one-line error. The connection never opened, so there
-    is nothing to report."""
-    if getattr(threading.excepthook, "_hub_quiet", False):
-        return
-    previous = threading.excepthook
-
-    def hook(args: threading.ExceptHookArgs) -> None:
-        if (
-            args.exc_type is RuntimeError
-            and str(args.exc_value) == "Event loop is closed"
-            and args.thread is not None
-            and "_connection_worker_thread" in args.thread.name
-        ):
-            return
-        previous(args)
-
-    hook._hub_quiet = True  # type: ignore[attr-defined]
-    threading.excepthook = hook
-
-
 class _HubGroup(click.Group):
     """The top-level group: every command runs through :meth:`invoke`, so a
     database that cannot be reached or was never migrated ends any command in
     one line instead of a page of driver traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        _quiet_aiosqlite_leftovers()
         try:
             return super().invoke(ctx)
         except click.ClickException:

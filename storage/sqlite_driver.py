@@ -13,6 +13,7 @@ unchanged. Engines get it through the ``sqlite+hubsqlite`` URL that
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import sqlite3
 from typing import Any
@@ -29,6 +30,8 @@ from sqlalchemy.util import EMPTY_DICT
 from sqlalchemy.util.concurrency import await_
 
 DRIVER = "hubsqlite"
+# How long a connection that failed to open is given to stop its thread.
+THREAD_STOP_SECONDS = 5.0
 
 # (description, rows or None, rowcount, lastrowid)
 _Outcome = tuple[Any, list[Any] | None, int, int | None]
@@ -116,8 +119,24 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     _cursor_cls = OneHopCursor  # type: ignore[assignment]  # a subclass; the stub pins the exact type
 
 
+async def _open(*arg: Any, **kw: Any) -> aiosqlite.Connection:
+    conn = aiosqlite.connect(*arg, **kw)
+    # As SQLAlchemy's adapter does: the thread never keeps a process alive.
+    conn._thread.daemon = True
+    try:
+        return await conn
+    except BaseException:
+        # A connection that failed to open (no such folder, no permission) queues
+        # its thread's stop without waiting for it. Waiting here, while the loop
+        # still runs, keeps the thread from answering a loop that has closed
+        # meanwhile: a "Event loop is closed" traceback under a command's error.
+        await asyncio.to_thread(conn._thread.join, THREAD_STOP_SECONDS)
+        raise
+
+
 class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
     def connect(self, *arg: Any, **kw: Any) -> OneHopConnection:
+        kw.setdefault("async_creator_fn", _open)
         adapted = super().connect(*arg, **kw)
         return OneHopConnection(self, adapted._connection)
 
