@@ -205,22 +205,65 @@ def _folded(column: Any) -> Any:
     return column
 
 
-async def get_ticket(session: AsyncSession, ticket_id: int, *, message_limit: int = 500) -> dict[str, Any] | None:
+# How many of a ticket's messages its detail shows: a whole conversation but
+# for the longest ones, which page back with ticket_messages.
+NEWEST_MESSAGES = 500
+
+
+async def get_ticket(
+    session: AsyncSession, ticket_id: int, *, message_limit: int = NEWEST_MESSAGES
+) -> dict[str, Any] | None:
+    """The ticket with its newest ``message_limit`` messages, oldest first;
+    ``messages_before`` is the oldest of them while older ones exist (the
+    ``before`` of :func:`ticket_messages`), so a long history is never cut
+    off silently."""
     ticket = await session.get(Ticket, ticket_id)
     if ticket is None:
         return None
     labels = await labels_for(session, [ticket.id])
     inbox_key = await session.scalar(select(Inbox.key).where(Inbox.id == ticket.inbox_id))
-    rows = await session.scalars(
-        select(Message).where(Message.ticket_id == ticket.id).order_by(Message.id.desc()).limit(message_limit)
-    )
-    messages = [message_view(m, inbox_key) for m in reversed(rows.all())]
+    messages: list[dict[str, Any]] = []
+    older = None
+    if message_limit > 0:
+        messages, older = await _message_page(session, ticket.id, inbox_key, before=None, limit=message_limit)
     view = ticket_view(ticket, labels.get(ticket.id))
     view["inbox"] = inbox_key
     view["messages"] = messages
+    view["messages_before"] = older
     contact = await session.get(Contact, ticket.contact_id)
     view["contact_name"] = contact.name if contact else None
     return view
+
+
+async def _message_page(
+    session: AsyncSession, ticket_id: int, inbox_key: str | None, *, before: int | None, limit: int
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Up to ``limit`` of the ticket's messages older than message ``before``
+    (the newest without it), oldest first, private notes included; and the id
+    of the oldest of them when there are older still. Keyed on the id (the
+    (ticket_id, id) index), so pages neither skip nor repeat a message while
+    new ones arrive."""
+    stmt = select(Message).where(Message.ticket_id == ticket_id)
+    if before is not None:
+        stmt = stmt.where(Message.id < before)
+    rows = list((await session.scalars(stmt.order_by(Message.id.desc()).limit(limit + 1))).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [message_view(m, inbox_key) for m in reversed(rows)], rows[-1].id if more and rows else None
+
+
+async def ticket_messages(
+    session: AsyncSession, ticket: Ticket, *, before: int | None, cursor: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of the ticket's history: the messages just older than message
+    ``before`` (or than the page ``cursor`` ended at; the newest without
+    either), oldest first, as :func:`get_ticket` shows them."""
+    if cursor:
+        (raw_id,) = decode_cursor(cursor, 1)
+        before = cursor_id(raw_id)
+    inbox_key = await session.scalar(select(Inbox.key).where(Inbox.id == ticket.inbox_id))
+    items, older = await _message_page(session, ticket.id, inbox_key, before=before, limit=limit)
+    return items, encode_cursor(older) if older is not None else None
 
 
 async def list_contacts(

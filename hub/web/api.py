@@ -45,6 +45,7 @@ from hub.web.schemas import (
     TeamList,
     TicketDetail,
     TicketList,
+    TicketMessages,
     TicketOut,
     Timeline,
     TokenOut,
@@ -289,7 +290,8 @@ async def list_tickets(request: web.Request) -> web.Response:
 @ROUTES.route(
     "GET",
     f"{API}/tickets/{{id}}",
-    summary="A ticket with its messages (oldest first)",
+    summary=f"A ticket with its newest {queries.NEWEST_MESSAGES} messages (oldest first); "
+    "messages_before leads to earlier ones",
     tag="tickets",
     response=TicketDetail,
     errors=(404,),
@@ -303,6 +305,33 @@ async def get_ticket(request: web.Request) -> web.Response:
     if view is None:
         raise NotFound(f"ticket {ticket_id} does not exist")
     return web.json_response(view)
+
+
+@ROUTES.route(
+    "GET",
+    f"{API}/tickets/{{id}}/messages",
+    summary="The ticket's messages a page at a time, going back from the newest (each page oldest first)",
+    tag="tickets",
+    response=TicketMessages,
+    query={
+        "before": "a message id: the page ends just before it (the ticket's messages_before, or the oldest you hold)",
+        "cursor": "next_cursor of the previous page (instead of before)",
+        "limit": f"page size, 1 to {MAX_PAGE} (default 50)",
+    },
+    errors=(400, 404),
+)
+async def list_messages(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await current_agent(request)
+    ticket_id = int_param(request, "id")
+    before = int_param(request, "before") if "before" in request.query else None
+    cursor = request.query.get("cursor")
+    if before is not None and cursor:
+        raise BadRequest("give before or cursor, not both")
+    limit = page_limit(request)
+    async with hub.db.read() as session:
+        ticket = await check_ticket(session, ticket_id)
+        return await _paged(queries.ticket_messages(session, ticket, before=before, cursor=cursor, limit=limit))
 
 
 @ROUTES.route(
@@ -374,6 +403,7 @@ async def _ticket_out(request: web.Request, ticket_id: int) -> dict[str, Any]:
         view = await queries.get_ticket(session, ticket_id, message_limit=0)
     assert view is not None
     view.pop("messages", None)
+    view.pop("messages_before", None)
     return view
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from hub.core import Attachment, Channel, Role, UTCDateTime
-from storage.queries import MAX_ID
+from storage.queries import MAX_ID, NEWEST_MESSAGES
 
 # A larger id than the database holds must be refused here, naming the
 # field, rather than fail there as a server error.
@@ -179,7 +179,16 @@ class TicketList(_Out):
 class TicketDetail(TicketOut):
     inbox: str | None
     contact_name: str | None
-    messages: list[MessageOut]
+    messages: list[MessageOut] = Field(description=f"the newest {NEWEST_MESSAGES} messages and notes, oldest first")
+    messages_before: int | None = Field(
+        description="while older messages exist, the id of the oldest one in messages: pass it as before "
+        "to GET /api/v1/tickets/{id}/messages for the page before it; null when messages starts the conversation"
+    )
+
+
+class TicketMessages(_Out):
+    items: list[MessageOut] = Field(description="messages and private notes, oldest first")
+    next_cursor: str | None = Field(description="the page before this one (pass as cursor); null at the first message")
 
 
 class IdentityOut(_Out):

@@ -17,6 +17,10 @@ const VIEWS = ["mine", "unassigned", "teams", "all"];
 const STATUS_RANK = { received: 0, queued: 1, sending: 2, sent: 3, undelivered: 4, failed: 4, delivered: 5, read: 6 };
 // Which channel answers on which kind of identity.
 const REPLY_CHANNEL_OF_IDENTITY = { webchat: "webchat", phone: "sms", email: "email", telegram: "telegram" };
+// Earlier messages come this many at a time: a few screens' worth, quick to fetch.
+const EARLIER_PAGE = 100;
+// Scrolled this close to the top, the earlier messages load by themselves.
+const EARLIER_MARGIN = 80;
 
 const prefs = Object.assign({ language: null, sound: false, desktop: false, view: "mine" }, readJson(PREFS_KEY));
 
@@ -246,6 +250,7 @@ function bindOnce() {
   for (const button of document.querySelectorAll("[data-snooze]")) button.addEventListener("click", () => presetSnooze(button.dataset.snooze));
   for (const button of document.querySelectorAll("dialog [data-close]")) button.addEventListener("click", () => button.closest("dialog").close());
   $("#timeline-more").addEventListener("click", () => loadTimeline(true));
+  $("#messages").addEventListener("scroll", (e) => { if (e.target.scrollTop < EARLIER_MARGIN) loadEarlier(true); });
   $("#open-canned").addEventListener("click", openCannedDialog);
   $("#canned-form").addEventListener("submit", addCanned);
   document.addEventListener("keydown", onShortcut);
@@ -512,6 +517,7 @@ async function openTicket(id, { keepFocus = false } = {}) {
     const ticket = await state.api.get(`/tickets/${id}`);
     const switching = !state.current || state.current.id !== id;
     if (switching && state.current) saveDraft();
+    if (!switching) keepEarlier(ticket, state.current);
     state.current = ticket;
     state.messageIds = new Set();
     if (switching) {
@@ -534,7 +540,7 @@ async function openTicket(id, { keepFocus = false } = {}) {
 function renderConversation() {
   renderHeader();
   const box = $("#messages");
-  fill(box, state.current.messages.map((m) => messageView(m, state.agents)));
+  fill(box, earlierControl(), state.current.messages.map((m) => messageView(m, state.agents)));
   state.messageIds = new Set(state.current.messages.map((m) => m.id));
   box.setAttribute("tabindex", "-1");
   box.scrollTop = box.scrollHeight;
@@ -566,6 +572,9 @@ function addMessage(message) {
   const existing = box.querySelector(`[data-id="${message.id}"]`);
   const list = state.current.messages;
   const i = list.findIndex((m) => m.id === message.id);
+  // A late status of a message on a page not loaded yet: appended, it would sit
+  // among the newest; its page brings it, current, when the agent scrolls back.
+  if (i < 0 && state.current.messages_before != null && list.length && message.id < list[0].id) return;
   if (i >= 0) {
     // Events and answers cross on the wire: a status never moves backwards
     // (a reply's "queued" answer may arrive after its "failed" event).
@@ -581,6 +590,85 @@ function addMessage(message) {
     box.appendChild(node);
     if (nearBottom || message.direction === "out") box.scrollTop = box.scrollHeight;
   }
+}
+
+// --- earlier messages: the detail holds the newest page; older ones load on demand ---
+
+let earlier = null; // the request for earlier messages under way: { ticket }
+let earlierFailed = null; // the ticket whose last request failed: no more automatic tries
+
+function earlierControl() {
+  if (!state.current || state.current.messages_before == null) return null;
+  const loading = Boolean(earlier && earlier.ticket === state.current);
+  return h("div", { id: "history-more", class: "history-more" },
+    h("button", { type: "button", id: "load-earlier", class: "link", onclick: () => loadEarlier(false) },
+      t(loading ? "history.loading" : "history.earlier")));
+}
+
+function renderEarlierControl() {
+  const box = $("#messages");
+  const row = $("#history-more");
+  const next = earlierControl();
+  if (row && next) {
+    // Its text changes in place: a keyboard user's focus stays on the button.
+    fill(row.firstChild, next.firstChild.textContent);
+  } else if (row) {
+    const focused = row.contains(document.activeElement);
+    row.remove();
+    if (focused) box.focus({ preventScroll: true });
+  } else if (next) box.prepend(next);
+}
+
+async function loadEarlier(automatic) {
+  const ticket = state.current;
+  if (!ticket || ticket.messages_before == null || (earlier && earlier.ticket === ticket)) return;
+  if (automatic && earlierFailed === ticket) return;
+  earlierFailed = null;
+  const mine = (earlier = { ticket });
+  const box = $("#messages");
+  // The whole page lands at once in a live region: read it out as one change.
+  box.setAttribute("aria-busy", "true");
+  renderEarlierControl();
+  try {
+    const params = new URLSearchParams({ before: String(ticket.messages_before), limit: String(EARLIER_PAGE) });
+    const page = await state.api.get(`/tickets/${ticket.id}/messages?${params}`);
+    // Another conversation, or a fresh read of this one, has the pane now.
+    if (state.current !== ticket) return;
+    const held = new Set(ticket.messages.map((m) => m.id));
+    const fresh = page.items.filter((m) => !held.has(m.id));
+    ticket.messages = [...fresh, ...ticket.messages];
+    for (const m of fresh) state.messageIds.add(m.id);
+    ticket.messages_before = page.next_cursor && page.items.length ? page.items[0].id : null;
+    if (earlier === mine) earlier = null;
+    // Kept at the same distance from the bottom, what the agent was reading
+    // stays where it was while the page grows above it.
+    const fromBottom = box.scrollHeight - box.scrollTop;
+    renderEarlierControl();
+    const nodes = fresh.map((m) => messageView(m, state.agents));
+    const control = $("#history-more");
+    if (control) control.after(...nodes);
+    else box.prepend(...nodes);
+    box.scrollTop = box.scrollHeight - fromBottom;
+    announce(t("history.loaded", { n: formatNumber(fresh.length) }));
+  } catch (err) {
+    earlierFailed = ticket;
+    showError(err);
+  } finally {
+    if (earlier === mine) earlier = null;
+    if (!earlier) box.removeAttribute("aria-busy");
+    if (state.current === ticket) renderEarlierControl();
+  }
+}
+
+/** A fresh read of the open ticket (after a reconnect) holds only the newest
+ * page: the earlier pages the agent already went back through stay with it,
+ * when the two overlap (nothing can be missing in between). */
+function keepEarlier(fresh, held) {
+  if (!held || fresh.messages_before == null || !fresh.messages.length || !held.messages.length) return;
+  const first = fresh.messages[0].id;
+  if (held.messages[0].id >= first || held.messages[held.messages.length - 1].id < first) return;
+  fresh.messages = [...held.messages.filter((m) => m.id < first), ...fresh.messages];
+  fresh.messages_before = held.messages_before;
 }
 
 async function markRead() {

@@ -50,6 +50,8 @@ const STRINGS = {
     "key.snooze": "Snooze", "key.priority": "Change priority", "key.search": "Search", "key.views": "Switch view",
     "key.send": "Send the reply", "key.escape": "Leave the reply box / close", "key.help": "This help",
     "key.customer": "Show / hide the customer panel", "saved": "Saved", "subject": "Subject",
+    "history.earlier": "Load earlier messages", "history.loading": "Loading earlier messages…",
+    "history.loaded": "Earlier messages loaded: {n}",
   },
   fa: {
     "app.title": "صندوق گفتگوها", "login.title": "ورود به صندوق گفتگوها", "login.email": "ایمیل", "login.password": "گذرواژه",
@@ -100,6 +102,8 @@ const STRINGS = {
     "key.snooze": "تعویق", "key.priority": "تغییر اولویت", "key.search": "جستجو", "key.views": "تغییر نما",
     "key.send": "ارسال پاسخ", "key.escape": "خروج از کادر پاسخ / بستن", "key.help": "همین راهنما",
     "key.customer": "نمایش / پنهان کردن اطلاعات مشتری", "saved": "ذخیره شد", "subject": "موضوع",
+    "history.earlier": "بارگذاری پیام‌های قبلی", "history.loading": "در حال بارگذاری پیام‌های قبلی…",
+    "history.loaded": "{n} پیام قبلی بارگذاری شد",
   },
 };
 
