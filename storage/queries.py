@@ -225,7 +225,7 @@ async def get_ticket(
     messages: list[dict[str, Any]] = []
     older = None
     if message_limit > 0:
-        messages, older = await _message_page(session, ticket.id, inbox_key, before=None, limit=message_limit)
+        messages, older = await _message_page(session, ticket.id, before=None, limit=message_limit)
     view = ticket_view(ticket, labels.get(ticket.id))
     view["inbox"] = inbox_key
     view["messages"] = messages
@@ -236,20 +236,24 @@ async def get_ticket(
 
 
 async def _message_page(
-    session: AsyncSession, ticket_id: int, inbox_key: str | None, *, before: int | None, limit: int
+    session: AsyncSession, ticket_id: int, *, before: int | None, limit: int
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Up to ``limit`` of the ticket's messages older than message ``before``
     (the newest without it), oldest first, private notes included; and the id
     of the oldest of them when there are older still. Keyed on the id (the
     (ticket_id, id) index), so pages neither skip nor repeat a message while
-    new ones arrive."""
+    new ones arrive. Each message names its own inbox, as its live event and
+    the timeline do: a reply sent on another channel (an email on a web chat
+    ticket) is not the ticket's inbox."""
     stmt = select(Message).where(Message.ticket_id == ticket_id)
     if before is not None:
         stmt = stmt.where(Message.id < before)
     rows = list((await session.scalars(stmt.order_by(Message.id.desc()).limit(limit + 1))).all())
     more = len(rows) > limit
     rows = rows[:limit]
-    return [message_view(m, inbox_key) for m in reversed(rows)], rows[-1].id if more and rows else None
+    inboxes = {m.inbox_id for m in rows}
+    keys = dict((await session.execute(select(Inbox.id, Inbox.key).where(Inbox.id.in_(inboxes)))).tuples().all())
+    return [message_view(m, keys.get(m.inbox_id)) for m in reversed(rows)], rows[-1].id if more and rows else None
 
 
 async def ticket_messages(
@@ -261,8 +265,7 @@ async def ticket_messages(
     if cursor:
         (raw_id,) = decode_cursor(cursor, 1)
         before = cursor_id(raw_id)
-    inbox_key = await session.scalar(select(Inbox.key).where(Inbox.id == ticket.inbox_id))
-    items, older = await _message_page(session, ticket.id, inbox_key, before=before, limit=limit)
+    items, older = await _message_page(session, ticket.id, before=before, limit=limit)
     return items, encode_cursor(older) if older is not None else None
 
 

@@ -218,6 +218,11 @@ async def test_reply_on_another_channel_of_the_contact(env: Env) -> None:
         failed = await next_frame(events, "message.status", message__id=reply["id"], message__status="failed")
         assert failed["message"]["inbox"] == "mail:support"
         assert "email channel is not configured" in failed["message"]["status_reason"]
+    # The conversation names each message's own inbox, as the live event did.
+    detail = await env.admin.get(f"/api/v1/tickets/{ticket['id']}")
+    assert [m["inbox"] for m in detail["messages"]] == ["webchat", "mail:support"]
+    page = await env.admin.get(f"{path}?limit=5")
+    assert [m["inbox"] for m in page["items"]] == ["webchat", "mail:support"]
     contact = await env.admin.get(f"/api/v1/contacts/{ticket['contact_id']}")
     assert {(i["channel"], i["address"]) for i in contact["identities"]} >= {("email", "sara@example.com")}
     assert contact["attributes"]["reply_channel"] == "email"
