@@ -18,12 +18,18 @@ and the Message-ID (a hash of the message when it has none) tells which
 messages are already stored; with ``first_sync: new``, messages that arrived
 (IMAP INTERNALDATE) before the hub first connected are passed over, as the
 hub never stored them. When that was is kept in the inbox's settings.
+
+A message that fails is retried with the connection; only failures that are
+plausibly the message's own bring it closer to a placeholder (see
+:func:`outage` and the fetch loop in :meth:`MailboxPoller._sync`): a database
+restart or a flaky network delays mail, it never degrades it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import imaplib
 import logging
 import os
 import random
@@ -32,8 +38,9 @@ import socket
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -97,8 +104,17 @@ from storage.views import message_view
 
 log = logging.getLogger(__name__)
 
-#: Failures of one message before it is stored as unreadable.
+#: Failures of one message, each plausibly its own doing, before a
+#: placeholder is stored for it.
 POISON_AFTER = 3
+
+#: PostgreSQL SQLSTATE classes about the server or the connection, not the
+#: statement's data: 08 connection exception, 28 invalid authorization,
+#: 3D invalid catalog name (the database is gone), 40 transaction rollback
+#: (serialization failure, deadlock: a retry succeeds), 53 insufficient
+#: resources (disk full, too many connections), 57 operator intervention
+#: (shutdown, "cannot connect now" while starting), 58 system error (I/O).
+_OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "28", "3D", "40", "53", "57", "58"})
 
 #: How much earlier than the first connection a message must have arrived to
 #: be passed over as history in a re-read: INTERNALDATE has whole seconds and
@@ -107,6 +123,67 @@ POISON_AFTER = 3
 HISTORY_MARGIN = timedelta(minutes=1)
 
 T = TypeVar("T")
+
+
+# --- failures ---------------------------------------------------------------------
+
+
+def outage(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from the database, the network or the disk
+    failing rather than from the message being stored: such a failure hits
+    every message alike until it passes (a database restart, a lost
+    connection, a full disk), so it says nothing against the message in hand
+    and must not bring it closer to a placeholder.
+
+    Told by the kind of error, as DB-API and PostgreSQL define the kinds:
+    OperationalError and InterfaceError are DB-API's errors of the database's
+    operation and of the driver (SQLite's "database is locked" is one);
+    SQLAlchemy sets ``connection_invalidated`` on an error it found the
+    connection dead after (asyncpg's errors arrive as plain DBAPIError); a
+    PostgreSQL SQLSTATE in a class about the server, not the data; the pool's
+    TimeoutError; OSError (a refused, reset or timed-out connection, which
+    asyncpg lets through unwrapped, or a full or read-only attachment disk:
+    file names there are random, never the message's). Errors about the data
+    (IntegrityError, SQLSTATE 22 and 23, a parser's ValueError) are the
+    message's. Causes and contexts count too: an outage that broke the
+    rollback of a failed transaction is still an outage."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        err = pending.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, OSError | sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
+            return True
+        if isinstance(err, sa_exc.DBAPIError):
+            if err.connection_invalidated:
+                return True
+            if err.orig is not None:
+                pending.append(err.orig)  # the driver's error, which has the SQLSTATE
+        sqlstate = getattr(err, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate[:2] in _OUTAGE_SQLSTATE_CLASSES:
+            return True
+        pending.extend(e for e in (err.__cause__, err.__context__) if e is not None)
+    return False
+
+
+class Failures(NamedTuple):
+    """How often a message failed in a way that counts against it, and how
+    it failed the last time."""
+
+    times: int
+    last: Exception
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether a failed IMAP command lost the connection (dropped, reset,
+    timed out, closed by the server) rather than being answered: imaplib
+    raises ``IMAP4.abort`` for a connection it gave up on (a BYE, an EOF) and
+    lets socket errors and timeouts through. An answer of NO or BAD is
+    ``IMAP4.error``, a response imapclient cannot read is its ProtocolError
+    or another exception: those are about the message asked for."""
+    return isinstance(exc, imaplib.IMAP4.abort | OSError | EOFError)
 
 
 # --- actions --------------------------------------------------------------------
@@ -450,7 +527,13 @@ class MailboxPoller:
         self._conn: ImapConnection | None = None
         #: Messages stored by this poller (for logs and tests).
         self.imported = 0
-        self._failures: dict[int, int] = {}
+        # Per (UIDVALIDITY, UID): failures that count against the message so
+        # far and the latest of them, for fetching it and for storing it.
+        self._fetch_failures: dict[tuple[int, int], Failures] = {}
+        self._process_failures: dict[tuple[int, int], Failures] = {}
+        # The connection a message was last asked of. Held, not just its id,
+        # so that a new connection can never be taken for it.
+        self._fetching_on: object | None = None
         self._state: FolderState | None = None
 
     @property
@@ -592,24 +675,52 @@ class MailboxPoller:
             if history and recent is not None and uid not in recent:
                 passed_over = uid  # checkpointed with the next message read, or below
                 continue
+            key = (state.uidvalidity, uid)
+            given_up = self._fetch_failures.get(key)
+            if given_up is not None and given_up.times >= POISON_AFTER:
+                # Its last fetch lost the connection: the placeholder is made
+                # on this new one, which can still give its header.
+                self._fetching_on = conn
+                await self._unfetchable(conn, uid=uid, state=state, failures=given_up)
+                continue
+            first = self._fetching_on is not conn
+            self._fetching_on = conn
             try:
                 fetched = await self._call(conn.fetch, uid, self.config.max_message_bytes)
             except Exception as exc:
-                # A server that errors on one message (a corrupt file, a
-                # message too big to fetch in time) would otherwise fail
-                # every sync on it, and no later mail would ever be read.
-                failures = self._count_failure(uid)
-                if failures < POISON_AFTER:
+                lost = connection_lost(exc)
+                if lost and not first:
+                    # Other messages came through this connection before it
+                    # dropped: a network drops a connection under whichever
+                    # message is in flight, and a long backlog sync gives it
+                    # many chances, so that message is not blamed. The next
+                    # connection starts with it, and a message that cannot
+                    # be fetched in time (too big, or the server hangs up on
+                    # it) fails first thing there again: that does count, as
+                    # the connection had carried nothing else and had just
+                    # answered the search that found the message. Losing
+                    # POISON_AFTER connections in a row that way by chance
+                    # takes a network that drops most connections within
+                    # one message's fetch.
                     raise
-                log.exception(
-                    "mailbox %s: fetching UID %d failed %d times; storing a placeholder for it",
-                    self.key,
-                    uid,
-                    failures,
-                )
-                await self.process_unfetchable(conn, uid=uid, state=state, error=exc)
-                self._failures.pop(uid, None)
+                failures = self._count(self._fetch_failures, key, exc)
+                if failures.times < POISON_AFTER:
+                    if lost:
+                        log.warning(
+                            "mailbox %s: the connection was lost fetching UID %d, the first message asked of it "
+                            "(%d of %d before a placeholder)",
+                            self.key,
+                            uid,
+                            failures.times,
+                            POISON_AFTER,
+                        )
+                    raise
+                if lost:
+                    raise  # the placeholder is stored on the next connection, above
+                await self._unfetchable(conn, uid=uid, state=state, failures=failures)
                 continue
+            # Fetched: whatever failed before was not about fetching it.
+            self._fetch_failures.pop(key, None)
             if fetched is None:
                 await self._advance_alone(state, uid)  # expunged since the search
                 continue
@@ -626,23 +737,43 @@ class MailboxPoller:
             except LeaseLost:
                 raise
             except Exception as exc:
-                # Retried with the connection (the database may be down); a
-                # message that keeps failing must not block the mailbox.
-                failures = self._count_failure(uid)
-                if failures < POISON_AFTER:
+                if outage(exc):
+                    raise  # retried with the connection, for as long as the outage lasts
+                # A message that keeps failing must not block the mailbox.
+                failures = self._count(self._process_failures, key, exc)
+                if failures.times < POISON_AFTER:
                     raise
                 log.exception(
-                    "mailbox %s: UID %d failed %d times; storing it as an unreadable message", self.key, uid, failures
+                    "mailbox %s: UID %d failed %d times; storing it as an unreadable message",
+                    self.key,
+                    uid,
+                    failures.times,
                 )
                 await self.process_unreadable(fetched.raw, uid=uid, state=state, error=exc)
-            self._failures.pop(uid, None)
+            self._process_failures.pop(key, None)
         if passed_over and passed_over == uids[-1]:
             await self._advance_alone(state, passed_over)
 
-    def _count_failure(self, uid: int) -> int:
-        """One more failure of this UID (fetching or processing it); how many so far."""
-        failures = self._failures[uid] = self._failures.get(uid, 0) + 1
-        return failures
+    @staticmethod
+    def _count(table: dict[tuple[int, int], Failures], key: tuple[int, int], exc: Exception) -> Failures:
+        """One more failure of a message that counts against it."""
+        before = table.get(key)
+        table[key] = Failures(times=(before.times if before else 0) + 1, last=exc)
+        return table[key]
+
+    async def _unfetchable(self, conn: ImapConnection, *, uid: int, state: FolderState, failures: Failures) -> None:
+        error = failures.last
+        log.error(
+            "mailbox %s: fetching UID %d failed %d times (%s: %s); storing a placeholder for it",
+            self.key,
+            uid,
+            failures.times,
+            type(error).__name__,
+            error,
+            exc_info=error,
+        )
+        await self.process_unfetchable(conn, uid=uid, state=state, error=error)
+        self._fetch_failures.pop((state.uidvalidity, uid), None)
 
     async def _advance_alone(self, state: FolderState, uid: int) -> None:
         async with self.db.write() as session:

@@ -118,7 +118,7 @@ async def test_a_fetch_that_fails_once_is_only_retried(mail_db: Database, poller
     await poller._sync(conn)  # type: ignore[arg-type]
     assert set(await _messages(mail_db)) == {"late"}
     # The count starts again for a later failure of the same UID.
-    assert poller._failures == {}
+    assert poller._fetch_failures == {}
 
 
 # --- files over the attachment limit ------------------------------------------------
