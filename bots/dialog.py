@@ -11,26 +11,83 @@ they left off on their next message, on any channel.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from hub.config import QualificationConfig, QualificationSlot, ScoreRule
-from hub.text import InvalidPhoneNumber, keyword, normalize, parse_phone, to_ascii_digits
+from hub.text import (
+    ZWNJ,
+    InvalidPhoneNumber,
+    detect_language,
+    keyword,
+    normalize,
+    parse_phone,
+    to_ascii_digits,
+)
 
 STAGES = ("lead", "marketing_qualified", "sales_qualified")
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 _PHONE_CANDIDATE = re.compile(r"\+?[\d۰-۹٠-٩][\d۰-۹٠-٩ ()\-.]{5,}[\d۰-۹٠-٩]")
+# "Not decided" is a natural answer to the budget or timeline question: a skip, not a value.
 _SKIP = {
     "skip", "pass", "next", "no thanks", "rather not", "prefer not to say", "none", "n/a", "na", "dont know",
-    "don't know", "i don't know", "رد", "بعدی", "نمیدونم", "نمی دانم", "نمی دونم", "ندارم", "بگذر", "ترجیح میدم نگم",
+    "don't know", "i don't know", "not sure", "not decided", "undecided", "رد", "بعدی", "نمیدونم", "نمی دانم",
+    "نمی دونم", "ندارم", "بگذر", "ترجیح میدم نگم", "نامشخص", "مشخص نیست", "معلوم نیست", "هنوز معلوم نیست",
 }  # fmt: skip
 _CORRECTION = re.compile(r"^\s*(?:actually|sorry|correction|oops|i meant|no|wait|اصلاح|ببخشید|نه)\b[\s,:!-]*", re.I)
 _MULTIPLIERS = {
-    "k": 1_000, "thousand": 1_000, "هزار": 1_000, "m": 1_000_000, "mn": 1_000_000, "million": 1_000_000,
-    "میلیون": 1_000_000, "b": 1_000_000_000, "billion": 1_000_000_000, "میلیارد": 1_000_000_000,
+    "k": 1_000, "thousand": 1_000, "هزار": 1_000, "m": 1_000_000, "mn": 1_000_000, "mln": 1_000_000,
+    "mil": 1_000_000, "million": 1_000_000, "میلیون": 1_000_000, "ملیون": 1_000_000, "b": 1_000_000_000,
+    "bn": 1_000_000_000, "billion": 1_000_000_000, "میلیارد": 1_000_000_000, "ملیارد": 1_000_000_000,
 }  # fmt: skip
-_NUMBER = re.compile(r"(\d+(?:[.,٫٬]\d+)*)\s*([a-z\u0600-\u06ff]+)?", re.I)
+# An amount: "1 500 000" (a space groups only whole triples, or "10 200" would be read
+# as one number), else digits joined by separators, read by _amount(): "1,200.50",
+# "۱،۵۰۰،۰۰۰" (U+060C, on Persian keyboards), "۱٬۲۰۰" (U+066C), "۲٫۵" (U+066B).
+_AMOUNT = r"\d{1,3}(?: \d{3})+(?![\d.,،٬٫])|\d+(?:[.,،٬٫]\d+)*"
+
+
+def _quantity(name: str) -> str:
+    # A letter-only unit: the Persian separators are in the Arabic block too, and
+    # took "،" for a unit ("۱،۵۰۰" read as 1).
+    return rf"(?P<{name}>{_AMOUNT})(?:\s*(?P<{name}_unit>[^\W\d_]+))?"
+
+
+_SINGLE = re.compile(_quantity("lo"))
+_RANGE = re.compile(rf"{_quantity('lo')}\s*(?:-|\u2013|\u2014|~|to|till|تا|الی)\s*{_quantity('hi')}")
+_BETWEEN = re.compile(rf"(?:between|بین)\s+{_quantity('lo')}\s*(?:and|&|و)\s*{_quantity('hi')}")
+# «۱ میلیون و ۵۰۰ هزار»: a sum when the units fall, as Persian writes amounts.
+_COMPOUND = re.compile(rf"{_quantity('lo')}\s*(?:and|و)\s*{_quantity('hi')}")
+
+# "Budget 5k", «بودجه ۵ میلیون تومان», but not "Team 8 Studios".
+_BARE_NUMBER = (
+    rf"\$?(?:{_AMOUNT})(?:\s*(?:{'|'.join(sorted(_MULTIPLIERS, key=len, reverse=True))})(?!\w))?"
+    r"(?:\s*(?:people|persons|users|seats|employees|staff|dollars?|usd|euros?|eur|نفر|کاربر|دلار|یورو|تومان|تومن|ریال))?"
+)
+
+# Questions asked where an answer was expected: the first words (normalized).
+_QUESTION_WORDS = {
+    normalize(w) for w in (
+        "what", "whats", "why", "how", "hows", "when", "where", "which", "who", "whose", "whom", "چه", "چی", "چیه",
+        "چرا", "چطور", "چطوری", "چگونه", "کجا", "کجاست", "کی", "کدام", "کدوم", "آیا", "چند", "چندتا", "چقدر", "چقد",
+        "مگه", "مگر",
+    )
+}  # fmt: skip
+# "Do you ...", "Is there ...": an auxiliary alone is no question ("Will Smith", "May Lee").
+_AUXILIARIES = {
+    "do", "does", "did", "is", "are", "was", "were", "am", "can", "could", "would", "will", "should", "shall", "may",
+    "might", "have", "has",
+}  # fmt: skip
+_SUBJECTS = {
+    "i", "you", "u", "we", "they", "it", "there", "he", "she", "this", "that", "these", "those", "your", "my", "our",
+    "the", "a", "an",
+}  # fmt: skip
+_GREETING = r"(?:(?:hi|hello|hey|salam|سلام|درود)(?!\w)[\s,،!.]*)?"
+_END = r"[\s.!]*"
+_COPULA_WORD = r"(?:است|هست|هستش|میباشد|می\s+باشد)"
+_COPULA = rf"(?:\s+{_COPULA_WORD})?"
 
 
 class Invalid(ValueError):
@@ -41,25 +98,189 @@ class Invalid(ValueError):
         self.text = {"en": en, "fa": fa}
 
 
+# --- the customer's words ------------------------------------------------------------
+
+
+def _fold(text: str) -> tuple[str, list[int]]:
+    """``text`` as :func:`hub.text.normalize` compares it, with the index in
+    ``text`` of each folded character: patterns match the folded form, values
+    come from the customer's own text (their case, their digits)."""
+    folded: list[str] = []
+    origin: list[int] = []
+    for i, ch in enumerate(text):
+        piece = " " if ch.isspace() or ch == ZWNJ else normalize(ch)
+        folded.append(piece)
+        origin.extend([i] * len(piece))
+    return "".join(folded), origin
+
+
+def _values(patterns: list[re.Pattern[str]], text: str) -> Iterator[str]:
+    """The ``v`` group of each pattern that matches all of ``text``, as the
+    customer wrote it."""
+    folded, origin = _fold(text)
+    for pattern in patterns:
+        found = pattern.fullmatch(folded)
+        if found is None:
+            continue
+        start, end = found.span("v")
+        value = text[origin[start] : origin[end - 1] + 1].strip()
+        if value:
+            yield value
+
+
+def _is_persian_script(text: str) -> bool:
+    return any("\u0600" <= ch <= "\u06ff" for ch in text)
+
+
+# How sure a correction must look before it overwrites an answer, by slot kind:
+# an email or a phone number is recognised by its shape, so "email x@y.example"
+# is enough; a number is searched for anywhere in the text ("team plan, 500"
+# holds 500), so it must follow the alias at once ("budget 5k") or a verb, a
+# colon or a possessive must say it is the slot's value, as for a choice; free
+# text accepts anything, so it must be "my ..." / «...م» or "...:" («اسم شرکت
+# ما ...» is not a name).
+_SHAPED = frozenset({"email", "phone"})
+
+
+@lru_cache(maxsize=256)
+def _alias_patterns(alias: str, kind: str) -> tuple[re.Pattern[str], ...]:
+    """The ways to give the value of the slot ``alias`` names ("my email is X",
+    "email: X", «ایمیلم X است», «نام من X»), matched against folded text."""
+    word = r"\s+".join(re.escape(w) for w in _fold(alias)[0].split())
+    # The alias ends at a word boundary: «نامشخص» is not «نام» + «شخص», nor "Namecheap" "name" + "cheap".
+    a = rf"{word}(?!\w)"
+    v = r"(?P<v>\S.*?)"
+    owner = r"(?:(?:my|our|the)\s+)?"
+    verb = r"(?:(?:is|was|should\s+be|will\s+be|would\s+be|['\u2019]s)(?!\w)|[:=-])"
+    patterns = [rf"{owner}{a}\s*[:=-]\s*{v}{_COPULA}"]
+    if kind == "text":
+        patterns.append(rf"(?:my|our)\s+{a}\s*{verb}\s*{v}")
+    else:
+        patterns.append(rf"{owner}{a}\s*{verb}{'?' if kind in _SHAPED else ''}\s*{v}")
+    if kind == "number":
+        patterns.append(rf"{owner}{a}\s*(?P<v>{_BARE_NUMBER})")
+    if _is_persian_script(alias):
+        # «اسمم», «ایمیل‌مان», «شماره‌ام», «اسم من». The copula is a word of its own:
+        # an optional «ه» right after a lazy value cut the «ه» off «فاطمه».
+        patterns.append(rf"{word}(?:\s+(?:من|ما)|م|مان|مون|\s+ام)(?!\w)\s*{v}{_COPULA}")
+        if kind in _SHAPED:
+            patterns.append(rf"{a}\s*{v}{_COPULA}")
+        elif kind != "text":
+            patterns.append(rf"{a}\s*{v}\s+{_COPULA_WORD}")
+    return tuple(re.compile(f"{_GREETING}{p}{_END}") for p in patterns)
+
+
+def _slot_patterns(slot: QualificationSlot) -> list[re.Pattern[str]]:
+    names = sorted({slot.name.replace("_", " "), *slot.aliases}, key=len, reverse=True)
+    return [p for alias in names if alias.strip() for p in _alias_patterns(alias, slot.kind)]
+
+
+# "I'm Sara", «من سارا هستم»: ways to give one's own name, for a slot that asks it.
+_NAME_SLOTS = frozenset({"name", "full_name", "first_name", "last_name", "contact_name"})
+_INTRODUCTIONS = [
+    re.compile(rf"{_GREETING}(?:i['\u2019]?m|i\s+am|this\s+is|call\s+me|it['\u2019]?s|it\s+is)\s+(?P<v>\S.*?){_END}"),
+    re.compile(rf"{_GREETING}(?:من\s+)?(?P<v>\S.*?)\s+(?:هستم|ام){_END}"),
+]
+
+
+def is_question(text: str) -> bool:
+    """Whether ``text`` is clearly a question rather than an answer."""
+    if text.rstrip(" \t\n\"')»”").endswith(("?", "؟")):
+        return True
+    words = keyword(text).split()
+    if not words:
+        return False
+    if words[0] in _QUESTION_WORDS:
+        return True
+    return len(words) > 1 and words[0] in _AUXILIARIES and words[1] in _SUBJECTS
+
+
 # --- values ---------------------------------------------------------------------
 
 
+def _not_a_number() -> Invalid:
+    return Invalid("Please answer with a number, for example 500.", "لطفاً یک عدد بنویسید، مثلاً ۵۰۰.")
+
+
+def _amount(token: str) -> float:
+    """One written amount as a number. "٫" is always the decimal point and "٬"
+    and a space always group thousands; "," "،" and "." are read by where they
+    are: of two different ones the last is the decimal point ("1,200.50",
+    "1.200,50"), one repeated groups thousands ("1,500,000", "1.500.000"), and
+    a single one is a decimal point unless a comma precedes exactly three
+    digits ("1,200"). A single dot before three digits stays a decimal point:
+    "1.200" is 1.2 in English, and guessing otherwise would multiply by 1000."""
+    seps = re.findall(r"[^\d]", token)
+    decimal: str | None = None
+    if "٫" in seps:
+        decimal = "٫"
+    elif seps and seps[-1] in ".,،":
+        last = seps[-1]
+        kinds = {s for s in seps if s in ".,،"}
+        group = token[token.rindex(last) + 1 :]
+        if seps.count(last) == 1 and (len(kinds) > 1 or last == "." or len(group) != 3):
+            decimal = last
+    if decimal is None:
+        whole, fraction = token, ""
+    else:
+        cut = token.rindex(decimal)
+        whole, fraction = token[:cut], token[cut + 1 :]
+        if not fraction.isdigit():
+            raise _not_a_number()
+    whole = re.sub(r"[^\d]", "", whole)
+    return float(f"{whole}.{fraction or 0}")
+
+
+def _scaled(found: re.Match[str], end: str) -> tuple[float, int | None]:
+    unit = found.group(f"{end}_unit")
+    return _amount(found.group(end)), _MULTIPLIERS.get(unit.lower()) if unit else None
+
+
 def parse_number(text: str) -> float:
-    """ "5k", "2 million", "۵ میلیون", "1,200", "۱۲۰۰" -> a number."""
-    clean = to_ascii_digits(normalize(text))
-    match = _NUMBER.search(clean)
-    if match is None:
-        raise Invalid("Please answer with a number, for example 500.", "لطفاً یک عدد بنویسید، مثلاً ۵۰۰.")
-    digits, unit = match.group(1), (match.group(2) or "").lower()
-    # Thousands separators (1,200 / ۱٬۲۰۰) vs a decimal point (2.5 / ۲٫۵).
-    if re.fullmatch(r"\d{1,3}([,٬]\d{3})+", digits):
-        digits = re.sub("[,٬]", "", digits)
-    digits = digits.replace("٫", ".").replace(",", ".")
-    try:
-        value = float(digits)
-    except ValueError as exc:
-        raise Invalid("Please answer with a number, for example 500.", "لطفاً یک عدد بنویسید، مثلاً ۵۰۰.") from exc
-    return value * _MULTIPLIERS.get(unit, 1)
+    """ "5k", "2 million", "۵ میلیون", "1,200.50", "۱،۵۰۰،۰۰۰", "۱ میلیون و ۵۰۰ هزار",
+    "5-10k" -> a number."""
+    clean = normalize(text)
+    compound = _COMPOUND.search(clean)
+    if compound is not None:
+        (big, big_unit), (small, small_unit) = _scaled(compound, "lo"), _scaled(compound, "hi")
+        if big_unit is not None and big_unit > (small_unit or 1):
+            return big * big_unit + small * (small_unit or 1)
+    span = _BETWEEN.search(clean) or _RANGE.search(clean)
+    if span is not None:
+        (lo, lo_unit), (hi, hi_unit) = _scaled(span, "lo"), _scaled(span, "hi")
+        # One unit covers both ends ("5-10k" is 5k-10k) unless that would put the
+        # ends out of order ("500-1k" is 500 to 1000).
+        if lo <= hi:
+            lo_unit, hi_unit = lo_unit or hi_unit, hi_unit or lo_unit
+        # A range is stored as its midpoint: score rules compare one number with
+        # thresholds both ways (gte budget, lte team size), and the midpoint leans
+        # neither way, where either end would tip those rules for every range.
+        return (lo * (lo_unit or 1) + hi * (hi_unit or 1)) / 2
+    single = _SINGLE.search(clean)
+    if single is None:
+        raise _not_a_number()
+    value, unit = _scaled(single, "lo")
+    return value * (unit or 1)
+
+
+def _alternatives(choice: str) -> list[str]:
+    return [a.strip() for a in choice.split("|") if a.strip()]
+
+
+def choice_titles(slot: QualificationSlot) -> list[dict[str, str]]:
+    """Each choice's title per language: the first of its alternatives written
+    in that language (config "this month|این ماه"), English falling back to the
+    stored value."""
+    titles: list[dict[str, str]] = []
+    for choice in slot.choices:
+        by_lang: dict[str, str] = {}
+        for alternative in _alternatives(choice):
+            lang = detect_language(alternative)
+            if lang is not None:
+                by_lang.setdefault(lang, alternative)
+        by_lang.setdefault("en", choice.split("|")[0])
+        titles.append(by_lang)
+    return titles
 
 
 def _choice(slot: QualificationSlot, text: str) -> str:
@@ -75,8 +296,24 @@ def _choice(slot: QualificationSlot, text: str) -> str:
     for alternatives, value in zip(options, canonical, strict=True):
         if any(a and re.search(rf"(^|\s){re.escape(a)}($|\s)", said) for a in alternatives):
             return value
-    listed = ", ".join(canonical)
-    raise Invalid(f"Please choose one of: {listed}.", f"لطفاً یکی از این‌ها را انتخاب کنید: {listed}")
+    titles = choice_titles(slot)
+    english = ", ".join(t["en"] for t in titles)
+    persian = "، ".join(t.get("fa", t["en"]) for t in titles)
+    raise Invalid(f"Please choose one of: {english}.", f"لطفاً یکی از این‌ها را انتخاب کنید: {persian}.")
+
+
+def _text(slot: QualificationSlot, text: str) -> str:
+    if is_question(text):
+        # Refused, not stored: the caller then tries the knowledge base with it.
+        raise Invalid("I can't answer that one here, sorry.", "متأسفم، به این پرسش اینجا نمی‌توانم پاسخ بدهم.")
+    patterns = _slot_patterns(slot)
+    if slot.name in _NAME_SLOTS:
+        patterns += _INTRODUCTIONS
+    rest = _CORRECTION.sub("", text, count=1).strip()
+    value = next(_values(patterns, rest), text)
+    if not any(ch.isalnum() for ch in value):
+        raise Invalid("Please write an answer, or say skip.", "لطفاً پاسخ را بنویسید یا «رد» را بفرستید.")
+    return value[:500]
 
 
 def validate(slot: QualificationSlot, text: str, phone_region: str | None = None) -> Any:
@@ -105,9 +342,7 @@ def validate(slot: QualificationSlot, text: str, phone_region: str | None = None
         return int(value) if value.is_integer() else value
     if slot.kind == "choice":
         return _choice(slot, text)
-    if not text:
-        raise Invalid("Please write an answer, or say skip.", "لطفاً پاسخ را بنویسید یا «رد» را بفرستید.")
-    return text[:500]
+    return _text(slot, text)
 
 
 def is_skip(text: str) -> bool:
@@ -120,18 +355,10 @@ def find_correction(
     """("actually") "my email is X" / «ایمیلم X است»: the slot being corrected
     and its new value, if the message is such a correction."""
     rest = _CORRECTION.sub("", text, count=1).strip()
-    lowered = normalize(rest)
     for slot in slots:
-        names = [slot.name.replace("_", " "), *slot.aliases]
-        for alias in sorted(names, key=len, reverse=True):
-            a = re.escape(normalize(alias))
-            english = re.match(rf"^(?:my\s+|the\s+|our\s+)?{a}\s*(?:is|was|should be|:|=|-)\s*(?P<v>.+)$", lowered)
-            persian = re.match(rf"^{a}(?:\s*من|م|مان|ام)?\s*(?::|=|-)?\s*(?P<v>.+?)\s*(?:است|هست|ه)?\.?$", lowered)
-            found = english or persian
-            if found is None:
-                continue
+        for value in _values(_slot_patterns(slot), rest):
             try:
-                return slot, validate(slot, found.group("v"), phone_region)
+                return slot, validate(slot, value, phone_region)
             except Invalid:
                 continue
     return None
@@ -187,7 +414,8 @@ class Step:
     say: list[dict[str, str]] = field(default_factory=list)  # texts per language, in order
     set_values: dict[str, Any] = field(default_factory=dict)
     done: bool = False
-    quick_choices: list[str] = field(default_factory=list)
+    quick_choices: list[str] = field(default_factory=list)  # what each button answers: a choice's stored value
+    choice_titles: list[dict[str, str]] = field(default_factory=list)  # each button's title per language
     consumed: bool = True  # False: the message was not an answer (the caller may treat it as a question)
 
 
@@ -212,16 +440,34 @@ def ask_next(config: QualificationConfig, state: dict[str, Any], step: Step) -> 
         step.done = True
         return step
     step.say.append(dict(slot.prompt))
-    if slot.kind == "choice":
-        step.quick_choices = [c.split("|")[0] for c in slot.choices]
+    _offer_choices(slot, step)
     return step
 
 
-def answer(config: QualificationConfig, state: dict[str, Any], text: str) -> Step:
-    """Feed one customer message to the dialog."""
+def _offer_choices(slot: QualificationSlot, step: Step) -> None:
+    if slot.kind == "choice":
+        step.quick_choices = [c.split("|")[0] for c in slot.choices]
+        step.choice_titles = choice_titles(slot)
+
+
+def _shown(slot: QualificationSlot, value: Any, lang: str) -> str:
+    """A stored value as the customer reads it: a choice by its title in their language."""
+    if slot.kind == "choice":
+        canonical = [c.split("|")[0] for c in slot.choices]
+        if value in canonical:
+            titles = choice_titles(slot)[canonical.index(value)]
+            return titles.get(lang, titles["en"])
+    return str(value)
+
+
+def answer(config: QualificationConfig, state: dict[str, Any], text: str, *, default_region: str | None = None) -> Step:
+    """Feed one customer message to the dialog. ``default_region`` reads phone
+    numbers without a country code where the dialog sets no region of its own
+    (the hub's ``phone.default_region``)."""
     step = Step()
     slot = next((s for s in config.slots if s.name == state.get("slot")), None)
-    correction = find_correction([s for s in config.slots if s is not slot], text, config.phone_region)
+    region = config.phone_region or default_region
+    correction = find_correction([s for s in config.slots if s is not slot], text, region)
     if correction is not None:
         fixed, value = correction
         state["values"][fixed.name] = value
@@ -230,14 +476,13 @@ def answer(config: QualificationConfig, state: dict[str, Any], text: str) -> Ste
         step.set_values[fixed.name] = value
         step.say.append(
             {
-                "en": f"Thanks, I've updated your {fixed.name.replace('_', ' ')} to {value}.",
-                "fa": f"ممنون، {value} ثبت شد.",
+                "en": f"Thanks, I've updated your {fixed.name.replace('_', ' ')} to {_shown(fixed, value, 'en')}.",
+                "fa": f"ممنون، {_shown(fixed, value, 'fa')} ثبت شد.",
             }
         )
         if slot is not None:
             step.say.append(dict(slot.prompt))
-            if slot.kind == "choice":
-                step.quick_choices = [c.split("|")[0] for c in slot.choices]
+            _offer_choices(slot, step)
             return step
         return ask_next(config, state, step)
     if slot is None:
@@ -254,7 +499,7 @@ def answer(config: QualificationConfig, state: dict[str, Any], text: str) -> Ste
         state["skipped"].append(slot.name)
         return ask_next(config, state, step)
     try:
-        value = validate(slot, text, config.phone_region)
+        value = validate(slot, text, region)
     except Invalid as exc:
         state["tries"] += 1
         if state["tries"] >= 2:
@@ -265,6 +510,7 @@ def answer(config: QualificationConfig, state: dict[str, Any], text: str) -> Ste
         step.consumed = False
         step.say.append(exc.text)
         step.say.append(dict(slot.prompt))
+        _offer_choices(slot, step)
         return step
     state["values"][slot.name] = value
     step.set_values[slot.name] = value
