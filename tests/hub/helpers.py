@@ -19,6 +19,7 @@ from hub.config import HubConfig, load_config
 from hub.core import Role
 from storage.db import Database
 from storage.migrate import upgrade_async
+from tests import services
 
 PASSWORD = "correct horse battery"
 
@@ -32,6 +33,17 @@ def make_config(tmp_path: Path, **overrides: Any) -> HubConfig:
     }
     base.update(overrides)
     return load_config(path=None, env={"HUB_SECRET_KEY": "test-secret"}, overrides=base)
+
+
+async def config_on(engine: str, tmp_path: Path, **overrides: Any) -> AsyncIterator[HubConfig]:
+    """A hub's configuration on the embedded database (``"sqlite"``) or on a
+    fresh PostgreSQL database (``"postgres"``, dropped afterwards): the
+    parameter of the fixtures that run a test on both."""
+    if engine == "postgres":
+        async for url in services.fresh_postgres_database():
+            yield make_config(tmp_path, **{"database.url": url, **overrides})
+    else:
+        yield make_config(tmp_path, **overrides)
 
 
 async def add_agent(config: HubConfig, email: str, role: Role = Role.ADMIN) -> None:

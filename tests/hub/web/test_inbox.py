@@ -20,8 +20,7 @@ from hub.web.schemas import TicketOut
 from storage.db import Database
 from storage.ingest import IngestResult, ingest_batch
 from storage.models import TeamMember
-from tests import services
-from tests.hub.helpers import PASSWORD, Agent, add_agent, make_config, next_frame, running_hub
+from tests.hub.helpers import PASSWORD, Agent, add_agent, config_on, make_config, next_frame, running_hub
 
 
 @dataclass
@@ -44,12 +43,8 @@ class Env:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Env]:
-    if request.param == "postgres":
-        async for url in services.fresh_postgres_database():
-            async for e in _env(make_config(tmp_path, **{"database.url": url})):
-                yield e
-    else:
-        async for e in _env(make_config(tmp_path)):
+    async for config in config_on(request.param, tmp_path):
+        async for e in _env(config):
             yield e
 
 

@@ -25,9 +25,8 @@ from storage.db import Database
 from storage.ingest import IngestResult, ingest_batch
 from storage.models import Message, Ticket
 from storage.queries import NEWEST_MESSAGES, encode_cursor
-from tests import services
 from tests.browser import chromium, screenshot, watch_for_trouble
-from tests.hub.helpers import Agent, add_agent, make_config, running_hub
+from tests.hub.helpers import Agent, add_agent, config_on, make_config, running_hub
 from tests.hub.static.pages import log_in
 
 
@@ -41,12 +40,8 @@ class Env:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Env]:
-    if request.param == "postgres":
-        async for url in services.fresh_postgres_database():
-            async for e in _env(make_config(tmp_path, **{"database.url": url})):
-                yield e
-    else:
-        async for e in _env(make_config(tmp_path)):
+    async for config in config_on(request.param, tmp_path):
+        async for e in _env(config):
             yield e
 
 
