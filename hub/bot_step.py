@@ -11,28 +11,40 @@ Everything one message causes (the replies, the contact's new attributes and
 lead score, the handoff, the turn record, the bot's memory) is written in one
 transaction, and the turn is unique per inbound message, so a redelivered
 event changes nothing.
+
+The bot's memory is per contact, shared by all their tickets and by every
+worker, so the answer is worked out in that transaction, with the contact's
+row locked, from the memory as the previous message left it; and a message
+whose predecessor from the same customer is still being answered waits for
+it (briefly), so quick answers are taken in the order they were written. A
+new ticket starts a new conversation: what the bot remembers of the last
+one (misunderstandings, buttons offered, the feedback question) is
+forgotten, except a qualification dialog left unfinished recently, which
+carries on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import importlib.util
 import logging
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bots import rasa_backend
-from bots.brain import Brain, Contact, Handoff, Inbound, Outcome, Reply, lang_of, say, summary
+from bots.brain import TRANSCRIPT_TURNS, Brain, Contact, Handoff, Inbound, Outcome, Reply, lang_of, say, summary
 from bots.kb import KbEntry
 from bots.matcher import Backend, LexicalBackend, Match, Matcher, Thresholds
 from hub.actions import check_ticket, do_get_or_create_team, do_handoff, do_post_message
 from hub.bot_actions import do_record_feedback, do_update_lead, kb_revision, load_kb
 from hub.config import BotConfig, ConfigError
-from hub.core import Author, TicketEventKind, TicketStatus, utcnow
+from hub.core import Author, Direction, TicketEventKind, TicketStatus, utcnow
 from hub.stream.base import Event
 from storage.db import Database
 from storage.models import BotSession, BotTurn, Inbox, Message, Ticket, TicketEventRow
@@ -42,6 +54,85 @@ log = logging.getLogger(__name__)
 
 # Message extras that mark an automatic reply (set by the email channel).
 AUTO_REPLY_KEYS = ("auto_reply", "auto_submitted", "autoreply")
+
+# A qualification dialog the customer left unfinished waits this long (from
+# the bot's last turn with them) for their next conversation: back within it,
+# on any channel, they carry on where they left off; later, their next message
+# is a new question, not the answer to one asked long ago. A person who took
+# the conversation over does not make it younger: the bot was silent then.
+DIALOG_MAX_AGE = timedelta(days=7)
+
+# What the bot remembers about one conversation only. A new ticket starts
+# without them: an old count of misunderstandings would hand the customer off
+# at the first unclear question, an SMS "2" would pick a button offered days
+# ago, a "No" would rate an answer from another conversation.
+CONVERSATION_KEYS = ("misses", "offered", "feedback_for", "last_answer")
+
+# Two messages of one customer handled at once (several workers, or two of
+# their tickets) are answered in the order they were written: "Ann" then
+# "ann@example.com" must fill the name and then the email. The later one's
+# step waits for the earlier one's answer, but never long, since an earlier
+# message may never be answered (its worker died; the stream retries it later).
+ORDER_WAIT_SECONDS = 2.0
+ORDER_POLL_SECONDS = 0.05
+# Earlier messages written longer before than this are not waited for:
+# still unanswered, nobody is answering them now.
+ORDER_WINDOW = timedelta(seconds=30)
+
+# The bot's answer to one message from its memory of the customer and the
+# contact, both as they are once the contact is locked for writing the answer.
+Decide = Callable[[dict[str, Any], Contact], Outcome]
+
+
+def is_auto_reply(extras: dict[str, Any]) -> bool:
+    return any(extras.get(k) for k in AUTO_REPLY_KEYS)
+
+
+def contact_view(row: ContactRow) -> Contact:
+    return Contact(
+        name=row.name,
+        attributes=dict(row.attributes or {}),
+        tags=tuple(row.tags or ()),
+        lifecycle_stage=row.lifecycle_stage,
+        lead_score=row.lead_score,
+    )
+
+
+def memory_for_ticket(
+    state: dict[str, Any], updated_at: datetime | None, ticket_id: int, now: datetime
+) -> dict[str, Any]:
+    """The memory the bot answers a message on ``ticket_id`` with: all of it
+    on the ticket it was written on; on another ticket, what it knows about
+    the customer (language, qualification) and a recent unfinished dialog."""
+    state = copy.deepcopy(state)
+    if state.get("ticket_id") == ticket_id:
+        return state
+    for key in CONVERSATION_KEYS:
+        state.pop(key, None)
+    resumed = state.get("dialog") is not None and updated_at is not None and now - updated_at <= DIALOG_MAX_AGE
+    if not resumed:
+        state["dialog"] = None
+        # The handoff summary tells an agent about this conversation; an
+        # unfinished dialog that carries on keeps its part of the story.
+        state.pop("transcript", None)
+    state["ticket_id"] = ticket_id
+    return state
+
+
+async def load_memory(session: AsyncSession, memory: BotSession | None, ticket_id: int) -> dict[str, Any]:
+    if memory is None:
+        return {"ticket_id": ticket_id}
+    state = dict(memory.state or {})
+    if "ticket_id" not in state:
+        # Written before the memory named its ticket: the bot's last turn with
+        # the customer says which conversation it belongs to.
+        state["ticket_id"] = await session.scalar(
+            select(BotTurn.ticket_id)
+            .where(BotTurn.contact_id == memory.contact_id)
+            .order_by(BotTurn.id.desc())
+            .limit(1)
+        )
+    return memory_for_ticket(state, memory.updated_at, ticket_id, utcnow())
 
 
 def make_backend(config: BotConfig) -> Backend:
@@ -252,37 +343,71 @@ class BotService:
             row = await session.get(Message, message_id)
             # Whether it is the bot's now, the database says.
             ticket = await session.get(Ticket, row.ticket_id) if row is not None else None
-            if ticket is None or not await bot_owns(session, ticket):
+            if row is None or ticket is None or not await bot_owns(session, ticket):
                 return
-            state_row = await session.get(BotSession, int(message["contact_id"]))
-            contact_row = await session.get(ContactRow, int(message["contact_id"]))
-        if row is None or contact_row is None:
-            return
         extras = row.extras or {}
-        if any(extras.get(k) for k in AUTO_REPLY_KEYS):
+        if is_auto_reply(extras):
             return
         inbound = Inbound(
             text=row.body or "",
             quick_reply=extras.get("quick_reply"),
             campaign=bool(extras.get("campaign_id")),
         )
-        state = dict(state_row.state) if state_row is not None else {}
-        contact = Contact(
-            name=contact_row.name,
-            attributes=dict(contact_row.attributes or {}),
-            tags=tuple(contact_row.tags or ()),
-            lifecycle_stage=contact_row.lifecycle_stage,
-            lead_score=contact_row.lead_score,
-        )
+        await self._after_earlier_messages(row)
+        decide: Decide
         if self.rasa is not None:
-            outcome = await self._ask_rasa(event, inbound, contact, state)
+            decide = await self._ask_rasa(event, row, inbound)
         else:
             brain = Brain(self.config, await self.kb.matcher())
-            outcome = brain.respond(inbound, contact, state)
-        await self._apply(row, outcome, inbound)
 
-    async def _ask_rasa(self, event: Event, inbound: Inbound, contact: Contact, state: dict[str, Any]) -> Outcome:
+            def decide(state: dict[str, Any], contact: Contact) -> Outcome:
+                return brain.respond(inbound, contact, state)
+
+        await self._apply(row, decide, inbound)
+
+    async def _after_earlier_messages(self, message: Message) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ORDER_WAIT_SECONDS
+        while await self._earlier_unanswered(message):
+            if loop.time() >= deadline:
+                log.warning(
+                    "answering a message before an earlier one of the same customer",
+                    extra={"message_id": message.id, "contact_id": message.contact_id},
+                )
+                return
+            await asyncio.sleep(ORDER_POLL_SECONDS)
+
+    async def _earlier_unanswered(self, message: Message) -> bool:
+        """Whether the customer wrote the bot just before this message and that
+        message has no answer yet (another worker is answering it)."""
+        async with self.db.read() as session:
+            rows = (
+                await session.execute(
+                    select(Message.ticket_id, Message.extras).where(
+                        Message.contact_id == message.contact_id,
+                        Message.created_at >= message.created_at - ORDER_WINDOW,
+                        Message.id < message.id,
+                        Message.direction == Direction.IN.value,
+                        Message.author == Author.CONTACT.value,
+                        ~select(BotTurn.id).where(BotTurn.message_id == Message.id).exists(),
+                    )
+                )
+            ).all()
+            for ticket_id in {t for t, extras in rows if not is_auto_reply(extras or {})}:
+                ticket = await session.get(Ticket, ticket_id)
+                if ticket is not None and await bot_owns(session, ticket):
+                    return True
+        return False
+
+    async def _ask_rasa(self, event: Event, message: Message, inbound: Inbound) -> Decide:
+        """Ask Rasa now, outside any transaction (it may take seconds); what
+        the hub remembers is brought up to date when the answer is written."""
         assert self.rasa is not None
+        async with self.db.read() as session:
+            memory = await session.get(BotSession, message.contact_id)
+            contact_row = await session.get(ContactRow, message.contact_id)
+            state = await load_memory(session, memory, message.ticket_id)
+        contact = contact_view(contact_row) if contact_row is not None else Contact()
         brain = Brain(self.config, None)
         lang = lang_of(inbound.text, state.get("language"))
         # The hub's own rules first: a request for a person, frustration, VIP;
@@ -290,7 +415,12 @@ class BotService:
         if inbound.quick_reply is None:
             pre = brain.respond(Inbound(inbound.text), contact, {**state, "dialog": None, "qualified": "n/a"})
             if pre.action == "handoff" and pre.reason in ("requested", "frustration", "vip"):
-                return pre
+
+                def hand_off(st: dict[str, Any], _: Contact) -> Outcome:
+                    # The contact as the decision saw it, so the decision stands.
+                    return brain.respond(Inbound(inbound.text), contact, {**st, "dialog": None, "qualified": "n/a"})
+
+                return hand_off
         try:
             responses = await self.rasa.send(
                 rasa_backend.sender_id(int(event.payload["message"]["contact_id"])),
@@ -301,28 +431,41 @@ class BotService:
             if event.deliveries < self.rasa_tries:
                 raise  # the stream tries again
             log.exception("Rasa unavailable; handing the conversation to a person")
-            out = Outcome(action="handoff", language=lang, state={**state, "transcript": state.get("transcript", [])})
-            out.reason = "rasa_unavailable"
-            out.replies.append(Reply(say("handoff", lang)))
-            out.handoff = Handoff("rasa_unavailable", self.config.handoff_team, "")
-            out.handoff.summary = summary(out, self.config)
-            return out
-        transcript = list(state.get("transcript") or [])
-        texts = " / ".join(r.get("text", "") for r in responses if r.get("text"))
-        transcript.append({"q": inbound.text[:300], "a": f"Rasa: {texts[:300]}"})
-        return rasa_backend.outcome(
-            responses, {**state, "transcript": transcript[-10:], "language": lang}, lang, self.config
-        )
 
-    async def _apply(self, message: Message, out: Outcome, inbound: Inbound) -> None:
+            def unavailable(st: dict[str, Any], _: Contact) -> Outcome:
+                out = Outcome(action="handoff", language=lang, state={**st, "transcript": st.get("transcript", [])})
+                out.reason = "rasa_unavailable"
+                out.replies.append(Reply(say("handoff", lang)))
+                out.handoff = Handoff("rasa_unavailable", self.config.handoff_team, "")
+                out.handoff.summary = summary(out, self.config)
+                return out
+
+            return unavailable
+        texts = " / ".join(r.get("text", "") for r in responses if r.get("text"))
+        said = {"q": inbound.text[:300], "a": f"Rasa: {texts[:300]}"}
+
+        def answered(st: dict[str, Any], _: Contact) -> Outcome:
+            transcript = [*(st.get("transcript") or []), said][-TRANSCRIPT_TURNS:]
+            state = {**st, "transcript": transcript, "language": lang}
+            return rasa_backend.outcome(responses, state, lang, self.config)
+
+        return answered
+
+    async def _apply(self, message: Message, decide: Decide, inbound: Inbound) -> None:
         async with self.db.write() as session:
             ticket = await check_ticket(session, message.ticket_id, lock=True)
             if not await bot_owns(session, ticket):
                 return  # a human took it (or the bot was switched off) while the bot was thinking
             if await session.scalar(select(BotTurn.id).where(BotTurn.message_id == message.id)) is not None:
                 return
+            # The contact's row guards the bot's memory of them: a message of
+            # theirs handled at the same time (another worker, another ticket)
+            # waits here and then answers from what this one wrote, instead of
+            # both answering from the same memory and the last write winning.
             contact = await session.get(ContactRow, ticket.contact_id, with_for_update=True)
             assert contact is not None
+            memory = await session.get(BotSession, contact.id, with_for_update=True)
+            out = decide(await load_memory(session, memory, ticket.id), contact_view(contact))
             candidates = (
                 [{"entry_id": c.entry_id, "confidence": round(c.confidence, 4)} for c in out.match.candidates]
                 if out.match is not None
@@ -342,7 +485,7 @@ class BotService:
             )
             session.add(turn)
             await session.flush()
-            state = dict(out.state)
+            state = {**out.state, "ticket_id": ticket.id}
             for reply in out.replies:
                 posted = await do_post_message(
                     session, ticket, body=reply.text, author=Author.BOT, quick_replies=reply.quick_replies
@@ -363,9 +506,8 @@ class BotService:
                 await do_handoff(
                     session, ticket, reason=out.handoff.reason, summary=out.handoff.summary, team_id=team_id
                 )
-            existing = await session.get(BotSession, contact.id, with_for_update=True)
-            if existing is None:
+            if memory is None:
                 session.add(BotSession(contact_id=contact.id, state=state, updated_at=utcnow()))
             else:
-                existing.state = state
-                existing.updated_at = utcnow()
+                memory.state = state
+                memory.updated_at = utcnow()

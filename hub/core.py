@@ -49,6 +49,9 @@ class IdentityKind(enum.StrEnum):
     PHONE = "phone"
     EMAIL = "email"
     TELEGRAM = "telegram"
+    # A Rasa conversation's sender id (the rasa-sdk bridge): it finds the
+    # contact again, but is no channel of ours to send to.
+    RASA = "rasa"
 
 
 IDENTITY_OF_CHANNEL: dict[Channel, IdentityKind] = {

@@ -17,11 +17,52 @@ from bots.rasa_actions import Handoff, LookupCustomer, UpdateLead
 from hub.actions import do_handoff
 from hub.bot_actions import do_update_lead
 from hub.config import HubConfig, QualificationConfig
-from hub.core import IdentityKind, TicketStatus
+from hub.core import IdentityKind, TicketStatus, utcnow
 from storage.db import Database
+from storage.ingest import dialect_insert
 from storage.models import Contact, Identity, Message, Ticket
 
 _HUB_SENDER = re.compile(r"^hub-contact-(\d+)$")
+
+# The slot the actions put the hub's contact id in. action_hub_update_lead
+# reads it back, so every call of one Rasa conversation updates the contact
+# its first call found or created.
+CONTACT_SLOT = "hub_contact_id"
+# The identity of a Rasa conversation (its sender id) that reached the hub
+# only through these actions, so that a later call without the contact id
+# slot, or action_hub_lookup_customer, finds the same contact.
+RASA_IDENTITY = IdentityKind.RASA.value
+# Longest address the identities table stores.
+MAX_ADDRESS = 512
+# Merges form chains (A into B, later B into C); a cycle would be a bug, not a reason to loop.
+MAX_MERGE_HOPS = 10
+
+
+def _as_contact_id(value: Any) -> int | None:
+    """A contact id from a slot (Rasa keeps what the action set: an int, or
+    a float or string after a round trip through a tracker store)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+async def _current_contact(session: Any, contact_id: int) -> int | None:
+    """The contact, or the one it was merged into: a merged contact's row is
+    only a pointer."""
+    for _ in range(MAX_MERGE_HOPS):
+        contact = await session.get(Contact, contact_id)
+        if contact is None:
+            return None
+        if contact.merged_into_id is None:
+            return contact_id
+        contact_id = contact.merged_into_id
+    return None
 
 
 class DatabasePort:
@@ -43,25 +84,67 @@ class DatabasePort:
         if self._db is not None:
             await self._db.dispose()
 
-    async def _contact_id(self, session: Any, sender_id: str, email: str | None, phone: str | None) -> int | None:
+    async def _contact_id(
+        self, session: Any, sender_id: str, email: str | None, phone: str | None, known: Any = None
+    ) -> int | None:
         m = _HUB_SENDER.match(sender_id or "")
         if m:
-            cid = int(m.group(1))
-            return cid if await session.get(Contact, cid) is not None else None
-        for kind, address in ((IdentityKind.EMAIL, email), (IdentityKind.PHONE, phone), (None, sender_id)):
+            return await _current_contact(session, int(m.group(1)))
+        # The contact an earlier call of this conversation returned.
+        cid = _as_contact_id(known)
+        if cid is not None and (cid := await _current_contact(session, cid)) is not None:
+            return cid
+        candidates: tuple[tuple[str | None, str | None], ...] = (
+            (IdentityKind.EMAIL.value, str(email).strip().lower() if email else None),
+            (IdentityKind.PHONE.value, phone),
+            (RASA_IDENTITY, sender_id),
+            # Rasa's own channels may use an address the hub knows as the
+            # conversation id (a phone number, a Telegram chat).
+            (None, sender_id),
+        )
+        for channel, address in candidates:
             if not address:
                 continue
-            stmt = select(Identity.contact_id).where(
-                Identity.address == str(address).strip().lower()
-                if kind is IdentityKind.EMAIL
-                else Identity.address == str(address)
-            )
-            if kind is not None:
-                stmt = stmt.where(Identity.channel == kind.value)
+            stmt = select(Identity.contact_id).where(Identity.address == str(address))
+            if channel is not None:
+                stmt = stmt.where(Identity.channel == channel)
             found = await session.scalar(stmt.limit(1))
             if found is not None:
-                return int(found)
+                return await _current_contact(session, int(found))
         return None
+
+    async def _sender_contact(self, session: Any, sender_id: str, contact_id: int | None, name: str | None) -> int:
+        """``contact_id`` (a new contact if None) with the conversation's
+        identity; if another call of the conversation gave it to a contact
+        first, that contact."""
+        created: Contact | None = None
+        if contact_id is None:
+            created = Contact(name=name, attributes={}, tags=[], lead_score=0)
+            session.add(created)
+            await session.flush()
+            contact_id = int(created.id)
+        if not sender_id or len(sender_id) > MAX_ADDRESS or _HUB_SENDER.match(sender_id):
+            # The hub's own conversations name their contact already; an
+            # overlong id cannot be stored (the contact id slot still works).
+            return contact_id
+        won = await session.scalar(
+            dialect_insert(session, Identity)
+            .values(contact_id=contact_id, channel=RASA_IDENTITY, address=sender_id, created_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["channel", "address"])
+            .returning(Identity.contact_id)
+        )
+        if won is not None or created is None:
+            # Ours, or the contact was found another way: it stays the one
+            # this call updates (the identity keeps pointing where it did).
+            return int(contact_id)
+        # A call of the same conversation at the same moment created its contact first.
+        await session.delete(created)
+        await session.flush()
+        owner = await session.scalar(
+            select(Identity.contact_id).where(Identity.channel == RASA_IDENTITY, Identity.address == sender_id)
+        )
+        assert owner is not None
+        return int(owner)
 
     async def lookup(self, sender_id: str, email: str | None, phone: str | None) -> dict[str, Any] | None:
         async with self.db.read() as session:
@@ -106,15 +189,13 @@ class DatabasePort:
                 except dialog.Invalid:
                     continue
         async with self.db.write() as session:
-            cid = await self._contact_id(session, sender_id, clean.get("email"), clean.get("phone"))
-            if cid is None:
-                contact = Contact(name=clean.get("name"), attributes={}, tags=[], lead_score=0)
-                session.add(contact)
-                await session.flush()
-            else:
-                found = await session.get(Contact, cid, with_for_update=True)
-                assert found is not None
-                contact = found
+            cid = await self._contact_id(
+                session, sender_id, clean.get("email"), clean.get("phone"), values.get(CONTACT_SLOT)
+            )
+            cid = await self._sender_contact(session, sender_id, cid, clean.get("name"))
+            found = await session.get(Contact, cid, with_for_update=True)
+            assert found is not None
+            contact = found
             merged = {**(contact.attributes or {}), **clean}
             points = dialog.score(self.qualification.rules, merged)
             stage = dialog.later_stage(contact.lifecycle_stage, dialog.stage_for(self.qualification, points))
@@ -151,7 +232,9 @@ def build_app(config: HubConfig, port: DatabasePort | None = None) -> Any:
     port = port or DatabasePort(config)
     executor = ActionExecutor()
     executor.register_action(LookupCustomer(port))
-    executor.register_action(UpdateLead(port, [s.name for s in config.bot.qualification.slots]))
+    # The contact id slot is read with the qualification slots, so that the
+    # action's later calls update the contact its first call created.
+    executor.register_action(UpdateLead(port, [*(s.name for s in config.bot.qualification.slots), CONTACT_SLOT]))
     executor.register_action(Handoff(port))
     app = create_app(executor)
 

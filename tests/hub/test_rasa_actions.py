@@ -236,6 +236,32 @@ async def test_update_lead_on_a_known_contact_skips_invalid_values(server: Serve
     assert contact.lead_score == 25
 
 
+async def test_update_lead_keeps_one_contact_for_one_rasa_conversation(server: Server) -> None:
+    sender = "rasa-web-abc123"
+    async with server.db.read() as s:
+        before = set((await s.scalars(select(Contact.id))).all())
+    # No email or phone yet: the first call creates the contact...
+    first = slots(await server.call(action_call("action_hub_update_lead", sender, {"budget": "800"})))
+    cid = first["hub_contact_id"]
+    assert cid not in before
+    # ...the next one gets back the contact id slot it set...
+    second = action_call("action_hub_update_lead", sender, {"budget": "800", "team_size": "40", "hub_contact_id": cid})
+    assert slots(await server.call(second))["hub_contact_id"] == cid
+    # ...and one without it (a domain that does not keep the slot) finds the conversation's contact.
+    third = action_call("action_hub_update_lead", sender, {"timeline": "this month"})
+    assert slots(await server.call(third))["hub_contact_id"] == cid
+    # The customer lookup finds it too.
+    found = slots(await server.call(action_call("action_hub_lookup_customer", sender)))
+    assert found["hub_contact_id"] == cid
+    async with server.db.read() as s:
+        after = set((await s.scalars(select(Contact.id))).all())
+        contact = await s.get(Contact, cid)
+    assert after - before == {cid}
+    assert contact is not None
+    assert contact.attributes == {"budget": 800, "team_size": 40, "timeline": "this month"}
+    assert contact.lead_score == 25 + 15 + 20
+
+
 async def test_handoff_opens_the_ticket_with_the_reason_and_the_conversation(server: Server) -> None:
     # Rasa's own conversation id is the customer's phone number (e.g. its Twilio channel).
     call = action_call("action_hub_handoff", "+989121234567", {"handoff_reason": "asked_for_human"})
