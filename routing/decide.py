@@ -36,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from hub.core import Presence, Priority, TicketStatus
 from routing.hours import BusinessCalendar
 from routing.match import Compiled, ContactFacts, MatchContext, TicketFacts
-from routing.settings import RoutingRule
+from routing.settings import DEFAULT_CAPACITY, RoutingRule
 
 Strategy = str  # "balanced" | "round_robin"
 
@@ -151,7 +151,11 @@ class RoutingSnapshot:
     sticky: StickyOwner | None = None
     sticky_window: timedelta = timedelta(hours=72)
     default_team_id: int | None = None
-    default_capacity: Mapping[str, int] = field(default_factory=dict)
+    # Per channel, complete (routing.default_capacity merged over the built-in
+    # map): a missing channel means capacity 0, so its tickets would only queue.
+    default_capacity: Mapping[str, int] = field(
+        default_factory=lambda: {str(k): v for k, v in DEFAULT_CAPACITY.items()}
+    )
     calendars: Mapping[str, BusinessCalendar] = field(default_factory=dict)
     default_calendar: str | None = None
     default_sla: str | None = None

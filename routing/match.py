@@ -97,7 +97,10 @@ class Compiled:
             return False
         if c.language and (f.language or "") not in c.language:
             return False
-        if self.keywords and not any(k in ctx.text for k in self.keywords):
+        # c.keywords, not self.keywords: keywords that normalize to nothing
+        # (the models refuse them; a stored document may predate that) must not
+        # turn the condition off and match every message.
+        if c.keywords and not any(k in ctx.text for k in self.keywords):
             return False
         if self.topics and (f.topic or "").strip().lower() not in self.topics:
             return False

@@ -5,17 +5,55 @@ edited at run time (rules and automation), with the same models."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from hub.core import Channel, Priority, TicketStatus
+from hub.text import keyword
 from routing.hours import WEEKDAYS, BusinessCalendar, CalendarError, parse_holidays
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # The API's JSON parser reads 1e999, Infinity and NaN as floats, but the
+    # database's encoder (orjson) writes them as null: a rule that passed here
+    # would fail when a worker loads it again.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# Every duration is at most a year, so ``now ± timedelta(...)`` stays within
+# the years datetime can hold (1e10 minutes would overflow it on every use).
+YEAR_MINUTES = 525_600
+Minutes = Annotated[float, Field(gt=0, le=YEAR_MINUTES, allow_inf_nan=False)]
+Seconds = Annotated[float, Field(gt=0, le=YEAR_MINUTES * 60, allow_inf_nan=False)]
+# The storage columns: ticket_labels.label is 100 characters, teams.name 200.
+# The strip matches what do_set_labels and do_get_or_create_team store, so a
+# rule finds the team it created and a condition the label a ticket carries.
+Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+TeamName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+# Open tickets per channel for an agent whose own capacity does not say; a
+# configured routing.default_capacity changes only the channels it names.
+DEFAULT_CAPACITY: Mapping[Channel, int] = {
+    Channel.WEBCHAT: 3,
+    Channel.TELEGRAM: 3,
+    Channel.SMS: 5,
+    Channel.VOICE: 1,
+    Channel.EMAIL: 10,
+}
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
 
 
 class Conditions(_Strict):
@@ -26,7 +64,9 @@ class Conditions(_Strict):
     inbox: list[str] = Field(default_factory=list)
     language: list[str] = Field(default_factory=list, description="detected language of the message: fa, ar, en")
     keywords: list[str] = Field(
-        default_factory=list, description="any of these words or phrases in the message (normalized, Persian too)"
+        default_factory=list,
+        description="any of these words or phrases in the message (normalized, Persian too); each must have a "
+        "letter or digit",
     )
     topic: list[str] = Field(default_factory=list, description="the bot's detected topic at handoff")
     vip: bool | None = Field(default=None, description="contact attribute vip, or the tag vip")
@@ -41,14 +81,33 @@ class Conditions(_Strict):
     # Ticket state, mostly for automation.
     status: list[TicketStatus] = Field(default_factory=list)
     priority: list[Priority] = Field(default_factory=list)
-    labels: list[str] = Field(default_factory=list, description="the ticket has any of these labels")
-    team: list[str] = Field(default_factory=list, description="the ticket's team, by name")
+    labels: list[Label] = Field(default_factory=list, description="the ticket has any of these labels")
+    team: list[TeamName] = Field(default_factory=list, description="the ticket's team, by name")
     assigned: bool | None = None
 
     @field_validator("language")
     @classmethod
     def _lang(cls, value: list[str]) -> list[str]:
         return [v.strip().lower() for v in value]
+
+    @field_validator("attributes")
+    @classmethod
+    def _json_values(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, v in value.items():
+            if not _finite(v):
+                raise ValueError(f"attribute {key!r}: Infinity and NaN are not values JSON can store")
+        return value
+
+    def check_keywords(self, where: str) -> None:
+        """Messages are compared without punctuation or symbols, so a keyword
+        of nothing else (an emoji, "!!!") could never be found; dropping it
+        would leave the rule matching every message instead."""
+        for word in self.keywords:
+            if not keyword(word):
+                raise ValueError(
+                    f"{where}: keyword {word!r} has no letter or digit; messages are compared without "
+                    "punctuation and symbols, so it can never be found"
+                )
 
 
 class RoutingRule(_Strict):
@@ -57,9 +116,9 @@ class RoutingRule(_Strict):
 
     name: str = Field(min_length=1, max_length=100)
     when: Conditions = Field(default_factory=Conditions)
-    team: str | None = Field(default=None, description="team name; none: the inbox's or the default team")
+    team: TeamName | None = Field(default=None, description="team name; none: the inbox's or the default team")
     priority: Priority | None = None
-    labels: list[str] = Field(default_factory=list)
+    labels: list[Label] = Field(default_factory=list)
     skills: list[str] = Field(default_factory=list, description="skills the assigned agent must have")
     sla: str | None = Field(default=None, description="SLA policy name; default: the team's")
 
@@ -67,11 +126,12 @@ class RoutingRule(_Strict):
     def _does_something(self) -> RoutingRule:
         if self.team is None and self.priority is None and not self.labels and not self.skills and self.sla is None:
             raise ValueError(f"rule {self.name!r} sets nothing: give a team, priority, labels, skills or sla")
+        self.when.check_keywords(f"rule {self.name!r}")
         return self
 
 
 class TeamSettings(_Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: TeamName
     strategy: Literal["balanced", "round_robin"] = "balanced"
     auto_assign: bool = Field(default=True, description="false: tickets wait in the team's queue for agents to pick")
     calendar: str | None = None
@@ -113,26 +173,32 @@ class Escalation(_Strict):
     """What happens at an SLA warning or breach; every field given applies."""
 
     priority: Priority | None = Field(default=None, description="raise the priority to at least this")
-    team: str | None = Field(default=None, description="move the ticket to this team (back to its queue)")
+    team: TeamName | None = Field(default=None, description="move the ticket to this team (back to its queue)")
     to_lead: bool = Field(default=False, description="assign to the team lead")
     notify: list[Literal["assignee", "team", "lead", "admins"]] = Field(default_factory=list)
 
 
 class SlaPolicy(_Strict):
-    first_response_minutes: float | None = Field(default=None, gt=0)
-    next_response_minutes: float | None = Field(default=None, gt=0)
-    resolution_minutes: float | None = Field(default=None, gt=0)
+    first_response_minutes: Minutes | None = None
+    next_response_minutes: Minutes | None = None
+    resolution_minutes: Minutes | None = None
     business_hours: bool = Field(default=False, description="count only while the team's calendar is open")
-    warn_before_minutes: float = Field(default=0, ge=0, description="0: no warning")
+    warn_before_minutes: float = Field(
+        default=0, ge=0, le=YEAR_MINUTES, allow_inf_nan=False, description="0: no warning"
+    )
     on_warning: Escalation = Field(default_factory=lambda: Escalation(notify=["assignee", "team"]))
     on_breach: Escalation = Field(default_factory=lambda: Escalation(notify=["assignee", "team", "lead"]))
 
 
 class PresenceSettings(_Strict):
-    heartbeat_seconds: float = Field(default=20.0, gt=0, description="how often an open inbox websocket says alive")
-    away_after_seconds: float = Field(default=90.0, gt=0, description="online with no heartbeat this long -> away")
+    heartbeat_seconds: Seconds = Field(default=20.0, description="how often an open inbox websocket says alive")
+    away_after_seconds: Seconds = Field(default=90.0, description="online with no heartbeat this long -> away")
     requeue_after_seconds: float = Field(
-        default=300.0, ge=0, description="away/offline this long -> live chats go back to the queue"
+        default=300.0,
+        ge=0,
+        le=YEAR_MINUTES * 60,
+        allow_inf_nan=False,
+        description="away/offline this long -> live chats go back to the queue",
     )
     requeue_channels: list[Channel] = Field(default_factory=lambda: [Channel.WEBCHAT, Channel.TELEGRAM])
 
@@ -145,13 +211,13 @@ AutomationEvent = Literal[
 class AutomationAction(_Strict):
     """One thing an automation does; exactly one field."""
 
-    assign_team: str | None = None
+    assign_team: TeamName | None = None
     assign_agent: str | None = Field(default=None, description="agent email")
-    add_labels: list[str] = Field(default_factory=list)
+    add_labels: list[Label] = Field(default_factory=list)
     priority: Priority | None = None
     reply: str | None = Field(default=None, max_length=5000, description="a canned reply on the ticket's channel")
     note: str | None = Field(default=None, max_length=5000, description="a private note")
-    snooze_minutes: float | None = Field(default=None, gt=0)
+    snooze_minutes: Minutes | None = None
     resolve: bool = False
 
     @model_validator(mode="after")
@@ -168,7 +234,7 @@ class AutomationAction(_Strict):
 class AutomationRule(_Strict):
     name: str = Field(min_length=1, max_length=100)
     on: AutomationEvent
-    idle_minutes: float | None = Field(default=None, gt=0, description="for on: idle")
+    idle_minutes: Minutes | None = Field(default=None, description="for on: idle")
     when: Conditions = Field(default_factory=Conditions)
     actions: list[AutomationAction] = Field(min_length=1)
     enabled: bool = True
@@ -185,13 +251,14 @@ class AutomationRule(_Strict):
     def _idle(self) -> AutomationRule:
         if (self.on == "idle") != (self.idle_minutes is not None):
             raise ValueError(f"automation {self.name!r}: idle_minutes goes with on: idle, and only with it")
+        self.when.check_keywords(f"automation {self.name!r}")
         return self
 
 
 class AutoResolve(_Strict):
     """Resolve tickets the bot holds (pending) after this long without a word."""
 
-    pending_after_minutes: float | None = Field(default=None, gt=0, description="null: never")
+    pending_after_minutes: Minutes | None = Field(default=None, description="null: never")
     message: str = Field(
         default="We are closing this conversation for now. Write again any time and we will pick it up.",
         max_length=5000,
@@ -223,28 +290,35 @@ def check_rule_names(rules: list[RoutingRule], automation: list[AutomationRule])
 
 
 class RoutingConfig(_Strict):
-    default_team: str | None = Field(default=None, description="catches what no rule and no inbox routes")
+    default_team: TeamName | None = Field(default=None, description="catches what no rule and no inbox routes")
     teams: list[TeamSettings] = Field(default_factory=list)
     rules: list[RoutingRule] = Field(default_factory=list)
     calendars: dict[str, CalendarSettings] = Field(default_factory=dict)
     default_calendar: str | None = None
-    sla_policies: dict[str, SlaPolicy] = Field(default_factory=dict)
+    # A ticket and its SLA cycles store the policy's name in 100 characters.
+    sla_policies: dict[Annotated[str, StringConstraints(min_length=1, max_length=100)], SlaPolicy] = Field(
+        default_factory=dict
+    )
     default_sla: str | None = None
     default_capacity: dict[Channel, Annotated[int, Field(ge=0)]] = Field(
-        default_factory=lambda: {
-            Channel.WEBCHAT: 3,
-            Channel.TELEGRAM: 3,
-            Channel.SMS: 5,
-            Channel.VOICE: 1,
-            Channel.EMAIL: 10,
-        },
-        description="open tickets per channel for agents whose own capacity does not say",
+        default_factory=lambda: dict(DEFAULT_CAPACITY),
+        description="open tickets per channel for agents whose own capacity does not say; channels not "
+        "named keep the built-in default (webchat 3, telegram 3, sms 5, voice 1, email 10)",
     )
-    sticky_window_hours: float = Field(default=72.0, ge=0, description="0: no sticky owner")
+    sticky_window_hours: float = Field(
+        default=72.0, ge=0, le=YEAR_MINUTES / 60, allow_inf_nan=False, description="0: no sticky owner"
+    )
     presence: PresenceSettings = Field(default_factory=PresenceSettings)
-    sweep_interval_seconds: float = Field(default=5.0, gt=0)
+    sweep_interval_seconds: Seconds = 5.0
     automation: list[AutomationRule] = Field(default_factory=list)
     auto_resolve: AutoResolve = Field(default_factory=AutoResolve)
+
+    @field_validator("default_capacity")
+    @classmethod
+    def _over_defaults(cls, value: dict[Channel, int]) -> dict[Channel, int]:
+        # {webchat: 5} means "webchat 5", not "every other channel 0": agents
+        # with no capacity of their own would never get an SMS or a call.
+        return {**DEFAULT_CAPACITY, **value}
 
     @model_validator(mode="after")
     def _references(self) -> RoutingConfig:

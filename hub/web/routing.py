@@ -3,11 +3,14 @@ routing rules, the automation rules and what each agent can take."""
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.actions import actor_of, check_ticket
 from hub.app import HUB
@@ -17,8 +20,8 @@ from hub.router import do_set_agent_active, do_set_presence, do_update_agent_rou
 from hub.web.api import API, _team_ids, current_agent, int_param, require_admin
 from hub.web.registry import ROUTES, parse_body
 from hub.web.schemas import AgentOut
-from routing.settings import AutomationRule, RoutingRule
-from storage.models import Agent, Team, TicketCycle
+from routing.settings import AutomationRule, RoutingRule, TeamName, check_rule_names, check_rule_references
+from storage.models import Agent, Team, TeamMember, TicketCycle
 from storage.views import agent_view, iso
 
 
@@ -40,7 +43,12 @@ class AgentRoutingIn(_In):
     capacity: dict[Channel, int] | None = Field(
         default=None, description="open tickets per channel, e.g. {webchat: 3, email: 10}"
     )
-    teams: list[str] | None = Field(default=None, max_length=100, description="team names (created when missing)")
+    teams: list[TeamName] | None = Field(
+        default=None,
+        max_length=100,
+        description="team names; a team that does not exist is refused unless create_teams",
+    )
+    create_teams: bool = Field(default=False, description="create the teams in `teams` that do not exist yet")
     phone: str | None = Field(default=None, max_length=40, description="where voice calls for this agent ring")
     active: bool | None = Field(
         default=None,
@@ -66,12 +74,20 @@ class QueueList(_Out):
     next_cursor: str | None = None
 
 
+_CREATE_TEAMS = (
+    "create the teams the rules name that do not exist yet; without it such a name is refused, since a typo "
+    "would otherwise make a new, empty team whose tickets nobody takes"
+)
+
+
 class RulesIn(_In):
     items: list[RoutingRule] = Field(max_length=500)
+    create_teams: bool = Field(default=False, description=_CREATE_TEAMS)
 
 
 class AutomationIn(_In):
     items: list[AutomationRule] = Field(max_length=500)
+    create_teams: bool = Field(default=False, description=_CREATE_TEAMS)
 
 
 class RulesOut(_Out):
@@ -80,6 +96,11 @@ class RulesOut(_Out):
     source: str = Field(description="config: seeded from config.yaml; api: saved by an admin")
     updated_at: str | None
     updated_by: str | None
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="after a PUT: teams the rules send tickets to that have no active member (they wait in the "
+        "team's queue until someone joins)",
+    )
 
 
 class AvailabilityOut(_Out):
@@ -158,6 +179,8 @@ async def update_agent(request: web.Request) -> web.Response:
         agent = await session.get(Agent, agent_id, with_for_update=True)
         if agent is None:
             raise NotFound(f"agent {agent_id} does not exist")
+        if body.teams is not None:
+            await check_team_names(session, dict.fromkeys(body.teams, ("teams", True)), create=body.create_teams)
         await do_update_agent_routing(
             session,
             agent,
@@ -206,8 +229,8 @@ async def put_rules(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     admin = await require_admin(request)
     body = await parse_body(request, RulesIn)
-    await _save(request, rules=body.items, actor=actor_of(admin))
-    return web.json_response((await hub.router.documents())["rules"])
+    warnings = await _save(request, rules=body.items, create_teams=body.create_teams, actor=actor_of(admin))
+    return web.json_response({**(await hub.router.documents())["rules"], "warnings": warnings})
 
 
 @ROUTES.route(
@@ -235,15 +258,95 @@ async def put_automation(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     admin = await require_admin(request)
     body = await parse_body(request, AutomationIn)
-    await _save(request, automation=body.items, actor=actor_of(admin))
-    return web.json_response((await hub.router.documents())["automation"])
+    warnings = await _save(request, automation=body.items, create_teams=body.create_teams, actor=actor_of(admin))
+    return web.json_response({**(await hub.router.documents())["automation"], "warnings": warnings})
 
 
-async def _save(request: web.Request, **kw: Any) -> None:
+async def _save(
+    request: web.Request,
+    *,
+    rules: list[RoutingRule] | None = None,
+    automation: list[AutomationRule] | None = None,
+    create_teams: bool,
+    actor: str,
+) -> list[str]:
+    hub = request.app[HUB]
+    config = hub.router.config
     try:
-        await request.app[HUB].router.save_rules(**kw)
+        # save_rules makes these checks too; first here, so that a rule's own
+        # mistake is named before a team it names.
+        check_rule_names(rules or [], automation or [])
+        check_rule_references(
+            rules or [], automation or [], calendars=set(config.calendars), policies=set(config.sla_policies)
+        )
+        async with hub.db.read() as session:
+            warnings = await check_team_names(session, teams_named(rules or [], automation or []), create=create_teams)
+        await hub.router.save_rules(rules=rules, automation=automation, actor=actor)
     except ValueError as exc:
         raise ValidationFailed(str(exc)) from exc
+    return warnings
+
+
+def teams_named(rules: list[RoutingRule], automation: list[AutomationRule]) -> dict[str, tuple[str, bool]]:
+    """Team names the rules use -> (the first rule using it, whether some rule
+    sends tickets there rather than only testing for it in a condition)."""
+    named: dict[str, tuple[str, bool]] = {}
+    for r in rules:
+        if r.team:
+            named.setdefault(r.team, (f"rule {r.name!r}", True))
+    for a in automation:
+        for action in a.actions:
+            if action.assign_team:
+                named.setdefault(action.assign_team, (f"automation {a.name!r}", True))
+    for where, when in [(f"rule {r.name!r}", r.when) for r in rules] + [
+        (f"automation {a.name!r}", a.when) for a in automation
+    ]:
+        for name in when.team:
+            named.setdefault(name, (where, False))
+    return named
+
+
+async def check_team_names(session: AsyncSession, named: Mapping[str, tuple[str, bool]], *, create: bool) -> list[str]:
+    """Refuse a team name that matches no team, as a help desk refuses a
+    group nobody set up: "sales" for "Sales" would otherwise make a second,
+    empty team whose tickets wait for ever. ``named``: name -> (where it is
+    used, whether tickets or agents go there). With ``create`` such names are
+    fine (the save creates them) unless they differ from a team's only in
+    case; a name only a condition tests never is. Returns warnings: the
+    teams tickets go to that have no active member."""
+    rows = await session.execute(
+        select(Team.name, func.count(Agent.id))
+        .outerjoin(TeamMember, TeamMember.team_id == Team.id)
+        .outerjoin(Agent, (Agent.id == TeamMember.agent_id) & Agent.active.is_(True))
+        .group_by(Team.id, Team.name)
+    )
+    members: dict[str, int] = {name: count for name, count in rows}
+    folded = {name.casefold(): name for name in members}
+    problems: list[str] = []
+    creatable = False
+    for name, (where, target) in sorted(named.items()):
+        if name in members or (target and create and name.casefold() not in folded):
+            continue
+        problem = f"{where}: team {name!r} does not exist"
+        if not target:
+            # Only teams tickets are sent to are created; a condition on a team
+            # nobody has would hold for no ticket.
+            problem += ", so the condition on it holds for no ticket"
+        close = [folded[name.casefold()]] if name.casefold() in folded else []
+        close = close or difflib.get_close_matches(name, list(members), n=1, cutoff=0.75)
+        if close:
+            problem += f"; did you mean {close[0]!r}?"
+        creatable = creatable or (target and name.casefold() not in folded)
+        problems.append(problem)
+    if problems:
+        known = ", ".join(repr(n) for n in sorted(members)[:50]) or "none yet"
+        hint = '; to create new teams, send "create_teams": true' if creatable else ""
+        raise ValidationFailed(f"{'; '.join(problems)} (the teams: {known}){hint}")
+    return [
+        f"team {name!r} ({where}) has no active member: its tickets wait in its queue until an agent joins it"
+        for name, (where, target) in sorted(named.items())
+        if target and members.get(name, 0) == 0
+    ]
 
 
 @ROUTES.route(

@@ -10,6 +10,8 @@ from click.testing import CliRunner
 from hub.app import build_hub
 from hub.cli import main
 from hub.config import ENV_OVERRIDES, ConfigError, HubConfig, ensure_secret_key, load_config
+from hub.core import Channel
+from routing.settings import DEFAULT_CAPACITY
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +65,8 @@ def test_urls_origins_and_networks_that_work_are_accepted(tmp_path: Path) -> Non
         env={},
     )
     assert cfg.public_url == "https://hub.example.com/crm"
-    assert cfg.routing.default_capacity == {"webchat": 0}
+    # The channels it leaves out keep their built-in capacity.
+    assert cfg.routing.default_capacity == {**DEFAULT_CAPACITY, Channel.WEBCHAT: 0}
     with pytest.raises(ConfigError, match=r"server\.public_url"):
         load_config(path=None, env={"HUB_PUBLIC_URL": "hub.example.com"})
 

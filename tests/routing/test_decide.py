@@ -16,7 +16,7 @@ from routing import AgentState, Decision, RoutingSnapshot, StickyOwner, TeamStat
 from routing.decide import CompiledRule
 from routing.hours import BusinessCalendar
 from routing.match import ContactFacts
-from routing.settings import RoutingRule
+from routing.settings import RoutingConfig, RoutingRule
 
 NOW = datetime(2025, 6, 2, 10, 0, tzinfo=UTC)  # a Monday
 SUPPORT, SALES, VIP, PERSIAN = 1, 2, 3, 4
@@ -303,3 +303,20 @@ def test_balanced_spreads_evenly(loads: list[int], tickets: int) -> None:
         chosen = agents[d.assignee_id]
         assert chosen.open_total == min(a.open_total for a in agents.values())
         agents[chosen.id] = replace(chosen.with_one_more("webchat", NOW + timedelta(seconds=n)))
+
+
+def test_a_rule_team_with_stray_spaces_routes_to_that_team() -> None:
+    billing = rules({"name": "billing", "when": {"keywords": ["invoice"]}, "team": "Sales "})
+    d = decide(snap(text="my invoice is wrong"), world(rules=billing, cursors={SALES: 20}))
+    assert (d.team_id, d.rule, d.assignee_id) == (SALES, "billing", 21)
+
+
+def test_a_partial_default_capacity_leaves_the_other_channels_their_default() -> None:
+    cfg = RoutingConfig.model_validate({"default_capacity": {"webchat": 5}})
+    capacity = {str(k): v for k, v in cfg.default_capacity.items()}  # as hub.router passes it
+    team, agents = TeamState(1, "T"), [AgentState(1, frozenset({1}))]
+    given = RoutingSnapshot(now=NOW, teams={1: team}, agents=agents, default_capacity=capacity)
+    built_in = RoutingSnapshot(now=NOW, teams={1: team}, agents=agents)
+    for channel in ("webchat", "sms", "email", "voice", "telegram"):
+        for world_now in (given, built_in):
+            assert decide(snap(channel=channel, team_id=1), world_now).assignee_id == 1, channel

@@ -47,9 +47,16 @@ async def test_rules_presence_queues_and_availability(tmp_path: Path) -> None:
         assert (await admin.get("/api/v1/routing/rules"))["version"] == before["version"]
         saved = await admin.put(
             "/api/v1/routing/rules",
-            {"items": [{"name": "persian", "when": {"language": ["fa"]}, "team": "Persian", "priority": "high"}]},
+            {
+                "items": [{"name": "persian", "when": {"language": ["fa"]}, "team": "Persian", "priority": "high"}],
+                "create_teams": True,
+            },
         )
         assert saved["source"] == "api" and saved["version"] == before["version"] + 1
+        assert saved["warnings"] == [
+            "team 'Persian' (rule 'persian') has no active member: its tickets wait in its queue until an agent "
+            "joins it"
+        ]
         teams = {t["name"]: t["id"] for t in (await admin.get("/api/v1/teams"))["items"]}
         assert "Persian" in teams  # created for the rule
         # Ana joins Persian with room for one chat, and goes online.
@@ -133,7 +140,7 @@ async def test_rule_names_are_unique_and_the_built_in_name_is_reserved(tmp_path:
         for kind in ("rules", "automation"):
             assert await admin.get(f"/api/v1/routing/{kind}") == before[kind]
         # A routing rule may share a name with an automation rule: they are different lists.
-        await admin.put("/api/v1/routing/rules", {"items": [{"name": "close", "team": "Sales"}]})
+        await admin.put("/api/v1/routing/rules", {"items": [{"name": "close", "team": "Sales"}], "create_teams": True})
 
 
 def ana_id(me: dict[str, object]) -> int:

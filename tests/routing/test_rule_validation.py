@@ -1,0 +1,137 @@
+"""Rules and routing settings that could only fail later (when a worker loads
+them, on every matching ticket, in the database) are refused when they are
+given, naming the field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from hub.core import Channel
+from routing.settings import AutomationRule, RoutingConfig, RoutingRule
+
+IDLE: dict[str, Any] = {"name": "nudge", "on": "idle", "actions": [{"add_labels": ["a"]}]}
+RECEIVED: dict[str, Any] = {"name": "tag", "on": "message.received"}
+
+
+def refused(model: type[BaseModel], raw: Any) -> list[tuple[str, str]]:
+    with pytest.raises(ValidationError) as info:
+        model.model_validate(raw)
+    return [(".".join(str(p) for p in e["loc"]), e["msg"]) for e in info.value.errors()]
+
+
+@pytest.mark.parametrize(
+    ("model", "raw", "field"),
+    [
+        # The API's JSON parser reads 1e999 and Infinity as inf.
+        (
+            AutomationRule,
+            json.loads('{"name": "n", "on": "idle", "idle_minutes": 1e999, "actions": [{"resolve": true}]}'),
+            "idle_minutes",
+        ),
+        (
+            AutomationRule,
+            json.loads('{"name": "n", "on": "idle", "idle_minutes": Infinity, "actions": [{"resolve": true}]}'),
+            "idle_minutes",
+        ),
+        (AutomationRule, {**IDLE, "idle_minutes": 1e10}, "idle_minutes"),
+        (AutomationRule, {**RECEIVED, "actions": [{"snooze_minutes": float("inf")}]}, "actions.0.snooze_minutes"),
+        (AutomationRule, {**RECEIVED, "actions": [{"snooze_minutes": 1e10}]}, "actions.0.snooze_minutes"),
+        (RoutingConfig, {"auto_resolve": {"pending_after_minutes": 1e10}}, "auto_resolve.pending_after_minutes"),
+        (
+            RoutingConfig,
+            {"sla_policies": {"s": {"first_response_minutes": 1e10}}},
+            "sla_policies.s.first_response_minutes",
+        ),
+        (
+            RoutingConfig,
+            {"sla_policies": {"s": {"resolution_minutes": float("inf")}}},
+            "sla_policies.s.resolution_minutes",
+        ),
+        (RoutingConfig, {"sla_policies": {"s": {"warn_before_minutes": 1e10}}}, "sla_policies.s.warn_before_minutes"),
+        (RoutingConfig, {"sticky_window_hours": 1e10}, "sticky_window_hours"),
+        (RoutingConfig, {"sweep_interval_seconds": float("inf")}, "sweep_interval_seconds"),
+        (RoutingConfig, {"presence": {"away_after_seconds": 1e15}}, "presence.away_after_seconds"),
+        (RoutingConfig, {"presence": {"requeue_after_seconds": float("inf")}}, "presence.requeue_after_seconds"),
+    ],
+)
+def test_durations_are_finite_and_at_most_a_year(model: type[BaseModel], raw: Any, field: str) -> None:
+    assert field in [loc for loc, _ in refused(model, raw)]
+
+
+def test_a_year_is_the_longest_idle_and_snooze() -> None:
+    assert AutomationRule.model_validate({**IDLE, "idle_minutes": 525_600}).idle_minutes == 525_600
+    snooze = AutomationRule.model_validate({**RECEIVED, "actions": [{"snooze_minutes": 525_600}]})
+    assert snooze.actions[0].snooze_minutes == 525_600
+    assert refused(AutomationRule, {**IDLE, "idle_minutes": 525_601}) == [
+        ("idle_minutes", "Input should be less than or equal to 525600")
+    ]
+
+
+def test_contact_attribute_values_must_be_storable_json() -> None:
+    raw = {"name": "r", "team": "Sales", "when": {"attributes": {"score": [1, float("inf")]}}}
+    [(loc, msg)] = refused(RoutingRule, raw)
+    assert loc == "when.attributes" and "attribute 'score'" in msg
+
+
+@pytest.mark.parametrize(
+    ("model", "raw", "field"),
+    [
+        (RoutingRule, {"name": "r", "labels": ["x" * 101]}, "labels.0"),
+        (RoutingRule, {"name": "r", "labels": ["ok", "   "]}, "labels.1"),
+        (AutomationRule, {**RECEIVED, "actions": [{"add_labels": ["x" * 101]}]}, "actions.0.add_labels.0"),
+        (RoutingRule, {"name": "r", "team": "T", "when": {"labels": ["x" * 101]}}, "when.labels.0"),
+        (RoutingRule, {"name": "r", "team": "T" * 201}, "team"),
+        (RoutingRule, {"name": "r", "team": " "}, "team"),
+        (AutomationRule, {**RECEIVED, "actions": [{"assign_team": "T" * 201}]}, "actions.0.assign_team"),
+        (RoutingRule, {"name": "r", "priority": "high", "when": {"team": ["T" * 201]}}, "when.team.0"),
+        (RoutingConfig, {"teams": [{"name": "  "}]}, "teams.0.name"),
+        (RoutingConfig, {"default_team": "T" * 201}, "default_team"),
+        (
+            RoutingConfig,
+            {"sla_policies": {"P" * 101: {"first_response_minutes": 5}}},
+            f"sla_policies.{'P' * 101}.[key]",
+        ),
+        (RoutingConfig, {"sla_policies": {"s": {"on_breach": {"team": " "}}}}, "sla_policies.s.on_breach.team"),
+    ],
+)
+def test_labels_and_team_names_fit_their_columns(model: type[BaseModel], raw: Any, field: str) -> None:
+    assert field in [loc for loc, _ in refused(model, raw)]
+
+
+def test_team_names_and_labels_are_stripped_as_they_are_stored() -> None:
+    rule = RoutingRule.model_validate(
+        {"name": "r", "team": " Sales ", "labels": [" refund "], "when": {"team": ["Support "], "labels": [" vip"]}}
+    )
+    assert (rule.team, rule.labels, rule.when.team, rule.when.labels) == ("Sales", ["refund"], ["Support"], ["vip"])
+    auto = AutomationRule.model_validate({**RECEIVED, "actions": [{"assign_team": "Sales "}, {"add_labels": [" a"]}]})
+    assert (auto.actions[0].assign_team, auto.actions[1].add_labels) == ("Sales", ["a"])
+    cfg = RoutingConfig.model_validate({"default_team": "Support ", "teams": [{"name": " Support"}]})
+    assert (cfg.default_team, cfg.teams[0].name) == ("Support", "Support")
+
+
+@pytest.mark.parametrize(
+    ("words", "bad"), [(["🔥", "!!!"], "🔥"), (["?"], "?"), (["refund", "!!!"], "!!!"), (["c++", " "], " ")]
+)
+def test_a_keyword_with_no_letter_or_digit_is_refused_naming_the_rule(words: list[str], bad: str) -> None:
+    [(_, msg)] = refused(RoutingRule, {"name": "hot", "team": "Sales", "when": {"keywords": words}})
+    assert f"rule 'hot': keyword {bad!r} has no letter or digit" in msg
+    [(_, msg)] = refused(AutomationRule, {**RECEIVED, "when": {"keywords": words}, "actions": [{"resolve": True}]})
+    assert f"automation 'tag': keyword {bad!r} has no letter or digit" in msg
+    # Punctuation around a word, other scripts and digits are fine.
+    fine = ["refund!", "فاکتور", "404", "c++"]
+    assert RoutingRule.model_validate({"name": "r", "team": "T", "when": {"keywords": fine}}).when.keywords == fine
+
+
+def test_a_partial_default_capacity_keeps_the_other_channels_defaults() -> None:
+    cfg = RoutingConfig.model_validate({"default_capacity": {"webchat": 5, "voice": 0}})
+    assert cfg.default_capacity == {
+        Channel.WEBCHAT: 5,
+        Channel.TELEGRAM: 3,
+        Channel.SMS: 5,
+        Channel.VOICE: 0,
+        Channel.EMAIL: 10,
+    }
