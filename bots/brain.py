@@ -2,15 +2,18 @@
 the knowledge base, decide what to say and whether to hand off. Pure (no I/O):
 the hub loads the inputs, applies the :class:`Outcome` in one transaction.
 
-Order of precedence for one message: a pressed button (feedback, a clarifying
-choice, "none of these"); a request for a person; frustration; a VIP contact;
-the qualification dialog in progress; small talk; the knowledge base
-(answer / clarify / hand off by confidence), which may start qualification.
+Order of precedence for one message: a pressed button (feedback, also a yes
+or no typed in words; a clarifying choice, "none of these"); a request for a
+person; frustration; a VIP contact; the qualification dialog in progress;
+small talk (a greeting or thanks and nothing else: one that opens a question
+is set aside); the knowledge base (answer / clarify / hand off by
+confidence), which may start qualification.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +22,7 @@ from bots.kb import KbEntry, languages_for
 from bots.matcher import Match, Matcher, Thresholds
 from hub.config import BotConfig
 from hub.core import QuickReply
-from hub.text import detect_language, keyword, to_ascii_digits
+from hub.text import detect_language, keyword, normalize, strip_punctuation, to_ascii_digits
 
 FEEDBACK_YES = "fb:yes"
 FEEDBACK_NO = "fb:no"
@@ -55,19 +58,58 @@ TEXTS: dict[str, dict[str, str]] = {
     "skip_hint": {"en": "(You can say skip.)", "fa": "(می‌توانید «رد» بنویسید.)"},
 }
 
-_GREETINGS = {
-    "hi",
-    "hello",
-    "hey",
-    "good morning",
-    "good evening",
-    "salam",
-    "سلام",
-    "درود",
-    "سلام وقت بخیر",
-    "وقت بخیر",
-}
-_THANKS = {"thanks", "thank you", "thx", "ty", "merci", "مرسی", "ممنون", "متشکرم", "سپاس", "ممنونم", "خیلی ممنون"}
+# Courtesies a message may open with ("Hi, good afternoon", «سلام خسته نباشید»,
+# "Thanks! and ..."): the bot greets back when that is all, and otherwise
+# matches what follows, so a greeting neither costs a miss nor brings buttons.
+_GREETINGS = (
+    "hi", "hello", "hey", "hiya", "howdy", "greetings", "hi there", "hello there", "hey there", "good morning",
+    "good afternoon", "good evening", "good day", "how are you", "how are you doing", "salam",
+    "سلام", "سلام علیکم", "با سلام", "درود", "درود بر شما", "وقت بخیر", "وقت به خیر", "وقتتون بخیر",
+    "وقتتان بخیر", "وقت شما بخیر", "روز بخیر", "روزتون بخیر", "صبح بخیر", "صبحتون بخیر", "ظهر بخیر",
+    "عصر بخیر", "عصرتون بخیر", "شب بخیر", "شبتون بخیر", "خسته نباشید", "خسته نباشین", "عرض ادب",
+    "عرض سلام", "عرض ادب و احترام", "خوبید", "خوب هستید", "حالتون خوبه",
+)  # fmt: skip
+_THANKS = (
+    "thanks", "thank you", "thanks a lot", "thanks so much", "thank you so much", "thank you very much",
+    "many thanks", "thx", "ty", "merci", "مرسی", "خیلی مرسی", "ممنون", "ممنونم", "خیلی ممنون", "متشکرم",
+    "متشکر", "سپاس", "سپاسگزارم", "تشکر", "دستتون درد نکنه",
+)  # fmt: skip
+_AND = {"and", "و"}
+
+# "Did this answer your question?" answered in words rather than with a button
+# (SMS shows no buttons; people type "yes" anyway).
+_YES = {
+    "yes", "y", "yeah", "yea", "yep", "yup", "ok", "okay", "sure", "it did", "yes it did", "correct", "great",
+    "perfect", "بله", "بلی", "اره", "اری", "اوهوم", "باشه", "اوکی", "درسته", "دقیقا", "بله درسته",
+}  # fmt: skip
+_NO = {
+    "no", "n", "nope", "nah", "not really", "not at all", "it didn t", "it did not", "no it didn t",
+    "no it did not", "نه", "خیر", "نخیر", "نه اصلا", "اصلا", "نه نشد", "نشد",
+}  # fmt: skip
+
+# What may surround a word for a person in a request for one ("can I talk to a
+# real human please", «لطفا به پشتیبانی وصل کنید», «أريد التحدث مع operator»):
+# with any other word, "person" or «پشتیبانی» is part of a question instead.
+_REQUEST_WORDS = (
+    "i", "im", "me", "we", "want", "wanna", "need", "would", "d", "like", "can", "could", "may", "get", "have",
+    "talk", "speak", "chat", "to", "with", "connect", "transfer", "put", "through", "let", "give", "you", "a",
+    "an", "the", "some", "real", "live", "actual", "please", "pls", "plz", "now", "just", "hi", "hello", "hey",
+    "لطفا", "من", "می", "خواهم", "خوام", "میخواهم", "میخوام", "میخواستم", "خواستم", "با", "به", "یک", "یه",
+    "صحبت", "کنم", "حرف", "بزنم", "وصل", "کنید", "کنین", "کن", "شوم", "بشم", "وصلم", "سلام", "واقعی", "میشه",
+    "ارتباط", "تماس", "بگیرم",
+    "أريد", "اتحدث", "التحدث", "مع", "إلى", "فضلك", "لو",
+)  # fmt: skip
+_REQUEST_MAX_WORDS = 8
+_PLURAL = re.compile(r"\s(?:ها|های|هایی)(?=$|\s)")
+
+# "!!!" is as often delight ("Thank you so much!!!") as anger: it counts as
+# frustration only with one of these.
+_COMPLAINT_WORDS = (
+    # "t": what is left of "n't" ("don't" is "don t" without punctuation).
+    "not", "never", "nobody", "nothing", "still", "why", "again", "wrong", "broken", "worst", "hate", "t",
+    "چرا", "هنوز", "نمی", "نیست", "نشد", "نشده", "نکرد", "نکردید", "نرسیده", "نیامد", "نیومد", "خراب", "دوباره",
+    "هیچ", "اصلا", "بدترین",
+)  # fmt: skip
 
 REASONS = {
     "requested": "the customer asked for a person",
@@ -83,11 +125,26 @@ REASONS = {
 }
 
 
+_ADDRESS = re.compile(r"\S+@\S+|https?://\S+|www\.\S+", re.I)
+_LATIN_WORD = re.compile(r"[A-Za-z]+")
+
+
 def lang_of(text: str, fallback: str | None) -> str:
-    """The customer's language ("fa", "ar" or "en"); for text without letters,
-    the one they wrote in before. Texts missing in it fall back (Arabic to
-    Persian, then English: see :func:`bots.kb.languages_for`)."""
-    detected = detect_language(text)
+    """The customer's language ("fa", "ar" or "en"); for text that says
+    nothing about it, the one they wrote in before. Texts missing in it fall
+    back (Arabic to Persian, then English: see :func:`bots.kb.languages_for`).
+
+    Emails, links, phone numbers and other words with digits ("5k") are Latin
+    script in every language, and so is a single Latin word ("ok", a company
+    name) from a Persian speaker: replying to «ایمیل شما؟» with
+    ali@example.com must not turn the conversation into English."""
+    words = _ADDRESS.sub(" ", text).split()
+    rest = " ".join(w for w in words if not any(c.isdigit() for c in w))
+    detected = detect_language(rest)
+    if fallback and (detected is None or (detected == "en" and len(_LATIN_WORD.findall(rest)) <= 1)):
+        return fallback
+    if detected is None:
+        detected = detect_language(text)
     if detected in ("fa", "ar", "en"):
         return detected
     return fallback or "en"
@@ -160,6 +217,97 @@ def _contains_phrase(text: str, phrases: list[str]) -> bool:
     return False
 
 
+def _flat(text: str) -> str:
+    """``text`` as :func:`keyword` has it, but with the zero-width non-joiner
+    dropped rather than made a space: «اپراتور‌ها» ("operators", of a phone
+    network) stays one word, not «اپراتور» followed by a plural ending."""
+    return strip_punctuation(normalize(text, zwnj="drop"))
+
+
+def _flat_set(words: Iterable[str]) -> frozenset[str]:
+    return frozenset(_flat(w) for w in words)
+
+
+_COURTESY: dict[tuple[str, ...], str] = {
+    **{tuple(_flat(p).split()): "greeting" for p in _GREETINGS},
+    **{tuple(_flat(p).split()): "thanks" for p in _THANKS},
+}
+_COURTESY_LONGEST = max(len(k) for k in _COURTESY)
+_YES_WORDS = _flat_set(_YES)
+_NO_WORDS = _flat_set(_NO)
+_REQUEST = _flat_set(_REQUEST_WORDS)
+_COMPLAINT = frozenset(keyword(w) for w in _COMPLAINT_WORDS)
+
+
+def strip_courtesy(text: str) -> tuple[str, str | None]:
+    """The message without the greetings and thanks it opens with, and what
+    those were: "thanks" if any thanked, else "greeting" (None: no courtesy)."""
+    tokens = strip_punctuation(normalize(text, zwnj="keep")).split()
+    flat = [_flat(t) for t in tokens]
+    kind: str | None = None
+    i = 0
+    while i < len(tokens):
+        for n in range(min(_COURTESY_LONGEST, len(tokens) - i), 0, -1):
+            found = _COURTESY.get(tuple(flat[i : i + n]))
+            if found is not None:
+                break
+        else:
+            break
+        kind = "thanks" if "thanks" in (found, kind) else "greeting"
+        i += n
+        while i < len(tokens) and flat[i] in _AND:
+            i += 1
+    return " ".join(tokens[i:]), kind
+
+
+def feedback_word(text: str) -> str | None:
+    """Whether the message is only a "yes" or a "no", in English or Persian
+    ("Yes!", "ok", «آره», «نه ممنون»): "yes", "no" or None."""
+    rest, _ = strip_courtesy(text)
+    words = rest.split()
+    for n in range(min(_COURTESY_LONGEST, len(words) - 1), 0, -1):
+        if _COURTESY.get(tuple(_flat(w) for w in words[-n:])) == "thanks":
+            words = words[:-n]
+            break
+    said = _flat(" ".join(words))
+    if said in _YES_WORDS:
+        return "yes"
+    if said in _NO_WORDS:
+        return "no"
+    return None
+
+
+def _says(said: str, phrase: str) -> bool:
+    """``phrase`` is in ``said`` as whole words, and not as a Persian plural
+    written apart («اپراتور ها», phone networks' operators)."""
+    for found in re.finditer(rf"(?:^|\s)({re.escape(phrase)})(?=$|\s)", said):
+        if phrase and not _PLURAL.match(said, found.end(1)):
+            return True
+    return False
+
+
+def asks_for_person(text: str, config: BotConfig) -> bool:
+    """A request for a person: one of ``handoff_phrases`` anywhere, or one of
+    ``handoff_words`` with nothing around it but words of asking ("I want a
+    human", «پشتیبانی لطفا»)."""
+    flat = _flat(text)
+    # Also as written with a space where the phrase has the non-joiner
+    # ("می خواهم" for «می‌خواهم»).
+    spaced = keyword(text)
+    for phrase in config.handoff_phrases:
+        if _says(flat, _flat(phrase)) or _says(spaced, keyword(phrase)):
+            return True
+    said = flat.split()
+    if len(said) > _REQUEST_MAX_WORDS:
+        return False
+    for word in config.handoff_words:
+        target = _flat(word).split()
+        for i in range(len(said) - len(target) + 1):
+            if said[i : i + len(target)] == target and all(w in _REQUEST for w in said[:i] + said[i + len(target) :]):
+                return True
+    return False
+
+
 def _clean_state(state: dict[str, Any]) -> dict[str, Any]:
     out = dict(state)
     out.setdefault("misses", 0)
@@ -192,7 +340,7 @@ class Brain:
             handled = self._button(chosen, offered, feedback_for, inbound, contact, out)
             if handled:
                 return self._finish(inbound, out)
-        if _contains_phrase(inbound.text, self.config.handoff_phrases):
+        if asks_for_person(inbound.text, self.config):
             return self._finish(inbound, self._handoff(out, "requested", contact))
         if _contains_phrase(inbound.text, self.config.frustration_phrases) or _shouting(inbound.text):
             return self._finish(inbound, self._handoff(out, "frustration", contact))
@@ -200,12 +348,12 @@ class Brain:
             return self._finish(inbound, self._handoff(out, "vip", contact))
         if st["dialog"] is not None and self._continue_dialog(inbound, contact, out):
             return self._finish(inbound, out)
-        small = keyword(inbound.text)
-        if small in _GREETINGS or small in _THANKS:
+        rest, courtesy = strip_courtesy(inbound.text)
+        if courtesy is not None and not rest:
             out.action = "smalltalk"
-            out.replies.append(Reply(say("greeting" if small in _GREETINGS else "thanks", lang)))
+            out.replies.append(Reply(say(courtesy, lang)))
             return self._finish(inbound, out)
-        self._faq(inbound, contact, out)
+        self._faq(inbound if courtesy is None else Inbound(rest, inbound.quick_reply, inbound.campaign), contact, out)
         return self._finish(inbound, out)
 
     # --- buttons -----------------------------------------------------------------------
@@ -217,6 +365,15 @@ class Brain:
         digits = to_ascii_digits(keyword(inbound.text))
         if st["offered"] and digits.isdigit() and 1 <= int(digits) <= len(st["offered"]):
             return str(st["offered"][int(digits) - 1]["id"])
+        if st["feedback_for"] is not None:
+            # SMS shows no buttons, and people type "yes" in web chat too: a
+            # yes / no typed here is the button, not a question that misses.
+            word = feedback_word(inbound.text)
+            offered = {o.get("id") for o in st["offered"]}
+            if FEEDBACK_YES in offered and word is not None:
+                return FEEDBACK_YES if word == "yes" else FEEDBACK_NO
+            if NONE_OF_THESE in offered and word == "no":
+                return NONE_OF_THESE
         return None
 
     def _button(
@@ -388,19 +545,29 @@ class Brain:
         state = out.state["dialog"]
         out.attributes.update(step.set_values)
         out.state["collected"] = {**(out.state.get("collected") or {}), **step.set_values}
-        for text in step.say:
-            out.replies.append(Reply(pick(text, out.language)))
-        if step.quick_choices and out.replies:
-            out.replies[-1].quick_replies = [
-                QuickReply(id=f"{CHOICE_PREFIX}{c}"[:64], title=c) for c in step.quick_choices
-            ]
-            out.state["offered"] = [r.model_dump() for r in out.replies[-1].quick_replies]
         values = {**{k: v for k, v in contact.attributes.items()}, **state["values"]}
+        done = step.done
         if state["values"] or step.done:
             points = dialog.score(q.rules, values)
             stage = dialog.later_stage(contact.lifecycle_stage, dialog.stage_for(q, points))
-            out.lead = (max(points, contact.lead_score if step.done else 0), stage)
-        if step.done:
+            # A lead that has just become sales-qualified goes to sales at once;
+            # the questions left can wait for the salesperson.
+            done = done or (stage == "sales_qualified" and contact.lifecycle_stage != "sales_qualified")
+            out.lead = (max(points, contact.lead_score if done else 0), stage)
+        says, choices, titles = step.say, step.quick_choices, step.choice_titles
+        if done and not step.done:
+            pending = next((s.prompt for s in q.slots if s.name == state["slot"]), None)
+            says, choices = [t for t in says if t != pending], []
+        for text in says:
+            out.replies.append(Reply(pick(text, out.language)))
+        if choices and out.replies:
+            # The id answers with the stored value; the title is in the customer's language.
+            out.replies[-1].quick_replies = [
+                QuickReply(id=f"{CHOICE_PREFIX}{c}"[:64], title=pick(t, out.language) if t else c)
+                for c, t in zip(choices, titles or [{}] * len(choices), strict=True)
+            ]
+            out.state["offered"] = [r.model_dump() for r in out.replies[-1].quick_replies]
+        if done:
             out.state["dialog"] = None
             stage = out.lead[1] if out.lead else "lead"
             out.state["qualified"] = stage
@@ -460,7 +627,9 @@ class Brain:
 
 def _shouting(text: str) -> bool:
     letters = [c for c in text if c.isalpha() and c.isascii()]
-    return (len(letters) >= 12 and sum(c.isupper() for c in letters) / len(letters) > 0.8) or "!!!" in text
+    if len(letters) >= 12 and sum(c.isupper() for c in letters) / len(letters) > 0.8:
+        return True
+    return "!!!" in text and not _COMPLAINT.isdisjoint(keyword(text).split())
 
 
 def summary(out: Outcome, config: BotConfig) -> str:

@@ -17,12 +17,15 @@ import io
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hub.text import detect_language
+
+if TYPE_CHECKING:
+    from _csv import Reader as CsvReader
 
 #: Answer key used when an entry has one answer for every language.
 ANY_LANGUAGE = "default"
@@ -197,17 +200,27 @@ TOO_MANY_FIELDS = "more fields than columns; quote text containing commas"
 
 def parse_csv(text: str, source: str = "CSV") -> list[KbEntry]:
     """One row per example question; rows sharing an ``id`` are one entry
-    (answers, tags and team may be given on any of its rows)."""
-    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
-    fields = {f.strip().lower() for f in reader.fieldnames or []}
+    (answers, tags and team may be given on any of its rows).
+
+    Errors name the line a row starts on, as an editor shows it (a quoted
+    answer may span several lines)."""
+    rows = csv.reader(io.StringIO(text.lstrip("\ufeff")))
+    header = [f.strip().lower() for f in _next_row(rows, source) or []]
+    fields = set(header)
     if not {"id", "question"} <= fields or not any(f == "answer" or f.startswith("answer_") for f in fields):
         raise KbError(f"{source}: missing columns; {CSV_HELP}")
     grouped: dict[str, dict[str, Any]] = {}
     lines: dict[str, int] = {}
-    for line, row in enumerate(reader, 2):
-        if None in row:  # csv puts a row's fields beyond the header under the key None
+    while True:
+        line = rows.line_num + 1
+        cells = _next_row(rows, source)
+        if cells is None:
+            break
+        if not cells:
+            continue  # a blank line
+        if len(cells) > len(header):
             raise KbError(f"{source}: line {line}: {TOO_MANY_FIELDS}")
-        row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+        row = {key: value.strip() for key, value in zip(header, cells, strict=False)}
         ident = row.get("id", "")
         if not ident:
             raise KbError(f"{source}: line {line}: id is empty")
@@ -227,6 +240,26 @@ def parse_csv(text: str, source: str = "CSV") -> list[KbEntry]:
             elif key == "team":
                 entry["team"] = value
     return [entry_from(raw, f"{source}: line {lines[ident]}") for ident, raw in grouped.items()]
+
+
+def _next_row(rows: CsvReader, source: str) -> list[str] | None:
+    """The next row (None at the end), or a :class:`KbError` naming the line
+    the unreadable row starts on."""
+    line = rows.line_num + 1
+    try:
+        return list(next(rows))
+    except StopIteration:
+        return None
+    except csv.Error as exc:
+        # The csv module's own limit on a field (131,072 characters) stays: it
+        # is process-wide, and no answer is that long; a quote left open,
+        # which swallows the rest of the file into one field, is.
+        if "field limit" in str(exc):
+            raise KbError(
+                f"{source}: line {line}: a field is longer than {csv.field_size_limit():,} characters; "
+                'is a quote (") opened there and never closed?'
+            ) from exc
+        raise KbError(f"{source}: line {line}: {exc}") from exc
 
 
 def load_file(path: str | Path) -> list[KbEntry]:

@@ -427,7 +427,8 @@ class QualificationConfig(_Section):
     )
     # A reply to a campaign (its message carries extras.campaign_id) starts the dialog too.
     on_campaign_reply: bool = True
-    # Region for phone numbers written without a country code (ISO code such as IR; null: require +code).
+    # Region for phone numbers written without a country code (ISO code such as IR;
+    # null: phone.default_region, and without that a +code is required).
     phone_region: str | None = None
     slots: list[QualificationSlot] = Field(default_factory=_default_slots)
     rules: list[ScoreRule] = Field(default_factory=_default_rules)
@@ -505,10 +506,30 @@ class BotConfig(_Section):
     vip_tag: str = "vip"
     # Team for handoffs that name none (null: routing decides).
     handoff_team: str | None = None
+    # Ways of asking for a person that hand off wherever they are in a message.
+    # Only request phrasings: a bare "person" or «پشتیبانی» ("support", as in
+    # "do you support PDF invoices?") is an everyday word in ordinary questions.
     handoff_phrases: list[str] = Field(
         default_factory=lambda: [
-            "agent", "human", "person", "operator", "real person", "talk to someone", "speak to someone",
-            "representative", "support team", "اپراتور", "کارشناس", "پشتیبان", "پشتیبانی", "انسان", "آدم واقعی",
+            "talk to a person", "talk to a human", "talk to an agent", "talk to someone", "talk to somebody",
+            "talk to a representative", "talk with a person", "talk with a human", "talk with someone",
+            "speak to a person", "speak to a human", "speak to an agent", "speak to someone", "speak to somebody",
+            "speak to a representative", "speak with a person", "speak with a human", "speak with an agent",
+            "speak with someone", "chat with a person", "chat with a human", "chat with an agent",
+            "connect me to an agent", "connect me to a person", "connect me to someone", "real person",
+            "real human", "live agent", "live person", "human agent", "agent please", "human please",
+            "اپراتور", "کارشناس", "با پشتیبانی صحبت کنم", "با پشتیبان صحبت کنم", "با پشتیبانی حرف بزنم",
+            "با پشتیبان حرف بزنم", "به پشتیبانی وصل", "با یک انسان صحبت کنم", "با انسان صحبت کنم",
+            "با یک نفر صحبت کنم", "آدم واقعی",
+        ]
+    )  # fmt: skip
+    # Words for a person that hand off when they are the whole message, or all
+    # of it but a few request words: "agent", "Human please", "I want a human",
+    # «پشتیبان», «لطفا به پشتیبانی وصل کنید»; not "is the price per person?".
+    handoff_words: list[str] = Field(
+        default_factory=lambda: [
+            "agent", "human", "person", "someone", "operator", "representative",
+            "اپراتور", "کارشناس", "پشتیبان", "پشتیبانی", "انسان", "آدم",
         ]
     )  # fmt: skip
     frustration_phrases: list[str] = Field(
@@ -528,7 +549,7 @@ class BotConfig(_Section):
             raise ValueError("must not be above answer_threshold")
         return value
 
-    @field_validator("handoff_phrases", "frustration_phrases")
+    @field_validator("handoff_phrases", "handoff_words", "frustration_phrases")
     @classmethod
     def _phrases(cls, value: list[str]) -> list[str]:
         empty = [i for i, p in enumerate(value) if not p.strip()]
@@ -1064,6 +1085,16 @@ class HubConfig(_Section):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @model_validator(mode="after")
+    def _phone_regions(self) -> HubConfig:
+        # A hub set up for Iran reads «۰۹۱۲...» in the bot's dialog and the
+        # widget's forms as it does everywhere else, unless they name a region.
+        if self.bot.qualification.phone_region is None:
+            self.bot.qualification.phone_region = self.phone.default_region
+        if self.widget.phone_region is None:
+            self.widget.phone_region = self.phone.default_region
+        return self
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -3,15 +3,18 @@ asking the bot what it would do, and the knowledge-gap report."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bots.kb import KbEntry, KbError, entry_from, parse_csv, parse_yaml
 from hub.actions import actor_of
-from hub.app import HUB
+from hub.app import HUB, Hub
 from hub.bot_actions import check_faq, do_delete_faq, do_import_faq, do_save_faq, faq_view
 from hub.bot_report import gaps
 from hub.errors import BadRequest, NotFound, ValidationFailed
@@ -122,6 +125,32 @@ def _entry(body: FaqEntryIn, key: str | None = None) -> KbEntry:
         raise ValidationFailed(str(exc)) from exc
 
 
+T = TypeVar("T")
+
+# PostgreSQL's SQLSTATE for a unique violation.
+UNIQUE_VIOLATION = "23505"
+WRITE_TRIES = 3
+
+
+async def _save(hub: Hub, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """``work`` in a unit of work, tried again when another transaction
+    created one of its new entries first. The row lock that keeps two edits of
+    an entry apart cannot hold a row that does not exist yet: on PostgreSQL two
+    requests creating the same id both insert, and the one that commits second
+    meets the unique index. Tried again, it sees the entry and does what it
+    would have done had it come second (409 for POST, a new version for PUT and
+    import). SQLite has one writer at a time, so there this never happens."""
+    for _ in range(WRITE_TRIES - 1):
+        try:
+            async with hub.db.write() as session:
+                return await work(session)
+        except IntegrityError as exc:
+            if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
+                raise
+    async with hub.db.write() as session:
+        return await work(session)
+
+
 @ROUTES.route("GET", f"{API}/faq", summary="The bot's knowledge base", tag="bot", response=FaqList)
 async def list_faq(request: web.Request) -> web.Response:
     hub = request.app[HUB]
@@ -146,9 +175,12 @@ async def create_faq(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     admin = await require_admin(request)
     entry = _entry(await parse_body(request, FaqEntryIn))
-    async with hub.db.write() as session:
+
+    async def create(session: AsyncSession) -> dict[str, Any]:
         row, _ = await do_save_faq(session, entry, actor=actor_of(admin), create_only=True)
-        view = faq_view(row)
+        return faq_view(row)
+
+    view = await _save(hub, create)
     hub.bot.kb_changed()
     return web.json_response(view, status=201)
 
@@ -177,9 +209,12 @@ async def put_faq(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     admin = await require_admin(request)
     entry = _entry(await parse_body(request, FaqEntryIn), request.match_info["key"])
-    async with hub.db.write() as session:
+
+    async def save(session: AsyncSession) -> dict[str, Any]:
         row, _ = await do_save_faq(session, entry, actor=actor_of(admin))
-        view = faq_view(row)
+        return faq_view(row)
+
+    view = await _save(hub, save)
     hub.bot.kb_changed()
     return web.json_response(view)
 
@@ -252,8 +287,11 @@ async def import_faq(request: web.Request) -> web.Response:
         entries = parse_csv(body.content, "content") if body.format == "csv" else parse_yaml(body.content, "content")
     except KbError as exc:
         raise ValidationFailed(str(exc)) from exc
-    async with hub.db.write() as session:
-        result = await do_import_faq(session, entries, actor=actor_of(admin), replace=body.replace)
+
+    async def save(session: AsyncSession) -> dict[str, list[str]]:
+        return await do_import_faq(session, entries, actor=actor_of(admin), replace=body.replace)
+
+    result = await _save(hub, save)
     hub.bot.kb_changed()
     return web.json_response(result)
 

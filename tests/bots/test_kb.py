@@ -143,3 +143,40 @@ def test_button_title_in_the_customers_script() -> None:
     long = KbEntry(id="l", questions=("word " * 40,), answer="x")
     assert len(long.title_in("en")) == 60
     assert long.title_in("en").endswith("…")
+
+
+# An answer longer than the csv module's field limit (131,072 characters), or,
+# as it usually happens, a quote left open that runs to the end of the file.
+HUGE = "x" * 131_073
+CSV_HUGE_FIELD = f"id,question,answer\na,q,x\nb,r,{HUGE}\nc,s,z\n"
+CSV_OPEN_QUOTE = 'id,question,answer\na,q,x\nb,r,"Open all week\n' + "\n".join(["c,s,z"] * 30_000) + "\n"
+
+
+@pytest.mark.parametrize("text", [CSV_HUGE_FIELD, CSV_OPEN_QUOTE], ids=["huge field", "open quote"])
+def test_csv_field_over_the_csv_modules_limit_is_a_kb_error_naming_the_line(text: str) -> None:
+    with pytest.raises(KbError) as caught:
+        parse_csv(text, "kb.csv")
+    assert str(caught.value) == (
+        'kb.csv: line 3: a field is longer than 131,072 characters; is a quote (") opened there and never closed?'
+    )
+
+
+def test_crm_hub_faq_import_of_such_a_csv_says_so_without_a_traceback(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hub.cli import main
+
+    (tmp_path / "config.yaml").write_text(f"data_dir: {tmp_path / 'data'}\n", encoding="utf-8")
+    (tmp_path / "kb.csv").write_text(CSV_HUGE_FIELD, encoding="utf-8")
+    runner = CliRunner(env={"HUB_CONFIG": str(tmp_path / "config.yaml"), "HUB_DATABASE_URL": ""})
+    result = runner.invoke(main, ["faq", "import", str(tmp_path / "kb.csv")])
+    assert (result.exit_code, type(result.exception)) == (1, SystemExit), result.exception
+    assert f"{tmp_path / 'kb.csv'}: line 3: a field is longer than 131,072 characters" in result.output
+
+
+def test_csv_errors_name_the_line_a_row_starts_on_after_a_multi_line_answer() -> None:
+    text = 'id,question,answer\na,q,"First line.\nSecond line.\n\nThird."\nbad id,r,y\n'
+    with pytest.raises(KbError, match=r"^kb\.csv: line 6 \(id 'bad id'\): id: "):
+        parse_csv(text, "kb.csv")
+    first, second = parse_csv(text.replace("bad id", "b"), "kb.csv")
+    assert (first.answer, second.id) == ({ANY_LANGUAGE: "First line.\nSecond line.\n\nThird."}, "b")

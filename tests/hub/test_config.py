@@ -248,3 +248,15 @@ def test_the_embedding_backend_without_its_packages_stops_start_up(
         ConfigError, match=r"bot\.backend is 'embedding' but sentence_transformers( and \w+)? (is|are) not"
     ):
         build_hub(cfg.model_copy(update={"data_dir": tmp_path}))
+
+
+def test_phone_regions_default_to_the_hubs_own() -> None:
+    cfg = load_config(path=None, env={"HUB_PHONE_DEFAULT_REGION": "IR"})
+    assert (cfg.bot.qualification.phone_region, cfg.widget.phone_region) == ("IR", "IR")
+    cfg = load_config(
+        path=None,
+        env={"HUB_PHONE_DEFAULT_REGION": "IR"},
+        overrides={"bot.qualification.phone_region": "DE", "widget.phone_region": "AE"},
+    )
+    assert (cfg.bot.qualification.phone_region, cfg.widget.phone_region) == ("DE", "AE")
+    assert load_config(path=None, env={}).bot.qualification.phone_region is None

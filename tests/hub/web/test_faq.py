@@ -3,6 +3,7 @@ input, versions, all-or-nothing imports), ``bot/ask`` and the gap report."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,9 +12,14 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from sqlalchemy import func, select, text
 
+from bots.kb import KbEntry
 from hub.app import HUB, Hub
+from hub.bot_actions import do_save_faq
 from hub.core import Role
+from storage.db import Database
+from storage.models import FaqEntry, FaqVersion
 from tests.bots.conversation import KB, add_turns
 from tests.hub.helpers import Agent, add_agent, make_config, running_hub
 
@@ -26,8 +32,8 @@ ENTRY: dict[str, Any] = {
 
 
 @asynccontextmanager
-async def api(tmp_path: Path) -> AsyncIterator[tuple[Agent, Agent, aiohttp.ClientSession, str, Hub]]:
-    config = make_config(tmp_path, **{"bot.enabled": True})
+async def api(tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[Agent, Agent, aiohttp.ClientSession, str, Hub]]:
+    config = make_config(tmp_path, **{"bot.enabled": True, **overrides})
     async with running_hub(config) as server:
         await add_agent(config, "admin@example.com", Role.ADMIN)
         await add_agent(config, "ana@example.com", Role.AGENT)
@@ -162,6 +168,23 @@ async def test_import_is_all_or_nothing(tmp_path: Path) -> None:
         )
 
 
+async def test_import_of_a_csv_field_over_the_csv_modules_limit_is_refused_not_a_crash(tmp_path: Path) -> None:
+    huge = f"id,question,answer\ngift-cards,do you sell gift cards,Yes\nb,r,{'x' * 131_073}\n"
+    async with api(tmp_path) as (admin, _, http, base, _hub):
+        message = await error(
+            http,
+            "POST",
+            f"{base}/api/v1/faq/import",
+            422,
+            json={"format": "csv", "content": huge},
+            headers=admin.headers,
+        )
+        assert message == (
+            'content: line 3: a field is longer than 131,072 characters; is a quote (") opened there and never closed?'
+        )
+        assert (await admin.get("/api/v1/faq"))["items"] == []
+
+
 async def test_ask_follows_the_knowledge_base_as_it_changes(tmp_path: Path) -> None:
     async with api(tmp_path) as (admin, agent, http, base, hub):
         empty = await agent.post("/api/v1/bot/ask", {"text": "do you sell gift cards"})
@@ -193,3 +216,68 @@ async def test_report_pages(tmp_path: Path) -> None:
         assert "limit" in await error(http, "GET", f"{base}/api/v1/bot/report?limit=0", 400, headers=agent.headers)
         async with hub.db.read() as s:
             assert await s.scalar(select(func.count()).select_from(BotTurn)) == 3
+
+
+async def _lock_waiters(db: Database) -> int:
+    async with db.read() as s:
+        waiting = await s.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+    return int(waiting or 0)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        # Both create: the one that commits second is told the entry exists.
+        ("POST", "/api/v1/faq", {**ENTRY, "answer": "Mine."}, 409),
+        # Create or replace: the second replaces the first's entry.
+        ("PUT", "/api/v1/faq/gift-cards", {**ENTRY, "answer": "Mine."}, 200),
+        ("POST", "/api/v1/faq/import", {"content": yaml.safe_dump([{**ENTRY, "answer": "Mine."}])}, 200),
+    ],
+)
+async def test_a_new_entry_written_twice_at_once_on_postgres(
+    tmp_path: Path, postgres_url: str, method: str, path: str, body: dict[str, Any], status: int
+) -> None:
+    """Another admin's transaction inserts the same new id and commits while
+    this request waits on the unique index: a conflict or an update, never a 500."""
+    async with api(tmp_path, **{"database.url": postgres_url}) as (admin, _, http, base, _hub):
+        other = Database(postgres_url)
+        try:
+            async with other.write() as session:
+                await do_save_faq(session, KbEntry.model_validate(ENTRY), actor="agent:9", create_only=True)
+                request = asyncio.create_task(http.request(method, f"{base}{path}", json=body, headers=admin.headers))
+                async with asyncio.timeout(30):
+                    while await _lock_waiters(other) == 0:
+                        assert not request.done(), await (await request).text()
+                        await asyncio.sleep(0.02)
+            async with await request as response:
+                assert response.status == status, await response.text()
+                answer = await response.json()
+            async with other.read() as session:
+                row = await session.scalar(select(FaqEntry).where(FaqEntry.key == "gift-cards"))
+                versions = await session.scalar(select(func.count()).select_from(FaqVersion))
+        finally:
+            await other.dispose()
+        assert row is not None
+        if status == 409:
+            assert "already exists" in answer["error"]["message"]
+            assert (row.answer, row.updated_by, versions) == (ENTRY["answer"], "agent:9", 1)
+        else:
+            assert (row.answer, row.version, row.updated_by, versions) == ({"default": "Mine."}, 2, "agent:1", 2)
+
+
+@pytest.mark.postgres
+async def test_many_admins_creating_one_entry_at_once_on_postgres(tmp_path: Path, postgres_url: str) -> None:
+    async with api(tmp_path, **{"database.url": postgres_url}) as (admin, _, http, base, _hub):
+
+        async def create() -> int:
+            async with http.post(f"{base}/api/v1/faq", json=ENTRY, headers=admin.headers) as r:
+                return r.status
+
+        statuses = await asyncio.gather(*(create() for _ in range(8)))
+        assert sorted(statuses) == [201] + [409] * 7
+        assert [e["version"] for e in (await admin.get("/api/v1/faq"))["items"]] == [1]
