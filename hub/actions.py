@@ -291,11 +291,16 @@ async def do_post_message(
     attachments: list[dict[str, Any]] | None = None,
     quick_replies: Sequence[QuickReply] = (),
     channel: Channel | None = None,
+    automatic: bool = False,
 ) -> Message:
     """A reply (queued for the sender) or a private note on ``ticket``;
     ``quick_replies`` are buttons offered with it, rendered by each channel.
     ``channel`` sends the reply on another channel the contact has (an email
     left in the web chat's offline form) instead of the ticket's own.
+    ``automatic``: an automation rule's reply, which answers nobody: the
+    customer still waits for a person (``waiting_since`` stays) and the
+    conversation's quiet spell goes on (``last_message_at`` stays), so an idle
+    rule's own reply does not start a new spell for it to fire in again.
     Returns the (first) stored message."""
     body = body.strip()
     if not body and not attachments:
@@ -350,8 +355,9 @@ async def do_post_message(
         )
     session.add_all(messages)
     if not private:
-        ticket.last_message_at = now
-        ticket.waiting_since = None
+        if not automatic:
+            ticket.last_message_at = now
+            ticket.waiting_since = None
         if author is Author.AGENT:
             if ticket.first_response_at is None:
                 ticket.first_response_at = now

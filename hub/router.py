@@ -32,14 +32,15 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub import codec
 from hub.actions import (
     audit,
     do_assign,
@@ -51,7 +52,7 @@ from hub.actions import (
     ticket_labels,
 )
 from hub.core import PRIORITY_RANK, Author, Presence, Priority, Role, TicketEventKind, TicketStatus, utcnow
-from hub.errors import Conflict, ValidationFailed
+from hub.errors import Conflict, HubError, ValidationFailed
 from hub.stream.base import Event
 from hub.text import detect_language
 from routing import sla
@@ -71,6 +72,7 @@ from routing.match import ContactFacts, MatchContext
 from routing.settings import (
     AutomationAction,
     AutomationRule,
+    AutoResolve,
     Escalation,
     RoutingConfig,
     RoutingRule,
@@ -80,7 +82,6 @@ from routing.settings import (
 )
 from routing.store import (
     agent_states,
-    cursors,
     last_inbound_text,
     last_owner,
     lock_agent,
@@ -89,7 +90,7 @@ from routing.store import (
     queue_query,
     queue_stats,
 )
-from storage.db import Database
+from storage.db import OUTBOX_WRITTEN_KEY, Database
 from storage.ingest import TOPIC_EVENTS, add_outbox, dialect_insert
 from storage.models import (
     Agent,
@@ -119,6 +120,8 @@ AGENT_UPDATED = "agent.updated"
 _STATE_TTL = 2.0
 # Queue tickets one drain pass tries (the rest wait for the next trigger or sweep).
 _DRAIN_SCAN = 500
+
+_Compiled = TypeVar("_Compiled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,23 @@ def _digest(body: Any) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _json_body(items: Sequence[RoutingRule] | Sequence[AutomationRule]) -> list[Any]:
+    body = [i.model_dump(mode="json", exclude_defaults=True) for i in items]
+    try:
+        codec.dumps(body)
+    except TypeError as exc:  # orjson's: an integer beyond 64 bits, a lone surrogate
+        raise ValueError(f"the rules cannot be stored as JSON: {exc}") from exc
+    return body
+
+
+def _compile_rules(body: list[Any]) -> tuple[CompiledRule, ...]:
+    return tuple(CompiledRule.of(RoutingRule.model_validate(r)) for r in body)
+
+
+def _compile_automation(body: list[Any], auto_resolve: AutoResolve) -> tuple[CompiledAutomation, ...]:
+    return compile_automation([AutomationRule.model_validate(r) for r in body], auto_resolve)
+
+
 class Router:
     def __init__(self, db: Database, config: RoutingConfig | None = None) -> None:
         self.db = db
@@ -171,6 +191,8 @@ class Router:
         self.calendars = {name: c.build() for name, c in self.config.calendars.items()}
         self.default_capacity = {str(k): v for k, v in self.config.default_capacity.items()}
         self._inboxes: dict[str, InboxInfo] = {}
+        # Team name -> its lead's email (agents are stored with lower-case emails).
+        self._leads = {t.name: t.lead.strip().lower() for t in self.config.teams if t.lead}
         self._state: RoutingState | None = None
         self._state_lock = asyncio.Lock()
 
@@ -230,22 +252,17 @@ class Router:
                 return latest
             async with self.db.read() as session:
                 docs = {d.key: d for d in (await session.scalars(select(RoutingDocument))).all()}
-                versions = tuple(docs[k].version if k in docs else 0 for k in (RULES_DOC, AUTOMATION_DOC))
                 teams = (await session.scalars(select(Team))).all()
-                # Team leads: email -> agent id.
-                leads: dict[str, int | None] = {t.lead.lower(): None for t in self.config.teams if t.lead}
-                if leads:
-                    for email, agent_id in (
-                        await session.execute(select(Agent.email, Agent.id).where(Agent.email.in_(list(leads))))
-                    ).all():
-                        leads[email] = agent_id
-            if current is not None and current.versions == versions and len(current.teams) == len(teams):
-                current.loaded_at = time.monotonic()
-                return current
+            versions = tuple(docs[k].version if k in docs else 0 for k in (RULES_DOC, AUTOMATION_DOC))
+            if latest is not None and latest.versions == versions and len(latest.teams) == len(teams):
+                latest.loaded_at = time.monotonic()
+                return latest
             settings = {t.name: t for t in self.config.teams}
             team_states: dict[int, TeamState] = {}
             for t in teams:
                 s = settings.get(t.name)
+                # The team's lead is looked up when an escalation needs them
+                # (:meth:`_active_lead`), so agents added or deactivated since count.
                 team_states[t.id] = TeamState(
                     id=t.id,
                     name=t.name,
@@ -253,24 +270,67 @@ class Router:
                     auto_assign=s.auto_assign if s else True,
                     calendar=s.calendar if s else None,
                     sla=s.sla if s else None,
-                    lead_id=leads.get(s.lead.lower()) if s and s.lead else None,
                 )
-            rules = [RoutingRule.model_validate(r) for r in (docs[RULES_DOC].body if RULES_DOC in docs else [])]
-            autos = [
-                AutomationRule.model_validate(r) for r in (docs[AUTOMATION_DOC].body if AUTOMATION_DOC in docs else [])
-            ]
+            rules = self._loaded(
+                docs.get(RULES_DOC),
+                _compile_rules,
+                latest.rules if latest is not None else None,
+                lambda: tuple(CompiledRule.of(r) for r in self.config.rules),
+            )
+            autos = self._loaded(
+                docs.get(AUTOMATION_DOC),
+                lambda body: _compile_automation(body, self.config.auto_resolve),
+                latest.automation if latest is not None else None,
+                lambda: compile_automation(self.config.automation, self.config.auto_resolve),
+            )
             team_ids = {t.name: t.id for t in teams}
             self._state = RoutingState(
-                rules=tuple(CompiledRule.of(r) for r in rules),
-                automation=compile_automation(autos, self.config.auto_resolve),
+                rules=rules,
+                automation=autos,
                 teams=team_states,
                 team_ids=team_ids,
                 calendars=self.calendars,
                 policies=dict(self.config.sla_policies),
                 default_team_id=team_ids.get(self.config.default_team) if self.config.default_team else None,
+                # The stored versions even when one could not be loaded: it is
+                # not tried (and logged) again until an admin saves another.
                 versions=versions,
             )
             return self._state
+
+    @staticmethod
+    def _loaded(
+        doc: RoutingDocument | None,
+        load: Callable[[list[Any]], _Compiled],
+        last_good: _Compiled | None,
+        from_config: Callable[[], _Compiled],
+    ) -> _Compiled:
+        """A stored rule document, compiled. One that cannot be loaded (saved by
+        an older hub that checked less, or edited by hand) must not stop every
+        worker's routing, automation and sweeps: the rules loaded before stay in
+        use, or at start-up config.yaml's, and the error is logged."""
+        if doc is None:
+            return load([])
+        try:
+            return load(list(doc.body))
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, the workers keep running
+            if last_good is not None:
+                log.error(
+                    "routing %s version %s cannot be loaded, so the rules loaded before stay in use; "
+                    "save valid ones through the API to replace it: %s",
+                    doc.key,
+                    doc.version,
+                    exc,
+                )
+                return last_good
+            log.critical(
+                "routing %s version %s cannot be loaded, so config.yaml's are used instead until an admin "
+                "saves valid ones through the API (or deletes these): %s",
+                doc.key,
+                doc.version,
+                exc,
+            )
+            return from_config()
 
     async def documents(self) -> dict[str, dict[str, Any]]:
         async with self.db.read() as session:
@@ -301,13 +361,15 @@ class Router:
         check_rule_references(
             rules or [], automation or [], calendars=set(self.config.calendars), policies=set(self.config.sla_policies)
         )
+        bodies = {
+            key: _json_body(items)
+            for key, items in ((RULES_DOC, rules), (AUTOMATION_DOC, automation))
+            if items is not None
+        }
         async with self.db.write() as session:
             for name in sorted(_teams_named(rules or [], automation or [])):
                 await do_get_or_create_team(session, name, actor=actor)
-            for key, items in ((RULES_DOC, rules), (AUTOMATION_DOC, automation)):
-                if items is None:
-                    continue
-                body = [i.model_dump(mode="json", exclude_defaults=True) for i in items]
+            for key, body in bodies.items():
                 doc = await session.get(RoutingDocument, key, with_for_update=True)
                 if doc is None:
                     doc = RoutingDocument(key=key, version=0, source="api", digest="", body=[])
@@ -317,6 +379,23 @@ class Router:
                 await audit(
                     session, actor, f"routing.{key}.saved", "routing", None, {"version": doc.version, "items": body}
                 )
+            await session.flush()
+            # Workers load what the database gives back, which is not always
+            # what was written (the JSON encoder writes infinity as null): that
+            # is what is checked, before the commit, so a document no worker
+            # could load is refused (a ValueError: the API answers 422) and
+            # nothing is saved.
+            rows = await session.execute(
+                select(RoutingDocument.key, RoutingDocument.body).where(RoutingDocument.key.in_(list(bodies)))
+            )
+            stored: dict[str, list[Any]] = {key: list(body) for key, body in rows.all()}
+            try:
+                if RULES_DOC in stored:
+                    _compile_rules(stored[RULES_DOC])
+                if AUTOMATION_DOC in stored:
+                    _compile_automation(stored[AUTOMATION_DOC], self.config.auto_resolve)
+            except ValueError as exc:
+                raise ValueError(f"the rules would not load again as the database stores them: {exc}") from exc
         await self.state(fresh=True)
 
     async def _inbox(self, session: AsyncSession, inbox_id: int) -> InboxInfo:
@@ -584,11 +663,11 @@ class Router:
         if team_id is None:
             return decide(snap, base)
         sticky = await last_owner(session, ticket.contact_id, ticket.id, base.sticky_window, now)
+        # Before the agents: their load is then read after any routing that
+        # moved the cursor has committed.
+        cursor = await self._cursors(session, state, team_id)
         agents = await agent_states(session, team_ids=[team_id], agent_ids=[sticky.agent_id] if sticky else [])
-        return decide(
-            snap,
-            replace(base, agents=agents, cursors=await self._cursors(session, state, team_id), sticky=sticky),
-        )
+        return decide(snap, replace(base, agents=agents, cursors=cursor, sticky=sticky))
 
     def _clock_due(self, ticket: Ticket) -> bool:
         """An open ticket with humans to answer it and no SLA cycle yet, under a default policy."""
@@ -600,10 +679,15 @@ class Router:
 
     @staticmethod
     async def _cursors(session: AsyncSession, state: RoutingState, team_id: int) -> dict[int, int]:
+        """The team's round-robin cursor, locked until the transaction ends:
+        whose turn it is is decided on the value the last routing committed.
+        Read without the lock, concurrent routings in several workers all saw
+        the same cursor and gave the same agent a ticket each."""
         team = state.teams.get(team_id)
         if team is None or team.strategy != "round_robin":
             return {}  # only round robin has a cursor
-        return await cursors(session, [team_id])
+        after = await lock_cursor(session, team_id)
+        return {team_id: after} if after is not None else {}
 
     async def _apply(
         self,
@@ -675,6 +759,8 @@ class Router:
             return None
         team = state.teams.get(ticket.team_id) if ticket.team_id is not None else None
         if team is not None and team.strategy == "round_robin":
+            # Held already when the decision read it (_cursors); taken here too
+            # so that no assignment moves the cursor without holding it.
             await lock_cursor(session, team.id)
         candidates = (decision.assignee_id, *decision.alternatives)
         skip = not self.db.is_sqlite
@@ -735,9 +821,7 @@ class Router:
             async with self.db.write() as session:
                 session.autoflush = False
                 agents = await agent_states(session, team_ids=[team_id])
-                base = replace(
-                    self._base(state, utcnow()), agents=agents, cursors=await self._cursors(session, state, team_id)
-                )
+                base = replace(self._base(state, utcnow()), agents=agents)
                 room = self._room(team, base)
                 if not room:
                     return assigned
@@ -750,7 +834,8 @@ class Router:
                 if ticket is None:
                     return assigned
                 snap = _queued_snapshot(ticket)
-                decision = decide(snap, base)
+                # The cursor after the queue head, in the lock order (ticket -> cursor -> agent).
+                decision = decide(snap, replace(base, cursors=await self._cursors(session, state, team_id)))
                 if decision.assignee_id is None:
                     skipped.add(ticket.id)  # needs skills or a language nobody free has
                     continue
@@ -1037,11 +1122,26 @@ class Router:
             ticket.team_id, ticket.assignee_id, ticket.queued_at = new_team, None, utcnow()
             requeue_team = new_team
             team = state.teams.get(new_team)
-        if step.to_lead and team is not None and team.lead_id is not None and ticket.assignee_id != team.lead_id:
-            # Like an admin's assignment, this may exceed the lead's capacity.
-            changes["assignee"] = {"from": ticket.assignee_id, "to": team.lead_id}
-            ticket.assignee_id, ticket.queued_at = team.lead_id, None
-        notify = sorted(await self._recipients(session, ticket, team, step.notify))
+        lead_id = await self._active_lead(session, team) if step.to_lead or "lead" in step.notify else None
+        who = set(step.notify)
+        if step.to_lead and team is not None:
+            if lead_id is not None:
+                if ticket.assignee_id != lead_id:
+                    # Like an admin's assignment, this may exceed the lead's capacity.
+                    changes["assignee"] = {"from": ticket.assignee_id, "to": lead_id}
+                    ticket.assignee_id, ticket.queued_at = lead_id, None
+            else:
+                # Nobody to escalate to (no lead named, not an agent yet, or
+                # deactivated): the team's queue takes the ticket from whoever
+                # let it breach, as the lead would have.
+                if ticket.assignee_id is not None:
+                    changes["assignee"] = {"from": ticket.assignee_id, "to": None, "reason": "no active team lead"}
+                    ticket.assignee_id = None
+                if ticket.queued_at is None:
+                    ticket.queued_at = ticket.waiting_since or utcnow()
+                requeue_team = team.id
+                who.add("lead")  # others are told in the lead's stead: see _recipients
+        notify = sorted(await self._recipients(session, ticket, team, who, lead_id))
         if level == "breach":
             cycle = await session.scalar(
                 select(TicketCycle).where(TicketCycle.ticket_id == ticket.id, TicketCycle.number == ticket.sla_cycle)
@@ -1063,18 +1163,48 @@ class Router:
         await audit(session, actor, kind.value, "ticket", ticket.id, data)
         return requeue_team
 
+    async def _active_lead(self, session: AsyncSession, team: TeamState | None) -> int | None:
+        """The team's lead (config.yaml names them by email), looked up when an
+        escalation fires: a lead added with ``crm-hub agent add`` while the hub
+        runs is found, and a deactivated one is not."""
+        email = self._leads.get(team.name) if team is not None else None
+        if email is None:
+            return None
+        return await session.scalar(select(Agent.id).where(Agent.email == email, Agent.active.is_(True)))
+
     async def _recipients(
-        self, session: AsyncSession, ticket: Ticket, team: TeamState | None, who: Sequence[str]
+        self, session: AsyncSession, ticket: Ticket, team: TeamState | None, who: Iterable[str], lead_id: int | None
     ) -> set[int]:
+        who = set(who)
+        # A team whose lead is missing (none named, not an agent yet,
+        # deactivated) still has somebody hear of it: its members, or the
+        # admins when it has no active member either.
+        stand_in = "lead" in who and lead_id is None and team is not None
         out: set[int] = set()
         if "assignee" in who and ticket.assignee_id is not None:
             out.add(ticket.assignee_id)
-        if "team" in who and team is not None:
-            out |= set((await session.scalars(select(TeamMember.agent_id).where(TeamMember.team_id == team.id))).all())
-        if "lead" in who and team is not None and team.lead_id is not None:
-            out.add(team.lead_id)
-        if "admins" in who:
-            out |= set((await session.scalars(select(Agent.id).where(Agent.role == Role.ADMIN.value))).all())
+        members: set[int] = set()
+        if ("team" in who or stand_in) and team is not None:
+            members = set(
+                (
+                    await session.scalars(
+                        select(TeamMember.agent_id)
+                        .join(Agent, Agent.id == TeamMember.agent_id)
+                        .where(TeamMember.team_id == team.id, Agent.active.is_(True))
+                    )
+                ).all()
+            )
+            out |= members
+        if "lead" in who and lead_id is not None:
+            out.add(lead_id)
+        if "admins" in who or (stand_in and not members):
+            out |= set(
+                (
+                    await session.scalars(
+                        select(Agent.id).where(Agent.role == Role.ADMIN.value, Agent.active.is_(True))
+                    )
+                ).all()
+            )
         return out
 
     # --- automation ---------------------------------------------------------
@@ -1145,7 +1275,7 @@ class Router:
                 # Two automatic responders would answer each other forever.
                 skipped: str | None = "the message was sent automatically (out-of-office, bulk): no reply to it"
             else:
-                skipped = await self._do(session, ticket, action, actor, state)
+                skipped = await self._attempt(session, ticket, action, actor, state)
             if skipped:
                 done["skipped"] = skipped
             if action.assign_team is not None and ticket.assignee_id is None:
@@ -1160,6 +1290,31 @@ class Router:
             )
         return requeue
 
+    async def _attempt(
+        self, session: AsyncSession, ticket: Ticket, action: AutomationAction, actor: str, state: RoutingState
+    ) -> str | None:
+        """Perform one action in a savepoint; returns why it was skipped, if it
+        was. An action the hub refuses (a reply to a contact with no address,
+        a status change that conflicts) is undone alone and audited as
+        skipped: the rule's other actions, and the event's other steps (the
+        bot, the live fan-out), still happen, instead of the whole event
+        failing and being retried into the dead letters."""
+        written = session.info.get(OUTBOX_WRITTEN_KEY)
+        mark = len(written) if written is not None else 0
+        try:
+            async with session.begin_nested():
+                return await self._do(session, ticket, action, actor, state)
+        except HubError as exc:
+            # The undone action's events must not reach the relay after the commit.
+            written = session.info.get(OUTBOX_WRITTEN_KEY)
+            if written is not None:
+                del written[mark:]
+            # The rollback expired what the action changed; reading it back
+            # here beats a lazy load, which asyncio cannot do.
+            await session.refresh(ticket)
+            log.warning("automation %s on ticket %s: action skipped: %s", actor, ticket.id, exc.message)
+            return exc.message
+
     async def _do(
         self, session: AsyncSession, ticket: Ticket, action: AutomationAction, actor: str, state: RoutingState
     ) -> str | None:
@@ -1172,10 +1327,12 @@ class Router:
             await do_assign(session, ticket, agent_id=None, team_id=team_id, actor=actor)
             ticket.queued_at = ticket.queued_at or now
         elif action.assign_agent is not None:
-            agent_id = await session.scalar(select(Agent.id).where(Agent.email == action.assign_agent.lower()))
+            agent_id = await session.scalar(
+                select(Agent.id).where(Agent.email == action.assign_agent.strip().lower(), Agent.active.is_(True))
+            )
             if agent_id is None:
-                log.warning("automation %s: no agent %s", actor, action.assign_agent)
-                return f"no agent has the email {action.assign_agent}"
+                log.warning("automation %s: no active agent %s", actor, action.assign_agent)
+                return f"no active agent has the email {action.assign_agent}"
             await do_assign(session, ticket, agent_id=agent_id, team_id=ticket.team_id, actor=actor)
             ticket.queued_at = None
         elif action.add_labels:
@@ -1189,7 +1346,7 @@ class Router:
                 session, ticket, TicketEventKind.ROUTED, actor, {"priority": ticket.priority, "from_priority": before}
             )
         elif action.reply is not None:
-            await do_post_message(session, ticket, body=action.reply, author=Author.SYSTEM)
+            await do_post_message(session, ticket, body=action.reply, author=Author.SYSTEM, automatic=True)
         elif action.note is not None:
             await do_post_message(session, ticket, body=action.note, author=Author.SYSTEM, private=True)
         elif action.snooze_minutes is not None:
@@ -1206,8 +1363,9 @@ class Router:
         return None
 
     async def sweep_idle(self, now: datetime | None = None, limit: int = 100) -> int:
-        """Idle rules: tickets without a message for ``idle_minutes``, once per
-        quiet spell (a new message starts a new one)."""
+        """Idle rules: tickets without a message from the customer or an agent
+        for ``idle_minutes``, once per quiet spell (a new message starts a new
+        one; an automation's reply does not, see ``do_post_message``)."""
         state = await self.state()
         now = now or utcnow()
         ran = 0

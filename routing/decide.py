@@ -121,7 +121,6 @@ class TeamState:
     auto_assign: bool = True
     calendar: str | None = None
     sla: str | None = None
-    lead_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
