@@ -84,7 +84,7 @@ from hub.telephony.ledger import do_set_opt_out
 from hub.workers import AGENTS_CHANNEL
 from storage.db import Database
 from storage.ingest import table
-from storage.models import Campaign, CampaignRecipient, Message
+from storage.models import Campaign, CampaignRecipient, Contact, Message
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ RECONCILE_LOOKUPS = 5
 # Uncertain rows one worker looks up per round, and at once.
 RECONCILE_BATCH = 50
 RECONCILE_CONCURRENCY = 8
+# How stale a sending loop's idea of its campaign's status may be (a pause or cancel).
+STATUS_CHECK_SECONDS = 0.1
 # How recipients' statuses rank, so late or out-of-order receipts never move one back.
 _RANK = {PENDING: 0, SENDING: 1, UNCERTAIN: 2, SENT: 3, UNDELIVERED: 4, FAILED: 4, DELIVERED: 5}
 _RECEIPT_STATUS = {
@@ -112,6 +114,7 @@ _RECEIPT_STATUS = {
 @dataclass(slots=True)
 class Work:
     id: int
+    contact_id: int
     phone: str
     body: str
     segments: int
@@ -153,6 +156,8 @@ class CampaignRunner:
         self._pause_reason: dict[int, str] = {}
         # Per campaign: no lookup of uncertain sends before this (monotonic).
         self._next_reconcile: dict[int, float] = {}
+        # Per campaign: when its status was last read (monotonic), and whether it was running.
+        self._status_checked: dict[int, tuple[float, bool]] = {}
 
     # --- the worker loop -------------------------------------------------------------
 
@@ -272,7 +277,14 @@ class CampaignRunner:
                 await release_claims(session, campaign_id, self.owner)
 
     def _forget_outage(self, campaign_id: int) -> None:
-        for state in (self._unreachable, self._wave, self._hold, self._pause_reason, self._next_reconcile):
+        for state in (
+            self._unreachable,
+            self._wave,
+            self._hold,
+            self._pause_reason,
+            self._next_reconcile,
+            self._status_checked,
+        ):
             state.pop(campaign_id, None)
 
     async def _pause(self, campaign_id: int, reason: str) -> None:
@@ -332,17 +344,20 @@ class CampaignRunner:
             )
             rows = (
                 await session.execute(
-                    select(c.id, c.phone, c.body, c.segments, c.timezones, c.attempts)
+                    select(c.id, c.contact_id, c.phone, c.body, c.segments, c.timezones, c.attempts)
                     .where(c.id.in_(ids))
                     .order_by(c.id)
                 )
             ).all()
-        work = [Work(r.id, r.phone, r.body, r.segments, list(r.timezones or []), r.attempts) for r in rows]
+        work = [
+            Work(r.id, r.contact_id, r.phone, r.body, r.segments, list(r.timezones or []), r.attempts) for r in rows
+        ]
         return await self._screen(campaign, work)
 
     async def _screen(self, campaign: Campaign, work: list[Work]) -> list[Work]:
-        """Leave out recipients in their quiet hours (due again when those end)
-        and numbers that opted out since the audience was chosen."""
+        """Leave out recipients in their quiet hours (due again when those end),
+        numbers that opted out and contacts whose SMS consent was withdrawn
+        since the audience was chosen."""
         now = utcnow()
         later: list[dict[str, Any]] = []
         keep: list[Work] = []
@@ -355,6 +370,7 @@ class CampaignRunner:
                 keep.append(w)
         assert self.twilio is not None
         opted = await self.twilio.ledger.opted_out_numbers(campaign.sender, [w.phone for w in keep]) if keep else set()
+        withdrawn = await self._without_consent(keep) if keep and self.config.require_consent else set()
         c = table(CampaignRecipient)
         async with self.db.write() as session:
             if later:
@@ -372,7 +388,23 @@ class CampaignRunner:
                     .values(status=SKIPPED, reason="opted_out", claimed_by=None, lease_until=None)
                     .execution_options(synchronize_session=False)
                 )
-        return [w for w in keep if w.phone not in opted]
+            if withdrawn:
+                await session.execute(
+                    update(c)
+                    .where(c.c.id.in_([w.id for w in keep if w.contact_id in withdrawn]), c.c.status == PENDING)
+                    .values(status=SKIPPED, reason="no_consent", claimed_by=None, lease_until=None)
+                    .execution_options(synchronize_session=False)
+                )
+        return [w for w in keep if w.phone not in opted and w.contact_id not in withdrawn]
+
+    async def _without_consent(self, work: list[Work]) -> set[int]:
+        """The contacts of ``work`` that no longer consent to SMS (the
+        attribute was set to false, or removed, after the audience was chosen)."""
+        async with self.db.read() as session:
+            rows = await session.execute(
+                select(Contact.id, Contact.attributes).where(Contact.id.in_({w.contact_id for w in work}))
+            )
+            return {cid for cid, attributes in rows if (attributes or {}).get("sms_consent") is not True}
 
     async def _idle(self, campaign_id: int) -> tuple[str | None, float]:
         """Nothing to claim: is the campaign done (-> completed), or when is the
@@ -434,7 +466,7 @@ class CampaignRunner:
             # Marked but not yet handed to a send task: Twilio has not seen these.
             waiting = [w for w in chunk if w.id in marked]
             try:
-                while waiting and not self._held(campaign.id):
+                while waiting and not self._held(campaign.id) and await self._still_running(campaign.id):
                     w = waiting[0]
                     delay = await pacer.book(w.segments)
                     if delay > 0:
@@ -457,6 +489,18 @@ class CampaignRunner:
 
     def _held(self, campaign_id: int) -> bool:
         return self._hold.get(campaign_id, 0.0) > time.monotonic()
+
+    async def _still_running(self, campaign_id: int) -> bool:
+        """Whether the campaign is still running, asked at most every
+        ``STATUS_CHECK_SECONDS``: rows already marked ``sending`` wait for the
+        pacer, and a pause or cancel must stop them too, not only the next chunk."""
+        checked, running = self._status_checked.get(campaign_id, (0.0, True))
+        if time.monotonic() - checked >= STATUS_CHECK_SECONDS:
+            async with self.db.read() as session:
+                status = await session.scalar(select(Campaign.status).where(Campaign.id == campaign_id))
+            running = status == RUNNING
+            self._status_checked[campaign_id] = (time.monotonic(), running)
+        return running
 
     async def _unmark(self, campaign_id: int, rows: list[Work]) -> None:
         """``sending`` rows that never went to Twilio: ``pending`` again
@@ -575,13 +619,15 @@ class CampaignRunner:
             "at": sent_at,
             "nb": None,
             "undo": 0,
-            "looked": 0,
+            # Lookups of an uncertain send so far (None: unchanged).
+            "lk": None,
         }
 
     def _uncertain(self, rid: int, reason: str | None, *, code: str | None = None) -> dict[str, Any]:
         """Nobody can tell whether Twilio took it: looked up once Twilio has long finished with it."""
         out = self._outcome(rid, UNCERTAIN, reason, code=code)
         out["nb"] = utcnow() + timedelta(seconds=self.config.reconcile_after_seconds)
+        out["lk"] = 0  # a new send that got no answer: looked up afresh
         return out
 
     # --- 6. settle uncertain sends ------------------------------------------------------
@@ -596,7 +642,7 @@ class CampaignRunner:
         now = utcnow()
         async with self.db.write() as session:
             stmt = (
-                select(c.id, c.phone, c.body, c.lookups, c.reason)
+                select(c.id, c.phone, c.body, c.lookups, c.reason, c.external_id)
                 .where(
                     c.campaign_id == campaign.id,
                     c.status == UNCERTAIN,
@@ -622,6 +668,9 @@ class CampaignRunner:
         twilio = self.twilio
 
         async def settle(r: Any) -> dict[str, Any]:
+            if r.external_id:
+                # A status callback named its message: Twilio has it, whatever else it said.
+                return self._outcome(r.id, SENT, None, sid=r.external_id, sent_at=utcnow())
             async with slots:
                 found = await twilio.sms.taken_earlier(sender, r.phone, r.body, since)
             if found is None:
@@ -635,9 +684,9 @@ class CampaignRunner:
                 return self._outcome(r.id, SENT, found.reason, sid=found.external_id, sent_at=utcnow())
             tries = r.lookups + 1
             out = self._outcome(r.id, UNCERTAIN, f"{found.reason} (asked {tries} times)")
-            out["looked"] = 1
+            out["lk"] = tries
             if tries < RECONCILE_LOOKUPS:
-                wait = min(self.config.reconcile_after_seconds * 2**tries, 900.0)
+                wait = min(self.config.reconcile_after_seconds * 2 ** (tries - 1), 900.0)
                 out["nb"] = utcnow() + timedelta(seconds=wait)
             else:
                 out["reason"] = f"{found.reason}; Twilio could not be asked {tries} times, so it is left uncertain"
@@ -670,13 +719,14 @@ class CampaignRunner:
             .values(
                 status=case((settled, bindparam("st")), else_=c.c.status),
                 reason=case((settled, bindparam("reason")), else_=c.c.reason),
-                error_code=func.coalesce(c.c.error_code, bindparam("code")),
+                # The outcome's own code: a 429 retried and then refused keeps the refusal's.
+                error_code=case((settled, bindparam("code")), else_=c.c.error_code),
                 external_id=func.coalesce(c.c.external_id, bindparam("sid")),
                 sent_at=func.coalesce(c.c.sent_at, bindparam("at")),
                 not_before=bindparam("nb"),
                 # A send that never reached Twilio was not an attempt.
                 attempts=c.c.attempts - case((settled, bindparam("undo")), else_=0),
-                lookups=c.c.lookups + case((settled, bindparam("looked")), else_=0),
+                lookups=case((settled, func.coalesce(bindparam("lk"), c.c.lookups)), else_=c.c.lookups),
                 # claimed_by stays: which worker sent it.
                 lease_until=None,
             )
@@ -799,6 +849,11 @@ class CampaignReceipts:
             if row is None:
                 return False
             new = _RECEIPT_STATUS.get(receipt.status)
+            if new is None and row.status in (SENDING, UNCERTAIN):
+                # Queued, accepted, sending: Twilio has it, whatever its send was told.
+                new = SENT
+            if row.status in (SENDING, UNCERTAIN) and new is not None:
+                row.reason = None  # settled: why it was uncertain no longer holds
             if row.external_id is None:
                 row.external_id = receipt.external_id
             if receipt.error_code:

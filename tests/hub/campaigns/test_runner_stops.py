@@ -17,15 +17,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from sqlalchemy import select, update
 
 from hub.attachments import AttachmentStore
 from hub.campaigns import actions as ca
+from hub.campaigns import runner as runner_module
 from hub.campaigns.audience import SegmentFilter
-from hub.campaigns.runner import CampaignRunner
+from hub.campaigns.runner import CALLBACK_PARAM, CampaignReceipts, CampaignRunner
 from hub.config import HubConfig, load_config
+from hub.core import Channel, DeliveryReceipt, DeliveryStatus
 from hub.telephony import TwilioService
 from storage.db import Database
 from storage.models import CampaignRecipient
@@ -289,3 +292,92 @@ async def _at_least(fake: FakeTwilio, n: int) -> bool:
 def _sends(fake: FakeTwilio) -> list[int]:
     """Messages Twilio took per number."""
     return sorted(Counter(m["to"] for m in fake.messages).values())
+
+
+async def test_a_status_callback_settles_an_uncertain_send(tmp_path: Path, db: Database) -> None:
+    """Twilio took a send whose answer came too late, and says so in a status
+    callback (queued): sent, never looked up and resent."""
+    async with (
+        FakeTwilio({ACCOUNT: TOKEN}, callback_statuses=()) as fake,
+        world(tmp_path, db, fake.base_url, rate=50, audience=3) as w,
+    ):
+        w.twilio.sms.timeout = 0.3
+        w.config.campaigns.reconcile_after_seconds = 600  # the callback comes first
+        fake.stall_next(1.0)
+        assert await w.runner().run_campaign(w.campaign_id, until_idle=True) == "running"
+        (row,) = [r for r in await w.rows() if r.status == "uncertain"]
+        (sid,) = [m["sid"] for m in fake.messages if m["to"] == row.phone]
+        receipts = CampaignReceipts(db, w.twilio, w.config.campaigns)
+        receipt = DeliveryReceipt(channel=Channel.SMS, external_id=sid, status=DeliveryStatus.QUEUED)
+        assert await receipts.on_receipt(receipt, {CALLBACK_PARAM: str(row.id)})
+        assert await w.counts() == {"sent": 3}
+        (row,) = [r for r in await w.rows() if r.id == row.id]
+        assert (row.external_id, row.reason) == (sid, None)
+        assert await w.runner().run_campaign(w.campaign_id) == "completed"
+        assert _sends(fake) == [1] * 3
+
+
+async def test_an_uncertain_send_whose_sid_is_known_is_sent_without_a_lookup(tmp_path: Path, db: Database) -> None:
+    async with (
+        FakeTwilio({ACCOUNT: TOKEN}, callback_statuses=()) as fake,
+        world(tmp_path, db, fake.base_url, rate=50, audience=2) as w,
+    ):
+        first = (await w.rows())[0]
+        taken = await w.twilio.sms.send_sms(w.twilio.sms.senders["promo"], first.phone, first.body)
+        async with db.write() as s:  # an earlier receipt named it, but the row stayed uncertain
+            await s.execute(
+                update(CampaignRecipient)
+                .where(CampaignRecipient.id == first.id)
+                .values(status="uncertain", external_id=taken.external_id, not_before=datetime(2000, 1, 1, tzinfo=UTC))
+            )
+        assert await w.runner().run_campaign(w.campaign_id) == "completed"
+        assert await w.counts() == {"sent": 2}
+        assert _sends(fake) == [1, 1]
+        assert not [r for r in fake.requests if r.method == "GET"]
+
+
+async def test_consent_withdrawn_after_the_audience_was_chosen_is_honoured(tmp_path: Path, db: Database) -> None:
+    async with (
+        FakeTwilio({ACCOUNT: TOKEN}, callback_statuses=()) as fake,
+        world(tmp_path, db, fake.base_url, rate=50, audience=5) as w,
+    ):
+        first = (await w.rows())[0]
+        async with db.write() as s:
+            await ca.do_set_sms_consent(s, first.contact_id, consent=False, source="customer asked", actor="agent")
+        assert await w.runner().run_campaign(w.campaign_id) == "completed"
+        assert await w.counts() == {"sent": 4, "skipped": 1}
+        assert [(r.status, r.reason) for r in await w.rows() if r.id == first.id] == [("skipped", "no_consent")]
+        assert first.phone not in {m["to"] for m in fake.messages}
+
+
+async def test_a_cancel_stops_rows_already_marked_sending(
+    tmp_path: Path, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 20 a second: ten rows at a time are marked sending, then paced out one by one.
+    monkeypatch.setattr(runner_module, "STATUS_CHECK_SECONDS", 0.0)
+    async with (
+        FakeTwilio({ACCOUNT: TOKEN}, callback_statuses=()) as fake,
+        world(tmp_path, db, fake.base_url, rate=20, audience=40) as w,
+    ):
+        task = asyncio.create_task(w.runner().run_campaign(w.campaign_id))
+        await eventually(lambda: _at_least(fake, 3))
+        await w.cancel()
+        at_cancel = len(fake.messages)
+        assert await asyncio.wait_for(task, 30) == "cancelled"
+        # At most the send handed over while the cancel committed, and one in flight.
+        assert len(fake.messages) <= at_cancel + 2, (at_cancel, len(fake.messages))
+        counts = await w.counts()
+        assert counts["sent"] == len(fake.messages) and counts["skipped"] == 40 - len(fake.messages), counts
+
+
+async def test_a_refusal_after_a_429_is_reported_with_its_own_code(tmp_path: Path, db: Database) -> None:
+    async with (
+        FakeTwilio({ACCOUNT: TOKEN}, callback_statuses=()) as fake,
+        world(tmp_path, db, fake.base_url, rate=50, audience=1) as w,
+    ):
+        fake.fail_next(429, 20429)
+        fake.fail_next(400, 21211)
+        assert await asyncio.wait_for(w.runner().run_campaign(w.campaign_id), 60) == "completed"
+        (row,) = await w.rows()
+        assert (row.status, row.error_code) == ("failed", "21211")
+        assert (await w.report())["failed_by_error_code"] == {"21211": 1}
