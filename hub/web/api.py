@@ -27,6 +27,7 @@ from hub.actions import (
 from hub.app import HUB
 from hub.core import Author, Role, TicketStatus
 from hub.errors import BadRequest, Forbidden, NotFound, Unauthorized, ValidationFailed
+from hub.router import check_team_names
 from hub.security import client_address
 from hub.web.registry import ROUTES, parse_body
 from hub.web.schemas import (
@@ -212,6 +213,7 @@ async def create_agent(request: web.Request) -> web.Response:
     admin = await require_admin(request)
     body = await parse_body(request, AgentIn)
     async with hub.db.write() as session:
+        await check_team_names(session, dict.fromkeys(body.teams, ("teams", True)), create=body.create_teams)
         agent = await do_create_agent(
             session,
             email=body.email,
@@ -221,7 +223,7 @@ async def create_agent(request: web.Request) -> web.Response:
             teams=body.teams,
             skills=body.skills,
             languages=body.languages,
-            capacity=body.capacity,
+            capacity={c.value: n for c, n in body.capacity.items()},
             phone=body.phone,
             phone_region=hub.config.phone.default_region,
             actor=actor_of(admin),

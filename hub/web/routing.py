@@ -3,25 +3,22 @@ routing rules, the automation rules and what each agent can take."""
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select
 
 from hub.actions import actor_of, check_ticket
 from hub.app import HUB
 from hub.core import Channel, Presence
 from hub.errors import BadRequest, Conflict, NotFound, ValidationFailed
-from hub.router import do_set_agent_active, do_set_presence, do_update_agent_routing
+from hub.router import check_team_names, do_set_agent_active, do_set_presence, do_update_agent_routing
 from hub.web.api import API, _team_ids, current_agent, int_param, require_admin
 from hub.web.registry import ROUTES, parse_body
 from hub.web.schemas import AgentOut
 from routing.settings import AutomationRule, RoutingRule, TeamName, check_rule_names, check_rule_references
-from storage.models import Agent, Team, TeamMember, TicketCycle
+from storage.models import Agent, Team, TicketCycle
 from storage.views import agent_view, iso
 
 
@@ -304,49 +301,6 @@ def teams_named(rules: list[RoutingRule], automation: list[AutomationRule]) -> d
         for name in when.team:
             named.setdefault(name, (where, False))
     return named
-
-
-async def check_team_names(session: AsyncSession, named: Mapping[str, tuple[str, bool]], *, create: bool) -> list[str]:
-    """Refuse a team name that matches no team, as a help desk refuses a
-    group nobody set up: "sales" for "Sales" would otherwise make a second,
-    empty team whose tickets wait for ever. ``named``: name -> (where it is
-    used, whether tickets or agents go there). With ``create`` such names are
-    fine (the save creates them) unless they differ from a team's only in
-    case; a name only a condition tests never is. Returns warnings: the
-    teams tickets go to that have no active member."""
-    rows = await session.execute(
-        select(Team.name, func.count(Agent.id))
-        .outerjoin(TeamMember, TeamMember.team_id == Team.id)
-        .outerjoin(Agent, (Agent.id == TeamMember.agent_id) & Agent.active.is_(True))
-        .group_by(Team.id, Team.name)
-    )
-    members: dict[str, int] = {name: count for name, count in rows}
-    folded = {name.casefold(): name for name in members}
-    problems: list[str] = []
-    creatable = False
-    for name, (where, target) in sorted(named.items()):
-        if name in members or (target and create and name.casefold() not in folded):
-            continue
-        problem = f"{where}: team {name!r} does not exist"
-        if not target:
-            # Only teams tickets are sent to are created; a condition on a team
-            # nobody has would hold for no ticket.
-            problem += ", so the condition on it holds for no ticket"
-        close = [folded[name.casefold()]] if name.casefold() in folded else []
-        close = close or difflib.get_close_matches(name, list(members), n=1, cutoff=0.75)
-        if close:
-            problem += f"; did you mean {close[0]!r}?"
-        creatable = creatable or (target and name.casefold() not in folded)
-        problems.append(problem)
-    if problems:
-        known = ", ".join(repr(n) for n in sorted(members)[:50]) or "none yet"
-        hint = '; to create new teams, send "create_teams": true' if creatable else ""
-        raise ValidationFailed(f"{'; '.join(problems)} (the teams: {known}){hint}")
-    return [
-        f"team {name!r} ({where}) has no active member: its tickets wait in its queue until an agent joins it"
-        for name, (where, target) in sorted(named.items())
-        if target and members.get(name, 0) == 0
-    ]
 
 
 @ROUTES.route(

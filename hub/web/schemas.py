@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from hub.core import Attachment, Channel, Role, UTCDateTime
+from routing.settings import TeamName
 from storage.queries import MAX_ID, NEWEST_MESSAGES
 
 # A larger id than the database holds must be refused here, naming the
@@ -38,11 +39,16 @@ class AgentIn(_In):
     name: str = Field(min_length=1, max_length=200)
     password: str = Field(min_length=8, max_length=1024)
     role: Role = Role.AGENT
-    teams: list[str] = Field(default_factory=list)
+    teams: list[TeamName] = Field(
+        default_factory=list,
+        max_length=100,
+        description="team names; a team that does not exist is refused unless create_teams",
+    )
+    create_teams: bool = Field(default=False, description="create the teams in `teams` that do not exist yet")
     skills: list[str] = Field(default_factory=list)
     languages: list[str] = Field(default_factory=list)
     # Stored as JSON, which holds 64-bit integers at most.
-    capacity: dict[str, Annotated[int, Field(ge=0, le=MAX_ID)]] = Field(default_factory=dict)
+    capacity: dict[Channel, Annotated[int, Field(ge=0, le=MAX_ID)]] = Field(default_factory=dict)
     phone: str | None = Field(default=None, max_length=40, description="where calls for this agent ring")
 
 

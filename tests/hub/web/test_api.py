@@ -262,13 +262,19 @@ async def test_merge_and_cross_channel_timeline(env: Env) -> None:
 
 
 async def test_admin_only_agent_creation(env: Env) -> None:
+    new = {"email": "New@Example.com", "name": "New", "password": "longenough"}
+    # A team nobody set up is refused (a typo would make an empty team), unless asked for.
+    refused = await env.admin.post("/api/v1/agents", {**new, "teams": ["Sales"]}, 422)
+    assert "team 'Sales' does not exist" in refused["error"]["message"]
+    await env.admin.post("/api/v1/agents", {**new, "capacity": {"fax": 1}}, 422)
+    await env.admin.post("/api/v1/agents", {**new, "teams": ["S" * 201], "create_teams": True}, 422)
+    assert len((await env.admin.get("/api/v1/agents"))["items"]) == 2
     created = await env.admin.post(
-        "/api/v1/agents",
-        {"email": "New@Example.com", "name": "New", "password": "longenough", "teams": ["Sales"]},
-        201,
+        "/api/v1/agents", {**new, "teams": [" Sales "], "create_teams": True, "capacity": {"sms": 2}}, 201
     )
     assert created["email"] == "new@example.com"
-    assert len(created["team_ids"]) == 1
+    assert len(created["team_ids"]) == 1 and created["capacity"] == {"sms": 2}
+    assert [t["name"] for t in (await env.admin.get("/api/v1/teams"))["items"]] == ["Sales"]
     await env.admin.post("/api/v1/agents", {"email": "new@example.com", "name": "x", "password": "longenough"}, 409)
     plain = await Agent.login(env.http, env.base, "agent@example.com")
     denied = await plain.post("/api/v1/agents", {"email": "z@example.com", "name": "z", "password": "longenough"}, 403)
