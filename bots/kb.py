@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -204,18 +204,15 @@ def parse_csv(text: str, source: str = "CSV") -> list[KbEntry]:
 
     Errors name the line a row starts on, as an editor shows it (a quoted
     answer may span several lines)."""
-    rows = csv.reader(io.StringIO(text.lstrip("\ufeff")))
-    header = [f.strip().lower() for f in _next_row(rows, source) or []]
+    rows = csv_rows(text, source)
+    first = next(rows, None)
+    header = [f.strip().lower() for f in first[1]] if first else []
     fields = set(header)
     if not {"id", "question"} <= fields or not any(f == "answer" or f.startswith("answer_") for f in fields):
         raise KbError(f"{source}: missing columns; {CSV_HELP}")
     grouped: dict[str, dict[str, Any]] = {}
     lines: dict[str, int] = {}
-    while True:
-        line = rows.line_num + 1
-        cells = _next_row(rows, source)
-        if cells is None:
-            break
+    for line, cells in rows:
         if not cells:
             continue  # a blank line
         if len(cells) > len(header):
@@ -240,6 +237,19 @@ def parse_csv(text: str, source: str = "CSV") -> list[KbEntry]:
             elif key == "team":
                 entry["team"] = value
     return [entry_from(raw, f"{source}: line {lines[ident]}") for ident, raw in grouped.items()]
+
+
+def csv_rows(text: str, source: str) -> Iterator[tuple[int, list[str]]]:
+    """Each row of a CSV text with the line it starts on, as an editor shows
+    it (a quoted field may span several lines); a :class:`KbError` naming the
+    line of a row that cannot be read."""
+    rows = csv.reader(io.StringIO(text.lstrip("\ufeff")))
+    while True:
+        line = rows.line_num + 1
+        cells = _next_row(rows, source)
+        if cells is None:
+            return
+        yield line, cells
 
 
 def _next_row(rows: CsvReader, source: str) -> list[str] | None:

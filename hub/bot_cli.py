@@ -4,15 +4,14 @@ bot's command line (registered on the main group in :mod:`hub.cli`)."""
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import json
 from collections import Counter
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from bots.kb import TOO_MANY_FIELDS, KbError, dump_yaml, load_file
+from bots.kb import TOO_MANY_FIELDS, KbError, csv_rows, dump_yaml, load_file
 from hub.cli_io import read_text
 from hub.config import HubConfig
 
@@ -138,21 +137,31 @@ def read_labelled(path: str) -> list[tuple[str, str | None]]:
     """CSV with columns ``question`` and ``expected`` (an entry id; empty or
     ``oos`` for questions the knowledge base should not answer)."""
     text = read_text(path, encoding="utf-8-sig", newline="")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    fields = {f.strip().lower() for f in reader.fieldnames or []}
-    if not {"question", "expected"} <= fields:
+    try:
+        return _labelled(csv_rows(text, path), path)
+    except KbError as exc:  # a row the csv module cannot read, with its line
+        raise click.ClickException(str(exc)) from exc
+
+
+def _labelled(rows: Iterator[tuple[int, list[str]]], path: str) -> list[tuple[str, str | None]]:
+    first = next(rows, None)
+    header = [f.strip().lower() for f in first[1]] if first else []
+    if not {"question", "expected"} <= set(header):
         raise click.ClickException(f"{path}: needs the columns question and expected (entry id, or oos)")
-    rows = []
-    for line, row in enumerate(reader, 2):
-        if None in row:  # csv puts a row's fields beyond the header under the key None
+    labelled = []
+    for line, cells in rows:
+        if not cells:
+            continue  # a blank line
+        if len(cells) > len(header):
             raise click.ClickException(f"{path}: line {line}: {TOO_MANY_FIELDS}")
-        row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
-        if not row["question"]:
+        row = {key: value.strip() for key, value in zip(header, cells, strict=False)}
+        question, expected = row.get("question", ""), row.get("expected", "")
+        if not question:
             raise click.ClickException(f"{path}: line {line}: question is empty")
-        rows.append((row["question"], None if row["expected"].lower() in OUT_OF_SCOPE else row["expected"]))
-    if not rows:
+        labelled.append((question, None if expected.lower() in OUT_OF_SCOPE else expected))
+    if not labelled:
         raise click.ClickException(f"{path}: no questions")
-    return rows
+    return labelled
 
 
 def evaluate(matcher: Matcher, rows: list[tuple[str, str | None]], th: Thresholds) -> dict[str, Any]:

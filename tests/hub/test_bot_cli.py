@@ -139,6 +139,11 @@ def test_bot_eval_explains_bad_input(admin: CliRunner, tmp_path: Path) -> None:
     commas = write(tmp_path, "commas.csv", "question,expected\nhello,pricing\nprices, plans,pricing\n")
     result = run(admin, "bot", "eval", "--kb", kb, "--questions", commas, code=1)
     assert f"Error: {commas}: line 3: more fields than columns; quote text containing commas" in result.output
+    # A quote never closed swallows the rest of the file: the line it opened on, no traceback.
+    unclosed = write(tmp_path, "unclosed.csv", 'question,expected\nhello,pricing\n"open ' + "x" * 140_000 + "\n")
+    result = run(admin, "bot", "eval", "--kb", kb, "--questions", unclosed, code=1)
+    assert f"Error: {unclosed}: line 3: a field is longer than" in result.output
+    assert "Traceback" not in result.output
     unknown = write(tmp_path, "unknown.csv", "question,expected\nhello,no-such-entry\n")
     text = run(admin, "bot", "eval", "--kb", kb, "--questions", unknown).output
     assert "expected ids not in the knowledge base: no-such-entry" in text
