@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import phonenumbers
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels.twilio_sms import SmsSender
@@ -30,7 +30,7 @@ from hub.campaigns.audience import (
     segment_candidates,
 )
 from hub.campaigns.schedule import zones_for
-from hub.campaigns.templates import TemplateInvalid, compile_template, message_for, variables
+from hub.campaigns.templates import TemplateInvalid, compile_template, language_code, message_for, variables
 from hub.config import CampaignsConfig
 from hub.core import IdentityKind, utcnow
 from hub.errors import Conflict, NotFound, ValidationFailed
@@ -135,12 +135,15 @@ async def do_create_campaign(
         )
     if spec.scheduled_at is not None and spec.scheduled_at.tzinfo is None:
         raise ValidationFailed("scheduled_at must carry a time zone")
+    language = language_code(spec.language)
+    if spec.language and language is None:
+        raise ValidationFailed(f"language {spec.language!r} is not a language code or name (en, fa, fa-IR, Persian)")
     campaign = Campaign(
         name=spec.name.strip(),
         status=DRAFT,
         sender=sender.key,
         template=spec.template,
-        language=spec.language,
+        language=language,
         audience={"kind": "segment", "filter": spec.segment.model_dump(mode="json")} if spec.segment else {},
         quiet_hours=_quiet(config, spec.quiet_hours, quiet_hours_given),
         rate_per_second=spec.rate_per_second,
@@ -252,12 +255,13 @@ class _PageRenderer:
             }
             reason = _exclusion(config, c, opted)
             if reason is None:
-                lang = c.attributes.get("language")
                 try:
                     msg = message_for(
                         self.template,
                         variables(name=c.name, phone=c.phone, attributes=c.attributes, tags=c.tags, stage=c.stage),
-                        language=str(lang) if isinstance(lang, str) and lang else None,
+                        # Whatever a contact's attribute holds ("english-us", a
+                        # number): a code, or unknown, never the raw value.
+                        language=language_code(c.attributes.get("language")),
                         template_language=self.language,
                         opt_out_texts=self.opt_out,
                     )
@@ -446,22 +450,35 @@ def check_draft(campaign: Campaign) -> None:
         raise Conflict(f"campaign {campaign.id} is {campaign.status}; its audience can only change while a draft")
 
 
+def unfinished() -> ColumnElement[bool]:
+    """Recipients a campaign still has work for: pending, in flight, and
+    uncertain ones still to be looked up in Twilio (those go back to pending
+    when Twilio never took them; see :mod:`hub.campaigns.runner`, step 6). The
+    runner's idle check counts the same rows."""
+    c = CampaignRecipient
+    return or_(c.status.in_((PENDING, SENDING)), and_(c.status == UNCERTAIN, c.not_before.is_not(None)))
+
+
 async def do_start(
     session: AsyncSession, campaign: Campaign, *, scheduled_at: datetime | None = None, actor: str = "system"
 ) -> Campaign:
-    """Draft or paused -> running (or scheduled, until ``scheduled_at``)."""
+    """Draft or paused -> running, or scheduled until ``scheduled_at`` (given,
+    or the one it was scheduled for, when it was paused before it began)."""
     if campaign.status not in (DRAFT, PAUSED, SCHEDULED):
         raise Conflict(f"campaign {campaign.id} is {campaign.status}; only a draft, scheduled or paused one can start")
-    pending = await session.scalar(
+    left = await session.scalar(
         select(func.count())
         .select_from(CampaignRecipient)
-        .where(CampaignRecipient.campaign_id == campaign.id, CampaignRecipient.status == PENDING)
+        .where(CampaignRecipient.campaign_id == campaign.id, unfinished())
     )
-    if not pending:
+    if not left:
         raise ValidationFailed(f"campaign {campaign.id} has nobody left to send to")
     now = utcnow()
     when = scheduled_at if scheduled_at is not None else campaign.scheduled_at
-    if campaign.status == PAUSED or when is None or when <= now:
+    # One that has begun sending resumes now unless told when; one paused
+    # while it waited for its start waits for that start again.
+    resumes_now = campaign.started_at is not None and scheduled_at is None
+    if resumes_now or when is None or when <= now:
         campaign.status = RUNNING
         campaign.started_at = campaign.started_at or now
     else:

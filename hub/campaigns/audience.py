@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import ColumnElement, and_, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub.campaigns.templates import language_code
+from hub.config import iana_zone
 from hub.core import IdentityKind, UTCDateTime
 from hub.text import InvalidPhoneNumber, parse_phone
 from storage.models import Contact, Identity, Ticket
@@ -163,6 +165,8 @@ PHONE_COLUMNS = ("phone", "phone_number", "number", "mobile", "msisdn", "to", "�
 _TRUE = {"1", "true", "yes", "y", "on", "بله", "آری", "opt-in", "opted_in"}
 _FALSE = {"0", "false", "no", "n", "off", "خیر", "نه", "opt-out", "opted_out"}
 RESERVED = {"name", "language", "consent", "tags", "timezone"}
+# As long as contacts' and identities' name columns take.
+MAX_NAME = 512
 
 
 @dataclass(slots=True)
@@ -207,7 +211,9 @@ def parse_csv(text: str, default_region: str | None) -> CsvAudience:
     ``tags`` separated by ``;`` or ``|``, ``timezone``; any other column becomes
     a contact attribute). Numbers must be in use in their country's plan
     (``parse_phone(strict=True)``), read in ``default_region`` without a country
-    code. Bad rows are reported with their line number; duplicates are counted."""
+    code; a language is stored as its code (``fa-IR``, ``Persian`` -> ``fa``),
+    a timezone must be an IANA zone. Bad rows (those too, and any cell with a
+    NUL character) are reported with their line number; duplicates are counted."""
     text = text.lstrip("\ufeff")
     try:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
@@ -220,6 +226,8 @@ def parse_csv(text: str, default_region: str | None) -> CsvAudience:
         raise CsvInvalid("the file is empty") from None
     except csv.Error as exc:
         raise CsvInvalid(f"line 1: {exc}") from exc
+    if any("\x00" in h for h in header):
+        raise CsvInvalid("line 1: a column name has a NUL character (\\x00); is this a text file?")
     phone_col = next((header.index(c) for c in PHONE_COLUMNS if c in header), None)
     if phone_col is None:
         raise CsvInvalid(f"no phone column: name one of {', '.join(PHONE_COLUMNS[:5])} in the header row")
@@ -239,6 +247,12 @@ def parse_csv(text: str, default_region: str | None) -> CsvAudience:
         if len(cells) > len(header):
             out.invalid.append((line, f"{len(cells)} cells but the header has {len(header)} columns"))
             continue
+        # PostgreSQL cannot store it in text, and stripping it would import
+        # something other than what the file says.
+        nul = next((header[i] for i, cell in enumerate(cells) if "\x00" in cell), None)
+        if nul is not None:
+            out.invalid.append((line, f"column {nul!r} has a NUL character (\\x00)"))
+            continue
         values = {header[i]: cells[i].strip() for i in range(len(cells))}
         raw = values.get(header[phone_col], "")
         try:
@@ -251,6 +265,24 @@ def parse_csv(text: str, default_region: str | None) -> CsvAudience:
         except ValueError as exc:
             out.invalid.append((line, str(exc)))
             continue
+        name = values.get("name") or None
+        if name is not None and len(name) > MAX_NAME:
+            out.invalid.append((line, f"name has {len(name)} characters; at most {MAX_NAME}"))
+            continue
+        raw_language = values.get("language", "")
+        language = language_code(raw_language)
+        if raw_language and language is None:
+            out.invalid.append(
+                (line, f"language {raw_language!r} is not a language code or name (en, fa, fa-IR, Persian)")
+            )
+            continue
+        timezone = values.get("timezone") or None
+        if timezone is not None:
+            try:
+                iana_zone(timezone)
+            except ValueError as exc:
+                out.invalid.append((line, f"timezone {exc}"))
+                continue
         if phone in seen:
             out.duplicates.append(line)
             continue
@@ -263,11 +295,11 @@ def parse_csv(text: str, default_region: str | None) -> CsvAudience:
             CsvRow(
                 line=line,
                 phone=phone,
-                name=values.get("name") or None,
-                language=(values.get("language") or "").lower() or None,
+                name=name,
+                language=language,
                 consent=consent,
                 tags=tags,
-                timezone=values.get("timezone") or None,
+                timezone=timezone,
                 attributes=attrs,
             )
         )

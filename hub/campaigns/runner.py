@@ -74,6 +74,7 @@ from hub.campaigns.actions import (
     UNDELIVERED,
     counts,
     release_claims,
+    unfinished,
 )
 from hub.campaigns.schedule import Pacer, quiet_until
 from hub.config import CampaignsConfig
@@ -415,11 +416,8 @@ class CampaignRunner:
             # otherwise be waited for forever when no worker's tick runs (the CLI).
             await mark_abandoned(session, campaign_id)
             # Uncertain rows still to be looked up in Twilio may yet be sent.
-            unsettled = and_(c.status == UNCERTAIN, c.not_before.is_not(None))
             left = await session.scalar(
-                select(func.count())
-                .select_from(c)
-                .where(c.campaign_id == campaign_id, or_(c.status.in_((PENDING, SENDING)), unsettled))
+                select(func.count()).select_from(c).where(c.campaign_id == campaign_id, unfinished())
             )
             if not left:
                 done = await session.execute(
@@ -433,7 +431,10 @@ class CampaignRunner:
                 await self._publish(campaign_id, force=True)
                 return COMPLETED, 0.0
             nxt = await session.scalar(
-                select(func.min(c.not_before)).where(c.campaign_id == campaign_id, or_(c.status == PENDING, unsettled))
+                select(func.min(c.not_before)).where(
+                    c.campaign_id == campaign_id,
+                    or_(c.status == PENDING, and_(c.status == UNCERTAIN, c.not_before.is_not(None))),
+                )
             )
         wait = self.config.poll_seconds
         if nxt is not None:

@@ -5,13 +5,18 @@ it is given, nor make the renderer build gigantic strings or numbers or loop
 for ever. Rendered bodies get the opt-out line in the recipient's language and
 their SMS encoding and segment count.
 
+Languages, wherever they come from (a CSV, a contact's attribute, the
+campaign), are reduced to a primary code (``fa-IR``, ``Persian`` and ``فارسی``
+are all ``fa``) by :func:`language_code`: the opt-out line is looked up by it.
+
 The limits, all per rendered message: every value a template builds (strings,
 lists, nested ones counted whole) and the output stay under
 :data:`MAX_VALUE_SIZE`; widths and counts given to padding and repeating
 operations (``center``, ``'{0:>9}'.format``, ``'%9s' %``, ``batch``...) too,
 checked before the operation runs; integers under :data:`MAX_INT_BITS`;
 the work of one render (each loop iteration, filter, call and operator, plus
-the size of what it builds) at most :data:`MAX_WORK`; no recursive loops.
+the size of what it builds) at most :data:`MAX_WORK`; no recursive loops;
+brackets, expressions and blocks nested at most :data:`MAX_NESTING` deep.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import string
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import update_wrapper
+from functools import lru_cache, update_wrapper
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError, nodes
@@ -32,7 +37,7 @@ from jinja2.filters import do_wordwrap
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter
 from jinja2.visitor import NodeTransformer
 
-from hub.text import detect_language, keyword, sms_segments
+from hub.text import detect_language, keyword, normalize, sms_segments
 
 MAX_TEMPLATE_CHARS = 5000
 # Twilio takes at most 1,600 characters per message; a campaign message is one message.
@@ -49,6 +54,11 @@ MAX_WORK = 200_000
 _CALL_WORK = 20
 # JSON indentation (``tojson(indent=...)``).
 MAX_JSON_INDENT = 16
+# Brackets inside brackets, and expressions and blocks inside one another: a
+# real SMS template needs a handful. Jinja parses and compiles templates
+# recursively, so a few hundred levels (well under MAX_TEMPLATE_CHARS) exhaust
+# the stack, and Python refuses the code made of a few dozen nested blocks.
+MAX_NESTING = 50
 
 
 class TemplateInvalid(ValueError):
@@ -339,7 +349,13 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     concat = staticmethod(_bounded_concat)
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
-        tree = _Guard().visit(super()._parse(source, name, filename))
+        # Before the parser, which would recurse once per bracket (about a
+        # dozen frames each), and before the transformer and code generator,
+        # which recurse once per node.
+        _check_brackets(self.lexer.tokenize(source, name, filename))
+        parsed = super()._parse(source, name, filename)
+        _check_depth(parsed)
+        tree = _Guard().visit(parsed)
         tree.set_environment(self)
         return tree  # type: ignore[no-any-return]
 
@@ -396,6 +412,35 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return update_wrapper(wrapper, value)
 
 
+_OPENING = frozenset({"lparen", "lbracket", "lbrace"})
+_CLOSING = frozenset({"rparen", "rbracket", "rbrace"})
+
+
+def _check_brackets(tokens: Iterable[Any]) -> None:
+    depth = 0
+    for token in tokens:
+        if token.type in _OPENING:
+            depth += 1
+            if depth > MAX_NESTING:
+                raise TemplateSyntaxError(f"brackets are nested more than {MAX_NESTING} deep", token.lineno)
+        elif token.type in _CLOSING:
+            depth -= 1
+
+
+def _check_depth(tree: nodes.Node) -> None:
+    """Without recursion: the point is to refuse trees too deep to recurse over."""
+    todo = [(tree, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if depth > MAX_NESTING:
+            raise TemplateSyntaxError(
+                f"expressions or blocks are nested more than {MAX_NESTING} deep (operators, filters, 'not', "
+                "tags inside one another); simplify it",
+                node.lineno,
+            )
+        todo.extend((child, depth + 1) for child in node.iter_child_nodes())
+
+
 def _environment() -> _Sandbox:
     env = _Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
     env.globals.clear()
@@ -420,6 +465,17 @@ def compile_template(source: str) -> Any:
         return _ENV.from_string(source)
     except TemplateSyntaxError as exc:
         raise TemplateInvalid(f"template line {exc.lineno}: {exc.message}") from exc
+    except (RecursionError, MemoryError) as exc:
+        # What the nesting checks cannot see coming: the parser recursing into
+        # hundreds of unary operators ("not not not ...", "- - - 1").
+        raise TemplateInvalid(
+            "the template is nested too deeply to be read (brackets, operators or 'not' inside one another "
+            "hundreds of times); simplify it"
+        ) from exc
+    except SyntaxError as exc:
+        # Python's own limits on the code Jinja makes of the template (20
+        # nested loops, 100 levels of indentation).
+        raise TemplateInvalid(f"the template is nested too deeply: {exc.msg}; simplify it") from exc
 
 
 def variables(
@@ -427,7 +483,7 @@ def variables(
 ) -> dict[str, Any]:
     """What a template may use: ``{{ first_name }}``, ``{{ name }}``, ``{{ phone }}``,
     ``{{ contact.<attribute> }}`` (and ``contact.name``, ``contact.tags``,
-    ``contact.language``, ...; any other missing attribute is an error for that
+    ``contact.language`` as a code, ...; any other missing attribute is an error for that
     recipient, unless the template says ``contact.city | default('...')``).
     Plain data only (strings, numbers, lists, dicts): nothing with methods worth
     reaching for."""
@@ -438,6 +494,8 @@ def variables(
     contact.update(
         name=full, first_name=full.split(" ")[0] if full else "", phone=phone, tags=list(tags), lifecycle_stage=stage
     )
+    # The code the opt-out line goes by: "fa-IR" or "Persian" is "fa" here too.
+    contact["language"] = language_code(attributes.get("language"))
     return {"contact": contact, "name": full, "first_name": contact["first_name"], "phone": phone}
 
 
@@ -477,8 +535,92 @@ def render(template: Any, values: Mapping[str, Any]) -> str:
     return out.strip()
 
 
+# ISO 639-1, the two-letter language codes.
+_ISO_639_1_CODES = (
+    "aa ab ae af ak am an ar as av ay az ba be bg bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de dv dz ee el en "
+    "eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy hz ia id ie ig ii ik io is it iu ja "
+    "jv ka kg ki kj kk kl km kn ko kr ks ku kv kw ky la lb lg li ln lo lt lu lv mg mh mi mk ml mn mr ms mt my na nb "
+    "nd ne ng nl nn no nr nv ny oc oj om or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd se sg si sk sl sm sn so sq "
+    "sr ss st su sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh zu"
+)
+_ISO_639_1 = frozenset(_ISO_639_1_CODES.split())
+# What people and older systems write for a language instead of its code:
+# withdrawn codes (Java still writes iw, in, ji), three-letter ones (ISO 639-2
+# and the Persian and Arabic of ISO 639-3) and names, in English and Persian.
+_LANGUAGE_ALIASES = {
+    "en": "english eng انگلیسی الانجلیزیه",
+    "fa": "persian farsi dari fas per pes prs فارسی پارسی دری الفارسیه",
+    "ar": "arabic ara arb عربی العربیه",
+    "ku": "kurdish kur کردی",
+    "az": "azerbaijani azeri aze آذری",
+    "ps": "pashto pushto pus پشتو",
+    "tr": "turkish tur",
+    "ur": "urdu urd",
+    "hi": "hindi hin",
+    "bn": "bengali bangla ben",
+    "fr": "french fra fre",
+    "de": "german deu ger",
+    "es": "spanish castilian spa",
+    "pt": "portuguese por",
+    "it": "italian ita",
+    "nl": "dutch nld dut",
+    "ru": "russian rus",
+    "uk": "ukrainian ukr",
+    "pl": "polish pol",
+    "el": "greek ell gre",
+    "he": "hebrew heb iw",
+    "hy": "armenian hye arm",
+    "ka": "georgian kat geo",
+    "zh": "chinese mandarin zho chi cmn",
+    "ja": "japanese jpn",
+    "ko": "korean kor",
+    "vi": "vietnamese vie",
+    "th": "thai tha",
+    "id": "indonesian ind in",
+    "ms": "malay msa may",
+    "sv": "swedish swe",
+    "tg": "tajik tgk",
+    "uz": "uzbek uzb",
+    "yi": "yiddish yid ji",
+}
+_ALIASES = {normalize(alias): code for code, aliases in _LANGUAGE_ALIASES.items() for alias in aliases.split()}
+# A BCP 47 tag (en, fa-IR, zh-Hant-TW; pt_BR as locales write it): only its primary language counts.
+_TAG = re.compile(r"([a-z]{2,3})(?:[-_][a-z0-9]{1,8})*")
+_FIRST_WORD = re.compile(r"[^\W\d_]+")
+
+
+def language_code(value: object) -> str | None:
+    """The primary language code of ``value`` (``fa`` for ``fa-IR``, ``FA``,
+    ``Persian``, ``Farsi``, ``فارسی``; ``en`` for ``english-us``); ``None`` for
+    anything that names no language (``None``, ``""``, ``IR``, ``portugues``).
+    At most three letters: it always fits where a language is stored."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return _language_code(value)
+
+
+@lru_cache(maxsize=1024)
+def _language_code(value: str) -> str | None:
+    text = normalize(value)
+    if tag := _TAG.fullmatch(text):
+        primary = _ALIASES.get(tag[1], tag[1])
+        # Two letters must be a real code ("IR", "US" are countries); three
+        # may be any of ISO 639-2/3's thousands, kept as they are.
+        return primary if len(primary) == 3 or primary in _ISO_639_1 else None
+    # A name, perhaps with more after it: "English (US)", "english-us".
+    word = _FIRST_WORD.match(text)
+    return _ALIASES.get(word[0]) if word else None
+
+
 def opt_out_line(texts: Mapping[str, str], language: str | None) -> str:
-    return texts.get(language or "") or texts["en"]
+    if language:
+        if texts.get(language):
+            return texts[language]
+        # Configured under a longer tag ("fa-IR") or another case.
+        for key, text in texts.items():
+            if text and language_code(key) == language:
+                return text
+    return texts["en"]
 
 
 def _words(text: str) -> str:
@@ -515,11 +657,12 @@ def message_for(
     opt_out_texts: Mapping[str, str] | None,
 ) -> Rendered:
     """The SMS one recipient gets: rendered, the opt-out line in their language
-    (else the template's, else the message's), measured."""
+    (else the template's, else the message's), measured. Languages that name
+    no language count as unknown."""
     body = render(template, values)
     if not body:
         raise TemplateInvalid("the message is empty for this recipient")
-    lang = language or template_language or detect_language(body) or "en"
+    lang = language_code(language) or language_code(template_language) or detect_language(body) or "en"
     if opt_out_texts:
         body = with_opt_out(body, opt_out_line(opt_out_texts, lang), opt_out_texts.values())
     if len(body) > MAX_BODY_CHARS:

@@ -57,7 +57,12 @@ class CampaignIn(_In):
     template: str = Field(
         min_length=1, max_length=5000, description="Jinja2 (sandboxed): {{ first_name }}, {{ contact.<attribute> }}"
     )
-    language: str | None = Field(default=None, max_length=8, description="the template's language (opt-out line)")
+    # Longer than any code: a tag or a name ("english-us", "Portuguese") is reduced to its code.
+    language: str | None = Field(
+        default=None,
+        max_length=64,
+        description="the template's language, for the opt-out line (en, fa, fa-IR, Persian)",
+    )
     audience: AudienceIn
     quiet_hours: QuietHoursIn | None = Field(default=None, description="default: campaigns.quiet_hours; null: none")
     rate_per_second: float | None = Field(default=None, gt=0, description="segments/s; at most the sender's")

@@ -17,7 +17,7 @@ from sqlalchemy import event, func, select
 
 from hub.attachments import AttachmentStore
 from hub.campaigns import actions as ca
-from hub.campaigns.audience import parse_csv
+from hub.campaigns.audience import CsvInvalid, parse_csv
 from hub.campaigns.templates import message_for
 from hub.config import load_config
 from hub.telephony import TwilioService
@@ -93,3 +93,72 @@ async def test_large_csv_is_written_in_bulk(tmp_path: Path, db: Database, monkey
         )  # fmt: skip
     assert set(recipients) == set(phones) - {phones[1]}
     assert recipients[phones[2999]].startswith("Hi Name in City 2999")
+
+
+def test_cells_no_contact_can_have_are_invalid_rows() -> None:
+    """Reported with their line, never imported altered (a NUL stripped) nor
+    silently ignored (a timezone that names no zone)."""
+    parsed = parse_csv(
+        "phone,name,timezone,city\n"
+        "+14155550100,A\x00nn,,\n"  # line 2
+        "+14155550101,Bob,PST,\n"  # line 3: not an IANA zone
+        "+14155550102,Cy,Asia/Tehran,\n"
+        f"+14155550103,{'x' * 513},,\n"  # line 5: longer than a contact's name
+        "+14155550104,Di,,Te\x00hran\n",  # line 6: in an attribute too
+        "US",
+    )
+    assert parsed.invalid == [
+        (2, "column 'name' has a NUL character (\\x00)"),
+        (3, "timezone 'PST' is not an IANA time zone (e.g. Asia/Tehran, Europe/Berlin)"),
+        (5, "name has 513 characters; at most 512"),
+        (6, "column 'city' has a NUL character (\\x00)"),
+    ]
+    assert [(r.line, r.timezone) for r in parsed.rows] == [(4, "Asia/Tehran")]
+    with pytest.raises(CsvInvalid, match="line 1: a column name has a NUL character"):
+        parse_csv("phone,ci\x00ty\n+14155550100,x\n", "US")
+
+
+async def test_cells_no_contact_can_have_never_reach_the_database(tmp_path: Path, db: Database) -> None:
+    """On PostgreSQL each of these rows failed the whole upload (a 500): text
+    cannot hold NUL, and a name or language longer than its column is refused."""
+    config = load_config(
+        path=None,
+        env={"HUB_SECRET_KEY": "x", "TWILIO_ACCOUNT_SID": ACCOUNT, "TWILIO_AUTH_TOKEN": TOKEN},
+        overrides={
+            "data_dir": str(tmp_path / "data"),
+            "logging.level": "WARNING",
+            "twilio.senders": [{"inbox": "promo", "number": "+15550002222", "messages_per_second": 10}],
+        },
+    )
+    twilio = TwilioService(config, db, AttachmentStore(config.attachments_dir, max_bytes=config.attachments.max_bytes))
+    phones = us_numbers(5)
+    parsed = parse_csv(
+        "phone,name,language,timezone,consent\n"
+        f"{phones[0]},A\x00nn,,,yes\n"
+        f"{phones[1]},{'x' * 600},,,yes\n"
+        f"{phones[2]},Cy,portuguese-brazilian,,yes\n"
+        f"{phones[3]},Di,,PST,yes\n"
+        f"{phones[4]},Ed,,America/New_York,yes\n",
+        "US",
+    )
+    try:
+        async with db.write() as s:
+            spec = ca.CampaignSpec(name="t", sender="promo", template="Hi {{ first_name }}")
+            campaign = await ca.do_create_campaign(s, twilio, config.campaigns, spec)
+            summary = await ca.do_csv_audience(s, twilio, config.campaigns, campaign, parsed, source="list.csv")
+    finally:
+        await twilio.sms.close()
+    assert [r["line"] for r in summary["invalid_rows"]] == [2, 3, 5]
+    assert summary["contacts_created"] == 2 and summary["recipients"] == 2
+    async with db.read() as s:
+        rows = (
+            await s.execute(
+                select(CampaignRecipient.phone, CampaignRecipient.language, CampaignRecipient.timezones).where(
+                    CampaignRecipient.campaign_id == campaign.id
+                )
+            )
+        ).all()
+    assert sorted(tuple(r) for r in rows) == [
+        (phones[2], "pt", ["America/Los_Angeles"]),
+        (phones[4], "en", ["America/New_York"]),
+    ]

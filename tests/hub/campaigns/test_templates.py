@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from hub.campaigns.templates import TemplateInvalid, compile_template, message_for, render, variables
+from hub.campaigns.templates import (
+    MAX_NESTING,
+    MAX_TEMPLATE_CHARS,
+    TemplateInvalid,
+    compile_template,
+    message_for,
+    render,
+    variables,
+)
 
 VALUES = variables(
     name="Sara Ahmadi", phone="+989121234567", attributes={"city": "Tehran", "points": 120}, tags=["vip"], stage="lead"
@@ -145,6 +153,46 @@ def test_syntax_errors_name_the_line() -> None:
         compile_template("Hello\n{{ first_name ")
     with pytest.raises(TemplateInvalid, match="empty"):
         compile_template("   ")
+
+
+@pytest.mark.parametrize(
+    ("source", "error"),
+    [
+        # Under MAX_TEMPLATE_CHARS, each used to exhaust the stack of Jinja's
+        # parser, transformer or code generator (RecursionError: a 500), or
+        # Python's compiler limits (SyntaxError).
+        ("{{ " + "(" * 1200 + "first_name" + ")" * 1200 + " }}", "line 1: brackets are nested more than 50 deep"),
+        ("Hi\n{{ " + "[" * 1200 + "]" * 1200 + " }}", "line 2: brackets are nested more than 50 deep"),
+        ("{{ " + "not " * 1200 + "first_name }}", "nested too deeply to be read"),
+        ("{{ " + "- " * 2000 + "1 }}", "nested too deeply to be read"),
+        ("{{ first_name" + "|string" * 700 + " }}", "line 1: expressions or blocks are nested more than 50 deep"),
+        ("{{ 1" + "+1" * 2400 + " }}", "expressions or blocks are nested more than 50 deep"),
+        ("{{ 1" + " if 1 else 1" * 400 + " }}", "expressions or blocks are nested more than 50 deep"),
+        ("{% if first_name %}" * 60 + "x" + "{% endif %}" * 60, "expressions or blocks are nested more than 50 deep"),
+        (
+            "{% for t in contact.tags %}" * 25 + "x" + "{% endfor %}" * 25,
+            "nested too deeply: too many statically nested",
+        ),
+    ],
+)
+def test_deeply_nested_templates_are_refused(source: str, error: str) -> None:
+    assert len(source) <= MAX_TEMPLATE_CHARS
+    with pytest.raises(TemplateInvalid) as caught:
+        compile_template(source)
+    assert error in str(caught.value)
+
+
+def test_nesting_up_to_the_limit_is_fine() -> None:
+    def parens(n: int) -> str:
+        return "{{ " + "(" * n + "first_name" + ")" * n + " }}"
+
+    assert _render(parens(MAX_NESTING)) == "Sara"
+    with pytest.raises(TemplateInvalid, match="brackets are nested more than"):
+        compile_template(parens(MAX_NESTING + 1))
+    filters = "{{ first_name" + "|lower" * (MAX_NESTING - 3) + " }}"
+    assert _render(filters) == "sara"
+    with pytest.raises(TemplateInvalid, match="expressions or blocks are nested more than"):
+        compile_template(filters.replace("|lower", "|lower|lower", 3))
 
 
 def test_unknown_variable_is_an_error_for_that_recipient() -> None:

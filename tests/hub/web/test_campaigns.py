@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from sqlalchemy import func, select
 from hub.campaigns.audience import CsvAudience, parse_csv
 from hub.core import Role
 from storage.models import Campaign, CampaignRecipient, Contact, Identity
+from tests import services
 from tests.hub.campaigns.helpers import seed_contacts, us_numbers
 from tests.hub.helpers import Agent, add_agent
 from tests.hub.twilio_helpers import TwilioHub, eventually, twilio_hub
@@ -233,3 +235,52 @@ async def test_csv_is_parsed_off_the_event_loop(tmp_path: Path, monkeypatch: pyt
         summary = await _upload(t, admin, draft["id"], "phone,consent\n" + rows)
         assert summary["recipients"] == 50
         assert threads and threads[0] != threading.get_ident()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def engine(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    """Overrides for a hub on the default SQLite file, or on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield {}
+    else:
+        async for url in services.fresh_postgres_database():
+            yield {"database.url": url}
+
+
+async def test_data_the_database_cannot_hold_is_a_422_or_an_invalid_row(tmp_path: Path, engine: dict[str, Any]) -> None:
+    """Each of these was a 500 (on PostgreSQL, most of them): a template
+    nested too deeply to compile, CSV cells with a NUL or a language longer
+    than a recipient's column, a segment with such a language on a contact."""
+    async with twilio_hub(tmp_path, overrides={**_overrides(10), **engine}) as t:
+        admin = await t.agent()
+        deep = _new(template="{{ " + "(" * 1200 + "first_name" + ")" * 1200 + " }}")
+        error = await admin.post("/api/v1/campaigns", deep, status=422)
+        assert "brackets are nested more than 50 deep" in error["error"]["message"]
+        error = await admin.post("/api/v1/campaigns", _new(template="{{ " + "not " * 1200 + "1 }}"), status=422)
+        assert "nested too deeply" in error["error"]["message"]
+
+        draft = await admin.post("/api/v1/campaigns", _new(audience={"kind": "csv"}), status=201)
+        phones = us_numbers(5)
+        csv_text = (
+            "phone,name,language,timezone,consent\n"
+            f"{phones[0]},Ana,portuguese,,yes\n"
+            f"{phones[1]},A\x00nn,,,yes\n"  # line 3
+            f"{phones[2]},Bob,,PST,yes\n"  # line 4
+            f"{phones[3]},Cy,portugues,,yes\n"  # line 5
+            f"{phones[4]},Di,Persian,Asia/Tehran,yes\n"
+        )
+        summary = await _upload(t, admin, draft["id"], csv_text)
+        assert [(r["line"], r["error"].split(" ")[0]) for r in summary["invalid_rows"]] == [
+            (3, "column"),
+            (4, "timezone"),
+            (5, "language"),
+        ]
+        preview = await admin.get(f"/api/v1/campaigns/{draft['id']}/preview")
+        by_phone = {p["phone"]: p for p in preview["items"]}
+        assert by_phone[phones[0]]["language"] == "pt" and by_phone[phones[4]]["language"] == "fa"
+        assert by_phone[phones[4]]["body"].endswith("برای لغو اشتراک «لغو» را بفرستید.")
+        assert by_phone[phones[4]]["timezones"] == ["Asia/Tehran"]
+
+        await seed_contacts(t.hub.db, us_numbers(1, start=50), attributes={"language": "english-us"})
+        segment = await admin.post("/api/v1/campaigns", _new(language="english-us"), status=201)
+        assert segment["language"] == "en" and segment["total"] == 3  # the CSV's two contacts and the new one
