@@ -15,7 +15,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 
 def utcnow() -> datetime:
@@ -188,6 +188,13 @@ class InboundMessage(_Model):
     #: The id of the :class:`QuickReply` the customer pressed, when they did.
     quick_reply: str | None = Field(default=None, max_length=64)
     extras: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("body", "subject", "sender_name")
+    @classmethod
+    def _without_nul(cls, value: str | None) -> str | None:
+        # PostgreSQL refuses the NUL character in text, and no customer means
+        # one: dropped, so the message is stored rather than failing.
+        return value.replace("\x00", "") if value else value
 
 
 class OutboundMessage(_Model):

@@ -64,12 +64,38 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
         raw = await request.json(loads=json.loads)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from exc
+    where = _nul_at(raw)
+    if where is not None:
+        # PostgreSQL refuses it in text and JSON: a 422 naming the field, not a 500 at the write.
+        message = "the NUL character (\\u0000) is not allowed"
+        details = [{"field": where, "message": message}]
+        raise ValidationFailed(f"invalid request body: {where}: {message}", details=details)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         details = [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]} for e in exc.errors()]
         summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
         raise ValidationFailed(f"invalid request body: {summary}", details=details) from exc
+
+
+def _nul_at(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first string (value or key) holding a NUL character."""
+    if isinstance(value, str):
+        return (path or "(body)") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return here
+            found = _nul_at(item, here)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _nul_at(item, f"{path}.{i}" if path else str(i))
+            if found is not None:
+                return found
+    return None
 
 
 ERROR_SCHEMA = {

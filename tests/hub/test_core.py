@@ -64,3 +64,11 @@ def test_a_status_only_moves_forward() -> None:
     assert not status_advances(DeliveryStatus.DELIVERED, DeliveryStatus.SENT)
     assert status_advances(DeliveryStatus.SENT, DeliveryStatus.FAILED)
     assert not status_advances(DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)
+
+
+def test_a_nul_in_what_a_customer_sent_is_dropped() -> None:
+    """PostgreSQL refuses it in text; no customer means it."""
+    m = InboundMessage(
+        channel=Channel.WEBCHAT, inbox="webchat", external_id="v:1", sender="v", body="a\x00b", subject="s\x00"
+    )
+    assert (m.body, m.subject) == ("ab", "s")

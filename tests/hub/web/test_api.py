@@ -291,6 +291,11 @@ async def test_oversize_and_malformed_bodies_change_nothing(env: Env) -> None:
         assert resp.status == 400
         assert "not valid JSON" in (await resp.json())["error"]["message"]
     await env.admin.post(f"/api/v1/tickets/{r.ticket_id}/messages", {"body": "   "}, 422)
+    # PostgreSQL cannot store a NUL: named, not a 500 at the write.
+    nul = await env.admin.post(f"/api/v1/tickets/{r.ticket_id}/messages", {"body": "a\u0000b"}, 422)
+    assert nul["error"]["message"] == "invalid request body: body: the NUL character (\\u0000) is not allowed"
+    nested = await env.admin.put(f"/api/v1/tickets/{r.ticket_id}/labels", {"labels": ["ok", "b\u0000"]}, 422)
+    assert "labels.1: the NUL character" in nested["error"]["message"]
     detail = await env.admin.get(f"/api/v1/tickets/{r.ticket_id}")
     assert [m["direction"] for m in detail["messages"]] == ["in"]
 
