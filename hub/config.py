@@ -167,8 +167,13 @@ class WorkersConfig(_Section):
     send_max_attempts: int = Field(default=8, ge=1)
     send_backoff_seconds: float = Field(default=1.0, gt=0)
     send_backoff_max_seconds: float = Field(default=300.0, gt=0)
-    # A message stuck in "sending" this long (its sender died) is tried again.
+    # A message stuck in "sending" this long (its sender died) is tried again. A
+    # live sender renews it every third of this while the send runs.
     send_lease_seconds: float = Field(default=60.0, gt=0)
+    # How long a sender keeps trying to save the outcome of a send the provider
+    # already answered (database unreachable), holding its lease, before it
+    # gives up and the message may be sent a second time.
+    send_record_retry_seconds: float = Field(default=600.0, gt=0)
     sweep_interval_seconds: float = Field(default=2.0, gt=0)
     concurrency: int = Field(default=8, ge=1)
 

@@ -4,10 +4,18 @@ The database row is the work item: a reply is stored ``queued`` before anyone
 tries to send it, so nothing an agent was told is saved can be lost. A sender
 claims a row (``queued`` -> ``sending`` with a lease) in a conditional update,
 so two workers never send the same message; calls the channel outside any
-transaction; records the outcome. Retryable failures go back to ``queued``
-with exponential backoff and jitter; the rest end ``failed`` with the reason.
-A sweeper picks up due retries and rows whose sender died mid-send (lease
-expired). Within a ticket, messages go out in the order they were written.
+transaction, renewing the lease while the call runs however long it takes;
+records the outcome, retrying that database write in place rather than ever
+letting a send that went through lapse back into the queue. Retryable
+failures go back to ``queued`` with exponential backoff and jitter; the rest
+end ``failed`` with the reason. A sweeper picks up due retries and rows whose
+sender died mid-send (lease expired). Within a ticket, messages go out in the
+order they were written.
+
+A claim is known by the ``attempts`` number it set: every write a sender makes
+under its claim (renewal, record, requeue) names that number, so a sender that
+stalled past its lease while another claimed the message again can no longer
+touch the row.
 
 Sends are paced per (channel, inbox) at the adapter's ``rate_per_second`` by a
 token bucket in this process (:class:`TokenBucket`): a reply whose token is not
@@ -20,14 +28,15 @@ events behind it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, select, update
+from sqlalchemy import ColumnElement, and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -55,6 +64,40 @@ from storage.views import message_view
 log = logging.getLogger(__name__)
 
 UNSENT = (DeliveryStatus.QUEUED.value, DeliveryStatus.SENDING.value)
+
+#: Pauses between tries to save a send's outcome: short at first (a dropped
+#: connection is usually back at once), doubling up to the cap.
+RECORD_RETRY_FIRST_SECONDS = 0.05
+RECORD_RETRY_MAX_SECONDS = 5.0
+
+
+def waits_behind_earlier_reply() -> ColumnElement[bool]:
+    """True for an outbound message with an earlier reply of its ticket still
+    unsent: it must not overtake that one. Correlated on ``Message``; a range
+    scan of ``ix_messages_ticket`` (ticket_id, id)."""
+    earlier = aliased(Message)
+    return exists().where(
+        and_(
+            earlier.ticket_id == Message.ticket_id,
+            earlier.id < Message.id,
+            earlier.direction == "out",
+            earlier.private.is_(False),
+            earlier.status.in_(UNSENT),
+        )
+    )
+
+
+def held_by(msg: Message) -> ColumnElement[bool]:
+    """The row is still in the claim that loaded ``msg``. Every claim raises
+    ``attempts``, and only the sweeper (which keeps the number) and
+    :meth:`Sender._requeue` (which takes back its own claim's raise) put a
+    row back to ``queued``; so any later claim carries a higher number, and a
+    claim that lapsed never matches again."""
+    return and_(
+        Message.id == msg.id,
+        Message.status == DeliveryStatus.SENDING.value,
+        Message.attempts == msg.attempts,
+    )
 
 
 class TokenBucket:
@@ -126,25 +169,15 @@ class Sender:
         row = await self._claim(message_id)
         if row is None:
             return
-        result = await self._send(row)
-        if result is None:  # requeued to wait for its send rate
-            return
-        next_id = await self._record(row, result)
+        async with self._holding(row):
+            result = await self._send(row)
+            # None: requeued to wait for its send rate.
+            next_id = None if result is None else await self._record_surely(row, result)
         if next_id is not None:
             await self.deliver(next_id)
 
     async def _claim(self, message_id: int) -> Message | None:
         now = utcnow()
-        earlier = aliased(Message)
-        blocked = exists().where(
-            and_(
-                earlier.ticket_id == Message.ticket_id,
-                earlier.id < Message.id,
-                earlier.direction == "out",
-                earlier.private.is_(False),
-                earlier.status.in_(UNSENT),
-            )
-        )
         async with self.db.write() as session:
             claimed = (
                 await session.execute(
@@ -153,7 +186,7 @@ class Sender:
                         Message.id == message_id,
                         Message.status == DeliveryStatus.QUEUED.value,
                         (Message.next_attempt_at.is_(None)) | (Message.next_attempt_at <= now),
-                        ~blocked,
+                        ~waits_behind_earlier_reply(),
                     )
                     .values(
                         status=DeliveryStatus.SENDING.value,
@@ -172,6 +205,60 @@ class Sender:
                 key = await session.scalar(select(Inbox.key).where(Inbox.id == msg.inbox_id))
                 self._inbox_keys[msg.inbox_id] = key or ""
             return msg
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, msg: Message) -> AsyncIterator[None]:
+        """Keep the claim on ``msg`` alive while the block runs. A send has no
+        upper bound of our own (an SMTP server may take 30 s per command, a
+        Telegram album one upload per file); a lease that lapsed under it would
+        let another worker's sweeper send the message a second time."""
+        stop = asyncio.Event()
+        renewer = asyncio.create_task(self._renew(msg, stop), name=f"send-lease-{msg.id}")
+        try:
+            yield
+        finally:
+            stop.set()
+            # Shielded: a deliver cancelled at shutdown must not cut a renewal
+            # off mid-write; the renewer sees ``stop`` and ends by itself.
+            await asyncio.shield(renewer)
+
+    async def _renew(self, msg: Message, stop: asyncio.Event) -> None:
+        every = self.config.send_lease_seconds / 3
+        wait = every
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await stop.wait()
+            if stop.is_set():
+                return
+            try:
+                held = await self._extend(msg)
+            except Exception:
+                # Soon again, not in a third of the lease: the first renewal
+                # after the database is back must beat the sweepers to the row.
+                log.warning("could not renew a send's lease", exc_info=True, extra={"message_id": msg.id})
+                wait = min(every, 1.0)
+                continue
+            if not held:
+                if not stop.is_set():  # else the send was just recorded: nothing was lost
+                    log.warning(
+                        "lost the lease of a message while sending it; it may go out twice",
+                        extra={"message_id": msg.id, "attempt": msg.attempts},
+                    )
+                return
+            wait = every
+
+    async def _extend(self, msg: Message) -> bool:
+        """Move the claim's lease on; False when the claim is no longer ours."""
+        async with self.db.write() as session:
+            renewed = await session.execute(
+                update(Message)
+                .where(held_by(msg))
+                .values(lease_until=utcnow() + timedelta(seconds=self.config.send_lease_seconds))
+                .returning(Message.id)
+                .execution_options(synchronize_session=False)
+            )
+            return renewed.scalar_one_or_none() is not None
 
     async def _send(self, msg: Message) -> SendResult | None:
         """The channel's answer, or None when the message went back to the
@@ -241,7 +328,7 @@ class Sender:
         async with self.db.write() as session:
             await session.execute(
                 update(Message)
-                .where(Message.id == msg.id, Message.status == DeliveryStatus.SENDING.value)
+                .where(held_by(msg))
                 .values(
                     status=DeliveryStatus.QUEUED.value,
                     attempts=Message.attempts - 1,
@@ -262,7 +349,38 @@ class Sender:
         base = self.config.send_backoff_seconds * 2 ** max(attempts - 1, 0)
         return float(min(base, self.config.send_backoff_max_seconds) * random.uniform(0.8, 1.2))
 
+    async def _record_surely(self, msg: Message, result: SendResult) -> int | None:
+        """:meth:`_record`, tried again until the database takes it. The channel
+        has answered: a claim left ``sending`` would lapse and the message go out
+        again (email and Telegram cannot tell a retry from a new message). Only
+        the database write is repeated, never the send, and the lease is
+        renewed meanwhile. Gives up after ``send_record_retry_seconds``."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.config.send_record_retry_seconds
+        pause = RECORD_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                return await self._record(msg, result)
+            except Exception:
+                if loop.time() + pause > give_up_at:
+                    log.exception(
+                        "gave up saving the outcome of a send; the message may go out again",
+                        extra={"channel": msg.channel, "message_id": msg.id, "status": result.status.value},
+                    )
+                    raise
+                log.warning(
+                    "could not save the outcome of a send; trying again",
+                    exc_info=True,
+                    extra={"channel": msg.channel, "message_id": msg.id},
+                )
+            await asyncio.sleep(pause * random.uniform(0.8, 1.2))
+            pause = min(pause * 2, RECORD_RETRY_MAX_SECONDS)
+
     async def _record(self, msg: Message, result: SendResult) -> int | None:
+        """Save the outcome of the claim on ``msg``; the next reply of its ticket
+        now free to go, if any. Only writes while the claim is ours or, lapsed,
+        nobody else's yet (``queued`` under the same attempt: no sender holds
+        it, and a sent message must not be picked up again)."""
         now = utcnow()
         values: dict[str, Any] = {"lease_until": None, "status_reason": result.reason}
         retry = (
@@ -284,36 +402,54 @@ class Sender:
         if result.extras.get(SEND_PARTS):
             # What a split message delivered so far: a retry resumes after it.
             values["extras"] = {**(msg.extras or {}), SEND_PARTS: list(result.extras[SEND_PARTS])}
-        metrics.OUTBOUND.labels(msg.channel, values["status"]).inc()
         async with self.db.write() as session:
-            await session.execute(
-                update(Message)
-                .where(Message.id == msg.id, Message.status == DeliveryStatus.SENDING.value)
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
-            fresh = await session.get(Message, msg.id, populate_existing=True)
-            assert fresh is not None
-            unreachable = result.extras.get(RECIPIENT_UNREACHABLE)
-            if unreachable and (msg.extras or {}).get("recipient"):
-                await do_set_reachability(
-                    session,
-                    kind=IDENTITY_OF_CHANNEL[Channel(msg.channel)],
-                    address=str(msg.extras["recipient"]),
-                    reason=str(unreachable),
-                    ticket_id=msg.ticket_id,
-                )
-            await add_outbox(
-                session,
-                [
-                    outbox_row(
-                        TicketEventKind.MESSAGE_STATUS.value,
-                        msg.ticket_id,
-                        {"message": message_view(fresh, self._inbox_keys.get(msg.inbox_id))},
+            ours = (
+                await session.execute(
+                    update(Message)
+                    .where(
+                        Message.id == msg.id,
+                        Message.attempts == msg.attempts,
+                        Message.status.in_(UNSENT),
                     )
-                ],
-            )
-            if retry:
+                    .values(**values)
+                    .returning(Message.id)
+                    .execution_options(synchronize_session=False)
+                )
+            ).scalar_one_or_none()
+            if ours is None:
+                # The row says more than our result does: a receipt overtook
+                # this record, or our lease lapsed and the message was claimed
+                # again (then it may have gone out twice: say so).
+                now_attempts = await session.scalar(select(Message.attempts).where(Message.id == msg.id))
+                log.log(
+                    logging.INFO if now_attempts == msg.attempts else logging.WARNING,
+                    "the outcome of a send came after its claim ended; not saved",
+                    extra={"channel": msg.channel, "message_id": msg.id, "status": result.status.value},
+                )
+            else:
+                metrics.OUTBOUND.labels(msg.channel, values["status"]).inc()
+                fresh = await session.get(Message, msg.id, populate_existing=True)
+                assert fresh is not None
+                unreachable = result.extras.get(RECIPIENT_UNREACHABLE)
+                if unreachable and (msg.extras or {}).get("recipient"):
+                    await do_set_reachability(
+                        session,
+                        kind=IDENTITY_OF_CHANNEL[Channel(msg.channel)],
+                        address=str(msg.extras["recipient"]),
+                        reason=str(unreachable),
+                        ticket_id=msg.ticket_id,
+                    )
+                await add_outbox(
+                    session,
+                    [
+                        outbox_row(
+                            TicketEventKind.MESSAGE_STATUS.value,
+                            msg.ticket_id,
+                            {"message": message_view(fresh, self._inbox_keys.get(msg.inbox_id))},
+                        )
+                    ],
+                )
+            if retry and ours is not None:
                 return None
             return await session.scalar(
                 select(Message.id)
@@ -346,6 +482,10 @@ class Sender:
                         Message.status == DeliveryStatus.QUEUED.value,
                         Message.direction == "out",
                         Message.next_attempt_at <= now,
+                        # Else replies waiting behind an earlier one of their
+                        # ticket (which _claim refuses) fill the batch first,
+                        # and a provider outage starves every other retry.
+                        ~waits_behind_earlier_reply(),
                     )
                     .order_by(Message.id)
                     .limit(500)
