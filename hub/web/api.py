@@ -212,8 +212,11 @@ async def create_agent(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     admin = await require_admin(request)
     body = await parse_body(request, AgentIn)
-    async with hub.db.write() as session:
+    # Checked before the write transaction: the password is hashed in it, and
+    # SQLite's one writer must not wait on Argon2 behind a statement of ours.
+    async with hub.db.read() as session:
         await check_team_names(session, dict.fromkeys(body.teams, ("teams", True)), create=body.create_teams)
+    async with hub.db.write() as session:
         agent = await do_create_agent(
             session,
             email=body.email,
