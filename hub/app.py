@@ -9,7 +9,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -30,7 +30,7 @@ from hub.relay import OutboxRelay
 from hub.router import Router
 from hub.security import LoginThrottle, VisitorTokens
 from hub.sender import Sender
-from hub.stream.base import LiveBus, Stream
+from hub.stream.base import LiveBus, Stream, check_cancelled
 from hub.stream.memory import InProcessLiveBus, InProcessStream
 from hub.telegram import TelegramService, build_telegram, direct_ingest
 from hub.telephony import TwilioService
@@ -69,6 +69,8 @@ class Hub:
     login_throttle: LoginThrottle = field(default_factory=lambda: LoginThrottle(None))
     consumer_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    # Background tasks that died and are not running now: name -> why (for /readyz).
+    down: dict[str, str] = field(default_factory=dict)
 
 
 HUB = web.AppKey("hub", Hub)
@@ -197,15 +199,65 @@ async def sync_inboxes(hub: Hub) -> None:
         await sync_email_inboxes(session, hub.config.email)
 
 
+# A background task that dies is started again after this long, doubling up to
+# the maximum while it keeps dying.
+RESTART_DELAY = 1.0
+RESTART_DELAY_MAX = 60.0
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
 def _spawn(hub: Hub, coro: Coroutine[Any, Any, Any], name: str) -> None:
+    """Run a coroutine in the background once (it cannot be started again:
+    see ``_supervise`` for what can); /readyz reports it if it dies."""
     task = asyncio.create_task(coro, name=name)
 
     def _report(t: asyncio.Task[Any]) -> None:
-        if not t.cancelled() and t.exception() is not None:
-            log.error("background task %s died", name, exc_info=t.exception())
+        exc = None if t.cancelled() else t.exception()
+        if exc is not None:
+            log.error("background task %s died", name, exc_info=exc)
+            hub.down[name] = f"died ({_describe(exc)}); not restarted"
 
     task.add_done_callback(_report)
     hub.tasks.append(task)
+
+
+def _supervise(hub: Hub, start: Callable[[], Coroutine[Any, Any, Any]], name: str, *, forever: bool = True) -> None:
+    """Run ``start()`` in the background and start it again, with backoff,
+    whenever it dies (or, when it should run ``forever``, returns): a stopped
+    consumer or relay would otherwise leave events unhandled while the process
+    looks healthy. While it is down, /readyz names it."""
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while True:
+            began = loop.time()
+            try:
+                await start()
+            except Exception as exc:
+                check_cancelled()  # a stop that ended it in an error is still a stop
+                error = _describe(exc)
+                log.error("background task %s died; restarting it", name, exc_info=exc)
+            else:
+                check_cancelled()  # it may have swallowed the stop (see there)
+                if not forever:
+                    return
+                error = "stopped"
+                log.error("background task %s stopped; restarting it", name)
+            if loop.time() - began >= RESTART_DELAY_MAX:
+                failures = 0  # it ran well for a while: not a crash loop
+            delay = min(RESTART_DELAY_MAX, RESTART_DELAY * 2 ** min(failures, 16))
+            failures += 1
+            hub.down[name] = f"died ({error}); restarting in {delay:g} s"
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                hub.down.pop(name, None)
+
+    hub.tasks.append(asyncio.create_task(run(), name=name))
 
 
 async def start_hub(hub: Hub) -> None:
@@ -217,19 +269,26 @@ async def start_hub(hub: Hub) -> None:
         await hub.batcher.start()
     # Every process writes outbox rows (web: messages; worker: statuses), so
     # every process relays; SKIP LOCKED keeps them from publishing a row twice.
-    _spawn(hub, hub.relay.run(), "outbox-relay")
+    _supervise(hub, hub.relay.run, "outbox-relay")
     if hub.role in ("all", "worker"):
-        _spawn(hub, hub.stream.consume("workers", hub.consumer_name, hub.processor.handle), "stream-consumer")
-        _spawn(hub, hub.sender.run_sweeper(), "sender-sweeper")
-        _spawn(hub, hub.router.run_sweeper(), "routing-sweeper")
+        _supervise(
+            hub, lambda: hub.stream.consume("workers", hub.consumer_name, hub.processor.handle), "stream-consumer"
+        )
+        _supervise(hub, hub.sender.run_sweeper, "sender-sweeper")
+        _supervise(hub, hub.router.run_sweeper, "routing-sweeper")
         hub.bot.start()
         if hub.email is not None:
             hub.email.start(lambda coro, name: _spawn(hub, coro, name))
-        if hub.campaigns is not None:
-            _spawn(hub, hub.campaigns.runner.run(), "campaigns")
-    if hub.telegram is not None:
+        campaigns = hub.campaigns
+        if campaigns is not None:
+            _supervise(hub, campaigns.runner.run, "campaigns")
+    telegram = hub.telegram
+    if telegram is not None:
         web, worker = hub.role in ("all", "web"), hub.role in ("all", "worker")
-        _spawn(hub, hub.telegram.run(web=web, worker=worker, owner=hub.consumer_name), "telegram")
+        # It ends by itself where it only registers webhooks.
+        _supervise(
+            hub, lambda: telegram.run(web=web, worker=worker, owner=hub.consumer_name), "telegram", forever=False
+        )
 
 
 async def stop_hub(hub: Hub) -> None:

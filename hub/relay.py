@@ -9,6 +9,11 @@ left at start-up after a crash are found by polling: claimed with a lease
 them) and published. A row is deleted once the stream holds the event (Redis)
 or once it was handled (in-process). A crash between publish and delete
 publishes again; consumers are idempotent.
+
+In-process, memory is bounded by ``max_in_flight``: past it, committed rows are
+not published directly but left in the database (their lease released) for
+the poller, which publishes them in id order as the workers catch up, so the
+events of a ticket keep their order.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class OutboxRelay:
         *,
         batch: int = 500,
         lease_seconds: float = 30.0,
+        memory_lease_seconds: float = 600.0,
         poll_seconds: float = 0.5,
         max_in_flight: int = 10_000,
         delete_delay: float = 0.05,
@@ -47,36 +53,58 @@ class OutboxRelay:
         self.stream = stream
         self.batch = batch
         self.lease = timedelta(seconds=lease_seconds)
+        self.memory_lease_seconds = memory_lease_seconds
         self.poll_seconds = poll_seconds
         self.max_in_flight = max_in_flight
         self.delete_delay = delete_delay
         self._wake = asyncio.Event()
         self._direct: list[Event] = []
+        # Outbox ids to hand to the poller: committed past max_in_flight, or
+        # dropped by the stream. Their leases are released before each poll.
+        self._spill: list[int] = []
+        # While rows older than the committed ones wait for the poller, new
+        # rows go the same way, or a ticket's later event would overtake an
+        # earlier one. In-process, rows left from before a start are due at
+        # once (see run), so it starts that way.
+        self._spilling = not stream.durable
+        self._started = False
         self._done: list[int] = []
+        # Handled (durable: published) and not deleted yet. A poll that finds
+        # one of them (its lease lapsed) must not publish it again.
+        self._deleting: set[int] = set()
         self._done_wake = asyncio.Event()
         if not stream.durable:
             stream.on_done = self._handled
+            stream.on_abandoned = self._abandoned
+            stream.probe = db.ping
 
     @property
     def lease_seconds(self) -> float:
-        """How long the writing process owns its new outbox rows. In-process, the
-        rows wait in memory until handled (they are all re-published at start-up
-        after a crash), so the lease only has to outlast a long backlog."""
-        return self.lease.total_seconds() if self.stream.durable else 600.0
+        """How long this process owns the outbox rows it writes or claims. In-
+        process, the rows wait in memory until handled (they are all re-
+        published at start-up after a crash), so the lease only has to outlast
+        a long backlog."""
+        return self.lease.total_seconds() if self.stream.durable else self.memory_lease_seconds
 
     def committed(self, rows: list[tuple[int, str, dict[str, Any]]]) -> None:
         """Rows a transaction of this process just committed: publish them now."""
         self._direct.extend(Event(key=key, payload=payload, outbox_id=oid) for oid, key, payload in rows)
         self._wake.set()
 
+    def _abandoned(self, ids: Sequence[int]) -> None:
+        self._spill.extend(ids)
+        self._wake.set()
+
     async def run(self) -> None:
-        if not self.stream.durable:
+        if not self.stream.durable and not self._started:
             # One process owns an in-process stream: whatever it had claimed
             # before a crash was never handled, so it is due again right now.
+            # Not on a restart of this task: the rows it leased are in memory.
             async with self.db.write() as session:
                 await session.execute(
                     update(OutboxRow).where(OutboxRow.lease_until.is_not(None)).values(lease_until=None)
                 )
+        self._started = True
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._publish_loop(), name="outbox-publish")
             tg.create_task(self._delete_loop(), name="outbox-delete")
@@ -88,19 +116,20 @@ class OutboxRelay:
             check_cancelled()  # the wait_for below may have swallowed it
             try:
                 if self._direct:
-                    events, self._direct = self._direct, []
-                    try:
-                        await self._publish(events)
-                    except Exception:
-                        self._direct[:0] = events  # keep their order for the retry
-                        raise
+                    await self._publish_direct()
                     continue
                 # Polling is only the safety net, on its own clock: the hot path
                 # above never waits for it nor pays for an empty claim.
                 if loop.time() >= next_poll:
+                    if self._spill:
+                        await self._release()  # before the claim, which must see them
                     published = 0
                     if await self.stream.backlog() < self.max_in_flight:
                         published = await self.publish_once()
+                        if published < self.batch and not self._spill:
+                            # Every due row is claimed: what is committed from
+                            # now on is newer than anything left to publish.
+                            self._spilling = False
                     if published >= self.batch:
                         continue  # more may be waiting
                     next_poll = loop.time() + self.poll_seconds
@@ -131,17 +160,57 @@ class OutboxRelay:
                 await session.execute(
                     update(OutboxRow)
                     .where(OutboxRow.id.in_(claim.scalar_subquery()))
-                    .values(lease_until=now + self.lease)
+                    .values(lease_until=now + timedelta(seconds=self.lease_seconds))
                     .returning(OutboxRow.id, OutboxRow.key, OutboxRow.payload)
                     .execution_options(synchronize_session=False)
                 )
             ).all()
-        if not rows:
-            return 0
-        await self._publish(
-            [Event(key=r.key, payload=r.payload, outbox_id=r.id) for r in sorted(rows, key=lambda r: r.id)]
-        )
+        events: list[Event] = []
+        for r in sorted(rows, key=lambda r: r.id):
+            if r.id in self._deleting:
+                # Released, not left leased: SQLite gives a deleted highest id
+                # to the next row, which must not wait out this lease.
+                self._spill.append(r.id)
+            else:
+                events.append(Event(key=r.key, payload=r.payload, outbox_id=r.id))
+        if events:
+            await self._publish(events)
         return len(rows)
+
+    async def _publish_direct(self) -> None:
+        events, self._direct = self._direct, []
+        if not self.stream.durable:
+            # The asyncio queues are unbounded: past max_in_flight, the rows
+            # stay in the database, where the poller finds them later.
+            room = 0 if self._spilling else max(0, self.max_in_flight - await self.stream.backlog())
+            if room < len(events):
+                self._spilling = True
+                self._spill.extend(e.outbox_id for e in events[room:])
+                events = events[:room]
+        if not events:
+            return
+        try:
+            await self._publish(events)
+        except Exception:
+            self._direct[:0] = events  # keep their order for the retry
+            raise
+
+    async def _release(self) -> None:
+        """Make the spilled rows due now: leased to this process, the poller
+        would pass over them until the lease lapsed."""
+        ids, self._spill = self._spill, []
+        try:
+            for start in range(0, len(ids), 500):
+                async with self.db.write() as session:
+                    await session.execute(
+                        update(OutboxRow)
+                        .where(OutboxRow.id.in_(ids[start : start + 500]))
+                        .values(lease_until=None)
+                        .execution_options(synchronize_session=False)
+                    )
+        except Exception:
+            self._spill[:0] = ids  # releasing twice is harmless
+            raise
 
     async def _publish(self, events: list[Event]) -> None:
         await self.stream.publish(events)
@@ -150,6 +219,7 @@ class OutboxRelay:
 
     async def _handled(self, ids: Sequence[int]) -> None:
         self._done.extend(ids)
+        self._deleting.update(ids)
         self._done_wake.set()
 
     async def _delete_loop(self) -> None:
@@ -165,6 +235,7 @@ class OutboxRelay:
                 continue
             try:
                 await self._delete(ids)
+                self._deleting.difference_update(ids)
             except Exception:
                 log.exception("could not delete handled outbox rows; retrying")
                 self._done.extend(ids)

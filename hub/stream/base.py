@@ -3,7 +3,8 @@
 Delivery is at least once: an event is acknowledged only after its handler has
 committed, so a crash redelivers it, and every handler is idempotent. Events
 that keep failing go to a dead letter after ``max_deliveries`` tries, where they
-are kept (never dropped) and counted in the metrics.
+are kept (never dropped) and counted in the metrics. In-process, a try that
+failed because the database was unreachable does not count (see ``probe``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class Event:
 EventHandler = Callable[[Sequence[Event]], Awaitable[None]]
 # Told which outbox rows are safe to delete.
 OutboxDone = Callable[[Sequence[int]], Awaitable[None]]
+# Told which outbox rows the stream took and will not finish: publish them again.
+OutboxAbandoned = Callable[[Sequence[int]], None]
+# Raises while what the handlers depend on (the database) is unreachable.
+Probe = Callable[[], Awaitable[None]]
 
 
 class Stream(abc.ABC):
@@ -64,6 +69,9 @@ class Stream(abc.ABC):
 
     def __init__(self) -> None:
         self.on_done: OutboxDone | None = None
+        # Set by the relay for a stream that is not durable (see there).
+        self.on_abandoned: OutboxAbandoned | None = None
+        self.probe: Probe | None = None
 
     @abc.abstractmethod
     async def start(self) -> None: ...

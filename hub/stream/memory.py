@@ -7,6 +7,13 @@ relay publishes the remaining rows again at start-up.
 Events are partitioned by key (the ticket id) and each partition is drained by
 one task, so events of one ticket are handled in order while different tickets
 are handled concurrently.
+
+A failed event is retried in place, with a backoff in seconds, and goes to the
+dead letter (``on_dead``) after ``max_deliveries`` failures. A failure caused by
+an outage (the database unreachable) does not count: while it lasts every event
+fails alike, and dead-lettering them would only park good events. Whatever the
+stream takes and cannot finish (the dead-letter write failed, its task was
+stopped) stays in the outbox and is handed back through ``on_abandoned``.
 """
 
 from __future__ import annotations
@@ -17,14 +24,16 @@ import dataclasses
 import logging
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from hub import metrics
+from hub.mail import outage
 from hub.stream.base import Event, EventHandler, LiveBus, Stream, check_cancelled
 
 log = logging.getLogger(__name__)
 
 DeadLetter = Callable[[Event, str], Awaitable[None]]
+Settled = Literal["handled", "parked", "dropped"]
 
 
 class InProcessStream(Stream):
@@ -36,16 +45,25 @@ class InProcessStream(Stream):
         partitions: int = 8,
         max_batch: int = 200,
         max_deliveries: int = 5,
-        retry_delay: float = 0.05,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 60.0,
+        probe_timeout: float = 5.0,
     ) -> None:
         super().__init__()
         self.partitions = partitions
         self.max_batch = max_batch
         self.max_deliveries = max_deliveries
+        # Seconds, not milliseconds: a database restart takes a second or more,
+        # and the retries of an event must outlast a short one.
         self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.probe_timeout = probe_timeout
         self.on_dead: DeadLetter | None = None
         self._groups: dict[str, list[asyncio.Queue[Event]]] = {}
         self._remaining: dict[int, int] = {}  # outbox id -> groups yet to handle it
+        # Outbox ids a group did not handle: their rows must outlive the other
+        # groups' success. True: published again (dropped); False: parked.
+        self._unfinished: dict[int, bool] = {}
         self._in_flight = 0
         self._closed = False
 
@@ -73,13 +91,20 @@ class InProcessStream(Stream):
         if not self._groups:
             # Nobody consumes yet: events wait for the first group to register.
             self._queues("workers")
+        published = 0
         for event in events:
+            if event.outbox_id and event.outbox_id in self._remaining:
+                # Its row was claimed again (a lapsed lease, a restarted relay)
+                # while the event still waits here: a second copy would only be
+                # handled twice, and a backlog republished every poll grows.
+                continue
             part = zlib.crc32(event.key.encode()) % self.partitions
             self._remaining[event.outbox_id] = len(self._groups)
             self._in_flight += 1
+            published += 1
             for queues in self._groups.values():
                 queues[part].put_nowait(event)
-        metrics.STREAM_PUBLISHED.inc(len(events))
+        metrics.STREAM_PUBLISHED.inc(published)
 
     async def consume(self, group: str, consumer: str, handler: EventHandler) -> None:
         queues = self._queues(group)
@@ -93,20 +118,33 @@ class InProcessStream(Stream):
             batch = [await queue.get()]
             while len(batch) < self.max_batch and not queue.empty():
                 batch.append(queue.get_nowait())
-            await self._handle(batch, handler)
+            # Events of the batch not yet handled or parked, by identity: if
+            # this task stops, their rows must be published again.
+            open_ = {id(event): event for event in batch}
+            try:
+                await self._handle(batch, handler, open_)
+            except asyncio.CancelledError:
+                self._drop(list(open_.values()))
+                raise
+            except Exception:
+                # Only a bug gets here (handler errors are caught below); the
+                # partition must outlive it, or its tickets would stall.
+                log.exception("event partition failed; its events are published again")
+                self._drop(list(open_.values()))
 
-    async def _handle(self, batch: list[Event], handler: EventHandler) -> None:
+    async def _handle(self, batch: list[Event], handler: EventHandler, open_: dict[int, Event]) -> None:
         try:
             await handler(batch)
         except Exception as exc:  # noqa: BLE001 - retried one by one below
             if len(batch) > 1:
                 for event in batch:
-                    await self._handle_one(event, handler)
+                    await self._handle_one(event, handler, open_)
                 return
             error = self._failed(batch[0], 1, exc)
-            await self._handle_one(batch[0], handler, deliveries=1, error=error)
+            strikes = 0 if await self._outage(exc) else 1
+            await self._handle_one(batch[0], handler, open_, tries=1, strikes=strikes, error=error)
             return
-        await self._done(batch)
+        await self._done(batch, open_)
 
     def _failed(self, event: Event, attempt: int, exc: Exception) -> str:
         error = f"{type(exc).__name__}: {exc}"
@@ -114,42 +152,117 @@ class InProcessStream(Stream):
         log.warning("event handler failed", extra={"kind": event.kind, "try": attempt, "error": error})
         return error
 
-    async def _handle_one(self, event: Event, handler: EventHandler, deliveries: int = 0, error: str = "") -> None:
-        while deliveries < self.max_deliveries:
-            if deliveries:
-                await asyncio.sleep(self.retry_delay * 2 ** (deliveries - 1))
-            deliveries += 1
+    async def _outage(self, exc: Exception) -> bool:
+        """Whether ``exc`` is an outage, which does not count against the event.
+
+        The kind of error alone is not enough: a missing attachment file is an
+        OSError too, and an event failing on one for ever must still reach the
+        dead letter instead of holding its partition. So the database is asked:
+        when it answers, the failure is the event's own."""
+        if not outage(exc):
+            return False
+        if self.probe is None:
+            return True
+        try:
+            async with asyncio.timeout(self.probe_timeout):
+                await self.probe()
+        except Exception:  # noqa: BLE001 - unreachable is the answer sought
+            return True
+        return False
+
+    def _delay(self, tries: int) -> float:
+        return float(min(self.max_retry_delay, self.retry_delay * 2 ** min(tries - 1, 30)))
+
+    async def _handle_one(
+        self,
+        event: Event,
+        handler: EventHandler,
+        open_: dict[int, Event],
+        *,
+        tries: int = 0,
+        strikes: int = 0,
+        error: str = "",
+    ) -> None:
+        # ``tries`` is what handlers see (as with Redis' ``times_delivered``:
+        # the bot hands off after a few); ``strikes`` only counts failures that
+        # are the event's own, and decides the dead letter.
+        while strikes < self.max_deliveries:
+            if tries:
+                await asyncio.sleep(self._delay(tries))
+            tries += 1
             try:
-                # Handlers see which try this is, as with Redis (``times_delivered``).
-                await handler([dataclasses.replace(event, deliveries=deliveries)])
+                await handler([dataclasses.replace(event, deliveries=tries)])
             except Exception as exc:  # noqa: BLE001 - counted, then dead-lettered
-                error = self._failed(event, deliveries, exc)
+                error = self._failed(event, tries, exc)
+                if not await self._outage(exc):
+                    strikes += 1
                 continue
-            await self._done([event])
+            await self._done([event], open_)
             return
-        metrics.STREAM_DEAD_LETTERED.inc()
+        await self._dead_letter(event, error, open_)
+
+    async def _dead_letter(self, event: Event, error: str, open_: dict[int, Event]) -> None:
         log.error("event dead-lettered", extra={"kind": event.kind, "outbox_id": event.outbox_id, "error": error})
-        self._forget([event])
         if self.on_dead is not None:
-            await self.on_dead(event, error)
+            try:
+                await self.on_dead(event, error)
+            except Exception:
+                # Raising would end the partition and with it the consumer. The
+                # row stays in the outbox; handed back, it is published again
+                # and gets another round of tries (by then, the dead-letter
+                # write may succeed).
+                log.exception(
+                    "could not park a dead letter; it will be tried again", extra={"outbox_id": event.outbox_id}
+                )
+                open_.pop(id(event), None)
+                self._drop([event])
+                return
+        metrics.STREAM_DEAD_LETTERED.inc()
+        open_.pop(id(event), None)
+        self._settle([event], "parked")
 
-    def _forget(self, events: Sequence[Event]) -> list[int]:
-        finished = []
+    def _settle(self, events: Sequence[Event], how: Settled) -> tuple[list[int], list[int]]:
+        """This group is through with ``events``. Returns the outbox ids every
+        group is through with: those handled everywhere (their rows may go) and
+        those some group dropped (their rows must be published again)."""
+        handled: list[int] = []
+        dropped: list[int] = []
         for event in events:
-            left = self._remaining.get(event.outbox_id, 1) - 1
-            if left <= 0:
-                self._remaining.pop(event.outbox_id, None)
-                self._in_flight -= 1
-                finished.append(event.outbox_id)
-            else:
-                self._remaining[event.outbox_id] = left
-        return finished
+            oid = event.outbox_id
+            if how == "dropped":
+                self._unfinished[oid] = True
+            elif how == "parked":
+                self._unfinished.setdefault(oid, False)
+            left = self._remaining.get(oid, 1) - 1
+            if left > 0:
+                self._remaining[oid] = left
+                continue
+            self._remaining.pop(oid, None)
+            self._in_flight -= 1
+            unfinished = self._unfinished.pop(oid, None)
+            if unfinished is None:
+                handled.append(oid)
+            elif unfinished:
+                dropped.append(oid)
+        return handled, dropped
 
-    async def _done(self, events: Sequence[Event]) -> None:
+    def _drop(self, events: Sequence[Event]) -> None:
+        _, dropped = self._settle(events, "dropped")
+        if dropped and self.on_abandoned is not None:
+            self.on_abandoned(dropped)
+
+    async def _done(self, events: Sequence[Event], open_: dict[int, Event]) -> None:
         metrics.STREAM_HANDLED.inc(len(events))
-        finished = self._forget(events)
+        for event in events:
+            open_.pop(id(event), None)
+        finished, dropped = self._settle(events, "handled")
+        if dropped and self.on_abandoned is not None:
+            self.on_abandoned(dropped)
         if finished and self.on_done is not None:
-            await self.on_done(finished)
+            try:
+                await self.on_done(finished)
+            except Exception:
+                log.exception("could not release handled outbox rows; they will be handled again")
 
 
 class InProcessLiveBus(LiveBus):

@@ -20,6 +20,12 @@ A failed event stays pending and is retried through ``XAUTOCLAIM`` once it has
 been idle for ``claim_idle_seconds``; by then later events of the same key may
 have been handled. Handlers are idempotent and must not assume that a retried
 event is the newest of its ticket.
+
+An entry being handled (or waiting its turn in a batch) is kept from looking
+idle: every third of ``claim_idle_seconds`` its consumer claims it again for
+itself with ``JUSTID``, which resets its idle time without counting a delivery.
+Only the entries of a consumer that stopped (or a failed event) go idle, so a
+slow batch is neither handled twice nor brought closer to the dead letter.
 """
 
 from __future__ import annotations
@@ -50,6 +56,21 @@ _MAX_ERROR_CHARS = 2000
 _PROTOCOL = 2
 _BACKOFF_BASE = 0.1
 _BACKOFF_MAX = 5.0
+
+# KEYS[1]: the stream; ARGV: the group, the consumer, then entry ids. Resets the
+# idle time of those entries still pending for this consumer (JUSTID: without
+# counting a delivery). In one script, so that an entry acknowledged meanwhile,
+# or taken by another worker after all, is not taken back.
+_HOLD_SCRIPT = """
+local held = 0
+for i = 3, #ARGV do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) > 0 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    held = held + 1
+  end
+end
+return held
+"""
 
 
 def _describe(exc: BaseException) -> str:
@@ -173,7 +194,7 @@ class RedisStream(Stream):
                 if broken:
                     await self._dead_letter(client, group, [(i, f, 1, e) for i, f, e in broken])
                 if events:
-                    await self._handle(client, group, handler, events)
+                    await self._handle(client, group, consumer, handler, events)
                 failures = 0
             except ResponseError as exc:
                 if self._closed.is_set():
@@ -237,11 +258,44 @@ class RedisStream(Stream):
             # the dead letter.
             broken.append((entry_id, fields, f"undecodable entry: {_describe(exc)}"))
 
-    async def _handle(self, client: aioredis.Redis, group: str, handler: EventHandler, events: list[Event]) -> None:
+    async def _handle(
+        self, client: aioredis.Redis, group: str, consumer: str, handler: EventHandler, events: list[Event]
+    ) -> None:
+        held = {event.entry_id for event in events}
+        holder = asyncio.create_task(self._hold(client, group, consumer, held), name=f"{self.stream}:hold:{consumer}")
+        try:
+            await self._handle_held(client, group, handler, events, held)
+        finally:
+            held.clear()
+            holder.cancel()
+            await asyncio.wait({holder})
+
+    async def _hold(self, client: aioredis.Redis, group: str, consumer: str, held: set[str]) -> None:
+        """Until cancelled, keep the ``held`` entries from going idle (see the
+        module's docstring)."""
+        every = self.claim_idle_seconds / 3
+        while True:
+            await asyncio.sleep(every)
+            if not held:
+                continue
+            try:
+                await client.eval(_HOLD_SCRIPT, 1, self.stream, group, consumer, *sorted(held))
+            except (RedisError, OSError) as exc:
+                # The handler goes on; at worst another worker reclaims them.
+                log.warning(
+                    "could not hold on to pending events",
+                    extra={"group": group, "consumer": consumer, "error": _describe(exc)},
+                )
+
+    async def _handle_held(
+        self, client: aioredis.Redis, group: str, handler: EventHandler, events: list[Event], held: set[str]
+    ) -> None:
         try:
             await handler(events)
         except Exception as exc:  # noqa: BLE001 - the events are retried one by one below
             if len(events) == 1:
+                # Let it go idle, so that it is retried after claim_idle_seconds.
+                held.discard(events[0].entry_id)
                 await self._failed(client, group, events[0], exc)
                 return
             log.info(
@@ -256,6 +310,7 @@ class RedisStream(Stream):
             try:
                 await handler([event])
             except Exception as exc:  # noqa: BLE001 - left pending, retried after claim_idle_seconds
+                held.discard(event.entry_id)
                 await self._failed(client, group, event, exc)
             else:
                 done.append(event)
@@ -344,7 +399,7 @@ class RedisStream(Stream):
         if events:
             metrics.STREAM_RECLAIMED.inc(len(events))
             log.info("reclaimed pending events", extra={"group": group, "count": len(events)})
-            await self._handle(client, group, handler, events)
+            await self._handle(client, group, consumer, handler, events)
 
     async def _dead_letter(
         self, client: aioredis.Redis, group: str, entries: list[tuple[str, dict[str, str], int, str]]

@@ -28,7 +28,7 @@ async def healthz(request: web.Request) -> web.Response:
 @ROUTES.route(
     "GET",
     "/readyz",
-    summary="Readiness: the database and the stream are reachable",
+    summary="Readiness: the database and the stream are reachable and the background tasks run",
     tag="operations",
     auth=False,
     response=Health,
@@ -44,6 +44,10 @@ async def readyz(request: web.Request) -> web.Response:
             checks[name] = "ok"
         except Exception as exc:  # noqa: BLE001 - reported, not raised: this is the health check
             checks[name] = f"{type(exc).__name__}: {exc}"
+    # A dead consumer or relay leaves every event unhandled while the database
+    # and the stream still answer: not ready until it is running again.
+    down = dict(hub.down)
+    checks["tasks"] = "; ".join(f"{name} {why}" for name, why in sorted(down.items())) if down else "ok"
     ready = all(v == "ok" for v in checks.values())
     return web.json_response(
         {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503

@@ -412,3 +412,32 @@ async def test_closing_the_live_bus_ends_its_listeners(live: LiveBuses) -> None:
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(listener.next, WAIT)
     await live.wait_subscribers("inbox", 0)
+
+
+async def test_a_batch_slower_than_claim_idle_is_not_handled_twice(workers: Workers) -> None:
+    """A consumer works through a batch one event at a time (inline sends);
+    while it does, its entries must not look abandoned to the other worker's
+    XAUTOCLAIM, nor gain deliveries towards the dead letter."""
+    claim_idle = 0.3
+    first = await workers.stream(claim_idle_seconds=claim_idle, max_deliveries=2)
+    second = await workers.stream(claim_idle_seconds=claim_idle, max_deliveries=2)
+    calls: list[tuple[str, int, int]] = []
+
+    def slow(name: str) -> EventHandler:
+        async def handler(batch: Sequence[Event]) -> None:
+            for e in batch:
+                calls.append((name, e.outbox_id, e.deliveries))
+                await asyncio.sleep(claim_idle)  # the whole batch: many times claim_idle
+
+        return handler
+
+    workers.consume(first, "worker-1", slow("worker-1"))
+    workers.consume(second, "worker-2", slow("worker-2"))
+    await workers.waiting(2)
+    await first.publish([event(n) for n in range(1, 6)])
+
+    await eventually(lambda: len(calls) >= 5)
+    await eventually(workers.drained)
+    assert sorted(outbox_id for _, outbox_id, _ in calls) == [1, 2, 3, 4, 5]
+    assert {deliveries for _, _, deliveries in calls} == {1}
+    assert await workers.length(f"{workers.name}:dead") == 0

@@ -1,0 +1,95 @@
+"""The hub's background work is supervised: a stream consumer that dies is
+started again, and /readyz reports it as down until it is."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from hub.app import build_hub, create_app
+from hub.stream.base import Event, EventHandler
+from storage.migrate import upgrade_async
+from tests.hub.helpers import make_config
+
+WAIT = 10.0  # generous: only reached when something is broken
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = WAIT) -> None:
+    async def poll() -> None:
+        while not await check():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def test_a_consumer_that_dies_is_restarted_and_readyz_reports_it_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = make_config(tmp_path)
+    await upgrade_async(config.database_url)
+    hub = build_hub(config)
+    consume = hub.stream.consume
+    starts = 0
+    die = asyncio.Event()
+    handled: list[int] = []
+
+    async def fragile(group: str, consumer: str, handler: EventHandler) -> None:
+        nonlocal starts
+        starts += 1
+        if starts == 1:
+            await die.wait()
+            raise RuntimeError("consumer broke")
+        await consume(group, consumer, handler)
+
+    async def record(events: Sequence[Event]) -> None:
+        handled.extend(e.outbox_id for e in events)
+
+    monkeypatch.setattr(hub.stream, "consume", fragile)
+    monkeypatch.setattr(hub.processor, "handle", record)
+    server = TestServer(create_app(config, hub=hub))
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = str(server.make_url("/readyz"))
+
+            async def readyz() -> tuple[int, dict[str, Any]]:
+                async with http.get(url) as r:
+                    return r.status, await r.json()
+
+            assert (await readyz())[0] == 200
+            die.set()
+
+            seen: list[dict[str, Any]] = []
+
+            async def reported_down() -> bool:
+                status, body = await readyz()
+                if status == 503:
+                    seen.append(body)
+                return status == 503
+
+            await eventually(reported_down)
+            # The database and the stream answer, yet nothing would be handled.
+            assert seen[0]["status"] == "unavailable"
+            assert seen[0]["checks"]["database"] == seen[0]["checks"]["stream"] == "ok"
+            assert seen[0]["checks"]["tasks"].startswith("stream-consumer died (RuntimeError: consumer broke)")
+
+            async def ready() -> bool:
+                return (await readyz())[0] == 200
+
+            await eventually(ready)
+            assert starts == 2
+            await hub.stream.publish([Event(key="1", payload={"kind": "test.ping"}, outbox_id=10**9)])
+            await eventually(lambda: _true(handled == [10**9]))
+            assert (await readyz())[1]["checks"]["tasks"] == "ok"
+    finally:
+        await server.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
