@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -22,21 +22,7 @@ from hub.stream.memory import InProcessStream
 from storage.db import Database
 from storage.ingest import add_outbox, outbox_row
 from storage.models import OutboxRow
-
-WAIT = 10.0  # generous: only reached when something is broken
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = WAIT) -> None:
-    async def poll() -> None:
-        while True:
-            result = check()
-            if not isinstance(result, bool):
-                result = await result
-            if result:
-                return
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
+from tests.hub.stream.helpers import eventually
 
 
 def db_down() -> OperationalError:

@@ -8,7 +8,7 @@ import asyncio
 import json
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -17,23 +17,9 @@ from prometheus_client import REGISTRY
 
 from hub.stream.base import Event, EventHandler
 from hub.stream.redis import RedisLiveBus, RedisStream
+from tests.hub.stream.helpers import WAIT, eventually
 
 pytestmark = pytest.mark.redis
-
-WAIT = 10.0  # generous: only reached when something is broken
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = WAIT) -> None:
-    async def poll() -> None:
-        while True:
-            result = check()
-            if not isinstance(result, bool):
-                result = await result
-            if result:
-                return
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
 
 
 def counter_value(name: str) -> float:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -18,22 +18,9 @@ from hub.stream.base import Event, EventHandler, LiveBus, Stream
 from hub.stream.memory import InProcessLiveBus, InProcessStream
 from hub.stream.redis import RedisLiveBus, RedisStream
 from tests import services
+from tests.hub.stream.helpers import WAIT, eventually
 
 KINDS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
-WAIT = 10.0  # generous: only reached when something is broken
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = WAIT) -> None:
-    async def poll() -> None:
-        while True:
-            result = check()
-            if not isinstance(result, bool):
-                result = await result
-            if result:
-                return
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
 
 
 def counter_value(name: str) -> float:

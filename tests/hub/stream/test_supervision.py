@@ -4,7 +4,7 @@ started again, and /readyz reports it as down until it is."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +16,7 @@ from hub.app import build_hub, create_app
 from hub.stream.base import Event, EventHandler
 from storage.migrate import upgrade_async
 from tests.hub.helpers import make_config
-
-WAIT = 10.0  # generous: only reached when something is broken
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = WAIT) -> None:
-    async def poll() -> None:
-        while not await check():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
+from tests.hub.stream.helpers import eventually
 
 
 async def test_a_consumer_that_dies_is_restarted_and_readyz_reports_it_meanwhile(
