@@ -21,7 +21,7 @@ hub never stored them. When that was is kept in the inbox's settings.
 
 A message that fails is retried with the connection; only failures that are
 plausibly the message's own bring it closer to a placeholder (see
-:func:`outage` and the fetch loop in :meth:`MailboxPoller._sync`): a database
+:func:`storage.db.outage` and the fetch loop in :meth:`MailboxPoller._sync`): a database
 restart or a flaky network delays mail, it never degrades it.
 """
 
@@ -40,7 +40,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -81,7 +80,7 @@ from hub.core import (
     utcnow,
 )
 from hub.errors import Conflict
-from storage.db import Database
+from storage.db import Database, outage
 from storage.ingest import IngestResult, add_outbox, ingest_batch, outbox_row
 from storage.mail import (
     HistoryCutoff,
@@ -108,14 +107,6 @@ log = logging.getLogger(__name__)
 #: placeholder is stored for it.
 POISON_AFTER = 3
 
-#: PostgreSQL SQLSTATE classes about the server or the connection, not the
-#: statement's data: 08 connection exception, 28 invalid authorization,
-#: 3D invalid catalog name (the database is gone), 40 transaction rollback
-#: (serialization failure, deadlock: a retry succeeds), 53 insufficient
-#: resources (disk full, too many connections), 57 operator intervention
-#: (shutdown, "cannot connect now" while starting), 58 system error (I/O).
-_OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "28", "3D", "40", "53", "57", "58"})
-
 #: How much earlier than the first connection a message must have arrived to
 #: be passed over as history in a re-read: INTERNALDATE has whole seconds and
 #: the mail server's clock is not ours, and letting a minute of old mail in
@@ -126,46 +117,6 @@ T = TypeVar("T")
 
 
 # --- failures ---------------------------------------------------------------------
-
-
-def outage(exc: BaseException) -> bool:
-    """Whether ``exc`` comes from the database, the network or the disk
-    failing rather than from the message being stored: such a failure hits
-    every message alike until it passes (a database restart, a lost
-    connection, a full disk), so it says nothing against the message in hand
-    and must not bring it closer to a placeholder.
-
-    Told by the kind of error, as DB-API and PostgreSQL define the kinds:
-    OperationalError and InterfaceError are DB-API's errors of the database's
-    operation and of the driver (SQLite's "database is locked" is one);
-    SQLAlchemy sets ``connection_invalidated`` on an error it found the
-    connection dead after (asyncpg's errors arrive as plain DBAPIError); a
-    PostgreSQL SQLSTATE in a class about the server, not the data; the pool's
-    TimeoutError; OSError (a refused, reset or timed-out connection, which
-    asyncpg lets through unwrapped, or a full or read-only attachment disk:
-    file names there are random, never the message's). Errors about the data
-    (IntegrityError, SQLSTATE 22 and 23, a parser's ValueError) are the
-    message's. Causes and contexts count too: an outage that broke the
-    rollback of a failed transaction is still an outage."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [exc]
-    while pending:
-        err = pending.pop()
-        if id(err) in seen:
-            continue
-        seen.add(id(err))
-        if isinstance(err, OSError | sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
-            return True
-        if isinstance(err, sa_exc.DBAPIError):
-            if err.connection_invalidated:
-                return True
-            if err.orig is not None:
-                pending.append(err.orig)  # the driver's error, which has the SQLSTATE
-        sqlstate = getattr(err, "sqlstate", None)
-        if isinstance(sqlstate, str) and sqlstate[:2] in _OUTAGE_SQLSTATE_CLASSES:
-            return True
-        pending.extend(e for e in (err.__cause__, err.__context__) if e is not None)
-    return False
 
 
 class Failures(NamedTuple):

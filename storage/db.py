@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -30,6 +31,14 @@ from storage import sqlite_driver
 # and the rows a transaction wrote (handed to ``Database.on_commit``).
 OUTBOX_LEASE_KEY = "outbox_lease_seconds"
 OUTBOX_WRITTEN_KEY = "outbox_written"
+
+# PostgreSQL SQLSTATE classes about the server or the connection, not the
+# statement's data: 08 connection exception, 28 invalid authorization,
+# 3D invalid catalog name (the database is gone), 40 transaction rollback
+# (serialization failure, deadlock: a retry succeeds), 53 insufficient
+# resources (disk full, too many connections), 57 operator intervention
+# (shutdown, "cannot connect now" while starting), 58 system error (I/O).
+_OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "28", "3D", "40", "53", "57", "58"})
 
 
 def fast_sqlite_url(url: str) -> str:
@@ -134,3 +143,44 @@ class Database:
         await self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             await self.read_engine.dispose()
+
+
+def outage(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from the database, the network or the disk
+    failing rather than from the work in hand (a mail being stored, an event
+    being handled): such a failure hits all work alike until it passes (a
+    database restart, a lost connection, a full disk), so it says nothing
+    against the item and must not bring it closer to a placeholder or a dead
+    letter.
+
+    Told by the kind of error, as DB-API and PostgreSQL define the kinds:
+    OperationalError and InterfaceError are DB-API's errors of the database's
+    operation and of the driver (SQLite's "database is locked" is one);
+    SQLAlchemy sets ``connection_invalidated`` on an error it found the
+    connection dead after (asyncpg's errors arrive as plain DBAPIError); a
+    PostgreSQL SQLSTATE in a class about the server, not the data; the pool's
+    TimeoutError; OSError (a refused, reset or timed-out connection, which
+    asyncpg lets through unwrapped, or a full or read-only attachment disk:
+    file names there are random, never the item's). Errors about the data
+    (IntegrityError, SQLSTATE 22 and 23, a parser's ValueError) are the
+    item's. Causes and contexts count too: an outage that broke the
+    rollback of a failed transaction is still an outage."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        err = pending.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, OSError | sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
+            return True
+        if isinstance(err, sa_exc.DBAPIError):
+            if err.connection_invalidated:
+                return True
+            if err.orig is not None:
+                pending.append(err.orig)  # the driver's error, which has the SQLSTATE
+        sqlstate = getattr(err, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate[:2] in _OUTAGE_SQLSTATE_CLASSES:
+            return True
+        pending.extend(e for e in (err.__cause__, err.__context__) if e is not None)
+    return False

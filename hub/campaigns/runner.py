@@ -382,20 +382,18 @@ class CampaignRunner:
                     .execution_options(synchronize_session=False),
                     later,
                 )
-            if opted:
-                await session.execute(
-                    update(c)
-                    .where(c.c.id.in_([w.id for w in keep if w.phone in opted]), c.c.status == PENDING)
-                    .values(status=SKIPPED, reason="opted_out", claimed_by=None, lease_until=None)
-                    .execution_options(synchronize_session=False)
-                )
-            if withdrawn:
-                await session.execute(
-                    update(c)
-                    .where(c.c.id.in_([w.id for w in keep if w.contact_id in withdrawn]), c.c.status == PENDING)
-                    .values(status=SKIPPED, reason="no_consent", claimed_by=None, lease_until=None)
-                    .execution_options(synchronize_session=False)
-                )
+            # A number that did both stays opted out: the second update finds it skipped.
+            for reason, ids in (
+                ("opted_out", [w.id for w in keep if w.phone in opted]),
+                ("no_consent", [w.id for w in keep if w.contact_id in withdrawn]),
+            ):
+                if ids:
+                    await session.execute(
+                        update(c)
+                        .where(c.c.id.in_(ids), c.c.status == PENDING)
+                        .values(status=SKIPPED, reason=reason, claimed_by=None, lease_until=None)
+                        .execution_options(synchronize_session=False)
+                    )
         return [w for w in keep if w.phone not in opted and w.contact_id not in withdrawn]
 
     async def _without_consent(self, work: list[Work]) -> set[int]:

@@ -27,8 +27,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 from hub import metrics
-from hub.mail import outage
 from hub.stream.base import Event, EventHandler, LiveBus, Stream, check_cancelled
+from storage.db import outage
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import hub.mail
 from channels.email import ParsedEmail, parse_email
 from channels.email_imap import Fetched
 from hub.config import MailboxConfig
-from hub.mail import POISON_AFTER, MailboxPoller, SavedFiles, connection_lost, outage
-from storage.db import Database
+from hub.mail import POISON_AFTER, MailboxPoller, SavedFiles, connection_lost
+from storage.db import Database, outage
 from storage.ingest import IngestResult
 from storage.mail import LeaseLost
 from storage.models import Identity, MailboxCheckpoint

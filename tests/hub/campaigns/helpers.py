@@ -3,14 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import insert, select
 
+from hub.attachments import AttachmentStore
+from hub.config import HubConfig, load_config
 from hub.core import IdentityKind
+from hub.telephony import TwilioService
 from storage.db import Database
 from storage.ingest import table
 from storage.models import Contact, Identity
+from tests.hub.twilio_helpers import ACCOUNT, TOKEN
+
+
+def promo_config(tmp_path: Path) -> HubConfig:
+    """A hub with one Twilio sender, ``promo`` (10 messages a second)."""
+    return load_config(
+        path=None,
+        env={"HUB_SECRET_KEY": "x", "TWILIO_ACCOUNT_SID": ACCOUNT, "TWILIO_AUTH_TOKEN": TOKEN},
+        overrides={
+            "data_dir": str(tmp_path / "data"),
+            "logging.level": "WARNING",
+            "twilio.senders": [{"inbox": "promo", "number": "+15550002222", "messages_per_second": 10}],
+        },
+    )
+
+
+def twilio_service(config: HubConfig, db: Database) -> TwilioService:
+    return TwilioService(config, db, AttachmentStore(config.attachments_dir, max_bytes=config.attachments.max_bytes))
 
 
 def us_numbers(n: int, start: int = 0, area: str = "415") -> list[str]:

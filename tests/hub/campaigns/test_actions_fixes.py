@@ -13,17 +13,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from hub.attachments import AttachmentStore
 from hub.campaigns import actions as ca
 from hub.campaigns.audience import SegmentFilter
-from hub.config import load_config
 from hub.core import utcnow
 from hub.errors import ValidationFailed
-from hub.telephony import TwilioService
 from storage.db import Database
 from storage.models import Campaign, CampaignRecipient
-from tests.hub.campaigns.helpers import seed_contacts, us_numbers
-from tests.hub.twilio_helpers import ACCOUNT, TOKEN
+from tests.hub.campaigns.helpers import promo_config, seed_contacts, twilio_service, us_numbers
 
 
 @dataclass
@@ -57,16 +53,8 @@ class Draft:
 @pytest.fixture
 async def draft(tmp_path: Path, db: Database) -> AsyncIterator[Draft]:
     """A draft campaign to three consenting contacts, nothing sent yet."""
-    config = load_config(
-        path=None,
-        env={"HUB_SECRET_KEY": "x", "TWILIO_ACCOUNT_SID": ACCOUNT, "TWILIO_AUTH_TOKEN": TOKEN},
-        overrides={
-            "data_dir": str(tmp_path / "data"),
-            "logging.level": "WARNING",
-            "twilio.senders": [{"inbox": "promo", "number": "+15550002222", "messages_per_second": 10}],
-        },
-    )
-    twilio = TwilioService(config, db, AttachmentStore(config.attachments_dir, max_bytes=config.attachments.max_bytes))
+    config = promo_config(tmp_path)
+    twilio = twilio_service(config, db)
     await seed_contacts(db, us_numbers(3))
     try:
         async with db.write() as s:

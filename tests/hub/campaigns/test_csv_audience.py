@@ -15,29 +15,17 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select
 
-from hub.attachments import AttachmentStore
 from hub.campaigns import actions as ca
 from hub.campaigns.audience import CsvInvalid, parse_csv
 from hub.campaigns.templates import message_for
-from hub.config import load_config
-from hub.telephony import TwilioService
 from storage.db import Database
 from storage.models import CampaignRecipient, Contact, Identity
-from tests.hub.campaigns.helpers import seed_contacts, us_numbers
-from tests.hub.twilio_helpers import ACCOUNT, TOKEN
+from tests.hub.campaigns.helpers import promo_config, seed_contacts, twilio_service, us_numbers
 
 
 async def test_large_csv_is_written_in_bulk(tmp_path: Path, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = load_config(
-        path=None,
-        env={"HUB_SECRET_KEY": "x", "TWILIO_ACCOUNT_SID": ACCOUNT, "TWILIO_AUTH_TOKEN": TOKEN},
-        overrides={
-            "data_dir": str(tmp_path / "data"),
-            "logging.level": "WARNING",
-            "twilio.senders": [{"inbox": "promo", "number": "+15550002222", "messages_per_second": 10}],
-        },
-    )
-    twilio = TwilioService(config, db, AttachmentStore(config.attachments_dir, max_bytes=config.attachments.max_bytes))
+    config = promo_config(tmp_path)
+    twilio = twilio_service(config, db)
     phones = us_numbers(3000)
     known = await seed_contacts(db, phones[:500], consent=None, names=[None] * 500, tags=["old"])
     survivor, merged = known[0], known[1]
@@ -121,16 +109,8 @@ def test_cells_no_contact_can_have_are_invalid_rows() -> None:
 async def test_cells_no_contact_can_have_never_reach_the_database(tmp_path: Path, db: Database) -> None:
     """On PostgreSQL each of these rows failed the whole upload (a 500): text
     cannot hold NUL, and a name or language longer than its column is refused."""
-    config = load_config(
-        path=None,
-        env={"HUB_SECRET_KEY": "x", "TWILIO_ACCOUNT_SID": ACCOUNT, "TWILIO_AUTH_TOKEN": TOKEN},
-        overrides={
-            "data_dir": str(tmp_path / "data"),
-            "logging.level": "WARNING",
-            "twilio.senders": [{"inbox": "promo", "number": "+15550002222", "messages_per_second": 10}],
-        },
-    )
-    twilio = TwilioService(config, db, AttachmentStore(config.attachments_dir, max_bytes=config.attachments.max_bytes))
+    config = promo_config(tmp_path)
+    twilio = twilio_service(config, db)
     phones = us_numbers(5)
     parsed = parse_csv(
         "phone,name,language,timezone,consent\n"

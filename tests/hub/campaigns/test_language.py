@@ -11,17 +11,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from hub.attachments import AttachmentStore
 from hub.campaigns import actions as ca
 from hub.campaigns.audience import SegmentFilter, parse_csv
 from hub.campaigns.templates import compile_template, language_code, message_for, variables
-from hub.config import HubConfig, load_config
 from hub.errors import ValidationFailed
-from hub.telephony import TwilioService
 from storage.db import Database
 from storage.models import CampaignRecipient, Contact, Identity
-from tests.hub.campaigns.helpers import seed_contacts, us_numbers
-from tests.hub.twilio_helpers import ACCOUNT, TOKEN
+from tests.hub.campaigns.helpers import promo_config, seed_contacts, twilio_service, us_numbers
 
 OPT_OUT = {"en": "Reply STOP to opt out.", "fa": "برای لغو اشتراک «لغو» را بفرستید."}
 
@@ -98,22 +94,6 @@ def test_templates_see_the_code() -> None:
     assert template.render(odd) == "Hi ?"
 
 
-def _config(tmp_path: Path) -> HubConfig:
-    return load_config(
-        path=None,
-        env={"HUB_SECRET_KEY": "x", "TWILIO_ACCOUNT_SID": ACCOUNT, "TWILIO_AUTH_TOKEN": TOKEN},
-        overrides={
-            "data_dir": str(tmp_path / "data"),
-            "logging.level": "WARNING",
-            "twilio.senders": [{"inbox": "promo", "number": "+15550002222", "messages_per_second": 10}],
-        },
-    )
-
-
-def _twilio(config: HubConfig, db: Database) -> TwilioService:
-    return TwilioService(config, db, AttachmentStore(config.attachments_dir, max_bytes=config.attachments.max_bytes))
-
-
 async def _recipients(db: Database, campaign_id: int) -> dict[str, tuple[str, str | None, str]]:
     async with db.read() as s:
         c = CampaignRecipient
@@ -125,8 +105,8 @@ async def test_segment_with_languages_written_any_way(tmp_path: Path, db: Databa
     """Contacts whose language attribute is a word, a long tag or no
     language at all: the campaign is created (it was a 500 on PostgreSQL
     once one such contact was in the segment) and each gets the right line."""
-    config = _config(tmp_path)
-    twilio = _twilio(config, db)
+    config = promo_config(tmp_path)
+    twilio = twilio_service(config, db)
     languages = ["english-us", "Persian", "fa-IR", "portuguese", "not a language at all", "x" * 40]
     phones = us_numbers(len(languages))
     for phone, language in zip(phones, languages, strict=True):
@@ -152,8 +132,8 @@ async def test_segment_with_languages_written_any_way(tmp_path: Path, db: Databa
 
 
 async def test_csv_languages_are_stored_as_codes(tmp_path: Path, db: Database) -> None:
-    config = _config(tmp_path)
-    twilio = _twilio(config, db)
+    config = promo_config(tmp_path)
+    twilio = twilio_service(config, db)
     phones = us_numbers(5)
     parsed = parse_csv(
         "phone,name,language,consent\n"
@@ -189,8 +169,8 @@ async def test_csv_languages_are_stored_as_codes(tmp_path: Path, db: Database) -
 
 
 async def test_campaign_language_is_a_code(tmp_path: Path, db: Database) -> None:
-    config = _config(tmp_path)
-    twilio = _twilio(config, db)
+    config = promo_config(tmp_path)
+    twilio = twilio_service(config, db)
     try:
         async with db.write() as s:
             spec = ca.CampaignSpec(name="t", sender="promo", template="Hi", language="Portuguese (Brazil)")
