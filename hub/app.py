@@ -209,21 +209,6 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]
 
 
-def _spawn(hub: Hub, coro: Coroutine[Any, Any, Any], name: str) -> None:
-    """Run a coroutine in the background once (it cannot be started again:
-    see ``_supervise`` for what can); /readyz reports it if it dies."""
-    task = asyncio.create_task(coro, name=name)
-
-    def _report(t: asyncio.Task[Any]) -> None:
-        exc = None if t.cancelled() else t.exception()
-        if exc is not None:
-            log.error("background task %s died", name, exc_info=exc)
-            hub.down[name] = f"died ({_describe(exc)}); not restarted"
-
-    task.add_done_callback(_report)
-    hub.tasks.append(task)
-
-
 def _supervise(hub: Hub, start: Callable[[], Coroutine[Any, Any, Any]], name: str, *, forever: bool = True) -> None:
     """Run ``start()`` in the background and start it again, with backoff,
     whenever it dies (or, when it should run ``forever``, returns): a stopped
@@ -278,7 +263,7 @@ async def start_hub(hub: Hub) -> None:
         _supervise(hub, hub.router.run_sweeper, "routing-sweeper")
         hub.bot.start()
         if hub.email is not None:
-            hub.email.start(lambda coro, name: _spawn(hub, coro, name))
+            hub.email.start(lambda start, name: _supervise(hub, start, name))
         campaigns = hub.campaigns
         if campaigns is not None:
             _supervise(hub, campaigns.runner.run, "campaigns")

@@ -417,13 +417,16 @@ class EmailService:
     async def reply_context(self, session: AsyncSession, message: Message) -> dict[str, Any]:
         return await reply_context(session, message)
 
-    def start(self, spawn: Callable[[Coroutine[Any, Any, Any], str], None]) -> None:
+    def start(self, supervise: Callable[[Callable[[], Coroutine[Any, Any, Any]], str], None]) -> None:
+        """Start a poller per mailbox through ``supervise``, which runs it again
+        should it ever end: a mailbox nobody polls loses no mail but answers no
+        customer either."""
         threads = min(len(self.config.mailboxes), self.config.max_imap_threads)
         self._pool = ThreadPoolExecutor(max_workers=max(threads, 1), thread_name_prefix="imap")
         for box in self.config.mailboxes:
             poller = MailboxPoller(box, self.config, self.db, self.store, self._pool, owner=owner_id())
             self.pollers.append(poller)
-            spawn(poller.run(), f"imap:{box.inbox_key}")
+            supervise(poller.run, f"imap:{box.inbox_key}")
 
     def stop(self) -> None:
         for poller in self.pollers:
