@@ -146,6 +146,19 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def without_nul(value: Any) -> Any:
+    """``value`` with every NUL character dropped, in nested dicts and lists
+    too. PostgreSQL refuses it in text and in JSON, and no customer or
+    provider means one: dropped, what they sent is stored rather than failing."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(without_nul(v) for v in value)
+    return value
+
+
 class Attachment(_Model):
     """A file that came with, or goes out with, a message. ``url`` points at the
     provider's copy or at our attachment store."""
@@ -155,6 +168,9 @@ class Attachment(_Model):
     filename: str | None = Field(default=None, max_length=1024)
     # The largest integer a browser (the inbox, the widget) reads exactly.
     size: int | None = Field(default=None, ge=0, le=2**53 - 1)
+
+    # Before the length checks: a value that is nothing but NUL is missing.
+    _without_nul = field_validator("url", "content_type", "filename", mode="before")(without_nul)
 
 
 class QuickReply(_Model):
@@ -189,12 +205,10 @@ class InboundMessage(_Model):
     quick_reply: str | None = Field(default=None, max_length=64)
     extras: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("body", "subject", "sender_name")
-    @classmethod
-    def _without_nul(cls, value: str | None) -> str | None:
-        # PostgreSQL refuses the NUL character in text, and no customer means
-        # one: dropped, so the message is stored rather than failing.
-        return value.replace("\x00", "") if value else value
+    # Before the length checks: a value that is nothing but NUL is missing.
+    _without_nul = field_validator(
+        "inbox", "external_id", "sender", "sender_name", "body", "subject", "quick_reply", "extras", mode="before"
+    )(without_nul)
 
 
 class OutboundMessage(_Model):

@@ -72,3 +72,25 @@ def test_a_nul_in_what_a_customer_sent_is_dropped() -> None:
         channel=Channel.WEBCHAT, inbox="webchat", external_id="v:1", sender="v", body="a\x00b", subject="s\x00"
     )
     assert (m.body, m.subject) == ("ab", "s")
+
+
+def test_a_nul_anywhere_in_an_inbound_message_is_dropped() -> None:
+    m = InboundMessage(
+        channel=Channel.TELEGRAM,
+        inbox="tg\x00",
+        external_id="u\x00:1",
+        sender="4\x002",
+        sender_name="A\x00nn",
+        quick_reply="q\x001",
+        attachments=(Attachment(url="https://x.test/a\x00", filename="a\x00.pdf", content_type="text/\x00plain"),),
+        extras={"from\x00": {"name": ["S\x00ara", 1, None]}, "n": 2},
+    )
+    assert (m.inbox, m.external_id, m.sender, m.sender_name, m.quick_reply) == ("tg", "u:1", "42", "Ann", "q1")
+    assert m.attachments[0].model_dump(include={"url", "filename", "content_type"}) == {
+        "url": "https://x.test/a",
+        "filename": "a.pdf",
+        "content_type": "text/plain",
+    }
+    assert m.extras == {"from": {"name": ["Sara", 1, None]}, "n": 2}
+    with pytest.raises(ValidationError, match="external_id"):  # nothing but NUL: missing
+        InboundMessage(channel=Channel.WEBCHAT, inbox="w", external_id="\x00", sender="v")

@@ -69,6 +69,28 @@ async def test_retried_message_is_stored_once(db: Database) -> None:
     assert await count(db, Ticket) == 1
 
 
+async def test_a_message_with_nul_characters_anywhere_is_stored(db: Database) -> None:
+    """PostgreSQL refuses NUL in text and in JSON; what a provider sends with
+    one (in a caption, a file name, its own extra fields) must still be kept."""
+    msg = InboundMessage(
+        channel=Channel.SMS,
+        inbox="sms:+15550001111",
+        external_id="SM\x00nul",
+        sender="+15551234567",
+        sender_name="Sa\x00ra",
+        body="hi\x00",
+        attachments=(Attachment(url="https://example.com/a.pdf", filename="a\x00.pdf"),),
+        extras={"from": {"name": "Sa\x00ra", "tags": ["x\x00"]}},
+    )
+    async with db.write() as s:
+        (res,) = await ingest_batch(s, [msg])
+    assert isinstance(res, IngestResult)
+    async with db.read() as s:
+        stored = await s.get(Message, res.message_id)
+        assert stored is not None and (stored.body, stored.external_id) == ("hi", "SMnul")
+        assert stored.attachments[0]["filename"] == "a.pdf"
+
+
 async def test_unknown_inbox_is_refused_and_others_still_stored(db: Database) -> None:
     bad = InboundMessage(channel=Channel.WEBCHAT, inbox="nope", external_id="x", sender="v", body="b")
     async with db.write() as s:
