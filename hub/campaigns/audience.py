@@ -65,6 +65,14 @@ class SegmentFilter(BaseModel):
             raise ValueError(f"unknown filter(s) {', '.join(unknown)} (known: {known})")
         return value
 
+    @field_validator("attributes")
+    @classmethod
+    def _a_language_is_a_language(cls, value: dict[str, Any]) -> dict[str, Any]:
+        wanted = value.get("language")
+        if wanted is not None and language_code(wanted) is None:
+            raise ValueError(f"language {wanted!r} is not a language code or name (en, fa, fa-IR, Persian)")
+        return value
+
     def matches(self, tags: list[Any], attributes: dict[str, Any]) -> bool:
         """The conditions evaluated in Python (JSON columns differ by engine)."""
         have = {str(t).casefold() for t in tags or []}
@@ -75,7 +83,12 @@ class SegmentFilter(BaseModel):
         if self.tags_none and have & {t.casefold() for t in self.tags_none}:
             return False
         for key, value in self.attributes.items():
-            if attributes.get(key) != value:
+            if key == "language" and value is not None:
+                # Written any way on either side ("fa", "fa-IR", "Persian"): the
+                # code decides, as it does for the recipient's opt-out line.
+                if language_code(attributes.get(key)) != language_code(value):
+                    return False
+            elif attributes.get(key) != value:
                 return False
         return all(attributes.get(key) not in (None, "") for key in self.attributes_present)
 

@@ -131,6 +131,20 @@ async def test_segment_with_languages_written_any_way(tmp_path: Path, db: Databa
     assert rows[phones[0]][2].endswith(OPT_OUT["en"])
 
 
+def test_a_segment_on_language_matches_it_written_any_way() -> None:
+    persian = SegmentFilter(attributes={"language": "Persian"})
+    for written in ("fa", "FA", "fa-IR", "فارسی", "Farsi"):
+        assert persian.matches([], {"language": written}), written
+    for other in ("en", "not a language", None, ""):
+        assert not persian.matches([], {"language": other}), other
+    assert not persian.matches([], {})
+    assert SegmentFilter(attributes={"language": "fa"}).matches([], {"language": "Persian"})
+    unset = SegmentFilter(attributes={"language": None})  # null: unset, as for any attribute
+    assert unset.matches([], {}) and not unset.matches([], {"language": "fa"})
+    with pytest.raises(ValueError, match="'Klingon' is not a language code or name"):
+        SegmentFilter(attributes={"language": "Klingon"})
+
+
 async def test_csv_languages_are_stored_as_codes(tmp_path: Path, db: Database) -> None:
     config = promo_config(tmp_path)
     twilio = twilio_service(config, db)
