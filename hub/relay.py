@@ -73,10 +73,11 @@ class OutboxRelay:
         # one of them (its lease lapsed) must not publish it again.
         self._deleting: set[int] = set()
         self._done_wake = asyncio.Event()
+        # Tells an outage from an event's own failure (see Stream.is_outage).
+        stream.probe = db.ping
         if not stream.durable:
             stream.on_done = self._handled
             stream.on_abandoned = self._abandoned
-            stream.probe = db.ping
 
     @property
     def lease_seconds(self) -> float:

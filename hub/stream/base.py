@@ -3,8 +3,8 @@
 Delivery is at least once: an event is acknowledged only after its handler has
 committed, so a crash redelivers it, and every handler is idempotent. Events
 that keep failing go to a dead letter after ``max_deliveries`` tries, where they
-are kept (never dropped) and counted in the metrics. In-process, a try that
-failed because the database was unreachable does not count (see ``probe``).
+are kept (never dropped) and counted in the metrics. A try that failed
+because the database was unreachable does not count (see ``is_outage``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from storage.db import outage
 
 
 def check_cancelled() -> None:
@@ -67,11 +69,43 @@ class Stream(abc.ABC):
     #: False (in-process): the row is deleted through ``on_done`` once handled.
     durable: bool = False
 
+    #: How long the probe may take to answer.
+    probe_timeout: float = 5.0
+    #: How long a failed probe is believed: while the database is down, every
+    #: event of a batch fails, and each would otherwise wait for a probe.
+    probe_memory: float = 1.0
+
     def __init__(self) -> None:
         self.on_done: OutboxDone | None = None
         # Set by the relay for a stream that is not durable (see there).
         self.on_abandoned: OutboxAbandoned | None = None
+        # Set by the relay: asks the database (see is_outage).
         self.probe: Probe | None = None
+        self._down_until = 0.0
+
+    async def is_outage(self, exc: BaseException) -> bool:
+        """Whether a handler's ``exc`` is an outage, which does not count
+        against the event: while it lasts every event fails alike, and
+        dead-lettering them would only park good events.
+
+        The kind of error alone is not enough: a missing attachment file is an
+        OSError too, and an event failing on one for ever must still reach the
+        dead letter instead of being retried for ever. So the database is
+        asked: when it answers, the failure is the event's own."""
+        if not outage(exc):
+            return False
+        if self.probe is None:
+            return True
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._down_until:
+            return True
+        try:
+            async with asyncio.timeout(self.probe_timeout):
+                await self.probe()
+        except Exception:  # noqa: BLE001 - unreachable is the answer sought
+            self._down_until = loop.time() + self.probe_memory
+            return True
+        return False
 
     @abc.abstractmethod
     async def start(self) -> None: ...

@@ -10,8 +10,7 @@ are handled concurrently.
 
 A failed event is retried in place, with a backoff in seconds, and goes to the
 dead letter (``on_dead``) after ``max_deliveries`` failures. A failure caused by
-an outage (the database unreachable) does not count: while it lasts every event
-fails alike, and dead-lettering them would only park good events. Whatever the
+an outage (the database unreachable) does not count (``Stream.is_outage``). Whatever the
 stream takes and cannot finish (the dead-letter write failed, its task was
 stopped) stays in the outbox and is handed back through ``on_abandoned``.
 """
@@ -28,7 +27,6 @@ from typing import Any, Literal
 
 from hub import metrics
 from hub.stream.base import Event, EventHandler, LiveBus, Stream, check_cancelled
-from storage.db import outage
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +139,7 @@ class InProcessStream(Stream):
                     await self._handle_one(event, handler, open_)
                 return
             error = self._failed(batch[0], 1, exc)
-            strikes = 0 if await self._outage(exc) else 1
+            strikes = 0 if await self.is_outage(exc) else 1
             await self._handle_one(batch[0], handler, open_, tries=1, strikes=strikes, error=error)
             return
         await self._done(batch, open_)
@@ -151,24 +149,6 @@ class InProcessStream(Stream):
         metrics.STREAM_FAILURES.inc()
         log.warning("event handler failed", extra={"kind": event.kind, "try": attempt, "error": error})
         return error
-
-    async def _outage(self, exc: Exception) -> bool:
-        """Whether ``exc`` is an outage, which does not count against the event.
-
-        The kind of error alone is not enough: a missing attachment file is an
-        OSError too, and an event failing on one for ever must still reach the
-        dead letter instead of holding its partition. So the database is asked:
-        when it answers, the failure is the event's own."""
-        if not outage(exc):
-            return False
-        if self.probe is None:
-            return True
-        try:
-            async with asyncio.timeout(self.probe_timeout):
-                await self.probe()
-        except Exception:  # noqa: BLE001 - unreachable is the answer sought
-            return True
-        return False
 
     def _delay(self, tries: int) -> float:
         return float(min(self.max_retry_delay, self.retry_delay * 2 ** min(tries - 1, 30)))
@@ -194,7 +174,7 @@ class InProcessStream(Stream):
                 await handler([dataclasses.replace(event, deliveries=tries)])
             except Exception as exc:  # noqa: BLE001 - counted, then dead-lettered
                 error = self._failed(event, tries, exc)
-                if not await self._outage(exc):
+                if not await self.is_outage(exc):
                     strikes += 1
                 continue
             await self._done([event], open_)

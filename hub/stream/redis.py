@@ -26,6 +26,10 @@ idle: every third of ``claim_idle_seconds`` its consumer claims it again for
 itself with ``JUSTID``, which resets its idle time without counting a delivery.
 Only the entries of a consumer that stopped (or a failed event) go idle, so a
 slow batch is neither handled twice nor brought closer to the dead letter.
+
+A try that failed because the database was unreachable (``Stream.is_outage``)
+gives its delivery back: the entry is claimed again with ``RETRYCOUNT`` one
+less, so an outage longer than ``max_deliveries`` retries dead-letters nothing.
 """
 
 from __future__ import annotations
@@ -264,7 +268,7 @@ class RedisStream(Stream):
         held = {event.entry_id for event in events}
         holder = asyncio.create_task(self._hold(client, group, consumer, held), name=f"{self.stream}:hold:{consumer}")
         try:
-            await self._handle_held(client, group, handler, events, held)
+            await self._handle_held(client, group, consumer, handler, events, held)
         finally:
             held.clear()
             holder.cancel()
@@ -288,7 +292,13 @@ class RedisStream(Stream):
                 )
 
     async def _handle_held(
-        self, client: aioredis.Redis, group: str, handler: EventHandler, events: list[Event], held: set[str]
+        self,
+        client: aioredis.Redis,
+        group: str,
+        consumer: str,
+        handler: EventHandler,
+        events: list[Event],
+        held: set[str],
     ) -> None:
         try:
             await handler(events)
@@ -296,7 +306,7 @@ class RedisStream(Stream):
             if len(events) == 1:
                 # Let it go idle, so that it is retried after claim_idle_seconds.
                 held.discard(events[0].entry_id)
-                await self._failed(client, group, events[0], exc)
+                await self._failed(client, group, consumer, events[0], exc)
                 return
             log.info(
                 "event batch failed; retrying one by one",
@@ -311,14 +321,15 @@ class RedisStream(Stream):
                 await handler([event])
             except Exception as exc:  # noqa: BLE001 - left pending, retried after claim_idle_seconds
                 held.discard(event.entry_id)
-                await self._failed(client, group, event, exc)
+                await self._failed(client, group, consumer, event, exc)
             else:
                 done.append(event)
         if done:
             await self._ack(client, group, done)
 
-    async def _failed(self, client: aioredis.Redis, group: str, event: Event, exc: Exception) -> None:
+    async def _failed(self, client: aioredis.Redis, group: str, consumer: str, event: Event, exc: Exception) -> None:
         error = _describe(exc)
+        outage = await self.is_outage(exc)
         metrics.STREAM_FAILURES.inc()
         log.warning(
             "event handler failed",
@@ -328,12 +339,26 @@ class RedisStream(Stream):
                 "entry_id": event.entry_id,
                 "outbox_id": event.outbox_id,
                 "try": event.deliveries,
+                "outage": outage,
                 "error": error,
             },
             exc_info=exc,
         )
         # Not acked: the entry stays pending and XAUTOCLAIM hands it out again.
         await client.hset(self.errors_key, f"{group}:{event.entry_id}", error)
+        if outage:
+            # Not the event's fault: this delivery does not count. The claim
+            # also resets its idle time, so it is tried again after
+            # claim_idle_seconds, not at once.
+            await client.xclaim(
+                self.stream,
+                group,
+                consumer,
+                0,
+                [event.entry_id],
+                retrycount=max(event.deliveries - 1, 0),
+                justid=True,
+            )
 
     async def _ack(self, client: aioredis.Redis, group: str, events: Sequence[Event]) -> None:
         ids = [event.entry_id for event in events]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from sqlalchemy.exc import OperationalError
+
 WAIT = 10.0  # generous: only reached when something is broken
 
 
@@ -21,3 +23,8 @@ async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(poll(), timeout)
+
+
+def db_down() -> OperationalError:
+    """What a handler raises while the database refuses connections."""
+    return OperationalError("UPDATE outbox", {}, ConnectionRefusedError("connection refused"))

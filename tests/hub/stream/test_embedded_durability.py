@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.exc import OperationalError
 
 from hub.core import utcnow
 from hub.relay import OutboxRelay
@@ -22,11 +21,7 @@ from hub.stream.memory import InProcessStream
 from storage.db import Database
 from storage.ingest import add_outbox, outbox_row
 from storage.models import OutboxRow
-from tests.hub.stream.helpers import eventually
-
-
-def db_down() -> OperationalError:
-    return OperationalError("UPDATE outbox", {}, ConnectionRefusedError("connection refused"))
+from tests.hub.stream.helpers import db_down, eventually
 
 
 class Embedded:
@@ -124,70 +119,6 @@ async def test_a_dead_letter_that_cannot_be_written_is_retried_and_the_consumer_
         await eventually(lambda: len(handled) == 2)
         await eventually(hub.outbox_empty)
         assert handled == Counter({"7": 1, "8": 1})
-
-
-async def test_a_database_outage_does_not_count_toward_the_dead_letter() -> None:
-    stream = InProcessStream(max_deliveries=2, retry_delay=0.01)
-    reachable = False
-    tries: list[int] = []
-    dead: list[int] = []
-    handled: list[int] = []
-
-    async def probe() -> None:
-        if not reachable:
-            raise ConnectionRefusedError("connection refused")
-
-    async def handler(batch: Sequence[Event]) -> None:
-        nonlocal reachable
-        tries.extend(e.deliveries for e in batch)
-        if len(tries) < 6:
-            raise db_down()
-        reachable = True
-        handled.extend(e.outbox_id for e in batch)
-
-    async def on_dead(event: Event, error: str) -> None:
-        dead.append(event.outbox_id)
-
-    stream.probe = probe
-    stream.on_dead = on_dead
-    await stream.start()
-    consumer = asyncio.create_task(stream.consume("workers", "w1", handler))
-    try:
-        await stream.publish([Event(key="1", payload={"kind": "message.received"}, outbox_id=1)])
-        await eventually(lambda: handled == [1])
-        assert dead == []
-        # Handlers still learn which try this is (the bot hands off after a few).
-        assert tries == [1, 2, 3, 4, 5, 6]
-    finally:
-        consumer.cancel()
-        await asyncio.gather(consumer, return_exceptions=True)
-
-
-async def test_an_event_failing_with_an_os_error_while_the_database_answers_is_dead_lettered() -> None:
-    """A missing file is an OSError too: it must not hold its partition for ever."""
-    stream = InProcessStream(max_deliveries=3, retry_delay=0.01)
-    dead: list[tuple[int, str]] = []
-
-    async def probe() -> None:
-        return None
-
-    async def handler(batch: Sequence[Event]) -> None:
-        raise FileNotFoundError("attachments/ab/cd.jpg")
-
-    async def on_dead(event: Event, error: str) -> None:
-        dead.append((event.outbox_id, error))
-
-    stream.probe = probe
-    stream.on_dead = on_dead
-    await stream.start()
-    consumer = asyncio.create_task(stream.consume("workers", "w1", handler))
-    try:
-        await stream.publish([Event(key="1", payload={"kind": "message.received"}, outbox_id=1)])
-        await eventually(lambda: bool(dead))
-        assert dead == [(1, "FileNotFoundError: attachments/ab/cd.jpg")]
-    finally:
-        consumer.cancel()
-        await asyncio.gather(consumer, return_exceptions=True)
 
 
 async def test_polled_rows_are_leased_for_as_long_as_they_may_wait_in_memory(db: Database) -> None:

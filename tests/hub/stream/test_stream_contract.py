@@ -18,7 +18,7 @@ from hub.stream.base import Event, EventHandler, LiveBus, Stream
 from hub.stream.memory import InProcessLiveBus, InProcessStream
 from hub.stream.redis import RedisLiveBus, RedisStream
 from tests import services
-from tests.hub.stream.helpers import WAIT, eventually
+from tests.hub.stream.helpers import WAIT, db_down, eventually
 
 KINDS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
 
@@ -242,6 +242,52 @@ async def test_an_always_failing_event_is_dead_lettered_and_others_flow(harness:
     await eventually(lambda: len(completed) == 14)
     assert completed == Counter(i for i in range(1, 16) if i != 7)
     assert 7 not in completed
+
+
+async def test_a_database_outage_does_not_count_toward_the_dead_letter(harness: StreamHarness) -> None:
+    """Six tries fail while the database is down, against a dead letter after
+    two: the event is still handled, once, when the database is back."""
+    stream = await harness.stream(max_deliveries=2)
+    reachable = False
+    tries = 0
+    handled: list[int] = []
+
+    async def probe() -> None:
+        if not reachable:
+            raise ConnectionRefusedError("connection refused")
+
+    async def handler(batch: Sequence[Event]) -> None:
+        nonlocal reachable, tries
+        tries += 1
+        if tries < 6:
+            raise db_down()
+        reachable = True
+        handled.extend(e.outbox_id for e in batch)
+
+    stream.probe = probe
+    harness.consume(stream, handler)
+    await stream.publish(events([1]))
+    await eventually(lambda: handled == [1])
+    assert tries == 6
+    assert await harness.dead_letters() == []
+    await eventually(lambda: _backlog_empty(stream))
+
+
+async def test_an_os_error_while_the_database_answers_counts(harness: StreamHarness) -> None:
+    """A missing file is an OSError too: it must not be retried for ever."""
+    stream = await harness.stream(max_deliveries=3)
+
+    async def probe() -> None:
+        return None
+
+    async def handler(batch: Sequence[Event]) -> None:
+        raise FileNotFoundError("attachments/ab/cd.jpg")
+
+    stream.probe = probe
+    harness.consume(stream, handler)
+    await stream.publish(events([1]))
+    await eventually(lambda: _has_dead_letters(harness))
+    assert await harness.dead_letters() == [(1, "FileNotFoundError: attachments/ab/cd.jpg")]
 
 
 async def _has_dead_letters(harness: StreamHarness) -> bool:
