@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
+import httpx
 from telegram import (
     Bot,
     CallbackQuery,
@@ -625,6 +626,14 @@ class TelegramChannel(ChannelAdapter):
             except BadRequest as exc:
                 return _failed(f"Telegram refused the message: {exc.message}", parts=done)
             except NetworkError as exc:  # includes TimedOut
+                if _maybe_delivered(exc):
+                    # The Bot API has no idempotency key: sent again, the
+                    # customer would get it twice. The agent sees why.
+                    return _failed(
+                        f"Telegram did not confirm this message ({exc.message}): it may have reached the "
+                        "customer, so it was not sent again; check the chat before resending",
+                        parts=done,
+                    )
                 return _failed(f"Telegram unreachable: {exc.message}", retryable=True, parts=done)
             except TelegramError as exc:
                 return _failed(f"Telegram error: {exc.message}", retryable=True, parts=done)
@@ -665,6 +674,17 @@ class TelegramChannel(ChannelAdapter):
                 await handle.bot.shutdown()
             except TelegramError:  # closing anyway
                 continue
+
+
+# Failures after the whole request may have reached Telegram: it may have
+# sent the message and only its answer was lost. Everything else that is not
+# an answer from Telegram (no connection, a full pool, a request not written
+# out) never reached it; an answer (a 5xx) says it did not send.
+_UNCONFIRMED = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError, httpx.CloseError)
+
+
+def _maybe_delivered(exc: NetworkError) -> bool:
+    return isinstance(exc.__cause__, _UNCONFIRMED)
 
 
 class _StepFailed(Exception):

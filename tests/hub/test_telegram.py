@@ -586,6 +586,44 @@ async def test_blocked_user_is_marked_unreachable_and_the_agent_sees_why(
     assert ident is not None and ident.unreachable_reason == "the customer blocked the bot on Telegram"
 
 
+async def test_a_reply_whose_answer_is_lost_is_not_sent_twice(
+    tmp_path: Path, fake: FakeBotAPI, http: aiohttp.ClientSession
+) -> None:
+    """Telegram takes the message but answers after the client's timeout (a
+    slow upload, Telegram under load). The Bot API has no idempotency key, so
+    a resend would reach the customer twice: the reply fails, saying why."""
+    original = fake._m_sendMessage
+    late = asyncio.Event()
+
+    async def answers_late(params: dict[str, Any], files: Any) -> Any:
+        response = await original(params, files)
+        if not late.is_set():
+            late.set()
+            await asyncio.sleep(3)  # past the 1 s timeout
+        return response
+
+    fake._m_sendMessage = answers_late  # type: ignore[method-assign]
+    config = tg_config(tmp_path, fake, **{"telegram.request_timeout_seconds": 1})
+    await upgrade_async(config.database_url)
+    await add_agent(config, ADMIN)
+    async with running_hub(config) as server:
+        hub = server.app[HUB]
+        agent = await admin(http, server)
+        await post(http, server, message_update(1, 1, text="where is my order?"))
+        (inbound,) = await telegram_messages(hub)
+        reply = await agent.post(f"/api/v1/tickets/{inbound.ticket_id}/messages", {"body": "Tomorrow."}, status=201)
+
+        async def settled() -> dict[str, Any] | None:
+            ticket = await agent.get(f"/api/v1/tickets/{inbound.ticket_id}")
+            m = next(m for m in ticket["messages"] if m["id"] == reply["id"])
+            return m if m["status"] not in ("queued", "sending") else None
+
+        msg = await eventually(settled)
+        assert msg["status"] == "failed"
+        assert "may have reached the customer" in msg["status_reason"]
+        assert [c.params["text"] for c in fake.sent()] == ["Tomorrow."]
+
+
 # --- polling -------------------------------------------------------------------------------
 
 
