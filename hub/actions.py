@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bots.dialog import STAGES
 from channels.twilio_sms import prepare_parts
 from hub.core import (
     IDENTITY_OF_CHANNEL,
@@ -42,6 +44,8 @@ from storage.models import (
     AuditLog,
     BotSession,
     BotTurn,
+    Call,
+    CampaignRecipient,
     Contact,
     Identity,
     Inbox,
@@ -489,28 +493,75 @@ async def do_set_status(
     elif snoozed_until is not None:
         raise ValidationFailed("snoozed_until is only allowed with status snoozed")
     before = ticket.status
+
+    def change() -> None:
+        ticket.status = status.value
+        ticket.snoozed_until = snoozed_until
+        ticket.resolved_at = now if status is TicketStatus.RESOLVED else None
+
     if before == TicketStatus.RESOLVED.value and status is not TicketStatus.RESOLVED:
-        other = await session.scalar(
-            select(Ticket.id).where(
-                Ticket.contact_id == ticket.contact_id,
-                Ticket.inbox_id == ticket.inbox_id,
-                Ticket.thread_key == ticket.thread_key,
-                Ticket.status != TicketStatus.RESOLVED.value,
-                Ticket.id != ticket.id,
-            )
-        )
+        other = await _other_current_ticket(session, ticket)
         if other is not None:
-            raise Conflict(f"ticket {other} is already open for this contact in this inbox; reply there instead")
-    ticket.status = status.value
-    ticket.snoozed_until = snoozed_until
-    ticket.resolved_at = now if status is TicketStatus.RESOLVED else None
-    await session.flush()
+            raise Conflict(_already_open(other))
+        # The check cannot see another reopening (or a new ticket from ingest)
+        # not yet committed: on PostgreSQL the unique index makes this write
+        # wait for that one and fail once it commits. The savepoint turns that
+        # into the same 409 and keeps the caller's transaction usable (mail
+        # carries on when a reopen conflicts). Locking the contact instead
+        # would take it after the ticket, the reverse of a merge's order.
+        try:
+            async with session.begin_nested():
+                change()
+                await session.flush()
+        except IntegrityError as exc:
+            if not _violates(exc, CURRENT_TICKET_INDEX):
+                raise
+            # The rollback expired the ticket: read it back as it is (resolved).
+            await session.refresh(ticket)
+            raise Conflict(_already_open(await _other_current_ticket(session, ticket))) from None
+    else:
+        change()
+        await session.flush()
     data = {"from": before, "to": status.value}
     if snoozed_until is not None:
         data["snoozed_until"] = snoozed_until.isoformat()
     await record_ticket_event(session, ticket, TicketEventKind.STATUS_CHANGED, actor, data)
     await audit(session, actor, "ticket.status", "ticket", ticket.id, data)
     return ticket
+
+
+# At most one unresolved ticket per contact, inbox and thread (storage.models.Ticket).
+CURRENT_TICKET_INDEX = "uq_tickets_current"
+
+
+def _violates(exc: IntegrityError, index: str) -> bool:
+    """Whether ``exc`` is a unique violation of ``index``: asyncpg names it;
+    SQLite only lists its columns (and, one writer at a time, never gets here)."""
+    orig = exc.orig
+    for err in (orig, getattr(orig, "driver_exception", None), getattr(orig, "__cause__", None)):
+        name = getattr(err, "constraint_name", None)
+        if isinstance(name, str):
+            return name == index
+    text = str(orig)
+    return index in text or "tickets.contact_id, tickets.inbox_id, tickets.thread_key" in text
+
+
+async def _other_current_ticket(session: AsyncSession, ticket: Ticket) -> int | None:
+    """Another unresolved ticket of the same contact, inbox and thread."""
+    return await session.scalar(
+        select(Ticket.id).where(
+            Ticket.contact_id == ticket.contact_id,
+            Ticket.inbox_id == ticket.inbox_id,
+            Ticket.thread_key == ticket.thread_key,
+            Ticket.status != TicketStatus.RESOLVED.value,
+            Ticket.id != ticket.id,
+        )
+    )
+
+
+def _already_open(other: int | None) -> str:
+    which = f"ticket {other}" if other is not None else "another ticket"
+    return f"{which} is already open for this contact in this inbox; reply there instead"
 
 
 async def do_set_labels(session: AsyncSession, ticket: Ticket, labels: list[str], *, actor: str) -> None:
@@ -573,8 +624,9 @@ async def check_contact(session: AsyncSession, contact_id: int) -> Contact:
 
 
 async def do_merge_contacts(session: AsyncSession, target: Contact, source: Contact, *, actor: str) -> Contact:
-    """Fold ``source`` into ``target``: identities, tickets, messages and timeline
-    move; the source row stays as a pointer so old links still resolve."""
+    """Fold ``source`` into ``target``: identities, tickets, messages, timeline,
+    calls and campaign rows move; the source row stays as a pointer so old
+    links still resolve."""
     if target.id == source.id:
         raise BadRequest("a contact cannot be merged into itself")
     # Both rows are locked (in id order, so opposite merges cannot deadlock) and
@@ -621,7 +673,11 @@ async def do_merge_contacts(session: AsyncSession, target: Contact, source: Cont
             t.resolved_at = now
             resolved.append((t, data))
     await session.flush()
-    for model in (Identity, Ticket, Message, TicketEventRow, BotTurn):
+    skipped = await _merge_campaign_rows(session, target.id, source.id)
+    # Every row that is about the person follows them (bot_sessions, one per
+    # contact, is settled below); a campaign row must, or the runner checks the
+    # consent of the merged-away contact, which nobody updates any more.
+    for model in (Identity, Ticket, Message, TicketEventRow, BotTurn, Call, CampaignRecipient):
         await session.execute(update(model).where(model.contact_id == source.id).values(contact_id=target.id))
     # Announced like any status change (timeline, stream, audit), once the
     # tickets are the target's, so the agents' inbox files them right.
@@ -629,11 +685,11 @@ async def do_merge_contacts(session: AsyncSession, target: Contact, source: Cont
         await record_ticket_event(session, t, TicketEventKind.STATUS_CHANGED, actor, data)
         await audit(session, actor, "ticket.status", "ticket", t.id, data)
     await _merge_bot_sessions(session, target.id, source.id)
-    target.attributes = {**(source.attributes or {}), **(target.attributes or {})}
+    target.attributes = _merged_attributes(target.attributes or {}, source.attributes or {})
     target.tags = sorted(set(target.tags or []) | set(source.tags or []))
     target.name = target.name or source.name
     target.lead_score = max(target.lead_score, source.lead_score)
-    target.lifecycle_stage = target.lifecycle_stage or source.lifecycle_stage
+    target.lifecycle_stage = _later_stage(target.lifecycle_stage, source.lifecycle_stage)
     source.merged_into_id = target.id
     await session.flush()
     latest = await session.scalar(
@@ -642,8 +698,106 @@ async def do_merge_contacts(session: AsyncSession, target: Contact, source: Cont
     data = {"source_id": source.id, "target_id": target.id}
     if latest is not None:
         await record_ticket_event(session, latest, TicketEventKind.CONTACT_MERGED, actor, data)
-    await audit(session, actor, "contact.merged", "contact", target.id, data)
+    await audit(
+        session,
+        actor,
+        "contact.merged",
+        "contact",
+        target.id,
+        {**data, "campaign_recipients_skipped": skipped} if skipped else data,
+    )
     return target
+
+
+# The SMS consent attributes, always written together
+# (hub.campaigns.audience.consent_attributes): the answer, when, and how.
+SMS_CONSENT = "sms_consent"
+CONSENT_ATTRIBUTES = (SMS_CONSENT, "sms_consent_at", "sms_consent_source")
+
+
+def _merged_attributes(target: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
+    """The target's attributes win, except SMS consent: the merged contact
+    keeps the later of the two decisions, as a whole (answer, time, source).
+    When the times do not tell (missing, unreadable or equal), a withdrawal
+    wins: a merge must never make someone who said no receive marketing SMS."""
+    merged = {**source, **target}
+    decided = [a for a in (target, source) if a.get(SMS_CONSENT) is not None]
+    if len(decided) < 2:
+        return merged  # one decision or none: the plain merge carries it whole
+    target_at, source_at = _consent_time(target), _consent_time(source)
+    if target_at is not None and source_at is not None and target_at != source_at:
+        chosen = source if source_at > target_at else target
+    else:
+        chosen = next((a for a in decided if a[SMS_CONSENT] is not True), target)
+    for key in CONSENT_ATTRIBUTES:
+        merged.pop(key, None)
+        if key in chosen:
+            merged[key] = chosen[key]
+    return merged
+
+
+def _consent_time(attributes: dict[str, Any]) -> datetime | None:
+    at = attributes.get("sms_consent_at")
+    if not isinstance(at, str):
+        return None
+    try:
+        when = datetime.fromisoformat(at)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _later_stage(target: str | None, source: str | None) -> str | None:
+    """Lifecycle stages the bot qualifies leads through only move forward
+    (:func:`bots.dialog.later_stage`): a sales-qualified lead merged with a new
+    one stays sales-qualified. A stage set outside that ladder is kept as it
+    is, the target's first, since nothing says how it compares."""
+    if target in STAGES and source in STAGES:
+        return target if STAGES.index(target) >= STAGES.index(source) else source
+    return target or source
+
+
+async def _merge_campaign_rows(session: AsyncSession, target_id: int, source_id: int) -> list[int]:
+    """Both contacts may be recipients of one campaign (the audience took one
+    row per contact, on different numbers): once they are one person, only one
+    message may still go. If the campaign already tried one of their rows
+    (sending, sent, or done), their other pending rows are skipped; if not, the
+    target's pending row stays (the contact the agent kept, and the number its
+    audience chose) and the source's are skipped. Only ``pending`` rows change,
+    as the runner's own skips do, so a row a worker has already taken to send
+    is left alone. Returns the ids of the rows skipped."""
+    # Imported here: hub.campaigns.actions imports this module.
+    from hub.campaigns.actions import PENDING, SKIPPED
+
+    c = CampaignRecipient
+    rows = (
+        await session.execute(
+            select(c.id, c.campaign_id, c.contact_id, c.status)
+            .where(c.contact_id.in_([target_id, source_id]))
+            .order_by(c.id)
+        )
+    ).all()
+    by_campaign: dict[int, list[Any]] = {}
+    for r in rows:
+        by_campaign.setdefault(r.campaign_id, []).append(r)
+    skip: list[int] = []
+    for group in by_campaign.values():
+        if len({r.contact_id for r in group}) < 2:
+            continue
+        pending = [r for r in group if r.status == PENDING]
+        tried = any(r.status not in (PENDING, SKIPPED) for r in group)
+        keep = None if tried else min(pending, key=lambda r: (r.contact_id != target_id, r.id), default=None)
+        skip += [r.id for r in pending if r is not keep]
+    if not skip:
+        return []
+    result = await session.execute(
+        update(c)
+        .where(c.id.in_(skip), c.status == PENDING)
+        .values(status=SKIPPED, reason="duplicate", claimed_by=None, lease_until=None)
+        .returning(c.id)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(result.scalars().all())
 
 
 async def _merge_bot_sessions(session: AsyncSession, target_id: int, source_id: int) -> None:
