@@ -9,6 +9,7 @@ parameters, the header values and the candidate URLs as plain data.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,13 @@ from typing import Any
 import aiohttp
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.request_validator import RequestValidator, get_signature_algorithm
+from twilio.request_validator import (
+    HMAC_SHA1,
+    HMAC_SHA256,
+    SIGNATURE_SETTINGS_HEADER,
+    RequestValidator,
+    get_signature_algorithm,
+)
 from twilio.rest import Client
 
 from channels.base import InvalidPayload
@@ -25,6 +32,13 @@ from hub.core import DeliveryStatus, SendResult
 
 DEFAULT_API_BASE_URL = "https://api.twilio.com"
 MAX_FIELD_CHARS = 10_000
+
+#: A Twilio resource SID: two capital letters and 32 hexadecimal digits, and
+#: nothing else. Checked with ``fullmatch``: ``$`` also matches before a final
+#: newline, and "SM...\n" is another id than "SM..." to every table keyed on it.
+SID = re.compile(r"[A-Z]{2}[0-9a-fA-F]{32}")
+#: The algorithms webhooks may be signed with (the ``twilio`` library's).
+SIGNATURE_ALGORITHMS = (HMAC_SHA1, HMAC_SHA256)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,22 +77,46 @@ class FormParams:
 
 
 def verify_signature(
-    auth_token: str,
+    secret: str,
     urls: Sequence[str],
     params: FormParams,
     signature: str | None,
     settings_header: str | None = None,
 ) -> bool:
     """True when ``signature`` (X-Twilio-Signature) signs one of ``urls`` (the
-    URL Twilio called, as the hub can know it) and the parameters with the
-    account's auth token. Twilio's own validator does the work, with and
-    without the default port; ``settings_header`` names the algorithm of
-    SharedKey-signed webhooks."""
-    if not signature or not auth_token:
+    URL Twilio called, as the hub can know it) and the parameters with
+    ``secret``: the account's auth token or, for a webhook signed with a
+    SharedKey, that key's secret (see :func:`shared_key_id`). Twilio's own
+    validator does the work, with and without the default port;
+    ``settings_header`` (X-Twilio-Webhooks-Signature-Settings) names the algorithm."""
+    if not signature or not secret:
         return False
-    validator = RequestValidator(auth_token)
+    validator = RequestValidator(secret)
     algorithm = get_signature_algorithm(settings_header)
     return any(validator.validate(url, params, signature, algorithm) for url in urls)
+
+
+def shared_key_id(settings_header: str | None) -> str | None:
+    """The SharedKey a webhook is signed with, as its
+    X-Twilio-Webhooks-Signature-Settings header names it (``key=<id>,algorithm=...``);
+    None when the header names none: the account's auth token signed it."""
+    for part in (settings_header or "").split(","):
+        name, separator, value = part.partition("=")
+        if separator and name.strip() == "key" and value.strip():
+            return value.strip()
+    return None
+
+
+def signature_algorithm(settings_header: str | None) -> str:
+    """The algorithm the settings header names (HMAC_SHA1 without one); raises
+    :class:`InvalidPayload` for one the ``twilio`` library cannot check."""
+    algorithm = str(get_signature_algorithm(settings_header))
+    if algorithm.upper() not in SIGNATURE_ALGORITHMS:
+        raise InvalidPayload(
+            f"{SIGNATURE_SETTINGS_HEADER} names the signature algorithm {algorithm[:40]!r}; "
+            f"the hub checks {' and '.join(SIGNATURE_ALGORITHMS)}"
+        )
+    return algorithm
 
 
 def rest_client(account: TwilioAccount, base_url: str, http_client: AsyncTwilioHttpClient) -> Client:
@@ -199,8 +237,44 @@ def never_reached(exc: BaseException) -> bool:
     )
 
 
-def field(params: FormParams, name: str, *, required: bool = False, max_chars: int = MAX_FIELD_CHARS) -> str:
+def sid_field(params: FormParams, name: str, prefix: str) -> str | None:
+    """The parameter ``name`` as a Twilio SID starting with ``prefix`` (CA for a
+    call, RE for a recording); None when it is absent."""
     value = params.get(name)
+    if not value:
+        return None
+    if not value.startswith(prefix) or SID.fullmatch(value) is None:
+        raise InvalidPayload(
+            f"parameter {name} {value[:40]!r} is not a Twilio SID ({prefix} and 32 hexadecimal digits)"
+        )
+    return value
+
+
+def required_sid(params: FormParams, name: str, prefix: str) -> str:
+    value = sid_field(params, name, prefix)
+    if value is None:
+        raise InvalidPayload(f"parameter {name} is missing; this is not a Twilio webhook")
+    return value
+
+
+def whole_number(raw: str, name: str, *, max_digits: int = 9, signed: bool = False) -> int:
+    """``raw`` (a webhook parameter) as an int: ASCII digits only, at most
+    ``max_digits`` of them (so it fits the database), a single leading minus
+    when ``signed``. ``str.isdigit`` would take "²" and "٣", which ``int`` refuses
+    or reads; anything else is :class:`InvalidPayload` naming ``name``."""
+    pattern = rf"-?[0-9]{{1,{max_digits}}}" if signed else rf"[0-9]{{1,{max_digits}}}"
+    if re.fullmatch(pattern, raw) is None:
+        raise InvalidPayload(
+            f"parameter {name} must be a whole number of at most {max_digits} digits, not {raw[:20]!r}"
+        )
+    return int(raw)
+
+
+def field(params: FormParams, name: str, *, required: bool = False, max_chars: int = MAX_FIELD_CHARS) -> str:
+    """A text parameter, without NUL characters: no provider means one, and
+    PostgreSQL refuses them (a call row, say, would fail as a 500). Dropped, as
+    the core types drop them, so what was sent is stored."""
+    value = params.get(name).replace("\x00", "")
     if required and not value:
         raise InvalidPayload(f"parameter {name} is missing; this is not a Twilio webhook")
     if len(value) > max_chars:

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
-import re
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Literal, Protocol
@@ -26,6 +25,7 @@ from twilio.rest import Client
 from channels.base import SEND_ATTEMPT, ChannelAdapter, InvalidPayload
 from channels.twilio_common import (
     OPT_OUT_CODE,
+    SID,
     FormParams,
     TwilioAccount,
     error_code,
@@ -33,6 +33,7 @@ from channels.twilio_common import (
     field,
     rest_client,
     send_failure,
+    whole_number,
 )
 from hub.core import (
     Attachment,
@@ -59,14 +60,21 @@ RECONCILE_LOOKBACK = 20
 #: How far Twilio's clock may be behind ours.
 CLOCK_SKEW = timedelta(minutes=2)
 
-_SID = re.compile(r"^[A-Z]{2}[0-9a-fA-F]{32}$")
-
 Keyword = Literal["stop", "start", "help"]
 _KEYWORDS: dict[str, Keyword] = {
     **{keyword(w): "stop" for w in ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "لغو", "توقف")},
     **{keyword(w): "start" for w in ("START", "YES", "UNSTOP")},
     **{keyword(w): "help" for w in ("HELP", "INFO")},
 }
+
+#: Keywords that are also everyday answers: "Yes" to the bot's "Did this answer
+#: your question?". One is taken as a keyword only when it changes something
+#: (opts the customer back in).
+EVERYDAY_KEYWORDS = frozenset({keyword("YES")})
+#: ``extras[KEYWORD_HANDLED]`` of an incoming SMS is true when the hub took it
+#: as a compliance keyword (STOP, HELP, START) and did what it says: nobody
+#: else (the bot) answers it.
+KEYWORD_HANDLED = "keyword_handled"
 
 # MessageStatus (Twilio's message_enum_status) as ours. "accepted" and
 # "scheduled" are a Messaging Service's queued; "partially_delivered" did not
@@ -92,7 +100,7 @@ def _sid(params: FormParams, *names: str) -> str:
     for name in names:
         value = params.get(name)
         if value:
-            if not _SID.match(value):
+            if SID.fullmatch(value) is None:
                 raise InvalidPayload(f"parameter {name} {value[:40]!r} is not a Twilio SID")
             return value
     raise InvalidPayload(f"parameter {names[0]} is missing; this is not a Twilio messaging webhook")
@@ -103,6 +111,11 @@ def classify_keyword(body: str) -> Keyword | None:
     whole message is that one word, in any case, with spaces or punctuation
     around it; None for anything else ("stop calling me" is a conversation)."""
     return _KEYWORDS.get(keyword(body))
+
+
+def is_everyday_answer(body: str) -> bool:
+    """True for a keyword that is also an everyday answer ("Yes")."""
+    return keyword(body) in EVERYDAY_KEYWORDS
 
 
 def parse_inbound(params: FormParams, *, inbox: str, default_region: str | None = None) -> InboundMessage:
@@ -120,10 +133,11 @@ def parse_inbound(params: FormParams, *, inbox: str, default_region: str | None 
         raise InvalidPayload(f"From: {exc}") from exc
     body = field(params, "Body", max_chars=MAX_BODY_CHARS * 4)
     raw_count = params.get("NumMedia") or "0"
-    if not raw_count.isdigit() or int(raw_count) > MAX_MEDIA:
-        raise InvalidPayload(f"NumMedia must be a number from 0 to {MAX_MEDIA}, not {raw_count[:20]!r}")
+    count = whole_number(raw_count, "NumMedia", max_digits=2)
+    if count > MAX_MEDIA:
+        raise InvalidPayload(f"parameter NumMedia must be a number from 0 to {MAX_MEDIA}, not {raw_count[:20]!r}")
     attachments: list[Attachment] = []
-    for i in range(int(raw_count)):
+    for i in range(count):
         url = field(params, f"MediaUrl{i}", max_chars=2000)
         if not url.startswith(("https://", "http://")):
             raise InvalidPayload(f"MediaUrl{i} is missing or not an http(s) URL although NumMedia is {raw_count}")
@@ -268,6 +282,11 @@ class OptOutLedger(Protocol):
         """``phone`` opted out of ``sender`` (Twilio said so with error 21610)."""
 
 
+#: Which of these Twilio SIDs already belong to a send of ours: SID -> the id
+#: of the message that has it (None: a campaign's send).
+SidOwners = Callable[[Collection[str]], Awaitable[Mapping[str, int | None]]]
+
+
 class TwilioSmsChannel(ChannelAdapter):
     channel: ClassVar[Channel] = Channel.SMS
     max_body_chars: ClassVar[int | None] = MAX_BODY_CHARS
@@ -283,12 +302,14 @@ class TwilioSmsChannel(ChannelAdapter):
         api_base_url: str,
         public_url: str | None,
         timeout: float = 15.0,
-        known_sids: Callable[[Collection[str]], Awaitable[set[str]]] | None = None,
+        known_sids: SidOwners | None = None,
     ) -> None:
         self.senders = {s.inbox: s for s in senders}
         self.ledger = ledger
-        #: Which of these Twilio SIDs already belong to a message of ours (the
-        #: hub asks its database); a retry never takes one of them for its own.
+        #: Which of these Twilio SIDs already belong to a send of ours, and to
+        #: which message (the hub asks its database): a retry never takes
+        #: another message's SID for its own, and knows its own (a status
+        #: callback may have recorded it before the send's answer came).
         self.known_sids = known_sids
         self.api_base_url = api_base_url
         # None: the hub has no public address Twilio could reach (no callbacks, no media).
@@ -340,6 +361,7 @@ class TwilioSmsChannel(ChannelAdapter):
             media_urls=self.media_urls(message),
             status_callback=self.status_callback(message.message_id),
             taken_since=retry_since(message),
+            message_id=message.message_id,
         )
 
     async def send_sms(
@@ -351,12 +373,14 @@ class TwilioSmsChannel(ChannelAdapter):
         media_urls: Sequence[str] = (),
         status_callback: str | None = None,
         taken_since: datetime | None = None,
+        message_id: int | None = None,
     ) -> SendResult:
         """One message through the Messages API: refused before Twilio when the
         number opted out of this sender; Twilio's errors as statuses with their
         reason (21610 also writes the opt-out to the ledger). With
         ``taken_since`` (a retry), Twilio is first asked whether it already took
-        this message since then: if so, that one is the send."""
+        this message since then: if so, that one is the send. ``message_id``
+        is the hub's message being sent (None: not a ticket message)."""
         refusal = await self.ledger.opted_out(to, sender.key)
         if refusal is not None:
             return SendResult(status=DeliveryStatus.FAILED, reason=refusal)
@@ -366,7 +390,7 @@ class TwilioSmsChannel(ChannelAdapter):
                 reason=f"the body has {len(body)} characters; Twilio takes at most {MAX_BODY_CHARS} per message",
             )
         if taken_since is not None:
-            earlier = await self.taken_earlier(sender, to, body, taken_since)
+            earlier = await self.taken_earlier(sender, to, body, taken_since, message_id=message_id)
             if earlier is not None:
                 return earlier
         kwargs: dict[str, Any] = {"to": to, "body": body}
@@ -396,12 +420,17 @@ class TwilioSmsChannel(ChannelAdapter):
             extras={"segments": seg.segments, "encoding": seg.encoding, "twilio_status": created.status},
         )
 
-    async def taken_earlier(self, sender: SmsSender, to: str, body: str, since: datetime) -> SendResult | None:
+    async def taken_earlier(
+        self, sender: SmsSender, to: str, body: str, since: datetime, *, message_id: int | None = None
+    ) -> SendResult | None:
         """What became of an earlier attempt to send ``body`` to ``to``: Twilio
         lists the number's latest messages from this sender; one with the same
         body, created since ``since`` and not already another message of ours,
-        is that attempt (``sent``, its SID). None: Twilio has none, send again.
-        A lookup that fails is a retryable failure: sending blind could send twice."""
+        is that attempt (``sent``, its SID). One that message ``message_id``
+        itself already has (a "queued" status callback recorded it while the
+        send got no answer) is that attempt for certain. None: Twilio has none,
+        send again. A lookup that fails is a retryable failure: sending blind
+        could send twice."""
         filters: dict[str, Any] = {"to": to, "limit": RECONCILE_LOOKBACK}
         if not sender.messaging_service_sid:
             filters["from_"] = sender.number
@@ -427,11 +456,14 @@ class TwilioSmsChannel(ChannelAdapter):
             and m.status not in ("failed", "canceled")
             and m.sid
         ]
-        known = await self.known_sids([str(m.sid) for m in candidates]) if self.known_sids and candidates else set()
-        # Twilio lists the latest first: the oldest unclaimed one is the earliest attempt.
-        taken = [m for m in candidates if m.sid not in known]
+        owners = await self.known_sids([str(m.sid) for m in candidates]) if self.known_sids and candidates else {}
+        # Only another message's SID is not ours to take: the message being
+        # sent may already hold the SID of its own earlier attempt.
+        ours = [m for m in candidates if message_id is not None and owners.get(str(m.sid), -1) == message_id]
+        taken = ours or [m for m in candidates if str(m.sid) not in owners]
         if not taken:
             return None
+        # Twilio lists the latest first: the oldest unclaimed one is the earliest attempt.
         found = taken[-1]
         seg = sms_segments(body)
         return SendResult(

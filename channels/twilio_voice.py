@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol
 from twilio.twiml.voice_response import Dial, Gather, VoiceResponse
 
 from channels.base import ChannelAdapter, InvalidPayload
-from channels.twilio_common import FormParams, field
+from channels.twilio_common import FormParams, field, required_sid, sid_field, whole_number
 from channels.twilio_sms import SmsSender, TwilioSmsChannel, retry_since
 from hub.core import Channel, DeliveryStatus, OutboundMessage, SendResult
 from hub.text import InvalidPhoneNumber, parse_phone
@@ -96,9 +96,7 @@ def _int(params: FormParams, name: str) -> int | None:
     raw = params.get(name)
     if not raw:
         return None
-    if not raw.lstrip("-").isdigit():
-        raise InvalidPayload(f"parameter {name} must be a whole number, not {raw[:20]!r}")
-    return int(raw)
+    return whole_number(raw, name, signed=True)
 
 
 def _phone(raw: str, default_region: str | None) -> str:
@@ -111,9 +109,7 @@ def _phone(raw: str, default_region: str | None) -> str:
 
 
 def parse_call(params: FormParams, *, default_region: str | None = None) -> CallParams:
-    sid = field(params, "CallSid", required=True, max_chars=64)
-    if not sid.startswith("CA"):
-        raise InvalidPayload(f"CallSid {sid[:40]!r} is not a Twilio call SID")
+    sid = required_sid(params, "CallSid", "CA")
     status = field(params, "CallStatus", max_chars=40).lower()
     if status and status not in CALL_STATUS_RANK:
         raise InvalidPayload(f"CallStatus {status!r} is not one of Twilio's: {', '.join(CALL_STATUS_RANK)}")
@@ -136,11 +132,11 @@ def parse_call(params: FormParams, *, default_region: str | None = None) -> Call
         duration=_int(params, "CallDuration") if params.get("CallDuration") else _int(params, "DialCallDuration"),
         dial_status=field(params, "DialCallStatus", max_chars=40).lower() or None,
         recording_url=recording_url,
-        recording_sid=field(params, "RecordingSid", max_chars=64) or None,
+        recording_sid=sid_field(params, "RecordingSid", "RE"),
         recording_duration=_int(params, "RecordingDuration"),
         transcription_text=field(params, "TranscriptionText", max_chars=20_000) or None,
         transcription_status=field(params, "TranscriptionStatus", max_chars=40).lower() or None,
-        parent_call_sid=field(params, "ParentCallSid", max_chars=64) or None,
+        parent_call_sid=sid_field(params, "ParentCallSid", "CA"),
         sequence=_int(params, "SequenceNumber"),
         caller_withheld=withheld,
     )
@@ -299,6 +295,7 @@ class TwilioVoiceChannel(ChannelAdapter):
             media_urls=self.sms.media_urls(message),
             status_callback=self.sms.status_callback(message.message_id),
             taken_since=retry_since(message),
+            message_id=message.message_id,
         )
 
 

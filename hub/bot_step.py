@@ -6,7 +6,10 @@ The bot speaks only on tickets that are ``pending`` (routing gave them to the
 bot), not silenced, not assigned and on an inbox whose bot is enabled, as the
 database says (the event's ticket view is the one ingest wrote): once a human
 replies, takes the ticket or the bot hands off, it stays quiet on that ticket
-for good. Auto-replies (an email's ``Auto-Submitted``) are never answered.
+for good. Auto-replies (an email's ``Auto-Submitted``) are never answered,
+nor an SMS compliance keyword the hub handled itself (STOP, HELP, START: the
+SMS steps, which run before this one, answer it and mark it so); such a
+message does not hand the ticket off either.
 Everything one message causes (the replies, the contact's new attributes and
 lead score, the handoff, the turn record, the bot's memory) is written in one
 transaction, and the turn is unique per inbound message, so a redelivered
@@ -41,6 +44,7 @@ from bots import rasa_backend
 from bots.brain import TRANSCRIPT_TURNS, Brain, Contact, Handoff, Inbound, Outcome, Reply, lang_of, say, summary
 from bots.kb import KbEntry
 from bots.matcher import Backend, LexicalBackend, Match, Matcher, Thresholds
+from channels.twilio_sms import KEYWORD_HANDLED
 from hub.actions import check_ticket, do_get_or_create_team, do_handoff, do_post_message
 from hub.bot_actions import do_record_feedback, do_update_lead, kb_revision, load_kb
 from hub.config import BotConfig, ConfigError
@@ -86,6 +90,12 @@ Decide = Callable[[dict[str, Any], Contact], Outcome]
 
 def is_auto_reply(extras: dict[str, Any]) -> bool:
     return any(extras.get(k) for k in AUTO_REPLY_KEYS)
+
+
+def not_for_the_bot(extras: dict[str, Any]) -> bool:
+    """An automatic reply, or a compliance keyword the hub answered itself
+    (STOP, HELP, START on SMS): the bot stays silent and hands nothing off."""
+    return is_auto_reply(extras) or bool(extras.get(KEYWORD_HANDLED))
 
 
 def contact_view(row: ContactRow) -> Contact:
@@ -346,7 +356,7 @@ class BotService:
             if row is None or ticket is None or not await bot_owns(session, ticket):
                 return
         extras = row.extras or {}
-        if is_auto_reply(extras):
+        if not_for_the_bot(extras):
             return
         inbound = Inbound(
             text=row.body or "",
@@ -393,7 +403,7 @@ class BotService:
                     )
                 )
             ).all()
-            for ticket_id in {t for t, extras in rows if not is_auto_reply(extras or {})}:
+            for ticket_id in {t for t, extras in rows if not not_for_the_bot(extras or {})}:
                 ticket = await session.get(Ticket, ticket_id)
                 if ticket is not None and await bot_owns(session, ticket):
                     return True

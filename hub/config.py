@@ -790,6 +790,22 @@ class TwilioOptOutConfig(_Section):
     start_reply: dict[str, str] = Field(default_factory=dict)
 
 
+class TwilioSharedKeyConfig(_Section):
+    """A SharedKey Twilio signs webhooks with instead of the account's auth
+    token: such a webhook names it in X-Twilio-Webhooks-Signature-Settings
+    (``key=<id>,algorithm=HMAC_SHA256``) and is checked with its secret."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")
+    # The environment variable holding the key's secret (never the secret itself).
+    secret_env: str = Field(pattern=_ENV_NAME)
+    # The variable holding the SID of the account whose webhooks the key signs;
+    # unset: TWILIO_ACCOUNT_SID.
+    account_sid_env: str | None = Field(default=None, pattern=_ENV_NAME)
+    # Filled from the environment only (see load_config).
+    secret: str = Field(default="", repr=False)
+    account_sid: str = Field(default="", repr=False)
+
+
 class TwilioConfig(_Section):
     # Twilio's REST API; point it at a Twilio-compatible provider or a test fake.
     api_base_url: str = "https://api.twilio.com"
@@ -800,6 +816,8 @@ class TwilioConfig(_Section):
     senders: list[TwilioSenderConfig] = Field(default_factory=list)
     opt_out: TwilioOptOutConfig = Field(default_factory=TwilioOptOutConfig)
     voice: TwilioVoiceConfig = Field(default_factory=TwilioVoiceConfig)
+    # SharedKeys webhooks may be signed with, each with its secret's variable.
+    shared_keys: list[TwilioSharedKeyConfig] = Field(default_factory=list)
     # Filled from TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN only.
     account_sid: str = Field(default="", repr=False)
     auth_token: str = Field(default="", repr=False)
@@ -834,7 +852,33 @@ class TwilioConfig(_Section):
                 )
             if not _ACCOUNT_SID.match(sid):
                 raise ValueError(f"senders.{i}: the account SID must be AC followed by 32 hexadecimal characters")
+        accounts = {self.credentials(s)[0] for s in self.senders} | ({self.account_sid} if self.account_sid else set())
+        ids = [k.id for k in self.shared_keys]
+        dupes = sorted({k for k in ids if ids.count(k) > 1})
+        if dupes:
+            raise ValueError(f"shared_keys: id {', '.join(dupes)} is configured twice")
+        for i, key in enumerate(self.shared_keys):
+            if not key.secret:
+                raise ValueError(f"shared_keys.{i} ({key.id}): no secret; set the variable named in secret_env")
+            if not key.account_sid:
+                raise ValueError(
+                    f"shared_keys.{i} ({key.id}): no account; set TWILIO_ACCOUNT_SID or name the variable "
+                    "holding the account's SID in account_sid_env"
+                )
+            if key.account_sid not in accounts:
+                raise ValueError(
+                    f"shared_keys.{i} ({key.id}): account {key.account_sid[:40]} is neither TWILIO_ACCOUNT_SID "
+                    "nor a sender's account"
+                )
         return self
+
+    def shared_key(self, key_id: str, account_sid: str) -> str | None:
+        """The secret of SharedKey ``key_id`` of account ``account_sid``; None
+        when no such key is configured for that account."""
+        for key in self.shared_keys:
+            if key.id == key_id and key.account_sid == account_sid:
+                return key.secret
+        return None
 
     def credentials(self, sender: TwilioSenderConfig | None = None) -> tuple[str, str]:
         """(account SID, auth token) of ``sender``, or of the main account."""
@@ -1253,6 +1297,7 @@ def _twilio_from_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     for key in ("account_sid", "auth_token"):
         if env.get(f"TWILIO_{key.upper()}"):
             section[key] = env[f"TWILIO_{key.upper()}"].strip()
+    _twilio_shared_keys(section, env)
     number = (env.get("TWILIO_PHONE_NUMBER") or "").strip()
     if number:
         try:
@@ -1271,3 +1316,34 @@ def _twilio_from_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         section["senders"] = senders
     if section:
         raw["twilio"] = section
+
+
+def _twilio_shared_keys(section: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Each SharedKey's secret from the variable it names, and its account's SID
+    (its own variable, or TWILIO_ACCOUNT_SID)."""
+    keys = section.get("shared_keys")
+    if not isinstance(keys, list):
+        return  # absent, or validation names the key
+    for i, key in enumerate(keys):
+        if not isinstance(key, dict):
+            continue
+        for name, holder in (("secret", "secret_env"), ("account_sid", "account_sid_env")):
+            if key.get(name):
+                raise ConfigError(
+                    f"twilio.shared_keys.{i}.{name}: secrets and credentials must not be written in the config "
+                    f"file; name the environment variable that holds it in {holder}"
+                )
+        var = key.get("secret_env")
+        if var:
+            if not env.get(str(var)):
+                raise ConfigError(f"twilio.shared_keys.{i}.secret_env: the environment variable {var} is not set")
+            key["secret"] = env[str(var)]
+        account_var = key.get("account_sid_env")
+        if account_var:
+            if not env.get(str(account_var)):
+                raise ConfigError(
+                    f"twilio.shared_keys.{i}.account_sid_env: the environment variable {account_var} is not set"
+                )
+            key["account_sid"] = env[str(account_var)].strip()
+        else:
+            key["account_sid"] = (env.get("TWILIO_ACCOUNT_SID") or "").strip()

@@ -148,20 +148,29 @@ class TwilioService:
         """The sender (and inbox) an incoming SMS was written to."""
         return self._sender(params.get("MessagingServiceSid"), params.get("To"))
 
-    async def known_sids(self, sids: Collection[str]) -> set[str]:
+    async def known_sids(self, sids: Collection[str]) -> dict[str, int | None]:
         """Which of these Twilio message SIDs are already a message or a
-        campaign send of ours."""
+        campaign send of ours: SID -> the message's id (None: a campaign's)."""
         wanted = list(sids)
         if not wanted:
-            return set()
+            return {}
         async with self.db.read() as session:
-            mine = await session.scalars(
-                select(Message.external_id).where(Message.channel.in_(SMS_CHANNELS), Message.external_id.in_(wanted))
-            )
             sent = await session.scalars(
                 select(CampaignRecipient.external_id).where(CampaignRecipient.external_id.in_(wanted))
             )
-            return {s for s in [*mine.all(), *sent.all()] if s}
+            owners: dict[str, int | None] = {sid: None for sid in sent.all() if sid}
+            mine = await session.execute(
+                select(Message.external_id, Message.id).where(
+                    Message.channel.in_(SMS_CHANNELS), Message.external_id.in_(wanted)
+                )
+            )
+            owners.update({sid: message_id for sid, message_id in mine.all() if sid})
+            return owners
+
+    def shared_key(self, key_id: str, account: TwilioAccount) -> str | None:
+        """The secret of the SharedKey ``key_id`` when it is configured for
+        ``account`` (``twilio.shared_keys``); None otherwise."""
+        return self.tw.shared_key(key_id, account.account_sid)
 
     def status_account(self, params: FormParams) -> TwilioAccount | None:
         """The account whose token signs a status callback of a message we sent."""

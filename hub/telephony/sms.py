@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels.twilio_common import OPT_OUT_CODE, TwilioAccount, text_by_language
-from channels.twilio_sms import classify_keyword, quick_reply_choice
+from channels.twilio_sms import KEYWORD_HANDLED, classify_keyword, is_everyday_answer, quick_reply_choice
 from hub.actions import SMS_CHANNELS, do_assign, do_get_or_create_team, do_post_message, do_record_delivery
 from hub.attachments import AttachmentTooLarge
 from hub.core import Author, Channel, DeliveryReceipt, Direction, InboundMessage, QuickReply
@@ -116,7 +116,10 @@ async def customer_language(session: AsyncSession, msg: Message, typed: str) -> 
 
 
 class SmsSteps:
-    """Worker steps for stored inbound SMS (registered on ``message.received``)."""
+    """Worker steps for stored inbound SMS (registered on ``message.received``,
+    before the bot's step: a compliance keyword is marked
+    ``extras[KEYWORD_HANDLED]`` by the time the bot looks, and the bot leaves it
+    alone)."""
 
     def __init__(self, service: TwilioService) -> None:
         self.service = service
@@ -144,9 +147,11 @@ class SmsSteps:
             kind = classify_keyword(typed)
             if kind is None:
                 return
-            msg.extras = {**extras, "keyword": kind}
             phone = str(extras.get("from") or "")
             language = await customer_language(session, msg, typed)
+            # STOP and HELP are always the hub's to answer (a reply after STOP
+            # would be refused anyway); START unless it was an everyday "Yes".
+            handled = True
             if kind == "stop":
                 changed = await do_set_opt_out(
                     session, phone=phone, sender=sender.key, opted_out=True, source=f"texted {typed.strip()[:40]!r}"
@@ -164,6 +169,8 @@ class SmsSteps:
                 changed = await do_set_opt_out(
                     session, phone=phone, sender=sender.key, opted_out=False, source=f"texted {typed.strip()[:40]!r}"
                 )
+                # A "Yes" that opted nobody back in answers something else (the bot's question).
+                handled = changed or not is_everyday_answer(typed)
                 reply = text_by_language(self.service.tw.opt_out.start_reply, language)
                 if changed:
                     await do_post_message(
@@ -179,6 +186,8 @@ class SmsSteps:
                 reply = text_by_language(self.service.tw.opt_out.help_reply, language)
                 if reply:
                     await do_post_message(session, ticket, body=reply, author=Author.SYSTEM)
+            # Also the mark that the keyword was handled, should the event come again.
+            msg.extras = {**extras, "keyword": kind, KEYWORD_HANDLED: handled}
 
 
 class MediaCopier:

@@ -5,13 +5,21 @@ Twilio called, parse (``channels.twilio_*``), persist, answer TwiML fast."""
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Mapping
 
 from aiohttp import web
 from pydantic import BaseModel
 from twilio.twiml.messaging_response import MessagingResponse
 
 from channels.base import InvalidPayload
-from channels.twilio_common import FormParams, TwilioAccount, verify_signature
+from channels.twilio_common import (
+    FormParams,
+    TwilioAccount,
+    shared_key_id,
+    signature_algorithm,
+    verify_signature,
+)
 from channels.twilio_sms import parse_inbound, parse_status
 from channels.twilio_voice import empty_twiml, parse_call
 from hub.app import HUB, Hub
@@ -22,7 +30,7 @@ from hub.telephony import TwilioService
 from hub.telephony.sms import do_record_receipt, with_quick_reply
 from hub.web.api import API, current_agent, int_param
 from hub.web.registry import ROUTES
-from storage.queries import offered_quick_replies
+from storage.queries import MAX_ID, offered_quick_replies
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +78,28 @@ async def verified_params(request: web.Request, account: TwilioAccount | None) -
     if account is None:
         raise Forbidden("no configured Twilio account or number matches this request")
     settings = request.headers.get("X-Twilio-Webhooks-Signature-Settings")
+    try:
+        signature_algorithm(settings)
+    except InvalidPayload as exc:
+        raise Forbidden(str(exc)) from exc
+    # Signed with the account's auth token, or with the SharedKey the settings name.
+    key_id = shared_key_id(settings)
+    secret = account.auth_token
+    if key_id is not None:
+        found = _service(request.app[HUB]).shared_key(key_id, account)
+        if found is None:
+            raise Forbidden(
+                f"the webhook is signed with SharedKey {key_id[:100]!r}, which is not configured for Twilio account "
+                f"{account.account_sid}: add it to twilio.shared_keys with the environment variable holding its secret"
+            )
+        secret = found
     path = request.rel_url.raw_path_qs
     for url in called_urls(request):
-        if verify_signature(account.auth_token, [url], params, signature, settings):
+        if verify_signature(secret, [url], params, signature, settings):
             return params, url[: len(url) - len(path)]
     raise Forbidden(
-        "X-Twilio-Signature does not match: check server.public_url (HUB_PUBLIC_URL) is the URL set in Twilio, "
+        f"X-Twilio-Signature does not match{f' (SharedKey {key_id[:100]!r})' if key_id else ''}: "
+        "check server.public_url (HUB_PUBLIC_URL) is the URL set in Twilio, "
         "and server.trusted_proxies when a reverse proxy is in front"
     )
 
@@ -157,8 +181,9 @@ async def twilio_sms_status(request: web.Request) -> web.StreamResponse:
         raise BadRequest(str(exc)) from exc
     if receipt is None:
         return web.Response(status=204)
+    _callback_ids(request.query)
     raw_id = request.query.get("message", "")
-    message_id = int(raw_id) if raw_id.isdigit() else None
+    message_id = _query_int(raw_id, "message") if raw_id else None
     async with hub.db.write() as session:
         found = await do_record_receipt(session, service, receipt, message_id=message_id)
     if found is None:
@@ -248,9 +273,23 @@ async def twilio_voice_step(request: web.Request) -> web.StreamResponse:
 
 
 def _query_int(raw: str | None, name: str) -> int:
-    if not raw or not raw.isdigit():
-        raise BadRequest(f"query parameter {name} must be an id")
+    """An id the hub put in a callback URL: ASCII digits (``str.isdigit`` also
+    takes "²", which ``int`` refuses) within the database's range."""
+    if not raw or re.fullmatch(r"[0-9]{1,19}", raw) is None or int(raw) > MAX_ID:
+        raise BadRequest(
+            f"query parameter {name} must be an id (a whole number up to {MAX_ID}), not {(raw or '')[:40]!r}"
+        )
     return int(raw)
+
+
+def _callback_ids(query: Mapping[str, str]) -> None:
+    """The ids the hub put in a status callback's URL (``message``, a campaign's
+    recipient) are read further on wherever ``str.isdigit`` says they are
+    numbers: one that says so without being an id the database can hold is
+    refused here, naming it."""
+    for name, value in query.items():
+        if value.isdigit():
+            _query_int(value, name)
 
 
 # --- agents: calls ------------------------------------------------------------------------

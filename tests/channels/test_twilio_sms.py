@@ -4,13 +4,21 @@ local fake (opt-outs never reach it; Twilio's errors become statuses)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Mapping
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from twilio.request_validator import RequestValidator
 
 from channels.base import SEND_ATTEMPT, InvalidPayload
-from channels.twilio_common import FormParams, TwilioAccount, error_reason, verify_signature
+from channels.twilio_common import (
+    FormParams,
+    TwilioAccount,
+    error_reason,
+    shared_key_id,
+    signature_algorithm,
+    verify_signature,
+)
 from channels.twilio_sms import (
     MAX_BODY_CHARS,
     SmsSender,
@@ -96,6 +104,13 @@ def test_local_numbers_are_read_in_the_default_region() -> None:
         ({"From": "12"}, "From"),
         ({"NumMedia": "x"}, "NumMedia"),
         ({"NumMedia": "1"}, "MediaUrl0"),
+        # str.isdigit takes these; int() refuses the first and reads the second.
+        ({"NumMedia": "²"}, "NumMedia"),
+        ({"NumMedia": "٣"}, "NumMedia"),
+        ({"NumMedia": "11"}, "NumMedia"),
+        ({"NumMedia": "9" * 30}, "NumMedia"),
+        # "$" matches before a final newline: this would be another id.
+        ({"MessageSid": "SM" + "a" * 32 + "\n"}, "not a Twilio SID"),
     ],
 )
 def test_bad_inbound_parameters_are_named(change: dict[str, str], needle: str) -> None:
@@ -144,6 +159,8 @@ def test_status_callbacks_become_receipts_with_readable_reasons() -> None:
     assert parse_status(params(MessageSid=sid, SmsStatus="received")) is None
     with pytest.raises(InvalidPayload, match="MessageStatus"):
         parse_status(params(MessageSid=sid, MessageStatus="exploded"))
+    with pytest.raises(InvalidPayload, match="not a Twilio SID"):
+        parse_status(params(MessageSid=sid + "\n", MessageStatus="delivered"))
     assert "99999" in error_reason("99999", "something new")
 
 
@@ -190,6 +207,25 @@ def test_signature_is_checked_with_twilios_validator() -> None:
     # A parameter Twilio added without notice is part of what is signed.
     extra = {**form, "NewParam": "1"}
     assert verify_signature(TOKEN, [url], FormParams(extra.items()), sign(TOKEN, url, extra))
+
+
+def test_a_sharedkey_signature_is_checked_with_the_keys_secret() -> None:
+    url = "https://hub.example.com/webhooks/twilio/sms"
+    form = {"From": CUSTOMER, "Body": "hello"}
+    p = FormParams(form.items())
+    settings = "key=webhooks_sharedkey_abc,algorithm=HMAC_SHA256"
+    signed = RequestValidator("shared-secret").compute_signature(url, form, "HMAC_SHA256")
+    assert shared_key_id(settings) == "webhooks_sharedkey_abc"
+    assert shared_key_id("algorithm=HMAC_SHA256") is None
+    assert shared_key_id(None) is None
+    assert signature_algorithm(settings) == "HMAC_SHA256"
+    assert signature_algorithm(None) == "HMAC_SHA1"
+    with pytest.raises(InvalidPayload, match="HMAC_SHA512"):
+        signature_algorithm("key=k,algorithm=HMAC_SHA512")
+    assert verify_signature("shared-secret", [url], p, signed, settings)
+    assert not verify_signature(TOKEN, [url], p, signed, settings)
+    # The same secret with the other algorithm is another signature.
+    assert not verify_signature("shared-secret", [url], p, signed, "key=webhooks_sharedkey_abc")
 
 
 # --- sending against the fake --------------------------------------------------------------
@@ -311,8 +347,8 @@ async def test_a_retry_after_no_answer_does_not_send_twice(fake: FakeTwilio) -> 
     sender = SmsSender(inbox="sms", account=TwilioAccount(ACCOUNT, TOKEN), number=NUMBER)
     claimed: set[str] = set()
 
-    async def known(sids: Collection[str]) -> set[str]:
-        return claimed & set(sids)
+    async def known(sids: Collection[str]) -> Mapping[str, int | None]:
+        return {sid: 99 for sid in claimed & set(sids)}  # another message's
 
     chan = TwilioSmsChannel(
         [sender], MemoryLedger(), api_base_url=fake.base_url, public_url=None, timeout=0.3, known_sids=known
@@ -355,6 +391,47 @@ async def test_a_retry_after_no_answer_does_not_send_twice(fake: FakeTwilio) -> 
         before = len(fake.requests)
         await chan.send(outbound("First try"))
         assert [r.method for r in fake.requests[before:]] == ["POST"]
+    finally:
+        await chan.close()
+
+
+async def test_a_retry_takes_the_sid_a_status_callback_already_gave_its_own_message(fake: FakeTwilio) -> None:
+    """Twilio's "queued" callback reached the hub while the send itself got no
+    answer: the message holds the SID already. The retry is that send, not a
+    new one, and never another message's."""
+    sender = SmsSender(inbox="sms", account=TwilioAccount(ACCOUNT, TOKEN), number=NUMBER)
+    owners: dict[str, int | None] = {}
+
+    async def known(sids: Collection[str]) -> Mapping[str, int | None]:
+        return {sid: owners[sid] for sid in sids if sid in owners}
+
+    chan = TwilioSmsChannel(
+        [sender], MemoryLedger(), api_base_url=fake.base_url, public_url=None, timeout=0.3, known_sids=known
+    )
+    since = datetime.now(UTC)
+    try:
+        fake.stall_next(1.0)
+        assert (await chan.send(outbound("Only once"))).retryable
+        (taken,) = fake.messages
+        owners[str(taken["sid"])] = 7  # outbound()'s message id: the callback recorded it
+        again = await chan.send(retry_of(outbound("Only once"), since))
+        assert (again.status, again.external_id) == (DeliveryStatus.SENT, taken["sid"])
+        assert "not sent again" in (again.reason or "")
+        assert len(fake.messages) == 1
+        # Of two attempts Twilio took, the one the message already holds is its send.
+        fake.stall_next(1.0)
+        assert (await chan.send(outbound("Only once"))).retryable
+        newer = fake.messages[-1]
+        owners.clear()
+        owners[str(newer["sid"])] = 7
+        mine = await chan.send(retry_of(outbound("Only once"), since))
+        assert mine.external_id == newer["sid"]
+        # The same SID held by another message (or a campaign's send) is not ours.
+        owners[str(newer["sid"])] = 8
+        owners[str(taken["sid"])] = None
+        other = await chan.send(retry_of(outbound("Only once"), since))
+        assert other.status is DeliveryStatus.SENT and other.external_id not in (taken["sid"], newer["sid"])
+        assert len(fake.messages) == 3
     finally:
         await chan.close()
 

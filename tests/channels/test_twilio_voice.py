@@ -138,6 +138,34 @@ def test_call_parameters() -> None:
         parse_call(FormParams({"CallSid": "CA" + "1" * 32, "CallDuration": "long"}.items()))
 
 
+def test_nul_characters_are_dropped_from_what_is_stored() -> None:
+    # PostgreSQL refuses NUL in text: a caller stored with one was a 500.
+    call = parse_call(
+        FormParams({"CallSid": "CA" + "1" * 32, "From": "sip:a\x00b@x", "CallerName": "An\x00na"}.items())
+    )
+    assert (call.caller, call.caller_name) == ("sip:ab@x", "Anna")
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        # str.isdigit (after stripping minuses) takes these; int() refuses them or overflows the database.
+        ({"CallDuration": "--5"}, "CallDuration"),
+        ({"CallDuration": "²"}, "CallDuration"),
+        ({"RecordingDuration": "9" * 30}, "RecordingDuration"),
+        ({"SequenceNumber": "5\n"}, "SequenceNumber"),
+        # "$" matches before a final newline: another id for the same call.
+        ({"CallSid": "CA" + "1" * 32 + "\n"}, "CallSid"),
+        ({"CallSid": "CA-anything"}, "CallSid"),
+        ({"ParentCallSid": "CA" + "2" * 32 + "\n"}, "ParentCallSid"),
+        ({"RecordingSid": "RE" + "3" * 31}, "RecordingSid"),
+    ],
+)
+def test_odd_numbers_and_ids_are_named(change: dict[str, str], needle: str) -> None:
+    with pytest.raises(InvalidPayload, match=needle):
+        parse_call(FormParams({"CallSid": "CA" + "1" * 32, "From": "+15557654321", **change}.items()))
+
+
 @pytest.mark.parametrize(
     "sent_from",
     [
