@@ -25,7 +25,13 @@ def utcnow() -> datetime:
 def _to_utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
         raise ValueError("timestamp must be timezone-aware")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        # 9999-12-31T23:59:59-05:00 is in year 10000 in UTC. Pydantic turns a
+        # ValueError into a validation error naming the field; an
+        # OverflowError it lets through, as a server error.
+        raise ValueError("timestamp is out of range once converted to UTC") from exc
 
 
 UTCDateTime = Annotated[datetime, AfterValidator(_to_utc)]

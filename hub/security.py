@@ -3,12 +3,17 @@ failed logins."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import ipaddress
+import logging
+import math
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
+import redis.asyncio as aioredis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeSerializer
@@ -18,6 +23,8 @@ from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from hub.errors import TooManyRequests
+
+log = logging.getLogger(__name__)
 
 _hasher = PasswordHasher()
 
@@ -104,7 +111,18 @@ class LoginThrottle:
     address, and per client address alone: a guesser is slowed to a handful
     of tries per account, while a colleague's typos at the same office
     address do not lock anyone else out. Counts live in Redis when the hub
-    has it (every web process sees them), else in the process."""
+    has it (every web process sees them), else in the process.
+
+    A try is counted before its password is checked, not after: the check
+    (Argon2) is slow, so guesses sent in parallel would all be checked before
+    the first of them was counted. While it is checked, a try is *in flight*
+    (kept apart from the failures, so a login that succeeds leaves nothing
+    behind); a try is refused when the failures in the window plus the tries
+    in flight, itself included, exceed the limit. In Redis the tries in
+    flight are a sorted set per key, each try a member that lapses after
+    ``IN_FLIGHT_SECONDS`` should its process die before taking it back."""
+
+    IN_FLIGHT_SECONDS = 60.0
 
     def __init__(
         self,
@@ -114,33 +132,112 @@ class LoginThrottle:
         per_address: str = "100/15 minutes",
     ) -> None:
         storage: Storage
+        self._redis: aioredis.Redis | None = None
         if redis_url:
             uri = redis_url.replace("rediss://", "async+rediss://", 1).replace("redis://", "async+redis://", 1)
             storage = RedisStorage(uri, implementation="redispy", key_prefix="crm-hub-login")
+            self._redis = aioredis.Redis.from_url(redis_url)
         else:
             storage = MemoryStorage()
         self._storage = storage
         self._limiter = MovingWindowRateLimiter(storage)
         self._account: RateLimitItem = parse(per_account)
         self._address: RateLimitItem = parse(per_address)
+        #: Tries in flight per key, when the counts live in this process.
+        self._in_flight: dict[str, int] = {}
 
     def _keys(self, email: str, address: str) -> list[tuple[RateLimitItem, tuple[str, ...]]]:
         return [(self._account, ("account", email.strip().lower(), address)), (self._address, ("address", address))]
 
-    async def check(self, email: str, address: str) -> None:
-        """Refuse before the password is even checked once the window is full."""
-        for item, key in self._keys(email, address):
-            if not await self._limiter.test(item, *key):
+    @contextlib.asynccontextmanager
+    async def attempt(self, email: str, address: str) -> AsyncIterator[LoginAttempt]:
+        """One login try, counted for as long as the block runs: refused
+        (:class:`TooManyRequests`) on entry when the window is full; call
+        :meth:`LoginAttempt.failed` in the block when the password was wrong."""
+        keys = self._keys(email, address)
+        token = secrets.token_hex(8)
+        held: list[str] = []
+        try:
+            refused_for: float | None = None
+            for item, key in keys:
+                name = "/".join(key)
+                in_flight = await self._take(name, token)
+                held.append(name)
                 stats = await self._limiter.get_window_stats(item, *key)
+                failures = item.amount - stats.remaining
+                if failures + in_flight > item.amount:
+                    # A full window frees up when its oldest failure lapses;
+                    # tries in flight are over in about a second.
+                    wait = stats.reset_time - time.time() if failures >= item.amount else 1.0
+                    refused_for = max(refused_for or 0.0, wait)
+            if refused_for is not None:
                 raise TooManyRequests(
-                    "too many failed logins from this address; try again later",
-                    retry_after=stats.reset_time - time.time(),
+                    "too many failed logins from this address; try again later", retry_after=refused_for
                 )
+            yield LoginAttempt(self._limiter, keys)
+        finally:
+            await self._give_back(held, token)
 
-    async def failed(self, email: str, address: str) -> None:
-        for item, key in self._keys(email, address):
-            await self._limiter.hit(item, *key)
+    async def _take(self, name: str, token: str) -> int:
+        """Count a try in flight under ``name``; how many are now, itself included."""
+        if self._redis is None:
+            self._in_flight[name] = self._in_flight.get(name, 0) + 1
+            return self._in_flight[name]
+        now = time.time()
+        key = f"crm-hub-login:in-flight:{name}"
+        # One transaction: no other try can count in between.
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(key, "-inf", now)
+            pipe.zadd(key, {token: now + self.IN_FLIGHT_SECONDS})
+            pipe.zcard(key)
+            pipe.expire(key, math.ceil(self.IN_FLIGHT_SECONDS) + 1)
+            _, _, count, _ = await pipe.execute()
+        return int(count)
+
+    async def _give_back(self, names: list[str], token: str) -> None:
+        """The try is over: no longer in flight under any of ``names``."""
+        if self._redis is None:
+            for name in names:
+                left = self._in_flight.get(name, 0) - 1
+                if left > 0:
+                    self._in_flight[name] = left
+                else:
+                    self._in_flight.pop(name, None)
+            return
+        if not names:
+            return
+        redis = self._redis
+
+        async def remove() -> None:
+            async with redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.zrem(f"crm-hub-login:in-flight:{name}", token)
+                await pipe.execute()
+
+        try:
+            # Shielded: a request cancelled here must still give its try back.
+            await asyncio.shield(remove())
+        except Exception:
+            # It lapses by itself after IN_FLIGHT_SECONDS.
+            log.warning("could not take back a login try in flight", exc_info=True)
 
     async def close(self) -> None:
         if isinstance(self._storage, RedisStorage) and isinstance(self._storage.bridge, RedispyBridge):
             await self._storage.bridge.storage.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+
+class LoginAttempt:
+    """A login try in flight (:meth:`LoginThrottle.attempt`)."""
+
+    def __init__(self, limiter: MovingWindowRateLimiter, keys: list[tuple[RateLimitItem, tuple[str, ...]]]) -> None:
+        self._limiter = limiter
+        self._keys = keys
+
+    async def failed(self) -> None:
+        """The password was wrong: a failure in every window. Called inside
+        the block, so it is recorded before the try stops being in flight:
+        at no moment does the try count as neither."""
+        for item, key in self._keys:
+            await self._limiter.hit(item, *key)

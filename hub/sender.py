@@ -10,7 +10,10 @@ letting a send that went through lapse back into the queue. Retryable
 failures go back to ``queued`` with exponential backoff and jitter; the rest
 end ``failed`` with the reason. A sweeper picks up due retries and rows whose
 sender died mid-send (lease expired). Within a ticket, messages go out in the
-order they were written.
+order they were written; so a row that can never go out must end ``failed``
+rather than wait for ever, or it holds back every later reply of its ticket:
+one that cannot be made into an :class:`OutboundMessage` fails at once, and
+one claimed more than ``send_max_attempts`` times fails without another try.
 
 A claim is known by the ``attempts`` number it set: every write a sender makes
 under its claim (renewal, record, requeue) names that number, so a sender that
@@ -36,6 +39,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import ColumnElement, and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -46,12 +50,9 @@ from hub.channel_actions import do_set_reachability
 from hub.config import WorkersConfig
 from hub.core import (
     IDENTITY_OF_CHANNEL,
-    Attachment,
-    Author,
     Channel,
     DeliveryStatus,
     OutboundMessage,
-    QuickReply,
     SendResult,
     TicketEventKind,
     utcnow,
@@ -64,6 +65,7 @@ from storage.views import message_view
 log = logging.getLogger(__name__)
 
 UNSENT = (DeliveryStatus.QUEUED.value, DeliveryStatus.SENDING.value)
+CHANNELS = frozenset(c.value for c in Channel)
 
 #: Pauses between tries to save a send's outcome: short at first (a dropped
 #: connection is usually back at once), doubling up to the cap.
@@ -98,6 +100,15 @@ def held_by(msg: Message) -> ColumnElement[bool]:
         Message.status == DeliveryStatus.SENDING.value,
         Message.attempts == msg.attempts,
     )
+
+
+def _problem(exc: Exception) -> str:
+    """What is wrong, briefly: each invalid field with pydantic's message."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(message)'}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+    return f"{type(exc).__name__}: {exc}"
 
 
 class TokenBucket:
@@ -170,7 +181,7 @@ class Sender:
         if row is None:
             return
         async with self._holding(row):
-            result = await self._send(row)
+            result = self._worn_out(row) or await self._send(row)
             # None: requeued to wait for its send rate.
             next_id = None if result is None else await self._record_surely(row, result)
         if next_id is not None:
@@ -260,9 +271,30 @@ class Sender:
             )
             return renewed.scalar_one_or_none() is not None
 
+    def _worn_out(self, msg: Message) -> SendResult | None:
+        """A failure without a send for a claim past ``send_max_attempts``.
+        Recorded attempts stop there (:meth:`_record` retries only below it),
+        so this claim follows ones that never recorded anything: their sender
+        died or gave up saving, or the send itself raised. Without this, such
+        a message would go round ``sending`` -> ``queued`` for ever, and every
+        later reply of its ticket would wait behind it."""
+        if msg.attempts <= self.config.send_max_attempts:
+            return None
+        log.error(
+            "a message's sends never finished; giving up on it",
+            extra={"channel": msg.channel, "message_id": msg.id, "attempt": msg.attempts},
+        )
+        return SendResult(
+            status=DeliveryStatus.FAILED,
+            reason=f"gave up after {msg.attempts - 1} attempts, the last of which never finished "
+            "(the sender stopped mid-send; the message may or may not have gone out)",
+        )
+
     async def _send(self, msg: Message) -> SendResult | None:
         """The channel's answer, or None when the message went back to the
         queue to wait for a token of its inbox's send rate."""
+        if msg.channel not in CHANNELS:
+            return SendResult(status=DeliveryStatus.FAILED, reason=f"unknown channel {msg.channel!r}")
         adapter = self.channels.get(Channel(msg.channel))
         if adapter is None:
             return SendResult(
@@ -271,24 +303,27 @@ class Sender:
         recipient = (msg.extras or {}).get("recipient")
         if not recipient:
             return SendResult(status=DeliveryStatus.FAILED, reason="the message has no recipient address")
-        out = OutboundMessage(
-            message_id=msg.id,
-            ticket_id=msg.ticket_id,
-            channel=Channel(msg.channel),
-            inbox=self._inbox_keys.get(msg.inbox_id, ""),
-            recipient=str(recipient),
-            body=msg.body,
-            author=Author(msg.author),
-            attachments=tuple(Attachment.model_validate(a) for a in msg.attachments or []),
-            subject=msg.subject,
-            quick_replies=tuple(QuickReply.model_validate(q) for q in (msg.extras or {}).get("quick_replies", [])),
-            extras={
-                "created_at": msg.created_at.isoformat(),
-                SEND_ATTEMPT: msg.attempts,
-                SEND_PARTS: list((msg.extras or {}).get(SEND_PARTS, [])),
-                **await self._context(msg),
-            },
-        )
+        try:
+            context = await self._context(msg)
+        except Exception as exc:
+            # Nothing was sent: trying again later is safe, and counts as an attempt.
+            log.exception("could not prepare a send", extra={"channel": msg.channel, "message_id": msg.id})
+            return SendResult(
+                status=DeliveryStatus.FAILED,
+                reason=f"could not prepare the send: {type(exc).__name__}: {exc}",
+                retryable=True,
+            )
+        try:
+            out = self._outbound(msg, str(recipient), context)
+        except (ValueError, TypeError) as exc:
+            # The stored row itself is wrong (written by an older version, or
+            # let through by a check that was looser than this one): trying
+            # again cannot help, and a failure frees the ticket's later replies.
+            log.warning(
+                "a stored message cannot be sent", exc_info=True, extra={"channel": msg.channel, "message_id": msg.id}
+            )
+            reason = f"the stored message cannot be sent: {_problem(exc)}"
+            return SendResult(status=DeliveryStatus.FAILED, reason=reason)
         if not await self._pace(msg, adapter):
             return None
         try:
@@ -337,6 +372,31 @@ class Sender:
                 )
                 .execution_options(synchronize_session=False)
             )
+
+    def _outbound(self, msg: Message, recipient: str, context: dict[str, Any]) -> OutboundMessage:
+        """The stored row as the channel gets it. Validated as a whole, so an
+        error names its field (``attachments.0.size``)."""
+        extras = msg.extras or {}
+        return OutboundMessage.model_validate(
+            {
+                "message_id": msg.id,
+                "ticket_id": msg.ticket_id,
+                "channel": msg.channel,
+                "inbox": self._inbox_keys.get(msg.inbox_id, ""),
+                "recipient": recipient,
+                "body": msg.body,
+                "author": msg.author,
+                "attachments": msg.attachments or (),
+                "subject": msg.subject,
+                "quick_replies": extras.get("quick_replies", ()),
+                "extras": {
+                    "created_at": msg.created_at.isoformat(),
+                    SEND_ATTEMPT: msg.attempts,
+                    SEND_PARTS: list(extras.get(SEND_PARTS, [])),
+                    **context,
+                },
+            }
+        )
 
     async def _context(self, msg: Message) -> dict[str, Any]:
         hook = self.context.get(Channel(msg.channel))

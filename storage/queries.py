@@ -6,7 +6,7 @@ import base64
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, func, literal, or_, select, union_all
@@ -53,13 +53,18 @@ def cursor_id(value: Any) -> int:
 
 
 def _cursor_time(value: Any) -> datetime:
+    """A time from a cursor, in UTC. Converted here, where a time that leaves
+    the calendar on the way (``9999-12-31T23:59:59-05:00``) is a bad cursor,
+    rather than where the query binds it, as a server error."""
     try:
         parsed = datetime.fromisoformat(str(value))
-    except ValueError as exc:
+        # A naive time would be taken as the server's local time: refused below.
+        at = None if parsed.utcoffset() is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
         raise BadCursor("cursor is not one this API issued") from exc
-    if parsed.tzinfo is None:
+    if at is None:
         raise BadCursor("cursor is not one this API issued")
-    return parsed
+    return at
 
 
 @dataclass

@@ -25,7 +25,7 @@ from hub.actions import (
     do_set_status,
 )
 from hub.app import HUB
-from hub.core import Author, Role, TicketStatus
+from hub.core import Author, Channel, Role, TicketStatus
 from hub.errors import BadRequest, Forbidden, NotFound, Unauthorized, ValidationFailed
 from hub.router import check_team_names
 from hub.security import client_address
@@ -57,6 +57,7 @@ from storage.views import agent_view, message_view, team_view
 
 API = "/api/v1"
 MAX_PAGE = 200
+CHANNELS = tuple(c.value for c in Channel)
 
 
 def bearer_token(request: web.Request) -> str:
@@ -117,6 +118,16 @@ def _csv(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
+def channel_filter(request: web.Request) -> list[str]:
+    """The ``channel`` query parameter: comma-separated channels, each a known one
+    (an unknown one would match no ticket, and the list come back empty)."""
+    channels = _csv(request.query.get("channel"))
+    for c in channels:
+        if c not in CHANNELS:
+            raise BadRequest(f"channel {c[:40]!r} is not one of {', '.join(CHANNELS)}")
+    return channels
+
+
 async def _paged(coro: Any) -> web.Response:
     try:
         items, next_cursor = await coro
@@ -144,14 +155,14 @@ async def create_token(request: web.Request) -> web.Response:
     # Credentials are checked outside the write transaction: the password hash
     # is slow, and on SQLite every other write would wait for it.
     # Guessing passwords is slowed per account and address (Argon2 alone still
-    # lets a few threads try many a second); the counts are of failures only.
+    # lets a few threads try many a second); the counts are of failures, and
+    # of tries still being checked, so parallel guesses are held to it too.
     address = client_address(request.remote, request.headers.get("X-Forwarded-For"), hub.config.server.trusted_proxies)
-    await hub.login_throttle.check(body.email, address)
-    async with hub.db.read() as session:
+    async with hub.login_throttle.attempt(body.email, address) as attempt, hub.db.read() as session:
         try:
             agent = await check_login(session, body.email, body.password)
         except Unauthorized:
-            await hub.login_throttle.failed(body.email, address)
+            await attempt.failed()
             raise
     async with hub.db.write() as session:
         token = await do_issue_token(session, agent.id, hub.config.auth.token_ttl_hours)
@@ -274,7 +285,7 @@ async def list_tickets(request: web.Request) -> web.Response:
     for s in statuses:
         if s not in {t.value for t in TicketStatus}:
             raise BadRequest(f"status {s!r} is not one of open, pending, snoozed, resolved")
-    f = queries.TicketFilter(status=statuses, channel=_csv(q.get("channel")), label=q.get("label") or None)
+    f = queries.TicketFilter(status=statuses, channel=channel_filter(request), label=q.get("label") or None)
     assignee = q.get("assignee")
     if assignee == "me":
         f.assignee_id = agent.id

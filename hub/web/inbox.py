@@ -24,7 +24,7 @@ from hub.inbox import (
     do_save_canned,
     do_set_priority,
 )
-from hub.web.api import API, _csv, _ticket_out, current_agent, int_param, page_limit
+from hub.web.api import API, _csv, _ticket_out, channel_filter, current_agent, int_param, page_limit
 from hub.web.registry import ROUTES, parse_body
 from hub.web.schemas import TicketListItem, TicketOut, _In, _Out
 from storage import inbox as inbox_queries
@@ -206,7 +206,7 @@ def _statuses(request: web.Request, default: str = "open") -> list[str]:
     query={
         "view": "mine (default), unassigned, teams (the agent's teams), all (admins)",
         "status": "comma-separated: open, pending, snoozed, resolved (default: open; empty: any)",
-        "channel": "comma-separated channels",
+        "channel": "comma-separated channels (webchat, sms, voice, email, telegram)",
         "label": "a label",
         "priority": "comma-separated: low, normal, high, urgent",
         "q": "text in the subject, the contact's name or any message",
@@ -230,7 +230,7 @@ async def inbox_tickets(request: web.Request) -> web.Response:
             raise BadRequest(f"priority {p!r} is not one of low, normal, high, urgent")
     f = queries.TicketFilter(
         status=_statuses(request),
-        channel=_csv(q.get("channel")),
+        channel=channel_filter(request),
         label=q.get("label") or None,
         priority=priorities,
         text=(q.get("q") or "").strip() or None,

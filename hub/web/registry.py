@@ -5,9 +5,10 @@ registered route is documented)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -31,7 +32,11 @@ class Operation:
     body: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     status: int = 200
-    query: dict[str, str] = field(default_factory=dict)
+    #: The query parameters, each with its description. Declared (even as
+    #: ``{}``), they are all the route takes: any other is refused with a 400
+    #: naming it, so a misspelt filter is not silently ignored. Left out
+    #: (None), the query is not checked.
+    query: dict[str, str] | None = None
     content_type: str = "application/json"
     websocket: bool = False
     errors: tuple[int, ...] = ()
@@ -53,17 +58,58 @@ class Registry:
     def install(self, app: web.Application, *, web_routes: bool = True) -> None:
         for op in self.operations:
             if web_routes or op.everywhere:
-                app.router.add_route(op.method, op.path, op.handler)
+                app.router.add_route(op.method, op.path, _checking_query(op))
+
+
+#: Routes that document their query but do not refuse others: the Twilio
+#: status callback hands its whole query to the receipt handlers (the
+#: campaigns' reads ``campaign_recipient``), and a provider's callback refused
+#: with a 400 is a receipt lost, never retried.
+QUERY_UNCHECKED = frozenset({("POST", "/webhooks/twilio/sms/status")})
+
+
+def _checking_query(op: Operation) -> Handler:
+    """``op``'s handler, refusing a query parameter the route does not declare."""
+    if op.query is None or (op.method, op.path) in QUERY_UNCHECKED:
+        return op.handler
+    known = frozenset(op.query)
+    takes = f"it takes {', '.join(op.query)}" if op.query else "it takes none"
+    handler = op.handler
+
+    @functools.wraps(handler)
+    async def checked(request: web.Request) -> web.StreamResponse:
+        unknown = sorted({name[:40] for name in request.query if name not in known})
+        if unknown:
+            message = "not a query parameter of this endpoint"
+            raise BadRequest(
+                f"unknown query parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: {takes}",
+                details=[{"field": name, "message": message} for name in unknown],
+            )
+        return await handler(request)
+
+    return checked
+
+
+#: How deep a request body may nest arrays and objects. None of ours goes
+#: past a handful of levels; the cap keeps the recursive walks over a body
+#: (the NUL check, validation) well inside Python's recursion limit.
+MAX_BODY_DEPTH = 64
 
 
 async def parse_body(request: web.Request, model: type[M]) -> M:
     """Read and validate a JSON body; errors name the offending field."""
     if not request.can_read_body:
         raise BadRequest("a JSON body is required")
+    too_deep = f"body nests arrays and objects more than {MAX_BODY_DEPTH} levels deep"
     try:
         raw = await request.json(loads=json.loads)
+    except RecursionError as exc:
+        # json.loads recurses once per level: some thousand levels exhaust the stack.
+        raise BadRequest(too_deep) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from exc
+    if _depth_over(raw, MAX_BODY_DEPTH):
+        raise BadRequest(too_deep)
     where = _nul_at(raw)
     if where is not None:
         # PostgreSQL refuses it in text and JSON: a 422 naming the field, not a 500 at the write.
@@ -76,6 +122,24 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
         details = [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]} for e in exc.errors()]
         summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
         raise ValidationFailed(f"invalid request body: {summary}", details=details) from exc
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than ``limit`` levels in ``value``
+    (without recursion: the point is not to need the stack)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _nul_at(value: Any, path: str = "") -> str | None:
@@ -149,7 +213,7 @@ def openapi(registry: Registry, *, title: str, version: str, server_url: str) ->
         ]
         params += [
             {"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": desc}
-            for name, desc in op.query.items()
+            for name, desc in (op.query or {}).items()
         ]
         if params:
             item["parameters"] = params
@@ -172,6 +236,8 @@ def openapi(registry: Registry, *, title: str, version: str, server_url: str) ->
             codes.add(403)
         if op.body is not None:
             codes |= {400, 413, 422}
+        if op.query is not None:
+            codes.add(400)  # a query parameter it does not take
         for code in sorted(codes):
             item["responses"][str(code)] = {
                 "description": _STATUS_TEXT.get(code, "Error"),

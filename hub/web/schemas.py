@@ -82,8 +82,9 @@ class TeamList(_Out):
 
 
 class AttachmentIn(Attachment):
-    # Stored as JSON, which holds 64-bit integers at most.
-    size: int | None = Field(default=None, ge=0, le=MAX_ID)
+    """An attachment of a reply, with the core type's limits and none looser
+    (``size`` at most 2**53 - 1): the sender turns the stored reply into an
+    ``OutboundMessage``, so what is accepted here must pass there."""
 
 
 class MessageIn(_In):

@@ -167,7 +167,10 @@ async def twilio_sms(request: web.Request) -> web.StreamResponse:
     auth=False,
     content_type="text/plain",
     status=204,
-    query={"message": "the hub's message id, put there by the hub when it sent the message"},
+    query={
+        "message": "the hub's message id, put there by the hub when it sent the message",
+        "campaign_recipient": "a campaign recipient's id, put there by the campaign runner when it sent the message",
+    },
     errors=(400, 403, 404),
 )
 async def twilio_sms_status(request: web.Request) -> web.StreamResponse:

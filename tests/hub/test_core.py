@@ -52,6 +52,20 @@ def test_timestamps_must_carry_a_zone_and_become_utc() -> None:
     assert at == datetime(2026, 1, 1, tzinfo=UTC) and at.utcoffset() == timedelta(0)
 
 
+@pytest.mark.parametrize(
+    "at",
+    [
+        datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(-timedelta(hours=5))),
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5))),
+    ],
+)
+def test_a_timestamp_outside_the_calendar_in_utc_is_a_validation_error(at: datetime) -> None:
+    # Not an OverflowError, which pydantic lets through (the API's 500).
+    with pytest.raises(ValidationError, match="out of range") as refused:
+        DeliveryReceipt(channel=Channel.SMS, external_id="SM1", status=DeliveryStatus.SENT, at=at)
+    assert refused.value.errors()[0]["loc"] == ("at",)
+
+
 def test_attachment_size_stays_a_number_a_browser_reads_exactly() -> None:
     assert Attachment(url="https://x/1.png", size=2**53 - 1).size == 2**53 - 1
     for bad in (-1, 2**53, 2**64):

@@ -3,7 +3,9 @@ the throttle on failed logins, in memory and in Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -59,13 +61,24 @@ def test_trusted_peer_ignores_bad_entries() -> None:
     assert not trusted_peer(None, ["10.0.0.0/8"])
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
-async def test_failed_logins_are_throttled_per_account_and_address(backend: str) -> None:
+async def _on(backend: str) -> AsyncIterator[str | None]:
+    """The throttle's Redis URL for ``backend`` (None: counts in memory)."""
     if backend == "memory":
-        await _throttled(None)
+        yield None
         return
     async for _ in redis_client():  # fails in CI, skips locally, when Redis is absent
-        await _throttled(REDIS_URL)
+        yield REDIS_URL
+
+
+async def _fail(throttle: LoginThrottle, who: str, where: str) -> None:
+    async with throttle.attempt(who, where) as attempt:
+        await attempt.failed()
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_failed_logins_are_throttled_per_account_and_address(backend: str) -> None:
+    async for url in _on(backend):
+        await _throttled(url)
 
 
 async def _throttled(url: str | None) -> None:
@@ -73,17 +86,87 @@ async def _throttled(url: str | None) -> None:
     run = secrets.token_hex(4)
     who, here, there = f"ana-{run}@example.com", f"2001:db8::{run}", f"2001:db8:1::{run}"
     throttle = LoginThrottle(url, per_account="3/15 minutes", per_address="5/15 minutes")
-    for _ in range(3):
-        await throttle.check(who, here)
-        await throttle.failed(who, here)
-    with pytest.raises(TooManyRequests) as refused:
-        await throttle.check(who.upper(), here)
-    assert 1 <= int(refused.value.headers["Retry-After"]) <= 15 * 60
-    # The same account from another address, and another account here, still may try...
-    await throttle.check(who, there)
-    await throttle.check("bob-" + who, here)
-    # ...until the address itself has failed too often.
-    await throttle.failed("bob-" + who, here)
-    await throttle.failed("cy-" + who, here)
-    with pytest.raises(TooManyRequests):
-        await throttle.check("dee-" + who, here)
+    try:
+        for _ in range(3):
+            await _fail(throttle, who, here)
+        with pytest.raises(TooManyRequests) as refused:
+            async with throttle.attempt(who.upper(), here):
+                pass
+        assert 1 <= int(refused.value.headers["Retry-After"]) <= 15 * 60
+        # The same account from another address, and another account here, still may try...
+        async with throttle.attempt(who, there):
+            pass
+        async with throttle.attempt("bob-" + who, here):
+            pass
+        # ...until the address itself has failed too often.
+        await _fail(throttle, "bob-" + who, here)
+        await _fail(throttle, "cy-" + who, here)
+        with pytest.raises(TooManyRequests):
+            async with throttle.attempt("dee-" + who, here):
+                pass
+    finally:
+        await throttle.close()
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_tries_in_flight_count_against_the_limit(backend: str) -> None:
+    """Guesses sent in parallel: only as many are checked at once as the
+    window has room for, and those that fail fill it."""
+    async for url in _on(backend):
+        await _parallel(url)
+
+
+async def _parallel(url: str | None) -> None:
+    run = secrets.token_hex(4)
+    who, here = f"ana-{run}@example.com", f"2001:db8::{run}"
+    throttle = LoginThrottle(url, per_account="3/15 minutes", per_address="100/15 minutes")
+    release = asyncio.Event()
+    entered: list[int] = []
+
+    async def guess(i: int) -> str:
+        try:
+            async with throttle.attempt(who, here) as attempt:
+                entered.append(i)
+                await release.wait()  # the slow password check
+                await attempt.failed()
+        except TooManyRequests:
+            return "refused"
+        return "checked"
+
+    try:
+        tasks = [asyncio.create_task(guess(i)) for i in range(10)]
+        async with asyncio.timeout(30):  # a hang fails the test rather than the run
+            # Until every guess is either checking its password or refused.
+            while len(entered) + sum(t.done() for t in tasks) < 10:
+                await asyncio.sleep(0.01)
+        assert len(entered) == 3
+        release.set()
+        assert sorted(await asyncio.gather(*tasks)) == ["checked"] * 3 + ["refused"] * 7
+        with pytest.raises(TooManyRequests):
+            async with throttle.attempt(who, here):
+                pass
+    finally:
+        release.set()
+        await throttle.close()
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_login_that_succeeds_is_not_counted(backend: str) -> None:
+    async for url in _on(backend):
+        run = secrets.token_hex(4)
+        who, here = f"ana-{run}@example.com", f"2001:db8::{run}"
+        throttle = LoginThrottle(url, per_account="3/15 minutes", per_address="100/15 minutes")
+        try:
+            await _fail(throttle, who, here)
+            await _fail(throttle, who, here)
+            for _ in range(5):  # right passwords: the try is given back
+                async with throttle.attempt(who, here):
+                    pass
+            # A refused try is given back too: it counts neither as a failure nor in flight.
+            await _fail(throttle, who, here)
+            for _ in range(3):
+                with pytest.raises(TooManyRequests):
+                    async with throttle.attempt(who, here):
+                        pass
+        finally:
+            await throttle.close()

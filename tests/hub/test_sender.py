@@ -161,6 +161,81 @@ async def test_unconfigured_channel_fails_with_a_reason(db: Database) -> None:
     assert "not configured" in (m.status_reason or "")
 
 
+async def _second_reply(db: Database, first: int, body: str) -> int:
+    async with db.write() as s:
+        ticket = await s.get(Ticket, (await message(db, first)).ticket_id)
+        assert ticket is not None
+        return (await do_post_message(s, ticket, body=body, author=Author.AGENT)).id
+
+
+async def test_a_stored_reply_that_cannot_be_sent_fails_and_frees_the_next(db: Database) -> None:
+    """A row no OutboundMessage can be made of (here an attachment larger than
+    a browser reads exactly, as the API once let through) fails at once with
+    the field named, instead of going round sending -> queued for ever in
+    front of every later reply of its ticket."""
+    chan = ScriptedChannel()
+    sender = Sender(db, {Channel.WEBCHAT: chan}, FAST)
+    first = await reply(db, "see attached")
+    async with db.write() as s:
+        await s.execute(
+            update(Message)
+            .where(Message.id == first)
+            .values(
+                attachments=[{"url": "/attachments/abc/report.pdf", "content_type": "application/pdf", "size": 2**53}]
+            )
+        )
+    second = await _second_reply(db, first, "a later reply")
+    await sender.deliver(first)
+    m = await message(db, first)
+    assert (m.status, m.attempts) == ("failed", 1)
+    assert "attachments.0.size" in (m.status_reason or "")
+    assert (await message(db, second)).status == "sent"
+    assert [o.body for o in chan.sent] == ["a later reply"]
+
+
+async def test_a_context_that_cannot_be_loaded_is_a_retryable_failure(db: Database) -> None:
+    chan = ScriptedChannel()
+    sender = Sender(db, {Channel.WEBCHAT: chan}, FAST)
+
+    async def broken(session: object, msg: Message) -> dict[str, object]:
+        raise ConnectionResetError("database went away")
+
+    sender.context[Channel.WEBCHAT] = broken
+    mid = await reply(db)
+    await sender.deliver(mid)
+    m = await message(db, mid)
+    assert (m.status, m.status_reason) == (
+        "queued",
+        "could not prepare the send: ConnectionResetError: database went away",
+    )
+    assert chan.sent == []
+    del sender.context[Channel.WEBCHAT]
+    await due_now(db)
+    await sender.sweep_once()
+    assert (await message(db, mid)).status == "sent"
+
+
+async def test_a_message_claimed_past_its_attempts_fails_without_a_send(db: Database) -> None:
+    """Claims that never record an outcome (the sender died, or raised, every
+    time) still count: past send_max_attempts the message fails, and the
+    ticket's later replies go out."""
+    chan = ScriptedChannel()
+    sender = Sender(db, {Channel.WEBCHAT: chan}, FAST)
+    first = await reply(db, "one")
+    second = await _second_reply(db, first, "two")
+    # As the sweeper leaves it when the last allowed claim's lease ran out.
+    async with db.write() as s:
+        await s.execute(
+            update(Message).where(Message.id == first).values(status="queued", attempts=FAST.send_max_attempts)
+        )
+    await sender.deliver(first)
+    m = await message(db, first)
+    assert m.status == "failed"
+    assert f"gave up after {FAST.send_max_attempts} attempts" in (m.status_reason or "")
+    assert (await message(db, second)).status == "sent"
+    assert [o.body for o in chan.sent] == ["two"]
+
+
 # --- pacing ----------------------------------------------------------------------------
 
 
