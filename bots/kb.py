@@ -43,7 +43,7 @@ def languages_for(language: str | None) -> tuple[str, ...]:
     return (language, *FALLBACK_LANGUAGES.get(language, ()))
 
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}\Z")
 MAX_QUESTIONS = 500
 
 

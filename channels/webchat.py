@@ -126,7 +126,7 @@ class WebchatChannel(ChannelAdapter):
 
 # Deliberately loose: one @, something on each side, a dot in the domain. The
 # real check is whether a reply sent there arrives.
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+\Z")
 
 
 class InvalidField(InvalidPayload):

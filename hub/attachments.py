@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from hub.core import Attachment
 
-KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{22}$")
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{22}\Z")
 _UNSAFE = re.compile(r"[^\w.\- ()\[\]]+", re.UNICODE)
 
 

@@ -237,7 +237,7 @@ class AttachmentsConfig(_Section):
 TELEGRAM_TOKEN_ENV = "TELEGRAM_BOT_TOKEN"  # noqa: S105 - the variable's name
 TELEGRAM_SECRET_ENV = "TELEGRAM_WEBHOOK_SECRET"  # noqa: S105 - the variable's name
 # Bot API rule for setWebhook's secret_token.
-_TELEGRAM_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+_TELEGRAM_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}\Z")
 _ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
 
 
@@ -603,8 +603,8 @@ def _phone_region(value: str | None) -> str | None:
     return region
 
 
-_ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
-_SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
+_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -653,7 +653,7 @@ class TwilioSenderConfig(_Section):
     def _service_sid(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        if not _SERVICE_SID.match(value):
+        if not _SERVICE_SID.fullmatch(value):
             raise ValueError("must be a Messaging Service SID: MG followed by 32 hexadecimal characters")
         return value
 
@@ -831,7 +831,7 @@ class TwilioConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> TwilioConfig:
-        if self.account_sid and not _ACCOUNT_SID.match(self.account_sid):
+        if self.account_sid and not _ACCOUNT_SID.fullmatch(self.account_sid):
             raise ValueError("TWILIO_ACCOUNT_SID must be AC followed by 32 hexadecimal characters")
         for what, values in (
             ("inbox", [s.inbox for s in self.senders]),
@@ -850,7 +850,7 @@ class TwilioConfig(_Section):
                     f"senders.{i}: no Twilio credentials; set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN "
                     "(or this sender's account_sid_env / auth_token_env)"
                 )
-            if not _ACCOUNT_SID.match(sid):
+            if not _ACCOUNT_SID.fullmatch(sid):
                 raise ValueError(f"senders.{i}: the account SID must be AC followed by 32 hexadecimal characters")
         accounts = {self.credentials(s)[0] for s in self.senders} | ({self.account_sid} if self.account_sid else set())
         ids = [k.id for k in self.shared_keys]

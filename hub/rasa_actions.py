@@ -22,7 +22,7 @@ from storage.db import Database
 from storage.ingest import dialect_insert
 from storage.models import Contact, Identity, Message, Ticket
 
-_HUB_SENDER = re.compile(r"^hub-contact-(\d+)$")
+_HUB_SENDER = re.compile(r"^hub-contact-(\d+)\Z")
 
 # The slot the actions put the hub's contact id in. action_hub_update_lead
 # reads it back, so every call of one Rasa conversation updates the contact

@@ -3,6 +3,7 @@ call an action or a query, answer."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
@@ -85,13 +86,17 @@ async def require_admin(request: web.Request) -> Agent:
     return agent
 
 
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+
+
 def int_param(request: web.Request, name: str) -> int:
     in_path = name in request.match_info
     raw = request.match_info[name] if in_path else request.query.get(name, "")
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise BadRequest(f"{name} must be an integer, not {raw[:40]!r}") from exc
+    # ASCII digits only: int() also takes " 7", "+7", "7_0" and Arabic-Indic digits, other
+    # spellings of ids that would then name the same resource.
+    if not _INTEGER.fullmatch(raw):
+        raise BadRequest(f"{name} must be an integer, not {raw[:40]!r}")
+    value = int(raw)
     if value < 1:
         # In the path it names a resource that cannot exist; in a query it is a bad filter.
         if in_path:

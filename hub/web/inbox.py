@@ -32,7 +32,7 @@ from storage import queries
 from storage.models import Inbox
 
 STATIC = Path(__file__).resolve().parent.parent / "static" / "inbox"
-ASSET = re.compile(r"^[a-z0-9][a-z0-9_-]*\.(js|css|svg|html)$")
+ASSET = re.compile(r"^[a-z0-9][a-z0-9_-]*\.(js|css|svg|html)\Z")
 CONTENT_TYPES = {
     "js": "text/javascript; charset=utf-8",
     "css": "text/css; charset=utf-8",

@@ -100,16 +100,7 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
     """Read and validate a JSON body; errors name the offending field."""
     if not request.can_read_body:
         raise BadRequest("a JSON body is required")
-    too_deep = f"body nests arrays and objects more than {MAX_BODY_DEPTH} levels deep"
-    try:
-        raw = await request.json(loads=json.loads)
-    except RecursionError as exc:
-        # json.loads recurses once per level: some thousand levels exhaust the stack.
-        raise BadRequest(too_deep) from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from exc
-    if _depth_over(raw, MAX_BODY_DEPTH):
-        raise BadRequest(too_deep)
+    raw = load_json(await request.read())
     where = _nul_at(raw)
     if where is not None:
         # PostgreSQL refuses it in text and JSON: a 422 naming the field, not a 500 at the write.
@@ -122,6 +113,22 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
         details = [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]} for e in exc.errors()]
         summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
         raise ValidationFailed(f"invalid request body: {summary}", details=details) from exc
+
+
+def load_json(body: bytes) -> Any:
+    """A request body as JSON, or a 400 saying why not (malformed, or nested
+    deeper than ``MAX_BODY_DEPTH``, which would exhaust the stack further on)."""
+    too_deep = f"body nests arrays and objects more than {MAX_BODY_DEPTH} levels deep"
+    try:
+        raw = json.loads(body)
+    except RecursionError as exc:
+        # json.loads recurses once per level: some thousand levels exhaust the stack.
+        raise BadRequest(too_deep) from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from exc
+    if _depth_over(raw, MAX_BODY_DEPTH):
+        raise BadRequest(too_deep)
+    return raw
 
 
 def _depth_over(value: Any, limit: int) -> bool:

@@ -6,7 +6,6 @@ real update of a kind the hub does not handle, so Telegram does not resend it);
 from __future__ import annotations
 
 import hmac
-import json
 
 from aiohttp import web
 
@@ -15,7 +14,7 @@ from channels.telegram import SECRET_HEADER
 from hub.app import HUB
 from hub.errors import BadRequest, Forbidden, NotFound, Unavailable
 from hub.telegram import TelegramUnavailable
-from hub.web.registry import ROUTES
+from hub.web.registry import ROUTES, load_json
 
 
 @ROUTES.route(
@@ -36,10 +35,7 @@ async def telegram_webhook(request: web.Request) -> web.Response:
     given = request.headers.get(SECRET_HEADER, "")
     if not hmac.compare_digest(given.encode(), bot.config.webhook_secret.encode()):
         raise Forbidden(f"the {SECRET_HEADER} header is missing or wrong")
-    try:
-        data = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from exc
+    data = load_json(await request.read())
     try:
         outcome = await service.handle_json(bot, data)
     except InvalidPayload as exc:

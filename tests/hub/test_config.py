@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -260,3 +261,19 @@ def test_phone_regions_default_to_the_hubs_own() -> None:
     )
     assert (cfg.bot.qualification.phone_region, cfg.widget.phone_region) == ("DE", "AE")
     assert load_config(path=None, env={}).bot.qualification.phone_region is None
+
+
+@pytest.mark.parametrize(
+    ("env", "overrides", "needle"),
+    [
+        # A trailing newline (`$` alone let it through; values from the environment are stripped).
+        (
+            {"TWILIO_ACCOUNT_SID": "AC" + "0" * 32},
+            {"twilio.senders": [{"inbox": "s", "messaging_service_sid": "MG" + "0" * 32 + "\n"}]},
+            "messaging_service_sid",
+        ),
+    ],
+)
+def test_an_id_with_a_trailing_newline_is_refused(env: dict[str, str], overrides: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_config(path=None, env={"HUB_SECRET_KEY": "s", "TWILIO_AUTH_TOKEN": "t", **env}, overrides=overrides)

@@ -853,6 +853,9 @@ async def test_malformed_updates_get_400_naming_the_problem_and_store_nothing(
         (numeric_text, "message.text must be a string, not int"),
         (huge_edit, "edited_message.edit_date must be a Unix time in seconds"),
         (deep, "message is not a valid Telegram message"),
+        # Thousands of levels exhaust json.loads' stack; hundreds, the parser's after it.
+        (b"[" * 5000 + b"]" * 5000, "more than 64 levels deep"),
+        (b'{"update_id": 6, "message": ' + b"[" * 500 + b"]" * 500 + b"}", "more than 64 levels deep"),
     ):
         status, answer = await post(http, server, body)
         assert status == 400, answer

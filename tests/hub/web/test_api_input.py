@@ -184,3 +184,13 @@ async def test_only_a_route_that_declares_its_query_has_it_checked() -> None:
                 assert (await r.json())["error"]["message"] == "unknown query parameter 'a': it takes none"
     finally:
         await server.close()
+
+
+@pytest.mark.parametrize("spelt", ["%20" + "{id}", "+{id}", "{id}_0", "\u0663"])
+async def test_an_id_is_ascii_digits(env: Env, spelt: str) -> None:
+    """int() also reads these; each would be another spelling of some id."""
+    r = await env.inbound("v-id", "v-id:1")
+    raw = spelt.format(id=r.ticket_id)
+    bad = await env.admin.get(f"/api/v1/tickets/{raw}", 400)
+    assert "must be an integer" in bad["error"]["message"]
+    await env.admin.get(f"/api/v1/tickets?assignee={raw}", 400)
