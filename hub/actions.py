@@ -632,11 +632,15 @@ async def do_merge_contacts(session: AsyncSession, target: Contact, source: Cont
     # Both rows are locked (in id order, so opposite merges cannot deadlock) and
     # re-read before the checks: two opposite merges at once (A <- B, B <- A)
     # would otherwise each pass them and leave both merged into the other.
+    # FOR NO KEY UPDATE (key_share): ingest's inserts check their foreign key
+    # to the contact with a key-share lock while holding the contact's open
+    # tickets, which the merge updates next; a plain FOR UPDATE would wait on
+    # those checks and deadlock with them on PostgreSQL.
     await session.execute(
         select(Contact)
         .where(Contact.id.in_([target.id, source.id]))
         .order_by(Contact.id)
-        .with_for_update()
+        .with_for_update(key_share=True)
         .execution_options(populate_existing=True)
     )
     if source.merged_into_id is not None:
