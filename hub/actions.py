@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bots.dialog import STAGES
 from channels.twilio_sms import prepare_parts
+from hub.campaigns.audience import CONSENT_KEYS, SMS_CONSENT
 from hub.core import (
     IDENTITY_OF_CHANNEL,
     Author,
@@ -713,12 +714,6 @@ async def do_merge_contacts(session: AsyncSession, target: Contact, source: Cont
     return target
 
 
-# The SMS consent attributes, always written together
-# (hub.campaigns.audience.consent_attributes): the answer, when, and how.
-SMS_CONSENT = "sms_consent"
-CONSENT_ATTRIBUTES = (SMS_CONSENT, "sms_consent_at", "sms_consent_source")
-
-
 def _merged_attributes(target: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
     """The target's attributes win, except SMS consent: the merged contact
     keeps the later of the two decisions, as a whole (answer, time, source).
@@ -733,7 +728,7 @@ def _merged_attributes(target: dict[str, Any], source: dict[str, Any]) -> dict[s
         chosen = source if source_at > target_at else target
     else:
         chosen = next((a for a in decided if a[SMS_CONSENT] is not True), target)
-    for key in CONSENT_ATTRIBUTES:
+    for key in CONSENT_KEYS:
         merged.pop(key, None)
         if key in chosen:
             merged[key] = chosen[key]

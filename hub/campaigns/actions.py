@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from channels.twilio_sms import SmsSender
 from hub.actions import audit, check_contact
 from hub.campaigns.audience import (
+    CONSENT_KEYS,
     Candidate,
     CsvAudience,
     CsvRow,
@@ -364,6 +365,7 @@ async def do_csv_audience(
     await load(sorted({owners[r.phone] for r in known}))
     changed: dict[int, dict[str, Any]] = {}
     contact_of: dict[str, int] = {}
+    withdrawals_kept: set[int] = set()
     for r in known:
         cid = owners[r.phone]
         while True:  # a contact merged into another: the one that lives on
@@ -376,6 +378,12 @@ async def do_csv_audience(
             cid = state[cid]["merged_into"]
         c = state[cid]
         attrs = attributes_of(r)
+        if r.consent is True and c["attributes"].get("sms_consent") is False:
+            # A list says "yes" as of its import, whatever its age: only the
+            # customer (or an agent, through the API) takes a withdrawal back.
+            for key in CONSENT_KEYS:
+                attrs.pop(key, None)
+            withdrawals_kept.add(cid)
         if attrs:
             c["attributes"] = {**c["attributes"], **attrs}
         if r.tags:
@@ -421,6 +429,7 @@ async def do_csv_audience(
         "contacts_updated": updated,
         "invalid_rows": [{"line": line, "error": error} for line, error in parsed.invalid],
         "duplicate_lines": parsed.duplicates,
+        "consent_withdrawals_kept": len(withdrawals_kept),
         **totals,
         "duplicates": totals["duplicates"] + len(parsed.duplicates),
     }

@@ -319,5 +319,10 @@ def parse_csv(text: str, default_region: str | None) -> CsvAudience:
     return out
 
 
+# A contact's SMS consent: the answer, when, and how, always written together.
+SMS_CONSENT = "sms_consent"
+CONSENT_KEYS = (SMS_CONSENT, "sms_consent_at", "sms_consent_source")
+
+
 def consent_attributes(consent: bool, source: str, at: datetime) -> dict[str, Any]:
-    return {"sms_consent": consent, "sms_consent_at": at.isoformat(), "sms_consent_source": source[:200]}
+    return dict(zip(CONSENT_KEYS, (consent, at.isoformat(), source[:200]), strict=True))

@@ -142,3 +142,42 @@ async def test_cells_no_contact_can_have_never_reach_the_database(tmp_path: Path
         (phones[2], "pt", ["America/Los_Angeles"]),
         (phones[4], "en", ["America/New_York"]),
     ]
+
+
+async def test_an_old_list_does_not_take_back_a_withdrawal(tmp_path: Path, db: Database) -> None:
+    """A list's "yes" is stamped with the import's time, so it would look newer
+    than any withdrawal: re-importing last year's sign-ups would text everyone
+    who said no since. A "no" in a list, and a "yes" for anyone else, apply."""
+    config = promo_config(tmp_path)
+    twilio = twilio_service(config, db)
+    phones = us_numbers(4)
+    withdrew, undecided, agreed = (
+        (await seed_contacts(db, phones[:1], consent=False))[0],
+        (await seed_contacts(db, phones[1:2], consent=None))[0],
+        (await seed_contacts(db, phones[2:3], consent=True))[0],
+    )
+    parsed = parse_csv(f"phone,consent\n{phones[0]},yes\n{phones[1]},yes\n{phones[2]},no\n{phones[3]},yes\n", "US")
+    try:
+        async with db.write() as s:
+            spec = ca.CampaignSpec(name="t", sender="promo", template="Hi {{ first_name }}")
+            campaign = await ca.do_create_campaign(s, twilio, config.campaigns, spec)
+            summary = await ca.do_csv_audience(s, twilio, config.campaigns, campaign, parsed, source="old.csv")
+    finally:
+        await twilio.sms.close()
+    assert summary["consent_withdrawals_kept"] == 1
+    async with db.read() as s:
+        consent: dict[int, bool] = dict(
+            (await s.execute(select(Contact.id, Contact.attributes["sms_consent"].as_boolean()))).all()
+        )
+        statuses = dict(
+            (
+                await s.execute(
+                    select(CampaignRecipient.phone, CampaignRecipient.reason).where(
+                        CampaignRecipient.campaign_id == campaign.id
+                    )
+                )
+            ).all()
+        )
+    assert (consent[withdrew], consent[undecided], consent[agreed]) == (False, True, False)
+    assert statuses[phones[0]] == statuses[phones[2]] == "no_consent"
+    assert statuses[phones[1]] is None and statuses[phones[3]] is None
