@@ -683,7 +683,23 @@ async def do_merge_contacts(session: AsyncSession, target: Contact, source: Cont
     # contact, is settled below); a campaign row must, or the runner checks the
     # consent of the merged-away contact, which nobody updates any more.
     for model in (Identity, Ticket, Message, TicketEventRow, BotTurn, Call, CampaignRecipient):
-        await session.execute(update(model).where(model.contact_id == source.id).values(contact_id=target.id))
+        move = update(model).where(model.contact_id == source.id).values(contact_id=target.id)
+        if model is not Ticket:
+            await session.execute(move)
+            continue
+        # A resolved ticket of the target reopened meanwhile (not yet committed
+        # when target_current was read) may collide with a source ticket on the
+        # unique index: the merge is refused whole, as a 409, not a 500.
+        try:
+            async with session.begin_nested():
+                await session.execute(move)
+        except IntegrityError as exc:
+            if not _violates(exc, CURRENT_TICKET_INDEX):
+                raise
+            raise Conflict(
+                f"a ticket of contact {target.id} was reopened during the merge, in an inbox where contact "
+                f"{source.id} has an open ticket too; nothing was merged, try again"
+            ) from None
     # Announced like any status change (timeline, stream, audit), once the
     # tickets are the target's, so the agents' inbox files them right.
     for t, data in resolved:

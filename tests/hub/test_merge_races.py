@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
-from hub.actions import check_contact, do_merge_contacts
-from hub.core import Channel, InboundMessage
+from hub.actions import check_contact, check_ticket, do_merge_contacts, do_set_status
+from hub.core import Channel, InboundMessage, TicketStatus
+from hub.errors import Conflict
 from storage.db import Database
 from storage.ingest import IngestResult, ingest_batch
-from storage.models import Message
+from storage.models import Contact, Message, Ticket
 from tests.hub.test_reopen import dbs, guarded, until_waiting_on_a_lock
 
 __all__ = ["dbs"]  # the fixture, used by name
@@ -84,3 +85,51 @@ async def test_a_merge_and_a_new_message_of_the_merged_customer_both_go_through(
         "vb:1": kept.contact_id,
         "vb:2": kept.contact_id,
     }
+
+
+async def test_a_merge_while_an_agent_reopens_the_kept_customers_ticket_is_a_409(
+    dbs: tuple[Database, Database],
+) -> None:
+    """The merge read the kept contact's open tickets before the reopen
+    committed; moving the other contact's open ticket into the same inbox then
+    collides on the unique index: a 409, and nothing merged."""
+    first_db, second_db = dbs
+    async with first_db.write() as s:
+        (kept, gone) = await ingest_batch(s, [webchat("va", "va:1"), webchat("vb", "vb:1")])
+        assert isinstance(kept, IngestResult) and isinstance(gone, IngestResult)
+        ticket = await check_ticket(s, kept.ticket_id, lock=True)
+        await do_set_status(s, ticket, status=TicketStatus.RESOLVED, actor="agent:1")
+    reopened, release = asyncio.Event(), asyncio.Event()
+
+    async def reopen() -> None:
+        try:
+            async with first_db.write() as s:
+                ticket = await check_ticket(s, kept.ticket_id, lock=True)
+                await do_set_status(s, ticket, status=TicketStatus.OPEN, actor="agent:1")
+                reopened.set()
+                await guarded(release.wait())  # committed once the merge waits for it
+        finally:
+            reopened.set()
+
+    async def merge() -> None:
+        await guarded(reopened.wait())
+        try:
+            async with second_db.write() as s:
+                pid = await s.scalar(text("SELECT pg_backend_pid()"))
+                assert isinstance(pid, int)
+                target = await check_contact(s, kept.contact_id)
+                source = await check_contact(s, gone.contact_id)
+                merging = asyncio.ensure_future(do_merge_contacts(s, target, source, actor="agent:2"))
+                await until_waiting_on_a_lock(second_db, pid)
+                release.set()
+                with pytest.raises(Conflict, match="was reopened during the merge"):
+                    await guarded(merging)
+        finally:
+            release.set()
+
+    await asyncio.gather(reopen(), merge())
+    async with first_db.read() as s:
+        contacts = dict((await s.execute(select(Ticket.id, Ticket.contact_id))).all())
+        merged_into = await s.scalar(select(Contact.merged_into_id).where(Contact.id == gone.contact_id))
+    assert contacts == {kept.ticket_id: kept.contact_id, gone.ticket_id: gone.contact_id}
+    assert merged_into is None
