@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from hub.attachments import AttachmentStore
+from hub.campaigns import actions as ca
+from hub.campaigns.audience import CsvAudience
 from hub.config import HubConfig, load_config
 from hub.core import IdentityKind
 from hub.telephony import TwilioService
@@ -33,6 +35,28 @@ def promo_config(tmp_path: Path) -> HubConfig:
 
 def twilio_service(config: HubConfig, db: Database) -> TwilioService:
     return TwilioService(config, db, AttachmentStore(config.attachments_dir, max_bytes=config.attachments.max_bytes))
+
+
+async def csv_campaign(
+    tmp_path: Path,
+    db: Database,
+    parsed: CsvAudience,
+    *,
+    template: str = "Hi {{ first_name }}",
+    source: str = "list.csv",
+) -> tuple[int, dict[str, Any]]:
+    """A draft campaign of the promo sender with ``parsed`` as its audience:
+    its id and the audience's answer."""
+    config = promo_config(tmp_path)
+    twilio = twilio_service(config, db)
+    try:
+        async with db.write() as s:
+            spec = ca.CampaignSpec(name="t", sender="promo", template=template)
+            campaign = await ca.do_create_campaign(s, twilio, config.campaigns, spec)
+            summary = await ca.do_csv_audience(s, twilio, config.campaigns, campaign, parsed, source=source)
+    finally:
+        await twilio.sms.close()
+    return campaign.id, summary
 
 
 def us_numbers(n: int, start: int = 0, area: str = "415") -> list[str]:

@@ -20,7 +20,7 @@ from hub.campaigns.audience import CsvInvalid, parse_csv
 from hub.campaigns.templates import message_for
 from storage.db import Database
 from storage.models import CampaignRecipient, Contact, Identity
-from tests.hub.campaigns.helpers import promo_config, seed_contacts, twilio_service, us_numbers
+from tests.hub.campaigns.helpers import csv_campaign, promo_config, seed_contacts, twilio_service, us_numbers
 
 
 async def test_large_csv_is_written_in_bulk(tmp_path: Path, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,8 +109,6 @@ def test_cells_no_contact_can_have_are_invalid_rows() -> None:
 async def test_cells_no_contact_can_have_never_reach_the_database(tmp_path: Path, db: Database) -> None:
     """On PostgreSQL each of these rows failed the whole upload (a 500): text
     cannot hold NUL, and a name or language longer than its column is refused."""
-    config = promo_config(tmp_path)
-    twilio = twilio_service(config, db)
     phones = us_numbers(5)
     parsed = parse_csv(
         "phone,name,language,timezone,consent\n"
@@ -121,20 +119,14 @@ async def test_cells_no_contact_can_have_never_reach_the_database(tmp_path: Path
         f"{phones[4]},Ed,,America/New_York,yes\n",
         "US",
     )
-    try:
-        async with db.write() as s:
-            spec = ca.CampaignSpec(name="t", sender="promo", template="Hi {{ first_name }}")
-            campaign = await ca.do_create_campaign(s, twilio, config.campaigns, spec)
-            summary = await ca.do_csv_audience(s, twilio, config.campaigns, campaign, parsed, source="list.csv")
-    finally:
-        await twilio.sms.close()
+    campaign_id, summary = await csv_campaign(tmp_path, db, parsed)
     assert [r["line"] for r in summary["invalid_rows"]] == [2, 3, 5]
     assert summary["contacts_created"] == 2 and summary["recipients"] == 2
     async with db.read() as s:
         rows = (
             await s.execute(
                 select(CampaignRecipient.phone, CampaignRecipient.language, CampaignRecipient.timezones).where(
-                    CampaignRecipient.campaign_id == campaign.id
+                    CampaignRecipient.campaign_id == campaign_id
                 )
             )
         ).all()
@@ -148,8 +140,6 @@ async def test_an_old_list_does_not_take_back_a_withdrawal(tmp_path: Path, db: D
     """A list's "yes" is stamped with the import's time, so it would look newer
     than any withdrawal: re-importing last year's sign-ups would text everyone
     who said no since. A "no" in a list, and a "yes" for anyone else, apply."""
-    config = promo_config(tmp_path)
-    twilio = twilio_service(config, db)
     phones = us_numbers(4)
     withdrew, undecided, agreed = (
         (await seed_contacts(db, phones[:1], consent=False))[0],
@@ -157,13 +147,7 @@ async def test_an_old_list_does_not_take_back_a_withdrawal(tmp_path: Path, db: D
         (await seed_contacts(db, phones[2:3], consent=True))[0],
     )
     parsed = parse_csv(f"phone,consent\n{phones[0]},yes\n{phones[1]},yes\n{phones[2]},no\n{phones[3]},yes\n", "US")
-    try:
-        async with db.write() as s:
-            spec = ca.CampaignSpec(name="t", sender="promo", template="Hi {{ first_name }}")
-            campaign = await ca.do_create_campaign(s, twilio, config.campaigns, spec)
-            summary = await ca.do_csv_audience(s, twilio, config.campaigns, campaign, parsed, source="old.csv")
-    finally:
-        await twilio.sms.close()
+    campaign_id, summary = await csv_campaign(tmp_path, db, parsed, source="old.csv")
     assert summary["consent_withdrawals_kept"] == 1
     async with db.read() as s:
         consent: dict[int, bool] = dict(
@@ -173,7 +157,7 @@ async def test_an_old_list_does_not_take_back_a_withdrawal(tmp_path: Path, db: D
             (
                 await s.execute(
                     select(CampaignRecipient.phone, CampaignRecipient.reason).where(
-                        CampaignRecipient.campaign_id == campaign.id
+                        CampaignRecipient.campaign_id == campaign_id
                     )
                 )
             ).all()

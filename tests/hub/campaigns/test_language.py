@@ -17,7 +17,7 @@ from hub.campaigns.templates import compile_template, language_code, message_for
 from hub.errors import ValidationFailed
 from storage.db import Database
 from storage.models import CampaignRecipient, Contact, Identity
-from tests.hub.campaigns.helpers import promo_config, seed_contacts, twilio_service, us_numbers
+from tests.hub.campaigns.helpers import csv_campaign, promo_config, seed_contacts, twilio_service, us_numbers
 
 OPT_OUT = {"en": "Reply STOP to opt out.", "fa": "برای لغو اشتراک «لغو» را بفرستید."}
 
@@ -146,8 +146,6 @@ def test_a_segment_on_language_matches_it_written_any_way() -> None:
 
 
 async def test_csv_languages_are_stored_as_codes(tmp_path: Path, db: Database) -> None:
-    config = promo_config(tmp_path)
-    twilio = twilio_service(config, db)
     phones = us_numbers(5)
     parsed = parse_csv(
         "phone,name,language,consent\n"
@@ -159,15 +157,9 @@ async def test_csv_languages_are_stored_as_codes(tmp_path: Path, db: Database) -
         "US",
     )
     assert parsed.invalid == [(6, "language 'portugues' is not a language code or name (en, fa, fa-IR, Persian)")]
-    try:
-        async with db.write() as s:
-            spec = ca.CampaignSpec(name="t", sender="promo", template="سلام {{ first_name }}")
-            campaign = await ca.do_create_campaign(s, twilio, config.campaigns, spec)
-            summary = await ca.do_csv_audience(s, twilio, config.campaigns, campaign, parsed, source="list.csv")
-    finally:
-        await twilio.sms.close()
+    campaign_id, summary = await csv_campaign(tmp_path, db, parsed, template="سلام {{ first_name }}")
     assert summary["recipients"] == 4 and summary["invalid_rows"] == [{"line": 6, "error": parsed.invalid[0][1]}]
-    rows = await _recipients(db, campaign.id)
+    rows = await _recipients(db, campaign_id)
     assert {phone: lang for phone, (_, lang, _) in rows.items()} == {
         phones[0]: "fa",
         phones[1]: "pt",

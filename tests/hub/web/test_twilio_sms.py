@@ -8,6 +8,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from hub.actions import do_post_message
@@ -303,35 +304,15 @@ async def test_send_failure_is_retried_then_succeeds(tmp_path: Path) -> None:
         assert len(t.fake.messages) == 1
 
 
-async def test_a_reply_twilio_took_without_answering_in_time_is_sent_once(tmp_path: Path) -> None:
-    # No status callbacks: the hub learns of the send only by asking Twilio.
-    async with FakeTwilio({ACCOUNT: TOKEN, SUB_ACCOUNT: SUB_TOKEN}, callback_statuses=()) as fake:
-        overrides = {"twilio.request_timeout_seconds": 0.3}
-        async with twilio_hub(tmp_path, fake=fake, overrides=overrides) as t:
-            agent = await t.agent()
-            assert await t.sms("Hello", sid=new_sid()) == 200
-            ticket = await ticket_of(t, agent)
-            t.fake.stall_next(1.0)
-            out = await agent.post(f"/api/v1/tickets/{ticket['id']}/messages", {"body": "Only once"}, status=201)
-
-            async def settled() -> dict[str, Any] | None:
-                msgs = (await agent.get(f"/api/v1/tickets/{ticket['id']}"))["messages"]
-                m = next(m for m in msgs if m["id"] == out["id"])
-                return m if m["status"] == "sent" else None
-
-            done = await eventually(settled)
-            assert t.fake.sends_to(CUSTOMER) == 1
-            assert done["external_id"] == t.fake.messages[0]["sid"]
-            assert "not sent again" in done["status_reason"]
-            methods = [r.method for r in t.fake.requests if r.path.endswith("/Messages.json")]
-            assert methods == ["POST", "GET"]
-
-
-async def test_a_reply_whose_queued_callback_came_before_its_lost_answer_is_sent_once(tmp_path: Path) -> None:
-    # Twilio posts "queued" to the status callback (which stores the SID on the
-    # message) while the send itself is answered too late: the retry finds that
-    # SID is its own message's, not another's, and does not send again.
-    async with FakeTwilio({ACCOUNT: TOKEN, SUB_ACCOUNT: SUB_TOKEN}, callback_statuses=("queued",)) as fake:
+@pytest.mark.parametrize("callbacks", [(), ("queued",)], ids=["no-callback", "queued-callback-first"])
+async def test_a_reply_twilio_took_without_answering_in_time_is_sent_once(
+    tmp_path: Path, callbacks: tuple[str, ...]
+) -> None:
+    # Without status callbacks the hub learns of the send only by asking
+    # Twilio. With them, "queued" stores the SID on the message before the
+    # late answer: the retry finds that SID is its own message's, not
+    # another's, and does not send again either.
+    async with FakeTwilio({ACCOUNT: TOKEN, SUB_ACCOUNT: SUB_TOKEN}, callback_statuses=callbacks) as fake:
         overrides = {"twilio.request_timeout_seconds": 0.3}
         async with twilio_hub(tmp_path, fake=fake, overrides=overrides) as t:
             agent = await t.agent()
@@ -350,8 +331,10 @@ async def test_a_reply_whose_queued_callback_came_before_its_lost_answer_is_sent
             assert t.fake.sends_to(CUSTOMER) == 1
             assert (done["status"], done["external_id"]) == ("sent", t.fake.messages[0]["sid"])
             assert "not sent again" in done["status_reason"]
+            methods = [r.method for r in t.fake.requests if r.path.endswith("/Messages.json")]
+            assert methods == ["POST", "GET"]
             receipts = [(p["MessageStatus"], status) for url, p, status in t.fake.callbacks if "/status" in url]
-            assert receipts == [("queued", 204)]
+            assert receipts == [(status, 204) for status in callbacks]
 
 
 async def test_long_replies_are_several_messages_each_with_its_own_status(tmp_path: Path) -> None:
