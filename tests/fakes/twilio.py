@@ -126,6 +126,11 @@ class FakeTwilio:
         ``seconds``: a client that stops waiting cannot know they went through."""
         self._stalls.extend([seconds] * times)
 
+    @property
+    def stalls_pending(self) -> int:
+        """Stalls asked for that no send has taken yet."""
+        return len(self._stalls)
+
     def opt_out(self, number: str, sender: str) -> None:
         """As if ``number`` texted STOP to ``sender`` (a number or MG SID) at Twilio."""
         self._opted_out.add((number, sender))

@@ -76,6 +76,10 @@ async def test_sigkill_mid_campaign_and_resume_sends_nobody_twice(tmp_path: Path
         await server.start()
         try:
             await eventually(lambda: _at_least(fake, 300), timeout=60)
+            # Killed while Twilio holds the answer to a send it has taken, so
+            # that something surely is in flight, whatever the machine's speed.
+            fake.stall_next(10)
+            await eventually(lambda: _no_stall_left(fake), timeout=60)
         finally:
             server.kill()
         at_kill = len(fake.messages)
@@ -116,3 +120,7 @@ async def test_sigkill_mid_campaign_and_resume_sends_nobody_twice(tmp_path: Path
 async def _at_least(fake: FakeTwilio, n: int) -> bool:
     await asyncio.sleep(0)
     return len(fake.messages) >= n
+
+
+async def _no_stall_left(fake: FakeTwilio) -> bool:
+    return fake.stalls_pending == 0
