@@ -10,6 +10,7 @@ and a failure leaves nothing half-written.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -196,7 +197,7 @@ async def check_login(session: AsyncSession, email: str, password: str) -> Agent
     # Verify against a dummy hash for unknown emails too, so timing does not
     # reveal which addresses have accounts. Argon2 is slow on purpose: in a
     # thread, so failed logins cannot stall every other request on the loop.
-    ok = await asyncio.to_thread(verify_password, agent.password_hash if agent else _DUMMY_HASH, password)
+    ok = await asyncio.to_thread(verify_password, agent.password_hash if agent else dummy_hash(), password)
     if agent is None or not ok or not agent.active:
         raise Unauthorized("email or password is wrong")
     return agent
@@ -219,7 +220,13 @@ async def do_issue_token(session: AsyncSession, agent_id: int, ttl_hours: float)
     return token
 
 
-_DUMMY_HASH = hash_password("not a real password, only for constant-time failures")
+@functools.cache
+def dummy_hash() -> str:
+    """A hash to check unknown emails' passwords against. Made on first use,
+    not at import: Argon2 takes 64 MB and four threads for it, which every
+    command importing this module (a campaign send, a migration) paid. Web
+    processes make it at start-up, so the first failed login is not slower."""
+    return hash_password("not a real password, only for constant-time failures")
 
 
 async def check_token(session: AsyncSession, token: str) -> Agent:

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from channels.base import ChannelAdapter
 from channels.webchat import WebchatChannel
-from hub.actions import do_ensure_inbox
+from hub.actions import do_ensure_inbox, dummy_hash
 from hub.attachments import AttachmentStore
 from hub.batcher import IngestBatcher
 from hub.bot_step import BotService
@@ -252,6 +252,7 @@ async def start_hub(hub: Hub) -> None:
     await hub.router.setup()
     if hub.role in ("all", "web"):
         await hub.batcher.start()
+        await asyncio.to_thread(dummy_hash)
     # Every process writes outbox rows (web: messages; worker: statuses), so
     # every process relays; SKIP LOCKED keeps them from publishing a row twice.
     _supervise(hub, hub.relay.run, "outbox-relay")

@@ -12,8 +12,8 @@ import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
 
-import redis.asyncio as aioredis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeSerializer
@@ -23,6 +23,9 @@ from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from hub.errors import TooManyRequests
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +139,10 @@ class LoginThrottle:
         if redis_url:
             uri = redis_url.replace("rediss://", "async+rediss://", 1).replace("redis://", "async+redis://", 1)
             storage = RedisStorage(uri, implementation="redispy", key_prefix="crm-hub-login")
+            # Imported here: redis (and the tracing it pulls in) costs every
+            # command that imports this module 20 MB, and only scale mode needs it.
+            import redis.asyncio as aioredis
+
             self._redis = aioredis.Redis.from_url(redis_url)
         else:
             storage = MemoryStorage()
