@@ -28,7 +28,7 @@ from twilio.request_validator import (
 from twilio.rest import Client
 
 from channels.base import InvalidPayload
-from hub.core import DeliveryStatus, SendResult
+from hub.core import DeliveryStatus, SendResult, without_nul
 
 DEFAULT_API_BASE_URL = "https://api.twilio.com"
 MAX_FIELD_CHARS = 10_000
@@ -237,16 +237,15 @@ def never_reached(exc: BaseException) -> bool:
     )
 
 
-def sid_field(params: FormParams, name: str, prefix: str) -> str | None:
+def sid_field(params: FormParams, name: str, prefix: str = "") -> str | None:
     """The parameter ``name`` as a Twilio SID starting with ``prefix`` (CA for a
-    call, RE for a recording); None when it is absent."""
+    call, RE for a recording; any kind without one); None when it is absent."""
     value = params.get(name)
     if not value:
         return None
     if not value.startswith(prefix) or SID.fullmatch(value) is None:
-        raise InvalidPayload(
-            f"parameter {name} {value[:40]!r} is not a Twilio SID ({prefix} and 32 hexadecimal digits)"
-        )
+        kind = f" ({prefix} and 32 hexadecimal digits)" if prefix else ""
+        raise InvalidPayload(f"parameter {name} {value[:40]!r} is not a Twilio SID{kind}")
     return value
 
 
@@ -274,7 +273,7 @@ def field(params: FormParams, name: str, *, required: bool = False, max_chars: i
     """A text parameter, without NUL characters: no provider means one, and
     PostgreSQL refuses them (a call row, say, would fail as a 500). Dropped, as
     the core types drop them, so what was sent is stored."""
-    value = params.get(name).replace("\x00", "")
+    value: str = without_nul(params.get(name))
     if required and not value:
         raise InvalidPayload(f"parameter {name} is missing; this is not a Twilio webhook")
     if len(value) > max_chars:

@@ -25,7 +25,6 @@ from twilio.rest import Client
 from channels.base import SEND_ATTEMPT, ChannelAdapter, InvalidPayload
 from channels.twilio_common import (
     OPT_OUT_CODE,
-    SID,
     FormParams,
     TwilioAccount,
     error_code,
@@ -33,6 +32,7 @@ from channels.twilio_common import (
     field,
     rest_client,
     send_failure,
+    sid_field,
     whole_number,
 )
 from hub.core import (
@@ -98,10 +98,8 @@ INBOUND_STATUSES = frozenset({"receiving", "received"})
 
 def _sid(params: FormParams, *names: str) -> str:
     for name in names:
-        value = params.get(name)
+        value = sid_field(params, name)
         if value:
-            if SID.fullmatch(value) is None:
-                raise InvalidPayload(f"parameter {name} {value[:40]!r} is not a Twilio SID")
             return value
     raise InvalidPayload(f"parameter {names[0]} is missing; this is not a Twilio messaging webhook")
 
