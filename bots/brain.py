@@ -363,7 +363,7 @@ class Brain:
             return inbound.quick_reply
         # SMS shows buttons as "1) ..."; a reply "1" / "۱" picks that one.
         digits = to_ascii_digits(keyword(inbound.text))
-        if st["offered"] and digits.isdigit() and 1 <= int(digits) <= len(st["offered"]):
+        if st["offered"] and digits.isdecimal() and 1 <= int(digits) <= len(st["offered"]):
             return str(st["offered"][int(digits) - 1]["id"])
         if st["feedback_for"] is not None:
             # SMS shows no buttons, and people type "yes" in web chat too: a

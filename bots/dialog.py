@@ -288,7 +288,7 @@ def _choice(slot: QualificationSlot, text: str) -> str:
     options = [[keyword(a) for a in c.split("|")] for c in slot.choices]
     canonical = [c.split("|")[0] for c in slot.choices]
     digits = to_ascii_digits(said)
-    if digits.isdigit() and 1 <= int(digits) <= len(options):
+    if digits.isdecimal() and 1 <= int(digits) <= len(options):
         return canonical[int(digits) - 1]
     for alternatives, value in zip(options, canonical, strict=True):
         if said in alternatives:

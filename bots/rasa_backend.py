@@ -11,6 +11,7 @@ rasa-sdk action ``action_hub_handoff`` does that from inside Rasa too).
 from __future__ import annotations
 
 import logging
+import unicodedata
 from typing import Any
 
 import aiohttp
@@ -119,9 +120,9 @@ def payload_for(quick_reply: str | None, text: str, state: dict[str, Any]) -> st
             if o.get("id") == quick_reply:
                 return str(o.get("payload") or quick_reply)
         return quick_reply
-    stripped = text.strip()
-    # SMS: "2" picks the second button of a numbered list.
-    digits = to_ascii_digits(stripped)
-    if offered and digits.isdigit() and 1 <= int(digits) <= len(offered):
+    # SMS: "2" picks the second button of a numbered list ("۲" and "²" too, as
+    # they do for the hub's own bot).
+    digits = to_ascii_digits(unicodedata.normalize("NFKC", text).strip())
+    if offered and digits.isdecimal() and 1 <= int(digits) <= len(offered):
         return str(offered[int(digits) - 1].get("payload"))
     return text

@@ -246,7 +246,7 @@ def quick_reply_choice(body: str, offered: Sequence[QuickReply]) -> QuickReply |
     exact title; None when the reply is anything else."""
     choice = keyword(body)
     numbered = offered[:MAX_OPTIONS]
-    if choice.isdigit() and 1 <= int(choice) <= len(numbered):
+    if choice.isdecimal() and 1 <= int(choice) <= len(numbered):
         return numbered[int(choice) - 1]
     return next((q for q in offered if keyword(q.title) == choice and choice), None)
 

@@ -66,7 +66,7 @@ class Window:
 
 def _minutes(part: str, whole: str) -> int:
     hh, sep, mm = part.strip().partition(":")
-    if not sep or not hh.isdigit() or not mm.isdigit() or len(mm) != 2:
+    if not sep or not hh.isdecimal() or not mm.isdecimal() or len(mm) != 2:
         raise CalendarError(f"window {whole!r} is not HH:MM-HH:MM")
     value = int(hh) * 60 + int(mm)
     if int(mm) >= 60 or value > 1440:

@@ -363,7 +363,7 @@ def parse_capacity(text: str) -> dict[str, int]:
         channel = channel.strip().lower()
         if not sep or channel not in known:
             raise ValueError(f"{part!r} is not CHANNEL=N with a channel among {', '.join(sorted(known))}")
-        if not number.strip().isdigit():
+        if not number.strip().isdecimal():
             raise ValueError(f"{part!r}: the capacity must be a whole number, 0 or more")
         out[channel] = int(number)
     return out

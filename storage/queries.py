@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +43,16 @@ def decode_cursor(cursor: str, size: int) -> list[Any]:
 
 # Ids are 64-bit signed in the database.
 MAX_ID = 2**63 - 1
+_ID = re.compile(r"[0-9]{1,19}")
+
+
+def parse_id(raw: str) -> int | None:
+    """An id written in a URL, or None: ASCII digits only (``int`` also reads
+    " 7", "+7", "7_0" and Arabic-Indic digits, and ``str.isdigit`` passes "²",
+    which ``int`` refuses) within the database's range."""
+    if _ID.fullmatch(raw) is None or int(raw) > MAX_ID:
+        return None
+    return int(raw)
 
 
 def cursor_id(value: Any) -> int:

@@ -86,6 +86,7 @@ from hub.workers import AGENTS_CHANNEL
 from storage.db import Database
 from storage.ingest import table
 from storage.models import Campaign, CampaignRecipient, Contact, Message
+from storage.queries import parse_id
 
 log = logging.getLogger(__name__)
 
@@ -839,8 +840,9 @@ class CampaignReceipts:
         c = CampaignRecipient
         async with self.db.write() as session:
             row: CampaignRecipient | None = None
-            if raw.isdigit():
-                row = await session.get(c, int(raw), with_for_update=True)
+            rid = parse_id(raw)
+            if rid is not None:
+                row = await session.get(c, rid, with_for_update=True)
                 if row is not None and row.external_id not in (None, receipt.external_id):
                     row = None
             if row is None:

@@ -108,14 +108,14 @@ def int_param(request: web.Request, name: str) -> int:
     return value
 
 
-def page_limit(request: web.Request, default: int = 50) -> int:
+def page_limit(request: web.Request, default: int = 50, most: int = MAX_PAGE) -> int:
     raw = request.query.get("limit", str(default))
-    try:
-        limit = int(raw)
-    except ValueError as exc:
-        raise BadRequest(f"limit must be an integer, not {raw!r}") from exc
-    if not 1 <= limit <= MAX_PAGE:
-        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
+    # ASCII digits, as for ids: int() also reads " 7", "+7" and "7_0".
+    if not _INTEGER.fullmatch(raw):
+        raise BadRequest(f"limit must be an integer, not {raw[:40]!r}")
+    limit = int(raw)
+    if not 1 <= limit <= most:
+        raise BadRequest(f"limit must be between 1 and {most}")
     return limit
 
 

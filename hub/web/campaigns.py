@@ -19,7 +19,7 @@ from hub.campaigns import actions as ca
 from hub.campaigns.audience import CsvInvalid, SegmentFilter, parse_csv
 from hub.core import UTCDateTime
 from hub.errors import BadRequest, PayloadTooLarge, ValidationFailed
-from hub.web.api import API, int_param, require_admin
+from hub.web.api import API, int_param, page_limit, require_admin
 from hub.web.registry import ROUTES, parse_body
 from storage.models import Campaign
 
@@ -302,12 +302,10 @@ async def upload_audience(request: web.Request) -> web.Response:
 async def preview_campaign(request: web.Request) -> web.Response:
     hub = _hub(request)
     await require_admin(request)
-    raw = request.query.get("limit", "5")
-    if not raw.isdigit() or not 1 <= int(raw) <= 50:
-        raise BadRequest("limit must be a number from 1 to 50")
+    limit = page_limit(request, default=5, most=50)
     async with hub.db.read() as session:
         campaign = await ca.check_campaign(session, int_param(request, "id"))
-        items = await ca.preview(session, campaign, int(raw))
+        items = await ca.preview(session, campaign, limit)
         view = await ca.campaign_view(session, campaign)
     return web.json_response(
         {"items": items, "estimate": view["estimate"], "skipped": (campaign.audience or {}).get("skipped", {})}

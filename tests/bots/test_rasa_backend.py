@@ -111,6 +111,16 @@ async def test_sms_numbered_reply_sends_the_buttons_payload(tmp_path: Path) -> N
         assert [m.body for m in price] == ["Pro is $29 a month.", "Shall I book a demo?"]
 
 
+@pytest.mark.parametrize(
+    ("text", "sent"), [("2", "/b"), ("۲", "/b"), ("²", "/b"), ("①", "/a"), ("3", "3"), ("2a", "2a")]
+)
+def test_a_numbered_reply_of_any_digit_form_picks_its_button(text: str, sent: str) -> None:
+    """'²' passes ``str.isdigit`` but not ``int``: it used to raise, and the
+    customer's message was never answered."""
+    offered = [{"id": "a", "payload": "/a"}, {"id": "b", "payload": "/b"}]
+    assert rasa_backend.payload_for(None, text, {"offered": offered}) == sent
+
+
 async def test_a_handoff_from_rasa_opens_the_ticket_for_its_team(tmp_path: Path) -> None:
     async with rasa_conversation(tmp_path) as (c, rasa):
         await c.push("hi")

@@ -309,6 +309,9 @@ async def test_a_status_callback_settles_an_uncertain_send(tmp_path: Path, db: D
         (sid,) = [m["sid"] for m in fake.messages if m["to"] == row.phone]
         receipts = CampaignReceipts(db, w.twilio, w.config.campaigns)
         receipt = DeliveryReceipt(channel=Channel.SMS, external_id=sid, status=DeliveryStatus.QUEUED)
+        # A recipient id that is no id ("²": str.isdigit passes it, int raised)
+        # places nothing, and breaks nothing.
+        assert not await receipts.on_receipt(receipt, {CALLBACK_PARAM: "²"})
         assert await receipts.on_receipt(receipt, {CALLBACK_PARAM: str(row.id)})
         assert await w.counts() == {"sent": 3}
         (row,) = [r for r in await w.rows() if r.id == row.id]

@@ -172,6 +172,10 @@ async def test_bad_history_requests_name_the_problem(env: Env) -> None:
         ("limit=0", 400, "limit must be between 1 and 200"),
         ("limit=201", 400, "limit must be between 1 and 200"),
         ("limit=ten", 400, "limit must be an integer"),
+        # Other spellings int() reads, refused like those of ids.
+        ("limit=%2B7", 400, "limit must be an integer, not '+7'"),
+        ("limit=7_0", 400, "limit must be an integer"),
+        ("limit=%D9%A7", 400, "limit must be an integer"),
         ("before=5&limit=-1", 400, "limit must be between 1 and 200"),
         ("cursor=garbage", 400, "cursor is not one this API issued"),
         (f"cursor={encode_cursor('abc')}", 400, "cursor is not one this API issued"),

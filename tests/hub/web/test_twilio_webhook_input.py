@@ -71,6 +71,7 @@ CASES = [
     (f"/webhooks/twilio/sms/status?message={HUGE}", status(), "message"),
     # A campaign's recipient id travels the same way and is read the same way.
     (f"/webhooks/twilio/sms/status?campaign_recipient={HUGE}", status(), "campaign_recipient"),
+    ("/webhooks/twilio/sms/status?campaign_recipient=%C2%B2", status(), "campaign_recipient"),
     ("/webhooks/twilio/sms/status", status(MessageSid=new_sid() + "\n"), "MessageSid"),
     ("/webhooks/twilio/voice/status", call(CallStatus="completed", CallDuration="--5"), "CallDuration"),
     ("/webhooks/twilio/voice/status", call(CallSid=new_sid("CA") + "\n", CallStatus="completed"), "CallSid"),
