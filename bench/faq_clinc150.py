@@ -3,8 +3,9 @@ first K training utterances of each of the 150 intents (one entry per intent),
 thresholds chosen on ``val`` + ``oos_val`` only, figures reported on ``test`` +
 ``oos_test``.
 
-    .venv/bin/python bench/faq_clinc150.py                      # lexical, 10 per intent
+    .venv/bin/python bench/faq_clinc150.py                      # the default (static), 10 per intent
     .venv/bin/python bench/faq_clinc150.py --per-intent 10 50   # and 50 per intent
+    .venv/bin/python bench/faq_clinc150.py --backend lexical    # n-grams alone
     .venv/bin/python bench/faq_clinc150.py --backend embedding  # needs crm-hub[embeddings]
 
 How the two thresholds are chosen (on validation only):
@@ -42,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from bots.kb import KbEntry  # noqa: E402
 from bots.matcher import Backend, LexicalBackend, Matcher, Thresholds  # noqa: E402
+from bots.static import StaticBackend  # noqa: E402
 from hub.config import BotConfig  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "clinc150"
@@ -207,7 +209,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="data_full.json", help="file under ../shared/data/clinc150/")
     ap.add_argument("--per-intent", type=int, nargs="+", default=[10], help="training questions per intent")
-    ap.add_argument("--backend", choices=["lexical", "embedding"], default="lexical")
+    ap.add_argument("--backend", choices=["static", "lexical", "embedding"], default="static")
     ap.add_argument("--oos-recall", type=float, default=0.85)
     ap.add_argument("--max-wrong", type=float, default=0.08)
     ap.add_argument("--output", help="also write the figures as JSON here")
@@ -221,6 +223,9 @@ def main() -> None:
 
         backend = EmbeddingBackend()
         targets = {"correct": 0.80, "wrong": args.max_wrong, "oos": 0.85, "p99_ms": 50.0}
+    elif args.backend == "static":
+        backend = StaticBackend()
+        targets = {"correct": 0.70, "wrong": args.max_wrong, "oos": 0.85, "p99_ms": 5.0}
     else:
         backend = LexicalBackend()
         targets = {"correct": 0.70, "wrong": args.max_wrong, "oos": 0.85, "p99_ms": 5.0}

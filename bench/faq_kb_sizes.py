@@ -30,6 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.faq_clinc150 import DATA, knowledge_base, outcome  # noqa: E402
 from bots.matcher import Matcher  # noqa: E402
+from hub.bot_step import make_backend  # noqa: E402
+from hub.config import BotConfig  # noqa: E402
 
 
 def needed(conf: np.ndarray, inscope: np.ndarray, right: np.ndarray) -> tuple[float, float]:
@@ -49,7 +51,9 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 20, 40, 80, 150])
     ap.add_argument("--per-intent", type=int, nargs="+", default=[5, 10, 50])
     ap.add_argument("--draws", type=int, default=3, help="random knowledge bases per size")
+    ap.add_argument("--backend", choices=["static", "lexical"], default=BotConfig().backend)
     args = ap.parse_args()
+    backend = make_backend(BotConfig(backend=args.backend))
     data = json.loads((DATA / "data_full.json").read_text(encoding="utf-8"))
     rng = np.random.default_rng(1)
     print(f"thresholds: answer >= {args.answer}, clarify >= {args.clarify}; figures on val + oos_val")
@@ -64,7 +68,7 @@ def main() -> None:
             for _ in range(args.draws if size < len(every) else 1):
                 kb = [every[i] for i in rng.choice(len(every), size, replace=False)]
                 ids = {e.id for e in kb}
-                matcher = Matcher(kb)
+                matcher = Matcher(kb, backend)
                 questions = [(t, g) for t, g in data["val"] if g in ids] + data["oos_val"]
                 ranked = matcher.rank([t for t, _ in questions], 1)
                 conf = np.array([r[0].confidence for r in ranked])

@@ -19,10 +19,11 @@ example of the top entry, nearest example overall) fitted on those is the
 confidence. So thresholds mean the same on a ten-entry and a thousand-entry
 knowledge base, and need no labelled traffic to start with.
 
-The default :class:`LexicalBackend` needs nothing but scikit-learn: word
-uni/bigrams (English words stemmed) and character 2-5-grams (which carry
-Persian morphology and typos), a linear SVM, and nearest neighbours. It runs in
-well under a millisecond per question on one CPU core.
+:class:`LexicalBackend` needs nothing but scikit-learn: word uni/bigrams
+(English words stemmed) and character 2-5-grams (which carry Persian morphology
+and typos), a linear SVM, and nearest neighbours. It runs in well under a
+millisecond per question on one CPU core. The product's default
+(``bots.static``) adds static English word vectors to it.
 """
 
 from __future__ import annotations
@@ -106,8 +107,9 @@ class FittedModel(abc.ABC):
 
 class Backend(abc.ABC):
     """How questions become scores. Implementations: :class:`LexicalBackend`
-    (default, no model), ``bots.embedding.EmbeddingBackend`` (a sentence
-    embedding model, when installed)."""
+    (n-grams, no model), ``bots.static.StaticBackend`` (the product's default:
+    n-grams plus shipped static word vectors), ``bots.embedding.EmbeddingBackend``
+    (a sentence embedding model, when installed)."""
 
     name: ClassVar[str]
 

@@ -150,7 +150,12 @@ def make_backend(config: BotConfig) -> Backend:
         from bots.embedding import EmbeddingBackend
 
         return EmbeddingBackend()
-    return LexicalBackend()
+    if config.backend == "lexical":
+        return LexicalBackend()
+    # "static", and "rasa" for the FAQ answers the hub gives before asking Rasa.
+    from bots.static import StaticBackend
+
+    return StaticBackend()
 
 
 def check_backend(config: BotConfig) -> None:

@@ -492,9 +492,10 @@ class RasaConfig(_Section):
 
 class BotConfig(_Section):
     enabled: bool = False
-    # lexical: built in, no model; embedding: sentence-transformers (pip install 'crm-hub[embeddings]');
+    # static: n-grams plus the shipped static word vectors (English); lexical: n-grams alone;
+    # embedding: sentence-transformers (pip install 'crm-hub[embeddings]');
     # rasa: forward to a Rasa assistant (bot.rasa.url).
-    backend: Literal["lexical", "embedding", "rasa"] = "lexical"
+    backend: Literal["static", "lexical", "embedding", "rasa"] = "static"
     # Calibrated confidence: answer at or above `answer_threshold`, offer the top
     # `choices` entries as buttons at or above `clarify_threshold`, hand off below.
     # 0.5: as likely right as wrong (see the README for how these hold on any KB size).

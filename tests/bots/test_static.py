@@ -1,0 +1,71 @@
+"""The default backend: n-grams plus the shipped static word vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from bots.embedding import _EmbeddingModel
+from bots.kb import KbEntry
+from bots.matcher import Matcher
+from bots.static import MODEL_DIR, StaticBackend, StaticEncoder, latin_words
+from hub.bot_step import make_backend
+from hub.config import BotConfig
+
+KB = [
+    KbEntry(id="weather", questions=("what's the weather like", "is it going to rain today"), answer={"en": "Sunny"}),
+    KbEntry(id="card", questions=("how do I cancel my card", "I lost my card"), answer={"en": "Call us"}),
+    KbEntry(id="hours", questions=("when are you open", "what are your opening hours"), answer={"en": "9-5"}),
+    KbEntry(id="refund", questions=("I want my money back", "how do refunds work"), answer={"en": "30 days"}),
+    KbEntry(
+        id="price",
+        questions=("قیمت اشتراک چند است", "how much does it cost"),
+        answer={"en": "$9", "fa": "۹ دلار"},
+    ),
+]
+
+
+def test_it_is_the_default_and_ships_with_the_package() -> None:
+    assert isinstance(make_backend(BotConfig()), StaticBackend)
+    assert {p.name for p in MODEL_DIR.iterdir()} >= {"model.safetensors", "tokenizer.json", "config.json"}
+
+
+def test_only_latin_script_words_are_embedded() -> None:
+    assert latin_words("قیمت Pro plan چنده؟ don't ۱۲ café") == "Pro plan don't café"
+    vectors = StaticEncoder().encode(["cancel my card", "block my credit card", "what's the weather", "قیمت چنده"])
+    assert np.allclose(np.linalg.norm(vectors[:3], axis=1), 1.0)
+    # A Persian question gets no vector: a bag of Arabic letters would only add noise.
+    assert not vectors[3].any()
+    similar, unrelated = vectors[0] @ vectors[1], vectors[0] @ vectors[2]
+    assert similar > unrelated + 0.2
+
+
+@pytest.mark.parametrize(
+    ("question", "entry"),
+    [
+        # No word in common with the entry's examples: the vectors know these are close.
+        ("reimburse me please", "refund"),
+        ("will there be showers tomorrow", "weather"),
+        ("my wallet was stolen with my visa", "card"),
+        # Persian is matched by its n-grams, as before.
+        ("قیمت اشتراک چنده", "price"),
+    ],
+)
+def test_paraphrases_rank_their_entry_first(question: str, entry: str) -> None:
+    (best, *_) = Matcher(KB, StaticBackend()).rank([question], 2)[0]
+    assert best.entry_id == entry
+
+
+@pytest.mark.parametrize("entries", [2, 5])
+def test_the_classifier_scores_are_sklearns_log_probabilities(entries: int) -> None:
+    """The backend applies the fitted weights itself (sklearn's checks cost a
+    millisecond a question); with two entries sklearn keeps one decision
+    function, which must still give both entries their log-probability."""
+    model = Matcher(KB[:entries], StaticBackend()).model
+    assert isinstance(model, _EmbeddingModel)
+    questions = ["is it raining", "cancel the card", "قیمت"]
+    combined, _ = model.scores(questions)
+    lexical, _ = model.lexical.scores(questions)
+    fitted = LogisticRegression(C=20.0, max_iter=2000).fit(model.examples, model.labels)
+    assert np.allclose(combined - lexical, fitted.predict_log_proba(model.encode(questions)))
