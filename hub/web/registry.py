@@ -80,6 +80,12 @@ def _checking_query(op: Operation) -> Handler:
     async def checked(request: web.Request) -> web.StreamResponse:
         unknown = sorted({name[:40] for name in request.query if name not in known})
         if unknown:
+            if op.auth:
+                # Who may not call the endpoint hears that first, not which
+                # parameters it takes.
+                from hub.web.api import current_agent
+
+                await current_agent(request)
             message = "not a query parameter of this endpoint"
             raise BadRequest(
                 f"unknown query parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: {takes}",

@@ -161,9 +161,9 @@ async def test_only_a_route_that_declares_its_query_has_it_checked() -> None:
     async def ok(request: web.Request) -> web.Response:
         return web.json_response(dict(request.query))
 
-    routes.route("GET", "/free", summary="query not declared", tag="t")(ok)
-    routes.route("GET", "/none", summary="takes no query", tag="t", query={})(ok)
-    routes.route("GET", "/some", summary="takes a", tag="t", query={"a": "a thing"})(ok)
+    routes.route("GET", "/free", summary="query not declared", tag="t", auth=False)(ok)
+    routes.route("GET", "/none", summary="takes no query", tag="t", query={}, auth=False)(ok)
+    routes.route("GET", "/some", summary="takes a", tag="t", query={"a": "a thing"}, auth=False)(ok)
     app = web.Application(middlewares=[error_middleware])
     routes.install(app)
     server = TestServer(app)
@@ -184,6 +184,16 @@ async def test_only_a_route_that_declares_its_query_has_it_checked() -> None:
                 assert (await r.json())["error"]["message"] == "unknown query parameter 'a': it takes none"
     finally:
         await server.close()
+
+
+@pytest.mark.parametrize("token", [None, "not-a-token"])
+async def test_a_caller_without_a_valid_token_hears_that_before_the_query_is_checked(
+    env: Env, token: str | None
+) -> None:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with env.http.get(f"{env.base}/api/v1/tickets?stauts=open", headers=headers) as r:
+        assert r.status == 401
+        assert "stauts" not in await r.text()
 
 
 @pytest.mark.parametrize("spelt", ["%20" + "{id}", "+{id}", "{id}_0", "\u0663"])
