@@ -35,8 +35,15 @@ class Operation:
     #: The query parameters, each with its description. Declared (even as
     #: ``{}``), they are all the route takes: any other is refused with a 400
     #: naming it, so a misspelt filter is not silently ignored. Left out
-    #: (None), the query is not checked.
+    #: (None), an agent API route (``/api/v1/``) takes none; any other route
+    #: (pages, scripts, provider webhooks: browsers and providers add their
+    #: own parameters) does not have its query checked.
     query: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.query is None and self.path.startswith("/api/v1/"):
+            self.query = {}
+
     content_type: str = "application/json"
     websocket: bool = False
     errors: tuple[int, ...] = ()

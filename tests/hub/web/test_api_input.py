@@ -186,6 +186,16 @@ async def test_only_a_route_that_declares_its_query_has_it_checked() -> None:
         await server.close()
 
 
+async def test_an_api_route_that_declares_no_query_takes_none(env: Env) -> None:
+    r = await env.inbound("v-q", "v-q:1")
+    for path in (f"/api/v1/tickets/{r.ticket_id}?include=messages", "/api/v1/me?fields=name"):
+        bad = await env.admin.get(path, 400)
+        assert "unknown query parameter" in bad["error"]["message"] and "it takes none" in bad["error"]["message"]
+    # Pages and scripts stay lenient: browsers and embedding sites add their own.
+    async with env.http.get(f"{env.base}/widget.js?v=2") as page:
+        assert page.status == 200
+
+
 @pytest.mark.parametrize("token", [None, "not-a-token"])
 async def test_a_caller_without_a_valid_token_hears_that_before_the_query_is_checked(
     env: Env, token: str | None
