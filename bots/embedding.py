@@ -24,6 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from bots.matcher import Backend, FittedModel, LexicalBackend, Matrix, Prepared
+from hub.text import latin_words
 
 
 class ModelMissing(RuntimeError):
@@ -131,6 +132,14 @@ class EmbeddingBackend(Backend):
             return np.zeros((0, self.encoder.get_sentence_embedding_dimension() or 0))
         vectors = self.encoder.encode(list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float64)
+
+    def covers(self, text: str) -> bool:
+        # The model's vocabulary is English: a question without a Latin-script
+        # word is a bag of letter pieces to it, and the n-grams alone judge it.
+        return bool(latin_words(text))
+
+    def fallback(self) -> Backend:
+        return self.lexical
 
     def prepare(self, texts: Sequence[str]) -> _Encoded:
         # Each example question is encoded once, not once per calibration fold.

@@ -126,6 +126,15 @@ class Backend(abc.ABC):
     def fit_texts(self, texts: Sequence[str], labels: NDArray[np.int64], n_classes: int) -> FittedModel:
         return self.fit(self.prepare(texts), np.arange(len(texts), dtype=np.int64), labels, n_classes)
 
+    def covers(self, text: str) -> bool:
+        """Whether this backend can judge ``text`` (a model of English words
+        cannot judge a Persian question); the others go to :meth:`fallback`."""
+        return True
+
+    def fallback(self) -> Backend | None:
+        """The backend for the questions this one does not cover."""
+        return None
+
 
 def max_per_class(sims: Matrix, labels: NDArray[np.int64], n_classes: int) -> Matrix:
     """Per row, the largest similarity among the examples of each class."""
@@ -343,10 +352,19 @@ class Calibrator:
 
 
 def self_calibrate(
-    backend: Backend, prepared: Prepared, labels: NDArray[np.int64], n_classes: int, *, seed: int = 7
+    backend: Backend,
+    prepared: Prepared,
+    labels: NDArray[np.int64],
+    n_classes: int,
+    *,
+    seed: int = 7,
+    covered: NDArray[np.bool_] | None = None,
 ) -> Calibrator:
-    """Learn the confidence from the knowledge base alone (see the module doc)."""
+    """Learn the confidence from the knowledge base alone (see the module doc),
+    from the held-out questions the backend ``covered`` (all by default): the
+    others are its fallback's to judge."""
     everything = np.arange(len(labels), dtype=np.int64)
+    judged = np.ones(len(labels), dtype=bool) if covered is None else covered
     if n_classes < 3:
         return Calibrator()
     feats: list[Matrix] = []
@@ -362,8 +380,11 @@ def self_calibrate(
             continue
         remap = -np.ones(n_classes, dtype=np.int64)
         remap[kept] = np.arange(len(kept))
+        scored = out & judged
+        if not scored.any():
+            continue
         model = backend.fit(prepared, everything[~out], remap[labels[~out]], len(kept))
-        s, n = model.scores_prepared(prepared, everything[out])
+        s, n = model.scores_prepared(prepared, everything[scored])
         feats.append(_features(s, n, s.argmax(axis=1)))
         target.append(np.zeros(len(s)))
     # In scope: the k-th question of each entry (that has more) held out.
@@ -377,11 +398,14 @@ def self_calibrate(
         held = (position == k) & (counts[labels] > k + 1)
         if not held.any():
             break
+        scored = held & judged
+        if not scored.any():
+            continue
         model = backend.fit(prepared, everything[~held], labels[~held], n_classes)
-        s, n = model.scores_prepared(prepared, everything[held])
+        s, n = model.scores_prepared(prepared, everything[scored])
         top = s.argmax(axis=1)
         feats.append(_features(s, n, top))
-        target.append((top == labels[held]).astype(np.float64))
+        target.append((top == labels[scored]).astype(np.float64))
     if not feats:
         return Calibrator()
     x = np.vstack(feats)
@@ -450,17 +474,44 @@ class Matcher:
         self.n_questions = len(texts)
         self.model: FittedModel | None = None
         self.calibrator = Calibrator()
+        # Questions the backend does not cover are matched, and calibrated,
+        # by its fallback alone: judged by half a model, a Persian question
+        # that is word for word an example scored as unsure (0.46).
+        other = self.backend.fallback()
+        self.fallback = Matcher(entries, other, calibrate=calibrate) if other is not None and entries else None
         if self.entries:
             y = np.asarray(labels, dtype=np.int64)
             prepared = self.backend.prepare(texts)
             self.model = self.backend.fit(prepared, np.arange(len(texts), dtype=np.int64), y, len(self.entries))
             if calibrate:
-                self.calibrator = self_calibrate(self.backend, prepared, y, len(self.entries))
+                covered = np.array([self.backend.covers(t) for t in texts], dtype=bool)
+                self.calibrator = self_calibrate(self.backend, prepared, y, len(self.entries), covered=covered)
+
+    def _split(self, texts: Sequence[str]) -> tuple[list[int], list[int]]:
+        """Indices of the questions for this backend and for the fallback."""
+        if self.fallback is None:
+            return list(range(len(texts))), []
+        mine: list[int] = []
+        other: list[int] = []
+        for i, text in enumerate(texts):
+            (mine if self.backend.covers(text) else other).append(i)
+        return mine, other
 
     def confidences(self, texts: Sequence[str]) -> Matrix:
         """The calibrated confidence of every entry for every question."""
         if self.model is None:
             return np.zeros((len(texts), 0))
+        mine, other = self._split(texts)
+        if other and self.fallback is not None:
+            out = np.empty((len(texts), len(self.entries)))
+            out[other] = self.fallback.confidences([texts[i] for i in other])
+            if mine:
+                out[mine] = self._confidences([texts[i] for i in mine])
+            return out
+        return self._confidences(texts)
+
+    def _confidences(self, texts: Sequence[str]) -> Matrix:
+        assert self.model is not None
         s, n = self.model.scores(texts)
         out = np.empty_like(s)
         for col in range(s.shape[1]):
@@ -472,6 +523,19 @@ class Matcher:
         calibrated against all others and the rest by the same formula."""
         if self.model is None or not texts:
             return [[] for _ in texts]
+        mine, other = self._split(texts)
+        if other and self.fallback is not None:
+            out: list[list[Candidate]] = [[] for _ in texts]
+            for i, cands in zip(other, self.fallback.rank([texts[i] for i in other], k), strict=True):
+                out[i] = cands
+            if mine:
+                for i, cands in zip(mine, self._rank([texts[i] for i in mine], k), strict=True):
+                    out[i] = cands
+            return out
+        return self._rank(texts, k)
+
+    def _rank(self, texts: Sequence[str], k: int) -> list[list[Candidate]]:
+        assert self.model is not None
         s, n = self.model.scores(texts)
         k = min(k, s.shape[1])
         order = np.argsort(-s, axis=1)[:, :k]

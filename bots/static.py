@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,15 +27,9 @@ import numpy as np
 
 from bots.embedding import EmbeddingBackend
 from bots.matcher import Matrix
+from hub.text import latin_words
 
 MODEL_DIR = Path(__file__).resolve().parent / "static_model"
-
-# Words with a Latin letter, digits and apostrophes in them ("don't", "iphone15").
-_LATIN_WORD = re.compile(r"[0-9'\u2019]*[A-Za-z\u00C0-\u024F][A-Za-z\u00C0-\u024F0-9'\u2019]*")
-
-
-def latin_words(text: str) -> str:
-    return " ".join(_LATIN_WORD.findall(text))
 
 
 @functools.cache

@@ -302,3 +302,13 @@ def split_text(text: str, limit: int, *, measure: Callable[[str], int] = len) ->
     if rest or not parts:
         parts.append(rest)
     return parts
+
+
+# Words with a Latin letter, digits and apostrophes in them ("don't", "iphone15").
+_LATIN_WORD = re.compile(r"[0-9'\u2019]*[A-Za-z\u00C0-\u024F][A-Za-z\u00C0-\u024F0-9'\u2019]*")
+
+
+def latin_words(text: str) -> str:
+    """The Latin-script words of ``text``, space-separated: what a model of
+    English words can read of it."""
+    return " ".join(_LATIN_WORD.findall(text))
