@@ -4,15 +4,15 @@ plus static word vectors distilled from all-MiniLM-L6-v2, shipped in
 
 The vectors know that "cancel my card" and "block my credit card" are close,
 which n-grams of ten examples cannot; on CLINC150 they lift the share of
-questions ranked right first from 73% to 80% (the full sentence model behind
+questions ranked right first from 73% to 79% (the full sentence model behind
 the ``embedding`` backend: 86%), at a fraction of a millisecond per question
 and with no torch. A sentence's vector is the mean of its tokens' vectors
 (Model2Vec), so it is blind to word order, which n-grams partly see.
 
 The model's vocabulary is English: Persian and other non-Latin words would
-become a bag of letters, so only Latin-script words are embedded and a
-question without any gets no vector (its entry scores come from the n-grams
-alone).
+become a bag of letters, so only Latin-script words are embedded, and a
+question without any is left to the n-grams (the matcher's fallback, see
+``EmbeddingBackend.covers``).
 """
 
 from __future__ import annotations
