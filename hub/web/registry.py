@@ -39,16 +39,15 @@ class Operation:
     #: (pages, scripts, provider webhooks: browsers and providers add their
     #: own parameters) does not have its query checked.
     query: dict[str, str] | None = None
-
-    def __post_init__(self) -> None:
-        if self.query is None and self.path.startswith("/api/v1/"):
-            self.query = {}
-
     content_type: str = "application/json"
     websocket: bool = False
     errors: tuple[int, ...] = ()
     # Served by worker processes too (health, metrics), not only by web ones.
     everywhere: bool = False
+
+    def __post_init__(self) -> None:
+        if self.query is None and self.path.startswith("/api/v1/"):
+            self.query = {}
 
 
 class Registry:
