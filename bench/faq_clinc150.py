@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bots.kb import KbEntry  # noqa: E402
-from bots.matcher import Backend, LexicalBackend, Matcher, Thresholds  # noqa: E402
-from bots.static import StaticBackend  # noqa: E402
+from bots.matcher import Backend, Matcher, Thresholds  # noqa: E402
+from hub.bot_step import make_backend  # noqa: E402
 from hub.config import BotConfig  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "clinc150"
@@ -217,18 +217,11 @@ def main() -> None:
     path = Path(args.data) if Path(args.data).exists() else DATA / args.data
     if not path.exists():
         sys.exit(f"{path} not found (the shared CLINC150 data)")
-    backend: Backend
+    # The product's own choice of backend, as `bot.backend` makes it.
+    backend = make_backend(BotConfig(backend=args.backend))
+    targets = {"correct": 0.70, "wrong": args.max_wrong, "oos": 0.85, "p99_ms": 5.0}
     if args.backend == "embedding":
-        from bots.embedding import EmbeddingBackend
-
-        backend = EmbeddingBackend()
         targets = {"correct": 0.80, "wrong": args.max_wrong, "oos": 0.85, "p99_ms": 50.0}
-    elif args.backend == "static":
-        backend = StaticBackend()
-        targets = {"correct": 0.70, "wrong": args.max_wrong, "oos": 0.85, "p99_ms": 5.0}
-    else:
-        backend = LexicalBackend()
-        targets = {"correct": 0.70, "wrong": args.max_wrong, "oos": 0.85, "p99_ms": 5.0}
     bot = BotConfig()
     defaults = Thresholds(bot.answer_threshold, bot.clarify_threshold, bot.choices)
     results = []

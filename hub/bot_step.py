@@ -152,7 +152,8 @@ def make_backend(config: BotConfig) -> Backend:
         return EmbeddingBackend()
     if config.backend == "lexical":
         return LexicalBackend()
-    # "static", and "rasa" for the FAQ answers the hub gives before asking Rasa.
+    # "static"; and "rasa", where Rasa answers customers but the knowledge base
+    # is still what `crm-hub bot ask` and the admin API's /bot/ask check.
     from bots.static import StaticBackend
 
     return StaticBackend()
