@@ -655,6 +655,19 @@ async def do_merge_contacts(session: AsyncSession, target: Contact, source: Cont
         raise Conflict(f"contact {source.id} was already merged into {source.merged_into_id}")
     if target.merged_into_id is not None:
         raise Conflict(f"contact {target.id} was merged into {target.merged_into_id}; merge into that one")
+    # The identities move first, locked in the order ingest share-locks them
+    # (code point order, as Python sorts): a message the customer is writing
+    # now either commits before this (and is moved below with the rest) or
+    # waits and then finds the kept contact. Nothing of the source's is locked
+    # yet, so ingest, holding its identities, never waits for the merge.
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(
+            select(Identity.id)
+            .where(Identity.contact_id == source.id)
+            .order_by(Identity.channel.collate("C"), Identity.address.collate("C"))
+            .with_for_update()
+        )
+    await session.execute(update(Identity).where(Identity.contact_id == source.id).values(contact_id=target.id))
     now = utcnow()
     # Both may have an unresolved ticket in the same inbox (and thread); only
     # one may stay unresolved, so the source's is resolved with a pointer to
@@ -689,7 +702,7 @@ async def do_merge_contacts(session: AsyncSession, target: Contact, source: Cont
     # Every row that is about the person follows them (bot_sessions, one per
     # contact, is settled below); a campaign row must, or the runner checks the
     # consent of the merged-away contact, which nobody updates any more.
-    for model in (Identity, Ticket, Message, TicketEventRow, BotTurn, Call, CampaignRecipient):
+    for model in (Ticket, Message, TicketEventRow, BotTurn, Call, CampaignRecipient):
         move = update(model).where(model.contact_id == source.id).values(contact_id=target.id)
         if model is not Ticket:
             await session.execute(move)

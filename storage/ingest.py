@@ -471,13 +471,21 @@ async def _contacts_for(
 
 
 async def _identity_contacts(session: AsyncSession, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """The contact of each known identity. On PostgreSQL the identities are
+    share-locked until the commit: a merge moves them first (see
+    ``hub.actions.do_merge_contacts``), so this waits for a merge in progress
+    and then reads the kept contact, where an unlocked read would file the
+    message under the merged-away one (and open it a ticket there). Locked in
+    (channel, address) order, code point by code point, as the merge does."""
     found: dict[tuple[str, str], int] = {}
-    for channel, chunk in _grouped(keys):
-        rows = await session.execute(
-            select(Identity.channel, Identity.address, Identity.contact_id).where(
-                Identity.channel == channel, Identity.address.in_(chunk)
-            )
+    lock = session.get_bind().dialect.name == "postgresql"
+    for channel, chunk in _grouped(sorted(keys) if lock else keys):
+        stmt = select(Identity.channel, Identity.address, Identity.contact_id).where(
+            Identity.channel == channel, Identity.address.in_(chunk)
         )
+        if lock:
+            stmt = stmt.order_by(Identity.address.collate("C")).with_for_update(read=True)
+        rows = await session.execute(stmt)
         for r in rows.all():
             found[(r.channel, r.address)] = r.contact_id
     return found

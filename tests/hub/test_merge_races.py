@@ -133,3 +133,108 @@ async def test_a_merge_while_an_agent_reopens_the_kept_customers_ticket_is_a_409
         merged_into = await s.scalar(select(Contact.merged_into_id).where(Contact.id == gone.contact_id))
     assert contacts == {kept.ticket_id: kept.contact_id, gone.ticket_id: gone.contact_id}
     assert merged_into is None
+
+
+async def test_a_message_written_while_a_finished_merge_commits_lands_on_the_kept_contact(
+    dbs: tuple[Database, Database],
+) -> None:
+    """The merge has moved everything but not committed when the customer
+    writes again: ingest must wait for it and then file the message under the
+    kept contact, not open a new ticket for the merged-away one."""
+    first_db, second_db = dbs
+    async with first_db.write() as s:
+        (kept, gone) = await ingest_batch(s, [webchat("va", "va:1"), webchat("vb", "vb:1")])
+    assert isinstance(kept, IngestResult) and isinstance(gone, IngestResult)
+    moved, commit = asyncio.Event(), asyncio.Event()
+
+    async def merge() -> None:
+        try:
+            async with first_db.write() as s:
+                target = await check_contact(s, kept.contact_id)
+                source = await check_contact(s, gone.contact_id)
+                await do_merge_contacts(s, target, source, actor="agent:1")
+                moved.set()
+                await guarded(commit.wait())
+        finally:
+            moved.set()
+
+    async def write_again() -> IngestResult:
+        await guarded(moved.wait())
+        try:
+            async with second_db.write() as s:
+                pid = await s.scalar(text("SELECT pg_backend_pid()"))
+                assert isinstance(pid, int)
+                storing = asyncio.ensure_future(ingest_batch(s, [webchat("vb", "vb:2")]))
+                await until_waiting_on_a_lock(second_db, pid)
+                commit.set()
+                (result,) = await guarded(storing)
+                assert isinstance(result, IngestResult)
+                return result
+        finally:
+            commit.set()
+
+    _, wrote = await asyncio.gather(merge(), write_again())
+    assert wrote.contact_id == kept.contact_id
+    assert wrote.ticket_id == kept.ticket_id and not wrote.ticket_created
+    async with first_db.read() as s:
+        open_on_gone = await s.scalar(
+            select(Ticket.id).where(Ticket.contact_id == gone.contact_id, Ticket.status != TicketStatus.RESOLVED.value)
+        )
+    assert open_on_gone is None
+
+
+async def test_a_merge_waits_for_a_message_being_stored_and_then_moves_it(
+    dbs: tuple[Database, Database],
+) -> None:
+    """The other order: ingest has read (and share-locked) the customer's
+    identity when the merge starts. The merge waits for it without holding
+    anything ingest needs next (the customer's open ticket, which the merge
+    resolves), so neither deadlocks; then it moves the new message with the
+    rest."""
+    first_db, second_db = dbs
+    async with first_db.write() as s:
+        (kept, gone) = await ingest_batch(s, [webchat("va", "va:1"), webchat("vb", "vb:1")])
+    assert isinstance(kept, IngestResult) and isinstance(gone, IngestResult)
+    identified, go = asyncio.Event(), asyncio.Event()
+
+    async def write_again() -> None:
+        try:
+            async with first_db.write() as s:
+                execute = s.execute
+
+                async def paused(statement: Any, *args: Any, **kwargs: Any) -> Any:
+                    # Hold still right after the identity is read, before the tickets.
+                    result = await execute(statement, *args, **kwargs)
+                    if "FROM identities" in str(statement) and not identified.is_set():
+                        identified.set()
+                        await guarded(go.wait())
+                    return result
+
+                s.execute = paused  # type: ignore[method-assign]
+                (result,) = await ingest_batch(s, [webchat("vb", "vb:2")])
+                assert isinstance(result, IngestResult) and result.contact_id == gone.contact_id
+        finally:
+            identified.set()
+
+    async def merge() -> None:
+        await guarded(identified.wait())
+        try:
+            async with second_db.write() as s:
+                pid = await s.scalar(text("SELECT pg_backend_pid()"))
+                assert isinstance(pid, int)
+                target = await check_contact(s, kept.contact_id)
+                source = await check_contact(s, gone.contact_id)
+                merging = asyncio.ensure_future(do_merge_contacts(s, target, source, actor="agent:2"))
+                await until_waiting_on_a_lock(second_db, pid)
+                go.set()
+                await guarded(merging)
+        finally:
+            go.set()
+
+    wrote, merged = await asyncio.gather(write_again(), merge(), return_exceptions=True)
+    assert wrote is None and merged is None, (wrote, merged)
+    async with first_db.read() as s:
+        owners = dict((await s.execute(select(Message.external_id, Message.contact_id))).all())
+        status = await s.scalar(select(Ticket.status).where(Ticket.id == gone.ticket_id))
+    assert owners == {"va:1": kept.contact_id, "vb:1": kept.contact_id, "vb:2": kept.contact_id}
+    assert status == TicketStatus.RESOLVED.value
