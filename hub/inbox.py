@@ -13,7 +13,7 @@ from channels.webchat import VisitorDetails
 from hub.actions import audit, record_ticket_event
 from hub.core import Channel, IdentityKind, Presence, Priority, TicketEventKind, utcnow
 from hub.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from storage.ingest import dialect_insert
+from storage.ingest import dialect_insert, identity_contacts
 from storage.models import (
     Agent,
     CannedResponse,
@@ -150,11 +150,11 @@ async def visitor_contact(session: AsyncSession, visitor_id: str) -> int:
     have not written yet. Safe against a first message stored at the same
     moment: the identity's unique key decides, as in ingest."""
     kind = IdentityKind.WEBCHAT.value
-    found = await session.scalar(
-        select(Identity.contact_id).where(Identity.channel == kind, Identity.address == visitor_id)
-    )
+    # Locked as ingest locks it: a merge in progress is waited for, and the
+    # details go to the contact the visitor is kept as.
+    found = (await identity_contacts(session, [(kind, visitor_id)])).get((kind, visitor_id))
     if found is not None:
-        return int(found)
+        return found
     contact = Contact(attributes={}, tags=[], lead_score=0)
     session.add(contact)
     await session.flush()
@@ -166,9 +166,7 @@ async def visitor_contact(session: AsyncSession, visitor_id: str) -> int:
     )
     if won is None:
         await session.delete(contact)
-        won = await session.scalar(
-            select(Identity.contact_id).where(Identity.channel == kind, Identity.address == visitor_id)
-        )
+        won = (await identity_contacts(session, [(kind, visitor_id)])).get((kind, visitor_id))
     assert won is not None
     return int(won)
 

@@ -418,7 +418,7 @@ async def _contacts_for(
 ) -> dict[tuple[str, str], int]:
     if not keys:
         return {}
-    found = await _identity_contacts(session, list(keys))
+    found = await identity_contacts(session, list(keys))
     missing = [k for k in keys if k not in found]
     if missing:
         # The new contacts are identical blanks, so which id goes with which
@@ -466,11 +466,11 @@ async def _contacts_for(
             # and drop the ones we made for nothing.
             orphans = [cid for k, cid in zip(missing, new_ids, strict=True) if k in set(lost)]
             await session.execute(delete(Contact).where(Contact.id.in_(orphans)))
-            found.update(await _identity_contacts(session, lost))
+            found.update(await identity_contacts(session, lost))
     return found
 
 
-async def _identity_contacts(session: AsyncSession, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+async def identity_contacts(session: AsyncSession, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
     """The contact of each known identity. On PostgreSQL the identities are
     share-locked until the commit: a merge moves them first (see
     ``hub.actions.do_merge_contacts``), so this waits for a merge in progress

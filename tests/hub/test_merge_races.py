@@ -6,22 +6,28 @@ moves their tickets. Neither may deadlock the other."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from channels.webchat import VisitorDetails
 from hub.actions import check_contact, check_ticket, do_merge_contacts, do_set_status
 from hub.core import Channel, InboundMessage, TicketStatus
 from hub.errors import Conflict
+from hub.inbox import do_identify_visitor
 from storage.db import Database
 from storage.ingest import IngestResult, ingest_batch
-from storage.models import Contact, Message, Ticket
+from storage.models import Contact, Identity, Message, Ticket
 from tests.hub.test_reopen import dbs, guarded, until_waiting_on_a_lock
 
 __all__ = ["dbs"]  # the fixture, used by name
 
 pytestmark = pytest.mark.postgres
+
+T = TypeVar("T")
 
 
 def webchat(sender: str, ext: str) -> InboundMessage:
@@ -135,12 +141,12 @@ async def test_a_merge_while_an_agent_reopens_the_kept_customers_ticket_is_a_409
     assert merged_into is None
 
 
-async def test_a_message_written_while_a_finished_merge_commits_lands_on_the_kept_contact(
-    dbs: tuple[Database, Database],
-) -> None:
-    """The merge has moved everything but not committed when the customer
-    writes again: ingest must wait for it and then file the message under the
-    kept contact, not open a new ticket for the merged-away one."""
+async def while_a_finished_merge_commits(
+    dbs: tuple[Database, Database], write: Callable[[AsyncSession], Awaitable[T]]
+) -> tuple[IngestResult, IngestResult, T]:
+    """Merge customer "vb" into "va" up to the commit, then ``write`` on the
+    other hub; the merge commits once ``write`` waits for one of its locks.
+    Returns both contacts' first messages and what ``write`` returned."""
     first_db, second_db = dbs
     async with first_db.write() as s:
         (kept, gone) = await ingest_batch(s, [webchat("va", "va:1"), webchat("vb", "vb:1")])
@@ -158,29 +164,57 @@ async def test_a_message_written_while_a_finished_merge_commits_lands_on_the_kep
         finally:
             moved.set()
 
-    async def write_again() -> IngestResult:
+    async def write_then() -> T:
         await guarded(moved.wait())
         try:
             async with second_db.write() as s:
                 pid = await s.scalar(text("SELECT pg_backend_pid()"))
                 assert isinstance(pid, int)
-                storing = asyncio.ensure_future(ingest_batch(s, [webchat("vb", "vb:2")]))
+                writing = asyncio.ensure_future(write(s))
                 await until_waiting_on_a_lock(second_db, pid)
                 commit.set()
-                (result,) = await guarded(storing)
-                assert isinstance(result, IngestResult)
-                return result
+                return await guarded(writing)
         finally:
             commit.set()
 
-    _, wrote = await asyncio.gather(merge(), write_again())
+    _, wrote = await asyncio.gather(merge(), write_then())
+    return kept, gone, wrote
+
+
+async def test_a_message_written_while_a_finished_merge_commits_lands_on_the_kept_contact(
+    dbs: tuple[Database, Database],
+) -> None:
+    """The merge has moved everything but not committed when the customer
+    writes again: ingest must wait for it and then file the message under the
+    kept contact, not open a new ticket for the merged-away one."""
+
+    async def write(s: AsyncSession) -> IngestResult:
+        (result,) = await ingest_batch(s, [webchat("vb", "vb:2")])
+        assert isinstance(result, IngestResult)
+        return result
+
+    kept, gone, wrote = await while_a_finished_merge_commits(dbs, write)
     assert wrote.contact_id == kept.contact_id
     assert wrote.ticket_id == kept.ticket_id and not wrote.ticket_created
-    async with first_db.read() as s:
+    async with dbs[0].read() as s:
         open_on_gone = await s.scalar(
             select(Ticket.id).where(Ticket.contact_id == gone.contact_id, Ticket.status != TicketStatus.RESOLVED.value)
         )
     assert open_on_gone is None
+
+
+async def test_a_visitors_details_given_while_a_merge_commits_go_to_the_kept_contact(
+    dbs: tuple[Database, Database],
+) -> None:
+    async def identify(s: AsyncSession) -> int:
+        return await do_identify_visitor(s, "vb", VisitorDetails(name="Bea", email="bea@example.com"))
+
+    kept, _, contact_id = await while_a_finished_merge_commits(dbs, identify)
+    assert contact_id == kept.contact_id
+    async with dbs[0].read() as s:
+        name = await s.scalar(select(Contact.name).where(Contact.id == kept.contact_id))
+        owner = await s.scalar(select(Identity.contact_id).where(Identity.address == "bea@example.com"))
+    assert (name, owner) == ("Bea", kept.contact_id)
 
 
 async def test_a_merge_waits_for_a_message_being_stored_and_then_moves_it(
