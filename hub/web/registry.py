@@ -85,17 +85,27 @@ def _checking_query(op: Operation) -> Handler:
     @functools.wraps(handler)
     async def checked(request: web.Request) -> web.StreamResponse:
         unknown = sorted({name[:40] for name in request.query if name not in known})
-        if unknown:
-            if op.auth:
-                # Who may not call the endpoint hears that first, not which
-                # parameters it takes.
-                from hub.web.api import current_agent
+        # Handlers read one value; a second would be dropped without a word
+        # (lists are comma-separated: ?status=open,pending).
+        repeated = sorted({name for name in request.query if name in known and len(request.query.getall(name)) > 1})
+        if (unknown or repeated) and op.auth:
+            # Who may not call the endpoint hears that first, not which
+            # parameters it takes.
+            from hub.web.api import current_agent
 
-                await current_agent(request)
+            await current_agent(request)
+        if unknown:
             message = "not a query parameter of this endpoint"
             raise BadRequest(
                 f"unknown query parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: {takes}",
                 details=[{"field": name, "message": message} for name in unknown],
+            )
+        if repeated:
+            message = "given more than once: give it once, several values separated by commas"
+            raise BadRequest(
+                f"query parameter{'s' if len(repeated) > 1 else ''} {', '.join(map(repr, repeated))} "
+                f"given more than once: give each once (a list as comma-separated values)",
+                details=[{"field": name, "message": message} for name in repeated],
             )
         return await handler(request)
 
