@@ -268,7 +268,7 @@ async def _message_page(
     more = len(rows) > limit
     rows = rows[:limit]
     inboxes = {m.inbox_id for m in rows}
-    keys = dict((await session.execute(select(Inbox.id, Inbox.key).where(Inbox.id.in_(inboxes)))).tuples().all())
+    keys = {i: k for i, k in (await session.execute(select(Inbox.id, Inbox.key).where(Inbox.id.in_(inboxes)))).all()}
     return [message_view(m, keys.get(m.inbox_id)) for m in reversed(rows)], rows[-1].id if more and rows else None
 
 
