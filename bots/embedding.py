@@ -141,6 +141,12 @@ class EmbeddingBackend(Backend):
     def fallback(self) -> Backend:
         return self.lexical
 
+    def fallback_part(self, prepared: Prepared, model: FittedModel) -> tuple[Prepared, FittedModel] | None:
+        # The n-gram model inside is fitted on the same rows as the fallback's would be.
+        if isinstance(prepared, _Encoded) and isinstance(model, _EmbeddingModel):
+            return prepared.lexical, model.lexical
+        return None
+
     def prepare(self, texts: Sequence[str]) -> _Encoded:
         # Each example question is encoded once, not once per calibration fold.
         return _Encoded(list(texts), self.lexical.prepare(texts), self.encode(texts))

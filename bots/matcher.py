@@ -135,6 +135,14 @@ class Backend(abc.ABC):
         """The backend for the questions this one does not cover."""
         return None
 
+    def fallback_part(self, prepared: Prepared, model: FittedModel) -> tuple[Prepared, FittedModel] | None:
+        """The :meth:`fallback`'s own prepared questions and model, when this
+        backend's contain them (fitted on the same rows, as the fallback would
+        fit them itself): the matcher then builds and calibrates the fallback
+        from the same fits instead of fitting everything twice. None: the
+        fallback is built on its own."""
+        return None
+
 
 def max_per_class(sims: Matrix, labels: NDArray[np.int64], n_classes: int) -> Matrix:
     """Per row, the largest similarity among the examples of each class."""
@@ -363,12 +371,53 @@ def self_calibrate(
     """Learn the confidence from the knowledge base alone (see the module doc),
     from the held-out questions the backend ``covered`` (all by default): the
     others are its fallback's to judge."""
-    everything = np.arange(len(labels), dtype=np.int64)
     judged = np.ones(len(labels), dtype=bool) if covered is None else covered
+    (calibrator,) = _calibrate(backend, prepared, labels, n_classes, [(_whole(prepared), judged)], seed)
+    return calibrator
+
+
+#: Of a fitted model, the part a calibrator is for, with the prepared questions it scores.
+_Part = Callable[[FittedModel], tuple[Prepared, FittedModel]]
+
+
+def _whole(prepared: Prepared) -> _Part:
+    return lambda model: (prepared, model)
+
+
+def _calibrate(
+    backend: Backend,
+    prepared: Prepared,
+    labels: NDArray[np.int64],
+    n_classes: int,
+    views: Sequence[tuple[_Part, NDArray[np.bool_]]],
+    seed: int,
+) -> list[Calibrator]:
+    """One calibrator per view ``(part, judged)``: each learnt from the
+    held-out questions it judges, scored by its part of the same fold models.
+    Each comes out exactly as if calibrated on its own; the folds are fitted
+    once for all."""
     if n_classes < 3:
-        return Calibrator()
-    feats: list[Matrix] = []
-    target: list[NDArray[np.float64]] = []
+        return [Calibrator() for _ in views]
+    everything = np.arange(len(labels), dtype=np.int64)
+    feats: list[list[Matrix]] = [[] for _ in views]
+    target: list[list[NDArray[np.float64]]] = [[] for _ in views]
+
+    def score(model: FittedModel, held: NDArray[np.bool_], right: NDArray[np.int64] | None) -> None:
+        """Each view's features of the ``held`` questions it judges;
+        ``right``: their entries (in scope), None (out of scope)."""
+        for v, (part, judged) in enumerate(views):
+            scored = held & judged
+            if not scored.any():
+                continue
+            view_prepared, view_model = part(model)
+            s, n = view_model.scores_prepared(view_prepared, everything[scored])
+            top = s.argmax(axis=1)
+            feats[v].append(_features(s, n, top))
+            target[v].append(np.zeros(len(s)) if right is None else (top == right[scored]).astype(np.float64))
+
+    def judged_any(held: NDArray[np.bool_]) -> bool:
+        return any((held & judged).any() for _, judged in views)
+
     rng = np.random.default_rng(seed)
     classes = rng.permutation(n_classes)
     # Out of scope: whole entries left out, a fifth at a time.
@@ -376,17 +425,11 @@ def self_calibrate(
     for g in range(groups):
         out = np.isin(labels, classes[g::groups])
         kept = np.unique(labels[~out])
-        if len(kept) < 2 or not out.any():
+        if len(kept) < 2 or not out.any() or not judged_any(out):
             continue
         remap = -np.ones(n_classes, dtype=np.int64)
         remap[kept] = np.arange(len(kept))
-        scored = out & judged
-        if not scored.any():
-            continue
-        model = backend.fit(prepared, everything[~out], remap[labels[~out]], len(kept))
-        s, n = model.scores_prepared(prepared, everything[scored])
-        feats.append(_features(s, n, s.argmax(axis=1)))
-        target.append(np.zeros(len(s)))
+        score(backend.fit(prepared, everything[~out], remap[labels[~out]], len(kept)), out, None)
     # In scope: the k-th question of each entry (that has more) held out.
     position = np.zeros(len(labels), dtype=np.int64)
     counts = np.bincount(labels, minlength=n_classes)
@@ -398,14 +441,12 @@ def self_calibrate(
         held = (position == k) & (counts[labels] > k + 1)
         if not held.any():
             break
-        scored = held & judged
-        if not scored.any():
-            continue
-        model = backend.fit(prepared, everything[~held], labels[~held], n_classes)
-        s, n = model.scores_prepared(prepared, everything[scored])
-        top = s.argmax(axis=1)
-        feats.append(_features(s, n, top))
-        target.append((top == labels[scored]).astype(np.float64))
+        if judged_any(held):
+            score(backend.fit(prepared, everything[~held], labels[~held], n_classes), held, labels)
+    return [_learnt(f, t) for f, t in zip(feats, target, strict=True)]
+
+
+def _learnt(feats: list[Matrix], target: list[NDArray[np.float64]]) -> Calibrator:
     if not feats:
         return Calibrator()
     x = np.vstack(feats)
@@ -478,14 +519,49 @@ class Matcher:
         # by its fallback alone: judged by half a model, a Persian question
         # that is word for word an example scored as unsure (0.46).
         other = self.backend.fallback()
-        self.fallback = Matcher(entries, other, calibrate=calibrate) if other is not None and entries else None
-        if self.entries:
-            y = np.asarray(labels, dtype=np.int64)
-            prepared = self.backend.prepare(texts)
-            self.model = self.backend.fit(prepared, np.arange(len(texts), dtype=np.int64), y, len(self.entries))
-            if calibrate:
-                covered = np.array([self.backend.covers(t) for t in texts], dtype=bool)
-                self.calibrator = self_calibrate(self.backend, prepared, y, len(self.entries), covered=covered)
+        self.fallback: Matcher | None = None
+        if not self.entries:
+            return
+        y = np.asarray(labels, dtype=np.int64)
+        prepared = self.backend.prepare(texts)
+        self.model = self.backend.fit(prepared, np.arange(len(texts), dtype=np.int64), y, len(self.entries))
+        backend_ = self.backend
+        shared = None if other is None else backend_.fallback_part(prepared, self.model)
+        if other is not None and shared is None:
+            self.fallback = Matcher(entries, other, calibrate=calibrate)
+        views: list[tuple[_Part, NDArray[np.bool_]]] = [
+            (_whole(prepared), np.array([backend_.covers(t) for t in texts], dtype=bool))
+        ]
+        if other is not None and shared is not None:
+
+            def part(model: FittedModel) -> tuple[Prepared, FittedModel]:
+                found = backend_.fallback_part(prepared, model)
+                assert found is not None
+                return found
+
+            views.append((part, np.array([other.covers(t) for t in texts], dtype=bool)))
+        calibrators = (
+            _calibrate(backend_, prepared, y, len(self.entries), views, seed=7)
+            if calibrate
+            else [Calibrator() for _ in views]
+        )
+        self.calibrator = calibrators[0]
+        if other is not None and shared is not None:
+            self.fallback = Matcher._built(self.entries, other, shared[1], calibrators[1], self.n_questions)
+
+    @classmethod
+    def _built(
+        cls, entries: list[KbEntry], backend: Backend, model: FittedModel, calibrator: Calibrator, n_questions: int
+    ) -> Matcher:
+        """A matcher from a model and calibrator already made (a fallback's,
+        see :meth:`Backend.fallback_part`); ``entries`` already in order."""
+        built = cls([], backend)
+        built.entries = entries
+        built.by_id = {e.id: e for e in entries}
+        built.n_questions = n_questions
+        built.model = model
+        built.calibrator = calibrator
+        return built
 
     def _split(self, texts: Sequence[str]) -> tuple[list[int], list[int]]:
         """Indices of the questions for this backend and for the fallback."""

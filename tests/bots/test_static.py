@@ -84,3 +84,25 @@ def test_a_question_without_english_words_is_judged_by_the_n_grams_alone(questio
     static, lexical = Matcher(kb, StaticBackend()), Matcher(kb, LexicalBackend())
     assert static.match(question) == lexical.match(question)
     assert np.array_equal(static.confidences([question, "gift cards"])[0], lexical.confidences([question])[0])
+
+
+def test_the_fallback_is_built_from_the_same_fits_and_calibrated_as_on_its_own() -> None:
+    """The n-gram model inside the default backend's is the fallback's: fitted
+    once, not twice (a third of a build's time), and the fallback's
+    calibration comes out exactly as a plain lexical matcher's. Some entries
+    are Persian only, which the vectors never judge, and some have one question."""
+    kb = [
+        *KB,
+        KbEntry(id="gift", questions=("کارت هدیه دارید", "کارت هدیه میفروشید", "هدیه"), answer={"en": "Yes"}),
+        KbEntry(id="open", questions=("ساعت کاری شما چیست",), answer={"en": "9-5"}),
+        KbEntry(id="ship", questions=("do you ship abroad",), answer={"en": "Yes"}),
+    ]
+    static, lexical = Matcher(kb, StaticBackend()), Matcher(kb, LexicalBackend())
+    assert static.fallback is not None and isinstance(static.model, _EmbeddingModel)
+    assert static.fallback.model is static.model.lexical
+    assert static.fallback.calibrator.learnt
+    assert np.array_equal(static.fallback.calibrator.weights, lexical.calibrator.weights)
+    assert static.fallback.calibrator.bias == lexical.calibrator.bias
+    questions = ["کارت هدیه", "ساعت کاری", "قیمت اشتراک"]
+    assert np.array_equal(static.confidences(questions), lexical.confidences(questions))
+    assert static.fallback.rank(questions, 3) == lexical.rank(questions, 3)
