@@ -16,11 +16,15 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from channels.base import ChannelAdapter, InvalidPayload
-from hub.core import Channel, DeliveryStatus, InboundMessage, OutboundMessage, SendResult
+from hub.core import Channel, DeliveryStatus, InboundMessage, OutboundMessage, SendResult, is_unicode
 from hub.text import InvalidPhoneNumber, parse_phone
 
 MAX_FRAME_BYTES = 64 * 1024
 MAX_CLIENT_ID = 100
+NOT_TEXT = "holds a lone surrogate (an unpaired \\ud800-\\udfff escape), which is not text"
+# The longest message a visitor may send (webchat.max_message_chars at most):
+# what the channel sends the other way too.
+MAX_MESSAGE_CHARS = 20_000
 
 Publish = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -33,9 +37,15 @@ def external_id(visitor_id: str, client_id: str) -> str:
     return f"{visitor_id}:{client_id}"
 
 
-def decode_frame(raw: str) -> dict[str, Any]:
-    if len(raw.encode()) > MAX_FRAME_BYTES:
-        raise InvalidPayload(f"frame is larger than {MAX_FRAME_BYTES} bytes")
+def frame_limit(max_chars: int) -> int:
+    """The largest frame a message of ``max_chars`` characters makes: JSON
+    writes a control character as six bytes; the rest is the other fields."""
+    return max(MAX_FRAME_BYTES, 6 * max_chars + 4096)
+
+
+def decode_frame(raw: str, limit: int = MAX_FRAME_BYTES) -> dict[str, Any]:
+    if len(raw) > limit or len(raw.encode()) > limit:
+        raise InvalidPayload(f"frame is larger than {limit} bytes")
     try:
         frame = json.loads(raw)
     except ValueError as exc:
@@ -56,6 +66,10 @@ def parse_message(
     if unknown:
         raise InvalidPayload(f"unknown field(s) in message frame: {', '.join(sorted(unknown))}")
     text = frame.get("text")
+    # NUL is dropped from every inbound message; dropped first here, so a
+    # text of nothing else is refused as empty rather than stored as "".
+    if isinstance(text, str):
+        text = text.replace("\x00", "")
     if not isinstance(text, str) or not text.strip():
         raise InvalidPayload("message frame needs a non-empty string 'text'")
     if len(text) > max_chars:
@@ -66,6 +80,9 @@ def parse_message(
     quick_reply = frame.get("quick_reply")
     if quick_reply is not None and (not isinstance(quick_reply, str) or not 1 <= len(quick_reply) <= 64):
         raise InvalidPayload("quick_reply must be the string id (1 to 64 characters) of a button offered earlier")
+    for key, value in (("text", text), ("client_id", client_id), ("quick_reply", quick_reply)):
+        if value is not None and not is_unicode(value):
+            raise InvalidPayload(f"{key} {NOT_TEXT}")
     return InboundMessage(
         channel=Channel.WEBCHAT,
         inbox=inbox,
@@ -99,7 +116,7 @@ def message_frame(message: dict[str, Any], client_id: str | None = None) -> dict
 
 class WebchatChannel(ChannelAdapter):
     channel: ClassVar[Channel] = Channel.WEBCHAT
-    max_body_chars: ClassVar[int | None] = 20_000
+    max_body_chars: ClassVar[int | None] = MAX_MESSAGE_CHARS
     supports_attachments: ClassVar[bool] = True
 
     def __init__(self, publish: Publish) -> None:
@@ -159,7 +176,9 @@ def parse_identify(frame: dict[str, Any], *, phone_region: str | None = None) ->
         raw = frame.get(key)
         if raw is not None and not isinstance(raw, str):
             raise InvalidField(key, f"{key} must be a string")
-        values[key] = (raw or "").strip() or None
+        if raw is not None and not is_unicode(raw):
+            raise InvalidField(key, f"{key} {NOT_TEXT}")
+        values[key] = (raw or "").replace("\x00", "").strip() or None
     name, email, phone = values["name"], values["email"], values["phone"]
     if name is not None and len(name) > 200:
         raise InvalidField("name", "name is longer than 200 characters")

@@ -182,7 +182,9 @@ class WebchatConfig(_Section):
     inbox: str = "webchat"
     inbox_name: str = "Website"
     history_limit: int = Field(default=50, ge=1, le=500)
-    max_message_chars: int = Field(default=5000, ge=1)
+    # At most what the channel carries the other way (channels.webchat.MAX_MESSAGE_CHARS):
+    # the visitor's websocket takes frames sized for it.
+    max_message_chars: int = Field(default=5000, ge=1, le=20_000)
     # Origins allowed to open the visitor websocket; "*" allows any site.
     allowed_origins: list[Annotated[str, AfterValidator(_origin)]] = Field(default_factory=lambda: ["*"])
 

@@ -152,6 +152,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` is text at all: JSON's ``\\ud800``-style escapes can
+    make a lone surrogate, which no database, encoder or browser takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def without_nul(value: Any) -> Any:
     """``value`` with every NUL character dropped, in nested dicts and lists
     too. PostgreSQL refuses it in text and in JSON, and no customer or

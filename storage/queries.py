@@ -55,12 +55,21 @@ def parse_id(raw: str) -> int | None:
     return int(raw)
 
 
+def json_id(value: Any) -> int | None:
+    """An id given as a JSON number, or None: an integer (not true or false)
+    within the database's range, where a larger one is a server error."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+        return None
+    return value
+
+
 def cursor_id(value: Any) -> int:
     """An id from a cursor: a cursor is client input, so a non-number or one
     out of the database's range is a bad cursor, not a server error."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+    found = json_id(value)
+    if found is None:
         raise BadCursor("cursor is not one this API issued")
-    return value
+    return found
 
 
 def _cursor_time(value: Any) -> datetime:

@@ -13,15 +13,16 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from channels.base import InvalidPayload
-from channels.webchat import MAX_CLIENT_ID, MAX_FRAME_BYTES, decode_frame, message_frame, parse_message, visitor_channel
+from channels.webchat import MAX_CLIENT_ID, decode_frame, frame_limit, message_frame, parse_message, visitor_channel
 from hub import codec, metrics
 from hub.actions import do_record_delivery
 from hub.app import HUB, WEBSOCKETS, Hub
-from hub.core import DeliveryStatus, IdentityKind
+from hub.core import DeliveryStatus, IdentityKind, is_unicode
 from hub.errors import Forbidden
 from hub.web.registry import ROUTES
 from hub.workers import AGENTS_CHANNEL
 from storage import queries
+from storage.ingest import identity_contacts
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,11 @@ async def visitor_socket(request: web.Request) -> web.StreamResponse:
     if not token:
         visitor_id, token = hub.visitor_tokens.issue()
 
-    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_FRAME_BYTES)
+    limit = frame_limit(hub.config.webchat.max_message_chars)
+    # aiohttp closes the socket on a frame past its limit, before we see it:
+    # twice ours, so a frame somewhat too large is answered with an error
+    # naming its client_id instead (the widget shows it as not sent).
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=2 * limit)
     await ws.prepare(request)
     if visitor_id is None:
         # Refused after the upgrade: a browser's WebSocket cannot read the
@@ -114,7 +119,7 @@ async def visitor_socket(request: web.Request) -> web.StreamResponse:
                         continue
                     frame: dict[str, Any] | None = None
                     try:
-                        frame = decode_frame(msg.data)
+                        frame = decode_frame(msg.data, limit)
                         await _on_frame(hub, ws, visitor_id, conn_id, frame, state)
                     except InvalidPayload as exc:
                         await _error(ws, "invalid_frame", str(exc), client_id=_client_id(frame))
@@ -149,7 +154,9 @@ def _client_id(frame: dict[str, Any] | None) -> str | None:
     if frame is None or frame.get("type") != "message":
         return None
     client_id = frame.get("client_id")
-    return client_id if isinstance(client_id, str) and 0 < len(client_id) <= MAX_CLIENT_ID else None
+    if not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_CLIENT_ID or not is_unicode(client_id):
+        return None
+    return client_id
 
 
 async def _on_frame(
@@ -190,12 +197,19 @@ async def _on_frame(
                 },
             )
     elif kind in ("ack", "read"):
-        message_id = frame.get("id")
-        if not isinstance(message_id, int) or state.get("contact_id") is None:
+        message_id = queries.json_id(frame.get("id"))
+        if message_id is None or state.get("contact_id") is None:
             raise InvalidPayload(f"{kind} frame needs the integer 'id' of a message of this conversation")
         status = DeliveryStatus.DELIVERED if kind == "ack" else DeliveryStatus.READ
+        key = (IdentityKind.WEBCHAT.value, visitor_id)
         async with hub.db.write() as session:
-            await do_record_delivery(session, message_id, status, contact_id=state["contact_id"])
+            # Asked afresh, not taken from the connection: an agent may have
+            # merged the visitor into another contact since, which the replies
+            # now belong to.
+            contact_id = (await identity_contacts(session, [key])).get(key)
+            if contact_id is not None:
+                state["contact_id"] = contact_id
+                await do_record_delivery(session, message_id, status, contact_id=contact_id)
     elif kind == "ping":
         await ws.send_str(codec.dumps({"type": "pong"}))
     elif kind in VISITOR_FRAMES:

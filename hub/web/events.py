@@ -66,8 +66,8 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
                 return
             await ws.send_str(codec.dumps(event))
 
-    async def error(message: str) -> None:
-        await ws.send_str(codec.dumps({"type": "error", "code": "invalid_frame", "message": message}))
+    async def error(message: str, code: str = "invalid_frame") -> None:
+        await ws.send_str(codec.dumps({"type": "error", "code": code, "message": message}))
 
     async def heartbeat() -> None:
         # The open inbox keeps the agent seen (and brings them back online after
@@ -112,6 +112,12 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
                             answer = await AGENT_FRAMES[frame["type"]](hub, agent, frame)
                         except InvalidPayload as exc:
                             await error(str(exc))
+                            continue
+                        except Exception:
+                            # One frame that fails must not cost the inbox its live feed.
+                            log.exception("agent frame failed", extra={"agent": agent.id, "frame": frame["type"]})
+                            failed = f"the {frame['type']!r} frame could not be handled; try again"
+                            await error(failed, "internal_error")
                             continue
                         if answer is not None:
                             await ws.send_str(codec.dumps(answer))

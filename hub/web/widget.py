@@ -17,6 +17,7 @@ from hub.inbox import agents_available, do_identify_visitor
 from hub.web import chat, events
 from hub.web.registry import ROUTES
 from hub.workers import AGENTS_CHANNEL
+from storage import queries
 from storage.models import Agent, Contact, Identity, Ticket
 
 
@@ -75,9 +76,9 @@ async def identify(hub: Hub, ws: Any, visitor_id: str, frame: dict[str, Any], st
 async def agent_typing(hub: Hub, agent: Agent, frame: dict[str, Any]) -> dict[str, Any] | None:
     """An agent writes a reply on a ticket: the other agents see it (so two do
     not answer at once) and, on web chat, so does the visitor."""
-    ticket_id = frame.get("ticket_id")
+    ticket_id = queries.json_id(frame.get("ticket_id"))
     typing = frame.get("typing", True)
-    if not isinstance(ticket_id, int) or isinstance(ticket_id, bool) or not isinstance(typing, bool):
+    if ticket_id is None or not isinstance(typing, bool):
         raise InvalidPayload("typing frame needs an integer 'ticket_id' (and 'typing': true or false)")
     async with hub.db.read() as session:
         ticket = await session.get(Ticket, ticket_id)

@@ -106,6 +106,11 @@ async def test_resent_frame_is_stored_once(tmp_path: Path) -> None:
         ('{"type": "message", "text": "hi", "client_id": "x", "admin": true}', "unknown field"),
         ('{"type": "explode"}', "unknown frame type"),
         ('["a"]', "JSON object"),
+        # Nothing but NUL, which every inbound message drops: empty.
+        ('{"type": "message", "text": "\\u0000\\u0000", "client_id": "n"}', "non-empty string 'text'"),
+        # A lone surrogate escape is not text; no database stores it.
+        ('{"type": "message", "text": "hi \\ud800", "client_id": "s"}', "text holds a lone surrogate"),
+        ('{"type": "message", "text": "hi", "client_id": "c\\udc00"}', "client_id holds a lone surrogate"),
     ],
 )
 async def test_bad_frames_get_a_clear_error_and_store_nothing(tmp_path: Path, frame: str, needle: str) -> None:
@@ -306,3 +311,78 @@ async def test_a_message_that_is_not_stored_is_named_by_its_client_id(
             for frame in ({"type": "read", "id": "x"}, {"type": "message", "text": "hi", "client_id": 5}):
                 await visitor.send_json(frame)
                 assert "client_id" not in await next_frame(visitor, "error")
+
+
+async def test_frames_that_cannot_be_handled_are_named_and_the_socket_stays(tmp_path: Path) -> None:
+    """Each of these used to end the connection or ask the widget to resend
+    a frame that could never work."""
+    config = make_config(tmp_path, **{"webchat.max_message_chars": 20_000})
+    async with running_hub(config) as server:
+        base = str(server.make_url("")).rstrip("/")
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"{base}/chat/ws") as visitor:
+            await next_frame(visitor, "session")
+            # The longest message the box takes, written as JSON escapes
+            # (six bytes a character): within the socket's frame limit.
+            await visitor.send_json({"type": "message", "text": "\x01" * 20_000, "client_id": "long"})
+            assert len((await next_frame(visitor, "message", client_id="long"))["text"]) == 20_000
+            # Its client_id cannot be sent back: an error all the same, and the socket stays.
+            await visitor.send_str('{"type": "message", "text": "ok", "client_id": "c\\ud800"}')
+            error = await next_frame(visitor, "error")
+            assert error["code"] == "invalid_frame" and "client_id" not in error
+            for bad in (2**64, True, -1, "7"):
+                await visitor.send_json({"type": "ack", "id": bad})
+                error = await next_frame(visitor, "error")
+                assert error["code"] == "invalid_frame", bad
+            await visitor.send_json({"type": "identify", "name": "Sa\ud800ra"}, dumps=_ascii_json)
+            error = await next_frame(visitor, "error")
+            assert (error["code"], error["field"]) == ("invalid_field", "name")
+            await visitor.send_json({"type": "ping"})
+            await next_frame(visitor, "pong")
+
+
+def _ascii_json(value: object) -> str:
+    import json
+
+    return json.dumps(value)  # escapes the lone surrogate as \\ud800, as a browser's would not
+
+
+async def test_an_agents_frame_that_fails_keeps_the_live_feed(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with running_hub(config) as server:
+        await add_agent(config, "ana@example.com")
+        base = str(server.make_url("")).rstrip("/")
+        async with aiohttp.ClientSession() as http:
+            agent = await Agent.login(http, base, "ana@example.com")
+            async with agent.events() as events:
+                await events.send_json({"type": "typing", "ticket_id": 2**64})
+                error = await next_frame(events, "error")
+                assert error["code"] == "invalid_frame" and "ticket_id" in error["message"]
+                await events.send_json({"type": "ping"})
+                await next_frame(events, "pong")
+
+
+async def test_a_visitor_merged_while_connected_still_marks_replies_read(tmp_path: Path) -> None:
+    """The socket knew the visitor's contact from when it connected; after an
+    agent merged that contact into another, every ack and read was ignored."""
+    config = make_config(tmp_path)
+    async with running_hub(config) as server, aiohttp.ClientSession() as http:
+        await add_agent(config, "ana@example.com")
+        base = str(server.make_url("")).rstrip("/")
+        agent = await Agent.login(http, base, "ana@example.com")
+        async with http.ws_connect(f"{base}/chat/ws") as earlier:
+            await next_frame(earlier, "session")
+            await earlier.send_json({"type": "message", "text": "old", "client_id": "o1"})
+            kept = (await next_frame(earlier, "message", client_id="o1"))["id"]
+        kept_contact = (await agent.get("/api/v1/tickets"))["items"][0]["contact_id"]
+        async with agent.events() as events, http.ws_connect(f"{base}/chat/ws") as visitor:
+            await next_frame(visitor, "session")
+            await visitor.send_json({"type": "message", "text": "hi", "client_id": "c1"})
+            ack = await next_frame(visitor, "message", client_id="c1")
+            live = await next_frame(events, "message.received", message__id=ack["id"])
+            source, tid = live["message"]["contact_id"], live["ticket"]["id"]
+            assert source != kept_contact and kept != ack["id"]
+            await agent.post(f"/api/v1/contacts/{kept_contact}/merge", {"source_id": source})
+            reply = await agent.post(f"/api/v1/tickets/{tid}/messages", {"body": "hello"}, 201)
+            await next_frame(visitor, "message", id=reply["id"])
+            await visitor.send_json({"type": "read", "id": reply["id"]})
+            await next_frame(events, "message.status", message__id=reply["id"], message__status="read")
