@@ -23,7 +23,7 @@ from hub.attachments import AttachmentStore
 from hub.batcher import IngestBatcher
 from hub.bot_step import BotService
 from hub.campaigns.service import CampaignService
-from hub.config import ConfigError, HubConfig, ensure_secret_key
+from hub.config import ConfigError, HubConfig, check_folders, ensure_secret_key
 from hub.core import Channel, TicketEventKind
 from hub.mail import EmailService, sync_email_inboxes
 from hub.relay import OutboxRelay
@@ -98,6 +98,7 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
             "set HUB_SECRET_KEY (the same value for every process)"
         )
     config = ensure_secret_key(config)
+    check_folders(config)
     db = Database(config.database_url, pool_size=config.database.pool_size, echo=config.database.echo)
     stream: Stream
     live: LiveBus

@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 import secrets
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -1191,6 +1192,11 @@ def load_config(
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            # Saved by an editor in a legacy code page (Windows-1256 for Persian).
+            raise ConfigError(f"config file {p} is not UTF-8 text ({exc}); save it as UTF-8") from exc
+        except OSError as exc:
+            raise ConfigError(f"config file {p} cannot be read: {exc.strerror or exc}") from exc
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -1250,16 +1256,62 @@ def ensure_secret_key(config: HubConfig) -> HubConfig:
     generated once, kept in ``data_dir/secret_key`` (mode 0600)."""
     if config.secret_key:
         return config
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    check_folders(config)
     key_file = config.data_dir / "secret_key"
-    if key_file.exists():
-        key = key_file.read_text(encoding="utf-8").strip()
-    else:
-        key = secrets.token_urlsafe(48)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        key = _read_key(key_file)
+        if key is None:
+            key = _write_key(key_file, secrets.token_urlsafe(48))
+    except OSError as exc:
+        raise ConfigError(f"data_dir: {key_file} cannot be read or written: {exc.strerror or exc}") from exc
+    if len(key) < 32:
+        # Anyone could sign visitor tokens with a key that short (an empty file
+        # was what a crash while the key was written used to leave behind).
+        raise ConfigError(
+            f"secret_key: {key_file} holds {len(key)} characters, not a usable key; "
+            "delete the file to have a new one made (visitors' tokens signed with it stop working), "
+            "or set HUB_SECRET_KEY"
+        )
+    return config.model_copy(update={"secret_key": key})
+
+
+def _read_key(key_file: Path) -> str | None:
+    try:
+        return key_file.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+
+
+def _write_key(key_file: Path, key: str) -> str:
+    """Written whole or not at all: to a file of its own first, then linked
+    into place, which fails if another process starting at the same moment
+    got there first (then its key is the one)."""
+    fd, tmp = tempfile.mkstemp(dir=key_file.parent, prefix=".secret_key.")
+    try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(key)
-    return config.model_copy(update={"secret_key": key})
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, key_file)
+        except FileExistsError:
+            return _read_key(key_file) or ""
+        return key
+    finally:
+        os.unlink(tmp)
+
+
+def check_folders(config: HubConfig) -> None:
+    """The folders the hub writes to exist (made if need be) and take files:
+    a path that is a file, or read-only, stops start-up naming its key rather
+    than failing every upload later."""
+    for key, folder in (("data_dir (HUB_DATA_DIR)", config.data_dir), ("attachments.dir", config.attachments_dir)):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"{key}: {folder} is not a folder the hub can write to: {exc.strerror or exc}") from exc
 
 
 def _twilio_from_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:

@@ -106,6 +106,38 @@ def test_generated_secret_is_stable(tmp_path: Path) -> None:
     assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
 
 
+def test_the_secret_key_is_written_whole_and_an_empty_one_is_refused(tmp_path: Path) -> None:
+    """A crash between creating the file and writing it used to leave it
+    empty, and the hub then signed visitor tokens with an empty key."""
+    cfg = load_config(path=None, env={}, overrides={"data_dir": str(tmp_path)})
+    key = ensure_secret_key(cfg).secret_key
+    assert len(key) >= 64 and (tmp_path / "secret_key").read_text() == key
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attachments", "secret_key"]  # no temporary file left
+    (tmp_path / "secret_key").write_text("")
+    with pytest.raises(ConfigError, match=r"secret_key: .* holds 0 characters.*delete the file"):
+        ensure_secret_key(cfg)
+
+
+def test_folders_the_hub_cannot_write_to_stop_start_up_by_name(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    cfg = load_config(path=None, env={"HUB_DATA_DIR": str(afile)})
+    with pytest.raises(ConfigError, match=r"data_dir \(HUB_DATA_DIR\): .* is not a folder the hub can write to"):
+        ensure_secret_key(cfg)
+    cfg = load_config(
+        path=None, env={"HUB_SECRET_KEY": "x"}, overrides={"data_dir": str(tmp_path), "attachments.dir": str(afile)}
+    )
+    with pytest.raises(ConfigError, match=r"attachments\.dir: .* is not a folder the hub can write to"):
+        build_hub(cfg, "all")
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes("logging:\n  level: INFO\n# سلام\n".encode("cp1256"))
+    with pytest.raises(ConfigError, match=r"config\.yaml is not UTF-8 text .* save it as UTF-8"):
+        load_config(path, env={})
+
+
 def test_split_roles_need_redis_and_postgres(tmp_path: Path) -> None:
     cfg = load_config(path=None, env={"HUB_SECRET_KEY": "x"}, overrides={"data_dir": str(tmp_path)})
     with pytest.raises(ConfigError, match=r"redis\.url"):
