@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -141,6 +142,9 @@ class WebchatChannel(ChannelAdapter):
         return SendResult(status=DeliveryStatus.SENT)
 
 
+# Control characters (line breaks, tabs) and the line and paragraph separators.
+_BREAKS = frozenset({"Cc", "Zl", "Zp"})
+
 # Deliberately loose: one @, something on each side, a dot in the domain. The
 # real check is whether a reply sent there arrives.
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+\Z")
@@ -180,6 +184,11 @@ def parse_identify(frame: dict[str, Any], *, phone_region: str | None = None) ->
             raise InvalidField(key, f"{key} {NOT_TEXT}")
         values[key] = (raw or "").replace("\x00", "").strip() or None
     name, email, phone = values["name"], values["email"], values["phone"]
+    if name is not None:
+        # One line: a name goes into mail headers and list rows, where a line
+        # break typed into the form field is either refused or breaks the layout.
+        # (Format characters stay: the zero-width non-joiner is part of Persian names.)
+        name = " ".join("".join(" " if unicodedata.category(c) in _BREAKS else c for c in name).split()) or None
     if name is not None and len(name) > 200:
         raise InvalidField("name", "name is longer than 200 characters")
     if email is not None:
