@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -119,6 +120,13 @@ async def ticket_labels(session: AsyncSession, ticket_id: int) -> list[str]:
 # --- agents and auth -------------------------------------------------------
 
 
+# Loose on purpose (the real check is whether mail reaches it), but one
+# address: no spaces, brackets or list separators, something on each side of one @.
+_AGENT_EMAIL = re.compile(r"[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+")
+# Agents' and teams' names, as the columns and the API take them.
+MAX_NAME_CHARS = 200
+
+
 async def do_create_agent(
     session: AsyncSession,
     *,
@@ -137,10 +145,17 @@ async def do_create_agent(
     """``phone``: where calls for this agent ring (the IVR and click-to-call),
     read in ``phone_region`` when written without a country code."""
     email = email.strip().lower()
-    if "@" not in email or len(email) > 320:
-        raise ValidationFailed(f"email {email!r} is not an email address")
-    if not name.strip():
+    if len(email) > 320 or _AGENT_EMAIL.fullmatch(email) is None:
+        raise ValidationFailed(f"email {email[:80]!r} is not an email address")
+    # One line (it is shown in lists and mail headers), and within the column.
+    name = " ".join(name.split())
+    if not name:
         raise ValidationFailed("name must not be empty")
+    if len(name) > MAX_NAME_CHARS:
+        raise ValidationFailed(f"name is longer than {MAX_NAME_CHARS} characters")
+    for team_name in teams or []:
+        if not team_name.strip() or len(team_name.strip()) > MAX_NAME_CHARS:
+            raise ValidationFailed(f"team name {team_name[:80]!r} must have 1 to {MAX_NAME_CHARS} characters")
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValidationFailed(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
     e164: str | None = None
@@ -157,7 +172,7 @@ async def do_create_agent(
         raise Conflict(f"an agent with email {email} already exists")
     agent = Agent(
         email=email,
-        name=name.strip(),
+        name=name,
         password_hash=password_hash,
         role=role.value,
         skills=sorted(set(skills or [])),

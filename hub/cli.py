@@ -297,7 +297,8 @@ def agent_add(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--capacity") from exc
     if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+        # A line as a terminal or a Windows file ends it: the \r would be part of the password.
+        password = sys.stdin.readline().rstrip("\r\n")
         generated = False
     else:
         password = secrets.token_urlsafe(12)

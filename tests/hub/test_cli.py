@@ -79,3 +79,56 @@ def test_deactivate_and_activate_an_agent(tmp_path: Path) -> None:
         assert "Traceback" not in done.stderr
     assert "may log in again" in run_cli(["agent", "activate", "--email", "ana@example.com"], env)
     assert asyncio.run(state())[0] is True
+
+
+def test_agent_add_names_what_is_wrong_and_stores_nothing(tmp_path: Path) -> None:
+    """On PostgreSQL a name past its column's 200 characters was a traceback
+    carrying the new password's hash; on SQLite it was stored. Addresses
+    with spaces or nothing before the @ were accepted."""
+    env = hub_env(tmp_path / "data")
+    run_cli(["migrate"], env)
+    for extra, needle in (
+        (["--email", "@", "--name", "A"], "'@' is not an email address"),
+        (["--email", "a b@example.com", "--name", "A"], "is not an email address"),
+        (["--email", "<x>@example.com", "--name", "A"], "is not an email address"),
+        (["--email", "a@example.com", "--name", "x" * 201], "name is longer than 200 characters"),
+        (["--email", "a@example.com", "--name", " \n "], "name must not be empty"),
+        (["--email", "a@example.com", "--name", "A", "--team", "t" * 201], "must have 1 to 200 characters"),
+    ):
+        done = subprocess.run(
+            [CLI, "agent", "add", *extra, "--password-stdin"],
+            env=env,
+            input=PASSWORD + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode != 0 and needle in done.stderr, (extra, done.stderr)
+        assert "Traceback" not in done.stderr
+    config = load_config(path=None, env=env)
+
+    async def agents() -> list[tuple[str, str]]:
+        db = Database(config.database_url)
+        try:
+            async with db.read() as s:
+                return [(a.email, a.name) for a in (await s.scalars(select(Agent))).all()]
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(agents()) == []
+    # A password piped from a file written on Windows ends its line with \r\n.
+    add = ["agent", "add", "--email", "w@example.com", "--name", "Wa\nLi", "--password-stdin"]
+    run_cli(add, env, PASSWORD + "\r\n")
+    assert asyncio.run(agents()) == [("w@example.com", "Wa Li")]
+
+    async def login() -> bool:
+        from hub.actions import check_login
+
+        db = Database(config.database_url)
+        try:
+            async with db.read() as s:
+                return (await check_login(s, "w@example.com", PASSWORD)).email == "w@example.com"
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(login())
