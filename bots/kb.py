@@ -15,12 +15,14 @@ from __future__ import annotations
 import csv
 import io
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from hub.text import detect_language
 
@@ -44,77 +46,127 @@ def languages_for(language: str | None) -> tuple[str, ...]:
 
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}\Z")
+_LANGUAGE = re.compile(r"^[a-z]{2,3}$|^default$")
 MAX_QUESTIONS = 500
+MAX_QUESTION_CHARS = 1000
+# Far beyond any real knowledge base's tags (a word or two, a handful per
+# entry); they bound what one entry may store and what the matcher and the
+# API carry for it.
+MAX_TAG_CHARS = 64
+MAX_TAGS = 50
 
 
 class KbError(ValueError):
     """A knowledge base file or entry is not usable; the message says where and why."""
 
 
+def _blank(text: str) -> bool:
+    """Whether ``text`` is only whitespace and invisible format characters
+    (zero-width space, ZWNJ, a stray BOM): nothing a customer could type."""
+    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in text)
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """``value`` for an error message, cut short: an error must not grow
+    with the input it complains about (a YAML alias can make a small file
+    name a huge nested list)."""
+    if isinstance(value, str):
+        return repr(_cut(value, limit))
+    if value is None or isinstance(value, bool | int | float):
+        return _cut(repr(value), limit)
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _clean_questions(value: Any) -> Any:
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list | tuple):
+        if not all(isinstance(q, str) and not _blank(q) for q in value):
+            raise ValueError("every question must be a non-empty string")
+        cleaned = [q.strip() for q in value]
+        if any(len(q) > MAX_QUESTION_CHARS for q in cleaned):
+            raise ValueError(f"a question is longer than {MAX_QUESTION_CHARS} characters")
+        return tuple(dict.fromkeys(cleaned))
+    return value
+
+
+def _clean_answer(value: Any) -> Any:
+    if isinstance(value, str):
+        value = {ANY_LANGUAGE: value}
+    if isinstance(value, Mapping):
+        if not value:
+            raise ValueError("is empty: give one text, or one per language ({en: ..., fa: ...})")
+        out: dict[str, str] = {}
+        for lang, text in value.items():
+            if not isinstance(lang, str) or not _LANGUAGE.match(lang):
+                raise ValueError(f"answer language {_shown(lang)} must be a language code such as en or fa")
+            if not isinstance(text, str) or _blank(text):
+                raise ValueError(f"answer in {lang!r} must be a non-empty string")
+            out[lang] = text.strip()
+        return out
+    return value
+
+
+TAGS_RULE = f"tags must be strings of at most {MAX_TAG_CHARS} characters, at most {MAX_TAGS} per entry"
+
+
+def _clean_tags(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = re.split(r"[,;]", value)
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"is {_shown(value)}; {TAGS_RULE} (a list, or one text separated by commas)")
+    for n, tag in enumerate(value, 1):
+        if not isinstance(tag, str):
+            # Never str() it: a number would be a tag nobody wrote, and a
+            # list built from YAML aliases can stringify to megabytes.
+            raise ValueError(f"tag {n} is {_shown(tag)}; {TAGS_RULE}")
+    tags = tuple(dict.fromkeys(t.strip().lower() for t in value if not _blank(t)))
+    for tag in tags:
+        if len(tag) > MAX_TAG_CHARS:
+            raise ValueError(f"tag {_shown(tag)} is {len(tag)} characters long; {TAGS_RULE}")
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"{len(tags)} tags; {TAGS_RULE}")
+    return tags
+
+
+def _clean_team(value: Any) -> Any:
+    if isinstance(value, str):
+        return None if _blank(value) else value.strip()
+    return value
+
+
+# Shared by whole entries and single CSV rows, so both say the same thing.
+Questions = Annotated[tuple[str, ...], BeforeValidator(_clean_questions)]
+Answer = Annotated[dict[str, str], BeforeValidator(_clean_answer)]
+Tags = Annotated[tuple[str, ...], BeforeValidator(_clean_tags)]
+Team = Annotated[str | None, BeforeValidator(_clean_team)]
+
+
 class KbEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(min_length=1, max_length=200)
-    questions: tuple[str, ...] = Field(min_length=1, max_length=MAX_QUESTIONS)
-    answer: dict[str, str] = Field(min_length=1)
-    tags: tuple[str, ...] = ()
-    team: str | None = Field(default=None, max_length=200)
+    # Strict: YAML's !!binary would otherwise pass bytes off as text.
+    id: str = Field(min_length=1, max_length=200, strict=True)
+    questions: Questions = Field(min_length=1, max_length=MAX_QUESTIONS)
+    answer: Answer = Field(min_length=1)
+    tags: Tags = ()
+    team: Team = Field(default=None, max_length=200, strict=True)
 
     @field_validator("id")
     @classmethod
     def _slug(cls, value: str) -> str:
         if not _ID.match(value):
             raise ValueError("must be letters, digits and . _ : - (no spaces), starting with a letter or digit")
-        return value
-
-    @field_validator("questions", mode="before")
-    @classmethod
-    def _questions(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [value]
-        if isinstance(value, list | tuple):
-            cleaned = [q.strip() for q in value if isinstance(q, str) and q.strip()]
-            if len(cleaned) != len(value):
-                raise ValueError("every question must be a non-empty string")
-            if any(len(q) > 1000 for q in cleaned):
-                raise ValueError("a question is longer than 1000 characters")
-            return tuple(dict.fromkeys(cleaned))
-        return value
-
-    @field_validator("answer", mode="before")
-    @classmethod
-    def _answer(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = {ANY_LANGUAGE: value}
-        if isinstance(value, Mapping):
-            if not value:
-                raise ValueError("is empty: give one text, or one per language ({en: ..., fa: ...})")
-            out: dict[str, str] = {}
-            for lang, text in value.items():
-                if not isinstance(lang, str) or not re.match(r"^[a-z]{2,3}$|^default$", lang):
-                    raise ValueError(f"answer language {lang!r} must be a language code such as en or fa")
-                if not isinstance(text, str) or not text.strip():
-                    raise ValueError(f"answer in {lang!r} must be a non-empty string")
-                out[lang] = text.strip()
-            return out
-        return value
-
-    @field_validator("tags", mode="before")
-    @classmethod
-    def _tags(cls, value: Any) -> Any:
-        if value is None:
-            return ()
-        if isinstance(value, str):
-            value = [t for t in re.split(r"[,;]", value)]
-        if isinstance(value, list | tuple):
-            return tuple(dict.fromkeys(str(t).strip().lower() for t in value if str(t).strip()))
-        return value
-
-    @field_validator("team", mode="before")
-    @classmethod
-    def _team(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return value.strip() or None
         return value
 
     def answer_in(self, language: str | None) -> str:
@@ -158,13 +210,23 @@ def entry_from(raw: Any, where: str) -> KbEntry:
     try:
         return KbEntry.model_validate(dict(raw))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'entry'}: "
-            + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"])
-            for e in exc.errors()
-        )
-        ident = raw.get("id")
-        raise KbError(f"{where}{f' (id {ident!r})' if ident else ''}: {problems}") from exc
+        problems = _problems(exc)
+    # Raised outside the except block, so the ValidationError (whose text
+    # repeats the input) is not chained to it.
+    raise KbError(f"{_where(where, raw.get('id'))}: {problems}")
+
+
+def _where(where: str, ident: Any) -> str:
+    # Every valid id fits in 200 characters; a longer one is cut.
+    return f"{where} (id {_shown(ident, 200)})" if isinstance(ident, str) and ident else where
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(_cut(str(p), 60) for p in e['loc']) or 'entry'}: "
+        + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"])
+        for e in exc.errors(include_input=False, include_url=False)
+    )
 
 
 def check_unique(entries: Sequence[KbEntry], source: str) -> list[KbEntry]:
@@ -176,12 +238,74 @@ def check_unique(entries: Sequence[KbEntry], source: str) -> list[KbEntry]:
     return list(entries)
 
 
+class _Refused(yaml.YAMLError):
+    """A YAML text the knowledge base will not read, at a line (1-based)."""
+
+    def __init__(self, line: int, problem: str) -> None:
+        super().__init__(problem)
+        self.line = line
+        self.problem = problem
+
+
+# What YAML took a scalar it could not read for, as its error says it.
+_SCALAR_KINDS = {"tag:yaml.org,2002:int": "a number", "tag:yaml.org,2002:float": "a number"}
+
+
+class _KbLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, except that a key given twice in one
+    mapping is refused (plain YAML keeps the second ``answer:`` and drops the
+    first without a word), and so is a value that looks like a number or a
+    date but is none (``2024-02-30``): PyYAML lets that ``ValueError`` out."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._checked: set[yaml.Node] = set()
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as exc:
+            kind = _SCALAR_KINDS.get(node.tag, "a date" if node.tag.endswith(":timestamp") else "a value")
+            reason = str(exc).split(";")[0]
+            raise _Refused(
+                node.start_mark.line + 1,
+                f"{_shown(node.value)} cannot be read as {kind} ({reason}); put it in quotes if it is text",
+            ) from exc
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # Checked before the node's first flattening, the only thing that
+        # changes its pairs (merged ones, which may be overridden, go in).
+        if node not in self._checked:
+            self._checked.add(node)
+            self._refuse_repeated_keys(node)
+        super().flatten_mapping(node)
+
+    def _refuse_repeated_keys(self, node: yaml.MappingNode) -> None:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults`, then overriding one of them, is what merging is for
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # an unhashable key: the base class refuses it
+            if first is not None:
+                raise _Refused(line, f"key {_shown(key)} appears twice in one mapping (first on line {first})")
+            seen[key] = line
+
+
 def parse_yaml(text: str, source: str = "YAML") -> list[KbEntry]:
     """A YAML list of entries (or a mapping with an ``entries`` list)."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_KbLoader)  # noqa: S506 - a SafeLoader
+    except _Refused as exc:
+        raise KbError(f"{source}: line {exc.line}: {exc.problem}") from exc
     except yaml.YAMLError as exc:
         raise KbError(f"{source} is not valid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise KbError(f"{source}: lists or mappings are nested too deeply to read") from exc
     if isinstance(data, Mapping) and "entries" in data:
         data = data["entries"]
     if not isinstance(data, list):
@@ -198,45 +322,132 @@ CSV_HELP = (
 TOO_MANY_FIELDS = "more fields than columns; quote text containing commas"
 
 
+class _CsvRow(BaseModel):
+    """One CSV row's cells, checked on their own so that an error names the
+    line of the row that is wrong, not the first line of its entry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    questions: Questions = ()
+    answer: Answer = Field(default_factory=dict)
+    tags: Tags = ()
+    team: Team = Field(default=None, max_length=200, strict=True)
+
+
+@dataclass
+class _Grouped:
+    """The rows of one entry so far; answers and team with the line that gave them."""
+
+    line: int
+    questions: list[str] = field(default_factory=list)
+    answer: dict[str, tuple[str, int]] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    team: tuple[str, int] | None = None
+
+
 def parse_csv(text: str, source: str = "CSV") -> list[KbEntry]:
     """One row per example question; rows sharing an ``id`` are one entry
-    (answers, tags and team may be given on any of its rows).
+    (answers, tags and team may be given on any of its rows: an answer or a
+    team given on several must be the same on each, tags add up).
 
     Errors name the line a row starts on, as an editor shows it (a quoted
-    answer may span several lines)."""
+    answer may span several lines): the wrong row's for what is in its cells,
+    the entry's first row's for what is wrong with the entry as a whole."""
     rows = csv_rows(text, source)
     first = next(rows, None)
     header = [f.strip().lower() for f in first[1]] if first else []
     fields = set(header)
     if not {"id", "question"} <= fields or not any(f == "answer" or f.startswith("answer_") for f in fields):
         raise KbError(f"{source}: missing columns; {CSV_HELP}")
-    grouped: dict[str, dict[str, Any]] = {}
-    lines: dict[str, int] = {}
+    answers = _answer_columns(header, f"{source}: line {first[0] if first else 1}")
+    grouped: dict[str, _Grouped] = {}
     for line, cells in rows:
         if not cells:
             continue  # a blank line
         if len(cells) > len(header):
             raise KbError(f"{source}: line {line}: {TOO_MANY_FIELDS}")
-        row = {key: value.strip() for key, value in zip(header, cells, strict=False)}
+        # A cell of only spaces or invisible characters is an empty cell.
+        row = {key: value.strip() for key, value in zip(header, cells, strict=False) if not _blank(value)}
         ident = row.get("id", "")
         if not ident:
             raise KbError(f"{source}: line {line}: id is empty")
-        entry = grouped.setdefault(ident, {"id": ident, "questions": [], "answer": {}, "tags": [], "team": None})
-        lines.setdefault(ident, line)
-        if row.get("question"):
-            entry["questions"].append(row["question"])
-        for key, value in row.items():
-            if not value:
-                continue
-            if key == "answer":
-                entry["answer"][ANY_LANGUAGE] = value
-            elif key.startswith("answer_"):
-                entry["answer"][key.removeprefix("answer_")] = value
-            elif key == "tags":
-                entry["tags"].extend(t.strip() for t in value.split(",") if t.strip())
-            elif key == "team":
-                entry["team"] = value
-    return [entry_from(raw, f"{source}: line {lines[ident]}") for ident, raw in grouped.items()]
+        at = _where(f"{source}: line {line}", ident)
+        checked = _csv_row(row, answers, at)
+        entry = grouped.setdefault(ident, _Grouped(line))
+        entry.questions.extend(checked.questions)
+        for column, lang in answers.items():
+            if lang in checked.answer:
+                entry.answer[lang] = _agree(entry.answer.get(lang), checked.answer[lang], line, column, at)
+        entry.tags.extend(checked.tags)
+        if checked.team is not None:
+            entry.team = _agree(entry.team, checked.team, line, "team", at)
+    return [
+        entry_from(
+            {
+                "id": ident,
+                "questions": e.questions,
+                "answer": {lang: text for lang, (text, _) in e.answer.items()},
+                "tags": e.tags,
+                "team": e.team[0] if e.team else None,
+            },
+            f"{source}: line {e.line}",
+        )
+        for ident, e in grouped.items()
+    ]
+
+
+def _answer_columns(header: Sequence[str], at: str) -> dict[str, str]:
+    """The answer columns and their languages; a :class:`KbError` for a
+    column the entries are read from given twice, as the second copy would
+    silently win over the first."""
+    seen: dict[str, str] = {}  # what a column gives: the column giving it
+    answers: dict[str, str] = {}
+    for column in header:
+        if column == "answer" or column.startswith("answer_"):
+            answers[column] = ANY_LANGUAGE if column == "answer" else column.removeprefix("answer_")
+            gives = f"answer_{answers[column]}"
+        elif column in {"id", "question", "tags", "team"}:
+            gives = column
+        else:
+            continue  # a column of the admin's own (notes, ...), not read
+        if gives in seen:
+            what = (
+                f"column {column!r} appears twice"
+                if seen[gives] == column
+                else f"columns {seen[gives]!r} and {column!r} are both the answer in every language"
+            )
+            raise KbError(f"{at}: {what}")
+        seen[gives] = column
+    return answers
+
+
+def _csv_row(row: Mapping[str, str], answers: Mapping[str, str], at: str) -> _CsvRow:
+    raw: dict[str, Any] = {}
+    if "question" in row:
+        raw["questions"] = row["question"]
+    if given := {lang: row[column] for column, lang in answers.items() if column in row}:
+        raw["answer"] = given
+    if "tags" in row:
+        raw["tags"] = row["tags"].split(",")
+    if "team" in row:
+        raw["team"] = row["team"]
+    try:
+        return _CsvRow.model_validate(raw)
+    except ValidationError as exc:
+        problems = _problems(exc)
+    raise KbError(f"{at}: {problems}")
+
+
+def _agree(kept: tuple[str, int] | None, value: str, line: int, column: str, at: str) -> tuple[str, int]:
+    """``value`` with its line, unless an earlier row of the entry gave another."""
+    if kept is None:
+        return value, line
+    if kept[0] != value:
+        raise KbError(
+            f"{at}: {column} differs from the {column} on line {kept[1]}; "
+            "the rows of one entry give it once, or the same on each"
+        )
+    return kept
 
 
 def csv_rows(text: str, source: str) -> Iterator[tuple[int, list[str]]]:

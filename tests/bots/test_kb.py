@@ -4,6 +4,7 @@ that say where (entry number, CSV line, entry id) and what is wrong."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,223 @@ def test_csv_errors_name_the_line_a_row_starts_on_after_a_multi_line_answer() ->
         parse_csv(text, "kb.csv")
     first, second = parse_csv(text.replace("bad id", "b"), "kb.csv")
     assert (first.answer, second.id) == ({ANY_LANGUAGE: "First line.\nSecond line.\n\nThird."}, "b")
+
+
+def _entry(**fields: str) -> str:
+    """One YAML entry (flow style) with ``fields`` added or replaced."""
+    fields = {"id": "a", "questions": "[q]", "answer": "x", **fields}
+    return "- {" + ", ".join(f"{k}: {v}" for k, v in fields.items()) + "}"
+
+
+TAGS_RULE = "tags must be strings of at most 64 characters, at most 50 per entry"
+
+
+@pytest.mark.parametrize(
+    ("tags", "needle"),
+    [
+        ("[[1, 2]]", f"entry 1 (id 'a'): tags: Value error, tag 1 is a list; {TAGS_RULE}"),
+        ("[ok, {k: v}]", f"tag 2 is a mapping; {TAGS_RULE}"),
+        ("[2024]", f"tag 1 is 2024; {TAGS_RULE}"),
+        ("[true]", f"tag 1 is True; {TAGS_RULE}"),
+        ("[~]", f"tag 1 is None; {TAGS_RULE}"),
+        ("{pricing: 1}", f"tags: Value error, is a mapping; {TAGS_RULE}"),
+        ("7", f"tags: Value error, is 7; {TAGS_RULE}"),
+        ("[" + "x" * 65 + "]", f"is 65 characters long; {TAGS_RULE}"),
+        ("[" + ", ".join(f"t{n}" for n in range(51)) + "]", f"tags: Value error, 51 tags; {TAGS_RULE}"),
+    ],
+    ids=["nested list", "mapping in list", "number", "boolean", "null", "mapping", "scalar", "too long", "too many"],
+)
+def test_tags_are_strings_of_bounded_length_and_number(tags: str, needle: str) -> None:
+    with pytest.raises(KbError) as caught:
+        parse_yaml(_entry(tags=tags), "kb.yaml")
+    assert needle in str(caught.value)
+
+
+def test_tags_at_the_limits_are_kept() -> None:
+    (entry,) = parse_yaml(_entry(tags="[" + ", ".join(["y" * 64, *(f"t{n}" for n in range(49))]) + "]"))
+    assert (len(entry.tags), entry.tags[0]) == (50, "y" * 64)
+    # Repeats count once, and a text of tags is split at commas (or semicolons).
+    (entry,) = parse_yaml(_entry(tags="[" + ", ".join(["T"] * 60) + "]"))
+    assert entry.tags == ("t",)
+    (entry,) = parse_yaml(_entry(tags="'a, b; c'"))
+    assert entry.tags == ("a", "b", "c")
+
+
+def _alias_bomb(field: str) -> str:
+    """Under 500 bytes of YAML whose ``field`` is a list nested seven deep
+    by aliases: 9**8 numbers, some 70 MB once turned into text."""
+    text = "defs:\n  - &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9]\n"
+    for n in range(1, 8):
+        text += f"  - &a{n} [" + ", ".join([f"*a{n - 1}"] * 9) + "]\n"
+    fields = {"id": "x", "questions": "[q]", "answer": "a", "tags": "[t]", field: "[*a7]"}
+    return text + "entries:\n  - {" + ", ".join(f"{k}: {v}" for k, v in fields.items()) + "}\n"
+
+
+@pytest.mark.parametrize("field", ["tags", "id", "questions", "answer", "team"])
+def test_a_small_yaml_of_aliases_is_refused_at_once_with_a_short_error(field: str) -> None:
+    text = _alias_bomb(field)
+    assert len(text) < 500
+    started = time.perf_counter()
+    with pytest.raises(KbError) as caught:
+        parse_yaml(text, "kb.yaml")
+    # Turning the tags into text took 25 s here; refusing them takes milliseconds.
+    assert time.perf_counter() - started < 2
+    assert len(str(caught.value)) < 300
+    assert str(caught.value).startswith("kb.yaml: entry 1")
+
+
+def test_text_fields_are_text_not_bytes() -> None:
+    # YAML's !!binary gives bytes, which were taken as the id or team.
+    for field in ("id", "team"):
+        with pytest.raises(KbError, match=f"{field}: Input should be a valid string"):
+            parse_yaml(_entry(**{field: "!!binary aGVsbG8="}), "kb.yaml")
+
+
+def test_errors_cut_long_values_short() -> None:
+    with pytest.raises(KbError) as caught:
+        # (a YAML key of a flow mapping stops at 1024 characters)
+        parse_yaml(_entry(answer="{" + "e" * 1000 + ": x}"), "kb.yaml")
+    assert f"answer language '{'e' * 39}…' must be a language code" in str(caught.value)
+    assert len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize(
+    ("rows", "needle"),
+    [
+        ("a,q,X,,,\na,r,Y,,,", "line 3 (id 'a'): answer differs from the answer on line 2"),
+        ("a,q,,F,,\nb,r,Y,,,\na,s,,G,,", "line 4 (id 'a'): answer_fa differs from the answer_fa on line 2"),
+        ("a,q,X,,,Support\na,r,,,,Support\na,s,,,,Sales", "line 4 (id 'a'): team differs from the team on line 2"),
+    ],
+    ids=["answer", "answer_fa", "team"],
+)
+def test_csv_rows_of_one_entry_that_disagree_are_refused_naming_both_lines(rows: str, needle: str) -> None:
+    with pytest.raises(KbError) as caught:
+        parse_csv("id,question,answer,answer_fa,tags,team\n" + rows + "\n", "kb.csv")
+    assert str(caught.value) == f"kb.csv: {needle}; the rows of one entry give it once, or the same on each"
+
+
+def test_csv_rows_of_one_entry_may_repeat_the_same_answer_and_team_and_add_tags() -> None:
+    text = "id,question,answer,answer_fa,tags,team\na,q,X,F,t1,Support\na,r, X ,F,t2,Support\na,s,,,t1,\n"
+    (entry,) = parse_csv(text, "kb.csv")
+    assert entry.answer == {ANY_LANGUAGE: "X", "fa": "F"}
+    assert (entry.questions, entry.tags, entry.team) == (("q", "r", "s"), ("t1", "t2"), "Support")
+
+
+@pytest.mark.parametrize(
+    ("header", "needle"),
+    [
+        ("id,question,answer_en,answer_en", "kb.csv: line 1: column 'answer_en' appears twice"),
+        ("id,question,answer,team,team", "kb.csv: line 1: column 'team' appears twice"),
+        ("id,question,answer,answer_default", "columns 'answer' and 'answer_default' are both the answer"),
+    ],
+)
+def test_csv_column_given_twice_is_refused(header: str, needle: str) -> None:
+    with pytest.raises(KbError, match=re.escape(needle)):
+        parse_csv(f"{header}\na,q,x,y\n", "kb.csv")
+
+
+def test_csv_columns_it_does_not_read_may_repeat() -> None:
+    (entry,) = parse_csv("id,question,answer,notes,notes,,\na,q,x,one,two,,\n", "kb.csv")
+    assert entry.answer == {ANY_LANGUAGE: "x"}
+
+
+@pytest.mark.parametrize(
+    ("cells", "needle"),
+    [
+        (f"a,{'w' * 1001},,,", "questions: Value error, a question is longer than 1000 characters"),
+        (f"a,r,,{'y' * 65},", f"tags: Value error, tag '{'y' * 39}…' is 65 characters long"),
+        ('a,r,,"' + ",".join(f"t{n}" for n in range(51)) + '",', "tags: Value error, 51 tags"),
+        (f"a,r,,,{'T' * 201}", "team: String should have at most 200 characters"),
+        ("a,r,,,,y", "answer: Value error, answer language 'english' must be a language code"),
+    ],
+    ids=["long question", "long tag", "many tags", "long team", "bad answer column"],
+)
+def test_csv_error_in_a_rows_cells_names_that_rows_line(cells: str, needle: str) -> None:
+    # The entry starts on line 2; what is wrong is on line 4, after a
+    # multi-line answer on line 3.
+    text = f'id,question,answer,tags,team,answer_english\na,q,x,,,\na,"r\nand more",,,,\n{cells}\n'
+    with pytest.raises(KbError) as caught:
+        parse_csv(text, "kb.csv")
+    assert str(caught.value).startswith("kb.csv: line 5 (id 'a'): ")
+    assert needle in str(caught.value)
+
+
+def test_csv_error_about_the_whole_entry_names_its_first_line() -> None:
+    tags = [",".join(f"{row}{n}" for n in range(30)) for row in "tu"]
+    with pytest.raises(KbError, match=re.escape("kb.csv: line 2 (id 'a'): tags: Value error, 60 tags")):
+        parse_csv(f'id,question,answer,tags\na,q,x,"{tags[0]}"\na,r,,"{tags[1]}"\n', "kb.csv")
+
+
+# Zero-width non-joiner, zero-width space, word joiner, BOM, soft hyphen: all
+# format characters (Cf), invisible in an editor.
+INVISIBLE = ["\u200c", "\u200b", "\u2060", "\ufeff", "\u00ad", " \u200c\u200b "]
+
+
+@pytest.mark.parametrize("question", INVISIBLE)
+def test_a_question_of_only_invisible_characters_is_empty(question: str) -> None:
+    yaml_question = question.encode("unicode_escape").decode()
+    with pytest.raises(KbError, match="questions: Value error, every question must be a non-empty string"):
+        parse_yaml(_entry(questions=f'[ok, "{yaml_question}"]'), "kb.yaml")
+    with pytest.raises(KbError, match="answer in 'default' must be a non-empty string"):
+        parse_yaml(_entry(answer=f'"{yaml_question}"'), "kb.yaml")
+    # In a CSV it is an empty cell, as one with spaces is.
+    (entry,) = parse_csv(f"id,question,answer\na,q,x\na,{question},\n", "kb.csv")
+    assert entry.questions == ("q",)
+    with pytest.raises(KbError, match=re.escape("kb.csv: line 2 (id 'a'): questions: ")):
+        parse_csv(f"id,question,answer\na,{question},x\n", "kb.csv")
+
+
+def test_a_zero_width_non_joiner_inside_a_question_stays() -> None:
+    (entry,) = parse_yaml(_entry(questions="[سفارش من کی می‌رسد]"))
+    assert entry.questions == ("سفارش من کی می\u200cرسد",)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (
+            "- id: a\n  questions: [q]\n  answer: one\n  answer: two\n",
+            "line 4: key 'answer' appears twice in one mapping (first on line 3)",
+        ),
+        (
+            "- {id: a, questions: [q], answer: {en: one, en: two}}",
+            "line 1: key 'en' appears twice in one mapping (first on line 1)",
+        ),
+        ("entries:\n  - {id: a, questions: [q], answer: x}\nentries: []\n", "line 3: key 'entries' appears twice"),
+        ('{"entries": [{"id": "a", "id": "b", "questions": ["q"], "answer": "x"}]}', "line 1: key 'id' appears twice"),
+    ],
+    ids=["block", "nested flow", "top level", "JSON"],
+)
+def test_yaml_key_given_twice_in_one_mapping_is_refused(text: str, needle: str) -> None:
+    with pytest.raises(KbError) as caught:
+        parse_yaml(text, "kb.yaml")
+    assert str(caught.value).startswith(f"kb.yaml: {needle}")
+
+
+def test_yaml_merge_keys_may_still_be_overridden() -> None:
+    text = "- &base {id: a, questions: [q], answer: one, team: Support}\n- <<: *base\n  id: b\n  answer: two\n"
+    first, second = parse_yaml(text, "kb.yaml")
+    assert (second.id, second.answer, second.team) == ("b", {ANY_LANGUAGE: "two"}, "Support")
+    assert first.answer == {ANY_LANGUAGE: "one"}
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("2024-02-30", "'2024-02-30' cannot be read as a date (day is out of range for month)"),
+        ("1" * 5000, f"'{'1' * 39}…' cannot be read as a number (Exceeds the limit (4300 digits)"),
+        ("!!float x", "'x' cannot be read as a number (could not convert string to float: 'x')"),
+    ],
+    ids=["date", "huge number", "float"],
+)
+def test_yaml_value_that_cannot_be_read_is_a_kb_error_with_its_line(value: str, needle: str) -> None:
+    # These were a bare ValueError: a traceback from the CLI, a 500 from the API.
+    with pytest.raises(KbError) as caught:
+        parse_yaml(_entry(tags=f"[{value}]"), "kb.yaml")
+    assert str(caught.value).startswith(f"kb.yaml: line 1: {needle}")
+    assert str(caught.value).endswith("; put it in quotes if it is text")
+
+
+def test_yaml_nested_too_deeply_is_a_kb_error() -> None:
+    with pytest.raises(KbError, match=r"^kb\.yaml: lists or mappings are nested too deeply to read$"):
+        parse_yaml("- " + "[" * 1000 + "]" * 1000, "kb.yaml")
