@@ -5,9 +5,11 @@ the customers' feedback on answers."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,9 +19,25 @@ from hub.core import IdentityKind, utcnow
 from hub.errors import Conflict, NotFound
 from storage.models import BotTurn, Contact, FaqEntry, FaqVersion, Identity
 
+log = logging.getLogger(__name__)
+
 
 def entry_of(row: FaqEntry) -> KbEntry:
-    return KbEntry(id=row.key, questions=tuple(row.questions), answer=row.answer, tags=tuple(row.tags), team=row.team)
+    values: dict[str, Any] = {
+        "id": row.key,
+        "questions": tuple(row.questions),
+        "answer": row.answer,
+        "tags": tuple(row.tags),
+        "team": row.team,
+    }
+    try:
+        return KbEntry.model_validate(values)
+    except ValidationError as exc:
+        # Saved under an older version's looser rules (a tag past today's 64
+        # characters, say): it was valid then, and refusing it now would stop
+        # the bot from building its matcher at all. Shown and matched as stored.
+        log.warning("knowledge-base entry %r breaks a rule added since it was saved: %s", row.key, exc)
+        return KbEntry.model_construct(**values)
 
 
 def faq_view(row: FaqEntry) -> dict[str, Any]:
@@ -56,12 +74,48 @@ async def _version(session: AsyncSession, row: FaqEntry, change: str, actor: str
     await audit(session, actor, f"faq.{change}", "faq_entry", row.id, {"key": row.key, "version": row.version})
 
 
+def _check_version(row: FaqEntry | None, key: str, expected: int) -> None:
+    """Refuse a write based on a version of the entry that is no longer the
+    stored one (another admin's edit would be silently lost)."""
+    if row is None:
+        raise Conflict(
+            f"knowledge-base entry {key!r} does not exist, so it is not at version {expected}; "
+            "leave version out to create it"
+        )
+    if row.deleted:
+        raise Conflict(
+            f"knowledge-base entry {key!r} was deleted at version {row.version} after you read version {expected}; "
+            "leave version out to create it again"
+        )
+    if row.version != expected:
+        raise Conflict(
+            f"knowledge-base entry {key!r} is at version {row.version}, not version {expected} that you read: "
+            f"someone changed it since; GET /api/v1/faq/{key} again and make your change to what is there"
+        )
+
+
 async def do_save_faq(
-    session: AsyncSession, entry: KbEntry, *, actor: str, create_only: bool = False
+    session: AsyncSession,
+    entry: KbEntry,
+    *,
+    actor: str,
+    create_only: bool = False,
+    expected_version: int | None = None,
 ) -> tuple[FaqEntry, str]:
     """Create or update an entry; returns it and what happened (created,
-    updated, unchanged). An unchanged entry makes no new version."""
-    row = await session.scalar(select(FaqEntry).where(FaqEntry.key == entry.id).with_for_update())
+    updated, unchanged). An unchanged entry makes no new version. With
+    ``expected_version`` (the version the caller read), an entry no longer at
+    that version is a Conflict and nothing changes; without it the last write
+    wins."""
+    # The lock keeps the version compared below the stored one until this
+    # transaction ends (SQLite's single writer does the same), so of two writes
+    # based on one version exactly one succeeds. populate_existing: an entry
+    # this session loaded before must not be compared with stale attributes.
+    row = await session.scalar(
+        select(FaqEntry).where(FaqEntry.key == entry.id).with_for_update().execution_options(populate_existing=True)
+    )
+    if expected_version is not None:
+        _check_version(row, entry.id, expected_version)
     values = {
         "questions": list(entry.questions),
         "answer": dict(entry.answer),

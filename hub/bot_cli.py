@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 
 OUT_OF_SCOPE = {"", "oos", "none", "out_of_scope", "out-of-scope", "-"}
 
+# The most GET /api/v1/bot/report gives in one page (hub.web.api.MAX_PAGE, which
+# a test keeps this equal to): importing the web API here would slow every
+# `crm-hub` command by seconds.
+MAX_REPORT_LIMIT = 200
+
 
 def _config(ctx: click.Context) -> HubConfig:
     from hub.cli import _config as load
@@ -224,7 +229,13 @@ def bot_eval(ctx: click.Context, kb: str | None, questions: str, as_json: bool) 
 
 
 @bot.command("report")
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_REPORT_LIMIT),
+    default=50,
+    show_default=True,
+    help=f"how many questions, 1 to {MAX_REPORT_LIMIT}",
+)
 @click.pass_context
 def bot_report(ctx: click.Context, limit: int) -> None:
     """Questions the bot handed off or whose answer did not help (newest first), as JSON lines."""

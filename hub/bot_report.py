@@ -21,6 +21,11 @@ GAP_REASONS = ("no_match", "repeated_misses")
 
 
 async def gaps(session: AsyncSession, *, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the report, newest first, and the cursor of the next (None
+    on the last page)."""
+    if limit < 1:
+        # A page of nothing could never move the cursor on.
+        raise ValueError(f"limit must be at least 1, not {limit}")
     stmt = select(BotTurn).where(
         or_(BotTurn.feedback == "no", (BotTurn.action == "handoff") & BotTurn.reason.in_(GAP_REASONS))
     )

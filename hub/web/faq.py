@@ -18,7 +18,7 @@ from hub.app import HUB, Hub
 from hub.bot_actions import check_faq, do_delete_faq, do_import_faq, do_save_faq, faq_view
 from hub.bot_report import gaps
 from hub.errors import BadRequest, NotFound, ValidationFailed
-from hub.web.api import API, current_agent, page_limit, require_admin
+from hub.web.api import API, MAX_PAGE, current_agent, page_limit, require_admin
 from hub.web.registry import ROUTES, parse_body
 from storage import queries
 from storage.models import FaqEntry, FaqVersion
@@ -33,12 +33,33 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+READ_ONLY: dict[str, Any] = {"readOnly": True}
+
+
 class FaqEntryIn(_In):
     id: str = Field(min_length=1, max_length=200, description="stable slug: letters, digits, . _ : -")
     questions: list[str] = Field(min_length=1, max_length=500)
     answer: str | dict[str, str] = Field(description="one text, or one per language: {en: ..., fa: ...}")
     tags: list[str] = Field(default_factory=list)
     team: str | None = None
+
+
+class FaqEntryPutIn(FaqEntryIn):
+    """What GET answers can be sent back as it is: the fields the server sets
+    are accepted and ignored, except ``version``, which guards the write."""
+
+    version: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        description=(
+            "the entry's version you read (as GET gives it): if the entry is no longer at that version "
+            "(another admin changed or deleted it), the answer is 409 Conflict naming the current version "
+            "and nothing changes. Left out, the last write wins"
+        ),
+    )
+    updated_at: str | None = Field(default=None, description="read-only: ignored", json_schema_extra=READ_ONLY)
+    updated_by: str | None = Field(default=None, description="read-only: ignored", json_schema_extra=READ_ONLY)
 
 
 class FaqEntryOut(_Out):
@@ -116,7 +137,9 @@ class GapList(_Out):
 
 
 def _entry(body: FaqEntryIn, key: str | None = None) -> KbEntry:
-    raw = body.model_dump()
+    # Only the entry's own fields: a PUT's version and read-only fields are not
+    # part of the knowledge-base document.
+    raw = body.model_dump(include=set(FaqEntryIn.model_fields))
     if key is not None and raw["id"] != key:
         raise BadRequest(f"the body's id {raw['id']!r} differs from the URL's {key!r}")
     try:
@@ -199,19 +222,24 @@ async def get_faq(request: web.Request) -> web.Response:
 @ROUTES.route(
     "PUT",
     f"{API}/faq/{{key}}",
-    summary="Create or replace a knowledge-base entry (admin); a new version when it changes",
+    summary=(
+        "Create or replace a knowledge-base entry (admin); a new version when it changes. "
+        "With the version you read, 409 Conflict if someone changed it since"
+    ),
     tag="bot",
     admin=True,
-    body=FaqEntryIn,
+    body=FaqEntryPutIn,
     response=FaqEntryOut,
+    errors=(409,),
 )
 async def put_faq(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     admin = await require_admin(request)
-    entry = _entry(await parse_body(request, FaqEntryIn), request.match_info["key"])
+    body = await parse_body(request, FaqEntryPutIn)
+    entry = _entry(body, request.match_info["key"])
 
     async def save(session: AsyncSession) -> dict[str, Any]:
-        row, _ = await do_save_faq(session, entry, actor=actor_of(admin))
+        row, _ = await do_save_faq(session, entry, actor=actor_of(admin), expected_version=body.version)
         return faq_view(row)
 
     view = await _save(hub, save)
@@ -318,7 +346,7 @@ async def bot_ask(request: web.Request) -> web.Response:
     summary="Questions the bot handed off or whose answer did not help, newest first",
     tag="bot",
     response=GapList,
-    query={"cursor": "next_cursor of the previous page", "limit": "page size, 1 to 200 (default 50)"},
+    query={"cursor": "next_cursor of the previous page", "limit": f"page size, 1 to {MAX_PAGE} (default 50)"},
     errors=(400,),
 )
 async def bot_report(request: web.Request) -> web.Response:

@@ -170,3 +170,30 @@ def test_bot_report_lists_gaps_as_json_lines(admin: CliRunner, tmp_path: Path) -
     lines = [json.loads(line) for line in run(admin, "bot", "report").output.splitlines()]
     # Only what says something about the knowledge base.
     assert [(i["question"], i["why"]) for i in lines] == [("is the shop open on Nowruz?", "no_match")]
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "201"])
+def test_bot_report_refuses_a_limit_outside_what_the_api_allows(admin: CliRunner, tmp_path: Path, limit: str) -> None:
+    async def turns() -> None:
+        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'hub.db'}")
+        try:
+            await add_turns(db, [(f"question {n}", "handoff", "no_match") for n in range(3)])
+        finally:
+            await db.dispose()
+
+    # With gaps stored: a limit of 0 used to take an empty page with more to
+    # come, and crash on its (missing) last row.
+    asyncio.run(turns())
+    result = run(admin, "bot", "report", "--limit", limit, code=2)
+    assert "Invalid value for '--limit'" in result.output
+    assert "1<=x<=200" in result.output
+    assert "Traceback" not in result.output
+    lines = run(admin, "bot", "report", "--limit", "1").output.splitlines()
+    assert [json.loads(line)["question"] for line in lines] == ["question 2"]
+
+
+def test_bot_report_limit_is_the_apis_page_size() -> None:
+    from hub.bot_cli import MAX_REPORT_LIMIT
+    from hub.web.api import MAX_PAGE
+
+    assert MAX_REPORT_LIMIT == MAX_PAGE

@@ -281,3 +281,181 @@ async def test_many_admins_creating_one_entry_at_once_on_postgres(tmp_path: Path
         statuses = await asyncio.gather(*(create() for _ in range(8)))
         assert sorted(statuses) == [201] + [409] * 7
         assert [e["version"] for e in (await admin.get("/api/v1/faq"))["items"]] == [1]
+
+
+# --- edits based on a version (optimistic concurrency) ---------------------------------
+
+
+async def _stored(db: Database) -> tuple[FaqEntry | None, int]:
+    async with db.read() as session:
+        row = await session.scalar(select(FaqEntry).where(FaqEntry.key == "gift-cards"))
+        versions = await session.scalar(select(func.count()).select_from(FaqVersion))
+    return row, int(versions or 0)
+
+
+async def test_what_get_answers_can_be_sent_back_with_put(tmp_path: Path) -> None:
+    async with api(tmp_path) as (admin, _, _http, _base, _hub):
+        await admin.post("/api/v1/faq", ENTRY, 201)
+        read = await admin.get("/api/v1/faq/gift-cards")
+        assert {"version", "updated_at", "updated_by"} <= set(read)
+        # Unchanged: the read-only fields are ignored, and no new version.
+        assert await admin.put("/api/v1/faq/gift-cards", read) == read
+        edited = {**read, "answer": "Yes.", "updated_at": "2000-01-01T00:00:00+00:00", "updated_by": "someone"}
+        saved = await admin.put("/api/v1/faq/gift-cards", edited)
+        assert (saved["version"], saved["answer"], saved["updated_by"]) == (2, "Yes.", "agent:1")
+        assert saved["updated_at"] != edited["updated_at"]
+        listed = (await admin.get("/api/v1/faq"))["items"][0]
+        assert (await admin.put("/api/v1/faq/gift-cards", {**listed, "tags": ["shop", "cards"]}))["version"] == 3
+
+
+async def test_an_edit_of_a_version_another_admin_changed_is_refused(tmp_path: Path) -> None:
+    async with api(tmp_path) as (admin, _, http, base, hub):
+        await admin.post("/api/v1/faq", ENTRY, 201)
+        # Two admins read version 1.
+        a = await admin.get("/api/v1/faq/gift-cards")
+        b = await admin.get("/api/v1/faq/gift-cards")
+        more = [*a["questions"], "gift vouchers?"]
+        assert (await admin.put("/api/v1/faq/gift-cards", {**a, "questions": more}))["version"] == 2
+        message = await error(
+            http,
+            "PUT",
+            f"{base}/api/v1/faq/gift-cards",
+            409,
+            json={**b, "answer": "No."},
+            headers=admin.headers,
+        )
+        assert message == (
+            "knowledge-base entry 'gift-cards' is at version 2, not version 1 that you read: someone changed it "
+            "since; GET /api/v1/faq/gift-cards again and make your change to what is there"
+        )
+        row, versions = await _stored(hub.db)
+        assert row is not None
+        assert (row.version, row.questions, row.answer, versions) == (2, more, ENTRY["answer"], 2)
+        # Read again, the edit goes through, keeping the other admin's question.
+        fresh = await admin.get("/api/v1/faq/gift-cards")
+        assert fresh["version"] == 2
+        saved = await admin.put("/api/v1/faq/gift-cards", {**fresh, "answer": "No."})
+        assert (saved["version"], saved["questions"], saved["answer"]) == (3, more, "No.")
+        # Without a version the last write wins, as before.
+        assert (await admin.put("/api/v1/faq/gift-cards", {**ENTRY, "answer": "Maybe."}))["version"] == 4
+
+
+async def test_a_version_of_an_entry_that_is_not_there_is_refused(tmp_path: Path) -> None:
+    async with api(tmp_path) as (admin, _, http, base, hub):
+        url = f"{base}/api/v1/faq/gift-cards"
+        message = await error(http, "PUT", url, 409, json={**ENTRY, "version": 1}, headers=admin.headers)
+        assert message == (
+            "knowledge-base entry 'gift-cards' does not exist, so it is not at version 1; "
+            "leave version out to create it"
+        )
+        assert await _stored(hub.db) == (None, 0)
+        read = await admin.post("/api/v1/faq", ENTRY, 201)
+        await admin.delete("/api/v1/faq/gift-cards")
+        message = await error(http, "PUT", url, 409, json=read, headers=admin.headers)
+        assert message == (
+            "knowledge-base entry 'gift-cards' was deleted at version 2 after you read version 1; "
+            "leave version out to create it again"
+        )
+        row, versions = await _stored(hub.db)
+        assert row is not None
+        assert (row.deleted, row.version, versions) == (True, 2, 2)
+        assert "does not exist" in await error(http, "GET", url, 404, headers=admin.headers)
+
+
+@pytest.mark.parametrize(
+    ("version", "needle"),
+    [
+        (0, "version: Input should be greater than or equal to 1"),
+        ("1", "version: Input should be a valid integer"),
+        (1.0, "version: Input should be a valid integer"),
+        (True, "version: Input should be a valid integer"),
+    ],
+)
+async def test_a_version_that_is_not_one_is_refused(tmp_path: Path, version: Any, needle: str) -> None:
+    async with api(tmp_path) as (admin, _, http, base, hub):
+        await admin.post("/api/v1/faq", ENTRY, 201)
+        body = {**ENTRY, "answer": "No.", "version": version}
+        message = await error(http, "PUT", f"{base}/api/v1/faq/gift-cards", 422, json=body, headers=admin.headers)
+        assert needle in message
+        row, versions = await _stored(hub.db)
+        assert row is not None
+        assert (row.version, row.answer, versions) == (1, ENTRY["answer"], 1)
+
+
+async def _same_version_at_once(tmp_path: Path, **overrides: Any) -> None:
+    """Admins who all read version 1 save at once: exactly one wins, the others
+    are told the version moved on, and only the winner's change is stored."""
+    async with api(tmp_path, **overrides) as (admin, _, http, base, hub):
+        read = await admin.post("/api/v1/faq", ENTRY, 201)
+
+        async def put(n: int) -> tuple[int, str, dict[str, Any]]:
+            body = {**read, "answer": f"Answer {n}."}
+            async with http.put(f"{base}/api/v1/faq/gift-cards", json=body, headers=admin.headers) as r:
+                return r.status, f"Answer {n}.", await r.json()
+
+        results = await asyncio.gather(*(put(n) for n in range(8)))
+        assert sorted(status for status, _, _ in results) == [200] + [409] * 7
+        (winner,) = [answer for status, answer, _ in results if status == 200]
+        for status, _, body in results:
+            if status == 409:
+                assert "is at version 2, not version 1" in body["error"]["message"]
+        row, versions = await _stored(hub.db)
+        assert row is not None
+        assert (row.version, row.answer, versions) == (2, {"default": winner}, 2)
+
+
+async def test_puts_of_one_version_at_once_on_sqlite(tmp_path: Path) -> None:
+    await _same_version_at_once(tmp_path)
+
+
+@pytest.mark.postgres
+async def test_puts_of_one_version_at_once_on_postgres(tmp_path: Path, postgres_url: str) -> None:
+    await _same_version_at_once(tmp_path, **{"database.url": postgres_url})
+
+
+@pytest.mark.postgres
+async def test_the_version_is_compared_after_the_row_lock_on_postgres(tmp_path: Path, postgres_url: str) -> None:
+    """Another admin's transaction has saved version 2 but not yet committed:
+    a PUT of version 1 waits for it and is then refused, rather than reading
+    version 1 before the lock and overwriting the other admin's change."""
+    async with api(tmp_path, **{"database.url": postgres_url}) as (admin, _, http, base, hub):
+        read = await admin.post("/api/v1/faq", ENTRY, 201)
+        theirs = KbEntry.model_validate({**ENTRY, "answer": "Theirs."})
+        other = Database(postgres_url)
+        try:
+            async with other.write() as session:
+                await do_save_faq(session, theirs, actor="agent:9", expected_version=1)
+                body = {**read, "answer": "Mine."}
+                request = asyncio.create_task(
+                    http.put(f"{base}/api/v1/faq/gift-cards", json=body, headers=admin.headers)
+                )
+                async with asyncio.timeout(30):
+                    while await _lock_waiters(other) == 0:
+                        assert not request.done(), await (await request).text()
+                        await asyncio.sleep(0.02)
+            async with await request as response:
+                assert response.status == 409, await response.text()
+                assert "is at version 2, not version 1" in (await response.json())["error"]["message"]
+        finally:
+            await other.dispose()
+        row, versions = await _stored(hub.db)
+        assert row is not None
+        assert (row.version, row.answer, row.updated_by, versions) == (2, {"default": "Theirs."}, "agent:9", 2)
+
+
+async def test_the_openapi_document_describes_the_version_check(tmp_path: Path) -> None:
+    async with api(tmp_path) as (admin, _, _http, _base, _hub):
+        spec = await admin.get("/api/openapi.json")
+    put = spec["paths"]["/api/v1/faq/{key}"]["put"]
+    assert "409" in put["responses"]
+
+    def body(operation: dict[str, Any]) -> dict[str, Any]:
+        ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        return dict(spec["components"]["schemas"][ref.rsplit("/", 1)[-1]]["properties"])
+
+    fields = body(put)
+    assert "409 Conflict" in fields["version"]["description"]
+    assert fields["updated_at"]["readOnly"] is True
+    assert fields["updated_by"]["readOnly"] is True
+    # Creating is not based on a version.
+    assert "version" not in body(spec["paths"]["/api/v1/faq"]["post"])
