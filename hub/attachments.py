@@ -18,13 +18,31 @@ import re
 import secrets
 import unicodedata
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from hub.core import Attachment
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{22}\Z")
-_UNSAFE = re.compile(r"[^\w.\- ()\[\]]+", re.UNICODE)
+_SAFE_PUNCTUATION = frozenset(".- ()[]")
+# ZWNJ (U+200C) is part of Persian spelling (the one in «می‌خواهم»), ZWJ of Indic and Arabic
+# shaping; both are joiners, not direction controls, so they cannot reorder what
+# an agent sees (unlike U+202E, which would show "exe.pdf" as "fdp.exe").
+_JOINERS = frozenset("\u200c\u200d")
+# Vowel signs and diacritics: Persian harakat (Mn), Indic vowel signs (Mc).
+_MARKS = frozenset(("Mn", "Mc"))
+
+OCTET_STREAM = "application/octet-stream"
+# RFC 9110 section 8.3.1: media-type = type "/" subtype parameters.
+_TCHAR_RUN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+# obs-text is any octet from 0x80; a header decoded to str carries those as
+# non-ASCII characters (or surrogate escapes), so they are allowed in quotes.
+_QUOTED_STRING = r'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\U0010ffff]|\\[\t \x21-\x7e\x80-\U0010ffff])*"'
+_OWS = r"[ \t]*"
+_MEDIA_TYPE = re.compile(
+    rf"({_TCHAR_RUN})/({_TCHAR_RUN})(?:{_OWS};{_OWS}(?:{_TCHAR_RUN}=(?:{_TCHAR_RUN}|{_QUOTED_STRING}))?)*"
+)
 
 
 class AttachmentTooLarge(ValueError):
@@ -35,12 +53,42 @@ class AttachmentTooLarge(ValueError):
         self.limit = limit
 
 
+def parse_content_type(value: str | None) -> str:
+    """The lower-cased ``type/subtype`` of a Content-Type value, parameters
+    dropped, or application/octet-stream for anything that is not exactly one
+    RFC 9110 media type.
+
+    Browsers read ``image/png, text/html`` as HTML (the Fetch standard takes
+    the last type of a list), so a value is either one well-formed media type
+    or treated as unknown bytes; nothing is guessed from a prefix."""
+    match = _MEDIA_TYPE.fullmatch((value or "").strip(" \t"))
+    if match is None:
+        return OCTET_STREAM
+    media_type = f"{match[1]}/{match[2]}".lower()
+    # Cutting a longer one to Attachment's 255 characters would name another type.
+    return media_type if len(media_type) <= 255 else OCTET_STREAM
+
+
+def _keep_in_filename(char: str) -> bool:
+    return (
+        char.isalnum()
+        or char == "_"
+        or char in _SAFE_PUNCTUATION
+        or char in _JOINERS
+        or unicodedata.category(char) in _MARKS
+    )
+
+
 def safe_filename(name: str | None, default: str = "file") -> str:
-    """A filename safe on every filesystem and in a URL path segment, keeping
-    letters of every script (Persian names stay readable)."""
+    """A filename safe on every filesystem, in a URL path segment and in a
+    Content-Disposition header, keeping the letters, marks and joiners of every
+    script (Persian names stay readable); anything else (separators, control
+    and direction characters, quotes, symbols) becomes ``_``."""
     name = unicodedata.normalize("NFC", (name or "").replace("\\", "/").rsplit("/", 1)[-1])
-    name = _UNSAFE.sub("_", name).strip(" ._")
-    return name[:150] or default
+    name = "".join("".join(run) if keep else "_" for keep, run in groupby(name, _keep_in_filename))
+    # Joiners at either end join nothing and would only hide there.
+    edges = " ._\u200c\u200d"
+    return name.strip(edges)[:150].rstrip(edges) or default
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +114,11 @@ class AttachmentStore:
         self.check_size(len(data), filename)
         key = secrets.token_urlsafe(16)  # 22 characters, 128 random bits
         name = safe_filename(filename)
-        ctype = (content_type or "application/octet-stream").split(";")[0].strip().lower()[:255]
+        ctype = parse_content_type(content_type)
         await asyncio.to_thread(self._write, key, name, ctype, data)
         return Attachment(
             url=f"{self.url_prefix}/{key}/{name}",
-            content_type=ctype or "application/octet-stream",
+            content_type=ctype,
             filename=filename or name,
             size=len(data),
         )
@@ -94,7 +142,8 @@ class AttachmentStore:
 
     def open(self, key: str, name: str) -> StoredFile | None:
         """The stored file behind a URL, or None when the key or the name is not
-        one we gave out."""
+        one we gave out. Its content type is parsed again: files stored before
+        types were parsed may hold any string."""
         if not KEY_PATTERN.match(key):
             return None
         folder = self._dir(key)
@@ -105,7 +154,9 @@ class AttachmentStore:
             return None
         if meta.get("filename") != name:
             return None
-        return StoredFile(folder / "data", name, str(meta.get("content_type") or "application/octet-stream"), size)
+        stored_type = meta.get("content_type")
+        content_type = parse_content_type(stored_type if isinstance(stored_type, str) else None)
+        return StoredFile(folder / "data", name, content_type, size)
 
     def read(self, url: str) -> bytes | None:
         """The bytes behind one of our attachment URLs (for channels that send

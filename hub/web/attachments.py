@@ -8,15 +8,27 @@ from urllib.parse import quote, unquote
 from aiohttp import BodyPartReader, web
 
 from hub.app import HUB
-from hub.attachments import AttachmentTooLarge
+from hub.attachments import OCTET_STREAM, AttachmentTooLarge, parse_content_type
 from hub.errors import BadRequest, NotFound, PayloadTooLarge
 from hub.web.api import API, current_agent
 from hub.web.registry import ROUTES
 from hub.web.schemas import AttachmentOut
 
 # Shown in the browser; anything else (HTML, SVG, scripts) is downloaded, so a
-# customer's file can never run in the hub's origin.
-INLINE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "audio/", "video/", "application/pdf")
+# customer's file can never run in the hub's origin. Compared with the parsed
+# type, never as a prefix of the stored string: "image/png, text/html" starts
+# like an image but a browser renders it as HTML.
+INLINE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf"})
+# Every subtype of these plays in the browser's media player (voicemail,
+# Telegram voice notes, MMS video), and none is a document that runs script.
+INLINE_TOP_LEVEL_TYPES = frozenset({"audio", "video"})
+
+
+def is_inline(media_type: str) -> bool:
+    """Whether a parsed ``type/subtype`` (see :func:`parse_content_type`) is
+    shown in the browser rather than downloaded."""
+    top_level, _, _ = media_type.partition("/")
+    return media_type in INLINE_TYPES or top_level in INLINE_TOP_LEVEL_TYPES
 
 
 @ROUTES.route(
@@ -33,12 +45,15 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
     stored = hub.attachments.open(request.match_info["key"], request.match_info["name"])
     if stored is None:
         raise NotFound("no such attachment")
-    inline = stored.content_type.startswith(INLINE_TYPES)
+    # Parsed here as well, whatever open() did: this is the check that keeps a
+    # file stored with any odd type (older rows included) from rendering.
+    media_type = parse_content_type(stored.content_type)
+    inline = is_inline(media_type)
     disposition = "inline" if inline else "attachment"
     return web.FileResponse(
         stored.path,
         headers={
-            "Content-Type": stored.content_type if inline else "application/octet-stream",
+            "Content-Type": media_type if inline else OCTET_STREAM,
             "Content-Disposition": f"{disposition}; filename*=UTF-8''{_quote(stored.filename)}",
             "X-Content-Type-Options": "nosniff",
             "Content-Security-Policy": "default-src 'none'; sandbox",

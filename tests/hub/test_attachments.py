@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from hub.attachments import AttachmentStore, AttachmentTooLarge, safe_filename
+from hub.attachments import AttachmentStore, AttachmentTooLarge, parse_content_type, safe_filename
 from tests.hub.helpers import Agent, add_agent, make_config, running_hub
 
 
@@ -20,10 +21,72 @@ from tests.hub.helpers import Agent, add_agent, make_config, running_hub
         ("", "file"),
         ("...", "file"),
         (None, "file"),
+        ("a__b (1).txt", "a__b (1).txt"),
+        # Persian spelling needs the zero-width non-joiner and the diacritics.
+        ("مِی\u200cخواهم.docx", "مِی\u200cخواهم.docx"),
+        ("نامهٔ اداری.pdf", "نامهٔ اداری.pdf"),
+        ("हिंदी.txt", "हिंदी.txt"),
+        # Joiners at the edges join nothing.
+        ("\u200cنامه.pdf\u200c", "نامه.pdf"),
+        # Direction controls would show "invoice\u202egpj.exe" as "invoiceexe.jpg".
+        ("invoice\u202egpj.exe", "invoice_gpj.exe"),
+        ("photo\u2067exe.\u2069jpg", "photo_exe._jpg"),
+        ("a\u200fb\u200e.pdf", "a_b_.pdf"),
+        ('a"b;c\r\nd\x00.pdf', "a_b_c_d_.pdf"),
     ],
 )
 def test_safe_filename(raw: str | None, safe: str) -> None:
     assert safe_filename(raw) == safe
+
+
+@pytest.mark.parametrize(
+    ("raw", "parsed"),
+    [
+        ("image/png", "image/png"),
+        ("Image/PNG", "image/png"),
+        (" image/jpeg ; charset=binary", "image/jpeg"),
+        ('image/png; name="a, text/html; b=\\"c\\""', "image/png"),
+        ('image/png; name="عکس.png"', "image/png"),
+        ("image/png;", "image/png"),
+        ("audio/ogg; codecs=opus", "audio/ogg"),
+        ("image/svg+xml", "image/svg+xml"),
+        # Browsers take the last type of a list (Fetch), so a list is no type.
+        ("image/png, text/html", "application/octet-stream"),
+        ("image/png; a=b, text/html", "application/octet-stream"),
+        ("image/png;text/html", "application/octet-stream"),
+        ("image/png; name", "application/octet-stream"),
+        ('image/png; name="open', "application/octet-stream"),
+        ("image/png\r\ntext/html", "application/octet-stream"),
+        ("image/png\x00", "application/octet-stream"),
+        ("image /png", "application/octet-stream"),
+        ("image", "application/octet-stream"),
+        ("image/", "application/octet-stream"),
+        ("a/" + "b" * 300, "application/octet-stream"),
+        ("", "application/octet-stream"),
+        (None, "application/octet-stream"),
+    ],
+)
+def test_parse_content_type(raw: str | None, parsed: str) -> None:
+    assert parse_content_type(raw) == parsed
+
+
+async def test_a_type_that_is_not_one_media_type_is_stored_as_bytes(tmp_path: Path) -> None:
+    store = AttachmentStore(tmp_path, max_bytes=1024)
+    att = await store.save(b"<script>alert(1)</script>", filename="x.png", content_type="image/png, text/html")
+    assert att.content_type == "application/octet-stream"
+    _, _, key, name = att.url.split("/")
+    stored = store.open(key, name)
+    assert stored is not None and stored.content_type == "application/octet-stream"
+
+
+async def test_open_parses_a_type_stored_before_types_were_parsed(tmp_path: Path) -> None:
+    store = AttachmentStore(tmp_path, max_bytes=1024)
+    att = await store.save(b"<script>alert(1)</script>", filename="x.png", content_type="image/png")
+    _, _, key, name = att.url.split("/")
+    meta = next(tmp_path.rglob("meta.json"))
+    meta.write_text(json.dumps({"filename": name, "content_type": "image/png, text/html"}), encoding="utf-8")
+    stored = store.open(key, name)
+    assert stored is not None and stored.content_type == "application/octet-stream"
 
 
 async def test_save_open_and_read_back(tmp_path: Path) -> None:
