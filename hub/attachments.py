@@ -69,6 +69,18 @@ def parse_content_type(value: str | None) -> str:
     return media_type if len(media_type) <= 255 else OCTET_STREAM
 
 
+# Direction controls (embeddings, overrides, isolates, marks): in a name they
+# only ever serve to make "invoice\u202egpj.exe" look like "invoiceexe.jpg".
+_DIRECTION_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def shown_name(filename: str | None) -> str:
+    """A file's name as the inbox and the widget show it: as the sender wrote
+    it (slashes and all), less control characters and direction controls."""
+    kept = (c for c in filename or "" if (c.isprintable() and c not in _DIRECTION_CONTROLS) or c in _JOINERS)
+    return "".join(kept).strip()
+
+
 def _keep_in_filename(char: str) -> bool:
     return (
         char.isalnum()
@@ -119,7 +131,7 @@ class AttachmentStore:
         return Attachment(
             url=f"{self.url_prefix}/{key}/{name}",
             content_type=ctype,
-            filename=filename or name,
+            filename=shown_name(filename) or name,
             size=len(data),
         )
 

@@ -154,3 +154,13 @@ async def test_upload_then_serve_safely(tmp_path: Path) -> None:
             async with http.get(f"{base}/attachments/{'A' * 22}/nothing.png") as r:
                 assert r.status == 404
                 assert (await r.json())["error"]["code"] == "not_found"
+
+
+async def test_the_name_shown_loses_direction_controls_only(tmp_path: Path) -> None:
+    """The inbox shows the sender's name for a file: with U+202E in it,
+    "invoice\u202egpj.exe" is shown as "invoiceexe.jpg"."""
+    store = AttachmentStore(tmp_path, max_bytes=1024)
+    att = await store.save(b"MZ", filename="invoice\u202egpj.exe", content_type="application/octet-stream")
+    assert att.filename == "invoicegpj.exe"
+    att = await store.save(b"x", filename="Q1/Q2 نامه\u200cها.pdf", content_type="application/pdf")
+    assert att.filename == "Q1/Q2 نامه\u200cها.pdf"
