@@ -2,11 +2,16 @@
 
 Parsing is pure (raw bytes in, :class:`ParsedEmail` out, no I/O) and never
 raises for a message however broken: the standard library's ``email`` package
-with the modern policy decodes RFC 2047 headers and RFC 2231 parameters; text
-in any declared charset is decoded with undecodable bytes replaced (labels
-mapped the way browsers map them, so "iso-8859-1" mail written in Windows-1252
-reads right); text/plain is preferred, HTML-only mail is turned into readable
-text by inscriptis, and the HTML itself is kept, sanitized by nh3, for display.
+with the modern policy decodes RFC 2047 headers and RFC 2231 parameters, and
+where it gives up (it raises on some malformed parameters) the message is read
+again with the compat32 policy, part by part, else its header alone, so the
+sender and subject are always kept. Addresses are read from headers as
+written, never from what an encoded display name decodes to; names lose
+control characters and line breaks. Text in any declared charset is decoded
+with undecodable bytes replaced (labels mapped the way browsers map them, so
+"iso-8859-1" mail written in Windows-1252 reads right); text/plain is
+preferred, HTML-only mail is turned into readable text by inscriptis, and the
+HTML itself is kept, sanitized by nh3, for display.
 The customer's new words are separated from the quoted history and signature
 (:mod:`channels.email_quotes`); the hub keeps the raw message, so the full
 original is one click away.
@@ -47,11 +52,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email import policy
+from email._header_value_parser import Terminal, TokenList, get_address_list
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
-from email.parser import BytesParser, HeaderParser
+from email.parser import BytesHeaderParser, BytesParser, HeaderParser
 from email.utils import format_datetime, getaddresses, parsedate_to_datetime
 from typing import Any, ClassVar, Literal
 
@@ -206,7 +212,10 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
     codec = _CHARSET_ALIASES.get(label, label)
     try:
         text = data.decode(codec, errors="replace")
-    except LookupError:
+    except (LookupError, ValueError, UnicodeError):
+        # An unknown label, one Python cannot look up ("utf-8\0"), or a codec
+        # that is not a charset and refuses "replace" or raises anyway (idna,
+        # punycode, undefined): the text is read as UTF-8 instead.
         text = data.decode("utf-8", errors="replace")
     return clean_text(text)
 
@@ -214,13 +223,12 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
 def _header(msg: Message, name: str) -> str:
     """A header decoded to text (RFC 2047), never raising; "" when absent."""
     try:
-        value = msg.get(name)
+        found: object = msg.get(name)
     except Exception:  # noqa: BLE001 - the modern policy raises on some malformed headers
-        value = None
-        for key, raw in msg.raw_items():
-            if key.lower() == name.lower():
-                value = raw
-                break
+        found = None
+    # Also where the compat32 policy hands back an 8-bit header as a Header
+    # object: the text as written (raw UTF-8 included) is read instead.
+    value = found if isinstance(found, str) else _raw_header(msg, name)
     if value is None:
         return ""
     text = str(value)
@@ -231,25 +239,113 @@ def _header(msg: Message, name: str) -> str:
     return clean_text(" ".join(text.split()))
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _raw_header(msg: Message, name: str) -> str | None:
+    """The first ``name`` header as the sender wrote it (encoded-words not
+    decoded), unfolded; None when absent."""
+    wanted = name.lower()
+    for key, value in msg.raw_items():
+        if key.lower() == wanted:
+            return _LINE_BREAK.sub("", str(value))
+    return None
+
+
+# Control characters (C0, DEL, C1 and the Unicode line and paragraph
+# separators) have no place in a name: a name is shown on one line and
+# written into headers, where a line break ends the header.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def display_name(value: str) -> str:
+    """A person's name as it can be shown and written into a header: control
+    characters and line breaks become spaces, runs of spaces one."""
+    return " ".join(_CONTROL.sub(" ", clean_text(value)).split())
+
+
 def _addresses(msg: Message, name: str) -> list[tuple[str, str]]:
     """(display name, lower-case address) pairs of an address header; entries
-    without an "@" are dropped."""
-    pairs: list[tuple[str, str]] = []
+    without an "@" are dropped.
+
+    Addresses are read from the header as written. Only display names are
+    decoded (RFC 2047): text an encoded-word decodes to is never read as an
+    address, or ``=?utf-8?q?x=0D=0Ay:_sara@example.com?= <mallory@evil.test>``
+    (or ``mallory@=?utf-8?q?example.com?=``) would pass for Sara's mail."""
+    raw = _raw_header(msg, name)
+    if raw is None:
+        return []
     try:
-        header = msg.get(name)
-        structured = getattr(header, "addresses", None)
-    except Exception:  # noqa: BLE001 - fall back to the tolerant parser below
-        structured = None
-    if structured:
-        for addr in structured:
-            spec = clean_text(addr.addr_spec or "")
-            if "@" in spec and not spec.startswith("@"):
-                pairs.append((clean_text(addr.display_name or ""), spec.lower()))
-    if not pairs:
-        for display, spec in getaddresses([_header(msg, name)]):
-            if "@" in spec and not spec.startswith("@"):
-                pairs.append((display, spec.strip().lower()))
+        found = _parsed_addresses(raw)
+    except Exception:  # noqa: BLE001 - the modern parser gives up on some malformed lists
+        found = _legacy_addresses(raw)
+    pairs: list[tuple[str, str]] = []
+    for display, spec in found:
+        spec = clean_text(spec).strip().lower()
+        if "@" in spec and not spec.startswith("@"):
+            pairs.append((display_name(display), spec))
     return pairs
+
+
+def _parsed_addresses(raw: str) -> list[tuple[str, str]]:
+    """The header's mailboxes, by the modern parser, minus any whose address
+    an encoded-word would make."""
+    address_list, _ = get_address_list(raw)
+    found: list[tuple[str, str]] = []
+    for mailbox in address_list.all_mailboxes:
+        if _decodes_into_address(mailbox):
+            continue
+        local, domain = mailbox.local_part, mailbox.domain
+        if not local or not domain:
+            continue
+        try:
+            # Written as the header registry writes it: a local part that is
+            # not a dot-atom is quoted.
+            spec = Address(username=str(local), domain=str(domain)).addr_spec
+        except (ValueError, IndexError, HeaderParseError):
+            continue
+        found.append((str(mailbox.display_name or ""), spec))
+    return found
+
+
+def _decodes_into_address(token: TokenList | Terminal) -> bool:
+    """Whether an encoded-word stands anywhere in the token but its display
+    name and comments (the parser decodes one even in a local part or a
+    domain)."""
+    if token.token_type == "encoded-word":  # noqa: S105 - a token's type, not a password
+        return True
+    if not isinstance(token, TokenList) or token.token_type in ("display-name", "comment"):
+        return False
+    return any(_decodes_into_address(sub) for sub in token)
+
+
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+# Stand-ins for encoded-words while the legacy parser reads a header: private
+# use characters, which it takes as plain atom text.
+_MASK_OPEN, _MASK_CLOSE = "\ue000", "\ue001"
+_MASKED = re.compile(f"{_MASK_OPEN}(\\d+){_MASK_CLOSE}")
+
+
+def _legacy_addresses(raw: str) -> list[tuple[str, str]]:
+    """The header's addresses by the tolerant legacy parser, with each
+    encoded-word hidden behind a stand-in while it reads: what one decodes to
+    (or its specials, such as ":" starting a group) cannot make an address."""
+    words: list[str] = []
+
+    def hide(match: re.Match[str]) -> str:
+        words.append(match.group(0))
+        return f"{_MASK_OPEN}{len(words) - 1}{_MASK_CLOSE}"
+
+    found: list[tuple[str, str]] = []
+    for display, spec in getaddresses([_ENCODED_WORD.sub(hide, raw)]):
+        if _MASK_OPEN in spec or _MASK_CLOSE in spec:
+            continue
+        display = _MASKED.sub(lambda m: words[int(m.group(1))], display)
+        if "=?" in display:
+            with contextlib.suppress(Exception):
+                display = str(make_header(decode_header(display)))
+        found.append((display, spec))
+    return found
 
 
 # --- the parsed message ------------------------------------------------------
@@ -336,6 +432,9 @@ class ParsedEmail:
 
 
 _PARSER = BytesParser(policy=policy.default)
+#: Reads headers as plain text, so it never gives up on a malformed one; used
+#: only where the modern policy (which decodes them far better) raised.
+_TOLERANT_PARSER = BytesParser(policy=policy.compat32)
 
 
 def raw_key(raw: bytes) -> str:
@@ -346,27 +445,104 @@ def raw_key(raw: bytes) -> str:
 
 def parse_email(raw: bytes) -> ParsedEmail:
     """Parse one message. Never raises: whatever cannot be read is replaced
-    or left out and named in ``defects``."""
-    msg = _PARSER.parsebytes(raw)
-    collector = _Collector()
-    collector.walk(msg, top=True)
+    or left out and named in ``defects`` or ``notes``.
 
-    sender_name: str | None = None
-    sender = ""
+    The modern policy raises on some malformed headers (a parameter without a
+    value, ``name*``), for the whole message or for one part of it. Then the
+    message is read again with the compat32 policy, which reads headers as
+    plain text, and the reading that lost fewer parts is kept. Should both
+    fail, its header alone is read (:func:`read_envelope`): the customer's
+    address and subject are kept, and the stored original has the rest."""
+    readings: list[tuple[int, ParsedEmail]] = []
+    failure: Exception | None = None
+    for parser in (_PARSER, _TOLERANT_PARSER):
+        try:
+            parsed, unread = _parse(raw, parser.parsebytes(raw))
+        except Exception as exc:  # noqa: BLE001 - the next parser, or the header alone
+            failure = failure or exc
+            continue
+        if not unread:
+            return parsed
+        readings.append((unread, parsed))
+    if readings:
+        # The first of equals: the modern policy's reading.
+        return min(readings, key=lambda reading: reading[0])[1]
+    envelope = read_envelope(raw)
+    error = f"{type(failure).__name__}: {failure}"[:300] if failure else "unknown error"
+    return replace(envelope, notes=(*envelope.notes, f"the message could not be read ({error}): only its header was"))
+
+
+def read_envelope(raw: bytes) -> ParsedEmail:
+    """A message's header alone, read as plain text: who wrote it, about what
+    and in which thread, with an empty body. Never raises; for mail the full
+    parse cannot read, so that what is kept of it still names its sender."""
+    try:
+        msg: Message = BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
+    except Exception:  # noqa: BLE001 - nothing readable: an empty header
+        msg = Message()
+    sender, sender_name = _sender(msg)
+    message_id = next(iter(msgids(_header(msg, "Message-ID"))), None)
+    to = [a for _, a in _addresses(msg, "To")]
+    cc = [a for _, a in _addresses(msg, "Cc")]
+    reply_to = _addresses(msg, "Reply-To")
+    return ParsedEmail(
+        key=message_id or raw_key(raw),
+        message_id=message_id,
+        sender=sender,
+        sender_name=sender_name,
+        subject=_header(msg, "Subject")[:1000],
+        date=_date(msg),
+        to=tuple(to),
+        cc=tuple(cc),
+        reply_to=tuple(a for _, a in reply_to),
+        recipients=_recipients(msg, to, cc),
+        in_reply_to=tuple(msgids(_header(msg, "In-Reply-To"))),
+        references=tuple(msgids(_header(msg, "References"))),
+        body="",
+        quoted="",
+        signature="",
+        full_text="",
+        html=None,
+        attachments=(),
+        auto_reply=auto_reply_reason(msg, sender),
+        report=None,
+        reply_to_name=(reply_to[0][0][:512] or None) if reply_to else None,
+    )
+
+
+def _sender(msg: Message) -> tuple[str, str | None]:
+    """The sender's address and name: From, else Sender, Reply-To,
+    Return-Path, the mbox "From " line; else :data:`UNKNOWN_SENDER` with
+    whatever the From header says as the name."""
     for name in ("From", "Sender", "Reply-To", "Return-Path"):
         pairs = _addresses(msg, name)
         if pairs:
-            sender_name, sender = pairs[0][0] or None, pairs[0][1]
-            break
-    if not sender:
-        unix_from = (msg.get_unixfrom() or "").split()
-        if len(unix_from) > 1 and "@" in unix_from[1]:
-            sender = unix_from[1].lower()
-    if not sender:
-        sender = UNKNOWN_SENDER
-        sender_name = _header(msg, "From") or None
-    sender = sender[:MAX_EXTERNAL_ID]
+            return pairs[0][1][:MAX_EXTERNAL_ID], pairs[0][0][:512] or None
+    unix_from = (msg.get_unixfrom() or "").split()
+    if len(unix_from) > 1 and "@" in unix_from[1]:
+        # Its bytes are whatever the mbox writer had: read like a header.
+        return clean_text(unix_from[1]).lower()[:MAX_EXTERNAL_ID], None
+    return UNKNOWN_SENDER, display_name(_header(msg, "From"))[:512] or None
 
+
+def _recipients(msg: Message, to: Sequence[str], cc: Sequence[str]) -> tuple[str, ...]:
+    """Every address the message was delivered to, the envelope's first."""
+    found: dict[str, None] = {}
+    for name in ("Delivered-To", "X-Original-To", "Envelope-To"):
+        for _, address in _addresses(msg, name):
+            found.setdefault(address, None)
+    for address in (*to, *cc):
+        found.setdefault(address, None)
+    return tuple(found)
+
+
+def _parse(raw: bytes, msg: Message) -> tuple[ParsedEmail, int]:
+    """``msg`` as the hub's parsed email, and how many of its parts could
+    not be read."""
+    collector = _Collector()
+    collector.walk(msg, top=True)
+
+    sender, sender_name = _sender(msg)
     message_id = next(iter(msgids(_header(msg, "Message-ID"))), None)
     key = message_id or raw_key(raw)
 
@@ -375,30 +551,23 @@ def parse_email(raw: bytes) -> ParsedEmail:
         full_text = "\n\n".join(collector.html_texts).strip("\n")
     parts = split_reply(full_text)
 
-    recipients: dict[str, None] = {}
     to = [a for _, a in _addresses(msg, "To")]
     cc = [a for _, a in _addresses(msg, "Cc")]
-    for name in ("Delivered-To", "X-Original-To", "Envelope-To"):
-        for _, a in _addresses(msg, name):
-            recipients.setdefault(a, None)
-    for a in (*to, *cc):
-        recipients.setdefault(a, None)
-
     reply_to = _addresses(msg, "Reply-To")
     report = _delivery_report(msg, sender, collector)
     defects = [type(d).__name__ for part in msg.walk() for d in getattr(part, "defects", [])]
 
-    return ParsedEmail(
+    parsed = ParsedEmail(
         key=key,
         message_id=message_id,
         sender=sender,
-        sender_name=clean_text(sender_name)[:512] if sender_name else None,
+        sender_name=sender_name,
         subject=_header(msg, "Subject")[:1000],
         date=_date(msg),
         to=tuple(to),
         cc=tuple(cc),
         reply_to=tuple(a for _, a in reply_to),
-        recipients=tuple(recipients),
+        recipients=_recipients(msg, to, cc),
         in_reply_to=tuple(msgids(_header(msg, "In-Reply-To"))),
         references=tuple(msgids(_header(msg, "References"))),
         body=parts.new,
@@ -411,8 +580,9 @@ def parse_email(raw: bytes) -> ParsedEmail:
         report=report,
         defects=tuple(dict.fromkeys(defects)),
         notes=tuple(collector.notes),
-        reply_to_name=(clean_text(reply_to[0][0])[:512] or None) if reply_to else None,
+        reply_to_name=(reply_to[0][0][:512] or None) if reply_to else None,
     )
+    return parsed, collector.unread
 
 
 def _date(msg: Message) -> datetime | None:
@@ -421,7 +591,7 @@ def _date(msg: Message) -> datetime | None:
         return None
     try:
         parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if parsed.tzinfo is None:
         # RFC 5322 "-0000": the time is UTC, its zone unknown.
@@ -459,6 +629,8 @@ class _Collector:
         self.depth = 0
         #: Whether a text part was taken as the body (or its HTML) already.
         self.read_text = False
+        #: Parts that raised while being read (named in ``notes``).
+        self.unread = 0
 
     def walk(self, part: Message, *, top: bool = False, want_text: bool = True) -> None:
         self.depth += 1
@@ -468,7 +640,12 @@ class _Collector:
                 # original keeps everything.
                 self.notes.append(f"parts nested deeper than {MAX_MIME_DEPTH} levels were not read")
                 return
-            self._walk(part, top=top, want_text=want_text)
+            try:
+                self._walk(part, top=top, want_text=want_text)
+            except Exception as exc:  # noqa: BLE001 - one part the library cannot read must not cost the others
+                self.unread += 1
+                error = f"{type(exc).__name__}: {exc}"[:200]
+                self.notes.append(f"a {_content_type(part)} part could not be read ({error})")
         finally:
             self.depth -= 1
 
@@ -485,7 +662,11 @@ class _Collector:
                 self.walk(inner, want_text=want_text)
             else:
                 self.original_headers.append(inner)
-                self._attach(part, inner.as_bytes(policy=policy.SMTP), _eml_name(inner))
+                data = _message_bytes(inner)
+                if data is None:
+                    self.notes.append(f"the attached message {_eml_name(inner)!r} could not be kept as a file")
+                else:
+                    self._attach(part, data, _eml_name(inner))
             return
         if ctype in _REPORT_PARTS:
             self.report_parts.append(part)
@@ -590,6 +771,36 @@ class _Collector:
         )
 
 
+def _content_type(part: Message) -> str:
+    try:
+        return part.get_content_type()
+    except Exception:  # noqa: BLE001 - a malformed Content-Type
+        return "unreadable"
+
+
+def _message_bytes(inner: Message) -> bytes | None:
+    """An attached message as a file. The generator refuses some trees the
+    parser builds (a multipart without its boundary around 8-bit text), so
+    each way of writing it is tried in turn; None if none works."""
+    writers: list[Callable[[], bytes]] = [
+        lambda: inner.as_bytes(policy=policy.SMTP),
+        lambda: inner.as_bytes(policy=policy.compat32.clone(linesep="\r\n")),
+        lambda: inner.as_string(policy=policy.SMTP).encode("utf-8", "surrogateescape"),
+    ]
+    for write in writers:
+        with contextlib.suppress(Exception):
+            return write()
+    return None
+
+
+def _param(part: Message, name: str) -> str:
+    """A Content-Type parameter in lower case; "" when absent or unreadable."""
+    try:
+        return str(part.get_param(name) or "").lower()
+    except Exception:  # noqa: BLE001 - malformed parameters
+        return ""
+
+
 def _bytes_of(part: Message) -> bytes | None:
     try:
         data = part.get_payload(decode=True)
@@ -611,9 +822,8 @@ def _text_of(part: Message) -> str:
     if charset is None and part.get_content_type() == "text/html":
         charset = html_charset(data)
     text = decode_bytes(data, charset).replace("\r\n", "\n")
-    if part.get_content_type() == "text/plain" and str(part.get_param("format") or "").lower() == "flowed":
-        delsp = str(part.get_param("delsp") or "").lower() == "yes"
-        text = unflow(text, delsp=delsp)
+    if part.get_content_type() == "text/plain" and _param(part, "format") == "flowed":
+        text = unflow(text, delsp=_param(part, "delsp") == "yes")
     return text
 
 
@@ -1205,6 +1415,24 @@ def header_address(address: str, display_name: str = "") -> Address:
     return found
 
 
+def _recipient(address: str, name: str, header_policy: policy.Policy) -> Address:
+    """The To address with the contact's name, on one line (a name typed over
+    two lines in the web chat is still the name). A name the header still
+    refuses is left out: the reply matters, not the name on it. Raises
+    :class:`UnwritableAddress` only for the address."""
+    name = display_name(name)
+    if name:
+        with contextlib.suppress(UnwritableAddress, ValueError, IndexError, HeaderParseError, UnicodeError):
+            found = header_address(address, name)
+            # Written now, as the message will be: a name that cannot be
+            # written fails here rather than when the reply is sent.
+            probe = EmailMessage(policy=header_policy)
+            probe["To"] = found
+            header_policy.fold_binary("To", probe["To"])
+            return found
+    return header_address(address)
+
+
 def _needs_utf8(addresses: Iterable[str]) -> bool:
     return not all(a.isascii() for a in addresses)
 
@@ -1271,7 +1499,8 @@ def build_message(
     ``in_reply_to``, ``references`` and ``recipient_name``, the contact's name
     for the To header, used only when the reply goes to the address the
     customer wrote from (``to``): a Reply-To may be a colleague or a list.
-    Raises :class:`UnwritableAddress` for an address it cannot write."""
+    Raises :class:`UnwritableAddress` for an address it cannot write (never
+    for a name: see :func:`_recipient`)."""
     thread: Mapping[str, Any] = out.extras.get("email") or {}
     # An internationalized address is written as it is (RFC 6531); the
     # sender offers such a message only to a server with SMTPUTF8.
@@ -1279,7 +1508,7 @@ def build_message(
     msg["From"] = Address(display_name=box.display_name or "", addr_spec=box.address)
     to_sender = str(thread.get("to") or out.recipient).strip().lower() == out.recipient.lower()
     name = str(thread.get("recipient_name") or "") if to_sender else ""
-    msg["To"] = header_address(out.recipient, name)
+    msg["To"] = _recipient(out.recipient, name, msg.policy)
     if cc:
         msg["Cc"] = [header_address(address) for address in cc]
     if box.plus_token:

@@ -12,7 +12,9 @@ What is recognised:
 - attribution lines ("On <date>, <name> wrote:") in English, Persian
   ("در تاریخ ... نوشت:"), Arabic, German, French, Spanish, Portuguese, Italian,
   Dutch, Russian and Turkish, also wrapped over up to three lines (Gmail, Apple
-  Mail, Thunderbird);
+  Mail, Thunderbird), when a mail client's hand shows: an address or a full
+  date with a time of day in the line, or quoted history right after it (a
+  customer's own "On 12 May your courier said:" is their words);
 - Outlook's header blocks ("From: / Sent: / To: / Subject:", and their
   translations, "از: / ارسال شده: ..."; From and two of the others, with an
   address or a time of day in them), after a line of underscores or not, and
@@ -54,6 +56,14 @@ _ATTRIBUTION = [
     )
 ]
 _DATE_OR_ADDRESS = re.compile(r"\d|@")
+# What only a mail client writes into an attribution: an address, or a date
+# with its year (or all in digits) and the time of day ("On Tue, Mar 4, 2025
+# at 9:00 AM", "Am 03.03.2025 um 10:12"). \d matches Persian digits too.
+_ADDRESS = re.compile(r"\S@\S")
+_TIME_OF_DAY = re.compile(r"(?<!\d)\d{1,2}:\d{2}(?!\d)")
+_FULL_DATE = re.compile(
+    r"(?<!\d)\d{1,4}[./-]\d{1,2}[./-]\d{1,4}(?!\d)|(?<![\d:])(19|20|13|14|۱۳|۱۴|۱۹|۲۰|١٣|١٤|١٩|٢٠)\d{2}(?![\d:])"
+)
 # A line that may begin a wrapped attribution (Gmail breaks long ones).
 _ATTRIBUTION_START = re.compile(r"^(on|در|في|فى|am|le|el|em|il|op)\b|^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}", re.IGNORECASE)
 
@@ -134,6 +144,7 @@ def _history_start(lines: list[str]) -> int:
     # the text at each candidate line: that re-read made a body full of
     # header-like lines cost quadratic time, enough to stall a mailbox.
     history_after = _history_only_from(lines)
+    next_text = _next_text(lines)
     for i in range(n):
         plain = _plain(lines[i])
         if not plain or _is_quoted(lines[i]):
@@ -142,7 +153,7 @@ def _history_start(lines: list[str]) -> int:
             # What follows was forwarded to us to read.
             return n
         end = _attribution_end(lines, i)
-        if end is not None and history_after[end]:
+        if end is not None and history_after[end] and _attributes_history(lines, i, end, next_text[end]):
             return i
         if _SEPARATOR.match(plain) and history_after[i + 1]:
             return i
@@ -170,6 +181,33 @@ def _attribution_end(lines: list[str], i: int) -> int | None:
         if joined.endswith(":") and _DATE_OR_ADDRESS.search(joined) and any(p.fullmatch(joined) for p in _ATTRIBUTION):
             return j + 1
     return None
+
+
+def _attributes_history(lines: list[str], i: int, end: int, follows: int) -> bool:
+    """Whether the attribution at ``lines[i:end]`` is a mail client's, above
+    the history it quotes, and not a sentence of the customer's ("On 12 May
+    your courier said:" and what he said): the client's hand shows in the
+    line (an address, or a full date with the time of day), or what follows
+    it is quoted history, ">"-quoted or, from HTML mail converted to text,
+    the header block of the message it quotes."""
+    joined = " ".join(_plain(line) for line in lines[i:end])
+    if _ADDRESS.search(joined) or (_TIME_OF_DAY.search(joined) and _FULL_DATE.search(joined)):
+        return True
+    if follows >= len(lines):
+        return False
+    if _is_quoted(lines[follows]):
+        return True
+    plain = _plain(lines[follows])
+    return bool(_SEPARATOR.match(plain) or (_FROM_FIELD.match(plain) and _outlook_block(lines, follows)))
+
+
+def _next_text(lines: list[str]) -> list[int]:
+    """For each index (``0`` to ``len(lines)``): the first line from there on
+    that is not blank, or ``len(lines)``."""
+    found = [len(lines)] * (len(lines) + 1)
+    for k in range(len(lines) - 1, -1, -1):
+        found[k] = k if _plain(lines[k]) else found[k + 1]
+    return found
 
 
 def _outlook_block(lines: list[str], i: int) -> bool:

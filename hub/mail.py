@@ -56,7 +56,7 @@ from channels.email import (
     normalize_subject,
     parse_email,
     plus_tokens,
-    raw_key,
+    read_envelope,
     reply_addresses,
     sent_on_behalf,
     subject_tokens,
@@ -96,6 +96,7 @@ from storage.mail import (
     renew_lease,
     reply_context,
     start_history_cutoff,
+    store_automatic,
     thread_key_for,
 )
 from storage.models import Inbox, Message, Ticket
@@ -144,7 +145,10 @@ async def do_ingest_email(
     session: AsyncSession, parsed: ParsedEmail, inbound_files: SavedFiles, box: MailboxConfig
 ) -> IngestResult:
     """Store one customer email on the ticket its thread belongs to (reopening
-    a resolved one), or on a new ticket."""
+    a resolved one), or on a new ticket. Automatic mail (an out-of-office
+    answering our reply) is stored on its thread's ticket without reopening,
+    waking or otherwise changing it: nobody wrote it, so it is no reason for
+    an agent to act (see :func:`storage.mail.store_automatic`)."""
     inbox_id = await session.scalar(select(Inbox.id).where(Inbox.key == box.inbox_key))
     if inbox_id is None:
         raise LookupError(f"inbox {box.inbox_key!r} does not exist; the hub creates it at start-up")
@@ -162,8 +166,6 @@ async def do_ingest_email(
         normalize=normalize_subject,
     )
     ticket = choice.ticket
-    if ticket is not None and ticket.status == TicketStatus.RESOLVED.value:
-        await _reopen(session, ticket)
     inbound = to_inbound(
         parsed,
         inbox=box.inbox_key,
@@ -173,6 +175,10 @@ async def do_ingest_email(
         notes=inbound_files.notes,
         threaded_by=choice.how,
     )
+    if ticket is not None and parsed.auto_reply:
+        return await store_automatic(session, ticket, inbound)
+    if ticket is not None and ticket.status == TicketStatus.RESOLVED.value:
+        await _reopen(session, ticket)
     (result,) = await ingest_batch(session, [inbound], threads=[choice.thread_key])
     if isinstance(result, Exception):
         raise result
@@ -786,13 +792,16 @@ class MailboxPoller:
 
     async def process_unreadable(self, raw: bytes, *, uid: int, state: FolderState, error: Exception) -> None:
         """Keep a message the hub could not process: a new ticket with a note
-        and the raw message attached, from the sender if that much is known."""
-        key = raw_key(raw)
-        sender, name, subject, message_id = UNKNOWN_SENDER, None, None, None
-        with contextlib.suppress(Exception):
+        and the raw message attached, from its sender and with its subject.
+        Should the parser be what fails, the header alone is read as plain
+        text for them: a placeholder from nobody about nothing loses who
+        wrote and what about, and leaves no one to answer."""
+        try:
             parsed = parse_email(raw)
-            key, sender, name, subject = parsed.key, parsed.sender, parsed.sender_name, parsed.subject or None
-            message_id = parsed.message_id
+        except Exception:  # noqa: BLE001 - this message is the parser's failure: its header alone then
+            parsed = read_envelope(raw)
+        key, sender, name, subject = parsed.key, parsed.sender, parsed.sender_name, parsed.subject or None
+        message_id = parsed.message_id
         files: list[Attachment] = []
         with contextlib.suppress(AttachmentTooLarge):
             files.append(

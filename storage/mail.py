@@ -26,9 +26,20 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hub.core import Channel, DeliveryStatus, Direction, IdentityKind, utcnow
-from storage.ingest import dialect_insert
+from hub.core import (
+    Author,
+    Channel,
+    DeliveryStatus,
+    Direction,
+    IdentityKind,
+    InboundMessage,
+    TicketEventKind,
+    TicketStatus,
+    utcnow,
+)
+from storage.ingest import IngestResult, add_outbox, dialect_insert, outbox_row, table
 from storage.models import Contact, Identity, Inbox, MailboxCheckpoint, Message, Ticket
+from storage.views import message_values_view, message_view, ticket_view
 
 EMAIL = Channel.EMAIL.value
 MAX_REFERENCES = 20
@@ -115,6 +126,91 @@ async def find_thread(
             if t.subject and normalize(t.subject) == reply_subject:
                 return ThreadChoice(ticket=t, thread_key=t.thread_key, how="subject")
     return new
+
+
+async def store_automatic(session: AsyncSession, ticket: Ticket, message: InboundMessage) -> IngestResult:
+    """Store automatic mail (an out-of-office, a list's or a bulk sender's
+    mail) on the ticket of the thread it answers, and leave the ticket as it
+    is: a resolved ticket is not reopened, a snoozed one not woken, and the
+    customer's waiting time and the conversation's last activity do not move
+    (as for an automation's own reply), so no SLA clock starts for it. It is
+    announced like any message received, for agents to see; the bot and
+    automation rules do not answer it (see ``auto_reply``). A message stored
+    already answers as a duplicate."""
+    if ticket.status == TicketStatus.RESOLVED.value:
+        # The thread may have continued in a newer ticket since (a reopening
+        # refused as a conflict): automatic mail goes where the people are.
+        current = await session.scalar(
+            select(Ticket).where(
+                Ticket.contact_id == ticket.contact_id,
+                Ticket.inbox_id == ticket.inbox_id,
+                Ticket.thread_key == ticket.thread_key,
+                Ticket.status != TicketStatus.RESOLVED.value,
+            )
+        )
+        ticket = current or ticket
+    inbox_key = await session.scalar(select(Inbox.key).where(Inbox.id == ticket.inbox_id))
+    # The same row ingest writes for a message received.
+    row: dict[str, Any] = {
+        "ticket_id": ticket.id,
+        "contact_id": ticket.contact_id,
+        "inbox_id": ticket.inbox_id,
+        "channel": message.channel.value,
+        "direction": Direction.IN.value,
+        "author": Author.CONTACT.value,
+        "body": message.body,
+        "subject": message.subject,
+        "attachments": [a.model_dump(exclude_none=True) for a in message.attachments],
+        "private": False,
+        "external_id": message.external_id,
+        "status": DeliveryStatus.RECEIVED.value,
+        "extras": {**message.extras, "from": message.sender},
+        "created_at": utcnow(),
+        "sent_at": message.received_at,
+        "attempts": 0,
+    }
+    inserted = await session.scalar(
+        dialect_insert(session, table(Message))
+        .values(row)
+        .on_conflict_do_nothing(index_elements=["channel", "external_id"])
+        .returning(Message.id)
+    )
+    if inserted is None:
+        stored = (
+            await session.execute(
+                select(Message, Inbox.key)
+                .join(Inbox, Inbox.id == Message.inbox_id)
+                .where(Message.channel == row["channel"], Message.external_id == message.external_id)
+            )
+        ).one()
+        view = message_view(stored[0], stored[1])
+        return IngestResult(
+            message_id=view["id"],
+            ticket_id=view["ticket_id"],
+            contact_id=view["contact_id"],
+            duplicate=True,
+            ticket_created=False,
+            message=view,
+        )
+    view = message_values_view({**row, "id": inserted}, inbox_key)
+    await add_outbox(
+        session,
+        [
+            outbox_row(
+                TicketEventKind.MESSAGE_RECEIVED.value,
+                ticket.id,
+                {"message": view, "ticket": ticket_view(ticket), "ticket_created": False},
+            )
+        ],
+    )
+    return IngestResult(
+        message_id=inserted,
+        ticket_id=ticket.id,
+        contact_id=ticket.contact_id,
+        duplicate=False,
+        ticket_created=False,
+        message=view,
+    )
 
 
 async def email_message_exists(session: AsyncSession, key: str) -> bool:

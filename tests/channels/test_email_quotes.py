@@ -193,6 +193,58 @@ CASES: list[tuple[str, str, str, str, str]] = [
         "",
     ),
     (
+        "a customer's own 'On <date> ... said:' is their words",
+        'Hello,\n\nOn 12 May your courier said:\n"it will arrive Friday". It never did.\n'
+        "I want a refund for order 5531.\n\nSara\n",
+        'Hello,\n\nOn 12 May your courier said:\n"it will arrive Friday". It never did.\n'
+        "I want a refund for order 5531.\n\nSara",
+        "",
+        "",
+    ),
+    (
+        "a time of day alone is not a mail client's attribution",
+        "Hello,\nOn Monday 12:30 my husband wrote:\nwe need two more boxes. Please add them to order 77.\n",
+        "Hello,\nOn Monday 12:30 my husband wrote:\nwe need two more boxes. Please add them to order 77.",
+        "",
+        "",
+    ),
+    (
+        "a customer's own persian attribution-like sentence",
+        "سلام\nدر تاریخ ۱۲ اردیبهشت پیک شما نوشت:\nفردا می‌رسد. نرسید.\nلطفا پول را برگردانید.\n",
+        "سلام\nدر تاریخ ۱۲ اردیبهشت پیک شما نوشت:\nفردا می‌رسد. نرسید.\nلطفا پول را برگردانید.",
+        "",
+        "",
+    ),
+    (
+        "an attribution without address or time, above quoted history",
+        "Yes, the blue one.\n\nOn 12 May 2025 Support wrote:\n\n> Which colour?\n",
+        "Yes, the blue one.",
+        "On 12 May 2025 Support wrote:",
+        "",
+    ),
+    (
+        "thunderbird html converted to text: name, date and time",
+        "Thanks!\n\nOn 3/3/25 10:12 AM, John Smith wrote:\nHi Sara,\nplease try again.\n",
+        "Thanks!",
+        "On 3/3/25 10:12 AM",
+        "",
+    ),
+    (
+        "an attribution above an html-converted outlook header block",
+        "Agreed.\n\nOn 12 May 2025 the support team wrote:\nFrom: Support <support@example.com>\n"
+        "Sent: Monday, March 3, 2025 10:12 AM\nTo: Sara\nSubject: Order\n\nHi\n",
+        "Agreed.",
+        "On 12 May 2025 the support team wrote:",
+        "",
+    ),
+    (
+        "persian attribution with date and time but no address",
+        "ممنون\n\nدر تاریخ ۳ مارس ۲۰۲۵، ساعت ۱۰:۱۲ پشتیبانی نوشت:\nسلام سارا\n",
+        "ممنون",
+        "در تاریخ ۳ مارس ۲۰۲۵",
+        "",
+    ),
+    (
         "trailing quote without attribution",
         "yes\n\n> do you want it?\n>\n> thanks\n",
         "yes",

@@ -13,6 +13,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope
 
+import channels.email
 from channels.base import SEND_PARTS
 from channels.email import build_message
 from hub.core import DeliveryStatus
@@ -133,3 +134,34 @@ async def test_a_copy_accepted_on_a_retry_is_added_to_those_before(smtp: mailser
     assert result.extras[SEND_PARTS] == ["boss@example.com", "ali@example.org"]
     ((envelope, _),) = smtp.sink.messages
     assert envelope.rcpt_tos == ["ali@example.org"]
+
+
+# --- the contact's name on the To line -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "written"),
+    [
+        # A web chat visitor typing their name over two lines; a name that
+        # tries to add a header; control characters from anywhere else.
+        ("Sara\nAhmadi", "Sara Ahmadi"),
+        ("Sara\r\nBcc: evil@x.test", "Sara Bcc: evil@x.test"),
+        ("Sara\u2028Ahmadi\x07 ", "Sara Ahmadi"),
+    ],
+)
+async def test_a_name_with_a_line_break_is_written_on_one_line(
+    smtp: mailservers.SmtpServer, name: str, written: str
+) -> None:
+    result = await channel_for(smtp).send(reply(recipient_name=name))
+    assert result.status is DeliveryStatus.SENT, result.reason
+    ((envelope, message),) = received(smtp)
+    assert envelope.rcpt_tos == ["sara@example.com"]
+    assert [(a.display_name, a.addr_spec) for a in message["To"].addresses] == [(written, "sara@example.com")]
+    assert message["Bcc"] is None
+
+
+def test_a_name_the_header_refuses_is_left_out_not_the_reply(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Whatever still gets past the clean-up: the reply goes without the name.
+    monkeypatch.setattr(channels.email, "display_name", lambda name: name)
+    msg = build_message(reply(recipient_name="Sara\nAhmadi"), BOX, message_id="m@hub.test")
+    assert [(a.display_name, a.addr_spec) for a in msg["To"].addresses] == [("", "sara@example.com")]

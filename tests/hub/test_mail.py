@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 import hub.mail
-from channels.email import parse_email
+from channels.email import parse_email, reply_addresses
 from channels.email_imap import Fetched, FolderState
 from hub.actions import do_post_message, do_set_status
 from hub.attachments import AttachmentStore
@@ -22,7 +22,7 @@ from hub.mail import MailboxPoller, do_ingest_email, do_record_receipt, save_fil
 from storage.db import Database
 from storage.ingest import IngestResult, ingest_batch
 from storage.mail import LeaseLost, advance_checkpoint, claim_mailbox, reply_context
-from storage.models import Inbox, MailboxCheckpoint, Message, Ticket, TicketEventRow
+from storage.models import Inbox, MailboxCheckpoint, Message, OutboxRow, Ticket, TicketEventRow
 from tests.storage.test_ingest import web
 
 ENV = {"HUB_SECRET_KEY": "x", "SUPPORT_PW": "pw"}
@@ -433,3 +433,134 @@ async def test_a_bounce_for_a_copy_leaves_the_reply_sent_with_a_note(mail_db: Da
     failed = await current()
     assert failed.status == "failed" and failed.status_reason is not None
     assert "sara@example.com" in failed.status_reason
+
+
+# --- a sender hidden in a display name ------------------------------------------------------
+
+SPOOF = (
+    b"From: =?utf-8?q?x=0D=0Ay:_sara@example.com?= <mallory@evil.test>\r\n"
+    b"Reply-To: mallory@evil.test\r\n"
+    b"To: support@hub.test\r\nSubject: Re: Order late\r\nMessage-ID: <m1@evil.test>\r\n"
+    b"Content-Type: text/plain\r\n\r\nPlease ship to my new address instead.\r\n"
+)
+
+
+async def test_an_address_in_a_display_name_reaches_no_ones_ticket(mail_db: Database, tmp_path: Path) -> None:
+    sara = await ingest(mail_db, tmp_path, mail())
+    mallory = await ingest(mail_db, tmp_path, SPOOF)
+    assert mallory.ticket_created and mallory.ticket_id != sara.ticket_id
+    assert mallory.contact_id != sara.contact_id
+    async with mail_db.write() as session:
+        ticket = await session.get(Ticket, sara.ticket_id)
+        assert ticket is not None
+        reply = await do_post_message(session, ticket, body="Sure, your address is ...", author=Author.AGENT)
+        context = await reply_context(session, reply)
+    # The agent's reply on Sara's ticket goes to Sara, not to mallory's Reply-To.
+    assert reply_addresses(context["email"], reply.extras["recipient"], ["support@hub.test"]).to == "sara@example.com"
+
+
+# --- automatic mail is stored, never acted on -----------------------------------------------
+
+
+async def _answered(db: Database, first: IngestResult, *, status: TicketStatus | None = None) -> None:
+    """Our reply to the customer's first mail, sent; then the ticket's status."""
+    async with db.write() as session:
+        ticket = await session.get(Ticket, first.ticket_id)
+        assert ticket is not None
+        reply = await do_post_message(session, ticket, body="Refunded. Closing this.", author=Author.AGENT)
+        reply.status = DeliveryStatus.SENT.value
+        reply.external_id = "hub.1.2.abc@hub.test"
+        if status is not None:
+            await do_set_status(session, ticket, status=status, actor="agent:1")
+
+
+def _out_of_office(**headers: str) -> bytes:
+    return mail(
+        subject="Automatic reply: Re: Order late",
+        mid="ooo@example.com",
+        body="I am away until Monday.",
+        In_Reply_To="<hub.1.2.abc@hub.test>",
+        **headers,
+    )
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Auto_Submitted": "auto-replied"}, {"X_Autoreply": "yes"}, {"Precedence": "auto_reply"}, {}],
+    ids=["auto-submitted", "x-autoreply", "precedence", "subject"],
+)
+async def test_an_out_of_office_does_not_reopen_a_resolved_ticket(
+    mail_db: Database, tmp_path: Path, headers: dict[str, str]
+) -> None:
+    first = await ingest(mail_db, tmp_path, mail())
+    await _answered(mail_db, first, status=TicketStatus.RESOLVED)
+    async with mail_db.read() as session:
+        before = await session.get(Ticket, first.ticket_id)
+        assert before is not None and before.status == "resolved"
+        events_before = await session.scalar(select(func.count()).select_from(TicketEventRow))
+        last_message_at = before.last_message_at
+
+    ooo = await ingest(mail_db, tmp_path, _out_of_office(**headers))
+
+    # Stored on the ticket it answers, marked, and announced for agents to see ...
+    assert ooo.ticket_id == first.ticket_id and not ooo.ticket_created and not ooo.duplicate
+    assert ooo.message["auto_reply"] and ooo.message["body"] == "I am away until Monday."
+    assert ooo.message["email"]["threaded_by"] == "in-reply-to"
+    async with mail_db.read() as session:
+        ticket = await session.get(Ticket, first.ticket_id)
+        assert ticket is not None
+        # ... but the ticket is left as it was: resolved, no status change.
+        assert (ticket.status, ticket.waiting_since, ticket.last_message_at) == ("resolved", None, last_message_at)
+        assert ticket.resolved_at is not None
+        assert await session.scalar(select(func.count()).select_from(TicketEventRow)) == events_before
+        stored = await session.get(Message, ooo.message_id)
+        assert stored is not None and stored.ticket_id == first.ticket_id and stored.direction == "in"
+        announced = [
+            row.payload
+            for row in (await session.scalars(select(OutboxRow))).all()
+            if row.payload.get("kind") == "message.received"
+        ]
+        assert announced[-1]["message"]["id"] == ooo.message_id
+        assert announced[-1]["ticket"]["status"] == "resolved"
+    # The same mail read again is a duplicate, as any other.
+    again = await ingest(mail_db, tmp_path, _out_of_office(**headers))
+    assert again.duplicate and again.message_id == ooo.message_id
+
+
+async def test_an_out_of_office_does_not_make_the_customer_wait_or_wake_a_ticket(
+    mail_db: Database, tmp_path: Path
+) -> None:
+    first = await ingest(mail_db, tmp_path, mail())
+    await _answered(mail_db, first)
+    async with mail_db.read() as session:
+        answered = await session.get(Ticket, first.ticket_id)
+        assert answered is not None and answered.status == "open" and answered.waiting_since is None
+        last_message_at = answered.last_message_at
+    await ingest(mail_db, tmp_path, _out_of_office(Auto_Submitted="auto-replied"))
+    async with mail_db.read() as session:
+        ticket = await session.get(Ticket, first.ticket_id)
+        assert ticket is not None
+        # Nobody waits for an answer to an out-of-office: no SLA clock starts.
+        assert (ticket.status, ticket.waiting_since, ticket.last_message_at) == ("open", None, last_message_at)
+
+    async with mail_db.write() as session:
+        ticket = await session.get(Ticket, first.ticket_id)
+        assert ticket is not None
+        await do_set_status(
+            session, ticket, status=TicketStatus.SNOOZED, actor="agent:1", snoozed_until=utcnow() + timedelta(days=1)
+        )
+    await ingest(mail_db, tmp_path, _out_of_office(Auto_Submitted="auto-replied").replace(b"ooo@", b"ooo2@"))
+    async with mail_db.read() as session:
+        ticket = await session.get(Ticket, first.ticket_id)
+        assert ticket is not None and ticket.status == "snoozed"
+
+    # The customer's own answer still reopens and wakes, as before.
+    await ingest(mail_db, tmp_path, mail(subject="Re: Order late", mid="c2@x", In_Reply_To="<c1@example.com>"))
+    async with mail_db.read() as session:
+        ticket = await session.get(Ticket, first.ticket_id)
+        assert ticket is not None and ticket.status == "open" and ticket.waiting_since is not None
+
+
+async def test_an_out_of_office_starting_a_thread_is_still_a_ticket(mail_db: Database, tmp_path: Path) -> None:
+    ooo = await ingest(mail_db, tmp_path, _out_of_office(Auto_Submitted="auto-replied"))
+    assert ooo.ticket_created and ooo.message["auto_reply"] == "Auto-Submitted: auto-replied"

@@ -24,6 +24,7 @@ from hub.mail import MailboxPoller, original_store, save_files
 from storage.db import Database
 from storage.mail import claim_mailbox
 from storage.models import Contact, Identity, MailboxCheckpoint, Message, Ticket
+from tests.channels.test_email_hostile import HOSTILE, WORDS
 from tests.channels.test_email_inbound import QMAIL, dsn
 from tests.hub.test_mail import FakeImap, config, ingest, mail, mail_db
 
@@ -264,3 +265,23 @@ async def test_a_plain_text_bounce_for_the_copy_leaves_the_reply_sent(
     assert reply is not None and reply.status == "sent"
     assert reply.status_reason is not None
     assert "boss@example.org" in reply.status_reason and "no mailbox here" in reply.status_reason
+
+
+# --- mail the standard library's parser gives up on -------------------------------------
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+async def test_hostile_mail_is_stored_from_its_sender_with_its_words(
+    mail_db: Database, poller: MailboxPoller, name: str
+) -> None:
+    # Such mail used to fail three times and end as a placeholder from
+    # unknown-sender@invalid, without a subject: nobody to answer, nothing read.
+    raw = HOSTILE[name].encode()
+    await poller._sync(FakeImap({1: raw}))  # type: ignore[arg-type]
+    (kept,) = (await _messages(mail_db)).values()
+    async with mail_db.read() as session:
+        sender = await session.scalar(select(Identity.address).where(Identity.contact_id == kept.contact_id))
+    assert sender == "sara@example.com" and kept.subject == "Order late"
+    assert WORDS in kept.body and "could not be processed" not in kept.body
+    assert poller.store.read(kept.extras["email"]["original_url"]) == raw
+    assert poller._process_failures == {} and await _last_uid(mail_db) == 1

@@ -213,9 +213,16 @@ async def test_a_message_that_crashes_the_parser_is_kept_whatever_the_outages_be
     await poller._sync(conn)  # type: ignore[arg-type]
 
     rows = await _messages(mail_db)
-    assert set(rows) == {None, "fine"}  # the placeholder: the parser could not read the subject either
-    kept = rows[None]
+    # The placeholder still says who wrote and what about: its header is read
+    # as plain text when the parser is what fails, so an agent can answer.
+    assert set(rows) == {"poison", "fine"}
+    kept = rows["poison"]
     assert "could not be processed" in kept.body and "UnicodeDecodeError" in kept.body
+    assert kept.extras["email"]["message_id"] == "p@x"
+    async with mail_db.read() as session:
+        sender = await session.scalar(select(Identity.address).where(Identity.contact_id == kept.contact_id))
+        name = await session.scalar(select(Identity.display_name).where(Identity.contact_id == kept.contact_id))
+    assert (sender, name) == ("sara@example.com", "Sara")
     assert await _last_uid(mail_db) == 2
 
 
