@@ -1,11 +1,25 @@
 """``crm-hub rasa-actions``: a rasa-sdk action server (Sanic, as rasa-sdk
 ships it) whose actions read and write the hub's database through the same
 actions the hub uses. Point a Rasa assistant's ``endpoints.yml`` at it:
-``action_endpoint: {url: "http://127.0.0.1:5055/webhook"}``."""
+``action_endpoint: {url: "http://127.0.0.1:5055/webhook"}``.
+
+Which contact a call is about (:meth:`DatabasePort._conversation_contact`):
+a hub conversation (``hub-contact-<id>``) names its contact; any other
+conversation has the one in the ``hub_contact_id`` slot, else the one its
+sender id is an identity of. The email and phone slots are what the customer
+typed, and anyone can type anyone's address: update_lead stores them as
+attributes and never picks or links a contact by them. Only
+action_hub_lookup_customer reads a customer by them (as the README says), and
+links nothing; the id it answers with is in the slot, which later calls use
+first."""
 
 from __future__ import annotations
 
-import re
+import asyncio
+import json
+import logging
+import os
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,43 +27,56 @@ import click
 from sqlalchemy import select
 
 from bots import dialog
-from bots.rasa_actions import Handoff, LookupCustomer, UpdateLead
-from hub.actions import do_handoff
+from bots.rasa_actions import (
+    CONTACT_SLOT,
+    HUB_SENDER,
+    MAX_REASON,
+    CheckedExecutor,
+    Handoff,
+    LookupCustomer,
+    UpdateLead,
+    action_call_problem,
+)
+from hub.actions import do_handoff, do_set_status
 from hub.bot_actions import do_update_lead
 from hub.config import HubConfig, QualificationConfig
 from hub.core import IdentityKind, TicketStatus, utcnow
 from storage.db import Database
 from storage.ingest import dialect_insert
 from storage.models import Contact, Identity, Message, Ticket
+from storage.queries import json_id, parse_id
 
-_HUB_SENDER = re.compile(r"^hub-contact-(\d+)\Z")
+log = logging.getLogger(__name__)
 
-# The slot the actions put the hub's contact id in. action_hub_update_lead
-# reads it back, so every call of one Rasa conversation updates the contact
-# its first call found or created.
-CONTACT_SLOT = "hub_contact_id"
-# The identity of a Rasa conversation (its sender id) that reached the hub
-# only through these actions, so that a later call without the contact id
-# slot, or action_hub_lookup_customer, finds the same contact.
+# The identity of a Rasa conversation (its sender id) whose contact these
+# actions created, so that a later call without the contact id slot, or
+# action_hub_lookup_customer, finds the same contact.
 RASA_IDENTITY = IdentityKind.RASA.value
 # Longest address the identities table stores.
 MAX_ADDRESS = 512
 # Merges form chains (A into B, later B into C); a cycle would be a bug, not a reason to loop.
 MAX_MERGE_HOPS = 10
+# rasa-sdk's name for its POST /webhook route.
+WEBHOOK_ROUTE = "rasa_sdk.webhook"
 
 
 def _as_contact_id(value: Any) -> int | None:
     """A contact id from a slot (Rasa keeps what the action set: an int, or
-    a float or string after a round trip through a tracker store)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().isdecimal():
-        return int(value.strip())
-    return None
+    a float or string after a round trip through a tracker store). Anything
+    else, or an id the database cannot hold, matches nobody."""
+    if isinstance(value, float):
+        value = int(value) if value.is_integer() else None
+    elif isinstance(value, str):
+        value = parse_id(value.strip())
+    found = json_id(value)
+    return found if found else None
+
+
+def _hub_contact_id(sender_id: str) -> tuple[bool, int | None]:
+    """Whether the sender is a hub conversation, and the contact id it names
+    (None when it cannot be one)."""
+    m = HUB_SENDER.fullmatch(sender_id)
+    return (False, None) if m is None else (True, parse_id(m.group(1)))
 
 
 async def _current_contact(session: Any, contact_id: int) -> int | None:
@@ -63,6 +90,14 @@ async def _current_contact(session: Any, contact_id: int) -> int | None:
             return contact_id
         contact_id = contact.merged_into_id
     return None
+
+
+def _later_stage(current: str | None, new: str) -> str:
+    """Stages only move forward; one set outside the qualification ladder
+    (by an agent, say "customer") is kept, since nothing says how it compares."""
+    if current is not None and current not in dialog.STAGES:
+        return current
+    return dialog.later_stage(current, new)
 
 
 class DatabasePort:
@@ -84,60 +119,67 @@ class DatabasePort:
         if self._db is not None:
             await self._db.dispose()
 
-    async def _contact_id(
-        self, session: Any, sender_id: str, email: str | None, phone: str | None, known: Any = None
-    ) -> int | None:
-        m = _HUB_SENDER.match(sender_id or "")
-        if m:
-            return await _current_contact(session, int(m.group(1)))
-        # The contact an earlier call of this conversation returned.
+    async def _conversation_contact(self, session: Any, sender_id: str, known: Any) -> int | None:
+        """The contact this conversation is about, or None."""
+        is_hub, named = _hub_contact_id(sender_id)
+        if is_hub:
+            # The hub chose this id for its own conversation; a slot cannot
+            # move it to someone else, and a contact that is gone is nobody.
+            return None if named is None else await _current_contact(session, named)
+        # The contact an earlier call of this conversation (a lookup or an
+        # update) put in the slot.
         cid = _as_contact_id(known)
         if cid is not None and (cid := await _current_contact(session, cid)) is not None:
             return cid
-        candidates: tuple[tuple[str | None, str | None], ...] = (
-            (IdentityKind.EMAIL.value, str(email).strip().lower() if email else None),
-            (IdentityKind.PHONE.value, phone),
-            (RASA_IDENTITY, sender_id),
-            # Rasa's own channels may use an address the hub knows as the
-            # conversation id (a phone number, a Telegram chat).
-            (None, sender_id),
-        )
-        for channel, address in candidates:
-            if not address:
-                continue
-            stmt = select(Identity.contact_id).where(Identity.address == str(address))
+        if not sender_id or len(sender_id) > MAX_ADDRESS:
+            return None
+        # The conversation's own identity first; then Rasa's own channels,
+        # which may use an address the hub knows as the conversation id (a
+        # phone number, a Telegram chat).
+        for channel in (RASA_IDENTITY, None):
+            stmt = select(Identity.contact_id).where(Identity.address == sender_id)
             if channel is not None:
                 stmt = stmt.where(Identity.channel == channel)
-            found = await session.scalar(stmt.limit(1))
+            found = await session.scalar(stmt.order_by(Identity.id).limit(1))
             if found is not None:
                 return await _current_contact(session, int(found))
         return None
 
-    async def _sender_contact(self, session: Any, sender_id: str, contact_id: int | None, name: str | None) -> int:
-        """``contact_id`` (a new contact if None) with the conversation's
-        identity; if another call of the conversation gave it to a contact
-        first, that contact."""
-        created: Contact | None = None
-        if contact_id is None:
-            created = Contact(name=name, attributes={}, tags=[], lead_score=0)
-            session.add(created)
-            await session.flush()
-            contact_id = int(created.id)
-        if not sender_id or len(sender_id) > MAX_ADDRESS or _HUB_SENDER.match(sender_id):
-            # The hub's own conversations name their contact already; an
-            # overlong id cannot be stored (the contact id slot still works).
-            return contact_id
+    async def _contact_by_address(self, session: Any, email: str | None, phone: str | None) -> int | None:
+        """The contact whose identity is the typed email or phone, for reading only."""
+        for channel, address in (
+            (IdentityKind.EMAIL.value, email.lower() if email else None),
+            (IdentityKind.PHONE.value, phone),
+        ):
+            if not address or len(address) > MAX_ADDRESS:
+                continue
+            found = await session.scalar(
+                select(Identity.contact_id)
+                .where(Identity.channel == channel, Identity.address == address)
+                .order_by(Identity.id)
+                .limit(1)
+            )
+            if found is not None:
+                return await _current_contact(session, int(found))
+        return None
+
+    async def _new_conversation_contact(self, session: Any, sender_id: str, name: str | None) -> int:
+        """A new contact with the conversation's identity; if another call of
+        the conversation created one at the same moment, that one."""
+        created = Contact(name=name, attributes={}, tags=[], lead_score=0)
+        session.add(created)
+        await session.flush()
+        if not sender_id or len(sender_id) > MAX_ADDRESS:
+            # An overlong id cannot be stored (the contact id slot still works).
+            return int(created.id)
         won = await session.scalar(
             dialect_insert(session, Identity)
-            .values(contact_id=contact_id, channel=RASA_IDENTITY, address=sender_id, created_at=utcnow())
+            .values(contact_id=created.id, channel=RASA_IDENTITY, address=sender_id, created_at=utcnow())
             .on_conflict_do_nothing(index_elements=["channel", "address"])
             .returning(Identity.contact_id)
         )
-        if won is not None or created is None:
-            # Ours, or the contact was found another way: it stays the one
-            # this call updates (the identity keeps pointing where it did).
-            return int(contact_id)
-        # A call of the same conversation at the same moment created its contact first.
+        if won is not None:
+            return int(created.id)
         await session.delete(created)
         await session.flush()
         owner = await session.scalar(
@@ -146,9 +188,17 @@ class DatabasePort:
         assert owner is not None
         return int(owner)
 
-    async def lookup(self, sender_id: str, email: str | None, phone: str | None) -> dict[str, Any] | None:
+    async def lookup(
+        self, sender_id: str, contact_id: Any, email: str | None, phone: str | None
+    ) -> dict[str, Any] | None:
         async with self.db.read() as session:
-            cid = await self._contact_id(session, sender_id, email, phone)
+            cid = await self._conversation_contact(session, sender_id, contact_id)
+            if cid is None and not _hub_contact_id(sender_id)[0]:
+                # A conversation of Rasa's own may find the customer by the
+                # address they typed (a documented feature). Reading only:
+                # nothing links the conversation to them, so a call without
+                # the slot does not find them again.
+                cid = await self._contact_by_address(session, email, phone)
             if cid is None:
                 return None
             contact = await session.get(Contact, cid)
@@ -189,27 +239,37 @@ class DatabasePort:
                 except dialog.Invalid:
                     continue
         async with self.db.write() as session:
-            cid = await self._contact_id(
-                session, sender_id, clean.get("email"), clean.get("phone"), values.get(CONTACT_SLOT)
-            )
-            cid = await self._sender_contact(session, sender_id, cid, clean.get("name"))
-            found = await session.get(Contact, cid, with_for_update=True)
-            assert found is not None
-            contact = found
-            merged = {**(contact.attributes or {}), **clean}
-            points = dialog.score(self.qualification.rules, merged)
-            stage = dialog.later_stage(contact.lifecycle_stage, dialog.stage_for(self.qualification, points))
-            await do_update_lead(session, contact, attributes=clean, score=points, stage=stage, actor="rasa")
-            return {"hub_contact_id": contact.id, "hub_lead_score": points, "hub_lifecycle_stage": stage}
+            cid = await self._conversation_contact(session, sender_id, values.get(CONTACT_SLOT))
+            created = cid is None
+            if cid is None:
+                if _hub_contact_id(sender_id)[0] or not clean:
+                    # A hub conversation's contact is the hub's to create; and
+                    # a request with nothing valid in it creates nobody.
+                    return {CONTACT_SLOT: None}
+                cid = await self._new_conversation_contact(session, sender_id, clean.get("name"))
+            contact = await session.get(Contact, cid, with_for_update=True)
+            assert contact is not None
+            stored = contact.attributes or {}
+            merged = {**stored, **clean}
+            # As the hub's own dialog does: a score only goes up here (a merge
+            # keeps the higher of two, whose answers this one may not have).
+            points = max(dialog.score(self.qualification.rules, merged), contact.lead_score or 0)
+            stage = _later_stage(contact.lifecycle_stage, dialog.stage_for(self.qualification, points))
+            if created or merged != stored or (points, stage) != (contact.lead_score, contact.lifecycle_stage):
+                await do_update_lead(session, contact, attributes=clean, score=points, stage=stage, actor="rasa")
+            return {CONTACT_SLOT: contact.id, "hub_lead_score": points, "hub_lifecycle_stage": stage}
 
-    async def handoff(self, sender_id: str, reason: str, transcript: Sequence[str]) -> dict[str, Any]:
-        if _HUB_SENDER.match(sender_id or ""):
+    async def handoff(self, sender_id: str, contact_id: Any, reason: str, transcript: Sequence[str]) -> dict[str, Any]:
+        is_hub, _ = _hub_contact_id(sender_id)
+        if is_hub:
             # The conversation runs through the hub's rasa backend, which hands
             # off on the action's custom payload together with Rasa's replies.
-            return {"handed_off": True}
+            async with self.db.read() as session:
+                cid = await self._conversation_contact(session, sender_id, None)
+            return {"handed_off": cid is not None}
         summary = "\n".join([f"Handoff from the Rasa assistant: {reason}.", *transcript])
         async with self.db.write() as session:
-            cid = await self._contact_id(session, sender_id, None, None)
+            cid = await self._conversation_contact(session, sender_id, contact_id)
             if cid is None:
                 return {"handed_off": False}
             ticket = await session.scalar(
@@ -221,22 +281,73 @@ class DatabasePort:
             )
             if ticket is None:
                 return {"handed_off": False}
-            done = await do_handoff(session, ticket, reason=reason[:64], summary=summary, actor="rasa")
-            return {"handed_off": done, "ticket_id": ticket.id}
+            if ticket.status == TicketStatus.SNOOZED.value:
+                # do_handoff opens only a pending ticket; a snoozed one would
+                # stay asleep for days while the customer waits for a person.
+                # Waiting for a person from now, unless one already had them waiting.
+                if not ticket.bot_silenced or ticket.waiting_since is None:
+                    ticket.waiting_since = utcnow()
+                await do_set_status(session, ticket, status=TicketStatus.OPEN, actor="rasa")
+            done = await do_handoff(session, ticket, reason=reason[:MAX_REASON], summary=summary, actor="rasa")
+            # Rasa sends a call again when the answer was lost: a ticket that is
+            # already with a person was handed off, by this call or that one.
+            with_person = ticket.status == TicketStatus.OPEN.value and ticket.bot_silenced
+            return {"handed_off": done or with_person, "ticket_id": ticket.id}
+
+
+def _decoded(body: bytes, encoding: str | None) -> Any:
+    # As rasa-sdk's webhook reads it (Rasa may deflate large trackers).
+    return json.loads(zlib.decompress(body) if encoding == "deflate" else body)
+
+
+def _action_name(call: Any) -> str | None:
+    name = call.get("next_action") if isinstance(call, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def build_app(config: HubConfig, port: DatabasePort | None = None) -> Any:
     from rasa_sdk.endpoint import create_app
-    from rasa_sdk.executor import ActionExecutor
+    from sanic import response
+    from sanic.exceptions import SanicException
 
     port = port or DatabasePort(config)
-    executor = ActionExecutor()
+    executor = CheckedExecutor()
     executor.register_action(LookupCustomer(port))
     # The contact id slot is read with the qualification slots, so that the
     # action's later calls update the contact its first call created.
     executor.register_action(UpdateLead(port, [*(s.name for s in config.bot.qualification.slots), CONTACT_SLOT]))
     executor.register_action(Handoff(port))
     app = create_app(executor)
+
+    async def check_action_call(request: Any) -> Any:
+        # rasa-sdk's webhook takes any JSON for an action call and answers what
+        # is not one with a 500 that repeats the whole body; refused here with
+        # the shape of its own 400 (an action rejecting a call).
+        if request.name != WEBHOOK_ROUTE:
+            return None
+        try:
+            call = _decoded(request.body, request.headers.get("Content-Encoding"))
+        except (ValueError, zlib.error, RecursionError):
+            return response.json({"error": "the body is not JSON", "action_name": None}, status=400)
+        problem = action_call_problem(call)
+        if problem is not None:
+            return response.json({"error": problem, "action_name": _action_name(call)}, status=400)
+        # The webhook reads what was checked, not a second parse of the body.
+        request.parsed_json = call
+        return None
+
+    def failed(request: Any, exc: Exception) -> Any:
+        # Instead of rasa-sdk's handler, which answers with the request body:
+        # a tracker holds the customer's messages and slots.
+        if isinstance(exc, SanicException):
+            return response.json({"error": str(exc)}, status=exc.status_code)
+        name = _action_name(request.parsed_json)
+        log.error("rasa action %s failed", name, exc_info=exc)
+        body = {"error": "the action failed; the action server's log says why", "action_name": name}
+        return response.json(body, status=500)
+
+    app.register_middleware(check_action_call, "request")
+    app.error_handler.add(Exception, failed, route_names=[WEBHOOK_ROUTE])
 
     async def _close(*_: Any) -> None:
         await port.close()
@@ -248,8 +359,31 @@ def build_app(config: HubConfig, port: DatabasePort | None = None) -> Any:
 
 def serve_rasa_actions(cfg: HubConfig, host: str | None, port: int | None) -> None:
     """Run the rasa-sdk action server with the hub's actions (``crm-hub rasa-actions``)."""
+    # Imported here: hub.cli is the command line that runs this, loaded already.
+    from hub.cli import schema_problem
+
+    # As serve does: a database never migrated stops the start, not every
+    # action call afterwards (and connecting would create an empty file).
+    problem = asyncio.run(schema_problem(cfg.database_url))
+    if problem is not None:
+        raise click.ClickException(problem)
     app = build_app(cfg)
     host = host or cfg.bot.rasa.actions_host
     port = cfg.bot.rasa.actions_port if port is None else port
-    click.echo(f"rasa-sdk action server on http://{host}:{port}/webhook", err=True)
-    app.run(host=host, port=port, single_process=True, access_log=False, motd=False)
+    listening = False
+
+    async def _listening(*_: Any) -> None:
+        nonlocal listening
+        listening = True
+        click.echo(f"rasa-sdk action server on http://{host}:{port}/webhook", err=True)
+
+    app.after_server_start(_listening)
+    try:
+        app.run(host=host, port=port, single_process=True, access_log=False, motd=False)
+    except OSError as exc:
+        # Nothing before the socket does I/O (the database is opened on first
+        # use), so an OSError before listening is the bind.
+        if listening:
+            raise
+        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else str(exc.strerror or exc)
+        raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from exc

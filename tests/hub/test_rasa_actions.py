@@ -5,22 +5,27 @@ the hub's database checked afterwards."""
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 import time
+import zlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
-from hub.core import Channel, InboundMessage
+from hub.cli import NOT_MIGRATED
+from hub.core import Channel, InboundMessage, utcnow
 from storage.db import Database
 from storage.ingest import ingest_batch
 from storage.migrate import upgrade_async
-from storage.models import Contact, Identity, Message, Ticket, TicketEventRow
-from tests.hub.procs import CLI, free_port, hub_env, wait_ready
+from storage.models import AuditLog, Contact, Identity, Message, Ticket, TicketEventRow
+from tests.hub.procs import CLI, free_port, hub_env, run_cli, wait_ready
 
 RASA_VERSION = "3.21.0"
 DOMAIN: dict[str, Any] = {
@@ -267,7 +272,9 @@ async def test_handoff_opens_the_ticket_with_the_reason_and_the_conversation(ser
     call = action_call("action_hub_handoff", "+989121234567", {"handoff_reason": "asked_for_human"})
     answer = await server.call(call)
     assert slots(answer) == {"hub_handed_off": True}
-    assert answer["responses"][0]["custom"] == {"handoff": {"reason": "asked_for_human"}}
+    # The custom payload is for the hub's rasa backend only: Rasa's own channel
+    # (Twilio here) would send it to the customer.
+    assert answer["responses"] == []
     async with server.db.read() as s:
         ticket = await s.get(Ticket, server.ticket_id)
         note = await s.scalar(select(Message).where(Message.ticket_id == server.ticket_id, Message.private.is_(True)))
@@ -280,9 +287,16 @@ async def test_handoff_opens_the_ticket_with_the_reason_and_the_conversation(ser
         "Customer: I want to talk to a person",
     ]
     assert event is not None and event.actor == "rasa" and event.data["reason"] == "asked_for_human"
-    # Done once: a second request changes nothing.
+    # Done once: a second request (Rasa retries when the answer was lost)
+    # changes nothing, and says the ticket is with a person.
     again = await server.call(call)
-    assert slots(again) == {"hub_handed_off": False}
+    assert slots(again) == {"hub_handed_off": True}
+    async with server.db.read() as s:
+        notes = (
+            await s.scalars(select(Message.id).where(Message.ticket_id == server.ticket_id, Message.private.is_(True)))
+        ).all()
+        handoffs = (await s.scalars(select(TicketEventRow.id).where(TicketEventRow.kind == "ticket.handoff"))).all()
+    assert (len(notes), len(handoffs)) == (1, 1)
 
 
 async def test_handoff_reason_defaults_to_the_intent_and_hub_conversations_hand_off_through_the_backend(
@@ -303,3 +317,286 @@ async def test_bad_requests_are_refused(server: Server) -> None:
     assert "action_does_not_exist" in str(unknown)
     async with aiohttp.ClientSession() as http, http.post(f"{server.base}/webhook", data=b"{not json") as r:
         assert r.status == 400
+
+
+async def contact_ids(server: Server) -> set[int]:
+    async with server.db.read() as s:
+        return set((await s.scalars(select(Contact.id))).all())
+
+
+async def test_a_typed_email_never_chooses_the_contact_a_write_goes_to(server: Server) -> None:
+    before = await contact_ids(server)
+    # An anonymous visitor of the team's Rasa bot types Sara's email address.
+    got = slots(
+        await server.call(
+            action_call("action_hub_update_lead", "stranger-1", {"email": "sara@acme.example", "budget": "1"})
+        )
+    )
+    cid = got["hub_contact_id"]
+    assert cid not in before
+    async with server.db.read() as s:
+        sara = await s.get(Contact, server.contact_id)
+        stranger = await s.get(Contact, cid)
+        email_owner = await s.scalar(
+            select(Identity.contact_id).where(Identity.channel == "email", Identity.address == "sara@acme.example")
+        )
+        conversation = await s.scalar(
+            select(Identity.contact_id).where(Identity.channel == "rasa", Identity.address == "stranger-1")
+        )
+    assert sara is not None and sara.attributes == {} and sara.lead_score == 0
+    # What they typed is an attribute of their own contact; the address stays Sara's identity.
+    assert stranger is not None and stranger.attributes == {"email": "sara@acme.example", "budget": 1}
+    assert (email_owner, conversation) == (server.contact_id, cid)
+    # The conversation's later calls, without the slot, stay with its own contact.
+    again = action_call("action_hub_update_lead", "stranger-1", {"email": "sara@acme.example", "budget": "1"})
+    assert slots(await server.call(again))["hub_contact_id"] == cid
+    found = slots(await server.call(action_call("action_hub_lookup_customer", "stranger-1")))
+    assert found["hub_contact_id"] == cid and found["hub_recent_history"] == []
+    assert await contact_ids(server) == before | {cid}
+
+
+async def test_a_lookup_by_a_typed_email_links_nothing(server: Server) -> None:
+    # README: a conversation of Rasa's own finds the customer by the email slot...
+    by_email = slots(
+        await server.call(action_call("action_hub_lookup_customer", "9f1c2d", {"email": "sara@acme.example"}))
+    )
+    assert by_email["hub_contact_id"] == server.contact_id
+    # ...for reading: the conversation does not become Sara's.
+    later = slots(await server.call(action_call("action_hub_lookup_customer", "9f1c2d")))
+    assert later == {"hub_contact_id": None}
+    async with server.db.read() as s:
+        linked = await s.scalar(select(Identity).where(Identity.address == "9f1c2d"))
+    assert linked is None
+
+
+async def test_handoff_goes_to_the_contact_in_the_slot(server: Server) -> None:
+    found = slots(
+        await server.call(action_call("action_hub_lookup_customer", "9f1c2d", {"email": "sara@acme.example"}))
+    )
+    call = action_call(
+        "action_hub_handoff",
+        "9f1c2d",
+        {"email": "sara@acme.example", "hub_contact_id": found["hub_contact_id"], "handoff_reason": "asked_for_human"},
+    )
+    assert slots(await server.call(call)) == {"hub_handed_off": True}
+    async with server.db.read() as s:
+        ticket = await s.get(Ticket, server.ticket_id)
+    assert ticket is not None and (ticket.status, ticket.bot_silenced) == ("open", True)
+
+
+async def test_handoff_of_a_snoozed_ticket_wakes_it(server: Server) -> None:
+    async with server.db.write() as s:
+        ticket = await s.get(Ticket, server.ticket_id)
+        assert ticket is not None
+        ticket.status, ticket.snoozed_until, ticket.waiting_since = "snoozed", utcnow() + timedelta(days=3), None
+    call = action_call("action_hub_handoff", "+989121234567", {"handoff_reason": "asked_for_human"})
+    assert slots(await server.call(call)) == {"hub_handed_off": True}
+    async with server.db.read() as s:
+        ticket = await s.get(Ticket, server.ticket_id)
+        events = (
+            await s.scalars(
+                select(TicketEventRow).where(TicketEventRow.ticket_id == server.ticket_id).order_by(TicketEventRow.id)
+            )
+        ).all()
+        audited = (await s.scalars(select(AuditLog.action).where(AuditLog.entity_id == server.ticket_id))).all()
+    assert ticket is not None
+    assert (ticket.status, ticket.snoozed_until, ticket.bot_silenced) == ("open", None, True)
+    assert ticket.waiting_since is not None
+    woke = [e for e in events if e.kind == "ticket.status_changed"]
+    assert len(woke) == 1 and woke[0].actor == "rasa" and woke[0].data == {"from": "snoozed", "to": "open"}
+    assert [e.kind for e in events][-1] == "ticket.handoff"
+    assert "ticket.status" in audited and "ticket.handoff" in audited
+
+
+async def lead_audits(server: Server) -> int:
+    async with server.db.read() as s:
+        return len((await s.scalars(select(AuditLog.id).where(AuditLog.action == "contact.lead"))).all())
+
+
+async def test_update_lead_never_lowers_the_score_or_the_stage(server: Server) -> None:
+    async with server.db.write() as s:
+        contact = await s.get(Contact, server.contact_id)
+        assert contact is not None
+        # As after a merge, which keeps the higher score of two contacts.
+        contact.lead_score, contact.lifecycle_stage = 70, "sales_qualified"
+    audits = await lead_audits(server)
+    sender = f"hub-contact-{server.contact_id}"
+    # Nothing valid in it: nothing changes, not even the audit log.
+    got = slots(await server.call(action_call("action_hub_update_lead", sender, {"email": "not an email"})))
+    assert got == {"hub_contact_id": server.contact_id, "hub_lead_score": 70, "hub_lifecycle_stage": "sales_qualified"}
+    assert await lead_audits(server) == audits
+    # An answer worth fewer points than the stored score keeps it.
+    got = slots(await server.call(action_call("action_hub_update_lead", sender, {"budget": "800"})))
+    assert got == {"hub_contact_id": server.contact_id, "hub_lead_score": 70, "hub_lifecycle_stage": "sales_qualified"}
+    async with server.db.write() as s:
+        contact = await s.get(Contact, server.contact_id)
+        assert contact is not None
+        assert (contact.attributes, contact.lead_score, contact.lifecycle_stage) == (
+            {"budget": 800},
+            70,
+            "sales_qualified",
+        )
+        # A stage an agent set outside the qualification ladder stays.
+        contact.lead_score, contact.lifecycle_stage = 0, "customer"
+    got = slots(await server.call(action_call("action_hub_update_lead", sender, {"team_size": "40"})))
+    assert got["hub_lifecycle_stage"] == "customer" and got["hub_lead_score"] == 25 + 15
+
+
+async def test_a_hub_sender_for_a_contact_that_does_not_exist_matches_nobody(server: Server) -> None:
+    before = await contact_ids(server)
+    for sender in ("hub-contact-99999", "hub-contact-" + "9" * 30):
+        update = action_call("action_hub_update_lead", sender, {"budget": "900", "hub_contact_id": server.contact_id})
+        assert slots(await server.call(update)) == {"hub_contact_id": None}
+        assert slots(await server.call(action_call("action_hub_lookup_customer", sender))) == {"hub_contact_id": None}
+        assert slots(await server.call(action_call("action_hub_handoff", sender))) == {"hub_handed_off": False}
+    assert await contact_ids(server) == before
+    async with server.db.read() as s:
+        sara = await s.get(Contact, server.contact_id)
+    assert sara is not None and sara.attributes == {}
+
+
+async def test_an_update_with_nothing_valid_creates_nobody(server: Server) -> None:
+    before = await contact_ids(server)
+    got = slots(await server.call(action_call("action_hub_update_lead", "rasa-empty", {"email": "not an email"})))
+    assert got == {"hub_contact_id": None}
+    assert await contact_ids(server) == before
+
+
+@pytest.mark.parametrize("known", ["9" * 30, 1e300, -3, "0", True, [1], " ٣ "])
+async def test_a_contact_id_slot_the_database_cannot_hold_matches_nobody(server: Server, known: Any) -> None:
+    got = slots(
+        await server.call(action_call("action_hub_update_lead", "s1", {"budget": "900", "hub_contact_id": known}))
+    )
+    assert got["hub_contact_id"] not in (None, server.contact_id)
+    found = slots(await server.call(action_call("action_hub_lookup_customer", "s2", {"hub_contact_id": known})))
+    assert found == {"hub_contact_id": None}
+
+
+def tracker_with(**fields: Any) -> dict[str, Any]:
+    call = action_call("action_hub_handoff", "+989121234567", {"handoff_reason": None})
+    call["tracker"]["events"].append({"event": "user", "text": 42})
+    call["tracker"].update(fields)
+    return call
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"latest_message": None}, "rasa"),
+        ({"latest_message": "hi"}, "rasa"),
+        ({"latest_message": {"intent": "human"}}, "rasa"),
+        ({"events": None}, "greet"),
+        ({"events": ["garbage", 7, None, {"event": "user", "text": "a person please"}]}, "greet"),
+        ({"slots": None}, "greet"),
+        ({"slots": ["handoff_reason"]}, "greet"),
+    ],
+)
+async def test_tracker_fields_of_the_wrong_type_count_as_absent(
+    server: Server, fields: dict[str, Any], reason: str
+) -> None:
+    answer = await server.call(tracker_with(**fields))
+    assert slots(answer) == {"hub_handed_off": True}
+    async with server.db.read() as s:
+        event = await s.scalar(select(TicketEventRow).where(TicketEventRow.kind == "ticket.handoff"))
+        note = await s.scalar(select(Message).where(Message.ticket_id == server.ticket_id, Message.private.is_(True)))
+    assert event is not None and event.data["reason"] == reason
+    # Only events that are messages, with a text, make the note.
+    assert note is not None and "42" not in note.body
+    if "events" in fields:
+        assert note.body.splitlines()[1:] == (["Customer: a person please"] if fields["events"] else [])
+
+
+SECRET = "my card is 4111 1111 1111 1111"
+
+
+def call_without(*path: str) -> dict[str, Any]:
+    call = action_call("action_hub_lookup_customer", "x")
+    call["tracker"]["events"][-1]["text"] = SECRET
+    where = call
+    for key in path[:-1]:
+        where = where[key]
+    del where[path[-1]]
+    return call
+
+
+def call_with(value: Any, *path: str) -> dict[str, Any]:
+    call = action_call("action_hub_lookup_customer", "x")
+    call["tracker"]["events"][-1]["text"] = SECRET
+    where = call
+    for key in path[:-1]:
+        where = where[key]
+    where[path[-1]] = value
+    return call
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (call_without("tracker"), "tracker must be an object"),
+        (call_with([SECRET], "tracker"), "tracker must be an object"),
+        (call_with(12345, "tracker", "sender_id"), "tracker.sender_id must be a string"),
+        (call_without("tracker", "sender_id"), "tracker.sender_id must be a string"),
+        (call_without("next_action"), "next_action must be the name of an action"),
+        (call_with(3, "version"), "version must be a string"),
+        (call_with([SECRET], "domain"), "domain must be an object"),
+        ([SECRET], "the body must be a JSON object (an action call)"),
+        (SECRET, "the body must be a JSON object (an action call)"),
+    ],
+)
+async def test_a_request_that_is_not_an_action_call_is_refused(server: Server, body: Any, error: str) -> None:
+    async with aiohttp.ClientSession() as http, http.post(f"{server.base}/webhook", json=body) as r:
+        assert r.status == 400
+        text = await r.text()
+    # rasa-sdk's shape for a refused call, and nothing of the request in it.
+    answer = json.loads(text)
+    assert answer["error"] == error and set(answer) == {"error", "action_name"}
+    assert "4111" not in text
+
+
+async def test_a_failing_action_does_not_answer_with_the_request(server: Server) -> None:
+    async with server.db.write() as s:
+        # The lookup's query of messages fails (as with a database gone wrong).
+        await s.execute(text("ALTER TABLE messages RENAME TO messages_elsewhere"))
+    async with aiohttp.ClientSession() as http:
+        call = call_with(f"hub-contact-{server.contact_id}", "tracker", "sender_id")
+        async with http.post(f"{server.base}/webhook", json=call) as r:
+            assert r.status == 500
+            answer = await r.text()
+        deflated = zlib.compress(json.dumps(call).encode())
+        headers = {"Content-Encoding": "deflate", "Content-Type": "application/json"}
+        async with http.post(f"{server.base}/webhook", data=deflated, headers=headers) as r:
+            assert r.status == 500
+            assert await r.text() == answer
+        async with http.post(f"{server.base}/webhook", data=b"x" + deflated, headers=headers) as r:
+            assert r.status == 400
+    assert json.loads(answer) == {
+        "error": "the action failed; the action server's log says why",
+        "action_name": "action_hub_lookup_customer",
+    }
+
+
+def fails(args: list[str], env: dict[str, str]) -> str:
+    """The one line a failing command writes on stderr."""
+    done = subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0, f"crm-hub {' '.join(args)} succeeded:\n{done.stdout}"
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def test_a_port_in_use_is_one_line_and_never_listening(tmp_path: Path) -> None:
+    env = hub_env(tmp_path / "data")
+    run_cli(["migrate"], env)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = fails(["rasa-actions", "--port", str(port)], env)
+    assert line == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+def test_a_database_never_migrated_stops_the_start(tmp_path: Path) -> None:
+    env = hub_env(tmp_path / "data")
+    assert fails(["rasa-actions", "--port", str(free_port())], env) == f"Error: {NOT_MIGRATED}"
+    # Checking did not create the database file that serving would have.
+    assert not (tmp_path / "data" / "hub.db").exists()
