@@ -480,34 +480,42 @@ def read_envelope(raw: bytes) -> ParsedEmail:
         msg: Message = BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
     except Exception:  # noqa: BLE001 - nothing readable: an empty header
         msg = Message()
-    sender, sender_name = _sender(msg)
-    message_id = next(iter(msgids(_header(msg, "Message-ID"))), None)
-    to = [a for _, a in _addresses(msg, "To")]
-    cc = [a for _, a in _addresses(msg, "Cc")]
-    reply_to = _addresses(msg, "Reply-To")
     return ParsedEmail(
-        key=message_id or raw_key(raw),
-        message_id=message_id,
-        sender=sender,
-        sender_name=sender_name,
-        subject=_header(msg, "Subject")[:1000],
-        date=_date(msg),
-        to=tuple(to),
-        cc=tuple(cc),
-        reply_to=tuple(a for _, a in reply_to),
-        recipients=_recipients(msg, to, cc),
-        in_reply_to=tuple(msgids(_header(msg, "In-Reply-To"))),
-        references=tuple(msgids(_header(msg, "References"))),
+        **_header_fields(msg, raw),
         body="",
         quoted="",
         signature="",
         full_text="",
         html=None,
         attachments=(),
-        auto_reply=auto_reply_reason(msg, sender),
         report=None,
-        reply_to_name=(reply_to[0][0][:512] or None) if reply_to else None,
     )
+
+
+def _header_fields(msg: Message, raw: bytes) -> dict[str, Any]:
+    """What the header says (who wrote to whom, about what, in which thread),
+    as :class:`ParsedEmail` fields."""
+    sender, sender_name = _sender(msg)
+    message_id = next(iter(msgids(_header(msg, "Message-ID"))), None)
+    to = [a for _, a in _addresses(msg, "To")]
+    cc = [a for _, a in _addresses(msg, "Cc")]
+    reply_to = _addresses(msg, "Reply-To")
+    return {
+        "key": message_id or raw_key(raw),
+        "message_id": message_id,
+        "sender": sender,
+        "sender_name": sender_name,
+        "subject": _header(msg, "Subject")[:1000],
+        "date": _date(msg),
+        "to": tuple(to),
+        "cc": tuple(cc),
+        "reply_to": tuple(a for _, a in reply_to),
+        "recipients": _recipients(msg, to, cc),
+        "in_reply_to": tuple(msgids(_header(msg, "In-Reply-To"))),
+        "references": tuple(msgids(_header(msg, "References"))),
+        "auto_reply": auto_reply_reason(msg, sender),
+        "reply_to_name": (reply_to[0][0][:512] or None) if reply_to else None,
+    }
 
 
 def _sender(msg: Message) -> tuple[str, str | None]:
@@ -541,46 +549,25 @@ def _parse(raw: bytes, msg: Message) -> tuple[ParsedEmail, int]:
     not be read."""
     collector = _Collector()
     collector.walk(msg, top=True)
-
-    sender, sender_name = _sender(msg)
-    message_id = next(iter(msgids(_header(msg, "Message-ID"))), None)
-    key = message_id or raw_key(raw)
+    header = _header_fields(msg, raw)
 
     full_text = "\n\n".join(t for t in collector.texts if t.strip()).strip("\n")
     if not full_text and collector.html_texts:
         full_text = "\n\n".join(collector.html_texts).strip("\n")
     parts = split_reply(full_text)
-
-    to = [a for _, a in _addresses(msg, "To")]
-    cc = [a for _, a in _addresses(msg, "Cc")]
-    reply_to = _addresses(msg, "Reply-To")
-    report = _delivery_report(msg, sender, collector)
     defects = [type(d).__name__ for part in msg.walk() for d in getattr(part, "defects", [])]
 
     parsed = ParsedEmail(
-        key=key,
-        message_id=message_id,
-        sender=sender,
-        sender_name=sender_name,
-        subject=_header(msg, "Subject")[:1000],
-        date=_date(msg),
-        to=tuple(to),
-        cc=tuple(cc),
-        reply_to=tuple(a for _, a in reply_to),
-        recipients=_recipients(msg, to, cc),
-        in_reply_to=tuple(msgids(_header(msg, "In-Reply-To"))),
-        references=tuple(msgids(_header(msg, "References"))),
+        **header,
         body=parts.new,
         quoted=parts.quoted,
         signature=parts.signature,
         full_text=full_text,
         html=collector.html,
         attachments=tuple(collector.attachments),
-        auto_reply=auto_reply_reason(msg, sender),
-        report=report,
+        report=_delivery_report(msg, header["sender"], collector),
         defects=tuple(dict.fromkeys(defects)),
         notes=tuple(collector.notes),
-        reply_to_name=(reply_to[0][0][:512] or None) if reply_to else None,
     )
     return parsed, collector.unread
 

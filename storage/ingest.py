@@ -180,7 +180,7 @@ async def ingest_batch(
         existing = await _existing_messages(session, list(first_of))
         fresh = [i for i in fresh if (messages[i].channel.value, messages[i].external_id) not in existing]
         for key, view in existing.items():
-            out[first_of[key]] = _duplicate(view)
+            out[first_of[key]] = duplicate_result(view)
 
     # Contacts by identity.
     ident_keys = {(IDENTITY_OF_CHANNEL[messages[i].channel].value, messages[i].sender): messages[i] for i in fresh}
@@ -239,7 +239,7 @@ async def ingest_batch(
         lost = [k for k in ((r["channel"], r["external_id"]) for r in msg_rows) if k not in inserted]
         if lost:
             for key, view in (await _existing_messages(session, lost)).items():
-                out[first_of[key]] = _duplicate(view)
+                out[first_of[key]] = duplicate_result(view)
 
     # Ticket activity, timeline events and the outbox, for what was really inserted.
     events: list[dict[str, Any]] = []
@@ -338,7 +338,7 @@ async def ingest_batch(
             key = (messages[i].channel.value, messages[i].external_id)
             first = out[first_of[key]]
             if isinstance(first, IngestResult):
-                out[i] = _duplicate(first.message)
+                out[i] = duplicate_result(first.message)
             else:
                 out[i] = first
     return [r if r is not None else RuntimeError("message was not processed") for r in out]
@@ -383,7 +383,8 @@ async def current_ticket(
     return ticket, ticket.id in created
 
 
-def _duplicate(view: dict[str, Any]) -> IngestResult:
+def duplicate_result(view: dict[str, Any]) -> IngestResult:
+    """The answer for a message stored before (``view``: the stored one)."""
     return IngestResult(
         message_id=view["id"],
         ticket_id=view["ticket_id"],

@@ -37,7 +37,7 @@ from hub.core import (
     TicketStatus,
     utcnow,
 )
-from storage.ingest import IngestResult, add_outbox, dialect_insert, outbox_row, table
+from storage.ingest import IngestResult, add_outbox, dialect_insert, duplicate_result, outbox_row, table
 from storage.models import Contact, Identity, Inbox, MailboxCheckpoint, Message, Ticket
 from storage.views import message_values_view, message_view, ticket_view
 
@@ -183,15 +183,7 @@ async def store_automatic(session: AsyncSession, ticket: Ticket, message: Inboun
                 .where(Message.channel == row["channel"], Message.external_id == message.external_id)
             )
         ).one()
-        view = message_view(stored[0], stored[1])
-        return IngestResult(
-            message_id=view["id"],
-            ticket_id=view["ticket_id"],
-            contact_id=view["contact_id"],
-            duplicate=True,
-            ticket_created=False,
-            message=view,
-        )
+        return duplicate_result(message_view(stored[0], stored[1]))
     view = message_values_view({**row, "id": inserted}, inbox_key)
     await add_outbox(
         session,
