@@ -3,6 +3,8 @@ limit out of range is a 400 naming it, never a server error."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +19,21 @@ from tests.bots.conversation import add_turns
 from tests.hub.helpers import Agent, add_agent, make_config, running_hub
 
 
-@pytest.mark.parametrize("last", ["x", None, 1.5, True, [3], {"id": 3}, -1, MAX_ID + 1])
-async def test_a_crafted_cursor_is_refused(tmp_path: Path, last: Any) -> None:
+@contextlib.asynccontextmanager
+async def three_gaps(tmp_path: Path) -> AsyncIterator[tuple[aiohttp.ClientSession, str, Agent]]:
+    """A hub whose report holds three handed-off questions, and an agent logged in to it."""
     config = make_config(tmp_path, **{"bot.enabled": True})
     async with running_hub(config) as server, aiohttp.ClientSession() as http:
         await add_agent(config, "ana@example.com")
         base = str(server.make_url("")).rstrip("/")
         agent = await Agent.login(http, base, "ana@example.com")
         await add_turns(server.app[HUB].db, [(f"question {n}", "handoff", "no_match") for n in range(3)])
+        yield http, base, agent
+
+
+@pytest.mark.parametrize("last", ["x", None, 1.5, True, [3], {"id": 3}, -1, MAX_ID + 1])
+async def test_a_crafted_cursor_is_refused(tmp_path: Path, last: Any) -> None:
+    async with three_gaps(tmp_path) as (http, base, agent):
         async with http.get(
             f"{base}/api/v1/bot/report", params={"cursor": encode_cursor(last)}, headers=agent.headers
         ) as r:
@@ -48,12 +57,7 @@ async def test_a_page_of_nothing_is_refused_naming_the_limit(db: Database, limit
 
 
 async def test_the_api_refuses_a_limit_out_of_range(tmp_path: Path) -> None:
-    config = make_config(tmp_path, **{"bot.enabled": True})
-    async with running_hub(config) as server, aiohttp.ClientSession() as http:
-        await add_agent(config, "ana@example.com")
-        base = str(server.make_url("")).rstrip("/")
-        agent = await Agent.login(http, base, "ana@example.com")
-        await add_turns(server.app[HUB].db, [(f"question {n}", "handoff", "no_match") for n in range(3)])
+    async with three_gaps(tmp_path) as (http, base, agent):
         for limit in ("0", "-1", "201"):
             async with http.get(f"{base}/api/v1/bot/report", params={"limit": limit}, headers=agent.headers) as r:
                 assert r.status == 400, await r.text()
