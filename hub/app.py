@@ -97,8 +97,8 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
             f"secret_key: --role {role} runs several processes, which must share one secret key: "
             "set HUB_SECRET_KEY (the same value for every process)"
         )
-    config = ensure_secret_key(config)
     check_folders(config)
+    config = ensure_secret_key(config, folders_checked=True)
     db = Database(config.database_url, pool_size=config.database.pool_size, echo=config.database.echo)
     stream: Stream
     live: LiveBus

@@ -1251,12 +1251,13 @@ def _telegram_secrets(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         bot["webhook_secret"] = env.get(str(bot.get("webhook_secret_env") or TELEGRAM_SECRET_ENV), "")
 
 
-def ensure_secret_key(config: HubConfig) -> HubConfig:
+def ensure_secret_key(config: HubConfig, *, folders_checked: bool = False) -> HubConfig:
     """Give an embedded install a stable secret without asking the user for one:
     generated once, kept in ``data_dir/secret_key`` (mode 0600)."""
     if config.secret_key:
         return config
-    check_folders(config)
+    if not folders_checked:
+        check_folders(config)
     key_file = config.data_dir / "secret_key"
     try:
         key = _read_key(key_file)
