@@ -175,8 +175,9 @@ async def do_create_agent(
         name=name,
         password_hash=password_hash,
         role=role.value,
-        skills=sorted(set(skills or [])),
-        languages=sorted(set(languages or [])),
+        # As do_update_agent_routing keeps them: " billing" is "billing".
+        skills=sorted({s.strip() for s in skills or () if s.strip()}),
+        languages=sorted({s.strip().lower() for s in languages or () if s.strip()}),
         capacity=dict(capacity or {}),
         presence="offline",
         phone=e164,

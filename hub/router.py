@@ -71,6 +71,7 @@ from routing.decide import (
 from routing.hours import BusinessCalendar
 from routing.match import ContactFacts, MatchContext
 from routing.settings import (
+    MAX_CAPACITY,
     AutomationAction,
     AutomationRule,
     AutoResolve,
@@ -82,6 +83,7 @@ from routing.settings import (
     check_rule_references,
 )
 from routing.store import (
+    after_key,
     agent_states,
     last_inbound_text,
     last_owner,
@@ -90,6 +92,7 @@ from routing.store import (
     open_count,
     queue_query,
     queue_stats,
+    ticket_conditions,
 )
 from storage.db import OUTBOX_WRITTEN_KEY, Database
 from storage.ingest import TOPIC_EVENTS, add_outbox, dialect_insert
@@ -121,6 +124,8 @@ AGENT_UPDATED = "agent.updated"
 _STATE_TTL = 2.0
 # Queue tickets one drain pass tries (the rest wait for the next trigger or sweep).
 _DRAIN_SCAN = 500
+# Tickets one idle rule looks at per sweep (the next sweep goes on from there).
+_IDLE_SCAN = 2_000
 
 _Compiled = TypeVar("_Compiled")
 
@@ -196,6 +201,8 @@ class Router:
         self._leads = {t.name: t.lead.strip().lower() for t in self.config.teams if t.lead}
         self._state: RoutingState | None = None
         self._state_lock = asyncio.Lock()
+        # Idle rule name -> the (last_message_at, id) its sweep stopped after.
+        self._idle_resume: dict[str, tuple[datetime, int]] = {}
 
     # --- settings -----------------------------------------------------------
 
@@ -419,8 +426,9 @@ class Router:
         created = bool(event.payload.get("ticket_created"))
         if ticket.get("sla_policy") and not created:
             # Ingest wakes a snoozed ticket without a status event of its own;
-            # its clocks must run again before anything below adds a deadline.
-            await self._resume_if_paused(int(ticket["id"]))
+            # its clocks must run again (or, resolved before its snooze, start
+            # a new cycle) before anything below adds a deadline.
+            await self._settle_clocks(int(ticket["id"]))
         if await self._worth_routing(ticket, message.get("inbox") or "", created):
             view = await self.route(
                 ticket["id"],
@@ -468,6 +476,9 @@ class Router:
         data = event.payload.get("data") or {}
         tid = int(event.payload["ticket"]["id"])
         topic = data.get("topic") or await self._bot_topic(tid)
+        # A ticket resolved, then given back to the bot, opens here without a
+        # status event: its new cycle starts as a reopening's would.
+        await self._new_cycle(tid, reopened=False)
         view = await self.route(
             tid,
             text=str(data.get("text") or ""),
@@ -498,8 +509,10 @@ class Router:
             await self._settle_pause(tid)
         if after == TicketStatus.RESOLVED.value:
             await self._close_cycle(tid)
-        elif before == TicketStatus.RESOLVED.value and after == TicketStatus.OPEN.value:
-            await self._new_cycle(tid)
+        elif after == TicketStatus.OPEN.value:
+            # Reopened straight, or through a snooze or the bot (resolved ->
+            # snoozed -> open): either way its last cycle closed and a new one starts.
+            await self._new_cycle(tid, reopened=before == TicketStatus.RESOLVED.value)
         if after == TicketStatus.OPEN.value and ticket.get("assignee_id") is None:
             await self.route(tid)
         if before == TicketStatus.OPEN.value and after != TicketStatus.OPEN.value and ticket.get("assignee_id"):
@@ -576,7 +589,13 @@ class Router:
             if automatic:
                 snap = replace(snap, bot_enabled=False)
             decision = await self._decide(session, snap, ticket, state)
-            if enqueue and decision.assignee_id is None and ticket.team_id is not None:
+            if (
+                enqueue
+                and decision.assignee_id is None
+                and ticket.team_id is not None
+                and ticket.status == TicketStatus.OPEN.value
+            ):
+                # Not a ticket resolved or asleep: it joins the queue when it opens.
                 decision = replace(decision, queued=True)
             if not decision.changes_anything:
                 if self._clock_due(ticket):
@@ -586,9 +605,14 @@ class Router:
             if (
                 decision.queued
                 and ticket.queued_at is not None
+                # Queued before it reached humans (an automation's assign_team,
+                # perhaps while the bot held it): this is its first routing, and
+                # its SLA clock starts now.
+                and ticket.cycle_started_at is not None
                 and decision.team_id in (None, ticket.team_id)
                 and decision.priority is None
                 and not decision.labels
+                and not decision.skills
             ):
                 return None  # still waiting in the same queue: nothing new to tell
             view = await self._apply(session, ticket, snap, decision, state)
@@ -671,9 +695,10 @@ class Router:
         return decide(snap, replace(base, agents=agents, cursors=cursor, sticky=sticky))
 
     def _clock_due(self, ticket: Ticket) -> bool:
-        """An open ticket with humans to answer it and no SLA cycle yet, under a default policy."""
+        """An open ticket with humans to answer it and no SLA cycle yet, under
+        a policy: the default, or the one a rule gave it (in the shared inbox too)."""
         return (
-            self.config.default_sla is not None
+            (self.config.default_sla is not None or ticket.sla_policy is not None)
             and ticket.status == TicketStatus.OPEN.value
             and ticket.cycle_started_at is None
         )
@@ -705,7 +730,7 @@ class Router:
             ticket.team_id = decision.team_id
         if decision.priority is not None:
             ticket.priority = decision.priority.value
-        if decision.skills and list(decision.skills) != list(ticket.skills or []):
+        if decision.skills:
             ticket.skills = list(decision.skills)
         if decision.labels:
             await do_set_labels(session, ticket, sorted(set(snap.labels) | set(decision.labels)), actor=ROUTER)
@@ -717,7 +742,10 @@ class Router:
             ticket.queued_at = None
             await session.execute(update(Agent).where(Agent.id == agent_id).values(last_assigned_at=now))
             team = state.teams.get(ticket.team_id) if ticket.team_id is not None else None
-            if team is not None and team.strategy == "round_robin":
+            # A returning customer's agent took no turn: the cursor stays, or
+            # the agent after them would lose theirs.
+            sticky = decision.sticky and agent_id == decision.assignee_id
+            if team is not None and team.strategy == "round_robin" and not sticky:
                 await session.execute(
                     update(RoutingCursor)
                     .where(RoutingCursor.team_id == team.id)
@@ -741,7 +769,7 @@ class Router:
             "priority": ticket.priority,
             "labels": list(decision.labels),
             "queued": ticket.queued_at is not None,
-            "sticky": decision.sticky and agent_id is not None,
+            "sticky": decision.sticky and agent_id == decision.assignee_id,
         }
         await record_ticket_event(session, ticket, TicketEventKind.ROUTED, ROUTER, data)
         await audit(session, ROUTER, "ticket.routed", "ticket", ticket.id, data)
@@ -929,18 +957,26 @@ class Router:
             .on_conflict_do_nothing(index_elements=["ticket_id", "number"])
         )
 
-    async def _new_cycle(self, ticket_id: int) -> None:
+    async def _new_cycle(self, ticket_id: int, *, reopened: bool) -> None:
+        """An open ticket whose last cycle was closed by its resolution starts
+        a new one. ``reopened``: it came straight from resolved, so even a
+        ticket that never had a cycle (resolved while the bot held it) starts
+        one; otherwise one with no cycle yet gets its first from routing."""
         state = await self.state()
         async with self.db.write() as session:
             ticket = await _locked_ticket(session, ticket_id)
-            if ticket is None or ticket.status == TicketStatus.RESOLVED.value:
+            # Open only: a ticket snoozed again since starts it when it wakes
+            # (an event handled late must not start clocks that should be paused).
+            if ticket is None or ticket.status != TicketStatus.OPEN.value:
                 return
             cycle = await session.scalar(
                 select(TicketCycle).where(TicketCycle.ticket_id == ticket_id, TicketCycle.number == ticket.sla_cycle)
             )
+            if cycle is None and not reopened:
+                return
             if cycle is not None and cycle.resolved_at is None:
-                return  # this reopening was handled already
-            reopened = utcnow()
+                return  # this reopening was handled already, or the cycle never ended
+            started = utcnow()
             ticket.sla_cycle += 1
             # An agent reply after the resolution (the reopening agent's own,
             # written before this step ran) is this cycle's first response; an
@@ -948,7 +984,7 @@ class Router:
             ended = cycle.resolved_at if cycle is not None else None
             if ticket.first_response_at is not None and (ended is None or ticket.first_response_at <= ended):
                 ticket.first_response_at = None
-            await self._start_cycle(session, ticket, state, start=reopened)
+            await self._start_cycle(session, ticket, state, start=started)
 
     async def _close_cycle(self, ticket_id: int) -> None:
         async with self.db.write() as session:
@@ -1025,12 +1061,27 @@ class Router:
             if ticket is not None:
                 await self._settle_pause_of(session, ticket, state, utcnow())
 
-    async def _resume_if_paused(self, ticket_id: int) -> None:
-        # Most messages reach tickets that were never paused: a read, not a lock.
+    async def _settle_clocks(self, ticket_id: int) -> None:
+        """Resume the clocks of a ticket a message woke, or start a new cycle
+        for one whose cycle its resolution closed (resolved, snoozed, then
+        woken by the customer: ingest writes no status event)."""
+        # Most messages reach tickets that were never paused nor closed: a read, not a lock.
         async with self.db.read() as session:
-            raw = await session.scalar(select(Ticket.sla_deadlines).where(Ticket.id == ticket_id))
-        if sla.paused_at(raw) is not None:
+            row = (
+                await session.execute(
+                    select(Ticket.status, Ticket.sla_deadlines, TicketCycle.resolved_at)
+                    .outerjoin(
+                        TicketCycle, (TicketCycle.ticket_id == Ticket.id) & (TicketCycle.number == Ticket.sla_cycle)
+                    )
+                    .where(Ticket.id == ticket_id)
+                )
+            ).first()
+        if row is None:
+            return
+        if sla.paused_at(row.sla_deadlines) is not None:
             await self._settle_pause(ticket_id)
+        if row.status == TicketStatus.OPEN.value and row.resolved_at is not None:
+            await self._new_cycle(ticket_id, reopened=False)
 
     async def _settle_pause_of(self, session: AsyncSession, ticket: Ticket, state: RoutingState, now: datetime) -> None:
         """Pause the SLA clocks of a snoozed ticket, or resume those of a ticket
@@ -1266,11 +1317,16 @@ class Router:
         *,
         automatic: bool = False,
     ) -> int | None:
+        # Names are checked to fit when saved; one stored before that is cut short.
         actor = f"automation:{rule.name}"[:64]
         requeue: int | None = None
+        resolved = False
         for action in rule.actions:
-            if ticket.status == TicketStatus.RESOLVED.value and not action.note:
-                break  # a resolve ends the rule's work; later replies would reopen nothing
+            if resolved and not action.note:
+                # This rule's own resolve ends its work (its notes still go on
+                # the record). A rule that fires on a ticket resolved already
+                # (a satisfaction survey on ticket.status_changed) still acts.
+                break
             done: dict[str, Any] = action.model_dump(mode="json", exclude_defaults=True)
             if action.reply is not None and automatic:
                 # Two automatic responders would answer each other forever.
@@ -1279,6 +1335,8 @@ class Router:
                 skipped = await self._attempt(session, ticket, action, actor, state)
             if skipped:
                 done["skipped"] = skipped
+            elif action.resolve:
+                resolved = True
             if action.assign_team is not None and ticket.assignee_id is None:
                 requeue = ticket.team_id
             await audit(
@@ -1319,14 +1377,23 @@ class Router:
     async def _do(
         self, session: AsyncSession, ticket: Ticket, action: AutomationAction, actor: str, state: RoutingState
     ) -> str | None:
-        """Perform one action; returns why it was skipped, if it was."""
+        """Perform one action; returns why it was skipped, if it was. On a
+        resolved ticket, labels, priority, notes, assignments and replies are
+        made as an agent's would be, and it stays resolved: a reply reopens
+        nothing (as an agent's does not) and, like everything an automation
+        does, sets off no automation, so a rule cannot loop. A snooze, which
+        would reopen it, and a second resolve are skipped."""
         now = utcnow()
+        resolved = ticket.status == TicketStatus.RESOLVED.value
         if action.assign_team is not None:
             team_id = state.team_ids.get(action.assign_team)
             if team_id is None:
                 team_id = (await do_get_or_create_team(session, action.assign_team, actor=actor)).id
             await do_assign(session, ticket, agent_id=None, team_id=team_id, actor=actor)
-            ticket.queued_at = ticket.queued_at or now
+            if ticket.status == TicketStatus.OPEN.value:
+                # Waiting for the team from now; a ticket the bot holds (or a
+                # resolved one) joins the queue when it opens, and is routed then.
+                ticket.queued_at = ticket.queued_at or now
         elif action.assign_agent is not None:
             agent_id = await session.scalar(
                 select(Agent.id).where(Agent.email == action.assign_agent.strip().lower(), Agent.active.is_(True))
@@ -1351,6 +1418,8 @@ class Router:
         elif action.note is not None:
             await do_post_message(session, ticket, body=action.note, author=Author.SYSTEM, private=True)
         elif action.snooze_minutes is not None:
+            if resolved:
+                return "the ticket is resolved: snoozing it would reopen it"
             await do_set_status(
                 session,
                 ticket,
@@ -1360,13 +1429,23 @@ class Router:
             )
             await self._settle_pause_of(session, ticket, state, now)
         elif action.resolve:
+            if resolved:
+                return "the ticket is resolved already"
             await do_set_status(session, ticket, status=TicketStatus.RESOLVED, actor=actor)
         return None
 
     async def sweep_idle(self, now: datetime | None = None, limit: int = 100) -> int:
         """Idle rules: tickets without a message from the customer or an agent
         for ``idle_minutes``, once per quiet spell (a new message starts a new
-        one; an automation's reply does not, see ``do_post_message``)."""
+        one; an automation's reply does not, see ``do_post_message``).
+
+        The ticket's own columns are filtered in SQL; what only the ticket's
+        contact or the calendar can tell is matched on each ticket found, and
+        those that do not match get no run. So the sweep pages on, ``limit``
+        tickets at a time, oldest quiet spell first: the oldest tickets failing
+        a condition must not hold up every ticket behind them for ever. At most
+        ``_IDLE_SCAN`` tickets a rule per sweep; the next sweep goes on from
+        there, and from the start once it has reached the end."""
         state = await self.state()
         now = now or utcnow()
         ran = 0
@@ -1374,29 +1453,34 @@ class Router:
             rule = compiled.rule
             if rule.on != "idle" or rule.idle_minutes is None:
                 continue
-            statuses = [s.value for s in rule.when.status] or [
-                s.value for s in TicketStatus if s is not TicketStatus.RESOLVED
-            ]
-            async with self.db.read() as session:
-                done = select(AutomationRun.id).where(
-                    AutomationRun.rule == rule.name,
-                    AutomationRun.ticket_id == Ticket.id,
-                    AutomationRun.occasion_at == Ticket.last_message_at,
-                )
-                candidates = (
-                    await session.execute(
-                        select(Ticket.id, Ticket.last_message_at)
-                        .where(
-                            Ticket.status.in_(statuses),
-                            Ticket.last_message_at <= now - timedelta(minutes=rule.idle_minutes),
-                            ~done.exists(),
-                        )
-                        .order_by(Ticket.last_message_at)
-                        .limit(limit)
-                    )
-                ).all()
-            for tid, last in candidates:
-                ran += await self._automate_one(rule, tid, last, state, now)
+            wanted = ticket_conditions(rule.when, state.team_ids)
+            if not rule.when.status:
+                wanted.append(Ticket.status != TicketStatus.RESOLVED.value)
+            done = select(AutomationRun.id).where(
+                AutomationRun.rule == rule.name,
+                AutomationRun.ticket_id == Ticket.id,
+                AutomationRun.occasion_at == Ticket.last_message_at,
+            )
+            stmt = (
+                select(Ticket.id, Ticket.last_message_at)
+                .where(*wanted, Ticket.last_message_at <= now - timedelta(minutes=rule.idle_minutes), ~done.exists())
+                .order_by(Ticket.last_message_at, Ticket.id)
+                .limit(limit)
+            )
+            after = self._idle_resume.pop(rule.name, None)
+            scanned = 0
+            while True:
+                async with self.db.read() as session:
+                    page = (await session.execute(stmt.where(after_key(*after)) if after else stmt)).all()
+                for tid, last in page:
+                    ran += await self._automate_one(rule, tid, last, state, now)
+                scanned += len(page)
+                if len(page) < limit:
+                    break
+                after = (page[-1].last_message_at, page[-1].id)
+                if scanned >= _IDLE_SCAN:
+                    self._idle_resume[rule.name] = after
+                    break
         return ran
 
     async def _automate_one(
@@ -1744,8 +1828,9 @@ async def do_update_agent_routing(
         agent.languages = changes["languages"] = sorted({s.strip().lower() for s in languages if s.strip()})
     if capacity is not None:
         for channel, n in capacity.items():
-            if n < 0:
-                raise ValidationFailed(f"capacity.{channel} must not be negative")
+            # A bool is an int to Python, and one beyond 64 bits would not store as JSON.
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_CAPACITY:
+                raise ValidationFailed(f"capacity.{channel} must be a whole number from 0 to {MAX_CAPACITY}")
         agent.capacity = changes["capacity"] = dict(capacity)
     if phone is not None:
         agent.phone = changes["phone"] = phone or None
@@ -1820,9 +1905,10 @@ async def check_team_names(session: AsyncSession, named: Mapping[str, tuple[str,
     group nobody set up: "sales" for "Sales" would otherwise make a second,
     empty team whose tickets wait for ever. ``named``: name -> (where it is
     used, whether tickets or agents go there). With ``create`` such names are
-    fine (the save creates them) unless they differ from a team's only in
-    case; a name only a condition tests never is. Returns warnings: the
-    teams tickets go to that have no active member."""
+    fine (the save creates them) unless they differ from a team's, or from
+    another name in ``named``, only in case; a name only a condition tests
+    never is. Returns warnings: the teams tickets go to that have no active
+    member."""
     rows = await session.execute(
         select(Team.name, func.count(Agent.id))
         .outerjoin(TeamMember, TeamMember.team_id == Team.id)
@@ -1831,9 +1917,21 @@ async def check_team_names(session: AsyncSession, named: Mapping[str, tuple[str,
     )
     members: dict[str, int] = {name: count for name, count in rows}
     folded = {name.casefold(): name for name in members}
+    # New names of one request that differ only in case would be two teams,
+    # as "sales" next to an existing "Sales" would: one spelling is let through.
+    spelled: dict[str, str] = {}
+    for name in sorted(named):
+        spelled.setdefault(name.casefold(), name)
     problems: list[str] = []
     creatable = False
     for name, (where, target) in sorted(named.items()):
+        twin = spelled[name.casefold()]
+        if twin != name and name.casefold() not in folded:
+            problems.append(
+                f"{where}: team {name!r} differs from {twin!r} ({named[twin][0]}) only in case; "
+                "they would be two teams: write it one way"
+            )
+            continue
         if name in members or (target and create and name.casefold() not in folded):
             continue
         problem = f"{where}: team {name!r} does not exist"

@@ -65,7 +65,8 @@ class TicketSnapshot:
     skills: frozenset[str] = frozenset()
     inbox_default_team_id: int | None = None
     # Not routed to humans before: rules apply. Later (a requeue, the queue
-    # draining) the team stays and a rule's priority does not undo an escalation.
+    # draining) the team stays, a rule's priority does not undo an escalation,
+    # and the SLA policy the clock started with stays.
     first_routing: bool = True
 
     def facts(self) -> TicketFacts:
@@ -172,8 +173,11 @@ class Decision:
     assignee_id: int | None = None
     priority: Priority | None = None
     labels: tuple[str, ...] = ()
+    # Every skill the ticket needs from now on, when the rule adds one (empty:
+    # the ticket's stay as they are).
     skills: tuple[str, ...] = ()
     rule: str | None = None
+    # The rule's SLA policy, at the first routing only (the clock starts then).
     sla: str | None = None
     # No eligible agent (or the team does not auto-assign): wait in the team's queue.
     queued: bool = False
@@ -190,6 +194,8 @@ class Decision:
             or self.team_id is not None
             or self.priority is not None
             or bool(self.labels)
+            or bool(self.skills)
+            or self.sla is not None
             or self.queued
         )
 
@@ -217,15 +223,17 @@ def decide(ticket: TicketSnapshot, snapshot: RoutingSnapshot = EMPTY) -> Decisio
     if priority is not None and priority == ticket.priority:
         priority = None
     labels = tuple(sorted(set(rule.labels) - ticket.labels)) if rule is not None else ()
-    skills = tuple(sorted(ticket.skills | set(rule.skills if rule is not None else ())))
+    skills = skill_set(ticket.skills) | skill_set(rule.skills if rule is not None else ())
     base = Decision(
         reason=choice.reason,
         team_id=choice.team_id if choice.team_id != ticket.team_id else None,
         priority=priority,
         labels=labels,
-        skills=skills,
+        # Compared with what the ticket stores: a rule's skills in the shared
+        # inbox are kept for whoever routes it to a team later.
+        skills=tuple(sorted(skills)) if skills != ticket.skills else (),
         rule=rule.name if rule is not None else None,
-        sla=rule.sla if rule is not None else None,
+        sla=rule.sla if rule is not None and ticket.first_routing else None,
     )
     if choice.team_id is None:
         return base
@@ -233,7 +241,7 @@ def decide(ticket: TicketSnapshot, snapshot: RoutingSnapshot = EMPTY) -> Decisio
     if team is None or not team.auto_assign:
         return replace(base, queued=True, reason=f"{choice.reason}; the team's agents pick from its queue")
     ranked, why, sticky = choose_agent(
-        team, ticket.channel, frozenset(skills), ticket.language, snapshot, contact_sticky=snapshot.sticky
+        team, ticket.channel, skills, ticket.language, snapshot, contact_sticky=snapshot.sticky
     )
     if not ranked:
         return replace(base, team_id=choice.team_id, queued=True, reason=f"{choice.reason}; {why}")
@@ -245,6 +253,12 @@ def decide(ticket: TicketSnapshot, snapshot: RoutingSnapshot = EMPTY) -> Decisio
         sticky=sticky,
         reason=f"{choice.reason}; {why}",
     )
+
+
+def skill_set(skills: Iterable[str]) -> frozenset[str]:
+    """Skills as they are compared: stripped and without case, so an agent who
+    knows "Billing" takes the tickets of a rule asking for "billing"."""
+    return frozenset(k for k in (s.strip().casefold() for s in skills) if k)
 
 
 def choose_team(ticket: TicketSnapshot, snapshot: RoutingSnapshot) -> TeamChoice:
@@ -292,7 +306,7 @@ def is_eligible(
     return (
         agent.active
         and agent.presence is Presence.ONLINE
-        and skills <= agent.skills
+        and (not skills or skills <= skill_set(agent.skills))
         and (language is None or not agent.languages or language in agent.languages)
         and agent.load.get(channel, 0) < agent.limit(channel, default_capacity)
     )

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, field_validator, model_validator
 
 from hub.core import Channel, Priority, TicketStatus
 from hub.text import keyword
@@ -34,6 +34,21 @@ Seconds = Annotated[float, Field(gt=0, le=YEAR_MINUTES * 60, allow_inf_nan=False
 # rule finds the team it created and a condition the label a ticket carries.
 Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 TeamName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# What an agent must know, as rules require it and agents have it: a blank one
+# could never be had, and " billing" would be another skill than "billing".
+# Compared without case (routing.decide), as "Billing" is no other skill.
+Skill = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+# Open tickets of a channel an agent may hold. A whole number: JSON's true is no
+# capacity, and one beyond 64 bits would not even store.
+MAX_CAPACITY = 10_000
+# A language an agent speaks: a code such as "fa" or "en-GB" (BCP 47 tags fit in 35).
+Language = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=35)]
+Capacity = Annotated[StrictInt, Field(ge=0, le=MAX_CAPACITY)]
+# The audit log's actor column holds 64 characters: an automation rule acts as
+# "automation:<name>" and an SLA policy escalates as "sla:<name>", so longer
+# names would not store (PostgreSQL) or, cut short, two rules would look alike.
+MAX_AUTOMATION_NAME = 64 - len("automation:")
+MAX_POLICY_NAME = 64 - len("sla:")
 
 # Open tickets per channel for an agent whose own capacity does not say; a
 # configured routing.default_capacity changes only the channels it names.
@@ -119,7 +134,7 @@ class RoutingRule(_Strict):
     team: TeamName | None = Field(default=None, description="team name; none: the inbox's or the default team")
     priority: Priority | None = None
     labels: list[Label] = Field(default_factory=list)
-    skills: list[str] = Field(default_factory=list, description="skills the assigned agent must have")
+    skills: list[Skill] = Field(default_factory=list, description="skills the assigned agent must have")
     sla: str | None = Field(default=None, description="SLA policy name; default: the team's")
 
     @model_validator(mode="after")
@@ -220,6 +235,15 @@ class AutomationAction(_Strict):
     snooze_minutes: Minutes | None = None
     resolve: bool = False
 
+    @field_validator("reply", "note")
+    @classmethod
+    def _words(cls, value: str | None) -> str | None:
+        # A message is stored stripped (do_post_message) and an empty one is
+        # refused there: a blank one would be skipped every time the rule fires.
+        if value is not None and not value.strip():
+            raise ValueError("must have some text: a blank message is never sent")
+        return value
+
     @model_validator(mode="after")
     def _one(self) -> AutomationAction:
         given = [k for k, v in self.model_dump().items() if v not in (None, False, [])]
@@ -283,6 +307,12 @@ def check_rule_names(rules: list[RoutingRule], automation: list[AutomationRule])
     kind, and the built-in automation rule's name is taken."""
     _unique([r.name for r in rules], "rules")
     _unique([a.name for a in automation], "automation rules")
+    for a in automation:
+        if len(a.name) > MAX_AUTOMATION_NAME:
+            raise ValueError(
+                f"automation rule name {a.name!r} is longer than {MAX_AUTOMATION_NAME} characters: the audit log "
+                f"names the rule as automation:<name> in 64"
+            )
     if any(a.name == AUTO_RESOLVE_RULE for a in automation):
         raise ValueError(
             f"automation rule name {AUTO_RESOLVE_RULE!r} is reserved for routing.auto_resolve; choose another name"
@@ -295,12 +325,13 @@ class RoutingConfig(_Strict):
     rules: list[RoutingRule] = Field(default_factory=list)
     calendars: dict[str, CalendarSettings] = Field(default_factory=dict)
     default_calendar: str | None = None
-    # A ticket and its SLA cycles store the policy's name in 100 characters.
-    sla_policies: dict[Annotated[str, StringConstraints(min_length=1, max_length=100)], SlaPolicy] = Field(
+    # A ticket and its SLA cycles store the policy's name in 100 characters,
+    # the audit log its escalations' actor (see MAX_POLICY_NAME) in 64.
+    sla_policies: dict[Annotated[str, StringConstraints(min_length=1, max_length=MAX_POLICY_NAME)], SlaPolicy] = Field(
         default_factory=dict
     )
     default_sla: str | None = None
-    default_capacity: dict[Channel, Annotated[int, Field(ge=0)]] = Field(
+    default_capacity: dict[Channel, Capacity] = Field(
         default_factory=lambda: dict(DEFAULT_CAPACITY),
         description="open tickets per channel for agents whose own capacity does not say; channels not "
         "named keep the built-in default (webchat 3, telegram 3, sms 5, voice 1, email 10)",
@@ -363,7 +394,9 @@ def parse_capacity(text: str) -> dict[str, int]:
         channel = channel.strip().lower()
         if not sep or channel not in known:
             raise ValueError(f"{part!r} is not CHANNEL=N with a channel among {', '.join(sorted(known))}")
-        if not number.strip().isdecimal():
-            raise ValueError(f"{part!r}: the capacity must be a whole number, 0 or more")
-        out[channel] = int(number)
+        digits = number.strip()
+        # The length first: int() of some thousand digits is refused, and slow before that.
+        if not digits.isdecimal() or len(digits) > len(str(MAX_CAPACITY)) or int(digits) > MAX_CAPACITY:
+            raise ValueError(f"{part!r}: the capacity must be a whole number from 0 to {MAX_CAPACITY}")
+        out[channel] = int(digits)
     return out

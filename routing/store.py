@@ -7,18 +7,19 @@ worker processes (SQLite has one writer at a time, so they are plain reads)."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, or_, select
+from sqlalchemy import and_, case, false, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from hub.core import PRIORITY_RANK, Presence, Priority, TicketStatus
 from routing.decide import AgentState, StickyOwner
+from routing.settings import Conditions
 from storage.ingest import dialect_insert
-from storage.models import Agent, Message, RoutingCursor, TeamMember, Ticket
+from storage.models import Agent, Inbox, Message, RoutingCursor, TeamMember, Ticket, TicketLabel
 
 OPEN = TicketStatus.OPEN.value
 
@@ -217,3 +218,41 @@ async def last_inbound_text(session: AsyncSession, ticket_id: int) -> str:
         .limit(1)
     )
     return body or ""
+
+
+def ticket_conditions(when: Conditions, team_ids: Mapping[str, int]) -> list[ColumnElement[bool]]:
+    """The conditions on the ticket's own columns as SQL (``team_ids``: team
+    name -> id, as the matcher sees them), for sweeps that look for tickets a
+    rule may fire on. Each holds whenever :meth:`routing.match.Compiled.matches`
+    would, so filtering with them loses no ticket; the rest (the contact, the
+    calendar) is still matched on each ticket found."""
+    out: list[ColumnElement[bool]] = []
+    if when.status:
+        out.append(Ticket.status.in_([s.value for s in when.status]))
+    if when.channel:
+        out.append(Ticket.channel.in_([c.value for c in when.channel]))
+    if when.priority:
+        out.append(Ticket.priority.in_([p.value for p in when.priority]))
+    if when.assigned is not None:
+        out.append(Ticket.assignee_id.is_not(None) if when.assigned else Ticket.assignee_id.is_(None))
+    if when.team:
+        ids = sorted({team_ids[n] for n in when.team if n in team_ids})
+        out.append(Ticket.team_id.in_(ids) if ids else false())
+    if when.inbox:
+        out.append(Ticket.inbox_id.in_(select(Inbox.id).where(Inbox.key.in_(when.inbox))))
+    if when.labels:
+        out.append(
+            select(TicketLabel.ticket_id)
+            .where(TicketLabel.ticket_id == Ticket.id, TicketLabel.label.in_(when.labels))
+            .exists()
+        )
+    return out
+
+
+def after_key(last_message_at: datetime, ticket_id: int) -> ColumnElement[bool]:
+    """Tickets after (``last_message_at``, ``ticket_id``) in the order of the
+    ``ix_tickets_activity`` index: a keyset page that never repeats a ticket."""
+    return or_(
+        Ticket.last_message_at > last_message_at,
+        and_(Ticket.last_message_at == last_message_at, Ticket.id > ticket_id),
+    )

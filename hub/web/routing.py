@@ -17,7 +17,17 @@ from hub.router import check_team_names, do_set_agent_active, do_set_presence, d
 from hub.web.api import API, _team_ids, current_agent, int_param, require_admin
 from hub.web.registry import ROUTES, parse_body
 from hub.web.schemas import AgentOut
-from routing.settings import AutomationRule, RoutingRule, TeamName, check_rule_names, check_rule_references
+from routing.settings import (
+    MAX_CAPACITY,
+    AutomationRule,
+    Capacity,
+    Language,
+    RoutingRule,
+    Skill,
+    TeamName,
+    check_rule_names,
+    check_rule_references,
+)
 from storage.models import Agent, Team, TicketCycle
 from storage.views import agent_view, iso
 
@@ -35,10 +45,13 @@ class PresenceIn(_In):
 
 
 class AgentRoutingIn(_In):
-    skills: list[str] | None = Field(default=None, max_length=100)
-    languages: list[str] | None = Field(default=None, max_length=50)
-    capacity: dict[Channel, int] | None = Field(
-        default=None, description="open tickets per channel, e.g. {webchat: 3, email: 10}"
+    # Each one bounded like the rules' (which also refuses text JSON cannot
+    # store, such as a lone surrogate): the agent's row keeps them as JSON.
+    skills: list[Skill] | None = Field(default=None, max_length=100)
+    languages: list[Language] | None = Field(default=None, max_length=50, description="language codes, e.g. fa, en")
+    capacity: dict[Channel, Capacity] | None = Field(
+        default=None,
+        description=f"open tickets per channel, 0 to {MAX_CAPACITY}, e.g. {{webchat: 3, email: 10}}",
     )
     teams: list[TeamName] | None = Field(
         default=None,

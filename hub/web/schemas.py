@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from hub.core import Attachment, Channel, Role, UTCDateTime
-from routing.settings import TeamName
+from routing.settings import Capacity, Language, Skill, TeamName
 from storage.queries import MAX_ID, NEWEST_MESSAGES
 
 # A larger id than the database holds must be refused here, naming the
@@ -45,10 +45,10 @@ class AgentIn(_In):
         description="team names; a team that does not exist is refused unless create_teams",
     )
     create_teams: bool = Field(default=False, description="create the teams in `teams` that do not exist yet")
-    skills: list[str] = Field(default_factory=list)
-    languages: list[str] = Field(default_factory=list)
-    # Stored as JSON, which holds 64-bit integers at most.
-    capacity: dict[Channel, Annotated[int, Field(ge=0, le=MAX_ID)]] = Field(default_factory=dict)
+    # Bounded as PATCH /agents/{id} bounds them (hub/web/routing.py).
+    skills: list[Skill] = Field(default_factory=list, max_length=100)
+    languages: list[Language] = Field(default_factory=list, max_length=50, description="language codes, e.g. fa, en")
+    capacity: dict[Channel, Capacity] = Field(default_factory=dict)
     phone: str | None = Field(default=None, max_length=40, description="where calls for this agent ring")
 
 

@@ -320,3 +320,31 @@ def test_a_partial_default_capacity_leaves_the_other_channels_their_default() ->
     for channel in ("webchat", "sms", "email", "voice", "telegram"):
         for world_now in (given, built_in):
             assert decide(snap(channel=channel, team_id=1), world_now).assignee_id == 1, channel
+
+
+def test_a_rule_setting_only_an_sla_or_skills_is_a_change_in_the_shared_inbox() -> None:
+    only = rules(
+        {"name": "outage", "when": {"keywords": ["outage"]}, "sla": "fast"},
+        {"name": "billing", "when": {"keywords": ["invoice"]}, "skills": ["Billing "]},
+    )
+    shared = world(rules=only, default_team_id=None)
+    d = decide(snap(text="total outage"), shared)
+    assert (d.team_id, d.sla, d.rule) == (None, "fast", "outage") and d.changes_anything
+    d = decide(snap(text="my invoice"), shared)
+    assert (d.team_id, d.skills) == (None, ("billing",)) and d.changes_anything
+    # Once its clock runs, the policy it started with stays; skills it has are no news.
+    later = decide(snap(text="still an outage", first_routing=False), shared)
+    assert later.sla is None and not later.changes_anything
+    kept = decide(snap(text="another invoice", skills=frozenset({"billing"}), first_routing=False), shared)
+    assert kept.skills == () and not kept.changes_anything
+
+
+def test_skills_match_without_case_or_spaces() -> None:
+    # Agents' skills as older versions stored them; the rule's as an admin wrote them.
+    agents = [AgentState(20, frozenset({SALES}), skills=frozenset({"Billing "})), AgentState(21, frozenset({SALES}))]
+    billing = rules({"name": "billing", "when": {"keywords": ["invoice"]}, "team": "Sales", "skills": ["BILLING"]})
+    d = decide(snap(text="my invoice"), world(rules=billing, agents=agents))
+    assert (d.assignee_id, d.alternatives, d.skills) == (20, (), ("billing",))
+    # A ticket that stored them another way needs the same agent.
+    d = decide(snap(team_id=SALES, skills=frozenset({"Billing"}), first_routing=False), world(agents=agents))
+    assert d.assignee_id == 20

@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from hub.core import Channel
-from routing.settings import AutomationRule, RoutingConfig, RoutingRule
+from routing.settings import AutomationRule, RoutingConfig, RoutingRule, check_rule_names
 
 IDLE: dict[str, Any] = {"name": "nudge", "on": "idle", "actions": [{"add_labels": ["a"]}]}
 RECEIVED: dict[str, Any] = {"name": "tag", "on": "message.received"}
@@ -96,6 +96,17 @@ def test_contact_attribute_values_must_be_storable_json() -> None:
             f"sla_policies.{'P' * 101}.[key]",
         ),
         (RoutingConfig, {"sla_policies": {"s": {"on_breach": {"team": " "}}}}, "sla_policies.s.on_breach.team"),
+        # Its escalations are audited as sla:<name>, in 64 characters.
+        (
+            RoutingConfig,
+            {"sla_policies": {"P" * 61: {"first_response_minutes": 5}}},
+            f"sla_policies.{'P' * 61}.[key]",
+        ),
+        (RoutingRule, {"name": "r", "skills": [""]}, "skills.0"),
+        (RoutingRule, {"name": "r", "skills": ["billing", "  "]}, "skills.1"),
+        (RoutingRule, {"name": "r", "skills": ["x" * 101]}, "skills.0"),
+        (RoutingConfig, {"default_capacity": {"webchat": 10**20}}, "default_capacity.webchat"),
+        (RoutingConfig, {"default_capacity": {"webchat": True}}, "default_capacity.webchat"),
     ],
 )
 def test_labels_and_team_names_fit_their_columns(model: type[BaseModel], raw: Any, field: str) -> None:
@@ -111,6 +122,26 @@ def test_team_names_and_labels_are_stripped_as_they_are_stored() -> None:
     assert (auto.actions[0].assign_team, auto.actions[1].add_labels) == ("Sales", ["a"])
     cfg = RoutingConfig.model_validate({"default_team": "Support ", "teams": [{"name": " Support"}]})
     assert (cfg.default_team, cfg.teams[0].name) == ("Support", "Support")
+    assert RoutingRule.model_validate({"name": "r", "skills": [" billing", "vat "]}).skills == ["billing", "vat"]
+    assert RoutingConfig.model_validate({"sla_policies": {"P" * 60: {}}}).sla_policies
+
+
+@pytest.mark.parametrize("field", ["reply", "note"])
+@pytest.mark.parametrize("text", ["", "   ", "\n\t"])
+def test_a_blank_reply_or_note_is_refused_naming_the_action(field: str, text: str) -> None:
+    [(loc, msg)] = refused(AutomationRule, {**RECEIVED, "actions": [{"add_labels": ["a"]}, {field: text}]})
+    assert loc == f"actions.1.{field}" and "must have some text" in msg
+
+
+def test_an_automation_name_fits_its_audit_actor() -> None:
+    # "automation:" + 53 characters is the audit log's 64.
+    fits = AutomationRule.model_validate({**RECEIVED, "name": "n" * 53, "actions": [{"resolve": True}]})
+    check_rule_names([], [fits])
+    long = fits.model_copy(update={"name": "n" * 54})
+    with pytest.raises(ValueError, match="longer than 53 characters"):
+        check_rule_names([], [long])
+    [(_, msg)] = refused(RoutingConfig, {"automation": [long.model_dump(mode="json")]})
+    assert f"automation rule name {'n' * 54!r} is longer than 53 characters" in msg
 
 
 @pytest.mark.parametrize(

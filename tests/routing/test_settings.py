@@ -79,6 +79,11 @@ def test_capacity_on_the_command_line() -> None:
         parse_capacity("fax=1")
     with pytest.raises(ValueError, match="whole number"):
         parse_capacity("sms=-1")
+    # As the API takes it: the agent's capacity is stored as JSON, which holds 64 bits.
+    assert parse_capacity("email=10000") == {"email": 10_000}
+    for text in ("email=10001", "email=100000000000000000000", f"email={'9' * 5000}"):
+        with pytest.raises(ValueError, match="from 0 to 10000"):
+            parse_capacity(text)
 
 
 def test_the_readme_routing_example_is_valid() -> None:

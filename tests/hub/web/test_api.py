@@ -268,11 +268,32 @@ async def test_admin_only_agent_creation(env: Env) -> None:
     assert "team 'Sales' does not exist" in refused["error"]["message"]
     await env.admin.post("/api/v1/agents", {**new, "capacity": {"fax": 1}}, 422)
     await env.admin.post("/api/v1/agents", {**new, "teams": ["S" * 201], "create_teams": True}, 422)
+    # Bounded as PATCH /agents/{id} bounds them: JSON's true is no capacity, and
+    # neither a number beyond 64 bits nor a lone surrogate would store.
+    for body, message in [
+        ({"capacity": {"webchat": True}}, "capacity.webchat: Input should be a valid integer"),
+        ({"capacity": {"webchat": 10**20}}, "capacity.webchat: Input should be less than or equal to 10000"),
+        ({"skills": [" "]}, "skills.0: String should have at least 1 character"),
+        ({"skills": ["\ud800"]}, "skills.0: Input should be a valid string"),
+        ({"languages": ["x" * 36]}, "languages.0: String should have at most 35 characters"),
+    ]:
+        answer = await env.admin.post("/api/v1/agents", {**new, **body}, 422)
+        assert message in answer["error"]["message"], (body, answer)
     assert len((await env.admin.get("/api/v1/agents"))["items"]) == 2
     created = await env.admin.post(
-        "/api/v1/agents", {**new, "teams": [" Sales "], "create_teams": True, "capacity": {"sms": 2}}, 201
+        "/api/v1/agents",
+        {
+            **new,
+            "teams": [" Sales "],
+            "create_teams": True,
+            "capacity": {"sms": 2},
+            "skills": [" billing ", "billing"],
+            "languages": ["FA "],
+        },
+        201,
     )
     assert created["email"] == "new@example.com"
+    assert created["skills"] == ["billing"] and created["languages"] == ["fa"]
     assert len(created["team_ids"]) == 1 and created["capacity"] == {"sms": 2}
     assert [t["name"] for t in (await env.admin.get("/api/v1/teams"))["items"]] == ["Sales"]
     await env.admin.post("/api/v1/agents", {"email": "new@example.com", "name": "x", "password": "longenough"}, 409)
