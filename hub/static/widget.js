@@ -26,14 +26,25 @@
       agent: "کارشناس", bot: "ربات", you: "شما", unread: "{n} پیام تازه", yours: "پیام شما",
       sending: "در حال ارسال\u2026", unsent: "ارسال نشد.", notsent: "ارسال نشد: {n}", retry: "ارسال دوباره" }
   }[lang];
-  function t(k, n) { return T[k].replace(/\{(\w)\}/, n == null ? "" : n); }
+  // A function, so a "$&" in a name or an address is not a replacement pattern.
+  function t(k, n) { return T[k].replace(/\{(\w)\}/, function () { return n == null ? "" : n; }); }
+  var dir = lang === "fa" ? "rtl" : "ltr";
+
+  // Site storage can be blocked (a browser setting, a sandboxed frame): every
+  // access then throws, and this page keeps what it must in memory instead.
+  var mem = {};
+  function store(k, v) {
+    if (v === undefined) { if (k in mem) return mem[k]; try { return localStorage.getItem(k); } catch (e) { return null; } }
+    delete mem[k];
+    try { if (v === null) localStorage.removeItem(k); else localStorage.setItem(k, v); } catch (e) { if (v !== null) mem[k] = v; }
+  }
 
   // Messages the hub has not stored yet, kept across reloads (and shared with
   // this visitor's other tabs) until it has: resent with the same client_id,
   // the hub stores each once.
   var PKEY = "crmHubPending:" + base.host;
-  function load() { try { return JSON.parse(localStorage.getItem(PKEY)) || []; } catch (e) { return []; } }
-  function keep() { if (pending.length) localStorage.setItem(PKEY, JSON.stringify(pending)); else localStorage.removeItem(PKEY); }
+  function load() { try { return JSON.parse(store(PKEY)) || []; } catch (e) { return []; } }
+  function keep() { store(PKEY, pending.length ? JSON.stringify(pending) : null); }
   var seen = {}, pending = load(), bubbles = Object.create(null), socket = null, backoff = 500, settings = null, session = null;
   var afterIdentify = null, typingTimer = 0, lastTyping = 0, unread = 0, offerBox = null, opened = false;
 
@@ -66,14 +77,15 @@
     try { var u = new URL(url, base); return u.protocol === "https:" || u.protocol === "http:" ? u.href : null; } catch (e) { return null; }
   }
 
-  var host = el("div", { id: "crm-hub-widget" });
+  // The launcher and the panel sit in the widget's own direction, not the page's.
+  var host = el("div", { id: "crm-hub-widget", dir: dir });
   var root = host.attachShadow({ mode: "open" });
   if (root.adoptedStyleSheets && window.CSSStyleSheet && CSSStyleSheet.prototype.replaceSync) {
     // A constructed sheet works on pages whose CSP forbids inline <style>.
     var sheet = new CSSStyleSheet(); sheet.replaceSync(css); root.adoptedStyleSheets = [sheet];
   } else root.appendChild(el("style", {}, css));
 
-  var btn = el("button", { "class": "btn", type: "button", "aria-label": T.open, "aria-expanded": "false", "aria-controls": "crmhub-panel" });
+  var btn = el("button", { "class": "btn", type: "button", "aria-label": T.open, "aria-expanded": "false", "aria-controls": "crmhub-panel", dir: dir });
   var svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("viewBox", "0 0 24 24"); svg.setAttribute("width", "26"); svg.setAttribute("height", "26"); svg.setAttribute("aria-hidden", "true");
   var path = document.createElementNS("http://www.w3.org/2000/svg", "path");
@@ -81,7 +93,7 @@
   svg.appendChild(path); btn.appendChild(svg);
   var badge = el("span", { "class": "badge", hidden: "" }); btn.appendChild(badge);
 
-  var panel = el("div", { id: "crmhub-panel", "class": "panel", role: "dialog", "aria-labelledby": "crmhub-title", dir: lang === "fa" ? "rtl" : "ltr", lang: lang });
+  var panel = el("div", { id: "crmhub-panel", "class": "panel", role: "dialog", "aria-labelledby": "crmhub-title", dir: dir, lang: lang });
   var head = el("div", { "class": "head" });
   var title = el("h2", { id: "crmhub-title", dir: "auto" }, "\u00a0");
   var closeBtn = el("button", { "class": "x", type: "button", "aria-label": T.close }, "\u00d7");
@@ -133,7 +145,7 @@
   function mark(id, text, retry) {
     var m = bubbles[id];
     if (!m) return;
-    var st = m.querySelector(".st") || m.appendChild(el("span", { "class": "st", dir: panel.dir }));
+    var st = m.querySelector(".st") || m.appendChild(el("span", { "class": "st", dir: dir }));
     st.textContent = text;
     if (retry) {
       var b = el("button", { type: "button" }, T.retry);
@@ -178,7 +190,7 @@
   function bubble(cls, text, label) {
     var m = el("div", { "class": "m " + cls, dir: "auto" });
     // Its own dir keeps the label out of the bubble's dir="auto" guess.
-    if (label) m.appendChild(el("span", { "class": "sr", dir: panel.dir }, label + ": "));
+    if (label) m.appendChild(el("span", { "class": "sr", dir: dir }, label + ": "));
     if (text) m.appendChild(document.createTextNode(text));
     // Unsent messages stay last: what the hub has stored happened before them.
     log.insertBefore(m, /pending/.test(cls) ? null : log.querySelector(".pending"));
@@ -317,14 +329,17 @@
 
   function connect() {
     if (socket && socket.readyState <= 1) return;
-    var token = localStorage.getItem(KEY);
+    var token = store(KEY);
     socket = new WebSocket(wsUrl + (token ? "?token=" + encodeURIComponent(token) : ""));
-    socket.onopen = function () { backoff = 500; status.textContent = ""; };
     socket.onmessage = function (e) {
       var frame;
       try { frame = JSON.parse(e.data); } catch (err) { return; }
       if (frame.type === "session") {
-        localStorage.setItem(KEY, frame.visitor_token);
+        // Reset only now: a hub that takes the upgrade and then fails (its
+        // database down) is not retried twice a second forever.
+        backoff = 500;
+        status.textContent = "";
+        store(KEY, frame.visitor_token);
         ready(frame);
         pending.forEach(function (f) { mark(f.client_id, T.sending); send(f); });
       } else if (frame.type === "message") {
@@ -337,7 +352,7 @@
       else if (frame.type === "error" && frame.code === "invalid_token") {
         // The hub no longer knows this token (its secret key changed): retrying
         // it would fail forever, so start over as a new visitor.
-        localStorage.removeItem(KEY);
+        store(KEY, null);
         session = null;
         backoff = 0;
       }
@@ -346,12 +361,12 @@
     };
     socket.onclose = function () {
       status.textContent = T.reconnect;
-      setTimeout(connect, backoff * (0.8 + Math.random() * 0.4));
+      setTimeout(connect, backoff * (0.5 + Math.random() * 0.5));
       backoff = Math.min(Math.max(backoff * 2, 500), 30000);
     };
   }
   pending.forEach(unsent);
   // A returning visitor reconnects at once, so agent replies show as unread on
   // the bubble, and what did not reach the hub before a reload is sent now.
-  if (localStorage.getItem(KEY) || pending.length) connect();
+  if (store(KEY) || pending.length) connect();
 })();

@@ -52,23 +52,29 @@ export class Api {
 }
 
 /**
- * The live feed. Reconnects by itself with backoff and jitter; ``onOpen(again)``
- * runs after every connect (``again`` after a reconnect: the caller reloads what
- * it may have missed), ``onEvent(frame)`` for every frame, ``onState(state)``
- * with "live" or "reconnecting", ``onUnauthorized()`` once the hub closes it
- * because the token is no longer valid (logged out elsewhere, expired): then it
- * stops, as reconnecting with that token would only be refused forever.
+ * The live feed. Reconnects by itself with backoff and jitter. The hub sends a
+ * ``hello`` frame once it has subscribed the socket to the feed: from then on
+ * nothing is missed, so ``onHello()`` runs on every one (the first connect
+ * included: the caller reads the list then, not before) and the caller reloads
+ * what it may have missed before it. ``onEvent(frame)`` runs for every other
+ * frame, ``onState(state)`` with "live" (after hello) or "reconnecting",
+ * ``onUnauthorized()`` once the hub closes it because the token is no longer
+ * valid (logged out elsewhere, expired): then it stops, as reconnecting with
+ * that token would only be refused forever. Any other close, the hub's own
+ * included (say, its pub/sub link to Redis was lost and events with it), is
+ * followed by a reconnect and a catch-up. The backoff starts again only after
+ * a hello: a hub that accepts the upgrade and then fails (its database or
+ * Redis down) is not retried twice a second forever.
  */
 export class EventsSocket {
-  constructor(token, { onOpen, onEvent, onState, onUnauthorized }) {
+  constructor(token, { onHello, onEvent, onState, onUnauthorized }) {
     this.token = token;
-    this.onOpen = onOpen;
+    this.onHello = onHello;
     this.onEvent = onEvent;
     this.onState = onState;
     this.onUnauthorized = onUnauthorized;
     this.backoff = 1000;
     this.connected = false;
-    this.everConnected = false;
     this.stopped = false;
     this.connect();
   }
@@ -79,22 +85,23 @@ export class EventsSocket {
     const ws = new WebSocket(`${scheme}://${location.host}/api/v1/events?token=${encodeURIComponent(this.token)}`);
     this.ws = ws;
     ws.onopen = () => {
-      this.backoff = 1000;
       this.connected = true;
-      const again = this.everConnected;
-      this.everConnected = true;
-      this.onState("live");
-      this.onOpen(again);
       clearInterval(this.pinger);
       // Proxies drop idle sockets; a ping also notices a dead one sooner.
       this.pinger = setInterval(() => this.send({ type: "ping" }), 25000);
     };
     ws.onmessage = (e) => {
+      if (ws !== this.ws) return;
       let frame;
       try { frame = JSON.parse(e.data); } catch { return; }
-      this.onEvent(frame);
+      if (frame.type === "hello") {
+        this.backoff = 1000;
+        this.onState("live");
+        this.onHello();
+      } else this.onEvent(frame);
     };
     ws.onclose = (e) => {
+      if (ws !== this.ws) return;
       clearInterval(this.pinger);
       this.connected = false;
       if (this.stopped) return;
@@ -104,7 +111,8 @@ export class EventsSocket {
         return;
       }
       this.onState("reconnecting");
-      const delay = this.backoff * (0.8 + Math.random() * 0.4);
+      // Jittered, so a hub's restart is not met by every inbox at the same moment.
+      const delay = this.backoff * (0.5 + Math.random() * 0.5);
       this.backoff = Math.min(this.backoff * 2, 30000);
       setTimeout(() => this.connect(), delay);
     };

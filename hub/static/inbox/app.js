@@ -9,6 +9,8 @@ import { channelBadge, eventView, messageView } from "./messages.js";
 const TOKEN_KEY = "crmhub.inbox.token";
 const PREFS_KEY = "crmhub.inbox.prefs";
 const DRAFT_KEY = "crmhub.inbox.draft";
+// Per agent on this browser: { singleKeys: false } turns the one-key shortcuts off.
+const AGENT_PREFS_KEY = "crmhub.inbox.agent";
 const STATUSES = ["open", "pending", "snoozed", "resolved"];
 const PRIORITIES = ["low", "normal", "high", "urgent"];
 const CHANNELS = ["webchat", "sms", "voice", "email", "telegram"];
@@ -154,26 +156,43 @@ async function enter(token) {
   $("#login").hidden = true;
   $("#app").hidden = false;
   fill($("#me"), state.me.name);
+  state.agentPrefs = Object.assign({ singleKeys: true }, readJson(`${AGENT_PREFS_KEY}.${state.me.id}`));
+  $("#single-keys").checked = state.agentPrefs.singleKeys;
   if (state.view === "all" && state.me.role !== "admin") state.view = "mine";
   bindOnce();
   await loadReference();
   renderStaticSelects();
-  await Promise.all([loadTickets(), loadCounts()]);
-  state.socket = new EventsSocket(token, {
-    onOpen: (again) => { if (again) catchUp(); },
+  // The socket first, the list once the hub has subscribed it (its hello,
+  // which runs catchUp): read before, the list would miss whatever happened
+  // in between, for good.
+  state.listed = false;
+  const socket = new EventsSocket(token, {
+    onHello: () => { clearTimeout(noHello); catchUp(); },
     onEvent: onEvent,
     onState: (s) => {
       const node = $("#connection");
       node.className = `connection ${s}`;
       fill(node, t(`connection.${s}`));
+      if (s !== "reconnecting") return;
       // A token refused at connect fails before the upgrade, which a browser
       // cannot tell from a network error: ask the API, whose 401 logs out.
-      if (s === "reconnecting") state.api.get("/me").catch(() => {});
+      state.api.get("/me").catch(() => {});
+      listWithoutFeed();
     },
     onUnauthorized: () => leave(),
   });
+  state.socket = socket;
+  // No live feed yet (the hub is slow, or the socket cannot connect): the
+  // agent sees the list meanwhile; the hello reads it again.
+  const noHello = setTimeout(() => { if (state.socket === socket) listWithoutFeed(); }, 3000);
   const wanted = Number((location.hash.match(/^#\/ticket\/(\d+)$/) || [])[1]);
   if (wanted) openTicket(wanted);
+}
+
+function listWithoutFeed() {
+  if (state.listed) return;
+  loadTickets();
+  loadCounts();
 }
 
 async function loadReference() {
@@ -254,6 +273,11 @@ function bindOnce() {
   $("#open-canned").addEventListener("click", openCannedDialog);
   $("#canned-form").addEventListener("submit", addCanned);
   document.addEventListener("keydown", onShortcut);
+  $("#open-help").addEventListener("click", () => $("#help-dialog").showModal());
+  $("#single-keys").addEventListener("change", (e) => {
+    state.agentPrefs.singleKeys = e.target.checked;
+    localStorage.setItem(`${AGENT_PREFS_KEY}.${state.me.id}`, JSON.stringify(state.agentPrefs));
+  });
   document.addEventListener("visibilitychange", () => { if (!document.hidden && state.current) markRead(); });
   window.addEventListener("hashchange", () => {
     const id = Number((location.hash.match(/^#\/ticket\/(\d+)$/) || [])[1]);
@@ -263,6 +287,30 @@ function bindOnce() {
 
 function numberOrNull(value) {
   return value === "" ? null : Number(value);
+}
+
+/** Live events re-render the lists: the button a keyboard user is on is
+ * replaced by its new self, and focus moves there instead of falling to
+ * <body>. ``key`` is the data attribute naming the item (data-ticket, ...). */
+function keepingFocus(container, key, render) {
+  const focused = document.activeElement;
+  const item = focused && container.contains(focused) ? focused.getAttribute(key) : null;
+  render();
+  if (item == null) return;
+  const again = [...container.querySelectorAll(`[${key}]`)].find((node) => node.getAttribute(key) === item);
+  if (again) again.focus({ preventScroll: true });
+}
+
+/** A select filled again on every event: while it has the focus only its
+ * value follows, its options are not replaced under a keyboard (or screen
+ * reader) user going through them. */
+function fillSelect(select, pairs, selected) {
+  const value = String(selected ?? "");
+  if (document.activeElement === select && pairs.some(([v]) => String(v) === value)) {
+    if (select.value !== value) select.value = value;
+    return;
+  }
+  fill(select, options(pairs, selected));
 }
 
 function renderStaticSelects() {
@@ -292,6 +340,7 @@ async function loadTickets(more = false) {
     if (mine !== listRequest) return; // a newer request superseded this one
     state.tickets = more ? [...state.tickets, ...page.items] : page.items;
     state.nextCursor = page.next_cursor;
+    state.listed = true;
     renderTickets();
   } catch (err) { showError(err); }
 }
@@ -321,7 +370,7 @@ function renderViews() {
         count ? h("span", { class: "count" }, formatNumber(count.total)) : null,
         count && count.unread ? h("span", { class: "badge unread", "aria-label": t("unread", { n: count.unread }) }, formatNumber(count.unread)) : null));
   });
-  fill($("#views"), items);
+  keepingFocus($("#views"), "data-view", () => fill($("#views"), items));
   const queues = (state.counts && state.counts.queues) || [];
   fill($("#queues"), queues.map((q) => h("li", { class: "queue" },
     h("span", { dir: "auto" }, q.name),
@@ -342,6 +391,10 @@ function contactLabel(ticket) {
 }
 
 function renderTickets() {
+  keepingFocus($("#tickets"), "data-ticket", fillTickets);
+}
+
+function fillTickets() {
   const list = $("#tickets");
   if (!state.tickets.length) {
     fill(list, h("li", { class: "empty muted" }, t("no_tickets")));
@@ -416,11 +469,13 @@ function upsertTicket(ticket, message) {
 // --- the live feed ------------------------------------------------------------------------------
 
 function catchUp() {
-  // Whatever happened while the socket was down: the list, the counts and the
-  // open conversation are read again.
+  // On every hello (the first included): whatever happened before the hub
+  // subscribed this socket, the list, the counts and the open conversation (or
+  // the one on its way) are read now.
   loadTickets();
   loadCounts();
-  if (state.current) openTicket(state.current.id, { keepFocus: true });
+  if (opening != null) openTicket(opening);
+  else if (state.current) openTicket(state.current.id, { keepFocus: true });
 }
 
 function onEvent(frame) {
@@ -460,7 +515,10 @@ function onEvent(frame) {
       scheduleCounts();
       break;
     case "contact.merged":
-      if (state.contact && [frame.data.source_id, frame.data.target_id].includes(state.contact.id)) loadCustomer();
+      // The source's tickets move to the target: the open one is read again,
+      // with the contact it belongs to now.
+      if (state.current && state.current.contact_id === frame.data.source_id) openTicket(state.current.id, { keepFocus: true });
+      else if (state.current && state.current.contact_id === frame.data.target_id) loadCustomer();
       scheduleReload();
       break;
     case "typing":
@@ -512,18 +570,31 @@ function notify(title, ticketId, body = "") {
 
 // --- the conversation ----------------------------------------------------------------------------
 
+let ticketRequest = 0;
+let opening = null; // the ticket asked for last, until its answer is in
+
 async function openTicket(id, { keepFocus = false } = {}) {
+  const mine = ++ticketRequest;
+  opening = id;
   try {
     const ticket = await state.api.get(`/tickets/${id}`);
+    // Answers come back in any order: only the last request opens its ticket
+    // (the agent clicked on, or a catch-up's read lost to the agent's click).
+    if (mine !== ticketRequest) return;
+    opening = null;
     const switching = !state.current || state.current.id !== id;
     if (switching && state.current) saveDraft();
     if (!switching) keepEarlier(ticket, state.current);
     state.current = ticket;
     state.messageIds = new Set();
+    // The previous customer's details must not stand in for this one's, not
+    // even until they load: the panel, the reply channels and {{contact.name}}.
+    if (state.contact && state.contact.id !== ticket.contact_id) state.contact = null;
     if (switching) {
       const draft = readDraft(id);
       $("#reply-text").value = draft.text || "";
       setMode(draft.mode === "note" ? "note" : "reply", false);
+      $("#send").disabled = sending.has(id);
       hideTyping();
     }
     if (location.hash !== `#/ticket/${id}`) history.replaceState(null, "", `#/ticket/${id}`);
@@ -531,10 +602,16 @@ async function openTicket(id, { keepFocus = false } = {}) {
     $("#conv").hidden = false;
     renderConversation();
     renderTickets();
+    if (!state.contact) renderCustomer();
     await loadCustomer();
+    if (mine !== ticketRequest) return;
     markRead();
     if (!keepFocus && switching) $("#messages").focus({ preventScroll: true });
-  } catch (err) { showError(err); }
+  } catch (err) {
+    if (mine !== ticketRequest) return;
+    opening = null;
+    showError(err);
+  }
 }
 
 function renderConversation() {
@@ -556,10 +633,10 @@ function renderHeader() {
     h("span", { class: `badge status-${ticket.status}` }, t(`status.${ticket.status}`)),
     ticket.snoozed_until ? h("span", { class: "muted small" }, ` → ${formatTime(ticket.snoozed_until)}`) : null);
   const agents = [...state.agents.values()].filter((a) => a.active);
-  fill($("#act-assignee"), options([["", t("nobody")], ...agents.map((a) => [a.id, a.name])], ticket.assignee_id));
-  fill($("#act-team"), options([["", t("no_team")], ...[...state.teams.values()].map((tm) => [tm.id, tm.name])], ticket.team_id));
-  fill($("#act-status"), options(STATUSES.map((s) => [s, t(`status.${s}`)]), ticket.status));
-  fill($("#act-priority"), options(PRIORITIES.map((p) => [p, t(`priority.${p}`)]), ticket.priority));
+  fillSelect($("#act-assignee"), [["", t("nobody")], ...agents.map((a) => [a.id, a.name])], ticket.assignee_id);
+  fillSelect($("#act-team"), [["", t("no_team")], ...[...state.teams.values()].map((tm) => [tm.id, tm.name])], ticket.team_id);
+  fillSelect($("#act-status"), STATUSES.map((s) => [s, t(`status.${s}`)]), ticket.status);
+  fillSelect($("#act-priority"), PRIORITIES.map((p) => [p, t(`priority.${p}`)]), ticket.priority);
   const labels = $("#act-labels");
   if (document.activeElement !== labels) labels.value = (ticket.labels || []).join(", ");
   renderReplyChannels();
@@ -834,19 +911,25 @@ function renderReplyChannels() {
   const current = channels.includes(select.value) && select.dataset.ticket === String(state.current.id)
     ? select.value
     : channels.includes(preferred) ? preferred : state.current.channel;
-  fill(select, options(channels.map((c) => [c, t(`channel.${c}`)]), current));
+  fillSelect(select, channels.map((c) => [c, t(`channel.${c}`)]), current);
   select.dataset.ticket = String(state.current.id);
 }
+
+// Tickets whose reply is on its way: a second Ctrl+Enter (or click) before the
+// hub answers must not send the same text again.
+const sending = new Set();
 
 async function sendReply() {
   if (!state.current) return;
   const id = state.current.id;
+  if (sending.has(id)) return;
   const text = $("#reply-text").value;
   const files = [...filesOf(id)];
   if (!text.trim() && !files.length) return;
   const body = { body: text, private: state.mode === "note", attachments: files };
   const channel = $("#reply-channel").value;
   if (state.mode === "reply" && channel && channel !== state.current.channel) body.channel = channel;
+  sending.add(id);
   $("#send").disabled = true;
   fill($("#reply-error"));
   try {
@@ -858,7 +941,9 @@ async function sendReply() {
       if (state.me) sessionStorage.removeItem(draftKey(id));
       return;
     }
-    $("#reply-text").value = "";
+    // Whatever the agent typed after sending stays in the box.
+    const box = $("#reply-text");
+    box.value = box.value.startsWith(text) ? box.value.slice(text.length).trimStart() : box.value;
     saveDraft();
     renderPendingFiles();
     stopTyping();
@@ -867,7 +952,8 @@ async function sendReply() {
     if (state.current && state.current.id === id) fill($("#reply-error"), err.message);
     else showError(err);
   } finally {
-    $("#send").disabled = false;
+    sending.delete(id);
+    if (state.current && state.current.id === id) $("#send").disabled = false;
   }
 }
 
@@ -1028,9 +1114,16 @@ async function deleteCanned(canned) {
 
 async function loadCustomer() {
   if (!state.current) return;
+  const id = state.current.contact_id;
+  let contact = null;
+  let failure = null;
   try {
-    state.contact = await state.api.get(`/contacts/${state.current.contact_id}`);
-  } catch (err) { state.contact = null; showError(err); }
+    contact = await state.api.get(`/contacts/${id}`);
+  } catch (err) { failure = err; }
+  // Another conversation (another customer's) may have opened meanwhile.
+  if (!state.current || state.current.contact_id !== id) return;
+  if (failure) showError(failure);
+  state.contact = contact;
   renderCustomer();
   renderReplyChannels();
 }
@@ -1080,10 +1173,12 @@ function renderCustomer() {
 async function searchMerge(event) {
   event.preventDefault();
   const q = $("#merge-q").value.trim();
-  if (!q) return;
+  const target = state.contact;
+  if (!q || !target) return;
   try {
     const found = await state.api.get(`/contacts?q=${encodeURIComponent(q)}&limit=10`);
-    fill($("#merge-results"), found.items.filter((c) => c.id !== state.contact.id).map((c) => h("li", {},
+    if (!state.contact || state.contact.id !== target.id) return;
+    fill($("#merge-results"), found.items.filter((c) => c.id !== target.id).map((c) => h("li", {},
       h("span", { dir: "auto" }, c.name || t("anonymous", { id: c.id })), " ",
       h("span", { class: "muted small", dir: "ltr" }, (c.identities || []).map((i) => i.address).join(", ")), " ",
       h("button", { type: "button", class: "link", onclick: () => confirmMerge(c.id) }, t("merge.do")))));
@@ -1091,19 +1186,25 @@ async function searchMerge(event) {
 }
 
 async function confirmMerge(sourceId) {
+  if (!state.contact) return;
   const target = state.contact.id;
   if (!window.confirm(t("merge.confirm", { source: sourceId, target }))) return;
   try {
-    state.contact = await state.api.post(`/contacts/${target}/merge`, { source_id: sourceId });
+    const merged = await state.api.post(`/contacts/${target}/merge`, { source_id: sourceId });
     announce(t("merged"));
+    if (!state.contact || state.contact.id !== target) return;
+    state.contact = merged;
     renderCustomer();
     renderReplyChannels();
   } catch (err) { showError(err); }
 }
 
 async function openTimeline() {
+  const contact = state.contact;
+  if (!contact) return;
   fill($("#timeline"));
-  fill($("#timeline-title"), t("timeline.title", { name: state.contact.name || t("anonymous", { id: state.contact.id }) }));
+  fill($("#timeline-title"), t("timeline.title", { name: contact.name || t("anonymous", { id: contact.id }) }));
+  state.timelineContact = contact.id;
   state.timelineCursor = null;
   await loadTimeline(false);
   $("#timeline-dialog").showModal();
@@ -1113,7 +1214,7 @@ async function loadTimeline(more) {
   const params = new URLSearchParams({ limit: "50" });
   if (more && state.timelineCursor) params.set("cursor", state.timelineCursor);
   try {
-    const page = await state.api.get(`/contacts/${state.contact.id}/timeline?${params}`);
+    const page = await state.api.get(`/contacts/${state.timelineContact}/timeline?${params}`);
     state.timelineCursor = page.next_cursor;
     const box = $("#timeline");
     for (const item of page.items) box.appendChild(item.type === "message" ? messageView(item.message, state.agents) : eventView(item.event));
@@ -1149,6 +1250,9 @@ function onShortcut(event) {
   const target = event.target;
   const typing = target instanceof HTMLElement && (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName));
   if (typing || document.querySelector("dialog[open]") || !state.me) return;
+  // Every shortcut here is a single key: an agent who turned them off (a
+  // speech input typing letters, a stray key) gets none (WCAG 2.1.4).
+  if (!state.agentPrefs.singleKeys) return;
   const key = event.key;
   const handlers = {
     j: () => moveSelection(1),
