@@ -165,7 +165,20 @@ class WorkersConfig(_Section):
     max_deliveries: int = Field(default=5, ge=1)
     # A pending stream entry idle this long belongs to a dead consumer and is reclaimed.
     claim_idle_seconds: float = Field(default=30.0, gt=0)
-    send_max_attempts: int = Field(default=8, ge=1)
+    # How long a reply whose sends keep failing for a reason that may pass
+    # (a provider or SMTP outage, a timeout) is retried, counted from when it
+    # was written; then it ends "failed" for an agent to see. Provider
+    # incidents and mail relay maintenance often last an hour or more, and an
+    # outage must not fail every reply of it for good: six hours covers them
+    # and still leaves the answer useful the same day.
+    send_retry_seconds: float = Field(default=6 * 3600.0, gt=0)
+    # A bound on tries whatever the time, and on claims whose sender never
+    # recorded an outcome (it died mid-send). Well above the tries the default
+    # backoff fits into send_retry_seconds (about 80: doubling from 1 s, then
+    # every 300 s), so that the time ends retries first. A provider's rate
+    # limit answer saying when to come back (Telegram's flood control, with
+    # retry_after) is not a try.
+    send_max_attempts: int = Field(default=120, ge=1)
     send_backoff_seconds: float = Field(default=1.0, gt=0)
     send_backoff_max_seconds: float = Field(default=300.0, gt=0)
     # A message stuck in "sending" this long (its sender died) is tried again. A
@@ -637,8 +650,9 @@ class TwilioSenderConfig(_Section):
     team: str | None = Field(default=None, max_length=200)
     bot: bool = False
     # What Twilio allows this sender (1 for a long code; more for 10DLC, toll-free,
-    # short codes); bulk senders throttle to it.
-    messages_per_second: float = Field(default=1.0, gt=0)
+    # short codes); bulk senders throttle to it. At least 0.01 (36 an hour), the
+    # slowest a campaign can be paced (hub.campaigns.schedule.MIN_RATE_PER_SECOND).
+    messages_per_second: float = Field(default=1.0, ge=0.01)
     # Names of environment variables with this sender's own account credentials
     # (a subaccount); unset: TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN.
     account_sid_env: str | None = None
@@ -1046,7 +1060,8 @@ class CampaignsConfig(_Section):
     price_per_segment: float = Field(default=0.0083, ge=0)
     price_by_region: dict[str, float] = Field(default_factory=dict)
     currency: str = Field(default="USD", min_length=3, max_length=3)
-    # Contacts need the attribute sms_consent: true (CSV column, API) to be sent to.
+    # Contacts never asked (no sms_consent attribute) are sent to only when this
+    # is false; a withdrawal (sms_consent set but not true) is never sent to.
     require_consent: bool = True
     # Append the opt-out line to every message (unless the text already has one of opt_out_texts).
     opt_out_line: bool = True
@@ -1147,6 +1162,18 @@ class HubConfig(_Section):
             self.bot.qualification.phone_region = self.phone.default_region
         if self.widget.phone_region is None:
             self.widget.phone_region = self.phone.default_region
+        return self
+
+    @model_validator(mode="after")
+    def _campaign_lease(self) -> HubConfig:
+        # A campaign message goes to Twilio only while half its send lease is
+        # left (hub.campaigns.runner): the other half must outlast the request.
+        lease, timeout = self.campaigns.send_lease_seconds, self.twilio.request_timeout_seconds
+        if lease <= 2 * timeout:
+            raise ValueError(
+                f"campaigns.send_lease_seconds ({lease:g}) must be more than twice twilio.request_timeout_seconds "
+                f"({timeout:g}): a send must end well within its lease"
+            )
         return self
 
 

@@ -14,6 +14,16 @@ In-process, memory is bounded by ``max_in_flight``: past it, committed rows are
 not published directly but left in the database (their lease released) for
 the poller, which publishes them in id order as the workers catch up, so the
 events of a ticket keep their order.
+
+On Redis (durable), events wait in memory only for a publish on its way:
+at most ``max_in_flight`` of them, past which committed rows go to the
+poller. A publish that fails (Redis is down) does not keep its events either:
+their rows are released to the poller of whichever relay gets to them first
+(each claims rows with a lease before publishing, so exactly one publishes
+each), and the rows committed from then on follow the same way until the
+poller has caught up. Held in memory instead, they would grow for as long as
+Redis is away, and be published twice: once by this relay, once by another
+whose poller claimed them when their leases lapsed.
 """
 
 from __future__ import annotations
@@ -89,7 +99,13 @@ class OutboxRelay:
 
     def committed(self, rows: list[tuple[int, str, dict[str, Any]]]) -> None:
         """Rows a transaction of this process just committed: publish them now."""
-        self._direct.extend(Event(key=key, payload=payload, outbox_id=oid) for oid, key, payload in rows)
+        if self.stream.durable and (self._spilling or len(self._direct) + len(rows) > self.max_in_flight):
+            # Redis is down or slow (see the module's docstring): the rows
+            # wait in the database, not in memory.
+            self._spilling = True
+            self._spill.extend(oid for oid, _, _ in rows)
+        else:
+            self._direct.extend(Event(key=key, payload=payload, outbox_id=oid) for oid, key, payload in rows)
         self._wake.set()
 
     def _abandoned(self, ids: Sequence[int]) -> None:
@@ -193,7 +209,14 @@ class OutboxRelay:
         try:
             await self._publish(events)
         except Exception:
-            self._direct[:0] = events  # keep their order for the retry
+            if self.stream.durable:
+                # Redis is away, for all we know for long: the rows go to the
+                # poller (see the module's docstring), and so do the ones
+                # committed until it has caught up, or they would overtake these.
+                self._spilling = True
+                self._spill[:0] = [e.outbox_id for e in events]
+            else:
+                self._direct[:0] = events  # keep their order for the retry
             raise
 
     async def _release(self) -> None:

@@ -7,13 +7,18 @@ so two workers never send the same message; calls the channel outside any
 transaction, renewing the lease while the call runs however long it takes;
 records the outcome, retrying that database write in place rather than ever
 letting a send that went through lapse back into the queue. Retryable
-failures go back to ``queued`` with exponential backoff and jitter; the rest
-end ``failed`` with the reason. A sweeper picks up due retries and rows whose
-sender died mid-send (lease expired). Within a ticket, messages go out in the
-order they were written; so a row that can never go out must end ``failed``
-rather than wait for ever, or it holds back every later reply of its ticket:
-one that cannot be made into an :class:`OutboundMessage` fails at once, and
-one claimed more than ``send_max_attempts`` times fails without another try.
+failures go back to ``queued`` with exponential backoff and jitter, for up to
+``send_retry_seconds`` after the message was written (long enough to outlast a
+provider's outage) and ``send_max_attempts`` tries; the rest end ``failed``
+with the reason. A provider's answer to come back later (a rate limit, with
+its ``retry_after``) is not a try, as it says nothing about the message. A
+sweeper picks up due retries and rows whose sender died mid-send (lease
+expired) or that no sender holds at all (a provider's receipt moved them to
+``sending``). Within a ticket, messages go out in the order they were
+written; so a row that can never go out must end ``failed`` rather than wait
+for ever, or it holds back every later reply of its ticket: one that cannot be
+made into an :class:`OutboundMessage` fails at once, and one claimed more than
+``send_max_attempts`` times fails without another try.
 
 A claim is known by the ``attempts`` number it set: every write a sender makes
 under its claim (renewal, record, requeue) names that number, so a sender that
@@ -25,7 +30,11 @@ token bucket in this process (:class:`TokenBucket`): a reply whose token is not
 there yet goes back to ``queued``, due when its token is, instead of running
 into the provider's flood control. It never waits in place: sends run inside
 the workers' event handling, where a sleep would hold up every other ticket's
-events behind it.
+events behind it. The sweep takes of each inbox no more than its bucket has
+tokens for, and goes round the inboxes (each one's oldest first, then each
+one's second...): a backlog of one slow inbox would otherwise fill every
+sweep, to be claimed and put back unsent, while other inboxes' due retries
+never got a turn.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -40,7 +50,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, and_, exists, select, update
+from sqlalchemy import ColumnElement, and_, case, exists, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -71,6 +81,8 @@ CHANNELS = frozenset(c.value for c in Channel)
 #: connection is usually back at once), doubling up to the cap.
 RECORD_RETRY_FIRST_SECONDS = 0.05
 RECORD_RETRY_MAX_SECONDS = 5.0
+#: Messages one sweep tries at most.
+SWEEP_BATCH = 500
 
 
 def waits_behind_earlier_reply() -> ColumnElement[bool]:
@@ -91,15 +103,26 @@ def waits_behind_earlier_reply() -> ColumnElement[bool]:
 
 def held_by(msg: Message) -> ColumnElement[bool]:
     """The row is still in the claim that loaded ``msg``. Every claim raises
-    ``attempts``, and only the sweeper (which keeps the number) and
-    :meth:`Sender._requeue` (which takes back its own claim's raise) put a
-    row back to ``queued``; so any later claim carries a higher number, and a
-    claim that lapsed never matches again."""
+    ``attempts``, and only the sweeper (which keeps the number),
+    :meth:`Sender._requeue` and :meth:`Sender._record` (which take back their
+    own claim's raise: no token, or the provider's rate limit) put a row back
+    to ``queued``; so any later claim carries a higher number, and a claim
+    that lapsed never matches again."""
     return and_(
         Message.id == msg.id,
         Message.status == DeliveryStatus.SENDING.value,
         Message.attempts == msg.attempts,
     )
+
+
+def _gave_up(attempts: int, failing_for: timedelta | None) -> str:
+    """Why retries stopped, for the message's status reason: out of tries, or
+    (``failing_for``) out of time."""
+    if failing_for is None:
+        return f"gave up after {attempts} attempts"
+    minutes = max(0, round(failing_for.total_seconds() / 60))
+    since = f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+    return f"gave up after {attempts} attempts, still failing {since} after it was written"
 
 
 def _problem(exc: Exception) -> str:
@@ -150,6 +173,11 @@ class TokenBucket:
         """Give back a reserved token that no send used."""
         self._refill()
         self._tokens = min(self.burst, self._tokens + 1)
+
+    def available(self) -> int:
+        """Whole tokens there now, none taken: sends that need not wait."""
+        self._refill()
+        return max(0, math.floor(self._tokens))
 
 
 class Sender:
@@ -443,20 +471,27 @@ class Sender:
         it, and a sent message must not be picked up again)."""
         now = utcnow()
         values: dict[str, Any] = {"lease_until": None, "status_reason": result.reason}
-        retry = (
-            result.status in (DeliveryStatus.FAILED, DeliveryStatus.UNDELIVERED)
-            and result.retryable
-            and msg.attempts < self.config.send_max_attempts
-        )
+        failed = result.status in (DeliveryStatus.FAILED, DeliveryStatus.UNDELIVERED)
+        # A provider that says when to come back (flood control, a 429) turned
+        # the message away for its rate, as a missing token would have (see
+        # _requeue): not a try of the message, so its claim's raise is taken
+        # back. Only the time bound below ends such retries.
+        waited = failed and result.retryable and result.retry_after is not None
+        tries = msg.attempts - 1 if waited else msg.attempts
+        retry_until = msg.created_at + timedelta(seconds=self.config.send_retry_seconds)
+        retry = failed and result.retryable and tries < self.config.send_max_attempts and now < retry_until
         if retry:
             delay = max(result.retry_after or 0.0, self.backoff(msg.attempts))
-            values.update(status=DeliveryStatus.QUEUED.value, next_attempt_at=now + timedelta(seconds=delay))
+            values.update(
+                status=DeliveryStatus.QUEUED.value, attempts=tries, next_attempt_at=now + timedelta(seconds=delay)
+            )
         else:
             values.update(status=result.status.value, next_attempt_at=None)
-            if result.status not in (DeliveryStatus.FAILED, DeliveryStatus.UNDELIVERED):
+            if not failed:
                 values["sent_at"] = now
             elif result.retryable:
-                values["status_reason"] = f"{result.reason} (gave up after {msg.attempts} attempts)"
+                gave_up = _gave_up(msg.attempts, None if now < retry_until else now - msg.created_at)
+                values["status_reason"] = f"{result.reason} ({gave_up})"
         if result.external_id:
             values["external_id"] = result.external_id
         if result.extras.get(SEND_PARTS):
@@ -525,30 +560,56 @@ class Sender:
             )
 
     async def sweep_once(self) -> int:
-        """Requeue sends whose worker died, then try everything that is due."""
+        """Requeue sends that no live sender holds, then try what is due, a
+        fair share of each inbox (see the module's docstring)."""
         now = utcnow()
+        # Typed as the column, so that it is stored as the column stores
+        # times (naive UTC text on SQLite), inside the CASE too.
+        at_now = literal(now, Message.next_attempt_at.type)
         async with self.db.write() as session:
             await session.execute(
                 update(Message)
-                .where(Message.status == DeliveryStatus.SENDING.value, Message.lease_until < now)
-                .values(status=DeliveryStatus.QUEUED.value, lease_until=None, next_attempt_at=now)
+                .where(
+                    Message.status == DeliveryStatus.SENDING.value,
+                    # No lease: a provider's receipt ("sending") moved it on
+                    # while it waited for a retry, and no claim will ever
+                    # take it from there. Tried again, it does not go out
+                    # twice: a retry asks the provider first (Twilio, the
+                    # only one reporting "sending", finds the message by the
+                    # SID the receipt stored; see channels/twilio_sms.py).
+                    Message.lease_until.is_(None) | (Message.lease_until < now),
+                )
+                .values(
+                    status=DeliveryStatus.QUEUED.value,
+                    lease_until=None,
+                    # Without a lease, it keeps the backoff of its failed try.
+                    next_attempt_at=case(
+                        (Message.lease_until.is_(None), func.coalesce(Message.next_attempt_at, at_now)), else_=at_now
+                    ),
+                )
                 .execution_options(synchronize_session=False)
             )
+        rank = func.row_number().over(partition_by=Message.inbox_id, order_by=Message.id).label("rank")
+        candidates = (
+            select(Message.id, Message.channel, Message.inbox_id, rank)
+            .where(
+                Message.status == DeliveryStatus.QUEUED.value,
+                Message.direction == "out",
+                Message.next_attempt_at <= now,
+                # Else replies waiting behind an earlier one of their
+                # ticket (which _claim refuses) fill the batch first,
+                # and a provider outage starves every other retry.
+                ~waits_behind_earlier_reply(),
+            )
+            .subquery()
+        )
         async with self.db.read() as session:
             due = (
                 await session.scalars(
-                    select(Message.id)
-                    .where(
-                        Message.status == DeliveryStatus.QUEUED.value,
-                        Message.direction == "out",
-                        Message.next_attempt_at <= now,
-                        # Else replies waiting behind an earlier one of their
-                        # ticket (which _claim refuses) fill the batch first,
-                        # and a provider outage starves every other retry.
-                        ~waits_behind_earlier_reply(),
-                    )
-                    .order_by(Message.id)
-                    .limit(500)
+                    select(candidates.c.id)
+                    .where(candidates.c.rank <= self._shares(candidates.c.channel, candidates.c.inbox_id))
+                    .order_by(candidates.c.rank, candidates.c.id)
+                    .limit(SWEEP_BATCH)
                 )
             ).all()
         sem = asyncio.Semaphore(self.config.concurrency)
@@ -559,6 +620,22 @@ class Sender:
 
         await asyncio.gather(*(one(mid) for mid in due))
         return len(due)
+
+    def _shares(self, channel: ColumnElement[str], inbox_id: ColumnElement[int]) -> ColumnElement[int]:
+        """How many due messages of an inbox one sweep takes: what its send
+        rate lets go now. More would only be claimed and put back unsent."""
+        shares: list[tuple[ColumnElement[bool], int]] = [
+            (and_(channel == key[0], inbox_id == key[1]), bucket.available()) for key, bucket in self._buckets.items()
+        ]
+        # Inboxes without a bucket yet: a new one is full.
+        shares.extend(
+            (channel == c.value, math.floor(max(1.0, adapter.rate_per_second)))
+            for c, adapter in self.channels.items()
+            if adapter.rate_per_second is not None
+        )
+        if not shares:
+            return literal(SWEEP_BATCH)
+        return case(*shares, else_=SWEEP_BATCH)
 
     async def run_sweeper(self) -> None:
         while True:

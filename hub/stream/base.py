@@ -35,8 +35,9 @@ def check_cancelled() -> None:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One event on the stream. ``key`` (the ticket id) groups events whose
-    order matters; ``outbox_id`` is the row it came from."""
+    """One event on the stream. ``key`` is the ticket id; ``outbox_id`` is the
+    row it came from. Whether a key's events are handled in order depends on
+    the stream (see ``Stream.consume``)."""
 
     key: str
     payload: dict[str, Any]
@@ -120,7 +121,13 @@ class Stream(abc.ABC):
     @abc.abstractmethod
     async def consume(self, group: str, consumer: str, handler: EventHandler) -> None:
         """Deliver events to ``handler`` until cancelled or closed. Several
-        consumers of one group share the events; each event goes to one."""
+        consumers of one group share the events; each event goes to one.
+
+        No order is promised between the events of one key: in-process they
+        are handled one after another in publish order (one task per key's
+        partition), but on Redis several consumers handle a ticket's events
+        at once, and a retried event comes after later ones. Handlers must
+        hold whatever order they need themselves."""
 
     @abc.abstractmethod
     async def ping(self) -> None:
@@ -134,7 +141,9 @@ class Stream(abc.ABC):
 class LiveBus(abc.ABC):
     """Fan-out of live events (agent inbox updates, web chat deliveries) to every
     web process. Fire and forget: a process that is not listening misses them,
-    which is fine because clients reload state from the database on reconnect."""
+    which is fine because clients reload state from the database on reconnect;
+    a listener that may have missed some has its feed ended (see ``listen``),
+    so that its client does reconnect."""
 
     @abc.abstractmethod
     async def start(self) -> None: ...
@@ -160,7 +169,13 @@ class LiveBus(abc.ABC):
         """Listen to ``channel``: entering returns once the subscription is in
         place (for Redis: confirmed, or given up on after a timeout), so that
         everything published afterwards is received; the messages come from the
-        iterator it yields, until the block ends."""
+        iterator it yields, until the block ends.
+
+        The iterator ends early when the bus closes, or when messages may have
+        been lost (Redis: the connection dropped, or the subscription was not
+        confirmed when the block began), as soon as listening again would
+        miss nothing. A websocket handler then closes its socket, so that the
+        client reconnects and reloads from the database."""
 
     async def subscribe(self, channel: str) -> AsyncIterator[dict[str, Any]]:
         """Messages published on ``channel`` once iteration has started."""

@@ -275,7 +275,13 @@ class InProcessLiveBus(LiveBus):
         try:
             yield _messages(queue)
         finally:
-            self._subscribers.get(channel, set()).discard(queue)
+            listeners = self._subscribers.get(channel)
+            if listeners is not None:
+                listeners.discard(queue)
+                if not listeners:
+                    # Every web chat visitor has a channel of their own: an
+                    # empty set left behind for each would grow without bound.
+                    del self._subscribers[channel]
 
 
 async def _messages(queue: asyncio.Queue[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:

@@ -16,10 +16,17 @@ Stream layout, for a stream named ``hub:events``:
 outbox rows, so Redis must persist them (``appendonly yes``) for the hub to
 survive a Redis restart without losing events.
 
-A failed event stays pending and is retried through ``XAUTOCLAIM`` once it has
-been idle for ``claim_idle_seconds``; by then later events of the same key may
-have been handled. Handlers are idempotent and must not assume that a retried
-event is the newest of its ticket.
+Events of one key (ticket) are NOT handled in order, nor one at a time, once
+several consumers share the group: ``XREADGROUP`` hands the next entries to
+whichever consumer asks first, without looking at their key, so two workers
+may handle a ticket's consecutive events at the same moment, the later one
+finishing first (a single consumer reads them in order). A failed event also
+stays pending and is retried through ``XAUTOCLAIM`` once it has been idle for
+``claim_idle_seconds``, by when later events of its key may have been
+handled. So handlers are idempotent and must not assume that an event is the
+newest of its ticket, nor that the ticket's earlier events are done: the bot
+step waits for its ticket's earlier unanswered messages, and routing applies
+a decision only while the ticket is still in the state it was decided for.
 
 An entry being handled (or waiting its turn in a batch) is kept from looking
 idle: every third of ``claim_idle_seconds`` its consumer claims it again for
@@ -37,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -82,7 +90,10 @@ def _describe(exc: BaseException) -> str:
 
 
 def _backoff(attempt: int, cap: float = _BACKOFF_MAX) -> float:
-    return float(min(cap, _BACKOFF_BASE * 2 ** min(attempt, 16)))
+    """Capped exponential backoff with jitter: every web and worker process
+    loses Redis at the same moment (a restart, a failover), and without it
+    they would all reconnect in the same instants, each time."""
+    return float(min(cap, _BACKOFF_BASE * 2 ** min(attempt, 16)) * random.uniform(0.5, 1.0))
 
 
 class RedisStream(Stream):
@@ -365,10 +376,11 @@ class RedisStream(Stream):
         async with client.pipeline(transaction=True) as pipe:
             pipe.xack(self.stream, group, *ids)
             pipe.xdel(self.stream, *ids)
-            # Only a redelivered entry can have an error recorded.
-            retried = [f"{group}:{event.entry_id}" for event in events if event.deliveries > 1]
-            if retried:
-                pipe.hdel(self.errors_key, *retried)
+            # For every entry, not only redelivered ones: a failure during an
+            # outage gives its delivery back (see _failed), so an entry whose
+            # error was recorded may well succeed with ``deliveries`` 1, and
+            # its field would stay in the hash for ever.
+            pipe.hdel(self.errors_key, *(f"{group}:{entry_id}" for entry_id in ids))
             await pipe.execute()
         metrics.STREAM_HANDLED.inc(len(ids))
 
@@ -478,7 +490,7 @@ def _connected(pubsub: PubSub) -> bool:
     return connection is not None and bool(connection.is_connected)
 
 
-LiveQueue = asyncio.Queue[dict[str, Any] | None]  # None: the bus closed
+LiveQueue = asyncio.Queue[dict[str, Any] | None]  # None: the feed ends (see _end)
 
 
 @dataclass(eq=False)
@@ -486,6 +498,20 @@ class _Channel:
     listeners: set[LiveQueue] = field(default_factory=set)
     # Set once Redis has confirmed the SUBSCRIBE on the current connection.
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # Listeners whose block has begun (``listen`` yielded).
+    open: set[LiveQueue] = field(default_factory=set)
+    # Open listeners that may have missed messages: they listened while a
+    # connection was lost, or began without a confirmed subscription. Their
+    # feeds end once the SUBSCRIBE is confirmed again (see _dispatch).
+    missed: set[LiveQueue] = field(default_factory=set)
+
+
+def _end(queue: LiveQueue) -> None:
+    """End a listener's feed. It goes ahead of whatever a full queue holds:
+    the listener reloads from the database anyway."""
+    if queue.full():
+        queue.get_nowait()
+    queue.put_nowait(None)
 
 
 class RedisLiveBus(LiveBus):
@@ -501,8 +527,15 @@ class RedisLiveBus(LiveBus):
     block begins: everything published after that is received.
 
     If the connection drops, the reader reconnects with capped exponential
-    backoff and subscribes again to every channel that has listeners; messages
-    published meanwhile are lost, as for any fire-and-forget live event.
+    backoff and jitter, and subscribes again to every channel that has
+    listeners. Messages published meanwhile are lost, so once a channel's
+    subscription is confirmed again, the feed of each of its listeners that
+    was listening ends (as does one whose block began before Redis confirmed
+    its subscription): its websocket handler closes the socket, and the client
+    reconnects and reloads what it missed from the database. Ending the feed
+    then, not when the connection drops, makes the client reconnect once,
+    when a new subscription will hold, instead of reloading into a
+    subscription that would miss messages again.
     """
 
     def __init__(
@@ -587,9 +620,7 @@ class RedisLiveBus(LiveBus):
         # End every listener's iteration instead of leaving it waiting forever.
         for state in self._channels.values():
             for queue in state.listeners:
-                if queue.full():
-                    queue.get_nowait()
-                queue.put_nowait(None)
+                _end(queue)
         self._channels.clear()
         self._unconfirmed.clear()
         if self._flusher is not None:
@@ -652,27 +683,32 @@ class RedisLiveBus(LiveBus):
         name = self._name(channel)
         queue: LiveQueue = asyncio.Queue(self._max_queue)
         try:
-            ready = await self._add_listener(name, queue)
+            state = await self._add_listener(name, queue)
             check_cancelled()  # the SUBSCRIBE write may have swallowed it
             try:
                 async with asyncio.timeout(self._subscribe_timeout):
-                    await ready.wait()
+                    await state.ready.wait()
             except TimeoutError:
                 # Redis is unreachable: listen anyway, the reader subscribes
                 # once it reconnects.
                 log.warning("live subscription not confirmed yet", extra={"channel": name})
+            state.open.add(queue)
+            if not state.ready.is_set():
+                # What is published until Redis confirms is lost: the feed
+                # ends then, so that the client reloads.
+                state.missed.add(queue)
             yield _until_closed(queue)
         finally:
             await self._remove_listener(name, queue)
 
-    async def _add_listener(self, name: str, queue: LiveQueue) -> asyncio.Event:
+    async def _add_listener(self, name: str, queue: LiveQueue) -> _Channel:
         async with self._lock:
             state = self._channels.get(name)
             if state is None:
                 state = self._channels[name] = _Channel()
                 await self._send("SUBSCRIBE", name)
             state.listeners.add(queue)
-            return state.ready
+            return state
 
     async def _remove_listener(self, name: str, queue: LiveQueue) -> None:
         async with self._lock:
@@ -680,6 +716,8 @@ class RedisLiveBus(LiveBus):
             if state is None:
                 return
             state.listeners.discard(queue)
+            state.open.discard(queue)
+            state.missed.discard(queue)
             if not state.listeners:
                 del self._channels[name]
                 await self._send("UNSUBSCRIBE", name)
@@ -732,6 +770,9 @@ class RedisLiveBus(LiveBus):
                         self._pubsub = None
                     for state in self._channels.values():
                         state.ready.clear()
+                        # Until the next connection is subscribed, what is
+                        # published does not reach them.
+                        state.missed |= state.open
                 await cast(Any, pubsub).aclose()  # untyped in redis-py
             # Backoff grows only while connecting keeps failing: ``failures``
             # is reset once a connection is up.
@@ -787,10 +828,16 @@ class RedisLiveBus(LiveBus):
             state = self._channels.get(name)
             if state is not None:
                 state.ready.set()
+                # Listening works again: those that missed messages meanwhile
+                # learn it now (see the class's docstring).
+                for queue in state.missed:
+                    _end(queue)
+                state.missed.clear()
 
 
 async def _until_closed(queue: LiveQueue) -> AsyncIterator[dict[str, Any]]:
-    """A listener's messages; ``None`` in the queue means the bus closed."""
+    """A listener's messages; ``None`` in the queue means the bus closed or
+    the listener missed messages (see RedisLiveBus)."""
     while True:
         message = await queue.get()
         if message is None:

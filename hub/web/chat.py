@@ -19,6 +19,7 @@ from hub.actions import do_record_delivery
 from hub.app import HUB, WEBSOCKETS, Hub
 from hub.core import DeliveryStatus, IdentityKind, is_unicode
 from hub.errors import Forbidden
+from hub.web.events import FEED_INTERRUPTED
 from hub.web.registry import ROUTES
 from hub.workers import AGENTS_CHANNEL
 from storage import queries
@@ -233,6 +234,10 @@ async def _forward(
             await ws.send_str(codec.dumps(frame))
         except ConnectionError:
             return
+    # The feed ended: the live bus closed, or it missed messages (its Redis
+    # connection dropped). Left open, the socket would stay silent; closed, the
+    # widget reconnects and the session resends the recent history.
+    await ws.close(code=FEED_INTERRUPTED, message=b"live events were interrupted; reconnect")
 
 
 @ROUTES.route(

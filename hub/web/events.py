@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from channels.base import InvalidPayload
 from channels.webchat import decode_frame
@@ -28,6 +28,10 @@ from storage.models import Agent
 # and raises InvalidPayload for a frame it cannot take.
 AgentFrameHandler = Callable[[Hub, Agent, dict[str, Any]], Awaitable["dict[str, Any] | None"]]
 AGENT_FRAMES: dict[str, AgentFrameHandler] = {}
+
+# "Service restart": the inbox reconnects on any close but 4401, and reloads
+# its tickets and the open conversation once connected again.
+FEED_INTERRUPTED = WSCloseCode.SERVICE_RESTART
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,9 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
     agent is seen (their presence stays online). The token is checked again
     every `routing.presence.heartbeat_seconds`: once it is logged out, expired
     or its agent deactivated, an `error` frame (code `unauthorized`) is sent
-    and the socket closes with code 4401."""
+    and the socket closes with code 4401. When live events may have been
+    lost (a web process lost its Redis connection), the socket closes with
+    code 1012: reconnect, then reload the tickets, as after any reconnect."""
     hub = request.app[HUB]
     agent = await current_agent(request)
     token = bearer_token(request)
@@ -65,6 +71,10 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
             if ws.closed:
                 return
             await ws.send_str(codec.dumps(event))
+        # The feed ended: the live bus closed, or this feed missed events (its
+        # Redis connection dropped). A socket left open would stay silent and
+        # the inbox would never know; closed, it reconnects and reloads.
+        await ws.close(code=FEED_INTERRUPTED, message=b"live events were interrupted; reconnect")
 
     async def error(message: str, code: str = "invalid_frame") -> None:
         await ws.send_str(codec.dumps({"type": "error", "code": code, "message": message}))

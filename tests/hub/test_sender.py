@@ -11,11 +11,11 @@ from typing import ClassVar
 import pytest
 from sqlalchemy import select, update
 
-from channels.base import ChannelAdapter
-from hub.actions import do_post_message
-from hub.config import WorkersConfig
+from channels.base import SEND_ATTEMPT, ChannelAdapter
+from hub.actions import do_ensure_inbox, do_post_message, do_record_delivery
+from hub.config import ConfigError, WorkersConfig, load_config
 from hub.core import Author, Channel, DeliveryStatus, InboundMessage, OutboundMessage, SendResult, utcnow
-from hub.sender import Sender, TokenBucket
+from hub.sender import SWEEP_BATCH, Sender, TokenBucket
 from storage.db import Database
 from storage.ingest import IngestResult, ingest_batch
 from storage.models import Message, OutboxRow, Ticket
@@ -405,3 +405,147 @@ async def test_a_channel_without_a_rate_is_not_paced(db: Database) -> None:
     for mid in mids:
         await sender.deliver(mid)
     assert [o.body for o in chan.sent] == [f"m{i}" for i in range(6)]
+
+
+async def test_one_inbox_paced_backlog_does_not_starve_the_other_inboxes(db: Database) -> None:
+    """More due replies on a one-per-second inbox than a sweep takes: each
+    sweep takes of that inbox only what its rate lets go (none claimed just
+    to be put back), and another inbox's due reply goes out at once."""
+    async with db.write() as s:
+        await do_ensure_inbox(s, key="webchat-b", channel=Channel.WEBCHAT, name="Other site")
+    clock = FakeClock()
+    chan = OnePerSecondChannel(clock)
+    sender = CountingSender(db, {Channel.WEBCHAT: chan}, FAST, clock=clock)
+    backlog = await replies(db, "webchat", SWEEP_BATCH + 10)
+    (other,) = await replies(db, "webchat-b", 1)
+    await due_now(db)
+    await sender.sweep_once()
+    assert (await message(db, other)).status == "sent"
+    for _ in range(3):
+        clock.now += 1.0
+        await due_now(db)
+        await sender.sweep_once()
+    # One a second on the slow inbox, in order; and no more claims than sends.
+    assert [o.message_id for o in chan.sent if o.inbox == "webchat"] == backlog[:4]
+    assert sender.claims == len(chan.sent) == 5
+
+
+class CountingSender(Sender):
+    """Counts the claims it makes (each a write, and one more to put it back unsent)."""
+
+    claims = 0
+
+    async def _claim(self, message_id: int) -> Message | None:
+        row = await super()._claim(message_id)
+        self.claims += row is not None
+        return row
+
+
+async def replies(db: Database, inbox: str, n: int) -> list[int]:
+    """One agent reply on each of ``n`` new tickets of ``inbox``."""
+    ids: list[int] = []
+    async with db.write() as s:
+        results = await ingest_batch(
+            s,
+            [
+                InboundMessage(channel=Channel.WEBCHAT, inbox=inbox, external_id=f"{inbox}:{i}", sender=f"{inbox}:{i}")
+                for i in range(n)
+            ],
+        )
+        for r in results:
+            assert isinstance(r, IngestResult)
+            ticket = await s.get(Ticket, r.ticket_id)
+            assert ticket is not None
+            ids.append((await do_post_message(s, ticket, body=f"reply {len(ids)}", author=Author.AGENT)).id)
+    return ids
+
+
+# --- retrying through an outage ----------------------------------------------------------------
+
+
+def test_by_default_tries_last_for_the_whole_retry_time() -> None:
+    """Retries end by time, not by running out of tries: even with every
+    jittered pause at its shortest, the tries outlast send_retry_seconds."""
+    config = WorkersConfig()
+    assert config.send_retry_seconds >= 3600
+    shortest = sum(
+        min(config.send_backoff_seconds * 2 ** (n - 1), config.send_backoff_max_seconds) * 0.8
+        for n in range(1, config.send_max_attempts)
+    )
+    assert shortest > config.send_retry_seconds
+
+
+def test_a_retry_time_that_is_not_positive_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"workers\.send_retry_seconds"):
+        load_config(path=None, env={"HUB_SECRET_KEY": "test"}, overrides={"workers.send_retry_seconds": 0})
+
+
+async def test_an_outage_is_retried_until_send_retry_seconds_after_the_reply_was_written(db: Database) -> None:
+    down = SendResult(status=DeliveryStatus.FAILED, reason="SMTP server unreachable", retryable=True)
+    config = WorkersConfig(
+        send_backoff_seconds=0.001, send_backoff_max_seconds=0.002, send_max_attempts=100, send_retry_seconds=3600
+    )
+    chan = ScriptedChannel([down] * 30)
+    sender = Sender(db, {Channel.WEBCHAT: chan}, config)
+    fresh = await reply(db, "fresh", sender="visitor-fresh")
+    for _ in range(20):  # well past the old 8 tries
+        await due_now(db)
+        await sender.sweep_once()
+    m = await message(db, fresh)
+    assert (m.status, m.attempts) == ("queued", 20)
+
+    stale = await reply(db, "stale", sender="visitor-stale")
+    async with db.write() as s:  # written before the retry time began
+        await s.execute(
+            update(Message).where(Message.id == stale).values(created_at=utcnow() - timedelta(seconds=3601))
+        )
+    await sender.deliver(stale)
+    m = await message(db, stale)
+    assert m.status == "failed"
+    assert (
+        m.status_reason
+        == "SMTP server unreachable (gave up after 1 attempts, still failing 1 h 00 min after it was written)"
+    )
+
+
+async def test_a_rate_limit_answer_is_not_an_attempt(db: Database) -> None:
+    flood = SendResult(
+        status=DeliveryStatus.FAILED, reason="flood control: retry in 0 s", retryable=True, retry_after=0.0
+    )
+    chan = ScriptedChannel([flood] * (FAST.send_max_attempts + 2))
+    sender = Sender(db, {Channel.WEBCHAT: chan}, FAST)
+    mid = await reply(db)
+    await sender.deliver(mid)
+    m = await message(db, mid)
+    assert (m.status, m.attempts) == ("queued", 0)
+    for _ in range(FAST.send_max_attempts + 2):
+        await due_now(db)
+        await sender.sweep_once()
+    m = await message(db, mid)
+    assert (m.status, m.attempts) == ("sent", 1)
+    assert len(chan.sent) == FAST.send_max_attempts + 3
+
+
+# --- receipts -------------------------------------------------------------------------------
+
+
+async def test_a_reply_a_receipt_moved_to_sending_between_tries_is_tried_again(db: Database) -> None:
+    """Its send timed out (retryable), then the provider's callback for that
+    try said "sending": no sender holds it, yet it is not sent. The sweep
+    takes it back, and the next try says it is a retry (the Twilio adapter
+    then asks Twilio first, and finds it by the SID the receipt stored)."""
+    timed_out = SendResult(status=DeliveryStatus.FAILED, reason="no answer within 15 s", retryable=True)
+    chan = ScriptedChannel([timed_out])
+    sender = Sender(db, {Channel.WEBCHAT: chan}, FAST)
+    first = await reply(db, "one")
+    await sender.deliver(first)
+    async with db.write() as s:
+        assert await do_record_delivery(s, first, DeliveryStatus.SENDING) is not None
+    m = await message(db, first)
+    assert (m.status, m.lease_until) == ("sending", None)
+    second = await _second_reply(db, first, "two")
+    await sender.deliver(second)  # waits behind the first
+    await due_now(db)
+    await sender.sweep_once()
+    assert [(await message(db, mid)).status for mid in (first, second)] == ["sent", "sent"]
+    assert [(o.body, o.extras[SEND_ATTEMPT]) for o in chan.sent] == [("one", 1), ("one", 2), ("two", 1)]

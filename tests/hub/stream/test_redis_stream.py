@@ -16,8 +16,8 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
 from hub.stream.base import Event, EventHandler
-from hub.stream.redis import RedisLiveBus, RedisStream
-from tests.hub.stream.helpers import WAIT, eventually
+from hub.stream.redis import RedisLiveBus, RedisStream, _backoff
+from tests.hub.stream.helpers import WAIT, db_down, eventually
 
 pytestmark = pytest.mark.redis
 
@@ -367,27 +367,98 @@ async def test_local_listeners_share_one_redis_subscription(live: LiveBuses) -> 
     await live.wait_subscribers("inbox", 0)
 
 
+async def until_it_ends(feed: AsyncIterator[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a feed still gives before it ends (which it must, and soon)."""
+
+    async def drain() -> list[dict[str, Any]]:
+        return [message async for message in feed]
+
+    return await asyncio.wait_for(drain(), WAIT)
+
+
 async def test_live_bus_reconnects_and_resubscribes(live: LiveBuses) -> None:
     name = f"hub-live-test-{secrets.token_hex(4)}"
     web, worker = await live.bus(client_name=name), await live.bus()
-    listener = Listener(web.subscribe("inbox"))
-    try:
-        await live.wait_subscribers("inbox", 1)
+    async with web.listen("inbox") as feed:
+        await worker.publish("inbox", {"n": 0})
+        assert await asyncio.wait_for(anext(feed), WAIT) == {"n": 0}
         [victim] = [c for c in await live.client.client_list() if c["name"] == name]
         await live.client.client_kill_filter(_id=victim["id"])
-
-        # Messages published while it reconnects are lost (fire and forget):
-        # keep publishing until one arrives.
-        n = 0
-        while not listener.next.done():
-            n += 1
+        for n in range(1, 20):  # lost while the bus reconnects (fire and forget)
             await worker.publish("inbox", {"n": n})
-            await asyncio.wait({listener.next}, timeout=0.05)
-            assert n < WAIT / 0.05, "the live bus did not reconnect"
-        assert (await listener.receive())["n"] >= 1
-        await live.wait_subscribers("inbox", 1)
-    finally:
-        await listener.aclose()
+
+        # Told instead of left waiting for what will never come: the feed
+        # ends (its websocket handler closes, the client reloads), and only
+        # once the bus is subscribed again, so a new listener misses nothing.
+        remaining = await until_it_ends(feed)
+        assert [m["n"] for m in remaining] == list(range(1, len(remaining) + 1))
+        assert await live.subscribers("inbox") == 1
+        async with web.listen("inbox") as again:
+            await worker.publish("inbox", {"n": 20})
+            assert await asyncio.wait_for(anext(again), WAIT) == {"n": 20}
+
+
+async def test_a_listener_that_missed_nothing_keeps_listening_through_a_reconnect_it_did_not_see(
+    live: LiveBuses,
+) -> None:
+    """Only listeners whose block had begun are ended: one still waiting in
+    ``listen`` for its subscription gets everything from its block on."""
+    name = f"hub-live-test-{secrets.token_hex(4)}"
+    web, worker = await live.bus(client_name=name), await live.bus()
+    async with web.listen("inbox") as first:
+        [victim] = [c for c in await live.client.client_list() if c["name"] == name]
+        await live.client.client_kill_filter(_id=victim["id"])
+        channel = web._channels[f"{live.prefix}:inbox"]
+        await eventually(lambda: not channel.ready.is_set())
+        # Entered while the bus reconnects: it waits for the new subscription.
+        async with web.listen("inbox") as second:
+            assert await until_it_ends(first) == []
+            await worker.publish("inbox", {"n": 1})
+            assert await asyncio.wait_for(anext(second), WAIT) == {"n": 1}
+
+
+async def test_an_error_recorded_during_an_outage_is_removed_once_the_event_is_handled(workers: Workers) -> None:
+    """A try that failed because the database was down gives its delivery
+    back, so the event may succeed on what counts as its first delivery; its
+    recorded error must go all the same."""
+    stream = await workers.stream(claim_idle_seconds=0.3, block_ms=50)
+    db_up = False
+
+    async def probe() -> None:
+        if not db_up:
+            raise ConnectionRefusedError("database down")
+
+    stream.probe = probe
+    stream.probe_memory = 0.0
+    handled: list[tuple[int, int]] = []
+
+    async def handler(batch: Sequence[Event]) -> None:
+        if not db_up:
+            raise db_down()
+        handled.extend((e.outbox_id, e.deliveries) for e in batch)
+
+    await stream.publish([event(n, key=f"ticket-{n}") for n in range(1, 6)])
+    workers.consume(stream, "worker-1", handler)
+    await eventually(lambda: _errors_recorded(workers, 5))
+    db_up = True
+    await eventually(lambda: len(handled) >= 5)
+    await eventually(workers.drained)
+    assert sorted(handled) == [(n, 1) for n in range(1, 6)]
+    assert await workers.client.hlen(f"{workers.name}:errors") == 0
+
+
+async def _errors_recorded(workers: Workers, n: int) -> bool:
+    return int(await workers.client.hlen(f"{workers.name}:errors")) >= n
+
+
+def test_reconnect_backoff_grows_to_its_cap_with_jitter() -> None:
+    """Every process loses Redis at once: the same delays would bring them
+    all back in the same instants."""
+    first = [_backoff(0) for _ in range(200)]
+    capped = [_backoff(30, cap=5.0) for _ in range(200)]
+    assert all(0.05 <= d <= 0.1 for d in first)
+    assert all(2.5 <= d <= 5.0 for d in capped)
+    assert len(set(capped)) > 100
 
 
 async def test_closing_the_live_bus_ends_its_listeners(live: LiveBuses) -> None:

@@ -482,3 +482,21 @@ async def test_listen_is_subscribed_when_its_block_begins(buses: BusHarness) -> 
         async with listening.listen(f"visitor:{n}") as feed:
             await publishing.publish(f"visitor:{n}", {"type": "message", "id": n})
             assert await asyncio.wait_for(anext(feed), WAIT) == {"type": "message", "id": n}
+
+
+async def test_the_in_process_bus_forgets_a_channel_once_its_last_listener_left() -> None:
+    """Every web chat visitor listens on a channel of their own: what the bus
+    keeps for a channel must go with its last listener."""
+    bus = InProcessLiveBus()
+    await bus.start()
+    try:
+        async with bus.listen("visitor:a") as feed, bus.listen("visitor:a"):
+            await bus.publish("visitor:a", {"n": 1})
+            assert await asyncio.wait_for(anext(feed), WAIT) == {"n": 1}
+        for n in range(100):
+            async with bus.listen(f"visitor:{n}"):
+                pass
+        assert bus._subscribers == {}
+        assert bus.listeners("visitor:a") == 0
+    finally:
+        await bus.close()
