@@ -29,8 +29,9 @@ from hub.campaigns.audience import (
     consent_attributes,
     listed_candidates,
     segment_candidates,
+    sms_consent,
 )
-from hub.campaigns.schedule import zones_for
+from hub.campaigns.schedule import MIN_RATE_PER_SECOND, zones_for
 from hub.campaigns.templates import TemplateInvalid, compile_template, language_code, message_for, variables
 from hub.config import CampaignsConfig
 from hub.core import IdentityKind, utcnow
@@ -125,10 +126,19 @@ async def do_create_campaign(
         raise ValidationFailed(f"template: {exc}") from exc
     probe = variables(name="Ada Lovelace", phone="+15550000000", attributes={}, tags=[], stage=None)
     _probe_render(template, probe)
-    # Refused here, not when sending: the runner's pacer cannot pace at 0 or
-    # less and would fail a campaign already running. `not >` refuses NaN too.
-    if spec.rate_per_second is not None and not spec.rate_per_second > 0:
-        raise ValidationFailed(f"rate_per_second must be more than 0 (got {spec.rate_per_second:g})")
+    # Refused here, not when sending: the runner's pacer cannot pace slower
+    # (see MIN_RATE_PER_SECOND), and the runner would only pause the campaign
+    # once it runs. `not >=` refuses NaN too.
+    if spec.rate_per_second is not None and not spec.rate_per_second >= MIN_RATE_PER_SECOND:
+        raise ValidationFailed(
+            f"rate_per_second must be at least {MIN_RATE_PER_SECOND:g} segments per second "
+            f"(got {spec.rate_per_second:g})"
+        )
+    if spec.rate_per_second is None and not sender.messages_per_second >= MIN_RATE_PER_SECOND:
+        raise ValidationFailed(
+            f"sender {sender.key} may send {sender.messages_per_second:g} segments per second "
+            f"(twilio.senders[].messages_per_second), below the slowest a campaign may go ({MIN_RATE_PER_SECOND:g})"
+        )
     if spec.rate_per_second is not None and spec.rate_per_second > sender.messages_per_second:
         raise ValidationFailed(
             f"rate_per_second {spec.rate_per_second:g} is above what sender {sender.key} may send "
@@ -295,7 +305,9 @@ class _PageRenderer:
 def _exclusion(config: CampaignsConfig, c: Candidate, opted: set[str]) -> str | None:
     if c.phone in opted:
         return "opted_out"
-    if config.require_consent and c.attributes.get("sms_consent") is not True:
+    consent = sms_consent(c.attributes)
+    # A withdrawal always counts; require_consent only decides about contacts never asked.
+    if consent is False or (config.require_consent and consent is not True):
         return "no_consent"
     try:
         valid = phonenumbers.is_valid_number(phonenumbers.parse(c.phone, None))
@@ -332,7 +344,9 @@ async def do_csv_audience(
         owners.update({a: cid for a, cid in found.all()})
 
     def attributes_of(r: CsvRow) -> dict[str, Any]:
-        attrs: dict[str, Any] = dict(r.attributes)
+        # Consent only ever from its column (parse_csv refuses columns of these
+        # names; a CsvAudience built otherwise must not slip one in either).
+        attrs: dict[str, Any] = {k: v for k, v in r.attributes.items() if k not in CONSENT_KEYS}
         if r.language:
             attrs["language"] = r.language
         if r.timezone:
@@ -378,9 +392,10 @@ async def do_csv_audience(
             cid = state[cid]["merged_into"]
         c = state[cid]
         attrs = attributes_of(r)
-        if r.consent is True and c["attributes"].get("sms_consent") is False:
+        if r.consent is True and sms_consent(c["attributes"]) is False:
             # A list says "yes" as of its import, whatever its age: only the
-            # customer (or an agent, through the API) takes a withdrawal back.
+            # customer (or an agent, through the API) takes a withdrawal back,
+            # or any answer other than "yes" (sms_consent() says why).
             for key in CONSENT_KEYS:
                 attrs.pop(key, None)
             withdrawals_kept.add(cid)

@@ -6,15 +6,16 @@ contacts in id-ordered pages, so a large audience never sits in memory whole.
 
 **SMS consent** is the contact attribute ``sms_consent`` (``true`` / ``false``,
 with ``sms_consent_at`` and ``sms_consent_source``), set by a CSV's ``consent``
-column or ``PUT /api/v1/contacts/{id}/sms_consent``; with
-``campaigns.require_consent`` only contacts with ``true`` are sent to.
+column or ``PUT /api/v1/contacts/{id}/sms_consent``, never by a CSV column of
+those names. A withdrawal is never sent to; with ``campaigns.require_consent``
+only contacts with ``true`` are (see :func:`sms_consent`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -177,6 +178,10 @@ async def listed_candidates(session: AsyncSession, listed: list[tuple[int, str]]
 PHONE_COLUMNS = ("phone", "phone_number", "number", "mobile", "msisdn", "to", "شماره", "موبایل", "تلفن")
 _TRUE = {"1", "true", "yes", "y", "on", "بله", "آری", "opt-in", "opted_in"}
 _FALSE = {"0", "false", "no", "n", "off", "خیر", "نه", "opt-out", "opted_out"}
+# A contact's SMS consent: the answer, when, and how, always written together
+# (consent_attributes), by the consent column or the API only.
+SMS_CONSENT = "sms_consent"
+CONSENT_KEYS = (SMS_CONSENT, "sms_consent_at", "sms_consent_source")
 RESERVED = {"name", "language", "consent", "tags", "timezone"}
 # As long as contacts' and identities' name columns take.
 MAX_NAME = 512
@@ -222,17 +227,24 @@ def parse_csv(text: str, default_region: str | None) -> CsvAudience:
     """A CSV of phone numbers (header row required; column ``phone``, or
     ``number`` / ``mobile`` ...; optional ``name``, ``language``, ``consent``,
     ``tags`` separated by ``;`` or ``|``, ``timezone``; any other column becomes
-    a contact attribute). Numbers must be in use in their country's plan
-    (``parse_phone(strict=True)``), read in ``default_region`` without a country
-    code; a language is stored as its code (``fa-IR``, ``Persian`` -> ``fa``),
-    a timezone must be an IANA zone. Bad rows (those too, and any cell with a
-    NUL character) are reported with their line number; duplicates are counted."""
+    a contact attribute, except ``sms_consent``, ``sms_consent_at`` and
+    ``sms_consent_source``, which refuse the file). Numbers must be in use in
+    their country's plan (``parse_phone(strict=True)``), read in
+    ``default_region`` without a country code; a language is stored as its code
+    (``fa-IR``, ``Persian`` -> ``fa``), a timezone must be an IANA zone. Bad
+    rows (those too, and any cell with a NUL character) are reported with the
+    line they start on; duplicates are counted."""
     text = text.lstrip("\ufeff")
+    # Only the delimiter is guessed. The sniffer also guesses the quote, and
+    # takes ' for one when apostrophes pair up ("O'Brien", "'90s"): the rows
+    # between them are then read as one cell, silently gone. Spreadsheets quote
+    # with " (doubled inside), and the cells are stripped anyway, so spaces
+    # after a delimiter may as well be skipped before a quote.
     try:
-        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+        delimiter = csv.Sniffer().sniff(text[:4096], delimiters=",;\t").delimiter
     except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(io.StringIO(text), dialect)
+        delimiter = ","
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter, quotechar='"', doublequote=True, skipinitialspace=True)
     try:
         header = [h.strip().casefold() for h in next(reader)]
     except StopIteration:
@@ -241,20 +253,32 @@ def parse_csv(text: str, default_region: str | None) -> CsvAudience:
         raise CsvInvalid(f"line 1: {exc}") from exc
     if any("\x00" in h for h in header):
         raise CsvInvalid("line 1: a column name has a NUL character (\\x00); is this a text file?")
+    # Else any other column becomes an attribute: one named sms_consent would
+    # overwrite a withdrawal with whatever it holds (and a later list's "yes"
+    # would then count as new consent). Refused whole, so nobody believes
+    # such a column was imported as consent.
+    taken = [h for h in CONSENT_KEYS if h in header]
+    if taken:
+        raise CsvInvalid(
+            f"line 1: column {', '.join(taken)} is not allowed: SMS consent is recorded only from the "
+            "'consent' column (yes/no), with the time and this file as its source; rename or remove it"
+        )
     phone_col = next((header.index(c) for c in PHONE_COLUMNS if c in header), None)
     if phone_col is None:
         raise CsvInvalid(f"no phone column: name one of {', '.join(PHONE_COLUMNS[:5])} in the header row")
     out = CsvAudience([], [], [])
     seen: set[str] = set()
     while True:
+        # Where the record starts: a quoted cell may span lines, and the reader
+        # counts the lines read so far (a blank line is a record of its own).
+        line = reader.line_num + 1
         try:
             cells = next(reader)
         except StopIteration:
             break
         except csv.Error as exc:
-            out.invalid.append((reader.line_num, f"not readable as CSV: {exc}"))
+            out.invalid.append((line, f"not readable as CSV: {exc}"))
             continue
-        line = reader.line_num
         if not any(c.strip() for c in cells):
             continue
         if len(cells) > len(header):
@@ -319,9 +343,17 @@ def parse_csv(text: str, default_region: str | None) -> CsvAudience:
     return out
 
 
-# A contact's SMS consent: the answer, when, and how, always written together.
-SMS_CONSENT = "sms_consent"
-CONSENT_KEYS = (SMS_CONSENT, "sms_consent_at", "sms_consent_source")
+def sms_consent(attributes: Mapping[str, Any] | None) -> bool | None:
+    """A contact's SMS consent: ``True`` only for the ``true`` that
+    :func:`consent_attributes` writes; ``None`` when there is no answer;
+    ``False`` for a withdrawal and for any other value (a string an old
+    import or a bot left there): not a "yes", so never taken for consent, and
+    not a blank either, so a list's "yes" never overwrites it. Only the
+    customer or an agent (the API) turns it into a "yes"."""
+    value = (attributes or {}).get(SMS_CONSENT)
+    if value is None:
+        return None
+    return value is True
 
 
 def consent_attributes(consent: bool, source: str, at: datetime) -> dict[str, Any]:

@@ -115,12 +115,7 @@ def _when(value: str | None, name: str) -> datetime | None:
 @click.option("--channel", "channels", multiple=True, help="segment: has an identity on (email, telegram, ...)")
 @click.option("--contacted-after", default=None, help="segment: last message after (ISO date/time with zone)")
 @click.option("--contacted-before", default=None, help="segment: last message before")
-@click.option(
-    "--rate",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="segments per second (default: the sender's)",
-)
+@click.option("--rate", type=float, default=None, help="segments per second (default: the sender's)")
 @click.option("--schedule", default=None, help="start at (ISO date/time with zone) once sent with 'send'")
 @click.option("--no-quiet-hours", is_flag=True, help="ignore campaigns.quiet_hours (not for marketing)")
 @click.pass_context
@@ -129,7 +124,16 @@ def create(ctx: click.Context, /, **opts: Any) -> None:
     until `crm-hub campaign send ID`."""
     from hub.campaigns import actions as ca
     from hub.campaigns.audience import CsvInvalid, SegmentFilter, parse_csv
+    from hub.campaigns.schedule import MIN_RATE_PER_SECOND
 
+    # Checked here (the minimum lives with the pacer, which this module does
+    # not import up front) before anything is read or written; `not >=`
+    # refuses NaN too.
+    if opts["rate"] is not None and not opts["rate"] >= MIN_RATE_PER_SECOND:
+        raise click.BadParameter(
+            f"{opts['rate']:g} is below {MIN_RATE_PER_SECOND:g} segments per second, the slowest a campaign may go",
+            param_hint="--rate",
+        )
     cfg = _config(ctx)
     if bool(opts["template_text"]) == bool(opts["template_file"]):
         raise click.UsageError("give --template or --template-file (one of them)")

@@ -7,12 +7,19 @@ Exactly once per recipient, whatever dies when:
    ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, then a lease (``claimed_by``,
    ``lease_until``) so other workers pass them by after the commit. A worker
    that dies now only delays them: the lease lapses and another takes them.
-2. wait for the sender's **pacer** (segments / rate, shared by all workers).
-3. mark the next few rows ``sending`` **in their own commit**, conditional on
-   the campaign still running and the claim still being ours (a pause or a
-   cancel takes effect here, at once).
-4. hand each to Twilio (``send_sms``: the opt-out ledger is asked first, so a
-   STOP that arrived a moment ago is honoured).
+2. book the next few rows' turns with the sender's **pacer** (segments /
+   rate, shared by all workers) and wait for the first, the rows still
+   ``pending`` and claimed (the claim is extended when the turn comes late).
+3. mark those rows ``sending`` **in their own commit**, conditional on the
+   campaign still running and the claim still being ours (a pause or a cancel
+   takes effect here, at once), with a send lease that runs from the last of
+   their turns: a row never waits for the rate while ``sending``, where
+   another worker would take it for a send that died once its lease is over.
+4. hand each to Twilio at its turn (``send_sms``: the opt-out ledger is asked
+   first, so a STOP that arrived a moment ago is honoured), and only while
+   its send lease still has half of it to run, else only once the database
+   confirms that the row is still this worker's and ``sending`` (then its
+   lease starts again).
 5. record the outcomes in batched commits: ``sent`` with the SID, ``failed``
    with Twilio's error code, ``skipped`` (opted out), back to ``pending`` with a
    backoff when Twilio refused for its rate (429) or could not be reached at
@@ -23,7 +30,7 @@ Exactly once per recipient, whatever dies when:
    campaign and says why (``status_reason``).
 
 A row marked ``sending`` that was never handed to Twilio (the worker was
-stopped while it waited for the pacer, or held off) goes back to ``pending``
+stopped while it waited for its turn, or held off) goes back to ``pending``
 (``skipped`` if the campaign was cancelled meanwhile).
 
 A row still ``sending`` after ``send_lease_seconds`` belonged to a worker that
@@ -49,7 +56,7 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, exists, func, or_, select, update
@@ -76,7 +83,8 @@ from hub.campaigns.actions import (
     release_claims,
     unfinished,
 )
-from hub.campaigns.schedule import Pacer, quiet_until
+from hub.campaigns.audience import sms_consent
+from hub.campaigns.schedule import MIN_RATE_PER_SECOND, Pacer, quiet_until
 from hub.config import CampaignsConfig
 from hub.core import DeliveryReceipt, DeliveryStatus, InboundMessage, utcnow
 from hub.stream.base import Event, LiveBus
@@ -124,6 +132,9 @@ class Work:
     attempts: int
     # The round of sends it went out in (see CampaignRunner._unreachable).
     wave: int = 0
+    # Until when this worker holds the row, as written in the database: its
+    # claim while ``pending``, its send lease once ``sending``.
+    lease_until: datetime | None = None
 
 
 class CampaignRunner:
@@ -252,6 +263,18 @@ class CampaignRunner:
                     self._next_reconcile[campaign_id] = time.monotonic() + self.config.poll_seconds
                     await self._reconcile(campaign, sender)
                 rate = min(campaign.rate_per_second or sender.messages_per_second, sender.messages_per_second)
+                if not rate >= MIN_RATE_PER_SECOND:  # NaN too
+                    # The pacer cannot pace it (it overflows), and retrying never
+                    # helps: said once, not failed on every tick for ever.
+                    reason = (
+                        f"its rate, {rate:g} segments per second, is below the slowest a campaign may go "
+                        f"({MIN_RATE_PER_SECOND:g}): raise twilio.senders[].messages_per_second of {sender.key} "
+                        "and start it again, or cancel it and create it again with a rate_per_second of at "
+                        f"least {MIN_RATE_PER_SECOND:g}"
+                    )
+                    log.error("campaign %s: pausing it: %s", campaign_id, reason)
+                    await self._pause(campaign_id, reason)
+                    return PAUSED
                 batch = await self._claim(campaign, rate)
                 if not batch and inflight:
                     await asyncio.gather(*inflight, return_exceptions=True)
@@ -321,6 +344,7 @@ class CampaignRunner:
         c = CampaignRecipient
         # Never hold more than a third of a lease's worth of sending at this rate.
         size = max(1, min(self.config.claim_batch, int(rate * self.config.claim_lease_seconds / 3)))
+        lease_until = now + timedelta(seconds=self.config.claim_lease_seconds)
         async with self.db.write() as session:
             stmt = (
                 select(c.id)
@@ -341,7 +365,7 @@ class CampaignRunner:
             await session.execute(
                 update(c)
                 .where(c.id.in_(ids))
-                .values(claimed_by=self.owner, lease_until=now + timedelta(seconds=self.config.claim_lease_seconds))
+                .values(claimed_by=self.owner, lease_until=lease_until)
                 .execution_options(synchronize_session=False)
             )
             rows = (
@@ -352,7 +376,17 @@ class CampaignRunner:
                 )
             ).all()
         work = [
-            Work(r.id, r.contact_id, r.phone, r.body, r.segments, list(r.timezones or []), r.attempts) for r in rows
+            Work(
+                r.id,
+                r.contact_id,
+                r.phone,
+                r.body,
+                r.segments,
+                list(r.timezones or []),
+                r.attempts,
+                lease_until=lease_until,
+            )
+            for r in rows
         ]
         return await self._screen(campaign, work)
 
@@ -372,7 +406,7 @@ class CampaignRunner:
                 keep.append(w)
         assert self.twilio is not None
         opted = await self.twilio.ledger.opted_out_numbers(campaign.sender, [w.phone for w in keep]) if keep else set()
-        withdrawn = await self._without_consent(keep) if keep and self.config.require_consent else set()
+        withdrawn = await self._without_consent(keep) if keep else set()
         c = table(CampaignRecipient)
         async with self.db.write() as session:
             if later:
@@ -398,13 +432,19 @@ class CampaignRunner:
         return [w for w in keep if w.phone not in opted and w.contact_id not in withdrawn]
 
     async def _without_consent(self, work: list[Work]) -> set[int]:
-        """The contacts of ``work`` that no longer consent to SMS (the
-        attribute was set to false, or removed, after the audience was chosen)."""
+        """The contacts of ``work`` that may no longer be sent to: consent
+        withdrawn after the audience was chosen, whatever
+        ``campaigns.require_consent`` says, and with it also those whose
+        consent was removed."""
         async with self.db.read() as session:
             rows = await session.execute(
                 select(Contact.id, Contact.attributes).where(Contact.id.in_({w.contact_id for w in work}))
             )
-            return {cid for cid, attributes in rows if (attributes or {}).get("sms_consent") is not True}
+            return {
+                cid
+                for cid, attributes in rows
+                if (consent := sms_consent(attributes)) is False or (self.config.require_consent and consent is None)
+            }
 
     async def _idle(self, campaign_id: int) -> tuple[str | None, float]:
         """Nothing to claim: is the campaign done (-> completed), or when is the
@@ -461,16 +501,28 @@ class CampaignRunner:
         # could leave uncertain at any rate (1 MPS: one at a time).
         chunk_size = max(1, min(self.config.concurrency, int(rate * 0.5)))
         for start in range(0, len(batch), chunk_size):
+            if self._held(campaign.id) or not await self._still_running(campaign.id):
+                return
             chunk = batch[start : start + chunk_size]
-            marked = await self._mark_sending(campaign.id, chunk)
+            # Their turns first (monotonic), then the wait for the first of them,
+            # as ``pending``: the rate's wait (other workers on this sender share
+            # it) may be longer than any send lease, and a ``sending`` row whose
+            # lease is over is taken for a send that died and sent again.
+            turns = {w.id: time.monotonic() + await pacer.book(w.segments) for w in chunk}
+            kept = await self._keep_claims(campaign.id, chunk, turns[chunk[0].id])
+            await asyncio.sleep(max(0.0, turns[chunk[0].id] - time.monotonic()))
+            # The lease runs from the chunk's last turn: waiting for its turn, a
+            # row of the chunk is still as good as in flight.
+            lease = max(0.0, turns[chunk[-1].id] - time.monotonic()) + self.config.send_lease_seconds
+            marked = await self._mark_sending(campaign.id, [w for w in chunk if w.id in kept], lease)
             # Marked but not yet handed to a send task: Twilio has not seen these.
             waiting = [w for w in chunk if w.id in marked]
             try:
-                while waiting and not self._held(campaign.id) and await self._still_running(campaign.id):
+                while waiting:
                     w = waiting[0]
-                    delay = await pacer.book(w.segments)
-                    if delay > 0:
-                        await asyncio.sleep(delay)
+                    await asyncio.sleep(max(0.0, turns[w.id] - time.monotonic()))
+                    if self._held(campaign.id) or not await self._still_running(campaign.id):
+                        break
                     await slots.acquire()
                     if self._held(campaign.id):  # a send failed to reach Twilio while this one waited
                         slots.release()
@@ -486,6 +538,39 @@ class CampaignRunner:
                     await self._unmark(campaign.id, waiting)
             if waiting or len(marked) != len(chunk):
                 return  # holding off, paused, cancelled, or the claim lapsed: the caller sees which
+
+    async def _keep_claims(self, campaign_id: int, rows: list[Work], turn: float) -> set[int]:
+        """The ids of ``rows`` still claimed by this worker when their first
+        turn (``turn``, monotonic) comes. A claim that would end less than a
+        third of a claim lease after it is extended to a whole one after it:
+        other workers on the sender (or long messages) can put the turn past
+        the claim, and another worker taking the rows meanwhile would book
+        turns of its own and lose them in turn, nobody ever sending them."""
+        lease = self.config.claim_lease_seconds
+        at = utcnow() + timedelta(seconds=max(0.0, turn - time.monotonic()))
+        ends = min((w.lease_until for w in rows if w.lease_until is not None), default=None)
+        if ends is not None and ends >= at + timedelta(seconds=lease / 3):
+            return {w.id for w in rows}
+        c = CampaignRecipient
+        until = at + timedelta(seconds=lease)
+        async with self.db.write() as session:
+            result = await session.execute(
+                update(c)
+                .where(
+                    c.id.in_([w.id for w in rows]),
+                    c.campaign_id == campaign_id,
+                    c.status == PENDING,
+                    c.claimed_by == self.owner,
+                )
+                .values(lease_until=until)
+                .returning(c.id)
+                .execution_options(synchronize_session=False)
+            )
+            kept = set(result.scalars().all())
+        for w in rows:
+            if w.id in kept:
+                w.lease_until = until
+        return kept
 
     def _held(self, campaign_id: int) -> bool:
         return self._hold.get(campaign_id, 0.0) > time.monotonic()
@@ -522,27 +607,71 @@ class CampaignRunner:
                 .execution_options(synchronize_session=False)
             )
 
-    async def _mark_sending(self, campaign_id: int, rows: list[Work]) -> set[int]:
+    async def _mark_sending(self, campaign_id: int, rows: list[Work], lease_seconds: float) -> set[int]:
+        """``rows`` -> ``sending`` with a send lease of ``lease_seconds``, those
+        still claimed by this worker while the campaign runs; their ids."""
+        if not rows:
+            return set()
         c = CampaignRecipient
-        now = utcnow()
+        until = utcnow() + timedelta(seconds=lease_seconds)
         running = exists().where(and_(Campaign.id == campaign_id, Campaign.status == RUNNING))
         async with self.db.write() as session:
             result = await session.execute(
                 update(c)
                 .where(c.id.in_([w.id for w in rows]), c.status == PENDING, c.claimed_by == self.owner, running)
-                .values(
-                    status=SENDING,
-                    attempts=c.attempts + 1,
-                    lease_until=now + timedelta(seconds=self.config.send_lease_seconds),
-                )
+                .values(status=SENDING, attempts=c.attempts + 1, lease_until=until)
                 .returning(c.id)
                 .execution_options(synchronize_session=False)
             )
-            return set(result.scalars().all())
+            marked = set(result.scalars().all())
+        for w in rows:
+            if w.id in marked:
+                w.lease_until = until
+        return marked
+
+    async def _still_ours(self, w: Work) -> bool:
+        """Whether ``w`` may go to Twilio now: still ``sending`` for this
+        worker, with at least half a send lease to run (a send takes at most
+        Twilio's request timeout, well under the lease; the default lease is
+        four times it). Nobody touches a ``sending`` row before its lease is
+        over (:func:`mark_abandoned` waits for that), so such a lease is
+        answer enough, without a commit per message. A lease running out (the
+        sends in flight held every slot) is renewed in one conditional update:
+        the row is still ``sending`` and ours unless another worker marked it
+        abandoned (which takes the claim away) and so it is another's to settle:
+        looked up in Twilio, and sent once if Twilio never had it. Sending it
+        here too would be the second message."""
+        lease = self.config.send_lease_seconds
+        now = utcnow()
+        if w.lease_until is not None and w.lease_until - now >= timedelta(seconds=lease / 2):
+            return True
+        c = CampaignRecipient
+        until = now + timedelta(seconds=lease)
+        async with self.db.write() as session:
+            result = await session.execute(
+                update(c)
+                .where(c.id == w.id, c.status == SENDING, c.claimed_by == self.owner)
+                .values(lease_until=until)
+                .returning(c.id)
+                .execution_options(synchronize_session=False)
+            )
+            ours = result.scalar_one_or_none() is not None
+        if ours:
+            w.lease_until = until
+        return ours
 
     async def _send_one(self, campaign: Campaign, sender: SmsSender, w: Work, slots: asyncio.Semaphore) -> None:
         assert self.twilio is not None
         try:
+            if not await self._still_ours(w):
+                # Its lease ran out while it waited and another worker took it
+                # for abandoned: no outcome of ours may overwrite what that one records.
+                log.warning(
+                    "campaign %s: recipient %s was taken over by another worker before it was sent; not sending it",
+                    campaign.id,
+                    w.id,
+                )
+                return
             callback = self.twilio.sms.status_callback()
             if callback:
                 callback = f"{callback}?{CALLBACK_PARAM}={w.id}"

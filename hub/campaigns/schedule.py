@@ -95,6 +95,15 @@ def quiet_until(now: datetime, zones: Sequence[str], start: str, end: str) -> da
 
 # --- pacing --------------------------------------------------------------------------
 
+# The slowest a campaign may go, in segments per second: one every 100 seconds,
+# 36 an hour. Even so the longest message (1,600 characters of UCS-2, 24
+# segments) waits 40 minutes for its turn; slower, a send would wait for hours,
+# which is a schedule, not a rate, and absurd rates (1e-300) overflow the
+# pacer's arithmetic. Checked where a rate comes in (the API, the CLI,
+# do_create_campaign) and again by the runner, which pauses a campaign that
+# has one (a sender's messages_per_second, a campaign created before the check).
+MIN_RATE_PER_SECOND = 0.01
+
 
 class Pacer:
     """A token bucket for one sender, shared through the database: the row
@@ -113,8 +122,8 @@ class Pacer:
         slice_seconds: float = 0.25,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        if rate <= 0:
-            raise ValueError("rate must be positive")
+        if not rate >= MIN_RATE_PER_SECOND:  # NaN too
+            raise ValueError(f"rate must be at least {MIN_RATE_PER_SECOND:g} segments per second (got {rate:g})")
         self.db = db
         self.sender = sender
         self.rate = rate

@@ -510,9 +510,10 @@ def _plain(value: Any) -> Any:
 
 
 def render(template: Any, values: Mapping[str, Any]) -> str:
-    """The template for one recipient. A missing variable, a forbidden access or
-    a runaway expression is :class:`TemplateInvalid`: "not allowed in a
-    template: ..." for what no recipient may do (escapes, resource limits)."""
+    """The template for one recipient. A missing variable, a forbidden access, a
+    runaway expression or any other error is :class:`TemplateInvalid`: "not
+    allowed in a template: ..." for what no recipient may do (escapes,
+    resource limits)."""
     token = _WORK.set([MAX_WORK])
     try:
         out = str(template.render(values))
@@ -528,8 +529,13 @@ def render(template: Any, values: Mapping[str, Any]) -> str:
         raise TemplateInvalid("not allowed in a template: it needs too much memory") from exc
     except RecursionError as exc:
         raise TemplateInvalid("not allowed in a template: it calls itself too deeply") from exc
-    except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
-        raise TemplateInvalid(f"the template failed: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        # Whatever else a filter or an operation raises on this recipient's
+        # values (xmlattr or dictsort on a string: AttributeError, truncate(-5):
+        # AssertionError, a TypeError...) fails the template for this recipient
+        # only, as a missing variable does; never the request or the command.
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise TemplateInvalid(f"the template failed: {detail}") from exc
     finally:
         _WORK.reset(token)
     return out.strip()

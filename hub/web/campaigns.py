@@ -17,6 +17,7 @@ from hub.actions import actor_of
 from hub.app import HUB, Hub
 from hub.campaigns import actions as ca
 from hub.campaigns.audience import CsvInvalid, SegmentFilter, parse_csv
+from hub.campaigns.schedule import MIN_RATE_PER_SECOND
 from hub.core import UTCDateTime
 from hub.errors import BadRequest, PayloadTooLarge, ValidationFailed
 from hub.web.api import API, int_param, page_limit, require_admin
@@ -65,7 +66,11 @@ class CampaignIn(_In):
     )
     audience: AudienceIn
     quiet_hours: QuietHoursIn | None = Field(default=None, description="default: campaigns.quiet_hours; null: none")
-    rate_per_second: float | None = Field(default=None, gt=0, description="segments/s; at most the sender's")
+    rate_per_second: float | None = Field(
+        default=None,
+        ge=MIN_RATE_PER_SECOND,
+        description=f"segments/s: at least {MIN_RATE_PER_SECOND:g}, at most the sender's",
+    )
     scheduled_at: UTCDateTime | None = None
 
 
@@ -258,7 +263,8 @@ async def _read_csv(request: web.Request, limit: int) -> str:
     "POST",
     f"{API}/campaigns/{{id}}/audience",
     summary="Upload the audience of a draft as CSV (text/csv: phone, name, language, consent, tags, timezone, "
-    "other columns as attributes); creates or updates contacts; invalid rows come back with their line numbers",
+    "other columns as attributes, but no sms_consent* column); creates or updates contacts; invalid rows come "
+    "back with their line numbers",
     tag="campaigns",
     admin=True,
     response=AudienceOut,

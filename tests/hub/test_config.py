@@ -48,6 +48,9 @@ def test_shipped_config_is_valid_and_equals_the_defaults() -> None:
         ("webchat:\n  allowed_origins: [example.com]\n", "webchat.allowed_origins.0: Value error, 'example.com'"),
         ("webchat:\n  allowed_origins: ['https://shop.example.com/chat']\n", "webchat.allowed_origins.0"),
         ("routing:\n  default_capacity: {webchat: -3}\n", "routing.default_capacity.webchat"),
+        # A campaign message goes out only while half its send lease is left.
+        ("campaigns:\n  send_lease_seconds: 30\n", "campaigns.send_lease_seconds (30) must be more than twice"),
+        ("twilio:\n  senders: [{key: a, number: '+14155550100', messages_per_second: 0.001}]\n", "messages_per_second"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, text: str, needle: str) -> None:

@@ -37,11 +37,13 @@ async def test_sigkill_mid_campaign_and_resume_sends_nobody_twice(tmp_path: Path
                 {
                     "twilio": {
                         "api_base_url": fake.base_url,
+                        # Under half the send lease: a send must end well within it.
+                        "request_timeout_seconds": 1.5,
                         "senders": [{"inbox": "promo", "number": PROMO, "messages_per_second": 150}],
                     },
                     "campaigns": {
                         "quiet_hours": None,
-                        "send_lease_seconds": 2,
+                        "send_lease_seconds": 4,
                         "claim_lease_seconds": 3,
                         "poll_seconds": 0.2,
                     },

@@ -165,3 +165,38 @@ async def test_an_old_list_does_not_take_back_a_withdrawal(tmp_path: Path, db: D
     assert (consent[withdrew], consent[undecided], consent[agreed]) == (False, True, False)
     assert statuses[phones[0]] == statuses[phones[2]] == "no_consent"
     assert statuses[phones[1]] is None and statuses[phones[3]] is None
+
+
+def test_apostrophes_never_merge_rows() -> None:
+    """The sniffer took ' for the quote when apostrophes paired up: the rows
+    between two of them became one cell of a name, the numbers in it gone."""
+    parsed = parse_csv(
+        "phone,name,note\n"
+        "+14155550100,'Ann,'90s fan\n"
+        "+14155550101,Bo',x\n"
+        '+14155550102,O\'Brien,"likes ""sales"", and \'deals\'"\n',
+        "US",
+    )
+    assert parsed.invalid == []
+    assert [(r.line, r.phone, r.name, r.attributes) for r in parsed.rows] == [
+        (2, "+14155550100", "'Ann", {"note": "'90s fan"}),
+        (3, "+14155550101", "Bo'", {"note": "x"}),
+        (4, "+14155550102", "O'Brien", {"note": "likes \"sales\", and 'deals'"}),
+    ]
+
+
+def test_a_row_is_reported_at_the_line_it_starts_on() -> None:
+    parsed = parse_csv(
+        "phone;name;city\n"
+        '+14155550100;"Ann\nSmith";SF\n'  # lines 2-3
+        "\n"
+        '"not a number\n(call first)";Bo;LA\n'  # lines 5-6
+        '+14155550101; "Cy; Jr";NY\n',  # line 7: a quoted cell after a space
+        "US",
+    )
+    assert [line for line, _ in parsed.invalid] == [5]
+    assert "is not a phone number" in parsed.invalid[0][1]
+    assert [(r.line, r.name, r.attributes) for r in parsed.rows] == [
+        (2, "Ann\nSmith", {"city": "SF"}),
+        (7, "Cy; Jr", {"city": "NY"}),
+    ]

@@ -31,7 +31,7 @@ from hub.config import HubConfig, load_config
 from hub.core import Channel, DeliveryReceipt, DeliveryStatus
 from hub.telephony import TwilioService
 from storage.db import Database
-from storage.models import CampaignRecipient
+from storage.models import Campaign, CampaignRecipient
 from tests.fakes.twilio import FakeTwilio
 from tests.hub.campaigns.helpers import seed_contacts, us_numbers
 from tests.hub.twilio_helpers import ACCOUNT, TOKEN, eventually, free_port
@@ -397,3 +397,19 @@ async def test_a_refusal_after_a_429_is_reported_with_its_own_code(tmp_path: Pat
         (row,) = await w.rows()
         assert (row.status, row.error_code) == ("failed", "21211")
         assert (await w.report())["failed_by_error_code"] == {"21211": 1}
+
+
+async def test_a_rate_too_slow_to_pace_pauses_the_campaign_with_the_reason(tmp_path: Path, db: Database) -> None:
+    """Created before such rates were refused: the pacer overflowed on every
+    tick and the campaign stayed "running" for ever, nothing said."""
+    async with (
+        FakeTwilio({ACCOUNT: TOKEN}, callback_statuses=()) as fake,
+        world(tmp_path, db, fake.base_url, rate=50, audience=2) as w,
+    ):
+        async with db.write() as s:
+            await s.execute(update(Campaign).where(Campaign.id == w.campaign_id).values(rate_per_second=1e-300))
+        assert await asyncio.wait_for(w.runner().run_campaign(w.campaign_id), 30) == "paused"
+        view = await w.view()
+        assert view["status_reason"].startswith("its rate, 1e-300 segments per second, is below the slowest"), view
+        assert await w.counts() == {"pending": 2}
+        assert fake.messages == []

@@ -8,6 +8,8 @@ import itertools
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from hub.campaigns.schedule import Pacer, quiet_until, zones_for
 from storage.db import Database
 from storage.migrate import upgrade_async
@@ -83,5 +85,16 @@ async def test_pacer_books_slots_at_the_rate_across_two_workers(tmp_path: Path) 
         # sender's time (the last starts 1.18 s in), give or take the slices
         # each worker holds and leaves partly unused when it switches.
         assert slots[-1] - slots[0] < 1.18 + 8 * 0.25
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.parametrize("rate", [0.0, -1.0, float("nan"), 1e-300, 0.009])
+async def test_the_pacer_refuses_a_rate_too_slow_to_pace(tmp_path: Path, rate: float) -> None:
+    """1e-300 used to overflow on every booking: a campaign "running" for ever."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}")
+    try:
+        with pytest.raises(ValueError, match=r"rate must be at least 0\.01 segments per second"):
+            Pacer(db, "+15550001111", rate)
     finally:
         await db.dispose()

@@ -3,6 +3,7 @@ segments (GSM-7 / UCS-2, Persian, English, emoji, extension characters)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -271,3 +272,19 @@ def test_too_long_for_one_twilio_message() -> None:
         message_for(
             compile_template("{{ 'a' * 1700 }}"), VALUES, language="en", template_language=None, opt_out_texts=None
         )
+
+
+@pytest.mark.parametrize(
+    ("source", "error"),
+    [
+        # Filters that raise what the sandbox did not expect: a 500 on the API
+        # and a traceback in the CLI, instead of this recipient's failure.
+        ("Hi {{ name|xmlattr }}", "AttributeError: 'str' object has no attribute 'items'"),
+        ("Hi {{ name|dictsort }}", "AttributeError: 'str' object has no attribute 'items'"),
+        ("Hi {{ contact.points|dictsort }}", "AttributeError: 'int' object has no attribute 'items'"),
+        ("Hi {{ name|truncate(-5) }}", "AssertionError: expected length >= 3, got -5"),
+    ],
+)
+def test_any_error_of_a_filter_fails_the_template_for_that_recipient(source: str, error: str) -> None:
+    with pytest.raises(TemplateInvalid, match=f"^the template failed: {re.escape(error)}$"):
+        _render(source)
