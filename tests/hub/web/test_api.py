@@ -270,13 +270,14 @@ async def test_admin_only_agent_creation(env: Env) -> None:
     await env.admin.post("/api/v1/agents", {**new, "teams": ["S" * 201], "create_teams": True}, 422)
     # Bounded as PATCH /agents/{id} bounds them: JSON's true is no capacity, and
     # neither a number beyond 64 bits nor a lone surrogate would store.
-    for body, message in [
+    refusals: list[tuple[dict[str, Any], str]] = [
         ({"capacity": {"webchat": True}}, "capacity.webchat: Input should be a valid integer"),
         ({"capacity": {"webchat": 10**20}}, "capacity.webchat: Input should be less than or equal to 10000"),
         ({"skills": [" "]}, "skills.0: String should have at least 1 character"),
         ({"skills": ["\ud800"]}, "skills.0: Input should be a valid string"),
         ({"languages": ["x" * 36]}, "languages.0: String should have at most 35 characters"),
-    ]:
+    ]
+    for body, message in refusals:
         answer = await env.admin.post("/api/v1/agents", {**new, **body}, 422)
         assert message in answer["error"]["message"], (body, answer)
     assert len((await env.admin.get("/api/v1/agents"))["items"]) == 2
