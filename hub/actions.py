@@ -59,6 +59,7 @@ from storage.models import (
     TicketEventRow,
     TicketLabel,
 )
+from storage.queries import clean_label, label_key
 from storage.views import message_view, ticket_view
 
 # Channels whose replies go out as SMS (a reply on a phone ticket is a text).
@@ -517,6 +518,11 @@ async def do_set_status(
     elif snoozed_until is not None:
         raise ValidationFailed("snoozed_until is only allowed with status snoozed")
     before = ticket.status
+    if before == status.value and (status is not TicketStatus.SNOOZED or ticket.snoozed_until == snoozed_until):
+        # Nothing changes (an agent's second click, a retried request): a new
+        # resolved_at would lose when it was resolved, and the event would
+        # tell the router of a reopening (open -> open starts a new SLA cycle).
+        return ticket
 
     def change() -> None:
         ticket.status = status.value
@@ -589,15 +595,27 @@ def _already_open(other: int | None) -> str:
 
 
 async def do_set_labels(session: AsyncSession, ticket: Ticket, labels: list[str], *, actor: str) -> None:
-    clean = sorted({label.strip() for label in labels if label.strip()})
+    # One label per spelling up to case and spacing ("VIP", "vip", " Vip "),
+    # else the ticket holds three and a filter finds one: the ticket's own
+    # spelling wins, then the first one given.
+    before = sorted(await ticket_labels(session, ticket.id))
+    chosen = {label_key(label): label for label in before}
+    given: dict[str, str] = {}
+    for label in labels:
+        spelled = clean_label(label)
+        if spelled:
+            given.setdefault(label_key(spelled), chosen.get(label_key(spelled), spelled))
+    clean = sorted(given.values())
     for label in clean:
         if len(label) > 100:
             raise ValidationFailed(f"label {label[:20]!r}... is longer than 100 characters")
+    if clean == before:
+        return  # nothing changes: no audit entry claiming it did
     await session.execute(delete(TicketLabel).where(TicketLabel.ticket_id == ticket.id))
     for label in clean:
         session.add(TicketLabel(ticket_id=ticket.id, label=label))
     await session.flush()
-    await audit(session, actor, "ticket.labels", "ticket", ticket.id, {"labels": clean})
+    await audit(session, actor, "ticket.labels", "ticket", ticket.id, {"from": before, "labels": clean})
 
 
 async def do_handoff(
@@ -742,9 +760,21 @@ async def do_merge_contacts(session: AsyncSession, target: Contact, source: Cont
         await record_ticket_event(session, t, TicketEventKind.STATUS_CHANGED, actor, data)
         await audit(session, actor, "ticket.status", "ticket", t.id, data)
     await _merge_bot_sessions(session, target.id, source.id)
-    target.attributes = _merged_attributes(target.attributes or {}, source.attributes or {})
+    attributes = _merged_attributes(target.attributes or {}, source.attributes or {})
+    # What the source had that the target kept its own value for: the audit
+    # keeps it, so a merge loses nothing without a trace.
+    discarded: dict[str, Any] = {}
+    if source.name and target.name and source.name != target.name:
+        discarded["name"] = source.name
+    if source.segment and target.segment and source.segment != target.segment:
+        discarded["segment"] = source.segment
+    lost = {k: v for k, v in (source.attributes or {}).items() if k not in attributes or attributes[k] != v}
+    if lost:
+        discarded["attributes"] = lost
+    target.attributes = attributes
     target.tags = sorted(set(target.tags or []) | set(source.tags or []))
     target.name = target.name or source.name
+    target.segment = target.segment or source.segment
     target.lead_score = max(target.lead_score, source.lead_score)
     target.lifecycle_stage = _later_stage(target.lifecycle_stage, source.lifecycle_stage)
     source.merged_into_id = target.id
@@ -755,14 +785,12 @@ async def do_merge_contacts(session: AsyncSession, target: Contact, source: Cont
     data = {"source_id": source.id, "target_id": target.id}
     if latest is not None:
         await record_ticket_event(session, latest, TicketEventKind.CONTACT_MERGED, actor, data)
-    await audit(
-        session,
-        actor,
-        "contact.merged",
-        "contact",
-        target.id,
-        {**data, "campaign_recipients_skipped": skipped} if skipped else data,
-    )
+    audited: dict[str, Any] = dict(data)
+    if skipped:
+        audited["campaign_recipients_skipped"] = skipped
+    if discarded:
+        audited["discarded"] = discarded
+    await audit(session, actor, "contact.merged", "contact", target.id, audited)
     return target
 
 
@@ -882,22 +910,33 @@ async def do_record_delivery(
     status: DeliveryStatus,
     *,
     contact_id: int | None = None,
+    channel: Channel | None = None,
     reason: str | None = None,
 ) -> Message | None:
     """A receipt for an outbound message (the visitor's widget, a provider's
     callback). Never moves a message backwards; ``contact_id`` limits the
-    receipt to that customer's messages; ``reason`` says why it failed.
+    receipt to that customer's messages, ``channel`` to the messages sent on
+    the channel the receipt came from; ``reason`` says why it failed.
     Returns the message if it changed."""
     msg = await session.get(Message, message_id, with_for_update=True)
     if msg is None or msg.direction != Direction.OUT.value or msg.private:
         return None
     if contact_id is not None and msg.contact_id != contact_id:
         return None
+    # The widget can only see (and so acknowledge) web chat replies: its
+    # "read" for the contact's SMS or email reply would mark a queued one
+    # delivered, which the sender (it claims only queued ones) then never sends.
+    if channel is not None and msg.channel != channel.value:
+        return None
     if not status_advances(DeliveryStatus(msg.status), status):
         return None
     msg.status = status.value
     if reason is not None:
         msg.status_reason = reason
+    elif status in (DeliveryStatus.DELIVERED, DeliveryStatus.READ):
+        # It arrived after all (a failure report, then the customer read it):
+        # the failure's reason no longer describes it.
+        msg.status_reason = None
     if status in (DeliveryStatus.DELIVERED, DeliveryStatus.READ) and msg.delivered_at is None:
         msg.delivered_at = utcnow()
     if msg.sent_at is None and status not in (DeliveryStatus.QUEUED, DeliveryStatus.SENDING):

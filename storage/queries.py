@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -102,6 +103,16 @@ class TicketFilter:
     priority: list[str] = field(default_factory=list)
 
 
+def clean_label(label: str) -> str:
+    """A label as stored: NFC, its runs of whitespace one space, trimmed."""
+    return " ".join(unicodedata.normalize("NFC", label).split())
+
+
+def label_key(label: str) -> str:
+    """What makes two labels the same label: "VIP", "vip" and " Vip " are one."""
+    return clean_label(label).casefold()
+
+
 async def labels_for(session: AsyncSession, ticket_ids: list[int]) -> dict[int, list[str]]:
     out: dict[int, list[str]] = defaultdict(list)
     if ticket_ids:
@@ -135,11 +146,22 @@ async def list_tickets(
     if f.contact_id is not None:
         stmt = stmt.where(Ticket.contact_id == f.contact_id)
     if f.label:
-        stmt = stmt.where(
-            select(TicketLabel.ticket_id)
-            .where(TicketLabel.ticket_id == Ticket.id, TicketLabel.label == f.label)
-            .exists()
-        )
+        key = label_key(f.label)
+        same: Any
+        if session.get_bind().dialect.name == "postgresql":
+            # lower() knows every script there, and needs no scan of the labels.
+            same = func.lower(TicketLabel.label) == func.lower(literal(clean_label(f.label)))
+        else:
+            # SQLite's lower() folds ASCII only: the spellings in use are
+            # matched here (the embedded hub's labels are few).
+            same = TicketLabel.label.in_(
+                [
+                    label
+                    for label in (await session.scalars(select(TicketLabel.label).distinct())).all()
+                    if label_key(label) == key
+                ]
+            )
+        stmt = stmt.where(select(TicketLabel.ticket_id).where(TicketLabel.ticket_id == Ticket.id, same).exists())
     if f.text:
         pattern = _search_pattern(f.text)
         stmt = stmt.where(

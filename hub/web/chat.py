@@ -17,7 +17,7 @@ from channels.webchat import MAX_CLIENT_ID, decode_frame, frame_limit, message_f
 from hub import codec, metrics
 from hub.actions import do_record_delivery
 from hub.app import HUB, WEBSOCKETS, Hub
-from hub.core import DeliveryStatus, IdentityKind, is_unicode
+from hub.core import Channel, DeliveryStatus, IdentityKind, is_unicode
 from hub.errors import Forbidden
 from hub.web.events import FEED_INTERRUPTED
 from hub.web.registry import ROUTES
@@ -210,7 +210,7 @@ async def _on_frame(
             contact_id = (await identity_contacts(session, [key])).get(key)
             if contact_id is not None:
                 state["contact_id"] = contact_id
-                await do_record_delivery(session, message_id, status, contact_id=contact_id)
+                await do_record_delivery(session, message_id, status, contact_id=contact_id, channel=Channel.WEBCHAT)
     elif kind == "ping":
         await ws.send_str(codec.dumps({"type": "pong"}))
     elif kind in VISITOR_FRAMES:
