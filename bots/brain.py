@@ -100,6 +100,9 @@ _REQUEST_WORDS = (
     "أريد", "اتحدث", "التحدث", "مع", "إلى", "فضلك", "لو",
 )  # fmt: skip
 _REQUEST_MAX_WORDS = 8
+# The most words an answer to the dialog's open question has when it is the
+# first message of a new conversation (see Brain._answers_resumed).
+_SHORT_ANSWER_WORDS = 3
 _PLURAL = re.compile(r"\s(?:ها|های|هایی)(?=$|\s)")
 
 # "!!!" is as often delight ("Thank you so much!!!") as anger: it counts as
@@ -316,6 +319,7 @@ def _clean_state(state: dict[str, Any]) -> dict[str, Any]:
     out.setdefault("feedback_for", None)
     out.setdefault("dialog", None)
     out.setdefault("qualified", None)
+    out.setdefault("declined", False)
     return out
 
 
@@ -342,7 +346,8 @@ class Brain:
                 return self._finish(inbound, out)
         if asks_for_person(inbound.text, self.config):
             return self._finish(inbound, self._handoff(out, "requested", contact))
-        if _contains_phrase(inbound.text, self.config.frustration_phrases) or _shouting(inbound.text):
+        shouting = _shouting(inbound.text) and not self._answers_pending_slot(inbound.text, st)
+        if _contains_phrase(inbound.text, self.config.frustration_phrases) or shouting:
             return self._finish(inbound, self._handoff(out, "frustration", contact))
         if self._is_vip(contact):
             return self._finish(inbound, self._handoff(out, "vip", contact))
@@ -498,7 +503,7 @@ class Brain:
 
     def _qualification_wanted(self, inbound: Inbound, entry: KbEntry | None, st: dict[str, Any]) -> bool:
         q = self.config.qualification
-        if not q.enabled or not q.slots or st["dialog"] is not None or st["qualified"] is not None:
+        if not q.enabled or not q.slots or st["dialog"] is not None or st["qualified"] is not None or st["declined"]:
             return False
         if inbound.campaign and q.on_campaign_reply:
             return True
@@ -518,26 +523,95 @@ class Brain:
         step = dialog.ask_next(q, state, dialog.Step())
         self._apply_step(step, contact, out)
 
+    def _answers_pending_slot(self, text: str, st: dict[str, Any]) -> bool:
+        """Whether ``text`` is a valid answer to the question the dialog is
+        waiting on: a name or company some people type in capitals
+        ("MOHAMMAD REZAEI") is an answer, not shouting."""
+        name = (st["dialog"] or {}).get("slot")
+        slot = next((s for s in self.config.qualification.slots if s.name == name), None)
+        if slot is None:
+            return False
+        try:
+            dialog.validate(slot, text, self.config.qualification.phone_region)
+        except dialog.Invalid:
+            return False
+        return True
+
     def _continue_dialog(self, inbound: Inbound, contact: Contact, out: Outcome) -> bool:
         q = self.config.qualification
         state = out.state["dialog"]
-        step = dialog.answer(q, state, inbound.text)
-        if not step.consumed and self.matcher is not None and self.matcher.entries:
-            # Not an answer to the slot: maybe a question. Answer it if we know
-            # it well, then ask the slot again.
-            match = self.matcher.match(inbound.text, self.thresholds)
-            if match.action == "answer" and match.entry_id is not None:
-                state["tries"] = max(0, state["tries"] - 1)
-                entry = self.matcher.by_id[match.entry_id]
-                out.match = match
-                out.entry_id = entry.id
-                out.action = "answer"
-                out.replies.append(Reply(entry.answer_in(out.language)))
-                slot = next(s for s in q.slots if s.name == state["slot"])
-                out.replies.append(Reply(pick(slot.prompt, out.language)))
+        rest, courtesy = strip_courtesy(inbound.text)
+        if state.pop("resumed", False) and not self._answers_resumed(inbound.text, state):
+            # The first message of a new conversation, with a question of the
+            # last one still open: it is more likely the reason they wrote
+            # ("my invoice is wrong") than the answer, so it is not stored as
+            # one. A greeting gets the open question again; a question the
+            # knowledge base answers, its answer and then the open question;
+            # anything else ends the dialog and is handled as a new message.
+            if courtesy is not None and not rest:
+                out.action = "qualify"
+                out.replies.append(Reply(say(courtesy, out.language)))
+                self._apply_step(dialog.ask_again(q, state, dialog.Step()), contact, out)
                 return True
+            if self._answer_then_ask(inbound, state, out):
+                return True
+            out.state["dialog"] = None
+            return False
+        bare = (courtesy is not None and not rest) or feedback_word(inbound.text) is not None
+        step = dialog.answer(q, state, inbound.text, courtesy_only=bare)
+        # Not an answer to the slot: maybe a question. Answer it if we know
+        # it well, then ask the slot again.
+        if not step.consumed and self._answer_then_ask(inbound, state, out):
+            state["tries"] = max(0, state["tries"] - 1)
+            return True
         out.action = "qualify"
         self._apply_step(step, contact, out)
+        return True
+
+    def _answers_resumed(self, text: str, state: dict[str, Any]) -> bool:
+        """Whether the first message on a new ticket answers the question the
+        dialog left open: an exit or a skip; an address, phone number or
+        choice that fits it; a short answer ("Acme Ltd", "25"); or any answer
+        that names the slot ("my company is Acme"). Free text fits any
+        question, so a sentence ("my invoice is wrong") is taken for the
+        reason they wrote."""
+        q = self.config.qualification
+        slot = next((s for s in q.slots if s.name == state.get("slot")), None)
+        if slot is None or dialog.is_exit(text) or dialog.is_skip(text):
+            return True
+        if dialog.is_question(text):
+            return False
+        if dialog.find_correction([slot], text, q.phone_region) is not None:
+            return True
+        rest, courtesy = strip_courtesy(text)
+        if courtesy is not None and not rest:
+            return False  # greeted back with the question (no one's name)
+        # A name, a company, a number is a few words; a number or a name is
+        # found in any sentence ("order 1234 is late").
+        short = len(keyword(rest).split()) <= _SHORT_ANSWER_WORDS
+        if slot.kind in ("text", "number") and not short:
+            return False
+        try:
+            dialog.validate(slot, text, q.phone_region)
+        except dialog.Invalid:
+            return False
+        return True
+
+    def _answer_then_ask(self, inbound: Inbound, state: dict[str, Any], out: Outcome) -> bool:
+        """Answer ``inbound`` from the knowledge base if it is sure, then ask
+        the dialog's open question again; False if it is not sure."""
+        if self.matcher is None or not self.matcher.entries:
+            return False
+        match = self.matcher.match(inbound.text, self.thresholds)
+        if match.action != "answer" or match.entry_id is None:
+            return False
+        entry = self.matcher.by_id[match.entry_id]
+        out.match = match
+        out.entry_id = entry.id
+        out.action = "answer"
+        out.replies.append(Reply(entry.answer_in(out.language)))
+        slot = next(s for s in self.config.qualification.slots if s.name == state["slot"])
+        out.replies.append(Reply(pick(slot.prompt, out.language)))
         return True
 
     def _apply_step(self, step: dialog.Step, contact: Contact, out: Outcome) -> None:
@@ -545,6 +619,15 @@ class Brain:
         state = out.state["dialog"]
         out.attributes.update(step.set_values)
         out.state["collected"] = {**(out.state.get("collected") or {}), **step.set_values}
+        if step.cancelled:
+            # The customer said no more questions: not again in this
+            # conversation (a trigger phrase in their next question would
+            # start the dialog over); what they answered is kept.
+            out.state["dialog"] = None
+            out.state["declined"] = True
+            for text in step.say:
+                out.replies.append(Reply(pick(text, out.language)))
+            return
         values = {**{k: v for k, v in contact.attributes.items()}, **state["values"]}
         done = step.done
         if state["values"] or step.done:
@@ -553,7 +636,9 @@ class Brain:
             # A lead that has just become sales-qualified goes to sales at once;
             # the questions left can wait for the salesperson.
             done = done or (stage == "sales_qualified" and contact.lifecycle_stage != "sales_qualified")
-            out.lead = (max(points, contact.lead_score if done else 0), stage)
+            # The score the contact has (an earlier dialog, an agent) is a floor
+            # at every answer, not only at the end: the hub stores each one.
+            out.lead = (max(points, contact.lead_score), stage)
         says, choices, titles = step.say, step.quick_choices, step.choice_titles
         if done and not step.done:
             pending = next((s.prompt for s in q.slots if s.name == state["slot"]), None)
@@ -622,11 +707,16 @@ class Brain:
             st["offered"] = []
             st["misses"] = 0
             st["transcript"] = []
+            # Told in this note; a later handoff must not repeat it as news.
+            st.pop("collected", None)
         return out
 
 
 def _shouting(text: str) -> bool:
-    letters = [c for c in text if c.isalpha() and c.isascii()]
+    # Addresses and codes are often typed in capitals ("SARA@EXAMPLE.COM",
+    # "ORDER AB12"): only the words around them can shout.
+    words = _ADDRESS.sub(" ", text).split()
+    letters = [c for w in words if not any(d.isdigit() for d in w) for c in w if c.isalpha() and c.isascii()]
     if len(letters) >= 12 and sum(c.isupper() for c in letters) / len(letters) > 0.8:
         return True
     return "!!!" in text and not _COMPLAINT.isdisjoint(keyword(text).split())

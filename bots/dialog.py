@@ -24,12 +24,16 @@ from hub.text import (
     keyword,
     normalize,
     parse_phone,
+    strip_punctuation,
     to_ascii_digits,
 )
 
 STAGES = ("lead", "marketing_qualified", "sales_qualified")
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# ASCII addresses only, and whole: a letter (any script) or an address
+# character right before or after it would be cut off ("éric@example.com" is
+# not "ric@example.com"), so such an address is refused and asked again.
+_EMAIL = re.compile(r"(?<![\w.%+'-])[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w@-])")
 _PHONE_CANDIDATE = re.compile(r"\+?[\d۰-۹٠-٩][\d۰-۹٠-٩ ()\-.]{5,}[\d۰-۹٠-٩]")
 # "Not decided" is a natural answer to the budget or timeline question: a skip, not a value.
 _SKIP = {
@@ -37,6 +41,19 @@ _SKIP = {
     "don't know", "i don't know", "not sure", "not decided", "undecided", "رد", "بعدی", "نمیدونم", "نمی دانم",
     "نمی دونم", "ندارم", "بگذر", "ترجیح میدم نگم", "نامشخص", "مشخص نیست", "معلوم نیست", "هنوز معلوم نیست",
 }  # fmt: skip
+# Ways to leave the dialog altogether ("cancel", «لغو», «نمی‌خوام»): checked
+# before an answer is validated, or a free-text slot would store "cancel" as
+# the customer's name. Compared as :func:`hub.text.keyword` has them, and with
+# the non-joiner dropped too («نمیخوام» is «نمی‌خوام» typed without it).
+_EXIT_WORDS = (
+    "cancel", "stop", "quit", "exit", "end", "never mind", "nevermind", "forget it", "stop asking",
+    "no more questions", "not interested", "i'm not interested", "im not interested", "i don't want to",
+    "i dont want to", "لغو", "کنسل", "انصراف", "توقف", "بس", "بسه", "بیخیال", "بی خیال", "ولش کن", "نمی‌خوام",
+    "نمی‌خواهم", "نمی‌خوایم", "علاقه ندارم", "تمومش کن", "تمامش کن",
+)  # fmt: skip
+# Words that may surround an exit word ("no, cancel please", «نه لغو کن»)
+# without making it part of an answer.
+_EXIT_FILLER = ("please", "pls", "just", "no", "ok", "okay", "it", "نه", "لطفا", "کن", "کنید", "دیگه", "باشه")
 _CORRECTION = re.compile(r"^\s*(?:actually|sorry|correction|oops|i meant|no|wait|اصلاح|ببخشید|نه)\b[\s,:!-]*", re.I)
 _MULTIPLIERS = {
     "k": 1_000, "thousand": 1_000, "هزار": 1_000, "m": 1_000_000, "mn": 1_000_000, "mln": 1_000_000,
@@ -45,8 +62,9 @@ _MULTIPLIERS = {
 }  # fmt: skip
 # An amount: "1 500 000" (a space groups only whole triples, or "10 200" would be read
 # as one number), else digits joined by separators, read by _amount(): "1,200.50",
-# "۱،۵۰۰،۰۰۰" (U+060C, on Persian keyboards), "۱٬۲۰۰" (U+066C), "۲٫۵" (U+066B).
-_AMOUNT = r"\d{1,3}(?: \d{3})+(?![\d.,،٬٫])|\d+(?:[.,،٬٫]\d+)*"
+# "۱،۵۰۰،۰۰۰" (U+060C, on Persian keyboards), "۱٬۲۰۰" (U+066C), "۲٫۵" (U+066B),
+# "۲/۵" (the slash is how most Persian writers type the decimal point).
+_AMOUNT = r"\d{1,3}(?: \d{3})+(?![\d.,،٬٫/])|\d+(?:[.,،٬٫/]\d+)*"
 
 
 def _quantity(name: str) -> str:
@@ -195,6 +213,28 @@ def is_question(text: str) -> bool:
     return len(words) > 1 and words[0] in _AUXILIARIES and words[1] in _SUBJECTS
 
 
+def _exit_forms(text: str) -> set[str]:
+    return {keyword(text), strip_punctuation(normalize(text, zwnj="drop"))}
+
+
+_EXIT = {form for w in _EXIT_WORDS for form in _exit_forms(w)}
+_FILLER = {form for w in _EXIT_FILLER for form in _exit_forms(w)}
+
+
+def is_exit(text: str) -> bool:
+    """Whether ``text`` asks to stop the dialog: an exit word, with nothing
+    around it but words like "please" (so "no thanks" stays a skip)."""
+    for said in _exit_forms(text):
+        words = said.split()
+        while words and words[0] in _FILLER:
+            words.pop(0)
+        while words and words[-1] in _FILLER:
+            words.pop()
+        if words and " ".join(words) in _EXIT:
+            return True
+    return False
+
+
 # --- values ---------------------------------------------------------------------
 
 
@@ -203,13 +243,14 @@ def _not_a_number() -> Invalid:
 
 
 def _amount(token: str) -> float:
-    """One written amount as a number. "٫" is always the decimal point and "٬"
+    """One written amount as a number. "٫" and "/" are always the decimal point and "٬"
     and a space always group thousands; "," "،" and "." are read by where they
     are: of two different ones the last is the decimal point ("1,200.50",
     "1.200,50"), one repeated groups thousands ("1,500,000", "1.500.000"), and
     a single one is a decimal point unless a comma precedes exactly three
     digits ("1,200"). A single dot before three digits stays a decimal point:
     "1.200" is 1.2 in English, and guessing otherwise would multiply by 1000."""
+    token = token.replace("/", "٫")
     seps = re.findall(r"[^\d]", token)
     decimal: str | None = None
     if "٫" in seps:
@@ -312,8 +353,12 @@ def _text(slot: QualificationSlot, text: str) -> str:
     rest = _CORRECTION.sub("", text, count=1).strip()
     value = next(_values(patterns, rest), text)
     if not any(ch.isalnum() for ch in value):
-        raise Invalid("Please write an answer, or say skip.", "لطفاً پاسخ را بنویسید یا «رد» را بفرستید.")
+        raise _no_answer()
     return value[:500]
+
+
+def _no_answer() -> Invalid:
+    return Invalid("Please write an answer, or say skip.", "لطفاً پاسخ را بنویسید یا «رد» را بفرستید.")
 
 
 def validate(slot: QualificationSlot, text: str, phone_region: str | None = None) -> Any:
@@ -417,6 +462,7 @@ class Step:
     quick_choices: list[str] = field(default_factory=list)  # what each button answers: a choice's stored value
     choice_titles: list[dict[str, str]] = field(default_factory=list)  # each button's title per language
     consumed: bool = True  # False: the message was not an answer (the caller may treat it as a question)
+    cancelled: bool = False  # the customer asked to stop the dialog: it has ended, unfinished
 
 
 def start(config: QualificationConfig, known: dict[str, Any]) -> dict[str, Any]:
@@ -444,6 +490,15 @@ def ask_next(config: QualificationConfig, state: dict[str, Any], step: Step) -> 
     return step
 
 
+def ask_again(config: QualificationConfig, state: dict[str, Any], step: Step) -> Step:
+    """The open question again (with its buttons), nothing answered."""
+    slot = next((s for s in config.slots if s.name == state.get("slot")), None)
+    if slot is not None:
+        step.say.append(dict(slot.prompt))
+        _offer_choices(slot, step)
+    return step
+
+
 def _offer_choices(slot: QualificationSlot, step: Step) -> None:
     if slot.kind == "choice":
         step.quick_choices = [c.split("|")[0] for c in slot.choices]
@@ -460,12 +515,32 @@ def _shown(slot: QualificationSlot, value: Any, lang: str) -> str:
     return str(value)
 
 
-def answer(config: QualificationConfig, state: dict[str, Any], text: str, *, default_region: str | None = None) -> Step:
+_CANCELLED = {
+    "en": "No problem, I'll stop the questions here. Ask me anything else whenever you like.",
+    "fa": "باشد، سؤال‌ها را همین‌جا تمام می‌کنم. هر سؤال دیگری داشتید بپرسید.",
+}
+
+
+def answer(
+    config: QualificationConfig,
+    state: dict[str, Any],
+    text: str,
+    *,
+    default_region: str | None = None,
+    courtesy_only: bool = False,
+) -> Step:
     """Feed one customer message to the dialog. ``default_region`` reads phone
     numbers without a country code where the dialog sets no region of its own
-    (the hub's ``phone.default_region``)."""
+    (the hub's ``phone.default_region``). ``courtesy_only``: the caller found
+    the message is only a greeting, thanks, yes or no (the bot's word lists),
+    which is no one's name or company, so a free-text slot refuses it."""
     step = Step()
     slot = next((s for s in config.slots if s.name == state.get("slot")), None)
+    if slot is not None and is_exit(text):
+        state["slot"] = None
+        step.cancelled = True
+        step.say.append(dict(_CANCELLED))
+        return step
     region = config.phone_region or default_region
     correction = find_correction([s for s in config.slots if s is not slot], text, region)
     if correction is not None:
@@ -499,6 +574,8 @@ def answer(config: QualificationConfig, state: dict[str, Any], text: str, *, def
         state["skipped"].append(slot.name)
         return ask_next(config, state, step)
     try:
+        if courtesy_only and slot.kind == "text":
+            raise _no_answer()
         value = validate(slot, text, region)
     except Invalid as exc:
         state["tries"] += 1

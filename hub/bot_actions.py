@@ -192,8 +192,12 @@ async def do_update_lead(
     unless another contact already owns them."""
     before = {"lead_score": contact.lead_score, "lifecycle_stage": contact.lifecycle_stage}
     if attributes:
+        collected = (contact.attributes or {}).get("name")
         contact.attributes = {**(contact.attributes or {}), **attributes}
-        if attributes.get("name") and not contact.name:
+        # The contact's name is filled from the dialog, and corrected by it
+        # ("my name is Ali") only while it is still the name the dialog gave:
+        # a name an agent or the channel set is never overwritten.
+        if attributes.get("name") and (not contact.name or (collected and contact.name == str(collected)[:512])):
             contact.name = str(attributes["name"])[:512]
     if score is not None:
         contact.lead_score = score

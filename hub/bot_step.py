@@ -70,7 +70,8 @@ DIALOG_MAX_AGE = timedelta(days=7)
 # without them: an old count of misunderstandings would hand the customer off
 # at the first unclear question, an SMS "2" would pick a button offered days
 # ago, a "No" would rate an answer from another conversation.
-CONVERSATION_KEYS = ("misses", "offered", "feedback_for", "last_answer")
+# A dialog the customer cancelled ("declined") is offered again only in a new one.
+CONVERSATION_KEYS = ("misses", "offered", "feedback_for", "last_answer", "declined")
 
 # Two messages of one customer handled at once (several workers, or two of
 # their tickets) are answered in the order they were written: "Ann" then
@@ -120,11 +121,17 @@ def memory_for_ticket(
     for key in CONVERSATION_KEYS:
         state.pop(key, None)
     resumed = state.get("dialog") is not None and updated_at is not None and now - updated_at <= DIALOG_MAX_AGE
-    if not resumed:
+    if resumed:
+        # Its first message is tried as a new question before it is taken as
+        # the answer to the old one (see Brain._continue_dialog).
+        state["dialog"]["resumed"] = True
+    else:
         state["dialog"] = None
-        # The handoff summary tells an agent about this conversation; an
-        # unfinished dialog that carries on keeps its part of the story.
+        # The handoff summary tells an agent about this conversation (what
+        # was said, what the dialog collected); an unfinished dialog that
+        # carries on keeps its part of the story.
         state.pop("transcript", None)
+        state.pop("collected", None)
     state["ticket_id"] = ticket_id
     return state
 

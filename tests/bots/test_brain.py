@@ -3,6 +3,7 @@ Persian (whole conversations are in tests/hub/test_bot_step.py)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -10,7 +11,9 @@ import pytest
 from bots.brain import Brain, Contact, Inbound, Outcome, lang_of
 from bots.kb import KbEntry
 from bots.matcher import Matcher
+from hub.bot_step import memory_for_ticket
 from hub.config import BotConfig
+from hub.core import utcnow
 from tests.bots.conversation import KB
 
 MATCHER = Matcher([KbEntry.model_validate(e) for e in KB])
@@ -290,3 +293,63 @@ def test_a_persian_speaker_gets_choice_buttons_in_persian() -> None:
         ("qual:this quarter", "سه ماه آینده"),
         ("qual:later", "بعدا"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("answers", "text", "slot", "value"),
+    [
+        (["Sara"], "SARA.AHMADI@EXAMPLE.COM", "email", "sara.ahmadi@example.com"),
+        ([], "MOHAMMAD REZAEI", "name", "MOHAMMAD REZAEI"),
+    ],
+)
+def test_an_answer_in_capitals_is_no_shouting(answers: list[str], text: str, slot: str, value: str) -> None:
+    state = respond("I want to buy").state
+    for answer in answers:
+        state = respond(answer, state).state
+    out = respond(text, state)
+    assert (out.action, out.attributes) == ("qualify", {slot: value})
+
+
+def test_capitals_outside_an_answer_still_shout() -> None:
+    assert respond("WHERE IS MY ORDER, SEE HTTPS://EXAMPLE.COM/ORDERS/12").reason == "frustration"
+    assert respond("re SARA.AHMADI@EXAMPLE.COM, ORDER AB1234CD").reason != "frustration"
+
+
+def test_the_lead_score_never_drops_below_the_stored_one_mid_dialog() -> None:
+    contact = Contact(lead_score=45, lifecycle_stage="marketing_qualified")
+    out = respond("Sara", respond("I want to buy", contact=contact).state, contact)
+    assert out.lead == (45, "marketing_qualified")
+
+
+def test_what_was_collected_is_told_in_one_handoff_note_only() -> None:
+    brain = Brain(BotConfig(), MATCHER)
+    state = brain.respond(Inbound("I want to buy"), Contact(), {}).state
+    state = brain.respond(Inbound("Sara"), Contact(), state).state
+    first = brain.respond(Inbound("agent"), Contact(), state)
+    assert first.handoff is not None and "Collected: name=Sara" in first.handoff.summary
+    later = brain.respond(Inbound("agent"), Contact(), first.state)
+    assert later.handoff is not None and "Collected" not in later.handoff.summary
+
+
+def _resumed_at_company() -> dict[str, Any]:
+    """A dialog left at the company question, resumed on a new ticket."""
+    now = utcnow()
+    state: dict[str, Any] = {}
+    for text in ["I want to buy", "Sara", "sara@example.com", "skip"]:
+        state = respond(text, state).state
+    assert state["dialog"]["slot"] == "company"
+    return memory_for_ticket({**state, "ticket_id": 1}, now - timedelta(days=3), 2, now)
+
+
+@pytest.mark.parametrize("text", ["Hi there, my invoice is wrong", "how long does shipping take?"])
+def test_a_new_tickets_first_message_is_no_answer_to_the_old_question(text: str) -> None:
+    out = respond(text, _resumed_at_company())
+    assert "company" not in out.attributes and out.action != "qualify"
+
+
+def test_a_resumed_dialog_takes_a_clear_answer_and_greets_back() -> None:
+    out = respond("my company is Acme", _resumed_at_company())
+    assert (out.action, out.attributes) == ("qualify", {"company": "Acme"})
+    out = respond("hello", _resumed_at_company())
+    assert [r.text for r in out.replies] == ["Hello! How can I help you today?", "Which company are you with?"]
+    assert respond("Acme", out.state).attributes == {"company": "Acme"}

@@ -173,3 +173,41 @@ def test_phone_numbers_fall_back_to_the_hubs_default_region() -> None:
     own = QualificationConfig(phone_region="GB")
     state, _ = run([*TO_EMAIL, "ali@acme.example", "020 7946 0958"], own, default_region="IR")
     assert state["values"]["phone"] == "+442079460958"
+
+
+# --- leaving the dialog ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["cancel", "Stop!", "no, cancel please", "never mind", "لغو", "نمی‌خوام", "نمیخوام"])
+def test_an_exit_word_ends_the_dialog_instead_of_being_the_name(text: str) -> None:
+    state, step = run([text])
+    assert step.cancelled and step.set_values == {} and state["values"] == {}
+    assert "stop the questions" in step.say[0]["en"] and "سؤال" in step.say[0]["fa"]
+
+
+@pytest.mark.parametrize("text", ["no thanks", "Stopford", "Sara Cancellieri"])
+def test_no_exit_word_in_a_skip_or_a_name(text: str) -> None:
+    _, step = run([text])
+    assert not step.cancelled
+
+
+def test_cancelling_stops_the_questions_for_the_conversation() -> None:
+    brain = Brain(BotConfig(), Matcher([KbEntry.model_validate(e) for e in KB]))
+    state = brain.respond(Inbound("I want to buy, what is the price?"), Contact(), {}).state
+    out = brain.respond(Inbound("cancel"), Contact(), state)
+    assert (out.action, out.attributes, out.lead, out.state["dialog"]) == ("qualify", {}, None, None)
+    assert [r.text for r in out.replies] == [
+        "No problem, I'll stop the questions here. Ask me anything else whenever you like."
+    ]
+    # A trigger phrase later in the conversation does not start it over.
+    again = brain.respond(Inbound("what is the price?"), Contact(), out.state)
+    assert again.state["dialog"] is None and again.action == "answer"
+
+
+@pytest.mark.parametrize("text", ["hello", "thanks", "yes", "ok", "no", "سلام", "مرسی", "بله"])
+def test_a_courtesy_yes_or_no_is_not_a_name(text: str) -> None:
+    brain = Brain(BotConfig(), Matcher([KbEntry.model_validate(e) for e in KB]))
+    state = brain.respond(Inbound("I want to buy, what is the price?"), Contact(), {}).state
+    out = brain.respond(Inbound(text), Contact(), state)
+    assert "name" not in out.attributes
+    assert out.state["dialog"] is not None and out.state["dialog"]["slot"] == "name"

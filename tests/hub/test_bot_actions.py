@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from hub.bot_actions import load_kb
+from hub.bot_actions import do_update_lead, load_kb
 from hub.core import utcnow
 from storage.db import Database
 from storage.migrate import upgrade_async
-from storage.models import FaqEntry
+from storage.models import Contact, FaqEntry
 
 
 async def test_an_entry_saved_under_looser_rules_still_loads(db: Database, db_url: str) -> None:
@@ -30,3 +30,21 @@ async def test_an_entry_saved_under_looser_rules_still_loads(db: Database, db_ur
     async with db.read() as s:
         (entry,) = await load_kb(s)
     assert entry.id == "old" and entry.tags == (long_tag,) and entry.answer_in("en") == "30 days"
+
+
+async def test_a_corrected_name_replaces_only_the_name_the_dialog_gave(db: Database, db_url: str) -> None:
+    """ "cancel" stored as the name, then "my name is Ali": the contact shows
+    Ali; a name set otherwise (an agent, the channel) is never overwritten."""
+    await upgrade_async(db_url)
+    async with db.write() as s:
+        from_dialog = Contact(name=None, attributes={}, tags=[])
+        from_agent = Contact(name="Ali Rezaei", attributes={}, tags=[])
+        s.add_all([from_dialog, from_agent])
+        await s.flush()
+        for contact in (from_dialog, from_agent):
+            await do_update_lead(s, contact, attributes={"name": "Sara"}, score=None, stage=None)
+        assert (from_dialog.name, from_agent.name) == ("Sara", "Ali Rezaei")
+        for contact in (from_dialog, from_agent):
+            await do_update_lead(s, contact, attributes={"name": "Sarah"}, score=None, stage=None)
+        assert (from_dialog.name, from_agent.name) == ("Sarah", "Ali Rezaei")
+        assert from_agent.attributes["name"] == "Sarah"

@@ -232,6 +232,8 @@ def test_what_a_new_ticket_keeps_of_the_bots_memory() -> None:
         "transcript": [{"q": "How much?", "a": "answered pricing"}],
         "language": "fa",
         "qualified": None,
+        "declined": True,
+        "collected": {"name": "Ann"},
         "dialog": dialog,
     }
     assert memory_for_ticket(memory, now, 1, now) == memory
@@ -241,7 +243,8 @@ def test_what_a_new_ticket_keeps_of_the_bots_memory() -> None:
         "transcript": memory["transcript"],
         "language": "fa",
         "qualified": None,
-        "dialog": dialog,
+        "collected": {"name": "Ann"},
+        "dialog": {**dialog, "resumed": True},
     }
     recent["dialog"]["tries"] = 1
     assert dialog["tries"] == 0  # the stored memory is not changed in place
