@@ -552,25 +552,26 @@ class CampaignRunner:
         if ends is not None and ends >= at + timedelta(seconds=lease / 3):
             return {w.id for w in rows}
         c = CampaignRecipient
-        until = at + timedelta(seconds=lease)
+        return await self._lease(rows, at + timedelta(seconds=lease), c.campaign_id == campaign_id, c.status == PENDING)
+
+    async def _lease(self, rows: list[Work], until: datetime, *where: Any, **values: Any) -> set[int]:
+        """Those of ``rows`` still claimed by this worker (and matching
+        ``where``) get ``values`` and a lease until ``until``; their ids. Each
+        row's ``lease_until`` follows, so a send knows how long it has."""
+        c = CampaignRecipient
         async with self.db.write() as session:
             result = await session.execute(
                 update(c)
-                .where(
-                    c.id.in_([w.id for w in rows]),
-                    c.campaign_id == campaign_id,
-                    c.status == PENDING,
-                    c.claimed_by == self.owner,
-                )
-                .values(lease_until=until)
+                .where(c.id.in_([w.id for w in rows]), c.claimed_by == self.owner, *where)
+                .values(lease_until=until, **values)
                 .returning(c.id)
                 .execution_options(synchronize_session=False)
             )
-            kept = set(result.scalars().all())
+            leased = set(result.scalars().all())
         for w in rows:
-            if w.id in kept:
+            if w.id in leased:
                 w.lease_until = until
-        return kept
+        return leased
 
     def _held(self, campaign_id: int) -> bool:
         return self._hold.get(campaign_id, 0.0) > time.monotonic()
@@ -613,21 +614,15 @@ class CampaignRunner:
         if not rows:
             return set()
         c = CampaignRecipient
-        until = utcnow() + timedelta(seconds=lease_seconds)
         running = exists().where(and_(Campaign.id == campaign_id, Campaign.status == RUNNING))
-        async with self.db.write() as session:
-            result = await session.execute(
-                update(c)
-                .where(c.id.in_([w.id for w in rows]), c.status == PENDING, c.claimed_by == self.owner, running)
-                .values(status=SENDING, attempts=c.attempts + 1, lease_until=until)
-                .returning(c.id)
-                .execution_options(synchronize_session=False)
-            )
-            marked = set(result.scalars().all())
-        for w in rows:
-            if w.id in marked:
-                w.lease_until = until
-        return marked
+        return await self._lease(
+            rows,
+            utcnow() + timedelta(seconds=lease_seconds),
+            c.status == PENDING,
+            running,
+            status=SENDING,
+            attempts=c.attempts + 1,
+        )
 
     async def _still_ours(self, w: Work) -> bool:
         """Whether ``w`` may go to Twilio now: still ``sending`` for this
@@ -645,20 +640,7 @@ class CampaignRunner:
         now = utcnow()
         if w.lease_until is not None and w.lease_until - now >= timedelta(seconds=lease / 2):
             return True
-        c = CampaignRecipient
-        until = now + timedelta(seconds=lease)
-        async with self.db.write() as session:
-            result = await session.execute(
-                update(c)
-                .where(c.id == w.id, c.status == SENDING, c.claimed_by == self.owner)
-                .values(lease_until=until)
-                .returning(c.id)
-                .execution_options(synchronize_session=False)
-            )
-            ours = result.scalar_one_or_none() is not None
-        if ours:
-            w.lease_until = until
-        return ours
+        return bool(await self._lease([w], now + timedelta(seconds=lease), CampaignRecipient.status == SENDING))
 
     async def _send_one(self, campaign: Campaign, sender: SmsSender, w: Work, slots: asyncio.Semaphore) -> None:
         assert self.twilio is not None

@@ -17,6 +17,7 @@ from aiohttp import WSCloseCode
 from sqlalchemy import update
 
 from hub.app import HUB, WEBSOCKETS
+from hub.config import HubConfig
 from hub.core import utcnow
 from hub.security import token_digest
 from hub.stream.redis import RedisLiveBus
@@ -88,10 +89,7 @@ async def test_the_events_socket_closes_when_live_events_were_lost_and_a_new_one
     as live. The socket closes instead (1012), so the inbox reconnects and
     reloads; the new socket gets live events again."""
     prefix = f"test:events:{secrets.token_hex(4)}"
-    config = make_config(
-        tmp_path,
-        **{"redis.url": services.REDIS_URL, "redis.stream": f"{prefix}:events", "redis.live_channel": f"{prefix}:live"},
-    )
+    config = redis_hub_config(tmp_path, prefix)
     try:
         async with running_hub(config) as server, aiohttp.ClientSession() as http:
             await add_agent(config, "ana@example.com")
@@ -119,10 +117,7 @@ async def test_a_visitor_socket_closes_when_live_events_were_lost_and_the_next_o
     while the web process was away from Redis; closed (1012), the widget
     reconnects with its token and the session brings the conversation back."""
     prefix = f"test:events:{secrets.token_hex(4)}"
-    config = make_config(
-        tmp_path,
-        **{"redis.url": services.REDIS_URL, "redis.stream": f"{prefix}:events", "redis.live_channel": f"{prefix}:live"},
-    )
+    config = redis_hub_config(tmp_path, prefix)
     try:
         async with running_hub(config) as server, aiohttp.ClientSession() as http:
             base = str(server.make_url("")).rstrip("/")
@@ -140,6 +135,14 @@ async def test_a_visitor_socket_closes_when_live_events_were_lost_and_the_next_o
                 await next_frame(again, "message", client_id="c1")  # the history
     finally:
         await redis.delete(f"{prefix}:events", f"{prefix}:events:dead", f"{prefix}:events:errors")
+
+
+def redis_hub_config(tmp_path: Path, prefix: str) -> HubConfig:
+    """A hub on Redis with keys of its own (``prefix``), so tests never share a stream."""
+    return make_config(
+        tmp_path,
+        **{"redis.url": services.REDIS_URL, "redis.stream": f"{prefix}:events", "redis.live_channel": f"{prefix}:live"},
+    )
 
 
 async def live_connection_id(live: object, redis: aioredis.Redis) -> str:
