@@ -312,3 +312,14 @@ def latin_words(text: str) -> str:
     """The Latin-script words of ``text``, space-separated: what a model of
     English words can read of it."""
     return " ".join(_LATIN_WORD.findall(text))
+
+
+def clean_label(label: str) -> str:
+    """A label as stored: NFC, its runs of whitespace one space, trimmed."""
+    return " ".join(unicodedata.normalize("NFC", label).split())
+
+
+def label_key(label: str) -> str:
+    """What makes two labels the same label: "VIP", "vip" and " Vip " are one
+    (on tickets, in filters and in routing and automation conditions)."""
+    return clean_label(label).casefold()

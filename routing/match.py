@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from hub.core import Priority, TicketStatus
-from hub.text import keyword
+from hub.text import keyword, label_key
 from routing.hours import BusinessCalendar
 from routing.settings import Conditions
 
@@ -119,7 +119,7 @@ class Compiled:
             return False
         if c.priority and f.priority not in c.priority:
             return False
-        if c.labels and not set(c.labels) & f.labels:
+        if c.labels and not {label_key(x) for x in c.labels} & {label_key(x) for x in f.labels}:
             return False
         if c.team and (f.team_id is None or ctx.team_names.get(f.team_id) not in c.team):
             return False

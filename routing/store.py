@@ -243,7 +243,16 @@ def ticket_conditions(when: Conditions, team_ids: Mapping[str, int]) -> list[Col
     if when.labels:
         out.append(
             select(TicketLabel.ticket_id)
-            .where(TicketLabel.ticket_id == Ticket.id, TicketLabel.label.in_(when.labels))
+            # Without case, as routing.match compares them (lower() folds
+            # ASCII only on SQLite: a label with other cased letters is found
+            # there in the spelling the rule gives).
+            .where(
+                TicketLabel.ticket_id == Ticket.id,
+                or_(
+                    TicketLabel.label.in_(when.labels),
+                    func.lower(TicketLabel.label).in_(sorted({x.lower() for x in when.labels})),
+                ),
+            )
             .exists()
         )
     return out

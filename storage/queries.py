@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from hub.core import Channel, Direction, IdentityKind, QuickReply, TicketStatus
 
 # The normalizer's own table of Arabic letter forms, so the query and the
 # stored text are folded alike.
-from hub.text import LETTER_FORMS
+from hub.text import LETTER_FORMS, clean_label, label_key
 from storage.models import Contact, Identity, Inbox, Message, Ticket, TicketEventRow, TicketLabel
 from storage.views import contact_view, iso, message_view, ticket_view
 
@@ -101,16 +100,6 @@ class TicketFilter:
     # Any of these teams (the inbox's "my teams" view), and any of these priorities.
     team_ids: list[int] | None = None
     priority: list[str] = field(default_factory=list)
-
-
-def clean_label(label: str) -> str:
-    """A label as stored: NFC, its runs of whitespace one space, trimmed."""
-    return " ".join(unicodedata.normalize("NFC", label).split())
-
-
-def label_key(label: str) -> str:
-    """What makes two labels the same label: "VIP", "vip" and " Vip " are one."""
-    return clean_label(label).casefold()
 
 
 async def labels_for(session: AsyncSession, ticket_ids: list[int]) -> dict[int, list[str]]:

@@ -724,7 +724,7 @@ async def test_an_idle_rule_finds_in_sql_what_its_conditions_match(db: Database)
         "channel": ["webchat"],
         "inbox": ["webchat"],
         "team": ["Support", "Nobody"],
-        "labels": ["vip", "gold"],
+        "labels": ["VIP", "gold"],  # the ticket has "vip": labels ignore case
         "priority": ["normal", "low"],
         "assigned": False,
     }
