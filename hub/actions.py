@@ -39,7 +39,7 @@ from hub.core import (
 )
 from hub.errors import BadRequest, Conflict, NotFound, Unauthorized, ValidationFailed
 from hub.security import MIN_PASSWORD_LENGTH, hash_password, new_api_token, token_digest, verify_password
-from hub.text import InvalidPhoneNumber, parse_phone
+from hub.text import InvalidPhoneNumber, clean_label, label_key, parse_phone
 from storage.ingest import add_outbox, dialect_insert, outbox_row
 from storage.models import (
     Agent,
@@ -59,7 +59,6 @@ from storage.models import (
     TicketEventRow,
     TicketLabel,
 )
-from storage.queries import clean_label, label_key
 from storage.views import message_view, ticket_view
 
 # Channels whose replies go out as SMS (a reply on a phone ticket is a text).
@@ -615,6 +614,9 @@ async def do_set_labels(session: AsyncSession, ticket: Ticket, labels: list[str]
     for label in clean:
         session.add(TicketLabel(ticket_id=ticket.id, label=label))
     await session.flush()
+    # The timeline entry and the live event (other agents' inboxes update the
+    # ticket's labels), like a priority change.
+    await record_ticket_event(session, ticket, TicketEventKind.LABELS_CHANGED, actor, {"from": before, "to": clean})
     await audit(session, actor, "ticket.labels", "ticket", ticket.id, {"from": before, "labels": clean})
 
 

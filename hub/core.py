@@ -278,6 +278,7 @@ class TicketEventKind(enum.StrEnum):
     HANDOFF = "ticket.handoff"
     ROUTED = "ticket.routed"
     PRIORITY_CHANGED = "ticket.priority_changed"
+    LABELS_CHANGED = "ticket.labels_changed"
     SLA_WARNING = "sla.warning"
     SLA_BREACH = "sla.breach"
     CALL = "call"

@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 async def agent_events(request: web.Request) -> web.StreamResponse:
     """Each frame is JSON with a `type` (`message.received`, `message.created`,
     `message.status`, `ticket.assigned`, `ticket.status_changed`, `ticket.routed`,
-    `ticket.handoff`, `sla.warning`, `sla.breach` (with the agent ids to `notify`),
+    `ticket.handoff`, `ticket.priority_changed`, `ticket.labels_changed` (with the
+    labels `from` and `to` in `data`), `sla.warning`, `sla.breach` (with the agent ids to `notify`),
     `agent.presence`, `contact.merged`, `typing`) and the ticket, message or agent
     it concerns, in the same shapes as the REST API. Send `{"type": "ping"}` to get
     a `pong`, and `{"type": "typing", "ticket_id": N}` while writing a reply: a web

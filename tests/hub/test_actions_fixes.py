@@ -17,7 +17,7 @@ from hub.core import Author, Channel, DeliveryStatus, InboundMessage, TicketStat
 from storage import queries
 from storage.db import Database
 from storage.ingest import IngestResult, ingest_batch
-from storage.models import AuditLog, Contact, Message, TicketEventRow, TicketLabel
+from storage.models import AuditLog, Contact, Message, OutboxRow, TicketEventRow, TicketLabel
 
 SMS_INBOX = "sms:+15550001111"
 
@@ -142,3 +142,45 @@ async def test_a_label_change_is_audited_with_what_it_replaced(db: Database) -> 
             await s.scalars(select(AuditLog.data).where(AuditLog.action == "ticket.labels").order_by(AuditLog.id))
         ).all()
         assert audits == [{"from": [], "labels": ["vip"]}, {"from": ["vip"], "labels": ["refund", "vip"]}]
+
+
+async def test_a_label_change_records_a_ticket_event_and_a_live_event(db: Database) -> None:
+    """Other agents' inboxes learn the new labels, and the timeline shows the
+    change; setting the labels the ticket already has records nothing."""
+    (r,) = await sms_tickets(db, "+15550000001")
+
+    async def recorded() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+        async with db.read() as s:
+            events = (
+                await s.scalars(
+                    select(TicketEventRow.data)
+                    .where(TicketEventRow.kind == "ticket.labels_changed")
+                    .order_by(TicketEventRow.id)
+                )
+            ).all()
+            payloads = (await s.scalars(select(OutboxRow.payload).order_by(OutboxRow.id))).all()
+        return list(events), [p for p in payloads if p["kind"] == "ticket.labels_changed"]
+
+    async with db.write() as s:
+        ticket = await check_ticket(s, r.ticket_id, lock=True)
+        await do_set_labels(s, ticket, ["vip", "refund"], actor="agent:1")
+    events, live = await recorded()
+    assert events == [{"from": [], "to": ["refund", "vip"]}]
+    assert len(live) == 1
+    assert live[0]["data"] == {"from": [], "to": ["refund", "vip"]}
+    assert live[0]["actor"] == "agent:1"
+    assert live[0]["ticket"]["id"] == r.ticket_id  # type: ignore[index]
+    assert sorted(live[0]["ticket"]["labels"]) == ["refund", "vip"]  # type: ignore[index]
+
+    for same in (["refund", "vip"], ["VIP", " refund "]):
+        async with db.write() as s:
+            ticket = await check_ticket(s, r.ticket_id, lock=True)
+            await do_set_labels(s, ticket, same, actor="agent:1")
+    assert await recorded() == (events, live)
+
+    async with db.write() as s:
+        ticket = await check_ticket(s, r.ticket_id, lock=True)
+        await do_set_labels(s, ticket, [], actor="agent:2")
+    events, live = await recorded()
+    assert events[-1] == {"from": ["refund", "vip"], "to": []}
+    assert len(live) == 2 and live[-1]["data"] == {"from": ["refund", "vip"], "to": []}

@@ -24,6 +24,29 @@ const EARLIER_PAGE = 100;
 // Scrolled this close to the top, the earlier messages load by themselves.
 const EARLIER_MARGIN = 80;
 
+// Site storage can be blocked (a browser setting, a sandboxed frame): every
+// access then throws, and the inbox keeps what it must in memory for this page
+// instead (the sign-in token, preferences, drafts), like the widget's store().
+function siteStorage(area) {
+  const memory = new Map();
+  return {
+    get(key) {
+      if (memory.has(key)) return memory.get(key);
+      try { return window[area].getItem(key); } catch { return null; }
+    },
+    set(key, value) {
+      memory.delete(key);
+      try { window[area].setItem(key, value); } catch { memory.set(key, value); }
+    },
+    remove(key) {
+      memory.delete(key);
+      try { window[area].removeItem(key); } catch { /* nothing kept anywhere */ }
+    },
+  };
+}
+const local = siteStorage("localStorage");
+const session = siteStorage("sessionStorage");
+
 const prefs = Object.assign({ language: null, sound: false, desktop: false, view: "mine" }, readJson(PREFS_KEY));
 
 const state = {
@@ -48,11 +71,11 @@ const state = {
 };
 
 function readJson(key) {
-  try { return JSON.parse(localStorage.getItem(key) || "{}") || {}; } catch { return {}; }
+  try { return JSON.parse(local.get(key) || "{}") || {}; } catch { return {}; }
 }
 
 function savePrefs() {
-  localStorage.setItem(PREFS_KEY, JSON.stringify(prefs));
+  local.set(PREFS_KEY, JSON.stringify(prefs));
 }
 
 function announce(text) {
@@ -99,7 +122,7 @@ async function start() {
     select.addEventListener("change", () => changeLanguage(select.value));
   }
   $("#login-form").addEventListener("submit", login);
-  const token = localStorage.getItem(TOKEN_KEY);
+  const token = local.get(TOKEN_KEY);
   if (token) await enter(token);
   else showLogin();
 }
@@ -117,7 +140,7 @@ async function login(event) {
   const password = $("#login-password").value;
   try {
     const answer = await new Api(null).post("/auth/token", { email, password });
-    localStorage.setItem(TOKEN_KEY, answer.token);
+    local.set(TOKEN_KEY, answer.token);
     $("#login-password").value = "";
     await enter(answer.token);
     // Opening the inbox is how an agent says they are here to answer.
@@ -136,7 +159,7 @@ async function logout() {
 }
 
 function leave(message = "") {
-  localStorage.removeItem(TOKEN_KEY);
+  local.remove(TOKEN_KEY);
   if (state.socket) state.socket.stop();
   state.socket = null;
   state.me = null;
@@ -276,7 +299,7 @@ function bindOnce() {
   $("#open-help").addEventListener("click", () => $("#help-dialog").showModal());
   $("#single-keys").addEventListener("change", (e) => {
     state.agentPrefs.singleKeys = e.target.checked;
-    localStorage.setItem(`${AGENT_PREFS_KEY}.${state.me.id}`, JSON.stringify(state.agentPrefs));
+    local.set(`${AGENT_PREFS_KEY}.${state.me.id}`, JSON.stringify(state.agentPrefs));
   });
   document.addEventListener("visibilitychange", () => { if (!document.hidden && state.current) markRead(); });
   window.addEventListener("hashchange", () => {
@@ -420,13 +443,18 @@ function fillTickets() {
   $("#more").hidden = !state.nextCursor;
 }
 
+/** What makes two labels one, as hub.text.label_key: "VIP", "vip" and " Vip ". */
+function labelKey(label) {
+  return label.normalize("NFC").split(/\s+/).filter(Boolean).join(" ").toLowerCase();
+}
+
 /** Whether a ticket belongs in the list as filtered now (text search aside). */
 function matchesList(ticket) {
   const f = state.filters;
   if (f.status && ticket.status !== f.status) return false;
   if (f.channel && ticket.channel !== f.channel) return false;
   if (f.priority && ticket.priority !== f.priority) return false;
-  if (f.label && !(ticket.labels || []).includes(f.label)) return false;
+  if (f.label && !(ticket.labels || []).some((l) => labelKey(l) === labelKey(f.label))) return false;
   switch (state.view) {
     case "mine": return ticket.assignee_id === state.me.id;
     case "unassigned": return ticket.assignee_id == null;
@@ -504,6 +532,7 @@ function onEvent(frame) {
     case "ticket.routed":
     case "ticket.handoff":
     case "ticket.priority_changed":
+    case "ticket.labels_changed":
       upsertTicket(frame.ticket);
       if (state.current && state.current.id === frame.ticket.id) {
         Object.assign(state.current, frame.ticket);
@@ -866,14 +895,14 @@ function draftKey(id) {
 }
 
 function readDraft(id) {
-  try { return JSON.parse(sessionStorage.getItem(draftKey(id)) || "{}") || {}; } catch { return {}; }
+  try { return JSON.parse(session.get(draftKey(id)) || "{}") || {}; } catch { return {}; }
 }
 
 function saveDraft() {
   if (!state.current) return;
   const text = $("#reply-text").value;
-  if (text) sessionStorage.setItem(draftKey(state.current.id), JSON.stringify({ text, mode: state.mode }));
-  else sessionStorage.removeItem(draftKey(state.current.id));
+  if (text) session.set(draftKey(state.current.id), JSON.stringify({ text, mode: state.mode }));
+  else session.remove(draftKey(state.current.id));
 }
 
 function filesOf(id) {
@@ -938,7 +967,7 @@ async function sendReply() {
     // The agent may have opened another conversation meanwhile: its box and
     // its messages are not this reply's to touch.
     if (!state.current || state.current.id !== id) {
-      if (state.me) sessionStorage.removeItem(draftKey(id));
+      if (state.me) session.remove(draftKey(id));
       return;
     }
     // Whatever the agent typed after sending stays in the box.

@@ -78,6 +78,7 @@ export function eventView(event) {
     case "ticket.created": text = t("event.ticket.created", { channel: t(`channel.${data.channel}`) }); break;
     case "ticket.status_changed": text = t("event.ticket.status_changed", { to: t(`status.${data.to}`) }); break;
     case "ticket.priority_changed": text = t("event.ticket.priority_changed", { to: t(`priority.${data.to}`) }); break;
+    case "ticket.labels_changed": text = t("event.ticket.labels_changed", { to: (data.to || []).join(", ") || "—" }); break;
     case "ticket.handoff": text = t("event.ticket.handoff", { reason: data.reason || "" }); break;
     default: text = t(`event.${event.kind}`);
   }
