@@ -14,6 +14,7 @@ from hub.app import HUB
 from hub.core import Channel, Presence
 from hub.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from hub.router import check_team_names, do_set_agent_active, do_set_presence, do_update_agent_routing
+from hub.text import InvalidPhoneNumber, parse_phone
 from hub.web.api import API, _team_ids, current_agent, int_param, require_admin
 from hub.web.registry import ROUTES, parse_body
 from hub.web.schemas import AgentOut
@@ -185,6 +186,13 @@ async def update_agent(request: web.Request) -> web.Response:
     admin = await require_admin(request)
     agent_id = int_param(request, "id")
     body = await parse_body(request, AgentRoutingIn)
+    phone = body.phone
+    if phone:
+        # As POST /agents stores it: calls ring the number Twilio can dial.
+        try:
+            phone = parse_phone(phone, hub.config.phone.default_region)
+        except InvalidPhoneNumber as exc:
+            raise ValidationFailed(f"phone: {exc}") from exc
     async with hub.db.write() as session:
         agent = await session.get(Agent, agent_id, with_for_update=True)
         if agent is None:
@@ -199,7 +207,7 @@ async def update_agent(request: web.Request) -> web.Response:
             languages=body.languages,
             capacity={c.value: n for c, n in body.capacity.items()} if body.capacity is not None else None,
             teams=body.teams,
-            phone=body.phone,
+            phone=phone,
         )
         if body.active is not None:
             if not body.active and agent.id == admin.id:

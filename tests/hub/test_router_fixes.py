@@ -824,6 +824,10 @@ async def test_agent_settings_and_team_names_that_cannot_be_kept_are_refused_nam
         assert agents[before["id"]] == before  # nothing saved
         # Stray spaces go, as they do from a rule's skills.
         assert (await admin.patch(url, {"skills": [" billing ", "vat"]}))["skills"] == ["billing", "vat"]
+        # A phone is stored as POST /agents stores it (E.164), or refused by name.
+        answer = await admin.patch(url, {"phone": "not a phone"}, 422)
+        assert answer["error"]["message"].startswith("phone: "), answer
+        assert (await admin.patch(url, {"phone": "+1 (415) 555-0123"}))["phone"] == "+14155550123"
         # A rule document: two spellings of one new team are refused too.
         version = (await admin.get("/api/v1/routing/rules"))["version"]
         items = [{"name": "a", "team": "Wholesale"}, {"name": "b", "team": "wholesale"}]
