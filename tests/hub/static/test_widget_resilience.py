@@ -136,8 +136,13 @@ async def test_replies_written_while_the_visitor_was_offline_show_on_reconnect(t
             ticket_id = (await s.scalars(select(Ticket.id))).one()
 
         async with agent.events() as events:
-            await events.send_json({"type": "typing", "ticket_id": ticket_id})
-            await expect(panel.get_by_role("status")).to_have_text("$&Ana is typing…")
+            # Sent again until it shows, as the inbox resends it while the agent
+            # writes (every 2.5 s): on a slow machine one frame can be lost.
+            status = panel.get_by_role("status")
+            async with asyncio.timeout(30):
+                while await status.text_content() != "$&Ana is typing…":
+                    await events.send_json({"type": "typing", "ticket_id": ticket_id})
+                    await asyncio.sleep(1)
 
         link["down"] = True
         route = link["route"]
