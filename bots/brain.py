@@ -22,7 +22,7 @@ from bots.kb import KbEntry, languages_for
 from bots.matcher import Match, Matcher, Thresholds
 from hub.config import BotConfig
 from hub.core import QuickReply
-from hub.text import detect_language, keyword, normalize, strip_punctuation, to_ascii_digits
+from hub.text import detect_language, is_vip, keyword, normalize, strip_punctuation, to_ascii_digits
 
 FEEDBACK_YES = "fb:yes"
 FEEDBACK_NO = "fb:no"
@@ -665,8 +665,7 @@ class Brain:
     # --- handoff ---------------------------------------------------------------------------
 
     def _is_vip(self, contact: Contact) -> bool:
-        tag = self.config.vip_tag.casefold()
-        return any(str(t).casefold() == tag for t in contact.tags) or bool(contact.attributes.get("vip") is True)
+        return is_vip(contact.attributes, contact.tags, self.config.vip_tag)
 
     def _handoff(
         self, out: Outcome, reason: str, contact: Contact, *, team: str | None = None, polite: bool = True

@@ -135,7 +135,7 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
     if email is not None:
         channels[Channel.EMAIL] = email.channel
         sender.context[Channel.EMAIL] = email.reply_context
-    router = Router(db, config.routing)
+    router = Router(db, config.routing, vip_tag=config.bot.vip_tag)
     processor = EventProcessor(db, live, sender, router)
     router.subscribe(processor)
     hub = Hub(

@@ -339,6 +339,16 @@ class QualificationSlot(_Section):
     # A customer may always say "skip"; a required slot is asked once more first.
     required: bool = False
 
+    @field_validator("name")
+    @classmethod
+    def _not_the_hubs_own(cls, value: str) -> str:
+        # A customer's answer stored under these would make them a VIP or
+        # decide their SMS consent (set only by a CSV column or the API, with
+        # when and how: hub.campaigns.audience).
+        if value == "vip" or value.startswith("sms_consent"):
+            raise ValueError(f"{value!r} is a contact attribute the hub sets itself; name the slot otherwise")
+        return value
+
     @field_validator("prompt")
     @classmethod
     def _has_english(cls, value: dict[str, str]) -> dict[str, str]:

@@ -41,6 +41,7 @@ from hub.actions import do_handoff, do_set_status
 from hub.bot_actions import do_update_lead
 from hub.config import HubConfig, QualificationConfig
 from hub.core import IdentityKind, TicketStatus, utcnow
+from hub.text import is_vip
 from storage.db import Database
 from storage.ingest import dialect_insert
 from storage.models import Contact, Identity, Message, Ticket
@@ -225,7 +226,7 @@ class DatabasePort:
             "hub_customer_phone": by_kind.get(IdentityKind.PHONE.value) or (contact.attributes or {}).get("phone"),
             "hub_lifecycle_stage": contact.lifecycle_stage,
             "hub_lead_score": contact.lead_score,
-            "hub_vip": self.config.bot.vip_tag in (contact.tags or []) or (contact.attributes or {}).get("vip") is True,
+            "hub_vip": is_vip(contact.attributes or {}, contact.tags or [], self.config.bot.vip_tag),
             "hub_open_tickets": len(open_tickets),
             "hub_recent_history": [f"[{m.channel}] {m.author}: {m.body[:200]}" for m in reversed(recent)],
         }

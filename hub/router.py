@@ -191,9 +191,10 @@ def _compile_automation(body: list[Any], auto_resolve: AutoResolve) -> tuple[Com
 
 
 class Router:
-    def __init__(self, db: Database, config: RoutingConfig | None = None) -> None:
+    def __init__(self, db: Database, config: RoutingConfig | None = None, *, vip_tag: str = "vip") -> None:
         self.db = db
         self.config = config or RoutingConfig()
+        self.vip_tag = vip_tag
         self.calendars = {name: c.build() for name, c in self.config.calendars.items()}
         self.default_capacity = {str(k): v for k, v in self.config.default_capacity.items()}
         self._inboxes: dict[str, InboxInfo] = {}
@@ -657,6 +658,7 @@ class Router:
                 tags=frozenset(str(t) for t in (contact.tags or [])) if contact else frozenset(),
                 lifecycle_stage=contact.lifecycle_stage if contact else None,
                 segment=contact.segment if contact else None,
+                vip_tag=self.vip_tag,
             ),
             skills=frozenset(str(s) for s in ticket.skills or []),
             inbox_default_team_id=inbox.default_team_id,

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import phonenumbers
 
@@ -323,3 +323,20 @@ def label_key(label: str) -> str:
     """What makes two labels the same label: "VIP", "vip" and " Vip " are one
     (on tickets, in filters and in routing and automation conditions)."""
     return clean_label(label).casefold()
+
+
+#: How a yes is written in a contact attribute that came from a form, a CSV
+#: column or an import ("vip: yes"), besides JSON's true.
+YES_WORDS = frozenset({"1", "true", "yes", "y", "on", "بله", "آری"})
+
+
+def is_vip(attributes: Mapping[str, Any], tags: Iterable[object], tag: str = "vip") -> bool:
+    """Whether a contact is a VIP: tagged ``tag`` (in any case) or its ``vip``
+    attribute set to yes. Routing's ``vip`` condition, the bot's handoff and
+    the Rasa bridge's ``hub_vip`` slot all ask this, so a contact one of them
+    treats as a VIP is one for all three."""
+    flag = attributes.get("vip")
+    if isinstance(flag, str):
+        flag = flag.strip().casefold() in YES_WORDS
+    key = label_key(tag)
+    return flag is True or flag == 1 or any(label_key(str(t)) == key for t in tags)

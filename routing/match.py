@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from hub.core import Priority, TicketStatus
-from hub.text import keyword, label_key
+from hub.text import is_vip, keyword, label_key
 from routing.hours import BusinessCalendar
 from routing.settings import Conditions
 
@@ -23,12 +23,12 @@ class ContactFacts:
     lifecycle_stage: str | None = None
     segment: str | None = None
 
+    # The bot's ``vip_tag``: one VIP for routing and the bot.
+    vip_tag: str = "vip"
+
     @property
     def vip(self) -> bool:
-        flag = self.attributes.get("vip")
-        if isinstance(flag, str):
-            flag = flag.strip().lower() in ("1", "true", "yes", "y")
-        return bool(flag) or "vip" in {t.lower() for t in self.tags}
+        return is_vip(self.attributes, self.tags, self.vip_tag)
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,6 +84,9 @@ def test_vip_contacts_go_to_a_person_and_an_entrys_team_is_used() -> None:
     assert (vip.action, vip.reason) == ("handoff", "vip")
     by_attribute = respond("hello", contact=Contact(attributes={"vip": True}))
     assert by_attribute.reason == "vip"
+    # As routing reads it: a CSV's "yes", and the configured tag in any case.
+    assert respond("hello", contact=Contact(attributes={"vip": "yes"})).reason == "vip"
+    assert respond("hello", contact=Contact(tags=("gold",)), vip_tag="Gold").reason == "vip"
     # The pricing entry belongs to Sales: a "No" to its answer goes there.
     answered = respond("what are your prices", qualification={"enabled": False})
     assert answered.entry_id == "pricing"

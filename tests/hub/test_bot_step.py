@@ -273,6 +273,26 @@ async def test_vip_goes_to_a_person_at_once(tmp_path: Path) -> None:
         assert bye.body.startswith("I'm connecting you")
 
 
+async def test_the_bot_and_routing_agree_on_who_is_a_vip(tmp_path: Path) -> None:
+    """With a tag of the admin's choosing (bot.vip_tag), the bot hands the
+    customer off and routing's ``vip`` rule takes the ticket."""
+    settings: dict[str, Any] = {
+        "bot.vip_tag": "Gold",
+        "routing.rules": [{"name": "vip", "when": {"vip": True}, "team": "Priority", "priority": "high"}],
+    }
+    async with bot_hub(tmp_path, **settings) as c:
+        await c.push("hi")
+        async with c.hub.db.write() as s:
+            contact = (await s.scalars(select(Contact))).one()
+            contact.tags = ["gold"]
+        (bye,) = await c.push("when will my order arrive?")
+        assert bye.body.startswith("I'm connecting you")
+        ticket = await c.ticket()
+        async with c.hub.db.read() as s:
+            team = await s.scalar(select(Team).where(Team.name == "Priority"))
+        assert team is not None and (ticket.team_id, ticket.priority) == (team.id, "high")
+
+
 async def test_qualification_with_a_correction_and_a_resume_on_sms(tmp_path: Path) -> None:
     async with bot_hub(tmp_path) as c:
         replies = await c.push("How much does it cost?")

@@ -249,6 +249,15 @@ def test_shipped_config_has_no_key_twice() -> None:
         ("bot:\n  qualification:\n    rules: []\n    slots: [{name: who, prompt: {fa: نام؟}}]\n", "English prompt"),
         ("bot:\n  qualification:\n    rules: []\n    slots: [{name: Who, prompt: {en: 'Who?'}}]\n", "slots.0.name"),
         (
+            "bot:\n  qualification:\n    rules: []\n"
+            "    slots: [{name: vip, kind: choice, choices: [yes, no], prompt: {en: 'VIP?'}}]\n",
+            "'vip' is a contact attribute the hub sets itself",
+        ),
+        (
+            "bot:\n  qualification:\n    rules: []\n    slots: [{name: sms_consent, prompt: {en: 'Texts?'}}]\n",
+            "'sms_consent' is a contact attribute the hub sets itself",
+        ),
+        (
             "bot:\n  qualification:\n    rules: []\n    slots: [{name: a, prompt: {en: A}},{name: a, prompt: {en: B}}]",
             "slot names must be unique",
         ),

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from hub.text import (
     InvalidPhoneNumber,
     detect_language,
+    is_vip,
     keyword,
     normalize,
     parse_phone,
@@ -183,3 +184,24 @@ def test_segments_are_enough_for_the_units(text: str) -> None:
     s = sms_segments(text)
     assert s.segments >= 1
     assert s.units <= max(s.segments * s.per_segment, s.per_segment)
+
+
+@pytest.mark.parametrize(
+    ("attributes", "tags", "tag", "vip"),
+    [
+        ({"vip": True}, [], "vip", True),
+        # As a CSV column or a form leaves it.
+        ({"vip": "yes"}, [], "vip", True),
+        ({"vip": " بله "}, [], "vip", True),
+        ({"vip": 1}, [], "vip", True),
+        ({"vip": "no"}, [], "vip", False),
+        ({"vip": False}, [], "vip", False),
+        ({"vip": 2}, [], "vip", False),
+        ({}, ["VIP"], "vip", True),
+        ({}, [" Gold "], "gold", True),
+        ({}, ["vip"], "gold", False),
+        ({}, [], "vip", False),
+    ],
+)
+def test_is_vip(attributes: dict[str, object], tags: list[str], tag: str, vip: bool) -> None:
+    assert is_vip(attributes, tags, tag) is vip

@@ -103,6 +103,12 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = [
         {"team_id": VIP, "rule": "vip"},
     ),
     (
+        "vip by the bot's configured tag",
+        {"contact": ContactFacts(tags=frozenset({"Gold"}), vip_tag="gold")},
+        {},
+        {"team_id": VIP, "rule": "vip"},
+    ),
+    (
         "keyword routes with skills, round robin from cursor",
         {"text": "Where is my INVOICE?"},
         {"cursors": {SALES: 20}},
