@@ -9,6 +9,7 @@ text is spoken (<Say>), because Twilio has no Persian voice.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -35,6 +36,18 @@ CALL_STATUS_RANK: dict[str, int] = {
     "canceled": 3,
 }
 FINAL_STATUSES = frozenset(s for s, rank in CALL_STATUS_RANK.items() if rank == 3)
+# DialCallStatus of a <Dial action>; "answered" is what Twilio reports for a
+# dialled party that picked up while the <Dial> is still going.
+DIAL_CALL_STATUSES = ("completed", "answered", "busy", "no-answer", "failed", "canceled")
+DIAL_ANSWERED = frozenset({"completed", "answered"})
+# TranscriptionStatus (transcription_enum_status).
+TRANSCRIPTION_STATUSES = ("in-progress", "completed", "failed")
+# Twilio refuses a <Dial> with more <Number> nouns than this: the caller hears
+# an application error instead of anyone's phone ringing.
+MAX_DIAL_NUMBERS = 10
+# The widest Digits the hub keeps (calls.menu_choice): the menu takes one key
+# and the <Record> action sends "hangup" or the key that ended it.
+MAX_DIGITS_CHARS = 8
 
 # What Twilio puts in From when the caller withheld their number. The numbers
 # spell ANONYMOUS, RESTRICTED, BLOCKED, UNKNOWN and UNAVAILABLE on a keypad and
@@ -92,6 +105,9 @@ class CallParams:
         return WITHHELD_CALLER if self.caller_withheld else self.caller
 
 
+_RECORDING_URL_SID = re.compile(r"/Recordings/(RE[0-9a-fA-F]{32})(?:\.[a-z0-9]+)?\Z")
+
+
 def _int(params: FormParams, name: str) -> int | None:
     raw = params.get(name)
     if not raw:
@@ -108,6 +124,20 @@ def _phone(raw: str, default_region: str | None) -> str:
         return raw.strip().lower()
 
 
+def _recording_sid_of(url: str | None) -> str | None:
+    """The RE… id at the end of a RecordingUrl: the <Record> action sends the
+    URL but no RecordingSid."""
+    match = _RECORDING_URL_SID.search(url or "")
+    return match.group(1) if match else None
+
+
+def _one_of(params: FormParams, name: str, allowed: Sequence[str]) -> str | None:
+    value = field(params, name, max_chars=40).lower()
+    if value and value not in allowed:
+        raise InvalidPayload(f"{name} {value!r} is not one of Twilio's: {', '.join(allowed)}")
+    return value or None
+
+
 def parse_call(params: FormParams, *, default_region: str | None = None) -> CallParams:
     sid = required_sid(params, "CallSid", "CA")
     status = field(params, "CallStatus", max_chars=40).lower()
@@ -118,6 +148,8 @@ def parse_call(params: FormParams, *, default_region: str | None = None) -> Call
     recording_url = field(params, "RecordingUrl", max_chars=2000) or None
     if recording_url and not recording_url.startswith(("https://", "http://")):
         raise InvalidPayload("RecordingUrl is not an http(s) URL")
+    dial_status = _one_of(params, "DialCallStatus", DIAL_CALL_STATUSES)
+    transcription_status = _one_of(params, "TranscriptionStatus", TRANSCRIPTION_STATUSES)
     withheld = is_withheld(caller)
     caller_name = field(params, "CallerName", max_chars=200) or None
     return CallParams(
@@ -128,14 +160,14 @@ def parse_call(params: FormParams, *, default_region: str | None = None) -> Call
         status=status,
         direction=field(params, "Direction", max_chars=40) or "inbound",
         caller_name=caller_name or (WITHHELD_NAME if withheld else None),
-        digits=field(params, "Digits", max_chars=40) or None,
+        digits=field(params, "Digits", max_chars=MAX_DIGITS_CHARS) or None,
         duration=_int(params, "CallDuration") if params.get("CallDuration") else _int(params, "DialCallDuration"),
-        dial_status=field(params, "DialCallStatus", max_chars=40).lower() or None,
+        dial_status=dial_status,
         recording_url=recording_url,
-        recording_sid=sid_field(params, "RecordingSid", "RE"),
+        recording_sid=sid_field(params, "RecordingSid", "RE") or _recording_sid_of(recording_url),
         recording_duration=_int(params, "RecordingDuration"),
         transcription_text=field(params, "TranscriptionText", max_chars=20_000) or None,
-        transcription_status=field(params, "TranscriptionStatus", max_chars=40).lower() or None,
+        transcription_status=transcription_status,
         parent_call_sid=sid_field(params, "ParentCallSid", "CA"),
         sequence=_int(params, "SequenceNumber"),
         caller_withheld=withheld,
@@ -182,7 +214,9 @@ def menu_twiml(greeting: Prompt, options: Sequence[Prompt], speech: Speech, *, a
     """The greeting and the menu inside a <Gather> of one key; a caller who
     presses nothing reaches ``action`` without ``Digits``."""
     response = VoiceResponse()
-    gather = Gather(input="dtmf", num_digits=1, action=action, method="POST", timeout=6)
+    # Twilio's default finishOnKey "#" would end the gather with no digits, so a
+    # menu entry on "#" could never be chosen; one key ends it anyway.
+    gather = Gather(input="dtmf", num_digits=1, finish_on_key="", action=action, method="POST", timeout=6)
     speak(gather, greeting, speech)
     for option in options:
         speak(gather, option, speech)
@@ -202,7 +236,10 @@ def dial_twiml(
     timeout: int,
 ) -> str:
     """Ring every available agent's phone at once; the first to answer gets
-    the caller. ``answered_url`` (with ``agent=<id>``) tells the hub who did."""
+    the caller. ``answered_url`` (with ``agent=<id>``) tells the hub who did.
+    At most :data:`MAX_DIAL_NUMBERS` agents: the hub picks which."""
+    if len(agents) > MAX_DIAL_NUMBERS:
+        raise ValueError(f"Twilio dials at most {MAX_DIAL_NUMBERS} numbers at once, not {len(agents)}")
     response = VoiceResponse()
     speak(response, connecting, speech)
     dial = Dial(action=action, method="POST", timeout=timeout, caller_id=caller_id)

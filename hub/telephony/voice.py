@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -31,7 +32,9 @@ from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioS
 from channels.twilio_common import NOT_REACHED, error_reason, send_failure
 from channels.twilio_voice import (
     CALL_STATUS_RANK,
+    DIAL_ANSWERED,
     FINAL_STATUSES,
+    MAX_DIAL_NUMBERS,
     CallParams,
     Speech,
     call_view,
@@ -68,7 +71,19 @@ CALL_BACK_LABEL = "call-back"
 # settled (a voicemail arrived after the call was counted as missed).
 CALL_BACK_NOTE = "call_back_note_id"
 CALL_BACK_SETTLED = "call_back_settled"
+# Call extras: how the <Dial> ended (DialCallStatus), once recorded.
+DIAL_STATUS = "dial_status"
 UNANSWERED = ("missed", "abandoned")
+# Longer than Twilio lets a call last (4 hours): a call row still "live" past
+# this lost its final status callback, and does not keep its agent busy.
+LIVE_CALL_LIMIT = timedelta(hours=4)
+# A click-to-call Twilio may have placed although the hub never learnt its SID
+# (the request timed out) is a row under this made-up SID, status UNCONFIRMED,
+# until a webhook of an outbound call to that agent's phone claims it within
+# CLAIM_WINDOW; one left unclaimed was never placed.
+UNCONFIRMED_PREFIX = "unconfirmed:"
+UNCONFIRMED = "unconfirmed"
+CLAIM_WINDOW = timedelta(minutes=10)
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 VOICE_PATH = "/webhooks/twilio/voice"
 
@@ -119,7 +134,7 @@ def call_row_view(row: Call) -> dict[str, Any]:
         "customer": row.customer,
         "line": row.line,
         "status": row.status,
-        "live": row.status not in FINAL_STATUSES,
+        "live": _is_live(row.status),
         "menu_choice": row.menu_choice,
         "team_id": row.team_id,
         "agent_id": row.agent_id,
@@ -158,7 +173,7 @@ class VoiceDesk:
                 session, channel=Channel.VOICE, inbox=self.voice.inbox, address=params.caller, name=params.caller_name
             )
         now = utcnow()
-        await session.execute(
+        inserted = await session.scalar(
             dialect_insert(session, Call)
             .values(
                 call_sid=params.call_sid,
@@ -172,10 +187,13 @@ class VoiceDesk:
                 extras={},
             )
             .on_conflict_do_nothing(index_elements=["call_sid"])
+            .returning(Call.id)
         )
         row = await session.scalar(select(Call).where(Call.call_sid == params.call_sid).with_for_update())
         assert row is not None
-        return row, await check_ticket(session, row.ticket_id), True
+        # A copy of the webhook that raced this one may have inserted the row
+        # first: only the one whose insert took effect records the call's start.
+        return row, await check_ticket(session, row.ticket_id), inserted is not None
 
     async def _event(self, session: AsyncSession, ticket: Ticket, row: Call, actor: str, **data: Any) -> None:
         await record_ticket_event(
@@ -207,12 +225,20 @@ class VoiceDesk:
         agents = await self.available_agents(team_id) if open_now else []
         async with self.db.write() as session:
             row, ticket, _ = await self._call(session, params)
-            if open_now and ticket.assignee_id is not None and ticket.assignee_id not in {a for a, _ in agents}:
+            owner_id = ticket.assignee_id
+            if open_now and owner_id is not None:
                 # Routing may already have given this caller's ticket to an agent
-                # (whose capacity it now fills): ring them first.
-                owner = await session.get(Agent, ticket.assignee_id)
-                if owner is not None and owner.active and owner.phone and owner.presence == Presence.ONLINE.value:
-                    agents = [(owner.id, owner.phone), *agents]
+                # (whose capacity it now fills): ring them first, so that they
+                # are among the few a <Dial> can ring.
+                listed = [a for a in agents if a[0] == owner_id]
+                if not listed:
+                    owner = await session.get(Agent, owner_id)
+                    if owner is not None and owner.active and owner.phone and owner.presence == Presence.ONLINE.value:
+                        listed = [(owner.id, owner.phone)]
+                agents = [*listed, *(a for a in agents if a[0] != owner_id)]
+            if agents:
+                on_a_call = await _agents_on_live_calls(session, {a for a, _ in agents}, but=row.id)
+                agents = [(a, phone) for a, phone in agents if a not in on_a_call][:MAX_DIAL_NUMBERS]
             first_time = row.menu_choice is None
             row.menu_choice = params.digits or "none"
             row.team_id = team_id
@@ -260,7 +286,11 @@ class VoiceDesk:
         async with self.db.write() as session:
             row = await session.scalar(select(Call).where(Call.call_sid == parent).with_for_update())
             agent = await session.get(Agent, agent_id)
-            if row is not None and agent is not None and row.answered_at is None:
+            if row is not None and row.status in FINAL_STATUSES:
+                # The caller hung up before this (late or retried) request: the
+                # agent picked up a call that is over, and it stays over.
+                log.info("call %s was answered after it ended", parent)
+            elif row is not None and agent is not None and row.answered_at is None:
                 ticket = await check_ticket(session, row.ticket_id, lock=True)
                 row.answered_at = utcnow()
                 row.agent_id = agent.id
@@ -279,14 +309,17 @@ class VoiceDesk:
         whether the customer answered."""
         async with self.db.write() as session:
             row = await session.scalar(select(Call).where(Call.call_sid == params.call_sid).with_for_update())
-            if row is not None:
+            # Twilio retries an action it got no answer to: the outcome is
+            # recorded once, the TwiML answered again.
+            if row is not None and DIAL_STATUS not in (row.extras or {}):
                 ticket = await check_ticket(session, row.ticket_id)
                 status = params.dial_status or "unknown"
+                row.extras = {**(row.extras or {}), DIAL_STATUS: status}
                 if outbound:
                     await self._event(session, ticket, row, "system", event="customer_leg", dial_status=status)
-                elif status != "completed":
+                elif status not in DIAL_ANSWERED:
                     await self._event(session, ticket, row, "system", event="no_answer", dial_status=status)
-        if outbound or params.dial_status == "completed":
+        if outbound or params.dial_status in DIAL_ANSWERED:
             return hangup_twiml()
         return self._voicemail(base, closed=False)
 
@@ -309,7 +342,11 @@ class VoiceDesk:
         inbound = InboundMessage(
             channel=Channel.VOICE,
             inbox=self.voice.inbox,
-            external_id=params.recording_sid or f"{params.call_sid}:voicemail",
+            # The <Record> action, the transcription and the final status all
+            # carry the recording, not all of them its RecordingSid, and they
+            # can arrive at once: keyed by the call (which records one
+            # voicemail), the ingest stores it once whichever comes first.
+            external_id=f"{params.call_sid}:voicemail",
             sender=params.caller,
             sender_name=params.caller_name,
             body="",
@@ -384,6 +421,8 @@ class VoiceDesk:
         if not params.recording_url:
             return
         message_id = await self._voicemail_message(params)
+        if params.transcription_status == "in-progress":
+            return  # the text comes in a later callback
         async with self.db.write() as session:
             msg = await session.get(Message, message_id, with_for_update=True)
             if msg is None or (msg.extras or {}).get("transcription") in ("completed", "failed"):
@@ -409,10 +448,11 @@ class VoiceDesk:
                     status="completed" if done else "failed",
                 )
 
-    async def status(self, params: CallParams) -> None:
+    async def status(self, params: CallParams, *, ticket_id: int | None = None, agent_id: int | None = None) -> None:
         """A call status callback: the call moves forward only (callbacks can
         arrive out of order); at its end, a call that reached nobody and left no
-        voicemail gets a call-back task."""
+        voicemail gets a call-back task. ``ticket_id`` and ``agent_id``: a
+        click-to-call's, from the callback URL the hub gave Twilio."""
         if not params.status:
             return
         if (
@@ -429,7 +469,12 @@ class VoiceDesk:
         async with self.db.write() as session:
             existing = await session.scalar(select(Call).where(Call.call_sid == params.call_sid))
             if existing is None and params.direction != "inbound":
-                return  # a leg we did not start (e.g. the dialled agent's)
+                # A webhook of the same call that claimed it at the same time
+                # may have committed meanwhile: then the row is there by SID.
+                claimed = await self._claim_unconfirmed(session, params, ticket_id=ticket_id, agent_id=agent_id)
+                existing = claimed or await session.scalar(select(Call).where(Call.call_sid == params.call_sid))
+                if existing is None:
+                    return  # a leg we did not start (e.g. the dialled agent's)
             row, ticket, _ = await self._call(session, params)
             if voicemail_id is not None and row.voicemail_message_id is None:
                 # The first webhook of this call: there was no row to link it to.
@@ -534,7 +579,9 @@ class VoiceDesk:
                     from_=line,
                     url=f"{base}{VOICE_PATH}/connect?ticket={ticket_id}&agent={agent.id}",
                     method="POST",
-                    status_callback=f"{base}{VOICE_PATH}/status",
+                    # The ids say whose attempt it is, should Twilio's answer
+                    # to this request be lost (see _claim_unconfirmed).
+                    status_callback=f"{base}{VOICE_PATH}/status?ticket={ticket_id}&agent={agent.id}",
                     status_callback_method="POST",
                     status_callback_event=["initiated", "ringing", "answered", "completed"],
                     timeout=self.voice.dial_timeout_seconds,
@@ -546,9 +593,11 @@ class VoiceDesk:
             failure = send_failure(exc, timeout)
             if failure.extras.get(NOT_REACHED):
                 raise Unavailable(f"{failure.reason}; no call was placed, try again") from exc
-            # Twilio may have placed the call all the same: connect() finds
-            # the ticket in its URL when the agent answers.
+            # Twilio may have placed the call all the same: the ticket keeps the
+            # attempt, which the call's first webhook claims (connect() also
+            # finds the ticket in its URL when the agent answers).
             log.warning("click-to-call on ticket %s: no answer from Twilio: %s", ticket_id, failure.reason)
+            await self._unconfirmed_click_to_call(ticket_id, agent.id, customer, line, failure.reason)
             raise ProviderError(
                 f"{failure.reason}; the call may still have been placed: if your phone rings, answer it to be "
                 "connected to the customer, otherwise try again in a minute"
@@ -582,8 +631,13 @@ class VoiceDesk:
         async with self.db.write() as session:
             row = await session.scalar(select(Call).where(Call.call_sid == params.call_sid).with_for_update())
             if row is None:
+                row = await self._claim_unconfirmed(session, params, ticket_id=ticket_id, agent_id=agent_id)
+            if row is None:
                 row = await self._unrecorded_click_to_call(session, params, ticket_id, agent_id)
             if row is None or row.ticket_id != ticket_id or row.agent_id != agent_id or is_withheld(row.customer):
+                return goodbye_twiml(self.voice.goodbye, self.speech)
+            if row.status in FINAL_STATUSES:
+                # A late or retried request for a call that has ended.
                 return goodbye_twiml(self.voice.goodbye, self.speech)
             ticket = await check_ticket(session, row.ticket_id)
             if row.answered_at is None:
@@ -597,6 +651,56 @@ class VoiceDesk:
             action=f"{base}{VOICE_PATH}/dial?direction=outbound",
             timeout=self.voice.dial_timeout_seconds,
         )
+
+    async def _unconfirmed_click_to_call(
+        self, ticket_id: int, agent_id: int, customer: str, line: str, reason: str | None
+    ) -> None:
+        async with self.db.write() as session:
+            ticket = await check_ticket(session, ticket_id, lock=True)
+            params = CallParams(
+                call_sid=f"{UNCONFIRMED_PREFIX}{secrets.token_hex(16)}",
+                account_sid="",
+                caller=customer,
+                called=line,
+                status=UNCONFIRMED,
+                direction="outbound-api",
+            )
+            row, ticket, _ = await self._call(session, params, direction="outbound", ticket=ticket)
+            await self._click_to_call_started(session, ticket, row, agent_id, customer, unconfirmed=reason)
+
+    async def _claim_unconfirmed(
+        self, session: AsyncSession, params: CallParams, *, ticket_id: int | None = None, agent_id: int | None = None
+    ) -> Call | None:
+        """The oldest recent unconfirmed click-to-call to the phone this
+        outbound call rings (Twilio places calls in the order asked), now known
+        by the call's SID. Only a call the hub asked Twilio for: the agent legs
+        of an inbound call's <Dial> ring the same phones."""
+        if params.direction != "outbound-api":
+            return None
+        stmt = (
+            select(Call)
+            .join(Agent, Agent.id == Call.agent_id)
+            .where(
+                Call.call_sid.startswith(UNCONFIRMED_PREFIX),
+                Call.status == UNCONFIRMED,
+                Call.started_at > utcnow() - CLAIM_WINDOW,
+                Agent.phone == params.called,
+            )
+            .order_by(Call.id)
+            .limit(1)
+            .with_for_update(of=Call)
+        )
+        if ticket_id is not None:
+            stmt = stmt.where(Call.ticket_id == ticket_id)
+        if agent_id is not None:
+            stmt = stmt.where(Call.agent_id == agent_id)
+        row = await session.scalar(stmt)
+        if row is None:
+            return None
+        row.call_sid = params.call_sid
+        row.status = "queued"
+        await session.flush()
+        return row
 
     async def _unrecorded_click_to_call(
         self, session: AsyncSession, params: CallParams, ticket_id: int, agent_id: int
@@ -657,3 +761,21 @@ async def _number_to_call(session: AsyncSession, contact_id: int) -> str:
 def _awaits_call_back(row: Call) -> bool:
     extras = row.extras or {}
     return extras.get("outcome") in UNANSWERED and CALL_BACK_NOTE in extras and not extras.get(CALL_BACK_SETTLED)
+
+
+def _is_live(status: str) -> bool:
+    return status in CALL_STATUS_RANK and status not in FINAL_STATUSES
+
+
+async def _agents_on_live_calls(session: AsyncSession, agent_ids: set[int], *, but: int) -> set[int]:
+    """Those of ``agent_ids`` on another call now: one they answered, or a
+    click-to-call of theirs."""
+    rows = await session.scalars(
+        select(Call.agent_id).where(
+            Call.agent_id.in_(agent_ids),
+            Call.id != but,
+            Call.status.in_([s for s in CALL_STATUS_RANK if _is_live(s)]),
+            Call.started_at > utcnow() - LIVE_CALL_LIMIT,
+        )
+    )
+    return {a for a in rows.all() if a is not None}

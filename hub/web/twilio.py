@@ -243,7 +243,11 @@ VOICE_STEPS = ("menu", "dial", "answered", "recording", "transcription", "status
     tag="webhooks",
     auth=False,
     content_type=TWIML,
-    query={"agent": "answered, connect: the agent", "ticket": "connect: the ticket", "direction": "dial: outbound"},
+    query={
+        "agent": "answered, connect, status (click-to-call): the agent",
+        "ticket": "connect, status (click-to-call): the ticket",
+        "direction": "dial: outbound",
+    },
     errors=(400, 403, 404),
 )
 async def twilio_voice_step(request: web.Request) -> web.StreamResponse:
@@ -273,6 +277,11 @@ async def twilio_voice_step(request: web.Request) -> web.StreamResponse:
         )
     if step == "transcription":
         await desk.transcription(call)
+    elif "ticket" in query or "agent" in query:
+        # A click-to-call's: its URL names the ticket and the agent.
+        await desk.status(
+            call, ticket_id=_query_int(query.get("ticket"), "ticket"), agent_id=_query_int(query.get("agent"), "agent")
+        )
     else:
         await desk.status(call)
     return _twiml(empty_twiml())

@@ -4,6 +4,7 @@ back as XML."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ from channels.twilio_voice import (
     parse_call,
     voicemail_twiml,
 )
-from hub.config import TwilioVoiceConfig, VoicePrompt
+from hub.config import TwilioVoiceConfig, VoiceMenuItem, VoicePrompt
 from hub.core import Author, Channel, DeliveryStatus, OutboundMessage
 
 VOICE = TwilioVoiceConfig(
@@ -47,6 +48,8 @@ def test_menu_greets_in_both_languages_and_gathers_one_digit() -> None:
         "input": "dtmf",
         "method": "POST",
         "numDigits": "1",
+        # Twilio's default "#" would end the gather with no digit.
+        "finishOnKey": "",
         "timeout": "6",
     }
     spoken = [(el.tag, el.text, el.attrib.get("language")) for el in gather]
@@ -78,6 +81,35 @@ def test_dial_rings_every_agent_and_reports_who_answered() -> None:
         ("+15550000003", "https://h/voice/answered?agent=3"),
         ("+15550000005", "https://h/voice/answered?agent=5"),
     ]
+
+
+def test_a_menu_entry_on_hash_can_be_chosen() -> None:
+    voice = TwilioVoiceConfig(
+        menu=[
+            VoiceMenuItem(digit="1", team="Sales", prompt=VoicePrompt(text={"en": "Sales, press 1."})),
+            VoiceMenuItem(digit="#", team="Billing", prompt=VoicePrompt(text={"en": "Billing, press pound."})),
+        ]
+    )
+    root = xml(menu_twiml(voice.greeting, [m.prompt for m in voice.menu], SPEECH, action="https://h/voice/menu"))
+    gather = root.find("Gather")
+    assert gather is not None
+    # An absent finishOnKey is "#" to Twilio: the key would end the gather, not choose.
+    assert gather.attrib.get("finishOnKey", "#") == ""
+
+
+def test_dial_rings_at_most_ten_numbers() -> None:
+    agents = [(i, f"+1555000{i:04d}") for i in range(11)]
+    common: dict[str, Any] = {
+        "caller_id": None,
+        "action": "https://h/voice/dial",
+        "answered_url": "https://h/voice/answered",
+        "timeout": 20,
+    }
+    dial = xml(dial_twiml(VOICE.connecting, SPEECH, agents[:10], **common)).find("Dial")
+    assert dial is not None and len(dial.findall("Number")) == 10
+    # Twilio refuses the eleventh: the caller would hear an application error.
+    with pytest.raises(ValueError, match="at most 10"):
+        dial_twiml(VOICE.connecting, SPEECH, agents, **common)
 
 
 def test_voicemail_records_with_transcription_then_says_goodbye() -> None:
@@ -159,11 +191,29 @@ def test_nul_characters_are_dropped_from_what_is_stored() -> None:
         ({"CallSid": "CA-anything"}, "CallSid"),
         ({"ParentCallSid": "CA" + "2" * 32 + "\n"}, "ParentCallSid"),
         ({"RecordingSid": "RE" + "3" * 31}, "RecordingSid"),
+        # calls.menu_choice holds 8: a longer Digits was a 500 on PostgreSQL.
+        ({"Digits": "123456789"}, "Digits"),
+        ({"DialCallStatus": "exploded"}, "DialCallStatus"),
+        ({"TranscriptionStatus": "done"}, "TranscriptionStatus"),
     ],
 )
 def test_odd_numbers_and_ids_are_named(change: dict[str, str], needle: str) -> None:
     with pytest.raises(InvalidPayload, match=needle):
         parse_call(FormParams({"CallSid": "CA" + "1" * 32, "From": "+15557654321", **change}.items()))
+
+
+def test_twilio_step_values() -> None:
+    base = {"CallSid": "CA" + "1" * 32, "From": "+15557654321"}
+    for sent in ("completed", "answered", "busy", "no-answer", "failed", "canceled"):
+        assert parse_call(FormParams({**base, "DialCallStatus": sent.upper()}.items())).dial_status == sent
+    for sent in ("in-progress", "completed", "failed"):
+        assert parse_call(FormParams({**base, "TranscriptionStatus": sent}.items())).transcription_status == sent
+    assert parse_call(FormParams({**base, "Digits": "hangup"}.items())).digits == "hangup"
+    # The <Record> action names its recording by URL only.
+    sid = "RE" + "ab" * 16
+    url = f"https://api.twilio.com/2010-04-01/Accounts/AC{'2' * 32}/Recordings/{sid}"
+    assert parse_call(FormParams({**base, "RecordingUrl": url}.items())).recording_sid == sid
+    assert parse_call(FormParams({**base, "RecordingUrl": "https://example.com/x"}.items())).recording_sid is None
 
 
 @pytest.mark.parametrize(

@@ -235,7 +235,9 @@ async def test_click_to_call_rings_the_agent_then_the_customer(tmp_path: Path) -
         (created,) = t.fake.calls
         assert (created["to"], created["from"]) == (AGENT_PHONE, NUMBER)
         assert created["url"] == t.url(f"/webhooks/twilio/voice/connect?ticket={ticket['id']}&agent={agent_id}")
-        assert created["status_callback"] == t.url("/webhooks/twilio/voice/status")
+        assert created["status_callback"] == t.url(
+            f"/webhooks/twilio/voice/status?ticket={ticket['id']}&agent={agent_id}"
+        )
         assert (view["call_sid"], view["direction"], view["customer"]) == (created["sid"], "outbound", CUSTOMER)
         leg = call_params(
             created["sid"], From=NUMBER, To=AGENT_PHONE, CallStatus="in-progress", Direction="outbound-api"
@@ -505,3 +507,140 @@ async def test_click_to_call_that_twilio_does_not_answer_in_time_still_connects(
         other = call_params("CA" + secrets.token_hex(16), Direction="inbound")
         bye = await step(t, f"/webhooks/twilio/voice/connect?ticket={ticket['id']}&agent={agent_id}", other)
         assert bye is not None and bye.find("Dial") is None
+
+
+async def test_a_team_of_more_than_ten_rings_ten_the_tickets_agent_first(tmp_path: Path) -> None:
+    # Twilio refuses a <Dial> of more than ten numbers: every call to the team failed.
+    async with twilio_hub(tmp_path) as t:
+        ids = []
+        async with t.hub.db.write() as s:
+            for i in range(12):
+                row = await do_create_agent(
+                    s,
+                    email=f"a{i}@example.com",
+                    name=f"A{i}",
+                    password=PASSWORD,
+                    teams=["Support"],
+                    phone=f"+1555000{i:04d}",
+                )
+                ids.append(row.id)
+            await s.execute(update(AgentRow).where(AgentRow.id.in_(ids)).values(presence="online"))
+        sid = "CA" + secrets.token_hex(16)
+        await step(t, "/webhooks/twilio/voice", call_params(sid))
+        call = await the_call(t, sid)
+        async with t.hub.db.write() as s:
+            ticket = await s.get(Ticket, call.ticket_id)
+            assert ticket is not None
+            # The team's last in turn, whom ten others would have pushed out.
+            await do_assign(s, ticket, agent_id=ids[-1], team_id=None, actor="routing")
+        dial_doc = await step(t, "/webhooks/twilio/voice/menu", call_params(sid, Digits="2"))
+        assert dial_doc is not None
+        numbers = [n.text for n in dial_doc.findall("Dial/Number")]
+        assert len(numbers) == 10 and numbers[0] == "+15550000011"
+        assert (await the_call(t, sid)).extras["dialed"] == [ids[-1], *ids[:9]]
+
+
+async def test_an_agent_on_another_call_is_not_rung(tmp_path: Path) -> None:
+    async with twilio_hub(tmp_path) as t:
+        _, agent_id = await agent_with_phone(t, "sam@example.com", "Support")
+        other = "+15557650000"
+        busy = "CA" + secrets.token_hex(16)
+        first = call_params(busy, From=other, Caller=other)
+        await step(t, "/webhooks/twilio/voice", first)
+        await step(t, "/webhooks/twilio/voice/menu", {**first, "Digits": "2"})
+        leg = {**call_params("CA" + secrets.token_hex(16)), "ParentCallSid": busy, "To": AGENT_PHONE}
+        await step(t, f"/webhooks/twilio/voice/answered?agent={agent_id}", leg)
+        # While sam talks, a caller whose ticket routing gave sam calls.
+        sid = "CA" + secrets.token_hex(16)
+        await step(t, "/webhooks/twilio/voice", call_params(sid))
+        async with t.hub.db.write() as s:
+            ticket = await s.get(Ticket, (await the_call(t, sid)).ticket_id)
+            assert ticket is not None
+            await do_assign(s, ticket, agent_id=agent_id, team_id=None, actor="routing")
+        doc = await step(t, "/webhooks/twilio/voice/menu", call_params(sid, Digits="2"))
+        assert doc is not None and doc.find("Dial") is None and doc.find("Record") is not None
+        # Once that call ends, sam is rung again.
+        await step(t, "/webhooks/twilio/voice/status", {**first, "CallStatus": "completed", "CallDuration": "60"})
+        again = "CA" + secrets.token_hex(16)
+        await step(t, "/webhooks/twilio/voice", call_params(again))
+        doc = await step(t, "/webhooks/twilio/voice/menu", call_params(again, Digits="2"))
+        assert doc is not None and [n.text for n in doc.findall("Dial/Number")] == [AGENT_PHONE]
+
+
+async def test_a_transcription_in_progress_waits_for_the_text(tmp_path: Path) -> None:
+    async with twilio_hub(tmp_path) as t:
+        sid = "CA" + secrets.token_hex(16)
+        await step(t, "/webhooks/twilio/voice", call_params(sid))
+        url = t.fake.add_media(ACCOUNT, "Recordings", b"ID3fake", "audio/mpeg")
+        rec = call_params(sid, RecordingUrl=url, RecordingSid="RE" + "7" * 32, RecordingDuration="5")
+        await step(t, "/webhooks/twilio/voice/recording", rec)
+        note = {**rec, "TranscriptionSid": "TR" + "1" * 32}
+        await step(t, "/webhooks/twilio/voice/transcription", {**note, "TranscriptionStatus": "in-progress"})
+        text = {**note, "TranscriptionStatus": "completed", "TranscriptionText": "Call me about order 42."}
+        await step(t, "/webhooks/twilio/voice/transcription", text)
+        call = await the_call(t, sid)
+        async with t.hub.db.read() as s:
+            msg = await s.get(Message, call.voicemail_message_id)
+        assert msg is not None and (msg.body, msg.extras["transcription"]) == ("Call me about order 42.", "completed")
+
+
+async def test_values_twilio_never_sends_are_a_400_naming_them(tmp_path: Path) -> None:
+    async with twilio_hub(tmp_path) as t:
+        await agent_with_phone(t, "sam@example.com", "Support")
+        sid = "CA" + secrets.token_hex(16)
+        await step(t, "/webhooks/twilio/voice", call_params(sid))
+        for path, change in (
+            # Wider than calls.menu_choice: a 500 on PostgreSQL.
+            ("menu", {"Digits": "123456789"}),
+            ("dial", {"DialCallStatus": "exploded"}),
+            ("transcription", {"TranscriptionStatus": "done"}),
+        ):
+            url = t.url(f"/webhooks/twilio/voice/{path}")
+            params = call_params(sid, **change)
+            async with t.http.post(url, data=params, headers={"X-Twilio-Signature": _sign(url, params)}) as r:
+                assert r.status == 400
+                assert next(iter(change)) in (await r.json())["error"]["message"]
+        await step(t, "/webhooks/twilio/voice/menu", call_params(sid, Digits="2"))
+        # "answered" is Twilio's word for a dialled agent who picked up, as "completed".
+        done = await step(t, "/webhooks/twilio/voice/dial", call_params(sid, DialCallStatus="answered"))
+        assert done is not None and [el.tag for el in done] == ["Hangup"]
+
+
+async def test_a_timed_out_click_to_call_nobody_answers_stays_on_the_ticket(tmp_path: Path) -> None:
+    async with (
+        silent_twilio() as slow,
+        twilio_hub(tmp_path, overrides={"twilio.api_base_url": slow, "twilio.request_timeout_seconds": 0.5}) as t,
+    ):
+        agent, agent_id = await agent_with_phone(t, "sam@example.com", "Support", online=False)
+        assert await t.sms("Call me please", sid="SM" + secrets.token_hex(16)) == 200
+        (ticket,) = (await agent.get("/api/v1/tickets?channel=sms"))["items"]
+        async with t.http.post(t.url(f"/api/v1/tickets/{ticket['id']}/call"), json={}, headers=agent.headers) as r:
+            assert r.status == 502
+        (attempt,) = (await agent.get(f"/api/v1/tickets/{ticket['id']}/calls"))["items"]
+        # Nobody knows yet whether Twilio placed it: not shown as a live call.
+        assert (attempt["status"], attempt["live"], attempt["agent_id"]) == ("unconfirmed", False, agent_id)
+        # Twilio did place it, rang sam, who did not answer: its callbacks claim the attempt.
+        placed = "CA" + secrets.token_hex(16)
+        callback = f"/webhooks/twilio/voice/status?ticket={ticket['id']}&agent={agent_id}"
+        # Not another ticket's attempt, though it rings the same phone.
+        other = call_params(placed, From=NUMBER, To=AGENT_PHONE, CallStatus="initiated", Direction="outbound-api")
+        await step(t, f"/webhooks/twilio/voice/status?ticket={ticket['id'] + 1}&agent={agent_id}", other)
+        (attempt,) = (await agent.get(f"/api/v1/tickets/{ticket['id']}/calls"))["items"]
+        assert attempt["status"] == "unconfirmed"
+        for status in ("initiated", "ringing", "no-answer"):
+            leg = call_params(placed, From=NUMBER, To=AGENT_PHONE, CallStatus=status, Direction="outbound-api")
+            await step(t, callback, leg)
+        (call,) = (await agent.get(f"/api/v1/tickets/{ticket['id']}/calls"))["items"]
+        assert (call["call_sid"], call["status"], call["outcome"], call["live"]) == (
+            placed,
+            "no-answer",
+            "no-answer",
+            False,
+        )
+        events = await timeline_calls(agent, ticket["contact_id"])
+        assert [e["event"] for e in events] == ["click_to_call", "status", "ended"]
+        assert "did not answer" in events[0]["unconfirmed"]
+        # Another call's callbacks to sam's phone find no attempt left to claim.
+        stray = call_params("CA" + secrets.token_hex(16), From=NUMBER, To=AGENT_PHONE, Direction="outbound-api")
+        await step(t, "/webhooks/twilio/voice/status", {**stray, "CallStatus": "ringing"})
+        assert len((await agent.get(f"/api/v1/tickets/{ticket['id']}/calls"))["items"]) == 1
