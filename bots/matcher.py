@@ -342,10 +342,18 @@ def _features(cls_scores: Matrix, nearest: Matrix, column: NDArray[np.int64]) ->
 
 
 # For knowledge bases too small to calibrate on themselves (fewer than three
-# entries or no entry with two questions): a fixed mapping of the same features,
-# fitted once on a public benchmark's knowledge base.
+# entries or no entry with two questions): a fixed mapping of the same features
+# per backend, whose scores have scales of their own (the static backend's
+# nearest example is 0.7 for a question on nothing the KB knows, where the
+# n-grams' is 0.2). Fitted by tools/fit_fallback_calibration.py on one- and
+# two-entry knowledge bases drawn from CLINC150's train split, asked its val
+# questions; a backend without its own uses the general one.
 _FALLBACK_WEIGHTS = np.array([2.0, 2.5, 6.0, 0.0])
 _FALLBACK_BIAS = -3.5
+FALLBACK_CALIBRATION: dict[str, tuple[tuple[float, float, float, float], float]] = {
+    "lexical": ((0.915, 2.838, 2.215, 5.286), -4.574),
+    "static": ((0.309, 1.731, 10.304, 10.372), -18.870),
+}
 
 
 @dataclass
@@ -353,6 +361,14 @@ class Calibrator:
     weights: NDArray[np.float64] = field(default_factory=lambda: _FALLBACK_WEIGHTS.copy())
     bias: float = _FALLBACK_BIAS
     learnt: bool = False
+
+    @classmethod
+    def fallback_for(cls, backend: Backend | None) -> Calibrator:
+        """The fixed mapping for ``backend``'s scores (see FALLBACK_CALIBRATION)."""
+        fitted = FALLBACK_CALIBRATION.get(backend.name) if backend is not None else None
+        if fitted is None:
+            return cls()
+        return cls(np.array(fitted[0], dtype=np.float64), fitted[1])
 
     def __call__(self, feats: Matrix) -> NDArray[np.float64]:
         z = feats @ self.weights + self.bias
@@ -372,12 +388,16 @@ def self_calibrate(
     from the held-out questions the backend ``covered`` (all by default): the
     others are its fallback's to judge."""
     judged = np.ones(len(labels), dtype=bool) if covered is None else covered
-    (calibrator,) = _calibrate(backend, prepared, labels, n_classes, [(_whole(prepared), judged)], seed)
+    view = (_whole(prepared), judged, Calibrator.fallback_for(backend))
+    (calibrator,) = _calibrate(backend, prepared, labels, n_classes, [view], seed)
     return calibrator
 
 
 #: Of a fitted model, the part a calibrator is for, with the prepared questions it scores.
 _Part = Callable[[FittedModel], tuple[Prepared, FittedModel]]
+#: What a calibrator is learnt for: the part of the fold models that scores, the
+#: held-out questions it judges, and the mapping to use if it cannot be learnt.
+_View = tuple[_Part, NDArray[np.bool_], "Calibrator"]
 
 
 def _whole(prepared: Prepared) -> _Part:
@@ -389,15 +409,15 @@ def _calibrate(
     prepared: Prepared,
     labels: NDArray[np.int64],
     n_classes: int,
-    views: Sequence[tuple[_Part, NDArray[np.bool_]]],
+    views: Sequence[_View],
     seed: int,
 ) -> list[Calibrator]:
-    """One calibrator per view ``(part, judged)``: each learnt from the
-    held-out questions it judges, scored by its part of the same fold models.
-    Each comes out exactly as if calibrated on its own; the folds are fitted
-    once for all."""
+    """One calibrator per view ``(part, judged, fallback)``: each learnt from
+    the held-out questions it judges, scored by its part of the same fold
+    models. Each comes out exactly as if calibrated on its own; the folds are
+    fitted once for all."""
     if n_classes < 3:
-        return [Calibrator() for _ in views]
+        return [fallback for _, _, fallback in views]
     everything = np.arange(len(labels), dtype=np.int64)
     feats: list[list[Matrix]] = [[] for _ in views]
     target: list[list[NDArray[np.float64]]] = [[] for _ in views]
@@ -405,7 +425,7 @@ def _calibrate(
     def score(model: FittedModel, held: NDArray[np.bool_], right: NDArray[np.int64] | None) -> None:
         """Each view's features of the ``held`` questions it judges;
         ``right``: their entries (in scope), None (out of scope)."""
-        for v, (part, judged) in enumerate(views):
+        for v, (part, judged, _) in enumerate(views):
             scored = held & judged
             if not scored.any():
                 continue
@@ -416,7 +436,7 @@ def _calibrate(
             target[v].append(np.zeros(len(s)) if right is None else (top == right[scored]).astype(np.float64))
 
     def judged_any(held: NDArray[np.bool_]) -> bool:
-        return any((held & judged).any() for _, judged in views)
+        return any((held & judged).any() for _, judged, _ in views)
 
     rng = np.random.default_rng(seed)
     classes = rng.permutation(n_classes)
@@ -443,16 +463,16 @@ def _calibrate(
             break
         if judged_any(held):
             score(backend.fit(prepared, everything[~held], labels[~held], n_classes), held, labels)
-    return [_learnt(f, t) for f, t in zip(feats, target, strict=True)]
+    return [_learnt(f, t, view[2]) for f, t, view in zip(feats, target, views, strict=True)]
 
 
-def _learnt(feats: list[Matrix], target: list[NDArray[np.float64]]) -> Calibrator:
+def _learnt(feats: list[Matrix], target: list[NDArray[np.float64]], fallback: Calibrator) -> Calibrator:
     if not feats:
-        return Calibrator()
+        return fallback
     x = np.vstack(feats)
     y = np.concatenate(target)
     if len(np.unique(y)) < 2:
-        return Calibrator()
+        return fallback
     # Balanced: the share of left-out questions depends on the KB's size, and
     # must not move the scale (0.5 means as likely right as not, on any KB).
     model = LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced").fit(x, y)
@@ -514,7 +534,7 @@ class Matcher:
                 labels.append(i)
         self.n_questions = len(texts)
         self.model: FittedModel | None = None
-        self.calibrator = Calibrator()
+        self.calibrator = Calibrator.fallback_for(self.backend)
         # Questions the backend does not cover are matched, and calibrated,
         # by its fallback alone: judged by half a model, a Persian question
         # that is word for word an example scored as unsure (0.46).
@@ -529,8 +549,12 @@ class Matcher:
         shared = None if other is None else backend_.fallback_part(prepared, self.model)
         if other is not None and shared is None:
             self.fallback = Matcher(entries, other, calibrate=calibrate)
-        views: list[tuple[_Part, NDArray[np.bool_]]] = [
-            (_whole(prepared), np.array([backend_.covers(t) for t in texts], dtype=bool))
+        views: list[_View] = [
+            (
+                _whole(prepared),
+                np.array([backend_.covers(t) for t in texts], dtype=bool),
+                Calibrator.fallback_for(backend_),
+            )
         ]
         if other is not None and shared is not None:
 
@@ -539,11 +563,11 @@ class Matcher:
                 assert found is not None
                 return found
 
-            views.append((part, np.array([other.covers(t) for t in texts], dtype=bool)))
+            views.append((part, np.array([other.covers(t) for t in texts], dtype=bool), Calibrator.fallback_for(other)))
         calibrators = (
             _calibrate(backend_, prepared, y, len(self.entries), views, seed=7)
             if calibrate
-            else [Calibrator() for _ in views]
+            else [fallback for _, _, fallback in views]
         )
         self.calibrator = calibrators[0]
         if other is not None and shared is not None:

@@ -106,3 +106,30 @@ def test_the_fallback_is_built_from_the_same_fits_and_calibrated_as_on_its_own()
     questions = ["کارت هدیه", "ساعت کاری", "قیمت اشتراک"]
     assert np.array_equal(static.confidences(questions), lexical.confidences(questions))
     assert static.fallback.rank(questions, 3) == lexical.rank(questions, 3)
+
+
+def test_a_two_entry_knowledge_base_hands_off_what_it_knows_nothing_about() -> None:
+    """The README's example KB, too small to calibrate on itself: the fixed
+    mapping for these scores (the static backend's nearest example is about
+    0.7 for any English question) hands off what neither entry is about."""
+    kb = [
+        KbEntry(
+            id="shipping-time",
+            questions=("how long does shipping take", "when will my order arrive", "سفارش من کی می‌رسد"),
+            answer={"en": "Orders arrive in 3 to 5 working days."},
+        ),
+        KbEntry(
+            id="refunds",
+            questions=("can I get a refund", "how do I return an item", "چطور کالا را مرجوع کنم"),
+            answer={"en": "Within 30 days."},
+        ),
+    ]
+    matcher = Matcher(kb, make_backend(BotConfig()))
+    assert not matcher.calibrator.learnt
+    for question in ("do you sell gift cards", "can I pay with bitcoin", "my password does not work"):
+        assert matcher.match(question).action == "handoff", question
+    assert matcher.match("when does my package arrive").entry_id == "shipping-time"
+    assert matcher.match("when does my package arrive").action == "answer"
+    assert matcher.match("how do I return an item").action == "answer"
+    # A Persian question goes to the n-grams, with their own mapping.
+    assert matcher.match("سفارش من کی می‌رسد").action == "answer"
