@@ -32,7 +32,11 @@ same id and the customer's client shows it once. Like a mail client's "reply
 all", it goes to the Reply-To of the customer's latest mail (else its From)
 and copies the others on it, never our own mailboxes. Temporary (4xx) SMTP
 errors and unreachable servers are retryable; permanent (5xx) ones fail with
-the server's words. Only the customer's address decides: a malformed copy is
+the server's words. The SMTP steps are taken one by one, so that a connection
+lost (or an answer not given within ten minutes) after the whole message was
+written is known for what it is: the message may have been delivered, and it
+fails saying so instead of going out twice. A sent message keeps the
+addresses it went to (``SEND_PARTS``), which threading uses. Only the customer's address decides: a malformed copy is
 left out and a refused one named in the result, and the reply still goes out;
 when only the customer's address was refused for now, the retry goes to it
 alone. An address the email package cannot write, or an internationalized
@@ -63,7 +67,8 @@ from typing import Any, ClassVar, Literal
 
 import aiosmtplib
 import nh3
-from aiosmtplib.email import parse_address
+from aiosmtplib.email import flatten_message, parse_address
+from aiosmtplib.protocol import normalize_message_line_endings
 from inscriptis import get_text
 from inscriptis.css_profiles import CSS_PROFILES
 from inscriptis.model.config import ParserConfig
@@ -939,8 +944,11 @@ def html_to_text(source: str) -> str:
 # --- automatic mail ----------------------------------------------------------
 
 _AUTO_SUBJECT = re.compile(
-    r"^\s*(auto(matic)?[\s-]*(reply|response|antwort)|auto:|out of (the )?office|abwesenheitsnotiz|"
-    r"réponse automatique|respuesta automática|autosvar|پاسخ خودکار|خارج از دفتر|رد تلقائي)",
+    r"^\s*(auto(matic)?[\s-]*(reply|response|antwort)|out of (the )?office|abwesenheitsnotiz|"
+    r"réponse automatique|respuesta automática|autosvar|پاسخ خودکار|خارج از دفتر|رد تلقائي|"
+    # A bare "Auto:" is a person's car in German, Dutch, Italian and Spanish
+    # ("Auto: Termin für die Inspektion"): only with an absence after it.
+    r"auto:\s*(out of (the )?office|abwesen|afwezig|absent|absence|fuera de (la )?oficina|assente|ausente))",
     re.IGNORECASE,
 )
 _NO_REPLY_LOCAL = re.compile(r"^(mailer-daemon|postmaster|no-?reply|do-?not-?reply|noreply-.*|bounces?(\+.*)?)$", re.I)
@@ -991,7 +999,9 @@ def _delivery_report(msg: Message, sender: str, collector: _Collector) -> Delive
     ctype = msg.get_content_type()
     report_type = str(msg.get_param("report-type") or "").lower() if ctype == "multipart/report" else ""
     local = sender.partition("@")[0]
-    from_daemon = bool(re.match(r"^(mailer-daemon|postmaster)$", local, re.I)) or sender == UNKNOWN_SENDER
+    # Not mail whose sender cannot be read: a customer's broken mail client
+    # or a web form writes that too, and a report is never a conversation.
+    from_daemon = bool(re.match(r"^(mailer-daemon|postmaster)$", local, re.I))
     null_sender = _header(msg, "Return-Path").replace(" ", "") == "<>"
     subject = _header(msg, "Subject")
     looks_bounced = (from_daemon or null_sender) and (
@@ -1329,6 +1339,9 @@ class SmtpServer:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     timeout: float = 30.0
+    #: How long to wait for the server's answer to the end of the message
+    #: (RFC 5321 4.5.3.2.6: ten minutes); never shorter than ``timeout``.
+    data_timeout: float = 600.0
     validate_certs: bool = True
     ca_file: str | None = None
 
@@ -1586,19 +1599,25 @@ class EmailChannel(ChannelAdapter):
         done = {a.lower() for a in accepted_before}
         envelope = [recipient, *(a for a in addresses.cc if a.lower() not in done)]
         try:
-            refused, _ = await aiosmtplib.send(
-                mime,
-                sender=box.address,
-                recipients=envelope,
-                hostname=smtp.host,
-                port=smtp.port,
-                username=smtp.username,
-                password=smtp.password,
-                use_tls=smtp.security == "tls",
-                start_tls=smtp.security == "starttls",
-                validate_certs=smtp.validate_certs,
-                cert_bundle=smtp.ca_file,
-                timeout=smtp.timeout,
+            refused = await _transact(smtp, box.address, envelope, mime)
+        except MaybeDelivered as exc:
+            # The whole message was written and the server's verdict on it
+            # never came. It may well have queued it (a slow spam filter, a
+            # dropped connection after the 250), and sending it again would
+            # give the customer two copies: the agent decides, not a retry.
+            # The Message-ID is kept, so a bounce, a delivery report or the
+            # customer's answer still finds the message, and so are the
+            # addresses it went to, as for mail the server took.
+            cause = exc.__cause__
+            return SendResult(
+                status=DeliveryStatus.FAILED,
+                external_id=mid,
+                reason=(
+                    f"SMTP server {smtp.host}:{smtp.port} did not confirm the message after it was sent "
+                    f"({type(cause).__name__}: {cause}); it may have been delivered, so it was not sent again: "
+                    "check with the customer before sending it again"
+                ),
+                extras={SEND_PARTS: [*accepted_before, *envelope]},
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             first = next((r for r in exc.recipients if r.recipient == recipient), None)
@@ -1620,7 +1639,8 @@ class EmailChannel(ChannelAdapter):
                     ),
                 )
             # Unreachable, disconnected, TLS not offered: the server (or its
-            # configuration) may be back soon, so try again with backoff.
+            # configuration) may be back soon, and it has not been given the
+            # message yet, so try again with backoff.
             return SendResult(
                 status=DeliveryStatus.FAILED,
                 reason=f"SMTP server {smtp.host}:{smtp.port}: {type(exc).__name__}: {exc}",
@@ -1635,12 +1655,102 @@ class EmailChannel(ChannelAdapter):
             return failed.model_copy(
                 update={"reason": f"{failed.reason} (only the copies were sent)", "extras": {SEND_PARTS: accepted}}
             )
+        # Kept with the sent message: who was sent it, so that an answer from
+        # one of them (a Reply-To address, a copied colleague) is let into
+        # the ticket (see hub.mail.do_ingest_email).
+        sent_to = {SEND_PARTS: [*accepted_before, *(a for a in envelope if a not in refused)]}
         if refused:
             lost = "; ".join(f"{a}: {r.code} {' '.join(r.message.split())}" for a, r in refused.items())
             return SendResult(
-                status=DeliveryStatus.SENT, external_id=mid, reason=f"the server refused copies to {lost}"
+                status=DeliveryStatus.SENT,
+                external_id=mid,
+                reason=f"the server refused copies to {lost}",
+                extras=sent_to,
             )
-        return SendResult(status=DeliveryStatus.SENT, external_id=mid)
+        return SendResult(status=DeliveryStatus.SENT, external_id=mid, extras=sent_to)
+
+
+class MaybeDelivered(Exception):
+    """The connection failed (timed out, dropped) after the whole message
+    had been written to the SMTP server: it may have been delivered. The
+    failure is its ``__cause__``."""
+
+
+async def _transact(
+    smtp: SmtpServer, sender: str, recipients: Sequence[str], mime: EmailMessage
+) -> dict[str, aiosmtplib.SMTPResponse]:
+    """Send ``mime`` to ``recipients`` in one SMTP transaction, step by step,
+    so that a failure is known to come before or after the server was given
+    the message. Returns the recipients the server refused (it took the
+    message for the others); raises :class:`MaybeDelivered` for a failure
+    once the message was written, aiosmtplib's errors before that."""
+    client = aiosmtplib.SMTP(
+        hostname=smtp.host,
+        port=smtp.port,
+        username=smtp.username,
+        password=smtp.password,
+        use_tls=smtp.security == "tls",
+        start_tls=smtp.security == "starttls",
+        validate_certs=smtp.validate_certs,
+        cert_bundle=smtp.ca_file,
+        timeout=smtp.timeout,
+    )
+    await client.connect()  # with STARTTLS and AUTH as configured
+    try:
+        if client.is_ehlo_or_helo_needed:
+            # The server's extensions (SMTPUTF8, 8BITMIME, SIZE) decide how
+            # the message is written; without STARTTLS nothing asked yet.
+            try:
+                await client.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await client.helo()
+        utf8 = _needs_utf8((sender, *recipients))
+        if utf8 and not client.supports_extension("smtputf8"):
+            raise aiosmtplib.SMTPNotSupported("SMTPUTF8 is not supported by this server")
+        eight_bit = client.supports_extension("8bitmime")
+        payload = flatten_message(mime, utf8=utf8, cte_type="8bit" if eight_bit else "7bit")
+        # As sent after DATA (RFC 5321 4.5.2: lines starting with a period
+        # are doubled), ending with the line that ends the message.
+        payload = _PERIOD_AT_LINE_START.sub(b"..", normalize_message_line_endings(payload)) + b".\r\n"
+        options = [f"SIZE={len(payload)}"] if client.supports_extension("size") else []
+        options += ["SMTPUTF8"] if utf8 else []
+        options += ["BODY=8BITMIME"] if eight_bit else []
+        encoding = "utf-8" if utf8 else "ascii"
+        await client.mail(sender, options=options, encoding=encoding)
+        refused: dict[str, aiosmtplib.SMTPRecipientRefused] = {}
+        for address in recipients:
+            try:
+                await client.rcpt(address, encoding=encoding)
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                refused[address] = exc
+        if len(refused) == len(recipients):
+            raise aiosmtplib.SMTPRecipientsRefused(list(refused.values()))
+        start = await client.execute_command(b"DATA")
+        if start.code != 354:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        protocol = client.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("the connection was lost before the message was sent")
+        try:
+            protocol.write(payload)
+            # RFC 5321 4.5.3.2.6: a server may take ten minutes to answer the
+            # end of the message (filters, delivery to a slow store); giving
+            # up sooner is how the same mail reaches a customer twice.
+            reply = await protocol.read_response(timeout=max(smtp.data_timeout, smtp.timeout))
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise MaybeDelivered() from exc
+        if reply.code != 250:
+            raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+        return {a: aiosmtplib.SMTPResponse(exc.code, exc.message) for a, exc in refused.items()}
+    finally:
+        # The server has the message (or refused it): a failed goodbye changes nothing.
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+            if client.is_connected:
+                await client.quit()
+        client.close()
+
+
+_PERIOD_AT_LINE_START = re.compile(rb"(?m)^\.")
 
 
 def _smtp_failure(code: int, text: str, smtp: SmtpServer) -> SendResult:

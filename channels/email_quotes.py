@@ -12,13 +12,17 @@ What is recognised:
 - attribution lines ("On <date>, <name> wrote:") in English, Persian
   ("در تاریخ ... نوشت:"), Arabic, German, French, Spanish, Portuguese, Italian,
   Dutch, Russian and Turkish, also wrapped over up to three lines (Gmail, Apple
-  Mail, Thunderbird), when a mail client's hand shows: an address or a full
-  date with a time of day in the line, or quoted history right after it (a
-  customer's own "On 12 May your courier said:" is their words);
+  Mail, Thunderbird), when a mail client's hand shows: an address in the
+  line, a full date and time of day followed by nothing but a name, or
+  quoted history right after it (">" lines or a header block); a date and a
+  time alone are not enough (a customer's own "On 12 May at 10:30 your
+  courier told me on the phone and wrote:" and what he wrote are theirs);
 - Outlook's header blocks ("From: / Sent: / To: / Subject:", and their
   translations, "از: / ارسال شده: ..."; From and two of the others, with an
-  address or a time of day in them), after a line of underscores or not, and
-  "-----Original Message-----";
+  address in the From line, or Outlook's "Sent:" with a time of day and a
+  Subject: a customer's own flight "From: Tehran / To: Istanbul / Date: ...
+  10:30" or bank transfer with its Subject has neither), after a line of
+  underscores or not, and "-----Original Message-----";
 - a trailing block of ">"-quoted lines;
 - signatures after the standard "-- " line (exactly that: a bare "--" may be
   the customer's own divider), and the mobile clients' one-line "Sent from my
@@ -69,21 +73,19 @@ _ATTRIBUTION_START = re.compile(r"^(on|در|في|فى|am|le|el|em|il|op)\b|^\d{1
 
 _FROM_FIELD = re.compile(r"^\*?(from|de|von|van|da|från|od|от|از|من|kimden)\s*:\*?\s*\S", re.IGNORECASE)
 # The other fields of Outlook's header block, by kind: a block needs two kinds
-# (a date, the addressee, the subject) besides From.
+# (a date, the addressee, the subject) besides From; "sent" counts as a date.
 _HEADER_FIELDS = {
     kind: re.compile(rf"^\*?({names})\s*:", re.IGNORECASE)
     for kind, names in {
-        "date": "sent|date|envoyé|gesendet|enviado|enviada|verzonden|inviato|datum|data|fecha|отправлено|"
-        "ارسال شده|تاریخ|أرسل|التاريخ|gönderildi|tarih",
+        # Outlook's own word for the date, apart: with a time of day in it,
+        # it marks Outlook's block as no "Date:" a customer types does.
+        "sent": "sent|envoyé|gesendet|enviado|enviada|verzonden|inviato|отправлено|ارسال شده|أرسل|gönderildi",
+        "date": "date|datum|data|fecha|تاریخ|التاريخ|tarih",
         "to": "to|à|an|para|aan|a|إلى|به|кому|kime",
         "subject": "subject|objet|betreff|asunto|assunto|onderwerp|oggetto|tema|тема|موضوع|الموضوع|konu",
         "cc": "cc|bcc|رونوشت|نسخه",
     }.items()
 }
-# What makes it a mail client's block and not a customer's own "From: Tehran /
-# To: Istanbul / Date: 12 May 2025": an address, or a date with its time of
-# day (Outlook's "Sent:" always has one; \d matches Persian digits too).
-_ADDRESS_OR_TIME = re.compile(r"@|\d{1,2}:\d{2}")
 _SEPARATOR = re.compile(
     r"^(_{20,}|-{2,}\s*(original message|ursprüngliche nachricht|message d'origine|mensaje original|"
     r"messaggio originale|oorspronkelijk bericht|исходное сообщение|پیام اصلی|الرسالة الأصلية)\s*-{2,})$",
@@ -186,12 +188,12 @@ def _attribution_end(lines: list[str], i: int) -> int | None:
 def _attributes_history(lines: list[str], i: int, end: int, follows: int) -> bool:
     """Whether the attribution at ``lines[i:end]`` is a mail client's, above
     the history it quotes, and not a sentence of the customer's ("On 12 May
-    your courier said:" and what he said): the client's hand shows in the
-    line (an address, or a full date with the time of day), or what follows
+    at 10:30 your courier said:" and what he said): an address in the line,
+    or the client's template (:func:`_dated_like_a_client`), or what follows
     it is quoted history, ">"-quoted or, from HTML mail converted to text,
     the header block of the message it quotes."""
     joined = " ".join(_plain(line) for line in lines[i:end])
-    if _ADDRESS.search(joined) or (_TIME_OF_DAY.search(joined) and _FULL_DATE.search(joined)):
+    if _ADDRESS.search(joined) or _dated_like_a_client(joined):
         return True
     if follows >= len(lines):
         return False
@@ -199,6 +201,31 @@ def _attributes_history(lines: list[str], i: int, end: int, follows: int) -> boo
         return True
     plain = _plain(lines[follows])
     return bool(_SEPARATOR.match(plain) or (_FROM_FIELD.match(plain) and _outlook_block(lines, follows)))
+
+
+# What stands around the name in a dated attribution, and the verbs.
+_AROUND_NAME = re.compile(r"\b(am|pm|at|um|à|alle|om|saatinde)\b|ق\.?ظ|ب\.?ظ|[,،:]", re.IGNORECASE)
+_WROTE = re.compile(
+    r"\b(wrote|writes|said|a\s+écrit|escribió|escreveu|ha\s+scritto|schrieb|schreef|написала?|yazdı)\b|"
+    r"نوشته\s+است|نوشته|نوشت|كتبت|كتب",
+    re.IGNORECASE,
+)
+_AND = re.compile(r"^(and|und|et|y|e|en|и|ve|و)$", re.IGNORECASE)
+_NAME_WORDS = 4
+
+
+def _dated_like_a_client(joined: str) -> bool:
+    """An attribution without an address written the way clients write one
+    (Thunderbird's "On 3/3/25 10:12 AM, John Smith wrote:"): a full date,
+    the time of day, then nothing but a name. A date and a time do not make
+    it a client's on their own: "در تاریخ ... ساعت ۱۰:۳۰ همکار شما تلفنی
+    گفت و نوشت:" (on ... at 10:30 your colleague said on the phone and
+    wrote:) is a customer telling what happened, and what follows is theirs."""
+    times = list(_TIME_OF_DAY.finditer(joined))
+    if not times or not _FULL_DATE.search(joined):
+        return False
+    name = _AROUND_NAME.sub(" ", _WROTE.sub(" ", joined[times[-1].end() :])).split()
+    return 0 < len(name) <= _NAME_WORDS and not any(_AND.match(word) for word in name)
 
 
 def _next_text(lines: list[str]) -> list[int]:
@@ -212,10 +239,14 @@ def _next_text(lines: list[str]) -> list[int]:
 
 def _outlook_block(lines: list[str], i: int) -> bool:
     """A "From:" line followed within five lines by fields of at least two
-    more kinds (a date, the addressee, the subject) with an address or a
-    time of day among them, as Outlook writes above the message it answers."""
+    more kinds (a date, the addressee, the subject), as Outlook writes above
+    the message it answers, and with the mail client's hand showing: an
+    address in the From line, or Outlook's "Sent:" with its time of day and
+    a Subject. A customer's own "From: / To: / Date:" lines (a flight, a
+    bank transfer with its Subject) have neither. (Below a separator line,
+    "____" or "-----Original Message-----", the separator marks the history.)"""
     kinds: set[str] = set()
-    evidence = bool(_ADDRESS_OR_TIME.search(_plain(lines[i])))
+    sent_at = False
     for j in range(i + 1, min(i + 6, len(lines))):
         plain = _plain(lines[j])
         kind = next((k for k, pattern in _HEADER_FIELDS.items() if pattern.match(plain)), None)
@@ -223,9 +254,13 @@ def _outlook_block(lines: list[str], i: int) -> bool:
             if plain:
                 break
             continue
-        kinds.add(kind)
-        evidence = evidence or bool(_ADDRESS_OR_TIME.search(plain))
-    return len(kinds - {"cc"}) >= 2 and evidence
+        kinds.add("date" if kind == "sent" else kind)
+        sent_at = sent_at or (kind == "sent" and bool(_TIME_OF_DAY.search(plain)))
+    if len(kinds - {"cc"}) < 2:
+        return False
+    if _ADDRESS.search(_plain(lines[i])):
+        return True
+    return "subject" in kinds and sent_at
 
 
 def _history_only_from(lines: list[str]) -> list[bool]:

@@ -987,6 +987,16 @@ class MailboxConfig(_Section):
             raise ValueError(f"{value!r} is not an email address")
         return value
 
+    @field_validator("display_name")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        # YAML block scalars (">", "|") end with a line break; inside the
+        # name, one would end the From header, and every reply would fail.
+        value = value.strip() if value is not None else None
+        if value and re.search("[\x00-\x1f\x7f-\x9f\u2028\u2029]", value):
+            raise ValueError("a display name is one line of text: no line breaks or control characters")
+        return value or None
+
     @property
     def inbox_key(self) -> str:
         return self.inbox or f"email:{self.address}"

@@ -37,12 +37,14 @@ import secrets
 import socket
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from channels.base import SEND_PARTS
 from channels.email import (
     MAX_BODY_CHARS,
     UNKNOWN_SENDER,
@@ -87,6 +89,7 @@ from storage.mail import (
     LeaseLost,
     advance_checkpoint,
     claim_mailbox,
+    contact_address,
     email_message_exists,
     find_thread,
     first_connection,
@@ -95,6 +98,7 @@ from storage.mail import (
     remember_first_connection,
     renew_lease,
     reply_context,
+    sent_email_exists,
     start_history_cutoff,
     store_automatic,
     thread_key_for,
@@ -142,18 +146,35 @@ def connection_lost(exc: BaseException) -> bool:
 
 
 async def do_ingest_email(
-    session: AsyncSession, parsed: ParsedEmail, inbound_files: SavedFiles, box: MailboxConfig
+    session: AsyncSession,
+    parsed: ParsedEmail,
+    inbound_files: SavedFiles,
+    box: MailboxConfig,
 ) -> IngestResult:
     """Store one customer email on the ticket its thread belongs to (reopening
     a resolved one), or on a new ticket. Automatic mail (an out-of-office
     answering our reply) is stored on its thread's ticket without reopening,
     waking or otherwise changing it: nobody wrote it, so it is no reason for
-    an agent to act (see :func:`storage.mail.store_automatic`)."""
+    an agent to act (see :func:`storage.mail.store_automatic`).
+
+    Mail answering ours from an address we sent it to that is not the
+    ticket's contact's (the Reply-To the customer asked for, a colleague
+    they copied) goes on that ticket, as the contact's message with the
+    real sender in ``email.from``, as a helpdesk shows a copied person's
+    answer on the requester's ticket. The address is not made one of the
+    contact's: a colleague is not the customer, and would otherwise reach
+    all the customer's tickets."""
     inbox_id = await session.scalar(select(Inbox.id).where(Inbox.key == box.inbox_key))
     if inbox_id is None:
         raise LookupError(f"inbox {box.inbox_key!r} does not exist; the hub creates it at start-up")
     tokens = plus_tokens(parsed.recipients, box.address) if box.plus_addressing else []
     tokens += subject_tokens(parsed.subject)
+
+    async def sent_to(message: Message) -> list[str]:
+        # This mailbox's address is enough: the set only admits senders who
+        # are not the contact, and mail from our own addresses never gets here.
+        return await _sent_to(session, message, [box.address])
+
     choice = await find_thread(
         session,
         inbox_id=inbox_id,
@@ -164,17 +185,30 @@ async def do_ingest_email(
         tokens=tokens,
         reply_subject=normalize_subject(parsed.subject) if is_reply_subject(parsed.subject) else None,
         normalize=normalize_subject,
+        sent_to=sent_to,
     )
     ticket = choice.ticket
+    as_contact: str | None = None
+    notes = list(inbound_files.notes)
+    if ticket is not None and choice.by_recipient:
+        as_contact = await contact_address(session, ticket)
+        if as_contact is None:
+            # A contact without an email address cannot own an email.
+            ticket, choice = None, replace(choice, ticket=None, thread_key=thread_key_for(parsed.key), how="new")
+        else:
+            notes.append(f"from {parsed.sender}, who was sent the message it answers")
     inbound = to_inbound(
         parsed,
         inbox=box.inbox_key,
         attachments=inbound_files.attachments,
         original_url=inbound_files.original_url,
         html_url=inbound_files.html_url,
-        notes=inbound_files.notes,
+        notes=notes,
         threaded_by=choice.how,
     )
+    if as_contact is not None:
+        # Their name is not the contact's either.
+        inbound = inbound.model_copy(update={"sender": as_contact, "sender_name": None})
     if ticket is not None and parsed.auto_reply:
         return await store_automatic(session, ticket, inbound)
     if ticket is not None and ticket.status == TicketStatus.RESOLVED.value:
@@ -183,6 +217,19 @@ async def do_ingest_email(
     if isinstance(result, Exception):
         raise result
     return result
+
+
+async def _sent_to(session: AsyncSession, message: Message, own: Iterable[str]) -> list[str]:
+    """The addresses a message we sent went to: as the channel kept them
+    when it sent it, else (sent before it kept them) chosen again as the
+    channel chose them, from the thread before it."""
+    kept = (message.extras or {}).get(SEND_PARTS)
+    if isinstance(kept, list) and kept:
+        return [str(a) for a in kept]
+    context = await reply_context(session, message)
+    recipient = str((message.extras or {}).get("recipient") or "")
+    chosen = reply_addresses(context.get("email") or {}, recipient, own)
+    return [chosen.to, *chosen.cc]
 
 
 async def _reopen(session: AsyncSession, ticket: Ticket) -> None:
@@ -762,19 +809,26 @@ class MailboxPoller:
                 await self._advance_alone(state, uid)
                 return "own"
             parsed = relayed
-        if parsed.is_report:
+        if parsed.report is not None:
+            report = parsed.report
             async with self.db.write() as session:
-                about = parsed.report.status_recipients if parsed.report else ()
-                changed = [await do_record_receipt(session, r, recipients=about, own=own) for r in parsed.receipts()]
-                await self._advance(state, uid, session)
-            if not any(changed):
-                log.info(
-                    "mailbox %s: %s report about %s matches no message we sent",
-                    self.key,
-                    parsed.report.kind if parsed.report else "delivery",
-                    ", ".join(parsed.report.original_ids) if parsed.report else "?",
-                )
-            return "report"
+                ours = await sent_email_exists(session, report.original_ids)
+                if ours:
+                    about = report.status_recipients
+                    for receipt in parsed.receipts():
+                        await do_record_receipt(session, receipt, recipients=about, own=own)
+                    await self._advance(state, uid, session)
+            if ours:
+                return "report"
+            # Not about mail we sent (or a customer's mail that only looks
+            # like a report): kept as a message, as nothing delivered to the
+            # mailbox may be lost.
+            log.info(
+                "mailbox %s: %s report about %s matches no message we sent; storing it as a message",
+                self.key,
+                report.kind,
+                ", ".join(report.original_ids) or "nothing",
+            )
         async with self.db.read() as session:
             duplicate = await email_message_exists(session, parsed.key)
         if duplicate:

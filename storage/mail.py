@@ -4,10 +4,13 @@ headers a reply needs.
 
 Threading, always within one contact's tickets in one inbox (a stranger who
 copies a Message-ID or a ticket number into their mail only ever reaches their
-own tickets):
+own tickets), and the tickets of the mail we sent to the sender:
 
-1. In-Reply-To: the message it answers, ours or the customer's;
-2. References, newest first (Outlook and some phones drop In-Reply-To);
+1. In-Reply-To: the message it answers, ours or the customer's; ours also
+   when the sender is someone we sent it to (the Reply-To address the
+   customer asked us to use, a colleague they copied), not only the contact;
+2. References, newest first (Outlook and some phones drop In-Reply-To), the
+   same way;
 3. our reply token: "[#123]" in the subject or a "support+123@" address;
 4. a reply ("Re: ...") whose subject, without prefixes, is a ticket's subject
    (clients that rewrite every header);
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -58,6 +61,13 @@ class ThreadChoice:
     thread_key: str
     #: How it was found: in-reply-to, references, token, subject or new.
     how: str
+    #: The sender is not the ticket's contact but was sent the message of
+    #: ours that the mail answers (see :func:`find_thread`).
+    by_recipient: bool = False
+
+
+#: The addresses an outbound message of ours was sent to (To and Cc).
+SentTo = Callable[[Message], Awaitable[Collection[str]]]
 
 
 async def find_thread(
@@ -71,33 +81,51 @@ async def find_thread(
     tokens: Sequence[int],
     reply_subject: str | None,
     normalize: Callable[[str], str],
+    sent_to: SentTo | None = None,
 ) -> ThreadChoice:
     """The ticket an incoming message belongs to. ``reply_subject`` is the
     normalized subject when the message's subject marks it a reply, else None;
-    ``normalize`` turns a ticket's subject into the same form."""
+    ``normalize`` turns a ticket's subject into the same form.
+
+    With ``sent_to``, mail answering (by In-Reply-To or References) a message
+    we sent also continues its ticket when the sender is among the addresses
+    ``sent_to`` gives for that message, whoever's contact they are: "reply
+    all" from a copied colleague, or the customer writing from the Reply-To
+    address our reply went to. Someone we never sent that Message-ID to does
+    not get in by quoting it."""
     new = ThreadChoice(ticket=None, thread_key=thread_key_for(message_key), how="new")
     contact_id = await session.scalar(
         select(Identity.contact_id).where(Identity.channel == IdentityKind.EMAIL.value, Identity.address == sender)
     )
-    if contact_id is None:
+    if contact_id is None and sent_to is None:
         return new
     ids = [*in_reply_to, *[m for m in reversed(references) if m not in in_reply_to]][:100]
     if ids:
+        whose = [] if contact_id is None else [Message.contact_id == contact_id]
+        if sent_to is not None:
+            whose.append((Message.direction == Direction.OUT.value) & Message.private.is_(False))
         rows = await session.execute(
-            select(Message.external_id, Ticket)
+            select(Message, Ticket)
             .join(Ticket, Ticket.id == Message.ticket_id)
             .where(
                 Message.channel == EMAIL,
                 Message.external_id.in_(ids),
-                Message.contact_id == contact_id,
                 Ticket.inbox_id == inbox_id,
+                or_(*whose),
             )
         )
-        by_id = {external_id: ticket for external_id, ticket in rows.all()}
+        by_id = {message.external_id: (message, ticket) for message, ticket in rows.all()}
         for mid in ids:
-            if mid in by_id:
-                how = "in-reply-to" if mid in in_reply_to else "references"
-                return ThreadChoice(ticket=by_id[mid], thread_key=by_id[mid].thread_key, how=how)
+            if mid not in by_id:
+                continue
+            message, ticket = by_id[mid]
+            how = "in-reply-to" if mid in in_reply_to else "references"
+            if contact_id is not None and message.contact_id == contact_id:
+                return ThreadChoice(ticket=ticket, thread_key=ticket.thread_key, how=how)
+            if sent_to is not None and sender.lower() in {a.strip().lower() for a in await sent_to(message)}:
+                return ThreadChoice(ticket=ticket, thread_key=ticket.thread_key, how=how, by_recipient=True)
+    if contact_id is None:
+        return new
     if tokens:
         found = {
             t.id: t
@@ -126,6 +154,42 @@ async def find_thread(
             if t.subject and normalize(t.subject) == reply_subject:
                 return ThreadChoice(ticket=t, thread_key=t.thread_key, how="subject")
     return new
+
+
+async def contact_address(session: AsyncSession, ticket: Ticket) -> str | None:
+    """An email address of the ticket's contact: the one they last wrote
+    from on it, else their first; None if they have none."""
+    last = await session.scalar(
+        select(Message.extras)
+        .where(Message.ticket_id == ticket.id, Message.direction == Direction.IN.value, Message.channel == EMAIL)
+        .order_by(Message.id.desc())
+        .limit(1)
+    )
+    addresses = (
+        await session.scalars(
+            select(Identity.address)
+            .where(Identity.contact_id == ticket.contact_id, Identity.channel == IdentityKind.EMAIL.value)
+            .order_by(Identity.id)
+        )
+    ).all()
+    latest = (last or {}).get("from")
+    return latest if latest in addresses else next(iter(addresses), None)
+
+
+async def sent_email_exists(session: AsyncSession, message_ids: Sequence[str]) -> bool:
+    """Whether any of ``message_ids`` is mail we sent."""
+    if not message_ids:
+        return False
+    found = await session.scalar(
+        select(Message.id)
+        .where(
+            Message.channel == EMAIL,
+            Message.direction == Direction.OUT.value,
+            Message.external_id.in_(list(message_ids)[:100]),
+        )
+        .limit(1)
+    )
+    return found is not None
 
 
 async def store_automatic(session: AsyncSession, ticket: Ticket, message: InboundMessage) -> IngestResult:
@@ -217,7 +281,8 @@ async def reply_context(session: AsyncSession, message: Message) -> dict[str, An
     In-Reply-To (the customer's latest message), References (the thread's
     Message-IDs, oldest first, trimmed to the first and the latest), the
     address the customer last wrote from (``to``) and their name for the To
-    header, and from the customer's latest message as it came: its Reply-To
+    header (only when that address is the contact's own), and from the
+    customer's latest message as it came: its Reply-To
     addresses (``reply_to``) and its To and Cc addresses (``cc``), ours
     included. Which of those the reply goes to or copies is the channel's
     choice: it knows our mailboxes' addresses."""
@@ -267,6 +332,18 @@ async def reply_context(session: AsyncSession, message: Message) -> dict[str, An
     if len(references) > MAX_REFERENCES:
         references = references[:1] + references[-(MAX_REFERENCES - 1) :]
     name = await session.scalar(select(Contact.name).where(Contact.id == message.contact_id))
+    if sender and name:
+        theirs = await session.scalar(
+            select(Identity.id).where(
+                Identity.contact_id == message.contact_id,
+                Identity.channel == IdentityKind.EMAIL.value,
+                Identity.address == sender,
+            )
+        )
+        if theirs is None:
+            # The latest mail came from someone else we wrote to (a copied
+            # colleague answering on the ticket): the contact's name is not theirs.
+            name = None
     return {
         "email": {
             "subject": ticket.subject if ticket is not None else None,

@@ -284,6 +284,11 @@ def test_quoted_history_and_signature_are_separated() -> None:
         ({"Subject": "Automatic reply: Hello"}, "automatic reply subject"),
         ({"Subject": "Out of Office: Hello"}, "automatic reply subject"),
         ({"Subject": "پاسخ خودکار: سلام"}, "automatic reply subject"),
+        ({"Subject": "Auto: Out of Office"}, "automatic reply subject"),
+        ({"Subject": "Auto: Abwesenheit bis 12. Mai"}, "automatic reply subject"),
+        # "Auto" is a car in German, Dutch, Italian and Spanish: a person's mail.
+        ({"Subject": "Auto: Termin für die Inspektion am Samstag"}, None),
+        ({"Subject": "auto: la revisione è fissata"}, None),
         ({"From": "no-reply@shop.example"}, "automated sender no-reply@shop.example"),
         ({}, None),
     ],

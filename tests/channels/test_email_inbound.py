@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from channels.email import MAX_BODY_CHARS, SHORTENED, decode_bytes, parse_email, to_inbound
+from channels.email import MAX_BODY_CHARS, SHORTENED, UNKNOWN_SENDER, decode_bytes, parse_email, to_inbound
 from hub.core import InboundMessage
 from tests.channels.test_email import BASE, _mail
 
@@ -239,3 +239,27 @@ def test_the_mime_charset_wins_over_meta() -> None:
 def test_a_utf16_meta_in_an_ascii_compatible_document_means_utf8() -> None:
     html = '<html><head><meta charset="utf-16"></head><body><p>سلام</p></body></html>'.encode()
     assert parse_email(_mail(BASE, html, "text/html")).body == "سلام"
+
+
+# --- customer mail without a readable sender --------------------------------------------
+
+NO_SENDER = (
+    b"To: support@hub.test\r\nSubject: My refund was rejected\r\nMessage-ID: <nf@example.com>\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n\r\nPlease call me, my refund request was rejected twice.\r\n"
+)
+FORM_FORWARD = (
+    b"From: Website contact form\r\nTo: support@hub.test\r\nSubject: Fwd: invoice\r\n"
+    b"Message-ID: <nf2@example.com>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n"
+    b"--B\r\nContent-Type: text/plain\r\n\r\nSee the attached mail from the shop.\r\n"
+    b"--B\r\nContent-Type: message/rfc822\r\n\r\n"
+    b"From: shop@example.org\r\nSubject: Invoice\r\nMessage-ID: <inv@example.org>\r\n\r\nInvoice body\r\n--B--\r\n"
+)
+
+
+@pytest.mark.parametrize("raw", [NO_SENDER, FORM_FORWARD], ids=["bounce-like-subject", "attached-message"])
+def test_mail_without_a_readable_sender_is_not_a_bounce(raw: bytes) -> None:
+    # A broken client or a web form: its "rejected" subject or the message it
+    # forwards does not make it a mail server's report.
+    parsed = parse_email(raw)
+    assert parsed.sender == UNKNOWN_SENDER
+    assert not parsed.is_report

@@ -179,6 +179,48 @@ CASES: list[tuple[str, str, str, str, str]] = [
         "",
     ),
     (
+        "a customer's own flight with a time of day is not a header block",
+        "Hello, please change my booking to:\n\nFrom: Tehran (IKA)\nTo: Istanbul (IST)\nDate: 2025-05-12 10:30\n\n"
+        "and add one more passenger. Thanks!\n",
+        "Hello, please change my booking to:\n\nFrom: Tehran (IKA)\nTo: Istanbul (IST)\nDate: 2025-05-12 10:30\n\n"
+        "and add one more passenger. Thanks!",
+        "",
+        "",
+    ),
+    (
+        "a customer's own persian flight with a time of day is not a header block",
+        "سلام، لطفا بلیت من را تغییر دهید:\n\nاز: تهران\nبه: استانبول\nتاریخ: ۱۴۰۴/۰۲/۲۲ ساعت ۱۰:۳۰\n\n"
+        "یک مسافر هم اضافه کنید.\n",
+        "سلام، لطفا بلیت من را تغییر دهید:\n\nاز: تهران\nبه: استانبول\nتاریخ: ۱۴۰۴/۰۲/۲۲ ساعت ۱۰:۳۰\n\n"
+        "یک مسافر هم اضافه کنید.",
+        "",
+        "",
+    ),
+    (
+        "a customer's own bank transfer with a subject is not a header block",
+        "I sent the money yesterday:\nFrom: IBAN DE12 3456\nTo: ACME GmbH\nDate: 12.05.2025 10:30\n"
+        "Subject: invoice 4411\n\nPlease confirm you received it.\n",
+        "I sent the money yesterday:\nFrom: IBAN DE12 3456\nTo: ACME GmbH\nDate: 12.05.2025 10:30\n"
+        "Subject: invoice 4411\n\nPlease confirm you received it.",
+        "",
+        "",
+    ),
+    (
+        "a customer's own dated persian 'wrote:' sentence is their words",
+        "سلام\nدر تاریخ ۱۴۰۳/۰۲/۱۲ ساعت ۱۰:۳۰ همکار شما تلفنی گفت و نوشت:\nسفارش فردا می‌رسد\nولی هنوز نرسیده است.\n",
+        "سلام\nدر تاریخ ۱۴۰۳/۰۲/۱۲ ساعت ۱۰:۳۰ همکار شما تلفنی گفت و نوشت:\nسفارش فردا می‌رسد\nولی هنوز نرسیده است.",
+        "",
+        "",
+    ),
+    (
+        "an address-less header block below a line of underscores is still history",
+        "Fine.\n\nOn 3 May the team wrote:\n\n________________________________\nFrom: John Smith\n"
+        "Date: 3 May 2025\nTo: Sara\nSubject: RE: Order\n\nHi Sara,\n",
+        "Fine.",
+        "On 3 May the team wrote:",
+        "",
+    ),
+    (
         "from and one more field is not a header block",
         "Shipping details\nFrom: sara@example.com\nTo: the warehouse\n\nPlease hurry.\n",
         "Shipping details\nFrom: sara@example.com\nTo: the warehouse\n\nPlease hurry.",

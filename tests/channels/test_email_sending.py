@@ -4,10 +4,13 @@ resume where a partly accepted message stopped."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import email
 import email.policy
 from collections.abc import Iterator
 from email.message import EmailMessage
+from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -15,7 +18,7 @@ from aiosmtpd.smtp import Envelope
 
 import channels.email
 from channels.base import SEND_PARTS
-from channels.email import build_message
+from channels.email import EmailChannel, SmtpServer, build_message
 from hub.core import DeliveryStatus
 from tests import mailservers
 from tests.channels.test_email import BOX, addresses, channel_for, reply
@@ -165,3 +168,65 @@ def test_a_name_the_header_refuses_is_left_out_not_the_reply(monkeypatch: pytest
     monkeypatch.setattr(channels.email, "display_name", lambda name: name)
     msg = build_message(reply(recipient_name="Sara\nAhmadi"), BOX, message_id="m@hub.test")
     assert [(a.display_name, a.addr_spec) for a in msg["To"].addresses] == [("", "sara@example.com")]
+
+
+# --- when the server's answer does not come ------------------------------------------
+
+
+def slow(sink: mailservers.SmtpSink, command: str, seconds: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server does its work for ``command`` (DATA: takes the message),
+    then answers ``seconds`` late."""
+    real = getattr(sink, f"handle_{command}")
+
+    async def late(*args: Any) -> str:
+        answer: str = await real(*args)
+        await asyncio.sleep(seconds)
+        return answer
+
+    monkeypatch.setattr(sink, f"handle_{command}", late)
+
+
+def impatient(server: mailservers.SmtpServer, *, timeout: float, data_timeout: float = 600.0) -> EmailChannel:
+    smtp = SmtpServer(host="127.0.0.1", port=server.port, security="none", timeout=timeout, data_timeout=data_timeout)
+    return EmailChannel([dataclasses.replace(BOX, smtp=smtp)], read_attachment=lambda url: None, id_secret="s")
+
+
+async def test_no_answer_to_a_message_the_server_has_is_not_sent_again(
+    smtp: mailservers.SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow(smtp.sink, "DATA", 1.0, monkeypatch)
+    result = await impatient(smtp, timeout=0.3, data_timeout=0.3).send(reply())
+    await smtp.received(1)  # the server queued it: a retry would be a second copy
+    assert result.status is DeliveryStatus.FAILED and not result.retryable
+    assert result.reason is not None and "may have been delivered" in result.reason
+    # A bounce, a delivery report or the customer's answer still finds it.
+    assert result.external_id is not None and result.external_id.startswith("hub.7.12.")
+    assert result.extras[SEND_PARTS] == ["sara@example.com"]
+
+
+async def test_the_end_of_the_message_is_given_minutes_not_the_command_timeout(
+    smtp: mailservers.SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow(smtp.sink, "DATA", 1.0, monkeypatch)
+    result = await impatient(smtp, timeout=0.3).send(reply())
+    assert result.status is DeliveryStatus.SENT, result.reason
+    assert len(smtp.sink.messages) == 1
+
+
+async def test_no_answer_before_the_message_was_sent_is_retried(
+    smtp: mailservers.SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow(smtp.sink, "RCPT", 1.0, monkeypatch)
+    result = await impatient(smtp, timeout=0.2).send(reply())
+    assert result.status is DeliveryStatus.FAILED and result.retryable, result
+    assert result.external_id is None
+    await asyncio.sleep(1.0)
+    assert smtp.sink.messages == []
+
+
+async def test_a_sent_reply_keeps_who_it_went_to(smtp: mailservers.SmtpServer) -> None:
+    # What lets an answer from a copied address into the ticket (hub.mail).
+    smtp.sink.rcpt_replies["ali@example.org"] = "550 5.1.1 no such user"
+    result = await channel_for(smtp).send(reply(cc=["boss@example.com", "ali@example.org"]))
+    assert result.status is DeliveryStatus.SENT
+    assert result.extras[SEND_PARTS] == ["sara@example.com", "boss@example.com"]

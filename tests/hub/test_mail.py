@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 import hub.mail
+from channels.base import SEND_PARTS
 from channels.email import parse_email, reply_addresses
 from channels.email_imap import Fetched, FolderState
 from hub.actions import do_post_message, do_set_status
@@ -22,7 +23,7 @@ from hub.mail import MailboxPoller, do_ingest_email, do_record_receipt, save_fil
 from storage.db import Database
 from storage.ingest import IngestResult, ingest_batch
 from storage.mail import LeaseLost, advance_checkpoint, claim_mailbox, reply_context
-from storage.models import Inbox, MailboxCheckpoint, Message, OutboxRow, Ticket, TicketEventRow
+from storage.models import Contact, Identity, Inbox, MailboxCheckpoint, Message, OutboxRow, Ticket, TicketEventRow
 from tests.storage.test_ingest import web
 
 ENV = {"HUB_SECRET_KEY": "x", "SUPPORT_PW": "pw"}
@@ -564,3 +565,107 @@ async def test_an_out_of_office_does_not_make_the_customer_wait_or_wake_a_ticket
 async def test_an_out_of_office_starting_a_thread_is_still_a_ticket(mail_db: Database, tmp_path: Path) -> None:
     ooo = await ingest(mail_db, tmp_path, _out_of_office(Auto_Submitted="auto-replied"))
     assert ooo.ticket_created and ooo.message["auto_reply"] == "Auto-Submitted: auto-replied"
+
+
+# --- answers from the addresses our reply went to ---------------------------------------------
+
+
+async def _our_reply(db: Database, ticket_id: int, *, sent_to: list[str] | None = None) -> int:
+    """An agent's reply on the ticket, sent as "hub.1.2.abc@hub.test";
+    ``sent_to``: the addresses the channel kept for it (None: sent before
+    the channel kept them)."""
+    async with db.write() as session:
+        ticket = await session.get(Ticket, ticket_id)
+        assert ticket is not None
+        reply = await do_post_message(session, ticket, body="On its way", author=Author.AGENT)
+        reply.status = DeliveryStatus.SENT.value
+        reply.external_id = "hub.1.2.abc@hub.test"
+        if sent_to is not None:
+            reply.extras = {**(reply.extras or {}), SEND_PARTS: sent_to}
+        return reply.id
+
+
+async def test_an_answer_from_the_reply_to_address_we_wrote_to_continues_the_ticket(
+    mail_db: Database, tmp_path: Path
+) -> None:
+    # Sara asks for answers at work; the reply went there (chosen again from
+    # her mail, as a reply sent before the channel kept its addresses).
+    first = await ingest(mail_db, tmp_path, mail(Reply_To="Sara at work <sara.work@example.com>"))
+    await _our_reply(mail_db, first.ticket_id)
+    answer = await ingest(
+        mail_db,
+        tmp_path,
+        mail(
+            sender="Sara Ahmadi <sara.work@example.com>",
+            subject=f"Re: Order late [#{first.ticket_id}]",
+            mid="w1@example.com",
+            In_Reply_To="<hub.1.2.abc@hub.test>",
+        ),
+    )
+    assert answer.ticket_id == first.ticket_id and not answer.ticket_created
+    # On Sara's ticket as hers, from where it came; the address is not made
+    # hers (it might as well be a colleague's), and nobody new is a contact.
+    assert answer.contact_id == first.contact_id
+    assert answer.message["email"]["from"] == "sara.work@example.com"
+    assert answer.message["email"]["threaded_by"] == "in-reply-to"
+    async with mail_db.read() as session:
+        assert (await session.scalars(select(Identity.address))).all() == ["sara@example.com"]
+        assert await session.scalar(select(func.count()).select_from(Contact)) == 1
+        contact = await session.get(Contact, first.contact_id)
+        assert contact is not None and contact.name == "Sara"
+        # The next reply answers the latest mail, without Sara's name on it.
+        headers = await thread_headers(session, first.ticket_id)
+    assert headers["to"] == "sara.work@example.com" and headers["recipient_name"] is None
+    assert reply_addresses(headers, "sara@example.com", ["support@hub.test"]).to == "sara.work@example.com"
+
+
+async def test_a_copied_colleagues_reply_all_continues_the_ticket(mail_db: Database, tmp_path: Path) -> None:
+    first = await ingest(mail_db, tmp_path, mail(Cc="Boss <boss@example.com>"))
+    await _our_reply(mail_db, first.ticket_id, sent_to=["sara@example.com", "boss@example.com"])
+    # Outlook: no In-Reply-To, our reply in References.
+    answer = await ingest(
+        mail_db,
+        tmp_path,
+        mail(
+            sender="Boss <boss@example.com>",
+            subject="RE: Order late",
+            mid="b1@example.com",
+            References="<c1@example.com> <hub.1.2.abc@hub.test>",
+            Cc="sara@example.com",
+        ),
+    )
+    assert answer.ticket_id == first.ticket_id and answer.contact_id == first.contact_id
+    assert answer.message["email"]["threaded_by"] == "references"
+
+
+async def test_only_those_we_sent_our_message_to_get_into_its_ticket(mail_db: Database, tmp_path: Path) -> None:
+    first = await ingest(mail_db, tmp_path, mail(Cc="Boss <boss@example.com>"))
+    # The server refused the copy to the boss: the channel kept Sara alone.
+    await _our_reply(mail_db, first.ticket_id, sent_to=["sara@example.com"])
+    for sender, mid in (("boss@example.com", "b1@example.com"), ("mallory@evil.test", "m1@evil.test")):
+        answer = await ingest(
+            mail_db,
+            tmp_path,
+            mail(
+                sender=sender,
+                subject=f"Re: Order late [#{first.ticket_id}]",
+                mid=mid,
+                In_Reply_To="<hub.1.2.abc@hub.test>",
+            ),
+        )
+        assert answer.ticket_created and answer.ticket_id != first.ticket_id
+        assert answer.contact_id != first.contact_id
+
+
+# --- the mailbox's display name -------------------------------------------------------------
+
+
+def test_a_display_name_is_one_line(tmp_path: Path) -> None:
+    from hub.config import ConfigError
+
+    # YAML's block scalars (">", "|") end the name with a line break.
+    assert config(tmp_path, display_name="Acme Support\n").email.mailboxes[0].display_name == "Acme Support"
+    assert config(tmp_path, display_name="  \n").email.mailboxes[0].display_name is None
+    for name in ("Acme\r\nBcc: evil@x.test", "Acme\tSupport", "Acme\u2028Support"):
+        with pytest.raises(ConfigError, match=r"email\.mailboxes\.0\.display_name: .*one line"):
+            config(tmp_path, display_name=name)

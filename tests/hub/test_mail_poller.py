@@ -25,7 +25,7 @@ from storage.db import Database
 from storage.mail import claim_mailbox
 from storage.models import Contact, Identity, MailboxCheckpoint, Message, Ticket
 from tests.channels.test_email_hostile import HOSTILE, WORDS
-from tests.channels.test_email_inbound import QMAIL, dsn
+from tests.channels.test_email_inbound import FORM_FORWARD, NO_SENDER, QMAIL, dsn
 from tests.hub.test_mail import FakeImap, config, ingest, mail, mail_db
 
 __all__ = ["mail_db"]  # the fixture, used by name
@@ -285,3 +285,26 @@ async def test_hostile_mail_is_stored_from_its_sender_with_its_words(
     assert WORDS in kept.body and "could not be processed" not in kept.body
     assert poller.store.read(kept.extras["email"]["original_url"]) == raw
     assert poller._process_failures == {} and await _last_uid(mail_db) == 1
+
+
+# --- what only looks like a report, or is about mail we never sent -------------------------
+
+
+async def test_mail_without_a_sender_that_looks_like_a_bounce_is_kept(mail_db: Database, poller: MailboxPoller) -> None:
+    assert await poller.process(NO_SENDER, uid=1, state=STATE) == "stored"
+    assert await poller.process(FORM_FORWARD, uid=2, state=STATE) == "stored"
+    kept = await _messages(mail_db)
+    assert "rejected twice" in kept["My refund was rejected"].body
+    assert "See the attached mail" in kept["Fwd: invoice"].body
+    assert await _last_uid(mail_db) == 2
+
+
+async def test_a_report_about_mail_we_never_sent_is_kept_as_a_message(mail_db: Database, poller: MailboxPoller) -> None:
+    # A bounce of mail someone sent from the mailbox in their own mail client:
+    # no reply of ours to mark, and the server's words must not be lost.
+    block = "Final-Recipient: rfc822;<ali@example.org>\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+    assert await poller.process(dsn(block, "outlook.123@hub.test"), uid=1, state=STATE) == "stored"
+    kept = (await _messages(mail_db))["Undelivered Mail Returned to Sender"]
+    assert kept.body.startswith("Sorry.")
+    assert kept.extras["auto_reply"]  # a mailer-daemon's: never answered
+    assert await _last_uid(mail_db) == 1
