@@ -307,12 +307,21 @@ class TelegramConfig(_Section):
                 "or another process takes over a bot in the middle of a long poll"
             )
         names: set[str] = set()
+        tokens: dict[str, str] = {}
         for i, bot in enumerate(self.bots):
             if bot.name in names:
                 raise ValueError(f"bots[{i}]: two bots are named {bot.name!r}")
             names.add(bot.name)
             if not bot.token:
                 raise ValueError(f"bots[{i}] ({bot.name}): set the bot's BotFather token in ${bot.token_env}")
+            if bot.token in tokens:
+                # One bot under two names: they would take each other's webhook
+                # or updates, and its customers would land in either inbox.
+                raise ValueError(
+                    f"bots[{i}] ({bot.name}): has the same token as bot {tokens[bot.token]!r}; give each bot "
+                    f"its own token_env (now ${bot.token_env})"
+                )
+            tokens[bot.token] = bot.name
             if self.mode_of(bot) == "webhook" and not _TELEGRAM_SECRET.match(bot.webhook_secret):
                 raise ValueError(
                     f"bots[{i}] ({bot.name}): webhook mode needs ${bot.webhook_secret_env}, 1-256 characters "
@@ -708,6 +717,16 @@ class VoicePrompt(_Section):
 
     text: dict[str, str] = Field(default_factory=dict)
     audio: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("audio")
+    @classmethod
+    def _urls(cls, value: dict[str, str]) -> dict[str, str]:
+        # Twilio fetches it while the caller listens: a file name would be
+        # read relative to the webhook's URL and fail only during a call.
+        for lang, url in value.items():
+            if not url.startswith(("https://", "http://")):
+                raise ValueError(f"audio.{lang}: {url[:80]!r} is not an http(s) URL Twilio can fetch")
+        return value
 
 
 class VoiceMenuItem(_Section):

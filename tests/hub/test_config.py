@@ -51,6 +51,11 @@ def test_shipped_config_is_valid_and_equals_the_defaults() -> None:
         # A campaign message goes out only while half its send lease is left.
         ("campaigns:\n  send_lease_seconds: 30\n", "campaigns.send_lease_seconds (30) must be more than twice"),
         ("twilio:\n  senders: [{key: a, number: '+14155550100', messages_per_second: 0.001}]\n", "messages_per_second"),
+        # Twilio would fetch it relative to the webhook's URL, during the call.
+        (
+            "twilio:\n  voice:\n    greeting: {text: {en: Hi}, audio: {fa: prompt-fa.mp3}}\n",
+            "twilio.voice.greeting.audio: Value error, audio.fa: 'prompt-fa.mp3' is not an http(s) URL",
+        ),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, text: str, needle: str) -> None:
@@ -321,3 +326,13 @@ def test_phone_regions_default_to_the_hubs_own() -> None:
 def test_an_id_with_a_trailing_newline_is_refused(env: dict[str, str], overrides: dict[str, Any], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         load_config(path=None, env={"HUB_SECRET_KEY": "s", "TWILIO_AUTH_TOKEN": "t", **env}, overrides=overrides)
+
+
+def test_two_telegram_bots_with_one_token_are_refused(tmp_path: Path) -> None:
+    """A second bot without token_env of its own reads TELEGRAM_BOT_TOKEN too."""
+    text = "telegram:\n  mode: polling\n  bots: [{name: sales}, {name: support}]\n"
+    with pytest.raises(ConfigError, match=re.escape("bots[1] (support): has the same token as bot 'sales'")):
+        load_config(write(tmp_path, text), env={"TELEGRAM_BOT_TOKEN": "1:abc"})
+    env = {"TELEGRAM_BOT_TOKEN": "1:abc", "SUPPORT_BOT_TOKEN": "2:def"}
+    text = "telegram:\n  mode: polling\n  bots: [{name: sales}, {name: support, token_env: SUPPORT_BOT_TOKEN}]\n"
+    assert [b.name for b in load_config(write(tmp_path, text), env=env).telegram.bots] == ["sales", "support"]
