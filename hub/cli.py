@@ -304,12 +304,23 @@ def agent_add(
         password = secrets.token_urlsafe(12)
         generated = True
 
+    created: list[str] = []
+
     async def run() -> None:
+        from sqlalchemy import select
+
         from hub.actions import do_create_agent
+        from hub.router import check_team_names
         from storage.db import Database
+        from storage.models import Team
 
         db = Database(cfg.database_url)
         try:
+            async with db.read() as session:
+                # "support" beside "Support" would be a second, empty team.
+                await check_team_names(session, dict.fromkeys(teams, ("--team", True)), create=True)
+                existing = set((await session.scalars(select(Team.name).where(Team.name.in_(teams)))).all())
+            created.extend(t.strip() for t in teams if t.strip() not in existing)
             async with db.write() as session:
                 await do_create_agent(
                     session,
@@ -332,6 +343,8 @@ def agent_add(
     except HubError as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(f"created {role} {email}" + (f" with password {password}" if generated else ""))
+    for team in dict.fromkeys(created):
+        click.echo(f"created team {team}")
 
 
 def _set_active(ctx: click.Context, email: str, active: bool) -> None:
@@ -364,6 +377,65 @@ def _set_active(ctx: click.Context, email: str, active: bool) -> None:
         click.echo(f"{email} may log in again")
     else:
         click.echo(f"{email} deactivated: tokens revoked, {len(released)} unresolved ticket(s) back in the queue")
+
+
+@agent.command("update")
+@click.option("--email", required=True, help="the agent to change")
+@click.option("--name", default=None, help="their new name")
+@click.option("--role", type=click.Choice(["admin", "agent"]), default=None, help="their new role")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="read a new password from standard input (every session of theirs is signed out)",
+)
+@click.pass_context
+def agent_update(ctx: click.Context, email: str, name: str | None, role: str | None, password_stdin: bool) -> None:
+    """Change an agent's name, role or password (a forgotten admin password, too)."""
+    from sqlalchemy import select
+
+    from hub.core import Role
+    from hub.errors import HubError
+    from hub.router import do_update_agent_account
+    from hub.security import MIN_PASSWORD_LENGTH, hash_password
+    from storage.db import Database
+    from storage.models import Agent
+
+    cfg = _config(ctx)
+    email = email.strip().lower()
+    if name is None and role is None and not password_stdin:
+        raise click.UsageError("nothing to change: give --name, --role or --password-stdin")
+    password_hash = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if len(password) < MIN_PASSWORD_LENGTH:
+            raise click.BadParameter(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+        password_hash = hash_password(password)
+
+    async def run() -> None:
+        db = Database(cfg.database_url)
+        try:
+            async with db.write() as session:
+                found = await session.scalar(select(Agent).where(Agent.email == email).with_for_update())
+                if found is None:
+                    raise click.ClickException(f"no agent has the email {email}")
+                await do_update_agent_account(
+                    session,
+                    found,
+                    actor="cli",
+                    name=name,
+                    role=Role(role) if role else None,
+                    password_hash=password_hash,
+                )
+        finally:
+            await db.dispose()
+
+    try:
+        asyncio.run(run())
+    except HubError as exc:
+        raise click.ClickException(exc.message) from exc
+    said = [f"name {name!r}" if name else "", f"role {role}" if role else "", "password" if password_stdin else ""]
+    signed_out = "; their sessions are signed out" if password_stdin else ""
+    click.echo(f"{email}: changed {', '.join(s for s in said if s)}{signed_out}")
 
 
 @agent.command("deactivate")

@@ -3,6 +3,7 @@ so the API and the inbox have something to show on first start."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 
@@ -11,6 +12,7 @@ from sqlalchemy import func, select
 from hub.actions import do_create_agent, do_ensure_inbox, do_get_or_create_team, do_post_message
 from hub.config import HubConfig
 from hub.core import Author, Channel, InboundMessage, Role
+from hub.security import verify_password
 from storage.db import Database
 from storage.ingest import IngestResult, ingest_batch
 from storage.models import Agent, Ticket
@@ -26,9 +28,13 @@ async def seed(config: HubConfig) -> tuple[str, str, bool]:
     db = Database(config.database_url)
     try:
         async with db.write() as session:
-            exists = await session.scalar(select(Agent.id).where(Agent.email == ADMIN_EMAIL))
-            if exists is not None:
-                saved = password_file.read_text().strip() if password_file.exists() else "(changed; not shown)"
+            known = await session.scalar(select(Agent.password_hash).where(Agent.email == ADMIN_EMAIL))
+            if known is not None:
+                saved = password_file.read_text().strip() if password_file.exists() else ""
+                # Changed since (PATCH /api/v1/me, crm-hub agent update): the
+                # file no longer holds it, and printing it would mislead.
+                if not saved or not await asyncio.to_thread(verify_password, known, saved):
+                    saved = "(changed since; not shown)"
                 return ADMIN_EMAIL, saved, False
             password = secrets.token_urlsafe(12)
             admin = await do_create_agent(

@@ -43,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub import codec
 from hub.actions import (
+    MAX_NAME_CHARS,
     audit,
     do_assign,
     do_get_or_create_team,
@@ -1900,6 +1901,59 @@ async def do_set_agent_active(session: AsyncSession, agent: Agent, active: bool,
     )
     await add_agent_events(session, AGENT_UPDATED, [agent], actor)
     return released
+
+
+async def do_update_agent_account(
+    session: AsyncSession,
+    agent: Agent,
+    *,
+    actor: str,
+    name: str | None = None,
+    role: Role | None = None,
+    password_hash: str | None = None,
+    keep_token_hash: str | None = None,
+) -> Agent:
+    """An agent's name, role or password changes (an admin's doing, or the
+    agent's own for name and password). A new password signs out every
+    session of theirs but ``keep_token_hash`` (the one that changed it), as a
+    leaked password's sessions must end with it. The last active admin stays
+    admin. ``password_hash``: already hashed (Argon2 is slow on purpose, and
+    must not run inside the write transaction)."""
+    changes: dict[str, Any] = {}
+    if name is not None:
+        # One line, as do_create_agent keeps it.
+        cleaned = " ".join(name.split())
+        if not cleaned:
+            raise ValidationFailed("name must not be empty")
+        if len(cleaned) > MAX_NAME_CHARS:
+            raise ValidationFailed(f"name is longer than {MAX_NAME_CHARS} characters")
+        if cleaned != agent.name:
+            changes["name"] = cleaned
+            agent.name = cleaned
+    if role is not None and role.value != agent.role:
+        if agent.role == Role.ADMIN.value and agent.active:
+            others = await session.scalar(
+                select(func.count())
+                .select_from(Agent)
+                .where(Agent.role == Role.ADMIN.value, Agent.active.is_(True), Agent.id != agent.id)
+            )
+            if not others:
+                raise Conflict(f"agent {agent.id} is the last active admin; make another agent admin first")
+        changes["role"] = role.value
+        agent.role = role.value
+    if password_hash is not None:
+        agent.password_hash = password_hash
+        signed_out = delete(ApiToken).where(ApiToken.agent_id == agent.id)
+        if keep_token_hash is not None:
+            signed_out = signed_out.where(ApiToken.token_hash != keep_token_hash)
+        await session.execute(signed_out)
+        changes["password_changed"] = True
+    if not changes:
+        return agent
+    await session.flush()
+    await audit(session, actor, "agent.account_changed", "agent", agent.id, changes)
+    await add_agent_events(session, AGENT_UPDATED, [agent], actor)
+    return agent
 
 
 async def check_team_names(session: AsyncSession, named: Mapping[str, tuple[str, bool]], *, create: bool) -> list[str]:

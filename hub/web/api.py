@@ -3,6 +3,7 @@ call an action or a query, answer."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -28,8 +29,8 @@ from hub.actions import (
 from hub.app import HUB
 from hub.core import Author, Channel, Role, TicketStatus
 from hub.errors import BadRequest, Forbidden, NotFound, Unauthorized, ValidationFailed
-from hub.router import check_team_names
-from hub.security import client_address
+from hub.router import check_team_names, do_update_agent_account
+from hub.security import client_address, hash_password, token_digest, verify_password
 from hub.web.registry import ROUTES, parse_body
 from hub.web.schemas import (
     AgentIn,
@@ -40,6 +41,7 @@ from hub.web.schemas import (
     ContactList,
     LabelsIn,
     LoginIn,
+    MeIn,
     MergeIn,
     MessageIn,
     MessageOut,
@@ -190,6 +192,43 @@ async def me(request: web.Request) -> web.Response:
     agent = await current_agent(request)
     async with hub.db.read() as session:
         return web.json_response(agent_view(agent, await _team_ids(session, agent.id)))
+
+
+@ROUTES.route(
+    "PATCH",
+    f"{API}/me",
+    summary="Change your name or your password (with your current one)",
+    tag="agents",
+    body=MeIn,
+    response=AgentOut,
+    errors=(401,),
+)
+async def update_me(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    agent = await current_agent(request)
+    body = await parse_body(request, MeIn)
+    password_hash = None
+    if body.password is not None:
+        if body.current_password is None:
+            raise ValidationFailed("current_password: needed to set a new password")
+        # A stolen session alone must not take the account over.
+        if not await asyncio.to_thread(verify_password, agent.password_hash, body.current_password):
+            raise Unauthorized("current_password is wrong")
+        password_hash = await asyncio.to_thread(hash_password, body.password)
+    elif body.current_password is not None:
+        raise ValidationFailed("current_password is only needed with a new password")
+    async with hub.db.write() as session:
+        row = await session.get(Agent, agent.id, with_for_update=True)
+        assert row is not None
+        await do_update_agent_account(
+            session,
+            row,
+            actor=actor_of(agent),
+            name=body.name,
+            password_hash=password_hash,
+            keep_token_hash=token_digest(bearer_token(request)),
+        )
+        return web.json_response(agent_view(row, await _team_ids(session, row.id)))
 
 
 async def _team_ids(session: AsyncSession, agent_id: int) -> list[int]:

@@ -3,6 +3,7 @@ routing rules, the automation rules and what each agent can take."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -11,11 +12,18 @@ from sqlalchemy import select
 
 from hub.actions import actor_of, check_ticket
 from hub.app import HUB
-from hub.core import Channel, Presence
+from hub.core import Channel, Presence, Role
 from hub.errors import BadRequest, Conflict, NotFound, ValidationFailed
-from hub.router import check_team_names, do_set_agent_active, do_set_presence, do_update_agent_routing
+from hub.router import (
+    check_team_names,
+    do_set_agent_active,
+    do_set_presence,
+    do_update_agent_account,
+    do_update_agent_routing,
+)
+from hub.security import MIN_PASSWORD_LENGTH, hash_password, token_digest
 from hub.text import InvalidPhoneNumber, parse_phone
-from hub.web.api import API, _team_ids, current_agent, int_param, require_admin
+from hub.web.api import API, _team_ids, bearer_token, current_agent, int_param, require_admin
 from hub.web.registry import ROUTES, parse_body
 from hub.web.schemas import AgentOut
 from routing.settings import (
@@ -65,6 +73,14 @@ class AgentRoutingIn(_In):
         default=None,
         description="false: the agent can no longer log in, their tokens are revoked and their unresolved "
         "tickets return to their team's queue; true: they may log in again",
+    )
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    role: Role | None = Field(default=None, description="admin or agent; the last active admin stays admin")
+    password: str | None = Field(
+        default=None,
+        min_length=MIN_PASSWORD_LENGTH,
+        max_length=1024,
+        description="a new password (the agent forgot theirs); every session of theirs is signed out",
     )
 
 
@@ -173,8 +189,8 @@ async def set_presence(request: web.Request) -> web.Response:
 @ROUTES.route(
     "PATCH",
     f"{API}/agents/{{id}}",
-    summary="Change what an agent can take: skills, languages, capacity per channel, teams, phone; "
-    "deactivate or reactivate them (admin)",
+    summary="Change an agent: name, role, password; what they can take (skills, languages, capacity per "
+    "channel, teams, phone); deactivate or reactivate them (admin)",
     tag="routing",
     admin=True,
     body=AgentRoutingIn,
@@ -193,10 +209,22 @@ async def update_agent(request: web.Request) -> web.Response:
             phone = parse_phone(phone, hub.config.phone.default_region)
         except InvalidPhoneNumber as exc:
             raise ValidationFailed(f"phone: {exc}") from exc
+    # Argon2 before the write transaction, which SQLite's one writer holds.
+    password_hash = await asyncio.to_thread(hash_password, body.password) if body.password is not None else None
     async with hub.db.write() as session:
         agent = await session.get(Agent, agent_id, with_for_update=True)
         if agent is None:
             raise NotFound(f"agent {agent_id} does not exist")
+        await do_update_agent_account(
+            session,
+            agent,
+            actor=actor_of(admin),
+            name=body.name,
+            role=body.role,
+            password_hash=password_hash,
+            # An admin setting their own password stays signed in here.
+            keep_token_hash=token_digest(bearer_token(request)) if agent.id == admin.id else None,
+        )
         if body.teams is not None:
             await check_team_names(session, dict.fromkeys(body.teams, ("teams", True)), create=body.create_teams)
         await do_update_agent_routing(

@@ -52,6 +52,17 @@ class AgentIn(_In):
     phone: str | None = Field(default=None, max_length=40, description="where calls for this agent ring")
 
 
+class MeIn(_In):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    password: str | None = Field(
+        default=None,
+        min_length=8,
+        max_length=1024,
+        description="your new password; your other sessions are signed out (this one stays)",
+    )
+    current_password: str | None = Field(default=None, max_length=1024, description="needed to set a new password")
+
+
 class AgentOut(_Out):
     id: int
     email: str

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from hub.actions import do_assign, do_ensure_inbox, do_issue_token
 from hub.config import load_config
 from hub.core import Channel
+from hub.security import verify_password
 from storage.db import Database
 from storage.ingest import IngestResult, ingest_batch
 from storage.models import Agent, ApiToken, Ticket
@@ -132,3 +133,71 @@ def test_agent_add_names_what_is_wrong_and_stores_nothing(tmp_path: Path) -> Non
             await db.dispose()
 
     assert asyncio.run(login())
+
+
+def test_agent_update_renames_promotes_and_sets_a_forgotten_password(tmp_path: Path) -> None:
+    env = hub_env(tmp_path / "data")
+    run_cli(["migrate"], env)
+    for email, role in (("boss@example.com", "admin"), ("ana@example.com", "agent")):
+        run_cli(
+            ["agent", "add", "--email", email, "--name", email, "--role", role, "--password-stdin", "--team=Support"],
+            env,
+            stdin=PASSWORD + "\n",
+        )
+    config = load_config(path=None, env=env)
+
+    async def give_boss_a_session() -> None:
+        db = Database(config.database_url)
+        try:
+            async with db.write() as s:
+                boss = await s.scalar(select(Agent).where(Agent.email == "boss@example.com"))
+                assert boss is not None
+                await do_issue_token(s, boss.id, 24)
+        finally:
+            await db.dispose()
+
+    async def accounts() -> dict[str, tuple[str, str, bool, int]]:
+        db = Database(config.database_url)
+        try:
+            async with db.read() as s:
+                out = {}
+                for a in (await s.scalars(select(Agent))).all():
+                    tokens = await s.scalar(select(func.count()).select_from(ApiToken).where(ApiToken.agent_id == a.id))
+                    out[a.email] = (a.name, a.role, verify_password(a.password_hash, PASSWORD), int(tokens or 0))
+                return out
+        finally:
+            await db.dispose()
+
+    asyncio.run(give_boss_a_session())
+    out = run_cli(["agent", "update", "--email", "ANA@example.com", "--name", "Ana Karimi", "--role", "admin"], env)
+    assert "ana@example.com: changed name 'Ana Karimi', role admin" in out
+    out = run_cli(["agent", "update", "--email", "boss@example.com", "--password-stdin"], env, stdin="new secret 123\n")
+    assert "sessions are signed out" in out
+    assert asyncio.run(accounts()) == {
+        "boss@example.com": ("boss@example.com", "admin", False, 0),
+        "ana@example.com": ("Ana Karimi", "admin", True, 0),
+    }
+    run_cli(["agent", "update", "--email", "boss@example.com", "--role", "agent"], env)
+    for args, needle in (
+        (["agent", "update", "--email", "ana@example.com", "--role", "agent"], "last active admin"),
+        (["agent", "update", "--email", "nobody@example.com", "--name", "X"], "no agent has the email"),
+        (["agent", "update", "--email", "ana@example.com"], "nothing to change"),
+        # "support" beside "Support" would be a second, empty team.
+        (["agent", "add", "--email", "sam@example.com", "--name", "Sam", "--team", "support"], "Support"),
+    ):
+        done = subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0 and needle in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    assert asyncio.run(accounts())["ana@example.com"][1] == "admin"
+    assert "sam@example.com" not in asyncio.run(accounts())
+
+
+def test_demo_shows_the_admin_password_only_while_it_is_the_one_it_made(tmp_path: Path) -> None:
+    env = hub_env(tmp_path / "data")
+    run_cli(["migrate"], env)
+    first = run_cli(["demo"], env)
+    password = first.split("admin@example.com  /  ")[1].split()[0]
+    assert f"{password}   (created earlier)" in run_cli(["demo"], env)
+    run_cli(["agent", "update", "--email", "admin@example.com", "--password-stdin"], env, stdin=PASSWORD + "\n")
+    again = run_cli(["demo"], env)
+    assert "(changed since; not shown)" in again and password not in again
