@@ -198,7 +198,7 @@ class Handoff:
 
 @dataclass
 class Outcome:
-    action: str  # answer, clarify, handoff, qualify, smalltalk, feedback
+    action: str  # answer, clarify, handoff, qualify, smalltalk, feedback, ignored (a stale button)
     language: str
     replies: list[Reply] = field(default_factory=list)
     reason: str | None = None
@@ -311,6 +311,28 @@ def asks_for_person(text: str, config: BotConfig) -> bool:
     return False
 
 
+def feedback_buttons(buttons: Iterable[QuickReply], turn_id: int) -> list[QuickReply]:
+    """``buttons`` as posted under the answer of turn ``turn_id``: the Yes and
+    No say which answer they rate (``fb:no:42``). Telegram keeps every
+    keyboard it was sent, and a No pressed under an older answer must not be
+    taken for one on the latest."""
+    return [
+        q.model_copy(update={"id": f"{q.id}:{turn_id}"}) if q.id in (FEEDBACK_YES, FEEDBACK_NO) else q for q in buttons
+    ]
+
+
+def _feedback_press(chosen: str) -> tuple[str, int | None] | None:
+    """A feedback button's value and the turn it rates (None: a button posted
+    before they named it, taken for the latest answer); None if ``chosen`` is
+    not a feedback button."""
+    if chosen in (FEEDBACK_YES, FEEDBACK_NO):
+        return chosen, None
+    base, _, turn = chosen.rpartition(":")
+    if base in (FEEDBACK_YES, FEEDBACK_NO) and turn.isascii() and turn.isdecimal():
+        return base, int(turn)
+    return None
+
+
 def _clean_state(state: dict[str, Any]) -> dict[str, Any]:
     out = dict(state)
     out.setdefault("misses", 0)
@@ -391,9 +413,16 @@ class Brain:
         out: Outcome,
     ) -> bool:
         lang = out.language
-        if chosen in (FEEDBACK_YES, FEEDBACK_NO):
-            if feedback_for is None:
-                return False
+        press = _feedback_press(chosen)
+        if press is not None:
+            chosen, rated = press
+            if feedback_for is None or (rated is not None and rated != int(feedback_for)):
+                # A button under an answer no longer asked about: neither a
+                # rating of the latest answer nor a question ("No" would miss).
+                # The question still open stays open.
+                out.action, out.reason = "ignored", "stale_button"
+                out.state["offered"], out.state["feedback_for"] = offered, feedback_for
+                return True
             out.action = "feedback"
             out.feedback = (int(feedback_for), "yes" if chosen == FEEDBACK_YES else "no")
             if chosen == FEEDBACK_YES:

@@ -13,7 +13,9 @@ language. Storage and versioning live with the hub's actions.
 from __future__ import annotations
 
 import csv
+import difflib
 import io
+import json
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -46,7 +48,13 @@ def languages_for(language: str | None) -> tuple[str, ...]:
 
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}\Z")
-_LANGUAGE = re.compile(r"^[a-z]{2,3}$|^default$")
+#: The languages the bot tells customers apart by (hub.text.detect_language):
+#: an answer under any other code would never be picked, and its customers
+#: would silently get the English one.
+LANGUAGES = ("fa", "ar", "en")
+# ISO 639-2 codes, which spreadsheets and translation tools often use.
+_LANGUAGE_ALIASES = {"fas": "fa", "per": "fa", "ara": "ar", "eng": "en"}
+LANGUAGE_RULE = f"answer languages are {', '.join(LANGUAGES)} (or {ANY_LANGUAGE!r}, for every language)"
 MAX_QUESTIONS = 500
 MAX_QUESTION_CHARS = 1000
 # Far beyond any real knowledge base's tags (a word or two, a handful per
@@ -88,14 +96,25 @@ def _cut(text: str, limit: int) -> str:
 def _clean_questions(value: Any) -> Any:
     if isinstance(value, str):
         value = [value]
-    if isinstance(value, list | tuple):
-        if not all(isinstance(q, str) and not _blank(q) for q in value):
-            raise ValueError("every question must be a non-empty string")
-        cleaned = [q.strip() for q in value]
-        if any(len(q) > MAX_QUESTION_CHARS for q in cleaned):
-            raise ValueError(f"a question is longer than {MAX_QUESTION_CHARS} characters")
-        return tuple(dict.fromkeys(cleaned))
-    return value
+    if not isinstance(value, list | tuple):
+        # Anything else (YAML's !!set, a mapping) would reach pydantic's own
+        # conversion to a tuple, past the checks below.
+        raise ValueError(f"is {_shown(value)}; give a list of questions (or one question)")
+    if not all(isinstance(q, str) and not _blank(q) for q in value):
+        raise ValueError("every question must be a non-empty string")
+    cleaned = [q.strip() for q in value]
+    if any(len(q) > MAX_QUESTION_CHARS for q in cleaned):
+        raise ValueError(f"a question is longer than {MAX_QUESTION_CHARS} characters")
+    return tuple(dict.fromkeys(cleaned))
+
+
+def _language(code: Any) -> str:
+    """An answer's language key as the bot picks it (``fas`` is ``fa``)."""
+    if isinstance(code, str):
+        lang = _LANGUAGE_ALIASES.get(code, code)
+        if lang == ANY_LANGUAGE or lang in LANGUAGES:
+            return lang
+    raise ValueError(f"answer language {_shown(code)} is not one the bot picks; {LANGUAGE_RULE}")
 
 
 def _clean_answer(value: Any) -> Any:
@@ -105,11 +124,12 @@ def _clean_answer(value: Any) -> Any:
         if not value:
             raise ValueError("is empty: give one text, or one per language ({en: ..., fa: ...})")
         out: dict[str, str] = {}
-        for lang, text in value.items():
-            if not isinstance(lang, str) or not _LANGUAGE.match(lang):
-                raise ValueError(f"answer language {_shown(lang)} must be a language code such as en or fa")
+        for given, text in value.items():
+            lang = _language(given)
+            if lang in out:
+                raise ValueError(f"answer language {given!r} is {lang!r}, given twice")
             if not isinstance(text, str) or _blank(text):
-                raise ValueError(f"answer in {lang!r} must be a non-empty string")
+                raise ValueError(f"answer in {given!r} must be a non-empty string")
             out[lang] = text.strip()
         return out
     return value
@@ -207,13 +227,58 @@ def _shorten(text: str, limit: int = 60) -> str:
 def entry_from(raw: Any, where: str) -> KbEntry:
     if not isinstance(raw, Mapping):
         raise KbError(f"{where}: an entry must be a mapping with id, questions and answer")
+    fields: dict[Any, Any] = {}
+    for key, value in raw.items():
+        try:
+            fields[key] = _joined(value)
+        except _LoneSurrogate:
+            raise KbError(f"{_where(where, raw.get('id'))}: {_cut(str(key), 60)}: {LONE_SURROGATE}") from None
     try:
-        return KbEntry.model_validate(dict(raw))
+        return KbEntry.model_validate(fields)
     except ValidationError as exc:
         problems = _problems(exc)
     # Raised outside the except block, so the ValidationError (whose text
     # repeats the input) is not chained to it.
     raise KbError(f"{_where(where, raw.get('id'))}: {problems}")
+
+
+LONE_SURROGATE = (
+    "has half of a \\uXXXX surrogate pair without the other half (an emoji escaped as \\ud83d\\ude0a "
+    "needs both); it is not text"
+)
+
+
+class _LoneSurrogate(ValueError):
+    pass
+
+
+def _joined_text(text: str) -> str:
+    """``text`` with the escaped halves of a character outside the BMP made
+    one again: JSON's ``"\\ud83d\\ude0a"`` (how ``json.dumps`` writes 😊) comes
+    out of the YAML parser as two halves no database or encoder takes."""
+    if not any("\ud800" <= c <= "\udfff" for c in text):
+        return text
+    try:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16")
+    except UnicodeDecodeError:
+        raise _LoneSurrogate from None
+
+
+def _joined(value: Any) -> Any:
+    """An entry's field with :func:`_joined_text` applied to its texts, only
+    as deep as a valid field goes (a list or mapping of texts): deeper values
+    are refused by the validators, and a structure built from YAML aliases
+    may be far too large to walk."""
+    if isinstance(value, str):
+        return _joined_text(value)
+    if isinstance(value, list | tuple):
+        return [_joined_text(v) if isinstance(v, str) else v for v in value]
+    if isinstance(value, Mapping):
+        return {
+            (_joined_text(k) if isinstance(k, str) else k): (_joined_text(v) if isinstance(v, str) else v)
+            for k, v in value.items()
+        }
+    return value
 
 
 def _where(where: str, ident: Any) -> str:
@@ -306,16 +371,47 @@ def parse_yaml(text: str, source: str = "YAML") -> list[KbEntry]:
         raise KbError(f"{source} is not valid YAML: {exc}") from exc
     except RecursionError as exc:
         raise KbError(f"{source}: lists or mappings are nested too deeply to read") from exc
+    return _entries(data, source)
+
+
+def parse_json(text: str, source: str = "JSON") -> list[KbEntry]:
+    """A JSON list of entries (or an object with an ``entries`` list). Read
+    as JSON, not as YAML: YAML refuses the tabs JSON is often indented with."""
+    try:
+        data = json.loads(text.lstrip("\ufeff"), object_pairs_hook=_unique_pairs)
+    except _Refused as exc:
+        raise KbError(f"{source}: {exc.problem}") from exc
+    except json.JSONDecodeError as exc:
+        raise KbError(f"{source} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+    except RecursionError as exc:
+        raise KbError(f"{source}: lists or mappings are nested too deeply to read") from exc
+    return _entries(data, source)
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # As in YAML: json.loads keeps the second of two keys and drops the first.
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _Refused(0, f"key {_shown(key)} appears twice in one object")
+        seen[key] = value
+    return seen
+
+
+def _entries(data: Any, source: str) -> list[KbEntry]:
     if isinstance(data, Mapping) and "entries" in data:
         data = data["entries"]
     if not isinstance(data, list):
         raise KbError(f"{source} must be a list of entries (id, questions, answer)")
+    if not data:
+        # An import with --replace would delete the whole knowledge base.
+        raise KbError(f"{source} has no entries")
     return check_unique([entry_from(raw, f"{source}: entry {n}") for n, raw in enumerate(data, 1)], source)
 
 
 CSV_HELP = (
     "columns: id, question (one row per question, rows with the same id form one entry), "
-    "answer or answer_<lang> (answer_en, answer_fa, ...), tags (comma-separated), team"
+    "answer or answer_<lang> (answer_en, answer_fa, answer_ar), tags (separated by commas or semicolons), team"
 )
 
 # A row longer than the header: most often an unquoted comma in a text.
@@ -356,10 +452,15 @@ def parse_csv(text: str, source: str = "CSV") -> list[KbEntry]:
     rows = csv_rows(text, source)
     first = next(rows, None)
     header = [f.strip().lower() for f in first[1]] if first else []
+    at = f"{source}: line {first[0] if first else 1}"
+    if len(header) == 1 and ";" in header[0]:
+        # What Excel saves as "CSV" where the decimal mark is a comma.
+        raise KbError(f"{at}: the columns are separated by semicolons; save the file with commas between them")
+    _check_column_names(header, at)
     fields = set(header)
     if not {"id", "question"} <= fields or not any(f == "answer" or f.startswith("answer_") for f in fields):
         raise KbError(f"{source}: missing columns; {CSV_HELP}")
-    answers = _answer_columns(header, f"{source}: line {first[0] if first else 1}")
+    answers = _answer_columns(header, at)
     grouped: dict[str, _Grouped] = {}
     for line, cells in rows:
         if not cells:
@@ -381,6 +482,9 @@ def parse_csv(text: str, source: str = "CSV") -> list[KbEntry]:
         entry.tags.extend(checked.tags)
         if checked.team is not None:
             entry.team = _agree(entry.team, checked.team, line, "team", at)
+    if not grouped:
+        # An import with --replace would delete the whole knowledge base.
+        raise KbError(f"{source} has no entries, only the header row")
     return [
         entry_from(
             {
@@ -396,6 +500,38 @@ def parse_csv(text: str, source: str = "CSV") -> list[KbEntry]:
     ]
 
 
+_COLUMNS = ("id", "question", "answer", "tags", "team")
+# Columns that begin like one of ours are taken for a misspelling of it, not
+# for a column of the admin's own: read as the latter, "answer-fa" would leave
+# Persian customers with the English answer without a word.
+_COLUMN_STEMS = (("answer", "answer"), ("question", "question"), ("tag", "tags"), ("team", "team"))
+
+
+def _check_column_names(header: Sequence[str], at: str) -> None:
+    for column in header:
+        if column in _COLUMNS or column.startswith("answer_"):
+            continue
+        meant = _meant_column(column)
+        if meant is not None:
+            raise KbError(
+                f"{at}: column {_shown(column)} is not one the import reads; did you mean {meant}? "
+                f"(a column of your own must not look like one of these; {CSV_HELP})"
+            )
+
+
+def _meant_column(column: str) -> str | None:
+    squashed = re.sub(r"[\s_-]+", "_", column).strip("_")
+    for stem, name in _COLUMN_STEMS:
+        if squashed.startswith(stem):
+            rest = squashed.removeprefix(stem).lstrip("_")
+            if stem == "answer" and rest:
+                lang = _LANGUAGE_ALIASES.get(rest, rest)
+                return repr(f"answer_{lang}") if lang in LANGUAGES else f"answer_<lang> ({', '.join(LANGUAGES)})"
+            return repr(name)
+    close = difflib.get_close_matches(squashed, _COLUMNS, n=1, cutoff=0.75)
+    return repr(close[0]) if close else None
+
+
 def _answer_columns(header: Sequence[str], at: str) -> dict[str, str]:
     """The answer columns and their languages; a :class:`KbError` for a
     column the entries are read from given twice, as the second copy would
@@ -404,18 +540,22 @@ def _answer_columns(header: Sequence[str], at: str) -> dict[str, str]:
     answers: dict[str, str] = {}
     for column in header:
         if column == "answer" or column.startswith("answer_"):
-            answers[column] = ANY_LANGUAGE if column == "answer" else column.removeprefix("answer_")
+            try:
+                answers[column] = ANY_LANGUAGE if column == "answer" else _language(column.removeprefix("answer_"))
+            except ValueError as exc:
+                raise KbError(f"{at}: column {_shown(column)}: {exc}") from None
             gives = f"answer_{answers[column]}"
         elif column in {"id", "question", "tags", "team"}:
             gives = column
         else:
             continue  # a column of the admin's own (notes, ...), not read
         if gives in seen:
-            what = (
-                f"column {column!r} appears twice"
-                if seen[gives] == column
-                else f"columns {seen[gives]!r} and {column!r} are both the answer in every language"
-            )
+            if seen[gives] == column:
+                what = f"column {column!r} appears twice"
+            elif answers[column] == ANY_LANGUAGE:
+                what = f"columns {seen[gives]!r} and {column!r} are both the answer in every language"
+            else:
+                what = f"columns {seen[gives]!r} and {column!r} are both the answer in {answers[column]!r}"
             raise KbError(f"{at}: {what}")
         seen[gives] = column
     return answers
@@ -428,7 +568,8 @@ def _csv_row(row: Mapping[str, str], answers: Mapping[str, str], at: str) -> _Cs
     if given := {lang: row[column] for column, lang in answers.items() if column in row}:
         raw["answer"] = given
     if "tags" in row:
-        raw["tags"] = row["tags"].split(",")
+        # Split as in YAML, on commas and semicolons alike.
+        raw["tags"] = row["tags"]
     if "team" in row:
         raw["team"] = row["team"]
     try:
@@ -494,7 +635,9 @@ def load_file(path: str | Path) -> list[KbEntry]:
         raise KbError(f"{p} is not UTF-8 text") from exc
     if p.suffix.lower() == ".csv":
         return parse_csv(text, str(p))
-    if p.suffix.lower() in (".yaml", ".yml", ".json"):
+    if p.suffix.lower() == ".json":
+        return parse_json(text, str(p))
+    if p.suffix.lower() in (".yaml", ".yml"):
         return parse_yaml(text, str(p))
     raise KbError(f"{p}: unknown format; use .yaml, .yml, .json or .csv")
 

@@ -5,6 +5,7 @@ the customers' feedback on answers."""
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -14,10 +15,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bots.kb import KbEntry
-from hub.actions import audit
+from hub.actions import audit, do_get_or_create_team
+from hub.config import HubConfig
 from hub.core import IdentityKind, utcnow
-from hub.errors import Conflict, NotFound
-from storage.models import BotTurn, Contact, FaqEntry, FaqVersion, Identity
+from hub.errors import Conflict, NotFound, ValidationFailed
+from hub.text import label_key
+from storage.models import BotTurn, Contact, FaqEntry, FaqVersion, Identity, Team
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +149,76 @@ async def do_save_faq(
     return row, change
 
 
-async def do_delete_faq(session: AsyncSession, key: str, *, actor: str) -> FaqEntry:
+def configured_teams(config: HubConfig) -> list[str]:
+    """The teams the hub's config names that a ticket may be handed to: they
+    exist once the hub has started, perhaps not yet when an admin imports."""
+    names = [t.name for t in config.routing.teams]
+    names += [n for n in (config.routing.default_team, config.bot.handoff_team) if n]
+    names.append(config.bot.qualification.sales_team)
+    return names
+
+
+async def check_faq_teams(
+    session: AsyncSession, entries: Sequence[KbEntry], configured: Sequence[str]
+) -> list[KbEntry]:
+    """``entries`` with each team spelled as the hub's team of that name
+    ("support" is "Support"), or a ValidationFailed naming the teams that are
+    neither a team nor in the config: at handoff such a team would be created
+    without members, and the customers handed to it would wait for ever."""
+    known: dict[str, str] = {}
+    for name in [*(await session.scalars(select(Team.name).order_by(Team.id))).all(), *configured]:
+        known.setdefault(label_key(name), name)
+    unknown: dict[str, list[str]] = {}
+    out = []
+    for entry in entries:
+        if entry.team is None:
+            out.append(entry)
+        elif (spelled := known.get(label_key(entry.team))) is not None:
+            out.append(entry if spelled == entry.team else entry.model_copy(update={"team": spelled}))
+        else:
+            unknown.setdefault(entry.team, []).append(entry.id)
+    if unknown:
+        problems = "; ".join(
+            f"team {team!r} (entry {', '.join(map(repr, ids[:5]))}{', ...' if len(ids) > 5 else ''}) does not exist"
+            + (
+                f"; did you mean {close[0]!r}?"
+                if (close := difflib.get_close_matches(team, list(known.values()), 1, 0.6))
+                else ""
+            )
+            for team, ids in sorted(unknown.items())
+        )
+        teams = ", ".join(repr(n) for n in sorted(known.values())[:50]) or "none yet"
+        raise ValidationFailed(
+            f"{problems} (the teams: {teams}); create the team, or name it in the config's routing.teams"
+        )
+    return out
+
+
+async def do_handoff_team(session: AsyncSession, name: str) -> Team:
+    """The team a handoff names: the one spelled so, else the one that differs
+    only in case and spacing (an entry saved before teams were checked says
+    "support" for "Support"), else a new one, as routing creates them."""
+    teams = (await session.scalars(select(Team).order_by(Team.id))).all()
+    for team in teams:
+        if team.name == name.strip():
+            return team
+    for team in teams:
+        if label_key(team.name) == label_key(name):
+            return team
+    return await do_get_or_create_team(session, name, actor="bot")
+
+
+async def do_delete_faq(
+    session: AsyncSession, key: str, *, actor: str, expected_version: int | None = None
+) -> FaqEntry:
+    """Delete an entry; with ``expected_version`` (the version the caller
+    read), one no longer at that version is a Conflict, as for a save."""
+    if expected_version is not None:
+        locked = await session.scalar(
+            select(FaqEntry).where(FaqEntry.key == key).with_for_update().execution_options(populate_existing=True)
+        )
+        if locked is not None and not locked.deleted:
+            _check_version(locked, key, expected_version)
     row = await check_faq(session, key)
     row.deleted = True
     row.version += 1
@@ -161,6 +233,10 @@ async def do_import_faq(
     session: AsyncSession, entries: Sequence[KbEntry], *, actor: str, replace: bool = False
 ) -> dict[str, list[str]]:
     """Save every entry; with ``replace``, delete the entries the file no longer has."""
+    if replace and not entries:
+        # The parsers refuse a file without entries; this is the last guard
+        # before the whole knowledge base is deleted.
+        raise ValidationFailed("nothing to import: with replace, an empty import would delete every entry")
     result: dict[str, list[str]] = {"created": [], "updated": [], "unchanged": [], "deleted": []}
     for entry in entries:
         _, change = await do_save_faq(session, entry, actor=actor)

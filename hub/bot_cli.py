@@ -84,7 +84,8 @@ def faq() -> None:
 @click.pass_context
 def faq_import(ctx: click.Context, file: str, replace: bool, dry_run: bool) -> None:
     """Import entries from a YAML or CSV file (new versions only where something changed)."""
-    from hub.bot_actions import do_import_faq
+    from hub.bot_actions import check_faq_teams, configured_teams, do_import_faq
+    from hub.errors import ValidationFailed
     from storage.db import Database
 
     cfg = _config(ctx)
@@ -101,7 +102,8 @@ def faq_import(ctx: click.Context, file: str, replace: bool, dry_run: bool) -> N
         result: dict[str, list[str]] = {}
         try:
             async with db.write() as session:
-                result = await do_import_faq(session, entries, actor="cli", replace=replace)
+                checked = await check_faq_teams(session, entries, configured_teams(cfg))
+                result = await do_import_faq(session, checked, actor="cli", replace=replace)
                 if dry_run:
                     raise _DryRun
         except _DryRun:
@@ -110,7 +112,10 @@ def faq_import(ctx: click.Context, file: str, replace: bool, dry_run: bool) -> N
             await db.dispose()
         return result
 
-    result = asyncio.run(run())
+    try:
+        result = asyncio.run(run())
+    except ValidationFailed as exc:
+        raise click.ClickException(f"{file}: {exc.message}") from exc
     prefix = "would be " if dry_run else ""
     click.echo(", ".join(f"{len(v)} {prefix}{k}" for k, v in result.items()) + f" ({len(entries)} entries in {file})")
 

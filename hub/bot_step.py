@@ -41,12 +41,24 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bots import rasa_backend
-from bots.brain import TRANSCRIPT_TURNS, Brain, Contact, Handoff, Inbound, Outcome, Reply, lang_of, say, summary
+from bots.brain import (
+    TRANSCRIPT_TURNS,
+    Brain,
+    Contact,
+    Handoff,
+    Inbound,
+    Outcome,
+    Reply,
+    feedback_buttons,
+    lang_of,
+    say,
+    summary,
+)
 from bots.kb import KbEntry
 from bots.matcher import Backend, LexicalBackend, Match, Matcher, Thresholds
 from channels.twilio_sms import KEYWORD_HANDLED
-from hub.actions import check_ticket, do_get_or_create_team, do_handoff, do_post_message
-from hub.bot_actions import do_record_feedback, do_update_lead, kb_revision, load_kb
+from hub.actions import check_ticket, do_handoff, do_post_message
+from hub.bot_actions import do_handoff_team, do_record_feedback, do_update_lead, kb_revision, load_kb
 from hub.config import BotConfig, ConfigError
 from hub.core import Author, Direction, TicketEventKind, TicketStatus, utcnow
 from hub.stream.base import Event
@@ -510,8 +522,9 @@ class BotService:
             await session.flush()
             state = {**out.state, "ticket_id": ticket.id}
             for reply in out.replies:
+                buttons = feedback_buttons(reply.quick_replies, turn.id) if reply.asks_feedback else reply.quick_replies
                 posted = await do_post_message(
-                    session, ticket, body=reply.text, author=Author.BOT, quick_replies=reply.quick_replies
+                    session, ticket, body=reply.text, author=Author.BOT, quick_replies=buttons
                 )
                 if turn.reply_message_id is None:
                     turn.reply_message_id = posted.id
@@ -525,7 +538,7 @@ class BotService:
             if out.handoff is not None:
                 team_id = None
                 if out.handoff.team:
-                    team_id = (await do_get_or_create_team(session, out.handoff.team, actor="bot")).id
+                    team_id = (await do_handoff_team(session, out.handoff.team)).id
                 await do_handoff(
                     session, ticket, reason=out.handoff.reason, summary=out.handoff.summary, team_id=team_id
                 )

@@ -3,6 +3,7 @@ asking the bot what it would do, and the knowledge-gap report."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
@@ -15,7 +16,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bots.kb import KbEntry, KbError, entry_from, parse_csv, parse_yaml
 from hub.actions import actor_of
 from hub.app import HUB, Hub
-from hub.bot_actions import check_faq, do_delete_faq, do_import_faq, do_save_faq, faq_view
+from hub.bot_actions import (
+    check_faq,
+    check_faq_teams,
+    configured_teams,
+    do_delete_faq,
+    do_import_faq,
+    do_save_faq,
+    faq_view,
+)
 from hub.bot_report import gaps
 from hub.errors import BadRequest, NotFound, ValidationFailed
 from hub.web.api import API, MAX_PAGE, current_agent, page_limit, require_admin
@@ -41,7 +50,14 @@ class FaqEntryIn(_In):
     questions: list[str] = Field(min_length=1, max_length=500)
     answer: str | dict[str, str] = Field(description="one text, or one per language: {en: ..., fa: ...}")
     tags: list[str] = Field(default_factory=list)
-    team: str | None = None
+    team: str | None = Field(
+        default=None,
+        description=(
+            "the team a person is asked from when the bot hands off after this answer: an existing team, "
+            "or one the hub's config names (matched in any case, stored as the team is spelled); "
+            "any other is refused with 422"
+        ),
+    )
 
 
 class FaqEntryPutIn(FaqEntryIn):
@@ -91,9 +107,24 @@ class FaqVersionList(_Out):
     next_cursor: str | None = None
 
 
+#: The most characters an import's content may have. Its body may be larger
+#: than the server's usual limit (server.max_body_bytes): JSON may escape each
+#: character as \uXXXX, six bytes, and a knowledge base in Persian is all
+#: such characters when the client escapes non-ASCII, as most do.
+IMPORT_MAX_CHARS = 2_000_000
+IMPORT_MAX_BODY = 6 * IMPORT_MAX_CHARS + 65_536
+
+
 class FaqImportIn(_In):
     format: Literal["yaml", "csv"] = "yaml"
-    content: str = Field(min_length=1, max_length=5_000_000)
+    content: str = Field(
+        min_length=1,
+        max_length=IMPORT_MAX_CHARS,
+        description=(
+            f"the file's text, at most {IMPORT_MAX_CHARS:,} characters (a request body of at most "
+            f"{IMPORT_MAX_BODY:,} bytes); a file without entries is refused"
+        ),
+    )
     replace: bool = Field(default=False, description="delete the entries the content does not have")
 
 
@@ -134,6 +165,10 @@ class GapItem(_Out):
 class GapList(_Out):
     items: list[GapItem]
     next_cursor: str | None = None
+
+
+async def _known_teams(session: AsyncSession, hub: Hub, entries: list[KbEntry]) -> list[KbEntry]:
+    return await check_faq_teams(session, entries, configured_teams(hub.config))
 
 
 def _entry(body: FaqEntryIn, key: str | None = None) -> KbEntry:
@@ -200,7 +235,8 @@ async def create_faq(request: web.Request) -> web.Response:
     entry = _entry(await parse_body(request, FaqEntryIn))
 
     async def create(session: AsyncSession) -> dict[str, Any]:
-        row, _ = await do_save_faq(session, entry, actor=actor_of(admin), create_only=True)
+        [checked] = await _known_teams(session, hub, [entry])
+        row, _ = await do_save_faq(session, checked, actor=actor_of(admin), create_only=True)
         return faq_view(row)
 
     view = await _save(hub, create)
@@ -239,7 +275,8 @@ async def put_faq(request: web.Request) -> web.Response:
     entry = _entry(body, request.match_info["key"])
 
     async def save(session: AsyncSession) -> dict[str, Any]:
-        row, _ = await do_save_faq(session, entry, actor=actor_of(admin), expected_version=body.version)
+        [checked] = await _known_teams(session, hub, [entry])
+        row, _ = await do_save_faq(session, checked, actor=actor_of(admin), expected_version=body.version)
         return faq_view(row)
 
     view = await _save(hub, save)
@@ -254,15 +291,34 @@ async def put_faq(request: web.Request) -> web.Response:
     tag="bot",
     admin=True,
     status=204,
-    errors=(404,),
+    query={
+        "version": (
+            "the entry's version you read (as GET gives it): if the entry is no longer at that version "
+            "(another admin changed it), the answer is 409 Conflict naming the current version and nothing "
+            "is deleted. Left out, the entry is deleted whatever its version"
+        )
+    },
+    errors=(404, 409),
 )
 async def delete_faq(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     admin = await require_admin(request)
+    version = _version_query(request)
     async with hub.db.write() as session:
-        await do_delete_faq(session, request.match_info["key"], actor=actor_of(admin))
+        await do_delete_faq(session, request.match_info["key"], actor=actor_of(admin), expected_version=version)
     hub.bot.kb_changed()
     return web.Response(status=204)
+
+
+def _version_query(request: web.Request) -> int | None:
+    given = request.query.get("version")
+    if given is None:
+        return None
+    if not given.isascii() or not given.isdecimal() or int(given) < 1:
+        raise BadRequest(
+            f"version must be a whole number from 1 (the entry's version as GET gives it), not {given[:40]!r}"
+        )
+    return int(given)
 
 
 @ROUTES.route(
@@ -301,7 +357,10 @@ async def faq_versions(request: web.Request) -> web.Response:
 @ROUTES.route(
     "POST",
     f"{API}/faq/import",
-    summary="Import a YAML or CSV knowledge base (admin); all or nothing",
+    summary=(
+        "Import a YAML or CSV knowledge base (admin); all or nothing. "
+        f"The body may be up to {IMPORT_MAX_BODY:,} bytes, past the server's usual limit"
+    ),
     tag="bot",
     admin=True,
     body=FaqImportIn,
@@ -310,14 +369,19 @@ async def faq_versions(request: web.Request) -> web.Response:
 async def import_faq(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     admin = await require_admin(request)
-    body = await parse_body(request, FaqImportIn)
+    # Only this route's body may be this large, and only an admin's.
+    limit = max(hub.config.server.max_body_bytes, IMPORT_MAX_BODY)
+    body = await parse_body(request.clone(client_max_size=limit), FaqImportIn)
+    parse = parse_csv if body.format == "csv" else parse_yaml
     try:
-        entries = parse_csv(body.content, "content") if body.format == "csv" else parse_yaml(body.content, "content")
+        # Reading a large YAML file takes seconds: not on the event loop.
+        entries = await asyncio.to_thread(parse, body.content, "content")
     except KbError as exc:
         raise ValidationFailed(str(exc)) from exc
 
     async def save(session: AsyncSession) -> dict[str, list[str]]:
-        return await do_import_faq(session, entries, actor=actor_of(admin), replace=body.replace)
+        checked = await _known_teams(session, hub, entries)
+        return await do_import_faq(session, checked, actor=actor_of(admin), replace=body.replace)
 
     result = await _save(hub, save)
     hub.bot.kb_changed()

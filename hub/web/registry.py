@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from hub.core import is_unicode
 from hub.errors import BadRequest, ValidationFailed
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
@@ -123,10 +124,10 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
     if not request.can_read_body:
         raise BadRequest("a JSON body is required")
     raw = load_json(await request.read())
-    where = _nul_at(raw)
-    if where is not None:
-        # PostgreSQL refuses it in text and JSON: a 422 naming the field, not a 500 at the write.
-        message = "the NUL character (\\u0000) is not allowed"
+    found = _bad_text_at(raw)
+    if found is not None:
+        # PostgreSQL refuses both in text and JSON: a 422 naming the field, not a 500 at the write.
+        where, message = found
         details = [{"field": where, "message": message}]
         raise ValidationFailed(f"invalid request body: {where}: {message}", details=details)
     try:
@@ -171,21 +172,41 @@ def _depth_over(value: Any, limit: int) -> bool:
     return False
 
 
-def _nul_at(value: Any, path: str = "") -> str | None:
-    """The dotted path of the first string (value or key) holding a NUL character."""
+NUL = "the NUL character (\\u0000) is not allowed"
+# Worded as pydantic words it for a string field, which refused these before
+# this check ran for every body.
+LONE_SURROGATE = (
+    "Input should be a valid string, not half of a \\uXXXX surrogate pair without the other half "
+    "(an emoji escaped as \\ud83d\\ude0a needs both)"
+)
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return NUL
+    # json.loads joins an escaped pair into one character; a half on its own
+    # stays, and no database, encoder or browser takes it.
+    return None if is_unicode(text) else LONE_SURROGATE
+
+
+def _bad_text_at(value: Any, path: str = "") -> tuple[str, str] | None:
+    """The dotted path of the first string (value or key) that is not storable
+    text (a NUL character, a lone surrogate), and why."""
     if isinstance(value, str):
-        return (path or "(body)") if "\x00" in value else None
+        problem = _text_problem(value)
+        return (path or "(body)", problem) if problem is not None else None
     if isinstance(value, dict):
         for key, item in value.items():
             here = f"{path}.{key}" if path else str(key)
-            if "\x00" in str(key):
-                return here
-            found = _nul_at(item, here)
+            problem = _text_problem(str(key))
+            if problem is not None:
+                return here.encode("utf-8", "backslashreplace").decode("utf-8"), problem
+            found = _bad_text_at(item, here)
             if found is not None:
                 return found
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            found = _nul_at(item, f"{path}.{i}" if path else str(i))
+            found = _bad_text_at(item, f"{path}.{i}" if path else str(i))
             if found is not None:
                 return found
     return None

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bots.brain import Brain, Contact, Inbound, Outcome, lang_of
+from bots.brain import Brain, Contact, Inbound, Outcome, feedback_buttons, lang_of
 from bots.kb import KbEntry
 from bots.matcher import Matcher
 from hub.bot_step import memory_for_ticket
@@ -356,3 +356,34 @@ def test_a_resumed_dialog_takes_a_clear_answer_and_greets_back() -> None:
     out = respond("hello", _resumed_at_company())
     assert [r.text for r in out.replies] == ["Hello! How can I help you today?", "Which company are you with?"]
     assert respond("Acme", out.state).attributes == {"company": "Acme"}
+
+
+def test_feedback_buttons_name_the_turn_they_rate() -> None:
+    answered = Brain(BotConfig(), MATCHER).respond(Inbound("how long does shipping take"), Contact(), {})
+    (reply,) = answered.replies
+    assert [q.id for q in feedback_buttons(reply.quick_replies, 7)] == ["fb:yes:7", "fb:no:7"]
+    state = {**answered.state, "feedback_for": 7}
+    rated = Brain(BotConfig(), MATCHER).respond(Inbound("No", quick_reply="fb:no:7"), Contact(), state)
+    assert (rated.action, rated.feedback, rated.reason) == ("handoff", (7, "no"), "unhelpful_answer")
+
+
+@pytest.mark.parametrize(
+    ("pressed", "feedback_for"),
+    [("fb:no:3", 7), ("fb:yes:3", 7), ("fb:no:3", None), ("fb:no", None)],
+    ids=["no under an older answer", "yes under an older answer", "after thanks", "old-style id after thanks"],
+)
+def test_a_feedback_button_under_an_answer_no_longer_asked_about_is_ignored(
+    pressed: str, feedback_for: int | None
+) -> None:
+    brain = Brain(BotConfig(), MATCHER)
+    answered = brain.respond(Inbound("how do I return an item"), Contact(), {})
+    state = {**answered.state, "feedback_for": feedback_for}
+    if feedback_for is None:
+        state = brain.respond(Inbound("thanks"), Contact(), state).state
+    late = brain.respond(Inbound("No", quick_reply=pressed), Contact(), state)
+    # Not a rating of the latest answer, nor a question "No" that misses.
+    assert (late.action, late.reason) == ("ignored", "stale_button")
+    assert (late.feedback, late.handoff, late.replies) == (None, None, [])
+    assert late.state["misses"] == 0
+    # The question still open stays open: its own No still counts.
+    assert (late.state["feedback_for"], late.state["offered"]) == (state["feedback_for"], state["offered"])

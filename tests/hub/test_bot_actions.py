@@ -48,3 +48,39 @@ async def test_a_corrected_name_replaces_only_the_name_the_dialog_gave(db: Datab
             await do_update_lead(s, contact, attributes={"name": "Sarah"}, score=None, stage=None)
         assert (from_dialog.name, from_agent.name) == ("Sarah", "Ali Rezaei")
         assert from_agent.attributes["name"] == "Sarah"
+
+
+async def test_an_import_with_replace_and_no_entries_deletes_nothing(db: Database, db_url: str) -> None:
+    import pytest
+
+    from bots.kb import KbEntry
+    from hub.bot_actions import do_import_faq
+    from hub.errors import ValidationFailed
+
+    await upgrade_async(db_url)
+    entry = KbEntry.model_validate({"id": "a", "questions": ["q"], "answer": "x"})
+    async with db.write() as s:
+        await do_import_faq(s, [entry], actor="test")
+    with pytest.raises(ValidationFailed, match="an empty import would delete every entry"):
+        async with db.write() as s:
+            await do_import_faq(s, [], actor="test", replace=True)
+    async with db.read() as s:
+        assert [e.id for e in await load_kb(s)] == ["a"]
+
+
+async def test_a_handoff_finds_its_team_in_any_case_and_spacing(db: Database, db_url: str) -> None:
+    from sqlalchemy import select
+
+    from hub.actions import do_get_or_create_team
+    from hub.bot_actions import do_handoff_team
+    from storage.models import Team
+
+    await upgrade_async(db_url)
+    async with db.write() as s:
+        support = await do_get_or_create_team(s, "Customer Support")
+        assert (await do_handoff_team(s, "customer  support")).id == support.id
+        assert (await do_handoff_team(s, "Customer Support")).id == support.id
+        # A team nobody has is created, as routing creates them.
+        await do_handoff_team(s, "Billing")
+    async with db.read() as s:
+        assert sorted((await s.scalars(select(Team.name))).all()) == ["Billing", "Customer Support"]

@@ -82,6 +82,42 @@ def test_faq_import_errors_name_the_line_and_change_nothing(admin: CliRunner, tm
     assert "does not exist" in missing.output
 
 
+EMOJI = [{"id": "hello", "questions": ["hi there", "سلام"], "answer": {"en": "Welcome 😊", "fa": "خوش آمدید 😊"}}]
+
+
+def test_faq_import_of_json_files_as_json_writes_them(admin: CliRunner, tmp_path: Path) -> None:
+    # json.dumps' default escapes 😊 as "\ud83d\ude0a"; indent="\t" is refused by YAML.
+    for n, text in enumerate([json.dumps(EMOJI), json.dumps(EMOJI, indent="\t", ensure_ascii=False)]):
+        result = run(admin, "faq", "import", write(tmp_path, f"kb{n}.json", text))
+        assert "Traceback" not in result.output
+    exported = yaml.safe_load(run(admin, "faq", "export").output)
+    assert exported[0]["answer"] == {"en": "Welcome 😊", "fa": "خوش آمدید 😊"}
+    half = write(tmp_path, "half.json", json.dumps(EMOJI).replace("\\ude0a", "", 1))
+    result = run(admin, "faq", "import", half, code=1)
+    assert f"Error: {half}: entry 1 (id 'hello'): answer: has half of a \\uXXXX surrogate pair" in result.output
+
+
+def test_faq_import_replace_with_a_file_of_no_entries_changes_nothing(admin: CliRunner, tmp_path: Path) -> None:
+    run(admin, "faq", "import", write(tmp_path, "kb.yaml", yaml.safe_dump(EMOJI, allow_unicode=True)))
+    # An empty sheet saved from Excel: only the header row.
+    empty = write(tmp_path, "empty.csv", "id,question,answer\n")
+    result = run(admin, "faq", "import", "--replace", empty, code=1)
+    assert f"Error: {empty} has no entries, only the header row" in result.output
+    assert [e["id"] for e in yaml.safe_load(run(admin, "faq", "export").output)] == ["hello"]
+
+
+def test_faq_import_refuses_a_team_the_hub_does_not_know(admin: CliRunner, tmp_path: Path) -> None:
+    kb = write(tmp_path, "kb.csv", "id,question,answer,team\na,q,x,Suport\nb,r,y,sales\n")
+    result = run(admin, "faq", "import", kb, code=1)
+    assert f"Error: {kb}: team 'Suport' (entry 'a') does not exist (the teams: 'Sales')" in result.output
+    assert run(admin, "faq", "export").output.strip() == "[]"
+    # The config names the team: it is created when the hub starts.
+    config = tmp_path / "config.yaml"
+    config.write_text(config.read_text() + "routing:\n  teams:\n    - name: Support\n", encoding="utf-8")
+    run(admin, "faq", "import", write(tmp_path, "kb.csv", "id,question,answer,team\na,q,x,support\nb,r,y,sales\n"))
+    assert [e["team"] for e in yaml.safe_load(run(admin, "faq", "export").output)] == ["Support", "Sales"]
+
+
 def test_bot_ask_prints_one_json_object(admin: CliRunner, tmp_path: Path) -> None:
     kb = write(tmp_path, "kb.yaml", yaml.safe_dump(KB, allow_unicode=True))
     from_file = json.loads(run(admin, "bot", "ask", "--kb", kb, "سفارش من کی می‌رسد؟").output)

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from bots.kb import KbEntry
 from bots.matcher import FittedModel, LexicalBackend, Matcher, Prepared
@@ -39,8 +39,11 @@ async def test_faq_answered_in_persian_and_in_english_with_feedback(tmp_path: Pa
         # Arabic yeh/kaf and no ZWNJ: normalization still finds the entry.
         (fa,) = await c.push("سفارش من كي ميرسد؟")
         assert fa.body.startswith("سفارش‌ها ظرف ۳ تا ۵ روز کاری می‌رسند.")
-        assert [q.id for q in fa.quick_replies] == ["fb:yes", "fb:no"]
-        (glad,) = await c.push("بله", quick_reply="fb:yes")
+        async with c.hub.db.read() as s:
+            first = await s.scalar(select(func.max(BotTurn.id)))
+        # The buttons say which answer they rate: Telegram keeps old keyboards.
+        assert [q.id for q in fa.quick_replies] == [f"fb:yes:{first}", f"fb:no:{first}"]
+        (glad,) = await c.push("بله", quick_reply=f"fb:yes:{first}")
         assert glad.body == "خوشحالم که کمک کردم!"
         (en,) = await c.push("How do I return an item I bought?")
         assert en.body.startswith("You can return anything within 30 days")
@@ -416,3 +419,31 @@ async def test_messages_on_tickets_that_are_not_the_bots_cost_no_query() -> None
             "ticket_created": False,
         }
         await service.on_message(Event(key="1", payload=payload, outbox_id=1))
+
+
+async def test_a_no_pressed_under_an_older_answer_does_not_rate_the_latest(tmp_path: Path) -> None:
+    async with bot_hub(tmp_path) as c:
+        (shipping,) = await c.push("how long does shipping take")
+        (returns,) = await c.push("how do I return an item")
+        assert shipping.quick_replies[1].id != returns.quick_replies[1].id
+        # Pressed under the first answer, after the second came.
+        assert await c.push("No", quick_reply=shipping.quick_replies[1].id) == []
+        async with c.hub.db.read() as s:
+            turns = (await s.scalars(select(BotTurn).order_by(BotTurn.id))).all()
+        assert [(t.action, t.feedback) for t in turns] == [("answer", None), ("answer", None), ("ignored", None)]
+        assert (await c.ticket()).status == "pending"  # not handed off
+        (bye,) = await c.push("No", quick_reply=returns.quick_replies[1].id)
+        assert bye.body.startswith("I'm connecting you")
+
+
+async def test_a_handoff_to_an_entrys_team_finds_the_team_in_any_case(tmp_path: Path) -> None:
+    kb = [{"id": "refund", "questions": ["I want a refund"], "answer": "Refunds take 5 days.", "team": "support"}]
+    async with bot_hub(tmp_path, kb=kb) as c:
+        async with c.hub.db.write() as s:
+            support = await do_get_or_create_team(s, "Support")
+        await c.push("I want a refund")
+        await c.push("No", quick_reply="fb:no")
+        async with c.hub.db.read() as s:
+            teams = (await s.scalars(select(Team.name))).all()
+        assert teams == ["Support"]
+        assert (await c.ticket()).team_id == support.id

@@ -459,3 +459,138 @@ async def test_the_openapi_document_describes_the_version_check(tmp_path: Path) 
     assert fields["updated_by"]["readOnly"] is True
     # Creating is not based on a version.
     assert "version" not in body(spec["paths"]["/api/v1/faq"]["post"])
+
+
+async def test_an_entrys_team_must_be_a_team_the_hub_knows(tmp_path: Path) -> None:
+    # A team nobody set up would be created empty at handoff, and the
+    # customers handed to it would wait there for ever.
+    async with api(tmp_path, **{"routing.teams": [{"name": "Billing"}]}) as (admin, _, http, base, hub):
+        from hub.actions import do_get_or_create_team
+
+        async with hub.db.write() as s:
+            await do_get_or_create_team(s, "Support")
+        message = await error(
+            http, "PUT", f"{base}/api/v1/faq/gift-cards", 422, json={**ENTRY, "team": "Suport"}, headers=admin.headers
+        )
+        assert message.startswith("team 'Suport' (entry 'gift-cards') does not exist; did you mean 'Support'?")
+        assert "(the teams: 'Billing', 'Sales', 'Support')" in message
+        csv = "id,question,answer,team\na,q,x,Nobody\nb,q,y,Nobody\n"
+        message = await error(
+            http,
+            "POST",
+            f"{base}/api/v1/faq/import",
+            422,
+            json={"format": "csv", "content": csv},
+            headers=admin.headers,
+        )
+        assert message.startswith("team 'Nobody' (entry 'a', 'b') does not exist")
+        assert (await admin.get("/api/v1/faq"))["items"] == []
+        # A team in another case is that team, stored as the team is spelled;
+        # one the config names may not exist yet (it does once the hub has started).
+        saved = await admin.post("/api/v1/faq", {**ENTRY, "team": " support "}, 201)
+        assert saved["team"] == "Support"
+        imported = await admin.post(
+            "/api/v1/faq/import", {"content": "- {id: b, questions: [q], answer: x, team: BILLING}"}
+        )
+        assert imported["created"] == ["b"]
+        assert (await admin.get("/api/v1/faq/b"))["team"] == "Billing"
+
+
+async def test_a_lone_surrogate_in_a_body_is_a_422_naming_the_field(tmp_path: Path) -> None:
+    async with api(tmp_path) as (admin, _, http, base, _hub):
+        headers = {**admin.headers, "Content-Type": "application/json"}
+        for raw, field in [
+            (b'{"id": "hi", "questions": ["hi"], "answer": "Welcome \\ud83d"}', "answer"),
+            (b'{"id": "hi", "questions": ["hi"], "answer": {"en": "x", "\\udc00": "y"}}', "answer.\\udc00"),
+        ]:
+            async with http.post(f"{base}/api/v1/faq", data=raw, headers=headers) as r:
+                body = await r.json()
+            assert r.status == 422, body
+            assert body["error"]["details"][0]["field"] == field
+            assert "Input should be a valid string, not half of a \\uXXXX surrogate pair" in body["error"]["message"]
+        # An escaped pair is one character.
+        raw = b'{"id": "hi", "questions": ["hi"], "answer": "Welcome \\ud83d\\ude0a"}'
+        async with http.post(f"{base}/api/v1/faq", data=raw, headers=headers) as r:
+            assert r.status == 201, await r.text()
+        assert (await admin.get("/api/v1/faq/hi"))["answer"] == "Welcome 😊"
+
+
+async def test_import_of_yaml_content_with_an_escaped_emoji(tmp_path: Path) -> None:
+    # json.dumps writes 😊 as "\ud83d\ude0a": YAML reads the two halves apart.
+    content = '[{"id": "hello", "questions": ["hi there"], "answer": "Welcome \\ud83d\\ude0a"}]'
+    async with api(tmp_path) as (admin, _, http, base, _hub):
+        assert (await admin.post("/api/v1/faq/import", {"content": content}))["created"] == ["hello"]
+        assert (await admin.get("/api/v1/faq/hello"))["answer"] == "Welcome 😊"
+        message = await error(
+            http,
+            "POST",
+            f"{base}/api/v1/faq/import",
+            422,
+            json={"content": '[{"id": "bye", "questions": ["bye"], "answer": "Bye \\ud83d"}]'},
+            headers=admin.headers,
+        )
+        assert message.startswith("content: entry 1 (id 'bye'): answer: has half of a \\uXXXX surrogate pair")
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"format": "csv", "content": "id,question,answer\n"}, "content has no entries, only the header row"),
+        ({"content": "[]"}, "content has no entries"),
+    ],
+)
+async def test_replace_with_content_of_no_entries_is_refused(
+    tmp_path: Path, body: dict[str, Any], problem: str
+) -> None:
+    async with api(tmp_path) as (admin, _, http, base, _hub):
+        await admin.post("/api/v1/faq", ENTRY, 201)
+        url = f"{base}/api/v1/faq/import"
+        assert await error(http, "POST", url, 422, json={**body, "replace": True}, headers=admin.headers) == problem
+        assert [e["id"] for e in (await admin.get("/api/v1/faq"))["items"]] == ["gift-cards"]
+
+
+async def test_delete_with_the_version_read_refuses_an_entry_changed_since(tmp_path: Path) -> None:
+    async with api(tmp_path) as (admin, _, http, base, _hub):
+        await admin.post("/api/v1/faq", ENTRY, 201)
+        await admin.put("/api/v1/faq/gift-cards", {**ENTRY, "answer": "Edited by A", "version": 1})
+        url = f"{base}/api/v1/faq/gift-cards"
+        message = await error(http, "DELETE", f"{url}?version=1", 409, headers=admin.headers)
+        assert message.startswith("knowledge-base entry 'gift-cards' is at version 2, not version 1 that you read")
+        assert (await admin.get("/api/v1/faq/gift-cards"))["answer"] == "Edited by A"
+        for bad in ("0", "two", "-1", "1.5"):
+            message = await error(http, "DELETE", f"{url}?version={bad}", 400, headers=admin.headers)
+            assert message.startswith("version must be a whole number from 1")
+        async with http.delete(f"{url}?version=2", headers=admin.headers) as r:
+            assert r.status == 204
+        assert "does not exist" in await error(http, "DELETE", f"{url}?version=3", 404, headers=admin.headers)
+        spec = await admin.get("/api/openapi.json")
+        operation = spec["paths"]["/api/v1/faq/{key}"]["delete"]
+        assert [p["name"] for p in operation["parameters"]] == ["key", "version"]
+        assert "409" in operation["responses"]
+
+
+async def test_import_body_may_be_larger_than_the_servers_usual_limit(tmp_path: Path) -> None:
+    # Escaped as most clients send it (\uXXXX for each Persian letter), a
+    # Persian knowledge base of ~400,000 characters is a body of 2 MB.
+    entries = [
+        {"id": f"e{n}", "questions": [f"سؤال شماره {n} درباره ارسال"], "answer": "پاسخ " * 60} for n in range(1200)
+    ]
+    content = yaml.safe_dump(entries, allow_unicode=True)
+    async with api(tmp_path, **{"server.max_body_bytes": 1_048_576}) as (admin, _, http, base, _hub):
+        import json
+
+        body = json.dumps({"content": content})
+        assert len(body) > 1_048_576
+        headers = {**admin.headers, "Content-Type": "application/json"}
+        async with http.post(f"{base}/api/v1/faq/import", data=body, headers=headers) as r:
+            assert r.status == 200, (await r.text())[:300]
+        # Other routes keep the usual limit.
+        async with http.post(f"{base}/api/v1/faq", data=body, headers=headers) as r:
+            assert r.status == 413
+        from hub.web.faq import IMPORT_MAX_BODY
+
+        too_big = json.dumps({"content": "x" * (IMPORT_MAX_BODY - 10)})
+        async with http.post(f"{base}/api/v1/faq/import", data=too_big, headers=headers) as r:
+            assert r.status == 413
+        schema = (await admin.get("/api/openapi.json"))["components"]["schemas"]["FaqImportIn"]
+        assert schema["properties"]["content"]["maxLength"] == 2_000_000
