@@ -24,6 +24,7 @@ import copy
 import enum
 import hashlib
 import os
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -88,6 +89,9 @@ class MediaRef:
     filename: str
     content_type: str
     size: int | None
+    #: Telegram's id of the file itself (a file_id differs per bot and over
+    #: time): tells an edit that replaced the file from one of the caption.
+    unique_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,9 @@ class TelegramUpdate:
     moved_location: dict[str, Any] | None = None
     #: Why an update is ignored, or what changed for blocked / unblocked.
     reason: str | None = None
+    #: When Telegram says a block or unblock happened: a redelivered older
+    #: change must not undo a newer one.
+    changed_at: datetime | None = None
 
 
 def bot_urls(api_base_url: str) -> tuple[str, str]:
@@ -266,7 +273,7 @@ def _from_message(update_id: int, msg: Message, bot: str, inbox: str, kind: Upda
         raise InvalidPayload("a private chat's message needs 'from'")
     if user.is_bot:
         return TelegramUpdate(update_id, UpdateKind.IGNORED, reason="messages from bots are not handled")
-    body = msg.text or msg.caption or ""
+    body = _with_hidden_links(msg)
     extras: dict[str, Any] = {
         "update_id": update_id,
         "chat_id": chat.id,
@@ -307,7 +314,9 @@ def _from_message(update_id: int, msg: Message, bot: str, inbox: str, kind: Upda
         what = _content_kind(msg)
         return TelegramUpdate(update_id, UpdateKind.IGNORED, reason=f"{what} messages are not handled")
     start_payload: str | None = None
-    if kind is UpdateKind.MESSAGE and msg.text:
+    if kind is UpdateKind.MESSAGE and msg.text and _is_start(msg.text):
+        # Tapping START (or a t.me link) is not a question: the bot greets.
+        extras["command"] = "start"
         start_payload = _start_payload(msg.text)
         if start_payload is not None:
             extras["start_payload"] = start_payload
@@ -351,12 +360,48 @@ def _location(loc: Location) -> dict[str, Any]:
     return out
 
 
+# What Telegram lets a t.me/<bot>?start= link carry; anything else after
+# /start was typed by the customer, and is no campaign or referral source.
+_DEEP_LINK_PAYLOAD = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _is_start(text: str) -> bool:
+    head = text.strip().split(maxsplit=1)[0] if text.strip() else ""
+    return head.split("@", 1)[0] == "/start"
+
+
 def _start_payload(text: str) -> str | None:
-    """``/start <payload>``: the payload, or "" for a bare ``/start``; None for other text."""
-    head, _, rest = text.strip().partition(" ")
-    if head.split("@", 1)[0] != "/start":
+    """``/start <payload>`` from a deep link: the payload, or "" for a bare
+    ``/start``; None for other text, typed words after ``/start`` included."""
+    if not _is_start(text):
         return None
-    return rest.strip()[:256]
+    _, _, rest = text.strip().partition(" ")
+    rest = rest.strip()
+    if not rest:
+        return ""
+    return rest if _DEEP_LINK_PAYLOAD.fullmatch(rest) else None
+
+
+def _with_hidden_links(msg: Message) -> str:
+    """The text or caption, each hidden link (a ``text_link`` entity) followed
+    by its URL: the agent cannot click what the customer clicked, and only sees
+    the words otherwise."""
+    text = msg.text or msg.caption or ""
+    entities = (msg.entities if msg.text else msg.caption_entities) or ()
+    links = sorted(
+        ((e.offset, e.offset + e.length, e.url) for e in entities if e.type == "text_link" and e.url),
+        key=lambda link: link[1],
+        reverse=True,
+    )
+    if not links:
+        return text
+    # Entity offsets count UTF-16 units, not code points.
+    units = text.encode("utf-16-le")
+    for start, end, url in links:
+        if url in units[2 * start : 2 * end].decode("utf-16-le", errors="ignore"):
+            continue  # the link shows its own address
+        units = units[: 2 * end] + f" ({url})".encode("utf-16-le") + units[2 * end :]
+    return units.decode("utf-16-le", errors="replace")
 
 
 def _content_kind(msg: Message) -> str:
@@ -380,36 +425,75 @@ def _media_of(msg: Message) -> tuple[MediaRef, ...]:
     if msg.photo:
         # The sizes of one photo; keep the largest.
         best = max(msg.photo, key=lambda p: (p.file_size or 0, p.width * p.height))
-        out.append(MediaRef(best.file_id, "photo", f"photo-{msg.message_id}.jpg", "image/jpeg", best.file_size))
+        out.append(
+            MediaRef(
+                best.file_id, "photo", f"photo-{msg.message_id}.jpg", "image/jpeg", best.file_size, best.file_unique_id
+            )
+        )
     if msg.animation is not None:
         a = msg.animation
         out.append(
-            MediaRef(a.file_id, "animation", a.file_name or "animation.mp4", a.mime_type or "video/mp4", a.file_size)
+            MediaRef(
+                a.file_id,
+                "animation",
+                a.file_name or "animation.mp4",
+                a.mime_type or "video/mp4",
+                a.file_size,
+                a.file_unique_id,
+            )
         )
     elif msg.document is not None:
         d = msg.document
         out.append(
             MediaRef(
-                d.file_id, "document", d.file_name or "document", d.mime_type or "application/octet-stream", d.file_size
+                d.file_id,
+                "document",
+                d.file_name or "document",
+                d.mime_type or "application/octet-stream",
+                d.file_size,
+                d.file_unique_id,
             )
         )
     if msg.audio is not None:
         au = msg.audio
         name = au.file_name or (f"{au.title}.mp3" if au.title else "audio.mp3")
-        out.append(MediaRef(au.file_id, "audio", name, au.mime_type or "audio/mpeg", au.file_size))
+        out.append(MediaRef(au.file_id, "audio", name, au.mime_type or "audio/mpeg", au.file_size, au.file_unique_id))
     if msg.voice is not None:
         vo = msg.voice
         out.append(
-            MediaRef(vo.file_id, "voice", f"voice-{msg.message_id}.ogg", vo.mime_type or "audio/ogg", vo.file_size)
+            MediaRef(
+                vo.file_id,
+                "voice",
+                f"voice-{msg.message_id}.ogg",
+                vo.mime_type or "audio/ogg",
+                vo.file_size,
+                vo.file_unique_id,
+            )
         )
     if msg.video is not None:
         vi = msg.video
         out.append(
-            MediaRef(vi.file_id, "video", vi.file_name or "video.mp4", vi.mime_type or "video/mp4", vi.file_size)
+            MediaRef(
+                vi.file_id,
+                "video",
+                vi.file_name or "video.mp4",
+                vi.mime_type or "video/mp4",
+                vi.file_size,
+                vi.file_unique_id,
+            )
         )
     if msg.video_note is not None:
         vn = msg.video_note
-        out.append(MediaRef(vn.file_id, "video_note", f"video-note-{msg.message_id}.mp4", "video/mp4", vn.file_size))
+        out.append(
+            MediaRef(
+                vn.file_id,
+                "video_note",
+                f"video-note-{msg.message_id}.mp4",
+                "video/mp4",
+                vn.file_size,
+                vn.file_unique_id,
+            )
+        )
     return tuple(out)
 
 
@@ -488,11 +572,19 @@ def _on_member(update: Update, bot: str, inbox: str) -> TelegramUpdate:
     chat_id = str(change.chat.id)
     if status == "kicked":
         return TelegramUpdate(
-            update.update_id, UpdateKind.BLOCKED, chat_id=chat_id, reason="the customer blocked the bot on Telegram"
+            update.update_id,
+            UpdateKind.BLOCKED,
+            chat_id=chat_id,
+            reason="the customer blocked the bot on Telegram",
+            changed_at=change.date,
         )
     if status == "member":
         return TelegramUpdate(
-            update.update_id, UpdateKind.UNBLOCKED, chat_id=chat_id, reason="the customer unblocked the bot"
+            update.update_id,
+            UpdateKind.UNBLOCKED,
+            chat_id=chat_id,
+            reason="the customer unblocked the bot",
+            changed_at=change.date,
         )
     return TelegramUpdate(update.update_id, UpdateKind.IGNORED, reason=f"chat member status {status} is not handled")
 

@@ -67,6 +67,7 @@ from hub.core import (
     TicketEventKind,
     utcnow,
 )
+from hub.telegram import do_set_telegram_reachability
 from storage.db import Database
 from storage.ingest import add_outbox, outbox_row
 from storage.models import Inbox, Message
@@ -526,11 +527,23 @@ class Sender:
                 fresh = await session.get(Message, msg.id, populate_existing=True)
                 assert fresh is not None
                 unreachable = result.extras.get(RECIPIENT_UNREACHABLE)
-                if unreachable and (msg.extras or {}).get("recipient"):
+                recipient = (msg.extras or {}).get("recipient")
+                if msg.channel == Channel.TELEGRAM.value and recipient and self._inbox_keys.get(msg.inbox_id):
+                    # Blocked per bot; and a delivered message proves the chat
+                    # reachable through its bot whatever an update said before.
+                    if unreachable or result.status is DeliveryStatus.SENT:
+                        await do_set_telegram_reachability(
+                            session,
+                            inbox=self._inbox_keys[msg.inbox_id],
+                            chat_id=str(recipient),
+                            reason=str(unreachable) if unreachable else None,
+                            ticket_id=msg.ticket_id,
+                        )
+                elif unreachable and recipient:
                     await do_set_reachability(
                         session,
                         kind=IDENTITY_OF_CHANNEL[Channel(msg.channel)],
-                        address=str(msg.extras["recipient"]),
+                        address=str(recipient),
                         reason=str(unreachable),
                         ticket_id=msg.ticket_id,
                     )

@@ -6,7 +6,8 @@ offset) only after what it carries is committed. Updates are handled
 idempotently: a message is stored once per (bot, chat, message id), a
 pressed button once per callback query id, an edit once (edits in edit time
 order, then update_id order for two in the same second), and a message's
-contact signals (``/start`` source, shared phone) once per message.
+contact signals (``/start`` source, shared phone) once per message. One
+process handles one chat's updates one at a time, in the order they came.
 
 Polling: each bot has a row in ``telegram_bot_state`` holding the next
 ``update_id`` to fetch and a lease naming the process that polls it. A process
@@ -28,17 +29,20 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from telegram import Bot
-from telegram.error import BadRequest, Forbidden, InvalidToken, TelegramError
+from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, TelegramError
 from telegram.request import HTTPXRequest
 from telegram.warnings import PTBUserWarning
 
@@ -57,13 +61,19 @@ from channels.telegram import (
 )
 from hub.actions import audit
 from hub.attachments import AttachmentStore, AttachmentTooLarge
-from hub.channel_actions import do_contact_signals, do_edit_inbound_message, do_move_location, do_set_reachability
+from hub.channel_actions import (
+    do_contact_signals,
+    do_edit_inbound_message,
+    do_move_location,
+    do_set_reachability,
+    notify_message_updated,
+)
 from hub.config import HubConfig, TelegramBotConfig
 from hub.core import Attachment, Channel, IdentityKind, InboundMessage, utcnow
 from hub.text import InvalidPhoneNumber, parse_phone
 from storage.db import Database
 from storage.ingest import IngestResult, UnknownInbox, dialect_insert, ingest_batch
-from storage.models import Identity, Message, TelegramBotState
+from storage.models import AuditLog, Identity, Inbox, Message, TelegramBotState, Ticket
 from storage.queries import offered_quick_replies
 
 log = logging.getLogger(__name__)
@@ -74,6 +84,12 @@ Ingest = Callable[[InboundMessage], Awaitable[IngestResult]]
 #: pass (not Telegram or the database being unreachable) before passing it.
 POISON_ATTEMPTS = 5
 DEAD_LETTER_ACTION = "telegram.update_dead_lettered"
+
+#: Message extras: Telegram's unique ids of the message's files, in order.
+FILE_IDS = "file_unique_ids"
+
+#: The longest wait between two tries of a refused setWebhook.
+WEBHOOK_RETRY_CAP_SECONDS = 300.0
 
 #: How many of the latest messages to a chat are searched for the quick reply
 #: a long id's button stands for (older buttons stay pressable on Telegram).
@@ -157,6 +173,9 @@ class TelegramService:
         self.bots: dict[str, TelegramBot] = {}
         # (bot, update_id) -> failures so far of an update the poller is stuck on.
         self._failures: dict[tuple[str, int], int] = {}
+        self._chat_turns = _Turns()
+        # (bot, file_id) -> failed downloads of a file that getFile lists.
+        self._download_failures: dict[tuple[str, str], int] = {}
         for bc in self.tg.bots:
             bot = make_bot(bc.token, self.tg.api_base_url, self.tg.request_timeout_seconds)
             self.bots[bc.name] = TelegramBot(config=bc, mode=self.tg.mode_of(bc), bot=bot)
@@ -187,61 +206,110 @@ class TelegramService:
             if upd.callback_query_id:
                 await self._answer(bot, upd.callback_query_id)
             return f"ignored: {upd.reason}"
+        # One chat's updates in the order they came: a photo still being
+        # fetched would otherwise be stored after the text sent after it, and
+        # an edit would look for an original not stored yet. Other chats go on.
+        async with self._chat_turns.turn((bot.name, upd.chat_id)):
+            return await self._handle(bot, upd)
+
+    async def _handle(self, bot: TelegramBot, upd: TelegramUpdate) -> str:
         if upd.kind in (UpdateKind.BLOCKED, UpdateKind.UNBLOCKED):
             assert upd.chat_id is not None
             async with self.db.write() as session:
-                await do_set_reachability(
+                applied = await do_set_telegram_reachability(
                     session,
-                    kind=IdentityKind.TELEGRAM,
-                    address=upd.chat_id,
+                    inbox=bot.inbox,
+                    chat_id=upd.chat_id,
                     reason=upd.reason if upd.kind is UpdateKind.BLOCKED else None,
+                    changed_at=upd.changed_at,
+                    sequence=upd.update_id,
                     actor="contact",
                 )
-            return upd.kind.value
+            return upd.kind.value if applied else f"ignored: {upd.kind.value} older than the last change applied"
         message = upd.message
         assert message is not None
-        if upd.kind is UpdateKind.EDIT:
-            assert upd.edited_at is not None
-            async with self.db.write() as session:
-                if upd.moved_location is not None:
-                    # A live location sends an edit every few seconds for
-                    # hours: a position, not a new version of the message.
-                    edited = await do_move_location(
-                        session,
-                        channel=Channel.TELEGRAM,
-                        external_id=message.external_id,
-                        body=message.body,
-                        location=upd.moved_location,
-                        moved_at=upd.edited_at,
-                        sequence=upd.update_id,
-                    )
-                else:
-                    # update_id orders two edits within the same second (edit_date has whole seconds).
-                    edited = await do_edit_inbound_message(
-                        session,
-                        channel=Channel.TELEGRAM,
-                        external_id=message.external_id,
-                        body=message.body,
-                        edited_at=upd.edited_at,
-                        sequence=upd.update_id,
-                    )
-            if edited is not None:
-                return "moved" if upd.moved_location is not None else "edited"
-            # An edit of a message the hub never stored (sent before the bot was
-            # connected): the customer's words are kept as a message of their own.
+        if upd.kind is UpdateKind.EDIT and await self._apply_edit(bot, upd, message):
+            return "moved" if upd.moved_location is not None else "edited"
+        # An edit of a message the hub never stored (sent before the bot was
+        # connected): the customer's words are kept as a message of their own.
         if upd.media:
             message = await self._with_files(bot, message, upd.media)
-        if upd.kind is UpdateKind.CALLBACK and message.quick_reply and is_hashed_id(message.quick_reply):
+        if upd.kind is UpdateKind.CALLBACK and message.quick_reply and _needs_choice(message):
             message = await self._with_choice(bot, message, message.quick_reply)
         result = await self.ingest(message)
-        await self._after_ingest(upd, result)
+        if upd.kind is UpdateKind.EDIT and result.duplicate and await self._apply_edit(bot, upd, message):
+            # The original was stored while this edit looked for it (it was
+            # fetching its files): the edit applies to it, not lost as a duplicate.
+            return "moved" if upd.moved_location is not None else "edited"
+        await self._after_ingest(bot, upd, result)
         if upd.callback_query_id:
             await self._answer(bot, upd.callback_query_id)
         return "duplicate" if result.duplicate else "stored"
 
+    async def _apply_edit(self, bot: TelegramBot, upd: TelegramUpdate, message: InboundMessage) -> bool:
+        """Whether the edited message is stored (and the edit applied, unless
+        a later one already was)."""
+        assert upd.edited_at is not None
+        async with self.db.write() as session:
+            if upd.moved_location is not None:
+                # A live location sends an edit every few seconds for
+                # hours: a position, not a new version of the message.
+                edited = await do_move_location(
+                    session,
+                    channel=Channel.TELEGRAM,
+                    external_id=message.external_id,
+                    body=message.body,
+                    location=upd.moved_location,
+                    moved_at=upd.edited_at,
+                    sequence=upd.update_id,
+                )
+            else:
+                # update_id orders two edits within the same second (edit_date has whole seconds).
+                edited = await do_edit_inbound_message(
+                    session,
+                    channel=Channel.TELEGRAM,
+                    external_id=message.external_id,
+                    body=message.body,
+                    edited_at=upd.edited_at,
+                    sequence=upd.update_id,
+                )
+            stored_files = (edited.extras or {}).get(FILE_IDS) if edited is not None else None
+            latest = edited is not None and (edited.extras or {}).get("edit_sequence") == upd.update_id
+        if edited is None:
+            return False
+        if upd.media and latest and stored_files != [ref.unique_id for ref in upd.media]:
+            await self._replace_files(bot, upd, message)
+        return True
+
+    async def _replace_files(self, bot: TelegramBot, upd: TelegramUpdate, message: InboundMessage) -> None:
+        """The customer replaced the photo or file of a message they sent: the
+        agent sees the new one; the old ones stay in ``extras["replaced_files"]``."""
+        saved, errors = await self._fetch_all(bot, upd.media)
+        async with self.db.write() as session:
+            msg = await session.scalar(
+                select(Message)
+                .where(Message.channel == Channel.TELEGRAM.value, Message.external_id == message.external_id)
+                .with_for_update()
+            )
+            extras = dict(msg.extras or {}) if msg is not None else {}
+            if msg is None or extras.get("edit_sequence") != upd.update_id:
+                return  # a later edit came in meanwhile
+            assert upd.edited_at is not None
+            replaced = {"attachments": list(msg.attachments or []), "replaced_at": upd.edited_at.isoformat()}
+            extras["replaced_files"] = [*(extras.get("replaced_files") or []), replaced]
+            extras[FILE_IDS] = [ref.unique_id for ref in upd.media]
+            extras.pop("attachment_errors", None)
+            if errors:
+                extras["attachment_errors"] = errors
+            msg.attachments = [a.model_dump(exclude_none=True) for a in saved]
+            msg.extras = extras
+            await session.flush()
+            await notify_message_updated(session, msg)
+
     async def _with_choice(self, bot: TelegramBot, message: InboundMessage, token: str) -> InboundMessage:
         """A button whose quick reply id was too long for Telegram carried a
-        token: the id it stands for, from what the hub offered this chat."""
+        token, or one on an old message came without its keyboard: the id and
+        title it stands for, from what the hub offered this chat."""
         async with self.db.read() as session:
             offered = await offered_quick_replies(
                 session,
@@ -258,7 +326,7 @@ class TelegramService:
         body = choice.title if message.body == token else message.body
         return message.model_copy(update={"quick_reply": choice.id, "body": body})
 
-    async def _after_ingest(self, upd: TelegramUpdate, result: IngestResult) -> None:
+    async def _after_ingest(self, bot: TelegramBot, upd: TelegramUpdate, result: IngestResult) -> None:
         phone: str | None = None
         if upd.shared_phone:
             raw = upd.shared_phone.strip()
@@ -274,19 +342,13 @@ class TelegramService:
         if upd.chat_id is not None and upd.kind is not UpdateKind.CALLBACK:
             # Writing again proves the customer can be reached (they unblocked the bot).
             async with self.db.read() as session:
-                blocked = await session.scalar(
-                    select(Identity.id).where(
-                        Identity.channel == IdentityKind.TELEGRAM.value,
-                        Identity.address == upd.chat_id,
-                        Identity.unreachable_at.is_not(None),
-                    )
-                )
-            if blocked is not None:
+                blocked = await telegram_blocked(session, inbox=bot.inbox, chat_id=upd.chat_id)
+            if blocked:
                 async with self.db.write() as session:
-                    await do_set_reachability(
+                    await do_set_telegram_reachability(
                         session,
-                        kind=IdentityKind.TELEGRAM,
-                        address=upd.chat_id,
+                        inbox=bot.inbox,
+                        chat_id=upd.chat_id,
                         reason=None,
                         ticket_id=result.ticket_id,
                         actor="contact",
@@ -315,17 +377,24 @@ class TelegramService:
             )
         if stored is not None:
             return message  # a redelivery: ingest answers with the stored message
+        saved, errors = await self._fetch_all(bot, media)
+        extras = dict(message.extras)
+        extras[FILE_IDS] = [ref.unique_id for ref in media]
+        if errors:
+            extras["attachment_errors"] = errors
+        return message.model_copy(update={"attachments": tuple(saved), "extras": extras})
+
+    async def _fetch_all(
+        self, bot: TelegramBot, media: tuple[MediaRef, ...]
+    ) -> tuple[list[Attachment], list[dict[str, Any]]]:
         saved: list[Attachment] = []
         errors: list[dict[str, Any]] = []
         for ref in media:
             try:
                 saved.append(await self._fetch(bot, ref))
-            except (AttachmentTooLarge, _FileRefused) as exc:
+            except (AttachmentTooLarge, FileRefused) as exc:
                 errors.append({"filename": ref.filename, "kind": ref.kind, "size": ref.size, "reason": str(exc)})
-        extras = dict(message.extras)
-        if errors:
-            extras["attachment_errors"] = errors
-        return message.model_copy(update={"attachments": tuple(saved), "extras": extras})
+        return saved, errors
 
     async def _fetch(self, bot: TelegramBot, ref: MediaRef) -> Attachment:
         # Checked before anything is downloaded: Telegram says how big it is.
@@ -333,16 +402,41 @@ class TelegramService:
             self.attachments.check_size(ref.size, ref.filename)
         try:
             file = await bot.bot.get_file(ref.file_id)
-            if file.file_size is not None:
-                self.attachments.check_size(file.file_size, ref.filename)
-            data = bytes(await file.download_as_bytearray())
         except BadRequest as exc:
             # "file is too big" (over the Bot API's 20 MB), an expired file id.
-            raise _FileRefused(f"Telegram did not give the file: {exc.message}") from exc
+            raise FileRefused(f"Telegram did not give the file: {exc.message}") from exc
         except InvalidToken as exc:
             raise TelegramUnavailable("Telegram rejected the bot's token while fetching a file") from exc
         except TelegramError as exc:
             raise TelegramUnavailable(f"fetching a file from Telegram failed: {exc.message}") from exc
+        if file.file_size is not None:
+            self.attachments.check_size(file.file_size, ref.filename)
+        path = file.file_path or ""
+        try:
+            if os.path.isabs(path) and await asyncio.to_thread(os.path.isfile, path):
+                # A Bot API server of one's own in --local mode names a file
+                # on its disk (shared with the hub) instead of serving it.
+                data = await asyncio.to_thread(Path(path).read_bytes)
+            else:
+                data = bytes(await file.download_as_bytearray())
+        except (BadRequest, Forbidden, InvalidToken) as exc:
+            # getFile worked with this token, so a 4xx here is about the file
+            # (a server that does not serve it: 404 reads as InvalidToken):
+            # asking again gets the same answer, and the text must not wait.
+            raise FileRefused(f"Telegram listed the file but refused to send it: {exc.message}") from exc
+        except OSError as exc:
+            raise FileRefused(f"the Bot API server's local file could not be read: {exc}") from exc
+        except TelegramError as exc:
+            # getFile answered, so Telegram is up; its file server may never
+            # serve this file (a 5xx every time). Retried a few times, then
+            # the message is stored without it rather than held back for good.
+            key = (bot.name, ref.file_id)
+            self._download_failures[key] = self._download_failures.get(key, 0) + 1
+            if self._download_failures[key] < POISON_ATTEMPTS:
+                raise TelegramUnavailable(f"downloading a file from Telegram failed: {exc.message}") from exc
+            del self._download_failures[key]
+            raise FileRefused(f"Telegram did not serve the file in {POISON_ATTEMPTS} tries: {exc.message}") from exc
+        self._download_failures.pop((bot.name, ref.file_id), None)
         return await self.attachments.save(data, filename=ref.filename, content_type=ref.content_type)
 
     # --- start-up, webhooks and polling -----------------------------------------------
@@ -380,7 +474,7 @@ class TelegramService:
             )
             return
         url = self.webhook_url(bot)
-        backoff = Backoff()
+        backoff = Backoff(cap=WEBHOOK_RETRY_CAP_SECONDS)
         while True:
             try:
                 await bot.bot.set_webhook(
@@ -388,12 +482,27 @@ class TelegramService:
                     secret_token=bot.config.webhook_secret,
                     allowed_updates=list(ALLOWED_UPDATES),
                 )
-            except (BadRequest, InvalidToken, Forbidden) as exc:
+            except InvalidToken as exc:
                 log.error("telegram bot %s: setWebhook to %s was refused: %s", bot.name, url, exc.message)
-                return
+                return  # the token only changes with a restart
+            except (BadRequest, Forbidden) as exc:
+                # Telegram checks the URL as it is set: "bad webhook: Failed to
+                # resolve host" while DNS or a certificate is still being set
+                # up. Nothing else would set it, so it is tried until it works.
+                delay = backoff.next()
+                log.error(
+                    "telegram bot %s: setWebhook to %s was refused: %s; trying again in %.0f s",
+                    bot.name,
+                    url,
+                    exc.message,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
             except TelegramError as exc:
-                log.warning("telegram bot %s: setWebhook failed (%s); trying again", bot.name, exc.message)
-                await asyncio.sleep(backoff.next())
+                delay = backoff.next()
+                log.warning("telegram bot %s: setWebhook failed (%s); again in %.1f s", bot.name, exc.message, delay)
+                await asyncio.sleep(delay)
                 continue
             log.info("telegram bot %s: webhook set to %s", bot.name, url)
             return
@@ -420,6 +529,16 @@ class TelegramService:
                     raise
                 except _LostLease:
                     log.info("telegram bot %s: another process took over polling", bot.name)
+                except Conflict as exc:
+                    # Someone set a webhook after this poller removed its own
+                    # (an old replica in webhook mode, a script): getUpdates is
+                    # refused until it is removed again.
+                    webhook_removed = "webhook" not in exc.message.lower()
+                    delay = backoff.next()
+                    log.warning(
+                        "telegram bot %s: getUpdates refused (%s); again in %.1f s", bot.name, exc.message, delay
+                    )
+                    await asyncio.sleep(delay)
                 except Exception as exc:  # noqa: BLE001 - any failure: log, back off, poll again
                     delay = backoff.next()
                     log.warning("telegram bot %s: polling failed (%s); again in %.1f s", bot.name, exc, delay)
@@ -550,12 +669,151 @@ def _may_pass(exc: Exception) -> bool:
     )
 
 
-class _FileRefused(Exception):
-    """A file that will never be fetched (too big for the Bot API, gone)."""
+class FileRefused(Exception):
+    """A file that will never be fetched (too big for the Bot API, gone, not served)."""
 
 
 class _LostLease(Exception):
     pass
+
+
+class _Turns:
+    """A first-come-first-served lock per key, kept only while in use."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Any, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, key: Any) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[key]
+
+
+def _needs_choice(message: InboundMessage) -> bool:
+    """A pressed button whose quick reply is not known from the update alone:
+    a long id's token, or a button on a message too old for Telegram to
+    include (then its keyboard, with the title, is not in the update)."""
+    data = message.quick_reply or ""
+    return is_hashed_id(data) or message.body == data
+
+
+# --- who is blocked on which bot ---------------------------------------------------
+
+#: Audit rows holding whether a Telegram chat can be reached through one bot
+#: (its inbox): the entity is the chat's identity, the latest row per inbox
+#: is the state, and a block or unblock from Telegram carries its date.
+CHAT_STATE_ACTION = "telegram.chat_reachability"
+CHAT_STATE_ENTITY = "telegram_chat"
+# One row per change; a chat does not block and unblock a bot this often.
+_STATE_LOOKBACK = 200
+
+
+async def _chat_states(session: AsyncSession, identity_id: int) -> list[dict[str, Any]]:
+    """The chat's reachability rows, newest first."""
+    rows = await session.scalars(
+        select(AuditLog.data)
+        .where(
+            AuditLog.entity == CHAT_STATE_ENTITY,
+            AuditLog.entity_id == identity_id,
+            AuditLog.action == CHAT_STATE_ACTION,
+        )
+        .order_by(AuditLog.id.desc())
+        .limit(_STATE_LOOKBACK)
+    )
+    return [dict(r) for r in rows.all()]
+
+
+def _latest_by_inbox(states: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    latest: dict[str, dict[str, Any]] = {}
+    for state in states:
+        latest.setdefault(str(state.get("inbox")), state)
+    return latest
+
+
+async def telegram_blocked(session: AsyncSession, *, inbox: str, chat_id: str) -> bool:
+    """Whether the chat is marked unreachable through ``inbox``'s bot (or at all)."""
+    ident = await session.scalar(
+        select(Identity).where(Identity.channel == IdentityKind.TELEGRAM.value, Identity.address == chat_id)
+    )
+    if ident is None:
+        return False
+    if ident.unreachable_at is not None:
+        return True
+    state = _latest_by_inbox(await _chat_states(session, ident.id)).get(inbox)
+    return state is not None and state.get("reason") is not None
+
+
+async def do_set_telegram_reachability(
+    session: AsyncSession,
+    *,
+    inbox: str,
+    chat_id: str,
+    reason: str | None,
+    changed_at: datetime | None = None,
+    sequence: int | None = None,
+    ticket_id: int | None = None,
+    actor: str = "system",
+) -> bool:
+    """The chat blocked (``reason``) or can be reached again (None) through
+    the bot of ``inbox``. Bots are blocked one by one, so the contact's
+    identity is marked unreachable only while every bot they talk to is
+    blocked. ``changed_at`` and ``sequence`` (Telegram's date and update_id
+    of a block or unblock) order the changes Telegram reports: an older one
+    than the last applied (a redelivery) changes nothing and returns False."""
+    if reason is None and changed_at is None and not await telegram_blocked(session, inbox=inbox, chat_id=chat_id):
+        return True  # every delivered reply asks: almost always nothing to clear
+    ident = await session.scalar(
+        select(Identity)
+        .where(Identity.channel == IdentityKind.TELEGRAM.value, Identity.address == chat_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if ident is None:
+        return True
+    states = await _chat_states(session, ident.id)
+    latest = _latest_by_inbox(states)
+    if changed_at is not None:
+        stamp = (changed_at.timestamp(), sequence if sequence is not None else -1)
+        last = next(
+            (s for s in states if s.get("inbox") == inbox and s.get("changed_at") is not None),
+            None,
+        )
+        if last is not None and stamp <= (float(last["changed_at"]), int(last.get("sequence", -1))):
+            return False
+    current = latest.get(inbox)
+    was_blocked = current is not None and current.get("reason") is not None
+    if changed_at is not None or was_blocked != (reason is not None):
+        state: dict[str, Any] = {"inbox": inbox, "reason": reason}
+        if changed_at is not None:
+            state |= {"changed_at": changed_at.timestamp(), "sequence": sequence if sequence is not None else -1}
+        session.add(
+            AuditLog(actor=actor, action=CHAT_STATE_ACTION, entity=CHAT_STATE_ENTITY, entity_id=ident.id, data=state)
+        )
+        latest[inbox] = state
+    # The bots the customer talks to: those with a ticket, and any that said
+    # something about the chat.
+    talked = await session.scalars(
+        select(Inbox.key)
+        .join(Ticket, Ticket.inbox_id == Inbox.id)
+        .where(Ticket.contact_id == ident.contact_id, Ticket.channel == Channel.TELEGRAM.value)
+        .distinct()
+    )
+    inboxes = set(talked.all()) | set(latest)
+    blocked = {k for k, st in latest.items() if st.get("reason") is not None}
+    overall = None
+    if blocked and inboxes <= blocked:
+        overall = reason if reason is not None else str(latest[min(blocked)]["reason"])
+    await do_set_reachability(
+        session, kind=IdentityKind.TELEGRAM, address=chat_id, reason=overall, ticket_id=ticket_id, actor=actor
+    )
+    return True
 
 
 def direct_ingest(db: Database) -> Ingest:

@@ -268,6 +268,44 @@ def utf16_len(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
+def _extends(char: str) -> bool:
+    """Whether ``char`` belongs to the character before it: a combining mark,
+    a zero-width joiner, a variation selector, a skin tone, an emoji tag or a
+    keycap (without the ``regex`` module's grapheme clusters, which the hub
+    does not depend on)."""
+    code = ord(char)
+    return (
+        code == 0x200D
+        or 0xFE00 <= code <= 0xFE0F
+        or 0x1F3FB <= code <= 0x1F3FF
+        or 0xE0020 <= code <= 0xE007F
+        or 0xE0100 <= code <= 0xE01EF
+        or code == 0x20E3
+        or unicodedata.category(char) in ("Mn", "Me", "Mc")
+    )
+
+
+def _regional(char: str) -> bool:
+    return 0x1F1E6 <= ord(char) <= 0x1F1FF
+
+
+def _cluster_start(text: str, at: int) -> int:
+    """``at``, moved back to where the user-perceived character it falls in
+    starts, so a cut never parts an emoji from its skin tone, a ZWJ sequence
+    (a family) or a flag's two letters. ``at`` itself when that would leave
+    nothing before the cut (a single "character" longer than a part)."""
+    i = at
+    while 0 < i < len(text) and (_extends(text[i]) or text[i - 1] == "\u200d"):
+        i -= 1
+    if 0 < i < len(text) and _regional(text[i]):
+        # Flags are pairs of regional indicators: cut between pairs.
+        run = 0
+        while i - run - 1 >= 0 and _regional(text[i - run - 1]):
+            run += 1
+        i -= run % 2
+    return i if i > 0 else at
+
+
 def split_text(text: str, limit: int, *, measure: Callable[[str], int] = len) -> list[str]:
     """``text`` in parts of at most ``limit`` (by ``measure``), cut at the last
     paragraph, line, sentence or word break that fits, mid-word only when a
@@ -295,7 +333,7 @@ def split_text(text: str, limit: int, *, measure: Callable[[str], int] = len) ->
                 cut = at + len(sep)
                 break
         if cut <= 0:
-            cut = lo
+            cut = _cluster_start(rest, lo)
         part = rest[:cut].rstrip()
         parts.append(part or rest[:cut])
         rest = rest[cut:].lstrip()

@@ -3,7 +3,8 @@ the way api.telegram.org answers them (``{"ok": true, "result": ...}``, errors
 as ``{"ok": false, "error_code", "description", "parameters"}``), so the real
 python-telegram-bot client can be pointed at it with ``base_url``.
 
-It keeps what it was sent (``calls``), serves files by ``file_path``, keeps a
+It keeps what it was sent (``calls``), serves files by ``file_path`` (or
+refuses to, with ``download_status``), keeps a
 queue of updates for ``getUpdates`` with Telegram's offset semantics (an offset
 confirms every earlier update), refuses ``getUpdates`` while a webhook is set,
 and answers scripted failures (429 with ``retry_after``, 403 for a user who
@@ -45,6 +46,10 @@ class FakeBotAPI:
         self.files: dict[str, tuple[str, bytes]] = {}  # file_id -> (file_path, data)
         self.failures: dict[str, list[tuple[int, str, dict[str, Any] | None]]] = {}
         self.blocked_chats: set[int] = set()
+        # file_id -> the HTTP status its download gets although getFile lists it
+        # (a file server that is down, or a Bot API server that does not serve files).
+        self.download_status: dict[str, int] = {}
+        self.download_delay = 0.0  # seconds each file download takes
         self.webhook: dict[str, Any] | None = None
         self.polling = 0
         self.max_polling = 0
@@ -203,8 +208,11 @@ class FakeBotAPI:
     async def _file(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self.token:
             return web.Response(status=401)
-        for path, data in self.files.values():
+        await asyncio.sleep(self.download_delay)
+        for file_id, (path, data) in self.files.items():
             if path == request.match_info["path"]:
+                if file_id in self.download_status:
+                    return web.Response(status=self.download_status[file_id], text="refused")
                 return web.Response(body=data, content_type="application/octet-stream")
         return web.Response(status=404)
 

@@ -162,6 +162,48 @@ def test_start_deep_link_payload() -> None:
     assert parse(update(text="/startle me")).start_payload is None
 
 
+def test_start_is_flagged_as_the_start_command() -> None:
+    for text in ("/start", "/start spring_sale", "/start@hub_test_bot spring_sale", "/start hi, I saw your ad"):
+        got = parse(update(text=text))
+        assert got.message is not None and got.message.extras["command"] == "start", text
+    for text in ("/startle me", "start", "hello /start"):
+        got = parse(update(text=text))
+        assert got.message is not None and "command" not in got.message.extras, text
+    edited = parse(update("edited_message", text="/start", edit_date=1_700_000_100))
+    assert edited.message is not None and "command" not in edited.message.extras
+
+
+@pytest.mark.parametrize(
+    ("text", "payload"),
+    [
+        ("/start ref-2024_A", "ref-2024_A"),
+        ("/start " + "a" * 64, "a" * 64),
+        ("/start " + "a" * 65, None),
+        ("/start hi, I saw your ad", None),
+        ("/start <b>x</b>", None),
+        ("/start سلام", None),
+    ],
+)
+def test_only_a_deep_link_payload_is_a_start_payload(text: str, payload: str | None) -> None:
+    got = parse(update(text=text))
+    assert got.start_payload == payload
+    assert got.message is not None and got.message.extras.get("start_payload") == payload
+
+
+def test_hidden_links_keep_their_url() -> None:
+    # Offsets count UTF-16 units: the emoji before the link is two.
+    text = "😀 see this one please"
+    link = {"type": "text_link", "offset": 7, "length": 8, "url": "https://shop.example.com/item/4711"}
+    got = parse(update(text=text, entities=[link]))
+    assert got.message is not None
+    assert got.message.body == "😀 see this one (https://shop.example.com/item/4711) please"
+    caption = parse(update(caption="the box", caption_entities=[{**link, "offset": 4, "length": 3}], photo=[]))
+    assert caption.message is not None and caption.message.body == "the box (https://shop.example.com/item/4711)"
+    shown = {"type": "text_link", "offset": 0, "length": 17, "url": "https://x.example"}
+    plain = parse(update(text="https://x.example", entities=[shown]))
+    assert plain.message is not None and plain.message.body == "https://x.example"
+
+
 def test_largest_photo_size_is_the_one_fetched() -> None:
     sizes = [
         {"file_id": "small", "file_unique_id": "s", "width": 90, "height": 90, "file_size": 1000},
@@ -237,6 +279,8 @@ def test_blocking_and_unblocking_the_bot() -> None:
     assert parse(member("kicked")).kind is UpdateKind.BLOCKED
     assert parse(member("member")).kind is UpdateKind.UNBLOCKED
     assert parse(member("kicked")).chat_id == "777"
+    changed_at = parse(member("kicked")).changed_at
+    assert changed_at is not None and changed_at.timestamp() == 1
 
 
 BOT_USER_FOR_MEMBER = {"id": 123456, "is_bot": True, "first_name": "Hub"}

@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestServer
 from sqlalchemy import func, select
 
 from channels.base import SEND_PARTS
+from channels.telegram import parse_update
 from hub.actions import do_ensure_inbox, do_post_message
 from hub.app import HUB, Hub
 from hub.config import ConfigError, HubConfig, load_config
@@ -912,3 +913,318 @@ async def test_polling_passes_updates_that_can_never_be_stored_and_keeps_every_o
         # Kept whole, to be posted again once the cause is fixed.
         assert json.loads(dead[0].data["update"])["message"]["date"] == 10**20
         assert json.loads(dead[1].data["update"])["message"]["text"] == "poison"
+
+
+# --- races, refused files, several bots, webhook upkeep ------------------------------------
+
+
+async def test_an_edit_that_races_its_original_is_applied(
+    started: tuple[TestServer, Hub], http: aiohttp.ClientSession
+) -> None:
+    server, hub = started
+    service = hub.telegram
+    assert service is not None
+    orig = message_update(1, 1, text="helo, the box is broke")
+    edit = copy.deepcopy(orig)
+    edit["update_id"] = 2
+    edit["edited_message"] = {**edit.pop("message"), "text": "hello, the box is broken", "edit_date": 1_700_000_010}
+    stored_by_ingest = service.ingest
+
+    async def original_lands_first(message: InboundMessage) -> IngestResult:
+        # Another web replica stores the original (it was fetching its files)
+        # between the edit's search for it and the edit's own ingest.
+        if message.body.startswith("hello"):
+            original = parse_update(orig, bot="default", inbox="telegram:default").message
+            assert original is not None
+            await stored_by_ingest(original)
+        return await stored_by_ingest(message)
+
+    service.ingest = original_lands_first
+    status, answer = await post(http, server, edit)
+    assert (status, answer["outcome"]) == (200, "edited")
+    (msg,) = await telegram_messages(hub)
+    assert msg.body == "hello, the box is broken"
+    assert msg.extras["edits"][0]["body"] == "helo, the box is broke"
+
+
+@pytest.mark.parametrize("refusal", [404, 403, 400])
+async def test_a_file_telegram_lists_but_will_not_serve_is_recorded_and_the_caption_stored(
+    tmp_path: Path, fake: FakeBotAPI, http: aiohttp.ClientSession, refusal: int
+) -> None:
+    config = tg_config(tmp_path, fake)
+    fake.add_file("doc1", b"%PDF" * 10, "documents/doc1.pdf")
+    fake.download_status["doc1"] = refusal
+    doc = {"file_id": "doc1", "file_unique_id": "d1", "file_name": "invoice.pdf", "file_size": 40}
+    async with running_hub(config) as server:
+        hub = server.app[HUB]
+        status, answer = await post(http, server, message_update(1, 1, document=doc, caption="the invoice"))
+        assert (status, answer["outcome"]) == (200, "stored")
+        (msg,) = await telegram_messages(hub)
+        assert (msg.body, msg.attachments) == ("the invoice", [])
+        (error,) = msg.extras["attachment_errors"]
+        assert error["filename"] == "invoice.pdf"
+        assert error["reason"].startswith("Telegram listed the file but refused to send it")
+
+
+async def test_a_file_whose_download_keeps_failing_does_not_hold_back_polling(
+    tmp_path: Path, fake: FakeBotAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Backoff, "next", lambda self: 0.01)
+    config = tg_config(tmp_path, fake, **{"telegram.mode": "polling", "telegram.poll_timeout_seconds": 1})
+    fake.add_file("doc1", b"%PDF" * 10, "documents/doc1.pdf")
+    fake.download_status["doc1"] = 502
+    doc = {"file_id": "doc1", "file_unique_id": "d1", "file_name": "invoice.pdf", "file_size": 40}
+    fake.push(message_update(0, 1, document=doc, caption="here is the invoice"))
+    last = fake.push(message_update(0, 2, text="hello? anyone?"))
+    async with running_hub(config) as server:
+        hub = server.app[HUB]
+        await eventually(lambda: _state(hub, last + 1))
+        first, second = await telegram_messages(hub)
+        assert (first.body, second.body) == ("here is the invoice", "hello? anyone?")
+        assert first.extras["attachment_errors"][0]["reason"].startswith(
+            f"Telegram did not serve the file in {POISON_ATTEMPTS} tries"
+        )
+        downloads = [c for c in fake.calls if c.method == "getFile"]
+        assert len(downloads) == POISON_ATTEMPTS
+
+
+async def test_a_file_of_a_local_bot_api_server_is_read_from_its_disk(
+    tmp_path: Path, fake: FakeBotAPI, http: aiohttp.ClientSession
+) -> None:
+    # telegram-bot-api --local answers getFile with an absolute path on its disk.
+    local = tmp_path / "bot-api" / "documents" / "file_1.pdf"
+    local.parent.mkdir(parents=True)
+    local.write_bytes(b"%PDF local")
+    fake.add_file("doc1", b"%PDF local", str(local))
+    fake.download_status["doc1"] = 404  # and does not serve it over HTTP
+    config = tg_config(tmp_path, fake)
+    doc = {"file_id": "doc1", "file_unique_id": "d1", "file_name": "invoice.pdf", "file_size": 10}
+    async with running_hub(config) as server:
+        hub = server.app[HUB]
+        assert (await post(http, server, message_update(1, 1, document=doc)))[1]["outcome"] == "stored"
+        (msg,) = await telegram_messages(hub)
+        (att,) = msg.attachments
+        async with http.get(server.make_url(att["url"])) as r:
+            assert await r.read() == b"%PDF local"
+
+
+def _member_change(update_id: int, status: str, date: int) -> dict[str, Any]:
+    bot = {"id": 123456, "is_bot": True, "first_name": "Hub"}
+    old: dict[str, Any] = {"status": "member" if status == "kicked" else "kicked", "user": bot}
+    new: dict[str, Any] = {"status": status, "user": bot}
+    for member in (old, new):
+        if member["status"] == "kicked":
+            member["until_date"] = 0
+    return {
+        "update_id": update_id,
+        "my_chat_member": {
+            "chat": {"id": 777, "type": "private", "first_name": "Sara"},
+            "from": USER,
+            "date": date,
+            "old_chat_member": old,
+            "new_chat_member": new,
+        },
+    }
+
+
+async def test_blocking_one_bot_leaves_the_customer_reachable_through_another(
+    tmp_path: Path, fake: FakeBotAPI, http: aiohttp.ClientSession, database: dict[str, Any]
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "telegram:\n  bots:\n    - name: support\n    - name: sales\n      token_env: SALES_TOKEN\n", encoding="utf-8"
+    )
+    env = {
+        "HUB_SECRET_KEY": "test-secret",
+        "TELEGRAM_BOT_TOKEN": TOKEN,
+        "TELEGRAM_WEBHOOK_SECRET": SECRET,
+        "SALES_TOKEN": "999:sales-token",
+        "HUB_TELEGRAM_API_BASE_URL": fake.base_url,
+    }
+    overrides = {"data_dir": str(tmp_path / "data"), "logging.level": "WARNING", **database}
+    config = load_config(path, env=env, overrides=overrides)
+    async with running_hub(config) as server:
+        hub = server.app[HUB]
+        assert (await post(http, server, message_update(1, 1, text="hi support"), bot="support"))[0] == 200
+        assert (await post(http, server, message_update(1, 2, text="hi sales"), bot="sales"))[0] == 200
+        assert (await post(http, server, _member_change(2, "kicked", 1_700_000_100), bot="sales"))[1][
+            "outcome"
+        ] == "blocked"
+        ident = await identity(hub, "telegram", "777")
+        assert ident is not None and ident.unreachable_at is None  # support still reaches them
+        assert (await post(http, server, _member_change(2, "kicked", 1_700_000_200), bot="support"))[1][
+            "outcome"
+        ] == "blocked"
+        ident = await identity(hub, "telegram", "777")
+        assert ident is not None and ident.unreachable_reason == "the customer blocked the bot on Telegram"
+        # Unblocking one of them makes the customer reachable again.
+        assert (await post(http, server, message_update(3, 3, text="back"), bot="sales"))[0] == 200
+        ident = await identity(hub, "telegram", "777")
+        assert ident is not None and ident.unreachable_at is None
+
+
+async def test_a_block_redelivered_after_the_unblock_changes_nothing(
+    started: tuple[TestServer, Hub], http: aiohttp.ClientSession
+) -> None:
+    server, hub = started
+    assert (await post(http, server, message_update(1, 1, text="hi")))[0] == 200
+    block, unblock = _member_change(5, "kicked", 1_700_000_100), _member_change(6, "member", 1_700_000_200)
+    assert (await post(http, server, block))[1]["outcome"] == "blocked"
+    assert (await post(http, server, unblock))[1]["outcome"] == "unblocked"
+    status, answer = await post(http, server, block)
+    assert (status, answer["outcome"]) == (200, "ignored: blocked older than the last change applied")
+    ident = await identity(hub, "telegram", "777")
+    assert ident is not None and ident.unreachable_at is None
+    # Within one second, update_id orders them.
+    assert (await post(http, server, _member_change(8, "kicked", 1_700_000_200)))[1]["outcome"] == "blocked"
+    assert (await post(http, server, _member_change(7, "member", 1_700_000_200)))[1]["outcome"].startswith("ignored")
+    ident = await identity(hub, "telegram", "777")
+    assert ident is not None and ident.unreachable_at is not None
+
+
+async def test_a_delivered_reply_clears_the_unreachable_mark(
+    started: tuple[TestServer, Hub], http: aiohttp.ClientSession
+) -> None:
+    server, hub = started
+    agent = await admin(http, server)
+    assert (await post(http, server, message_update(1, 1, text="hi")))[0] == 200
+    (inbound,) = await telegram_messages(hub)
+    # The unblock that followed was lost (dead-lettered, or never sent).
+    assert (await post(http, server, _member_change(5, "kicked", 1_700_000_100)))[1]["outcome"] == "blocked"
+    reply = await agent.post(f"/api/v1/tickets/{inbound.ticket_id}/messages", {"body": "Hi!"}, status=201)
+
+    async def sent() -> bool:
+        async with hub.db.read() as s:
+            m = await s.get(Message, reply["id"])
+            return m is not None and m.status == "sent"
+
+    await eventually(sent)
+    ident = await identity(hub, "telegram", "777")
+    assert ident is not None and ident.unreachable_at is None
+
+
+async def test_a_refused_setwebhook_is_tried_again(
+    tmp_path: Path, fake: FakeBotAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Backoff, "next", lambda self: 0.01)
+    for _ in range(3):
+        fake.fail("setWebhook", 400, "Bad Request: bad webhook: Failed to resolve host: Temporary failure")
+    async with running_hub(tg_config(tmp_path, fake)):
+        await eventually(lambda: asyncio.sleep(0, fake.webhook))
+    assert len(fake.sent("setWebhook")) == 4
+
+
+async def test_the_poller_removes_a_webhook_set_while_it_polls(
+    tmp_path: Path, fake: FakeBotAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Backoff, "next", lambda self: 0.01)
+    config = tg_config(tmp_path, fake, **{"telegram.mode": "polling", "telegram.poll_timeout_seconds": 1})
+    async with running_hub(config) as server:
+        hub = server.app[HUB]
+        fake.push(message_update(0, 1, text="first"))
+        await eventually(lambda: _count(hub, 1))
+        # An old replica in webhook mode sets its webhook: getUpdates gets 409.
+        fake.webhook = {"url": "https://old.example.com/webhooks/telegram/default"}
+        await eventually(lambda: asyncio.sleep(0, fake.webhook is None))
+        assert len(fake.sent("deleteWebhook")) == 2
+        fake.push(message_update(0, 2, text="second"))
+        await eventually(lambda: _count(hub, 2))
+
+
+async def test_a_secret_header_that_is_not_utf8_gets_403(started: tuple[TestServer, Hub]) -> None:
+    server, hub = started
+    body = json.dumps(message_update(1, 1, text="hi")).encode()
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        b"POST /webhooks/telegram/default HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"X-Telegram-Bot-Api-Secret-Token: \xff\xfe\r\n"
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    assert b" 403 " in status_line, status_line
+    assert await telegram_messages(hub) == []
+
+
+async def test_a_button_on_an_old_message_shows_the_offered_title(
+    started: tuple[TestServer, Hub], fake: FakeBotAPI, http: aiohttp.ClientSession
+) -> None:
+    server, hub = started
+    assert (await post(http, server, message_update(1, 1, text="hi")))[0] == 200
+    (inbound,) = await telegram_messages(hub)
+    async with hub.db.write() as s:
+        ticket = await s.get(Ticket, inbound.ticket_id)
+        assert ticket is not None
+        await do_post_message(
+            s,
+            ticket,
+            body="Was this helpful?",
+            author=Author.BOT,
+            quick_replies=[QuickReply(id="fb:yes:17", title="Yes"), QuickReply(id="fb:no:17", title="No")],
+        )
+    await eventually(lambda: asyncio.sleep(0, fake.sent()))
+    # Days later: Telegram sends the message as inaccessible (date 0), without its keyboard.
+    press = {
+        "update_id": 9,
+        "callback_query": {
+            "id": "cbq-9",
+            "from": USER,
+            "chat_instance": "1",
+            "data": "fb:yes:17",
+            "message": {"message_id": 5000, "date": 0, "chat": {"id": 777, "type": "private", "first_name": "Sara"}},
+        },
+    }
+    assert (await post(http, server, press))[1]["outcome"] == "stored"
+    (pressed,) = [m for m in await telegram_messages(hub) if m.external_id == "default:cb:cbq-9"]
+    assert (pressed.body, pressed.extras["quick_reply"]) == ("Yes", "fb:yes:17")
+
+
+async def test_an_edit_replacing_the_photo_replaces_the_attachment(
+    tmp_path: Path, fake: FakeBotAPI, http: aiohttp.ClientSession
+) -> None:
+    config = tg_config(tmp_path, fake)
+    fake.add_file("old", b"OLD" * 100, "photos/old.jpg")
+    fake.add_file("new", b"NEW" * 100, "photos/new.jpg")
+
+    def photo(file_id: str) -> list[dict[str, Any]]:
+        return [{"file_id": file_id, "file_unique_id": f"u-{file_id}", "width": 9, "height": 9, "file_size": 300}]
+
+    def edit(update_id: int, file_id: str, caption: str, edit_date: int) -> dict[str, Any]:
+        changed = message_update(update_id, 1, photo=photo(file_id), caption=caption)
+        return {"update_id": update_id, "edited_message": {**changed["message"], "edit_date": edit_date}}
+
+    async with running_hub(config) as server:
+        hub = server.app[HUB]
+        assert (await post(http, server, message_update(1, 1, photo=photo("old"), caption="the invoice")))[0] == 200
+        assert (await post(http, server, edit(2, "old", "the invoice, March", 1_700_000_100)))[1]["outcome"] == "edited"
+        assert len(fake.sent("getFile")) == 1  # a new caption does not fetch the same photo again
+        assert (await post(http, server, edit(3, "new", "the invoice, March", 1_700_000_200)))[1]["outcome"] == "edited"
+        # An older edit, redelivered, does not bring the old photo back.
+        assert (await post(http, server, edit(2, "old", "the invoice, March", 1_700_000_100)))[0] == 200
+        (msg,) = await telegram_messages(hub)
+        (att,) = msg.attachments
+        async with http.get(server.make_url(att["url"])) as r:
+            assert await r.read() == b"NEW" * 100
+        (replaced,) = msg.extras["replaced_files"]
+        assert replaced["attachments"][0]["size"] == 300
+        assert msg.body == "the invoice, March"
+
+
+async def test_a_photo_and_the_text_after_it_keep_their_order(
+    tmp_path: Path, fake: FakeBotAPI, http: aiohttp.ClientSession
+) -> None:
+    fake.download_delay = 1.0
+    fake.add_file("ph", b"\xff\xd8jpeg" * 50, "photos/ph.jpg")
+    sizes = [{"file_id": "ph", "file_unique_id": "ph", "width": 9, "height": 9, "file_size": 300}]
+    async with running_hub(tg_config(tmp_path, fake)) as server:
+        hub = server.app[HUB]
+        photo = asyncio.create_task(post(http, server, message_update(1, 1, photo=sizes)))
+        await asyncio.sleep(0.3)  # the photo is being fetched
+        other_chat = await post(http, server, message_update(2, 1, chat=778, text="not held up"))
+        assert not photo.done() and other_chat[1]["outcome"] == "stored"
+        await post(http, server, message_update(3, 2, text="this is how the box arrived"))
+        await photo
+        stored = [(m.extras["chat_id"], m.extras["message_id"]) for m in await telegram_messages(hub)]
+        assert stored == [(778, 1), (777, 1), (777, 2)]

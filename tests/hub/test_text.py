@@ -172,6 +172,30 @@ def test_split_text_by_utf16() -> None:
     assert parts == ["😀😀"] * 5
 
 
+@pytest.mark.parametrize(
+    "cluster",
+    [
+        "👍🏽",  # skin tone
+        "👨\u200d👩\u200d👧",  # a family: ZWJ sequence
+        "❤️",  # variation selector
+        "🇮🇷",  # a flag: two regional indicators
+        "1️⃣",  # keycap
+        "é",  # e + combining acute
+    ],
+)
+def test_split_text_never_cuts_inside_a_character(cluster: str) -> None:
+    text = "a" + cluster * 40
+    for limit in range(2 * utf16_len(cluster), 60):
+        parts = split_text(text, limit, measure=utf16_len)
+        assert all(utf16_len(p) <= limit for p in parts)
+        assert "".join(parts) == text
+        assert all(p.lstrip("a").replace(cluster, "") == "" for p in parts), (limit, parts)
+
+
+def test_split_text_cuts_a_character_longer_than_a_part() -> None:
+    assert split_text("👨\u200d👩\u200d👧", 3, measure=utf16_len) == ["👨\u200d", "👩\u200d", "👧"]
+
+
 @given(st.text(min_size=0, max_size=400), st.integers(min_value=1, max_value=60))
 def test_split_text_loses_only_whitespace(text: str, limit: int) -> None:
     parts = split_text(text, limit)
