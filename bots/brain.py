@@ -178,6 +178,9 @@ class Inbound:
     text: str
     quick_reply: str | None = None
     campaign: bool = False
+    # Telegram's START button (or a deep link): ``text`` is what the customer
+    # typed after /start, usually nothing.
+    start: bool = False
 
 
 @dataclass
@@ -362,6 +365,11 @@ class Brain:
         offered, st["offered"] = st["offered"], []
         feedback_for, st["feedback_for"] = st["feedback_for"], None
 
+        if inbound.start and not inbound.text.strip():
+            # Opening the chat is no question: a greeting, not a miss or a handoff.
+            out.action = "smalltalk"
+            out.replies.append(Reply(say("greeting", lang)))
+            return self._finish(inbound, out)
         if chosen is not None:
             handled = self._button(chosen, offered, feedback_for, inbound, contact, out)
             if handled:

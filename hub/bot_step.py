@@ -384,9 +384,10 @@ class BotService:
         if not_for_the_bot(extras):
             return
         inbound = Inbound(
-            text=row.body or "",
+            text=_after_start(row.body or "", extras),
             quick_reply=extras.get("quick_reply"),
             campaign=bool(extras.get("campaign_id")),
+            start=extras.get("command") == "start",
         )
         await self._after_earlier_messages(row)
         decide: Decide
@@ -547,3 +548,15 @@ class BotService:
             else:
                 memory.state = state
                 memory.updated_at = utcnow()
+
+
+def _after_start(body: str, extras: dict[str, Any]) -> str:
+    """What the customer asked, without Telegram's /start command (set by the
+    channel as ``extras["command"]``): a deep link's payload is where they
+    came from, not a question; words typed after /start are one."""
+    if extras.get("command") != "start":
+        return body
+    if "start_payload" in extras:
+        return ""
+    first, _, rest = body.strip().partition(" ")
+    return rest.strip() if first.lower().startswith("/start") else body

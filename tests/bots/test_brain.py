@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bots.brain import Brain, Contact, Inbound, Outcome, feedback_buttons, lang_of
+from bots.brain import Brain, Contact, Inbound, Outcome, feedback_buttons, lang_of, say
 from bots.kb import KbEntry
 from bots.matcher import Matcher
 from hub.bot_step import memory_for_ticket
@@ -387,3 +387,12 @@ def test_a_feedback_button_under_an_answer_no_longer_asked_about_is_ignored(
     assert late.state["misses"] == 0
     # The question still open stays open: its own No still counts.
     assert (late.state["feedback_for"], late.state["offered"]) == (state["feedback_for"], state["offered"])
+
+
+def test_telegrams_start_is_greeted_and_words_after_it_are_a_question() -> None:
+    brain = Brain(BotConfig(), MATCHER)
+    opened = brain.respond(Inbound("", start=True), Contact(), {})
+    assert (opened.action, opened.handoff, opened.replies[0].text) == ("smalltalk", None, say("greeting", "en"))
+    assert opened.state.get("misses", 0) == 0
+    asked = brain.respond(Inbound("when will my order arrive", start=True), Contact(), {})
+    assert asked.entry_id == "shipping-time"

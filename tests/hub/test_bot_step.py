@@ -447,3 +447,19 @@ async def test_a_handoff_to_an_entrys_team_finds_the_team_in_any_case(tmp_path: 
             teams = (await s.scalars(select(Team.name))).all()
         assert teams == ["Support"]
         assert (await c.ticket()).team_id == support.id
+
+
+async def test_telegrams_start_button_is_greeted_not_handed_off(tmp_path: Path) -> None:
+    """The channel marks /start (extras.command); a deep link's payload is the
+    customer's source, not a question."""
+    async with bot_hub(tmp_path) as c:
+        (hello,) = await c.push("/start spring_sale", extras={"command": "start", "start_payload": "spring_sale"})
+        assert hello.body == "Hello! How can I help you today?"
+        assert (await c.ticket()).status == "pending"
+        (answer,) = await c.push("when will my order arrive?")
+        assert answer.body.startswith("Orders arrive in 3 to 5 working days.")
+        async with c.hub.db.read() as s:
+            handoffs = await s.scalar(
+                select(func.count()).select_from(TicketEventRow).where(TicketEventRow.kind == "ticket.handoff")
+            )
+        assert handoffs == 0
