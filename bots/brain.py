@@ -356,6 +356,30 @@ class Brain:
 
     # --- the entry point ----------------------------------------------------------
 
+    def ask(self, text: str) -> dict[str, Any]:
+        """What the bot does with ``text`` as a new customer's first message,
+        as ``crm-hub bot ask`` and ``POST /api/v1/bot/ask`` show it: ``action``
+        (answer, clarify or handoff), ``reason`` when something other than the
+        knowledge base decided it (a request for a person, frustration, a
+        greeting, a question about buying), what it would reply, and the
+        matcher's ``entry_id``, ``confidence`` and ``candidates``."""
+        out = self.respond(Inbound(text), Contact(), {})
+        match = (
+            self.matcher.match(text, self.thresholds) if self.matcher is not None else Match("handoff", None, 0.0, ())
+        )
+        view: dict[str, Any] = match.to_json()
+        if out.action in ("clarify", "handoff"):
+            view["action"] = out.action
+        else:
+            # A greeting, or an answer that starts the qualification dialog.
+            view["action"] = "answer"
+        if out.action == "handoff":
+            view["reason"] = out.reason
+        else:
+            view["reason"] = None if out.action in ("answer", "clarify") else out.action
+        view["replies"] = [r.text for r in out.replies]
+        return view
+
     def respond(self, inbound: Inbound, contact: Contact, state: dict[str, Any]) -> Outcome:
         st = _clean_state(state)
         lang = lang_of(inbound.text, st.get("language"))

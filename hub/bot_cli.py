@@ -137,10 +137,11 @@ def bot() -> None:
 @click.option("--kb", type=click.Path(exists=True, dir_okay=False), help="a YAML/CSV file instead of the stored KB")
 @click.pass_context
 def bot_ask(ctx: click.Context, text: str, kb: str | None) -> None:
-    """Print what the bot would do with TEXT as one JSON object."""
+    """Print what the bot would do with TEXT, a new customer's first message, as one JSON object."""
+    from bots.brain import Brain
+
     cfg = _config(ctx)
-    match = _matcher(cfg, kb).match(text, _thresholds(cfg))
-    click.echo(json.dumps(match.to_json(), ensure_ascii=False))
+    click.echo(json.dumps(Brain(cfg.bot, _matcher(cfg, kb)).ask(text), ensure_ascii=False))
 
 
 def read_labelled(path: str) -> list[tuple[str, str | None]]:

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bots.brain import Brain
 from bots.kb import KbEntry, KbError, entry_from, parse_csv, parse_yaml
 from hub.actions import actor_of
 from hub.app import HUB, Hub
@@ -146,7 +147,12 @@ class BotCandidate(_Out):
 
 class BotAskOut(_Out):
     action: Literal["answer", "clarify", "handoff"]
-    entry_id: str | None
+    reason: str | None = Field(
+        description="why, when the knowledge base did not decide it alone: requested, frustration, vip (handoff), "
+        "smalltalk (a greeting), qualify (a question about buying starts the qualification)"
+    )
+    replies: list[str] = Field(description="what the bot would reply")
+    entry_id: str | None = Field(description="the knowledge base's best entry")
     confidence: float
     candidates: list[BotCandidate]
 
@@ -400,8 +406,8 @@ async def bot_ask(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     await current_agent(request)
     body = await parse_body(request, BotAskIn)
-    match = await hub.bot.kb.ask(body.text)
-    return web.json_response(match.to_json())
+    brain = Brain(hub.config.bot, await hub.bot.kb.matcher())
+    return web.json_response(brain.ask(body.text))
 
 
 @ROUTES.route(

@@ -121,8 +121,9 @@ def test_faq_import_refuses_a_team_the_hub_does_not_know(admin: CliRunner, tmp_p
 def test_bot_ask_prints_one_json_object(admin: CliRunner, tmp_path: Path) -> None:
     kb = write(tmp_path, "kb.yaml", yaml.safe_dump(KB, allow_unicode=True))
     from_file = json.loads(run(admin, "bot", "ask", "--kb", kb, "سفارش من کی می‌رسد؟").output)
-    assert set(from_file) == {"action", "entry_id", "confidence", "candidates"}
-    assert (from_file["action"], from_file["entry_id"]) == ("answer", "shipping-time")
+    assert set(from_file) == {"action", "reason", "replies", "entry_id", "confidence", "candidates"}
+    assert (from_file["action"], from_file["entry_id"], from_file["reason"]) == ("answer", "shipping-time", None)
+    assert from_file["replies"][0].startswith("سفارش‌ها ظرف ۳ تا ۵ روز کاری می‌رسند.")
     assert 0.5 <= from_file["confidence"] <= 1
     assert from_file["candidates"][0]["entry_id"] == "shipping-time"
     assert len(from_file["candidates"]) == 3
@@ -130,6 +131,16 @@ def test_bot_ask_prints_one_json_object(admin: CliRunner, tmp_path: Path) -> Non
     run(admin, "faq", "import", kb)
     stored = json.loads(run(admin, "bot", "ask", "سفارش من کی می‌رسد؟").output)
     assert stored == from_file
+    # What the bot does, not only what the matcher finds: a request for a
+    # person is handed off whatever entry it resembles, a greeting greeted.
+    person = json.loads(run(admin, "bot", "ask", "I want to talk to a human").output)
+    assert (person["action"], person["reason"]) == ("handoff", "requested")
+    hello = json.loads(run(admin, "bot", "ask", "سلام").output)
+    assert (hello["action"], hello["reason"], hello["replies"]) == (
+        "answer",
+        "smalltalk",
+        ["سلام! چطور می‌توانم کمکتان کنم؟"],
+    )
 
 
 LABELLED = """question,expected

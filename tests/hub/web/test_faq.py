@@ -188,7 +188,14 @@ async def test_import_of_a_csv_field_over_the_csv_modules_limit_is_refused_not_a
 async def test_ask_follows_the_knowledge_base_as_it_changes(tmp_path: Path) -> None:
     async with api(tmp_path) as (admin, agent, http, base, hub):
         empty = await agent.post("/api/v1/bot/ask", {"text": "do you sell gift cards"})
-        assert empty == {"action": "handoff", "entry_id": None, "confidence": 0.0, "candidates": []}
+        assert empty == {
+            "action": "handoff",
+            "reason": "no_match",
+            "replies": ["I'm connecting you with a member of our team; they will reply here shortly."],
+            "entry_id": None,
+            "confidence": 0.0,
+            "candidates": [],
+        }
         await admin.post("/api/v1/faq/import", {"content": yaml.safe_dump([*KB, ENTRY], allow_unicode=True)})
         answer = await agent.post("/api/v1/bot/ask", {"text": "کارت هدیه دارید؟"})
         assert (answer["action"], answer["entry_id"]) == ("answer", "gift-cards")
