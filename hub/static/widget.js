@@ -16,13 +16,15 @@
     en: { open: "Open chat", close: "Close chat", send: "Send", msg: "Write a message\u2026", reconnect: "Reconnecting\u2026",
       typing: "{n} is typing\u2026", someone: "Someone", name: "Name", email: "Email", phone: "Phone", start: "Start chat",
       prechat: "Tell us who you are, so we can follow up.", offline: "Nobody is available right now. Leave a message and an email or phone number, and we will reply there.",
-      contact: "Email or phone number", leave: "Send message", thanks: "Thanks! We will reply to {c}.", required: "Please fill this in.",
+      later: "Nobody is available right now. Leave a message and an email or phone number, and we will get back to you.",
+      contact: "Email or phone number", leave: "Send message", thanks: "Thanks! We will reply to {c}.", noted: "Thanks! We will get back to you at {c}.", required: "Please fill this in.",
       agent: "Agent", bot: "Bot", you: "You", unread: "{n} new", yours: "Your message",
       sending: "Sending\u2026", unsent: "Not sent.", notsent: "Not sent: {n}", retry: "Send again" },
     fa: { open: "باز کردن گفتگو", close: "بستن گفتگو", send: "ارسال", msg: "پیام خود را بنویسید\u2026", reconnect: "در حال اتصال دوباره\u2026",
       typing: "{n} در حال نوشتن است\u2026", someone: "کارشناس", name: "نام", email: "ایمیل", phone: "تلفن", start: "شروع گفتگو",
       prechat: "خودتان را معرفی کنید تا بتوانیم پیگیری کنیم.", offline: "الان کسی در دسترس نیست. پیام خود را با ایمیل یا شماره تلفن بگذارید تا همان‌جا پاسخ دهیم.",
-      contact: "ایمیل یا شماره تلفن", leave: "ارسال پیام", thanks: "ممنون! به {c} پاسخ می‌دهیم.", required: "لطفاً این را پر کنید.",
+      later: "الان کسی در دسترس نیست. پیام خود را با ایمیل یا شماره تلفن بگذارید تا با شما تماس بگیریم.",
+      contact: "ایمیل یا شماره تلفن", leave: "ارسال پیام", thanks: "ممنون! به {c} پاسخ می‌دهیم.", noted: "ممنون! از طریق {c} با شما تماس می‌گیریم.", required: "لطفاً این را پر کنید.",
       agent: "کارشناس", bot: "ربات", you: "شما", unread: "{n} پیام تازه", yours: "پیام شما",
       sending: "در حال ارسال\u2026", unsent: "ارسال نشد.", notsent: "ارسال نشد: {n}", retry: "ارسال دوباره" }
   }[lang];
@@ -269,7 +271,10 @@
     formBox.textContent = "";
     formBox.hidden = false; log.hidden = true; compose.hidden = true;
     var pre = settings.prechat;
-    formBox.appendChild(el("p", { "class": "note" }, offline ? T.offline : T.prechat));
+    // The hub says which channels it can reply on; with neither, promise a
+    // reply, not one on a channel nobody set up.
+    var replies = settings.offline_reply || [];
+    formBox.appendChild(el("p", { "class": "note" }, offline ? (replies.length ? T.offline : T.later) : T.prechat));
     var inputs = {};
     if (pre.fields.indexOf("name") >= 0 && session.known.indexOf("name") < 0) inputs.name = field("name", T.name, "text", !offline && pre.required.indexOf("name") >= 0);
     if (offline) {
@@ -301,7 +306,8 @@
       var message = offline ? inputs.message.value.trim() : null;
       afterIdentify = function () {
         formBox.hidden = true; log.hidden = false; compose.hidden = false;
-        if (offline) { bubble("system", t("thanks", frame.email || frame.phone)); say(message); }
+        var kind = frame.email ? "email" : "sms";
+        if (offline) { bubble("system", t(replies.indexOf(kind) >= 0 ? "thanks" : "noted", frame.email || frame.phone)); say(message); }
         input.focus();
       };
       if (Object.keys(frame).length > 1) send(frame); else afterIdentify();

@@ -29,6 +29,9 @@ def widget_settings(hub: Hub) -> dict[str, Any]:
         "color": w.color,
         "prechat": {"enabled": w.prechat.enabled, "fields": w.prechat.fields, "required": w.prechat.required},
         "offline_form": w.offline_form,
+        # Where an agent's reply to the offline form can go: the widget
+        # promises one there only (a hub without email or SMS has neither).
+        "offline_reply": [c.value for c in (Channel.EMAIL, Channel.SMS) if c in hub.channels],
         "max_chars": hub.config.webchat.max_message_chars,
     }
 

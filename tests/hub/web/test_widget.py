@@ -13,6 +13,7 @@ from sqlalchemy import select
 from hub.app import HUB
 from storage.models import AuditLog, Contact, Identity
 from tests.hub.helpers import Agent, add_agent, make_config, next_frame, running_hub
+from tests.hub.twilio_helpers import twilio_hub
 
 
 async def test_session_frame_carries_settings_and_availability(tmp_path: Path) -> None:
@@ -29,6 +30,8 @@ async def test_session_frame_carries_settings_and_availability(tmp_path: Path) -
         assert session["widget"]["prechat"] == {"enabled": True, "fields": ["name", "phone"], "required": ["name"]}
         assert session["available"] is False  # nobody is online
         assert session["known"] == []
+        # No email or SMS set up: the offline form promises no reply on either.
+        assert session["widget"]["offline_reply"] == []
 
         agent = await Agent.login(http, base, "ana@example.com")
         await agent.put("/api/v1/me/presence", {"presence": "online"})
@@ -151,3 +154,10 @@ async def test_agent_typing_reaches_the_visitor_and_other_agents(tmp_path: Path)
             assert "does not exist" in (await next_frame(events, "error"))["message"]
             await events.send_json({"type": "typing", "ticket_id": "1"})
             assert "integer" in (await next_frame(events, "error"))["message"]
+
+
+async def test_the_offline_form_may_promise_a_text_back_when_sms_is_set_up(tmp_path: Path) -> None:
+    async with twilio_hub(tmp_path) as t:
+        base = str(t.server.make_url("")).rstrip("/")
+        async with t.http.ws_connect(f"{base}/chat/ws") as visitor:
+            assert (await next_frame(visitor, "session"))["widget"]["offline_reply"] == ["sms"]
