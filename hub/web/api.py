@@ -55,7 +55,7 @@ from hub.web.schemas import (
     TokenOut,
 )
 from storage import queries
-from storage.models import Agent, Team, TeamMember
+from storage.models import Agent, Inbox, Team, TeamMember
 from storage.views import agent_view, message_view, team_view
 
 API = "/api/v1"
@@ -336,6 +336,8 @@ async def list_tickets(request: web.Request) -> web.Response:
     elif assignee == "none":
         f.unassigned = True
     elif assignee:
+        if not _INTEGER.fullmatch(assignee):
+            raise BadRequest(f"assignee must be an agent id, 'me' or 'none', not {assignee[:40]!r}")
         f.assignee_id = int_param(request, "assignee")
     if q.get("team"):
         f.team_id = int_param(request, "team")
@@ -421,7 +423,8 @@ async def post_message(request: web.Request) -> web.Response:
             attachments=[a.model_dump(exclude_none=True) for a in body.attachments],
             channel=body.channel,
         )
-        view = message_view(msg)
+        # As the message.created event shows it.
+        view = message_view(msg, await session.scalar(select(Inbox.key).where(Inbox.id == msg.inbox_id)))
     return web.json_response(view, status=201)
 
 

@@ -128,6 +128,7 @@ async def test_filters_and_cursor_pagination(env: Env) -> None:
         ("/api/v1/tickets?team=99999999999999999999", 400, "team must be at most"),
         ("/api/v1/tickets?assignee=99999999999999999999", 400, "assignee must be at most"),
         ("/api/v1/tickets?assignee=0", 400, "assignee must be a positive integer, not 0"),
+        ("/api/v1/tickets?assignee=bob", 400, "assignee must be an agent id, 'me' or 'none', not 'bob'"),
         ("/api/v1/tickets?team=0", 400, "team must be a positive integer"),
         ("/api/v1/tickets?contact=-1", 400, "contact must be a positive integer, not -1"),
         ("/api/v1/tickets/0", 404, "id 0 does not exist"),
@@ -231,7 +232,8 @@ async def test_snooze_then_customer_message_wakes_ticket(env: Env) -> None:
 async def test_merge_and_cross_channel_timeline(env: Env) -> None:
     a = await env.inbound("v-merge-a", "v-merge-a:1", body="first from a")
     b = await env.inbound("v-merge-b", "v-merge-b:1", body="first from b")
-    await env.admin.post(f"/api/v1/tickets/{a.ticket_id}/messages", {"body": "reply to a"}, 201)
+    reply = await env.admin.post(f"/api/v1/tickets/{a.ticket_id}/messages", {"body": "reply to a"}, 201)
+    assert reply["inbox"] == "webchat"  # as the message.created event has it
     merged = ContactDetail.model_validate(
         await env.admin.post(f"/api/v1/contacts/{a.contact_id}/merge", {"source_id": b.contact_id})
     )
