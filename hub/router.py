@@ -1754,6 +1754,14 @@ async def add_agent_events(session: AsyncSession, kind: str, agents: Sequence[Ag
     to the agents' inbox (who is online)."""
     if not agents:
         return
+    # The agent as GET /agents shows them: an event without their teams would
+    # tell the inbox they had left every team.
+    teams: dict[int, list[int]] = {}
+    members = await session.execute(
+        select(TeamMember.agent_id, TeamMember.team_id).where(TeamMember.agent_id.in_([a.id for a in agents]))
+    )
+    for agent_id, team_id in members.all():
+        teams.setdefault(agent_id, []).append(team_id)
     await add_outbox(
         session,
         [
@@ -1766,7 +1774,7 @@ async def add_agent_events(session: AsyncSession, kind: str, agents: Sequence[Ag
                     "actor": actor,
                     "agent_id": a.id,
                     "presence": a.presence,
-                    "agent": agent_view(a),
+                    "agent": agent_view(a, teams.get(a.id)),
                 },
             }
             for a in agents

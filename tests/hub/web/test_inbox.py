@@ -183,6 +183,8 @@ async def test_presence_is_announced_live(env: Env) -> None:
         # The admin's own socket may announce them first (its heartbeat): wait for bob.
         live = await next_frame(events, "agent.presence", agent_id=me["id"])
         assert live["presence"] == "online" and live["agent"]["email"] == "bob@example.com"
+        # With the teams he is in, as GET /agents has him.
+        assert live["agent"]["team_ids"] == [env.support_id]
     bad = await env.bob.put("/api/v1/me/presence", {"presence": "busy"}, 422)
     assert "presence" in bad["error"]["message"]
     agents = (await env.admin.get("/api/v1/agents"))["items"]
