@@ -131,6 +131,12 @@ def test_bad_inbound_parameters_are_named(change: dict[str, str], needle: str) -
         ("Quit!", "stop"),
         ("لغو", "stop"),
         (" توقف ", "stop"),
+        # Emoji with a variation selector (U+FE0F) or a ZWJ sequence after the word.
+        ("stop ❤️", "stop"),
+        ("STOP ☺️", "stop"),
+        ("Stop ✋️", "stop"),
+        ("لغو ❤️", "stop"),
+        ("STOP 🤷‍♀️", "stop"),
         ("START", "start"),
         ("yes", "start"),
         ("Unstop", "start"),
