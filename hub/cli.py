@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import os
@@ -20,10 +21,18 @@ from hub.config import ConfigError, HubConfig, load_config
 def _config(ctx: click.Context, overrides: dict[str, Any] | None = None) -> HubConfig:
     obj: dict[str, Any] = ctx.ensure_object(dict)
     if "config" not in obj:
+        # Found here, not left to load_config, so that an error can tell
+        # "read no config file" (defaults, ./data) from the file it read.
+        path = (
+            obj.get("config_path")
+            or os.environ.get("HUB_CONFIG")
+            or ("config.yaml" if Path("config.yaml").exists() else None)
+        )
         try:
-            obj["config"] = load_config(obj.get("config_path"), overrides=overrides)
+            obj["config"] = load_config(path, overrides=overrides)
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from exc
+        obj["config_file"] = path
     cfg: HubConfig = obj["config"]
     return cfg
 
@@ -113,7 +122,24 @@ class _HubGroup(click.Group):
             problem = database_problem(exc, cfg.database_url if isinstance(cfg, HubConfig) else None)
             if problem is None:
                 raise
-            raise click.ClickException(problem) from exc
+            raise click.ClickException(_where_not_migrated(ctx, problem)) from exc
+
+
+def _where_not_migrated(ctx: click.Context, problem: str) -> str:
+    """``problem``, and when it is a database never migrated, which database
+    that was: run from another folder, the defaults point at an empty ./data,
+    and migrating there as told would make a second database beside the real one."""
+    obj = ctx.find_root().obj or {}
+    cfg = obj.get("config")
+    if problem != NOT_MIGRATED or not isinstance(cfg, HubConfig):
+        return problem
+    said = f"{problem} (database {_safe_url(cfg.database_url)}"
+    if obj.get("config_file") is None:
+        said += (
+            f"; read no config.yaml in {Path.cwd()} and HUB_CONFIG is unset, so the defaults were used: "
+            "run crm-hub from the project folder or set HUB_CONFIG"
+        )
+    return said + ")"
 
 
 async def schema_problem(url: str) -> str | None:
@@ -205,7 +231,7 @@ def serve(ctx: click.Context, role: str, host: str | None, port: int | None) -> 
         raise click.ClickException(str(exc)) from exc
     problem = asyncio.run(schema_problem(cfg.database_url))
     if problem is not None:
-        raise click.ClickException(problem)
+        raise click.ClickException(_where_not_migrated(ctx, problem))
     app = create_app(hub.config, role, hub=hub)  # type: ignore[arg-type]
     app.on_startup.append(_freeze_startup_objects)
     host, port = cfg.server.host, cfg.server.port
@@ -226,7 +252,12 @@ def serve(ctx: click.Context, role: str, host: str | None, port: int | None) -> 
         # start-up itself, such as a refused database, is the group's to name).
         if not state["started"] or state["listening"]:
             raise
-        raise click.ClickException(f"cannot listen on {host}:{port}: {_os_reason(exc)}") from exc
+        hint = ""
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            # Below 1024 the system refuses anyone but root, so suggest one above.
+            other = port + 1 if 1024 <= port < 65535 else 8080
+            hint = f"; choose another port: crm-hub serve --port {other}, or HUB_PORT={other} make run"
+        raise click.ClickException(f"cannot listen on {host}:{port}: {_os_reason(exc)}{hint}") from exc
 
 
 async def _freeze_startup_objects(_app: web.Application) -> None:
@@ -467,8 +498,8 @@ def demo(ctx: click.Context) -> None:
     click.echo(f"  Admin login:  {email}  /  {password}" + ("" if created else "   (created earlier)"))
     click.echo(f"  Chat widget:  {base}/            (a demo page; write as a visitor)")
     click.echo(f"  Inbox:        {base}/inbox/      (log in as the admin above)")
-    click.echo(f"  Agent API:    {base}/api/v1/      (POST /api/v1/auth/token with the login above)")
-    click.echo(f"  API docs:     {base}/api/openapi.json")
+    # /api/v1/ itself answers 404: the OpenAPI document is the API's front page.
+    click.echo(f"  Agent API:    {base}/api/openapi.json   (POST /api/v1/auth/token with the login above)")
     click.echo(f"  Data:         {Path(cfg.data_dir).resolve()}")
     click.echo("")
 

@@ -1374,7 +1374,8 @@ def check_folders(config: HubConfig) -> None:
     than failing every upload later."""
     for key, folder in (("data_dir (HUB_DATA_DIR)", config.data_dir), ("attachments.dir", config.attachments_dir)):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            # Owner-only when the hub makes it: customers' files and the keys.
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=folder):
                 pass
         except OSError as exc:

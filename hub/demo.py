@@ -23,7 +23,7 @@ ADMIN_EMAIL = "admin@example.com"
 async def seed(config: HubConfig) -> tuple[str, str, bool]:
     """Returns the admin's email, password and whether they were created now.
     The password is kept (mode 0600) in the data folder so it can be shown again."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     password_file = config.data_dir / "admin-password.txt"
     db = Database(config.database_url)
     try:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -21,10 +24,23 @@ def alembic_config(url: str) -> Config:
 def upgrade(url: str, revision: str = "head") -> None:
     """Blocking: Alembic's env runs its own event loop."""
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _create_sqlite_file(url)
     command.upgrade(alembic_config(url), revision)
+
+
+def _create_sqlite_file(url: str) -> None:
+    """The database file and its folders, made here owner-only before SQLite
+    makes them with the umask's 0755 / 0644: they hold customers' messages and
+    password and token hashes (SQLite gives its -wal and -shm files the
+    database's mode). What exists already keeps the mode its owner gave it."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    for folder in reversed([p for p in (path.parent, *path.parent.parents) if not p.exists()]):
+        folder.mkdir(mode=0o700, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 async def upgrade_async(url: str, revision: str = "head") -> None:

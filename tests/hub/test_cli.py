@@ -201,3 +201,18 @@ def test_demo_shows_the_admin_password_only_while_it_is_the_one_it_made(tmp_path
     run_cli(["agent", "update", "--email", "admin@example.com", "--password-stdin"], env, stdin=PASSWORD + "\n")
     again = run_cli(["demo"], env)
     assert "(changed since; not shown)" in again and password not in again
+
+
+def test_migrate_makes_the_database_owner_only_and_leaves_a_users_own_alone(tmp_path: Path) -> None:
+    """The database holds customers' messages and password and token hashes."""
+    env = hub_env(tmp_path / "data")
+    run_cli(["migrate"], env)
+    assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "data" / "hub.db").stat().st_mode & 0o777 == 0o600
+    own = tmp_path / "own"
+    own.mkdir(mode=0o755)
+    own.chmod(0o755)
+    (own / "hub.db").touch()
+    (own / "hub.db").chmod(0o644)
+    run_cli(["migrate"], hub_env(own))
+    assert (own.stat().st_mode & 0o777, (own / "hub.db").stat().st_mode & 0o777) == (0o755, 0o644)

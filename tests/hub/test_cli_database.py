@@ -8,10 +8,12 @@ import asyncio
 import subprocess
 from pathlib import Path
 
+import click
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from hub.config import HubConfig
 from storage.migrate import upgrade
 from tests.hub.procs import CLI, free_port, hub_env, run_cli
 
@@ -68,6 +70,41 @@ def test_serve_checks_the_schema_revision_before_listening(tmp_path: Path) -> No
     asyncio.run(stamp("0099_from_the_future"))
     line = fails(["serve", "--port", "0"], env)
     assert "revision 0099_from_the_future" in line and "newer than this crm-hub" in line
+
+
+@pytest.mark.parametrize(
+    "args", [["serve", "--port", "0"], ["agent", "add", "--email", "a@example.com", "--name", "A"]]
+)
+def test_run_from_a_folder_with_no_config_says_so(tmp_path: Path, args: list[str]) -> None:
+    """Outside the project folder the defaults point at an empty ./data there:
+    the error says which database it looked at and why, so that nobody
+    migrates a second, empty database beside theirs."""
+    env = hub_env(tmp_path / "data")
+    del env["HUB_CONFIG"], env["HUB_DATA_DIR"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run([CLI, *args], env=env, cwd=elsewhere, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip() == (
+        f"Error: {NOT_MIGRATED} (database sqlite+aiosqlite:///{elsewhere / 'data' / 'hub.db'}; "
+        f"read no config.yaml in {elsewhere} and HUB_CONFIG is unset, so the defaults were used: "
+        "run crm-hub from the project folder or set HUB_CONFIG)"
+    )
+    # With a config file read, only the database is named.
+    env["HUB_CONFIG"] = str(Path(__file__).resolve().parents[2] / "config.yaml")
+    line = fails(args, {**env, "HUB_DATA_DIR": str(tmp_path / "data")})
+    assert line == f"Error: {NOT_MIGRATED} (database sqlite+aiosqlite:///{tmp_path / 'data' / 'hub.db'})"
+
+
+def test_the_database_named_keeps_its_password_hidden() -> None:
+    from hub.cli import _where_not_migrated, main
+
+    cfg = HubConfig.model_validate({"database": {"url": "postgresql+asyncpg://hub:s3cret@db.internal/hub"}})
+    ctx = click.Context(main, obj={"config": cfg, "config_file": "config.yaml"})
+    said = _where_not_migrated(ctx, NOT_MIGRATED)
+    assert said == f"{NOT_MIGRATED} (database postgresql+asyncpg://hub:***@db.internal/hub)"
+    # Other problems name the database themselves, or are not about one.
+    assert _where_not_migrated(ctx, "cannot reach the database at x") == "cannot reach the database at x"
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,12 @@ def test_a_port_in_use_is_one_line_and_never_listening(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         done = subprocess.run([CLI, "serve", "--port", str(port)], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
-    assert done.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use", done.stderr
+    # Says how to get past it, for `make run` (which takes no flags) too.
+    other = port + 1
+    assert done.stderr.strip() == (
+        f"Error: cannot listen on 127.0.0.1:{port}: Address already in use; "
+        f"choose another port: crm-hub serve --port {other}, or HUB_PORT={other} make run"
+    ), done.stderr
 
 
 @pytest.mark.parametrize("command", ["serve", "rasa-actions"])
@@ -70,3 +75,27 @@ async def test_host_and_port_flags_are_what_the_hub_advertises(tmp_path: Path) -
     assert f"crm-hub all listening on http://127.0.0.1:{hub.port}/" in said
     # The schema check before listening keeps Alembic's set-up chatter out of the log.
     assert "alembic" not in said, said
+
+
+async def test_every_address_the_demo_prints_answers(tmp_path: Path) -> None:
+    """What ``make run`` tells a new user to open works (it once pointed
+    them at /api/v1/, which answers 404)."""
+    port = free_port()
+    env = hub_env(tmp_path / "data", HUB_PORT=str(port))
+    await asyncio.to_thread(run_cli, ["migrate"], env)
+    printed = await asyncio.to_thread(run_cli, ["demo"], env)
+    urls = [word for word in printed.split() if word.startswith("http")]
+    assert f"http://127.0.0.1:{port}/api/openapi.json" in urls, printed
+    # The README shows the same addresses (on the default port).
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    shown = readme.split("Admin login:", 1)[1].split("```", 1)[0]
+    assert [w for w in shown.split() if w.startswith("http")] == [u.replace(f":{port}/", ":8080/") for u in urls]
+    hub = HubProcess(env, port=port)
+    try:
+        await hub.start()
+        async with aiohttp.ClientSession() as http:
+            for url in urls:
+                async with http.get(url) as r:
+                    assert r.status == 200, url
+    finally:
+        hub.stop()
