@@ -1861,6 +1861,20 @@ async def do_update_agent_routing(
     return agent
 
 
+async def _not_the_last_admin(session: AsyncSession, agent: Agent) -> None:
+    """Refuse to take away the last active admin (deactivated or made an
+    agent): nobody could manage the hub any more."""
+    if agent.role != Role.ADMIN.value or not agent.active:
+        return
+    others = await session.scalar(
+        select(func.count())
+        .select_from(Agent)
+        .where(Agent.role == Role.ADMIN.value, Agent.active.is_(True), Agent.id != agent.id)
+    )
+    if not others:
+        raise Conflict(f"agent {agent.id} is the last active admin; make another agent admin first")
+
+
 async def do_set_agent_active(session: AsyncSession, agent: Agent, active: bool, *, actor: str) -> list[int]:
     """An admin deactivates an agent who left, or lets them back. Deactivated:
     they can no longer log in, every token of theirs is revoked (their open
@@ -1869,14 +1883,8 @@ async def do_set_agent_active(session: AsyncSession, agent: Agent, active: bool,
     Returns the ids of those tickets. The last active admin stays active."""
     if agent.active == active:
         return []
-    if not active and agent.role == Role.ADMIN.value:
-        others = await session.scalar(
-            select(func.count())
-            .select_from(Agent)
-            .where(Agent.role == Role.ADMIN.value, Agent.active.is_(True), Agent.id != agent.id)
-        )
-        if not others:
-            raise Conflict(f"agent {agent.id} is the last active admin; make another agent admin first")
+    if not active:
+        await _not_the_last_admin(session, agent)
     now = utcnow()
     agent.active = active
     released: list[int] = []
@@ -1939,14 +1947,7 @@ async def do_update_agent_account(
             changes["name"] = cleaned
             agent.name = cleaned
     if role is not None and role.value != agent.role:
-        if agent.role == Role.ADMIN.value and agent.active:
-            others = await session.scalar(
-                select(func.count())
-                .select_from(Agent)
-                .where(Agent.role == Role.ADMIN.value, Agent.active.is_(True), Agent.id != agent.id)
-            )
-            if not others:
-                raise Conflict(f"agent {agent.id} is the last active admin; make another agent admin first")
+        await _not_the_last_admin(session, agent)
         changes["role"] = role.value
         agent.role = role.value
     if password_hash is not None:
