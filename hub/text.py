@@ -47,8 +47,7 @@ _DIACRITICS = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed]")
 # and what only dresses an emoji: variation selectors ("❤️" is ❤ + U+FE0F, so "stop ❤️"
 # kept a character after the symbol was blanked and was no STOP), emoji tags, the keycap.
 _INVISIBLE = re.compile(
-    "[\u200b\u200d-\u200f\u202a-\u202e\u2066-\u2069\ufeff\ufe00-\ufe0f\u20e3"
-    "\U000e0020-\U000e007f\U000e0100-\U000e01ef]"
+    "[\u200b\u200d-\u200f\u202a-\u202e\u2066-\u2069\ufeff\ufe00-\ufe0f\u20e3\U000e0020-\U000e007f\U000e0100-\U000e01ef]"
 )
 _SPACES = re.compile(r"\s+")
 

@@ -15,9 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.core import Channel, Direction, IdentityKind, QuickReply, TicketStatus
 
-# The normalizer's own table of Arabic letter forms, so the query and the
-# stored text are folded alike.
-from hub.text import LETTER_FORMS, clean_label, label_key
+# The normalizer's own tables, so the query and the stored text are folded alike.
+from hub.text import LETTER_FORMS, ZWNJ, clean_label, label_key, to_ascii_digits
 from storage.models import Contact, Identity, Inbox, Message, Ticket, TicketEventRow, TicketLabel
 from storage.views import contact_view, iso, message_view, ticket_view
 
@@ -152,16 +151,12 @@ async def list_tickets(
             )
         stmt = stmt.where(select(TicketLabel.ticket_id).where(TicketLabel.ticket_id == Ticket.id, same).exists())
     if f.text:
-        pattern = _search_pattern(f.text)
+        search = _Search.of(f.text)
         stmt = stmt.where(
             or_(
-                _folded(Ticket.subject).ilike(pattern, escape="\\"),
-                select(Contact.id)
-                .where(Contact.id == Ticket.contact_id, _folded(Contact.name).ilike(pattern, escape="\\"))
-                .exists(),
-                select(Message.id)
-                .where(Message.ticket_id == Ticket.id, _folded(Message.body).ilike(pattern, escape="\\"))
-                .exists(),
+                search.matches(Ticket.subject),
+                select(Contact.id).where(Contact.id == Ticket.contact_id, search.matches(Contact.name)).exists(),
+                select(Message.id).where(Message.ticket_id == Ticket.id, search.matches(Message.body)).exists(),
             )
         )
     if cursor:
@@ -225,20 +220,66 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _search_pattern(text: str) -> str:
-    """A LIKE pattern for ``text`` anywhere, its letters folded like
-    :func:`_folded` folds a column's."""
-    return f"%{_escape_like(text.translate(LETTER_FORMS))}%"
+# Characters folded on both sides of a search: Arabic letter forms as the
+# Persian ones, the half-space (ZWNJ) as a space ("محمد‌رضا" is also typed
+# "محمد رضا"). Digits are not here: see _Search.
+_SEARCH_FOLD: dict[str, str] = {
+    **{chr(code): (replacement or "") for code, replacement in LETTER_FORMS.items()},
+    ZWNJ: " ",
+}
+_SEARCH_FOLD_TABLE = str.maketrans(_SEARCH_FOLD)
+_PERSIAN_DIGITS = str.maketrans("0123456789", "۰۱۲۳۴۵۶۷۸۹")
+_ARABIC_INDIC_DIGITS = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
 
 
-def _folded(column: Any) -> Any:
-    """``column`` with Arabic letter forms as the Persian ones (ي as ی, ك as
-    ک, ...), in SQL on both engines: customers type either, so a search for
-    «علی» must find «علي». Computed per row (no migration); search scans
-    anyway."""
-    for code, replacement in sorted(LETTER_FORMS.items()):
-        column = func.replace(column, chr(code), replacement or "")
-    return column
+@dataclass(frozen=True, slots=True)
+class _Search:
+    """A text search, folded alike on the query and the stored side:
+    customers type either letter form (a search for «علی» must find «علي»),
+    a half-space or a space, and Persian, Arabic-Indic or ASCII digits («سفارش
+    ۴۵۶۷۸» is found by 45678). Computed per row (no migration); search scans
+    anyway.
+
+    The column is folded with nested replace() (SQLite has no translate()),
+    and SQLite before 3.46 refuses a statement nested more than about 25
+    calls deep ("parser stack overflow"). So the column is folded only for
+    the characters whose folded form the query contains (which cannot change
+    what matches, and spares the work on every row), and digits, twenty of
+    them, are matched by a pattern per script instead of being folded: a
+    number is written in one script."""
+
+    patterns: tuple[str, ...]
+    folds: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, text: str) -> _Search:
+        folded = to_ascii_digits(text.translate(_SEARCH_FOLD_TABLE))
+        scripts = dict.fromkeys([folded, folded.translate(_PERSIAN_DIGITS), folded.translate(_ARABIC_INDIC_DIGITS)])
+        return cls(
+            patterns=tuple(f"%{_escape_like(t)}%" for t in scripts),
+            # A deletion (tatweel) can join any two characters of the query.
+            folds=tuple((c, r) for c, r in sorted(_SEARCH_FOLD.items()) if r in folded),
+        )
+
+    def matches(self, column: Any) -> Any:
+        for char, replacement in self.folds:
+            column = func.replace(column, char, replacement)
+        return or_(*(column.ilike(pattern, escape="\\") for pattern in self.patterns))
+
+
+# A query an agent typed as a phone number: digits with the separators people
+# write in them ("+98 912 123 4567", "(0912) 123-4567").
+_PHONE_QUERY = re.compile(r"\+?[\s()\-]*[0-9][0-9\s()\-]*")
+
+
+def _phone_digits(text: str) -> str | None:
+    """The digits to look for in stored E.164 numbers when ``text`` is typed
+    like a phone number, else None. Leading zeros go: an international (00)
+    or trunk (0) prefix is not in the E.164 form, and what follows is."""
+    text = to_ascii_digits(text).strip()
+    if _PHONE_QUERY.fullmatch(text) is None:
+        return None
+    return re.sub(r"[^0-9]", "", text).lstrip("0") or None
 
 
 # How many of a ticket's messages its detail shows: a whole conversation but
@@ -310,13 +351,15 @@ async def list_contacts(
 ) -> tuple[list[dict[str, Any]], str | None]:
     stmt = select(Contact).where(Contact.merged_into_id.is_(None))
     if text:
-        pattern = _search_pattern(text)
+        search = _Search.of(text)
+        address = search.matches(Identity.address)
+        digits = _phone_digits(text)
+        if digits is not None:
+            address = or_(address, and_(Identity.channel == IdentityKind.PHONE, Identity.address.like(f"%{digits}%")))
         stmt = stmt.where(
             or_(
-                _folded(Contact.name).ilike(pattern, escape="\\"),
-                select(Identity.id)
-                .where(Identity.contact_id == Contact.id, _folded(Identity.address).ilike(pattern, escape="\\"))
-                .exists(),
+                search.matches(Contact.name),
+                select(Identity.id).where(Identity.contact_id == Contact.id, address).exists(),
             )
         )
     if cursor:

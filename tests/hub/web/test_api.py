@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -17,7 +18,7 @@ from hub.core import Channel, InboundMessage, Role
 from hub.web.schemas import ContactDetail, TicketList, TicketOut, Timeline
 from storage.db import Database
 from storage.ingest import IngestResult, ingest_batch
-from storage.models import Ticket
+from storage.models import Identity, Ticket
 from storage.queries import encode_cursor
 from tests.hub.helpers import PASSWORD, Agent, add_agent, config_on, next_frame, running_hub
 
@@ -427,8 +428,6 @@ async def test_out_of_range_ids_in_bodies_are_refused_and_change_nothing(env: En
 async def test_search_folds_arabic_and_persian_letter_forms(env: Env) -> None:
     """«علي كريمي» typed on an Arabic keyboard is found by «علی» and «کریمی»
     typed on a Persian one, and the other way round."""
-    from urllib.parse import quote
-
     async with env.db.write() as s:
         arabic, persian = await ingest_batch(
             s,
@@ -461,3 +460,64 @@ async def test_search_folds_arabic_and_persian_letter_forms(env: Env) -> None:
     assert await contacts("کریمی") == [arabic.contact_id]
     assert await contacts("علي") == [arabic.contact_id]
     assert await tickets("علی_") == []  # LIKE wildcards still match only themselves
+
+
+async def _search(env: Env, what: str, q: str) -> list[int]:
+    return [item["id"] for item in (await env.admin.get(f"/api/v1/{what}?q={quote(q)}"))["items"]]
+
+
+async def test_contact_search_finds_a_phone_however_it_is_typed(env: Env) -> None:
+    """Agents read a number off a screen or a customer: in Persian digits, with
+    spaces and dashes, with the trunk 0 instead of the country code."""
+    sara = await env.inbound("v-sara", "v-sara:1")
+    other = await env.inbound("v-other", "v-other:1")
+    async with env.db.write() as s:
+        s.add(Identity(contact_id=sara.contact_id, channel="phone", address="+989121234567"))
+        s.add(Identity(contact_id=other.contact_id, channel="phone", address="+989121234568"))
+    for q in ("۹۱۲۱۲۳۴۵۶۷", "٩١٢١٢٣٤٥٦٧", "+98 912 123 4567", "+۹۸ ۹۱۲ ۱۲۳ ۴۵۶۷", "0912-123-4567", "(0912) 123 4567"):
+        assert await _search(env, "contacts", q) == [sara.contact_id], q
+    assert await _search(env, "contacts", "+98 912 123 456") == [other.contact_id, sara.contact_id]
+    assert await _search(env, "contacts", "+98 912 123 4569") == []
+
+
+async def test_search_matches_a_half_space_and_a_space_alike(env: Env) -> None:
+    """«محمد‌رضا» is written with the half-space (ZWNJ) or a space; either finds
+    the other, in names and in messages."""
+    async with env.db.write() as s:
+        zwnj, space = await ingest_batch(
+            s,
+            [
+                InboundMessage(
+                    channel=Channel.WEBCHAT,
+                    inbox="webchat",
+                    external_id="v-z:1",
+                    sender="v-z",
+                    sender_name="محمد\u200cرضا کریمی",
+                    body="سلام",
+                ),
+                InboundMessage(
+                    channel=Channel.WEBCHAT,
+                    inbox="webchat",
+                    external_id="v-s:1",
+                    sender="v-s",
+                    sender_name="علی رضایی",
+                    body="کتاب‌ها رسید",
+                ),
+            ],
+        )
+    assert isinstance(zwnj, IngestResult) and isinstance(space, IngestResult)
+    assert await _search(env, "contacts", "محمد رضا") == [zwnj.contact_id]
+    assert await _search(env, "contacts", "علی\u200cرضایی") == [space.contact_id]
+    assert await _search(env, "tickets", "محمد رضا") == [zwnj.ticket_id]
+    assert await _search(env, "tickets", "کتاب ها") == [space.ticket_id]
+
+
+async def test_ticket_search_folds_persian_and_arabic_indic_digits(env: Env) -> None:
+    persian = await env.inbound("v-o", "v-o:1", body="سفارش ۴۵۶۷۸ من کجاست؟")
+    arabic = await env.inbound("v-a", "v-a:1", body="الطلب ٩٨٧٦٥")
+    ascii_ = await env.inbound("v-l", "v-l:1", body="order 13579")
+    assert await _search(env, "tickets", "45678") == [persian.ticket_id]
+    assert await _search(env, "tickets", "سفارش 45678") == [persian.ticket_id]
+    assert await _search(env, "tickets", "98765") == [arabic.ticket_id]
+    assert await _search(env, "tickets", "۹۸۷۶۵") == [arabic.ticket_id]
+    assert await _search(env, "tickets", "۱۳۵۷۹") == [ascii_.ticket_id]
