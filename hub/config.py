@@ -657,12 +657,43 @@ def _international_number(value: str | None) -> str | None:
         raise ValueError(f"{exc}; write it with its country code, e.g. +15551234567") from exc
 
 
+#: A short code, as Twilio writes it in webhooks (an incoming SMS's To, a status
+#: callback's From): the digits alone, no country code, so it is kept as written.
+_SHORT_CODE = re.compile(r"[0-9]{3,8}")
+#: An alphanumeric sender ID: Twilio takes up to 11 ASCII letters, digits and
+#: spaces with at least one letter. Customers cannot answer one, so it only sends.
+_ALPHANUMERIC_ID = re.compile(r"(?=[0-9 ]*[A-Za-z])[A-Za-z0-9][A-Za-z0-9 ]{0,10}")
+
+
+def _sender_number(value: str | None) -> str | None:
+    """A sender's number: a phone number with its country code (as E.164), a
+    short code or an alphanumeric sender ID. Only bare digits make a short code,
+    so a local number written with spaces or dashes is still refused for its
+    missing country code rather than taken for one."""
+    if value is None or value == "":
+        return None
+    from hub.text import to_ascii_digits
+
+    text = to_ascii_digits(str(value)).strip()
+    if _SHORT_CODE.fullmatch(text) or _ALPHANUMERIC_ID.fullmatch(text):
+        return text
+    try:
+        return _international_number(text)
+    except ValueError as exc:
+        raise ValueError(
+            f"{exc}; or a short code (3 to 8 digits) or an alphanumeric sender ID "
+            "(up to 11 letters, digits and spaces, at least one letter)"
+        ) from exc
+
+
 class TwilioSenderConfig(_Section):
     """One SMS number or Messaging Service and the inbox its messages land in."""
 
     inbox: str = Field(min_length=1, max_length=200)
     # Shown to agents; default: the number or service.
     name: str | None = Field(default=None, max_length=200)
+    # A phone number with its country code, a short code ("89898") or an
+    # alphanumeric sender ID ("Acme", send-only).
     number: str | None = None
     messaging_service_sid: str | None = None
     # New tickets of this inbox go to this team (created if missing).
@@ -683,7 +714,7 @@ class TwilioSenderConfig(_Section):
     @field_validator("number")
     @classmethod
     def _number(cls, value: str | None) -> str | None:
-        return _international_number(value)
+        return _sender_number(value)
 
     @field_validator("messaging_service_sid")
     @classmethod

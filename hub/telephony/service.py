@@ -79,7 +79,10 @@ class TwilioService:
         self.main_account = main
         self.voice_account = main or (self.senders[0].account if self.senders else None)
         self.voice_enabled = tw.voice.enabled and self.voice_account is not None
-        self.caller_id = tw.voice.caller_id or next((s.number for s in self.senders if s.number), None)
+        # Only a phone number can place a call: not a short code or an alphanumeric sender ID.
+        self.caller_id = tw.voice.caller_id or next(
+            (s.number for s in self.senders if s.number and s.number.startswith("+")), None
+        )
         reply_sender = next((s for s in self.senders if s.number and s.number == self.caller_id), None) or (
             self.senders[0] if self.senders else None
         )
@@ -87,7 +90,7 @@ class TwilioService:
         self.desk = VoiceDesk(self, weekly_hours(tw.voice.hours), online_agents_with_phone(db))
         self.receipt_handlers: list[ReceiptHandler] = []
         self.inbound_hooks: list[InboundHook] = []
-        self._inbox_senders: dict[int, str | None] = {}
+        self._inbox_senders: dict[int, SmsSender | None] = {}
         if self.senders and self.public_base is None:
             log.warning(
                 "server.public_url is not set: Twilio gets no status callback URL, so SMS stay 'sent' "
@@ -191,16 +194,13 @@ class TwilioService:
             return sender.account
         return self.voice_account if inbox == self.tw.voice.inbox else None
 
-    async def sender_key_of_inbox_id(self, session: AsyncSession, inbox_id: int) -> str | None:
-        """The opt-out key of the sender behind an inbox (a phone inbox's replies
-        go out from the voice channel's SMS sender)."""
+    async def sender_of_inbox_id(self, session: AsyncSession, inbox_id: int) -> SmsSender | None:
+        """The SMS sender whose number and account an inbox's replies go out
+        from (a phone inbox's go out from the voice channel's SMS sender)."""
         if inbox_id not in self._inbox_senders:
             key = await session.scalar(select(Inbox.key).where(Inbox.id == inbox_id))
-            sender = self.sender_configs.get(key or "")
-            if sender is not None:
-                self._inbox_senders[inbox_id] = sender.key
-            elif key == self.tw.voice.inbox and self.voice_channel.reply_sender is not None:
-                self._inbox_senders[inbox_id] = self.voice_channel.reply_sender.key
-            else:
-                self._inbox_senders[inbox_id] = None
+            sender = self.sms.senders.get(key or "")
+            if sender is None and key == self.tw.voice.inbox:
+                sender = self.voice_channel.reply_sender
+            self._inbox_senders[inbox_id] = sender
         return self._inbox_senders[inbox_id]

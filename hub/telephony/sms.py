@@ -13,14 +13,21 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels.twilio_common import OPT_OUT_CODE, TwilioAccount, text_by_language
-from channels.twilio_sms import KEYWORD_HANDLED, classify_keyword, is_everyday_answer, quick_reply_choice
+from channels.twilio_sms import (
+    KEYWORD_HANDLED,
+    SmsSender,
+    classify_keyword,
+    is_everyday_answer,
+    quick_reply_choice,
+)
 from hub.actions import SMS_CHANNELS, do_assign, do_get_or_create_team, do_post_message, do_record_delivery
 from hub.attachments import AttachmentTooLarge
 from hub.core import Author, Channel, DeliveryReceipt, Direction, InboundMessage, QuickReply
+from hub.errors import Forbidden
 from hub.stream.base import Event
 from hub.telephony.ledger import do_set_opt_out
 from hub.text import detect_language
-from storage.models import Contact, Message, Ticket
+from storage.models import Campaign, CampaignRecipient, Contact, Message, Ticket
 
 if TYPE_CHECKING:
     from hub.telephony.service import TwilioService
@@ -41,11 +48,18 @@ def with_quick_reply(inbound: InboundMessage, offered: list[QuickReply]) -> Inbo
 
 
 async def do_record_receipt(
-    session: AsyncSession, service: TwilioService, receipt: DeliveryReceipt, *, message_id: int | None
+    session: AsyncSession,
+    service: TwilioService,
+    receipt: DeliveryReceipt,
+    *,
+    message_id: int | None,
+    signed_by: TwilioAccount,
+    campaign_recipient_id: int | None = None,
 ) -> Message | None:
     """Apply a status callback to the message it reports on: found by our id
     (carried in the callback URL) or by Twilio's SID. Returns None when no
-    message of ours has that SID (a campaign's, say)."""
+    message of ours has that SID (a campaign's, say). A message (or campaign
+    send) that another account sent is refused (Forbidden), changing nothing."""
     msg: Message | None = None
     if message_id is not None:
         msg = await session.get(Message, message_id, with_for_update=True)
@@ -62,19 +76,20 @@ async def do_record_receipt(
             .with_for_update()
         )
     if msg is None or msg.direction != Direction.OUT.value:
+        await check_campaign_receipt_signer(session, service, receipt, campaign_recipient_id, signed_by)
         return None
+    sender = check_signer(await service.sender_of_inbox_id(session, msg.inbox_id), signed_by, receipt)
     if msg.external_id is None:
         # The callback overtook the sender's own record of the send.
         msg.external_id = receipt.external_id
     if receipt.error_code:
         msg.extras = {**(msg.extras or {}), "error_code": receipt.error_code}
         recipient = (msg.extras or {}).get("recipient")
-        sender = await service.sender_key_of_inbox_id(session, msg.inbox_id)
-        if receipt.error_code == str(OPT_OUT_CODE) and recipient and sender:
+        if receipt.error_code == str(OPT_OUT_CODE) and recipient and sender.key:
             await do_set_opt_out(
                 session,
                 phone=str(recipient),
-                sender=sender,
+                sender=sender.key,
                 opted_out=True,
                 source=f"Twilio error {OPT_OUT_CODE}",
                 actor="twilio",
@@ -82,6 +97,43 @@ async def do_record_receipt(
     await session.flush()
     await do_record_delivery(session, msg.id, receipt.status, reason=receipt.reason)
     return msg
+
+
+def check_signer(sender: SmsSender | None, signed_by: TwilioAccount, receipt: DeliveryReceipt) -> SmsSender:
+    """Twilio signs a status callback with the token of the account that sent
+    the message. Any configured account's token passes the signature check
+    (the From and AccountSid are the caller's to choose), so without this
+    whoever holds a subaccount's token could fail or opt out another account's
+    messages."""
+    if sender is None or sender.account.account_sid != signed_by.account_sid:
+        raise Forbidden(
+            f"the status callback for {receipt.external_id} is signed by Twilio account {signed_by.account_sid}, "
+            "which did not send that message"
+            + ("" if sender is not None else " (its sender is no longer configured in twilio.senders)")
+        )
+    return sender
+
+
+async def check_campaign_receipt_signer(
+    session: AsyncSession,
+    service: TwilioService,
+    receipt: DeliveryReceipt,
+    recipient_id: int | None,
+    signed_by: TwilioAccount,
+) -> None:
+    """:func:`check_signer` for a campaign's send, found the way the campaigns'
+    receipt handler finds it (by the id in the callback URL, else by SID)."""
+    c = CampaignRecipient
+    query = select(c.external_id, Campaign.sender).join(Campaign, Campaign.id == c.campaign_id)
+    row = None
+    if recipient_id is not None:
+        row = (await session.execute(query.where(c.id == recipient_id))).first()
+        if row is not None and row.external_id not in (None, receipt.external_id):
+            row = None
+    if row is None:
+        row = (await session.execute(query.where(c.external_id == receipt.external_id))).first()
+    if row is not None:
+        check_signer(service.sms.sender_by_key(row.sender), signed_by, receipt)
 
 
 #: How many of a contact's latest messages tell which language they write in.

@@ -179,7 +179,9 @@ async def twilio_sms_status(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB]
     service = _service(hub)
     raw = await form(request)
-    params, _ = await verified_params(request, service.status_account(raw))
+    account = service.status_account(raw)
+    params, _ = await verified_params(request, account)
+    assert account is not None  # verified_params refuses a request no account signs
     try:
         receipt = parse_status(params)
     except InvalidPayload as exc:
@@ -191,7 +193,14 @@ async def twilio_sms_status(request: web.Request) -> web.StreamResponse:
     ids = {name: _query_int(request.query[name], name) for name in _STATUS_IDS if request.query.get(name)}
     message_id = ids.get("message")
     async with hub.db.write() as session:
-        found = await do_record_receipt(session, service, receipt, message_id=message_id)
+        found = await do_record_receipt(
+            session,
+            service,
+            receipt,
+            message_id=message_id,
+            signed_by=account,
+            campaign_recipient_id=ids.get("campaign_recipient"),
+        )
     if found is None:
         for handler in service.receipt_handlers:
             if await handler(receipt, dict(request.query)):

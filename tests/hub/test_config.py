@@ -336,3 +336,44 @@ def test_two_telegram_bots_with_one_token_are_refused(tmp_path: Path) -> None:
     env = {"TELEGRAM_BOT_TOKEN": "1:abc", "SUPPORT_BOT_TOKEN": "2:def"}
     text = "telegram:\n  mode: polling\n  bots: [{name: sales}, {name: support, token_env: SUPPORT_BOT_TOKEN}]\n"
     assert [b.name for b in load_config(write(tmp_path, text), env=env).telegram.bots] == ["sales", "support"]
+
+
+@pytest.mark.parametrize(
+    ("number", "stored"),
+    [
+        ("89898", "89898"),  # a short code, as Twilio writes it in webhooks
+        ("۸۹۸۹۸", "89898"),
+        ("123", "123"),
+        ("12345678", "12345678"),
+        ("Acme", "Acme"),  # an alphanumeric sender ID (send-only)
+        ("Acme Shop 1", "Acme Shop 1"),
+        ("+1 555 000 1111", "+15550001111"),
+        ("0015550001111", "+15550001111"),
+    ],
+)
+def test_a_twilio_sender_can_be_a_short_code_or_alphanumeric_id(number: str, stored: str) -> None:
+    cfg = load_config(
+        path=None,
+        env={"HUB_SECRET_KEY": "s", "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "t"},
+        overrides={"twilio.senders": [{"inbox": "s", "number": number}]},
+    )
+    assert (cfg.twilio.senders[0].number, cfg.twilio.senders[0].key) == (stored, stored)
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "555-1234",  # a local number: its country code is missing, it is not a short code
+        "12",
+        "123456789",
+        "AcmeShopping",  # longer than the 11 characters Twilio allows
+        "Acme-Shop",
+    ],
+)
+def test_a_twilio_sender_number_that_is_none_of_those_stops_start_up(number: str) -> None:
+    with pytest.raises(ConfigError, match=r"twilio\.senders\.0\.number.*country code.*short code"):
+        load_config(
+            path=None,
+            env={"HUB_SECRET_KEY": "s", "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "t"},
+            overrides={"twilio.senders": [{"inbox": "s", "number": number}]},
+        )

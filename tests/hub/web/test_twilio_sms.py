@@ -13,8 +13,9 @@ from sqlalchemy import func, select
 
 from hub.actions import do_post_message
 from hub.core import Author, QuickReply
-from storage.models import Contact, Identity, Message, SmsOptOut, Ticket
+from storage.models import CampaignRecipient, Contact, Identity, Message, SmsOptOut, Ticket
 from tests.fakes.twilio import FakeTwilio, sign
+from tests.hub.campaigns.helpers import seed_contacts, us_numbers
 from tests.hub.twilio_helpers import (
     ACCOUNT,
     CUSTOMER,
@@ -281,6 +282,114 @@ async def test_twilio_21610_in_a_callback_marks_the_contact_opted_out(tmp_path: 
         forged = {**base, "MessageStatus": "failed", "ErrorCode": "30003"}
         async with t.http.post(callback, data=forged, headers={"X-Twilio-Signature": "AAAA"}) as r:
             assert r.status == 403
+
+
+@pytest.mark.parametrize("frm", ["+15550009999", "+15550002222"])
+async def test_a_status_callback_another_account_signs_changes_nothing(tmp_path: Path, frm: str) -> None:
+    """The subaccount's token is a valid signature, and From and AccountSid are
+    the caller's to write (a number no sender has, or the subaccount's own): it
+    still may not fail, or opt out a customer of, a message the main account sent."""
+    env = {"SALES_SID": SUB_ACCOUNT, "SALES_TOKEN": SUB_TOKEN}
+    senders = [
+        {"inbox": "sms", "number": NUMBER},
+        {"inbox": "sales", "number": "+15550002222", "account_sid_env": "SALES_SID", "auth_token_env": "SALES_TOKEN"},
+    ]
+    async with twilio_hub(tmp_path, env=env, overrides={"twilio.senders": senders}) as t:
+        t.fake.callback_statuses = ()
+        agent = await t.agent()
+        assert await t.sms("Hello", sid=new_sid()) == 200
+        ticket = await ticket_of(t, agent)
+        out = await agent.post(f"/api/v1/tickets/{ticket['id']}/messages", {"body": "Hi"}, status=201)
+        await eventually(lambda: _sent(t.fake, 1))
+        sid = t.fake.messages[0]["sid"]
+        forged = {
+            "MessageSid": sid,
+            "AccountSid": SUB_ACCOUNT,
+            "From": frm,
+            "To": CUSTOMER,
+            "MessageStatus": "failed",
+            "ErrorCode": "21610",
+        }
+        # With our id in the URL, and by the SID alone.
+        for url in (f"/webhooks/twilio/sms/status?message={out['id']}", "/webhooks/twilio/sms/status"):
+            assert await t.fake.post_webhook(t.url(url), forged, SUB_TOKEN) == 403
+        async with t.hub.db.read() as s:
+            msg = await s.get(Message, out["id"])
+            opt_outs = (await s.scalars(select(SmsOptOut))).all()
+        assert msg is not None
+        assert (msg.status, msg.extras.get("error_code"), opt_outs) == ("sent", None, [])
+        # The account that sent it is heard.
+        genuine = {**forged, "AccountSid": ACCOUNT, "From": NUMBER, "MessageStatus": "delivered", "ErrorCode": ""}
+        assert await t.fake.post_webhook(t.url("/webhooks/twilio/sms/status"), genuine, TOKEN) == 204
+        async with t.hub.db.read() as s:
+            msg = await s.get(Message, out["id"])
+        assert msg is not None and msg.status == "delivered"
+
+
+async def test_a_campaign_send_another_account_signs_for_is_left_alone(tmp_path: Path) -> None:
+    env = {"SALES_SID": SUB_ACCOUNT, "SALES_TOKEN": SUB_TOKEN}
+    senders = [
+        {"inbox": "sms", "number": NUMBER},
+        {"inbox": "sales", "number": "+15550002222", "account_sid_env": "SALES_SID", "auth_token_env": "SALES_TOKEN"},
+    ]
+    overrides = {"twilio.senders": senders, "campaigns.quiet_hours": None}
+    async with twilio_hub(tmp_path, env=env, overrides=overrides) as t:
+        t.fake.callback_statuses = ()
+        (phone,) = us_numbers(1)
+        await seed_contacts(t.hub.db, [phone])
+        agent = await t.agent()
+        campaign = await agent.post(
+            "/api/v1/campaigns",
+            {"name": "Sale", "sender": "sms", "template": "Sale today", "audience": {"kind": "segment"}},
+            status=201,
+        )
+        await agent.post(f"/api/v1/campaigns/{campaign['id']}/start", {}, status=200)
+        await eventually(lambda: _sent(t.fake, 1))
+
+        async def recipient() -> CampaignRecipient | None:
+            async with t.hub.db.read() as s:
+                row = await s.scalar(select(CampaignRecipient))
+            return row if row is not None and row.external_id else None
+
+        before = await eventually(recipient)
+        forged = {
+            "MessageSid": str(before.external_id),
+            "AccountSid": SUB_ACCOUNT,
+            "From": "+15550009999",
+            "To": phone,
+            "MessageStatus": "failed",
+            "ErrorCode": "21610",
+        }
+        url = t.url(f"/webhooks/twilio/sms/status?campaign_recipient={before.id}")
+        assert await t.fake.post_webhook(url, forged, SUB_TOKEN) == 403
+        async with t.hub.db.read() as s:
+            after = await s.get(CampaignRecipient, before.id)
+            opt_outs = (await s.scalars(select(SmsOptOut))).all()
+        assert after is not None
+        assert (after.status, after.error_code, opt_outs) == (before.status, None, [])
+
+
+async def test_a_short_code_sender_receives_answers_and_hears_receipts(tmp_path: Path) -> None:
+    senders = [{"inbox": "sc", "number": "89898"}]
+    async with twilio_hub(tmp_path, env={"TWILIO_PHONE_NUMBER": ""}, overrides={"twilio.senders": senders}) as t:
+        # A short code places no calls: it is no caller ID.
+        assert t.hub.twilio is not None and t.hub.twilio.caller_id is None
+        assert await t.sms("Hello", sid=new_sid(), to="89898") == 200
+        agent = await t.agent()
+        ticket = await ticket_of(t, agent)
+        assert ticket["inbox"] == "sc"
+        out = await agent.post(f"/api/v1/tickets/{ticket['id']}/messages", {"body": "Hi"}, status=201)
+
+        async def delivered() -> bool:
+            detail = await agent.get(f"/api/v1/tickets/{ticket['id']}")
+            return bool(next(m for m in detail["messages"] if m["id"] == out["id"])["status"] == "delivered")
+
+        # The fake's status callbacks come From the short code, signed by the main account.
+        await eventually(delivered)
+        (sent,) = t.fake.messages
+        assert (sent["from"], sent["to"]) == ("89898", CUSTOMER)
+        receipts = [(params["From"], status) for url, params, status in t.fake.callbacks if "/sms/status" in url]
+        assert receipts == [("89898", 204), ("89898", 204)]
 
 
 async def test_send_failure_is_retried_then_succeeds(tmp_path: Path) -> None:
