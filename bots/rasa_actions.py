@@ -12,8 +12,10 @@
   hub's own rasa backend (``hub-contact-<id>``) also gets the custom payload
   that backend hands off on.
 
-Each action passes the ``hub_contact_id`` slot as Rasa sent it; the hub
-decides whether it names a contact.
+The ``hub_contact_id`` slot is what the actions answer, never what they ask
+the hub about: a lookup by a typed address fills it with someone else's
+contact, which a later write must not follow. The hub knows a conversation's
+contact by its sender id alone.
 
 The actions reach the hub through a :class:`HubPort` (implemented by
 ``hub.rasa_actions``), so this module stays free of the hub's internals.
@@ -35,9 +37,7 @@ from rasa_sdk.events import EventType, SlotSet
 from rasa_sdk.executor import ActionExecutor, CollectingDispatcher
 from rasa_sdk.interfaces import ActionExecutionRejection
 
-# The slot the actions put the hub's contact id in, and read back, so that
-# every call of one Rasa conversation reaches the contact its first call found
-# or created.
+# The slot the actions put the hub's contact id in, for the assistant to use.
 CONTACT_SLOT = "hub_contact_id"
 # The conversation id the hub's own rasa backend gives Rasa
 # (bots.rasa_backend.sender_id): such a conversation names its contact.
@@ -47,15 +47,11 @@ MAX_REASON = 64
 
 
 class HubPort(Protocol):
-    async def lookup(
-        self, sender_id: str, contact_id: Any, email: str | None, phone: str | None
-    ) -> dict[str, Any] | None: ...
+    async def lookup(self, sender_id: str, email: str | None, phone: str | None) -> dict[str, Any] | None: ...
 
     async def update_lead(self, sender_id: str, values: dict[str, Any]) -> dict[str, Any]: ...
 
-    async def handoff(
-        self, sender_id: str, contact_id: Any, reason: str, transcript: Sequence[str]
-    ) -> dict[str, Any]: ...
+    async def handoff(self, sender_id: str, reason: str, transcript: Sequence[str]) -> dict[str, Any]: ...
 
 
 def hub_conversation(sender_id: str) -> bool:
@@ -155,9 +151,7 @@ class LookupCustomer(_HubAction):
         return "action_hub_lookup_customer"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: dict[str, Any]) -> list[EventType]:
-        found = await self.port.lookup(
-            self.sender(tracker), slot(tracker, CONTACT_SLOT), text_slot(tracker, "email"), text_slot(tracker, "phone")
-        )
+        found = await self.port.lookup(self.sender(tracker), text_slot(tracker, "email"), text_slot(tracker, "phone"))
         if found is None:
             return [SlotSet(CONTACT_SLOT, None)]
         return [SlotSet(f"hub_{k}" if not k.startswith("hub_") else k, v) for k, v in found.items()]
@@ -184,7 +178,7 @@ class Handoff(_HubAction):
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: dict[str, Any]) -> list[EventType]:
         sender = self.sender(tracker)
         reason = text_slot(tracker, "handoff_reason") or latest_intent(tracker) or "rasa"
-        result = await self.port.handoff(sender, slot(tracker, CONTACT_SLOT), reason, transcript(tracker))
+        result = await self.port.handoff(sender, reason, transcript(tracker))
         if hub_conversation(sender):
             # Only the hub's rasa backend reads this payload: it hands off on
             # it, with Rasa's texts, in one transaction. Rasa's own channels

@@ -514,6 +514,9 @@ class RasaConfig(_Section):
     # `crm-hub rasa-actions`: where the rasa-sdk action server listens.
     actions_host: str = Field(default="127.0.0.1", min_length=1)
     actions_port: int = Field(default=5055, ge=0, le=65535)
+    # The shared secret of the assistant's endpoints.yml (action_endpoint:
+    # token); filled from $HUB_RASA_ACTIONS_TOKEN by load_config only.
+    actions_token: str = Field(default="", repr=False)
 
     @field_validator("url")
     @classmethod
@@ -523,6 +526,22 @@ class RasaConfig(_Section):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be the Rasa server's http(s) URL, such as http://localhost:5005")
         return value.rstrip("/")
+
+
+RASA_TOKEN_ENV = "HUB_RASA_ACTIONS_TOKEN"  # noqa: S105 - the variable's name
+
+
+def _rasa_secrets(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """The action server's token from the environment; refused in the file."""
+    bot = raw.get("bot")
+    rasa = bot.get("rasa") if isinstance(bot, dict) else None
+    if isinstance(rasa, dict) and "actions_token" in rasa:
+        raise ConfigError(
+            f"bot.rasa.actions_token: secrets must not be written in the config file; set {RASA_TOKEN_ENV} "
+            "in the environment"
+        )
+    if token := env.get(RASA_TOKEN_ENV, "").strip():
+        _set_dotted(raw, "bot.rasa.actions_token", token)
 
 
 class BotConfig(_Section):
@@ -1310,6 +1329,7 @@ def load_config(
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     _telegram_secrets(raw, env)
+    _rasa_secrets(raw, env)
     if env.get("HUB_SECRET_KEY"):
         raw["secret_key"] = env["HUB_SECRET_KEY"]
     _twilio_from_env(raw, env)

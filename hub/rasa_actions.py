@@ -1,21 +1,28 @@
 """``crm-hub rasa-actions``: a rasa-sdk action server (Sanic, as rasa-sdk
 ships it) whose actions read and write the hub's database through the same
 actions the hub uses. Point a Rasa assistant's ``endpoints.yml`` at it:
-``action_endpoint: {url: "http://127.0.0.1:5055/webhook"}``.
+``action_endpoint: {url: "http://127.0.0.1:5055/webhook", token: "..."}``.
 
-Which contact a call is about (:meth:`DatabasePort._conversation_contact`):
-a hub conversation (``hub-contact-<id>``) names its contact; any other
-conversation has the one in the ``hub_contact_id`` slot, else the one its
-sender id is an identity of. The email and phone slots are what the customer
-typed, and anyone can type anyone's address: update_lead stores them as
-attributes and never picks or links a contact by them. Only
-action_hub_lookup_customer reads a customer by them (as the README says), and
-links nothing; the id it answers with is in the slot, which later calls use
-first."""
+Which contact a conversation is (:meth:`DatabasePort._conversation_contact`):
+a hub conversation (``hub-contact-<id>``) names its contact; any other is the
+contact whose ``rasa`` identity its sender id is, which only update_lead
+creates. Nothing else in a tracker chooses a contact to write to: Rasa's REST
+and socketio channels let the customer's client pick the sender id, slots
+(``hub_contact_id`` too) are whatever the assistant filled in, and anyone can
+type anyone's email address. action_hub_lookup_customer alone reads a
+customer by the email and phone slots (as the README says), for the
+assistant's slots; that contact is never written, linked or handed off.
+
+A browser on the host, or anyone who reaches the port, could otherwise post
+action calls: no CORS, a JSON content type only, and the token of
+``bot.rasa.actions_token`` (``$HUB_RASA_ACTIONS_TOKEN``), which must be set to
+listen beyond loopback."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -39,19 +46,18 @@ from bots.rasa_actions import (
 )
 from hub.actions import do_handoff, do_set_status
 from hub.bot_actions import do_update_lead
-from hub.config import HubConfig, QualificationConfig
+from hub.config import RASA_TOKEN_ENV, HubConfig, QualificationConfig, QualificationSlot
 from hub.core import IdentityKind, TicketStatus, utcnow
 from hub.text import is_vip
 from storage.db import Database
 from storage.ingest import dialect_insert
 from storage.models import Contact, Identity, Message, Ticket
-from storage.queries import json_id, parse_id
+from storage.queries import parse_id
 
 log = logging.getLogger(__name__)
 
 # The identity of a Rasa conversation (its sender id) whose contact these
-# actions created, so that a later call without the contact id slot, or
-# action_hub_lookup_customer, finds the same contact.
+# actions created: the only way a conversation of Rasa's own owns a contact.
 RASA_IDENTITY = IdentityKind.RASA.value
 # Longest address the identities table stores.
 MAX_ADDRESS = 512
@@ -59,18 +65,20 @@ MAX_ADDRESS = 512
 MAX_MERGE_HOPS = 10
 # rasa-sdk's name for its POST /webhook route.
 WEBHOOK_ROUTE = "rasa_sdk.webhook"
+# Container health checks call it without the token; it says nothing of customers.
+HEALTH_ROUTE = "rasa_sdk.health"
+# A lookup's typed address is read as update_lead would have stored it.
+_EMAIL_SLOT = QualificationSlot(name="email", kind="email", prompt={"en": "email"})
+_PHONE_SLOT = QualificationSlot(name="phone", kind="phone", prompt={"en": "phone"})
 
 
-def _as_contact_id(value: Any) -> int | None:
-    """A contact id from a slot (Rasa keeps what the action set: an int, or
-    a float or string after a round trip through a tracker store). Anything
-    else, or an id the database cannot hold, matches nobody."""
-    if isinstance(value, float):
-        value = int(value) if value.is_integer() else None
-    elif isinstance(value, str):
-        value = parse_id(value.strip())
-    found = json_id(value)
-    return found if found else None
+def _as_typed(slot: QualificationSlot, text: str | None, region: str | None) -> str | None:
+    if not text:
+        return None
+    try:
+        return str(dialog.validate(slot, text, region))
+    except dialog.Invalid:
+        return None
 
 
 def _hub_contact_id(sender_id: str) -> tuple[bool, int | None]:
@@ -120,37 +128,32 @@ class DatabasePort:
         if self._db is not None:
             await self._db.dispose()
 
-    async def _conversation_contact(self, session: Any, sender_id: str, known: Any) -> int | None:
-        """The contact this conversation is about, or None."""
+    async def _conversation_contact(self, session: Any, sender_id: str) -> int | None:
+        """The contact this conversation is, or None: the only contact its
+        calls may write to or hand off."""
         is_hub, named = _hub_contact_id(sender_id)
         if is_hub:
-            # The hub chose this id for its own conversation; a slot cannot
-            # move it to someone else, and a contact that is gone is nobody.
+            # The hub chose this id for its own conversation; a contact that
+            # is gone is nobody.
             return None if named is None else await _current_contact(session, named)
-        # The contact an earlier call of this conversation (a lookup or an
-        # update) put in the slot.
-        cid = _as_contact_id(known)
-        if cid is not None and (cid := await _current_contact(session, cid)) is not None:
-            return cid
         if not sender_id or len(sender_id) > MAX_ADDRESS:
             return None
-        # The conversation's own identity first; then Rasa's own channels,
-        # which may use an address the hub knows as the conversation id (a
-        # phone number, a Telegram chat).
-        for channel in (RASA_IDENTITY, None):
-            stmt = select(Identity.contact_id).where(Identity.address == sender_id)
-            if channel is not None:
-                stmt = stmt.where(Identity.channel == channel)
-            found = await session.scalar(stmt.order_by(Identity.id).limit(1))
-            if found is not None:
-                return await _current_contact(session, int(found))
-        return None
+        # Only the rasa channel: a client that picks a customer's phone number
+        # or chat id as its sender id is not that customer.
+        found = await session.scalar(
+            select(Identity.contact_id)
+            .where(Identity.channel == RASA_IDENTITY, Identity.address == sender_id)
+            .order_by(Identity.id)
+            .limit(1)
+        )
+        return None if found is None else await _current_contact(session, int(found))
 
     async def _contact_by_address(self, session: Any, email: str | None, phone: str | None) -> int | None:
         """The contact whose identity is the typed email or phone, for reading only."""
+        region = self.qualification.phone_region
         for channel, address in (
-            (IdentityKind.EMAIL.value, email.lower() if email else None),
-            (IdentityKind.PHONE.value, phone),
+            (IdentityKind.EMAIL.value, _as_typed(_EMAIL_SLOT, email, region)),
+            (IdentityKind.PHONE.value, _as_typed(_PHONE_SLOT, phone, region)),
         ):
             if not address or len(address) > MAX_ADDRESS:
                 continue
@@ -170,9 +173,6 @@ class DatabasePort:
         created = Contact(name=name, attributes={}, tags=[], lead_score=0)
         session.add(created)
         await session.flush()
-        if not sender_id or len(sender_id) > MAX_ADDRESS:
-            # An overlong id cannot be stored (the contact id slot still works).
-            return int(created.id)
         won = await session.scalar(
             dialect_insert(session, Identity)
             .values(contact_id=created.id, channel=RASA_IDENTITY, address=sender_id, created_at=utcnow())
@@ -189,16 +189,14 @@ class DatabasePort:
         assert owner is not None
         return int(owner)
 
-    async def lookup(
-        self, sender_id: str, contact_id: Any, email: str | None, phone: str | None
-    ) -> dict[str, Any] | None:
+    async def lookup(self, sender_id: str, email: str | None, phone: str | None) -> dict[str, Any] | None:
         async with self.db.read() as session:
-            cid = await self._conversation_contact(session, sender_id, contact_id)
+            cid = await self._conversation_contact(session, sender_id)
             if cid is None and not _hub_contact_id(sender_id)[0]:
                 # A conversation of Rasa's own may find the customer by the
                 # address they typed (a documented feature). Reading only:
-                # nothing links the conversation to them, so a call without
-                # the slot does not find them again.
+                # nothing links the conversation to them, and the writes
+                # never follow the contact id slot this answer sets.
                 cid = await self._contact_by_address(session, email, phone)
             if cid is None:
                 return None
@@ -240,12 +238,14 @@ class DatabasePort:
                 except dialog.Invalid:
                     continue
         async with self.db.write() as session:
-            cid = await self._conversation_contact(session, sender_id, values.get(CONTACT_SLOT))
+            cid = await self._conversation_contact(session, sender_id)
             created = cid is None
             if cid is None:
-                if _hub_contact_id(sender_id)[0] or not clean:
-                    # A hub conversation's contact is the hub's to create; and
-                    # a request with nothing valid in it creates nobody.
+                if _hub_contact_id(sender_id)[0] or not clean or not sender_id or len(sender_id) > MAX_ADDRESS:
+                    # A hub conversation's contact is the hub's to create; a
+                    # request with nothing valid in it creates nobody; and a
+                    # conversation id the identities table cannot hold would
+                    # get a new contact on every call.
                     return {CONTACT_SLOT: None}
                 cid = await self._new_conversation_contact(session, sender_id, clean.get("name"))
             contact = await session.get(Contact, cid, with_for_update=True)
@@ -260,17 +260,19 @@ class DatabasePort:
                 await do_update_lead(session, contact, attributes=clean, score=points, stage=stage, actor="rasa")
             return {CONTACT_SLOT: contact.id, "hub_lead_score": points, "hub_lifecycle_stage": stage}
 
-    async def handoff(self, sender_id: str, contact_id: Any, reason: str, transcript: Sequence[str]) -> dict[str, Any]:
+    async def handoff(self, sender_id: str, reason: str, transcript: Sequence[str]) -> dict[str, Any]:
         is_hub, _ = _hub_contact_id(sender_id)
         if is_hub:
             # The conversation runs through the hub's rasa backend, which hands
             # off on the action's custom payload together with Rasa's replies.
             async with self.db.read() as session:
-                cid = await self._conversation_contact(session, sender_id, None)
+                cid = await self._conversation_contact(session, sender_id)
             return {"handed_off": cid is not None}
         summary = "\n".join([f"Handoff from the Rasa assistant: {reason}.", *transcript])
         async with self.db.write() as session:
-            cid = await self._conversation_contact(session, sender_id, contact_id)
+            # Not the contact id slot: a lookup by a typed address puts a
+            # stranger's customer there, and their ticket is not this one's.
+            cid = await self._conversation_contact(session, sender_id)
             if cid is None:
                 return {"handed_off": False}
             ticket = await session.scalar(
@@ -306,6 +308,35 @@ def _action_name(call: Any) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def _token_problem(request: Any, token: str) -> str | None:
+    """Why the request does not carry the token, or None. Rasa sends the
+    action_endpoint's ``token`` as ``?token=``; a proxy or an endpoint's
+    ``headers`` may send it as a bearer token instead."""
+    given = request.args.get("token")
+    if given is None:
+        scheme, _, credentials = (request.headers.get("Authorization") or "").partition(" ")
+        given = credentials.strip() if scheme.lower() == "bearer" else None
+    if given is None:
+        return "this action server needs its token: set token in the action_endpoint of Rasa's endpoints.yml"
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return "the token is not this action server's"
+    return None
+
+
+def _is_json(request: Any) -> bool:
+    kind = (request.headers.get("Content-Type") or "").partition(";")[0]
+    return kind.strip().lower() == "application/json"
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def build_app(config: HubConfig, port: DatabasePort | None = None) -> Any:
     from rasa_sdk.endpoint import create_app
     from sanic import response
@@ -314,18 +345,30 @@ def build_app(config: HubConfig, port: DatabasePort | None = None) -> Any:
     port = port or DatabasePort(config)
     executor = CheckedExecutor()
     executor.register_action(LookupCustomer(port))
-    # The contact id slot is read with the qualification slots, so that the
-    # action's later calls update the contact its first call created.
-    executor.register_action(UpdateLead(port, [*(s.name for s in config.bot.qualification.slots), CONTACT_SLOT]))
+    executor.register_action(UpdateLead(port, [s.name for s in config.bot.qualification.slots]))
     executor.register_action(Handoff(port))
-    app = create_app(executor)
+    # rasa-sdk allows every origin by default: any page open in a browser on
+    # this host could read customers. Rasa calls from a server, not a page.
+    app = create_app(executor, cors_origins=None)
+    token = config.bot.rasa.actions_token
 
     async def check_action_call(request: Any) -> Any:
+        if token and request.name != HEALTH_ROUTE:
+            problem = _token_problem(request, token)
+            if problem is not None:
+                return response.json(
+                    {"error": problem, "action_name": None}, status=401, headers={"WWW-Authenticate": "Bearer"}
+                )
+        if request.name != WEBHOOK_ROUTE:
+            return None
+        if not _is_json(request):
+            # A browser posts text/plain across origins without asking first;
+            # Rasa always says application/json.
+            body = {"error": "the body must be an action call as JSON (Content-Type: application/json)"}
+            return response.json({**body, "action_name": None}, status=415)
         # rasa-sdk's webhook takes any JSON for an action call and answers what
         # is not one with a 500 that repeats the whole body; refused here with
         # the shape of its own 400 (an action rejecting a call).
-        if request.name != WEBHOOK_ROUTE:
-            return None
         try:
             call = _decoded(request.body, request.headers.get("Content-Encoding"))
         except (ValueError, zlib.error, RecursionError):
@@ -365,12 +408,19 @@ def serve_rasa_actions(cfg: HubConfig, host: str | None, port: int | None) -> No
 
     # As serve does: a database never migrated stops the start, not every
     # action call afterwards (and connecting would create an empty file).
+    host = host or cfg.bot.rasa.actions_host
+    port = cfg.bot.rasa.actions_port if port is None else port
+    if not cfg.bot.rasa.actions_token and not _is_loopback(host):
+        # Refused, not warned about: every customer's record would be open
+        # to anyone who reaches the port, and a log line is read too late.
+        raise click.ClickException(
+            f"rasa-actions on {host} (not loopback) needs a token: set {RASA_TOKEN_ENV} "
+            "(bot.rasa.actions_token) and the same token in the action_endpoint of Rasa's endpoints.yml"
+        )
     problem = asyncio.run(schema_problem(cfg.database_url))
     if problem is not None:
         raise click.ClickException(problem)
     app = build_app(cfg)
-    host = host or cfg.bot.rasa.actions_host
-    port = cfg.bot.rasa.actions_port if port is None else port
     listening = False
 
     async def _listening(*_: Any) -> None:

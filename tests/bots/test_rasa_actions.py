@@ -26,16 +26,16 @@ class FakeHub:
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
 
-    async def lookup(self, sender_id: str, contact_id: Any, email: str | None, phone: str | None) -> dict[str, Any]:
-        self.calls.append(("lookup", (sender_id, contact_id, email, phone)))
+    async def lookup(self, sender_id: str, email: str | None, phone: str | None) -> dict[str, Any]:
+        self.calls.append(("lookup", (sender_id, email, phone)))
         return {"hub_contact_id": 7}
 
     async def update_lead(self, sender_id: str, values: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(("update_lead", (sender_id, values)))
         return {"hub_contact_id": 7}
 
-    async def handoff(self, sender_id: str, contact_id: Any, reason: str, transcript: Sequence[str]) -> dict[str, Any]:
-        self.calls.append(("handoff", (sender_id, contact_id, reason, list(transcript))))
+    async def handoff(self, sender_id: str, reason: str, transcript: Sequence[str]) -> dict[str, Any]:
+        self.calls.append(("handoff", (sender_id, reason, list(transcript))))
         return {"handed_off": True}
 
 
@@ -69,7 +69,8 @@ async def test_the_handoff_payload_is_sent_to_hub_conversations_only(sender: str
     assert events == [{"event": "slot", "timestamp": None, "name": "hub_handed_off", "value": True}]
 
 
-async def test_the_actions_pass_the_contact_slot_to_the_hub() -> None:
+async def test_the_actions_never_ask_the_hub_about_the_contact_slot() -> None:
+    # A lookup by a typed address puts someone else's contact in the slot.
     hub = FakeHub()
     slots = {
         "hub_contact_id": 7,
@@ -78,13 +79,13 @@ async def test_the_actions_pass_the_contact_slot_to_the_hub() -> None:
         "handoff_reason": "billing",
         "budget": "",
     }
-    for action in (LookupCustomer(hub), UpdateLead(hub, ["email", "budget", "hub_contact_id"]), Handoff(hub)):
+    for action in (LookupCustomer(hub), UpdateLead(hub, ["email", "budget"]), Handoff(hub)):
         await action.run(CollectingDispatcher(), tracker("9f1c2d", slots), {})
     assert hub.calls == [
         # A slot that is not text is not an address.
-        ("lookup", ("9f1c2d", 7, "sara@acme.example", None)),
-        ("update_lead", ("9f1c2d", {"email": " sara@acme.example ", "hub_contact_id": 7})),
-        ("handoff", ("9f1c2d", 7, "billing", ["Customer: a person please"])),
+        ("lookup", ("9f1c2d", "sara@acme.example", None)),
+        ("update_lead", ("9f1c2d", {"email": " sara@acme.example "})),
+        ("handoff", ("9f1c2d", "billing", ["Customer: a person please"])),
     ]
 
 
@@ -101,7 +102,7 @@ async def test_the_actions_pass_the_contact_slot_to_the_hub() -> None:
 async def test_a_handoff_reason_of_the_wrong_type_falls_back(fields: dict[str, Any], reason: str) -> None:
     hub = FakeHub()
     await Handoff(hub).run(CollectingDispatcher(), tracker("9f1c2d", **fields), {})
-    assert hub.calls[0][1][2] == reason
+    assert hub.calls[0][1][1] == reason
 
 
 def test_settling_a_tracker_gives_its_fields_their_types() -> None:

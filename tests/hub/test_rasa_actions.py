@@ -1,7 +1,7 @@
 """``crm-hub rasa-actions`` as a team's Rasa assistant uses it: the real
 command (rasa-sdk's Sanic server) on a free port, sent the action requests
-Rasa sends (``POST /webhook``: next_action, sender_id, tracker, domain), and
-the hub's database checked afterwards."""
+Rasa sends (``POST /webhook?token=...``: next_action, sender_id, tracker,
+domain), and the hub's database checked afterwards."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import select, text
 
 from hub.cli import NOT_MIGRATED
+from hub.config import ConfigError, load_config
 from hub.core import Channel, InboundMessage, utcnow
 from storage.db import Database
 from storage.ingest import ingest_batch
@@ -28,6 +29,10 @@ from storage.models import AuditLog, Contact, Identity, Message, Ticket, TicketE
 from tests.hub.procs import CLI, free_port, hub_env, run_cli, wait_ready
 
 RASA_VERSION = "3.21.0"
+# The action_endpoint token of the assistant's endpoints.yml.
+TOKEN = "s3cret-action-token"
+# A Rasa conversation of Sara's own: its update_lead created her contact.
+SARA_CONVERSATION = "rasa-conv-sara"
 DOMAIN: dict[str, Any] = {
     "version": "3.1",
     "intents": ["greet", "ask_price", "human_handoff"],
@@ -100,9 +105,11 @@ class Server:
         self.db = db
         self.contact_id = contact_id  # Sara: web chat visitor, email and phone known, a pending ticket
         self.ticket_id = ticket_id
+        # Where Rasa posts action calls, with the token as it sends it.
+        self.webhook = f"{base}/webhook?token={TOKEN}"
 
     async def call(self, body: dict[str, Any], status: int = 200) -> dict[str, Any]:
-        async with aiohttp.ClientSession() as http, http.post(f"{self.base}/webhook", json=body) as r:
+        async with aiohttp.ClientSession() as http, http.post(self.webhook, json=body) as r:
             answer: dict[str, Any] = await r.json()
             assert r.status == status, answer
             return answer
@@ -140,12 +147,13 @@ async def seed(db: Database) -> tuple[int, int]:
         contact.tags = ["vip"]
         s.add(Identity(contact_id=contact.id, channel="email", address="sara@acme.example"))
         s.add(Identity(contact_id=contact.id, channel="phone", address="+989121234567"))
+        s.add(Identity(contact_id=contact.id, channel="rasa", address=SARA_CONVERSATION))
         return contact.id, ticket_id
 
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    env = hub_env(tmp_path / "data")
+    env = hub_env(tmp_path / "data", HUB_RASA_ACTIONS_TOKEN=TOKEN)
     db_url = f"sqlite+aiosqlite:///{(tmp_path / 'data' / 'hub.db').resolve()}"
     (tmp_path / "data").mkdir()
     await upgrade_async(db_url)
@@ -172,7 +180,8 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
 
 
 async def test_the_server_lists_the_hubs_actions(server: Server) -> None:
-    async with aiohttp.ClientSession() as http, http.get(f"{server.base}/actions") as r:
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as http, http.get(f"{server.base}/actions", headers=bearer) as r:
         assert r.status == 200
         assert {a["name"] for a in await r.json()} == {
             "action_hub_lookup_customer",
@@ -268,12 +277,11 @@ async def test_update_lead_keeps_one_contact_for_one_rasa_conversation(server: S
 
 
 async def test_handoff_opens_the_ticket_with_the_reason_and_the_conversation(server: Server) -> None:
-    # Rasa's own conversation id is the customer's phone number (e.g. its Twilio channel).
-    call = action_call("action_hub_handoff", "+989121234567", {"handoff_reason": "asked_for_human"})
+    call = action_call("action_hub_handoff", SARA_CONVERSATION, {"handoff_reason": "asked_for_human"})
     answer = await server.call(call)
     assert slots(answer) == {"hub_handed_off": True}
-    # The custom payload is for the hub's rasa backend only: Rasa's own channel
-    # (Twilio here) would send it to the customer.
+    # The custom payload is for the hub's rasa backend only: Rasa's own channels
+    # (Twilio, say) would send it to the customer.
     assert answer["responses"] == []
     async with server.db.read() as s:
         ticket = await s.get(Ticket, server.ticket_id)
@@ -315,7 +323,10 @@ async def test_handoff_reason_defaults_to_the_intent_and_hub_conversations_hand_
 async def test_bad_requests_are_refused(server: Server) -> None:
     unknown = await server.call(action_call("action_does_not_exist", "x"), status=404)
     assert "action_does_not_exist" in str(unknown)
-    async with aiohttp.ClientSession() as http, http.post(f"{server.base}/webhook", data=b"{not json") as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(server.webhook, data=b"{not json", headers={"Content-Type": "application/json"}) as r,
+    ):
         assert r.status == 400
 
 
@@ -369,19 +380,61 @@ async def test_a_lookup_by_a_typed_email_links_nothing(server: Server) -> None:
     assert linked is None
 
 
-async def test_handoff_goes_to_the_contact_in_the_slot(server: Server) -> None:
+async def test_a_lookup_by_a_typed_email_never_lets_the_conversation_write_to_that_contact(server: Server) -> None:
+    # A stranger types Sara's email; the lookup answers with her contact (as
+    # the README says), and Rasa carries the slot to the next actions.
     found = slots(
         await server.call(action_call("action_hub_lookup_customer", "9f1c2d", {"email": "sara@acme.example"}))
     )
-    call = action_call(
-        "action_hub_handoff",
+    assert found["hub_contact_id"] == server.contact_id
+    update = action_call(
+        "action_hub_update_lead",
         "9f1c2d",
-        {"email": "sara@acme.example", "hub_contact_id": found["hub_contact_id"], "handoff_reason": "asked_for_human"},
+        {"hub_contact_id": server.contact_id, "phone": "+989350001122", "budget": "900"},
     )
-    assert slots(await server.call(call)) == {"hub_handed_off": True}
+    own = slots(await server.call(update))["hub_contact_id"]
+    handoff = action_call(
+        "action_hub_handoff", "9f1c2d", {"hub_contact_id": server.contact_id, "handoff_reason": "asked_for_human"}
+    )
+    assert slots(await server.call(handoff)) == {"hub_handed_off": False}
+    async with server.db.read() as s:
+        sara = await s.get(Contact, server.contact_id)
+        phone_owner = await s.scalar(select(Identity.contact_id).where(Identity.address == "+989350001122"))
+        ticket = await s.get(Ticket, server.ticket_id)
+        notes = (await s.scalars(select(Message.id).where(Message.private.is_(True)))).all()
+    # The stranger's answers went to a contact of their own, not to Sara's.
+    assert own not in (None, server.contact_id) and phone_owner == own
+    assert sara is not None and sara.attributes == {} and sara.lead_score == 0
+    assert ticket is not None and (ticket.status, ticket.bot_silenced) == ("pending", False) and notes == []
+
+
+async def test_a_sender_id_is_matched_only_against_rasa_conversations(server: Server) -> None:
+    # Rasa's REST and socketio channels let the client choose the sender id:
+    # one that is Sara's phone number is not Sara.
+    for sender in ("+989121234567", "sara@acme.example", "visitor-sara"):
+        assert slots(await server.call(action_call("action_hub_lookup_customer", sender))) == {"hub_contact_id": None}
+        assert slots(await server.call(action_call("action_hub_handoff", sender))) == {"hub_handed_off": False}
+    # Her own conversation is her.
+    found = slots(await server.call(action_call("action_hub_lookup_customer", SARA_CONVERSATION)))
+    assert found["hub_contact_id"] == server.contact_id
     async with server.db.read() as s:
         ticket = await s.get(Ticket, server.ticket_id)
-    assert ticket is not None and (ticket.status, ticket.bot_silenced) == ("open", True)
+    assert ticket is not None and ticket.status == "pending"
+
+
+@pytest.mark.parametrize(
+    "slot",
+    [
+        {"phone": "+98 912 123 4567"},
+        {"phone": "+98-912-123-4567"},
+        {"phone": "+۹۸۹۱۲۱۲۳۴۵۶۷"},
+        {"email": "SARA@ACME.EXAMPLE"},
+        {"email": "it is sara@acme.example"},
+    ],
+)
+async def test_a_lookup_reads_the_typed_address_as_update_lead_stores_it(server: Server, slot: dict[str, str]) -> None:
+    found = slots(await server.call(action_call("action_hub_lookup_customer", "f3a9c1", slot)))
+    assert found["hub_contact_id"] == server.contact_id
 
 
 async def test_handoff_of_a_snoozed_ticket_wakes_it(server: Server) -> None:
@@ -389,7 +442,7 @@ async def test_handoff_of_a_snoozed_ticket_wakes_it(server: Server) -> None:
         ticket = await s.get(Ticket, server.ticket_id)
         assert ticket is not None
         ticket.status, ticket.snoozed_until, ticket.waiting_since = "snoozed", utcnow() + timedelta(days=3), None
-    call = action_call("action_hub_handoff", "+989121234567", {"handoff_reason": "asked_for_human"})
+    call = action_call("action_hub_handoff", SARA_CONVERSATION, {"handoff_reason": "asked_for_human"})
     assert slots(await server.call(call)) == {"hub_handed_off": True}
     async with server.db.read() as s:
         ticket = await s.get(Ticket, server.ticket_id)
@@ -473,7 +526,7 @@ async def test_a_contact_id_slot_the_database_cannot_hold_matches_nobody(server:
 
 
 def tracker_with(**fields: Any) -> dict[str, Any]:
-    call = action_call("action_hub_handoff", "+989121234567", {"handoff_reason": None})
+    call = action_call("action_hub_handoff", SARA_CONVERSATION, {"handoff_reason": None})
     call["tracker"]["events"].append({"event": "user", "text": 42})
     call["tracker"].update(fields)
     return call
@@ -544,7 +597,7 @@ def call_with(value: Any, *path: str) -> dict[str, Any]:
     ],
 )
 async def test_a_request_that_is_not_an_action_call_is_refused(server: Server, body: Any, error: str) -> None:
-    async with aiohttp.ClientSession() as http, http.post(f"{server.base}/webhook", json=body) as r:
+    async with aiohttp.ClientSession() as http, http.post(server.webhook, json=body) as r:
         assert r.status == 400
         text = await r.text()
     # rasa-sdk's shape for a refused call, and nothing of the request in it.
@@ -559,15 +612,15 @@ async def test_a_failing_action_does_not_answer_with_the_request(server: Server)
         await s.execute(text("ALTER TABLE messages RENAME TO messages_elsewhere"))
     async with aiohttp.ClientSession() as http:
         call = call_with(f"hub-contact-{server.contact_id}", "tracker", "sender_id")
-        async with http.post(f"{server.base}/webhook", json=call) as r:
+        async with http.post(server.webhook, json=call) as r:
             assert r.status == 500
             answer = await r.text()
         deflated = zlib.compress(json.dumps(call).encode())
         headers = {"Content-Encoding": "deflate", "Content-Type": "application/json"}
-        async with http.post(f"{server.base}/webhook", data=deflated, headers=headers) as r:
+        async with http.post(server.webhook, data=deflated, headers=headers) as r:
             assert r.status == 500
             assert await r.text() == answer
-        async with http.post(f"{server.base}/webhook", data=b"x" + deflated, headers=headers) as r:
+        async with http.post(server.webhook, data=b"x" + deflated, headers=headers) as r:
             assert r.status == 400
     assert json.loads(answer) == {
         "error": "the action failed; the action server's log says why",
@@ -600,3 +653,61 @@ def test_a_database_never_migrated_stops_the_start(tmp_path: Path) -> None:
     assert fails(["rasa-actions", "--port", str(free_port())], env) == f"Error: {NOT_MIGRATED}"
     # Checking did not create the database file that serving would have.
     assert not (tmp_path / "data" / "hub.db").exists()
+
+
+async def test_a_call_without_the_token_is_refused(server: Server) -> None:
+    call = action_call("action_hub_lookup_customer", f"hub-contact-{server.contact_id}")
+    async with aiohttp.ClientSession() as http:
+        for url, headers in (
+            (f"{server.base}/webhook", {}),
+            (f"{server.base}/webhook?token=wrong", {}),
+            (f"{server.base}/webhook", {"Authorization": "Bearer wrong"}),
+            (f"{server.base}/webhook", {"Authorization": TOKEN}),
+        ):
+            async with http.post(url, json=call, headers=headers) as r:
+                assert r.status == 401
+                assert "Sara" not in await r.text()
+        async with http.get(f"{server.base}/actions") as r:
+            assert r.status == 401
+        # A proxy or the endpoint's own headers may send it as a bearer token.
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        async with http.post(f"{server.base}/webhook", json=call, headers=bearer) as r:
+            assert r.status == 200
+        # Health checks of a container know no token.
+        async with http.get(f"{server.base}/health") as r:
+            assert r.status == 200
+
+
+async def test_a_web_page_cannot_post_action_calls(server: Server) -> None:
+    # A page on any site, opened on the host, posts without a preflight only
+    # as text/plain, and reads the answer only if CORS allows its origin.
+    body = json.dumps(action_call("action_hub_lookup_customer", f"hub-contact-{server.contact_id}"))
+    evil = {"Origin": "https://evil.example"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(server.webhook, data=body, headers={**evil, "Content-Type": "text/plain"}) as r:
+            assert r.status == 415
+            assert "Sara" not in await r.text()
+        async with http.post(server.webhook, data=body, headers={**evil, "Content-Type": "application/json"}) as r:
+            assert r.status == 200
+            assert "Access-Control-Allow-Origin" not in r.headers
+        preflight = {**evil, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+        async with http.options(server.webhook, headers=preflight) as r:
+            assert "Access-Control-Allow-Origin" not in r.headers
+
+
+def test_listening_beyond_loopback_needs_the_token(tmp_path: Path) -> None:
+    env = hub_env(tmp_path / "data")
+    run_cli(["migrate"], env)
+    line = fails(["rasa-actions", "--host", "0.0.0.0", "--port", str(free_port())], env)  # noqa: S104
+    assert "HUB_RASA_ACTIONS_TOKEN" in line and "bot.rasa.actions_token" in line
+
+
+def test_the_token_comes_from_the_environment_only(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("bot:\n  rasa:\n    actions_token: written-down\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="HUB_RASA_ACTIONS_TOKEN"):
+        load_config(config, env={})
+    config.write_text("bot:\n  rasa:\n    actions_port: 5056\n", encoding="utf-8")
+    loaded = load_config(config, env={"HUB_RASA_ACTIONS_TOKEN": TOKEN})
+    assert loaded.bot.rasa.actions_token == TOKEN
+    assert TOKEN not in repr(loaded.bot.rasa)
