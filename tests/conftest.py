@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -52,6 +53,16 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         async for url in services.fresh_postgres_database():
             await upgrade_async(url)
             yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def engine(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    """Config overrides for a whole hub on the default SQLite file, or on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield {}
+    else:
+        async for url in services.fresh_postgres_database():
+            yield {"database.url": url}
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from sqlalchemy import func, select
 from hub.campaigns.audience import CsvAudience, parse_csv
 from hub.core import Role
 from storage.models import Campaign, CampaignRecipient, Contact, Identity
-from tests import services
 from tests.hub.campaigns.helpers import seed_contacts, us_numbers
 from tests.hub.helpers import Agent, add_agent
 from tests.hub.twilio_helpers import TwilioHub, eventually, twilio_hub
@@ -235,16 +233,6 @@ async def test_csv_is_parsed_off_the_event_loop(tmp_path: Path, monkeypatch: pyt
         summary = await _upload(t, admin, draft["id"], "phone,consent\n" + rows)
         assert summary["recipients"] == 50
         assert threads and threads[0] != threading.get_ident()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def engine(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
-    """Overrides for a hub on the default SQLite file, or on a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield {}
-    else:
-        async for url in services.fresh_postgres_database():
-            yield {"database.url": url}
 
 
 async def test_data_the_database_cannot_hold_is_a_422_or_an_invalid_row(tmp_path: Path, engine: dict[str, Any]) -> None:

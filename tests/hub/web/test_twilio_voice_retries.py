@@ -6,27 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import func, select
 
 from storage.models import Message
-from tests import services
 from tests.hub.twilio_helpers import ACCOUNT, TOKEN, twilio_hub
 from tests.hub.web.test_twilio_voice import AGENT_PHONE, agent_with_phone, call_params, step, the_call, timeline_calls
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def engine(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
-    """Overrides for a hub on the default SQLite file, or on a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield {}
-    else:
-        async for url in services.fresh_postgres_database():
-            yield {"database.url": url}
 
 
 async def test_copies_of_the_incoming_webhook_at_once_record_one_call(tmp_path: Path, engine: dict[str, Any]) -> None:
