@@ -9,6 +9,7 @@ both are the same pooled engine: its row locks do the job.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -69,7 +70,7 @@ def _sqlite_engine(url: str, *, writer: bool, echo: bool) -> AsyncEngine:
         # Let SQLAlchemy, not the driver, decide when transactions begin.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        _journal_mode_wal(cur)
         # NORMAL under WAL loses nothing when the process dies, only on power loss
         # of the machine; FULL would halve commit throughput for that.
         cur.execute("PRAGMA synchronous=NORMAL")
@@ -82,6 +83,22 @@ def _sqlite_engine(url: str, *, writer: bool, echo: bool) -> AsyncEngine:
         conn.exec_driver_sql(begin)
 
     return engine
+
+
+def _journal_mode_wal(cur: Any) -> None:
+    """WAL, as every connection asks. Processes opening the file together
+    (web and workers starting at once) can meet another one's WAL recovery,
+    which answers "database is locked" at once instead of waiting the busy
+    timeout: tried again for a few seconds rather than failing the start."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # the driver's OperationalError, as its adapter raises it
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 class Database:
