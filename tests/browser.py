@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from tests.services import REPO, unavailable
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser, Page
+    from playwright.async_api import Browser, BrowserContext, Page
 
 CHROMIUM = os.environ.get("HUB_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("HUB_SCREENSHOTS") or REPO / "artifacts" / "screenshots")
@@ -69,3 +69,14 @@ def watch_for_trouble(page: Page, problems: list[str]) -> None:
         await dialog.dismiss()  # type: ignore[attr-defined]
 
     page.on("dialog", refuse)
+
+
+async def block_site_storage(context: BrowserContext) -> None:
+    """What a browser set to block site data does: every access to
+    localStorage and sessionStorage throws."""
+    await context.add_init_script(
+        """for (const name of ["localStorage", "sessionStorage"]) {
+            Object.defineProperty(window, name, { configurable: true,
+                get() { throw new DOMException("The operation is insecure.", "SecurityError"); } });
+        }"""
+    )

@@ -18,7 +18,7 @@ from hub.app import HUB, WEBSOCKETS
 from hub.core import Channel, InboundMessage, Role
 from storage.ingest import IngestResult, ingest_batch
 from storage.models import Message
-from tests.browser import chromium, watch_for_trouble
+from tests.browser import block_site_storage, chromium, watch_for_trouble
 from tests.hub.helpers import PASSWORD, Agent, add_agent, make_config, next_frame, running_hub
 from tests.hub.static.pages import log_in
 
@@ -454,12 +454,7 @@ async def test_the_inbox_works_when_the_browser_blocks_site_storage(tmp_path: Pa
         seeded = await _seed(server, config, "Alice", "Bob")
         alice, bob = seeded["Alice"], seeded["Bob"]
         context = await browser.new_context()
-        await context.add_init_script(
-            """for (const name of ["localStorage", "sessionStorage"]) {
-                Object.defineProperty(window, name, { configurable: true,
-                    get() { throw new DOMException("The operation is insecure.", "SecurityError"); } });
-            }"""
-        )
+        await block_site_storage(context)
         page = await context.new_page()
         problems: list[str] = []
         watch_for_trouble(page, problems)

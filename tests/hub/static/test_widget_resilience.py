@@ -20,7 +20,7 @@ from hub.app import HUB
 from hub.core import Role
 from storage import queries
 from storage.models import Ticket
-from tests.browser import chromium, watch_for_trouble
+from tests.browser import block_site_storage, chromium, watch_for_trouble
 from tests.hub.helpers import PASSWORD, Agent, make_config, running_hub
 from tests.hub.static.pages import open_widget, stored, visitor_says
 
@@ -68,13 +68,7 @@ async def test_the_widget_works_when_site_storage_is_blocked(tmp_path: Path) -> 
     async with running_hub(config) as server, chromium() as browser:
         base = str(server.make_url("")).rstrip("/")
         context = await browser.new_context()
-        # What a browser set to block site data does: every access throws.
-        await context.add_init_script(
-            """for (const name of ["localStorage", "sessionStorage"]) {
-                Object.defineProperty(window, name, { configurable: true,
-                    get() { throw new DOMException("The operation is insecure.", "SecurityError"); } });
-            }"""
-        )
+        await block_site_storage(context)
         page = await context.new_page()
         problems: list[str] = []
         watch_for_trouble(page, problems)

@@ -475,7 +475,13 @@ async def silent_twilio() -> AsyncIterator[str]:
         await server.close()
 
 
-async def test_click_to_call_that_twilio_does_not_answer_in_time_still_connects(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def click_to_call_twilio_does_not_answer(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[TwilioHub, Agent, int, dict[str, Any], str]]:
+    """Sam's click-to-call on an SMS ticket, whose request Twilio leaves
+    unanswered past the timeout: the hub, sam, his id, the ticket and the
+    502's message."""
     async with (
         silent_twilio() as slow,
         twilio_hub(tmp_path, overrides={"twilio.api_base_url": slow, "twilio.request_timeout_seconds": 0.5}) as t,
@@ -486,6 +492,11 @@ async def test_click_to_call_that_twilio_does_not_answer_in_time_still_connects(
         async with t.http.post(t.url(f"/api/v1/tickets/{ticket['id']}/call"), json={}, headers=agent.headers) as r:
             assert r.status == 502
             message = (await r.json())["error"]["message"]
+        yield t, agent, agent_id, ticket, message
+
+
+async def test_click_to_call_that_twilio_does_not_answer_in_time_still_connects(tmp_path: Path) -> None:
+    async with click_to_call_twilio_does_not_answer(tmp_path) as (t, agent, agent_id, ticket, message):
         assert "Twilio did not answer within 0.5 s" in message and "may still have been placed" in message
         # Twilio did place it: the agent answers, and is put through to the customer.
         placed = "CA" + secrets.token_hex(16)
@@ -607,15 +618,7 @@ async def test_values_twilio_never_sends_are_a_400_naming_them(tmp_path: Path) -
 
 
 async def test_a_timed_out_click_to_call_nobody_answers_stays_on_the_ticket(tmp_path: Path) -> None:
-    async with (
-        silent_twilio() as slow,
-        twilio_hub(tmp_path, overrides={"twilio.api_base_url": slow, "twilio.request_timeout_seconds": 0.5}) as t,
-    ):
-        agent, agent_id = await agent_with_phone(t, "sam@example.com", "Support", online=False)
-        assert await t.sms("Call me please", sid="SM" + secrets.token_hex(16)) == 200
-        (ticket,) = (await agent.get("/api/v1/tickets?channel=sms"))["items"]
-        async with t.http.post(t.url(f"/api/v1/tickets/{ticket['id']}/call"), json={}, headers=agent.headers) as r:
-            assert r.status == 502
+    async with click_to_call_twilio_does_not_answer(tmp_path) as (t, agent, agent_id, ticket, _):
         (attempt,) = (await agent.get(f"/api/v1/tickets/{ticket['id']}/calls"))["items"]
         # Nobody knows yet whether Twilio placed it: not shown as a live call.
         assert (attempt["status"], attempt["live"], attempt["agent_id"]) == ("unconfirmed", False, agent_id)
