@@ -156,6 +156,10 @@ async def list_tickets(
             or_(
                 search.matches(Ticket.subject),
                 select(Contact.id).where(Contact.id == Ticket.contact_id, search.matches(Contact.name)).exists(),
+                # The customer's email address or phone number, as the contacts search finds them.
+                select(Identity.id)
+                .where(Identity.contact_id == Ticket.contact_id, _address_matches(search, f.text))
+                .exists(),
                 select(Message.id).where(Message.ticket_id == Ticket.id, search.matches(Message.body)).exists(),
             )
         )
@@ -282,6 +286,16 @@ def _phone_digits(text: str) -> str | None:
     return re.sub(r"[^0-9]", "", text).lstrip("0") or None
 
 
+def _address_matches(search: _Search, text: str) -> Any:
+    """An identity whose address (email, phone, handle) contains the query;
+    a query typed as a phone number also finds the number in its E.164 form."""
+    address = search.matches(Identity.address)
+    digits = _phone_digits(text)
+    if digits is not None:
+        address = or_(address, and_(Identity.channel == IdentityKind.PHONE, Identity.address.like(f"%{digits}%")))
+    return address
+
+
 # How many of a ticket's messages its detail shows: a whole conversation but
 # for the longest ones, which page back with ticket_messages.
 NEWEST_MESSAGES = 500
@@ -352,14 +366,10 @@ async def list_contacts(
     stmt = select(Contact).where(Contact.merged_into_id.is_(None))
     if text:
         search = _Search.of(text)
-        address = search.matches(Identity.address)
-        digits = _phone_digits(text)
-        if digits is not None:
-            address = or_(address, and_(Identity.channel == IdentityKind.PHONE, Identity.address.like(f"%{digits}%")))
         stmt = stmt.where(
             or_(
                 search.matches(Contact.name),
-                select(Identity.id).where(Identity.contact_id == Contact.id, address).exists(),
+                select(Identity.id).where(Identity.contact_id == Contact.id, _address_matches(search, text)).exists(),
             )
         )
     if cursor:

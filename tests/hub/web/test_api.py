@@ -480,6 +480,20 @@ async def test_contact_search_finds_a_phone_however_it_is_typed(env: Env) -> Non
     assert await _search(env, "contacts", "+98 912 123 4569") == []
 
 
+async def test_ticket_search_finds_the_customers_phone_and_email(env: Env) -> None:
+    """An agent with a caller's number or a customer's address finds their
+    tickets from the inbox's search, as the contacts search finds them."""
+    sara = await env.inbound("v-sara", "v-sara:1")
+    other = await env.inbound("v-other", "v-other:1")
+    async with env.db.write() as s:
+        s.add(Identity(contact_id=sara.contact_id, channel="phone", address="+989121234567"))
+        s.add(Identity(contact_id=other.contact_id, channel="email", address="ali@acme.example"))
+    for q in ("0912 123 4567", "+۹۸ ۹۱۲ ۱۲۳ ۴۵۶۷", "9121234567"):
+        assert await _search(env, "tickets", q) == [sara.ticket_id], q
+    assert await _search(env, "tickets", "ali@acme") == [other.ticket_id]
+    assert await _search(env, "tickets", "0912 123 4568") == []
+
+
 async def test_search_matches_a_half_space_and_a_space_alike(env: Env) -> None:
     """«محمد‌رضا» is written with the half-space (ZWNJ) or a space; either finds
     the other, in names and in messages."""
