@@ -232,6 +232,7 @@ _SEARCH_FOLD: dict[str, str] = {
     ZWNJ: " ",
 }
 _SEARCH_FOLD_TABLE = str.maketrans(_SEARCH_FOLD)
+_ARABIC_SCRIPT = re.compile("[\u0600-\u06ff]")
 _PERSIAN_DIGITS = str.maketrans("0123456789", "۰۱۲۳۴۵۶۷۸۹")
 _ARABIC_INDIC_DIGITS = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
 
@@ -240,7 +241,7 @@ _ARABIC_INDIC_DIGITS = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
 class _Search:
     """A text search, folded alike on the query and the stored side:
     customers type either letter form (a search for «علی» must find «علي»),
-    a half-space or a space, and Persian, Arabic-Indic or ASCII digits («سفارش
+    a half-space, a space or neither between Persian words, and Persian, Arabic-Indic or ASCII digits («سفارش
     ۴۵۶۷۸» is found by 45678). Computed per row (no migration); search scans
     anyway.
 
@@ -258,12 +259,25 @@ class _Search:
     @classmethod
     def of(cls, text: str) -> _Search:
         folded = to_ascii_digits(text.translate(_SEARCH_FOLD_TABLE))
+        if _ARABIC_SCRIPT.search(folded):
+            # Persian compounds are written with a half-space, a space or
+            # neither («محمدرضا», «محمد رضا»): such a query matches with the
+            # spaces left out on both sides (the half-space folds to one).
+            return cls(
+                patterns=tuple(p.replace(" ", "") for p in cls._patterns(folded)),
+                folds=(*cls._folds(folded + " "), (" ", "")),
+            )
+        return cls(patterns=cls._patterns(folded), folds=cls._folds(folded))
+
+    @staticmethod
+    def _patterns(folded: str) -> tuple[str, ...]:
         scripts = dict.fromkeys([folded, folded.translate(_PERSIAN_DIGITS), folded.translate(_ARABIC_INDIC_DIGITS)])
-        return cls(
-            patterns=tuple(f"%{_escape_like(t)}%" for t in scripts),
-            # A deletion (tatweel) can join any two characters of the query.
-            folds=tuple((c, r) for c, r in sorted(_SEARCH_FOLD.items()) if r in folded),
-        )
+        return tuple(f"%{_escape_like(t)}%" for t in scripts)
+
+    @staticmethod
+    def _folds(folded: str) -> tuple[tuple[str, str], ...]:
+        # A deletion (tatweel) can join any two characters of the query.
+        return tuple((c, r) for c, r in sorted(_SEARCH_FOLD.items()) if r in folded)
 
     def matches(self, column: Any) -> Any:
         for char, replacement in self.folds:

@@ -30,11 +30,12 @@ class Env:
     admin: Agent
     db: Database
 
-    async def inbound(self, sender: str, ext: str, body: str = "hello") -> IngestResult:
+    async def inbound(self, sender: str, ext: str, body: str = "hello", name: str | None = None) -> IngestResult:
+        message = InboundMessage(
+            channel=Channel.WEBCHAT, inbox="webchat", external_id=ext, sender=sender, sender_name=name, body=body
+        )
         async with self.db.write() as s:
-            (r,) = await ingest_batch(
-                s, [InboundMessage(channel=Channel.WEBCHAT, inbox="webchat", external_id=ext, sender=sender, body=body)]
-            )
+            (r,) = await ingest_batch(s, [message])
         assert isinstance(r, IngestResult)
         return r
 
@@ -524,6 +525,13 @@ async def test_search_matches_a_half_space_and_a_space_alike(env: Env) -> None:
     assert await _search(env, "contacts", "علی\u200cرضایی") == [space.contact_id]
     assert await _search(env, "tickets", "محمد رضا") == [zwnj.ticket_id]
     assert await _search(env, "tickets", "کتاب ها") == [space.ticket_id]
+    # Or with neither: «محمدرضا» is one word to some, two to others.
+    assert await _search(env, "contacts", "محمدرضا") == [zwnj.contact_id]
+    assert await _search(env, "contacts", "علیرضایی") == [space.contact_id]
+    assert await _search(env, "tickets", "کتابها") == [space.ticket_id]
+    joined = await env.inbound("v-j", "v-j:1", body="سلام", name="محمدرضا احمدی")
+    assert await _search(env, "contacts", "محمد‌رضا") == [zwnj.contact_id, joined.contact_id][::-1]
+    assert await _search(env, "contacts", "محمد رضا احمدی") == [joined.contact_id]
 
 
 async def test_ticket_search_folds_persian_and_arabic_indic_digits(env: Env) -> None:
