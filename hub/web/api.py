@@ -28,7 +28,7 @@ from hub.actions import (
 )
 from hub.app import HUB
 from hub.core import Author, Channel, Role, TicketStatus
-from hub.errors import BadRequest, Forbidden, NotFound, Unauthorized, ValidationFailed
+from hub.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from hub.router import check_team_names, do_update_agent_account
 from hub.security import client_address, hash_password, token_digest, verify_password
 from hub.web.registry import ROUTES, parse_body
@@ -435,18 +435,25 @@ async def post_message(request: web.Request) -> web.Response:
     tag="tickets",
     body=AssignIn,
     response=TicketOut,
-    errors=(404,),
+    errors=(404, 409),
 )
 async def assign_ticket(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     agent = await current_agent(request)
     ticket_id = int_param(request, "id")
     body = await parse_body(request, AssignIn)
-    given = body.model_fields_set
+    given = body.model_fields_set - {"expected_assignee_id"}
     if not given:
         raise ValidationFailed("give agent_id, team_id or both (null unassigns)")
     async with hub.db.write() as session:
         ticket = await check_ticket(session, ticket_id, lock=True)
+        if "expected_assignee_id" in body.model_fields_set and ticket.assignee_id != body.expected_assignee_id:
+            holder = await session.get(Agent, ticket.assignee_id) if ticket.assignee_id is not None else None
+            raise Conflict(
+                f"ticket {ticket_id} is now "
+                + (f"assigned to {holder.name} (agent {holder.id})" if holder else "unassigned")
+                + "; it changed since you looked"
+            )
         # A field left out keeps its value: giving a ticket to an agent keeps its team.
         agent_id = body.agent_id if "agent_id" in given else ticket.assignee_id
         team_id = body.team_id if "team_id" in given else ticket.team_id

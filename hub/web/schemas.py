@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from hub.core import Attachment, Channel, Role, UTCDateTime
 from routing.settings import Capacity, Language, Skill, TeamName
 from storage.queries import MAX_ID, NEWEST_MESSAGES
 
 # A larger id than the database holds must be refused here, naming the
-# field, rather than fail there as a server error.
-Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+# field, rather than fail there as a server error. Strict: lax mode reads
+# true as 1 and "2" as 2, so a buggy client's boolean would merge (for good)
+# or assign whatever has id 1.
+Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
 
 
 class _In(BaseModel):
@@ -110,6 +112,12 @@ class MessageIn(_In):
 class AssignIn(_In):
     agent_id: Id | None = Field(default=None, description="the agent (null: nobody); left out: unchanged")
     team_id: Id | None = Field(default=None, description="the team (null: none); left out: unchanged")
+    expected_assignee_id: Id | None = Field(
+        default=None,
+        description="who holds the ticket now as the caller saw it (null: nobody); when given and someone "
+        "else holds it, the request is refused with 409 naming them: two agents taking one ticket at once "
+        "do not both hear it is theirs",
+    )
 
 
 class StatusIn(_In):

@@ -221,6 +221,38 @@ async def test_assigning_changes_only_the_fields_given(env: Env) -> None:
     assert "agent_id, team_id" in bad["error"]["message"]
 
 
+async def test_two_agents_taking_one_ticket_at_once_do_not_both_get_it(env: Env) -> None:
+    """"Assign to me" says whom the agent saw holding the ticket: the one who
+    comes second hears who took it, instead of a 200 that the first one's
+    write then contradicts (or that silently takes it from them)."""
+    agent = await Agent.login(env.http, env.base, "agent@example.com")
+    ids = {a["email"]: a["id"] for a in (await env.admin.get("/api/v1/agents"))["items"]}
+    r = await env.inbound("v-claim", "v-claim:1")
+    url = f"{env.base}/api/v1/tickets/{r.ticket_id}/assign"
+
+    async def take(who: Agent, email: str) -> tuple[int, dict[str, Any]]:
+        body = {"agent_id": ids[email], "expected_assignee_id": None}
+        async with env.http.post(url, json=body, headers=who.headers) as resp:
+            return resp.status, await resp.json()
+
+    results = await asyncio.gather(take(env.admin, "admin@example.com"), take(agent, "agent@example.com"))
+    assert sorted(status for status, _ in results) == [200, 409]
+    (winner,) = [out for status, out in results if status == 200]
+    (loser,) = [out for status, out in results if status == 409]
+    holder = next(a for a in (await env.admin.get("/api/v1/agents"))["items"] if a["id"] == winner["assignee_id"])
+    assert loser["error"]["message"] == (
+        f"ticket {r.ticket_id} is now assigned to {holder['name']} (agent {holder['id']}); it changed since you looked"
+    )
+    assert (await env.admin.get(f"/api/v1/tickets/{r.ticket_id}"))["assignee_id"] == winner["assignee_id"]
+    # Without the field, an assignment overrides as before (an admin reassigning).
+    out = await env.admin.post(url.removeprefix(env.base), {"agent_id": ids["agent@example.com"]})
+    assert out["assignee_id"] == ids["agent@example.com"]
+    refused = await env.admin.post(url.removeprefix(env.base), {"agent_id": None, "expected_assignee_id": 99}, 409)
+    assert "changed since you looked" in refused["error"]["message"]
+    wrong = await env.admin.post(url.removeprefix(env.base), {"agent_id": None, "expected_assignee_id": True}, 422)
+    assert "expected_assignee_id" in wrong["error"]["message"]
+
+
 async def test_snooze_then_customer_message_wakes_ticket(env: Env) -> None:
     r = await env.inbound("v-snooze", "v-snooze:1")
     out = await env.admin.post(
