@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub import codec
@@ -68,8 +68,9 @@ from routing.decide import (
     choose_team,
     decide,
     eligible_agents,
+    team_calendars,
 )
-from routing.hours import BusinessCalendar
+from routing.hours import BusinessCalendar, CalendarError
 from routing.match import ContactFacts, MatchContext
 from routing.settings import (
     MAX_CAPACITY,
@@ -110,6 +111,7 @@ from storage.models import (
     TeamMember,
     Ticket,
     TicketCycle,
+    TicketEventRow,
 )
 from storage.views import agent_view, iso, ticket_view
 
@@ -228,10 +230,7 @@ class Router:
                 )
                 if created is not None:
                     await audit(session, "system", "team.created", "team", created, {"name": name})
-            for key, body in (
-                (RULES_DOC, [r.model_dump(mode="json", exclude_defaults=True) for r in self.config.rules]),
-                (AUTOMATION_DOC, [a.model_dump(mode="json", exclude_defaults=True) for a in self.config.automation]),
-            ):
+            for key, body in self._config_bodies().items():
                 digest = _digest(body)
                 doc = await session.get(RoutingDocument, key, with_for_update=True)
                 if doc is None:
@@ -246,10 +245,43 @@ class Router:
                 elif doc.source == "api" and doc.digest != digest:
                     log.warning(
                         "routing %s in config.yaml differ from the ones an admin saved through the API; "
-                        "the API's are used (PUT them again, or delete them with the API, to change that)",
+                        "the API's are used (PUT them again, or DELETE /api/v1/routing/%s to use config.yaml's)",
+                        key,
                         key,
                     )
         self._state = None
+
+    def _config_bodies(self) -> dict[str, list[Any]]:
+        """config.yaml's rule documents, as they are stored."""
+        return {
+            RULES_DOC: [r.model_dump(mode="json", exclude_defaults=True) for r in self.config.rules],
+            AUTOMATION_DOC: [a.model_dump(mode="json", exclude_defaults=True) for a in self.config.automation],
+        }
+
+    async def reset_rules(self, key: str, *, actor: str) -> None:
+        """Drop what an admin saved through the API for ``key`` (rules or
+        automation): config.yaml's apply again, now and at every start-up
+        until an admin saves others. Without it, once saved through the API a
+        document would ignore config.yaml for ever."""
+        body = self._config_bodies()[key]
+        async with self.db.write() as session:
+            doc = await session.get(RoutingDocument, key, with_for_update=True)
+            if doc is None:
+                doc = RoutingDocument(key=key, version=0, source="config", digest="", body=[])
+                session.add(doc)
+            was = doc.source
+            # A new version even when nothing changes: workers reload on the version.
+            doc.body, doc.version, doc.source = body, doc.version + 1, "config"
+            doc.digest, doc.updated_at, doc.updated_by = _digest(body), utcnow(), actor
+            await audit(
+                session,
+                actor,
+                f"routing.{key}.reset",
+                "routing",
+                None,
+                {"version": doc.version, "from": was, "items": body},
+            )
+        await self.state(fresh=True)
 
     async def state(self, *, fresh: bool = False) -> RoutingState:
         current = self._state
@@ -335,7 +367,7 @@ class Router:
                 return last_good
             log.critical(
                 "routing %s version %s cannot be loaded, so config.yaml's are used instead until an admin "
-                "saves valid ones through the API (or deletes these): %s",
+                "saves valid ones through the API (or DELETEs these with it): %s",
                 doc.key,
                 doc.version,
                 exc,
@@ -369,7 +401,11 @@ class Router:
         # As config.yaml's rules are checked; the API's models see one rule at a time.
         check_rule_names(rules or [], automation or [])
         check_rule_references(
-            rules or [], automation or [], calendars=set(self.config.calendars), policies=set(self.config.sla_policies)
+            rules or [],
+            automation or [],
+            calendars=set(self.config.calendars),
+            policies=set(self.config.sla_policies),
+            calendar_fallback=self.config.has_fallback_calendar,
         )
         bodies = {
             key: _json_body(items)
@@ -944,7 +980,7 @@ class Router:
             targets: list[sla.Target] = ["resolution"]
             if ticket.first_response_at is None:
                 targets.insert(0, "first_response")
-            deadlines = sla.plan(policy, targets, start, cal)
+            deadlines = _plan(ticket, name, policy, targets, start, cal)
         self._set_deadlines(ticket, deadlines, [], keep_pause=False)
         await session.execute(
             dialect_insert(session, TicketCycle)
@@ -1044,17 +1080,19 @@ class Router:
             deadlines = self._deadlines(ticket)
             if "next_response" in deadlines:
                 return
-            _, policy = self._policy(ticket, state)
+            name, policy = self._policy(ticket, state)
             if policy is None:
                 return
-            d = sla.deadline(
+            planned = _plan(
+                ticket,
+                name,
                 policy,
-                "next_response",
+                ["next_response"],
                 ticket.waiting_since,
                 state.calendar_of(ticket.team_id, self.config.default_calendar),
             )
-            if d is not None:
-                deadlines["next_response"] = d
+            if "next_response" in planned:
+                deadlines["next_response"] = planned["next_response"]
                 self._set_deadlines(ticket, deadlines, ticket.sla_fired or [])
 
     async def _settle_pause(self, ticket_id: int) -> None:
@@ -1102,6 +1140,13 @@ class Router:
         calendar = sla.counting_calendar(policy, state.calendar_of(ticket.team_id, self.config.default_calendar))
         before = self._deadlines(ticket)
         after, fired = sla.resume(before, ticket.sla_fired or [], paused, now, calendar)
+        for target in sorted(set(before) - set(after)):
+            log.warning(
+                "ticket %s: its %s deadline is dropped on waking: the time it had left cannot be counted on its "
+                "team's calendar (it does not open often enough)",
+                ticket.id,
+                target,
+            )
         self._set_deadlines(ticket, after, fired, keep_pause=False)
         if "first_response" in after and after["first_response"] != before["first_response"]:
             # The cycle report shows the due time the agent is now judged on.
@@ -1287,6 +1332,7 @@ class Router:
                 calendars=state.calendars,
                 default_calendar=self.config.default_calendar,
                 team_names={t.id: t.name for t in state.teams.values()},
+                team_calendars=team_calendars(state.teams),
             )
             for rule in matching(state.automation, event, ctx):
                 if not await self._claim_run(session, rule.name, ticket.id, marker):
@@ -1501,6 +1547,7 @@ class Router:
                 calendars=state.calendars,
                 default_calendar=self.config.default_calendar,
                 team_names={t.id: t.name for t in state.teams.values()},
+                team_calendars=team_calendars(state.teams),
             )
             if ticket.last_message_at != quiet_since or not compiled.when.matches(ctx):
                 return 0  # someone wrote meanwhile, or it no longer qualifies
@@ -1544,15 +1591,31 @@ class Router:
         teams: set[int] = set()
         channels = [c.value for c in cfg.requeue_channels]
         if channels:
+            since = now - timedelta(seconds=cfg.requeue_after_seconds)
             async with self.db.write() as session:
                 absent = select(Agent.id).where(
                     Agent.presence != Presence.ONLINE.value,
-                    Agent.presence_changed_at <= now - timedelta(seconds=cfg.requeue_after_seconds),
+                    # Never set a presence (created offline, never logged in):
+                    # absent all along, like any other offline agent.
+                    or_(Agent.presence_changed_at.is_(None), Agent.presence_changed_at <= since),
+                )
+                # The grace period runs from the later of the agent leaving and
+                # the chat reaching them: an admin who gives a chat to an agent
+                # away now gets requeue_after_seconds for them to pick it up,
+                # rather than seeing it taken back at the next sweep.
+                given_lately = select(TicketEventRow.id).where(
+                    TicketEventRow.ticket_id == Ticket.id,
+                    or_(
+                        TicketEventRow.kind == TicketEventKind.ASSIGNED.value,
+                        and_(TicketEventRow.kind == TicketEventKind.ROUTED.value, TicketEventRow.actor == ROUTER),
+                    ),
+                    TicketEventRow.created_at > since,
                 )
                 stmt = select(Ticket).where(
                     Ticket.assignee_id.in_(absent),
                     Ticket.status == TicketStatus.OPEN.value,
                     Ticket.channel.in_(channels),
+                    ~given_lately.exists(),
                 )
                 if not self.db.is_sqlite:
                     stmt = stmt.with_for_update(skip_locked=True)
@@ -1644,9 +1707,12 @@ class Router:
         cal = state.calendar_of(team_id, self.config.default_calendar)
         return True if cal is None else cal.is_open(at or utcnow())
 
-    async def available_agents(self, team: int | str, channel: str = "voice") -> list[AvailableAgent]:
+    async def available_agents(
+        self, team: int | str, channel: str = "voice", language: str | None = None
+    ) -> list[AvailableAgent]:
         """Agents of ``team`` who could take a ``channel`` ticket right now
-        (online, active, under capacity for that channel), least busy first.
+        (online, active, under capacity for that channel, and speaking
+        ``language`` as routing decides it, when given), least busy first.
         Raises ``LookupError`` for an unknown team."""
         team_id = await self.team_id(team)
         if team_id is None:
@@ -1659,7 +1725,7 @@ class Router:
                 a.id: a
                 for a in (await session.scalars(select(Agent).where(Agent.id.in_([s.id for s in states])))).all()
             }
-        ok = eligible_agents(state.teams[team_id], channel, frozenset(), None, states, defaults)
+        ok = eligible_agents(state.teams[team_id], channel, frozenset(), language, states, defaults)
         ok.sort(key=lambda a: (a.open_total, a.id))
         return [
             AvailableAgent(
@@ -1721,6 +1787,36 @@ async def _locked_ticket(session: AsyncSession, ticket_id: int) -> Ticket | None
     return await session.scalar(
         select(Ticket).where(Ticket.id == ticket_id).with_for_update().execution_options(populate_existing=True)
     )
+
+
+def _plan(
+    ticket: Ticket,
+    name: str | None,
+    policy: SlaPolicy,
+    targets: Iterable[sla.Target],
+    start: datetime,
+    calendar: BusinessCalendar | None,
+) -> dict[sla.Target, sla.Deadline]:
+    """The deadlines of ``targets``; one the team's calendar cannot count (it
+    does not open often enough within the years BusinessCalendar looks ahead)
+    is left out and logged: the ticket is routed without that deadline rather
+    than not routed at all, its event retried into the dead letters."""
+    out: dict[sla.Target, sla.Deadline] = {}
+    for target in targets:
+        try:
+            d = sla.deadline(policy, target, start, calendar)
+        except CalendarError as exc:
+            log.warning(
+                "ticket %s: no %s deadline: SLA policy %s cannot be counted on its team's calendar: %s",
+                ticket.id,
+                target,
+                name,
+                exc,
+            )
+            continue
+        if d is not None:
+            out[target] = d
+    return out
 
 
 def _queued_snapshot(ticket: Ticket) -> TicketSnapshot:
@@ -1963,6 +2059,14 @@ async def do_update_agent_account(
     await audit(session, actor, "agent.account_changed", "agent", agent.id, changes)
     await add_agent_events(session, AGENT_UPDATED, [agent], actor)
     return agent
+
+
+async def rule_targets(session: AsyncSession) -> tuple[set[str], set[str]]:
+    """The inbox keys and the active agents' emails (lower case) rules may
+    name, for :func:`routing.settings.check_rule_references`."""
+    inboxes = set((await session.scalars(select(Inbox.key))).all())
+    agents = {e.lower() for e in (await session.scalars(select(Agent.email).where(Agent.active.is_(True)))).all()}
+    return inboxes, agents
 
 
 async def check_team_names(session: AsyncSession, named: Mapping[str, tuple[str, bool]], *, create: bool) -> list[str]:

@@ -22,7 +22,8 @@ The steps, first match wins at each:
 5. nobody eligible: the ticket waits in the team's queue.
 
 Eligible: active, online, has the skills and speaks the language the ticket
-needs (agents who list no languages are not filtered by language), and holds
+needs, by primary subtag (en-GB speaks en; agents who list no languages are
+not filtered by language), and holds
 fewer open tickets of the ticket's channel than their capacity for it.
 """
 
@@ -124,6 +125,11 @@ class TeamState:
     sla: str | None = None
 
 
+def team_calendars(teams: Mapping[int, TeamState]) -> dict[int, str]:
+    """Team id -> the name of its calendar, for the teams that have one."""
+    return {t.id: t.calendar for t in teams.values() if t.calendar}
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     rule: RoutingRule
@@ -163,6 +169,10 @@ class RoutingSnapshot:
     @property
     def team_names(self) -> dict[int, str]:
         return {t.id: t.name for t in self.teams.values()}
+
+    @property
+    def team_calendars(self) -> dict[int, str]:
+        return team_calendars(self.teams)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +280,7 @@ def choose_team(ticket: TicketSnapshot, snapshot: RoutingSnapshot) -> TeamChoice
         calendars=snapshot.calendars,
         default_calendar=snapshot.default_calendar,
         team_names=snapshot.team_names,
+        team_calendars=snapshot.team_calendars,
     )
     for compiled in snapshot.rules:
         if compiled.when.matches(ctx):
@@ -296,6 +307,21 @@ def _fallback_team(ticket: TicketSnapshot, snapshot: RoutingSnapshot, why: str, 
     return TeamChoice(None, f"{why}; no team: waits in the shared inbox, open and unassigned", rule)
 
 
+def primary_language(tag: str) -> str:
+    """A language tag's primary subtag, without case: "en-GB" -> "en"."""
+    return tag.strip().lower().split("-", 1)[0]
+
+
+def speaks(agent: AgentState, language: str | None) -> bool:
+    """Whether the agent speaks ``language`` (no language, or an agent who lists
+    none: yes). By primary subtag: detection only tells "en", "fa" or "ar", so
+    an agent who lists "en-GB" would otherwise never match a ticket, and one
+    who speaks British English answers an American just as well."""
+    if language is None or not agent.languages:
+        return True
+    return primary_language(language) in {primary_language(x) for x in agent.languages}
+
+
 def is_eligible(
     agent: AgentState,
     channel: str,
@@ -307,7 +333,7 @@ def is_eligible(
         agent.active
         and agent.presence is Presence.ONLINE
         and (not skills or skills <= skill_set(agent.skills))
-        and (language is None or not agent.languages or language in agent.languages)
+        and speaks(agent, language)
         and agent.load.get(channel, 0) < agent.limit(channel, default_capacity)
     )
 

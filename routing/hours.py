@@ -16,11 +16,19 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import holidays as holiday_calendars
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+# Either spelling, in any case: a looser reading (the first three letters)
+# took "month" for Monday.
+_DAY_KEYS = {**{d: i for i, d in enumerate(WEEKDAYS)}, **{d: i for i, d in enumerate(DAY_NAMES)}}
+# Names the tz database has that are no place: they follow the host's own
+# setting (localtime, posixrules) or are no zone at all (Factory), so a
+# calendar would move with whatever machine the hub runs on.
+_NOT_PLACES = frozenset({"localtime", "posixrules", "Factory"})
 
 # How far ahead arithmetic looks for the next open window before deciding that
 # a calendar never opens (every day closed, or a holiday list covering years).
@@ -29,6 +37,31 @@ _HORIZON_DAYS = 3 * 366
 
 class CalendarError(ValueError):
     """A calendar specification that cannot be used; the message says why."""
+
+
+@lru_cache(maxsize=1)
+def _zone_names() -> frozenset[str]:
+    # Reading the tz database's directory tree is slow; it does not change while the hub runs.
+    return frozenset(available_timezones()) - _NOT_PLACES
+
+
+def zone(timezone: str) -> ZoneInfo:
+    """The IANA timezone named ``timezone``; refused unless it names a place."""
+    if timezone not in _zone_names():
+        raise CalendarError(f"timezone {timezone!r} is not an IANA timezone of a place, such as Asia/Tehran or UTC")
+    try:
+        return ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise CalendarError(f"timezone {timezone!r} is not a known IANA timezone") from exc
+
+
+def weekday(key: str) -> int:
+    """The day (0 = Monday) a week key names: ``mon`` ... ``sun`` or the full
+    English name, in any case."""
+    day = _DAY_KEYS.get(key.strip().lower())
+    if day is None:
+        raise CalendarError(f"week day {key!r} is not one of {', '.join(WEEKDAYS)} (or a full name such as monday)")
+    return day
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,22 +123,25 @@ class BusinessCalendar:
         subdivision: str | None = None,
         always_open: bool = False,
     ) -> None:
-        try:
-            self.zone = ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise CalendarError(f"timezone {timezone!r} is not a known IANA timezone") from exc
+        self.zone = zone(timezone)
         self.timezone = timezone
         self.always_open = always_open
         windows: dict[int, tuple[Window, ...]] = {}
+        keys: dict[int, str] = {}
         for key, specs in (week or {}).items():
-            day = key.strip().lower()[:3]
-            if day not in WEEKDAYS:
-                raise CalendarError(f"week day {key!r} is not one of {', '.join(WEEKDAYS)}")
+            index = weekday(key)
+            if index in keys:
+                # One would silently replace the other's windows.
+                raise CalendarError(
+                    f"week days {keys[index]!r} and {key!r} are both {DAY_NAMES[index]}: give its windows once"
+                )
+            keys[index] = key
+            day = WEEKDAYS[index]
             parsed = sorted((Window.parse(s) for s in specs), key=lambda w: (w.start, w.end_minutes))
             for a, b in itertools.pairwise(parsed):
                 if b.start.hour * 60 + b.start.minute < a.end_minutes:
                     raise CalendarError(f"windows of {day} overlap")
-            windows[WEEKDAYS.index(day)] = tuple(parsed)
+            windows[index] = tuple(parsed)
         self.windows = windows
         if not always_open and not any(windows.values()):
             raise CalendarError("the calendar has no opening hours on any day (use always_open for 24/7)")

@@ -51,7 +51,7 @@ class TicketFacts:
 class MatchContext:
     """One ticket at one instant, with its text normalized once for all rules."""
 
-    __slots__ = ("calendars", "default_calendar", "facts", "now", "team_names", "text")
+    __slots__ = ("calendars", "default_calendar", "facts", "now", "team_calendars", "team_names", "text")
 
     def __init__(
         self,
@@ -61,13 +61,25 @@ class MatchContext:
         calendars: Mapping[str, BusinessCalendar],
         default_calendar: str | None,
         team_names: Mapping[int, str],
+        team_calendars: Mapping[int, str] | None = None,
     ) -> None:
         self.facts = facts
         self.now = now
         self.calendars = calendars
         self.default_calendar = default_calendar
         self.team_names = team_names
+        # Team id -> its calendar's name, for teams that have one.
+        self.team_calendars = team_calendars or {}
         self.text = f" {keyword(facts.text)} " if facts.text else " "
+
+    def calendar_for(self, named: str | None) -> BusinessCalendar | None:
+        """The calendar a ``business_hours`` condition consults: the one it
+        names, else the ticket's team's, else ``routing.default_calendar``, as
+        ``/queues``, the IVR and the SLA clocks decide whether the team is open
+        (None: no calendar, always open)."""
+        team = self.facts.team_id
+        name = named or (self.team_calendars.get(team) if team is not None else None) or self.default_calendar
+        return self.calendars.get(name) if name else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +138,7 @@ class Compiled:
         if c.assigned is not None and (f.assignee_id is not None) != c.assigned:
             return False
         if c.business_hours is not None:
-            name = c.calendar or ctx.default_calendar
-            calendar = ctx.calendars.get(name) if name else None
+            calendar = ctx.calendar_for(c.calendar)
             is_open = True if calendar is None else calendar.is_open(ctx.now)
             if is_open != c.business_hours:
                 return False

@@ -5,16 +5,27 @@ edited at run time (rules and automation), with the same models."""
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Mapping
-from datetime import date
+import re
+from collections.abc import Collection, Mapping
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from hub.core import Channel, Priority, TicketStatus
 from hub.text import keyword
-from routing.hours import WEEKDAYS, BusinessCalendar, CalendarError, parse_holidays
+from routing.hours import BusinessCalendar, CalendarError, parse_holidays
 
 
 class _Strict(BaseModel):
@@ -41,8 +52,27 @@ Skill = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, ma
 # Open tickets of a channel an agent may hold. A whole number: JSON's true is no
 # capacity, and one beyond 64 bits would not even store.
 MAX_CAPACITY = 10_000
-# A language an agent speaks: a code such as "fa" or "en-GB" (BCP 47 tags fit in 35).
-Language = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=35)]
+# A language an agent speaks: a BCP 47 tag such as "fa" or "en-GB" (they fit in
+# 35), stored in lower case. Routing compares primary subtags (see
+# routing.decide.primary_language), so a word such as "english" or "en_US"
+# would make an agent ineligible for every ticket with letters in it.
+_LANGUAGE_TAG = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]{1,8})*")
+
+
+def _language_tag(value: str) -> str:
+    if not _LANGUAGE_TAG.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a language tag: give a BCP 47 tag, a 2 or 3 letter language code with optional "
+            "subtags after hyphens, such as en, fa or en-GB"
+        )
+    return value
+
+
+Language = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=35),
+    AfterValidator(_language_tag),
+]
 Capacity = Annotated[StrictInt, Field(ge=0, le=MAX_CAPACITY)]
 # The audit log's actor column holds 64 characters: an automation rule acts as
 # "automation:<name>" and an SLA policy escalates as "sla:<name>", so longer
@@ -92,7 +122,11 @@ class Conditions(_Strict):
     business_hours: bool | None = Field(
         default=None, description="true: only while the calendar is open; false: only while it is closed"
     )
-    calendar: str | None = Field(default=None, description="for business_hours; default: routing.default_calendar")
+    calendar: str | None = Field(
+        default=None,
+        description="for business_hours (only with it); default: the ticket's team's calendar, else "
+        "routing.default_calendar",
+    )
     # Ticket state, mostly for automation.
     status: list[TicketStatus] = Field(default_factory=list)
     priority: list[Priority] = Field(default_factory=list)
@@ -157,7 +191,9 @@ class TeamSettings(_Strict):
 class CalendarSettings(_Strict):
     timezone: str = "UTC"
     always_open: bool = False
-    week: dict[str, list[str]] = Field(default_factory=dict, description="mon..sun -> ['HH:MM-HH:MM', ...]")
+    week: dict[str, list[str]] = Field(
+        default_factory=dict, description="mon..sun (or monday..sunday) -> ['HH:MM-HH:MM', ...]"
+    )
     holidays: list[str | date] = Field(default_factory=list, description="YYYY-MM-DD or YYYY-MM-DD..YYYY-MM-DD")
     country: str | None = Field(default=None, description="add this country's public holidays, e.g. IR")
     subdivision: str | None = None
@@ -174,9 +210,6 @@ class CalendarSettings(_Strict):
 
     @model_validator(mode="after")
     def _valid(self) -> CalendarSettings:
-        for day in self.week:
-            if day.strip().lower()[:3] not in WEEKDAYS:
-                raise ValueError(f"week day {day!r} is not one of {', '.join(WEEKDAYS)}")
         try:
             self.build()
         except CalendarError as exc:
@@ -216,6 +249,21 @@ class PresenceSettings(_Strict):
         description="away/offline this long -> live chats go back to the queue",
     )
     requeue_channels: list[Channel] = Field(default_factory=lambda: [Channel.WEBCHAT, Channel.TELEGRAM])
+
+    @model_validator(mode="after")
+    def _heartbeats(self) -> PresenceSettings:
+        # The server records a heartbeat only every heartbeat_seconds: a shorter
+        # away_after_seconds turns agents with the inbox open away (and, after
+        # requeue_after_seconds, takes their chats) between two beats. Two beats
+        # leave room for one late or lost. requeue_after_seconds needs no such
+        # rule: its clock starts only once the agent is away.
+        if self.away_after_seconds <= 2 * self.heartbeat_seconds:
+            raise ValueError(
+                f"away_after_seconds ({self.away_after_seconds:g}) must be more than twice heartbeat_seconds "
+                f"({self.heartbeat_seconds:g}): an agent with the inbox open is only seen every heartbeat_seconds, "
+                "and would turn away between two heartbeats"
+            )
+        return self
 
 
 AutomationEvent = Literal[
@@ -365,22 +413,128 @@ class RoutingConfig(_Strict):
                 raise ValueError(f"team {t.name!r}: calendar {t.calendar!r} is not in calendars")
             if t.sla is not None and t.sla not in sla:
                 raise ValueError(f"team {t.name!r}: sla {t.sla!r} is not in sla_policies")
-        check_rule_references(self.rules, self.automation, calendars=cal, policies=sla)
+        check_rule_references(
+            self.rules,
+            self.automation,
+            calendars=cal,
+            policies=sla,
+            calendar_fallback=self.has_fallback_calendar,
+        )
+        self._check_sla_calendars()
         return self
+
+    @property
+    def has_fallback_calendar(self) -> bool:
+        """Whether a ``business_hours`` condition that names no calendar has
+        one to consult for some ticket: its team's, or the default."""
+        return self.default_calendar is not None or any(t.calendar for t in self.teams)
+
+    def _check_sla_calendars(self) -> None:
+        """A business-hours policy must be countable on the calendar of every
+        team it times: a sparse calendar (open two hours a week) cannot reach
+        a long duration within the three years BusinessCalendar looks ahead,
+        and every ticket of that team would get no deadline."""
+        teams = {t.name: t for t in self.teams}
+        uses: list[tuple[str, str | None, str | None]] = [
+            (f"team {t.name!r}", t.sla or self.default_sla, t.calendar or self.default_calendar) for t in self.teams
+        ]
+        # Tickets of teams config.yaml does not list, and of the shared inbox.
+        uses.append(("default_sla", self.default_sla, self.default_calendar))
+        for r in self.rules:
+            if r.sla is not None:
+                team = teams.get(r.team) if r.team is not None else None
+                uses.append((f"rule {r.name!r}", r.sla, (team.calendar if team else None) or self.default_calendar))
+        built: dict[str, BusinessCalendar] = {}
+        now = datetime.now(UTC)
+        for where, policy_name, calendar_name in uses:
+            policy = self.sla_policies.get(policy_name) if policy_name else None
+            if policy is None or not policy.business_hours or calendar_name is None:
+                continue
+            targets = {
+                target: minutes
+                for target in ("first_response", "next_response", "resolution")
+                if (minutes := getattr(policy, f"{target}_minutes")) is not None
+            }
+            if not targets:
+                continue
+            target, minutes = max(targets.items(), key=lambda item: item[1])
+            calendar = built.get(calendar_name)
+            if calendar is None:
+                calendar = built[calendar_name] = self.calendars[calendar_name].build()
+            try:
+                calendar.add(now, timedelta(minutes=minutes))
+            except CalendarError as exc:
+                raise ValueError(
+                    f"{where}: sla_policies.{policy_name}.{target}_minutes ({minutes:g}) is counted in business "
+                    f"hours (business_hours: true), but calendars.{calendar_name} does not open that long within "
+                    "the three years ahead that are counted; shorten the policy, count it in calendar time "
+                    "(business_hours: false) or give the team another calendar"
+                ) from exc
+
+
+# What hub.text.detect_language can tell: a language condition on anything
+# else holds for no message.
+DETECTED_LANGUAGES = ("ar", "en", "fa")
 
 
 def check_rule_references(
-    rules: list[RoutingRule], automation: list[AutomationRule], *, calendars: set[str], policies: set[str]
+    rules: list[RoutingRule],
+    automation: list[AutomationRule],
+    *,
+    calendars: set[str],
+    policies: set[str],
+    calendar_fallback: bool,
+    inboxes: Collection[str] | None = None,
+    agents: Collection[str] | None = None,
 ) -> None:
     """Names that rules use must exist (teams are created on demand, so any
-    team name is fine)."""
+    team name is fine), and a condition must be able to hold: a rule that can
+    never fire is a typo nobody would notice. ``calendar_fallback``: a
+    ``business_hours`` condition naming no calendar has one to consult (a
+    team's, or the default). ``inboxes`` (keys) and ``agents`` (active agents'
+    emails, lower case) are checked when given: they live in the database."""
     conds = [(f"rule {r.name!r}", r.when) for r in rules] + [(f"automation {a.name!r}", a.when) for a in automation]
     for where, c in conds:
         if c.calendar is not None and c.calendar not in calendars:
             raise ValueError(f"{where}: calendar {c.calendar!r} is not in calendars")
+        if c.calendar is not None and c.business_hours is None:
+            raise ValueError(
+                f"{where}: when.calendar {c.calendar!r} is only read with business_hours (true or false), "
+                "which this condition does not have"
+            )
+        if c.business_hours is not None and c.calendar is None and not calendar_fallback:
+            raise ValueError(
+                f"{where}: when.business_hours has no calendar to consult: no team has a calendar and there is "
+                "no routing.default_calendar, so the hub counts as always open; name one with when.calendar"
+            )
+        for language in c.language:
+            if language not in DETECTED_LANGUAGES:
+                raise ValueError(
+                    f"{where}: when.language {language!r} is not a language the hub detects in messages "
+                    f"({', '.join(DETECTED_LANGUAGES)})"
+                )
+        if inboxes is not None:
+            for key in c.inbox:
+                if key not in inboxes:
+                    raise ValueError(f"{where}: when.inbox {key!r} is no inbox{_closest(key, inboxes, 'inboxes')}")
     for r in rules:
         if r.sla is not None and r.sla not in policies:
             raise ValueError(f"rule {r.name!r}: sla {r.sla!r} is not in sla_policies")
+    if agents is not None:
+        for a in automation:
+            for i, action in enumerate(a.actions):
+                email = action.assign_agent
+                if email is not None and email.strip().lower() not in agents:
+                    raise ValueError(
+                        f"automation {a.name!r}: actions.{i}.assign_agent {email!r} is not the email of an active agent"
+                    )
+
+
+def _closest(name: str, known: Collection[str], what: str) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    listed = ", ".join(repr(k) for k in sorted(known)[:50]) or "none yet"
+    return f"{hint} (the {what}: {listed})"
 
 
 def parse_capacity(text: str) -> dict[str, int]:

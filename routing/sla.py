@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from routing.hours import BusinessCalendar
+from routing.hours import BusinessCalendar, CalendarError
 from routing.settings import SlaPolicy
 
 Target = Literal["first_response", "next_response", "resolution"]
@@ -71,7 +71,8 @@ def counting_calendar(policy: SlaPolicy | None, calendar: BusinessCalendar | Non
 
 def deadline(policy: SlaPolicy, target: Target, start: datetime, calendar: BusinessCalendar | None) -> Deadline | None:
     """The deadline of ``target`` for a clock started at ``start``; None when the
-    policy has no such target."""
+    policy has no such target. Raises :class:`CalendarError` when ``calendar``
+    does not open often enough to count it."""
     minutes = minutes_of(policy, target)
     if minutes is None:
         return None
@@ -164,7 +165,8 @@ def resume(
     :func:`counting_calendar`) the business time left at ``paused`` is counted
     again from ``resumed``, so a pause over a weekend does not eat the Monday.
     A level that had fired for a moved deadline stays fired under its new key
-    (a warning sent before the pause is not sent twice)."""
+    (a warning sent before the pause is not sent twice). A deadline whose time
+    left the calendar cannot count from ``resumed`` is dropped."""
     keys = set(fired)
     if resumed <= paused:
         # Clocks of two processes may disagree a little: nothing slept.
@@ -180,9 +182,15 @@ def resume(
         if d.due_at <= paused:
             out[target] = d
             continue
-        moved = Deadline(
-            target=target, due_at=shift(d.due_at), warn_at=shift(d.warn_at) if d.warn_at is not None else None
-        )
-        keys |= {moved.key(level) for level in LEVELS if d.key(level) in keys}
+        try:
+            moved = Deadline(
+                target=target, due_at=shift(d.due_at), warn_at=shift(d.warn_at) if d.warn_at is not None else None
+            )
+        except CalendarError:
+            # The calendar does not open often enough after ``resumed`` to count
+            # what was left (holidays ahead): no deadline, rather than a wake
+            # that fails, and is retried, for ever.
+            continue
         out[target] = moved
+        keys |= {moved.key(level) for level in LEVELS if d.key(level) in keys}
     return out, keys

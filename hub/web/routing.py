@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from sqlalchemy import select
 
 from hub.actions import actor_of, check_ticket
@@ -15,11 +15,14 @@ from hub.app import HUB
 from hub.core import Channel, Presence, Role
 from hub.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from hub.router import (
+    AUTOMATION_DOC,
+    RULES_DOC,
     check_team_names,
     do_set_agent_active,
     do_set_presence,
     do_update_agent_account,
     do_update_agent_routing,
+    rule_targets,
 )
 from hub.security import MIN_PASSWORD_LENGTH, hash_password, token_digest
 from hub.text import InvalidPhoneNumber, parse_phone
@@ -39,6 +42,8 @@ from routing.settings import (
 )
 from storage.models import Agent, Team, TicketCycle
 from storage.views import agent_view, iso
+
+_LANGUAGE: TypeAdapter[str] = TypeAdapter(Language)
 
 
 class _In(BaseModel):
@@ -308,6 +313,39 @@ async def put_automation(request: web.Request) -> web.Response:
     return web.json_response({**(await hub.router.documents())["automation"], "warnings": warnings})
 
 
+@ROUTES.route(
+    "DELETE",
+    f"{API}/routing/rules",
+    summary="Drop the routing rules saved through the API: config.yaml's apply again, also after restarts, until "
+    "an admin saves others (admin)",
+    tag="routing",
+    admin=True,
+    response=RulesOut,
+)
+async def reset_rules(request: web.Request) -> web.Response:
+    return await _reset(request, RULES_DOC)
+
+
+@ROUTES.route(
+    "DELETE",
+    f"{API}/routing/automation",
+    summary="Drop the automation rules saved through the API: config.yaml's apply again, also after restarts, "
+    "until an admin saves others (admin)",
+    tag="routing",
+    admin=True,
+    response=RulesOut,
+)
+async def reset_automation(request: web.Request) -> web.Response:
+    return await _reset(request, AUTOMATION_DOC)
+
+
+async def _reset(request: web.Request, key: str) -> web.Response:
+    hub = request.app[HUB]
+    admin = await require_admin(request)
+    await hub.router.reset_rules(key, actor=actor_of(admin))
+    return web.json_response((await hub.router.documents())[key])
+
+
 async def _save(
     request: web.Request,
     *,
@@ -322,10 +360,17 @@ async def _save(
         # save_rules makes these checks too; first here, so that a rule's own
         # mistake is named before a team it names.
         check_rule_names(rules or [], automation or [])
-        check_rule_references(
-            rules or [], automation or [], calendars=set(config.calendars), policies=set(config.sla_policies)
-        )
         async with hub.db.read() as session:
+            inboxes, agents = await rule_targets(session)
+            check_rule_references(
+                rules or [],
+                automation or [],
+                calendars=set(config.calendars),
+                policies=set(config.sla_policies),
+                calendar_fallback=config.has_fallback_calendar,
+                inboxes=inboxes,
+                agents=agents,
+            )
             warnings = await check_team_names(session, teams_named(rules or [], automation or []), create=create_teams)
         await hub.router.save_rules(rules=rules, automation=automation, actor=actor)
     except ValueError as exc:
@@ -358,7 +403,11 @@ def teams_named(rules: list[RoutingRule], automation: list[AutomationRule]) -> d
     summary="Whether a team is within business hours, and its agents who could take a ticket now",
     tag="routing",
     response=AvailabilityOut,
-    query={"channel": "the channel of the ticket (default voice)"},
+    query={
+        "channel": "the channel of the ticket (default voice)",
+        "language": "the ticket's language, e.g. fa or en: only agents routing would give it to (those who speak "
+        "it, by primary subtag, or list no language); default: any language",
+    },
     errors=(400, 404),
 )
 async def team_availability(request: web.Request) -> web.Response:
@@ -368,10 +417,16 @@ async def team_availability(request: web.Request) -> web.Response:
     channel = request.query.get("channel", Channel.VOICE.value)
     if channel not in {c.value for c in Channel}:
         raise BadRequest(f"channel {channel!r} is not one of {', '.join(c.value for c in Channel)}")
+    language = request.query.get("language")
+    if language is not None:
+        try:
+            language = _LANGUAGE.validate_python(language)
+        except ValidationError as exc:
+            raise BadRequest(f"language: {exc.errors()[0]['msg']}") from exc
     async with hub.db.read() as session:
         if await session.get(Team, team_id) is None:
             raise NotFound(f"team {team_id} does not exist")
-    agents = await hub.router.available_agents(team_id, channel)
+    agents = await hub.router.available_agents(team_id, channel, language)
     return web.json_response(
         {
             "team_id": team_id,
