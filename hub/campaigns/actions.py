@@ -6,10 +6,12 @@ estimate, the preview, the report and the recipients' CSV."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
+import secrets
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -38,8 +40,10 @@ from hub.core import IdentityKind, utcnow
 from hub.errors import Conflict, NotFound, ValidationFailed
 from hub.telephony import TwilioService
 from hub.text import phone_region
+from storage.db import Database
 from storage.ingest import insert_ids, table
 from storage.models import AuditLog, Campaign, CampaignRecipient, Contact, Identity
+from storage.queries import cursor_id, decode_cursor, encode_cursor
 from storage.views import iso
 
 DRAFT, SCHEDULED, RUNNING, PAUSED, COMPLETED, CANCELLED = (
@@ -114,9 +118,13 @@ async def do_create_campaign(
     *,
     quiet_hours_given: bool = False,
     actor: str = "system",
+    build: bool = True,
 ) -> Campaign:
     """A draft campaign; with a segment, its audience is chosen, rendered and
-    priced at once (what the preview shows is what is sent)."""
+    priced at once (what the preview shows is what is sent), all in
+    ``session``'s transaction. With ``build=False`` the draft is only marked
+    as building its audience (see :func:`create_campaign`, which builds it
+    without holding the database's writer)."""
     sender = check_sender(service, spec.sender)
     if not spec.name.strip():
         raise ValidationFailed("name must not be empty")
@@ -146,16 +154,26 @@ async def do_create_campaign(
         )
     if spec.scheduled_at is not None and spec.scheduled_at.tzinfo is None:
         raise ValidationFailed("scheduled_at must carry a time zone")
+    if spec.scheduled_at is not None and spec.scheduled_at <= utcnow():
+        # Accepted, it would start at once on `send`: not what a schedule asks for.
+        raise ValidationFailed(
+            f"scheduled_at {spec.scheduled_at.isoformat()} is in the past; leave it out to start when sent"
+        )
     language = language_code(spec.language)
     if spec.language and language is None:
         raise ValidationFailed(f"language {spec.language!r} is not a language code or name (en, fa, fa-IR, Persian)")
+    audience: dict[str, Any] = {}
+    if spec.segment is not None:
+        audience = {"kind": "segment", "filter": spec.segment.model_dump(mode="json")}
+        if not build:
+            audience[BUILD] = _new_build()
     campaign = Campaign(
         name=spec.name.strip(),
         status=DRAFT,
         sender=sender.key,
         template=spec.template,
         language=language,
-        audience={"kind": "segment", "filter": spec.segment.model_dump(mode="json")} if spec.segment else {},
+        audience=audience,
         quiet_hours=_quiet(config, spec.quiet_hours, quiet_hours_given),
         rate_per_second=spec.rate_per_second,
         price_per_segment=config.price_per_segment,
@@ -165,8 +183,10 @@ async def do_create_campaign(
     )
     session.add(campaign)
     await session.flush()
-    if spec.segment is not None:
-        totals = await build_recipients(session, service, config, campaign, segment_candidates(session, spec.segment))
+    if spec.segment is not None and build:
+        totals = await build_recipients(
+            _rows_into(session), service, config, campaign, segment_candidates(session, spec.segment)
+        )
         campaign.audience = {**campaign.audience, **totals}
     await audit(session, actor, "campaign.created", "campaign", campaign.id, {"name": campaign.name})
     return campaign
@@ -182,8 +202,19 @@ def _probe_render(template: Any, values: dict[str, Any]) -> None:
             raise TemplateForbidden(f"template: {exc}") from exc
 
 
+RowWriter = Callable[[list[dict[str, Any]]], Awaitable[None]]
+
+
+def _rows_into(session: AsyncSession) -> RowWriter:
+    async def write(rows: list[dict[str, Any]]) -> None:
+        for start in range(0, len(rows), INSERT_CHUNK):
+            await session.execute(insert(table(CampaignRecipient)), rows[start : start + INSERT_CHUNK])
+
+    return write
+
+
 async def build_recipients(
-    session: AsyncSession,
+    write: RowWriter,
     service: TwilioService | None,
     config: CampaignsConfig,
     campaign: Campaign,
@@ -191,7 +222,8 @@ async def build_recipients(
 ) -> dict[str, Any]:
     """One row per distinct phone number: ``pending`` with the rendered body,
     its encoding, segments and price, or ``skipped`` with the reason (no
-    consent, opted out, a number not in use, the template failed for them)."""
+    consent, opted out, a number not in use, the template failed for them).
+    Each page's rows go to ``write``."""
     assert service is not None
     ledger = service.ledger
     page_of = _PageRenderer(
@@ -218,10 +250,9 @@ async def build_recipients(
             continue
         opted = await ledger.opted_out_numbers(campaign.sender, [c.phone for c in fresh])
         # Rendering a page is a few hundred milliseconds of pure CPU; in a
-        # thread, the web process keeps answering agents meanwhile.
+        # thread, the event loop keeps serving everyone else meanwhile.
         rows = await asyncio.to_thread(page_of.render, fresh, opted)
-        for start in range(0, len(rows), INSERT_CHUNK):
-            await session.execute(insert(table(CampaignRecipient)), rows[start : start + INSERT_CHUNK])
+        await write(rows)
     return {
         "recipients": page_of.recipients,
         "duplicates": duplicates,
@@ -318,23 +349,26 @@ def _exclusion(config: CampaignsConfig, c: Candidate, opted: set[str]) -> str | 
     return None
 
 
-async def do_csv_audience(
-    session: AsyncSession,
-    service: TwilioService | None,
-    config: CampaignsConfig,
-    campaign: Campaign,
-    parsed: CsvAudience,
-    *,
-    source: str,
-    actor: str = "system",
-) -> dict[str, Any]:
-    """A draft campaign's audience from a parsed CSV: contacts created or
-    updated (name if they had none, attributes, tags, consent), then rendered
-    and priced. Replaces an earlier audience of the draft."""
-    check_draft(campaign)
-    now = utcnow()
+@dataclass
+class _Imported:
+    """What importing a CSV's rows did, added up over the chunks."""
+
+    created: int = 0
+    updated: int = 0
+    withdrawals_kept: set[int] = field(default_factory=set)
+    #: (contact id, the number it was listed with), in file order.
+    listed: list[tuple[int, str]] = field(default_factory=list)
+
+
+async def _import_contacts(
+    session: AsyncSession, rows: list[CsvRow], source: str, now: datetime, out: _Imported
+) -> None:
+    """The contacts of ``rows`` created or updated (name if they had none,
+    attributes, tags, consent), read and written in ``session``'s transaction,
+    so an answer given meanwhile (a withdrawal through the API) is never
+    overwritten by what was read before it."""
     owners: dict[str, int] = {}
-    phones = [r.phone for r in parsed.rows]
+    phones = [r.phone for r in rows]
     for start in range(0, len(phones), 1000):
         found = await session.execute(
             select(Identity.address, Identity.contact_id).where(
@@ -355,9 +389,9 @@ async def do_csv_audience(
             attrs.update(consent_attributes(r.consent, f"csv {source}"[:200], now))
         return attrs
 
-    # In bulk, a chunk per statement: a large file holds the writer for seconds, not minutes.
-    known = [r for r in parsed.rows if r.phone in owners]
-    fresh = [r for r in parsed.rows if r.phone not in owners]
+    # In bulk, a chunk per statement (and csv_audience hands this a chunk of rows per transaction).
+    known = [r for r in rows if r.phone in owners]
+    fresh = [r for r in rows if r.phone not in owners]
     state: dict[int, dict[str, Any]] = {}  # known contacts: what they will be
 
     async def load(contact_ids: list[int]) -> None:
@@ -431,28 +465,285 @@ async def do_csv_audience(
             ],
         )
         contact_of.update({r.phone: cid for r, cid in pairs})
-    created, updated = len(fresh), len(known)
-    listed = [(contact_of[r.phone], r.phone) for r in parsed.rows]
-    await session.flush()
-    await session.execute(delete(CampaignRecipient).where(CampaignRecipient.campaign_id == campaign.id))
-    totals = await build_recipients(session, service, config, campaign, listed_candidates(session, listed))
-    summary = {
+    out.created += len(fresh)
+    out.updated += len(known)
+    out.withdrawals_kept |= withdrawals_kept
+    out.listed.extend((contact_of[r.phone], r.phone) for r in rows)
+
+
+def _csv_summary(parsed: CsvAudience, source: str, imported: _Imported, totals: dict[str, Any]) -> dict[str, Any]:
+    return {
         "kind": "csv",
         "source": source,
         "rows": len(parsed.rows) + len(parsed.invalid) + len(parsed.duplicates),
-        "contacts_created": created,
-        "contacts_updated": updated,
+        "contacts_created": imported.created,
+        "contacts_updated": imported.updated,
         "invalid_rows": [{"line": line, "error": error} for line, error in parsed.invalid],
         "duplicate_lines": parsed.duplicates,
-        "consent_withdrawals_kept": len(withdrawals_kept),
+        "consent_withdrawn_lines": parsed.withdrawals,
+        "consent_withdrawals_kept": len(imported.withdrawals_kept),
         **totals,
         "duplicates": totals["duplicates"] + len(parsed.duplicates),
     }
+
+
+def _stored(summary: dict[str, Any]) -> dict[str, Any]:
     # Keep the stored summary small however bad the file was.
-    campaign.audience = {**summary, "invalid_rows": summary["invalid_rows"][:100]}
+    return {**summary, "invalid_rows": summary["invalid_rows"][:100]}
+
+
+async def do_csv_audience(
+    session: AsyncSession,
+    service: TwilioService | None,
+    config: CampaignsConfig,
+    campaign: Campaign,
+    parsed: CsvAudience,
+    *,
+    source: str,
+    actor: str = "system",
+) -> dict[str, Any]:
+    """A draft campaign's audience from a parsed CSV, all in ``session``'s
+    transaction: contacts created or updated, then rendered and priced.
+    Replaces an earlier audience of the draft. :func:`csv_audience` does the
+    same without holding the database's writer throughout."""
+    check_draft(campaign)
+    imported = _Imported()
+    await _import_contacts(session, parsed.rows, source, utcnow(), imported)
+    await session.flush()
+    await session.execute(delete(CampaignRecipient).where(CampaignRecipient.campaign_id == campaign.id))
+    totals = await build_recipients(
+        _rows_into(session), service, config, campaign, listed_candidates(session, imported.listed)
+    )
+    summary = _csv_summary(parsed, source, imported, totals)
+    campaign.audience = _stored(summary)
     await audit(
         session, actor, "campaign.audience", "campaign", campaign.id, {"source": source, "rows": summary["rows"]}
     )
+    return summary
+
+
+# --- building an audience in short transactions ---------------------------------------
+#
+# SQLite has one writer: a transaction that rendered a 50,000-contact audience
+# held it for many seconds, and every webhook, status callback and agent's
+# reply of the hub waited (Twilio gives up on a webhook after 15 s). So the
+# draft is created in one short transaction, marked as building its audience
+# (``audience["build"]``), pages are read and rendered outside any write
+# transaction, and each page's rows are inserted in a short one of its own.
+# ``start`` refuses a draft so marked; a build that died with its process
+# leaves the mark (with how far it got), and the draft can be rebuilt (a
+# segment: rebuild_audience; a CSV: upload it again) or cancelled.
+
+BUILD = "build"
+
+
+def _new_build() -> dict[str, Any]:
+    return {"id": secrets.token_hex(8), "started_at": iso(utcnow()), "written": 0}
+
+
+def build_state(campaign: Campaign) -> dict[str, Any] | None:
+    """The mark of an audience still being built (or whose build stopped), or None when it is complete."""
+    state = (campaign.audience or {}).get(BUILD)
+    return state if isinstance(state, dict) else None
+
+
+def check_audience_complete(campaign: Campaign) -> None:
+    state = build_state(campaign)
+    if state is None:
+        return
+    if (campaign.audience or {}).get("kind") == "csv":
+        again = "upload the CSV again"
+    else:
+        again = f"rebuild it (crm-hub campaign rebuild {campaign.id}, or POST /api/v1/campaigns/{campaign.id}/rebuild)"
+    prefix = f"campaign {campaign.id}'s audience is incomplete"
+    if state.get("failed"):
+        raise Conflict(f"{prefix}: its build failed ({state['failed']}); {again} or cancel the campaign")
+    raise Conflict(
+        f"{prefix}: its build started at {state.get('started_at')} has written {state.get('written', 0)} "
+        f"recipients so far; wait for it to finish or, if it stopped (its process ended), {again} "
+        "or cancel the campaign"
+    )
+
+
+@dataclass
+class _Build:
+    """One build of a draft's audience. Each of its transactions first checks
+    that the draft still wants it (still a draft, still this build), so a
+    rebuild, a new upload or a cancel stops an earlier build instead of
+    mixing rows with it."""
+
+    db: Database
+    campaign_id: int
+    token: str
+    actor: str
+    written: int = 0
+
+    async def check(self, session: AsyncSession) -> Campaign:
+        campaign = await check_campaign(session, self.campaign_id, lock=True)
+        state = build_state(campaign)
+        if campaign.status != DRAFT or state is None or state.get("id") != self.token:
+            raise Conflict(
+                f"campaign {self.campaign_id} changed while its audience was being built "
+                f"(it is {campaign.status}, or another build replaced this one); this build stopped"
+            )
+        return campaign
+
+    async def write(self, rows: list[dict[str, Any]]) -> None:
+        async with self.db.write() as session:
+            campaign = await self.check(session)
+            for start in range(0, len(rows), INSERT_CHUNK):
+                await session.execute(insert(table(CampaignRecipient)), rows[start : start + INSERT_CHUNK])
+            self.written += len(rows)
+            state = {**(build_state(campaign) or {}), "written": self.written, "at": iso(utcnow())}
+            campaign.audience = {**campaign.audience, BUILD: state}
+
+    async def clear(self) -> None:
+        """An earlier audience's rows, a chunk per transaction."""
+        while True:
+            async with self.db.write() as session:
+                await self.check(session)
+                ids = list(
+                    (
+                        await session.scalars(
+                            select(CampaignRecipient.id)
+                            .where(CampaignRecipient.campaign_id == self.campaign_id)
+                            .limit(INSERT_CHUNK)
+                        )
+                    ).all()
+                )
+                if not ids:
+                    return
+                await session.execute(delete(CampaignRecipient).where(CampaignRecipient.id.in_(ids)))
+
+    async def finish(self, audience: dict[str, Any], audit_data: dict[str, Any] | None = None) -> None:
+        async with self.db.write() as session:
+            campaign = await self.check(session)
+            campaign.audience = audience
+            if audit_data is not None:
+                await audit(session, self.actor, "campaign.audience", "campaign", self.campaign_id, audit_data)
+
+    async def fail(self, exc: BaseException) -> None:
+        """The reason kept with the mark, for start to show. Best effort: the
+        caller raises ``exc`` either way, and the mark alone says enough."""
+        reason = (getattr(exc, "message", None) or str(exc) or type(exc).__name__)[:300]
+        with contextlib.suppress(Exception):
+            async with self.db.write() as session:
+                campaign = await self.check(session)
+                campaign.audience = {**campaign.audience, BUILD: {**(build_state(campaign) or {}), "failed": reason}}
+
+    async def discard(self, exc: BaseException) -> None:
+        """The draft gone again, its creation having failed, unless someone
+        took it over meanwhile. Best effort: if this fails too, the draft stays
+        marked incomplete, as after a crash."""
+        with contextlib.suppress(Exception):
+            await self.clear()
+            async with self.db.write() as session:
+                campaign = await self.check(session)
+                await session.delete(campaign)
+                reason = (getattr(exc, "message", None) or str(exc) or type(exc).__name__)[:300]
+                await audit(session, self.actor, "campaign.discarded", "campaign", self.campaign_id, {"reason": reason})
+
+
+async def create_campaign(
+    db: Database,
+    service: TwilioService | None,
+    config: CampaignsConfig,
+    spec: CampaignSpec,
+    *,
+    quiet_hours_given: bool = False,
+    actor: str = "system",
+) -> int:
+    """:func:`do_create_campaign` without holding the writer while the
+    audience is rendered (see above). A failure of the build (a template that
+    fails for some contact in a way it may not) removes the draft again, so
+    bad input still creates nothing. Answers the campaign's id."""
+    async with db.write() as session:
+        campaign = await do_create_campaign(
+            session, service, config, spec, quiet_hours_given=quiet_hours_given, actor=actor, build=False
+        )
+    state = build_state(campaign)
+    if state is not None:
+        build = _Build(db, campaign.id, str(state["id"]), actor)
+        try:
+            await _build_segment(build, service, config, campaign)
+        except Exception as exc:
+            await build.discard(exc)
+            raise
+    return campaign.id
+
+
+async def _build_segment(
+    build: _Build, service: TwilioService | None, config: CampaignsConfig, campaign: Campaign
+) -> None:
+    stored = dict((campaign.audience or {}).get("filter") or {})
+    flt = SegmentFilter.model_validate(stored)
+    async with build.db.read() as session:
+        totals = await build_recipients(build.write, service, config, campaign, segment_candidates(session, flt))
+    await build.finish({"kind": "segment", "filter": stored, **totals})
+
+
+async def rebuild_audience(
+    db: Database, service: TwilioService | None, config: CampaignsConfig, campaign_id: int, *, actor: str = "system"
+) -> None:
+    """A segment draft's audience chosen again from its filter (after a build
+    that stopped, or to take in contacts added since). A build still running
+    stops at its next page."""
+    async with db.write() as session:
+        campaign = await check_campaign(session, campaign_id, lock=True)
+        check_draft(campaign)
+        audience = campaign.audience or {}
+        if audience.get("kind") != "segment":
+            raise Conflict(f"campaign {campaign_id}'s audience comes from a CSV: upload the file again to rebuild it")
+        state = _new_build()
+        campaign.audience = {"kind": "segment", "filter": audience.get("filter") or {}, BUILD: state}
+        await audit(session, actor, "campaign.rebuilt", "campaign", campaign_id)
+    build = _Build(db, campaign_id, str(state["id"]), actor)
+    try:
+        await build.clear()
+        await _build_segment(build, service, config, campaign)
+    except Exception as exc:
+        await build.fail(exc)
+        raise
+
+
+async def csv_audience(
+    db: Database,
+    service: TwilioService | None,
+    config: CampaignsConfig,
+    campaign_id: int,
+    parsed: CsvAudience,
+    *,
+    source: str,
+    actor: str = "system",
+    discard_on_failure: bool = False,
+) -> dict[str, Any]:
+    """:func:`do_csv_audience` in short transactions: the draft marked, its
+    earlier rows removed, the contacts imported a chunk per transaction, then
+    the recipients a page per transaction. A failure is kept in the mark (or,
+    with ``discard_on_failure``, for a draft made for this file, removes it)."""
+    async with db.write() as session:
+        campaign = await check_campaign(session, campaign_id, lock=True)
+        check_draft(campaign)
+        state = _new_build()
+        campaign.audience = {"kind": "csv", "source": source, BUILD: state}
+    build = _Build(db, campaign_id, str(state["id"]), actor)
+    try:
+        await build.clear()
+        imported = _Imported()
+        now = utcnow()
+        for start in range(0, len(parsed.rows), INSERT_CHUNK):
+            async with db.write() as session:
+                await build.check(session)
+                await _import_contacts(session, parsed.rows[start : start + INSERT_CHUNK], source, now, imported)
+        async with db.read() as session:
+            totals = await build_recipients(
+                build.write, service, config, campaign, listed_candidates(session, imported.listed)
+            )
+        summary = _csv_summary(parsed, source, imported, totals)
+        await build.finish(_stored(summary), {"source": source, "rows": summary["rows"]})
+    except Exception as exc:
+        await (build.discard(exc) if discard_on_failure else build.fail(exc))
+        raise
     return summary
 
 
@@ -490,6 +781,7 @@ async def do_start(
     or the one it was scheduled for, when it was paused before it began)."""
     if campaign.status not in (DRAFT, PAUSED, SCHEDULED):
         raise Conflict(f"campaign {campaign.id} is {campaign.status}; only a draft, scheduled or paused one can start")
+    check_audience_complete(campaign)
     left = await session.scalar(
         select(func.count())
         .select_from(CampaignRecipient)
@@ -564,31 +856,78 @@ async def counts(session: AsyncSession, campaign_id: int) -> dict[str, dict[str,
     return {status: {"count": n, "segments": int(seg), "price": float(price)} for status, n, seg, price in rows.all()}
 
 
-async def status_reason(session: AsyncSession, campaign: Campaign) -> str | None:
-    """Why a campaign is paused: the runner's reason (Twilio unreachable, the
-    sender gone), else who paused it. None when it is not paused."""
-    if campaign.status != PAUSED:
-        return None
-    row = (
-        await session.execute(
-            select(AuditLog.actor, AuditLog.data)
-            .where(
-                AuditLog.entity == "campaign",
-                AuditLog.entity_id == campaign.id,
-                AuditLog.action == "campaign.paused",
-            )
-            .order_by(AuditLog.id.desc())
-            .limit(1)
+async def counts_of(session: AsyncSession, campaign_ids: list[int]) -> dict[int, dict[str, dict[str, float]]]:
+    """:func:`counts` of several campaigns in one grouped query (a page of the list)."""
+    if not campaign_ids:
+        return {}
+    c = CampaignRecipient
+    rows = await session.execute(
+        select(
+            c.campaign_id,
+            c.status,
+            func.count(),
+            func.coalesce(func.sum(c.segments), 0),
+            func.coalesce(func.sum(c.price), 0.0),
         )
-    ).first()
-    if row is None:
-        return None
-    reason = (row.data or {}).get("reason")
-    return str(reason) if reason else f"paused by {row.actor}"
+        .where(c.campaign_id.in_(campaign_ids))
+        .group_by(c.campaign_id, c.status)
+    )
+    out: dict[int, dict[str, dict[str, float]]] = {}
+    for cid, status, n, seg, price in rows.all():
+        out.setdefault(cid, {})[status] = {"count": n, "segments": int(seg), "price": float(price)}
+    return out
+
+
+async def status_reasons(session: AsyncSession, campaigns: list[Campaign]) -> dict[int, str]:
+    """Why each paused one of ``campaigns`` is paused: the runner's reason
+    (Twilio unreachable, the sender gone), else who paused it; one query."""
+    paused = [c.id for c in campaigns if c.status == PAUSED]
+    if not paused:
+        return {}
+    latest = (
+        select(func.max(AuditLog.id))
+        .where(AuditLog.entity == "campaign", AuditLog.entity_id.in_(paused), AuditLog.action == "campaign.paused")
+        .group_by(AuditLog.entity_id)
+    )
+    rows = await session.execute(
+        select(AuditLog.entity_id, AuditLog.actor, AuditLog.data).where(AuditLog.id.in_(latest))
+    )
+    out: dict[int, str] = {}
+    for entity_id, actor, data in rows.all():
+        reason = (data or {}).get("reason")
+        out[int(entity_id)] = str(reason) if reason else f"paused by {actor}"
+    return out
+
+
+async def status_reason(session: AsyncSession, campaign: Campaign) -> str | None:
+    """Why a campaign is paused (see :func:`status_reasons`); None when it is not paused."""
+    return (await status_reasons(session, [campaign])).get(campaign.id)
 
 
 async def campaign_view(session: AsyncSession, campaign: Campaign) -> dict[str, Any]:
-    by_status = await counts(session, campaign.id)
+    return _view(campaign, await counts(session, campaign.id), await status_reason(session, campaign))
+
+
+async def campaign_page(
+    session: AsyncSession, *, cursor: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of campaigns, newest first, and the cursor of the next (None on
+    the last page); three queries whatever the page's size. A cursor this did
+    not issue raises :class:`storage.queries.BadCursor`."""
+    stmt = select(Campaign)
+    if cursor:
+        (last,) = decode_cursor(cursor, 1)
+        stmt = stmt.where(Campaign.id < cursor_id(last))
+    rows = list((await session.scalars(stmt.order_by(Campaign.id.desc()).limit(limit + 1))).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    by_campaign = await counts_of(session, [c.id for c in rows])
+    reasons = await status_reasons(session, rows)
+    items = [_view(c, by_campaign.get(c.id, {}), reasons.get(c.id)) for c in rows]
+    return items, encode_cursor(rows[-1].id) if more else None
+
+
+def _view(campaign: Campaign, by_status: dict[str, dict[str, float]], reason: str | None) -> dict[str, Any]:
     count = {s: int(by_status.get(s, {}).get("count", 0)) for s in RECIPIENT_STATUSES}
     to_send = [s for s in RECIPIENT_STATUSES if s != SKIPPED]
     total = sum(count.values())
@@ -597,7 +936,7 @@ async def campaign_view(session: AsyncSession, campaign: Campaign) -> dict[str, 
         "id": campaign.id,
         "name": campaign.name,
         "status": campaign.status,
-        "status_reason": await status_reason(session, campaign),
+        "status_reason": reason,
         "sender": campaign.sender,
         "template": campaign.template,
         "language": campaign.language,
@@ -612,7 +951,9 @@ async def campaign_view(session: AsyncSession, campaign: Campaign) -> dict[str, 
         "cancelled_at": iso(campaign.cancelled_at),
         "counts": count,
         "total": total,
-        "progress": round(done / total, 4) if total else 0.0,
+        # A draft has done nothing yet: the rows skipped when its audience
+        # was chosen are not progress.
+        "progress": round(done / total, 4) if total and campaign.status != DRAFT else 0.0,
         "estimate": {
             "messages": sum(count[s] for s in to_send),
             "segments": int(sum(by_status.get(s, {}).get("segments", 0) for s in to_send)),
@@ -651,8 +992,11 @@ async def preview(session: AsyncSession, campaign: Campaign, limit: int = 5) -> 
     ]
 
 
-async def report(session: AsyncSession, campaign: Campaign) -> dict[str, Any]:
-    """Sent, delivered, failed by error code, opted out, replied, segments used, cost."""
+async def report(session: AsyncSession, campaign: Campaign, *, receipts: bool = True) -> dict[str, Any]:
+    """Sent, delivered, failed by error code, opted out, replied, segments used,
+    cost. ``receipts``: whether Twilio can send status callbacks (the hub has a
+    ``server.public_url``); without them nothing is ever reported delivered,
+    and a delivery rate of 0 would say something false."""
     c = CampaignRecipient
     accepted = c.external_id.is_not(None)
     base = select(func.count()).select_from(c).where(c.campaign_id == campaign.id)
@@ -702,7 +1046,7 @@ async def report(session: AsyncSession, campaign: Campaign) -> dict[str, Any]:
         "segments_used": int(used[0]),
         "cost": round(float(used[1]), 4),
         "currency": campaign.currency,
-        "delivery_rate": round(n[DELIVERED] / sent_total, 4) if sent_total else None,
+        "delivery_rate": round(n[DELIVERED] / sent_total, 4) if sent_total and receipts else None,
         "reply_rate": round(replied / sent_total, 4) if sent_total else None,
     }
 
@@ -765,9 +1109,11 @@ async def recipients_csv(session: AsyncSession, campaign_id: int) -> AsyncIterat
                     r.status,
                     r.reason or "",
                     r.error_code or "",
-                    r.segments,
+                    # Charged only for what Twilio took: the column then sums
+                    # to the report's cost (refused and skipped rows cost nothing).
+                    r.segments if r.external_id else 0,
                     r.encoding,
-                    round(r.price, 4),
+                    round(r.price, 4) if r.external_id else 0.0,
                     r.external_id or "",
                     iso(r.sent_at) or "",
                     iso(r.delivered_at) or "",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -89,9 +90,29 @@ class SegmentFilter(BaseModel):
                 # code decides, as it does for the recipient's opt-out line.
                 if language_code(attributes.get(key)) != language_code(value):
                     return False
-            elif attributes.get(key) != value:
+            elif not attribute_equals(attributes.get(key), value):
                 return False
         return all(attributes.get(key) not in (None, "") for key in self.attributes_present)
+
+
+def attribute_equals(stored: Any, wanted: Any) -> bool:
+    """Equal, or the same scalar once one side is text: a CSV stores every
+    cell as a string ("30", "true") while a filter typed on the command line
+    or in JSON says 30 or true, and nobody would guess to quote it. Two
+    strings still compare exactly."""
+    if stored == wanted:
+        return True
+    if isinstance(stored, str) == isinstance(wanted, str):
+        return False
+    text, other = (stored, wanted) if isinstance(stored, str) else (wanted, stored)
+    if isinstance(other, bool):
+        return text.strip().casefold() == ("true" if other else "false")
+    if isinstance(other, int | float):
+        try:
+            return float(text) == other
+        except ValueError:
+            return False
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +196,27 @@ async def listed_candidates(session: AsyncSession, listed: list[tuple[int, str]]
 
 # --- CSV -----------------------------------------------------------------------------
 
-PHONE_COLUMNS = ("phone", "phone_number", "number", "mobile", "msisdn", "to", "شماره", "موبایل", "تلفن")
+PHONE_COLUMNS = (
+    "phone",
+    "phone_number",
+    "number",
+    "mobile",
+    "mobile_phone",
+    "mobile_number",
+    "cell_phone",
+    "msisdn",
+    "to",
+    "شماره",
+    "موبایل",
+    "تلفن",
+)
+
+
+def _column_key(name: str) -> str:
+    # Exports spell the same column "Phone Number", "phone_number" or "Mobile-Phone".
+    return re.sub(r"[\s_-]+", "", name.casefold())
+
+
 _TRUE = {"1", "true", "yes", "y", "on", "بله", "آری", "opt-in", "opted_in"}
 _FALSE = {"0", "false", "no", "n", "off", "خیر", "نه", "opt-out", "opted_out"}
 # A contact's SMS consent: the answer, when, and how, always written together
@@ -206,6 +247,9 @@ class CsvAudience:
     invalid: list[tuple[int, str]]
     #: lines whose number an earlier line already had.
     duplicates: list[int]
+    #: duplicate lines whose "no" withdrew the consent an earlier line gave
+    #: (a withdrawal anywhere in the file wins).
+    withdrawals: list[int] = field(default_factory=list)
 
 
 class CsvInvalid(ValueError):
@@ -233,7 +277,10 @@ def parse_csv(text: str, default_region: str | None) -> CsvAudience:
     ``default_region`` without a country code; a language is stored as its code
     (``fa-IR``, ``Persian`` -> ``fa``), a timezone must be an IANA zone. Bad
     rows (those too, and any cell with a NUL character) are reported with the
-    line they start on; duplicates are counted."""
+    line they start on; duplicates are counted, and a duplicate's "no"
+    withdraws the consent an earlier line gave (listed in ``withdrawals``).
+    The phone column's name is matched ignoring case, spaces, ``_`` and
+    ``-`` ("Phone Number", "Mobile Phone")."""
     text = text.lstrip("\ufeff")
     # Only the delimiter is guessed. The sniffer also guesses the quote, and
     # takes ' for one when apostrophes pair up ("O'Brien", "'90s"): the rows
@@ -263,11 +310,12 @@ def parse_csv(text: str, default_region: str | None) -> CsvAudience:
             f"line 1: column {', '.join(taken)} is not allowed: SMS consent is recorded only from the "
             "'consent' column (yes/no), with the time and this file as its source; rename or remove it"
         )
-    phone_col = next((header.index(c) for c in PHONE_COLUMNS if c in header), None)
+    keys = [_column_key(h) for h in header]
+    phone_col = next((keys.index(k) for k in map(_column_key, PHONE_COLUMNS) if k in keys), None)
     if phone_col is None:
         raise CsvInvalid(f"no phone column: name one of {', '.join(PHONE_COLUMNS[:5])} in the header row")
     out = CsvAudience([], [], [])
-    seen: set[str] = set()
+    seen: dict[str, CsvRow] = {}
     while True:
         # Where the record starts: a quoted cell may span lines, and the reader
         # counts the lines read so far (a blank line is a record of its own).
@@ -320,26 +368,31 @@ def parse_csv(text: str, default_region: str | None) -> CsvAudience:
             except ValueError as exc:
                 out.invalid.append((line, f"timezone {exc}"))
                 continue
-        if phone in seen:
+        kept = seen.get(phone)
+        if kept is not None:
             out.duplicates.append(line)
+            if consent is False and kept.consent is not False:
+                # A customer who withdrew is often appended to the sheet
+                # later: the "no" must not be dropped as a mere duplicate.
+                kept.consent = False
+                out.withdrawals.append(line)
             continue
-        seen.add(phone)
         tags = [t.strip() for t in values.get("tags", "").replace("|", ";").split(";") if t.strip()]
         attrs = {
             k: v for k, v in values.items() if k and k != header[phone_col] and k not in RESERVED and v and len(k) <= 64
         }
-        out.rows.append(
-            CsvRow(
-                line=line,
-                phone=phone,
-                name=name,
-                language=language,
-                consent=consent,
-                tags=tags,
-                timezone=timezone,
-                attributes=attrs,
-            )
+        row = CsvRow(
+            line=line,
+            phone=phone,
+            name=name,
+            language=language,
+            consent=consent,
+            tags=tags,
+            timezone=timezone,
+            attributes=attrs,
         )
+        seen[phone] = row
+        out.rows.append(row)
     return out
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -87,6 +88,35 @@ def _attr(values: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+# (option, its key in create's options): the ways of choosing a segment.
+_SEGMENT_OPTIONS = (
+    ("--tag", "tags_any"),
+    ("--all-tags", "tags_all"),
+    ("--without-tag", "tags_none"),
+    ("--stage", "stages"),
+    ("--attr", "attrs"),
+    ("--rfm", "segments"),
+    ("--channel", "channels"),
+    ("--contacted-after", "contacted_after"),
+    ("--contacted-before", "contacted_before"),
+)
+_HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+
+
+def _quiet_hours(value: str | None, none: bool) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if none:
+        raise click.UsageError("give --quiet-hours or --no-quiet-hours, not both")
+    start, sep, end = value.replace(" ", "").partition("-")
+    if not sep or not _HHMM.fullmatch(start) or not _HHMM.fullmatch(end):
+        raise click.BadParameter(f"{value!r} is not HH:MM-HH:MM, e.g. 21:00-09:00", param_hint="--quiet-hours")
+    if start == end:
+        # As campaigns.quiet_hours: an empty window would hold every message for ever.
+        raise click.BadParameter("start and end must differ", param_hint="--quiet-hours")
+    return {"start": start, "end": end}
+
+
 def _when(value: str | None, name: str) -> datetime | None:
     if not value:
         return None
@@ -117,6 +147,7 @@ def _when(value: str | None, name: str) -> datetime | None:
 @click.option("--contacted-before", default=None, help="segment: last message before")
 @click.option("--rate", type=float, default=None, help="segments per second (default: the sender's)")
 @click.option("--schedule", default=None, help="start at (ISO date/time with zone) once sent with 'send'")
+@click.option("--quiet-hours", default=None, help="this campaign's quiet hours, HH:MM-HH:MM in each recipient's time")
 @click.option("--no-quiet-hours", is_flag=True, help="ignore campaigns.quiet_hours (not for marketing)")
 @click.pass_context
 def create(ctx: click.Context, /, **opts: Any) -> None:
@@ -140,7 +171,13 @@ def create(ctx: click.Context, /, **opts: Any) -> None:
     template = opts["template_text"] or read_text(opts["template_file"])
     segment: SegmentFilter | None = None
     parsed = None
+    quiet_hours = _quiet_hours(opts["quiet_hours"], opts["no_quiet_hours"])
     if opts["csv_file"]:
+        # The file chooses the contacts: a filter given with it would be
+        # silently ignored, and everyone in the file sent to.
+        given = [flag for flag, key in _SEGMENT_OPTIONS if opts[key]]
+        if given:
+            raise click.UsageError(f"--csv cannot be combined with {', '.join(given)}: the file chooses the contacts")
         try:
             parsed = parse_csv(read_text(opts["csv_file"], encoding="utf-8-sig"), cfg.phone.default_region)
         except CsvInvalid as exc:
@@ -166,25 +203,36 @@ def create(ctx: click.Context, /, **opts: Any) -> None:
         template=template,
         language=opts["language"],
         segment=segment,
+        quiet_hours=quiet_hours,
         rate_per_second=opts["rate"],
         scheduled_at=_when(opts["schedule"], "--schedule"),
     )
 
     async def run() -> dict[str, Any]:
-        async with _services(cfg) as (db, twilio), db.write() as session:
-            c = await ca.do_create_campaign(
-                session,
+        # In short transactions, as the API does: a hub serving customers on
+        # the same database keeps answering its webhooks meanwhile.
+        async with _services(cfg) as (db, twilio):
+            cid = await ca.create_campaign(
+                db,
                 twilio,
                 cfg.campaigns,
                 spec,
-                quiet_hours_given=bool(opts["no_quiet_hours"]),
+                quiet_hours_given=bool(opts["no_quiet_hours"] or quiet_hours),
                 actor="cli",
             )
             if parsed is not None:
-                await ca.do_csv_audience(
-                    session, twilio, cfg.campaigns, c, parsed, source=Path(opts["csv_file"]).name, actor="cli"
+                await ca.csv_audience(
+                    db,
+                    twilio,
+                    cfg.campaigns,
+                    cid,
+                    parsed,
+                    source=Path(opts["csv_file"]).name,
+                    actor="cli",
+                    discard_on_failure=True,
                 )
-            return await ca.campaign_view(session, c)
+            async with db.read() as session:
+                return await ca.campaign_view(session, await ca.check_campaign(session, cid))
 
     view = _run(run())
     _summary(view)
@@ -202,6 +250,10 @@ def _summary(view: dict[str, Any]) -> None:
         click.echo("  excluded: " + ", ".join(f"{k} {v}" for k, v in sorted(aud["skipped"].items())))
     if aud.get("duplicates"):
         click.echo(f"  duplicates removed: {aud['duplicates']}")
+    for line in aud.get("consent_withdrawn_lines") or []:
+        click.echo(f"  CSV line {line}: repeats an earlier number and withdraws its consent (not sent to)", err=True)
+    if aud.get("build"):
+        click.echo("  audience incomplete: its build has not finished", err=True)
     for row in aud.get("invalid_rows") or []:
         click.echo(f"  CSV line {row['line']}: {row['error']}", err=True)
 
@@ -322,7 +374,16 @@ def _transition(ctx: click.Context, campaign_id: int, action: str) -> None:
     from hub.campaigns import actions as ca
 
     cfg = _config(ctx)
-    fns = {"pause": ca.do_pause, "cancel": ca.do_cancel, "resume": ca.do_start}
+
+    async def resume(session: Any, c: Any, *, actor: str) -> Any:
+        # do_start also starts drafts, with no estimate shown and nothing
+        # asked: that is what `send` is for.
+        if c.status != ca.PAUSED:
+            hint = f"; use `crm-hub campaign send {c.id}`" if c.status == ca.DRAFT else ""
+            raise click.ClickException(f"campaign {c.id} is {c.status}, not paused{hint}")
+        return await ca.do_start(session, c, actor=actor)
+
+    fns = {"pause": ca.do_pause, "cancel": ca.do_cancel, "resume": resume}
 
     async def fn(session: Any, c: Any, _t: Any) -> dict[str, Any]:
         await fns[action](session, c, actor="cli")
@@ -356,15 +417,31 @@ def cancel(ctx: click.Context, campaign_id: int) -> None:
     _transition(ctx, campaign_id, "cancel")
 
 
+@campaign.command("rebuild")
+@click.argument("campaign_id", type=int)
+@click.pass_context
+def rebuild(ctx: click.Context, campaign_id: int) -> None:
+    """Choose a segment draft's audience again from its filter (after a build
+    that stopped: `send` refuses a draft whose audience is incomplete)."""
+    from hub.campaigns import actions as ca
+
+    cfg = _config(ctx)
+
+    async def run() -> dict[str, Any]:
+        async with _services(cfg) as (db, twilio):
+            await ca.rebuild_audience(db, twilio, cfg.campaigns, campaign_id, actor="cli")
+            async with db.read() as session:
+                return await ca.campaign_view(session, await ca.check_campaign(session, campaign_id))
+
+    _summary(_run(run()))
+
+
 @campaign.command("status")
 @click.argument("campaign_id", type=int, required=False)
 @click.pass_context
 def status(ctx: click.Context, campaign_id: int | None) -> None:
     """A campaign's counts as JSON (without an id: every campaign, one line each)."""
-    from sqlalchemy import select
-
     from hub.campaigns import actions as ca
-    from storage.models import Campaign
 
     cfg = _config(ctx)
     if campaign_id is not None:
@@ -372,9 +449,14 @@ def status(ctx: click.Context, campaign_id: int | None) -> None:
         return
 
     async def listing() -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
         async with _services(cfg) as (db, _t), db.read() as session:
-            rows = (await session.scalars(select(Campaign).order_by(Campaign.id.desc()))).all()
-            return [await ca.campaign_view(session, c) for c in rows]
+            while True:
+                page, cursor = await ca.campaign_page(session, cursor=cursor, limit=200)
+                items.extend(page)
+                if cursor is None:
+                    return items
 
     for v in _run(listing()):
         click.echo(f"{v['id']:>5}  {v['status']:<10} {v['progress']:>6.1%}  {v['total']:>8} recipients  {v['name']}")
@@ -409,7 +491,7 @@ def _report(cfg: HubConfig, campaign_id: int, csv_out: str | None) -> None:
     async def fn(session: Any, c: Any, _t: Any) -> dict[str, Any]:
         if csv_out:
             chunks.extend([text async for text in ca.recipients_csv(session, c.id)])
-        return await ca.report(session, c)
+        return await ca.report(session, c, receipts=bool(cfg.server.public_url))
 
     view = _run(_with_campaign(cfg, campaign_id, fn))
     if csv_out:

@@ -213,6 +213,13 @@ class _Guard(NodeTransformer):
     visit_Dict = _sized
     visit_Concat = _sized
 
+    def visit_Name(self, node: nodes.Name) -> nodes.Node:
+        # Jinja hands every template `self` (its blocks, as a TemplateReference):
+        # nothing a message needs, and only a Python repr to print.
+        if node.name == "self" and node.ctx == "load":
+            raise TemplateSyntaxError("'self' is not available in a campaign template", node.lineno)
+        return self.generic_visit(node)
+
 
 def _filter_checks(name: str, a: dict[str, Any]) -> None:
     """What a filter would build, judged from its arguments ``a`` before it
@@ -444,6 +451,9 @@ def _check_depth(tree: nodes.Node) -> None:
 def _environment() -> _Sandbox:
     env = _Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
     env.globals.clear()
+    # attr() reaches any attribute by name, methods included (the sandbox
+    # refuses only the unsafe ones): `contact.x` already reads what a message may.
+    del env.filters["attr"]
     for name, f in list(env.filters.items()):
         env.filters[name] = _guarded_filter(name, f)
     env.filters["wordwrap"] = _guarded_filter("wordwrap", _wordwrap_checked(do_wordwrap))

@@ -11,7 +11,6 @@ from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import select
 
 from hub.actions import actor_of
 from hub.app import HUB, Hub
@@ -22,7 +21,7 @@ from hub.core import UTCDateTime
 from hub.errors import BadRequest, PayloadTooLarge, ValidationFailed
 from hub.web.api import API, int_param, page_limit, require_admin
 from hub.web.registry import ROUTES, parse_body
-from storage.models import Campaign
+from storage.queries import BadCursor
 
 
 class _In(BaseModel):
@@ -50,6 +49,13 @@ class AudienceIn(_In):
         description="segment: contacts matching `filter`; csv: upload the numbers to .../audience next"
     )
     filter: SegmentFilter = Field(default_factory=SegmentFilter)
+
+    @model_validator(mode="after")
+    def _csv_takes_no_filter(self) -> AudienceIn:
+        # Else silently ignored: everyone in the file would be sent to.
+        if self.kind == "csv" and self.filter != SegmentFilter():
+            raise ValueError("a csv audience takes no filter: the uploaded file chooses the contacts")
+        return self
 
 
 class CampaignIn(_In):
@@ -180,14 +186,19 @@ async def _view(hub: Hub, campaign_id: int) -> dict[str, Any]:
     tag="campaigns",
     admin=True,
     response=CampaignList,
+    query={"cursor": "next_cursor of the previous page", "limit": "page size"},
+    errors=(400,),
 )
 async def list_campaigns(request: web.Request) -> web.Response:
     hub = _hub(request)
     await require_admin(request)
+    limit = page_limit(request)
     async with hub.db.read() as session:
-        rows = (await session.scalars(select(Campaign).order_by(Campaign.id.desc()).limit(200))).all()
-        items = [await ca.campaign_view(session, c) for c in rows]
-    return web.json_response({"items": items, "next_cursor": None})
+        try:
+            items, next_cursor = await ca.campaign_page(session, cursor=request.query.get("cursor"), limit=limit)
+        except BadCursor as exc:
+            raise BadRequest(str(exc)) from exc
+    return web.json_response({"items": items, "next_cursor": next_cursor})
 
 
 @ROUTES.route(
@@ -215,17 +226,16 @@ async def create_campaign(request: web.Request) -> web.Response:
         rate_per_second=body.rate_per_second,
         scheduled_at=body.scheduled_at,
     )
-    async with hub.db.write() as session:
-        campaign = await ca.do_create_campaign(
-            session,
-            hub.twilio,
-            hub.config.campaigns,
-            spec,
-            quiet_hours_given="quiet_hours" in body.model_fields_set,
-            actor=actor_of(admin),
-        )
-        view = await ca.campaign_view(session, campaign)
-    return web.json_response(view, status=201)
+    # Built in short transactions: other writes of the hub go on meanwhile.
+    campaign_id = await ca.create_campaign(
+        hub.db,
+        hub.twilio,
+        hub.config.campaigns,
+        spec,
+        quiet_hours_given="quiet_hours" in body.model_fields_set,
+        actor=actor_of(admin),
+    )
+    return web.json_response(await _view(hub, campaign_id), status=201)
 
 
 @ROUTES.route(
@@ -281,18 +291,33 @@ async def upload_audience(request: web.Request) -> web.Response:
         parsed = await asyncio.to_thread(parse_csv, text, hub.config.phone.default_region)
     except CsvInvalid as exc:
         raise ValidationFailed(f"CSV: {exc}") from exc
-    async with hub.db.write() as session:
-        campaign = await ca.check_campaign(session, campaign_id, lock=True)
-        summary = await ca.do_csv_audience(
-            session,
-            hub.twilio,
-            hub.config.campaigns,
-            campaign,
-            parsed,
-            source=request.query.get("filename", "upload")[:100],
-            actor=actor_of(admin),
-        )
+    summary = await ca.csv_audience(
+        hub.db,
+        hub.twilio,
+        hub.config.campaigns,
+        campaign_id,
+        parsed,
+        source=request.query.get("filename", "upload")[:100],
+        actor=actor_of(admin),
+    )
     return web.json_response(summary)
+
+
+@ROUTES.route(
+    "POST",
+    f"{API}/campaigns/{{id}}/rebuild",
+    summary="Choose a segment draft's audience again from its filter (after a build that stopped)",
+    tag="campaigns",
+    admin=True,
+    response=CampaignOut,
+    errors=(404, 409, 422),
+)
+async def rebuild_campaign(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    admin = await require_admin(request)
+    campaign_id = int_param(request, "id")
+    await ca.rebuild_audience(hub.db, hub.twilio, hub.config.campaigns, campaign_id, actor=actor_of(admin))
+    return web.json_response(await _view(hub, campaign_id))
 
 
 @ROUTES.route(
@@ -392,7 +417,8 @@ async def campaign_report(request: web.Request) -> web.Response:
     await require_admin(request)
     async with hub.db.read() as session:
         campaign = await ca.check_campaign(session, int_param(request, "id"))
-        return web.json_response(await ca.report(session, campaign))
+        report = await ca.report(session, campaign, receipts=bool(hub.config.server.public_url))
+    return web.json_response(report)
 
 
 @ROUTES.route(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert, select
 
@@ -18,6 +20,9 @@ from storage.db import Database
 from storage.ingest import table
 from storage.models import Contact, Identity
 from tests.hub.twilio_helpers import ACCOUNT, TOKEN
+
+if TYPE_CHECKING:
+    import pytest
 
 
 def promo_config(tmp_path: Path) -> HubConfig:
@@ -117,3 +122,28 @@ async def seed_contacts(
 async def contact_of(db: Database, phone: str) -> int | None:
     async with db.read() as session:
         return await session.scalar(select(Identity.contact_id).where(Identity.address == phone))
+
+
+class RenderGate:
+    """Holds the first page's render (it runs in a thread) until released:
+    a campaign's audience is then being built, for as long as a test needs."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        original = ca._PageRenderer.render
+
+        def render(renderer: ca._PageRenderer, fresh: list[Any], opted: set[str]) -> list[dict[str, Any]]:
+            self.calls += 1
+            if self.calls == 1:
+                self.entered.set()
+                assert self.release.wait(60), "the test never released the render"
+            return original(renderer, fresh, opted)
+
+        monkeypatch.setattr(ca._PageRenderer, "render", render)
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, 30), "no page was rendered"
