@@ -1533,17 +1533,50 @@ def build_message(
     msg.set_content(out.body, subtype="plain", charset="utf-8")
     msg.add_alternative(body_html(out.body), subtype="html", charset="utf-8")
     for attachment, data in files:
-        maintype, _, subtype = (attachment.content_type or "application/octet-stream").partition("/")
-        msg.add_attachment(
-            data,
-            maintype=maintype or "application",
-            subtype=subtype or "octet-stream",
-            filename=attachment.filename or attachment.url.rsplit("/", 1)[-1],
-        )
+        _attach(msg, attachment, data)
     return msg
 
 
+def _attach(msg: EmailMessage, attachment: Attachment, data: bytes) -> None:
+    """``data`` as an attachment of ``msg``, written as mail readers read it.
+    ``attachment.content_type`` may carry a ``charset`` parameter (the one the
+    file was stored with)."""
+    filename = attachment.filename or attachment.url.rsplit("/", 1)[-1]
+    header = Message()
+    header["Content-Type"] = attachment.content_type or "application/octet-stream"
+    maintype, subtype = header.get_content_maintype(), header.get_content_subtype()
+    if header.get_content_type() != attachment.content_type.partition(";")[0].strip().lower():
+        # Not one media type: the email package would take it for text/plain.
+        maintype, subtype = "application", "octet-stream"
+    if (maintype, subtype) == ("message", "rfc822"):
+        # RFC 2046 5.2.1: an embedded message is 7bit or 8bit, never base64;
+        # readers take base64 text for the message itself, headers and all.
+        inner = BytesParser(policy=policy.default).parsebytes(data)
+        msg.add_attachment(inner, filename=filename, cte="7bit" if data.isascii() else "8bit")
+        return
+    params: dict[str, str] = {}
+    if maintype == "text":
+        # Without a charset readers take US-ASCII (RFC 2046 4.1.2) and show
+        # any other text as mojibake.
+        charset = header.get_content_charset()
+        if charset is None and _is_utf8(data):
+            charset = "utf-8"
+        if charset is not None:
+            params["charset"] = charset
+    msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename, params=params)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 ReadAttachment = Callable[[str], bytes | None]
+#: The charset a stored text file came in, when it was declared.
+ReadCharset = Callable[[str], str | None]
 
 
 class EmailChannel(ChannelAdapter):
@@ -1551,9 +1584,16 @@ class EmailChannel(ChannelAdapter):
     max_body_chars: ClassVar[int | None] = MAX_BODY_CHARS
     supports_attachments: ClassVar[bool] = True
 
-    def __init__(self, mailboxes: Sequence[Mailbox], read_attachment: ReadAttachment, id_secret: str) -> None:
+    def __init__(
+        self,
+        mailboxes: Sequence[Mailbox],
+        read_attachment: ReadAttachment,
+        id_secret: str,
+        read_charset: ReadCharset | None = None,
+    ) -> None:
         self.mailboxes = {box.inbox: box for box in mailboxes}
         self._read = read_attachment
+        self._charset = read_charset
         self._secret = id_secret.encode()
 
     def message_id(self, out: OutboundMessage, box: Mailbox) -> str:
@@ -1581,6 +1621,11 @@ class EmailChannel(ChannelAdapter):
             if data is None:
                 name = attachment.filename or attachment.url
                 return SendResult(status=DeliveryStatus.FAILED, reason=f"attachment {name!r} is not stored any more")
+            charset = await asyncio.to_thread(self._charset, attachment.url) if self._charset is not None else None
+            if charset is not None and attachment.content_type.startswith("text/"):
+                attachment = attachment.model_copy(
+                    update={"content_type": f"{attachment.content_type}; charset={charset}"}
+                )
             files.append((attachment, data))
         mid = self.message_id(message, box)
         try:

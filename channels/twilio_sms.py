@@ -53,6 +53,9 @@ MAX_BODY_CHARS = 1600
 MAX_OPTIONS = 9
 MAX_OPTION_TITLE = 100
 MAX_MEDIA = 10
+#: Twilio's limit on all of one MMS's media together ("under 5 MB"), taken
+#: as decimal megabytes so a file near the line is refused here, not there.
+MAX_MEDIA_BYTES = 5_000_000
 
 #: A retry looks at this many of Twilio's latest messages to the number for an
 #: earlier attempt Twilio took without our hearing back.
@@ -341,6 +344,22 @@ class TwilioSmsChannel(ChannelAdapter):
             return self.public_url + url
         return url
 
+    def media_problem(self, attachments: Sequence[Attachment]) -> str | None:
+        """Why Twilio cannot send ``attachments`` as one MMS, or None when it can."""
+        if not attachments:
+            return None
+        if self.public_url is None and any(a.url.startswith("/") for a in attachments):
+            return (
+                "files cannot go out by SMS here: Twilio fetches MMS media from the hub's public address, "
+                "and server.public_url is not set"
+            )
+        if len(attachments) > MAX_MEDIA:
+            return f"an MMS takes at most {MAX_MEDIA} files, not {len(attachments)}"
+        total = sum(a.size or 0 for a in attachments)
+        if total > MAX_MEDIA_BYTES:
+            return f"the files come to {total} bytes; an MMS takes at most {MAX_MEDIA_BYTES} bytes (5 MB) in all"
+        return None
+
     def media_urls(self, message: OutboundMessage) -> list[str]:
         """Where Twilio fetches the message's attachments to send them as MMS."""
         return [self._absolute(a.url) for a in message.attachments]
@@ -352,6 +371,10 @@ class TwilioSmsChannel(ChannelAdapter):
                 status=DeliveryStatus.FAILED,
                 reason=f"no Twilio number or Messaging Service is configured for inbox {message.inbox!r}",
             )
+        problem = self.media_problem(message.attachments)
+        if problem is not None:
+            # Twilio would refuse it the same way on every attempt.
+            return SendResult(status=DeliveryStatus.FAILED, reason=problem)
         return await self.send_sms(
             sender,
             message.recipient,

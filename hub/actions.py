@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,10 +21,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bots.dialog import STAGES
-from channels.twilio_sms import prepare_parts
+from channels.base import ChannelAdapter
+from channels.twilio_sms import TwilioSmsChannel, prepare_parts
+from channels.twilio_voice import TwilioVoiceChannel
+from hub.attachments import AttachmentStore
 from hub.campaigns.audience import CONSENT_KEYS, SMS_CONSENT
 from hub.core import (
     IDENTITY_OF_CHANNEL,
+    Attachment,
     Author,
     Channel,
     DeliveryStatus,
@@ -306,6 +310,49 @@ async def check_ticket(session: AsyncSession, ticket_id: int, *, lock: bool = Fa
     if ticket is None:
         raise NotFound(f"ticket {ticket_id} does not exist")
     return ticket
+
+
+NOT_STORED = (
+    "not a file in this hub's attachment store: upload it with POST /api/v1/attachments "
+    "and put the object it returns here"
+)
+
+
+async def check_reply_attachments(store: AttachmentStore, given: Sequence[Attachment]) -> list[Attachment]:
+    """A reply's attachments as the store has them: each must be one of its
+    files, and its type, size and name are the store's, not what the client
+    wrote (a PDF called image/png would go to Telegram as a photo). Raises
+    :class:`ValidationFailed` naming ``attachments.N.url`` otherwise."""
+    found = [await asyncio.to_thread(store.resolve, a.url) for a in given]
+    details = [{"field": f"attachments.{i}.url", "message": NOT_STORED} for i, f in enumerate(found) if f is None]
+    if details:
+        summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+        raise ValidationFailed(f"invalid request body: {summary}", details=details)
+    return [f for f in found if f is not None]
+
+
+def check_channel_takes_files(
+    channels: Mapping[Channel, ChannelAdapter], channel: Channel, files: Sequence[Attachment]
+) -> None:
+    """Refuses a reply with ``files`` that ``channel`` cannot deliver, rather
+    than storing it to fail in the sender (or, on a channel without files, to
+    show as sent without them). A channel not configured here is left to the
+    sender, which fails the reply with the reason as it does any reply."""
+    adapter = channels.get(channel)
+    if not files or adapter is None:
+        return
+    problem: str | None = None
+    if not adapter.supports_attachments:
+        problem = f"the {channel.value} channel cannot carry files: send the text alone"
+    else:
+        # A reply on a phone ticket goes out as an SMS from the SMS line.
+        sms = adapter.sms if isinstance(adapter, TwilioVoiceChannel) else adapter
+        if isinstance(sms, TwilioSmsChannel):
+            problem = sms.media_problem(files)
+    if problem is not None:
+        raise ValidationFailed(
+            f"invalid request body: attachments: {problem}", details=[{"field": "attachments", "message": problem}]
+        )
 
 
 async def do_post_message(

@@ -12,17 +12,23 @@ file is saved before the message that points at it is stored.
 from __future__ import annotations
 
 import asyncio
+import codecs
+import contextlib
 import json
+import logging
 import os
 import re
 import secrets
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from hub.core import Attachment
+
+log = logging.getLogger(__name__)
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{22}\Z")
 _SAFE_PUNCTUATION = frozenset(".- ()[]")
@@ -43,6 +49,9 @@ _OWS = r"[ \t]*"
 _MEDIA_TYPE = re.compile(
     rf"({_TCHAR_RUN})/({_TCHAR_RUN})(?:{_OWS};{_OWS}(?:{_TCHAR_RUN}=(?:{_TCHAR_RUN}|{_QUOTED_STRING}))?)*"
 )
+
+
+_CHARSET_PARAMETER = re.compile(rf'{_OWS};{_OWS}charset=(?:({_TCHAR_RUN})|"({_TCHAR_RUN})")', re.IGNORECASE)
 
 
 class AttachmentTooLarge(ValueError):
@@ -67,6 +76,28 @@ def parse_content_type(value: str | None) -> str:
     media_type = f"{match[1]}/{match[2]}".lower()
     # Cutting a longer one to Attachment's 255 characters would name another type.
     return media_type if len(media_type) <= 255 else OCTET_STREAM
+
+
+def parse_charset(value: str | None) -> str | None:
+    """The ``charset`` parameter of a text type's Content-Type value, lower-cased,
+    when it names an encoding Python knows (so a mail we send with it can be
+    read back), else None.
+
+    Only ``type/subtype`` survives :func:`parse_content_type`; the charset is
+    kept beside it because without it a reader takes the RFC default
+    (US-ASCII) and shows a Persian or Cyrillic text file as mojibake."""
+    if parse_content_type(value).partition("/")[0] != "text":
+        return None
+    assert value is not None
+    found = _CHARSET_PARAMETER.search(value)
+    if found is None:
+        return None
+    label = (found[1] or found[2]).lower()
+    try:
+        codecs.lookup(label)
+    except LookupError:
+        return None
+    return label
 
 
 # Direction controls (embeddings, overrides, isolates, marks): in a name they
@@ -109,6 +140,13 @@ class StoredFile:
     filename: str
     content_type: str
     size: int
+    #: The name as the sender wrote it (see :func:`shown_name`); ``filename``
+    #: for files stored before it was kept.
+    shown: str = ""
+    charset: str | None = None
+    #: A page the hub itself made and sanitized (an email's HTML part), never
+    #: a file from outside: the one kind of HTML the hub may show inline.
+    rendered: bool = False
 
 
 class AttachmentStore:
@@ -122,27 +160,33 @@ class AttachmentStore:
         if size > self.max_bytes:
             raise AttachmentTooLarge(size, self.max_bytes, filename)
 
-    async def save(self, data: bytes, *, filename: str | None, content_type: str | None) -> Attachment:
+    async def save(
+        self, data: bytes, *, filename: str | None, content_type: str | None, rendered: bool = False
+    ) -> Attachment:
+        """Store ``data``. ``rendered``: only for a page the hub made and
+        sanitized itself (see :attr:`StoredFile.rendered`)."""
         self.check_size(len(data), filename)
         key = secrets.token_urlsafe(16)  # 22 characters, 128 random bits
         name = safe_filename(filename)
         ctype = parse_content_type(content_type)
-        await asyncio.to_thread(self._write, key, name, ctype, data)
-        return Attachment(
-            url=f"{self.url_prefix}/{key}/{name}",
-            content_type=ctype,
-            filename=shown_name(filename) or name,
-            size=len(data),
-        )
+        shown = shown_name(filename) or name
+        meta: dict[str, object] = {"filename": name, "content_type": ctype, "shown": shown}
+        charset = parse_charset(content_type)
+        if charset is not None:
+            meta["charset"] = charset
+        if rendered:
+            meta["rendered"] = True
+        await asyncio.to_thread(self._write, key, meta, data)
+        return Attachment(url=f"{self.url_prefix}/{key}/{name}", content_type=ctype, filename=shown, size=len(data))
 
     def _dir(self, key: str) -> Path:
         return self.root / key[:2] / key
 
-    def _write(self, key: str, name: str, content_type: str, data: bytes) -> None:
+    def _write(self, key: str, meta: dict[str, object], data: bytes) -> None:
         folder = self._dir(key)
         folder.mkdir(parents=True, exist_ok=True)
         for target, payload in (
-            (folder / "meta.json", json.dumps({"filename": name, "content_type": content_type}).encode()),
+            (folder / "meta.json", json.dumps(meta).encode()),
             (folder / "data", data),
         ):
             tmp = target.with_suffix(".tmp")
@@ -168,15 +212,81 @@ class AttachmentStore:
             return None
         stored_type = meta.get("content_type")
         content_type = parse_content_type(stored_type if isinstance(stored_type, str) else None)
-        return StoredFile(folder / "data", name, content_type, size)
+        shown = meta.get("shown")
+        charset = meta.get("charset")
+        return StoredFile(
+            folder / "data",
+            name,
+            content_type,
+            size,
+            shown=shown if isinstance(shown, str) and shown else name,
+            charset=charset if isinstance(charset, str) else None,
+            rendered=meta.get("rendered") is True,
+        )
 
-    def read(self, url: str) -> bytes | None:
-        """The bytes behind one of our attachment URLs (for channels that send
-        files out, such as email), or None for any other URL."""
+    def _locate(self, url: str) -> StoredFile | None:
         prefix = self.url_prefix + "/"
         path = unquote(urlsplit(url).path)
         if not path.startswith(prefix):
             return None
         key, _, name = path[len(prefix) :].partition("/")
-        stored = self.open(key, name)
+        return self.open(key, name)
+
+    def read(self, url: str) -> bytes | None:
+        """The bytes behind one of our attachment URLs (for channels that send
+        files out, such as email), or None for any other URL."""
+        stored = self._locate(url)
         return stored.path.read_bytes() if stored is not None else None
+
+    def charset(self, url: str) -> str | None:
+        """The charset the file behind one of our URLs was given in, if known."""
+        stored = self._locate(url)
+        return stored.charset if stored is not None else None
+
+    def resolve(self, url: str) -> Attachment | None:
+        """One of our files as an attachment described by the store (type,
+        size and name as stored, whatever a client claims about them), or
+        None when ``url`` is not the URL of a stored file: another host, a
+        scheme, a query, a key we never gave out.
+
+        Only a path is taken (percent-encoded or not), and the message keeps
+        the URL as :meth:`save` gave it, never one a browser would resolve
+        elsewhere."""
+        parts = urlsplit(url)
+        if parts.scheme or parts.netloc or parts.query or parts.fragment:
+            return None
+        stored = self._locate(parts.path)
+        if stored is None:
+            return None
+        return Attachment(
+            url=f"{self.url_prefix}/{stored.path.parent.name}/{stored.filename}",
+            content_type=stored.content_type,
+            filename=stored.shown,
+            size=stored.size,
+        )
+
+    def delete(self, url: str) -> bool:
+        """Remove the file behind one of our URLs; False when there is none."""
+        stored = self._locate(url)
+        if stored is None:
+            return False
+        folder = stored.path.parent
+        # The meta first: without it the key resolves to nothing at once.
+        for leftover in (folder / "meta.json", stored.path):
+            leftover.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # left in place should anything else be in it
+        return True
+
+    async def discard(self, urls: Iterable[str | None]) -> None:
+        """Remove files saved for a message that was then not stored (its
+        transaction rolled back, or it was a copy of one stored already), so
+        they do not stay on disk behind URLs nothing points at. Never raises
+        for a file it cannot remove: that is only disk space."""
+        for url in urls:
+            if not url or not url.startswith(self.url_prefix + "/"):
+                continue
+            try:
+                await asyncio.to_thread(self.delete, url)
+            except OSError as exc:
+                log.warning("attachment %s could not be removed: %s", url, exc)

@@ -347,6 +347,9 @@ class SavedFiles:
         self.html_url: str | None = None
         self.notes: list[str] = []
 
+    def urls(self) -> list[str | None]:
+        return [*(a.url for a in self.attachments), self.original_url, self.html_url]
+
 
 def original_store(store: AttachmentStore, config: EmailConfig) -> AttachmentStore:
     """Where the raw original of a mail is kept: ``store``, with the limit
@@ -388,7 +391,7 @@ async def save_files(
         document = f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head><body>{page}</body></html>\n'
         with contextlib.suppress(AttachmentTooLarge):
             files.html_url = (
-                await store.save(document.encode(), filename="message.html", content_type="text/html")
+                await store.save(document.encode(), filename="message.html", content_type="text/html", rendered=True)
             ).url
     try:
         files.original_url = (
@@ -463,6 +466,7 @@ class EmailService:
             ],
             read_attachment=store.read,
             id_secret=config.secret_key,
+            read_charset=store.charset,
         )
         self._pool: ThreadPoolExecutor | None = None
         self.pollers: list[MailboxPoller] = []
@@ -838,8 +842,18 @@ class MailboxPoller:
             self.store, parsed, raw, truncated=truncated, originals=original_store(self.store, self.config)
         )
         async with self.db.write() as session:
-            result = await do_ingest_email(session, parsed, files, self.box)
-            await self._advance(state, uid, session)
+            try:
+                result = await do_ingest_email(session, parsed, files, self.box)
+                await self._advance(state, uid, session)
+            except BaseException:
+                # Raised inside the unit of work, so it rolls back and nothing
+                # points at the files; a retry of the UID saves them again.
+                # (A failed commit is not this case: it may have gone through.)
+                await self.store.discard(files.urls())
+                raise
+        if result.duplicate:
+            # Another poller stored this mail meanwhile, with files of its own.
+            await self.store.discard(files.urls())
         metrics.INGESTED.labels(Channel.EMAIL.value).inc()
         self.imported += 1
         return "duplicate" if result.duplicate else "stored"

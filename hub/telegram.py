@@ -232,11 +232,18 @@ class TelegramService:
             return "moved" if upd.moved_location is not None else "edited"
         # An edit of a message the hub never stored (sent before the bot was
         # connected): the customer's words are kept as a message of their own.
+        saved: list[str] = []
         if upd.media:
-            message = await self._with_files(bot, message, upd.media)
+            with_files = await self._with_files(bot, message, upd.media)
+            saved = [a.url for a in with_files.attachments if a not in message.attachments]
+            message = with_files
         if upd.kind is UpdateKind.CALLBACK and message.quick_reply and _needs_choice(message):
             message = await self._with_choice(bot, message, message.quick_reply)
         result = await self.ingest(message)
+        if result.duplicate:
+            # The message was stored meanwhile (a redelivery racing this one, or
+            # another web process), with files of its own: these are nobody's.
+            await self.attachments.discard(saved)
         if upd.kind is UpdateKind.EDIT and result.duplicate and await self._apply_edit(bot, upd, message):
             # The original was stored while this edit looked for it (it was
             # fetching its files): the edit applies to it, not lost as a duplicate.

@@ -264,6 +264,8 @@ class MediaCopier:
         account = self.service.account_of_inbox(message.get("inbox") or "")
         if account is None:
             return
+        if not await self._still_twilios(int(message["id"]), original):
+            return  # copied already (a redelivered event): nothing to download
         copied: list[dict[str, Any]] = []
         errors: list[str] = []
         timeout = aiohttp.ClientTimeout(total=max(self.service.tw.request_timeout_seconds * 4, 30))
@@ -280,15 +282,31 @@ class MediaCopier:
                     copied.append(item)
                     continue
                 copied.append(saved)
+        # The copies this run made, which nothing points at unless written below.
+        ours = [str(a.get("url")) for a in copied if a not in original]
+        store = self.service.attachments
         async with self.service.db.write() as session:
-            msg = await session.get(Message, int(message["id"]), with_for_update=True)
-            if msg is None or list(msg.attachments or []) != original:
-                return  # copied already (a redelivered event)
-            msg.attachments = copied
-            extras = {**(msg.extras or {}), "twilio_media": [a.get("url") for a in original]}
-            if errors:
-                extras["media_errors"] = errors
-            msg.extras = extras
+            try:
+                msg = await session.get(Message, int(message["id"]), with_for_update=True)
+                kept = msg is not None and list(msg.attachments or []) == original
+                if msg is not None and kept:
+                    msg.attachments = copied
+                    extras = {**(msg.extras or {}), "twilio_media": [a.get("url") for a in original]}
+                    if errors:
+                        extras["media_errors"] = errors
+                    msg.extras = extras
+            except BaseException:
+                # Raised inside the unit of work: it rolls back, the message keeps Twilio's URLs.
+                await store.discard(ours)
+                raise
+        if not kept:
+            # Copied already by a redelivery of the event that ran alongside.
+            await store.discard(ours)
+
+    async def _still_twilios(self, message_id: int, original: list[dict[str, Any]]) -> bool:
+        async with self.service.db.read() as session:
+            stored = await session.scalar(select(Message.attachments).where(Message.id == message_id))
+        return stored is not None and list(stored) == original
 
     async def _copy(self, http: aiohttp.ClientSession, account: TwilioAccount, item: dict[str, Any]) -> dict[str, Any]:
         store = self.service.attachments

@@ -13,8 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.actions import (
     actor_of,
+    check_channel_takes_files,
     check_contact,
     check_login,
+    check_reply_attachments,
     check_ticket,
     check_token,
     do_assign,
@@ -411,8 +413,11 @@ async def post_message(request: web.Request) -> web.Response:
     agent = await current_agent(request)
     ticket_id = int_param(request, "id")
     body = await parse_body(request, MessageIn)
+    files = await check_reply_attachments(hub.attachments, body.attachments)
     async with hub.db.write() as session:
         ticket = await check_ticket(session, ticket_id, lock=True)
+        if not body.private:
+            check_channel_takes_files(hub.channels, body.channel or Channel(ticket.channel), files)
         msg = await do_post_message(
             session,
             ticket,
@@ -420,7 +425,7 @@ async def post_message(request: web.Request) -> web.Response:
             author=Author.AGENT,
             agent=agent,
             private=body.private,
-            attachments=[a.model_dump(exclude_none=True) for a in body.attachments],
+            attachments=[a.model_dump(exclude_none=True) for a in files],
             channel=body.channel,
         )
         # As the message.created event shows it.

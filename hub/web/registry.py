@@ -64,7 +64,13 @@ class Registry:
 
     def install(self, app: web.Application, *, web_routes: bool = True) -> None:
         for op in self.operations:
-            if web_routes or op.everywhere:
+            if not (web_routes or op.everywhere):
+                continue
+            if op.method == "GET" and not op.websocket:
+                # HTTP requires HEAD wherever GET is served (RFC 9110 9.1), and
+                # providers rely on it: Twilio checks an MMS file's type with HEAD.
+                app.router.add_get(op.path, _checking_query(op))
+            else:
                 app.router.add_route(op.method, op.path, _checking_query(op))
 
 

@@ -95,9 +95,11 @@ class TeamList(_Out):
 
 
 class AttachmentIn(Attachment):
-    """An attachment of a reply, with the core type's limits and none looser
-    (``size`` at most 2**53 - 1): the sender turns the stored reply into an
-    ``OutboundMessage``, so what is accepted here must pass there."""
+    """An attachment of a reply: the object ``POST /api/v1/attachments``
+    returned. ``url`` must be one of the hub's stored files; the reply keeps
+    the type, size and name the store has for it, whatever else is sent.
+    The core type's limits apply and none looser (``size`` at most
+    2**53 - 1)."""
 
 
 class MessageIn(_In):

@@ -32,10 +32,16 @@ async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[E
 async def test_an_attachment_size_the_sender_cannot_send_is_a_422(env: Env) -> None:
     r = await env.inbound("v-size", "v-size:1")
     url = f"/api/v1/tickets/{r.ticket_id}/messages"
-    attachment = {"url": "/attachments/abc/report.pdf", "content_type": "application/pdf"}
+    form = aiohttp.FormData()
+    form.add_field("file", b"%PDF-1.4", filename="report.pdf", content_type="application/pdf")
+    async with env.http.post(f"{env.base}/api/v1/attachments", data=form, headers=env.admin.headers) as resp:
+        assert resp.status == 201, await resp.text()
+        attachment = await resp.json()
     bad = await env.admin.post(url, {"body": "see attached", "attachments": [{**attachment, "size": 2**53}]}, 422)
     assert "attachments.0.size" in bad["error"]["message"]
-    await env.admin.post(url, {"body": "see attached", "attachments": [{**attachment, "size": 2**53 - 1}]}, 201)
+    # Within the limit it is taken, with the size the store has.
+    sent = await env.admin.post(url, {"body": "see attached", "attachments": [{**attachment, "size": 2**53 - 1}]}, 201)
+    assert sent["attachments"][0]["size"] == len(b"%PDF-1.4")
 
 
 @pytest.mark.parametrize("until", ["9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00"])
