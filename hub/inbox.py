@@ -13,7 +13,7 @@ from channels.webchat import VisitorDetails
 from hub.actions import audit, record_ticket_event
 from hub.core import Channel, IdentityKind, Presence, Priority, TicketEventKind, utcnow
 from hub.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from storage.ingest import dialect_insert, identity_contacts
+from storage.ingest import TOPIC_EVENTS, add_outbox, customer_name, dialect_insert, identity_contacts
 from storage.models import (
     Agent,
     CannedResponse,
@@ -182,8 +182,12 @@ async def do_identify_visitor(session: AsyncSession, visitor_id: str, details: V
     contact = await session.get(Contact, contact_id, with_for_update=True)
     assert contact is not None
     attributes = dict(contact.attributes or {})
-    if details.name:
-        contact.name = details.name
+    attributes_before = dict(attributes)
+    changed: list[str] = []
+    name = customer_name(details.name)
+    if name and name != contact.name:
+        contact.name = name
+        changed.append("name")
     for kind, address in ((IdentityKind.EMAIL, details.email), (IdentityKind.PHONE, details.phone)):
         if address is None:
             continue
@@ -192,11 +196,14 @@ async def do_identify_visitor(session: AsyncSession, visitor_id: str, details: V
             select(Identity.contact_id).where(Identity.channel == kind.value, Identity.address == address)
         )
         if owner is None:
-            await session.execute(
+            added = await session.scalar(
                 dialect_insert(session, Identity)
                 .values(contact_id=contact_id, channel=kind.value, address=address, created_at=utcnow())
                 .on_conflict_do_nothing(index_elements=["channel", "address"])
+                .returning(Identity.id)
             )
+            if added is not None:
+                changed.append(kind.value)
         elif owner != contact_id:
             attributes.setdefault("possible_duplicate_of", [])
             if owner not in attributes["possible_duplicate_of"]:
@@ -206,6 +213,40 @@ async def do_identify_visitor(session: AsyncSession, visitor_id: str, details: V
         attributes["reply_channel"] = Channel.EMAIL.value if details.email else Channel.SMS.value
     contact.attributes = attributes
     await session.flush()
-    data = {k: v for k, v in (("name", details.name), ("email", details.email), ("phone", details.phone)) if v}
+    data = {k: v for k, v in (("name", name), ("email", details.email), ("phone", details.phone)) if v}
     await audit(session, "contact", "contact.identified", "contact", contact_id, {**data, "offline": details.offline})
+    if attributes != attributes_before:
+        # A possible duplicate to merge, or where the reply should go now.
+        changed.append("attributes")
+    if changed:
+        await notify_contact_updated(session, contact, changed, actor="contact")
     return contact_id
+
+
+#: A contact's own details changed (a visitor gave the widget their name or
+#: email): agents' open lists, customer panels and reply channels follow.
+CONTACT_UPDATED = "contact.updated"
+
+
+async def notify_contact_updated(session: AsyncSession, contact: Contact, changed: list[str], *, actor: str) -> None:
+    """A ``contact.updated`` event, in the caller's unit of work so it leaves
+    only once the change is committed. It names what changed, not the values
+    (an address stays behind the contacts API); the name is in it, as the
+    ticket list shows it."""
+    await add_outbox(
+        session,
+        [
+            {
+                "topic": TOPIC_EVENTS,
+                # Not a ticket's event: the visitor may have no ticket yet.
+                "key": f"contact:{contact.id}",
+                "payload": {
+                    "kind": CONTACT_UPDATED,
+                    "actor": actor,
+                    "contact_id": contact.id,
+                    "contact": {"id": contact.id, "name": contact.name},
+                    "changed": changed,
+                },
+            }
+        ],
+    )

@@ -50,6 +50,16 @@ _INVISIBLE = re.compile(
     "[\u200b\u200d-\u200f\u202a-\u202e\u2066-\u2069\ufeff\ufe00-\ufe0f\u20e3\U000e0020-\U000e007f\U000e0100-\U000e01ef]"
 )
 _SPACES = re.compile(r"\s+")
+# Bidi embeddings, overrides and isolates (LRE RLE PDF LRO RLO, LRI RLI FSI PDI).
+# Where the customer chooses the text (their name), they serve only to make it
+# read as something else: "Eve \u202eevil" shows as "Eve live".
+_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def strip_bidi_controls(text: str) -> str:
+    """``text`` without the characters that reorder how it is displayed; the
+    implicit direction of its letters (Persian right to left) is untouched."""
+    return _BIDI_CONTROLS.sub("", text)
 
 
 def to_ascii_digits(text: str) -> str:

@@ -34,6 +34,7 @@ from hub.core import (
     TicketStatus,
     utcnow,
 )
+from hub.text import strip_bidi_controls
 from storage.db import OUTBOX_LEASE_KEY, OUTBOX_WRITTEN_KEY
 from storage.models import (
     Base,
@@ -414,6 +415,12 @@ async def _existing_messages(
     return found
 
 
+def customer_name(name: str | None) -> str | None:
+    """A name as the customer's channel gave it, without the bidi controls
+    that would make agents read it as another (None if nothing else is left)."""
+    return (strip_bidi_controls(name) or None) if name else None
+
+
 async def _contacts_for(
     session: AsyncSession, keys: dict[tuple[str, str], InboundMessage], now: datetime
 ) -> dict[tuple[str, str], int]:
@@ -431,6 +438,7 @@ async def _contacts_for(
             .scalars()
             .all()
         )
+        names = {k: customer_name(keys[k].sender_name) for k in missing}
         stmt = (
             dialect_insert(session, table(Identity))
             .on_conflict_do_nothing(index_elements=["channel", "address"])
@@ -444,7 +452,7 @@ async def _contacts_for(
                         "contact_id": cid,
                         "channel": k[0],
                         "address": k[1],
-                        "display_name": keys[k].sender_name,
+                        "display_name": names[k],
                         "created_at": now,
                     }
                     for k, cid in zip(missing, new_ids, strict=True)
@@ -454,11 +462,7 @@ async def _contacts_for(
         for r in won:
             found[(r.channel, r.address)] = r.contact_id
         ours = set(new_ids)
-        named = [
-            {"id": found[k], "name": keys[k].sender_name}
-            for k in missing
-            if k in found and keys[k].sender_name and found[k] in ours
-        ]
+        named = [{"id": found[k], "name": names[k]} for k in missing if k in found and names[k] and found[k] in ours]
         if named:
             await session.execute(update(Contact), named)  # bulk UPDATE by primary key
         lost = [k for k in missing if k not in found]

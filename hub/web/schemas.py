@@ -150,7 +150,7 @@ class MessageOut(_Out):
     quick_replies: list[dict[str, Any]] = Field(description="buttons offered with this message: {id, title}")
     quick_reply: str | None = Field(description="the id of the button the customer pressed")
     edits: list[dict[str, Any]] = Field(
-        default_factory=list, description="earlier versions of an edited inbound message: {body, edited_at}"
+        default_factory=list, description="earlier versions of an edited inbound message: {body, replaced_at}"
     )
     attachment_errors: list[dict[str, Any]] = Field(
         default_factory=list, description="files that came with the message but were not kept: {filename, reason}"

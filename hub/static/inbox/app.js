@@ -2,7 +2,7 @@
 // the customer panel. Plain ES modules, no build step; every piece of data is
 // put on the page as text (see dom.js).
 import { Api, EventsSocket } from "./api.js";
-import { $, fill, h, options } from "./dom.js";
+import { $, fill, h, options, withoutBidiControls } from "./dom.js";
 import { LANGUAGES, formatAgo, formatNumber, formatTime, language, setLanguage, t } from "./i18n.js";
 import { channelBadge, eventView, messageView } from "./messages.js";
 
@@ -82,9 +82,24 @@ function announce(text) {
   fill($("#announcer"), text);
 }
 
+/** A refused or failed action, said on screen (a sighted agent would never
+ * hear the announcer) until dismissed or replaced by the next one, and read out. */
 function showError(err) {
-  announce(t("error", { message: err.message || String(err) }));
   console.error(err);
+  // Logged out meanwhile (a 401 leaves): the sign-in form says why instead.
+  if (!state.me) return;
+  const message = t("error", { message: err.message || String(err) });
+  announce(message);
+  fill($("#error-banner"),
+    h("span", { class: "error-text", dir: "auto" }, message),
+    h("button", { type: "button", class: "link", id: "error-dismiss", "aria-label": t("dismiss"), onclick: dismissError }, "×"));
+}
+
+function dismissError() {
+  const banner = $("#error-banner");
+  const focused = banner.contains(document.activeElement);
+  fill(banner);
+  if (focused) (state.current ? $("#messages") : $("#search")).focus({ preventScroll: true });
 }
 
 // --- language -------------------------------------------------------------------------
@@ -159,21 +174,32 @@ async function logout() {
 }
 
 function leave(message = "") {
+  // Requests still on their way answer 401 now: the reason given stays.
+  if (state.api) state.api.onUnauthorized = null;
   local.remove(TOKEN_KEY);
   if (state.socket) state.socket.stop();
   state.socket = null;
   state.me = null;
   state.current = null;
   state.files = new Map();
+  fill($("#error-banner"));
+  fill($("#reply-error"));
   showLogin(message);
 }
 
+/** The token stopped being valid (expired, logged out elsewhere, password
+ * changed): unlike a logout, the agent did not ask for it, so they are told;
+ * their drafts stay in this tab for when they are back. */
+function sessionEnded() {
+  leave(t("session.expired"));
+}
+
 async function enter(token) {
-  state.api = new Api(token, () => leave());
+  state.api = new Api(token, sessionEnded);
   try {
     state.me = await state.api.get("/me");
   } catch (err) {
-    if (err.status === 401) return leave();
+    if (err.status === 401) return sessionEnded();
     return showLogin(t("error", { message: err.message }));
   }
   $("#login").hidden = true;
@@ -202,7 +228,7 @@ async function enter(token) {
       state.api.get("/me").catch(() => {});
       listWithoutFeed();
     },
-    onUnauthorized: () => leave(),
+    onUnauthorized: sessionEnded,
   });
   state.socket = socket;
   // No live feed yet (the hub is slow, or the socket cannot connect): the
@@ -352,20 +378,56 @@ function ticketQuery() {
   return params;
 }
 
-let listRequest = 0;
+// The list as the hub orders it: newest activity first.
+function listOrder(a, b) {
+  return (b.last_message_at || "").localeCompare(a.last_message_at || "") || b.id - a.id;
+}
 
-async function loadTickets(more = false) {
+let listGeneration = 0; // bumped by every read that replaces the list (a view, a filter, a search)
+let listKey = null; // the query the list held answers
+let reloadRequest = 0;
+
+/** ``more``: the next page, added. ``merge`` (live events, a reconnect): the
+ * first page read again and merged into what is held, so the pages the agent
+ * loaded with "Load more", and the open ticket's row among them, stay. */
+async function loadTickets(more = false, { merge = false } = {}) {
   const params = ticketQuery();
-  if (more && state.nextCursor) params.set("cursor", state.nextCursor);
-  const mine = ++listRequest;
+  const key = params.toString();
+  const replacing = !more && !(merge && key === listKey);
+  if (replacing) listGeneration++;
+  const generation = listGeneration;
+  const reload = merge && !replacing ? ++reloadRequest : null;
+  if (more) {
+    if (!state.nextCursor) return;
+    params.set("cursor", state.nextCursor);
+  }
   try {
     const page = await state.api.get(`/inbox/tickets?${params}`);
-    if (mine !== listRequest) return; // a newer request superseded this one
-    state.tickets = more ? [...state.tickets, ...page.items] : page.items;
-    state.nextCursor = page.next_cursor;
+    // Another view or filter since; or a newer reload of this one is on its way.
+    if (generation !== listGeneration || (reload !== null && reload !== reloadRequest)) return;
+    if (replacing) {
+      state.tickets = page.items;
+      state.nextCursor = page.next_cursor;
+      listKey = key;
+    } else if (more) {
+      const held = new Set(state.tickets.map((x) => x.id));
+      state.tickets = [...state.tickets, ...page.items.filter((x) => !held.has(x.id))];
+      state.nextCursor = page.next_cursor;
+    } else mergeFirstPage(page);
     state.listed = true;
     renderTickets();
   } catch (err) { showError(err); }
+}
+
+function mergeFirstPage(page) {
+  const fresh = new Set(page.items.map((x) => x.id));
+  const last = page.items[page.items.length - 1];
+  // Held rows the first page would hold but does not have left the list
+  // (resolved, assigned away, no longer found); those past it are later pages.
+  const later = state.tickets.filter((x) => !fresh.has(x.id) && page.next_cursor && last && listOrder(x, last) > 0);
+  state.tickets = [...page.items, ...later].sort(listOrder);
+  // The held cursor points past the deepest page loaded, still right (keyset).
+  if (!later.length) state.nextCursor = page.next_cursor;
 }
 
 let countsTimer = null;
@@ -410,11 +472,21 @@ function switchView(view) {
 }
 
 function contactLabel(ticket) {
-  return ticket.contact_name || t("anonymous", { id: ticket.contact_id });
+  return withoutBidiControls(ticket.contact_name) || t("anonymous", { id: ticket.contact_id });
 }
 
 function renderTickets() {
-  keepingFocus($("#tickets"), "data-ticket", fillTickets);
+  const list = $("#tickets");
+  // Scrolled down, the row at the top of the view stays there while rows
+  // arrive above it (a new conversation) instead of sliding away.
+  const top = list.getBoundingClientRect().top;
+  const anchor = list.scrollTop > 0
+    ? [...list.querySelectorAll("[data-ticket]")].find((node) => node.getBoundingClientRect().bottom > top)
+    : null;
+  const offset = anchor ? anchor.getBoundingClientRect().top - top : 0;
+  keepingFocus(list, "data-ticket", fillTickets);
+  const again = anchor && list.querySelector(`[data-ticket="${anchor.getAttribute("data-ticket")}"]`);
+  if (again) list.scrollTop += again.getBoundingClientRect().top - top - offset;
 }
 
 function fillTickets() {
@@ -467,7 +539,7 @@ let reloadTimer = null;
 
 function scheduleReload() {
   clearTimeout(reloadTimer);
-  reloadTimer = setTimeout(() => loadTickets(), 300);
+  reloadTimer = setTimeout(() => loadTickets(false, { merge: true }), 300);
 }
 
 function upsertTicket(ticket, message) {
@@ -490,7 +562,7 @@ function upsertTicket(ticket, message) {
     if (message.direction === "in" && !reading) item.unread = (item.unread || 0) + 1;
   }
   state.tickets[i] = item;
-  state.tickets.sort((a, b) => (b.last_message_at || "").localeCompare(a.last_message_at || "") || b.id - a.id);
+  state.tickets.sort(listOrder);
   renderTickets();
 }
 
@@ -499,8 +571,8 @@ function upsertTicket(ticket, message) {
 function catchUp() {
   // On every hello (the first included): whatever happened before the hub
   // subscribed this socket, the list, the counts and the open conversation (or
-  // the one on its way) are read now.
-  loadTickets();
+  // the one on its way) are read now; pages loaded with "Load more" stay.
+  loadTickets(false, { merge: true });
   loadCounts();
   if (opening != null) openTicket(opening);
   else if (state.current) openTicket(state.current.id, { keepFocus: true });
@@ -527,6 +599,34 @@ function onEvent(frame) {
     case "message.status":
       if (state.current && state.current.id === frame.message.ticket_id) addMessage(frame.message);
       break;
+    case "message.updated": {
+      // A customer's edit, a voicemail's transcription: the new text, with
+      // the earlier versions, where the agent reads it.
+      const message = frame.message;
+      if (state.current && state.current.id === message.ticket_id) addMessage(message);
+      const item = state.tickets.find((x) => x.id === message.ticket_id);
+      if (item && item.last_message && item.last_message.id === message.id) {
+        item.last_message = Object.assign({}, item.last_message, { body: message.body });
+        renderTickets();
+      }
+      break;
+    }
+    case "contact.updated":
+      contactChanged(frame.contact_id, frame.contact);
+      break;
+    case "contact.identity_linked":
+    case "contact.source":
+    case "contact.reachability": {
+      const data = frame.data || {};
+      // Merged into another contact by a shared phone: the open conversation is
+      // read again with the customer it belongs to now.
+      if (state.current && data.merged_contact_id != null && state.current.contact_id === data.merged_contact_id) {
+        openTicket(state.current.id, { keepFocus: true });
+      }
+      upsertTicket(frame.ticket);
+      contactChanged(frame.ticket.contact_id);
+      break;
+    }
     case "ticket.assigned":
     case "ticket.status_changed":
     case "ticket.routed":
@@ -562,6 +662,30 @@ function onEvent(frame) {
     }
     default:
       break;
+  }
+}
+
+/** Something about a customer changed (their name, an address, where to
+ * reply): the rows of their tickets, the open conversation's title and
+ * customer panel, and its "Send on" choices follow. ``contact``: {id, name}
+ * when the event has it. */
+function contactChanged(contactId, contact = null) {
+  const named = contact && "name" in contact;
+  let listed = false;
+  for (const item of state.tickets) {
+    if (item.contact_id !== contactId) continue;
+    listed = true;
+    if (named) item.contact_name = contact.name;
+  }
+  if (listed) renderTickets();
+  // A search may find (or stop finding) them under the new name.
+  if (listed || state.filters.q) scheduleReload();
+  if (state.current && state.current.contact_id === contactId) {
+    if (named) {
+      state.current.contact_name = contact.name;
+      renderHeader();
+    }
+    loadCustomer();
   }
 }
 
@@ -640,6 +764,9 @@ async function openTicket(id, { keepFocus = false } = {}) {
     if (mine !== ticketRequest) return;
     opening = null;
     showError(err);
+    // The address names what is on screen, not the ticket that could not open.
+    const shown = state.current ? `#/ticket/${state.current.id}` : "";
+    if (location.hash !== shown) history.replaceState(null, "", `${location.pathname}${location.search}${shown}`);
   }
 }
 
@@ -655,7 +782,7 @@ function renderConversation() {
 
 function renderHeader() {
   const ticket = state.current;
-  fill($("#conv-title"), ticket.contact_name || t("anonymous", { id: ticket.contact_id }));
+  fill($("#conv-title"), contactLabel(ticket));
   fill($("#conv-badges"),
     h("span", { class: "muted" }, t("ticket", { id: ticket.id })), " ",
     channelBadge(ticket.channel), " ",
@@ -805,7 +932,8 @@ function hideTyping() {
 
 // --- actions ---------------------------------------------------------------------------------------
 
-async function act(promise) {
+/** ``onRefused`` puts back what the agent changed when the hub says no. */
+async function act(promise, onRefused = null) {
   try {
     const ticket = await promise;
     if (ticket && state.current && ticket.id === state.current.id) {
@@ -818,6 +946,7 @@ async function act(promise) {
     return ticket;
   } catch (err) {
     showError(err);
+    if (onRefused) onRefused();
     if (state.current) renderHeader();
     return null;
   }
@@ -825,7 +954,10 @@ async function act(promise) {
 
 function assign(agentId, teamId) {
   if (!state.current) return null;
-  return act(state.api.post(`/tickets/${state.current.id}/assign`, { agent_id: agentId, team_id: teamId }));
+  // Says whom the agent saw holding it: when a colleague took it meanwhile,
+  // the hub answers 409 naming them instead of silently taking it from them.
+  const body = { agent_id: agentId, team_id: teamId, expected_assignee_id: state.current.assignee_id ?? null };
+  return act(state.api.post(`/tickets/${state.current.id}/assign`, body));
 }
 
 function setStatus(status, snoozedUntil = null) {
@@ -845,7 +977,11 @@ function saveLabels() {
   const labels = $("#act-labels").value.split(/[,،]/).map((l) => l.trim()).filter(Boolean);
   const same = JSON.stringify([...labels].sort()) === JSON.stringify([...(state.current.labels || [])].sort());
   if (same) return null;
-  return act(state.api.put(`/tickets/${state.current.id}/labels`, { labels }));
+  const ticket = state.current;
+  // Left in the box, refused labels would look saved.
+  return act(state.api.put(`/tickets/${ticket.id}/labels`, { labels }), () => {
+    if (state.current === ticket) $("#act-labels").value = (ticket.labels || []).join(", ");
+  });
 }
 
 function toLocalInput(date) {
@@ -1171,7 +1307,7 @@ function renderCustomer() {
   const attributes = Object.entries(c.attributes || {}).filter(([key]) => key !== "possible_duplicate_of");
   const duplicates = (c.attributes && c.attributes.possible_duplicate_of) || [];
   fill(panel,
-    h("h2", { dir: "auto" }, c.name || t("anonymous", { id: c.id })),
+    h("h2", { dir: "auto" }, withoutBidiControls(c.name) || t("anonymous", { id: c.id })),
     h("p", { class: "muted small" }, `#${c.id}`),
     duplicates.map((id) => h("p", { class: "hint" }, t("possible_duplicate", { id }), " ",
       h("button", { type: "button", class: "link", onclick: () => confirmMerge(id) }, t("merge.do")))),
@@ -1179,7 +1315,8 @@ function renderCustomer() {
     h("ul", { class: "identities" }, (c.identities || []).map((i) => h("li", {},
       h("span", { class: "badge" }, t(`identity.${i.channel}`)), " ",
       h("span", { dir: "ltr", class: "address" }, i.address),
-      i.display_name ? h("span", { class: "muted", dir: "auto" }, ` (${i.display_name})`) : null))),
+      // The parentheses outside the name: a right-to-left name cannot take them along.
+      i.display_name ? h("span", { class: "muted" }, " (", h("bdi", { dir: "auto" }, withoutBidiControls(i.display_name)), ")") : null))),
     h("dl", { class: "facts" },
       h("dt", {}, t("lead_stage")), h("dd", { dir: "auto" }, c.lifecycle_stage || "—"),
       h("dt", {}, t("lead_score")), h("dd", {}, formatNumber(c.lead_score || 0)),
@@ -1208,7 +1345,7 @@ async function searchMerge(event) {
     const found = await state.api.get(`/contacts?q=${encodeURIComponent(q)}&limit=10`);
     if (!state.contact || state.contact.id !== target.id) return;
     fill($("#merge-results"), found.items.filter((c) => c.id !== target.id).map((c) => h("li", {},
-      h("span", { dir: "auto" }, c.name || t("anonymous", { id: c.id })), " ",
+      h("span", { dir: "auto" }, withoutBidiControls(c.name) || t("anonymous", { id: c.id })), " ",
       h("span", { class: "muted small", dir: "ltr" }, (c.identities || []).map((i) => i.address).join(", ")), " ",
       h("button", { type: "button", class: "link", onclick: () => confirmMerge(c.id) }, t("merge.do")))));
   } catch (err) { showError(err); }
@@ -1232,7 +1369,7 @@ async function openTimeline() {
   const contact = state.contact;
   if (!contact) return;
   fill($("#timeline"));
-  fill($("#timeline-title"), t("timeline.title", { name: contact.name || t("anonymous", { id: contact.id }) }));
+  fill($("#timeline-title"), t("timeline.title", { name: withoutBidiControls(contact.name) || t("anonymous", { id: contact.id }) }));
   state.timelineContact = contact.id;
   state.timelineCursor = null;
   await loadTimeline(false);

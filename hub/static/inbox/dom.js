@@ -57,6 +57,16 @@ export function safeUrl(url) {
   }
 }
 
+// Bidi embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069): in
+// a name or a subject a customer chose, they only make it read as another
+// ("Eve \u202eevil" shows as "Eve live"). The hub drops them from names it
+// stores; older rows, and subjects, are cleaned here.
+const BIDI_CONTROLS = /[\u202A-\u202E\u2066-\u2069]/g;
+
+export function withoutBidiControls(text) {
+  return text == null ? text : String(text).replace(BIDI_CONTROLS, "");
+}
+
 export function humanSize(bytes) {
   if (bytes == null) return "";
   const units = ["B", "KB", "MB", "GB"];

@@ -53,6 +53,9 @@ const STRINGS = {
     "key.customer": "Show / hide the customer panel", "saved": "Saved", "subject": "Subject",
     "history.earlier": "Load earlier messages", "history.loading": "Loading earlier messages…",
     "history.loaded": "Earlier messages loaded: {n}",
+    "dismiss": "Dismiss", "session.expired": "Your session ended; log in again — your draft is kept.",
+    "edited": "Edited — earlier versions: {n}", "edited.until": "until {time}",
+    "email.html": "View as HTML", "email.original": "Original message",
   },
   fa: {
     "app.title": "صندوق گفتگوها", "login.title": "ورود به صندوق گفتگوها", "login.email": "ایمیل", "login.password": "گذرواژه",
@@ -106,6 +109,9 @@ const STRINGS = {
     "key.customer": "نمایش / پنهان کردن اطلاعات مشتری", "saved": "ذخیره شد", "subject": "موضوع",
     "history.earlier": "بارگذاری پیام‌های قبلی", "history.loading": "در حال بارگذاری پیام‌های قبلی…",
     "history.loaded": "{n} پیام قبلی بارگذاری شد",
+    "dismiss": "بستن", "session.expired": "نشست شما به پایان رسید؛ دوباره وارد شوید — پیش‌نویس شما نگه داشته شده است.",
+    "edited": "ویرایش شده — نسخه‌های قبلی: {n}", "edited.until": "تا {time}",
+    "email.html": "نمایش به صورت HTML", "email.original": "پیام اصلی",
   },
 };
 

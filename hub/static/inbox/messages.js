@@ -1,8 +1,18 @@
 // How one message (or timeline event) looks, whatever channel it came on.
-import { h, humanSize, safeUrl } from "./dom.js";
-import { formatTime, t } from "./i18n.js";
+import { h, humanSize, safeUrl, withoutBidiControls } from "./dom.js";
+import { formatNumber, formatTime, t } from "./i18n.js";
 
 const FAILED = new Set(["failed", "undelivered"]);
+// The images the hub serves inline (hub/web/attachments.py INLINE_TYPES);
+// any other (SVG, BMP, TIFF) it only lets download, so embedded it is broken.
+const INLINE_IMAGES = new Set(["image/png", "image/jpeg", "image/gif", "image/webp"]);
+
+/** ``type/subtype`` of a stored content type, or "" when it is not one media
+ * type ("image/png, text/html" is none: the hub serves it as a download). */
+function mediaType(contentType) {
+  const type = (contentType || "").split(";")[0].trim().toLowerCase();
+  return /^[\w.+-]+\/[\w.+-]+$/.test(type) ? type : "";
+}
 
 export function channelBadge(channel) {
   return h("span", { class: `badge channel channel-${channel}` }, t(`channel.${channel}`));
@@ -18,12 +28,12 @@ export function authorName(message, agents) {
 function attachmentView(att) {
   const url = safeUrl(att.url);
   const name = att.filename || att.url.split("/").pop() || t("attachment");
-  const type = att.content_type || "";
+  const type = mediaType(att.content_type);
   const label = [name, humanSize(att.size)].filter(Boolean).join(" · ");
   if (!url) return h("div", { class: "attachment", dir: "auto" }, label);
   // Only files from our own store are embedded; a link elsewhere is just a link
   // (no tracking pixels, nothing loaded without the agent's click).
-  if (url.local && type.startsWith("image/")) {
+  if (url.local && INLINE_IMAGES.has(type)) {
     return h("a", { class: "attachment image", href: url.href, target: "_blank", rel: "noopener noreferrer" },
       h("img", { src: url.href, alt: name, loading: "lazy" }));
   }
@@ -36,6 +46,31 @@ function attachmentView(att) {
       h("figcaption", { dir: "auto" }, label));
   }
   return h("a", { class: "attachment file", href: url.href, target: "_blank", rel: "noopener noreferrer", download: name, dir: "auto" }, label);
+}
+
+/** A customer's edited message: marked, with the text it had before (an
+ * agent may have answered that one). */
+function editsView(message) {
+  const edits = message.edits || [];
+  if (!edits.length) return null;
+  return h("details", { class: "edits" },
+    h("summary", { class: "muted small" }, t("edited", { n: formatNumber(edits.length) })),
+    h("ol", { class: "edit-list" }, edits.map((edit) => h("li", {},
+      edit.replaced_at ? h("time", { class: "muted small", datetime: edit.replaced_at }, t("edited.until", { time: formatTime(edit.replaced_at) })) : null,
+      h("div", { class: "msg-body", dir: "auto" }, edit.body)))));
+}
+
+/** An email's links to the hub's sanitized rendering of its HTML part and to
+ * the raw message, when they were stored. */
+function emailLinks(message) {
+  const email = message.email;
+  if (!email) return null;
+  const links = [["html_url", "email.html"], ["original_url", "email.original"]]
+    .map(([key, label]) => [email[key] ? safeUrl(email[key]) : null, label])
+    .filter(([url]) => url)
+    .map(([url, label]) => h("a", { href: url.href, target: "_blank", rel: "noopener noreferrer" }, t(label)));
+  if (!links.length) return null;
+  return h("div", { class: "msg-links small" }, links.flatMap((link, i) => (i ? [" · ", link] : [link])));
 }
 
 function statusView(message) {
@@ -59,11 +94,13 @@ export function messageView(message, agents) {
       statusView(message)),
     // The label is in the interface's language, the subject in the customer's:
     // each gets its own direction (a Persian subject under an English label is right to left).
-    message.subject ? h("div", { class: "msg-subject" }, `${t("subject")}: `, h("bdi", { dir: "auto" }, message.subject)) : null,
+    message.subject ? h("div", { class: "msg-subject" }, `${t("subject")}: `, h("bdi", { dir: "auto" }, withoutBidiControls(message.subject))) : null,
     (message.attachments || []).length ? h("div", { class: "attachments" }, message.attachments.map(attachmentView)) : null,
     message.body
       ? h("div", { class: "msg-body", dir: "auto" }, voicemail ? h("span", { class: "muted", dir: document.documentElement.dir }, `${t("transcription")}: `) : null, message.body)
       : null,
+    editsView(message),
+    emailLinks(message),
     (message.quick_replies || []).length
       ? h("div", { class: "quick-replies", "aria-label": t("buttons_offered") },
         message.quick_replies.map((q) => h("span", { class: "chip", dir: "auto" }, q.title)))

@@ -222,7 +222,7 @@ async def test_assigning_changes_only_the_fields_given(env: Env) -> None:
 
 
 async def test_two_agents_taking_one_ticket_at_once_do_not_both_get_it(env: Env) -> None:
-    """"Assign to me" says whom the agent saw holding the ticket: the one who
+    """ "Assign to me" says whom the agent saw holding the ticket: the one who
     comes second hears who took it, instead of a 200 that the first one's
     write then contradicts (or that silently takes it from them)."""
     agent = await Agent.login(env.http, env.base, "agent@example.com")
