@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
     text,
 )
 from sqlalchemy.dialects import sqlite
@@ -262,6 +263,12 @@ class Ticket(Base):
 
 class TicketLabel(Base):
     __tablename__ = "ticket_labels"
+    __table_args__ = (
+        # The label filter compares lower(label) on PostgreSQL (any script), which
+        # ix_ticket_labels_label cannot serve. SQLite's lower() folds ASCII only,
+        # so its filter matches exact spellings and needs no such index.
+        Index("ix_ticket_labels_label_lower", func.lower(text("label"))).ddl_if(dialect="postgresql"),
+    )
 
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), primary_key=True)
     label: Mapped[str] = mapped_column(String(100), primary_key=True, index=True)

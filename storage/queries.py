@@ -6,11 +6,12 @@ import base64
 import json
 import re
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, literal, or_, select, union_all
+from sqlalchemy import ColumnElement, and_, func, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.core import Channel, Direction, IdentityKind, QuickReply, TicketStatus
@@ -197,17 +198,26 @@ async def list_tickets(
 async def _last_messages(session: AsyncSession, ticket_ids: list[int]) -> dict[int, dict[str, Any]]:
     if not ticket_ids:
         return {}
+    # One row per ticket, whatever its history: a LIMIT 1 per ticket walks
+    # ix_messages_ticket (ticket_id, id) backwards from the newest message and
+    # stops at the first public one, on both engines. Reading every message id
+    # of the page's tickets took seconds with long conversations.
     newest = (
-        select(Message.ticket_id, Message.id)
-        .where(Message.ticket_id.in_(ticket_ids), Message.private.is_(False))
-        .order_by(Message.ticket_id, Message.id.desc())
+        select(Message.id)
+        .where(Message.ticket_id == Ticket.id, Message.private.is_(False))
+        .order_by(Message.id.desc())
+        .limit(1)
+        .correlate(Ticket)
+        .scalar_subquery()
     )
-    latest: dict[int, int] = {}
-    for tid, mid in (await session.execute(newest)).all():
-        latest.setdefault(tid, mid)
+    latest = [
+        mid
+        for mid in (await session.scalars(select(newest).select_from(Ticket).where(Ticket.id.in_(ticket_ids)))).all()
+        if mid is not None
+    ]
     if not latest:
         return {}
-    rows = await session.scalars(select(Message).where(Message.id.in_(latest.values())))
+    rows = await session.scalars(select(Message).where(Message.id.in_(latest)))
     return {
         m.ticket_id: {
             "id": m.id,
@@ -374,10 +384,24 @@ async def ticket_messages(
     return items, encode_cursor(older) if older is not None else None
 
 
+# Contacts read per round while a filter evaluated in Python (tags, attributes)
+# fills a page: a page of a rare tag reads on until it is full or none are left.
+_CONTACT_SCAN = 500
+
+
 async def list_contacts(
-    session: AsyncSession, *, text: str | None, cursor: str | None, limit: int
+    session: AsyncSession,
+    *,
+    text: str | None,
+    cursor: str | None,
+    limit: int,
+    where: Sequence[ColumnElement[bool]] = (),
+    keep: Callable[[Contact], bool] | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    stmt = select(Contact).where(Contact.merged_into_id.is_(None))
+    """Live contacts, newest first: ``where`` conditions on :class:`Contact`
+    and ``keep``, a test of each row for what SQL cannot ask alike on both
+    engines (tags in any case, JSON attributes)."""
+    stmt = select(Contact).where(Contact.merged_into_id.is_(None), *where)
     if text:
         search = _Search.of(text)
         stmt = stmt.where(
@@ -386,10 +410,19 @@ async def list_contacts(
                 select(Identity.id).where(Identity.contact_id == Contact.id, _address_matches(search, text)).exists(),
             )
         )
+    before: int | None = None
     if cursor:
         (cid,) = decode_cursor(cursor, 1)
-        stmt = stmt.where(Contact.id < cursor_id(cid))
-    contacts = list((await session.scalars(stmt.order_by(Contact.id.desc()).limit(limit + 1))).all())
+        before = cursor_id(cid)
+    contacts: list[Contact] = []
+    while len(contacts) <= limit:
+        page = stmt if before is None else stmt.where(Contact.id < before)
+        size = limit + 1 if keep is None else max(limit + 1, _CONTACT_SCAN)
+        rows = list((await session.scalars(page.order_by(Contact.id.desc()).limit(size))).all())
+        contacts += rows if keep is None else [c for c in rows if keep(c)]
+        if len(rows) < size:
+            break
+        before = rows[-1].id
     more = len(contacts) > limit
     contacts = contacts[:limit]
     idents = await identities_for(session, [c.id for c in contacts])
@@ -419,20 +452,60 @@ async def identities_for(session: AsyncSession, contact_ids: list[int]) -> dict[
     return out
 
 
+# How many of a contact's tickets its detail holds; the rest page with
+# GET /tickets?contact= from the detail's tickets_next_cursor.
+CONTACT_TICKETS = 50
+# A merge chain longer than this is a loop (which no merge makes), not a contact.
+MAX_MERGE_HOPS = 100
+
+
+async def live_contact_id(session: AsyncSession, contact_id: int) -> int | None:
+    """The contact that ``contact_id`` lives on in: itself, or for a contact
+    merged away the end of its merged_into_id chain; None when it does not exist."""
+    current = contact_id
+    for _ in range(MAX_MERGE_HOPS):
+        merged_into = (await session.execute(select(Contact.merged_into_id).where(Contact.id == current))).one_or_none()
+        if merged_into is None:
+            return None
+        if merged_into[0] is None:
+            return current
+        current = merged_into[0]
+    return None
+
+
 async def get_contact(session: AsyncSession, contact_id: int) -> dict[str, Any] | None:
-    contact = await session.get(Contact, contact_id)
+    """The contact, or the one a merged-away contact lives on in (with
+    ``resolved_from_id``), with its newest ``CONTACT_TICKETS`` tickets and
+    how to page the rest, so a long history is never cut off silently."""
+    live_id = await live_contact_id(session, contact_id)
+    contact = None if live_id is None else await session.get(Contact, live_id)
     if contact is None:
         return None
     idents = await identities_for(session, [contact.id])
     seen = await last_seen(session, [contact.id])
     view = contact_view(contact, idents.get(contact.id, []), seen.get(contact.id))
-    tickets = (
-        await session.scalars(
-            select(Ticket).where(Ticket.contact_id == contact.id).order_by(Ticket.last_message_at.desc()).limit(50)
-        )
-    ).all()
+    # Ordered as GET /tickets orders them, so its cursor carries on from here.
+    tickets = list(
+        (
+            await session.scalars(
+                select(Ticket)
+                .where(Ticket.contact_id == contact.id)
+                .order_by(Ticket.last_message_at.desc(), Ticket.id.desc())
+                .limit(CONTACT_TICKETS + 1)
+            )
+        ).all()
+    )
+    more = len(tickets) > CONTACT_TICKETS
+    tickets = tickets[:CONTACT_TICKETS]
     labels = await labels_for(session, [t.id for t in tickets])
     view["tickets"] = [ticket_view(t, labels.get(t.id)) for t in tickets]
+    view["tickets_total"] = (
+        await session.scalar(select(func.count()).select_from(Ticket).where(Ticket.contact_id == contact.id))
+        if more
+        else len(tickets)
+    )
+    view["tickets_next_cursor"] = encode_cursor(iso(tickets[-1].last_message_at), tickets[-1].id) if more else None
+    view["resolved_from_id"] = contact_id if contact.id != contact_id else None
     return view
 
 

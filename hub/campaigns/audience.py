@@ -144,9 +144,11 @@ def _candidate(r: Any) -> Candidate:
     return Candidate(r.id, r.address, r.name, dict(r.attributes or {}), list(r.tags or []), r.lifecycle_stage)
 
 
-async def segment_candidates(session: AsyncSession, flt: SegmentFilter) -> AsyncIterator[list[Candidate]]:
-    """Pages of live (not merged) contacts with a phone number matching ``flt``."""
-    conditions: list[ColumnElement[bool]] = [Contact.merged_into_id.is_(None)]
+def segment_conditions(flt: SegmentFilter) -> list[ColumnElement[bool]]:
+    """What SQL asks of a contact for ``flt``; tags and attributes are asked of
+    each row by :meth:`SegmentFilter.matches` (tags in any case, attributes as
+    text). The contacts list applies the same filter."""
+    conditions: list[ColumnElement[bool]] = []
     if flt.lifecycle_stages:
         conditions.append(Contact.lifecycle_stage.in_(flt.lifecycle_stages))
     if flt.segments:
@@ -163,6 +165,12 @@ async def segment_candidates(session: AsyncSession, flt: SegmentFilter) -> Async
             conditions.append((last < flt.last_contact_before) | last.is_(None))
     for name, value in flt.extra.items():
         conditions.append(EXTRA_FILTERS[name](value))
+    return conditions
+
+
+async def segment_candidates(session: AsyncSession, flt: SegmentFilter) -> AsyncIterator[list[Candidate]]:
+    """Pages of live (not merged) contacts with a phone number matching ``flt``."""
+    conditions = [Contact.merged_into_id.is_(None), *segment_conditions(flt)]
     after = 0
     while True:
         query = _with_phone().where(Contact.id > after, *conditions).order_by(Contact.id).limit(PAGE)

@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.actions import (
     actor_of,
     check_channel_takes_files,
-    check_contact,
     check_login,
     check_reply_attachments,
     check_ticket,
@@ -23,7 +22,6 @@ from hub.actions import (
     do_create_agent,
     do_issue_token,
     do_logout,
-    do_merge_contacts,
     do_post_message,
     do_set_labels,
     do_set_status,
@@ -39,12 +37,9 @@ from hub.web.schemas import (
     AgentList,
     AgentOut,
     AssignIn,
-    ContactDetail,
-    ContactList,
     LabelsIn,
     LoginIn,
     MeIn,
-    MergeIn,
     MessageIn,
     MessageOut,
     StatusIn,
@@ -53,7 +48,6 @@ from hub.web.schemas import (
     TicketList,
     TicketMessages,
     TicketOut,
-    Timeline,
     TokenOut,
 )
 from storage import queries
@@ -522,91 +516,3 @@ async def set_labels(request: web.Request) -> web.Response:
         ticket = await check_ticket(session, ticket_id, lock=True)
         await do_set_labels(session, ticket, body.labels, actor=actor_of(agent))
     return web.json_response(await _ticket_out(request, ticket_id))
-
-
-# --- contacts -------------------------------------------------------------------
-
-
-@ROUTES.route(
-    "GET",
-    f"{API}/contacts",
-    summary="Contacts, newest first, with their identities on every channel",
-    tag="contacts",
-    response=ContactList,
-    query={"q": "text in the name or any address", "cursor": "next_cursor of the previous page", "limit": "page size"},
-    errors=(400,),
-)
-async def list_contacts(request: web.Request) -> web.Response:
-    hub = request.app[HUB]
-    await current_agent(request)
-    limit = page_limit(request)
-    async with hub.db.read() as session:
-        return await _paged(
-            queries.list_contacts(
-                session,
-                text=(request.query.get("q") or "").strip() or None,
-                cursor=request.query.get("cursor"),
-                limit=limit,
-            )
-        )
-
-
-@ROUTES.route(
-    "GET",
-    f"{API}/contacts/{{id}}",
-    summary="A contact: identities, attributes, lead stage and score, tickets",
-    tag="contacts",
-    response=ContactDetail,
-    errors=(404,),
-)
-async def get_contact(request: web.Request) -> web.Response:
-    hub = request.app[HUB]
-    await current_agent(request)
-    contact_id = int_param(request, "id")
-    async with hub.db.read() as session:
-        view = await queries.get_contact(session, contact_id)
-    if view is None:
-        raise NotFound(f"contact {contact_id} does not exist")
-    return web.json_response(view)
-
-
-@ROUTES.route(
-    "GET",
-    f"{API}/contacts/{{id}}/timeline",
-    summary="Every message and event of the customer across all tickets and channels, newest first",
-    tag="contacts",
-    response=Timeline,
-    query={"cursor": "next_cursor of the previous page", "limit": f"page size, 1 to {MAX_PAGE} (default 50)"},
-    errors=(400, 404),
-)
-async def contact_timeline(request: web.Request) -> web.Response:
-    hub = request.app[HUB]
-    await current_agent(request)
-    contact_id = int_param(request, "id")
-    limit = page_limit(request)
-    async with hub.db.read() as session:
-        await check_contact(session, contact_id)
-        return await _paged(queries.timeline(session, contact_id, cursor=request.query.get("cursor"), limit=limit))
-
-
-@ROUTES.route(
-    "POST",
-    f"{API}/contacts/{{id}}/merge",
-    summary="Merge contact source_id into this contact (identities, tickets, history move here)",
-    tag="contacts",
-    body=MergeIn,
-    response=ContactDetail,
-    errors=(404, 409),
-)
-async def merge_contacts(request: web.Request) -> web.Response:
-    hub = request.app[HUB]
-    agent = await current_agent(request)
-    target_id = int_param(request, "id")
-    body = await parse_body(request, MergeIn)
-    async with hub.db.write() as session:
-        target = await check_contact(session, target_id)
-        source = await check_contact(session, body.source_id)
-        await do_merge_contacts(session, target, source, actor=actor_of(agent))
-    async with hub.db.read() as session:
-        view = await queries.get_contact(session, target_id)
-    return web.json_response(view)

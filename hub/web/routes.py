@@ -1,6 +1,20 @@
 """Importing this module registers every route of the hub in ``registry``."""
 
-from hub.web import api, attachments, campaigns, chat, events, faq, inbox, ops, routing, telegram, twilio, widget
+from hub.web import (
+    api,
+    attachments,
+    campaigns,
+    chat,
+    contacts,
+    events,
+    faq,
+    inbox,
+    ops,
+    routing,
+    telegram,
+    twilio,
+    widget,
+)
 from hub.web.registry import ROUTES as registry
 
 __all__ = [
@@ -8,6 +22,7 @@ __all__ = [
     "attachments",
     "campaigns",
     "chat",
+    "contacts",
     "events",
     "faq",
     "inbox",

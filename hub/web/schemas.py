@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from hub.core import Attachment, Channel, Role, UTCDateTime
 from routing.settings import Capacity, Language, Skill, TeamName
-from storage.queries import MAX_ID, NEWEST_MESSAGES
+from storage.queries import CONTACT_TICKETS, MAX_ID, NEWEST_MESSAGES
 
 # A larger id than the database holds must be refused here, naming the
 # field, rather than fail there as a server error. Strict: lax mode reads
@@ -245,7 +245,48 @@ class ContactOut(_Out):
 
 
 class ContactDetail(ContactOut):
-    tickets: list[TicketOut]
+    tickets: list[TicketOut] = Field(description=f"the newest {CONTACT_TICKETS} tickets, newest activity first")
+    tickets_total: int = Field(description="how many tickets the contact has (more than tickets holds: page them)")
+    tickets_next_cursor: str | None = Field(
+        description="while the contact has more tickets than tickets holds: pass as cursor to "
+        "GET /api/v1/tickets?contact={id} for the ones after them; null when tickets holds them all"
+    )
+    resolved_from_id: int | None = Field(
+        default=None,
+        description="the id asked for when it was merged away: this is the contact it lives on in "
+        "(its merged_into_id followed to the end); null when the id asked for is this contact",
+    )
+
+
+class ContactPatchIn(_In):
+    """An agent's edit of a contact; a field left out stays as it is."""
+
+    name: str | None = Field(default=None, max_length=512, description="null clears it")
+    attributes: dict[str, Any] = Field(
+        default_factory=dict,
+        max_length=100,
+        description="merged into the contact's attributes (JSON merge patch): a key set to null is removed; "
+        "values are text (up to 500 characters), numbers or true/false; sms_consent* only through "
+        "PUT /api/v1/contacts/{id}/sms_consent; language is stored as its code, timezone must be an IANA zone",
+    )
+    tags: list[str] = Field(
+        default_factory=list,
+        max_length=50,
+        description="replaces the tags: cleaned as labels are (NFC, spaces, trimmed), one per spelling up to case",
+    )
+    lifecycle_stage: str | None = Field(
+        default=None,
+        max_length=40,
+        description="lead, marketing_qualified, sales_qualified or customer; null clears it",
+    )
+    add_email: str | None = Field(
+        default=None, max_length=320, description="adds this email address as an identity (stored lower-case)"
+    )
+    add_phone: str | None = Field(
+        default=None,
+        max_length=64,
+        description="adds this phone number as an identity (E.164; without +code read in phone.default_region)",
+    )
 
 
 class ContactList(_Out):
@@ -263,6 +304,13 @@ class TimelineItem(_Out):
 class Timeline(_Out):
     items: list[TimelineItem]
     next_cursor: str | None
+
+
+class ContactTimeline(Timeline):
+    contact_id: int = Field(description="whose timeline this is (the surviving contact of a merged-away id)")
+    resolved_from_id: int | None = Field(
+        default=None, description="the id asked for when it was merged away into contact_id; else null"
+    )
 
 
 class Health(_Out):

@@ -437,7 +437,8 @@ async def test_shared_phone_links_the_telegram_identity_to_the_sms_customer(
     assert (await post(http, server, own))[1]["outcome"] == "duplicate"
     assert (await identity(hub, "telegram", "777")).contact_id == sms.contact_id  # type: ignore[union-attr]
     merged = await agent.get(f"/api/v1/contacts/{telegram_contact}")
-    assert merged["merged_into_id"] == sms.contact_id
+    # The merged-away id answers the contact it now lives on in.
+    assert (merged["id"], merged["resolved_from_id"]) == (sms.contact_id, telegram_contact)
     customer = await agent.get(f"/api/v1/contacts/{sms.contact_id}")
     assert {(i["channel"], i["address"]) for i in customer["identities"]} == {
         ("phone", "+15551234567"),

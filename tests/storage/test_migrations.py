@@ -7,7 +7,7 @@ from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from hub.core import Channel, InboundMessage
@@ -57,3 +57,33 @@ async def test_a_call_keeps_a_sip_caller_and_line(db: Database) -> None:
     async with db.read() as session:
         call = await session.scalar(select(Call))
         assert call is not None and (call.customer, call.line) == (caller, line)
+
+
+async def test_the_label_filter_has_an_index_on_lower_label_on_postgresql(db_url: str) -> None:
+    """The ticket list's label filter compares lower(label) on PostgreSQL: an
+    index on that expression serves it (the one on label cannot). SQLite's
+    filter compares exact spellings, so it has none."""
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            if conn.dialect.name != "postgresql":
+                names = (await conn.execute(text("select name from sqlite_master where type = 'index'"))).scalars()
+                assert "ix_ticket_labels_label_lower" not in set(names)
+                return
+            found = (
+                await conn.execute(
+                    text("select indexdef from pg_indexes where indexname = 'ix_ticket_labels_label_lower'")
+                )
+            ).scalar_one()
+            assert "lower((label)::text)" in found
+            await conn.execute(text("set enable_seqscan = off"))
+            plan = "\n".join(
+                (
+                    await conn.execute(
+                        text("explain select ticket_id from ticket_labels where lower(label) = lower('VIP')")
+                    )
+                ).scalars()
+            )
+            assert "ix_ticket_labels_label_lower" in plan, plan
+    finally:
+        await engine.dispose()

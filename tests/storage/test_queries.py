@@ -4,10 +4,15 @@ Search reads a query typed as a phone number as its digits."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from hub.core import Channel, InboundMessage
 from storage import queries
 from storage.db import Database
+from storage.ingest import IngestResult, ingest_batch
+from storage.models import Message, Ticket
 from storage.queries import BadCursor, TicketFilter, encode_cursor
 
 #: Valid ISO times with an offset that leave the calendar once in UTC.
@@ -63,3 +68,55 @@ async def test_a_search_using_every_folded_character_still_runs(db: Database) ->
     async with db.read() as s:
         assert await queries.list_tickets(s, TicketFilter(text=text), cursor=None, limit=10) == ([], None)
         assert await queries.list_contacts(s, text=text, cursor=None, limit=10) == ([], None)
+
+
+async def test_the_ticket_list_reads_one_message_per_ticket_whatever_the_history(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The list's ``last_message`` is each ticket's newest public message; the
+    page fetches that one row per ticket, not every message of every ticket
+    (which took seconds a page with long conversations)."""
+    async with db.write() as s:
+        results = await ingest_batch(
+            s,
+            [
+                InboundMessage(
+                    channel=Channel.WEBCHAT, inbox="webchat", external_id=f"{who}:{i}", sender=who, body=f"{who} {i}"
+                )
+                for who in ("long-a", "long-b")
+                for i in range(40)
+            ],
+        )
+    first = results[0]
+    assert isinstance(first, IngestResult)
+    async with db.write() as s:
+        ticket = await s.get(Ticket, first.ticket_id)
+        assert ticket is not None
+        # The newest message of one ticket is a private note: the list shows the message before it.
+        s.add(
+            Message(
+                ticket_id=ticket.id,
+                contact_id=ticket.contact_id,
+                inbox_id=ticket.inbox_id,
+                channel="webchat",
+                direction="out",
+                author="agent",
+                body="a private note",
+                private=True,
+                status="sent",
+            )
+        )
+    rows_read: list[int] = []
+    async with db.read() as s:
+        execute = s.execute
+
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            frozen = (await execute(*args, **kwargs)).freeze()
+            rows_read.append(len(frozen().all()))
+            return frozen()
+
+        monkeypatch.setattr(s, "execute", counting)
+        items, _ = await queries.list_tickets(s, TicketFilter(), cursor=None, limit=10)
+    assert sorted(t["last_message"]["body"] for t in items) == ["long-a 39", "long-b 39"]
+    assert all(t["last_message"]["direction"] == "in" for t in items)
+    assert max(rows_read) <= len(items), rows_read

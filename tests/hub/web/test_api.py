@@ -276,7 +276,9 @@ async def test_merge_and_cross_channel_timeline(env: Env) -> None:
     assert sorted(t.status for t in merged.tickets) == ["open", "resolved"]
     again = await env.admin.post(f"/api/v1/contacts/{a.contact_id}/merge", {"source_id": b.contact_id}, 409)
     assert "already merged" in again["error"]["message"]
-    assert (await env.admin.get(f"/api/v1/contacts/{b.contact_id}"))["merged_into_id"] == a.contact_id
+    # The merged-away id answers the contact it lives on in, saying so.
+    gone = await env.admin.get(f"/api/v1/contacts/{b.contact_id}")
+    assert (gone["id"], gone["resolved_from_id"]) == (a.contact_id, b.contact_id)
 
     bodies: list[str] = []
     kinds: list[str] = []
