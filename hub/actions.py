@@ -44,6 +44,7 @@ from hub.core import (
 from hub.errors import BadRequest, Conflict, NotFound, Unauthorized, ValidationFailed
 from hub.security import MIN_PASSWORD_LENGTH, hash_password, new_api_token, token_digest, verify_password
 from hub.text import InvalidPhoneNumber, clean_label, label_key, parse_phone
+from routing.settings import language_tag
 from storage.ingest import add_outbox, dialect_insert, outbox_row
 from storage.models import (
     Agent,
@@ -162,6 +163,14 @@ async def do_create_agent(
             raise ValidationFailed(f"team name {team_name[:80]!r} must have 1 to {MAX_NAME_CHARS} characters")
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValidationFailed(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+    # As the agents API takes them: a word such as "english" would make the
+    # agent ineligible for every ticket routing gives a language.
+    tags = [s.strip() for s in languages or () if s.strip()]
+    for tag in tags:
+        try:
+            language_tag(tag.lower())
+        except ValueError as exc:
+            raise ValidationFailed(f"languages: {exc}") from exc
     e164: str | None = None
     if phone:
         try:
@@ -181,7 +190,7 @@ async def do_create_agent(
         role=role.value,
         # As do_update_agent_routing keeps them: " billing" is "billing".
         skills=sorted({s.strip() for s in skills or () if s.strip()}),
-        languages=sorted({s.strip().lower() for s in languages or () if s.strip()}),
+        languages=sorted({tag.lower() for tag in tags}),
         capacity=dict(capacity or {}),
         presence="offline",
         phone=e164,

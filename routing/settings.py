@@ -59,7 +59,8 @@ MAX_CAPACITY = 10_000
 _LANGUAGE_TAG = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]{1,8})*")
 
 
-def _language_tag(value: str) -> str:
+def language_tag(value: str) -> str:
+    """``value`` (lower case) if it is shaped as a BCP 47 tag, else ValueError naming it."""
     if not _LANGUAGE_TAG.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a language tag: give a BCP 47 tag, a 2 or 3 letter language code with optional "
@@ -71,7 +72,7 @@ def _language_tag(value: str) -> str:
 Language = Annotated[
     str,
     StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=35),
-    AfterValidator(_language_tag),
+    AfterValidator(language_tag),
 ]
 Capacity = Annotated[StrictInt, Field(ge=0, le=MAX_CAPACITY)]
 # The audit log's actor column holds 64 characters: an automation rule acts as

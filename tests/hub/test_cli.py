@@ -95,6 +95,8 @@ def test_agent_add_names_what_is_wrong_and_stores_nothing(tmp_path: Path) -> Non
         (["--email", "a@example.com", "--name", "x" * 201], "name is longer than 200 characters"),
         (["--email", "a@example.com", "--name", " \n "], "name must not be empty"),
         (["--email", "a@example.com", "--name", "A", "--team", "t" * 201], "must have 1 to 200 characters"),
+        # Routing gives tickets by language tag: "english" would match none.
+        (["--email", "a@example.com", "--name", "A", "--languages", "en,english"], "'english' is not a language tag"),
     ):
         done = subprocess.run(
             [CLI, "agent", "add", *extra, "--password-stdin"],
