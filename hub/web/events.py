@@ -46,11 +46,13 @@ log = logging.getLogger(__name__)
 )
 async def agent_events(request: web.Request) -> web.StreamResponse:
     """Each frame is JSON with a `type` (`message.received`, `message.created`,
-    `message.status`, `ticket.assigned`, `ticket.status_changed`, `ticket.routed`,
-    `ticket.handoff`, `ticket.priority_changed`, `ticket.labels_changed` (with the
-    labels `from` and `to` in `data`), `sla.warning`, `sla.breach` (with the agent ids to `notify`),
-    `agent.presence`, `contact.merged`, `typing`) and the ticket, message or agent
-    it concerns, in the same shapes as the REST API. Send `{"type": "ping"}` to get
+    `message.status`, `message.updated`, `ticket.assigned`, `ticket.status_changed`,
+    `ticket.routed`, `ticket.handoff`, `ticket.priority_changed`, `ticket.labels_changed`
+    (with the labels `from` and `to` in `data`), `sla.warning`, `sla.breach` (with the
+    agent ids to `notify`), `agent.presence`, `contact.merged`,
+    `contact.identity_linked`, `contact.source`, `contact.reachability`,
+    `contact.updated` (with the `contact_id` and what `changed`), `typing`) and the
+    ticket, message, contact or agent it concerns, in the same shapes as the REST API. Send `{"type": "ping"}` to get
     a `pong`, and `{"type": "typing", "ticket_id": N}` while writing a reply: a web
     chat visitor sees "typing", and so do the other agents. While connected, the
     agent is seen (their presence stays online). The token is checked again
