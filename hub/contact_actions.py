@@ -32,7 +32,7 @@ from hub.config import iana_zone
 from hub.core import IdentityKind
 from hub.errors import Conflict, NotFound, ValidationFailed
 from hub.inbox import CONTACT_UPDATED
-from hub.text import InvalidPhoneNumber, clean_label, label_key, parse_phone
+from hub.text import InvalidPhoneNumber, clean_label, label_key, parse_phone, strip_bidi_controls
 from storage.ingest import add_outbox, outbox_row
 from storage.models import Contact, Identity, Ticket
 from storage.queries import MAX_MERGE_HOPS, identities_for, last_seen
@@ -74,7 +74,8 @@ def check_contact_changes(given: Mapping[str, Any], *, phone_region: str | None)
     out = ContactChanges(fields={k for k in given if k not in ("add_email", "add_phone") or given[k] is not None})
     if "name" in given:
         name = given["name"]
-        out.name = None if name is None else " ".join(str(name).split())
+        # As customers' own names are stored: no controls that reorder what agents read.
+        out.name = None if name is None else " ".join(strip_bidi_controls(str(name)).split())
         if out.name == "":
             raise _invalid("name", "name is empty; null clears it")
         if out.name is not None and len(out.name) > MAX_NAME:

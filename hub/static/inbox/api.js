@@ -1,10 +1,13 @@
 // The hub's REST API and its live events websocket, as the inbox uses them.
 
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  /** ``details``: the hub's list of ``{field, message}`` for a refused body
+   * (a 422), so a form can point at the field. */
+  constructor(status, code, message, details = null) {
     super(message);
     this.status = status;
     this.code = code;
+    this.details = Array.isArray(details) ? details : [];
   }
 }
 
@@ -34,7 +37,7 @@ export class Api {
     if (!response.ok) {
       const error = data.error || {};
       if (response.status === 401 && this.token && this.onUnauthorized) this.onUnauthorized();
-      throw new ApiError(response.status, error.code || "http_error", error.message || response.statusText);
+      throw new ApiError(response.status, error.code || "http_error", error.message || response.statusText, error.details);
     }
     return data;
   }
@@ -42,6 +45,7 @@ export class Api {
   get(path) { return this.request("GET", path); }
   post(path, body = {}) { return this.request("POST", path, body); }
   put(path, body) { return this.request("PUT", path, body); }
+  patch(path, body) { return this.request("PATCH", path, body); }
   del(path) { return this.request("DELETE", path); }
 
   upload(file) {

@@ -317,6 +317,7 @@ function bindOnce() {
   $("#snooze-form").addEventListener("submit", onSnoozeSubmit);
   for (const button of document.querySelectorAll("[data-snooze]")) button.addEventListener("click", () => presetSnooze(button.dataset.snooze));
   for (const button of document.querySelectorAll("dialog [data-close]")) button.addEventListener("click", () => button.closest("dialog").close());
+  $("#contact-dialog").addEventListener("close", contactDialogClosed);
   $("#timeline-more").addEventListener("click", () => loadTimeline(true));
   $("#messages").addEventListener("scroll", (e) => { if (e.target.scrollTop < EARLIER_MARGIN) loadEarlier(true); });
   $("#open-canned").addEventListener("click", openCannedDialog);
@@ -671,22 +672,29 @@ function onEvent(frame) {
  * when the event has it. */
 function contactChanged(contactId, contact = null) {
   const named = contact && "name" in contact;
+  const listed = named ? showContactName(contactId, contact.name) : state.tickets.some((item) => item.contact_id === contactId);
+  if (listed && !named) renderTickets();
+  // A search may find (or stop finding) them under the new name.
+  if (listed || state.filters.q) scheduleReload();
+  if (state.current && state.current.contact_id === contactId) loadCustomer();
+}
+
+/** A customer's name wherever the inbox shows it outside their panel: the
+ * rows of their tickets and the open conversation's title. Returns whether
+ * any of their tickets is in the list. */
+function showContactName(contactId, name) {
   let listed = false;
   for (const item of state.tickets) {
     if (item.contact_id !== contactId) continue;
     listed = true;
-    if (named) item.contact_name = contact.name;
+    item.contact_name = name;
   }
   if (listed) renderTickets();
-  // A search may find (or stop finding) them under the new name.
-  if (listed || state.filters.q) scheduleReload();
   if (state.current && state.current.contact_id === contactId) {
-    if (named) {
-      state.current.contact_name = contact.name;
-      renderHeader();
-    }
-    loadCustomer();
+    state.current.contact_name = name;
+    renderHeader();
   }
+  return listed;
 }
 
 function notifyMessage(frame) {
@@ -1306,8 +1314,12 @@ function renderCustomer() {
   if (!c || !state.current) return fill(panel);
   const attributes = Object.entries(c.attributes || {}).filter(([key]) => key !== "possible_duplicate_of");
   const duplicates = (c.attributes && c.attributes.possible_duplicate_of) || [];
+  // Live events re-render the panel: a keyboard user on "Edit" stays there.
+  const onEdit = document.activeElement && document.activeElement.id === "edit-contact";
   fill(panel,
-    h("h2", { dir: "auto" }, withoutBidiControls(c.name) || t("anonymous", { id: c.id })),
+    h("div", { class: "customer-head" },
+      h("h2", { dir: "auto" }, withoutBidiControls(c.name) || t("anonymous", { id: c.id })),
+      h("button", { type: "button", id: "edit-contact", class: "link", "aria-haspopup": "dialog", onclick: openContactEdit }, t("contact.edit"))),
     h("p", { class: "muted small" }, `#${c.id}`),
     duplicates.map((id) => h("p", { class: "hint" }, t("possible_duplicate", { id }), " ",
       h("button", { type: "button", class: "link", onclick: () => confirmMerge(id) }, t("merge.do")))),
@@ -1318,7 +1330,7 @@ function renderCustomer() {
       // The parentheses outside the name: a right-to-left name cannot take them along.
       i.display_name ? h("span", { class: "muted" }, " (", h("bdi", { dir: "auto" }, withoutBidiControls(i.display_name)), ")") : null))),
     h("dl", { class: "facts" },
-      h("dt", {}, t("lead_stage")), h("dd", { dir: "auto" }, c.lifecycle_stage || "—"),
+      h("dt", {}, t("lead_stage")), h("dd", { dir: "auto" }, c.lifecycle_stage ? stageLabel(c.lifecycle_stage) : "—"),
       h("dt", {}, t("lead_score")), h("dd", {}, formatNumber(c.lead_score || 0)),
       c.segment ? [h("dt", {}, t("segment")), h("dd", { dir: "auto" }, c.segment)] : null,
       (c.tags || []).length ? [h("dt", {}, t("tags")), h("dd", { dir: "auto" }, c.tags.join(", "))] : null),
@@ -1334,6 +1346,253 @@ function renderCustomer() {
     h("form", { class: "merge", onsubmit: searchMerge },
       h("input", { id: "merge-q", type: "search", dir: "auto", "aria-label": t("merge.search"), placeholder: t("merge.search") }),
       h("ul", { id: "merge-results", class: "merge-results" })));
+  if (onEdit) $("#edit-contact").focus({ preventScroll: true });
+}
+
+// --- editing the contact (PATCH /contacts/{id}) ---------------------------------------------------
+// The form sends only what the agent changed against the contact as it opened
+// (a colleague's edit meanwhile is not undone); the hub's refusal stays in the
+// form, next to the field it names, and the form stays open to fix it.
+
+// The stages the hub takes, in the order a lead climbs them.
+const LIFECYCLE_STAGES = ["lead", "marketing_qualified", "sales_qualified", "customer"];
+// Each field the hub may name in a refusal: the input, and its label.
+const CONTACT_FIELDS = {
+  name: ["#contact-name", "contact.name"],
+  tags: ["#contact-tags", "tags"],
+  lifecycle_stage: ["#contact-stage", "lead_stage"],
+  add_email: ["#contact-email", "contact.add_email"],
+  add_phone: ["#contact-phone", "contact.add_phone"],
+  attributes: ["#contact-attr-add", "attributes"],
+};
+
+let editing = null; // the contact as the form opened on it: { id, name, tags, stage, attributes }
+
+function stageLabel(stage) {
+  const key = `stage.${stage}`;
+  const label = t(key);
+  return label === key ? stage : label;
+}
+
+/** Attributes the form offers: not the hub's own duplicate hint, not SMS
+ * consent (recorded with its time and source through its own endpoint), and
+ * only text, numbers and true/false, which is all an edit can write back. */
+function editableAttribute(key, value) {
+  return key !== "possible_duplicate_of" && !key.startsWith("sms_consent") && ["string", "number", "boolean"].includes(typeof value);
+}
+
+function attributeText(value) {
+  return typeof value === "string" ? value : JSON.stringify(value);
+}
+
+/** The text typed, as the type the attribute had: a number stays a number
+ * and true / false stay booleans; anything else (and every new one) is text,
+ * so "0912" is not turned into 912. */
+function typedValue(text, original) {
+  if (typeof original === "number" && /^-?\d+(\.\d+)?$/.test(text)) return Number(text);
+  if (typeof original === "boolean" && /^(true|false)$/i.test(text)) return text.toLowerCase() === "true";
+  return text;
+}
+
+function splitTags(text) {
+  return text.split(/[,،]/).map((tag) => tag.trim()).filter(Boolean);
+}
+
+function sameWords(text) {
+  return String(text || "").split(/\s+/).filter(Boolean).join(" ");
+}
+
+function openContactEdit() {
+  const c = state.contact;
+  if (!c) return;
+  const attributes = Object.fromEntries(Object.entries(c.attributes || {}).filter(([key, value]) => editableAttribute(key, value)));
+  editing = { id: c.id, name: withoutBidiControls(c.name) || "", tags: [...(c.tags || [])], stage: c.lifecycle_stage || "", attributes };
+  const stages = !editing.stage || LIFECYCLE_STAGES.includes(editing.stage) ? LIFECYCLE_STAGES : [...LIFECYCLE_STAGES, editing.stage];
+  const field = (label, control) => h("label", {}, h("span", {}, t(label)), " ", control);
+  const dialog = $("#contact-dialog");
+  // Built on opening, in the language of the moment, and emptied on closing:
+  // the login form's "Email" is then the page's only field of that name.
+  fill(dialog, h("form", { id: "contact-form", class: "contact-form", novalidate: true, onsubmit: saveContact },
+    h("h2", { id: "contact-title" }, t("contact.edit.title")),
+    field("contact.name", h("input", { id: "contact-name", dir: "auto", maxlength: "512", autocomplete: "off", value: editing.name })),
+    field("tags", h("input", { id: "contact-tags", dir: "auto", autocomplete: "off", placeholder: t("contact.tags.hint"), value: editing.tags.join(", ") })),
+    field("lead_stage", h("select", { id: "contact-stage" },
+      options([["", t("stage.none")], ...stages.map((stage) => [stage, stageLabel(stage)])], editing.stage))),
+    field("contact.add_email", h("input", { id: "contact-email", type: "email", dir: "auto", maxlength: "320", autocomplete: "off" })),
+    field("contact.add_phone", h("input", { id: "contact-phone", type: "tel", dir: "auto", maxlength: "64", autocomplete: "off" })),
+    h("fieldset", { class: "contact-attributes" },
+      h("legend", {}, t("attributes")),
+      h("ul", { id: "contact-attributes", class: "attribute-rows" },
+        Object.entries(attributes).map(([key, value]) => attributeRow(key, attributeText(value), true))),
+      h("p", { class: "muted small" }, t("contact.attr.hint")),
+      h("button", { type: "button", id: "contact-attr-add", onclick: addAttributeRow }, t("contact.attr.add"))),
+    h("p", { id: "contact-error", class: "error", role: "alert", dir: "auto" }),
+    h("div", { class: "row end" },
+      h("button", { type: "button", onclick: () => dialog.close() }, t("cancel")),
+      h("button", { type: "submit", class: "primary", id: "contact-save" }, t("save")))));
+  dialog.showModal();
+  $("#contact-name").focus();
+}
+
+/** One attribute's row: an existing one's name is fixed (remove it and add
+ * another to rename it), a new one's is typed. */
+function attributeRow(key = "", value = "", existing = false) {
+  const row = h("li", { class: "attribute-row", "data-key": existing ? key : null },
+    h("input", { class: "attr-key", dir: "auto", value: key, readonly: existing, maxlength: "64", autocomplete: "off",
+      "aria-label": t("contact.attr.name"), placeholder: existing ? null : t("contact.attr.name") }),
+    h("input", { class: "attr-value", dir: "auto", value, autocomplete: "off",
+      "aria-label": existing ? t("contact.attr.value_of", { name: key }) : t("contact.attr.value"),
+      placeholder: existing ? null : t("contact.attr.value") }),
+    h("button", { type: "button", class: "link attr-remove", "aria-label": existing ? t("contact.attr.remove", { name: key }) : t("remove"),
+      onclick: () => removeAttributeRow(row) }, "×"));
+  return row;
+}
+
+function addAttributeRow() {
+  const row = attributeRow();
+  $("#contact-attributes").appendChild(row);
+  row.querySelector(".attr-key").focus();
+}
+
+function removeAttributeRow(row) {
+  const next = row.nextElementSibling || row.previousElementSibling;
+  row.remove();
+  (next ? next.querySelector(".attr-value") : $("#contact-attr-add")).focus();
+}
+
+/** What the form asks the hub to change: ``{ body }``, or ``{ missing }``:
+ * the name input of an attribute given a value but no name. */
+function contactPatch() {
+  const body = {};
+  const name = sameWords(withoutBidiControls($("#contact-name").value));
+  if (name !== sameWords(editing.name)) body.name = name || null;
+  const tags = splitTags($("#contact-tags").value);
+  // The hub keeps one tag per spelling up to case, in the contact's spelling.
+  const keys = (list) => [...new Set(list.map(labelKey))].sort().join("\n");
+  if (keys(tags) !== keys(editing.tags)) body.tags = tags;
+  const stage = $("#contact-stage").value;
+  if (stage !== editing.stage) body.lifecycle_stage = stage || null;
+  const email = $("#contact-email").value.trim();
+  if (email) body.add_email = email;
+  const phone = $("#contact-phone").value.trim();
+  if (phone) body.add_phone = phone;
+  const attributes = {};
+  const kept = new Set();
+  for (const row of $("#contact-attributes").children) {
+    const keyInput = row.querySelector(".attr-key");
+    const key = keyInput.value.trim();
+    const text = row.querySelector(".attr-value").value.trim();
+    if (!key) {
+      if (text) return { missing: keyInput };
+      continue;
+    }
+    kept.add(key);
+    const had = Object.hasOwn(editing.attributes, key);
+    if (!text) {
+      if (had) attributes[key] = null;
+      else delete attributes[key];
+      continue;
+    }
+    if (had && attributeText(editing.attributes[key]) === text) delete attributes[key];
+    else attributes[key] = typedValue(text, editing.attributes[key]);
+  }
+  for (const key of Object.keys(editing.attributes)) if (!kept.has(key)) attributes[key] = null;
+  if (Object.keys(attributes).length) body.attributes = attributes;
+  return { body };
+}
+
+function clearContactError() {
+  fill($("#contact-error"));
+  for (const node of $("#contact-form").querySelectorAll("[aria-invalid]")) {
+    node.removeAttribute("aria-invalid");
+    node.removeAttribute("aria-describedby");
+  }
+}
+
+function showContactError(message, inputs = []) {
+  fill($("#contact-error"), message);
+  announce(message);
+  for (const input of inputs) {
+    input.setAttribute("aria-invalid", "true");
+    input.setAttribute("aria-describedby", "contact-error");
+  }
+  if (inputs.length) inputs[0].focus();
+}
+
+/** The input and the label of a field the hub names ("add_email", "tags.2",
+ * "attributes.plan"). */
+function contactField(path) {
+  const [head, ...rest] = String(path || "").split(".");
+  if (head === "attributes" && rest.length) {
+    const key = rest.join(".");
+    const row = [...$("#contact-attributes").children].find((r) => r.querySelector(".attr-key").value.trim() === key);
+    return { input: row ? row.querySelector(row.dataset.key != null ? ".attr-value" : ".attr-key") : null, label: `${t("attributes")} › ${key}` };
+  }
+  const known = CONTACT_FIELDS[head];
+  return known ? { input: $(known[0]), label: t(known[1]) } : { input: null, label: path || null };
+}
+
+/** The hub's refusal as the form shows it: each field it names, with its label. */
+function contactRefusal(err, body) {
+  if (err.details.length) {
+    const fields = err.details.map((d) => ({ ...contactField(d.field), message: d.message }));
+    return {
+      message: fields.map((f) => (f.label ? `${f.label}: ${f.message}` : f.message)).join(" · "),
+      inputs: fields.map((f) => f.input).filter(Boolean),
+    };
+  }
+  if (err.status === 409) {
+    // An address another contact has: the hub's message starts with its kind.
+    const field = body.add_phone && (!body.add_email || /^phone\b/.test(err.message)) ? "add_phone" : body.add_email ? "add_email" : null;
+    if (field) {
+      const { input, label } = contactField(field);
+      return { message: `${label}: ${err.message}`, inputs: [input] };
+    }
+  }
+  return { message: err.message, inputs: [] };
+}
+
+async function saveContact(event) {
+  event.preventDefault();
+  const mine = editing;
+  const save = $("#contact-save");
+  if (!mine || save.disabled) return;
+  clearContactError();
+  const patch = contactPatch();
+  if (patch.missing) return showContactError(t("contact.attr.missing"), [patch.missing]);
+  if (!Object.keys(patch.body).length) {
+    $("#contact-dialog").close();
+    return;
+  }
+  save.disabled = true;
+  try {
+    const contact = await state.api.patch(`/contacts/${mine.id}`, patch.body);
+    if (editing === mine) $("#contact-dialog").close();
+    announce(t("contact.saved"));
+    // Other agents' inboxes follow with the contact.updated event; this one
+    // need not wait for it.
+    if (state.contact && (state.contact.id === mine.id || state.contact.id === contact.id)) {
+      state.contact = contact;
+      renderCustomer();
+      renderReplyChannels();
+    }
+    showContactName(contact.id, contact.name);
+  } catch (err) {
+    // A 401 returns to the login form, which says why.
+    if (!state.me) return;
+    if (editing !== mine) return showError(err);
+    const refusal = contactRefusal(err, patch.body);
+    showContactError(t("contact.refused", { message: refusal.message }), refusal.inputs);
+  } finally {
+    save.disabled = false;
+  }
+}
+
+function contactDialogClosed() {
+  editing = null;
+  fill($("#contact-dialog"));
+  const button = $("#edit-contact");
+  if (button) button.focus({ preventScroll: true });
 }
 
 async function searchMerge(event) {

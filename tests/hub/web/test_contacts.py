@@ -69,7 +69,8 @@ async def test_an_agent_edits_a_contact(env: Env) -> None:
             await env.admin.patch(
                 path,
                 {
-                    "name": "  Real   Name ",
+                    # Spaces folded, and no override that would show agents "emaN laeR".
+                    "name": "  Real   \u202eName\u202c ",
                     "attributes": {"company": "Acme", "language": "Persian", "timezone": "Asia/Tehran", "seats": 5},
                     "tags": [" VIP ", "vip", "Wholesale", ""],
                     "lifecycle_stage": "customer",
