@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -960,6 +960,73 @@ async def _merge_bot_sessions(session: AsyncSession, target_id: int, source_id: 
     else:
         await session.delete(source)
     await session.flush()
+
+
+async def do_record_visitor_receipt(
+    session: AsyncSession, message_id: int, status: DeliveryStatus, *, contact_id: int, channel: Channel
+) -> list[Message]:
+    """The visitor's widget says it showed (``delivered``) or the visitor saw
+    (``read``) reply ``message_id``: so they did every earlier one of theirs
+    on ``channel`` too, shown above it. One UPDATE; a ``message.status`` event
+    per message it changed, which it returns.
+
+    Earlier replies move only from ``sent`` (or ``delivered``, to read): one
+    still queued or failed has not reached the visitor, and marked read the
+    sender (it claims only queued ones) would never send it. ``message_id``
+    itself may move from anything behind (its receipt can overtake the
+    sender's record of the send), as :func:`do_record_delivery` does."""
+    shown = [DeliveryStatus.SENT.value]
+    if status is DeliveryStatus.READ:
+        shown.append(DeliveryStatus.DELIVERED.value)
+    behind = [s.value for s in DeliveryStatus if status_advances(s, status)]
+    now = utcnow()
+    changed = (
+        await session.scalars(
+            update(Message)
+            .where(
+                Message.contact_id == contact_id,
+                Message.channel == channel.value,
+                Message.direction == Direction.OUT.value,
+                Message.private.is_(False),
+                ((Message.id == message_id) & Message.status.in_(behind))
+                | ((Message.id < message_id) & Message.status.in_(shown)),
+            )
+            .values(
+                status=status.value,
+                status_reason=None,
+                # Bound as the column's type: SQLite stores these as UTC text.
+                delivered_at=func.coalesce(Message.delivered_at, literal(now, Message.delivered_at.type)),
+                sent_at=func.coalesce(Message.sent_at, literal(now, Message.sent_at.type)),
+            )
+            .returning(Message.id)
+            .execution_options(synchronize_session=False)
+        )
+    ).all()
+    if not changed:
+        return []
+    messages = list(
+        (
+            await session.scalars(
+                select(Message)
+                .where(Message.id.in_(changed))
+                .order_by(Message.id)
+                .execution_options(populate_existing=True)
+            )
+        ).all()
+    )
+    inbox_keys = dict(
+        (await session.execute(select(Inbox.id, Inbox.key).where(Inbox.id.in_({m.inbox_id for m in messages})))).all()
+    )
+    await add_outbox(
+        session,
+        [
+            outbox_row(
+                TicketEventKind.MESSAGE_STATUS.value, m.ticket_id, {"message": message_view(m, inbox_keys[m.inbox_id])}
+            )
+            for m in messages
+        ],
+    )
+    return messages
 
 
 async def do_record_delivery(

@@ -192,6 +192,23 @@ class WorkersConfig(_Section):
     concurrency: int = Field(default=8, ge=1)
 
 
+class WebchatLimits(_Section):
+    """Abuse limits on the visitor websocket. Per client address (an office or a
+    mobile carrier puts many visitors behind one): socket opens a minute and new
+    visitors (tokens issued) an hour. Per visitor (all their tabs): frames a minute."""
+
+    # Every page view of a returning visitor opens a socket: 600 a minute is an
+    # office of hundreds browsing the site at once.
+    connections_per_minute: int = Field(default=600, ge=1)
+    # A token is issued when someone opens the chat for the first time.
+    new_visitors_per_hour: int = Field(default=300, ge=1)
+    # Messages are typed by hand; a reconnect resends the unsent ones at once.
+    messages_per_minute: int = Field(default=60, ge=1)
+    identify_per_minute: int = Field(default=20, ge=1)
+    # The widget sends one every 3 s at most while the visitor types.
+    typing_per_minute: int = Field(default=60, ge=1)
+
+
 class WebchatConfig(_Section):
     inbox: str = "webchat"
     inbox_name: str = "Website"
@@ -201,6 +218,7 @@ class WebchatConfig(_Section):
     max_message_chars: int = Field(default=5000, ge=1, le=20_000)
     # Origins allowed to open the visitor websocket; "*" allows any site.
     allowed_origins: list[Annotated[str, AfterValidator(_origin)]] = Field(default_factory=lambda: ["*"])
+    limits: WebchatLimits = Field(default_factory=WebchatLimits)
 
 
 PrechatField = Literal["name", "email", "phone"]

@@ -185,6 +185,17 @@ class LoginThrottle:
         finally:
             await self._give_back(held, token)
 
+    async def over_limit(self, item: RateLimitItem, *key: str) -> float | None:
+        """Count one use of ``key`` against ``item`` in this throttle's windows
+        (the same storage: Redis when the hub has it, so every web process
+        counts together); None when it is allowed, else the seconds until the
+        window has room. A refused use is not counted. Callers namespace
+        ``key`` so that it never meets a login's."""
+        if await self._limiter.hit(item, *key):
+            return None
+        stats = await self._limiter.get_window_stats(item, *key)
+        return max(stats.reset_time - time.time(), 1.0)
+
     async def _take(self, name: str, token: str) -> int:
         """Count a try in flight under ``name``; how many are now, itself included."""
         if self._redis is None:

@@ -32,8 +32,8 @@
   function t(k, n) { return T[k].replace(/\{(\w)\}/, function () { return n == null ? "" : n; }); }
   var dir = lang === "fa" ? "rtl" : "ltr";
 
-  // Site storage can be blocked (a browser setting, a sandboxed frame): every
-  // access then throws, and this page keeps what it must in memory instead.
+  // Site storage can be blocked (a setting, a sandboxed frame): every access
+  // then throws, and the page keeps what it must in memory instead.
   var mem = {};
   function store(k, v) {
     if (v === undefined) { if (k in mem) return mem[k]; try { return localStorage.getItem(k); } catch (e) { return null; } }
@@ -41,14 +41,13 @@
     try { if (v === null) localStorage.removeItem(k); else localStorage.setItem(k, v); } catch (e) { if (v !== null) mem[k] = v; }
   }
 
-  // Messages the hub has not stored yet, kept across reloads (and shared with
-  // this visitor's other tabs) until it has: resent with the same client_id,
-  // the hub stores each once.
+  // Unsent messages outlive reloads (and are shared with other tabs): resent
+  // with the same client_id, each is stored once.
   var PKEY = "crmHubPending:" + base.host;
   function load() { try { return JSON.parse(store(PKEY)) || []; } catch (e) { return []; } }
   function keep() { store(PKEY, pending.length ? JSON.stringify(pending) : null); }
   var seen = {}, pending = load(), bubbles = Object.create(null), socket = null, backoff = 500, settings = null, session = null;
-  var afterIdentify = null, typingTimer = 0, lastTyping = 0, unread = 0, offerBox = null, opened = false;
+  var afterIdentify = null, typingTimer = 0, lastTyping = 0, unread = 0, offerBox = null, opened = false, refusal = null, stopped = false;
 
   var css = ":host{all:initial}*{box-sizing:border-box;font:14px/1.4 system-ui,-apple-system,'Segoe UI',Tahoma,sans-serif}" +
     ".btn{position:fixed;bottom:20px;inset-inline-end:20px;width:56px;height:56px;border-radius:50%;border:0;background:var(--c);color:#fff;cursor:pointer;display:flex;align-items:center;justify-content:center;z-index:2147483000;box-shadow:0 4px 14px rgba(0,0,0,.25)}" +
@@ -151,17 +150,19 @@
     st.textContent = text;
     if (retry) {
       var b = el("button", { type: "button" }, T.retry);
-      b.addEventListener("click", function () {
-        mark(id, T.sending);
-        input.focus();
-        connect();
-        pending.forEach(function (f) { if (f.client_id === id) send(f); });
-      });
+      b.addEventListener("click", function () { input.focus(); resend(id); });
       st.appendChild(b);
     }
   }
+  function resend(id) {
+    mark(id, T.sending);
+    connect();
+    pending.forEach(function (f) { if (f.client_id === id) send(f); });
+  }
   function failed(frame) {
     var id = frame.client_id;
+    // Too many too fast: sent again once the hub has room.
+    if (frame.code === "rate_limited") setTimeout(resend, frame.retry_after * 1200, id);
     if (frame.code !== "invalid_frame" && frame.code !== "rejected") return mark(id, T.unsent, true);
     // The hub will never store this one: resending it on every reconnect
     // would fail forever, so it leaves the queue and goes back to the visitor.
@@ -229,9 +230,12 @@
     }
     log.scrollTop = log.scrollHeight;
     if (frame.author !== "contact") {
+      // The hub reads up to a reply: none above it is unread.
+      if (frame.status === "read") unread = 0;
       send({ type: "ack", id: frame.id });
       if (opened && !document.hidden) send({ type: "read", id: frame.id });
-      else if (frame.status !== "read") { unread++; badge.textContent = String(unread); badge.hidden = false; btn.setAttribute("aria-label", T.open + " (" + t("unread", unread) + ")"); }
+      else if (frame.status !== "read") unread++;
+      badge.textContent = unread; badge.hidden = !unread; btn.setAttribute("aria-label", T.open + (unread ? " (" + t("unread", unread) + ")" : ""));
     }
   }
   function markRead() {
@@ -334,7 +338,7 @@
   }
 
   function connect() {
-    if (socket && socket.readyState <= 1) return;
+    if (stopped || (socket && socket.readyState <= 1)) return;
     var token = store(KEY);
     socket = new WebSocket(wsUrl + (token ? "?token=" + encodeURIComponent(token) : ""));
     socket.onmessage = function (e) {
@@ -363,16 +367,23 @@
         backoff = 0;
       }
       else if (frame.type === "error" && frame.client_id) failed(frame);
-      else if (frame.type === "error") { if (frame.field && !formBox.hidden) fieldError(frame.field, frame.message); else status.textContent = frame.message; }
+      else if (frame.type === "error") {
+        refusal = frame;
+        if (frame.field && !formBox.hidden) fieldError(frame.field, frame.message); else status.textContent = frame.message;
+      }
     };
-    socket.onclose = function () {
+    socket.onclose = function (e) {
+      var why = refusal || {}; refusal = null;
+      // Refused after the upgrade, the hub said why first. A site it does not serve: retrying cannot help.
+      if (e.code === 4403) { stopped = true; status.textContent = why.message || ""; return; }
+      if (e.code === 4429) backoff = Math.max(backoff, why.retry_after * 1000 || 0);
       status.textContent = T.reconnect;
       setTimeout(connect, backoff * (0.5 + Math.random() * 0.5));
       backoff = Math.min(Math.max(backoff * 2, 500), 30000);
     };
   }
   pending.forEach(unsent);
-  // A returning visitor reconnects at once, so agent replies show as unread on
-  // the bubble, and what did not reach the hub before a reload is sent now.
+  // A returning visitor connects at once: replies show as unread on the
+  // bubble, and what a reload left unsent goes now.
   if (store(KEY) || pending.length) connect();
 })();

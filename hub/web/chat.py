@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from limits import RateLimitItem, RateLimitItemPerHour, RateLimitItemPerMinute
 
 from channels.base import InvalidPayload
 from channels.webchat import MAX_CLIENT_ID, decode_frame, frame_limit, message_frame, parse_message, visitor_channel
 from hub import codec, metrics
-from hub.actions import do_record_delivery
+from hub.actions import do_record_visitor_receipt
 from hub.app import HUB, WEBSOCKETS, Hub
 from hub.core import Channel, DeliveryStatus, IdentityKind, is_unicode
-from hub.errors import Forbidden
+from hub.security import client_address
 from hub.web.events import FEED_INTERRUPTED
 from hub.web.registry import ROUTES
 from hub.workers import AGENTS_CHANNEL
@@ -28,6 +29,17 @@ from storage.ingest import identity_contacts
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
+
+# Close codes the widget acts on: a bad token (start over), a site the hub does
+# not serve (stop: retrying cannot help), too many sockets (back off).
+INVALID_TOKEN = 4401
+ORIGIN_NOT_ALLOWED = 4403
+RATE_LIMITED = 4429
+
+# Origins already warned about: a refused site reconnects on every page view,
+# and the log should say it once. Bounded, since the header is the client's.
+_WARNED_ORIGINS: set[str] = set()
+_MAX_WARNED_ORIGINS = 1000
 
 
 # Extensions, registered by other route modules on import: more visitor frame
@@ -51,7 +63,7 @@ def _origin_allowed(hub: Hub, origin: str | None) -> bool:
     auth=False,
     websocket=True,
     query={"token": "the visitor token from an earlier session frame, to resume that conversation"},
-    errors=(403,),
+    errors=(),
 )
 async def visitor_socket(request: web.Request) -> web.StreamResponse:
     """JSON text frames, each with a `type`. The server sends `session` first
@@ -63,29 +75,53 @@ async def visitor_socket(request: web.Request) -> web.StreamResponse:
     it), any other code that it may be sent again with the same `client_id`.
     A token that is not valid (forged, or signed with an old secret key) gets
     an `error` frame with code `invalid_token` and the socket closes (code
-    4401): connect without a token to start a new conversation."""
+    4401): connect without a token to start a new conversation. A site
+    not in `webchat.allowed_origins` gets `origin_not_allowed` and code 4403
+    (final: do not retry). Too many sockets or new visitors from one address
+    get `rate_limited` (with `retry_after` seconds) and code 4429; a frame
+    over the visitor's limits gets `rate_limited` too (a `message` frame's
+    with its `client_id`: send it again after `retry_after`)."""
     hub = request.app[HUB]
-    if not _origin_allowed(hub, request.headers.get("Origin")):
-        raise Forbidden(f"origin {request.headers.get('Origin')!r} may not open the chat (webchat.allowed_origins)")
+    origin = request.headers.get("Origin")
+    limits = hub.config.webchat.limits
+    address = client_address(request.remote, request.headers.get("X-Forwarded-For"), hub.config.server.trusted_proxies)
     token = request.query.get("token")
     visitor_id = hub.visitor_tokens.verify(token) if token else None
-    if not token:
-        visitor_id, token = hub.visitor_tokens.issue()
 
     limit = frame_limit(hub.config.webchat.max_message_chars)
     # aiohttp closes the socket on a frame past its limit, before we see it:
     # twice ours, so a frame somewhat too large is answered with an error
     # naming its client_id instead (the widget shows it as not sent).
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=2 * limit)
+    # Every refusal below comes after the upgrade: a browser's WebSocket
+    # cannot read the status or body of a refused handshake, so the widget
+    # could only retry blindly; a frame and a close code tell it what to do.
     await ws.prepare(request)
+    if not _origin_allowed(hub, origin):
+        _warn_origin(origin)
+        await _error(
+            ws,
+            "origin_not_allowed",
+            f"this site ({origin or 'no origin'}) may not open the chat: the hub's webchat.allowed_origins "
+            "does not list it",
+        )
+        await ws.close(code=ORIGIN_NOT_ALLOWED, message=b"origin not allowed")
+        return ws
+    wait = await _over_limit(hub, RateLimitItemPerMinute(limits.connections_per_minute), "open", address)
+    if wait is None and not token:
+        wait = await _over_limit(hub, RateLimitItemPerHour(limits.new_visitors_per_hour), "new", address)
+    if wait is not None:
+        await _error(ws, "rate_limited", "too many chats from this address; try again later", retry_after=wait)
+        await ws.close(code=RATE_LIMITED, message=b"rate limited")
+        return ws
+    if not token:
+        visitor_id, token = hub.visitor_tokens.issue()
     if visitor_id is None:
-        # Refused after the upgrade: a browser's WebSocket cannot read the
-        # status of a refused handshake, so the widget could only retry the
-        # same token forever; a frame tells it to drop the token.
+        # The widget drops the token and starts a new conversation.
         await _error(
             ws, "invalid_token", "the visitor token is not valid; connect without one to start a new conversation"
         )
-        await ws.close(code=4401, message=b"invalid visitor token")
+        await ws.close(code=INVALID_TOKEN, message=b"invalid visitor token")
         return ws
     request.app[WEBSOCKETS].add(ws)
     metrics.LIVE_CONNECTIONS.labels("visitor").inc()
@@ -142,10 +178,36 @@ async def visitor_socket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _error(ws: web.WebSocketResponse, code: str, message: str, *, client_id: str | None = None) -> None:
+def _warn_origin(origin: str | None) -> None:
+    key = origin or ""
+    if key in _WARNED_ORIGINS or len(_WARNED_ORIGINS) >= _MAX_WARNED_ORIGINS:
+        return
+    _WARNED_ORIGINS.add(key)
+    # Nobody else learns of it: the visitor's browser hides the reason.
+    log.warning(
+        "web chat refused a page on %r: that origin is not in webchat.allowed_origins", origin or "(no Origin header)"
+    )
+
+
+async def _over_limit(hub: Hub, item: RateLimitItem, *key: str) -> float | None:
+    """Seconds to wait when ``key`` is over ``item``, else None (and counted).
+    The login throttle's windows, so scale mode counts across web processes."""
+    return await hub.login_throttle.over_limit(item, "webchat", *key)
+
+
+async def _error(
+    ws: web.WebSocketResponse,
+    code: str,
+    message: str,
+    *,
+    client_id: str | None = None,
+    retry_after: float | None = None,
+) -> None:
     error: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if client_id is not None:
         error["client_id"] = client_id
+    if retry_after is not None:
+        error["retry_after"] = round(retry_after, 1)
     await ws.send_str(codec.dumps(error))
 
 
@@ -164,6 +226,21 @@ async def _on_frame(
     hub: Hub, ws: web.WebSocketResponse, visitor_id: str, conn_id: str, frame: dict[str, Any], state: dict[str, Any]
 ) -> None:
     kind = frame["type"]
+    limits = hub.config.webchat.limits
+    per_minute = {
+        "message": limits.messages_per_minute,
+        "identify": limits.identify_per_minute,
+        "typing": limits.typing_per_minute,
+    }.get(kind)
+    if per_minute is not None:
+        wait = await _over_limit(hub, RateLimitItemPerMinute(per_minute), kind, visitor_id)
+        if wait is not None:
+            # A typing notice is stale by the time it could be resent: dropped.
+            if kind != "typing":
+                await _error(
+                    ws, "rate_limited", "too many messages; slow down", client_id=_client_id(frame), retry_after=wait
+                )
+            return
     if kind == "message":
         inbound = parse_message(
             frame, visitor_id=visitor_id, inbox=hub.config.webchat.inbox, max_chars=hub.config.webchat.max_message_chars
@@ -210,7 +287,11 @@ async def _on_frame(
             contact_id = (await identity_contacts(session, [key])).get(key)
             if contact_id is not None:
                 state["contact_id"] = contact_id
-                await do_record_delivery(session, message_id, status, contact_id=contact_id, channel=Channel.WEBCHAT)
+                # Everything above it was on screen too: the widget sends
+                # only the newest reply it showed.
+                await do_record_visitor_receipt(
+                    session, message_id, status, contact_id=contact_id, channel=Channel.WEBCHAT
+                )
     elif kind == "ping":
         await ws.send_str(codec.dumps({"type": "pong"}))
     elif kind in VISITOR_FRAMES:
