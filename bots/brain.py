@@ -6,7 +6,8 @@ Order of precedence for one message: a pressed button (feedback, also a yes
 or no typed in words; a clarifying choice, "none of these"); a request for a
 person; frustration; a VIP contact; the qualification dialog in progress;
 small talk (a greeting or thanks and nothing else: one that opens a question
-is set aside); the knowledge base (answer / clarify / hand off by
+is set aside; a goodbye, or an "ok" / "yes" / "no" with no question open); the
+knowledge base (answer / clarify / hand off by
 confidence), which may start qualification.
 """
 
@@ -43,6 +44,11 @@ TEXTS: dict[str, dict[str, str]] = {
     },
     "greeting": {"en": "Hello! How can I help you today?", "fa": "سلام! چطور می‌توانم کمکتان کنم؟"},
     "thanks": {"en": "You're welcome! Anything else I can help with?", "fa": "خواهش می‌کنم! کار دیگری هست؟"},
+    "farewell": {"en": "Thank you for contacting us. Goodbye!", "fa": "ممنون که با ما در تماس بودید. خدانگهدار!"},
+    "ack": {
+        "en": "All right! If there's anything else, just write here.",
+        "fa": "بسیار خب! اگر کار دیگری بود، همین‌جا بنویسید.",
+    },
     "qualify_intro": {
         "en": "I'd be glad to help with that. A few quick questions so the right person can follow up.",
         "fa": "با کمال میل. چند سؤال کوتاه می‌پرسم تا همکار مناسب پیگیری کند.",
@@ -75,6 +81,27 @@ _THANKS = (
     "متشکر", "سپاس", "سپاسگزارم", "تشکر", "دستتون درد نکنه",
 )  # fmt: skip
 _AND = {"and", "و"}
+
+# How a satisfied customer closes ("ok, bye", "thanks, bye", «باشه خداحافظ»)
+# and what they say when nothing is asked ("ok", "yes", "no"): with nothing
+# else in the message it is no question the knowledge base failed, and
+# handing it to a person would turn a solved conversation into agent work.
+_FAREWELLS = (
+    "bye", "bye bye", "byebye", "goodbye", "good bye", "bye now", "see you", "see ya", "see you later",
+    "take care", "have a nice day", "have a good day", "have a great day", "good night", "cheers", "that s all",
+    "that is all", "that s it", "nothing else", "all good", "خداحافظ", "خدا حافظ", "خدانگهدار", "خدا نگهدار",
+    "بدرود", "فعلا", "فعلا خداحافظ", "بای", "بای بای", "روز خوش", "شب خوش", "قربان شما", "قربونت", "همین",
+    "همین بود", "کار دیگه ای نیست", "خدافظ",
+)  # fmt: skip
+# Acknowledgements: "no" ones close the conversation as a goodbye does.
+_ACKS_YES = (
+    "ok", "okay", "k", "kk", "ok ok", "okey", "alright", "all right", "yes", "y", "yeah", "yea", "yep", "yup",
+    "sure", "cool", "great", "perfect", "fine", "got it", "understood", "i see", "noted", "nice", "good",
+    "بله", "بلی", "اره", "اری", "باشه", "اوکی", "اوکیه", "حله", "چشم", "عالی", "عالیه", "خوبه", "فهمیدم",
+    "متوجه شدم", "درسته",
+)  # fmt: skip
+_ACKS_NO = ("no", "n", "nope", "nah", "no need", "نه", "خیر", "نخیر", "لازم نیست")
+_CLOSING_FILLER = ("please", "pls", "then", "for now", "لطفا", "پس")
 
 # "Did this answer your question?" answered in words rather than with a button
 # (SMS shows no buttons; people type "yes" anyway).
@@ -239,6 +266,15 @@ _COURTESY: dict[tuple[str, ...], str] = {
     **{tuple(_flat(p).split()): "thanks" for p in _THANKS},
 }
 _COURTESY_LONGEST = max(len(k) for k in _COURTESY)
+_CLOSING: dict[tuple[str, ...], str] = {
+    **{k: "thanks" for k, v in _COURTESY.items() if v == "thanks"},
+    **{tuple(_flat(p).split()): "filler" for p in _CLOSING_FILLER},
+    **{tuple(_flat(p).split()): "ack" for p in _ACKS_YES},
+    **{tuple(_flat(p).split()): "no" for p in _ACKS_NO},
+    **{tuple(_flat(p).split()): "bye" for p in _FAREWELLS},
+}
+_CLOSING_LONGEST = max(len(k) for k in _CLOSING)
+_FAREWELL_TAILS = frozenset(tuple(_flat(p).split()) for p in _FAREWELLS)
 _YES_WORDS = _flat_set(_YES)
 _NO_WORDS = _flat_set(_NO)
 _REQUEST = _flat_set(_REQUEST_WORDS)
@@ -266,11 +302,54 @@ def strip_courtesy(text: str) -> tuple[str, str | None]:
     return " ".join(tokens[i:]), kind
 
 
+def _closing_words(text: str) -> set[str]:
+    """The kinds of closing words the message is made of ("bye", "no",
+    "ack", "thanks", "filler"); empty if it says anything else."""
+    rest, _ = strip_courtesy(text)
+    flat = [_flat(t) for t in rest.split()]
+    kinds: set[str] = set()
+    i = 0
+    while i < len(flat):
+        if flat[i] in _AND:
+            i += 1
+            continue
+        for n in range(min(_CLOSING_LONGEST, len(flat) - i), 0, -1):
+            found = _CLOSING.get(tuple(flat[i : i + n]))
+            if found is not None:
+                break
+        else:
+            return set()
+        kinds.add(found)
+        i += n
+    return kinds
+
+
+def closing(text: str) -> str | None:
+    """Whether the message only closes the conversation or acknowledges:
+    "farewell" for a goodbye or a "no" ("ok, bye", «مرسی خداحافظ», "no
+    thanks"), "ack" for an "ok" / "yes" ("ok thanks", «باشه»); None when it
+    says anything more ("ok, but where is my order?")."""
+    kinds = _closing_words(text)
+    if kinds & {"bye", "no"}:
+        return "farewell"
+    return "ack" if "ack" in kinds else None
+
+
+def says_goodbye(text: str) -> bool:
+    """A goodbye and nothing more ("ok, bye", «خداحافظ»), not a bare "no"."""
+    return "bye" in _closing_words(text)
+
+
 def feedback_word(text: str) -> str | None:
     """Whether the message is only a "yes" or a "no", in English or Persian
     ("Yes!", "ok", «آره», «نه ممنون»): "yes", "no" or None."""
     rest, _ = strip_courtesy(text)
     words = rest.split()
+    # "ok, bye" to "did this answer your question?" rates it as "ok" does.
+    for n in range(min(_CLOSING_LONGEST, len(words) - 1), 0, -1):
+        if tuple(_flat(w) for w in words[-n:]) in _FAREWELL_TAILS:
+            words = words[:-n]
+            break
     for n in range(min(_COURTESY_LONGEST, len(words) - 1), 0, -1):
         if _COURTESY.get(tuple(_flat(w) for w in words[-n:])) == "thanks":
             words = words[:-n]
@@ -361,8 +440,10 @@ class Brain:
         as ``crm-hub bot ask`` and ``POST /api/v1/bot/ask`` show it: ``action``
         (answer, clarify or handoff), ``reason`` when something other than the
         knowledge base decided it (a request for a person, frustration, a
-        greeting, a question about buying), what it would reply, and the
-        matcher's ``entry_id``, ``confidence`` and ``candidates``."""
+        greeting or goodbye: ``smalltalk``, a question about buying that starts
+        the qualification: ``qualify``), what it would reply, and the
+        matcher's ``entry_id``, ``confidence`` and ``candidates`` (an answer
+        the bot sends only with action answer and no reason)."""
         out = self.respond(Inbound(text), Contact(), {})
         match = (
             self.matcher.match(text, self.thresholds) if self.matcher is not None else Match("handoff", None, 0.0, ())
@@ -371,7 +452,8 @@ class Brain:
         if out.action in ("clarify", "handoff"):
             view["action"] = out.action
         else:
-            # A greeting, or an answer that starts the qualification dialog.
+            # A greeting, or the qualification dialog: the API's actions are
+            # answer, clarify and handoff, and the reason says which.
             view["action"] = "answer"
         if out.action == "handoff":
             view["reason"] = out.reason
@@ -411,6 +493,12 @@ class Brain:
         if courtesy is not None and not rest:
             out.action = "smalltalk"
             out.replies.append(Reply(say(courtesy, lang)))
+            return self._finish(inbound, out)
+        closed = closing(inbound.text)
+        if closed is not None:
+            # A yes / no to an open question was taken as its button above.
+            out.action = "smalltalk"
+            out.replies.append(Reply(say(closed, lang)))
             return self._finish(inbound, out)
         self._faq(inbound if courtesy is None else Inbound(rest, inbound.quick_reply, inbound.campaign), contact, out)
         return self._finish(inbound, out)
@@ -577,10 +665,14 @@ class Brain:
         known = {s.name: contact.attributes.get(s.name) for s in q.slots}
         state = dialog.start(q, known)
         out.state["dialog"] = state
-        if out.action not in ("answer",):
-            out.action = "qualify"
         if intro:
+            # A buying question the knowledge base had no answer for: the turn,
+            # the report and the salesperson's note must not claim the entry the
+            # matcher guessed was answered.
+            out.action, out.reason, out.entry_id = "qualify", "qualify", None
             out.replies.append(Reply(say("qualify_intro", out.language)))
+        elif out.action != "answer":
+            out.action = "qualify"
         step = dialog.ask_next(q, state, dialog.Step())
         self._apply_step(step, contact, out)
 
@@ -618,6 +710,12 @@ class Brain:
                 return True
             out.state["dialog"] = None
             return False
+        if says_goodbye(inbound.text):
+            # Leaving for now ("ok, bye") is no one's name, nor a reason to end
+            # the dialog: the open question waits for their next message.
+            out.action = "smalltalk"
+            out.replies.append(Reply(say("farewell", out.language)))
+            return True
         bare = (courtesy is not None and not rest) or feedback_word(inbound.text) is not None
         step = dialog.answer(q, state, inbound.text, courtesy_only=bare)
         # Not an answer to the slot: maybe a question. Answer it if we know
@@ -756,7 +854,7 @@ class Brain:
         elif out.action == "clarify" and out.match is not None:
             bot_said = "offered " + ", ".join(c.entry_id for c in out.match.candidates)
         elif out.action == "qualify":
-            bot_said = "asked qualification questions"
+            bot_said = "started qualification" if out.reason == "qualify" else "asked qualification questions"
         elif out.action == "handoff":
             bot_said = "handed off"
         st["transcript"] = [*st["transcript"], {"q": inbound.text[:300], "a": bot_said}][-TRANSCRIPT_TURNS:]

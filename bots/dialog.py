@@ -10,11 +10,14 @@ they left off on their next message, on any channel.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
+
+import phonenumbers
 
 from hub.config import QualificationConfig, QualificationSlot, ScoreRule
 from hub.text import (
@@ -27,6 +30,8 @@ from hub.text import (
     strip_punctuation,
     to_ascii_digits,
 )
+
+log = logging.getLogger(__name__)
 
 STAGES = ("lead", "marketing_qualified", "sales_qualified")
 
@@ -54,7 +59,16 @@ _EXIT_WORDS = (
 # Words that may surround an exit word ("no, cancel please", «نه لغو کن»)
 # without making it part of an answer.
 _EXIT_FILLER = ("please", "pls", "just", "no", "ok", "okay", "it", "نه", "لطفا", "کن", "کنید", "دیگه", "باشه")
-_CORRECTION = re.compile(r"^\s*(?:actually|sorry|correction|oops|i meant|no|wait|اصلاح|ببخشید|نه)\b[\s,:!-]*", re.I)
+# The separator after the opener includes the Persian comma and semicolon a
+# Persian keyboard types («نه، اسمم رضا است»).
+_CORRECTION = re.compile(
+    r"^\s*(?:actually|in fact|sorry|correction|oops|i meant|no|wait|اصلاح|ببخشید|نه|در\s*واقع)\b[\s,،؛:!-]*", re.I
+)
+# Said around the value of a correction ("my name is actually Reza",
+# «اسمم در واقع رضا است», "my email is x@y.com really"): not part of it.
+_ADVERB = r"(?:actually|really|in\s+fact|در\s*واقع|واقعا|راستش)(?!\w)"
+_VALUE = rf"(?:{_ADVERB}[\s,،]*)?(?P<v>\S.*?)"
+_AFTER = rf"(?:[\s,،]+{_ADVERB})?"
 _MULTIPLIERS = {
     "k": 1_000, "thousand": 1_000, "هزار": 1_000, "m": 1_000_000, "mn": 1_000_000, "mln": 1_000_000,
     "mil": 1_000_000, "million": 1_000_000, "میلیون": 1_000_000, "ملیون": 1_000_000, "b": 1_000_000_000,
@@ -167,7 +181,7 @@ def _alias_patterns(alias: str, kind: str) -> tuple[re.Pattern[str], ...]:
     word = r"\s+".join(re.escape(w) for w in _fold(alias)[0].split())
     # The alias ends at a word boundary: «نامشخص» is not «نام» + «شخص», nor "Namecheap" "name" + "cheap".
     a = rf"{word}(?!\w)"
-    v = r"(?P<v>\S.*?)"
+    v = _VALUE
     owner = r"(?:(?:my|our|the)\s+)?"
     verb = r"(?:(?:is|was|should\s+be|will\s+be|would\s+be|['\u2019]s)(?!\w)|[:=-])"
     patterns = [rf"{owner}{a}\s*[:=-]\s*{v}{_COPULA}"]
@@ -185,7 +199,7 @@ def _alias_patterns(alias: str, kind: str) -> tuple[re.Pattern[str], ...]:
             patterns.append(rf"{a}\s*{v}{_COPULA}")
         elif kind != "text":
             patterns.append(rf"{a}\s*{v}\s+{_COPULA_WORD}")
-    return tuple(re.compile(f"{_GREETING}{p}{_END}") for p in patterns)
+    return tuple(re.compile(f"{_GREETING}{p}{_AFTER}{_END}") for p in patterns)
 
 
 def _slot_patterns(slot: QualificationSlot) -> list[re.Pattern[str]]:
@@ -196,8 +210,10 @@ def _slot_patterns(slot: QualificationSlot) -> list[re.Pattern[str]]:
 # "I'm Sara", «من سارا هستم»: ways to give one's own name, for a slot that asks it.
 _NAME_SLOTS = frozenset({"name", "full_name", "first_name", "last_name", "contact_name"})
 _INTRODUCTIONS = [
-    re.compile(rf"{_GREETING}(?:i['\u2019]?m|i\s+am|this\s+is|call\s+me|it['\u2019]?s|it\s+is)\s+(?P<v>\S.*?){_END}"),
-    re.compile(rf"{_GREETING}(?:من\s+)?(?P<v>\S.*?)\s+(?:هستم|ام){_END}"),
+    re.compile(
+        rf"{_GREETING}(?:i['\u2019]?m|i\s+am|this\s+is|call\s+me|it['\u2019]?s|it\s+is)\s+{_VALUE}{_AFTER}{_END}"
+    ),
+    re.compile(rf"{_GREETING}(?:من\s+)?{_VALUE}\s+(?:هستم|ام){_AFTER}{_END}"),
 ]
 
 
@@ -377,17 +393,37 @@ def validate(slot: QualificationSlot, text: str, phone_region: str | None = None
         try:
             return parse_phone(candidate.group(0) if candidate else text, phone_region)
         except InvalidPhoneNumber as exc:
-            hint = "" if phone_region else " with the country code (+44 ...)"
-            raise Invalid(
-                f"I could not read that phone number{hint}: {exc}",
-                "شماره تلفن را نتوانستم بخوانم؛ لطفاً با پیش‌شماره کشور بنویسید (مانند ‎+98 912 ...).",
-            ) from exc
+            # libphonenumber's words are about the hub's setup, not for the customer.
+            log.info("a phone number in the qualification dialog was not read: %s", exc)
+            raise _unreadable_phone(phone_region) from exc
     if slot.kind == "number":
         value = parse_number(text)
         return int(value) if value.is_integer() else value
     if slot.kind == "choice":
         return _choice(slot, text)
     return _text(slot, text)
+
+
+def _unreadable_phone(region: str | None) -> Invalid:
+    """What the customer reads about a number that was not understood: how to
+    write it, with an example from the hub's region (an Iranian example on a
+    hub in Germany would only mislead), or none in particular without one."""
+    example = None
+    if region:
+        number = phonenumbers.example_number_for_type(region.upper(), phonenumbers.PhoneNumberType.MOBILE)
+        if number is not None:
+            example = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    if example is None:
+        return Invalid(
+            "I couldn't read that phone number. Please write it starting with + and the country code "
+            "(+1 for the US, +44 for the UK, +98 for Iran ...).",
+            "شماره تلفن را نتوانستم بخوانم؛ لطفاً آن را با + و پیش‌شماره کشور بنویسید "
+            "(مانند \u200e+98 برای ایران یا \u200e+1 برای آمریکا).",
+        )
+    return Invalid(
+        f"I couldn't read that phone number. Please check it, or write it with the country code, like {example}.",
+        f"شماره تلفن را نتوانستم بخوانم؛ لطفاً آن را بررسی کنید یا با پیش‌شماره کشور بنویسید (مانند \u200e{example}).",
+    )
 
 
 def is_skip(text: str) -> bool:

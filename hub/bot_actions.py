@@ -17,10 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bots.kb import KbEntry
 from hub.actions import audit, do_get_or_create_team
 from hub.config import HubConfig
-from hub.core import IdentityKind, utcnow
+from hub.core import IDENTITY_OF_CHANNEL, IdentityKind, utcnow
 from hub.errors import Conflict, NotFound, ValidationFailed
 from hub.text import label_key
-from storage.models import BotTurn, Contact, FaqEntry, FaqVersion, Identity, Team
+from storage.models import AuditLog, BotTurn, Contact, FaqEntry, FaqVersion, Identity, Message, Team
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +265,11 @@ async def do_update_lead(
 ) -> None:
     """Answers become contact attributes; the email and phone become identities
     of the contact (so a message from that number or address finds them),
-    unless another contact already owns them."""
+    unless another contact already owns them. A corrected email or phone
+    takes away the identity the old value became here, unless it has been
+    used since (see :func:`_drop_corrected_identity`)."""
     before = {"lead_score": contact.lead_score, "lifecycle_stage": contact.lifecycle_stage}
+    previous = dict(contact.attributes or {})
     if attributes:
         collected = (contact.attributes or {}).get("name")
         contact.attributes = {**(contact.attributes or {}), **attributes}
@@ -288,11 +291,64 @@ async def do_update_lead(
         )
         if owner is None:
             session.add(Identity(contact_id=contact.id, channel=kind.value, address=str(address)))
+            # Which identities the dialog gave, so a correction may take back
+            # only those (not one the customer writes from, nor an agent's).
+            await audit(
+                session, actor, "contact.identity_added", "contact", contact.id,
+                {"channel": kind.value, "address": str(address)},
+            )  # fmt: skip
+        old = previous.get(key)
+        if old and str(old) != str(address):
+            await _drop_corrected_identity(session, contact, kind, str(old), actor=actor)
     await session.flush()
     after = {"lead_score": contact.lead_score, "lifecycle_stage": contact.lifecycle_stage}
     await audit(
         session, actor, "contact.lead", "contact", contact.id, {"attributes": attributes, "from": before, "to": after}
     )
+
+
+async def _drop_corrected_identity(
+    session: AsyncSession, contact: Contact, kind: IdentityKind, address: str, *, actor: str
+) -> None:
+    """The customer said ``address`` was wrong: whoever really owns it would
+    otherwise be filed under this contact from their first message (and carry
+    on this customer's dialog). Only an identity this actor's answers added,
+    and that no message has come from or gone to since: one in use is
+    evidence the address is theirs after all, and an agent can remove it."""
+    identity = await session.scalar(
+        select(Identity).where(
+            Identity.contact_id == contact.id, Identity.channel == kind.value, Identity.address == address
+        )
+    )
+    if identity is None:
+        return
+    added = await session.scalars(
+        select(AuditLog.data).where(
+            AuditLog.entity == "contact",
+            AuditLog.entity_id == contact.id,
+            AuditLog.action == "contact.identity_added",
+            AuditLog.actor == actor,
+        )
+    )
+    if not any(d.get("channel") == kind.value and d.get("address") == address for d in added.all()):
+        return
+    channels = [c.value for c, k in IDENTITY_OF_CHANNEL.items() if k is kind]
+    used = await session.scalar(
+        select(Message.id)
+        .where(
+            Message.contact_id == contact.id,
+            Message.channel.in_(channels),
+            (Message.extras["from"].as_string() == address) | (Message.extras["recipient"].as_string() == address),
+        )
+        .limit(1)
+    )
+    if used is not None:
+        return
+    await session.delete(identity)
+    await audit(
+        session, actor, "contact.identity_removed", "contact", contact.id,
+        {"channel": kind.value, "address": address, "why": "corrected in the bot's dialog"},
+    )  # fmt: skip
 
 
 async def do_record_feedback(session: AsyncSession, turn_id: int, value: str, *, contact_id: int) -> bool:

@@ -596,9 +596,11 @@ class BotConfig(_Section):
             "speak with someone", "chat with a person", "chat with a human", "chat with an agent",
             "connect me to an agent", "connect me to a person", "connect me to someone", "real person",
             "real human", "live agent", "live person", "human agent", "agent please", "human please",
+            "sales person", "salesperson", "sales rep", "sales representative", "talk to sales",
+            "speak to sales", "talk with sales", "speak with sales",
             "اپراتور", "کارشناس", "با پشتیبانی صحبت کنم", "با پشتیبان صحبت کنم", "با پشتیبانی حرف بزنم",
             "با پشتیبان حرف بزنم", "به پشتیبانی وصل", "با یک انسان صحبت کنم", "با انسان صحبت کنم",
-            "با یک نفر صحبت کنم", "آدم واقعی",
+            "با یک نفر صحبت کنم", "آدم واقعی", "با فروش صحبت کنم", "با واحد فروش صحبت کنم",
         ]
     )  # fmt: skip
     # Words for a person that hand off when they are the whole message, or all

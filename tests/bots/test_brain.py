@@ -50,6 +50,10 @@ def respond(text: str, state: dict[str, Any] | None = None, contact: Contact | N
         ("با پشتیبانی صحبت کنم", "requested"),
         ("می خواهم با پشتیبان صحبت کنم", "requested"),
         ("لطفا به پشتیبانی وصل کنید", "requested"),
+        # Asking for sales is asking for a person, not a question the knowledge base missed.
+        ("I want to speak with a sales person", "requested"),
+        ("can I talk to sales?", "requested"),
+        ("می خواهم با واحد فروش صحبت کنم", "requested"),
     ],
 )
 def test_a_person_on_request_and_on_frustration(text: str, reason: str) -> None:

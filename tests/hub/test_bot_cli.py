@@ -143,6 +143,23 @@ def test_bot_ask_prints_one_json_object(admin: CliRunner, tmp_path: Path) -> Non
     )
 
 
+def test_bot_ask_shows_a_buying_question_starting_qualification_and_a_goodbye(admin: CliRunner, tmp_path: Path) -> None:
+    """No pricing entry: the bot asks its questions instead of answering an entry."""
+    kb = write(tmp_path, "kb.yaml", yaml.safe_dump([e for e in KB if e["id"] != "pricing"], allow_unicode=True))
+    buying = json.loads(run(admin, "bot", "ask", "--kb", kb, "I want to buy 10 licenses").output)
+    assert (buying["action"], buying["reason"]) == ("answer", "qualify")
+    assert buying["replies"] == [
+        "I'd be glad to help with that. A few quick questions so the right person can follow up.",
+        "May I have your name?",
+    ]
+    bye = json.loads(run(admin, "bot", "ask", "--kb", kb, "thanks, bye").output)
+    assert (bye["action"], bye["reason"], bye["replies"]) == (
+        "answer",
+        "smalltalk",
+        ["Thank you for contacting us. Goodbye!"],
+    )
+
+
 LABELLED = """question,expected
 when will my parcel arrive,shipping-time
 how many days until delivery,shipping-time
