@@ -113,14 +113,9 @@ async def list_contacts(request: web.Request) -> web.Response:
     errors=(404,),
 )
 async def get_contact(request: web.Request) -> web.Response:
-    hub = request.app[HUB]
     await current_agent(request)
     contact_id = int_param(request, "id")
-    async with hub.db.read() as session:
-        view = await queries.get_contact(session, contact_id)
-    if view is None:
-        raise NotFound(f"contact {contact_id} does not exist")
-    return web.json_response(view)
+    return await _contact_answer(request, contact_id)
 
 
 @ROUTES.route(
@@ -141,11 +136,7 @@ async def update_contact(request: web.Request) -> web.Response:
     async with hub.db.write() as session:
         contact = await check_live_contact(session, contact_id)
         await do_update_contact(session, contact, changes, actor=actor_of(agent))
-    async with hub.db.read() as session:
-        view = await queries.get_contact(session, contact_id)
-    if view is None:
-        raise NotFound(f"contact {contact_id} does not exist")
-    return web.json_response(view)
+    return await _contact_answer(request, contact_id)
 
 
 @ROUTES.route(
@@ -201,6 +192,13 @@ async def merge_contacts(request: web.Request) -> web.Response:
         target = await check_contact(session, target_id)
         source = await check_contact(session, body.source_id)
         await do_merge_contacts(session, target, source, actor=actor_of(agent))
-    async with hub.db.read() as session:
-        view = await queries.get_contact(session, target_id)
+    return await _contact_answer(request, target_id)
+
+
+async def _contact_answer(request: web.Request, contact_id: int) -> web.Response:
+    """The contact as GET answers it (a merged-away id: the one it lives on in)."""
+    async with request.app[HUB].db.read() as session:
+        view = await queries.get_contact(session, contact_id)
+    if view is None:
+        raise NotFound(f"contact {contact_id} does not exist")
     return web.json_response(view)
