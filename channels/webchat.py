@@ -1,7 +1,8 @@
 """Web chat: the embeddable widget's websocket frames.
 
 Frames are JSON objects with a ``type``. The visitor sends
-``{"type": "message", "text": "...", "client_id": "..."}``; ``client_id`` makes a
+``{"type": "message", "text": "...", "client_id": "..."}`` (and ``attachments``:
+files uploaded with ``POST /chat/attachments``); ``client_id`` makes a
 resend idempotent (it becomes part of the message's external id). Outbound
 messages are published to the visitor's live channel, which every web process
 listens to for the visitors connected to it.
@@ -16,12 +17,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from pydantic import ValidationError
+
 from channels.base import ChannelAdapter, InvalidPayload
-from hub.core import Channel, DeliveryStatus, InboundMessage, OutboundMessage, SendResult, is_unicode
+from hub.core import Attachment, Channel, DeliveryStatus, InboundMessage, OutboundMessage, SendResult, is_unicode
 from hub.text import InvalidPhoneNumber, parse_phone
 
 MAX_FRAME_BYTES = 64 * 1024
 MAX_CLIENT_ID = 100
+# Files in one visitor message: a few screenshots, not a folder.
+MAX_ATTACHMENTS = 10
 NOT_TEXT = "holds a lone surrogate (an unpaired \\ud800-\\udfff escape), which is not text"
 # The longest message a visitor may send (webchat.max_message_chars at most):
 # what the channel sends the other way too.
@@ -62,17 +67,21 @@ def decode_frame(raw: str, limit: int = MAX_FRAME_BYTES) -> dict[str, Any]:
 def parse_message(
     frame: dict[str, Any], *, visitor_id: str, inbox: str, max_chars: int, sender_name: str | None = None
 ) -> InboundMessage:
-    """A visitor's ``message`` frame as an :class:`InboundMessage`."""
-    unknown = set(frame) - {"type", "text", "client_id", "quick_reply"}
+    """A visitor's ``message`` frame as an :class:`InboundMessage`. Its
+    ``attachments`` are as the visitor wrote them: whether they are files of
+    the hub's store is for the caller to check (and their type, size and name
+    are then the store's)."""
+    unknown = set(frame) - {"type", "text", "client_id", "quick_reply", "attachments"}
     if unknown:
         raise InvalidPayload(f"unknown field(s) in message frame: {', '.join(sorted(unknown))}")
-    text = frame.get("text")
+    attachments = _attachments(frame.get("attachments", []))
+    text = frame.get("text", "" if attachments else None)
     # NUL is dropped from every inbound message; dropped first here, so a
     # text of nothing else is refused as empty rather than stored as "".
     if isinstance(text, str):
         text = text.replace("\x00", "")
-    if not isinstance(text, str) or not text.strip():
-        raise InvalidPayload("message frame needs a non-empty string 'text'")
+    if not isinstance(text, str) or not (text.strip() or attachments):
+        raise InvalidPayload("message frame needs a non-empty string 'text', or 'attachments'")
     if len(text) > max_chars:
         raise InvalidPayload(f"text is longer than {max_chars} characters")
     client_id = frame.get("client_id")
@@ -90,10 +99,27 @@ def parse_message(
         external_id=external_id(visitor_id, client_id),
         sender=visitor_id,
         sender_name=sender_name,
-        body=text,
+        body=text.strip() and text,
+        attachments=attachments,
         quick_reply=quick_reply,
         extras={"client_id": client_id},
     )
+
+
+def _attachments(value: object) -> tuple[Attachment, ...]:
+    if not isinstance(value, list) or len(value) > MAX_ATTACHMENTS:
+        raise InvalidPayload(
+            f"attachments must be a list of at most {MAX_ATTACHMENTS} objects returned by POST /chat/attachments"
+        )
+    files = []
+    for i, item in enumerate(value):
+        try:
+            files.append(Attachment.model_validate(item))
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(p) for p in (f"attachments.{i}", *problem["loc"]))
+            raise InvalidPayload(f"{where}: {problem['msg']}") from exc
+    return tuple(files)
 
 
 def message_frame(message: dict[str, Any], client_id: str | None = None) -> dict[str, Any]:

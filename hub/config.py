@@ -194,8 +194,9 @@ class WorkersConfig(_Section):
 
 class WebchatLimits(_Section):
     """Abuse limits on the visitor websocket. Per client address (an office or a
-    mobile carrier puts many visitors behind one): socket opens a minute and new
-    visitors (tokens issued) an hour. Per visitor (all their tabs): frames a minute."""
+    mobile carrier puts many visitors behind one): socket opens a minute, new
+    visitors (tokens issued) and file uploads an hour. Per visitor (all their
+    tabs): frames a minute, file uploads an hour."""
 
     # Every page view of a returning visitor opens a socket: 600 a minute is an
     # office of hundreds browsing the site at once.
@@ -207,6 +208,10 @@ class WebchatLimits(_Section):
     identify_per_minute: int = Field(default=20, ge=1)
     # The widget sends one every 3 s at most while the visitor types.
     typing_per_minute: int = Field(default=60, ge=1)
+    # Files sent from the widget (POST /chat/attachments): a screenshot or two
+    # a conversation; these stop a script filling the attachment store.
+    uploads_per_hour: int = Field(default=30, ge=1)
+    address_uploads_per_hour: int = Field(default=300, ge=1)
 
 
 class WebchatConfig(_Section):

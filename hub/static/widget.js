@@ -19,14 +19,14 @@
       later: "Nobody is available right now. Leave a message and an email or phone number, and we will get back to you.",
       contact: "Email or phone number", leave: "Send message", thanks: "Thanks! We will reply to {c}.", noted: "Thanks! We will get back to you at {c}.", required: "Please fill this in.",
       agent: "Agent", bot: "Bot", you: "You", unread: "{n} new", yours: "Your message",
-      sending: "Sending\u2026", unsent: "Not sent.", notsent: "Not sent: {n}", retry: "Send again" },
+      sending: "Sending\u2026", unsent: "Not sent.", notsent: "Not sent: {n}", retry: "Send again", attach: "Attach a file", big: "the file is larger than {n} MB" },
     fa: { open: "باز کردن گفتگو", close: "بستن گفتگو", send: "ارسال", msg: "پیام خود را بنویسید\u2026", reconnect: "در حال اتصال دوباره\u2026",
       typing: "{n} در حال نوشتن است\u2026", someone: "کارشناس", name: "نام", email: "ایمیل", phone: "تلفن", start: "شروع گفتگو",
       prechat: "خودتان را معرفی کنید تا بتوانیم پیگیری کنیم.", offline: "الان کسی در دسترس نیست. پیام خود را با ایمیل یا شماره تلفن بگذارید تا همان‌جا پاسخ دهیم.",
       later: "الان کسی در دسترس نیست. پیام خود را با ایمیل یا شماره تلفن بگذارید تا با شما تماس بگیریم.",
       contact: "ایمیل یا شماره تلفن", leave: "ارسال پیام", thanks: "ممنون! به {c} پاسخ می‌دهیم.", noted: "ممنون! از طریق {c} با شما تماس می‌گیریم.", required: "لطفاً این را پر کنید.",
       agent: "کارشناس", bot: "ربات", you: "شما", unread: "{n} پیام تازه", yours: "پیام شما",
-      sending: "در حال ارسال\u2026", unsent: "ارسال نشد.", notsent: "ارسال نشد: {n}", retry: "ارسال دوباره" }
+      sending: "در حال ارسال\u2026", unsent: "ارسال نشد.", notsent: "ارسال نشد: {n}", retry: "ارسال دوباره", attach: "پیوست فایل", big: "فایل بزرگ‌تر از {n} مگابایت است" }
   }[lang];
   // A function, so a "$&" in a name or an address is not a replacement pattern.
   function t(k, n) { return T[k].replace(/\{(\w)\}/, function () { return n == null ? "" : n; }); }
@@ -87,11 +87,17 @@
   } else root.appendChild(el("style", {}, css));
 
   var btn = el("button", { "class": "btn", type: "button", "aria-label": T.open, "aria-expanded": "false", "aria-controls": "crmhub-panel", dir: dir });
-  var svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("viewBox", "0 0 24 24"); svg.setAttribute("width", "26"); svg.setAttribute("height", "26"); svg.setAttribute("aria-hidden", "true");
-  var path = document.createElementNS("http://www.w3.org/2000/svg", "path");
-  path.setAttribute("fill", "currentColor"); path.setAttribute("d", "M4 3h16a2 2 0 0 1 2 2v11a2 2 0 0 1-2 2H8l-5 4V5a2 2 0 0 1 1-2z");
-  svg.appendChild(path); btn.appendChild(svg);
+  // Drawn, not a font's glyph: not every system has an emoji font.
+  function icon(d, size, line) {
+    var ns = "http://www.w3.org/2000/svg", svg = document.createElementNS(ns, "svg"), path = document.createElementNS(ns, "path");
+    [["viewBox", "0 0 24 24"], ["width", size], ["height", size], ["aria-hidden", "true"]].forEach(function (a) { svg.setAttribute(a[0], a[1]); });
+    path.setAttribute("d", d);
+    path.setAttribute(line ? "stroke" : "fill", "currentColor");
+    if (line) { path.setAttribute("fill", "none"); path.setAttribute("stroke-width", "2"); }
+    svg.appendChild(path);
+    return svg;
+  }
+  btn.appendChild(icon("M4 3h16a2 2 0 0 1 2 2v11a2 2 0 0 1-2 2H8l-5 4V5a2 2 0 0 1 1-2z", "26"));
   var badge = el("span", { "class": "badge", hidden: "" }); btn.appendChild(badge);
 
   var panel = el("div", { id: "crmhub-panel", "class": "panel", role: "dialog", "aria-labelledby": "crmhub-title", dir: dir, lang: lang });
@@ -103,7 +109,9 @@
   var status = el("div", { "class": "status", role: "status", "aria-live": "polite" });
   var compose = el("form", { "class": "compose" });
   var input = el("textarea", { dir: "auto", "aria-label": T.msg, placeholder: T.msg, maxlength: "5000", rows: "1" });
-  compose.appendChild(input); compose.appendChild(el("button", { type: "submit" }, T.send));
+  var file = el("input", { type: "file", hidden: "" }), clip = el("button", { type: "button", "aria-label": T.attach, title: T.attach });
+  clip.appendChild(icon("M21 11l-9 9a6 6 0 0 1-8.5-8.5l9-9a4 4 0 0 1 5.7 5.7l-9 9a2 2 0 0 1-2.9-2.9l8.5-8.4", "20", true));
+  compose.appendChild(input); compose.appendChild(clip); compose.appendChild(el("button", { type: "submit" }, T.send)); compose.appendChild(file);
   var formBox = el("form", { "class": "form", hidden: "", novalidate: "" });
   panel.appendChild(head); panel.appendChild(formBox); panel.appendChild(log); panel.appendChild(status); panel.appendChild(compose);
   root.appendChild(btn); root.appendChild(panel);
@@ -127,9 +135,10 @@
   panel.addEventListener("keydown", function (e) { if (e.key === "Escape") toggle(false); });
 
   function send(frame) { if (socket && socket.readyState === 1) socket.send(JSON.stringify(frame)); }
-  function say(text, quickReply) {
+  function say(text, quickReply, files) {
     var frame = { type: "message", text: text, client_id: Date.now().toString(36) + Math.random().toString(36).slice(2) };
     if (quickReply) frame.quick_reply = quickReply;
+    if (files) frame.attachments = files;
     pending.push(frame);
     keep();
     unsent(frame);
@@ -139,7 +148,7 @@
   // Shown at once, so the visitor sees their words are not lost, until the
   // hub's acknowledgement replaces it with the stored message.
   function unsent(frame) {
-    bubbles[frame.client_id] = bubble("contact pending", frame.text, T.you);
+    attach(bubbles[frame.client_id] = bubble("contact pending", frame.text, T.you), frame.attachments);
     mark(frame.client_id, T.sending);
     log.scrollTop = log.scrollHeight;
   }
@@ -173,6 +182,23 @@
     if (bubbles[id]) { bubbles[id].className = "m contact failed"; delete bubbles[id]; }
     if (f && !input.value.trim()) input.value = f.text;
   }
+  // Uploaded first (the hub keeps the file), then sent as a message that names it.
+  clip.addEventListener("click", function () { file.click(); });
+  file.addEventListener("change", function () {
+    var f = file.files[0], id = "up" + Date.now(), body = new FormData(), max = session && session.max_file_bytes;
+    if (!f) return;
+    file.value = "";
+    body.append("file", f);
+    bubbles[id] = bubble("contact pending", f.name, T.you);
+    mark(id, T.sending);
+    // Refused before it is sent: the hub would stop reading it anyway.
+    // No custom header: a plain POST, which needs no CORS preflight.
+    (f.size > max ? Promise.reject({ message: t("big", +(max / 1048576).toFixed(1)) })
+      : fetch(base.origin + "/chat/attachments?token=" + encodeURIComponent(store(KEY) || ""), { method: "POST", body: body })
+        .then(function (r) { return r.json().then(function (j) { if (!r.ok) throw j.error; return j; }); }))
+      .then(function (a) { bubbles[id].remove(); delete bubbles[id]; say("", null, [a]); },
+        function (e) { mark(id, t("notsent", e.message)); bubbles[id].className = "m contact failed"; delete bubbles[id]; });
+  });
   window.addEventListener("storage", function (e) { if (e.key === PKEY) pending = load(); });
   compose.addEventListener("submit", function (e) {
     e.preventDefault();
@@ -199,6 +225,16 @@
     log.insertBefore(m, /pending/.test(cls) ? null : log.querySelector(".pending"));
     return m;
   }
+  // Images the hub serves inline are shown; any other file is a link.
+  function attach(m, list) {
+    (list || []).forEach(function (a) {
+      var href = safe(a.url), type = a.content_type || "";
+      if (!href) return;
+      m.appendChild(/^image\/(png|jpeg|gif|webp)$/.test(type) ? el("img", { src: href, alt: a.filename || "" })
+        : type.indexOf("audio/") === 0 ? el("audio", { controls: "", src: href })
+        : el("a", { href: href, target: "_blank", rel: "noopener noreferrer" }, a.filename || href));
+    });
+  }
   function show(frame) {
     var old = frame.client_id && bubbles[frame.client_id];
     if (old) delete bubbles[frame.client_id];
@@ -209,14 +245,7 @@
     var m = bubble(frame.author, frame.text, who);
     if (old) old.replaceWith(m);
     m.setAttribute("data-id", String(frame.id));
-    (frame.attachments || []).forEach(function (a) {
-      var href = safe(a.url), type = a.content_type || "";
-      if (!href) return;
-      var node = type.indexOf("image/") === 0 ? el("img", { src: href, alt: a.filename || "" })
-        : type.indexOf("audio/") === 0 ? el("audio", { controls: "", src: href })
-        : el("a", { href: href, target: "_blank", rel: "noopener noreferrer" }, a.filename || href);
-      m.appendChild(node);
-    });
+    attach(m, frame.attachments);
     if (frame.author === "contact") clearOffer();
     else if ((frame.quick_replies || []).length) {
       clearOffer();

@@ -8,7 +8,8 @@ from urllib.parse import quote, unquote
 from aiohttp import BodyPartReader, web
 
 from hub.app import HUB
-from hub.attachments import OCTET_STREAM, AttachmentTooLarge, parse_content_type
+from hub.attachments import OCTET_STREAM, AttachmentStore, AttachmentTooLarge, parse_content_type
+from hub.core import Attachment
 from hub.errors import BadRequest, NotFound, PayloadTooLarge
 from hub.web.api import API, current_agent
 from hub.web.registry import ROUTES
@@ -113,12 +114,20 @@ def _quote(name: str) -> str:
     errors=(400, 413),
 )
 async def upload_attachment(request: web.Request) -> web.Response:
-    hub = request.app[HUB]
     await current_agent(request)
+    attachment = await receive_upload(request, request.app[HUB].attachments)
+    return web.json_response(attachment.model_dump(exclude_none=True), status=201)
+
+
+async def receive_upload(request: web.Request, store: AttachmentStore) -> Attachment:
+    """The file in the multipart field ``file`` of ``request``, saved in
+    ``store``: the agents' upload and the web chat visitors' read it alike.
+    Raises BadRequest (not multipart, malformed, no such field) or
+    PayloadTooLarge (over ``attachments.max_bytes``)."""
     if not request.content_type.startswith("multipart/"):
         raise BadRequest("send the file as multipart/form-data in a field named 'file'")
     try:
-        part, data = await _read_file_field(request, hub.attachments.max_bytes)
+        part, data = await _read_file_field(request, store.max_bytes)
     except ValueError as exc:
         # aiohttp's reader says what it found wrong (no boundary parameter,
         # no starting boundary, a body that ended inside it).
@@ -135,10 +144,9 @@ async def upload_attachment(request: web.Request) -> web.Response:
         with contextlib.suppress(UnicodeDecodeError):
             filename = unquote(filename, errors="strict")
     try:
-        attachment = await hub.attachments.save(data, filename=filename, content_type=part.headers.get("Content-Type"))
+        return await store.save(data, filename=filename, content_type=part.headers.get("Content-Type"))
     except AttachmentTooLarge as exc:
         raise PayloadTooLarge(str(exc)) from exc
-    return web.json_response(attachment.model_dump(exclude_none=True), status=201)
 
 
 async def _read_file_field(request: web.Request, limit: int) -> tuple[BodyPartReader, bytes]:

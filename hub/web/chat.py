@@ -16,12 +16,15 @@ from limits import RateLimitItem, RateLimitItemPerHour, RateLimitItemPerMinute
 from channels.base import InvalidPayload
 from channels.webchat import MAX_CLIENT_ID, decode_frame, frame_limit, message_frame, parse_message, visitor_channel
 from hub import codec, metrics
-from hub.actions import do_record_visitor_receipt
+from hub.actions import check_reply_attachments, do_record_visitor_receipt
 from hub.app import HUB, WEBSOCKETS, Hub
 from hub.core import Channel, DeliveryStatus, IdentityKind, is_unicode
+from hub.errors import Forbidden, HubError, TooManyRequests, Unauthorized, ValidationFailed
 from hub.security import client_address
+from hub.web.attachments import receive_upload
 from hub.web.events import FEED_INTERRUPTED
 from hub.web.registry import ROUTES
+from hub.web.schemas import AttachmentOut
 from hub.workers import AGENTS_CHANNEL
 from storage import queries
 from storage.ingest import identity_contacts
@@ -140,6 +143,8 @@ async def visitor_socket(request: web.Request) -> web.StreamResponse:
                 "visitor_id": visitor_id,
                 "contact_id": contact_id,
                 "ticket_id": ticket_id,
+                # The widget refuses a larger file before uploading it.
+                "max_file_bytes": hub.attachments.max_bytes,
             }
             for extra in SESSION_EXTRAS:
                 session_frame.update(await extra(hub, visitor_id, contact_id))
@@ -178,6 +183,62 @@ async def visitor_socket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+@ROUTES.route(
+    "POST",
+    "/chat/attachments",
+    summary="A web chat visitor uploads a file (multipart field 'file') to send in a message",
+    tag="webchat",
+    auth=False,
+    query={"token": "the visitor token from the session frame"},
+    response=AttachmentOut,
+    status=201,
+    errors=(400, 401, 403, 413, 429),
+)
+async def visitor_upload(request: web.Request) -> web.Response:
+    """The object returned goes in a `message` frame's `attachments`. The same
+    store and size limit (`attachments.max_bytes`) as the agents' upload, the
+    same sites as the socket (`webchat.allowed_origins`), and
+    `webchat.limits.uploads_per_hour` (per visitor) and
+    `address_uploads_per_hour` (per client address). A plain multipart POST
+    with the token in the query: a browser sends it across sites without a
+    preflight, and every answer allows the site to read it."""
+    hub = request.app[HUB]
+    origin = request.headers.get("Origin")
+    cors = {"Access-Control-Allow-Origin": origin.rstrip("/"), "Vary": "Origin"} if origin else {}
+    try:
+        if not _origin_allowed(hub, origin):
+            _warn_origin(origin)
+            cors = {}
+            raise Forbidden(
+                f"this site ({origin or 'no origin'}) may not send files to the chat: the hub's "
+                "webchat.allowed_origins does not list it"
+            )
+        limits = hub.config.webchat.limits
+        address = client_address(
+            request.remote, request.headers.get("X-Forwarded-For"), hub.config.server.trusted_proxies
+        )
+        # Counted before the token is read: forged tokens count too.
+        wait = await _over_limit(hub, RateLimitItemPerHour(limits.address_uploads_per_hour), "upload-from", address)
+        if wait is not None:
+            raise TooManyRequests("too many files sent from this address; try again later", retry_after=wait)
+        token = request.query.get("token")
+        visitor_id = hub.visitor_tokens.verify(token) if token else None
+        if visitor_id is None:
+            raise Unauthorized(
+                "a valid visitor token is needed (?token=, the visitor_token of the chat's session frame): "
+                "open the chat first"
+            )
+        wait = await _over_limit(hub, RateLimitItemPerHour(limits.uploads_per_hour), "upload", visitor_id)
+        if wait is not None:
+            raise TooManyRequests("too many files sent; try again later", retry_after=wait)
+        attachment = await receive_upload(request, hub.attachments)
+    except HubError as exc:
+        # Without these the widget could not read why (too large, too many).
+        exc.headers.update(cors)
+        raise
+    return web.json_response(attachment.model_dump(exclude_none=True), status=201, headers=cors)
+
+
 def _warn_origin(origin: str | None) -> None:
     key = origin or ""
     if key in _WARNED_ORIGINS or len(_WARNED_ORIGINS) >= _MAX_WARNED_ORIGINS:
@@ -202,10 +263,13 @@ async def _error(
     *,
     client_id: str | None = None,
     retry_after: float | None = None,
+    field: str | None = None,
 ) -> None:
     error: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if client_id is not None:
         error["client_id"] = client_id
+    if field is not None:
+        error["field"] = field
     if retry_after is not None:
         error["retry_after"] = round(retry_after, 1)
     await ws.send_str(codec.dumps(error))
@@ -245,6 +309,21 @@ async def _on_frame(
         inbound = parse_message(
             frame, visitor_id=visitor_id, inbox=hub.config.webchat.inbox, max_chars=hub.config.webchat.max_message_chars
         )
+        if inbound.attachments:
+            try:
+                files = await check_reply_attachments(hub.attachments, inbound.attachments)
+            except ValidationFailed as exc:
+                field = exc.details[0]["field"]
+                await _error(
+                    ws,
+                    "invalid_frame",
+                    f"{field}: not a file uploaded with POST /chat/attachments; upload it there and send the "
+                    "object it returns",
+                    client_id=inbound.extras["client_id"],
+                    field=field,
+                )
+                return
+            inbound = inbound.model_copy(update={"attachments": tuple(files)})
         try:
             result = await hub.batcher.submit(inbound)
         except (LookupError, ValueError) as exc:

@@ -133,8 +133,8 @@ async def test_prechat_form_then_bot_buttons(tmp_path: Path) -> None:
 def test_widget_stays_small_and_the_readme_says_how_small() -> None:
     raw = WIDGET.read_bytes()
     zipped = len(gzip.compress(raw, 9))
-    assert len(raw) < 24 * 1024, "widget.js grew past its 24 KB budget"
-    assert zipped < 8 * 1024, "widget.js grew past 8 KB gzipped"
+    assert len(raw) < 26 * 1024, "widget.js grew past its 26 KB budget"
+    assert zipped < 9 * 1024, "widget.js grew past 9 KB gzipped"
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     stated = re.search(r"widget\.js` is ([\d.]+) KB \(([\d.]+) KB gzipped\)", readme)
     assert stated, "the README states the widget's size"
