@@ -132,7 +132,10 @@ async def test_an_ended_session_says_so_on_the_login_form_and_keeps_the_draft(tm
         token = await page.evaluate("() => localStorage.getItem('crmhub.inbox.token')")
         async with http.post(f"{base}/api/v1/auth/logout", headers={"Authorization": f"Bearer {token}"}) as r:
             assert r.status in (200, 204)
-        await page.get_by_role("button", name="Send").click()
+        # The events socket may notice first (closed with 4401) and the inbox
+        # leave before the click: either way the agent must read why. So the
+        # click happens in the page, only while the reply box is still shown.
+        await page.evaluate("() => { const b = document.querySelector('#send'); if (b && b.offsetParent) b.click(); }")
         await expect(page.locator("#login")).to_be_visible()
         await expect(page.locator("#login-error")).to_have_text(
             "Your session ended; log in again — your draft is kept."
