@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from hub.campaigns import actions as ca
 from tests.hub.campaigns.helpers import RenderGate, seed_contacts, us_numbers
 from tests.hub.helpers import Agent
 from tests.hub.twilio_helpers import TwilioHub, eventually, twilio_hub
@@ -142,6 +141,14 @@ async def test_no_delivery_rate_without_status_callbacks(tmp_path: Path) -> None
         assert report["sent"] == 2 and report["delivery_rate"] is None
 
 
-def test_rebuild_is_an_action() -> None:
-    # The route is thin: the build's rules live with the other campaign writes.
-    assert callable(ca.rebuild_audience)
+async def test_rebuild_takes_in_contacts_added_since(tmp_path: Path) -> None:
+    """POST .../rebuild chooses a segment draft's audience again from its filter."""
+    async with twilio_hub(tmp_path, overrides=OVERRIDES) as t:
+        await seed_contacts(t.hub.db, us_numbers(3))
+        admin = await t.agent()
+        draft = await admin.post("/api/v1/campaigns", _new(), status=201)
+        assert draft["audience"]["recipients"] == 3
+        await seed_contacts(t.hub.db, us_numbers(2, start=100))
+        rebuilt = await admin.post(f"/api/v1/campaigns/{draft['id']}/rebuild", {})
+        assert rebuilt["audience"]["recipients"] == 5
+        assert "build" not in rebuilt["audience"]
