@@ -19,8 +19,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeSerializer
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.storage.redis.redispy import RedispyBridge
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 
 from hub.errors import TooManyRequests
 
@@ -109,6 +108,59 @@ def client_address(remote: str | None, forwarded_for: str | None, trusted: Seque
     return address
 
 
+class LocalWindows:
+    """Sliding-window counters kept in this process, with the approximation
+    limits' sliding window counter makes in Redis: a use is allowed while the
+    uses of the current fixed window, plus those of the previous one weighted
+    by how much of it the sliding window still covers, stay within the limit.
+
+    Not limits' asyncio MemoryStorage: after every use it sweeps all its keys
+    (with a thread hop for each moving-window key), which cost the web chat a
+    tenth of its throughput under load and grows with the number of visitors.
+    Here stale keys go at most once a minute, in one pass."""
+
+    PRUNE_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        #: name -> (period in seconds, index of its current window, uses in it, uses in the one before)
+        self._windows: dict[str, tuple[int, int, int, int]] = {}
+        self._pruned = 0.0
+
+    def hit(self, item: RateLimitItem, key: str, *, now: float | None = None) -> float | None:
+        """Count one use; None when allowed, else the seconds until there is room."""
+        now = time.time() if now is None else now
+        period = item.get_expiry()
+        index = int(now // period)
+        name = f"{item.amount}/{period}/{key}"
+        _, start, current, previous = self._windows.get(name, (period, index, 0, 0))
+        if start != index:
+            previous, current = (current if start == index - 1 else 0), 0
+        elapsed = now - index * period
+        limit = item.amount
+        if current >= limit:
+            # Room once this window is over and it weighs little enough in the next.
+            wait = period - elapsed + period * (1 - (limit - 1) / current)
+        elif previous * (1 - elapsed / period) + current + 1 > limit:
+            # Room once the previous window weighs (limit - current - 1) / previous.
+            wait = period * (1 - (limit - current - 1) / previous) - elapsed
+        else:
+            self._windows[name] = (period, index, current + 1, previous)
+            self._prune(now)
+            return None
+        self._windows[name] = (period, index, current, previous)
+        return max(wait, 1.0)
+
+    def _prune(self, now: float) -> None:
+        if now - self._pruned < self.PRUNE_SECONDS:
+            return
+        self._pruned = now
+        # A key whose last use is two windows back counts nothing any more.
+        self._windows = {n: w for n, w in self._windows.items() if int(now // w[0]) - w[1] <= 1}
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+
 class LoginThrottle:
     """Failed logins, counted in a moving window per account and client
     address, and per client address alone: a guesser is slowed to a handful
@@ -126,6 +178,7 @@ class LoginThrottle:
     ``IN_FLIGHT_SECONDS`` should its process die before taking it back."""
 
     IN_FLIGHT_SECONDS = 60.0
+    MAX_CONNECTIONS = 50
 
     def __init__(
         self,
@@ -137,17 +190,38 @@ class LoginThrottle:
         storage: Storage
         self._redis: aioredis.Redis | None = None
         if redis_url:
-            uri = redis_url.replace("rediss://", "async+rediss://", 1).replace("redis://", "async+redis://", 1)
-            storage = RedisStorage(uri, implementation="redispy", key_prefix="crm-hub-login")
             # Imported here: redis (and the tracing it pulls in) costs every
             # command that imports this module 20 MB, and only scale mode needs it.
             import redis.asyncio as aioredis
 
-            self._redis = aioredis.Redis.from_url(redis_url)
+            # The web chat counts every visitor frame here (hub.web.chat), hundreds
+            # at once under load: a blocking pool makes them wait for one of a
+            # bounded set of connections, where redis-py's default pool fails
+            # with "Too many connections" past 100.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                redis_url,
+                max_connections=self.MAX_CONNECTIONS,
+                timeout=10,
+                socket_timeout=5.0,
+                socket_connect_timeout=5.0,
+            )
+            uri = redis_url.replace("rediss://", "async+rediss://", 1).replace("redis://", "async+redis://", 1)
+            # limits documents connection_pool but types its options as scalars.
+            storage = RedisStorage(
+                uri,
+                implementation="redispy",
+                key_prefix="crm-hub-login",
+                connection_pool=pool,  # type: ignore[arg-type]
+            )
+            self._redis = aioredis.Redis(connection_pool=pool)
         else:
             storage = MemoryStorage()
         self._storage = storage
         self._limiter = MovingWindowRateLimiter(storage)
+        # Uses other than logins (web chat frames, uploads): a sliding window
+        # counter, O(1) per use where a moving window keeps every use.
+        self._counter = SlidingWindowCounterRateLimiter(storage) if redis_url else None
+        self._local = LocalWindows()
         self._account: RateLimitItem = parse(per_account)
         self._address: RateLimitItem = parse(per_address)
         #: Tries in flight per key, when the counts live in this process.
@@ -186,14 +260,16 @@ class LoginThrottle:
             await self._give_back(held, token)
 
     async def over_limit(self, item: RateLimitItem, *key: str) -> float | None:
-        """Count one use of ``key`` against ``item`` in this throttle's windows
-        (the same storage: Redis when the hub has it, so every web process
-        counts together); None when it is allowed, else the seconds until the
-        window has room. A refused use is not counted. Callers namespace
-        ``key`` so that it never meets a login's."""
-        if await self._limiter.hit(item, *key):
+        """Count one use of ``key`` against ``item`` in a sliding window (in
+        Redis when the hub has it, so every web process counts together); None
+        when it is allowed, else the seconds until the window has room. A
+        refused use is not counted. Callers namespace ``key`` so that it never
+        meets a login's."""
+        if self._counter is None:
+            return self._local.hit(item, "/".join(key))
+        if await self._counter.hit(item, *key):
             return None
-        stats = await self._limiter.get_window_stats(item, *key)
+        stats = await self._counter.get_window_stats(item, *key)
         return max(stats.reset_time - time.time(), 1.0)
 
     async def _take(self, name: str, token: str) -> int:
@@ -240,9 +316,9 @@ class LoginThrottle:
             log.warning("could not take back a login try in flight", exc_info=True)
 
     async def close(self) -> None:
-        if isinstance(self._storage, RedisStorage) and isinstance(self._storage.bridge, RedispyBridge):
-            await self._storage.bridge.storage.aclose()
         if self._redis is not None:
+            # The limiter's client shares this pool; closing it closes both.
+            await self._redis.connection_pool.disconnect()
             await self._redis.aclose()
 
 
