@@ -31,12 +31,10 @@ from hub.campaigns.templates import language_code
 from hub.config import iana_zone
 from hub.core import IdentityKind
 from hub.errors import Conflict, NotFound, ValidationFailed
-from hub.inbox import CONTACT_UPDATED
+from hub.inbox import CONTACT_UPDATED, notify_contact_updated
 from hub.text import InvalidPhoneNumber, clean_label, label_key, parse_phone, strip_bidi_controls
-from storage.ingest import add_outbox, outbox_row
-from storage.models import Contact, Identity, Ticket
-from storage.queries import MAX_MERGE_HOPS, identities_for, last_seen
-from storage.views import contact_view
+from storage.models import Contact, Identity
+from storage.queries import MAX_MERGE_HOPS
 
 # The bot's qualification ladder, and "customer", which campaigns' segments
 # and the README's examples use for a lead that bought.
@@ -213,29 +211,7 @@ async def do_update_contact(session: AsyncSession, contact: Contact, changes: Co
     await session.flush()
     data = {"from": before, "to": after}
     await audit(session, actor, CONTACT_UPDATED, "contact", contact.id, data)
-    idents = await identities_for(session, [contact.id])
-    seen = await last_seen(session, [contact.id])
-    event = outbox_row(
-        CONTACT_UPDATED,
-        # Keyed by the contact's latest ticket, so it stays in order with that
-        # ticket's events (as contact.merged is); 0 for a contact without any.
-        await session.scalar(
-            select(Ticket.id)
-            .where(Ticket.contact_id == contact.id)
-            .order_by(Ticket.last_message_at.desc(), Ticket.id.desc())
-            .limit(1)
-        )
-        or 0,
-        {
-            # As a visitor's own change (hub.inbox.notify_contact_updated) says it.
-            "contact_id": contact.id,
-            "changed": sorted(after),
-            "contact": contact_view(contact, idents.get(contact.id, []), seen.get(contact.id)),
-            "actor": actor,
-            "data": data,
-        },
-    )
-    await add_outbox(session, [event])
+    await notify_contact_updated(session, contact, list(after), actor=actor, data=data)
     return True
 
 

@@ -6,6 +6,8 @@ records the event and the audit entry with it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,6 +26,8 @@ from storage.models import (
     Ticket,
     TicketRead,
 )
+from storage.queries import identities_for, last_seen
+from storage.views import contact_view
 
 # --- tickets ---------------------------------------------------------------------
 
@@ -228,25 +232,47 @@ async def do_identify_visitor(session: AsyncSession, visitor_id: str, details: V
 CONTACT_UPDATED = "contact.updated"
 
 
-async def notify_contact_updated(session: AsyncSession, contact: Contact, changed: list[str], *, actor: str) -> None:
-    """A ``contact.updated`` event, in the caller's unit of work so it leaves
-    only once the change is committed. It names what changed, not the values
-    (an address stays behind the contacts API); the name is in it, as the
-    ticket list shows it."""
+async def notify_contact_updated(
+    session: AsyncSession,
+    contact: Contact,
+    changed: list[str],
+    *,
+    actor: str,
+    data: dict[str, Any] | None = None,
+) -> None:
+    """The one ``contact.updated`` event, whoever changed the contact (a visitor
+    through the widget, an agent through the contacts API), in the caller's unit
+    of work so it leaves only once the change is committed. It carries the
+    contact as the contacts API shows it, what ``changed`` and, for an agent's
+    edit, the audit entry's ``data`` (old and new values)."""
+    await session.flush()
+    idents = await identities_for(session, [contact.id])
+    seen = await last_seen(session, [contact.id])
+    latest_ticket = await session.scalar(
+        select(Ticket.id)
+        .where(Ticket.contact_id == contact.id)
+        .order_by(Ticket.last_message_at.desc(), Ticket.id.desc())
+        .limit(1)
+    )
+    payload: dict[str, Any] = {
+        "kind": CONTACT_UPDATED,
+        "actor": actor,
+        "contact_id": contact.id,
+        "contact": contact_view(contact, idents.get(contact.id, []), seen.get(contact.id)),
+        "changed": sorted(changed),
+    }
+    if data is not None:
+        payload["data"] = data
     await add_outbox(
         session,
         [
             {
                 "topic": TOPIC_EVENTS,
-                # Not a ticket's event: the visitor may have no ticket yet.
-                "key": f"contact:{contact.id}",
-                "payload": {
-                    "kind": CONTACT_UPDATED,
-                    "actor": actor,
-                    "contact_id": contact.id,
-                    "contact": {"id": contact.id, "name": contact.name},
-                    "changed": changed,
-                },
+                # Keyed by the contact's latest ticket, so it stays in order with
+                # that ticket's events (as contact.merged is); a visitor who gave
+                # their details before writing has no ticket yet.
+                "key": str(latest_ticket) if latest_ticket is not None else f"contact:{contact.id}",
+                "payload": payload,
             }
         ],
     )

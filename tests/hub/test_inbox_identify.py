@@ -36,13 +36,20 @@ async def test_each_change_a_visitor_makes_is_one_event_and_a_repeat_is_none(db:
     async with db.write() as s:
         assert await do_identify_visitor(s, "v1", details) == r.contact_id
     (event,) = await _events(db)
-    assert event.key == f"contact:{r.contact_id}"
+    # The same event an agent's edit sends: keyed by the contact's latest
+    # ticket (in order with its events), the contact as the API shows it.
+    assert event.key == str(r.ticket_id)
+    contact_seen = event.payload.pop("contact")
     assert event.payload == {
         "kind": "contact.updated",
         "actor": "contact",
         "contact_id": r.contact_id,
-        "contact": {"id": r.contact_id, "name": "Eve evil"},
-        "changed": ["name", "email", "attributes"],
+        "changed": ["attributes", "email", "name"],
+    }
+    assert contact_seen["id"] == r.contact_id and contact_seen["name"] == "Eve evil"
+    assert {i["channel"]: i["address"] for i in contact_seen["identities"]} == {
+        "webchat": "v1",
+        "email": "eve@example.org",
     }
     async with db.read() as s:
         contact = await s.get(Contact, r.contact_id)
@@ -55,7 +62,7 @@ async def test_each_change_a_visitor_makes_is_one_event_and_a_repeat_is_none(db:
 
     async with db.write() as s:
         await do_identify_visitor(s, "v1", VisitorDetails(name="Eve", email=None, phone=None, offline=False))
-    assert [e.payload["changed"] for e in await _events(db)] == [["name", "email", "attributes"], ["name"]]
+    assert [e.payload["changed"] for e in await _events(db)] == [["attributes", "email", "name"], ["name"]]
 
 
 async def test_agents_hear_live_when_a_visitor_identifies(tmp_path: Path) -> None:
@@ -72,9 +79,20 @@ async def test_agents_hear_live_when_a_visitor_identifies(tmp_path: Path) -> Non
             await visitor.send_json({"type": "identify", "name": "Reza Rezaei", "email": "reza@example.org"})
             await next_frame(visitor, "identified")
             frame: dict[str, Any] = await next_frame(events, "contact.updated", contact_id=contact_id)
-        assert frame["contact"] == {"id": contact_id, "name": "Reza Rezaei"}
+        assert frame["contact"]["id"] == contact_id and frame["contact"]["name"] == "Reza Rezaei"
+        assert {"channel": "email", "address": "reza@example.org"}.items() <= frame["contact"]["identities"][-1].items()
         assert {"name", "email"} <= set(frame["changed"])
         # What the inbox reads on it: the new name and the address to answer on.
         contact = await agent.get(f"/api/v1/contacts/{contact_id}")
         assert contact["name"] == "Reza Rezaei"
         assert ("email", "reza@example.org") in {(i["channel"], i["address"]) for i in contact["identities"]}
+
+
+async def test_a_visitor_who_has_not_written_yet_is_keyed_by_contact(db: Database) -> None:
+    # The pre-chat form comes before the first message: no ticket to keep order with.
+    details = VisitorDetails(name="Sara", email="sara@example.org", phone=None, offline=False)
+    async with db.write() as s:
+        contact_id = await do_identify_visitor(s, "v9", details)
+    (event,) = await _events(db)
+    assert event.key == f"contact:{contact_id}"
+    assert event.payload["contact"]["name"] == "Sara"
