@@ -259,13 +259,14 @@ class LoginThrottle:
         finally:
             await self._give_back(held, token)
 
-    async def over_limit(self, item: RateLimitItem, *key: str) -> float | None:
+    async def over_limit(self, item: RateLimitItem, *key: str, here: bool = False) -> float | None:
         """Count one use of ``key`` against ``item`` in a sliding window (in
-        Redis when the hub has it, so every web process counts together); None
-        when it is allowed, else the seconds until the window has room. A
-        refused use is not counted. Callers namespace ``key`` so that it never
-        meets a login's."""
-        if self._counter is None:
+        Redis when the hub has it, so every web process counts together;
+        ``here``: in this process only, for counts on a hot path that one
+        process sees); None when it is allowed, else the seconds until the
+        window has room. A refused use is not counted. Callers namespace
+        ``key`` so that it never meets a login's."""
+        if self._counter is None or here:
             return self._local.hit(item, "/".join(key))
         if await self._counter.hit(item, *key):
             return None

@@ -250,10 +250,11 @@ def _warn_origin(origin: str | None) -> None:
     )
 
 
-async def _over_limit(hub: Hub, item: RateLimitItem, *key: str) -> float | None:
+async def _over_limit(hub: Hub, item: RateLimitItem, *key: str, here: bool = False) -> float | None:
     """Seconds to wait when ``key`` is over ``item``, else None (and counted).
-    The login throttle's windows, so scale mode counts across web processes."""
-    return await hub.login_throttle.over_limit(item, "webchat", *key)
+    The login throttle's windows, so scale mode counts across web processes;
+    ``here``: in this process only (see :meth:`hub.security.LoginThrottle.over_limit`)."""
+    return await hub.login_throttle.over_limit(item, "webchat", *key, here=here)
 
 
 async def _error(
@@ -297,7 +298,10 @@ async def _on_frame(
         "typing": limits.typing_per_minute,
     }.get(kind)
     if per_minute is not None:
-        wait = await _over_limit(hub, RateLimitItemPerMinute(per_minute), kind, visitor_id)
+        # Every frame: counted by the web process holding the socket. A Redis
+        # round trip per frame cost scale mode a sixth of its throughput; a
+        # visitor with tabs on several web processes gets the limit on each.
+        wait = await _over_limit(hub, RateLimitItemPerMinute(per_minute), kind, visitor_id, here=True)
         if wait is not None:
             # A typing notice is stale by the time it could be resent: dropped.
             if kind != "typing":
