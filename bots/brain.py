@@ -14,7 +14,7 @@ confidence), which may start qualification.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -289,12 +289,10 @@ def strip_courtesy(text: str) -> tuple[str, str | None]:
     kind: str | None = None
     i = 0
     while i < len(tokens):
-        for n in range(min(_COURTESY_LONGEST, len(tokens) - i), 0, -1):
-            found = _COURTESY.get(tuple(flat[i : i + n]))
-            if found is not None:
-                break
-        else:
+        phrase = _phrase_at(_COURTESY, _COURTESY_LONGEST, flat, i)
+        if phrase is None:
             break
+        found, n = phrase
         kind = "thanks" if "thanks" in (found, kind) else "greeting"
         i += n
         while i < len(tokens) and flat[i] in _AND:
@@ -313,15 +311,22 @@ def _closing_words(text: str) -> set[str]:
         if flat[i] in _AND:
             i += 1
             continue
-        for n in range(min(_CLOSING_LONGEST, len(flat) - i), 0, -1):
-            found = _CLOSING.get(tuple(flat[i : i + n]))
-            if found is not None:
-                break
-        else:
+        phrase = _phrase_at(_CLOSING, _CLOSING_LONGEST, flat, i)
+        if phrase is None:
             return set()
-        kinds.add(found)
-        i += n
+        kinds.add(phrase[0])
+        i += phrase[1]
     return kinds
+
+
+def _phrase_at(table: Mapping[tuple[str, ...], str], longest: int, flat: list[str], i: int) -> tuple[str, int] | None:
+    """The longest of ``table``'s phrases (up to ``longest`` words) that starts
+    at word ``i``: its kind and how many words it takes; None if none does."""
+    for n in range(min(longest, len(flat) - i), 0, -1):
+        found = table.get(tuple(flat[i : i + n]))
+        if found is not None:
+            return found, n
+    return None
 
 
 def closing(text: str) -> str | None:
