@@ -1,9 +1,11 @@
 """``crm-hub campaign`` after the review: --csv refuses segment options
 instead of ignoring them; resume refuses anything but a paused campaign;
-per-campaign quiet hours from the command line."""
+per-campaign quiet hours from the command line; rebuild chooses a segment
+draft's audience again."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sqlite3
@@ -13,6 +15,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from hub.cli import main
+from storage.db import Database
+from tests.hub.campaigns.helpers import seed_contacts, us_numbers
 from tests.hub.procs import hub_env
 from tests.hub.twilio_helpers import ACCOUNT, TOKEN
 
@@ -79,3 +83,29 @@ def test_quiet_hours_per_campaign(cli: CliRunner, tmp_path: Path) -> None:
     result = cli.invoke(main, [*CREATE, "--quiet-hours", "22:00-08:00", "--no-quiet-hours"])
     assert result.exit_code == 2 and "not both" in result.output
     assert len(_campaigns(tmp_path)) == 1
+
+
+def _seed(tmp_path: Path, phones: list[str]) -> None:
+    async def seed() -> None:
+        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'hub.db'}")
+        try:
+            await seed_contacts(db, phones, tags=["vip"])
+        finally:
+            await db.dispose()
+
+    asyncio.run(seed())
+
+
+def test_rebuild_chooses_the_audience_again(cli: CliRunner, tmp_path: Path) -> None:
+    _seed(tmp_path, us_numbers(2))
+    created = cli.invoke(main, [*CREATE, "--tag", "vip"])
+    cid = _created(created)
+    assert "2 messages" in created.output
+    _seed(tmp_path, us_numbers(3, start=100))
+    result = cli.invoke(main, ["campaign", "rebuild", str(cid)])
+    assert result.exit_code == 0, result.output
+    assert f"Campaign {cid} (X): draft" in result.output and "5 messages" in result.output
+    assert "incomplete" not in result.output
+
+    result = cli.invoke(main, ["campaign", "rebuild", "999"])
+    assert result.exit_code == 1 and "campaign 999" in result.output, result.output
