@@ -28,7 +28,7 @@ from hub.core import Channel, TicketEventKind
 from hub.mail import EmailService, sync_email_inboxes
 from hub.relay import OutboxRelay
 from hub.router import Router
-from hub.security import LoginThrottle, VisitorTokens
+from hub.security import LoginThrottle, VisitorTokens, throttle_prefix
 from hub.sender import Sender
 from hub.stream.base import LiveBus, Stream, check_cancelled
 from hub.stream.memory import InProcessLiveBus, InProcessStream
@@ -149,7 +149,7 @@ def build_hub(config: HubConfig, role: Role = "all") -> Hub:
         processor=processor,
         batcher=batcher,
         visitor_tokens=VisitorTokens(config.secret_key),
-        login_throttle=LoginThrottle(config.redis.url),
+        login_throttle=LoginThrottle(config.redis.url, key_prefix=throttle_prefix(config.redis.stream)),
         channels=channels,
         attachments=attachments,
         bot=BotService(db, config.bot, rasa_tries=min(3, config.workers.max_deliveries)),

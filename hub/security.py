@@ -186,8 +186,13 @@ class LoginThrottle:
         *,
         per_account: str = "10/15 minutes",
         per_address: str = "100/15 minutes",
+        key_prefix: str = "crm-hub-login",
     ) -> None:
+        """``key_prefix``: where its counts live in Redis; hubs sharing one Redis
+        give each their own (see :func:`throttle_prefix`), or one hub's failed
+        logins and web chat visitors would count against another's."""
         storage: Storage
+        self._prefix = key_prefix
         self._redis: aioredis.Redis | None = None
         if redis_url:
             # Imported here: redis (and the tracing it pulls in) costs every
@@ -210,7 +215,7 @@ class LoginThrottle:
             storage = RedisStorage(
                 uri,
                 implementation="redispy",
-                key_prefix="crm-hub-login",
+                key_prefix=key_prefix,
                 connection_pool=pool,  # type: ignore[arg-type]
             )
             self._redis = aioredis.Redis(connection_pool=pool)
@@ -279,7 +284,7 @@ class LoginThrottle:
             self._in_flight[name] = self._in_flight.get(name, 0) + 1
             return self._in_flight[name]
         now = time.time()
-        key = f"crm-hub-login:in-flight:{name}"
+        key = f"{self._prefix}:in-flight:{name}"
         # One transaction: no other try can count in between.
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zremrangebyscore(key, "-inf", now)
@@ -306,7 +311,7 @@ class LoginThrottle:
         async def remove() -> None:
             async with redis.pipeline(transaction=False) as pipe:
                 for name in names:
-                    pipe.zrem(f"crm-hub-login:in-flight:{name}", token)
+                    pipe.zrem(f"{self._prefix}:in-flight:{name}", token)
                 await pipe.execute()
 
         try:
@@ -321,6 +326,13 @@ class LoginThrottle:
             # The limiter's client shares this pool; closing it closes both.
             await self._redis.connection_pool.disconnect()
             await self._redis.aclose()
+
+
+def throttle_prefix(stream: str) -> str:
+    """The throttle's Redis key prefix for a hub whose event stream is
+    ``stream`` (``redis.stream``, which hubs sharing one Redis already keep
+    apart)."""
+    return f"{stream}:limits"
 
 
 class LoginAttempt:

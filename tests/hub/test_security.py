@@ -17,6 +17,7 @@ from hub.security import (
     VisitorTokens,
     client_address,
     hash_password,
+    throttle_prefix,
     trusted_peer,
     verify_password,
 )
@@ -219,3 +220,30 @@ def test_local_windows_refuse_without_counting() -> None:
     # In the next minute the one use weighs until the minute is over.
     assert windows.hit(item, "v", now=125.0) is not None
     assert windows.hit(item, "v", now=180.0) is None
+
+
+async def test_hubs_sharing_one_redis_count_apart() -> None:
+    # Two deployments on one Redis (each with its own redis.stream): one's
+    # failed logins and web chat visitors must not use up the other's limits.
+    async for url in _on("redis"):
+        assert url is not None
+        run = secrets.token_hex(4)
+        who, here = f"ana-{run}@example.com", f"2001:db8::{run}"
+        ours = LoginThrottle(url, per_account="2/15 minutes", key_prefix=throttle_prefix(f"a-{run}:events"))
+        theirs = LoginThrottle(url, per_account="2/15 minutes", key_prefix=throttle_prefix(f"b-{run}:events"))
+        ours_too = LoginThrottle(url, per_account="2/15 minutes", key_prefix=throttle_prefix(f"a-{run}:events"))
+        try:
+            await _fail(ours, who, here)
+            await _fail(ours, who, here)
+            with pytest.raises(TooManyRequests):
+                async with ours_too.attempt(who, here):  # another web process of the same hub
+                    pass
+            async with theirs.attempt(who, here):
+                pass
+            item = RateLimitItemPerMinute(1)
+            assert await ours.over_limit(item, "webchat", "new", here) is None
+            assert await theirs.over_limit(item, "webchat", "new", here) is None
+            assert await ours_too.over_limit(item, "webchat", "new", here) is not None
+        finally:
+            for throttle in (ours, theirs, ours_too):
+                await throttle.close()
