@@ -84,6 +84,16 @@ end
 return held
 """
 
+# KEYS[1]: the stream; ARGV: the group, the consumer. Removes a consumer that
+# holds nothing, so the group lists only live workers. In one script: an entry
+# read by it in between would be lost from the pending list with it.
+_FORGET_SCRIPT = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then
+  return 0
+end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) >= 0 and 1 or 0
+"""
+
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]
@@ -127,6 +137,8 @@ class RedisStream(Stream):
         self.client_name = client_name
         self._client: aioredis.Redis | None = None
         self._closed = asyncio.Event()
+        #: (group, consumer) of every consume loop this process ran.
+        self._consumers: set[tuple[str, str]] = set()
 
     async def start(self) -> None:
         if self._client is not None:
@@ -146,9 +158,24 @@ class RedisStream(Stream):
         client, self._client = self._client, None
         self._closed.set()
         if client is not None:
+            await self._forget_consumers(client)
             # Also disconnects the connections consumers are blocked on, so
             # their ``consume`` returns instead of waiting out BLOCK.
             await client.aclose()
+
+    async def _forget_consumers(self, client: aioredis.Redis) -> None:
+        """A clean stop: this process's consumers leave the group unless they
+        still hold entries (those stay for another worker to claim). Without
+        it every restart leaves a dead consumer listed for good."""
+        for group, consumer in sorted(self._consumers):
+            try:
+                await client.eval(_FORGET_SCRIPT, 1, self.stream, group, consumer)
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "could not remove a stopped consumer from its group",
+                    extra={"group": group, "consumer": consumer, "error": _describe(exc)},
+                )
+        self._consumers.clear()
 
     def _require(self) -> aioredis.Redis:
         if self._client is None:
@@ -183,6 +210,7 @@ class RedisStream(Stream):
 
     async def consume(self, group: str, consumer: str, handler: EventHandler) -> None:
         client = self._require()
+        self._consumers.add((group, consumer))
         loop = asyncio.get_running_loop()
         claim_every = self.claim_idle_seconds / 2
         next_claim = 0.0  # reclaim at once: a restarted worker picks up its own leftovers

@@ -498,3 +498,43 @@ async def test_a_batch_slower_than_claim_idle_is_not_handled_twice(workers: Work
     assert sorted(outbox_id for _, outbox_id, _ in calls) == [1, 2, 3, 4, 5]
     assert {deliveries for _, _, deliveries in calls} == {1}
     assert await workers.length(f"{workers.name}:dead") == 0
+
+
+async def test_a_clean_stop_removes_its_consumer_unless_it_holds_entries(workers: Workers) -> None:
+    # Every restart of a worker used to leave its consumer listed in the group for good.
+    idle = await workers.stream()
+    busy = await workers.stream(claim_idle_seconds=60)
+    done, started = asyncio.Event(), asyncio.Event()
+
+    async def works(batch: Sequence[Event]) -> None:
+        done.set()
+
+    async def hangs(batch: Sequence[Event]) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async def consumers() -> set[str]:
+        return {text(c["name"]) for c in await workers.client.xinfo_consumers(workers.name, "workers")}
+
+    async def stop(task: asyncio.Task[None], stream: RedisStream) -> None:
+        # As the hub stops: its consume task cancelled, then the stream closed.
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await stream.close()
+
+    finishing = workers.consume(idle, "worker-idle", works)
+    await workers.waiting(1)
+    await idle.publish([event(1)])
+    await asyncio.wait_for(done.wait(), WAIT)
+    await eventually(workers.drained)
+    assert await consumers() == {"worker-idle"}
+    await stop(finishing, idle)
+    assert await consumers() == set()
+
+    stuck = workers.consume(busy, "worker-busy", hangs)
+    await busy.publish([event(2)])
+    await asyncio.wait_for(started.wait(), WAIT)
+    await stop(stuck, busy)
+    # It still holds its entry: it stays, for another worker to claim.
+    assert await consumers() == {"worker-busy"}
+    assert await workers.pending() == 1
