@@ -196,7 +196,31 @@ def _check_fields(kind: str, payload: Mapping[str, Any]) -> None:
         value = payload.get(name)
         if value is not None and not isinstance(value, str):
             raise InvalidPayload(f"{kind}.{name} must be a string, not {type(value).__name__}")
+    for name in _MEDIA_FIELDS:
+        value = payload.get(name)
+        files = value if isinstance(value, list) else [value]
+        for i, file in enumerate(files):
+            if isinstance(file, dict):
+                _check_file(f"{kind}.{name}[{i}]" if isinstance(value, list) else f"{kind}.{name}", file)
     _check_ints(kind, payload)
+
+
+# The files of a message that the hub fetches (:func:`_media_of`); ``photo`` is
+# a list of sizes.
+_MEDIA_FIELDS = ("photo", "animation", "document", "audio", "voice", "video", "video_note")
+# python-telegram-bot copies these as they come; the hub names the file, types
+# and sizes it by them, and would fail on another type only after fetching it.
+_FILE_TEXT_FIELDS = ("file_id", "file_unique_id", "file_name", "mime_type")
+
+
+def _check_file(path: str, file: Mapping[str, Any]) -> None:
+    for name in _FILE_TEXT_FIELDS:
+        value = file.get(name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidPayload(f"{path}.{name} must be a string, not {type(value).__name__}")
+    size = file.get("file_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise InvalidPayload(f"{path}.file_size must be a non-negative integer, not {str(size)[:40]!r}")
 
 
 def _check_ints(path: str, node: Any) -> None:

@@ -514,6 +514,11 @@ from hub.campaigns.cli import register as _register_campaigns  # noqa: E402
 
 _register_campaigns(main)
 
+# Telegram: crm-hub telegram replay.
+from hub.telegram_cli import register as _register_telegram  # noqa: E402
+
+_register_telegram(main)
+
 
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

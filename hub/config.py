@@ -322,6 +322,22 @@ class TelegramConfig(_Section):
             raise ValueError("must be an http(s) URL such as https://api.telegram.org")
         return value.rstrip("/")
 
+    @field_validator("bots")
+    @classmethod
+    def _own_inboxes(cls, bots: list[TelegramBotConfig]) -> list[TelegramBotConfig]:
+        # Replies go out through the bot of the ticket's inbox: with two bots
+        # in one inbox, one would answer the other's customers, who never
+        # wrote to it, and Telegram refuses that (403, read as a block).
+        first: dict[str, str] = {}
+        for bot in bots:
+            other = first.setdefault(bot.inbox_key, bot.name)
+            if other != bot.name:  # the same name twice is _bots_complete's to say
+                raise ValueError(
+                    f"two bots use the inbox {bot.inbox_key!r} ({other!r} and {bot.name!r}); "
+                    "each bot needs its own inbox"
+                )
+        return bots
+
     @model_validator(mode="after")
     def _bots_complete(self) -> TelegramConfig:
         if self.poll_lease_seconds <= self.poll_timeout_seconds + self.request_timeout_seconds:

@@ -20,7 +20,8 @@ committed just before a crash is fetched again but stored once (none repeated).
 An update that cannot be stored however often it is tried (not an update, or
 failing :data:`POISON_ATTEMPTS` times while Telegram and the database answer)
 would hold back every later one: it is logged as an error, kept whole in the
-audit log (``telegram.update_dead_lettered``) and passed.
+audit log (``telegram.update_dead_lettered``) and passed; ``crm-hub telegram
+replay`` (:mod:`hub.telegram_cli`) stores it once the cause is fixed.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from telegram import Bot
-from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, TelegramError
+from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, RetryAfter, TelegramError
 from telegram.request import HTTPXRequest
 from telegram.warnings import PTBUserWarning
 
@@ -58,8 +59,8 @@ from channels.telegram import (
     is_hashed_id,
     parse_update,
     resolve_callback,
+    retry_seconds,
 )
-from hub.actions import audit
 from hub.attachments import AttachmentStore, AttachmentTooLarge
 from hub.channel_actions import (
     do_contact_signals,
@@ -91,6 +92,11 @@ FILE_IDS = "file_unique_ids"
 #: The longest wait between two tries of a refused setWebhook.
 WEBHOOK_RETRY_CAP_SECONDS = 300.0
 
+#: The longest a poller or setWebhook waits on Telegram's flood control
+#: (a 429's retry_after): a wait this long is a ban to be noticed in the log,
+#: not slept through for hours. Shutdown cancels the wait at once.
+FLOOD_WAIT_CAP_SECONDS = 600.0
+
 #: How many of the latest messages to a chat are searched for the quick reply
 #: a long id's button stands for (older buttons stay pressable on Telegram).
 OFFERED_LOOKBACK = 50
@@ -103,7 +109,12 @@ warnings.filterwarnings("ignore", message=r"Please use 'Bot\.getUpdates'", categ
 
 class TelegramUnavailable(Exception):
     """Telegram (or the network) failed in a way that may pass: the update is
-    not acknowledged, so it comes again."""
+    not acknowledged, so it comes again (not before ``retry_after`` seconds,
+    when Telegram's flood control named them)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +147,11 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+    def after(self, retry_after: float | None) -> float:
+        """The next delay, but no sooner than Telegram's ``retry_after``."""
+        delay = self.next()
+        return delay if retry_after is None else min(FLOOD_WAIT_CAP_SECONDS, max(retry_after, delay))
 
 
 def make_bot(token: str, api_base_url: str, timeout: float) -> Bot:
@@ -239,7 +255,13 @@ class TelegramService:
             message = with_files
         if upd.kind is UpdateKind.CALLBACK and message.quick_reply and _needs_choice(message):
             message = await self._with_choice(bot, message, message.quick_reply)
-        result = await self.ingest(message)
+        try:
+            result = await self.ingest(message)
+        except BaseException:
+            # The update comes again and fetches its files again: these would
+            # stay behind, a copy per try, with nothing pointing at them.
+            await asyncio.shield(self._discard_unless_stored(message.external_id, saved))
+            raise
         if result.duplicate:
             # The message was stored meanwhile (a redelivery racing this one, or
             # another web process), with files of its own: these are nobody's.
@@ -252,6 +274,28 @@ class TelegramService:
         if upd.callback_query_id:
             await self._answer(bot, upd.callback_query_id)
         return "duplicate" if result.duplicate else "stored"
+
+    async def _discard_unless_stored(self, external_id: str, saved: list[str]) -> None:
+        """Remove the files saved for a message whose ingest failed, except
+        those it was stored with after all (a commit whose answer was lost).
+        When the database cannot say, they are kept: a file too many is only
+        disk space, one too few is a customer's photo gone."""
+        if not saved:
+            return
+        try:
+            async with self.db.read() as session:
+                stored = await session.scalar(
+                    select(Message.attachments).where(
+                        Message.channel == Channel.TELEGRAM.value, Message.external_id == external_id
+                    )
+                )
+        except Exception as exc:  # noqa: BLE001 - the failure being handled is the one to report
+            log.warning(
+                "telegram: files of message %s kept; the database could not say if it is stored: %s", external_id, exc
+            )
+            return
+        kept = {a.get("url") for a in stored or [] if isinstance(a, dict)}
+        await self.attachments.discard(url for url in saved if url not in kept)
 
     async def _apply_edit(self, bot: TelegramBot, upd: TelegramUpdate, message: InboundMessage) -> bool:
         """Whether the edited message is stored (and the edit applied, unless
@@ -300,7 +344,9 @@ class TelegramService:
             )
             extras = dict(msg.extras or {}) if msg is not None else {}
             if msg is None or extras.get("edit_sequence") != upd.update_id:
-                return  # a later edit came in meanwhile
+                # A later edit came in meanwhile: its files are the message's.
+                await self.attachments.discard(a.url for a in saved)
+                return
             assert upd.edited_at is not None
             replaced = {"attachments": list(msg.attachments or []), "replaced_at": upd.edited_at.isoformat()}
             extras["replaced_files"] = [*(extras.get("replaced_files") or []), replaced]
@@ -409,6 +455,11 @@ class TelegramService:
             self.attachments.check_size(ref.size, ref.filename)
         try:
             file = await bot.bot.get_file(ref.file_id)
+        except RetryAfter as exc:
+            wait = retry_seconds(exc)
+            raise TelegramUnavailable(
+                f"Telegram's flood control refused getFile: retry in {wait:g} s", retry_after=wait
+            ) from exc
         except BadRequest as exc:
             # "file is too big" (over the Bot API's 20 MB), an expired file id.
             raise FileRefused(f"Telegram did not give the file: {exc.message}") from exc
@@ -492,6 +543,12 @@ class TelegramService:
             except InvalidToken as exc:
                 log.error("telegram bot %s: setWebhook to %s was refused: %s", bot.name, url, exc.message)
                 return  # the token only changes with a restart
+            except RetryAfter as exc:
+                # Asking before the time Telegram named can lengthen the ban.
+                delay = backoff.after(retry_seconds(exc))
+                log.warning("telegram bot %s: setWebhook hit flood control; again in %.1f s", bot.name, delay)
+                await asyncio.sleep(delay)
+                continue
             except (BadRequest, Forbidden) as exc:
                 # Telegram checks the URL as it is set: "bad webhook: Failed to
                 # resolve host" while DNS or a certificate is still being set
@@ -536,6 +593,11 @@ class TelegramService:
                     raise
                 except _LostLease:
                     log.info("telegram bot %s: another process took over polling", bot.name)
+                except RetryAfter as exc:
+                    # Asking before the time Telegram named can lengthen the ban.
+                    delay = backoff.after(retry_seconds(exc))
+                    log.warning("telegram bot %s: flood control (%s); again in %.1f s", bot.name, exc.message, delay)
+                    await asyncio.sleep(delay)
                 except Conflict as exc:
                     # Someone set a webhook after this poller removed its own
                     # (an old replica in webhook mode, a script): getUpdates is
@@ -547,7 +609,8 @@ class TelegramService:
                     )
                     await asyncio.sleep(delay)
                 except Exception as exc:  # noqa: BLE001 - any failure: log, back off, poll again
-                    delay = backoff.next()
+                    # A file's getFile under flood control names its own wait.
+                    delay = backoff.after(exc.retry_after if isinstance(exc, TelegramUnavailable) else None)
                     log.warning("telegram bot %s: polling failed (%s); again in %.1f s", bot.name, exc, delay)
                     await asyncio.sleep(delay)
         finally:
@@ -592,21 +655,36 @@ class TelegramService:
     async def _dead_letter(self, bot: TelegramBot, item: Any, error: str) -> None:
         """An update the poller passes without storing what it carries: the
         whole update (its JSON text) and the reason go to the audit log (action
-        ``telegram.update_dead_lettered``), where an operator finds it and can
-        post it to the bot's webhook once the cause is fixed."""
+        ``telegram.update_dead_lettered``). The error logged names the row;
+        once the cause is fixed, ``crm-hub telegram replay <row id>`` stores
+        the update through :meth:`handle_json`, as if it came now."""
         update_id = item.get("update_id") if isinstance(item, dict) else None
-        log.error("telegram bot %s: update %s passed without being stored: %s", bot.name, update_id, error)
         async with self.db.write() as session:
-            await audit(
-                session,
-                "system",
-                DEAD_LETTER_ACTION,
-                "telegram_update",
-                update_id if isinstance(update_id, int) else None,
+            row = AuditLog(
+                actor="system",
+                action=DEAD_LETTER_ACTION,
+                entity="telegram_update",
+                entity_id=update_id if isinstance(update_id, int) else None,
                 # As text: a malformed update may hold what the JSON column
                 # cannot (integers over 64 bits).
-                {"bot": bot.name, "error": error[:2000], "update": json.dumps(item, ensure_ascii=False, default=str)},
+                data={
+                    "bot": bot.name,
+                    "error": error[:2000],
+                    "update": json.dumps(item, ensure_ascii=False, default=str),
+                },
             )
+            session.add(row)
+            await session.flush()
+            row_id = row.id
+        log.error(
+            "telegram bot %s: update %s passed without being stored: %s (kept in audit log row %s; "
+            "replay it with `crm-hub telegram replay %s` once the cause is fixed)",
+            bot.name,
+            update_id,
+            error,
+            row_id,
+            row_id,
+        )
 
     async def _claim(self, name: str, owner: str) -> int | None:
         """Take or renew the lease on polling ``name``; the offset to poll from, or

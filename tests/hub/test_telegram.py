@@ -711,6 +711,19 @@ def test_one_default_bot_from_the_environment_alone(tmp_path: Path) -> None:
             {"TELEGRAM_BOT_TOKEN": "1:a", "TELEGRAM_WEBHOOK_SECRET": "s"},
             "two bots are named 'a'",
         ),
+        (
+            "telegram:\n  bots:\n    - name: sales\n      inbox: telegram:shared\n"
+            "    - name: support\n      token_env: SUPPORT_TOKEN\n      inbox: telegram:shared\n",
+            {"TELEGRAM_BOT_TOKEN": "1:a", "TELEGRAM_WEBHOOK_SECRET": "s", "SUPPORT_TOKEN": "2:b"},
+            "telegram.bots: Value error, two bots use the inbox 'telegram:shared' ('sales' and 'support')",
+        ),
+        (
+            # One bot's own inbox key given to another.
+            "telegram:\n  bots:\n    - name: sales\n    - name: support\n      token_env: SUPPORT_TOKEN\n"
+            "      inbox: telegram:sales\n",
+            {"TELEGRAM_BOT_TOKEN": "1:a", "TELEGRAM_WEBHOOK_SECRET": "s", "SUPPORT_TOKEN": "2:b"},
+            "two bots use the inbox 'telegram:sales' ('sales' and 'support')",
+        ),
     ],
 )
 def test_invalid_telegram_config_names_the_key(
@@ -849,7 +862,18 @@ async def test_malformed_updates_get_400_naming_the_problem_and_store_nothing(
     huge_edit = _edit(message_update(3, 12, text="x"), 3, 10**20, text="y")
     deep = message_update(4, 13, text="x", reply_to_message={"message_id": 1, "date": 2**50})
     huge_chat = message_update(5, 14, chat=10**20, text="x")
+    doc = {"file_id": "d1", "file_unique_id": "ud1", "file_name": "a.pdf"}
+    size_text = message_update(7, 15, document={**doc, "file_size": "4"})
+    name_number = message_update(8, 16, document={**doc, "file_name": 12345})
+    mime_list = message_update(9, 17, document={**doc, "mime_type": ["application/pdf"]})
+    negative_photo = message_update(
+        10, 18, photo=[{"file_id": "p", "file_unique_id": "p", "width": 1, "height": 1, "file_size": -1}]
+    )
     for body, needle in (
+        (size_text, "message.document.file_size must be a non-negative integer, not '4'"),
+        (name_number, "message.document.file_name must be a string, not int"),
+        (mime_list, "message.document.mime_type must be a string, not list"),
+        (negative_photo, "message.photo[0].file_size must be a non-negative integer"),
         (huge_chat, "message.chat.id is too large for a Telegram integer"),
         (huge_date, "message.date must be a Unix time in seconds"),
         (numeric_text, "message.text must be a string, not int"),
