@@ -519,6 +519,11 @@ from hub.telegram_cli import register as _register_telegram  # noqa: E402
 
 _register_telegram(main)
 
+# The event stream: crm-hub events dead-letters [--requeue ID... | --requeue-all].
+from hub.events_cli import register as _register_events  # noqa: E402
+
+_register_events(main)
+
 
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -16,8 +16,12 @@ STREAM_FAILURES = Counter("hub_stream_handler_failures_total", "Event handler fa
 STREAM_DEAD_LETTERED = Counter(
     "hub_stream_dead_lettered_total", "Events moved to the dead letter after repeated failures"
 )
+STREAM_DEAD_LETTERS = Gauge(
+    "hub_stream_dead_letters",
+    "Dead-lettered events kept for an operator (outbox rows; on Redis also <stream>:dead), counted at each scrape",
+)
 STREAM_RECLAIMED = Counter("hub_stream_reclaimed_total", "Pending events reclaimed from consumers that stopped")
-OUTBOX_BACKLOG = Gauge("hub_outbox_backlog", "Outbox rows not yet published or handled")
+OUTBOX_BACKLOG = Gauge("hub_outbox_backlog", "Outbox rows not yet published or handled (dead letters not included)")
 LIVE_DROPPED = Counter("hub_live_events_dropped_total", "Live events dropped for a stuck listener")
 LIVE_CONNECTIONS = Gauge("hub_websocket_connections", "Open websockets", ["kind"])
 HTTP_REQUESTS = Counter("hub_http_requests_total", "HTTP requests", ["method", "route", "status"])

@@ -32,16 +32,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub import metrics
 from hub.core import utcnow
 from hub.stream.base import Event, Stream, check_cancelled
 from storage.db import Database
-from storage.models import OutboxRow
+from storage.models import AuditLog, OutboxRow
 
 log = logging.getLogger(__name__)
 
@@ -272,14 +274,150 @@ class OutboxRelay:
                 await session.execute(delete(OutboxRow).where(OutboxRow.id.in_(ids[start : start + 500])))
 
     async def dead_letter(self, event: Event, error: str) -> None:
-        """Park an event whose handlers keep failing (in-process stream)."""
+        """Park an event whose handlers keep failing (in-process stream): the
+        row stays, marked, until an operator requeues it (``crm-hub events
+        dead-letters``); the audit entry says when and after how many tries."""
         async with self.db.write() as session:
             await session.execute(
                 update(OutboxRow).where(OutboxRow.id == event.outbox_id).values(dead_letter=error[:2000])
             )
+            session.add(
+                AuditLog(
+                    actor="system",
+                    action=DEAD_LETTERED_ACTION,
+                    entity="outbox",
+                    entity_id=event.outbox_id,
+                    data={"kind": event.kind, "key": event.key, "deliveries": event.deliveries, "error": error[:2000]},
+                )
+            )
 
     async def backlog(self) -> int:
+        """Outbox rows still to publish or handle; dead letters wait for an
+        operator instead, and are counted apart (see ``dead_letters``)."""
         async with self.db.read() as session:
-            count = int(await session.scalar(select(func.count()).select_from(OutboxRow)) or 0)
+            count = int(
+                await session.scalar(select(func.count()).select_from(OutboxRow).where(OutboxRow.dead_letter.is_(None)))
+                or 0
+            )
         metrics.OUTBOX_BACKLOG.set(count)
         return count
+
+    async def dead_letters(self) -> int:
+        """Dead letters kept for an operator, counted where they are kept (the
+        outbox; on Redis, ``<stream>:dead`` too), so the gauge survives restarts."""
+        async with self.db.read() as session:
+            count = await count_dead_letters(session)
+        from hub.stream.redis import RedisStream
+
+        if isinstance(self.stream, RedisStream):
+            from redis.exceptions import RedisError
+
+            # The stream's own client: /metrics must not open a connection per scrape.
+            try:
+                count += await self.stream.dead_letter_count()
+            except (RedisError, OSError) as exc:
+                # /metrics still answers while Redis is away; the gauge keeps its last value.
+                log.warning("could not count the Redis dead letters", extra={"error": str(exc)})
+                return count
+        metrics.STREAM_DEAD_LETTERS.set(count)
+        return count
+
+
+DEAD_LETTERED_ACTION = "event.dead_lettered"
+REQUEUED_ACTION = "event.dead_letter_requeued"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One parked event, as ``crm-hub events dead-letters`` lists it."""
+
+    id: str
+    kind: str
+    key: str
+    deliveries: int | None  # unknown for a row parked before it was recorded
+    error: str
+    at: datetime  # when it was dead-lettered (or written, if that is unknown)
+
+
+async def count_dead_letters(session: AsyncSession) -> int:
+    query = select(func.count()).select_from(OutboxRow).where(OutboxRow.dead_letter.is_not(None))
+    return int(await session.scalar(query) or 0)
+
+
+async def list_dead_letters(db: Database) -> list[DeadLetter]:
+    """The outbox rows parked as dead letters, oldest first."""
+    async with db.read() as session:
+        rows = (
+            await session.execute(
+                select(OutboxRow.id, OutboxRow.key, OutboxRow.payload, OutboxRow.dead_letter, OutboxRow.created_at)
+                .where(OutboxRow.dead_letter.is_not(None))
+                .order_by(OutboxRow.id)
+            )
+        ).all()
+        entries = (
+            (
+                await session.execute(
+                    select(AuditLog.entity_id, AuditLog.data, AuditLog.created_at)
+                    .where(
+                        AuditLog.action == DEAD_LETTERED_ACTION,
+                        AuditLog.entity == "outbox",
+                        AuditLog.entity_id.in_([r.id for r in rows]),
+                    )
+                    .order_by(AuditLog.id)
+                )
+            ).all()
+            if rows
+            else []
+        )
+    # The newest entry of each id (SQLite gives a deleted last row's id to
+    # the next row, so older entries may be another event's).
+    parked = {e.entity_id: e for e in entries}
+    letters: list[DeadLetter] = []
+    for r in rows:
+        entry = parked.get(r.id)
+        if entry is not None and entry.created_at < r.created_at:
+            entry = None
+        deliveries = entry.data.get("deliveries") if entry is not None else None
+        letters.append(
+            DeadLetter(
+                id=str(r.id),
+                kind=str(r.payload.get("kind", "")),
+                key=r.key,
+                deliveries=int(deliveries) if isinstance(deliveries, int) else None,
+                error=r.dead_letter or "",
+                at=entry.created_at if entry is not None else r.created_at,
+            )
+        )
+    return letters
+
+
+async def requeue_dead_letters(db: Database, ids: Sequence[int] | None, *, actor: str = "cli") -> list[int]:
+    """Clear the dead-letter mark of outbox rows ``ids`` (None: all of them),
+    with an audit entry each: the relay (of the running hub, or at its next
+    start) publishes them again. Returns the ids requeued."""
+    async with db.write() as session:
+        query = select(OutboxRow.id, OutboxRow.key, OutboxRow.payload, OutboxRow.dead_letter).where(
+            OutboxRow.dead_letter.is_not(None)
+        )
+        if ids is not None:
+            query = query.where(OutboxRow.id.in_(list(ids)))
+        rows = (await session.execute(query.order_by(OutboxRow.id))).all()
+        if not rows:
+            return []
+        await session.execute(
+            update(OutboxRow)
+            .where(OutboxRow.id.in_([r.id for r in rows]), OutboxRow.dead_letter.is_not(None))
+            .values(dead_letter=None, lease_until=None)
+            .execution_options(synchronize_session=False)
+        )
+        for r in rows:
+            session.add(
+                AuditLog(
+                    actor=actor,
+                    action=REQUEUED_ACTION,
+                    entity="outbox",
+                    entity_id=r.id,
+                    data={"kind": str(r.payload.get("kind", "")), "key": r.key, "error": r.dead_letter},
+                )
+            )
+    return [r.id for r in rows]

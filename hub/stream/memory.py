@@ -8,9 +8,11 @@ Events are partitioned by key (the ticket id) and each partition is drained by
 one task, so events of one ticket are handled in order while different tickets
 are handled concurrently.
 
-A failed event is retried in place, with a backoff in seconds, and goes to the
-dead letter (``on_dead``) after ``max_deliveries`` failures. A failure caused by
-an outage (the database unreachable) does not count (``Stream.is_outage``). Whatever the
+A failed event is retried after a backoff in seconds, and goes to the dead
+letter (``on_dead``) after ``max_deliveries`` failures. Meanwhile only the
+later events of its key wait behind it (in order); the partition's other keys
+go on. A failure caused by an outage (the database unreachable) does not count
+(``Stream.is_outage``) and is waited out in place. Whatever the
 stream takes and cannot finish (the dead-letter write failed, its task was
 stopped) stays in the outbox and is handed back through ``on_abandoned``.
 """
@@ -18,6 +20,7 @@ stopped) stays in the outbox and is handed back through ``on_abandoned``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -32,6 +35,30 @@ log = logging.getLogger(__name__)
 
 DeadLetter = Callable[[Event, str], Awaitable[None]]
 Settled = Literal["handled", "parked", "dropped"]
+
+
+class _Partition:
+    """What one partition's task holds besides its queue."""
+
+    def __init__(self, queue: asyncio.Queue[Event | _Retry]) -> None:
+        self.queue = queue
+        # Events taken from the queue and not yet handled or parked, by
+        # identity: if the task stops, their rows must be published again.
+        self.open_: dict[int, Event] = {}
+        # Keys with an event waiting for its retry -> their later events, in
+        # order: they wait behind it, the partition's other keys do not.
+        self.held: dict[str, collections.deque[Event]] = {}
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
+class _Retry:
+    """Put in the partition's queue when a failed event's backoff is over."""
+
+    owner: _Partition
+    event: Event
+    tries: int
+    strikes: int
 
 
 class InProcessStream(Stream):
@@ -57,7 +84,7 @@ class InProcessStream(Stream):
         self.max_retry_delay = max_retry_delay
         self.probe_timeout = probe_timeout
         self.on_dead: DeadLetter | None = None
-        self._groups: dict[str, list[asyncio.Queue[Event]]] = {}
+        self._groups: dict[str, list[asyncio.Queue[Event | _Retry]]] = {}
         self._remaining: dict[int, int] = {}  # outbox id -> groups yet to handle it
         # Outbox ids a group did not handle: their rows must outlive the other
         # groups' success. True: published again (dropped); False: parked.
@@ -78,7 +105,7 @@ class InProcessStream(Stream):
     async def backlog(self) -> int:
         return self._in_flight
 
-    def _queues(self, group: str) -> list[asyncio.Queue[Event]]:
+    def _queues(self, group: str) -> list[asyncio.Queue[Event | _Retry]]:
         if group not in self._groups:
             self._groups[group] = [asyncio.Queue() for _ in range(self.partitions)]
         return self._groups[group]
@@ -110,39 +137,105 @@ class InProcessStream(Stream):
             for i, queue in enumerate(queues):
                 tg.create_task(self._drain(queue, handler), name=f"{group}/{consumer}/p{i}")
 
-    async def _drain(self, queue: asyncio.Queue[Event], handler: EventHandler) -> None:
-        while True:
-            check_cancelled()  # a handler may have swallowed it (see there)
-            batch = [await queue.get()]
-            while len(batch) < self.max_batch and not queue.empty():
-                batch.append(queue.get_nowait())
-            # Events of the batch not yet handled or parked, by identity: if
-            # this task stops, their rows must be published again.
-            open_ = {id(event): event for event in batch}
-            try:
-                await self._handle(batch, handler, open_)
-            except asyncio.CancelledError:
-                self._drop(list(open_.values()))
-                raise
-            except Exception:
-                # Only a bug gets here (handler errors are caught below); the
-                # partition must outlive it, or its tickets would stall.
-                log.exception("event partition failed; its events are published again")
-                self._drop(list(open_.values()))
+    async def _drain(self, queue: asyncio.Queue[Event | _Retry], handler: EventHandler) -> None:
+        part = _Partition(queue)
+        try:
+            while True:
+                check_cancelled()  # a handler may have swallowed it (see there)
+                items = [await queue.get()]
+                while len(items) < self.max_batch and not queue.empty():
+                    items.append(queue.get_nowait())
+                try:
+                    await self._handle(items, handler, part)
+                except Exception:
+                    # Only a bug gets here (handler errors are caught below); the
+                    # partition must outlive it, or its tickets would stall.
+                    log.exception("event partition failed; its events are published again")
+                    self._abandon(part)
+                    part = _Partition(queue)
+        finally:
+            # Stopped (or failed, above): whatever it took and did not finish
+            # (events waiting for a retry, or behind one) is published again.
+            self._abandon(part)
 
-    async def _handle(self, batch: list[Event], handler: EventHandler, open_: dict[int, Event]) -> None:
+    def _abandon(self, part: _Partition) -> None:
+        for timer in part.timers.values():
+            timer.cancel()
+        part.timers.clear()
+        part.held.clear()
+        events, part.open_ = list(part.open_.values()), {}
+        if events:
+            self._drop(events)
+
+    async def _handle(self, items: list[Event | _Retry], handler: EventHandler, part: _Partition) -> None:
+        batch: list[Event] = []
+        retries: list[_Retry] = []
+        for item in items:
+            if isinstance(item, _Retry):
+                # One left in the queue by a partition task that stopped since:
+                # its event was handed back then.
+                if item.owner is part:
+                    retries.append(item)
+                continue
+            part.open_[id(item)] = item
+            held = part.held.get(item.key)
+            if held is not None:
+                held.append(item)  # its ticket's earlier event waits for a retry
+            else:
+                batch.append(item)
+        if batch:
+            await self._handle_batch(batch, handler, part)
+        for retry in retries:
+            part.timers.pop(retry.event.key, None)
+            later = await self._try(retry.event, handler, part, tries=retry.tries, strikes=retry.strikes)
+            if later is not None:
+                self._schedule(later)
+            else:
+                await self._release(retry.event.key, handler, part)
+
+    async def _handle_batch(self, batch: list[Event], handler: EventHandler, part: _Partition) -> None:
         try:
             await handler(batch)
         except Exception as exc:  # noqa: BLE001 - retried one by one below
-            if len(batch) > 1:
-                for event in batch:
-                    await self._handle_one(event, handler, open_)
+            if len(batch) == 1:
+                retry = await self._try(batch[0], handler, part, tries=1, failure=exc)
+                if retry is not None:
+                    part.held[batch[0].key] = collections.deque()
+                    self._schedule(retry)
                 return
-            error = self._failed(batch[0], 1, exc)
-            strikes = 0 if await self.is_outage(exc) else 1
-            await self._handle_one(batch[0], handler, open_, tries=1, strikes=strikes, error=error)
+            await self._one_by_one(batch, handler, part)
             return
-        await self._done(batch, open_)
+        await self._done(batch, part.open_)
+
+    async def _one_by_one(self, events: Sequence[Event], handler: EventHandler, part: _Partition) -> None:
+        for event in events:
+            held = part.held.get(event.key)
+            if held is not None:
+                held.append(event)
+                continue
+            retry = await self._try(event, handler, part)
+            if retry is not None:
+                part.held[event.key] = collections.deque()
+                self._schedule(retry)
+
+    async def _release(self, key: str, handler: EventHandler, part: _Partition) -> None:
+        """The event a key's later events waited for is handled or parked:
+        they go now, in order, unless one of them fails in turn."""
+        held = part.held.pop(key, None)
+        while held:
+            event = held.popleft()
+            retry = await self._try(event, handler, part)
+            if retry is not None:
+                part.held[key] = held
+                self._schedule(retry)
+                return
+
+    def _schedule(self, retry: _Retry) -> None:
+        # Off the partition's path: its other tickets go on meanwhile, and the
+        # events of this ticket wait in ``held`` (their order is kept).
+        part = retry.owner
+        loop = asyncio.get_running_loop()
+        part.timers[retry.event.key] = loop.call_later(self._delay(retry.tries), part.queue.put_nowait, retry)
 
     def _failed(self, event: Event, attempt: int, exc: Exception) -> str:
         error = f"{type(exc).__name__}: {exc}"
@@ -153,39 +246,55 @@ class InProcessStream(Stream):
     def _delay(self, tries: int) -> float:
         return float(min(self.max_retry_delay, self.retry_delay * 2 ** min(tries - 1, 30)))
 
-    async def _handle_one(
+    async def _try(
         self,
         event: Event,
         handler: EventHandler,
-        open_: dict[int, Event],
+        part: _Partition,
         *,
         tries: int = 0,
         strikes: int = 0,
-        error: str = "",
-    ) -> None:
-        # ``tries`` is what handlers see (as with Redis' ``times_delivered``:
-        # the bot hands off after a few); ``strikes`` only counts failures that
-        # are the event's own, and decides the dead letter.
-        while strikes < self.max_deliveries:
-            if tries:
-                await asyncio.sleep(self._delay(tries))
-            tries += 1
-            try:
-                await handler([dataclasses.replace(event, deliveries=tries)])
-            except Exception as exc:  # noqa: BLE001 - counted, then dead-lettered
-                error = self._failed(event, tries, exc)
-                if not await self.is_outage(exc):
-                    strikes += 1
-                continue
-            await self._done([event], open_)
-            return
-        await self._dead_letter(event, error, open_)
+        failure: Exception | None = None,
+    ) -> _Retry | None:
+        """Hand ``event`` alone to ``handler`` (``failure``: what its try
+        number ``tries`` just raised) until it is handled or parked, or fails
+        on its own: then returns its retry, to be scheduled after its backoff.
 
-    async def _dead_letter(self, event: Event, error: str, open_: dict[int, Event]) -> None:
-        log.error("event dead-lettered", extra={"kind": event.kind, "outbox_id": event.outbox_id, "error": error})
+        ``tries`` is what handlers see (as with Redis' ``times_delivered``:
+        the bot hands off after a few); ``strikes`` only counts failures that
+        are the event's own, and decides the dead letter. An outage is waited
+        out in place: every event fails alike meanwhile, so holding up the
+        partition costs nothing, and the order of the retries is kept."""
+        while True:
+            if failure is None:
+                tries += 1
+                try:
+                    await handler([dataclasses.replace(event, deliveries=tries)])
+                except Exception as exc:  # noqa: BLE001 - counted, then retried or dead-lettered
+                    failure = exc
+                else:
+                    await self._done([event], part.open_)
+                    return None
+            error = self._failed(event, tries, failure)
+            outage = await self.is_outage(failure)
+            failure = None
+            if outage:
+                await asyncio.sleep(self._delay(tries))
+                continue
+            strikes += 1
+            if strikes >= self.max_deliveries:
+                await self._dead_letter(event, error, part.open_, deliveries=tries)
+                return None
+            return _Retry(part, event, tries, strikes)
+
+    async def _dead_letter(self, event: Event, error: str, open_: dict[int, Event], *, deliveries: int) -> None:
+        log.error(
+            "event dead-lettered",
+            extra={"kind": event.kind, "outbox_id": event.outbox_id, "deliveries": deliveries, "error": error},
+        )
         if self.on_dead is not None:
             try:
-                await self.on_dead(event, error)
+                await self.on_dead(dataclasses.replace(event, deliveries=deliveries), error)
             except Exception:
                 # Raising would end the partition and with it the consumer. The
                 # row stays in the outbox; handed back, it is published again

@@ -188,6 +188,10 @@ class RedisStream(Stream):
     async def backlog(self) -> int:
         return int(await self._require().xlen(self.stream))
 
+    async def dead_letter_count(self) -> int:
+        """Entries parked in ``<stream>:dead``."""
+        return int(await self._require().xlen(self.dead_stream))
+
     async def publish(self, events: Sequence[Event]) -> None:
         if not events:
             return

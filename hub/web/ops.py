@@ -66,6 +66,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics_endpoint(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     await hub.relay.backlog()
+    await hub.relay.dead_letters()
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
