@@ -623,6 +623,10 @@ class _Collector:
         self.read_text = False
         #: Parts that raised while being read (named in ``notes``).
         self.unread = 0
+        #: What the HTML parts cost so far: characters sanitized, tags laid
+        #: out as text (see :data:`MAX_HTML_CHARS`, :data:`MAX_HTML_TAGS`).
+        self.html_chars = 0
+        self.html_tags = 0
 
     def walk(self, part: Message, *, top: bool = False, want_text: bool = True) -> None:
         self.depth += 1
@@ -730,15 +734,37 @@ class _Collector:
 
     def _html(self, source: str, want_text: bool) -> None:
         self.read_text = True
-        if self.html is None:
-            self.html = sanitize_html(source)
+        texts = self.texts if want_text else self.html_texts
+        if self.html_chars + len(source) > MAX_HTML_CHARS:
+            # Past what may be parsed at all: the text by a tag strip, no page.
+            texts.append(plain_text(source))
+            self.notes.append(
+                f"an HTML part of {len(source)} characters is too large to show as a page: its text is shown "
+                "without the layout, and the original message has it whole"
+            )
+            return
+        self.html_chars += len(source)
+        page = bound_html(source)
+        if page.flattened:
+            self.notes.append(
+                f"the HTML was nested deeper than {MAX_HTML_DEPTH} levels: the tags past that depth were left out "
+                "and their text kept"
+            )
+        sanitized = _sanitize(page.html)
+        self.html = sanitized if self.html is None else self.html + sanitized
+        if self.html_tags + page.tags <= MAX_HTML_TAGS:
+            self.html_tags += page.tags
+            converted = _layout_text(page.html)
+            if not converted.strip():
+                # The parser gave up on it (lxml drops what it nests too deep):
+                # the text is still shown.
+                converted = plain_text(page.html)
         else:
-            self.html += sanitize_html(source)
-        if want_text:
-            converted = html_to_text(source)
-            self.texts.append(converted)
-        else:
-            self.html_texts.append(html_to_text(source))
+            converted = plain_text(page.html)
+            self.notes.append(
+                f"an HTML part with {page.tags} tags is too large to lay out: its text is shown without the layout"
+            )
+        texts.append(converted)
 
     @staticmethod
     def _inner_message(part: Message) -> Message | None:
@@ -904,9 +930,14 @@ _ATTRIBUTES: dict[str, set[str]] = {
 def sanitize_html(source: str) -> str:
     """HTML safe to show an agent: no scripts, styles, event handlers, forms
     or frames; links open without a referrer; images only from http(s) or the
-    message's own inline parts (``cid:``, linked to stored files by the hub)."""
+    message's own inline parts (``cid:``, linked to stored files by the hub).
+    Tags nested past :data:`MAX_HTML_DEPTH` are left out (their text kept)."""
+    return _sanitize(bound_html(source).html)
+
+
+def _sanitize(bounded: str) -> str:
     return nh3.clean(
-        source,
+        bounded,
         tags=_TAGS,
         attributes=_ATTRIBUTES,
         url_schemes={"http", "https", "mailto", "tel", "cid"},
@@ -930,14 +961,216 @@ def link_inline_images(sanitized: str, urls: Mapping[str, str]) -> str:
 
 def html_to_text(source: str) -> str:
     """Readable text of an HTML part: paragraphs, lists and tables laid out,
-    links shown with their targets, scripts and styles dropped."""
-    if not source.strip():
+    links shown with their targets, scripts and styles dropped. A part with
+    more than :data:`MAX_HTML_TAGS` tags gets its text without the layout
+    (:func:`plain_text`)."""
+    page = bound_html(source)
+    if page.tags > MAX_HTML_TAGS:
+        return plain_text(page.html)
+    return _layout_text(page.html)
+
+
+def _layout_text(bounded: str) -> str:
+    if not bounded.strip():
         return ""
     try:
-        text = get_text(source, _TEXT_CONFIG)
+        text = get_text(bounded, _TEXT_CONFIG)
     except Exception:  # noqa: BLE001 - lxml gives up on some broken documents
-        text = html.unescape(re.sub(r"<[^>]*>", " ", source))
+        return plain_text(bounded)
     lines = [line.rstrip() for line in text.split("\n")]
+    return clean_text(re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n"))
+
+
+#: Bounds on the work one HTML part may cost. Sanitizing (html5ever, in nh3)
+#: takes time growing faster than the square of the nesting depth, and lxml
+#: (under inscriptis) drops the text nested past 255 levels: tags deeper than
+#: MAX_HTML_DEPTH are left out, their text kept, before either sees the HTML.
+#: Laying out text costs per tag (tables most), so a message with more tags
+#: than real mail has is read as plain text; one larger still is not kept as
+#: a page. Each bound is far beyond ordinary mail (Gmail clips at 102 KB).
+MAX_HTML_DEPTH = 200
+MAX_HTML_TAGS = 20_000
+MAX_HTML_CHARS = 1_000_000
+
+#: A comment, a tag (an end tag or not, and its name), or markup that is no
+#: element (<!doctype>, <?xml?>); a "<" before anything else is text.
+_TOKEN = re.compile(r"<(?:(!--)|(/?)([A-Za-z][^\s/<>]*)|[!?/])")
+#: Elements whose content is text to both html5ever and libxml2.
+_RAW_TEXT = {name: re.compile(rf"</{name}", re.IGNORECASE) for name in ("script", "style")}
+_VOID = frozenset(
+    [
+        "area",
+        "base",
+        "basefont",
+        "bgsound",
+        "br",
+        "col",
+        "embed",
+        "frame",
+        "hr",
+        "image",
+        "img",
+        "input",
+        "keygen",
+        "link",
+        "meta",
+        "param",
+        "source",
+        "track",
+        "wbr",
+    ]
+)
+#: Open elements that an opening tag ends when they are the current element,
+#: as every HTML parser does (an ``<li>`` ends the ``<li>`` before it). Only
+#: the current one: where a parser ends more, more depth is counted, not less.
+_ENDS: dict[str, frozenset[str]] = {
+    "li": frozenset({"li", "p"}),
+    "dt": frozenset({"dt", "dd", "p"}),
+    "dd": frozenset({"dt", "dd", "p"}),
+    "td": frozenset({"td", "th"}),
+    "th": frozenset({"td", "th"}),
+    "tr": frozenset({"td", "th", "tr"}),
+    "option": frozenset({"option"}),
+    "optgroup": frozenset({"option", "optgroup"}),
+    **{
+        name: frozenset({"p"})
+        for name in [
+            "address",
+            "article",
+            "aside",
+            "blockquote",
+            "center",
+            "details",
+            "dialog",
+            "dir",
+            "div",
+            "dl",
+            "fieldset",
+            "figcaption",
+            "figure",
+            "footer",
+            "form",
+            "h1",
+            "h2",
+            "h3",
+            "h4",
+            "h5",
+            "h6",
+            "header",
+            "hgroup",
+            "hr",
+            "main",
+            "menu",
+            "nav",
+            "ol",
+            "p",
+            "pre",
+            "section",
+            "table",
+            "ul",
+        ]
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BoundedHtml:
+    """An HTML part as the sanitizer and the text layout may be given it."""
+
+    #: The source, less the tags nested deeper than :data:`MAX_HTML_DEPTH`.
+    html: str
+    #: How many tags ``html`` has.
+    tags: int
+    #: Whether tags were left out for their depth.
+    flattened: bool
+
+
+def bound_html(source: str) -> BoundedHtml:
+    """``source`` with its nesting bounded, in one pass: tags opened deeper
+    than :data:`MAX_HTML_DEPTH` (and their end tags) are left out, the text
+    in them is kept; HTML within the bound comes back as it is. Depth is
+    counted as parsers build the tree (void elements, implied ends, an end
+    tag closing what is still open inside it), erring on the deep side."""
+    kept: list[str] = []
+    stack: list[str] = []
+    open_count: dict[str, int] = {}
+    #: Elements left out for their depth and not yet ended, by name.
+    dropped: dict[str, int] = {}
+    tags = left_out = copied = pos = 0
+    find, search = source.find, _TOKEN.search
+    while (found := search(source, pos)) is not None:
+        lt = found.start()
+        if found.group(1):  # a comment, to its end
+            close = find("-->", lt + 4)
+            if close == -1:
+                break
+            pos = close + 3
+            continue
+        gt = find(">", lt + 1)
+        if gt == -1:
+            break  # no tag ends: the rest is text
+        pos = gt + 1
+        name = found.group(3)
+        if name is None:  # <!doctype>, <?xml?>, </ >: no element
+            continue
+        tags += 1
+        name = name.lower()
+        leave_out = False
+        if found.group(2):
+            if dropped.get(name):
+                dropped[name] -= 1
+                leave_out = True
+            elif open_count.get(name):
+                # What is still open inside it ends with it.
+                dropped.clear()
+                while stack:
+                    top = stack.pop()
+                    open_count[top] -= 1
+                    if top == name:
+                        break
+        elif name in _RAW_TEXT:
+            closing = _RAW_TEXT[name].search(source, pos)
+            if closing is None:
+                break
+            pos = closing.start()
+        elif name not in _VOID:
+            ends = _ENDS.get(name)
+            while ends and stack and stack[-1] in ends:
+                open_count[stack.pop()] -= 1
+            if len(stack) >= MAX_HTML_DEPTH:
+                dropped[name] = dropped.get(name, 0) + 1
+                leave_out = True
+            else:
+                stack.append(name)
+                open_count[name] = open_count.get(name, 0) + 1
+        if leave_out:
+            kept.append(source[copied:lt])
+            copied = pos
+            left_out += 1
+    if not left_out:
+        return BoundedHtml(html=source, tags=tags, flattened=False)
+    kept.append(source[copied:])
+    return BoundedHtml(html="".join(kept), tags=tags - left_out, flattened=True)
+
+
+# Comments, scripts and styles (to their end, or the end of the document);
+# tags that end a line; any other tag. "[^<>]" keeps each a linear scan.
+_PLAIN_SKIPPED = re.compile(r"<!--.*?(?:-->|\Z)|<(script|style)\b[^<>]*>.*?(?:</\1\s*>|\Z)", re.DOTALL | re.IGNORECASE)
+_PLAIN_BREAK = re.compile(
+    r"</?(?:address|article|aside|blockquote|br|center|dd|div|dl|dt|figcaption|figure|footer|h[1-6]|header|hr|li|"
+    r"main|nav|ol|p|pre|section|table|tr|ul)\b[^<>]*>",
+    re.IGNORECASE,
+)
+_PLAIN_TAG = re.compile(r"</?[A-Za-z][^<>]*>|<![^<>]*>")
+
+
+def plain_text(source: str) -> str:
+    """The text of HTML by a tag strip (line breaks where blocks end, no
+    layout), in linear time: for a part too large to lay out."""
+    text = _PLAIN_SKIPPED.sub("", source)
+    text = _PLAIN_BREAK.sub("\n", text)
+    text = _PLAIN_TAG.sub(" ", text)
+    lines = [" ".join(line.split()) for line in html.unescape(text).split("\n")]
     return clean_text(re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n"))
 
 
