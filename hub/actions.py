@@ -158,8 +158,11 @@ async def do_create_agent(
         raise ValidationFailed("name must not be empty")
     if len(name) > MAX_NAME_CHARS:
         raise ValidationFailed(f"name is longer than {MAX_NAME_CHARS} characters")
-    for team_name in teams or []:
-        if not team_name.strip() or len(team_name.strip()) > MAX_NAME_CHARS:
+    # Once each, as stored: "Support" given twice, or as " Support ", is one
+    # membership (a second would break the unique membership constraint).
+    team_names = list(dict.fromkeys(t.strip() for t in teams or ()))
+    for team_name in team_names:
+        if not team_name or len(team_name) > MAX_NAME_CHARS:
             raise ValidationFailed(f"team name {team_name[:80]!r} must have 1 to {MAX_NAME_CHARS} characters")
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValidationFailed(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
@@ -198,7 +201,7 @@ async def do_create_agent(
     )
     session.add(agent)
     await session.flush()
-    for team_name in teams or []:
+    for team_name in team_names:
         team = await do_get_or_create_team(session, team_name, actor=actor)
         session.add(TeamMember(team_id=team.id, agent_id=agent.id))
     await audit(session, actor, "agent.created", "agent", agent.id, {"email": email, "role": role.value})

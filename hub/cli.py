@@ -28,6 +28,9 @@ def _config(ctx: click.Context, overrides: dict[str, Any] | None = None) -> HubC
             or os.environ.get("HUB_CONFIG")
             or ("config.yaml" if Path("config.yaml").exists() else None)
         )
+        if obj.get("config_path") and not Path(obj["config_path"]).is_file():
+            # load_config would name HUB_CONFIG, where it found no path.
+            raise click.ClickException(f"config file {path} does not exist (--config)")
         try:
             obj["config"] = load_config(path, overrides=overrides)
         except ConfigError as exc:
@@ -113,9 +116,17 @@ class _HubGroup(click.Group):
     one line instead of a page of driver traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from storage.db import SQLITE_MAY_CREATE
+
+        # Only migrate makes the SQLite file (owner-only), and it does so
+        # itself: a command run before it fails instead of leaving an empty
+        # database behind.
+        may_create = SQLITE_MAY_CREATE.set(False)
         try:
             return super().invoke(ctx)
-        except click.ClickException:
+        except click.ClickException as exc:
+            if exc.message == NOT_MIGRATED:  # said by a command's own check (rasa-actions)
+                raise click.ClickException(_where_not_migrated(ctx, NOT_MIGRATED)) from exc
             raise  # already said what is wrong
         except Exception as exc:
             cfg = (ctx.obj or {}).get("config")
@@ -123,6 +134,8 @@ class _HubGroup(click.Group):
             if problem is None:
                 raise
             raise click.ClickException(_where_not_migrated(ctx, problem)) from exc
+        finally:
+            SQLITE_MAY_CREATE.reset(may_create)
 
 
 def _where_not_migrated(ctx: click.Context, problem: str) -> str:
@@ -336,6 +349,8 @@ def agent_add(
         generated = True
 
     created: list[str] = []
+    # As do_create_agent takes them: " Support " is the team Support.
+    team_names = list(dict.fromkeys(t.strip() for t in teams))
 
     async def run() -> None:
         from sqlalchemy import select
@@ -349,9 +364,9 @@ def agent_add(
         try:
             async with db.read() as session:
                 # "support" beside "Support" would be a second, empty team.
-                await check_team_names(session, dict.fromkeys(teams, ("--team", True)), create=True)
-                existing = set((await session.scalars(select(Team.name).where(Team.name.in_(teams)))).all())
-            created.extend(t.strip() for t in teams if t.strip() not in existing)
+                await check_team_names(session, dict.fromkeys(team_names, ("--team", True)), create=True)
+                existing = set((await session.scalars(select(Team.name).where(Team.name.in_(team_names)))).all())
+            created.extend(t for t in team_names if t not in existing)
             async with db.write() as session:
                 await do_create_agent(
                     session,
@@ -359,7 +374,7 @@ def agent_add(
                     name=name,
                     password=password,
                     role=Role(role),
-                    teams=list(teams),
+                    teams=team_names,
                     skills=[s.strip() for s in skills.split(",") if s.strip()],
                     languages=[s.strip() for s in languages.split(",") if s.strip()],
                     phone=phone,
@@ -374,7 +389,7 @@ def agent_add(
     except HubError as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(f"created {role} {email}" + (f" with password {password}" if generated else ""))
-    for team in dict.fromkeys(created):
+    for team in created:
         click.echo(f"created team {team}")
 
 
@@ -439,16 +454,18 @@ def agent_update(ctx: click.Context, email: str, name: str | None, role: str | N
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
         if len(password) < MIN_PASSWORD_LENGTH:
-            raise click.BadParameter(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+            # As agent add says it (do_create_agent), with the same exit status.
+            raise click.ClickException(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
         password_hash = hash_password(password)
 
-    async def run() -> None:
+    async def run() -> tuple[str, str]:
         db = Database(cfg.database_url)
         try:
             async with db.write() as session:
                 found = await session.scalar(select(Agent).where(Agent.email == email).with_for_update())
                 if found is None:
                     raise click.ClickException(f"no agent has the email {email}")
+                before = (found.name, found.role)
                 await do_update_agent_account(
                     session,
                     found,
@@ -457,16 +474,29 @@ def agent_update(ctx: click.Context, email: str, name: str | None, role: str | N
                     role=Role(role) if role else None,
                     password_hash=password_hash,
                 )
+                return before
         finally:
             await db.dispose()
 
     try:
-        asyncio.run(run())
+        old_name, old_role = asyncio.run(run())
     except HubError as exc:
         raise click.ClickException(exc.message) from exc
-    said = [f"name {name!r}" if name else "", f"role {role}" if role else "", "password" if password_stdin else ""]
+    # Only what changed: a role or name they already had is said as such.
+    said = [
+        f"name {name!r}" if name and " ".join(name.split()) != old_name else "",
+        f"role {role}" if role and role != old_role else "",
+        "password" if password_stdin else "",
+    ]
+    same = [
+        f"name {old_name!r}" if name and not said[0] else "",
+        f"role {old_role}" if role and not said[1] else "",
+    ]
+    parts = [f"changed {', '.join(s for s in said if s)}" if any(said) else "nothing changed"]
+    if any(same):
+        parts.append(f"already had {', '.join(s for s in same if s)}")
     signed_out = "; their sessions are signed out" if password_stdin else ""
-    click.echo(f"{email}: changed {', '.join(s for s in said if s)}{signed_out}")
+    click.echo(f"{email}: {'; '.join(parts)}{signed_out}")
 
 
 @agent.command("deactivate")

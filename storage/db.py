@@ -10,8 +10,11 @@ both are the same pooled engine: its row locks do the job.
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
@@ -41,6 +44,14 @@ OUTBOX_WRITTEN_KEY = "outbox_written"
 # (shutdown, "cannot connect now" while starting), 58 system error (I/O).
 _OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "28", "3D", "40", "53", "57", "58"})
 
+#: Whether a :class:`Database` made in this context may create its SQLite file
+#: when it is not there (SQLite does so on connecting). ``crm-hub`` turns it
+#: off for its commands: only ``migrate`` makes the file (owner-only, with the
+#: schema in it), and a command run before it must fail without leaving an
+#: empty database behind with the umask's mode. Tests and tools that set up a
+#: scratch database keep the default.
+SQLITE_MAY_CREATE: ContextVar[bool] = ContextVar("sqlite_may_create", default=True)
+
 
 def fast_sqlite_url(url: str) -> str:
     """The same database through :mod:`storage.sqlite_driver`, which saves
@@ -51,7 +62,7 @@ def fast_sqlite_url(url: str) -> str:
     return parsed.set(drivername=f"sqlite+{sqlite_driver.DRIVER}").render_as_string(hide_password=False)
 
 
-def _sqlite_engine(url: str, *, writer: bool, echo: bool) -> AsyncEngine:
+def _sqlite_engine(url: str, *, writer: bool, echo: bool, create: bool) -> AsyncEngine:
     engine = create_async_engine(
         fast_sqlite_url(url),
         echo=echo,
@@ -64,6 +75,16 @@ def _sqlite_engine(url: str, *, writer: bool, echo: bool) -> AsyncEngine:
         connect_args={"timeout": 30},
     )
     begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
+    database = make_url(url).database
+    if not create and database and database != ":memory:" and not database.startswith("file:"):
+        # SQLite's own "open, never create": a missing file fails the connection
+        # with "unable to open database file".
+        readwrite = f"file:{urllib.parse.quote(str(Path(database).absolute()))}?mode=rw"
+
+        @event.listens_for(engine.sync_engine, "do_connect")
+        def _no_create(_dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+            cargs[0] = readwrite
+            cparams["uri"] = True
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -108,8 +129,9 @@ class Database:
         self.url = url
         self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
         if self.dialect == "sqlite":
-            self.write_engine = _sqlite_engine(url, writer=True, echo=echo)
-            self.read_engine = _sqlite_engine(url, writer=False, echo=echo)
+            create = SQLITE_MAY_CREATE.get()
+            self.write_engine = _sqlite_engine(url, writer=True, echo=echo, create=create)
+            self.read_engine = _sqlite_engine(url, writer=False, echo=echo, create=create)
         else:
             self.write_engine = create_async_engine(
                 url,

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import ColumnElement, and_, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from hub.campaigns.templates import language_code
 from hub.config import iana_zone
@@ -49,7 +50,9 @@ class SegmentFilter(BaseModel):
     tags_any: list[str] = Field(default_factory=list, description="has at least one of these tags")
     tags_all: list[str] = Field(default_factory=list, description="has every one of these tags")
     tags_none: list[str] = Field(default_factory=list, description="has none of these tags")
-    lifecycle_stages: list[str] = Field(default_factory=list, description="lead, marketing_qualified, customer, ...")
+    lifecycle_stages: list[str] = Field(
+        default_factory=list, description="lead, marketing_qualified, sales_qualified or customer"
+    )
     attributes: dict[str, Any] = Field(default_factory=dict, description="attribute equals value (null: unset)")
     attributes_present: list[str] = Field(default_factory=list, description="these attributes are set")
     last_contact_after: UTCDateTime | None = Field(default=None, description="last message, in or out, after this")
@@ -65,6 +68,19 @@ class SegmentFilter(BaseModel):
         if unknown:
             known = ", ".join(sorted(EXTRA_FILTERS)) or "none yet"
             raise ValueError(f"unknown filter(s) {', '.join(unknown)} (known: {known})")
+        return value
+
+    @field_validator("lifecycle_stages")
+    @classmethod
+    def _known_stages(cls, value: list[str]) -> list[str]:
+        # A misspelt stage ("customers") would select nobody, silently.
+        from hub.contact_actions import LIFECYCLE_STAGES  # it imports this module
+
+        unknown = [stage for stage in value if stage not in LIFECYCLE_STAGES]
+        if unknown:
+            raise ValueError(
+                f"unknown lifecycle stage(s) {', '.join(map(repr, unknown))} (known: {', '.join(LIFECYCLE_STAGES)})"
+            )
         return value
 
     @field_validator("attributes")
@@ -93,6 +109,14 @@ class SegmentFilter(BaseModel):
             elif not attribute_equals(attributes.get(key), value):
                 return False
         return all(attributes.get(key) not in (None, "") for key in self.attributes_present)
+
+
+async def segments_in_use(session: AsyncSession) -> list[str]:
+    """The RFM segments contacts have now. Segments are whatever the analytics
+    that set them call them, not a fixed list: a segment nobody has is most
+    likely misspelt, and would select nobody."""
+    rows = await session.scalars(select(Contact.segment).where(Contact.segment.is_not(None)).distinct())
+    return sorted(name for name in rows.all() if name)
 
 
 def attribute_equals(stored: Any, wanted: Any) -> bool:
@@ -154,8 +178,11 @@ def segment_conditions(flt: SegmentFilter) -> list[ColumnElement[bool]]:
     if flt.segments:
         conditions.append(Contact.segment.in_(flt.segments))
     for kind in flt.channels:
+        # An alias: a campaign's query joins Identity for the phone number, and
+        # the subquery would correlate to that join and lose its FROM.
+        other = aliased(Identity)
         conditions.append(
-            exists().where(and_(Identity.contact_id == Contact.id, Identity.channel == IdentityKind(kind).value))
+            exists().where(and_(other.contact_id == Contact.id, other.channel == IdentityKind(kind).value))
         )
     if flt.last_contact_after is not None or flt.last_contact_before is not None:
         last = select(func.max(Ticket.last_message_at)).where(Ticket.contact_id == Contact.id).scalar_subquery()

@@ -1,11 +1,13 @@
 """``crm-hub campaign ...``: create (from a segment or a CSV), preview, send
-with a progress bar, pause / resume / cancel, status, report and export.
-Registered on the main group in :mod:`hub.cli`.
+with a progress bar, pause / resume / cancel, rebuild, status and report
+(``report --csv`` exports every recipient). Registered on the main group in
+:mod:`hub.cli`.
 
-The progress bar is tqdm's: one small, dependency-free, maintained library
-that writes a live bar on a terminal and plain periodic lines when the output
-is a file or a CI log, which is what a long send wants (rich would do the same
-with far more than a bar's worth of code)."""
+On a terminal the progress bar is tqdm's: one small, dependency-free,
+maintained library (rich would do the same with far more than a bar's worth of
+code). tqdm redraws its bar with carriage returns whatever the output is, so
+when it is a file, a pipe or a CI log ``send`` writes plain lines of its own
+instead (:data:`PROGRESS_LINE_SECONDS`)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from pydantic import ValidationError
 
 from hub.cli_io import read_text
 from hub.config import HubConfig
@@ -38,7 +41,10 @@ def _config(ctx: click.Context) -> HubConfig:
 
 
 @asynccontextmanager
-async def _services(cfg: HubConfig) -> Any:
+async def _services(cfg: HubConfig, *, twilio_needed: bool = True) -> Any:
+    """The database, and Twilio for the commands that choose an audience or
+    send (``twilio_needed``): the others only read or change a campaign's rows,
+    and building the service would warn about its settings for nothing."""
     from hub.attachments import AttachmentStore
     from hub.telephony import TwilioService
     from storage.db import Database
@@ -46,7 +52,7 @@ async def _services(cfg: HubConfig) -> Any:
     db = Database(cfg.database_url)
     twilio = (
         TwilioService(cfg, db, AttachmentStore(cfg.attachments_dir, max_bytes=cfg.attachments.max_bytes))
-        if cfg.twilio.configured
+        if cfg.twilio.configured and twilio_needed
         else None
     )
     try:
@@ -100,7 +106,32 @@ _SEGMENT_OPTIONS = (
     ("--contacted-after", "contacted_after"),
     ("--contacted-before", "contacted_before"),
 )
+# SegmentFilter's fields, by the option that fills each: a refused value is
+# named by the option the marketer typed.
+_FILTER_OPTIONS = {
+    "tags_any": "--tag",
+    "tags_all": "--all-tags",
+    "tags_none": "--without-tag",
+    "lifecycle_stages": "--stage",
+    "attributes": "--attr",
+    "segments": "--rfm",
+    "channels": "--channel",
+    "last_contact_after": "--contacted-after",
+    "last_contact_before": "--contacted-before",
+}
 _HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+
+
+def _filter_refused(exc: ValidationError) -> click.BadParameter:
+    """pydantic's refusal of a segment filter as a usage error naming the
+    option, not the field, and without pydantic's links."""
+    error = exc.errors()[0]
+    field = str(error["loc"][0]) if error["loc"] else ""
+    if error["type"] == "enum":
+        said = f"{error['input']!r} is not one of {error.get('ctx', {}).get('expected', '?')}"
+    else:
+        said = error["msg"].removeprefix("Value error, ")
+    return click.BadParameter(said, param_hint=_FILTER_OPTIONS.get(field, field or None))
 
 
 def _quiet_hours(value: str | None, none: bool) -> dict[str, str] | None:
@@ -154,7 +185,7 @@ def create(ctx: click.Context, /, **opts: Any) -> None:
     """Create a draft campaign and show what it would cost. Nothing is sent
     until `crm-hub campaign send ID`."""
     from hub.campaigns import actions as ca
-    from hub.campaigns.audience import CsvInvalid, SegmentFilter, parse_csv
+    from hub.campaigns.audience import CsvInvalid, SegmentFilter, parse_csv, segments_in_use
     from hub.campaigns.schedule import MIN_RATE_PER_SECOND
 
     # Checked here (the minimum lives with the pacer, which this module does
@@ -195,8 +226,8 @@ def create(ctx: click.Context, /, **opts: Any) -> None:
                 last_contact_after=_when(opts["contacted_after"], "--contacted-after"),
                 last_contact_before=_when(opts["contacted_before"], "--contacted-before"),
             )
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from exc
+        except ValidationError as exc:
+            raise _filter_refused(exc) from exc
     spec = ca.CampaignSpec(
         name=opts["name"],
         sender=opts["sender"],
@@ -212,6 +243,16 @@ def create(ctx: click.Context, /, **opts: Any) -> None:
         # In short transactions, as the API does: a hub serving customers on
         # the same database keeps answering its webhooks meanwhile.
         async with _services(cfg) as (db, twilio):
+            if segment is not None and segment.segments:
+                async with db.read() as session:
+                    known = await segments_in_use(session)
+                unknown = [name for name in segment.segments if name not in known]
+                if unknown:
+                    raise click.BadParameter(
+                        f"no contact is in the RFM segment(s) {', '.join(map(repr, unknown))} "
+                        f"(segments contacts are in: {', '.join(known) or 'none yet'})",
+                        param_hint="--rfm",
+                    )
             cid = await ca.create_campaign(
                 db,
                 twilio,
@@ -261,7 +302,7 @@ def _summary(view: dict[str, Any]) -> None:
 async def _with_campaign(cfg: HubConfig, campaign_id: int, fn: Callable[..., Awaitable[T]], write: bool = False) -> T:
     from hub.campaigns import actions as ca
 
-    async with _services(cfg) as (db, twilio):
+    async with _services(cfg, twilio_needed=False) as (db, twilio):
         scope = db.write() if write else db.read()
         async with scope as session:
             c = await ca.check_campaign(session, campaign_id, lock=write)
@@ -298,7 +339,8 @@ def preview_cmd(ctx: click.Context, campaign_id: int, limit: int) -> None:
 def send(ctx: click.Context, campaign_id: int, yes: bool, detach: bool) -> None:
     """Start (or resume) a campaign and send it here with a progress bar (one
     already running is joined). The hub's running workers help; Ctrl-C or
-    SIGTERM leaves it running for them."""
+    SIGTERM leaves it running for them. Exits 1 when the campaign ends other
+    than completed (paused because Twilio could not be reached, cancelled)."""
     from hub.campaigns import actions as ca
 
     cfg = _config(ctx)
@@ -327,7 +369,35 @@ def send(ctx: click.Context, campaign_id: int, yes: bool, detach: bool) -> None:
                    f"(crm-hub campaign pause {campaign_id} to stop it).")  # fmt: skip
         return
     click.echo(f"Campaign {campaign_id} is {status}.")
-    _report(cfg, campaign_id, None)
+    view = _report(cfg, campaign_id, None)
+    if status != ca.COMPLETED:
+        # A script or a cron job must not take this run for a finished campaign.
+        said = f"campaign {campaign_id} is {status}, not completed"
+        if view.get("status_reason"):
+            said += f": {view['status_reason']}"
+        if status == ca.PAUSED:
+            said += (
+                f"\nResume it with `crm-hub campaign resume {campaign_id}` (the hub's workers send it) "
+                f"or `crm-hub campaign send {campaign_id}` (sent from here)."
+            )
+        raise click.ClickException(said)
+
+
+#: How often ``send`` writes a progress line when its output is not a
+#: terminal (a log, a pipe, a CI job): a bar redrawn with carriage returns
+#: would be one ever longer line there.
+PROGRESS_LINE_SECONDS = 30.0
+
+
+def _progress_line(campaign_id: int, done: int, total: int, n: dict[str, int]) -> str:
+    from hub.campaigns import actions as ca
+
+    share = f" ({done / total:.0%})" if total else ""
+    failed = n.get(ca.FAILED, 0) + n.get(ca.UNDELIVERED, 0)
+    return (
+        f"campaign {campaign_id}: {done}/{total} done{share}; delivered {n.get(ca.DELIVERED, 0)}, "
+        f"failed {failed}, skipped {n.get(ca.SKIPPED, 0)}, waiting {n.get(ca.PENDING, 0)}"
+    )
 
 
 async def _send_with_progress(cfg: HubConfig, campaign_id: int, total: int) -> str:
@@ -344,17 +414,25 @@ async def _send_with_progress(cfg: HubConfig, campaign_id: int, total: int) -> s
         assert main is not None
         # SIGTERM stops it as Ctrl-C does (asyncio cancels the main task on SIGINT).
         loop.add_signal_handler(signal.SIGTERM, main.cancel)
+        # A live bar on a terminal; elsewhere one plain line now, every
+        # PROGRESS_LINE_SECONDS and at the end.
+        live = sys.stderr.isatty()
+        said_at: float | None = None
         try:
-            with tqdm(total=total, unit="msg", file=sys.stderr, dynamic_ncols=True) as bar:
+            with tqdm(total=total, unit="msg", file=sys.stderr, dynamic_ncols=True, disable=not live) as bar:
                 while True:
                     async with db.read() as session:
                         n = {k: int(v["count"]) for k, v in (await ca.counts(session, campaign_id)).items()}
                     done = sum(n.get(s, 0) for s in ca.DONE_STATUSES)
-                    bar.update(done - bar.n)
-                    bar.set_postfix(
-                        delivered=n.get(ca.DELIVERED, 0), failed=n.get(ca.FAILED, 0) + n.get(ca.UNDELIVERED, 0),
-                        skipped=n.get(ca.SKIPPED, 0), waiting=n.get(ca.PENDING, 0),
-                    )  # fmt: skip
+                    if live:
+                        bar.update(done - bar.n)
+                        bar.set_postfix(
+                            delivered=n.get(ca.DELIVERED, 0), failed=n.get(ca.FAILED, 0) + n.get(ca.UNDELIVERED, 0),
+                            skipped=n.get(ca.SKIPPED, 0), waiting=n.get(ca.PENDING, 0),
+                        )  # fmt: skip
+                    elif task.done() or said_at is None or loop.time() - said_at >= PROGRESS_LINE_SECONDS:
+                        click.echo(_progress_line(campaign_id, done, total, n), err=True)
+                        said_at = loop.time()
                     if task.done():
                         break
                     await asyncio.sleep(0.5)
@@ -451,7 +529,7 @@ def status(ctx: click.Context, campaign_id: int | None) -> None:
     async def listing() -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         cursor: str | None = None
-        async with _services(cfg) as (db, _t), db.read() as session:
+        async with _services(cfg, twilio_needed=False) as (db, _t), db.read() as session:
             while True:
                 page, cursor = await ca.campaign_page(session, cursor=cursor, limit=200)
                 items.extend(page)
@@ -483,7 +561,7 @@ def _check_writable(path: str) -> None:
         raise click.ClickException(f"--csv {path}: cannot be written (permission denied)")
 
 
-def _report(cfg: HubConfig, campaign_id: int, csv_out: str | None) -> None:
+def _report(cfg: HubConfig, campaign_id: int, csv_out: str | None) -> dict[str, Any]:
     from hub.campaigns import actions as ca
 
     chunks: list[str] = []
@@ -502,6 +580,7 @@ def _report(cfg: HubConfig, campaign_id: int, csv_out: str | None) -> None:
     _echo_json(view)
     if csv_out:
         click.echo(f"recipients written to {csv_out}", err=True)
+    return view
 
 
 def register(main: click.Group) -> None:
