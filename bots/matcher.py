@@ -342,7 +342,8 @@ def _features(cls_scores: Matrix, nearest: Matrix, column: NDArray[np.int64]) ->
 
 
 # For knowledge bases too small to calibrate on themselves (fewer than three
-# entries or no entry with two questions): a fixed mapping of the same features
+# entries, or too few held-out questions: see MIN_CALIBRATION_OUTCOMES) and for
+# a learnt mapping that is not _coherent: a fixed mapping of the same features
 # per backend, whose scores have scales of their own (the static backend's
 # nearest example is 0.7 for a question on nothing the KB knows, where the
 # n-grams' is 0.2). Fitted by tools/fit_fallback_calibration.py on one- and
@@ -466,17 +467,37 @@ def _calibrate(
     return [_learnt(f, t, view[2]) for f, t, view in zip(feats, target, views, strict=True)]
 
 
+# Fewer held-out questions than this whose top entry was right (or wrong), and
+# the knowledge base keeps the fixed mapping: three entries of two questions
+# give three in-scope questions, from which a regression learnt a falling
+# slope (a question copied from an entry got 0.50, the runners-up 0.69).
+MIN_CALIBRATION_OUTCOMES = 10
+
+
+def _coherent(weights: NDArray[np.float64]) -> bool:
+    """Whether a learnt mapping rises with the entry's own score (which moves
+    the margin too). One that falls was learnt from noise, and puts runners-up
+    above the top entry. The weights one by one may have either sign: the
+    score and the margin, or the two nearest examples, move together, and a
+    well-fitted regression on hundreds of questions splits them as it likes."""
+    return float(weights[0]) + float(weights[1]) > 0.0
+
+
 def _learnt(feats: list[Matrix], target: list[NDArray[np.float64]], fallback: Calibrator) -> Calibrator:
     if not feats:
         return fallback
     x = np.vstack(feats)
     y = np.concatenate(target)
-    if len(np.unique(y)) < 2:
+    right = int(y.sum())
+    if min(right, len(y) - right) < MIN_CALIBRATION_OUTCOMES:
         return fallback
     # Balanced: the share of left-out questions depends on the KB's size, and
     # must not move the scale (0.5 means as likely right as not, on any KB).
     model = LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced").fit(x, y)
-    return Calibrator(np.asarray(model.coef_[0], dtype=np.float64), float(model.intercept_[0]), learnt=True)
+    weights = np.asarray(model.coef_[0], dtype=np.float64)
+    if not _coherent(weights):
+        return fallback
+    return Calibrator(weights, float(model.intercept_[0]), learnt=True)
 
 
 # --- the matcher ----------------------------------------------------------------------
@@ -616,6 +637,10 @@ class Matcher:
         out = np.empty_like(s)
         for col in range(s.shape[1]):
             out[:, col] = self.calibrator(_features(s, n, np.full(s.shape[0], col, dtype=np.int64)))
+        # As :meth:`_rank` gives them: never above an entry ranked higher.
+        order = np.argsort(-s, axis=1)
+        rows = np.arange(s.shape[0])[:, np.newaxis]
+        out[rows, order] = np.minimum.accumulate(out[rows, order], axis=1)
         return out
 
     def rank(self, texts: Sequence[str], k: int = 3) -> list[list[Candidate]]:
@@ -638,11 +663,17 @@ class Matcher:
         assert self.model is not None
         s, n = self.model.scores(texts)
         k = min(k, s.shape[1])
+        if k < 1:
+            return [[] for _ in texts]
         order = np.argsort(-s, axis=1)[:, :k]
         out: list[list[Candidate]] = []
-        conf = [self.calibrator(_features(s, n, order[:, j])) for j in range(k)]
+        conf = np.column_stack([self.calibrator(_features(s, n, order[:, j])) for j in range(k)])
+        # No runner-up above an entry ranked before it: the buttons would
+        # contradict the order, and a runner-up can come out higher when its
+        # nearest example is closer than the top entry's.
+        conf = np.minimum.accumulate(conf, axis=1)
         for r in range(len(texts)):
-            out.append([Candidate(self.entries[order[r, j]].id, float(conf[j][r])) for j in range(k)])
+            out.append([Candidate(self.entries[order[r, j]].id, float(conf[r, j])) for j in range(k)])
         return out
 
     def match(self, text: str, thresholds: Thresholds | None = None) -> Match:

@@ -14,6 +14,8 @@ from hub.bot_step import make_backend
 from hub.config import BotConfig
 from hub.text import latin_words
 
+QUESTION_SHAPES = ("how do I change my", "where can I find my", "what happens to my", "help with my")
+
 KB = [
     KbEntry(id="weather", questions=("what's the weather like", "is it going to rain today"), answer={"en": "Sunny"}),
     KbEntry(id="card", questions=("how do I cancel my card", "I lost my card"), answer={"en": "Call us"}),
@@ -96,6 +98,12 @@ def test_the_fallback_is_built_from_the_same_fits_and_calibrated_as_on_its_own()
         KbEntry(id="gift", questions=("کارت هدیه دارید", "کارت هدیه میفروشید", "هدیه"), answer={"en": "Yes"}),
         KbEntry(id="open", questions=("ساعت کاری شما چیست",), answer={"en": "9-5"}),
         KbEntry(id="ship", questions=("do you ship abroad",), answer={"en": "Yes"}),
+        # Enough held-out questions, right and wrong, for a calibration to be learnt
+        # at all (bots.matcher.MIN_CALIBRATION_OUTCOMES), as on a real knowledge base.
+        *(
+            KbEntry(id=f"topic{i}", questions=tuple(f"{q} {word}" for q in QUESTION_SHAPES), answer={"en": "ok"})
+            for i, word in enumerate(("invoice", "password", "delivery", "warranty", "discount", "account"))
+        ),
     ]
     static, lexical = Matcher(kb, StaticBackend()), Matcher(kb, LexicalBackend())
     assert static.fallback is not None and isinstance(static.model, _EmbeddingModel)
