@@ -284,8 +284,10 @@ async def reply_context(session: AsyncSession, message: Message) -> dict[str, An
     header (only when that address is the contact's own), and from the
     customer's latest message as it came: its Reply-To
     addresses (``reply_to``) and its To and Cc addresses (``cc``), ours
-    included. Which of those the reply goes to or copies is the channel's
-    choice: it knows our mailboxes' addresses."""
+    included. When the latest mail came from someone the customer copied,
+    answering only us, the reply goes on to the customer's own latest
+    address (and Reply-To), with that person copied. Which of those the reply
+    goes to or copies is the channel's choice: it knows our mailboxes' addresses."""
     ticket = await session.get(Ticket, message.ticket_id)
     rows = (
         await session.execute(
@@ -300,11 +302,25 @@ async def reply_context(session: AsyncSession, message: Message) -> dict[str, An
             .order_by(Message.id)
         )
     ).all()
+    theirs = {
+        a.lower()
+        for a in (
+            await session.scalars(
+                select(Identity.address).where(
+                    Identity.contact_id == message.contact_id, Identity.channel == IdentityKind.EMAIL.value
+                )
+            )
+        ).all()
+    }
     references: list[str] = []
     in_reply_to: str | None = None
     sender: str | None = None
     reply_to: list[str] = []
     copied: list[str] = []
+    # The customer's own latest mail (From one of their addresses): where the
+    # conversation goes on when someone they copied answered only us.
+    requester: str | None = None
+    requester_reply_to: list[str] = []
     for i, row in enumerate(rows):
         if row.direction == Direction.OUT.value and row.status not in SENT_STATES:
             continue  # never reached anyone: not part of the customer's thread
@@ -328,21 +344,26 @@ async def reply_context(session: AsyncSession, message: Message) -> dict[str, An
             # from the conversation, is taken at their latest word.
             reply_to = [a for a in headers.get("reply_to") or [] if isinstance(a, str)]
             copied = [a for a in (*(headers.get("to") or []), *(headers.get("cc") or [])) if isinstance(a, str)]
+            sent_by = headers.get("from")
+            if isinstance(sent_by, str) and sent_by.lower() in theirs:
+                requester, requester_reply_to = sent_by, reply_to
     references = list(dict.fromkeys(references))
     if len(references) > MAX_REFERENCES:
         references = references[:1] + references[-(MAX_REFERENCES - 1) :]
     name = await session.scalar(select(Contact.name).where(Contact.id == message.contact_id))
-    if sender and name:
-        theirs = await session.scalar(
-            select(Identity.id).where(
-                Identity.contact_id == message.contact_id,
-                Identity.channel == IdentityKind.EMAIL.value,
-                Identity.address == sender,
-            )
-        )
-        if theirs is None:
-            # The latest mail came from someone else we wrote to (a copied
-            # colleague answering on the ticket): the contact's name is not theirs.
+    asked_for = {a.lower() for a in requester_reply_to}
+    if sender and sender.lower() not in theirs:
+        if requester is not None and sender.lower() not in asked_for:
+            # Someone the customer copied answered only us (a plain "Reply"):
+            # the reply goes on to the customer, as they last asked, with that
+            # colleague and whoever they wrote to copied. Replying to the
+            # colleague alone would drop the customer from their own ticket.
+            copied = [sender, *reply_to, *copied]
+            sender, reply_to = requester, requester_reply_to
+        else:
+            # The latest mail came from someone else we wrote to (an address the
+            # customer asked replies to go to, or no mail of theirs to go back
+            # to): the reply goes there, and the contact's name is not theirs.
             name = None
     return {
         "email": {

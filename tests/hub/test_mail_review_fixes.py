@@ -1,5 +1,6 @@
 """Fixes from the email review: a deeply nested HTML mail no longer holds
-up the mailbox, and the text nested in it is kept."""
+up the mailbox, and the text nested in it is kept; a copied colleague who
+answers only us does not take the customer off their own ticket."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from channels.email import MAX_HTML_DEPTH, parse_email
+from channels.email import MAX_HTML_DEPTH, parse_email, reply_addresses
+from hub.actions import do_post_message
 from hub.attachments import AttachmentStore
+from hub.core import Author
 from hub.mail import MailboxPoller
 from storage.db import Database
-from storage.mail import claim_mailbox
-from storage.models import Message
-from tests.hub.test_mail import FakeImap, config, mail, mail_db
+from storage.mail import claim_mailbox, reply_context
+from storage.models import Message, Ticket
+from tests.hub.test_mail import FakeImap, _our_reply, config, ingest, mail, mail_db
 
 __all__ = ["mail_db"]  # the fixture, used by name
 
@@ -71,3 +74,56 @@ def test_an_html_part_too_large_to_lay_out_keeps_its_text() -> None:
     assert time.monotonic() - started < 5
     assert "row 0" in parsed.body and "row 29999" in parsed.full_text
     assert any("too large" in n for n in parsed.notes)
+
+
+async def _next_reply_goes_to(db: Database, ticket_id: int) -> tuple[str, tuple[str, ...]]:
+    async with db.write() as session:
+        ticket = await session.get(Ticket, ticket_id)
+        assert ticket is not None
+        reply = await do_post_message(session, ticket, body="Thanks, done", author=Author.AGENT)
+        context = await reply_context(session, reply)
+        recipient = reply.extras["recipient"]
+    chosen = reply_addresses(context["email"], recipient, ["support@hub.test"])
+    return chosen.to, chosen.cc
+
+
+async def test_a_copied_colleague_answering_only_us_keeps_the_customer_on_the_reply(
+    mail_db: Database, tmp_path: Path
+) -> None:
+    first = await ingest(mail_db, tmp_path, mail(Cc="Boss <boss@example.com>"))
+    await _our_reply(mail_db, first.ticket_id, sent_to=["sara@example.com", "boss@example.com"])
+    # The boss clicks plain "Reply": to us only.
+    answer = await ingest(
+        mail_db,
+        tmp_path,
+        mail(
+            sender="Boss <boss@example.com>",
+            subject="Re: Order late",
+            mid="b1@example.com",
+            In_Reply_To="<hub.1.2.abc@hub.test>",
+        ),
+    )
+    assert answer.ticket_id == first.ticket_id
+    to, cc = await _next_reply_goes_to(mail_db, first.ticket_id)
+    assert to == "sara@example.com" and cc == ("boss@example.com",)
+
+
+async def test_an_answer_from_where_the_customer_asked_replies_to_go_is_replied_to(
+    mail_db: Database, tmp_path: Path
+) -> None:
+    # Not a colleague: the address Sara's Reply-To named answers, and the reply goes back there.
+    first = await ingest(mail_db, tmp_path, mail(Reply_To="sara.work@example.org"))
+    await _our_reply(mail_db, first.ticket_id, sent_to=["sara.work@example.org"])
+    answer = await ingest(
+        mail_db,
+        tmp_path,
+        mail(
+            sender="sara.work@example.org",
+            subject="Re: Order late",
+            mid="w1@example.com",
+            In_Reply_To="<hub.1.2.abc@hub.test>",
+        ),
+    )
+    assert answer.ticket_id == first.ticket_id
+    to, _ = await _next_reply_goes_to(mail_db, first.ticket_id)
+    assert to == "sara.work@example.org"
