@@ -650,7 +650,9 @@ def test_a_port_in_use_is_one_line_and_never_listening(tmp_path: Path) -> None:
 
 def test_a_database_never_migrated_stops_the_start(tmp_path: Path) -> None:
     env = hub_env(tmp_path / "data")
-    assert fails(["rasa-actions", "--port", str(free_port())], env) == f"Error: {NOT_MIGRATED}"
+    # As every command says it: which database is not migrated.
+    said = fails(["rasa-actions", "--port", str(free_port())], env)
+    assert said == f"Error: {NOT_MIGRATED} (database sqlite+aiosqlite:///{tmp_path / 'data' / 'hub.db'})"
     # Checking did not create the database file that serving would have.
     assert not (tmp_path / "data" / "hub.db").exists()
 
