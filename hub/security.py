@@ -221,7 +221,6 @@ class LoginThrottle:
             self._redis = aioredis.Redis(connection_pool=pool)
         else:
             storage = MemoryStorage()
-        self._storage = storage
         self._limiter = MovingWindowRateLimiter(storage)
         # Uses other than logins (web chat frames, uploads): a sliding window
         # counter, O(1) per use where a moving window keeps every use.
