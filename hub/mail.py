@@ -213,7 +213,9 @@ async def do_ingest_email(
         return await store_automatic(session, ticket, inbound)
     if ticket is not None and ticket.status == TicketStatus.RESOLVED.value:
         await _reopen(session, ticket)
-    (result,) = await ingest_batch(session, [inbound], threads=[choice.thread_key])
+    # An answer to a reply sent by email from a conversation on another channel continues it.
+    elsewhere = ticket.inbox_id if ticket is not None and ticket.inbox_id != inbox_id else None
+    (result,) = await ingest_batch(session, [inbound], threads=[choice.thread_key], ticket_inboxes=[elsewhere])
     if isinstance(result, Exception):
         raise result
     return result

@@ -142,6 +142,7 @@ async def ingest_batch(
     inbox_cache: dict[str, tuple[int, str]] | None = None,
     *,
     threads: Sequence[str] | None = None,
+    ticket_inboxes: Sequence[int | None] | None = None,
 ) -> list[IngestResult | Exception]:
     """Store ``messages`` in the session's transaction. Returns, per message, its
     result or the error that makes it unacceptable (the others still go in).
@@ -149,7 +150,10 @@ async def ingest_batch(
     id and channel never change once it exists. ``threads`` (one per message)
     names the conversation each belongs to, for channels with several at once
     (email, resolved by :mod:`storage.mail`); without it every message goes to
-    its contact's one current ticket in the inbox."""
+    its contact's one current ticket in the inbox. ``ticket_inboxes`` (one
+    per message, None for the message's own) puts a message on its contact's
+    ticket in another inbox: an email answering a reply an agent sent by email
+    from a web chat conversation continues that conversation."""
     now = utcnow()
     out: list[IngestResult | Exception | None] = [None] * len(messages)
 
@@ -188,12 +192,23 @@ async def ingest_batch(
     contacts = await _contacts_for(session, ident_keys, now)
 
     # The current (unresolved) ticket of each contact in each inbox and thread.
-    ticket_keys: dict[tuple[int, int, str], InboundMessage] = {}
-    for i in fresh:
+    def ticket_key(i: int) -> tuple[int, int, str]:
         m = messages[i]
         cid = contacts[(IDENTITY_OF_CHANNEL[m.channel].value, m.sender)]
-        ticket_keys.setdefault((cid, inboxes[m.inbox][0], threads[i] if threads else ""), m)
-    tickets, created_tickets = await _tickets_for(session, ticket_keys, now)
+        other = ticket_inboxes[i] if ticket_inboxes else None
+        return (cid, inboxes[m.inbox][0] if other is None else other, threads[i] if threads else "")
+
+    ticket_keys: dict[tuple[int, int, str], InboundMessage] = {}
+    for i in fresh:
+        ticket_keys.setdefault(ticket_key(i), messages[i])
+    inbox_channels = {inbox_id: channel for inbox_id, channel in inboxes.values()}
+    foreign = {k[1] for k in ticket_keys} - inbox_channels.keys()
+    if foreign:
+        rows = await session.execute(select(Inbox.id, Inbox.channel).where(Inbox.id.in_(foreign)))
+        inbox_channels.update({r.id: r.channel for r in rows.all()})
+        if foreign - inbox_channels.keys():
+            raise LookupError(f"inbox ids {sorted(foreign - inbox_channels.keys())} do not exist")
+    tickets, created_tickets = await _tickets_for(session, ticket_keys, inbox_channels, now)
     tickets_by_id = {t["id"]: t for t in tickets.values()}
 
     # Messages: insert; a concurrent writer may have won a race for some.
@@ -204,7 +219,7 @@ async def ingest_batch(
         inbox_id = inboxes[m.inbox][0]
         msg_rows.append(
             {
-                "ticket_id": tickets[(cid, inbox_id, threads[i] if threads else "")]["id"],
+                "ticket_id": tickets[ticket_key(i)]["id"],
                 "contact_id": cid,
                 "inbox_id": inbox_id,
                 "channel": m.channel.value,
@@ -363,7 +378,7 @@ async def current_ticket(
     probe = InboundMessage(channel=channel, inbox=inbox, external_id="-", sender=address, sender_name=name)
     ident = (IDENTITY_OF_CHANNEL[channel].value, address)
     contact_id = (await _contacts_for(session, {ident: probe}, now))[ident]
-    tickets, created = await _tickets_for(session, {(contact_id, found.id, ""): probe}, now)
+    tickets, created = await _tickets_for(session, {(contact_id, found.id, ""): probe}, {found.id: found.channel}, now)
     # Callers change the ticket through actions, which want the ORM object.
     ticket = await session.get(Ticket, tickets[(contact_id, found.id, "")]["id"])
     assert ticket is not None
@@ -497,7 +512,10 @@ async def identity_contacts(session: AsyncSession, keys: list[tuple[str, str]]) 
 
 
 async def _tickets_for(
-    session: AsyncSession, keys: dict[tuple[int, int, str], InboundMessage], now: datetime
+    session: AsyncSession,
+    keys: dict[tuple[int, int, str], InboundMessage],
+    inbox_channels: dict[int, str],
+    now: datetime,
 ) -> tuple[dict[tuple[int, int, str], dict[str, Any]], set[int]]:
     if not keys:
         return {}, set()
@@ -505,7 +523,6 @@ async def _tickets_for(
     missing = [k for k in keys if k not in found]
     created: set[int] = set()
     if missing:
-        channel_of = {k: keys[k].channel.value for k in missing}
         stmt = (
             dialect_insert(session, table(Ticket))
             .on_conflict_do_nothing(
@@ -522,7 +539,8 @@ async def _tickets_for(
                         "contact_id": k[0],
                         "inbox_id": k[1],
                         "thread_key": k[2],
-                        "channel": channel_of[k],
+                        # The inbox's: a ticket another inbox's message continues is still its own kind.
+                        "channel": inbox_channels[k[1]],
                         "status": TicketStatus.OPEN.value,
                         "priority": "normal",
                         "subject": keys[k].subject,

@@ -110,7 +110,9 @@ async def find_thread(
             .where(
                 Message.channel == EMAIL,
                 Message.external_id.in_(ids),
-                Ticket.inbox_id == inbox_id,
+                # Mail of this mailbox: a reply an agent sent from here on a
+                # ticket of another channel (a web chat conversation) counts.
+                Message.inbox_id == inbox_id,
                 or_(*whose),
             )
         )

@@ -18,7 +18,7 @@ from channels.email_imap import Fetched, FolderState
 from hub.actions import do_post_message, do_set_status
 from hub.attachments import AttachmentStore
 from hub.config import load_config
-from hub.core import Author, DeliveryReceipt, DeliveryStatus, TicketStatus, utcnow
+from hub.core import Author, Channel, DeliveryReceipt, DeliveryStatus, TicketStatus, utcnow
 from hub.mail import MailboxPoller, do_ingest_email, do_record_receipt, save_files, sync_email_inboxes
 from storage.db import Database
 from storage.ingest import IngestResult, ingest_batch
@@ -216,6 +216,49 @@ async def test_chat_channels_keep_one_ticket_per_contact(mail_db: Database) -> N
     async with mail_db.write() as session:
         a, b = await ingest_batch(session, [web("v9", "v9:1"), web("v9", "v9:2")])
     assert isinstance(a, IngestResult) and isinstance(b, IngestResult) and a.ticket_id == b.ticket_id
+
+
+async def test_an_email_answer_to_a_reply_sent_from_a_web_chat_continues_the_chat(
+    mail_db: Database, tmp_path: Path
+) -> None:
+    # A visitor left their email in the widget and went away; the agent answered by email.
+    async with mail_db.write() as session:
+        (chat,) = await ingest_batch(session, [web("v7", "v7:1", "call me back")])
+        assert isinstance(chat, IngestResult)
+        session.add(Identity(contact_id=chat.contact_id, channel="email", address="sara@example.com"))
+        ticket = await session.get(Ticket, chat.ticket_id)
+        assert ticket is not None
+        reply = await do_post_message(session, ticket, body="On it", author=Author.AGENT, channel=Channel.EMAIL)
+        reply.status = DeliveryStatus.SENT.value
+        reply.external_id = "hub.1.2.abc@hub.test"
+        await do_set_status(session, ticket, status=TicketStatus.RESOLVED, actor="agent")
+
+    raw = mail(subject="Re: On it", mid="a1@x", In_Reply_To="<hub.1.2.abc@hub.test>")
+    answer = await ingest(mail_db, tmp_path, raw)
+    assert answer.ticket_id == chat.ticket_id and not answer.ticket_created
+    assert answer.contact_id == chat.contact_id
+    assert answer.message["inbox"] == "email:support@hub.test"
+    assert answer.message["email"]["threaded_by"] == "in-reply-to"
+    # Answering that answer stays there too.
+    again = await ingest(mail_db, tmp_path, mail(subject="Re: On it", mid="a2@x", In_Reply_To="<a1@x>"))
+    assert again.ticket_id == chat.ticket_id
+    async with mail_db.read() as session:
+        ticket = await session.get(Ticket, chat.ticket_id)
+        assert ticket is not None
+        # Reopened, and still the web chat's conversation.
+        assert (ticket.status, ticket.channel) == (TicketStatus.OPEN.value, "webchat")
+        assert await session.scalar(select(func.count()).select_from(Ticket)) == 1
+
+    # Another mailbox's message ids do not lead into this one's conversations.
+    async with mail_db.write() as session:
+        await sync_email_inboxes(session, config(tmp_path, address="sales@hub.test").email)
+    other = await ingest(
+        mail_db,
+        tmp_path,
+        mail(mid="a3@x", In_Reply_To="<hub.1.2.abc@hub.test>", To="sales@hub.test"),
+        address="sales@hub.test",
+    )
+    assert other.ticket_id != chat.ticket_id and other.ticket_created
 
 
 async def test_inboxes_are_configured(mail_db: Database) -> None:
