@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import gc
+import json
 import logging
 import os
 import secrets
@@ -497,6 +498,59 @@ def agent_update(ctx: click.Context, email: str, name: str | None, role: str | N
         parts.append(f"already had {', '.join(s for s in same if s)}")
     signed_out = "; their sessions are signed out" if password_stdin else ""
     click.echo(f"{email}: {'; '.join(parts)}{signed_out}")
+
+
+@agent.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object per agent, as GET /api/v1/agents has them")
+@click.pass_context
+def agent_list(ctx: click.Context, as_json: bool) -> None:
+    """Every agent: email, name, role, whether they may log in, teams, presence."""
+    from sqlalchemy import select
+
+    from storage.db import Database
+    from storage.models import Agent, Team, TeamMember
+    from storage.views import agent_view
+
+    cfg = _config(ctx)
+
+    async def run() -> tuple[list[dict[str, Any]], dict[int, str]]:
+        db = Database(cfg.database_url)
+        try:
+            async with db.read() as session:
+                agents = (await session.scalars(select(Agent).order_by(Agent.id))).all()
+                members = (await session.execute(select(TeamMember.agent_id, TeamMember.team_id))).all()
+                names = {t.id: t.name for t in (await session.scalars(select(Team))).all()}
+        finally:
+            await db.dispose()
+        teams: dict[int, list[int]] = {}
+        for agent_id, team_id in members:
+            teams.setdefault(agent_id, []).append(team_id)
+        return [agent_view(a, teams.get(a.id)) for a in agents], names
+
+    views, team_names = asyncio.run(run())
+    if as_json:
+        for view in views:
+            click.echo(json.dumps(view, ensure_ascii=False))
+        return
+    if not views:
+        click.echo("no agents yet: crm-hub agent add --email ... --name ... --role admin")
+        return
+    rows = [
+        (
+            v["email"],
+            v["name"],
+            v["role"] if v["active"] else f"{v['role']} (deactivated)",
+            ", ".join(sorted(team_names.get(t, str(t)) for t in v["team_ids"])) or "-",
+            v["presence"],
+            ",".join(v["skills"]) or "-",
+            ",".join(v["languages"]) or "-",
+        )
+        for v in views
+    ]
+    header = ("EMAIL", "NAME", "ROLE", "TEAMS", "PRESENCE", "SKILLS", "LANGUAGES")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 @agent.command("deactivate")

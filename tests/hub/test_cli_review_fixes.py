@@ -9,6 +9,7 @@ not migrated."""
 from __future__ import annotations
 
 import asyncio
+import json
 import stat
 from pathlib import Path
 
@@ -147,3 +148,26 @@ def test_update_says_only_what_changed(cli: CliRunner) -> None:
     assert result.output == "c@example.com: nothing changed; already had role agent\n"
     result = cli.invoke(main, ["agent", "update", "--email", "c@example.com", "--name", "C", "--role", "admin"])
     assert result.output == "c@example.com: changed role admin; already had name 'C'\n"
+
+
+def test_agent_list_shows_every_agent_with_teams_and_whether_they_may_log_in(cli: CliRunner) -> None:
+    assert cli.invoke(main, ["agent", "list"]).output.startswith("no agents yet")
+    assert _add(cli, "ana@example.com", "Support", "Sales").exit_code == 0
+    assert _add(cli, "reza@example.com").exit_code == 0
+    assert cli.invoke(main, ["agent", "deactivate", "--email", "reza@example.com"]).exit_code == 0
+    result = cli.invoke(main, ["agent", "list"])
+    assert result.exit_code == 0, result.output
+    header, ana, reza = result.output.splitlines()
+    assert header.split() == ["EMAIL", "NAME", "ROLE", "TEAMS", "PRESENCE", "SKILLS", "LANGUAGES"]
+    assert ana.split()[:5] == ["ana@example.com", "A", "agent", "Sales,", "Support"]
+    assert "agent (deactivated)" in reza
+    listed = [json.loads(line) for line in cli.invoke(main, ["agent", "list", "--json"]).output.splitlines()]
+    assert [(a["email"], a["active"], len(a["team_ids"])) for a in listed] == [
+        ("ana@example.com", True, 2),
+        ("reza@example.com", False, 0),
+    ]
+
+
+def test_agent_list_on_a_database_never_migrated_says_so(tmp_path: Path) -> None:
+    result = CliRunner(env=hub_env(tmp_path / "data")).invoke(main, ["agent", "list"])
+    assert result.exit_code == 1 and NOT_MIGRATED in result.output
