@@ -290,8 +290,14 @@ def migrate(ctx: click.Context) -> None:
     from storage.migrate import upgrade
 
     cfg = _config(ctx)
-    upgrade(cfg.database_url)
-    click.echo(f"database is up to date ({_safe_url(cfg.database_url)})")
+    before, now = upgrade(cfg.database_url)
+    where = _safe_url(cfg.database_url)
+    if before is None:
+        click.echo(f"created the database (schema {now}): {where}")
+    elif before == now:
+        click.echo(f"database is up to date (schema {now}): {where}")
+    else:
+        click.echo(f"upgraded the database from schema {before} to {now}: {where}")
 
 
 def _safe_url(url: str) -> str:

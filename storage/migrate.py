@@ -9,6 +9,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -21,11 +22,16 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Blocking: Alembic's env runs its own event loop."""
+def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:
+    """Blocking: Alembic's env runs its own event loop. Returns the schema
+    revision the database had (None: it had none, it was created) and the one
+    it has now."""
     if url.startswith("sqlite"):
         _create_sqlite_file(url)
-    command.upgrade(alembic_config(url), revision)
+    cfg = alembic_config(url)
+    command.upgrade(cfg, revision)
+    target = ScriptDirectory.from_config(cfg).get_current_head() if revision == "head" else revision
+    return cfg.attributes.get("revision_before"), target
 
 
 def _create_sqlite_file(url: str) -> None:
@@ -43,5 +49,5 @@ def _create_sqlite_file(url: str) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
-async def upgrade_async(url: str, revision: str = "head") -> None:
-    await asyncio.to_thread(upgrade, url, revision)
+async def upgrade_async(url: str, revision: str = "head") -> tuple[str | None, str | None]:
+    return await asyncio.to_thread(upgrade, url, revision)

@@ -28,6 +28,8 @@ def _run(connection: Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )
+    # Read under the lock: `crm-hub migrate` says whether it created, upgraded or found it current.
+    context.config.attributes["revision_before"] = context.get_context().get_current_revision()
     with context.begin_transaction():
         context.run_migrations()
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import click
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from hub.config import HubConfig
-from storage.migrate import upgrade
+from storage.migrate import alembic_config, upgrade
 from tests.hub.procs import CLI, free_port, hub_env, run_cli
 
 NOT_MIGRATED = "the database is not migrated: run `crm-hub migrate`"
@@ -66,7 +67,9 @@ def test_serve_checks_the_schema_revision_before_listening(tmp_path: Path) -> No
         finally:
             await engine.dispose()
 
-    run_cli(["migrate"], env)
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    assert f"upgraded the database from schema 0007_inbox to {head}" in run_cli(["migrate"], env)
+    assert f"database is up to date (schema {head})" in run_cli(["migrate"], env)
     asyncio.run(stamp("0099_from_the_future"))
     line = fails(["serve", "--port", "0"], env)
     assert "revision 0099_from_the_future" in line and "newer than this crm-hub" in line
