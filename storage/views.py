@@ -55,6 +55,8 @@ def message_values_view(v: Mapping[str, Any], inbox_key: str | None = None) -> d
         # Email only: headers, the quoted history and signature kept apart from
         # the body, links to the sanitized HTML and the raw original.
         "email": extras.get("email"),
+        # Telegram only: what the text alone does not say.
+        "telegram": _telegram_view(v["channel"], extras, v.get("external_id")),
         "private": bool(v.get("private")),
         "external_id": v.get("external_id"),
         "status": v["status"],
@@ -62,6 +64,24 @@ def message_values_view(v: Mapping[str, Any], inbox_key: str | None = None) -> d
         "created_at": iso(v["created_at"]),
         "sent_at": iso(v.get("sent_at")),
         "delivered_at": iso(v.get("delivered_at")),
+    }
+
+
+def _telegram_view(channel: str, extras: Mapping[str, Any], external_id: str | None) -> dict[str, Any] | None:
+    """Forwarded or not, the message it answers (as the ``external_id`` the hub
+    stores it under: Telegram numbers messages per chat, in both directions),
+    a shared location or contact card."""
+    if channel != "telegram":
+        return None
+    reply_to: str | None = None
+    answered, chat = extras.get("reply_to_message_id"), extras.get("chat_id")
+    if answered is not None and chat is not None and external_id and external_id.count(":") >= 2:
+        reply_to = f"{external_id.rsplit(':', 2)[0]}:{chat}:{answered}"
+    return {
+        "forwarded": bool(extras.get("forwarded")),
+        "reply_to_external_id": reply_to,
+        "location": extras.get("location"),
+        "contact": extras.get("contact"),
     }
 
 

@@ -1253,3 +1253,35 @@ async def test_a_photo_and_the_text_after_it_keep_their_order(
         await photo
         stored = [(m.extras["chat_id"], m.extras["message_id"]) for m in await telegram_messages(hub)]
         assert stored == [(778, 1), (777, 1), (777, 2)]
+
+
+async def test_the_message_api_says_what_a_reply_answers_and_shows_forwards_and_places(
+    started: tuple[TestServer, Hub], http: aiohttp.ClientSession
+) -> None:
+    server, _ = started
+    agent = await admin(http, server)
+    first = message_update(600, 90, text="my parcel is lost")
+    answered = {"message_id": 90, "date": 1_700_000_600, "chat": first["message"]["chat"], "text": "my parcel"}
+    forwarded = {"type": "user", "date": 1_699_000_000, "sender_user": {"id": 5, "is_bot": False, "first_name": "Ali"}}
+    place = {"latitude": 35.7, "longitude": 51.4}
+    for update in (
+        first,
+        message_update(601, 91, text="any news?", reply_to_message=answered),
+        message_update(602, 92, text="from my brother", forward_origin=forwarded),
+        message_update(603, 93, location=place),
+    ):
+        assert (await post(http, server, update))[1]["outcome"] == "stored"
+    (ticket,) = (await agent.get("/api/v1/tickets?channel=telegram"))["items"]
+    messages = (await agent.get(f"/api/v1/tickets/{ticket['id']}"))["messages"]
+    views = {m["body"]: m["telegram"] for m in messages}
+    assert views["my parcel is lost"] == {
+        "forwarded": False,
+        "reply_to_external_id": None,
+        "location": None,
+        "contact": None,
+    }
+    # The id the answered message is stored under, which the inbox looks up among those shown.
+    assert views["any news?"]["reply_to_external_id"] == "default:777:90"
+    assert [m["external_id"] for m in messages if m["body"] == "my parcel is lost"] == ["default:777:90"]
+    assert views["from my brother"]["forwarded"] is True
+    assert views["📍 35.700000, 51.400000"]["location"] == place

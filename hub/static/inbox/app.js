@@ -778,10 +778,16 @@ async function openTicket(id, { keepFocus = false } = {}) {
   }
 }
 
+/** A message of the open conversation by the id its channel gave it (what a
+ * Telegram reply names). */
+function shownMessage(externalId) {
+  return (state.current?.messages || []).find((m) => m.external_id === externalId) || null;
+}
+
 function renderConversation() {
   renderHeader();
   const box = $("#messages");
-  fill(box, earlierControl(), state.current.messages.map((m) => messageView(m, state.agents)));
+  fill(box, earlierControl(), state.current.messages.map((m) => messageView(m, state.agents, shownMessage)));
   state.messageIds = new Set(state.current.messages.map((m) => m.id));
   box.setAttribute("tabindex", "-1");
   box.scrollTop = box.scrollHeight;
@@ -809,7 +815,7 @@ function renderHeader() {
 function addMessage(message) {
   const box = $("#messages");
   const nearBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 80;
-  const node = messageView(message, state.agents);
+  const node = messageView(message, state.agents, shownMessage);
   const existing = box.querySelector(`[data-id="${message.id}"]`);
   const list = state.current.messages;
   const i = list.findIndex((m) => m.id === message.id);
@@ -826,7 +832,7 @@ function addMessage(message) {
     }
     list[i] = merged;
   } else list.push(message);
-  if (existing) existing.replaceWith(messageView(list[i >= 0 ? i : list.length - 1], state.agents));
+  if (existing) existing.replaceWith(messageView(list[i >= 0 ? i : list.length - 1], state.agents, shownMessage));
   else {
     box.appendChild(node);
     if (nearBottom || message.direction === "out") box.scrollTop = box.scrollHeight;
@@ -885,7 +891,7 @@ async function loadEarlier(automatic) {
     // stays where it was while the page grows above it.
     const fromBottom = box.scrollHeight - box.scrollTop;
     renderEarlierControl();
-    const nodes = fresh.map((m) => messageView(m, state.agents));
+    const nodes = fresh.map((m) => messageView(m, state.agents, shownMessage));
     const control = $("#history-more");
     if (control) control.after(...nodes);
     else box.prepend(...nodes);

@@ -73,6 +73,29 @@ function emailLinks(message) {
   return h("div", { class: "msg-links small" }, links.flatMap((link, i) => (i ? [" · ", link] : [link])));
 }
 
+/** What a Telegram message's text does not say: forwarded, the message it
+ * answers (found among those shown, by the id the hub stores it under), a
+ * shared location (a link to the map) or contact card. */
+function telegramView(message, findMessage) {
+  const tg = message.telegram;
+  if (!tg) return null;
+  const parts = [];
+  if (tg.forwarded) parts.push(h("span", { class: "badge" }, t("telegram.forwarded")));
+  if (tg.reply_to_external_id) {
+    const answered = findMessage ? findMessage(tg.reply_to_external_id) : null;
+    parts.push(answered && answered.body
+      ? h("span", {}, t("telegram.reply_to"), " ", h("q", { dir: "auto" }, answered.body.slice(0, 120)))
+      : h("span", {}, t("telegram.reply_to_earlier")));
+  }
+  const loc = tg.location;
+  if (loc && Number.isFinite(loc.latitude) && Number.isFinite(loc.longitude)) {
+    const lat = loc.latitude.toFixed(6), lon = loc.longitude.toFixed(6);
+    parts.push(h("a", { href: `https://www.openstreetmap.org/?mlat=${lat}&mlon=${lon}#map=16/${lat}/${lon}`, target: "_blank", rel: "noopener noreferrer" }, t("telegram.map")));
+  }
+  if (!parts.length) return null;
+  return h("div", { class: "msg-links small" }, parts.flatMap((part, i) => (i ? [" · ", part] : [part])));
+}
+
 function statusView(message) {
   if (message.direction !== "out" || message.private) return null;
   const failed = FAILED.has(message.status);
@@ -81,7 +104,8 @@ function statusView(message) {
     failed && message.status_reason ? h("span", { class: "reason", dir: "auto" }, ` — ${message.status_reason}`) : null);
 }
 
-export function messageView(message, agents) {
+/** ``findMessage(externalId)``: a message shown beside this one, if any. */
+export function messageView(message, agents, findMessage = null) {
   const kind = message.private ? "note" : message.direction === "in" ? "in" : "out";
   const audio = (message.attachments || []).some((a) => (a.content_type || "").startsWith("audio/"));
   const voicemail = audio && message.channel === "voice";
@@ -101,6 +125,7 @@ export function messageView(message, agents) {
       : null,
     editsView(message),
     emailLinks(message),
+    telegramView(message, findMessage),
     (message.quick_replies || []).length
       ? h("div", { class: "quick-replies", "aria-label": t("buttons_offered") },
         message.quick_replies.map((q) => h("span", { class: "chip", dir: "auto" }, q.title)))

@@ -254,3 +254,49 @@ async def test_only_images_served_inline_are_embedded_and_an_email_links_its_htm
         raw = message.get_by_role("link", name="Original message")
         assert await raw.get_attribute("href") == f"{base}{urls['original']}"
         assert problems == []
+
+
+async def test_a_telegram_reply_shows_what_it_answers_and_a_shared_place_links_the_map(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with running_hub(config) as server, chromium() as browser:
+        await add_agent(config, "ana@example.com", Role.ADMIN)
+        base = str(server.make_url("")).rstrip("/")
+        async with server.app[HUB].db.write() as s:
+            await do_ensure_inbox(s, key="telegram:default", channel=Channel.TELEGRAM, name="Telegram")
+
+        def tg(n: int, body: str, **extras: Any) -> InboundMessage:
+            return InboundMessage(
+                channel=Channel.TELEGRAM,
+                inbox="telegram:default",
+                external_id=f"default:777:{n}",
+                sender="777",
+                body=body,
+                extras={"chat_id": 777, "message_id": n, **extras},
+            )
+
+        (first,) = await _ingest(server, tg(90, "my parcel is lost"))
+        await _ingest(
+            server,
+            tg(91, "any news?", reply_to_message_id=90, forwarded=True),
+            tg(92, "📍 35.700000, 51.400000", location={"latitude": 35.7, "longitude": 51.4}),
+            tg(93, "and this?", reply_to_message_id=12),
+        )
+        page = await (await browser.new_context()).new_page()
+        problems: list[str] = []
+        watch_for_trouble(page, problems)
+        await log_in(page, base, "ana@example.com")
+        await page.get_by_role("button", name="All").click()
+        await page.locator(f'.ticket[data-ticket="{first.ticket_id}"]').click()
+        reply = page.locator("#messages .msg.in", has_text="any news?")
+        await expect(reply.locator(".badge", has_text="Forwarded")).to_have_count(1)
+        await expect(reply.locator("q")).to_have_text("my parcel is lost")
+        # An answered message not on the page is named as such.
+        later = page.locator("#messages .msg.in", has_text="and this?")
+        await expect(later).to_contain_text("In reply to an earlier message")
+        place = page.locator("#messages .msg.in", has_text="35.700000").get_by_role("link", name="Open the map")
+        assert await place.get_attribute("href") == (
+            "https://www.openstreetmap.org/?mlat=35.700000&mlon=51.400000#map=16/35.700000/51.400000"
+        )
+        # A plain message gets no such line (the reply quoting it also has its text).
+        assert await page.locator("#messages .msg.in").first.locator(".msg-links").count() == 0
+        assert problems == []
