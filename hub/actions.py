@@ -551,6 +551,9 @@ async def do_assign(
     ticket.assignee_id = agent_id
     ticket.team_id = team_id
     if agent_id is not None:
+        # Someone has it: it waits in no queue, and a stale mark would make a
+        # later return to the team look like "still waiting", announced to nobody.
+        ticket.queued_at = None
         await session.execute(update(Agent).where(Agent.id == agent_id).values(last_assigned_at=utcnow()))
     after = {"assignee_id": agent_id, "team_id": team_id}
     await session.flush()

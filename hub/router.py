@@ -566,7 +566,8 @@ class Router:
             await self.drain_for_agent(int(before["assignee_id"]))
         if after.get("assignee_id") is None and after.get("team_id") is not None:
             # Given to a team without an agent: it joins that team's queue.
-            await self.route(int(event.payload["ticket"]["id"]), enqueue=True)
+            released = before.get("assignee_id") is not None or before.get("team_id") != after.get("team_id")
+            await self.route(int(event.payload["ticket"]["id"]), enqueue=True, released=released)
 
     async def on_message_created(self, event: Event) -> None:
         message = event.payload["message"]
@@ -610,11 +611,16 @@ class Router:
         ticket_created: bool = False,
         team_id: int | None = None,
         enqueue: bool = False,
+        released: bool = False,
         automatic: bool = False,
     ) -> dict[str, Any] | None:
         """Decide and apply for one ticket; returns its new view when anything
-        changed. ``team_id``: a team asked for (handoff)."""
+        changed. ``team_id``: a team asked for (handoff). ``enqueue``: the
+        ticket was given to a team without an agent, and is served in its
+        queue's order; ``released``: it has just come from an agent or another
+        team, which is news even when it was marked queued already."""
         state = await self.state()
+        drain_team: int | None = None
         async with self.db.write() as session:
             ticket = await _locked_ticket(session, ticket_id)
             if ticket is None:
@@ -627,14 +633,28 @@ class Router:
             if automatic:
                 snap = replace(snap, bot_enabled=False)
             decision = await self._decide(session, snap, ticket, state)
-            if (
+            # Not a ticket resolved or asleep (it joins the queue when it opens),
+            # nor one an agent holds (a late event after the drain gave it away).
+            joins = (
                 enqueue
-                and decision.assignee_id is None
+                and ticket.assignee_id is None
                 and ticket.team_id is not None
                 and ticket.status == TicketStatus.OPEN.value
-            ):
-                # Not a ticket resolved or asleep: it joins the queue when it opens.
+            )
+            if joins and decision.assignee_id is not None and await self._waits_behind(session, ticket):
+                # Tickets released together (an agent deactivated) each run this
+                # at once, in any order: the drain, not the first to run, decides
+                # who gets the free place.
+                decision = replace(
+                    decision,
+                    assignee_id=None,
+                    alternatives=(),
+                    sticky=False,
+                    reason=f"{decision.reason}; tickets waiting before it are served first",
+                )
+            if joins and decision.assignee_id is None:
                 decision = replace(decision, queued=True)
+                drain_team = ticket.team_id
             if not decision.changes_anything:
                 if self._clock_due(ticket):
                     # Nobody to route to, but the default SLA still runs for the shared inbox.
@@ -651,14 +671,29 @@ class Router:
                 and decision.priority is None
                 and not decision.labels
                 and not decision.skills
+                and not released
             ):
-                return None  # still waiting in the same queue: nothing new to tell
-            view = await self._apply(session, ticket, snap, decision, state)
-            lost = decision.assignee_id is not None and ticket.assignee_id is None
-        if lost and ticket.team_id is not None:
-            # The chosen agent filled up meanwhile: someone else may have room.
-            await self.drain(ticket.team_id)
+                view = None  # still waiting in the same queue: nothing new to tell
+            else:
+                view = await self._apply(session, ticket, snap, decision, state)
+            if decision.assignee_id is not None and ticket.assignee_id is None:
+                # The chosen agent filled up meanwhile: someone else may have room.
+                drain_team = ticket.team_id
+        if drain_team is not None:
+            await self.drain(drain_team)
         return view
+
+    @staticmethod
+    async def _waits_behind(session: AsyncSession, ticket: Ticket) -> bool:
+        """Whether another ticket of the same channel heads the ticket's team
+        queue (by priority, then the longest wait)."""
+        assert ticket.team_id is not None
+        head = await session.scalar(
+            queue_query(ticket.team_id, limit=1, skip_locked=False)
+            .where(Ticket.channel == ticket.channel)
+            .with_only_columns(Ticket.id)
+        )
+        return head is not None and head != ticket.id
 
     async def _snapshot_of(
         self, session: AsyncSession, ticket: Ticket, *, text: str, topic: str | None, created: bool
@@ -790,7 +825,12 @@ class Router:
                     .where(RoutingCursor.team_id == team.id)
                     .values(agent_id=agent_id, updated_at=now)
                 )
-        elif ticket.team_id is not None and ticket.status == TicketStatus.OPEN.value and ticket.queued_at is None:
+        elif (
+            ticket.team_id is not None
+            and ticket.assignee_id is None
+            and ticket.status == TicketStatus.OPEN.value
+            and ticket.queued_at is None
+        ):
             ticket.queued_at = ticket.waiting_since or now
         if self._clock_due(ticket) or (
             ticket.status == TicketStatus.OPEN.value and ticket.team_id is not None and ticket.cycle_started_at is None
@@ -1741,17 +1781,33 @@ class Router:
 
     async def phone_agents(self, team: int | str | None) -> list[tuple[int, str]]:
         """(agent id, phone) of the agents a call for ``team`` can ring now:
-        available for a voice ticket and with a phone number, least busy first;
-        None: every team's. Fits the phone IVR's ``available_agents``."""
+        active, online, in the team and with a phone number, least busy first;
+        None: every team's. Fits the phone IVR's ``available_agents``.
+
+        Not limited by voice capacity, which counts open voice tickets: an
+        answered call's ticket stays open, and call-back tickets are routed to
+        agents, so one of either would silence an idle agent's phone. Whether
+        they are talking now is what matters, and the voice desk checks that."""
         if team is not None:
-            return [(a.id, a.phone) for a in await self.available_agents(team, "voice") if a.phone]
-        state = await self.state()
-        seen: dict[int, AvailableAgent] = {}
-        for team_id in state.teams:
-            for a in await self.available_agents(team_id, "voice"):
-                seen.setdefault(a.id, a)
-        ranked = sorted(seen.values(), key=lambda a: (a.open_tickets, a.id))
-        return [(a.id, a.phone) for a in ranked if a.phone]
+            team_id = await self.team_id(team)
+            if team_id is None:
+                raise LookupError(f"team {team!r} does not exist")
+            team_ids = {team_id}
+        else:
+            team_ids = set((await self.state()).teams)
+        async with self.db.read() as session:
+            states = await agent_states(session, team_ids=team_ids)
+            phones: dict[int, str | None] = {
+                row.id: row.phone
+                for row in await session.execute(
+                    select(Agent.id, Agent.phone).where(Agent.id.in_([a.id for a in states]))
+                )
+            }
+        ringable = [
+            a for a in states if a.active and a.presence is Presence.ONLINE and a.teams & team_ids and phones.get(a.id)
+        ]
+        ringable.sort(key=lambda a: (a.open_total, a.id))
+        return [(a.id, str(phones[a.id])) for a in ringable]
 
     async def queues(self) -> list[dict[str, Any]]:
         """Per team: tickets waiting, the oldest wait, agents online, open now."""
@@ -2001,6 +2057,10 @@ async def do_set_agent_active(session: AsyncSession, agent: Agent, active: bool,
         for ticket in tickets:
             # A team's ticket joins its queue (the router's step on ``ticket.assigned``).
             await do_assign(session, ticket, agent_id=None, team_id=ticket.team_id, actor=actor)
+            if ticket.team_id is not None and ticket.status == TicketStatus.OPEN.value and ticket.queued_at is None:
+                # Queued in the same commit, so that whichever of their events
+                # runs first already sees all of them in the queue's order.
+                ticket.queued_at = ticket.waiting_since or now
             released.append(ticket.id)
     await session.flush()
     await audit(

@@ -49,6 +49,9 @@ TeamName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
 # could never be had, and " billing" would be another skill than "billing".
 # Compared without case (routing.decide), as "Billing" is no other skill.
 Skill = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+# Stripped as it is stored: " r " next to "r" would be two rules the audit log
+# and decisions cannot tell apart, and a blank name an actor "automation:   ".
+RuleName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 # Open tickets of a channel an agent may hold. A whole number: JSON's true is no
 # capacity, and one beyond 64 bits would not even store.
 MAX_CAPACITY = 10_000
@@ -164,7 +167,7 @@ class RoutingRule(_Strict):
     """An ordered rule: the first whose conditions hold decides team, priority
     and labels (and what the agent must know)."""
 
-    name: str = Field(min_length=1, max_length=100)
+    name: RuleName
     when: Conditions = Field(default_factory=Conditions)
     team: TeamName | None = Field(default=None, description="team name; none: the inbox's or the default team")
     priority: Priority | None = None
@@ -305,7 +308,7 @@ class AutomationAction(_Strict):
 
 
 class AutomationRule(_Strict):
-    name: str = Field(min_length=1, max_length=100)
+    name: RuleName
     on: AutomationEvent
     idle_minutes: Minutes | None = Field(default=None, description="for on: idle")
     when: Conditions = Field(default_factory=Conditions)

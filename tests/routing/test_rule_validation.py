@@ -166,3 +166,21 @@ def test_a_partial_default_capacity_keeps_the_other_channels_defaults() -> None:
         Channel.VOICE: 0,
         Channel.EMAIL: 10,
     }
+
+
+@pytest.mark.parametrize("model", [RoutingRule, AutomationRule])
+def test_a_blank_rule_name_is_refused_and_spaces_around_one_are_dropped(model: type[BaseModel]) -> None:
+    base: dict[str, Any] = {"team": "Support"} if model is RoutingRule else {**RECEIVED, "actions": [{"resolve": True}]}
+    assert [f for f, _ in refused(model, {**base, "name": "   "})] == ["name"]
+    assert model.model_validate({**base, "name": "  r \t"}).name == "r"  # type: ignore[attr-defined]
+
+
+def test_rule_names_differing_only_by_spaces_are_the_same_name() -> None:
+    rules = [RoutingRule.model_validate({"name": n, "team": "Support"}) for n in ("a", "a ")]
+    with pytest.raises(ValueError, match="two rules are named 'a'"):
+        check_rule_names(rules, [])
+    automation = [
+        AutomationRule.model_validate({**RECEIVED, "name": n, "actions": [{"resolve": True}]}) for n in ("r", " r ")
+    ]
+    with pytest.raises(ValueError, match="two automation rules are named 'r'"):
+        check_rule_names([], automation)
