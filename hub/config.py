@@ -926,6 +926,14 @@ class TwilioOptOutConfig(_Section):
     )
     # Sent after START / YES / UNSTOP; empty: nothing (Twilio confirms on its own).
     start_reply: dict[str, str] = Field(default_factory=dict)
+    # Sent once after an opt-out keyword Twilio does not know («لغو», «توقف»):
+    # Twilio confirms its own (STOP, ...), and nobody else would confirm these.
+    stop_reply: dict[str, str] = Field(
+        default_factory=lambda: {
+            "en": "You are unsubscribed and will get no more messages from us. Reply START to subscribe again.",
+            "fa": "اشتراک شما لغو شد و دیگر پیامکی از ما نمی‌گیرید. برای عضویت دوباره START را بفرستید.",
+        }
+    )
 
 
 class TwilioSharedKeyConfig(_Section):

@@ -20,18 +20,18 @@ from twilio.rest import Client
 
 from channels.base import ChannelAdapter
 from channels.twilio_common import FormParams, TwilioAccount
-from channels.twilio_sms import SmsSender, TwilioSmsChannel
+from channels.twilio_sms import SmsSender
 from channels.twilio_voice import TwilioVoiceChannel
 from hub.actions import SMS_CHANNELS, do_ensure_inbox, do_get_or_create_team
 from hub.attachments import AttachmentStore
 from hub.config import HubConfig, TwilioSenderConfig
 from hub.core import Channel, DeliveryReceipt, InboundMessage, TicketEventKind
 from hub.telephony.ledger import SqlOptOutLedger
-from hub.telephony.sms import MediaCopier, SmsSteps
+from hub.telephony.sms import HubSmsChannel, MediaCopier, SmsSteps
 from hub.telephony.voice import VoiceDesk, online_agents_with_phone, weekly_hours
 from hub.workers import EventProcessor
 from storage.db import Database
-from storage.models import CampaignRecipient, Inbox, Message
+from storage.models import Call, CampaignRecipient, Inbox, Message
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class TwilioService:
         # Only an explicitly configured public URL is one Twilio can reach: the
         # default (http://host:port) is where the hub listens, usually localhost.
         self.public_base = config.server.public_url.rstrip("/") if config.server.public_url else None
-        self.sms = TwilioSmsChannel(
+        self.sms = HubSmsChannel(
             self.senders,
             self.ledger,
             api_base_url=tw.api_base_url,
@@ -182,11 +182,40 @@ class TwilioService:
             return sender.account
         return self.accounts().get(params.get("AccountSid"))
 
-    def voice_account_of(self, params: FormParams) -> TwilioAccount | None:
-        sender = self._sender("", params.get("To")) or self._sender("", params.get("From"))
-        if sender is not None:
-            return sender.account
-        return self.accounts().get(params.get("AccountSid"))
+    async def voice_signers(self, params: FormParams) -> list[TwilioAccount]:
+        """The accounts that may sign a voice webhook. Any configured account's
+        token passes the signature check, and To, From and AccountSid are the
+        caller's to write, so the AccountSid named is never taken at its word:
+        a call the hub has a row for is its account's alone; a new inbound call
+        is the voice line's or that of the sender whose number is To or From;
+        a call the hub placed (click-to-call) the voice line's, which places them."""
+        sids = [sid for sid in (params.get("CallSid"), params.get("ParentCallSid")) if sid]
+        if sids:
+            async with self.db.read() as session:
+                rows = {r.call_sid: r for r in (await session.scalars(select(Call).where(Call.call_sid.in_(sids))))}
+            # An agent's leg of an inbound call's <Dial> is signed by the account of the call it belongs to.
+            row = next((rows[sid] for sid in sids if sid in rows), None)
+            if row is not None:
+                account = self.call_account(row)
+                return [account] if account is not None else []
+        found: list[TwilioAccount] = []
+        if not params.get("Direction", "").startswith("outbound"):
+            for number in (params.get("To"), params.get("From")):
+                sender = self._sender("", number)
+                if sender is not None:
+                    found.append(sender.account)
+        if self.voice_account is not None:
+            found.append(self.voice_account)
+        return list(dict.fromkeys(found))
+
+    def call_account(self, row: Call) -> TwilioAccount | None:
+        """The account a recorded call belongs to: click-to-calls are placed
+        with the voice line's; an inbound call is the account's whose number was called."""
+        if row.direction == "inbound":
+            sender = self._sender("", row.line)
+            if sender is not None:
+                return sender.account
+        return self.voice_account
 
     def account_of_inbox(self, inbox: str) -> TwilioAccount | None:
         sender = next((s for s in self.senders if s.inbox == inbox), None)

@@ -74,6 +74,12 @@ CALL_BACK_SETTLED = "call_back_settled"
 # Call extras: how the <Dial> ended (DialCallStatus), once recorded.
 DIAL_STATUS = "dial_status"
 UNANSWERED = ("missed", "abandoned")
+# Outcomes of a click-to-call the customer did not pick up that someone should
+# try again (failed: a number that cannot be called; canceled: the agent gave up).
+CUSTOMER_UNANSWERED = ("no-answer", "busy")
+# Call extras: when the agent picked up their leg of a click-to-call
+# (answered_at is the customer's answer, as for an inbound call).
+AGENT_ANSWERED_AT = "agent_answered_at"
 # Longer than Twilio lets a call last (4 hours): a call row still "live" past
 # this lost its final status callback, and does not keep its agent busy.
 LIVE_CALL_LIMIT = timedelta(hours=4)
@@ -316,7 +322,13 @@ class VoiceDesk:
                 status = params.dial_status or "unknown"
                 row.extras = {**(row.extras or {}), DIAL_STATUS: status}
                 if outbound:
+                    if status in DIAL_ANSWERED and row.answered_at is None:
+                        # The action comes when the customer's leg ends, DialCallDuration after they answered.
+                        row.answered_at = utcnow() - timedelta(seconds=params.duration or 0)
                     await self._event(session, ticket, row, "system", event="customer_leg", dial_status=status)
+                    if "outcome" in (row.extras or {}):
+                        # The final status overtook this action: its outcome lacked the customer's answer.
+                        await self._outbound_outcome(session, ticket, row)
                 elif status not in DIAL_ANSWERED:
                     await self._event(session, ticket, row, "system", event="no_answer", dial_status=status)
         if outbound or params.dial_status in DIAL_ANSWERED:
@@ -483,15 +495,14 @@ class VoiceDesk:
                 return
             row.status = params.status
             now = utcnow()
-            if params.status == "in-progress" and row.direction == "outbound" and row.answered_at is None:
-                row.answered_at = now
             if params.status not in FINAL_STATUSES:
                 await self._event(session, ticket, row, "system", event="status", status=params.status)
                 return
             row.ended_at = now
             row.duration_seconds = params.duration
             if row.direction == "outbound":
-                outcome = "completed" if row.answered_at else params.status
+                row.extras = {**(row.extras or {}), "agent_leg": params.status}
+                outcome = await self._outbound_outcome(session, ticket, row, report=False)
             elif row.answered_at is not None:
                 outcome = "answered"
             elif row.voicemail_message_id is not None:
@@ -499,6 +510,8 @@ class VoiceDesk:
             else:
                 outcome = "missed" if (row.extras or {}).get("dialed") else "abandoned"
             row.extras = {**(row.extras or {}), "outcome": outcome}
+            # An agent who did not pick up their own click-to-call rang nobody.
+            customer_rung = row.direction == "outbound" and DIAL_STATUS in row.extras
             await self._event(
                 session,
                 ticket,
@@ -510,8 +523,27 @@ class VoiceDesk:
                 duration_seconds=params.duration,
                 agent_id=row.agent_id,
             )
-            if outcome in UNANSWERED:
+            if outcome in UNANSWERED or (customer_rung and outcome in CUSTOMER_UNANSWERED):
                 await self._call_back_task(session, ticket, row, outcome)
+
+    async def _outbound_outcome(self, session: AsyncSession, ticket: Ticket, row: Call, *, report: bool = True) -> str:
+        """A click-to-call's outcome: the customer's leg (DialCallStatus) says
+        whether a conversation happened; without one, the agent's leg never
+        reached the customer (the agent did not pick up). ``report``: the
+        outcome was recorded before, and is corrected (with its call-back task)."""
+        extras = dict(row.extras or {})
+        dial_status = extras.get(DIAL_STATUS)
+        if dial_status is None:
+            outcome = str(extras.get("agent_leg") or row.status)
+        else:
+            outcome = "completed" if dial_status in DIAL_ANSWERED else str(dial_status)
+        before = extras.get("outcome")
+        row.extras = {**extras, "outcome": outcome}
+        if report and before != outcome:
+            await self._event(session, ticket, row, "system", event="outcome", outcome=outcome, corrected_from=before)
+            if outcome in CUSTOMER_UNANSWERED and CALL_BACK_NOTE not in extras:
+                await self._call_back_task(session, ticket, row, outcome)
+        return outcome
 
     async def _call_back_task(self, session: AsyncSession, ticket: Ticket, row: Call, outcome: str) -> None:
         team_name = None
@@ -522,6 +554,20 @@ class VoiceDesk:
         if ticket.team_id is None and ticket.assignee_id is None and row.team_id is not None:
             await do_assign(session, ticket, agent_id=None, team_id=row.team_id, actor="ivr")
         what = "hung up before reaching anyone" if outcome == "abandoned" else "was not answered"
+        if row.direction == "outbound":
+            # Nobody is waiting on us: the task is only to try them again.
+            note = await do_post_message(
+                session,
+                ticket,
+                body=f"Call back {row.customer}: our call at {row.started_at:%Y-%m-%d %H:%M} UTC was not answered "
+                f"({outcome}). Call them with POST /api/v1/tickets/{ticket.id}/call.",
+                author=Author.SYSTEM,
+                private=True,
+            )
+            row.extras = {**(row.extras or {}), CALL_BACK_NOTE: note.id}
+            if await session.get(TicketLabel, (ticket.id, CALL_BACK_LABEL)) is None:
+                session.add(TicketLabel(ticket_id=ticket.id, label=CALL_BACK_LABEL))
+            return
         choice = f", chose {row.menu_choice}" if row.menu_choice and row.menu_choice != "none" else ""
         of_team = f" (team {team_name})" if team_name else ""
         if is_withheld(row.customer):
@@ -640,8 +686,8 @@ class VoiceDesk:
                 # A late or retried request for a call that has ended.
                 return goodbye_twiml(self.voice.goodbye, self.speech)
             ticket = await check_ticket(session, row.ticket_id)
-            if row.answered_at is None:
-                row.answered_at = utcnow()
+            if AGENT_ANSWERED_AT not in (row.extras or {}):
+                row.extras = {**(row.extras or {}), AGENT_ANSWERED_AT: utcnow().isoformat()}
                 row.status = "in-progress"
                 await self._event(session, ticket, row, f"agent:{agent_id}", event="agent_answered", agent_id=agent_id)
             customer, line = row.customer, row.line
@@ -760,7 +806,11 @@ async def _number_to_call(session: AsyncSession, contact_id: int) -> str:
 
 def _awaits_call_back(row: Call) -> bool:
     extras = row.extras or {}
-    return extras.get("outcome") in UNANSWERED and CALL_BACK_NOTE in extras and not extras.get(CALL_BACK_SETTLED)
+    return (
+        extras.get("outcome") in (*UNANSWERED, *CUSTOMER_UNANSWERED)
+        and CALL_BACK_NOTE in extras
+        and not extras.get(CALL_BACK_SETTLED)
+    )
 
 
 def _is_live(status: str) -> bool:

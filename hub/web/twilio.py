@@ -220,8 +220,18 @@ async def _voice(request: web.Request) -> tuple[Hub, TwilioService, FormParams, 
     if not service.voice_enabled:
         raise NotFound("phone calls are not enabled (twilio.voice.enabled)")
     raw = await form(request)
-    params, base = await verified_params(request, service.voice_account_of(raw))
-    return hub, service, params, base
+    signers = await service.voice_signers(raw)
+    refusal: Forbidden | None = None
+    for account in signers:
+        try:
+            params, base = await verified_params(request, account)
+        except Forbidden as exc:
+            refusal = refusal or exc
+            continue
+        return hub, service, params, base
+    if refusal is None:
+        await verified_params(request, None)  # the same 403 as any unsigned request
+    raise refusal or Forbidden("no configured Twilio account may sign this call's webhooks")
 
 
 @ROUTES.route(

@@ -186,7 +186,9 @@ async def test_reverse_proxy_headers_only_from_trusted_proxies(tmp_path: Path) -
 
 
 async def test_opt_out_flow(tmp_path: Path) -> None:
-    async with twilio_hub(tmp_path, overrides={"twilio.opt_out.start_reply": {"en": "Welcome back!"}}) as t:
+    # No stop_reply: nothing the hub sends after the opt-out may reach Twilio.
+    overrides = {"twilio.opt_out.start_reply": {"en": "Welcome back!"}, "twilio.opt_out.stop_reply": {}}
+    async with twilio_hub(tmp_path, overrides=overrides) as t:
         agent = await t.agent()
         assert await t.sms("Hello", sid=new_sid()) == 200
         ticket = await ticket_of(t, agent)

@@ -104,15 +104,15 @@ async def test_stop_and_start_are_not_answered_by_the_bot(tmp_path: Path) -> Non
     async with bot_sms_hub(tmp_path) as (t, done):
         stop = await text(t, done, "لغو")
         assert stop.extras[KEYWORD_HANDLED] is True
-        # No refused bot reply, no handoff note: only the opt-out note.
+        # No refused bot reply, no handoff note: only the opt-out note and the hub's confirmation.
         async with t.hub.db.read() as s:
             authors = (await s.execute(select(Message.author, Message.private).order_by(Message.id))).all()
-        assert [tuple(a) for a in authors] == [("contact", False), ("system", True)]
+        assert [tuple(a) for a in authors] == [("contact", False), ("system", True), ("system", False)]
         assert await bot_state(t) == ([], [], [], "pending")
         start = await text(t, done, "START")
         assert start.extras[KEYWORD_HANDLED] is True
-        await eventually(lambda: sent(t, 1))
-        assert [m["body"] for m in t.fake.messages] == ["Welcome back!"]
+        await eventually(lambda: sent(t, 2))
+        assert [m["body"] for m in t.fake.messages][1:] == ["Welcome back!"]
         assert await bot_state(t) == ([], [], [], "pending")
 
 
