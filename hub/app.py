@@ -19,7 +19,7 @@ from aiohttp import web
 from channels.base import ChannelAdapter
 from channels.webchat import WebchatChannel
 from hub.actions import do_ensure_inbox, dummy_hash
-from hub.attachments import AttachmentStore
+from hub.attachments import AttachmentStore, UploadSweeper
 from hub.batcher import IngestBatcher
 from hub.bot_step import BotService
 from hub.campaigns.service import CampaignService
@@ -263,6 +263,15 @@ async def start_hub(hub: Hub) -> None:
         )
         _supervise(hub, hub.sender.run_sweeper, "sender-sweeper")
         _supervise(hub, hub.router.run_sweeper, "routing-sweeper")
+        # Workers share the attachments directory with web processes (see the
+        # README), so they can remove what web processes stored.
+        uploads = UploadSweeper(
+            hub.db,
+            hub.attachments,
+            grace_seconds=hub.config.attachments.unused_grace_seconds,
+            interval_seconds=hub.config.attachments.sweep_interval_seconds,
+        )
+        _supervise(hub, uploads.run, "upload-sweeper")
         hub.bot.start()
         if hub.email is not None:
             hub.email.start(lambda start, name: _supervise(hub, start, name))

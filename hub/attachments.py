@@ -22,11 +22,19 @@ import secrets
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from itertools import groupby
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from hub.core import Attachment
+from sqlalchemy import Text, cast, delete, func, select, tuple_
+
+from hub.core import Attachment, utcnow
+from storage.models import Message, Upload
+
+if TYPE_CHECKING:
+    from storage.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,11 @@ _MEDIA_TYPE = re.compile(
 
 
 _CHARSET_PARAMETER = re.compile(rf'{_OWS};{_OWS}charset=(?:({_TCHAR_RUN})|"({_TCHAR_RUN})")', re.IGNORECASE)
+
+
+# Where a file's meta.json goes while the upload sweeper decides whether to
+# remove it: not found by URL, and still there to put back.
+_HIDDEN_META = "meta.hidden"
 
 
 class AttachmentTooLarge(ValueError):
@@ -160,13 +173,27 @@ class AttachmentStore:
         if size > self.max_bytes:
             raise AttachmentTooLarge(size, self.max_bytes, filename)
 
+    @staticmethod
+    def new_key() -> str:
+        return secrets.token_urlsafe(16)  # 22 characters, 128 random bits
+
     async def save(
-        self, data: bytes, *, filename: str | None, content_type: str | None, rendered: bool = False
+        self,
+        data: bytes,
+        *,
+        filename: str | None,
+        content_type: str | None,
+        rendered: bool = False,
+        key: str | None = None,
     ) -> Attachment:
         """Store ``data``. ``rendered``: only for a page the hub made and
-        sanitized itself (see :attr:`StoredFile.rendered`)."""
+        sanitized itself (see :attr:`StoredFile.rendered`). ``key``: one from
+        :meth:`new_key`, when the caller recorded it before the file exists."""
         self.check_size(len(data), filename)
-        key = secrets.token_urlsafe(16)  # 22 characters, 128 random bits
+        if key is None:
+            key = self.new_key()
+        elif not KEY_PATTERN.match(key):
+            raise ValueError(f"not an attachment key: {key!r}")
         name = safe_filename(filename)
         ctype = parse_content_type(content_type)
         shown = shown_name(filename) or name
@@ -278,6 +305,45 @@ class AttachmentStore:
             folder.rmdir()  # left in place should anything else be in it
         return True
 
+    def key_of(self, url: str) -> str | None:
+        """The key in one of our attachment URLs (as a message stores it,
+        percent-encoded or not, relative or absolute), else None."""
+        path = unquote(urlsplit(url).path)
+        at = path.find(self.url_prefix + "/")
+        if at < 0:
+            return None
+        key = path[at + len(self.url_prefix) + 1 :].partition("/")[0]
+        return key if KEY_PATTERN.match(key) else None
+
+    def hide(self, key: str) -> bool:
+        """Make the file behind ``key`` unreadable by URL (it resolves to
+        nothing) while keeping it, so it can still be brought back with
+        :meth:`unhide`. False when there is no such file, hidden or not."""
+        folder = self._dir(key)
+        try:
+            os.replace(folder / "meta.json", folder / _HIDDEN_META)
+        except FileNotFoundError:
+            # Hidden already: by another sweeper now, or by one that stopped
+            # before it finished.
+            return (folder / _HIDDEN_META).exists() and (folder / "data").exists()
+        return True
+
+    def unhide(self, key: str) -> None:
+        folder = self._dir(key)
+        if (folder / "data").exists():
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(folder / _HIDDEN_META, folder / "meta.json")
+
+    def remove(self, key: str) -> None:
+        """Remove whatever is stored under ``key``, hidden or half written."""
+        if not KEY_PATTERN.match(key):
+            return
+        folder = self._dir(key)
+        for name in ("meta.json", _HIDDEN_META, "data", "meta.tmp", "data.tmp"):
+            (folder / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
     async def discard(self, urls: Iterable[str | None]) -> None:
         """Remove files saved for a message that was then not stored (its
         transaction rolled back, or it was a copy of one stored already), so
@@ -290,3 +356,158 @@ class AttachmentStore:
                 await asyncio.to_thread(self.delete, url)
             except OSError as exc:
                 log.warning("attachment %s could not be removed: %s", url, exc)
+
+
+# --- uploads no message used ------------------------------------------------------
+
+# How long a file stays hidden before it is removed: a reply or a visitor's
+# message that found the file just before it was hidden is committed by then,
+# and is seen when the references are read again.
+SETTLE_SECONDS = 10.0
+_BATCH = 500
+_PAGE = 1000
+
+
+async def record_upload(
+    db: Database, key: str, *, size: int, agent_id: int | None = None, visitor_id: str | None = None
+) -> None:
+    """Record an upload before its file is written: a file then never exists
+    without a row, so the sweeper finds every one (a row whose file never
+    came is dropped by it)."""
+    async with db.write() as session:
+        last = await session.scalar(select(func.max(Message.id)))
+        session.add(
+            Upload(
+                key=key,
+                size=size,
+                agent_id=agent_id,
+                visitor_id=visitor_id,
+                after_message_id=last or 0,
+                created_at=utcnow(),
+            )
+        )
+
+
+class UploadSweeper:
+    """Removes uploaded files that no message took within the grace period,
+    and drops the record of those a message did take.
+
+    Several processes may sweep at once. A file is first hidden (it stops
+    resolving, so no new reply can take it), then, after
+    :data:`SETTLE_SECONDS`, the messages are read again; only the process
+    whose own transaction deletes the row removes the file, and a file a
+    message took meanwhile is put back. A sweeper stopped half way leaves the
+    row, so the next sweep finishes the work."""
+
+    def __init__(
+        self,
+        db: Database,
+        store: AttachmentStore,
+        *,
+        grace_seconds: float,
+        interval_seconds: float,
+        settle_seconds: float | None = None,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.grace = timedelta(seconds=grace_seconds)
+        self.interval = interval_seconds
+        self.settle = SETTLE_SECONDS if settle_seconds is None else settle_seconds
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("upload sweep failed")
+            await asyncio.sleep(self.interval)
+
+    async def sweep(self, now: datetime | None = None) -> int:
+        """One pass over the uploads older than the grace period; the number of
+        files removed."""
+        cutoff = (now or utcnow()) - self.grace
+        removed = 0
+        after: tuple[datetime, str] | None = None
+        while True:
+            query = select(Upload.key, Upload.after_message_id, Upload.created_at).where(Upload.created_at < cutoff)
+            if after is not None:
+                # Rows of files put back stay behind; go on past them.
+                query = query.where(tuple_(Upload.created_at, Upload.key) > tuple_(*after))
+            query = query.order_by(Upload.created_at, Upload.key).limit(_BATCH)
+            async with self.db.read() as session:
+                rows = (await session.execute(query)).all()
+            if not rows:
+                return removed
+            removed += await self._sweep_batch({r.key: r.after_message_id for r in rows}, cutoff)
+            if len(rows) < _BATCH:
+                return removed
+            after = (rows[-1].created_at, rows[-1].key)
+
+    async def _sweep_batch(self, candidates: dict[str, int], cutoff: datetime) -> int:
+        since = min(candidates.values())
+        used = await self._referenced(since, set(candidates))
+        if used:
+            async with self.db.write() as session:
+                await session.execute(delete(Upload).where(Upload.key.in_(used)))
+        unused = [key for key in candidates if key not in used]
+        hidden: list[str] = []
+        for key in unused:
+            try:
+                present = await asyncio.to_thread(self.store.hide, key)
+            except OSError as exc:
+                log.warning("uploaded file %s could not be hidden for removal: %s", key, exc)
+                continue
+            if present:
+                hidden.append(key)
+            else:
+                # Its file is gone (or was never written): only the row is left.
+                async with self.db.write() as session:
+                    await session.execute(delete(Upload).where(Upload.key == key))
+                await asyncio.to_thread(self.store.remove, key)
+        if not hidden:
+            return 0
+        await asyncio.sleep(self.settle)
+        late = await self._referenced(since, set(hidden))
+        removed = 0
+        for key in hidden:
+            async with self.db.write() as session:
+                claimed = (await session.execute(delete(Upload).where(Upload.key == key))).rowcount  # type: ignore[attr-defined]
+            if key in late:
+                await asyncio.to_thread(self.store.unhide, key)
+                log.warning("uploaded file %s was sent in a message while it was being removed; kept", key)
+            elif claimed:
+                # Committed before the file goes: another sweeper that finds
+                # no row leaves the file to this one.
+                try:
+                    await asyncio.to_thread(self.store.remove, key)
+                except OSError as exc:
+                    log.warning("unused uploaded file %s could not be removed: %s", key, exc)
+                    continue
+                removed += 1
+        if removed:
+            log.info("removed %d uploaded files no message used", removed)
+        return removed
+
+    async def _referenced(self, after_message_id: int, keys: set[str]) -> set[str]:
+        """Which of ``keys`` a message stored after ``after_message_id`` carries
+        in its attachments (a queued reply as much as a sent one)."""
+        found: set[str] = set()
+        last = after_message_id
+        while True:
+            query = (
+                select(Message.id, Message.attachments)
+                .where(Message.id > last, cast(Message.attachments, Text) != "[]")
+                .order_by(Message.id)
+                .limit(_PAGE)
+            )
+            async with self.db.read() as session:
+                rows = (await session.execute(query)).all()
+            for row in rows:
+                for item in row.attachments if isinstance(row.attachments, list) else ():
+                    url = item.get("url") if isinstance(item, dict) else None
+                    key = self.store.key_of(url) if isinstance(url, str) else None
+                    if key in keys:
+                        found.add(key)
+            if len(rows) < _PAGE:
+                return found
+            last = rows[-1].id

@@ -271,6 +271,12 @@ class AttachmentsConfig(_Section):
     max_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     # None: data_dir/attachments.
     dir: Path | None = None
+    # An uploaded file (POST /api/v1/attachments, POST /chat/attachments) that
+    # no message uses this long after it came is removed: uploading is open to
+    # any web chat visitor, so unused files would otherwise fill the disk.
+    unused_grace_seconds: float = Field(default=24 * 3600.0, gt=0)
+    # How often worker processes look for such files.
+    sweep_interval_seconds: float = Field(default=600.0, gt=0)
 
 
 TELEGRAM_TOKEN_ENV = "TELEGRAM_BOT_TOKEN"  # noqa: S105 - the variable's name

@@ -690,3 +690,23 @@ class SmsPacing(Base):
 
     sender: Mapped[str] = mapped_column(String(64), primary_key=True)
     next_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Upload(Base):
+    """A file uploaded to go in a message (an agent's reply, a web chat
+    visitor's message) and not yet known to be in one. Anyone with a visitor
+    token can upload, so a file no message took is removed after a grace
+    period (see ``hub.attachments.UploadSweeper``); the row goes once the
+    sweeper has seen the file used or removed it."""
+
+    __tablename__ = "uploads"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"), default=None)
+    visitor_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    size: Mapped[int] = mapped_column(BigInteger)
+    # The highest message id when the file came: a message that uses it is
+    # stored later, so has a higher id (found through the primary key, where
+    # messages.created_at has no index of its own).
+    after_message_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -8,7 +8,7 @@ from urllib.parse import quote, unquote
 from aiohttp import BodyPartReader, web
 
 from hub.app import HUB
-from hub.attachments import OCTET_STREAM, AttachmentStore, AttachmentTooLarge, parse_content_type
+from hub.attachments import OCTET_STREAM, AttachmentStore, AttachmentTooLarge, parse_content_type, record_upload
 from hub.core import Attachment
 from hub.errors import BadRequest, NotFound, PayloadTooLarge
 from hub.web.api import API, current_agent
@@ -114,14 +114,18 @@ def _quote(name: str) -> str:
     errors=(400, 413),
 )
 async def upload_attachment(request: web.Request) -> web.Response:
-    await current_agent(request)
-    attachment = await receive_upload(request, request.app[HUB].attachments)
+    agent = await current_agent(request)
+    attachment = await receive_upload(request, request.app[HUB].attachments, agent_id=agent.id)
     return web.json_response(attachment.model_dump(exclude_none=True), status=201)
 
 
-async def receive_upload(request: web.Request, store: AttachmentStore) -> Attachment:
+async def receive_upload(
+    request: web.Request, store: AttachmentStore, *, agent_id: int | None = None, visitor_id: str | None = None
+) -> Attachment:
     """The file in the multipart field ``file`` of ``request``, saved in
     ``store``: the agents' upload and the web chat visitors' read it alike.
+    It is recorded as uploaded by ``agent_id`` or ``visitor_id``, so that it
+    is removed should no message use it (see ``UploadSweeper``).
     Raises BadRequest (not multipart, malformed, no such field) or
     PayloadTooLarge (over ``attachments.max_bytes``)."""
     if not request.content_type.startswith("multipart/"):
@@ -144,9 +148,12 @@ async def receive_upload(request: web.Request, store: AttachmentStore) -> Attach
         with contextlib.suppress(UnicodeDecodeError):
             filename = unquote(filename, errors="strict")
     try:
-        return await store.save(data, filename=filename, content_type=part.headers.get("Content-Type"))
+        store.check_size(len(data), filename)
     except AttachmentTooLarge as exc:
         raise PayloadTooLarge(str(exc)) from exc
+    key = store.new_key()
+    await record_upload(request.app[HUB].db, key, size=len(data), agent_id=agent_id, visitor_id=visitor_id)
+    return await store.save(data, filename=filename, content_type=part.headers.get("Content-Type"), key=key)
 
 
 async def _read_file_field(request: web.Request, limit: int) -> tuple[BodyPartReader, bytes]:

@@ -231,7 +231,7 @@ async def visitor_upload(request: web.Request) -> web.Response:
         wait = await _over_limit(hub, RateLimitItemPerHour(limits.uploads_per_hour), "upload", visitor_id)
         if wait is not None:
             raise TooManyRequests("too many files sent; try again later", retry_after=wait)
-        attachment = await receive_upload(request, hub.attachments)
+        attachment = await receive_upload(request, hub.attachments, visitor_id=visitor_id)
     except HubError as exc:
         # Without these the widget could not read why (too large, too many).
         exc.headers.update(cors)
