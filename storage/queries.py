@@ -584,25 +584,48 @@ async def visitor_conversation(
     session: AsyncSession, identity_kind: str, address: str, *, limit: int
 ) -> tuple[int | None, int | None, list[dict[str, Any]]]:
     """What a returning web chat visitor sees: their contact, their current
-    ticket, and the latest messages of their conversations (no private notes)."""
+    ticket, and the latest messages of their own conversation (no private
+    notes): what they wrote and what was sent to them, never what another
+    visitor of the same (merged) contact wrote or was told. Agents see the
+    merged history through the API."""
     contact_id = await session.scalar(
         select(Identity.contact_id).where(Identity.channel == identity_kind, Identity.address == address)
     )
     if contact_id is None:
         return None, None, []
     # A merged contact's identities moved, so contact_id is the surviving one.
+    # The ticket is where the visitor's next message goes (one open chat
+    # ticket per contact), so typing is shown there; it carries no content.
     ticket_id = await session.scalar(
         select(Ticket.id)
         .where(Ticket.contact_id == contact_id, Ticket.channel == identity_kind)
         .order_by(Ticket.last_message_at.desc())
         .limit(1)
     )
+    # A merge puts two browsers' chats on one contact, and even in one ticket
+    # (the kept ticket takes the other's later messages), so the contact or
+    # the ticket would replay a stranger's chat: each message says whose it is
+    # (ingest keeps the sender, a reply its recipient).
+    own = or_(
+        and_(Message.direction == Direction.IN.value, Message.extras["from"].as_string() == address),
+        and_(Message.direction == Direction.OUT.value, Message.extras["recipient"].as_string() == address),
+    )
+    identities = await session.scalar(
+        select(func.count())
+        .select_from(Identity)
+        .where(Identity.contact_id == contact_id, Identity.channel == identity_kind)
+    )
+    if identities == 1:
+        # Rows stored before ingest kept the sender have no "from"; while no
+        # other visitor is merged into the contact, they can only be this one's.
+        own = or_(own, and_(Message.direction == Direction.IN.value, Message.extras["from"].as_string().is_(None)))
     rows = await session.scalars(
         select(Message)
         .where(
             Message.contact_id == contact_id,
             Message.channel == identity_kind,
             Message.private.is_(False),
+            own,
         )
         .order_by(Message.id.desc())
         .limit(limit)

@@ -151,6 +151,7 @@ async def _paged(coro: Any) -> web.Response:
     body=LoginIn,
     response=TokenOut,
     status=201,
+    errors=(401, 429),
 )
 async def create_token(request: web.Request) -> web.Response:
     hub = request.app[HUB]
@@ -342,6 +343,11 @@ async def list_tickets(request: web.Request) -> web.Response:
     f.text = (q.get("q") or "").strip() or None
     limit = page_limit(request)
     async with hub.db.read() as session:
+        if f.contact_id is not None:
+            # A merged-away id (an old link, the detail's tickets_next_cursor
+            # taken with the id asked for) lists the tickets it lives on in;
+            # an unknown one stays as typed and lists nothing.
+            f.contact_id = await queries.live_contact_id(session, f.contact_id) or f.contact_id
         return await _paged(queries.list_tickets(session, f, cursor=q.get("cursor"), limit=limit))
 
 

@@ -242,6 +242,17 @@ _STATUS_TEXT = {
     409: "Conflicts with the current state",
     413: "Body too large",
     422: "Validation failed",
+    429: "Too many requests",
+}
+
+# Every 429 is a TooManyRequests, which says when to try again.
+_ERROR_HEADERS = {
+    429: {
+        "Retry-After": {
+            "description": "seconds to wait before trying again",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
 }
 
 
@@ -299,6 +310,8 @@ def openapi(registry: Registry, *, title: str, version: str, server_url: str) ->
                 "description": _STATUS_TEXT.get(code, "Error"),
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
             }
+            if code in _ERROR_HEADERS:
+                item["responses"][str(code)]["headers"] = _ERROR_HEADERS[code]
         if op.auth:
             item["security"] = [{"bearer": []}]
         paths.setdefault(op.path, {})[op.method.lower()] = item

@@ -166,6 +166,11 @@ class MessageOut(_Out):
         "quoted (the history below the new text), signature, original_url (the raw message), "
         "html_url (the sanitized HTML part), threaded_by, notes",
     )
+    telegram: dict[str, Any] | None = Field(
+        default=None,
+        description="Telegram messages: forwarded, reply_to_external_id (the message it answers), "
+        "location and contact (a shared location or contact card); null on other channels",
+    )
     private: bool
     external_id: str | None
     status: str
@@ -192,10 +197,24 @@ class TicketOut(_Out):
     last_message_at: str
     snoozed_until: str | None
     resolved_at: str | None
+    queued_at: str | None = Field(description="in its team's queue, waiting for an agent, since; null when not queued")
+    sla_policy: str | None = Field(description="the name of the SLA policy the ticket is held to; null: none")
+    first_response_due_at: str | None = Field(description="the SLA's deadline for the first reply; null: none")
+    next_response_due_at: str | None = Field(
+        description="the SLA's deadline for replying to the customer's waiting message; null: none"
+    )
+    resolution_due_at: str | None = Field(description="the SLA's deadline for resolving the ticket; null: none")
+    inbox: str | None = Field(
+        default=None,
+        description="the key of the ticket's inbox; on one ticket (GET /tickets/{id}, assign, status, labels, "
+        "priority), not on lists",
+    )
+    contact_name: str | None = Field(
+        default=None, description="the contact's name; on one ticket and on ticket lists, not on a contact's tickets"
+    )
 
 
 class TicketListItem(TicketOut):
-    contact_name: str | None = None
     last_message: dict[str, Any] | None = None
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
-from hub.core import Channel, InboundMessage
+from hub.actions import do_merge_contacts, do_post_message
+from hub.core import Author, Channel, InboundMessage
 from storage import queries
 from storage.db import Database
 from storage.ingest import IngestResult, ingest_batch
-from storage.models import Message, Ticket
+from storage.models import Contact, Message, Ticket
 from storage.queries import BadCursor, TicketFilter, encode_cursor
 
 #: Valid ISO times with an offset that leave the calendar once in UTC.
@@ -120,3 +122,58 @@ async def test_the_ticket_list_reads_one_message_per_ticket_whatever_the_history
     assert sorted(t["last_message"]["body"] for t in items) == ["long-a 39", "long-b 39"]
     assert all(t["last_message"]["direction"] == "in" for t in items)
     assert max(rows_read) <= len(items), rows_read
+
+
+async def _webchat(db: Database, who: str, ext: str, body: str) -> IngestResult:
+    message = InboundMessage(channel=Channel.WEBCHAT, inbox="webchat", external_id=ext, sender=who, body=body)
+    async with db.write() as s:
+        (r,) = await ingest_batch(s, [message])
+    assert isinstance(r, IngestResult)
+    return r
+
+
+async def _history(db: Database, visitor: str) -> list[str]:
+    async with db.read() as s:
+        _, _, messages = await queries.visitor_conversation(s, "webchat", visitor, limit=50)
+    return [m["body"] for m in messages]
+
+
+async def test_a_returning_visitor_sees_only_their_own_chat_after_a_merge(db: Database) -> None:
+    """Two browsers' contacts merged (the agent took them for one person):
+    each visitor's replayed history still holds only what they wrote and what
+    was sent to them, even when the other's later messages join their ticket."""
+    a = await _webchat(db, "visitor-a", "a:1", "my card ends 1234")
+    b = await _webchat(db, "visitor-b", "b:1", "I am visitor B")
+    async with db.write() as s:
+        target, source = await s.get(Contact, a.contact_id), await s.get(Contact, b.contact_id)
+        assert target is not None and source is not None
+        await do_merge_contacts(s, target, source, actor="test")
+        kept = await s.get(Ticket, a.ticket_id)
+        assert kept is not None
+        await do_post_message(s, kept, body="the card is blocked", author=Author.AGENT)
+        await do_post_message(s, kept, body="a note about both", author=Author.AGENT, private=True)
+    # B's next message lands on the merged contact's one open ticket: A's.
+    later = await _webchat(db, "visitor-b", "b:2", "B again")
+    assert later.ticket_id == a.ticket_id
+    async with db.write() as s:
+        kept = await s.get(Ticket, a.ticket_id)
+        assert kept is not None
+        await do_post_message(s, kept, body="hello B", author=Author.AGENT)
+
+    assert await _history(db, "visitor-a") == ["my card ends 1234", "the card is blocked"]
+    assert await _history(db, "visitor-b") == ["I am visitor B", "B again", "hello B"]
+
+
+async def test_a_visitor_keeps_messages_stored_before_ingest_kept_the_sender(db: Database) -> None:
+    a = await _webchat(db, "visitor-old", "old:1", "from long ago")
+    async with db.write() as s:
+        await s.execute(update(Message).where(Message.id == a.message_id).values(extras={}))
+    assert await _history(db, "visitor-old") == ["from long ago"]
+    # Once another visitor is merged in, a row without its sender could be theirs.
+    b = await _webchat(db, "visitor-new", "new:1", "newcomer")
+    async with db.write() as s:
+        target, source = await s.get(Contact, b.contact_id), await s.get(Contact, a.contact_id)
+        assert target is not None and source is not None
+        await do_merge_contacts(s, target, source, actor="test")
+    assert await _history(db, "visitor-new") == ["newcomer"]
+    assert await _history(db, "visitor-old") == []

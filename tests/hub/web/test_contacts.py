@@ -245,3 +245,21 @@ async def test_a_merged_away_id_answers_the_contact_it_lives_on_in(env: Env) -> 
     edited = await env.admin.patch(f"/api/v1/contacts/{a.contact_id}", {"tags": ["vip"]})
     assert (edited["id"], edited["tags"]) == (c.contact_id, ["vip"])
     await env.admin.get("/api/v1/contacts/999/timeline", 404)
+
+
+async def test_the_ticket_list_filters_by_a_merged_away_contact_id(env: Env) -> None:
+    a = await env.inbound("v-list-a", "v-list-a:1")
+    b = await env.inbound("v-list-b", "v-list-b:1")
+    c = await env.inbound("v-list-c", "v-list-c:1")
+    await env.admin.post(f"/api/v1/contacts/{b.contact_id}/merge", {"source_id": a.contact_id})
+    await env.admin.post(f"/api/v1/contacts/{c.contact_id}/merge", {"source_id": b.contact_id})
+    everything = {a.ticket_id, b.ticket_id, c.ticket_id}
+    for asked in (a.contact_id, b.contact_id, c.contact_id):
+        listed = await env.admin.get(f"/api/v1/tickets?contact={asked}")
+        assert {t["id"] for t in listed["items"]} == everything, asked
+    # The detail's cursor, taken with the id the detail was asked for, pages on.
+    detail = await env.admin.get(f"/api/v1/contacts/{a.contact_id}")
+    first = await env.admin.get(f"/api/v1/tickets?contact={a.contact_id}&limit=1")
+    rest = await env.admin.get(f"/api/v1/tickets?contact={a.contact_id}&cursor={first['next_cursor']}")
+    assert [t["id"] for t in first["items"] + rest["items"]] == [t["id"] for t in detail["tickets"]]
+    assert (await env.admin.get("/api/v1/tickets?contact=999"))["items"] == []
