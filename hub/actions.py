@@ -43,7 +43,7 @@ from hub.core import (
 )
 from hub.errors import BadRequest, Conflict, NotFound, Unauthorized, ValidationFailed
 from hub.security import MIN_PASSWORD_LENGTH, hash_password, new_api_token, token_digest, verify_password
-from hub.text import InvalidPhoneNumber, clean_label, label_key, parse_phone
+from hub.text import InvalidPhoneNumber, clean_label, label_key, parse_phone, strip_bidi_controls
 from routing.settings import language_tag
 from storage.ingest import add_outbox, dialect_insert, outbox_row
 from storage.models import (
@@ -132,6 +132,19 @@ _AGENT_EMAIL = re.compile(r"[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+")
 MAX_NAME_CHARS = 200
 
 
+def clean_agent_name(name: str) -> str:
+    """An agent's name as it is kept: one line (it is shown in lists and mail
+    headers), within the column, and without the bidi controls that would make
+    colleagues and customers read it as someone else's ("Eve \u202eevil" shows
+    as "Eve live"), as a customer's name is kept."""
+    cleaned = " ".join(strip_bidi_controls(name).split())
+    if not cleaned:
+        raise ValidationFailed("name must not be empty")
+    if len(cleaned) > MAX_NAME_CHARS:
+        raise ValidationFailed(f"name is longer than {MAX_NAME_CHARS} characters")
+    return cleaned
+
+
 async def do_create_agent(
     session: AsyncSession,
     *,
@@ -152,12 +165,7 @@ async def do_create_agent(
     email = email.strip().lower()
     if len(email) > 320 or _AGENT_EMAIL.fullmatch(email) is None:
         raise ValidationFailed(f"email {email[:80]!r} is not an email address")
-    # One line (it is shown in lists and mail headers), and within the column.
-    name = " ".join(name.split())
-    if not name:
-        raise ValidationFailed("name must not be empty")
-    if len(name) > MAX_NAME_CHARS:
-        raise ValidationFailed(f"name is longer than {MAX_NAME_CHARS} characters")
+    name = clean_agent_name(name)
     # Once each, as stored: "Support" given twice, or as " Support ", is one
     # membership (a second would break the unique membership constraint).
     team_names = list(dict.fromkeys(t.strip() for t in teams or ()))

@@ -43,8 +43,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub import codec
 from hub.actions import (
-    MAX_NAME_CHARS,
     audit,
+    clean_agent_name,
     do_assign,
     do_get_or_create_team,
     do_post_message,
@@ -2093,12 +2093,7 @@ async def do_update_agent_account(
     must not run inside the write transaction)."""
     changes: dict[str, Any] = {}
     if name is not None:
-        # One line, as do_create_agent keeps it.
-        cleaned = " ".join(name.split())
-        if not cleaned:
-            raise ValidationFailed("name must not be empty")
-        if len(cleaned) > MAX_NAME_CHARS:
-            raise ValidationFailed(f"name is longer than {MAX_NAME_CHARS} characters")
+        cleaned = clean_agent_name(name)
         if cleaned != agent.name:
             changes["name"] = cleaned
             agent.name = cleaned

@@ -78,3 +78,23 @@ async def test_an_agent_changes_their_own_name_and_password(tmp_path: Path) -> N
         await elsewhere.get("/api/v1/me", 401)
         assert await login(http, base, "ana@example.com", PASSWORD) == 401
         assert await login(http, base, "ana@example.com", NEW_PASSWORD) == 201
+
+
+async def test_an_agents_name_cannot_reorder_how_others_read_it(tmp_path: Path) -> None:
+    """Colleagues and web chat visitors (the typing indicator) see it: "Eve
+    \u202eevil" would show as "Eve live". Kept as a customer's name is."""
+    config = make_config(tmp_path)
+    await upgrade_async(config.database_url)
+    await add_agent(config, "boss@example.com")
+    async with running_hub(config) as server, aiohttp.ClientSession() as http:
+        base = str(server.make_url("")).rstrip("/")
+        boss = await Agent.login(http, base, "boss@example.com")
+        made = await boss.post(
+            "/api/v1/agents",
+            {"email": "eve@example.com", "name": "Eve \u202eevil\u202c", "password": NEW_PASSWORD},
+            status=201,
+        )
+        assert made["name"] == "Eve evil"
+        assert (await boss.patch("/api/v1/me", {"name": "Boss \u2067رضا\u2069"}))["name"] == "Boss رضا"
+        refused = await boss.patch("/api/v1/me", {"name": "\u202e\u202c"}, status=422)
+        assert "name must not be empty" in refused["error"]["message"]
