@@ -31,10 +31,19 @@ from hub.campaigns.audience import (
     consent_attributes,
     listed_candidates,
     segment_candidates,
+    segments_in_use,
     sms_consent,
 )
 from hub.campaigns.schedule import MIN_RATE_PER_SECOND, zones_for
-from hub.campaigns.templates import TemplateInvalid, compile_template, language_code, message_for, variables
+from hub.campaigns.templates import (
+    TemplateInvalid,
+    UnknownVariables,
+    check_variables,
+    compile_template,
+    language_code,
+    message_for,
+    variables,
+)
 from hub.config import CampaignsConfig
 from hub.core import IdentityKind, utcnow
 from hub.errors import Conflict, NotFound, ValidationFailed
@@ -73,6 +82,20 @@ INSERT_CHUNK = 1000
 
 class TemplateForbidden(ValidationFailed):
     pass
+
+
+class TemplateNamesUnknown(ValidationFailed):
+    """The template uses a variable no recipient has (the CLI names its option)."""
+
+
+class FilterRefused(ValidationFailed):
+    """A segment filter that would select nobody, naming its field (the CLI
+    names the option that fills it)."""
+
+    def __init__(self, field: str, said: str) -> None:
+        super().__init__(f"audience.filter.{field}: {said}")
+        self.field = field
+        self.said = said
 
 
 # --- senders --------------------------------------------------------------------------
@@ -134,6 +157,14 @@ async def do_create_campaign(
         raise ValidationFailed(f"template: {exc}") from exc
     probe = variables(name="Ada Lovelace", phone="+15550000000", attributes={}, tags=[], stage=None)
     _probe_render(template, probe)
+    # After the probe, which names an escape ("cycler.__init__") as such
+    # rather than as an unknown variable.
+    try:
+        check_variables(spec.template)
+    except UnknownVariables as exc:
+        raise TemplateNamesUnknown(f"template: {exc}") from exc
+    except TemplateInvalid as exc:
+        raise ValidationFailed(f"template: {exc}") from exc
     # Refused here, not when sending: the runner's pacer cannot pace slower
     # (see MIN_RATE_PER_SECOND), and the runner would only pause the campaign
     # once it runs. `not >=` refuses NaN too.
@@ -162,6 +193,8 @@ async def do_create_campaign(
     language = language_code(spec.language)
     if spec.language and language is None:
         raise ValidationFailed(f"language {spec.language!r} is not a language code or name (en, fa, fa-IR, Persian)")
+    if spec.segment is not None and spec.segment.segments:
+        await _check_segments_in_use(session, spec.segment.segments)
     audience: dict[str, Any] = {}
     if spec.segment is not None:
         audience = {"kind": "segment", "filter": spec.segment.model_dump(mode="json")}
@@ -190,6 +223,22 @@ async def do_create_campaign(
         campaign.audience = {**campaign.audience, **totals}
     await audit(session, actor, "campaign.created", "campaign", campaign.id, {"name": campaign.name})
     return campaign
+
+
+async def _check_segments_in_use(session: AsyncSession, wanted: list[str]) -> None:
+    """RFM segments are whatever the analytics that set them call them, not a
+    fixed list: one nobody is in is most likely misspelt, and the draft would
+    be for nobody."""
+    found = await session.scalars(select(Contact.segment).where(Contact.segment.in_(wanted)).distinct())
+    have = set(found.all())
+    unknown = [name for name in wanted if name not in have]
+    if unknown:
+        known = await segments_in_use(session)
+        raise FilterRefused(
+            "segments",
+            f"no contact is in the RFM segment(s) {', '.join(map(repr, unknown))} "
+            f"(segments contacts are in: {', '.join(known) or 'none yet'})",
+        )
 
 
 def _probe_render(template: Any, values: dict[str, Any]) -> None:
@@ -487,6 +536,37 @@ def _csv_summary(parsed: CsvAudience, source: str, imported: _Imported, totals: 
     }
 
 
+def check_csv_importable(parsed: CsvAudience) -> None:
+    """Refused before anything changes: a file none of whose rows can be
+    imported (a national-format export read without phone.default_region, the
+    wrong file) would otherwise leave the draft with nobody."""
+    if parsed.rows:
+        return
+    invalid = [{"line": line, "error": error} for line, error in parsed.invalid]
+    if not invalid:
+        raise ValidationFailed("CSV: the file has no rows below its header; nothing to import")
+    first = "; ".join(f"line {r['line']}: {r['error']}" for r in invalid[:3])
+    more = f"; and {len(invalid) - 3} more" if len(invalid) > 3 else ""
+    raise ValidationFailed(
+        f"CSV: no row can be imported ({len(invalid)} invalid, listed in details.invalid_rows): {first}{more}; "
+        "the draft's audience is unchanged",
+        details={"invalid_rows": invalid[:100], "invalid_count": len(invalid)},
+    )
+
+
+def check_csv_replaces(campaign: Campaign, replace: bool) -> None:
+    """A segment draft becomes a CSV one only when asked: its filter would be
+    dropped and its audience replaced by the file's numbers."""
+    if replace or (campaign.audience or {}).get("kind") != "segment":
+        return
+    raise Conflict(
+        f"campaign {campaign.id}'s audience is a segment (its filter); uploading a CSV would replace it with "
+        f"the file's numbers and drop the filter. To do that, upload again with ?replace=true "
+        f"(POST /api/v1/campaigns/{campaign.id}/audience?replace=true); else create a campaign with "
+        '{"audience": {"kind": "csv"}} for the file'
+    )
+
+
 def _stored(summary: dict[str, Any]) -> dict[str, Any]:
     # Keep the stored summary small however bad the file was.
     return {**summary, "invalid_rows": summary["invalid_rows"][:100]}
@@ -501,12 +581,17 @@ async def do_csv_audience(
     *,
     source: str,
     actor: str = "system",
+    replace: bool = False,
 ) -> dict[str, Any]:
     """A draft campaign's audience from a parsed CSV, all in ``session``'s
     transaction: contacts created or updated, then rendered and priced.
-    Replaces an earlier audience of the draft. :func:`csv_audience` does the
-    same without holding the database's writer throughout."""
+    Replaces an earlier audience of the draft (a segment's only with
+    ``replace``); a file with no importable row changes nothing.
+    :func:`csv_audience` does the same without holding the database's writer
+    throughout."""
     check_draft(campaign)
+    check_csv_importable(parsed)
+    check_csv_replaces(campaign, replace)
     imported = _Imported()
     await _import_contacts(session, parsed.rows, source, utcnow(), imported)
     await session.flush()
@@ -716,14 +801,18 @@ async def csv_audience(
     source: str,
     actor: str = "system",
     discard_on_failure: bool = False,
+    replace: bool = False,
 ) -> dict[str, Any]:
     """:func:`do_csv_audience` in short transactions: the draft marked, its
     earlier rows removed, the contacts imported a chunk per transaction, then
     the recipients a page per transaction. A failure is kept in the mark (or,
-    with ``discard_on_failure``, for a draft made for this file, removes it)."""
+    with ``discard_on_failure``, for a draft made for this file, removes it).
+    Refused before anything changes, as :func:`do_csv_audience` is."""
     async with db.write() as session:
         campaign = await check_campaign(session, campaign_id, lock=True)
         check_draft(campaign)
+        check_csv_importable(parsed)
+        check_csv_replaces(campaign, replace)
         state = _new_build()
         campaign.audience = {"kind": "csv", "source": source, BUILD: state}
     build = _Build(db, campaign_id, str(state["id"]), actor)

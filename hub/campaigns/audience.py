@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from sqlalchemy import ColumnElement, and_, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -68,6 +68,27 @@ class SegmentFilter(BaseModel):
         if unknown:
             known = ", ".join(sorted(EXTRA_FILTERS)) or "none yet"
             raise ValueError(f"unknown filter(s) {', '.join(unknown)} (known: {known})")
+        return value
+
+    @field_validator("tags_any", "tags_all", "tags_none")
+    @classmethod
+    def _no_empty_tag(cls, value: list[str]) -> list[str]:
+        # No contact has a blank tag: `tags_any: [""]` would select nobody, silently.
+        if any(not tag.strip() for tag in value):
+            raise ValueError("a tag must not be empty (no contact has an empty tag)")
+        return value
+
+    @field_validator("last_contact_before")
+    @classmethod
+    def _before_after_after(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        # An inverted range selects nobody, silently. The fields are checked
+        # in order, so a valid last_contact_after is in info.data by now.
+        after = info.data.get("last_contact_after")
+        if value is not None and after is not None and value <= after:
+            raise ValueError(
+                f"{value.isoformat()} is not later than last_contact_after (--contacted-after) "
+                f"{after.isoformat()}: no contact's last message can be after the one and before the other"
+            )
         return value
 
     @field_validator("lifecycle_stages")
@@ -385,7 +406,9 @@ def parse_csv(text: str, default_region: str | None) -> CsvAudience:
         except ValueError as exc:
             out.invalid.append((line, str(exc)))
             continue
-        name = values.get("name") or None
+        # A quoted cell may hold line breaks and tabs, which would go into
+        # every message verbatim ("Hi Multi\nline").
+        name = " ".join(values.get("name", "").split()) or None
         if name is not None and len(name) > MAX_NAME:
             out.invalid.append((line, f"name has {len(name)} characters; at most {MAX_NAME}"))
             continue

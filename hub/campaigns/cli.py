@@ -185,7 +185,7 @@ def create(ctx: click.Context, /, **opts: Any) -> None:
     """Create a draft campaign and show what it would cost. Nothing is sent
     until `crm-hub campaign send ID`."""
     from hub.campaigns import actions as ca
-    from hub.campaigns.audience import CsvInvalid, SegmentFilter, parse_csv, segments_in_use
+    from hub.campaigns.audience import CsvInvalid, SegmentFilter, parse_csv
     from hub.campaigns.schedule import MIN_RATE_PER_SECOND
 
     # Checked here (the minimum lives with the pacer, which this module does
@@ -213,6 +213,19 @@ def create(ctx: click.Context, /, **opts: Any) -> None:
             parsed = parse_csv(read_text(opts["csv_file"], encoding="utf-8-sig"), cfg.phone.default_region)
         except CsvInvalid as exc:
             raise click.ClickException(f"{opts['csv_file']}: {exc}") from exc
+        if not parsed.rows:
+            # Refused before the draft is made, as an --rfm segment nobody is in is.
+            lines = [f"  CSV line {line}: {error}" for line, error in parsed.invalid[:100]]
+            if len(parsed.invalid) > 100:
+                lines.append(f"  ... and {len(parsed.invalid) - 100} more")
+            raise click.BadParameter(
+                "\n".join(
+                    [f"no row of {opts['csv_file']} can be imported ({len(parsed.invalid)} invalid)", *lines]
+                    if parsed.invalid
+                    else [f"{opts['csv_file']} has no rows below its header"]
+                ),
+                param_hint="--csv",
+            )
     else:
         try:
             segment = SegmentFilter(
@@ -243,24 +256,23 @@ def create(ctx: click.Context, /, **opts: Any) -> None:
         # In short transactions, as the API does: a hub serving customers on
         # the same database keeps answering its webhooks meanwhile.
         async with _services(cfg) as (db, twilio):
-            if segment is not None and segment.segments:
-                async with db.read() as session:
-                    known = await segments_in_use(session)
-                unknown = [name for name in segment.segments if name not in known]
-                if unknown:
-                    raise click.BadParameter(
-                        f"no contact is in the RFM segment(s) {', '.join(map(repr, unknown))} "
-                        f"(segments contacts are in: {', '.join(known) or 'none yet'})",
-                        param_hint="--rfm",
-                    )
-            cid = await ca.create_campaign(
-                db,
-                twilio,
-                cfg.campaigns,
-                spec,
-                quiet_hours_given=bool(opts["no_quiet_hours"] or quiet_hours),
-                actor="cli",
-            )
+            try:
+                cid = await ca.create_campaign(
+                    db,
+                    twilio,
+                    cfg.campaigns,
+                    spec,
+                    quiet_hours_given=bool(opts["no_quiet_hours"] or quiet_hours),
+                    actor="cli",
+                )
+            except ca.FilterRefused as exc:
+                # Usage errors (exit 2) naming the option typed, not the API's field.
+                raise click.BadParameter(exc.said, param_hint=_FILTER_OPTIONS.get(exc.field, exc.field)) from exc
+            except ca.TemplateNamesUnknown as exc:
+                raise click.BadParameter(
+                    exc.message.removeprefix("template: "),
+                    param_hint="--template-file" if opts["template_file"] else "--template",
+                ) from exc
             if parsed is not None:
                 await ca.csv_audience(
                     db,

@@ -28,10 +28,11 @@ import string
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from difflib import get_close_matches
 from functools import lru_cache, update_wrapper
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError, nodes
+from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError, meta, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.filters import do_wordwrap
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter
@@ -63,6 +64,10 @@ MAX_NESTING = 50
 
 class TemplateInvalid(ValueError):
     """The template cannot be used; the message says where and why."""
+
+
+class UnknownVariables(TemplateInvalid):
+    """The template uses a name no recipient is ever given (see :func:`check_variables`)."""
 
 
 class _TooLong(SecurityError):
@@ -488,6 +493,33 @@ def compile_template(source: str) -> Any:
         raise TemplateInvalid(f"the template is nested too deeply: {exc.msg}; simplify it") from exc
 
 
+#: The names :func:`variables` gives every render; the template sees nothing else.
+TEMPLATE_VARIABLES = ("first_name", "name", "phone", "contact")
+
+
+def check_variables(source: str) -> None:
+    """:class:`UnknownVariables` when ``source`` (a template that compiles)
+    uses a name outside :data:`TEMPLATE_VARIABLES` that it does not define
+    itself (``{{ firstname }}``, ``{{ lipsum() }}``, ``{{ loop }}`` outside a
+    loop): it would fail for every recipient. Only ``contact.<attribute>`` may
+    be missing for some recipients and not others, so it is not checked here."""
+    try:
+        used = meta.find_undeclared_variables(_ENV.parse(source))
+    except TemplateSyntaxError as exc:
+        raise TemplateInvalid(f"template line {exc.lineno}: {exc.message}") from exc
+    unknown = sorted(used - set(TEMPLATE_VARIABLES))
+    if not unknown:
+        return
+    said = []
+    for name in unknown:
+        close = get_close_matches(name, TEMPLATE_VARIABLES, n=1, cutoff=0.6)
+        said.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise UnknownVariables(
+        f"unknown variable{'s' if len(unknown) > 1 else ''} {', '.join(said)}: a template has only "
+        f"{', '.join(TEMPLATE_VARIABLES)} (contact.<attribute> for the contact's attributes)"
+    )
+
+
 def variables(
     *, name: str | None, phone: str, attributes: Mapping[str, Any], tags: list[str], stage: str | None
 ) -> dict[str, Any]:
@@ -497,12 +529,14 @@ def variables(
     recipient, unless the template says ``contact.city | default('...')``).
     Plain data only (strings, numbers, lists, dicts): nothing with methods worth
     reaching for."""
-    full = (name or "").strip()
+    # A name from an import or a channel may hold line breaks or tabs: an SMS
+    # greeting must not break the line in the middle of "Hi {{ first_name }}".
+    full = " ".join((name or "").split())
     # Keys every contact has, so "{% if contact.language == 'fa' %}" works for all.
     contact: dict[str, Any] = {"language": None, "email": None}
     contact.update({str(k): _plain(v) for k, v in attributes.items()})
     contact.update(
-        name=full, first_name=full.split(" ")[0] if full else "", phone=phone, tags=list(tags), lifecycle_stage=stage
+        name=full, first_name=full.split()[0] if full else "", phone=phone, tags=list(tags), lifecycle_stage=stage
     )
     # The code the opt-out line goes by: "fa-IR" or "Persian" is "fa" here too.
     contact["language"] = language_code(attributes.get("language"))

@@ -278,13 +278,18 @@ async def _read_csv(request: web.Request, limit: int) -> str:
     tag="campaigns",
     admin=True,
     response=AudienceOut,
-    query={"filename": "the file's name, kept with the campaign"},
+    query={
+        "filename": "the file's name, kept with the campaign",
+        "replace": "true: replace the audience of a draft created as a segment (its filter is dropped); "
+        "without it such a draft is a 409",
+    },
     errors=(400, 404, 409, 413, 422),
 )
 async def upload_audience(request: web.Request) -> web.Response:
     hub = _hub(request)
     admin = await require_admin(request)
     campaign_id = int_param(request, "id")
+    replace = _flag(request, "replace")
     text = await _read_csv(request, hub.config.campaigns.max_csv_bytes)
     try:
         # Seconds of CPU for a large file: off the event loop, which serves everyone else.
@@ -299,8 +304,19 @@ async def upload_audience(request: web.Request) -> web.Response:
         parsed,
         source=request.query.get("filename", "upload")[:100],
         actor=actor_of(admin),
+        replace=replace,
     )
     return web.json_response(summary)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "").strip().casefold()
+    if raw in ("", "false", "0", "no"):
+        return False
+    if raw in ("true", "1", "yes"):
+        return True
+    # A typo ("ture") taken for false would answer 409 with no hint why.
+    raise BadRequest(f"{name} must be true or false (got {request.query[name]!r})")
 
 
 @ROUTES.route(
