@@ -19,18 +19,37 @@
       later: "Nobody is available right now. Leave a message and an email or phone number, and we will get back to you.",
       contact: "Email or phone number", leave: "Send message", thanks: "Thanks! We will reply to {c}.", noted: "Thanks! We will get back to you at {c}.", required: "Please fill this in.",
       agent: "Agent", bot: "Bot", you: "You", unread: "{n} new", yours: "Your message",
-      sending: "Sending\u2026", unsent: "Not sent.", notsent: "Not sent: {n}", retry: "Send again", attach: "Attach a file", big: "the file is larger than {n} MB" },
+      sending: "Sending\u2026", unsent: "Not sent.", notsent: "Not sent: {n}", retry: "Send again", attach: "Attach a file", big: "the file is larger than {n} MB",
+      title: "Chat with us", down: "Chat is temporarily unavailable, we're reconnecting\u2026", off: "Chat is unavailable on this site.",
+      phone_: "Please enter your number with the country code, e.g. {n}.", email_: "Please enter a valid email address.", name_: "Please enter a shorter name.",
+      slow: "too many at once; please wait a moment", refused: "this message cannot be sent as it is", file: "the file could not be sent",
+      net: "no connection; please try again", oops: "something went wrong; please try again" },
     fa: { open: "باز کردن گفتگو", close: "بستن گفتگو", send: "ارسال", msg: "پیام خود را بنویسید\u2026", reconnect: "در حال اتصال دوباره\u2026",
       typing: "{n} در حال نوشتن است\u2026", someone: "کارشناس", name: "نام", email: "ایمیل", phone: "تلفن", start: "شروع گفتگو",
       prechat: "خودتان را معرفی کنید تا بتوانیم پیگیری کنیم.", offline: "الان کسی در دسترس نیست. پیام خود را با ایمیل یا شماره تلفن بگذارید تا همان‌جا پاسخ دهیم.",
       later: "الان کسی در دسترس نیست. پیام خود را با ایمیل یا شماره تلفن بگذارید تا با شما تماس بگیریم.",
       contact: "ایمیل یا شماره تلفن", leave: "ارسال پیام", thanks: "ممنون! به {c} پاسخ می‌دهیم.", noted: "ممنون! از طریق {c} با شما تماس می‌گیریم.", required: "لطفاً این را پر کنید.",
       agent: "کارشناس", bot: "ربات", you: "شما", unread: "{n} پیام تازه", yours: "پیام شما",
-      sending: "در حال ارسال\u2026", unsent: "ارسال نشد.", notsent: "ارسال نشد: {n}", retry: "ارسال دوباره", attach: "پیوست فایل", big: "فایل بزرگ‌تر از {n} مگابایت است" }
+      sending: "در حال ارسال\u2026", unsent: "ارسال نشد.", notsent: "ارسال نشد: {n}", retry: "ارسال دوباره", attach: "پیوست فایل", big: "فایل بزرگ‌تر از {n} مگابایت است",
+      title: "گفتگو با ما", down: "گفتگو موقتاً در دسترس نیست، در حال اتصال دوباره\u2026", off: "گفتگو در این سایت در دسترس نیست.",
+      phone_: "لطفاً شماره را با کد کشور وارد کنید، مثلاً {n}.", email_: "لطفاً یک ایمیل درست وارد کنید.", name_: "لطفاً نام کوتاه‌تری وارد کنید.",
+      slow: "تعداد زیاد است؛ لطفاً کمی صبر کنید", refused: "این پیام را نمی‌توان این‌گونه فرستاد", file: "فایل فرستاده نشد",
+      net: "اتصال برقرار نیست؛ دوباره امتحان کنید", oops: "مشکلی پیش آمد؛ لطفاً دوباره امتحان کنید" }
   }[lang];
   // A function, so a "$&" in a name or an address is not a replacement pattern.
   function t(k, n) { return T[k].replace(/\{(\w)\}/, function () { return n == null ? "" : n; }); }
   var dir = lang === "fa" ? "rtl" : "ltr";
+  // The hub's texts are for developers, and in English: they go to the
+  // console, and the visitor reads ours. The number is isolated so a
+  // right-to-left sentence keeps its "+" in front.
+  function why(e) {
+    console.warn("crm-hub chat:", e.message || e);
+    var f = (e.field || "").replace(/\..*/, "");
+    return T[f + "_"] ? t(f + "_", "\u2066+98 912 \u2026\u2069")
+      : T[f === "attachments" ? "file" : e instanceof TypeError ? "net" : { rate_limited: "slow", too_many_requests: "slow", origin_not_allowed: "off",
+        forbidden: "off", invalid_frame: "refused", rejected: "refused", payload_too_large: "file" }[e.code] || "oops"];
+  }
+  function upper(s) { return s.charAt(0).toUpperCase() + s.slice(1); }
 
   // Site storage can be blocked (a setting, a sandboxed frame): every access
   // then throws, and the page keeps what it must in memory instead.
@@ -47,7 +66,7 @@
   function load() { try { return JSON.parse(store(PKEY)) || []; } catch (e) { return []; } }
   function keep() { store(PKEY, pending.length ? JSON.stringify(pending) : null); }
   var seen = {}, pending = load(), bubbles = Object.create(null), socket = null, backoff = 500, settings = null, session = null;
-  var afterIdentify = null, typingTimer = 0, lastTyping = 0, unread = 0, offerBox = null, opened = false, refusal = null, stopped = false;
+  var afterIdentify = null, deadTimer = 0, typingTimer = 0, lastTyping = 0, unread = 0, offerBox = null, opened = false, refusal = null, stopped = false;
 
   var css = ":host{all:initial}*{box-sizing:border-box;font:14px/1.4 system-ui,-apple-system,'Segoe UI',Tahoma,sans-serif}" +
     ".btn{position:fixed;bottom:20px;inset-inline-end:20px;width:56px;height:56px;border-radius:50%;border:0;background:var(--c);color:#fff;cursor:pointer;display:flex;align-items:center;justify-content:center;z-index:2147483000;box-shadow:0 4px 14px rgba(0,0,0,.25)}" +
@@ -102,12 +121,14 @@
 
   var panel = el("div", { id: "crmhub-panel", "class": "panel", role: "dialog", "aria-labelledby": "crmhub-title", dir: dir, lang: lang });
   var head = el("div", { "class": "head" });
-  var title = el("h2", { id: "crmhub-title", dir: "auto" }, "\u00a0");
+  var title = el("h2", { id: "crmhub-title", dir: "auto" }, T.title);
   var closeBtn = el("button", { "class": "x", type: "button", "aria-label": T.close }, "\u00d7");
   head.appendChild(title); head.appendChild(closeBtn);
   var log = el("div", { "class": "log", role: "log", "aria-live": "polite", tabindex: "0" });
   var status = el("div", { "class": "status", role: "status", "aria-live": "polite" });
-  var compose = el("form", { "class": "compose" });
+  // Offered only once the hub has said whether a form comes first: a message
+  // written before would be sent, then hidden behind the form asking for it.
+  var compose = el("form", { "class": "compose", hidden: "" });
   var input = el("textarea", { dir: "auto", "aria-label": T.msg, placeholder: T.msg, maxlength: "5000", rows: "1" });
   var file = el("input", { type: "file", hidden: "" }), clip = el("button", { type: "button", "aria-label": T.attach, title: T.attach });
   clip.appendChild(icon("M21 11l-9 9a6 6 0 0 1-8.5-8.5l9-9a4 4 0 0 1 5.7 5.7l-9 9a2 2 0 0 1-2.9-2.9l8.5-8.4", "20", true));
@@ -127,7 +148,8 @@
     btn.setAttribute("aria-label", open ? T.close : T.open);
     if (open) {
       unread = 0; badge.hidden = true; connect(); markRead();
-      setTimeout(function () { var f = formBox.hidden ? input : formBox.querySelector("input,textarea"); if (f) f.focus(); }, 0);
+      // With nothing to write in yet, focus still goes into the dialog, so Esc closes it.
+      setTimeout(function () { var f = !formBox.hidden ? formBox.querySelector("input,textarea") : compose.hidden ? closeBtn : input; if (f) f.focus(); }, 0);
     } else btn.focus();
   }
   btn.addEventListener("click", function () { toggle(!opened); });
@@ -136,6 +158,7 @@
 
   function send(frame) { if (socket && socket.readyState === 1) socket.send(JSON.stringify(frame)); }
   function say(text, quickReply, files) {
+    if (stopped) return;
     var frame = { type: "message", text: text, client_id: Date.now().toString(36) + Math.random().toString(36).slice(2) };
     if (quickReply) frame.quick_reply = quickReply;
     if (files) frame.attachments = files;
@@ -178,7 +201,7 @@
     var f = pending.filter(function (p) { return p.client_id === id; })[0];
     pending = pending.filter(function (p) { return p.client_id !== id; });
     keep();
-    mark(id, t("notsent", frame.message));
+    mark(id, t("notsent", why(frame)));
     if (bubbles[id]) { bubbles[id].className = "m contact failed"; delete bubbles[id]; }
     if (f && !input.value.trim()) input.value = f.text;
   }
@@ -193,11 +216,11 @@
     mark(id, T.sending);
     // Refused before it is sent: the hub would stop reading it anyway.
     // No custom header: a plain POST, which needs no CORS preflight.
-    (f.size > max ? Promise.reject({ message: t("big", +(max / 1048576).toFixed(1)) })
+    (f.size > max ? Promise.reject({ text: t("big", +(max / 1048576).toFixed(1)) })
       : fetch(base.origin + "/chat/attachments?token=" + encodeURIComponent(store(KEY) || ""), { method: "POST", body: body })
         .then(function (r) { return r.json().then(function (j) { if (!r.ok) throw j.error; return j; }); }))
       .then(function (a) { bubbles[id].remove(); delete bubbles[id]; say("", null, [a]); },
-        function (e) { mark(id, t("notsent", e.message)); bubbles[id].className = "m contact failed"; delete bubbles[id]; });
+        function (e) { mark(id, t("notsent", e.text || why(e))); bubbles[id].className = "m contact failed"; delete bubbles[id]; });
   });
   window.addEventListener("storage", function (e) { if (e.key === PKEY) pending = load(); });
   compose.addEventListener("submit", function (e) {
@@ -271,7 +294,7 @@
     var nodes = log.querySelectorAll(".agent,.bot");
     if (nodes.length) send({ type: "read", id: Number(nodes[nodes.length - 1].getAttribute("data-id")) });
   }
-  document.addEventListener("visibilitychange", function () { if (!document.hidden && opened) markRead(); });
+  document.addEventListener("visibilitychange", function () { if (!document.hidden) { ping(); if (opened) markRead(); } });
 
   function hideTyping() { clearTimeout(typingTimer); status.textContent = ""; }
   function typing(frame) {
@@ -290,7 +313,7 @@
     if (required) f.setAttribute("required", "");
     wrap.appendChild(f);
     formBox.appendChild(wrap);
-    formBox.appendChild(el("span", { "class": "err", id: "crmhub-err-" + name, "aria-live": "polite" }));
+    formBox.appendChild(el("span", { "class": "err", id: "crmhub-err-" + name, "aria-live": "polite", dir: "auto" }));
     return f;
   }
   function fieldError(name, message) {
@@ -302,7 +325,9 @@
   }
   function showForm(offline) {
     formBox.textContent = "";
-    formBox.hidden = false; log.hidden = true; compose.hidden = true;
+    // What a reload or another tab left unsent goes out anyway: shown, and
+    // not asked for again.
+    formBox.hidden = false; log.hidden = !pending.length; compose.hidden = true;
     var pre = settings.prechat;
     // The hub says which channels it can reply on; with neither, promise a
     // reply, not one on a channel nobody set up.
@@ -311,8 +336,10 @@
     var inputs = {};
     if (pre.fields.indexOf("name") >= 0 && session.known.indexOf("name") < 0) inputs.name = field("name", T.name, "text", !offline && pre.required.indexOf("name") >= 0);
     if (offline) {
-      inputs.message = field("message", T.yours, "textarea", true);
-      inputs.message.maxLength = input.maxLength;
+      if (!pending.length) {
+        inputs.message = field("message", T.yours, "textarea", true);
+        inputs.message.maxLength = input.maxLength;
+      }
       inputs.contact = field("contact", T.contact, "text", true);
     } else {
       ["email", "phone"].forEach(function (k) {
@@ -336,11 +363,11 @@
         frame[c.indexOf("@") >= 0 ? "email" : "phone"] = c;
         frame.offline = true;
       }
-      var message = offline ? inputs.message.value.trim() : null;
+      var message = inputs.message && inputs.message.value.trim();
       afterIdentify = function () {
         formBox.hidden = true; log.hidden = false; compose.hidden = false;
         var kind = frame.email ? "email" : "sms";
-        if (offline) { bubble("system", t(replies.indexOf(kind) >= 0 ? "thanks" : "noted", frame.email || frame.phone)); say(message); }
+        if (offline) { bubble("system", t(replies.indexOf(kind) >= 0 ? "thanks" : "noted", frame.email || frame.phone)); if (message) say(message); }
         input.focus();
       };
       if (Object.keys(frame).length > 1) send(frame); else afterIdentify();
@@ -355,7 +382,7 @@
     setColor(settings.color);
     // The hub refuses longer text: better the box stops the visitor typing it.
     if (settings.max_chars) input.maxLength = settings.max_chars;
-    title.textContent = (settings.title && settings.title[lang]) || T.open;
+    title.textContent = (settings.title && settings.title[lang]) || T.title;
     var fresh = !frame.ticket_id;
     var reachable = (frame.known || []).some(function (k) { return k === "email" || k === "phone"; });
     var away = fresh && frame.available === false && settings.offline_form && !reachable;
@@ -366,11 +393,37 @@
     if (fresh && !away && greeting && !log.querySelector(".greeting")) bubble("greeting", greeting);
   }
 
+  // A connection can die without a word (a laptop asleep, a carrier's NAT
+  // forgetting it), and the browser may notice only minutes later: a ping
+  // unanswered drops it, and the reconnect resends what is unsent.
+  function ping() {
+    if (!socket || socket.readyState !== 1 || deadTimer) return;
+    send({ type: "ping" });
+    deadTimer = setTimeout(function () {
+      // Not waiting for the close handshake, which a dead link never completes.
+      var s = socket; s.onmessage = s.onclose = null; s.close(); closed({});
+    }, 10000);
+  }
+  setInterval(ping, 25000);
+  window.addEventListener("online", ping);
+  function closed(e) {
+    var r = refusal || {}; refusal = null;
+    clearTimeout(deadTimer); deadTimer = 0;
+    // Refused after the upgrade, the hub said why first (in the console). A
+    // site it does not serve: retrying cannot help.
+    if (e.code === 4403) { stopped = true; formBox.hidden = log.hidden = compose.hidden = true; status.textContent = T.off; return; }
+    if (e.code === 4429) backoff = Math.max(backoff, r.retry_after * 1000 || 0);
+    status.textContent = session ? T.reconnect : T.down;
+    setTimeout(connect, backoff * (0.5 + Math.random() * 0.5));
+    backoff = Math.min(Math.max(backoff * 2, 500), 30000);
+  }
+
   function connect() {
     if (stopped || (socket && socket.readyState <= 1)) return;
     var token = store(KEY);
     socket = new WebSocket(wsUrl + (token ? "?token=" + encodeURIComponent(token) : ""));
     socket.onmessage = function (e) {
+      clearTimeout(deadTimer); deadTimer = 0;
       var frame;
       try { frame = JSON.parse(e.data); } catch (err) { return; }
       if (frame.type === "session") {
@@ -398,18 +451,10 @@
       else if (frame.type === "error" && frame.client_id) failed(frame);
       else if (frame.type === "error") {
         refusal = frame;
-        if (frame.field && !formBox.hidden) fieldError(frame.field, frame.message); else status.textContent = frame.message;
+        if (frame.field && !formBox.hidden) fieldError(frame.field, why(frame)); else status.textContent = upper(why(frame));
       }
     };
-    socket.onclose = function (e) {
-      var why = refusal || {}; refusal = null;
-      // Refused after the upgrade, the hub said why first. A site it does not serve: retrying cannot help.
-      if (e.code === 4403) { stopped = true; status.textContent = why.message || ""; return; }
-      if (e.code === 4429) backoff = Math.max(backoff, why.retry_after * 1000 || 0);
-      status.textContent = T.reconnect;
-      setTimeout(connect, backoff * (0.5 + Math.random() * 0.5));
-      backoff = Math.min(Math.max(backoff * 2, 500), 30000);
-    };
+    socket.onclose = closed;
   }
   pending.forEach(unsent);
   // A returning visitor connects at once: replies show as unread on the

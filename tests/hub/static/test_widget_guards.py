@@ -23,23 +23,33 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.browser]
 
 
 async def test_a_site_the_hub_does_not_serve_is_told_so_and_not_retried(tmp_path: Path) -> None:
+    """The visitor is told neutrally, and offered nothing to type into; the
+    site's admin finds the setting to change in the console."""
     config = make_config(tmp_path, **{"bot.enabled": True, "webchat.allowed_origins": ["https://shop.example"]})
     async with running_hub(config) as server, chromium() as browser:
         base = str(server.make_url("")).rstrip("/")
         page = await (await browser.new_context()).new_page()
         problems: list[str] = []
         watch_for_trouble(page, problems)
+        warnings: list[str] = []
+        page.on("console", lambda m: warnings.append(m.text) if m.type == "warning" else None)
         sockets: list[str] = []
         page.on("websocket", lambda ws: sockets.append(ws.url))
         panel = await open_widget(page, base)
         status = panel.get_by_role("status")
-        await expect(status).to_contain_text("webchat.allowed_origins")
+        await expect(status).to_have_text("Chat is unavailable on this site.")
+        await expect(panel.get_by_role("textbox")).to_have_count(0)
+        await expect(panel.get_by_role("button", name="Attach a file")).to_be_hidden()
+        assert any("webchat.allowed_origins" in w for w in warnings), warnings
         # Closing and opening the panel again does not try again either.
         await page.keyboard.press("Escape")
         await page.get_by_role("button", name="Open chat").click()
-        await expect(status).to_contain_text("webchat.allowed_origins")
+        await expect(status).to_have_text("Chat is unavailable on this site.")
+        await expect(panel.get_by_role("textbox")).to_have_count(0)
         assert await page.evaluate("1") == 1  # a round trip: a new socket would have been seen by now
         assert len(sockets) == 1, sockets
+        key = await page.evaluate("() => 'crmHubPending:' + location.host")
+        assert await page.evaluate("k => localStorage.getItem(k)", key) is None
         assert problems == []
 
 

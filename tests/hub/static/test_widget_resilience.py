@@ -94,7 +94,8 @@ async def test_a_hub_that_takes_the_socket_and_then_fails_is_not_hammered(
         monkeypatch.setattr(queries, "visitor_conversation", broken)
         page = await (await browser.new_context()).new_page()
         panel = await open_widget(page, base)
-        await expect(panel.get_by_role("status")).to_have_text("Reconnecting…")
+        # Never connected: the visitor is told why the panel is empty.
+        await expect(panel.get_by_role("status")).to_have_text("Chat is temporarily unavailable, we're reconnecting…")
         await asyncio.sleep(6)
         # Doubling from half a second (jittered): 4 or 5 tries in 6 s; a backoff
         # reset by every open would have tried about twice a second.

@@ -4,6 +4,7 @@ the hub (or the widget) refuses."""
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -12,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Locator, Page, expect
+from playwright.async_api import Locator, Page, Route, expect
 
 from hub.core import Role
 from tests.browser import chromium, screenshot, watch_for_trouble
@@ -35,6 +36,10 @@ async def _choose(page: Page, panel: Locator, name: str, mime: str, data: bytes)
     async with page.expect_file_chooser() as chosen:
         await panel.get_by_role("button", name="Attach a file").click()
     await (await chosen.value).set_files({"name": name, "mimeType": mime, "buffer": data})
+
+
+async def _unreachable(route: Route) -> None:
+    await route.abort()
 
 
 @pytest.mark.browser
@@ -101,7 +106,15 @@ async def test_a_visitor_sends_files_with_the_paperclip_from_another_site(tmp_pa
             )
             # Refused by the hub: over webchat.limits.uploads_per_hour.
             await _choose(page, panel, "third.png", "image/png", png)
-            await expect(panel.locator(".m.contact.failed").last).to_contain_text("Not sent: too many files sent")
+            await expect(panel.locator(".m.contact.failed").last).to_contain_text(
+                "third.png" + "Not sent: too many at once; please wait a moment"
+            )
+            # Never reached the hub: the browser's own "Failed to fetch" is not for the visitor.
+            await page.route(re.compile(r"/chat/attachments"), _unreachable)
+            await _choose(page, panel, "fourth.png", "image/png", png)
+            await expect(panel.locator(".m.contact.failed").last).to_contain_text(
+                "fourth.png" + "Not sent: no connection; please try again"
+            )
             assert problems == []
 
             tickets = (await agent.get("/api/v1/tickets"))["items"]
