@@ -131,6 +131,12 @@ _REQUEST_MAX_WORDS = 8
 # first message of a new conversation (see Brain._answers_resumed).
 _SHORT_ANSWER_WORDS = 3
 _PLURAL = re.compile(r"\s(?:ها|های|هایی)(?=$|\s)")
+# How sure the matcher must be to answer a message with a buying phrase from
+# an entry not tagged for buying (see Brain._answers_buying): on the tests'
+# six-entry KB "can I get a quote" and "I want to buy" matched the return
+# policy at 0.66-0.82, "I'd like to buy, how long does shipping take?" the
+# shipping times at 0.90.
+_BUYING_ANSWER_CONFIDENCE = 0.85
 
 # "!!!" is as often delight ("Thank you so much!!!") as anger: it counts as
 # frustration only with one of these.
@@ -597,7 +603,7 @@ class Brain:
         match = self.matcher.match(inbound.text, self.thresholds)
         out.match = match
         out.entry_id = match.entry_id
-        if match.action == "answer" and match.entry_id is not None:
+        if match.action == "answer" and match.entry_id is not None and self._answers_buying(inbound, match):
             st["misses"] = 0
             self._answer(self.matcher.by_id[match.entry_id], match.confidence, inbound, contact, out)
             return
@@ -624,6 +630,23 @@ class Brain:
             return
         st["misses"] += 1
         self._handoff(out, "no_match", contact)
+
+    def _answers_buying(self, inbound: Inbound, match: Match) -> bool:
+        """Whether an answer the matcher is sure enough of may be given to a
+        message with a buying phrase ("can I get a quote"): such words match
+        unrelated entries well ("can I get a refund"), and the answer would
+        come with the first question of the dialog instead of "Did this answer
+        your question?", so a wrong one could never be rejected nor reach the
+        report. An entry tagged for buying questions, or a match far above
+        the usual bar, is answered; else the qualification starts, its turn
+        keeping the matcher's confidence and candidates."""
+        q = self.config.qualification
+        if not _contains_phrase(inbound.text, q.trigger_phrases):
+            return True
+        entry = self.matcher.by_id.get(match.entry_id or "") if self.matcher is not None else None
+        if entry is not None and set(entry.tags) & {t.lower() for t in q.trigger_tags}:
+            return True
+        return match.confidence >= max(_BUYING_ANSWER_CONFIDENCE, self.thresholds.answer)
 
     def _answer(
         self,
@@ -668,6 +691,11 @@ class Brain:
     def _start_dialog(self, contact: Contact, out: Outcome, *, intro: bool) -> None:
         q = self.config.qualification
         known = {s.name: contact.attributes.get(s.name) for s in q.slots}
+        if "name" in known and not known["name"]:
+            # The widget's pre-chat form (and a channel's profile) gives the
+            # name as the contact's, not as an attribute: asking it again
+            # reads as not listening.
+            known["name"] = contact.name
         state = dialog.start(q, known)
         out.state["dialog"] = state
         if intro:

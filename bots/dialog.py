@@ -40,6 +40,10 @@ STAGES = ("lead", "marketing_qualified", "sales_qualified")
 # not "ric@example.com"), so such an address is refused and asked again.
 _EMAIL = re.compile(r"(?<![\w.%+'-])[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w@-])")
 _PHONE_CANDIDATE = re.compile(r"\+?[\d۰-۹٠-٩][\d۰-۹٠-٩ ()\-.]{5,}[\d۰-۹٠-٩]")
+# A phone number written after some other answer: one that starts as phone
+# numbers do (+, a trunk 0, an area code in brackets), so that "Acme
+# 2024-2025" is not cut off as one.
+_PHONE_START = re.compile(r"(?<![\w+])(?:\+|[0۰٠]|\(\d)[\d۰-۹٠-٩ ()\-.]{5,}[\d۰-۹٠-٩]")
 # "Not decided" is a natural answer to the budget or timeline question: a skip, not a value.
 _SKIP = {
     "skip", "pass", "next", "no thanks", "rather not", "prefer not to say", "none", "n/a", "na", "dont know",
@@ -359,6 +363,39 @@ def _choice(slot: QualificationSlot, text: str) -> str:
     raise Invalid(f"Please choose one of: {english}.", f"لطفاً یکی از این‌ها را انتخاب کنید: {persian}.")
 
 
+# Where something else said in the same message begins, so that it is not
+# stored as part of a free-text answer: a clause about the customer's other
+# details ("John and my email is ...", "Sara, my phone is ...", «سارا است و
+# ایمیلم ...», «... و شماره من ...»), or an email address or phone number
+# itself ("Sara Ahmadi - sara@example.com", "Reza, 09121234567"). A bare "and"
+# or «و» is not one: "Smith and Sons" is a company.
+_CLAUSE = re.compile(
+    r"(?:\s*[,،;؛]\s*(?:and\s+|&\s*)?|\s+(?:and|&)\s+)(?:my|our|i['\u2019]?m|i\s+am)(?!\w)"
+    r"|[\s,،؛]*\s+و\s+(?=\S+(?:م|مان|مون)(?!\w)|\S+\s+(?:ام|من|ما)(?!\w))",
+    re.I,
+)
+# What led up to the cut: separators, "and", a copula, and the words naming
+# the detail that follows ("..., email: x@y.com", «... و ایمیلم x@y.com»).
+_LEAD_IN = (
+    r"and|&|is|my|our|e-?mail|mail|phone|number|mobile|cell|tel|و|ایمیل\S*|تلفن\S*|شماره\S*|موبایل\S*"
+    rf"|{_COPULA_WORD}|هستم"
+)
+_TRAILING = re.compile(rf"(?:[\s,،;؛:=(\-\u2013\u2014]|(?<![^\s,،;؛:(])(?:{_LEAD_IN})(?!\w))+$", re.I)
+
+
+def _first_answer(value: str) -> str:
+    """``value`` up to where the message goes on to say something else."""
+    cuts = [len(value)]
+    for pattern in (_CLAUSE, _EMAIL, _PHONE_START):
+        found = pattern.search(to_ascii_digits(value) if pattern is _EMAIL else value)
+        if found is not None:
+            cuts.append(found.start())
+    head = value[: min(cuts)]
+    if len(head) == len(value):
+        return value
+    return _TRAILING.sub("", head).strip()
+
+
 def _text(slot: QualificationSlot, text: str) -> str:
     if is_question(text):
         # Refused, not stored: the caller then tries the knowledge base with it.
@@ -367,7 +404,7 @@ def _text(slot: QualificationSlot, text: str) -> str:
     if slot.name in _NAME_SLOTS:
         patterns += _INTRODUCTIONS
     rest = _CORRECTION.sub("", text, count=1).strip()
-    value = next(_values(patterns, rest), text)
+    value = _first_answer(next(_values(patterns, rest), text))
     if not any(ch.isalnum() for ch in value):
         raise _no_answer()
     return value[:500]
@@ -424,6 +461,52 @@ def _unreadable_phone(region: str | None) -> Invalid:
         f"I couldn't read that phone number. Please check it, or write it with the country code, like {example}.",
         f"شماره تلفن را نتوانستم بخوانم؛ لطفاً آن را بررسی کنید یا با پیش‌شماره کشور بنویسید (مانند \u200e{example}).",
     )
+
+
+def also_answered(
+    config: QualificationConfig,
+    state: dict[str, Any],
+    text: str,
+    answered: QualificationSlot | None,
+    region: str | None,
+) -> dict[str, Any]:
+    """The email address and phone number ``text`` gives besides its answer to
+    ``answered`` ("my name is John and my email is john@example.com"), for the
+    slots of that kind not yet answered nor known: asking for what the customer
+    has just written reads as not listening. Only an address or number that is
+    one of a kind in the message and in the dialog: which of two would be
+    guesswork. No phone number beside an answer to a number slot, where "1 500
+    000" is an amount."""
+    found: dict[str, Any] = {}
+    plain = to_ascii_digits(text)
+    emails = _EMAIL.findall(plain)
+    # Digits inside an address ("ali.1364123@example.com") are no phone number.
+    rest = _EMAIL.sub(" ", plain)
+    for kind in sorted(_SHAPED):
+        slots = [s for s in config.slots if s.kind == kind]
+        if len(slots) != 1 or slots[0] is answered:
+            continue
+        slot = slots[0]
+        if slot.name in state["values"] or slot.name in state["known"]:
+            continue
+        if kind == "email" and len({e.lower() for e in emails}) == 1:
+            found[slot.name] = emails[0].lower()
+        elif kind == "phone" and (answered is None or answered.kind != "number"):
+            numbers = _PHONE_START.findall(rest)
+            if len(numbers) == 1:
+                try:
+                    found[slot.name] = parse_phone(numbers[0], region)
+                except InvalidPhoneNumber:
+                    continue
+    return found
+
+
+def _take(state: dict[str, Any], step: Step, values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        state["values"][name] = value
+        step.set_values[name] = value
+        if name in state["skipped"]:
+            state["skipped"].remove(name)
 
 
 def is_skip(text: str) -> bool:
@@ -591,7 +674,8 @@ def answer(
                 "fa": f"ممنون، {_shown(fixed, value, 'fa')} ثبت شد.",
             }
         )
-        if slot is not None:
+        _take(state, step, also_answered(config, state, text, fixed, region))
+        if slot is not None and slot.name not in state["values"]:
             step.say.append(dict(slot.prompt))
             _offer_choices(slot, step)
             return step
@@ -614,6 +698,14 @@ def answer(
             raise _no_answer()
         value = validate(slot, text, region)
     except Invalid as exc:
+        besides = {} if is_question(text) else also_answered(config, state, text, slot, region)
+        if besides:
+            # Not this question's answer, but another's ("sara@example.com"
+            # when asked the name): kept, and this question asked again.
+            _take(state, step, besides)
+            if slot.name in besides:
+                return ask_next(config, state, step)
+            return ask_again(config, state, step)
         state["tries"] += 1
         if state["tries"] >= 2:
             # Twice wrong: move on rather than trap the customer in a loop.
@@ -627,4 +719,5 @@ def answer(
         return step
     state["values"][slot.name] = value
     step.set_values[slot.name] = value
+    _take(state, step, also_answered(config, state, text, slot, region))
     return ask_next(config, state, step)

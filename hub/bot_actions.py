@@ -212,14 +212,19 @@ async def do_delete_faq(
     session: AsyncSession, key: str, *, actor: str, expected_version: int | None = None
 ) -> FaqEntry:
     """Delete an entry; with ``expected_version`` (the version the caller
-    read), one no longer at that version is a Conflict, as for a save."""
-    if expected_version is not None:
-        locked = await session.scalar(
-            select(FaqEntry).where(FaqEntry.key == key).with_for_update().execution_options(populate_existing=True)
-        )
-        if locked is not None and not locked.deleted:
-            _check_version(locked, key, expected_version)
-    row = await check_faq(session, key)
+    read), one no longer at that version is a Conflict, as for a save.
+    Without it the last write wins, and an entry deleted meanwhile is a 404."""
+    # Locked whether or not a version is given: two writes that both read
+    # version N would each insert version N + 1 of its history, and the one
+    # that commits second would fail on the history's unique index (a 500).
+    # Waiting here, it sees the other's write and builds on it instead.
+    row = await session.scalar(
+        select(FaqEntry).where(FaqEntry.key == key).with_for_update().execution_options(populate_existing=True)
+    )
+    if expected_version is not None and row is not None and not row.deleted:
+        _check_version(row, key, expected_version)
+    if row is None or row.deleted:
+        raise NotFound(f"knowledge-base entry {key!r} does not exist")
     row.deleted = True
     row.version += 1
     row.updated_at = utcnow()

@@ -206,13 +206,43 @@ def evaluate(matcher: Matcher, rows: list[tuple[str, str | None]], th: Threshold
 @bot.command("eval")
 @click.option("--kb", type=click.Path(exists=True, dir_okay=False), help="YAML/CSV knowledge base (default: stored)")
 @click.option("--questions", required=True, type=click.Path(exists=True, dir_okay=False), help="labelled CSV")
+@click.option(
+    "--answer-threshold",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="answer at or above this confidence (default: bot.answer_threshold)",
+)
+@click.option(
+    "--clarify-threshold",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="offer buttons at or above this confidence, else hand off (default: bot.clarify_threshold)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.pass_context
-def bot_eval(ctx: click.Context, kb: str | None, questions: str, as_json: bool) -> None:
-    """Accuracy, out-of-scope recall and precision, and the worst confusions."""
+def bot_eval(
+    ctx: click.Context,
+    kb: str | None,
+    questions: str,
+    answer_threshold: float | None,
+    clarify_threshold: float | None,
+    as_json: bool,
+) -> None:
+    """Accuracy, out-of-scope recall and precision, and the worst confusions,
+    at the configured thresholds or the ones given (to try others before
+    changing the config)."""
+    from bots.matcher import Thresholds
+
     cfg = _config(ctx)
+    configured = _thresholds(cfg)
+    answer = configured.answer if answer_threshold is None else answer_threshold
+    clarify = configured.clarify if clarify_threshold is None else clarify_threshold
+    if clarify > answer:
+        # Checked before the knowledge base is loaded and the questions matched.
+        raise click.UsageError(f"the clarify threshold ({clarify}) must not be above the answer threshold ({answer})")
     rows = read_labelled(questions)
-    result = evaluate(_matcher(cfg, kb), rows, _thresholds(cfg))
+    result = evaluate(_matcher(cfg, kb), rows, Thresholds(answer, clarify, configured.choices))
+    result["thresholds"] = {"answer": answer, "clarify": clarify}
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
         return
@@ -221,6 +251,7 @@ def bot_eval(ctx: click.Context, kb: str | None, questions: str, as_json: bool) 
         return "n/a" if v is None else f"{v:.1%}"
 
     click.echo(f"{result['questions']} questions: {result['in_scope']} in scope, {result['out_of_scope']} out of scope")
+    click.echo(f"thresholds: answer {answer:g}, clarify {clarify:g}")
     click.echo(f"accuracy (answered with the right entry): {pct(result['accuracy'])}")
     click.echo(f"answered wrongly: {pct(result['answered_wrongly'])}   offered buttons: {pct(result['clarified'])}")
     click.echo(f"top-1 regardless of confidence: {pct(result['top1'])}")

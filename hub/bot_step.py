@@ -501,7 +501,17 @@ class BotService:
             contact = await session.get(ContactRow, ticket.contact_id, with_for_update=True)
             assert contact is not None
             memory = await session.get(BotSession, contact.id, with_for_update=True)
-            out = decide(await load_memory(session, memory, ticket.id), contact_view(contact))
+            remembered = await load_memory(session, memory, ticket.id)
+            offered_by = remembered.get("feedback_for")
+            out = decide(remembered, contact_view(contact))
+            question = inbound.text
+            if out.reason == "chosen" and offered_by is not None:
+                # A button's title is the knowledge base's own question: the
+                # report must show what the customer asked when offered it.
+                asked = await session.scalar(
+                    select(BotTurn.question).where(BotTurn.id == int(offered_by), BotTurn.action == "clarify")
+                )
+                question = asked if asked else question
             candidates = (
                 [{"entry_id": c.entry_id, "confidence": round(c.confidence, 4)} for c in out.match.candidates]
                 if out.match is not None
@@ -511,7 +521,7 @@ class BotService:
                 message_id=message.id,
                 ticket_id=ticket.id,
                 contact_id=contact.id,
-                question=inbound.text[:5000],
+                question=question[:5000],
                 language=out.language,
                 action=out.action,
                 reason=out.reason,

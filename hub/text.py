@@ -206,7 +206,9 @@ def parse_phone(raw: str, default_region: str | None = None, *, strict: bool = F
     except phonenumbers.NumberParseException as exc:
         hint = "" if default_region or text.startswith("+") else " (no country code and no default region)"
         raise InvalidPhoneNumber(f"{raw!r} is not a phone number: {exc._msg}{hint}") from exc
-    if not phonenumbers.is_possible_number(number):
+    # IS_POSSIBLE_LOCAL_ONLY ("+1 555 0100", a US number without its area
+    # code) passes is_possible_number but is no E.164 number anyone can dial.
+    if phonenumbers.is_possible_number_with_reason(number) != phonenumbers.ValidationResult.IS_POSSIBLE:
         raise InvalidPhoneNumber(f"{raw!r} has the wrong number of digits for its country")
     if strict and not phonenumbers.is_valid_number(number):
         raise InvalidPhoneNumber(f"{raw!r} is not a number in use in its country's numbering plan")

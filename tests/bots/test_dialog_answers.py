@@ -211,3 +211,102 @@ def test_a_courtesy_yes_or_no_is_not_a_name(text: str) -> None:
     out = brain.respond(Inbound(text), Contact(), state)
     assert "name" not in out.attributes
     assert out.state["dialog"] is not None and out.state["dialog"]["slot"] == "name"
+
+
+# --- several answers in one message ----------------------------------------------------
+
+IR = QualificationConfig(phone_region="IR")
+
+
+@pytest.mark.parametrize(
+    ("text", "values", "asked"),
+    [
+        ("my name is John and my email is john@example.com", {"name": "John", "email": "john@example.com"}, "phone"),
+        ("I'm Sara, sara@example.com", {"name": "Sara", "email": "sara@example.com"}, "phone"),
+        ("Sara Ahmadi - sara@example.com", {"name": "Sara Ahmadi", "email": "sara@example.com"}, "phone"),
+        ("اسمم سارا است و ایمیلم sara@example.com", {"name": "سارا", "email": "sara@example.com"}, "phone"),
+        ("سارا هستم و شماره‌ام ۰۹۱۲۱۲۳۴۵۶۷", {"name": "سارا", "phone": "+989121234567"}, "email"),
+        ("Reza, 09121234567", {"name": "Reza", "phone": "+989121234567"}, "email"),
+        (
+            "John, my email is j@example.com and my phone is +98 912 123 4567",
+            {"name": "John", "email": "j@example.com", "phone": "+989121234567"},
+            "company",
+        ),
+        # Only the address: kept, and the name asked again rather than the address stored as the name.
+        ("sara@example.com", {"email": "sara@example.com"}, "name"),
+    ],
+)
+def test_every_detail_a_message_gives_is_kept_and_not_asked_again(
+    text: str, values: dict[str, Any], asked: str
+) -> None:
+    state, step = run([text], IR)
+    assert step.set_values == values
+    assert state["values"] == values
+    assert state["slot"] == asked
+
+
+@pytest.mark.parametrize("text", ["Smith and Sons", "Acme 2024-2025", "T-Mobile", "Mary-Jane Watson"])
+def test_a_free_text_answer_is_cut_only_where_something_else_begins(text: str) -> None:
+    assert dialog.validate(SLOTS["company"], text) == text
+    assert dialog.validate(SLOTS["company"], f"{text}, email: info@example.com") == text
+
+
+def test_a_name_corrected_with_the_open_email_fills_the_email_too() -> None:
+    state, step = run(["Ali", "my name is John and my email is john@example.com"])
+    assert step.set_values == {"name": "John", "email": "john@example.com"}
+    assert state["slot"] == "phone"
+
+
+def test_no_phone_number_is_read_beside_an_amount_nor_a_known_email_overwritten() -> None:
+    state = dialog.start(IR, {"email": "old@example.com"})
+    dialog.ask_next(IR, state, dialog.Step())
+    step = dialog.answer(IR, state, "John, new@example.com")
+    assert step.set_values == {"name": "John"}
+    # The phone question skipped: a budget of "1 500 000" is no phone number.
+    state, step = run(["علی", "ali@acme.example", "skip", "Acme", "12", "1 500 000"], IR)
+    assert step.set_values == {"budget": 1_500_000}
+    assert state["skipped"] == ["phone"]
+
+
+# --- buying questions and the knowledge base ---------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["can I get a quote", "I want to buy"])
+def test_a_buying_question_gets_no_unrelated_answer_it_could_not_reject(text: str) -> None:
+    """ "can I get a quote" matches "can I get a refund" well enough to be
+    answered, and an answer that starts the dialog comes without "Did this
+    answer your question?": the dialog starts instead, its turn keeping what
+    the matcher found."""
+    matcher = Matcher([KbEntry.model_validate(e) for e in KB])
+    assert matcher.match(text).action == "answer"
+    out = Brain(BotConfig(), matcher).respond(Inbound(text), Contact(), {})
+    assert (out.action, out.reason, out.entry_id) == ("qualify", "qualify", None)
+    assert out.match is not None and out.match.entry_id == "return-policy"
+    assert not any("refund" in r.text for r in out.replies)
+
+
+@pytest.mark.parametrize(
+    ("text", "entry"),
+    [("what is the price?", "pricing"), ("I'd like to buy, how long does shipping take?", "shipping-time")],
+)
+def test_a_buying_question_the_knowledge_base_answers_surely_is_answered(text: str, entry: str) -> None:
+    out = Brain(BotConfig(), Matcher([KbEntry.model_validate(e) for e in KB])).respond(Inbound(text), Contact(), {})
+    assert (out.action, out.reason, out.entry_id) == ("answer", None, entry)
+    assert out.state["dialog"] is not None
+
+
+def test_the_name_the_contact_already_has_is_not_asked() -> None:
+    """The widget's pre-chat form stores the name as the contact's and the
+    email as an attribute: neither is asked again."""
+    brain = Brain(BotConfig(), Matcher([KbEntry.model_validate(e) for e in KB]))
+    known = Contact(name="Maryam Karimi", attributes={"email": "maryam@example.com"})
+    out = brain.respond(Inbound("I want to buy, what is the price?"), known, {})
+    assert out.state["dialog"]["slot"] == "phone"
+    assert [r.text for r in out.replies][-1] == "And a phone number we can reach you on?"
+    assert brain.respond(Inbound("I want to buy, what is the price?"), Contact(), {}).state["dialog"]["slot"] == "name"
+
+
+@pytest.mark.parametrize("text", ["+1 555 0100", "+44 1234"])
+def test_a_phone_number_without_its_area_code_is_asked_again(text: str) -> None:
+    with pytest.raises(dialog.Invalid):
+        dialog.validate(SLOTS["phone"], text)

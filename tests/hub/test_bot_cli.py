@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -191,6 +192,32 @@ def test_bot_eval_on_a_labelled_csv(admin: CliRunner, tmp_path: Path) -> None:
     assert text.startswith("10 questions: 7 in scope, 3 out of scope\n")
     assert f"accuracy (answered with the right entry): {figures['accuracy']:.1%}" in text
     assert "out-of-scope recall (handed off):" in text
+
+
+def test_bot_eval_shows_what_other_thresholds_would_do(admin: CliRunner, tmp_path: Path) -> None:
+    kb = write(tmp_path, "kb.yaml", yaml.safe_dump(KB, allow_unicode=True))
+    questions = write(tmp_path, "labelled.csv", LABELLED)
+
+    def figures(*options: str) -> dict[str, Any]:
+        output = run(admin, "bot", "eval", "--kb", kb, "--questions", questions, "--json", *options).output
+        return dict(json.loads(output))
+
+    configured = figures()
+    assert configured["thresholds"] == {"answer": 0.5, "clarify": 0.2}
+    # Answer everything: nothing is clarified or handed off.
+    everything = figures("--answer-threshold", "0", "--clarify-threshold", "0")
+    assert everything["thresholds"] == {"answer": 0.0, "clarify": 0.0}
+    assert (everything["clarified"], everything["oos_recall"]) == (0, 0)
+    assert everything["accuracy"] == everything["top1"] >= configured["accuracy"]
+    # Answer nothing, hand everything off.
+    nothing = figures("--answer-threshold", "1", "--clarify-threshold", "1")
+    assert (nothing["accuracy"], nothing["clarified"], nothing["oos_recall"]) == (0, 0, 1)
+    text = run(admin, "bot", "eval", "--kb", kb, "--questions", questions, "--answer-threshold", "0.7").output
+    assert "thresholds: answer 0.7, clarify 0.2\n" in text
+    result = run(admin, "bot", "eval", "--kb", kb, "--questions", questions, "--clarify-threshold", "0.6", code=2)
+    assert "the clarify threshold (0.6) must not be above the answer threshold (0.5)" in result.output
+    result = run(admin, "bot", "eval", "--kb", kb, "--questions", questions, "--answer-threshold", "1.5", code=2)
+    assert "--answer-threshold" in result.output
 
 
 def test_bot_eval_explains_bad_input(admin: CliRunner, tmp_path: Path) -> None:

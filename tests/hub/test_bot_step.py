@@ -22,6 +22,7 @@ from hub.actions import (
     do_set_status,
 )
 from hub.bot_actions import do_save_faq
+from hub.bot_report import gaps
 from hub.bot_step import KnowledgeBase
 from hub.core import Author, Channel, Role, TicketStatus
 from storage.models import BotTurn, Contact, Message, Team, TicketEventRow
@@ -150,6 +151,21 @@ async def test_clarification_offers_buttons_and_a_choice_is_answered(tmp_path: P
         assert set(ids[:-1]) & {"faq:shipping-time", "faq:return-policy"}
         (answer,) = await c.push("Return policy", quick_reply="faq:return-policy")
         assert answer.body.startswith("You can return anything")
+
+
+async def test_the_report_shows_the_question_asked_for_an_answer_picked_from_buttons(tmp_path: Path) -> None:
+    async with bot_hub(tmp_path, **CLARIFY_ALWAYS) as c:
+        await c.push("delivery of my refund")
+        (answer,) = await c.push("Return policy", quick_reply="faq:return-policy")
+        no = answer.quick_replies[-1].id
+        assert no.startswith("fb:no:")
+        await c.push("No", quick_reply=no)
+        async with c.hub.db.read() as s:
+            items, _ = await gaps(s, cursor=None, limit=10)
+        # Not "Return policy", the title of the button, which the KB already has.
+        assert [(i["question"], i["why"], i["entry_id"]) for i in items] == [
+            ("delivery of my refund", "unhelpful", "return-policy")
+        ]
 
 
 async def test_sms_numbered_reply_picks_the_offered_button(tmp_path: Path) -> None:

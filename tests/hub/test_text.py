@@ -109,6 +109,10 @@ def test_parse_phone(raw: str, region: str | None, e164: str) -> None:
         ("hello", "US", "not a phone number"),
         ("4155550100", None, "no country code"),
         ("+1 415", None, "wrong number of digits"),
+        # Possible only as a local number (no area code): not dialable as E.164.
+        ("+1 555 0100", None, "wrong number of digits"),
+        ("555 0100", "US", "wrong number of digits"),
+        ("+44 1234", None, "wrong number of digits"),
     ],
 )
 def test_parse_phone_rejects(raw: str, region: str | None, why: str) -> None:

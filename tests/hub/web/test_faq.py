@@ -16,7 +16,7 @@ from sqlalchemy import func, select, text
 
 from bots.kb import KbEntry
 from hub.app import HUB, Hub
-from hub.bot_actions import do_save_faq
+from hub.bot_actions import do_delete_faq, do_save_faq
 from hub.core import Role
 from storage.db import Database
 from storage.models import FaqEntry, FaqVersion
@@ -448,6 +448,53 @@ async def test_the_version_is_compared_after_the_row_lock_on_postgres(tmp_path: 
         row, versions = await _stored(hub.db)
         assert row is not None
         assert (row.version, row.answer, row.updated_by, versions) == (2, {"default": "Theirs."}, "agent:9", 2)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("theirs", ["delete", "edit"])
+async def test_a_delete_without_version_waits_for_another_admins_write_on_postgres(
+    tmp_path: Path, postgres_url: str, theirs: str
+) -> None:
+    """Another admin's uncommitted delete or edit holds the entry: a DELETE
+    without a version waits for it, then is a 404 (deleted already) or deletes
+    the edited entry (the last write wins), never a 500 from both writing the
+    same version into the history."""
+    async with api(tmp_path, **{"database.url": postgres_url}) as (admin, _, http, base, hub):
+        await admin.post("/api/v1/faq", ENTRY, 201)
+        other = Database(postgres_url)
+        try:
+            async with other.write() as session:
+                if theirs == "delete":
+                    await do_delete_faq(session, "gift-cards", actor="agent:9")
+                else:
+                    await do_save_faq(session, KbEntry.model_validate({**ENTRY, "answer": "Theirs."}), actor="agent:9")
+                request = asyncio.create_task(http.delete(f"{base}/api/v1/faq/gift-cards", headers=admin.headers))
+                async with asyncio.timeout(30):
+                    while await _lock_waiters(other) == 0:
+                        assert not request.done(), await (await request).text()
+                        await asyncio.sleep(0.02)
+            async with await request as response:
+                assert response.status == (404 if theirs == "delete" else 204), await response.text()
+        finally:
+            await other.dispose()
+        row, versions = await _stored(hub.db)
+        assert row is not None
+        if theirs == "delete":
+            assert (row.deleted, row.version, row.updated_by, versions) == (True, 2, "agent:9", 2)
+        else:
+            assert (row.deleted, row.version, row.updated_by, versions) == (True, 3, "agent:1", 3)
+
+
+@pytest.mark.postgres
+async def test_many_deletes_of_one_entry_at_once_on_postgres(tmp_path: Path, postgres_url: str) -> None:
+    async with api(tmp_path, **{"database.url": postgres_url}) as (admin, _, http, base, _hub):
+        await admin.post("/api/v1/faq", ENTRY, 201)
+
+        async def delete() -> int:
+            async with http.delete(f"{base}/api/v1/faq/gift-cards", headers=admin.headers) as r:
+                return r.status
+
+        assert sorted(await asyncio.gather(*(delete() for _ in range(6)))) == [204] + [404] * 5
 
 
 async def test_the_openapi_document_describes_the_version_check(tmp_path: Path) -> None:
