@@ -16,6 +16,10 @@ from hub.core import Channel, OutboundMessage, SendResult
 # parts of a split message delivered so far; kept on the message and handed back
 # on a retry, so an adapter resumes where it stopped instead of repeating parts.
 SEND_PARTS = "sent_parts"
+# A stored message's extras mark, handed to its channel in OutboundMessage.extras:
+# the one message confirming an opt-out the provider does not confirm itself
+# («لغو»), which the SMS channel sends although the number just opted out.
+OPT_OUT_CONFIRMATION = "opt_out_confirmation"
 # RECIPIENT_UNREACHABLE: why the channel refuses this address for good (a user
 # blocked the bot); the sender marks the identity unreachable with that reason.
 RECIPIENT_UNREACHABLE = "recipient_unreachable"

@@ -22,7 +22,7 @@ from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioS
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
-from channels.base import SEND_ATTEMPT, ChannelAdapter, InvalidPayload
+from channels.base import OPT_OUT_CONFIRMATION, SEND_ATTEMPT, ChannelAdapter, InvalidPayload
 from channels.twilio_common import (
     OPT_OUT_CODE,
     FormParams,
@@ -64,8 +64,11 @@ RECONCILE_LOOKBACK = 20
 CLOCK_SKEW = timedelta(minutes=2)
 
 Keyword = Literal["stop", "start", "help"]
+#: The opt-out keywords Twilio handles (and confirms) itself, Advanced Opt-Out's
+#: defaults; the hub's own («لغو», «توقف») it does not know.
+TWILIO_STOP_WORDS = frozenset(keyword(w) for w in ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"))
 _KEYWORDS: dict[str, Keyword] = {
-    **{keyword(w): "stop" for w in ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "لغو", "توقف")},
+    **{w: "stop" for w in TWILIO_STOP_WORDS | {keyword("لغو"), keyword("توقف")}},
     **{keyword(w): "start" for w in ("START", "YES", "UNSTOP")},
     **{keyword(w): "help" for w in ("HELP", "INFO")},
 }
@@ -383,6 +386,7 @@ class TwilioSmsChannel(ChannelAdapter):
             status_callback=self.status_callback(message.message_id),
             taken_since=retry_since(message),
             message_id=message.message_id,
+            confirms_opt_out=message.extras.get(OPT_OUT_CONFIRMATION) is True,
         )
 
     async def send_sms(
@@ -395,15 +399,18 @@ class TwilioSmsChannel(ChannelAdapter):
         status_callback: str | None = None,
         taken_since: datetime | None = None,
         message_id: int | None = None,
+        confirms_opt_out: bool = False,
     ) -> SendResult:
         """One message through the Messages API: refused before Twilio when the
         number opted out of this sender; Twilio's errors as statuses with their
         reason (21610 also writes the opt-out to the ledger). With
         ``taken_since`` (a retry), Twilio is first asked whether it already took
         this message since then: if so, that one is the send. ``message_id``
-        is the hub's message being sent (None: not a ticket message)."""
+        is the hub's message being sent (None: not a ticket message);
+        ``confirms_opt_out``: it tells ``to`` their opt-out took effect, so
+        the ledger's refusal does not apply to it."""
         refusal = await self.ledger.opted_out(to, sender.key)
-        if refusal is not None:
+        if refusal is not None and not confirms_opt_out:
             return SendResult(status=DeliveryStatus.FAILED, reason=refusal)
         if len(body) > MAX_BODY_CHARS:
             return SendResult(

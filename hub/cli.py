@@ -514,8 +514,8 @@ def agent_list(ctx: click.Context, as_json: bool) -> None:
     from sqlalchemy import select
 
     from storage.db import Database
-    from storage.models import Agent, Team, TeamMember
-    from storage.views import agent_view
+    from storage.models import Team
+    from storage.queries import list_agents
 
     cfg = _config(ctx)
 
@@ -523,15 +523,10 @@ def agent_list(ctx: click.Context, as_json: bool) -> None:
         db = Database(cfg.database_url)
         try:
             async with db.read() as session:
-                agents = (await session.scalars(select(Agent).order_by(Agent.id))).all()
-                members = (await session.execute(select(TeamMember.agent_id, TeamMember.team_id))).all()
                 names = {t.id: t.name for t in (await session.scalars(select(Team))).all()}
+                return await list_agents(session), names
         finally:
             await db.dispose()
-        teams: dict[int, list[int]] = {}
-        for agent_id, team_id in members:
-            teams.setdefault(agent_id, []).append(team_id)
-        return [agent_view(a, teams.get(a.id)) for a in agents], names
 
     views, team_names = asyncio.run(run())
     if as_json:

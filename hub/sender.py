@@ -54,7 +54,7 @@ from sqlalchemy import ColumnElement, and_, case, exists, func, literal, select,
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from channels.base import RECIPIENT_UNREACHABLE, SEND_ATTEMPT, SEND_PARTS, ChannelAdapter
+from channels.base import OPT_OUT_CONFIRMATION, RECIPIENT_UNREACHABLE, SEND_ATTEMPT, SEND_PARTS, ChannelAdapter
 from hub import metrics
 from hub.channel_actions import do_set_reachability
 from hub.config import WorkersConfig
@@ -422,6 +422,7 @@ class Sender:
                     "created_at": msg.created_at.isoformat(),
                     SEND_ATTEMPT: msg.attempts,
                     SEND_PARTS: list(extras.get(SEND_PARTS, [])),
+                    **({OPT_OUT_CONFIRMATION: True} if extras.get(OPT_OUT_CONFIRMATION) is True else {}),
                     **context,
                 },
             }

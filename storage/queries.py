@@ -18,8 +18,8 @@ from hub.core import Channel, Direction, IdentityKind, QuickReply, TicketStatus
 
 # The normalizer's own tables, so the query and the stored text are folded alike.
 from hub.text import LETTER_FORMS, ZWNJ, clean_label, label_key, to_ascii_digits
-from storage.models import Contact, Identity, Inbox, Message, Ticket, TicketEventRow, TicketLabel
-from storage.views import contact_view, iso, message_view, ticket_view
+from storage.models import Agent, Contact, Identity, Inbox, Message, TeamMember, Ticket, TicketEventRow, TicketLabel
+from storage.views import agent_view, contact_view, iso, message_view, ticket_view
 
 
 class BadCursor(ValueError):
@@ -100,6 +100,15 @@ class TicketFilter:
     # Any of these teams (the inbox's "my teams" view), and any of these priorities.
     team_ids: list[int] | None = None
     priority: list[str] = field(default_factory=list)
+
+
+async def list_agents(session: AsyncSession) -> list[dict[str, Any]]:
+    """Every agent as the API shows them (with the ids of their teams), by id."""
+    agents = (await session.scalars(select(Agent).order_by(Agent.id))).all()
+    teams: dict[int, list[int]] = defaultdict(list)
+    for agent_id, team_id in (await session.execute(select(TeamMember.agent_id, TeamMember.team_id))).all():
+        teams[agent_id].append(team_id)
+    return [agent_view(a, teams.get(a.id)) for a in agents]
 
 
 async def labels_for(session: AsyncSession, ticket_ids: list[int]) -> dict[int, list[str]]:

@@ -8,7 +8,6 @@ tickets, campaigns), so nothing can send around it."""
 from __future__ import annotations
 
 import asyncio
-from contextvars import ContextVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,14 +16,7 @@ from hub.actions import audit
 from hub.core import utcnow
 from storage.db import Database
 from storage.ingest import dialect_insert
-from storage.models import Message, SmsOptOut
-
-#: ``extras`` mark of the one message that confirms an opt-out the provider
-#: does not confirm itself («لغو»): the ledger lets it through.
-OPT_OUT_CONFIRMATION = "opt_out_confirmation"
-#: The hub message the SMS channel is sending now (None: a campaign's send or
-#: no ticket message): only a ticket message can be an opt-out confirmation.
-SENDING_MESSAGE: ContextVar[int | None] = ContextVar("sending_message", default=None)
+from storage.models import SmsOptOut
 
 
 async def do_set_opt_out(
@@ -79,18 +71,7 @@ class SqlOptOutLedger:
         self._waiting.setdefault(sender, {}).setdefault(phone, []).append(fut)
         if self._lookups is None or self._lookups.done():
             self._lookups = asyncio.create_task(self._look_up())
-        refusal = await fut
-        if refusal is not None and await self._confirms_opt_out(phone):
-            return None
-        return refusal
-
-    async def _confirms_opt_out(self, phone: str) -> bool:
-        message_id = SENDING_MESSAGE.get()
-        if message_id is None:
-            return False
-        async with self.db.read() as session:
-            extras = await session.scalar(select(Message.extras).where(Message.id == message_id))
-        return extras is not None and extras.get(OPT_OUT_CONFIRMATION) is True and extras.get("recipient") == phone
+        return await fut
 
     async def _look_up(self) -> None:
         while self._waiting:

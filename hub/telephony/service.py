@@ -20,14 +20,14 @@ from twilio.rest import Client
 
 from channels.base import ChannelAdapter
 from channels.twilio_common import FormParams, TwilioAccount
-from channels.twilio_sms import SmsSender
+from channels.twilio_sms import SmsSender, TwilioSmsChannel
 from channels.twilio_voice import TwilioVoiceChannel
 from hub.actions import SMS_CHANNELS, do_ensure_inbox, do_get_or_create_team
 from hub.attachments import AttachmentStore
 from hub.config import HubConfig, TwilioSenderConfig
 from hub.core import Channel, DeliveryReceipt, InboundMessage, TicketEventKind
 from hub.telephony.ledger import SqlOptOutLedger
-from hub.telephony.sms import HubSmsChannel, MediaCopier, SmsSteps
+from hub.telephony.sms import MediaCopier, SmsSteps
 from hub.telephony.voice import VoiceDesk, online_agents_with_phone, weekly_hours
 from hub.workers import EventProcessor
 from storage.db import Database
@@ -67,7 +67,7 @@ class TwilioService:
         # Only an explicitly configured public URL is one Twilio can reach: the
         # default (http://host:port) is where the hub listens, usually localhost.
         self.public_base = config.server.public_url.rstrip("/") if config.server.public_url else None
-        self.sms = HubSmsChannel(
+        self.sms = TwilioSmsChannel(
             self.senders,
             self.ledger,
             api_base_url=tw.api_base_url,

@@ -12,30 +12,22 @@ import aiohttp
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from channels.base import OPT_OUT_CONFIRMATION
 from channels.twilio_common import OPT_OUT_CODE, TwilioAccount, text_by_language
 from channels.twilio_sms import (
     KEYWORD_HANDLED,
+    TWILIO_STOP_WORDS,
     SmsSender,
-    TwilioSmsChannel,
     classify_keyword,
     is_everyday_answer,
     quick_reply_choice,
 )
 from hub.actions import SMS_CHANNELS, do_assign, do_get_or_create_team, do_post_message, do_record_delivery
 from hub.attachments import AttachmentTooLarge
-from hub.core import (
-    Author,
-    Channel,
-    DeliveryReceipt,
-    Direction,
-    InboundMessage,
-    OutboundMessage,
-    QuickReply,
-    SendResult,
-)
+from hub.core import Author, Channel, DeliveryReceipt, Direction, InboundMessage, QuickReply
 from hub.errors import Forbidden
 from hub.stream.base import Event
-from hub.telephony.ledger import OPT_OUT_CONFIRMATION, SENDING_MESSAGE, do_set_opt_out
+from hub.telephony.ledger import do_set_opt_out
 from hub.text import detect_language, keyword
 from storage.models import Campaign, CampaignRecipient, Contact, Message, Ticket
 
@@ -43,22 +35,6 @@ if TYPE_CHECKING:
     from hub.telephony.service import TwilioService
 
 log = logging.getLogger(__name__)
-
-#: The opt-out keywords Twilio answers itself (Advanced Opt-Out's defaults);
-#: the hub's others («لغو», «توقف») get ``twilio.opt_out.stop_reply``.
-TWILIO_CONFIRMED_STOPS = frozenset(keyword(w) for w in ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"))
-
-
-class HubSmsChannel(TwilioSmsChannel):
-    """The SMS channel, telling the opt-out ledger which ticket message it is
-    sending: the confirmation of an opt-out goes to a number that just opted out."""
-
-    async def send(self, message: OutboundMessage) -> SendResult:
-        token = SENDING_MESSAGE.set(message.message_id)
-        try:
-            return await super().send(message)
-        finally:
-            SENDING_MESSAGE.reset(token)
 
 
 def with_quick_reply(inbound: InboundMessage, offered: list[QuickReply]) -> InboundMessage:
@@ -244,7 +220,7 @@ class SmsSteps:
                         private=True,
                     )
                     reply = text_by_language(self.service.tw.opt_out.stop_reply, language)
-                    if reply and keyword(typed) not in TWILIO_CONFIRMED_STOPS:
+                    if reply and keyword(typed) not in TWILIO_STOP_WORDS:
                         # Only on the change: a second «لغو» is not confirmed again.
                         confirmation = await do_post_message(session, ticket, body=reply, author=Author.SYSTEM)
                         confirmation.extras = {**(confirmation.extras or {}), OPT_OUT_CONFIRMATION: True}

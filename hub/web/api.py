@@ -241,12 +241,8 @@ async def list_agents(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     await current_agent(request)
     async with hub.db.read() as session:
-        agents = (await session.scalars(select(Agent).order_by(Agent.id))).all()
-        members = (await session.execute(select(TeamMember.agent_id, TeamMember.team_id))).all()
-    teams: dict[int, list[int]] = {}
-    for agent_id, team_id in members:
-        teams.setdefault(agent_id, []).append(team_id)
-    return web.json_response({"items": [agent_view(a, teams.get(a.id)) for a in agents], "next_cursor": None})
+        items = await queries.list_agents(session)
+    return web.json_response({"items": items, "next_cursor": None})
 
 
 @ROUTES.route(
